@@ -1,0 +1,267 @@
+//! Identities shared by every component.
+//!
+//! PIDs are reused, so a pid alone does not name a process. A process is named
+//! by (boot id, pid, start time in clock ticks since boot): the kernel never
+//! gives two processes of one boot the same pid *and* start tick, and the boot
+//! id separates boots. [`ProcessKey`] renders that triple as one string that is
+//! carried on every process event, record and alert.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the kernel publishes the id of the current boot.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Errors from parsing or reading the shared models.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A boot id was not a 36-character hyphenated UUID.
+    #[error("invalid boot id {input:?}: expected a hyphenated uuid")]
+    InvalidBootId {
+        /// The text that was refused.
+        input: String,
+    },
+    /// A process key was not `boot_id:pid:start_ticks`.
+    #[error("invalid process key {input:?}: {reason}")]
+    InvalidProcessKey {
+        /// The text that was refused.
+        input: String,
+        /// Which part was wrong.
+        reason: &'static str,
+    },
+    /// The boot id could not be read from `/proc`.
+    #[error("cannot read boot id from {path}")]
+    ReadBootId {
+        /// The file that was read.
+        path: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The kernel's id of the current boot (a random UUID chosen at boot).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BootId([u8; 16]);
+
+impl BootId {
+    /// Builds a boot id from its 16 raw bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 16 raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Reads the id of the running boot from [`BOOT_ID_PATH`].
+    ///
+    /// # Errors
+    /// [`ModelError::ReadBootId`] when the file cannot be read (not Linux, or
+    /// `/proc` not mounted) and [`ModelError::InvalidBootId`] when its content
+    /// is not a UUID.
+    pub fn current() -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(BOOT_ID_PATH).map_err(|source| ModelError::ReadBootId {
+            path: BOOT_ID_PATH,
+            source,
+        })?;
+        text.trim().parse()
+    }
+}
+
+impl FromStr for BootId {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ModelError::InvalidBootId { input: s.to_owned() };
+        let bytes = s.as_bytes();
+        if bytes.len() != 36 {
+            return Err(invalid());
+        }
+        let mut out = [0u8; 16];
+        let mut nibbles = 0usize;
+        for (i, &b) in bytes.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if b != b'-' {
+                    return Err(invalid());
+                }
+                continue;
+            }
+            let v = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return Err(invalid()),
+            };
+            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            nibbles += 1;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BootId({self})")
+    }
+}
+
+/// The stable identity of one process: boot id, pid and start time in clock
+/// ticks since boot (field 22 of `/proc/<pid>/stat`).
+///
+/// Rendered (and serialized) as `boot_id:pid:start_ticks`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    /// The boot the process belongs to.
+    pub boot_id: BootId,
+    /// The process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl ProcessKey {
+    /// Builds a key from its parts.
+    pub const fn new(boot_id: BootId, pid: u32, start_ticks: u64) -> Self {
+        Self {
+            boot_id,
+            pid,
+            start_ticks,
+        }
+    }
+}
+
+impl fmt::Display for ProcessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.boot_id, self.pid, self.start_ticks)
+    }
+}
+
+impl fmt::Debug for ProcessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProcessKey({self})")
+    }
+}
+
+impl FromStr for ProcessKey {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| ModelError::InvalidProcessKey {
+            input: s.to_owned(),
+            reason,
+        };
+        let mut parts = s.split(':');
+        let (Some(boot), Some(pid), Some(start), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("expected three ':'-separated parts"));
+        };
+        let boot_id = boot.parse().map_err(|_| invalid("bad boot id"))?;
+        let pid = pid.parse().map_err(|_| invalid("bad pid"))?;
+        let start_ticks = start.parse().map_err(|_| invalid("bad start ticks"))?;
+        Ok(Self::new(boot_id, pid, start_ticks))
+    }
+}
+
+impl Serialize for ProcessKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcessKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn boot_id_rejects_malformed_text() {
+        for bad in [
+            "",
+            "5f1b2c3d0a1b4c2d8e9f0123456789ab",
+            "5f1b2c3d-0a1b-4c2d-8e9f-0123456789aZ",
+            "5f1b2c3d-0a1b-4c2d-8e9f_0123456789ab",
+            "5f1b2c3d-0a1b-4c2d-8e9f-0123456789abc",
+        ] {
+            assert!(bad.parse::<BootId>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn process_key_rejects_wrong_shapes() {
+        let boot = "5f1b2c3d-0a1b-4c2d-8e9f-0123456789ab";
+        for bad in [
+            String::new(),
+            format!("{boot}:1"),
+            format!("{boot}:1:2:3"),
+            format!("{boot}:-1:2"),
+            format!("{boot}:1:x"),
+            "nope:1:2".to_owned(),
+        ] {
+            assert!(bad.parse::<ProcessKey>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn current_boot_id_matches_proc() {
+        let Ok(text) = std::fs::read_to_string(BOOT_ID_PATH) else {
+            eprintln!("skipping: {BOOT_ID_PATH} is not readable on this host");
+            return;
+        };
+        assert_eq!(BootId::current().unwrap().to_string(), text.trim().to_ascii_lowercase());
+    }
+
+    #[test]
+    fn keys_of_one_pid_at_two_start_times_differ() {
+        // The regression this type exists for: a reused pid must not alias.
+        let boot = BootId::from_bytes([7; 16]);
+        assert_ne!(ProcessKey::new(boot, 100, 5), ProcessKey::new(boot, 100, 6));
+        assert_ne!(
+            ProcessKey::new(boot, 100, 5).to_string(),
+            ProcessKey::new(boot, 100, 6).to_string()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn process_key_round_trips_through_text_and_json(
+            bytes in any::<[u8; 16]>(), pid in any::<u32>(), start in any::<u64>()
+        ) {
+            let key = ProcessKey::new(BootId::from_bytes(bytes), pid, start);
+            prop_assert_eq!(key.to_string().parse::<ProcessKey>().unwrap(), key);
+            let json = serde_json::to_string(&key).unwrap();
+            prop_assert_eq!(serde_json::from_str::<ProcessKey>(&json).unwrap(), key);
+        }
+
+        #[test]
+        fn boot_id_parser_never_panics(s in "\\PC{0,40}") {
+            let _ = s.parse::<BootId>();
+        }
+    }
+}
