@@ -1,1 +1,98 @@
-//! collector-core
+//! A reusable framework for host-monitoring collectors.
+//!
+//! - [`EventSource`]: the one trait a collector implements (`start`, `stop`,
+//!   `health_check`), declaring its [`SourceCaps`].
+//! - [`Collector`]: the runtime. It runs each source in its own task, takes
+//!   its events through a bounded intake queue, validates and batches them,
+//!   and fans them out to [`Subscription`]s with a [`WhenFull`] policy; it
+//!   checks health every interval and shuts down within a deadline.
+//! - [`CollectionEvent`]: the event model (process, network, filesystem,
+//!   performance, trigger requests).
+//! - [`CollectorConfig`]: builders and TOML, validated before anything starts.
+//! - [`CollectorStats`] and [`HealthReport`]: what every stage received,
+//!   delivered and dropped (by reason), and the process's real CPU and RSS.
+//! - [`testing`]: a conformance check for any `EventSource`.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
+//!
+//! use async_trait::async_trait;
+//! use collector_core::{
+//!     CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, SourceCaps,
+//! };
+//! use tokio::sync::mpsc;
+//!
+//! struct Counter;
+//!
+//! #[async_trait]
+//! impl EventSource for Counter {
+//!     fn name(&self) -> &'static str {
+//!         "counter"
+//!     }
+//!     fn capabilities(&self) -> SourceCaps {
+//!         SourceCaps::PERFORMANCE
+//!     }
+//!     async fn start(
+//!         &self,
+//!         tx: mpsc::Sender<CollectionEvent>,
+//!         shutdown: Arc<AtomicBool>,
+//!     ) -> anyhow::Result<()> {
+//!         for i in 0..3 {
+//!             if shutdown.load(Ordering::Relaxed) {
+//!                 break;
+//!             }
+//!             let event = PerformanceEvent {
+//!                 metric_name: "demo.count".into(),
+//!                 value: f64::from(i),
+//!                 unit: "count".into(),
+//!                 pid: None,
+//!                 component: "demo".into(),
+//!                 timestamp: std::time::SystemTime::now(),
+//!             };
+//!             tx.send(CollectionEvent::Performance(event)).await?;
+//!         }
+//!         Ok(()) // the runtime shuts down once every source has ended
+//!     }
+//!     async fn stop(&self) -> anyhow::Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let mut collector = Collector::new(CollectorConfig::default());
+//! collector.register(Box::new(Counter))?;
+//! let mut events = collector.handle().subscribe();
+//! collector.run_until(std::future::pending()).await?;
+//! let mut seen = 0;
+//! while let Some(event) = events.recv().await {
+//!     assert_eq!(event.kind(), collector_core::EventKind::Performance);
+//!     seen += 1;
+//! }
+//! assert_eq!(seen, 3);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod event;
+pub mod health;
+pub mod logging;
+pub mod runtime;
+pub mod source;
+pub mod subscription;
+pub mod telemetry;
+pub mod testing;
+
+pub use config::{CollectorConfig, ConfigError, WhenFull};
+pub use event::{
+    AnalysisType, BootId, CollectionEvent, EventKind, EventValidationError, FileOperation,
+    FilesystemEvent, HashAlgorithm, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessKey,
+    TriggerPriority, TriggerRequest,
+};
+pub use health::{HealthReport, HealthStatus, SourceHealth};
+pub use runtime::{Collector, CollectorError, CollectorHandle};
+pub use source::{EventSource, SourceCaps};
+pub use subscription::{EventBatch, Subscription};
+pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};

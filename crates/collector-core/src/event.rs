@@ -1,0 +1,707 @@
+//! The event model: one [`CollectionEvent`] enum over every collection domain.
+//!
+//! Events are plain data (serde, `Clone`), validated by the runtime before they
+//! are published: a source that emits an invalid event (for example a hash
+//! without its algorithm) has that event counted and rejected, and the stream
+//! goes on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+pub use daemoneye_lib::models::{BootId, ProcessKey};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on the number of entries in an event's metadata map.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Upper bound on the length of any metadata key or value, in bytes.
+pub const MAX_METADATA_VALUE_LEN: usize = 4096;
+
+/// An event from any collection domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "domain", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CollectionEvent {
+    /// A process was seen, started, changed or exited.
+    Process(ProcessEvent),
+    /// A network connection or socket changed state.
+    Network(NetworkEvent),
+    /// A file was operated on.
+    Filesystem(FilesystemEvent),
+    /// A performance metric was sampled.
+    Performance(PerformanceEvent),
+    /// A request for an analysis collector to look at something.
+    TriggerRequest(TriggerRequest),
+}
+
+/// The kind of a [`CollectionEvent`], without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// [`CollectionEvent::Process`].
+    Process,
+    /// [`CollectionEvent::Network`].
+    Network,
+    /// [`CollectionEvent::Filesystem`].
+    Filesystem,
+    /// [`CollectionEvent::Performance`].
+    Performance,
+    /// [`CollectionEvent::TriggerRequest`].
+    TriggerRequest,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 5] = [
+        Self::Process,
+        Self::Network,
+        Self::Filesystem,
+        Self::Performance,
+        Self::TriggerRequest,
+    ];
+
+    /// The lowercase name used in topics, logs and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Network => "network",
+            Self::Filesystem => "filesystem",
+            Self::Performance => "performance",
+            Self::TriggerRequest => "trigger_request",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl CollectionEvent {
+    /// The kind of this event.
+    pub const fn kind(&self) -> EventKind {
+        match self {
+            Self::Process(_) => EventKind::Process,
+            Self::Network(_) => EventKind::Network,
+            Self::Filesystem(_) => EventKind::Filesystem,
+            Self::Performance(_) => EventKind::Performance,
+            Self::TriggerRequest(_) => EventKind::TriggerRequest,
+        }
+    }
+
+    /// When the event was observed.
+    pub const fn timestamp(&self) -> SystemTime {
+        match self {
+            Self::Process(e) => e.timestamp,
+            Self::Network(e) => e.timestamp,
+            Self::Filesystem(e) => e.timestamp,
+            Self::Performance(e) => e.timestamp,
+            Self::TriggerRequest(e) => e.timestamp,
+        }
+    }
+
+    /// The process the event is about, when there is one.
+    pub const fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Process(e) => Some(e.pid),
+            Self::Network(e) => e.pid,
+            Self::Filesystem(e) => e.pid,
+            Self::Performance(e) => e.pid,
+            Self::TriggerRequest(e) => e.target_pid,
+        }
+    }
+
+    /// Checks the event's internal consistency.
+    ///
+    /// The runtime calls this on every event a source emits; an event that
+    /// fails is counted as rejected and not published.
+    ///
+    /// # Errors
+    /// The first inconsistency found, naming the field.
+    pub fn validate(&self) -> Result<(), EventValidationError> {
+        match self {
+            Self::Process(e) => e.validate(),
+            Self::Network(e) => e.validate(),
+            Self::Filesystem(e) => e.validate(),
+            Self::Performance(e) => e.validate(),
+            Self::TriggerRequest(e) => e.validate(),
+        }
+    }
+}
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} event: field `{field}` {reason}")]
+pub struct EventValidationError {
+    /// The kind of the rejected event.
+    pub kind: EventKind,
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn invalid(kind: EventKind, field: &'static str, reason: &'static str) -> EventValidationError {
+    EventValidationError {
+        kind,
+        field,
+        reason,
+    }
+}
+
+/// A hash function used for executables and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HashAlgorithm {
+    /// SHA-256 (64 hex digits).
+    Sha256,
+    /// BLAKE3 with its default 32-byte output (64 hex digits).
+    Blake3,
+}
+
+impl HashAlgorithm {
+    /// The number of lowercase hex digits a digest of this algorithm has.
+    pub const fn hex_len(self) -> usize {
+        match self {
+            Self::Sha256 | Self::Blake3 => 64,
+        }
+    }
+
+    /// The lowercase name (`sha256`, `blake3`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Blake3 => "blake3",
+        }
+    }
+}
+
+fn validate_hash(
+    kind: EventKind,
+    hash: Option<&str>,
+    algorithm: Option<HashAlgorithm>,
+) -> Result<(), EventValidationError> {
+    match (hash, algorithm) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(invalid(kind, "hash_algorithm", "is missing while a hash is set")),
+        (None, Some(_)) => Err(invalid(kind, "hash_algorithm", "is set without a hash")),
+        (Some(h), Some(alg)) => {
+            if h.len() == alg.hex_len() && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                Ok(())
+            } else {
+                Err(invalid(kind, "hash", "is not a lowercase hex digest of the stated algorithm"))
+            }
+        }
+    }
+}
+
+fn validate_metadata(
+    kind: EventKind,
+    field: &'static str,
+    map: &BTreeMap<String, String>,
+) -> Result<(), EventValidationError> {
+    if map.len() > MAX_METADATA_ENTRIES {
+        return Err(invalid(kind, field, "has too many entries"));
+    }
+    if map
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_VALUE_LEN || v.len() > MAX_METADATA_VALUE_LEN)
+    {
+        return Err(invalid(kind, field, "has an empty or oversized key or value"));
+    }
+    Ok(())
+}
+
+/// A process observation: from a snapshot, or a lifecycle event.
+///
+/// Fields the collector could not read are `None` (and `accessible` is false
+/// when `/proc` refused us); they are never invented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: Option<u32>,
+    /// Short name (`comm`).
+    pub name: String,
+    /// Path of the executable, when readable.
+    pub executable_path: Option<String>,
+    /// Arguments, `argv[0]` first.
+    pub command_line: Vec<String>,
+    /// When the process started.
+    #[serde(with = "opt_system_time")]
+    pub start_time: Option<SystemTime>,
+    /// CPU usage in percent of one core since the previous sample.
+    pub cpu_usage: Option<f64>,
+    /// Resident memory in bytes.
+    pub memory_usage: Option<u64>,
+    /// Lowercase hex digest of the executable.
+    pub executable_hash: Option<String>,
+    /// The algorithm of `executable_hash`; required when it is set.
+    pub hash_algorithm: Option<HashAlgorithm>,
+    /// Real user id.
+    pub user_id: Option<u32>,
+    /// Whether the collector could read the process's details.
+    pub accessible: bool,
+    /// Whether the executable still exists on disk (false once deleted).
+    pub file_exists: bool,
+    /// When the observation was made.
+    #[serde(with = "system_time")]
+    pub timestamp: SystemTime,
+    /// Platform-specific details (cgroup, namespaces, state, ...).
+    pub platform_metadata: BTreeMap<String, String>,
+    /// The stable identity of the process (boot id, pid, start time).
+    pub process_key: Option<ProcessKey>,
+}
+
+impl Default for ProcessEvent {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            ppid: None,
+            name: String::new(),
+            executable_path: None,
+            command_line: Vec::new(),
+            start_time: None,
+            cpu_usage: None,
+            memory_usage: None,
+            executable_hash: None,
+            hash_algorithm: None,
+            user_id: None,
+            accessible: true,
+            file_exists: true,
+            timestamp: SystemTime::UNIX_EPOCH,
+            platform_metadata: BTreeMap::new(),
+            process_key: None,
+        }
+    }
+}
+
+impl ProcessEvent {
+    /// An event for `pid` named `name`, observed now; every other field empty.
+    pub fn new(pid: u32, name: impl Into<String>) -> Self {
+        Self {
+            pid,
+            name: name.into(),
+            timestamp: SystemTime::now(),
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), EventValidationError> {
+        const K: EventKind = EventKind::Process;
+        if self.pid == 0 {
+            return Err(invalid(K, "pid", "is zero"));
+        }
+        if let Some(cpu) = self.cpu_usage {
+            if !cpu.is_finite() || cpu < 0.0 {
+                return Err(invalid(K, "cpu_usage", "is negative or not finite"));
+            }
+        }
+        if let Some(key) = self.process_key {
+            if key.pid != self.pid {
+                return Err(invalid(K, "process_key", "names another pid"));
+            }
+        }
+        validate_hash(K, self.executable_hash.as_deref(), self.hash_algorithm)?;
+        validate_metadata(K, "platform_metadata", &self.platform_metadata)
+    }
+}
+
+/// A network connection or listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkEvent {
+    /// A stable id for the connection (for example the socket inode).
+    pub connection_id: String,
+    /// Local address.
+    pub source_addr: Option<IpAddr>,
+    /// Local port.
+    pub source_port: Option<u16>,
+    /// Remote address.
+    pub dest_addr: Option<IpAddr>,
+    /// Remote port.
+    pub dest_port: Option<u16>,
+    /// `TCP`, `UDP`, `RAW`, ...
+    pub protocol: String,
+    /// Connection state (`ESTABLISHED`, `LISTEN`, ...).
+    pub state: Option<String>,
+    /// Owning process, when known.
+    pub pid: Option<u32>,
+    /// Bytes sent so far.
+    pub bytes_sent: u64,
+    /// Bytes received so far.
+    pub bytes_received: u64,
+    /// When the observation was made.
+    #[serde(with = "system_time")]
+    pub timestamp: SystemTime,
+}
+
+impl Default for NetworkEvent {
+    fn default() -> Self {
+        Self {
+            connection_id: String::new(),
+            source_addr: None,
+            source_port: None,
+            dest_addr: None,
+            dest_port: None,
+            protocol: String::new(),
+            state: None,
+            pid: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            timestamp: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+impl NetworkEvent {
+    fn validate(&self) -> Result<(), EventValidationError> {
+        const K: EventKind = EventKind::Network;
+        if self.connection_id.is_empty() {
+            return Err(invalid(K, "connection_id", "is empty"));
+        }
+        if self.protocol.is_empty() {
+            return Err(invalid(K, "protocol", "is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// What was done to a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FileOperation {
+    /// Created.
+    Create,
+    /// Opened.
+    Open,
+    /// Read or executed.
+    Access,
+    /// Written.
+    Modify,
+    /// Closed after a write.
+    CloseWrite,
+    /// Deleted.
+    Delete,
+    /// Renamed or moved.
+    Rename,
+    /// Mode, owner or attributes changed.
+    Attrib,
+}
+
+/// An operation on a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilesystemEvent {
+    /// The file's path.
+    pub path: String,
+    /// What was done.
+    pub operation: FileOperation,
+    /// The acting process, when known.
+    pub pid: Option<u32>,
+    /// File size in bytes, when known.
+    pub size: Option<u64>,
+    /// Mode bits (`st_mode & 0o7777`), when known.
+    pub permissions: Option<u32>,
+    /// Lowercase hex digest of the content.
+    pub file_hash: Option<String>,
+    /// The algorithm of `file_hash`; required when it is set.
+    pub hash_algorithm: Option<HashAlgorithm>,
+    /// When the operation was observed.
+    #[serde(with = "system_time")]
+    pub timestamp: SystemTime,
+}
+
+impl FilesystemEvent {
+    fn validate(&self) -> Result<(), EventValidationError> {
+        const K: EventKind = EventKind::Filesystem;
+        if self.path.is_empty() {
+            return Err(invalid(K, "path", "is empty"));
+        }
+        if self.permissions.is_some_and(|p| p > 0o7777) {
+            return Err(invalid(K, "permissions", "has bits beyond 0o7777"));
+        }
+        validate_hash(K, self.file_hash.as_deref(), self.hash_algorithm)
+    }
+}
+
+/// One sample of a performance metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformanceEvent {
+    /// Metric name, dotted (`load.avg1`, `memory.available`).
+    pub metric_name: String,
+    /// The sampled value.
+    pub value: f64,
+    /// Unit (`bytes`, `percent`, `count`, ...).
+    pub unit: String,
+    /// The process measured, for per-process metrics.
+    pub pid: Option<u32>,
+    /// The component measured (`system`, `cpu0`, `collector`, ...).
+    pub component: String,
+    /// When the sample was taken.
+    #[serde(with = "system_time")]
+    pub timestamp: SystemTime,
+}
+
+impl PerformanceEvent {
+    fn validate(&self) -> Result<(), EventValidationError> {
+        const K: EventKind = EventKind::Performance;
+        if self.metric_name.is_empty() {
+            return Err(invalid(K, "metric_name", "is empty"));
+        }
+        if !self.value.is_finite() {
+            return Err(invalid(K, "value", "is not finite"));
+        }
+        Ok(())
+    }
+}
+
+/// The kind of analysis an analysis collector performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AnalysisType {
+    /// Hash an executable or file.
+    BinaryHash,
+    /// Inspect a process's memory maps.
+    MemoryAnalysis,
+    /// Look at a process's network activity.
+    NetworkAnalysis,
+    /// Look at a process's file activity.
+    FilesystemAnalysis,
+    /// Walk and judge a process tree.
+    BehavioralAnalysis,
+}
+
+/// The urgency of a trigger; higher sorts later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerPriority {
+    /// Shed first under load.
+    Low,
+    /// The default.
+    Normal,
+    /// Suspicious.
+    High,
+    /// Act now.
+    Critical,
+}
+
+/// A request for an analysis collector to examine a process or file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerRequest {
+    /// Unique id of this request.
+    pub trigger_id: String,
+    /// The collector that should answer.
+    pub target_collector: String,
+    /// What to do.
+    pub analysis_type: AnalysisType,
+    /// How urgent.
+    pub priority: TriggerPriority,
+    /// The process concerned.
+    pub target_pid: Option<u32>,
+    /// The file concerned (usually the executable).
+    pub target_path: Option<String>,
+    /// Ties the request to the events and analyses it belongs with.
+    pub correlation_id: String,
+    /// Free-form context (bounded).
+    pub metadata: BTreeMap<String, String>,
+    /// When the request was made.
+    #[serde(with = "system_time")]
+    pub timestamp: SystemTime,
+}
+
+impl TriggerRequest {
+    fn validate(&self) -> Result<(), EventValidationError> {
+        const K: EventKind = EventKind::TriggerRequest;
+        if self.trigger_id.is_empty() {
+            return Err(invalid(K, "trigger_id", "is empty"));
+        }
+        if self.target_collector.is_empty() {
+            return Err(invalid(K, "target_collector", "is empty"));
+        }
+        if self.target_pid.is_none() && self.target_path.is_none() {
+            return Err(invalid(K, "target_pid", "and target_path are both missing"));
+        }
+        validate_metadata(K, "metadata", &self.metadata)
+    }
+}
+
+/// `SystemTime` as integer nanoseconds since the Unix epoch (JSON friendly).
+mod system_time {
+    use std::time::{Duration, SystemTime};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn to_nanos(t: SystemTime) -> i128 {
+        match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+            Err(e) => -i128::try_from(e.duration().as_nanos()).unwrap_or(i128::MAX),
+        }
+    }
+
+    pub(super) fn from_nanos(n: i128) -> Option<SystemTime> {
+        let abs = Duration::from_nanos(u64::try_from(n.unsigned_abs()).ok()?);
+        if n >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(abs)
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(abs)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        // i64 nanoseconds covers 1678..2262, plenty for observations.
+        let n = i64::try_from(to_nanos(*t)).map_err(serde::ser::Error::custom)?;
+        s.serialize_i64(n)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let n = i64::deserialize(d)?;
+        from_nanos(i128::from(n)).ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+    }
+}
+
+mod opt_system_time {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::ref_option)] // serde's `with` hands us `&Option<T>`
+    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::system_time::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<i64>::deserialize(d)?
+            .map(|n| {
+                super::system_time::from_nanos(i128::from(n))
+                    .ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn process(pid: u32) -> ProcessEvent {
+        ProcessEvent::new(pid, "sshd")
+    }
+
+    #[test]
+    fn hash_without_algorithm_is_rejected_and_names_the_field() {
+        let mut e = process(10);
+        e.executable_hash = Some("ab".repeat(32));
+        let err = CollectionEvent::Process(e.clone()).validate().unwrap_err();
+        assert_eq!(err.field, "hash_algorithm");
+        e.hash_algorithm = Some(HashAlgorithm::Sha256);
+        CollectionEvent::Process(e.clone()).validate().unwrap();
+        e.executable_hash = Some("AB".repeat(32));
+        assert_eq!(CollectionEvent::Process(e).validate().unwrap_err().field, "hash");
+    }
+
+    #[test]
+    fn other_invalid_events_are_rejected() {
+        assert!(CollectionEvent::Process(process(0)).validate().is_err());
+        let mut p = process(5);
+        p.cpu_usage = Some(f64::NAN);
+        assert!(CollectionEvent::Process(p).validate().is_err());
+        let mut p = process(5);
+        p.process_key = Some(ProcessKey::new(BootId::from_bytes([1; 16]), 6, 1));
+        assert!(CollectionEvent::Process(p).validate().is_err());
+        let perf = PerformanceEvent {
+            metric_name: "load".into(),
+            value: f64::INFINITY,
+            unit: "count".into(),
+            pid: None,
+            component: "system".into(),
+            timestamp: SystemTime::now(),
+        };
+        assert!(CollectionEvent::Performance(perf).validate().is_err());
+        let net = NetworkEvent {
+            connection_id: "1".into(),
+            ..NetworkEvent::default()
+        };
+        assert_eq!(CollectionEvent::Network(net).validate().unwrap_err().field, "protocol");
+        let mut p = process(5);
+        for i in 0..=MAX_METADATA_ENTRIES {
+            p.platform_metadata.insert(i.to_string(), String::new());
+        }
+        assert_eq!(
+            CollectionEvent::Process(p).validate().unwrap_err().field,
+            "platform_metadata"
+        );
+    }
+
+    #[test]
+    fn helpers_report_kind_pid_and_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
+        let mut p = process(42);
+        p.timestamp = t;
+        let e = CollectionEvent::Process(p);
+        assert_eq!(e.kind(), EventKind::Process);
+        assert_eq!(e.pid(), Some(42));
+        assert_eq!(e.timestamp(), t);
+        let f = CollectionEvent::Filesystem(FilesystemEvent {
+            path: "/etc/passwd".into(),
+            operation: FileOperation::Modify,
+            pid: None,
+            size: None,
+            permissions: Some(0o644),
+            file_hash: None,
+            hash_algorithm: None,
+            timestamp: t,
+        });
+        assert_eq!(f.kind(), EventKind::Filesystem);
+        assert_eq!(f.pid(), None);
+    }
+
+    fn arb_process() -> impl Strategy<Value = ProcessEvent> {
+        (
+            1u32..,
+            proptest::option::of(any::<u32>()),
+            "\\PC{0,16}",
+            proptest::collection::vec("\\PC{0,12}", 0..4),
+            proptest::option::of(0i64..4_000_000_000_000_000_000),
+            proptest::option::of(0.0f64..1e6),
+            any::<bool>(),
+            -1_000_000_000_000i64..4_000_000_000_000_000_000,
+        )
+            .prop_map(|(pid, ppid, name, argv, start, cpu, accessible, ts)| ProcessEvent {
+                pid,
+                ppid,
+                name,
+                command_line: argv,
+                start_time: start.and_then(|n| system_time::from_nanos(i128::from(n))),
+                cpu_usage: cpu,
+                accessible,
+                timestamp: system_time::from_nanos(i128::from(ts)).unwrap(),
+                process_key: Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, 99)),
+                ..ProcessEvent::default()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn events_round_trip_through_json(p in arb_process()) {
+            let e = CollectionEvent::Process(p);
+            let json = serde_json::to_string(&e).unwrap();
+            let back: CollectionEvent = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back, e);
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The [`Collector`] runtime: runs sources, validates and batches their
+//! events, fans them out to subscribers, checks health, shuts down on time.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ConfigError, CollectorConfig};
+use crate::event::CollectionEvent;
+use crate::health::{HealthReport, SourceHealth};
+use crate::source::{EventSource, SourceCaps};
+use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
+use crate::telemetry::{
+    add, load, CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
+};
+
+/// Errors from registering sources and running the collector.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorError {
+    /// Two sources share a name.
+    #[error("a source named {name:?} is already registered")]
+    DuplicateSource {
+        /// The repeated name.
+        name: &'static str,
+    },
+    /// More sources than `max_event_sources`.
+    #[error("cannot register {name:?}: the limit of {max} sources is reached")]
+    TooManySources {
+        /// The refused source.
+        name: &'static str,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The configuration is invalid; nothing was started.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// SIGINT/SIGTERM handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signal(#[source] std::io::Error),
+    /// Every source ended before shutdown was requested, some with an error.
+    #[error("every source has ended; {failed} of {total} failed")]
+    SourcesFailed {
+        /// Sources that returned an error or panicked.
+        failed: usize,
+        /// Registered sources.
+        total: usize,
+    },
+}
+
+/// Per-source state shared by its tasks, the health checker and the stats.
+struct SourceState {
+    name: &'static str,
+    caps: SourceCaps,
+    counters: SourceCounters,
+    health: Mutex<SourceHealth>,
+}
+
+impl SourceState {
+    fn health(&self) -> SourceHealth {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Sets the health unless the source already ended (terminal states stay).
+    fn set_running_health(&self, h: SourceHealth) {
+        let mut cur = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if cur.is_running() {
+            *cur = h;
+        }
+    }
+
+    fn set_health(&self, h: SourceHealth) {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = h;
+    }
+
+    fn stats(&self) -> SourceStats {
+        let c = &self.counters;
+        SourceStats {
+            name: self.name,
+            capabilities: self.caps,
+            health: self.health(),
+            events_received: load(&c.received),
+            events_accepted: load(&c.accepted),
+            events_rejected_invalid: load(&c.rejected_invalid),
+            events_dropped_shutdown: load(&c.dropped_shutdown),
+            errors_total: load(&c.errors),
+            health_checks_failed_total: load(&c.health_checks_failed),
+            backpressure_total: load(&c.backpressure_episodes),
+            backpressured: c.backpressured.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    shutdown: CancellationToken,
+    started: Mutex<Option<Instant>>,
+    sources: Mutex<Vec<Arc<SourceState>>>,
+    subscribers: Subscribers,
+    counters: RuntimeCounters,
+}
+
+/// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
+/// its events, read its stats and health, from outside the runtime.
+#[derive(Clone)]
+pub struct CollectorHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CollectorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorHandle").finish_non_exhaustive()
+    }
+}
+
+impl CollectorHandle {
+    /// Requests a graceful shutdown, as SIGTERM would.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutdown_requested(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Subscribes to every event published from now on.
+    ///
+    /// The subscriber's queue holds about `event_buffer_size` events; when it
+    /// is full the runtime waits (`WhenFull::Block`) or drops and counts
+    /// (`WhenFull::DropNewest`). After shutdown the stream ends.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.subscribers.subscribe()
+    }
+
+    /// A snapshot of every counter, and the process's own CPU time and RSS.
+    pub fn stats(&self) -> CollectorStats {
+        let sources = self.sources().iter().map(|s| s.stats()).collect();
+        let c = &self.shared.counters;
+        CollectorStats {
+            uptime: (*self.shared.started.lock().unwrap_or_else(PoisonError::into_inner))
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
+            sources,
+            subscribers: self.shared.subscribers.stats(),
+            events_unrouted_total: load(&c.unrouted),
+            sources_failed_total: load(&c.sources_failed),
+            sources_aborted_total: load(&c.sources_aborted),
+            stop_errors_total: load(&c.stop_errors),
+            process: ProcessResources::current().ok(),
+        }
+    }
+
+    /// The health of every source and the overall verdict.
+    pub fn health(&self) -> HealthReport {
+        HealthReport::from_sources(self.sources().iter().map(|s| (s.name, s.health())).collect())
+    }
+
+    fn sources(&self) -> Vec<Arc<SourceState>> {
+        self.shared.sources.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The runtime that owns event sources.
+///
+/// ```no_run
+/// use collector_core::{Collector, CollectorConfig};
+///
+/// # async fn demo(source: Box<dyn collector_core::EventSource>) -> anyhow::Result<()> {
+/// let mut collector = Collector::new(CollectorConfig::default());
+/// collector.register(source)?;
+/// let handle = collector.handle();
+/// let mut events = handle.subscribe();
+/// tokio::spawn(async move {
+///     while let Some(event) = events.recv().await {
+///         println!("{:?} from pid {:?}", event.kind(), event.pid());
+///     }
+/// });
+/// collector.run().await // until SIGINT, SIGTERM or handle.shutdown()
+/// # }
+/// ```
+pub struct Collector {
+    config: CollectorConfig,
+    sources: Vec<(Arc<dyn EventSource>, Arc<SourceState>)>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("config", &self.config)
+            .field("sources", &self.sources.iter().map(|(_, s)| s.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    /// A collector with no sources. The config is validated by
+    /// [`run`](Self::run) (or at once by [`try_new`](Self::try_new)).
+    pub fn new(config: CollectorConfig) -> Self {
+        let subscribers = Subscribers::new(config.event_buffer_size, config.max_batch_size, config.when_full);
+        Self {
+            config,
+            sources: Vec::new(),
+            shared: Arc::new(Shared {
+                shutdown: CancellationToken::new(),
+                started: Mutex::new(None),
+                sources: Mutex::new(Vec::new()),
+                subscribers,
+                counters: RuntimeCounters::default(),
+            }),
+        }
+    }
+
+    /// Validates `config`, then builds the collector.
+    ///
+    /// # Errors
+    /// [`CollectorError::Config`] naming the bad field.
+    pub fn try_new(config: CollectorConfig) -> Result<Self, CollectorError> {
+        config.validate()?;
+        Ok(Self::new(config))
+    }
+
+    /// Adds a source. Names must be unique.
+    ///
+    /// # Errors
+    /// [`CollectorError::DuplicateSource`], [`CollectorError::TooManySources`].
+    pub fn register(&mut self, source: Box<dyn EventSource>) -> Result<(), CollectorError> {
+        let name = source.name();
+        if self.sources.iter().any(|(_, s)| s.name == name) {
+            return Err(CollectorError::DuplicateSource { name });
+        }
+        if self.sources.len() >= self.config.max_event_sources {
+            return Err(CollectorError::TooManySources {
+                name,
+                max: self.config.max_event_sources,
+            });
+        }
+        let state = Arc::new(SourceState {
+            name,
+            caps: source.capabilities(),
+            counters: SourceCounters::default(),
+            health: Mutex::new(SourceHealth::Starting),
+        });
+        self.shared
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(state.clone());
+        self.sources.push((Arc::from(source), state));
+        Ok(())
+    }
+
+    /// The union of every registered source's capabilities.
+    pub fn capabilities(&self) -> SourceCaps {
+        self.sources
+            .iter()
+            .fold(SourceCaps::empty(), |acc, (_, s)| acc | s.caps)
+    }
+
+    /// A handle for shutdown, subscriptions, stats and health.
+    pub fn handle(&self) -> CollectorHandle {
+        CollectorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CollectorConfig {
+        &self.config
+    }
+
+    /// Runs until SIGINT, SIGTERM or [`CollectorHandle::shutdown`], then shuts
+    /// down within `shutdown_timeout`. Installs a `tracing` subscriber if the
+    /// application has none.
+    ///
+    /// # Errors
+    /// An invalid config or unavailable signal handlers (nothing started), or
+    /// [`CollectorError::SourcesFailed`] when every source ended on its own and
+    /// some failed.
+    pub async fn run(self) -> anyhow::Result<()> {
+        crate::logging::init_logging(self.config.enable_debug_logging);
+        self.config.validate().map_err(CollectorError::from)?;
+        // Validated again by `run_until`; checked here so that nothing, not
+        // even a signal handler, is set up for an invalid config.
+        let signals = shutdown_signals().map_err(CollectorError::Signal)?;
+        Ok(self.run_until(signals).await?)
+    }
+
+    /// Runs until `signal` completes or [`CollectorHandle::shutdown`] is
+    /// called; no signal handlers are installed.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), CollectorError> {
+        self.config.validate()?;
+        let Self {
+            config,
+            sources,
+            shared,
+        } = self;
+        *shared.started.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let total = sources.len();
+        info!(sources = total, buffer = config.event_buffer_size, "collector starting");
+
+        let source_tasks = TaskTracker::new();
+        let pumps = TaskTracker::new();
+        let health_tasks = TaskTracker::new();
+        let stop_health = CancellationToken::new();
+        let hard_deadline = CancellationToken::new();
+        let (ended_tx, mut ended_rx) = mpsc::channel::<bool>(total.max(1));
+        let mut running = Vec::with_capacity(total);
+
+        for (source, state) in &sources {
+            let (tx, rx) = mpsc::channel(config.event_buffer_size);
+            let flag = Arc::new(AtomicBool::new(false));
+            let task = spawn_source(&source_tasks, source.clone(), state.clone(), tx, flag.clone(), shared.clone(), ended_tx.clone());
+            running.push((flag, task));
+            pumps.spawn(pump(
+                rx,
+                state.clone(),
+                shared.clone(),
+                PumpSettings::from(&config),
+                hard_deadline.clone(),
+            ));
+            health_tasks.spawn(health_loop(
+                source.clone(),
+                state.clone(),
+                config.startup_timeout,
+                config.health_check_interval,
+                stop_health.clone(),
+            ));
+        }
+        drop(ended_tx);
+        source_tasks.close();
+        pumps.close();
+        health_tasks.close();
+
+        // Wait for a shutdown request, or for every source to end by itself.
+        let mut ended = 0usize;
+        let mut failed = 0usize;
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => break,
+                () = &mut signal => {
+                    info!("shutdown signal received");
+                    break;
+                }
+                Some(ok) = ended_rx.recv(), if total > 0 => {
+                    ended += 1;
+                    failed += usize::from(!ok);
+                    if ended == total {
+                        warn!(failed, total, "every source has ended; shutting down");
+                        break;
+                    }
+                }
+            }
+        }
+        shared.shutdown.cancel();
+
+        // Shutdown: signal, stop, wait until the deadline, abort stragglers.
+        let deadline = Instant::now() + config.shutdown_timeout;
+        info!(timeout = ?config.shutdown_timeout, "collector shutting down");
+        stop_health.cancel();
+        for (flag, _) in &running {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let stops = sources.iter().map(|(source, state)| {
+            let (source, state, shared) = (source.clone(), state.clone(), shared.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout_at(deadline, source.stop()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        add(&state.counters.errors, 1);
+                        add(&shared.counters.stop_errors, 1);
+                        warn!(source = state.name, error = %err, "source stop failed");
+                    }
+                    Err(_) => {
+                        add(&shared.counters.stop_errors, 1);
+                        warn!(source = state.name, "source stop overran the shutdown deadline");
+                    }
+                }
+            })
+        });
+        let stops: Vec<_> = stops.collect();
+        if tokio::time::timeout_at(deadline, source_tasks.wait()).await.is_err() {
+            for ((_, task), (_, state)) in running.iter().zip(&sources) {
+                if !task.is_finished() {
+                    task.abort();
+                    state.set_health(SourceHealth::Aborted);
+                    add(&shared.counters.sources_aborted, 1);
+                    warn!(source = state.name, "source ignored shutdown; aborted at the deadline");
+                }
+            }
+        }
+        for stop in stops {
+            stop.abort();
+        }
+        if tokio::time::timeout_at(deadline, pumps.wait()).await.is_err() {
+            warn!("buffers not drained by the deadline; flushing what fits and counting the rest");
+            hard_deadline.cancel();
+            pumps.wait().await;
+        }
+        // Aborted sources end at their next poll; a source blocking a thread
+        // cannot be interrupted, so it is not waited for.
+        health_tasks.wait().await;
+        shared.subscribers.close();
+
+        let stats = CollectorHandle { shared: shared.clone() }.stats();
+        info!(
+            received = stats.events_received_total(),
+            accepted = stats.events_accepted_total(),
+            dropped = stats.events_dropped_total(),
+            aborted = stats.sources_aborted_total,
+            "collector stopped"
+        );
+        if ended == total && total > 0 && failed > 0 {
+            return Err(CollectorError::SourcesFailed { failed, total });
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn shutdown_signals() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Runs `start` in its own task (so a panic is contained) and reports how it
+/// ended. Returns the handle used to abort it at the deadline.
+fn spawn_source(
+    tracker: &TaskTracker,
+    source: Arc<dyn EventSource>,
+    state: Arc<SourceState>,
+    tx: mpsc::Sender<CollectionEvent>,
+    flag: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    ended: mpsc::Sender<bool>,
+) -> AbortHandle {
+    let inner = tokio::spawn(async move { source.start(tx, flag).await });
+    let abort = inner.abort_handle();
+    tracker.spawn(async move {
+        let outcome = inner.await;
+        let shutting_down = shared.shutdown.is_cancelled();
+        let ok = match outcome {
+            Ok(Ok(())) => {
+                if shutting_down {
+                    state.set_health(SourceHealth::Stopped);
+                } else {
+                    state.set_health(SourceHealth::Completed);
+                    info!(source = state.name, "source completed");
+                }
+                true
+            }
+            Ok(Err(err)) => {
+                add(&state.counters.errors, 1);
+                add(&shared.counters.sources_failed, 1);
+                error!(source = state.name, error = %format!("{err:#}"), "source failed");
+                state.set_health(SourceHealth::Failed(format!("{err:#}")));
+                false
+            }
+            Err(join) if join.is_panic() => {
+                let msg = panic_message(join.into_panic());
+                add(&state.counters.errors, 1);
+                add(&shared.counters.sources_failed, 1);
+                error!(source = state.name, panic = %msg, "source panicked");
+                state.set_health(SourceHealth::Failed(format!("panicked: {msg}")));
+                false
+            }
+            // Cancelled: aborted at the deadline; already recorded.
+            Err(_) => true,
+        };
+        // The receiver is gone once the runtime stops listening; nothing to do.
+        let _ = ended.send(ok).await;
+    });
+    abort
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct PumpSettings {
+    batch: usize,
+    linger: std::time::Duration,
+    threshold: usize,
+}
+
+impl From<&CollectorConfig> for PumpSettings {
+    fn from(c: &CollectorConfig) -> Self {
+        Self {
+            batch: c.max_batch_size,
+            linger: c.batch_timeout,
+            threshold: c.backpressure_threshold,
+        }
+    }
+}
+
+/// Moves one source's events from its intake queue to the subscribers:
+/// batch, validate, count, dispatch. Ends when the source's senders are all
+/// gone and the queue is empty, or at the hard deadline.
+async fn pump(
+    mut rx: mpsc::Receiver<CollectionEvent>,
+    state: Arc<SourceState>,
+    shared: Arc<Shared>,
+    settings: PumpSettings,
+    hard_deadline: CancellationToken,
+) {
+    let c = &state.counters;
+    let mut warned_invalid = false;
+    loop {
+        let mut buf = Vec::with_capacity(settings.batch);
+        let n = tokio::select! {
+            biased;
+            () = hard_deadline.cancelled() => break,
+            n = rx.recv_many(&mut buf, settings.batch) => n,
+        };
+        if n == 0 {
+            // Closed and empty: the source and every clone of its sender are gone.
+            return;
+        }
+        if !settings.linger.is_zero() && buf.len() < settings.batch {
+            let until = Instant::now() + settings.linger;
+            while buf.len() < settings.batch {
+                let want = settings.batch - buf.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut buf, want)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        add(&c.received, buf.len());
+
+        let queued = rx.len();
+        if queued >= settings.threshold {
+            if !c.backpressured.swap(true, Ordering::Relaxed) {
+                add(&c.backpressure_episodes, 1);
+                debug!(source = state.name, queued, "intake above backpressure threshold");
+            }
+        } else if queued < settings.threshold / 2 {
+            c.backpressured.store(false, Ordering::Relaxed);
+        }
+
+        let before = buf.len();
+        buf.retain(|event| match event.validate() {
+            Ok(()) => true,
+            Err(err) => {
+                if warned_invalid {
+                    debug!(source = state.name, error = %err, "invalid event rejected");
+                } else {
+                    warned_invalid = true;
+                    warn!(source = state.name, error = %err, "invalid event rejected (further ones logged at debug)");
+                }
+                false
+            }
+        });
+        add(&c.rejected_invalid, before - buf.len());
+        add(&c.accepted, buf.len());
+        let accepted = buf.len();
+        if accepted == 0 {
+            continue;
+        }
+        let routed = shared
+            .subscribers
+            .dispatch(EventBatch::new(buf, state.name), Mode::Normal, &hard_deadline)
+            .await;
+        if !routed {
+            add(&shared.counters.unrouted, accepted);
+        }
+    }
+    // Past the hard deadline: hand over what fits without waiting, count the rest.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        rest.push(event);
+    }
+    add(&c.received, rest.len());
+    let before = rest.len();
+    rest.retain(|e| e.validate().is_ok());
+    add(&c.rejected_invalid, before - rest.len());
+    add(&c.accepted, rest.len());
+    if !rest.is_empty() {
+        let n = rest.len();
+        if !shared
+            .subscribers
+            .dispatch(EventBatch::new(rest, state.name), Mode::Final, &hard_deadline)
+            .await
+        {
+            add(&shared.counters.unrouted, n);
+        }
+    }
+}
+
+/// Calls `health_check` at start (bounded by the startup timeout) and then
+/// every interval (each bounded by the interval), until shutdown.
+async fn health_loop(
+    source: Arc<dyn EventSource>,
+    state: Arc<SourceState>,
+    startup_timeout: std::time::Duration,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let limit = if first { startup_timeout } else { interval };
+        let verdict = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(limit, source.health_check()) => r,
+        };
+        match verdict {
+            Ok(Ok(())) => state.set_running_health(SourceHealth::Healthy),
+            Ok(Err(err)) => {
+                add(&state.counters.health_checks_failed, 1);
+                warn!(source = state.name, error = %format!("{err:#}"), "health check failed");
+                state.set_running_health(SourceHealth::Degraded(format!("{err:#}")));
+            }
+            Err(_) => {
+                add(&state.counters.health_checks_failed, 1);
+                let what = if first { "not ready within the startup timeout" } else { "health check timed out" };
+                warn!(source = state.name, "{what}");
+                state.set_running_health(SourceHealth::Degraded(what.to_owned()));
+            }
+        }
+        first = false;
+    }
+}

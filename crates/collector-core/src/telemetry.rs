@@ -1,0 +1,291 @@
+//! Counters and snapshots: what every stage received, delivered and dropped.
+//!
+//! # Accounting invariant
+//!
+//! For each source (intake stage):
+//! `events_received = events_accepted + events_rejected_invalid + events_dropped_shutdown`.
+//!
+//! For each subscriber (delivery stage):
+//! `events_offered = events_delivered + events_dropped_full + events_dropped_closed
+//!  + events_dropped_shutdown + events_queued`.
+//!
+//! Nothing is lost without a counter saying why.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::health::SourceHealth;
+use crate::source::SourceCaps;
+
+#[derive(Debug, Default)]
+pub(crate) struct SourceCounters {
+    pub(crate) received: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected_invalid: AtomicU64,
+    pub(crate) dropped_shutdown: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) health_checks_failed: AtomicU64,
+    pub(crate) backpressure_episodes: AtomicU64,
+    pub(crate) backpressured: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SubscriberCounters {
+    pub(crate) id: u64,
+    pub(crate) offered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped_full: AtomicU64,
+    pub(crate) dropped_closed: AtomicU64,
+    pub(crate) dropped_shutdown: AtomicU64,
+}
+
+impl SubscriberCounters {
+    pub(crate) fn new(id: u64) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> SubscriberStats {
+        // Read `offered` last: concurrent delivery moves events from queued to
+        // delivered, never out of offered.
+        let delivered = load(&self.delivered);
+        let dropped_full = load(&self.dropped_full);
+        let dropped_closed = load(&self.dropped_closed);
+        let dropped_shutdown = load(&self.dropped_shutdown);
+        let offered = load(&self.offered);
+        SubscriberStats {
+            id: self.id,
+            events_offered: offered,
+            events_delivered: delivered,
+            events_dropped_full: dropped_full,
+            events_dropped_closed: dropped_closed,
+            events_dropped_shutdown: dropped_shutdown,
+            events_queued: offered.saturating_sub(delivered + dropped_full + dropped_closed + dropped_shutdown),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RuntimeCounters {
+    pub(crate) unrouted: AtomicU64,
+    pub(crate) sources_failed: AtomicU64,
+    pub(crate) sources_aborted: AtomicU64,
+    pub(crate) stop_errors: AtomicU64,
+}
+
+pub(crate) fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+pub(crate) fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// One source's counters and health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SourceStats {
+    /// The source's name.
+    pub name: &'static str,
+    /// What it declared.
+    pub capabilities: SourceCaps,
+    /// Its current health.
+    pub health: SourceHealth,
+    /// Events taken from its intake queue.
+    pub events_received: u64,
+    /// Events that passed validation and were published.
+    pub events_accepted: u64,
+    /// Events refused by [`CollectionEvent::validate`](crate::CollectionEvent::validate).
+    pub events_rejected_invalid: u64,
+    /// Events still queued when the shutdown deadline passed.
+    pub events_dropped_shutdown: u64,
+    /// Errors: `start` or `stop` failing, or a panic.
+    pub errors_total: u64,
+    /// Failed or timed-out health checks.
+    pub health_checks_failed_total: u64,
+    /// Times the intake queue crossed the backpressure threshold.
+    pub backpressure_total: u64,
+    /// Whether the intake queue is above the threshold now.
+    pub backpressured: bool,
+}
+
+/// One subscriber's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SubscriberStats {
+    /// The subscription's id.
+    pub id: u64,
+    /// Events offered to this subscriber's queue.
+    pub events_offered: u64,
+    /// Events the subscriber took.
+    pub events_delivered: u64,
+    /// Events dropped because its queue was full (`WhenFull::DropNewest`).
+    pub events_dropped_full: u64,
+    /// Events dropped because it went away with events still queued.
+    pub events_dropped_closed: u64,
+    /// Events that could not be queued before the shutdown deadline.
+    pub events_dropped_shutdown: u64,
+    /// Events waiting in its queue.
+    pub events_queued: u64,
+}
+
+impl SubscriberStats {
+    /// Sum of drops over every reason.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped_full + self.events_dropped_closed + self.events_dropped_shutdown
+    }
+}
+
+/// What the collector process itself costs, read from `/proc/self`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+pub struct ProcessResources {
+    /// User plus system CPU time of the whole process.
+    pub cpu_time: Duration,
+    /// Resident set size now, in bytes.
+    pub rss_bytes: u64,
+    /// Peak resident set size, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Number of threads.
+    pub threads: u64,
+}
+
+impl ProcessResources {
+    /// Reads `/proc/self/stat` and `/proc/self/status`.
+    ///
+    /// # Errors
+    /// When either file cannot be read or parsed (not Linux, `/proc` missing).
+    pub fn current() -> std::io::Result<Self> {
+        let stat = std::fs::read("/proc/self/stat")?;
+        let status = std::fs::read("/proc/self/status")?;
+        let ticks = clock_ticks_per_second();
+        parse_self(&stat, &status, ticks)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unexpected /proc/self format"))
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t.unsigned_abs(),
+        // USER_HZ is 100 on every Linux ABI in use.
+        _ => 100,
+    }
+}
+
+/// Parses utime+stime from `/proc/self/stat` and VmRSS/VmHWM/Threads from
+/// `/proc/self/status`.
+pub(crate) fn parse_self(stat: &[u8], status: &[u8], ticks_per_sec: u64) -> Option<ProcessResources> {
+    // The command name may contain spaces and ')': fields resume after the last ')'.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // After ')': field 3 (state) is index 0, so utime (14) is index 11, stime (15) index 12.
+    let mut fields = rest.split_ascii_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let total = utime + stime;
+    let tps = ticks_per_sec.max(1);
+    let cpu_time = Duration::from_secs(total / tps) + Duration::from_nanos((total % tps) * 1_000_000_000 / tps);
+
+    let status = std::str::from_utf8(status).ok()?;
+    let mut out = ProcessResources {
+        cpu_time,
+        ..ProcessResources::default()
+    };
+    for line in status.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let number = || value.split_whitespace().next()?.parse::<u64>().ok();
+        match key {
+            "VmRSS" => out.rss_bytes = number()? * 1024,
+            "VmHWM" => out.peak_rss_bytes = number()? * 1024,
+            "Threads" => out.threads = number()?,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// A snapshot of the whole runtime.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CollectorStats {
+    /// Time since the runtime started (zero before `run`).
+    pub uptime: Duration,
+    /// Per source.
+    pub sources: Vec<SourceStats>,
+    /// Per subscriber, including those that went away.
+    pub subscribers: Vec<SubscriberStats>,
+    /// Events accepted while nobody was subscribed.
+    pub events_unrouted_total: u64,
+    /// Sources whose `start` returned an error or panicked.
+    pub sources_failed_total: u64,
+    /// Sources still running at the shutdown deadline, aborted.
+    pub sources_aborted_total: u64,
+    /// `stop()` calls that failed or overran the deadline.
+    pub stop_errors_total: u64,
+    /// The process's own CPU time and memory (`None` when `/proc` is unreadable).
+    pub process: Option<ProcessResources>,
+}
+
+impl CollectorStats {
+    /// Events received from every source.
+    pub fn events_received_total(&self) -> u64 {
+        self.sources.iter().map(|s| s.events_received).sum()
+    }
+
+    /// Events accepted from every source.
+    pub fn events_accepted_total(&self) -> u64 {
+        self.sources.iter().map(|s| s.events_accepted).sum()
+    }
+
+    /// Events dropped anywhere (intake and every subscriber), by any reason.
+    pub fn events_dropped_total(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| s.events_rejected_invalid + s.events_dropped_shutdown)
+            .sum::<u64>()
+            + self.subscribers.iter().map(SubscriberStats::events_dropped).sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const STAT: &[u8] = b"4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 30 0 0 20 0 7 0 12345 123456789 2000 18446744073709551615";
+    const STATUS: &[u8] =
+        b"Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    5120 kB\nVmRSS:\t    4096 kB\nThreads:\t7\n";
+
+    #[test]
+    fn parses_cpu_time_rss_and_threads() {
+        let r = parse_self(STAT, STATUS, 100).unwrap();
+        assert_eq!(r.cpu_time, Duration::from_millis(2800));
+        assert_eq!(r.rss_bytes, 4096 * 1024);
+        assert_eq!(r.peak_rss_bytes, 5120 * 1024);
+        assert_eq!(r.threads, 7);
+    }
+
+    #[test]
+    fn truncated_or_garbled_input_is_none_not_a_panic() {
+        for cut in 0..STAT.len() {
+            let _ = parse_self(&STAT[..cut], STATUS, 100);
+        }
+        assert!(parse_self(b"1 (x) S 1 2", STATUS, 100).is_none());
+        assert!(parse_self(STAT, b"VmRSS:\tlots kB\n", 100).is_none());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let r = ProcessResources::current().unwrap();
+        assert!(r.rss_bytes > 0);
+        assert!(r.peak_rss_bytes >= r.rss_bytes);
+        assert!(r.threads >= 1);
+    }
+}

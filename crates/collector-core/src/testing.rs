@@ -1,0 +1,294 @@
+//! A conformance check any [`EventSource`] can run.
+//!
+//! [`check_source`] runs a source the way the runtime does and verifies its
+//! contract: it never panics (in `start`, `stop` or `health_check`), every
+//! event it emits validates and belongs to a domain it declared in its
+//! capabilities, and it returns from `start` within a deadline after the
+//! shutdown signal.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use collector_core::testing::{check_source, ConformanceConfig};
+//! # use collector_core::{CollectionEvent, EventSource, SourceCaps};
+//! # use std::sync::atomic::{AtomicBool, Ordering};
+//! # struct Quiet;
+//! # #[async_trait::async_trait]
+//! # impl EventSource for Quiet {
+//! #     fn name(&self) -> &'static str { "quiet" }
+//! #     fn capabilities(&self) -> SourceCaps { SourceCaps::PROCESS }
+//! #     async fn start(&self, _tx: tokio::sync::mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+//! #         while !stop.load(Ordering::Relaxed) { tokio::time::sleep(std::time::Duration::from_millis(10)).await; }
+//! #         Ok(())
+//! #     }
+//! #     async fn stop(&self) -> anyhow::Result<()> { Ok(()) }
+//! # }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let report = check_source(Arc::new(Quiet), &ConformanceConfig::default()).await.unwrap();
+//! assert!(report.stop_latency <= ConformanceConfig::default().stop_deadline);
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::event::{CollectionEvent, EventKind, EventValidationError};
+use crate::source::{EventSource, SourceCaps};
+
+/// How [`check_source`] exercises a source.
+#[derive(Debug, Clone)]
+pub struct ConformanceConfig {
+    /// How long the source runs before the shutdown signal (cut short once
+    /// `min_events` have arrived).
+    pub run_for: Duration,
+    /// The most time `start` may take to return after the signal.
+    pub stop_deadline: Duration,
+    /// Events the source must emit while running (0: none required).
+    pub min_events: usize,
+    /// Capacity of the channel handed to `start`.
+    pub buffer: usize,
+}
+
+impl Default for ConformanceConfig {
+    fn default() -> Self {
+        Self {
+            run_for: Duration::from_millis(300),
+            stop_deadline: Duration::from_secs(2),
+            min_events: 0,
+            buffer: 1024,
+        }
+    }
+}
+
+/// What the check observed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConformanceReport {
+    /// Events received, by kind.
+    pub events_by_kind: BTreeMap<EventKind, usize>,
+    /// Up to the first 1,000 events, for further assertions.
+    pub sample: Vec<CollectionEvent>,
+    /// Time from the shutdown signal until `start` returned.
+    pub stop_latency: Duration,
+}
+
+impl ConformanceReport {
+    /// Events received in all.
+    pub fn events(&self) -> usize {
+        self.events_by_kind.values().sum()
+    }
+}
+
+/// A broken contract.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConformanceError {
+    /// `start`, `stop` or `health_check` panicked.
+    #[error("source {source_name:?} panicked in {method}: {message}")]
+    Panicked {
+        /// The source.
+        source_name: &'static str,
+        /// `start`, `stop` or `health_check`.
+        method: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// `start` returned an error.
+    #[error("source {source_name:?} failed: {message}")]
+    Failed {
+        /// The source.
+        source_name: &'static str,
+        /// The error, with its chain.
+        message: String,
+    },
+    /// `start` did not return within the deadline after the signal.
+    #[error("source {source_name:?} did not stop within {deadline:?} of the shutdown signal")]
+    DidNotStop {
+        /// The source.
+        source_name: &'static str,
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// An emitted event failed validation.
+    #[error("source {source_name:?} emitted invalid event #{index}")]
+    InvalidEvent {
+        /// The source.
+        source_name: &'static str,
+        /// Position of the event in the stream.
+        index: usize,
+        /// Why it is invalid.
+        #[source]
+        error: EventValidationError,
+    },
+    /// An event's domain is not among the declared capabilities.
+    #[error("source {source_name:?} emitted a {kind} event without declaring that capability")]
+    Undeclared {
+        /// The source.
+        source_name: &'static str,
+        /// The kind emitted.
+        kind: EventKind,
+    },
+    /// Fewer events than required.
+    #[error("source {source_name:?} emitted {got} events, fewer than the {want} required")]
+    TooFewEvents {
+        /// The source.
+        source_name: &'static str,
+        /// Required.
+        want: usize,
+        /// Received.
+        got: usize,
+    },
+}
+
+fn required_cap(kind: EventKind) -> SourceCaps {
+    match kind {
+        EventKind::Process => SourceCaps::PROCESS,
+        EventKind::Network => SourceCaps::NETWORK,
+        EventKind::Filesystem => SourceCaps::FILESYSTEM,
+        EventKind::Performance => SourceCaps::PERFORMANCE,
+        // Any source may ask for analysis.
+        EventKind::TriggerRequest => SourceCaps::empty(),
+    }
+}
+
+fn panic_text(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs `source` through its contract. See the [module docs](self).
+///
+/// # Errors
+/// The first broken rule.
+pub async fn check_source(
+    source: Arc<dyn EventSource>,
+    config: &ConformanceConfig,
+) -> Result<ConformanceReport, ConformanceError> {
+    let name = source.name();
+    let caps = source.capabilities();
+
+    let probe = source.clone();
+    tokio::spawn(async move { probe.health_check().await })
+        .await
+        .map_err(|e| ConformanceError::Panicked {
+            source_name: name,
+            method: "health_check",
+            message: panic_text(e),
+        })?
+        .ok(); // a failing health check is allowed; panicking is not
+
+    let (tx, mut rx) = mpsc::channel(config.buffer.max(1));
+    let flag = Arc::new(AtomicBool::new(false));
+    let runner = source.clone();
+    let run_flag = flag.clone();
+    let mut task = tokio::spawn(async move { runner.start(tx, run_flag).await });
+
+    let mut report = ConformanceReport {
+        events_by_kind: BTreeMap::new(),
+        sample: Vec::new(),
+        stop_latency: Duration::ZERO,
+    };
+    let mut index = 0usize;
+    let mut take = |event: CollectionEvent, report: &mut ConformanceReport| {
+        event.validate().map_err(|error| ConformanceError::InvalidEvent {
+            source_name: name,
+            index,
+            error,
+        })?;
+        let kind = event.kind();
+        if !caps.contains(required_cap(kind)) {
+            return Err(ConformanceError::Undeclared { source_name: name, kind });
+        }
+        *report.events_by_kind.entry(kind).or_default() += 1;
+        if report.sample.len() < 1000 {
+            report.sample.push(event);
+        }
+        index += 1;
+        Ok(())
+    };
+
+    // Run phase: consume until run_for passes (or min_events arrive).
+    let run_until = Instant::now() + config.run_for;
+    let mut finished_early = None;
+    loop {
+        if config.min_events > 0 && report.events() >= config.min_events {
+            break;
+        }
+        tokio::select! {
+            biased;
+            r = &mut task => { finished_early = Some(r); break; }
+            () = tokio::time::sleep_until(run_until) => break,
+            Some(event) = rx.recv() => take(event, &mut report)?,
+        }
+    }
+
+    // Stop phase: signal, call stop, keep draining, time the return.
+    flag.store(true, Ordering::SeqCst);
+    let signalled = Instant::now();
+    let stopper = source.clone();
+    let stop = tokio::spawn(async move { stopper.stop().await });
+    let outcome = match finished_early {
+        Some(r) => r,
+        None => {
+            let deadline = signalled + config.stop_deadline;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut task => break r,
+                    () = tokio::time::sleep_until(deadline) => {
+                        task.abort();
+                        return Err(ConformanceError::DidNotStop { source_name: name, deadline: config.stop_deadline });
+                    }
+                    Some(event) = rx.recv() => take(event, &mut report)?,
+                }
+            }
+        }
+    };
+    report.stop_latency = signalled.elapsed();
+    while let Ok(event) = rx.try_recv() {
+        take(event, &mut report)?;
+    }
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            return Err(ConformanceError::Failed {
+                source_name: name,
+                message: format!("{err:#}"),
+            })
+        }
+        Err(e) => {
+            return Err(ConformanceError::Panicked {
+                source_name: name,
+                method: "start",
+                message: panic_text(e),
+            })
+        }
+    }
+    if let Err(e) = stop.await {
+        return Err(ConformanceError::Panicked {
+            source_name: name,
+            method: "stop",
+            message: panic_text(e),
+        });
+    }
+    if report.events() < config.min_events {
+        return Err(ConformanceError::TooFewEvents {
+            source_name: name,
+            want: config.min_events,
+            got: report.events(),
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,166 @@
+//! The accounting invariant under overload: for every stage, events received
+//! = events delivered + events dropped (by reason), and queues stay bounded.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use collector_core::{Collector, CollectorConfig, CollectorStats, Subscription, SubscriberStats, WhenFull};
+
+use crate::sources::{seq_of, Flood};
+
+const EVENTS: u64 = 200_000;
+
+/// Reads to the end of the stream, optionally slowly, checking that the
+/// source's order is kept.
+async fn drain(mut sub: Subscription, slow: bool) -> (u64, SubscriberStats) {
+    let mut n = 0;
+    let mut last = None;
+    while let Some(batch) = sub.recv_batch().await {
+        for e in batch.iter() {
+            let seq = seq_of(e);
+            assert!(last.is_none_or(|l| seq > l), "order broken: {seq} after {last:?}");
+            last = Some(seq);
+        }
+        n += batch.len() as u64;
+        if slow {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    (n, sub.stats())
+}
+
+/// `all_stayed`: every subscriber stayed to the end, so each was offered
+/// every accepted event.
+fn check_invariants(stats: &CollectorStats, sent: u64, all_stayed: bool) {
+    let src = &stats.sources[0];
+    assert_eq!(src.events_received, sent, "every sent event was received");
+    assert_eq!(
+        src.events_received,
+        src.events_accepted + src.events_rejected_invalid + src.events_dropped_shutdown
+    );
+    for sub in &stats.subscribers {
+        assert_eq!(sub.events_queued, 0);
+        if all_stayed {
+            assert_eq!(sub.events_offered, src.events_accepted, "subscriber {}", sub.id);
+        } else {
+            assert!(sub.events_offered <= src.events_accepted);
+        }
+        assert_eq!(
+            sub.events_offered,
+            sub.events_delivered + sub.events_dropped(),
+            "subscriber {}: {sub:?}",
+            sub.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
+    let config = CollectorConfig::new()
+        .with_event_buffer_size(1024)
+        .with_max_batch_size(128)
+        .with_when_full(WhenFull::DropNewest);
+    let mut c = Collector::new(config);
+    let flood = Flood::new("flood", EVENTS, false);
+    let sent = flood.sent.clone();
+    c.register(Box::new(flood)).unwrap();
+    let handle = c.handle();
+    let slow = tokio::spawn(drain(handle.subscribe(), true));
+    let fast = tokio::spawn(drain(handle.subscribe(), false));
+
+    // Sample queue depths while the flood runs: they never exceed the bound.
+    let sampler = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut worst = 0;
+            while !handle.is_shutdown_requested() {
+                for s in handle.stats().subscribers {
+                    worst = worst.max(s.events_queued);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            worst
+        })
+    };
+    c.run_until(std::future::pending()).await.unwrap();
+    let (slow_read, slow_stats) = slow.await.unwrap();
+    let (fast_read, fast_stats) = fast.await.unwrap();
+    let worst = sampler.await.unwrap();
+
+    let sent = sent.load(Ordering::SeqCst) as u64;
+    assert_eq!(sent, EVENTS);
+    let stats = handle.stats();
+    check_invariants(&stats, sent, true);
+    assert_eq!(slow_read, slow_stats.events_delivered);
+    assert_eq!(fast_read, fast_stats.events_delivered);
+    assert!(slow_stats.events_dropped_full > 0, "the slow subscriber was never overloaded: {slow_stats:?}");
+    assert!(worst <= 1024 + 128, "a queue held {worst} events, above its bound");
+    assert!(stats.events_dropped_total() >= slow_stats.events_dropped_full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_loses_nothing_and_backpressure_is_reported() {
+    let config = CollectorConfig::new()
+        .with_event_buffer_size(512)
+        .with_max_batch_size(64)
+        .with_when_full(WhenFull::Block);
+    let mut c = Collector::new(config);
+    c.register(Box::new(Flood::new("flood", 20_000, false))).unwrap();
+    let handle = c.handle();
+    let slow = tokio::spawn(drain(handle.subscribe(), true));
+    c.run_until(std::future::pending()).await.unwrap();
+    let (read, sub) = slow.await.unwrap();
+    let stats = handle.stats();
+    check_invariants(&stats, 20_000, true);
+    assert_eq!(read, 20_000);
+    assert_eq!(sub.events_dropped(), 0);
+    assert!(stats.sources[0].backpressure_total > 0, "a slow subscriber under Block must show as backpressure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_flood_drains_what_was_buffered() {
+    let config = CollectorConfig::new().with_event_buffer_size(4096).with_when_full(WhenFull::Block);
+    let mut c = Collector::new(config);
+    let flood = Flood::new("flood", u64::MAX, true);
+    let sent = flood.sent.clone();
+    c.register(Box::new(flood)).unwrap();
+    let handle = c.handle();
+    let mut sub = handle.subscribe();
+    let run = tokio::spawn(c.run_until(std::future::pending()));
+    // Shut down once a good amount is flowing.
+    let mut read = 0u64;
+    while read < 50_000 {
+        read += sub.recv_batch().await.unwrap().len() as u64;
+    }
+    handle.shutdown();
+    while let Some(b) = sub.recv_batch().await {
+        read += b.len() as u64;
+    }
+    run.await.unwrap().unwrap();
+    let stats = handle.stats();
+    let sent = sent.load(Ordering::SeqCst) as u64;
+    check_invariants(&stats, sent, true);
+    assert_eq!(read, sent, "every event the source sent reached the subscriber");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
+    let config = CollectorConfig::new().with_event_buffer_size(1024).with_when_full(WhenFull::Block);
+    let mut c = Collector::new(config);
+    c.register(Box::new(Flood::new("flood", 30_000, false))).unwrap();
+    let handle = c.handle();
+    let keeper = tokio::spawn(drain(handle.subscribe(), false));
+    let mut quitter = handle.subscribe();
+    let run = tokio::spawn(c.run_until(std::future::pending()));
+    for _ in 0..100 {
+        quitter.recv().await.unwrap();
+    }
+    drop(quitter);
+    run.await.unwrap().unwrap();
+    let (read, _) = keeper.await.unwrap();
+    assert_eq!(read, 30_000);
+    let stats = handle.stats();
+    check_invariants(&stats, 30_000, false);
+    let gone = stats.subscribers.iter().find(|s| s.events_delivered == 100).unwrap();
+    assert!(gone.events_dropped_closed > 0);
+}
