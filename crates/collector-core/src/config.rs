@@ -270,7 +270,11 @@ impl CollectorConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
 
     use proptest::prelude::*;
 
@@ -304,14 +308,30 @@ mod tests {
     #[test]
     fn zero_sizes_and_durations_name_the_field() {
         let base = CollectorConfig::default;
-        assert_eq!(field_of(base().with_max_event_sources(0).validate().unwrap_err()), "max_event_sources");
-        assert_eq!(field_of(base().with_max_batch_size(0).validate().unwrap_err()), "max_batch_size");
         assert_eq!(
-            field_of(base().with_shutdown_timeout(Duration::ZERO).validate().unwrap_err()),
+            field_of(base().with_max_event_sources(0).validate().unwrap_err()),
+            "max_event_sources"
+        );
+        assert_eq!(
+            field_of(base().with_max_batch_size(0).validate().unwrap_err()),
+            "max_batch_size"
+        );
+        assert_eq!(
+            field_of(
+                base()
+                    .with_shutdown_timeout(Duration::ZERO)
+                    .validate()
+                    .unwrap_err()
+            ),
             "shutdown_timeout"
         );
         assert_eq!(
-            field_of(base().with_health_check_interval(Duration::ZERO).validate().unwrap_err()),
+            field_of(
+                base()
+                    .with_health_check_interval(Duration::ZERO)
+                    .validate()
+                    .unwrap_err()
+            ),
             "health_check_interval"
         );
         let mut c = base();
@@ -325,9 +345,15 @@ mod tests {
             .with_event_buffer_size(100)
             .with_backpressure_threshold(101);
         let err = c.validate().unwrap_err();
-        assert!(err.to_string().contains("101 is above event_buffer_size 100"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("101 is above event_buffer_size 100"),
+            "{err}"
+        );
         assert_eq!(field_of(err), "backpressure_threshold");
-        let c = CollectorConfig::default().with_event_buffer_size(100).with_max_batch_size(200);
+        let c = CollectorConfig::default()
+            .with_event_buffer_size(100)
+            .with_max_batch_size(200);
         assert_eq!(field_of(c.validate().unwrap_err()), "max_batch_size");
     }
 

@@ -187,13 +187,22 @@ fn validate_hash(
 ) -> Result<(), EventValidationError> {
     match (hash, algorithm) {
         (None, None) => Ok(()),
-        (Some(_), None) => Err(invalid(kind, "hash_algorithm", "is missing while a hash is set")),
+        (Some(_), None) => Err(invalid(
+            kind,
+            "hash_algorithm",
+            "is missing while a hash is set",
+        )),
         (None, Some(_)) => Err(invalid(kind, "hash_algorithm", "is set without a hash")),
         (Some(h), Some(alg)) => {
-            if h.len() == alg.hex_len() && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            if h.len() == alg.hex_len() && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
                 Ok(())
             } else {
-                Err(invalid(kind, "hash", "is not a lowercase hex digest of the stated algorithm"))
+                Err(invalid(
+                    kind,
+                    "hash",
+                    "is not a lowercase hex digest of the stated algorithm",
+                ))
             }
         }
     }
@@ -207,11 +216,14 @@ fn validate_metadata(
     if map.len() > MAX_METADATA_ENTRIES {
         return Err(invalid(kind, field, "has too many entries"));
     }
-    if map
-        .iter()
-        .any(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_VALUE_LEN || v.len() > MAX_METADATA_VALUE_LEN)
-    {
-        return Err(invalid(kind, field, "has an empty or oversized key or value"));
+    if map.iter().any(|(k, v)| {
+        k.is_empty() || k.len() > MAX_METADATA_VALUE_LEN || v.len() > MAX_METADATA_VALUE_LEN
+    }) {
+        return Err(invalid(
+            kind,
+            field,
+            "has an empty or oversized key or value",
+        ));
     }
     Ok(())
 }
@@ -571,14 +583,19 @@ mod opt_system_time {
     use serde::{Deserialize, Deserializer, Serializer};
 
     #[allow(clippy::ref_option)] // serde's `with` hands us `&Option<T>`
-    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => super::system_time::serialize(t, s),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
         Option::<i64>::deserialize(d)?
             .map(|n| {
                 super::system_time::from_nanos(i128::from(n))
@@ -611,7 +628,10 @@ mod tests {
         e.hash_algorithm = Some(HashAlgorithm::Sha256);
         CollectionEvent::Process(e.clone()).validate().unwrap();
         e.executable_hash = Some("AB".repeat(32));
-        assert_eq!(CollectionEvent::Process(e).validate().unwrap_err().field, "hash");
+        assert_eq!(
+            CollectionEvent::Process(e).validate().unwrap_err().field,
+            "hash"
+        );
     }
 
     #[test]
@@ -636,7 +656,10 @@ mod tests {
             connection_id: "1".into(),
             ..NetworkEvent::default()
         };
-        assert_eq!(CollectionEvent::Network(net).validate().unwrap_err().field, "protocol");
+        assert_eq!(
+            CollectionEvent::Network(net).validate().unwrap_err().field,
+            "protocol"
+        );
         let mut p = process(5);
         for i in 0..=MAX_METADATA_ENTRIES {
             p.platform_metadata.insert(i.to_string(), String::new());
@@ -681,18 +704,20 @@ mod tests {
             any::<bool>(),
             -1_000_000_000_000i64..4_000_000_000_000_000_000,
         )
-            .prop_map(|(pid, ppid, name, argv, start, cpu, accessible, ts)| ProcessEvent {
-                pid,
-                ppid,
-                name,
-                command_line: argv,
-                start_time: start.and_then(|n| system_time::from_nanos(i128::from(n))),
-                cpu_usage: cpu,
-                accessible,
-                timestamp: system_time::from_nanos(i128::from(ts)).unwrap(),
-                process_key: Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, 99)),
-                ..ProcessEvent::default()
-            })
+            .prop_map(
+                |(pid, ppid, name, argv, start, cpu, accessible, ts)| ProcessEvent {
+                    pid,
+                    ppid,
+                    name,
+                    command_line: argv,
+                    start_time: start.and_then(|n| system_time::from_nanos(i128::from(n))),
+                    cpu_usage: cpu,
+                    accessible,
+                    timestamp: system_time::from_nanos(i128::from(ts)).unwrap(),
+                    process_key: Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, 99)),
+                    ..ProcessEvent::default()
+                },
+            )
     }
 
     proptest! {

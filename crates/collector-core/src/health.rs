@@ -82,10 +82,31 @@ mod tests {
         let h = |v: Vec<SourceHealth>| {
             HealthReport::from_sources(v.into_iter().map(|s| ("s", s)).collect()).status
         };
-        assert_eq!(h(vec![SourceHealth::Healthy, SourceHealth::Starting]), HealthStatus::Healthy);
-        assert_eq!(h(vec![SourceHealth::Healthy, SourceHealth::Degraded("x".into())]), HealthStatus::Degraded);
-        assert_eq!(h(vec![SourceHealth::Healthy, SourceHealth::Failed("x".into())]), HealthStatus::Degraded);
-        assert_eq!(h(vec![SourceHealth::Failed("x".into()), SourceHealth::Aborted]), HealthStatus::Unhealthy);
+        assert_eq!(
+            h(vec![SourceHealth::Healthy, SourceHealth::Starting]),
+            HealthStatus::Healthy
+        );
+        assert_eq!(
+            h(vec![
+                SourceHealth::Healthy,
+                SourceHealth::Degraded("x".into())
+            ]),
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            h(vec![
+                SourceHealth::Healthy,
+                SourceHealth::Failed("x".into())
+            ]),
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            h(vec![
+                SourceHealth::Failed("x".into()),
+                SourceHealth::Aborted
+            ]),
+            HealthStatus::Unhealthy
+        );
         assert_eq!(h(vec![]), HealthStatus::Healthy);
     }
 }

@@ -32,11 +32,26 @@ mod tests {
 
     #[test]
     fn rust_log_wins_over_the_debug_flag() {
-        assert_eq!(log_filter(false, None).max_level_hint(), Some(LevelFilter::INFO));
-        assert_eq!(log_filter(true, None).max_level_hint(), Some(LevelFilter::DEBUG));
-        assert_eq!(log_filter(true, Some("warn")).max_level_hint(), Some(LevelFilter::WARN));
-        assert_eq!(log_filter(false, Some("trace")).max_level_hint(), Some(LevelFilter::TRACE));
+        assert_eq!(
+            log_filter(false, None).max_level_hint(),
+            Some(LevelFilter::INFO)
+        );
+        assert_eq!(
+            log_filter(true, None).max_level_hint(),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            log_filter(true, Some("warn")).max_level_hint(),
+            Some(LevelFilter::WARN)
+        );
+        assert_eq!(
+            log_filter(false, Some("trace")).max_level_hint(),
+            Some(LevelFilter::TRACE)
+        );
         // An unparsable RUST_LOG falls back rather than silencing everything.
-        assert_eq!(log_filter(true, Some("=[")).max_level_hint(), Some(LevelFilter::DEBUG));
+        assert_eq!(
+            log_filter(true, Some("=[")).max_level_hint(),
+            Some(LevelFilter::DEBUG)
+        );
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{ConfigError, CollectorConfig};
+use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
 use crate::source::{EventSource, SourceCaps};
@@ -65,7 +65,10 @@ struct SourceState {
 
 impl SourceState {
     fn health(&self) -> SourceHealth {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Sets the health unless the source already ended (terminal states stay).
@@ -144,9 +147,13 @@ impl CollectorHandle {
         let sources = self.sources().iter().map(|s| s.stats()).collect();
         let c = &self.shared.counters;
         CollectorStats {
-            uptime: (*self.shared.started.lock().unwrap_or_else(PoisonError::into_inner))
-                .map(|t| t.elapsed())
-                .unwrap_or_default(),
+            uptime: (*self
+                .shared
+                .started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))
+            .map(|t| t.elapsed())
+            .unwrap_or_default(),
             sources,
             subscribers: self.shared.subscribers.stats(),
             events_unrouted_total: load(&c.unrouted),
@@ -159,11 +166,20 @@ impl CollectorHandle {
 
     /// The health of every source and the overall verdict.
     pub fn health(&self) -> HealthReport {
-        HealthReport::from_sources(self.sources().iter().map(|s| (s.name, s.health())).collect())
+        HealthReport::from_sources(
+            self.sources()
+                .iter()
+                .map(|s| (s.name, s.health()))
+                .collect(),
+        )
     }
 
     fn sources(&self) -> Vec<Arc<SourceState>> {
-        self.shared.sources.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -195,7 +211,10 @@ impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Collector")
             .field("config", &self.config)
-            .field("sources", &self.sources.iter().map(|(_, s)| s.name).collect::<Vec<_>>())
+            .field(
+                "sources",
+                &self.sources.iter().map(|(_, s)| s.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -204,7 +223,11 @@ impl Collector {
     /// A collector with no sources. The config is validated by
     /// [`run`](Self::run) (or at once by [`try_new`](Self::try_new)).
     pub fn new(config: CollectorConfig) -> Self {
-        let subscribers = Subscribers::new(config.event_buffer_size, config.max_batch_size, config.when_full);
+        let subscribers = Subscribers::new(
+            config.event_buffer_size,
+            config.max_batch_size,
+            config.when_full,
+        );
         Self {
             config,
             sources: Vec::new(),
@@ -298,49 +321,30 @@ impl Collector {
     ///
     /// # Errors
     /// As [`run`](Self::run).
-    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), CollectorError> {
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<(), CollectorError> {
         self.config.validate()?;
         let Self {
             config,
             sources,
             shared,
         } = self;
-        *shared.started.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *shared
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         let total = sources.len();
-        info!(sources = total, buffer = config.event_buffer_size, "collector starting");
+        info!(
+            sources = total,
+            buffer = config.event_buffer_size,
+            "collector starting"
+        );
 
-        let source_tasks = TaskTracker::new();
-        let pumps = TaskTracker::new();
-        let health_tasks = TaskTracker::new();
-        let stop_health = CancellationToken::new();
-        let hard_deadline = CancellationToken::new();
         let (ended_tx, mut ended_rx) = mpsc::channel::<bool>(total.max(1));
-        let mut running = Vec::with_capacity(total);
-
-        for (source, state) in &sources {
-            let (tx, rx) = mpsc::channel(config.event_buffer_size);
-            let flag = Arc::new(AtomicBool::new(false));
-            let task = spawn_source(&source_tasks, source.clone(), state.clone(), tx, flag.clone(), shared.clone(), ended_tx.clone());
-            running.push((flag, task));
-            pumps.spawn(pump(
-                rx,
-                state.clone(),
-                shared.clone(),
-                PumpSettings::from(&config),
-                hard_deadline.clone(),
-            ));
-            health_tasks.spawn(health_loop(
-                source.clone(),
-                state.clone(),
-                config.startup_timeout,
-                config.health_check_interval,
-                stop_health.clone(),
-            ));
-        }
+        let (trackers, running) = Trackers::start(&config, &sources, &shared, &ended_tx);
         drop(ended_tx);
-        source_tasks.close();
-        pumps.close();
-        health_tasks.close();
 
         // Wait for a shutdown request, or for every source to end by itself.
         let mut ended = 0usize;
@@ -365,56 +369,12 @@ impl Collector {
             }
         }
         shared.shutdown.cancel();
+        shutdown(&config, &sources, &shared, &running, trackers).await;
 
-        // Shutdown: signal, stop, wait until the deadline, abort stragglers.
-        let deadline = Instant::now() + config.shutdown_timeout;
-        info!(timeout = ?config.shutdown_timeout, "collector shutting down");
-        stop_health.cancel();
-        for (flag, _) in &running {
-            flag.store(true, Ordering::SeqCst);
+        let stats = CollectorHandle {
+            shared: shared.clone(),
         }
-        let stops = sources.iter().map(|(source, state)| {
-            let (source, state, shared) = (source.clone(), state.clone(), shared.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout_at(deadline, source.stop()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        add(&state.counters.errors, 1);
-                        add(&shared.counters.stop_errors, 1);
-                        warn!(source = state.name, error = %err, "source stop failed");
-                    }
-                    Err(_) => {
-                        add(&shared.counters.stop_errors, 1);
-                        warn!(source = state.name, "source stop overran the shutdown deadline");
-                    }
-                }
-            })
-        });
-        let stops: Vec<_> = stops.collect();
-        if tokio::time::timeout_at(deadline, source_tasks.wait()).await.is_err() {
-            for ((_, task), (_, state)) in running.iter().zip(&sources) {
-                if !task.is_finished() {
-                    task.abort();
-                    state.set_health(SourceHealth::Aborted);
-                    add(&shared.counters.sources_aborted, 1);
-                    warn!(source = state.name, "source ignored shutdown; aborted at the deadline");
-                }
-            }
-        }
-        for stop in stops {
-            stop.abort();
-        }
-        if tokio::time::timeout_at(deadline, pumps.wait()).await.is_err() {
-            warn!("buffers not drained by the deadline; flushing what fits and counting the rest");
-            hard_deadline.cancel();
-            pumps.wait().await;
-        }
-        // Aborted sources end at their next poll; a source blocking a thread
-        // cannot be interrupted, so it is not waited for.
-        health_tasks.wait().await;
-        shared.subscribers.close();
-
-        let stats = CollectorHandle { shared: shared.clone() }.stats();
+        .stats();
         info!(
             received = stats.events_received_total(),
             accepted = stats.events_accepted_total(),
@@ -427,6 +387,137 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+struct Trackers {
+    source_tasks: TaskTracker,
+    pumps: TaskTracker,
+    health_tasks: TaskTracker,
+    stop_health: CancellationToken,
+    hard_deadline: CancellationToken,
+}
+
+impl Trackers {
+    /// Spawns, for each source, its `start` task, its pump and its health
+    /// loop. Returns the trackers and each source's shutdown flag and abort
+    /// handle.
+    fn start(
+        config: &CollectorConfig,
+        sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
+        shared: &Arc<Shared>,
+        ended: &mpsc::Sender<bool>,
+    ) -> (Self, Vec<(Arc<AtomicBool>, AbortHandle)>) {
+        let t = Self {
+            source_tasks: TaskTracker::new(),
+            pumps: TaskTracker::new(),
+            health_tasks: TaskTracker::new(),
+            stop_health: CancellationToken::new(),
+            hard_deadline: CancellationToken::new(),
+        };
+        let mut running = Vec::with_capacity(sources.len());
+        for (source, state) in sources {
+            let (tx, rx) = mpsc::channel(config.event_buffer_size);
+            let flag = Arc::new(AtomicBool::new(false));
+            let task = spawn_source(
+                &t.source_tasks,
+                source.clone(),
+                state.clone(),
+                tx,
+                flag.clone(),
+                shared.clone(),
+                ended.clone(),
+            );
+            running.push((flag, task));
+            t.pumps.spawn(pump(
+                rx,
+                state.clone(),
+                shared.clone(),
+                PumpSettings::from(config),
+                t.hard_deadline.clone(),
+            ));
+            t.health_tasks.spawn(health_loop(
+                source.clone(),
+                state.clone(),
+                config.startup_timeout,
+                config.health_check_interval,
+                t.stop_health.clone(),
+            ));
+        }
+        t.source_tasks.close();
+        t.pumps.close();
+        t.health_tasks.close();
+        (t, running)
+    }
+}
+
+/// Signals and stops every source, waits for them and for the drain until
+/// the deadline, aborts stragglers, then ends every subscriber's stream.
+async fn shutdown(
+    config: &CollectorConfig,
+    sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
+    shared: &Arc<Shared>,
+    running: &[(Arc<AtomicBool>, AbortHandle)],
+    t: Trackers,
+) {
+    // Shutdown: signal, stop, wait until the deadline, abort stragglers.
+    let deadline = Instant::now() + config.shutdown_timeout;
+    info!(timeout = ?config.shutdown_timeout, "collector shutting down");
+    t.stop_health.cancel();
+    for (flag, _) in running {
+        flag.store(true, Ordering::SeqCst);
+    }
+    let stops = sources.iter().map(|(source, state)| {
+        let (source, state, shared) = (source.clone(), state.clone(), shared.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout_at(deadline, source.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    add(&state.counters.errors, 1);
+                    add(&shared.counters.stop_errors, 1);
+                    warn!(source = state.name, error = %err, "source stop failed");
+                }
+                Err(_) => {
+                    add(&shared.counters.stop_errors, 1);
+                    warn!(
+                        source = state.name,
+                        "source stop overran the shutdown deadline"
+                    );
+                }
+            }
+        })
+    });
+    let stops: Vec<_> = stops.collect();
+    if tokio::time::timeout_at(deadline, t.source_tasks.wait())
+        .await
+        .is_err()
+    {
+        for ((_, task), (_, state)) in running.iter().zip(sources) {
+            if !task.is_finished() {
+                task.abort();
+                state.set_health(SourceHealth::Aborted);
+                add(&shared.counters.sources_aborted, 1);
+                warn!(
+                    source = state.name,
+                    "source ignored shutdown; aborted at the deadline"
+                );
+            }
+        }
+    }
+    for stop in stops {
+        stop.abort();
+    }
+    if tokio::time::timeout_at(deadline, t.pumps.wait())
+        .await
+        .is_err()
+    {
+        warn!("buffers not drained by the deadline; flushing what fits and counting the rest");
+        t.hard_deadline.cancel();
+        t.pumps.wait().await;
+    }
+    // Aborted sources end at their next poll; a source blocking a thread
+    // cannot be interrupted, so it is not waited for.
+    t.health_tasks.wait().await;
+    shared.subscribers.close();
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -476,7 +567,7 @@ fn spawn_source(
                 false
             }
             Err(join) if join.is_panic() => {
-                let msg = panic_message(join.into_panic());
+                let msg = panic_message(&*join.into_panic());
                 add(&state.counters.errors, 1);
                 add(&shared.counters.sources_failed, 1);
                 error!(source = state.name, panic = %msg, "source panicked");
@@ -492,7 +583,8 @@ fn spawn_source(
     abort
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+/// The text of a panic payload (`&str` or `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -558,7 +650,10 @@ async fn pump(
         if queued >= settings.threshold {
             if !c.backpressured.swap(true, Ordering::Relaxed) {
                 add(&c.backpressure_episodes, 1);
-                debug!(source = state.name, queued, "intake above backpressure threshold");
+                debug!(
+                    source = state.name,
+                    queued, "intake above backpressure threshold"
+                );
             }
         } else if queued < settings.threshold / 2 {
             c.backpressured.store(false, Ordering::Relaxed);
@@ -585,7 +680,11 @@ async fn pump(
         }
         let routed = shared
             .subscribers
-            .dispatch(EventBatch::new(buf, state.name), Mode::Normal, &hard_deadline)
+            .dispatch(
+                EventBatch::new(buf, state.name),
+                Mode::Normal,
+                &hard_deadline,
+            )
             .await;
         if !routed {
             add(&shared.counters.unrouted, accepted);
@@ -606,7 +705,11 @@ async fn pump(
         let n = rest.len();
         if !shared
             .subscribers
-            .dispatch(EventBatch::new(rest, state.name), Mode::Final, &hard_deadline)
+            .dispatch(
+                EventBatch::new(rest, state.name),
+                Mode::Final,
+                &hard_deadline,
+            )
             .await
         {
             add(&shared.counters.unrouted, n);
@@ -647,7 +750,11 @@ async fn health_loop(
             }
             Err(_) => {
                 add(&state.counters.health_checks_failed, 1);
-                let what = if first { "not ready within the startup timeout" } else { "health check timed out" };
+                let what = if first {
+                    "not ready within the startup timeout"
+                } else {
+                    "health check timed out"
+                };
                 warn!(source = state.name, "{what}");
                 state.set_running_health(SourceHealth::Degraded(what.to_owned()));
             }

@@ -63,7 +63,9 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("id", &self.counters.id).finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("id", &self.counters.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +159,9 @@ struct Queued {
 
 impl Queued {
     fn take(mut self) -> EventBatch {
-        self.batch.take().unwrap_or_else(|| EventBatch::new(Vec::new(), ""))
+        self.batch
+            .take()
+            .unwrap_or_else(|| EventBatch::new(Vec::new(), ""))
     }
 }
 
@@ -209,14 +213,22 @@ impl Subscribers {
     }
 
     fn snapshot(&self) -> Arc<[Slot]> {
-        self.live.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counters = Arc::new(SubscriberCounters::new(id));
         let (tx, rx) = mpsc::channel(self.queue_batches);
-        self.all.lock().unwrap_or_else(PoisonError::into_inner).push(counters.clone());
+        self.all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(counters.clone());
         let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
         // After shutdown the sender is dropped at once: the stream is empty.
         if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -236,13 +248,18 @@ impl Subscribers {
 
     fn remove(&self, id: u64) {
         let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let slots: Vec<Slot> = live.iter().filter(|s| s.counters.id != id).cloned().collect();
+        let slots: Vec<Slot> = live
+            .iter()
+            .filter(|s| s.counters.id != id)
+            .cloned()
+            .collect();
         *live = Arc::from(slots);
     }
 
     /// Ends every stream: subscribers get what is queued, then `None`.
     pub(crate) fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(Vec::new());
     }
 
@@ -260,7 +277,12 @@ impl Subscribers {
     ///
     /// # Cancel safety
     /// Not cancel safe; it ends early on its own when `deadline` fires.
-    pub(crate) async fn dispatch(&self, batch: EventBatch, mode: Mode, deadline: &CancellationToken) -> bool {
+    pub(crate) async fn dispatch(
+        &self,
+        batch: EventBatch,
+        mode: Mode,
+        deadline: &CancellationToken,
+    ) -> bool {
         let slots = self.snapshot();
         if slots.is_empty() {
             return false;

@@ -6,8 +6,8 @@
 //! `events_received = events_accepted + events_rejected_invalid + events_dropped_shutdown`.
 //!
 //! For each subscriber (delivery stage):
-//! `events_offered = events_delivered + events_dropped_full + events_dropped_closed
-//!  + events_dropped_shutdown + events_queued`.
+//! `events_offered = events_delivered + events_dropped_full +
+//! events_dropped_closed + events_dropped_shutdown + events_queued`.
 //!
 //! Nothing is lost without a counter saying why.
 
@@ -64,7 +64,8 @@ impl SubscriberCounters {
             events_dropped_full: dropped_full,
             events_dropped_closed: dropped_closed,
             events_dropped_shutdown: dropped_shutdown,
-            events_queued: offered.saturating_sub(delivered + dropped_full + dropped_closed + dropped_shutdown),
+            events_queued: offered
+                .saturating_sub(delivered + dropped_full + dropped_closed + dropped_shutdown),
         }
     }
 }
@@ -163,8 +164,12 @@ impl ProcessResources {
         let stat = std::fs::read("/proc/self/stat")?;
         let status = std::fs::read("/proc/self/status")?;
         let ticks = clock_ticks_per_second();
-        parse_self(&stat, &status, ticks)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unexpected /proc/self format"))
+        parse_self(&stat, &status, ticks).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unexpected /proc/self format",
+            )
+        })
     }
 }
 
@@ -178,7 +183,11 @@ fn clock_ticks_per_second() -> u64 {
 
 /// Parses utime+stime from `/proc/self/stat` and VmRSS/VmHWM/Threads from
 /// `/proc/self/status`.
-pub(crate) fn parse_self(stat: &[u8], status: &[u8], ticks_per_sec: u64) -> Option<ProcessResources> {
+pub(crate) fn parse_self(
+    stat: &[u8],
+    status: &[u8],
+    ticks_per_sec: u64,
+) -> Option<ProcessResources> {
     // The command name may contain spaces and ')': fields resume after the last ')'.
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
@@ -188,7 +197,8 @@ pub(crate) fn parse_self(stat: &[u8], status: &[u8], ticks_per_sec: u64) -> Opti
     let stime: u64 = fields.next()?.parse().ok()?;
     let total = utime + stime;
     let tps = ticks_per_sec.max(1);
-    let cpu_time = Duration::from_secs(total / tps) + Duration::from_nanos((total % tps) * 1_000_000_000 / tps);
+    let cpu_time = Duration::from_secs(total / tps)
+        + Duration::from_nanos((total % tps) * 1_000_000_000 / tps);
 
     let status = std::str::from_utf8(status).ok()?;
     let mut out = ProcessResources {
@@ -249,7 +259,11 @@ impl CollectorStats {
             .iter()
             .map(|s| s.events_rejected_invalid + s.events_dropped_shutdown)
             .sum::<u64>()
-            + self.subscribers.iter().map(SubscriberStats::events_dropped).sum::<u64>()
+            + self
+                .subscribers
+                .iter()
+                .map(SubscriberStats::events_dropped)
+                .sum::<u64>()
     }
 }
 

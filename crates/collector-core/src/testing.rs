@@ -159,12 +159,40 @@ fn required_cap(kind: EventKind) -> SourceCaps {
 
 fn panic_text(err: tokio::task::JoinError) -> String {
     match err.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        Ok(p) => crate::runtime::panic_message(&*p),
         Err(e) => e.to_string(),
+    }
+}
+
+/// Validates and tallies the events a source emits.
+struct Tally {
+    name: &'static str,
+    caps: SourceCaps,
+    report: ConformanceReport,
+}
+
+impl Tally {
+    fn take(&mut self, event: CollectionEvent) -> Result<(), ConformanceError> {
+        let index = self.report.events();
+        event
+            .validate()
+            .map_err(|error| ConformanceError::InvalidEvent {
+                source_name: self.name,
+                index,
+                error,
+            })?;
+        let kind = event.kind();
+        if !self.caps.contains(required_cap(kind)) {
+            return Err(ConformanceError::Undeclared {
+                source_name: self.name,
+                kind,
+            });
+        }
+        *self.report.events_by_kind.entry(kind).or_default() += 1;
+        if self.report.sample.len() < 1000 {
+            self.report.sample.push(event);
+        }
+        Ok(())
     }
 }
 
@@ -177,60 +205,43 @@ pub async fn check_source(
     config: &ConformanceConfig,
 ) -> Result<ConformanceReport, ConformanceError> {
     let name = source.name();
-    let caps = source.capabilities();
+    let panicked = |method| {
+        move |e| ConformanceError::Panicked {
+            source_name: name,
+            method,
+            message: panic_text(e),
+        }
+    };
 
     let probe = source.clone();
-    tokio::spawn(async move { probe.health_check().await })
+    // A failing health check is allowed; panicking is not.
+    let _verdict = tokio::spawn(async move { probe.health_check().await })
         .await
-        .map_err(|e| ConformanceError::Panicked {
-            source_name: name,
-            method: "health_check",
-            message: panic_text(e),
-        })?
-        .ok(); // a failing health check is allowed; panicking is not
+        .map_err(panicked("health_check"))?;
 
     let (tx, mut rx) = mpsc::channel(config.buffer.max(1));
     let flag = Arc::new(AtomicBool::new(false));
-    let runner = source.clone();
-    let run_flag = flag.clone();
+    let (runner, run_flag) = (source.clone(), flag.clone());
     let mut task = tokio::spawn(async move { runner.start(tx, run_flag).await });
-
-    let mut report = ConformanceReport {
-        events_by_kind: BTreeMap::new(),
-        sample: Vec::new(),
-        stop_latency: Duration::ZERO,
-    };
-    let mut index = 0usize;
-    let mut take = |event: CollectionEvent, report: &mut ConformanceReport| {
-        event.validate().map_err(|error| ConformanceError::InvalidEvent {
-            source_name: name,
-            index,
-            error,
-        })?;
-        let kind = event.kind();
-        if !caps.contains(required_cap(kind)) {
-            return Err(ConformanceError::Undeclared { source_name: name, kind });
-        }
-        *report.events_by_kind.entry(kind).or_default() += 1;
-        if report.sample.len() < 1000 {
-            report.sample.push(event);
-        }
-        index += 1;
-        Ok(())
+    let mut tally = Tally {
+        name,
+        caps: source.capabilities(),
+        report: ConformanceReport {
+            events_by_kind: BTreeMap::new(),
+            sample: Vec::new(),
+            stop_latency: Duration::ZERO,
+        },
     };
 
     // Run phase: consume until run_for passes (or min_events arrive).
     let run_until = Instant::now() + config.run_for;
     let mut finished_early = None;
-    loop {
-        if config.min_events > 0 && report.events() >= config.min_events {
-            break;
-        }
+    while config.min_events == 0 || tally.report.events() < config.min_events {
         tokio::select! {
             biased;
             r = &mut task => { finished_early = Some(r); break; }
             () = tokio::time::sleep_until(run_until) => break,
-            Some(event) = rx.recv() => take(event, &mut report)?,
+            Some(event) = rx.recv() => tally.take(event)?,
         }
     }
 
@@ -239,56 +250,41 @@ pub async fn check_source(
     let signalled = Instant::now();
     let stopper = source.clone();
     let stop = tokio::spawn(async move { stopper.stop().await });
-    let outcome = match finished_early {
-        Some(r) => r,
-        None => {
-            let deadline = signalled + config.stop_deadline;
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut task => break r,
-                    () = tokio::time::sleep_until(deadline) => {
-                        task.abort();
-                        return Err(ConformanceError::DidNotStop { source_name: name, deadline: config.stop_deadline });
-                    }
-                    Some(event) = rx.recv() => take(event, &mut report)?,
+    let deadline = signalled + config.stop_deadline;
+    let outcome = if let Some(r) = finished_early {
+        r
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut task => break r,
+                () = tokio::time::sleep_until(deadline) => {
+                    task.abort();
+                    return Err(ConformanceError::DidNotStop { source_name: name, deadline: config.stop_deadline });
                 }
+                Some(event) = rx.recv() => tally.take(event)?,
             }
         }
     };
-    report.stop_latency = signalled.elapsed();
+    tally.report.stop_latency = signalled.elapsed();
     while let Ok(event) = rx.try_recv() {
-        take(event, &mut report)?;
+        tally.take(event)?;
     }
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            return Err(ConformanceError::Failed {
-                source_name: name,
-                message: format!("{err:#}"),
-            })
-        }
-        Err(e) => {
-            return Err(ConformanceError::Panicked {
-                source_name: name,
-                method: "start",
-                message: panic_text(e),
-            })
-        }
-    }
-    if let Err(e) = stop.await {
-        return Err(ConformanceError::Panicked {
+    if let Err(err) = outcome.map_err(panicked("start"))? {
+        return Err(ConformanceError::Failed {
             source_name: name,
-            method: "stop",
-            message: panic_text(e),
+            message: format!("{err:#}"),
         });
     }
-    if report.events() < config.min_events {
+    // stop() may fail (that is logged by the runtime); it may not panic.
+    let _stopped = stop.await.map_err(panicked("stop"))?;
+    let got = tally.report.events();
+    if got < config.min_events {
         return Err(ConformanceError::TooFewEvents {
             source_name: name,
             want: config.min_events,
-            got: report.events(),
+            got,
         });
     }
-    Ok(report)
+    Ok(tally.report)
 }

@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use collector_core::{Collector, CollectorConfig, CollectorStats, Subscription, SubscriberStats, WhenFull};
+use collector_core::{
+    Collector, CollectorConfig, CollectorStats, SubscriberStats, Subscription, WhenFull,
+};
 
 use crate::sources::{seq_of, Flood};
 
@@ -18,7 +20,10 @@ async fn drain(mut sub: Subscription, slow: bool) -> (u64, SubscriberStats) {
     while let Some(batch) = sub.recv_batch().await {
         for e in batch.iter() {
             let seq = seq_of(e);
-            assert!(last.is_none_or(|l| seq > l), "order broken: {seq} after {last:?}");
+            assert!(
+                last.is_none_or(|l| seq > l),
+                "order broken: {seq} after {last:?}"
+            );
             last = Some(seq);
         }
         n += batch.len() as u64;
@@ -41,7 +46,11 @@ fn check_invariants(stats: &CollectorStats, sent: u64, all_stayed: bool) {
     for sub in &stats.subscribers {
         assert_eq!(sub.events_queued, 0);
         if all_stayed {
-            assert_eq!(sub.events_offered, src.events_accepted, "subscriber {}", sub.id);
+            assert_eq!(
+                sub.events_offered, src.events_accepted,
+                "subscriber {}",
+                sub.id
+            );
         } else {
             assert!(sub.events_offered <= src.events_accepted);
         }
@@ -93,8 +102,14 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
     check_invariants(&stats, sent, true);
     assert_eq!(slow_read, slow_stats.events_delivered);
     assert_eq!(fast_read, fast_stats.events_delivered);
-    assert!(slow_stats.events_dropped_full > 0, "the slow subscriber was never overloaded: {slow_stats:?}");
-    assert!(worst <= 1024 + 128, "a queue held {worst} events, above its bound");
+    assert!(
+        slow_stats.events_dropped_full > 0,
+        "the slow subscriber was never overloaded: {slow_stats:?}"
+    );
+    assert!(
+        worst <= 1024 + 128,
+        "a queue held {worst} events, above its bound"
+    );
     assert!(stats.events_dropped_total() >= slow_stats.events_dropped_full);
 }
 
@@ -105,7 +120,8 @@ async fn block_loses_nothing_and_backpressure_is_reported() {
         .with_max_batch_size(64)
         .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 20_000, false))).unwrap();
+    c.register(Box::new(Flood::new("flood", 20_000, false)))
+        .unwrap();
     let handle = c.handle();
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     c.run_until(std::future::pending()).await.unwrap();
@@ -114,12 +130,17 @@ async fn block_loses_nothing_and_backpressure_is_reported() {
     check_invariants(&stats, 20_000, true);
     assert_eq!(read, 20_000);
     assert_eq!(sub.events_dropped(), 0);
-    assert!(stats.sources[0].backpressure_total > 0, "a slow subscriber under Block must show as backpressure");
+    assert!(
+        stats.sources[0].backpressure_total > 0,
+        "a slow subscriber under Block must show as backpressure"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_flood_drains_what_was_buffered() {
-    let config = CollectorConfig::new().with_event_buffer_size(4096).with_when_full(WhenFull::Block);
+    let config = CollectorConfig::new()
+        .with_event_buffer_size(4096)
+        .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
     let flood = Flood::new("flood", u64::MAX, true);
     let sent = flood.sent.clone();
@@ -140,14 +161,20 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
     let stats = handle.stats();
     let sent = sent.load(Ordering::SeqCst) as u64;
     check_invariants(&stats, sent, true);
-    assert_eq!(read, sent, "every event the source sent reached the subscriber");
+    assert_eq!(
+        read, sent,
+        "every event the source sent reached the subscriber"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
-    let config = CollectorConfig::new().with_event_buffer_size(1024).with_when_full(WhenFull::Block);
+    let config = CollectorConfig::new()
+        .with_event_buffer_size(1024)
+        .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 30_000, false))).unwrap();
+    c.register(Box::new(Flood::new("flood", 30_000, false)))
+        .unwrap();
     let handle = c.handle();
     let keeper = tokio::spawn(drain(handle.subscribe(), false));
     let mut quitter = handle.subscribe();
@@ -161,6 +188,10 @@ async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
     assert_eq!(read, 30_000);
     let stats = handle.stats();
     check_invariants(&stats, 30_000, false);
-    let gone = stats.subscribers.iter().find(|s| s.events_delivered == 100).unwrap();
+    let gone = stats
+        .subscribers
+        .iter()
+        .find(|s| s.events_delivered == 100)
+        .unwrap();
     assert!(gone.events_dropped_closed > 0);
 }

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::{
-    Collector, CollectorConfig, CollectorError, CollectorHandle, EventKind, HealthStatus, SourceCaps, SourceHealth,
+    Collector, CollectorConfig, CollectorError, CollectorHandle, EventKind, HealthStatus,
+    SourceCaps, SourceHealth,
 };
 use tokio::time::Instant;
 
-use crate::sources::{process_ok, process_with_hash_but_no_algorithm, seq_of, Broken, Flood, Scripted, Ticker};
+use crate::sources::{
+    process_ok, process_with_hash_but_no_algorithm, seq_of, Broken, Flood, Scripted, Ticker,
+};
 
 fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
     handle
@@ -39,17 +42,25 @@ fn registration_refuses_duplicates_and_overflow() {
     let mut c = Collector::new(CollectorConfig::new().with_max_event_sources(2));
     c.register(Box::new(Flood::new("a", 1, false))).unwrap();
     let err = c.register(Box::new(Flood::new("a", 1, false))).unwrap_err();
-    assert!(matches!(err, CollectorError::DuplicateSource { name: "a" }), "{err}");
+    assert!(
+        matches!(err, CollectorError::DuplicateSource { name: "a" }),
+        "{err}"
+    );
     c.register(Box::new(Flood::new("b", 1, false))).unwrap();
     let err = c.register(Box::new(Flood::new("c", 1, false))).unwrap_err();
-    assert!(matches!(err, CollectorError::TooManySources { name: "c", max: 2 }), "{err}");
+    assert!(
+        matches!(err, CollectorError::TooManySources { name: "c", max: 2 }),
+        "{err}"
+    );
     assert_eq!(c.capabilities(), SourceCaps::PERFORMANCE);
 }
 
 #[tokio::test(start_paused = true)]
 async fn invalid_config_starts_nothing() {
     let started = Arc::new(AtomicBool::new(false));
-    let config = CollectorConfig::new().with_event_buffer_size(10).with_backpressure_threshold(11);
+    let config = CollectorConfig::new()
+        .with_event_buffer_size(10)
+        .with_backpressure_threshold(11);
     assert!(Collector::try_new(config.clone()).is_err());
     let mut c = Collector::new(config);
     c.register(Box::new(Broken {
@@ -60,7 +71,10 @@ async fn invalid_config_starts_nothing() {
     .unwrap();
     let err = c.run().await.unwrap_err();
     assert!(err.to_string().contains("backpressure_threshold"), "{err}");
-    assert!(!started.load(Ordering::SeqCst), "a source was started with an invalid config");
+    assert!(
+        !started.load(Ordering::SeqCst),
+        "a source was started with an invalid config"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,7 +106,11 @@ async fn looping_source_outlives_the_startup_timeout_and_health_is_checked() {
 
     handle.shutdown();
     run.await.unwrap().unwrap();
-    assert_eq!(stop_calls.load(Ordering::SeqCst), 1, "stop() must be called once on shutdown");
+    assert_eq!(
+        stop_calls.load(Ordering::SeqCst),
+        1,
+        "stop() must be called once on shutdown"
+    );
     assert_eq!(health_of(&handle, "ticker"), SourceHealth::Stopped);
 }
 
@@ -106,7 +124,9 @@ async fn failing_health_check_degrades_then_recovers() {
     let handle = c.handle();
     let run = tokio::spawn(c.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(matches!(health_of(&handle, "flaky"), SourceHealth::Degraded(ref r) if r.contains("check 2 failed")));
+    assert!(
+        matches!(health_of(&handle, "flaky"), SourceHealth::Degraded(ref r) if r.contains("check 2 failed"))
+    );
     assert_eq!(handle.health().status, HealthStatus::Degraded);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(health_of(&handle, "flaky"), SourceHealth::Healthy);
@@ -121,7 +141,8 @@ async fn a_source_ignoring_shutdown_is_aborted_at_the_deadline() {
     let config = CollectorConfig::new().with_shutdown_timeout(Duration::from_secs(5));
     let mut c = Collector::new(config);
     c.register(Box::new(stubborn)).unwrap();
-    c.register(Box::new(Ticker::new("polite", Duration::from_millis(50)))).unwrap();
+    c.register(Box::new(Ticker::new("polite", Duration::from_millis(50))))
+        .unwrap();
     let handle = c.handle();
     let mut events = handle.subscribe();
     let (ten_tx, ten_rx) = tokio::sync::oneshot::channel();
@@ -142,15 +163,24 @@ async fn a_source_ignoring_shutdown_is_aborted_at_the_deadline() {
     handle.shutdown();
     run.await.unwrap().unwrap();
     let took = asked.elapsed();
-    assert!(took >= Duration::from_secs(5), "returned before the deadline: {took:?}");
-    assert!(took < Duration::from_millis(5100), "overran the deadline: {took:?}");
+    assert!(
+        took >= Duration::from_secs(5),
+        "returned before the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(5100),
+        "overran the deadline: {took:?}"
+    );
     let stats = handle.stats();
     assert_eq!(stats.sources_aborted_total, 1);
     assert_eq!(health_of(&handle, "stubborn"), SourceHealth::Aborted);
     assert_eq!(health_of(&handle, "polite"), SourceHealth::Stopped);
     // Everything accepted, the straggler's events included, reached the reader.
     let (read, s) = reader.await.unwrap();
-    assert!(stats.events_accepted_total() > 50, "the stubborn source kept sending until aborted");
+    assert!(
+        stats.events_accepted_total() > 50,
+        "the stubborn source kept sending until aborted"
+    );
     assert_eq!(s.events_offered, stats.events_accepted_total());
     assert_eq!(s.events_delivered, read);
     assert_eq!(read, stats.events_accepted_total());
@@ -168,14 +198,19 @@ async fn failing_and_panicking_sources_leave_the_others_running() {
         }))
         .unwrap();
     }
-    c.register(Box::new(Ticker::new("alive", Duration::from_millis(100)))).unwrap();
+    c.register(Box::new(Ticker::new("alive", Duration::from_millis(100))))
+        .unwrap();
     let handle = c.handle();
     let mut events = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    assert!(matches!(health_of(&handle, "fails"), SourceHealth::Failed(ref r) if r.contains("kernel interface")));
-    assert!(matches!(health_of(&handle, "panics"), SourceHealth::Failed(ref r) if r.contains("boom from panics")));
+    assert!(
+        matches!(health_of(&handle, "fails"), SourceHealth::Failed(ref r) if r.contains("kernel interface"))
+    );
+    assert!(
+        matches!(health_of(&handle, "panics"), SourceHealth::Failed(ref r) if r.contains("boom from panics"))
+    );
     assert_eq!(health_of(&handle, "alive"), SourceHealth::Healthy);
     assert_eq!(handle.health().status, HealthStatus::Degraded);
     let stats = handle.stats();
@@ -199,7 +234,16 @@ async fn when_every_source_has_failed_run_ends_with_an_error() {
     }))
     .unwrap();
     let err = c.run_until(std::future::pending()).await.unwrap_err();
-    assert!(matches!(err, CollectorError::SourcesFailed { failed: 1, total: 1 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CollectorError::SourcesFailed {
+                failed: 1,
+                total: 1
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -207,7 +251,11 @@ async fn invalid_events_are_counted_and_the_stream_goes_on() {
     let source = Scripted {
         name: "mixed",
         caps: SourceCaps::PROCESS,
-        events: vec![process_ok(10), process_with_hash_but_no_algorithm(11), process_ok(12)],
+        events: vec![
+            process_ok(10),
+            process_with_hash_but_no_algorithm(11),
+            process_ok(12),
+        ],
     };
     let mut c = Collector::new(CollectorConfig::default());
     c.register(Box::new(source)).unwrap();
@@ -221,7 +269,14 @@ async fn invalid_events_are_counted_and_the_stream_goes_on() {
     handle.shutdown();
     run.await.unwrap().unwrap();
     let s = &handle.stats().sources[0];
-    assert_eq!((s.events_received, s.events_accepted, s.events_rejected_invalid), (3, 2, 1));
+    assert_eq!(
+        (
+            s.events_received,
+            s.events_accepted,
+            s.events_rejected_invalid
+        ),
+        (3, 2, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,6 +297,10 @@ async fn subscribing_after_shutdown_yields_an_ended_stream() {
 async fn stats_report_the_process_own_cpu_and_memory() {
     let c = Collector::new(CollectorConfig::default());
     let p = c.handle().stats().process.expect("/proc/self is readable");
-    assert!(p.rss_bytes > 1024 * 1024, "rss {} is implausible", p.rss_bytes);
+    assert!(
+        p.rss_bytes > 1024 * 1024,
+        "rss {} is implausible",
+        p.rss_bytes
+    );
     assert!(p.peak_rss_bytes >= p.rss_bytes);
 }

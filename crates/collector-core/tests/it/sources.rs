@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use collector_core::{CollectionEvent, EventSource, HashAlgorithm, PerformanceEvent, ProcessEvent, SourceCaps};
+use collector_core::{
+    CollectionEvent, EventSource, HashAlgorithm, PerformanceEvent, ProcessEvent, SourceCaps,
+};
 use tokio::sync::mpsc;
 
 pub fn perf(seq: u64) -> CollectionEvent {
@@ -54,7 +56,11 @@ impl EventSource for Flood {
     fn capabilities(&self) -> SourceCaps {
         SourceCaps::PERFORMANCE
     }
-    async fn start(&self, tx: mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
         for i in 0..self.count {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -106,7 +112,11 @@ impl EventSource for Ticker {
     fn capabilities(&self) -> SourceCaps {
         SourceCaps::PERFORMANCE | SourceCaps::REALTIME
     }
-    async fn start(&self, tx: mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
         let mut seq = 0;
         loop {
             if !self.ignore_shutdown && stop.load(Ordering::Relaxed) {
@@ -148,7 +158,11 @@ impl EventSource for Broken {
     fn capabilities(&self) -> SourceCaps {
         SourceCaps::PROCESS
     }
-    async fn start(&self, _tx: mpsc::Sender<CollectionEvent>, _stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        _tx: mpsc::Sender<CollectionEvent>,
+        _stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
         self.started.store(true, Ordering::SeqCst);
         assert!(!self.panic, "boom from {}", self.name);
         anyhow::bail!("cannot open the kernel interface")
@@ -173,7 +187,11 @@ impl EventSource for Scripted {
     fn capabilities(&self) -> SourceCaps {
         self.caps
     }
-    async fn start(&self, tx: mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
         for e in &self.events {
             tx.send(e.clone()).await?;
         }
