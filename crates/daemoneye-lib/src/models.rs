@@ -65,10 +65,11 @@ impl BootId {
     /// `/proc` not mounted) and [`ModelError::InvalidBootId`] when its content
     /// is not a UUID.
     pub fn current() -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(BOOT_ID_PATH).map_err(|source| ModelError::ReadBootId {
-            path: BOOT_ID_PATH,
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(BOOT_ID_PATH).map_err(|source| ModelError::ReadBootId {
+                path: BOOT_ID_PATH,
+                source,
+            })?;
         text.trim().parse()
     }
 }
@@ -77,7 +78,9 @@ impl FromStr for BootId {
     type Err = ModelError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || ModelError::InvalidBootId { input: s.to_owned() };
+        let invalid = || ModelError::InvalidBootId {
+            input: s.to_owned(),
+        };
         let bytes = s.as_bytes();
         if bytes.len() != 36 {
             return Err(invalid());
@@ -234,7 +237,10 @@ mod tests {
             eprintln!("skipping: {BOOT_ID_PATH} is not readable on this host");
             return;
         };
-        assert_eq!(BootId::current().unwrap().to_string(), text.trim().to_ascii_lowercase());
+        assert_eq!(
+            BootId::current().unwrap().to_string(),
+            text.trim().to_ascii_lowercase()
+        );
     }
 
     #[test]
