@@ -18,3 +18,4 @@
 //! ```
 
 pub mod models;
+pub mod proto;
