@@ -2,10 +2,53 @@
 //!
 //! - [`models`]: identities every component agrees on, such as the stable
 //!   [`ProcessKey`](models::ProcessKey) that survives PID reuse.
+//! - [`proto`]: the protobuf protocol (`daemoneye.v1`) between collectors and
+//!   the agent: [`DetectionTask`](proto::DetectionTask) and
+//!   [`DetectionResult`](proto::DetectionResult), the capability handshake,
+//!   event subscriptions and streamed [`EventBatch`](proto::EventBatch)es, all
+//!   carried in one [`Envelope`](proto::Envelope) type.
+//! - [`codec`]: the framing of envelopes on a byte stream,
+//!   `u32 LE length | u32 LE CRC32C | payload`, as
+//!   [`tokio_util::codec`] encoders and decoders that reject empty, oversized
+//!   (1 MiB by default) and corrupted frames with a typed
+//!   [`CodecError`](codec::CodecError).
 //!
-//! The protobuf protocol and its framing codec live here too (see the IPC
-//! issue); this crate has no async runtime and no I/O beyond small reads of
-//! `/proc`, so every part of it can be tested without privileges.
+//! This crate has no async runtime and no I/O beyond small reads of `/proc`,
+//! so every part of it can be tested without privileges. The socket server
+//! and client that use the protocol live in `collector-core`.
+//!
+//! # The protocol
+//!
+//! The `.proto` file is `proto/daemoneye.proto` in this crate, compiled at
+//! build time without a system `protoc`. A connection carries a sequence of
+//! frames, each holding one [`Envelope`](proto::Envelope): the client opens
+//! with a [`CapabilityRequest`](proto::CapabilityRequest), then sends tasks
+//! or a subscription; the server answers with results, batches of events, or
+//! an [`ErrorResponse`](proto::ErrorResponse).
+//!
+//! ```
+//! use daemoneye_lib::codec::{decode_envelope, encode_envelope, CodecError, HEADER_LEN};
+//! use daemoneye_lib::proto::{DetectionTask, Envelope, ProcessFilter, ProtoTaskType};
+//!
+//! let mut task = DetectionTask::new("task-1", ProtoTaskType::EnumerateProcesses);
+//! task.process_filter = Some(ProcessFilter {
+//!     process_names: vec!["sshd".to_owned()],
+//!     ..ProcessFilter::default()
+//! });
+//! let sent = Envelope::from(task).with_request_id(1);
+//!
+//! let frame = encode_envelope(&sent)?;
+//! assert_eq!(u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - HEADER_LEN);
+//! assert_eq!(decode_envelope(&frame)?, sent);
+//!
+//! // A flipped bit anywhere in the payload is caught by the checksum.
+//! let mut corrupted = frame.to_vec();
+//! corrupted[HEADER_LEN] ^= 0x01;
+//! assert!(matches!(decode_envelope(&corrupted), Err(CodecError::ChecksumMismatch { .. })));
+//! # Ok::<(), CodecError>(())
+//! ```
+//!
+//! # Process keys
 //!
 //! ```
 //! use daemoneye_lib::models::{BootId, ProcessKey};
@@ -17,5 +60,6 @@
 //! # Ok::<(), daemoneye_lib::models::ModelError>(())
 //! ```
 
+pub mod codec;
 pub mod models;
 pub mod proto;
