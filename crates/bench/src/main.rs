@@ -1,1 +1,44 @@
-fn main() {}
+//! `daemoneye-bench`: the project's own benchmarks.
+//!
+//! Each figure is printed as one line, `<metric> <value> <unit>`, and every
+//! throughput is paired with a baseline measured in the same run, because
+//! the machines are noisy: read the ratios.
+//!
+//! ```text
+//! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
+//! ```
+
+mod runtime;
+
+/// Prints one figure: `<metric> <value> <unit>`.
+#[allow(clippy::print_stdout)] // stdout is this binary's output
+fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
+    println!("{metric} {value} {unit}");
+}
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: daemoneye-bench runtime [--events N] [--reps R] [--flood-secs S]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match cmd.as_str() {
+        "runtime" => runtime::Options::parse(rest).and_then(|o| runtime::run(&o)),
+        "-h" | "--help" => {
+            eprintln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("daemoneye-bench: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

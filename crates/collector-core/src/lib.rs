@@ -96,3 +96,9 @@ pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};
 pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
+
+/// The crate README's examples (the reference README's "Configuration",
+/// "Event Types" and "Capabilities"), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
