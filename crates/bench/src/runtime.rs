@@ -294,7 +294,9 @@ mod tests {
             min_events: 10_000,
             ..Default::default()
         };
-        let report = collector_core::testing::check_source(Arc::new(source), &config).await.unwrap();
+        let report = collector_core::testing::check_source(Arc::new(source), &config)
+            .await
+            .unwrap();
         assert_eq!(report.events(), 10_000);
     }
 

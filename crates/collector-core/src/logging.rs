@@ -20,6 +20,7 @@ pub fn init_logging(debug: bool) -> bool {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(debug, rust_log.as_deref()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .is_ok()
 }
