@@ -1,0 +1,1 @@
+//! Executable hashing (being written).

@@ -1,0 +1,1 @@
+//! The netlink process connector (being written).

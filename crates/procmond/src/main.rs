@@ -1,0 +1,3 @@
+//! `procmond`: the process collector binary (being written).
+
+fn main() {}

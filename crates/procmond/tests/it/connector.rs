@@ -1,0 +1,1 @@
+//! Proc connector tests against the real kernel (being written).
