@@ -228,12 +228,78 @@ fn validate_metadata(
     Ok(())
 }
 
+/// What a [`ProcessEvent`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProcessEventType {
+    /// Seen in a full snapshot of the process table.
+    #[default]
+    Snapshot,
+    /// First seen by reconciling snapshots (started between two of them).
+    Start,
+    /// Forked (real-time).
+    Fork,
+    /// Executed a new program (real-time).
+    Exec,
+    /// Exited; `exit_code` says how when known.
+    Exit,
+    /// Its argv, executable, user or name changed.
+    Modified,
+    /// Suspicious: its pid now names another process (PID reuse).
+    PidReused,
+    /// Suspicious: its executable was deleted while it runs.
+    ExecutableDeleted,
+    /// Suspicious: the file at its executable path is no longer the one it runs.
+    ExecutableReplaced,
+    /// Suspicious: its start time is impossible (in the future, or before its parent's).
+    StartTimeAnomaly,
+}
+
+impl ProcessEventType {
+    /// The lowercase name (`start`, `exec`, `exit`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::Start => "start",
+            Self::Fork => "fork",
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::Modified => "modified",
+            Self::PidReused => "pid_reused",
+            Self::ExecutableDeleted => "executable_deleted",
+            Self::ExecutableReplaced => "executable_replaced",
+            Self::StartTimeAnomaly => "start_time_anomaly",
+        }
+    }
+
+    /// Whether this reports something suspicious rather than routine.
+    pub const fn is_suspicious(self) -> bool {
+        matches!(
+            self,
+            Self::PidReused
+                | Self::ExecutableDeleted
+                | Self::ExecutableReplaced
+                | Self::StartTimeAnomaly
+        )
+    }
+}
+
+impl fmt::Display for ProcessEventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A process observation: from a snapshot, or a lifecycle event.
 ///
 /// Fields the collector could not read are `None` (and `accessible` is false
 /// when `/proc` refused us); they are never invented.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessEvent {
+    /// What this event reports (snapshot, exec, exit, ...).
+    #[serde(default)]
+    pub event_type: ProcessEventType,
     /// Process id.
     pub pid: u32,
     /// Parent process id.
@@ -268,11 +334,16 @@ pub struct ProcessEvent {
     pub platform_metadata: BTreeMap<String, String>,
     /// The stable identity of the process (boot id, pid, start time).
     pub process_key: Option<ProcessKey>,
+    /// For `Exit`: the raw wait status the kernel reported (`code << 8`, or
+    /// the terminating signal in the low 7 bits).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 impl Default for ProcessEvent {
     fn default() -> Self {
         Self {
+            event_type: ProcessEventType::Snapshot,
             pid: 0,
             ppid: None,
             name: String::new(),
@@ -289,6 +360,7 @@ impl Default for ProcessEvent {
             timestamp: SystemTime::UNIX_EPOCH,
             platform_metadata: BTreeMap::new(),
             process_key: None,
+            exit_code: None,
         }
     }
 }
@@ -313,6 +385,9 @@ impl ProcessEvent {
             if !cpu.is_finite() || cpu < 0.0 {
                 return Err(invalid(K, "cpu_usage", "is negative or not finite"));
             }
+        }
+        if self.exit_code.is_some() && self.event_type != ProcessEventType::Exit {
+            return Err(invalid(K, "exit_code", "is set on a non-exit event"));
         }
         if let Some(key) = self.process_key {
             if key.pid != self.pid {
@@ -637,6 +712,11 @@ mod tests {
     #[test]
     fn other_invalid_events_are_rejected() {
         assert!(CollectionEvent::Process(process(0)).validate().is_err());
+        let mut p = process(5);
+        p.exit_code = Some(0);
+        assert_eq!(CollectionEvent::Process(p.clone()).validate().unwrap_err().field, "exit_code");
+        p.event_type = ProcessEventType::Exit;
+        CollectionEvent::Process(p).validate().unwrap();
         let mut p = process(5);
         p.cpu_usage = Some(f64::NAN);
         assert!(CollectionEvent::Process(p).validate().is_err());

@@ -88,8 +88,8 @@ pub mod testing;
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AnalysisType, BootId, CollectionEvent, EventKind, EventValidationError, FileOperation,
-    FilesystemEvent, HashAlgorithm, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessKey,
-    TriggerPriority, TriggerRequest,
+    FilesystemEvent, HashAlgorithm, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType,
+    ProcessKey, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
