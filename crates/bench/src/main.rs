@@ -8,6 +8,7 @@
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
 //! ```
 
+mod enumerate;
 mod runtime;
 
 /// Prints one figure: `<metric> <value> <unit>`.
@@ -18,7 +19,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench runtime [--events N] [--reps R] [--flood-secs S]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     };
     let result = match cmd.as_str() {
         "runtime" => runtime::Options::parse(rest).and_then(|o| runtime::run(&o)),
+        "enumerate" => enumerate::Options::parse(rest).and_then(|o| enumerate::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

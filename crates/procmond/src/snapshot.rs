@@ -8,13 +8,18 @@
 //! may not read (EACCES) leaves its fields empty and `accessible = false`.
 //! Nothing is invented.
 
-use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{BootId, ProcessEvent, ProcessKey};
+use nix::errno::Errno;
+use nix::fcntl::{open, openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode};
 
 use crate::procfs::{self, ParseError};
 
@@ -221,17 +226,30 @@ impl ProcReader {
     /// # Errors
     /// Only when the process directory itself cannot be listed.
     pub fn snapshot(&self, max_processes: usize) -> Result<Snapshot, SetupError> {
+        self.snapshot_cached(max_processes, &mut SnapshotCache::default())
+    }
+
+    /// As [`snapshot`](Self::snapshot), reusing `cache` from earlier passes:
+    /// what rarely changes per process is read only for new processes.
+    ///
+    /// # Errors
+    /// Only when the process directory itself cannot be listed.
+    pub fn snapshot_cached(
+        &self,
+        max_processes: usize,
+        cache: &mut SnapshotCache,
+    ) -> Result<Snapshot, SetupError> {
         let taken_at = SystemTime::now();
         let pids = self.pids()?;
         let mut stats = SnapshotStats::default();
         let mut processes = Vec::with_capacity(pids.len().min(max_processes));
-        let mut buf = Vec::with_capacity(4096);
+        cache.begin_pass();
         for pid in pids {
             if processes.len() >= max_processes {
                 stats.truncated += 1;
                 continue;
             }
-            match self.read_into(pid, &mut buf) {
+            match self.read_into(pid, cache) {
                 Ok(p) => {
                     if !p.accessible {
                         stats.access_denied += 1;
@@ -243,6 +261,7 @@ impl ProcReader {
                 Err(_) => stats.errors += 1,
             }
         }
+        cache.end_pass();
         stats.processes = processes.len() as u64;
         Ok(Snapshot {
             processes,
@@ -257,19 +276,36 @@ impl ProcReader {
     /// [`ReadError::Vanished`] when it is gone (common for short-lived
     /// processes), [`ReadError::PermissionDenied`] when even `stat` is refused.
     pub fn read_process(&self, pid: u32) -> Result<ProcessEvent, ReadError> {
-        self.read_into(pid, &mut Vec::with_capacity(4096))
+        self.read_into(pid, &mut SnapshotCache::default())
     }
 
-    fn read_into(&self, pid: u32, buf: &mut Vec<u8>) -> Result<ProcessEvent, ReadError> {
-        let dir = self.root.join(pid.to_string());
-        let io = |source: std::io::Error| match source.kind() {
-            ErrorKind::NotFound => ReadError::Vanished { pid },
-            ErrorKind::PermissionDenied => ReadError::PermissionDenied { pid },
-            // ESRCH: the task died between open and read.
-            _ if source.raw_os_error() == Some(libc_esrch()) => ReadError::Vanished { pid },
-            _ => ReadError::Io { pid, source },
+    fn read_into(&self, pid: u32, cache: &mut SnapshotCache) -> Result<ProcessEvent, ReadError> {
+        let SnapshotCache {
+            buf,
+            on_disk,
+            stable,
+            pass,
+        } = cache;
+        // One directory fd per process: every file below is opened relative
+        // to it, which spares the kernel a /proc and pid lookup per file and
+        // pins the process's directory while we read.
+        let mut dir_path = self.root.clone();
+        dir_path.push(itoa(pid, &mut [0u8; 10]));
+        let errno = |e: Errno| match e {
+            Errno::ENOENT | Errno::ESRCH => ReadError::Vanished { pid },
+            Errno::EACCES | Errno::EPERM => ReadError::PermissionDenied { pid },
+            other => ReadError::Io {
+                pid,
+                source: std::io::Error::from(other),
+            },
         };
-        read_file(&dir.join("stat"), buf).map_err(io)?;
+        let dir = open(
+            &dir_path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        read_at(&dir, c"stat", buf).map_err(errno)?;
         if buf.is_empty() {
             return Err(ReadError::Vanished { pid });
         }
@@ -281,34 +317,26 @@ impl ProcReader {
         metadata.insert("state".to_owned(), stat.state.to_string());
         metadata.insert("threads".to_owned(), stat.num_threads.to_string());
 
-        // After stat, a vanished process leaves the rest empty; we keep what
-        // we read, marked as not fully readable, rather than drop it.
-        let mut soft = |r: std::io::Result<()>| match r {
-            Ok(()) => true,
+        // After stat, a failed read leaves that part empty and the process
+        // marked as not fully readable; we keep what we read.
+        let ids = match read_at(&dir, c"status", buf) {
+            Ok(()) => procfs::parse_status_ids(buf).ok(),
             Err(_) => {
                 accessible = false;
-                false
-            }
-        };
-        let ids = if soft(read_file(&dir.join("status"), buf)) {
-            procfs::parse_status_ids(buf).ok()
-        } else {
-            None
-        };
-        let argv = if soft(read_file(&dir.join("cmdline"), buf)) {
-            procfs::parse_cmdline(buf)
-        } else {
-            Vec::new()
-        };
-        let exe_link = dir.join("exe");
-        let exe = match std::fs::read_link(&exe_link) {
-            Ok(target) => Some(procfs::parse_exe_link(
-                target.as_os_str().as_encoded_bytes(),
-            )),
-            // Kernel threads have no exe (ENOENT) and are fully readable.
-            Err(e) if e.kind() == ErrorKind::NotFound && stat.rss_pages == 0 && argv.is_empty() => {
                 None
             }
+        };
+        let argv = match read_at(&dir, c"cmdline", buf) {
+            Ok(()) => procfs::parse_cmdline(buf),
+            Err(_) => {
+                accessible = false;
+                Vec::new()
+            }
+        };
+        let exe = match readlinkat(&dir, c"exe") {
+            Ok(target) => Some(procfs::parse_exe_link(target.as_encoded_bytes())),
+            // Kernel threads have no exe (ENOENT) and are fully readable.
+            Err(Errno::ENOENT) if stat.rss_pages == 0 && argv.is_empty() => None,
             Err(_) => {
                 accessible = false;
                 None
@@ -318,39 +346,38 @@ impl ProcReader {
             metadata.insert("euid".to_owned(), ids.euid.to_string());
             metadata.insert("gid".to_owned(), ids.rgid.to_string());
         }
+        let key = (pid, stat.starttime);
+        if !stable.contains_key(&key) {
+            let found = self.read_stable(&dir, exe.is_some(), buf);
+            stable.insert(key, (found, *pass));
+        }
         let mut file_exists = true;
-        if let Some((path, deleted)) = &exe {
-            file_exists = !deleted;
-            if *deleted {
-                metadata.insert("exe_deleted".to_owned(), "true".to_owned());
+        if let Some((found, seen)) = stable.get_mut(&key) {
+            *seen = *pass;
+            for (k, v) in &found.metadata {
+                metadata.insert((*k).to_owned(), v.clone());
             }
-            if self.options.executable_identity && !deleted {
-                if let (Ok(running), Ok(on_disk)) =
-                    (std::fs::metadata(&exe_link), std::fs::metadata(path))
-                {
-                    if (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()) {
+            if let Some((path, deleted)) = &exe {
+                file_exists = !deleted;
+                if *deleted {
+                    metadata.insert("exe_deleted".to_owned(), "true".to_owned());
+                } else if let Some(running) = found.running_exe {
+                    // The inode the process runs against the file now at its
+                    // path (looked up once per path per pass).
+                    let now_at_path = *on_disk.entry(path.clone()).or_insert_with(|| {
+                        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+                    });
+                    if now_at_path.is_some_and(|id| id != running) {
                         metadata.insert("exe_replaced".to_owned(), "true".to_owned());
                     }
                 }
             }
         }
-        if self.options.enhanced_metadata {
-            if read_file(&dir.join("cgroup"), buf).is_ok() {
-                if let Some(cg) = procfs::parse_cgroup(buf) {
-                    if let Some(id) = procfs::container_id(&cg) {
-                        metadata.insert("container_id".to_owned(), id.to_owned());
-                    }
-                    metadata.insert("cgroup".to_owned(), cg);
-                }
-            }
-            for ns in ["pid", "mnt", "net", "user"] {
-                if let Ok(t) = std::fs::read_link(dir.join("ns").join(ns)) {
-                    if let Some(inode) = procfs::parse_ns_link(t.as_os_str().as_encoded_bytes()) {
-                        metadata.insert(format!("ns_{ns}"), inode.to_string());
-                    }
-                }
-            }
-        }
+        metadata.insert(
+            "cpu_ticks".to_owned(),
+            (stat.utime + stat.stime).to_string(),
+        );
+        metadata.insert("start_ticks".to_owned(), stat.starttime.to_string());
 
         let mut event = ProcessEvent::new(pid, stat.comm);
         event.ppid = Some(stat.ppid);
@@ -366,24 +393,128 @@ impl ProcReader {
         event.process_key = self
             .boot_id
             .map(|b| ProcessKey::new(b, pid, stat.starttime));
-        event.platform_metadata.insert(
-            "cpu_ticks".to_owned(),
-            (stat.utime + stat.stime).to_string(),
-        );
-        event
-            .platform_metadata
-            .insert("start_ticks".to_owned(), stat.starttime.to_string());
         Ok(event)
     }
 }
 
-const fn libc_esrch() -> i32 {
-    3 // ESRCH on every Linux architecture
+/// What rarely changes while a process lives: read once per process (keyed
+/// by pid and start time) and reused by later passes.
+#[derive(Debug, Clone, Default)]
+struct Stable {
+    metadata: Vec<(&'static str, String)>,
+    /// (device, inode) of the executable the process runs.
+    running_exe: Option<(u64, u64)>,
 }
 
-fn read_file(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// State kept between snapshot passes: reusable buffers and what rarely
+/// changes per process (cgroup, namespaces, the inode of the running
+/// executable), so a steady-state pass reads only what does change.
+/// Entries of processes not seen in a pass are dropped.
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    buf: Vec<u8>,
+    /// (device, inode) now at each executable path, looked up once a pass.
+    on_disk: HashMap<String, Option<(u64, u64)>>,
+    stable: HashMap<(u32, u64), (Stable, u64)>,
+    pass: u64,
+}
+
+impl SnapshotCache {
+    /// Processes remembered.
+    pub fn len(&self) -> usize {
+        self.stable.len()
+    }
+
+    /// Whether the process with this pid and start time is remembered.
+    pub fn remembers(&self, pid: u32, start_ticks: u64) -> bool {
+        self.stable.contains_key(&(pid, start_ticks))
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.stable.is_empty()
+    }
+
+    fn begin_pass(&mut self) {
+        self.pass += 1;
+        self.on_disk.clear();
+    }
+
+    fn end_pass(&mut self) {
+        let pass = self.pass;
+        self.stable.retain(|_, (_, seen)| *seen == pass);
+    }
+}
+
+impl ProcReader {
+    fn read_stable(&self, dir: &OwnedFd, has_exe: bool, buf: &mut Vec<u8>) -> Stable {
+        let mut out = Stable::default();
+        if self.options.executable_identity && has_exe {
+            out.running_exe = fstatat(dir, c"exe", AtFlags::empty())
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino));
+        }
+        if self.options.enhanced_metadata {
+            if read_at(dir, c"cgroup", buf).is_ok() {
+                if let Some(cg) = procfs::parse_cgroup(buf) {
+                    if let Some(id) = procfs::container_id(&cg) {
+                        out.metadata.push(("container_id", id.to_owned()));
+                    }
+                    out.metadata.push(("cgroup", cg));
+                }
+            }
+            for (link, key) in [
+                (c"ns/pid", "ns_pid"),
+                (c"ns/mnt", "ns_mnt"),
+                (c"ns/net", "ns_net"),
+                (c"ns/user", "ns_user"),
+            ] {
+                if let Ok(t) = readlinkat(dir, link) {
+                    if let Some(inode) = procfs::parse_ns_link(t.as_encoded_bytes()) {
+                        out.metadata.push((key, inode.to_string()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Formats `n` in decimal without allocating.
+fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+/// Reads a whole procfs file. procfs hands over a whole small file in one
+/// read, so a short first read means the end was reached: that saves the
+/// usual extra read that only returns 0.
+fn read_at(dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> Result<(), Errno> {
+    const FIRST: usize = 8192;
     buf.clear();
-    std::fs::File::open(path)?.read_to_end(buf)?;
+    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut file = std::fs::File::from(fd);
+    let io = |e: std::io::Error| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw);
+    buf.resize(FIRST, 0);
+    let n = loop {
+        match file.read(buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    };
+    buf.truncate(n);
+    if n == FIRST {
+        file.read_to_end(buf).map_err(io)?;
+    }
     Ok(())
 }
 
@@ -445,11 +576,53 @@ mod tests {
     }
 
     #[test]
+    fn cached_passes_match_a_cold_pass_and_forget_the_dead() {
+        let reader = ProcReader::new(ReadOptions::default()).unwrap();
+        let mut cache = SnapshotCache::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let warm1 = reader.snapshot_cached(usize::MAX, &mut cache).unwrap();
+        assert!(warm1.processes.iter().any(|p| p.pid == child.id()));
+        let warm2 = reader.snapshot_cached(usize::MAX, &mut cache).unwrap();
+        let cold = reader.read_process(std::process::id()).unwrap();
+        let me = warm2
+            .processes
+            .iter()
+            .find(|p| p.pid == std::process::id())
+            .unwrap();
+        for k in ["cgroup", "ns_pid", "ns_mnt", "ns_net", "ns_user"] {
+            assert_eq!(
+                me.platform_metadata.get(k),
+                cold.platform_metadata.get(k),
+                "{k}"
+            );
+        }
+        assert!(cold.platform_metadata.contains_key("ns_pid"));
+        let before = cache.len();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.snapshot_cached(usize::MAX, &mut cache).unwrap();
+        assert!(
+            cache.len() < before,
+            "the dead child's entry was not dropped"
+        );
+    }
+
+    #[test]
     fn max_processes_truncates_and_counts() {
         let reader = ProcReader::new(ReadOptions::default()).unwrap();
         let snap = reader.snapshot(3).unwrap();
         assert_eq!(snap.processes.len(), 3);
         assert!(snap.stats.truncated > 0);
+    }
+
+    #[test]
+    fn itoa_formats_decimal() {
+        for n in [0, 7, 10, 4_194_304, u32::MAX] {
+            assert_eq!(itoa(n, &mut [0; 10]), n.to_string());
+        }
     }
 
     #[test]

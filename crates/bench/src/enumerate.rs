@@ -1,0 +1,136 @@
+//! `enumerate`: a full procmond snapshot against `ps -eo
+//! pid,ppid,user,rss,lstart,args` in the same run, with extra sleeping
+//! processes spawned by the bench so the table is not trivially small.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context as _};
+use procmond::snapshot::{ProcReader, ReadOptions, SnapshotCache};
+use tokio::time::Instant;
+
+use crate::report;
+
+pub(crate) struct Options {
+    extra: usize,
+    reps: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Self {
+            extra: 3000,
+            reps: 7,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--extra" => o.extra = value.parse().context("--extra")?,
+                "--reps" => o.reps = value.parse().context("--reps")?,
+                other => bail!("unknown flag {other:?}"),
+            }
+        }
+        if o.reps == 0 {
+            bail!("--reps must be positive");
+        }
+        Ok(o)
+    }
+}
+
+/// Children killed and reaped on drop, so a failed run leaves nothing behind.
+struct Sleepers(Vec<Child>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let mut sleepers = Sleepers(Vec::with_capacity(o.extra));
+    for _ in 0..o.extra {
+        let child = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning sleepers")?;
+        sleepers.0.push(child);
+    }
+    let reader = ProcReader::new(ReadOptions::default())?;
+    let lean = ProcReader::new(ReadOptions {
+        enhanced_metadata: false,
+        executable_identity: false,
+    })?;
+
+    let (mut ours, mut cold, mut ours_lean, mut ps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut processes = 0;
+    // procmond's steady state: a pass after the first, with its cache.
+    let mut cache = SnapshotCache::default();
+    reader.snapshot_cached(usize::MAX, &mut cache)?;
+    for _ in 0..o.reps {
+        let t = Instant::now();
+        let snap = reader.snapshot_cached(usize::MAX, &mut cache)?;
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        processes = snap.processes.len();
+
+        let t = Instant::now();
+        let _ = reader.snapshot(usize::MAX)?;
+        cold.push(t.elapsed().as_secs_f64() * 1e3);
+
+        let t = Instant::now();
+        let _ = lean.snapshot(usize::MAX)?;
+        ours_lean.push(t.elapsed().as_secs_f64() * 1e3);
+
+        let t = Instant::now();
+        let out = Command::new("ps")
+            .args(["-eo", "pid,ppid,user,rss,lstart,args"])
+            .stderr(Stdio::null())
+            .output()
+            .context("running ps")?;
+        ps.push(t.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() || out.stdout.len() < processes {
+            bail!("ps failed");
+        }
+    }
+    let (ours, cold, ours_lean, ps) = (
+        median_ms(ours),
+        median_ms(cold),
+        median_ms(ours_lean),
+        median_ms(ps),
+    );
+    report("enumerate.processes", processes, "processes");
+    report("enumerate.ms", format!("{ours:.2}"), "ms");
+    report("enumerate.cold_ms", format!("{cold:.2}"), "ms");
+    report("enumerate.lean_ms", format!("{ours_lean:.2}"), "ms");
+    report("enumerate.ps_ms", format!("{ps:.2}"), "ms");
+    report(
+        "enumerate.ratio_vs_ps",
+        format!("{:.3}", ours / ps),
+        "ratio",
+    );
+    report(
+        "enumerate.cold_ratio_vs_ps",
+        format!("{:.3}", cold / ps),
+        "ratio",
+    );
+    report(
+        "enumerate.lean_ratio_vs_ps",
+        format!("{:.3}", ours_lean / ps),
+        "ratio",
+    );
+    drop(sleepers);
+    Ok(())
+}
