@@ -1,0 +1,1018 @@
+//! [`HashEngine`]: open safely, check the cache, stream under the budget,
+//! check again.
+
+use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use collector_core::HashAlgorithm;
+use sha2::Digest as _;
+use tokio::time::Instant;
+
+use crate::budget::Budget;
+use crate::cache::{FileKey, Lru};
+use crate::config::{is_checkable, Validated};
+use crate::stats::{add, Counters};
+use crate::{ConfigError, HashError, HasherConfig, HasherStats};
+
+/// One digest of a file: the algorithm and its lowercase hex rendering
+/// (as long as [`HashAlgorithm::hex_len`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Digest {
+    /// The algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Lowercase hex digits.
+    pub hex: String,
+}
+
+/// A file's digests and the identity of the file they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HashOutcome {
+    /// The path as asked for.
+    pub path: PathBuf,
+    /// One digest per configured algorithm, in the configured order.
+    pub digests: Arc<[Digest]>,
+    /// Size in bytes when the file was opened.
+    pub size: u64,
+    /// Device of the opened file (`st_dev`).
+    pub dev: u64,
+    /// Inode of the opened file (`st_ino`).
+    pub inode: u64,
+    /// Modification time when the file was opened.
+    pub mtime: SystemTime,
+    /// Whether the digests came from the cache (nothing was read).
+    pub from_cache: bool,
+    /// Whether the file's size, mtime or ctime differed after hashing
+    /// from when it was opened (or it grew or shrank under the reader).
+    /// The digests then describe no single version of the file reliably;
+    /// they are not cached.
+    pub changed_during_hash: bool,
+    /// Bytes read for this call (0 on a cache hit).
+    pub bytes_read: u64,
+}
+
+impl HashOutcome {
+    /// The hex digest for `algorithm`, if it was computed.
+    pub fn digest(&self, algorithm: HashAlgorithm) -> Option<&str> {
+        self.digests
+            .iter()
+            .find(|d| d.algorithm == algorithm)
+            .map(|d| d.hex.as_str())
+    }
+}
+
+/// Hashes files with a cache, a size limit, a shared byte/s budget and
+/// allowed roots. Cheap to clone: clones share the cache, budget and
+/// counters.
+///
+/// # Example
+/// See the [crate documentation](crate).
+#[derive(Clone)]
+pub struct HashEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Validated,
+    budget: Option<Budget>,
+    cache: Mutex<Lru>,
+    counters: Counters,
+}
+
+impl fmt::Debug for HashEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashEngine")
+            .field("config", &self.inner.config)
+            .field("cache_len", &self.cache_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HashEngine {
+    /// Validates `config` and builds the engine. Needs no runtime.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad field.
+    pub fn new(config: HasherConfig) -> Result<Self, ConfigError> {
+        let config = config.into_validated()?;
+        let budget = (config.bytes_per_sec > 0).then(|| {
+            // One chunk may pass at once after idling; the rest is paced.
+            Budget::new(config.bytes_per_sec, config.chunk_size as u64)
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cache: Mutex::new(Lru::new(config.cache_capacity)),
+                config,
+                budget,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The algorithms every outcome carries, in order.
+    pub fn algorithms(&self) -> &[HashAlgorithm] {
+        &self.inner.config.algorithms
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> HasherStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// How many files' digests are cached now.
+    pub fn cache_len(&self) -> usize {
+        self.inner.lock_cache().len()
+    }
+
+    /// Hashes the regular file at `path` with every configured algorithm.
+    ///
+    /// The path must be absolute, free of `..` and under an allowed root
+    /// (checked on the path as given). It is opened with `O_NOFOLLOW`: a
+    /// symlink as the last component is refused, while symlinks in the
+    /// directories above it (merged `/usr`) are followed. Everything else
+    /// is decided on the opened file descriptor (`fstat`), never the path
+    /// again, so a file swapped in after the check is not what gets read.
+    /// An unchanged file (same device, inode, size, mtime and ctime) is
+    /// answered from the cache without reading.
+    ///
+    /// All file I/O runs on tokio's blocking pool, one chunk per task, and
+    /// the wait for the byte/s budget between chunks is an async sleep: the
+    /// caller's runtime thread never blocks.
+    ///
+    /// # Errors
+    /// A [`HashError`] for each reason a file is not hashed; each is also
+    /// counted in [`HasherStats::refused`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the hash after the chunk being read; the
+    /// file is closed, nothing is cached, and the budget already reserved
+    /// stays spent.
+    ///
+    /// # Panics
+    /// Like tokio's own functions, panics when polled outside a tokio
+    /// runtime, or (with a budget) in one without the time driver.
+    pub async fn hash_file(&self, path: &Path) -> Result<HashOutcome, HashError> {
+        let result = self.hash_checked(path).await;
+        match &result {
+            Err(err) => {
+                self.inner.counters.refused(err);
+                tracing::debug!(path = %path.display(), reason = err.reason(), error = %err, "file not hashed");
+            }
+            Ok(outcome) if outcome.changed_during_hash => {
+                tracing::debug!(path = %path.display(), "file changed while hashed");
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn hash_checked(&self, path: &Path) -> Result<HashOutcome, HashError> {
+        if !self.inner.is_allowed(path) {
+            return Err(HashError::OutsideAllowedRoots {
+                path: path.to_path_buf(),
+            });
+        }
+        let inner = Arc::clone(&self.inner);
+        let owned = path.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || inner.open(owned))
+            .await
+            .map_err(|source| HashError::TaskFailed {
+                path: path.to_path_buf(),
+                source,
+            })??;
+        let mut job = match opened {
+            Opened::Hit(outcome) => return Ok(outcome),
+            Opened::Miss(job) => job,
+        };
+        let chunk = self.inner.config.chunk_size as u64;
+        while !job.done {
+            let want = chunk.min(job.key.size.saturating_sub(job.bytes_read));
+            self.pace(want).await;
+            let inner = Arc::clone(&self.inner);
+            job = tokio::task::spawn_blocking(move || {
+                let before = job.bytes_read;
+                let job = job.step(want)?;
+                add(&inner.counters.bytes_hashed, job.bytes_read - before);
+                Ok::<_, HashError>(job)
+            })
+            .await
+            .map_err(|source| HashError::TaskFailed {
+                path: path.to_path_buf(),
+                source,
+            })??;
+        }
+        Ok(self.inner.finish(*job))
+    }
+
+    /// Waits until the budget allows reading `bytes`.
+    async fn pace(&self, bytes: u64) {
+        let Some(budget) = &self.inner.budget else {
+            return;
+        };
+        if bytes == 0 {
+            return;
+        }
+        if let Some(ready) = budget.reserve(bytes) {
+            let start = Instant::now();
+            tokio::time::sleep_until(ready).await;
+            self.inner.counters.waited(start.elapsed());
+        }
+    }
+}
+
+enum Opened {
+    Hit(HashOutcome),
+    Miss(Box<Job>),
+}
+
+impl Inner {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Lru> {
+        // Nothing panics while the lock is held; recover from poisoning anyway.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_allowed(&self, path: &Path) -> bool {
+        is_checkable(path)
+            && self
+                .config
+                .allowed_roots
+                .iter()
+                .any(|r| path.starts_with(r))
+    }
+
+    /// Opens `path` and decides on the descriptor: type, size, cache.
+    /// Blocking.
+    fn open(&self, path: PathBuf) -> Result<Opened, HashError> {
+        let file = match OpenOptions::new()
+            .read(true)
+            // O_NONBLOCK so a FIFO cannot block the open (regular files
+            // ignore the flag on Linux); O_NOCTTY so a terminal never
+            // becomes ours.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) => return Err(classify_open_error(path, err)),
+        };
+        let meta = match file.metadata() {
+            Ok(meta) => meta,
+            Err(err) => return Err(HashError::from_io(path, err)),
+        };
+        if !meta.file_type().is_file() {
+            return Err(HashError::NotRegularFile { path });
+        }
+        let key = key_of(&meta);
+        let max = self.config.max_file_size_bytes;
+        if key.size > max {
+            return Err(HashError::TooLarge {
+                path,
+                size: key.size,
+                max,
+            });
+        }
+        let cached = self.lock_cache().get(&key);
+        if let Some(digests) = cached {
+            add(&self.counters.cache_hits, 1);
+            return Ok(Opened::Hit(outcome(path, digests, &key, 0, true, false)));
+        }
+        add(&self.counters.cache_misses, 1);
+        Ok(Opened::Miss(Box::new(Job {
+            path,
+            file,
+            key,
+            state: State::new(&self.config.algorithms),
+            buf: vec![0; self.config.chunk_size],
+            bytes_read: 0,
+            changed: false,
+            done: false,
+        })))
+    }
+
+    fn finish(&self, job: Job) -> HashOutcome {
+        let digests: Arc<[Digest]> = job.state.finish(&self.config.algorithms).into();
+        add(&self.counters.files_hashed, 1);
+        if job.changed {
+            add(&self.counters.changed_during_hash, 1);
+        } else {
+            let evicted = self.lock_cache().insert(job.key, Arc::clone(&digests));
+            add(&self.counters.cache_evictions, evicted);
+        }
+        outcome(
+            job.path,
+            digests,
+            &job.key,
+            job.bytes_read,
+            false,
+            job.changed,
+        )
+    }
+}
+
+fn outcome(
+    path: PathBuf,
+    digests: Arc<[Digest]>,
+    key: &FileKey,
+    bytes_read: u64,
+    from_cache: bool,
+    changed_during_hash: bool,
+) -> HashOutcome {
+    HashOutcome {
+        path,
+        digests,
+        size: key.size,
+        dev: key.dev,
+        inode: key.ino,
+        mtime: system_time(key.mtime_sec, key.mtime_nsec),
+        from_cache,
+        changed_during_hash,
+        bytes_read,
+    }
+}
+
+/// `ELOOP` under `O_NOFOLLOW` usually means the last component is a
+/// symlink; confirm with `lstat` (too many links higher up also gives
+/// `ELOOP`).
+fn classify_open_error(path: PathBuf, err: io::Error) -> HashError {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        let last_is_link =
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !last_is_link {
+            return HashError::Io { path, source: err };
+        }
+    }
+    HashError::from_open(path, err)
+}
+
+fn key_of(meta: &Metadata) -> FileKey {
+    FileKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        ctime_sec: meta.ctime(),
+        ctime_nsec: meta.ctime_nsec(),
+    }
+}
+
+fn system_time(sec: i64, nsec: i64) -> SystemTime {
+    let nanos = u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0);
+    let at = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    at.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nanos))))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// A hash in progress, moved into each blocking step and back.
+struct Job {
+    path: PathBuf,
+    file: File,
+    key: FileKey,
+    state: State,
+    buf: Vec<u8>,
+    bytes_read: u64,
+    changed: bool,
+    done: bool,
+}
+
+impl Job {
+    /// Reads and digests up to `want` bytes (at most one chunk). Once the
+    /// size seen at open has been read, or the file ends early, checks
+    /// that it ends there and that `fstat` still agrees, and marks the job
+    /// done. Blocking.
+    fn step(mut self: Box<Self>, want: u64) -> Result<Box<Self>, HashError> {
+        let want = usize::try_from(want)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        let n = read_full(&mut self.file, &mut self.buf[..want])
+            .map_err(|err| HashError::from_io(self.path.clone(), err))?;
+        self.state.update(&self.buf[..n]);
+        self.bytes_read += n as u64;
+        if n < want {
+            // Shrank under us.
+            self.changed = true;
+        } else if self.bytes_read < self.key.size {
+            return Ok(self);
+        } else {
+            // Exactly the size seen at open has been read: anything more
+            // means it grew.
+            let mut probe = [0u8; 1];
+            let more = read_full(&mut self.file, &mut probe)
+                .map_err(|err| HashError::from_io(self.path.clone(), err))?;
+            self.changed |= more > 0;
+        }
+        let after = self
+            .file
+            .metadata()
+            .map_err(|err| HashError::from_io(self.path.clone(), err))?;
+        let after = key_of(&after);
+        self.changed |= after != self.key;
+        self.done = true;
+        Ok(self)
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// The running digests.
+struct State {
+    sha256: Option<sha2::Sha256>,
+    // Boxed: the BLAKE3 hasher is about 2 KiB and the job moves per chunk.
+    blake3: Option<Box<blake3::Hasher>>,
+}
+
+impl State {
+    fn new(algorithms: &[HashAlgorithm]) -> Self {
+        Self {
+            sha256: algorithms
+                .contains(&HashAlgorithm::Sha256)
+                .then(sha2::Sha256::new),
+            blake3: algorithms
+                .contains(&HashAlgorithm::Blake3)
+                .then(|| Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.blake3 {
+            h.update(data);
+        }
+    }
+
+    fn finish(self, algorithms: &[HashAlgorithm]) -> Vec<Digest> {
+        let mut sha256 = self.sha256.map(|h| hex(&h.finalize()));
+        let mut blake3 = self.blake3.map(|h| hex(h.finalize().as_bytes()));
+        algorithms
+            .iter()
+            .filter_map(|&algorithm| {
+                let hex = match algorithm {
+                    HashAlgorithm::Sha256 => sha256.take(),
+                    HashAlgorithm::Blake3 => blake3.take(),
+                    // Validation admits only the algorithms above.
+                    _ => None,
+                }?;
+                Some(Digest { algorithm, hex })
+            })
+            .collect()
+    }
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::fs::FileTimes;
+    use std::io::{Seek as _, SeekFrom, Write as _};
+
+    use super::*;
+
+    const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    const BLAKE3_ABC: &str = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85";
+    const SHA256_EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const BLAKE3_EMPTY: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+    /// `sha256sum` (and Python's hashlib) of [`pattern`]`(PATTERN_LEN)`.
+    const SHA256_PATTERN: &str = "016dda9740d1ce7161d4e53fd1f5eea4558b0a1c8429ac4961dc11338f2bc348";
+    const PATTERN_LEN: usize = (1 << 20) + 17;
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from((i * 31 + 7) % 251).unwrap())
+            .collect()
+    }
+
+    fn both() -> Vec<HashAlgorithm> {
+        vec![HashAlgorithm::Sha256, HashAlgorithm::Blake3]
+    }
+
+    fn engine(config: HasherConfig) -> HashEngine {
+        HashEngine::new(config).unwrap()
+    }
+
+    fn unlimited() -> HashEngine {
+        engine(HasherConfig {
+            algorithms: both(),
+            bytes_per_sec: 0,
+            ..HasherConfig::default()
+        })
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, content: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.set_times(FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(secs)))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn known_digests_of_small_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = unlimited();
+        for (content, sha, b3) in [
+            (&b"abc"[..], SHA256_ABC, BLAKE3_ABC),
+            (&b""[..], SHA256_EMPTY, BLAKE3_EMPTY),
+        ] {
+            let path = write(&dir, &format!("f{}", content.len()), content);
+            let out = e.hash_file(&path).await.unwrap();
+            assert_eq!(out.digest(HashAlgorithm::Sha256), Some(sha));
+            assert_eq!(out.digest(HashAlgorithm::Blake3), Some(b3));
+            assert_eq!(b3, blake3::hash(content).to_hex().as_str());
+            assert_eq!(
+                out.digests[0].algorithm,
+                HashAlgorithm::Sha256,
+                "configured order"
+            );
+            assert_eq!(out.bytes_read, content.len() as u64);
+            assert_eq!(out.size, content.len() as u64);
+            assert!(!out.from_cache && !out.changed_during_hash);
+            for d in out.digests.iter() {
+                assert_eq!(d.hex.len(), d.algorithm.hex_len());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn multi_chunk_file_matches_reference_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(PATTERN_LEN);
+        let path = write(&dir, "pattern", &content);
+        // Smallest chunk: 257 reads, the last one partial.
+        let e = engine(HasherConfig {
+            algorithms: both(),
+            bytes_per_sec: 0,
+            chunk_size_bytes: 4 * KIB,
+            ..HasherConfig::default()
+        });
+        let out = e.hash_file(&path).await.unwrap();
+        assert_eq!(out.digest(HashAlgorithm::Sha256), Some(SHA256_PATTERN));
+        assert_eq!(
+            out.digest(HashAlgorithm::Blake3),
+            Some(blake3::hash(&content).to_hex().as_str())
+        );
+        assert_eq!(out.bytes_read, PATTERN_LEN as u64);
+        assert_eq!(e.stats().bytes_hashed, PATTERN_LEN as u64);
+    }
+
+    #[tokio::test]
+    async fn only_configured_algorithms_are_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "abc", b"abc");
+        let e = engine(HasherConfig {
+            algorithms: vec![HashAlgorithm::Blake3],
+            ..HasherConfig::default()
+        });
+        let out = e.hash_file(&path).await.unwrap();
+        assert_eq!(out.digests.len(), 1);
+        assert_eq!(out.digest(HashAlgorithm::Blake3), Some(BLAKE3_ABC));
+        assert_eq!(out.digest(HashAlgorithm::Sha256), None);
+    }
+
+    #[tokio::test]
+    async fn unchanged_file_is_a_cache_hit_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bin", &pattern(10_000));
+        let e = unlimited();
+        let first = e.hash_file(&path).await.unwrap();
+        let second = e.hash_file(&path).await.unwrap();
+        assert!(second.from_cache);
+        assert_eq!(second.bytes_read, 0);
+        assert_eq!(second.digests, first.digests);
+        assert_eq!(
+            (second.dev, second.inode, second.size, second.mtime),
+            (first.dev, first.inode, first.size, first.mtime)
+        );
+        // A clone shares the cache.
+        assert!(e.clone().hash_file(&path).await.unwrap().from_cache);
+        let s = e.stats();
+        assert_eq!((s.files_hashed, s.cache_hits, s.cache_misses), (1, 2, 1));
+        assert_eq!(s.bytes_hashed, 10_000);
+        assert_eq!(e.cache_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn new_mtime_or_size_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bin", b"abc");
+        let e = unlimited();
+        set_mtime(&path, 1_000_000);
+        let first = e.hash_file(&path).await.unwrap();
+        assert!(e.hash_file(&path).await.unwrap().from_cache);
+
+        // Same content, new mtime ("touch").
+        set_mtime(&path, 2_000_000);
+        let touched = e.hash_file(&path).await.unwrap();
+        assert!(!touched.from_cache);
+        assert_eq!(touched.digests, first.digests);
+        assert_eq!(touched.mtime, UNIX_EPOCH + Duration::from_secs(2_000_000));
+
+        // Rewritten with a new size, mtime forced back to the old one.
+        std::fs::write(&path, b"abcd").unwrap();
+        set_mtime(&path, 2_000_000);
+        let rewritten = e.hash_file(&path).await.unwrap();
+        assert!(!rewritten.from_cache);
+        assert_ne!(rewritten.digests, first.digests);
+        assert_eq!(e.stats().files_hashed, 3);
+    }
+
+    #[tokio::test]
+    async fn same_size_rewrite_with_forged_mtime_misses() {
+        // Guards the ctime in the cache key: `touch -r` cannot forge ctime.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bin", b"abc");
+        set_mtime(&path, 1_000_000);
+        let e = unlimited();
+        e.hash_file(&path).await.unwrap();
+        let ctime = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let before = ctime(&path);
+        // ctime has tick granularity: rewrite until it has moved on.
+        loop {
+            std::fs::write(&path, b"xyz").unwrap();
+            set_mtime(&path, 1_000_000);
+            if ctime(&path) != before {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let out = e.hash_file(&path).await.unwrap();
+        assert!(!out.from_cache);
+        assert_eq!(out.digest(HashAlgorithm::Sha256).unwrap().len(), 64);
+        assert_ne!(out.digest(HashAlgorithm::Sha256), Some(SHA256_ABC));
+    }
+
+    #[tokio::test]
+    async fn evictions_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(&dir, "a", b"a");
+        let b = write(&dir, "b", b"b");
+        let e = engine(HasherConfig {
+            cache_capacity_entries: 1,
+            ..HasherConfig::default()
+        });
+        e.hash_file(&a).await.unwrap();
+        e.hash_file(&b).await.unwrap();
+        assert!(!e.hash_file(&a).await.unwrap().from_cache);
+        let s = e.stats();
+        assert_eq!(
+            (s.cache_evictions, s.cache_misses, e.cache_len()),
+            (2, 3, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_capacity_never_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "a", b"a");
+        let e = engine(HasherConfig {
+            cache_capacity_entries: 0,
+            ..HasherConfig::default()
+        });
+        for _ in 0..3 {
+            assert!(!e.hash_file(&path).await.unwrap().from_cache);
+        }
+        assert_eq!(e.stats().cache_evictions, 0);
+    }
+
+    #[tokio::test]
+    async fn final_symlink_refused_but_directory_symlinks_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let target = real.join("tool");
+        std::fs::write(&target, b"abc").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dir_link = dir.path().join("bin");
+        std::os::unix::fs::symlink(&real, &dir_link).unwrap();
+
+        let e = unlimited();
+        let err = e.hash_file(&link).await.unwrap_err();
+        assert!(
+            matches!(&err, HashError::IsSymlink { path } if *path == link),
+            "{err}"
+        );
+        // A dangling link is still a link, not "not found".
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nothing"), &dangling).unwrap();
+        assert!(matches!(
+            e.hash_file(&dangling).await,
+            Err(HashError::IsSymlink { .. })
+        ));
+
+        let via_dir = e.hash_file(&dir_link.join("tool")).await.unwrap();
+        assert_eq!(via_dir.digest(HashAlgorithm::Sha256), Some(SHA256_ABC));
+        assert_eq!(e.stats().refused.is_symlink, 2);
+    }
+
+    #[tokio::test]
+    async fn fifo_directory_and_device_refused_as_not_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfifo failed");
+        let e = unlimited();
+        // No writer: a blocking open would hang here; the timeout turns that
+        // into a failure instead.
+        let fifo_result = tokio::time::timeout(Duration::from_secs(10), e.hash_file(&fifo))
+            .await
+            .expect("hashing a FIFO must not block");
+        assert!(
+            matches!(fifo_result, Err(HashError::NotRegularFile { .. })),
+            "{fifo_result:?}"
+        );
+        assert!(matches!(
+            e.hash_file(dir.path()).await,
+            Err(HashError::NotRegularFile { .. })
+        ));
+        assert!(matches!(
+            e.hash_file(Path::new("/dev/null")).await,
+            Err(HashError::NotRegularFile { .. })
+        ));
+        assert_eq!(e.stats().refused.not_regular_file, 3);
+    }
+
+    #[tokio::test]
+    async fn paths_outside_allowed_roots_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "tool", b"abc");
+        let e = engine(HasherConfig {
+            allowed_roots: vec![dir.path().join("sub")],
+            ..HasherConfig::default()
+        });
+        let err = e.hash_file(&path).await.unwrap_err();
+        assert!(
+            matches!(&err, HashError::OutsideAllowedRoots { path: p } if *p == path),
+            "{err}"
+        );
+        // `..` cannot climb out of a root, and relative paths mean nothing.
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let climbing = dir.path().join("sub").join("..").join("tool");
+        assert!(matches!(
+            e.hash_file(&climbing).await,
+            Err(HashError::OutsideAllowedRoots { .. })
+        ));
+        assert!(matches!(
+            e.hash_file(Path::new("tool")).await,
+            Err(HashError::OutsideAllowedRoots { .. })
+        ));
+        // A sibling sharing the root's name as a prefix is not inside it.
+        let sibling = write(&dir, "subx", b"abc");
+        assert!(matches!(
+            e.hash_file(&sibling).await,
+            Err(HashError::OutsideAllowedRoots { .. })
+        ));
+        let inside = dir.path().join("sub").join("ok");
+        std::fs::write(&inside, b"abc").unwrap();
+        e.hash_file(&inside).await.unwrap();
+        let s = e.stats();
+        assert_eq!((s.refused.outside_allowed_roots, s.files_hashed), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn oversized_file_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = write(&dir, "big", &[7; 2049]);
+        let edge = write(&dir, "edge", &[7; 2048]);
+        let e = engine(HasherConfig {
+            max_file_size_bytes: 2048,
+            ..HasherConfig::default()
+        });
+        let err = e.hash_file(&big).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HashError::TooLarge {
+                    size: 2049,
+                    max: 2048,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(e.hash_file(&edge).await.unwrap().bytes_read, 2048);
+        let s = e.stats();
+        assert_eq!(
+            (s.refused.too_large, s.bytes_hashed, s.cache_misses),
+            (1, 2048, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = unlimited();
+        let missing = dir.path().join("gone");
+        let err = e.hash_file(&missing).await.unwrap_err();
+        assert!(
+            matches!(&err, HashError::NotFound { path } if *path == missing),
+            "{err}"
+        );
+        assert!(err.is_gone());
+        // A regular file used as a directory (ENOTDIR) is as gone.
+        let file = write(&dir, "file", b"x");
+        let err = e.hash_file(&file.join("child")).await.unwrap_err();
+        assert!(matches!(err, HashError::NotFound { .. }), "{err}");
+        assert_eq!(e.stats().refused.not_found, 2);
+        assert_eq!(e.stats().refused.total(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_paces_reads_in_virtual_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "four_mib",
+            &pattern(usize::try_from(4 * MIB).unwrap()),
+        );
+        let e = engine(HasherConfig {
+            bytes_per_sec: MIB,
+            chunk_size_bytes: 256 * KIB,
+            ..HasherConfig::default()
+        });
+        let start = Instant::now();
+        let out = e.hash_file(&path).await.unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(out.bytes_read, 4 * MIB);
+        // 4 MiB at 1 MiB/s, the first chunk (a quarter second) being the
+        // burst: 3.75 s of virtual time.
+        assert!(
+            (Duration::from_millis(3700)..=Duration::from_millis(3800)).contains(&elapsed),
+            "{elapsed:?}"
+        );
+        let waited = e.stats().budget_waited;
+        assert!(
+            (Duration::from_millis(3700)..=Duration::from_millis(3800)).contains(&waited),
+            "{waited:?}"
+        );
+        // A cache hit is free.
+        let start = Instant::now();
+        assert!(e.hash_file(&path).await.unwrap().from_cache);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_is_shared_by_concurrent_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(&dir, "a", &pattern(usize::try_from(MIB).unwrap()));
+        let b = write(&dir, "b", &vec![1; 1 << 20]);
+        let e = engine(HasherConfig {
+            bytes_per_sec: MIB,
+            chunk_size_bytes: 256 * KIB,
+            ..HasherConfig::default()
+        });
+        let start = Instant::now();
+        let (ra, rb) = tokio::join!(e.hash_file(&a), e.hash_file(&b));
+        let elapsed = start.elapsed();
+        assert_eq!(ra.unwrap().bytes_read + rb.unwrap().bytes_read, 2 * MIB);
+        // 2 MiB through one 1 MiB/s budget, less the burst.
+        assert!(
+            (Duration::from_millis(1700)..=Duration::from_millis(1800)).contains(&elapsed),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlimited_budget_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "f", &pattern(usize::try_from(MIB).unwrap()));
+        let e = unlimited();
+        let start = Instant::now();
+        e.hash_file(&path).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(e.stats().budget_waited, Duration::ZERO);
+    }
+
+    /// Hashes a 16 KiB file at 4 KiB/s in 4 KiB chunks (chunks read at
+    /// t = 0, 1, 2, 3 s of paused time) and runs `modify` at t = 1.5 s.
+    async fn hash_while_modifying(modify: impl FnOnce(&Path)) -> (HashEngine, HashOutcome) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "victim", &pattern(16 * 1024));
+        set_mtime(&path, 1_000_000);
+        let e = engine(HasherConfig {
+            bytes_per_sec: 4 * KIB,
+            chunk_size_bytes: 4 * KIB,
+            ..HasherConfig::default()
+        });
+        let task = tokio::spawn({
+            let e = e.clone();
+            let path = path.clone();
+            async move { e.hash_file(&path).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!task.is_finished());
+        modify(&path);
+        let out = task.await.unwrap().unwrap();
+        (e, out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn file_rewritten_in_place_during_hash_is_flagged_and_not_cached() {
+        let (e, out) = hash_while_modifying(|path| {
+            let mut f = OpenOptions::new().write(true).open(path).unwrap();
+            f.seek(SeekFrom::Start(10_000)).unwrap();
+            f.write_all(b"tampered").unwrap();
+            // Same size; the mtime moves even on coarse-timestamp filesystems.
+            f.set_times(FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(2_000_000)))
+                .unwrap();
+        })
+        .await;
+        assert!(out.changed_during_hash);
+        assert_eq!(out.bytes_read, 16 * KIB);
+        assert_eq!(e.cache_len(), 0);
+        let s = e.stats();
+        assert_eq!((s.changed_during_hash, s.files_hashed), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn file_grown_during_hash_is_flagged() {
+        let (e, out) = hash_while_modifying(|path| {
+            let mut f = OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(b"more").unwrap();
+        })
+        .await;
+        assert!(out.changed_during_hash);
+        // Only the size seen at open was digested.
+        assert_eq!((out.size, out.bytes_read), (16 * KIB, 16 * KIB));
+        assert_eq!(e.cache_len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn file_truncated_during_hash_is_flagged() {
+        let (e, out) = hash_while_modifying(|path| {
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(6 * 1024)
+                .unwrap();
+        })
+        .await;
+        assert!(out.changed_during_hash);
+        // Two chunks were read before the cut; the third found the end.
+        assert_eq!(out.bytes_read, 8 * KIB);
+        assert_eq!(e.cache_len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unmodified_budgeted_file_is_cached() {
+        // The control for the tests above: same timing, no change.
+        let (e, out) = hash_while_modifying(|_| {}).await;
+        assert!(!out.changed_during_hash);
+        assert_eq!(e.cache_len(), 1);
+    }
+
+    #[test]
+    fn system_time_handles_pre_epoch_and_bad_nanos() {
+        assert_eq!(
+            system_time(-1, 500),
+            UNIX_EPOCH - Duration::from_secs(1) + Duration::from_nanos(500)
+        );
+        assert_eq!(system_time(3, -5), UNIX_EPOCH + Duration::from_secs(3));
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+    }
+}
