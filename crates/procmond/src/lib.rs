@@ -2,9 +2,12 @@
 //!
 //! - [`connector`]: real-time fork/exec/exit events from the kernel's netlink
 //!   process connector, read by a dedicated thread.
+//! - [`db`]: the SQLite audit database (snapshots, lifecycle events, last
+//!   known process state) and its batching writer task.
 //! - [`procfs`]: pure parsers of `/proc/<pid>/*` files.
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
 
 pub mod connector;
+pub mod db;
 pub mod procfs;
 pub mod snapshot;

@@ -8,6 +8,7 @@
 //! may not read (EACCES) leaves its fields empty and `accessible = false`.
 //! Nothing is invented.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::io::Read;
@@ -57,6 +58,21 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ReadError {
+    /// ENOENT and ESRCH mean the process is gone; EACCES and EPERM that we
+    /// may not look.
+    fn from_errno(pid: u32, e: Errno) -> Self {
+        match e {
+            Errno::ENOENT | Errno::ESRCH => Self::Vanished { pid },
+            Errno::EACCES | Errno::EPERM => Self::PermissionDenied { pid },
+            other => Self::Io {
+                pid,
+                source: std::io::Error::from(other),
+            },
+        }
+    }
 }
 
 /// Why the reader could not be set up.
@@ -291,14 +307,7 @@ impl ProcReader {
         // pins the process's directory while we read.
         let mut dir_path = self.root.clone();
         dir_path.push(itoa(pid, &mut [0u8; 10]));
-        let errno = |e: Errno| match e {
-            Errno::ENOENT | Errno::ESRCH => ReadError::Vanished { pid },
-            Errno::EACCES | Errno::EPERM => ReadError::PermissionDenied { pid },
-            other => ReadError::Io {
-                pid,
-                source: std::io::Error::from(other),
-            },
-        };
+        let errno = |e| ReadError::from_errno(pid, e);
         let dir = open(
             &dir_path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -347,9 +356,8 @@ impl ProcReader {
             metadata.insert("gid".to_owned(), ids.rgid.to_string());
         }
         let key = (pid, stat.starttime);
-        if !stable.contains_key(&key) {
-            let found = self.read_stable(&dir, exe.is_some(), buf);
-            stable.insert(key, (found, *pass));
+        if let Entry::Vacant(slot) = stable.entry(key) {
+            slot.insert((self.read_stable(&dir, exe.is_some(), buf), *pass));
         }
         let mut file_exists = true;
         if let Some((found, seen)) = stable.get_mut(&key) {

@@ -1,0 +1,737 @@
+//! Lifecycle tracking: turns snapshots and real-time kernel events into
+//! start, exec, exit and modified events, and notices the suspicious:
+//! PID reuse, an executable deleted or replaced while it runs, impossible
+//! start times.
+//!
+//! Pure logic over [`ProcessEvent`]s: no I/O, so every rule is tested with
+//! made-up processes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use collector_core::{ProcessEvent, ProcessEventType, ProcessKey};
+use serde::{Deserialize, Serialize};
+
+/// What the tracker reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleTrackingConfig {
+    /// Emit start, exit and modified events (otherwise only snapshots and
+    /// real-time events pass through).
+    pub track_process_lifecycle: bool,
+    /// Emit the suspicious events.
+    pub detect_suspicious_events: bool,
+    /// How long an exited process's pid is remembered to recognise its reuse.
+    #[serde(with = "humantime_serde")]
+    pub pid_reuse_window: Duration,
+    /// Tolerance for a start time ahead of the clock.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew_tolerance: Duration,
+}
+
+impl Default for LifecycleTrackingConfig {
+    fn default() -> Self {
+        Self {
+            track_process_lifecycle: true,
+            detect_suspicious_events: true,
+            pid_reuse_window: Duration::from_secs(600),
+            clock_skew_tolerance: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counts of what the tracker has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LifecycleStats {
+    /// Processes tracked now.
+    pub tracked: u64,
+    /// Start events (reconciled from snapshots).
+    pub starts: u64,
+    /// Exec events.
+    pub execs: u64,
+    /// Exit events.
+    pub exits: u64,
+    /// Exits found by a snapshot, not the kernel (missed or no connector).
+    pub exits_reconciled: u64,
+    /// Modified events.
+    pub modified: u64,
+    /// Suspicious events.
+    pub suspicious: u64,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    start_ticks: Option<u64>,
+    last: ProcessEvent,
+    /// CPU ticks and when they were read, for the usage rate.
+    cpu: Option<(u64, SystemTime)>,
+    reported: HashSet<ProcessEventType>,
+    seen_in_pass: u64,
+    first_seen: SystemTime,
+}
+
+/// The tracker. Feed it snapshots and kernel events; it returns the events
+/// to publish.
+#[derive(Debug)]
+pub struct LifecycleTracker {
+    config: LifecycleTrackingConfig,
+    known: HashMap<u32, Tracked>,
+    /// pid -> (key of the process that had it, when it exited).
+    exited: HashMap<u32, (Option<ProcessKey>, SystemTime)>,
+    pass: u64,
+    ticks_per_sec: u64,
+    stats: LifecycleStats,
+}
+
+fn meta_u64(p: &ProcessEvent, key: &str) -> Option<u64> {
+    p.platform_metadata.get(key)?.parse().ok()
+}
+
+fn with_type(p: &ProcessEvent, t: ProcessEventType, now: SystemTime) -> ProcessEvent {
+    let mut e = p.clone();
+    e.event_type = t;
+    e.timestamp = now;
+    e.exit_code = None;
+    e
+}
+
+impl LifecycleTracker {
+    /// A tracker; `ticks_per_sec` converts CPU ticks into a usage rate.
+    pub fn new(config: LifecycleTrackingConfig, ticks_per_sec: u64) -> Self {
+        Self {
+            config,
+            known: HashMap::new(),
+            exited: HashMap::new(),
+            pass: 0,
+            ticks_per_sec: ticks_per_sec.max(1),
+            stats: LifecycleStats::default(),
+        }
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> LifecycleStats {
+        LifecycleStats {
+            tracked: self.known.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The last known state of `pid`.
+    pub fn get(&self, pid: u32) -> Option<&ProcessEvent> {
+        self.known.get(&pid).map(|t| &t.last)
+    }
+
+    fn push(&mut self, out: &mut Vec<ProcessEvent>, e: ProcessEvent) {
+        let t = e.event_type;
+        let lifecycle = matches!(
+            t,
+            ProcessEventType::Start | ProcessEventType::Exit | ProcessEventType::Modified
+        );
+        if t.is_suspicious() && !self.config.detect_suspicious_events
+            || lifecycle && !self.config.track_process_lifecycle
+        {
+            return;
+        }
+        match t {
+            ProcessEventType::Start => self.stats.starts += 1,
+            ProcessEventType::Exec => self.stats.execs += 1,
+            ProcessEventType::Exit => self.stats.exits += 1,
+            ProcessEventType::Modified => self.stats.modified += 1,
+            _ if t.is_suspicious() => self.stats.suspicious += 1,
+            _ => {}
+        }
+        out.push(e);
+    }
+
+    /// A snapshot pass taken at `taken_at`: fills each process's CPU usage
+    /// and returns the snapshot events followed by the lifecycle events it
+    /// reveals (starts, exits, modifications, suspicious findings).
+    pub fn on_snapshot(
+        &mut self,
+        processes: Vec<ProcessEvent>,
+        taken_at: SystemTime,
+    ) -> Vec<ProcessEvent> {
+        self.pass += 1;
+        let first = self.pass == 1;
+        let now = SystemTime::now();
+        let mut lifecycle = Vec::new();
+        let mut snapshot = Vec::with_capacity(processes.len());
+        let start_of: HashMap<u32, u64> = processes
+            .iter()
+            .filter_map(|p| Some((p.pid, meta_u64(p, "start_ticks")?)))
+            .collect();
+
+        for mut p in processes {
+            let start = meta_u64(&p, "start_ticks");
+            // A process the kernel already told us has exited: stale read.
+            if let Some((key, _)) = self.exited.get(&p.pid) {
+                if key.is_some() && *key == p.process_key {
+                    continue;
+                }
+            }
+            let ticks = meta_u64(&p, "cpu_ticks");
+            let same = self.known.get(&p.pid).is_some_and(|t| {
+                t.start_ticks.is_none() || start.is_none() || t.start_ticks == start
+            });
+            if same {
+                if let Some(t) = self.known.get(&p.pid) {
+                    if let (Some((before, at)), Some(now_ticks)) = (t.cpu, ticks) {
+                        if let Ok(dt) = p.timestamp.duration_since(at) {
+                            if !dt.is_zero() && now_ticks >= before {
+                                let secs = (now_ticks - before) as f64 / self.ticks_per_sec as f64;
+                                p.cpu_usage = Some(100.0 * secs / dt.as_secs_f64());
+                            }
+                        }
+                    }
+                    if let Some(m) = Self::modification(&t.last, &p, now) {
+                        self.push(&mut lifecycle, m);
+                    }
+                }
+            } else {
+                if let Some(old) = self.known.remove(&p.pid) {
+                    // Its pid now names another process: the old one exited unseen.
+                    let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
+                    exit.platform_metadata
+                        .insert("observed_by".to_owned(), "snapshot".to_owned());
+                    self.stats.exits_reconciled += 1;
+                    self.push(&mut lifecycle, exit);
+                    self.exited.insert(p.pid, (old.last.process_key, now));
+                }
+                if !first {
+                    self.push(&mut lifecycle, with_type(&p, ProcessEventType::Start, now));
+                }
+                self.check_reuse(&p, now, &mut lifecycle);
+            }
+            let entry = self.known.entry(p.pid).or_insert_with(|| Tracked {
+                start_ticks: start,
+                last: p.clone(),
+                cpu: None,
+                reported: HashSet::new(),
+                seen_in_pass: 0,
+                first_seen: taken_at,
+            });
+            entry.start_ticks = entry.start_ticks.or(start);
+            entry.last = p.clone();
+            entry.cpu = ticks.map(|t| (t, p.timestamp));
+            entry.seen_in_pass = self.pass;
+            let parent_start = p.ppid.and_then(|pp| start_of.get(&pp)).copied();
+            self.check_suspicious(&p, parent_start, now, &mut lifecycle);
+            snapshot.push(p);
+        }
+
+        // Known before this pass began, absent from it: exited unseen.
+        let gone: Vec<u32> = self
+            .known
+            .iter()
+            .filter(|(_, t)| t.seen_in_pass != self.pass && t.first_seen < taken_at)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            if let Some(old) = self.known.remove(&pid) {
+                let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
+                exit.platform_metadata
+                    .insert("observed_by".to_owned(), "snapshot".to_owned());
+                self.stats.exits_reconciled += 1;
+                self.push(&mut lifecycle, exit);
+                self.exited.insert(pid, (old.last.process_key, now));
+            }
+        }
+        let window = self.config.pid_reuse_window;
+        self.exited
+            .retain(|_, (_, at)| now.duration_since(*at).map_or(true, |age| age <= window));
+        snapshot.extend(lifecycle);
+        snapshot
+    }
+
+    /// A process executed a program; `p` is what could be read of it then
+    /// (`accessible = false` and empty fields when it was already gone).
+    pub fn on_exec(&mut self, mut p: ProcessEvent) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        let now = p.timestamp;
+        p.event_type = ProcessEventType::Exec;
+        let start = meta_u64(&p, "start_ticks");
+        if let Some(old) = self.known.get(&p.pid) {
+            if start.is_some() && old.start_ticks.is_some() && old.start_ticks != start {
+                // The kernel's exit for the old process never reached us.
+                if let Some(old) = self.known.remove(&p.pid) {
+                    let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
+                    exit.platform_metadata
+                        .insert("observed_by".to_owned(), "exec".to_owned());
+                    self.push(&mut out, exit);
+                    self.exited.insert(p.pid, (old.last.process_key, now));
+                }
+            }
+        }
+        if !self.known.contains_key(&p.pid) {
+            self.check_reuse(&p, now, &mut out);
+        }
+        self.push(&mut out, p.clone());
+        let entry = self.known.entry(p.pid).or_insert_with(|| Tracked {
+            start_ticks: start,
+            last: p.clone(),
+            cpu: None,
+            reported: HashSet::new(),
+            seen_in_pass: self.pass,
+            first_seen: now,
+        });
+        entry.start_ticks = entry.start_ticks.or(start);
+        // An unreadable exec keeps what we knew from the fork, rather than
+        // forgetting it; a readable one replaces it.
+        if p.accessible {
+            entry.last = p.clone();
+        }
+        if p.accessible {
+            let parent_start = p
+                .ppid
+                .and_then(|pp| self.known.get(&pp))
+                .and_then(|t| t.start_ticks);
+            self.check_suspicious(&p, parent_start, now, &mut out);
+        }
+        out
+    }
+
+    /// A process forked `child` (a new process, not a thread). `child_event`
+    /// is what could be read of the child (at least its start time when it
+    /// was still there).
+    pub fn on_fork(&mut self, mut child_event: ProcessEvent) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        let now = child_event.timestamp;
+        child_event.event_type = ProcessEventType::Fork;
+        let pid = child_event.pid;
+        let start = meta_u64(&child_event, "start_ticks");
+        if let Some(old) = self.known.remove(&pid) {
+            let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
+            exit.platform_metadata
+                .insert("observed_by".to_owned(), "fork".to_owned());
+            self.push(&mut out, exit);
+            self.exited.insert(pid, (old.last.process_key, now));
+        }
+        self.check_reuse(&child_event, now, &mut out);
+        self.push(&mut out, child_event.clone());
+        self.known.insert(
+            pid,
+            Tracked {
+                start_ticks: start,
+                last: child_event,
+                cpu: None,
+                reported: HashSet::new(),
+                seen_in_pass: self.pass,
+                first_seen: now,
+            },
+        );
+        out
+    }
+
+    /// A process exited with the raw wait status `exit_code`.
+    pub fn on_exit(&mut self, pid: u32, exit_code: i32, now: SystemTime) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        let mut e = match self.known.remove(&pid) {
+            Some(t) => with_type(&t.last, ProcessEventType::Exit, now),
+            None => {
+                if self.exited.contains_key(&pid) {
+                    // Already reported by a snapshot that raced the kernel.
+                    return out;
+                }
+                // Never seen: say so, invent nothing.
+                let mut e = ProcessEvent::new(pid, "");
+                e.event_type = ProcessEventType::Exit;
+                e.accessible = false;
+                e.timestamp = now;
+                e
+            }
+        };
+        if let Some(run) = e.start_time.and_then(|s| now.duration_since(s).ok()) {
+            e.platform_metadata
+                .insert("run_time_ms".to_owned(), run.as_millis().to_string());
+        }
+        e.platform_metadata
+            .insert("observed_by".to_owned(), "kernel".to_owned());
+        e.exit_code = Some(exit_code);
+        self.exited.insert(pid, (e.process_key, now));
+        self.push(&mut out, e);
+        out
+    }
+
+    /// The kernel reported a uid or comm change for `pid`.
+    pub fn on_change(
+        &mut self,
+        pid: u32,
+        uid: Option<u32>,
+        comm: Option<String>,
+        now: SystemTime,
+    ) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        let Some(t) = self.known.get_mut(&pid) else {
+            return out;
+        };
+        let mut changed = Vec::new();
+        if let Some(uid) = uid {
+            if t.last.user_id != Some(uid) {
+                t.last.user_id = Some(uid);
+                changed.push("uid");
+            }
+        }
+        if let Some(comm) = comm {
+            if t.last.name != comm {
+                t.last.name = comm;
+                changed.push("name");
+            }
+        }
+        if changed.is_empty() {
+            return out;
+        }
+        let mut e = with_type(&t.last, ProcessEventType::Modified, now);
+        e.platform_metadata
+            .insert("changed".to_owned(), changed.join(","));
+        self.push(&mut out, e);
+        out
+    }
+
+    fn modification(
+        before: &ProcessEvent,
+        now_p: &ProcessEvent,
+        now: SystemTime,
+    ) -> Option<ProcessEvent> {
+        let mut changed = Vec::new();
+        if before.command_line != now_p.command_line && !now_p.command_line.is_empty() {
+            changed.push("argv");
+        }
+        if before.executable_path != now_p.executable_path && now_p.executable_path.is_some() {
+            changed.push("exe");
+        }
+        if before.user_id != now_p.user_id && now_p.user_id.is_some() {
+            changed.push("uid");
+        }
+        if before.name != now_p.name {
+            changed.push("name");
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let mut e = with_type(now_p, ProcessEventType::Modified, now);
+        e.platform_metadata
+            .insert("changed".to_owned(), changed.join(","));
+        Some(e)
+    }
+
+    fn check_reuse(&mut self, p: &ProcessEvent, now: SystemTime, out: &mut Vec<ProcessEvent>) {
+        if let Some((old_key, _)) = self.exited.remove(&p.pid) {
+            if old_key.is_none() || old_key != p.process_key {
+                let mut e = with_type(p, ProcessEventType::PidReused, now);
+                if let Some(k) = old_key {
+                    e.platform_metadata
+                        .insert("previous_process_key".to_owned(), k.to_string());
+                }
+                self.push(out, e);
+            }
+        }
+    }
+
+    /// Deleted or replaced executable, impossible start time: once each per
+    /// process.
+    fn check_suspicious(
+        &mut self,
+        p: &ProcessEvent,
+        parent_start: Option<u64>,
+        now: SystemTime,
+        out: &mut Vec<ProcessEvent>,
+    ) {
+        let mut found = Vec::new();
+        if p.platform_metadata.contains_key("exe_deleted") {
+            found.push(ProcessEventType::ExecutableDeleted);
+        }
+        if p.platform_metadata.contains_key("exe_replaced") {
+            found.push(ProcessEventType::ExecutableReplaced);
+        }
+        let future = p
+            .start_time
+            .and_then(|s| s.duration_since(now).ok())
+            .is_some_and(|ahead| ahead > self.config.clock_skew_tolerance);
+        let before_parent = match (meta_u64(p, "start_ticks"), parent_start) {
+            // pid 0's children (init, kthreadd) have no real parent to compare.
+            (Some(child), Some(parent)) => p.ppid.is_some_and(|pp| pp != 0) && child < parent,
+            _ => false,
+        };
+        if future || before_parent {
+            found.push(ProcessEventType::StartTimeAnomaly);
+        }
+        for kind in found {
+            let already = self.known.get(&p.pid).is_some_and(|t| {
+                t.reported.contains(&kind) && t.start_ticks == meta_u64(p, "start_ticks")
+            });
+            if already {
+                continue;
+            }
+            let mut e = with_type(p, kind, now);
+            if before_parent && kind == ProcessEventType::StartTimeAnomaly {
+                e.platform_metadata
+                    .insert("anomaly".to_owned(), "started_before_parent".to_owned());
+            } else if kind == ProcessEventType::StartTimeAnomaly {
+                e.platform_metadata
+                    .insert("anomaly".to_owned(), "start_time_in_future".to_owned());
+            }
+            self.push(out, e);
+            if let Some(t) = self.known.get_mut(&p.pid) {
+                t.reported.insert(kind);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use collector_core::BootId;
+
+    use super::*;
+
+    const BOOT: BootId = BootId::from_bytes([9; 16]);
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn p(pid: u32, ppid: u32, start: u64, argv: &[&str]) -> ProcessEvent {
+        let mut e = ProcessEvent::new(pid, argv.first().copied().unwrap_or("kworker"));
+        e.ppid = Some(ppid);
+        e.command_line = argv.iter().map(ToString::to_string).collect();
+        e.executable_path = argv.first().map(|a| format!("/usr/bin/{a}"));
+        e.start_time = Some(t(0) + Duration::from_millis(start * 10));
+        e.process_key = Some(ProcessKey::new(BOOT, pid, start));
+        e.platform_metadata
+            .insert("start_ticks".into(), start.to_string());
+        e.platform_metadata.insert("cpu_ticks".into(), "0".into());
+        e
+    }
+
+    fn kinds(events: &[ProcessEvent]) -> Vec<(u32, ProcessEventType)> {
+        events
+            .iter()
+            .filter(|e| e.event_type != ProcessEventType::Snapshot)
+            .map(|e| (e.pid, e.event_type))
+            .collect()
+    }
+
+    fn tracker() -> LifecycleTracker {
+        LifecycleTracker::new(LifecycleTrackingConfig::default(), 100)
+    }
+
+    #[test]
+    fn snapshots_reveal_starts_and_exits() {
+        let mut tr = tracker();
+        let first = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(100, 1, 50, &["sshd"])], t(1));
+        assert_eq!(first.len(), 2);
+        assert!(
+            kinds(&first).is_empty(),
+            "the first pass only reports the table"
+        );
+        let second = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(200, 1, 90, &["cron"])], t(2));
+        assert_eq!(
+            kinds(&second),
+            vec![
+                (200, ProcessEventType::Start),
+                (100, ProcessEventType::Exit)
+            ]
+        );
+        let exit = second
+            .iter()
+            .find(|e| e.event_type == ProcessEventType::Exit)
+            .unwrap();
+        assert_eq!(exit.platform_metadata["observed_by"], "snapshot");
+        assert_eq!(
+            exit.exit_code, None,
+            "an exit seen only by a snapshot has no code"
+        );
+        assert_eq!(tr.stats().exits_reconciled, 1);
+    }
+
+    #[test]
+    fn a_pid_naming_a_new_process_between_snapshots_is_reuse() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(100, 1, 50, &["sshd"])], t(1));
+        let out = tr.on_snapshot(vec![p(100, 1, 90, &["nc", "-l"])], t(2));
+        assert_eq!(
+            kinds(&out),
+            vec![
+                (100, ProcessEventType::Exit),
+                (100, ProcessEventType::Start),
+                (100, ProcessEventType::PidReused)
+            ]
+        );
+        let reuse = out
+            .iter()
+            .find(|e| e.event_type == ProcessEventType::PidReused)
+            .unwrap();
+        assert_eq!(
+            reuse.platform_metadata["previous_process_key"],
+            ProcessKey::new(BOOT, 100, 50).to_string()
+        );
+        assert_eq!(reuse.process_key, Some(ProcessKey::new(BOOT, 100, 90)));
+    }
+
+    #[test]
+    fn a_pid_reused_after_a_kernel_exit_is_reported() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(100, 1, 50, &["sshd"])], t(1));
+        let exit = tr.on_exit(100, 0, t(2));
+        assert_eq!(kinds(&exit), vec![(100, ProcessEventType::Exit)]);
+        let fork = tr.on_fork(p(100, 1, 95, &["bash"]));
+        assert_eq!(
+            kinds(&fork),
+            vec![
+                (100, ProcessEventType::PidReused),
+                (100, ProcessEventType::Fork)
+            ]
+        );
+        // The same process seen again is not reuse.
+        let exec = tr.on_exec(p(100, 1, 95, &["bash", "-c", "id"]));
+        assert_eq!(kinds(&exec), vec![(100, ProcessEventType::Exec)]);
+    }
+
+    #[test]
+    fn fork_exec_exit_carry_code_run_time_and_key() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(1, 0, 1, &["init"])], t(1));
+        tr.on_fork(p(300, 1, 100, &["init"]));
+        let exec = tr.on_exec(p(300, 1, 100, &["true"]));
+        assert_eq!(exec[0].command_line, vec!["true"]);
+        let exit = tr.on_exit(300, 3 << 8, t(5));
+        assert_eq!(exit.len(), 1);
+        let e = &exit[0];
+        assert_eq!(
+            (e.event_type, e.exit_code, e.name.as_str()),
+            (ProcessEventType::Exit, Some(3 << 8), "true")
+        );
+        assert_eq!(e.process_key, Some(ProcessKey::new(BOOT, 300, 100)));
+        assert!(e.platform_metadata.contains_key("run_time_ms"));
+        // A snapshot that raced the exit and still lists the process is stale.
+        let out = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(300, 1, 100, &["true"])], t(4));
+        assert!(kinds(&out).is_empty(), "{:?}", kinds(&out));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_process_started_during_a_pass_is_not_taken_for_dead() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(1, 0, 1, &["init"])], t(1));
+        let mut late = p(400, 1, 500, &["cc"]);
+        late.timestamp = t(10);
+        tr.on_exec(late);
+        // The pass began before the exec and did not list it.
+        let out = tr.on_snapshot(vec![p(1, 0, 1, &["init"])], t(9));
+        assert!(kinds(&out).is_empty(), "{:?}", kinds(&out));
+        assert!(tr.get(400).is_some());
+    }
+
+    #[test]
+    fn an_unknown_exit_invents_nothing() {
+        let mut tr = tracker();
+        let out = tr.on_exit(777, 9, t(1));
+        let e = &out[0];
+        assert_eq!(
+            (e.name.as_str(), e.accessible, e.process_key),
+            ("", false, None)
+        );
+        assert_eq!(e.executable_path, None);
+        assert_eq!(e.exit_code, Some(9));
+    }
+
+    #[test]
+    fn deleted_and_replaced_executables_are_reported_once() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(100, 1, 50, &["payload"])], t(1));
+        let mut gone = p(100, 1, 50, &["payload"]);
+        gone.platform_metadata
+            .insert("exe_deleted".into(), "true".into());
+        gone.file_exists = false;
+        let out = tr.on_snapshot(vec![gone.clone()], t(2));
+        assert_eq!(
+            kinds(&out),
+            vec![(100, ProcessEventType::ExecutableDeleted)]
+        );
+        assert!(kinds(&tr.on_snapshot(vec![gone], t(3))).is_empty());
+
+        let mut swapped = p(200, 1, 60, &["sshd"]);
+        swapped
+            .platform_metadata
+            .insert("exe_replaced".into(), "true".into());
+        let out = tr.on_snapshot(vec![swapped], t(4));
+        assert!(kinds(&out).contains(&(200, ProcessEventType::ExecutableReplaced)));
+    }
+
+    #[test]
+    fn impossible_start_times_are_anomalies() {
+        let mut tr = tracker();
+        // Child started (tick 10) before its parent (tick 50).
+        let out = tr.on_snapshot(
+            vec![p(100, 1, 50, &["parent"]), p(101, 100, 10, &["child"])],
+            t(1),
+        );
+        let a = out
+            .iter()
+            .find(|e| e.event_type == ProcessEventType::StartTimeAnomaly)
+            .unwrap();
+        assert_eq!(
+            (a.pid, a.platform_metadata["anomaly"].as_str()),
+            (101, "started_before_parent")
+        );
+        // Start time an hour ahead of now.
+        let mut future = p(102, 1, 60, &["x"]);
+        future.start_time = Some(SystemTime::now() + Duration::from_secs(3600));
+        let out = tr.on_snapshot(vec![future], t(2));
+        assert!(kinds(&out).contains(&(102, ProcessEventType::StartTimeAnomaly)));
+        // A normal child is not an anomaly.
+        let out = tr.on_snapshot(
+            vec![p(100, 1, 50, &["parent"]), p(103, 100, 70, &["ok"])],
+            t(3),
+        );
+        assert!(!kinds(&out)
+            .iter()
+            .any(|(pid, k)| *pid == 103 && k.is_suspicious()));
+    }
+
+    #[test]
+    fn argv_exe_uid_and_name_changes_are_modifications() {
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(100, 1, 50, &["python3", "a.py"])], t(1));
+        let out = tr.on_snapshot(vec![p(100, 1, 50, &["python3", "b.py"])], t(2));
+        let m = out
+            .iter()
+            .find(|e| e.event_type == ProcessEventType::Modified)
+            .unwrap();
+        assert_eq!(m.platform_metadata["changed"], "argv");
+        let out = tr.on_change(100, Some(0), None, t(3));
+        assert_eq!(out[0].platform_metadata["changed"], "uid");
+        assert_eq!(out[0].user_id, Some(0));
+        assert!(
+            tr.on_change(100, Some(0), None, t(4)).is_empty(),
+            "no change, no event"
+        );
+    }
+
+    #[test]
+    fn cpu_usage_is_the_tick_rate_between_passes() {
+        let mut tr = tracker();
+        let mut a = p(100, 1, 50, &["busy"]);
+        a.timestamp = t(10);
+        tr.on_snapshot(vec![a.clone()], t(10));
+        a.timestamp = t(12);
+        a.platform_metadata.insert("cpu_ticks".into(), "100".into());
+        let out = tr.on_snapshot(vec![a], t(12));
+        // 100 ticks at 100/s over 2 s: half a core.
+        assert_eq!(out[0].cpu_usage, Some(50.0));
+    }
+
+    #[test]
+    fn disabled_detection_reports_nothing_suspicious() {
+        let config = LifecycleTrackingConfig {
+            detect_suspicious_events: false,
+            ..LifecycleTrackingConfig::default()
+        };
+        let mut tr = LifecycleTracker::new(config, 100);
+        tr.on_snapshot(vec![p(100, 1, 50, &["a"])], t(1));
+        let out = tr.on_snapshot(vec![p(100, 1, 90, &["b"])], t(2));
+        assert!(!kinds(&out).iter().any(|(_, k)| k.is_suspicious()));
+    }
+}
