@@ -4,10 +4,13 @@
 //!   process connector, read by a dedicated thread.
 //! - [`db`]: the SQLite audit database (snapshots, lifecycle events, last
 //!   known process state) and its batching writer task.
+//! - [`lifecycle`]: start/exec/exit/modified and suspicious events from
+//!   snapshots and kernel events.
 //! - [`procfs`]: pure parsers of `/proc/<pid>/*` files.
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
 
 pub mod connector;
 pub mod db;
+pub mod lifecycle;
 pub mod procfs;
 pub mod snapshot;
