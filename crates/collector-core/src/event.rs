@@ -714,7 +714,13 @@ mod tests {
         assert!(CollectionEvent::Process(process(0)).validate().is_err());
         let mut p = process(5);
         p.exit_code = Some(0);
-        assert_eq!(CollectionEvent::Process(p.clone()).validate().unwrap_err().field, "exit_code");
+        assert_eq!(
+            CollectionEvent::Process(p.clone())
+                .validate()
+                .unwrap_err()
+                .field,
+            "exit_code"
+        );
         p.event_type = ProcessEventType::Exit;
         CollectionEvent::Process(p).validate().unwrap();
         let mut p = process(5);

@@ -79,6 +79,7 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod logging;
+pub mod monitor;
 pub mod runtime;
 pub mod source;
 pub mod subscription;
@@ -92,6 +93,7 @@ pub use event::{
     ProcessKey, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
+pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};
 pub use subscription::{EventBatch, Subscription};
