@@ -8,9 +8,18 @@
 //!   snapshots and kernel events.
 //! - [`procfs`]: pure parsers of `/proc/<pid>/*` files.
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
+//! - [`source`]: [`ProcmondMonitorCollector`], all of the above as an
+//!   `EventSource`.
 
 pub mod connector;
 pub mod db;
 pub mod lifecycle;
 pub mod procfs;
 pub mod snapshot;
+pub mod source;
+
+pub use db::DatabaseManager;
+pub use lifecycle::LifecycleTrackingConfig;
+pub use source::{
+    ProcessCollectionConfig, ProcmondError, ProcmondMonitorCollector, ProcmondMonitorConfig,
+};

@@ -1,0 +1,595 @@
+//! [`ProcmondMonitorCollector`]: the process collector as an
+//! [`EventSource`].
+//!
+//! It combines three inputs:
+//!
+//! - a full snapshot of `/proc` at start and every `collection_interval`,
+//!   reconciled by the [`LifecycleTracker`] into start/exit/modified events;
+//! - the kernel's process connector (fork, exec, exit, uid and name changes)
+//!   read by a dedicated thread, each exec enriched from `/proc` at once;
+//! - a reconciliation snapshot whenever the kernel reports lost events
+//!   (`ENOBUFS`), so missed starts and exits are still found.
+//!
+//! Without the privilege for the connector it says so once and works from
+//! snapshots alone. Events are stored in the audit database in batched
+//! transactions and sent to the runtime.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use collector_core::{
+    CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
+    ProcessEvent, ProcessEventType, SourceCaps,
+};
+use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::connector::{
+    ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent,
+};
+use crate::db::DatabaseManager;
+use crate::lifecycle::{LifecycleTracker, LifecycleTrackingConfig};
+use crate::snapshot::{ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache};
+
+/// What is collected per process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessCollectionConfig {
+    /// cgroup, container id and namespaces (read once per process).
+    pub collect_enhanced_metadata: bool,
+    /// Compare each running executable with the file now at its path, to
+    /// notice a replaced binary.
+    pub check_executable_identity: bool,
+    /// Hash executables through the shared cached hasher: each unique file
+    /// once, within the hasher's byte budget, off the event path (an event
+    /// carries the hash when it is known by then; later events of the same
+    /// file always do).
+    pub compute_executable_hashes: bool,
+    /// The hasher's settings (algorithms, budget, size limit, roots, cache).
+    pub hasher: HasherConfig,
+    /// Most processes one snapshot reads; the rest are counted as truncated.
+    pub max_processes: usize,
+}
+
+impl Default for ProcessCollectionConfig {
+    fn default() -> Self {
+        Self {
+            collect_enhanced_metadata: true,
+            check_executable_identity: true,
+            compute_executable_hashes: true,
+            hasher: HasherConfig::default(),
+            max_processes: 100_000,
+        }
+    }
+}
+
+/// Everything procmond's collector needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcmondMonitorConfig {
+    /// Interval, in-flight bound, real-time on/off.
+    pub base_config: MonitorCollectorConfig,
+    /// What is read per process.
+    pub process_config: ProcessCollectionConfig,
+    /// What the tracker reports.
+    pub lifecycle_config: LifecycleTrackingConfig,
+    /// The kernel connector's socket settings.
+    pub connector: ConnectorConfig,
+}
+
+/// Why the collector could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcmondError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] collector_core::ConfigError),
+    /// `/proc` is unusable.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The hasher's settings are invalid.
+    #[error(transparent)]
+    Hasher(#[from] daemoneye_hasher::ConfigError),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    cycles: AtomicU64,
+    cycle_errors: AtomicU64,
+    emitted: AtomicU64,
+    overruns: AtomicU64,
+    realtime: AtomicBool,
+    enrich_failed: AtomicU64,
+    db_errors: AtomicU64,
+}
+
+/// The process collector. See the [module docs](self).
+pub struct ProcmondMonitorCollector {
+    config: ProcmondMonitorConfig,
+    reader: ProcReader,
+    /// Reads execs as they happen: no cgroup/namespace/identity work on the
+    /// hot path (the next snapshot adds those).
+    quick: ProcReader,
+    database: Option<Arc<Mutex<DatabaseManager>>>,
+    hasher: Option<HashEngine>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for ProcmondMonitorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcmondMonitorCollector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate(config: &ProcmondMonitorConfig) -> Result<(), collector_core::ConfigError> {
+    config.base_config.validate()?;
+    let invalid = |field, reason: &str| collector_core::ConfigError::Invalid {
+        field,
+        reason: reason.to_owned(),
+    };
+    if config.process_config.max_processes == 0 {
+        return Err(invalid("max_processes", "must be greater than zero"));
+    }
+    Ok(())
+}
+
+impl ProcmondMonitorCollector {
+    /// A collector storing into `database`.
+    ///
+    /// # Errors
+    /// An invalid config (naming the field) or an unusable `/proc`.
+    #[allow(clippy::unused_async)] // the reference API awaits it
+    pub async fn new(
+        database: Arc<Mutex<DatabaseManager>>,
+        config: ProcmondMonitorConfig,
+    ) -> Result<Self, ProcmondError> {
+        Self::build(Some(database), config)
+    }
+
+    /// A collector that stores nothing (events go to subscribers only).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn without_database(config: ProcmondMonitorConfig) -> Result<Self, ProcmondError> {
+        Self::build(None, config)
+    }
+
+    fn build(
+        database: Option<Arc<Mutex<DatabaseManager>>>,
+        config: ProcmondMonitorConfig,
+    ) -> Result<Self, ProcmondError> {
+        validate(&config)?;
+        let p = &config.process_config;
+        let reader = ProcReader::new(ReadOptions {
+            enhanced_metadata: p.collect_enhanced_metadata,
+            executable_identity: p.check_executable_identity,
+        })?;
+        let quick = ProcReader::new(ReadOptions {
+            enhanced_metadata: false,
+            executable_identity: false,
+        })?;
+        let hasher = if p.compute_executable_hashes {
+            Some(HashEngine::new(p.hasher.clone())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            reader,
+            quick,
+            database,
+            hasher,
+            counters: Arc::default(),
+            stop: CancellationToken::new(),
+        })
+    }
+}
+
+/// How long an event waits for its executable's hash: enough for a cache
+/// hit, far less than a first hash of a large binary.
+const HASH_WAIT: Duration = Duration::from_millis(2);
+
+/// Converts a `CLOCK_MONOTONIC` kernel timestamp into wall-clock time.
+fn wall_time(timestamp_ns: u64) -> SystemTime {
+    let now = SystemTime::now();
+    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return now;
+    };
+    let mono_ns = u64::try_from(mono.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(mono.tv_nsec()).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(mono_ns.saturating_sub(timestamp_ns)))
+        .unwrap_or(now)
+}
+
+/// State of one `start` run.
+struct Run<'a> {
+    collector: &'a ProcmondMonitorCollector,
+    tx: mpsc::Sender<CollectionEvent>,
+    tracker: LifecycleTracker,
+    cache: Option<SnapshotCache>,
+    pending_db: Vec<ProcessEvent>,
+    /// Hashes being computed, by executable path.
+    hashing: HashMap<String, JoinHandle<Result<HashOutcome, HashError>>>,
+}
+
+impl Run<'_> {
+    /// Fills `executable_hash` when the hasher knows (or quickly learns)
+    /// the file; starts hashing it in the background otherwise.
+    async fn annotate_hash(&mut self, e: &mut ProcessEvent) {
+        let Some(engine) = &self.collector.hasher else {
+            return;
+        };
+        let Some(path) = e.executable_path.as_ref().filter(|_| e.file_exists) else {
+            return;
+        };
+        let handle = self.hashing.entry(path.clone()).or_insert_with(|| {
+            let (engine, path) = (engine.clone(), PathBuf::from(path));
+            tokio::spawn(async move { engine.hash_file(&path).await })
+        });
+        // A cache hit answers within microseconds; a first hash runs on.
+        let Ok(joined) = tokio::time::timeout(HASH_WAIT, &mut *handle).await else {
+            return;
+        };
+        self.hashing.remove(path);
+        if let Ok(Ok(outcome)) = joined {
+            let algorithm = engine.algorithms().first().copied();
+            if let (false, Some(alg)) = (outcome.changed_during_hash, algorithm) {
+                if let Some(hex) = outcome.digest(alg) {
+                    e.executable_hash = Some(hex.to_owned());
+                    e.hash_algorithm = Some(alg);
+                }
+            }
+        }
+    }
+
+    /// Sends events to the runtime; false once the runtime is gone.
+    async fn emit(&mut self, mut events: Vec<ProcessEvent>) -> bool {
+        let n = events.len();
+        for e in &mut events {
+            self.annotate_hash(e).await;
+        }
+        for e in events {
+            if e.event_type != ProcessEventType::Snapshot {
+                self.pending_db.push(e.clone());
+            }
+            if self.tx.send(CollectionEvent::Process(e)).await.is_err() {
+                return false;
+            }
+        }
+        self.collector
+            .counters
+            .emitted
+            .fetch_add(n as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// A full pass over `/proc`, reconciled.
+    async fn snapshot(&mut self) -> anyhow::Result<bool> {
+        let reader = self.collector.reader.clone();
+        let max = self.collector.config.process_config.max_processes;
+        let mut cache = self.cache.take().unwrap_or_default();
+        let (result, cache) = tokio::task::spawn_blocking(move || {
+            let r = reader.snapshot_cached(max, &mut cache);
+            (r, cache)
+        })
+        .await
+        .context("snapshot task")?;
+        self.cache = Some(cache);
+        let snap = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.collector
+                    .counters
+                    .cycle_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "snapshot failed");
+                return Ok(true);
+            }
+        };
+        self.collector
+            .counters
+            .cycles
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(
+            processes = snap.stats.processes,
+            vanished = snap.stats.vanished,
+            "snapshot"
+        );
+        let events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        if let Some(db) = &self.collector.database {
+            let rows: Vec<ProcessEvent> = events
+                .iter()
+                .filter(|e| e.event_type == ProcessEventType::Snapshot)
+                .cloned()
+                .collect();
+            let db = db.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                db.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .write_snapshot(&rows)
+                    .map(|_| ())
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                self.collector
+                    .counters
+                    .db_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("storing a snapshot failed");
+            }
+        }
+        Ok(self.emit(events).await)
+    }
+
+    /// One kernel event, enriched from `/proc` where needed.
+    fn on_kernel_event(&mut self, event: &ProcEvent) -> Vec<ProcessEvent> {
+        match event {
+            ProcEvent::Fork {
+                meta,
+                parent,
+                child,
+            } if child.is_main_thread() => {
+                let mut e = self.read_or_mark(child.tgid, meta.timestamp_ns);
+                if e.ppid.is_none() {
+                    e.ppid = Some(parent.tgid);
+                }
+                self.tracker.on_fork(e)
+            }
+            ProcEvent::Exec { meta, process } => {
+                let e = self.read_or_mark(process.tgid, meta.timestamp_ns);
+                self.tracker.on_exec(e)
+            }
+            ProcEvent::Exit {
+                meta,
+                process,
+                exit_code,
+                ..
+            } if process.is_main_thread() => {
+                let code = i32::try_from(*exit_code).unwrap_or(i32::MAX);
+                self.tracker
+                    .on_exit(process.tgid, code, wall_time(meta.timestamp_ns))
+            }
+            ProcEvent::Uid {
+                meta,
+                process,
+                ruid,
+                ..
+            } if process.is_main_thread() => self.tracker.on_change(
+                process.tgid,
+                Some(*ruid),
+                None,
+                wall_time(meta.timestamp_ns),
+            ),
+            ProcEvent::Comm {
+                meta,
+                process,
+                comm,
+            } if process.is_main_thread() => self.tracker.on_change(
+                process.tgid,
+                None,
+                Some(comm.clone()),
+                wall_time(meta.timestamp_ns),
+            ),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Reads a process now; when it is already gone (common for short-lived
+    /// processes) the event says so and carries only the pid.
+    fn read_or_mark(&self, pid: u32, timestamp_ns: u64) -> ProcessEvent {
+        let at = wall_time(timestamp_ns);
+        match self.collector.quick.read_process(pid) {
+            Ok(mut e) => {
+                e.timestamp = at;
+                e
+            }
+            Err(err) => {
+                self.collector
+                    .counters
+                    .enrich_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut e = ProcessEvent::new(pid, "");
+                e.accessible = false;
+                e.timestamp = at;
+                let why = match err {
+                    ReadError::Vanished { .. } => "vanished",
+                    ReadError::PermissionDenied { .. } => "permission_denied",
+                    _ => "error",
+                };
+                e.platform_metadata
+                    .insert("unreadable".to_owned(), why.to_owned());
+                e
+            }
+        }
+    }
+
+    async fn flush_db(&mut self) {
+        if self.pending_db.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending_db);
+        let Some(db) = self.collector.database.clone() else {
+            return;
+        };
+        let n = batch.len();
+        let written = tokio::task::spawn_blocking(move || {
+            db.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write_events(&batch)
+        })
+        .await;
+        if !matches!(written, Ok(Ok(_))) {
+            self.collector
+                .counters
+                .db_errors
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(events = n, "storing lifecycle events failed");
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for ProcmondMonitorCollector {
+    fn name(&self) -> &'static str {
+        "procmond"
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        let caps = SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE;
+        if self.config.base_config.enable_event_driven {
+            caps | SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL
+        } else {
+            caps
+        }
+    }
+
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        shutdown: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        let base = &self.config.base_config;
+        let (ktx, mut krx) = mpsc::channel(base.max_events_in_flight);
+        let mut reader = None;
+        if base.enable_event_driven {
+            match ProcConnector::open(&self.config.connector).and_then(|c| {
+                let granted = c.recv_buffer();
+                c.spawn_reader(ktx).map(|h| (h, granted))
+            }) {
+                Ok((handle, granted)) => {
+                    info!(
+                        granted_bytes = granted.granted_bytes,
+                        forced = granted.forced,
+                        "process connector active"
+                    );
+                    self.counters.realtime.store(true, Ordering::Relaxed);
+                    reader = Some(handle);
+                }
+                Err(ConnectorError::PermissionDenied { .. }) => warn!(
+                    interval = ?base.collection_interval,
+                    "no privilege for the kernel process connector (needs root or CAP_NET_ADMIN): \
+                     falling back to snapshots; processes shorter than the interval will be missed"
+                ),
+                Err(err) => {
+                    warn!(error = %err, "process connector unavailable: falling back to snapshots")
+                }
+            }
+        }
+
+        let mut run = Run {
+            collector: self,
+            tx,
+            tracker: LifecycleTracker::new(
+                self.config.lifecycle_config.clone(),
+                self.reader.ticks_per_sec(),
+            ),
+            cache: None,
+            pending_db: Vec::new(),
+            hashing: HashMap::new(),
+        };
+        let mut every = tokio::time::interval(base.collection_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll_flag = tokio::time::interval(Duration::from_millis(100));
+        let mut flush = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            let alive = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                _ = poll_flag.tick() => {
+                    if shutdown.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    true
+                }
+                msg = krx.recv(), if reader.is_some() => match msg {
+                    Some(ConnectorMessage::Events(events)) => {
+                        let mut out = Vec::new();
+                        for e in &events {
+                            out.extend(run.on_kernel_event(e));
+                        }
+                        // Take what else is queued before yielding to the runtime.
+                        while let Ok(ConnectorMessage::Events(more)) = krx.try_recv() {
+                            for e in &more {
+                                out.extend(run.on_kernel_event(e));
+                            }
+                        }
+                        run.emit(out).await
+                    }
+                    Some(_overrun) => {
+                        self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                        warn!("the kernel dropped process events (socket buffer overrun); reconciling now");
+                        run.snapshot().await?
+                    }
+                    None => {
+                        warn!("process connector reader ended; falling back to snapshots");
+                        self.counters.realtime.store(false, Ordering::Relaxed);
+                        if let Some(h) = reader.take() {
+                            if let Err(err) = tokio::task::spawn_blocking(move || h.join()).await? {
+                                warn!(error = %err, "process connector reader failed");
+                            }
+                        }
+                        true
+                    }
+                },
+                _ = every.tick() => run.snapshot().await?,
+                _ = flush.tick() => {
+                    run.flush_db().await;
+                    true
+                }
+            };
+            if !alive {
+                break;
+            }
+        }
+        if let Some(h) = reader.take() {
+            let stats = tokio::task::spawn_blocking(move || h.stop()).await?;
+            debug!(?stats, "process connector stopped");
+        }
+        self.counters.realtime.store(false, Ordering::Relaxed);
+        run.flush_db().await;
+        Ok(())
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        Ok(())
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        let errors = self.counters.db_errors.load(Ordering::Relaxed);
+        anyhow::ensure!(errors == 0, "{errors} audit database writes failed");
+        Ok(())
+    }
+}
+
+impl MonitorCollector for ProcmondMonitorCollector {
+    fn monitor_stats(&self) -> MonitorCollectorStats {
+        let c = &self.counters;
+        MonitorCollectorStats::new(
+            c.cycles.load(Ordering::Relaxed),
+            c.cycle_errors.load(Ordering::Relaxed),
+            c.emitted.load(Ordering::Relaxed),
+            c.overruns.load(Ordering::Relaxed),
+            c.realtime.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl ProcmondMonitorCollector {
+    /// Execs and forks whose process was gone before `/proc` could be read.
+    pub fn enrich_failures(&self) -> u64 {
+        self.counters.enrich_failed.load(Ordering::Relaxed)
+    }
+}
