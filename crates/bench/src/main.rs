@@ -9,6 +9,7 @@
 //! ```
 
 mod enumerate;
+mod hash;
 mod runtime;
 
 /// Prints one figure: `<metric> <value> <unit>`.
@@ -19,7 +20,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "runtime" => runtime::Options::parse(rest).and_then(|o| runtime::run(&o)),
         "enumerate" => enumerate::Options::parse(rest).and_then(|o| enumerate::run(&o)),
+        "hash" => hash::Options::parse(rest).and_then(|o| hash::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
