@@ -14,6 +14,7 @@
 //! snapshots alone. Events are stored in the audit database in batched
 //! transactions and sent to the runtime.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -234,10 +235,15 @@ impl Run<'_> {
         let Some(path) = e.executable_path.as_ref().filter(|_| e.file_exists) else {
             return;
         };
-        let handle = self.hashing.entry(path.clone()).or_insert_with(|| {
-            let (engine, path) = (engine.clone(), PathBuf::from(path));
-            tokio::spawn(async move { engine.hash_file(&path).await })
-        });
+        let handle = match self.hashing.entry(path.clone()) {
+            // Being hashed: events never wait behind a long first hash.
+            Entry::Occupied(o) if !o.get().is_finished() => return,
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let (engine, path) = (engine.clone(), PathBuf::from(path));
+                v.insert(tokio::spawn(async move { engine.hash_file(&path).await }))
+            }
+        };
         // A cache hit answers within microseconds; a first hash runs on.
         let Ok(joined) = tokio::time::timeout(HASH_WAIT, &mut *handle).await else {
             return;

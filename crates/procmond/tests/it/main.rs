@@ -1,4 +1,13 @@
 //! Integration tests of procmond (one binary, several modules).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    missing_docs,
+    unreachable_pub
+)]
 
+mod cli;
 mod connector;
+mod db;
+mod source;

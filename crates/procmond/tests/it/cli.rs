@@ -1,0 +1,127 @@
+//! The `procmond` binary: flags, exit codes, output, shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_procmond");
+
+#[test]
+fn snapshot_json_lists_this_process() {
+    let out = Command::new(BIN)
+        .args(["snapshot", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    let me = std::process::id();
+    assert!(list.iter().any(|p| p["pid"] == me), "own pid missing");
+    assert!(list
+        .iter()
+        .all(|p| p["process_key"].is_string() || p["process_key"].is_null()));
+}
+
+#[test]
+fn bad_flags_and_bad_config_exit_with_2() {
+    let out = Command::new(BIN)
+        .args(["run", "--interval", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["snapshot", "--format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("procmond.toml");
+    std::fs::write(
+        &cfg,
+        "[monitor.base_config]\ncollection_intervall = \"5s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--no-database", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("collection_intervall"),
+        "the message names the bad key: {msg}"
+    );
+
+    std::fs::write(&cfg, "[collector]\nevent_buffer_size = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--no-database", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("event_buffer_size"));
+}
+
+#[test]
+fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--interval",
+            "3600",
+            "--events-jsonl",
+            "-",
+            "--database",
+        ])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first snapshot lists the test process itself.
+    let me = std::process::id();
+    let mut seen_me = false;
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert!(v["kind"].is_string() && v["pid"].is_u64());
+        if v["pid"] == me && v["kind"] == "snapshot" {
+            assert!(v["process_key"]
+                .as_str()
+                .unwrap()
+                .contains(&format!(":{me}:")));
+            seen_me = true;
+            break;
+        }
+    }
+    assert!(seen_me);
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Drain stdout so the child never blocks on a full pipe.
+    for _ in lines {}
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "took {:?} to stop",
+        asked.elapsed()
+    );
+    let stored = procmond::DatabaseManager::new(&db).unwrap();
+    assert!(stored
+        .latest_snapshot()
+        .unwrap()
+        .iter()
+        .any(|r| r.process.pid == me));
+}

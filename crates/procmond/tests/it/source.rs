@@ -1,0 +1,220 @@
+//! The collector against the real kernel and /proc. Privileged tests skip
+//! only when not root, and say so.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::testing::{check_source, ConformanceConfig};
+use collector_core::{
+    CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessEventType, Subscription,
+};
+use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipping: needs root for the kernel process connector and ns_last_pid");
+            return;
+        }
+    };
+}
+
+fn config(interval: Duration) -> ProcmondMonitorConfig {
+    let mut c = ProcmondMonitorConfig::default();
+    c.base_config.collection_interval = interval;
+    c
+}
+
+/// Starts a collector with procmond and returns a subscription once the
+/// first snapshot has arrived (so the connector is subscribed).
+async fn start(
+    config: ProcmondMonitorConfig,
+) -> (
+    collector_core::CollectorHandle,
+    Subscription,
+    tokio::task::JoinHandle<()>,
+) {
+    let source = ProcmondMonitorCollector::without_database(config).unwrap();
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    loop {
+        match sub.recv().await {
+            Some(CollectionEvent::Process(p)) if p.event_type == ProcessEventType::Snapshot => {
+                break
+            }
+            Some(_) => {}
+            None => panic!("collector ended before its first snapshot"),
+        }
+    }
+    (handle, sub, run)
+}
+
+/// Waits (bounded) for the first process event matching `want`.
+async fn wait_for(
+    sub: &mut Subscription,
+    what: &str,
+    want: impl Fn(&ProcessEvent) -> bool,
+) -> ProcessEvent {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sub.recv().await {
+                Some(CollectionEvent::Process(p)) if want(&p) => return p,
+                Some(_) => {}
+                None => panic!("stream ended while waiting for {what}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_child_is_seen_with_its_exit_code() {
+    require_root!();
+    let (handle, mut sub, run) = start(config(Duration::from_secs(3600))).await;
+    let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(3));
+
+    let exec = wait_for(&mut sub, "the exec", |p| {
+        p.pid == pid && p.event_type == ProcessEventType::Exec
+    })
+    .await;
+    let exit = wait_for(&mut sub, "the exit", |p| {
+        p.pid == pid && p.event_type == ProcessEventType::Exit
+    })
+    .await;
+    assert_eq!(exit.exit_code, Some(3 << 8), "raw wait status of exit(3)");
+    if exec.accessible {
+        assert_eq!(exec.command_line, vec!["sh", "-c", "exit 3"]);
+        assert!(exec.process_key.is_some());
+        assert_eq!(
+            exit.process_key, exec.process_key,
+            "exit and exec share the stable key"
+        );
+    } else {
+        // Too quick to read: marked, not invented.
+        assert!(exec.command_line.is_empty());
+    }
+    handle.shutdown();
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_reuse_is_reported_as_such() {
+    require_root!();
+    let (handle, mut sub, run) = start(config(Duration::from_secs(3600))).await;
+    // Make the kernel hand the same pid out twice: after the first process
+    // exits, set ns_last_pid to pid - 1 and fork again. Another process may
+    // grab the pid first; try a few times.
+    let mut reused = None;
+    for _ in 0..20 {
+        let mut first = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = first.id();
+        wait_for(&mut sub, "the first exec", |p| {
+            p.pid == pid && p.event_type == ProcessEventType::Exec
+        })
+        .await;
+        first.kill().unwrap();
+        first.wait().unwrap();
+        wait_for(&mut sub, "the first exit", |p| {
+            p.pid == pid && p.event_type == ProcessEventType::Exit
+        })
+        .await;
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut second = Command::new("sleep").arg("30").spawn().unwrap();
+        let second_pid = second.id();
+        if second_pid == pid {
+            reused = Some((pid, second));
+            break;
+        }
+        second.kill().unwrap();
+        second.wait().unwrap();
+    }
+    let (pid, mut second) = reused.expect("the kernel never reused the pid in 20 tries");
+    let event = wait_for(&mut sub, "pid_reused", |p| {
+        p.pid == pid && p.event_type == ProcessEventType::PidReused
+    })
+    .await;
+    assert!(event.platform_metadata.contains_key("previous_process_key"));
+    assert_ne!(
+        event.platform_metadata["previous_process_key"],
+        event.process_key.map(|k| k.to_string()).unwrap_or_default(),
+        "the reused pid names a new process key"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    handle.shutdown();
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_binary_that_is_deleted_is_suspicious() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("lurker");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let (handle, mut sub, run) = start(config(Duration::from_millis(500))).await;
+    let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+    let pid = child.id();
+    // Seen first with its file in place...
+    wait_for(&mut sub, "the lurker", |p| {
+        p.pid == pid && p.file_exists && p.executable_path.is_some()
+    })
+    .await;
+    std::fs::remove_file(&exe).unwrap();
+    // ...then reported once its file is gone.
+    let e = wait_for(&mut sub, "executable_deleted", |p| {
+        p.pid == pid && p.event_type == ProcessEventType::ExecutableDeleted
+    })
+    .await;
+    assert!(!e.file_exists);
+    assert_eq!(e.executable_path.as_deref(), exe.to_str());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    handle.shutdown();
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_survive_processes_exiting_mid_read() {
+    let reader =
+        procmond::snapshot::ProcReader::new(procmond::snapshot::ReadOptions::default()).unwrap();
+    let churn = std::thread::spawn(|| {
+        for _ in 0..300 {
+            let _ = Command::new("/bin/true").status();
+        }
+    });
+    let mut passes = 0;
+    while !churn.is_finished() {
+        let snap = reader.snapshot(usize::MAX).unwrap();
+        assert!(snap.stats.processes > 0);
+        passes += 1;
+    }
+    churn.join().unwrap();
+    assert!(passes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procmond_passes_the_conformance_check() {
+    let source =
+        ProcmondMonitorCollector::without_database(config(Duration::from_secs(3600))).unwrap();
+    let conformance = ConformanceConfig {
+        min_events: 1,
+        run_for: Duration::from_secs(10),
+        stop_deadline: Duration::from_secs(1),
+        ..ConformanceConfig::default()
+    };
+    let report = check_source(Arc::new(source), &conformance).await.unwrap();
+    assert!(report.events() >= 1);
+    assert!(report.stop_latency < Duration::from_secs(1));
+}
