@@ -257,7 +257,8 @@ async fn everything_sent_before_close_is_on_disk() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((count, distinct), (total as i64, total as i64));
+    let expected = i64::try_from(total).unwrap();
+    assert_eq!((count, distinct), (expected, expected));
     assert_eq!(
         DatabaseManager::new(&path).unwrap().count_events().unwrap(),
         total
