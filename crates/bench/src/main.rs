@@ -8,8 +8,10 @@
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
 //! ```
 
+mod capture;
 mod enumerate;
 mod hash;
+mod idle;
 mod runtime;
 
 /// Prints one figure: `<metric> <value> <unit>`.
@@ -20,7 +22,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +34,8 @@ fn main() -> ExitCode {
         "runtime" => runtime::Options::parse(rest).and_then(|o| runtime::run(&o)),
         "enumerate" => enumerate::Options::parse(rest).and_then(|o| enumerate::run(&o)),
         "hash" => hash::Options::parse(rest).and_then(|o| hash::run(&o)),
+        "capture" => capture::Options::parse(rest).and_then(|o| capture::run(&o)),
+        "idle" => idle::Options::parse(rest).and_then(|o| idle::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

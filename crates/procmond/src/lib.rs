@@ -22,4 +22,5 @@ pub use db::DatabaseManager;
 pub use lifecycle::LifecycleTrackingConfig;
 pub use source::{
     ProcessCollectionConfig, ProcmondError, ProcmondMonitorCollector, ProcmondMonitorConfig,
+    ProcmondStatsHandle,
 };

@@ -249,6 +249,20 @@ impl LifecycleTracker {
         let mut out = Vec::new();
         let now = p.timestamp;
         p.event_type = ProcessEventType::Exec;
+        if !p.accessible {
+            // Gone before it could be read: what the fork read of this very
+            // process (identity, parent, start) still holds; its new argv,
+            // executable and name are unknown and stay empty.
+            if let Some(t) = self.known.get(&p.pid) {
+                p.process_key = t.last.process_key;
+                p.ppid = t.last.ppid;
+                p.start_time = t.last.start_time;
+                if let Some(start) = t.start_ticks {
+                    p.platform_metadata
+                        .insert("start_ticks".to_owned(), start.to_string());
+                }
+            }
+        }
         let start = meta_u64(&p, "start_ticks");
         if let Some(old) = self.known.get(&p.pid) {
             if start.is_some() && old.start_ticks.is_some() && old.start_ticks != start {
@@ -609,6 +623,20 @@ mod tests {
         let out = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(300, 1, 100, &["true"])], t(4));
         assert!(kinds(&out).is_empty(), "{:?}", kinds(&out));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_exec_keeps_the_identity_its_fork_read() {
+        let mut tr = tracker();
+        tr.on_fork(p(500, 1, 77, &["bash"]));
+        let mut gone = ProcessEvent::new(500, "");
+        gone.accessible = false;
+        let out = tr.on_exec(gone);
+        let e = &out[0];
+        assert_eq!(e.event_type, ProcessEventType::Exec);
+        assert_eq!(e.process_key, Some(ProcessKey::new(BOOT, 500, 77)));
+        assert_eq!(e.ppid, Some(1));
+        assert!(e.command_line.is_empty() && e.executable_path.is_none() && e.name.is_empty());
     }
 
     #[test]

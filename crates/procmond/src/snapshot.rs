@@ -295,6 +295,47 @@ impl ProcReader {
         self.read_into(pid, &mut SnapshotCache::default())
     }
 
+    /// Reads only `/proc/<pid>/stat`: name, parent, start time, memory and
+    /// the stable key. For a fork, whose child usually execs at once and is
+    /// read in full then. The event says `read = stat_only`.
+    ///
+    /// # Errors
+    /// As [`read_process`](Self::read_process).
+    pub fn read_stat_only(&self, pid: u32) -> Result<ProcessEvent, ReadError> {
+        let mut path = self.root.clone();
+        path.push(itoa(pid, &mut [0u8; 10]));
+        path.push("stat");
+        let mut buf = Vec::with_capacity(512);
+        let dir_errno = |e: std::io::Error| match e.raw_os_error() {
+            Some(code) => ReadError::from_errno(pid, Errno::from_raw(code)),
+            None => ReadError::Io { pid, source: e },
+        };
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(dir_errno)?;
+        if buf.is_empty() {
+            return Err(ReadError::Vanished { pid });
+        }
+        let stat = procfs::parse_stat(&buf).map_err(|source| ReadError::Parse { pid, source })?;
+        let mut event = ProcessEvent::new(pid, stat.comm);
+        event.ppid = Some(stat.ppid);
+        event.start_time = Some(self.start_time_of(stat.starttime));
+        event.memory_usage = Some(stat.rss_pages * self.page_size);
+        event.process_key = self
+            .boot_id
+            .map(|b| ProcessKey::new(b, pid, stat.starttime));
+        let m = &mut event.platform_metadata;
+        m.insert("state".to_owned(), stat.state.to_string());
+        m.insert("threads".to_owned(), stat.num_threads.to_string());
+        m.insert(
+            "cpu_ticks".to_owned(),
+            (stat.utime + stat.stime).to_string(),
+        );
+        m.insert("start_ticks".to_owned(), stat.starttime.to_string());
+        m.insert("read".to_owned(), "stat_only".to_owned());
+        Ok(event)
+    }
+
     fn read_into(&self, pid: u32, cache: &mut SnapshotCache) -> Result<ProcessEvent, ReadError> {
         let SnapshotCache {
             buf,
@@ -328,13 +369,6 @@ impl ProcReader {
 
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
-        let ids = match read_at(&dir, c"status", buf) {
-            Ok(()) => procfs::parse_status_ids(buf).ok(),
-            Err(_) => {
-                accessible = false;
-                None
-            }
-        };
         let argv = match read_at(&dir, c"cmdline", buf) {
             Ok(()) => procfs::parse_cmdline(buf),
             Err(_) => {
@@ -346,6 +380,14 @@ impl ProcReader {
             Ok(target) => Some(procfs::parse_exe_link(target.as_encoded_bytes())),
             // Kernel threads have no exe (ENOENT) and are fully readable.
             Err(Errno::ENOENT) if stat.rss_pages == 0 && argv.is_empty() => None,
+            Err(_) => {
+                accessible = false;
+                None
+            }
+        };
+        // Read last: argv and exe matter most for a process about to exit.
+        let ids = match read_at(&dir, c"status", buf) {
+            Ok(()) => procfs::parse_status_ids(buf).ok(),
             Err(_) => {
                 accessible = false;
                 None
@@ -550,6 +592,24 @@ mod tests {
         let key = me.process_key.unwrap();
         assert_eq!(key.pid, me.pid);
         assert!(me.start_time.unwrap() <= SystemTime::now());
+    }
+
+    #[test]
+    fn stat_only_reads_agree_with_full_reads() {
+        let reader = ProcReader::new(ReadOptions::default()).unwrap();
+        let full = reader.read_process(std::process::id()).unwrap();
+        let light = reader.read_stat_only(std::process::id()).unwrap();
+        assert_eq!(
+            (light.pid, light.ppid, &light.name),
+            (full.pid, full.ppid, &full.name)
+        );
+        assert_eq!(light.process_key, full.process_key);
+        assert_eq!(light.start_time, full.start_time);
+        assert!(light.command_line.is_empty() && light.executable_path.is_none());
+        assert!(matches!(
+            reader.read_stat_only(u32::MAX - 1),
+            Err(ReadError::Vanished { .. })
+        ));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::connector::{
-    ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent,
+    ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderHandle,
 };
 use crate::db::DatabaseManager;
 use crate::lifecycle::{LifecycleTracker, LifecycleTrackingConfig};
@@ -340,21 +340,39 @@ impl Run<'_> {
     }
 
     /// One kernel event, enriched from `/proc` where needed.
-    fn on_kernel_event(&mut self, event: &ProcEvent) -> Vec<ProcessEvent> {
+    fn on_kernel_event(
+        &mut self,
+        event: &ProcEvent,
+        read: Option<ProcessEvent>,
+    ) -> Vec<ProcessEvent> {
         match event {
             ProcEvent::Fork {
                 meta,
                 parent,
                 child,
             } if child.is_main_thread() => {
-                let mut e = self.read_or_mark(child.tgid, meta.timestamp_ns);
+                let mut e = read.unwrap_or_else(|| {
+                    read_or_mark(
+                        &self.collector.quick,
+                        &self.collector.counters,
+                        child.tgid,
+                        meta.timestamp_ns,
+                    )
+                });
                 if e.ppid.is_none() {
                     e.ppid = Some(parent.tgid);
                 }
                 self.tracker.on_fork(e)
             }
             ProcEvent::Exec { meta, process } => {
-                let e = self.read_or_mark(process.tgid, meta.timestamp_ns);
+                let e = read.unwrap_or_else(|| {
+                    read_or_mark(
+                        &self.collector.quick,
+                        &self.collector.counters,
+                        process.tgid,
+                        meta.timestamp_ns,
+                    )
+                });
                 self.tracker.on_exec(e)
             }
             ProcEvent::Exit {
@@ -392,35 +410,6 @@ impl Run<'_> {
         }
     }
 
-    /// Reads a process now; when it is already gone (common for short-lived
-    /// processes) the event says so and carries only the pid.
-    fn read_or_mark(&self, pid: u32, timestamp_ns: u64) -> ProcessEvent {
-        let at = wall_time(timestamp_ns);
-        match self.collector.quick.read_process(pid) {
-            Ok(mut e) => {
-                e.timestamp = at;
-                e
-            }
-            Err(err) => {
-                self.collector
-                    .counters
-                    .enrich_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                let mut e = ProcessEvent::new(pid, "");
-                e.accessible = false;
-                e.timestamp = at;
-                let why = match err {
-                    ReadError::Vanished { .. } => "vanished",
-                    ReadError::PermissionDenied { .. } => "permission_denied",
-                    _ => "error",
-                };
-                e.platform_metadata
-                    .insert("unreadable".to_owned(), why.to_owned());
-                e
-            }
-        }
-    }
-
     async fn flush_db(&mut self) {
         if self.pending_db.is_empty() {
             return;
@@ -446,6 +435,124 @@ impl Run<'_> {
     }
 }
 
+/// Reads a process now; when it is already gone (common for short-lived
+/// processes) the event says so and carries only the pid.
+fn read_or_mark(
+    reader: &ProcReader,
+    counters: &Counters,
+    pid: u32,
+    timestamp_ns: u64,
+) -> ProcessEvent {
+    read_with(reader, counters, pid, timestamp_ns, false)
+}
+
+fn read_with(
+    reader: &ProcReader,
+    counters: &Counters,
+    pid: u32,
+    timestamp_ns: u64,
+    stat_only: bool,
+) -> ProcessEvent {
+    let at = wall_time(timestamp_ns);
+    let read = if stat_only {
+        reader.read_stat_only(pid)
+    } else {
+        reader.read_process(pid)
+    };
+    match read {
+        Ok(mut e) => {
+            e.timestamp = at;
+            e
+        }
+        Err(err) => {
+            counters.enrich_failed.fetch_add(1, Ordering::Relaxed);
+            let mut e = ProcessEvent::new(pid, "");
+            e.accessible = false;
+            e.timestamp = at;
+            let why = match err {
+                ReadError::Vanished { .. } => "vanished",
+                ReadError::PermissionDenied { .. } => "permission_denied",
+                _ => "error",
+            };
+            e.platform_metadata
+                .insert("unreadable".to_owned(), why.to_owned());
+            e
+        }
+    }
+}
+
+/// The process a kernel event asks us to read from `/proc`, if any, and
+/// whether its `stat` is enough (a fork: the child usually execs at once).
+fn pid_to_read(event: &ProcEvent) -> Option<(u32, u64, bool)> {
+    match event {
+        ProcEvent::Fork { meta, child, .. } if child.is_main_thread() => {
+            Some((child.tgid, meta.timestamp_ns, true))
+        }
+        ProcEvent::Exec { meta, process } => Some((process.tgid, meta.timestamp_ns, false)),
+        _ => None,
+    }
+}
+
+/// Kernel events with what `/proc` said of their process at once.
+enum Enriched {
+    Events(Vec<(ProcEvent, Option<ProcessEvent>)>),
+    Overrun,
+}
+
+/// The enrichment thread: reads `/proc` for each fork and exec the moment
+/// the kernel reports it (a short-lived process is gone within a
+/// millisecond), so the connector's reader stays a pure reader and the async
+/// side never waits on `/proc`. Ends when the reader ends or the collector
+/// stops listening.
+struct Enricher {
+    from_kernel: mpsc::Receiver<ConnectorMessage>,
+    to_collector: mpsc::Sender<Enriched>,
+    reader: ProcReader,
+    counters: Arc<Counters>,
+}
+
+impl Enricher {
+    fn run(mut self) {
+        let Self {
+            from_kernel,
+            to_collector,
+            reader,
+            counters,
+        } = &mut self;
+        while let Some(first) = from_kernel.blocking_recv() {
+            // Everything already queued, in order: execs are read first, since
+            // their process may be gone within a millisecond.
+            let mut events = Vec::new();
+            let mut overrun = false;
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    ConnectorMessage::Events(e) => events.extend(e),
+                    _ => overrun = true,
+                }
+                next = from_kernel.try_recv().ok();
+            }
+            let mut reads: Vec<Option<ProcessEvent>> = vec![None; events.len()];
+            for pass_stat_only in [false, true] {
+                for (i, e) in events.iter().enumerate() {
+                    if let Some((pid, ts, stat_only)) = pid_to_read(e) {
+                        if stat_only == pass_stat_only {
+                            reads[i] = Some(read_with(reader, counters, pid, ts, stat_only));
+                        }
+                    }
+                }
+            }
+            let batch = Enriched::Events(events.into_iter().zip(reads).collect());
+            if to_collector.blocking_send(batch).is_err() {
+                return;
+            }
+            if overrun && to_collector.blocking_send(Enriched::Overrun).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl EventSource for ProcmondMonitorCollector {
     fn name(&self) -> &'static str {
@@ -467,32 +574,10 @@ impl EventSource for ProcmondMonitorCollector {
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
         let base = &self.config.base_config;
-        let (ktx, mut krx) = mpsc::channel(base.max_events_in_flight);
-        let mut reader = None;
-        if base.enable_event_driven {
-            match ProcConnector::open(&self.config.connector).and_then(|c| {
-                let granted = c.recv_buffer();
-                c.spawn_reader(ktx).map(|h| (h, granted))
-            }) {
-                Ok((handle, granted)) => {
-                    info!(
-                        granted_bytes = granted.granted_bytes,
-                        forced = granted.forced,
-                        "process connector active"
-                    );
-                    self.counters.realtime.store(true, Ordering::Relaxed);
-                    reader = Some(handle);
-                }
-                Err(ConnectorError::PermissionDenied { .. }) => warn!(
-                    interval = ?base.collection_interval,
-                    "no privilege for the kernel process connector (needs root or CAP_NET_ADMIN): \
-                     falling back to snapshots; processes shorter than the interval will be missed"
-                ),
-                Err(err) => {
-                    warn!(error = %err, "process connector unavailable: falling back to snapshots")
-                }
-            }
-        }
+        let (mut reader, mut erx) = match self.open_realtime()? {
+            Some((handle, rx)) => (Some(handle), rx),
+            None => (None, mpsc::channel(1).1),
+        };
 
         let mut run = Run {
             collector: self,
@@ -519,24 +604,31 @@ impl EventSource for ProcmondMonitorCollector {
                     }
                     true
                 }
-                msg = krx.recv(), if reader.is_some() => match msg {
-                    Some(ConnectorMessage::Events(events)) => {
-                        let mut out = Vec::new();
-                        for e in &events {
-                            out.extend(run.on_kernel_event(e));
-                        }
+                msg = erx.recv(), if reader.is_some() => match msg {
+                    Some(first) => {
                         // Take what else is queued before yielding to the runtime.
-                        while let Ok(ConnectorMessage::Events(more)) = krx.try_recv() {
-                            for e in &more {
-                                out.extend(run.on_kernel_event(e));
+                        let mut out = Vec::new();
+                        let mut overrun = false;
+                        let mut next = Some(first);
+                        while let Some(msg) = next {
+                            match msg {
+                                Enriched::Events(events) => {
+                                    for (e, read) in events {
+                                        out.extend(run.on_kernel_event(&e, read));
+                                    }
+                                }
+                                Enriched::Overrun => overrun = true,
                             }
+                            next = erx.try_recv().ok();
                         }
-                        run.emit(out).await
-                    }
-                    Some(_overrun) => {
-                        self.counters.overruns.fetch_add(1, Ordering::Relaxed);
-                        warn!("the kernel dropped process events (socket buffer overrun); reconciling now");
-                        run.snapshot().await?
+                        let alive = run.emit(out).await;
+                        if alive && overrun {
+                            self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                            warn!("the kernel dropped process events (socket buffer overrun); reconciling now");
+                            run.snapshot().await?
+                        } else {
+                            alive
+                        }
                     }
                     None => {
                         warn!("process connector reader ended; falling back to snapshots");
@@ -582,7 +674,79 @@ impl EventSource for ProcmondMonitorCollector {
 
 impl MonitorCollector for ProcmondMonitorCollector {
     fn monitor_stats(&self) -> MonitorCollectorStats {
-        let c = &self.counters;
+        self.stats_handle().monitor_stats()
+    }
+}
+
+impl ProcmondMonitorCollector {
+    /// Execs and forks whose process was gone before `/proc` could be read.
+    pub fn enrich_failures(&self) -> u64 {
+        self.counters.enrich_failed.load(Ordering::Relaxed)
+    }
+
+    /// Opens the kernel connector and starts its reader and the enrichment
+    /// thread; `None` (said once, in the log) when it is off or unavailable.
+    fn open_realtime(&self) -> anyhow::Result<Option<(ReaderHandle, mpsc::Receiver<Enriched>)>> {
+        let base = &self.config.base_config;
+        if !base.enable_event_driven {
+            return Ok(None);
+        }
+        let (ktx, krx) = mpsc::channel(base.max_events_in_flight);
+        let (etx, erx) = mpsc::channel(base.max_events_in_flight);
+        let opened = ProcConnector::open(&self.config.connector).and_then(|c| {
+            let granted = c.recv_buffer();
+            c.spawn_reader(ktx).map(|h| (h, granted))
+        });
+        match opened {
+            Ok((handle, granted)) => {
+                info!(
+                    granted_bytes = granted.granted_bytes,
+                    forced = granted.forced,
+                    "process connector active"
+                );
+                self.counters.realtime.store(true, Ordering::Relaxed);
+                let enricher = Enricher {
+                    from_kernel: krx,
+                    to_collector: etx,
+                    reader: self.quick.clone(),
+                    counters: self.counters.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("procmond-enrich".into())
+                    .spawn(move || enricher.run())
+                    .context("cannot start the enrichment thread")?;
+                Ok(Some((handle, erx)))
+            }
+            Err(ConnectorError::PermissionDenied { .. }) => {
+                warn!(
+                    interval = ?base.collection_interval,
+                    "no privilege for the kernel process connector (needs root or CAP_NET_ADMIN): \
+                     falling back to snapshots; processes shorter than the interval will be missed"
+                );
+                Ok(None)
+            }
+            Err(err) => {
+                warn!(error = %err, "process connector unavailable: falling back to snapshots");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A handle that reads this collector's counters after it has been
+    /// handed to the runtime.
+    pub fn stats_handle(&self) -> ProcmondStatsHandle {
+        ProcmondStatsHandle(self.counters.clone())
+    }
+}
+
+/// Reads a [`ProcmondMonitorCollector`]'s counters from anywhere.
+#[derive(Debug, Clone)]
+pub struct ProcmondStatsHandle(Arc<Counters>);
+
+impl ProcmondStatsHandle {
+    /// The monitor's counters.
+    pub fn monitor_stats(&self) -> MonitorCollectorStats {
+        let c = &self.0;
         MonitorCollectorStats::new(
             c.cycles.load(Ordering::Relaxed),
             c.cycle_errors.load(Ordering::Relaxed),
@@ -591,11 +755,9 @@ impl MonitorCollector for ProcmondMonitorCollector {
             c.realtime.load(Ordering::Relaxed),
         )
     }
-}
 
-impl ProcmondMonitorCollector {
     /// Execs and forks whose process was gone before `/proc` could be read.
     pub fn enrich_failures(&self) -> u64 {
-        self.counters.enrich_failed.load(Ordering::Relaxed)
+        self.0.enrich_failed.load(Ordering::Relaxed)
     }
 }
