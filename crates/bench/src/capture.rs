@@ -43,17 +43,50 @@ struct Seen {
     enriched: HashSet<u32>,
 }
 
+/// Spawns `/bin/true` one after another for `dur`; returns the pids.
+async fn spawn_flat_out(dur: Duration) -> anyhow::Result<HashSet<u32>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = std::thread::spawn({
+        let stop = stop.clone();
+        move || -> std::io::Result<Vec<u32>> {
+            let mut pids = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut child = Command::new("/bin/true")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                pids.push(child.id());
+                child.wait()?;
+            }
+            Ok(pids)
+        }
+    });
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let pids = tokio::task::spawn_blocking(move || spawner.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("spawner thread panicked"))??;
+    Ok(pids.into_iter().collect())
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("note: not root; the kernel connector may be unavailable or get a small buffer");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut config = ProcmondMonitorConfig::default();
         config.base_config.collection_interval = Duration::from_secs(3600);
         let source = ProcmondMonitorCollector::without_database(config)?;
         let stats = source.stats_handle();
-        let mut collector = Collector::new(CollectorConfig::new().with_event_buffer_size(65_536).with_max_batch_size(1024));
+        let mut collector = Collector::new(
+            CollectorConfig::new()
+                .with_event_buffer_size(65_536)
+                .with_max_batch_size(1024),
+        );
         collector.register(Box::new(source))?;
         let handle = collector.handle();
         let mut sub = handle.subscribe();
@@ -61,7 +94,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         // Ready once the first snapshot arrives (the connector is subscribed by then).
         loop {
             match sub.recv().await {
-                Some(CollectionEvent::Process(p)) if p.event_type == ProcessEventType::Snapshot => break,
+                Some(CollectionEvent::Process(p)) if p.event_type == ProcessEventType::Snapshot => {
+                    break
+                }
                 Some(_) => {}
                 None => bail!("procmond ended before its first snapshot"),
             }
@@ -87,34 +122,16 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         };
 
         let secs = o.secs;
-        let stop = Arc::new(AtomicBool::new(false));
-        let spawner = std::thread::spawn({
-            let stop = stop.clone();
-            move || -> std::io::Result<Vec<u32>> {
-                let mut pids = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let mut child = Command::new("/bin/true")
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()?;
-                    pids.push(child.id());
-                    child.wait()?;
-                }
-                Ok(pids)
-            }
-        });
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-        stop.store(true, Ordering::Relaxed);
-        let pids = tokio::task::spawn_blocking(move || spawner.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("spawner thread panicked"))??;
-        let spawned: HashSet<u32> = pids.iter().copied().collect();
-
+        let spawned = spawn_flat_out(Duration::from_secs(secs)).await?;
         // Let procmond catch up: wait until every spawn is seen, or no progress for 2 s.
         let mut last = (0, Instant::now());
         loop {
-            let n = seen.lock().unwrap_or_else(PoisonError::into_inner).execs.intersection(&spawned).count();
+            let n = seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .execs
+                .intersection(&spawned)
+                .count();
             if n == spawned.len() {
                 break;
             }
@@ -133,12 +150,28 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         let enriched = s.enriched.intersection(&spawned).count();
         let monitor = stats.monitor_stats();
         report("capture.spawned", spawned.len(), "processes");
-        report("capture.spawn_rate", format!("{:.0}", spawned.len() as f64 / secs as f64), "processes/s");
+        report(
+            "capture.spawn_rate",
+            format!("{:.0}", spawned.len() as f64 / secs as f64),
+            "processes/s",
+        );
         report("capture.exec_seen", exec_seen, "processes");
-        report("capture.ratio", format!("{:.4}", exec_seen as f64 / spawned.len().max(1) as f64), "ratio");
-        report("capture.enriched_ratio", format!("{:.4}", enriched as f64 / exec_seen.max(1) as f64), "ratio");
+        report(
+            "capture.ratio",
+            format!("{:.4}", exec_seen as f64 / spawned.len().max(1) as f64),
+            "ratio",
+        );
+        report(
+            "capture.enriched_ratio",
+            format!("{:.4}", enriched as f64 / exec_seen.max(1) as f64),
+            "ratio",
+        );
         report("capture.overruns", monitor.kernel_overruns, "count");
-        report("capture.realtime_active_at_start", u8::from(exec_seen > 0), "bool");
+        report(
+            "capture.realtime_active_at_start",
+            u8::from(exec_seen > 0),
+            "bool",
+        );
         Ok(())
     })
 }

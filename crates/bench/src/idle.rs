@@ -44,39 +44,64 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((stat.utime + stat.stime, rss_kib * 1024))
 }
 
+/// The child is killed and reaped however the bench ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("procmond");
     if !bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p procmond)", bin.display());
+        bail!(
+            "{} not found: build it first (cargo build --release -p procmond)",
+            bin.display()
+        );
     }
     let dir = std::env::temp_dir().join(format!("daemoneye-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut child = Command::new(&bin)
+    let child = Command::new(&bin)
         .args(["run", "--database"])
         .arg(dir.join("idle.db"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting procmond")?;
-    let pid = child.id();
-    // Start-up (first snapshot, hashing every running binary once) is not idle.
-    std::thread::park_timeout(Duration::from_secs(3));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-    let (t0, _) = usage(pid)?;
-    let start = tokio::time::Instant::now();
-    rt.block_on(tokio::time::sleep(Duration::from_secs(o.secs)));
-    let elapsed = start.elapsed().as_secs_f64();
-    let (t1, rss) = usage(pid)?;
-    let _ = nix::sys::signal::kill(
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let (t1, t0, rss, elapsed) = rt.block_on(async {
+        // Start-up (first snapshot, hashing every running binary once) is not idle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (t0, _) = usage(pid)?;
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(o.secs)).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let (t1, rss) = usage(pid)?;
+        anyhow::Ok((t1, t0, rss, elapsed))
+    })?;
+    nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid)?),
         nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = child.wait()?;
+    )?;
+    let status = child.0.wait()?;
     let _ = std::fs::remove_dir_all(&dir);
     let tps = 100.0; // USER_HZ
     let cpu = (t1 - t0) as f64 / tps / elapsed * 100.0;
-    report("idle.cpu_percent", format!("{cpu:.3}"), "percent_of_one_core");
+    report(
+        "idle.cpu_percent",
+        format!("{cpu:.3}"),
+        "percent_of_one_core",
+    );
     report("idle.rss_bytes", rss, "bytes");
     report("idle.clean_exit", u8::from(status.success()), "bool");
     Ok(())

@@ -57,6 +57,8 @@ pub struct ProcessCollectionConfig {
     pub compute_executable_hashes: bool,
     /// The hasher's settings (algorithms, budget, size limit, roots, cache).
     pub hasher: HasherConfig,
+    /// The kernel process connector's socket settings.
+    pub connector: ConnectorConfig,
     /// Most processes one snapshot reads; the rest are counted as truncated.
     pub max_processes: usize,
 }
@@ -68,6 +70,7 @@ impl Default for ProcessCollectionConfig {
             check_executable_identity: true,
             compute_executable_hashes: true,
             hasher: HasherConfig::default(),
+            connector: ConnectorConfig::default(),
             max_processes: 100_000,
         }
     }
@@ -83,8 +86,6 @@ pub struct ProcmondMonitorConfig {
     pub process_config: ProcessCollectionConfig,
     /// What the tracker reports.
     pub lifecycle_config: LifecycleTrackingConfig,
-    /// The kernel connector's socket settings.
-    pub connector: ConnectorConfig,
 }
 
 /// Why the collector could not be built.
@@ -693,7 +694,7 @@ impl ProcmondMonitorCollector {
         }
         let (ktx, krx) = mpsc::channel(base.max_events_in_flight);
         let (etx, erx) = mpsc::channel(base.max_events_in_flight);
-        let opened = ProcConnector::open(&self.config.connector).and_then(|c| {
+        let opened = ProcConnector::open(&self.config.process_config.connector).and_then(|c| {
             let granted = c.recv_buffer();
             c.spawn_reader(ktx).map(|h| (h, granted))
         });

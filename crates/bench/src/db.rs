@@ -1,0 +1,101 @@
+//! `db`: procmond's audit database writing lifecycle events in batches of
+//! 1,000, against a same-run baseline that stores each event's JSON as one
+//! blob in a bare table (the least any store of these events must do).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use procmond::db::{bench_events, bench_write_rate};
+use tokio::time::Instant;
+
+use crate::report;
+
+pub(crate) struct Options {
+    events: usize,
+    reps: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Self {
+            events: 100_000,
+            reps: 3,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--events" => o.events = value.parse().context("--events")?,
+                "--reps" => o.reps = value.parse().context("--reps")?,
+                other => bail!("unknown flag {other:?}"),
+            }
+        }
+        if o.events == 0 || o.reps == 0 {
+            bail!("--events and --reps must be positive");
+        }
+        Ok(o)
+    }
+}
+
+/// The same events as JSON blobs, one prepared insert each, in batches of
+/// 1,000 per transaction, WAL mode: the baseline.
+fn baseline(dir: &std::path::Path, events: usize) -> anyhow::Result<f64> {
+    let path = dir.join("baseline.db");
+    let _ = std::fs::remove_file(&path);
+    let mut conn = rusqlite::Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        [],
+    )?;
+    let batch = bench_events(events);
+    let start = Instant::now();
+    for chunk in batch.chunks(1_000) {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO events (body) VALUES (?1)")?;
+            for e in chunk {
+                stmt.execute([serde_json::to_string(e)?])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(events as f64 / start.elapsed().as_secs_f64().max(1e-9))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("daemoneye-bench-db-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let result = rt.block_on(async {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..o.reps {
+            ours.push(bench_write_rate(&dir, o.events)?);
+            base.push(baseline(&dir, o.events)?);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::Ok((median(ours), median(base)))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, base) = result?;
+    report("db.events_per_sec", format!("{ours:.0}"), "events/s");
+    report(
+        "db.baseline_json_blob_events_per_sec",
+        format!("{base:.0}"),
+        "events/s",
+    );
+    report(
+        "db.ratio_vs_json_blob",
+        format!("{:.3}", ours / base),
+        "ratio",
+    );
+    Ok(())
+}
