@@ -1,53 +1,84 @@
 //! Write rate of the audit database: batches of 1,000 lifecycle events through
 //! `DatabaseManager::write_events` on a temp file (the issue asks for at least
-//! 50,000 events/s), against a baseline measured in the same run: the same
-//! number of rows inserted bare (no JSON, no upsert, one index) on the same
-//! kind of file and pragmas.
+//! 50,000 events/s), and the same through the `DbWriter` task, against a
+//! baseline measured in the same run: each event's JSON as one blob in a bare
+//! table, same pragmas (the least any store of these events must do).
+//!
+//! Every iteration writes new events (later times, newer processes), so the
+//! indexes grow as a host's would instead of re-inserting the same keys.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use procmond::db::{bench_events, DatabaseManager, DbWriter, DbWriterConfig};
+use procmond::db::{bench_events_from, DatabaseManager, DbWriter, DbWriterConfig};
 
 const BATCH: usize = 1_000;
 
-fn write_events(c: &mut Criterion) {
+/// Hands out consecutive ranges of the synthetic event sequence.
+struct Sequence(usize);
+
+impl Sequence {
+    fn next(&mut self, count: usize) -> Vec<collector_core::ProcessEvent> {
+        let events = bench_events_from(self.0, count);
+        self.0 += count;
+        events
+    }
+}
+
+fn direct(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut group = c.benchmark_group("db");
     group.throughput(Throughput::Elements(BATCH as u64));
 
-    // Baseline: bare SQLite, same pragmas, one narrow table.
-    let baseline = rusqlite::Connection::open(dir.path().join("baseline.db")).unwrap();
+    let mut baseline = rusqlite::Connection::open(dir.path().join("baseline.db")).unwrap();
+    baseline.pragma_update(None, "journal_mode", "WAL").unwrap();
     baseline
-        .execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-             CREATE TABLE t (id INTEGER PRIMARY KEY, pid INTEGER, name TEXT);
-             CREATE INDEX t_pid ON t (pid);",
+        .pragma_update(None, "synchronous", "NORMAL")
+        .unwrap();
+    baseline
+        .execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+            [],
         )
         .unwrap();
-    let mut baseline = baseline;
-    group.bench_function("bare_insert_baseline", |b| {
-        b.iter(|| {
-            let tx = baseline.transaction().unwrap();
-            {
-                let mut stmt = tx
-                    .prepare_cached("INSERT INTO t (pid, name) VALUES (?1, ?2)")
-                    .unwrap();
-                for i in 0..BATCH {
-                    stmt.execute(rusqlite::params![i, "python3"]).unwrap();
+    let mut seq = Sequence(0);
+    group.bench_function("json_blob_baseline_1000", |b| {
+        b.iter_batched(
+            || seq.next(BATCH),
+            |events| {
+                let tx = baseline.transaction().unwrap();
+                {
+                    let mut stmt = tx
+                        .prepare_cached("INSERT INTO events (body) VALUES (?1)")
+                        .unwrap();
+                    for e in &events {
+                        stmt.execute([serde_json::to_string(e).unwrap()]).unwrap();
+                    }
                 }
-            }
-            tx.commit().unwrap();
-        });
+                tx.commit().unwrap();
+            },
+            BatchSize::LargeInput,
+        );
     });
 
     let mut db = DatabaseManager::new(dir.path().join("audit.db")).unwrap();
-    let events = bench_events(BATCH * 64);
-    let mut chunks = events.chunks(BATCH).cycle();
+    let mut seq = Sequence(0);
     group.bench_function("write_events_1000", |b| {
-        b.iter(|| db.write_events(chunks.next().unwrap()).unwrap());
+        b.iter_batched(
+            || seq.next(BATCH),
+            |events| db.write_events(&events).unwrap(),
+            BatchSize::LargeInput,
+        );
     });
+    group.finish();
+}
 
-    // Through the writer task: send + flush of one batch, end to end.
+/// Through the writer task: ten sends of 1,000 events, then one flush, so the
+/// figure is throughput (thread hand-offs amortized), comparable to the above.
+fn writer(c: &mut Criterion) {
+    const SENDS: usize = 10;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("db");
+    group.throughput(Throughput::Elements((BATCH * SENDS) as u64));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -55,16 +86,19 @@ fn write_events(c: &mut Criterion) {
         .unwrap();
     let db = DatabaseManager::new(dir.path().join("writer.db")).unwrap();
     let (handle, join) = runtime.block_on(async { DbWriter::spawn(db, DbWriterConfig::default()) });
-    group.bench_function("writer_send_flush_1000", |b| {
+    let mut seq = Sequence(0);
+    group.bench_function("writer_send_10x1000_flush", |b| {
         b.iter_batched(
-            || events[..BATCH].to_vec(),
-            |batch| {
+            || (0..SENDS).map(|_| seq.next(BATCH)).collect::<Vec<_>>(),
+            |batches| {
                 runtime.block_on(async {
-                    handle.send(batch).await.unwrap();
+                    for batch in batches {
+                        handle.send(batch).await.unwrap();
+                    }
                     handle.flush().await.unwrap();
                 });
             },
-            BatchSize::SmallInput,
+            BatchSize::LargeInput,
         );
     });
     let stats = runtime.block_on(handle.close()).unwrap();
@@ -73,5 +107,5 @@ fn write_events(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, write_events);
+criterion_group!(benches, direct, writer);
 criterion_main!(benches);

@@ -499,11 +499,19 @@ pub fn bench_write_rate(dir: &Path, events: usize) -> Result<f64, DbError> {
 
 /// `count` synthetic lifecycle events shaped like a busy host's: fork, exec
 /// and exit of one process in turn (so `processes` sees inserts and updates),
-/// with argv, executable path, hash, metadata and process keys.
+/// with argv, executable path, hash, metadata and process keys. The same as
+/// [`bench_events_from`]`(0, count)`.
 pub fn bench_events(count: usize) -> Vec<ProcessEvent> {
+    bench_events_from(0, count)
+}
+
+/// Events `first..first + count` of the endless sequence [`bench_events`]
+/// starts: later events are later in time and name newer processes, so a
+/// bench that keeps writing sees the database grow as a host's would.
+pub fn bench_events_from(first: usize, count: usize) -> Vec<ProcessEvent> {
     let boot = collector_core::BootId::from_bytes([0x5a; 16]);
     let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
-    (0..count)
+    (first..first.saturating_add(count))
         .map(|i| {
             let n = i / 3;
             let pid = 10_000 + u32::try_from(n % 4_000_000).unwrap_or(0);
