@@ -505,6 +505,17 @@ mod tests {
     }
 
     #[test]
+    fn public_types_are_send_and_sync_where_they_must_be() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<DbWriterHandle>();
+        send_sync::<DbWriterStats>();
+        send_sync::<DbError>();
+        // Moved to the writer thread, shared as `Arc<Mutex<_>>`.
+        send::<DatabaseManager>();
+    }
+
+    #[test]
     fn config_validation_names_the_field() {
         assert!(DbWriterConfig::default().validate().is_ok());
         let zero = DbWriterConfig {
