@@ -6,6 +6,7 @@
 //!   known process state) and its batching writer task.
 //! - [`lifecycle`]: start/exec/exit/modified and suspicious events from
 //!   snapshots and kernel events.
+//! - [`privileges`]: keeping only the capabilities collection needs.
 //! - [`procfs`]: pure parsers of `/proc/<pid>/*` files.
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
 //! - [`source`]: [`ProcmondMonitorCollector`], all of the above as an
@@ -14,6 +15,7 @@
 pub mod connector;
 pub mod db;
 pub mod lifecycle;
+pub mod privileges;
 pub mod procfs;
 pub mod snapshot;
 pub mod source;

@@ -260,6 +260,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Snapshot { format } => snapshot(format).map_err(RunError::Failed),
         Command::Run(args) => {
+            collector_core::logging::init_logging(false);
+            // Before any thread exists, so that every thread inherits it.
+            match procmond::privileges::drop_privileges() {
+                Ok(procmond::privileges::Dropped::Reduced { kept }) => {
+                    tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("procmond: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

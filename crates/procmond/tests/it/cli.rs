@@ -125,3 +125,53 @@ fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
         .iter()
         .any(|r| r.process.pid == me));
 }
+
+#[test]
+fn as_root_run_keeps_only_the_capabilities_collection_needs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to check that procmond drops its capabilities");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--no-database",
+            "--interval",
+            "3600",
+            "--events-jsonl",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Collecting: the first snapshot arrives, with other processes' executables.
+    let mut exe_of_others = 0;
+    for line in lines.by_ref().take(50) {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["executable_path"].is_string() {
+            exe_of_others += 1;
+        }
+    }
+    assert!(exe_of_others > 0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let caps = |key: &str| {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(hex, 16).unwrap()
+    };
+    let kept = procmond::privileges::KEPT.bits();
+    assert_eq!(caps("CapEff:"), kept, "effective set");
+    assert_eq!(caps("CapPrm:"), kept, "permitted set");
+    assert_eq!(caps("CapBnd:") & !kept, 0, "bounding set");
+    assert!(status
+        .lines()
+        .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')));
+    let _ = child.kill();
+    for _ in lines {}
+    child.wait().unwrap();
+}

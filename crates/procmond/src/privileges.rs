@@ -1,0 +1,85 @@
+//! Dropping what collection does not need.
+//!
+//! Started as root, procmond keeps three capabilities and gives up the rest
+//! (effective, permitted, inheritable and bounding sets) and sets
+//! `no_new_privs`, before any thread exists, so every thread it starts
+//! inherits the reduced set:
+//!
+//! - `CAP_SYS_PTRACE`: read other users' `/proc/<pid>/exe`, `cmdline` and
+//!   namespace links (ptrace access checks);
+//! - `CAP_DAC_READ_SEARCH`: read (and hash) files of any owner;
+//! - `CAP_NET_ADMIN`: subscribe to the process connector and force its
+//!   receive buffer.
+//!
+//! It stays uid 0 so it can write its database under `/var/lib`.
+
+use rustix::thread::{
+    capabilities, remove_capability_from_bounding_set, set_capabilities, set_no_new_privs,
+    CapabilitySet, CapabilitySets,
+};
+
+/// The capabilities collection needs.
+pub const KEPT: CapabilitySet = CapabilitySet::SYS_PTRACE
+    .union(CapabilitySet::DAC_READ_SEARCH)
+    .union(CapabilitySet::NET_ADMIN);
+
+/// What [`drop_privileges`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dropped {
+    /// Not root: nothing to drop.
+    NotRoot,
+    /// Only [`KEPT`] (of those we had) remain.
+    Reduced {
+        /// The effective set now.
+        kept: CapabilitySet,
+    },
+}
+
+/// Why privileges could not be dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot drop privileges: {operation} failed")]
+pub struct PrivilegeError {
+    /// The call that failed.
+    pub operation: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn fail(operation: &'static str) -> impl FnOnce(rustix::io::Errno) -> PrivilegeError {
+    move |e| PrivilegeError {
+        operation,
+        source: e.into(),
+    }
+}
+
+/// Keeps only [`KEPT`]. Call it before starting any thread: capabilities
+/// belong to the calling thread and are inherited by the threads it starts.
+///
+/// # Errors
+/// When a capability call fails; the caller should not go on privileged.
+pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(Dropped::NotRoot);
+    }
+    let current = capabilities(None).map_err(fail("capget"))?;
+    for cap in CapabilitySet::all().difference(KEPT).iter() {
+        // Absent from the bounding set already (or unknown to this kernel).
+        if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
+            remove_capability_from_bounding_set(cap).map_err(fail("prctl(PR_CAPBSET_DROP)"))?;
+        }
+    }
+    let kept = current.permitted.intersection(KEPT);
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: kept,
+            permitted: kept,
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(fail("capset"))?;
+    set_no_new_privs(true).map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    Ok(Dropped::Reduced { kept })
+}
