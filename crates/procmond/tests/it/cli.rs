@@ -132,6 +132,16 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
         eprintln!("skipping: needs root to check that procmond drops its capabilities");
         return;
     }
+    // Another user's process: reading its executable needs CAP_SYS_PTRACE.
+    let mut other = {
+        use std::os::unix::process::CommandExt;
+        Command::new("sleep")
+            .arg("30")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap()
+    };
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -146,15 +156,21 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Collecting: the first snapshot arrives, with other processes' executables.
-    let mut exe_of_others = 0;
-    for line in lines.by_ref().take(50) {
+    let seen = lines.by_ref().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if v["executable_path"].is_string() {
-            exe_of_others += 1;
-        }
-    }
-    assert!(exe_of_others > 0);
+        (v["pid"] == other.id()).then_some(v)
+    });
+    let seen = seen.expect("the other user's process was never reported");
+    assert_eq!(seen["accessible"], true, "{seen}");
+    assert!(
+        seen["executable_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/sleep")),
+        "{seen}"
+    );
+    assert_eq!(seen["user_id"], 65534);
+    other.kill().unwrap();
+    other.wait().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let caps = |key: &str| {
         let hex = status
