@@ -362,7 +362,8 @@ impl ProcReader {
         let stat = procfs::parse_stat(buf).map_err(|source| ReadError::Parse { pid, source })?;
         let now = SystemTime::now();
 
-        let mut accessible = true;
+        // A zombie's argv and executable are gone: it cannot be read in full.
+        let mut accessible = !stat.is_dead();
         let mut metadata = BTreeMap::new();
         metadata.insert("state".to_owned(), stat.state.to_string());
         metadata.insert("threads".to_owned(), stat.num_threads.to_string());
@@ -379,7 +380,7 @@ impl ProcReader {
         let exe = match readlinkat(&dir, c"exe") {
             Ok(target) => Some(procfs::parse_exe_link(target.as_encoded_bytes())),
             // Kernel threads have no exe (ENOENT) and are fully readable.
-            Err(Errno::ENOENT) if stat.rss_pages == 0 && argv.is_empty() => None,
+            Err(Errno::ENOENT) if stat.is_kernel_thread() => None,
             Err(_) => {
                 accessible = false;
                 None

@@ -30,6 +30,8 @@ pub struct Stat {
     pub state: char,
     /// Parent pid (field 4).
     pub ppid: u32,
+    /// Kernel flags of the task (field 9), `PF_*`.
+    pub flags: u64,
     /// User-mode CPU time in clock ticks (field 14).
     pub utime: u64,
     /// Kernel-mode CPU time in clock ticks (field 15).
@@ -40,6 +42,22 @@ pub struct Stat {
     pub starttime: u64,
     /// Resident set size in pages (field 24).
     pub rss_pages: u64,
+}
+
+/// `PF_KTHREAD`: the task is a kernel thread.
+pub const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl Stat {
+    /// Whether this is a kernel thread (no executable, no argv, by nature).
+    pub const fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// Whether the process has exited and awaits its parent (`Z`) or is
+    /// being torn down (`X`): its argv and executable are gone.
+    pub const fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
 }
 
 impl fmt::Display for Stat {
@@ -80,7 +98,8 @@ pub fn parse_stat(bytes: &[u8]) -> Result<Stat, ParseError> {
         f.nth(skip).and_then(|s| s.parse().ok()).ok_or(err(F, what))
     };
     let ppid = u32::try_from(nth(0, "bad ppid")?).map_err(|_| err(F, "ppid out of range"))?; // field 4
-    let utime = nth(9, "bad utime")?; // field 14
+    let flags = nth(4, "bad flags")?; // field 9
+    let utime = nth(4, "bad utime")?; // field 14
     let stime = nth(0, "bad stime")?; // 15
     let num_threads = nth(4, "bad num_threads")?; // 20
     let starttime = nth(1, "bad starttime")?; // 22
@@ -90,6 +109,7 @@ pub fn parse_stat(bytes: &[u8]) -> Result<Stat, ParseError> {
         comm,
         state,
         ppid,
+        flags,
         utime,
         stime,
         num_threads,
@@ -230,6 +250,9 @@ mod tests {
             (s.utime, s.stime, s.num_threads, s.starttime, s.rss_pages),
             (92, 154, 1, 19, 3219)
         );
+        assert!(!parse_stat(STAT_INIT).unwrap().is_kernel_thread());
+        let kthreadd = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 1 0 0 20 0 1 0 19 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+        assert!(parse_stat(kthreadd).unwrap().is_kernel_thread());
         let s = parse_stat(STAT_ODD).unwrap();
         assert_eq!(
             (s.pid, s.comm.as_str(), s.state, s.ppid),
