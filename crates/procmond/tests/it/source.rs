@@ -218,3 +218,54 @@ async fn procmond_passes_the_conformance_check() {
     assert!(report.events() >= 1);
     assert!(report.stop_latency < Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_overruns_are_counted_and_reconciled_at_once() {
+    require_root!();
+    // A socket buffer of a few events and a one-message channel: a burst of
+    // process events overflows the kernel's buffer for sure.
+    let mut c = config(Duration::from_secs(3600));
+    c.process_config.connector.recv_buffer_bytes = 4096;
+    c.base_config.max_events_in_flight = 1;
+    let source = ProcmondMonitorCollector::without_database(c).unwrap();
+    let stats = source.stats_handle();
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    let reader = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.monitor_stats().kernel_overruns == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no overrun: {:?}",
+            stats.monitor_stats()
+        );
+        // A burst from a blocking thread, so the collector's tasks keep running.
+        tokio::task::spawn_blocking(|| {
+            let children: Vec<_> = (0..200)
+                .filter_map(|_| Command::new("/bin/true").spawn().ok())
+                .collect();
+            for mut c in children {
+                let _ = c.wait();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    // The overrun triggered a reconciliation snapshot beyond the first one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.monitor_stats().collection_cycles < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconciliation: {:?}",
+            stats.monitor_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.shutdown();
+    run.await.unwrap();
+    reader.await.unwrap();
+}
