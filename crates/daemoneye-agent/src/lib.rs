@@ -1,0 +1,29 @@
+//! daemoneye-agent: judges what the collectors see.
+//!
+//! - [`rules`]: detection rules (TOML files and a built-in pack): id, name,
+//!   severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at load
+//!   with the rule, the file and the reason when they break the rules.
+//! - [`engine`]: runs every rule over a batch of processes in an in-memory
+//!   SQLite database the rules can only read, each within a time bound.
+//! - [`ledger`]: an append-only audit ledger whose entries are chained by
+//!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
+//!
+//! ```
+//! use daemoneye_agent::engine::{ProcessRow, RuleEngine};
+//! use daemoneye_agent::rules;
+//!
+//! let mut engine = RuleEngine::new(rules::builtin()?)?;
+//! let row = ProcessRow {
+//!     pid: 4242,
+//!     name: "x".into(),
+//!     exe: Some("/dev/shm/x".into()),
+//!     ..ProcessRow::default()
+//! };
+//! let matches = engine.evaluate(&[row])?;
+//! assert!(matches.iter().any(|m| m.rule_id == "exec-from-temp-dir"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod engine;
+pub mod ledger;
+pub mod rules;
