@@ -5,6 +5,9 @@
 //!   with the rule, the file and the reason when they break the rules.
 //! - [`engine`]: runs every rule over a batch of processes in an in-memory
 //!   SQLite database the rules can only read, each within a time bound.
+//! - [`alert`]: alerts (rule, severity, process, stable key, time, a
+//!   deduplication key) and their deduplication within a window.
+//! - [`store`]: the agent's store: alerts recorded with their ledger entry.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
 //!
@@ -24,6 +27,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod alert;
 pub mod engine;
 pub mod ledger;
 pub mod rules;
+pub mod store;

@@ -1,0 +1,201 @@
+//! Alerts: what a rule match becomes, and deduplication.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use collector_core::ProcessEvent;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::rules::{Rule, Severity};
+
+/// The process an alert is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertProcess {
+    /// Stable key (`boot_id:pid:start_ticks`).
+    pub process_key: Option<String>,
+    /// Pid.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: Option<u32>,
+    /// `comm`.
+    pub name: String,
+    /// Executable.
+    pub executable_path: Option<String>,
+    /// Arguments.
+    pub command_line: Vec<String>,
+    /// SHA-256 of the executable.
+    pub executable_hash: Option<String>,
+    /// Real uid.
+    pub user_id: Option<u32>,
+    /// The parent's `comm`, when known.
+    pub parent_name: Option<String>,
+}
+
+impl AlertProcess {
+    /// From the process event and what is known of its parent.
+    pub fn from_event(e: &ProcessEvent, parent: Option<&ProcessEvent>) -> Self {
+        Self {
+            process_key: e.process_key.map(|k| k.to_string()),
+            pid: e.pid,
+            ppid: e.ppid,
+            name: e.name.clone(),
+            executable_path: e.executable_path.clone(),
+            command_line: e.command_line.clone(),
+            executable_hash: e.executable_hash.clone(),
+            user_id: e.user_id,
+            parent_name: parent.map(|p| p.name.clone()),
+        }
+    }
+}
+
+/// A rule matched a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule name.
+    pub rule_name: String,
+    /// Severity.
+    pub severity: Severity,
+    /// ATT&CK technique ids.
+    pub mitre: Vec<String>,
+    /// The process.
+    pub process: AlertProcess,
+    /// When the matching event was observed (unix ns).
+    pub observed_at: i64,
+    /// When the alert was raised (unix ns).
+    pub raised_at: i64,
+    /// Alerts with the same key within the window are one alert.
+    pub dedup_key: String,
+}
+
+fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
+impl Alert {
+    /// The alert for `rule` matching `process` observed at `observed`.
+    pub fn new(rule: &Rule, process: AlertProcess, observed: SystemTime) -> Self {
+        let who = process
+            .process_key
+            .clone()
+            .unwrap_or_else(|| format!("pid:{}", process.pid));
+        Self {
+            dedup_key: format!("{}:{who}", rule.id),
+            rule_id: rule.id.clone(),
+            rule_name: rule.name.clone(),
+            severity: rule.severity,
+            mitre: rule.mitre.clone(),
+            process,
+            observed_at: unix_ns(observed),
+            raised_at: unix_ns(SystemTime::now()),
+        }
+    }
+}
+
+/// Drops repeats of an alert (same rule, same process) within a window.
+/// Bounded: beyond `capacity` keys, the oldest are forgotten first.
+#[derive(Debug)]
+pub struct Deduper {
+    window: Duration,
+    capacity: usize,
+    seen: HashMap<String, Instant>,
+    suppressed: u64,
+}
+
+impl Deduper {
+    /// A deduper with this window, remembering at most `capacity` keys.
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity: capacity.max(1),
+            seen: HashMap::new(),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether `alert` is new (and remembers it) or a repeat (counted).
+    pub fn admit(&mut self, alert: &Alert) -> bool {
+        let now = Instant::now();
+        if let Some(at) = self.seen.get(&alert.dedup_key) {
+            if now.duration_since(*at) < self.window {
+                self.suppressed += 1;
+                return false;
+            }
+        }
+        if self.seen.len() >= self.capacity {
+            let window = self.window;
+            self.seen.retain(|_, at| now.duration_since(*at) < window);
+            if self.seen.len() >= self.capacity {
+                if let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(alert.dedup_key.clone(), now);
+        true
+    }
+
+    /// Repeats suppressed so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::rules;
+
+    fn alert(pid: u32) -> Alert {
+        let rule = &rules::builtin().unwrap()[0];
+        let mut e = ProcessEvent::new(pid, "x");
+        e.process_key = Some(collector_core::ProcessKey::new(
+            collector_core::BootId::from_bytes([1; 16]),
+            pid,
+            5,
+        ));
+        Alert::new(rule, AlertProcess::from_event(&e, None), SystemTime::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeats_within_the_window_are_suppressed_and_counted() {
+        let mut d = Deduper::new(Duration::from_secs(60), 100);
+        assert!(d.admit(&alert(1)));
+        assert!(!d.admit(&alert(1)));
+        assert!(d.admit(&alert(2)), "another process is another alert");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(d.admit(&alert(1)), "after the window it alerts again");
+        assert_eq!(d.suppressed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_is_bounded() {
+        let mut d = Deduper::new(Duration::from_secs(3600), 3);
+        for pid in 0..10 {
+            assert!(d.admit(&alert(pid)));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert!(d.seen.len() <= 3);
+    }
+
+    #[test]
+    fn the_dedup_key_names_rule_and_process() {
+        let a = alert(7);
+        assert_eq!(
+            a.dedup_key,
+            format!("{}:{}", a.rule_id, a.process.process_key.clone().unwrap())
+        );
+    }
+}

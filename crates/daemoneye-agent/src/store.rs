@@ -1,0 +1,189 @@
+//! The agent's own store (`<data-dir>/agent.db`): alerts, each recorded
+//! together with its ledger entry in one transaction.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use crate::alert::Alert;
+use crate::ledger::{self, LedgerError, Verified};
+
+/// The database file inside the data directory.
+pub const FILE: &str = "agent.db";
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    rule_name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    process_key TEXT,
+    dedup_key TEXT NOT NULL,
+    observed_at INTEGER NOT NULL,
+    raised_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory is missing or unusable.
+    #[error("cannot open the agent store in {path}")]
+    Open {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// SQLite failed.
+    #[error("agent store error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// An alert could not be encoded.
+    #[error("cannot encode an alert")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The agent's store.
+#[derive(Debug)]
+pub struct AgentStore {
+    conn: Connection,
+}
+
+impl AgentStore {
+    /// Opens (creating) `<dir>/agent.db` in WAL mode.
+    ///
+    /// # Errors
+    /// When the directory or database is unusable.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(FILE);
+        let open_err = |source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        ledger::create(&conn)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens `<dir>/agent.db` read-only (for the CLI).
+    ///
+    /// # Errors
+    /// When it does not exist or cannot be read.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(dir.join(FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Self { conn })
+    }
+
+    /// Stores an alert and its ledger entry, atomically. Returns the alert's
+    /// row id.
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is half-written.
+    pub fn record_alert(&mut self, alert: &Alert) -> Result<i64, StoreError> {
+        let body = serde_json::to_string(alert)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO alerts (rule_id, rule_name, severity, pid, process_key, dedup_key, observed_at, raised_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                alert.rule_id,
+                alert.rule_name,
+                alert.severity.to_string(),
+                alert.process.pid,
+                alert.process.process_key,
+                alert.dedup_key,
+                alert.observed_at,
+                alert.raised_at,
+                body
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        ledger::append(&tx, "alert", &body)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The most recent alerts, newest first.
+    ///
+    /// # Errors
+    /// SQLite or decoding errors.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM alerts ORDER BY id DESC LIMIT ?1")?;
+        let bodies = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Verifies the ledger.
+    ///
+    /// # Errors
+    /// [`LedgerError::Broken`] naming the first bad entry.
+    pub fn verify_ledger(&self) -> Result<Verified, StoreError> {
+        Ok(ledger::verify(&self.conn)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::SystemTime;
+
+    use collector_core::ProcessEvent;
+
+    use super::*;
+    use crate::alert::AlertProcess;
+    use crate::rules;
+
+    #[test]
+    fn alerts_are_stored_with_their_ledger_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AgentStore::open(dir.path()).unwrap();
+        let rule = &rules::builtin().unwrap()[1];
+        for pid in 1..=3 {
+            let a = Alert::new(
+                rule,
+                AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None),
+                SystemTime::now(),
+            );
+            store.record_alert(&a).unwrap();
+        }
+        let ro = AgentStore::open_read_only(dir.path()).unwrap();
+        let alerts = ro.recent_alerts(10).unwrap();
+        assert_eq!(
+            alerts.iter().map(|a| a.process.pid).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        assert_eq!(ro.verify_ledger().unwrap().entries, 3);
+        // An edited alert body in the ledger is found.
+        store
+            .conn
+            .execute("UPDATE ledger SET content = replace(content, '\"pid\":2', '\"pid\":9') WHERE seq = 2", [])
+            .unwrap();
+        match ro.verify_ledger() {
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
