@@ -1,0 +1,143 @@
+//! The `daemoneye-cli` binary: verdicts, exit codes, output.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Command;
+use std::time::SystemTime;
+
+use collector_core::ProcessEvent;
+use daemoneye_agent::alert::{Alert, AlertProcess};
+use daemoneye_agent::rules;
+use daemoneye_agent::store::AgentStore;
+
+const BIN: &str = env!("CARGO_BIN_EXE_daemoneye-cli");
+
+#[test]
+fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["rules", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nid = 'wiper'\nname = 'w'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n\n\
+         [[rule]]\nid = 'fine'\nname = 'f'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["rules", "validate"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bad.toml")
+            && text.contains("wiper")
+            && text.contains("only reading is allowed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok") && text.contains("fine"),
+        "the good rules still pass: {text}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_with_2() {
+    let out = Command::new(BIN)
+        .args(["rules", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["--format", "xml", "alerts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["--data-dir", "/nonexistent/daemoneye", "alerts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn ledger_verifies_then_fails_after_a_row_is_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = AgentStore::open(dir.path()).unwrap();
+        let rule = &rules::builtin().unwrap()[0];
+        for pid in 1..=4 {
+            let a = Alert::new(
+                rule,
+                AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None),
+                SystemTime::now(),
+            );
+            store.record_alert(&a).unwrap();
+        }
+    }
+    let verify = || {
+        Command::new(BIN)
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 entries"));
+
+    let conn = rusqlite::Connection::open(dir.path().join("agent.db")).unwrap();
+    conn.execute(
+        "UPDATE ledger SET content = replace(content, 'x', 'y') WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entry 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = Command::new(BIN)
+        .args(["--format", "json", "alerts", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+}
+
+#[test]
+fn rules_list_shows_the_builtin_pack() {
+    let out = Command::new(BIN)
+        .args(["rules", "list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), rules::builtin().unwrap().len());
+}
