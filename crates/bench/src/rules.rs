@@ -1,0 +1,128 @@
+//! `rules`: 100 rules (the built-in pack, ten times over) over 10,000
+//! processes, against the same batch loaded with no rules at all (the
+//! engine's fixed cost) in the same run.
+
+use anyhow::{bail, Context as _};
+use daemoneye_agent::engine::{ProcessRow, RuleEngine};
+use daemoneye_agent::rules;
+use tokio::time::Instant;
+
+use crate::report;
+
+pub(crate) struct Options {
+    processes: usize,
+    reps: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Self {
+            processes: 10_000,
+            reps: 7,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--processes" => o.processes = value.parse().context("--processes")?,
+                "--reps" => o.reps = value.parse().context("--reps")?,
+                other => bail!("unknown flag {other:?}"),
+            }
+        }
+        if o.processes == 0 || o.reps == 0 {
+            bail!("--processes and --reps must be positive");
+        }
+        Ok(o)
+    }
+}
+
+/// A plausible process table: daemons, shells, workers, the odd oddity.
+fn table(n: usize) -> Vec<ProcessRow> {
+    const PROGRAMS: &[(&str, &str, &str)] = &[
+        ("sshd", "/usr/sbin/sshd", "sshd: user@pts/0"),
+        ("nginx", "/usr/sbin/nginx", "nginx: worker process"),
+        ("bash", "/usr/bin/bash", "-bash"),
+        (
+            "python3",
+            "/usr/bin/python3.11",
+            "python3 manage.py runserver",
+        ),
+        (
+            "postgres",
+            "/usr/lib/postgresql/15/bin/postgres",
+            "postgres: checkpointer",
+        ),
+        ("cron", "/usr/sbin/cron", "/usr/sbin/cron -f"),
+        ("sh", "/usr/bin/dash", "sh -c curl -s https://api | jq .x"),
+        ("x", "/tmp/x", "./x"),
+    ];
+    (0..n)
+        .map(|i| {
+            let (name, exe, cmd) = PROGRAMS[i % PROGRAMS.len()];
+            let pid = u32::try_from(i + 100).unwrap_or(u32::MAX);
+            ProcessRow {
+                process_key: Some(format!("5a5a5a5a-0000-0000-0000-000000000000:{pid}:{i}")),
+                pid,
+                ppid: Some(1),
+                name: name.to_owned(),
+                exe: Some(exe.to_owned()),
+                argv: cmd.split(' ').map(str::to_owned).collect(),
+                uid: Some(u32::try_from(i % 3).unwrap_or(0) * 1000),
+                euid: Some(0),
+                file_exists: true,
+                accessible: true,
+                exe_dir_user_writable: Some(i % 97 == 0),
+                parent_name: Some(if i % 50 == 0 { "nginx" } else { "systemd" }.to_owned()),
+                event_type: "snapshot".to_owned(),
+                ..ProcessRow::default()
+            }
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let pack = rules::builtin()?;
+    let mut hundred = Vec::with_capacity(100);
+    for copy in 0..10 {
+        for r in &pack {
+            let mut r = r.clone();
+            r.id = format!("{}-{copy}", r.id);
+            hundred.push(r);
+        }
+    }
+    let n_rules = hundred.len();
+    let rows = table(o.processes);
+    let mut engine = RuleEngine::new(hundred)?;
+    if !engine.refused().is_empty() {
+        bail!("rules refused: {:?}", engine.refused());
+    }
+    let mut empty = RuleEngine::new(Vec::new())?;
+    let (mut full, mut load, mut matches) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..o.reps {
+        let t = Instant::now();
+        matches = engine.evaluate(&rows)?.len();
+        full.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        empty.evaluate(&rows)?;
+        load.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (full, load) = (median(full), median(load));
+    report(
+        &format!("rules.ms_{n_rules}_rules_{}_processes", o.processes),
+        format!("{full:.2}"),
+        "ms",
+    );
+    report("rules.load_only_ms", format!("{load:.2}"), "ms");
+    report(
+        "rules.ratio_vs_load_only",
+        format!("{:.2}", full / load),
+        "ratio",
+    );
+    report("rules.matches", matches, "matches");
+    Ok(())
+}
