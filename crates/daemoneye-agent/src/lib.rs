@@ -7,6 +7,8 @@
 //!   SQLite database the rules can only read, each within a time bound.
 //! - [`alert`]: alerts (rule, severity, process, stable key, time, a
 //!   deduplication key) and their deduplication within a window.
+//! - [`detect`]: the process table, rows for each batch, rules, deduplicated
+//!   alerts.
 //! - [`store`]: the agent's store: alerts recorded with their ledger entry.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
@@ -28,6 +30,7 @@
 //! ```
 
 pub mod alert;
+pub mod detect;
 pub mod engine;
 pub mod ledger;
 pub mod rules;

@@ -133,7 +133,7 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
         return;
     }
     // Another user's process: reading its executable needs CAP_SYS_PTRACE.
-    let mut other = {
+    let other = Killed({
         use std::os::unix::process::CommandExt;
         Command::new("sleep")
             .arg("30")
@@ -141,24 +141,26 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
             .gid(65534)
             .spawn()
             .unwrap()
-    };
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--no-database",
-            "--interval",
-            "3600",
-            "--events-jsonl",
-            "-",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    });
+    let mut child = Killed(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--no-database",
+                "--interval",
+                "3600",
+                "--events-jsonl",
+                "-",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let seen = lines.by_ref().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        (v["pid"] == other.id()).then_some(v)
+        (v["pid"] == other.0.id()).then_some(v)
     });
     let seen = seen.expect("the other user's process was never reported");
     assert_eq!(seen["accessible"], true, "{seen}");
@@ -169,9 +171,8 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
         "{seen}"
     );
     assert_eq!(seen["user_id"], 65534);
-    other.kill().unwrap();
-    other.wait().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    drop(other);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
     let caps = |key: &str| {
         let hex = status
             .lines()
@@ -187,7 +188,15 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
     assert!(status
         .lines()
         .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')));
-    let _ = child.kill();
-    for _ in lines {}
-    child.wait().unwrap();
+    drop(lines);
+}
+
+/// A child killed and reaped however the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
