@@ -179,7 +179,7 @@ mod tests {
         let nginx = exec(100, 1, "nginx", "/usr/sbin/nginx", &["nginx"]);
         assert!(d.on_events(&[nginx]).unwrap().is_empty());
         let shell = exec(200, 100, "sh", "/usr/bin/dash", &["sh", "-c", "id"]);
-        let alerts = d.on_events(&[shell.clone()]).unwrap();
+        let alerts = d.on_events(std::slice::from_ref(&shell)).unwrap();
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].rule_id, "service-spawned-shell");
         assert_eq!(alerts[0].process.parent_name.as_deref(), Some("nginx"));

@@ -1,4 +1,10 @@
 //! Integration tests of daemoneye-agent.
-#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod builtin;
+mod e2e;

@@ -1,0 +1,286 @@
+//! The agent end to end, as root: collector child, rules, alerts, restart,
+//! ledger. Skips (saying why) when not root: the kernel process connector is
+//! what lets it see short-lived processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
+
+struct Agent {
+    child: Child,
+    alerts: mpsc::Receiver<Value>,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(data_dir: &Path, rules_dir: &Path) -> Self {
+        let mut child = Command::new(AGENT)
+            .args([
+                "run",
+                "--interval",
+                "3600",
+                "--sweep-secs",
+                "3600",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .arg("--rules-dir")
+            .arg(rules_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (atx, alerts) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = atx.send(serde_json::from_str(&line).unwrap());
+            }
+        });
+        let (ltx, log) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = ltx.send(line);
+            }
+        });
+        Self { child, alerts, log }
+    }
+
+    /// The first alert of `rule` for a process named `name`, within `within`.
+    fn wait_alert(&self, rule: &str, name: &str, within: Duration) -> Option<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let a = self.alerts.recv_timeout(left).ok()?;
+            if a["rule_id"] == rule && a["process"]["name"] == name {
+                return Some(a);
+            }
+        }
+    }
+
+    fn wait_log(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.log.recv_timeout(left).ok()?;
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+}
+
+/// Copies `src` to `dir/name`, runs it with `args` to completion.
+fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
+    let exe = dir.join(name);
+    std::fs::copy(src, &exe).unwrap();
+    let status = Command::new(&exe).args(args).status().unwrap();
+    assert!(status.success());
+    std::fs::remove_file(&exe).unwrap();
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: the end-to-end agent test needs root (kernel process connector)");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("bad.toml"),
+        "[[rule]]\nid = 'wiper'\nname = 'wipe'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n",
+    )
+    .unwrap();
+    let agent = Agent::start(data.path(), rules.path());
+
+    // (4) The write rule is refused, naming file, rule and reason.
+    let refused = agent
+        .wait_log("rule refused", Duration::from_secs(30))
+        .expect("no refusal logged");
+    assert!(
+        refused.contains("bad.toml")
+            && refused.contains("wiper")
+            && refused.contains("only reading"),
+        "{refused}"
+    );
+
+    // Ready once a probe from /dev/shm is alerted on.
+    let shm = Path::new("/dev/shm");
+    let mut ready = None;
+    for i in 0..40 {
+        let name = format!("probe{i}");
+        run_copy("/bin/sleep", shm, &name, &["0.3"]);
+        if let Some(a) = agent.wait_alert("exec-from-temp-dir", &name, Duration::from_millis(500)) {
+            ready = Some(a);
+            break;
+        }
+    }
+    let probe = ready.expect("no alert for a program run from /dev/shm");
+    assert_eq!(probe["severity"], "high");
+    assert!(probe["process"]["process_key"].is_string());
+
+    // (2) A shell run from /dev/shm.
+    run_copy("/bin/sh", shm, "shmshell", &["-c", "sleep 0.3; true"]);
+    assert!(
+        agent
+            .wait_alert("exec-from-temp-dir", "shmshell", Duration::from_secs(2))
+            .is_some(),
+        "no alert for a shell run from /dev/shm"
+    );
+
+    // (1) A system binary copied to a temp path, run, deleted: an alert within 2 s.
+    let tmp = tempfile::tempdir().unwrap();
+    run_copy("/bin/sleep", tmp.path(), "sleepy", &["0.2"]);
+    assert!(
+        agent
+            .wait_alert("exec-from-temp-dir", "sleepy", Duration::from_secs(2))
+            .is_some(),
+        "no alert within 2 s for a binary run from a temp path"
+    );
+
+    // (3) A benign workload: coreutils and building a small program (outside
+    // temporary directories) raise no alert from the built-in pack.
+    let work =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("benign-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    for (cmd, args) in [
+        ("ls", vec!["-la", "/etc"]),
+        ("cat", vec!["/etc/hostname"]),
+        ("sort", vec!["/etc/passwd"]),
+        ("sha256sum", vec!["/etc/passwd"]),
+        (
+            "sh",
+            vec!["-c", "cat /etc/passwd | sort | uniq -c | head -3"],
+        ),
+    ] {
+        assert!(Command::new(cmd)
+            .args(&args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success());
+    }
+    let src = work.join("hello.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let built = Command::new("cc")
+        .arg("-o")
+        .arg(work.join("hello"))
+        .arg(&src)
+        .status();
+    if built.is_ok_and(|s| s.success()) {
+        assert!(Command::new(work.join("hello")).status().unwrap().success());
+    }
+    // A marker after the workload: everything before it has been judged.
+    run_copy("/bin/sleep", shm, "marker", &["0.3"]);
+    let mut benign_alerts = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("marker never alerted");
+        let a = agent.alerts.recv_timeout(left).unwrap();
+        if a["process"]["name"] == "marker" {
+            break;
+        }
+        let name = a["process"]["name"].as_str().unwrap_or("").to_owned();
+        if [
+            "ls",
+            "cat",
+            "sort",
+            "sha256sum",
+            "sh",
+            "uniq",
+            "head",
+            "cc",
+            "cc1",
+            "as",
+            "ld",
+            "collect2",
+            "hello",
+        ]
+        .contains(&name.as_str())
+        {
+            benign_alerts.push(a);
+        }
+    }
+    assert!(
+        benign_alerts.is_empty(),
+        "benign workload alerted: {benign_alerts:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+
+    // (5) Killing the collector with SIGKILL: it is restarted, detection resumes.
+    let collector = Command::new("pgrep")
+        .args(["-P", &agent.child.id().to_string()])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&collector.stdout)
+        .trim()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent
+        .wait_log("collector exited; restarting", Duration::from_secs(10))
+        .expect("restart not logged");
+    let mut resumed = false;
+    for i in 0..40 {
+        let name = format!("after{i}");
+        run_copy("/bin/sleep", shm, &name, &["0.3"]);
+        if agent
+            .wait_alert("exec-from-temp-dir", &name, Duration::from_millis(500))
+            .is_some()
+        {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(
+        resumed,
+        "detection did not resume after the collector was killed"
+    );
+
+    // (6) The ledger verifies, and fails after a row is edited.
+    let mut agent = agent;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(agent.child.wait().unwrap().success());
+    let store = daemoneye_agent::store::AgentStore::open_read_only(data.path()).unwrap();
+    let verified = store.verify_ledger().unwrap();
+    assert!(verified.entries >= 3, "{verified:?}");
+    drop(store);
+    let conn = rusqlite::Connection::open(data.path().join("agent.db")).unwrap();
+    conn.execute(
+        "UPDATE ledger SET content = content || ' ' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let store = daemoneye_agent::store::AgentStore::open_read_only(data.path()).unwrap();
+    assert!(store.verify_ledger().is_err());
+}
