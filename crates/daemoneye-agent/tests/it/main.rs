@@ -1,6 +1,7 @@
 //! Integration tests of daemoneye-agent.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::disallowed_types,
     missing_docs,
     unreachable_pub
