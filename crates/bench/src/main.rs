@@ -10,6 +10,7 @@
 
 mod capture;
 mod db;
+mod detect;
 mod enumerate;
 mod hash;
 mod idle;
@@ -24,7 +25,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         "idle" => idle::Options::parse(rest).and_then(|o| idle::run(&o)),
         "db" => db::Options::parse(rest).and_then(|o| db::run(&o)),
         "rules" => rules::Options::parse(rest).and_then(|o| rules::run(&o)),
+        "detect" => detect::Options::parse(rest).and_then(|o| detect::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

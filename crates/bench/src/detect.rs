@@ -1,0 +1,154 @@
+//! `detect`: exec-to-alert latency of the whole chain (kernel connector,
+//! collector child, pipe, rules, alert on stdout). Runs the release
+//! `daemoneye-agent` next to this binary, then starts programs from
+//! /dev/shm (which the built-in pack alerts on) and times each from spawn to
+//! its alert line. As root.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::time::Instant;
+
+use crate::report;
+
+pub(crate) struct Options {
+    execs: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Self { execs: 200 };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--execs" => o.execs = value.parse().context("--execs")?,
+                other => bail!("unknown flag {other:?}"),
+            }
+        }
+        if o.execs == 0 {
+            bail!("--execs must be positive");
+        }
+        Ok(o)
+    }
+}
+
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // in 0..len
+    sorted[i as usize]
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let agent = std::env::current_exe()?.with_file_name("daemoneye-agent");
+    if !agent.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p daemoneye-agent)",
+            agent.display()
+        );
+    }
+    let data = std::env::temp_dir().join(format!("daemoneye-detect-{}", std::process::id()));
+    let mut child = Reaped(
+        Command::new(&agent)
+            .args([
+                "run",
+                "--interval",
+                "3600",
+                "--sweep-secs",
+                "3600",
+                "--dedup-window-secs",
+                "1",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the agent")?,
+    );
+    let out = child.0.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let at = Instant::now();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["rule_id"] == "exec-from-temp-dir" {
+                    let _ = tx.send((v["process"]["name"].as_str().unwrap_or("").to_owned(), at));
+                }
+            }
+        }
+    });
+    let shm = std::path::Path::new("/dev/shm");
+    let exe = shm.join(format!("dt{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &exe)?;
+    let name = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .chars()
+        .take(15)
+        .collect::<String>();
+    // Wait until the agent alerts at all (collector subscribed).
+    let mut ready = false;
+    for _ in 0..100 {
+        let _ = Command::new(&exe).arg("0.05").status()?;
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            ready = true;
+            break;
+        }
+    }
+    if !ready {
+        bail!("the agent never alerted; is this root?");
+    }
+    while rx.try_recv().is_ok() {}
+    let mut lat = Vec::with_capacity(o.execs);
+    let mut missed = 0;
+    for _ in 0..o.execs {
+        let start = Instant::now();
+        let mut c = Command::new(&exe).arg("0.05").spawn()?;
+        let got = loop {
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok((n, at)) if n == name && at >= start => break Some(at),
+                Ok(_) => {}
+                Err(_) => break None,
+            }
+        };
+        c.wait()?;
+        match got {
+            Some(at) => lat.push(at.duration_since(start).as_secs_f64() * 1e3),
+            None => missed += 1,
+        }
+    }
+    let _ = std::fs::remove_file(&exe);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&data);
+    if lat.is_empty() {
+        bail!("no alert measured");
+    }
+    lat.sort_by(f64::total_cmp);
+    report("detect.execs", o.execs, "execs");
+    report("detect.missed", missed, "execs");
+    report(
+        "detect.exec_to_alert_p50_ms",
+        format!("{:.2}", percentile(&lat, 0.5)),
+        "ms",
+    );
+    report(
+        "detect.exec_to_alert_p99_ms",
+        format!("{:.2}", percentile(&lat, 0.99)),
+        "ms",
+    );
+    Ok(())
+}
