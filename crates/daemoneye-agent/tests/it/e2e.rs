@@ -157,8 +157,9 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
 
     // (3) A benign workload: coreutils and building a small program (outside
     // temporary directories) raise no alert from the built-in pack.
-    let work =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("benign-{}", std::process::id()));
+    // Built under /var/lib (root's, not a temporary directory: the checkout
+    // itself may live under /tmp, where running a program is alerted on).
+    let work = Path::new("/var/lib").join(format!("daemoneye-benign-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     for (cmd, args) in [
         ("ls", vec!["-la", "/etc"]),
