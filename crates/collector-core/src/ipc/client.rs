@@ -315,7 +315,14 @@ async fn open(config: &IpcClientConfig) -> Result<(Conn, CapabilityResponse), Ip
         }
     })
     .await
-    .map_err(|_| IpcError::Timeout { timeout })??;
+    .map_err(|_| IpcError::Timeout { timeout })?
+    .map_err(|e| match e {
+        // The server closed on us (peer refused, overloaded, shutting down).
+        IpcError::Codec {
+            source: daemoneye_lib::codec::CodecError::Io { .. },
+        } => IpcError::ConnectionClosed,
+        e => e,
+    })?;
     let caps = match answer.payload {
         Some(Payload::CapabilityResponse(caps)) => caps,
         other => {

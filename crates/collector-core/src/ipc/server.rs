@@ -620,7 +620,12 @@ impl Connection {
             );
             self.refuse(id, ErrorCode::UnsupportedVersion, &message)
                 .await;
-            return Next::Close(Close::ProtocolError);
+            // A connection that already shook hands keeps what it agreed.
+            return if self.handshaken {
+                Next::Continue
+            } else {
+                Next::Close(Close::ProtocolError)
+            };
         }
         tracing::debug!(client = %req.client_name, version = %req.client_version, "ipc handshake");
         self.handshaken = true;
