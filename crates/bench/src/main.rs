@@ -13,6 +13,7 @@ mod db;
 mod enumerate;
 mod hash;
 mod idle;
+mod ipc;
 mod runtime;
 
 /// Prints one figure: `<metric> <value> <unit>`.
@@ -23,7 +24,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  ipc [--records N] [--reps R] [--tasks N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         "capture" => capture::Options::parse(rest).and_then(|o| capture::run(&o)),
         "idle" => idle::Options::parse(rest).and_then(|o| idle::run(&o)),
         "db" => db::Options::parse(rest).and_then(|o| db::run(&o)),
+        "ipc" => ipc::Options::parse(rest).and_then(|o| ipc::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
