@@ -36,6 +36,7 @@ fn with_hash(id: &str, t: ProtoTaskType, check: HashCheck) -> DetectionTask {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, task after task")]
 async fn task_handlers_answer_over_a_real_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipc").join("procmond.sock");
