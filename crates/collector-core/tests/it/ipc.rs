@@ -961,3 +961,74 @@ async fn fuzz_a_live_server_with_100k_mutated_frames() {
     );
     server.stop().await;
 }
+
+/// Run by `a_peer_of_another_uid_is_refused` in a child process as
+/// `nobody`: connects, says hello, and prints how many bytes came back.
+#[test]
+#[ignore = "helper: run as a child process by a_peer_of_another_uid_is_refused"]
+fn peer_child_helper() {
+    use std::io::{Read, Write};
+    let Some(path) = std::env::var_os("IPC_PEER_SOCKET") else {
+        return;
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    let _ = s.write_all(&frame(&hello()));
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    println!("peer-child-bytes={}", got.len());
+}
+
+#[tokio::test]
+async fn a_peer_of_another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run a client as nobody");
+        return;
+    }
+    let dir = TempDir::new("nobody");
+    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
+    // Open the way to the socket so that only the peer check stands between
+    // nobody and the server.
+    for p in [&dir.0, &dir.sock().parent().unwrap().to_path_buf()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let path = server.path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(exe)
+            .args([
+                "ipc::peer_child_helper",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("IPC_PEER_SOCKET", path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() && !stdout.contains("peer-child-bytes") {
+        eprintln!(
+            "skipping: the test binary cannot run as nobody here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.stop().await;
+        return;
+    }
+    assert!(stdout.contains("peer-child-bytes=0"), "{stdout}");
+    let s = server.handle.stats();
+    assert_eq!(s.connections_refused_peer, 1, "{s:?}");
+    assert_eq!(s.connections_accepted, 0, "{s:?}");
+    // Our own uid is still served.
+    let client = CollectorIpcClient::connect(client_config(&server.path))
+        .await
+        .unwrap();
+    client.ping().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
