@@ -14,6 +14,7 @@ mod detect;
 mod enumerate;
 mod hash;
 mod idle;
+mod ipc;
 mod rules;
 mod runtime;
 
@@ -25,7 +26,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)\n  ipc [--records N] [--reps R] [--tasks N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         "db" => db::Options::parse(rest).and_then(|o| db::run(&o)),
         "rules" => rules::Options::parse(rest).and_then(|o| rules::run(&o)),
         "detect" => detect::Options::parse(rest).and_then(|o| detect::run(&o)),
+        "ipc" => ipc::Options::parse(rest).and_then(|o| ipc::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -78,6 +78,7 @@
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod ipc;
 pub mod logging;
 pub mod monitor;
 pub mod runtime;
@@ -93,6 +94,10 @@ pub use event::{
     ProcessKey, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
+pub use ipc::{
+    CollectorIpcClient, CollectorIpcServer, IpcClientConfig, IpcError, IpcServerConfig,
+    IpcServerHandle, IpcServerStats,
+};
 pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};

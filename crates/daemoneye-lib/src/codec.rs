@@ -528,6 +528,8 @@ mod tests {
             timestamp: Some(Timestamp::now()),
             platform_metadata: [("cgroup".to_owned(), "/system.slice".to_owned())].into(),
             process_key: "5f1b2c3d-0a1b-4c2d-8e9f-0123456789ab:4242:1234567".to_owned(),
+            event_type: "exec".to_owned(),
+            exit_code: None,
         };
         let mut task = DetectionTask::new("t-1", TaskType::EnumerateProcesses);
         task.process_filter = Some(ProcessFilter {

@@ -4,6 +4,8 @@
 //!   process connector, read by a dedicated thread.
 //! - [`db`]: the SQLite audit database (snapshots, lifecycle events, last
 //!   known process state) and its batching writer task.
+//! - [`ipc`]: the detection tasks procmond answers over the collector IPC
+//!   socket.
 //! - [`lifecycle`]: start/exec/exit/modified and suspicious events from
 //!   snapshots and kernel events.
 //! - [`privileges`]: keeping only the capabilities collection needs.
@@ -14,6 +16,7 @@
 
 pub mod connector;
 pub mod db;
+pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;
 pub mod procfs;

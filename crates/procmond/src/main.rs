@@ -3,7 +3,7 @@
 //! ```text
 //! procmond snapshot [--format json|table]
 //! procmond run [--config FILE] [--database PATH | --no-database] [--interval SECS]
-//!              [--events-jsonl PATH|-] [--no-realtime]
+//!              [--events-jsonl PATH|-] [--no-realtime] [--socket PATH | --no-socket]
 //! ```
 //!
 //! Parses flags, loads config, builds, runs, maps errors to exit codes
@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use collector_core::{CollectionEvent, Collector, CollectorConfig};
+use collector_core::{
+    CollectionEvent, Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig,
+};
+use daemoneye_hasher::{HashEngine, HasherConfig};
 use procmond::snapshot::{ProcReader, ReadOptions};
 use procmond::{DatabaseManager, ProcmondMonitorCollector, ProcmondMonitorConfig};
 use serde::Deserialize;
@@ -68,6 +71,14 @@ struct RunArgs {
     /// Snapshots only, no kernel process connector.
     #[arg(long)]
     no_realtime: bool,
+    /// Serve detection tasks and the live event stream on this Unix socket
+    /// (default: /run/daemoneye/procmond.sock as root, daemoneye/procmond.sock
+    /// in the user's runtime directory otherwise).
+    #[arg(long, conflicts_with = "no_socket")]
+    socket: Option<PathBuf>,
+    /// Serve no IPC socket.
+    #[arg(long)]
+    no_socket: bool,
 }
 
 /// The config file.
@@ -241,13 +252,70 @@ async fn run(args: RunArgs) -> Result<(), RunError> {
             }))
         }
     };
+    let ipc = serve_ipc(args.socket.as_ref(), args.no_socket, &collector).await?;
     collector.run().await.map_err(RunError::Failed)?;
+    if let Some((handle, task)) = ipc {
+        handle.shutdown();
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
+        }
+    }
     if let Some(w) = writer {
         w.await
             .map_err(|e| RunError::Failed(e.into()))?
             .map_err(RunError::Failed)?;
     }
     Ok(())
+}
+
+type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
+
+/// Binds the IPC socket and serves procmond's task handlers and event
+/// stream. An explicit `--socket` that cannot be served is an error; the
+/// default one is only warned about, so collection goes on.
+async fn serve_ipc(
+    socket: Option<&PathBuf>,
+    disabled: bool,
+    collector: &Collector,
+) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
+    if disabled {
+        return Ok(None);
+    }
+    let explicit = socket.is_some();
+    let path = socket
+        .cloned()
+        .unwrap_or_else(|| collector_core::ipc::default_socket_path("procmond"));
+    let setup = async {
+        let hasher = HashEngine::new(HasherConfig {
+            algorithms: vec![
+                collector_core::HashAlgorithm::Sha256,
+                collector_core::HashAlgorithm::Blake3,
+            ],
+            ..HasherConfig::default()
+        })?;
+        let handlers = procmond::ipc::TaskHandlers::new(hasher)?;
+        let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
+            .await?
+            .with_events(collector.handle());
+        anyhow::Ok((server, handlers))
+    };
+    match setup.await {
+        Ok((mut server, handlers)) => {
+            tracing::info!(path = %path.display(), "serving ipc");
+            let handle = server.handle();
+            let task = tokio::spawn(async move { server.start(handlers.into_handler()).await });
+            Ok(Some((handle, task)))
+        }
+        Err(e) if explicit => Err(RunError::Failed(
+            e.context(format!("cannot serve ipc on {}", path.display())),
+        )),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "not serving ipc");
+            Ok(None)
+        }
+    }
 }
 
 enum RunError {

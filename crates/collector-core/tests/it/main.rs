@@ -10,5 +10,6 @@
 
 mod accounting;
 mod conformance;
+mod ipc;
 mod runtime;
 mod sources;

@@ -10,4 +10,5 @@
 mod cli;
 mod connector;
 mod db;
+mod ipc;
 mod source;

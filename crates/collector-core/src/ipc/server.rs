@@ -1,0 +1,1009 @@
+//! [`CollectorIpcServer`]: accept loop, per-connection reader, writer and
+//! event forwarder.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use daemoneye_lib::codec::{decode_payload, CodecError, EnvelopeCodec};
+use daemoneye_lib::proto::{
+    envelope::Payload, CapabilityRequest, CapabilityResponse, DetectionResult, DetectionTask,
+    Domain, Envelope, ErrorCode, ErrorResponse, EventRecord, SourceCapability, SubscribeAck,
+    SubscribeRequest, TaskType, PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ipc::convert::{caps_to_domains, domain_to_caps, event_to_record, kind_to_proto};
+use crate::ipc::socket::{bind, BoundSocket};
+use crate::ipc::stats::{add, inc, Close, Counters};
+use crate::ipc::wire::FrameReader;
+use crate::ipc::{IpcError, IpcServerConfig, IpcServerStats};
+use crate::runtime::CollectorHandle;
+use crate::source::SourceCaps;
+use crate::subscription::Subscription;
+
+/// What a task handler returns.
+pub type TaskFuture = Pin<Box<dyn Future<Output = DetectionResult> + Send>>;
+
+type Handler = Arc<dyn Fn(DetectionTask) -> TaskFuture + Send + Sync>;
+
+struct Shared {
+    shutdown: CancellationToken,
+    counters: Counters,
+}
+
+/// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
+/// read its counters.
+#[derive(Clone)]
+pub struct IpcServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for IpcServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl IpcServerHandle {
+    /// Stops accepting, closes every connection, and makes `start` return
+    /// (after removing the socket file).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> IpcServerStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// The collector's end of the IPC protocol, on a Unix socket.
+///
+/// Built in two steps: [`new`](Self::new) validates the config and binds
+/// the socket (errors surface before anything runs), [`start`](Self::start)
+/// or [`serve_until`](Self::serve_until) serves until shutdown.
+///
+/// Each connection must open with a `CapabilityRequest`, answered with the
+/// capabilities given to `new`; then it may send `DetectionTask`s (answered
+/// by the handler, matched by `request_id`), `Heartbeat`s (echoed), and one
+/// `SubscribeRequest` at a time when the server streams a collector's events
+/// ([`with_events`](Self::with_events)). Subscription filters: event kinds,
+/// pids and source names; topic patterns are refused as unsupported.
+pub struct CollectorIpcServer {
+    config: Arc<IpcServerConfig>,
+    capabilities: SourceCaps,
+    listener: Option<UnixListener>,
+    socket: BoundSocket,
+    events: Option<CollectorHandle>,
+    allowed_uids: Arc<[u32]>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CollectorIpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorIpcServer")
+            .field("socket", &self.socket.path)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CollectorIpcServer {
+    /// Validates `config` and binds its socket (0600, in a 0700 directory
+    /// created when missing; a stale socket is replaced, a live one is an
+    /// error). `capabilities` are what the handshake reports and what tasks
+    /// are checked against.
+    ///
+    /// # Errors
+    /// [`IpcError::InvalidConfig`], [`IpcError::UnsafeDirectory`],
+    /// [`IpcError::SocketInUse`], [`IpcError::NotASocket`],
+    /// [`IpcError::Setup`].
+    pub async fn new(config: IpcServerConfig, capabilities: SourceCaps) -> Result<Self, IpcError> {
+        config.validate()?;
+        let (listener, socket) = bind(&config.socket_path).await?;
+        let allowed_uids: Arc<[u32]> = if config.allowed_uids.is_empty() {
+            let me = nix::unistd::geteuid().as_raw();
+            Arc::from(vec![me, 0])
+        } else {
+            Arc::from(config.allowed_uids.clone())
+        };
+        tracing::info!(path = %socket.path.display(), caps = ?capabilities, "ipc server listening");
+        Ok(Self {
+            config: Arc::new(config),
+            capabilities,
+            listener: Some(listener),
+            socket,
+            events: None,
+            allowed_uids,
+            shared: Arc::new(Shared {
+                shutdown: CancellationToken::new(),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Streams the events of the collector behind `handle` to clients that
+    /// subscribe; each subscribing connection holds one subscription of the
+    /// collector.
+    #[must_use]
+    pub fn with_events(mut self, handle: CollectorHandle) -> Self {
+        self.events = Some(handle);
+        self
+    }
+
+    /// The socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// A handle to stop the server and read its counters.
+    pub fn handle(&self) -> IpcServerHandle {
+        IpcServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> IpcServerStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Serves until [`IpcServerHandle::shutdown`], answering tasks with
+    /// `handler`.
+    ///
+    /// # Errors
+    /// [`IpcError::AlreadyStarted`] when called a second time.
+    pub async fn start<F>(&mut self, handler: F) -> Result<(), IpcError>
+    where
+        F: Fn(DetectionTask) -> TaskFuture + Send + Sync + 'static,
+    {
+        self.serve_until(handler, std::future::pending()).await
+    }
+
+    /// Serves until `signal` completes or [`IpcServerHandle::shutdown`] is
+    /// called; then closes every connection (waiting up to
+    /// `shutdown_timeout`) and removes the socket file.
+    ///
+    /// # Errors
+    /// [`IpcError::AlreadyStarted`] when called a second time.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future stops accepting but leaves the
+    /// socket file (a later `new` replaces it as stale).
+    pub async fn serve_until<F, S>(&mut self, handler: F, signal: S) -> Result<(), IpcError>
+    where
+        F: Fn(DetectionTask) -> TaskFuture + Send + Sync + 'static,
+        S: Future<Output = ()>,
+    {
+        let listener = self.listener.take().ok_or(IpcError::AlreadyStarted)?;
+        let ctx = Arc::new(ConnCtx {
+            config: self.config.clone(),
+            capabilities: self.capabilities,
+            sources: self.sources(),
+            events: self.events.clone(),
+            handler: Arc::new(handler),
+            shared: self.shared.clone(),
+            next_subscription: AtomicU64::new(1),
+        });
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let tracker = TaskTracker::new();
+        let shutdown = self.shared.shutdown.clone();
+        let counters = &self.shared.counters;
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        if let Some((stream, permit)) = self.admit(stream, &limit) {
+                            let ctx = ctx.clone();
+                            let cancel = shutdown.child_token();
+                            tracker.spawn(async move {
+                                let close = serve_connection(stream, &ctx, cancel).await;
+                                ctx.shared.counters.closed(close);
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        inc(&counters.accept_errors);
+                        tracing::warn!(%error, "ipc accept failed");
+                        // Out of descriptors: give connections time to close.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        shutdown.cancel();
+        drop(listener);
+        self.socket.remove();
+        tracker.close();
+        if tokio::time::timeout(self.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            add(&counters.shutdown_forced, tracker.len() as u64);
+            tracing::warn!(
+                connections = tracker.len(),
+                "ipc connections still open at the shutdown deadline"
+            );
+        }
+        tracing::info!(path = %self.socket.path.display(), "ipc server stopped");
+        Ok(())
+    }
+
+    fn sources(&self) -> Vec<SourceCapability> {
+        self.events.as_ref().map_or_else(Vec::new, |h| {
+            h.stats()
+                .sources
+                .iter()
+                .map(|s| SourceCapability {
+                    name: s.name.to_owned(),
+                    capability_bits: s.capabilities.bits(),
+                    domains: caps_to_domains(s.capabilities)
+                        .into_iter()
+                        .map(i32::from)
+                        .collect(),
+                })
+                .collect()
+        })
+    }
+
+    /// Checks the peer and the connection limit.
+    fn admit(
+        &self,
+        stream: UnixStream,
+        limit: &Arc<Semaphore>,
+    ) -> Option<(UnixStream, OwnedSemaphorePermit)> {
+        let counters = &self.shared.counters;
+        match stream.peer_cred() {
+            Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {}
+            Ok(cred) => {
+                inc(&counters.refused_peer);
+                tracing::warn!(
+                    uid = cred.uid(),
+                    pid = cred.pid(),
+                    "ipc peer refused: uid not allowed"
+                );
+                return None;
+            }
+            Err(error) => {
+                inc(&counters.refused_peer);
+                tracing::warn!(%error, "ipc peer refused: credentials unreadable");
+                return None;
+            }
+        }
+        if let Ok(permit) = limit.clone().try_acquire_owned() {
+            inc(&counters.accepted);
+            Some((stream, permit))
+        } else {
+            inc(&counters.refused_overloaded);
+            tracing::debug!("ipc connection refused: too many connections");
+            let refusal = Envelope::from(ErrorResponse::new(
+                ErrorCode::Overloaded,
+                "too many connections",
+            ));
+            let mut buf = BytesMut::new();
+            // A fresh socket's send buffer has room for this small frame;
+            // never wait for it.
+            if EnvelopeCodec::new().encode(&refusal, &mut buf).is_ok() {
+                let _ = stream.try_write(&buf);
+            }
+            None
+        }
+    }
+}
+
+/// What every connection of one server shares.
+struct ConnCtx {
+    config: Arc<IpcServerConfig>,
+    capabilities: SourceCaps,
+    sources: Vec<SourceCapability>,
+    events: Option<CollectorHandle>,
+    handler: Handler,
+    shared: Arc<Shared>,
+    next_subscription: AtomicU64,
+}
+
+impl ConnCtx {
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    fn serves(&self, domain: Domain) -> bool {
+        let caps = domain_to_caps(domain);
+        !caps.is_empty() && self.capabilities.contains(caps)
+    }
+
+    fn capability_response(&self, req: &CapabilityRequest) -> CapabilityResponse {
+        let served = caps_to_domains(self.capabilities);
+        let wanted: Vec<Domain> = req.wanted_domains().collect();
+        let supported_domains = served
+            .iter()
+            .filter(|d| wanted.is_empty() || wanted.contains(d))
+            .map(|d| i32::from(*d))
+            .collect();
+        let supported_tasks = (1..=7)
+            .filter_map(|v| TaskType::try_from(v).ok())
+            .filter(|t| t.domain().is_some_and(|d| self.serves(d)))
+            .map(i32::from)
+            .collect();
+        CapabilityResponse {
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            supported_domains,
+            capability_bits: self.capabilities.bits(),
+            sources: self.sources.clone(),
+            supported_tasks,
+        }
+    }
+}
+
+/// The event stream of one connection: records queued for the writer, and
+/// what was dropped since the last batch written.
+struct StreamState {
+    dropped_since_last: AtomicU64,
+}
+
+type Records = (u64, Vec<EventRecord>);
+
+async fn serve_connection(
+    stream: UnixStream,
+    ctx: &Arc<ConnCtx>,
+    cancel: CancellationToken,
+) -> Close {
+    let (rd, wr) = stream.into_split();
+    let (resp_tx, resp_rx) = mpsc::channel::<Envelope>(ctx.config.max_tasks_in_flight + 8);
+    let (event_tx, event_rx) = mpsc::channel::<Records>(ctx.config.event_queue_batches);
+    let state = Arc::new(StreamState {
+        dropped_since_last: AtomicU64::new(0),
+    });
+    // Ends the writer at once (shutdown, or a failed write).
+    let conn_cancel = cancel.child_token();
+    let mut writer = tokio::spawn(write_loop(
+        wr,
+        resp_rx,
+        event_rx,
+        ctx.clone(),
+        state.clone(),
+        conn_cancel.clone(),
+    ));
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        resp_tx,
+        event_tx,
+        state,
+        cancel: conn_cancel.clone(),
+        handshaken: false,
+        tasks: JoinSet::new(),
+        task_limit: Arc::new(Semaphore::new(ctx.config.max_tasks_in_flight)),
+        subscription: None,
+    };
+    let mut close = conn.read_loop(rd).await;
+    if cancel.is_cancelled() {
+        close = Close::Shutdown;
+    }
+    // Abort in-flight tasks and the forwarder; the writer flushes what is
+    // queued (a last error answer) and ends.
+    drop(conn);
+    if tokio::time::timeout(ctx.config.write_timeout, &mut writer)
+        .await
+        .is_err()
+    {
+        conn_cancel.cancel();
+        writer.abort();
+    }
+    conn_cancel.cancel();
+    close
+}
+
+struct Connection {
+    ctx: Arc<ConnCtx>,
+    resp_tx: mpsc::Sender<Envelope>,
+    event_tx: mpsc::Sender<Records>,
+    state: Arc<StreamState>,
+    cancel: CancellationToken,
+    handshaken: bool,
+    tasks: JoinSet<()>,
+    task_limit: Arc<Semaphore>,
+    subscription: Option<(u64, CancellationToken)>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some((_, token)) = self.subscription.take() {
+            token.cancel();
+        }
+    }
+}
+
+/// Whether the connection goes on after a message.
+enum Next {
+    Continue,
+    Close(Close),
+}
+
+impl Connection {
+    async fn read_loop(&mut self, rd: OwnedReadHalf) -> Close {
+        let config = self.ctx.config.clone();
+        let mut reader = FrameReader::new(rd, config.max_frame_length);
+        let opened = Instant::now();
+        let mut last_frame = opened;
+        let mut partial_since: Option<Instant> = None;
+        loop {
+            while self.tasks.try_join_next().is_some() {}
+            match reader.try_decode() {
+                Ok(Some(payload)) => {
+                    inc(&self.ctx.counters().frames_received);
+                    last_frame = Instant::now();
+                    partial_since = None;
+                    let next = match decode_payload(&payload) {
+                        Ok(envelope) => {
+                            inc(&self.ctx.counters().envelopes_accepted);
+                            self.on_envelope(envelope).await
+                        }
+                        Err(err) => self.on_bad_envelope(&err).await,
+                    };
+                    match next {
+                        Next::Continue => continue,
+                        Next::Close(close) => return close,
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.ctx.counters().rejected(err.reason());
+                    tracing::debug!(error = %err, "ipc framing error, closing");
+                    self.reply(
+                        0,
+                        ErrorResponse::new(ErrorCode::BadRequest, err.to_string()).into(),
+                    )
+                    .await;
+                    return Close::ProtocolError;
+                }
+            }
+            let buffered = reader.buffered() > 0;
+            if buffered && partial_since.is_none() {
+                partial_since = Some(Instant::now());
+            }
+            if !buffered {
+                partial_since = None;
+            }
+            let (deadline, on_timeout) = if !self.handshaken {
+                (
+                    Some(opened + config.handshake_timeout),
+                    Close::HandshakeTimeout,
+                )
+            } else if let Some(since) = partial_since {
+                (Some(since + config.read_timeout), Close::ReadTimeout)
+            } else if self.subscription.is_none()
+                && self.task_limit.available_permits() == config.max_tasks_in_flight
+            {
+                (Some(last_frame + config.idle_timeout), Close::Idle)
+            } else {
+                (None, Close::Idle)
+            };
+            let read = async {
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, reader.read_more()).await,
+                    None => Ok(reader.read_more().await),
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Close::Io,
+                r = read => match r {
+                    Err(_elapsed) => {
+                        tracing::debug!(reason = ?on_timeout, "ipc connection timed out");
+                        return on_timeout;
+                    }
+                    Ok(Ok(0)) => {
+                        if reader.buffered() > 0 {
+                            self.ctx.counters().rejected("truncated");
+                        }
+                        return Close::Eof;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "ipc read failed");
+                        return Close::Io;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Queues an answer for the writer; false when the connection is ending.
+    async fn reply(&self, request_id: u64, payload: Payload) -> bool {
+        let envelope = Envelope {
+            request_id,
+            payload: Some(payload),
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => false,
+            r = self.resp_tx.send(envelope) => r.is_ok(),
+        }
+    }
+
+    async fn refuse(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
+        inc(&self.ctx.counters().messages_refused);
+        self.reply(request_id, ErrorResponse::new(code, message).into())
+            .await
+    }
+
+    async fn on_bad_envelope(&self, err: &CodecError) -> Next {
+        self.ctx.counters().rejected(err.reason());
+        let (request_id, code) = match err {
+            CodecError::UnknownMessageType { request_id } => {
+                (*request_id, ErrorCode::UnsupportedMessage)
+            }
+            _ => (0, ErrorCode::BadRequest),
+        };
+        self.reply(request_id, ErrorResponse::new(code, err.to_string()).into())
+            .await;
+        if self.handshaken {
+            Next::Continue
+        } else {
+            Next::Close(Close::ProtocolError)
+        }
+    }
+
+    async fn on_envelope(&mut self, envelope: Envelope) -> Next {
+        let id = envelope.request_id;
+        let Some(payload) = envelope.payload else {
+            return Next::Continue;
+        };
+        if !self.handshaken {
+            return match payload {
+                Payload::CapabilityRequest(req) => self.on_handshake(id, &req).await,
+                other => {
+                    let message = format!("expected capability_request, got {}", other.name());
+                    self.refuse(id, ErrorCode::HandshakeRequired, &message)
+                        .await;
+                    Next::Close(Close::ProtocolError)
+                }
+            };
+        }
+        match payload {
+            Payload::CapabilityRequest(req) => self.on_handshake(id, &req).await,
+            Payload::DetectionTask(task) => self.on_task(id, task).await,
+            Payload::Heartbeat(hb) => {
+                self.reply(id, hb.into()).await;
+                Next::Continue
+            }
+            Payload::SubscribeRequest(req) => {
+                self.on_subscribe(id, &req).await;
+                Next::Continue
+            }
+            Payload::Unsubscribe(u) => {
+                if self
+                    .subscription
+                    .as_ref()
+                    .is_some_and(|(sid, _)| *sid == u.subscription_id)
+                {
+                    if let Some((_, token)) = self.subscription.take() {
+                        token.cancel();
+                    }
+                } else {
+                    self.refuse(id, ErrorCode::BadRequest, "no such subscription")
+                        .await;
+                }
+                Next::Continue
+            }
+            other => {
+                let message = format!("unexpected {} from a client", other.name());
+                self.refuse(id, ErrorCode::BadRequest, &message).await;
+                Next::Continue
+            }
+        }
+    }
+
+    async fn on_handshake(&mut self, id: u64, req: &CapabilityRequest) -> Next {
+        if req.protocol_version != PROTOCOL_VERSION {
+            let message = format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                req.protocol_version
+            );
+            self.refuse(id, ErrorCode::UnsupportedVersion, &message)
+                .await;
+            // A connection that already shook hands keeps what it agreed.
+            return if self.handshaken {
+                Next::Continue
+            } else {
+                Next::Close(Close::ProtocolError)
+            };
+        }
+        tracing::debug!(client = %req.client_name, version = %req.client_version, "ipc handshake");
+        self.handshaken = true;
+        let response = self.ctx.capability_response(req);
+        self.reply(id, response.into()).await;
+        Next::Continue
+    }
+
+    async fn on_task(&mut self, id: u64, task: DetectionTask) -> Next {
+        let counters = self.ctx.counters();
+        inc(&counters.tasks_received);
+        let task_type = task.task_type();
+        let refusal = match task_type.domain() {
+            None => Some(format!(
+                "task type {} is not supported",
+                task_type.as_str_name()
+            )),
+            Some(domain) if !self.ctx.serves(domain) => Some(format!(
+                "task type {} needs the {} domain, which this collector does not serve",
+                task_type.as_str_name(),
+                domain.as_str_name()
+            )),
+            Some(_) => None,
+        };
+        if let Some(message) = refusal {
+            inc(&counters.tasks_unsupported);
+            inc(&counters.tasks_failed);
+            let result = DetectionResult::failure(&task.task_id, message);
+            self.reply(id, result.into()).await;
+            return Next::Continue;
+        }
+        let permit = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return Next::Close(Close::Io),
+            p = self.task_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Next::Close(Close::Io),
+            },
+        };
+        let ctx = self.ctx.clone();
+        let resp_tx = self.resp_tx.clone();
+        self.tasks.spawn(async move {
+            let result = run_task(&ctx, task).await;
+            let _ = resp_tx
+                .send(Envelope::from(result).with_request_id(id))
+                .await;
+            drop(permit);
+        });
+        Next::Continue
+    }
+
+    async fn on_subscribe(&mut self, id: u64, req: &SubscribeRequest) {
+        let Some(events) = self.ctx.events.as_ref() else {
+            self.refuse(
+                id,
+                ErrorCode::UnsupportedMessage,
+                "this server does not stream events",
+            )
+            .await;
+            return;
+        };
+        if !req.topic_patterns.is_empty() {
+            self.refuse(
+                id,
+                ErrorCode::BadRequest,
+                "topic patterns are not supported; filter by event kind, pid or source name",
+            )
+            .await;
+            return;
+        }
+        if self.subscription.is_some() {
+            self.refuse(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed on this connection",
+            )
+            .await;
+            return;
+        }
+        let filter = Filter::new(req, self.ctx.config.max_batch_size);
+        let subscription = events.subscribe();
+        let sid = self.ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
+        inc(&self.ctx.counters().subscriptions_opened);
+        self.reply(
+            id,
+            SubscribeAck {
+                subscription_id: sid,
+            }
+            .into(),
+        )
+        .await;
+        let token = self.cancel.child_token();
+        self.subscription = Some((sid, token.clone()));
+        tokio::spawn(forward(
+            subscription,
+            filter,
+            sid,
+            self.event_tx.clone(),
+            self.state.clone(),
+            self.ctx.clone(),
+            token,
+        ));
+    }
+}
+
+/// Aborts a spawned task when dropped (the connection went away).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_task(ctx: &ConnCtx, task: DetectionTask) -> DetectionResult {
+    let counters = ctx.counters();
+    let task_id = task.task_id.clone();
+    let handler = ctx.handler.clone();
+    // Its own task, so that a panicking handler is caught as a JoinError.
+    let inner = tokio::spawn(async move { handler(task).await });
+    let _abort = AbortOnDrop(inner.abort_handle());
+    let timeout = ctx.config.handler_timeout;
+    let mut result = match tokio::time::timeout(timeout, inner).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => {
+            inc(&counters.tasks_panicked);
+            tracing::error!(task_id = %task_id, %error, "ipc task handler failed");
+            DetectionResult::failure(&task_id, "task handler failed")
+        }
+        Err(_) => {
+            inc(&counters.tasks_timed_out);
+            tracing::warn!(task_id = %task_id, ?timeout, "ipc task handler timed out");
+            DetectionResult::failure(
+                &task_id,
+                format!("task handler timed out after {} ms", timeout.as_millis()),
+            )
+        }
+    };
+    if result.task_id.is_empty() {
+        result.task_id = task_id;
+    }
+    if result.success {
+        inc(&counters.tasks_succeeded);
+    } else {
+        inc(&counters.tasks_failed);
+    }
+    result
+}
+
+/// A subscription's filters: empty lists select everything.
+struct Filter {
+    kinds: Vec<i32>,
+    pids: Vec<u32>,
+    sources: Vec<String>,
+    max_batch: usize,
+}
+
+impl Filter {
+    fn new(req: &SubscribeRequest, server_max: usize) -> Self {
+        let max_batch = match usize::try_from(req.max_batch_size) {
+            Ok(n) if n > 0 => n.min(server_max),
+            _ => server_max,
+        };
+        Self {
+            kinds: req.event_kinds.clone(),
+            pids: req.pids.clone(),
+            sources: req.source_names.clone(),
+            max_batch,
+        }
+    }
+
+    fn source_ok(&self, source: &str) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|s| s == source)
+    }
+
+    fn matches(&self, event: &crate::CollectionEvent) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&i32::from(kind_to_proto(event.kind()))))
+            && (self.pids.is_empty() || event.pid().is_some_and(|p| self.pids.contains(&p)))
+    }
+}
+
+/// Moves a collector subscription's events into the connection's bounded
+/// queue as fast as they come, so the collector never waits for a slow
+/// client: when the queue is full the events are dropped and counted.
+async fn forward(
+    mut subscription: Subscription,
+    filter: Filter,
+    sid: u64,
+    tx: mpsc::Sender<Records>,
+    state: Arc<StreamState>,
+    ctx: Arc<ConnCtx>,
+    token: CancellationToken,
+) {
+    let counters = ctx.counters();
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            b = subscription.recv_batch() => match b {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        if !filter.source_ok(batch.source()) {
+            continue;
+        }
+        let source = batch.source();
+        let mut matching = batch.iter().filter(|e| filter.matches(e)).peekable();
+        while matching.peek().is_some() {
+            match tx.try_reserve() {
+                Ok(permit) => {
+                    let records: Vec<EventRecord> = matching
+                        .by_ref()
+                        .take(filter.max_batch)
+                        .map(|e| event_to_record(e, source))
+                        .collect();
+                    permit.send((sid, records));
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    let n = matching.by_ref().take(filter.max_batch).count() as u64;
+                    add(&state.dropped_since_last, n);
+                    add(&counters.events_dropped, n);
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    let n = matching.count() as u64;
+                    add(&counters.events_dropped, n);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Frames bigger than this are written on their own rather than coalesced.
+const COALESCE_BYTES: usize = 256 * 1024;
+
+struct Writer {
+    codec: EnvelopeCodec,
+    buf: BytesMut,
+    sequence: u64,
+    pending_events: u64,
+    pending_batches: u64,
+    ctx: Arc<ConnCtx>,
+    state: Arc<StreamState>,
+}
+
+impl Writer {
+    fn encode_response(&mut self, envelope: &Envelope) {
+        match self.codec.encode(envelope, &mut self.buf) {
+            Ok(()) => {}
+            Err(CodecError::FrameTooLong { length, .. }) => {
+                let task_id = match &envelope.payload {
+                    Some(Payload::DetectionResult(r)) => r.task_id.clone(),
+                    _ => String::new(),
+                };
+                tracing::warn!(length, "ipc answer too large for one frame");
+                let fallback = Envelope::from(DetectionResult::failure(
+                    &task_id,
+                    format!("result of {length} bytes exceeds the frame limit"),
+                ))
+                .with_request_id(envelope.request_id);
+                if let Err(error) = self.codec.encode(&fallback, &mut self.buf) {
+                    tracing::error!(%error, "ipc answer could not be encoded");
+                }
+            }
+            Err(error) => tracing::error!(%error, "ipc answer could not be encoded"),
+        }
+    }
+
+    fn encode_events(&mut self, sid: u64, records: Vec<EventRecord>) {
+        let n = records.len() as u64;
+        let dropped = self.state.dropped_since_last.swap(0, Ordering::Relaxed);
+        let batch = daemoneye_lib::proto::EventBatch {
+            subscription_id: sid,
+            sequence: self.sequence + 1,
+            events: records,
+            dropped_since_last: dropped,
+        };
+        match self.codec.encode(Envelope::from(batch), &mut self.buf) {
+            Ok(()) => {
+                self.sequence += 1;
+                self.pending_events += n;
+                self.pending_batches += 1;
+            }
+            Err(CodecError::FrameTooLong { .. }) => {
+                // The envelope was moved into the encoder; rebuild nothing:
+                // count the records as dropped and tell the client next time.
+                add(&self.state.dropped_since_last, dropped + n);
+                add(&self.ctx.counters().events_dropped, n);
+                tracing::warn!(
+                    events = n,
+                    "ipc event batch too large for one frame, dropped"
+                );
+            }
+            Err(error) => {
+                add(&self.state.dropped_since_last, dropped + n);
+                add(&self.ctx.counters().events_dropped, n);
+                tracing::error!(%error, "ipc event batch could not be encoded");
+            }
+        }
+    }
+
+    async fn flush(&mut self, wr: &mut OwnedWriteHalf) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let ok = matches!(
+            tokio::time::timeout(self.ctx.config.write_timeout, wr.write_all(&self.buf)).await,
+            Ok(Ok(()))
+        );
+        let counters = self.ctx.counters();
+        if ok {
+            add(&counters.events_streamed, self.pending_events);
+            add(&counters.batches_sent, self.pending_batches);
+        } else {
+            add(&counters.events_dropped, self.pending_events);
+        }
+        self.pending_events = 0;
+        self.pending_batches = 0;
+        self.buf.clear();
+        ok
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut resp_rx: mpsc::Receiver<Envelope>,
+    mut event_rx: mpsc::Receiver<Records>,
+    ctx: Arc<ConnCtx>,
+    state: Arc<StreamState>,
+    cancel: CancellationToken,
+) {
+    let mut w = Writer {
+        codec: EnvelopeCodec::with_max_frame_length(ctx.config.max_frame_length),
+        buf: BytesMut::with_capacity(64 * 1024),
+        sequence: 0,
+        pending_events: 0,
+        pending_batches: 0,
+        ctx: ctx.clone(),
+        state,
+    };
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            m = resp_rx.recv() => match m {
+                Some(envelope) => w.encode_response(&envelope),
+                None => break,
+            },
+            b = event_rx.recv(), if events_open => match b {
+                Some((sid, records)) => w.encode_events(sid, records),
+                None => {
+                    events_open = false;
+                    continue;
+                }
+            },
+        }
+        // Coalesce whatever else is ready into one write.
+        while w.buf.len() < COALESCE_BYTES {
+            if let Ok(envelope) = resp_rx.try_recv() {
+                w.encode_response(&envelope);
+            } else if let Ok((sid, records)) = event_rx.try_recv() {
+                w.encode_events(sid, records);
+            } else {
+                break;
+            }
+        }
+        if !w.flush(&mut wr).await {
+            tracing::debug!("ipc write failed or timed out, closing");
+            cancel.cancel();
+            break;
+        }
+    }
+    // Whatever was still queued for this client is lost: count it.
+    event_rx.close();
+    while let Ok((_, records)) = event_rx.try_recv() {
+        add(&ctx.counters().events_dropped, records.len() as u64);
+    }
+    let _ = tokio::time::timeout(ctx.config.write_timeout, wr.shutdown()).await;
+}

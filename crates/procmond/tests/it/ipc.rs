@@ -1,0 +1,245 @@
+//! procmond's task handlers and `procmond run --socket` with the agent-side
+//! client, over real sockets.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use collector_core::{
+    CollectorIpcClient, CollectorIpcServer, IpcClientConfig, IpcServerConfig, SourceCaps,
+};
+use daemoneye_hasher::{HashEngine, HasherConfig};
+use daemoneye_lib::proto::{
+    event_record, DetectionTask, HashCheck, ProcessFilter, ProtoTaskType, SubscribeRequest,
+};
+use procmond::ipc::TaskHandlers;
+
+fn client_config(path: &std::path::Path) -> IpcClientConfig {
+    IpcClientConfig {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        max_connect_attempts: 100,
+        request_timeout: Duration::from_secs(20),
+        ..IpcClientConfig::new(path)
+    }
+}
+
+fn with_filter(id: &str, t: ProtoTaskType, filter: ProcessFilter) -> DetectionTask {
+    let mut task = DetectionTask::new(id, t);
+    task.process_filter = Some(filter);
+    task
+}
+
+fn with_hash(id: &str, t: ProtoTaskType, check: HashCheck) -> DetectionTask {
+    let mut task = DetectionTask::new(id, t);
+    task.hash_check = Some(check);
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, task after task")]
+async fn task_handlers_answer_over_a_real_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc").join("procmond.sock");
+    let hasher = HashEngine::new(HasherConfig {
+        algorithms: vec![
+            collector_core::HashAlgorithm::Sha256,
+            collector_core::HashAlgorithm::Blake3,
+        ],
+        bytes_per_sec: 0,
+        ..HasherConfig::default()
+    })
+    .unwrap();
+    let handlers = TaskHandlers::new(hasher).unwrap();
+    let mut server = CollectorIpcServer::new(IpcServerConfig::new(&path), SourceCaps::PROCESS)
+        .await
+        .unwrap();
+    let handle = server.handle();
+    let serving = tokio::spawn(async move { server.start(handlers.into_handler()).await });
+    let client = CollectorIpcClient::connect(client_config(&path))
+        .await
+        .unwrap();
+    let me = std::process::id();
+
+    // Enumerate with a filter: exactly this process.
+    let r = client
+        .send_task(with_filter(
+            "enum",
+            ProtoTaskType::EnumerateProcesses,
+            ProcessFilter {
+                pids: vec![me],
+                ..ProcessFilter::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(r.success, "{:?}", r.error_message);
+    assert_eq!(r.processes.len(), 1);
+    assert_eq!(r.processes[0].pid, me);
+    assert!(r.processes[0].process_key.contains(&format!(":{me}:")));
+    // Unfiltered: many processes, this one among them.
+    let all = client
+        .send_task(DetectionTask::new("all", ProtoTaskType::EnumerateProcesses))
+        .await
+        .unwrap();
+    assert!(all.processes.len() > 1 && all.processes.iter().any(|p| p.pid == me));
+
+    // The tree under our parent holds us.
+    let parent = nix::unistd::getppid().as_raw().unsigned_abs();
+    let tree = client
+        .send_task(with_filter(
+            "tree",
+            ProtoTaskType::MonitorProcessTree,
+            ProcessFilter {
+                pids: vec![parent],
+                ..ProcessFilter::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(tree.success);
+    assert_eq!(tree.processes[0].pid, parent);
+    assert!(tree.processes.iter().any(|p| p.pid == me));
+
+    // Verify our own executable, then the same through CHECK_PROCESS_HASH.
+    let exe = std::env::current_exe().unwrap();
+    let v = client
+        .send_task(with_hash(
+            "verify",
+            ProtoTaskType::VerifyExecutable,
+            HashCheck {
+                executable_path: exe.display().to_string(),
+                hash_algorithm: "sha256".into(),
+                ..HashCheck::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(v.success, "{:?}", v.error_message);
+    let h = v.hash_result.unwrap();
+    assert_eq!(h.hash_value.len(), 64);
+    assert_eq!(h.matches, None);
+    let c = client
+        .send_task(with_hash(
+            "check",
+            ProtoTaskType::CheckProcessHash,
+            HashCheck {
+                pid: Some(me),
+                expected_hash: h.hash_value.to_uppercase(),
+                ..HashCheck::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let ch = c.hash_result.unwrap();
+    assert_eq!(ch.hash_value, h.hash_value);
+    assert_eq!(ch.matches, Some(true));
+    assert!(ch.success);
+    let wrong = client
+        .send_task(with_hash(
+            "wrong",
+            ProtoTaskType::VerifyExecutable,
+            HashCheck {
+                executable_path: exe.display().to_string(),
+                expected_hash: "0".repeat(64),
+                hash_algorithm: "blake3".into(),
+                ..HashCheck::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let wh = wrong.hash_result.unwrap();
+    assert_eq!(wh.matches, Some(false));
+    assert!(!wh.success);
+    assert_ne!(wh.hash_value, h.hash_value, "blake3 differs from sha256");
+
+    // A missing file fails with a reason.
+    let gone = client
+        .send_task(with_hash(
+            "gone",
+            ProtoTaskType::VerifyExecutable,
+            HashCheck {
+                executable_path: "/nonexistent/binary".into(),
+                ..HashCheck::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(!gone.success);
+    assert!(gone.error_message.unwrap().contains("not found"));
+
+    drop(client);
+    handle.shutdown();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run").join("procmond.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args([
+            "run",
+            "--no-database",
+            "--no-realtime",
+            "--interval",
+            "1",
+            "--socket",
+        ])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = CollectorIpcClient::connect(client_config(&path))
+        .await
+        .unwrap();
+    let caps = client.capabilities();
+    assert!(caps.capability_bits & SourceCaps::PROCESS.bits() != 0);
+    assert!(!caps.sources.is_empty());
+
+    let me = std::process::id();
+    let r = client
+        .send_task(with_filter(
+            "enum",
+            ProtoTaskType::EnumerateProcesses,
+            ProcessFilter {
+                pids: vec![me],
+                ..ProcessFilter::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(r.success, "{:?}", r.error_message);
+    assert_eq!(r.processes[0].pid, me);
+
+    // The next snapshot (every second) reports this process.
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            pids: vec![me],
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
+        panic!("expected a process record");
+    };
+    assert_eq!(p.pid, me);
+
+    drop(stream);
+    drop(client);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!path.exists(), "socket removed at exit");
+}
