@@ -292,6 +292,8 @@ mod tests {
         };
         let config = collector_core::testing::ConformanceConfig {
             min_events: 10_000,
+            // Ends as soon as the events are in; generous for loaded machines.
+            run_for: std::time::Duration::from_secs(30),
             ..Default::default()
         };
         let report = collector_core::testing::check_source(Arc::new(source), &config)
