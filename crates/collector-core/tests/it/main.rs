@@ -9,6 +9,7 @@
 )]
 
 mod accounting;
+mod bus;
 mod conformance;
 mod runtime;
 mod sources;
