@@ -75,6 +75,7 @@
 //! # }
 //! ```
 
+pub mod bus;
 pub mod config;
 pub mod event;
 pub mod health;
@@ -85,7 +86,12 @@ pub mod source;
 pub mod subscription;
 pub mod telemetry;
 pub mod testing;
+pub mod trigger;
 
+pub use bus::{
+    BusError, BusEvent, BusStatistics, BusSubscription, CorrelationFilter, CorrelationMetadata,
+    EventBus, EventBusConfig, EventFilter, FilterError, LocalEventBus, TopicPattern,
+};
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AnalysisType, BootId, CollectionEvent, EventKind, EventValidationError, FileOperation,
@@ -98,6 +104,11 @@ pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};
 pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
+pub use trigger::{
+    ConditionType, KnownGoodHash, ParentChildRule, ResourceThresholds, SqlCondition, SqlError,
+    TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerError, TriggerManager,
+    TriggerResourceLimits, TriggerStatistics,
+};
 
 /// The crate README's examples (the reference README's "Configuration",
 /// "Event Types" and "Capabilities"), compiled and run as doctests.
