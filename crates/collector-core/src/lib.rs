@@ -76,6 +76,7 @@
 //! ```
 
 pub mod bus;
+pub mod chain;
 pub mod config;
 pub mod event;
 pub mod health;
@@ -91,6 +92,10 @@ pub mod trigger;
 pub use bus::{
     BusError, BusEvent, BusStatistics, BusSubscription, CorrelationFilter, CorrelationMetadata,
     EventBus, EventBusConfig, EventFilter, FilterError, LocalEventBus, TopicPattern,
+};
+pub use chain::{
+    AnalysisChainConfig, AnalysisChainCoordinator, AnalysisStage, AnalysisWorkflowDefinition,
+    ChainError, ChainStatistics, StageDefinition, WorkflowResult, WorkflowState, WorkflowStatus,
 };
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
