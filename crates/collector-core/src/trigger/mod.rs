@@ -478,6 +478,7 @@ struct Bucket {
 
 struct InFlight {
     collector: String,
+    correlation_id: String,
     deadline: Instant,
 }
 
@@ -1018,6 +1019,7 @@ impl TriggerManager {
             request.trigger_id.clone(),
             InFlight {
                 collector: request.target_collector.clone(),
+                correlation_id: request.correlation_id.clone(),
                 deadline: Instant::now() + self.config.trigger_timeout,
             },
         );
@@ -1086,6 +1088,30 @@ impl TriggerManager {
             1,
         );
         Ok(())
+    }
+
+    /// Marks done the in-flight trigger whose request had `correlation_id`:
+    /// what an analysis result on the bus carries as its parent correlation
+    /// id. Returns the trigger's id.
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownTrigger`] if no in-flight trigger has it.
+    pub fn complete_by_correlation(
+        &self,
+        correlation_id: &str,
+        success: bool,
+    ) -> Result<String, TriggerError> {
+        let id = self
+            .state()
+            .in_flight
+            .iter()
+            .find(|(_, f)| f.correlation_id == correlation_id)
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| TriggerError::UnknownTrigger {
+                trigger_id: correlation_id.to_owned(),
+            })?;
+        self.complete_trigger(&id, success)?;
+        Ok(id)
     }
 
     /// Times out in-flight triggers past their deadline; returns their ids.
