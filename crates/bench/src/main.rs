@@ -6,14 +6,18 @@
 //!
 //! ```text
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
+//! cargo run --release -p daemoneye-bench -- bus [--events N] [--reps R]
+//! cargo run --release -p daemoneye-bench -- triggers [--events N] [--reps R]
 //! ```
 
+mod bus;
 mod capture;
 mod db;
 mod enumerate;
 mod hash;
 mod idle;
 mod runtime;
+mod triggers;
 
 /// Prints one figure: `<metric> <value> <unit>`.
 #[allow(clippy::print_stdout)] // stdout is this binary's output
@@ -23,7 +27,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  bus [--events N] [--reps R]\n  triggers [--events N] [--reps R]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
         "capture" => capture::Options::parse(rest).and_then(|o| capture::run(&o)),
         "idle" => idle::Options::parse(rest).and_then(|o| idle::run(&o)),
         "db" => db::Options::parse(rest).and_then(|o| db::run(&o)),
+        "bus" => bus::Options::parse(rest).and_then(|o| bus::run(&o)),
+        "triggers" => triggers::Options::parse(rest).and_then(|o| triggers::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
