@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use collector_core::{
-    AnalysisType, BusEvent, CollectionEvent, ConditionType, EventBusConfig, EventFilter,
-    EventKind, LocalEventBus, ProcessEvent, TriggerCapabilities, TriggerCondition, TriggerConfig,
+    AnalysisType, BusEvent, CollectionEvent, ConditionType, EventBusConfig, EventFilter, EventKind,
+    LocalEventBus, ProcessEvent, TriggerCapabilities, TriggerCondition, TriggerConfig,
     TriggerManager, TriggerPriority, TriggerResourceLimits, WhenFull,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -52,7 +52,9 @@ async fn bus_fan_out() {
         .collect();
     let e = event();
     for _ in 0..EVENTS / BATCH as u64 {
-        let batch = (0..BATCH).map(|_| BusEvent::new("bench", e.clone())).collect();
+        let batch = (0..BATCH)
+            .map(|_| BusEvent::new("bench", e.clone()))
+            .collect();
         bus.publish_batch("bench", batch).await.unwrap();
     }
     collector_core::EventBus::shutdown(&bus).await.unwrap();

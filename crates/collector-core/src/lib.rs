@@ -12,6 +12,13 @@
 //! - [`CollectorStats`] and [`HealthReport`]: what every stage received,
 //!   delivered and dropped (by reason), and the process's real CPU and RSS.
 //! - [`testing`]: a conformance check for any `EventSource`.
+//! - [`bus`]: [`EventBus`] and [`LocalEventBus`], publish/subscribe of
+//!   [`BusEvent`]s with correlation metadata, [`EventFilter`] and
+//!   [`CorrelationFilter`]; every `Collector` publishes into its own bus.
+//! - [`trigger`]: [`TriggerManager`] turns process events that match
+//!   [`TriggerCondition`]s into trigger requests for analysis collectors.
+//! - [`chain`]: [`AnalysisChainCoordinator`] runs multi-stage analysis
+//!   workflows through those collectors.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};
