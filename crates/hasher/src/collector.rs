@@ -546,6 +546,110 @@ mod tests {
         stop.cancel();
     }
 
+    /// The whole path: a collector's source emits a process event, the
+    /// runtime publishes it into its bus, the trigger manager (fed from the
+    /// bus) emits a `BinaryHash` request, the hasher (registered as a
+    /// source of the same collector) answers, and the manager completes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn collector_bus_trigger_manager_and_hasher_end_to_end() {
+        use collector_core::{Collector, CollectorConfig, EventKind};
+
+        struct OneProcess(String);
+        #[async_trait]
+        impl EventSource for OneProcess {
+            fn name(&self) -> &'static str {
+                "procs"
+            }
+            fn capabilities(&self) -> SourceCaps {
+                SourceCaps::PROCESS
+            }
+            async fn start(
+                &self,
+                tx: mpsc::Sender<CollectionEvent>,
+                shutdown: Arc<AtomicBool>,
+            ) -> anyhow::Result<()> {
+                let mut p = ProcessEvent::new(4242, "xmrig");
+                p.executable_path = Some(self.0.clone());
+                tx.send(CollectionEvent::Process(p)).await?;
+                while !shutdown.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(())
+            }
+            async fn stop(&self) -> anyhow::Result<()> {
+                Ok(())
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xmrig");
+        std::fs::write(&path, b"abc").unwrap();
+        let mut collector = Collector::new(CollectorConfig::default());
+        let handle = collector.handle();
+        let bus = handle.bus().clone();
+        let engine = HashEngine::new(HasherConfig::default()).unwrap();
+        let hasher = BinaryHasherCollector::new(engine, bus.clone());
+        let manager = Arc::new(TriggerManager::new(TriggerConfig::default()).unwrap());
+        manager
+            .register_collector_capabilities(hasher.capabilities())
+            .unwrap();
+        manager
+            .register_condition(TriggerCondition {
+                id: "tmp-binary".into(),
+                description: "a binary run from a temporary directory".into(),
+                analysis_type: AnalysisType::BinaryHash,
+                priority: TriggerPriority::High,
+                target_collector: BINARY_HASHER_ID.into(),
+                condition_type: ConditionType::Custom("name LIKE 'xmr%'".into()),
+            })
+            .unwrap();
+        manager.attach_bus(bus.clone());
+        let mut results = bus
+            .subscribe(
+                EventFilter::new().with_correlation_filter(CorrelationFilter::by_tag(RESULT_TAG)),
+            )
+            .await
+            .unwrap();
+        // The manager sees process events and analysis results.
+        let feed = bus
+            .subscribe(
+                EventFilter::new()
+                    .with_event_type(EventKind::Process)
+                    .with_event_type(EventKind::Filesystem),
+            )
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let mgr = tokio::spawn({
+            let (m, s) = (manager.clone(), stop.clone());
+            async move { m.run(feed, Duration::from_secs(60), s).await }
+        });
+        collector.register(Box::new(hasher.clone())).unwrap();
+        collector
+            .register(Box::new(OneProcess(path.to_string_lossy().into_owned())))
+            .unwrap();
+        let run = tokio::spawn(collector.run_until(std::future::pending()));
+        let answer = results.recv().await.unwrap();
+        let CollectionEvent::Filesystem(f) = &answer.event else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(f.file_hash.as_deref(), Some(ABC_SHA256));
+        // The manager completes the trigger from the same answer.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while manager.statistics().triggers_completed == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        handle.shutdown();
+        run.await.unwrap().unwrap();
+        stop.cancel();
+        mgr.await.unwrap().unwrap();
+        let s = manager.statistics();
+        assert_eq!((s.triggers_emitted, s.triggers_completed), (1, 1));
+    }
+
     #[tokio::test]
     async fn other_analyses_are_ignored_and_it_passes_the_conformance_check() {
         let (bus, hasher, stop) = setup().await;

@@ -653,4 +653,24 @@ mod tests {
         assert!(CorrelationFilter::by_pid(1).matches(&exec(1), None));
         assert!(!CorrelationFilter::by_pid(2).matches(&exec(1), None));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn topic_parsing_never_panics(p in "\\PC{0,64}", t in "[a-z.]{0,32}") {
+            if let Ok(pattern) = TopicPattern::new(&p) {
+                let _ = pattern.matches(&t);
+            }
+        }
+
+        #[test]
+        fn a_literal_pattern_matches_exactly_itself(segs in proptest::collection::vec("[a-z_]{1,8}", 1..6)) {
+            let topic = segs.join(".");
+            let p = TopicPattern::new(&topic).unwrap();
+            proptest::prop_assert!(p.matches(&topic));
+            let longer = format!("{topic}.x");
+            proptest::prop_assert!(!p.matches(&longer));
+            let many = TopicPattern::new(&format!("{topic}.#")).unwrap();
+            proptest::prop_assert!(many.matches(&topic));
+        }
+    }
 }

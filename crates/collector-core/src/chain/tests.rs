@@ -378,3 +378,12 @@ async fn bus_dispatcher_publishes_requests_and_gathers_correlated_results() {
     bus.shutdown().await.unwrap();
     r.await.unwrap();
 }
+
+#[test]
+fn chain_types_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<AnalysisChainCoordinator>();
+    check::<BusDispatcher>();
+    check::<ChainError>();
+    check::<WorkflowResult>();
+}

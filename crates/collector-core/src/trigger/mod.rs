@@ -1154,6 +1154,60 @@ impl TriggerManager {
         );
     }
 
+    /// Evaluates every process event of `subscription` (typically
+    /// `bus.subscribe(EventFilter::new().with_event_type(EventKind::Process))`)
+    /// until `shutdown` or the end of the stream, emitting on the attached
+    /// bus; completes triggers from analysis results (bus events tagged
+    /// `analysis_result`, matched by parent correlation id) if the
+    /// subscription lets them through; runs [`cleanup`](Self::cleanup)
+    /// every `cleanup_every`.
+    ///
+    /// # Errors
+    /// [`TriggerError::Publish`] when the bus refuses a request.
+    pub async fn run(
+        &self,
+        mut subscription: crate::bus::BusSubscription,
+        cleanup_every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), TriggerError> {
+        let mut tick = tokio::time::interval(cleanup_every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    self.cleanup();
+                    continue;
+                }
+                next = subscription.recv() => next,
+            };
+            let Some(event) = next else { return Ok(()) };
+            match &event.event {
+                CollectionEvent::Process(p) => {
+                    self.process_event(p).await?;
+                }
+                _ if event.correlation.tags.contains(crate::chain::RESULT_TAG) => {
+                    if let Some(parent) = &event.correlation.parent_correlation_id {
+                        let ok = !event.correlation.tags.contains(crate::chain::FAILED_TAG);
+                        // Results of requests not ours (a chain's) are ignored.
+                        let _ = self.complete_by_correlation(parent, ok);
+                        // A slot may have freed up for a queued request.
+                        self.process_pending().await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn process_pending(&self) -> Result<(), TriggerError> {
+        match self.dispatch_pending().await {
+            Ok(_) | Err(TriggerError::NoBus) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deduplication entries held now (for tests and metrics).
     pub fn dedup_entries(&self) -> usize {
         self.state().dedup.len()

@@ -849,4 +849,21 @@ mod tests {
             SqlError::TooLarge
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn compile_never_panics_and_evaluation_is_total(sql in "\\PC{0,80}") {
+            if let Ok(c) = SqlCondition::compile(&sql) {
+                let _ = c.matches(&nginx_shell());
+            }
+        }
+
+        #[test]
+        fn generated_comparisons_agree_with_rust(pid in 1u32..10_000, k in 0u32..10_000) {
+            let mut e = nginx_shell();
+            e.pid = pid;
+            let c = SqlCondition::compile(&format!("pid > {k} AND NOT pid BETWEEN {k} AND {k}")).unwrap();
+            proptest::prop_assert_eq!(c.matches(&e), pid > k);
+        }
+    }
 }
