@@ -827,11 +827,14 @@ impl TriggerManager {
     /// The ids of the conditions `event` matches, without side effects
     /// (no trigger is queued, nothing is counted).
     pub fn matching_conditions(&self, event: &ProcessEvent) -> Vec<String> {
+        // Lock order, as in `evaluate`: conditions, then state.
+        let conditions = self
+            .conditions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let state = self.state();
         let parent = parent_name(&state, event);
-        self.conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        conditions
             .iter()
             .filter(|c| self.matches(&c.matcher, event, parent))
             .map(|c| c.condition.id.clone())
@@ -844,6 +847,7 @@ impl TriggerManager {
     pub fn evaluate(&self, event: &ProcessEvent) -> usize {
         add(&self.counters.evaluated, 1);
         let now = Instant::now();
+        // Lock order everywhere: conditions, then state, then known-good hashes.
         let conditions = self
             .conditions
             .read()
