@@ -3,7 +3,7 @@
 //! - `ci`: what CI runs (fmt check, clippy with warnings denied, tests)
 //! - `lint`: fmt check and clippy
 //! - `test`: the whole test suite
-//! - `bench`: criterion benches and `daemoneye-bench runtime`
+//! - `bench`: criterion benches and `daemoneye-bench runtime`, `bus` and `triggers`
 #![allow(clippy::print_stdout)]
 
 use std::process::{Command, ExitCode};
@@ -44,7 +44,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => {
             cargo(&["bench", "--workspace"])
-                && cargo(&["run", "--release", "-p", "daemoneye-bench", "--", "runtime"])
+                && ["runtime", "bus", "triggers"]
+                    .iter()
+                    .all(|b| cargo(&["run", "--release", "-p", "daemoneye-bench", "--", b]))
         }
         _ => {
             println!("usage: cargo xtask <task>\n{TASKS}");

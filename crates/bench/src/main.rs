@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
+//! cargo run --release -p daemoneye-bench -- bus [--events N] [--reps R]
+//! cargo run --release -p daemoneye-bench -- triggers [--events N] [--reps R]
 //! ```
 
+mod bus;
 mod capture;
 mod db;
 mod detect;
@@ -17,6 +20,7 @@ mod idle;
 mod ipc;
 mod rules;
 mod runtime;
+mod triggers;
 
 /// Prints one figure: `<metric> <value> <unit>`.
 #[allow(clippy::print_stdout)] // stdout is this binary's output
@@ -26,7 +30,7 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)\n  ipc [--records N] [--reps R] [--tasks N]";
+const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)\n  ipc [--records N] [--reps R] [--tasks N]\n  bus [--events N] [--reps R]\n  triggers [--events N] [--reps R]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         "rules" => rules::Options::parse(rest).and_then(|o| rules::run(&o)),
         "detect" => detect::Options::parse(rest).and_then(|o| detect::run(&o)),
         "ipc" => ipc::Options::parse(rest).and_then(|o| ipc::run(&o)),
+        "bus" => bus::Options::parse(rest).and_then(|o| bus::run(&o)),
+        "triggers" => triggers::Options::parse(rest).and_then(|o| triggers::run(&o)),
         "-h" | "--help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -53,7 +53,7 @@ impl Options {
 }
 
 /// A process event of realistic shape: the thing a process collector sends.
-fn sample_event() -> CollectionEvent {
+pub(crate) fn sample_event() -> CollectionEvent {
     let boot = BootId::from_bytes([0x5a; 16]);
     let mut p = ProcessEvent::new(4242, "nginx");
     p.ppid = Some(1);

@@ -12,6 +12,13 @@
 //! - [`CollectorStats`] and [`HealthReport`]: what every stage received,
 //!   delivered and dropped (by reason), and the process's real CPU and RSS.
 //! - [`testing`]: a conformance check for any `EventSource`.
+//! - [`bus`]: [`EventBus`] and [`LocalEventBus`], publish/subscribe of
+//!   [`BusEvent`]s with correlation metadata, [`EventFilter`] and
+//!   [`CorrelationFilter`]; every `Collector` publishes into its own bus.
+//! - [`trigger`]: [`TriggerManager`] turns process events that match
+//!   [`TriggerCondition`]s into trigger requests for analysis collectors.
+//! - [`chain`]: [`AnalysisChainCoordinator`] runs multi-stage analysis
+//!   workflows through those collectors.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +82,8 @@
 //! # }
 //! ```
 
+pub mod bus;
+pub mod chain;
 pub mod config;
 pub mod event;
 pub mod health;
@@ -86,7 +95,16 @@ pub mod source;
 pub mod subscription;
 pub mod telemetry;
 pub mod testing;
+pub mod trigger;
 
+pub use bus::{
+    BusError, BusEvent, BusStatistics, BusSubscription, CorrelationFilter, CorrelationMetadata,
+    EventBus, EventBusConfig, EventFilter, FilterError, LocalEventBus, TopicPattern,
+};
+pub use chain::{
+    AnalysisChainConfig, AnalysisChainCoordinator, AnalysisStage, AnalysisWorkflowDefinition,
+    ChainError, ChainStatistics, StageDefinition, WorkflowResult, WorkflowState, WorkflowStatus,
+};
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AnalysisType, BootId, CollectionEvent, EventKind, EventValidationError, FileOperation,
@@ -103,6 +121,11 @@ pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};
 pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
+pub use trigger::{
+    ConditionType, KnownGoodHash, ParentChildRule, ResourceThresholds, SqlCondition, SqlError,
+    TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerError, TriggerManager,
+    TriggerResourceLimits, TriggerStatistics,
+};
 
 /// The crate README's examples (the reference README's "Configuration",
 /// "Event Types" and "Capabilities"), compiled and run as doctests.

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::bus::{EventBusConfig, EventFilter, LocalEventBus};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
@@ -106,6 +107,7 @@ struct Shared {
     started: Mutex<Option<Instant>>,
     sources: Mutex<Vec<Arc<SourceState>>>,
     subscribers: Subscribers,
+    bus: LocalEventBus,
     counters: RuntimeCounters,
 }
 
@@ -140,6 +142,22 @@ impl CollectorHandle {
     /// (`WhenFull::DropNewest`). After shutdown the stream ends.
     pub fn subscribe(&self) -> Subscription {
         self.shared.subscribers.subscribe()
+    }
+
+    /// Subscribes to the events `filter` accepts, from now on.
+    ///
+    /// As [`subscribe`](Self::subscribe); an event the filter rejects is
+    /// neither offered nor counted for this subscriber.
+    pub fn subscribe_filtered(&self, filter: EventFilter) -> Subscription {
+        self.shared.subscribers.subscribe_filtered(Some(filter))
+    }
+
+    /// The collector's event bus. Every accepted event is published into it
+    /// (with fresh correlation metadata) while it has subscribers; other
+    /// components (the trigger manager, analysis collectors) publish into
+    /// it too. Its streams end when the runtime has shut down.
+    pub fn bus(&self) -> &LocalEventBus {
+        &self.shared.bus
     }
 
     /// A snapshot of every counter, and the process's own CPU time and RSS.
@@ -228,6 +246,14 @@ impl Collector {
             config.max_batch_size,
             config.when_full,
         );
+        let bus = LocalEventBus::build(EventBusConfig {
+            buffer_size: config.event_buffer_size.max(1),
+            max_batch_size: config.max_batch_size.max(1),
+            when_full: config.when_full,
+            ..EventBusConfig::default()
+        });
+        // A bus that was never shut down accepts `start`.
+        let _ = bus.start_now();
         Self {
             config,
             sources: Vec::new(),
@@ -236,6 +262,7 @@ impl Collector {
                 started: Mutex::new(None),
                 sources: Mutex::new(Vec::new()),
                 subscribers,
+                bus,
                 counters: RuntimeCounters::default(),
             }),
         }
@@ -518,6 +545,7 @@ async fn shutdown(
     // cannot be interrupted, so it is not waited for.
     t.health_tasks.wait().await;
     shared.subscribers.close();
+    shared.bus.close_streams();
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -678,15 +706,7 @@ async fn pump(
         if accepted == 0 {
             continue;
         }
-        let routed = shared
-            .subscribers
-            .dispatch(
-                EventBatch::new(buf, state.name),
-                Mode::Normal,
-                &hard_deadline,
-            )
-            .await;
-        if !routed {
+        if !route(&shared, buf, state.name, Mode::Normal, &hard_deadline).await {
             add(&shared.counters.unrouted, accepted);
         }
     }
@@ -703,18 +723,31 @@ async fn pump(
     add(&c.accepted, rest.len());
     if !rest.is_empty() {
         let n = rest.len();
-        if !shared
-            .subscribers
-            .dispatch(
-                EventBatch::new(rest, state.name),
-                Mode::Final,
-                &hard_deadline,
-            )
-            .await
-        {
+        if !route(&shared, rest, state.name, Mode::Final, &hard_deadline).await {
             add(&shared.counters.unrouted, n);
         }
     }
+}
+
+/// Offers validated events to the bus (only while it has subscribers) and
+/// to the subscribers. Returns whether any subscriber existed.
+async fn route(
+    shared: &Shared,
+    events: Vec<CollectionEvent>,
+    source: &'static str,
+    mode: Mode,
+    deadline: &CancellationToken,
+) -> bool {
+    let bus_routed = shared.bus.has_subscribers()
+        && shared
+            .bus
+            .dispatch_from_runtime(&events, source, mode, deadline)
+            .await;
+    let routed = shared
+        .subscribers
+        .dispatch(EventBatch::new(events, source), mode, deadline)
+        .await;
+    routed.is_some() || bus_routed
 }
 
 /// Calls `health_check` at start (bounded by the startup timeout) and then

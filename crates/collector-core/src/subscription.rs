@@ -7,20 +7,34 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::EventFilter;
 use crate::config::WhenFull;
 use crate::event::CollectionEvent;
 use crate::telemetry::{add, SubscriberCounters, SubscriberStats};
 
 /// A batch of events from one source, shared by every subscriber it went to.
-#[derive(Debug, Clone)]
-pub struct EventBatch {
-    events: Arc<Vec<CollectionEvent>>,
+///
+/// `T` is [`CollectionEvent`] for [`Subscription`]s of the runtime and
+/// [`BusEvent`](crate::bus::BusEvent) for subscriptions of an event bus.
+#[derive(Debug)]
+pub struct EventBatch<T = CollectionEvent> {
+    events: Arc<Vec<T>>,
     start: usize,
     source: &'static str,
 }
 
-impl EventBatch {
-    pub(crate) fn new(events: Vec<CollectionEvent>, source: &'static str) -> Self {
+impl<T> Clone for EventBatch<T> {
+    fn clone(&self) -> Self {
+        Self {
+            events: self.events.clone(),
+            start: self.start,
+            source: self.source,
+        }
+    }
+}
+
+impl<T> EventBatch<T> {
+    pub(crate) fn new(events: Vec<T>, source: &'static str) -> Self {
         Self {
             events: Arc::new(events),
             start: 0,
@@ -34,19 +48,19 @@ impl EventBatch {
     }
 }
 
-impl Deref for EventBatch {
-    type Target = [CollectionEvent];
+impl<T> Deref for EventBatch<T> {
+    type Target = [T];
 
-    fn deref(&self) -> &[CollectionEvent] {
+    fn deref(&self) -> &[T] {
         self.events.get(self.start..).unwrap_or_default()
     }
 }
 
 /// Events not yet handed out by [`Subscription::recv`].
-enum Pending {
+enum Pending<T> {
     /// Nobody else holds the batch: events are moved out, not cloned.
-    Owned(std::vec::IntoIter<CollectionEvent>, &'static str),
-    Shared(EventBatch),
+    Owned(std::vec::IntoIter<T>, &'static str),
+    Shared(EventBatch<T>),
 }
 
 /// A subscriber's end of the event stream.
@@ -55,13 +69,13 @@ enum Pending {
 /// The stream ends (`None`) once the runtime has shut down and everything
 /// queued for this subscriber has been taken. Dropping a subscription counts
 /// the events still queued for it as `events_dropped_closed`.
-pub struct Subscription {
-    rx: mpsc::Receiver<Queued>,
+pub struct Subscription<T = CollectionEvent> {
+    rx: mpsc::Receiver<Queued<T>>,
     counters: Arc<SubscriberCounters>,
-    pending: Option<Pending>,
+    pending: Option<Pending<T>>,
 }
 
-impl std::fmt::Debug for Subscription {
+impl<T> std::fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("id", &self.counters.id)
@@ -69,17 +83,22 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-impl Subscription {
+impl<T> Subscription<T> {
     /// This subscription's id, as in [`SubscriberStats::id`].
     pub fn id(&self) -> u64 {
         self.counters.id
+    }
+
+    /// This subscription's counters.
+    pub fn stats(&self) -> SubscriberStats {
+        self.counters.snapshot()
     }
 
     /// The next batch of events (from one source, in that source's order).
     ///
     /// # Cancel safety
     /// Cancel safe: a batch is counted as delivered only when returned.
-    pub async fn recv_batch(&mut self) -> Option<EventBatch> {
+    pub async fn recv_batch(&mut self) -> Option<EventBatch<T>> {
         let batch = match self.pending.take() {
             Some(Pending::Shared(b)) => b,
             Some(Pending::Owned(rest, source)) => EventBatch::new(rest.collect(), source),
@@ -88,7 +107,9 @@ impl Subscription {
         add(&self.counters.delivered, batch.len());
         Some(batch)
     }
+}
 
+impl<T: Clone> Subscription<T> {
     /// The next event.
     ///
     /// Moves events out of a batch no other subscriber shares; clones them
@@ -96,7 +117,7 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub async fn recv(&mut self) -> Option<CollectionEvent> {
+    pub async fn recv(&mut self) -> Option<T> {
         loop {
             match &mut self.pending {
                 Some(Pending::Owned(iter, _)) => {
@@ -127,14 +148,9 @@ impl Subscription {
             }
         }
     }
-
-    /// This subscription's counters.
-    pub fn stats(&self) -> SubscriberStats {
-        self.counters.snapshot()
-    }
 }
 
-impl Drop for Subscription {
+impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.rx.close();
         let lost = match self.pending.take() {
@@ -152,20 +168,20 @@ impl Drop for Subscription {
 
 /// A batch in a subscriber's queue; if it is freed without being received
 /// it counts itself as `dropped_closed`.
-struct Queued {
-    batch: Option<EventBatch>,
+struct Queued<T> {
+    batch: Option<EventBatch<T>>,
     counters: Arc<SubscriberCounters>,
 }
 
-impl Queued {
-    fn take(mut self) -> EventBatch {
+impl<T> Queued<T> {
+    fn take(mut self) -> EventBatch<T> {
         self.batch
             .take()
             .unwrap_or_else(|| EventBatch::new(Vec::new(), ""))
     }
 }
 
-impl Drop for Queued {
+impl<T> Drop for Queued<T> {
     fn drop(&mut self) {
         if let Some(batch) = self.batch.take() {
             add(&self.counters.dropped_closed, batch.len());
@@ -173,10 +189,33 @@ impl Drop for Queued {
     }
 }
 
-#[derive(Clone)]
-struct Slot {
-    tx: mpsc::Sender<Queued>,
+struct Slot<T> {
+    tx: mpsc::Sender<Queued<T>>,
     counters: Arc<SubscriberCounters>,
+    /// `None`: every event. An event the filter rejects is not offered.
+    filter: Option<Arc<EventFilter>>,
+}
+
+impl<T> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            counters: self.counters.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+/// An item a [`Subscribers`] fan-out can route through an [`EventFilter`].
+pub(crate) trait Routable: Clone + Send + Sync + 'static {
+    /// Whether `filter` lets this item, published by `source`, through.
+    fn passes(&self, filter: &EventFilter, source: &str) -> bool;
+}
+
+impl Routable for CollectionEvent {
+    fn passes(&self, filter: &EventFilter, source: &str) -> bool {
+        filter.matches_parts(self, None, None, source)
+    }
 }
 
 /// Whether a dispatch may wait for room.
@@ -189,8 +228,8 @@ pub(crate) enum Mode {
 }
 
 /// The set of live subscribers, read by every pump on every batch.
-pub(crate) struct Subscribers {
-    live: RwLock<Arc<[Slot]>>,
+pub(crate) struct Subscribers<T = CollectionEvent> {
+    live: RwLock<Arc<[Slot<T>]>>,
     all: Mutex<Vec<Arc<SubscriberCounters>>>,
     next_id: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
@@ -198,7 +237,7 @@ pub(crate) struct Subscribers {
     when_full: WhenFull,
 }
 
-impl Subscribers {
+impl<T: Routable> Subscribers<T> {
     pub(crate) fn new(buffer_events: usize, batch_events: usize, when_full: WhenFull) -> Self {
         Self {
             live: RwLock::new(Arc::from(Vec::new())),
@@ -212,14 +251,32 @@ impl Subscribers {
         }
     }
 
-    fn snapshot(&self) -> Arc<[Slot]> {
+    fn snapshot(&self) -> Arc<[Slot<T>]> {
         self.live
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub(crate) fn subscribe(&self) -> Subscription {
+    pub(crate) fn subscribe(&self) -> Subscription<T> {
+        self.subscribe_filtered(None)
+    }
+
+    /// Whether any subscriber is live (cheap; for skipping work nobody reads).
+    pub(crate) fn has_live(&self) -> bool {
+        self.live_count() > 0
+    }
+
+    /// The number of live subscribers.
+    pub(crate) fn live_count(&self) -> usize {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Subscribes with an optional filter.
+    pub(crate) fn subscribe_filtered(&self, filter: Option<EventFilter>) -> Subscription<T> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -236,6 +293,7 @@ impl Subscribers {
             slots.push(Slot {
                 tx,
                 counters: counters.clone(),
+                filter: filter.map(Arc::new),
             });
             *live = Arc::from(slots);
         }
@@ -246,14 +304,28 @@ impl Subscribers {
         }
     }
 
-    fn remove(&self, id: u64) {
+    /// Removes a live subscriber; its stream ends after what is queued.
+    /// Returns whether it was live.
+    pub(crate) fn remove(&self, id: u64) -> bool {
         let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let slots: Vec<Slot> = live
+        let before = live.len();
+        let slots: Vec<Slot<T>> = live
             .iter()
             .filter(|s| s.counters.id != id)
             .cloned()
             .collect();
+        let removed = slots.len() != before;
         *live = Arc::from(slots);
+        removed
+    }
+
+    /// Whether a subscription with this id was ever made here.
+    pub(crate) fn knows(&self, id: u64) -> bool {
+        self.all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|c| c.id == id)
     }
 
     /// Ends every stream: subscribers get what is queued, then `None`.
@@ -272,23 +344,34 @@ impl Subscribers {
             .collect()
     }
 
-    /// Offers `batch` to every live subscriber. Returns false when there was
-    /// none (the events were unrouted).
+    /// Offers `batch` to every live subscriber whose filter lets at least
+    /// one of its events through (only those events are offered). Returns
+    /// `None` when there was no live subscriber (the events were unrouted),
+    /// otherwise the number of subscribers events were offered to.
     ///
     /// # Cancel safety
     /// Not cancel safe; it ends early on its own when `deadline` fires.
     pub(crate) async fn dispatch(
         &self,
-        batch: EventBatch,
+        batch: EventBatch<T>,
         mode: Mode,
         deadline: &CancellationToken,
-    ) -> bool {
+    ) -> Option<usize> {
         let slots = self.snapshot();
         if slots.is_empty() {
-            return false;
+            return None;
         }
-        let n = batch.len();
+        let mut offered_to = 0;
         for slot in slots.iter() {
+            let batch = match &slot.filter {
+                None => batch.clone(),
+                Some(filter) => match filtered(&batch, filter) {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            let n = batch.len();
+            offered_to += 1;
             add(&slot.counters.offered, n);
             let blocking = mode == Mode::Normal && self.when_full == WhenFull::Block;
             let permit = if blocking {
@@ -312,7 +395,7 @@ impl Subscribers {
             };
             match permit {
                 Ok(permit) => permit.send(Queued {
-                    batch: Some(batch.clone()),
+                    batch: Some(batch),
                     counters: slot.counters.clone(),
                 }),
                 Err(Lost::Full) => add(&slot.counters.dropped_full, n),
@@ -323,7 +406,30 @@ impl Subscribers {
                 }
             }
         }
-        true
+        Some(offered_to)
+    }
+}
+
+/// The part of `batch` that `filter` lets through: the batch itself (shared,
+/// not copied) when all of it passes, `None` when none of it does.
+fn filtered<T: Routable>(batch: &EventBatch<T>, filter: &EventFilter) -> Option<EventBatch<T>> {
+    let source = batch.source;
+    let Some(first_out) = batch.iter().position(|e| !e.passes(filter, source)) else {
+        return Some(batch.clone());
+    };
+    let mut kept: Vec<T> = batch.get(..first_out).unwrap_or_default().to_vec();
+    kept.extend(
+        batch
+            .get(first_out + 1..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.passes(filter, source))
+            .cloned(),
+    );
+    if kept.is_empty() {
+        None
+    } else {
+        Some(EventBatch::new(kept, source))
     }
 }
 

@@ -16,6 +16,8 @@
 //!   identity of the file they are for.
 //! - [`HashError`]: one variant per reason a file was not hashed, with
 //!   vanished files and processes kept apart from real failures.
+//! - [`BinaryHasherCollector`]: the analysis collector that answers
+//!   `BinaryHash` trigger requests on an event bus (see [`collector`]).
 //! - [`HasherStats`]: hashed, cache hits/misses/evictions, bytes, refusals
 //!   by reason, changed files, time waited on the budget.
 //!
@@ -62,11 +64,13 @@
 
 mod budget;
 mod cache;
+pub mod collector;
 pub mod config;
 mod engine;
 mod error;
 mod stats;
 
+pub use collector::{BinaryHasherCollector, BinaryHasherStats, BINARY_HASHER_ID};
 pub use config::{ConfigError, HasherConfig};
 pub use engine::{Digest, HashEngine, HashOutcome};
 pub use error::HashError;

@@ -9,6 +9,7 @@
 )]
 
 mod accounting;
+mod bus;
 mod conformance;
 mod ipc;
 mod runtime;

@@ -1,0 +1,186 @@
+//! `triggers`: the cost of evaluating one process event against 10
+//! conditions, one of each type plus extra patterns and SQL, through
+//! `TriggerManager::evaluate` (the matching conditions' repeats are
+//! deduplicated, as they are in a real stream of one process's events).
+
+use anyhow::{bail, Context as _};
+use collector_core::{
+    AnalysisType, BootId, ConditionType, HashAlgorithm, KnownGoodHash, ProcessEvent, ProcessKey,
+    TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerManager, TriggerPriority,
+    TriggerResourceLimits,
+};
+use tokio::time::Instant;
+
+use crate::report;
+
+pub(crate) struct Options {
+    events: u64,
+    reps: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Self {
+            events: 1_000_000,
+            reps: 3,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--events" => o.events = value.parse().context("--events")?,
+                "--reps" => o.reps = value.parse().context("--reps")?,
+                other => bail!("unknown flag {other:?}"),
+            }
+        }
+        if o.events == 0 || o.reps == 0 {
+            bail!("--events and --reps must be positive");
+        }
+        Ok(o)
+    }
+}
+
+/// The ten conditions: every type once, plus a second name glob, path
+/// substring and SQL expression.
+pub(crate) fn ten_conditions() -> Vec<ConditionType> {
+    vec![
+        ConditionType::ProcessNamePattern("miner".into()),
+        ConditionType::ProcessNamePattern("kworker*".into()),
+        ConditionType::ExecutablePathPattern("/tmp/**".into()),
+        ConditionType::ExecutablePathPattern("/dev/shm/".into()),
+        ConditionType::MissingExecutable,
+        ConditionType::HashMismatch,
+        ConditionType::SuspiciousParentChild,
+        ConditionType::ResourceAnomaly,
+        ConditionType::Custom(
+            "name IN ('sh', 'bash', 'nc') AND user_id BETWEEN 1 AND 999".into(),
+        ),
+        ConditionType::Custom(
+            "executable_path LIKE '/usr/%' AND (cpu_usage > 50 OR memory_usage > 1024 * 1024 * 1024)"
+                .into(),
+        ),
+    ]
+}
+
+/// A manager with the ten conditions registered.
+pub(crate) fn manager() -> anyhow::Result<TriggerManager> {
+    let m = TriggerManager::new(TriggerConfig {
+        known_good_hashes: vec![KnownGoodHash {
+            path: "/usr/sbin/nginx".into(),
+            algorithm: HashAlgorithm::Sha256,
+            digest: "a".repeat(64),
+        }],
+        ..TriggerConfig::default()
+    })?;
+    m.register_collector_capabilities(TriggerCapabilities {
+        collector_id: "binary-hasher".into(),
+        supported_conditions: ten_conditions(),
+        supported_analysis: vec![AnalysisType::BinaryHash],
+        max_trigger_rate: 1000,
+        max_concurrent_analysis: 16,
+        supported_priorities: vec![TriggerPriority::High],
+        resource_limits: TriggerResourceLimits::default(),
+    })?;
+    for (i, c) in ten_conditions().into_iter().enumerate() {
+        m.register_condition(TriggerCondition {
+            id: format!("c{i}"),
+            description: String::new(),
+            analysis_type: AnalysisType::BinaryHash,
+            priority: TriggerPriority::High,
+            target_collector: "binary-hasher".into(),
+            condition_type: c,
+        })?;
+    }
+    Ok(m)
+}
+
+/// An nginx worker with a hash that is not the known-good one (so
+/// `HashMismatch` matches) and a parent the manager has seen.
+pub(crate) fn event() -> ProcessEvent {
+    let mut p = ProcessEvent::new(4242, "nginx");
+    p.ppid = Some(1);
+    p.executable_path = Some("/usr/sbin/nginx".into());
+    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
+    p.user_id = Some(33);
+    p.cpu_usage = Some(1.5);
+    p.memory_usage = Some(12 << 20);
+    p.executable_hash = Some("b".repeat(64));
+    p.hash_algorithm = Some(HashAlgorithm::Sha256);
+    p.process_key = Some(ProcessKey::new(
+        BootId::from_bytes([0x5a; 16]),
+        4242,
+        123_456,
+    ));
+    p
+}
+
+fn ns_per_event(m: &TriggerManager, e: &ProcessEvent, n: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(m.evaluate(std::hint::black_box(e)));
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let m = manager()?;
+        let mut init = ProcessEvent::new(1, "systemd");
+        init.executable_path = Some("/usr/lib/systemd/systemd".into());
+        m.evaluate(&init);
+        let e = event();
+        let matched = m.matching_conditions(&e).len();
+        let mut quiet = event();
+        quiet.executable_hash = None;
+        quiet.hash_algorithm = None;
+        let quiet_matched = m.matching_conditions(&quiet).len();
+        ns_per_event(&m, &e, o.events / 10);
+        let mut matching: Vec<f64> = (0..o.reps)
+            .map(|_| ns_per_event(&m, &e, o.events))
+            .collect();
+        matching.sort_by(f64::total_cmp);
+        let mut quiet_ns: Vec<f64> = (0..o.reps)
+            .map(|_| ns_per_event(&m, &quiet, o.events))
+            .collect();
+        quiet_ns.sort_by(f64::total_cmp);
+        report("triggers.conditions", 10, "conditions");
+        report(
+            "triggers.conditions_matched_per_event",
+            matched,
+            "conditions",
+        );
+        report(
+            "triggers.ns_per_event",
+            format!("{:.0}", matching[matching.len() / 2]),
+            "ns",
+        );
+        report(
+            "triggers.ns_per_event_spread",
+            format!(
+                "{:.3}",
+                (matching[matching.len() - 1] - matching[0]) / matching[matching.len() / 2]
+            ),
+            "ratio",
+        );
+        report(
+            "triggers.ns_per_event_no_match",
+            format!("{:.0}", quiet_ns[quiet_ns.len() / 2]),
+            "ns",
+        );
+        report(
+            "triggers.no_match_conditions_matched",
+            quiet_matched,
+            "conditions",
+        );
+        let s = m.statistics();
+        report(
+            "triggers.deduplicated_total",
+            s.triggers_deduplicated,
+            "triggers",
+        );
+        Ok(())
+    })
+}

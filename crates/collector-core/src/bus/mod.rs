@@ -1,0 +1,561 @@
+//! The event bus: publish/subscribe between collectors, the trigger system
+//! and analysis chains, with correlation metadata on every event.
+//!
+//! - [`EventBus`]: the trait (publish, subscribe with an [`EventFilter`],
+//!   unsubscribe, statistics, shutdown).
+//! - [`LocalEventBus`]: the in-process implementation. It is built on the
+//!   same fan-out as the [`Collector`](crate::Collector) runtime: each
+//!   subscriber has its own bounded queue with the configured
+//!   [`WhenFull`] policy, and every event is accounted for per subscriber
+//!   (offered = delivered + dropped (full, closed, shutdown) + queued; an
+//!   event a filter rejects is not offered). With `DropNewest` a slow
+//!   subscriber loses events (counted) and never slows the others; with
+//!   `Block` a publisher waits for room.
+//! - [`BusEvent`]: a [`CollectionEvent`] with its [`CorrelationMetadata`],
+//!   the name of its source and its topic.
+//!
+//! Events published one after another by one publisher reach each
+//! subscriber in that order; the bus stamps each with a sequence number,
+//! strictly increasing per bus.
+//!
+//! Every [`Collector`](crate::Collector) owns a `LocalEventBus` and
+//! publishes every accepted event into it (only while it has subscribers);
+//! reach it with [`CollectorHandle::bus`](crate::CollectorHandle::bus).
+//!
+//! ```
+//! use collector_core::{
+//!     BusEvent, CollectionEvent, CorrelationFilter, EventBus, EventBusConfig, EventFilter,
+//!     EventKind, LocalEventBus, ProcessEvent,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let bus = LocalEventBus::new(EventBusConfig::default()).await?;
+//! bus.start().await?;
+//! let filter = EventFilter::new()
+//!     .with_event_type(EventKind::Process)
+//!     .with_correlation_filter(CorrelationFilter::by_pid(1234));
+//! let mut sub = bus.subscribe(filter).await?;
+//!
+//! bus.publish(BusEvent::new("demo", CollectionEvent::Process(ProcessEvent::new(1, "init")))).await?;
+//! bus.publish(BusEvent::new("demo", CollectionEvent::Process(ProcessEvent::new(1234, "sh")))).await?;
+//! let got = sub.recv().await.unwrap();
+//! assert_eq!(got.event.pid(), Some(1234));
+//! assert_eq!(got.topic, "events.process.snapshot");
+//! assert_eq!(bus.statistics().await.events_published, 2);
+//! # Ok(())
+//! # }
+//! ```
+
+mod correlation;
+mod filter;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use correlation::{
+    new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
+};
+pub use filter::{
+    topic_of, CorrelationFilter, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN,
+    MAX_TOPIC_SEGMENTS,
+};
+
+pub(crate) use filter::analysis_str;
+
+use crate::config::WhenFull;
+use crate::event::{CollectionEvent, EventValidationError};
+use crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription};
+use crate::telemetry::{add, load, SubscriberStats};
+
+/// A subscription to an event bus: [`Subscription::recv`] yields [`BusEvent`]s.
+pub type BusSubscription = Subscription<BusEvent>;
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusEvent {
+    /// The event.
+    pub event: CollectionEvent,
+    /// How it relates to other events.
+    pub correlation: CorrelationMetadata,
+    /// The source or collector that published it.
+    pub source: &'static str,
+    /// Its topic, `events.<kind>.<detail>` unless the publisher chose one.
+    pub topic: String,
+}
+
+impl BusEvent {
+    /// Wraps `event` from `source` with fresh correlation metadata (a trigger
+    /// request keeps its own `correlation_id`) and its derived topic.
+    pub fn new(source: &'static str, event: CollectionEvent) -> Self {
+        let correlation = match &event {
+            CollectionEvent::TriggerRequest(t) if !t.correlation_id.is_empty() => {
+                CorrelationMetadata::with_id(t.correlation_id.clone())
+            }
+            _ => CorrelationMetadata::new(),
+        };
+        Self {
+            topic: topic_of(&event),
+            event,
+            correlation,
+            source,
+        }
+    }
+
+    /// Replaces the correlation metadata (the bus still sets `sequence`).
+    #[must_use]
+    pub fn with_correlation(mut self, correlation: CorrelationMetadata) -> Self {
+        self.correlation = correlation;
+        self
+    }
+
+    /// Replaces the topic; it must be a valid pattern without wildcards.
+    #[must_use]
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = topic.into();
+        self
+    }
+}
+
+impl Routable for BusEvent {
+    fn passes(&self, filter: &EventFilter, source: &str) -> bool {
+        filter.matches_parts(
+            &self.event,
+            Some(&self.correlation),
+            Some(&self.topic),
+            source,
+        )
+    }
+}
+
+/// Errors of the event bus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// Publishing before [`LocalEventBus::start`].
+    #[error("the event bus is not started")]
+    NotStarted,
+    /// The bus was shut down.
+    #[error("the event bus is shut down")]
+    ShutDown,
+    /// The event failed validation.
+    #[error(transparent)]
+    InvalidEvent(#[from] EventValidationError),
+    /// The correlation metadata is out of bounds.
+    #[error("invalid correlation metadata: field `{field}` {reason}")]
+    InvalidCorrelation {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A topic is not a valid concrete topic.
+    #[error("invalid topic {topic:?}")]
+    InvalidTopic {
+        /// The refused topic.
+        topic: String,
+    },
+    /// No subscription with that id was ever made on this bus.
+    #[error("no subscription with id {id}")]
+    UnknownSubscription {
+        /// The id asked for.
+        id: u64,
+    },
+    /// The subscriber limit is reached.
+    #[error("the limit of {max} subscribers is reached")]
+    TooManySubscribers {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The configuration is invalid.
+    #[error("invalid event bus config: field `{field}` {reason}")]
+    Config {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Configuration of a [`LocalEventBus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct EventBusConfig {
+    /// Events each subscriber's queue holds (about; queues hold batches).
+    pub buffer_size: usize,
+    /// The largest batch handed over at once.
+    pub max_batch_size: usize,
+    /// What a publisher does when a subscriber's queue is full.
+    pub when_full: WhenFull,
+    /// Upper bound on live subscribers.
+    pub max_subscribers: usize,
+}
+
+impl Default for EventBusConfig {
+    fn default() -> Self {
+        Self {
+            buffer_size: 1000,
+            max_batch_size: 1,
+            when_full: WhenFull::Block,
+            max_subscribers: 1024,
+        }
+    }
+}
+
+impl EventBusConfig {
+    /// Sets [`buffer_size`](Self::buffer_size).
+    #[must_use]
+    pub fn with_buffer_size(mut self, n: usize) -> Self {
+        self.buffer_size = n;
+        self
+    }
+
+    /// Sets [`when_full`](Self::when_full).
+    #[must_use]
+    pub fn with_when_full(mut self, w: WhenFull) -> Self {
+        self.when_full = w;
+        self
+    }
+
+    /// Sets [`max_batch_size`](Self::max_batch_size).
+    #[must_use]
+    pub fn with_max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = n;
+        self
+    }
+
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let bad = |field, reason| Err(BusError::Config { field, reason });
+        if self.buffer_size == 0 {
+            return bad("buffer_size", "must be positive");
+        }
+        if self.max_batch_size == 0 || self.max_batch_size > self.buffer_size {
+            return bad("max_batch_size", "must be between 1 and buffer_size");
+        }
+        if self.max_subscribers == 0 {
+            return bad("max_subscribers", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What a bus has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BusStatistics {
+    /// Events accepted by `publish` (and from the runtime).
+    pub events_published: u64,
+    /// Events refused by `publish` (invalid event, correlation or topic).
+    pub events_rejected: u64,
+    /// Published events no live subscriber existed for.
+    pub events_unrouted: u64,
+    /// Live subscribers now.
+    pub subscribers_live: usize,
+    /// Every subscriber ever made, with its counters.
+    pub subscribers: Vec<SubscriberStats>,
+}
+
+/// Publish/subscribe of [`BusEvent`]s.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// Publishes one event to every subscriber whose filter accepts it.
+    /// Returns its sequence number.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe with `WhenFull::Block`: a cancelled publish may have
+    /// reached some subscribers and not others.
+    async fn publish(&self, event: BusEvent) -> Result<u64, BusError>;
+
+    /// Subscribes to the events `filter` accepts, from now on.
+    async fn subscribe(&self, filter: EventFilter) -> Result<BusSubscription, BusError>;
+
+    /// Ends a subscription: its stream yields what is queued, then `None`.
+    async fn unsubscribe(&self, id: u64) -> Result<(), BusError>;
+
+    /// Counters of the bus and of every subscriber.
+    async fn statistics(&self) -> BusStatistics;
+
+    /// Refuses further publications and ends every stream after what is
+    /// queued; blocked publishers give up (counted as dropped at shutdown).
+    async fn shutdown(&self) -> Result<(), BusError>;
+}
+
+struct BusInner {
+    config: EventBusConfig,
+    subscribers: Subscribers<BusEvent>,
+    started: AtomicBool,
+    closed: AtomicBool,
+    shutdown: CancellationToken,
+    sequence: AtomicU64,
+    published: AtomicU64,
+    rejected: AtomicU64,
+    unrouted: AtomicU64,
+}
+
+/// The in-process [`EventBus`]. Cheap to clone (clones share the bus).
+#[derive(Clone)]
+pub struct LocalEventBus {
+    inner: Arc<BusInner>,
+}
+
+impl std::fmt::Debug for LocalEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEventBus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalEventBus {
+    /// Validates `config` and builds a bus; call [`start`](Self::start)
+    /// before publishing.
+    ///
+    /// # Errors
+    /// [`BusError::Config`].
+    #[allow(clippy::unused_async)] // the reference API awaits it
+    pub async fn new(config: EventBusConfig) -> Result<Self, BusError> {
+        Self::try_new(config)
+    }
+
+    /// As [`new`](Self::new), without `async`.
+    ///
+    /// # Errors
+    /// [`BusError::Config`].
+    pub fn try_new(config: EventBusConfig) -> Result<Self, BusError> {
+        config.validate()?;
+        Ok(Self::build(config))
+    }
+
+    pub(crate) fn build(config: EventBusConfig) -> Self {
+        let subscribers = Subscribers::new(
+            config.buffer_size.max(1),
+            config.max_batch_size.max(1),
+            config.when_full,
+        );
+        Self {
+            inner: Arc::new(BusInner {
+                config,
+                subscribers,
+                started: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                sequence: AtomicU64::new(0),
+                published: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+                unrouted: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Starts accepting publications.
+    ///
+    /// # Errors
+    /// [`BusError::ShutDown`] after [`EventBus::shutdown`].
+    #[allow(clippy::unused_async)] // the reference API awaits it
+    pub async fn start(&self) -> Result<(), BusError> {
+        self.start_now()
+    }
+
+    pub(crate) fn start_now(&self) -> Result<(), BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::ShutDown);
+        }
+        self.inner.started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EventBusConfig {
+        &self.inner.config
+    }
+
+    /// Whether any subscriber is live.
+    pub fn has_subscribers(&self) -> bool {
+        self.inner.subscribers.has_live()
+    }
+
+    fn check_open(&self) -> Result<(), BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::ShutDown);
+        }
+        if !self.inner.started.load(Ordering::Acquire) {
+            return Err(BusError::NotStarted);
+        }
+        Ok(())
+    }
+
+    fn admit(&self, event: &mut BusEvent) -> Result<(), BusError> {
+        let checked = event
+            .event
+            .validate()
+            .map_err(BusError::from)
+            .and_then(|()| event.correlation.validate())
+            .and_then(|()| match TopicPattern::new(&event.topic) {
+                Ok(p) if !p.as_str().contains(['*', '+', '#']) => Ok(()),
+                _ => Err(BusError::InvalidTopic {
+                    topic: event.topic.chars().take(MAX_TOPIC_LEN).collect(),
+                }),
+            });
+        if let Err(err) = checked {
+            add(&self.inner.rejected, 1);
+            return Err(err);
+        }
+        event.correlation.sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(())
+    }
+
+    /// Publishes a batch from one source, in order. Returns the sequence
+    /// number of the last event (0 for an empty batch).
+    ///
+    /// # Errors
+    /// As [`EventBus::publish`]; nothing is published if any event is
+    /// invalid.
+    pub async fn publish_batch(
+        &self,
+        source: &'static str,
+        mut events: Vec<BusEvent>,
+    ) -> Result<u64, BusError> {
+        self.check_open()?;
+        let mut last = 0;
+        for e in &mut events {
+            e.source = source;
+            self.admit(e)?;
+            last = e.correlation.sequence;
+        }
+        let size = self.inner.config.max_batch_size;
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<BusEvent> = events.by_ref().take(size).collect();
+            self.dispatch(chunk, source, Mode::Normal, &self.inner.shutdown.clone())
+                .await;
+        }
+        Ok(last)
+    }
+
+    /// Hands events from the runtime's pump to the bus subscribers.
+    pub(crate) async fn dispatch_from_runtime(
+        &self,
+        events: &[CollectionEvent],
+        source: &'static str,
+        mode: Mode,
+        deadline: &CancellationToken,
+    ) -> bool {
+        let batch: Vec<BusEvent> = events
+            .iter()
+            .map(|e| {
+                let mut b = BusEvent::new(source, e.clone());
+                b.correlation.sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+                b
+            })
+            .collect();
+        self.dispatch(batch, source, mode, deadline).await
+    }
+
+    async fn dispatch(
+        &self,
+        events: Vec<BusEvent>,
+        source: &'static str,
+        mode: Mode,
+        deadline: &CancellationToken,
+    ) -> bool {
+        let n = events.len();
+        add(&self.inner.published, n);
+        let routed = self
+            .inner
+            .subscribers
+            .dispatch(EventBatch::new(events, source), mode, deadline)
+            .await
+            .is_some();
+        if !routed {
+            add(&self.inner.unrouted, n);
+        }
+        routed
+    }
+
+    /// Ends every stream (after what is queued) without refusing
+    /// publications; used by the runtime at the end of its shutdown.
+    pub(crate) fn close_streams(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        self.inner.subscribers.close();
+    }
+
+    /// Subscribes without `async` (see [`EventBus::subscribe`]).
+    ///
+    /// # Errors
+    /// [`BusError::ShutDown`], [`BusError::TooManySubscribers`].
+    pub fn subscribe_now(&self, filter: EventFilter) -> Result<BusSubscription, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::ShutDown);
+        }
+        let live = self.inner.subscribers.live_count();
+        if live >= self.inner.config.max_subscribers {
+            return Err(BusError::TooManySubscribers {
+                max: self.inner.config.max_subscribers,
+            });
+        }
+        Ok(self.inner.subscribers.subscribe_filtered(Some(filter)))
+    }
+
+    /// Counters without `async` (see [`EventBus::statistics`]).
+    pub fn statistics_now(&self) -> BusStatistics {
+        BusStatistics {
+            events_published: load(&self.inner.published),
+            events_rejected: load(&self.inner.rejected),
+            events_unrouted: load(&self.inner.unrouted),
+            subscribers_live: self.inner.subscribers.live_count(),
+            subscribers: self.inner.subscribers.stats(),
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalEventBus {
+    async fn publish(&self, mut event: BusEvent) -> Result<u64, BusError> {
+        self.check_open()?;
+        self.admit(&mut event)?;
+        let seq = event.correlation.sequence;
+        let source = event.source;
+        self.dispatch(
+            vec![event],
+            source,
+            Mode::Normal,
+            &self.inner.shutdown.clone(),
+        )
+        .await;
+        Ok(seq)
+    }
+
+    async fn subscribe(&self, filter: EventFilter) -> Result<BusSubscription, BusError> {
+        self.subscribe_now(filter)
+    }
+
+    async fn unsubscribe(&self, id: u64) -> Result<(), BusError> {
+        if self.inner.subscribers.remove(id) || self.inner.subscribers.knows(id) {
+            Ok(())
+        } else {
+            Err(BusError::UnknownSubscription { id })
+        }
+    }
+
+    async fn statistics(&self) -> BusStatistics {
+        self.statistics_now()
+    }
+
+    async fn shutdown(&self) -> Result<(), BusError> {
+        self.close_streams();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
