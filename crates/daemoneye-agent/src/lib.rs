@@ -9,6 +9,7 @@
 //!   deduplication key) and their deduplication within a window.
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
+//! - [`sink`]: alert delivery to syslog (RFC 5424).
 //! - [`store`]: the agent's store: alerts recorded with their ledger entry.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
@@ -34,4 +35,5 @@ pub mod detect;
 pub mod engine;
 pub mod ledger;
 pub mod rules;
+pub mod sink;
 pub mod store;

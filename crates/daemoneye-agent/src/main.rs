@@ -64,6 +64,10 @@ struct RunArgs {
     /// Also append alerts as JSON lines to this file.
     #[arg(long)]
     alerts_jsonl: Option<PathBuf>,
+    /// Also send alerts to syslog (RFC 5424, facility authpriv): a datagram
+    /// socket path such as /dev/log, or udp://IP:PORT.
+    #[arg(long, value_name = "PATH|udp://IP:PORT")]
+    syslog: Option<daemoneye_agent::sink::SyslogTarget>,
     /// Run this procmond binary as the collector instead of the built-in one.
     #[arg(long)]
     procmond: Option<PathBuf>,
@@ -123,7 +127,10 @@ async fn collect(interval: u64) -> anyhow::Result<()> {
 struct Outputs {
     store: AgentStore,
     file: Option<std::fs::File>,
+    syslog: Option<daemoneye_agent::sink::SyslogSink>,
     alerts: u64,
+    /// Failed deliveries per sink: one failing sink never blocks the others.
+    failures: [u64; 4],
 }
 
 impl Outputs {
@@ -131,7 +138,14 @@ impl Outputs {
         for a in alerts {
             self.alerts += 1;
             if let Err(e) = self.store.record_alert(&a) {
+                self.failures[0] += 1;
                 error!(error = %e, rule = %a.rule_id, "storing an alert failed");
+            }
+            if let Some(s) = &mut self.syslog {
+                if let Err(e) = s.send(&a) {
+                    self.failures[3] += 1;
+                    warn!(error = %e, failures = self.failures[3], "syslog sink failed");
+                }
             }
             match serde_json::to_string(&a) {
                 Ok(line) => {
@@ -233,7 +247,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
+        syslog: match args.syslog.clone() {
+            Some(t) => Some(
+                daemoneye_agent::sink::SyslogSink::open(t.clone())
+                    .with_context(|| format!("cannot open syslog {t:?}"))?,
+            ),
+            None => None,
+        },
         alerts: 0,
+        failures: [0; 4],
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -26,7 +26,7 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    fn start(data_dir: &Path, rules_dir: &Path) -> Self {
+    fn start(data_dir: &Path, rules_dir: &Path, syslog: &str) -> Self {
         let mut child = Command::new(AGENT)
             .args([
                 "run",
@@ -39,6 +39,7 @@ impl Agent {
             .arg(data_dir)
             .arg("--rules-dir")
             .arg(rules_dir)
+            .args(["--syslog", syslog])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -108,7 +109,15 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "[[rule]]\nid = 'wiper'\nname = 'wipe'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n",
     )
     .unwrap();
-    let agent = Agent::start(data.path(), rules.path());
+    let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let agent = Agent::start(
+        data.path(),
+        rules.path(),
+        &format!("udp://{}", syslog.local_addr().unwrap()),
+    );
 
     // (4) The write rule is refused, naming file, rule and reason.
     let refused = agent
@@ -135,6 +144,18 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let probe = ready.expect("no alert for a program run from /dev/shm");
     assert_eq!(probe["severity"], "high");
     assert!(probe["process"]["process_key"].is_string());
+    // The same alert reached the syslog collector (RFC 5424, authpriv.err).
+    let mut buf = vec![0u8; 65536];
+    let msg = loop {
+        let n = syslog
+            .recv(&mut buf)
+            .expect("no syslog message for the probe");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains(" exec-from-temp-dir [") {
+            break msg;
+        }
+    };
+    assert!(msg.starts_with("<83>1 "), "{msg}");
 
     // (2) A shell run from /dev/shm.
     run_copy("/bin/sh", shm, "shmshell", &["-c", "sleep 0.3; true"]);

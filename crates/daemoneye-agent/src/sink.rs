@@ -1,0 +1,237 @@
+//! Alert sinks besides stdout and files: syslog (RFC 5424).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::alert::Alert;
+use crate::rules::Severity;
+
+/// Where syslog messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// A local datagram socket, usually `/dev/log`.
+    Unix(PathBuf),
+    /// A UDP collector (`udp://host:port`).
+    Udp(SocketAddr),
+}
+
+impl std::str::FromStr for SyslogTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("udp://") {
+            Some(addr) => addr
+                .parse()
+                .map(Self::Udp)
+                .map_err(|e| format!("{s:?}: expected udp://IP:PORT ({e})")),
+            None if s.starts_with('/') => Ok(Self::Unix(PathBuf::from(s))),
+            None => Err(format!("{s:?}: expected a socket path or udp://IP:PORT")),
+        }
+    }
+}
+
+enum Socket {
+    Unix(UnixDatagram),
+    Udp(UdpSocket),
+}
+
+/// Sends each alert as one RFC 5424 message (facility `authpriv`), never
+/// blocking the agent: a send that cannot complete at once fails and is
+/// counted.
+pub struct SyslogSink {
+    socket: Socket,
+    target: SyslogTarget,
+    hostname: String,
+    failures: u64,
+}
+
+impl std::fmt::Debug for SyslogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyslogSink")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 5424 severity for an alert severity.
+const fn syslog_severity(s: Severity) -> u8 {
+    match s {
+        Severity::Critical => 2,
+        Severity::High => 3,
+        Severity::Medium => 4,
+        Severity::Low => 5,
+        Severity::Info => 6,
+    }
+}
+
+/// `authpriv` (security messages).
+const FACILITY: u8 = 10;
+
+/// Escapes a structured-data parameter value (RFC 5424 §6.3.3).
+fn sd_escape(v: &str) -> String {
+    v.chars()
+        .flat_map(|c| match c {
+            '"' | '\\' | ']' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}
+
+/// Formats one alert as an RFC 5424 message.
+pub fn format_rfc5424(alert: &Alert, hostname: &str, pid: u32) -> String {
+    let pri = FACILITY * 8 + syslog_severity(alert.severity);
+    let nanos = u64::try_from(alert.raised_at).unwrap_or(0);
+    let ts = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos));
+    let key = alert.process.process_key.as_deref().unwrap_or("-");
+    let body = serde_json::to_string(alert).unwrap_or_default();
+    format!(
+        "<{pri}>1 {ts} {hostname} daemoneye-agent {pid} {msgid} [alert@32473 rule=\"{rule}\" severity=\"{sev}\" pid=\"{ppid}\" process_key=\"{key}\"] {body}",
+        msgid = alert.rule_id.chars().take(32).collect::<String>(),
+        rule = sd_escape(&alert.rule_id),
+        sev = alert.severity,
+        ppid = alert.process.pid,
+        key = sd_escape(key),
+    )
+}
+
+impl SyslogSink {
+    /// Opens a non-blocking socket towards `target`.
+    ///
+    /// # Errors
+    /// When the socket cannot be created or connected.
+    pub fn open(target: SyslogTarget) -> std::io::Result<Self> {
+        let socket = match &target {
+            SyslogTarget::Unix(path) => {
+                let s = UnixDatagram::unbound()?;
+                s.connect(path)?;
+                s.set_nonblocking(true)?;
+                Socket::Unix(s)
+            }
+            SyslogTarget::Udp(addr) => {
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let s = UdpSocket::bind(bind)?;
+                s.connect(addr)?;
+                s.set_nonblocking(true)?;
+                Socket::Udp(s)
+            }
+        };
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "-".to_owned(), |h| h.trim().to_owned());
+        Ok(Self {
+            socket,
+            target,
+            hostname,
+            failures: 0,
+        })
+    }
+
+    /// Sends one alert; a failure is counted and returned, never retried
+    /// in a way that would hold up the agent.
+    ///
+    /// # Errors
+    /// The send error.
+    pub fn send(&mut self, alert: &Alert) -> std::io::Result<()> {
+        let msg = format_rfc5424(alert, &self.hostname, std::process::id());
+        let sent = match &self.socket {
+            Socket::Unix(s) => s.send(msg.as_bytes()),
+            Socket::Udp(s) => s.send(msg.as_bytes()),
+        };
+        sent.map(|_| ()).inspect_err(|_| self.failures += 1)
+    }
+
+    /// Sends that failed.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::SystemTime;
+
+    use collector_core::ProcessEvent;
+
+    use super::*;
+    use crate::alert::AlertProcess;
+    use crate::rules;
+
+    fn alert() -> Alert {
+        let rule = rules::builtin()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "reverse-shell")
+            .unwrap();
+        let mut e = ProcessEvent::new(4242, "bash");
+        e.command_line = vec!["bash".into(), "-c".into(), "x \"y\" ]".into()];
+        Alert::new(&rule, AlertProcess::from_event(&e, None), SystemTime::now())
+    }
+
+    #[test]
+    fn alerts_reach_a_udp_collector_as_rfc5424() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let target: SyslogTarget = format!("udp://{}", server.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut sink = SyslogSink::open(target).unwrap();
+        sink.send(&alert()).unwrap();
+        let mut buf = [0u8; 8192];
+        let n = server.recv(&mut buf).unwrap();
+        let msg = std::str::from_utf8(&buf[..n]).unwrap();
+        // critical (2) in authpriv (10): 10 * 8 + 2.
+        assert!(msg.starts_with("<82>1 "), "{msg}");
+        assert!(
+            msg.contains(" daemoneye-agent ")
+                && msg.contains(" reverse-shell [alert@32473 rule=\"reverse-shell\""),
+            "{msg}"
+        );
+        assert!(msg.contains("pid=\"4242\""), "{msg}");
+        let json = &msg[msg.find("] {").unwrap() + 2..];
+        let back: Alert = serde_json::from_str(json).unwrap();
+        assert_eq!(back, alert_with_time(&back));
+    }
+
+    fn alert_with_time(a: &Alert) -> Alert {
+        let mut b = alert();
+        b.raised_at = a.raised_at;
+        b.observed_at = a.observed_at;
+        b
+    }
+
+    #[test]
+    fn a_missing_collector_is_an_error_not_a_hang_and_failures_count() {
+        assert!(SyslogSink::open(SyslogTarget::Unix("/nonexistent/log".into())).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let mut sink = SyslogSink::open(SyslogTarget::Unix(path)).unwrap();
+        sink.send(&alert()).unwrap();
+        drop(server); // the collector goes away
+        assert!(sink.send(&alert()).is_err());
+        assert_eq!(sink.failures(), 1);
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            "/dev/log".parse::<SyslogTarget>().unwrap(),
+            SyslogTarget::Unix("/dev/log".into())
+        );
+        assert!("udp://127.0.0.1:514".parse::<SyslogTarget>().is_ok());
+        assert!("udp://nowhere".parse::<SyslogTarget>().is_err());
+        assert!("log".parse::<SyslogTarget>().is_err());
+        assert_eq!(sd_escape("a\"b]c\\"), "a\\\"b\\]c\\\\");
+    }
+}
