@@ -50,7 +50,17 @@ const SCHEMA: &str = "CREATE TABLE processes (
     file_exists INTEGER NOT NULL, accessible INTEGER NOT NULL, exe_dir_user_writable INTEGER,
     pid INTEGER NOT NULL, process_key TEXT, ppid INTEGER, start_time INTEGER, observed_at INTEGER,
     parent_exe TEXT, parent_cmdline TEXT, exe_hash TEXT, container_id TEXT, argv TEXT NOT NULL
-)";
+);
+-- With case-sensitive LIKE, prefix patterns (`exe LIKE '/tmp/%'`), IN lists
+-- and equalities become index lookups instead of scans of the batch.
+CREATE INDEX processes_exe ON processes (exe);
+CREATE INDEX processes_name ON processes (name);
+CREATE INDEX processes_exe_name ON processes (exe_name);
+CREATE INDEX processes_parent_name ON processes (parent_name);
+CREATE INDEX processes_event_type ON processes (event_type);
+CREATE INDEX processes_deleted ON processes (exe_deleted);
+CREATE INDEX processes_pipes ON processes (pipes_to_interpreter);
+CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable);";
 
 const INSERT: &str = "INSERT INTO processes (
     process_key, pid, ppid, name, exe, exe_name, exe_dir, argv, cmdline, uid, euid, start_time,
