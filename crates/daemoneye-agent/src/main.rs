@@ -101,26 +101,35 @@ async fn collect(interval: u64) -> anyhow::Result<()> {
     let mut collector =
         Collector::new(CollectorConfig::new().with_shutdown_timeout(Duration::from_secs(5)));
     collector.register(Box::new(source))?;
-    let mut sub = collector.handle().subscribe();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
     let writer = tokio::spawn(async move {
-        let mut out = std::io::BufWriter::new(std::io::stdout());
-        while let Some(batch) = sub.recv_batch().await {
-            for e in batch.iter() {
-                if let CollectionEvent::Process(p) = e {
-                    let mut v = serde_json::to_value(p)?;
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("kind".to_owned(), p.event_type.as_str().into());
+        let written = async {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            while let Some(batch) = sub.recv_batch().await {
+                for e in batch.iter() {
+                    if let CollectionEvent::Process(p) = e {
+                        let mut v = serde_json::to_value(p)?;
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("kind".to_owned(), p.event_type.as_str().into());
+                        }
+                        serde_json::to_writer(&mut out, &v)?;
+                        out.write_all(b"\n")?;
                     }
-                    serde_json::to_writer(&mut out, &v)?;
-                    out.write_all(b"\n")?;
                 }
+                out.flush()?;
             }
-            out.flush()?;
+            anyhow::Ok(())
         }
-        anyhow::Ok(())
+        .await;
+        if written.is_err() {
+            // The agent stopped reading (it is gone): nobody to collect for.
+            handle.shutdown();
+        }
+        written
     });
     collector.run().await?;
-    writer.await??;
+    writer.await?.context("the agent stopped reading events")?;
     Ok(())
 }
 
@@ -353,6 +362,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
     if let Command::Collect { .. } = &cli.command {
+        // Die with the agent, even if it is killed outright.
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+            eprintln!("daemoneye-agent: cannot tie the collector to the agent: {e}");
+        }
+        if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+            eprintln!("daemoneye-agent: the agent is already gone");
+            return ExitCode::FAILURE;
+        }
         if let Err(e) = procmond::privileges::drop_privileges() {
             eprintln!("daemoneye-agent: {e}");
             return ExitCode::FAILURE;
