@@ -256,28 +256,65 @@ impl ProcReader {
         cache: &mut SnapshotCache,
     ) -> Result<Snapshot, SetupError> {
         let taken_at = SystemTime::now();
-        let pids = self.pids()?;
+        let mut pids = self.pids()?;
         let mut stats = SnapshotStats::default();
-        let mut processes = Vec::with_capacity(pids.len().min(max_processes));
-        cache.begin_pass();
-        for pid in pids {
-            if processes.len() >= max_processes {
-                stats.truncated += 1;
-                continue;
-            }
-            match self.read_into(pid, cache) {
-                Ok(p) => {
-                    if !p.accessible {
-                        stats.access_denied += 1;
-                    }
-                    processes.push(p);
-                }
-                Err(ReadError::Vanished { .. }) => stats.vanished += 1,
-                Err(ReadError::PermissionDenied { .. }) => stats.access_denied += 1,
-                Err(_) => stats.errors += 1,
-            }
+        if pids.len() > max_processes {
+            stats.truncated = (pids.len() - max_processes) as u64;
+            pids.truncate(max_processes);
         }
-        cache.end_pass();
+        let n = cache.shards.len();
+        let parts: Vec<(Vec<ProcessEvent>, SnapshotStats)> = if n == 1 || pids.len() < 64 {
+            let pids = &pids;
+            cache
+                .shards
+                .iter_mut()
+                .enumerate()
+                .map(|(i, shard)| {
+                    self.read_shard(pids.iter().copied().filter(|p| *p as usize % n == i), shard)
+                })
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let pids = &pids;
+                let running: Vec<_> = cache
+                    .shards
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, shard)| {
+                        scope.spawn(move || {
+                            self.read_shard(
+                                pids.iter().copied().filter(|p| *p as usize % n == i),
+                                shard,
+                            )
+                        })
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| {
+                        // A reader thread cannot panic on input; if it did (a
+                        // bug), its share is counted as errors, not lost silently.
+                        t.join().unwrap_or_else(|_| {
+                            (
+                                Vec::new(),
+                                SnapshotStats {
+                                    errors: 1,
+                                    ..SnapshotStats::default()
+                                },
+                            )
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut processes = Vec::with_capacity(pids.len());
+        for (part, s) in parts {
+            processes.extend(part);
+            stats.vanished += s.vanished;
+            stats.access_denied += s.access_denied;
+            stats.errors += s.errors;
+        }
+        processes.sort_unstable_by_key(|p| p.pid);
         stats.processes = processes.len() as u64;
         Ok(Snapshot {
             processes,
@@ -292,7 +329,33 @@ impl ProcReader {
     /// [`ReadError::Vanished`] when it is gone (common for short-lived
     /// processes), [`ReadError::PermissionDenied`] when even `stat` is refused.
     pub fn read_process(&self, pid: u32) -> Result<ProcessEvent, ReadError> {
-        self.read_into(pid, &mut SnapshotCache::default())
+        self.read_into(pid, &mut Shard::default())
+    }
+
+    /// Reads the given pids with one shard of the cache.
+    fn read_shard(
+        &self,
+        pids: impl Iterator<Item = u32>,
+        shard: &mut Shard,
+    ) -> (Vec<ProcessEvent>, SnapshotStats) {
+        let mut stats = SnapshotStats::default();
+        let mut out = Vec::new();
+        shard.begin_pass();
+        for pid in pids {
+            match self.read_into(pid, shard) {
+                Ok(p) => {
+                    if !p.accessible {
+                        stats.access_denied += 1;
+                    }
+                    out.push(p);
+                }
+                Err(ReadError::Vanished { .. }) => stats.vanished += 1,
+                Err(ReadError::PermissionDenied { .. }) => stats.access_denied += 1,
+                Err(_) => stats.errors += 1,
+            }
+        }
+        shard.end_pass();
+        (out, stats)
     }
 
     /// Reads only `/proc/<pid>/stat`: name, parent, start time, memory and
@@ -336,8 +399,8 @@ impl ProcReader {
         Ok(event)
     }
 
-    fn read_into(&self, pid: u32, cache: &mut SnapshotCache) -> Result<ProcessEvent, ReadError> {
-        let SnapshotCache {
+    fn read_into(&self, pid: u32, cache: &mut Shard) -> Result<ProcessEvent, ReadError> {
+        let Shard {
             buf,
             on_disk,
             stable,
@@ -457,12 +520,11 @@ struct Stable {
     running_exe: Option<(u64, u64)>,
 }
 
-/// State kept between snapshot passes: reusable buffers and what rarely
-/// changes per process (cgroup, namespaces, the inode of the running
-/// executable), so a steady-state pass reads only what does change.
-/// Entries of processes not seen in a pass are dropped.
+/// What one reader thread keeps between passes: reusable buffers and what
+/// rarely changes per process (cgroup, namespaces, the inode of the running
+/// executable). Entries of processes not seen in a pass are dropped.
 #[derive(Debug, Default)]
-pub struct SnapshotCache {
+struct Shard {
     buf: Vec<u8>,
     /// (device, inode) now at each executable path, looked up once a pass.
     on_disk: HashMap<String, Option<(u64, u64)>>,
@@ -470,22 +532,7 @@ pub struct SnapshotCache {
     pass: u64,
 }
 
-impl SnapshotCache {
-    /// Processes remembered.
-    pub fn len(&self) -> usize {
-        self.stable.len()
-    }
-
-    /// Whether the process with this pid and start time is remembered.
-    pub fn remembers(&self, pid: u32, start_ticks: u64) -> bool {
-        self.stable.contains_key(&(pid, start_ticks))
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.stable.is_empty()
-    }
-
+impl Shard {
     fn begin_pass(&mut self) {
         self.pass += 1;
         self.on_disk.clear();
@@ -494,6 +541,52 @@ impl SnapshotCache {
     fn end_pass(&mut self) {
         let pass = self.pass;
         self.stable.retain(|_, (_, seen)| *seen == pass);
+    }
+}
+
+/// State kept between snapshot passes, split in one shard per reader
+/// thread (a pid always goes to the same shard), so a steady-state pass
+/// reads only what changes, on every core.
+#[derive(Debug)]
+pub struct SnapshotCache {
+    shards: Vec<Shard>,
+}
+
+impl Default for SnapshotCache {
+    /// One shard per core, at most four.
+    fn default() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Self::with_threads(n)
+    }
+}
+
+impl SnapshotCache {
+    /// A cache read by `threads` threads (at least one).
+    pub fn with_threads(threads: usize) -> Self {
+        Self {
+            shards: (0..threads.max(1)).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    fn shard_of(&self, pid: u32) -> usize {
+        usize::try_from(pid).unwrap_or(0) % self.shards.len()
+    }
+
+    /// Processes remembered.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.stable.len()).sum()
+    }
+
+    /// Whether the process with this pid and start time is remembered.
+    pub fn remembers(&self, pid: u32, start_ticks: u64) -> bool {
+        self.shards[self.shard_of(pid)]
+            .stable
+            .contains_key(&(pid, start_ticks))
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
