@@ -2,21 +2,18 @@
 //! the same records through an in-process `Subscription`, and the round
 //! trip of a small task.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use async_trait::async_trait;
 use collector_core::{
-    BootId, CollectionEvent, Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer,
-    EventSource, IpcClientConfig, IpcServerConfig, ProcessEvent, ProcessKey, SourceCaps,
+    Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer, IpcClientConfig,
+    IpcServerConfig, SourceCaps,
 };
 use daemoneye_lib::proto::{DetectionResult, DetectionTask, ProtoTaskType, SubscribeRequest};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::report;
+use crate::runtime::{sample_event, Blaster};
 
 pub(crate) struct Options {
     records: u64,
@@ -48,55 +45,13 @@ impl Options {
     }
 }
 
-fn sample_event() -> CollectionEvent {
-    let boot = BootId::from_bytes([0x5a; 16]);
-    let mut p = ProcessEvent::new(4242, "nginx");
-    p.ppid = Some(1);
-    p.executable_path = Some("/usr/sbin/nginx".into());
-    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
-    p.user_id = Some(33);
-    p.memory_usage = Some(12 << 20);
-    p.process_key = Some(ProcessKey::new(boot, 4242, 123_456));
-    p.timestamp = SystemTime::now();
-    CollectionEvent::Process(p)
-}
-
-struct Blaster {
-    count: u64,
-    template: CollectionEvent,
-}
-
-#[async_trait]
-impl EventSource for Blaster {
-    fn name(&self) -> &'static str {
-        "ipc-blaster"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        for _ in 0..self.count {
-            if stop.load(Ordering::Relaxed) || tx.send(self.template.clone()).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 fn collector(records: u64) -> anyhow::Result<Collector> {
     let config = CollectorConfig::default()
         .with_event_buffer_size(8192)
         .with_max_batch_size(512);
     let mut c = Collector::try_new(config)?;
     c.register(Box::new(Blaster {
+        name: "ipc-blaster",
         count: records,
         template: sample_event(),
     }))?;

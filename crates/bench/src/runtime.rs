@@ -67,10 +67,10 @@ pub(crate) fn sample_event() -> CollectionEvent {
 }
 
 /// Sends `count` clones of the sample event, then ends.
-struct Blaster {
-    name: &'static str,
-    count: u64,
-    template: CollectionEvent,
+pub(crate) struct Blaster {
+    pub(crate) name: &'static str,
+    pub(crate) count: u64,
+    pub(crate) template: CollectionEvent,
 }
 
 #[async_trait]
