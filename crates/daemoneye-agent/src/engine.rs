@@ -192,9 +192,9 @@ pub struct EngineStats {
 }
 
 /// Denials recorded by the authorizer, for a clear refusal message.
-type Denied = Arc<Mutex<Option<String>>>;
+pub(crate) type Denied = Arc<Mutex<Option<String>>>;
 
-fn read_only_authorizer(
+pub(crate) fn read_only_authorizer(
     denied: Denied,
 ) -> impl for<'r> FnMut(AuthContext<'r>) -> Authorization + Send + 'static {
     move |ctx: AuthContext<'_>| {

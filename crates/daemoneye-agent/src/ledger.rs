@@ -56,7 +56,7 @@ pub fn create(conn: &Connection) -> Result<(), LedgerError> {
     Ok(())
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

@@ -47,6 +47,24 @@ pub enum StoreError {
     /// An alert could not be encoded.
     #[error("cannot encode an alert")]
     Encode(#[from] serde_json::Error),
+    /// A query was refused or failed.
+    #[error("query refused: {reason}")]
+    Query {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The longest an ad-hoc query may run.
+pub const QUERY_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The result of [`AgentStore::query`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QueryResult {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, each value as JSON (integers, reals, text, null; blobs as hex).
+    pub rows: Vec<Vec<serde_json::Value>>,
 }
 
 /// The agent's store.
@@ -135,6 +153,67 @@ impl AgentStore {
             .collect()
     }
 
+    /// Runs one read-only `SELECT` (the tables: `alerts`, `ledger`), under the
+    /// same authorizer as the rules and a [`QUERY_TIME_LIMIT`].
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement is not a single read, or
+    /// fails or overruns.
+    pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
+        use rusqlite::types::ValueRef;
+        let refuse = |reason: String| StoreError::Query { reason };
+        let denied = crate::engine::Denied::default();
+        self.conn
+            .authorizer(Some(crate::engine::read_only_authorizer(denied.clone())));
+        let deadline = tokio::time::Instant::now() + QUERY_TIME_LIMIT;
+        self.conn
+            .progress_handler(1000, Some(move || tokio::time::Instant::now() >= deadline));
+        let result = (|| {
+            let mut stmt = self.conn.prepare(sql).map_err(|e| match e {
+                rusqlite::Error::MultipleStatement => refuse("more than one statement".to_owned()),
+                e => match denied
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                {
+                    Some(what) => refuse(format!("only reading is allowed; refused: {what}")),
+                    None => refuse(format!("invalid SQL: {e}")),
+                },
+            })?;
+            if !stmt.readonly() {
+                return Err(refuse("only reading is allowed".to_owned()));
+            }
+            let columns: Vec<String> = stmt
+                .column_names()
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect();
+            let n = columns.len();
+            let mut rows = Vec::new();
+            let mut it = stmt.query([]).map_err(|e| refuse(e.to_string()))?;
+            while let Some(row) = it.next().map_err(|e| refuse(e.to_string()))? {
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    let v = match row.get_ref(i).map_err(|e| refuse(e.to_string()))? {
+                        ValueRef::Null => serde_json::Value::Null,
+                        ValueRef::Integer(x) => x.into(),
+                        ValueRef::Real(x) => x.into(),
+                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                        ValueRef::Blob(b) => crate::ledger::to_hex(b).into(),
+                    };
+                    out.push(v);
+                }
+                rows.push(out);
+            }
+            Ok(QueryResult { columns, rows })
+        })();
+        self.conn.authorizer(
+            None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
+        );
+        self.conn.progress_handler(0, None::<fn() -> bool>);
+        result
+    }
+
     /// Verifies the ledger.
     ///
     /// # Errors
@@ -185,5 +264,42 @@ mod tests {
             Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. })) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn queries_read_and_only_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AgentStore::open(dir.path()).unwrap();
+        let rule = &rules::builtin().unwrap()[0];
+        let a = Alert::new(
+            rule,
+            AlertProcess::from_event(&ProcessEvent::new(5, "x"), None),
+            SystemTime::now(),
+        );
+        store.record_alert(&a).unwrap();
+        let ro = AgentStore::open_read_only(dir.path()).unwrap();
+        let r = ro.query("SELECT rule_id, pid FROM alerts").unwrap();
+        assert_eq!(r.columns, vec!["rule_id", "pid"]);
+        assert_eq!(
+            r.rows,
+            vec![vec![serde_json::Value::from(rule.id.clone()), 5.into()]]
+        );
+        for bad in [
+            "DELETE FROM alerts",
+            "SELECT 1; SELECT 2",
+            "PRAGMA journal_mode",
+            "ATTACH 'x' AS y",
+            "SELEC 1",
+        ] {
+            assert!(
+                matches!(ro.query(bad), Err(StoreError::Query { .. })),
+                "{bad}"
+            );
+        }
+        // Refusals leave the store usable.
+        assert_eq!(
+            ro.query("SELECT count(*) AS n FROM alerts").unwrap().rows[0][0],
+            1
+        );
     }
 }

@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Run one read-only SELECT over the agent's store (tables `alerts`, `ledger`).
+    Query {
+        /// The statement.
+        sql: String,
+    },
     /// Recent alerts.
     Alerts {
         /// How many.
@@ -165,6 +170,37 @@ fn open_store(dir: &Path) -> Result<AgentStore, ExitCode> {
     })
 }
 
+fn query(store: &AgentStore, sql: &str, format: Format) -> Result<ExitCode, anyhow::Error> {
+    let r = match store.query(sql) {
+        Ok(r) => r,
+        Err(StoreError::Query { reason }) => {
+            eprintln!("daemoneye-cli: query refused: {reason}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if format == Format::Json {
+        for row in &r.rows {
+            let obj: serde_json::Map<String, serde_json::Value> =
+                r.columns.iter().cloned().zip(row.iter().cloned()).collect();
+            println!("{}", serde_json::Value::Object(obj));
+        }
+    } else {
+        println!("{}", r.columns.join("\t"));
+        for row in &r.rows {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            println!("{}", cells.join("\t"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse(); // 2 on bad flags
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -201,6 +237,10 @@ fn main() -> ExitCode {
                 Err(e) => Err(e.into()),
             }
         }
+        Command::Query { sql } => match open_store(&data_dir) {
+            Ok(store) => query(&store, sql, cli.format),
+            Err(code) => return code,
+        },
         Command::Alerts { limit } => {
             let store = match open_store(&data_dir) {
                 Ok(s) => s,

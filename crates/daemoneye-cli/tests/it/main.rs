@@ -123,6 +123,27 @@ fn ledger_verifies_then_fails_after_a_row_is_edited() {
     );
 
     let out = Command::new(BIN)
+        .args([
+            "query",
+            "SELECT count(*) AS n FROM alerts",
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"n\":4}");
+    let out = Command::new(BIN)
+        .args(["query", "DELETE FROM alerts", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only reading"));
+
+    let out = Command::new(BIN)
         .args(["--format", "json", "alerts", "--data-dir"])
         .arg(dir.path())
         .output()
