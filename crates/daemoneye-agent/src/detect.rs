@@ -91,15 +91,19 @@ impl Detector {
         // batch is still judged on what it ran, and each alert shows the
         // event that matched.
         let mut best: Vec<&ProcessEvent> = Vec::new();
+        let mut slot: HashMap<u32, usize> = HashMap::with_capacity(events.len());
         for e in events {
-            match best.iter_mut().find(|b| b.pid == e.pid) {
+            match slot.get(&e.pid).map(|&i| &mut best[i]) {
                 Some(b) if e.accessible || !b.accessible => {
                     if e.event_type != ProcessEventType::Exit || !b.accessible {
                         *b = e;
                     }
                 }
                 Some(_) => {}
-                None => best.push(e),
+                None => {
+                    slot.insert(e.pid, best.len());
+                    best.push(e);
+                }
             }
         }
         let events: Vec<ProcessEvent> = best.into_iter().cloned().collect();
@@ -126,13 +130,18 @@ impl Detector {
             return Ok(Vec::new());
         }
         let matches = self.engine.evaluate(rows)?;
+        // Rows are one per pid (a batch is merged per process, the table is
+        // keyed by pid): find a match's row without scanning.
+        let row_of: HashMap<u32, usize> =
+            rows.iter().enumerate().map(|(i, r)| (r.pid, i)).collect();
         let mut alerts = Vec::new();
         for m in matches {
-            let Some(i) = rows.iter().position(|r| {
-                r.pid == m.pid && (m.process_key.is_none() || r.process_key == m.process_key)
-            }) else {
+            let Some(&i) = row_of.get(&m.pid) else {
                 continue;
             };
+            if m.process_key.is_some() && rows[i].process_key != m.process_key {
+                continue;
+            }
             let Some(rule) = self.engine.rules().iter().find(|r| r.id == m.rule_id) else {
                 continue;
             };
