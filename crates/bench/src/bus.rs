@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use collector_core::{
     BusEvent, CollectionEvent, EventBus, EventBusConfig, EventFilter, EventKind, LocalEventBus,
     WhenFull,
@@ -29,31 +29,15 @@ const BUFFER: usize = 8192;
 const BATCH: usize = 256;
 const SUBSCRIBERS: [usize; 3] = [1, 4, 16];
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    events: u64,
-    reps: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            events: 500_000,
-            reps: 3,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--events" => o.events = value.parse().context("--events")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.events < BATCH as u64 || o.reps == 0 {
-            bail!("--events must be at least {BATCH} and --reps positive");
-        }
-        Ok(o)
-    }
+    /// Events published per repetition (at least one batch).
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(BATCH as u64..))]
+    pub(crate) events: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
 }
 
 /// Events/s delivered to each of `subscribers` filtered bus subscribers.

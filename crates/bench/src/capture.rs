@@ -8,33 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEventType};
 use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
 use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    secs: u64,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self { secs: 10 };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--secs" => o.secs = value.parse().context("--secs")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.secs == 0 {
-            bail!("--secs must be positive");
-        }
-        Ok(o)
-    }
+    /// Seconds of spawning.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) secs: u64,
 }
 
 #[derive(Default)]

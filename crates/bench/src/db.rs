@@ -4,37 +4,20 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use procmond::db::{bench_events, bench_write_rate};
 use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    events: usize,
-    reps: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            events: 100_000,
-            reps: 3,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--events" => o.events = value.parse().context("--events")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.events == 0 || o.reps == 0 {
-            bail!("--events and --reps must be positive");
-        }
-        Ok(o)
-    }
+    /// Events written per repetition.
+    #[arg(long, default_value_t = 100_000, value_parser = crate::positive::<usize>)]
+    pub(crate) events: usize,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
 }
 
 /// The same events as JSON blobs, one prepared insert each, in batches of

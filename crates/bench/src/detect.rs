@@ -14,26 +14,12 @@ use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    execs: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self { execs: 200 };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--execs" => o.execs = value.parse().context("--execs")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.execs == 0 {
-            bail!("--execs must be positive");
-        }
-        Ok(o)
-    }
+    /// Execs timed.
+    #[arg(long, default_value_t = 200, value_parser = crate::positive::<usize>)]
+    pub(crate) execs: usize,
 }
 
 struct Reaped(std::process::Child);

@@ -10,31 +10,15 @@ use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    extra: usize,
-    reps: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            extra: 3000,
-            reps: 7,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--extra" => o.extra = value.parse().context("--extra")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.reps == 0 {
-            bail!("--reps must be positive");
-        }
-        Ok(o)
-    }
+    /// Extra sleeping processes to spawn.
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) extra: usize,
+    /// Repetitions.
+    #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
 }
 
 /// Children killed and reaped on drop, so a failed run leaves nothing behind.

@@ -6,7 +6,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use collector_core::HashAlgorithm;
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use tokio::time::Instant;
@@ -15,34 +15,18 @@ use crate::report;
 
 const CHUNK: usize = 256 << 10;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    size_mib: u64,
-    reps: usize,
-    hits: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            size_mib: 64,
-            reps: 5,
-            hits: 20_000,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--size-mib" => o.size_mib = value.parse().context("--size-mib")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                "--hits" => o.hits = value.parse().context("--hits")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.size_mib == 0 || o.size_mib > 1024 || o.reps == 0 || o.hits == 0 {
-            bail!("--size-mib must be 1..=1024, --reps and --hits positive");
-        }
-        Ok(o)
-    }
+    /// Size of the hashed file, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) size_mib: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 5, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
+    /// Cache hits timed.
+    #[arg(long, default_value_t = 20_000, value_parser = crate::positive::<usize>)]
+    pub(crate) hits: usize,
 }
 
 /// A temporary file removed on drop, so a failed run leaves nothing behind.
@@ -182,7 +166,8 @@ mod tests {
 
     #[test]
     fn options_parse_and_reject() {
-        let o = Options::parse(&args(&["--size-mib", "2", "--reps", "3"])).unwrap();
+        let o =
+            crate::parse_options::<Options>(&args(&["--size-mib", "2", "--reps", "3"])).unwrap();
         assert_eq!((o.size_mib, o.reps, o.hits), (2, 3, 20_000));
         for bad in [
             &["--size-mib", "0"][..],
@@ -191,13 +176,24 @@ mod tests {
             &["--bogus", "1"],
             &["--reps"],
         ] {
-            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(
+                crate::parse_options::<Options>(&args(bad)).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn small_run_completes() {
-        let o = Options::parse(&args(&["--size-mib", "1", "--reps", "1", "--hits", "10"])).unwrap();
+        let o = crate::parse_options::<Options>(&args(&[
+            "--size-mib",
+            "1",
+            "--reps",
+            "1",
+            "--hits",
+            "10",
+        ]))
+        .unwrap();
         run(&o).unwrap();
     }
 }

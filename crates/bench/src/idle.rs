@@ -9,26 +9,12 @@ use anyhow::{bail, Context as _};
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    secs: u64,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self { secs: 60 };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--secs" => o.secs = value.parse().context("--secs")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.secs < 2 {
-            bail!("--secs must be at least 2");
-        }
-        Ok(o)
-    }
+    /// Seconds measured.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
+    pub(crate) secs: u64,
 }
 
 /// utime + stime (ticks) and `VmRSS` (bytes) of `pid`.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use collector_core::{
     Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer, IpcClientConfig,
     IpcServerConfig, SourceCaps,
@@ -15,34 +15,18 @@ use tokio::time::Instant;
 use crate::report;
 use crate::runtime::{sample_event, Blaster};
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    records: u64,
-    reps: usize,
-    tasks: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            records: 500_000,
-            reps: 3,
-            tasks: 20_000,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--records" => o.records = value.parse().context("--records")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                "--tasks" => o.tasks = value.parse().context("--tasks")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.records == 0 || o.reps == 0 || o.tasks == 0 {
-            bail!("--records, --reps and --tasks must be positive");
-        }
-        Ok(o)
-    }
+    /// Records streamed per repetition.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) records: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
+    /// Task round trips timed.
+    #[arg(long, default_value_t = 20_000, value_parser = crate::positive::<usize>)]
+    pub(crate) tasks: usize,
 }
 
 fn collector(records: u64) -> anyhow::Result<Collector> {
@@ -256,9 +240,9 @@ mod tests {
 
     #[test]
     fn options_refuse_bad_flags() {
-        assert!(Options::parse(&["--records".into(), "0".into()]).is_err());
-        assert!(Options::parse(&["--nope".into(), "1".into()]).is_err());
-        assert_eq!(Options::parse(&[]).unwrap().tasks, 20_000);
+        assert!(crate::parse_options::<Options>(&["--records".into(), "0".into()]).is_err());
+        assert!(crate::parse_options::<Options>(&["--nope".into(), "1".into()]).is_err());
+        assert_eq!(crate::parse_options::<Options>(&[]).unwrap().tasks, 20_000);
     }
 
     #[test]

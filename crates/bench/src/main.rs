@@ -30,37 +30,71 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: daemoneye-bench <bench> [flags]\n  runtime [--events N] [--reps R] [--flood-secs S]\n  enumerate [--extra N] [--reps R]\n  hash [--size-mib N] [--reps R] [--hits N]\n  capture [--secs S]    (root)\n  idle [--secs S]       (needs target/release/procmond)\n  db [--events N] [--reps R]\n  rules [--processes N] [--reps R]\n  detect [--execs N]    (root; needs target/release/daemoneye-agent)\n  ipc [--records N] [--reps R] [--tasks N]\n  bus [--events N] [--reps R]\n  triggers [--events N] [--reps R]";
+/// Non-zero numbers for counts and repetitions.
+fn positive<T: std::str::FromStr + Default + PartialOrd>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(v) if v > T::default() => Ok(v),
+        Ok(_) => Err("must be positive".to_owned()),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+/// A bench's flags as the command line would give them (tests).
+#[cfg(test)]
+fn parse_options<T: clap::Parser>(args: &[String]) -> Result<T, clap::Error> {
+    T::try_parse_from(std::iter::once("bench").chain(args.iter().map(String::as_str)))
+}
+
+#[derive(clap::Parser)]
+#[command(
+    name = "daemoneye-bench",
+    about = "DaemonEye's benchmarks: `<metric> <value> <unit>` lines"
+)]
+enum Bench {
+    /// Events/s through the Collector vs a bare mpsc channel; RSS under a flood.
+    Runtime(runtime::Options),
+    /// A /proc snapshot vs `ps`, with extra sleeping processes.
+    Enumerate(enumerate::Options),
+    /// SHA-256/BLAKE3 vs plain reading; cache hit cost.
+    Hash(hash::Options),
+    /// As root: short-lived processes spawned flat out, all seen?
+    Capture(capture::Options),
+    /// procmond on a quiet host (needs target/release/procmond).
+    Idle(idle::Options),
+    /// Audit database writes/s.
+    Db(db::Options),
+    /// 100 rules over a process table.
+    Rules(rules::Options),
+    /// As root: exec-to-alert latency (needs target/release/daemoneye-agent).
+    Detect(detect::Options),
+    /// Records/s over the IPC socket; task round trip.
+    Ipc(ipc::Options),
+    /// Bus fan-out vs tokio broadcast.
+    Bus(bus::Options),
+    /// Trigger evaluation cost per process event.
+    Triggers(triggers::Options),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let result = match cmd.as_str() {
-        "runtime" => runtime::Options::parse(rest).and_then(|o| runtime::run(&o)),
-        "enumerate" => enumerate::Options::parse(rest).and_then(|o| enumerate::run(&o)),
-        "hash" => hash::Options::parse(rest).and_then(|o| hash::run(&o)),
-        "capture" => capture::Options::parse(rest).and_then(|o| capture::run(&o)),
-        "idle" => idle::Options::parse(rest).and_then(|o| idle::run(&o)),
-        "db" => db::Options::parse(rest).and_then(|o| db::run(&o)),
-        "rules" => rules::Options::parse(rest).and_then(|o| rules::run(&o)),
-        "detect" => detect::Options::parse(rest).and_then(|o| detect::run(&o)),
-        "ipc" => ipc::Options::parse(rest).and_then(|o| ipc::run(&o)),
-        "bus" => bus::Options::parse(rest).and_then(|o| bus::run(&o)),
-        "triggers" => triggers::Options::parse(rest).and_then(|o| triggers::run(&o)),
-        "-h" | "--help" => {
-            eprintln!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}\n{USAGE}")),
+    let bench = <Bench as clap::Parser>::parse(); // 2 on bad flags
+    let result = match bench {
+        Bench::Runtime(o) => runtime::run(&o),
+        Bench::Enumerate(o) => enumerate::run(&o),
+        Bench::Hash(o) => hash::run(&o),
+        Bench::Capture(o) => capture::run(&o),
+        Bench::Idle(o) => idle::run(&o),
+        Bench::Db(o) => db::run(&o),
+        Bench::Rules(o) => rules::run(&o),
+        Bench::Detect(o) => detect::run(&o),
+        Bench::Ipc(o) => ipc::run(&o),
+        Bench::Bus(o) => bus::run(&o),
+        Bench::Triggers(o) => triggers::run(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("daemoneye-bench: {err:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

@@ -2,38 +2,22 @@
 //! processes, against the same batch loaded with no rules at all (the
 //! engine's fixed cost) in the same run.
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use daemoneye_agent::engine::{ProcessRow, RuleEngine};
 use daemoneye_agent::rules;
 use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    processes: usize,
-    reps: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            processes: 10_000,
-            reps: 7,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--processes" => o.processes = value.parse().context("--processes")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.processes == 0 || o.reps == 0 {
-            bail!("--processes and --reps must be positive");
-        }
-        Ok(o)
-    }
+    /// Processes in the table.
+    #[arg(long, default_value_t = 10_000, value_parser = crate::positive::<usize>)]
+    pub(crate) processes: usize,
+    /// Repetitions.
+    #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
 }
 
 /// A plausible process table: daemons, shells, workers, the odd oddity.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use async_trait::async_trait;
 use collector_core::{
     BootId, CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, ProcessKey,
@@ -20,36 +20,18 @@ use crate::report;
 const BUFFER: usize = 8192;
 const BATCH: usize = 512;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    events: u64,
-    reps: usize,
-    flood: Duration,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            events: 2_000_000,
-            reps: 3,
-            flood: Duration::from_secs(10),
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--events" => o.events = value.parse().context("--events")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                "--flood-secs" => {
-                    o.flood = Duration::from_secs(value.parse().context("--flood-secs")?);
-                }
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.events == 0 || o.reps == 0 {
-            bail!("--events and --reps must be positive");
-        }
-        Ok(o)
-    }
+    /// Events per measurement.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) events: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
+    /// Seconds of the RSS flood.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) flood_secs: u64,
 }
 
 /// A process event of realistic shape: the thing a process collector sends.
@@ -269,7 +251,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         ratio("runtime.baseline_spread", base_spread);
         ratio("runtime.events_per_sec_spread", c11_spread);
 
-        let (peak, growth, flood_rate) = flood(o.flood).await?;
+        let (peak, growth, flood_rate) = flood(Duration::from_secs(o.flood_secs)).await?;
         rate("runtime.flood_events_per_sec", flood_rate);
         report("runtime.peak_rss_bytes", peak, "bytes");
         report("runtime.flood_rss_growth_bytes", growth, "bytes");
@@ -305,9 +287,14 @@ mod tests {
     #[test]
     fn options_refuse_bad_flags() {
         let args = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
-        assert!(Options::parse(&args(&["--events", "0"])).is_err());
-        assert!(Options::parse(&args(&["--events"])).is_err());
-        assert!(Options::parse(&args(&["--bogus", "1"])).is_err());
-        assert_eq!(Options::parse(&args(&["--events", "5"])).unwrap().events, 5);
+        assert!(crate::parse_options::<Options>(&args(&["--events", "0"])).is_err());
+        assert!(crate::parse_options::<Options>(&args(&["--events"])).is_err());
+        assert!(crate::parse_options::<Options>(&args(&["--bogus", "1"])).is_err());
+        assert_eq!(
+            crate::parse_options::<Options>(&args(&["--events", "5"]))
+                .unwrap()
+                .events,
+            5
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! `TriggerManager::evaluate` (the matching conditions' repeats are
 //! deduplicated, as they are in a real stream of one process's events).
 
-use anyhow::{bail, Context as _};
 use collector_core::{
     AnalysisType, BootId, ConditionType, HashAlgorithm, KnownGoodHash, ProcessEvent, ProcessKey,
     TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerManager, TriggerPriority,
@@ -13,31 +12,15 @@ use tokio::time::Instant;
 
 use crate::report;
 
+/// Flags of this bench.
+#[derive(clap::Parser)]
 pub(crate) struct Options {
-    events: u64,
-    reps: usize,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self {
-            events: 1_000_000,
-            reps: 3,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--events" => o.events = value.parse().context("--events")?,
-                "--reps" => o.reps = value.parse().context("--reps")?,
-                other => bail!("unknown flag {other:?}"),
-            }
-        }
-        if o.events == 0 || o.reps == 0 {
-            bail!("--events and --reps must be positive");
-        }
-        Ok(o)
-    }
+    /// Events evaluated per repetition.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) events: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
 }
 
 /// The ten conditions: every type once, plus a second name glob, path
