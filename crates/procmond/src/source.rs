@@ -267,8 +267,10 @@ impl Run<'_> {
         for e in &mut events {
             self.annotate_hash(e).await;
         }
+        let storing = self.collector.database.is_some();
         for e in events {
-            if e.event_type != ProcessEventType::Snapshot {
+            // Without a database there is nothing to batch: no copy per event.
+            if storing && e.event_type != ProcessEventType::Snapshot {
                 self.pending_db.push(e.clone());
             }
             if self.tx.send(CollectionEvent::Process(e)).await.is_err() {
