@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEvent};
+use collector_core::{Collector, CollectorConfig, ProcessEvent};
 use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::RuleEngine;
 use daemoneye_agent::rules;
@@ -108,12 +108,8 @@ async fn collect(interval: u64) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(std::io::stdout());
             while let Some(batch) = sub.recv_batch().await {
                 for e in batch.iter() {
-                    if let CollectionEvent::Process(p) = e {
-                        let mut v = serde_json::to_value(p)?;
-                        if let Some(o) = v.as_object_mut() {
-                            o.insert("kind".to_owned(), p.event_type.as_str().into());
-                        }
-                        serde_json::to_writer(&mut out, &v)?;
+                    if let Some(line) = procmond::jsonl_line(e)? {
+                        out.write_all(line.as_bytes())?;
                         out.write_all(b"\n")?;
                     }
                 }

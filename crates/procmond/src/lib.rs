@@ -29,3 +29,19 @@ pub use source::{
     ProcessCollectionConfig, ProcmondError, ProcmondMonitorCollector, ProcmondMonitorConfig,
     ProcmondStatsHandle,
 };
+
+/// One line of `--events-jsonl`: a process event's JSON fields plus `kind`
+/// (`snapshot`, `exec`, `exit`, ...); `None` for events of other domains.
+///
+/// # Errors
+/// When the event cannot be encoded.
+pub fn jsonl_line(event: &collector_core::CollectionEvent) -> serde_json::Result<Option<String>> {
+    let collector_core::CollectionEvent::Process(p) = event else {
+        return Ok(None);
+    };
+    let mut v = serde_json::to_value(p)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("kind".to_owned(), p.event_type.as_str().into());
+    }
+    serde_json::to_string(&v).map(Some)
+}

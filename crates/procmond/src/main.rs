@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig,
-};
+use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use procmond::snapshot::{ProcReader, ReadOptions};
 use procmond::{DatabaseManager, ProcmondMonitorCollector, ProcmondMonitorConfig};
@@ -165,18 +163,6 @@ fn snapshot(format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One JSON object a line: the process event's fields plus `kind`.
-fn jsonl_line(event: &CollectionEvent) -> serde_json::Result<Option<String>> {
-    let CollectionEvent::Process(p) = event else {
-        return Ok(None);
-    };
-    let mut v = serde_json::to_value(p)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("kind".to_owned(), p.event_type.as_str().into());
-    }
-    serde_json::to_string(&v).map(Some)
-}
-
 async fn run(args: RunArgs) -> Result<(), RunError> {
     let file: FileConfig = match &args.config {
         Some(path) => {
@@ -242,7 +228,7 @@ async fn run(args: RunArgs) -> Result<(), RunError> {
                 let mut out = BufWriter::new(out);
                 while let Some(batch) = sub.recv_batch().await {
                     for event in batch.iter() {
-                        if let Some(line) = jsonl_line(event)? {
+                        if let Some(line) = procmond::jsonl_line(event)? {
                             writeln!(out, "{line}")?;
                         }
                     }
