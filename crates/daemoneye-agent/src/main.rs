@@ -82,17 +82,6 @@ struct RunArgs {
     dedup_window_secs: u64,
 }
 
-fn default_data_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/daemoneye");
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("daemoneye")
-}
-
 /// The collector child: events as JSON lines (`ProcessEvent` plus `kind`).
 async fn collect(interval: u64) -> anyhow::Result<()> {
     let mut config = procmond::ProcmondMonitorConfig::default();
@@ -213,7 +202,10 @@ async fn stop_child(child: &mut tokio::process::Child) {
 
 #[allow(clippy::too_many_lines)] // one supervision loop reads best whole
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(daemoneye_lib::models::default_state_dir);
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()

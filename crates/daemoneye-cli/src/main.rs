@@ -81,17 +81,6 @@ enum LedgerCommand {
     Verify,
 }
 
-fn default_data_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/daemoneye");
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("daemoneye")
-}
-
 fn print_refusal(e: &RuleError) {
     println!("refused  {}  rule {}: {}", e.origin, e.rule, e.reason);
 }
@@ -203,7 +192,10 @@ fn query(store: &AgentStore, sql: &str, format: Format) -> Result<ExitCode, anyh
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // 2 on bad flags
-    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(daemoneye_lib::models::default_state_dir);
     let result = match &cli.command {
         Command::Rules {
             command: RulesCommand::Validate { files },

@@ -11,6 +11,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// Where every DaemonEye component keeps its state by default:
+/// `/var/lib/daemoneye` as root, `$XDG_STATE_HOME/daemoneye` (or
+/// `~/.local/state/daemoneye`) otherwise.
+pub fn default_state_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/daemoneye");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("daemoneye")
+}
+
 /// Where the kernel publishes the id of the current boot.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 

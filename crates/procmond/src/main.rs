@@ -96,17 +96,6 @@ fn bad(e: impl Into<anyhow::Error>) -> BadInput {
     BadInput(e.into())
 }
 
-fn default_database() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/daemoneye/procmond.db");
-    }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    state.join("daemoneye/procmond.db")
-}
-
 fn open_database(path: &Path) -> anyhow::Result<DatabaseManager> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         use std::os::unix::fs::DirBuilderExt;
@@ -197,7 +186,7 @@ async fn run(args: RunArgs) -> Result<(), RunError> {
         let path = args
             .database
             .or(file.database)
-            .unwrap_or_else(default_database);
+            .unwrap_or_else(|| daemoneye_lib::models::default_state_dir().join("procmond.db"));
         let db = open_database(&path).map_err(RunError::Failed)?;
         tracing::info!(path = %path.display(), "audit database open");
         ProcmondMonitorCollector::new(Arc::new(Mutex::new(db)), monitor).await
