@@ -257,6 +257,20 @@ pub enum ProcessEventType {
 }
 
 impl ProcessEventType {
+    /// Every event type.
+    pub const ALL: [Self; 10] = [
+        Self::Snapshot,
+        Self::Start,
+        Self::Fork,
+        Self::Exec,
+        Self::Exit,
+        Self::Modified,
+        Self::PidReused,
+        Self::ExecutableDeleted,
+        Self::ExecutableReplaced,
+        Self::StartTimeAnomaly,
+    ];
+
     /// The lowercase name (`start`, `exec`, `exit`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -376,7 +390,7 @@ impl ProcessEvent {
         }
     }
 
-    fn validate(&self) -> Result<(), EventValidationError> {
+    pub(crate) fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Process;
         if self.pid == 0 {
             return Err(invalid(K, "pid", "is zero"));

@@ -4,8 +4,8 @@
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
-    AnalysisType, CollectionEvent, FileOperation, FilesystemEvent, NetworkEvent, PerformanceEvent,
-    ProcessEvent, TriggerPriority, TriggerRequest,
+    AnalysisType, CollectionEvent, FileOperation, FilesystemEvent, HashAlgorithm, NetworkEvent,
+    PerformanceEvent, ProcessEvent, ProcessEventType, TriggerPriority, TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -68,6 +68,124 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
         event_type: e.event_type.as_str().to_owned(),
         exit_code: e.exit_code,
     }
+}
+
+/// Why a streamed [`ProcessRecord`](proto::ProcessRecord) could not be
+/// turned back into a [`ProcessEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A timestamp was out of range.
+    #[error("record of pid {pid}: {source}")]
+    Time {
+        /// The record's pid.
+        pid: u32,
+        /// The timestamp error.
+        #[source]
+        source: proto::ProtoError,
+    },
+    /// A required timestamp was missing.
+    #[error("record of pid {pid}: no observation time")]
+    NoTimestamp {
+        /// The record's pid.
+        pid: u32,
+    },
+    /// The process key was not `boot_id:pid:start_ticks`.
+    #[error("record of pid {pid}: invalid process key {key:?}")]
+    ProcessKey {
+        /// The record's pid.
+        pid: u32,
+        /// The key as received.
+        key: String,
+    },
+    /// A name this side does not know (an event type or hash algorithm from
+    /// a newer collector).
+    #[error("record of pid {pid}: unknown {field} {value:?}")]
+    Unknown {
+        /// The record's pid.
+        pid: u32,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The event the record describes is invalid.
+    #[error("record of pid {pid}: {reason}")]
+    Invalid {
+        /// The record's pid.
+        pid: u32,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The inverse of [`process_to_record`]: a received record as the event the
+/// collector published, checked as the runtime checks events
+/// ([`CollectionEvent::validate`]). An empty event type is a snapshot.
+///
+/// # Errors
+/// [`RecordError`] naming the pid and the field, for a record that is out
+/// of range, names an unknown event type or algorithm, or is invalid.
+pub fn record_to_process(r: proto::ProcessRecord) -> Result<ProcessEvent, RecordError> {
+    use std::time::SystemTime;
+
+    let pid = r.pid;
+    let time =
+        |t: Timestamp| SystemTime::try_from(t).map_err(|source| RecordError::Time { pid, source });
+    let event_type = match r.event_type.as_str() {
+        "" => ProcessEventType::Snapshot,
+        name => ProcessEventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| RecordError::Unknown {
+                pid,
+                field: "event type",
+                value: r.event_type.clone(),
+            })?,
+    };
+    let hash_algorithm = match r.hash_algorithm.as_deref() {
+        None => None,
+        Some("sha256") => Some(HashAlgorithm::Sha256),
+        Some("blake3") => Some(HashAlgorithm::Blake3),
+        Some(other) => {
+            return Err(RecordError::Unknown {
+                pid,
+                field: "hash algorithm",
+                value: other.to_owned(),
+            })
+        }
+    };
+    let process_key = r
+        .parsed_process_key()
+        .map_err(|_| RecordError::ProcessKey {
+            pid,
+            key: r.process_key.clone(),
+        })?;
+    let event = ProcessEvent {
+        event_type,
+        pid,
+        ppid: r.ppid,
+        name: r.name,
+        executable_path: r.executable_path,
+        command_line: r.command_line,
+        start_time: r.start_time.map(time).transpose()?,
+        cpu_usage: r.cpu_usage,
+        memory_usage: r.memory_usage,
+        executable_hash: r.executable_hash,
+        hash_algorithm,
+        user_id: r.user_id,
+        accessible: r.accessible,
+        file_exists: r.file_exists,
+        timestamp: time(r.timestamp.ok_or(RecordError::NoTimestamp { pid })?)?,
+        platform_metadata: r.platform_metadata,
+        process_key,
+        exit_code: r.exit_code,
+    };
+    event.validate().map_err(|e| RecordError::Invalid {
+        pid,
+        reason: e.to_string(),
+    })?;
+    Ok(event)
 }
 
 fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
@@ -226,6 +344,12 @@ mod tests {
         assert_eq!(r.event_type, "exit");
         assert_eq!(r.exit_code, Some(256));
 
+        assert_eq!(
+            record_to_process(r).unwrap(),
+            e,
+            "the inverse gives the event back"
+        );
+
         let rec = event_to_record(&CollectionEvent::Process(e), "procmond");
         assert_eq!(rec.kind(), proto::EventKind::Process);
         assert_eq!(rec.source_name, "procmond");
@@ -245,6 +369,110 @@ mod tests {
                 kind_to_proto(kind).as_str_name().to_lowercase(),
                 format!("event_kind_{kind}")
             );
+        }
+    }
+
+    #[test]
+    fn bad_records_are_refused_naming_pid_and_field() {
+        let good = || process_to_record(&ProcessEvent::new(7, "x"));
+        assert!(record_to_process(good()).is_ok());
+        let mut r = good();
+        r.event_type = "teleported".into();
+        let err = record_to_process(r).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RecordError::Unknown {
+                    pid: 7,
+                    field: "event type",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut r = good();
+        r.hash_algorithm = Some("md5".into());
+        assert!(matches!(
+            record_to_process(r),
+            Err(RecordError::Unknown {
+                field: "hash algorithm",
+                ..
+            })
+        ));
+        let mut r = good();
+        r.process_key = "nonsense".into();
+        assert!(matches!(
+            record_to_process(r),
+            Err(RecordError::ProcessKey { pid: 7, .. })
+        ));
+        let mut r = good();
+        r.timestamp = None;
+        assert_eq!(
+            record_to_process(r),
+            Err(RecordError::NoTimestamp { pid: 7 })
+        );
+        let mut r = good();
+        r.start_time = Some(Timestamp {
+            seconds: 1,
+            nanos: -1,
+        });
+        assert!(matches!(
+            record_to_process(r),
+            Err(RecordError::Time { pid: 7, .. })
+        ));
+        // Decodes, but is not an event the runtime would have published.
+        let mut r = good();
+        r.pid = 0;
+        assert!(matches!(
+            record_to_process(r),
+            Err(RecordError::Invalid { pid: 0, .. })
+        ));
+        let mut r = good();
+        r.event_type = String::new();
+        assert_eq!(
+            record_to_process(r).unwrap().event_type,
+            ProcessEventType::Snapshot
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn process_events_survive_the_round_trip(
+            pid in 1u32..,
+            ppid in proptest::option::of(1u32..),
+            name in "[a-z]{1,15}",
+            exe in proptest::option::of("/[a-z/]{1,40}"),
+            argv in proptest::collection::vec("[ -~]{0,20}", 0..6),
+            secs in 0u64..4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            uid in proptest::option::of(0u32..70_000),
+            ty in 0usize..ProcessEventType::ALL.len(),
+            accessible: bool,
+            file_exists: bool,
+            exit_code in proptest::option::of(proptest::num::i32::ANY),
+            ticks: u64,
+        ) {
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+            let event_type = ProcessEventType::ALL[ty];
+            // Only exits carry a wait status (the runtime's rule).
+            let exit_code = exit_code.filter(|_| event_type == ProcessEventType::Exit);
+            let e = ProcessEvent {
+                event_type,
+                pid,
+                ppid,
+                name,
+                executable_path: exe,
+                command_line: argv,
+                start_time: Some(t),
+                user_id: uid,
+                accessible,
+                file_exists,
+                timestamp: t + Duration::from_millis(3),
+                process_key: Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, ticks)),
+                exit_code,
+                ..ProcessEvent::default()
+            };
+            proptest::prop_assert_eq!(record_to_process(process_to_record(&e)).unwrap(), e);
         }
     }
 }

@@ -56,7 +56,10 @@ mod wire;
 
 pub use client::{CollectorIpcClient, EventStream};
 pub use config::{default_socket_path, IpcClientConfig, IpcServerConfig};
-pub use convert::{caps_to_domains, domain_to_caps, event_to_record, process_to_record};
+pub use convert::{
+    caps_to_domains, domain_to_caps, event_to_record, process_to_record, record_to_process,
+    RecordError,
+};
 pub use error::IpcError;
 pub use server::{CollectorIpcServer, IpcServerHandle, TaskFuture};
 pub use stats::IpcServerStats;
