@@ -57,6 +57,18 @@ fn small_collection_strategies(
                         rust_type(file.package(), key)?,
                         rust_type(file.package(), value)?
                     ),
+                    // A message made of itself (a component's components):
+                    // one level of default children, or generation recurses
+                    // without end.
+                    None if field.type_name()
+                        == format!(".{}.{}", file.package(), message.name()) =>
+                    {
+                        format!(
+                            "proptest::collection::vec(proptest::strategy::Just({}::default()), \
+                             {TEST_COLLECTION_SIZES})",
+                            message.name()
+                        )
+                    }
                     None => format!(
                         "proptest::collection::vec(proptest::arbitrary::any::<{}>(), \
                          {TEST_COLLECTION_SIZES})",

@@ -507,6 +507,24 @@ mod tests {
 
     /// One populated envelope per message type; the `match` fails to compile
     /// when a message type is added without a sample here.
+    fn health_sample() -> crate::proto::ComponentHealth {
+        crate::proto::ComponentHealth {
+            name: "daemoneye-agent".to_owned(),
+            state: crate::proto::HealthState::Degraded.into(),
+            message: "collector restarting".to_owned(),
+            version: "0.1.0".to_owned(),
+            pid: 4242,
+            uptime_ms: 60_000,
+            counters: [("restarts".to_owned(), 2)].into(),
+            components: vec![crate::proto::ComponentHealth {
+                name: "procmond".to_owned(),
+                state: crate::proto::HealthState::Unreachable.into(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one sample of every message type, in one list
     fn samples() -> Vec<Envelope> {
         let process = ProcessRecord {
             pid: 4242,
@@ -585,6 +603,8 @@ mod tests {
                 "no network source",
             )),
             Payload::Heartbeat(Heartbeat { nonce: 11 }),
+            Payload::HealthRequest(crate::proto::HealthRequest {}),
+            health_sample().into(),
         ];
         for p in &payloads {
             match p {
@@ -597,7 +617,9 @@ mod tests {
                 | Payload::Unsubscribe(_)
                 | Payload::EventBatch(_)
                 | Payload::Error(_)
-                | Payload::Heartbeat(_) => {}
+                | Payload::Heartbeat(_)
+                | Payload::HealthRequest(_)
+                | Payload::Health(_) => {}
             }
         }
         payloads
@@ -610,7 +632,7 @@ mod tests {
     #[test]
     fn every_message_type_round_trips() {
         let samples = samples();
-        assert_eq!(samples.len(), 10);
+        assert_eq!(samples.len(), 12);
         let mut wire = BytesMut::new();
         let mut codec = EnvelopeCodec::new();
         for env in &samples {

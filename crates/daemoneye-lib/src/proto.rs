@@ -237,6 +237,8 @@ impl envelope::Payload {
             Self::EventBatch(_) => "event_batch",
             Self::Error(_) => "error",
             Self::Heartbeat(_) => "heartbeat",
+            Self::HealthRequest(_) => "health_request",
+            Self::Health(_) => "health",
         }
     }
 }
@@ -287,6 +289,8 @@ payload_from! {
     EventBatch => EventBatch,
     ErrorResponse => Error,
     Heartbeat => Heartbeat,
+    HealthRequest => HealthRequest,
+    ComponentHealth => Health,
 }
 
 macro_rules! event_from {

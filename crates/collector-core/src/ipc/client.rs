@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::BytesMut;
 use daemoneye_lib::codec::{decode_payload, EnvelopeCodec};
 use daemoneye_lib::proto::{
-    envelope::Payload, CapabilityRequest, CapabilityResponse, DetectionResult, DetectionTask,
-    Envelope, ErrorCode, EventBatch, Heartbeat, SubscribeRequest, Unsubscribe, PROTOCOL_VERSION,
+    envelope::Payload, CapabilityRequest, CapabilityResponse, ComponentHealth, DetectionResult,
+    DetectionTask, Envelope, ErrorCode, EventBatch, HealthRequest, Heartbeat, SubscribeRequest,
+    Unsubscribe, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -198,6 +199,19 @@ impl CollectorIpcClient {
             .payload
         {
             Some(Payload::Heartbeat(_)) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the server for its health: the collector's (or its provider's)
+    /// report, with the server's own counters as the `ipc` component.
+    ///
+    /// # Errors
+    /// As [`send_task`](Self::send_task).
+    pub async fn health(&self) -> Result<ComponentHealth, IpcError> {
+        let conn = self.connection().await?;
+        match self.request(&conn, HealthRequest {}.into()).await?.payload {
+            Some(Payload::Health(report)) => Ok(report),
             other => Err(unexpected(other)),
         }
     }

@@ -49,6 +49,7 @@ mod client;
 mod config;
 mod convert;
 mod error;
+mod health;
 mod server;
 mod socket;
 mod stats;
@@ -61,5 +62,6 @@ pub use convert::{
     RecordError,
 };
 pub use error::IpcError;
+pub use health::{collector_health, source_state, status_state, HealthFuture};
 pub use server::{CollectorIpcServer, IpcServerHandle, TaskFuture};
 pub use stats::IpcServerStats;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use daemoneye_lib::codec::{decode_payload, CodecError, EnvelopeCodec};
 use daemoneye_lib::proto::{
-    envelope::Payload, CapabilityRequest, CapabilityResponse, DetectionResult, DetectionTask,
-    Domain, Envelope, ErrorCode, ErrorResponse, EventRecord, SourceCapability, SubscribeAck,
-    SubscribeRequest, TaskType, PROTOCOL_VERSION,
+    envelope::Payload, CapabilityRequest, CapabilityResponse, ComponentHealth, DetectionResult,
+    DetectionTask, Domain, Envelope, ErrorCode, ErrorResponse, EventRecord, HealthState,
+    SourceCapability, SubscribeAck, SubscribeRequest, TaskType, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ipc::convert::{caps_to_domains, domain_to_caps, event_to_record, kind_to_proto};
+use crate::ipc::health::{collector_health, ipc_component, HealthFuture};
 use crate::ipc::socket::{bind, BoundSocket};
 use crate::ipc::stats::{add, inc, Close, Counters};
 use crate::ipc::wire::FrameReader;
@@ -37,6 +38,8 @@ use crate::subscription::Subscription;
 pub type TaskFuture = Pin<Box<dyn Future<Output = DetectionResult> + Send>>;
 
 type Handler = Arc<dyn Fn(DetectionTask) -> TaskFuture + Send + Sync>;
+
+type HealthProvider = Arc<dyn Fn() -> HealthFuture + Send + Sync>;
 
 struct Shared {
     shutdown: CancellationToken,
@@ -87,6 +90,8 @@ pub struct CollectorIpcServer {
     listener: Option<UnixListener>,
     socket: BoundSocket,
     events: Option<CollectorHandle>,
+    name: String,
+    health: Option<HealthProvider>,
     allowed_uids: Arc<[u32]>,
     shared: Arc<Shared>,
 }
@@ -126,6 +131,8 @@ impl CollectorIpcServer {
             listener: Some(listener),
             socket,
             events: None,
+            name: "collector".to_owned(),
+            health: None,
             allowed_uids,
             shared: Arc::new(Shared {
                 shutdown: CancellationToken::new(),
@@ -140,6 +147,29 @@ impl CollectorIpcServer {
     #[must_use]
     pub fn with_events(mut self, handle: CollectorHandle) -> Self {
         self.events = Some(handle);
+        self
+    }
+
+    /// The name health reports give this server's component (default
+    /// `collector`).
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Answers health requests with `provider` instead of the collector's
+    /// own health ([`collector_health`](crate::ipc::collector_health) of the
+    /// [`with_events`](Self::with_events) handle). Either way the answer
+    /// gets one more component, `ipc`, with this server's counters; a
+    /// provider that does not answer within `handler_timeout` yields an
+    /// `unreachable` report.
+    #[must_use]
+    pub fn with_health<F>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> HealthFuture + Send + Sync + 'static,
+    {
+        self.health = Some(Arc::new(provider));
         self
     }
 
@@ -193,6 +223,8 @@ impl CollectorIpcServer {
             capabilities: self.capabilities,
             sources: self.sources(),
             events: self.events.clone(),
+            name: self.name.clone(),
+            health: self.health.clone(),
             handler: Arc::new(handler),
             shared: self.shared.clone(),
             next_subscription: AtomicU64::new(1),
@@ -314,6 +346,8 @@ struct ConnCtx {
     capabilities: SourceCaps,
     sources: Vec<SourceCapability>,
     events: Option<CollectorHandle>,
+    name: String,
+    health: Option<HealthProvider>,
     handler: Handler,
     shared: Arc<Shared>,
     next_subscription: AtomicU64,
@@ -327,6 +361,35 @@ impl ConnCtx {
     fn serves(&self, domain: Domain) -> bool {
         let caps = domain_to_caps(domain);
         !caps.is_empty() && self.capabilities.contains(caps)
+    }
+
+    /// The answer to a health request.
+    async fn health(&self) -> ComponentHealth {
+        let mut report = match (&self.health, &self.events) {
+            (Some(provider), _) => {
+                match tokio::time::timeout(self.config.handler_timeout, provider()).await {
+                    Ok(report) => report,
+                    Err(_) => ComponentHealth {
+                        name: self.name.clone(),
+                        state: HealthState::Unreachable.into(),
+                        message: "the health provider did not answer in time".to_owned(),
+                        ..ComponentHealth::default()
+                    },
+                }
+            }
+            (None, Some(handle)) => collector_health(&self.name, handle),
+            (None, None) => ComponentHealth {
+                name: self.name.clone(),
+                state: HealthState::Healthy.into(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+                ..ComponentHealth::default()
+            },
+        };
+        report
+            .components
+            .push(ipc_component(&self.shared.counters.snapshot()));
+        report
     }
 
     fn capability_response(&self, req: &CapabilityRequest) -> CapabilityResponse {
@@ -583,6 +646,11 @@ impl Connection {
             Payload::DetectionTask(task) => self.on_task(id, task).await,
             Payload::Heartbeat(hb) => {
                 self.reply(id, hb.into()).await;
+                Next::Continue
+            }
+            Payload::HealthRequest(_) => {
+                let report = self.ctx.health().await;
+                self.reply(id, report.into()).await;
                 Next::Continue
             }
             Payload::SubscribeRequest(req) => {

@@ -16,7 +16,8 @@ use collector_core::{
 use daemoneye_lib::codec::{decode_payload, encode_envelope, FrameCodec, HEADER_LEN};
 use daemoneye_lib::proto::{
     envelope::Payload, CapabilityRequest, DetectionResult, DetectionTask, Domain, Envelope,
-    ErrorCode, EventKind, Heartbeat, ProtoTaskType, SubscribeRequest, PROTOCOL_VERSION,
+    ErrorCode, EventKind, HealthState, Heartbeat, ProtoTaskType, SubscribeRequest,
+    PROTOCOL_VERSION,
 };
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1034,4 +1035,115 @@ async fn a_peer_of_another_uid_is_refused() {
     client.ping().await.unwrap();
     drop(client);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_collector_its_sources_and_the_server() {
+    let dir = TempDir::new("health");
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector
+        .register(Box::new(ProcFlood {
+            count: 500,
+            sent: sent.clone(),
+        }))
+        .unwrap();
+    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
+        .await
+        .unwrap()
+        .with_events(collector.handle())
+        .with_name("flood-collector");
+    let server_handle = server.handle();
+    let serving = tokio::spawn(async move { server.start(handler).await });
+    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
+        .await
+        .unwrap();
+    let mut stream = client.subscribe(SubscribeRequest::default()).await.unwrap();
+    let handle = collector.handle();
+    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    let mut seen = 0;
+    while seen < 500 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen += batch.events.len();
+    }
+    let report = client.health().await.unwrap();
+    assert_eq!(report.name, "flood-collector");
+    assert_eq!(report.pid, std::process::id());
+    assert_eq!(report.counters.get("events_accepted"), Some(&500));
+    let source = report
+        .components
+        .iter()
+        .find(|c| c.name == "proc-flood")
+        .expect("one component per source");
+    assert_eq!(source.counters.get("events_received"), Some(&500));
+    assert_ne!(source.state(), HealthState::Unhealthy, "{source:?}");
+    let ipc = report
+        .components
+        .iter()
+        .find(|c| c.name == "ipc")
+        .expect("the server's own counters");
+    assert_eq!(ipc.counters.get("connections_accepted"), Some(&1));
+    assert_eq!(ipc.counters.get("subscriptions_opened"), Some(&1));
+    assert!(ipc
+        .counters
+        .get("events_streamed")
+        .is_some_and(|n| *n >= 500));
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    drop(stream);
+    drop(client);
+    server_handle.shutdown();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
+    let dir = TempDir::new("health-provider");
+    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+        .await
+        .unwrap()
+        .with_health(|| {
+            Box::pin(async {
+                daemoneye_lib::proto::ComponentHealth {
+                    name: "agent".into(),
+                    state: HealthState::Degraded.into(),
+                    message: "collector restarting".into(),
+                    ..Default::default()
+                }
+            })
+        });
+    let h = server.handle();
+    let serving = tokio::spawn(async move { server.start(handler).await });
+    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
+        .await
+        .unwrap();
+    let report = client.health().await.unwrap();
+    assert_eq!(report.name, "agent");
+    assert_eq!(report.state(), HealthState::Degraded);
+    assert_eq!(report.message, "collector restarting");
+    assert!(report.components.iter().any(|c| c.name == "ipc"));
+    drop(client);
+    h.shutdown();
+    serving.await.unwrap().unwrap();
+
+    let dir = TempDir::new("health-silent");
+    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+        .await
+        .unwrap()
+        .with_name("stuck")
+        .with_health(|| Box::pin(std::future::pending()));
+    let h = server.handle();
+    let serving = tokio::spawn(async move { server.start(handler).await });
+    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
+        .await
+        .unwrap();
+    let report = client.health().await.unwrap();
+    assert_eq!(report.name, "stuck");
+    assert_eq!(report.state(), HealthState::Unreachable);
+    drop(client);
+    h.shutdown();
+    serving.await.unwrap().unwrap();
 }
