@@ -14,6 +14,7 @@
 //! - [`source`]: [`ProcmondMonitorCollector`], all of the above as an
 //!   `EventSource`.
 
+pub mod cli;
 pub mod connector;
 pub mod db;
 pub mod ipc;
