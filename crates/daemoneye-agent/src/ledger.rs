@@ -85,21 +85,18 @@ pub fn entry_hash(seq: i64, kind: &str, content: &str, prev_hash: &str) -> Strin
 /// SQLite errors.
 pub fn append(tx: &Transaction<'_>, kind: &str, content: &str) -> Result<i64, LedgerError> {
     let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = match last {
         Some((s, h)) => (s + 1, h),
         None => (1, to_hex(&GENESIS)),
     };
     let hash = entry_hash(seq, kind, content, &prev);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO ledger (seq, kind, content, prev_hash, entry_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![seq, kind, content, prev, hash],
-    )?;
+    )?
+    .execute(params![seq, kind, content, prev, hash])?;
     Ok(seq)
 }
 

@@ -1,9 +1,14 @@
-//! The agent's own store (`<data-dir>/agent.db`): alerts, each recorded
-//! together with its ledger entry in one transaction.
+//! The agent's own store (`<data-dir>/agent.db`): the processes the
+//! collector reports alive (`processes`), every lifecycle event
+//! (`process_events`: start, fork, exec, exit, modified, and the suspicious
+//! kinds; not periodic snapshots) and every alert (`alerts`), each event and
+//! alert recorded together with its ledger entry in one transaction.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags};
+
+use collector_core::{ProcessEvent, ProcessEventType};
 
 use crate::alert::Alert;
 use crate::ledger::{self, LedgerError, Verified};
@@ -23,7 +28,55 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alerts (
     raised_at INTEGER NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);";
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS processes (
+    pid INTEGER PRIMARY KEY,
+    process_key TEXT,
+    ppid INTEGER,
+    name TEXT NOT NULL,
+    exe TEXT,
+    argv TEXT NOT NULL,
+    uid INTEGER,
+    accessible INTEGER NOT NULL,
+    file_exists INTEGER NOT NULL,
+    exe_hash TEXT,
+    start_time INTEGER,
+    last_event TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS process_events (
+    id INTEGER PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    ppid INTEGER,
+    process_key TEXT,
+    name TEXT NOT NULL,
+    exe TEXT,
+    argv TEXT NOT NULL,
+    uid INTEGER,
+    exit_code INTEGER,
+    observed_at INTEGER NOT NULL,
+    ledger_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS process_events_observed ON process_events (observed_at);
+CREATE INDEX IF NOT EXISTS process_events_pid ON process_events (pid);";
+
+/// Nanoseconds since the Unix epoch (0 before it).
+fn nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What [`AgentStore::record_events`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Lifecycle events stored (each with a ledger entry).
+    pub lifecycle: u64,
+    /// Rows of `processes` inserted or updated.
+    pub upserted: u64,
+    /// Rows of `processes` removed (exits).
+    pub removed: u64,
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +187,92 @@ impl AgentStore {
         Ok(id)
     }
 
+    /// Records a batch of collector events in one transaction: lifecycle
+    /// events (everything but snapshots) into `process_events`, each with
+    /// its ledger entry; the `processes` table brought up to date (an exit
+    /// removes the process, anything else inserts or updates it).
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing of the batch is written then.
+    pub fn record_events(&mut self, events: &[ProcessEvent]) -> Result<Recorded, StoreError> {
+        let mut done = Recorded::default();
+        let tx = self.conn.transaction()?;
+        for e in events {
+            let key = e.process_key.map(|k| k.to_string());
+            let argv = serde_json::to_string(&e.command_line)?;
+            let at = nanos(e.timestamp);
+            if e.event_type != ProcessEventType::Snapshot {
+                let content = serde_json::to_string(e)?;
+                let seq = ledger::append(&tx, "process_event", &content)?;
+                tx.prepare_cached(
+                    "INSERT INTO process_events (event_type, pid, ppid, process_key, name, exe, argv, uid, exit_code, observed_at, ledger_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    e.event_type.as_str(),
+                    e.pid,
+                    e.ppid,
+                    key,
+                    e.name,
+                    e.executable_path,
+                    argv,
+                    e.user_id,
+                    e.exit_code,
+                    at,
+                    seq
+                ])?;
+                done.lifecycle += 1;
+            }
+            if e.event_type == ProcessEventType::Exit {
+                done.removed += tx
+                    .prepare_cached("DELETE FROM processes WHERE pid = ?1")?
+                    .execute([e.pid])? as u64;
+            } else if e.accessible || e.event_type == ProcessEventType::Fork {
+                // An unreadable event (the process was gone before /proc
+                // could be read) does not overwrite what is known.
+                done.upserted += tx
+                    .prepare_cached(
+                        "INSERT INTO processes (pid, process_key, ppid, name, exe, argv, uid, accessible, file_exists, exe_hash, start_time, last_event, last_seen)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                         ON CONFLICT (pid) DO UPDATE SET process_key = excluded.process_key, ppid = excluded.ppid,
+                           name = excluded.name, exe = excluded.exe, argv = excluded.argv, uid = excluded.uid,
+                           accessible = excluded.accessible, file_exists = excluded.file_exists,
+                           exe_hash = coalesce(excluded.exe_hash, processes.exe_hash),
+                           start_time = excluded.start_time, last_event = excluded.last_event,
+                           last_seen = excluded.last_seen",
+                    )?
+                    .execute(params![
+                        e.pid,
+                        key,
+                        e.ppid,
+                        e.name,
+                        e.executable_path,
+                        argv,
+                        e.user_id,
+                        e.accessible,
+                        e.file_exists,
+                        e.executable_hash,
+                        e.start_time.map(nanos),
+                        e.event_type.as_str(),
+                        at
+                    ])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Forgets every known process (the collector restarted: its first
+    /// snapshot fills the table again, without the processes that exited
+    /// while it was down).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn clear_processes(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM processes", [])?;
+        Ok(())
+    }
+
     /// The most recent alerts, newest first.
     ///
     /// # Errors
@@ -153,7 +292,8 @@ impl AgentStore {
             .collect()
     }
 
-    /// Runs one read-only `SELECT` (the tables: `alerts`, `ledger`), under the
+    /// Runs one read-only `SELECT` (the tables: `alerts`, `processes`,
+    /// `process_events`, `ledger`), under the
     /// same authorizer as the rules and a [`QUERY_TIME_LIMIT`].
     ///
     /// # Errors
@@ -301,5 +441,80 @@ mod tests {
             ro.query("SELECT count(*) AS n FROM alerts").unwrap().rows[0][0],
             1
         );
+    }
+
+    #[test]
+    fn lifecycle_events_are_ledgered_and_processes_kept_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AgentStore::open(dir.path()).unwrap();
+        let ev = |pid: u32, ty: ProcessEventType, name: &str| {
+            let mut e = ProcessEvent::new(pid, name);
+            e.event_type = ty;
+            e.accessible = true;
+            e.command_line = vec![name.to_owned(), "-x".to_owned()];
+            if ty == ProcessEventType::Exit {
+                e.exit_code = Some(256);
+            }
+            e
+        };
+        let done = store
+            .record_events(&[
+                ev(10, ProcessEventType::Snapshot, "init"),
+                ev(11, ProcessEventType::Fork, "sh"),
+                ev(11, ProcessEventType::Exec, "ls"),
+                ev(12, ProcessEventType::Exec, "sleep"),
+                ev(11, ProcessEventType::Exit, "ls"),
+            ])
+            .unwrap();
+        assert_eq!(
+            done,
+            Recorded {
+                lifecycle: 4,
+                upserted: 4,
+                removed: 1
+            }
+        );
+        let ro = AgentStore::open_read_only(dir.path()).unwrap();
+        let live = ro
+            .query("SELECT pid, name, argv FROM processes ORDER BY pid")
+            .unwrap();
+        let want: Vec<Vec<serde_json::Value>> = vec![
+            vec![10.into(), "init".into(), "[\"init\",\"-x\"]".into()],
+            vec![12.into(), "sleep".into(), "[\"sleep\",\"-x\"]".into()],
+        ];
+        assert_eq!(live.rows, want);
+        let events = ro
+            .query("SELECT event_type, pid, exit_code FROM process_events ORDER BY id")
+            .unwrap();
+        assert_eq!(
+            events.rows,
+            vec![
+                vec!["fork".into(), 11.into(), serde_json::Value::Null],
+                vec!["exec".into(), 11.into(), serde_json::Value::Null],
+                vec!["exec".into(), 12.into(), serde_json::Value::Null],
+                vec!["exit".into(), 11.into(), 256.into()],
+            ]
+        );
+        // Snapshots are not lifecycle events: four ledger entries, which
+        // verify; the ledgered content is the event.
+        let v = ro.verify_ledger().unwrap();
+        assert_eq!(v.entries, 4);
+        let content = ro
+            .query("SELECT content FROM ledger WHERE seq = 4")
+            .unwrap()
+            .rows[0][0]
+            .clone();
+        let back: ProcessEvent = serde_json::from_str(content.as_str().unwrap()).unwrap();
+        assert_eq!(back.event_type, ProcessEventType::Exit);
+        assert_eq!(back.exit_code, Some(256));
+        // A deleted lifecycle entry is found.
+        store
+            .conn
+            .execute("DELETE FROM ledger WHERE seq = 2", [])
+            .unwrap();
+        assert!(matches!(
+            ro.verify_ledger(),
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. }))
+        ));
     }
 }
