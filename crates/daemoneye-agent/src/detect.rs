@@ -50,6 +50,12 @@ impl Detector {
         self.table.len()
     }
 
+    /// Forgets every known process (a new collector session: its first
+    /// snapshot tells who is alive now).
+    pub fn forget_processes(&mut self) {
+        self.table.clear();
+    }
+
     /// Repeats suppressed.
     pub fn suppressed(&self) -> u64 {
         self.dedup.suppressed()

@@ -10,7 +10,12 @@
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
 //! - [`sink`]: alert delivery to syslog (RFC 5424).
-//! - [`store`]: the agent's store: alerts recorded with their ledger entry.
+//! - [`link`]: the link to the process collector over IPC: start it,
+//!   subscribe, restart it with backoff when it goes.
+//! - [`store`]: the agent's store: live processes, lifecycle events and
+//!   alerts, the last two recorded with their ledger entry;
+//!   [`writer`] writes it from a thread of its own.
+//! - [`health`]: the agent's health report, with its collector's.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
 //!
@@ -33,7 +38,10 @@
 pub mod alert;
 pub mod detect;
 pub mod engine;
+pub mod health;
 pub mod ledger;
+pub mod link;
 pub mod rules;
 pub mod sink;
 pub mod store;
+pub mod writer;

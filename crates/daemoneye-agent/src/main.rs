@@ -1,30 +1,41 @@
 //! `daemoneye-agent`: the main job.
 //!
-//! `run` starts the process collector as a child process, supervises it
-//! (a crashed collector is restarted with backoff; restarts are logged and
-//! counted), judges every batch of its events with the rules and, at an
-//! interval, the whole process table; raises deduplicated alerts as JSON
-//! lines on stdout (and to `--alerts-jsonl PATH`), each stored with its
-//! audit-ledger entry under the data directory.
+//! `run` starts the process collector as a child process serving the IPC
+//! protocol on `<data-dir>/collector.sock` (or connects to one already
+//! running, `--collector-socket`), subscribes to its live events and
+//! supervises it (a crashed collector is restarted with backoff; restarts
+//! are logged, counted and visible in health); judges every batch of events
+//! with the rules and, at an interval, the whole process table; raises
+//! deduplicated alerts to its sinks (JSON lines on stdout, `--alerts-jsonl`,
+//! `--syslog`), and keeps its store (`<data-dir>/agent.db`: processes,
+//! lifecycle events and alerts, the last two in the audit ledger). It
+//! answers health requests on `<data-dir>/agent.sock`.
 //!
 //! The collector child is this same binary (`daemoneye-agent collect`,
-//! procmond's collector streaming JSON lines), or `--procmond PATH` (a
-//! `procmond` binary run with `run --events-jsonl - --no-database`).
+//! procmond's collector, dropping every privilege but three), or
+//! `--procmond PATH` (a `procmond` binary run with `run --socket ...`).
 
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use collector_core::{Collector, CollectorConfig, ProcessEvent};
+use collector_core::{CollectorIpcServer, IpcServerConfig, SourceCaps};
+use daemoneye_agent::alert::Alert;
 use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::RuleEngine;
+use daemoneye_agent::health::{AgentCounters, AgentHealth, SinkCounters};
+use daemoneye_agent::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
 use daemoneye_agent::rules;
 use daemoneye_agent::store::AgentStore;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::time::Instant;
+use daemoneye_agent::writer::StoreWriter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -42,13 +53,9 @@ struct Cli {
 enum Command {
     /// Collect, detect and alert until SIGTERM or SIGINT.
     Run(RunArgs),
-    /// (internal) The collector child: procmond's collector, events as JSON lines on stdout.
+    /// (internal) The collector child: `procmond run`, in this binary.
     #[command(hide = true)]
-    Collect {
-        /// Seconds between reconciliation snapshots.
-        #[arg(long, default_value_t = 30)]
-        interval: u64,
-    },
+    Collect(procmond::cli::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,8 +76,12 @@ struct RunArgs {
     #[arg(long, value_name = "PATH|udp://IP:PORT")]
     syslog: Option<daemoneye_agent::sink::SyslogTarget>,
     /// Run this procmond binary as the collector instead of the built-in one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "collector_socket")]
     procmond: Option<PathBuf>,
+    /// Start no collector: connect to the one serving this socket (for
+    /// example `procmond run --socket PATH`), reconnecting when it goes.
+    #[arg(long)]
+    collector_socket: Option<PathBuf>,
     /// Seconds between the collector's reconciliation snapshots.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     interval: u64,
@@ -82,137 +93,118 @@ struct RunArgs {
     dedup_window_secs: u64,
 }
 
-/// The collector child: events as JSON lines (`ProcessEvent` plus `kind`).
-async fn collect(interval: u64) -> anyhow::Result<()> {
-    let mut config = procmond::ProcmondMonitorConfig::default();
-    config.base_config.collection_interval = Duration::from_secs(interval);
-    let source = procmond::ProcmondMonitorCollector::without_database(config)?;
-    let mut collector =
-        Collector::new(CollectorConfig::new().with_shutdown_timeout(Duration::from_secs(5)));
-    collector.register(Box::new(source))?;
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let writer = tokio::spawn(async move {
-        let written = async {
-            let mut out = std::io::BufWriter::new(std::io::stdout());
-            while let Some(batch) = sub.recv_batch().await {
-                for e in batch.iter() {
-                    if let Some(line) = procmond::jsonl_line(e)? {
-                        out.write_all(line.as_bytes())?;
-                        out.write_all(b"\n")?;
-                    }
-                }
-                out.flush()?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if written.is_err() {
-            // The agent stopped reading (it is gone): nobody to collect for.
-            handle.shutdown();
-        }
-        written
-    });
-    collector.run().await?;
-    writer.await?.context("the agent stopped reading events")?;
-    Ok(())
-}
-
-struct Outputs {
-    store: AgentStore,
+/// Where alerts go besides the store, each with its own counters: one
+/// failing sink never blocks the others.
+struct Sinks {
     file: Option<std::fs::File>,
     syslog: Option<daemoneye_agent::sink::SyslogSink>,
-    alerts: u64,
-    /// Failed deliveries per sink: one failing sink never blocks the others.
-    failures: [u64; 4],
+    stdout: Arc<SinkCounters>,
+    file_counters: Arc<SinkCounters>,
+    syslog_counters: Arc<SinkCounters>,
 }
 
-impl Outputs {
-    fn deliver(&mut self, alerts: Vec<daemoneye_agent::alert::Alert>) {
-        for a in alerts {
-            self.alerts += 1;
-            if let Err(e) = self.store.record_alert(&a) {
-                self.failures[0] += 1;
-                error!(error = %e, rule = %a.rule_id, "storing an alert failed");
+impl Sinks {
+    fn names(&self) -> Vec<(&'static str, Arc<SinkCounters>)> {
+        let mut v = vec![("stdout", self.stdout.clone())];
+        if self.file.is_some() {
+            v.push(("file", self.file_counters.clone()));
+        }
+        if self.syslog.is_some() {
+            v.push(("syslog", self.syslog_counters.clone()));
+        }
+        v
+    }
+
+    fn deliver(&mut self, a: &Alert) {
+        if let Some(s) = &mut self.syslog {
+            let sent = s.send(a);
+            if let Err(e) = &sent {
+                warn!(error = %e, failures = s.failures(), "syslog sink failed");
             }
-            if let Some(s) = &mut self.syslog {
-                if let Err(e) = s.send(&a) {
-                    self.failures[3] += 1;
-                    warn!(error = %e, failures = self.failures[3], "syslog sink failed");
+            self.syslog_counters.record(sent.is_ok());
+        }
+        match serde_json::to_string(a) {
+            Ok(line) => {
+                let mut stdout = std::io::stdout().lock();
+                let ok = writeln!(stdout, "{line}")
+                    .and_then(|()| stdout.flush())
+                    .is_ok();
+                if !ok {
+                    warn!("stdout sink failed");
+                }
+                self.stdout.record(ok);
+                if let Some(f) = &mut self.file {
+                    let ok = writeln!(f, "{line}").is_ok();
+                    if !ok {
+                        warn!("alert file sink failed");
+                    }
+                    self.file_counters.record(ok);
                 }
             }
-            match serde_json::to_string(&a) {
-                Ok(line) => {
-                    let mut stdout = std::io::stdout().lock();
-                    if writeln!(stdout, "{line}")
-                        .and_then(|()| stdout.flush())
-                        .is_err()
-                    {
-                        warn!("stdout sink failed");
-                    }
-                    if let Some(f) = &mut self.file {
-                        if writeln!(f, "{line}").is_err() {
-                            warn!("alert file sink failed");
-                        }
-                    }
-                }
-                Err(e) => error!(error = %e, "encoding an alert failed"),
-            }
+            Err(e) => error!(error = %e, "encoding an alert failed"),
         }
     }
 }
 
-fn collector_command(args: &RunArgs) -> anyhow::Result<tokio::process::Command> {
-    let mut cmd = match &args.procmond {
+/// The collector: how it is reached, and its socket.
+fn collector_mode(
+    args: &RunArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(CollectorMode, PathBuf)> {
+    if let Some(socket) = &args.collector_socket {
+        return Ok((CollectorMode::Connect, socket.clone()));
+    }
+    let socket = data_dir.join("collector.sock");
+    let mut flags: Vec<OsString> = vec![
+        "--socket".into(),
+        socket.clone().into_os_string(),
+        "--no-database".into(),
+        "--await-subscriber".into(),
+        "--interval".into(),
+        args.interval.to_string().into(),
+    ];
+    let mode = match &args.procmond {
         Some(path) => {
-            let mut c = tokio::process::Command::new(path);
-            c.args(["run", "--no-database", "--events-jsonl", "-", "--interval"])
-                .arg(args.interval.to_string());
-            c
+            flags.insert(0, "run".into());
+            CollectorMode::Spawn {
+                program: path.clone(),
+                args: flags,
+            }
         }
         None => {
-            let me = std::env::current_exe().context("cannot find this executable")?;
-            let mut c = tokio::process::Command::new(me);
-            c.args(["collect", "--interval"])
-                .arg(args.interval.to_string());
-            c
+            flags.insert(0, "collect".into());
+            CollectorMode::Spawn {
+                program: std::env::current_exe().context("cannot find this executable")?,
+                args: flags,
+            }
         }
     };
-    cmd.stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    Ok(cmd)
+    Ok((mode, socket))
 }
 
-/// Asks the child to stop, and kills it if it has not within a few seconds.
-async fn stop_child(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-#[allow(clippy::too_many_lines)] // one supervision loop reads best whole
+#[allow(clippy::too_many_lines)] // setup, then one loop: reads best whole
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(daemoneye_lib::models::default_state_dir);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    create_private_dir(&data_dir)?;
+    if !nix::unistd::geteuid().is_root() {
+        warn!(
+            "not running as root: without the kernel process connector the collector sees \
+             processes only in snapshots every {} s (short-lived ones are missed), and other \
+             users' processes only in part",
+            args.interval
+        );
     }
     let mut all = rules::builtin()?;
     let rules_dir = args
@@ -230,10 +222,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for e in &refused {
         warn!(file = %e.origin, rule = %e.rule, reason = %e.reason, "rule refused");
     }
-    info!(rules = engine.rules().len(), refused = refused.len(), data_dir = %data_dir.display(), "rules loaded");
+    let rules_loaded = engine.rules().len() as u64;
+    info!(rules = rules_loaded, refused = refused.len(), data_dir = %data_dir.display(), "rules loaded");
     let mut detector = Detector::new(engine, Duration::from_secs(args.dedup_window_secs));
-    let mut out = Outputs {
-        store: AgentStore::open(&data_dir)?,
+    let writer = StoreWriter::start(AgentStore::open(&data_dir)?, 256)
+        .context("cannot start the store writer")?;
+    let mut sinks = Sinks {
         file: match &args.alerts_jsonl {
             Some(p) => Some(
                 std::fs::OpenOptions::new()
@@ -251,95 +245,121 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
-        alerts: 0,
-        failures: [0; 4],
+        stdout: Arc::default(),
+        file_counters: Arc::default(),
+        syslog_counters: Arc::default(),
     };
+
+    let (mode, collector_socket) = collector_mode(&args, &data_dir)?;
+    let status = Arc::new(LinkStatus::default());
+    let counters = Arc::new(AgentCounters::default());
+    let health = AgentHealth {
+        started: tokio::time::Instant::now(),
+        link: status.clone(),
+        collector_socket: collector_socket.clone(),
+        writer: writer.stats(),
+        counters: counters.clone(),
+        sinks: sinks.names(),
+        rules_loaded,
+        rules_refused: refused.len() as u64,
+    };
+    let mut server = CollectorIpcServer::new(
+        IpcServerConfig::new(data_dir.join("agent.sock")),
+        SourceCaps::empty(),
+    )
+    .await
+    .context("cannot serve the agent's socket")?
+    .with_name("daemoneye-agent")
+    .with_health(move || {
+        let h = health.clone();
+        Box::pin(async move { h.report().await })
+    });
+    let server_handle = server.handle();
+    let serving = tokio::spawn(async move {
+        server
+            .start(|task| {
+                Box::pin(async move {
+                    daemoneye_lib::proto::DetectionResult::failure(
+                        &task.task_id,
+                        "the agent runs no tasks; ask its collectors",
+                    )
+                })
+            })
+            .await
+    });
+
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel::<LinkEvent>(64);
+    let linking = tokio::spawn(link::run(
+        LinkConfig::new(mode, collector_socket),
+        status.clone(),
+        tx,
+        shutdown.clone(),
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut restarts = 0u64;
-    let mut backoff = Duration::from_secs(1);
     let mut sweep = tokio::time::interval(Duration::from_secs(args.sweep_secs));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    'supervise: loop {
-        let mut child = collector_command(&args)?
-            .spawn()
-            .context("cannot start the collector")?;
-        let started = Instant::now();
-        info!(pid = child.id(), restarts, "collector started");
-        let Some(stdout) = child.stdout.take() else {
-            anyhow::bail!("collector has no stdout");
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let mut batch: Vec<ProcessEvent> = Vec::new();
-        let mut bad_lines = 0u64;
-        loop {
-            // Judge what has arrived as soon as the pipe is momentarily empty.
-            let next = if batch.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = term.recv() => None,
-                    _ = int.recv() => None,
-                    _ = sweep.tick() => {
-                        let alerts = detector.sweep()?;
-                        out.deliver(alerts);
-                        continue;
-                    }
-                    line = lines.next_line() => Some(line),
+    sweep.tick().await; // the first tick is immediate: nothing to sweep yet
+    loop {
+        let alerts = tokio::select! {
+            biased;
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            event = rx.recv() => match event {
+                Some(LinkEvent::Events(batch)) => {
+                    let alerts = detector.on_events(&batch);
+                    writer.events(batch).await;
+                    alerts
                 }
-            } else {
-                match tokio::time::timeout(Duration::from_millis(2), lines.next_line()).await {
-                    Ok(line) => Some(line),
-                    Err(_) => {
-                        let alerts = detector.on_events(&std::mem::take(&mut batch))?;
-                        out.deliver(alerts);
-                        continue;
-                    }
+                Some(LinkEvent::Connected) => {
+                    detector.forget_processes();
+                    writer.clear_processes().await;
+                    continue;
                 }
-            };
-            match next {
-                None => {
-                    info!("shutting down");
-                    stop_child(&mut child).await;
-                    break 'supervise;
-                }
-                Some(Ok(Some(line))) => match serde_json::from_str::<ProcessEvent>(&line) {
-                    Ok(e) => {
-                        batch.push(e);
-                        if batch.len() >= 1024 {
-                            let alerts = detector.on_events(&std::mem::take(&mut batch))?;
-                            out.deliver(alerts);
-                        }
-                    }
-                    Err(e) => {
-                        bad_lines += 1;
-                        warn!(error = %e, bad_lines, "unreadable line from the collector");
-                    }
-                },
-                Some(Ok(None) | Err(_)) => break,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                counters.sweeps.fetch_add(1, Ordering::Relaxed);
+                detector.sweep()
             }
+        };
+        let alerts = match alerts {
+            Ok(a) => a,
+            Err(e) => {
+                counters.engine_errors.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e, "rule evaluation failed");
+                continue;
+            }
+        };
+        counters
+            .live_processes
+            .store(detector.live() as u64, Ordering::Relaxed);
+        counters
+            .suppressed
+            .store(detector.suppressed(), Ordering::Relaxed);
+        for a in alerts {
+            counters.alerts.fetch_add(1, Ordering::Relaxed);
+            sinks.deliver(&a);
+            writer.alert(a).await;
         }
-        // The collector's stream ended: it exited or crashed.
-        if !batch.is_empty() {
-            let alerts = detector.on_events(&batch)?;
-            out.deliver(alerts);
-        }
-        let status = child.wait().await;
-        restarts += 1;
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
-        error!(?status, restarts, backoff = ?backoff, "collector exited; restarting");
-        tokio::select! {
-            _ = term.recv() => break 'supervise,
-            _ = int.recv() => break 'supervise,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+    info!("shutting down");
+    shutdown.cancel();
+    if let Err(e) = linking.await {
+        error!(error = %e, "the collector link failed");
+    }
+    server_handle.shutdown();
+    match serving.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
+        Err(e) => warn!(error = %e, "the agent's socket task failed"),
+    }
+    writer.close().await;
     info!(
-        alerts = out.alerts,
-        restarts,
+        alerts = counters.alerts.load(Ordering::Relaxed),
+        restarts = status.restarts.load(Ordering::Relaxed),
         suppressed = detector.suppressed(),
         "agent stopped"
     );
@@ -349,7 +369,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
-    if let Command::Collect { .. } = &cli.command {
+    if let Command::Collect(_) = &cli.command {
         // Die with the agent, even if it is killed outright.
         if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
             eprintln!("daemoneye-agent: cannot tie the collector to the agent: {e}");
@@ -375,7 +395,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
-        Command::Collect { interval } => rt.block_on(collect(interval)),
+        Command::Collect(args) => match rt.block_on(procmond::cli::run(args)) {
+            Ok(()) => Ok(()),
+            Err(procmond::cli::RunError::Bad(e) | procmond::cli::RunError::Failed(e)) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

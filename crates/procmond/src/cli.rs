@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// Serve no IPC socket.
     #[arg(long)]
     pub no_socket: bool,
+    /// Start collecting only once a client has subscribed to the socket's
+    /// events (waiting at most 30 s), so that it sees everything from the
+    /// first snapshot on.
+    #[arg(long, requires = "socket")]
+    pub await_subscriber: bool,
 }
 
 /// The config file.
@@ -153,6 +158,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     let ipc = serve_ipc(args.socket.as_ref(), args.no_socket, &collector).await?;
+    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
+        const LIMIT: Duration = Duration::from_secs(30);
+        if tokio::time::timeout(LIMIT, handle.subscribed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?LIMIT, "no subscriber yet; collecting anyway");
+        }
+    }
     collector.run().await.map_err(RunError::Failed)?;
     if let Some((handle, task)) = ipc {
         handle.shutdown();

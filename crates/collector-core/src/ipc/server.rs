@@ -44,6 +44,8 @@ type HealthProvider = Arc<dyn Fn() -> HealthFuture + Send + Sync>;
 struct Shared {
     shutdown: CancellationToken,
     counters: Counters,
+    /// Subscriptions opened so far, for [`IpcServerHandle::subscribed`].
+    subscribed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
@@ -69,6 +71,18 @@ impl IpcServerHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> IpcServerStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Completes once a client has subscribed to the events (at once if one
+    /// already has). A collector whose consumer must see everything from
+    /// the start waits for this before running its sources.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn subscribed(&self) {
+        let mut rx = self.shared.subscribed.subscribe();
+        // The sender lives in `shared`, as long as this handle.
+        let _ = rx.wait_for(|n| *n > 0).await;
     }
 }
 
@@ -137,6 +151,7 @@ impl CollectorIpcServer {
             shared: Arc::new(Shared {
                 shutdown: CancellationToken::new(),
                 counters: Counters::default(),
+                subscribed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -777,6 +792,7 @@ impl Connection {
         let subscription = events.subscribe();
         let sid = self.ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
         inc(&self.ctx.counters().subscriptions_opened);
+        self.ctx.shared.subscribed.send_modify(|n| *n += 1);
         self.reply(
             id,
             SubscribeAck {

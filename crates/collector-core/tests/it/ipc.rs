@@ -1058,7 +1058,15 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
     let client = CollectorIpcClient::connect(client_config(&dir.sock()))
         .await
         .unwrap();
+    tokio::select! {
+        biased;
+        () = server_handle.subscribed() => panic!("subscribed before any subscription"),
+        () = std::future::ready(()) => {}
+    }
     let mut stream = client.subscribe(SubscribeRequest::default()).await.unwrap();
+    // Completes now, and again for a later caller.
+    server_handle.subscribed().await;
+    server_handle.subscribed().await;
     let handle = collector.handle();
     let run = tokio::spawn(collector.run_until(std::future::pending()));
     let mut seen = 0;

@@ -298,6 +298,34 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "detection did not resume after the collector was killed"
     );
 
+    // Health over the agent's socket: the restart is counted, the
+    // collector answers for itself (as procmond, with its sources).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        let client = collector_core::CollectorIpcClient::connect(
+            collector_core::IpcClientConfig::new(data.path().join("agent.sock")),
+        )
+        .await
+        .unwrap();
+        client.health().await.unwrap()
+    });
+    assert_eq!(report.name, "daemoneye-agent");
+    assert_eq!(report.counters["collector_restarts"], 1, "{report:#?}");
+    assert!(report.counters["events_received"] > 0, "{report:#?}");
+    let collector = &report.components[0];
+    assert_eq!(collector.name, "procmond", "{report:#?}");
+    assert!(
+        collector
+            .components
+            .iter()
+            .any(|c| c.name == "procmond-monitor" || c.counters.contains_key("events_received")),
+        "{collector:#?}"
+    );
+    assert!(collector.pid > 0 && collector.pid != agent.child.id());
+
     // (6) The ledger verifies, and fails after a row is edited.
     let mut agent = agent;
     nix::sys::signal::kill(
@@ -309,6 +337,17 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let store = daemoneye_agent::store::AgentStore::open_read_only(data.path()).unwrap();
     let verified = store.verify_ledger().unwrap();
     assert!(verified.entries >= 3, "{verified:?}");
+    // Lifecycle events are in the store and the ledger: the shell's exec
+    // (the first probe may have run before the collector was up).
+    let execs = store
+        .query("SELECT e.ledger_seq, l.kind FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
+        .unwrap();
+    assert!(!execs.rows.is_empty(), "no exec from /dev/shm stored");
+    assert_eq!(execs.rows[0][1], "process_event");
+    let alerts_ledgered = store
+        .query("SELECT count(*) FROM ledger WHERE kind = 'alert'")
+        .unwrap();
+    assert!(alerts_ledgered.rows[0][0].as_i64().unwrap() >= 3);
     drop(store);
     let conn = rusqlite::Connection::open(data.path().join("agent.db")).unwrap();
     conn.execute(

@@ -243,3 +243,72 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
     assert!(status.success(), "{status:?}");
     assert!(!path.exists(), "socket removed at exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_subscriber_holds_collection_until_someone_subscribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run").join("procmond.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args([
+            "run",
+            "--no-database",
+            "--no-realtime",
+            "--interval",
+            "3600",
+            "--await-subscriber",
+            "--socket",
+        ])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = CollectorIpcClient::connect(client_config(&path))
+        .await
+        .unwrap();
+    // A whole /proc walk answered over the socket: long enough for a first
+    // snapshot to have been taken, had collection started.
+    let me = std::process::id();
+    let r = client
+        .send_task(DetectionTask::new("e", ProtoTaskType::EnumerateProcesses))
+        .await
+        .unwrap();
+    assert!(r.processes.iter().any(|p| p.pid == me));
+    let before = client.health().await.unwrap();
+    assert_eq!(before.name, "procmond");
+    assert_eq!(
+        before.counters.get("events_received"),
+        Some(&0),
+        "collected before anyone subscribed: {before:?}"
+    );
+    // With one snapshot an hour, only the first can report this process:
+    // the subscriber sees it.
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            pids: vec![me],
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
+        panic!("expected a process record");
+    };
+    assert_eq!(p.pid, me);
+    assert_eq!(p.event_type, "snapshot");
+    drop(stream);
+    drop(client);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,216 @@
+//! The agent's health, as answered on its IPC socket (`daemoneye-cli
+//! health`): its own state and counters, its sinks, and the collector's
+//! own report, asked on a fresh connection each time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::{CollectorIpcClient, IpcClientConfig};
+use daemoneye_lib::proto::{ComponentHealth, HealthState};
+use tokio::time::Instant;
+
+use crate::link::{LinkState, LinkStatus};
+use crate::writer::WriterStats;
+
+/// One alert sink's counters.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Alerts delivered.
+    pub delivered: AtomicU64,
+    /// Deliveries that failed.
+    pub failures: AtomicU64,
+    /// Whether the last delivery failed.
+    pub failing: AtomicBool,
+}
+
+impl SinkCounters {
+    /// Records one delivery's outcome.
+    pub fn record(&self, ok: bool) {
+        if ok {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.failing.store(!ok, Ordering::Relaxed);
+    }
+}
+
+/// The agent's own counters.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    /// Alerts raised (after deduplication).
+    pub alerts: AtomicU64,
+    /// Repeats suppressed by deduplication.
+    pub suppressed: AtomicU64,
+    /// Rule sweeps over the whole table.
+    pub sweeps: AtomicU64,
+    /// Rule evaluations that failed.
+    pub engine_errors: AtomicU64,
+    /// Processes the agent knows alive.
+    pub live_processes: AtomicU64,
+}
+
+/// Everything the health answer is made of.
+#[derive(Debug, Clone)]
+pub struct AgentHealth {
+    /// When the agent started.
+    pub started: Instant,
+    /// The collector link.
+    pub link: Arc<LinkStatus>,
+    /// The collector's socket (asked for its own health).
+    pub collector_socket: PathBuf,
+    /// The store writer.
+    pub writer: Arc<WriterStats>,
+    /// The agent's counters.
+    pub counters: Arc<AgentCounters>,
+    /// Sinks by name.
+    pub sinks: Vec<(&'static str, Arc<SinkCounters>)>,
+    /// Rules running.
+    pub rules_loaded: u64,
+    /// Rules refused at load.
+    pub rules_refused: u64,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl AgentHealth {
+    /// The collector's own report, or an `unreachable` one saying why.
+    async fn collector(&self) -> ComponentHealth {
+        let unreachable = |message: String| ComponentHealth {
+            name: "collector".to_owned(),
+            state: HealthState::Unreachable.into(),
+            message,
+            ..ComponentHealth::default()
+        };
+        if self.link.state() != LinkState::Connected {
+            let why = self.link.last_error();
+            return unreachable(if why.is_empty() {
+                "not connected yet".to_owned()
+            } else {
+                why
+            });
+        }
+        let config = IpcClientConfig {
+            client_name: "daemoneye-agent-health".to_owned(),
+            max_connect_attempts: 1,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            ..IpcClientConfig::new(&self.collector_socket)
+        };
+        let asked = async {
+            let client = CollectorIpcClient::connect(config).await?;
+            client.health().await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), asked).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => unreachable(format!("cannot ask it: {e}")),
+            Err(_) => unreachable("it did not answer within 3 s".to_owned()),
+        }
+    }
+
+    /// The whole report.
+    pub async fn report(&self) -> ComponentHealth {
+        let collector = self.collector().await;
+        let link = &self.link;
+        let c = &self.counters;
+        let w = &self.writer;
+        let mut counters = BTreeMap::from([
+            ("collector_restarts".to_owned(), load(&link.restarts)),
+            ("events_received".to_owned(), load(&link.events)),
+            ("batches_received".to_owned(), load(&link.batches)),
+            (
+                "events_dropped_by_collector".to_owned(),
+                load(&link.dropped_upstream),
+            ),
+            ("bad_records".to_owned(), load(&link.bad_records)),
+            ("alerts".to_owned(), load(&c.alerts)),
+            ("alerts_suppressed".to_owned(), load(&c.suppressed)),
+            ("sweeps".to_owned(), load(&c.sweeps)),
+            ("engine_errors".to_owned(), load(&c.engine_errors)),
+            ("live_processes".to_owned(), load(&c.live_processes)),
+            ("rules_loaded".to_owned(), self.rules_loaded),
+            ("rules_refused".to_owned(), self.rules_refused),
+            ("store_batches".to_owned(), load(&w.batches)),
+            (
+                "store_lifecycle_events".to_owned(),
+                load(&w.lifecycle_events),
+            ),
+            ("store_alerts".to_owned(), load(&w.alerts)),
+            ("store_failures".to_owned(), load(&w.failures)),
+        ]);
+        let mut problems = Vec::new();
+        let mut components = vec![collector.clone()];
+        for (name, s) in &self.sinks {
+            counters.insert(format!("sink.{name}.failures"), load(&s.failures));
+            let failing = s.failing.load(Ordering::Relaxed);
+            if failing {
+                problems.push(format!("sink {name} failing"));
+            }
+            components.push(ComponentHealth {
+                name: format!("sink:{name}"),
+                state: if failing {
+                    HealthState::Degraded
+                } else {
+                    HealthState::Healthy
+                }
+                .into(),
+                message: if failing {
+                    "its last delivery failed".to_owned()
+                } else {
+                    String::new()
+                },
+                counters: BTreeMap::from([
+                    ("delivered".to_owned(), load(&s.delivered)),
+                    ("failures".to_owned(), load(&s.failures)),
+                ]),
+                ..ComponentHealth::default()
+            });
+        }
+        let state = match (link.state(), collector.state()) {
+            (LinkState::Starting, _) if load(&link.restarts) == 0 => {
+                problems.insert(0, "starting the collector".to_owned());
+                HealthState::Starting
+            }
+            (LinkState::Connected, HealthState::Healthy) if problems.is_empty() => {
+                HealthState::Healthy
+            }
+            (LinkState::Connected, s) => {
+                if s != HealthState::Healthy {
+                    problems.insert(0, format!("collector {}", state_name(s)));
+                }
+                HealthState::Degraded
+            }
+            _ => {
+                problems.insert(0, format!("collector down: {}", link.last_error()));
+                HealthState::Degraded
+            }
+        };
+        ComponentHealth {
+            name: "daemoneye-agent".to_owned(),
+            state: state.into(),
+            message: problems.join("; "),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            counters,
+            components,
+        }
+    }
+}
+
+/// A state's lowercase name.
+pub fn state_name(s: HealthState) -> &'static str {
+    match s {
+        HealthState::Unspecified => "unknown",
+        HealthState::Healthy => "healthy",
+        HealthState::Degraded => "degraded",
+        HealthState::Unhealthy => "unhealthy",
+        HealthState::Unreachable => "unreachable",
+        HealthState::Starting => "starting",
+    }
+}

@@ -1,0 +1,381 @@
+//! The agent's link to its process collector, over the IPC protocol.
+//!
+//! [`run`] starts the collector as a child process (or uses one already
+//! running at a socket), connects to its socket, checks in the handshake
+//! that it collects processes, subscribes to its live process events, and
+//! hands each received batch on as [`ProcessEvent`]s. When the collector
+//! exits, crashes or its connection drops, the link says so, waits (1 s
+//! doubling to 30 s, back to 1 s after a minute of good service), and starts
+//! over; every restart is logged and counted in [`LinkStatus`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use collector_core::ipc::record_to_process;
+use collector_core::{CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps};
+use daemoneye_lib::proto::{event_record::Event, Domain, EventKind, SubscribeRequest};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How the collector is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectorMode {
+    /// Start `program` with `args` (which must make it serve `socket`) and
+    /// supervise it.
+    Spawn {
+        /// The executable.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<OsString>,
+    },
+    /// Connect to a collector someone else runs; reconnect when it goes.
+    Connect,
+}
+
+/// Settings of the link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Spawn or connect.
+    pub mode: CollectorMode,
+    /// The collector's socket.
+    pub socket: PathBuf,
+    /// The first wait before a restart; doubled each time.
+    pub initial_backoff: Duration,
+    /// The longest wait before a restart.
+    pub max_backoff: Duration,
+    /// How long a collector must have served for the wait to start over
+    /// from `initial_backoff`.
+    pub stable_after: Duration,
+    /// How long a started collector has to open its socket.
+    pub startup_timeout: Duration,
+}
+
+impl LinkConfig {
+    /// The defaults for `mode` and `socket`.
+    pub fn new(mode: CollectorMode, socket: impl Into<PathBuf>) -> Self {
+        Self {
+            mode,
+            socket: socket.into(),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the link hands on.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A (new) collector is connected and subscribed; what was known of
+    /// processes before may be stale.
+    Connected,
+    /// A batch of process events, in the collector's order.
+    Events(Vec<ProcessEvent>),
+}
+
+/// The link's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// Starting the collector or connecting.
+    Starting = 0,
+    /// Connected and receiving events.
+    Connected = 1,
+    /// The collector is gone; waiting before the next attempt.
+    Restarting = 2,
+    /// Stopped (shutdown).
+    Stopped = 3,
+}
+
+/// Counters and state of the link, readable at any time (health).
+#[derive(Debug, Default)]
+pub struct LinkStatus {
+    state: AtomicU8,
+    pid: AtomicU32,
+    /// Times the collector had to be started again (or reconnected).
+    pub restarts: AtomicU64,
+    /// Event batches received.
+    pub batches: AtomicU64,
+    /// Events received and handed on.
+    pub events: AtomicU64,
+    /// Events the collector dropped for this subscriber (it said so in
+    /// `dropped_since_last`).
+    pub dropped_upstream: AtomicU64,
+    /// Records that could not be read back as events (counted, skipped).
+    pub bad_records: AtomicU64,
+    /// Records of other kinds than processes (ignored).
+    pub ignored_records: AtomicU64,
+    last_error: Mutex<String>,
+    capabilities: AtomicU32,
+}
+
+impl LinkStatus {
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => LinkState::Starting,
+            1 => LinkState::Connected,
+            2 => LinkState::Restarting,
+            _ => LinkState::Stopped,
+        }
+    }
+
+    fn set_state(&self, s: LinkState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// The collector child's pid (0 when none or not spawned).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Why the collector was last lost, empty when it never was.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_error(&self, e: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    /// The capability bits the collector reported in its last handshake.
+    pub fn capabilities(&self) -> SourceCaps {
+        SourceCaps::from_bits_truncate(self.capabilities.load(Ordering::Relaxed))
+    }
+}
+
+/// Why one session with a collector ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+/// Runs the link until `shutdown` is cancelled or the receiver of `tx` is
+/// gone. Stops a spawned collector (SIGTERM, then SIGKILL after 5 s) before
+/// returning.
+pub async fn run(
+    config: LinkConfig,
+    status: std::sync::Arc<LinkStatus>,
+    tx: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = config.initial_backoff;
+    loop {
+        status.set_state(LinkState::Starting);
+        let started = Instant::now();
+        let ended = session(&config, &status, &tx, &shutdown).await;
+        status.pid.store(0, Ordering::Relaxed);
+        let reason = match ended {
+            Ended::Shutdown => break,
+            Ended::Lost(reason) => reason,
+        };
+        status.set_state(LinkState::Restarting);
+        let restarts = status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        if started.elapsed() >= config.stable_after {
+            backoff = config.initial_backoff;
+        }
+        error!(reason = %reason, restarts, backoff = ?backoff, "collector exited; restarting");
+        status.set_error(reason);
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+    status.set_state(LinkState::Stopped);
+}
+
+/// Stops a child: SIGTERM, then SIGKILL if it has not exited within 5 s.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Waits for a spawned child to exit; never returns when there is none.
+async fn child_exit(child: Option<&mut tokio::process::Child>) -> String {
+    match child {
+        Some(c) => match c.wait().await {
+            Ok(status) => format!("collector exited: {status}"),
+            Err(e) => format!("cannot wait for the collector: {e}"),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// One collector's life: start it, connect, stream until it is gone.
+async fn session(
+    config: &LinkConfig,
+    status: &LinkStatus,
+    tx: &mpsc::Sender<LinkEvent>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let mut child = match &config.mode {
+        CollectorMode::Spawn { program, args } => {
+            let spawned = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn();
+            match spawned {
+                Ok(c) => {
+                    status.pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
+                    info!(pid = c.id(), program = %program.display(), "collector started");
+                    Some(c)
+                }
+                Err(e) => return Ended::Lost(format!("cannot start {}: {e}", program.display())),
+            }
+        }
+        CollectorMode::Connect => None,
+    };
+    let ended = stream(config, status, tx, shutdown, child.as_mut()).await;
+    if let Some(c) = child.as_mut() {
+        stop_child(c).await;
+    }
+    ended
+}
+
+/// A received batch as events: drops the collector reports are counted,
+/// unreadable records counted and skipped.
+fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<ProcessEvent> {
+    status.batches.fetch_add(1, Ordering::Relaxed);
+    if batch.dropped_since_last > 0 {
+        let total = status
+            .dropped_upstream
+            .fetch_add(batch.dropped_since_last, Ordering::Relaxed)
+            + batch.dropped_since_last;
+        warn!(
+            dropped = batch.dropped_since_last,
+            total, "the collector dropped events for the agent (it fell behind)"
+        );
+    }
+    let mut out = Vec::with_capacity(batch.events.len());
+    for record in batch.events {
+        match record.event {
+            Some(Event::Process(p)) => match record_to_process(p) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    let n = status.bad_records.fetch_add(1, Ordering::Relaxed) + 1;
+                    warn!(error = %e, bad_records = n, "unreadable record from the collector");
+                }
+            },
+            _ => {
+                status.ignored_records.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    status.events.fetch_add(out.len() as u64, Ordering::Relaxed);
+    out
+}
+
+async fn stream(
+    config: &LinkConfig,
+    status: &LinkStatus,
+    tx: &mpsc::Sender<LinkEvent>,
+    shutdown: &CancellationToken,
+    mut child: Option<&mut tokio::process::Child>,
+) -> Ended {
+    let client_config = IpcClientConfig {
+        client_name: "daemoneye-agent".to_owned(),
+        wanted_capabilities: SourceCaps::PROCESS,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(500),
+        // Bounded by startup_timeout below, not by a count.
+        max_connect_attempts: 0,
+        request_timeout: Duration::from_secs(10),
+        // Room for bursts: the server drops (and says so) beyond this.
+        event_buffer_batches: 256,
+        ..IpcClientConfig::new(&config.socket)
+    };
+    let connect = async {
+        let client = CollectorIpcClient::connect(client_config).await?;
+        let caps = client.capabilities();
+        if !caps.supported_domains().any(|d| d == Domain::Process) {
+            return Err(collector_core::IpcError::UnexpectedMessage {
+                got: "a collector without the process domain",
+            });
+        }
+        let stream = client
+            .subscribe(SubscribeRequest {
+                event_kinds: vec![EventKind::Process.into()],
+                ..SubscribeRequest::default()
+            })
+            .await?;
+        Ok((client, caps, stream))
+    };
+    let connected = tokio::select! {
+        () = shutdown.cancelled() => return Ended::Shutdown,
+        reason = child_exit(child.as_deref_mut()) => return Ended::Lost(reason),
+        r = tokio::time::timeout(config.startup_timeout, connect) => r,
+    };
+    let (client, caps, mut events) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Ended::Lost(format!(
+                "cannot subscribe at {}: {e}",
+                config.socket.display()
+            ))
+        }
+        Err(_) => {
+            return Ended::Lost(format!(
+                "no collector at {} within {:?}",
+                config.socket.display(),
+                config.startup_timeout
+            ))
+        }
+    };
+    status
+        .capabilities
+        .store(caps.capability_bits, Ordering::Relaxed);
+    let realtime =
+        SourceCaps::from_bits_truncate(caps.capability_bits).contains(SourceCaps::REALTIME);
+    info!(
+        socket = %config.socket.display(),
+        version = %caps.server_version,
+        sources = caps.sources.len(),
+        realtime,
+        "collector connected"
+    );
+    status.set_state(LinkState::Connected);
+    if tx.send(LinkEvent::Connected).await.is_err() {
+        return Ended::Shutdown;
+    }
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            reason = child_exit(child.as_deref_mut()) => return Ended::Lost(reason),
+            b = events.recv() => b,
+        };
+        let Some(batch) = batch else {
+            drop(client);
+            return Ended::Lost("the collector closed the connection".to_owned());
+        };
+        let out = convert(batch, status);
+        if !out.is_empty() && tx.send(LinkEvent::Events(out)).await.is_err() {
+            return Ended::Shutdown;
+        }
+    }
+}
