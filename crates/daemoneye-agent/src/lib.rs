@@ -10,6 +10,8 @@
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
 //! - [`sink`]: alert delivery to syslog (RFC 5424).
+//! - [`webhook`]: alert delivery to an HTTP(S) webhook, queued, retried with
+//!   backoff, every alert counted.
 //! - [`store`]: the agent's store: alerts recorded with their ledger entry.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
@@ -37,3 +39,4 @@ pub mod ledger;
 pub mod rules;
 pub mod sink;
 pub mod store;
+pub mod webhook;
