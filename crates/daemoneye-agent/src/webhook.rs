@@ -849,3 +849,619 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use collector_core::ProcessEvent;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite};
+    use tokio::io::{AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::alert::AlertProcess;
+    use crate::rules;
+
+    /// A self-signed certificate for `localhost` and 127.0.0.1, valid until
+    /// 2126, and its key: the test HTTPS endpoint's.
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBxzCCAW6gAwIBAgIUGzLqoGs4FVEKFPz2URwTQG7ZKaAwCgYIKoZIzj0EAwIw
+ITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhvb2sgdGVzdDAgFw0yNjExMjkxMDUz
+NDlaGA8yMTI2MTEwNTEwNTM0OVowITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhv
+b2sgdGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCTpk3n1P1HZfjw3JYSX
+SIWYk6/x30ZESPdzc2pfLwOiAXBVux7BVeNriSrgt0JMtfb5oiua0Rh9a8k8/sEo
+2DujgYEwfzAdBgNVHQ4EFgQU4vz9sAwiVcxsABY1zikEMlFSoqwwHwYDVR0jBBgw
+FoAU4vz9sAwiVcxsABY1zikEMlFSoqwwGgYDVR0RBBMwEYIJbG9jYWxob3N0hwR/
+AAABMAwGA1UdEwEB/wQCMAAwEwYDVR0lBAwwCgYIKwYBBQUHAwEwCgYIKoZIzj0E
+AwIDRwAwRAIgNRcw6t68z1BdtopHolxGk7pv4XTGpgEqWvS0fEaUy7kCIEXzsXwl
+yDmLEc+aSB6mDiBozzgH0BCJtZJHnOGzSNVG
+-----END CERTIFICATE-----
+";
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg5+DQCcErvwLXv+yw
+KW1d+1oJ8BSDl1CWUS/3cuWKWZ+hRANCAAQk6ZN59T9R2X48NyWEl0iFmJOv8d9G
+REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
+-----END PRIVATE KEY-----
+";
+
+    fn alert(pid: u32) -> Alert {
+        let rule = rules::builtin().unwrap().into_iter().next().unwrap();
+        let mut e = ProcessEvent::new(pid, "x");
+        e.command_line = vec!["x".into(), "\"quoted\" ünïcode".into()];
+        Alert::new(&rule, AlertProcess::from_event(&e, None), SystemTime::now())
+    }
+
+    /// Tiny backoffs so that retries take milliseconds.
+    fn config(url: WebhookUrl) -> WebhookConfig {
+        let mut c = WebhookConfig::new(url);
+        c.initial_backoff = Duration::from_millis(1);
+        c.max_backoff = Duration::from_millis(4);
+        c.timeout = Duration::from_secs(10);
+        c
+    }
+
+    /// A deadline no test should reach: `close` returns when the queue is done.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// Every queued alert is in exactly one final count.
+    #[track_caller]
+    fn assert_accounted(s: &WebhookStatsSnapshot) {
+        assert_eq!(
+            s.queued,
+            s.delivered + s.failed + s.rejected + s.dropped_at_shutdown,
+            "{s:?}"
+        );
+        assert_eq!(s.in_flight(), 0, "{s:?}");
+    }
+
+    /// One request as the test endpoint read it.
+    #[derive(Debug)]
+    struct Seen {
+        method: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// How the test endpoint answers a request.
+    #[derive(Debug, Clone, Copy)]
+    enum Reply {
+        Status(u16),
+        RetryAfter(u16, u64),
+        /// Never answers, keeping the connection open.
+        Stall,
+    }
+
+    type Script = Arc<Mutex<(VecDeque<Reply>, Reply)>>;
+
+    /// A real HTTP/1.1 endpoint on 127.0.0.1 that answers with a script and
+    /// reports each request it reads.
+    struct Endpoint {
+        addr: SocketAddr,
+        seen: mpsc::UnboundedReceiver<Seen>,
+    }
+
+    impl Endpoint {
+        /// Answers with `script` in turn, then with `then`.
+        async fn start(script: &[Reply], then: Reply) -> Self {
+            Self::start_with(script, then, None).await
+        }
+
+        /// The same over TLS with [`TEST_CERT`].
+        async fn start_tls(script: &[Reply], then: Reply) -> Self {
+            let cert = CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap();
+            let key = PrivateKeyDer::from_pem_slice(TEST_KEY.as_bytes()).unwrap();
+            let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            Self::start_with(script, then, Some(acceptor)).await
+        }
+
+        async fn start_with(
+            script: &[Reply],
+            then: Reply,
+            tls: Option<tokio_rustls::TlsAcceptor>,
+        ) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let script: Script = Arc::new(Mutex::new((script.iter().copied().collect(), then)));
+            let (tx, seen) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (script, tx, tls) = (Arc::clone(&script), tx.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    let _ = serve(stream, &script, &tx).await;
+                                }
+                            }
+                            None => {
+                                let _ = serve(stream, &script, &tx).await;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { addr, seen }
+        }
+
+        fn url(&self, scheme: &str, path: &str) -> WebhookUrl {
+            format!("{scheme}://{}{path}", self.addr).parse().unwrap()
+        }
+
+        /// Waits for the next request.
+        async fn next(&mut self) -> Seen {
+            self.seen.recv().await.unwrap()
+        }
+
+        /// Takes the requests read so far.
+        fn take_seen(&mut self) -> Vec<Seen> {
+            std::iter::from_fn(|| self.seen.try_recv().ok()).collect()
+        }
+    }
+
+    /// Reads requests from one connection and answers them, until it closes.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        stream: S,
+        script: &Script,
+        seen: &mpsc::UnboundedSender<Seen>,
+    ) -> std::io::Result<()> {
+        let mut stream = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let mut words = line.split_whitespace();
+            let method = words.next().unwrap_or_default().to_owned();
+            let target = words.next().unwrap_or_default().to_owned();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                stream.read_line(&mut h).await?;
+                let Some((name, value)) = h.trim_end().split_once(':') else {
+                    break;
+                };
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            let len = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body).await?;
+            let reply = {
+                let mut script = script.lock().unwrap();
+                let then = script.1;
+                script.0.pop_front().unwrap_or(then)
+            };
+            let _ = seen.send(Seen {
+                method,
+                target,
+                headers,
+                body,
+            });
+            let answer = match reply {
+                Reply::Stall => std::future::pending().await,
+                Reply::Status(code) => {
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nok")
+                }
+                Reply::RetryAfter(code, secs) => {
+                    format!("HTTP/1.1 {code} X\r\nretry-after: {secs}\r\ncontent-length: 0\r\n\r\n")
+                }
+            };
+            stream.get_mut().write_all(answer.as_bytes()).await?;
+            stream.get_mut().flush().await?;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alert_arrives_as_json_with_its_headers() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(200)).await;
+        let mut config = config(endpoint.url("http", "/hooks/daemoneye?source=test"));
+        config
+            .headers
+            .push("Authorization:  Bearer t0ken ".parse().unwrap());
+        config.headers.push("X-Tenant: blue".parse().unwrap());
+        let sink = WebhookSink::new(config).unwrap();
+        let sent = alert(4242);
+        sink.send(&sent).unwrap();
+
+        let seen = endpoint.next().await;
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.target, "/hooks/daemoneye?source=test");
+        assert_eq!(seen.header("content-type"), Some("application/json"));
+        assert_eq!(
+            seen.header("user-agent"),
+            Some(concat!("daemoneye-agent/", env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(seen.header("authorization"), Some("Bearer t0ken"));
+        assert_eq!(seen.header("x-tenant"), Some("blue"));
+        assert_eq!(
+            seen.header("host"),
+            Some(endpoint.addr.to_string().as_str())
+        );
+        let back: Alert = serde_json::from_slice(&seen.body).unwrap();
+        assert_eq!(back, sent);
+
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.queued, stats.delivered, stats.retries), (1, 1, 0));
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn alerts_reach_an_https_endpoint_whose_certificate_is_trusted() {
+        let mut endpoint = Endpoint::start_tls(&[], Reply::Status(201)).await;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap())
+            .unwrap();
+        let sink = WebhookSink::with_roots(config(endpoint.url("https", "/tls")), roots).unwrap();
+        let sent = alert(7);
+        sink.send(&sent).unwrap();
+        let seen = endpoint.next().await;
+        assert_eq!(seen.target, "/tls");
+        assert_eq!(serde_json::from_slice::<Alert>(&seen.body).unwrap(), sent);
+        let stats = sink.close(far()).await;
+        assert_eq!(stats.delivered, 1);
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_https_endpoint_is_never_sent_the_alert() {
+        let mut endpoint = Endpoint::start_tls(&[], Reply::Status(200)).await;
+        // The system's roots do not include the test certificate.
+        let mut c = config(endpoint.url("https", "/tls"));
+        c.max_attempts = 2;
+        let sink = WebhookSink::with_roots(c, RootCertStore::empty()).unwrap();
+        sink.send(&alert(7)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.failed, stats.retries), (0, 1, 1));
+        assert_accounted(&stats);
+        assert!(endpoint.take_seen().is_empty(), "no request got through");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_delivered() {
+        let mut endpoint = Endpoint::start(
+            &[Reply::Status(500), Reply::Status(500)],
+            Reply::Status(200),
+        )
+        .await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        let sent = alert(1);
+        sink.send(&sent).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.delivered, stats.retries, stats.failed, stats.rejected),
+            (1, 2, 0, 0)
+        );
+        assert_accounted(&stats);
+        let seen = endpoint.take_seen();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter().all(|s| s.body == seen[0].body),
+            "the same alert each time"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_and_unavailable_are_retried() {
+        let mut endpoint = Endpoint::start(
+            &[Reply::RetryAfter(429, 0), Reply::RetryAfter(503, 0)],
+            Reply::Status(204),
+        )
+        .await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.retries), (1, 2));
+        assert_eq!(endpoint.take_seen().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_rejected_without_retry() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(400)).await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.rejected, stats.retries, stats.failed, stats.delivered),
+            (1, 0, 0, 0)
+        );
+        assert_accounted(&stats);
+        assert_eq!(endpoint.take_seen().len(), 1, "exactly one request");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_fails_after_max_attempts() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let mut c = config(format!("http://{addr}/").parse().unwrap());
+        c.max_attempts = 3;
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        sink.send(&alert(2)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.failed, stats.retries, stats.delivered),
+            (2, 4, 0),
+            "two alerts, three attempts each"
+        );
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_and_is_retried() {
+        let mut endpoint = Endpoint::start(&[], Reply::Stall).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.timeout = Duration::from_millis(100);
+        c.max_attempts = 2;
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.failed, stats.retries, stats.delivered), (1, 1, 0));
+        assert_accounted(&stats);
+        assert_eq!(endpoint.take_seen().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_blocking() {
+        let mut endpoint = Endpoint::start(&[], Reply::Stall).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.queue_capacity = 2;
+        c.timeout = Duration::from_secs(600);
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        // The worker holds alert 1 and waits on an endpoint that never answers.
+        endpoint.next().await;
+        sink.send(&alert(2)).unwrap();
+        sink.send(&alert(3)).unwrap();
+        let started = Instant::now();
+        for pid in 4..=10 {
+            assert_eq!(sink.send(&alert(pid)), Err(WebhookSendError::Full));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let running = sink.stats().snapshot();
+        assert_eq!((running.queued, running.dropped), (3, 7));
+        assert_eq!(running.in_flight(), 3);
+
+        let stats = sink.close(Instant::now() + Duration::from_millis(50)).await;
+        assert_eq!((stats.dropped, stats.dropped_at_shutdown), (7, 3));
+        assert_accounted(&stats);
+        assert_eq!(stats.queued + stats.dropped, 10, "every send counted once");
+    }
+
+    #[tokio::test]
+    async fn close_returns_by_its_deadline_and_accounts_for_everything() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(503)).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.initial_backoff = Duration::from_secs(3600);
+        c.max_backoff = Duration::from_secs(3600);
+        let sink = WebhookSink::new(c).unwrap();
+        let stats = sink.stats();
+        for pid in 1..=3 {
+            sink.send(&alert(pid)).unwrap();
+        }
+        // Alert 1 got its 503; the worker now waits half an hour or more.
+        endpoint.next().await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let closed = sink.close(deadline).await;
+        assert!(Instant::now() >= deadline);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (closed.dropped_at_shutdown, closed.delivered, closed.retries),
+            (3, 0, 0)
+        );
+        assert_accounted(&closed);
+        assert_eq!(stats.snapshot(), closed, "the shared counters agree");
+    }
+
+    #[tokio::test]
+    async fn close_delivers_what_is_queued_in_order() {
+        let mut endpoint = Endpoint::start(&[Reply::Status(500)], Reply::Status(200)).await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        for pid in 1..=5 {
+            sink.send(&alert(pid)).unwrap();
+        }
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.retries), (5, 1));
+        assert_accounted(&stats);
+        let pids: Vec<u32> = endpoint
+            .take_seen()
+            .iter()
+            .map(|s| {
+                serde_json::from_slice::<Alert>(&s.body)
+                    .unwrap()
+                    .process
+                    .pid
+            })
+            .collect();
+        assert_eq!(pids, [1, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        let top = |n| backoff(n, initial, max, 1.0);
+        assert_eq!(top(1), Duration::from_millis(500));
+        assert_eq!(top(2), Duration::from_secs(1));
+        assert_eq!(top(3), Duration::from_secs(2));
+        assert_eq!(top(7), Duration::from_secs(30), "32 s capped");
+        assert_eq!(top(u32::MAX), Duration::from_secs(30), "no overflow");
+        assert_eq!(backoff(1, initial, max, 0.0), Duration::from_millis(250));
+        assert_eq!(backoff(7, initial, max, 0.0), Duration::from_secs(15));
+        let samples: Vec<f64> = (0..200).map(|_| jitter()).collect();
+        assert!(samples.iter().all(|j| (0.0..1.0).contains(j)));
+        assert!(
+            samples.iter().any(|j| j.to_bits() != samples[0].to_bits()),
+            "it varies"
+        );
+    }
+
+    #[test]
+    fn statuses_decide_between_delivered_retried_and_rejected() {
+        let retry = |code, after| match classify(StatusCode::from_u16(code).unwrap(), after) {
+            Attempt::Retry { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
+        let secs = Some(Duration::from_secs(7));
+        assert!(matches!(classify(StatusCode::OK, None), Attempt::Delivered));
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, None),
+            Attempt::Delivered
+        ));
+        for code in [301, 400, 401, 403, 404, 413] {
+            assert!(matches!(
+                classify(StatusCode::from_u16(code).unwrap(), secs),
+                Attempt::Rejected(_)
+            ));
+        }
+        assert_eq!(retry(500, secs), Some(None), "Retry-After only on 429/503");
+        assert_eq!(retry(502, None), Some(None));
+        assert_eq!(retry(503, secs), Some(secs));
+        assert_eq!(retry(429, secs), Some(secs));
+
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(" 7 "));
+        assert_eq!(retry_after(&h), secs);
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None, "dates fall back to the backoff");
+    }
+
+    #[test]
+    fn urls_headers_and_settings_are_checked() {
+        let url = |s: &str| s.parse::<WebhookUrl>();
+        assert!(url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(url("https://siem.example/a/b?c=d").unwrap().is_https());
+        assert!(!url("http://siem.example").unwrap().is_https());
+        for bad in [
+            "ftp://siem.example/",
+            "siem.example",
+            "/hook",
+            "udp://1.2.3.4:5",
+        ] {
+            assert!(
+                matches!(url(bad), Err(WebhookError::UnsupportedScheme { .. })),
+                "{bad}: {:?}",
+                url(bad)
+            );
+        }
+        assert!(matches!(
+            url("http://a b/"),
+            Err(WebhookError::InvalidUrl { .. })
+        ));
+        assert!(matches!(url(""), Err(WebhookError::InvalidUrl { .. })));
+        let creds = url("https://user:hunter2@siem.example/").unwrap_err();
+        assert!(matches!(creds, WebhookError::CredentialsInUrl { .. }));
+        assert!(!creds.to_string().contains("hunter2"), "{creds}");
+        let shown = url("https://siem.example/services/T0KEN").unwrap();
+        assert_eq!(shown.to_string(), "https://siem.example/…");
+        assert!(!format!("{shown:?}").contains("T0KEN"));
+
+        let header = |s: &str| s.parse::<WebhookHeader>();
+        let auth = header("Authorization: Bearer a:b").unwrap();
+        assert_eq!(auth.name(), "authorization");
+        assert_eq!(auth.value(), "Bearer a:b", "split at the first colon");
+        assert!(!format!("{auth:?}").contains("Bearer"), "{auth:?}");
+        assert!(matches!(
+            header("Bearer s3cret"),
+            Err(WebhookError::HeaderSyntax)
+        ));
+        assert!(!header("Bearer s3cret")
+            .unwrap_err()
+            .to_string()
+            .contains("s3cret"));
+        assert!(matches!(header(": v"), Err(WebhookError::HeaderSyntax)));
+        assert!(matches!(
+            header("Bad Name: v"),
+            Err(WebhookError::InvalidHeaderName { .. })
+        ));
+        assert!(matches!(
+            header("X-A: a\nb"),
+            Err(WebhookError::InvalidHeaderValue { .. })
+        ));
+        for reserved in ["Content-Type: text/plain", "host: x", "User-Agent: curl"] {
+            assert!(matches!(
+                header(reserved),
+                Err(WebhookError::ReservedHeader { .. })
+            ));
+        }
+
+        let base = WebhookConfig::new(url("http://127.0.0.1/").unwrap());
+        assert!(base.validate().is_ok());
+        let field = |c: WebhookConfig| match c.validate() {
+            Err(WebhookError::InvalidConfig { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let mut c = base.clone();
+        c.queue_capacity = 0;
+        assert_eq!(field(c), "queue_capacity");
+        let mut c = base.clone();
+        c.queue_capacity = MAX_QUEUE_CAPACITY + 1;
+        assert_eq!(field(c), "queue_capacity");
+        let mut c = base.clone();
+        c.max_attempts = 0;
+        assert_eq!(field(c), "max_attempts");
+        let mut c = base.clone();
+        c.timeout = Duration::ZERO;
+        assert_eq!(field(c), "timeout");
+        let mut c = base.clone();
+        c.initial_backoff = Duration::from_secs(60);
+        assert_eq!(field(c), "initial_backoff");
+        assert!(matches!(
+            WebhookSink::new(base),
+            Err(WebhookError::NoRuntime)
+        ));
+    }
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<WebhookSink>();
+        check::<WebhookStats>();
+        check::<WebhookConfig>();
+        check::<WebhookError>();
+        check::<WebhookSendError>();
+    }
+}
