@@ -464,6 +464,10 @@ impl WebhookStats {
 
 /// Posts alerts to a webhook from a background task, never blocking the
 /// caller. See the [module docs](self).
+///
+/// Call [`close`](Self::close) to stop it with a deadline and get the final
+/// counts. A sink merely dropped leaves its worker delivering what is queued
+/// in the background for as long as the runtime runs.
 pub struct WebhookSink {
     tx: mpsc::Sender<Alert>,
     stats: Arc<WebhookStats>,
