@@ -10,6 +10,8 @@
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
 //! - [`sink`]: alert delivery to syslog (RFC 5424).
+//! - [`webhook`]: alert delivery to an HTTP(S) webhook, queued, retried with
+//!   backoff, every alert counted.
 //! - [`link`]: the link to the process collector over IPC: start it,
 //!   subscribe, restart it with backoff when it goes.
 //! - [`store`]: the agent's store: live processes, lifecycle events and
@@ -44,4 +46,5 @@ pub mod link;
 pub mod rules;
 pub mod sink;
 pub mod store;
+pub mod webhook;
 pub mod writer;

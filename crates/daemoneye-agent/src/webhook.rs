@@ -1,0 +1,1471 @@
+//! Alert delivery to an HTTP(S) webhook.
+//!
+//! [`WebhookSink`] POSTs each alert as one JSON document (the
+//! [`Alert`](crate::alert::Alert) as `serde_json` writes it, `Content-Type:
+//! application/json`, `User-Agent: daemoneye-agent/<version>`, plus any
+//! [`WebhookHeader`]s such as `Authorization: Bearer …`) to a
+//! [`WebhookUrl`], over HTTP/1.1 or HTTPS (rustls with the system's root
+//! certificates).
+//!
+//! It never holds up the agent: [`WebhookSink::send`] only puts the alert in
+//! a bounded queue, and when the queue is full the alert is dropped and
+//! counted. One background task delivers in order, each request within a
+//! timeout, and retries connection errors, timeouts, HTTP 5xx and 429 with a
+//! capped exponential backoff and jitter (a `Retry-After` in seconds on 429
+//! and 503 is honoured, up to the cap). Other answers (3xx, 4xx) are
+//! rejections: counted and not retried. Delivery is at least once: a request
+//! whose answer is lost is sent again.
+//!
+//! [`WebhookStats`] counts, at any time, what became of every alert: each
+//! one sent is either `dropped` at once, or `queued` and then exactly one of
+//! `delivered`, `failed`, `rejected` or `dropped_at_shutdown` (or still in
+//! flight). [`WebhookSink::close`] stops accepting alerts, delivers what is
+//! queued until its deadline, and counts the rest as dropped at shutdown.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use daemoneye_agent::alert::Alert;
+//! use daemoneye_agent::webhook::{WebhookConfig, WebhookSink};
+//!
+//! # async fn run(alert: Alert) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = WebhookConfig::new("https://siem.example/hooks/daemoneye".parse()?);
+//! config.headers.push("Authorization: Bearer s3cret".parse()?);
+//! let sink = WebhookSink::new(config)?;
+//!
+//! // Never waits: the alert is queued, or dropped and counted.
+//! sink.send(&alert)?;
+//!
+//! let stats = sink
+//!     .close(tokio::time::Instant::now() + Duration::from_secs(5))
+//!     .await;
+//! assert_eq!(stats.in_flight(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::alert::Alert;
+
+/// Alerts the queue holds by default.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// The most alerts a queue may hold (a bound on the memory it can take).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+/// Time allowed for one request by default, from connecting to the answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per alert by default (the first one and its retries).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Wait before the first retry by default; it doubles with each retry.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts by default.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the sink says it is.
+const USER_AGENT: &str = concat!("daemoneye-agent/", env!("CARGO_PKG_VERSION"));
+/// Of an answer's body, this much is read (and ignored) so that the
+/// connection can be used again; a longer body closes it.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// Headers the sink sets itself.
+const RESERVED_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::USER_AGENT,
+];
+
+/// Why a webhook could not be configured or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// The URL does not parse.
+    #[error("webhook url {url:?} is not a valid url")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The URL is not `http://…` or `https://…`.
+    #[error("webhook url {url:?}: expected http://HOST[:PORT]/PATH or https://…")]
+    UnsupportedScheme {
+        /// The URL given.
+        url: String,
+    },
+    /// The URL names no host.
+    #[error("webhook url {url:?} has no host")]
+    MissingHost {
+        /// The URL given.
+        url: String,
+    },
+    /// The URL carries `user:password@`, which would not be sent (and should
+    /// not be logged).
+    #[error("webhook url for {host:?} carries credentials; send them in a header (`Authorization: …`) instead")]
+    CredentialsInUrl {
+        /// The host the URL names.
+        host: String,
+    },
+    /// A header is not `Name: value`. The text is not repeated: it may be a
+    /// secret.
+    #[error("webhook header: expected `Name: value`")]
+    HeaderSyntax,
+    /// A header's name is not a valid HTTP header name.
+    #[error("webhook header {name:?}: invalid name")]
+    InvalidHeaderName {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    /// A header's value is not a valid HTTP header value (a control
+    /// character, a line break).
+    #[error("webhook header {name:?}: invalid value")]
+    InvalidHeaderValue {
+        /// The header's name.
+        name: String,
+        /// Why it is invalid.
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    /// The header is one the sink sets itself.
+    #[error("webhook header {name:?} is set by the sink")]
+    ReservedHeader {
+        /// The header's name.
+        name: String,
+    },
+    /// A setting is out of range.
+    #[error("webhook {field} {reason}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// HTTPS needs root certificates to trust, and the system has none that
+    /// could be read.
+    #[error("no root certificates could be read from the system for https ({errors} errors)")]
+    NoRootCertificates {
+        /// Errors met while reading them.
+        errors: usize,
+    },
+    /// rustls refused the TLS configuration.
+    #[error("cannot set up tls")]
+    Tls {
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The sink was created outside a tokio runtime, which it needs for its
+    /// worker.
+    #[error("the webhook sink must be created inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Why [`WebhookSink::send`] did not queue an alert. Either way the alert is
+/// dropped and counted in [`WebhookStatsSnapshot::dropped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookSendError {
+    /// The queue is full: the endpoint is slower than the alerts.
+    #[error("webhook queue is full; alert dropped")]
+    Full,
+    /// The worker is gone (it can only have panicked).
+    #[error("webhook worker has stopped; alert dropped")]
+    Closed,
+}
+
+/// An `http://` or `https://` URL with a host.
+///
+/// Its `Display` and `Debug` show only the scheme and the host, since the
+/// path or query of a webhook URL often holds a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(Uri);
+
+impl WebhookUrl {
+    /// The whole URL.
+    pub fn as_uri(&self) -> &Uri {
+        &self.0
+    }
+
+    /// Whether it is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.0.scheme() == Some(&http::uri::Scheme::HTTPS)
+    }
+}
+
+impl FromStr for WebhookUrl {
+    type Err = WebhookError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: Uri = s.parse().map_err(|source| WebhookError::InvalidUrl {
+            url: s.to_owned(),
+            source,
+        })?;
+        let scheme_ok = uri.scheme_str().is_some_and(|scheme| {
+            scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+        });
+        if !scheme_ok {
+            return Err(WebhookError::UnsupportedScheme { url: s.to_owned() });
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(WebhookError::MissingHost { url: s.to_owned() });
+        };
+        if authority.as_str().contains('@') {
+            return Err(WebhookError::CredentialsInUrl {
+                host: authority.host().to_owned(),
+            });
+        }
+        if authority.host().is_empty() {
+            return Err(WebhookError::MissingHost { url: s.to_owned() });
+        }
+        Ok(Self(uri))
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.0.scheme_str().unwrap_or("http");
+        let authority = self.0.authority().map_or("", |a| a.as_str());
+        let rest = match self.0.path_and_query().map(http::uri::PathAndQuery::as_str) {
+            None | Some("" | "/") => "",
+            Some(_) => "/…",
+        };
+        write!(f, "{scheme}://{authority}{rest}")
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({self})")
+    }
+}
+
+/// An extra request header, parsed from `Name: value`.
+///
+/// Its `Debug` hides the value, which is often a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookHeader {
+    name: HeaderName,
+    value: HeaderValue,
+}
+
+impl WebhookHeader {
+    /// The header's name (lowercase).
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+
+    /// The header's value.
+    pub fn value(&self) -> &HeaderValue {
+        &self.value
+    }
+}
+
+impl FromStr for WebhookHeader {
+    type Err = WebhookError;
+
+    /// Parses `Name: value`; space around the name and the value is trimmed.
+    /// Headers the sink sets itself (`Content-Type`, `Content-Length`,
+    /// `Transfer-Encoding`, `Host`, `Connection`, `User-Agent`) are refused.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, value) = s.split_once(':').ok_or(WebhookError::HeaderSyntax)?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(WebhookError::HeaderSyntax);
+        }
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|source| {
+            WebhookError::InvalidHeaderName {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        if RESERVED_HEADERS.contains(&header_name) {
+            return Err(WebhookError::ReservedHeader {
+                name: name.to_owned(),
+            });
+        }
+        let mut value = HeaderValue::from_str(value.trim()).map_err(|source| {
+            WebhookError::InvalidHeaderValue {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        value.set_sensitive(true);
+        Ok(Self {
+            name: header_name,
+            value,
+        })
+    }
+}
+
+impl fmt::Debug for WebhookHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookHeader({}: <redacted>)", self.name)
+    }
+}
+
+/// Where and how alerts are posted. [`WebhookConfig::new`] gives the
+/// defaults; [`WebhookConfig::validate`] checks the ranges.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WebhookConfig {
+    /// Where alerts are posted.
+    pub url: WebhookUrl,
+    /// Extra headers on every request, such as `Authorization`.
+    pub headers: Vec<WebhookHeader>,
+    /// Time allowed for one request, from connecting to the answer's status
+    /// line (default 5 s).
+    pub timeout: Duration,
+    /// Attempts per alert, the first one included (default 5, at least 1).
+    pub max_attempts: u32,
+    /// Alerts waiting for delivery, beyond which new ones are dropped
+    /// (default 1024, from 1 to [`MAX_QUEUE_CAPACITY`]).
+    pub queue_capacity: usize,
+    /// Wait before the first retry; it doubles with each retry (default
+    /// 0.5 s). Each wait is jittered down by up to half.
+    pub initial_backoff: Duration,
+    /// The longest wait between two attempts, `Retry-After` included
+    /// (default 30 s).
+    pub max_backoff: Duration,
+}
+
+impl WebhookConfig {
+    /// Posting to `url` with no extra header and the default settings.
+    pub fn new(url: WebhookUrl) -> Self {
+        Self {
+            url,
+            headers: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+
+    /// Checks that every setting is in range.
+    ///
+    /// # Errors
+    /// [`WebhookError::InvalidConfig`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), WebhookError> {
+        let invalid = |field, reason| Err(WebhookError::InvalidConfig { field, reason });
+        if self.timeout.is_zero() {
+            return invalid("timeout", "must be more than zero");
+        }
+        if self.max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return invalid("queue_capacity", "must be from 1 to 1048576");
+        }
+        if self.initial_backoff.is_zero() {
+            return invalid("initial_backoff", "must be more than zero");
+        }
+        if self.initial_backoff > self.max_backoff {
+            return invalid("initial_backoff", "must not exceed max_backoff");
+        }
+        Ok(())
+    }
+}
+
+/// What became of the alerts sent to a [`WebhookSink`], counted as it goes.
+/// Cheap to read at any time; see [`WebhookStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    queued: AtomicU64,
+    delivered: AtomicU64,
+    retries: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    dropped: AtomicU64,
+    dropped_at_shutdown: AtomicU64,
+}
+
+/// The counts of a [`WebhookStats`] at one moment.
+///
+/// Every alert sent is counted once in `queued` or `dropped`; every queued
+/// alert, once in `delivered`, `failed`, `rejected` or `dropped_at_shutdown`
+/// when it is done with ([`in_flight`](Self::in_flight) until then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WebhookStatsSnapshot {
+    /// Alerts accepted into the queue.
+    pub queued: u64,
+    /// Alerts the endpoint accepted (2xx).
+    pub delivered: u64,
+    /// Attempts after the first, over all alerts.
+    pub retries: u64,
+    /// Alerts given up on after the last attempt (connection errors,
+    /// timeouts, 5xx, 429).
+    pub failed: u64,
+    /// Alerts the endpoint refused (3xx, 4xx other than 429); not retried.
+    pub rejected: u64,
+    /// Alerts not queued: the queue was full (or the worker gone).
+    pub dropped: u64,
+    /// Queued alerts still undelivered when [`WebhookSink::close`] reached
+    /// its deadline.
+    pub dropped_at_shutdown: u64,
+}
+
+impl WebhookStatsSnapshot {
+    /// Queued alerts not yet delivered, failed, rejected or dropped at
+    /// shutdown. Counters are read one by one, so while the sink runs this
+    /// can be off by the alerts that changed state meanwhile; after
+    /// [`WebhookSink::close`] it is exact.
+    pub fn in_flight(&self) -> u64 {
+        self.queued
+            .saturating_sub(self.delivered + self.failed + self.rejected + self.dropped_at_shutdown)
+    }
+}
+
+impl WebhookStats {
+    /// The counts now.
+    pub fn snapshot(&self) -> WebhookStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WebhookStatsSnapshot {
+            delivered: get(&self.delivered),
+            retries: get(&self.retries),
+            failed: get(&self.failed),
+            rejected: get(&self.rejected),
+            dropped: get(&self.dropped),
+            dropped_at_shutdown: get(&self.dropped_at_shutdown),
+            // Last, so that an alert counted done is also counted queued.
+            queued: get(&self.queued),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Posts alerts to a webhook from a background task, never blocking the
+/// caller. See the [module docs](self).
+///
+/// Call [`close`](Self::close) to stop it with a deadline and get the final
+/// counts. A sink merely dropped leaves its worker delivering what is queued
+/// in the background for as long as the runtime runs.
+pub struct WebhookSink {
+    tx: mpsc::Sender<Alert>,
+    stats: Arc<WebhookStats>,
+    worker: JoinHandle<()>,
+    abort: CancellationToken,
+    url: WebhookUrl,
+}
+
+impl fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSink")
+            .field("url", &self.url)
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookSink {
+    /// Validates `config`, reads the system's root certificates for an
+    /// `https://` URL, and starts the worker on the current tokio runtime.
+    ///
+    /// # Errors
+    /// An invalid config ([`WebhookConfig::validate`]), no root certificates
+    /// for HTTPS, or no tokio runtime.
+    pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
+        config.validate()?;
+        let roots = if config.url.is_https() {
+            native_roots()?
+        } else {
+            RootCertStore::empty()
+        };
+        Self::with_roots(config, roots)
+    }
+
+    /// [`new`](Self::new) trusting `roots` for HTTPS.
+    pub(crate) fn with_roots(
+        config: WebhookConfig,
+        roots: RootCertStore,
+    ) -> Result<Self, WebhookError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|source| WebhookError::Tls { source })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        for h in &config.headers {
+            headers.append(h.name.clone(), h.value.clone());
+        }
+
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let stats = Arc::new(WebhookStats::default());
+        let abort = CancellationToken::new();
+        let worker = Worker {
+            client,
+            uri: config.url.0.clone(),
+            url: config.url.clone(),
+            headers,
+            timeout: config.timeout,
+            max_attempts: config.max_attempts,
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            stats: Arc::clone(&stats),
+        };
+        let worker = runtime.spawn(worker.run(rx, abort.clone()));
+        Ok(Self {
+            tx,
+            stats,
+            worker,
+            abort,
+            url: config.url,
+        })
+    }
+
+    /// Queues `alert` for delivery, or drops it if the queue is full. Never
+    /// waits. The outcome is counted either way.
+    ///
+    /// # Errors
+    /// [`WebhookSendError::Full`] when the alert was dropped for want of
+    /// room.
+    pub fn send(&self, alert: &Alert) -> Result<(), WebhookSendError> {
+        // Reserving first keeps the clone off the path of a full queue.
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                // Before the send, so a finished alert is never seen
+                // unqueued.
+                WebhookStats::add(&self.stats.queued, 1);
+                permit.send(alert.clone());
+                Ok(())
+            }
+            Err(e) => {
+                WebhookStats::add(&self.stats.dropped, 1);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(()) => WebhookSendError::Full,
+                    mpsc::error::TrySendError::Closed(()) => WebhookSendError::Closed,
+                })
+            }
+        }
+    }
+
+    /// The counters, shared with the worker: they stay readable after the
+    /// sink is closed.
+    pub fn stats(&self) -> Arc<WebhookStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Stops accepting alerts, delivers those queued (retries included)
+    /// until `deadline`, then abandons the rest, counting them in
+    /// `dropped_at_shutdown`, and returns the final counts.
+    ///
+    /// Returns by `deadline`, give or take the moment the worker needs to
+    /// count what it abandons.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes abandons the queue at once,
+    /// as if the deadline had passed.
+    pub async fn close(self, deadline: Instant) -> WebhookStatsSnapshot {
+        let Self {
+            tx,
+            stats,
+            mut worker,
+            abort,
+            url,
+        } = self;
+        // With the sender gone the worker ends once the queue is empty.
+        drop(tx);
+        let _abandon_if_dropped = abort.clone().drop_guard();
+        let finished = match tokio::time::timeout_at(deadline, &mut worker).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                abort.cancel();
+                worker.await
+            }
+        };
+        if let Err(e) = finished {
+            warn!(error = %e, url = %url, "webhook worker ended abnormally; queued alerts are unaccounted for");
+        }
+        let snapshot = stats.snapshot();
+        if snapshot.dropped_at_shutdown > 0 {
+            warn!(
+                dropped_at_shutdown = snapshot.dropped_at_shutdown,
+                url = %url,
+                "webhook alerts abandoned at shutdown"
+            );
+        }
+        snapshot
+    }
+}
+
+/// The system's root certificates.
+fn native_roots() -> Result<RootCertStore, WebhookError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(WebhookError::NoRootCertificates {
+            errors: found.errors.len() + ignored,
+        });
+    }
+    if !found.errors.is_empty() || ignored > 0 {
+        warn!(
+            loaded = added,
+            ignored,
+            errors = found.errors.len(),
+            "some system root certificates could not be read"
+        );
+    }
+    Ok(roots)
+}
+
+/// What became of one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Rejected,
+    Failed,
+}
+
+/// What became of one attempt.
+#[derive(Debug)]
+enum Attempt {
+    Delivered,
+    Rejected(StatusCode),
+    /// Worth another try, after `retry_after` when the endpoint said so.
+    Retry {
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+struct Worker {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    /// For logs: the URL without its path.
+    url: WebhookUrl,
+    headers: HeaderMap,
+    timeout: Duration,
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    stats: Arc<WebhookStats>,
+}
+
+impl Worker {
+    /// Delivers alerts in order until the queue is closed and empty, or
+    /// `abort`; then counts what is left as dropped at shutdown.
+    async fn run(self, mut rx: mpsc::Receiver<Alert>, abort: CancellationToken) {
+        loop {
+            let alert = tokio::select! {
+                biased;
+                () = abort.cancelled() => break,
+                next = rx.recv() => match next {
+                    Some(alert) => alert,
+                    None => break,
+                },
+            };
+            let outcome = tokio::select! {
+                biased;
+                () = abort.cancelled() => {
+                    WebhookStats::add(&self.stats.dropped_at_shutdown, 1);
+                    break;
+                }
+                outcome = self.deliver(&alert) => outcome,
+            };
+            let counter = match outcome {
+                Outcome::Delivered => &self.stats.delivered,
+                Outcome::Rejected => &self.stats.rejected,
+                Outcome::Failed => &self.stats.failed,
+            };
+            WebhookStats::add(counter, 1);
+        }
+        rx.close();
+        let mut left = 0;
+        while rx.try_recv().is_ok() {
+            left += 1;
+        }
+        WebhookStats::add(&self.stats.dropped_at_shutdown, left);
+    }
+
+    /// Posts one alert, retrying as configured.
+    async fn deliver(&self, alert: &Alert) -> Outcome {
+        let body = match serde_json::to_vec(alert) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                warn!(error = %e, rule = %alert.rule_id, "cannot encode an alert for the webhook");
+                return Outcome::Failed;
+            }
+        };
+        let mut attempt = 1;
+        loop {
+            let (cause, retry_after) = match self.attempt(body.clone()).await {
+                Attempt::Delivered => {
+                    debug!(rule = %alert.rule_id, attempt, "webhook alert delivered");
+                    return Outcome::Delivered;
+                }
+                Attempt::Rejected(status) => {
+                    warn!(status = status.as_u16(), rule = %alert.rule_id, url = %self.url, "webhook refused an alert; not retried");
+                    return Outcome::Rejected;
+                }
+                Attempt::Retry { cause, retry_after } => (cause, retry_after),
+            };
+            if attempt >= self.max_attempts {
+                warn!(error = %cause, attempts = attempt, rule = %alert.rule_id, url = %self.url, "webhook delivery failed; alert given up");
+                return Outcome::Failed;
+            }
+            let wait = retry_after.map_or_else(
+                || backoff(attempt, self.initial_backoff, self.max_backoff, jitter()),
+                |after| after.min(self.max_backoff),
+            );
+            debug!(error = %cause, attempt, wait_ms = wait.as_millis(), "webhook attempt failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            WebhookStats::add(&self.stats.retries, 1);
+        }
+    }
+
+    /// One request, within the timeout.
+    async fn attempt(&self, body: Bytes) -> Attempt {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                return Attempt::Retry {
+                    cause: error_chain(&e),
+                    retry_after: None,
+                }
+            }
+            Err(_) => {
+                return Attempt::Retry {
+                    cause: format!("no answer within {:?}", self.timeout),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        // The status decides; the body is read only so that the connection
+        // can serve the next alert, and how that goes does not matter.
+        let drain = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect();
+        let _ = tokio::time::timeout(self.timeout, drain).await;
+        classify(status, retry_after)
+    }
+}
+
+/// Delivered (2xx), worth a retry (5xx, 429), or refused (anything else).
+/// `Retry-After` counts only on 429 and 503, where it means "come back then".
+fn classify(status: StatusCode, retry_after: Option<Duration>) -> Attempt {
+    if status.is_success() {
+        Attempt::Delivered
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let honoured =
+            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+        Attempt::Retry {
+            cause: format!("http status {}", status.as_u16()),
+            retry_after: retry_after.filter(|_| honoured),
+        }
+    } else {
+        Attempt::Rejected(status)
+    }
+}
+
+/// `Retry-After` in seconds; the HTTP-date form is not understood (the
+/// backoff applies instead).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// The wait after the `failures`-th failed attempt (from 1): `initial`
+/// doubling up to `max`, of which the upper half is scaled by `jitter` (in
+/// `[0, 1)`), so that agents that failed together do not retry together,
+/// yet none retries sooner than half the step.
+fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let doubled = 2u32.saturating_pow(failures.saturating_sub(1));
+    let step = initial.saturating_mul(doubled).min(max);
+    step / 2 + (step / 2).mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// A number in `[0, 1)`, different each call. Jitter needs no better: the
+/// standard library's randomly keyed hasher will do.
+fn jitter() -> f64 {
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// An error and its causes, `: `-separated (hyper's own message is terse).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use collector_core::ProcessEvent;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite};
+    use tokio::io::{AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::alert::AlertProcess;
+    use crate::rules;
+
+    /// A self-signed certificate for `localhost` and 127.0.0.1, valid until
+    /// 2126, and its key: the test HTTPS endpoint's.
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBxzCCAW6gAwIBAgIUGzLqoGs4FVEKFPz2URwTQG7ZKaAwCgYIKoZIzj0EAwIw
+ITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhvb2sgdGVzdDAgFw0yNjExMjkxMDUz
+NDlaGA8yMTI2MTEwNTEwNTM0OVowITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhv
+b2sgdGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCTpk3n1P1HZfjw3JYSX
+SIWYk6/x30ZESPdzc2pfLwOiAXBVux7BVeNriSrgt0JMtfb5oiua0Rh9a8k8/sEo
+2DujgYEwfzAdBgNVHQ4EFgQU4vz9sAwiVcxsABY1zikEMlFSoqwwHwYDVR0jBBgw
+FoAU4vz9sAwiVcxsABY1zikEMlFSoqwwGgYDVR0RBBMwEYIJbG9jYWxob3N0hwR/
+AAABMAwGA1UdEwEB/wQCMAAwEwYDVR0lBAwwCgYIKwYBBQUHAwEwCgYIKoZIzj0E
+AwIDRwAwRAIgNRcw6t68z1BdtopHolxGk7pv4XTGpgEqWvS0fEaUy7kCIEXzsXwl
+yDmLEc+aSB6mDiBozzgH0BCJtZJHnOGzSNVG
+-----END CERTIFICATE-----
+";
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg5+DQCcErvwLXv+yw
+KW1d+1oJ8BSDl1CWUS/3cuWKWZ+hRANCAAQk6ZN59T9R2X48NyWEl0iFmJOv8d9G
+REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
+-----END PRIVATE KEY-----
+";
+
+    fn alert(pid: u32) -> Alert {
+        let rule = rules::builtin().unwrap().into_iter().next().unwrap();
+        let mut e = ProcessEvent::new(pid, "x");
+        e.command_line = vec!["x".into(), "\"quoted\" ünïcode".into()];
+        Alert::new(&rule, AlertProcess::from_event(&e, None), SystemTime::now())
+    }
+
+    /// Tiny backoffs so that retries take milliseconds.
+    fn config(url: WebhookUrl) -> WebhookConfig {
+        let mut c = WebhookConfig::new(url);
+        c.initial_backoff = Duration::from_millis(1);
+        c.max_backoff = Duration::from_millis(4);
+        c.timeout = Duration::from_secs(10);
+        c
+    }
+
+    /// A deadline no test should reach: `close` returns when the queue is done.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// Every queued alert is in exactly one final count.
+    #[track_caller]
+    fn assert_accounted(s: &WebhookStatsSnapshot) {
+        assert_eq!(
+            s.queued,
+            s.delivered + s.failed + s.rejected + s.dropped_at_shutdown,
+            "{s:?}"
+        );
+        assert_eq!(s.in_flight(), 0, "{s:?}");
+    }
+
+    /// One request as the test endpoint read it.
+    #[derive(Debug)]
+    struct Seen {
+        method: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// How the test endpoint answers a request.
+    #[derive(Debug, Clone, Copy)]
+    enum Reply {
+        Status(u16),
+        RetryAfter(u16, u64),
+        /// Never answers, keeping the connection open.
+        Stall,
+    }
+
+    type Script = Arc<Mutex<(VecDeque<Reply>, Reply)>>;
+
+    /// A real HTTP/1.1 endpoint on 127.0.0.1 that answers with a script and
+    /// reports each request it reads.
+    struct Endpoint {
+        addr: SocketAddr,
+        seen: mpsc::UnboundedReceiver<Seen>,
+    }
+
+    impl Endpoint {
+        /// Answers with `script` in turn, then with `then`.
+        async fn start(script: &[Reply], then: Reply) -> Self {
+            Self::start_with(script, then, None).await
+        }
+
+        /// The same over TLS with [`TEST_CERT`].
+        async fn start_tls(script: &[Reply], then: Reply) -> Self {
+            let cert = CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap();
+            let key = PrivateKeyDer::from_pem_slice(TEST_KEY.as_bytes()).unwrap();
+            let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            Self::start_with(script, then, Some(acceptor)).await
+        }
+
+        async fn start_with(
+            script: &[Reply],
+            then: Reply,
+            tls: Option<tokio_rustls::TlsAcceptor>,
+        ) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let script: Script = Arc::new(Mutex::new((script.iter().copied().collect(), then)));
+            let (tx, seen) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (script, tx, tls) = (Arc::clone(&script), tx.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    let _ = serve(stream, &script, &tx).await;
+                                }
+                            }
+                            None => {
+                                let _ = serve(stream, &script, &tx).await;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { addr, seen }
+        }
+
+        fn url(&self, scheme: &str, path: &str) -> WebhookUrl {
+            format!("{scheme}://{}{path}", self.addr).parse().unwrap()
+        }
+
+        /// Waits for the next request.
+        async fn next(&mut self) -> Seen {
+            self.seen.recv().await.unwrap()
+        }
+
+        /// Takes the requests read so far.
+        fn take_seen(&mut self) -> Vec<Seen> {
+            std::iter::from_fn(|| self.seen.try_recv().ok()).collect()
+        }
+    }
+
+    /// Reads requests from one connection and answers them, until it closes.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        stream: S,
+        script: &Script,
+        seen: &mpsc::UnboundedSender<Seen>,
+    ) -> std::io::Result<()> {
+        let mut stream = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let mut words = line.split_whitespace();
+            let method = words.next().unwrap_or_default().to_owned();
+            let target = words.next().unwrap_or_default().to_owned();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                stream.read_line(&mut h).await?;
+                let Some((name, value)) = h.trim_end().split_once(':') else {
+                    break;
+                };
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            let len = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body).await?;
+            let reply = {
+                let mut script = script.lock().unwrap();
+                let then = script.1;
+                script.0.pop_front().unwrap_or(then)
+            };
+            let _ = seen.send(Seen {
+                method,
+                target,
+                headers,
+                body,
+            });
+            let answer = match reply {
+                Reply::Stall => std::future::pending().await,
+                Reply::Status(code) => {
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nok")
+                }
+                Reply::RetryAfter(code, secs) => {
+                    format!("HTTP/1.1 {code} X\r\nretry-after: {secs}\r\ncontent-length: 0\r\n\r\n")
+                }
+            };
+            stream.get_mut().write_all(answer.as_bytes()).await?;
+            stream.get_mut().flush().await?;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alert_arrives_as_json_with_its_headers() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(200)).await;
+        let mut config = config(endpoint.url("http", "/hooks/daemoneye?source=test"));
+        config
+            .headers
+            .push("Authorization:  Bearer t0ken ".parse().unwrap());
+        config.headers.push("X-Tenant: blue".parse().unwrap());
+        let sink = WebhookSink::new(config).unwrap();
+        let sent = alert(4242);
+        sink.send(&sent).unwrap();
+
+        let seen = endpoint.next().await;
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.target, "/hooks/daemoneye?source=test");
+        assert_eq!(seen.header("content-type"), Some("application/json"));
+        assert_eq!(
+            seen.header("user-agent"),
+            Some(concat!("daemoneye-agent/", env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(seen.header("authorization"), Some("Bearer t0ken"));
+        assert_eq!(seen.header("x-tenant"), Some("blue"));
+        assert_eq!(
+            seen.header("host"),
+            Some(endpoint.addr.to_string().as_str())
+        );
+        let back: Alert = serde_json::from_slice(&seen.body).unwrap();
+        assert_eq!(back, sent);
+
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.queued, stats.delivered, stats.retries), (1, 1, 0));
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn alerts_reach_an_https_endpoint_whose_certificate_is_trusted() {
+        let mut endpoint = Endpoint::start_tls(&[], Reply::Status(201)).await;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap())
+            .unwrap();
+        let sink = WebhookSink::with_roots(config(endpoint.url("https", "/tls")), roots).unwrap();
+        let sent = alert(7);
+        sink.send(&sent).unwrap();
+        let seen = endpoint.next().await;
+        assert_eq!(seen.target, "/tls");
+        assert_eq!(serde_json::from_slice::<Alert>(&seen.body).unwrap(), sent);
+        let stats = sink.close(far()).await;
+        assert_eq!(stats.delivered, 1);
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_https_endpoint_is_never_sent_the_alert() {
+        let mut endpoint = Endpoint::start_tls(&[], Reply::Status(200)).await;
+        // The system's roots do not include the test certificate.
+        let mut c = config(endpoint.url("https", "/tls"));
+        c.max_attempts = 2;
+        let sink = WebhookSink::with_roots(c, RootCertStore::empty()).unwrap();
+        sink.send(&alert(7)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.failed, stats.retries), (0, 1, 1));
+        assert_accounted(&stats);
+        assert!(endpoint.take_seen().is_empty(), "no request got through");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_delivered() {
+        let mut endpoint = Endpoint::start(
+            &[Reply::Status(500), Reply::Status(500)],
+            Reply::Status(200),
+        )
+        .await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        let sent = alert(1);
+        sink.send(&sent).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.delivered, stats.retries, stats.failed, stats.rejected),
+            (1, 2, 0, 0)
+        );
+        assert_accounted(&stats);
+        let seen = endpoint.take_seen();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter().all(|s| s.body == seen[0].body),
+            "the same alert each time"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_and_unavailable_are_retried() {
+        let mut endpoint = Endpoint::start(
+            &[Reply::RetryAfter(429, 0), Reply::RetryAfter(503, 0)],
+            Reply::Status(204),
+        )
+        .await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.retries), (1, 2));
+        assert_eq!(endpoint.take_seen().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_rejected_without_retry() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(400)).await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.rejected, stats.retries, stats.failed, stats.delivered),
+            (1, 0, 0, 0)
+        );
+        assert_accounted(&stats);
+        assert_eq!(endpoint.take_seen().len(), 1, "exactly one request");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_fails_after_max_attempts() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let mut c = config(format!("http://{addr}/").parse().unwrap());
+        c.max_attempts = 3;
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        sink.send(&alert(2)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!(
+            (stats.failed, stats.retries, stats.delivered),
+            (2, 4, 0),
+            "two alerts, three attempts each"
+        );
+        assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_and_is_retried() {
+        let mut endpoint = Endpoint::start(&[], Reply::Stall).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.timeout = Duration::from_millis(100);
+        c.max_attempts = 2;
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.failed, stats.retries, stats.delivered), (1, 1, 0));
+        assert_accounted(&stats);
+        assert_eq!(endpoint.take_seen().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_blocking() {
+        let mut endpoint = Endpoint::start(&[], Reply::Stall).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.queue_capacity = 2;
+        c.timeout = Duration::from_secs(600);
+        let sink = WebhookSink::new(c).unwrap();
+        sink.send(&alert(1)).unwrap();
+        // The worker holds alert 1 and waits on an endpoint that never answers.
+        endpoint.next().await;
+        sink.send(&alert(2)).unwrap();
+        sink.send(&alert(3)).unwrap();
+        let started = Instant::now();
+        for pid in 4..=10 {
+            assert_eq!(sink.send(&alert(pid)), Err(WebhookSendError::Full));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let running = sink.stats().snapshot();
+        assert_eq!((running.queued, running.dropped), (3, 7));
+        assert_eq!(running.in_flight(), 3);
+
+        let stats = sink.close(Instant::now() + Duration::from_millis(50)).await;
+        assert_eq!((stats.dropped, stats.dropped_at_shutdown), (7, 3));
+        assert_accounted(&stats);
+        assert_eq!(stats.queued + stats.dropped, 10, "every send counted once");
+    }
+
+    #[tokio::test]
+    async fn close_returns_by_its_deadline_and_accounts_for_everything() {
+        let mut endpoint = Endpoint::start(&[], Reply::Status(503)).await;
+        let mut c = config(endpoint.url("http", "/"));
+        c.initial_backoff = Duration::from_secs(3600);
+        c.max_backoff = Duration::from_secs(3600);
+        let sink = WebhookSink::new(c).unwrap();
+        let stats = sink.stats();
+        for pid in 1..=3 {
+            sink.send(&alert(pid)).unwrap();
+        }
+        // Alert 1 got its 503; the worker now waits half an hour or more.
+        endpoint.next().await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let closed = sink.close(deadline).await;
+        assert!(Instant::now() >= deadline);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (closed.dropped_at_shutdown, closed.delivered, closed.retries),
+            (3, 0, 0)
+        );
+        assert_accounted(&closed);
+        assert_eq!(stats.snapshot(), closed, "the shared counters agree");
+    }
+
+    #[tokio::test]
+    async fn close_delivers_what_is_queued_in_order() {
+        let mut endpoint = Endpoint::start(&[Reply::Status(500)], Reply::Status(200)).await;
+        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        for pid in 1..=5 {
+            sink.send(&alert(pid)).unwrap();
+        }
+        let stats = sink.close(far()).await;
+        assert_eq!((stats.delivered, stats.retries), (5, 1));
+        assert_accounted(&stats);
+        let pids: Vec<u32> = endpoint
+            .take_seen()
+            .iter()
+            .map(|s| {
+                serde_json::from_slice::<Alert>(&s.body)
+                    .unwrap()
+                    .process
+                    .pid
+            })
+            .collect();
+        assert_eq!(pids, [1, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        let top = |n| backoff(n, initial, max, 1.0);
+        assert_eq!(top(1), Duration::from_millis(500));
+        assert_eq!(top(2), Duration::from_secs(1));
+        assert_eq!(top(3), Duration::from_secs(2));
+        assert_eq!(top(7), Duration::from_secs(30), "32 s capped");
+        assert_eq!(top(u32::MAX), Duration::from_secs(30), "no overflow");
+        assert_eq!(backoff(1, initial, max, 0.0), Duration::from_millis(250));
+        assert_eq!(backoff(7, initial, max, 0.0), Duration::from_secs(15));
+        let samples: Vec<f64> = (0..200).map(|_| jitter()).collect();
+        assert!(samples.iter().all(|j| (0.0..1.0).contains(j)));
+        assert!(
+            samples.iter().any(|j| j.to_bits() != samples[0].to_bits()),
+            "it varies"
+        );
+    }
+
+    #[test]
+    fn statuses_decide_between_delivered_retried_and_rejected() {
+        let retry = |code, after| match classify(StatusCode::from_u16(code).unwrap(), after) {
+            Attempt::Retry { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
+        let secs = Some(Duration::from_secs(7));
+        assert!(matches!(classify(StatusCode::OK, None), Attempt::Delivered));
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, None),
+            Attempt::Delivered
+        ));
+        for code in [301, 400, 401, 403, 404, 413] {
+            assert!(matches!(
+                classify(StatusCode::from_u16(code).unwrap(), secs),
+                Attempt::Rejected(_)
+            ));
+        }
+        assert_eq!(retry(500, secs), Some(None), "Retry-After only on 429/503");
+        assert_eq!(retry(502, None), Some(None));
+        assert_eq!(retry(503, secs), Some(secs));
+        assert_eq!(retry(429, secs), Some(secs));
+
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(" 7 "));
+        assert_eq!(retry_after(&h), secs);
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None, "dates fall back to the backoff");
+    }
+
+    #[test]
+    fn urls_headers_and_settings_are_checked() {
+        let url = |s: &str| s.parse::<WebhookUrl>();
+        assert!(url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(url("https://siem.example/a/b?c=d").unwrap().is_https());
+        assert!(!url("http://siem.example").unwrap().is_https());
+        for bad in [
+            "ftp://siem.example/",
+            "siem.example",
+            "/hook",
+            "udp://1.2.3.4:5",
+        ] {
+            assert!(
+                matches!(url(bad), Err(WebhookError::UnsupportedScheme { .. })),
+                "{bad}: {:?}",
+                url(bad)
+            );
+        }
+        assert!(matches!(
+            url("http://a b/"),
+            Err(WebhookError::InvalidUrl { .. })
+        ));
+        assert!(matches!(url(""), Err(WebhookError::InvalidUrl { .. })));
+        let creds = url("https://user:hunter2@siem.example/").unwrap_err();
+        assert!(matches!(creds, WebhookError::CredentialsInUrl { .. }));
+        assert!(!creds.to_string().contains("hunter2"), "{creds}");
+        let shown = url("https://siem.example/services/T0KEN").unwrap();
+        assert_eq!(shown.to_string(), "https://siem.example/…");
+        assert!(!format!("{shown:?}").contains("T0KEN"));
+
+        let header = |s: &str| s.parse::<WebhookHeader>();
+        let auth = header("Authorization: Bearer a:b").unwrap();
+        assert_eq!(auth.name(), "authorization");
+        assert_eq!(auth.value(), "Bearer a:b", "split at the first colon");
+        assert!(!format!("{auth:?}").contains("Bearer"), "{auth:?}");
+        assert!(matches!(
+            header("Bearer s3cret"),
+            Err(WebhookError::HeaderSyntax)
+        ));
+        assert!(!header("Bearer s3cret")
+            .unwrap_err()
+            .to_string()
+            .contains("s3cret"));
+        assert!(matches!(header(": v"), Err(WebhookError::HeaderSyntax)));
+        assert!(matches!(
+            header("Bad Name: v"),
+            Err(WebhookError::InvalidHeaderName { .. })
+        ));
+        assert!(matches!(
+            header("X-A: a\nb"),
+            Err(WebhookError::InvalidHeaderValue { .. })
+        ));
+        for reserved in ["Content-Type: text/plain", "host: x", "User-Agent: curl"] {
+            assert!(matches!(
+                header(reserved),
+                Err(WebhookError::ReservedHeader { .. })
+            ));
+        }
+
+        let base = WebhookConfig::new(url("http://127.0.0.1/").unwrap());
+        assert!(base.validate().is_ok());
+        let field = |c: WebhookConfig| match c.validate() {
+            Err(WebhookError::InvalidConfig { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let mut c = base.clone();
+        c.queue_capacity = 0;
+        assert_eq!(field(c), "queue_capacity");
+        let mut c = base.clone();
+        c.queue_capacity = MAX_QUEUE_CAPACITY + 1;
+        assert_eq!(field(c), "queue_capacity");
+        let mut c = base.clone();
+        c.max_attempts = 0;
+        assert_eq!(field(c), "max_attempts");
+        let mut c = base.clone();
+        c.timeout = Duration::ZERO;
+        assert_eq!(field(c), "timeout");
+        let mut c = base.clone();
+        c.initial_backoff = Duration::from_secs(60);
+        assert_eq!(field(c), "initial_backoff");
+        assert!(matches!(
+            WebhookSink::new(base),
+            Err(WebhookError::NoRuntime)
+        ));
+    }
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<WebhookSink>();
+        check::<WebhookStats>();
+        check::<WebhookConfig>();
+        check::<WebhookError>();
+        check::<WebhookSendError>();
+    }
+}
