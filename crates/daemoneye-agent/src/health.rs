@@ -68,6 +68,8 @@ pub struct AgentHealth {
     pub counters: Arc<AgentCounters>,
     /// Sinks by name.
     pub sinks: Vec<(&'static str, Arc<SinkCounters>)>,
+    /// The webhook sink's counters, when there is one.
+    pub webhook: Option<Arc<crate::webhook::WebhookStats>>,
     /// Rules running.
     pub rules_loaded: u64,
     /// Rules refused at load.
@@ -113,6 +115,78 @@ impl AgentHealth {
         }
     }
 
+    /// One component per sink; their failures into `counters` and
+    /// `problems`.
+    fn sinks(
+        &self,
+        counters: &mut BTreeMap<String, u64>,
+        problems: &mut Vec<String>,
+    ) -> Vec<ComponentHealth> {
+        let mut components = Vec::new();
+        for (name, s) in &self.sinks {
+            counters.insert(format!("sink.{name}.failures"), load(&s.failures));
+            let failing = s.failing.load(Ordering::Relaxed);
+            if failing {
+                problems.push(format!("sink {name} failing"));
+            }
+            components.push(ComponentHealth {
+                name: format!("sink:{name}"),
+                state: if failing {
+                    HealthState::Degraded
+                } else {
+                    HealthState::Healthy
+                }
+                .into(),
+                message: if failing {
+                    "its last delivery failed".to_owned()
+                } else {
+                    String::new()
+                },
+                counters: BTreeMap::from([
+                    ("delivered".to_owned(), load(&s.delivered)),
+                    ("failures".to_owned(), load(&s.failures)),
+                ]),
+                ..ComponentHealth::default()
+            });
+        }
+        if let Some(w) = &self.webhook {
+            let w = w.snapshot();
+            let lost = w.failed + w.rejected + w.dropped;
+            counters.insert("sink.webhook.failures".to_owned(), lost);
+            if lost > 0 {
+                problems.push(format!("sink webhook lost {lost} alerts"));
+            }
+            components.push(ComponentHealth {
+                name: "sink:webhook".to_owned(),
+                state: if lost > 0 {
+                    HealthState::Degraded
+                } else {
+                    HealthState::Healthy
+                }
+                .into(),
+                message: if lost > 0 {
+                    format!(
+                        "since start: {} failed, {} rejected, {} dropped",
+                        w.failed, w.rejected, w.dropped
+                    )
+                } else {
+                    String::new()
+                },
+                counters: BTreeMap::from([
+                    ("queued".to_owned(), w.queued),
+                    ("delivered".to_owned(), w.delivered),
+                    ("retries".to_owned(), w.retries),
+                    ("failed".to_owned(), w.failed),
+                    ("rejected".to_owned(), w.rejected),
+                    ("dropped".to_owned(), w.dropped),
+                    ("in_flight".to_owned(), w.in_flight()),
+                ]),
+                ..ComponentHealth::default()
+            });
+        }
+        components
+    }
+
     /// The whole report.
     pub async fn report(&self) -> ComponentHealth {
         let collector = self.collector().await;
@@ -145,32 +219,7 @@ impl AgentHealth {
         ]);
         let mut problems = Vec::new();
         let mut components = vec![collector.clone()];
-        for (name, s) in &self.sinks {
-            counters.insert(format!("sink.{name}.failures"), load(&s.failures));
-            let failing = s.failing.load(Ordering::Relaxed);
-            if failing {
-                problems.push(format!("sink {name} failing"));
-            }
-            components.push(ComponentHealth {
-                name: format!("sink:{name}"),
-                state: if failing {
-                    HealthState::Degraded
-                } else {
-                    HealthState::Healthy
-                }
-                .into(),
-                message: if failing {
-                    "its last delivery failed".to_owned()
-                } else {
-                    String::new()
-                },
-                counters: BTreeMap::from([
-                    ("delivered".to_owned(), load(&s.delivered)),
-                    ("failures".to_owned(), load(&s.failures)),
-                ]),
-                ..ComponentHealth::default()
-            });
-        }
+        components.extend(self.sinks(&mut counters, &mut problems));
         let state = match (link.state(), collector.state()) {
             (LinkState::Starting, _) if load(&link.restarts) == 0 => {
                 problems.insert(0, "starting the collector".to_owned());

@@ -75,6 +75,17 @@ struct RunArgs {
     /// socket path such as /dev/log, or udp://IP:PORT.
     #[arg(long, value_name = "PATH|udp://IP:PORT")]
     syslog: Option<daemoneye_agent::sink::SyslogTarget>,
+    /// Also POST alerts as JSON to this http(s) URL (queued, retried with
+    /// backoff; what cannot be delivered is counted).
+    #[arg(long, value_name = "URL")]
+    webhook: Option<daemoneye_agent::webhook::WebhookUrl>,
+    /// A header sent with every webhook request, `Name: value` (repeatable).
+    #[arg(
+        long = "webhook-header",
+        value_name = "NAME: VALUE",
+        requires = "webhook"
+    )]
+    webhook_headers: Vec<daemoneye_agent::webhook::WebhookHeader>,
     /// Run this procmond binary as the collector instead of the built-in one.
     #[arg(long, conflicts_with = "collector_socket")]
     procmond: Option<PathBuf>,
@@ -98,6 +109,7 @@ struct RunArgs {
 struct Sinks {
     file: Option<std::fs::File>,
     syslog: Option<daemoneye_agent::sink::SyslogSink>,
+    webhook: Option<daemoneye_agent::webhook::WebhookSink>,
     stdout: Arc<SinkCounters>,
     file_counters: Arc<SinkCounters>,
     syslog_counters: Arc<SinkCounters>,
@@ -116,6 +128,15 @@ impl Sinks {
     }
 
     fn deliver(&mut self, a: &Alert) {
+        if let Some(w) = &self.webhook {
+            // A refusal is counted by the sink (dropped: queue full).
+            if let Err(e) = w.send(a) {
+                let dropped = w.stats().snapshot().dropped;
+                if dropped.is_power_of_two() {
+                    warn!(error = %e, dropped, "webhook sink dropped an alert");
+                }
+            }
+        }
         if let Some(s) = &mut self.syslog {
             let sent = s.send(a);
             if let Err(e) = &sent {
@@ -245,6 +266,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
+        webhook: match args.webhook.clone() {
+            Some(url) => {
+                let mut config = daemoneye_agent::webhook::WebhookConfig::new(url);
+                config.headers.clone_from(&args.webhook_headers);
+                Some(
+                    daemoneye_agent::webhook::WebhookSink::new(config)
+                        .context("cannot set up the webhook sink")?,
+                )
+            }
+            None => None,
+        },
         stdout: Arc::default(),
         file_counters: Arc::default(),
         syslog_counters: Arc::default(),
@@ -260,6 +292,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer: writer.stats(),
         counters: counters.clone(),
         sinks: sinks.names(),
+        webhook: sinks
+            .webhook
+            .as_ref()
+            .map(daemoneye_agent::webhook::WebhookSink::stats),
         rules_loaded,
         rules_refused: refused.len() as u64,
     };
@@ -355,6 +391,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
         Err(e) => warn!(error = %e, "the agent's socket task failed"),
+    }
+    if let Some(w) = sinks.webhook.take() {
+        let left = w
+            .close(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
+        info!(?left, "webhook sink closed");
     }
     writer.close().await;
     info!(

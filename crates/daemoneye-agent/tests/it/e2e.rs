@@ -39,7 +39,7 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    fn start(data_dir: &Path, rules_dir: &Path, syslog: &str) -> Self {
+    fn start(data_dir: &Path, rules_dir: &Path, syslog: &str, webhook: &str) -> Self {
         let mut child = Command::new(AGENT)
             .args([
                 "run",
@@ -53,6 +53,7 @@ impl Agent {
             .arg("--rules-dir")
             .arg(rules_dir)
             .args(["--syslog", syslog])
+            .args(["--webhook", webhook, "--webhook-header", "X-Token: e2e"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -99,6 +100,53 @@ impl Agent {
     }
 }
 
+/// A minimal HTTP endpoint answering 200 to every request; each request's
+/// head and body arrive on the channel.
+fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = text[..end].to_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+                    buf.drain(..end + 4 + len);
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    let _ = tx.send((head, body));
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
 /// Copies `src` to `dir/name`, runs it with `args` to completion.
 fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
     let exe = dir.join(name);
@@ -126,10 +174,12 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     syslog
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    let (webhook_url, webhook) = webhook_endpoint();
     let agent = Agent::start(
         data.path(),
         rules.path(),
         &format!("udp://{}", syslog.local_addr().unwrap()),
+        &webhook_url,
     );
 
     // (4) The write rule is refused, naming file, rule and reason.
@@ -157,6 +207,20 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let probe = ready.expect("no alert for a program run from /dev/shm");
     assert_eq!(probe["severity"], "high");
     assert!(probe["process"]["process_key"].is_string());
+    // The same alert reached the webhook, with its header.
+    let posted = loop {
+        let (head, body) = webhook
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no webhook POST");
+        if body["dedup_key"] == probe["dedup_key"] {
+            break head;
+        }
+    };
+    assert!(posted.starts_with("POST /hook "), "{posted}");
+    assert!(
+        posted.to_ascii_lowercase().contains("x-token: e2e"),
+        "{posted}"
+    );
     // The same alert reached the syslog collector (RFC 5424, authpriv.err).
     let mut buf = vec![0u8; 65536];
     let msg = loop {
@@ -325,6 +389,12 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "{collector:#?}"
     );
     assert!(collector.pid > 0 && collector.pid != agent.child.id());
+    let hook = report
+        .components
+        .iter()
+        .find(|c| c.name == "sink:webhook")
+        .expect("the webhook sink reports");
+    assert!(hook.counters["delivered"] >= 1, "{hook:#?}");
 
     // (6) The ledger verifies, and fails after a row is edited.
     let mut agent = agent;
