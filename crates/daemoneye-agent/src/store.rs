@@ -67,6 +67,29 @@ fn nanos(t: std::time::SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// A row of `processes`, as [`AgentStore::processes`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredProcess {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: Option<u32>,
+    /// Stable process key.
+    pub process_key: Option<String>,
+    /// Name (comm).
+    pub name: String,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Command line.
+    pub argv: Vec<String>,
+    /// Real user id.
+    pub uid: Option<u32>,
+    /// The kind of the last event about it.
+    pub last_event: String,
+    /// When that event was observed, in nanoseconds since the Unix epoch.
+    pub last_seen: i64,
+}
+
 /// What [`AgentStore::record_events`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recorded {
@@ -271,6 +294,40 @@ impl AgentStore {
     pub fn clear_processes(&mut self) -> Result<(), StoreError> {
         self.conn.execute("DELETE FROM processes", [])?;
         Ok(())
+    }
+
+    /// The processes the collector last reported alive, by pid.
+    ///
+    /// # Errors
+    /// SQLite or decoding errors.
+    pub fn processes(&self) -> Result<Vec<StoredProcess>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT pid, ppid, process_key, name, exe, argv, uid, last_event, last_seen FROM processes ORDER BY pid",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    StoredProcess {
+                        pid: r.get(0)?,
+                        ppid: r.get(1)?,
+                        process_key: r.get(2)?,
+                        name: r.get(3)?,
+                        exe: r.get(4)?,
+                        argv: Vec::new(),
+                        uid: r.get(6)?,
+                        last_event: r.get(7)?,
+                        last_seen: r.get(8)?,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(mut p, argv)| {
+                p.argv = serde_json::from_str(&argv)?;
+                Ok(p)
+            })
+            .collect()
     }
 
     /// The most recent alerts, newest first.
@@ -478,6 +535,16 @@ mod tests {
         let live = ro
             .query("SELECT pid, name, argv FROM processes ORDER BY pid")
             .unwrap();
+        let listed: Vec<(u32, String)> = ro
+            .processes()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.pid, p.argv.join(" ")))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(10, "init -x".to_owned()), (12, "sleep -x".to_owned())]
+        );
         let want: Vec<Vec<serde_json::Value>> = vec![
             vec![10.into(), "init".into(), "[\"init\",\"-x\"]".into()],
             vec![12.into(), "sleep".into(), "[\"sleep\",\"-x\"]".into()],

@@ -1,17 +1,22 @@
 //! `daemoneye-cli`: inspect what the agent stored, check rules, verify the
-//! audit ledger.
+//! audit ledger, ask the running agent and its collector how they are.
 //!
 //! Exit codes: 0 success, 1 a check failed (a refused rule, a broken
-//! ledger), 2 bad input (flags, unreadable data directory).
+//! ledger, an agent that is not healthy or cannot be reached), 2 bad input
+//! (flags, unreadable data directory).
 #![allow(clippy::print_stdout)] // stdout is this binary's output
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use collector_core::{CollectorIpcClient, IpcClientConfig};
 use daemoneye_agent::engine;
+use daemoneye_agent::health::state_name;
 use daemoneye_agent::rules::{self, Rule, RuleError};
 use daemoneye_agent::store::{AgentStore, StoreError};
+use daemoneye_lib::proto::{ComponentHealth, HealthState};
 
 #[derive(Parser)]
 #[command(name = "daemoneye-cli", version, about = "DaemonEye command line")]
@@ -45,7 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Run one read-only SELECT over the agent's store (tables `alerts`, `ledger`).
+    /// Run one read-only SELECT over the agent's store (tables `alerts`,
+    /// `processes`, `process_events`, `ledger`).
     Query {
         /// The statement.
         sql: String,
@@ -55,6 +61,15 @@ enum Command {
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// The processes the agent knows alive.
+    Processes,
+    /// Ask the running agent (and, through it, its collector) how they are.
+    Health {
+        /// The agent's socket (default: `<data-dir>/agent.sock`); a
+        /// collector's socket works too.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -190,6 +205,115 @@ fn query(store: &AgentStore, sql: &str, format: Format) -> Result<ExitCode, anyh
     Ok(ExitCode::SUCCESS)
 }
 
+fn processes(store: &AgentStore, format: Format) -> Result<ExitCode, anyhow::Error> {
+    let all = store.processes()?;
+    match format {
+        Format::Json => {
+            for p in &all {
+                println!("{}", serde_json::to_string(p)?);
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:>7} {:>7} {:>6}  {:<15} {:<10} COMMAND",
+                "PID", "PPID", "UID", "NAME", "LAST"
+            );
+            for p in &all {
+                let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                let cmd = if p.argv.is_empty() {
+                    p.exe.clone().unwrap_or_else(|| format!("[{}]", p.name))
+                } else {
+                    p.argv.join(" ")
+                };
+                println!(
+                    "{:>7} {:>7} {:>6}  {:<15} {:<10} {cmd}",
+                    p.pid,
+                    opt(p.ppid),
+                    opt(p.uid),
+                    p.name,
+                    p.last_event
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A health report as JSON (the protocol types are not serde types).
+fn health_json(h: &ComponentHealth) -> serde_json::Value {
+    serde_json::json!({
+        "name": h.name,
+        "state": state_name(h.state()),
+        "message": h.message,
+        "version": h.version,
+        "pid": h.pid,
+        "uptime_ms": h.uptime_ms,
+        "counters": h.counters,
+        "components": h.components.iter().map(health_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_health(h: &ComponentHealth, depth: usize) {
+    use std::fmt::Write as _;
+
+    let indent = "  ".repeat(depth);
+    let mut line = format!("{indent}{:<24} {}", h.name, state_name(h.state()));
+    if h.pid != 0 {
+        let _ = write!(line, "  pid {}", h.pid);
+    }
+    if h.uptime_ms != 0 {
+        let _ = write!(line, "  up {}s", h.uptime_ms / 1000);
+    }
+    if !h.message.is_empty() {
+        let _ = write!(line, "  ({})", h.message);
+    }
+    println!("{line}");
+    if !h.counters.is_empty() {
+        let counters: Vec<String> = h.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{indent}    {}", counters.join(" "));
+    }
+    for c in &h.components {
+        print_health(c, depth + 1);
+    }
+}
+
+/// Asks the agent at `socket`: exit 0 when healthy, 1 otherwise.
+fn health(socket: &Path, format: Format) -> Result<ExitCode, anyhow::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = IpcClientConfig {
+        client_name: "daemoneye-cli".to_owned(),
+        max_connect_attempts: 1,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        ..IpcClientConfig::new(socket)
+    };
+    let asked = rt.block_on(async {
+        let client = CollectorIpcClient::connect(config).await?;
+        client.health().await
+    });
+    let report = match asked {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "daemoneye-cli: cannot ask {}: {e} (is the agent running? as this user?)",
+                socket.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match format {
+        Format::Json => println!("{:#}", health_json(&report)),
+        Format::Table => print_health(&report, 0),
+    }
+    Ok(if report.state() == HealthState::Healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse(); // 2 on bad flags
     let data_dir = cli
@@ -228,6 +352,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Processes => match open_store(&data_dir) {
+            Ok(store) => processes(&store, cli.format),
+            Err(code) => return code,
+        },
+        Command::Health { socket } => {
+            let socket = socket
+                .clone()
+                .unwrap_or_else(|| data_dir.join("agent.sock"));
+            health(&socket, cli.format)
         }
         Command::Query { sql } => match open_store(&data_dir) {
             Ok(store) => query(&store, sql, cli.format),

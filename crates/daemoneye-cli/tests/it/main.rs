@@ -162,3 +162,158 @@ fn rules_list_shows_the_builtin_pack() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), rules::builtin().unwrap().len());
 }
+
+#[test]
+fn processes_lists_what_the_agent_knows_alive() {
+    use collector_core::ProcessEventType::{Exec, Exit, Snapshot};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = AgentStore::open(dir.path()).unwrap();
+        let ev = |pid: u32, ty: collector_core::ProcessEventType, argv: &[&str]| {
+            let mut e = ProcessEvent::new(pid, argv[0]);
+            e.event_type = ty;
+            e.accessible = true;
+            e.ppid = Some(1);
+            e.command_line = argv.iter().map(ToString::to_string).collect();
+            e
+        };
+        store
+            .record_events(&[
+                ev(40, Snapshot, &["sshd", "-D"]),
+                ev(41, Exec, &["sleep", "60"]),
+                ev(42, Exec, &["true"]),
+                ev(42, Exit, &["true"]),
+            ])
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["processes", "--format", "json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let pids: Vec<u64> = listed.iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids, [40, 41], "the exited process is gone");
+    assert_eq!(listed[1]["argv"], serde_json::json!(["sleep", "60"]));
+    assert_eq!(listed[1]["last_event"], "exec");
+    let table = Command::new(BIN)
+        .args(["processes", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("sshd -D") && text.contains("sleep 60"),
+        "{text}"
+    );
+    // Lifecycle events are queryable, snapshots are not lifecycle events.
+    let q = Command::new(BIN)
+        .args([
+            "query",
+            "SELECT count(*) AS n FROM process_events",
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(q.stdout).unwrap().trim(), r#"{"n":3}"#);
+}
+
+#[test]
+fn health_asks_the_agent_over_its_socket() {
+    use collector_core::{CollectorIpcServer, IpcServerConfig, SourceCaps};
+    use daemoneye_lib::proto::{ComponentHealth, HealthState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(
+        HealthState::Healthy.into(),
+    ));
+    let s = state.clone();
+    let server = rt.block_on(async {
+        let mut server = CollectorIpcServer::new(
+            IpcServerConfig::new(dir.path().join("agent.sock")),
+            SourceCaps::empty(),
+        )
+        .await
+        .unwrap()
+        .with_health(move || {
+            let state = s.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                ComponentHealth {
+                    name: "daemoneye-agent".into(),
+                    state,
+                    pid: 77,
+                    counters: [("collector_restarts".to_owned(), 2)].into(),
+                    components: vec![ComponentHealth {
+                        name: "procmond".into(),
+                        state: HealthState::Healthy.into(),
+                        ..ComponentHealth::default()
+                    }],
+                    ..ComponentHealth::default()
+                }
+            })
+        });
+        let handle = server.handle();
+        let task = tokio::spawn(async move {
+            server
+                .start(|t| {
+                    Box::pin(async move {
+                        daemoneye_lib::proto::DetectionResult::failure(&t.task_id, "no")
+                    })
+                })
+                .await
+        });
+        (handle, task)
+    });
+    let ask = |format: &str| {
+        Command::new(BIN)
+            .args(["health", "--format", format, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = ask("json");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "daemoneye-agent");
+    assert_eq!(v["state"], "healthy");
+    assert_eq!(v["counters"]["collector_restarts"], 2);
+    assert_eq!(v["components"][0]["name"], "procmond");
+    assert_eq!(
+        v["components"][1]["name"], "ipc",
+        "the server's own counters"
+    );
+    let table = ask("table");
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.starts_with("daemoneye-agent") && text.contains("  procmond"),
+        "{text}"
+    );
+    // Not healthy: exit 1, and it says so.
+    state.store(
+        HealthState::Degraded.into(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let out = ask("table");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("degraded"));
+    // Nobody there: exit 1 with a reason.
+    rt.block_on(async {
+        server.0.shutdown();
+        server.1.await.unwrap().unwrap();
+    });
+    let out = ask("table");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("cannot ask"));
+}
