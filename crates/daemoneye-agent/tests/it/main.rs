@@ -9,3 +9,4 @@
 
 mod builtin;
 mod e2e;
+mod link;
