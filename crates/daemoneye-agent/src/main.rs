@@ -221,9 +221,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     create_private_dir(&data_dir)?;
     if !nix::unistd::geteuid().is_root() {
         warn!(
-            "not running as root: without the kernel process connector the collector sees \
-             processes only in snapshots every {} s (short-lived ones are missed), and other \
-             users' processes only in part",
+            "not running as root: other users' processes are seen only in part (their \
+             executables and hashes are unreadable), and where the kernel refuses its process \
+             connector the collector sees processes only in snapshots every {} s, missing \
+             short-lived ones (it says so if that happens)",
             args.interval
         );
     }
