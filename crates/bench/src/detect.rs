@@ -1,5 +1,5 @@
 //! `detect`: exec-to-alert latency of the whole chain (kernel connector,
-//! collector child, pipe, rules, alert on stdout). Runs the release
+//! collector child, IPC socket, rules, alert on stdout). Runs the release
 //! `daemoneye-agent` next to this binary, then starts programs from
 //! /dev/shm (which the built-in pack alerts on) and times each from spawn to
 //! its alert line. As root.
