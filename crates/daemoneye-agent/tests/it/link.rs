@@ -143,7 +143,12 @@ async fn events_arrive_converted_and_a_lost_collector_is_reconnected() {
     served.stop().await;
     let served = Served::start(&socket).await;
     assert!(matches!(next(&mut rx).await, LinkEvent::Connected));
-    assert_eq!(status.restarts.load(Ordering::Relaxed), 1, "{}", status.last_error());
+    assert_eq!(
+        status.restarts.load(Ordering::Relaxed),
+        1,
+        "{}",
+        status.last_error()
+    );
     assert!(!status.last_error().is_empty());
     served.feed.send(exec(7, "ls")).await.unwrap();
     let LinkEvent::Events(got) = next(&mut rx).await else {
