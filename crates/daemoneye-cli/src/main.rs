@@ -268,8 +268,14 @@ fn print_health(h: &ComponentHealth, depth: usize) {
         let _ = write!(line, "  ({})", h.message);
     }
     println!("{line}");
-    if !h.counters.is_empty() {
-        let counters: Vec<String> = h.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // Zeros are left out of the table (`--format json` has every counter).
+    let counters: Vec<String> = h
+        .counters
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !counters.is_empty() {
         println!("{indent}    {}", counters.join(" "));
     }
     for c in &h.components {
