@@ -104,6 +104,9 @@ struct RunArgs {
     dedup_window_secs: u64,
 }
 
+/// The most events judged in one rule evaluation when batches pile up.
+const MAX_JUDGED: usize = 4096;
+
 /// Where alerts go besides the store, each with its own counters: one
 /// failing sink never blocks the others.
 struct Sinks {
@@ -345,9 +348,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             event = rx.recv() => match event {
-                Some(LinkEvent::Events(batch)) => {
+                Some(LinkEvent::Events(mut batch)) => {
+                    // Judge everything already waiting in one go: under a
+                    // burst the rules run once per many events, not once per
+                    // small batch; when quiet, nothing waits.
+                    let mut reconnected = false;
+                    while batch.len() < MAX_JUDGED {
+                        match rx.try_recv() {
+                            Ok(LinkEvent::Events(more)) => batch.extend(more),
+                            Ok(LinkEvent::Connected) => {
+                                reconnected = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let alerts = detector.on_events(&batch);
                     writer.events(batch).await;
+                    if reconnected {
+                        detector.forget_processes();
+                        writer.clear_processes().await;
+                    }
                     alerts
                 }
                 Some(LinkEvent::Connected) => {
