@@ -2,7 +2,9 @@
 //! collector child, IPC socket, rules, alert on stdout). Runs the release
 //! `daemoneye-agent` next to this binary, then starts programs from
 //! /dev/shm (which the built-in pack alerts on) and times each from spawn to
-//! its alert line. As root.
+//! its alert line. Then floods it with `/bin/true` spawned flat out and
+//! counts how many of those execs reached the agent's store (the spawned
+//! count is the baseline). As root.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,6 +22,9 @@ pub(crate) struct Options {
     /// Execs timed.
     #[arg(long, default_value_t = 200, value_parser = crate::positive::<usize>)]
     pub(crate) execs: usize,
+    /// Seconds of `/bin/true` flood after the latency run.
+    #[arg(long, default_value_t = 10, value_parser = crate::positive::<u64>)]
+    pub(crate) flood_secs: u64,
 }
 
 struct Reaped(std::process::Child);
@@ -118,6 +123,37 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&exe);
+
+    // Flood: every exec must reach the agent (and its store).
+    let mut spawned = std::collections::HashSet::new();
+    let until = Instant::now() + Duration::from_secs(o.flood_secs);
+    while Instant::now() < until {
+        let mut c = Command::new("/bin/true").spawn()?;
+        spawned.insert(c.id());
+        c.wait()?;
+    }
+    // Stop the agent politely: its store is committed when it exits.
+    if let Ok(pid) = i32::try_from(child.0.id()) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+    }
+    let stopped = child.0.wait()?;
+    if !stopped.success() {
+        bail!("the agent exited with {stopped}");
+    }
+    let store = daemoneye_agent::store::AgentStore::open_read_only(&data)?;
+    let stored =
+        store.query("SELECT DISTINCT pid FROM process_events WHERE event_type = 'exec'")?;
+    let seen = stored
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_u64())
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|p| spawned.contains(p))
+        .count();
+    drop(store);
     drop(child);
     let _ = std::fs::remove_dir_all(&data);
     if lat.is_empty() {
@@ -136,5 +172,10 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         format!("{:.2}", percentile(&lat, 0.99)),
         "ms",
     );
+    report("detect.flood_spawned", spawned.len(), "execs");
+    report("detect.flood_execs_stored", seen, "execs");
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let ratio = seen as f64 / spawned.len().max(1) as f64;
+    report("detect.flood_ratio", format!("{ratio:.4}"), "");
     Ok(())
 }
