@@ -42,6 +42,50 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i as usize]
 }
 
+/// Spawns `/bin/true` flat out for `length`; the pids spawned.
+fn flood(length: Duration) -> anyhow::Result<std::collections::HashSet<u32>> {
+    let mut spawned = std::collections::HashSet::new();
+    let until = Instant::now() + length;
+    while Instant::now() < until {
+        let mut c = Command::new("/bin/true").spawn()?;
+        spawned.insert(c.id());
+        c.wait()?;
+    }
+    Ok(spawned)
+}
+
+/// Stops the agent politely: its store is committed when it exits.
+fn stop(agent: &mut std::process::Child) -> anyhow::Result<()> {
+    if let Ok(pid) = i32::try_from(agent.id()) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+    }
+    let stopped = agent.wait()?;
+    if !stopped.success() {
+        bail!("the agent exited with {stopped}");
+    }
+    Ok(())
+}
+
+/// How many of `spawned` have an exec event in the agent's store.
+fn stored_execs(
+    data: &std::path::Path,
+    spawned: &std::collections::HashSet<u32>,
+) -> anyhow::Result<usize> {
+    let store = daemoneye_agent::store::AgentStore::open_read_only(data)?;
+    let stored =
+        store.query("SELECT DISTINCT pid FROM process_events WHERE event_type = 'exec'")?;
+    Ok(stored
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_u64())
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|p| spawned.contains(p))
+        .count())
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let agent = std::env::current_exe()?.with_file_name("daemoneye-agent");
     if !agent.exists() {
@@ -124,36 +168,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&exe);
 
-    // Flood: every exec must reach the agent (and its store).
-    let mut spawned = std::collections::HashSet::new();
-    let until = Instant::now() + Duration::from_secs(o.flood_secs);
-    while Instant::now() < until {
-        let mut c = Command::new("/bin/true").spawn()?;
-        spawned.insert(c.id());
-        c.wait()?;
-    }
-    // Stop the agent politely: its store is committed when it exits.
-    if let Ok(pid) = i32::try_from(child.0.id()) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-    }
-    let stopped = child.0.wait()?;
-    if !stopped.success() {
-        bail!("the agent exited with {stopped}");
-    }
-    let store = daemoneye_agent::store::AgentStore::open_read_only(&data)?;
-    let stored =
-        store.query("SELECT DISTINCT pid FROM process_events WHERE event_type = 'exec'")?;
-    let seen = stored
-        .rows
-        .iter()
-        .filter_map(|r| r[0].as_u64())
-        .filter_map(|p| u32::try_from(p).ok())
-        .filter(|p| spawned.contains(p))
-        .count();
-    drop(store);
+    let spawned = flood(Duration::from_secs(o.flood_secs))?;
+    stop(&mut child.0)?;
+    let seen = stored_execs(&data, &spawned)?;
     drop(child);
     let _ = std::fs::remove_dir_all(&data);
     if lat.is_empty() {
