@@ -86,6 +86,27 @@ fn stored_execs(
         .count())
 }
 
+fn report_all(execs: usize, missed: usize, lat: &mut [f64], spawned: usize, seen: usize) {
+    lat.sort_by(f64::total_cmp);
+    report("detect.execs", execs, "execs");
+    report("detect.missed", missed, "execs");
+    report(
+        "detect.exec_to_alert_p50_ms",
+        format!("{:.2}", percentile(lat, 0.5)),
+        "ms",
+    );
+    report(
+        "detect.exec_to_alert_p99_ms",
+        format!("{:.2}", percentile(lat, 0.99)),
+        "ms",
+    );
+    report("detect.flood_spawned", spawned, "execs");
+    report("detect.flood_execs_stored", seen, "execs");
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let ratio = seen as f64 / spawned.max(1) as f64;
+    report("detect.flood_ratio", format!("{ratio:.4}"), "");
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let agent = std::env::current_exe()?.with_file_name("daemoneye-agent");
     if !agent.exists() {
@@ -176,23 +197,6 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     if lat.is_empty() {
         bail!("no alert measured");
     }
-    lat.sort_by(f64::total_cmp);
-    report("detect.execs", o.execs, "execs");
-    report("detect.missed", missed, "execs");
-    report(
-        "detect.exec_to_alert_p50_ms",
-        format!("{:.2}", percentile(&lat, 0.5)),
-        "ms",
-    );
-    report(
-        "detect.exec_to_alert_p99_ms",
-        format!("{:.2}", percentile(&lat, 0.99)),
-        "ms",
-    );
-    report("detect.flood_spawned", spawned.len(), "execs");
-    report("detect.flood_execs_stored", seen, "execs");
-    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-    let ratio = seen as f64 / spawned.len().max(1) as f64;
-    report("detect.flood_ratio", format!("{ratio:.4}"), "");
+    report_all(o.execs, missed, &mut lat, spawned.len(), seen);
     Ok(())
 }
