@@ -172,24 +172,38 @@ async fn task_handlers_answer_over_a_real_socket() {
     serving.await.unwrap().unwrap();
 }
 
+/// `procmond run --no-database --no-realtime --socket PATH` plus `extra`.
+fn spawn_run(path: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["run", "--no-database", "--no-realtime"])
+        .args(extra)
+        .arg("--socket")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, and a clean exit.
+async fn terminate(mut child: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run").join("procmond.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
-        .args([
-            "run",
-            "--no-database",
-            "--no-realtime",
-            "--interval",
-            "1",
-            "--socket",
-        ])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&path, &["--interval", "1"]);
     let client = CollectorIpcClient::connect(client_config(&path))
         .await
         .unwrap();
@@ -231,16 +245,7 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
 
     drop(stream);
     drop(client);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate(child).await;
     assert!(!path.exists(), "socket removed at exit");
 }
 
@@ -248,21 +253,7 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
 async fn await_subscriber_holds_collection_until_someone_subscribes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run").join("procmond.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond"))
-        .args([
-            "run",
-            "--no-database",
-            "--no-realtime",
-            "--interval",
-            "3600",
-            "--await-subscriber",
-            "--socket",
-        ])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&path, &["--interval", "3600", "--await-subscriber"]);
     let client = CollectorIpcClient::connect(client_config(&path))
         .await
         .unwrap();
@@ -301,14 +292,5 @@ async fn await_subscriber_holds_collection_until_someone_subscribes() {
     assert_eq!(p.event_type, "snapshot");
     drop(stream);
     drop(client);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate(child).await;
 }
