@@ -114,6 +114,7 @@ pub struct LinkStatus {
     pub ignored_records: AtomicU64,
     last_error: Mutex<String>,
     capabilities: AtomicU32,
+    changed: tokio::sync::Notify,
 }
 
 impl LinkStatus {
@@ -129,6 +130,20 @@ impl LinkStatus {
 
     fn set_state(&self, s: LinkState) {
         self.state.store(s as u8, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `cond` holds; it is checked now and after every change
+    /// of state (connected, restarting, stopped), and restarts are counted
+    /// before the state changes.
+    pub async fn wait_for(&self, cond: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if cond(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// The collector child's pid (0 when none or not spawned).
@@ -182,13 +197,13 @@ pub async fn run(
             Ended::Shutdown => break,
             Ended::Lost(reason) => reason,
         };
-        status.set_state(LinkState::Restarting);
         let restarts = status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
         if started.elapsed() >= config.stable_after {
             backoff = config.initial_backoff;
         }
         error!(reason = %reason, restarts, backoff = ?backoff, "collector exited; restarting");
         status.set_error(reason);
+        status.set_state(LinkState::Restarting);
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(backoff) => {}

@@ -184,10 +184,12 @@ async fn a_collector_that_never_comes_up_is_retried_with_the_reason_kept() {
         )
     };
     let linking = tokio::spawn(link::run(config, status.clone(), tx, shutdown.clone()));
-    while status.restarts.load(Ordering::Relaxed) < 3 {
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.restarts.load(Ordering::Relaxed) >= 3),
+    )
+    .await
+    .expect("three restarts");
     assert!(
         status.last_error().contains("collector exited"),
         "{}",
