@@ -394,3 +394,38 @@ async fn stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use collector_core::ipc::process_to_record;
+    use daemoneye_lib::proto::{EventBatch, EventRecord, NetworkRecord};
+
+    use super::*;
+
+    #[test]
+    fn bad_records_and_upstream_drops_are_counted_and_the_rest_kept() {
+        let status = LinkStatus::default();
+        let good = process_to_record(&ProcessEvent::new(5, "ok"));
+        let mut bad = process_to_record(&ProcessEvent::new(6, "new"));
+        bad.event_type = "from_the_future".into();
+        let batch = EventBatch {
+            events: vec![
+                EventRecord::new("procmond", good),
+                EventRecord::new("procmond", bad),
+                EventRecord::new("netmond", NetworkRecord::default()),
+            ],
+            dropped_since_last: 7,
+            ..EventBatch::default()
+        };
+        let out = convert(batch, &status);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].pid, 5);
+        assert_eq!(status.bad_records.load(Ordering::Relaxed), 1);
+        assert_eq!(status.ignored_records.load(Ordering::Relaxed), 1);
+        assert_eq!(status.dropped_upstream.load(Ordering::Relaxed), 7);
+        assert_eq!(status.events.load(Ordering::Relaxed), 1);
+        assert_eq!(status.batches.load(Ordering::Relaxed), 1);
+    }
+}
