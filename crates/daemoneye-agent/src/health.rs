@@ -263,3 +263,65 @@ pub fn state_name(s: HealthState) -> &'static str {
         HealthState::Starting => "starting",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn health(link: Arc<LinkStatus>, sink: Arc<SinkCounters>) -> AgentHealth {
+        AgentHealth {
+            started: Instant::now(),
+            link,
+            collector_socket: "/nonexistent/collector.sock".into(),
+            writer: Arc::default(),
+            counters: Arc::default(),
+            sinks: vec![("stdout", sink)],
+            webhook: None,
+            rules_loaded: 10,
+            rules_refused: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_verdict_follows_the_collector_and_the_sinks() {
+        let link = Arc::new(LinkStatus::default());
+        let sink = Arc::new(SinkCounters::default());
+        let h = health(link.clone(), sink.clone());
+
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Starting);
+        assert_eq!(r.counters["rules_refused"], 1);
+        assert_eq!(r.components[0].state(), HealthState::Unreachable);
+
+        // Lost, restarting: degraded, and why.
+        link.restarts.fetch_add(1, Ordering::Relaxed);
+        link.set_error("collector exited: signal 9".to_owned());
+        link.set_state(LinkState::Restarting);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Degraded);
+        assert!(r.message.contains("signal 9"), "{}", r.message);
+        assert_eq!(r.counters["collector_restarts"], 1);
+
+        // Connected, but its socket does not answer: degraded, collector
+        // unreachable, and a failing sink is named.
+        link.set_state(LinkState::Connected);
+        sink.record(false);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Degraded);
+        assert_eq!(r.components[0].state(), HealthState::Unreachable);
+        assert!(r.message.contains("sink stdout failing"), "{}", r.message);
+        let stdout = r
+            .components
+            .iter()
+            .find(|c| c.name == "sink:stdout")
+            .unwrap();
+        assert_eq!(stdout.counters["failures"], 1);
+        // A success clears the sink's failing state, not its count.
+        sink.record(true);
+        let r = h.report().await;
+        assert!(!r.message.contains("sink stdout"), "{}", r.message);
+        assert_eq!(r.counters["sink.stdout.failures"], 1);
+    }
+}

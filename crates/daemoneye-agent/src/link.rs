@@ -128,7 +128,7 @@ impl LinkStatus {
         }
     }
 
-    fn set_state(&self, s: LinkState) {
+    pub(crate) fn set_state(&self, s: LinkState) {
         self.state.store(s as u8, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
@@ -159,7 +159,7 @@ impl LinkStatus {
             .clone()
     }
 
-    fn set_error(&self, e: String) {
+    pub(crate) fn set_error(&self, e: String) {
         *self
             .last_error
             .lock()
