@@ -86,6 +86,11 @@ struct RunArgs {
         requires = "webhook"
     )]
     webhook_headers: Vec<daemoneye_agent::webhook::WebhookHeader>,
+    /// Headers for webhook requests from a file only its owner can read,
+    /// one `Name: value` a line (secrets such as `Authorization` belong
+    /// here: local users can read the command line).
+    #[arg(long, value_name = "PATH", requires = "webhook")]
+    webhook_headers_file: Option<PathBuf>,
     /// Run this procmond binary as the collector instead of the built-in one.
     #[arg(long, conflicts_with = "collector_socket")]
     procmond: Option<PathBuf>,
@@ -274,6 +279,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(url) => {
                 let mut config = daemoneye_agent::webhook::WebhookConfig::new(url);
                 config.headers.clone_from(&args.webhook_headers);
+                if let Some(path) = &args.webhook_headers_file {
+                    config
+                        .headers
+                        .extend(daemoneye_agent::webhook::WebhookHeader::from_file(path)?);
+                }
                 Some(
                     daemoneye_agent::webhook::WebhookSink::new(config)
                         .context("cannot set up the webhook sink")?,

@@ -157,6 +157,14 @@ pub enum WebhookError {
         /// The header's name.
         name: String,
     },
+    /// A headers file is unreadable, readable by others, or has a bad line.
+    #[error("webhook headers file {path}: {reason}")]
+    HeadersFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (never the line's text: it may be a secret).
+        reason: String,
+    },
     /// A setting is out of range.
     #[error("webhook {field} {reason}")]
     InvalidConfig {
@@ -282,6 +290,40 @@ impl WebhookHeader {
     /// The header's value.
     pub fn value(&self) -> &HeaderValue {
         &self.value
+    }
+}
+
+impl WebhookHeader {
+    /// Reads headers from a file, one `Name: value` a line (blank lines and
+    /// lines starting with `#` are skipped), so that secrets such as
+    /// `Authorization` stay out of the command line, which every local user
+    /// can read in `/proc`. The file must not be readable by group or others.
+    ///
+    /// # Errors
+    /// [`WebhookError::HeadersFile`] naming the file and, for a bad header,
+    /// the line number and why (not the line itself).
+    pub fn from_file(path: &std::path::Path) -> Result<Vec<Self>, WebhookError> {
+        use std::os::unix::fs::MetadataExt;
+        let fail = |reason: String| WebhookError::HeadersFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(fail(format!(
+                "mode {:o} lets others read it; chmod 600",
+                meta.mode() & 0o777
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|(i, l)| {
+                l.parse()
+                    .map_err(|e: WebhookError| fail(format!("line {}: {e}", i + 1)))
+            })
+            .collect()
     }
 }
 
@@ -1467,5 +1509,33 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         check::<WebhookConfig>();
         check::<WebhookError>();
         check::<WebhookSendError>();
+    }
+
+    #[test]
+    fn headers_come_from_a_private_file_and_bad_lines_are_named_not_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers");
+        std::fs::write(
+            &path,
+            "# secrets\nAuthorization: Bearer s3cret\n\nX-Team: sec\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let headers = WebhookHeader::from_file(&path).unwrap();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[0].name().as_str(), "authorization");
+        assert_eq!(headers[1].value().to_str().unwrap(), "sec");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = WebhookHeader::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+
+        std::fs::write(&path, "X-Ok: 1\nno colon s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = WebhookHeader::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("s3cret"), "the secret is not repeated: {err}");
+        assert!(WebhookHeader::from_file(&dir.path().join("missing")).is_err());
     }
 }

@@ -53,7 +53,9 @@ impl Agent {
             .arg("--rules-dir")
             .arg(rules_dir)
             .args(["--syslog", syslog])
-            .args(["--webhook", webhook, "--webhook-header", "X-Token: e2e"])
+            .args(["--webhook", webhook, "--webhook-header", "X-Team: sec"])
+            .arg("--webhook-headers-file")
+            .arg(rules_dir.join("webhook-headers"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -175,6 +177,14 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let (webhook_url, webhook) = webhook_endpoint();
+    // The secret header from a private file, not the command line.
+    let headers = rules.path().join("webhook-headers");
+    std::fs::write(&headers, "X-Token: e2e\n").unwrap();
+    std::fs::set_permissions(
+        &headers,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let agent = Agent::start(
         data.path(),
         rules.path(),
