@@ -734,6 +734,98 @@ mod tests {
         assert!(engine.evaluate(&rows[1..]).unwrap().is_empty());
     }
 
+    fn rows(pids: std::ops::Range<u32>, exe: &str) -> Vec<ProcessRow> {
+        pids.map(|pid| ProcessRow {
+            pid,
+            name: "x".into(),
+            exe: Some(exe.to_owned()),
+            argv: vec!["x".into(), "-v".into()],
+            ..ProcessRow::default()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn matches_come_in_rule_order_whichever_connection_ran_them() {
+        // More rules than connections, of uneven cost, so both take several.
+        let rules: Vec<Rule> = (0..40)
+            .map(|i| {
+                let sql = if i % 3 == 0 {
+                    format!(
+                        "SELECT pid FROM processes WHERE cmdline LIKE '%x -v%' AND pid % 40 = {i}"
+                    )
+                } else {
+                    format!("SELECT pid FROM processes WHERE pid = {}", 1000 + i)
+                };
+                rule(&format!("r{i:02}"), &sql)
+            })
+            .collect();
+        let mut engine = RuleEngine::new(rules).unwrap();
+        assert!(engine.refused().is_empty(), "{:?}", engine.refused());
+        let batch = rows(1000..3000, "/usr/bin/x");
+        for _ in 0..3 {
+            let got: Vec<(String, u32)> = engine
+                .evaluate(&batch)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.rule_id, m.pid))
+                .collect();
+            let mut want = Vec::new();
+            for i in 0..40u32 {
+                if i % 3 == 0 {
+                    want.extend(
+                        (1000..3000)
+                            .filter(|p| p % 40 == i)
+                            .map(|p| (format!("r{i:02}"), p)),
+                    );
+                } else {
+                    want.push((format!("r{i:02}"), 1000 + i));
+                }
+            }
+            assert_eq!(got, want);
+        }
+        let s = engine.stats();
+        assert_eq!((s.batches, s.rule_runs, s.rule_failures), (3, 120, 0));
+    }
+
+    #[test]
+    fn engines_do_not_share_their_tables() {
+        let all = || vec![rule("all", "SELECT pid FROM processes")];
+        let (mut a, mut b) = (
+            RuleEngine::new(all()).unwrap(),
+            RuleEngine::new(all()).unwrap(),
+        );
+        assert_eq!(a.evaluate(&rows(1..3, "/a")).unwrap().len(), 2);
+        assert_eq!(b.evaluate(&rows(10..15, "/b")).unwrap().len(), 5);
+        assert_eq!(a.evaluate(&rows(1..2, "/a")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_rules_connections_cannot_write_even_past_the_authorizer() {
+        let engine = RuleEngine::new(vec![
+            rule("a", "SELECT pid FROM processes"),
+            rule("b", "SELECT pid FROM processes"),
+        ])
+        .unwrap();
+        assert!(!engine.readers.is_empty());
+        for reader in &engine.readers {
+            // Refused by the authorizer...
+            assert!(reader.conn.execute("DELETE FROM processes", []).is_err());
+            // ...and, without it, by SQLite: the connection is read-only.
+            reader
+                .conn
+                .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+            let err = reader
+                .conn
+                .execute("DELETE FROM processes", [])
+                .unwrap_err();
+            assert!(
+                matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ReadOnly),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn pipes_into_interpreters_are_told_from_other_pipes() {
         let yes = |s: &str| pipes_to_interpreter(&[s.to_owned()]);
