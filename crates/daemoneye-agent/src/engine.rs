@@ -325,11 +325,12 @@ impl Reader {
             "memdb",
         )?;
         conn.pragma_update(None, "case_sensitive_like", true)?;
-        // Sorts and temporary b-trees of a rule stay in memory, and the whole
-        // table stays in this connection's page cache across the batch's
-        // rules (the cap is KiB; only what is used is allocated).
+        // Sorts and temporary b-trees of a rule stay in memory, and the table
+        // stays in this connection's page cache across the batch's rules: up
+        // to 256 MiB (-KiB), allocated as used; a bigger table is re-read
+        // from the shared database, slower but the same.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.pragma_update(None, "cache_size", -1_048_576)?;
+        conn.pragma_update(None, "cache_size", -262_144)?;
         conn.set_prepared_statement_cache_capacity(statements);
         conn.authorizer(Some(read_only_authorizer(Denied::default())));
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -427,7 +428,8 @@ impl RuleEngine {
                 | OpenFlags::SQLITE_OPEN_URI,
             "memdb",
         )?;
-        loader.pragma_update(None, "cache_size", -1_048_576)?;
+        // A batch's transaction stays in the cache rather than spilling.
+        loader.pragma_update(None, "cache_size", -262_144)?;
         loader.execute_batch(SCHEMA)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
