@@ -18,6 +18,9 @@ pub(crate) struct Options {
     /// Repetitions.
     #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
     pub(crate) reps: usize,
+    /// Also time each built-in rule alone (ten copies of it), less the load.
+    #[arg(long)]
+    pub(crate) per_rule: bool,
 }
 
 /// A plausible process table: daemons, shells, workers, the odd oddity.
@@ -108,5 +111,31 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         "ratio",
     );
     report("rules.matches", matches, "matches");
+    if o.per_rule {
+        for r in &pack {
+            let copies = (0..10)
+                .map(|copy| {
+                    let mut r = r.clone();
+                    r.id = format!("{}-{copy}", r.id);
+                    r
+                })
+                .collect();
+            let mut one = RuleEngine::new(copies)?;
+            let mut ms = Vec::new();
+            for _ in 0..o.reps {
+                let t = Instant::now();
+                one.evaluate(&rows)?;
+                let with_rule = t.elapsed().as_secs_f64() * 1e3;
+                let t = Instant::now();
+                empty.evaluate(&rows)?;
+                ms.push(with_rule - t.elapsed().as_secs_f64() * 1e3);
+            }
+            report(
+                &format!("rules.x10_ms.{}", r.id),
+                format!("{:.2}", median(ms)),
+                "ms",
+            );
+        }
+    }
     Ok(())
 }

@@ -2,10 +2,12 @@
 //!
 //! The engine owns an in-memory SQLite database with one table,
 //! `processes`. For each batch it fills the table with the batch's rows
-//! (as itself, with full rights) and then runs every rule under an
-//! authorizer that allows only reading: a rule cannot write, `ATTACH`, run a
-//! `PRAGMA` or load an extension, and each rule is interrupted after
-//! [`RULE_TIME_LIMIT`]. Rules never see the agent's own store.
+//! (as itself, with full rights, on its own connection) and then runs every
+//! rule on one of up to [`MAX_RULE_THREADS`] connections opened read-only,
+//! one thread each, under an authorizer that allows only reading: a rule
+//! cannot write, `ATTACH`, run a `PRAGMA` or load an extension, and each
+//! rule is interrupted after [`RULE_TIME_LIMIT`]. Rules never see the
+//! agent's own store.
 //!
 //! # The `processes` table
 //!
@@ -27,12 +29,14 @@
 //! | `container_id` | TEXT | |
 //! | `pipes_to_interpreter` | INTEGER | 0/1: the command line pipes into a shell or script interpreter (`... \| sh`, `\| sudo bash`, `\| python3 -`) |
 
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use collector_core::ProcessEvent;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -58,9 +62,11 @@ CREATE INDEX processes_name ON processes (name);
 CREATE INDEX processes_exe_name ON processes (exe_name);
 CREATE INDEX processes_parent_name ON processes (parent_name);
 CREATE INDEX processes_event_type ON processes (event_type);
-CREATE INDEX processes_deleted ON processes (exe_deleted);
-CREATE INDEX processes_pipes ON processes (pipes_to_interpreter);
-CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable);";
+-- The flags are rarely set: partial indexes hold only the rows that have
+-- them, so filling them costs almost nothing, and `flag = 1` is a lookup.
+CREATE INDEX processes_deleted ON processes (exe_deleted) WHERE exe_deleted = 1;
+CREATE INDEX processes_pipes ON processes (pipes_to_interpreter) WHERE pipes_to_interpreter = 1;
+CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;";
 
 const INSERT: &str = "INSERT INTO processes (
     process_key, pid, ppid, name, exe, exe_name, exe_dir, argv, cmdline, uid, euid, start_time,
@@ -293,13 +299,84 @@ pub fn validate(rule: &Rule) -> Result<(), RuleError> {
     check_sql(&plain, &conn, &denied, rule)
 }
 
-/// Runs rules over batches of processes.
-pub struct RuleEngine {
+/// Most connections (so threads) the rules of one batch run on. Two keeps
+/// the agent's footprint small on a busy host and halves a batch's latency
+/// where two cores are free.
+pub const MAX_RULE_THREADS: usize = 2;
+
+/// Names the shared in-memory database of each engine (`memdb` databases
+/// are shared by name within the process).
+static ENGINES: AtomicU64 = AtomicU64::new(0);
+
+/// A read-only connection that runs rules, with its own time limit.
+struct Reader {
     conn: Connection,
+    deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Reader {
+    /// Opens `path` read-only, forever under the read-only authorizer.
+    fn open(path: &str, statements: usize) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open_with_flags_and_vfs(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+            "memdb",
+        )?;
+        conn.pragma_update(None, "case_sensitive_like", true)?;
+        // Sorts and temporary b-trees of a rule stay in memory, and the table
+        // stays in this connection's page cache across the batch's rules: up
+        // to 256 MiB (-KiB), allocated as used; a bigger table is re-read
+        // from the shared database, slower but the same.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -262_144)?;
+        conn.set_prepared_statement_cache_capacity(statements);
+        conn.authorizer(Some(read_only_authorizer(Denied::default())));
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let d = deadline.clone();
+        conn.progress_handler(
+            1000,
+            Some(move || {
+                d.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some_and(|until| Instant::now() >= until)
+            }),
+        );
+        Ok(Self { conn, deadline })
+    }
+
+    /// Runs rules `rules[i]`, taking the next `i` from `next` until none is
+    /// left: each reader takes work as it frees up.
+    fn run(
+        &self,
+        rules: &[Rule],
+        next: &AtomicUsize,
+    ) -> Vec<(usize, Result<Vec<Match>, rusqlite::Error>)> {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(rule) = rules.get(i) else { break };
+            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + RULE_TIME_LIMIT);
+            out.push((i, run_rule(&self.conn, rule)));
+        }
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        out
+    }
+}
+
+/// Runs rules over batches of processes.
+///
+/// The batch is loaded into an in-memory database shared by name within the
+/// process (SQLite's `memdb`), through the engine's own connection; the rules
+/// then run on up to [`MAX_RULE_THREADS`] read-only connections to it, one
+/// thread each, every rule on its own and whole on one of them.
+pub struct RuleEngine {
+    loader: Connection,
+    readers: Vec<Reader>,
     rules: Vec<Rule>,
     refused: Vec<RuleError>,
-    denied: Denied,
-    deadline: Arc<Mutex<Option<Instant>>>,
     stats: EngineStats,
 }
 
@@ -308,6 +385,7 @@ impl std::fmt::Debug for RuleEngine {
         f.debug_struct("RuleEngine")
             .field("rules", &self.rules.len())
             .field("refused", &self.refused.len())
+            .field("readers", &self.readers.len())
             .finish_non_exhaustive()
     }
 }
@@ -338,23 +416,36 @@ impl RuleEngine {
                 Ok(()) => kept.push(rule),
             }
         }
-        conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
-        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let d = deadline.clone();
-        conn.progress_handler(
-            1000,
-            Some(move || {
-                d.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_some_and(|until| Instant::now() >= until)
-            }),
+        let path = format!(
+            "/daemoneye-rules-{}",
+            ENGINES.fetch_add(1, Ordering::Relaxed)
         );
+        let loader = Connection::open_with_flags_and_vfs(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+            "memdb",
+        )?;
+        // A batch's transaction stays in the cache rather than spilling.
+        loader.pragma_update(None, "cache_size", -262_144)?;
+        loader.execute_batch(SCHEMA)?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .clamp(1, MAX_RULE_THREADS)
+            .min(kept.len());
+        let mut distinct: Vec<&str> = kept.iter().map(|r| r.sql.as_str()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let readers = (0..threads)
+            .map(|_| Reader::open(&path, distinct.len().max(1)))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            conn,
+            loader,
+            readers,
             rules: kept,
             refused,
-            denied,
-            deadline,
             stats: EngineStats::default(),
         })
     }
@@ -375,21 +466,45 @@ impl RuleEngine {
     }
 
     /// Runs every rule over `rows`. A rule that fails or overruns its time
-    /// limit is counted and skipped; the others still run.
+    /// limit is counted and skipped; the others still run. Matches come in
+    /// the order of the rules.
     ///
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
         self.load(rows)?;
         self.stats.batches += 1;
-        self.conn
-            .authorizer(Some(read_only_authorizer(self.denied.clone())));
+        let counter = AtomicUsize::new(0);
+        let (rules, next) = (self.rules.as_slice(), &counter);
+        let mut results = match self.readers.as_mut_slice() {
+            [] => Vec::new(),
+            [only] => only.run(rules, next),
+            [first, rest @ ..] => std::thread::scope(|s| {
+                let helpers: Vec<_> = rest
+                    .iter_mut()
+                    .filter_map(|reader| {
+                        // Without a thread, this reader's share goes to the others.
+                        std::thread::Builder::new()
+                            .name("daemoneye-rules".to_owned())
+                            .spawn_scoped(s, move || reader.run(rules, next))
+                            .ok()
+                    })
+                    .collect();
+                let mut all = first.run(rules, next);
+                for h in helpers {
+                    match h.join() {
+                        Ok(found) => all.extend(found),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+                all
+            }),
+        };
+        results.sort_unstable_by_key(|(i, _)| *i);
         let mut out = Vec::new();
-        for rule in &self.rules {
+        for (i, result) in results {
             self.stats.rule_runs += 1;
-            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(Instant::now() + RULE_TIME_LIMIT);
-            match run_rule(&self.conn, rule) {
+            match result {
                 Ok(found) => {
                     self.stats.matches += found.len() as u64;
                     out.extend(found);
@@ -400,23 +515,30 @@ impl RuleEngine {
                     {
                         self.stats.rule_timeouts += 1;
                     }
-                    tracing::warn!(rule = %rule.id, error = %err, "rule failed; skipped for this batch");
+                    let rule = &self.rules[i].id;
+                    tracing::warn!(%rule, error = %err, "rule failed; skipped for this batch");
                 }
             }
         }
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.conn
-            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
         Ok(out)
     }
 
     fn load(&mut self, rows: &[ProcessRow]) -> Result<(), rusqlite::Error> {
-        let tx = self.conn.transaction()?;
+        let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
+            // One buffer each for every row's joined and JSON argv.
+            let (mut cmdline, mut argv) = (String::new(), Vec::new());
             for r in rows {
-                let argv = serde_json::to_string(&r.argv).unwrap_or_else(|_| "[]".to_owned());
+                cmdline.clear();
+                join_into(&mut cmdline, &r.argv);
+                argv.clear();
+                if serde_json::to_writer(&mut argv, &r.argv).is_err() {
+                    argv.clear();
+                    argv.extend_from_slice(b"[]");
+                }
+                let argv = std::str::from_utf8(&argv).unwrap_or("[]");
                 let (exe_name, exe_dir) = match r.exe.as_deref().and_then(|e| e.rsplit_once('/')) {
                     Some((dir, name)) => (Some(name), Some(if dir.is_empty() { "/" } else { dir })),
                     None => (None, None),
@@ -430,7 +552,7 @@ impl RuleEngine {
                     exe_name,
                     exe_dir,
                     argv,
-                    r.argv.join(" "),
+                    cmdline,
                     r.uid,
                     r.euid,
                     r.start_time,
@@ -446,11 +568,21 @@ impl RuleEngine {
                     r.event_type,
                     r.exe_hash,
                     r.container_id,
-                    pipes_to_interpreter(&r.argv),
+                    line_pipes_to_interpreter(&cmdline),
                 ])?;
             }
         }
         tx.commit()
+    }
+}
+
+/// `argv` joined by spaces, appended to `out`.
+fn join_into(out: &mut String, argv: &[String]) {
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(a);
     }
 }
 
@@ -464,7 +596,11 @@ const INTERPRETERS: &[&str] = &[
 /// (after `sudo`, `env` and options) by a word whose file name is one of
 /// [`INTERPRETERS`] (`| sh`, `|bash -s`, `| sudo /bin/bash`, `| python3.11 -`).
 pub fn pipes_to_interpreter(argv: &[String]) -> bool {
-    let line = argv.join(" ");
+    line_pipes_to_interpreter(&argv.join(" "))
+}
+
+/// [`pipes_to_interpreter`] of a command line already joined.
+fn line_pipes_to_interpreter(line: &str) -> bool {
     line.split('|').skip(1).any(|segment| {
         segment
             .split_whitespace()
@@ -598,6 +734,98 @@ mod tests {
         );
         // The table holds only the current batch.
         assert!(engine.evaluate(&rows[1..]).unwrap().is_empty());
+    }
+
+    fn rows(pids: std::ops::Range<u32>, exe: &str) -> Vec<ProcessRow> {
+        pids.map(|pid| ProcessRow {
+            pid,
+            name: "x".into(),
+            exe: Some(exe.to_owned()),
+            argv: vec!["x".into(), "-v".into()],
+            ..ProcessRow::default()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn matches_come_in_rule_order_whichever_connection_ran_them() {
+        // More rules than connections, of uneven cost, so both take several.
+        let rules: Vec<Rule> = (0..40)
+            .map(|i| {
+                let sql = if i % 3 == 0 {
+                    format!(
+                        "SELECT pid FROM processes WHERE cmdline LIKE '%x -v%' AND pid % 40 = {i}"
+                    )
+                } else {
+                    format!("SELECT pid FROM processes WHERE pid = {}", 1000 + i)
+                };
+                rule(&format!("r{i:02}"), &sql)
+            })
+            .collect();
+        let mut engine = RuleEngine::new(rules).unwrap();
+        assert!(engine.refused().is_empty(), "{:?}", engine.refused());
+        let batch = rows(1000..3000, "/usr/bin/x");
+        for _ in 0..3 {
+            let got: Vec<(String, u32)> = engine
+                .evaluate(&batch)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.rule_id, m.pid))
+                .collect();
+            let mut want = Vec::new();
+            for i in 0..40u32 {
+                if i % 3 == 0 {
+                    want.extend(
+                        (1000..3000)
+                            .filter(|p| p % 40 == i)
+                            .map(|p| (format!("r{i:02}"), p)),
+                    );
+                } else {
+                    want.push((format!("r{i:02}"), 1000 + i));
+                }
+            }
+            assert_eq!(got, want);
+        }
+        let s = engine.stats();
+        assert_eq!((s.batches, s.rule_runs, s.rule_failures), (3, 120, 0));
+    }
+
+    #[test]
+    fn engines_do_not_share_their_tables() {
+        let all = || vec![rule("all", "SELECT pid FROM processes")];
+        let (mut a, mut b) = (
+            RuleEngine::new(all()).unwrap(),
+            RuleEngine::new(all()).unwrap(),
+        );
+        assert_eq!(a.evaluate(&rows(1..3, "/a")).unwrap().len(), 2);
+        assert_eq!(b.evaluate(&rows(10..15, "/b")).unwrap().len(), 5);
+        assert_eq!(a.evaluate(&rows(1..2, "/a")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_rules_connections_cannot_write_even_past_the_authorizer() {
+        let engine = RuleEngine::new(vec![
+            rule("a", "SELECT pid FROM processes"),
+            rule("b", "SELECT pid FROM processes"),
+        ])
+        .unwrap();
+        assert!(!engine.readers.is_empty());
+        for reader in &engine.readers {
+            // Refused by the authorizer...
+            assert!(reader.conn.execute("DELETE FROM processes", []).is_err());
+            // ...and, without it, by SQLite: the connection is read-only.
+            reader
+                .conn
+                .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+            let err = reader
+                .conn
+                .execute("DELETE FROM processes", [])
+                .unwrap_err();
+            assert!(
+                matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ReadOnly),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! daemoneye-agent: judges what the collectors see.
 //!
-//! - [`rules`]: detection rules (TOML files and a built-in pack): id, name,
-//!   severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at load
-//!   with the rule, the file and the reason when they break the rules.
+//! - [`rules`]: detection rules (TOML or YAML files and a built-in pack): id,
+//!   name, severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at
+//!   load with the rule, the file and the reason when they break the rules.
 //! - [`engine`]: runs every rule over a batch of processes in an in-memory
-//!   SQLite database the rules can only read, each within a time bound.
+//!   SQLite database the rules can only read (on two threads), each within
+//!   a time bound.
 //! - [`alert`]: alerts (rule, severity, process, stable key, time, a
 //!   deduplication key) and their deduplication within a window.
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated

@@ -1,6 +1,8 @@
 //! Detection rules: what they are, how they are loaded and refused.
 //!
-//! A rule file is TOML with one `[[rule]]` table per rule:
+//! A rule file is TOML (`*.toml`) or YAML (`*.yaml`, `*.yml`); both hold
+//! the same fields, checked as strictly. In TOML, one `[[rule]]` table per
+//! rule:
 //!
 //! ```toml
 //! [[rule]]
@@ -12,6 +14,28 @@
 //! tags = ["execution"]
 //! mitre = ["T1059"]                      # optional ATT&CK technique ids
 //! ```
+//!
+//! In YAML, the same: a top-level `rule` list (the key TOML's `[[rule]]`
+//! makes), one mapping per rule:
+//!
+//! ```yaml
+//! rule:
+//!   - id: exec-from-temp-dir
+//!     name: Execution from a temporary directory
+//!     description: A program runs from /tmp, /var/tmp or /dev/shm.
+//!     severity: high                     # info | low | medium | high | critical
+//!     sql: >-
+//!       SELECT * FROM processes
+//!       WHERE exe LIKE '/tmp/%'
+//!     tags: [execution]
+//!     mitre: [T1059]                     # optional ATT&CK technique ids
+//! ```
+//!
+//! A field that is not one of these, a missing `id`, `name`, `severity` or
+//! `sql`, or a severity not in the list refuses the rule (TOML, YAML alike);
+//! a file that is not valid TOML or YAML is refused whole, naming the file
+//! (and, for YAML, the line and column). A file named other than `*.yaml` or
+//! `*.yml` is read as TOML.
 //!
 //! The `sql` is one `SELECT` over the `processes` table (see
 //! [`engine`](crate::engine) for its columns); each row it returns is a
@@ -79,11 +103,49 @@ pub struct Rule {
     pub origin: String,
 }
 
+/// A whole rule file, TOML or YAML: `rule` is the list of rules.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     #[serde(default)]
     rule: Vec<Rule>,
+}
+
+/// The format of a rule file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// `*.toml`: one `[[rule]]` table per rule.
+    Toml,
+    /// `*.yaml`, `*.yml`: a top-level `rule:` list, one mapping per rule.
+    Yaml,
+}
+
+impl Format {
+    /// The format a rules directory reads a file as, by its extension
+    /// (`toml`, `yaml`, `yml`); `None` for any other file.
+    pub fn of_rule_file(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "toml" => Some(Self::Toml),
+            "yaml" | "yml" => Some(Self::Yaml),
+            _ => None,
+        }
+    }
+
+    /// The format of a file named on purpose (`rules validate FILE`):
+    /// YAML for `*.yaml` and `*.yml`, TOML otherwise.
+    pub fn of(path: &Path) -> Self {
+        Self::of_rule_file(path).unwrap_or(Self::Toml)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Toml => "TOML",
+            Self::Yaml => "YAML",
+        })
+    }
 }
 
 /// A rule (or rule file) that was refused.
@@ -150,14 +212,18 @@ fn is_technique_id(t: &str) -> bool {
 /// Parses the rules of one TOML text. Each rule is returned or refused on
 /// its own: one bad rule does not take the others down.
 pub fn parse(text: &str, origin: &str) -> (Vec<Rule>, Vec<RuleError>) {
-    let file: RuleFile = match toml::from_str(text) {
+    parse_as(text, origin, Format::Toml)
+}
+
+/// Parses the rules of one text in `format`, as [`parse`] does TOML.
+pub fn parse_as(text: &str, origin: &str, format: Format) -> (Vec<Rule>, Vec<RuleError>) {
+    let file = match format {
+        Format::Toml => toml::from_str::<RuleFile>(text).map_err(|e| e.message().to_owned()),
+        Format::Yaml => parse_yaml(text),
+    };
+    let file = match file {
         Ok(f) => f,
-        Err(e) => {
-            return (
-                Vec::new(),
-                vec![refuse(origin, "-", e.message().to_owned())],
-            )
-        }
+        Err(reason) => return (Vec::new(), vec![refuse(origin, "-", reason)]),
     };
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     for mut rule in file.rule {
@@ -170,11 +236,33 @@ pub fn parse(text: &str, origin: &str) -> (Vec<Rule>, Vec<RuleError>) {
     (ok, bad)
 }
 
-/// Reads one rule file.
+// Why `yaml_serde`: `serde_yaml` is archived. Of its successors,
+// `yaml_serde` is the YAML Organization's (a maintained, released fork with
+// the same API and error locations, MIT OR Apache-2.0, MSRV 1.82), and costs
+// two small crates (~3 s of a debug build). `serde_norway` is the same code
+// kept by one person; `serde_yaml_ng` is MIT-only and on the archived
+// `unsafe-libyaml`; `serde-saphyr` is safe Rust, but about five times the
+// build time (seven more crates) and needs Rust 1.89, above our MSRV.
+
+/// The rules of a YAML text. A file with no document at all (empty, or
+/// only comments) holds no rules, as an empty TOML file does.
+fn parse_yaml(text: &str) -> Result<RuleFile, String> {
+    match yaml_serde::from_str::<Option<RuleFile>>(text) {
+        Ok(file) => Ok(file.unwrap_or(RuleFile { rule: Vec::new() })),
+        Err(e) => Err(format!("invalid YAML: {e}")),
+    }
+}
+
+/// Reads one rule file, as YAML when it is named `*.yaml` or `*.yml`, as
+/// TOML otherwise (see [`Format::of`]).
 pub fn load_file(path: &Path) -> (Vec<Rule>, Vec<RuleError>) {
+    load_file_as(path, Format::of(path))
+}
+
+fn load_file_as(path: &Path, format: Format) -> (Vec<Rule>, Vec<RuleError>) {
     let origin = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &origin),
+        Ok(text) => parse_as(&text, &origin, format),
         Err(e) => (
             Vec::new(),
             vec![refuse(&origin, "-", format!("cannot read: {e}"))],
@@ -182,13 +270,17 @@ pub fn load_file(path: &Path) -> (Vec<Rule>, Vec<RuleError>) {
     }
 }
 
-/// Reads every `*.toml` file of a directory, in name order.
+/// Reads every `*.toml`, `*.yaml` and `*.yml` file of a directory, in name
+/// order; other files are left alone.
 pub fn load_dir(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
     let origin = dir.display().to_string();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+    let mut files: Vec<(PathBuf, Format)> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
-            .filter_map(|e| Some(e.ok()?.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let format = Format::of_rule_file(&path)?;
+                Some((path, format))
+            })
             .collect(),
         Err(e) => {
             return (
@@ -197,10 +289,10 @@ pub fn load_dir(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
             )
         }
     };
-    files.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    for f in files {
-        let (o, b) = load_file(&f);
+    for (f, format) in files {
+        let (o, b) = load_file_as(&f, format);
         ok.extend(o);
         bad.extend(b);
     }
@@ -271,6 +363,210 @@ mod tests {
             "f",
         );
         assert_eq!(bad.len(), 1);
+    }
+
+    /// One rule file in both formats, every field used, SQL on several lines.
+    const SAME_TOML: &str = r#"
+[[rule]]
+id = "exec-from-temp-dir"
+name = "Execution from a temporary directory"
+description = "A program runs from /tmp: droppers stage payloads there."
+severity = "high"
+sql = """
+SELECT pid, process_key FROM processes
+WHERE exe LIKE '/tmp/%' AND cmdline NOT LIKE '%: %'
+"""
+tags = ["execution", "staging"]
+mitre = ["T1059", "T1059.004"]
+
+[[rule]]
+id = "pid-reuse"
+name = "PID reused"
+severity = "low"
+sql = "SELECT pid FROM processes WHERE event_type = 'pid_reused'"
+"#;
+    const SAME_YAML: &str = r#"
+# The same two rules as SAME_TOML.
+rule:
+  - id: exec-from-temp-dir
+    name: Execution from a temporary directory
+    description: "A program runs from /tmp: droppers stage payloads there."
+    severity: high
+    sql: |
+      SELECT pid, process_key FROM processes
+      WHERE exe LIKE '/tmp/%' AND cmdline NOT LIKE '%: %'
+    tags: [execution, staging]
+    mitre:
+      - T1059
+      - T1059.004
+  - id: pid-reuse
+    name: PID reused
+    severity: low
+    sql: "SELECT pid FROM processes WHERE event_type = 'pid_reused'"
+"#;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn without_origin(mut rules: Vec<Rule>) -> Vec<Rule> {
+        for r in &mut rules {
+            r.origin.clear();
+        }
+        rules
+    }
+
+    #[test]
+    fn a_yaml_file_equal_to_a_toml_file_loads_to_identical_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let (toml_rules, bad) = load_file(&write(dir.path(), "r.toml", SAME_TOML));
+        assert!(bad.is_empty(), "{bad:?}");
+        for name in ["r.yaml", "r.yml"] {
+            let path = write(dir.path(), name, SAME_YAML);
+            let (yaml_rules, bad) = load_file(&path);
+            assert!(bad.is_empty(), "{bad:?}");
+            assert_eq!(yaml_rules.len(), 2);
+            assert_eq!(yaml_rules[0].origin, path.display().to_string());
+            assert_eq!(
+                without_origin(yaml_rules),
+                without_origin(toml_rules.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn the_builtin_pack_written_as_yaml_reads_back_the_same() {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            rule: &'a [Rule],
+        }
+        let pack = builtin().unwrap();
+        let yaml = yaml_serde::to_string(&Out { rule: &pack }).unwrap();
+        let (back, bad) = parse_as(&yaml, "builtin", Format::Yaml);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(back, pack);
+    }
+
+    #[test]
+    fn broken_yaml_unknown_fields_and_bad_severities_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |extra: &str| {
+            format!("rule:\n  - id: a\n    name: a\n    severity: low\n    sql: SELECT pid FROM processes\n{extra}")
+        };
+        let cases = [
+            // Not YAML at all: an unclosed flow sequence.
+            ("broken.yaml", "rule: [\n".to_owned(), "-", "invalid YAML"),
+            // A tab where YAML allows only spaces.
+            (
+                "tab.yml",
+                "rule:\n\t- id: a\n".to_owned(),
+                "-",
+                "invalid YAML",
+            ),
+            (
+                "field.yaml",
+                rule("    sevrity: high\n"),
+                "-",
+                "unknown field `sevrity`",
+            ),
+            (
+                "top.yaml",
+                "rules:\n  - id: a\n".to_owned(),
+                "-",
+                "unknown field `rules`",
+            ),
+            (
+                "severity.yaml",
+                rule("").replace("severity: low", "severity: urgent"),
+                "-",
+                "unknown variant `urgent`",
+            ),
+            (
+                "missing.yaml",
+                "rule:\n  - id: a\n".to_owned(),
+                "-",
+                "missing field",
+            ),
+            ("mitre.yaml", rule("    mitre: [X1]\n"), "a", "ATT&CK"),
+        ];
+        for (name, text, rule_id, why) in cases {
+            let path = write(dir.path(), name, &text);
+            let (ok, bad) = load_file(&path);
+            assert!(ok.is_empty(), "{name}: {ok:?}");
+            assert_eq!(bad.len(), 1, "{name}: {bad:?}");
+            let e = &bad[0];
+            assert_eq!(e.origin, path.display().to_string(), "{name}");
+            assert_eq!(e.rule, rule_id, "{name}: {e}");
+            assert!(e.reason.contains(why), "{name}: {e}");
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        // Where YAML can tell, the refusal says the line.
+        let (_, bad) = parse_as("rule:\n  - id: a\n    oops: 1\n", "f.yaml", Format::Yaml);
+        assert!(bad[0].reason.contains("line 3"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn an_empty_yaml_file_holds_no_rules_as_an_empty_toml_file() {
+        for text in ["", "# nothing yet\n", "rule: []\n"] {
+            assert_eq!(
+                parse_as(text, "f.yaml", Format::Yaml),
+                (Vec::new(), Vec::new())
+            );
+        }
+        assert_eq!(parse("", "f.toml"), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_directory_mixing_toml_and_yaml_loads_both_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |id: &str| {
+            format!("rule:\n  - id: {id}\n    name: {id}\n    severity: low\n    sql: SELECT pid FROM processes\n")
+        };
+        write(dir.path(), "a.toml", "[[rule]]\nid = 'from-toml'\nname = 'x'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n");
+        write(dir.path(), "b.yaml", &one("from-yaml"));
+        write(dir.path(), "c.yml", &one("from-yml"));
+        write(dir.path(), "d.yaml.bak", &one("backup"));
+        write(dir.path(), "e.txt", &one("text"));
+        write(dir.path(), "f.yaml", "rule: [\n");
+        let (ok, bad) = load_dir(dir.path());
+        let ids: Vec<&str> = ok.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["from-toml", "from-yaml", "from-yml"]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].origin.ends_with("f.yaml"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn a_yaml_rule_that_writes_is_refused_like_a_toml_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            dir.path(),
+            "w.toml",
+            "[[rule]]\nid = 'wiper'\nname = 'wipe'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n",
+        );
+        let yaml = write(
+            dir.path(),
+            "w.yaml",
+            "rule:\n  - id: wiper\n    name: wipe\n    severity: low\n    sql: DELETE FROM processes\n",
+        );
+        let refusal = |path: &Path| {
+            let (ok, bad) = load_file(path);
+            assert!(bad.is_empty(), "{bad:?}");
+            let engine = crate::engine::RuleEngine::new(ok).unwrap();
+            assert!(engine.rules().is_empty());
+            let e = engine.refused()[0].clone();
+            assert_eq!(e.origin, path.display().to_string());
+            assert_eq!(e.rule, "wiper");
+            assert_eq!(
+                crate::engine::validate(&load_file(path).0[0]),
+                Err(e.clone())
+            );
+            e.reason
+        };
+        let why = refusal(&yaml);
+        assert!(why.contains("writing to processes"), "{why}");
+        assert_eq!(why, refusal(&toml));
     }
 
     #[test]

@@ -59,6 +59,43 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
 }
 
 #[test]
+fn validate_reads_yaml_files_and_names_them_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["rules", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("tmp-exec"), "{text}");
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "rule:\n  - id: wiper\n    name: w\n    severity: low\n    sql: DELETE FROM processes\n  - id: typo\n    name: t\n    severity: low\n    sqll: SELECT pid FROM processes\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["rules", "validate"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bad.yml") && text.contains("unknown field `sqll`"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bad_flags_exit_with_2() {
     let out = Command::new(BIN)
         .args(["rules", "validate"])
