@@ -64,7 +64,7 @@ struct RunArgs {
     /// directory otherwise).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A directory of rule files (`*.toml`) besides the built-in pack
+    /// A directory of rule files (`*.toml`, `*.yaml`, `*.yml`) besides the built-in pack
     /// (default: `<data-dir>/rules` when it exists).
     #[arg(long)]
     rules_dir: Option<PathBuf>,

@@ -78,7 +78,7 @@ enum RulesCommand {
     /// Check rule files without running anything; the same verdict the
     /// agent gives at load.
     Validate {
-        /// Rule files (TOML).
+        /// Rule files (TOML, or YAML: `*.yaml`, `*.yml`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
