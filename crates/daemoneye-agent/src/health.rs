@@ -22,6 +22,8 @@ pub struct SinkCounters {
     pub delivered: AtomicU64,
     /// Deliveries that failed.
     pub failures: AtomicU64,
+    /// Alerts dropped before delivery (the sink's queue was full).
+    pub dropped: AtomicU64,
     /// Whether the last delivery failed.
     pub failing: AtomicBool,
 }
@@ -124,7 +126,10 @@ impl AgentHealth {
     ) -> Vec<ComponentHealth> {
         let mut components = Vec::new();
         for (name, s) in &self.sinks {
-            counters.insert(format!("sink.{name}.failures"), load(&s.failures));
+            counters.insert(
+                format!("sink.{name}.failures"),
+                load(&s.failures) + load(&s.dropped),
+            );
             let failing = s.failing.load(Ordering::Relaxed);
             if failing {
                 problems.push(format!("sink {name} failing"));
@@ -138,13 +143,14 @@ impl AgentHealth {
                 }
                 .into(),
                 message: if failing {
-                    "its last delivery failed".to_owned()
+                    "its last delivery failed or was dropped".to_owned()
                 } else {
                     String::new()
                 },
                 counters: BTreeMap::from([
                     ("delivered".to_owned(), load(&s.delivered)),
                     ("failures".to_owned(), load(&s.failures)),
+                    ("dropped".to_owned(), load(&s.dropped)),
                 ]),
                 ..ComponentHealth::default()
             });

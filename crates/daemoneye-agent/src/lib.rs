@@ -11,6 +11,8 @@
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
 //! - [`sink`]: alert delivery to syslog (RFC 5424).
+//! - [`lines`]: JSON-lines alert sinks (stdout, a file) on threads of
+//!   their own behind bounded queues.
 //! - [`webhook`]: alert delivery to an HTTP(S) webhook, queued, retried with
 //!   backoff, every alert counted.
 //! - [`link`]: the link to the process collector over IPC: start it,
@@ -43,6 +45,7 @@ pub mod detect;
 pub mod engine;
 pub mod health;
 pub mod ledger;
+pub mod lines;
 pub mod link;
 pub mod rules;
 pub mod sink;

@@ -16,7 +16,6 @@
 //! `--procmond PATH` (a `procmond` binary run with `run --socket ...`).
 
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -30,6 +29,7 @@ use daemoneye_agent::alert::Alert;
 use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::RuleEngine;
 use daemoneye_agent::health::{AgentCounters, AgentHealth, SinkCounters};
+use daemoneye_agent::lines::LineSink;
 use daemoneye_agent::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
 use daemoneye_agent::rules;
 use daemoneye_agent::store::AgentStore;
@@ -113,26 +113,89 @@ struct RunArgs {
 const MAX_JUDGED: usize = 4096;
 
 /// Where alerts go besides the store, each with its own counters: one
-/// failing sink never blocks the others.
+/// failing or stalled sink never blocks the others (stdout and the file are
+/// written by threads of their own behind bounded queues; syslog never
+/// waits; the webhook queues).
 struct Sinks {
-    file: Option<std::fs::File>,
+    stdout: LineSink,
+    file: Option<LineSink>,
     syslog: Option<daemoneye_agent::sink::SyslogSink>,
     webhook: Option<daemoneye_agent::webhook::WebhookSink>,
-    stdout: Arc<SinkCounters>,
-    file_counters: Arc<SinkCounters>,
-    syslog_counters: Arc<SinkCounters>,
+    counters: Vec<(&'static str, Arc<SinkCounters>)>,
 }
 
+/// Alerts queued per JSON-lines sink before they are dropped.
+const LINE_QUEUE: usize = 4096;
+
 impl Sinks {
-    fn names(&self) -> Vec<(&'static str, Arc<SinkCounters>)> {
-        let mut v = vec![("stdout", self.stdout.clone())];
-        if self.file.is_some() {
-            v.push(("file", self.file_counters.clone()));
-        }
-        if self.syslog.is_some() {
-            v.push(("syslog", self.syslog_counters.clone()));
-        }
-        v
+    fn new(args: &RunArgs) -> anyhow::Result<Self> {
+        let mut counters = Vec::new();
+        let mut counted = |name: &'static str| {
+            let c = Arc::new(SinkCounters::default());
+            counters.push((name, c.clone()));
+            c
+        };
+        let stdout = LineSink::start(
+            "stdout",
+            Box::new(std::io::stdout()),
+            LINE_QUEUE,
+            counted("stdout"),
+        )?;
+        let file = match &args.alerts_jsonl {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open {}", p.display()))?;
+                Some(LineSink::start(
+                    "file",
+                    Box::new(f),
+                    LINE_QUEUE,
+                    counted("file"),
+                )?)
+            }
+            None => None,
+        };
+        let syslog = match args.syslog.clone() {
+            Some(t) => {
+                let sink = daemoneye_agent::sink::SyslogSink::open(t.clone())
+                    .with_context(|| format!("cannot open syslog {t:?}"))?;
+                counted("syslog");
+                Some(sink)
+            }
+            None => None,
+        };
+        let webhook = match args.webhook.clone() {
+            Some(url) => {
+                let mut config = daemoneye_agent::webhook::WebhookConfig::new(url);
+                config.headers.clone_from(&args.webhook_headers);
+                if let Some(path) = &args.webhook_headers_file {
+                    config
+                        .headers
+                        .extend(daemoneye_agent::webhook::WebhookHeader::from_file(path)?);
+                }
+                Some(
+                    daemoneye_agent::webhook::WebhookSink::new(config)
+                        .context("cannot set up the webhook sink")?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            stdout,
+            file,
+            syslog,
+            webhook,
+            counters,
+        })
+    }
+
+    fn syslog_counters(&self) -> Option<&Arc<SinkCounters>> {
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == "syslog")
+            .map(|(_, c)| c)
     }
 
     fn deliver(&mut self, a: &Alert) {
@@ -150,28 +213,33 @@ impl Sinks {
             if let Err(e) = &sent {
                 warn!(error = %e, failures = s.failures(), "syslog sink failed");
             }
-            self.syslog_counters.record(sent.is_ok());
+            if let Some(c) = self.syslog_counters() {
+                c.record(sent.is_ok());
+            }
         }
         match serde_json::to_string(a) {
             Ok(line) => {
-                let mut stdout = std::io::stdout().lock();
-                let ok = writeln!(stdout, "{line}")
-                    .and_then(|()| stdout.flush())
-                    .is_ok();
-                if !ok {
-                    warn!("stdout sink failed");
+                if let Some(f) = &self.file {
+                    f.send(line.clone());
                 }
-                self.stdout.record(ok);
-                if let Some(f) = &mut self.file {
-                    let ok = writeln!(f, "{line}").is_ok();
-                    if !ok {
-                        warn!("alert file sink failed");
-                    }
-                    self.file_counters.record(ok);
-                }
+                self.stdout.send(line);
             }
             Err(e) => error!(error = %e, "encoding an alert failed"),
         }
+    }
+
+    /// Delivers what is queued, within a few seconds.
+    async fn close(self) {
+        if let Some(w) = self.webhook {
+            let left = w
+                .close(tokio::time::Instant::now() + Duration::from_secs(5))
+                .await;
+            info!(?left, "webhook sink closed");
+        }
+        if let Some(f) = self.file {
+            f.close(Duration::from_secs(2)).await;
+        }
+        self.stdout.close(Duration::from_secs(2)).await;
     }
 }
 
@@ -257,44 +325,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut detector = Detector::new(engine, Duration::from_secs(args.dedup_window_secs));
     let writer = StoreWriter::start(AgentStore::open(&data_dir)?, 256)
         .context("cannot start the store writer")?;
-    let mut sinks = Sinks {
-        file: match &args.alerts_jsonl {
-            Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("cannot open {}", p.display()))?,
-            ),
-            None => None,
-        },
-        syslog: match args.syslog.clone() {
-            Some(t) => Some(
-                daemoneye_agent::sink::SyslogSink::open(t.clone())
-                    .with_context(|| format!("cannot open syslog {t:?}"))?,
-            ),
-            None => None,
-        },
-        webhook: match args.webhook.clone() {
-            Some(url) => {
-                let mut config = daemoneye_agent::webhook::WebhookConfig::new(url);
-                config.headers.clone_from(&args.webhook_headers);
-                if let Some(path) = &args.webhook_headers_file {
-                    config
-                        .headers
-                        .extend(daemoneye_agent::webhook::WebhookHeader::from_file(path)?);
-                }
-                Some(
-                    daemoneye_agent::webhook::WebhookSink::new(config)
-                        .context("cannot set up the webhook sink")?,
-                )
-            }
-            None => None,
-        },
-        stdout: Arc::default(),
-        file_counters: Arc::default(),
-        syslog_counters: Arc::default(),
-    };
+    let mut sinks = Sinks::new(&args)?;
 
     let (mode, collector_socket) = collector_mode(&args, &data_dir)?;
     let status = Arc::new(LinkStatus::default());
@@ -305,7 +336,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         collector_socket: collector_socket.clone(),
         writer: writer.stats(),
         counters: counters.clone(),
-        sinks: sinks.names(),
+        sinks: sinks.counters.clone(),
         webhook: sinks
             .webhook
             .as_ref()
@@ -424,12 +455,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
         Err(e) => warn!(error = %e, "the agent's socket task failed"),
     }
-    if let Some(w) = sinks.webhook.take() {
-        let left = w
-            .close(tokio::time::Instant::now() + Duration::from_secs(5))
-            .await;
-        info!(?left, "webhook sink closed");
-    }
+    sinks.close().await;
     writer.close().await;
     info!(
         alerts = counters.alerts.load(Ordering::Relaxed),

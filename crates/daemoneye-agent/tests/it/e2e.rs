@@ -438,3 +438,70 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let store = daemoneye_agent::store::AgentStore::open_read_only(data.path()).unwrap();
     assert!(store.verify_ledger().is_err());
 }
+
+#[test]
+fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: the end-to-end agent test needs root (kernel process connector)");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let (webhook_url, webhook) = webhook_endpoint();
+    let mut agent = Command::new(AGENT)
+        .args([
+            "run",
+            "--interval",
+            "3600",
+            "--sweep-secs",
+            "3600",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(["--webhook", &webhook_url])
+        .stdout(Stdio::piped()) // and never read: the pipe fills at 64 KiB
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stalled = agent.stdout.take().unwrap();
+    // Each alert is about 1 KiB on stdout: 150 of them overfill the pipe.
+    let shm = Path::new("/dev/shm");
+    let exe = shm.join(format!("stall{}", std::process::id()));
+    // Lives long enough (20 ms) for its exec to be read in full.
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    // Ready once the first one is alerted on.
+    let mut ready = false;
+    for _ in 0..40 {
+        Command::new(&exe).arg("0.02").status().unwrap();
+        if webhook.recv_timeout(Duration::from_millis(500)).is_ok() {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "no alert reached the webhook");
+    let n = 150;
+    for _ in 0..n {
+        Command::new(&exe).arg("0.02").status().unwrap();
+    }
+    let mut got = 0;
+    while got < n {
+        match webhook.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, body)) if body["rule_id"] == "exec-from-temp-dir" => got += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = std::fs::remove_file(&exe);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = agent.wait().unwrap();
+    assert_eq!(
+        got, n,
+        "the webhook got {got} of {n} alerts while stdout was stalled"
+    );
+    assert!(
+        status.success(),
+        "the agent stopped cleanly despite stdout: {status}"
+    );
+}
