@@ -97,7 +97,8 @@ impl IpcServerHandle {
 /// by the handler, matched by `request_id`), `Heartbeat`s (echoed), and one
 /// `SubscribeRequest` at a time when the server streams a collector's events
 /// ([`with_events`](Self::with_events)). Subscription filters: event kinds,
-/// pids and source names; topic patterns are refused as unsupported.
+/// pids, source names and topic patterns (`events.<kind>.<detail>`, as on
+/// the event bus: `*`/`+` one segment, `#`/`**` any number).
 pub struct CollectorIpcServer {
     config: Arc<IpcServerConfig>,
     capabilities: SourceCaps,
@@ -770,15 +771,17 @@ impl Connection {
             .await;
             return;
         };
-        if !req.topic_patterns.is_empty() {
-            self.refuse(
-                id,
-                ErrorCode::BadRequest,
-                "topic patterns are not supported; filter by event kind, pid or source name",
-            )
-            .await;
-            return;
-        }
+        let topics = match req
+            .topic_patterns
+            .iter()
+            .try_fold(crate::bus::EventFilter::new(), |f, p| f.try_with_topic(p))
+        {
+            Ok(f) => (!req.topic_patterns.is_empty()).then_some(f),
+            Err(e) => {
+                self.refuse(id, ErrorCode::BadRequest, &e.to_string()).await;
+                return;
+            }
+        };
         if self.subscription.is_some() {
             self.refuse(
                 id,
@@ -788,7 +791,7 @@ impl Connection {
             .await;
             return;
         }
-        let filter = Filter::new(req, self.ctx.config.max_batch_size);
+        let filter = Filter::new(req, topics, self.ctx.config.max_batch_size);
         let subscription = events.subscribe();
         let sid = self.ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
         inc(&self.ctx.counters().subscriptions_opened);
@@ -864,11 +867,18 @@ struct Filter {
     kinds: Vec<i32>,
     pids: Vec<u32>,
     sources: Vec<String>,
+    /// Topic patterns (`events.process.exec`, `events.*.#`), as the bus
+    /// matches them; `None` when the request gave none.
+    topics: Option<crate::bus::EventFilter>,
     max_batch: usize,
 }
 
 impl Filter {
-    fn new(req: &SubscribeRequest, server_max: usize) -> Self {
+    fn new(
+        req: &SubscribeRequest,
+        topics: Option<crate::bus::EventFilter>,
+        server_max: usize,
+    ) -> Self {
         let max_batch = match usize::try_from(req.max_batch_size) {
             Ok(n) if n > 0 => n.min(server_max),
             _ => server_max,
@@ -877,6 +887,7 @@ impl Filter {
             kinds: req.event_kinds.clone(),
             pids: req.pids.clone(),
             sources: req.source_names.clone(),
+            topics,
             max_batch,
         }
     }
@@ -885,9 +896,13 @@ impl Filter {
         self.sources.is_empty() || self.sources.iter().any(|s| s == source)
     }
 
-    fn matches(&self, event: &crate::CollectionEvent) -> bool {
+    fn matches(&self, event: &crate::CollectionEvent, source: &str) -> bool {
         (self.kinds.is_empty() || self.kinds.contains(&i32::from(kind_to_proto(event.kind()))))
             && (self.pids.is_empty() || event.pid().is_some_and(|p| self.pids.contains(&p)))
+            && self
+                .topics
+                .as_ref()
+                .is_none_or(|t| t.matches_event(event, source))
     }
 }
 
@@ -917,7 +932,10 @@ async fn forward(
             continue;
         }
         let source = batch.source();
-        let mut matching = batch.iter().filter(|e| filter.matches(e)).peekable();
+        let mut matching = batch
+            .iter()
+            .filter(|e| filter.matches(e, source))
+            .peekable();
         while matching.peek().is_some() {
             match tx.try_reserve() {
                 Ok(permit) => {

@@ -515,21 +515,21 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
     assert_eq!(caps.sources.len(), 1);
     assert_eq!(caps.sources[0].name, "proc-flood");
 
-    // Topic patterns are refused, clearly.
+    // An invalid topic pattern is refused, naming it.
     let err = client
         .subscribe(SubscribeRequest {
-            topic_patterns: vec!["process.*".into()],
+            topic_patterns: vec!["events..process".into()],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert!(
         matches!(
-            err,
+            &err,
             IpcError::Server {
                 code: ErrorCode::BadRequest,
-                ..
-            }
+                message,
+            } if message.contains("events..process")
         ),
         "{err}"
     );
@@ -1154,4 +1154,100 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
     drop(client);
     h.shutdown();
     serving.await.unwrap().unwrap();
+}
+
+/// Execs for odd pids, exits for even ones, then idles.
+struct ExecsAndExits(u32);
+
+#[async_trait]
+impl EventSource for ExecsAndExits {
+    fn name(&self) -> &'static str {
+        "execs-and-exits"
+    }
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PROCESS
+    }
+    async fn start(
+        &self,
+        tx: tokio::sync::mpsc::Sender<CollectionEvent>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        for pid in 1..=self.0 {
+            let mut e = ProcessEvent::new(pid, "p");
+            if pid % 2 == 1 {
+                e.event_type = collector_core::ProcessEventType::Exec;
+            } else {
+                e.event_type = collector_core::ProcessEventType::Exit;
+                e.exit_code = Some(0);
+            }
+            tx.send(CollectionEvent::Process(e)).await?;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The pids streamed, up to and including `last`.
+async fn drain(stream: &mut collector_core::ipc::EventStream, last: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    while pids.last() != Some(&last) {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        for r in batch.events {
+            let Some(daemoneye_lib::proto::event_record::Event::Process(p)) = r.event else {
+                panic!("not a process record");
+            };
+            pids.push(p.pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_filter_by_topic_pattern_as_the_bus_does() {
+    let dir = TempDir::new("topics");
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector.register(Box::new(ExecsAndExits(100))).unwrap();
+    let server = serve(
+        fast_config(&dir.sock()),
+        collector.capabilities(),
+        Some(&collector),
+    )
+    .await;
+    let subscribe = |pattern: &'static str| {
+        let path = server.path.clone();
+        async move {
+            let client = CollectorIpcClient::connect(client_config(&path))
+                .await
+                .unwrap();
+            let stream = client
+                .subscribe(SubscribeRequest {
+                    topic_patterns: vec![pattern.into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (client, stream)
+        }
+    };
+    let (_c1, mut execs) = subscribe("events.process.exec").await;
+    let (_c2, mut all) = subscribe("events.#").await;
+    let handle = collector.handle();
+    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    // Per-source order is kept: once the last exec (pid 99) is in, every
+    // event before it has been matched or skipped.
+    let got = drain(&mut execs, 99).await;
+    assert_eq!(got, (1..=99).step_by(2).collect::<Vec<_>>());
+    let got = drain(&mut all, 100).await;
+    assert_eq!(got, (1..=100).collect::<Vec<_>>());
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    server.stop().await;
 }
