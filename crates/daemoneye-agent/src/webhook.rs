@@ -45,7 +45,6 @@
 //! ```
 
 use std::fmt;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -793,7 +792,14 @@ impl Worker {
                 return Outcome::Failed;
             }
             let wait = retry_after.map_or_else(
-                || backoff(attempt, self.initial_backoff, self.max_backoff, jitter()),
+                || {
+                    backoff(
+                        attempt,
+                        self.initial_backoff,
+                        self.max_backoff,
+                        daemoneye_lib::jitter(),
+                    )
+                },
                 |after| after.min(self.max_backoff),
             );
             debug!(error = %cause, attempt, wait_ms = wait.as_millis(), "webhook attempt failed; retrying");
@@ -873,15 +879,6 @@ fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Dura
     let doubled = 2u32.saturating_pow(failures.saturating_sub(1));
     let step = initial.saturating_mul(doubled).min(max);
     step / 2 + (step / 2).mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// A number in `[0, 1)`, different each call. Jitter needs no better: the
-/// standard library's randomly keyed hasher will do.
-fn jitter() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// An error and its causes, `: `-separated (hyper's own message is terse).
@@ -1373,7 +1370,7 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         assert_eq!(top(u32::MAX), Duration::from_secs(30), "no overflow");
         assert_eq!(backoff(1, initial, max, 0.0), Duration::from_millis(250));
         assert_eq!(backoff(7, initial, max, 0.0), Duration::from_secs(15));
-        let samples: Vec<f64> = (0..200).map(|_| jitter()).collect();
+        let samples: Vec<f64> = (0..200).map(|_| daemoneye_lib::jitter()).collect();
         assert!(samples.iter().all(|j| (0.0..1.0).contains(j)));
         assert!(
             samples.iter().any(|j| j.to_bits() != samples[0].to_bits()),

@@ -288,7 +288,7 @@ async fn connect_with_backoff(config: &IpcClientConfig) -> Result<UnixStream, Ip
                 source: error,
             });
         }
-        let wait = config.backoff(attempt - 1);
+        let wait = config.jittered_backoff(attempt - 1, daemoneye_lib::jitter());
         tracing::debug!(attempt, ?wait, %error, "ipc connect failed, retrying");
         tokio::time::sleep(wait).await;
     }

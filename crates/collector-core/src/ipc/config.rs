@@ -201,14 +201,22 @@ impl IpcClientConfig {
         }
     }
 
-    /// The wait before attempt `attempt + 1` (0-based): `initial_backoff`
-    /// doubled `attempt` times, capped at `max_backoff`.
+    /// The longest wait before attempt `attempt + 1` (0-based):
+    /// `initial_backoff` doubled `attempt` times, capped at `max_backoff`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
         self.initial_backoff
             .checked_mul(factor)
             .unwrap_or(self.max_backoff)
             .min(self.max_backoff)
+    }
+
+    /// The wait actually taken before attempt `attempt + 1`: the upper half
+    /// of [`backoff`](Self::backoff) scaled by `jitter` (in `0..=1`), so
+    /// that clients restarted together do not all retry in step.
+    pub fn jittered_backoff(&self, attempt: u32, jitter: f64) -> Duration {
+        let step = self.backoff(attempt);
+        step / 2 + (step / 2).mul_f64(jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -228,6 +236,10 @@ mod tests {
         let waits: Vec<u128> = (0..6).map(|a| c.backoff(a).as_millis()).collect();
         assert_eq!(waits, [10, 20, 40, 80, 100, 100]);
         assert_eq!(c.backoff(u32::MAX), Duration::from_millis(100));
+        assert_eq!(c.jittered_backoff(1, 0.0), Duration::from_millis(10));
+        assert_eq!(c.jittered_backoff(1, 1.0), Duration::from_millis(20));
+        assert_eq!(c.jittered_backoff(5, 0.5), Duration::from_millis(75));
+        assert_eq!(c.jittered_backoff(5, 7.0), Duration::from_millis(100));
     }
 
     #[test]
