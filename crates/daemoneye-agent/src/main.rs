@@ -469,6 +469,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
+    if let Command::Run(_) = &cli.command {
+        // The agent needs no more than its collector: keep those three
+        // capabilities (its child inherits them, and no more, through
+        // no_new_privs), before any thread starts.
+        match procmond::privileges::drop_privileges() {
+            Ok(procmond::privileges::Dropped::Reduced { kept }) => {
+                tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("daemoneye-agent: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Command::Collect(_) = &cli.command {
         // Die with the agent, even if it is killed outright.
         if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {

@@ -149,6 +149,22 @@ fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
     (url, rx)
 }
 
+/// The pid of the agent's collector, from the agent's health report.
+fn report_collector_pid(data: &Path) -> u32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = collector_core::CollectorIpcClient::connect(
+            collector_core::IpcClientConfig::new(data.join("agent.sock")),
+        )
+        .await
+        .unwrap();
+        client.health().await.unwrap().components[0].pid
+    })
+}
+
 /// Copies `src` to `dir/name`, runs it with `args` to completion.
 fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
     let exe = dir.join(name);
@@ -371,6 +387,23 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         resumed,
         "detection did not resume after the collector was killed"
     );
+
+    // As root, the agent and its collector keep only three capabilities
+    // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE) and no_new_privs.
+    for pid in [agent.child.id(), report_collector_pid(data.path())] {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(field("CapEff:"), "0000000000081004", "pid {pid}");
+        assert_eq!(field("CapBnd:"), "0000000000081004", "pid {pid}");
+        assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
+    }
 
     // Health over the agent's socket: the restart is counted, the
     // collector answers for itself (as procmond, with its sources).
