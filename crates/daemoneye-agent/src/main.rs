@@ -404,7 +404,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                             Err(_) => break,
                         }
                     }
-                    let alerts = detector.on_events(&batch);
+                    // Rules run on this thread (and a second connection's):
+                    // let the runtime move its other tasks elsewhere meanwhile.
+                    let alerts = tokio::task::block_in_place(|| detector.on_events(&batch));
                     writer.events(batch).await;
                     if reconnected {
                         detector.forget_processes();
@@ -421,7 +423,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             _ = sweep.tick() => {
                 counters.sweeps.fetch_add(1, Ordering::Relaxed);
-                detector.sweep()
+                tokio::task::block_in_place(|| detector.sweep())
             }
         };
         let alerts = match alerts {
