@@ -24,12 +24,18 @@ pub struct AlertProcess {
     pub executable_path: Option<String>,
     /// Arguments.
     pub command_line: Vec<String>,
-    /// SHA-256 of the executable.
+    /// Digest of the executable, lowercase hex.
     pub executable_hash: Option<String>,
+    /// The hash function of `executable_hash` (`sha256`, `blake3`).
+    #[serde(default)]
+    pub hash_algorithm: Option<String>,
     /// Real uid.
     pub user_id: Option<u32>,
     /// The parent's `comm`, when known.
     pub parent_name: Option<String>,
+    /// The parent's executable, when known.
+    #[serde(default)]
+    pub parent_executable_path: Option<String>,
 }
 
 impl AlertProcess {
@@ -43,8 +49,10 @@ impl AlertProcess {
             executable_path: e.executable_path.clone(),
             command_line: e.command_line.clone(),
             executable_hash: e.executable_hash.clone(),
+            hash_algorithm: e.hash_algorithm.map(|a| a.as_str().to_owned()),
             user_id: e.user_id,
             parent_name: parent.map(|p| p.name.clone()),
+            parent_executable_path: parent.and_then(|p| p.executable_path.clone()),
         }
     }
 }
@@ -197,5 +205,25 @@ mod tests {
             a.dedup_key,
             format!("{}:{}", a.rule_id, a.process.process_key.clone().unwrap())
         );
+    }
+
+    #[test]
+    fn alerts_stored_before_the_hash_algorithm_and_parent_exe_still_read() {
+        let mut v = serde_json::to_value(alert(9)).unwrap();
+        let p = v["process"].as_object_mut().unwrap();
+        p.remove("hash_algorithm");
+        p.remove("parent_executable_path");
+        let back: Alert = serde_json::from_value(v).unwrap();
+        assert_eq!(back.process.pid, 9);
+        assert_eq!(back.process.hash_algorithm, None);
+    }
+
+    #[test]
+    fn the_hash_says_its_algorithm() {
+        let mut e = ProcessEvent::new(3, "x");
+        e.executable_hash = Some("ab".repeat(32));
+        e.hash_algorithm = Some(collector_core::HashAlgorithm::Blake3);
+        let p = AlertProcess::from_event(&e, None);
+        assert_eq!(p.hash_algorithm.as_deref(), Some("blake3"));
     }
 }

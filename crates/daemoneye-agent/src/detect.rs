@@ -198,6 +198,10 @@ mod tests {
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].rule_id, "service-spawned-shell");
         assert_eq!(alerts[0].process.parent_name.as_deref(), Some("nginx"));
+        assert_eq!(
+            alerts[0].process.parent_executable_path.as_deref(),
+            Some("/usr/sbin/nginx")
+        );
         // The periodic sweep sees the same process: no second alert.
         assert!(d.sweep().unwrap().is_empty());
         assert_eq!(d.suppressed(), 1);
