@@ -11,6 +11,10 @@
 //! lifecycle events and alerts, the last two in the audit ledger). It
 //! answers health requests on `<data-dir>/agent.sock`.
 //!
+//! Exit codes: 0 after a clean stop, 2 for bad flags or input (an
+//! unreadable headers file, an alerts file or data directory that cannot
+//! be opened), 1 for a failure while running.
+//!
 //! The collector child is this same binary (`daemoneye-agent collect`,
 //! procmond's collector, dropping every privilege but three), or
 //! `--procmond PATH` (a `procmond` binary run with `run --socket ...`).
@@ -279,6 +283,22 @@ fn collector_mode(
     Ok((mode, socket))
 }
 
+/// An error in what the user gave (paths, files): exit code 2.
+#[derive(Debug)]
+struct BadInput(anyhow::Error);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+fn bad_input(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(BadInput(e))
+}
+
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -294,7 +314,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(daemoneye_lib::models::default_state_dir);
-    create_private_dir(&data_dir)?;
+    create_private_dir(&data_dir).map_err(bad_input)?;
     if !nix::unistd::geteuid().is_root() {
         warn!(
             "not running as root: other users' processes are seen only in part (their \
@@ -325,7 +345,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut detector = Detector::new(engine, Duration::from_secs(args.dedup_window_secs));
     let writer = StoreWriter::start(AgentStore::open(&data_dir)?, 256)
         .context("cannot start the store writer")?;
-    let mut sinks = Sinks::new(&args)?;
+    // Unopenable files, a bad headers file: the user's to fix.
+    let mut sinks = Sinks::new(&args).map_err(bad_input)?;
 
     let (mode, collector_socket) = collector_mode(&args, &data_dir)?;
     let status = Arc::new(LinkStatus::default());
@@ -514,14 +535,19 @@ fn main() -> ExitCode {
         Command::Run(args) => rt.block_on(run(args)),
         Command::Collect(args) => match rt.block_on(procmond::cli::run(args)) {
             Ok(()) => Ok(()),
-            Err(procmond::cli::RunError::Bad(e) | procmond::cli::RunError::Failed(e)) => Err(e),
+            Err(procmond::cli::RunError::Bad(e)) => Err(bad_input(e)),
+            Err(procmond::cli::RunError::Failed(e)) => Err(e),
         },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("daemoneye-agent: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<BadInput>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -8,5 +8,6 @@
 )]
 
 mod builtin;
+mod cli;
 mod e2e;
 mod link;
