@@ -405,7 +405,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await; // the first tick is immediate: nothing to sweep yet
     loop {
-        let alerts = tokio::select! {
+        // What to judge: a batch of events (stored after its alerts are
+        // out), or the whole table.
+        let (judged, batch, reconnected) = tokio::select! {
             biased;
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -427,44 +429,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                     // Rules run on this thread (and a second connection's):
                     // let the runtime move its other tasks elsewhere meanwhile.
-                    let alerts = tokio::task::block_in_place(|| detector.on_events(&batch));
-                    writer.events(batch).await;
-                    if reconnected {
-                        detector.forget_processes();
-                        writer.clear_processes().await;
-                    }
-                    alerts
+                    let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
+                    (judged, Some(batch), reconnected)
                 }
-                Some(LinkEvent::Connected) => {
-                    detector.forget_processes();
-                    writer.clear_processes().await;
-                    continue;
-                }
+                Some(LinkEvent::Connected) => (Ok(Vec::new()), None, true),
                 None => break,
             },
             _ = sweep.tick() => {
                 counters.sweeps.fetch_add(1, Ordering::Relaxed);
-                tokio::task::block_in_place(|| detector.sweep())
+                (tokio::task::block_in_place(|| detector.sweep()), None, false)
             }
         };
-        let alerts = match alerts {
-            Ok(a) => a,
-            Err(e) => {
-                counters.engine_errors.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "rule evaluation failed");
-                continue;
-            }
-        };
+        let alerts = judged.unwrap_or_else(|e| {
+            counters.engine_errors.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "rule evaluation failed");
+            Vec::new()
+        });
         counters
             .live_processes
             .store(detector.live() as u64, Ordering::Relaxed);
         counters
             .suppressed
             .store(detector.suppressed(), Ordering::Relaxed);
-        for a in alerts {
+        // Sinks first (they never wait); then the store, in order: the
+        // events, then the alerts they raised.
+        for a in &alerts {
             counters.alerts.fetch_add(1, Ordering::Relaxed);
-            sinks.deliver(&a);
+            sinks.deliver(a);
+        }
+        if let Some(batch) = batch {
+            writer.events(batch).await;
+        }
+        for a in alerts {
             writer.alert(a).await;
+        }
+        if reconnected {
+            detector.forget_processes();
+            writer.clear_processes().await;
         }
     }
     info!("shutting down");
