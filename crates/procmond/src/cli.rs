@@ -16,6 +16,7 @@ use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerCo
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use serde::Deserialize;
 
+use crate::source::ProcmondStatsHandle;
 use crate::{DatabaseManager, ProcmondMonitorCollector, ProcmondMonitorConfig};
 
 /// The flags of `procmond run`.
@@ -123,11 +124,54 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     .map_err(|e| RunError::Bad(e.into()))?;
 
+    let stats = source.stats_handle();
     let mut collector = Collector::new(collector_config);
     collector
         .register(Box::new(source))
         .map_err(|e| RunError::Failed(e.into()))?;
-    let writer = match args.events_jsonl.as_deref() {
+    let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
+    let ipc = serve_ipc(
+        args.socket.as_ref(),
+        args.no_socket,
+        &collector,
+        stats,
+        !args.no_realtime,
+    )
+    .await?;
+    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
+        const LIMIT: Duration = Duration::from_secs(30);
+        if tokio::time::timeout(LIMIT, handle.subscribed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?LIMIT, "no subscriber yet; collecting anyway");
+        }
+    }
+    collector.run().await.map_err(RunError::Failed)?;
+    if let Some((handle, task)) = ipc {
+        handle.shutdown();
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
+        }
+    }
+    if let Some(w) = writer {
+        w.await
+            .map_err(|e| RunError::Failed(e.into()))?
+            .map_err(RunError::Failed)?;
+    }
+    Ok(())
+}
+
+type JsonlTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// `--events-jsonl`: every event as one JSON line to a file or stdout.
+fn spawn_jsonl_writer(
+    target: Option<&str>,
+    collector: &Collector,
+) -> Result<Option<JsonlTask>, RunError> {
+    Ok(match target {
         None => None,
         Some(target) => {
             let out: Box<dyn Write + Send> = if target == "-" {
@@ -156,32 +200,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 anyhow::Ok(())
             }))
         }
-    };
-    let ipc = serve_ipc(args.socket.as_ref(), args.no_socket, &collector).await?;
-    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
-        const LIMIT: Duration = Duration::from_secs(30);
-        if tokio::time::timeout(LIMIT, handle.subscribed())
-            .await
-            .is_err()
-        {
-            tracing::warn!(waited = ?LIMIT, "no subscriber yet; collecting anyway");
-        }
-    }
-    collector.run().await.map_err(RunError::Failed)?;
-    if let Some((handle, task)) = ipc {
-        handle.shutdown();
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
-        }
-    }
-    if let Some(w) = writer {
-        w.await
-            .map_err(|e| RunError::Failed(e.into()))?
-            .map_err(RunError::Failed)?;
-    }
-    Ok(())
+    })
 }
 
 type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
@@ -193,6 +212,8 @@ async fn serve_ipc(
     socket: Option<&PathBuf>,
     disabled: bool,
     collector: &Collector,
+    stats: ProcmondStatsHandle,
+    realtime_wanted: bool,
 ) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
     if disabled {
         return Ok(None);
@@ -213,7 +234,14 @@ async fn serve_ipc(
         let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
             .await?
             .with_events(collector.handle())
-            .with_name("procmond");
+            .with_name("procmond")
+            .with_health({
+                let handle = collector.handle();
+                move || {
+                    let report = health(&handle, &stats, realtime_wanted);
+                    Box::pin(async move { report })
+                }
+            });
         anyhow::Ok((server, handlers))
     };
     match setup.await {
@@ -231,6 +259,46 @@ async fn serve_ipc(
             Ok(None)
         }
     }
+}
+
+/// The collector's health (runtime, sources, resources) with procmond's
+/// own counters on its source: snapshots taken and failed, kernel
+/// overruns, execs whose process was gone before it could be read, and
+/// whether the kernel process connector is in use; without it (when it was
+/// wanted) the collector is degraded: short-lived processes are missed.
+fn health(
+    handle: &collector_core::CollectorHandle,
+    stats: &ProcmondStatsHandle,
+    realtime_wanted: bool,
+) -> daemoneye_lib::proto::ComponentHealth {
+    use daemoneye_lib::proto::HealthState;
+
+    let mut report = collector_core::ipc::collector_health("procmond", handle);
+    let m = stats.monitor_stats();
+    let started = m.collection_cycles > 0;
+    let mut degraded = None;
+    if let Some(source) = report.components.iter_mut().find(|c| c.name == "procmond") {
+        source.counters.extend([
+            ("snapshots".to_owned(), m.collection_cycles),
+            ("snapshot_errors".to_owned(), m.collection_errors),
+            ("kernel_overruns".to_owned(), m.kernel_overruns),
+            ("realtime_active".to_owned(), u64::from(m.realtime_active)),
+            ("unreadable_before_exit".to_owned(), stats.enrich_failures()),
+        ]);
+        if realtime_wanted && started && !m.realtime_active {
+            source.state = HealthState::Degraded.into();
+            "no kernel process connector: snapshots only, short-lived processes missed"
+                .clone_into(&mut source.message);
+            degraded = Some(source.message.clone());
+        }
+    }
+    if let Some(why) = degraded {
+        if report.state() == HealthState::Healthy {
+            report.state = HealthState::Degraded.into();
+            report.message = why;
+        }
+    }
+    report
 }
 
 /// Why [`run`] failed.

@@ -432,6 +432,13 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "{collector:#?}"
     );
     assert!(collector.pid > 0 && collector.pid != agent.child.id());
+    let source = collector
+        .components
+        .iter()
+        .find(|c| c.name == "procmond")
+        .expect("procmond's source");
+    assert_eq!(source.counters["realtime_active"], 1, "{source:#?}");
+    assert!(source.counters["snapshots"] >= 1, "{source:#?}");
     let hook = report
         .components
         .iter()

@@ -267,6 +267,16 @@ async fn await_subscriber_holds_collection_until_someone_subscribes() {
     assert!(r.processes.iter().any(|p| p.pid == me));
     let before = client.health().await.unwrap();
     assert_eq!(before.name, "procmond");
+    // procmond's own counters ride on its source; snapshots only was asked
+    // for, so that is no degradation.
+    let source = before
+        .components
+        .iter()
+        .find(|c| c.name == "procmond")
+        .unwrap();
+    assert_eq!(source.counters.get("snapshots"), Some(&0));
+    assert_eq!(source.counters.get("realtime_active"), Some(&0));
+    assert!(source.counters.contains_key("kernel_overruns"));
     assert_eq!(
         before.counters.get("events_received"),
         Some(&0),
