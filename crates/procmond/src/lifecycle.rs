@@ -200,7 +200,7 @@ impl LifecycleTracker {
                 if !first {
                     self.push(&mut lifecycle, with_type(&p, ProcessEventType::Start, now));
                 }
-                self.check_reuse(&p, now, &mut lifecycle);
+                self.check_reuse(&p, false, now, &mut lifecycle);
             }
             let entry = self.known.entry(p.pid).or_insert_with(|| Tracked {
                 start_ticks: start,
@@ -277,7 +277,7 @@ impl LifecycleTracker {
             }
         }
         if !self.known.contains_key(&p.pid) {
-            self.check_reuse(&p, now, &mut out);
+            self.check_reuse(&p, false, now, &mut out);
         }
         self.push(&mut out, p.clone());
         let entry = self.known.entry(p.pid).or_insert_with(|| Tracked {
@@ -320,7 +320,7 @@ impl LifecycleTracker {
             self.push(&mut out, exit);
             self.exited.insert(pid, (old.last.process_key, now));
         }
-        self.check_reuse(&child_event, now, &mut out);
+        self.check_reuse(&child_event, true, now, &mut out);
         self.push(&mut out, child_event.clone());
         self.known.insert(
             pid,
@@ -428,9 +428,22 @@ impl LifecycleTracker {
         Some(e)
     }
 
-    fn check_reuse(&mut self, p: &ProcessEvent, now: SystemTime, out: &mut Vec<ProcessEvent>) {
+    /// Reports `p` as a reuse of a pid whose process exited. After a fork
+    /// (`kernel_new`: the kernel made a new process with this pid) that is
+    /// certain even when the keys are equal: the key's start time counts
+    /// clock ticks (10 ms), and a pid handed out again within one tick gets
+    /// the same key. Otherwise (an exec, a snapshot) equal keys mean the old
+    /// process after all (a stale read, an exit wrongly inferred), not a new
+    /// one.
+    fn check_reuse(
+        &mut self,
+        p: &ProcessEvent,
+        kernel_new: bool,
+        now: SystemTime,
+        out: &mut Vec<ProcessEvent>,
+    ) {
         if let Some((old_key, _)) = self.exited.remove(&p.pid) {
-            if old_key.is_none() || old_key != p.process_key {
+            if kernel_new || old_key.is_none() || old_key != p.process_key {
                 let mut e = with_type(p, ProcessEventType::PidReused, now);
                 if let Some(k) = old_key {
                     e.platform_metadata
@@ -601,6 +614,33 @@ mod tests {
         // The same process seen again is not reuse.
         let exec = tr.on_exec(p(100, 1, 95, &["bash", "-c", "id"]));
         assert_eq!(kinds(&exec), vec![(100, ProcessEventType::Exec)]);
+    }
+
+    #[test]
+    fn a_pid_reused_within_one_clock_tick_is_still_reported_after_a_fork() {
+        // Same pid, same start tick (10 ms): the keys are equal, yet the
+        // kernel forked a new process after the old one's exit.
+        let mut tr = tracker();
+        tr.on_fork(p(100, 1, 50, &["sleep", "30"]));
+        tr.on_exit(100, 9, t(2));
+        let fork = tr.on_fork(p(100, 1, 50, &["sleep", "30"]));
+        assert_eq!(
+            kinds(&fork),
+            vec![
+                (100, ProcessEventType::PidReused),
+                (100, ProcessEventType::Fork)
+            ]
+        );
+        // A snapshot's stale read of the old process is not reuse.
+        let mut tr = tracker();
+        tr.on_snapshot(vec![p(200, 1, 60, &["cron"])], t(1));
+        tr.on_exit(200, 0, t(2));
+        let stale = tr.on_snapshot(vec![p(200, 1, 60, &["cron"])], t(3));
+        assert!(
+            !kinds(&stale).contains(&(200, ProcessEventType::PidReused)),
+            "{:?}",
+            kinds(&stale)
+        );
     }
 
     #[test]
