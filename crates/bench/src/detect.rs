@@ -54,6 +54,33 @@ fn flood(length: Duration) -> anyhow::Result<std::collections::HashSet<u32>> {
     Ok(spawned)
 }
 
+/// The agent's `events_dropped_by_collector` and its collector's
+/// `kernel_overruns`, asked over the agent's socket.
+fn losses(data: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let client = collector_core::CollectorIpcClient::connect(
+            collector_core::IpcClientConfig::new(data.join("agent.sock")),
+        )
+        .await?;
+        client.health().await
+    })?;
+    let dropped = report
+        .counters
+        .get("events_dropped_by_collector")
+        .copied()
+        .unwrap_or_default();
+    let overruns = report
+        .components
+        .iter()
+        .flat_map(|c| c.components.iter())
+        .filter_map(|s| s.counters.get("kernel_overruns"))
+        .sum();
+    Ok((dropped, overruns))
+}
+
 /// Stops the agent politely: its store is committed when it exits.
 fn stop(agent: &mut std::process::Child) -> anyhow::Result<()> {
     if let Ok(pid) = i32::try_from(agent.id()) {
@@ -190,6 +217,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&exe);
 
     let spawned = flood(Duration::from_secs(o.flood_secs))?;
+    // Where any loss happened, from the agent's health: events its
+    // collector dropped for it, and the kernel's overruns.
+    let (dropped, overruns) = losses(&data)?;
+    report("detect.flood_dropped_for_agent", dropped, "events");
+    report("detect.flood_kernel_overruns", overruns, "overruns");
     stop(&mut child.0)?;
     let seen = stored_execs(&data, &spawned)?;
     drop(child);
