@@ -593,8 +593,9 @@ const INTERPRETERS: &[&str] = &[
 ];
 
 /// Whether a command line pipes into a shell or interpreter: a `|` followed
-/// (after `sudo`, `env` and options) by a word whose file name is one of
-/// [`INTERPRETERS`] (`| sh`, `|bash -s`, `| sudo /bin/bash`, `| python3.11 -`).
+/// (after `sudo`, `env` and options) by a word whose file name is a shell
+/// or interpreter (sh, bash, dash, zsh, ksh, ash, busybox, python, perl,
+/// ruby, php, node; `| sh`, `|bash -s`, `| sudo /bin/bash`, `| python3.11 -`).
 pub fn pipes_to_interpreter(argv: &[String]) -> bool {
     line_pipes_to_interpreter(&argv.join(" "))
 }

@@ -1,7 +1,7 @@
 //! Alert delivery to an HTTP(S) webhook.
 //!
 //! [`WebhookSink`] POSTs each alert as one JSON document (the
-//! [`Alert`](crate::alert::Alert) as `serde_json` writes it, `Content-Type:
+//! [`Alert`] as `serde_json` writes it, `Content-Type:
 //! application/json`, `User-Agent: daemoneye-agent/<version>`, plus any
 //! [`WebhookHeader`]s such as `Authorization: Bearer …`) to a
 //! [`WebhookUrl`], over HTTP/1.1 or HTTPS (rustls with the system's root

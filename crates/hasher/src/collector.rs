@@ -14,7 +14,7 @@
 //! while it was read is tagged `changed_during_hash`. A failure is answered
 //! too, tagged `analysis_failed` and `error=<reason>` (`not_found`,
 //! `too_large`, ...). So [`BusDispatcher`](collector_core::chain::BusDispatcher)
-//! (analysis chains) and [`TriggerManager::complete_by_correlation`]
+//! (analysis chains) and [`TriggerManager::complete_by_correlation`](collector_core::TriggerManager::complete_by_correlation)
 //! (trigger completion) find the answer by its parent correlation id.
 //!
 //! ```

@@ -52,7 +52,9 @@ enum Segment {
     Many,
 }
 
-/// A compiled topic pattern (see the [module docs](self) for the syntax).
+/// A compiled topic pattern: dot-separated segments, `*` or `+` matching
+/// one segment, `#` or `**` any number of segments, other segments
+/// literally (`[A-Za-z0-9_-]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPattern {
     source: String,

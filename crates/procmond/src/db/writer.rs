@@ -165,8 +165,8 @@ enum Command {
     Close,
 }
 
-/// Runs a [`DatabaseManager`] on a blocking thread; see the
-/// [module docs](self).
+/// Runs a [`DatabaseManager`] on a blocking thread (see the
+/// [`db`](crate::db) module docs).
 #[derive(Debug)]
 pub struct DbWriter {
     _private: (),
