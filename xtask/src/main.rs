@@ -1,7 +1,8 @@
 //! Routine work in one place: `cargo xtask <task>`.
 //!
-//! - `ci`: what CI runs (fmt check, clippy with warnings denied, tests)
-//! - `lint`: fmt check and clippy
+//! - `ci`: what CI runs (fmt check, clippy with warnings denied, docs
+//!   without broken links, tests)
+//! - `lint`: fmt check, clippy and docs
 //! - `test`: the whole test suite
 //! - `bench`: criterion benches and `daemoneye-bench runtime`, `bus` and `triggers`
 #![allow(clippy::print_stdout)]
@@ -29,6 +30,18 @@ fn lint() -> bool {
             "-D",
             "warnings",
         ])
+        && docs()
+}
+
+/// The docs, with broken or private intra-doc links as errors.
+fn docs() -> bool {
+    eprintln!("+ RUSTDOCFLAGS=-D warnings cargo doc --workspace --no-deps");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    Command::new(cargo)
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn test() -> bool {
