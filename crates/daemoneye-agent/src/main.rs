@@ -494,6 +494,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
     if let Command::Run(_) = &cli.command {
+        // Whatever the agent writes (store, its journal files, sockets,
+        // alert files) is its owner's alone.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         // The agent needs no more than its collector: keep those three
         // capabilities (its child inherits them, and no more, through
         // no_new_privs), before any thread starts.

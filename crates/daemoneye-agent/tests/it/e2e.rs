@@ -454,6 +454,13 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     )
     .unwrap();
     assert!(agent.child.wait().unwrap().success());
+    // Its files are its owner's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.path().join("agent.db"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "agent.db is {mode:o}");
     let store = daemoneye_agent::store::AgentStore::open_read_only(data.path()).unwrap();
     let verified = store.verify_ledger().unwrap();
     assert!(verified.entries >= 3, "{verified:?}");
