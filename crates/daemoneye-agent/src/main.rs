@@ -123,7 +123,7 @@ const MAX_JUDGED: usize = 4096;
 struct Sinks {
     stdout: LineSink,
     file: Option<LineSink>,
-    syslog: Option<daemoneye_agent::sink::SyslogSink>,
+    syslog: Option<(daemoneye_agent::sink::SyslogSink, Arc<SinkCounters>)>,
     webhook: Option<daemoneye_agent::webhook::WebhookSink>,
     counters: Vec<(&'static str, Arc<SinkCounters>)>,
 }
@@ -165,8 +165,7 @@ impl Sinks {
             Some(t) => {
                 let sink = daemoneye_agent::sink::SyslogSink::open(t.clone())
                     .with_context(|| format!("cannot open syslog {t:?}"))?;
-                counted("syslog");
-                Some(sink)
+                Some((sink, counted("syslog")))
             }
             None => None,
         };
@@ -195,13 +194,6 @@ impl Sinks {
         })
     }
 
-    fn syslog_counters(&self) -> Option<&Arc<SinkCounters>> {
-        self.counters
-            .iter()
-            .find(|(n, _)| *n == "syslog")
-            .map(|(_, c)| c)
-    }
-
     fn deliver(&mut self, a: &Alert) {
         if let Some(w) = &self.webhook {
             // A refusal is counted by the sink (dropped: queue full).
@@ -212,14 +204,12 @@ impl Sinks {
                 }
             }
         }
-        if let Some(s) = &mut self.syslog {
+        if let Some((s, counters)) = &mut self.syslog {
             let sent = s.send(a);
             if let Err(e) = &sent {
                 warn!(error = %e, failures = s.failures(), "syslog sink failed");
             }
-            if let Some(c) = self.syslog_counters() {
-                c.record(sent.is_ok());
-            }
+            counters.record(sent.is_ok());
         }
         match serde_json::to_string(a) {
             Ok(line) => {
