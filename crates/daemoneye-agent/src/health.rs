@@ -126,69 +126,46 @@ impl AgentHealth {
     ) -> Vec<ComponentHealth> {
         let mut components = Vec::new();
         for (name, s) in &self.sinks {
-            counters.insert(
-                format!("sink.{name}.failures"),
-                load(&s.failures) + load(&s.dropped),
-            );
             let failing = s.failing.load(Ordering::Relaxed);
-            if failing {
-                problems.push(format!("sink {name} failing"));
-            }
-            components.push(ComponentHealth {
-                name: format!("sink:{name}"),
-                state: if failing {
-                    HealthState::Degraded
-                } else {
-                    HealthState::Healthy
-                }
-                .into(),
-                message: if failing {
-                    "its last delivery failed or was dropped".to_owned()
-                } else {
-                    String::new()
-                },
-                counters: BTreeMap::from([
-                    ("delivered".to_owned(), load(&s.delivered)),
-                    ("failures".to_owned(), load(&s.failures)),
-                    ("dropped".to_owned(), load(&s.dropped)),
-                ]),
-                ..ComponentHealth::default()
-            });
+            components.push(sink_component(
+                name,
+                load(&s.failures) + load(&s.dropped),
+                failing.then(|| "its last delivery failed or was dropped".to_owned()),
+                failing.then(|| format!("sink {name} failing")),
+                [
+                    ("delivered", load(&s.delivered)),
+                    ("failures", load(&s.failures)),
+                    ("dropped", load(&s.dropped)),
+                ],
+                counters,
+                problems,
+            ));
         }
         if let Some(w) = &self.webhook {
             let w = w.snapshot();
             let lost = w.failed + w.rejected + w.dropped;
-            counters.insert("sink.webhook.failures".to_owned(), lost);
-            if lost > 0 {
-                problems.push(format!("sink webhook lost {lost} alerts"));
-            }
-            components.push(ComponentHealth {
-                name: "sink:webhook".to_owned(),
-                state: if lost > 0 {
-                    HealthState::Degraded
-                } else {
-                    HealthState::Healthy
-                }
-                .into(),
-                message: if lost > 0 {
+            components.push(sink_component(
+                "webhook",
+                lost,
+                (lost > 0).then(|| {
                     format!(
                         "since start: {} failed, {} rejected, {} dropped",
                         w.failed, w.rejected, w.dropped
                     )
-                } else {
-                    String::new()
-                },
-                counters: BTreeMap::from([
-                    ("queued".to_owned(), w.queued),
-                    ("delivered".to_owned(), w.delivered),
-                    ("retries".to_owned(), w.retries),
-                    ("failed".to_owned(), w.failed),
-                    ("rejected".to_owned(), w.rejected),
-                    ("dropped".to_owned(), w.dropped),
-                    ("in_flight".to_owned(), w.in_flight()),
-                ]),
-                ..ComponentHealth::default()
-            });
+                }),
+                (lost > 0).then(|| format!("sink webhook lost {lost} alerts")),
+                [
+                    ("queued", w.queued),
+                    ("delivered", w.delivered),
+                    ("retries", w.retries),
+                    ("failed", w.failed),
+                    ("rejected", w.rejected),
+                    ("dropped", w.dropped),
+                    ("in_flight", w.in_flight()),
+                ],
+                counters,
+                problems,
+            ));
         }
         components
     }
@@ -255,6 +232,34 @@ impl AgentHealth {
             counters,
             components,
         }
+    }
+}
+
+/// One sink's component: degraded with `message` when it has one; its
+/// failures (`lost`) also go into the agent's `counters`, its `problem`
+/// into the agent's message.
+fn sink_component<const N: usize>(
+    name: &str,
+    lost: u64,
+    message: Option<String>,
+    problem: Option<String>,
+    own: [(&str, u64); N],
+    counters: &mut BTreeMap<String, u64>,
+    problems: &mut Vec<String>,
+) -> ComponentHealth {
+    counters.insert(format!("sink.{name}.failures"), lost);
+    problems.extend(problem);
+    ComponentHealth {
+        name: format!("sink:{name}"),
+        state: if message.is_some() {
+            HealthState::Degraded
+        } else {
+            HealthState::Healthy
+        }
+        .into(),
+        message: message.unwrap_or_default(),
+        counters: own.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        ..ComponentHealth::default()
     }
 }
 
