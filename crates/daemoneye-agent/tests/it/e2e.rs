@@ -149,8 +149,8 @@ fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
     (url, rx)
 }
 
-/// The pid of the agent's collector, from the agent's health report.
-fn report_collector_pid(data: &Path) -> u32 {
+/// The agent's health report, asked over its socket.
+fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,7 +161,7 @@ fn report_collector_pid(data: &Path) -> u32 {
         )
         .await
         .unwrap();
-        client.health().await.unwrap().components[0].pid
+        client.health().await.unwrap()
     })
 }
 
@@ -388,9 +388,12 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "detection did not resume after the collector was killed"
     );
 
+    // Health over the agent's socket (asked once, read below).
+    let report = agent_health(data.path());
+
     // As root, the agent and its collector keep only three capabilities
     // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE) and no_new_privs.
-    for pid in [agent.child.id(), report_collector_pid(data.path())] {
+    for pid in [agent.child.id(), report.components[0].pid] {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
             status
@@ -405,20 +408,8 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
     }
 
-    // Health over the agent's socket: the restart is counted, the
-    // collector answers for itself (as procmond, with its sources).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = rt.block_on(async {
-        let client = collector_core::CollectorIpcClient::connect(
-            collector_core::IpcClientConfig::new(data.path().join("agent.sock")),
-        )
-        .await
-        .unwrap();
-        client.health().await.unwrap()
-    });
+    // The health report: the restart is counted, the collector answers for
+    // itself (as procmond, with its sources).
     assert_eq!(report.name, "daemoneye-agent");
     assert_eq!(report.counters["collector_restarts"], 1, "{report:#?}");
     assert!(report.counters["events_received"] > 0, "{report:#?}");
