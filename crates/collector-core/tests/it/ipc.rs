@@ -496,17 +496,24 @@ impl EventSource for ProcFlood {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_streams_filtered_events_from_a_running_collector() {
-    let dir = TempDir::new("subscribe");
+/// A collector with one [`ProcFlood`] of `count` events, and its counter
+/// of events sent.
+fn flood_collector(count: u32) -> (Collector, Arc<AtomicU64>) {
     let sent = Arc::new(AtomicU64::new(0));
     let mut collector = Collector::new(CollectorConfig::default());
     collector
         .register(Box::new(ProcFlood {
-            count: 1_000,
+            count,
             sent: sent.clone(),
         }))
         .unwrap();
+    (collector, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_streams_filtered_events_from_a_running_collector() {
+    let dir = TempDir::new("subscribe");
+    let (collector, _) = flood_collector(1_000);
     let server = serve(
         fast_config(&dir.sock()),
         collector.capabilities(),
@@ -589,14 +596,7 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
 async fn a_slow_subscriber_gets_counted_drops_and_the_server_stays_bounded() {
     const N: u64 = 100_000;
     let dir = TempDir::new("slow");
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(ProcFlood {
-            count: N as u32,
-            sent: sent.clone(),
-        }))
-        .unwrap();
+    let (collector, sent) = flood_collector(N as u32);
     let config = IpcServerConfig {
         event_queue_batches: 2,
         max_batch_size: 16,
@@ -1045,14 +1045,7 @@ async fn a_peer_of_another_uid_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_the_collector_its_sources_and_the_server() {
     let dir = TempDir::new("health");
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(ProcFlood {
-            count: 500,
-            sent: sent.clone(),
-        }))
-        .unwrap();
+    let (collector, _) = flood_collector(500);
     let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
         .await
         .unwrap()
