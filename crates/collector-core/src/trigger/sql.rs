@@ -634,7 +634,23 @@ fn like_match(text: &str, pattern: &[LikeToken], fold_case: bool) -> bool {
         .all(|x| *x == LikeToken::Any)
 }
 
-#[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one arm per node kind
+/// SQL's three-valued AND (`dominant` false) and OR (`dominant` true): a
+/// side with the dominant value decides (the right side is not evaluated
+/// when the left one does); otherwise the result is known only when both
+/// sides are.
+fn junction<'a>(l: &'a Node, r: &'a Node, row: Row<'a>, dominant: bool) -> Value<'a> {
+    let a = truth(&eval(l, row));
+    if a == Some(dominant) {
+        return Value::Bool(dominant);
+    }
+    match (a, truth(&eval(r, row))) {
+        (_, Some(b)) if b == dominant => Value::Bool(dominant),
+        (Some(_), Some(_)) => Value::Bool(!dominant),
+        _ => Value::Null,
+    }
+}
+
+#[allow(clippy::many_single_char_names)] // one arm per node kind
 fn eval<'a>(node: &'a Node, row: Row<'a>) -> Value<'a> {
     match node {
         Node::Col(c) => column(*c, row),
@@ -648,28 +664,8 @@ fn eval<'a>(node: &'a Node, row: Row<'a>) -> Value<'a> {
             Value::Float(f) => Value::Float(-f),
             _ => Value::Null,
         },
-        Node::And(l, r) => {
-            let a = truth(&eval(l, row));
-            if a == Some(false) {
-                return Value::Bool(false);
-            }
-            match (a, truth(&eval(r, row))) {
-                (_, Some(false)) => Value::Bool(false),
-                (Some(true), Some(true)) => Value::Bool(true),
-                _ => Value::Null,
-            }
-        }
-        Node::Or(l, r) => {
-            let a = truth(&eval(l, row));
-            if a == Some(true) {
-                return Value::Bool(true);
-            }
-            match (a, truth(&eval(r, row))) {
-                (_, Some(true)) => Value::Bool(true),
-                (Some(false), Some(false)) => Value::Bool(false),
-                _ => Value::Null,
-            }
-        }
+        Node::And(l, r) => junction(l, r, row, false),
+        Node::Or(l, r) => junction(l, r, row, true),
         Node::Cmp(op, l, r) => {
             let ord = compare(&eval(l, row), &eval(r, row));
             from_truth(ord.map(|o| match op {
