@@ -29,6 +29,18 @@ fn with_filter(id: &str, t: ProtoTaskType, filter: ProcessFilter) -> DetectionTa
     task
 }
 
+/// `ENUMERATE_PROCESSES` of one pid.
+fn enumerate_pid(pid: u32) -> DetectionTask {
+    with_filter(
+        "enum",
+        ProtoTaskType::EnumerateProcesses,
+        ProcessFilter {
+            pids: vec![pid],
+            ..ProcessFilter::default()
+        },
+    )
+}
+
 fn with_hash(id: &str, t: ProtoTaskType, check: HashCheck) -> DetectionTask {
     let mut task = DetectionTask::new(id, t);
     task.hash_check = Some(check);
@@ -61,17 +73,7 @@ async fn task_handlers_answer_over_a_real_socket() {
     let me = std::process::id();
 
     // Enumerate with a filter: exactly this process.
-    let r = client
-        .send_task(with_filter(
-            "enum",
-            ProtoTaskType::EnumerateProcesses,
-            ProcessFilter {
-                pids: vec![me],
-                ..ProcessFilter::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let r = client.send_task(enumerate_pid(me)).await.unwrap();
     assert!(r.success, "{:?}", r.error_message);
     assert_eq!(r.processes.len(), 1);
     assert_eq!(r.processes[0].pid, me);
@@ -212,17 +214,7 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
     assert!(!caps.sources.is_empty());
 
     let me = std::process::id();
-    let r = client
-        .send_task(with_filter(
-            "enum",
-            ProtoTaskType::EnumerateProcesses,
-            ProcessFilter {
-                pids: vec![me],
-                ..ProcessFilter::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let r = client.send_task(enumerate_pid(me)).await.unwrap();
     assert!(r.success, "{:?}", r.error_message);
     assert_eq!(r.processes[0].pid, me);
 
