@@ -11,6 +11,11 @@ use daemoneye_agent::store::AgentStore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_daemoneye-cli");
 
+/// Runs the cli with `args`, then `paths`.
+fn cli(args: &[&str], paths: &[&std::path::Path]) -> std::process::Output {
+    Command::new(BIN).args(args).args(paths).output().unwrap()
+}
+
 #[test]
 fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,11 +25,7 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
         "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["rules", "validate"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "validate"], &[&good]);
     assert!(
         out.status.success(),
         "{}",
@@ -38,12 +39,7 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
          [[rule]]\nid = 'fine'\nname = 'f'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["rules", "validate"])
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "validate"], &[&good, &bad]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -67,11 +63,7 @@ fn validate_reads_yaml_files_and_names_them_when_refused() {
         "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["rules", "validate"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "validate"], &[&good]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("tmp-exec"), "{text}");
 
@@ -81,12 +73,7 @@ fn validate_reads_yaml_files_and_names_them_when_refused() {
         "rule:\n  - id: wiper\n    name: w\n    severity: low\n    sql: DELETE FROM processes\n  - id: typo\n    name: t\n    severity: low\n    sqll: SELECT pid FROM processes\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["rules", "validate"])
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "validate"], &[&good, &bad]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -97,20 +84,11 @@ fn validate_reads_yaml_files_and_names_them_when_refused() {
 
 #[test]
 fn bad_flags_exit_with_2() {
-    let out = Command::new(BIN)
-        .args(["rules", "validate"])
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "validate"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN)
-        .args(["--format", "xml", "alerts"])
-        .output()
-        .unwrap();
+    let out = cli(&["--format", "xml", "alerts"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN)
-        .args(["--data-dir", "/nonexistent/daemoneye", "alerts"])
-        .output()
-        .unwrap();
+    let out = cli(&["--data-dir", "/nonexistent/daemoneye", "alerts"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -129,13 +107,7 @@ fn ledger_verifies_then_fails_after_a_row_is_edited() {
             store.record_alert(&a).unwrap();
         }
     }
-    let verify = || {
-        Command::new(BIN)
-            .args(["ledger", "verify", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
+    let verify = || cli(&["ledger", "verify", "--data-dir"], &[dir.path()]);
     let out = verify();
     assert!(
         out.status.success(),
@@ -159,42 +131,33 @@ fn ledger_verifies_then_fails_after_a_row_is_edited() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let out = Command::new(BIN)
-        .args([
+    let out = cli(
+        &[
             "query",
             "SELECT count(*) AS n FROM alerts",
             "--format",
             "json",
             "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        ],
+        &[dir.path()],
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"n\":4}");
-    let out = Command::new(BIN)
-        .args(["query", "DELETE FROM alerts", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(
+        &["query", "DELETE FROM alerts", "--data-dir"],
+        &[dir.path()],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only reading"));
 
-    let out = Command::new(BIN)
-        .args(["--format", "json", "alerts", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(&["--format", "json", "alerts", "--data-dir"], &[dir.path()]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
 }
 
 #[test]
 fn rules_list_shows_the_builtin_pack() {
-    let out = Command::new(BIN)
-        .args(["rules", "list", "--format", "json"])
-        .output()
-        .unwrap();
+    let out = cli(&["rules", "list", "--format", "json"], &[]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), rules::builtin().unwrap().len());
@@ -224,11 +187,10 @@ fn processes_lists_what_the_agent_knows_alive() {
             ])
             .unwrap();
     }
-    let out = Command::new(BIN)
-        .args(["processes", "--format", "json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(
+        &["processes", "--format", "json", "--data-dir"],
+        &[dir.path()],
+    );
     assert!(out.status.success(), "{out:?}");
     let listed: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -239,28 +201,23 @@ fn processes_lists_what_the_agent_knows_alive() {
     assert_eq!(pids, [40, 41], "the exited process is gone");
     assert_eq!(listed[1]["argv"], serde_json::json!(["sleep", "60"]));
     assert_eq!(listed[1]["last_event"], "exec");
-    let table = Command::new(BIN)
-        .args(["processes", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let table = cli(&["processes", "--data-dir"], &[dir.path()]);
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(
         text.contains("sshd -D") && text.contains("sleep 60"),
         "{text}"
     );
     // Lifecycle events are queryable, snapshots are not lifecycle events.
-    let q = Command::new(BIN)
-        .args([
+    let q = cli(
+        &[
             "query",
             "SELECT count(*) AS n FROM process_events",
             "--format",
             "json",
             "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        ],
+        &[dir.path()],
+    );
     assert_eq!(String::from_utf8(q.stdout).unwrap().trim(), r#"{"n":3}"#);
 }
 
@@ -311,13 +268,7 @@ fn health_asks_the_agent_over_its_socket() {
         });
         (handle, task)
     });
-    let ask = |format: &str| {
-        Command::new(BIN)
-            .args(["health", "--format", format, "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
+    let ask = |format: &str| cli(&["health", "--format", format, "--data-dir"], &[dir.path()]);
     let out = ask("json");
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
