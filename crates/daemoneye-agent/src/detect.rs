@@ -112,9 +112,8 @@ impl Detector {
                 }
             }
         }
-        let events: Vec<ProcessEvent> = best.into_iter().cloned().collect();
-        let rows: Vec<ProcessRow> = events.iter().map(|e| self.row(e)).collect();
-        self.judge(&events, &rows)
+        let rows: Vec<ProcessRow> = best.iter().map(|e| self.row(e)).collect();
+        self.judge(&best, &rows)
     }
 
     /// Runs the rules over the whole table (the periodic sweep).
@@ -122,14 +121,15 @@ impl Detector {
     /// # Errors
     /// Only when the engine itself fails.
     pub fn sweep(&mut self) -> Result<Vec<Alert>, EngineError> {
+        // Owned: rows are built with `&mut self` (the directory cache).
         let events: Vec<ProcessEvent> = self.table.values().cloned().collect();
         let rows: Vec<ProcessRow> = events.iter().map(|e| self.row(e)).collect();
-        self.judge(&events, &rows)
+        self.judge(&events.iter().collect::<Vec<_>>(), &rows)
     }
 
     fn judge(
         &mut self,
-        events: &[ProcessEvent],
+        events: &[&ProcessEvent],
         rows: &[ProcessRow],
     ) -> Result<Vec<Alert>, EngineError> {
         if rows.is_empty() {
