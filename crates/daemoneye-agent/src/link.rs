@@ -320,16 +320,6 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<
     out
 }
 
-/// Why a handshake without `domain` is refused.
-fn lacking(domain: CollectorDomain) -> &'static str {
-    match domain {
-        CollectorDomain::Process => "a collector without the process domain",
-        CollectorDomain::Network => "a collector without the network domain",
-        CollectorDomain::Filesystem => "a collector without the filesystem domain",
-        CollectorDomain::Performance => "a collector without the performance domain",
-    }
-}
-
 async fn stream(
     config: &LinkConfig,
     status: &LinkStatus,
@@ -350,22 +340,26 @@ async fn stream(
         ..IpcClientConfig::new(&config.socket)
     };
     let connect = async {
-        let client = CollectorIpcClient::connect(client_config).await?;
+        let client = CollectorIpcClient::connect(client_config)
+            .await
+            .map_err(|e| e.to_string())?;
         let caps = client.capabilities();
         if !caps
             .supported_domains()
             .any(|d| d == config.domain.domain())
         {
-            return Err(collector_core::IpcError::UnexpectedMessage {
-                got: lacking(config.domain),
-            });
+            return Err(format!(
+                "it does not serve the {} domain",
+                config.domain.name()
+            ));
         }
         let stream = client
             .subscribe(SubscribeRequest {
                 event_kinds: vec![config.domain.event_kind().into()],
                 ..SubscribeRequest::default()
             })
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((client, caps, stream))
     };
     let connected = tokio::select! {
