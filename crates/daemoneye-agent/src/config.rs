@@ -966,5 +966,42 @@ mod tests {
         assert_eq!(s.sweep_interval, Duration::from_secs(60));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
         assert!(s.sinks.syslog.is_none() && s.sinks.webhook.is_none());
+
+        // Its commented-out examples are valid too.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let all: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[collector]]")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let file = AgentConfig::from_toml_str(&all).unwrap();
+        let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
+        assert!(s.sinks.syslog.is_some() && s.sinks.webhook_headers_file.is_some());
+        assert_eq!(
+            s.rules_dir.as_deref(),
+            Some(Path::new("/etc/daemoneye/rules"))
+        );
+        let names: Vec<_> = s.collectors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["procmond", "netmond", "procmond-standalone"]);
+        assert_eq!(s.collectors[1].domain, CollectorDomain::Network);
+
+        // The README shows it whole.
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+                .unwrap();
+        assert!(
+            readme.contains(&text),
+            "README.md must quote packaging/agent.toml"
+        );
     }
 }
