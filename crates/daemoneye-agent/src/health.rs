@@ -91,16 +91,21 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// A collector that cannot answer for itself, and why.
+fn unreachable(name: &str, message: String) -> ComponentHealth {
+    ComponentHealth {
+        name: name.to_owned(),
+        state: HealthState::Unreachable.into(),
+        message,
+        ..ComponentHealth::default()
+    }
+}
+
 impl LinkedCollector {
     /// The collector's own report, or an `unreachable` one (named as
     /// configured) saying why.
     async fn report(&self) -> ComponentHealth {
-        let unreachable = |message: String| ComponentHealth {
-            name: self.name.clone(),
-            state: HealthState::Unreachable.into(),
-            message,
-            ..ComponentHealth::default()
-        };
+        let unreachable = |message: String| unreachable(&self.name, message);
         if self.link.state() != LinkState::Connected {
             let why = self.link.last_error();
             return unreachable(if why.is_empty() {
@@ -211,8 +216,20 @@ impl AgentHealth {
         let mut problems = Vec::new();
         let mut starting = 0;
         let mut components = Vec::new();
-        for collector in &self.collectors {
-            let report = collector.report().await;
+        // Asked all at once: one that does not answer costs its timeout once.
+        let mut asking = tokio::task::JoinSet::new();
+        for (i, c) in self.collectors.iter().cloned().enumerate() {
+            asking.spawn(async move { (i, c.report().await) });
+        }
+        let mut reports = vec![None; self.collectors.len()];
+        while let Some(answer) = asking.join_next().await {
+            if let Ok((i, report)) = answer {
+                reports[i] = Some(report);
+            }
+        }
+        for (collector, report) in self.collectors.iter().zip(reports) {
+            let report = report
+                .unwrap_or_else(|| unreachable(&collector.name, "asking it failed".to_owned()));
             let link = &collector.link;
             for (key, value) in [
                 ("collector_restarts", load(&link.restarts)),
