@@ -218,8 +218,9 @@ pub struct AgentConfig {
     pub collectors: Option<Vec<CollectorEntryConfig>>,
 }
 
-/// The `[sinks]` section, as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The `[sinks]` section, as written. Its `Debug` shows the webhook
+/// headers' names, not their values.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     /// Append alerts as JSON lines to this file.
@@ -233,6 +234,23 @@ pub struct SinksConfig {
     pub webhook_headers: Vec<String>,
     /// A file of webhook headers only its owner can read.
     pub webhook_headers_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SinksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self
+            .webhook_headers
+            .iter()
+            .map(|h| h.split_once(':').map_or("?", |(name, _)| name.trim()))
+            .collect();
+        f.debug_struct("SinksConfig")
+            .field("alerts_jsonl", &self.alerts_jsonl)
+            .field("syslog", &self.syslog)
+            .field("webhook", &self.webhook)
+            .field("webhook_headers", &names)
+            .field("webhook_headers_file", &self.webhook_headers_file)
+            .finish()
+    }
 }
 
 /// The collectors built into the agent's binary.
@@ -941,6 +959,19 @@ mod tests {
 
         let err = AgentConfig::from_file(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn webhook_header_values_stay_out_of_debug_output() {
+        let file = AgentConfig::from_toml_str(
+            "[sinks]\nwebhook_headers = [\"Authorization: Bearer s3cret\"]",
+        )
+        .unwrap();
+        let shown = format!("{file:?}");
+        assert!(
+            shown.contains("Authorization") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
