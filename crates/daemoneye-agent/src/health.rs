@@ -1,5 +1,5 @@
 //! The agent's health, as answered on its IPC socket (`daemoneye-cli
-//! health`): its own state and counters, its sinks, and the collector's
+//! health`): its own state and counters, its sinks, and each collector's
 //! own report, asked on a fresh connection each time.
 
 use std::collections::BTreeMap;
@@ -55,15 +55,24 @@ pub struct AgentCounters {
     pub live_processes: AtomicU64,
 }
 
+/// One supervised collector, as health sees it.
+#[derive(Debug, Clone)]
+pub struct LinkedCollector {
+    /// Its configured name.
+    pub name: String,
+    /// Its socket (asked for its own health).
+    pub socket: PathBuf,
+    /// Its link.
+    pub link: Arc<LinkStatus>,
+}
+
 /// Everything the health answer is made of.
 #[derive(Debug, Clone)]
 pub struct AgentHealth {
     /// When the agent started.
     pub started: Instant,
-    /// The collector link.
-    pub link: Arc<LinkStatus>,
-    /// The collector's socket (asked for its own health).
-    pub collector_socket: PathBuf,
+    /// The collectors, in configured order.
+    pub collectors: Vec<LinkedCollector>,
     /// The store writer.
     pub writer: Arc<WriterStats>,
     /// The agent's counters.
@@ -82,15 +91,21 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-impl AgentHealth {
-    /// The collector's own report, or an `unreachable` one saying why.
-    async fn collector(&self) -> ComponentHealth {
-        let unreachable = |message: String| ComponentHealth {
-            name: "collector".to_owned(),
-            state: HealthState::Unreachable.into(),
-            message,
-            ..ComponentHealth::default()
-        };
+/// A collector that cannot answer for itself, and why.
+fn unreachable(name: &str, message: String) -> ComponentHealth {
+    ComponentHealth {
+        name: name.to_owned(),
+        state: HealthState::Unreachable.into(),
+        message,
+        ..ComponentHealth::default()
+    }
+}
+
+impl LinkedCollector {
+    /// The collector's own report, or an `unreachable` one (named as
+    /// configured) saying why.
+    async fn report(&self) -> ComponentHealth {
+        let unreachable = |message: String| unreachable(&self.name, message);
         if self.link.state() != LinkState::Connected {
             let why = self.link.last_error();
             return unreachable(if why.is_empty() {
@@ -104,7 +119,7 @@ impl AgentHealth {
             max_connect_attempts: 1,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
-            ..IpcClientConfig::new(&self.collector_socket)
+            ..IpcClientConfig::new(&self.socket)
         };
         let asked = async {
             let client = CollectorIpcClient::connect(config).await?;
@@ -117,6 +132,27 @@ impl AgentHealth {
         }
     }
 
+    /// What is wrong with it, if anything, and whether it is only starting.
+    fn problem(&self, report: &ComponentHealth) -> Option<(String, bool)> {
+        let link = &self.link;
+        let name = &self.name;
+        match (link.state(), report.state()) {
+            (LinkState::Starting, _) if load(&link.restarts) == 0 => {
+                Some((format!("starting collector {name}"), true))
+            }
+            (LinkState::Connected, HealthState::Healthy) => None,
+            (LinkState::Connected, s) => {
+                Some((format!("collector {name} {}", state_name(s)), false))
+            }
+            _ => Some((
+                format!("collector {name} down: {}", link.last_error()),
+                false,
+            )),
+        }
+    }
+}
+
+impl AgentHealth {
     /// One component per sink; their failures into `counters` and
     /// `problems`.
     fn sinks(
@@ -170,21 +206,49 @@ impl AgentHealth {
         components
     }
 
-    /// The whole report.
+    /// The whole report: one component per collector (its own report),
+    /// then one per sink. The link counters are summed over the collectors
+    /// and also given per collector (`collector.<name>.restarts`, ...).
     pub async fn report(&self) -> ComponentHealth {
-        let collector = self.collector().await;
-        let link = &self.link;
         let c = &self.counters;
         let w = &self.writer;
-        let mut counters = BTreeMap::from([
-            ("collector_restarts".to_owned(), load(&link.restarts)),
-            ("events_received".to_owned(), load(&link.events)),
-            ("batches_received".to_owned(), load(&link.batches)),
-            (
-                "events_dropped_by_collector".to_owned(),
-                load(&link.dropped_upstream),
-            ),
-            ("bad_records".to_owned(), load(&link.bad_records)),
+        let mut counters = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut starting = 0;
+        let mut components = Vec::new();
+        // Asked all at once: one that does not answer costs its timeout once.
+        let mut asking = tokio::task::JoinSet::new();
+        for (i, c) in self.collectors.iter().cloned().enumerate() {
+            asking.spawn(async move { (i, c.report().await) });
+        }
+        let mut reports = vec![None; self.collectors.len()];
+        while let Some(answer) = asking.join_next().await {
+            if let Ok((i, report)) = answer {
+                reports[i] = Some(report);
+            }
+        }
+        for (collector, report) in self.collectors.iter().zip(reports) {
+            let report = report
+                .unwrap_or_else(|| unreachable(&collector.name, "asking it failed".to_owned()));
+            let link = &collector.link;
+            for (key, value) in [
+                ("collector_restarts", load(&link.restarts)),
+                ("events_received", load(&link.events)),
+                ("batches_received", load(&link.batches)),
+                ("events_dropped_by_collector", load(&link.dropped_upstream)),
+                ("bad_records", load(&link.bad_records)),
+            ] {
+                *counters.entry(key.to_owned()).or_insert(0) += value;
+                let own = key.strip_prefix("collector_").unwrap_or(key);
+                counters.insert(format!("collector.{}.{own}", collector.name), value);
+            }
+            if let Some((problem, only_starting)) = collector.problem(&report) {
+                problems.push(problem);
+                starting += usize::from(only_starting);
+            }
+            components.push(report);
+        }
+        counters.extend([
             ("alerts".to_owned(), load(&c.alerts)),
             ("alerts_suppressed".to_owned(), load(&c.suppressed)),
             ("sweeps".to_owned(), load(&c.sweeps)),
@@ -200,27 +264,19 @@ impl AgentHealth {
             ("store_alerts".to_owned(), load(&w.alerts)),
             ("store_failures".to_owned(), load(&w.failures)),
         ]);
-        let mut problems = Vec::new();
-        let mut components = vec![collector.clone()];
+        let collector_problems = problems.len();
         components.extend(self.sinks(&mut counters, &mut problems));
-        let state = match (link.state(), collector.state()) {
-            (LinkState::Starting, _) if load(&link.restarts) == 0 => {
-                problems.insert(0, "starting the collector".to_owned());
-                HealthState::Starting
-            }
-            (LinkState::Connected, HealthState::Healthy) if problems.is_empty() => {
-                HealthState::Healthy
-            }
-            (LinkState::Connected, s) => {
-                if s != HealthState::Healthy {
-                    problems.insert(0, format!("collector {}", state_name(s)));
-                }
-                HealthState::Degraded
-            }
-            _ => {
-                problems.insert(0, format!("collector down: {}", link.last_error()));
-                HealthState::Degraded
-            }
+        // A collector that is down or unwell degrades the agent; one still
+        // starting (never lost yet) makes it `starting`, whatever the sinks
+        // say; otherwise the sinks decide.
+        let state = if collector_problems > starting {
+            HealthState::Degraded
+        } else if starting > 0 {
+            HealthState::Starting
+        } else if problems.is_empty() {
+            HealthState::Healthy
+        } else {
+            HealthState::Degraded
         };
         ComponentHealth {
             name: "daemoneye-agent".to_owned(),
@@ -281,11 +337,17 @@ mod tests {
 
     use super::*;
 
-    fn health(link: Arc<LinkStatus>, sink: Arc<SinkCounters>) -> AgentHealth {
+    fn health(links: &[(&str, &Arc<LinkStatus>)], sink: Arc<SinkCounters>) -> AgentHealth {
         AgentHealth {
             started: Instant::now(),
-            link,
-            collector_socket: "/nonexistent/collector.sock".into(),
+            collectors: links
+                .iter()
+                .map(|(name, link)| LinkedCollector {
+                    name: (*name).to_owned(),
+                    socket: format!("/nonexistent/{name}.sock").into(),
+                    link: Arc::clone(link),
+                })
+                .collect(),
             writer: Arc::default(),
             counters: Arc::default(),
             sinks: vec![("stdout", sink)],
@@ -299,7 +361,7 @@ mod tests {
     async fn the_verdict_follows_the_collector_and_the_sinks() {
         let link = Arc::new(LinkStatus::default());
         let sink = Arc::new(SinkCounters::default());
-        let h = health(link.clone(), sink.clone());
+        let h = health(&[("procmond", &link)], sink.clone());
 
         let r = h.report().await;
         assert_eq!(r.state(), HealthState::Starting);
@@ -334,5 +396,47 @@ mod tests {
         let r = h.report().await;
         assert!(!r.message.contains("sink stdout"), "{}", r.message);
         assert_eq!(r.counters["sink.stdout.failures"], 1);
+    }
+
+    #[tokio::test]
+    async fn each_collector_is_listed_and_counted_and_the_worst_decides() {
+        let procmond = Arc::new(LinkStatus::default());
+        let netmond = Arc::new(LinkStatus::default());
+        let h = health(
+            &[("procmond", &procmond), ("netmond", &netmond)],
+            Arc::new(SinkCounters::default()),
+        );
+        procmond.events.fetch_add(5, Ordering::Relaxed);
+        netmond.events.fetch_add(2, Ordering::Relaxed);
+
+        // Both starting: starting, both named.
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Starting);
+        let names: Vec<_> = r.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names[..2], ["procmond", "netmond"]);
+        assert_eq!(r.counters["events_received"], 7);
+        assert_eq!(r.counters["collector.procmond.events_received"], 5);
+        assert_eq!(r.counters["collector.netmond.events_received"], 2);
+
+        // One lost while the other still starts: degraded, naming the lost one.
+        netmond.restarts.fetch_add(1, Ordering::Relaxed);
+        netmond.set_error("collector exited: status 1".to_owned());
+        netmond.set_state(LinkState::Restarting);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Degraded);
+        assert!(
+            r.message
+                .contains("collector netmond down: collector exited: status 1"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains("starting collector procmond"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.counters["collector_restarts"], 1);
+        assert_eq!(r.counters["collector.netmond.restarts"], 1);
+        assert_eq!(r.counters["collector.procmond.restarts"], 0);
     }
 }

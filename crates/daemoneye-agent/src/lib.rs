@@ -1,5 +1,12 @@
 //! daemoneye-agent: judges what the collectors see.
 //!
+//! - [`agent`]: the main job: [`Agent::build`](agent::Agent::build) opens
+//!   what can fail early, [`Agent::run`](agent::Agent::run) runs one
+//!   [`link`] per collector into one detection loop until shutdown.
+//! - [`config`]: the TOML config file, `DAEMONEYE_*` variables and flags,
+//!   resolved into validated [`Settings`](config::Settings) (with the
+//!   collector list).
+//! - [`fanout`]: every alert to each sink, each with its counters.
 //! - [`rules`]: detection rules (TOML or YAML files and a built-in pack): id,
 //!   name, severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at
 //!   load with the rule, the file and the reason when they break the rules.
@@ -15,12 +22,12 @@
 //!   their own behind bounded queues.
 //! - [`webhook`]: alert delivery to an HTTP(S) webhook, queued, retried with
 //!   backoff, every alert counted.
-//! - [`link`]: the link to the process collector over IPC: start it,
-//!   subscribe, restart it with backoff when it goes.
+//! - [`link`]: the link to one collector over IPC: start it, check its
+//!   domain, subscribe, restart it with backoff when it goes.
 //! - [`store`]: the agent's store: live processes, lifecycle events and
 //!   alerts, the last two recorded with their ledger entry;
 //!   [`writer`] writes it from a thread of its own.
-//! - [`health`]: the agent's health report, with its collector's.
+//! - [`health`]: the agent's health report, with each collector's.
 //! - [`ledger`]: an append-only audit ledger whose entries are chained by
 //!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
 //!
@@ -40,9 +47,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod agent;
 pub mod alert;
+pub mod config;
 pub mod detect;
 pub mod engine;
+pub mod fanout;
 pub mod health;
 pub mod ledger;
 pub mod lines;

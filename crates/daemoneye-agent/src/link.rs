@@ -1,9 +1,12 @@
-//! The agent's link to its process collector, over the IPC protocol.
+//! The agent's link to one collector, over the IPC protocol.
 //!
 //! [`run`] starts the collector as a child process (or uses one already
 //! running at a socket), connects to its socket, checks in the handshake
-//! that it collects processes, subscribes to its live process events, and
-//! hands each received batch on as [`ProcessEvent`]s. When the collector
+//! that it serves its configured domain (processes by default), subscribes
+//! to that domain's live events, and hands each received batch of process
+//! events on as [`ProcessEvent`]s (the only events the agent judges yet;
+//! other records are counted and ignored). The agent runs one link per
+//! configured collector, all sending into one channel. When the collector
 //! exits, crashes or its connection drops, the link says so, waits (1 s
 //! doubling to 30 s, back to 1 s after a minute of good service), and starts
 //! over; every restart is logged and counted in [`LinkStatus`].
@@ -17,11 +20,13 @@ use std::time::Duration;
 
 use collector_core::ipc::record_to_process;
 use collector_core::{CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps};
-use daemoneye_lib::proto::{event_record::Event, Domain, EventKind, SubscribeRequest};
+use daemoneye_lib::proto::{event_record::Event, SubscribeRequest};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+use crate::config::CollectorDomain;
 
 /// How the collector is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,11 @@ pub enum CollectorMode {
 /// Settings of the link.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
+    /// The collector's name, in logs.
+    pub name: String,
+    /// The domain its handshake must report and whose events are
+    /// subscribed to.
+    pub domain: CollectorDomain,
     /// Spawn or connect.
     pub mode: CollectorMode,
     /// The collector's socket.
@@ -57,9 +67,12 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// The defaults for `mode` and `socket`.
+    /// The defaults for `mode` and `socket`: a process collector named
+    /// `procmond`.
     pub fn new(mode: CollectorMode, socket: impl Into<PathBuf>) -> Self {
         Self {
+            name: crate::config::DEFAULT_COLLECTOR.to_owned(),
+            domain: CollectorDomain::Process,
             mode,
             socket: socket.into(),
             initial_backoff: Duration::from_secs(1),
@@ -73,8 +86,9 @@ impl LinkConfig {
 /// What the link hands on.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A (new) collector is connected and subscribed; what was known of
-    /// processes before may be stale.
+    /// A (new) process collector is connected and subscribed; what was
+    /// known of processes before may be stale. (Collectors of other
+    /// domains do not say it.)
     Connected,
     /// A batch of process events, in the collector's order.
     Events(Vec<ProcessEvent>),
@@ -201,7 +215,7 @@ pub async fn run(
         if started.elapsed() >= config.stable_after {
             backoff = config.initial_backoff;
         }
-        error!(reason = %reason, restarts, backoff = ?backoff, "collector exited; restarting");
+        error!(collector = %config.name, reason = %reason, restarts, backoff = ?backoff, "collector exited; restarting");
         status.set_error(reason);
         status.set_state(LinkState::Restarting);
         tokio::select! {
@@ -258,7 +272,7 @@ async fn session(
             match spawned {
                 Ok(c) => {
                     status.pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
-                    info!(pid = c.id(), program = %program.display(), "collector started");
+                    info!(collector = %config.name, pid = c.id(), program = %program.display(), "collector started");
                     Some(c)
                 }
                 Err(e) => return Ended::Lost(format!("cannot start {}: {e}", program.display())),
@@ -315,7 +329,7 @@ async fn stream(
 ) -> Ended {
     let client_config = IpcClientConfig {
         client_name: "daemoneye-agent".to_owned(),
-        wanted_capabilities: SourceCaps::PROCESS,
+        wanted_capabilities: config.domain.capability(),
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(500),
         // Bounded by startup_timeout below, not by a count.
@@ -326,19 +340,26 @@ async fn stream(
         ..IpcClientConfig::new(&config.socket)
     };
     let connect = async {
-        let client = CollectorIpcClient::connect(client_config).await?;
+        let client = CollectorIpcClient::connect(client_config)
+            .await
+            .map_err(|e| e.to_string())?;
         let caps = client.capabilities();
-        if !caps.supported_domains().any(|d| d == Domain::Process) {
-            return Err(collector_core::IpcError::UnexpectedMessage {
-                got: "a collector without the process domain",
-            });
+        if !caps
+            .supported_domains()
+            .any(|d| d == config.domain.domain())
+        {
+            return Err(format!(
+                "it does not serve the {} domain",
+                config.domain.name()
+            ));
         }
         let stream = client
             .subscribe(SubscribeRequest {
-                event_kinds: vec![EventKind::Process.into()],
+                event_kinds: vec![config.domain.event_kind().into()],
                 ..SubscribeRequest::default()
             })
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((client, caps, stream))
     };
     let connected = tokio::select! {
@@ -368,6 +389,7 @@ async fn stream(
     let realtime =
         SourceCaps::from_bits_truncate(caps.capability_bits).contains(SourceCaps::REALTIME);
     info!(
+        collector = %config.name,
         socket = %config.socket.display(),
         version = %caps.server_version,
         sources = caps.sources.len(),
@@ -375,7 +397,7 @@ async fn stream(
         "collector connected"
     );
     status.set_state(LinkState::Connected);
-    if tx.send(LinkEvent::Connected).await.is_err() {
+    if config.domain == CollectorDomain::Process && tx.send(LinkEvent::Connected).await.is_err() {
         return Ended::Shutdown;
     }
     loop {

@@ -1,17 +1,47 @@
 //! The agent binary's answers to bad input: a message and exit code 2,
-//! before anything is started.
+//! before anything is started; and where each setting is taken from (flag,
+//! environment, config file), seen through those answers.
 
+use std::path::Path;
 use std::process::Command;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
 
-fn run(data: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    Command::new(AGENT)
-        .args(["run", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .output()
-        .unwrap()
+/// The variables the agent reads, none inherited from the test's
+/// environment.
+const VARIABLES: &[&str] = &[
+    "DAEMONEYE_CONFIG",
+    "DAEMONEYE_DATA_DIR",
+    "DAEMONEYE_RULES_DIR",
+    "DAEMONEYE_ALERTS_JSONL",
+    "DAEMONEYE_SYSLOG",
+    "DAEMONEYE_WEBHOOK",
+    "DAEMONEYE_WEBHOOK_HEADERS_FILE",
+    "DAEMONEYE_PROCMOND",
+    "DAEMONEYE_COLLECTOR_SOCKET",
+    "DAEMONEYE_INTERVAL",
+    "DAEMONEYE_SWEEP_INTERVAL",
+    "DAEMONEYE_DEDUP_WINDOW",
+];
+
+/// `daemoneye-agent run` with `args` and the environment `env` only.
+fn agent(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(AGENT);
+    cmd.arg("run").args(args);
+    for v in VARIABLES {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied()).output().unwrap()
+}
+
+fn run(data: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--data-dir", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    agent(&args, &[])
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -52,4 +82,108 @@ fn bad_input_is_named_and_exits_with_2() {
     let out = run(&data, &["--alerts-jsonl", "/nonexistent/dir/alerts.jsonl"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/alerts.jsonl"));
+}
+
+#[test]
+fn a_bad_config_file_is_named_with_the_key_and_exits_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("agent.toml");
+
+    // An unknown key: the file, the key and its line.
+    std::fs::write(
+        &config,
+        "sweep_interval = \"60s\"\n\n[sinks]\nwebhok = \"http://x\"\n",
+    )
+    .unwrap();
+    let out = run(&data, &["--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(config.to_str().unwrap()) && err.contains("webhok") && err.contains("line 4"),
+        "{err}"
+    );
+
+    // A value that parses but cannot be used: the file and the key.
+    std::fs::write(&config, "[[collector]]\nname = \"procmond\"\n").unwrap();
+    let out = run(&data, &["--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(config.to_str().unwrap()) && err.contains("collector[0].socket"),
+        "{err}"
+    );
+
+    // A file that is not there, named by the variable.
+    let missing = dir.path().join("missing.toml");
+    let out = agent(
+        &["--data-dir", data.to_str().unwrap()],
+        &[("DAEMONEYE_CONFIG", missing.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{out:?}");
+    assert!(
+        !data.exists(),
+        "nothing is created before the config is good"
+    );
+}
+
+#[test]
+fn a_flag_beats_its_variable_which_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("agent.toml");
+    // Each level names an alerts file in a directory that does not exist:
+    // the one refused is the one used.
+    std::fs::write(
+        &config,
+        "[sinks]\nalerts_jsonl = \"/nonexistent/file/a.jsonl\"\n",
+    )
+    .unwrap();
+    let base = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let env = [("DAEMONEYE_ALERTS_JSONL", "/nonexistent/env/a.jsonl")];
+
+    let out = agent(&base, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("/nonexistent/file/a.jsonl"),
+        "{out:?}"
+    );
+
+    let out = agent(&base, &env);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("/nonexistent/env/a.jsonl"), "{out:?}");
+
+    let mut flagged = base.to_vec();
+    flagged.extend(["--alerts-jsonl", "/nonexistent/flag/a.jsonl"]);
+    let out = agent(&flagged, &env);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("/nonexistent/flag/a.jsonl"),
+        "{out:?}"
+    );
+
+    // The data directory from the variable, when no flag gives one.
+    let out = agent(
+        &["--config", config.to_str().unwrap()],
+        &[("DAEMONEYE_DATA_DIR", "/proc/self/nonexistent/data")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("/proc/self/nonexistent/data"),
+        "{out:?}"
+    );
+
+    // A bad duration in a variable is refused like the flag.
+    let out = agent(
+        &["--data-dir", data.to_str().unwrap()],
+        &[("DAEMONEYE_SWEEP_INTERVAL", "soon")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("soon"), "{out:?}");
 }

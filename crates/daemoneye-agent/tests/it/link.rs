@@ -41,15 +41,16 @@ impl EventSource for Fed {
     }
 }
 
-struct Served {
-    feed: mpsc::Sender<ProcessEvent>,
+/// A collector serving a socket in this process, fed by the test.
+pub struct Served {
+    pub feed: mpsc::Sender<ProcessEvent>,
     server: IpcServerHandle,
     collector: collector_core::CollectorHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Served {
-    async fn start(socket: &std::path::Path) -> Self {
+    pub async fn start(socket: &std::path::Path) -> Self {
         let (feed, rx) = mpsc::channel(64);
         let mut collector = Collector::new(CollectorConfig::default());
         collector
@@ -85,7 +86,7 @@ impl Served {
         }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         // The source ends when its feed does.
         drop(self.feed);
         self.server.shutdown();
@@ -96,7 +97,7 @@ impl Served {
     }
 }
 
-fn exec(pid: u32, name: &str) -> ProcessEvent {
+pub fn exec(pid: u32, name: &str) -> ProcessEvent {
     let mut e = ProcessEvent::new(pid, name);
     e.event_type = ProcessEventType::Exec;
     e.ppid = Some(1);

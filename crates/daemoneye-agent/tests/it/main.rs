@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod agent;
 mod builtin;
 mod cli;
 mod e2e;

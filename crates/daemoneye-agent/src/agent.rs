@@ -1,0 +1,431 @@
+//! The agent's main job as a library: [`Agent::build`] checks and opens
+//! everything that can fail early (data directory, rules, store, sinks, the
+//! agent's socket); [`Agent::run`] starts one [`link`] per configured
+//! collector, merges their events into one detection loop, and stops,
+//! draining its sinks and store, when its shutdown token is cancelled.
+//!
+//! Each batch of events is judged as it arrives (what is already waiting is
+//! judged with it, up to [`MAX_JUDGED`] events), the whole process table at
+//! every sweep; alerts go to the sinks first (they never wait), then the
+//! store records the events and the alerts they raised, in that order.
+//!
+//! ```no_run
+//! use daemoneye_agent::agent::Agent;
+//! use daemoneye_agent::config::{RunArgs, Settings};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = Settings::load(&RunArgs::default())?;
+//! let agent = Agent::build(settings).await?;
+//! let shutdown = CancellationToken::new();
+//! // ... shutdown.cancel() on SIGTERM ...
+//! agent.run(shutdown).await;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use collector_core::{CollectorIpcServer, IpcServerConfig, ProcessEvent, SourceCaps};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::alert::Alert;
+use crate::config::{CollectorSpec, ConfigError, Launch, Settings};
+use crate::detect::Detector;
+use crate::engine::{EngineError, RuleEngine};
+use crate::fanout::Sinks;
+use crate::health::{AgentCounters, AgentHealth, LinkedCollector};
+use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
+use crate::rules::{self, RuleError};
+use crate::store::{AgentStore, StoreError};
+use crate::writer::StoreWriter;
+
+/// The most events judged in one rule evaluation when batches pile up.
+pub const MAX_JUDGED: usize = 4096;
+
+/// Event batches the links may queue for the detection loop.
+const LINK_QUEUE: usize = 64;
+
+/// Why the agent could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be created.
+    #[error("cannot create {}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The built-in rule pack does not load (a bug of the build).
+    #[error("cannot load the built-in rules")]
+    Rules(#[source] RuleError),
+    /// The rule engine cannot start.
+    #[error("cannot start the rule engine")]
+    Engine(#[source] EngineError),
+    /// The store cannot be opened.
+    #[error("cannot open the store in {}", path.display())]
+    Store {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The store's writer thread cannot start.
+    #[error("cannot start the store writer")]
+    Writer(#[source] std::io::Error),
+    /// A sink cannot be opened (a file, a headers file, a syslog target).
+    #[error("cannot open the alert sinks")]
+    Sinks(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The agent's own executable, which runs the built-in collectors, is
+    /// not found.
+    #[error("cannot find this executable")]
+    CurrentExe(#[source] std::io::Error),
+    /// The agent's health socket cannot be served.
+    #[error("cannot serve the agent's socket {}", path.display())]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: collector_core::IpcError,
+    },
+}
+
+impl AgentError {
+    /// Whether the user's input is at fault (the binary exits with 2): the
+    /// configuration, the data directory, a sink's file or address.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_)
+        )
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AgentError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// The link settings of one configured collector.
+fn link_config(spec: &CollectorSpec) -> Result<LinkConfig, AgentError> {
+    let mode = match &spec.launch {
+        Launch::Builtin { args } => CollectorMode::Spawn {
+            program: std::env::current_exe().map_err(AgentError::CurrentExe)?,
+            args: args.clone(),
+        },
+        Launch::Program { program, args } => CollectorMode::Spawn {
+            program: program.clone(),
+            args: args.clone(),
+        },
+        Launch::Connect => CollectorMode::Connect,
+    };
+    Ok(LinkConfig {
+        name: spec.name.clone(),
+        domain: spec.domain,
+        ..LinkConfig::new(mode, &spec.socket)
+    })
+}
+
+/// What judges and records: the detector, the sinks and the store.
+struct Pipeline {
+    detector: Detector,
+    sinks: Sinks,
+    writer: StoreWriter,
+    counters: Arc<AgentCounters>,
+}
+
+impl Pipeline {
+    /// Delivers and records what one turn of the loop judged.
+    async fn settle(
+        &mut self,
+        judged: Result<Vec<Alert>, EngineError>,
+        batch: Option<Vec<ProcessEvent>>,
+        reconnected: bool,
+    ) {
+        let counters = &self.counters;
+        let alerts = judged.unwrap_or_else(|e| {
+            counters.engine_errors.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "rule evaluation failed");
+            Vec::new()
+        });
+        counters
+            .live_processes
+            .store(self.detector.live() as u64, Ordering::Relaxed);
+        counters
+            .suppressed
+            .store(self.detector.suppressed(), Ordering::Relaxed);
+        // Sinks first (they never wait); then the store, in order: the
+        // events, then the alerts they raised.
+        for a in &alerts {
+            counters.alerts.fetch_add(1, Ordering::Relaxed);
+            self.sinks.deliver(a);
+        }
+        if let Some(batch) = batch {
+            self.writer.events(batch).await;
+        }
+        for a in alerts {
+            self.writer.alert(a).await;
+        }
+        if reconnected {
+            self.detector.forget_processes();
+            self.writer.clear_processes().await;
+        }
+    }
+}
+
+/// The agent, built and ready to run.
+pub struct Agent {
+    pipeline: Pipeline,
+    server: CollectorIpcServer,
+    links: Vec<(LinkConfig, Arc<LinkStatus>)>,
+    health: AgentHealth,
+    sweep_interval: std::time::Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("links", &self.links)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Creates the data directory, loads the rules (a refused rule file is
+    /// logged, not fatal), opens the store and the sinks, and binds the
+    /// agent's socket `<data-dir>/agent.sock`. Nothing runs yet.
+    ///
+    /// # Errors
+    /// An [`AgentError`]; [`AgentError::is_bad_input`] tells the user's
+    /// mistakes from failures.
+    pub async fn build(settings: Settings) -> Result<Self, AgentError> {
+        let data_dir = &settings.data_dir;
+        create_private_dir(data_dir)?;
+        if !nix::unistd::geteuid().is_root() {
+            warn!(
+                "not running as root: other users' processes are seen only in part (their \
+                 executables and hashes are unreadable), and where the kernel refuses its process \
+                 connector a collector sees processes only in its snapshots, missing \
+                 short-lived ones (it says so if that happens)"
+            );
+        }
+        let mut all = rules::builtin().map_err(AgentError::Rules)?;
+        let rules_dir = settings
+            .rules_dir
+            .clone()
+            .or_else(|| Some(data_dir.join("rules")).filter(|d| d.is_dir()));
+        let mut refused = Vec::new();
+        if let Some(dir) = &rules_dir {
+            let (ok, bad) = rules::load_dir(dir);
+            all.extend(ok);
+            refused.extend(bad);
+        }
+        let engine = RuleEngine::new(all).map_err(AgentError::Engine)?;
+        refused.extend(engine.refused().iter().cloned());
+        for e in &refused {
+            warn!(file = %e.origin, rule = %e.rule, reason = %e.reason, "rule refused");
+        }
+        let rules_loaded = engine.rules().len() as u64;
+        info!(rules = rules_loaded, refused = refused.len(), data_dir = %data_dir.display(), "rules loaded");
+        let detector = Detector::new(engine, settings.dedup_window);
+        let store = AgentStore::open(data_dir).map_err(|source| AgentError::Store {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let writer = StoreWriter::start(store, 256).map_err(AgentError::Writer)?;
+        // Unopenable files, a bad headers file: the user's to fix.
+        let sinks = Sinks::new(&settings.sinks).map_err(|e| AgentError::Sinks(e.into()))?;
+
+        let links = settings
+            .collectors
+            .iter()
+            .map(|spec| Ok((link_config(spec)?, Arc::new(LinkStatus::default()))))
+            .collect::<Result<Vec<_>, AgentError>>()?;
+        let counters = Arc::new(AgentCounters::default());
+        let health = AgentHealth {
+            started: tokio::time::Instant::now(),
+            collectors: links
+                .iter()
+                .map(|(config, status)| LinkedCollector {
+                    name: config.name.clone(),
+                    socket: config.socket.clone(),
+                    link: status.clone(),
+                })
+                .collect(),
+            writer: writer.stats(),
+            counters: counters.clone(),
+            sinks: sinks.counters.clone(),
+            webhook: sinks
+                .webhook
+                .as_ref()
+                .map(crate::webhook::WebhookSink::stats),
+            rules_loaded,
+            rules_refused: refused.len() as u64,
+        };
+        let socket = data_dir.join("agent.sock");
+        let answer = health.clone();
+        let server = CollectorIpcServer::new(IpcServerConfig::new(&socket), SourceCaps::empty())
+            .await
+            .map_err(|source| AgentError::Socket {
+                path: socket,
+                source,
+            })?
+            .with_name("daemoneye-agent")
+            .with_health(move || {
+                let h = answer.clone();
+                Box::pin(async move { h.report().await })
+            });
+        Ok(Self {
+            pipeline: Pipeline {
+                detector,
+                sinks,
+                writer,
+                counters,
+            },
+            server,
+            links,
+            health,
+            sweep_interval: settings.sweep_interval,
+        })
+    }
+
+    /// What the health report is made of (the same the socket answers).
+    pub fn health(&self) -> AgentHealth {
+        self.health.clone()
+    }
+
+    /// Serves the agent's socket, runs one link per collector, and judges
+    /// what they send until `shutdown` is cancelled; then stops the links
+    /// (and the collectors they started), the socket, the sinks (delivering
+    /// what they hold, within a few seconds) and the store (committing
+    /// everything).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: cancel `shutdown` instead of dropping the future,
+    /// or started collectors are left to their parent-death signal.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            mut pipeline,
+            mut server,
+            links,
+            health: _,
+            sweep_interval,
+        } = self;
+        let server_handle = server.handle();
+        let serving = tokio::spawn(async move {
+            server
+                .start(|task| {
+                    Box::pin(async move {
+                        daemoneye_lib::proto::DetectionResult::failure(
+                            &task.task_id,
+                            "the agent runs no tasks; ask its collectors",
+                        )
+                    })
+                })
+                .await
+        });
+
+        // The links stop with the agent, or when the loop ends on its own.
+        let stop_links = shutdown.child_token();
+        let (tx, mut rx) = mpsc::channel::<LinkEvent>(LINK_QUEUE);
+        let statuses: Vec<_> = links.iter().map(|(_, s)| s.clone()).collect();
+        let linking: Vec<_> = links
+            .into_iter()
+            .map(|(config, status)| {
+                tokio::spawn(link::run(config, status, tx.clone(), stop_links.clone()))
+            })
+            .collect();
+        drop(tx);
+
+        let mut sweep = tokio::time::interval(sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await; // the first tick is immediate: nothing to sweep yet
+        loop {
+            let detector = &mut pipeline.detector;
+            // What to judge: a batch of events (stored after its alerts are
+            // out), or the whole table.
+            let (judged, batch, reconnected) = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                event = rx.recv() => match event {
+                    Some(LinkEvent::Events(mut batch)) => {
+                        // Judge everything already waiting in one go: under a
+                        // burst the rules run once per many events, not once per
+                        // small batch; when quiet, nothing waits.
+                        let mut reconnected = false;
+                        while batch.len() < MAX_JUDGED {
+                            match rx.try_recv() {
+                                Ok(LinkEvent::Events(more)) => batch.extend(more),
+                                Ok(LinkEvent::Connected) => {
+                                    reconnected = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        // Rules run on this thread (and a second connection's):
+                        // let the runtime move its other tasks elsewhere meanwhile.
+                        let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
+                        (judged, Some(batch), reconnected)
+                    }
+                    Some(LinkEvent::Connected) => (Ok(Vec::new()), None, true),
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    pipeline.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+                    (tokio::task::block_in_place(|| detector.sweep()), None, false)
+                }
+            };
+            pipeline.settle(judged, batch, reconnected).await;
+        }
+        info!("shutting down");
+        stop_links.cancel();
+        for handle in linking {
+            if let Err(e) = handle.await {
+                error!(error = %e, "a collector link failed");
+            }
+        }
+        server_handle.shutdown();
+        match serving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
+            Err(e) => warn!(error = %e, "the agent's socket task failed"),
+        }
+        let Pipeline {
+            detector,
+            sinks,
+            writer,
+            counters,
+        } = pipeline;
+        sinks.close().await;
+        writer.close().await;
+        info!(
+            alerts = counters.alerts.load(Ordering::Relaxed),
+            restarts = statuses
+                .iter()
+                .map(|s| s.restarts.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            suppressed = detector.suppressed(),
+            "agent stopped"
+        );
+    }
+}

@@ -1,0 +1,1038 @@
+//! The agent's configuration: an optional TOML file, `DAEMONEYE_*`
+//! environment variables and the flags of `daemoneye-agent run`, resolved
+//! into one validated [`Settings`] before anything starts.
+//!
+//! Precedence, highest first: a flag, its environment variable (clap reads
+//! both into [`RunArgs`]), the file ([`AgentConfig`], named by `--config` or
+//! `DAEMONEYE_CONFIG`), the default. Every key of the file is optional and
+//! an unknown one is refused, naming the file, the key and its line.
+//! Durations are written with units (`"90s"`, `"5m"`, `"1h"`); on the
+//! command line a plain number is seconds.
+//!
+//! | file key | flag | environment |
+//! |---|---|---|
+//! | | `--config` | `DAEMONEYE_CONFIG` |
+//! | `data_dir` | `--data-dir` | `DAEMONEYE_DATA_DIR` |
+//! | `rules_dir` | `--rules-dir` | `DAEMONEYE_RULES_DIR` |
+//! | `sweep_interval` | `--sweep-interval` (`--sweep-secs`) | `DAEMONEYE_SWEEP_INTERVAL` |
+//! | `dedup_window` | `--dedup-window` (`--dedup-window-secs`) | `DAEMONEYE_DEDUP_WINDOW` |
+//! | `sinks.alerts_jsonl` | `--alerts-jsonl` | `DAEMONEYE_ALERTS_JSONL` |
+//! | `sinks.syslog` | `--syslog` | `DAEMONEYE_SYSLOG` |
+//! | `sinks.webhook` | `--webhook` | `DAEMONEYE_WEBHOOK` |
+//! | `sinks.webhook_headers` | `--webhook-header` (repeatable) | |
+//! | `sinks.webhook_headers_file` | `--webhook-headers-file` | `DAEMONEYE_WEBHOOK_HEADERS_FILE` |
+//! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
+//! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
+//!
+//! ```
+//! use daemoneye_agent::config::{AgentConfig, Launch, RunArgs, Settings};
+//!
+//! let file = AgentConfig::from_toml_str(
+//!     r#"
+//!     data_dir = "/var/lib/daemoneye"
+//!     sweep_interval = "5m"
+//!
+//!     [[collector]]
+//!     name = "procmond"
+//!     builtin = "procmond"
+//!     interval = "10s"
+//!
+//!     [[collector]]
+//!     name = "remote"
+//!     socket = "/run/daemoneye/remote.sock"
+//!     "#,
+//! )?;
+//! let settings = Settings::resolve(file, None, &RunArgs::default())?;
+//! assert_eq!(settings.sweep_interval.as_secs(), 300);
+//! assert_eq!(settings.collectors.len(), 2);
+//! assert!(matches!(settings.collectors[1].launch, Launch::Connect));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use collector_core::SourceCaps;
+use daemoneye_lib::proto::{Domain, EventKind};
+use serde::Deserialize;
+
+use crate::sink::SyslogTarget;
+use crate::webhook::{WebhookHeader, WebhookUrl};
+
+/// Seconds between a started procmond's reconciliation snapshots, unless
+/// configured.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Time between rule sweeps over the whole process table, unless configured.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Time within which a repeated alert is suppressed, unless configured.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+/// The name of the collector the agent runs when none is configured.
+pub const DEFAULT_COLLECTOR: &str = "procmond";
+
+/// A configuration that cannot be used, naming where it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not TOML of the expected shape (an unknown key,
+    /// a wrong type); the source names the key and its line.
+    #[error("invalid config {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parsed but cannot be used.
+    #[error("invalid `{key}` in {origin}: {reason}")]
+    Invalid {
+        /// Where the value came from: the file, or the flags and defaults.
+        origin: String,
+        /// The key, such as `sweep_interval` or `collector[1].interval`.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Parses a duration: a plain number is seconds, otherwise units as in
+/// `90s`, `5m`, `1h 30m`, `250ms`.
+///
+/// # Errors
+/// A message saying what is expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (a number of seconds, or a duration such as 90s, 5m, 1h)"))
+}
+
+/// The flags of `daemoneye-agent run`, each also read from its `DAEMONEYE_*`
+/// environment variable (a flag wins). Every one is optional: what is not
+/// given comes from the config file, then from the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// A TOML config file; every key is optional (see
+    /// packaging/agent.toml).
+    #[arg(long, value_name = "FILE", env = "DAEMONEYE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default: /var/lib/daemoneye as root, the user's state
+    /// directory otherwise).
+    #[arg(long, env = "DAEMONEYE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A directory of rule files (`*.toml`, `*.yaml`, `*.yml`) besides the built-in pack
+    /// (default: `<data-dir>/rules` when it exists).
+    #[arg(long, env = "DAEMONEYE_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Also append alerts as JSON lines to this file.
+    #[arg(long, env = "DAEMONEYE_ALERTS_JSONL")]
+    pub alerts_jsonl: Option<PathBuf>,
+    /// Also send alerts to syslog (RFC 5424, facility authpriv): a datagram
+    /// socket path such as /dev/log, or udp://IP:PORT.
+    #[arg(long, value_name = "PATH|udp://IP:PORT", env = "DAEMONEYE_SYSLOG")]
+    pub syslog: Option<SyslogTarget>,
+    /// Also POST alerts as JSON to this http(s) URL (queued, retried with
+    /// backoff; what cannot be delivered is counted).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DAEMONEYE_WEBHOOK",
+        hide_env_values = true
+    )]
+    pub webhook: Option<WebhookUrl>,
+    /// A header sent with every webhook request, `Name: value` (repeatable;
+    /// replaces the file's `webhook_headers`).
+    #[arg(long = "webhook-header", value_name = "NAME: VALUE")]
+    pub webhook_headers: Vec<WebhookHeader>,
+    /// Headers for webhook requests from a file only its owner can read,
+    /// one `Name: value` a line (secrets such as `Authorization` belong
+    /// here: local users can read the command line).
+    #[arg(long, value_name = "PATH", env = "DAEMONEYE_WEBHOOK_HEADERS_FILE")]
+    pub webhook_headers_file: Option<PathBuf>,
+    /// Run this procmond binary as the only collector instead of the
+    /// configured ones.
+    #[arg(long, conflicts_with = "collector_socket", env = "DAEMONEYE_PROCMOND")]
+    pub procmond: Option<PathBuf>,
+    /// Start no collector: connect to the one serving this socket (for
+    /// example `procmond run --socket PATH`), reconnecting when it goes;
+    /// replaces the configured collectors.
+    #[arg(long, env = "DAEMONEYE_COLLECTOR_SOCKET")]
+    pub collector_socket: Option<PathBuf>,
+    /// Time between the reconciliation snapshots of every procmond the
+    /// agent starts (seconds, or with units: 30s, 1m; default 30 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DAEMONEYE_INTERVAL")]
+    pub interval: Option<Duration>,
+    /// Time between rule sweeps over the whole process table (seconds, or
+    /// with units; default 60 s).
+    #[arg(
+        long,
+        visible_alias = "sweep-secs",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        env = "DAEMONEYE_SWEEP_INTERVAL"
+    )]
+    pub sweep_interval: Option<Duration>,
+    /// Time within which a repeated alert (same rule, same process) is
+    /// suppressed (seconds, or with units; default 1 h).
+    #[arg(
+        long,
+        visible_alias = "dedup-window-secs",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        env = "DAEMONEYE_DEDUP_WINDOW"
+    )]
+    pub dedup_window: Option<Duration>,
+}
+
+/// The config file, as written: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The data directory: store, sockets.
+    pub data_dir: Option<PathBuf>,
+    /// A directory of rule files besides the built-in pack.
+    pub rules_dir: Option<PathBuf>,
+    /// Time between rule sweeps over the whole process table.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Option<Duration>,
+    /// Time within which a repeated alert is suppressed.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Option<Duration>,
+    /// Where alerts go besides stdout and the store (`[sinks]`).
+    pub sinks: SinksConfig,
+    /// The collectors the agent supervises (`[[collector]]`); when absent,
+    /// the built-in procmond alone.
+    #[serde(rename = "collector")]
+    pub collectors: Option<Vec<CollectorEntryConfig>>,
+}
+
+/// The `[sinks]` section, as written. Its `Debug` shows the webhook
+/// headers' names, not their values.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Append alerts as JSON lines to this file.
+    pub alerts_jsonl: Option<PathBuf>,
+    /// Syslog target: a datagram socket path, or `udp://IP:PORT`.
+    pub syslog: Option<String>,
+    /// Webhook URL (http or https).
+    pub webhook: Option<String>,
+    /// Webhook headers, `Name: value` each (secrets belong in
+    /// `webhook_headers_file`).
+    pub webhook_headers: Vec<String>,
+    /// A file of webhook headers only its owner can read.
+    pub webhook_headers_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SinksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self
+            .webhook_headers
+            .iter()
+            .map(|h| h.split_once(':').map_or("?", |(name, _)| name.trim()))
+            .collect();
+        f.debug_struct("SinksConfig")
+            .field("alerts_jsonl", &self.alerts_jsonl)
+            .field("syslog", &self.syslog)
+            .field("webhook", &self.webhook)
+            .field("webhook_headers", &names)
+            .field("webhook_headers_file", &self.webhook_headers_file)
+            .finish()
+    }
+}
+
+/// The collectors built into the agent's binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BuiltinCollector {
+    /// procmond's process collector (`daemoneye-agent collect`).
+    Procmond,
+}
+
+/// The event domain a collector serves, checked in its handshake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CollectorDomain {
+    /// Processes.
+    #[default]
+    Process,
+    /// Network connections and sockets.
+    Network,
+    /// File operations.
+    Filesystem,
+    /// Performance metrics.
+    Performance,
+}
+
+impl CollectorDomain {
+    /// The protocol's domain.
+    pub fn domain(self) -> Domain {
+        match self {
+            Self::Process => Domain::Process,
+            Self::Network => Domain::Network,
+            Self::Filesystem => Domain::Filesystem,
+            Self::Performance => Domain::Performance,
+        }
+    }
+
+    /// The capability its collector must report.
+    pub fn capability(self) -> SourceCaps {
+        match self {
+            Self::Process => SourceCaps::PROCESS,
+            Self::Network => SourceCaps::NETWORK,
+            Self::Filesystem => SourceCaps::FILESYSTEM,
+            Self::Performance => SourceCaps::PERFORMANCE,
+        }
+    }
+
+    /// The event kind subscribed to.
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            Self::Process => EventKind::Process,
+            Self::Network => EventKind::Network,
+            Self::Filesystem => EventKind::Filesystem,
+            Self::Performance => EventKind::Performance,
+        }
+    }
+
+    /// The lowercase name, as in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Network => "network",
+            Self::Filesystem => "filesystem",
+            Self::Performance => "performance",
+        }
+    }
+}
+
+/// One `[[collector]]` entry, as written: a name, and either `builtin`,
+/// `program` (with `args`), or only a `socket` to connect to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorEntryConfig {
+    /// Unique; names the collector in logs and health, and its default
+    /// socket `<data-dir>/<name>.sock`.
+    pub name: String,
+    /// Run a collector built into the agent.
+    #[serde(default)]
+    pub builtin: Option<BuiltinCollector>,
+    /// Run this program.
+    #[serde(default)]
+    pub program: Option<PathBuf>,
+    /// The program's arguments, `{socket}` replaced by the socket path
+    /// (default: procmond's, `run --socket {socket} --no-database
+    /// --await-subscriber --interval N`).
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// The socket the collector serves (default `<data-dir>/<name>.sock`);
+    /// alone, the agent connects to it and starts nothing.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The domain it must serve (default `process`).
+    #[serde(default)]
+    pub domain: Option<CollectorDomain>,
+    /// Snapshot interval of a procmond whose arguments the agent builds.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
+
+impl AgentConfig {
+    /// Parses the file's text.
+    ///
+    /// # Errors
+    /// The parser's error, naming an unknown key and its line.
+    pub fn from_toml_str(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reads and parses a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`], naming the file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The agent's validated settings: what [`Agent::build`](crate::agent::Agent::build)
+/// runs with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Extra rules (`None`: `<data-dir>/rules` when it exists).
+    pub rules_dir: Option<PathBuf>,
+    /// Time between rule sweeps, never zero.
+    pub sweep_interval: Duration,
+    /// Deduplication window.
+    pub dedup_window: Duration,
+    /// The sinks besides stdout and the store.
+    pub sinks: SinkSettings,
+    /// The supervised collectors, at least one, names unique.
+    pub collectors: Vec<CollectorSpec>,
+}
+
+/// The alert sinks to open besides stdout and the store.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SinkSettings {
+    /// Append alerts as JSON lines to this file.
+    pub alerts_jsonl: Option<PathBuf>,
+    /// Send alerts to syslog.
+    pub syslog: Option<SyslogTarget>,
+    /// POST alerts to this URL.
+    pub webhook: Option<WebhookUrl>,
+    /// Headers sent with every webhook request.
+    pub webhook_headers: Vec<WebhookHeader>,
+    /// More headers, read from this private file when the sinks open.
+    pub webhook_headers_file: Option<PathBuf>,
+}
+
+/// One supervised collector, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectorSpec {
+    /// Its unique name.
+    pub name: String,
+    /// The domain its handshake must report.
+    pub domain: CollectorDomain,
+    /// The socket it serves.
+    pub socket: PathBuf,
+    /// How it is started.
+    pub launch: Launch,
+}
+
+/// How a collector is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Launch {
+    /// This binary with these arguments (`collect ...`).
+    Builtin {
+        /// The arguments.
+        args: Vec<OsString>,
+    },
+    /// A program with its arguments.
+    Program {
+        /// The executable.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<OsString>,
+    },
+    /// Started by someone else: connect to its socket.
+    Connect,
+}
+
+/// procmond's flags when the agent runs it: serve `socket`, store
+/// nothing, wait for the agent's subscription.
+fn procmond_args(subcommand: &str, socket: &Path, interval: Duration) -> Vec<OsString> {
+    vec![
+        subcommand.into(),
+        "--socket".into(),
+        socket.into(),
+        "--no-database".into(),
+        "--await-subscriber".into(),
+        "--interval".into(),
+        interval.as_secs().to_string().into(),
+    ]
+}
+
+/// Collector names become file names: keep them plain.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Settings {
+    /// Reads the file `args.config` names (if any) and resolves it with the
+    /// flags and environment in `args`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file or the key.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        Self::resolve(file, args.config.as_deref(), args)
+    }
+
+    /// Merges `file` (read from `path`, used in errors) under `args`, fills
+    /// in the defaults and checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and where it came from.
+    pub fn resolve(
+        file: AgentConfig,
+        path: Option<&Path>,
+        args: &RunArgs,
+    ) -> Result<Self, ConfigError> {
+        let origin = path.map_or_else(
+            || "the flags and defaults".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(daemoneye_lib::models::default_state_dir);
+        let sweep_interval = args
+            .sweep_interval
+            .or(file.sweep_interval)
+            .unwrap_or(DEFAULT_SWEEP_INTERVAL);
+        if sweep_interval.is_zero() {
+            return Err(invalid("sweep_interval", "must be more than 0".to_owned()));
+        }
+        let sinks = resolve_sinks(file.sinks, args, &invalid)?;
+        let entries = if let Some(program) = &args.procmond {
+            vec![CollectorEntryConfig {
+                name: DEFAULT_COLLECTOR.to_owned(),
+                program: Some(program.clone()),
+                ..CollectorEntryConfig::default()
+            }]
+        } else if let Some(socket) = &args.collector_socket {
+            vec![CollectorEntryConfig {
+                name: DEFAULT_COLLECTOR.to_owned(),
+                socket: Some(socket.clone()),
+                ..CollectorEntryConfig::default()
+            }]
+        } else {
+            file.collectors.unwrap_or_else(|| {
+                vec![CollectorEntryConfig {
+                    name: DEFAULT_COLLECTOR.to_owned(),
+                    builtin: Some(BuiltinCollector::Procmond),
+                    ..CollectorEntryConfig::default()
+                }]
+            })
+        };
+        if entries.is_empty() {
+            return Err(invalid(
+                "collector",
+                "at least one collector is needed".to_owned(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut collectors = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let key = |field: &str| format!("collector[{i}].{field}");
+            if !valid_name(&entry.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?}: 1 to 64 letters, digits, `-` or `_`", entry.name),
+                ));
+            }
+            if !names.insert(entry.name.clone()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used twice", entry.name),
+                ));
+            }
+            collectors.push(resolve_collector(
+                entry,
+                &data_dir,
+                args.interval,
+                |f, r| invalid(&key(f), r),
+            )?);
+        }
+        Ok(Self {
+            data_dir,
+            rules_dir: args.rules_dir.clone().or(file.rules_dir),
+            sweep_interval,
+            dedup_window: args
+                .dedup_window
+                .or(file.dedup_window)
+                .unwrap_or(DEFAULT_DEDUP_WINDOW),
+            sinks,
+            collectors,
+        })
+    }
+}
+
+/// The sinks: a flag (or its variable) over the file's value.
+fn resolve_sinks(
+    file: SinksConfig,
+    args: &RunArgs,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<SinkSettings, ConfigError> {
+    let syslog = match (&args.syslog, file.syslog) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(text)) => Some(
+            text.parse()
+                .map_err(|e: String| invalid("sinks.syslog", e))?,
+        ),
+        (None, None) => None,
+    };
+    let webhook = match (&args.webhook, file.webhook) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(text)) => {
+            Some(text.parse().map_err(|e: crate::webhook::WebhookError| {
+                invalid("sinks.webhook", e.to_string())
+            })?)
+        }
+        (None, None) => None,
+    };
+    let webhook_headers = if args.webhook_headers.is_empty() {
+        file.webhook_headers
+            .iter()
+            .map(|h| {
+                h.parse().map_err(|e: crate::webhook::WebhookError| {
+                    invalid("sinks.webhook_headers", e.to_string())
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        args.webhook_headers.clone()
+    };
+    let webhook_headers_file = args
+        .webhook_headers_file
+        .clone()
+        .or(file.webhook_headers_file);
+    if webhook.is_none() && (!webhook_headers.is_empty() || webhook_headers_file.is_some()) {
+        return Err(invalid(
+            "sinks.webhook",
+            "webhook headers are given but no webhook".to_owned(),
+        ));
+    }
+    Ok(SinkSettings {
+        alerts_jsonl: args.alerts_jsonl.clone().or(file.alerts_jsonl),
+        syslog,
+        webhook,
+        webhook_headers,
+        webhook_headers_file,
+    })
+}
+
+/// One entry: which way it is started, its socket, its interval.
+fn resolve_collector(
+    entry: CollectorEntryConfig,
+    data_dir: &Path,
+    interval_flag: Option<Duration>,
+    invalid: impl Fn(&str, String) -> ConfigError,
+) -> Result<CollectorSpec, ConfigError> {
+    let domain = entry.domain.unwrap_or_default();
+    let socket = entry
+        .socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join(format!("{}.sock", entry.name)));
+    // A procmond whose flags the agent builds takes the interval.
+    let interval = || {
+        let interval = interval_flag.or(entry.interval).unwrap_or(DEFAULT_INTERVAL);
+        if interval.as_secs() == 0 || interval.subsec_nanos() != 0 {
+            return Err(invalid(
+                "interval",
+                format!("{interval:?}: whole seconds, at least 1 s"),
+            ));
+        }
+        Ok(interval)
+    };
+    let launch = match (entry.builtin, &entry.program) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "program",
+                "give `builtin` or `program`, not both".to_owned(),
+            ))
+        }
+        (Some(BuiltinCollector::Procmond), None) => {
+            if entry.args.is_some() {
+                return Err(invalid("args", "`args` goes with `program`".to_owned()));
+            }
+            if domain != CollectorDomain::Process {
+                return Err(invalid(
+                    "domain",
+                    format!(
+                        "the built-in procmond serves processes, not {}",
+                        domain.name()
+                    ),
+                ));
+            }
+            Launch::Builtin {
+                args: procmond_args("collect", &socket, interval()?),
+            }
+        }
+        (None, Some(program)) => {
+            let args = match &entry.args {
+                None => procmond_args("run", &socket, interval()?),
+                Some(_) if entry.interval.is_some() => {
+                    return Err(invalid(
+                        "interval",
+                        "with `args`, pass the program its interval in them".to_owned(),
+                    ))
+                }
+                Some(args) => args
+                    .iter()
+                    .map(|a| a.replace("{socket}", &socket.to_string_lossy()).into())
+                    .collect(),
+            };
+            Launch::Program {
+                program: program.clone(),
+                args,
+            }
+        }
+        (None, None) => {
+            if entry.socket.is_none() {
+                return Err(invalid(
+                    "socket",
+                    "give `builtin`, `program` or the `socket` of a running collector".to_owned(),
+                ));
+            }
+            if entry.args.is_some() || entry.interval.is_some() {
+                return Err(invalid(
+                    "args",
+                    "`args` and `interval` go with a collector the agent starts".to_owned(),
+                ));
+            }
+            Launch::Connect
+        }
+    };
+    Ok(CollectorSpec {
+        name: entry.name,
+        domain,
+        socket,
+        launch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// Flags as given (the environment of `cargo test` sets no
+    /// `DAEMONEYE_*`; the binary's tests cover the variables).
+    fn flags(argv: &[&str]) -> RunArgs {
+        let mut all = vec!["daemoneye-agent"];
+        all.extend_from_slice(argv);
+        Flags::try_parse_from(all).unwrap().run
+    }
+
+    fn resolve(toml: &str, argv: &[&str]) -> Result<Settings, ConfigError> {
+        let file = AgentConfig::from_toml_str(toml).unwrap();
+        Settings::resolve(file, Some(Path::new("/etc/agent.toml")), &flags(argv))
+    }
+
+    #[test]
+    fn without_file_or_flags_the_defaults_are_todays_agent() {
+        let s = Settings::resolve(
+            AgentConfig::default(),
+            None,
+            &RunArgs {
+                data_dir: Some("/d".into()),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.sweep_interval, DEFAULT_SWEEP_INTERVAL);
+        assert_eq!(s.dedup_window, DEFAULT_DEDUP_WINDOW);
+        assert_eq!(s.rules_dir, None);
+        assert!(s.sinks.webhook.is_none() && s.sinks.alerts_jsonl.is_none());
+        assert_eq!(
+            s.collectors,
+            vec![CollectorSpec {
+                name: "procmond".to_owned(),
+                domain: CollectorDomain::Process,
+                socket: "/d/procmond.sock".into(),
+                launch: Launch::Builtin {
+                    args: procmond_args("collect", Path::new("/d/procmond.sock"), DEFAULT_INTERVAL),
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn the_file_overrides_the_defaults_and_a_flag_the_file() {
+        let toml = r#"
+            data_dir = "/file"
+            rules_dir = "/file/rules"
+            sweep_interval = "2m"
+            dedup_window = "10m"
+            [sinks]
+            alerts_jsonl = "/file/alerts.jsonl"
+            [[collector]]
+            name = "procmond"
+            builtin = "procmond"
+            interval = "7s"
+        "#;
+        let s = resolve(toml, &[]).unwrap();
+        assert_eq!(s.data_dir, Path::new("/file"));
+        assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
+        assert_eq!(s.sweep_interval, Duration::from_secs(120));
+        assert_eq!(s.dedup_window, Duration::from_secs(600));
+        assert_eq!(
+            s.sinks.alerts_jsonl.as_deref(),
+            Some(Path::new("/file/alerts.jsonl"))
+        );
+        let Launch::Builtin { args } = &s.collectors[0].launch else {
+            panic!("{:?}", s.collectors[0]);
+        };
+        assert_eq!(args.last().unwrap(), "7");
+
+        let s = resolve(
+            toml,
+            &[
+                "--data-dir",
+                "/flag",
+                "--sweep-secs",
+                "5",
+                "--dedup-window",
+                "1h",
+                "--interval",
+                "9",
+                "--alerts-jsonl",
+                "/flag/a.jsonl",
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.data_dir, Path::new("/flag"));
+        assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
+        assert_eq!(s.sweep_interval, Duration::from_secs(5));
+        assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert_eq!(
+            s.sinks.alerts_jsonl.as_deref(),
+            Some(Path::new("/flag/a.jsonl"))
+        );
+        let Launch::Builtin { args } = &s.collectors[0].launch else {
+            panic!("{:?}", s.collectors[0]);
+        };
+        assert_eq!(args.last().unwrap(), "9");
+        assert_eq!(args[2], "/flag/procmond.sock");
+    }
+
+    #[test]
+    fn collectors_are_a_list_and_the_collector_flags_replace_it() {
+        let toml = r#"
+            data_dir = "/d"
+            [[collector]]
+            name = "procmond"
+            builtin = "procmond"
+            [[collector]]
+            name = "netmond"
+            program = "/usr/bin/netmond"
+            args = ["run", "--socket", "{socket}"]
+            domain = "network"
+            [[collector]]
+            name = "remote-procmond"
+            socket = "/run/remote.sock"
+            [[collector]]
+            name = "old-procmond"
+            program = "/usr/bin/procmond"
+            interval = "5s"
+        "#;
+        let s = resolve(toml, &[]).unwrap();
+        let names: Vec<_> = s.collectors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["procmond", "netmond", "remote-procmond", "old-procmond"]
+        );
+        assert_eq!(s.collectors[1].domain, CollectorDomain::Network);
+        assert_eq!(
+            s.collectors[1].launch,
+            Launch::Program {
+                program: "/usr/bin/netmond".into(),
+                args: vec!["run".into(), "--socket".into(), "/d/netmond.sock".into()],
+            }
+        );
+        assert_eq!(s.collectors[2].launch, Launch::Connect);
+        assert_eq!(s.collectors[2].socket, Path::new("/run/remote.sock"));
+        assert_eq!(
+            s.collectors[3].launch,
+            Launch::Program {
+                program: "/usr/bin/procmond".into(),
+                args: procmond_args(
+                    "run",
+                    Path::new("/d/old-procmond.sock"),
+                    Duration::from_secs(5)
+                ),
+            }
+        );
+
+        let s = resolve(toml, &["--collector-socket", "/run/x.sock"]).unwrap();
+        assert_eq!(s.collectors.len(), 1);
+        assert_eq!(s.collectors[0].launch, Launch::Connect);
+        assert_eq!(s.collectors[0].socket, Path::new("/run/x.sock"));
+        let s = resolve(toml, &["--procmond", "/opt/procmond"]).unwrap();
+        assert_eq!(s.collectors.len(), 1);
+        assert!(matches!(
+            &s.collectors[0].launch,
+            Launch::Program { program, .. } if program == Path::new("/opt/procmond")
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_file_and_key() {
+        for (toml, key) in [
+            ("sweep_interval = \"0s\"", "sweep_interval"),
+            ("[sinks]\nsyslog = \"tcp://x\"", "sinks.syslog"),
+            ("[sinks]\nwebhook = \"ftp://x\"", "sinks.webhook"),
+            ("[sinks]\nwebhook_headers = [\"X-A: b\"]", "sinks.webhook"),
+            ("collector = []", "collector"),
+            ("[[collector]]\nname = \"a b\"\nbuiltin = \"procmond\"", "collector[0].name"),
+            (
+                "[[collector]]\nname = \"a\"\nbuiltin = \"procmond\"\n[[collector]]\nname = \"a\"\nsocket = \"/s\"",
+                "collector[1].name",
+            ),
+            ("[[collector]]\nname = \"a\"", "collector[0].socket"),
+            (
+                "[[collector]]\nname = \"a\"\nbuiltin = \"procmond\"\nprogram = \"/p\"",
+                "collector[0].program",
+            ),
+            (
+                "[[collector]]\nname = \"a\"\nbuiltin = \"procmond\"\ndomain = \"network\"",
+                "collector[0].domain",
+            ),
+            (
+                "[[collector]]\nname = \"a\"\nbuiltin = \"procmond\"\ninterval = \"1500ms\"",
+                "collector[0].interval",
+            ),
+            (
+                "[[collector]]\nname = \"a\"\nsocket = \"/s\"\ninterval = \"5s\"",
+                "collector[0].args",
+            ),
+        ] {
+            let err = resolve(toml, &[]).map(|_| ()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if k == key)
+                    && text.contains("/etc/agent.toml"),
+                "{toml}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_key_and_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/d\"\n[sinks]\nsyslogg = \"/dev/log\"\n",
+        )
+        .unwrap();
+        let err = AgentConfig::from_file(&path).unwrap_err();
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(
+            cause.contains("syslogg") && cause.contains("line 3"),
+            "{cause}"
+        );
+
+        let err = AgentConfig::from_file(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn webhook_header_values_stay_out_of_debug_output() {
+        let file = AgentConfig::from_toml_str(
+            "[sinks]\nwebhook_headers = [\"Authorization: Bearer s3cret\"]",
+        )
+        .unwrap();
+        let shown = format!("{file:?}");
+        assert!(
+            shown.contains("Authorization") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn durations_take_units_and_flags_plain_seconds() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").unwrap_err().contains("90s"));
+        let file = AgentConfig::from_toml_str("dedup_window = \"1h\"").unwrap();
+        assert_eq!(file.dedup_window, Some(Duration::from_secs(3600)));
+        assert!(AgentConfig::from_toml_str("dedup_window = 3600").is_err());
+    }
+
+    #[test]
+    fn the_packaged_example_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/agent.toml");
+        let file = AgentConfig::from_file(&path).unwrap();
+        let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
+        assert_eq!(s.data_dir, Path::new("/var/lib/daemoneye"));
+        assert_eq!(s.collectors[0].name, "procmond");
+        assert!(matches!(s.collectors[0].launch, Launch::Builtin { .. }));
+        assert_eq!(s.sweep_interval, Duration::from_secs(60));
+        assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert!(s.sinks.syslog.is_none() && s.sinks.webhook.is_none());
+
+        // Its commented-out examples are valid too.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let all: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[collector]]")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let file = AgentConfig::from_toml_str(&all).unwrap();
+        let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
+        assert!(s.sinks.syslog.is_some() && s.sinks.webhook_headers_file.is_some());
+        assert_eq!(
+            s.rules_dir.as_deref(),
+            Some(Path::new("/etc/daemoneye/rules"))
+        );
+        let names: Vec<_> = s.collectors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["procmond", "netmond", "procmond-standalone"]);
+        assert_eq!(s.collectors[1].domain, CollectorDomain::Network);
+
+        // The README shows it whole.
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+                .unwrap();
+        assert!(
+            readme.contains(&text),
+            "README.md must quote packaging/agent.toml"
+        );
+    }
+}
