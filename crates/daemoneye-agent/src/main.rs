@@ -29,13 +29,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use collector_core::{CollectorIpcServer, IpcServerConfig, SourceCaps};
-use daemoneye_agent::alert::Alert;
 use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::RuleEngine;
-use daemoneye_agent::health::{AgentCounters, AgentHealth, SinkCounters};
-use daemoneye_agent::lines::LineSink;
+use daemoneye_agent::health::{AgentCounters, AgentHealth};
 use daemoneye_agent::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
 use daemoneye_agent::rules;
+use daemoneye_agent::sink::{SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
 use daemoneye_agent::store::AgentStore;
 use daemoneye_agent::writer::StoreWriter;
 use tokio::sync::mpsc;
@@ -82,14 +81,14 @@ struct RunArgs {
     /// Also POST alerts as JSON to this http(s) URL (queued, retried with
     /// backoff; what cannot be delivered is counted).
     #[arg(long, value_name = "URL")]
-    webhook: Option<daemoneye_agent::webhook::WebhookUrl>,
+    webhook: Option<daemoneye_agent::sink::WebhookUrl>,
     /// A header sent with every webhook request, `Name: value` (repeatable).
     #[arg(
         long = "webhook-header",
         value_name = "NAME: VALUE",
         requires = "webhook"
     )]
-    webhook_headers: Vec<daemoneye_agent::webhook::WebhookHeader>,
+    webhook_headers: Vec<daemoneye_agent::sink::WebhookHeader>,
     /// Headers for webhook requests from a file only its owner can read,
     /// one `Name: value` a line (secrets such as `Authorization` belong
     /// here: local users can read the command line).
@@ -116,125 +115,21 @@ struct RunArgs {
 /// The most events judged in one rule evaluation when batches pile up.
 const MAX_JUDGED: usize = 4096;
 
-/// Where alerts go besides the store, each with its own counters: one
-/// failing or stalled sink never blocks the others (stdout and the file are
-/// written by threads of their own behind bounded queues; syslog never
-/// waits; the webhook queues).
-struct Sinks {
-    stdout: LineSink,
-    file: Option<LineSink>,
-    syslog: Option<(daemoneye_agent::sink::SyslogSink, Arc<SinkCounters>)>,
-    webhook: Option<daemoneye_agent::webhook::WebhookSink>,
-    counters: Vec<(&'static str, Arc<SinkCounters>)>,
-}
-
-/// Alerts queued per JSON-lines sink before they are dropped.
-const LINE_QUEUE: usize = 4096;
-
-impl Sinks {
-    fn new(args: &RunArgs) -> anyhow::Result<Self> {
-        let mut counters = Vec::new();
-        let mut counted = |name: &'static str| {
-            let c = Arc::new(SinkCounters::default());
-            counters.push((name, c.clone()));
-            c
-        };
-        let stdout = LineSink::start(
-            "stdout",
-            Box::new(std::io::stdout()),
-            LINE_QUEUE,
-            counted("stdout"),
-        )?;
-        let file = match &args.alerts_jsonl {
-            Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("cannot open {}", p.display()))?;
-                Some(LineSink::start(
-                    "file",
-                    Box::new(f),
-                    LINE_QUEUE,
-                    counted("file"),
-                )?)
-            }
-            None => None,
-        };
-        let syslog = match args.syslog.clone() {
-            Some(t) => {
-                let sink = daemoneye_agent::sink::SyslogSink::open(t.clone())
-                    .with_context(|| format!("cannot open syslog {t:?}"))?;
-                Some((sink, counted("syslog")))
-            }
-            None => None,
-        };
-        let webhook = match args.webhook.clone() {
-            Some(url) => {
-                let mut config = daemoneye_agent::webhook::WebhookConfig::new(url);
-                config.headers.clone_from(&args.webhook_headers);
-                if let Some(path) = &args.webhook_headers_file {
-                    config
-                        .headers
-                        .extend(daemoneye_agent::webhook::WebhookHeader::from_file(path)?);
-                }
-                Some(
-                    daemoneye_agent::webhook::WebhookSink::new(config)
-                        .context("cannot set up the webhook sink")?,
-                )
-            }
-            None => None,
-        };
-        Ok(Self {
-            stdout,
-            file,
-            syslog,
-            webhook,
-            counters,
-        })
+/// The sinks the flags name (stdout always): one failing or stalled sink
+/// never blocks the others.
+fn sinks_config(args: &RunArgs) -> anyhow::Result<SinksConfig> {
+    let mut config = SinksConfig::default();
+    config.alerts_jsonl.clone_from(&args.alerts_jsonl);
+    config.syslog.clone_from(&args.syslog);
+    if let Some(url) = args.webhook.clone() {
+        let mut webhook = WebhookConfig::new(url);
+        webhook.headers.clone_from(&args.webhook_headers);
+        if let Some(path) = &args.webhook_headers_file {
+            webhook.headers.extend(WebhookHeader::from_file(path)?);
+        }
+        config.webhook = Some(webhook);
     }
-
-    fn deliver(&mut self, a: &Alert) {
-        if let Some(w) = &self.webhook {
-            // A refusal is counted by the sink (dropped: queue full).
-            if let Err(e) = w.send(a) {
-                let dropped = w.stats().snapshot().dropped;
-                if dropped.is_power_of_two() {
-                    warn!(error = %e, dropped, "webhook sink dropped an alert");
-                }
-            }
-        }
-        if let Some((s, counters)) = &mut self.syslog {
-            let sent = s.send(a);
-            if let Err(e) = &sent {
-                warn!(error = %e, failures = s.failures(), "syslog sink failed");
-            }
-            counters.record(sent.is_ok());
-        }
-        match serde_json::to_string(a) {
-            Ok(line) => {
-                if let Some(f) = &self.file {
-                    f.send(line.clone());
-                }
-                self.stdout.send(line);
-            }
-            Err(e) => error!(error = %e, "encoding an alert failed"),
-        }
-    }
-
-    /// Delivers what is queued, within a few seconds.
-    async fn close(self) {
-        if let Some(w) = self.webhook {
-            let left = w
-                .close(tokio::time::Instant::now() + Duration::from_secs(5))
-                .await;
-            info!(?left, "webhook sink closed");
-        }
-        if let Some(f) = self.file {
-            f.close(Duration::from_secs(2)).await;
-        }
-        self.stdout.close(Duration::from_secs(2)).await;
-    }
+    Ok(config)
 }
 
 /// The collector: how it is reached, and its socket.
@@ -336,7 +231,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let writer = StoreWriter::start(AgentStore::open(&data_dir)?, 256)
         .context("cannot start the store writer")?;
     // Unopenable files, a bad headers file: the user's to fix.
-    let mut sinks = Sinks::new(&args).map_err(bad_input)?;
+    let sinks = sinks_config(&args)
+        .and_then(|c| Ok(SinkSet::start(c)?))
+        .map_err(bad_input)?;
 
     let (mode, collector_socket) = collector_mode(&args, &data_dir)?;
     let status = Arc::new(LinkStatus::default());
@@ -347,11 +244,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         collector_socket: collector_socket.clone(),
         writer: writer.stats(),
         counters: counters.clone(),
-        sinks: sinks.counters.clone(),
-        webhook: sinks
-            .webhook
-            .as_ref()
-            .map(daemoneye_agent::webhook::WebhookSink::stats),
+        sinks: sinks.stats(),
         rules_loaded,
         rules_refused: refused.len() as u64,
     };
@@ -445,7 +338,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // events, then the alerts they raised.
         for a in &alerts {
             counters.alerts.fetch_add(1, Ordering::Relaxed);
-            sinks.deliver(a);
+            sinks.deliver(a).await;
         }
         if let Some(batch) = batch {
             writer.events(batch).await;
@@ -469,7 +362,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
         Err(e) => warn!(error = %e, "the agent's socket task failed"),
     }
-    sinks.close().await;
+    // Delivers what is queued, within a few seconds.
+    sinks
+        .close(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
     writer.close().await;
     info!(
         alerts = counters.alerts.load(Ordering::Relaxed),

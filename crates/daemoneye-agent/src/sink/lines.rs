@@ -1,87 +1,47 @@
-//! JSON-lines alert sinks (stdout, a file) behind a bounded queue and a
-//! thread of their own, so that a stalled reader (a full pipe, a hung
-//! disk) never holds up detection or the other sinks: what does not fit in
-//! the queue is dropped and counted.
+//! JSON-lines alert sinks: stdout, a file.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::health::SinkCounters;
+use super::{AlertSink, Delivery};
+use crate::alert::Alert;
 
-/// One JSON-lines sink.
-#[derive(Debug)]
+/// Writes each alert as one JSON line to `out` (stdout, an appended file),
+/// flushed at once. Behind its [`SinkWorker`](super::SinkWorker) a stalled
+/// reader (a full pipe, a hung disk) holds up only this sink's thread:
+/// what does not fit in its queue is dropped and counted.
 pub struct LineSink {
     name: &'static str,
-    tx: Option<SyncSender<String>>,
-    /// Completes when the thread has written everything and ended.
-    done: tokio::sync::oneshot::Receiver<()>,
-    counters: Arc<SinkCounters>,
+    out: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for LineSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineSink")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LineSink {
-    /// Starts the sink's thread writing to `out`, with room for `capacity`
-    /// queued lines; outcomes are counted in `counters`.
-    ///
-    /// # Errors
-    /// When the thread cannot be started.
-    pub fn start(
-        name: &'static str,
-        mut out: Box<dyn Write + Send>,
-        capacity: usize,
-        counters: Arc<SinkCounters>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<String>(capacity.max(1));
-        let c = counters.clone();
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("sink-{name}"))
-            .spawn(move || {
-                let _done = done_tx; // dropped, and so signalled, at the end
-                for line in rx {
-                    let ok = writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
-                    if !ok && !c.failing.load(Ordering::Relaxed) {
-                        tracing::warn!(sink = name, "alert sink failed to write");
-                    }
-                    c.record(ok);
-                }
-            })?;
-        Ok(Self {
-            name,
-            tx: Some(tx),
-            done,
-            counters,
-        })
+    /// A sink called `name` writing to `out`.
+    pub fn new(name: &'static str, out: Box<dyn Write + Send>) -> Self {
+        Self { name, out }
+    }
+}
+
+impl AlertSink for LineSink {
+    fn name(&self) -> &'static str {
+        self.name
     }
 
-    /// Queues one line; never waits. A full queue drops it (counted).
-    pub fn send(&self, line: String) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                self.counters.failing.store(true, Ordering::Relaxed);
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        sink = self.name,
-                        dropped = n,
-                        "alert sink is not keeping up; alerts dropped"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Writes what is queued, waiting at most `grace` for a stalled
-    /// writer (whose thread is then left behind, detached: it holds up
-    /// neither this call nor the runtime's shutdown).
-    pub async fn close(mut self, grace: Duration) {
-        drop(self.tx.take());
-        if tokio::time::timeout(grace, &mut self.done).await.is_err() {
-            tracing::warn!(sink = self.name, "alert sink still blocked at shutdown");
+    async fn deliver(&mut self, alert: &Alert) -> Delivery {
+        let line = match serde_json::to_string(alert) {
+            Ok(line) => line,
+            Err(e) => return Delivery::Failed(format!("cannot encode the alert: {e}")),
+        };
+        match writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
+            Ok(()) => Delivery::Delivered,
+            Err(e) => Delivery::Failed(format!("cannot write: {e}")),
         }
     }
 }
@@ -90,9 +50,13 @@ impl LineSink {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::{Mutex, PoisonError};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
 
     use super::*;
+    use crate::sink::{test_alert, SinkWorker, WorkerConfig};
 
     /// A writer that blocks until released, then keeps what it was given.
     #[derive(Clone, Default)]
@@ -116,43 +80,74 @@ mod tests {
         }
     }
 
+    /// Fails every write.
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn queue(capacity: usize) -> WorkerConfig {
+        WorkerConfig {
+            capacity,
+            ..WorkerConfig::default()
+        }
+    }
+
     #[tokio::test]
     async fn a_stalled_writer_never_blocks_the_sender_and_drops_are_counted() {
         let gate = Gate::default();
-        let counters = Arc::new(SinkCounters::default());
-        let sink = LineSink::start("test", Box::new(gate.clone()), 4, counters.clone()).unwrap();
+        let sink =
+            SinkWorker::start(LineSink::new("test", Box::new(gate.clone())), queue(4)).unwrap();
+        let counters = sink.stats();
         // One line held by the stalled writer, four queued, the rest dropped.
-        for i in 0..20 {
-            sink.send(format!("line {i}"));
+        for pid in 0..20 {
+            let _ = sink.try_send(test_alert(pid));
         }
-        let dropped = counters.dropped.load(Ordering::Relaxed);
+        let dropped = counters.snapshot().dropped;
         assert!((15..=16).contains(&dropped), "{dropped}");
-        assert!(counters.failing.load(Ordering::Relaxed));
+        assert!(counters.snapshot().failing);
         {
             let (lock, cv) = &*gate.open;
             *lock.lock().unwrap() = true;
             cv.notify_all();
         }
-        sink.close(Duration::from_secs(10)).await;
+        let stats = sink.close(Instant::now() + Duration::from_secs(10)).await;
         let written = String::from_utf8(gate.got.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = written.lines().collect();
         assert_eq!(lines.len() as u64 + dropped, 20, "{lines:?}");
-        assert_eq!(lines[0], "line 0", "in order");
-        assert_eq!(
-            counters.delivered.load(Ordering::Relaxed),
-            lines.len() as u64
-        );
+        let first: Alert = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first.process.pid, 0, "in order");
+        assert_eq!(stats.delivered, lines.len() as u64);
+        assert_eq!(stats.in_flight(), 0);
     }
 
     #[tokio::test]
     async fn close_gives_up_on_a_writer_that_never_returns() {
         let gate = Gate::default();
-        let sink = LineSink::start("stuck", Box::new(gate), 2, Arc::default()).unwrap();
-        sink.send("x".to_owned());
+        let sink = SinkWorker::start(LineSink::new("stuck", Box::new(gate)), queue(2)).unwrap();
+        sink.try_send(test_alert(1)).unwrap();
         let closed = tokio::time::timeout(
             Duration::from_secs(5),
-            sink.close(Duration::from_millis(50)),
+            sink.close(Instant::now() + Duration::from_millis(50)),
         );
-        assert!(closed.await.is_ok(), "close returned by its grace period");
+        let stats = closed.await.unwrap();
+        assert_eq!((stats.queued, stats.dropped_at_shutdown), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn write_errors_are_failures_not_retried() {
+        let sink = SinkWorker::start(LineSink::new("broken", Box::new(Broken)), queue(8)).unwrap();
+        for pid in 0..3 {
+            sink.try_send(test_alert(pid)).unwrap();
+        }
+        let stats = sink.close(Instant::now() + Duration::from_secs(10)).await;
+        assert_eq!((stats.failed, stats.retries, stats.delivered), (3, 0, 0));
+        assert!(stats.failing);
     }
 }
