@@ -11,7 +11,7 @@
 //! [`SinkWorker`], which queues (bounded; a full queue drops and counts),
 //! delivers in order, each request within a timeout, and retries what this
 //! sink calls transient (connection errors, timeouts, HTTP 5xx and 429) with
-//! the capped, jittered [`Backoff`](daemoneye_lib::Backoff) (a `Retry-After`
+//! the capped, jittered [`Backoff`] (a `Retry-After`
 //! in seconds on 429 and 503 is honoured, up to the cap). Other answers
 //! (3xx, 4xx) are rejections: counted and not retried. Delivery is at least
 //! once: a request whose answer is lost is sent again.
