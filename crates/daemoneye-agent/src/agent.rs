@@ -36,10 +36,10 @@ use crate::alert::Alert;
 use crate::config::{CollectorSpec, ConfigError, Launch, Settings};
 use crate::detect::Detector;
 use crate::engine::{EngineError, RuleEngine};
-use crate::fanout::Sinks;
 use crate::health::{AgentCounters, AgentHealth, LinkedCollector};
 use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
 use crate::rules::{self, RuleError};
+use crate::sink::{SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
 use crate::store::{AgentStore, StoreError};
 use crate::writer::StoreWriter;
 
@@ -144,10 +144,29 @@ fn link_config(spec: &CollectorSpec) -> Result<LinkConfig, AgentError> {
     })
 }
 
+/// The sinks the settings name (stdout always): one failing or stalled
+/// sink never blocks the others.
+fn sinks_config(
+    settings: &crate::config::SinkSettings,
+) -> Result<SinksConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = SinksConfig::default();
+    config.alerts_jsonl.clone_from(&settings.alerts_jsonl);
+    config.syslog.clone_from(&settings.syslog);
+    if let Some(url) = settings.webhook.clone() {
+        let mut webhook = WebhookConfig::new(url);
+        webhook.headers.clone_from(&settings.webhook_headers);
+        if let Some(path) = &settings.webhook_headers_file {
+            webhook.headers.extend(WebhookHeader::from_file(path)?);
+        }
+        config.webhook = Some(webhook);
+    }
+    Ok(config)
+}
+
 /// What judges and records: the detector, the sinks and the store.
 struct Pipeline {
     detector: Detector,
-    sinks: Sinks,
+    sinks: SinkSet,
     writer: StoreWriter,
     counters: Arc<AgentCounters>,
 }
@@ -176,7 +195,7 @@ impl Pipeline {
         // events, then the alerts they raised.
         for a in &alerts {
             counters.alerts.fetch_add(1, Ordering::Relaxed);
-            self.sinks.deliver(a);
+            self.sinks.deliver(a).await;
         }
         if let Some(batch) = batch {
             self.writer.events(batch).await;
@@ -253,7 +272,9 @@ impl Agent {
         })?;
         let writer = StoreWriter::start(store, 256).map_err(AgentError::Writer)?;
         // Unopenable files, a bad headers file: the user's to fix.
-        let sinks = Sinks::new(&settings.sinks).map_err(|e| AgentError::Sinks(e.into()))?;
+        let sinks = sinks_config(&settings.sinks)
+            .and_then(|c| SinkSet::start(c).map_err(Into::into))
+            .map_err(AgentError::Sinks)?;
 
         let links = settings
             .collectors
@@ -273,11 +294,7 @@ impl Agent {
                 .collect(),
             writer: writer.stats(),
             counters: counters.clone(),
-            sinks: sinks.counters.clone(),
-            webhook: sinks
-                .webhook
-                .as_ref()
-                .map(crate::webhook::WebhookSink::stats),
+            sinks: sinks.stats(),
             rules_loaded,
             rules_refused: refused.len() as u64,
         };
@@ -416,7 +433,10 @@ impl Agent {
             writer,
             counters,
         } = pipeline;
-        sinks.close().await;
+        // Delivers what is queued, within a few seconds.
+        sinks
+            .close(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+            .await;
         writer.close().await;
         info!(
             alerts = counters.alerts.load(Ordering::Relaxed),

@@ -59,7 +59,7 @@ use daemoneye_lib::proto::{Domain, EventKind};
 use serde::Deserialize;
 
 use crate::sink::SyslogTarget;
-use crate::webhook::{WebhookHeader, WebhookUrl};
+use crate::sink::{WebhookHeader, WebhookUrl};
 
 /// Seconds between a started procmond's reconciliation snapshots, unless
 /// configured.
@@ -594,18 +594,17 @@ fn resolve_sinks(
     };
     let webhook = match (&args.webhook, file.webhook) {
         (Some(u), _) => Some(u.clone()),
-        (None, Some(text)) => {
-            Some(text.parse().map_err(|e: crate::webhook::WebhookError| {
-                invalid("sinks.webhook", e.to_string())
-            })?)
-        }
+        (None, Some(text)) => Some(
+            text.parse()
+                .map_err(|e: crate::sink::WebhookError| invalid("sinks.webhook", e.to_string()))?,
+        ),
         (None, None) => None,
     };
     let webhook_headers = if args.webhook_headers.is_empty() {
         file.webhook_headers
             .iter()
             .map(|h| {
-                h.parse().map_err(|e: crate::webhook::WebhookError| {
+                h.parse().map_err(|e: crate::sink::WebhookError| {
                     invalid("sinks.webhook_headers", e.to_string())
                 })
             })

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,32 +13,8 @@ use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use tokio::time::Instant;
 
 use crate::link::{LinkState, LinkStatus};
+use crate::sink::{SinkStats, SinkStatsSnapshot};
 use crate::writer::WriterStats;
-
-/// One alert sink's counters.
-#[derive(Debug, Default)]
-pub struct SinkCounters {
-    /// Alerts delivered.
-    pub delivered: AtomicU64,
-    /// Deliveries that failed.
-    pub failures: AtomicU64,
-    /// Alerts dropped before delivery (the sink's queue was full).
-    pub dropped: AtomicU64,
-    /// Whether the last delivery failed.
-    pub failing: AtomicBool,
-}
-
-impl SinkCounters {
-    /// Records one delivery's outcome.
-    pub fn record(&self, ok: bool) {
-        if ok {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.failing.store(!ok, Ordering::Relaxed);
-    }
-}
 
 /// The agent's own counters.
 #[derive(Debug, Default)]
@@ -77,10 +53,8 @@ pub struct AgentHealth {
     pub writer: Arc<WriterStats>,
     /// The agent's counters.
     pub counters: Arc<AgentCounters>,
-    /// Sinks by name.
-    pub sinks: Vec<(&'static str, Arc<SinkCounters>)>,
-    /// The webhook sink's counters, when there is one.
-    pub webhook: Option<Arc<crate::webhook::WebhookStats>>,
+    /// Sinks by name ([`SinkSet::stats`](crate::sink::SinkSet::stats)).
+    pub sinks: Vec<(&'static str, Arc<SinkStats>)>,
     /// Rules running.
     pub rules_loaded: u64,
     /// Rules refused at load.
@@ -153,57 +127,17 @@ impl LinkedCollector {
 }
 
 impl AgentHealth {
-    /// One component per sink; their failures into `counters` and
-    /// `problems`.
+    /// One component per sink, all read alike; their losses into
+    /// `counters` and `problems`.
     fn sinks(
         &self,
         counters: &mut BTreeMap<String, u64>,
         problems: &mut Vec<String>,
     ) -> Vec<ComponentHealth> {
-        let mut components = Vec::new();
-        for (name, s) in &self.sinks {
-            let failing = s.failing.load(Ordering::Relaxed);
-            components.push(sink_component(
-                name,
-                load(&s.failures) + load(&s.dropped),
-                failing.then(|| "its last delivery failed or was dropped".to_owned()),
-                failing.then(|| format!("sink {name} failing")),
-                [
-                    ("delivered", load(&s.delivered)),
-                    ("failures", load(&s.failures)),
-                    ("dropped", load(&s.dropped)),
-                ],
-                counters,
-                problems,
-            ));
-        }
-        if let Some(w) = &self.webhook {
-            let w = w.snapshot();
-            let lost = w.failed + w.rejected + w.dropped;
-            components.push(sink_component(
-                "webhook",
-                lost,
-                (lost > 0).then(|| {
-                    format!(
-                        "since start: {} failed, {} rejected, {} dropped",
-                        w.failed, w.rejected, w.dropped
-                    )
-                }),
-                (lost > 0).then(|| format!("sink webhook lost {lost} alerts")),
-                [
-                    ("queued", w.queued),
-                    ("delivered", w.delivered),
-                    ("retries", w.retries),
-                    ("failed", w.failed),
-                    ("rejected", w.rejected),
-                    ("dropped", w.dropped),
-                    ("in_flight", w.in_flight()),
-                ],
-                counters,
-                problems,
-            ));
-        }
-        components
+        self.sinks
+            .iter()
+            .map(|(name, s)| sink_component(name, &s.snapshot(), counters, problems))
+            .collect()
     }
 
     /// The whole report: one component per collector (its own report),
@@ -291,30 +225,49 @@ impl AgentHealth {
     }
 }
 
-/// One sink's component: degraded with `message` when it has one; its
-/// failures (`lost`) also go into the agent's `counters`, its `problem`
+/// One sink's component: degraded while its last alert was lost (failed,
+/// rejected or dropped), saying what it lost since start; its losses also
+/// go into the agent's `counters` (`sink.<name>.failures`), a failing sink
 /// into the agent's message.
-fn sink_component<const N: usize>(
+fn sink_component(
     name: &str,
-    lost: u64,
-    message: Option<String>,
-    problem: Option<String>,
-    own: [(&str, u64); N],
+    s: &SinkStatsSnapshot,
     counters: &mut BTreeMap<String, u64>,
     problems: &mut Vec<String>,
 ) -> ComponentHealth {
-    counters.insert(format!("sink.{name}.failures"), lost);
-    problems.extend(problem);
+    counters.insert(format!("sink.{name}.failures"), s.lost());
+    if s.failing {
+        problems.push(format!("sink {name} failing"));
+    }
     ComponentHealth {
         name: format!("sink:{name}"),
-        state: if message.is_some() {
+        state: if s.failing {
             HealthState::Degraded
         } else {
             HealthState::Healthy
         }
         .into(),
-        message: message.unwrap_or_default(),
-        counters: own.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        message: if s.failing {
+            format!(
+                "its last alert was lost; since start: {} failed, {} rejected, {} dropped, {} dropped at shutdown",
+                s.failed, s.rejected, s.dropped, s.dropped_at_shutdown
+            )
+        } else {
+            String::new()
+        },
+        counters: [
+            ("queued", s.queued),
+            ("delivered", s.delivered),
+            ("retries", s.retries),
+            ("failed", s.failed),
+            ("rejected", s.rejected),
+            ("dropped", s.dropped),
+            ("dropped_at_shutdown", s.dropped_at_shutdown),
+            ("in_flight", s.in_flight()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
         ..ComponentHealth::default()
     }
 }
@@ -336,8 +289,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::sink::Outcome;
 
-    fn health(links: &[(&str, &Arc<LinkStatus>)], sink: Arc<SinkCounters>) -> AgentHealth {
+    fn health(links: &[(&str, &Arc<LinkStatus>)], sink: Arc<SinkStats>) -> AgentHealth {
         AgentHealth {
             started: Instant::now(),
             collectors: links
@@ -351,7 +305,6 @@ mod tests {
             writer: Arc::default(),
             counters: Arc::default(),
             sinks: vec![("stdout", sink)],
-            webhook: None,
             rules_loaded: 10,
             rules_refused: 1,
         }
@@ -360,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn the_verdict_follows_the_collector_and_the_sinks() {
         let link = Arc::new(LinkStatus::default());
-        let sink = Arc::new(SinkCounters::default());
+        let sink = Arc::new(SinkStats::default());
         let h = health(&[("procmond", &link)], sink.clone());
 
         let r = h.report().await;
@@ -380,7 +333,8 @@ mod tests {
         // Connected, but its socket does not answer: degraded, collector
         // unreachable, and a failing sink is named.
         link.set_state(LinkState::Connected);
-        sink.record(false);
+        sink.queued();
+        sink.finish(Outcome::Failed);
         let r = h.report().await;
         assert_eq!(r.state(), HealthState::Degraded);
         assert_eq!(r.components[0].state(), HealthState::Unreachable);
@@ -390,12 +344,19 @@ mod tests {
             .iter()
             .find(|c| c.name == "sink:stdout")
             .unwrap();
-        assert_eq!(stdout.counters["failures"], 1);
+        assert_eq!(stdout.counters["failed"], 1);
+        assert_eq!(stdout.state(), HealthState::Degraded);
         // A success clears the sink's failing state, not its count.
-        sink.record(true);
+        sink.queued();
+        sink.finish(Outcome::Delivered);
         let r = h.report().await;
         assert!(!r.message.contains("sink stdout"), "{}", r.message);
         assert_eq!(r.counters["sink.stdout.failures"], 1);
+        // A drop is a loss too, and counted alike.
+        sink.dropped();
+        let r = h.report().await;
+        assert!(r.message.contains("sink stdout failing"), "{}", r.message);
+        assert_eq!(r.counters["sink.stdout.failures"], 2);
     }
 
     #[tokio::test]
@@ -404,7 +365,7 @@ mod tests {
         let netmond = Arc::new(LinkStatus::default());
         let h = health(
             &[("procmond", &procmond), ("netmond", &netmond)],
-            Arc::new(SinkCounters::default()),
+            Arc::new(SinkStats::default()),
         );
         procmond.events.fetch_add(5, Ordering::Relaxed);
         netmond.events.fetch_add(2, Ordering::Relaxed);

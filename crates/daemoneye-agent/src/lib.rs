@@ -6,7 +6,6 @@
 //! - [`config`]: the TOML config file, `DAEMONEYE_*` variables and flags,
 //!   resolved into validated [`Settings`](config::Settings) (with the
 //!   collector list).
-//! - [`fanout`]: every alert to each sink, each with its counters.
 //! - [`rules`]: detection rules (TOML or YAML files and a built-in pack): id,
 //!   name, severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at
 //!   load with the rule, the file and the reason when they break the rules.
@@ -17,11 +16,12 @@
 //!   deduplication key) and their deduplication within a window.
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
-//! - [`sink`]: alert delivery to syslog (RFC 5424).
-//! - [`lines`]: JSON-lines alert sinks (stdout, a file) on threads of
-//!   their own behind bounded queues.
-//! - [`webhook`]: alert delivery to an HTTP(S) webhook, queued, retried with
-//!   backoff, every alert counted.
+//! - [`sink`]: where alerts go: one [`AlertSink`](sink::AlertSink)
+//!   contract, one bounded [`SinkWorker`](sink::SinkWorker) (queue with a
+//!   when-full policy, retries with the one backoff, a close deadline, the
+//!   same counters for every sink), the sinks (JSON lines on stdout or a
+//!   file, syslog, an HTTP(S) webhook) and the agent's fan-out,
+//!   [`SinkSet`](sink::SinkSet).
 //! - [`link`]: the link to one collector over IPC: start it, check its
 //!   domain, subscribe, restart it with backoff when it goes.
 //! - [`store`]: the agent's store: live processes, lifecycle events and
@@ -52,13 +52,10 @@ pub mod alert;
 pub mod config;
 pub mod detect;
 pub mod engine;
-pub mod fanout;
 pub mod health;
 pub mod ledger;
-pub mod lines;
 pub mod link;
 pub mod rules;
 pub mod sink;
 pub mod store;
-pub mod webhook;
 pub mod writer;

@@ -201,7 +201,7 @@ pub async fn run(
     tx: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = config.initial_backoff;
+    let mut backoff = daemoneye_lib::Backoff::new(config.initial_backoff, config.max_backoff);
     loop {
         status.set_state(LinkState::Starting);
         let started = Instant::now();
@@ -213,16 +213,16 @@ pub async fn run(
         };
         let restarts = status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
         if started.elapsed() >= config.stable_after {
-            backoff = config.initial_backoff;
+            backoff.reset();
         }
-        error!(collector = %config.name, reason = %reason, restarts, backoff = ?backoff, "collector exited; restarting");
+        let wait = backoff.next();
+        error!(collector = %config.name, reason = %reason, restarts, backoff = ?wait, "collector exited; restarting");
         status.set_error(reason);
         status.set_state(LinkState::Restarting);
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
     status.set_state(LinkState::Stopped);
 }

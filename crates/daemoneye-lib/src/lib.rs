@@ -1,5 +1,7 @@
 //! Shared ground between DaemonEye collectors and the agent.
 //!
+//! - [`backoff`]: the one capped exponential [`Backoff`] (with
+//!   [`jitter`]) every retry loop waits with.
 //! - [`models`]: identities every component agrees on, such as the stable
 //!   [`ProcessKey`](models::ProcessKey) that survives PID reuse.
 //! - [`proto`]: the protobuf protocol (`daemoneye.v1`) between collectors and
@@ -60,35 +62,9 @@
 //! # Ok::<(), daemoneye_lib::models::ModelError>(())
 //! ```
 
+pub mod backoff;
 pub mod codec;
 pub mod models;
 pub mod proto;
 
-/// A number in `0..1` that differs between calls and processes, for
-/// jittering retry waits so that peers restarted together do not retry in
-/// step. From std's per-instance random hash keys: not for cryptography,
-/// and no generator crate for one number.
-pub fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    // The top 53 bits, exactly representable in an f64.
-    #[allow(clippy::cast_precision_loss)]
-    let x = (bits >> 11) as f64 / (1u64 << 53) as f64;
-    x
-}
-
-#[cfg(test)]
-mod jitter_tests {
-    #[test]
-    fn jitter_is_in_range_and_varies() {
-        let samples: Vec<f64> = (0..200).map(|_| super::jitter()).collect();
-        assert!(samples.iter().all(|x| (0.0..1.0).contains(x)));
-        let distinct: std::collections::BTreeSet<u64> =
-            samples.iter().map(|x| x.to_bits()).collect();
-        assert!(distinct.len() > 190, "{}", distinct.len());
-        let mean = samples.iter().sum::<f64>() / 200.0;
-        assert!((0.35..0.65).contains(&mean), "{mean}");
-    }
-}
+pub use backoff::{jitter, Backoff};

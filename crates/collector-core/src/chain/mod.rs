@@ -1148,7 +1148,7 @@ struct StageRun {
 
 /// Runs one stage: attempts with a timeout each, retries with backoff.
 async fn attempt_stage(run: StageRun) -> StageResult {
-    let mut backoff = run.initial_backoff;
+    let mut backoff = daemoneye_lib::Backoff::new(run.initial_backoff, run.max_backoff);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -1191,9 +1191,8 @@ async fn attempt_stage(run: StageRun) -> StageResult {
                 tokio::select! {
                     biased;
                     () = run.cancel.cancelled() => {}
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next()) => {}
                 }
-                backoff = (backoff * 2).min(run.max_backoff);
             }
             Err(failure) => {
                 return StageResult {

@@ -269,6 +269,7 @@ fn unexpected(payload: Option<Payload>) -> IpcError {
 
 async fn connect_with_backoff(config: &IpcClientConfig) -> Result<UnixStream, IpcError> {
     let mut attempt: u32 = 0;
+    let mut backoff = config.connect_backoff();
     loop {
         let error = match tokio::time::timeout(
             config.connect_timeout,
@@ -288,7 +289,7 @@ async fn connect_with_backoff(config: &IpcClientConfig) -> Result<UnixStream, Ip
                 source: error,
             });
         }
-        let wait = config.jittered_backoff(attempt - 1, daemoneye_lib::jitter());
+        let wait = backoff.next();
         tracing::debug!(attempt, ?wait, %error, "ipc connect failed, retrying");
         tokio::time::sleep(wait).await;
     }

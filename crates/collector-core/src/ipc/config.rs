@@ -201,22 +201,23 @@ impl IpcClientConfig {
         }
     }
 
+    /// The client's [`Backoff`](daemoneye_lib::Backoff): `initial_backoff`
+    /// doubling up to `max_backoff`, the upper half of each wait jittered so
+    /// that clients restarted together do not all retry in step.
+    pub fn connect_backoff(&self) -> daemoneye_lib::Backoff {
+        daemoneye_lib::Backoff::new(self.initial_backoff, self.max_backoff).with_jitter(0.5)
+    }
+
     /// The longest wait before attempt `attempt + 1` (0-based):
     /// `initial_backoff` doubled `attempt` times, capped at `max_backoff`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
+        self.connect_backoff().delay(attempt)
     }
 
     /// The wait actually taken before attempt `attempt + 1`: the upper half
-    /// of [`backoff`](Self::backoff) scaled by `jitter` (in `0..=1`), so
-    /// that clients restarted together do not all retry in step.
+    /// of [`backoff`](Self::backoff) scaled by `jitter` (in `0..=1`).
     pub fn jittered_backoff(&self, attempt: u32, jitter: f64) -> Duration {
-        let step = self.backoff(attempt);
-        step / 2 + (step / 2).mul_f64(jitter.clamp(0.0, 1.0))
+        self.connect_backoff().jittered(attempt, jitter)
     }
 }
 

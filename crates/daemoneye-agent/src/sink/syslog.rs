@@ -1,10 +1,11 @@
-//! Alert sinks besides stdout and files: syslog (RFC 5424).
+//! The syslog alert sink (RFC 5424).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::{AlertSink, Delivery};
 use crate::alert::Alert;
 use crate::rules::Severity;
 
@@ -38,13 +39,12 @@ enum Socket {
 }
 
 /// Sends each alert as one RFC 5424 message (facility `authpriv`), never
-/// blocking the agent: a send that cannot complete at once fails and is
-/// counted.
+/// waiting: a send that cannot complete at once fails (counted `failed` by
+/// its worker, not retried).
 pub struct SyslogSink {
     socket: Socket,
     target: SyslogTarget,
     hostname: String,
-    failures: u64,
 }
 
 impl std::fmt::Debug for SyslogSink {
@@ -129,27 +129,33 @@ impl SyslogSink {
             socket,
             target,
             hostname,
-            failures: 0,
         })
     }
 
-    /// Sends one alert; a failure is counted and returned, never retried
-    /// in a way that would hold up the agent.
+    /// Sends one alert, never waiting.
     ///
     /// # Errors
     /// The send error.
-    pub fn send(&mut self, alert: &Alert) -> std::io::Result<()> {
+    pub fn send(&self, alert: &Alert) -> std::io::Result<()> {
         let msg = format_rfc5424(alert, &self.hostname, std::process::id());
-        let sent = match &self.socket {
+        match &self.socket {
             Socket::Unix(s) => s.send(msg.as_bytes()),
             Socket::Udp(s) => s.send(msg.as_bytes()),
-        };
-        sent.map(|_| ()).inspect_err(|_| self.failures += 1)
+        }
+        .map(|_| ())
+    }
+}
+
+impl AlertSink for SyslogSink {
+    fn name(&self) -> &'static str {
+        "syslog"
     }
 
-    /// Sends that failed.
-    pub fn failures(&self) -> u64 {
-        self.failures
+    async fn deliver(&mut self, alert: &Alert) -> Delivery {
+        match self.send(alert) {
+            Ok(()) => Delivery::Delivered,
+            Err(e) => Delivery::Failed(format!("cannot send to {:?}: {e}", self.target)),
+        }
     }
 }
 
@@ -164,6 +170,7 @@ mod tests {
     use super::*;
     use crate::alert::AlertProcess;
     use crate::rules;
+    use crate::sink::{SinkWorker, WorkerConfig};
 
     fn alert() -> Alert {
         let rule = rules::builtin()
@@ -185,7 +192,7 @@ mod tests {
         let target: SyslogTarget = format!("udp://{}", server.local_addr().unwrap())
             .parse()
             .unwrap();
-        let mut sink = SyslogSink::open(target).unwrap();
+        let sink = SyslogSink::open(target).unwrap();
         sink.send(&alert()).unwrap();
         let mut buf = [0u8; 8192];
         let n = server.recv(&mut buf).unwrap();
@@ -210,17 +217,23 @@ mod tests {
         b
     }
 
-    #[test]
-    fn a_missing_collector_is_an_error_not_a_hang_and_failures_count() {
+    #[tokio::test]
+    async fn a_missing_collector_is_an_error_not_a_hang_and_failures_count() {
         assert!(SyslogSink::open(SyslogTarget::Unix("/nonexistent/log".into())).is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let server = UnixDatagram::bind(&path).unwrap();
-        let mut sink = SyslogSink::open(SyslogTarget::Unix(path)).unwrap();
+        let sink = SyslogSink::open(SyslogTarget::Unix(path)).unwrap();
         sink.send(&alert()).unwrap();
         drop(server); // the collector goes away
         assert!(sink.send(&alert()).is_err());
-        assert_eq!(sink.failures(), 1);
+        // Behind its worker: counted failed, not retried.
+        let worker = SinkWorker::start(sink, WorkerConfig::default()).unwrap();
+        worker.try_send(alert()).unwrap();
+        let stats = worker
+            .close(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
+        assert_eq!((stats.failed, stats.retries, stats.delivered), (1, 0, 0));
     }
 
     #[test]

@@ -7,34 +7,28 @@
 //! [`WebhookUrl`], over HTTP/1.1 or HTTPS (rustls with the system's root
 //! certificates).
 //!
-//! It never holds up the agent: [`WebhookSink::send`] only puts the alert in
-//! a bounded queue, and when the queue is full the alert is dropped and
-//! counted. One background task delivers in order, each request within a
-//! timeout, and retries connection errors, timeouts, HTTP 5xx and 429 with a
-//! capped exponential backoff and jitter (a `Retry-After` in seconds on 429
-//! and 503 is honoured, up to the cap). Other answers (3xx, 4xx) are
-//! rejections: counted and not retried. Delivery is at least once: a request
-//! whose answer is lost is sent again.
-//!
-//! [`WebhookStats`] counts, at any time, what became of every alert: each
-//! one sent is either `dropped` at once, or `queued` and then exactly one of
-//! `delivered`, `failed`, `rejected` or `dropped_at_shutdown` (or still in
-//! flight). [`WebhookSink::close`] stops accepting alerts, delivers what is
-//! queued until its deadline, and counts the rest as dropped at shutdown.
+//! It is an [`AlertSink`]: [`WebhookSink::start`] runs it behind its
+//! [`SinkWorker`], which queues (bounded; a full queue drops and counts),
+//! delivers in order, each request within a timeout, and retries what this
+//! sink calls transient (connection errors, timeouts, HTTP 5xx and 429) with
+//! the capped, jittered [`Backoff`] (a `Retry-After`
+//! in seconds on 429 and 503 is honoured, up to the cap). Other answers
+//! (3xx, 4xx) are rejections: counted and not retried. Delivery is at least
+//! once: a request whose answer is lost is sent again.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //!
 //! use daemoneye_agent::alert::Alert;
-//! use daemoneye_agent::webhook::{WebhookConfig, WebhookSink};
+//! use daemoneye_agent::sink::{WebhookConfig, WebhookSink};
 //!
 //! # async fn run(alert: Alert) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut config = WebhookConfig::new("https://siem.example/hooks/daemoneye".parse()?);
 //! config.headers.push("Authorization: Bearer s3cret".parse()?);
-//! let sink = WebhookSink::new(config)?;
+//! let sink = WebhookSink::start(&config)?;
 //!
 //! // Never waits: the alert is queued, or dropped and counted.
-//! sink.send(&alert)?;
+//! sink.try_send(alert)?;
 //!
 //! let stats = sink
 //!     .close(tokio::time::Instant::now() + Duration::from_secs(5))
@@ -46,11 +40,12 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use collector_core::WhenFull;
+use daemoneye_lib::Backoff;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -59,12 +54,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::{AlertSink, Delivery, SinkWorker, WorkerConfig};
 use crate::alert::Alert;
 
 /// Alerts the queue holds by default.
@@ -186,23 +178,13 @@ pub enum WebhookError {
         #[source]
         source: rustls::Error,
     },
-    /// The sink was created outside a tokio runtime, which it needs for its
-    /// worker.
-    #[error("the webhook sink must be created inside a tokio runtime")]
-    NoRuntime,
-}
-
-/// Why [`WebhookSink::send`] did not queue an alert. Either way the alert is
-/// dropped and counted in [`WebhookStatsSnapshot::dropped`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WebhookSendError {
-    /// The queue is full: the endpoint is slower than the alerts.
-    #[error("webhook queue is full; alert dropped")]
-    Full,
-    /// The worker is gone (it can only have panicked).
-    #[error("webhook worker has stopped; alert dropped")]
-    Closed,
+    /// The sink's worker could not be started.
+    #[error("cannot start the webhook sink's worker")]
+    Start {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An `http://` or `https://` URL with a host.
@@ -433,107 +415,54 @@ impl WebhookConfig {
     }
 }
 
-/// What became of the alerts sent to a [`WebhookSink`], counted as it goes.
-/// Cheap to read at any time; see [`WebhookStats::snapshot`].
-#[derive(Debug, Default)]
-pub struct WebhookStats {
-    queued: AtomicU64,
-    delivered: AtomicU64,
-    retries: AtomicU64,
-    failed: AtomicU64,
-    rejected: AtomicU64,
-    dropped: AtomicU64,
-    dropped_at_shutdown: AtomicU64,
-}
-
-/// The counts of a [`WebhookStats`] at one moment.
-///
-/// Every alert sent is counted once in `queued` or `dropped`; every queued
-/// alert, once in `delivered`, `failed`, `rejected` or `dropped_at_shutdown`
-/// when it is done with ([`in_flight`](Self::in_flight) until then).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WebhookStatsSnapshot {
-    /// Alerts accepted into the queue.
-    pub queued: u64,
-    /// Alerts the endpoint accepted (2xx).
-    pub delivered: u64,
-    /// Attempts after the first, over all alerts.
-    pub retries: u64,
-    /// Alerts given up on after the last attempt (connection errors,
-    /// timeouts, 5xx, 429).
-    pub failed: u64,
-    /// Alerts the endpoint refused (3xx, 4xx other than 429); not retried.
-    pub rejected: u64,
-    /// Alerts not queued: the queue was full (or the worker gone).
-    pub dropped: u64,
-    /// Queued alerts still undelivered when [`WebhookSink::close`] reached
-    /// its deadline.
-    pub dropped_at_shutdown: u64,
-}
-
-impl WebhookStatsSnapshot {
-    /// Queued alerts not yet delivered, failed, rejected or dropped at
-    /// shutdown. Counters are read one by one, so while the sink runs this
-    /// can be off by the alerts that changed state meanwhile; after
-    /// [`WebhookSink::close`] it is exact.
-    pub fn in_flight(&self) -> u64 {
-        self.queued
-            .saturating_sub(self.delivered + self.failed + self.rejected + self.dropped_at_shutdown)
-    }
-}
-
-impl WebhookStats {
-    /// The counts now.
-    pub fn snapshot(&self) -> WebhookStatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WebhookStatsSnapshot {
-            delivered: get(&self.delivered),
-            retries: get(&self.retries),
-            failed: get(&self.failed),
-            rejected: get(&self.rejected),
-            dropped: get(&self.dropped),
-            dropped_at_shutdown: get(&self.dropped_at_shutdown),
-            // Last, so that an alert counted done is also counted queued.
-            queued: get(&self.queued),
-        }
-    }
-
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Posts alerts to a webhook from a background task, never blocking the
-/// caller. See the [module docs](self).
-///
-/// Call [`close`](Self::close) to stop it with a deadline and get the final
-/// counts. A sink merely dropped leaves its worker delivering what is queued
-/// in the background for as long as the runtime runs.
+/// Posts alerts to a webhook: the [`AlertSink`]; see the
+/// [module docs](self). [`start`](Self::start) runs it behind its worker.
 pub struct WebhookSink {
-    tx: mpsc::Sender<Alert>,
-    stats: Arc<WebhookStats>,
-    worker: JoinHandle<()>,
-    abort: CancellationToken,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    /// For logs: the URL without its path.
     url: WebhookUrl,
+    headers: HeaderMap,
+    timeout: Duration,
 }
 
 impl fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookSink")
             .field("url", &self.url)
-            .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
     }
 }
 
 impl WebhookSink {
     /// Validates `config`, reads the system's root certificates for an
-    /// `https://` URL, and starts the worker on the current tokio runtime.
+    /// `https://` URL, and starts the sink behind its worker (queue of
+    /// `queue_capacity`, dropping when full; `max_attempts` with the
+    /// backoff from `initial_backoff` to `max_backoff`, half jittered).
     ///
     /// # Errors
     /// An invalid config ([`WebhookConfig::validate`]), no root certificates
-    /// for HTTPS, or no tokio runtime.
-    pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
+    /// for HTTPS, or a worker that cannot be started.
+    pub fn start(config: &WebhookConfig) -> Result<SinkWorker, WebhookError> {
+        Self::new(config)?.run(config)
+    }
+
+    /// [`start`](Self::start) trusting `roots` for HTTPS.
+    #[cfg(test)]
+    pub(crate) fn start_with_roots(
+        config: &WebhookConfig,
+        roots: RootCertStore,
+    ) -> Result<SinkWorker, WebhookError> {
+        Self::with_roots(config, roots)?.run(config)
+    }
+
+    /// Validates `config` and builds the sink (the system's root
+    /// certificates for an `https://` URL), not yet started.
+    ///
+    /// # Errors
+    /// An invalid config ([`WebhookConfig::validate`]) or no root
+    /// certificates for HTTPS.
+    pub fn new(config: &WebhookConfig) -> Result<Self, WebhookError> {
         config.validate()?;
         let roots = if config.url.is_https() {
             native_roots()?
@@ -544,12 +473,8 @@ impl WebhookSink {
     }
 
     /// [`new`](Self::new) trusting `roots` for HTTPS.
-    pub(crate) fn with_roots(
-        config: WebhookConfig,
-        roots: RootCertStore,
-    ) -> Result<Self, WebhookError> {
+    fn with_roots(config: &WebhookConfig, roots: RootCertStore) -> Result<Self, WebhookError> {
         config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -575,103 +500,28 @@ impl WebhookSink {
         for h in &config.headers {
             headers.append(h.name.clone(), h.value.clone());
         }
-
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let stats = Arc::new(WebhookStats::default());
-        let abort = CancellationToken::new();
-        let worker = Worker {
+        Ok(Self {
             client,
             uri: config.url.0.clone(),
             url: config.url.clone(),
             headers,
             timeout: config.timeout,
-            max_attempts: config.max_attempts,
-            initial_backoff: config.initial_backoff,
-            max_backoff: config.max_backoff,
-            stats: Arc::clone(&stats),
-        };
-        let worker = runtime.spawn(worker.run(rx, abort.clone()));
-        Ok(Self {
-            tx,
-            stats,
-            worker,
-            abort,
-            url: config.url,
         })
     }
 
-    /// Queues `alert` for delivery, or drops it if the queue is full. Never
-    /// waits. The outcome is counted either way.
-    ///
-    /// # Errors
-    /// [`WebhookSendError::Full`] when the alert was dropped for want of
-    /// room.
-    pub fn send(&self, alert: &Alert) -> Result<(), WebhookSendError> {
-        // Reserving first keeps the clone off the path of a full queue.
-        match self.tx.try_reserve() {
-            Ok(permit) => {
-                // Before the send, so a finished alert is never seen
-                // unqueued.
-                WebhookStats::add(&self.stats.queued, 1);
-                permit.send(alert.clone());
-                Ok(())
-            }
-            Err(e) => {
-                WebhookStats::add(&self.stats.dropped, 1);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(()) => WebhookSendError::Full,
-                    mpsc::error::TrySendError::Closed(()) => WebhookSendError::Closed,
-                })
-            }
+    /// How the worker queues and retries for `config`.
+    pub fn worker_config(config: &WebhookConfig) -> WorkerConfig {
+        WorkerConfig {
+            capacity: config.queue_capacity,
+            when_full: WhenFull::DropNewest,
+            max_attempts: config.max_attempts,
+            backoff: Backoff::new(config.initial_backoff, config.max_backoff).with_jitter(0.5),
         }
     }
 
-    /// The counters, shared with the worker: they stay readable after the
-    /// sink is closed.
-    pub fn stats(&self) -> Arc<WebhookStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// Stops accepting alerts, delivers those queued (retries included)
-    /// until `deadline`, then abandons the rest, counting them in
-    /// `dropped_at_shutdown`, and returns the final counts.
-    ///
-    /// Returns by `deadline`, give or take the moment the worker needs to
-    /// count what it abandons.
-    ///
-    /// # Cancel safety
-    /// Dropping the future before it completes abandons the queue at once,
-    /// as if the deadline had passed.
-    pub async fn close(self, deadline: Instant) -> WebhookStatsSnapshot {
-        let Self {
-            tx,
-            stats,
-            mut worker,
-            abort,
-            url,
-        } = self;
-        // With the sender gone the worker ends once the queue is empty.
-        drop(tx);
-        let _abandon_if_dropped = abort.clone().drop_guard();
-        let finished = match tokio::time::timeout_at(deadline, &mut worker).await {
-            Ok(finished) => finished,
-            Err(_) => {
-                abort.cancel();
-                worker.await
-            }
-        };
-        if let Err(e) = finished {
-            warn!(error = %e, url = %url, "webhook worker ended abnormally; queued alerts are unaccounted for");
-        }
-        let snapshot = stats.snapshot();
-        if snapshot.dropped_at_shutdown > 0 {
-            warn!(
-                dropped_at_shutdown = snapshot.dropped_at_shutdown,
-                url = %url,
-                "webhook alerts abandoned at shutdown"
-            );
-        }
-        snapshot
+    fn run(self, config: &WebhookConfig) -> Result<SinkWorker, WebhookError> {
+        SinkWorker::start(self, Self::worker_config(config))
+            .map_err(|source| WebhookError::Start { source })
     }
 }
 
@@ -696,121 +546,31 @@ fn native_roots() -> Result<RootCertStore, WebhookError> {
     Ok(roots)
 }
 
-/// What became of one alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Delivered,
-    Rejected,
-    Failed,
-}
-
-/// What became of one attempt.
-#[derive(Debug)]
-enum Attempt {
-    Delivered,
-    Rejected(StatusCode),
-    /// Worth another try, after `retry_after` when the endpoint said so.
-    Retry {
-        cause: String,
-        retry_after: Option<Duration>,
-    },
-}
-
-struct Worker {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    uri: Uri,
-    /// For logs: the URL without its path.
-    url: WebhookUrl,
-    headers: HeaderMap,
-    timeout: Duration,
-    max_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    stats: Arc<WebhookStats>,
-}
-
-impl Worker {
-    /// Delivers alerts in order until the queue is closed and empty, or
-    /// `abort`; then counts what is left as dropped at shutdown.
-    async fn run(self, mut rx: mpsc::Receiver<Alert>, abort: CancellationToken) {
-        loop {
-            let alert = tokio::select! {
-                biased;
-                () = abort.cancelled() => break,
-                next = rx.recv() => match next {
-                    Some(alert) => alert,
-                    None => break,
-                },
-            };
-            let outcome = tokio::select! {
-                biased;
-                () = abort.cancelled() => {
-                    WebhookStats::add(&self.stats.dropped_at_shutdown, 1);
-                    break;
-                }
-                outcome = self.deliver(&alert) => outcome,
-            };
-            let counter = match outcome {
-                Outcome::Delivered => &self.stats.delivered,
-                Outcome::Rejected => &self.stats.rejected,
-                Outcome::Failed => &self.stats.failed,
-            };
-            WebhookStats::add(counter, 1);
-        }
-        rx.close();
-        let mut left = 0;
-        while rx.try_recv().is_ok() {
-            left += 1;
-        }
-        WebhookStats::add(&self.stats.dropped_at_shutdown, left);
+impl AlertSink for WebhookSink {
+    fn name(&self) -> &'static str {
+        "webhook"
     }
 
-    /// Posts one alert, retrying as configured.
-    async fn deliver(&self, alert: &Alert) -> Outcome {
+    async fn deliver(&mut self, alert: &Alert) -> Delivery {
         let body = match serde_json::to_vec(alert) {
             Ok(body) => Bytes::from(body),
-            Err(e) => {
-                warn!(error = %e, rule = %alert.rule_id, "cannot encode an alert for the webhook");
-                return Outcome::Failed;
-            }
+            Err(e) => return Delivery::Failed(format!("cannot encode the alert: {e}")),
         };
-        let mut attempt = 1;
-        loop {
-            let (cause, retry_after) = match self.attempt(body.clone()).await {
-                Attempt::Delivered => {
-                    debug!(rule = %alert.rule_id, attempt, "webhook alert delivered");
-                    return Outcome::Delivered;
-                }
-                Attempt::Rejected(status) => {
-                    warn!(status = status.as_u16(), rule = %alert.rule_id, url = %self.url, "webhook refused an alert; not retried");
-                    return Outcome::Rejected;
-                }
-                Attempt::Retry { cause, retry_after } => (cause, retry_after),
-            };
-            if attempt >= self.max_attempts {
-                warn!(error = %cause, attempts = attempt, rule = %alert.rule_id, url = %self.url, "webhook delivery failed; alert given up");
-                return Outcome::Failed;
-            }
-            let wait = retry_after.map_or_else(
-                || {
-                    backoff(
-                        attempt,
-                        self.initial_backoff,
-                        self.max_backoff,
-                        daemoneye_lib::jitter(),
-                    )
-                },
-                |after| after.min(self.max_backoff),
-            );
-            debug!(error = %cause, attempt, wait_ms = wait.as_millis(), "webhook attempt failed; retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-            WebhookStats::add(&self.stats.retries, 1);
+        // Causes name the URL (without its path, which may hold a token).
+        match self.attempt(body).await {
+            Delivery::Retry { cause, after } => Delivery::Retry {
+                cause: format!("{}: {cause}", self.url),
+                after,
+            },
+            Delivery::Rejected(cause) => Delivery::Rejected(format!("{}: {cause}", self.url)),
+            other => other,
         }
     }
+}
 
+impl WebhookSink {
     /// One request, within the timeout.
-    async fn attempt(&self, body: Bytes) -> Attempt {
+    async fn attempt(&self, body: Bytes) -> Delivery {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
@@ -819,15 +579,15 @@ impl Worker {
         {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                return Attempt::Retry {
+                return Delivery::Retry {
                     cause: error_chain(&e),
-                    retry_after: None,
+                    after: None,
                 }
             }
             Err(_) => {
-                return Attempt::Retry {
+                return Delivery::Retry {
                     cause: format!("no answer within {:?}", self.timeout),
-                    retry_after: None,
+                    after: None,
                 }
             }
         };
@@ -843,18 +603,18 @@ impl Worker {
 
 /// Delivered (2xx), worth a retry (5xx, 429), or refused (anything else).
 /// `Retry-After` counts only on 429 and 503, where it means "come back then".
-fn classify(status: StatusCode, retry_after: Option<Duration>) -> Attempt {
+fn classify(status: StatusCode, retry_after: Option<Duration>) -> Delivery {
     if status.is_success() {
-        Attempt::Delivered
+        Delivery::Delivered
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         let honoured =
             status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
-        Attempt::Retry {
+        Delivery::Retry {
             cause: format!("http status {}", status.as_u16()),
-            retry_after: retry_after.filter(|_| honoured),
+            after: retry_after.filter(|_| honoured),
         }
     } else {
-        Attempt::Rejected(status)
+        Delivery::Rejected(format!("http status {}; not retried", status.as_u16()))
     }
 }
 
@@ -869,16 +629,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
-}
-
-/// The wait after the `failures`-th failed attempt (from 1): `initial`
-/// doubling up to `max`, of which the upper half is scaled by `jitter` (in
-/// `[0, 1)`), so that agents that failed together do not retry together,
-/// yet none retries sooner than half the step.
-fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
-    let doubled = 2u32.saturating_pow(failures.saturating_sub(1));
-    let step = initial.saturating_mul(doubled).min(max);
-    step / 2 + (step / 2).mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// An error and its causes, `: `-separated (hyper's own message is terse).
@@ -908,10 +658,13 @@ mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite};
     use tokio::io::{AsyncWriteExt as _, BufReader};
     use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
 
     use super::*;
     use crate::alert::AlertProcess;
     use crate::rules;
+    use crate::sink::{SinkSendError, SinkStatsSnapshot};
 
     /// A self-signed certificate for `localhost` and 127.0.0.1, valid until
     /// 2126, and its key: the test HTTPS endpoint's.
@@ -958,7 +711,7 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
 
     /// Every queued alert is in exactly one final count.
     #[track_caller]
-    fn assert_accounted(s: &WebhookStatsSnapshot) {
+    fn assert_accounted(s: &SinkStatsSnapshot) {
         assert_eq!(
             s.queued,
             s.delivered + s.failed + s.rejected + s.dropped_at_shutdown,
@@ -1135,9 +888,9 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
             .headers
             .push("Authorization:  Bearer t0ken ".parse().unwrap());
         config.headers.push("X-Tenant: blue".parse().unwrap());
-        let sink = WebhookSink::new(config).unwrap();
+        let sink = WebhookSink::start(&config).unwrap();
         let sent = alert(4242);
-        sink.send(&sent).unwrap();
+        sink.try_send(sent.clone()).unwrap();
 
         let seen = endpoint.next().await;
         assert_eq!(seen.method, "POST");
@@ -1168,9 +921,10 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         roots
             .add(CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap())
             .unwrap();
-        let sink = WebhookSink::with_roots(config(endpoint.url("https", "/tls")), roots).unwrap();
+        let sink =
+            WebhookSink::start_with_roots(&config(endpoint.url("https", "/tls")), roots).unwrap();
         let sent = alert(7);
-        sink.send(&sent).unwrap();
+        sink.try_send(sent.clone()).unwrap();
         let seen = endpoint.next().await;
         assert_eq!(seen.target, "/tls");
         assert_eq!(serde_json::from_slice::<Alert>(&seen.body).unwrap(), sent);
@@ -1185,8 +939,8 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         // The system's roots do not include the test certificate.
         let mut c = config(endpoint.url("https", "/tls"));
         c.max_attempts = 2;
-        let sink = WebhookSink::with_roots(c, RootCertStore::empty()).unwrap();
-        sink.send(&alert(7)).unwrap();
+        let sink = WebhookSink::start_with_roots(&c, RootCertStore::empty()).unwrap();
+        sink.try_send(alert(7)).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!((stats.delivered, stats.failed, stats.retries), (0, 1, 1));
         assert_accounted(&stats);
@@ -1200,9 +954,9 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
             Reply::Status(200),
         )
         .await;
-        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        let sink = WebhookSink::start(&config(endpoint.url("http", "/"))).unwrap();
         let sent = alert(1);
-        sink.send(&sent).unwrap();
+        sink.try_send(sent.clone()).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!(
             (stats.delivered, stats.retries, stats.failed, stats.rejected),
@@ -1224,8 +978,8 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
             Reply::Status(204),
         )
         .await;
-        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
-        sink.send(&alert(1)).unwrap();
+        let sink = WebhookSink::start(&config(endpoint.url("http", "/"))).unwrap();
+        sink.try_send(alert(1)).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!((stats.delivered, stats.retries), (1, 2));
         assert_eq!(endpoint.take_seen().len(), 3);
@@ -1234,8 +988,8 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
     #[tokio::test]
     async fn client_errors_are_rejected_without_retry() {
         let mut endpoint = Endpoint::start(&[], Reply::Status(400)).await;
-        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
-        sink.send(&alert(1)).unwrap();
+        let sink = WebhookSink::start(&config(endpoint.url("http", "/"))).unwrap();
+        sink.try_send(alert(1)).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!(
             (stats.rejected, stats.retries, stats.failed, stats.delivered),
@@ -1253,9 +1007,9 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         };
         let mut c = config(format!("http://{addr}/").parse().unwrap());
         c.max_attempts = 3;
-        let sink = WebhookSink::new(c).unwrap();
-        sink.send(&alert(1)).unwrap();
-        sink.send(&alert(2)).unwrap();
+        let sink = WebhookSink::start(&c).unwrap();
+        sink.try_send(alert(1)).unwrap();
+        sink.try_send(alert(2)).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!(
             (stats.failed, stats.retries, stats.delivered),
@@ -1271,8 +1025,8 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let mut c = config(endpoint.url("http", "/"));
         c.timeout = Duration::from_millis(100);
         c.max_attempts = 2;
-        let sink = WebhookSink::new(c).unwrap();
-        sink.send(&alert(1)).unwrap();
+        let sink = WebhookSink::start(&c).unwrap();
+        sink.try_send(alert(1)).unwrap();
         let stats = sink.close(far()).await;
         assert_eq!((stats.failed, stats.retries, stats.delivered), (1, 1, 0));
         assert_accounted(&stats);
@@ -1285,15 +1039,15 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let mut c = config(endpoint.url("http", "/"));
         c.queue_capacity = 2;
         c.timeout = Duration::from_secs(600);
-        let sink = WebhookSink::new(c).unwrap();
-        sink.send(&alert(1)).unwrap();
+        let sink = WebhookSink::start(&c).unwrap();
+        sink.try_send(alert(1)).unwrap();
         // The worker holds alert 1 and waits on an endpoint that never answers.
         endpoint.next().await;
-        sink.send(&alert(2)).unwrap();
-        sink.send(&alert(3)).unwrap();
+        sink.try_send(alert(2)).unwrap();
+        sink.try_send(alert(3)).unwrap();
         let started = Instant::now();
         for pid in 4..=10 {
-            assert_eq!(sink.send(&alert(pid)), Err(WebhookSendError::Full));
+            assert_eq!(sink.try_send(alert(pid)), Err(SinkSendError::Full));
         }
         assert!(started.elapsed() < Duration::from_secs(1));
         let running = sink.stats().snapshot();
@@ -1312,10 +1066,10 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let mut c = config(endpoint.url("http", "/"));
         c.initial_backoff = Duration::from_secs(3600);
         c.max_backoff = Duration::from_secs(3600);
-        let sink = WebhookSink::new(c).unwrap();
+        let sink = WebhookSink::start(&c).unwrap();
         let stats = sink.stats();
         for pid in 1..=3 {
-            sink.send(&alert(pid)).unwrap();
+            sink.try_send(alert(pid)).unwrap();
         }
         // Alert 1 got its 503; the worker now waits half an hour or more.
         endpoint.next().await;
@@ -1339,9 +1093,9 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
     #[tokio::test]
     async fn close_delivers_what_is_queued_in_order() {
         let mut endpoint = Endpoint::start(&[Reply::Status(500)], Reply::Status(200)).await;
-        let sink = WebhookSink::new(config(endpoint.url("http", "/"))).unwrap();
+        let sink = WebhookSink::start(&config(endpoint.url("http", "/"))).unwrap();
         for pid in 1..=5 {
-            sink.send(&alert(pid)).unwrap();
+            sink.try_send(alert(pid)).unwrap();
         }
         let stats = sink.close(far()).await;
         assert_eq!((stats.delivered, stats.retries), (5, 1));
@@ -1361,39 +1115,45 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(30));
-        let top = |n| backoff(n, initial, max, 1.0);
+        let c = WebhookConfig::new("http://127.0.0.1/".parse().unwrap());
+        let b = WebhookSink::worker_config(&c).backoff;
+        // The wait after the n-th failed attempt (from 1).
+        let top = |n: u32| b.jittered(n.saturating_sub(1), 1.0);
         assert_eq!(top(1), Duration::from_millis(500));
         assert_eq!(top(2), Duration::from_secs(1));
         assert_eq!(top(3), Duration::from_secs(2));
         assert_eq!(top(7), Duration::from_secs(30), "32 s capped");
         assert_eq!(top(u32::MAX), Duration::from_secs(30), "no overflow");
-        assert_eq!(backoff(1, initial, max, 0.0), Duration::from_millis(250));
-        assert_eq!(backoff(7, initial, max, 0.0), Duration::from_secs(15));
+        assert_eq!(b.jittered(0, 0.0), Duration::from_millis(250));
+        assert_eq!(b.jittered(6, 0.0), Duration::from_secs(15));
         let samples: Vec<f64> = (0..200).map(|_| daemoneye_lib::jitter()).collect();
         assert!(samples.iter().all(|j| (0.0..1.0).contains(j)));
         assert!(
             samples.iter().any(|j| j.to_bits() != samples[0].to_bits()),
             "it varies"
         );
+        assert_eq!(WebhookSink::worker_config(&c).max_attempts, 5);
     }
 
     #[test]
     fn statuses_decide_between_delivered_retried_and_rejected() {
         let retry = |code, after| match classify(StatusCode::from_u16(code).unwrap(), after) {
-            Attempt::Retry { retry_after, .. } => Some(retry_after),
+            Delivery::Retry { after, .. } => Some(after),
             _ => None,
         };
         let secs = Some(Duration::from_secs(7));
-        assert!(matches!(classify(StatusCode::OK, None), Attempt::Delivered));
+        assert!(matches!(
+            classify(StatusCode::OK, None),
+            Delivery::Delivered
+        ));
         assert!(matches!(
             classify(StatusCode::NO_CONTENT, None),
-            Attempt::Delivered
+            Delivery::Delivered
         ));
         for code in [301, 400, 401, 403, 404, 413] {
             assert!(matches!(
                 classify(StatusCode::from_u16(code).unwrap(), secs),
-                Attempt::Rejected(_)
+                Delivery::Rejected(_)
             ));
         }
         assert_eq!(retry(500, secs), Some(None), "Retry-After only on 429/503");
@@ -1492,20 +1252,16 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let mut c = base.clone();
         c.initial_backoff = Duration::from_secs(60);
         assert_eq!(field(c), "initial_backoff");
-        assert!(matches!(
-            WebhookSink::new(base),
-            Err(WebhookError::NoRuntime)
-        ));
+        // No runtime needed to build it: its worker brings its own.
+        assert!(WebhookSink::new(&base).is_ok());
     }
 
     #[test]
     fn public_types_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<WebhookSink>();
-        check::<WebhookStats>();
         check::<WebhookConfig>();
         check::<WebhookError>();
-        check::<WebhookSendError>();
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! Where alerts go: one contract, one worker, one set of counters.
+//!
+//! - [`AlertSink`]: the contract of whatever receives alerts (and, later,
+//!   events): a [`name`](AlertSink::name) and a
+//!   [`deliver`](AlertSink::deliver) that says what became of one alert
+//!   ([`Delivery`]: delivered, worth a retry, failed, rejected).
+//! - [`SinkWorker`]: the one bounded worker every sink runs behind, on a
+//!   thread of its own (so a sink that blocks, such as a full stdout pipe,
+//!   holds up nothing else): a bounded queue with the
+//!   [`WhenFull`](collector_core::WhenFull) policy, retries of transient
+//!   failures with the one [`Backoff`](daemoneye_lib::Backoff), a deadline
+//!   at close, and the same [`SinkStats`] for every sink.
+//! - The sinks, each a small implementation: [`LineSink`] (JSON lines on
+//!   stdout or a file), [`SyslogSink`] (RFC 5424), [`WebhookSink`] (HTTP(S)
+//!   `POST`, hyper and rustls).
+//! - [`SinkSet`]: the agent's fan-out, built from a plain [`SinksConfig`]:
+//!   [`deliver`](SinkSet::deliver) to every sink,
+//!   [`close`](SinkSet::close) by a deadline, and the counters health reads.
+//!
+//! Every alert offered to a sink ends in exactly one counter: `dropped`
+//! (not queued), or `queued` and then `delivered`, `failed`, `rejected` or
+//! `dropped_at_shutdown` ([`SinkStatsSnapshot::in_flight`] until then).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use daemoneye_agent::alert::{Alert, AlertProcess};
+//! use daemoneye_agent::rules;
+//! use daemoneye_agent::sink::{LineSink, SinkWorker, WorkerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rule = rules::builtin()?.remove(0);
+//! let process = AlertProcess::from_event(&collector_core::ProcessEvent::new(42, "x"), None);
+//! let alert = Alert::new(&rule, process, std::time::SystemTime::now());
+//!
+//! let sink = LineSink::new("stdout", Box::new(std::io::sink()));
+//! let worker = SinkWorker::start(sink, WorkerConfig::default())?;
+//! worker.try_send(alert)?; // never waits: queued, or dropped and counted
+//! let stats = worker
+//!     .close(tokio::time::Instant::now() + Duration::from_secs(5))
+//!     .await;
+//! assert_eq!((stats.queued, stats.delivered, stats.in_flight()), (1, 1, 0));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::alert::Alert;
+
+mod lines;
+mod set;
+mod stats;
+mod syslog;
+pub mod webhook;
+mod worker;
+
+pub use lines::LineSink;
+pub use set::{SinkError, SinkSet, SinksConfig, DEFAULT_LINE_QUEUE};
+#[cfg(test)]
+pub(crate) use stats::Outcome;
+pub use stats::{SinkStats, SinkStatsSnapshot};
+pub use syslog::{format_rfc5424, SyslogSink, SyslogTarget};
+pub use webhook::{WebhookConfig, WebhookError, WebhookHeader, WebhookSink, WebhookUrl};
+pub use worker::{SinkSendError, SinkWorker, WorkerConfig};
+
+/// What became of one attempt to deliver an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The receiver has it.
+    Delivered,
+    /// A transient failure (a connection error, a timeout, an overloaded
+    /// receiver): worth another attempt, after `after` when the receiver
+    /// said when, else after the worker's backoff. Counted `failed` once
+    /// the attempts run out.
+    Retry {
+        /// Why, for the logs.
+        cause: String,
+        /// The receiver's own "come back then" (`Retry-After`).
+        after: Option<Duration>,
+    },
+    /// A failure that another attempt would not mend (a write error on a
+    /// file, a syslog socket that is gone): counted `failed`, not retried.
+    Failed(String),
+    /// The receiver refused the alert (an HTTP 4xx): counted `rejected`,
+    /// not retried.
+    Rejected(String),
+}
+
+/// Whatever receives alerts: a name and a delivery.
+///
+/// A sink runs behind a [`SinkWorker`], on a thread of its own with a
+/// single-threaded tokio runtime: `deliver` may await (an HTTP request) or
+/// block (a write to a pipe nobody reads) without holding up detection or
+/// the other sinks; the worker queues, retries, counts and closes.
+pub trait AlertSink: Send + 'static {
+    /// The sink's name in logs and health (`stdout`, `file`, `syslog`,
+    /// `webhook`).
+    fn name(&self) -> &'static str;
+
+    /// One attempt to deliver `alert`. Called again for the same alert
+    /// when it returns [`Delivery::Retry`] and attempts remain.
+    ///
+    /// # Cancel safety
+    /// At the close deadline the worker stops awaiting the future: an
+    /// attempt may be cut short (the alert is then counted
+    /// `dropped_at_shutdown`).
+    fn deliver(&mut self, alert: &Alert) -> impl Future<Output = Delivery>;
+}
+
+/// An alert from the built-in pack about process `pid`, for tests.
+#[cfg(test)]
+pub(crate) fn test_alert(pid: u32) -> Alert {
+    #![allow(clippy::unwrap_used)]
+    let rule = crate::rules::builtin().unwrap().remove(0);
+    let event = collector_core::ProcessEvent::new(pid, "x");
+    Alert::new(
+        &rule,
+        crate::alert::AlertProcess::from_event(&event, None),
+        std::time::SystemTime::now(),
+    )
+}

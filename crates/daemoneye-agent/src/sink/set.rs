@@ -1,0 +1,239 @@
+//! The agent's fan-out: every configured sink, each behind its worker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use collector_core::WhenFull;
+use tokio::time::Instant;
+
+use super::{
+    LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget, WebhookConfig,
+    WebhookError, WebhookSink, WorkerConfig,
+};
+use crate::alert::Alert;
+
+/// Alerts queued per JSON-lines sink (stdout, the file) and syslog before
+/// they are dropped.
+pub const DEFAULT_LINE_QUEUE: usize = 4096;
+
+/// Which sinks the agent delivers alerts to.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SinksConfig {
+    /// JSON lines on stdout (default on).
+    pub stdout: bool,
+    /// JSON lines appended to this file.
+    pub alerts_jsonl: Option<PathBuf>,
+    /// RFC 5424 messages to this syslog socket.
+    pub syslog: Option<SyslogTarget>,
+    /// HTTP(S) `POST`s to this webhook (its own queue and retries).
+    pub webhook: Option<WebhookConfig>,
+    /// Alerts queued for stdout, the file and syslog.
+    pub line_queue: usize,
+    /// What a full queue does, for every sink (default: drop and count, so
+    /// that a stalled sink never holds up detection).
+    pub when_full: WhenFull,
+}
+
+impl Default for SinksConfig {
+    /// Stdout only.
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            alerts_jsonl: None,
+            syslog: None,
+            webhook: None,
+            line_queue: DEFAULT_LINE_QUEUE,
+            when_full: WhenFull::DropNewest,
+        }
+    }
+}
+
+/// Why the sinks could not be started: a file or socket that cannot be
+/// opened, a webhook that cannot be set up (all the user's to fix), or a
+/// worker that cannot be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The alerts file cannot be opened for appending.
+    #[error("cannot open {}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The syslog socket cannot be opened.
+    #[error("cannot open syslog {target:?}")]
+    Syslog {
+        /// Where.
+        target: SyslogTarget,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook cannot be set up.
+    #[error("cannot set up the webhook sink")]
+    Webhook(#[from] WebhookError),
+    /// A sink's worker cannot be started.
+    #[error("cannot start the {sink} sink")]
+    Start {
+        /// The sink.
+        sink: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every configured sink behind its own [`SinkWorker`]: one failing or
+/// stalled sink never blocks the others, and each is counted alike.
+#[derive(Debug)]
+pub struct SinkSet {
+    workers: Vec<SinkWorker>,
+}
+
+impl SinkSet {
+    /// Opens and starts the sinks `config` names, in this order: stdout,
+    /// file, syslog, webhook.
+    ///
+    /// # Errors
+    /// [`SinkError`] for the first sink that cannot be opened or started
+    /// (those already started are closed at once).
+    pub fn start(config: SinksConfig) -> Result<Self, SinkError> {
+        let lines = WorkerConfig {
+            capacity: config.line_queue,
+            when_full: config.when_full,
+            ..WorkerConfig::default()
+        };
+        let started = |sink: &'static str| move |source| SinkError::Start { sink, source };
+        let mut workers = Vec::new();
+        if config.stdout {
+            let sink = LineSink::new("stdout", Box::new(std::io::stdout()));
+            workers.push(SinkWorker::start(sink, lines).map_err(started("stdout"))?);
+        }
+        if let Some(path) = config.alerts_jsonl {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| SinkError::File { path, source })?;
+            let sink = LineSink::new("file", Box::new(file));
+            workers.push(SinkWorker::start(sink, lines).map_err(started("file"))?);
+        }
+        if let Some(target) = config.syslog {
+            let sink = SyslogSink::open(target.clone())
+                .map_err(|source| SinkError::Syslog { target, source })?;
+            workers.push(SinkWorker::start(sink, lines).map_err(started("syslog"))?);
+        }
+        if let Some(webhook) = config.webhook {
+            let sink = WebhookSink::new(&webhook)?;
+            let worker = WorkerConfig {
+                when_full: config.when_full,
+                ..WebhookSink::worker_config(&webhook)
+            };
+            workers.push(SinkWorker::start(sink, worker).map_err(started("webhook"))?);
+        }
+        Ok(Self { workers })
+    }
+
+    /// Offers `alert` to every sink, each as its [`WhenFull`] policy says
+    /// (with `DropNewest`, never waiting). Drops are counted by each sink.
+    pub async fn deliver(&self, alert: &Alert) {
+        let alert = Arc::new(alert.clone());
+        for w in &self.workers {
+            // A refusal is counted (and logged) by the worker.
+            let _ = w.send(Arc::clone(&alert)).await;
+        }
+    }
+
+    /// Each sink's name and counters, for health.
+    pub fn stats(&self) -> Vec<(&'static str, Arc<SinkStats>)> {
+        self.workers.iter().map(|w| (w.name(), w.stats())).collect()
+    }
+
+    /// Stops accepting alerts, lets every sink deliver what it has queued
+    /// until `deadline` (all at once, each on its own thread), counts the
+    /// rest as dropped at shutdown, and returns each sink's final counts.
+    /// Returns by `deadline`.
+    pub async fn close(mut self, deadline: Instant) -> Vec<(&'static str, SinkStatsSnapshot)> {
+        for w in &mut self.workers {
+            w.stop_accepting();
+        }
+        let mut closed = Vec::with_capacity(self.workers.len());
+        for w in self.workers {
+            closed.push((w.name(), w.close(deadline).await));
+        }
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sink::test_alert;
+
+    #[tokio::test]
+    async fn every_sink_gets_every_alert_and_reports_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = SinksConfig {
+            stdout: false,
+            alerts_jsonl: Some(path.clone()),
+            syslog: Some(
+                format!("udp://{}", server.local_addr().unwrap())
+                    .parse()
+                    .unwrap(),
+            ),
+            ..SinksConfig::default()
+        };
+        let set = SinkSet::start(config).unwrap();
+        let names: Vec<&str> = set.stats().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["file", "syslog"]);
+        for pid in 1..=3 {
+            set.deliver(&test_alert(pid)).await;
+        }
+        let closed = set.close(Instant::now() + Duration::from_secs(10)).await;
+        for (name, s) in &closed {
+            assert_eq!((s.queued, s.delivered, s.in_flight()), (3, 3, 0), "{name}");
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pids: Vec<u32> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Alert>(l).unwrap().process.pid)
+            .collect();
+        assert_eq!(pids, [1, 2, 3]);
+        let mut buf = [0u8; 8192];
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(server.recv(&mut buf).unwrap() > 0);
+    }
+
+    #[test]
+    fn what_cannot_be_opened_is_named() {
+        let config = SinksConfig {
+            stdout: false,
+            alerts_jsonl: Some("/nonexistent/dir/alerts.jsonl".into()),
+            ..SinksConfig::default()
+        };
+        let err = SinkSet::start(config).unwrap_err();
+        assert!(matches!(err, SinkError::File { .. }), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent/dir"), "{err}");
+        let config = SinksConfig {
+            stdout: false,
+            syslog: Some(SyslogTarget::Unix("/nonexistent/log".into())),
+            ..SinksConfig::default()
+        };
+        assert!(matches!(
+            SinkSet::start(config),
+            Err(SinkError::Syslog { .. })
+        ));
+    }
+}

@@ -1,0 +1,506 @@
+//! The one bounded worker every sink runs behind.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::WhenFull;
+use daemoneye_lib::Backoff;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::stats::Outcome;
+use super::{AlertSink, Delivery, SinkStats, SinkStatsSnapshot};
+use crate::alert::Alert;
+
+/// How a [`SinkWorker`] queues and retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerConfig {
+    /// Alerts the queue holds (at least 1) besides the one being
+    /// delivered.
+    pub capacity: usize,
+    /// What [`SinkWorker::send`] does when the queue is full: wait for room
+    /// (`Block`) or drop the alert and count it (`DropNewest`).
+    pub when_full: WhenFull,
+    /// Attempts per alert, the first one included (at least 1), for
+    /// deliveries that end in [`Delivery::Retry`].
+    pub max_attempts: u32,
+    /// The waits between attempts (restarted for each alert); a receiver's
+    /// `after` is honoured up to its `max`.
+    pub backoff: Backoff,
+}
+
+impl Default for WorkerConfig {
+    /// 4,096 alerts, dropping when full, one attempt.
+    fn default() -> Self {
+        Self {
+            capacity: super::DEFAULT_LINE_QUEUE,
+            when_full: WhenFull::DropNewest,
+            max_attempts: 1,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+                .with_jitter(0.5),
+        }
+    }
+}
+
+/// Why [`SinkWorker::send`] did not queue an alert. Either way the alert is
+/// dropped and counted in [`SinkStatsSnapshot::dropped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkSendError {
+    /// The queue is full: the receiver is slower than the alerts.
+    #[error("sink queue is full; alert dropped")]
+    Full,
+    /// The worker is gone (closed, or its sink panicked).
+    #[error("sink worker has stopped; alert dropped")]
+    Closed,
+}
+
+/// A sink on a thread of its own behind a bounded queue; see the
+/// [module docs](super).
+///
+/// Call [`close`](Self::close) to stop it by a deadline and get the final
+/// counts. A worker merely dropped delivers what is queued and ends.
+pub struct SinkWorker {
+    name: &'static str,
+    tx: Option<mpsc::Sender<Arc<Alert>>>,
+    when_full: WhenFull,
+    stats: Arc<SinkStats>,
+    abort: CancellationToken,
+    /// Completes (with an error: the sender is dropped) when the worker's
+    /// thread ends.
+    done: oneshot::Receiver<()>,
+}
+
+impl fmt::Debug for SinkWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkWorker")
+            .field("name", &self.name)
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SinkWorker {
+    /// Starts `sink` on a thread of its own (`sink-<name>`, with a
+    /// single-threaded tokio runtime), behind a queue as `config` says.
+    ///
+    /// # Errors
+    /// When the runtime or the thread cannot be started.
+    pub fn start<S: AlertSink>(sink: S, config: WorkerConfig) -> std::io::Result<Self> {
+        let name = sink.name();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let stats = Arc::new(SinkStats::default());
+        let abort = CancellationToken::new();
+        let (done_tx, done) = oneshot::channel::<()>();
+        let drive = Drive {
+            sink,
+            config,
+            stats: Arc::clone(&stats),
+        };
+        let stop = abort.clone();
+        std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                let _done = done_tx; // dropped, and so signalled, at the end
+                runtime.block_on(drive.run(rx, stop));
+            })?;
+        Ok(Self {
+            name,
+            tx: Some(tx),
+            when_full: config.when_full,
+            stats,
+            abort,
+            done,
+        })
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The counters, shared with the worker: they stay readable after the
+    /// worker is closed.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues `alert` as the [`WhenFull`] policy says: with `Block`, waits
+    /// for room; with `DropNewest`, never waits and drops it when the queue
+    /// is full. The outcome is counted either way.
+    ///
+    /// # Errors
+    /// [`SinkSendError`] when the alert was dropped.
+    ///
+    /// # Cancel safety
+    /// Cancelling a `Block` send that is waiting for room queues nothing and
+    /// counts nothing.
+    pub async fn send(&self, alert: impl Into<Arc<Alert>>) -> Result<(), SinkSendError> {
+        match self.when_full {
+            WhenFull::DropNewest => self.try_send(alert),
+            WhenFull::Block => {
+                let Some(tx) = &self.tx else {
+                    return Err(self.drop_one(SinkSendError::Closed));
+                };
+                match tx.reserve().await {
+                    Ok(permit) => {
+                        self.stats.queued();
+                        permit.send(alert.into());
+                        Ok(())
+                    }
+                    Err(_) => Err(self.drop_one(SinkSendError::Closed)),
+                }
+            }
+        }
+    }
+
+    /// Queues `alert`, or drops it (counted) when the queue is full, never
+    /// waiting, whatever the policy.
+    ///
+    /// # Errors
+    /// [`SinkSendError`] when the alert was dropped.
+    pub fn try_send(&self, alert: impl Into<Arc<Alert>>) -> Result<(), SinkSendError> {
+        let Some(tx) = &self.tx else {
+            return Err(self.drop_one(SinkSendError::Closed));
+        };
+        match tx.try_reserve() {
+            Ok(permit) => {
+                self.stats.queued();
+                permit.send(alert.into());
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(self.drop_one(SinkSendError::Full)),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(self.drop_one(SinkSendError::Closed)),
+        }
+    }
+
+    fn drop_one(&self, why: SinkSendError) -> SinkSendError {
+        let dropped = self.stats.dropped();
+        if dropped.is_power_of_two() {
+            warn!(sink = self.name, dropped, error = %why, "alert sink is not keeping up; alerts dropped");
+        }
+        why
+    }
+
+    /// Stops accepting alerts; the worker delivers what is queued and ends.
+    pub(crate) fn stop_accepting(&mut self) {
+        drop(self.tx.take());
+    }
+
+    /// Stops accepting alerts, delivers those queued (retries included)
+    /// until `deadline`, then abandons the rest, counting them in
+    /// `dropped_at_shutdown`, and returns the final counts. Returns by
+    /// `deadline` even when the sink is stuck in a write that never
+    /// returns (its thread is then left behind, detached: it holds up
+    /// neither this call nor the runtime's shutdown, and counts nothing
+    /// more).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes abandons the queue at once,
+    /// as if the deadline had passed.
+    pub async fn close(mut self, deadline: Instant) -> SinkStatsSnapshot {
+        self.stop_accepting();
+        let abandon = AbandonGuard {
+            abort: self.abort.clone(),
+            stats: Arc::clone(&self.stats),
+        };
+        let finished = tokio::time::timeout_at(deadline, &mut self.done).await;
+        if finished.is_err() {
+            warn!(
+                sink = self.name,
+                "alert sink still busy at its close deadline"
+            );
+        }
+        // Counts what is left (nothing when the worker finished), and tells
+        // the worker to stop.
+        drop(abandon);
+        let snapshot = self.stats.snapshot();
+        if snapshot.dropped_at_shutdown > 0 {
+            warn!(
+                sink = self.name,
+                dropped_at_shutdown = snapshot.dropped_at_shutdown,
+                "alerts abandoned at shutdown"
+            );
+        }
+        info!(sink = self.name, stats = ?snapshot, "alert sink closed");
+        snapshot
+    }
+}
+
+/// Abandons the worker when dropped: at the close deadline, or when the
+/// close future is dropped.
+struct AbandonGuard {
+    abort: CancellationToken,
+    stats: Arc<SinkStats>,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        self.abort.cancel();
+        self.stats.abandon();
+    }
+}
+
+/// The worker's side: the sink, its settings, the shared counters.
+struct Drive<S> {
+    sink: S,
+    config: WorkerConfig,
+    stats: Arc<SinkStats>,
+}
+
+impl<S: AlertSink> Drive<S> {
+    /// Delivers alerts in order until the queue is closed and empty, or
+    /// `abort` (what is left is then counted by whoever aborted).
+    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Alert>>, abort: CancellationToken) {
+        loop {
+            let alert = tokio::select! {
+                biased;
+                () = abort.cancelled() => break,
+                next = rx.recv() => match next {
+                    Some(alert) => alert,
+                    None => break,
+                },
+            };
+            let outcome = tokio::select! {
+                biased;
+                () = abort.cancelled() => break,
+                outcome = self.deliver(&alert) => outcome,
+            };
+            let (outcome, cause) = match outcome {
+                Ok(()) => (Outcome::Delivered, None),
+                Err((outcome, cause)) => (outcome, Some(cause)),
+            };
+            let was_failing = self.stats.snapshot().failing;
+            let n = self.stats.finish(outcome);
+            if let Some(cause) = cause {
+                // Once when a sink starts failing, then sparingly.
+                if !was_failing || n.is_power_of_two() {
+                    warn!(sink = self.sink.name(), outcome = ?outcome, times = n, rule = %alert.rule_id, error = %cause, "alert not delivered");
+                }
+            }
+        }
+    }
+
+    /// Delivers one alert, retrying transient failures as configured.
+    async fn deliver(&mut self, alert: &Alert) -> Result<(), (Outcome, String)> {
+        let mut backoff = self.config.backoff;
+        backoff.reset();
+        let mut attempt = 1;
+        loop {
+            let (cause, after) = match self.sink.deliver(alert).await {
+                Delivery::Delivered => return Ok(()),
+                Delivery::Failed(cause) => return Err((Outcome::Failed, cause)),
+                Delivery::Rejected(cause) => return Err((Outcome::Rejected, cause)),
+                Delivery::Retry { cause, after } => (cause, after),
+            };
+            if attempt >= self.config.max_attempts {
+                return Err((
+                    Outcome::Failed,
+                    format!("{cause} (after {attempt} attempts)"),
+                ));
+            }
+            // The step advances either way, so a receiver's `after` does not
+            // reset the backoff.
+            let step = backoff.next();
+            let wait = after.map_or(step, |after| after.min(backoff.max()));
+            debug!(sink = self.sink.name(), error = %cause, attempt, wait_ms = wait.as_millis(), "delivery failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            self.stats.retried();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::sink::test_alert as alert;
+
+    /// Answers each attempt from a script, then `Delivered`.
+    struct Scripted {
+        script: Vec<Delivery>,
+        attempts: Arc<AtomicU32>,
+    }
+
+    impl AlertSink for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+
+        async fn deliver(&mut self, _: &Alert) -> Delivery {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            if self.script.is_empty() {
+                Delivery::Delivered
+            } else {
+                self.script.remove(0)
+            }
+        }
+    }
+
+    fn retry() -> Delivery {
+        Delivery::Retry {
+            cause: "busy".into(),
+            after: None,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn quick(max_attempts: u32) -> WorkerConfig {
+        WorkerConfig {
+            max_attempts,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(4)),
+            ..WorkerConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_with_the_backoff_until_attempts_run_out() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let sink = Scripted {
+            script: vec![retry(), retry(), retry(), Delivery::Rejected("no".into())],
+            attempts: attempts.clone(),
+        };
+        let w = SinkWorker::start(sink, quick(3)).unwrap();
+        w.try_send(alert(1)).unwrap(); // retry, retry, retry: failed after 3
+        w.try_send(alert(2)).unwrap(); // rejected at once
+        w.try_send(alert(3)).unwrap(); // delivered
+        let s = w.close(far()).await;
+        assert_eq!(
+            (s.queued, s.failed, s.rejected, s.delivered, s.retries),
+            (3, 1, 1, 1, 2)
+        );
+        assert_eq!(attempts.load(Ordering::Relaxed), 5);
+        assert_eq!(s.in_flight(), 0);
+        assert!(!s.failing, "the last one was delivered");
+    }
+
+    #[tokio::test]
+    async fn a_receivers_retry_after_is_honoured_up_to_the_cap() {
+        let sink = Scripted {
+            script: vec![Delivery::Retry {
+                cause: "429".into(),
+                after: Some(Duration::from_secs(3600)),
+            }],
+            attempts: Arc::default(),
+        };
+        let w = SinkWorker::start(sink, quick(2)).unwrap();
+        w.try_send(alert(1)).unwrap();
+        let started = Instant::now();
+        let s = w.close(far()).await;
+        assert_eq!((s.delivered, s.retries), (1, 1));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "capped at 4 ms"
+        );
+    }
+
+    /// Never returns from its first attempt.
+    struct Stuck;
+
+    impl AlertSink for Stuck {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+
+        async fn deliver(&mut self, _: &Alert) -> Delivery {
+            // Blocks its thread, as a write to a full pipe does.
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn close_returns_by_its_deadline_from_a_blocked_sink_and_counts_the_rest() {
+        let w = SinkWorker::start(
+            Stuck,
+            WorkerConfig {
+                capacity: 2,
+                ..WorkerConfig::default()
+            },
+        )
+        .unwrap();
+        let stats = w.stats();
+        for pid in 1..=6 {
+            let _ = w.try_send(alert(pid));
+        }
+        // One held by the stuck sink (or still queued), two queued, the rest
+        // dropped.
+        let dropped = stats.snapshot().dropped;
+        assert!((3..=4).contains(&dropped), "{dropped}");
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let s = tokio::time::timeout(Duration::from_secs(5), w.close(deadline))
+            .await
+            .unwrap();
+        assert!(Instant::now() >= deadline);
+        assert_eq!(s.queued + s.dropped, 6, "every alert counted once");
+        assert_eq!(s.dropped_at_shutdown, s.queued);
+        assert_eq!(s.in_flight(), 0);
+        assert!(s.failing);
+        assert_eq!(stats.snapshot(), s, "the shared counters agree");
+    }
+
+    #[tokio::test]
+    async fn block_waits_for_room_and_loses_nothing() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let sink = Scripted {
+            script: Vec::new(),
+            attempts: attempts.clone(),
+        };
+        let w = SinkWorker::start(
+            sink,
+            WorkerConfig {
+                capacity: 1,
+                when_full: WhenFull::Block,
+                ..WorkerConfig::default()
+            },
+        )
+        .unwrap();
+        for pid in 0..200 {
+            w.send(alert(pid)).await.unwrap();
+        }
+        let s = w.close(far()).await;
+        assert_eq!((s.queued, s.delivered, s.dropped), (200, 200, 0));
+        assert_eq!(attempts.load(Ordering::Relaxed), 200);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_never_waits() {
+        let w = SinkWorker::start(
+            Stuck,
+            WorkerConfig {
+                capacity: 1,
+                ..WorkerConfig::default()
+            },
+        )
+        .unwrap();
+        let started = Instant::now();
+        for pid in 0..100 {
+            let _ = w.send(alert(pid)).await;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(w.stats().snapshot().dropped >= 98);
+        w.close(Instant::now()).await;
+    }
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<SinkWorker>();
+        check::<SinkStats>();
+        check::<SinkSendError>();
+    }
+}
