@@ -89,6 +89,7 @@ pub mod event;
 pub mod health;
 pub mod ipc;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod runtime;
 pub mod source;
@@ -116,6 +117,7 @@ pub use ipc::{
     CollectorIpcClient, CollectorIpcServer, IpcClientConfig, IpcError, IpcServerConfig,
     IpcServerHandle, IpcServerStats,
 };
+pub use metrics::{Counter, Gauge, Registry};
 pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};
