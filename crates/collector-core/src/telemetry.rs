@@ -9,7 +9,9 @@
 //! `events_offered = events_delivered + events_dropped_full +
 //! events_dropped_closed + events_dropped_shutdown + events_queued`.
 //!
-//! Nothing is lost without a counter saying why.
+//! Nothing is lost without a counter saying why. The counters are
+//! [`Counter`]s, registered by name in the collector's
+//! [`Registry`](crate::metrics::Registry) when a source or subscriber is added.
 
 use std::time::Duration;
 
