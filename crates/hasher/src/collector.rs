@@ -201,35 +201,36 @@ impl BinaryHasherCollector {
     pub fn register_metrics(&self, registry: &Registry) {
         let c = &self.counters;
         let label = [("collector", BINARY_HASHER_ID)];
-        for (name, help, counter) in [
-            (
-                "daemoneye_analysis_requests_received_total",
-                "Analysis requests received.",
-                &c.received,
-            ),
-            (
-                "daemoneye_analysis_requests_answered_total",
-                "Analysis requests answered with a result.",
-                &c.hashed,
-            ),
-            (
-                "daemoneye_analysis_requests_failed_total",
-                "Analysis requests answered with a failure.",
-                &c.failed,
-            ),
-            (
-                "daemoneye_analysis_requests_ignored_total",
-                "Analysis requests ignored (another analysis type).",
-                &c.ignored,
-            ),
-            (
-                "daemoneye_analysis_publishes_failed_total",
-                "Analysis answers that could not be published.",
-                &c.publish_errors,
-            ),
-        ] {
-            registry.register_counter(name, help, &label, counter);
-        }
+        registry.register_counters(
+            &label,
+            &[
+                (
+                    "daemoneye_analysis_requests_received_total",
+                    "Analysis requests received.",
+                    &c.received,
+                ),
+                (
+                    "daemoneye_analysis_requests_answered_total",
+                    "Analysis requests answered with a result.",
+                    &c.hashed,
+                ),
+                (
+                    "daemoneye_analysis_requests_failed_total",
+                    "Analysis requests answered with a failure.",
+                    &c.failed,
+                ),
+                (
+                    "daemoneye_analysis_requests_ignored_total",
+                    "Analysis requests ignored (another analysis type).",
+                    &c.ignored,
+                ),
+                (
+                    "daemoneye_analysis_publishes_failed_total",
+                    "Analysis answers that could not be published.",
+                    &c.publish_errors,
+                ),
+            ],
+        );
     }
 
     /// Answers requests until `shutdown` (or [`EventSource::stop`]) or the

@@ -129,45 +129,46 @@ impl Counters {
     /// Registers every counter in `registry` (stage `hasher`).
     pub(crate) fn register(&self, registry: &Registry) {
         let stage = [("stage", "hasher")];
-        for (name, help, c) in [
-            (
-                "daemoneye_files_hashed_total",
-                "Files read to the end and digested.",
-                &self.files_hashed,
-            ),
-            (
-                "daemoneye_hash_cache_hits_total",
-                "Hashes answered from the cache without reading.",
-                &self.cache_hits,
-            ),
-            (
-                "daemoneye_hash_cache_misses_total",
-                "Hash cache lookups that found nothing.",
-                &self.cache_misses,
-            ),
-            (
-                "daemoneye_hash_cache_evictions_total",
-                "Hash cache entries dropped to stay within capacity.",
-                &self.cache_evictions,
-            ),
-            (
-                "daemoneye_bytes_hashed_total",
-                "Bytes read and digested.",
-                &self.bytes_hashed,
-            ),
-            (
-                "daemoneye_files_changed_during_hash_total",
-                "Hashes whose file changed while read (not cached).",
-                &self.changed_during_hash,
-            ),
-            (
-                "daemoneye_hash_budget_waited_nanoseconds_total",
-                "Time hashes spent waiting on the bytes-per-second budget.",
-                &self.budget_waited_nanos,
-            ),
-        ] {
-            registry.register_counter(name, help, &stage, c);
-        }
+        registry.register_counters(
+            &stage,
+            &[
+                (
+                    "daemoneye_files_hashed_total",
+                    "Files read to the end and digested.",
+                    &self.files_hashed,
+                ),
+                (
+                    "daemoneye_hash_cache_hits_total",
+                    "Hashes answered from the cache without reading.",
+                    &self.cache_hits,
+                ),
+                (
+                    "daemoneye_hash_cache_misses_total",
+                    "Hash cache lookups that found nothing.",
+                    &self.cache_misses,
+                ),
+                (
+                    "daemoneye_hash_cache_evictions_total",
+                    "Hash cache entries dropped to stay within capacity.",
+                    &self.cache_evictions,
+                ),
+                (
+                    "daemoneye_bytes_hashed_total",
+                    "Bytes read and digested.",
+                    &self.bytes_hashed,
+                ),
+                (
+                    "daemoneye_files_changed_during_hash_total",
+                    "Hashes whose file changed while read (not cached).",
+                    &self.changed_during_hash,
+                ),
+                (
+                    "daemoneye_hash_budget_waited_nanoseconds_total",
+                    "Time hashes spent waiting on the bytes-per-second budget.",
+                    &self.budget_waited_nanos,
+                ),
+            ],
+        );
         for (reason, c) in REASON_LABELS.iter().zip(&self.refused) {
             registry.register_counter(
                 "daemoneye_hashes_refused_total",

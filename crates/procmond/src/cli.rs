@@ -57,8 +57,8 @@ pub struct RunArgs {
     /// first snapshot on.
     #[arg(long, requires = "socket")]
     pub await_subscriber: bool,
-    /// Serve Prometheus metrics (text format) at http://ADDR/metrics, for
-    /// example 127.0.0.1:9464. Off by default.
+    /// Serve Prometheus metrics (text format) over HTTP at /metrics on
+    /// ADDR, for example 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 }

@@ -784,40 +784,41 @@ impl ProcmondStatsHandle {
     pub fn register_metrics(&self, registry: &Registry) {
         let c = &self.0;
         let source = [("source", "procmond")];
-        for (name, help, counter) in [
-            (
-                "daemoneye_collection_cycles_total",
-                "Full collections (snapshots) completed.",
-                &c.cycles,
-            ),
-            (
-                "daemoneye_collections_failed_total",
-                "Full collections (snapshots) that failed.",
-                &c.cycle_errors,
-            ),
-            (
-                "daemoneye_events_emitted_total",
-                "Events a source sent to the runtime.",
-                &c.emitted,
-            ),
-            (
-                "daemoneye_kernel_overruns_handled_total",
-                "Kernel event losses answered with a reconciliation snapshot.",
-                &c.overruns,
-            ),
-            (
-                "daemoneye_enrichments_failed_total",
-                "Execs and forks whose process was gone before /proc could be read.",
-                &c.enrich_failed,
-            ),
-            (
-                "daemoneye_database_writes_failed_total",
-                "Audit database writes that failed.",
-                &c.db_errors,
-            ),
-        ] {
-            registry.register_counter(name, help, &source, counter);
-        }
+        registry.register_counters(
+            &source,
+            &[
+                (
+                    "daemoneye_collection_cycles_total",
+                    "Full collections (snapshots) completed.",
+                    &c.cycles,
+                ),
+                (
+                    "daemoneye_collections_failed_total",
+                    "Full collections (snapshots) that failed.",
+                    &c.cycle_errors,
+                ),
+                (
+                    "daemoneye_events_emitted_total",
+                    "Events a source sent to the runtime.",
+                    &c.emitted,
+                ),
+                (
+                    "daemoneye_kernel_overruns_handled_total",
+                    "Kernel event losses answered with a reconciliation snapshot.",
+                    &c.overruns,
+                ),
+                (
+                    "daemoneye_enrichments_failed_total",
+                    "Execs and forks whose process was gone before /proc could be read.",
+                    &c.enrich_failed,
+                ),
+                (
+                    "daemoneye_database_writes_failed_total",
+                    "Audit database writes that failed.",
+                    &c.db_errors,
+                ),
+            ],
+        );
         registry.register_gauge(
             "daemoneye_realtime_active",
             "1 while real-time kernel events are flowing.",

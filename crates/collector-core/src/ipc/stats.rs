@@ -104,7 +104,7 @@ impl Counters {
     /// Registers every counter in `registry` under the stage `ipc`.
     pub(crate) fn register(&self, registry: &Registry) {
         let ipc = ("stage", "ipc");
-        let plain: [(&'static str, &'static str, &Counter); 15] = [
+        registry.register_counters(&[ipc], &[
             ("daemoneye_connections_accepted_total", "Connections admitted (peer allowed, under the limit).", &self.accepted),
             ("daemoneye_accepts_failed_total", "accept() itself failing (for example out of file descriptors).", &self.accept_errors),
             ("daemoneye_frames_received_total", "Whole frames that passed the length and checksum checks.", &self.frames_received),
@@ -120,10 +120,7 @@ impl Counters {
             ("daemoneye_events_streamed_total", "Events written to subscribers.", &self.events_streamed),
             ("daemoneye_batches_sent_total", "Event batches written to subscribers.", &self.batches_sent),
             ("daemoneye_connections_forced_total", "Connections still running at the shutdown deadline.", &self.shutdown_forced),
-        ];
-        for (name, help, c) in plain {
-            registry.register_counter(name, help, &[ipc], c);
-        }
+        ]);
         for (reason, c) in [
             ("peer", &self.refused_peer),
             ("overloaded", &self.refused_overloaded),

@@ -451,7 +451,9 @@ impl ReaderCounters {
     /// Registers the counters in `registry` (stage `connector`).
     pub fn register(&self, registry: &Registry) {
         let stage = [("stage", "connector")];
-        for (name, help, c) in [
+        registry.register_counters(
+            &stage,
+            &[
             (
                 "daemoneye_datagrams_received_total",
                 "Netlink datagrams received from the kernel.",
@@ -477,9 +479,8 @@ impl ReaderCounters {
                 "Process connector events of a kind this decoder does not know.",
                 &self.unknown_events,
             ),
-        ] {
-            registry.register_counter(name, help, &stage, c);
-        }
+            ],
+        );
     }
 }
 

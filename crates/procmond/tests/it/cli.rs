@@ -6,6 +6,14 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procmond");
 
+fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
 #[test]
 fn snapshot_json_lists_this_process() {
     let out = Command::new(BIN)
@@ -104,11 +112,7 @@ fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
     }
     assert!(seen_me);
     let asked = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&child);
     // Drain stdout so the child never blocks on a full pipe.
     for _ in lines {}
     let status = child.wait().unwrap();
@@ -290,11 +294,7 @@ fn metrics_listen_serves_the_collector_and_procmond_counters() {
         Some(0)
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&child);
     for _ in lines {}
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
