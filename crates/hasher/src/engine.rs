@@ -634,6 +634,29 @@ mod tests {
         assert_eq!((s.files_hashed, s.cache_hits, s.cache_misses), (1, 2, 1));
         assert_eq!(s.bytes_hashed, 10_000);
         assert_eq!(e.cache_len(), 1);
+        // The registry reads the same counters, by name.
+        let registry = collector_core::metrics::Registry::new();
+        e.register_metrics(&registry);
+        let stage = [("stage", "hasher")];
+        assert_eq!(
+            registry.value("daemoneye_files_hashed_total", &stage),
+            Some(1)
+        );
+        assert_eq!(
+            registry.value("daemoneye_hash_cache_hits_total", &stage),
+            Some(2)
+        );
+        assert_eq!(
+            registry.value("daemoneye_bytes_hashed_total", &stage),
+            Some(10_000)
+        );
+        assert_eq!(
+            registry.value(
+                "daemoneye_hashes_refused_total",
+                &[("stage", "hasher"), ("reason", "too_large")]
+            ),
+            Some(0)
+        );
     }
 
     #[tokio::test]

@@ -629,6 +629,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_counters_go_on_across_trackers_and_read_the_same_by_name() {
+        let counters = LifecycleCounters::default();
+        let registry = Registry::new();
+        counters.register(&registry);
+        for round in 0..2 {
+            // A tracker per start (as each `start` of the source makes one).
+            let mut tr = tracker().with_counters(counters.clone());
+            tr.on_snapshot(vec![p(1, 0, 1, &["init"])], t(1));
+            tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(200, 1, 90, &["cron"])], t(2));
+            assert_eq!(tr.stats().starts, round + 1);
+        }
+        let start = [("stage", "lifecycle"), ("kind", "start")];
+        assert_eq!(
+            registry.value("daemoneye_lifecycle_events_total", &start),
+            Some(2)
+        );
+    }
+
+    #[test]
     fn a_pid_naming_a_new_process_between_snapshots_is_reuse() {
         let mut tr = tracker();
         tr.on_snapshot(vec![p(100, 1, 50, &["sshd"])], t(1));

@@ -56,6 +56,7 @@
 //! With the `metrics-server` cargo feature, [`serve`] answers `GET /metrics`
 //! over HTTP/1 with [`Registry::encode`].
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -352,11 +353,14 @@ impl Registry {
             let _ = writeln!(out, "# TYPE {} {}", family.name, first.metric.kind());
             // Sum the series that share a label set, keeping the first's place.
             let mut lines: Vec<(String, i128)> = Vec::with_capacity(family.series.len());
+            let mut seen: HashMap<String, usize> = HashMap::with_capacity(family.series.len());
             for s in &family.series {
                 let labels = encode_labels(&s.labels);
-                match lines.iter_mut().find(|(l, _)| *l == labels) {
-                    Some((_, v)) => *v += s.metric.value(),
-                    None => lines.push((labels, s.metric.value())),
+                if let Some(line) = seen.get(&labels).and_then(|&i| lines.get_mut(i)) {
+                    line.1 += s.metric.value();
+                } else {
+                    seen.insert(labels.clone(), lines.len());
+                    lines.push((labels, s.metric.value()));
                 }
             }
             for (labels, value) in lines {
