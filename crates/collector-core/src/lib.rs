@@ -11,6 +11,10 @@
 //! - [`CollectorConfig`]: builders and TOML, validated before anything starts.
 //! - [`CollectorStats`] and [`HealthReport`]: what every stage received,
 //!   delivered and dropped (by reason), and the process's real CPU and RSS.
+//! - [`metrics`]: the one counter type ([`metrics::Counter`], and
+//!   [`metrics::Gauge`]) behind every stats snapshot, and the [`Registry`]
+//!   naming them for Prometheus ([`CollectorHandle::metrics`]); with the
+//!   `metrics-server` feature, `metrics::serve` answers `GET /metrics`.
 //! - [`testing`]: a conformance check for any `EventSource`.
 //! - [`bus`]: [`EventBus`] and [`LocalEventBus`], publish/subscribe of
 //!   [`BusEvent`]s with correlation metadata, [`EventFilter`] and

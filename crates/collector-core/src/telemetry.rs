@@ -11,7 +11,7 @@
 //!
 //! Nothing is lost without a counter saying why. The counters are
 //! [`Counter`]s, registered by name in the collector's
-//! [`Registry`](crate::metrics::Registry) when a source or subscriber is added.
+//! [`crate::metrics::Registry`] when a source or subscriber is added.
 
 use std::time::Duration;
 

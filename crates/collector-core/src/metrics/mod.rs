@@ -53,7 +53,8 @@
 //! assert_eq!(registry.value("daemoneye_alerts_failed_total", &[("sink", "stdout")]), Some(2));
 //! ```
 //!
-//! With the `metrics-server` cargo feature, [`serve`] answers `GET /metrics`
+//! With the `metrics-server` cargo feature, `serve` (and `MetricsServer`,
+//! to bind first and serve later) answers `GET /metrics`
 //! over HTTP/1 with [`Registry::encode`].
 
 use std::collections::HashMap;
