@@ -11,6 +11,10 @@
 //! - [`CollectorConfig`]: builders and TOML, validated before anything starts.
 //! - [`CollectorStats`] and [`HealthReport`]: what every stage received,
 //!   delivered and dropped (by reason), and the process's real CPU and RSS.
+//! - [`metrics`]: the one counter type ([`metrics::Counter`], and
+//!   [`metrics::Gauge`]) behind every stats snapshot, and the [`Registry`]
+//!   naming them for Prometheus ([`CollectorHandle::metrics`]); with the
+//!   `metrics-server` feature, `metrics::serve` answers `GET /metrics`.
 //! - [`testing`]: a conformance check for any `EventSource`.
 //! - [`bus`]: [`EventBus`] and [`LocalEventBus`], publish/subscribe of
 //!   [`BusEvent`]s with correlation metadata, [`EventFilter`] and
@@ -89,6 +93,7 @@ pub mod event;
 pub mod health;
 pub mod ipc;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod runtime;
 pub mod source;
@@ -116,6 +121,7 @@ pub use ipc::{
     CollectorIpcClient, CollectorIpcServer, IpcClientConfig, IpcError, IpcServerConfig,
     IpcServerHandle, IpcServerStats,
 };
+pub use metrics::{Counter, Gauge, Registry};
 pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
 pub use source::{EventSource, SourceCaps};

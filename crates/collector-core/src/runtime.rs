@@ -16,10 +16,11 @@ use crate::bus::{EventBusConfig, EventFilter, LocalEventBus};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
+use crate::metrics::Registry;
 use crate::source::{EventSource, SourceCaps};
 use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
 use crate::telemetry::{
-    add, load, CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
+    CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
 };
 
 /// Errors from registering sources and running the collector.
@@ -90,14 +91,14 @@ impl SourceState {
             name: self.name,
             capabilities: self.caps,
             health: self.health(),
-            events_received: load(&c.received),
-            events_accepted: load(&c.accepted),
-            events_rejected_invalid: load(&c.rejected_invalid),
-            events_dropped_shutdown: load(&c.dropped_shutdown),
-            errors_total: load(&c.errors),
-            health_checks_failed_total: load(&c.health_checks_failed),
-            backpressure_total: load(&c.backpressure_episodes),
-            backpressured: c.backpressured.load(Ordering::Relaxed),
+            events_received: c.received.get(),
+            events_accepted: c.accepted.get(),
+            events_rejected_invalid: c.rejected_invalid.get(),
+            events_dropped_shutdown: c.dropped_shutdown.get(),
+            errors_total: c.errors.get(),
+            health_checks_failed_total: c.health_checks_failed.get(),
+            backpressure_total: c.backpressure_episodes.get(),
+            backpressured: c.backpressured.get_bool(),
         }
     }
 }
@@ -109,6 +110,7 @@ struct Shared {
     subscribers: Subscribers,
     bus: LocalEventBus,
     counters: RuntimeCounters,
+    metrics: Registry,
 }
 
 /// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
@@ -160,6 +162,13 @@ impl CollectorHandle {
         &self.shared.bus
     }
 
+    /// The registry holding every counter of this collector (runtime,
+    /// sources, subscribers, bus), under Prometheus names; register your own
+    /// counters in it to serve them together (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Registry {
+        &self.shared.metrics
+    }
+
     /// A snapshot of every counter, and the process's own CPU time and RSS.
     pub fn stats(&self) -> CollectorStats {
         let sources = self.sources().iter().map(|s| s.stats()).collect();
@@ -174,10 +183,10 @@ impl CollectorHandle {
             .unwrap_or_default(),
             sources,
             subscribers: self.shared.subscribers.stats(),
-            events_unrouted_total: load(&c.unrouted),
-            sources_failed_total: load(&c.sources_failed),
-            sources_aborted_total: load(&c.sources_aborted),
-            stop_errors_total: load(&c.stop_errors),
+            events_unrouted_total: c.unrouted.get(),
+            sources_failed_total: c.sources_failed.get(),
+            sources_aborted_total: c.sources_aborted.get(),
+            stop_errors_total: c.stop_errors.get(),
             process: ProcessResources::current().ok(),
         }
     }
@@ -254,6 +263,9 @@ impl Collector {
         });
         // A bus that was never shut down accepts `start`.
         let _ = bus.start_now();
+        let metrics = Registry::new();
+        subscribers.register_metrics(&metrics, "subscriber");
+        bus.register_metrics(&metrics);
         Self {
             config,
             sources: Vec::new(),
@@ -263,7 +275,8 @@ impl Collector {
                 sources: Mutex::new(Vec::new()),
                 subscribers,
                 bus,
-                counters: RuntimeCounters::default(),
+                counters: RuntimeCounters::registered(&metrics),
+                metrics,
             }),
         }
     }
@@ -295,7 +308,7 @@ impl Collector {
         let state = Arc::new(SourceState {
             name,
             caps: source.capabilities(),
-            counters: SourceCounters::default(),
+            counters: SourceCounters::registered(&self.shared.metrics, name),
             health: Mutex::new(SourceHealth::Starting),
         });
         self.shared
@@ -499,12 +512,12 @@ async fn shutdown(
             match tokio::time::timeout_at(deadline, source.stop()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
-                    add(&state.counters.errors, 1);
-                    add(&shared.counters.stop_errors, 1);
+                    state.counters.errors.inc();
+                    shared.counters.stop_errors.inc();
                     warn!(source = state.name, error = %err, "source stop failed");
                 }
                 Err(_) => {
-                    add(&shared.counters.stop_errors, 1);
+                    shared.counters.stop_errors.inc();
                     warn!(
                         source = state.name,
                         "source stop overran the shutdown deadline"
@@ -522,7 +535,7 @@ async fn shutdown(
             if !task.is_finished() {
                 task.abort();
                 state.set_health(SourceHealth::Aborted);
-                add(&shared.counters.sources_aborted, 1);
+                shared.counters.sources_aborted.inc();
                 warn!(
                     source = state.name,
                     "source ignored shutdown; aborted at the deadline"
@@ -588,16 +601,16 @@ fn spawn_source(
                 true
             }
             Ok(Err(err)) => {
-                add(&state.counters.errors, 1);
-                add(&shared.counters.sources_failed, 1);
+                state.counters.errors.inc();
+                shared.counters.sources_failed.inc();
                 error!(source = state.name, error = %format!("{err:#}"), "source failed");
                 state.set_health(SourceHealth::Failed(format!("{err:#}")));
                 false
             }
             Err(join) if join.is_panic() => {
                 let msg = panic_message(&*join.into_panic());
-                add(&state.counters.errors, 1);
-                add(&shared.counters.sources_failed, 1);
+                state.counters.errors.inc();
+                shared.counters.sources_failed.inc();
                 error!(source = state.name, panic = %msg, "source panicked");
                 state.set_health(SourceHealth::Failed(format!("panicked: {msg}")));
                 false
@@ -672,19 +685,19 @@ async fn pump(
                 }
             }
         }
-        add(&c.received, buf.len());
+        c.received.add_usize(buf.len());
 
         let queued = rx.len();
         if queued >= settings.threshold {
-            if !c.backpressured.swap(true, Ordering::Relaxed) {
-                add(&c.backpressure_episodes, 1);
+            if c.backpressured.swap(1) == 0 {
+                c.backpressure_episodes.inc();
                 debug!(
                     source = state.name,
                     queued, "intake above backpressure threshold"
                 );
             }
         } else if queued < settings.threshold / 2 {
-            c.backpressured.store(false, Ordering::Relaxed);
+            c.backpressured.set(0);
         }
 
         let before = buf.len();
@@ -700,14 +713,14 @@ async fn pump(
                 false
             }
         });
-        add(&c.rejected_invalid, before - buf.len());
-        add(&c.accepted, buf.len());
+        c.rejected_invalid.add_usize(before - buf.len());
+        c.accepted.add_usize(buf.len());
         let accepted = buf.len();
         if accepted == 0 {
             continue;
         }
         if !route(&shared, buf, state.name, Mode::Normal, &hard_deadline).await {
-            add(&shared.counters.unrouted, accepted);
+            shared.counters.unrouted.add_usize(accepted);
         }
     }
     // Past the hard deadline: hand over what fits without waiting, count the rest.
@@ -716,15 +729,15 @@ async fn pump(
     while let Ok(event) = rx.try_recv() {
         rest.push(event);
     }
-    add(&c.received, rest.len());
+    c.received.add_usize(rest.len());
     let before = rest.len();
     rest.retain(|e| e.validate().is_ok());
-    add(&c.rejected_invalid, before - rest.len());
-    add(&c.accepted, rest.len());
+    c.rejected_invalid.add_usize(before - rest.len());
+    c.accepted.add_usize(rest.len());
     if !rest.is_empty() {
         let n = rest.len();
         if !route(&shared, rest, state.name, Mode::Final, &hard_deadline).await {
-            add(&shared.counters.unrouted, n);
+            shared.counters.unrouted.add_usize(n);
         }
     }
 }
@@ -777,12 +790,12 @@ async fn health_loop(
         match verdict {
             Ok(Ok(())) => state.set_running_health(SourceHealth::Healthy),
             Ok(Err(err)) => {
-                add(&state.counters.health_checks_failed, 1);
+                state.counters.health_checks_failed.inc();
                 warn!(source = state.name, error = %format!("{err:#}"), "health check failed");
                 state.set_running_health(SourceHealth::Degraded(format!("{err:#}")));
             }
             Err(_) => {
-                add(&state.counters.health_checks_failed, 1);
+                state.counters.health_checks_failed.inc();
                 let what = if first {
                     "not ready within the startup timeout"
                 } else {

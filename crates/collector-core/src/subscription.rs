@@ -2,7 +2,7 @@
 //! [`WhenFull`] policy and exact drop accounting.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::EventFilter;
 use crate::config::WhenFull;
 use crate::event::CollectionEvent;
-use crate::telemetry::{add, SubscriberCounters, SubscriberStats};
+use crate::metrics::Registry;
+use crate::telemetry::{SubscriberCounters, SubscriberStats};
 
 /// A batch of events from one source, shared by every subscriber it went to.
 ///
@@ -104,7 +105,7 @@ impl<T> Subscription<T> {
             Some(Pending::Owned(rest, source)) => EventBatch::new(rest.collect(), source),
             None => self.rx.recv().await?.take(),
         };
-        add(&self.counters.delivered, batch.len());
+        self.counters.delivered.add_usize(batch.len());
         Some(batch)
     }
 }
@@ -122,7 +123,7 @@ impl<T: Clone> Subscription<T> {
             match &mut self.pending {
                 Some(Pending::Owned(iter, _)) => {
                     if let Some(event) = iter.next() {
-                        add(&self.counters.delivered, 1);
+                        self.counters.delivered.inc();
                         return Some(event);
                     }
                     self.pending = None;
@@ -130,7 +131,7 @@ impl<T: Clone> Subscription<T> {
                 Some(Pending::Shared(batch)) => {
                     if let Some(event) = batch.first().cloned() {
                         batch.start += 1;
-                        add(&self.counters.delivered, 1);
+                        self.counters.delivered.inc();
                         return Some(event);
                     }
                     self.pending = None;
@@ -158,7 +159,7 @@ impl<T> Drop for Subscription<T> {
             Some(Pending::Shared(b)) => b.len(),
             None => 0,
         };
-        add(&self.counters.dropped_closed, lost);
+        self.counters.dropped_closed.add_usize(lost);
         // Queued batches count themselves as dropped when they are freed,
         // including one a pump sends through a permit it reserved just
         // before `close`.
@@ -184,7 +185,7 @@ impl<T> Queued<T> {
 impl<T> Drop for Queued<T> {
     fn drop(&mut self) {
         if let Some(batch) = self.batch.take() {
-            add(&self.counters.dropped_closed, batch.len());
+            self.counters.dropped_closed.add_usize(batch.len());
         }
     }
 }
@@ -231,6 +232,8 @@ pub(crate) enum Mode {
 pub(crate) struct Subscribers<T = CollectionEvent> {
     live: RwLock<Arc<[Slot<T>]>>,
     all: Mutex<Vec<Arc<SubscriberCounters>>>,
+    /// Where each subscriber's counters are registered, and its stage label.
+    metrics: OnceLock<(Registry, &'static str)>,
     next_id: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     queue_batches: usize,
@@ -242,6 +245,7 @@ impl<T: Routable> Subscribers<T> {
         Self {
             live: RwLock::new(Arc::from(Vec::new())),
             all: Mutex::new(Vec::new()),
+            metrics: OnceLock::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
             closed: std::sync::atomic::AtomicBool::new(false),
             // Batches hold at most `batch_events`, so this bounds the queue at
@@ -282,10 +286,13 @@ impl<T: Routable> Subscribers<T> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counters = Arc::new(SubscriberCounters::new(id));
         let (tx, rx) = mpsc::channel(self.queue_batches);
-        self.all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(counters.clone());
+        {
+            let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((registry, stage)) = self.metrics.get() {
+                counters.register(registry, stage);
+            }
+            all.push(counters.clone());
+        }
         let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
         // After shutdown the sender is dropped at once: the stream is empty.
         if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -301,6 +308,17 @@ impl<T: Routable> Subscribers<T> {
             rx,
             counters,
             pending: None,
+        }
+    }
+
+    /// Registers every subscriber's counters, now and from now on, in
+    /// `registry` under the label `stage`. Only the first call counts.
+    pub(crate) fn register_metrics(&self, registry: &Registry, stage: &'static str) {
+        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.metrics.set((registry.clone(), stage)).is_ok() {
+            for c in all.iter() {
+                c.register(registry, stage);
+            }
         }
     }
 
@@ -372,7 +390,7 @@ impl<T: Routable> Subscribers<T> {
             };
             let n = batch.len();
             offered_to += 1;
-            add(&slot.counters.offered, n);
+            slot.counters.offered.add_usize(n);
             let blocking = mode == Mode::Normal && self.when_full == WhenFull::Block;
             let permit = if blocking {
                 tokio::select! {
@@ -398,10 +416,10 @@ impl<T: Routable> Subscribers<T> {
                     batch: Some(batch),
                     counters: slot.counters.clone(),
                 }),
-                Err(Lost::Full) => add(&slot.counters.dropped_full, n),
-                Err(Lost::Shutdown) => add(&slot.counters.dropped_shutdown, n),
+                Err(Lost::Full) => slot.counters.dropped_full.add_usize(n),
+                Err(Lost::Shutdown) => slot.counters.dropped_shutdown.add_usize(n),
                 Err(Lost::Closed) => {
-                    add(&slot.counters.dropped_closed, n);
+                    slot.counters.dropped_closed.add_usize(n);
                     self.remove(slot.counters.id);
                 }
             }

@@ -9,36 +9,100 @@
 //! `events_offered = events_delivered + events_dropped_full +
 //! events_dropped_closed + events_dropped_shutdown + events_queued`.
 //!
-//! Nothing is lost without a counter saying why.
+//! Nothing is lost without a counter saying why. The counters are
+//! [`Counter`]s, registered by name in the collector's
+//! [`crate::metrics::Registry`] when a source or subscriber is added.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::health::SourceHealth;
+use crate::metrics::{Counter, Gauge, Registry};
 use crate::source::SourceCaps;
+
+/// Label of the runtime's intake stage (per source).
+pub(crate) const STAGE_INTAKE: &str = "intake";
 
 #[derive(Debug, Default)]
 pub(crate) struct SourceCounters {
-    pub(crate) received: AtomicU64,
-    pub(crate) accepted: AtomicU64,
-    pub(crate) rejected_invalid: AtomicU64,
-    pub(crate) dropped_shutdown: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) health_checks_failed: AtomicU64,
-    pub(crate) backpressure_episodes: AtomicU64,
-    pub(crate) backpressured: AtomicBool,
+    pub(crate) received: Counter,
+    pub(crate) accepted: Counter,
+    pub(crate) rejected_invalid: Counter,
+    pub(crate) dropped_shutdown: Counter,
+    pub(crate) errors: Counter,
+    pub(crate) health_checks_failed: Counter,
+    pub(crate) backpressure_episodes: Counter,
+    /// 1 while the intake queue is above the backpressure threshold.
+    pub(crate) backpressured: Gauge,
+}
+
+impl SourceCounters {
+    /// Counters for the source `name`, registered in `registry`.
+    pub(crate) fn registered(registry: &Registry, name: &str) -> Self {
+        let c = Self::default();
+        let stage = ("stage", STAGE_INTAKE);
+        let source = ("source", name);
+        registry.register_counter(
+            "daemoneye_events_received_total",
+            "Events taken from a stage's input.",
+            &[stage, source],
+            &c.received,
+        );
+        registry.register_counter(
+            "daemoneye_events_accepted_total",
+            "Events that passed validation and were published.",
+            &[stage, source],
+            &c.accepted,
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[stage, source, ("reason", "invalid")],
+            &c.rejected_invalid,
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[stage, source, ("reason", "shutdown")],
+            &c.dropped_shutdown,
+        );
+        registry.register_counter(
+            "daemoneye_source_errors_total",
+            "A source's start or stop failing, or a panic.",
+            &[source],
+            &c.errors,
+        );
+        registry.register_counter(
+            "daemoneye_health_checks_failed_total",
+            "Failed or timed-out health checks.",
+            &[source],
+            &c.health_checks_failed,
+        );
+        registry.register_counter(
+            "daemoneye_backpressure_episodes_total",
+            "Times an intake queue crossed the backpressure threshold.",
+            &[source],
+            &c.backpressure_episodes,
+        );
+        registry.register_gauge(
+            "daemoneye_source_backpressured",
+            "1 while a source's intake queue is above the backpressure threshold.",
+            &[source],
+            &c.backpressured,
+        );
+        c
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct SubscriberCounters {
     pub(crate) id: u64,
-    pub(crate) offered: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) dropped_full: AtomicU64,
-    pub(crate) dropped_closed: AtomicU64,
-    pub(crate) dropped_shutdown: AtomicU64,
+    pub(crate) offered: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) dropped_full: Counter,
+    pub(crate) dropped_closed: Counter,
+    pub(crate) dropped_shutdown: Counter,
 }
 
 impl SubscriberCounters {
@@ -49,14 +113,44 @@ impl SubscriberCounters {
         }
     }
 
+    /// Registers these counters as subscriber `id` of `stage`.
+    pub(crate) fn register(&self, registry: &Registry, stage: &'static str) {
+        let id = self.id.to_string();
+        let labels = [("stage", stage), ("subscriber", id.as_str())];
+        registry.register_counter(
+            "daemoneye_events_offered_total",
+            "Events offered to a subscriber's queue.",
+            &labels,
+            &self.offered,
+        );
+        registry.register_counter(
+            "daemoneye_events_delivered_total",
+            "Events a subscriber took from its queue.",
+            &labels,
+            &self.delivered,
+        );
+        for (reason, c) in [
+            ("full", &self.dropped_full),
+            ("closed", &self.dropped_closed),
+            ("shutdown", &self.dropped_shutdown),
+        ] {
+            registry.register_counter(
+                "daemoneye_events_dropped_total",
+                "Events dropped, by stage and reason.",
+                &[labels[0], labels[1], ("reason", reason)],
+                c,
+            );
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> SubscriberStats {
         // Read `offered` last: concurrent delivery moves events from queued to
         // delivered, never out of offered.
-        let delivered = load(&self.delivered);
-        let dropped_full = load(&self.dropped_full);
-        let dropped_closed = load(&self.dropped_closed);
-        let dropped_shutdown = load(&self.dropped_shutdown);
-        let offered = load(&self.offered);
+        let delivered = self.delivered.get();
+        let dropped_full = self.dropped_full.get();
+        let dropped_closed = self.dropped_closed.get();
+        let dropped_shutdown = self.dropped_shutdown.get();
+        let offered = self.offered.get();
         SubscriberStats {
             id: self.id,
             events_offered: offered,
@@ -72,18 +166,42 @@ impl SubscriberCounters {
 
 #[derive(Debug, Default)]
 pub(crate) struct RuntimeCounters {
-    pub(crate) unrouted: AtomicU64,
-    pub(crate) sources_failed: AtomicU64,
-    pub(crate) sources_aborted: AtomicU64,
-    pub(crate) stop_errors: AtomicU64,
+    pub(crate) unrouted: Counter,
+    pub(crate) sources_failed: Counter,
+    pub(crate) sources_aborted: Counter,
+    pub(crate) stop_errors: Counter,
 }
 
-pub(crate) fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
-
-pub(crate) fn add(c: &AtomicU64, n: usize) {
-    c.fetch_add(n as u64, Ordering::Relaxed);
+impl RuntimeCounters {
+    /// The runtime's counters, registered in `registry`.
+    pub(crate) fn registered(registry: &Registry) -> Self {
+        let c = Self::default();
+        registry.register_counter(
+            "daemoneye_events_unrouted_total",
+            "Events accepted while nobody was subscribed.",
+            &[("stage", "runtime")],
+            &c.unrouted,
+        );
+        registry.register_counter(
+            "daemoneye_sources_failed_total",
+            "Sources whose start returned an error or panicked.",
+            &[],
+            &c.sources_failed,
+        );
+        registry.register_counter(
+            "daemoneye_sources_aborted_total",
+            "Sources still running at the shutdown deadline, aborted.",
+            &[],
+            &c.sources_aborted,
+        );
+        registry.register_counter(
+            "daemoneye_source_stops_failed_total",
+            "Source stop() calls that failed or overran the deadline.",
+            &[],
+            &c.stop_errors,
+        );
+        c
+    }
 }
 
 /// One source's counters and health.

@@ -68,12 +68,13 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use collector_core::chain::{FAILED_TAG, RESULT_TAG};
+use collector_core::metrics::{Counter, Registry};
 use collector_core::{
     AnalysisType, BusError, BusEvent, CollectionEvent, ConditionType, EventBus, EventFilter,
     EventKind, EventSource, FileOperation, FilesystemEvent, LocalEventBus, SourceCaps,
@@ -106,11 +107,11 @@ pub struct BinaryHasherStats {
 
 #[derive(Default)]
 struct Counters {
-    received: AtomicU64,
-    hashed: AtomicU64,
-    failed: AtomicU64,
-    ignored: AtomicU64,
-    publish_errors: AtomicU64,
+    received: Counter,
+    hashed: Counter,
+    failed: Counter,
+    ignored: Counter,
+    publish_errors: Counter,
 }
 
 /// Answers `BinaryHash` trigger requests on a bus (see the [module docs](self)).
@@ -129,10 +130,6 @@ impl std::fmt::Debug for BinaryHasherCollector {
         f.debug_struct("BinaryHasherCollector")
             .finish_non_exhaustive()
     }
-}
-
-fn add(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl BinaryHasherCollector {
@@ -189,14 +186,51 @@ impl BinaryHasherCollector {
     /// The counters.
     pub fn stats(&self) -> BinaryHasherStats {
         let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         BinaryHasherStats {
-            requests_received: l(&c.received),
-            requests_hashed: l(&c.hashed),
-            requests_failed: l(&c.failed),
-            requests_ignored: l(&c.ignored),
-            publish_errors: l(&c.publish_errors),
+            requests_received: c.received.get(),
+            requests_hashed: c.hashed.get(),
+            requests_failed: c.failed.get(),
+            requests_ignored: c.ignored.get(),
+            publish_errors: c.publish_errors.get(),
         }
+    }
+
+    /// Registers the collector's counters in `registry` (label
+    /// `collector="binary-hasher"`); the engine's are registered apart
+    /// ([`HashEngine::register_metrics`]). Call it once per registry.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let c = &self.counters;
+        let label = [("collector", BINARY_HASHER_ID)];
+        registry.register_counters(
+            &label,
+            &[
+                (
+                    "daemoneye_analysis_requests_received_total",
+                    "Analysis requests received.",
+                    &c.received,
+                ),
+                (
+                    "daemoneye_analysis_requests_answered_total",
+                    "Analysis requests answered with a result.",
+                    &c.hashed,
+                ),
+                (
+                    "daemoneye_analysis_requests_failed_total",
+                    "Analysis requests answered with a failure.",
+                    &c.failed,
+                ),
+                (
+                    "daemoneye_analysis_requests_ignored_total",
+                    "Analysis requests ignored (another analysis type).",
+                    &c.ignored,
+                ),
+                (
+                    "daemoneye_analysis_publishes_failed_total",
+                    "Analysis answers that could not be published.",
+                    &c.publish_errors,
+                ),
+            ],
+        );
     }
 
     /// Answers requests until `shutdown` (or [`EventSource::stop`]) or the
@@ -236,9 +270,9 @@ impl BinaryHasherCollector {
         let CollectionEvent::TriggerRequest(req) = &request.event else {
             return;
         };
-        add(&self.counters.received);
+        self.counters.received.inc();
         if req.analysis_type != AnalysisType::BinaryHash {
-            add(&self.counters.ignored);
+            self.counters.ignored.inc();
             debug!(trigger_id = %req.trigger_id, "not a binary hash request; ignored");
             return;
         }
@@ -269,7 +303,7 @@ impl BinaryHasherCollector {
         }
         match outcome {
             Ok(outcome) => {
-                add(&self.counters.hashed);
+                self.counters.hashed.inc();
                 file.size = Some(outcome.size);
                 if let Some((first, rest)) = outcome.digests.split_first() {
                     file.file_hash = Some(first.hex.clone());
@@ -284,7 +318,7 @@ impl BinaryHasherCollector {
                 }
             }
             Err(err) => {
-                add(&self.counters.failed);
+                self.counters.failed.inc();
                 debug!(trigger_id = %req.trigger_id, error = %err, "binary hash failed");
                 correlation = correlation
                     .with_tag(FAILED_TAG)
@@ -294,7 +328,7 @@ impl BinaryHasherCollector {
         let answer = BusEvent::new(BINARY_HASHER_ID, CollectionEvent::Filesystem(file))
             .with_correlation(correlation);
         if let Err(err) = self.bus.publish(answer).await {
-            add(&self.counters.publish_errors);
+            self.counters.publish_errors.inc();
             warn!(trigger_id = %req.trigger_id, error = %err, "cannot publish a binary hash result");
         }
     }

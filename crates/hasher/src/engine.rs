@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::budget::Budget;
 use crate::cache::{FileKey, Lru};
 use crate::config::{is_checkable, Validated};
-use crate::stats::{add, Counters};
+use crate::stats::Counters;
 use crate::{ConfigError, HashError, HasherConfig, HasherStats};
 
 /// One digest of a file: the algorithm and its lowercase hex rendering
@@ -124,6 +124,13 @@ impl HashEngine {
         self.inner.counters.snapshot()
     }
 
+    /// Registers the engine's counters in `registry` (stage `hasher`:
+    /// `daemoneye_files_hashed_total`, `daemoneye_hashes_refused_total{reason}`,
+    /// ...). Call it once per registry; clones share the counters.
+    pub fn register_metrics(&self, registry: &collector_core::metrics::Registry) {
+        self.inner.counters.register(registry);
+    }
+
     /// How many files' digests are cached now.
     pub fn cache_len(&self) -> usize {
         self.inner.lock_cache().len()
@@ -197,7 +204,7 @@ impl HashEngine {
             job = tokio::task::spawn_blocking(move || {
                 let before = job.bytes_read;
                 let job = job.step(want)?;
-                add(&inner.counters.bytes_hashed, job.bytes_read - before);
+                inner.counters.bytes_hashed.add(job.bytes_read - before);
                 Ok::<_, HashError>(job)
             })
             .await
@@ -277,10 +284,10 @@ impl Inner {
         }
         let cached = self.lock_cache().get(&key);
         if let Some(digests) = cached {
-            add(&self.counters.cache_hits, 1);
+            self.counters.cache_hits.inc();
             return Ok(Opened::Hit(outcome(path, digests, &key, 0, true, false)));
         }
-        add(&self.counters.cache_misses, 1);
+        self.counters.cache_misses.inc();
         Ok(Opened::Miss(Box::new(Job {
             path,
             file,
@@ -295,12 +302,12 @@ impl Inner {
 
     fn finish(&self, job: Job) -> HashOutcome {
         let digests: Arc<[Digest]> = job.state.finish(&self.config.algorithms).into();
-        add(&self.counters.files_hashed, 1);
+        self.counters.files_hashed.inc();
         if job.changed {
-            add(&self.counters.changed_during_hash, 1);
+            self.counters.changed_during_hash.inc();
         } else {
             let evicted = self.lock_cache().insert(job.key, Arc::clone(&digests));
-            add(&self.counters.cache_evictions, evicted);
+            self.counters.cache_evictions.add(evicted);
         }
         outcome(
             job.path,
@@ -627,6 +634,29 @@ mod tests {
         assert_eq!((s.files_hashed, s.cache_hits, s.cache_misses), (1, 2, 1));
         assert_eq!(s.bytes_hashed, 10_000);
         assert_eq!(e.cache_len(), 1);
+        // The registry reads the same counters, by name.
+        let registry = collector_core::metrics::Registry::new();
+        e.register_metrics(&registry);
+        let stage = [("stage", "hasher")];
+        assert_eq!(
+            registry.value("daemoneye_files_hashed_total", &stage),
+            Some(1)
+        );
+        assert_eq!(
+            registry.value("daemoneye_hash_cache_hits_total", &stage),
+            Some(2)
+        );
+        assert_eq!(
+            registry.value("daemoneye_bytes_hashed_total", &stage),
+            Some(10_000)
+        );
+        assert_eq!(
+            registry.value(
+                "daemoneye_hashes_refused_total",
+                &[("stage", "hasher"), ("reason", "too_large")]
+            ),
+            Some(0)
+        );
     }
 
     #[tokio::test]

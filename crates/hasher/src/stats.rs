@@ -1,7 +1,8 @@
-//! [`HasherStats`]: what the engine did, counted with atomics.
+//! [`HasherStats`]: what the engine did, counted with [`Counter`]s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use collector_core::metrics::{Counter, Registry};
 
 use crate::HashError;
 
@@ -76,17 +77,30 @@ impl RefusedStats {
 /// The live counters behind [`HasherStats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) files_hashed: AtomicU64,
-    pub(crate) cache_hits: AtomicU64,
-    pub(crate) cache_misses: AtomicU64,
-    pub(crate) cache_evictions: AtomicU64,
-    pub(crate) bytes_hashed: AtomicU64,
-    pub(crate) changed_during_hash: AtomicU64,
-    pub(crate) budget_waited_nanos: AtomicU64,
-    refused: [AtomicU64; REASONS],
+    pub(crate) files_hashed: Counter,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) cache_evictions: Counter,
+    pub(crate) bytes_hashed: Counter,
+    pub(crate) changed_during_hash: Counter,
+    pub(crate) budget_waited_nanos: Counter,
+    refused: [Counter; REASONS],
 }
 
 const REASONS: usize = 9;
+
+/// The label of each refusal slot, in slot order.
+const REASON_LABELS: [&str; REASONS] = [
+    "not_found",
+    "process_gone",
+    "permission_denied",
+    "is_symlink",
+    "not_regular_file",
+    "outside_allowed_roots",
+    "too_large",
+    "io",
+    "task_failed",
+];
 
 fn slot(err: &HashError) -> usize {
     match err {
@@ -102,33 +116,79 @@ fn slot(err: &HashError) -> usize {
     }
 }
 
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
 impl Counters {
     pub(crate) fn refused(&self, err: &HashError) {
-        add(&self.refused[slot(err)], 1);
+        self.refused[slot(err)].inc();
     }
 
     pub(crate) fn waited(&self, d: Duration) {
-        add(
-            &self.budget_waited_nanos,
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        self.budget_waited_nanos
+            .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Registers every counter in `registry` (stage `hasher`).
+    pub(crate) fn register(&self, registry: &Registry) {
+        let stage = [("stage", "hasher")];
+        registry.register_counters(
+            &stage,
+            &[
+                (
+                    "daemoneye_files_hashed_total",
+                    "Files read to the end and digested.",
+                    &self.files_hashed,
+                ),
+                (
+                    "daemoneye_hash_cache_hits_total",
+                    "Hashes answered from the cache without reading.",
+                    &self.cache_hits,
+                ),
+                (
+                    "daemoneye_hash_cache_misses_total",
+                    "Hash cache lookups that found nothing.",
+                    &self.cache_misses,
+                ),
+                (
+                    "daemoneye_hash_cache_evictions_total",
+                    "Hash cache entries dropped to stay within capacity.",
+                    &self.cache_evictions,
+                ),
+                (
+                    "daemoneye_bytes_hashed_total",
+                    "Bytes read and digested.",
+                    &self.bytes_hashed,
+                ),
+                (
+                    "daemoneye_files_changed_during_hash_total",
+                    "Hashes whose file changed while read (not cached).",
+                    &self.changed_during_hash,
+                ),
+                (
+                    "daemoneye_hash_budget_waited_nanoseconds_total",
+                    "Time hashes spent waiting on the bytes-per-second budget.",
+                    &self.budget_waited_nanos,
+                ),
+            ],
         );
+        for (reason, c) in REASON_LABELS.iter().zip(&self.refused) {
+            registry.register_counter(
+                "daemoneye_hashes_refused_total",
+                "Hash calls that produced no digest, by reason.",
+                &[stage[0], ("reason", reason)],
+                c,
+            );
+        }
     }
 
     pub(crate) fn snapshot(&self) -> HasherStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let r = |e: usize| get(&self.refused[e]);
+        let r = |e: usize| self.refused[e].get();
         HasherStats {
-            files_hashed: get(&self.files_hashed),
-            cache_hits: get(&self.cache_hits),
-            cache_misses: get(&self.cache_misses),
-            cache_evictions: get(&self.cache_evictions),
-            bytes_hashed: get(&self.bytes_hashed),
-            changed_during_hash: get(&self.changed_during_hash),
-            budget_waited: Duration::from_nanos(get(&self.budget_waited_nanos)),
+            files_hashed: self.files_hashed.get(),
+            cache_hits: self.cache_hits.get(),
+            cache_misses: self.cache_misses.get(),
+            cache_evictions: self.cache_evictions.get(),
+            bytes_hashed: self.bytes_hashed.get(),
+            changed_during_hash: self.changed_during_hash.get(),
+            budget_waited: Duration::from_nanos(self.budget_waited_nanos.get()),
             refused: RefusedStats {
                 not_found: r(0),
                 process_gone: r(1),

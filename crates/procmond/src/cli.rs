@@ -7,11 +7,13 @@
 //! SIGTERM or SIGINT once everything is committed.
 
 use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use collector_core::metrics::MetricsServer;
 use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use serde::Deserialize;
@@ -55,6 +57,10 @@ pub struct RunArgs {
     /// first snapshot on.
     #[arg(long, requires = "socket")]
     pub await_subscriber: bool,
+    /// Serve Prometheus metrics (text format) over HTTP at /metrics on
+    /// ADDR, for example 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file.
@@ -126,9 +132,24 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
     let stats = source.stats_handle();
     let mut collector = Collector::new(collector_config);
+    source.register_metrics(collector.handle().metrics());
     collector
         .register(Box::new(source))
         .map_err(|e| RunError::Failed(e.into()))?;
+    // Bound before anything runs: an address that cannot be served is bad input.
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::bind(addr, collector.handle().metrics().clone())
+                .await
+                .map_err(|e| RunError::Bad(e.into()))?;
+            if let Ok(bound) = server.local_addr() {
+                tracing::info!(addr = %bound, "serving metrics at /metrics");
+            }
+            let stop = tokio_util::sync::CancellationToken::new();
+            Some((stop.clone(), tokio::spawn(server.run(stop))))
+        }
+        None => None,
+    };
     let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
     let ipc = serve_ipc(
         args.socket.as_ref(),
@@ -154,6 +175,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
+        }
+    }
+    if let Some((stop, task)) = metrics {
+        stop.cancel();
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "metrics server task failed");
         }
     }
     if let Some(w) = writer {
@@ -230,6 +257,7 @@ async fn serve_ipc(
             ],
             ..HasherConfig::default()
         })?;
+        hasher.register_metrics(collector.handle().metrics());
         let handlers = crate::ipc::TaskHandlers::new(hasher)?;
         let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
             .await?
@@ -248,6 +276,7 @@ async fn serve_ipc(
         Ok((mut server, handlers)) => {
             tracing::info!(path = %path.display(), "serving ipc");
             let handle = server.handle();
+            handle.register_metrics(collector.handle().metrics());
             let task = tokio::spawn(async move { server.start(handlers.into_handler()).await });
             Ok(Some((handle, task)))
         }

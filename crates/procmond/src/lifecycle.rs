@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
+use collector_core::metrics::{Counter, Registry};
 use collector_core::{ProcessEvent, ProcessEventType, ProcessKey};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,46 @@ pub struct LifecycleStats {
     pub suspicious: u64,
 }
 
+/// The live counters behind [`LifecycleStats`]. Clones share them, so a
+/// tracker made at each start can count into counters registered once.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleCounters {
+    starts: Counter,
+    execs: Counter,
+    exits: Counter,
+    exits_reconciled: Counter,
+    modified: Counter,
+    suspicious: Counter,
+}
+
+impl LifecycleCounters {
+    /// Registers the counters in `registry` (stage `lifecycle`):
+    /// `daemoneye_lifecycle_events_total{kind}` and
+    /// `daemoneye_exits_reconciled_total`.
+    pub fn register(&self, registry: &Registry) {
+        for (kind, c) in [
+            ("start", &self.starts),
+            ("exec", &self.execs),
+            ("exit", &self.exits),
+            ("modified", &self.modified),
+            ("suspicious", &self.suspicious),
+        ] {
+            registry.register_counter(
+                "daemoneye_lifecycle_events_total",
+                "Lifecycle events the tracker emitted, by kind.",
+                &[("stage", "lifecycle"), ("kind", kind)],
+                c,
+            );
+        }
+        registry.register_counter(
+            "daemoneye_exits_reconciled_total",
+            "Exits found by a snapshot, not the kernel (missed or no connector).",
+            &[("stage", "lifecycle")],
+            &self.exits_reconciled,
+        );
+    }
+}
+
 #[derive(Debug)]
 struct Tracked {
     start_ticks: Option<u64>,
@@ -80,7 +121,7 @@ pub struct LifecycleTracker {
     exited: HashMap<u32, (Option<ProcessKey>, SystemTime)>,
     pass: u64,
     ticks_per_sec: u64,
-    stats: LifecycleStats,
+    counters: LifecycleCounters,
 }
 
 fn meta_u64(p: &ProcessEvent, key: &str) -> Option<u64> {
@@ -104,15 +145,29 @@ impl LifecycleTracker {
             exited: HashMap::new(),
             pass: 0,
             ticks_per_sec: ticks_per_sec.max(1),
-            stats: LifecycleStats::default(),
+            counters: LifecycleCounters::default(),
         }
+    }
+
+    /// Counts into `counters` from now on (counters shared with an earlier
+    /// tracker go on from where it left them).
+    #[must_use]
+    pub fn with_counters(mut self, counters: LifecycleCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Counts so far.
     pub fn stats(&self) -> LifecycleStats {
+        let c = &self.counters;
         LifecycleStats {
             tracked: self.known.len() as u64,
-            ..self.stats
+            starts: c.starts.get(),
+            execs: c.execs.get(),
+            exits: c.exits.get(),
+            exits_reconciled: c.exits_reconciled.get(),
+            modified: c.modified.get(),
+            suspicious: c.suspicious.get(),
         }
     }
 
@@ -133,11 +188,11 @@ impl LifecycleTracker {
             return;
         }
         match t {
-            ProcessEventType::Start => self.stats.starts += 1,
-            ProcessEventType::Exec => self.stats.execs += 1,
-            ProcessEventType::Exit => self.stats.exits += 1,
-            ProcessEventType::Modified => self.stats.modified += 1,
-            _ if t.is_suspicious() => self.stats.suspicious += 1,
+            ProcessEventType::Start => self.counters.starts.inc(),
+            ProcessEventType::Exec => self.counters.execs.inc(),
+            ProcessEventType::Exit => self.counters.exits.inc(),
+            ProcessEventType::Modified => self.counters.modified.inc(),
+            _ if t.is_suspicious() => self.counters.suspicious.inc(),
             _ => {}
         }
         out.push(e);
@@ -193,7 +248,7 @@ impl LifecycleTracker {
                     let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
                     exit.platform_metadata
                         .insert("observed_by".to_owned(), "snapshot".to_owned());
-                    self.stats.exits_reconciled += 1;
+                    self.counters.exits_reconciled.inc();
                     self.push(&mut lifecycle, exit);
                     self.exited.insert(p.pid, (old.last.process_key, now));
                 }
@@ -231,7 +286,7 @@ impl LifecycleTracker {
                 let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
                 exit.platform_metadata
                     .insert("observed_by".to_owned(), "snapshot".to_owned());
-                self.stats.exits_reconciled += 1;
+                self.counters.exits_reconciled.inc();
                 self.push(&mut lifecycle, exit);
                 self.exited.insert(pid, (old.last.process_key, now));
             }
@@ -571,6 +626,25 @@ mod tests {
             "an exit seen only by a snapshot has no code"
         );
         assert_eq!(tr.stats().exits_reconciled, 1);
+    }
+
+    #[test]
+    fn shared_counters_go_on_across_trackers_and_read_the_same_by_name() {
+        let counters = LifecycleCounters::default();
+        let registry = Registry::new();
+        counters.register(&registry);
+        for round in 0..2 {
+            // A tracker per start (as each `start` of the source makes one).
+            let mut tr = tracker().with_counters(counters.clone());
+            tr.on_snapshot(vec![p(1, 0, 1, &["init"])], t(1));
+            tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(200, 1, 90, &["cron"])], t(2));
+            assert_eq!(tr.stats().starts, round + 1);
+        }
+        let start = [("stage", "lifecycle"), ("kind", "start")];
+        assert_eq!(
+            registry.value("daemoneye_lifecycle_events_total", &start),
+            Some(2)
+        );
     }
 
     #[test]

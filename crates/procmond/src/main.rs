@@ -4,6 +4,7 @@
 //! procmond snapshot [--format json|table]
 //! procmond run [--config FILE] [--database PATH | --no-database] [--interval SECS]
 //!              [--events-jsonl PATH|-] [--no-realtime] [--socket PATH | --no-socket]
+//!              [--metrics-listen ADDR]
 //! ```
 //!
 //! Parses flags, loads config, builds, runs, maps errors to exit codes

@@ -17,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use collector_core::metrics::{Counter, Registry};
 use collector_core::{BootId, ProcessEvent, ProcessKey};
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, readlinkat, AtFlags, OFlag};
@@ -128,6 +129,69 @@ pub struct SnapshotStats {
     pub errors: u64,
     /// Processes left out because `max_processes` was reached.
     pub truncated: u64,
+}
+
+/// [`SnapshotStats`] added up over every pass. Clones share the counters.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotCounters {
+    processes: Counter,
+    vanished: Counter,
+    access_denied: Counter,
+    errors: Counter,
+    truncated: Counter,
+}
+
+impl SnapshotCounters {
+    /// Adds one pass.
+    pub fn record(&self, stats: &SnapshotStats) {
+        self.processes.add(stats.processes);
+        self.vanished.add(stats.vanished);
+        self.access_denied.add(stats.access_denied);
+        self.errors.add(stats.errors);
+        self.truncated.add(stats.truncated);
+    }
+
+    /// The sums so far, as one [`SnapshotStats`].
+    pub fn totals(&self) -> SnapshotStats {
+        SnapshotStats {
+            processes: self.processes.get(),
+            vanished: self.vanished.get(),
+            access_denied: self.access_denied.get(),
+            errors: self.errors.get(),
+            truncated: self.truncated.get(),
+        }
+    }
+
+    /// Registers the counters in `registry` (stage `snapshot`).
+    pub fn register(&self, registry: &Registry) {
+        let stage = ("stage", "snapshot");
+        registry.register_counter(
+            "daemoneye_processes_read_total",
+            "Processes read by snapshots.",
+            &[stage],
+            &self.processes,
+        );
+        registry.register_counter(
+            "daemoneye_processes_vanished_total",
+            "Processes that exited while a snapshot read them (skipped).",
+            &[stage],
+            &self.vanished,
+        );
+        registry.register_counter(
+            "daemoneye_processes_denied_total",
+            "Processes with a file a snapshot could not read (kept, fields empty).",
+            &[stage],
+            &self.access_denied,
+        );
+        for (reason, c) in [("error", &self.errors), ("truncated", &self.truncated)] {
+            registry.register_counter(
+                "daemoneye_processes_skipped_total",
+                "Processes a snapshot left out: parse or I/O errors, or max_processes reached.",
+                &[stage, ("reason", reason)],
+                c,
+            );
+        }
+    }
 }
 
 /// A full pass over the process table.

@@ -17,12 +17,13 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
     CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
     ProcessEvent, ProcessEventType, SourceCaps,
@@ -35,11 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::connector::{
-    ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderHandle,
+    ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderCounters,
+    ReaderHandle,
 };
 use crate::db::DatabaseManager;
-use crate::lifecycle::{LifecycleTracker, LifecycleTrackingConfig};
-use crate::snapshot::{ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache};
+use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
+use crate::snapshot::{
+    ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache, SnapshotCounters,
+};
 
 /// What is collected per process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,13 +109,16 @@ pub enum ProcmondError {
 
 #[derive(Debug, Default)]
 struct Counters {
-    cycles: AtomicU64,
-    cycle_errors: AtomicU64,
-    emitted: AtomicU64,
-    overruns: AtomicU64,
-    realtime: AtomicBool,
-    enrich_failed: AtomicU64,
-    db_errors: AtomicU64,
+    cycles: Counter,
+    cycle_errors: Counter,
+    emitted: Counter,
+    overruns: Counter,
+    realtime: Gauge,
+    enrich_failed: Counter,
+    db_errors: Counter,
+    reader: ReaderCounters,
+    lifecycle: LifecycleCounters,
+    snapshots: SnapshotCounters,
 }
 
 /// The process collector. See the [module docs](self).
@@ -277,10 +284,7 @@ impl Run<'_> {
                 return false;
             }
         }
-        self.collector
-            .counters
-            .emitted
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.collector.counters.emitted.add_usize(n);
         true
     }
 
@@ -297,20 +301,17 @@ impl Run<'_> {
         .context("snapshot task")?;
         self.cache = Some(cache);
         let snap = match result {
-            Ok(s) => s,
+            Ok(s) => {
+                self.collector.counters.snapshots.record(&s.stats);
+                s
+            }
             Err(e) => {
-                self.collector
-                    .counters
-                    .cycle_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.collector.counters.cycle_errors.inc();
                 warn!(error = %e, "snapshot failed");
                 return Ok(true);
             }
         };
-        self.collector
-            .counters
-            .cycles
-            .fetch_add(1, Ordering::Relaxed);
+        self.collector.counters.cycles.inc();
         debug!(
             processes = snap.stats.processes,
             vanished = snap.stats.vanished,
@@ -332,10 +333,7 @@ impl Run<'_> {
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
-                self.collector
-                    .counters
-                    .db_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.collector.counters.db_errors.inc();
                 warn!("storing a snapshot failed");
             }
         }
@@ -429,10 +427,7 @@ impl Run<'_> {
         })
         .await;
         if !matches!(written, Ok(Ok(_))) {
-            self.collector
-                .counters
-                .db_errors
-                .fetch_add(1, Ordering::Relaxed);
+            self.collector.counters.db_errors.inc();
             warn!(events = n, "storing lifecycle events failed");
         }
     }
@@ -468,7 +463,7 @@ fn read_with(
             e
         }
         Err(err) => {
-            counters.enrich_failed.fetch_add(1, Ordering::Relaxed);
+            counters.enrich_failed.inc();
             let mut e = ProcessEvent::new(pid, "");
             e.accessible = false;
             e.timestamp = at;
@@ -588,7 +583,8 @@ impl EventSource for ProcmondMonitorCollector {
             tracker: LifecycleTracker::new(
                 self.config.lifecycle_config.clone(),
                 self.reader.ticks_per_sec(),
-            ),
+            )
+            .with_counters(self.counters.lifecycle.clone()),
             cache: None,
             pending_db: Vec::new(),
             hashing: HashMap::new(),
@@ -626,7 +622,7 @@ impl EventSource for ProcmondMonitorCollector {
                         }
                         let alive = run.emit(out).await;
                         if alive && overrun {
-                            self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                            self.counters.overruns.inc();
                             warn!("the kernel dropped process events (socket buffer overrun); reconciling now");
                             run.snapshot().await?
                         } else {
@@ -635,7 +631,7 @@ impl EventSource for ProcmondMonitorCollector {
                     }
                     None => {
                         warn!("process connector reader ended; falling back to snapshots");
-                        self.counters.realtime.store(false, Ordering::Relaxed);
+                        self.counters.realtime.set_bool(false);
                         if let Some(h) = reader.take() {
                             if let Err(err) = tokio::task::spawn_blocking(move || h.join()).await? {
                                 warn!(error = %err, "process connector reader failed");
@@ -658,7 +654,7 @@ impl EventSource for ProcmondMonitorCollector {
             let stats = tokio::task::spawn_blocking(move || h.stop()).await?;
             debug!(?stats, "process connector stopped");
         }
-        self.counters.realtime.store(false, Ordering::Relaxed);
+        self.counters.realtime.set_bool(false);
         run.flush_db().await;
         Ok(())
     }
@@ -669,7 +665,7 @@ impl EventSource for ProcmondMonitorCollector {
     }
 
     async fn health_check(&self) -> anyhow::Result<()> {
-        let errors = self.counters.db_errors.load(Ordering::Relaxed);
+        let errors = self.counters.db_errors.get();
         anyhow::ensure!(errors == 0, "{errors} audit database writes failed");
         Ok(())
     }
@@ -684,7 +680,7 @@ impl MonitorCollector for ProcmondMonitorCollector {
 impl ProcmondMonitorCollector {
     /// Execs and forks whose process was gone before `/proc` could be read.
     pub fn enrich_failures(&self) -> u64 {
-        self.counters.enrich_failed.load(Ordering::Relaxed)
+        self.counters.enrich_failed.get()
     }
 
     /// Opens the kernel connector and starts its reader and the enrichment
@@ -698,7 +694,8 @@ impl ProcmondMonitorCollector {
         let (etx, erx) = mpsc::channel(base.max_events_in_flight);
         let opened = ProcConnector::open(&self.config.process_config.connector).and_then(|c| {
             let granted = c.recv_buffer();
-            c.spawn_reader(ktx).map(|h| (h, granted))
+            c.spawn_reader_counted(ktx, self.counters.reader.clone())
+                .map(|h| (h, granted))
         });
         match opened {
             Ok((handle, granted)) => {
@@ -707,7 +704,7 @@ impl ProcmondMonitorCollector {
                     forced = granted.forced,
                     "process connector active"
                 );
-                self.counters.realtime.store(true, Ordering::Relaxed);
+                self.counters.realtime.set_bool(true);
                 let enricher = Enricher {
                     from_kernel: krx,
                     to_collector: etx,
@@ -740,6 +737,16 @@ impl ProcmondMonitorCollector {
     pub fn stats_handle(&self) -> ProcmondStatsHandle {
         ProcmondStatsHandle(self.counters.clone())
     }
+
+    /// Registers every counter of this collector in `registry`: its own
+    /// ([`ProcmondStatsHandle::register_metrics`]) and its hasher's. Call
+    /// it once per registry, before or after handing it to the runtime.
+    pub fn register_metrics(&self, registry: &Registry) {
+        self.stats_handle().register_metrics(registry);
+        if let Some(hasher) = &self.hasher {
+            hasher.register_metrics(registry);
+        }
+    }
 }
 
 /// Reads a [`ProcmondMonitorCollector`]'s counters from anywhere.
@@ -751,16 +758,75 @@ impl ProcmondStatsHandle {
     pub fn monitor_stats(&self) -> MonitorCollectorStats {
         let c = &self.0;
         MonitorCollectorStats::new(
-            c.cycles.load(Ordering::Relaxed),
-            c.cycle_errors.load(Ordering::Relaxed),
-            c.emitted.load(Ordering::Relaxed),
-            c.overruns.load(Ordering::Relaxed),
-            c.realtime.load(Ordering::Relaxed),
+            c.cycles.get(),
+            c.cycle_errors.get(),
+            c.emitted.get(),
+            c.overruns.get(),
+            c.realtime.get_bool(),
         )
     }
 
     /// Execs and forks whose process was gone before `/proc` could be read.
     pub fn enrich_failures(&self) -> u64 {
-        self.0.enrich_failed.load(Ordering::Relaxed)
+        self.0.enrich_failed.get()
+    }
+
+    /// What every snapshot so far met, added up.
+    pub fn snapshot_totals(&self) -> crate::snapshot::SnapshotStats {
+        self.0.snapshots.totals()
+    }
+
+    /// Registers the monitor's counters (label `source="procmond"`), the
+    /// kernel connector reader's (stage `connector`), the lifecycle
+    /// tracker's (stage `lifecycle`) and the snapshots' (stage `snapshot`)
+    /// in `registry`. The hasher's are apart
+    /// ([`ProcmondMonitorCollector::register_metrics`]).
+    pub fn register_metrics(&self, registry: &Registry) {
+        let c = &self.0;
+        let source = [("source", "procmond")];
+        registry.register_counters(
+            &source,
+            &[
+                (
+                    "daemoneye_collection_cycles_total",
+                    "Full collections (snapshots) completed.",
+                    &c.cycles,
+                ),
+                (
+                    "daemoneye_collections_failed_total",
+                    "Full collections (snapshots) that failed.",
+                    &c.cycle_errors,
+                ),
+                (
+                    "daemoneye_events_emitted_total",
+                    "Events a source sent to the runtime.",
+                    &c.emitted,
+                ),
+                (
+                    "daemoneye_kernel_overruns_handled_total",
+                    "Kernel event losses answered with a reconciliation snapshot.",
+                    &c.overruns,
+                ),
+                (
+                    "daemoneye_enrichments_failed_total",
+                    "Execs and forks whose process was gone before /proc could be read.",
+                    &c.enrich_failed,
+                ),
+                (
+                    "daemoneye_database_writes_failed_total",
+                    "Audit database writes that failed.",
+                    &c.db_errors,
+                ),
+            ],
+        );
+        registry.register_gauge(
+            "daemoneye_realtime_active",
+            "1 while real-time kernel events are flowing.",
+            &source,
+            &c.realtime,
+        );
+        c.reader.register(registry);
+        c.lifecycle.register(registry);
+        c.snapshots.register(registry);
     }
 }

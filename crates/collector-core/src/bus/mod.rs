@@ -69,8 +69,9 @@ pub(crate) use filter::analysis_str;
 
 use crate::config::WhenFull;
 use crate::event::{CollectionEvent, EventValidationError};
+use crate::metrics::{Counter, Registry};
 use crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription};
-use crate::telemetry::{add, load, SubscriberStats};
+use crate::telemetry::SubscriberStats;
 
 /// A subscription to an event bus: [`Subscription::recv`] yields [`BusEvent`]s.
 pub type BusSubscription = Subscription<BusEvent>;
@@ -296,9 +297,9 @@ struct BusInner {
     closed: AtomicBool,
     shutdown: CancellationToken,
     sequence: AtomicU64,
-    published: AtomicU64,
-    rejected: AtomicU64,
-    unrouted: AtomicU64,
+    published: Counter,
+    rejected: Counter,
+    unrouted: Counter,
 }
 
 /// The in-process [`EventBus`]. Cheap to clone (clones share the bus).
@@ -349,9 +350,9 @@ impl LocalEventBus {
                 closed: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 sequence: AtomicU64::new(0),
-                published: AtomicU64::new(0),
-                rejected: AtomicU64::new(0),
-                unrouted: AtomicU64::new(0),
+                published: Counter::new(),
+                rejected: Counter::new(),
+                unrouted: Counter::new(),
             }),
         }
     }
@@ -406,7 +407,7 @@ impl LocalEventBus {
                 }),
             });
         if let Err(err) = checked {
-            add(&self.inner.rejected, 1);
+            self.inner.rejected.inc();
             return Err(err);
         }
         event.correlation.sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1;
@@ -468,7 +469,7 @@ impl LocalEventBus {
         deadline: &CancellationToken,
     ) -> bool {
         let n = events.len();
-        add(&self.inner.published, n);
+        self.inner.published.add_usize(n);
         let routed = self
             .inner
             .subscribers
@@ -476,7 +477,7 @@ impl LocalEventBus {
             .await
             .is_some();
         if !routed {
-            add(&self.inner.unrouted, n);
+            self.inner.unrouted.add_usize(n);
         }
         routed
     }
@@ -506,12 +507,40 @@ impl LocalEventBus {
         Ok(self.inner.subscribers.subscribe_filtered(Some(filter)))
     }
 
+    /// Registers the bus's counters and its subscribers' (now and later)
+    /// in `registry`, under the stages `bus` and `bus_subscriber`. A
+    /// [`Collector`](crate::Collector) does this for its own bus.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let stage = [("stage", "bus")];
+        registry.register_counter(
+            "daemoneye_events_published_total",
+            "Events published into an event bus.",
+            &stage,
+            &self.inner.published,
+        );
+        registry.register_counter(
+            "daemoneye_events_rejected_total",
+            "Events an event bus refused (invalid event, correlation or topic).",
+            &stage,
+            &self.inner.rejected,
+        );
+        registry.register_counter(
+            "daemoneye_events_unrouted_total",
+            "Events published while no subscriber existed.",
+            &stage,
+            &self.inner.unrouted,
+        );
+        self.inner
+            .subscribers
+            .register_metrics(registry, "bus_subscriber");
+    }
+
     /// Counters without `async` (see [`EventBus::statistics`]).
     pub fn statistics_now(&self) -> BusStatistics {
         BusStatistics {
-            events_published: load(&self.inner.published),
-            events_rejected: load(&self.inner.rejected),
-            events_unrouted: load(&self.inner.unrouted),
+            events_published: self.inner.published.get(),
+            events_rejected: self.inner.rejected.get(),
+            events_unrouted: self.inner.unrouted.get(),
             subscribers_live: self.inner.subscribers.live_count(),
             subscribers: self.inner.subscribers.stats(),
         }

@@ -55,7 +55,6 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -72,7 +71,7 @@ use crate::event::{
     AnalysisType, CollectionEvent, TriggerPriority, TriggerRequest, MAX_METADATA_ENTRIES,
     MAX_METADATA_VALUE_LEN,
 };
-use crate::telemetry::{add, load};
+use crate::metrics::Counter;
 
 /// Tag of every analysis result on the bus.
 pub const RESULT_TAG: &str = "analysis_result";
@@ -676,15 +675,15 @@ pub struct ChainStatistics {
 
 #[derive(Default)]
 struct Counters {
-    started: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    cancelled: AtomicU64,
-    attempts: AtomicU64,
-    timeouts: AtomicU64,
-    retries: AtomicU64,
-    stages_failed: AtomicU64,
-    stages_skipped: AtomicU64,
+    started: Counter,
+    completed: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    attempts: Counter,
+    timeouts: Counter,
+    retries: Counter,
+    stages_failed: Counter,
+    stages_skipped: Counter,
 }
 
 struct Running {
@@ -846,16 +845,16 @@ impl AnalysisChainCoordinator {
             .filter(|r| r.status.state == WorkflowState::Running)
             .count();
         ChainStatistics {
-            workflows_started: load(&c.started),
-            workflows_completed: load(&c.completed),
-            workflows_failed: load(&c.failed),
-            workflows_cancelled: load(&c.cancelled),
+            workflows_started: c.started.get(),
+            workflows_completed: c.completed.get(),
+            workflows_failed: c.failed.get(),
+            workflows_cancelled: c.cancelled.get(),
             workflows_running: running as u64,
-            stage_attempts: load(&c.attempts),
-            stage_timeouts: load(&c.timeouts),
-            stage_retries: load(&c.retries),
-            stages_failed: load(&c.stages_failed),
-            stages_skipped: load(&c.stages_skipped),
+            stage_attempts: c.attempts.get(),
+            stage_timeouts: c.timeouts.get(),
+            stage_retries: c.retries.get(),
+            stages_failed: c.stages_failed.get(),
+            stages_skipped: c.stages_skipped.get(),
         }
     }
 
@@ -943,7 +942,7 @@ impl AnalysisChainCoordinator {
                 cancel: cancel.clone(),
             },
         );
-        add(&self.counters.started, 1);
+        self.counters.started.inc();
         Ok((execution_id, cancel, dispatcher))
     }
 
@@ -978,7 +977,7 @@ impl AnalysisChainCoordinator {
                         });
                     if blocked {
                         started.insert(s.id.clone());
-                        add(&self.counters.stages_skipped, 1);
+                        self.counters.stages_skipped.inc();
                         self.set_stage(&execution_id, &s.id, StageStatus::Skipped);
                         results.insert(
                             s.id.clone(),
@@ -1048,21 +1047,21 @@ impl AnalysisChainCoordinator {
                 }
             };
             match result.status {
-                StageStatus::Failed { .. } => add(&self.counters.stages_failed, 1),
-                StageStatus::Skipped => add(&self.counters.stages_skipped, 1),
+                StageStatus::Failed { .. } => self.counters.stages_failed.inc(),
+                StageStatus::Skipped => self.counters.stages_skipped.inc(),
                 _ => {}
             }
             self.set_stage(&execution_id, &result.stage_id, result.status.clone());
             results.insert(result.stage_id.clone(), result);
         }
         let state = if cancelled {
-            add(&self.counters.cancelled, 1);
+            self.counters.cancelled.inc();
             WorkflowState::Cancelled
         } else if results.values().all(|r| r.status == StageStatus::Completed) {
-            add(&self.counters.completed, 1);
+            self.counters.completed.inc();
             WorkflowState::Completed
         } else {
-            add(&self.counters.failed, 1);
+            self.counters.failed.inc();
             WorkflowState::Failed
         };
         if let Some(r) = self
@@ -1152,9 +1151,9 @@ async fn attempt_stage(run: StageRun) -> StageResult {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        add(&run.counters.attempts, 1);
+        run.counters.attempts.inc();
         if attempt > 1 {
-            add(&run.counters.retries, 1);
+            run.counters.retries.inc();
         }
         let mut request = run.request.clone();
         if attempt > 1 {
@@ -1172,7 +1171,7 @@ async fn attempt_stage(run: StageRun) -> StageResult {
             r = tokio::time::timeout(run.timeout, run.dispatcher.dispatch(request)) => match r {
                 Ok(r) => r,
                 Err(_) => {
-                    add(&run.counters.timeouts, 1);
+                    run.counters.timeouts.inc();
                     Err(StageFailure::retryable(format!("timed out after {:?}", run.timeout)))
                 }
             },

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::ipc::convert::{caps_to_domains, domain_to_caps, event_to_record, kind_to_proto};
 use crate::ipc::health::{collector_health, ipc_component, HealthFuture};
 use crate::ipc::socket::{bind, BoundSocket};
-use crate::ipc::stats::{add, inc, Close, Counters};
+use crate::ipc::stats::{Close, Counters};
 use crate::ipc::wire::FrameReader;
 use crate::ipc::{IpcError, IpcServerConfig, IpcServerStats};
 use crate::runtime::CollectorHandle;
@@ -71,6 +71,14 @@ impl IpcServerHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> IpcServerStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Registers the server's counters in `registry` (stage `ipc`:
+    /// `daemoneye_connections_closed_total{stage="ipc",reason="eof"}`, ...),
+    /// for example a collector's [`CollectorHandle::metrics`](crate::CollectorHandle::metrics).
+    /// Call it once per registry.
+    pub fn register_metrics(&self, registry: &crate::metrics::Registry) {
+        self.shared.counters.register(registry);
     }
 
     /// Completes once a client has subscribed to the events (at once if one
@@ -268,7 +276,7 @@ impl CollectorIpcServer {
                         }
                     }
                     Err(error) => {
-                        inc(&counters.accept_errors);
+                        counters.accept_errors.inc();
                         tracing::warn!(%error, "ipc accept failed");
                         // Out of descriptors: give connections time to close.
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -284,7 +292,7 @@ impl CollectorIpcServer {
             .await
             .is_err()
         {
-            add(&counters.shutdown_forced, tracker.len() as u64);
+            counters.shutdown_forced.add(tracker.len() as u64);
             tracing::warn!(
                 connections = tracker.len(),
                 "ipc connections still open at the shutdown deadline"
@@ -321,7 +329,7 @@ impl CollectorIpcServer {
         match stream.peer_cred() {
             Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {}
             Ok(cred) => {
-                inc(&counters.refused_peer);
+                counters.refused_peer.inc();
                 tracing::warn!(
                     uid = cred.uid(),
                     pid = cred.pid(),
@@ -330,16 +338,16 @@ impl CollectorIpcServer {
                 return None;
             }
             Err(error) => {
-                inc(&counters.refused_peer);
+                counters.refused_peer.inc();
                 tracing::warn!(%error, "ipc peer refused: credentials unreadable");
                 return None;
             }
         }
         if let Ok(permit) = limit.clone().try_acquire_owned() {
-            inc(&counters.accepted);
+            counters.accepted.inc();
             Some((stream, permit))
         } else {
-            inc(&counters.refused_overloaded);
+            counters.refused_overloaded.inc();
             tracing::debug!("ipc connection refused: too many connections");
             let refusal = Envelope::from(ErrorResponse::new(
                 ErrorCode::Overloaded,
@@ -527,12 +535,12 @@ impl Connection {
             while self.tasks.try_join_next().is_some() {}
             match reader.try_decode() {
                 Ok(Some(payload)) => {
-                    inc(&self.ctx.counters().frames_received);
+                    self.ctx.counters().frames_received.inc();
                     last_frame = Instant::now();
                     partial_since = None;
                     let next = match decode_payload(&payload) {
                         Ok(envelope) => {
-                            inc(&self.ctx.counters().envelopes_accepted);
+                            self.ctx.counters().envelopes_accepted.inc();
                             self.on_envelope(envelope).await
                         }
                         Err(err) => self.on_bad_envelope(&err).await,
@@ -619,7 +627,7 @@ impl Connection {
     }
 
     async fn refuse(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
-        inc(&self.ctx.counters().messages_refused);
+        self.ctx.counters().messages_refused.inc();
         self.reply(request_id, ErrorResponse::new(code, message).into())
             .await
     }
@@ -720,7 +728,7 @@ impl Connection {
 
     async fn on_task(&mut self, id: u64, task: DetectionTask) -> Next {
         let counters = self.ctx.counters();
-        inc(&counters.tasks_received);
+        counters.tasks_received.inc();
         let task_type = task.task_type();
         let refusal = match task_type.domain() {
             None => Some(format!(
@@ -735,8 +743,8 @@ impl Connection {
             Some(_) => None,
         };
         if let Some(message) = refusal {
-            inc(&counters.tasks_unsupported);
-            inc(&counters.tasks_failed);
+            counters.tasks_unsupported.inc();
+            counters.tasks_failed.inc();
             let result = DetectionResult::failure(&task.task_id, message);
             self.reply(id, result.into()).await;
             return Next::Continue;
@@ -794,7 +802,7 @@ impl Connection {
         let filter = Filter::new(req, topics, self.ctx.config.max_batch_size);
         let subscription = events.subscribe();
         let sid = self.ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
-        inc(&self.ctx.counters().subscriptions_opened);
+        self.ctx.counters().subscriptions_opened.inc();
         self.ctx.shared.subscribed.send_modify(|n| *n += 1);
         self.reply(
             id,
@@ -838,12 +846,12 @@ async fn run_task(ctx: &ConnCtx, task: DetectionTask) -> DetectionResult {
     let mut result = match tokio::time::timeout(timeout, inner).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
-            inc(&counters.tasks_panicked);
+            counters.tasks_panicked.inc();
             tracing::error!(task_id = %task_id, %error, "ipc task handler failed");
             DetectionResult::failure(&task_id, "task handler failed")
         }
         Err(_) => {
-            inc(&counters.tasks_timed_out);
+            counters.tasks_timed_out.inc();
             tracing::warn!(task_id = %task_id, ?timeout, "ipc task handler timed out");
             DetectionResult::failure(
                 &task_id,
@@ -855,9 +863,9 @@ async fn run_task(ctx: &ConnCtx, task: DetectionTask) -> DetectionResult {
         result.task_id = task_id;
     }
     if result.success {
-        inc(&counters.tasks_succeeded);
+        counters.tasks_succeeded.inc();
     } else {
-        inc(&counters.tasks_failed);
+        counters.tasks_failed.inc();
     }
     result
 }
@@ -948,12 +956,12 @@ async fn forward(
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
                     let n = matching.by_ref().take(filter.max_batch).count() as u64;
-                    add(&state.dropped_since_last, n);
-                    add(&counters.events_dropped, n);
+                    state.dropped_since_last.fetch_add(n, Ordering::Relaxed);
+                    counters.events_dropped.add(n);
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => {
                     let n = matching.count() as u64;
-                    add(&counters.events_dropped, n);
+                    counters.events_dropped.add(n);
                     return;
                 }
             }
@@ -1015,16 +1023,20 @@ impl Writer {
             Err(CodecError::FrameTooLong { .. }) => {
                 // The envelope was moved into the encoder; rebuild nothing:
                 // count the records as dropped and tell the client next time.
-                add(&self.state.dropped_since_last, dropped + n);
-                add(&self.ctx.counters().events_dropped, n);
+                self.state
+                    .dropped_since_last
+                    .fetch_add(dropped + n, Ordering::Relaxed);
+                self.ctx.counters().events_dropped.add(n);
                 tracing::warn!(
                     events = n,
                     "ipc event batch too large for one frame, dropped"
                 );
             }
             Err(error) => {
-                add(&self.state.dropped_since_last, dropped + n);
-                add(&self.ctx.counters().events_dropped, n);
+                self.state
+                    .dropped_since_last
+                    .fetch_add(dropped + n, Ordering::Relaxed);
+                self.ctx.counters().events_dropped.add(n);
                 tracing::error!(%error, "ipc event batch could not be encoded");
             }
         }
@@ -1040,10 +1052,10 @@ impl Writer {
         );
         let counters = self.ctx.counters();
         if ok {
-            add(&counters.events_streamed, self.pending_events);
-            add(&counters.batches_sent, self.pending_batches);
+            counters.events_streamed.add(self.pending_events);
+            counters.batches_sent.add(self.pending_batches);
         } else {
-            add(&counters.events_dropped, self.pending_events);
+            counters.events_dropped.add(self.pending_events);
         }
         self.pending_events = 0;
         self.pending_batches = 0;
@@ -1105,7 +1117,7 @@ async fn write_loop(
     // Whatever was still queued for this client is lost: count it.
     event_rx.close();
     while let Ok((_, records)) = event_rx.try_recv() {
-        add(&ctx.counters().events_dropped, records.len() as u64);
+        ctx.counters().events_dropped.add(records.len() as u64);
     }
     let _ = tokio::time::timeout(ctx.config.write_timeout, wr.shutdown()).await;
 }

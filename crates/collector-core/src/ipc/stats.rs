@@ -1,9 +1,10 @@
 //! Server counters: atomics inside, a plain snapshot outside.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+
+use crate::metrics::{Counter, Registry};
 
 /// Every [`CodecError::reason`](daemoneye_lib::codec::CodecError::reason).
 const REJECT_REASONS: [&str; 8] = [
@@ -38,39 +39,38 @@ pub(crate) enum Close {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) refused_peer: AtomicU64,
-    pub(crate) refused_overloaded: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
-    closed: [AtomicU64; 7],
-    pub(crate) frames_received: AtomicU64,
-    pub(crate) envelopes_accepted: AtomicU64,
-    rejected: [AtomicU64; 8],
-    pub(crate) messages_refused: AtomicU64,
-    pub(crate) tasks_received: AtomicU64,
-    pub(crate) tasks_succeeded: AtomicU64,
-    pub(crate) tasks_failed: AtomicU64,
-    pub(crate) tasks_timed_out: AtomicU64,
-    pub(crate) tasks_panicked: AtomicU64,
-    pub(crate) tasks_unsupported: AtomicU64,
-    pub(crate) subscriptions_opened: AtomicU64,
-    pub(crate) events_streamed: AtomicU64,
-    pub(crate) events_dropped: AtomicU64,
-    pub(crate) batches_sent: AtomicU64,
-    pub(crate) shutdown_forced: AtomicU64,
+    pub(crate) accepted: Counter,
+    pub(crate) refused_peer: Counter,
+    pub(crate) refused_overloaded: Counter,
+    pub(crate) accept_errors: Counter,
+    closed: [Counter; 7],
+    pub(crate) frames_received: Counter,
+    pub(crate) envelopes_accepted: Counter,
+    rejected: [Counter; 8],
+    pub(crate) messages_refused: Counter,
+    pub(crate) tasks_received: Counter,
+    pub(crate) tasks_succeeded: Counter,
+    pub(crate) tasks_failed: Counter,
+    pub(crate) tasks_timed_out: Counter,
+    pub(crate) tasks_panicked: Counter,
+    pub(crate) tasks_unsupported: Counter,
+    pub(crate) subscriptions_opened: Counter,
+    pub(crate) events_streamed: Counter,
+    pub(crate) events_dropped: Counter,
+    pub(crate) batches_sent: Counter,
+    pub(crate) shutdown_forced: Counter,
 }
 
-pub(crate) fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-pub(crate) fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
+/// Every [`Close`], in `closed` order, with its label.
+const CLOSES: [(Close, &str); 7] = [
+    (Close::Eof, "eof"),
+    (Close::HandshakeTimeout, "handshake_timeout"),
+    (Close::ReadTimeout, "read_timeout"),
+    (Close::Idle, "idle"),
+    (Close::ProtocolError, "protocol_error"),
+    (Close::Io, "io"),
+    (Close::Shutdown, "shutdown"),
+];
 
 const fn close_index(close: Close) -> usize {
     match close {
@@ -87,7 +87,7 @@ const fn close_index(close: Close) -> usize {
 impl Counters {
     pub(crate) fn closed(&self, close: Close) {
         if let Some(c) = self.closed.get(close_index(close)) {
-            inc(c);
+            c.inc();
         }
     }
 
@@ -97,20 +97,75 @@ impl Counters {
             .position(|r| *r == reason)
             .unwrap_or(REJECT_REASONS.len() - 1);
         if let Some(c) = self.rejected.get(i) {
-            inc(c);
+            c.inc();
         }
     }
 
+    /// Registers every counter in `registry` under the stage `ipc`.
+    pub(crate) fn register(&self, registry: &Registry) {
+        let ipc = ("stage", "ipc");
+        registry.register_counters(&[ipc], &[
+            ("daemoneye_connections_accepted_total", "Connections admitted (peer allowed, under the limit).", &self.accepted),
+            ("daemoneye_accepts_failed_total", "accept() itself failing (for example out of file descriptors).", &self.accept_errors),
+            ("daemoneye_frames_received_total", "Whole frames that passed the length and checksum checks.", &self.frames_received),
+            ("daemoneye_envelopes_accepted_total", "Frames that held a valid envelope.", &self.envelopes_accepted),
+            ("daemoneye_messages_refused_total", "Valid envelopes refused (before the handshake, unexpected type, bad subscription).", &self.messages_refused),
+            ("daemoneye_tasks_received_total", "Detection tasks received.", &self.tasks_received),
+            ("daemoneye_tasks_succeeded_total", "Tasks answered with a successful result.", &self.tasks_succeeded),
+            ("daemoneye_tasks_failed_total", "Tasks answered with a failure result (timed out, panicked and unsupported among them).", &self.tasks_failed),
+            ("daemoneye_tasks_timed_out_total", "Tasks whose handler did not answer within handler_timeout.", &self.tasks_timed_out),
+            ("daemoneye_tasks_panicked_total", "Tasks whose handler panicked.", &self.tasks_panicked),
+            ("daemoneye_tasks_unsupported_total", "Tasks for a domain the server does not serve.", &self.tasks_unsupported),
+            ("daemoneye_subscriptions_opened_total", "Event subscriptions opened.", &self.subscriptions_opened),
+            ("daemoneye_events_streamed_total", "Events written to subscribers.", &self.events_streamed),
+            ("daemoneye_batches_sent_total", "Event batches written to subscribers.", &self.batches_sent),
+            ("daemoneye_connections_forced_total", "Connections still running at the shutdown deadline.", &self.shutdown_forced),
+        ]);
+        for (reason, c) in [
+            ("peer", &self.refused_peer),
+            ("overloaded", &self.refused_overloaded),
+        ] {
+            registry.register_counter(
+                "daemoneye_connections_refused_total",
+                "Connections refused, by reason.",
+                &[ipc, ("reason", reason)],
+                c,
+            );
+        }
+        for ((_, reason), c) in CLOSES.iter().zip(&self.closed) {
+            registry.register_counter(
+                "daemoneye_connections_closed_total",
+                "Connections closed, by reason.",
+                &[ipc, ("reason", reason)],
+                c,
+            );
+        }
+        for (reason, c) in REJECT_REASONS.iter().zip(&self.rejected) {
+            registry.register_counter(
+                "daemoneye_frames_rejected_total",
+                "Frames rejected, by codec error.",
+                &[ipc, ("reason", reason)],
+                c,
+            );
+        }
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[ipc, ("reason", "slow_subscriber")],
+            &self.events_dropped,
+        );
+    }
+
     pub(crate) fn snapshot(&self) -> IpcServerStats {
-        let closed = |c: Close| self.closed.get(close_index(c)).map_or(0, load);
-        let closed_total: u64 = self.closed.iter().map(load).sum();
-        let accepted = load(&self.accepted);
+        let closed = |c: Close| self.closed.get(close_index(c)).map_or(0, Counter::get);
+        let closed_total: u64 = self.closed.iter().map(Counter::get).sum();
+        let accepted = self.accepted.get();
         IpcServerStats {
             connections_accepted: accepted,
             connections_active: accepted.saturating_sub(closed_total),
-            connections_refused_peer: load(&self.refused_peer),
-            connections_refused_overloaded: load(&self.refused_overloaded),
-            accept_errors: load(&self.accept_errors),
+            connections_refused_peer: self.refused_peer.get(),
+            connections_refused_overloaded: self.refused_overloaded.get(),
+            accept_errors: self.accept_errors.get(),
             connections_closed_eof: closed(Close::Eof),
             connections_closed_handshake_timeout: closed(Close::HandshakeTimeout),
             connections_closed_read_timeout: closed(Close::ReadTimeout),
@@ -118,26 +173,26 @@ impl Counters {
             connections_closed_protocol_error: closed(Close::ProtocolError),
             connections_closed_io: closed(Close::Io),
             connections_closed_shutdown: closed(Close::Shutdown),
-            frames_received: load(&self.frames_received),
-            envelopes_accepted: load(&self.envelopes_accepted),
+            frames_received: self.frames_received.get(),
+            envelopes_accepted: self.envelopes_accepted.get(),
             frames_rejected: REJECT_REASONS
                 .iter()
                 .zip(self.rejected.iter())
-                .map(|(r, c)| (*r, load(c)))
+                .map(|(r, c)| (*r, c.get()))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
-            messages_refused: load(&self.messages_refused),
-            tasks_received: load(&self.tasks_received),
-            tasks_succeeded: load(&self.tasks_succeeded),
-            tasks_failed: load(&self.tasks_failed),
-            tasks_timed_out: load(&self.tasks_timed_out),
-            tasks_panicked: load(&self.tasks_panicked),
-            tasks_unsupported: load(&self.tasks_unsupported),
-            subscriptions_opened: load(&self.subscriptions_opened),
-            events_streamed: load(&self.events_streamed),
-            events_dropped: load(&self.events_dropped),
-            batches_sent: load(&self.batches_sent),
-            shutdown_forced: load(&self.shutdown_forced),
+            messages_refused: self.messages_refused.get(),
+            tasks_received: self.tasks_received.get(),
+            tasks_succeeded: self.tasks_succeeded.get(),
+            tasks_failed: self.tasks_failed.get(),
+            tasks_timed_out: self.tasks_timed_out.get(),
+            tasks_panicked: self.tasks_panicked.get(),
+            tasks_unsupported: self.tasks_unsupported.get(),
+            subscriptions_opened: self.subscriptions_opened.get(),
+            events_streamed: self.events_streamed.get(),
+            events_dropped: self.events_dropped.get(),
+            batches_sent: self.batches_sent.get(),
+            shutdown_forced: self.shutdown_forced.get(),
         }
     }
 }

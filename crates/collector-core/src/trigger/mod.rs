@@ -66,7 +66,6 @@ mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -82,7 +81,7 @@ use crate::event::{
     AnalysisType, CollectionEvent, HashAlgorithm, ProcessEvent, ProcessEventType, TriggerPriority,
     TriggerRequest,
 };
-use crate::telemetry::{add, load};
+use crate::metrics::Counter;
 
 /// The name trigger requests are published under on the bus.
 pub const TRIGGER_SOURCE: &str = "trigger-manager";
@@ -497,17 +496,17 @@ struct State {
 
 #[derive(Default)]
 struct Counters {
-    evaluated: AtomicU64,
-    matched: AtomicU64,
-    deduplicated: AtomicU64,
-    rate_limited: AtomicU64,
-    shed_low: AtomicU64,
-    shed_full: AtomicU64,
-    emitted: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    evicted: AtomicU64,
+    evaluated: Counter,
+    matched: Counter,
+    deduplicated: Counter,
+    rate_limited: Counter,
+    shed_low: Counter,
+    shed_full: Counter,
+    emitted: Counter,
+    completed: Counter,
+    failed: Counter,
+    timed_out: Counter,
+    evicted: Counter,
 }
 
 /// Evaluates process events against conditions and emits trigger requests.
@@ -845,7 +844,7 @@ impl TriggerManager {
     /// trigger request unless deduplicated, rate limited or shed (all
     /// counted). Returns the number of requests queued.
     pub fn evaluate(&self, event: &ProcessEvent) -> usize {
-        add(&self.counters.evaluated, 1);
+        self.counters.evaluated.inc();
         let now = Instant::now();
         // Lock order everywhere: conditions, then state, then known-good hashes.
         let conditions = self
@@ -862,7 +861,7 @@ impl TriggerManager {
                 }
             }
         }
-        add(&self.counters.matched, hits.len());
+        self.counters.matched.add_usize(hits.len());
         let mut queued = 0;
         for i in hits {
             if let Some(c) = conditions.get(i) {
@@ -891,7 +890,7 @@ impl TriggerManager {
         {
             if let Some(victim) = state.names.keys().next().copied() {
                 state.names.remove(&victim);
-                add(&self.counters.evicted, 1);
+                self.counters.evicted.inc();
             }
         }
         state.names.insert(event.pid, event.name.clone());
@@ -918,7 +917,7 @@ impl TriggerManager {
         let window = self.config.deduplication_window;
         if let Some(seen) = state.dedup.get(&key) {
             if now.saturating_duration_since(*seen) < window {
-                add(&self.counters.deduplicated, 1);
+                self.counters.deduplicated.inc();
                 return false;
             }
         }
@@ -940,7 +939,7 @@ impl TriggerManager {
         bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
         bucket.last = now;
         if bucket.tokens < 1.0 {
-            add(&self.counters.rate_limited, 1);
+            self.counters.rate_limited.inc();
             return false;
         }
         let cap = self.config.max_pending_triggers;
@@ -948,7 +947,7 @@ impl TriggerManager {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let shed_at = ((cap as f64) * self.config.shed_low_ratio).floor() as usize;
         if c.priority == TriggerPriority::Low && len >= shed_at {
-            add(&self.counters.shed_low, 1);
+            self.counters.shed_low.inc();
             return false;
         }
         if len >= cap {
@@ -957,10 +956,10 @@ impl TriggerManager {
             match lowest {
                 Some(k) if k.0 < c.priority => {
                     state.queue.remove(&k);
-                    add(&self.counters.shed_full, 1);
+                    self.counters.shed_full.inc();
                 }
                 _ => {
-                    add(&self.counters.shed_full, 1);
+                    self.counters.shed_full.inc();
                     return false;
                 }
             }
@@ -1027,7 +1026,7 @@ impl TriggerManager {
                 deadline: Instant::now() + self.config.trigger_timeout,
             },
         );
-        add(&self.counters.emitted, 1);
+        self.counters.emitted.inc();
         Some(request)
     }
 
@@ -1083,14 +1082,11 @@ impl TriggerManager {
             });
         };
         release(&mut state, &done.collector);
-        add(
-            if success {
-                &self.counters.completed
-            } else {
-                &self.counters.failed
-            },
-            1,
-        );
+        if success {
+            self.counters.completed.inc();
+        } else {
+            self.counters.failed.inc();
+        }
         Ok(())
     }
 
@@ -1134,7 +1130,7 @@ impl TriggerManager {
                 warn!(trigger_id = %id, collector = %f.collector, "trigger timed out");
             }
         }
-        add(&self.counters.timed_out, expired.len());
+        self.counters.timed_out.add_usize(expired.len());
         expired
     }
 
@@ -1222,19 +1218,19 @@ impl TriggerManager {
         let c = &self.counters;
         let state = self.state();
         TriggerStatistics {
-            events_evaluated: load(&c.evaluated),
-            conditions_matched: load(&c.matched),
-            triggers_deduplicated: load(&c.deduplicated),
-            triggers_rate_limited: load(&c.rate_limited),
-            triggers_shed_low: load(&c.shed_low),
-            triggers_shed_full: load(&c.shed_full),
-            triggers_emitted: load(&c.emitted),
+            events_evaluated: c.evaluated.get(),
+            conditions_matched: c.matched.get(),
+            triggers_deduplicated: c.deduplicated.get(),
+            triggers_rate_limited: c.rate_limited.get(),
+            triggers_shed_low: c.shed_low.get(),
+            triggers_shed_full: c.shed_full.get(),
+            triggers_emitted: c.emitted.get(),
             triggers_queued: state.queue.len() as u64,
             triggers_in_flight: state.in_flight.len() as u64,
-            triggers_completed: load(&c.completed),
-            triggers_failed: load(&c.failed),
-            triggers_timed_out: load(&c.timed_out),
-            processes_evicted: load(&c.evicted),
+            triggers_completed: c.completed.get(),
+            triggers_failed: c.failed.get(),
+            triggers_timed_out: c.timed_out.get(),
+            processes_evicted: c.evicted.get(),
         }
     }
 }

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use collector_core::{
-    Collector, CollectorConfig, CollectorStats, SubscriberStats, Subscription, WhenFull,
+    Collector, CollectorConfig, CollectorHandle, CollectorStats, SubscriberStats, Subscription,
+    WhenFull,
 };
 
 use crate::sources::{seq_of, Flood};
@@ -63,6 +64,61 @@ fn check_invariants(stats: &CollectorStats, sent: u64, all_stayed: bool) {
     }
 }
 
+/// The collector's registry reads the same counters as its stats: the
+/// invariant holds in the exposition too.
+fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
+    let m = handle.metrics();
+    let src = &stats.sources[0];
+    let intake = |name: &str, reason: Option<&str>| {
+        let mut labels = vec![("stage", "intake"), ("source", src.name)];
+        labels.extend(reason.map(|r| ("reason", r)));
+        m.value(name, &labels).unwrap()
+    };
+    assert_eq!(
+        intake("daemoneye_events_received_total", None),
+        src.events_received
+    );
+    assert_eq!(
+        intake("daemoneye_events_accepted_total", None),
+        src.events_accepted
+    );
+    assert_eq!(
+        intake("daemoneye_events_dropped_total", Some("invalid")),
+        src.events_rejected_invalid
+    );
+    for sub in &stats.subscribers {
+        let id = sub.id.to_string();
+        let of = |name: &str, reason: Option<&str>| {
+            let mut labels = vec![("stage", "subscriber"), ("subscriber", id.as_str())];
+            labels.extend(reason.map(|r| ("reason", r)));
+            m.value(name, &labels).unwrap()
+        };
+        let dropped: u64 = ["full", "closed", "shutdown"]
+            .into_iter()
+            .map(|r| of("daemoneye_events_dropped_total", Some(r)))
+            .sum();
+        assert_eq!(
+            of("daemoneye_events_offered_total", None),
+            sub.events_offered
+        );
+        assert_eq!(
+            of("daemoneye_events_delivered_total", None),
+            sub.events_delivered
+        );
+        assert_eq!(
+            of("daemoneye_events_dropped_total", Some("full")),
+            sub.events_dropped_full
+        );
+        assert_eq!(sub.events_offered, sub.events_delivered + dropped);
+    }
+    let text = m.encode();
+    let line = format!(
+        "daemoneye_events_received_total{{source=\"{}\",stage=\"intake\"}} {}\n",
+        src.name, src.events_received
+    );
+    assert!(text.contains(&line), "{line} missing from\n{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
     let config = CollectorConfig::new()
@@ -100,6 +156,7 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
     assert_eq!(sent, EVENTS);
     let stats = handle.stats();
     check_invariants(&stats, sent, true);
+    check_metrics_agree(&handle, &stats);
     assert_eq!(slow_read, slow_stats.events_delivered);
     assert_eq!(fast_read, fast_stats.events_delivered);
     assert!(

@@ -858,6 +858,42 @@ impl EncodeFrame for FrameCodec {
     }
 }
 
+/// The registry reads the same counters as the stats, by name.
+fn registry_agrees(
+    handle: &collector_core::IpcServerHandle,
+    s: &collector_core::IpcServerStats,
+    framing_breaks: u64,
+) {
+    let registry = collector_core::metrics::Registry::new();
+    handle.register_metrics(&registry);
+    let metric = |name: &str, reason: Option<&str>| {
+        let mut labels = vec![("stage", "ipc")];
+        labels.extend(reason.map(|r| ("reason", r)));
+        registry.value(name, &labels).unwrap()
+    };
+    assert_eq!(
+        metric("daemoneye_frames_received_total", None),
+        s.frames_received
+    );
+    assert_eq!(
+        metric("daemoneye_frames_received_total", None),
+        metric("daemoneye_envelopes_accepted_total", None)
+            + metric("daemoneye_frames_rejected_total", Some("invalid_envelope"))
+            + metric(
+                "daemoneye_frames_rejected_total",
+                Some("unknown_message_type")
+            )
+    );
+    assert_eq!(
+        metric("daemoneye_connections_closed_total", Some("protocol_error")),
+        framing_breaks
+    );
+    assert_eq!(
+        metric("daemoneye_connections_accepted_total", None),
+        s.connections_accepted
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_a_live_server_with_100k_mutated_frames() {
     const CONNECTIONS: usize = 40;
@@ -960,6 +996,7 @@ async fn fuzz_a_live_server_with_100k_mutated_frames() {
     assert_eq!(s.connections_closed_protocol_error, framing_breaks, "{s:?}");
     assert_eq!(s.connections_accepted, s.connections_closed(), "{s:?}");
     assert!(rejected("invalid_envelope") > 1000, "{s:?}");
+    registry_agrees(&server.handle, &s, framing_breaks);
     // Tasks still running when their connection closed are aborted.
     assert!(
         s.tasks_received >= s.tasks_succeeded + s.tasks_failed,

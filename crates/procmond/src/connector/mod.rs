@@ -55,11 +55,11 @@ mod decode;
 mod sys;
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use collector_core::metrics::{Counter, Registry};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -337,13 +337,26 @@ impl ProcConnector {
         self,
         tx: mpsc::Sender<ConnectorMessage>,
     ) -> Result<ReaderHandle, ConnectorError> {
+        self.spawn_reader_counted(tx, ReaderCounters::default())
+    }
+
+    /// As [`spawn_reader`](Self::spawn_reader), counting into `counters`
+    /// (made, and registered in a metrics registry, before the reader
+    /// starts; they outlive it).
+    ///
+    /// # Errors
+    /// [`ConnectorError::Spawn`] when the thread cannot be started.
+    pub fn spawn_reader_counted(
+        self,
+        tx: mpsc::Sender<ConnectorMessage>,
+        counters: ReaderCounters,
+    ) -> Result<ReaderHandle, ConnectorError> {
         let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
         let reader = Reader {
             connector: self,
             tx,
             cancel: cancel.clone(),
-            counters: Arc::clone(&counters),
+            counters: counters.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("procmond-connector".into())
@@ -397,14 +410,14 @@ impl Drop for Subscription {
     }
 }
 
-/// Counters of the reader thread.
-#[derive(Debug, Default)]
-struct Counters {
-    datagrams: AtomicU64,
-    events: AtomicU64,
-    overruns: AtomicU64,
-    decode_errors: AtomicU64,
-    unknown_events: AtomicU64,
+/// Counters of the reader thread. Clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderCounters {
+    datagrams: Counter,
+    events: Counter,
+    overruns: Counter,
+    decode_errors: Counter,
+    unknown_events: Counter,
 }
 
 /// A snapshot of the reader thread's counters.
@@ -423,15 +436,51 @@ pub struct ReaderStats {
     pub unknown_events: u64,
 }
 
-impl Counters {
-    fn snapshot(&self) -> ReaderStats {
+impl ReaderCounters {
+    /// The counters so far.
+    pub fn snapshot(&self) -> ReaderStats {
         ReaderStats {
-            datagrams_received: self.datagrams.load(Ordering::Relaxed),
-            events_decoded: self.events.load(Ordering::Relaxed),
-            overruns: self.overruns.load(Ordering::Relaxed),
-            decode_errors: self.decode_errors.load(Ordering::Relaxed),
-            unknown_events: self.unknown_events.load(Ordering::Relaxed),
+            datagrams_received: self.datagrams.get(),
+            events_decoded: self.events.get(),
+            overruns: self.overruns.get(),
+            decode_errors: self.decode_errors.get(),
+            unknown_events: self.unknown_events.get(),
         }
+    }
+
+    /// Registers the counters in `registry` (stage `connector`).
+    pub fn register(&self, registry: &Registry) {
+        let stage = [("stage", "connector")];
+        registry.register_counters(
+            &stage,
+            &[
+            (
+                "daemoneye_datagrams_received_total",
+                "Netlink datagrams received from the kernel.",
+                &self.datagrams,
+            ),
+            (
+                "daemoneye_kernel_events_decoded_total",
+                "Process connector events decoded (acknowledgements and unknown events included).",
+                &self.events,
+            ),
+            (
+                "daemoneye_kernel_overruns_reported_total",
+                "ENOBUFS reports: times the kernel dropped process events.",
+                &self.overruns,
+            ),
+            (
+                "daemoneye_kernel_messages_undecodable_total",
+                "Process connector messages that could not be decoded.",
+                &self.decode_errors,
+            ),
+            (
+                "daemoneye_kernel_events_unknown_total",
+                "Process connector events of a kind this decoder does not know.",
+                &self.unknown_events,
+            ),
+            ],
+        );
     }
 }
 
@@ -439,7 +488,7 @@ impl Counters {
 #[derive(Debug)]
 pub struct ReaderHandle {
     cancel: CancellationToken,
-    counters: Arc<Counters>,
+    counters: ReaderCounters,
     thread: Option<JoinHandle<Result<(), ConnectorError>>>,
 }
 
@@ -502,7 +551,7 @@ struct Reader {
     connector: ProcConnector,
     tx: mpsc::Sender<ConnectorMessage>,
     cancel: CancellationToken,
-    counters: Arc<Counters>,
+    counters: ReaderCounters,
 }
 
 /// Why sending stopped.
@@ -525,16 +574,14 @@ impl Reader {
 
     fn read_loop(&mut self, runtime: &tokio::runtime::Runtime) -> Result<(), ConnectorError> {
         if std::mem::take(&mut self.connector.pending_overrun) {
-            self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+            self.counters.overruns.inc();
             if self.send(runtime, ConnectorMessage::Overrun).is_err() {
                 return Ok(());
             }
         }
         let pending = std::mem::take(&mut self.connector.pending);
         if !pending.is_empty() {
-            self.counters
-                .events
-                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            self.counters.events.add_usize(pending.len());
             if self
                 .send(runtime, ConnectorMessage::Events(pending))
                 .is_err()
@@ -547,7 +594,7 @@ impl Reader {
         while !self.cancel.is_cancelled() && !self.tx.is_closed() {
             let message = match self.connector.subscription.socket.recv(&mut buf) {
                 Ok(len) => {
-                    self.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                    self.counters.datagrams.inc();
                     let events = self.decode(buf.get(..len).unwrap_or_default());
                     if events.is_empty() {
                         continue;
@@ -556,7 +603,7 @@ impl Reader {
                 }
                 Err(e) if e == Errno::AGAIN || e == Errno::INTR => continue,
                 Err(e) if e == Errno::NOBUFS => {
-                    self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                    self.counters.overruns.inc();
                     tracing::warn!("process connector receive buffer overflowed: events were lost");
                     ConnectorMessage::Overrun
                 }
@@ -575,19 +622,17 @@ impl Reader {
             match item {
                 Ok(event) => {
                     if matches!(event, ProcEvent::Unknown { .. }) {
-                        self.counters.unknown_events.fetch_add(1, Ordering::Relaxed);
+                        self.counters.unknown_events.inc();
                     }
                     events.push(event);
                 }
                 Err(err) => {
-                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.decode_errors.inc();
                     tracing::debug!(error = %err, "undecodable process connector message");
                 }
             }
         }
-        self.counters
-            .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.counters.events.add_usize(events.len());
         events
     }
 
