@@ -118,7 +118,7 @@ pub use ipc::{
 };
 pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
-pub use source::{EventSource, SourceCaps};
+pub use source::{EventSource, SourceCaps, SourceContext};
 pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
 pub use trigger::{

@@ -16,7 +16,7 @@ use crate::bus::{EventBusConfig, EventFilter, LocalEventBus};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
-use crate::source::{EventSource, SourceCaps};
+use crate::source::{EventSource, SourceCaps, SourceContext};
 use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
 use crate::telemetry::{
     add, load, CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
@@ -416,6 +416,14 @@ impl Collector {
     }
 }
 
+/// What the runtime keeps of a running source: the two halves of its
+/// shutdown signal and the handle that aborts it at the deadline.
+struct Running {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+    task: AbortHandle,
+}
+
 struct Trackers {
     source_tasks: TaskTracker,
     pumps: TaskTracker,
@@ -425,15 +433,15 @@ struct Trackers {
 }
 
 impl Trackers {
-    /// Spawns, for each source, its `start` task, its pump and its health
-    /// loop. Returns the trackers and each source's shutdown flag and abort
-    /// handle.
+    /// Spawns, for each source, its `start_with` task, its pump and its
+    /// health loop. Returns the trackers and each source's shutdown signal
+    /// and abort handle.
     fn start(
         config: &CollectorConfig,
         sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
         shared: &Arc<Shared>,
         ended: &mpsc::Sender<bool>,
-    ) -> (Self, Vec<(Arc<AtomicBool>, AbortHandle)>) {
+    ) -> (Self, Vec<Running>) {
         let t = Self {
             source_tasks: TaskTracker::new(),
             pumps: TaskTracker::new(),
@@ -444,17 +452,17 @@ impl Trackers {
         let mut running = Vec::with_capacity(sources.len());
         for (source, state) in sources {
             let (tx, rx) = mpsc::channel(config.event_buffer_size);
-            let flag = Arc::new(AtomicBool::new(false));
+            let ctx = SourceContext::new(state.name, tx);
+            let (flag, token) = (ctx.shutdown_flag().clone(), ctx.shutdown().clone());
             let task = spawn_source(
                 &t.source_tasks,
                 source.clone(),
                 state.clone(),
-                tx,
-                flag.clone(),
+                ctx,
                 shared.clone(),
                 ended.clone(),
             );
-            running.push((flag, task));
+            running.push(Running { flag, token, task });
             t.pumps.spawn(pump(
                 rx,
                 state.clone(),
@@ -483,15 +491,18 @@ async fn shutdown(
     config: &CollectorConfig,
     sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
     shared: &Arc<Shared>,
-    running: &[(Arc<AtomicBool>, AbortHandle)],
+    running: &[Running],
     t: Trackers,
 ) {
     // Shutdown: signal, stop, wait until the deadline, abort stragglers.
     let deadline = Instant::now() + config.shutdown_timeout;
     info!(timeout = ?config.shutdown_timeout, "collector shutting down");
     t.stop_health.cancel();
-    for (flag, _) in running {
-        flag.store(true, Ordering::SeqCst);
+    // Both halves, so that sources on the reference API (the flag) and
+    // those awaiting the token stop alike.
+    for r in running {
+        r.flag.store(true, Ordering::SeqCst);
+        r.token.cancel();
     }
     let stops = sources.iter().map(|(source, state)| {
         let (source, state, shared) = (source.clone(), state.clone(), shared.clone());
@@ -518,7 +529,7 @@ async fn shutdown(
         .await
         .is_err()
     {
-        for ((_, task), (_, state)) in running.iter().zip(sources) {
+        for (Running { task, .. }, (_, state)) in running.iter().zip(sources) {
             if !task.is_finished() {
                 task.abort();
                 state.set_health(SourceHealth::Aborted);
@@ -561,18 +572,17 @@ fn shutdown_signals() -> std::io::Result<impl Future<Output = ()> + Send> {
     })
 }
 
-/// Runs `start` in its own task (so a panic is contained) and reports how it
-/// ended. Returns the handle used to abort it at the deadline.
+/// Runs `start_with` in its own task (so a panic is contained) and reports
+/// how it ended. Returns the handle used to abort it at the deadline.
 fn spawn_source(
     tracker: &TaskTracker,
     source: Arc<dyn EventSource>,
     state: Arc<SourceState>,
-    tx: mpsc::Sender<CollectionEvent>,
-    flag: Arc<AtomicBool>,
+    ctx: SourceContext,
     shared: Arc<Shared>,
     ended: mpsc::Sender<bool>,
 ) -> AbortHandle {
-    let inner = tokio::spawn(async move { source.start(tx, flag).await });
+    let inner = tokio::spawn(async move { source.start_with(ctx).await });
     let abort = inner.abort_handle();
     tracker.spawn(async move {
         let outcome = inner.await;
