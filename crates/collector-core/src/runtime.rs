@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::bus::{EventBusConfig, EventFilter, LocalEventBus};
+use crate::bus::EventFilter;
+#[cfg(feature = "triggers")]
+use crate::bus::{EventBusConfig, LocalEventBus};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
@@ -107,6 +109,7 @@ struct Shared {
     started: Mutex<Option<Instant>>,
     sources: Mutex<Vec<Arc<SourceState>>>,
     subscribers: Subscribers,
+    #[cfg(feature = "triggers")]
     bus: LocalEventBus,
     counters: RuntimeCounters,
 }
@@ -156,6 +159,7 @@ impl CollectorHandle {
     /// (with fresh correlation metadata) while it has subscribers; other
     /// components (the trigger manager, analysis collectors) publish into
     /// it too. Its streams end when the runtime has shut down.
+    #[cfg(feature = "triggers")]
     pub fn bus(&self) -> &LocalEventBus {
         &self.shared.bus
     }
@@ -246,6 +250,7 @@ impl Collector {
             config.max_batch_size,
             config.when_full,
         );
+        #[cfg(feature = "triggers")]
         let bus = LocalEventBus::build(EventBusConfig {
             buffer_size: config.event_buffer_size.max(1),
             max_batch_size: config.max_batch_size.max(1),
@@ -253,6 +258,7 @@ impl Collector {
             ..EventBusConfig::default()
         });
         // A bus that was never shut down accepts `start`.
+        #[cfg(feature = "triggers")]
         let _ = bus.start_now();
         Self {
             config,
@@ -262,6 +268,7 @@ impl Collector {
                 started: Mutex::new(None),
                 sources: Mutex::new(Vec::new()),
                 subscribers,
+                #[cfg(feature = "triggers")]
                 bus,
                 counters: RuntimeCounters::default(),
             }),
@@ -556,6 +563,7 @@ async fn shutdown(
     // cannot be interrupted, so it is not waited for.
     t.health_tasks.wait().await;
     shared.subscribers.close();
+    #[cfg(feature = "triggers")]
     shared.bus.close_streams();
 }
 
@@ -739,8 +747,9 @@ async fn pump(
     }
 }
 
-/// Offers validated events to the bus (only while it has subscribers) and
-/// to the subscribers. Returns whether any subscriber existed.
+/// Offers validated events to the bus (with the `triggers` feature, only
+/// while it has subscribers) and to the subscribers. Returns whether any
+/// subscriber existed.
 async fn route(
     shared: &Shared,
     events: Vec<CollectionEvent>,
@@ -748,11 +757,14 @@ async fn route(
     mode: Mode,
     deadline: &CancellationToken,
 ) -> bool {
+    #[cfg(feature = "triggers")]
     let bus_routed = shared.bus.has_subscribers()
         && shared
             .bus
             .dispatch_from_runtime(&events, source, mode, deadline)
             .await;
+    #[cfg(not(feature = "triggers"))]
+    let bus_routed = false;
     let routed = shared
         .subscribers
         .dispatch(EventBatch::new(events, source), mode, deadline)

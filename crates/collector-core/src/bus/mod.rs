@@ -47,35 +47,50 @@
 //! # }
 //! ```
 
+#[cfg(feature = "triggers")]
 mod correlation;
 mod filter;
 
+#[cfg(feature = "triggers")]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(feature = "triggers")]
 use std::sync::Arc;
 
+#[cfg(feature = "triggers")]
 use async_trait::async_trait;
+#[cfg(feature = "triggers")]
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "triggers")]
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "triggers")]
 pub use correlation::{
     new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
 };
+#[cfg(feature = "triggers")]
+pub use filter::CorrelationFilter;
 pub use filter::{
-    topic_of, CorrelationFilter, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN,
-    MAX_TOPIC_SEGMENTS,
+    topic_of, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN, MAX_TOPIC_SEGMENTS,
 };
 
+#[cfg(feature = "triggers")]
 pub(crate) use filter::analysis_str;
 
+#[cfg(feature = "triggers")]
 use crate::config::WhenFull;
+#[cfg(feature = "triggers")]
 use crate::event::{CollectionEvent, EventValidationError};
+#[cfg(feature = "triggers")]
 use crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription};
+#[cfg(feature = "triggers")]
 use crate::telemetry::{add, load, SubscriberStats};
 
 /// A subscription to an event bus: [`Subscription::recv`] yields [`BusEvent`]s.
+#[cfg(feature = "triggers")]
 pub type BusSubscription = Subscription<BusEvent>;
 
 /// An event on the bus.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusEvent {
     /// The event.
@@ -88,6 +103,7 @@ pub struct BusEvent {
     pub topic: String,
 }
 
+#[cfg(feature = "triggers")]
 impl BusEvent {
     /// Wraps `event` from `source` with fresh correlation metadata (a trigger
     /// request keeps its own `correlation_id`) and its derived topic.
@@ -121,18 +137,16 @@ impl BusEvent {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl Routable for BusEvent {
     fn passes(&self, filter: &EventFilter, source: &str) -> bool {
-        filter.matches_parts(
-            &self.event,
-            Some(&self.correlation),
-            Some(&self.topic),
-            source,
-        )
+        filter.matches_parts(&self.event, Some(&self.topic), source)
+            && filter.matches_correlation(&self.event, Some(&self.correlation))
     }
 }
 
 /// Errors of the event bus.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
@@ -182,6 +196,7 @@ pub enum BusError {
 }
 
 /// Configuration of a [`LocalEventBus`].
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
@@ -196,6 +211,7 @@ pub struct EventBusConfig {
     pub max_subscribers: usize,
 }
 
+#[cfg(feature = "triggers")]
 impl Default for EventBusConfig {
     fn default() -> Self {
         Self {
@@ -207,6 +223,7 @@ impl Default for EventBusConfig {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl EventBusConfig {
     /// Sets [`buffer_size`](Self::buffer_size).
     #[must_use]
@@ -249,6 +266,7 @@ impl EventBusConfig {
 }
 
 /// What a bus has seen.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct BusStatistics {
@@ -265,6 +283,7 @@ pub struct BusStatistics {
 }
 
 /// Publish/subscribe of [`BusEvent`]s.
+#[cfg(feature = "triggers")]
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Publishes one event to every subscriber whose filter accepts it.
@@ -289,6 +308,7 @@ pub trait EventBus: Send + Sync {
     async fn shutdown(&self) -> Result<(), BusError>;
 }
 
+#[cfg(feature = "triggers")]
 struct BusInner {
     config: EventBusConfig,
     subscribers: Subscribers<BusEvent>,
@@ -302,11 +322,13 @@ struct BusInner {
 }
 
 /// The in-process [`EventBus`]. Cheap to clone (clones share the bus).
+#[cfg(feature = "triggers")]
 #[derive(Clone)]
 pub struct LocalEventBus {
     inner: Arc<BusInner>,
 }
 
+#[cfg(feature = "triggers")]
 impl std::fmt::Debug for LocalEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalEventBus")
@@ -315,6 +337,7 @@ impl std::fmt::Debug for LocalEventBus {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl LocalEventBus {
     /// Validates `config` and builds a bus; call [`start`](Self::start)
     /// before publishing.
@@ -518,6 +541,7 @@ impl LocalEventBus {
     }
 }
 
+#[cfg(feature = "triggers")]
 #[async_trait]
 impl EventBus for LocalEventBus {
     async fn publish(&self, mut event: BusEvent) -> Result<u64, BusError> {
@@ -557,5 +581,5 @@ impl EventBus for LocalEventBus {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "triggers"))]
 mod tests;
