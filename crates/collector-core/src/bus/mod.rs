@@ -1,6 +1,10 @@
 //! The event bus: publish/subscribe between collectors, the trigger system
 //! and analysis chains, with correlation metadata on every event.
 //!
+//! Without the `triggers` feature (the default) this module holds only
+//! [`EventFilter`] and [`TopicPattern`], which filtered runtime subscriptions
+//! and the IPC event stream use; everything else below needs the feature.
+//!
 //! - [`EventBus`]: the trait (publish, subscribe with an [`EventFilter`],
 //!   unsubscribe, statistics, shutdown).
 //! - [`LocalEventBus`]: the in-process implementation. It is built on the
@@ -51,39 +55,34 @@
 mod correlation;
 mod filter;
 
-#[cfg(feature = "triggers")]
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-#[cfg(feature = "triggers")]
-use std::sync::Arc;
-
-#[cfg(feature = "triggers")]
-use async_trait::async_trait;
-#[cfg(feature = "triggers")]
-use serde::{Deserialize, Serialize};
-#[cfg(feature = "triggers")]
-use tokio_util::sync::CancellationToken;
-
-#[cfg(feature = "triggers")]
-pub use correlation::{
-    new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
-};
-#[cfg(feature = "triggers")]
-pub use filter::CorrelationFilter;
 pub use filter::{
     topic_of, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN, MAX_TOPIC_SEGMENTS,
+};
+
+// The bus itself and its correlation: the `triggers` feature.
+#[cfg(feature = "triggers")]
+pub use {
+    correlation::{
+        new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
+    },
+    filter::CorrelationFilter,
 };
 
 #[cfg(feature = "triggers")]
 pub(crate) use filter::analysis_str;
 
 #[cfg(feature = "triggers")]
-use crate::config::WhenFull;
-#[cfg(feature = "triggers")]
-use crate::event::{CollectionEvent, EventValidationError};
-#[cfg(feature = "triggers")]
-use crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription};
-#[cfg(feature = "triggers")]
-use crate::telemetry::{add, load, SubscriberStats};
+use {
+    crate::config::WhenFull,
+    crate::event::{CollectionEvent, EventValidationError},
+    crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription},
+    crate::telemetry::{add, load, SubscriberStats},
+    async_trait::async_trait,
+    serde::{Deserialize, Serialize},
+    std::sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    std::sync::Arc,
+    tokio_util::sync::CancellationToken,
+};
 
 /// A subscription to an event bus: [`Subscription::recv`] yields [`BusEvent`]s.
 #[cfg(feature = "triggers")]
