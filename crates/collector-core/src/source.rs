@@ -307,3 +307,83 @@ pub trait EventSource: Send + Sync {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    const fn assert_send_sync<T: Send + Sync>() {}
+    const _: () = assert_send_sync::<SourceContext>();
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flag_context_is_cancelled_once_the_flag_is_set() {
+        let (tx, _rx) = mpsc::channel(1);
+        let flag = Arc::new(AtomicBool::new(false));
+        let ctx = SourceContext::from_flag("f", tx, flag.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!ctx.shutdown().is_cancelled());
+        flag.store(true, Ordering::SeqCst);
+        tokio::time::timeout(FLAG_BRIDGE_PERIOD * 2, ctx.shutdown().cancelled())
+            .await
+            .unwrap();
+        assert!(ctx.is_shutdown());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flag_bridge_ends_with_its_context() {
+        let alive = Arc::new(());
+        let token = CancellationToken::new();
+        let bridge = tokio::spawn(bridge_flag(
+            Arc::new(AtomicBool::new(false)),
+            token.clone(),
+            Arc::downgrade(&alive),
+        ));
+        drop(alive);
+        tokio::time::timeout(FLAG_BRIDGE_PERIOD * 2, bridge)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_default_start_with_sets_the_flag_when_the_token_is_cancelled() {
+        struct Flagged;
+        #[async_trait]
+        impl EventSource for Flagged {
+            fn name(&self) -> &'static str {
+                "flagged"
+            }
+            fn capabilities(&self) -> SourceCaps {
+                SourceCaps::PROCESS
+            }
+            async fn start(
+                &self,
+                _tx: mpsc::Sender<CollectionEvent>,
+                flag: Arc<AtomicBool>,
+            ) -> anyhow::Result<()> {
+                // Returns only once the flag is seen, yielding between looks.
+                while !flag.load(Ordering::SeqCst) {
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
+            async fn stop(&self) -> anyhow::Result<()> {
+                Ok(())
+            }
+        }
+        let (tx, _rx) = mpsc::channel(1);
+        let ctx = SourceContext::new("flagged", tx);
+        let (token, flag) = (ctx.shutdown().clone(), ctx.shutdown_flag().clone());
+        let run = tokio::spawn(async move { Flagged.start_with(ctx).await });
+        tokio::task::yield_now().await;
+        assert!(!flag.load(Ordering::SeqCst));
+        token.cancel();
+        run.await.unwrap().unwrap();
+        assert!(flag.load(Ordering::SeqCst));
+    }
+}
