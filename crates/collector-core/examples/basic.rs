@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run -p collector-core --example basic
 //! ```
+//!
+//! It polls the flag, as the reference does, so it stops within its 100 ms
+//! sleep (the default `start_with` sets the flag when shutdown is signalled).
+//! `host_metrics.rs` shows the awaited way (`start_with` and the token).
 #![allow(missing_docs, unused_variables)] // the reference code, unchanged, leaves `tx` unused
 
 use async_trait::async_trait;

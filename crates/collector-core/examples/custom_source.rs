@@ -7,6 +7,9 @@
 //! ```text
 //! cargo run -p collector-core --example custom_source
 //! ```
+//!
+//! It polls the flag, as the reference does; `host_metrics.rs` shows the
+//! awaited way (`start_with` and the context's shutdown token).
 #![allow(missing_docs, clippy::print_stdout, clippy::ignored_unit_patterns)] // reference code kept as written
 
 use async_trait::async_trait;

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, SourceCaps,
+    SourceContext,
 };
 use tokio::sync::mpsc;
 
@@ -110,16 +111,26 @@ impl EventSource for HostMetrics {
         tx: mpsc::Sender<CollectionEvent>,
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
+            .await
+    }
+
+    // Awaits shutdown instead of polling a flag: the loop ends the moment the
+    // token is cancelled, even in the middle of an interval.
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.interval);
-        while !shutdown.load(Ordering::Relaxed) {
-            tick.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
             for event in self.sample().await {
-                if tx.send(event).await.is_err() {
+                if ctx.out().send(event).await.is_err() {
                     return Ok(());
                 }
             }
         }
-        Ok(())
     }
 
     async fn stop(&self) -> anyhow::Result<()> {

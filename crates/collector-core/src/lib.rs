@@ -15,13 +15,21 @@
 //!   [`metrics::Gauge`]) behind every stats snapshot, and the [`Registry`]
 //!   naming them for Prometheus ([`CollectorHandle::metrics`]); with the
 //!   `metrics-server` feature, `metrics::serve` answers `GET /metrics`.
+//! - [`SourceContext`]: what a source is started with
+//!   ([`EventSource::start_with`]): its name, its sender and an awaitable
+//!   shutdown token beside the reference API's flag.
 //! - [`testing`]: a conformance check for any `EventSource`.
-//! - [`bus`]: [`EventBus`] and [`LocalEventBus`], publish/subscribe of
-//!   [`BusEvent`]s with correlation metadata, [`EventFilter`] and
-//!   [`CorrelationFilter`]; every `Collector` publishes into its own bus.
-//! - [`trigger`]: [`TriggerManager`] turns process events that match
-//!   [`TriggerCondition`]s into trigger requests for analysis collectors.
-//! - [`chain`]: [`AnalysisChainCoordinator`] runs multi-stage analysis
+//! - [`bus`]: [`EventFilter`] (kind, pid, source, topic patterns), used by
+//!   filtered subscriptions and the IPC event stream.
+//!
+//! With the `triggers` feature (off by default; no binary of the workspace
+//! uses it yet):
+//! - [`bus`] adds `EventBus` and `LocalEventBus`, publish/subscribe of
+//!   `BusEvent`s with correlation metadata and `CorrelationFilter`; every
+//!   `Collector` publishes into its own bus.
+//! - `trigger`: `TriggerManager` turns process events that match
+//!   `TriggerCondition`s into trigger requests for analysis collectors.
+//! - `chain`: `AnalysisChainCoordinator` runs multi-stage analysis
 //!   workflows through those collectors.
 //!
 //! ```
@@ -87,6 +95,7 @@
 //! ```
 
 pub mod bus;
+#[cfg(feature = "triggers")]
 pub mod chain;
 pub mod config;
 pub mod event;
@@ -100,12 +109,16 @@ pub mod source;
 pub mod subscription;
 pub mod telemetry;
 pub mod testing;
+#[cfg(feature = "triggers")]
 pub mod trigger;
 
+#[cfg(feature = "triggers")]
 pub use bus::{
     BusError, BusEvent, BusStatistics, BusSubscription, CorrelationFilter, CorrelationMetadata,
-    EventBus, EventBusConfig, EventFilter, FilterError, LocalEventBus, TopicPattern,
+    EventBus, EventBusConfig, LocalEventBus,
 };
+pub use bus::{EventFilter, FilterError, TopicPattern};
+#[cfg(feature = "triggers")]
 pub use chain::{
     AnalysisChainConfig, AnalysisChainCoordinator, AnalysisStage, AnalysisWorkflowDefinition,
     ChainError, ChainStatistics, StageDefinition, WorkflowResult, WorkflowState, WorkflowStatus,
@@ -124,9 +137,10 @@ pub use ipc::{
 pub use metrics::{Counter, Gauge, Registry};
 pub use monitor::{MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats};
 pub use runtime::{Collector, CollectorError, CollectorHandle};
-pub use source::{EventSource, SourceCaps};
+pub use source::{EventSource, SourceCaps, SourceContext};
 pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
+#[cfg(feature = "triggers")]
 pub use trigger::{
     ConditionType, KnownGoodHash, ParentChildRule, ResourceThresholds, SqlCondition, SqlError,
     TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerError, TriggerManager,

@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::bus::{EventBusConfig, EventFilter, LocalEventBus};
+use crate::bus::EventFilter;
+#[cfg(feature = "triggers")]
+use crate::bus::{EventBusConfig, LocalEventBus};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
 use crate::metrics::Registry;
-use crate::source::{EventSource, SourceCaps};
+use crate::source::{EventSource, SourceCaps, SourceContext};
 use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
 use crate::telemetry::{
     CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
@@ -108,6 +110,7 @@ struct Shared {
     started: Mutex<Option<Instant>>,
     sources: Mutex<Vec<Arc<SourceState>>>,
     subscribers: Subscribers,
+    #[cfg(feature = "triggers")]
     bus: LocalEventBus,
     counters: RuntimeCounters,
     metrics: Registry,
@@ -158,6 +161,7 @@ impl CollectorHandle {
     /// (with fresh correlation metadata) while it has subscribers; other
     /// components (the trigger manager, analysis collectors) publish into
     /// it too. Its streams end when the runtime has shut down.
+    #[cfg(feature = "triggers")]
     pub fn bus(&self) -> &LocalEventBus {
         &self.shared.bus
     }
@@ -255,6 +259,7 @@ impl Collector {
             config.max_batch_size,
             config.when_full,
         );
+        #[cfg(feature = "triggers")]
         let bus = LocalEventBus::build(EventBusConfig {
             buffer_size: config.event_buffer_size.max(1),
             max_batch_size: config.max_batch_size.max(1),
@@ -262,9 +267,11 @@ impl Collector {
             ..EventBusConfig::default()
         });
         // A bus that was never shut down accepts `start`.
+        #[cfg(feature = "triggers")]
         let _ = bus.start_now();
         let metrics = Registry::new();
         subscribers.register_metrics(&metrics, "subscriber");
+        #[cfg(feature = "triggers")]
         bus.register_metrics(&metrics);
         Self {
             config,
@@ -274,6 +281,7 @@ impl Collector {
                 started: Mutex::new(None),
                 sources: Mutex::new(Vec::new()),
                 subscribers,
+                #[cfg(feature = "triggers")]
                 bus,
                 counters: RuntimeCounters::registered(&metrics),
                 metrics,
@@ -429,6 +437,14 @@ impl Collector {
     }
 }
 
+/// What the runtime keeps of a running source: the two halves of its
+/// shutdown signal and the handle that aborts it at the deadline.
+struct Running {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+    task: AbortHandle,
+}
+
 struct Trackers {
     source_tasks: TaskTracker,
     pumps: TaskTracker,
@@ -438,15 +454,15 @@ struct Trackers {
 }
 
 impl Trackers {
-    /// Spawns, for each source, its `start` task, its pump and its health
-    /// loop. Returns the trackers and each source's shutdown flag and abort
-    /// handle.
+    /// Spawns, for each source, its `start_with` task, its pump and its
+    /// health loop. Returns the trackers and each source's shutdown signal
+    /// and abort handle.
     fn start(
         config: &CollectorConfig,
         sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
         shared: &Arc<Shared>,
         ended: &mpsc::Sender<bool>,
-    ) -> (Self, Vec<(Arc<AtomicBool>, AbortHandle)>) {
+    ) -> (Self, Vec<Running>) {
         let t = Self {
             source_tasks: TaskTracker::new(),
             pumps: TaskTracker::new(),
@@ -457,17 +473,17 @@ impl Trackers {
         let mut running = Vec::with_capacity(sources.len());
         for (source, state) in sources {
             let (tx, rx) = mpsc::channel(config.event_buffer_size);
-            let flag = Arc::new(AtomicBool::new(false));
+            let ctx = SourceContext::new(state.name, tx);
+            let (flag, token) = (ctx.shutdown_flag().clone(), ctx.shutdown().clone());
             let task = spawn_source(
                 &t.source_tasks,
                 source.clone(),
                 state.clone(),
-                tx,
-                flag.clone(),
+                ctx,
                 shared.clone(),
                 ended.clone(),
             );
-            running.push((flag, task));
+            running.push(Running { flag, token, task });
             t.pumps.spawn(pump(
                 rx,
                 state.clone(),
@@ -496,15 +512,18 @@ async fn shutdown(
     config: &CollectorConfig,
     sources: &[(Arc<dyn EventSource>, Arc<SourceState>)],
     shared: &Arc<Shared>,
-    running: &[(Arc<AtomicBool>, AbortHandle)],
+    running: &[Running],
     t: Trackers,
 ) {
     // Shutdown: signal, stop, wait until the deadline, abort stragglers.
     let deadline = Instant::now() + config.shutdown_timeout;
     info!(timeout = ?config.shutdown_timeout, "collector shutting down");
     t.stop_health.cancel();
-    for (flag, _) in running {
-        flag.store(true, Ordering::SeqCst);
+    // Both halves, so that sources on the reference API (the flag) and
+    // those awaiting the token stop alike.
+    for r in running {
+        r.flag.store(true, Ordering::SeqCst);
+        r.token.cancel();
     }
     let stops = sources.iter().map(|(source, state)| {
         let (source, state, shared) = (source.clone(), state.clone(), shared.clone());
@@ -531,7 +550,7 @@ async fn shutdown(
         .await
         .is_err()
     {
-        for ((_, task), (_, state)) in running.iter().zip(sources) {
+        for (Running { task, .. }, (_, state)) in running.iter().zip(sources) {
             if !task.is_finished() {
                 task.abort();
                 state.set_health(SourceHealth::Aborted);
@@ -558,6 +577,7 @@ async fn shutdown(
     // cannot be interrupted, so it is not waited for.
     t.health_tasks.wait().await;
     shared.subscribers.close();
+    #[cfg(feature = "triggers")]
     shared.bus.close_streams();
 }
 
@@ -574,18 +594,17 @@ fn shutdown_signals() -> std::io::Result<impl Future<Output = ()> + Send> {
     })
 }
 
-/// Runs `start` in its own task (so a panic is contained) and reports how it
-/// ended. Returns the handle used to abort it at the deadline.
+/// Runs `start_with` in its own task (so a panic is contained) and reports
+/// how it ended. Returns the handle used to abort it at the deadline.
 fn spawn_source(
     tracker: &TaskTracker,
     source: Arc<dyn EventSource>,
     state: Arc<SourceState>,
-    tx: mpsc::Sender<CollectionEvent>,
-    flag: Arc<AtomicBool>,
+    ctx: SourceContext,
     shared: Arc<Shared>,
     ended: mpsc::Sender<bool>,
 ) -> AbortHandle {
-    let inner = tokio::spawn(async move { source.start(tx, flag).await });
+    let inner = tokio::spawn(async move { source.start_with(ctx).await });
     let abort = inner.abort_handle();
     tracker.spawn(async move {
         let outcome = inner.await;
@@ -742,8 +761,9 @@ async fn pump(
     }
 }
 
-/// Offers validated events to the bus (only while it has subscribers) and
-/// to the subscribers. Returns whether any subscriber existed.
+/// Offers validated events to the bus (with the `triggers` feature, only
+/// while it has subscribers) and to the subscribers. Returns whether any
+/// subscriber existed.
 async fn route(
     shared: &Shared,
     events: Vec<CollectionEvent>,
@@ -751,11 +771,14 @@ async fn route(
     mode: Mode,
     deadline: &CancellationToken,
 ) -> bool {
+    #[cfg(feature = "triggers")]
     let bus_routed = shared.bus.has_subscribers()
         && shared
             .bus
             .dispatch_from_runtime(&events, source, mode, deadline)
             .await;
+    #[cfg(not(feature = "triggers"))]
+    let bus_routed = false;
     let routed = shared
         .subscribers
         .dispatch(EventBatch::new(events, source), mode, deadline)

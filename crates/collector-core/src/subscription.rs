@@ -215,7 +215,7 @@ pub(crate) trait Routable: Clone + Send + Sync + 'static {
 
 impl Routable for CollectionEvent {
     fn passes(&self, filter: &EventFilter, source: &str) -> bool {
-        filter.matches_parts(self, None, None, source)
+        filter.matches_event(self, source)
     }
 }
 
@@ -267,11 +267,13 @@ impl<T: Routable> Subscribers<T> {
     }
 
     /// Whether any subscriber is live (cheap; for skipping work nobody reads).
+    #[cfg(feature = "triggers")] // used by the event bus only
     pub(crate) fn has_live(&self) -> bool {
         self.live_count() > 0
     }
 
     /// The number of live subscribers.
+    #[cfg(feature = "triggers")] // used by the event bus only
     pub(crate) fn live_count(&self) -> usize {
         self.live
             .read()
@@ -338,6 +340,7 @@ impl<T: Routable> Subscribers<T> {
     }
 
     /// Whether a subscription with this id was ever made here.
+    #[cfg(feature = "triggers")] // used by the event bus only
     pub(crate) fn knows(&self, id: u64) -> bool {
         self.all
             .lock()

@@ -3,21 +3,28 @@
 //! [`check_source`] runs a source the way the runtime does and verifies its
 //! contract: it never panics (in `start`, `stop` or `health_check`), every
 //! event it emits validates and belongs to a domain it declared in its
-//! capabilities, and it returns from `start` within a deadline after the
-//! shutdown signal.
+//! capabilities, and it returns from
+//! [`start_with`](crate::EventSource::start_with) within a deadline after its
+//! context's shutdown token is cancelled. Only the token is cancelled (the
+//! flag is left to the default `start_with`, which sets it from the token),
+//! so a source that implements `start_with` and does not await its token
+//! fails here even if it watches the flag.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use collector_core::testing::{check_source, ConformanceConfig};
-//! # use collector_core::{CollectionEvent, EventSource, SourceCaps};
-//! # use std::sync::atomic::{AtomicBool, Ordering};
+//! # use collector_core::{CollectionEvent, EventSource, SourceCaps, SourceContext};
+//! # use std::sync::atomic::AtomicBool;
 //! # struct Quiet;
 //! # #[async_trait::async_trait]
 //! # impl EventSource for Quiet {
 //! #     fn name(&self) -> &'static str { "quiet" }
 //! #     fn capabilities(&self) -> SourceCaps { SourceCaps::PROCESS }
-//! #     async fn start(&self, _tx: tokio::sync::mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-//! #         while !stop.load(Ordering::Relaxed) { tokio::time::sleep(std::time::Duration::from_millis(10)).await; }
+//! #     async fn start(&self, tx: tokio::sync::mpsc::Sender<CollectionEvent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+//! #         self.start_with(SourceContext::from_flag(self.name(), tx, stop)).await
+//! #     }
+//! #     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+//! #         ctx.shutdown().cancelled().await;
 //! #         Ok(())
 //! #     }
 //! #     async fn stop(&self) -> anyhow::Result<()> { Ok(()) }
@@ -31,7 +38,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +45,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::event::{CollectionEvent, EventKind, EventValidationError};
-use crate::source::{EventSource, SourceCaps};
+use crate::source::{EventSource, SourceCaps, SourceContext};
 
 /// How [`check_source`] exercises a source.
 #[derive(Debug, Clone)]
@@ -47,7 +53,8 @@ pub struct ConformanceConfig {
     /// How long the source runs before the shutdown signal (cut short once
     /// `min_events` have arrived).
     pub run_for: Duration,
-    /// The most time `start` may take to return after the signal.
+    /// The most time `start_with` may take to return after its token is
+    /// cancelled.
     pub stop_deadline: Duration,
     /// Events the source must emit while running (0: none required).
     pub min_events: usize,
@@ -74,7 +81,7 @@ pub struct ConformanceReport {
     pub events_by_kind: BTreeMap<EventKind, usize>,
     /// Up to the first 1,000 events, for further assertions.
     pub sample: Vec<CollectionEvent>,
-    /// Time from the shutdown signal until `start` returned.
+    /// Time from the token's cancellation until `start_with` returned.
     pub stop_latency: Duration,
 }
 
@@ -107,8 +114,9 @@ pub enum ConformanceError {
         /// The error, with its chain.
         message: String,
     },
-    /// `start` did not return within the deadline after the signal.
-    #[error("source {source_name:?} did not stop within {deadline:?} of the shutdown signal")]
+    /// `start_with` did not return within the deadline after its token was
+    /// cancelled.
+    #[error("source {source_name:?} did not stop within {deadline:?} of its shutdown token being cancelled")]
     DidNotStop {
         /// The source.
         source_name: &'static str,
@@ -220,9 +228,10 @@ pub async fn check_source(
         .map_err(panicked("health_check"))?;
 
     let (tx, mut rx) = mpsc::channel(config.buffer.max(1));
-    let flag = Arc::new(AtomicBool::new(false));
-    let (runner, run_flag) = (source.clone(), flag.clone());
-    let mut task = tokio::spawn(async move { runner.start(tx, run_flag).await });
+    let ctx = SourceContext::new(name, tx);
+    let shutdown = ctx.shutdown().clone();
+    let runner = source.clone();
+    let mut task = tokio::spawn(async move { runner.start_with(ctx).await });
     let mut tally = Tally {
         name,
         caps: source.capabilities(),
@@ -245,8 +254,9 @@ pub async fn check_source(
         }
     }
 
-    // Stop phase: signal, call stop, keep draining, time the return.
-    flag.store(true, Ordering::SeqCst);
+    // Stop phase: cancel the token (only), call stop, keep draining, time
+    // the return.
+    shutdown.cancel();
     let signalled = Instant::now();
     let stopper = source.clone();
     let stop = tokio::spawn(async move { stopper.stop().await });

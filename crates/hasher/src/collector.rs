@@ -70,7 +70,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use collector_core::chain::{FAILED_TAG, RESULT_TAG};
@@ -78,7 +78,7 @@ use collector_core::metrics::{Counter, Registry};
 use collector_core::{
     AnalysisType, BusError, BusEvent, CollectionEvent, ConditionType, EventBus, EventFilter,
     EventKind, EventSource, FileOperation, FilesystemEvent, LocalEventBus, SourceCaps,
-    TriggerCapabilities, TriggerPriority, TriggerRequest, TriggerResourceLimits,
+    SourceContext, TriggerCapabilities, TriggerPriority, TriggerRequest, TriggerResourceLimits,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -365,27 +365,16 @@ impl EventSource for BinaryHasherCollector {
 
     async fn start(
         &self,
-        _tx: mpsc::Sender<CollectionEvent>,
+        tx: mpsc::Sender<CollectionEvent>,
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
-        // The runtime also calls `stop`, which ends `run` at once; the flag
-        // is checked as a fallback for callers that only set it.
-        let token = CancellationToken::new();
-        let watcher = {
-            let token = token.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                while !shutdown.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                }
-                token.cancel();
-            }
-        };
-        tokio::select! {
-            r = self.run(token.clone()) => r?,
-            () = watcher => {}
-        }
-        Ok(())
+        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
+            .await
+    }
+
+    /// Runs until the context's token is cancelled (or `stop`).
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        Ok(self.run(ctx.shutdown().clone()).await?)
     }
 
     async fn stop(&self) -> anyhow::Result<()> {
@@ -399,6 +388,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use collector_core::{
         CorrelationFilter, CorrelationMetadata, EventBusConfig, HashAlgorithm, ProcessEvent,
@@ -602,12 +592,14 @@ mod tests {
                 tx: mpsc::Sender<CollectionEvent>,
                 shutdown: Arc<AtomicBool>,
             ) -> anyhow::Result<()> {
+                self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
+                    .await
+            }
+            async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
                 let mut p = ProcessEvent::new(4242, "xmrig");
                 p.executable_path = Some(self.0.clone());
-                tx.send(CollectionEvent::Process(p)).await?;
-                while !shutdown.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                ctx.out().send(CollectionEvent::Process(p)).await?;
+                ctx.shutdown().cancelled().await;
                 Ok(())
             }
             async fn stop(&self) -> anyhow::Result<()> {

@@ -16,8 +16,9 @@
 //!   identity of the file they are for.
 //! - [`HashError`]: one variant per reason a file was not hashed, with
 //!   vanished files and processes kept apart from real failures.
-//! - [`BinaryHasherCollector`]: the analysis collector that answers
-//!   `BinaryHash` trigger requests on an event bus (see [`collector`]).
+//! - With the `triggers` feature (off by default): `BinaryHasherCollector`,
+//!   the analysis collector that answers `BinaryHash` trigger requests on
+//!   an event bus (see the `collector` module).
 //! - [`HasherStats`]: hashed, cache hits/misses/evictions, bytes, refusals
 //!   by reason, changed files, time waited on the budget.
 //!
@@ -64,12 +65,14 @@
 
 mod budget;
 mod cache;
+#[cfg(feature = "triggers")]
 pub mod collector;
 pub mod config;
 mod engine;
 mod error;
 mod stats;
 
+#[cfg(feature = "triggers")]
 pub use collector::{BinaryHasherCollector, BinaryHasherStats, BINARY_HASHER_ID};
 pub use config::{ConfigError, HasherConfig};
 pub use engine::{Digest, HashEngine, HashOutcome};

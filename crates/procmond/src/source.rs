@@ -17,7 +17,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
     CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
-    ProcessEvent, ProcessEventType, SourceCaps,
+    ProcessEvent, ProcessEventType, SourceCaps, SourceContext,
 };
 use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
 use serde::{Deserialize, Serialize};
@@ -571,6 +571,11 @@ impl EventSource for ProcmondMonitorCollector {
         tx: mpsc::Sender<CollectionEvent>,
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
+            .await
+    }
+
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let base = &self.config.base_config;
         let (mut reader, mut erx) = match self.open_realtime()? {
             Some((handle, rx)) => (Some(handle), rx),
@@ -579,7 +584,7 @@ impl EventSource for ProcmondMonitorCollector {
 
         let mut run = Run {
             collector: self,
-            tx,
+            tx: ctx.out().clone(),
             tracker: LifecycleTracker::new(
                 self.config.lifecycle_config.clone(),
                 self.reader.ticks_per_sec(),
@@ -591,18 +596,14 @@ impl EventSource for ProcmondMonitorCollector {
         };
         let mut every = tokio::time::interval(base.collection_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut poll_flag = tokio::time::interval(Duration::from_millis(100));
         let mut flush = tokio::time::interval(Duration::from_millis(200));
+        // Shutdown is awaited: the runtime's token, or `stop()`.
+        let shutdown = ctx.shutdown();
         loop {
             let alive = tokio::select! {
                 biased;
+                () = shutdown.cancelled() => break,
                 () = self.stop.cancelled() => break,
-                _ = poll_flag.tick() => {
-                    if shutdown.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    true
-                }
                 msg = erx.recv(), if reader.is_some() => match msg {
                     Some(first) => {
                         // Take what else is queued before yielding to the runtime.

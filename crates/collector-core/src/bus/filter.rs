@@ -1,4 +1,5 @@
-//! [`EventFilter`], [`CorrelationFilter`] and [`TopicPattern`].
+//! [`EventFilter`] and [`TopicPattern`]; with the `triggers` feature,
+//! `CorrelationFilter`.
 //!
 //! # Topics
 //! Every event has a topic of three dot-separated segments,
@@ -21,8 +22,10 @@
 
 use std::fmt;
 
+#[cfg(feature = "triggers")]
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "triggers")]
 use super::correlation::CorrelationMetadata;
 use crate::event::{AnalysisType, CollectionEvent, EventKind, FileOperation, TriggerPriority};
 
@@ -205,6 +208,7 @@ pub fn topic_of(event: &CollectionEvent) -> String {
 /// their own chains (their correlation id is fresh, so only `by_pid` is
 /// useful on them), except trigger requests, whose `correlation_id` is
 /// their correlation id.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorrelationFilter {
     pids: Vec<u32>,
@@ -215,6 +219,7 @@ pub struct CorrelationFilter {
     tags: Vec<String>,
 }
 
+#[cfg(feature = "triggers")]
 impl CorrelationFilter {
     /// A filter that lets everything through.
     pub fn new() -> Self {
@@ -354,6 +359,7 @@ pub struct EventFilter {
     metadata: Vec<(String, String)>,
     topics: Vec<TopicPattern>,
     target_collectors: Vec<String>,
+    #[cfg(feature = "triggers")]
     correlation: Option<CorrelationFilter>,
 }
 
@@ -434,6 +440,7 @@ impl EventFilter {
     }
 
     /// Also require `filter` to hold.
+    #[cfg(feature = "triggers")]
     #[must_use]
     pub fn with_correlation_filter(mut self, filter: CorrelationFilter) -> Self {
         self.correlation = Some(filter);
@@ -443,13 +450,28 @@ impl EventFilter {
     /// Whether `event` published by `source` passes, for events outside a
     /// bus (no correlation metadata, topic derived from the event).
     pub fn matches_event(&self, event: &CollectionEvent, source: &str) -> bool {
-        self.matches_parts(event, None, None, source)
+        let pass = self.matches_parts(event, None, source);
+        #[cfg(feature = "triggers")]
+        let pass = pass && self.matches_correlation(event, None);
+        pass
     }
 
-    pub(crate) fn matches_parts(
+    /// Whether the correlation filter, if any, holds for `event` with `meta`.
+    #[cfg(feature = "triggers")]
+    pub(crate) fn matches_correlation(
         &self,
         event: &CollectionEvent,
         meta: Option<&CorrelationMetadata>,
+    ) -> bool {
+        self.correlation
+            .as_ref()
+            .is_none_or(|c| c.matches(event, meta))
+    }
+
+    /// Every condition but the correlation filter.
+    pub(crate) fn matches_parts(
+        &self,
+        event: &CollectionEvent,
         topic: Option<&str>,
         source: &str,
     ) -> bool {
@@ -512,9 +534,7 @@ impl EventFilter {
                 return false;
             }
         }
-        self.correlation
-            .as_ref()
-            .is_none_or(|c| c.matches(event, meta))
+        true
     }
 }
 
@@ -637,6 +657,7 @@ mod tests {
             .matches_event(&trigger(TriggerPriority::Low), "a"));
     }
 
+    #[cfg(feature = "triggers")]
     #[test]
     fn correlation_filter_needs_metadata_for_ids_stage_and_tags() {
         let by_corr = EventFilter::new()

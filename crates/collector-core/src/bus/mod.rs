@@ -1,6 +1,10 @@
 //! The event bus: publish/subscribe between collectors, the trigger system
 //! and analysis chains, with correlation metadata on every event.
 //!
+//! Without the `triggers` feature (the default) this module holds only
+//! [`EventFilter`] and [`TopicPattern`], which filtered runtime subscriptions
+//! and the IPC event stream use; everything else below needs the feature.
+//!
 //! - [`EventBus`]: the trait (publish, subscribe with an [`EventFilter`],
 //!   unsubscribe, statistics, shutdown).
 //! - [`LocalEventBus`]: the in-process implementation. It is built on the
@@ -47,36 +51,46 @@
 //! # }
 //! ```
 
+#[cfg(feature = "triggers")]
 mod correlation;
 mod filter;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-
-pub use correlation::{
-    new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
-};
 pub use filter::{
-    topic_of, CorrelationFilter, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN,
-    MAX_TOPIC_SEGMENTS,
+    topic_of, EventFilter, FilterError, TopicPattern, MAX_TOPIC_LEN, MAX_TOPIC_SEGMENTS,
 };
 
+// The bus itself and its correlation: the `triggers` feature.
+#[cfg(feature = "triggers")]
+pub use {
+    correlation::{
+        new_correlation_id, CorrelationMetadata, MAX_CORRELATION_FIELD_LEN, MAX_CORRELATION_TAGS,
+    },
+    filter::CorrelationFilter,
+};
+
+#[cfg(feature = "triggers")]
 pub(crate) use filter::analysis_str;
 
-use crate::config::WhenFull;
-use crate::event::{CollectionEvent, EventValidationError};
-use crate::metrics::{Counter, Registry};
-use crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription};
-use crate::telemetry::SubscriberStats;
+#[cfg(feature = "triggers")]
+use {
+    crate::config::WhenFull,
+    crate::event::{CollectionEvent, EventValidationError},
+    crate::metrics::{Counter, Registry},
+    crate::subscription::{EventBatch, Mode, Routable, Subscribers, Subscription},
+    crate::telemetry::SubscriberStats,
+    async_trait::async_trait,
+    serde::{Deserialize, Serialize},
+    std::sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    std::sync::Arc,
+    tokio_util::sync::CancellationToken,
+};
 
 /// A subscription to an event bus: [`Subscription::recv`] yields [`BusEvent`]s.
+#[cfg(feature = "triggers")]
 pub type BusSubscription = Subscription<BusEvent>;
 
 /// An event on the bus.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusEvent {
     /// The event.
@@ -89,6 +103,7 @@ pub struct BusEvent {
     pub topic: String,
 }
 
+#[cfg(feature = "triggers")]
 impl BusEvent {
     /// Wraps `event` from `source` with fresh correlation metadata (a trigger
     /// request keeps its own `correlation_id`) and its derived topic.
@@ -122,18 +137,16 @@ impl BusEvent {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl Routable for BusEvent {
     fn passes(&self, filter: &EventFilter, source: &str) -> bool {
-        filter.matches_parts(
-            &self.event,
-            Some(&self.correlation),
-            Some(&self.topic),
-            source,
-        )
+        filter.matches_parts(&self.event, Some(&self.topic), source)
+            && filter.matches_correlation(&self.event, Some(&self.correlation))
     }
 }
 
 /// Errors of the event bus.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
@@ -183,6 +196,7 @@ pub enum BusError {
 }
 
 /// Configuration of a [`LocalEventBus`].
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
@@ -197,6 +211,7 @@ pub struct EventBusConfig {
     pub max_subscribers: usize,
 }
 
+#[cfg(feature = "triggers")]
 impl Default for EventBusConfig {
     fn default() -> Self {
         Self {
@@ -208,6 +223,7 @@ impl Default for EventBusConfig {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl EventBusConfig {
     /// Sets [`buffer_size`](Self::buffer_size).
     #[must_use]
@@ -250,6 +266,7 @@ impl EventBusConfig {
 }
 
 /// What a bus has seen.
+#[cfg(feature = "triggers")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct BusStatistics {
@@ -266,6 +283,7 @@ pub struct BusStatistics {
 }
 
 /// Publish/subscribe of [`BusEvent`]s.
+#[cfg(feature = "triggers")]
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Publishes one event to every subscriber whose filter accepts it.
@@ -290,6 +308,7 @@ pub trait EventBus: Send + Sync {
     async fn shutdown(&self) -> Result<(), BusError>;
 }
 
+#[cfg(feature = "triggers")]
 struct BusInner {
     config: EventBusConfig,
     subscribers: Subscribers<BusEvent>,
@@ -303,11 +322,13 @@ struct BusInner {
 }
 
 /// The in-process [`EventBus`]. Cheap to clone (clones share the bus).
+#[cfg(feature = "triggers")]
 #[derive(Clone)]
 pub struct LocalEventBus {
     inner: Arc<BusInner>,
 }
 
+#[cfg(feature = "triggers")]
 impl std::fmt::Debug for LocalEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalEventBus")
@@ -316,6 +337,7 @@ impl std::fmt::Debug for LocalEventBus {
     }
 }
 
+#[cfg(feature = "triggers")]
 impl LocalEventBus {
     /// Validates `config` and builds a bus; call [`start`](Self::start)
     /// before publishing.
@@ -547,6 +569,7 @@ impl LocalEventBus {
     }
 }
 
+#[cfg(feature = "triggers")]
 #[async_trait]
 impl EventBus for LocalEventBus {
     async fn publish(&self, mut event: BusEvent) -> Result<u64, BusError> {
@@ -586,5 +609,5 @@ impl EventBus for LocalEventBus {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "triggers"))]
 mod tests;

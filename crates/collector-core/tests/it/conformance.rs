@@ -1,12 +1,12 @@
 //! The conformance kit catches each broken rule and passes good sources.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use collector_core::testing::{check_source, ConformanceConfig, ConformanceError};
-use collector_core::{CollectionEvent, EventKind, EventSource, SourceCaps};
+use collector_core::{CollectionEvent, EventKind, EventSource, SourceCaps, SourceContext};
 use tokio::sync::mpsc;
 
 use crate::sources::{process_ok, process_with_hash_but_no_algorithm, Broken, Scripted, Ticker};
@@ -29,6 +29,124 @@ async fn a_well_behaved_source_passes() {
         vec![EventKind::Performance]
     );
     assert!(report.stop_latency <= config.stop_deadline);
+}
+
+/// The ticker awaits its token, so with the clock paused it stops without
+/// any time passing; a source that polled a flag every N ms would take up to
+/// N ms here.
+#[tokio::test(start_paused = true)]
+async fn a_source_awaiting_its_token_stops_at_once() {
+    let report = check_source(
+        Arc::new(Ticker::new("t", Duration::from_secs(3600))),
+        &ConformanceConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.stop_latency, Duration::ZERO);
+}
+
+/// The reference README's pattern: only `start`, polling the flag. The kit
+/// cancels only the token; the default `start_with` sets the flag from it.
+struct ReferencePoller;
+
+#[async_trait]
+impl EventSource for ReferencePoller {
+    fn name(&self) -> &'static str {
+        "reference-poller"
+    }
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PROCESS
+    }
+    async fn start(
+        &self,
+        _tx: mpsc::Sender<CollectionEvent>,
+        shutdown_signal: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        while !shutdown_signal.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_on_the_reference_flag_stops_when_the_token_is_cancelled() {
+    let report = check_source(Arc::new(ReferencePoller), &ConformanceConfig::default())
+        .await
+        .unwrap();
+    assert!(report.stop_latency <= Duration::from_millis(100));
+}
+
+/// A source implementing `start_with` that watches only the flag: the kit
+/// cancels only the token, so it does not stop.
+struct FlagWatcher;
+
+#[async_trait]
+impl EventSource for FlagWatcher {
+    fn name(&self) -> &'static str {
+        "flag-watcher"
+    }
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PROCESS
+    }
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        flag: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, flag))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        while !ctx.shutdown_flag().load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_with_source_ignoring_its_token_fails() {
+    let err = check_source(Arc::new(FlagWatcher), &ConformanceConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConformanceError::DidNotStop {
+                source_name: "flag-watcher",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A caller of the reference `start` that can only set the flag still stops
+/// a source that awaits its token: `SourceContext::from_flag` bridges them.
+#[tokio::test(start_paused = true)]
+async fn setting_the_flag_stops_a_token_source_started_through_start() {
+    let source = Ticker::new("t", Duration::from_secs(3600));
+    let (tx, _rx) = mpsc::channel(8);
+    let flag = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn({
+        let flag = flag.clone();
+        async move { source.start(tx, flag).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!run.is_finished());
+    flag.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_millis(100), run)
+        .await
+        .expect("stopped within the bridge's period")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]

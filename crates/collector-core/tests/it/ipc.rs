@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer,
     EventSource, IpcClientConfig, IpcError, IpcServerConfig, IpcServerHandle, ProcessEvent,
-    SourceCaps,
+    SourceCaps, SourceContext,
 };
 use daemoneye_lib::codec::{decode_payload, encode_envelope, FrameCodec, HEADER_LEN};
 use daemoneye_lib::proto::{
@@ -480,15 +480,17 @@ impl EventSource for ProcFlood {
         tx: tokio::sync::mpsc::Sender<CollectionEvent>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         for i in 0..self.count {
             let mut e = ProcessEvent::new(i % 50_000 + 1, format!("p{i}"));
             e.command_line = vec!["/bin/p".into(), format!("{i}")];
-            tx.send(CollectionEvent::Process(e)).await?;
+            ctx.out().send(CollectionEvent::Process(e)).await?;
             self.sent.fetch_add(1, Ordering::Relaxed);
         }
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        ctx.shutdown().cancelled().await;
         Ok(())
     }
     async fn stop(&self) -> anyhow::Result<()> {
@@ -1207,6 +1209,10 @@ impl EventSource for ExecsAndExits {
         tx: tokio::sync::mpsc::Sender<CollectionEvent>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         for pid in 1..=self.0 {
             let mut e = ProcessEvent::new(pid, "p");
             if pid % 2 == 1 {
@@ -1215,11 +1221,9 @@ impl EventSource for ExecsAndExits {
                 e.event_type = collector_core::ProcessEventType::Exit;
                 e.exit_code = Some(0);
             }
-            tx.send(CollectionEvent::Process(e)).await?;
+            ctx.out().send(CollectionEvent::Process(e)).await?;
         }
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        ctx.shutdown().cancelled().await;
         Ok(())
     }
     async fn stop(&self) -> anyhow::Result<()> {

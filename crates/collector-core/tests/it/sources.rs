@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use collector_core::{
     CollectionEvent, EventSource, HashAlgorithm, PerformanceEvent, ProcessEvent, SourceCaps,
+    SourceContext,
 };
 use tokio::sync::mpsc;
 
@@ -29,7 +30,7 @@ pub fn seq_of(e: &CollectionEvent) -> u64 {
 }
 
 /// Sends `count` numbered events as fast as the runtime takes them, then
-/// either returns (`then_wait = false`) or waits for the shutdown flag.
+/// either returns (`then_wait = false`) or waits for shutdown.
 pub struct Flood {
     pub name: &'static str,
     pub count: u64,
@@ -61,17 +62,23 @@ impl EventSource for Flood {
         tx: mpsc::Sender<CollectionEvent>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name, tx, stop))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         for i in 0..self.count {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            if tx.send(perf(i)).await.is_err() {
+            let sent = tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => return Ok(()),
+                r = ctx.out().send(perf(i)) => r,
+            };
+            if sent.is_err() {
                 return Ok(());
             }
             self.sent.fetch_add(1, Ordering::Relaxed);
         }
-        while self.then_wait && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if self.then_wait {
+            ctx.shutdown().cancelled().await;
         }
         Ok(())
     }
@@ -80,7 +87,7 @@ impl EventSource for Flood {
     }
 }
 
-/// Emits one event every `every` until the flag is set, counting health
+/// Emits one event every `every` until shutdown, counting health
 /// checks and stop calls; its health check fails on the calls listed.
 pub struct Ticker {
     pub name: &'static str,
@@ -117,14 +124,25 @@ impl EventSource for Ticker {
         tx: mpsc::Sender<CollectionEvent>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name, tx, stop))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        // A deaf ticker awaits a token nobody cancels.
+        let shutdown = if self.ignore_shutdown {
+            tokio_util::sync::CancellationToken::new()
+        } else {
+            ctx.shutdown().clone()
+        };
         let mut seq = 0;
         loop {
-            if !self.ignore_shutdown && stop.load(Ordering::Relaxed) {
-                return Ok(());
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(self.every) => {}
             }
-            tokio::time::sleep(self.every).await;
             // A closed channel only ends a well-behaved source.
-            if tx.send(perf(seq)).await.is_err() && !self.ignore_shutdown {
+            if ctx.out().send(perf(seq)).await.is_err() && !self.ignore_shutdown {
                 return Ok(());
             }
             seq += 1;
@@ -172,7 +190,7 @@ impl EventSource for Broken {
     }
 }
 
-/// Emits the given events once, then waits for the flag.
+/// Emits the given events once, then waits for shutdown.
 pub struct Scripted {
     pub name: &'static str,
     pub caps: SourceCaps,
@@ -192,12 +210,14 @@ impl EventSource for Scripted {
         tx: mpsc::Sender<CollectionEvent>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name, tx, stop))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         for e in &self.events {
-            tx.send(e.clone()).await?;
+            ctx.out().send(e.clone()).await?;
         }
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        ctx.shutdown().cancelled().await;
         Ok(())
     }
     async fn stop(&self) -> anyhow::Result<()> {
