@@ -1,8 +1,14 @@
 //! The agent's main job as a library: [`Agent::build`] checks and opens
-//! everything that can fail early (data directory, rules, store, sinks, the
-//! agent's socket); [`Agent::run`] starts one [`link`] per configured
-//! collector, merges their events into one detection loop, and stops,
-//! draining its sinks and store, when its shutdown token is cancelled.
+//! everything that can fail early (data directory, the metrics address,
+//! rules, store, sinks, the agent's socket); [`Agent::run`] starts one
+//! [`link`] per configured collector, merges their events into one
+//! detection loop, and stops, draining its sinks and store, when its
+//! shutdown token is cancelled.
+//!
+//! The agent's counters (its own, each link's, each sink's) are
+//! [`Counter`](collector_core::metrics::Counter)s in one [`Registry`]
+//! ([`Agent::metrics`]), served at `/metrics` when
+//! [`Settings::metrics_listen`] is set.
 //!
 //! Each batch of events is judged as it arrives (what is already waiting is
 //! judged with it, up to [`MAX_JUDGED`] events), the whole process table at
@@ -23,10 +29,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use collector_core::metrics::{MetricsServer, Registry, ServeError};
 use collector_core::{CollectorIpcServer, IpcServerConfig, ProcessEvent, SourceCaps};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,15 +106,19 @@ pub enum AgentError {
         #[source]
         source: collector_core::IpcError,
     },
+    /// The metrics address cannot be served (in use, not local).
+    #[error(transparent)]
+    Metrics(#[from] ServeError),
 }
 
 impl AgentError {
     /// Whether the user's input is at fault (the binary exits with 2): the
-    /// configuration, the data directory, a sink's file or address.
+    /// configuration, the data directory, a sink's file or address, the
+    /// metrics address.
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_)
+            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_) | Self::Metrics(_)
         )
     }
 }
@@ -181,20 +192,21 @@ impl Pipeline {
     ) {
         let counters = &self.counters;
         let alerts = judged.unwrap_or_else(|e| {
-            counters.engine_errors.fetch_add(1, Ordering::Relaxed);
+            counters.engine_errors.inc();
             error!(error = %e, "rule evaluation failed");
             Vec::new()
         });
         counters
             .live_processes
-            .store(self.detector.live() as u64, Ordering::Relaxed);
-        counters
-            .suppressed
-            .store(self.detector.suppressed(), Ordering::Relaxed);
+            .set(i64::try_from(self.detector.live()).unwrap_or(i64::MAX));
+        // The detector keeps the total; the counter (only written here)
+        // catches up with it.
+        let suppressed = &counters.suppressed;
+        suppressed.add(self.detector.suppressed().saturating_sub(suppressed.get()));
         // Sinks first (they never wait); then the store, in order: the
         // events, then the alerts they raised.
         for a in &alerts {
-            counters.alerts.fetch_add(1, Ordering::Relaxed);
+            counters.alerts.inc();
             self.sinks.deliver(a).await;
         }
         if let Some(batch) = batch {
@@ -208,6 +220,52 @@ impl Pipeline {
             self.writer.clear_processes().await;
         }
     }
+
+    /// Delivers what the sinks hold (within a few seconds), then commits
+    /// what the store was given; logs the totals (with the collectors'
+    /// `restarts`).
+    async fn close(self, restarts: u64) {
+        let Self {
+            detector,
+            sinks,
+            writer,
+            counters,
+        } = self;
+        sinks
+            .close(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+            .await;
+        writer.close().await;
+        info!(
+            alerts = counters.alerts.get(),
+            restarts,
+            suppressed = detector.suppressed(),
+            "agent stopped"
+        );
+    }
+}
+
+/// `/metrics` being served, until [`stop`](Self::stop).
+struct MetricsServing {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServing {
+    fn start(server: MetricsServer) -> Self {
+        if let Ok(addr) = server.local_addr() {
+            info!(addr = %addr, "serving metrics at /metrics");
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone()));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "the metrics server task failed");
+        }
+    }
 }
 
 /// The agent, built and ready to run.
@@ -217,6 +275,9 @@ pub struct Agent {
     links: Vec<(LinkConfig, Arc<LinkStatus>)>,
     health: AgentHealth,
     sweep_interval: std::time::Duration,
+    metrics: Registry,
+    /// Bound in `build`, served by `run`.
+    metrics_server: Option<MetricsServer>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -224,14 +285,16 @@ impl std::fmt::Debug for Agent {
         f.debug_struct("Agent")
             .field("links", &self.links)
             .field("sweep_interval", &self.sweep_interval)
+            .field("metrics_addr", &self.metrics_addr())
             .finish_non_exhaustive()
     }
 }
 
 impl Agent {
-    /// Creates the data directory, loads the rules (a refused rule file is
-    /// logged, not fatal), opens the store and the sinks, and binds the
-    /// agent's socket `<data-dir>/agent.sock`. Nothing runs yet.
+    /// Creates the data directory, binds the metrics address (when
+    /// [`Settings::metrics_listen`] is set), loads the rules (a refused
+    /// rule file is logged, not fatal), opens the store and the sinks, and
+    /// binds the agent's socket `<data-dir>/agent.sock`. Nothing runs yet.
     ///
     /// # Errors
     /// An [`AgentError`]; [`AgentError::is_bad_input`] tells the user's
@@ -239,6 +302,12 @@ impl Agent {
     pub async fn build(settings: Settings) -> Result<Self, AgentError> {
         let data_dir = &settings.data_dir;
         create_private_dir(data_dir)?;
+        // Bound before anything is opened: an address in use is bad input.
+        let metrics = Registry::new();
+        let metrics_server = match settings.metrics_listen {
+            Some(addr) => Some(MetricsServer::bind(addr, metrics.clone()).await?),
+            None => None,
+        };
         if !nix::unistd::geteuid().is_root() {
             warn!(
                 "not running as root: other users' processes are seen only in part (their \
@@ -298,6 +367,7 @@ impl Agent {
             rules_loaded,
             rules_refused: refused.len() as u64,
         };
+        health.register_metrics(&metrics);
         let socket = data_dir.join("agent.sock");
         let answer = health.clone();
         let server = CollectorIpcServer::new(IpcServerConfig::new(&socket), SourceCaps::empty())
@@ -322,6 +392,8 @@ impl Agent {
             links,
             health,
             sweep_interval: settings.sweep_interval,
+            metrics,
+            metrics_server,
         })
     }
 
@@ -330,11 +402,25 @@ impl Agent {
         self.health.clone()
     }
 
-    /// Serves the agent's socket, runs one link per collector, and judges
-    /// what they send until `shutdown` is cancelled; then stops the links
-    /// (and the collectors they started), the socket, the sinks (delivering
-    /// what they hold, within a few seconds) and the store (committing
-    /// everything).
+    /// The agent's metrics: the same counters health reads, under their
+    /// Prometheus names (what `/metrics` answers).
+    pub fn metrics(&self) -> Registry {
+        self.metrics.clone()
+    }
+
+    /// The address `/metrics` is served on (port 0 resolved), when asked
+    /// for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+    }
+
+    /// Serves the agent's socket (and `/metrics`, when bound), runs one link
+    /// per collector, and judges what they send until `shutdown` is
+    /// cancelled; then stops the links (and the collectors they started),
+    /// the socket, the sinks (delivering what they hold, within a few
+    /// seconds), the store (committing everything) and, last, `/metrics`.
     ///
     /// # Cancel safety
     /// Not cancel safe: cancel `shutdown` instead of dropping the future,
@@ -346,7 +432,10 @@ impl Agent {
             links,
             health: _,
             sweep_interval,
+            metrics: _,
+            metrics_server,
         } = self;
+        let metrics_serving = metrics_server.map(MetricsServing::start);
         let server_handle = server.handle();
         let serving = tokio::spawn(async move {
             server
@@ -408,7 +497,7 @@ impl Agent {
                     None => break,
                 },
                 _ = sweep.tick() => {
-                    pipeline.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+                    pipeline.counters.sweeps.inc();
                     (tokio::task::block_in_place(|| detector.sweep()), None, false)
                 }
             };
@@ -427,25 +516,11 @@ impl Agent {
             Ok(Err(e)) => warn!(error = %e, "the agent's socket ended with an error"),
             Err(e) => warn!(error = %e, "the agent's socket task failed"),
         }
-        let Pipeline {
-            detector,
-            sinks,
-            writer,
-            counters,
-        } = pipeline;
-        // Delivers what is queued, within a few seconds.
-        sinks
-            .close(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+        pipeline
+            .close(statuses.iter().map(|s| s.restarts.get()).sum())
             .await;
-        writer.close().await;
-        info!(
-            alerts = counters.alerts.load(Ordering::Relaxed),
-            restarts = statuses
-                .iter()
-                .map(|s| s.restarts.load(Ordering::Relaxed))
-                .sum::<u64>(),
-            suppressed = detector.suppressed(),
-            "agent stopped"
-        );
+        if let Some(serving) = metrics_serving {
+            serving.stop().await;
+        }
     }
 }

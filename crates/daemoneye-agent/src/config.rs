@@ -23,6 +23,7 @@
 //! | `sinks.webhook_headers_file` | `--webhook-headers-file` | `DAEMONEYE_WEBHOOK_HEADERS_FILE` |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
+//! | `metrics_listen` | `--metrics-listen` (off by default) | `DAEMONEYE_METRICS_LISTEN` |
 //!
 //! ```
 //! use daemoneye_agent::config::{AgentConfig, Launch, RunArgs, Settings};
@@ -51,6 +52,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -194,6 +196,10 @@ pub struct RunArgs {
         env = "DAEMONEYE_DEDUP_WINDOW"
     )]
     pub dedup_window: Option<Duration>,
+    /// Serve Prometheus metrics (text format) over HTTP at /metrics on
+    /// ADDR, for example 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR", env = "DAEMONEYE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file, as written: every key optional, unknown keys refused.
@@ -210,6 +216,8 @@ pub struct AgentConfig {
     /// Time within which a repeated alert is suppressed.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Option<Duration>,
+    /// Where `/metrics` is served (`"127.0.0.1:9464"`); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where alerts go besides stdout and the store (`[sinks]`).
     pub sinks: SinksConfig,
     /// The collectors the agent supervises (`[[collector]]`); when absent,
@@ -389,6 +397,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Deduplication window.
     pub dedup_window: Duration,
+    /// Where `/metrics` is served; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// The sinks besides stdout and the store.
     pub sinks: SinkSettings,
     /// The supervised collectors, at least one, names unique.
@@ -572,6 +582,7 @@ impl Settings {
                 .dedup_window
                 .or(file.dedup_window)
                 .unwrap_or(DEFAULT_DEDUP_WINDOW),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             sinks,
             collectors,
         })
@@ -761,6 +772,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.sweep_interval, DEFAULT_SWEEP_INTERVAL);
         assert_eq!(s.dedup_window, DEFAULT_DEDUP_WINDOW);
+        assert_eq!(s.metrics_listen, None);
         assert_eq!(s.rules_dir, None);
         assert!(s.sinks.webhook.is_none() && s.sinks.alerts_jsonl.is_none());
         assert_eq!(
@@ -783,6 +795,7 @@ mod tests {
             rules_dir = "/file/rules"
             sweep_interval = "2m"
             dedup_window = "10m"
+            metrics_listen = "127.0.0.1:9464"
             [sinks]
             alerts_jsonl = "/file/alerts.jsonl"
             [[collector]]
@@ -795,6 +808,7 @@ mod tests {
         assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
         assert_eq!(s.sweep_interval, Duration::from_secs(120));
         assert_eq!(s.dedup_window, Duration::from_secs(600));
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.sinks.alerts_jsonl.as_deref(),
             Some(Path::new("/file/alerts.jsonl"))
@@ -817,6 +831,8 @@ mod tests {
                 "9",
                 "--alerts-jsonl",
                 "/flag/a.jsonl",
+                "--metrics-listen",
+                "[::1]:9100",
             ],
         )
         .unwrap();
@@ -824,6 +840,8 @@ mod tests {
         assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
         assert_eq!(s.sweep_interval, Duration::from_secs(5));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert_eq!(s.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        assert!(AgentConfig::from_toml_str("metrics_listen = \"localhost\"").is_err());
         assert_eq!(
             s.sinks.alerts_jsonl.as_deref(),
             Some(Path::new("/flag/a.jsonl"))
@@ -1017,6 +1035,7 @@ mod tests {
         let file = AgentConfig::from_toml_str(&all).unwrap();
         let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
         assert!(s.sinks.syslog.is_some() && s.sinks.webhook_headers_file.is_some());
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.rules_dir.as_deref(),
             Some(Path::new("/etc/daemoneye/rules"))

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{CollectorIpcClient, IpcClientConfig};
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use tokio::time::Instant;
@@ -20,15 +21,53 @@ use crate::writer::WriterStats;
 #[derive(Debug, Default)]
 pub struct AgentCounters {
     /// Alerts raised (after deduplication).
-    pub alerts: AtomicU64,
+    pub alerts: Counter,
     /// Repeats suppressed by deduplication.
-    pub suppressed: AtomicU64,
+    pub suppressed: Counter,
     /// Rule sweeps over the whole table.
-    pub sweeps: AtomicU64,
+    pub sweeps: Counter,
     /// Rule evaluations that failed.
-    pub engine_errors: AtomicU64,
+    pub engine_errors: Counter,
     /// Processes the agent knows alive.
-    pub live_processes: AtomicU64,
+    pub live_processes: Gauge,
+}
+
+impl AgentCounters {
+    /// Registers these counters in `registry`
+    /// (`daemoneye_alerts_raised_total`, ...).
+    pub fn register(&self, registry: &Registry) {
+        registry.register_counters(
+            &[],
+            &[
+                (
+                    "daemoneye_alerts_raised_total",
+                    "Alerts raised by the rules (after deduplication).",
+                    &self.alerts,
+                ),
+                (
+                    "daemoneye_alerts_suppressed_total",
+                    "Repeated alerts suppressed by deduplication.",
+                    &self.suppressed,
+                ),
+                (
+                    "daemoneye_rule_sweeps_run_total",
+                    "Rule sweeps over the whole process table.",
+                    &self.sweeps,
+                ),
+                (
+                    "daemoneye_rule_evaluations_failed_total",
+                    "Rule evaluations that failed.",
+                    &self.engine_errors,
+                ),
+            ],
+        );
+        registry.register_gauge(
+            "daemoneye_processes_live",
+            "Processes the agent knows alive.",
+            &[],
+            &self.live_processes,
+        );
+    }
 }
 
 /// One supervised collector, as health sees it.
@@ -63,6 +102,11 @@ pub struct AgentHealth {
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
+}
+
+/// A gauge that counts something, as a count (never below zero).
+fn level(g: &Gauge) -> u64 {
+    u64::try_from(g.get()).unwrap_or(0)
 }
 
 /// A collector that cannot answer for itself, and why.
@@ -111,7 +155,7 @@ impl LinkedCollector {
         let link = &self.link;
         let name = &self.name;
         match (link.state(), report.state()) {
-            (LinkState::Starting, _) if load(&link.restarts) == 0 => {
+            (LinkState::Starting, _) if link.restarts.get() == 0 => {
                 Some((format!("starting collector {name}"), true))
             }
             (LinkState::Connected, HealthState::Healthy) => None,
@@ -127,6 +171,28 @@ impl LinkedCollector {
 }
 
 impl AgentHealth {
+    /// Registers everything health reads in `registry`, under Prometheus
+    /// names: the agent's counters, each collector's link
+    /// ([`LinkStatus::register`]), each sink's ([`SinkStats::register`]),
+    /// and the rules loaded and refused (gauges). The writer's counters are
+    /// not among them yet.
+    pub fn register_metrics(&self, registry: &Registry) {
+        self.counters.register(registry);
+        for c in &self.collectors {
+            c.link.register(registry, &c.name);
+        }
+        for (name, stats) in &self.sinks {
+            stats.register(registry, name);
+        }
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        registry
+            .gauge("daemoneye_rules_loaded", "Rules running.", &[])
+            .set(count(self.rules_loaded));
+        registry
+            .gauge("daemoneye_rules_refused", "Rules refused at load.", &[])
+            .set(count(self.rules_refused));
+    }
+
     /// One component per sink, all read alike; their losses into
     /// `counters` and `problems`.
     fn sinks(
@@ -166,11 +232,11 @@ impl AgentHealth {
                 .unwrap_or_else(|| unreachable(&collector.name, "asking it failed".to_owned()));
             let link = &collector.link;
             for (key, value) in [
-                ("collector_restarts", load(&link.restarts)),
-                ("events_received", load(&link.events)),
-                ("batches_received", load(&link.batches)),
-                ("events_dropped_by_collector", load(&link.dropped_upstream)),
-                ("bad_records", load(&link.bad_records)),
+                ("collector_restarts", link.restarts.get()),
+                ("events_received", link.events.get()),
+                ("batches_received", link.batches.get()),
+                ("events_dropped_by_collector", link.dropped_upstream.get()),
+                ("bad_records", link.bad_records.get()),
             ] {
                 *counters.entry(key.to_owned()).or_insert(0) += value;
                 let own = key.strip_prefix("collector_").unwrap_or(key);
@@ -183,11 +249,11 @@ impl AgentHealth {
             components.push(report);
         }
         counters.extend([
-            ("alerts".to_owned(), load(&c.alerts)),
-            ("alerts_suppressed".to_owned(), load(&c.suppressed)),
-            ("sweeps".to_owned(), load(&c.sweeps)),
-            ("engine_errors".to_owned(), load(&c.engine_errors)),
-            ("live_processes".to_owned(), load(&c.live_processes)),
+            ("alerts".to_owned(), c.alerts.get()),
+            ("alerts_suppressed".to_owned(), c.suppressed.get()),
+            ("sweeps".to_owned(), c.sweeps.get()),
+            ("engine_errors".to_owned(), c.engine_errors.get()),
+            ("live_processes".to_owned(), level(&c.live_processes)),
             ("rules_loaded".to_owned(), self.rules_loaded),
             ("rules_refused".to_owned(), self.rules_refused),
             ("store_batches".to_owned(), load(&w.batches)),
@@ -322,7 +388,7 @@ mod tests {
         assert_eq!(r.components[0].state(), HealthState::Unreachable);
 
         // Lost, restarting: degraded, and why.
-        link.restarts.fetch_add(1, Ordering::Relaxed);
+        link.restarts.inc();
         link.set_error("collector exited: signal 9".to_owned());
         link.set_state(LinkState::Restarting);
         let r = h.report().await;
@@ -367,8 +433,8 @@ mod tests {
             &[("procmond", &procmond), ("netmond", &netmond)],
             Arc::new(SinkStats::default()),
         );
-        procmond.events.fetch_add(5, Ordering::Relaxed);
-        netmond.events.fetch_add(2, Ordering::Relaxed);
+        procmond.events.add(5);
+        netmond.events.add(2);
 
         // Both starting: starting, both named.
         let r = h.report().await;
@@ -380,7 +446,7 @@ mod tests {
         assert_eq!(r.counters["collector.netmond.events_received"], 2);
 
         // One lost while the other still starts: degraded, naming the lost one.
-        netmond.restarts.fetch_add(1, Ordering::Relaxed);
+        netmond.restarts.inc();
         netmond.set_error("collector exited: status 1".to_owned());
         netmond.set_state(LinkState::Restarting);
         let r = h.report().await;

@@ -14,11 +14,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use collector_core::ipc::record_to_process;
+use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps};
 use daemoneye_lib::proto::{event_record::Event, SubscribeRequest};
 use tokio::sync::mpsc;
@@ -108,33 +109,90 @@ pub enum LinkState {
     Stopped = 3,
 }
 
-/// Counters and state of the link, readable at any time (health).
+/// Label of the agent's link stage in `/metrics` (`stage="link"`).
+const STAGE_LINK: &str = "link";
+
+/// Counters and state of the link, readable at any time (health, and
+/// `/metrics` once [`register`](Self::register)ed).
 #[derive(Debug, Default)]
 pub struct LinkStatus {
-    state: AtomicU8,
+    /// A [`LinkState`] as its number.
+    state: Gauge,
     pid: AtomicU32,
     /// Times the collector had to be started again (or reconnected).
-    pub restarts: AtomicU64,
+    pub restarts: Counter,
     /// Event batches received.
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Events received and handed on.
-    pub events: AtomicU64,
+    pub events: Counter,
     /// Events the collector dropped for this subscriber (it said so in
     /// `dropped_since_last`).
-    pub dropped_upstream: AtomicU64,
+    pub dropped_upstream: Counter,
     /// Records that could not be read back as events (counted, skipped).
-    pub bad_records: AtomicU64,
+    pub bad_records: Counter,
     /// Records of other kinds than processes (ignored).
-    pub ignored_records: AtomicU64,
+    pub ignored_records: Counter,
     last_error: Mutex<String>,
     capabilities: AtomicU32,
     changed: tokio::sync::Notify,
 }
 
 impl LinkStatus {
+    /// Registers the link's counters and state in `registry` as the
+    /// collector `name` (`daemoneye_collector_restarts_total{collector="procmond"}`,
+    /// `daemoneye_events_received_total{stage="link",collector="procmond"}`, ...).
+    pub fn register(&self, registry: &Registry, name: &str) {
+        let collector = ("collector", name);
+        let stage = ("stage", STAGE_LINK);
+        registry.register_counter(
+            "daemoneye_collector_restarts_total",
+            "Times a collector had to be started again (or reconnected).",
+            &[collector],
+            &self.restarts,
+        );
+        registry.register_counter(
+            "daemoneye_event_batches_received_total",
+            "Event batches the agent received from a collector.",
+            &[stage, collector],
+            &self.batches,
+        );
+        registry.register_counter(
+            "daemoneye_events_received_total",
+            "Events the agent received from a collector and judged.",
+            &[stage, collector],
+            &self.events,
+        );
+        // The collector's own count of what it dropped for the agent (it fell
+        // behind); it gives no reason.
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[("stage", "collector"), collector],
+            &self.dropped_upstream,
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[stage, collector, ("reason", "unreadable")],
+            &self.bad_records,
+        );
+        registry.register_counter(
+            "daemoneye_events_ignored_total",
+            "Records of other kinds than processes, which the agent does not judge yet.",
+            &[stage, collector],
+            &self.ignored_records,
+        );
+        registry.register_gauge(
+            "daemoneye_collector_state",
+            "A collector link's state: 0 starting, 1 connected, 2 restarting, 3 stopped.",
+            &[collector],
+            &self.state,
+        );
+    }
+
     /// The current state.
     pub fn state(&self) -> LinkState {
-        match self.state.load(Ordering::Relaxed) {
+        match self.state.get() {
             0 => LinkState::Starting,
             1 => LinkState::Connected,
             2 => LinkState::Restarting,
@@ -143,7 +201,7 @@ impl LinkStatus {
     }
 
     pub(crate) fn set_state(&self, s: LinkState) {
-        self.state.store(s as u8, Ordering::Relaxed);
+        self.state.set(s as i64);
         self.changed.notify_waiters();
     }
 
@@ -211,7 +269,8 @@ pub async fn run(
             Ended::Shutdown => break,
             Ended::Lost(reason) => reason,
         };
-        let restarts = status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        status.restarts.inc();
+        let restarts = status.restarts.get();
         if started.elapsed() >= config.stable_after {
             backoff.reset();
         }
@@ -290,12 +349,10 @@ async fn session(
 /// A received batch as events: drops the collector reports are counted,
 /// unreadable records counted and skipped.
 fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<ProcessEvent> {
-    status.batches.fetch_add(1, Ordering::Relaxed);
+    status.batches.inc();
     if batch.dropped_since_last > 0 {
-        let total = status
-            .dropped_upstream
-            .fetch_add(batch.dropped_since_last, Ordering::Relaxed)
-            + batch.dropped_since_last;
+        status.dropped_upstream.add(batch.dropped_since_last);
+        let total = status.dropped_upstream.get();
         warn!(
             dropped = batch.dropped_since_last,
             total, "the collector dropped events for the agent (it fell behind)"
@@ -307,16 +364,17 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<
             Some(Event::Process(p)) => match record_to_process(p) {
                 Ok(e) => out.push(e),
                 Err(e) => {
-                    let n = status.bad_records.fetch_add(1, Ordering::Relaxed) + 1;
+                    status.bad_records.inc();
+                    let n = status.bad_records.get();
                     warn!(error = %e, bad_records = n, "unreadable record from the collector");
                 }
             },
             _ => {
-                status.ignored_records.fetch_add(1, Ordering::Relaxed);
+                status.ignored_records.inc();
             }
         }
     }
-    status.events.fetch_add(out.len() as u64, Ordering::Relaxed);
+    status.events.add_usize(out.len());
     out
 }
 
@@ -429,6 +487,8 @@ mod tests {
     #[test]
     fn bad_records_and_upstream_drops_are_counted_and_the_rest_kept() {
         let status = LinkStatus::default();
+        let registry = Registry::new();
+        status.register(&registry, "procmond");
         let good = process_to_record(&ProcessEvent::new(5, "ok"));
         let mut bad = process_to_record(&ProcessEvent::new(6, "new"));
         bad.event_type = "from_the_future".into();
@@ -444,10 +504,38 @@ mod tests {
         let out = convert(batch, &status);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].pid, 5);
-        assert_eq!(status.bad_records.load(Ordering::Relaxed), 1);
-        assert_eq!(status.ignored_records.load(Ordering::Relaxed), 1);
-        assert_eq!(status.dropped_upstream.load(Ordering::Relaxed), 7);
-        assert_eq!(status.events.load(Ordering::Relaxed), 1);
-        assert_eq!(status.batches.load(Ordering::Relaxed), 1);
+        assert_eq!(status.bad_records.get(), 1);
+        assert_eq!(status.ignored_records.get(), 1);
+        assert_eq!(status.dropped_upstream.get(), 7);
+        assert_eq!(status.events.get(), 1);
+        assert_eq!(status.batches.get(), 1);
+        // `/metrics` reads the same counters.
+        let c = ("collector", "procmond");
+        let link = ("stage", "link");
+        assert_eq!(
+            registry.value("daemoneye_events_received_total", &[link, c]),
+            Some(1)
+        );
+        assert_eq!(
+            registry.value(
+                "daemoneye_events_dropped_total",
+                &[("stage", "collector"), c]
+            ),
+            Some(7)
+        );
+        assert_eq!(
+            registry.value(
+                "daemoneye_events_dropped_total",
+                &[link, c, ("reason", "unreadable")]
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            registry.value("daemoneye_events_ignored_total", &[link, c]),
+            Some(1)
+        );
+        status.set_state(LinkState::Restarting);
+        assert_eq!(status.state(), LinkState::Restarting);
+        assert_eq!(registry.value("daemoneye_collector_state", &[c]), Some(2));
     }
 }

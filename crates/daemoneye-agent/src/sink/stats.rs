@@ -1,21 +1,24 @@
 //! The counters every sink keeps, alike.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use collector_core::metrics::{Counter, Gauge, Registry};
 
 /// What became of the alerts offered to one sink, counted as it goes and
 /// readable at any time ([`snapshot`](Self::snapshot)); shared by the
-/// sink's [`SinkWorker`](super::SinkWorker), its sender and health.
+/// sink's [`SinkWorker`](super::SinkWorker), its sender, health and
+/// (once [`register`](Self::register)ed) `/metrics`.
 #[derive(Debug, Default)]
 pub struct SinkStats {
-    queued: AtomicU64,
-    delivered: AtomicU64,
-    retries: AtomicU64,
-    failed: AtomicU64,
-    rejected: AtomicU64,
-    dropped: AtomicU64,
-    dropped_at_shutdown: AtomicU64,
-    failing: AtomicBool,
+    queued: Counter,
+    delivered: Counter,
+    retries: Counter,
+    failed: Counter,
+    rejected: Counter,
+    dropped: Counter,
+    dropped_at_shutdown: Counter,
+    /// 1 while the last alert done with was lost.
+    failing: Gauge,
     /// Set once the closer has counted what was left as dropped at
     /// shutdown: a worker that comes back later (from a write that blocked
     /// past the deadline) counts nothing more. The lock makes "count one
@@ -75,27 +78,78 @@ impl SinkStatsSnapshot {
     }
 }
 
-fn add(c: &AtomicU64, n: u64) -> u64 {
-    c.fetch_add(n, Ordering::Relaxed) + n
-}
-
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+/// Adds `n` to `c`; returns the count after it (for the logs).
+fn add(c: &Counter, n: u64) -> u64 {
+    c.add(n);
+    c.get()
 }
 
 impl SinkStats {
+    /// Registers these counters in `registry` as the sink `name`
+    /// (`daemoneye_alerts_delivered_total{sink="webhook"}`, ...).
+    pub fn register(&self, registry: &Registry, name: &str) {
+        let sink = [("sink", name)];
+        registry.register_counters(
+            &sink,
+            &[
+                (
+                    "daemoneye_alerts_queued_total",
+                    "Alerts accepted into a sink's queue.",
+                    &self.queued,
+                ),
+                (
+                    "daemoneye_alerts_delivered_total",
+                    "Alerts a sink delivered.",
+                    &self.delivered,
+                ),
+                (
+                    "daemoneye_alert_deliveries_retried_total",
+                    "Delivery attempts after an alert's first.",
+                    &self.retries,
+                ),
+                (
+                    "daemoneye_alerts_failed_total",
+                    "Alerts a sink gave up on after failing.",
+                    &self.failed,
+                ),
+                (
+                    "daemoneye_alerts_rejected_total",
+                    "Alerts the receiver refused (not retried).",
+                    &self.rejected,
+                ),
+            ],
+        );
+        for (reason, c) in [
+            ("full", &self.dropped),
+            ("shutdown", &self.dropped_at_shutdown),
+        ] {
+            registry.register_counter(
+                "daemoneye_alerts_dropped_total",
+                "Alerts a sink dropped: its queue was full, or still held at shutdown.",
+                &[sink[0], ("reason", reason)],
+                c,
+            );
+        }
+        registry.register_gauge(
+            "daemoneye_sink_failing",
+            "1 while a sink's last alert was lost (failed, rejected or dropped).",
+            &sink,
+            &self.failing,
+        );
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> SinkStatsSnapshot {
         SinkStatsSnapshot {
-            delivered: get(&self.delivered),
-            retries: get(&self.retries),
-            failed: get(&self.failed),
-            rejected: get(&self.rejected),
-            dropped: get(&self.dropped),
-            dropped_at_shutdown: get(&self.dropped_at_shutdown),
-            failing: self.failing.load(Ordering::Relaxed),
+            delivered: self.delivered.get(),
+            retries: self.retries.get(),
+            failed: self.failed.get(),
+            rejected: self.rejected.get(),
+            dropped: self.dropped.get(),
+            dropped_at_shutdown: self.dropped_at_shutdown.get(),
+            failing: self.failing.get_bool(),
             // Last, so that an alert counted done is also counted queued.
-            queued: get(&self.queued),
+            queued: self.queued.get(),
         }
     }
 
@@ -107,7 +161,7 @@ impl SinkStats {
 
     /// One alert not queued; returns the drops so far.
     pub(crate) fn dropped(&self) -> u64 {
-        self.failing.store(true, Ordering::Relaxed);
+        self.failing.set_bool(true);
         add(&self.dropped, 1)
     }
 
@@ -133,8 +187,7 @@ impl SinkStats {
         if *abandoned {
             return 0;
         }
-        self.failing
-            .store(outcome != Outcome::Delivered, Ordering::Relaxed);
+        self.failing.set_bool(outcome != Outcome::Delivered);
         add(
             match outcome {
                 Outcome::Delivered => &self.delivered,
@@ -159,7 +212,7 @@ impl SinkStats {
         *abandoned = true;
         let left = self.snapshot().in_flight();
         if left > 0 {
-            self.failing.store(true, Ordering::Relaxed);
+            self.failing.set_bool(true);
             add(&self.dropped_at_shutdown, left);
         }
         left
@@ -173,6 +226,8 @@ mod tests {
     #[test]
     fn every_alert_ends_in_one_count_and_nothing_after_abandon() {
         let s = SinkStats::default();
+        let registry = Registry::new();
+        s.register(&registry, "webhook");
         for _ in 0..4 {
             s.queued();
         }
@@ -201,5 +256,29 @@ mod tests {
             (4, 1, 1, 1, 2, 1)
         );
         assert_eq!((n.in_flight(), n.lost()), (0, 4));
+
+        // `/metrics` reads the same counters.
+        let metric = |name: &str, labels: &[(&str, &str)]| {
+            let mut all = vec![("sink", "webhook")];
+            all.extend_from_slice(labels);
+            registry.value(name, &all)
+        };
+        assert_eq!(metric("daemoneye_alerts_queued_total", &[]), Some(4));
+        assert_eq!(metric("daemoneye_alerts_delivered_total", &[]), Some(1));
+        assert_eq!(metric("daemoneye_alerts_rejected_total", &[]), Some(1));
+        assert_eq!(metric("daemoneye_alerts_failed_total", &[]), Some(0));
+        assert_eq!(
+            metric("daemoneye_alert_deliveries_retried_total", &[]),
+            Some(1)
+        );
+        assert_eq!(
+            metric("daemoneye_alerts_dropped_total", &[("reason", "full")]),
+            Some(1)
+        );
+        assert_eq!(
+            metric("daemoneye_alerts_dropped_total", &[("reason", "shutdown")]),
+            Some(2)
+        );
+        assert_eq!(metric("daemoneye_sink_failing", &[]), Some(1));
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::link::{exec, Served};
 
 /// A named pipe at `path`, each JSON line written to it on the channel.
-fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
+pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let path = path.to_owned();
@@ -81,9 +81,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     }
     tokio::time::timeout(
         Duration::from_secs(10),
-        gamma
-            .link
-            .wait_for(|s| s.restarts.load(std::sync::atomic::Ordering::Relaxed) >= 1),
+        gamma.link.wait_for(|s| s.restarts.get() >= 1),
     )
     .await
     .expect("the collector of the wrong domain is refused");

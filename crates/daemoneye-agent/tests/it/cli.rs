@@ -22,6 +22,7 @@ const VARIABLES: &[&str] = &[
     "DAEMONEYE_INTERVAL",
     "DAEMONEYE_SWEEP_INTERVAL",
     "DAEMONEYE_DEDUP_WINDOW",
+    "DAEMONEYE_METRICS_LISTEN",
 ];
 
 /// `daemoneye-agent run` with `args` and the environment `env` only.
@@ -186,4 +187,34 @@ fn a_flag_beats_its_variable_which_beats_the_file() {
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(stderr(&out).contains("soon"), "{out:?}");
+}
+
+#[test]
+fn a_metrics_address_in_use_or_unparsable_exits_with_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let in_use = format!("cannot listen for metrics on {addr}");
+
+    let out = run(&data, &["--metrics-listen", &addr]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains(&in_use), "{out:?}");
+
+    // The variable, when no flag is given; the flag over it.
+    let env = [("DAEMONEYE_METRICS_LISTEN", addr.as_str())];
+    let out = agent(&["--data-dir", data.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains(&in_use), "{out:?}");
+    let out = agent(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--metrics-listen",
+            "localhost",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("--metrics-listen"), "{out:?}");
 }

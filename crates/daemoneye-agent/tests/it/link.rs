@@ -1,7 +1,7 @@
 //! The collector link against a real IPC server in this process: events
 //! arrive converted, a lost collector is counted and reconnected.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,20 +144,15 @@ async fn events_arrive_converted_and_a_lost_collector_is_reconnected() {
     served.stop().await;
     let served = Served::start(&socket).await;
     assert!(matches!(next(&mut rx).await, LinkEvent::Connected));
-    assert_eq!(
-        status.restarts.load(Ordering::Relaxed),
-        1,
-        "{}",
-        status.last_error()
-    );
+    assert_eq!(status.restarts.get(), 1, "{}", status.last_error());
     assert!(!status.last_error().is_empty());
     served.feed.send(exec(7, "ls")).await.unwrap();
     let LinkEvent::Events(got) = next(&mut rx).await else {
         panic!("expected events");
     };
     assert_eq!(got[0].pid, 7);
-    assert_eq!(status.events.load(Ordering::Relaxed), 2);
-    assert_eq!(status.bad_records.load(Ordering::Relaxed), 0);
+    assert_eq!(status.events.get(), 2);
+    assert_eq!(status.bad_records.get(), 0);
 
     shutdown.cancel();
     linking.await.unwrap();
@@ -187,7 +182,7 @@ async fn a_collector_that_never_comes_up_is_retried_with_the_reason_kept() {
     let linking = tokio::spawn(link::run(config, status.clone(), tx, shutdown.clone()));
     tokio::time::timeout(
         Duration::from_secs(10),
-        status.wait_for(|s| s.restarts.load(Ordering::Relaxed) >= 3),
+        status.wait_for(|s| s.restarts.get() >= 3),
     )
     .await
     .expect("three restarts");

@@ -12,3 +12,4 @@ mod builtin;
 mod cli;
 mod e2e;
 mod link;
+mod metrics;
