@@ -1,10 +1,11 @@
-//! `db`: procmond's audit database writing lifecycle events in batches of
-//! 1,000, against a same-run baseline that stores each event's JSON as one
+//! `db`: the store (`daemoneye-store`, procmond's audit database and the
+//! agent's alike) writing lifecycle events, each with its ledger entry, in
+//! batches of 1,000, against a same-run baseline that stores each event's JSON as one
 //! blob in a bare table (the least any store of these events must do).
 
 use std::time::Duration;
 
-use procmond::db::{bench_events, bench_write_rate};
+use daemoneye_store::bench::{bench_events, bench_write_rate};
 use tokio::time::Instant;
 
 use crate::report;

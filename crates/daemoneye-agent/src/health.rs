@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use crate::link::{LinkState, LinkStatus};
 use crate::writer::WriterStats;
 
+pub use collector_core::health::state_name;
+
 /// One alert sink's counters.
 #[derive(Debug, Default)]
 pub struct SinkCounters {
@@ -260,18 +262,6 @@ fn sink_component<const N: usize>(
         message: message.unwrap_or_default(),
         counters: own.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         ..ComponentHealth::default()
-    }
-}
-
-/// A state's lowercase name.
-pub fn state_name(s: HealthState) -> &'static str {
-    match s {
-        HealthState::Unspecified => "unknown",
-        HealthState::Healthy => "healthy",
-        HealthState::Degraded => "degraded",
-        HealthState::Unhealthy => "unhealthy",
-        HealthState::Unreachable => "unreachable",
-        HealthState::Starting => "starting",
     }
 }
 

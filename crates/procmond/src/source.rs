@@ -37,9 +37,9 @@ use tracing::{debug, info, warn};
 use crate::connector::{
     ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderHandle,
 };
-use crate::db::DatabaseManager;
 use crate::lifecycle::{LifecycleTracker, LifecycleTrackingConfig};
 use crate::snapshot::{ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache};
+use crate::DatabaseManager;
 
 /// What is collected per process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -124,6 +124,12 @@ fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
         .unwrap()
         .iter()
         .any(|r| r.process.pid == me));
+    // The one store's schema: what procmond stored verifies in its ledger.
+    let verified = stored.verify_ledger().unwrap();
+    assert_eq!(
+        u64::try_from(verified.entries).unwrap(),
+        stored.count_events().unwrap()
+    );
 }
 
 #[test]
