@@ -205,12 +205,12 @@ impl Deduper {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound)]
 
     use super::*;
 
-    /// A rule as the store sees one.
+    /// A rule as the store sees one, for the crate's tests.
     pub(crate) struct TestRule(pub(crate) &'static str, pub(crate) Severity);
 
     impl AlertRule for TestRule {

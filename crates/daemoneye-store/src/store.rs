@@ -1123,26 +1123,9 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::alert::{AlertProcess, AlertRule, Severity};
+    use crate::alert::tests::TestRule;
+    use crate::alert::{AlertProcess, Severity};
     use crate::SCHEMA_VERSION;
-
-    /// A rule as the store sees one.
-    struct TestRule(&'static str);
-
-    impl AlertRule for TestRule {
-        fn id(&self) -> &str {
-            self.0
-        }
-        fn name(&self) -> &str {
-            "a test rule"
-        }
-        fn severity(&self) -> Severity {
-            Severity::High
-        }
-        fn mitre(&self) -> &[String] {
-            &[]
-        }
-    }
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1285,7 +1268,7 @@ mod tests {
     fn alerts_are_stored_with_their_ledger_entries() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        let rule = &TestRule("rule-one");
+        let rule = &TestRule("rule-one", Severity::High);
         for pid in 1..=3 {
             let a = Alert::new(
                 rule,
@@ -1316,7 +1299,7 @@ mod tests {
     fn queries_read_and_only_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        let rule = &TestRule("rule-zero");
+        let rule = &TestRule("rule-zero", Severity::High);
         let a = Alert::new(
             rule,
             AlertProcess::from_event(&ProcessEvent::new(5, "x"), None),

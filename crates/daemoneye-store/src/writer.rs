@@ -753,29 +753,15 @@ mod tests {
 
     #[tokio::test]
     async fn alerts_and_events_commit_in_queue_order() {
-        use crate::alert::{AlertProcess, AlertRule, Severity};
-        struct R;
-        impl AlertRule for R {
-            fn id(&self) -> &str {
-                "r"
-            }
-            fn name(&self) -> &str {
-                "r"
-            }
-            fn severity(&self) -> Severity {
-                Severity::Low
-            }
-            fn mitre(&self) -> &[String] {
-                &[]
-            }
-        }
+        use crate::alert::tests::TestRule;
+        use crate::alert::{AlertProcess, Severity};
         let (dir, db) = open();
         let writer = StoreWriter::spawn(db, WriterConfig::default()).unwrap();
         let e = events(1);
         writer.events(e.clone()).await;
         writer
             .alert(Alert::new(
-                &R,
+                &TestRule("r", Severity::Low),
                 AlertProcess::from_event(&e[0], None),
                 std::time::SystemTime::now(),
             ))
