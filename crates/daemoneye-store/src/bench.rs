@@ -8,15 +8,17 @@ use std::time::{Duration, SystemTime};
 
 use collector_core::{HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
 
-use crate::{Store, StoreError};
+use crate::{LedgerMode, Store, StoreError};
 
 /// Measures the lifecycle-event write rate: writes `events` synthetic
 /// events ([`bench_events`]) in batches of 1,000 through
-/// [`Store::write_events`] into a fresh database in `dir`, and
-/// returns events per second of wall time (opening and migrating the database
-/// is not timed). The file `bench-write-rate.db` is left in `dir`.
+/// [`Store::write_events`] into a fresh database in `dir`, storing as
+/// `ledger` says ([`LedgerMode::AlertsOnly`] is procmond standalone,
+/// [`LedgerMode::EveryWrite`] the agent), and returns events per second of
+/// wall time (opening and migrating the database is not timed). The file
+/// `bench-write-rate.db` is left in `dir`.
 #[allow(clippy::disallowed_types)] // a wall-clock measurement, outside any runtime
-pub fn bench_write_rate(dir: &Path, events: usize) -> Result<f64, StoreError> {
+pub fn bench_write_rate(dir: &Path, events: usize, ledger: LedgerMode) -> Result<f64, StoreError> {
     let path = dir.join("bench-write-rate.db");
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.clone().into_os_string();
@@ -32,7 +34,7 @@ pub fn bench_write_rate(dir: &Path, events: usize) -> Result<f64, StoreError> {
             }
         }
     }
-    let mut db = Store::new(&path)?;
+    let mut db = Store::new(&path)?.with_ledger(ledger);
     let batch = bench_events(events);
     let start = std::time::Instant::now();
     for chunk in batch.chunks(1_000) {

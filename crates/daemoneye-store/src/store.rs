@@ -294,6 +294,20 @@ pub struct QueryResult {
     pub rows: Vec<Vec<serde_json::Value>>,
 }
 
+/// What the store appends to the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LedgerMode {
+    /// Every lifecycle event and every alert (the agent's store).
+    #[default]
+    EveryWrite,
+    /// Alerts only: lifecycle events are stored without a ledger entry
+    /// (`ledger_seq` NULL), at about twice the write rate. procmond
+    /// standalone stores this way, as its audit database always did.
+    AlertsOnly,
+}
+
 /// Which events of a batch are lifecycle events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lifecycle {
@@ -312,6 +326,7 @@ enum Lifecycle {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    ledger: LedgerMode,
 }
 
 impl Store {
@@ -362,7 +377,11 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
         schema::migrate(&mut conn)?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            conn,
+            path,
+            ledger: LedgerMode::default(),
+        })
     }
 
     /// Opens (creating if needed) the agent's database, `<dir>/agent.db`
@@ -401,7 +420,19 @@ impl Store {
             source,
         })?;
         schema::check_current(&conn)?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            conn,
+            path,
+            ledger: LedgerMode::default(),
+        })
+    }
+
+    /// What this store appends to the ledger from now on (default
+    /// [`LedgerMode::EveryWrite`]).
+    #[must_use]
+    pub fn with_ledger(mut self, mode: LedgerMode) -> Self {
+        self.ledger = mode;
+        self
     }
 
     /// The path the database was opened at.
@@ -466,7 +497,7 @@ impl Store {
     }
 
     /// Appends lifecycle events in one transaction, each with its ledger
-    /// entry, and updates `processes` for every event that has a process
+    /// entry (unless [`LedgerMode::AlertsOnly`]), and updates `processes` for every event that has a process
     /// key. Every event given is stored as a lifecycle event (whatever its
     /// type). Returns the number written.
     pub fn write_events(&mut self, events: &[ProcessEvent]) -> Result<usize, StoreError> {
@@ -477,7 +508,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
-        write_events_in(&tx, &mut chain, events, Lifecycle::All)?;
+        write_events_in(&tx, &mut chain, self.ledger, events, Lifecycle::All)?;
         tx.commit()?;
         Ok(events.len())
     }
@@ -494,7 +525,13 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
-        let done = write_events_in(&tx, &mut chain, events, Lifecycle::NotSnapshots)?;
+        let done = write_events_in(
+            &tx,
+            &mut chain,
+            self.ledger,
+            events,
+            Lifecycle::NotSnapshots,
+        )?;
         tx.commit()?;
         Ok(done)
     }
@@ -524,7 +561,13 @@ impl Store {
         for w in writes {
             match w {
                 Op::Events(events) => {
-                    let r = write_events_in(&tx, &mut chain, events, Lifecycle::NotSnapshots)?;
+                    let r = write_events_in(
+                        &tx,
+                        &mut chain,
+                        self.ledger,
+                        events,
+                        Lifecycle::NotSnapshots,
+                    )?;
                     done.lifecycle += r.lifecycle;
                     done.upserted += r.upserted;
                     done.removed += r.removed;
@@ -725,11 +768,12 @@ pub(crate) enum Op<'a> {
     ClearProcesses,
 }
 
-/// Writes `events` inside `tx`: lifecycle events with their ledger entries,
-/// and the last-known state of each keyed process.
+/// Writes `events` inside `tx`: lifecycle events with their ledger entries
+/// (as `ledger` says), and the last-known state of each keyed process.
 fn write_events_in(
     tx: &Transaction<'_>,
     chain: &mut Chain,
+    ledger: LedgerMode,
     events: &[ProcessEvent],
     lifecycle: Lifecycle,
 ) -> Result<Recorded, StoreError> {
@@ -739,11 +783,17 @@ fn write_events_in(
     for ev in events {
         let e = Encoded::new(ev)?;
         if lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot {
-            let content = serde_json::to_string(ev).map_err(|source| StoreError::Encode {
-                field: "event",
-                source,
-            })?;
-            let seq = chain.append(tx, "process_event", &content)?;
+            let seq = match ledger {
+                LedgerMode::EveryWrite => {
+                    let content =
+                        serde_json::to_string(ev).map_err(|source| StoreError::Encode {
+                            field: "event",
+                            source,
+                        })?;
+                    Some(chain.append(tx, "process_event", &content)?)
+                }
+                LedgerMode::AlertsOnly => None,
+            };
             insert.execute(params![
                 ev.event_type.as_str(),
                 e.key,
@@ -1178,6 +1228,27 @@ mod tests {
         let path = dir.path().join("audit.db");
         std::fs::write(&path, vec![0xa5; 8192]).unwrap();
         assert!(matches!(Store::new(&path), Err(StoreError::Open { .. })));
+    }
+
+    #[test]
+    fn alerts_only_stores_events_without_ledger_entries() {
+        let (_dir, db) = open();
+        let mut db = db.with_ledger(LedgerMode::AlertsOnly);
+        db.write_events(&[ProcessEvent::new(3, "x"), ProcessEvent::new(4, "y")])
+            .unwrap();
+        assert_eq!(db.count_events().unwrap(), 2);
+        assert_eq!(db.verify_ledger().unwrap().entries, 0);
+        let seqs = db
+            .query("SELECT count(*) FROM process_events WHERE ledger_seq IS NULL")
+            .unwrap();
+        assert_eq!(seqs.rows[0][0], 2);
+        let alert = Alert::new(
+            &TestRule("r", Severity::Low),
+            AlertProcess::from_event(&ProcessEvent::new(3, "x"), None),
+            SystemTime::now(),
+        );
+        db.record_alert(&alert).unwrap();
+        assert_eq!(db.verify_ledger().unwrap().entries, 1);
     }
 
     #[test]
