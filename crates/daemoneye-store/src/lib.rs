@@ -13,7 +13,7 @@
 //! - [`alert`]: the alert record ([`Alert`], [`Severity`]) and deduplication.
 //! - [`readonly`]: the authorizer that lets a statement read and nothing
 //!   else (queries here, rules in `daemoneye-rules`).
-//! - [`bench`]: synthetic events and the write-rate measurement.
+//! - [`bench`](mod@bench): synthetic events and the write-rate measurement.
 //!
 //! procmond standalone (`procmond run --database`, where [`Store`] is the
 //! reference's `DatabaseManager`) and the agent (`<data-dir>/agent.db`) both

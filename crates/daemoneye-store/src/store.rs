@@ -9,7 +9,7 @@
 //! [`record_events`](Store::record_events) takes a collector's stream (its
 //! periodic snapshots only refresh `processes`); every lifecycle event and
 //! every alert ([`record_alert`](Store::record_alert)) is appended to the
-//! [`ledger`](crate::ledger) in the same transaction. Readers open it with
+//! [audit ledger](crate::ledger) in the same transaction. Readers open it with
 //! [`open_read_only`](Store::open_read_only) and may run one read-only
 //! `SELECT` ([`query`](Store::query)).
 //!
