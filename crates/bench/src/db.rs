@@ -1,10 +1,14 @@
-//! `db`: procmond's audit database writing lifecycle events in batches of
-//! 1,000, against a same-run baseline that stores each event's JSON as one
+//! `db`: the store (`daemoneye-store`, procmond's audit database and the
+//! agent's alike) writing lifecycle events in batches of 1,000, as procmond
+//! standalone stores them (`db.events_per_sec`) and each with its ledger
+//! entry as the agent does (`db.ledgered_events_per_sec`), against a
+//! same-run baseline that stores each event's JSON as one
 //! blob in a bare table (the least any store of these events must do).
 
 use std::time::Duration;
 
-use procmond::db::{bench_events, bench_write_rate};
+use daemoneye_store::bench::{bench_events, bench_write_rate};
+use daemoneye_store::LedgerMode;
 use tokio::time::Instant;
 
 use crate::report;
@@ -59,17 +63,23 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .enable_time()
         .build()?;
     let result = rt.block_on(async {
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        let (mut ours, mut ledgered, mut base) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..o.reps {
-            ours.push(bench_write_rate(&dir, o.events)?);
+            ours.push(bench_write_rate(&dir, o.events, LedgerMode::AlertsOnly)?);
+            ledgered.push(bench_write_rate(&dir, o.events, LedgerMode::EveryWrite)?);
             base.push(baseline(&dir, o.events)?);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        anyhow::Ok((median(ours), median(base)))
+        anyhow::Ok((median(ours), median(ledgered), median(base)))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (ours, base) = result?;
+    let (ours, ledgered, base) = result?;
     report("db.events_per_sec", format!("{ours:.0}"), "events/s");
+    report(
+        "db.ledgered_events_per_sec",
+        format!("{ledgered:.0}"),
+        "events/s",
+    );
     report(
         "db.baseline_json_blob_events_per_sec",
         format!("{base:.0}"),

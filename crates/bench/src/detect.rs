@@ -101,7 +101,7 @@ fn stored_execs(
     data: &std::path::Path,
     spawned: &std::collections::HashSet<u32>,
 ) -> anyhow::Result<usize> {
-    let store = daemoneye_agent::store::AgentStore::open_read_only(data)?;
+    let store = daemoneye_store::Store::open_read_only(data)?;
     let stored =
         store.query("SELECT DISTINCT pid FROM process_events WHERE event_type = 'exec'")?;
     Ok(stored

@@ -3,8 +3,8 @@
 //! engine's fixed cost) in the same run.
 
 use anyhow::bail;
-use daemoneye_agent::engine::{ProcessRow, RuleEngine};
-use daemoneye_agent::rules;
+use daemoneye_rules::engine::{ProcessRow, RuleEngine};
+use daemoneye_rules::rules;
 use tokio::time::Instant;
 
 use crate::report;

@@ -1,5 +1,6 @@
 //! Health of sources and of the runtime as a whole.
 
+use daemoneye_lib::proto::HealthState;
 use serde::Serialize;
 
 /// The state of one source as the runtime sees it.
@@ -70,6 +71,18 @@ impl HealthReport {
             HealthStatus::Healthy
         };
         Self { status, sources }
+    }
+}
+
+/// A health state's lowercase name, as reports and the CLI print it.
+pub fn state_name(s: HealthState) -> &'static str {
+    match s {
+        HealthState::Unspecified => "unknown",
+        HealthState::Healthy => "healthy",
+        HealthState::Degraded => "degraded",
+        HealthState::Unhealthy => "unhealthy",
+        HealthState::Unreachable => "unreachable",
+        HealthState::Starting => "starting",
     }
 }
 

@@ -89,7 +89,7 @@ pub enum AgentError {
     },
     /// The store's writer thread cannot start.
     #[error("cannot start the store writer")]
-    Writer(#[source] std::io::Error),
+    Writer(#[source] daemoneye_store::StoreError),
     /// A sink cannot be opened (a file, a headers file, a syslog target).
     #[error("cannot open the alert sinks")]
     Sinks(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -17,6 +17,8 @@ use crate::link::{LinkState, LinkStatus};
 use crate::sink::{SinkStats, SinkStatsSnapshot};
 use crate::writer::WriterStats;
 
+pub use collector_core::health::state_name;
+
 /// The agent's own counters.
 #[derive(Debug, Default)]
 pub struct AgentCounters {
@@ -335,18 +337,6 @@ fn sink_component(
         .map(|(k, v)| (k.to_owned(), v))
         .collect(),
         ..ComponentHealth::default()
-    }
-}
-
-/// A state's lowercase name.
-pub fn state_name(s: HealthState) -> &'static str {
-    match s {
-        HealthState::Unspecified => "unknown",
-        HealthState::Healthy => "healthy",
-        HealthState::Degraded => "degraded",
-        HealthState::Unhealthy => "unhealthy",
-        HealthState::Unreachable => "unreachable",
-        HealthState::Starting => "starting",
     }
 }
 

@@ -6,16 +6,13 @@
 //! - [`config`]: the TOML config file, `DAEMONEYE_*` variables and flags,
 //!   resolved into validated [`Settings`](config::Settings) (with the
 //!   collector list).
-//! - [`rules`]: detection rules (TOML or YAML files and a built-in pack): id,
-//!   name, severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at
-//!   load with the rule, the file and the reason when they break the rules.
-//! - [`engine`]: runs every rule over a batch of processes in an in-memory
-//!   SQLite database the rules can only read (on two threads), each within
-//!   a time bound.
-//! - [`alert`]: alerts (rule, severity, process, stable key, time, a
-//!   deduplication key) and their deduplication within a window.
-//! - [`detect`]: the process table, rows for each batch, rules, deduplicated
-//!   alerts.
+//! - [`rules`], [`engine`], [`detect`] (from `daemoneye-rules`): detection
+//!   rules (TOML or YAML files and a built-in pack), the read-only,
+//!   time-bounded engine that runs them over each batch of processes, and
+//!   the detector (process table, rows, deduplicated alerts).
+//! - [`alert`] (from `daemoneye-store`): alerts (rule, severity, process,
+//!   stable key, time, a deduplication key) and their deduplication within
+//!   a window.
 //! - [`sink`]: where alerts go: one [`AlertSink`](sink::AlertSink)
 //!   contract, one bounded [`SinkWorker`](sink::SinkWorker) (queue with a
 //!   when-full policy, retries with the one backoff, a close deadline, the
@@ -24,12 +21,11 @@
 //!   [`SinkSet`](sink::SinkSet).
 //! - [`link`]: the link to one collector over IPC: start it, check its
 //!   domain, subscribe, restart it with backoff when it goes.
-//! - [`store`]: the agent's store: live processes, lifecycle events and
-//!   alerts, the last two recorded with their ledger entry;
-//!   [`writer`] writes it from a thread of its own.
+//! - [`store`], [`writer`], [`ledger`] (from `daemoneye-store`): the
+//!   agent's store (`<data-dir>/agent.db`: processes, lifecycle events and
+//!   alerts, the last two recorded with their ledger entry), its writer
+//!   thread, and the BLAKE3-chained audit ledger.
 //! - [`health`]: the agent's health report, with each collector's.
-//! - [`ledger`]: an append-only audit ledger whose entries are chained by
-//!   BLAKE3 hashes, so an edited, deleted or reordered entry is found.
 //!
 //! ```
 //! use daemoneye_agent::engine::{ProcessRow, RuleEngine};
@@ -48,14 +44,17 @@
 //! ```
 
 pub mod agent;
-pub mod alert;
 pub mod config;
-pub mod detect;
-pub mod engine;
 pub mod health;
-pub mod ledger;
 pub mod link;
-pub mod rules;
 pub mod sink;
-pub mod store;
-pub mod writer;
+
+pub use daemoneye_rules::{detect, engine, rules};
+pub use daemoneye_store::{alert, ledger, writer};
+
+/// The agent's store: [`daemoneye_store::store`], with the name the agent
+/// has always used for it.
+pub mod store {
+    pub use daemoneye_store::store::*;
+    pub use daemoneye_store::Store as AgentStore;
+}

@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use collector_core::health::state_name;
 use collector_core::{CollectorIpcClient, IpcClientConfig};
-use daemoneye_agent::engine;
-use daemoneye_agent::health::state_name;
-use daemoneye_agent::rules::{self, Rule, RuleError};
-use daemoneye_agent::store::{AgentStore, StoreError};
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
+use daemoneye_rules::engine;
+use daemoneye_rules::rules::{self, Rule, RuleError};
+use daemoneye_store::{Store, StoreError};
 
 #[derive(Parser)]
 #[command(name = "daemoneye-cli", version, about = "DaemonEye command line")]
@@ -51,7 +51,8 @@ enum Command {
         command: LedgerCommand,
     },
     /// Run one read-only SELECT over the agent's store (tables `alerts`,
-    /// `processes`, `process_events`, `ledger`).
+    /// `processes`, `process_events`, `snapshots`, `process_snapshots`,
+    /// `ledger`).
     Query {
         /// The statement.
         sql: String,
@@ -167,14 +168,14 @@ fn list(rules_dir: Option<&PathBuf>, format: Format) -> Result<ExitCode, anyhow:
     })
 }
 
-fn open_store(dir: &Path) -> Result<AgentStore, ExitCode> {
-    AgentStore::open_read_only(dir).map_err(|e| {
+fn open_store(dir: &Path) -> Result<Store, ExitCode> {
+    Store::open_read_only(dir).map_err(|e| {
         eprintln!("daemoneye-cli: {e} (is the data directory right? --data-dir)");
         ExitCode::from(2)
     })
 }
 
-fn query(store: &AgentStore, sql: &str, format: Format) -> Result<ExitCode, anyhow::Error> {
+fn query(store: &Store, sql: &str, format: Format) -> Result<ExitCode, anyhow::Error> {
     let r = match store.query(sql) {
         Ok(r) => r,
         Err(StoreError::Query { reason }) => {
@@ -205,7 +206,7 @@ fn query(store: &AgentStore, sql: &str, format: Format) -> Result<ExitCode, anyh
     Ok(ExitCode::SUCCESS)
 }
 
-fn processes(store: &AgentStore, format: Format) -> Result<ExitCode, anyhow::Error> {
+fn processes(store: &Store, format: Format) -> Result<ExitCode, anyhow::Error> {
     let all = store.processes()?;
     match format {
         Format::Json => {

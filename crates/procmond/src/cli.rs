@@ -81,7 +81,9 @@ fn open_database(path: &Path) -> anyhow::Result<DatabaseManager> {
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    Ok(DatabaseManager::new(path)?)
+    // Lifecycle events without ledger entries, as procmond's audit database
+    // always stored them (twice the write rate); the agent ledgers each.
+    Ok(DatabaseManager::new(path)?.with_ledger(daemoneye_store::LedgerMode::AlertsOnly))
 }
 
 /// Runs the collector until SIGTERM or SIGINT.

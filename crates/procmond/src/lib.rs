@@ -2,8 +2,6 @@
 //!
 //! - [`connector`]: real-time fork/exec/exit events from the kernel's netlink
 //!   process connector, read by a dedicated thread.
-//! - [`db`]: the SQLite audit database (snapshots, lifecycle events, last
-//!   known process state) and its batching writer task.
 //! - [`ipc`]: the detection tasks procmond answers over the collector IPC
 //!   socket.
 //! - [`lifecycle`]: start/exec/exit/modified and suspicious events from
@@ -13,10 +11,13 @@
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
 //! - [`source`]: [`ProcmondMonitorCollector`], all of the above as an
 //!   `EventSource`.
+//!
+//! The audit database (`procmond run --database`) is `daemoneye-store`'s
+//! [`Store`](daemoneye_store::Store), named [`DatabaseManager`] here as in
+//! the reference: the same schema the agent stores into.
 
 pub mod cli;
 pub mod connector;
-pub mod db;
 pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;
@@ -24,7 +25,8 @@ pub mod procfs;
 pub mod snapshot;
 pub mod source;
 
-pub use db::DatabaseManager;
+/// The audit database: [`daemoneye_store::Store`], under the reference's name.
+pub use daemoneye_store::Store as DatabaseManager;
 pub use lifecycle::LifecycleTrackingConfig;
 pub use source::{
     ProcessCollectionConfig, ProcmondError, ProcmondMonitorCollector, ProcmondMonitorConfig,

@@ -39,11 +39,11 @@ use crate::connector::{
     ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderCounters,
     ReaderHandle,
 };
-use crate::db::DatabaseManager;
 use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
 use crate::snapshot::{
     ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache, SnapshotCounters,
 };
+use crate::DatabaseManager;
 
 /// What is collected per process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,9 +5,9 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use collector_core::ProcessEvent;
-use daemoneye_agent::alert::{Alert, AlertProcess};
-use daemoneye_agent::rules;
-use daemoneye_agent::store::AgentStore;
+use daemoneye_rules::rules;
+use daemoneye_store::alert::{Alert, AlertProcess};
+use daemoneye_store::Store;
 
 const BIN: &str = env!("CARGO_BIN_EXE_daemoneye-cli");
 
@@ -96,7 +96,7 @@ fn bad_flags_exit_with_2() {
 fn ledger_verifies_then_fails_after_a_row_is_edited() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = AgentStore::open(dir.path()).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
         let rule = &rules::builtin().unwrap()[0];
         for pid in 1..=4 {
             let a = Alert::new(
@@ -169,9 +169,15 @@ fn processes_lists_what_the_agent_knows_alive() {
 
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = AgentStore::open(dir.path()).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
         let ev = |pid: u32, ty: collector_core::ProcessEventType, argv: &[&str]| {
             let mut e = ProcessEvent::new(pid, argv[0]);
+            // A pid alone does not name a process: the store keys by this.
+            e.process_key = Some(collector_core::ProcessKey::new(
+                collector_core::BootId::from_bytes([4; 16]),
+                pid,
+                77,
+            ));
             e.event_type = ty;
             e.accessible = true;
             e.ppid = Some(1);

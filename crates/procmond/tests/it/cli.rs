@@ -128,6 +128,12 @@ fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
         .unwrap()
         .iter()
         .any(|r| r.process.pid == me));
+    // The one store's schema; procmond standalone does not ledger events.
+    assert_eq!(
+        stored.schema_version().unwrap(),
+        i64::from(daemoneye_store::SCHEMA_VERSION)
+    );
+    assert_eq!(stored.verify_ledger().unwrap().entries, 0);
 }
 
 #[test]

@@ -9,6 +9,5 @@
 
 mod cli;
 mod connector;
-mod db;
 mod ipc;
 mod source;

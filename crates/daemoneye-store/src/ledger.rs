@@ -56,7 +56,8 @@ pub fn create(conn: &Connection) -> Result<(), LedgerError> {
     Ok(())
 }
 
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()
@@ -78,26 +79,69 @@ pub fn entry_hash(seq: i64, kind: &str, content: &str, prev_hash: &str) -> Strin
     h.finalize().to_hex().to_string()
 }
 
+/// The head of the chain inside one transaction: read once, then advanced
+/// in memory by each [`Chain::append`], so a batch of entries costs one
+/// lookup instead of one per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    next_seq: i64,
+    prev: String,
+}
+
+impl Chain {
+    /// Reads the current head inside `tx`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn load(tx: &Transaction<'_>) -> Result<Self, LedgerError> {
+        let last: Option<(i64, String)> = tx
+            .prepare_cached("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match last {
+            Some((s, h)) => Self {
+                next_seq: s + 1,
+                prev: h,
+            },
+            None => Self {
+                next_seq: 1,
+                prev: to_hex(&GENESIS),
+            },
+        })
+    }
+
+    /// Appends one entry inside `tx` (so it commits with the data it
+    /// records). Returns its sequence number. The chain must have been
+    /// loaded in the same transaction.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn append(
+        &mut self,
+        tx: &Transaction<'_>,
+        kind: &str,
+        content: &str,
+    ) -> Result<i64, LedgerError> {
+        let seq = self.next_seq;
+        let hash = entry_hash(seq, kind, content, &self.prev);
+        tx.prepare_cached(
+            "INSERT INTO ledger (seq, kind, content, prev_hash, entry_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![seq, kind, content, self.prev, hash])?;
+        self.next_seq += 1;
+        self.prev = hash;
+        Ok(seq)
+    }
+}
+
 /// Appends one entry inside `tx` (so it commits with the data it records).
-/// Returns its sequence number.
+/// Returns its sequence number. For many entries in one transaction,
+/// [`Chain`] reads the head once.
 ///
 /// # Errors
 /// SQLite errors.
 pub fn append(tx: &Transaction<'_>, kind: &str, content: &str) -> Result<i64, LedgerError> {
-    let last: Option<(i64, String)> = tx
-        .prepare_cached("SELECT seq, entry_hash FROM ledger ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, to_hex(&GENESIS)),
-    };
-    let hash = entry_hash(seq, kind, content, &prev);
-    tx.prepare_cached(
-        "INSERT INTO ledger (seq, kind, content, prev_hash, entry_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![seq, kind, content, prev, hash])?;
-    Ok(seq)
+    Chain::load(tx)?.append(tx, kind, content)
 }
 
 /// Walks the whole chain.
@@ -227,6 +271,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(broken_at(&conn), 2);
+    }
+
+    #[test]
+    fn a_chain_appends_like_single_appends() {
+        let one = ledger(4);
+        let mut conn = Connection::open_in_memory().unwrap();
+        create(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        append(&tx, "alert", "{\"n\":0}").unwrap();
+        let mut chain = Chain::load(&tx).unwrap();
+        for i in 1..4 {
+            assert_eq!(
+                chain
+                    .append(&tx, "alert", &format!("{{\"n\":{i}}}"))
+                    .unwrap(),
+                i + 1
+            );
+        }
+        tx.commit().unwrap();
+        assert_eq!(verify(&conn).unwrap(), verify(&one).unwrap());
     }
 
     #[test]

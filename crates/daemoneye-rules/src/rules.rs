@@ -49,33 +49,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// How bad a match is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Worth knowing.
-    Info,
-    /// Unusual.
-    Low,
-    /// Suspicious.
-    Medium,
-    /// Likely malicious.
-    High,
-    /// Act now.
-    Critical,
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Info => "info",
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        })
-    }
-}
+pub use daemoneye_store::alert::Severity;
 
 /// One detection rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +75,21 @@ pub struct Rule {
     /// Where the rule came from (a file path, or `builtin`).
     #[serde(skip)]
     pub origin: String,
+}
+
+impl daemoneye_store::AlertRule for Rule {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn severity(&self) -> Severity {
+        self.severity
+    }
+    fn mitre(&self) -> &[String] {
+        &self.mitre
+    }
 }
 
 /// A whole rule file, TOML or YAML: `rule` is the list of rules.

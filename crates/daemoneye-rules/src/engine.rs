@@ -35,10 +35,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use collector_core::ProcessEvent;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use tokio::time::Instant;
+
+use daemoneye_store::readonly::{read_only_authorizer, Denied};
 
 use crate::rules::{Rule, RuleError};
 
@@ -195,41 +196,6 @@ pub struct EngineStats {
     pub rule_failures: u64,
     /// Rule runs interrupted at the time limit.
     pub rule_timeouts: u64,
-}
-
-/// Denials recorded by the authorizer, for a clear refusal message.
-pub(crate) type Denied = Arc<Mutex<Option<String>>>;
-
-pub(crate) fn read_only_authorizer(
-    denied: Denied,
-) -> impl for<'r> FnMut(AuthContext<'r>) -> Authorization + Send + 'static {
-    move |ctx: AuthContext<'_>| {
-        let verdict = match ctx.action {
-            AuthAction::Select | AuthAction::Read { .. } | AuthAction::Recursive => None,
-            AuthAction::Function { function_name } => {
-                let f = function_name.to_ascii_lowercase();
-                // Everything that touches files, extensions or settings.
-                (f == "load_extension" || f.starts_with("sqlite_") || f == "fts3_tokenizer")
-                    .then(|| format!("function {function_name}()"))
-            }
-            AuthAction::Attach { .. } => Some("ATTACH".to_owned()),
-            AuthAction::Pragma { pragma_name, .. } => Some(format!("PRAGMA {pragma_name}")),
-            AuthAction::Insert { table_name }
-            | AuthAction::Update { table_name, .. }
-            | AuthAction::Delete { table_name } => Some(format!("writing to {table_name}")),
-            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
-                Some("transactions".to_owned())
-            }
-            _ => Some("schema changes".to_owned()),
-        };
-        match verdict {
-            None => Authorization::Allow,
-            Some(what) => {
-                *denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
-                Authorization::Deny
-            }
-        }
-    }
 }
 
 fn open_schema() -> Result<Connection, rusqlite::Error> {
@@ -815,9 +781,9 @@ mod tests {
             // Refused by the authorizer...
             assert!(reader.conn.execute("DELETE FROM processes", []).is_err());
             // ...and, without it, by SQLite: the connection is read-only.
-            reader
-                .conn
-                .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+            reader.conn.authorizer(
+                None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
+            );
             let err = reader
                 .conn
                 .execute("DELETE FROM processes", [])

@@ -1,13 +1,58 @@
-//! Alerts: what a rule match becomes, and deduplication.
+//! Alerts: what a rule match becomes (the record the store keeps and the
+//! sinks deliver), its [`Severity`], and deduplication.
+//!
+//! The rules themselves live in `daemoneye-rules`; an alert needs of its
+//! rule only what [`AlertRule`] says, so the store does not depend on the
+//! rule engine.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use collector_core::ProcessEvent;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::rules::{Rule, Severity};
+/// How bad a match is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Unusual.
+    Low,
+    /// Suspicious.
+    Medium,
+    /// Likely malicious.
+    High,
+    /// Act now.
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        })
+    }
+}
+
+/// What an alert takes from the rule that raised it
+/// (`daemoneye_rules::rules::Rule` implements it).
+pub trait AlertRule {
+    /// The rule's stable id.
+    fn id(&self) -> &str;
+    /// Its short human name.
+    fn name(&self) -> &str;
+    /// How bad a match is.
+    fn severity(&self) -> Severity;
+    /// MITRE ATT&CK technique ids.
+    fn mitre(&self) -> &[String];
+}
 
 /// The process an alert is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,17 +132,17 @@ fn unix_ns(t: SystemTime) -> i64 {
 
 impl Alert {
     /// The alert for `rule` matching `process` observed at `observed`.
-    pub fn new(rule: &Rule, process: AlertProcess, observed: SystemTime) -> Self {
+    pub fn new(rule: &impl AlertRule, process: AlertProcess, observed: SystemTime) -> Self {
         let who = process
             .process_key
             .clone()
             .unwrap_or_else(|| format!("pid:{}", process.pid));
         Self {
-            dedup_key: format!("{}:{who}", rule.id),
-            rule_id: rule.id.clone(),
-            rule_name: rule.name.clone(),
-            severity: rule.severity,
-            mitre: rule.mitre.clone(),
+            dedup_key: format!("{}:{who}", rule.id()),
+            rule_id: rule.id().to_owned(),
+            rule_name: rule.name().to_owned(),
+            severity: rule.severity(),
+            mitre: rule.mitre().to_vec(),
             process,
             observed_at: unix_ns(observed),
             raised_at: unix_ns(SystemTime::now()),
@@ -160,14 +205,31 @@ impl Deduper {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound)]
 
     use super::*;
-    use crate::rules;
+
+    /// A rule as the store sees one, for the crate's tests.
+    pub(crate) struct TestRule(pub(crate) &'static str, pub(crate) Severity);
+
+    impl AlertRule for TestRule {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn name(&self) -> &str {
+            "a test rule"
+        }
+        fn severity(&self) -> Severity {
+            self.1
+        }
+        fn mitre(&self) -> &[String] {
+            &[]
+        }
+    }
 
     fn alert(pid: u32) -> Alert {
-        let rule = &rules::builtin().unwrap()[0];
+        let rule = &TestRule("test-rule", Severity::High);
         let mut e = ProcessEvent::new(pid, "x");
         e.process_key = Some(collector_core::ProcessKey::new(
             collector_core::BootId::from_bytes([1; 16]),
@@ -216,6 +278,13 @@ mod tests {
         let back: Alert = serde_json::from_value(v).unwrap();
         assert_eq!(back.process.pid, 9);
         assert_eq!(back.process.hash_algorithm, None);
+    }
+
+    #[test]
+    fn severities_are_named_in_lowercase_and_ordered() {
+        assert_eq!(Severity::Critical.to_string(), "critical");
+        assert_eq!(serde_json::to_string(&Severity::Info).unwrap(), "\"info\"");
+        assert!(Severity::Low < Severity::High);
     }
 
     #[test]

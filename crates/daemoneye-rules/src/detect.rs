@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use collector_core::{ProcessEvent, ProcessEventType};
 
-use crate::alert::{Alert, AlertProcess, Deduper};
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
+use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
 
 /// Whether a directory can be written by someone other than root: writable
 /// by group or others, or owned by a non-root user.

@@ -6,6 +6,15 @@
 //! at a version it really has. Migrations are append-only: a released one is
 //! never edited, a change is a new entry.
 //!
+//! Version 1 is procmond's audit database; version 2 adds what the agent
+//! stored in its own file before (alerts, the ledger, each lifecycle event's
+//! ledger entry) and names the lifecycle table `process_events`. An agent
+//! store from before the versioned schema (`user_version` 0 with a
+//! pid-keyed `processes` table) is adopted in one transaction: its
+//! `processes` is dropped (the agent clears it at every collector session
+//! anyway), its alerts and ledger are kept as they are and its lifecycle
+//! events are copied into `process_events`.
+//!
 //! Conventions the detection rules rely on: times are integer unix
 //! nanoseconds (`observed_at`, `start_time`, `taken_at`, ...), `argv` is a JSON
 //! array of strings, `metadata` a JSON object of strings, booleans are 0/1,
@@ -13,28 +22,35 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::DbError;
+use crate::store::StoreError as DbError;
 
 /// One step of the schema.
 #[derive(Debug)]
-pub(super) struct Migration {
+pub(crate) struct Migration {
     /// The `user_version` the database has after this step.
-    pub(super) version: u32,
+    pub(crate) version: u32,
     /// What the step does, for logs.
-    pub(super) description: &'static str,
+    pub(crate) description: &'static str,
     /// The statements, run as one batch.
-    pub(super) sql: &'static str,
+    pub(crate) sql: &'static str,
 }
 
 /// Every migration, in order; versions are 1, 2, 3, ... without gaps.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "snapshots, process_snapshots, lifecycle_events, processes",
-    sql: V1,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "snapshots, process_snapshots, lifecycle_events, processes",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        description: "process_events (was lifecycle_events) with ledger_seq, alerts, ledger",
+        sql: V2,
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const V1: &str = r"
 CREATE TABLE snapshots (
@@ -119,13 +135,122 @@ CREATE INDEX processes_pid ON processes (pid);
 CREATE INDEX processes_last_seen ON processes (last_seen);
 ";
 
+const V2: &str = r"
+ALTER TABLE lifecycle_events RENAME TO process_events;
+ALTER TABLE process_events ADD COLUMN ledger_seq INTEGER;
+DROP INDEX lifecycle_events_process_key;
+DROP INDEX lifecycle_events_pid;
+DROP INDEX lifecycle_events_observed_at;
+CREATE INDEX process_events_process_key ON process_events (process_key);
+CREATE INDEX process_events_pid ON process_events (pid);
+CREATE INDEX process_events_observed_at ON process_events (observed_at);
+
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    rule_name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    process_key TEXT,
+    dedup_key TEXT NOT NULL,
+    observed_at INTEGER NOT NULL,
+    raised_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+ALTER TABLE alerts ADD COLUMN ledger_seq INTEGER;
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
+
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    content TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+";
+
+/// Before migration 1 of a legacy agent store: out of the way what the
+/// versioned schema creates anew.
+const LEGACY_BEFORE: &str = r"
+DROP TABLE processes;
+DROP INDEX IF EXISTS process_events_observed;
+DROP INDEX IF EXISTS process_events_pid;
+ALTER TABLE process_events RENAME TO legacy_process_events;
+";
+
+/// After migration 2 of a legacy agent store: its lifecycle events into
+/// `process_events`, the fields it did not have as columns taken from the
+/// event its ledger entry holds.
+const LEGACY_AFTER: &str = r"
+INSERT INTO process_events (id, event_type, process_key, pid, ppid, name, exe, argv, uid,
+    exe_hash, hash_algorithm, accessible, file_exists, exit_code, metadata, observed_at,
+    ledger_seq)
+SELECT e.id, e.event_type, e.process_key, e.pid, e.ppid, e.name, e.exe, e.argv, e.uid,
+    json_extract(l.content, '$.executable_hash'), json_extract(l.content, '$.hash_algorithm'),
+    coalesce(json_extract(l.content, '$.accessible'), 1),
+    coalesce(json_extract(l.content, '$.file_exists'), 1),
+    e.exit_code, coalesce(json_extract(l.content, '$.platform_metadata'), '{}'),
+    e.observed_at, e.ledger_seq
+FROM legacy_process_events e LEFT JOIN ledger l ON l.seq = e.ledger_seq
+ORDER BY e.id;
+DROP TABLE legacy_process_events;
+";
+
+/// The schema version a legacy agent store is adopted at.
+const LEGACY_ADOPTED_AT: u32 = 2;
+
+/// Whether the (unversioned) database is an agent store from before the
+/// versioned schema.
+fn is_legacy_agent_store(conn: &Connection) -> rusqlite::Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'process_events'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Adopts a legacy agent store at [`LEGACY_ADOPTED_AT`] in one transaction.
+/// Returns false when there was nothing to adopt (another process did it, or
+/// the database is not one).
+fn adopt_legacy(conn: &mut Connection) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if now != 0 || !is_legacy_agent_store(&tx)? {
+        return Ok(false);
+    }
+    tx.execute_batch(LEGACY_BEFORE)?;
+    for m in MIGRATIONS
+        .iter()
+        .take_while(|m| m.version <= LEGACY_ADOPTED_AT)
+    {
+        tx.execute_batch(m.sql)?;
+    }
+    tx.execute_batch(LEGACY_AFTER)?;
+    tx.pragma_update(None, "user_version", LEGACY_ADOPTED_AT)?;
+    tx.commit()?;
+    Ok(true)
+}
+
 /// Brings the database to [`SCHEMA_VERSION`], one transaction per step.
 ///
 /// Safe against a concurrent migrator: each step re-reads the version inside
 /// its write-locked transaction and skips what another process already did.
-pub(super) fn migrate(conn: &mut Connection) -> Result<u32, DbError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, DbError> {
     let found = user_version(conn)?;
     check_not_newer(found)?;
+    if found == 0 && is_legacy_agent_store(conn)? {
+        let adopted = adopt_legacy(conn).map_err(|source| DbError::Migration {
+            version: LEGACY_ADOPTED_AT,
+            source,
+        })?;
+        if adopted {
+            tracing::info!(
+                version = LEGACY_ADOPTED_AT,
+                "agent store from before the versioned schema adopted"
+            );
+        }
+    }
     for m in MIGRATIONS {
         if i64::from(m.version) <= found {
             continue;
@@ -158,8 +283,22 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<u32, DbError> {
     u32::try_from(now).map_err(|_| DbError::InvalidSchemaVersion { found: now })
 }
 
-pub(super) fn user_version(conn: &Connection) -> Result<i64, DbError> {
+pub(crate) fn user_version(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// For readers, which cannot migrate: the database must be at exactly
+/// [`SCHEMA_VERSION`].
+pub(crate) fn check_current(conn: &Connection) -> Result<(), DbError> {
+    let found = user_version(conn)?;
+    check_not_newer(found)?;
+    if found < i64::from(SCHEMA_VERSION) {
+        return Err(DbError::OlderSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
 }
 
 fn check_not_newer(found: i64) -> Result<(), DbError> {

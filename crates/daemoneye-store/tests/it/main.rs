@@ -1,5 +1,7 @@
-//! The audit database: migrations, file properties, round trips, the writer's
-//! durability on close and its behaviour when writes fail.
+//! The store: migrations (a legacy agent store included), file properties,
+//! round trips, the writer's durability on close and its behaviour when
+//! writes fail.
+#![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound, missing_docs)]
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -8,7 +10,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{BootId, HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
-use procmond::db::{DatabaseManager, DbError, DbWriter, DbWriterConfig, SCHEMA_VERSION};
+use std::sync::atomic::Ordering;
+
+use daemoneye_store::alert::{Alert, AlertProcess, AlertRule, Severity};
+use daemoneye_store::{ledger, Store, StoreError, StoreWriter, WriterConfig, SCHEMA_VERSION};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -74,7 +79,7 @@ fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
 fn fresh_database_gets_the_latest_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let db = DatabaseManager::new(&path).unwrap();
+    let db = Store::new(&path).unwrap();
     assert_eq!(db.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
     let version: i64 = raw(&path)
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -90,7 +95,9 @@ fn fresh_database_gets_the_latest_schema_version() {
     assert_eq!(
         tables,
         [
-            "lifecycle_events",
+            "alerts",
+            "ledger",
+            "process_events",
             "process_snapshots",
             "processes",
             "snapshots"
@@ -102,12 +109,12 @@ fn fresh_database_gets_the_latest_schema_version() {
 fn reopening_is_idempotent_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let mut db = DatabaseManager::new(&path).unwrap();
+    let mut db = Store::new(&path).unwrap();
     db.write_events(&[rich(10, ProcessEventType::Exec)])
         .unwrap();
     drop(db);
     for _ in 0..3 {
-        let db = DatabaseManager::new(&path).unwrap();
+        let db = Store::new(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
         assert_eq!(db.count_events().unwrap(), 1);
     }
@@ -117,13 +124,13 @@ fn reopening_is_idempotent_and_keeps_data() {
 fn database_from_a_newer_build_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    drop(DatabaseManager::new(&path).unwrap());
+    drop(Store::new(&path).unwrap());
     let newer = i64::from(SCHEMA_VERSION) + 1;
     raw(&path)
         .pragma_update(None, "user_version", newer)
         .unwrap();
-    match DatabaseManager::new(&path) {
-        Err(DbError::NewerSchema { found, supported }) => {
+    match Store::new(&path) {
+        Err(StoreError::NewerSchema { found, supported }) => {
             assert_eq!((found, supported), (newer, SCHEMA_VERSION));
         }
         other => panic!("expected NewerSchema, got {other:?}"),
@@ -138,7 +145,7 @@ fn database_from_a_newer_build_is_refused_untouched() {
 fn database_is_in_wal_mode_and_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let mut db = DatabaseManager::new(&path).unwrap();
+    let mut db = Store::new(&path).unwrap();
     db.write_events(&[rich(10, ProcessEventType::Exec)])
         .unwrap();
     let mode: String = raw(&path)
@@ -154,7 +161,7 @@ fn database_is_in_wal_mode_and_owner_only() {
 #[test]
 fn snapshot_round_trips_every_field() {
     let dir = tempfile::tempdir().unwrap();
-    let mut db = DatabaseManager::new(dir.path().join("audit.db")).unwrap();
+    let mut db = Store::new(dir.path().join("audit.db")).unwrap();
     let first = vec![rich(30, ProcessEventType::Snapshot)];
     let first_id = db.write_snapshot(&first).unwrap();
 
@@ -183,7 +190,7 @@ fn snapshot_round_trips_every_field() {
 #[test]
 fn lifecycle_events_round_trip_every_field() {
     let dir = tempfile::tempdir().unwrap();
-    let mut db = DatabaseManager::new(dir.path().join("audit.db")).unwrap();
+    let mut db = Store::new(dir.path().join("audit.db")).unwrap();
     let events = vec![
         rich(50, ProcessEventType::Fork),
         rich(50, ProcessEventType::Exec),
@@ -213,12 +220,12 @@ async fn everything_sent_before_close_is_on_disk() {
     const PER_PRODUCER: u32 = 2_500;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let config = DbWriterConfig {
-        queue_events: 500,
+    let config = WriterConfig {
+        queue_writes: 8,
         batch_events: 300,
-        ..DbWriterConfig::default()
+        ..WriterConfig::default()
     };
-    let (handle, join) = DbWriter::spawn(DatabaseManager::new(&path).unwrap(), config);
+    let handle = StoreWriter::spawn(Store::new(&path).unwrap(), config).unwrap();
     let mut tasks = Vec::new();
     for p in 0..PRODUCERS {
         let handle = handle.clone();
@@ -231,7 +238,7 @@ async fn everything_sent_before_close_is_on_disk() {
                 let batch = (pid..pid + n)
                     .map(|i| rich(i, ProcessEventType::Exec))
                     .collect();
-                handle.send(batch).await.unwrap();
+                handle.events(batch).await;
                 pid += n;
                 size = size % 97 + 13;
             }
@@ -240,28 +247,30 @@ async fn everything_sent_before_close_is_on_disk() {
     for t in tasks {
         t.await.unwrap();
     }
-    let stats = handle.close().await.unwrap();
+    let stats = handle.close().await;
     let total = u64::from(PRODUCERS * PER_PRODUCER);
-    assert_eq!(stats.events_accepted, total);
-    assert_eq!(stats.events_written, total);
+    assert_eq!(stats.events_accepted.load(Ordering::Relaxed), total);
+    assert_eq!(stats.events_written.load(Ordering::Relaxed), total);
+    assert_eq!(stats.lifecycle_events.load(Ordering::Relaxed), total);
     assert_eq!(stats.events_dropped(), 0);
     assert_eq!(stats.events_queued(), 0);
-    assert_eq!(stats.write_errors, 0);
-    drop(join.await.unwrap());
+    assert_eq!(stats.write_errors.load(Ordering::Relaxed), 0);
 
     // A fresh connection sees all of it, every pid once.
     let (count, distinct): (i64, i64) = raw(&path)
         .query_row(
-            "SELECT count(*), count(DISTINCT pid) FROM lifecycle_events",
+            "SELECT count(*), count(DISTINCT pid) FROM process_events",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
     let expected = i64::try_from(total).unwrap();
     assert_eq!((count, distinct), (expected, expected));
+    let db = Store::new(&path).unwrap();
+    assert_eq!(db.count_events().unwrap(), total);
     assert_eq!(
-        DatabaseManager::new(&path).unwrap().count_events().unwrap(),
-        total
+        db.verify_ledger().unwrap().entries,
+        i64::try_from(total).unwrap()
     );
 }
 
@@ -269,51 +278,216 @@ async fn everything_sent_before_close_is_on_disk() {
 async fn writer_counts_failed_writes_and_keeps_going() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let (handle, join) = DbWriter::spawn(
-        DatabaseManager::new(&path).unwrap(),
-        DbWriterConfig::default(),
-    );
-    handle
-        .send(vec![rich(1, ProcessEventType::Exec)])
-        .await
-        .unwrap();
+    let handle = StoreWriter::spawn(Store::new(&path).unwrap(), WriterConfig::default()).unwrap();
+    handle.events(vec![rich(1, ProcessEventType::Exec)]).await;
     handle.flush().await.unwrap();
 
     // Pull the table out from under the writer: every write now fails.
     raw(&path)
-        .execute_batch("DROP TABLE lifecycle_events")
+        .execute_batch("DROP TABLE process_events")
         .unwrap();
     let batch: Vec<_> = (2..=6).map(|p| rich(p, ProcessEventType::Exec)).collect();
-    handle.send(batch).await.unwrap();
+    handle.events(batch).await;
     handle.flush().await.unwrap();
     let stats = handle.stats();
-    assert_eq!(stats.write_errors, 2, "tried, retried once: {stats:?}");
-    assert_eq!(stats.events_dropped_write_failed, 5);
-    assert_eq!(stats.events_written, 1);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        get(&stats.write_errors),
+        2,
+        "tried, retried once: {stats:?}"
+    );
+    assert_eq!(get(&stats.events_dropped_write_failed), 5);
+    assert_eq!(get(&stats.failures), 1);
+    assert_eq!(get(&stats.events_written), 1);
 
     // Put it back: the writer is still alive and writes again.
     raw(&path)
         .execute_batch(
-            "CREATE TABLE lifecycle_events (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+            "CREATE TABLE process_events (id INTEGER PRIMARY KEY AUTOINCREMENT, \
              event_type TEXT NOT NULL, process_key TEXT, pid INTEGER NOT NULL, ppid INTEGER, \
              name TEXT NOT NULL, exe TEXT, argv TEXT NOT NULL, uid INTEGER, start_time INTEGER, \
              cpu_percent REAL, rss_bytes INTEGER, exe_hash TEXT, hash_algorithm TEXT, \
              accessible INTEGER NOT NULL, file_exists INTEGER NOT NULL, exit_code INTEGER, \
-             metadata TEXT NOT NULL, observed_at INTEGER NOT NULL) STRICT",
+             metadata TEXT NOT NULL, observed_at INTEGER NOT NULL, ledger_seq INTEGER) STRICT",
         )
         .unwrap();
-    handle
-        .send(vec![rich(7, ProcessEventType::Exit)])
-        .await
-        .unwrap();
-    let stats = handle.close().await.unwrap();
-    assert_eq!(stats.events_written, 2);
+    handle.events(vec![rich(7, ProcessEventType::Exit)]).await;
+    let stats = handle.close().await;
+    assert_eq!(get(&stats.events_written), 2);
     assert_eq!(
-        stats.events_accepted,
-        stats.events_written + stats.events_dropped_write_failed
+        get(&stats.events_accepted),
+        get(&stats.events_written) + get(&stats.events_dropped_write_failed)
     );
-    let db = join.await.unwrap();
+    let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), 1);
+    // The failed batch left no ledger entries behind: the chain verifies.
+    assert_eq!(db.verify_ledger().unwrap().entries, 2);
+}
+
+/// The agent's store as builds before the versioned schema wrote it.
+const LEGACY_AGENT_SCHEMA: &str = "CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY, rule_id TEXT NOT NULL, rule_name TEXT NOT NULL,
+    severity TEXT NOT NULL, pid INTEGER NOT NULL, process_key TEXT, dedup_key TEXT NOT NULL,
+    observed_at INTEGER NOT NULL, raised_at INTEGER NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX alerts_raised ON alerts (raised_at);
+CREATE TABLE processes (
+    pid INTEGER PRIMARY KEY, process_key TEXT, ppid INTEGER, name TEXT NOT NULL, exe TEXT,
+    argv TEXT NOT NULL, uid INTEGER, accessible INTEGER NOT NULL, file_exists INTEGER NOT NULL,
+    exe_hash TEXT, start_time INTEGER, last_event TEXT NOT NULL, last_seen INTEGER NOT NULL
+);
+CREATE TABLE process_events (
+    id INTEGER PRIMARY KEY, event_type TEXT NOT NULL, pid INTEGER NOT NULL, ppid INTEGER,
+    process_key TEXT, name TEXT NOT NULL, exe TEXT, argv TEXT NOT NULL, uid INTEGER,
+    exit_code INTEGER, observed_at INTEGER NOT NULL, ledger_seq INTEGER NOT NULL
+);
+CREATE INDEX process_events_observed ON process_events (observed_at);
+CREATE INDEX process_events_pid ON process_events (pid);
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, content TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL
+)";
+
+struct LegacyRule;
+
+impl AlertRule for LegacyRule {
+    fn id(&self) -> &str {
+        "legacy-rule"
+    }
+    fn name(&self) -> &str {
+        "a rule from before"
+    }
+    fn severity(&self) -> Severity {
+        Severity::Critical
+    }
+    fn mitre(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// Writes an agent store the way builds before the versioned schema did:
+/// two lifecycle events and an alert, each with its ledger entry, and a
+/// pid-keyed process.
+fn write_legacy_agent_store(path: &Path) -> (Vec<ProcessEvent>, Alert) {
+    let mut conn = raw(path);
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(LEGACY_AGENT_SCHEMA).unwrap();
+    let events = vec![
+        rich(60, ProcessEventType::Exec),
+        rich(60, ProcessEventType::Exit),
+    ];
+    let alert = Alert::new(
+        &LegacyRule,
+        AlertProcess::from_event(&events[0], None),
+        events[0].timestamp,
+    );
+    let tx = conn.transaction().unwrap();
+    for e in &events {
+        let seq = ledger::append(&tx, "process_event", &serde_json::to_string(e).unwrap()).unwrap();
+        tx.execute(
+            "INSERT INTO process_events (event_type, pid, ppid, process_key, name, exe, argv, uid, exit_code, observed_at, ledger_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            rusqlite::params![
+                e.event_type.as_str(),
+                e.pid,
+                e.ppid,
+                e.process_key.map(|k| k.to_string()),
+                e.name,
+                e.executable_path,
+                serde_json::to_string(&e.command_line).unwrap(),
+                e.user_id,
+                e.exit_code,
+                1_750_000_100_000_000_001_i64,
+                seq
+            ],
+        )
+        .unwrap();
+    }
+    let body = serde_json::to_string(&alert).unwrap();
+    tx.execute(
+        "INSERT INTO alerts (rule_id, rule_name, severity, pid, process_key, dedup_key, observed_at, raised_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        rusqlite::params![
+            alert.rule_id,
+            alert.rule_name,
+            alert.severity.to_string(),
+            alert.process.pid,
+            alert.process.process_key,
+            alert.dedup_key,
+            alert.observed_at,
+            alert.raised_at,
+            body
+        ],
+    )
+    .unwrap();
+    ledger::append(&tx, "alert", &body).unwrap();
+    tx.execute(
+        "INSERT INTO processes (pid, process_key, name, argv, accessible, file_exists, last_event, last_seen)
+         VALUES (60, NULL, 'old', '[]', 1, 1, 'exec', 1)",
+        [],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    (events, alert)
+}
+
+#[test]
+fn a_legacy_agent_store_is_adopted_with_its_alerts_events_and_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(daemoneye_store::FILE);
+    let (events, alert) = write_legacy_agent_store(&path);
+    let before = ledger::verify(&raw(&path)).unwrap();
+    assert_eq!(before.entries, 3);
+
+    // A reader cannot migrate: it says so instead of misreading.
+    assert!(matches!(
+        Store::open_read_only(dir.path()),
+        Err(StoreError::OlderSchema { found: 0, .. })
+    ));
+
+    let mut store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
+    // The alert and the ledger survive, and the chain still verifies to
+    // the same head.
+    assert_eq!(store.recent_alerts(10).unwrap(), vec![alert]);
+    assert_eq!(store.verify_ledger().unwrap(), before);
+    // The lifecycle events are in the one lifecycle table, the fields the
+    // old table lacked recovered from their ledger entries.
+    let stored: Vec<ProcessEvent> = store
+        .recent_events(10)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|s| s.event)
+        .collect();
+    assert_eq!(stored.len(), 2);
+    for (back, e) in stored.iter().zip(&events) {
+        assert_eq!(back.event_type, e.event_type);
+        assert_eq!(back.process_key, e.process_key);
+        assert_eq!(back.command_line, e.command_line);
+        assert_eq!(back.platform_metadata, e.platform_metadata);
+        assert_eq!(back.executable_hash, e.executable_hash);
+        assert_eq!(back.hash_algorithm, e.hash_algorithm);
+        assert_eq!(back.accessible, e.accessible);
+        assert_eq!(back.exit_code, e.exit_code);
+    }
+    let joined = store
+        .query("SELECT count(*) FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE l.kind = 'process_event'")
+        .unwrap();
+    assert_eq!(joined.rows[0][0], 2);
+    // The pid-keyed processes table is gone; the new one starts empty and
+    // is keyed by the process key.
+    assert!(store.processes().unwrap().is_empty());
+    store
+        .write_events(&[rich(61, ProcessEventType::Exec)])
+        .unwrap();
+    assert_eq!(store.processes().unwrap()[0].pid, 61);
+    assert_eq!(store.verify_ledger().unwrap().entries, 4);
+    drop(store);
+    // Reopening is a no-op; now readers may open it.
+    let ro = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(ro.recent_alerts(10).unwrap().len(), 1);
+    assert_eq!(ro.verify_ledger().unwrap().entries, 4);
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -391,7 +565,7 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
 fn arbitrary_events_round_trip_through_the_database() {
     let dir = tempfile::tempdir().unwrap();
     // One database for every case: opening one per case would dominate.
-    let db = RefCell::new(DatabaseManager::new(dir.path().join("audit.db")).unwrap());
+    let db = RefCell::new(Store::new(dir.path().join("audit.db")).unwrap());
     let mut runner = TestRunner::new(Config {
         cases: 256,
         ..Config::default()

@@ -1,0 +1,58 @@
+//! daemoneye-store: the one home of DaemonEye's stored data.
+//!
+//! - [`Store`] ([`store`]): one SQLite database (WAL, owner-only) with the
+//!   schema and its versioned migrations ([`SCHEMA_VERSION`]; a newer schema
+//!   is refused, a legacy agent store adopted): processes keyed by their
+//!   process key, lifecycle events, snapshots, alerts, each lifecycle event
+//!   and alert with its ledger entry in the same transaction; read-only
+//!   opening and read-only ad-hoc queries for readers such as the CLI.
+//! - [`StoreWriter`] ([`writer`]): the store on a thread of its own behind a
+//!   bounded queue that waits rather than drops; batched transactions;
+//!   [`close`](StoreWriter::close) commits everything; [`WriterStats`].
+//! - [`ledger`]: the append-only audit ledger chained by BLAKE3 hashes.
+//! - [`alert`]: the alert record ([`Alert`], [`Severity`]) and deduplication.
+//! - [`readonly`]: the authorizer that lets a statement read and nothing
+//!   else (queries here, rules in `daemoneye-rules`).
+//! - [`bench`](mod@bench): synthetic events and the write-rate measurement.
+//!
+//! procmond standalone (`procmond run --database`, where [`Store`] is the
+//! reference's `DatabaseManager`) and the agent (`<data-dir>/agent.db`) both
+//! use it.
+//!
+//! ```
+//! use collector_core::{ProcessEvent, ProcessEventType};
+//! use daemoneye_store::Store;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let mut store = Store::open(dir.path())?; // <dir>/agent.db
+//! let mut exec = ProcessEvent::new(4242, "sh");
+//! exec.event_type = ProcessEventType::Exec;
+//! let done = store.record_events(&[exec])?;
+//! assert_eq!(done.lifecycle, 1);
+//! let reader = Store::open_read_only(dir.path())?;
+//! assert_eq!(reader.verify_ledger()?.entries, 1);
+//! let rows = reader.query("SELECT event_type FROM process_events")?.rows;
+//! assert_eq!(rows, vec![vec![serde_json::Value::from("exec")]]);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod alert;
+pub mod bench;
+pub mod ledger;
+pub mod readonly;
+mod schema;
+pub mod store;
+pub mod writer;
+
+pub use alert::{Alert, AlertProcess, AlertRule, Severity};
+pub use schema::SCHEMA_VERSION;
+pub use store::{
+    LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow, Store,
+    StoreError, StoredEvent, StoredProcess, BUSY_TIMEOUT, FILE, QUERY_TIME_LIMIT,
+};
+pub use writer::{
+    StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_EVENTS,
+    DEFAULT_QUEUE_WRITES,
+};

@@ -1,0 +1,1501 @@
+//! [`Store`]: one SQLite database in WAL mode holding processes, their
+//! lifecycle events, snapshots, alerts and the audit ledger.
+//!
+//! The same store serves procmond standalone (`procmond run --database`,
+//! where it is the reference's `Store`) and the agent
+//! (`<data-dir>/agent.db`). Writes are batched transactions:
+//! [`write_snapshot`](Store::write_snapshot) stores one full process table,
+//! [`write_events`](Store::write_events) appends lifecycle events and
+//! [`record_events`](Store::record_events) takes a collector's stream (its
+//! periodic snapshots only refresh `processes`); every lifecycle event and
+//! every alert ([`record_alert`](Store::record_alert)) is appended to the
+//! [audit ledger](crate::ledger) in the same transaction. Readers open it with
+//! [`open_read_only`](Store::open_read_only) and may run one read-only
+//! `SELECT` ([`query`](Store::query)).
+//!
+//! ```
+//! use collector_core::{ProcessEvent, ProcessEventType};
+//! use daemoneye_store::Store;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("audit.db");
+//! // In production: Store::new("/var/lib/daemoneye/audit.db")?
+//! let mut db = Store::new(&path)?;
+//! db.write_events(&[ProcessEvent::new(4242, "sshd")])?;
+//! assert_eq!(db.count_events()?, 1);
+//! assert_eq!(db.recent_events(10)?[0].event.name, "sshd");
+//! assert_eq!(db.verify_ledger()?.entries, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//! Versioned with `PRAGMA user_version` and migrated on open (see
+//! [`SCHEMA_VERSION`](crate::SCHEMA_VERSION)); a database written by a newer build is refused with
+//! [`StoreError::NewerSchema`] rather than misread. Tables:
+//!
+//! | table | one row per | key columns |
+//! |---|---|---|
+//! | `processes` | process key (last known state) | `process_key`, `first_seen`, `last_seen`, `last_event_type`, `exit_code`, `exited_at` (NULL while it runs) |
+//! | `process_events` | lifecycle event | `id` (autoincrement), `event_type`, `process_key`, `pid`, `exit_code`, `observed_at`, `ledger_seq` |
+//! | `snapshots` | snapshot | `id`, `taken_at`, `process_count` |
+//! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
+//! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
+//! | `ledger` | ledger entry | `seq`, `kind` (`process_event`, `alert`), `content`, `prev_hash`, `entry_hash` |
+//!
+//! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
+//! `uid`, `start_time`, `cpu_percent`, `rss_bytes`, `exe_hash`,
+//! `hash_algorithm`, `accessible`, `file_exists` and `metadata` (JSON object).
+//! Times are integer unix nanoseconds; `process_key` is `boot_id:pid:start_ticks`.
+//! A pid alone does not name a process: events without a process key are
+//! stored as events but do not enter `processes`.
+//!
+//! # Durability
+//! WAL with `synchronous=NORMAL`: a committed transaction survives the
+//! process being killed; after a power loss the last transactions before it
+//! may be rolled back, never corrupted. The file is created owner-only (0600);
+//! SQLite gives the `-wal` and `-shm` files the same mode.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use collector_core::{HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
+use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+
+use crate::alert::Alert;
+use crate::ledger::{self, Chain, LedgerError, Verified};
+use crate::schema;
+
+/// The agent's database file inside its data directory.
+pub const FILE: &str = "agent.db";
+
+/// The longest an ad-hoc [`Store::query`] may run.
+pub const QUERY_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a statement waits for another connection's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The directory that should hold the database does not exist; it is not
+    /// created for the caller, so a typo in a path fails loudly.
+    #[error("database directory {dir} does not exist")]
+    DirectoryMissing {
+        /// The missing directory.
+        dir: PathBuf,
+    },
+    /// The database file could not be created.
+    #[error("cannot create database file {path}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// SQLite could not open or configure the file (not a database, locked,
+    /// unreadable, ...).
+    #[error("cannot open database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file system refused WAL mode (for example a network file system).
+    #[error("database {path} cannot use wal journal mode (it stays in {found})")]
+    JournalMode {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite reported instead.
+        found: String,
+    },
+    /// A schema migration failed; its transaction was rolled back.
+    #[error("migration to schema version {version} failed")]
+    Migration {
+        /// The version the migration would have produced.
+        version: u32,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer build whose schema this one does
+    /// not know.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    NewerSchema {
+        /// The `user_version` found in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// A reader found a database an older build wrote and not yet migrated
+    /// (readers cannot migrate: open it once read-write, as the agent does).
+    #[error("database schema version {found} is older than this build reads ({supported}); open it read-write once to migrate it")]
+    OlderSchema {
+        /// The `user_version` found in the file.
+        found: i64,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The `user_version` is negative: the file is not one of ours.
+    #[error("database schema version {found} is not a valid version")]
+    InvalidSchemaVersion {
+        /// The `user_version` found in the file.
+        found: i64,
+    },
+    /// A value could not be encoded for storage.
+    #[error("cannot encode field {field}")]
+    Encode {
+        /// The field of the event.
+        field: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored value could not be decoded (the row was edited by hand, or a
+    /// bug wrote it).
+    #[error("cannot decode column {column} of {table}: {reason}")]
+    Decode {
+        /// The table read.
+        table: &'static str,
+        /// The column read.
+        column: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// A statement failed.
+    #[error("sqlite statement failed")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The ledger failed (or does not verify).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// An ad-hoc query was refused or failed.
+    #[error("query refused: {reason}")]
+    Query {
+        /// Why.
+        reason: String,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the store writer thread")]
+    Spawn(#[source] io::Error),
+    /// A [`WriterConfig`](crate::WriterConfig) field is out of range.
+    #[error("invalid database writer config: {field} {reason}")]
+    InvalidWriterConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The [`StoreWriter`](crate::StoreWriter) has closed: the write was not
+    /// accepted.
+    #[error("database writer is closed")]
+    WriterClosed,
+}
+
+/// The id of a stored snapshot (`snapshots.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId(pub i64);
+
+/// One row of `process_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// `process_events.id`: increases with every event written.
+    pub id: i64,
+    /// The event as written.
+    pub event: ProcessEvent,
+}
+
+/// One row of `snapshots`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's id.
+    pub id: SnapshotId,
+    /// The latest observation time among its processes (or the time it was
+    /// written, when it was empty).
+    pub taken_at: SystemTime,
+    /// The number of processes in it.
+    pub process_count: u64,
+}
+
+/// One row of `process_snapshots`: one process as seen by one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRow {
+    /// The snapshot the row belongs to.
+    pub snapshot_id: SnapshotId,
+    /// The process as written (`event_type` reads back as
+    /// [`ProcessEventType::Snapshot`], `exit_code` as `None`).
+    pub process: ProcessEvent,
+}
+
+/// One row of `processes`: the last known state of one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRecord {
+    /// The process.
+    pub key: ProcessKey,
+    /// Its latest state: each field is the latest known value (a later event
+    /// that lacks a field, such as an exit event without argv, keeps the
+    /// earlier value); `event_type` is the latest event's, `timestamp` is
+    /// `last_seen`.
+    pub latest: ProcessEvent,
+    /// When it was first recorded.
+    pub first_seen: SystemTime,
+    /// When it exited, if an exit was recorded.
+    pub exited_at: Option<SystemTime>,
+}
+
+/// A row of `processes` as [`Store::processes`] lists it (the processes
+/// running as last reported).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredProcess {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: Option<u32>,
+    /// Stable process key.
+    pub process_key: Option<String>,
+    /// Name (comm).
+    pub name: String,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Command line.
+    pub argv: Vec<String>,
+    /// Real user id.
+    pub uid: Option<u32>,
+    /// The kind of the last event about it.
+    pub last_event: String,
+    /// When that event was observed, in nanoseconds since the Unix epoch.
+    pub last_seen: i64,
+}
+
+/// What [`Store::record_events`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Lifecycle events stored (each with a ledger entry).
+    pub lifecycle: u64,
+    /// Rows of `processes` inserted or updated.
+    pub upserted: u64,
+    /// Rows of `processes` marked exited.
+    pub removed: u64,
+}
+
+/// The result of [`Store::query`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QueryResult {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, each value as JSON (integers, reals, text, null; blobs as hex).
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+/// What the store appends to the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LedgerMode {
+    /// Every lifecycle event and every alert (the agent's store).
+    #[default]
+    EveryWrite,
+    /// Alerts only: lifecycle events are stored without a ledger entry
+    /// (`ledger_seq` NULL), at about twice the write rate. procmond
+    /// standalone stores this way, as its audit database always did.
+    AlertsOnly,
+}
+
+/// Which events of a batch are lifecycle events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// Every event given.
+    All,
+    /// All but periodic snapshots (a collector's stream).
+    NotSnapshots,
+}
+
+/// The store: one SQLite connection, WAL mode, migrated schema (see the
+/// [module docs](self)).
+///
+/// Not `Sync`: give it to a [`StoreWriter`](crate::StoreWriter) and talk to
+/// it through the handle (or share it as `Arc<Mutex<Store>>`).
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    ledger: LedgerMode,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it to
+    /// [`SCHEMA_VERSION`](crate::SCHEMA_VERSION).
+    ///
+    /// The parent directory must exist ([`StoreError::DirectoryMissing`]
+    /// otherwise). A new file is created with mode 0600. The connection uses
+    /// WAL, `synchronous=NORMAL`, foreign keys and a [`BUSY_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`StoreError::DirectoryMissing`], [`StoreError::Create`], [`StoreError::Open`]
+    /// (not a database, unreadable), [`StoreError::JournalMode`],
+    /// [`StoreError::NewerSchema`], [`StoreError::InvalidSchemaVersion`],
+    /// [`StoreError::Migration`].
+    pub fn new(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(StoreError::DirectoryMissing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        create_owner_only(&path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::JournalMode { path, found: mode });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            conn,
+            path,
+            ledger: LedgerMode::default(),
+        })
+    }
+
+    /// Opens (creating if needed) the agent's database, `<dir>/agent.db`
+    /// ([`FILE`]), as [`Store::new`] does.
+    ///
+    /// # Errors
+    /// As [`Store::new`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::new(dir.join(FILE))
+    }
+
+    /// Opens `<dir>/agent.db` read-only (for the CLI).
+    ///
+    /// # Errors
+    /// As [`Store::open_file_read_only`].
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_file_read_only(dir.join(FILE))
+    }
+
+    /// Opens the database at `path` read-only. It is not created or
+    /// migrated: its schema must be the one this build writes.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when it does not exist or cannot be read,
+    /// [`StoreError::NewerSchema`] or [`StoreError::OlderSchema`] when its
+    /// schema is not this build's.
+    pub fn open_file_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        schema::check_current(&conn)?;
+        Ok(Self {
+            conn,
+            path,
+            ledger: LedgerMode::default(),
+        })
+    }
+
+    /// What this store appends to the ledger from now on (default
+    /// [`LedgerMode::EveryWrite`]).
+    #[must_use]
+    pub fn with_ledger(mut self, mode: LedgerMode) -> Self {
+        self.ledger = mode;
+        self
+    }
+
+    /// The path the database was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        schema::user_version(&self.conn)
+    }
+
+    /// Stores one snapshot of the process table, in one transaction, and
+    /// updates `processes` for every row that has a process key.
+    ///
+    /// `taken_at` is the latest `timestamp` among `processes` (now, when the
+    /// slice is empty).
+    pub fn write_snapshot(&mut self, processes: &[ProcessEvent]) -> Result<SnapshotId, StoreError> {
+        let taken_at = processes
+            .iter()
+            .map(|p| p.timestamp)
+            .max()
+            .unwrap_or_else(SystemTime::now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = {
+            tx.prepare_cached(INSERT_SNAPSHOT)?.execute(params![
+                to_nanos(taken_at),
+                i64::try_from(processes.len()).unwrap_or(i64::MAX)
+            ])?;
+            let id = tx.last_insert_rowid();
+            let mut insert = tx.prepare_cached(INSERT_SNAPSHOT_ROW)?;
+            let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
+            for p in processes {
+                let e = Encoded::new(p)?;
+                insert.execute(params![
+                    id,
+                    e.key,
+                    e.pid,
+                    e.ppid,
+                    e.name,
+                    e.exe,
+                    e.argv,
+                    e.uid,
+                    e.start_time,
+                    e.cpu,
+                    e.rss,
+                    e.hash,
+                    e.algorithm,
+                    e.accessible,
+                    e.file_exists,
+                    e.metadata,
+                    e.observed_at,
+                ])?;
+                e.upsert(&mut upsert, ProcessEventType::Snapshot, None)?;
+            }
+            id
+        };
+        tx.commit()?;
+        Ok(SnapshotId(id))
+    }
+
+    /// Appends lifecycle events in one transaction, each with its ledger
+    /// entry (unless [`LedgerMode::AlertsOnly`]), and updates `processes` for every event that has a process
+    /// key. Every event given is stored as a lifecycle event (whatever its
+    /// type). Returns the number written.
+    pub fn write_events(&mut self, events: &[ProcessEvent]) -> Result<usize, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        write_events_in(&tx, &mut chain, self.ledger, events, Lifecycle::All)?;
+        tx.commit()?;
+        Ok(events.len())
+    }
+
+    /// Records a batch of a collector's events in one transaction:
+    /// lifecycle events (everything but periodic snapshots) into
+    /// `process_events`, each with its ledger entry, and `processes` brought
+    /// up to date (an exit marks the process exited).
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing of the batch is written then.
+    pub fn record_events(&mut self, events: &[ProcessEvent]) -> Result<Recorded, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let done = write_events_in(
+            &tx,
+            &mut chain,
+            self.ledger,
+            events,
+            Lifecycle::NotSnapshots,
+        )?;
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Stores an alert and its ledger entry, atomically. Returns the alert's
+    /// row id.
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is half-written.
+    pub fn record_alert(&mut self, alert: &Alert) -> Result<i64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let id = write_alert_in(&tx, &mut chain, alert)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Applies `writes` in order, in one transaction (the writer's batch).
+    pub(crate) fn apply(&mut self, writes: &[Op<'_>]) -> Result<Recorded, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let mut done = Recorded::default();
+        for w in writes {
+            match w {
+                Op::Events(events) => {
+                    let r = write_events_in(
+                        &tx,
+                        &mut chain,
+                        self.ledger,
+                        events,
+                        Lifecycle::NotSnapshots,
+                    )?;
+                    done.lifecycle += r.lifecycle;
+                    done.upserted += r.upserted;
+                    done.removed += r.removed;
+                }
+                Op::Alert(alert) => {
+                    write_alert_in(&tx, &mut chain, alert)?;
+                }
+                Op::ClearProcesses => {
+                    tx.execute("DELETE FROM processes", [])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Forgets every known process (the collector restarted: its first
+    /// snapshot fills the table again, without the processes that exited
+    /// while it was down).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn clear_processes(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM processes", [])?;
+        Ok(())
+    }
+
+    /// The processes running as last reported (no exit recorded), by pid.
+    ///
+    /// # Errors
+    /// SQLite or decoding errors.
+    pub fn processes(&self) -> Result<Vec<StoredProcess>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT pid, ppid, process_key, name, exe, argv, uid, last_event_type, last_seen \
+             FROM processes WHERE exited_at IS NULL ORDER BY pid, process_key",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let argv: String = r.get(5)?;
+            out.push(StoredProcess {
+                pid: r.get(0)?,
+                ppid: r.get(1)?,
+                process_key: r.get(2)?,
+                name: r.get(3)?,
+                exe: r.get(4)?,
+                argv: serde_json::from_str(&argv).map_err(|e| StoreError::Decode {
+                    table: "processes",
+                    column: "argv",
+                    reason: e.to_string(),
+                })?,
+                uid: r.get(6)?,
+                last_event: r.get(7)?,
+                last_seen: r.get(8)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The most recent alerts, newest first.
+    ///
+    /// # Errors
+    /// SQLite or decoding errors.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM alerts ORDER BY id DESC LIMIT ?1")?;
+        let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let body: String = r.get(0)?;
+            out.push(serde_json::from_str(&body).map_err(|e| StoreError::Decode {
+                table: "alerts",
+                column: "body",
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Runs one read-only `SELECT` (over any table of the schema), under the
+    /// same authorizer as the rules and a [`QUERY_TIME_LIMIT`].
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement is not a single read, or
+    /// fails or overruns.
+    pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
+        let denied = crate::readonly::Denied::default();
+        self.conn
+            .authorizer(Some(crate::readonly::read_only_authorizer(denied.clone())));
+        let deadline = tokio::time::Instant::now() + QUERY_TIME_LIMIT;
+        self.conn
+            .progress_handler(1000, Some(move || tokio::time::Instant::now() >= deadline));
+        let result = run_query(&self.conn, sql, &denied);
+        self.conn.authorizer(
+            None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
+        );
+        self.conn.progress_handler(0, None::<fn() -> bool>);
+        result
+    }
+
+    /// Verifies the ledger.
+    ///
+    /// # Errors
+    /// [`StoreError::Ledger`] with [`LedgerError::Broken`] naming the first
+    /// bad entry.
+    pub fn verify_ledger(&self) -> Result<Verified, StoreError> {
+        Ok(ledger::verify(&self.conn)?)
+    }
+
+    /// The `limit` most recent lifecycle events, newest first.
+    pub fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        const T: &str = "process_events";
+        let mut stmt = self.conn.prepare_cached(SELECT_RECENT_EVENTS)?;
+        let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut event = decode_process(row, 3, T)?;
+            event.event_type = decode_event_type(&row.get::<_, String>(1)?, T)?;
+            event.exit_code = row.get(2)?;
+            out.push(StoredEvent {
+                id: row.get(0)?,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The number of stored lifecycle events.
+    pub fn count_events(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM process_events")?
+            .query_row([], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The newest snapshot's header, if any snapshot was written.
+    pub fn latest_snapshot_info(&self) -> Result<Option<SnapshotInfo>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, taken_at, process_count FROM snapshots ORDER BY id DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query([])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        Ok(Some(SnapshotInfo {
+            id: SnapshotId(row.get(0)?),
+            taken_at: from_nanos(row.get(1)?, "snapshots", "taken_at")?,
+            process_count: row.get(2)?,
+        }))
+    }
+
+    /// The rows of the newest snapshot, ordered by pid (empty when no
+    /// snapshot was written).
+    pub fn latest_snapshot(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(SELECT_LATEST_SNAPSHOT)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(SnapshotRow {
+                snapshot_id: SnapshotId(row.get(0)?),
+                process: decode_process(row, 1, "process_snapshots")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The last known state of the process `key`.
+    pub fn process_by_key(&self, key: &ProcessKey) -> Result<Option<ProcessRecord>, StoreError> {
+        const T: &str = "processes";
+        let mut stmt = self.conn.prepare_cached(SELECT_PROCESS)?;
+        let mut rows = stmt.query([key.to_string()])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let mut latest = decode_process(row, 4, T)?;
+        latest.event_type = decode_event_type(&row.get::<_, String>(0)?, T)?;
+        latest.exit_code = row.get(1)?;
+        let exited_at = row
+            .get::<_, Option<i64>>(3)?
+            .map(|n| from_nanos(n, T, "exited_at"))
+            .transpose()?;
+        Ok(Some(ProcessRecord {
+            key: *key,
+            latest,
+            first_seen: from_nanos(row.get(2)?, T, "first_seen")?,
+            exited_at,
+        }))
+    }
+}
+
+/// One write of a [`StoreWriter`](crate::StoreWriter) batch.
+#[derive(Debug)]
+pub(crate) enum Op<'a> {
+    Events(&'a [ProcessEvent]),
+    Alert(&'a Alert),
+    ClearProcesses,
+}
+
+/// Writes `events` inside `tx`: lifecycle events with their ledger entries
+/// (as `ledger` says), and the last-known state of each keyed process.
+fn write_events_in(
+    tx: &Transaction<'_>,
+    chain: &mut Chain,
+    ledger: LedgerMode,
+    events: &[ProcessEvent],
+    lifecycle: Lifecycle,
+) -> Result<Recorded, StoreError> {
+    let mut done = Recorded::default();
+    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+    let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
+    for ev in events {
+        let e = Encoded::new(ev)?;
+        if lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot {
+            let seq = match ledger {
+                LedgerMode::EveryWrite => {
+                    let content =
+                        serde_json::to_string(ev).map_err(|source| StoreError::Encode {
+                            field: "event",
+                            source,
+                        })?;
+                    Some(chain.append(tx, "process_event", &content)?)
+                }
+                LedgerMode::AlertsOnly => None,
+            };
+            insert.execute(params![
+                ev.event_type.as_str(),
+                e.key,
+                e.pid,
+                e.ppid,
+                e.name,
+                e.exe,
+                e.argv,
+                e.uid,
+                e.start_time,
+                e.cpu,
+                e.rss,
+                e.hash,
+                e.algorithm,
+                e.accessible,
+                e.file_exists,
+                ev.exit_code,
+                e.metadata,
+                e.observed_at,
+                seq,
+            ])?;
+            done.lifecycle += 1;
+        }
+        if e.upsert(&mut upsert, ev.event_type, ev.exit_code)? {
+            if ev.event_type == ProcessEventType::Exit {
+                done.removed += 1;
+            } else {
+                done.upserted += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Writes `alert` and its ledger entry inside `tx`; returns its row id.
+fn write_alert_in(
+    tx: &Transaction<'_>,
+    chain: &mut Chain,
+    alert: &Alert,
+) -> Result<i64, StoreError> {
+    let body = serde_json::to_string(alert).map_err(|source| StoreError::Encode {
+        field: "alert",
+        source,
+    })?;
+    let seq = chain.append(tx, "alert", &body)?;
+    tx.prepare_cached(
+        "INSERT INTO alerts (rule_id, rule_name, severity, pid, process_key, dedup_key, \
+         observed_at, raised_at, body, ledger_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        alert.rule_id,
+        alert.rule_name,
+        alert.severity.to_string(),
+        alert.process.pid,
+        alert.process.process_key,
+        alert.dedup_key,
+        alert.observed_at,
+        alert.raised_at,
+        body,
+        seq
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Prepares and runs one read-only statement (the authorizer is already
+/// installed), every value as JSON.
+fn run_query(
+    conn: &Connection,
+    sql: &str,
+    denied: &crate::readonly::Denied,
+) -> Result<QueryResult, StoreError> {
+    use rusqlite::types::ValueRef;
+    let refuse = |reason: String| StoreError::Query { reason };
+    let mut stmt = conn.prepare(sql).map_err(|e| match e {
+        rusqlite::Error::MultipleStatement => refuse("more than one statement".to_owned()),
+        e => match denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            Some(what) => refuse(format!("only reading is allowed; refused: {what}")),
+            None => refuse(format!("invalid SQL: {e}")),
+        },
+    })?;
+    if !stmt.readonly() {
+        return Err(refuse("only reading is allowed".to_owned()));
+    }
+    let columns: Vec<String> = stmt
+        .column_names()
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut it = stmt.query([]).map_err(|e| refuse(e.to_string()))?;
+    while let Some(row) = it.next().map_err(|e| refuse(e.to_string()))? {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let v = match row.get_ref(i).map_err(|e| refuse(e.to_string()))? {
+                ValueRef::Null => serde_json::Value::Null,
+                ValueRef::Integer(x) => x.into(),
+                ValueRef::Real(x) => x.into(),
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                ValueRef::Blob(b) => ledger::to_hex(b).into(),
+            };
+            out.push(v);
+        }
+        rows.push(out);
+    }
+    Ok(QueryResult { columns, rows })
+}
+
+const INSERT_SNAPSHOT: &str = "INSERT INTO snapshots (taken_at, process_count) VALUES (?1, ?2)";
+
+const INSERT_SNAPSHOT_ROW: &str = "INSERT INTO process_snapshots (snapshot_id, process_key, \
+     pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, \
+     hash_algorithm, accessible, file_exists, metadata, observed_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+
+const INSERT_EVENT: &str = "INSERT INTO process_events (event_type, process_key, pid, \
+     ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, \
+     hash_algorithm, accessible, file_exists, exit_code, metadata, observed_at, ledger_seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+/// Last known state: a newer observation replaces each field it carries and
+/// keeps the ones it lacks (an exit event has no argv); an older one, arriving
+/// late, changes nothing.
+const UPSERT_PROCESS: &str = "INSERT INTO processes (process_key, pid, ppid, name, exe, \
+     argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, hash_algorithm, accessible, \
+     file_exists, metadata, first_seen, last_seen, last_event_type, exit_code, exited_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
+     ?17, ?18, ?19) \
+     ON CONFLICT (process_key) DO UPDATE SET \
+       pid = excluded.pid, \
+       ppid = coalesce(excluded.ppid, ppid), \
+       name = CASE WHEN excluded.name <> '' THEN excluded.name ELSE name END, \
+       exe = coalesce(excluded.exe, exe), \
+       argv = CASE WHEN excluded.argv <> '[]' THEN excluded.argv ELSE argv END, \
+       uid = coalesce(excluded.uid, uid), \
+       start_time = coalesce(excluded.start_time, start_time), \
+       cpu_percent = coalesce(excluded.cpu_percent, cpu_percent), \
+       rss_bytes = coalesce(excluded.rss_bytes, rss_bytes), \
+       hash_algorithm = CASE WHEN excluded.exe_hash IS NOT NULL \
+         THEN excluded.hash_algorithm ELSE hash_algorithm END, \
+       exe_hash = coalesce(excluded.exe_hash, exe_hash), \
+       accessible = excluded.accessible, \
+       file_exists = excluded.file_exists, \
+       metadata = CASE WHEN excluded.metadata <> '{}' THEN excluded.metadata ELSE metadata END, \
+       last_seen = excluded.last_seen, \
+       last_event_type = excluded.last_event_type, \
+       exit_code = coalesce(excluded.exit_code, exit_code), \
+       exited_at = coalesce(excluded.exited_at, exited_at) \
+     WHERE excluded.last_seen >= processes.last_seen";
+
+/// The columns [`decode_process`] reads, in its order.
+macro_rules! process_columns {
+    () => {
+        "process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
+         exe_hash, hash_algorithm, accessible, file_exists, metadata, observed_at"
+    };
+}
+
+const SELECT_RECENT_EVENTS: &str = concat!(
+    "SELECT id, event_type, exit_code, ",
+    process_columns!(),
+    " FROM process_events ORDER BY id DESC LIMIT ?1"
+);
+
+const SELECT_LATEST_SNAPSHOT: &str = concat!(
+    "SELECT snapshot_id, ",
+    process_columns!(),
+    " FROM process_snapshots WHERE snapshot_id = (SELECT max(id) FROM snapshots) \
+     ORDER BY pid, rowid"
+);
+
+const SELECT_PROCESS: &str = "SELECT last_event_type, exit_code, first_seen, exited_at, \
+     process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
+     exe_hash, hash_algorithm, accessible, file_exists, metadata, last_seen \
+     FROM processes WHERE process_key = ?1";
+
+/// A [`ProcessEvent`] in column form.
+struct Encoded<'a> {
+    key: Option<String>,
+    pid: u32,
+    ppid: Option<u32>,
+    name: &'a str,
+    exe: Option<&'a str>,
+    argv: String,
+    uid: Option<u32>,
+    start_time: Option<i64>,
+    cpu: Option<f64>,
+    rss: Option<i64>,
+    hash: Option<&'a str>,
+    algorithm: Option<&'static str>,
+    accessible: bool,
+    file_exists: bool,
+    metadata: String,
+    observed_at: i64,
+}
+
+impl<'a> Encoded<'a> {
+    fn new(p: &'a ProcessEvent) -> Result<Self, StoreError> {
+        Ok(Self {
+            key: p.process_key.map(|k| k.to_string()),
+            pid: p.pid,
+            ppid: p.ppid,
+            name: &p.name,
+            exe: p.executable_path.as_deref(),
+            argv: serde_json::to_string(&p.command_line).map_err(|source| StoreError::Encode {
+                field: "command_line",
+                source,
+            })?,
+            uid: p.user_id,
+            start_time: p.start_time.map(to_nanos),
+            cpu: p.cpu_usage,
+            // Saturates: no resident set reaches 2^63 bytes, and one absurd
+            // value must not fail the batch it is in.
+            rss: p.memory_usage.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            hash: p.executable_hash.as_deref(),
+            algorithm: p.hash_algorithm.map(HashAlgorithm::as_str),
+            accessible: p.accessible,
+            file_exists: p.file_exists,
+            metadata: serde_json::to_string(&p.platform_metadata).map_err(|source| {
+                StoreError::Encode {
+                    field: "platform_metadata",
+                    source,
+                }
+            })?,
+            observed_at: to_nanos(p.timestamp),
+        })
+    }
+
+    fn upsert(
+        &self,
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        event_type: ProcessEventType,
+        exit_code: Option<i32>,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = &self.key else {
+            return Ok(false);
+        };
+        let exited_at = (event_type == ProcessEventType::Exit).then_some(self.observed_at);
+        let changed = stmt.execute(params![
+            key,
+            self.pid,
+            self.ppid,
+            self.name,
+            self.exe,
+            self.argv,
+            self.uid,
+            self.start_time,
+            self.cpu,
+            self.rss,
+            self.hash,
+            self.algorithm,
+            self.accessible,
+            self.file_exists,
+            self.metadata,
+            self.observed_at,
+            event_type.as_str(),
+            exit_code,
+            exited_at,
+        ])?;
+        Ok(changed > 0)
+    }
+}
+
+/// Reads the [`process_columns!`] starting at column `base`.
+fn decode_process(
+    row: &Row<'_>,
+    base: usize,
+    table: &'static str,
+) -> Result<ProcessEvent, StoreError> {
+    let decode = |column: &'static str, reason: String| StoreError::Decode {
+        table,
+        column,
+        reason,
+    };
+    let process_key = row
+        .get::<_, Option<String>>(base)?
+        .map(|k| k.parse::<ProcessKey>())
+        .transpose()
+        .map_err(|e| decode("process_key", e.to_string()))?;
+    let argv: String = row.get(base + 5)?;
+    let command_line = serde_json::from_str(&argv).map_err(|e| decode("argv", e.to_string()))?;
+    let metadata: String = row.get(base + 14)?;
+    let platform_metadata =
+        serde_json::from_str(&metadata).map_err(|e| decode("metadata", e.to_string()))?;
+    let hash_algorithm = row
+        .get::<_, Option<String>>(base + 11)?
+        .map(|a| {
+            serde_json::from_value::<HashAlgorithm>(serde_json::Value::String(a))
+                .map_err(|e| decode("hash_algorithm", e.to_string()))
+        })
+        .transpose()?;
+    let start_time = row
+        .get::<_, Option<i64>>(base + 7)?
+        .map(|n| from_nanos(n, table, "start_time"))
+        .transpose()?;
+    Ok(ProcessEvent {
+        event_type: ProcessEventType::Snapshot,
+        pid: row.get(base + 1)?,
+        ppid: row.get(base + 2)?,
+        name: row.get(base + 3)?,
+        executable_path: row.get(base + 4)?,
+        command_line,
+        start_time,
+        cpu_usage: row.get(base + 8)?,
+        memory_usage: row.get(base + 9)?,
+        executable_hash: row.get(base + 10)?,
+        hash_algorithm,
+        user_id: row.get(base + 6)?,
+        accessible: row.get(base + 12)?,
+        file_exists: row.get(base + 13)?,
+        timestamp: from_nanos(row.get(base + 15)?, table, "observed_at")?,
+        platform_metadata,
+        process_key,
+        exit_code: None,
+    })
+}
+
+fn decode_event_type(text: &str, table: &'static str) -> Result<ProcessEventType, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| {
+        StoreError::Decode {
+            table,
+            column: "event_type",
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Unix nanoseconds, saturating outside 1677..2262.
+fn to_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn from_nanos(n: i64, table: &'static str, column: &'static str) -> Result<SystemTime, StoreError> {
+    let abs = Duration::from_nanos(n.unsigned_abs());
+    if n >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(abs)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(abs)
+    }
+    .ok_or_else(|| StoreError::Decode {
+        table,
+        column,
+        reason: format!("{n} ns is not a representable time"),
+    })
+}
+
+/// Creates `path` owner-only unless it exists (an existing file keeps the
+/// mode its owner gave it).
+fn create_owner_only(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::alert::tests::TestRule;
+    use crate::alert::{AlertProcess, Severity};
+    use crate::SCHEMA_VERSION;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::new(dir.path().join("audit.db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn nanos_round_trip_at_the_edges() {
+        for n in [0, 1, -1, i64::MAX, i64::MIN + 1, 1_750_000_000_123_456_789] {
+            assert_eq!(to_nanos(from_nanos(n, "t", "c").unwrap()), n);
+        }
+    }
+
+    #[test]
+    fn new_database_is_wal_owner_only_and_at_the_latest_version() {
+        let (dir, db) = open();
+        assert_eq!(db.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
+        let mode: String = db
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = db
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "synchronous=NORMAL");
+        let fk: i64 = db
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let meta = std::fs::metadata(dir.path().join("audit.db")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn missing_directory_is_a_typed_error_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = Store::new(missing.join("audit.db")).unwrap_err();
+        assert!(matches!(err, StoreError::DirectoryMissing { ref dir } if *dir == missing));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        std::fs::write(&path, vec![0xa5; 8192]).unwrap();
+        assert!(matches!(Store::new(&path), Err(StoreError::Open { .. })));
+    }
+
+    #[test]
+    fn alerts_only_stores_events_without_ledger_entries() {
+        let (_dir, db) = open();
+        let mut db = db.with_ledger(LedgerMode::AlertsOnly);
+        db.write_events(&[ProcessEvent::new(3, "x"), ProcessEvent::new(4, "y")])
+            .unwrap();
+        assert_eq!(db.count_events().unwrap(), 2);
+        assert_eq!(db.verify_ledger().unwrap().entries, 0);
+        let seqs = db
+            .query("SELECT count(*) FROM process_events WHERE ledger_seq IS NULL")
+            .unwrap();
+        assert_eq!(seqs.rows[0][0], 2);
+        let alert = Alert::new(
+            &TestRule("r", Severity::Low),
+            AlertProcess::from_event(&ProcessEvent::new(3, "x"), None),
+            SystemTime::now(),
+        );
+        db.record_alert(&alert).unwrap();
+        assert_eq!(db.verify_ledger().unwrap().entries, 1);
+    }
+
+    #[test]
+    fn saturated_rss_is_stored_not_refused() {
+        let (_dir, mut db) = open();
+        let mut e = ProcessEvent::new(7, "big");
+        e.memory_usage = Some(u64::MAX);
+        db.write_events(&[e]).unwrap();
+        let back = db.recent_events(1).unwrap();
+        assert_eq!(back[0].event.memory_usage, Some(i64::MAX as u64));
+    }
+
+    #[test]
+    fn processes_keeps_fields_a_later_exit_lacks() {
+        let (_dir, mut db) = open();
+        let key = ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), 42, 99);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let exec = ProcessEvent {
+            event_type: ProcessEventType::Exec,
+            pid: 42,
+            name: "curl".into(),
+            executable_path: Some("/usr/bin/curl".into()),
+            command_line: vec!["curl".into(), "-s".into()],
+            timestamp: t0,
+            process_key: Some(key),
+            ..ProcessEvent::default()
+        };
+        let exit = ProcessEvent {
+            event_type: ProcessEventType::Exit,
+            pid: 42,
+            timestamp: t0 + Duration::from_secs(2),
+            process_key: Some(key),
+            exit_code: Some(256),
+            accessible: false,
+            ..ProcessEvent::default()
+        };
+        db.write_events(&[exec.clone(), exit.clone()]).unwrap();
+        // A late, older observation changes nothing.
+        let mut late = exec.clone();
+        late.name = "stale".into();
+        late.timestamp = t0 - Duration::from_secs(1);
+        db.write_events(&[late]).unwrap();
+
+        let rec = db.process_by_key(&key).unwrap().unwrap();
+        assert_eq!(rec.latest.name, "curl");
+        assert_eq!(rec.latest.executable_path.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(rec.latest.command_line, exec.command_line);
+        assert_eq!(rec.latest.event_type, ProcessEventType::Exit);
+        assert_eq!(rec.latest.exit_code, Some(256));
+        assert!(!rec.latest.accessible);
+        assert_eq!(rec.first_seen, t0);
+        assert_eq!(rec.latest.timestamp, exit.timestamp);
+        assert_eq!(rec.exited_at, Some(exit.timestamp));
+        assert!(db
+            .process_by_key(&ProcessKey::new(key.boot_id, 43, 99))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn corrupt_rows_are_decode_errors_not_panics() {
+        let (_dir, mut db) = open();
+        db.write_events(&[ProcessEvent::new(5, "x")]).unwrap();
+        db.conn
+            .execute(
+                "UPDATE process_events SET argv = 'not json', event_type = 'bogus'",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            db.recent_events(10),
+            Err(StoreError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_snapshot_and_empty_event_batch_are_fine() {
+        let (_dir, mut db) = open();
+        assert_eq!(db.write_events(&[]).unwrap(), 0);
+        assert!(db.latest_snapshot().unwrap().is_empty());
+        assert!(db.latest_snapshot_info().unwrap().is_none());
+        let id = db.write_snapshot(&[]).unwrap();
+        let info = db.latest_snapshot_info().unwrap().unwrap();
+        assert_eq!((info.id, info.process_count), (id, 0));
+        assert!(db.latest_snapshot().unwrap().is_empty());
+    }
+    #[test]
+    fn alerts_are_stored_with_their_ledger_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let rule = &TestRule("rule-one", Severity::High);
+        for pid in 1..=3 {
+            let a = Alert::new(
+                rule,
+                AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None),
+                SystemTime::now(),
+            );
+            store.record_alert(&a).unwrap();
+        }
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let alerts = ro.recent_alerts(10).unwrap();
+        assert_eq!(
+            alerts.iter().map(|a| a.process.pid).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        assert_eq!(ro.verify_ledger().unwrap().entries, 3);
+        // An edited alert body in the ledger is found.
+        store
+            .conn
+            .execute("UPDATE ledger SET content = replace(content, '\"pid\":2', '\"pid\":9') WHERE seq = 2", [])
+            .unwrap();
+        match ro.verify_ledger() {
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn queries_read_and_only_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let rule = &TestRule("rule-zero", Severity::High);
+        let a = Alert::new(
+            rule,
+            AlertProcess::from_event(&ProcessEvent::new(5, "x"), None),
+            SystemTime::now(),
+        );
+        store.record_alert(&a).unwrap();
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let r = ro.query("SELECT rule_id, pid FROM alerts").unwrap();
+        assert_eq!(r.columns, vec!["rule_id", "pid"]);
+        assert_eq!(
+            r.rows,
+            vec![vec![serde_json::Value::from(rule.0), 5.into()]]
+        );
+        for bad in [
+            "DELETE FROM alerts",
+            "SELECT 1; SELECT 2",
+            "PRAGMA journal_mode",
+            "ATTACH 'x' AS y",
+            "SELEC 1",
+        ] {
+            assert!(
+                matches!(ro.query(bad), Err(StoreError::Query { .. })),
+                "{bad}"
+            );
+        }
+        // Refusals leave the store usable.
+        assert_eq!(
+            ro.query("SELECT count(*) AS n FROM alerts").unwrap().rows[0][0],
+            1
+        );
+    }
+
+    #[test]
+    fn lifecycle_events_are_ledgered_and_processes_kept_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let ev = |pid: u32, ty: ProcessEventType, name: &str| {
+            let mut e = ProcessEvent::new(pid, name);
+            e.process_key = Some(ProcessKey::new(
+                collector_core::BootId::from_bytes([7; 16]),
+                pid,
+                u64::from(pid) * 10,
+            ));
+            e.event_type = ty;
+            e.accessible = true;
+            e.command_line = vec![name.to_owned(), "-x".to_owned()];
+            if ty == ProcessEventType::Exit {
+                e.exit_code = Some(256);
+            }
+            e
+        };
+        let done = store
+            .record_events(&[
+                ev(10, ProcessEventType::Snapshot, "init"),
+                ev(11, ProcessEventType::Fork, "sh"),
+                ev(11, ProcessEventType::Exec, "ls"),
+                ev(12, ProcessEventType::Exec, "sleep"),
+                ev(11, ProcessEventType::Exit, "ls"),
+            ])
+            .unwrap();
+        assert_eq!(
+            done,
+            Recorded {
+                lifecycle: 4,
+                upserted: 4,
+                removed: 1
+            }
+        );
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let live = ro
+            .query("SELECT pid, name, argv FROM processes WHERE exited_at IS NULL ORDER BY pid")
+            .unwrap();
+        // The exited process keeps its last known state, with its exit.
+        let exited = ro
+            .query("SELECT pid, name, exit_code FROM processes WHERE exited_at IS NOT NULL")
+            .unwrap();
+        let want: Vec<Vec<serde_json::Value>> = vec![vec![11.into(), "ls".into(), 256.into()]];
+        assert_eq!(exited.rows, want);
+        let listed: Vec<(u32, String)> = ro
+            .processes()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.pid, p.argv.join(" ")))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(10, "init -x".to_owned()), (12, "sleep -x".to_owned())]
+        );
+        let want: Vec<Vec<serde_json::Value>> = vec![
+            vec![10.into(), "init".into(), "[\"init\",\"-x\"]".into()],
+            vec![12.into(), "sleep".into(), "[\"sleep\",\"-x\"]".into()],
+        ];
+        assert_eq!(live.rows, want);
+        let events = ro
+            .query("SELECT event_type, pid, exit_code FROM process_events ORDER BY id")
+            .unwrap();
+        assert_eq!(
+            events.rows,
+            vec![
+                vec!["fork".into(), 11.into(), serde_json::Value::Null],
+                vec!["exec".into(), 11.into(), serde_json::Value::Null],
+                vec!["exec".into(), 12.into(), serde_json::Value::Null],
+                vec!["exit".into(), 11.into(), 256.into()],
+            ]
+        );
+        // Snapshots are not lifecycle events: four ledger entries, which
+        // verify; the ledgered content is the event.
+        let v = ro.verify_ledger().unwrap();
+        assert_eq!(v.entries, 4);
+        let content = ro
+            .query("SELECT content FROM ledger WHERE seq = 4")
+            .unwrap()
+            .rows[0][0]
+            .clone();
+        let back: ProcessEvent = serde_json::from_str(content.as_str().unwrap()).unwrap();
+        assert_eq!(back.event_type, ProcessEventType::Exit);
+        assert_eq!(back.exit_code, Some(256));
+        // A deleted lifecycle entry is found.
+        store
+            .conn
+            .execute("DELETE FROM ledger WHERE seq = 2", [])
+            .unwrap();
+        assert!(matches!(
+            ro.verify_ledger(),
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. }))
+        ));
+    }
+}

@@ -1,0 +1,783 @@
+//! The store's writer: a thread of its own owning the [`Store`], so that
+//! neither detection nor collection ever waits on the disk.
+//!
+//! Writes (event batches, alerts, clearing `processes`) arrive on a bounded
+//! queue, in order. Under [`WhenFull::Block`] (the default) a full queue makes
+//! the sender wait, so backpressure reaches the collector, which counts what
+//! it drops, and nothing is lost silently; under [`WhenFull::DropNewest`]
+//! event batches that do not fit are dropped and counted (alerts always
+//! wait). The thread takes what is queued, up to
+//! [`batch_events`](WriterConfig::batch_events) events or
+//! [`batch_delay_ms`](WriterConfig::batch_delay_ms) after the first write,
+//! and commits it in one transaction, in queue order. A failed transaction is
+//! logged, counted and retried once; if the retry fails too its writes are
+//! counted as failed (events in `events_dropped_write_failed`) and the writer
+//! goes on. [`StoreWriter::close`] commits everything queued before it
+//! returns, so nothing accepted is lost on SIGTERM.
+//!
+//! Accounting: `events_accepted` equals `events_written` plus
+//! `events_dropped_write_failed` plus [`events_queued`](WriterStats::events_queued).
+//! Events refused because the writer had closed are counted in
+//! `events_refused` and were never accepted; events dropped because the
+//! queue was full (`DropNewest` only) in `events_dropped_queue_full`.
+//!
+//! ```
+//! use collector_core::{ProcessEvent, ProcessEventType};
+//! use daemoneye_store::{Store, StoreWriter, WriterConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let writer = StoreWriter::spawn(Store::open(dir.path())?, WriterConfig::default())?;
+//! let mut exec = ProcessEvent::new(4242, "sh");
+//! exec.event_type = ProcessEventType::Exec;
+//! writer.events(vec![exec]).await;
+//! let stats = writer.close().await;
+//! assert_eq!(stats.lifecycle_events.load(std::sync::atomic::Ordering::Relaxed), 1);
+//! assert_eq!(Store::open_read_only(dir.path())?.count_events()?, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::error::Error as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::{ProcessEvent, WhenFull};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+use crate::alert::Alert;
+use crate::store::{Op, Store, StoreError};
+
+/// Configuration of a [`StoreWriter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Writes (event batches, alerts) the queue holds before a sender waits
+    /// (or, for event batches under [`WhenFull::DropNewest`], drops).
+    pub queue_writes: usize,
+    /// The most events committed in one transaction (a larger batch is
+    /// split).
+    pub batch_events: usize,
+    /// The longest the first write of a partial batch waits for more before
+    /// the batch is committed, in milliseconds.
+    pub batch_delay_ms: u64,
+    /// What sending an event batch does when the queue is full.
+    pub when_full: WhenFull,
+}
+
+/// Default of [`WriterConfig::queue_writes`].
+pub const DEFAULT_QUEUE_WRITES: usize = 256;
+/// Default of [`WriterConfig::batch_events`].
+pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
+/// Default of [`WriterConfig::batch_delay_ms`].
+pub const DEFAULT_BATCH_DELAY_MS: u64 = 50;
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            queue_writes: DEFAULT_QUEUE_WRITES,
+            batch_events: DEFAULT_BATCH_EVENTS,
+            batch_delay_ms: DEFAULT_BATCH_DELAY_MS,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+impl WriterConfig {
+    /// Checks the sizes.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidWriterConfig`] naming the first field that is
+    /// zero.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |field, reason| Err(StoreError::InvalidWriterConfig { field, reason });
+        if self.queue_writes == 0 {
+            return invalid("queue_writes", "must be at least 1");
+        }
+        if self.batch_events == 0 {
+            return invalid("batch_events", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What the writer has done: live counters, shared with whoever reports
+/// them.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Event batches committed whole.
+    pub batches: AtomicU64,
+    /// Lifecycle events committed (each with a ledger entry).
+    pub lifecycle_events: AtomicU64,
+    /// Alerts committed (each with a ledger entry).
+    pub alerts: AtomicU64,
+    /// Writes lost: failed twice, or refused because the writer had closed
+    /// (each logged).
+    pub failures: AtomicU64,
+    /// Events taken into the queue.
+    pub events_accepted: AtomicU64,
+    /// Events committed (lifecycle events and snapshot rows alike).
+    pub events_written: AtomicU64,
+    /// Transactions committed.
+    pub transactions_committed: AtomicU64,
+    /// Failed transaction attempts (each batch is tried at most twice).
+    pub write_errors: AtomicU64,
+    /// Events dropped because their transaction failed twice.
+    pub events_dropped_write_failed: AtomicU64,
+    /// Events dropped because the queue was full (never under
+    /// [`WhenFull::Block`]).
+    pub events_dropped_queue_full: AtomicU64,
+    /// Events refused because the writer had closed (never accepted).
+    pub events_refused: AtomicU64,
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+impl WriterStats {
+    /// Every event lost after it was accepted or offered, whatever the
+    /// reason (write failures and a full queue).
+    pub fn events_dropped(&self) -> u64 {
+        load(&self.events_dropped_write_failed) + load(&self.events_dropped_queue_full)
+    }
+
+    /// Accepted events neither written nor dropped yet.
+    pub fn events_queued(&self) -> u64 {
+        load(&self.events_accepted)
+            .saturating_sub(load(&self.events_written))
+            .saturating_sub(load(&self.events_dropped_write_failed))
+    }
+}
+
+/// One queued write.
+#[derive(Debug)]
+enum Write {
+    Events(Vec<ProcessEvent>),
+    Alert(Box<Alert>),
+    ClearProcesses,
+    Flush(oneshot::Sender<()>),
+    Close,
+}
+
+/// The handle to the writer thread. Cheap to clone; the writer closes when
+/// [`close`](Self::close) is called or every clone is dropped (both commit
+/// everything queued first).
+#[derive(Debug, Clone)]
+pub struct StoreWriter {
+    tx: mpsc::Sender<Write>,
+    stats: Arc<WriterStats>,
+    done: watch::Receiver<bool>,
+    when_full: WhenFull,
+}
+
+impl StoreWriter {
+    /// Starts the writer thread over `store`. A `config` that fails
+    /// [`WriterConfig::validate`] is clamped to the nearest valid sizes.
+    /// Needs no tokio runtime: the thread keeps its own timer.
+    ///
+    /// # Errors
+    /// [`StoreError::Spawn`] when the thread cannot be started.
+    pub fn spawn(store: Store, config: WriterConfig) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(config.queue_writes.max(1));
+        let (done_tx, done_rx) = watch::channel(false);
+        let stats = Arc::new(WriterStats::default());
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(StoreError::Spawn)?;
+        let worker = Worker {
+            store,
+            rx,
+            stats: Arc::clone(&stats),
+            batch_events: config.batch_events.max(1),
+            batch_delay: Duration::from_millis(config.batch_delay_ms),
+            done: done_tx,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || timer.block_on(worker.run()))
+            .map_err(StoreError::Spawn)?;
+        Ok(Self {
+            tx,
+            stats,
+            done: done_rx,
+            when_full: config.when_full,
+        })
+    }
+
+    /// [`spawn`](Self::spawn) with the default batching and room for
+    /// `capacity` queued writes.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn).
+    pub fn start(store: Store, capacity: usize) -> Result<Self, StoreError> {
+        Self::spawn(
+            store,
+            WriterConfig {
+                queue_writes: capacity,
+                ..WriterConfig::default()
+            },
+        )
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> Arc<WriterStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues a batch of events (waits while the queue is full, or drops and
+    /// counts the batch under [`WhenFull::DropNewest`]). Refused batches (the
+    /// writer had closed) are counted in `events_refused` and `failures`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped while it waits for room, the
+    /// events were not accepted and nothing is counted.
+    pub async fn events(&self, events: Vec<ProcessEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len();
+        let s = &self.stats;
+        let sent = match self.when_full {
+            WhenFull::Block => match self.tx.reserve().await {
+                Ok(permit) => {
+                    // Counted before the writer can count them written.
+                    add(&s.events_accepted, n);
+                    permit.send(Write::Events(events));
+                    true
+                }
+                Err(_) => false,
+            },
+            WhenFull::DropNewest => match self.tx.try_reserve() {
+                Ok(permit) => {
+                    add(&s.events_accepted, n);
+                    permit.send(Write::Events(events));
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    add(&s.events_dropped_queue_full, n);
+                    tracing::debug!(
+                        events = n,
+                        reason = "queue_full",
+                        "store writer queue full, events dropped"
+                    );
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => false,
+            },
+        };
+        if !sent {
+            add(&s.events_refused, n);
+            self.refused("events");
+        }
+    }
+
+    /// Queues an alert (always waits for room: alerts are never dropped).
+    pub async fn alert(&self, alert: Alert) {
+        if self.tx.send(Write::Alert(Box::new(alert))).await.is_err() {
+            self.refused("alert");
+        }
+    }
+
+    /// Queues forgetting every known process (a new collector session).
+    pub async fn clear_processes(&self) {
+        if self.tx.send(Write::ClearProcesses).await.is_err() {
+            self.refused("clear_processes");
+        }
+    }
+
+    fn refused(&self, what: &'static str) {
+        let n = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        error!(
+            write = what,
+            failures = n,
+            "the store writer has closed, write refused"
+        );
+    }
+
+    /// Waits until everything queued before this call is committed (or, if
+    /// its transaction failed twice, counted as failed).
+    ///
+    /// # Errors
+    /// [`StoreError::WriterClosed`] when the writer has closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the writer commits the queued writes either way.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .send(Write::Flush(ack))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
+        acked.await.map_err(|_| StoreError::WriterClosed)
+    }
+
+    /// Closes the writer: later writes are refused, everything queued is
+    /// committed, then this returns the counters. Calling it again, or from
+    /// another clone, waits for the same end.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: once the close is queued, the writer commits and stops
+    /// even if the future is dropped.
+    pub async fn close(&self) -> Arc<WriterStats> {
+        // Fails only when the writer is already closing; then wait all the same.
+        let _ = self.tx.send(Write::Close).await;
+        let mut done = self.done.clone();
+        if done.wait_for(|finished| *finished).await.is_err() {
+            error!("the store's writer thread failed");
+        }
+        self.stats()
+    }
+}
+
+struct Worker {
+    store: Store,
+    rx: mpsc::Receiver<Write>,
+    stats: Arc<WriterStats>,
+    batch_events: usize,
+    batch_delay: Duration,
+    done: watch::Sender<bool>,
+}
+
+/// What one round of collecting produced besides the writes.
+#[derive(Default)]
+struct Round {
+    acks: Vec<oneshot::Sender<()>>,
+    finish: bool,
+}
+
+/// A queued write, as the batch holds it.
+enum Pending {
+    Events(Vec<ProcessEvent>),
+    Alert(Box<Alert>),
+    ClearProcesses,
+}
+
+impl Pending {
+    /// Events count as themselves, anything else as one.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Events(e) => e.len(),
+            _ => 1,
+        }
+    }
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut pending = Vec::new();
+        loop {
+            let round = self.collect(&mut pending).await;
+            self.commit(&mut pending);
+            for ack in round.acks {
+                let _ = ack.send(());
+            }
+            if round.finish {
+                break;
+            }
+        }
+        tracing::debug!(stats = ?self.stats, "store writer closed");
+        self.done.send_replace(true);
+    }
+
+    /// Waits for writes and gathers a batch: up to `batch_events`, or what
+    /// came within `batch_delay` of the first, or everything before a flush.
+    async fn collect(&mut self, pending: &mut Vec<Pending>) -> Round {
+        let mut round = Round::default();
+        let Some(first) = self.rx.recv().await else {
+            round.finish = true;
+            return round;
+        };
+        let mut weight = 0;
+        if Self::take(first, pending, &mut weight, &mut round) {
+            return self.close_if_finishing(pending, round).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_delay;
+        while weight < self.batch_events {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(w)) => {
+                    if Self::take(w, pending, &mut weight, &mut round) {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    round.finish = true;
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        self.close_if_finishing(pending, round).await
+    }
+
+    /// Files one write; true when the batch must be committed now.
+    fn take(w: Write, pending: &mut Vec<Pending>, weight: &mut usize, round: &mut Round) -> bool {
+        let p = match w {
+            Write::Events(e) => Pending::Events(e),
+            Write::Alert(a) => Pending::Alert(a),
+            Write::ClearProcesses => Pending::ClearProcesses,
+            Write::Flush(ack) => {
+                round.acks.push(ack);
+                return true;
+            }
+            Write::Close => {
+                round.finish = true;
+                return true;
+            }
+        };
+        *weight += p.weight();
+        pending.push(p);
+        false
+    }
+
+    /// On close: refuse new writes and take everything already queued (a
+    /// `recv` after `close` still yields every message sent before it).
+    async fn close_if_finishing(&mut self, pending: &mut Vec<Pending>, mut round: Round) -> Round {
+        if round.finish {
+            self.rx.close();
+            let mut weight = 0;
+            while let Some(w) = self.rx.recv().await {
+                Self::take(w, pending, &mut weight, &mut round);
+            }
+        }
+        round
+    }
+
+    /// Commits `pending` in transactions of at most `batch_events` events,
+    /// in order.
+    fn commit(&mut self, pending: &mut Vec<Pending>) {
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        // Per transaction: (events in it, event batches it completes, alerts).
+        let mut tally = Tally::default();
+        let mut txs: Vec<(Vec<Op<'_>>, Tally)> = Vec::new();
+        for p in pending.iter() {
+            match p {
+                Pending::Events(events) => {
+                    let mut rest: &[ProcessEvent] = events;
+                    while !rest.is_empty() {
+                        let room = self.batch_events.saturating_sub(tally.weight).max(1);
+                        let (now, later) = rest.split_at(room.min(rest.len()));
+                        ops.push(Op::Events(now));
+                        tally.weight += now.len();
+                        tally.events += now.len();
+                        rest = later;
+                        if rest.is_empty() {
+                            tally.batches += 1;
+                        }
+                        if tally.weight >= self.batch_events {
+                            txs.push((std::mem::take(&mut ops), std::mem::take(&mut tally)));
+                        }
+                    }
+                }
+                Pending::Alert(a) => {
+                    ops.push(Op::Alert(a));
+                    tally.weight += 1;
+                    tally.alerts += 1;
+                }
+                Pending::ClearProcesses => {
+                    ops.push(Op::ClearProcesses);
+                    tally.weight += 1;
+                    tally.other += 1;
+                }
+            }
+            if tally.weight >= self.batch_events {
+                txs.push((std::mem::take(&mut ops), std::mem::take(&mut tally)));
+            }
+        }
+        if !ops.is_empty() {
+            txs.push((ops, tally));
+        }
+        for (ops, tally) in &txs {
+            write_with_retry(&mut self.store, &self.stats, ops, tally);
+        }
+        drop(txs);
+        pending.clear();
+    }
+}
+
+/// What one transaction holds, for the counters.
+#[derive(Debug, Default)]
+struct Tally {
+    weight: usize,
+    events: usize,
+    batches: usize,
+    alerts: usize,
+    other: usize,
+}
+
+fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &Tally) {
+    let first = match store.apply(ops) {
+        Ok(r) => return committed(s, tally, r.lifecycle),
+        Err(err) => err,
+    };
+    add(&s.write_errors, 1);
+    warn!(
+        error = %chain(&first),
+        events = tally.events,
+        alerts = tally.alerts,
+        "store write failed, retrying once"
+    );
+    match store.apply(ops) {
+        Ok(r) => committed(s, tally, r.lifecycle),
+        Err(err) => {
+            add(&s.write_errors, 1);
+            add(&s.events_dropped_write_failed, tally.events);
+            let lost = tally.batches + tally.alerts + tally.other;
+            let n = s.failures.fetch_add(lost as u64, Ordering::Relaxed) + lost as u64;
+            error!(
+                error = %chain(&err),
+                events = tally.events,
+                alerts = tally.alerts,
+                failures = n,
+                reason = "write_failed",
+                "store write failed twice, dropped"
+            );
+        }
+    }
+}
+
+fn committed(s: &WriterStats, tally: &Tally, lifecycle: u64) {
+    add(&s.events_written, tally.events);
+    add(&s.batches, tally.batches);
+    add(&s.alerts, tally.alerts);
+    s.lifecycle_events.fetch_add(lifecycle, Ordering::Relaxed);
+    add(&s.transactions_committed, 1);
+}
+
+/// The error and its sources, `: `-separated, for one log field.
+fn chain(err: &StoreError) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound)]
+
+    use collector_core::ProcessEventType;
+
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
+    /// `n` exec events of pids `1..=n`.
+    fn events(n: usize) -> Vec<ProcessEvent> {
+        (1..=n)
+            .map(|i| {
+                let mut e = ProcessEvent::new(u32::try_from(i).unwrap(), "e");
+                e.event_type = ProcessEventType::Exec;
+                e
+            })
+            .collect()
+    }
+
+    fn count(dir: &tempfile::TempDir) -> u64 {
+        Store::open_read_only(dir.path())
+            .unwrap()
+            .count_events()
+            .unwrap()
+    }
+
+    #[test]
+    fn public_types_are_send_and_sync_where_they_must_be() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<StoreWriter>();
+        send_sync::<WriterStats>();
+        send_sync::<StoreError>();
+        // Moved to the writer thread, shared as `Arc<Mutex<_>>`.
+        send::<Store>();
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        assert!(WriterConfig::default().validate().is_ok());
+        let zero = WriterConfig {
+            batch_events: 0,
+            ..WriterConfig::default()
+        };
+        assert!(matches!(
+            zero.validate(),
+            Err(StoreError::InvalidWriterConfig {
+                field: "batch_events",
+                ..
+            })
+        ));
+        let parsed: WriterConfig =
+            serde_json::from_str(r#"{"queue_writes": 5, "when_full": "drop_newest"}"#).unwrap();
+        assert_eq!(parsed.queue_writes, 5);
+        assert_eq!(parsed.when_full, WhenFull::DropNewest);
+        assert_eq!(parsed.batch_events, DEFAULT_BATCH_EVENTS);
+        assert!(serde_json::from_str::<WriterConfig>(r#"{"queue": 5}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn everything_queued_is_committed_at_close() {
+        let (dir, store) = open();
+        let writer = StoreWriter::start(store, 2).unwrap();
+        let stats = writer.stats();
+        for i in 0..100u32 {
+            let mut e = ProcessEvent::new(i + 1, "x");
+            e.event_type = ProcessEventType::Exec;
+            e.accessible = true;
+            e.process_key = Some(collector_core::ProcessKey::new(
+                collector_core::BootId::from_bytes([2; 16]),
+                i + 1,
+                7,
+            ));
+            writer.events(vec![e]).await;
+        }
+        writer.close().await;
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 100);
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.verify_ledger().unwrap().entries, 100);
+        assert_eq!(
+            ro.query("SELECT count(*) FROM processes").unwrap().rows[0][0],
+            100
+        );
+    }
+
+    #[tokio::test]
+    async fn flush_commits_what_was_sent_before_it() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            // Long enough that only the flush can explain the commit.
+            batch_delay_ms: 60_000,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(db, config).unwrap();
+        writer.events(events(10)).await;
+        writer.flush().await.unwrap();
+        let stats = writer.stats();
+        assert_eq!(load(&stats.events_written), 10);
+        assert_eq!(stats.events_queued(), 0);
+        assert_eq!(count(&dir), 10);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_larger_than_a_transaction_is_split_not_stuck() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            queue_writes: 4,
+            batch_events: 3,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(db, config).unwrap();
+        writer.events(events(10)).await;
+        writer.events(events(2)).await;
+        let stats = writer.close().await;
+        assert_eq!(load(&stats.events_written), 12);
+        assert_eq!(load(&stats.batches), 2);
+        assert_eq!(stats.events_dropped(), 0);
+        assert!(load(&stats.transactions_committed) >= 4, "{stats:?}");
+        assert_eq!(count(&dir), 12);
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_are_refused_and_counted() {
+        let (_dir, db) = open();
+        let writer = StoreWriter::spawn(db, WriterConfig::default()).unwrap();
+        writer.events(events(3)).await;
+        let closed = writer.close().await;
+        assert_eq!(load(&closed.events_written), 3);
+        writer.events(events(2)).await;
+        assert!(matches!(
+            writer.flush().await,
+            Err(StoreError::WriterClosed)
+        ));
+        // A second close waits for the same end.
+        let again = writer.close().await;
+        assert_eq!(load(&again.events_refused), 2);
+        assert_eq!(load(&again.failures), 1);
+        assert_eq!(load(&again.events_accepted), 3);
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_commits_and_ends_the_writer() {
+        let (dir, db) = open();
+        let writer = StoreWriter::spawn(db, WriterConfig::default()).unwrap();
+        let mut done = writer.done.clone();
+        writer.events(events(7)).await;
+        drop(writer);
+        done.wait_for(|d| *d).await.unwrap();
+        assert_eq!(count(&dir), 7);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_counts_what_does_not_fit() {
+        let (_dir, db) = open();
+        let config = WriterConfig {
+            queue_writes: 5,
+            when_full: WhenFull::DropNewest,
+            batch_delay_ms: 60_000,
+            batch_events: 1_000,
+        };
+        let writer = StoreWriter::spawn(db, config).unwrap();
+        // The writer may already have taken the first batches (and given
+        // their room back), so fill the queue until a drop is seen.
+        let mut sent = 0u64;
+        while load(&writer.stats().events_dropped_queue_full) == 0 {
+            writer.events(events(5)).await;
+            sent += 5;
+            assert!(sent < 1_000_000, "no drop ever counted");
+        }
+        let stats = writer.close().await;
+        assert_eq!(
+            load(&stats.events_accepted) + load(&stats.events_dropped_queue_full),
+            sent
+        );
+        assert_eq!(load(&stats.events_written), load(&stats.events_accepted));
+    }
+
+    #[tokio::test]
+    async fn alerts_and_events_commit_in_queue_order() {
+        use crate::alert::tests::TestRule;
+        use crate::alert::{AlertProcess, Severity};
+        let (dir, db) = open();
+        let writer = StoreWriter::spawn(db, WriterConfig::default()).unwrap();
+        let e = events(1);
+        writer.events(e.clone()).await;
+        writer
+            .alert(Alert::new(
+                &TestRule("r", Severity::Low),
+                AlertProcess::from_event(&e[0], None),
+                std::time::SystemTime::now(),
+            ))
+            .await;
+        writer.events(events(1)).await;
+        let stats = writer.close().await;
+        assert_eq!(load(&stats.alerts), 1);
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let kinds = ro.query("SELECT kind FROM ledger ORDER BY seq").unwrap();
+        let want: Vec<Vec<serde_json::Value>> = vec![
+            vec!["process_event".into()],
+            vec!["alert".into()],
+            vec!["process_event".into()],
+        ];
+        assert_eq!(kinds.rows, want);
+        let seq = ro.query("SELECT ledger_seq FROM alerts").unwrap();
+        assert_eq!(seq.rows[0][0], 2);
+    }
+}
