@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,10 +101,6 @@ pub struct AgentHealth {
     pub rules_refused: u64,
 }
 
-fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
-}
-
 /// A gauge that counts something, as a count (never below zero).
 fn level(g: &Gauge) -> u64 {
     u64::try_from(g.get()).unwrap_or(0)
@@ -180,6 +175,7 @@ impl AgentHealth {
     /// not among them yet.
     pub fn register_metrics(&self, registry: &Registry) {
         self.counters.register(registry);
+        self.writer.register_metrics(registry);
         for c in &self.collectors {
             c.link.register(registry, &c.name);
         }
@@ -258,13 +254,13 @@ impl AgentHealth {
             ("live_processes".to_owned(), level(&c.live_processes)),
             ("rules_loaded".to_owned(), self.rules_loaded),
             ("rules_refused".to_owned(), self.rules_refused),
-            ("store_batches".to_owned(), load(&w.batches)),
+            ("store_batches".to_owned(), w.batches.get()),
             (
                 "store_lifecycle_events".to_owned(),
-                load(&w.lifecycle_events),
+                w.lifecycle_events.get(),
             ),
-            ("store_alerts".to_owned(), load(&w.alerts)),
-            ("store_failures".to_owned(), load(&w.failures)),
+            ("store_alerts".to_owned(), w.alerts.get()),
+            ("store_failures".to_owned(), w.failures.get()),
         ]);
         let collector_problems = problems.len();
         components.extend(self.sinks(&mut counters, &mut problems));

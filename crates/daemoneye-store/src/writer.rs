@@ -33,14 +33,14 @@
 //! exec.event_type = ProcessEventType::Exec;
 //! writer.events(vec![exec]).await;
 //! let stats = writer.close().await;
-//! assert_eq!(stats.lifecycle_events.load(std::sync::atomic::Ordering::Relaxed), 1);
+//! assert_eq!(stats.lifecycle_events.get(), 1);
 //! assert_eq!(Store::open_read_only(dir.path())?.count_events()?, 1);
 //! # Ok(())
 //! # }
 //! ```
 
+use collector_core::metrics::{Counter, Registry};
 use std::error::Error as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,40 +111,107 @@ impl WriterConfig {
 #[non_exhaustive]
 pub struct WriterStats {
     /// Event batches committed whole.
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Lifecycle events committed (each with a ledger entry).
-    pub lifecycle_events: AtomicU64,
+    pub lifecycle_events: Counter,
     /// Alerts committed (each with a ledger entry).
-    pub alerts: AtomicU64,
+    pub alerts: Counter,
     /// Writes lost: failed twice, or refused because the writer had closed
     /// (each logged).
-    pub failures: AtomicU64,
+    pub failures: Counter,
     /// Events taken into the queue.
-    pub events_accepted: AtomicU64,
+    pub events_accepted: Counter,
     /// Events committed (lifecycle events and snapshot rows alike).
-    pub events_written: AtomicU64,
+    pub events_written: Counter,
     /// Transactions committed.
-    pub transactions_committed: AtomicU64,
+    pub transactions_committed: Counter,
     /// Failed transaction attempts (each batch is tried at most twice).
-    pub write_errors: AtomicU64,
+    pub write_errors: Counter,
     /// Events dropped because their transaction failed twice.
-    pub events_dropped_write_failed: AtomicU64,
+    pub events_dropped_write_failed: Counter,
     /// Events dropped because the queue was full (never under
     /// [`WhenFull::Block`]).
-    pub events_dropped_queue_full: AtomicU64,
+    pub events_dropped_queue_full: Counter,
     /// Events refused because the writer had closed (never accepted).
-    pub events_refused: AtomicU64,
+    pub events_refused: Counter,
 }
 
-fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+fn load(c: &Counter) -> u64 {
+    c.get()
 }
 
-fn add(c: &AtomicU64, n: usize) {
-    c.fetch_add(n as u64, Ordering::Relaxed);
+fn add(c: &Counter, n: usize) {
+    c.add_usize(n);
 }
 
 impl WriterStats {
+    /// Names these counters in `registry` (`stage="store"`), once, when the
+    /// writer is built.
+    pub fn register_metrics(&self, registry: &Registry) {
+        registry.register_counters(
+            &[("stage", "store")],
+            &[
+                (
+                    "daemoneye_event_batches_written_total",
+                    "Event batches committed whole.",
+                    &self.batches,
+                ),
+                (
+                    "daemoneye_lifecycle_events_written_total",
+                    "Lifecycle events committed.",
+                    &self.lifecycle_events,
+                ),
+                (
+                    "daemoneye_alerts_written_total",
+                    "Alerts committed with their ledger entry.",
+                    &self.alerts,
+                ),
+                (
+                    "daemoneye_store_writes_lost_total",
+                    "Writes lost: failed twice, or refused after close.",
+                    &self.failures,
+                ),
+                (
+                    "daemoneye_events_accepted_total",
+                    "Events taken into the queue.",
+                    &self.events_accepted,
+                ),
+                (
+                    "daemoneye_events_written_total",
+                    "Events committed to the store.",
+                    &self.events_written,
+                ),
+                (
+                    "daemoneye_transactions_committed_total",
+                    "Store transactions committed.",
+                    &self.transactions_committed,
+                ),
+                (
+                    "daemoneye_store_write_errors_total",
+                    "Failed store transaction attempts.",
+                    &self.write_errors,
+                ),
+                (
+                    "daemoneye_events_refused_total",
+                    "Events refused because the writer had closed.",
+                    &self.events_refused,
+                ),
+            ],
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[("stage", "store"), ("reason", "write_failed")],
+            &self.events_dropped_write_failed,
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[("stage", "store"), ("reason", "full")],
+            &self.events_dropped_queue_full,
+        );
+    }
+
     /// Every event lost after it was accepted or offered, whatever the
     /// reason (write failures and a full queue).
     pub fn events_dropped(&self) -> u64 {
@@ -297,7 +364,8 @@ impl StoreWriter {
     }
 
     fn refused(&self, what: &'static str) {
-        let n = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.failures.inc();
+        let n = self.stats.failures.get();
         error!(
             write = what,
             failures = n,
@@ -533,7 +601,8 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
             add(&s.write_errors, 1);
             add(&s.events_dropped_write_failed, tally.events);
             let lost = tally.batches + tally.alerts + tally.other;
-            let n = s.failures.fetch_add(lost as u64, Ordering::Relaxed) + lost as u64;
+            s.failures.add_usize(lost);
+            let n = s.failures.get();
             error!(
                 error = %chain(&err),
                 events = tally.events,
@@ -550,7 +619,7 @@ fn committed(s: &WriterStats, tally: &Tally, lifecycle: u64) {
     add(&s.events_written, tally.events);
     add(&s.batches, tally.batches);
     add(&s.alerts, tally.alerts);
-    s.lifecycle_events.fetch_add(lifecycle, Ordering::Relaxed);
+    s.lifecycle_events.add(lifecycle);
     add(&s.transactions_committed, 1);
 }
 
@@ -648,8 +717,8 @@ mod tests {
             writer.events(vec![e]).await;
         }
         writer.close().await;
-        assert_eq!(stats.batches.load(Ordering::Relaxed), 100);
-        assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.batches.get(), 100);
+        assert_eq!(stats.failures.get(), 0);
         let ro = Store::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.verify_ledger().unwrap().entries, 100);
         assert_eq!(

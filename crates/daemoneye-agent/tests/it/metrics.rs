@@ -87,13 +87,15 @@ async fn metrics_listen_serves_the_agent_counters() {
     assert_eq!(alert["rule_id"], "exec-from-temp-dir", "{alert}");
 
     // The file sink counts its delivery just after writing the line read
-    // above: scrape until it has (nothing to await across HTTP).
+    // above, and the store writes the alert after the sinks have it: scrape
+    // until both have (nothing to await across HTTP).
     let delivered = "daemoneye_alerts_delivered_total{sink=\"file\"}";
+    let stored = "daemoneye_alerts_written_total{stage=\"store\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let (status, text) = scrape(addr).await;
         assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
-        if sample(&text, delivered).unwrap_or(0) >= 1 {
+        if sample(&text, delivered).unwrap_or(0) >= 1 && sample(&text, stored).unwrap_or(0) >= 1 {
             break text;
         }
         assert!(
@@ -102,6 +104,14 @@ async fn metrics_listen_serves_the_agent_counters() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    assert_eq!(
+        sample(
+            &text,
+            "daemoneye_events_dropped_total{reason=\"full\",stage=\"store\"}"
+        ),
+        Some(0),
+        "{text}"
+    );
     assert!(
         text.contains("# TYPE daemoneye_alerts_raised_total counter\n"),
         "{text}"

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{BootId, HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
-use std::sync::atomic::Ordering;
 
 use daemoneye_store::alert::{Alert, AlertProcess, AlertRule, Severity};
 use daemoneye_store::{ledger, Store, StoreError, StoreWriter, WriterConfig, SCHEMA_VERSION};
@@ -249,12 +248,12 @@ async fn everything_sent_before_close_is_on_disk() {
     }
     let stats = handle.close().await;
     let total = u64::from(PRODUCERS * PER_PRODUCER);
-    assert_eq!(stats.events_accepted.load(Ordering::Relaxed), total);
-    assert_eq!(stats.events_written.load(Ordering::Relaxed), total);
-    assert_eq!(stats.lifecycle_events.load(Ordering::Relaxed), total);
+    assert_eq!(stats.events_accepted.get(), total);
+    assert_eq!(stats.events_written.get(), total);
+    assert_eq!(stats.lifecycle_events.get(), total);
     assert_eq!(stats.events_dropped(), 0);
     assert_eq!(stats.events_queued(), 0);
-    assert_eq!(stats.write_errors.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.write_errors.get(), 0);
 
     // A fresh connection sees all of it, every pid once.
     let (count, distinct): (i64, i64) = raw(&path)
@@ -290,7 +289,7 @@ async fn writer_counts_failed_writes_and_keeps_going() {
     handle.events(batch).await;
     handle.flush().await.unwrap();
     let stats = handle.stats();
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let get = |c: &collector_core::metrics::Counter| c.get();
     assert_eq!(
         get(&stats.write_errors),
         2,
