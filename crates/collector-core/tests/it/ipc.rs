@@ -1114,6 +1114,10 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
             .unwrap();
         seen += batch.events.len();
     }
+    // The server counts a write once `write_all` returns, which can be after
+    // this client has read it; its one writer answers the ping only after
+    // that, so the health asked next has counted every event read here.
+    client.ping().await.unwrap();
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "flood-collector");
     assert_eq!(report.pid, std::process::id());
