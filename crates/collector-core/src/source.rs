@@ -281,6 +281,19 @@ pub trait EventSource: Send + Sync {
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let token = ctx.shutdown().clone();
         let (tx, flag) = ctx.into_parts();
+        // A task of its own turns the token into the flag: polled beside
+        // `start`, the token would be polled again at every wake-up of a
+        // busy source (each send into a full channel).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let watched = flag.clone();
+            let watcher = rt.spawn(async move {
+                token.cancelled().await;
+                watched.store(true, Ordering::SeqCst);
+            });
+            let result = self.start(tx, flag).await;
+            watcher.abort();
+            return result;
+        }
         let run = self.start(tx, flag.clone());
         tokio::pin!(run);
         tokio::select! {
