@@ -64,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
+use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 
 use crate::alert::Alert;
@@ -469,25 +470,9 @@ impl Store {
             let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
             for p in processes {
                 let e = Encoded::new(p)?;
-                insert.execute(params![
-                    id,
-                    e.key,
-                    e.pid,
-                    e.ppid,
-                    e.name,
-                    e.exe,
-                    e.argv,
-                    e.uid,
-                    e.start_time,
-                    e.cpu,
-                    e.rss,
-                    e.hash,
-                    e.algorithm,
-                    e.accessible,
-                    e.file_exists,
-                    e.metadata,
-                    e.observed_at,
-                ])?;
+                let head: [&dyn ToSql; 2] = [&id, &e.key];
+                let tail: [&dyn ToSql; 2] = [&e.metadata, &e.observed_at];
+                insert.execute(e.columns(head, tail))?;
                 e.upsert(&mut upsert, ProcessEventType::Snapshot, None)?;
             }
             id
@@ -794,27 +779,9 @@ fn write_events_in(
                 }
                 LedgerMode::AlertsOnly => None,
             };
-            insert.execute(params![
-                ev.event_type.as_str(),
-                e.key,
-                e.pid,
-                e.ppid,
-                e.name,
-                e.exe,
-                e.argv,
-                e.uid,
-                e.start_time,
-                e.cpu,
-                e.rss,
-                e.hash,
-                e.algorithm,
-                e.accessible,
-                e.file_exists,
-                ev.exit_code,
-                e.metadata,
-                e.observed_at,
-                seq,
-            ])?;
+            let head: [&dyn ToSql; 2] = [&ev.event_type.as_str(), &e.key];
+            let tail: [&dyn ToSql; 4] = [&ev.exit_code, &e.metadata, &e.observed_at, &seq];
+            insert.execute(e.columns(head, tail))?;
             done.lifecycle += 1;
         }
         if e.upsert(&mut upsert, ev.event_type, ev.exit_code)? {
@@ -1037,28 +1004,42 @@ impl<'a> Encoded<'a> {
             return Ok(false);
         };
         let exited_at = (event_type == ProcessEventType::Exit).then_some(self.observed_at);
-        let changed = stmt.execute(params![
-            key,
-            self.pid,
-            self.ppid,
-            self.name,
-            self.exe,
-            self.argv,
-            self.uid,
-            self.start_time,
-            self.cpu,
-            self.rss,
-            self.hash,
-            self.algorithm,
-            self.accessible,
-            self.file_exists,
-            self.metadata,
-            self.observed_at,
-            event_type.as_str(),
-            exit_code,
-            exited_at,
-        ])?;
+        let head: [&dyn ToSql; 1] = [key];
+        let tail: [&dyn ToSql; 5] = [
+            &self.metadata,
+            &self.observed_at,
+            &event_type.as_str(),
+            &exit_code,
+            &exited_at,
+        ];
+        let changed = stmt.execute(self.columns(head, tail))?;
         Ok(changed > 0)
+    }
+
+    /// The statement's parameters: `head`, then the columns every process
+    /// table stores alike (`pid` to `file_exists`, in table order), then
+    /// `tail`.
+    fn columns<'p, const H: usize, const T: usize>(
+        &'p self,
+        head: [&'p dyn ToSql; H],
+        tail: [&'p dyn ToSql; T],
+    ) -> rusqlite::ParamsFromIter<impl Iterator<Item = &'p dyn ToSql>> {
+        let shared: [&'p dyn ToSql; 13] = [
+            &self.pid,
+            &self.ppid,
+            &self.name,
+            &self.exe,
+            &self.argv,
+            &self.uid,
+            &self.start_time,
+            &self.cpu,
+            &self.rss,
+            &self.hash,
+            &self.algorithm,
+            &self.accessible,
+            &self.file_exists,
+        ];
+        rusqlite::params_from_iter(head.into_iter().chain(shared).chain(tail))
     }
 }
 
