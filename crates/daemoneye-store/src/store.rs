@@ -506,19 +506,7 @@ impl Store {
     /// # Errors
     /// SQLite or encoding errors; nothing of the batch is written then.
     pub fn record_events(&mut self, events: &[ProcessEvent]) -> Result<Recorded, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut chain = Chain::load(&tx)?;
-        let done = write_events_in(
-            &tx,
-            &mut chain,
-            self.ledger,
-            events,
-            Lifecycle::NotSnapshots,
-        )?;
-        tx.commit()?;
-        Ok(done)
+        self.apply(&[Op::Events(events)])
     }
 
     /// Stores an alert and its ledger entry, atomically. Returns the alert's
@@ -576,8 +564,7 @@ impl Store {
     /// # Errors
     /// SQLite errors.
     pub fn clear_processes(&mut self) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM processes", [])?;
-        Ok(())
+        self.apply(&[Op::ClearProcesses]).map(drop)
     }
 
     /// The processes running as last reported (no exit recorded), by pid.
