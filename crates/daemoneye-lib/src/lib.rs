@@ -68,3 +68,26 @@ pub mod models;
 pub mod proto;
 
 pub use backoff::{jitter, Backoff};
+
+/// An error and its sources, `: `-separated, for one log field or message
+/// (some libraries' own messages are terse and say the rest in their
+/// sources).
+///
+/// ```
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("cannot write the batch")]
+/// struct WriteError(#[source] std::io::Error);
+///
+/// let e = WriteError(std::io::Error::other("disk full"));
+/// assert_eq!(daemoneye_lib::error_chain(&e), "cannot write the batch: disk full");
+/// ```
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -40,7 +40,6 @@
 //! ```
 
 use collector_core::metrics::{Counter, Registry};
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,14 +135,6 @@ pub struct WriterStats {
     pub events_refused: Counter,
 }
 
-fn load(c: &Counter) -> u64 {
-    c.get()
-}
-
-fn add(c: &Counter, n: usize) {
-    c.add_usize(n);
-}
-
 impl WriterStats {
     /// Names these counters in `registry` (`stage="store"`), once, when the
     /// writer is built.
@@ -215,14 +206,15 @@ impl WriterStats {
     /// Every event lost after it was accepted or offered, whatever the
     /// reason (write failures and a full queue).
     pub fn events_dropped(&self) -> u64 {
-        load(&self.events_dropped_write_failed) + load(&self.events_dropped_queue_full)
+        self.events_dropped_write_failed.get() + self.events_dropped_queue_full.get()
     }
 
     /// Accepted events neither written nor dropped yet.
     pub fn events_queued(&self) -> u64 {
-        load(&self.events_accepted)
-            .saturating_sub(load(&self.events_written))
-            .saturating_sub(load(&self.events_dropped_write_failed))
+        self.events_accepted
+            .get()
+            .saturating_sub(self.events_written.get())
+            .saturating_sub(self.events_dropped_write_failed.get())
     }
 }
 
@@ -319,7 +311,7 @@ impl StoreWriter {
             WhenFull::Block => match self.tx.reserve().await {
                 Ok(permit) => {
                     // Counted before the writer can count them written.
-                    add(&s.events_accepted, n);
+                    s.events_accepted.add_usize(n);
                     permit.send(Write::Events(events));
                     true
                 }
@@ -327,12 +319,12 @@ impl StoreWriter {
             },
             WhenFull::DropNewest => match self.tx.try_reserve() {
                 Ok(permit) => {
-                    add(&s.events_accepted, n);
+                    s.events_accepted.add_usize(n);
                     permit.send(Write::Events(events));
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
-                    add(&s.events_dropped_queue_full, n);
+                    s.events_dropped_queue_full.add_usize(n);
                     tracing::debug!(
                         events = n,
                         reason = "queue_full",
@@ -344,7 +336,7 @@ impl StoreWriter {
             },
         };
         if !sent {
-            add(&s.events_refused, n);
+            s.events_refused.add_usize(n);
             self.refused("events");
         }
     }
@@ -588,9 +580,9 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
         Ok(r) => return committed(s, tally, r.lifecycle),
         Err(err) => err,
     };
-    add(&s.write_errors, 1);
+    s.write_errors.inc();
     warn!(
-        error = %chain(&first),
+        error = %daemoneye_lib::error_chain(&first),
         events = tally.events,
         alerts = tally.alerts,
         "store write failed, retrying once"
@@ -598,13 +590,13 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
     match store.apply(ops) {
         Ok(r) => committed(s, tally, r.lifecycle),
         Err(err) => {
-            add(&s.write_errors, 1);
-            add(&s.events_dropped_write_failed, tally.events);
+            s.write_errors.inc();
+            s.events_dropped_write_failed.add_usize(tally.events);
             let lost = tally.batches + tally.alerts + tally.other;
             s.failures.add_usize(lost);
             let n = s.failures.get();
             error!(
-                error = %chain(&err),
+                error = %daemoneye_lib::error_chain(&err),
                 events = tally.events,
                 alerts = tally.alerts,
                 failures = n,
@@ -616,23 +608,11 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
 }
 
 fn committed(s: &WriterStats, tally: &Tally, lifecycle: u64) {
-    add(&s.events_written, tally.events);
-    add(&s.batches, tally.batches);
-    add(&s.alerts, tally.alerts);
+    s.events_written.add_usize(tally.events);
+    s.batches.add_usize(tally.batches);
+    s.alerts.add_usize(tally.alerts);
     s.lifecycle_events.add(lifecycle);
-    add(&s.transactions_committed, 1);
-}
-
-/// The error and its sources, `: `-separated, for one log field.
-fn chain(err: &StoreError) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    s.transactions_committed.inc();
 }
 
 #[cfg(test)]
@@ -739,7 +719,7 @@ mod tests {
         writer.events(events(10)).await;
         writer.flush().await.unwrap();
         let stats = writer.stats();
-        assert_eq!(load(&stats.events_written), 10);
+        assert_eq!(stats.events_written.get(), 10);
         assert_eq!(stats.events_queued(), 0);
         assert_eq!(count(&dir), 10);
         writer.close().await;
@@ -757,10 +737,10 @@ mod tests {
         writer.events(events(10)).await;
         writer.events(events(2)).await;
         let stats = writer.close().await;
-        assert_eq!(load(&stats.events_written), 12);
-        assert_eq!(load(&stats.batches), 2);
+        assert_eq!(stats.events_written.get(), 12);
+        assert_eq!(stats.batches.get(), 2);
         assert_eq!(stats.events_dropped(), 0);
-        assert!(load(&stats.transactions_committed) >= 4, "{stats:?}");
+        assert!(stats.transactions_committed.get() >= 4, "{stats:?}");
         assert_eq!(count(&dir), 12);
     }
 
@@ -770,7 +750,7 @@ mod tests {
         let writer = StoreWriter::spawn(db, WriterConfig::default()).unwrap();
         writer.events(events(3)).await;
         let closed = writer.close().await;
-        assert_eq!(load(&closed.events_written), 3);
+        assert_eq!(closed.events_written.get(), 3);
         writer.events(events(2)).await;
         assert!(matches!(
             writer.flush().await,
@@ -778,9 +758,9 @@ mod tests {
         ));
         // A second close waits for the same end.
         let again = writer.close().await;
-        assert_eq!(load(&again.events_refused), 2);
-        assert_eq!(load(&again.failures), 1);
-        assert_eq!(load(&again.events_accepted), 3);
+        assert_eq!(again.events_refused.get(), 2);
+        assert_eq!(again.failures.get(), 1);
+        assert_eq!(again.events_accepted.get(), 3);
     }
 
     #[tokio::test]
@@ -807,17 +787,17 @@ mod tests {
         // The writer may already have taken the first batches (and given
         // their room back), so fill the queue until a drop is seen.
         let mut sent = 0u64;
-        while load(&writer.stats().events_dropped_queue_full) == 0 {
+        while writer.stats().events_dropped_queue_full.get() == 0 {
             writer.events(events(5)).await;
             sent += 5;
             assert!(sent < 1_000_000, "no drop ever counted");
         }
         let stats = writer.close().await;
         assert_eq!(
-            load(&stats.events_accepted) + load(&stats.events_dropped_queue_full),
+            stats.events_accepted.get() + stats.events_dropped_queue_full.get(),
             sent
         );
-        assert_eq!(load(&stats.events_written), load(&stats.events_accepted));
+        assert_eq!(stats.events_written.get(), stats.events_accepted.get());
     }
 
     #[tokio::test]
@@ -837,7 +817,7 @@ mod tests {
             .await;
         writer.events(events(1)).await;
         let stats = writer.close().await;
-        assert_eq!(load(&stats.alerts), 1);
+        assert_eq!(stats.alerts.get(), 1);
         let ro = Store::open_read_only(dir.path()).unwrap();
         let kinds = ro.query("SELECT kind FROM ledger ORDER BY seq").unwrap();
         let want: Vec<Vec<serde_json::Value>> = vec![

@@ -580,7 +580,7 @@ impl WebhookSink {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 return Delivery::Retry {
-                    cause: error_chain(&e),
+                    cause: daemoneye_lib::error_chain(&e),
                     after: None,
                 }
             }
@@ -629,18 +629,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
-}
-
-/// An error and its causes, `: `-separated (hyper's own message is terse).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
