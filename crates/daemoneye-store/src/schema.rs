@@ -47,10 +47,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "process_events (was lifecycle_events) with ledger_seq, alerts, ledger",
         sql: V2,
     },
+    Migration {
+        version: 3,
+        description: "typed process facts: euid, gid, exe_replaced, container_id, cgroup, detail",
+        sql: V3,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const V1: &str = r"
 CREATE TABLE snapshots (
@@ -168,6 +173,24 @@ CREATE TABLE IF NOT EXISTS ledger (
     entry_hash TEXT NOT NULL
 );
 ";
+
+/// The typed process facts every process table gains in version 3 (they
+/// travelled as strings in `metadata` before): `detail` is a JSON object of
+/// the rest (state, threads, `cpu_ticks`, read, namespaces, lifecycle).
+macro_rules! typed_facts {
+    ($($table:literal),+) => {
+        concat!($(
+            "ALTER TABLE ", $table, " ADD COLUMN euid INTEGER;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN gid INTEGER;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN exe_replaced INTEGER NOT NULL DEFAULT 0;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN container_id TEXT;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN cgroup TEXT;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';\n",
+        )+)
+    };
+}
+
+const V3: &str = typed_facts!("process_snapshots", "process_events", "processes");
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

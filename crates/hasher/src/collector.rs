@@ -292,6 +292,7 @@ impl BinaryHasherCollector {
             path: path.to_string_lossy().into_owned(),
             operation: FileOperation::Access,
             pid: req.target_pid,
+            process_key: None,
             size: None,
             permissions: None,
             file_hash: None,
