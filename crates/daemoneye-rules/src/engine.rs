@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use collector_core::metrics::{Counter, Registry};
 use collector_core::vocabulary::process_column;
 use collector_core::ProcessEvent;
 use rusqlite::{params, Connection, OpenFlags};
@@ -214,19 +215,52 @@ pub enum EngineError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// Counters of the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Counters of the engine (the workspace's one counter type: readable at
+/// any time, and in `/metrics` once [`register`](Self::register)ed).
+#[derive(Debug, Default)]
 pub struct EngineStats {
     /// Batches evaluated.
-    pub batches: u64,
+    pub batches: Counter,
     /// Rule runs.
-    pub rule_runs: u64,
+    pub rule_runs: Counter,
     /// Matches found.
-    pub matches: u64,
+    pub matches: Counter,
     /// Rule runs that failed (error or time limit).
-    pub rule_failures: u64,
+    pub rule_failures: Counter,
     /// Rule runs interrupted at the time limit.
-    pub rule_timeouts: u64,
+    pub rule_timeouts: Counter,
+}
+
+impl EngineStats {
+    /// Names the counters in `registry` (`daemoneye_rule_runs_total`, ...).
+    pub fn register(&self, registry: &Registry) {
+        registry.register_counters(
+            &[],
+            &[
+                (
+                    "daemoneye_rule_batches_total",
+                    "Batches of processes the rules judged.",
+                    &self.batches,
+                ),
+                ("daemoneye_rule_runs_total", "Rule runs.", &self.rule_runs),
+                (
+                    "daemoneye_rule_matches_total",
+                    "Processes rules matched.",
+                    &self.matches,
+                ),
+                (
+                    "daemoneye_rule_failures_total",
+                    "Rule runs that failed (an error or the time limit); the rule was skipped.",
+                    &self.rule_failures,
+                ),
+                (
+                    "daemoneye_rule_timeouts_total",
+                    "Rule runs interrupted at the time limit.",
+                    &self.rule_timeouts,
+                ),
+            ],
+        );
+    }
 }
 
 fn open_schema() -> Result<Connection, rusqlite::Error> {
@@ -374,7 +408,7 @@ pub struct RuleEngine {
     readers: Vec<Reader>,
     rules: Vec<Rule>,
     refused: Vec<RuleError>,
-    stats: EngineStats,
+    stats: Arc<EngineStats>,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -443,7 +477,7 @@ impl RuleEngine {
             readers,
             rules: kept,
             refused,
-            stats: EngineStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -457,9 +491,9 @@ impl RuleEngine {
         &self.refused
     }
 
-    /// Counters so far.
-    pub fn stats(&self) -> EngineStats {
-        self.stats
+    /// The engine's counters, shared: they keep counting.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Runs every rule over `rows`. A rule that fails or overruns its time
@@ -470,7 +504,7 @@ impl RuleEngine {
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
         self.load(rows)?;
-        self.stats.batches += 1;
+        self.stats.batches.inc();
         let counter = AtomicUsize::new(0);
         let (rules, next) = (self.rules.as_slice(), &counter);
         let mut results = match self.readers.as_mut_slice() {
@@ -500,17 +534,17 @@ impl RuleEngine {
         results.sort_unstable_by_key(|(i, _)| *i);
         let mut out = Vec::new();
         for (i, result) in results {
-            self.stats.rule_runs += 1;
+            self.stats.rule_runs.inc();
             match result {
                 Ok(found) => {
-                    self.stats.matches += found.len() as u64;
+                    self.stats.matches.add_usize(found.len());
                     out.extend(found);
                 }
                 Err(err) => {
-                    self.stats.rule_failures += 1;
+                    self.stats.rule_failures.inc();
                     if matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::OperationInterrupted)
                     {
-                        self.stats.rule_timeouts += 1;
+                        self.stats.rule_timeouts.inc();
                     }
                     let rule = &self.rules[i].id;
                     tracing::warn!(%rule, error = %err, "rule failed; skipped for this batch");
@@ -805,7 +839,10 @@ mod tests {
             assert_eq!(got, want);
         }
         let s = engine.stats();
-        assert_eq!((s.batches, s.rule_runs, s.rule_failures), (3, 120, 0));
+        assert_eq!(
+            (s.batches.get(), s.rule_runs.get(), s.rule_failures.get()),
+            (3, 120, 0)
+        );
     }
 
     #[test]
@@ -884,6 +921,6 @@ mod tests {
         let m = engine.evaluate(&rows).unwrap();
         assert_eq!(m.len(), 1, "the other rule still ran");
         let s = engine.stats();
-        assert_eq!((s.rule_failures, s.rule_timeouts), (1, 1));
+        assert_eq!((s.rule_failures.get(), s.rule_timeouts.get()), (1, 1));
     }
 }
