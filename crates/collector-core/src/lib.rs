@@ -94,6 +94,9 @@
 //! # }
 //! ```
 
+#[macro_use]
+mod builder;
+
 pub mod bus;
 #[cfg(feature = "triggers")]
 pub mod chain;

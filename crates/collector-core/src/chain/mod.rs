@@ -163,25 +163,13 @@ impl StageDefinition {
         self
     }
 
-    /// Sets the per-attempt timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the number of retries.
-    #[must_use]
-    pub fn with_max_retries(mut self, retries: u32) -> Self {
-        self.max_retries = Some(retries);
-        self
-    }
-
-    /// Sets the priority.
-    #[must_use]
-    pub fn with_priority(mut self, priority: TriggerPriority) -> Self {
-        self.priority = priority;
-        self
+    with_setters! {
+        /// Sets the per-attempt timeout.
+        with_timeout(timeout: Duration) { timeout = Some(timeout) }
+        /// Sets the number of retries.
+        with_max_retries(retries: u32) { max_retries = Some(retries) }
+        /// Sets the priority.
+        with_priority(priority: TriggerPriority) { priority = priority }
     }
 }
 
@@ -250,18 +238,11 @@ impl AnalysisWorkflowDefinition {
         self
     }
 
-    /// Sets the process analysed.
-    #[must_use]
-    pub fn with_target_pid(mut self, pid: u32) -> Self {
-        self.target_pid = Some(pid);
-        self
-    }
-
-    /// Sets the file analysed.
-    #[must_use]
-    pub fn with_target_path(mut self, path: impl Into<String>) -> Self {
-        self.target_path = Some(path.into());
-        self
+    with_setters! {
+        /// Sets the process analysed.
+        with_target_pid(pid: u32) { target_pid = Some(pid) }
+        /// Sets the file analysed.
+        with_target_path(path: impl Into<String>) { target_path = Some(path.into()) }
     }
 
     /// Checks ids, dependencies (known, no cycle), size and target.

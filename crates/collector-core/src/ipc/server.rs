@@ -165,21 +165,14 @@ impl CollectorIpcServer {
         })
     }
 
-    /// Streams the events of the collector behind `handle` to clients that
-    /// subscribe; each subscribing connection holds one subscription of the
-    /// collector.
-    #[must_use]
-    pub fn with_events(mut self, handle: CollectorHandle) -> Self {
-        self.events = Some(handle);
-        self
-    }
-
-    /// The name health reports give this server's component (default
-    /// `collector`).
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
+    with_setters! {
+        /// Streams the events of the collector behind `handle` to clients that
+        /// subscribe; each subscribing connection holds one subscription of the
+        /// collector.
+        with_events(handle: CollectorHandle) { events = Some(handle) }
+        /// The name health reports give this server's component (default
+        /// `collector`).
+        with_name(name: impl Into<String>) { name = name.into() }
     }
 
     /// Answers health requests with `provider` instead of the collector's

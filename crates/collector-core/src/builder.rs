@@ -1,0 +1,107 @@
+//! What the crate's configs and builders share: `with_*` setters written
+//! once ([`with_setters!`]) and the "no field may be zero" check of the
+//! `validate` methods ([`first_zero`]).
+
+use std::time::Duration;
+
+/// Builder methods that consume `self`, change one field and return `self`,
+/// each `#[must_use]` and `pub`. The braces hold what is done to the field
+/// (`self.` is put in front):
+///
+/// ```ignore
+/// impl Config {
+///     with_setters! {
+///         /// Sets the size.
+///         with_size(n: usize) { size = n }
+///         /// Sets the name.
+///         with_name(name: impl Into<String>) { name = name.into() }
+///         /// Adds a tag.
+///         with_tag(tag: impl Into<String>) { tags.push(tag.into()) }
+///     }
+/// }
+/// ```
+macro_rules! with_setters {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident($arg:ident: $ty:ty) { $($change:tt)* }
+    )*) => {$(
+        $(#[$attr])*
+        #[must_use]
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$($change)*;
+            self
+        }
+    )*};
+}
+
+/// A value a config field must not be zero.
+pub(crate) trait IsZero: Copy {
+    fn is_zero(self) -> bool;
+}
+
+impl IsZero for usize {
+    fn is_zero(self) -> bool {
+        self == 0
+    }
+}
+
+impl IsZero for Duration {
+    fn is_zero(self) -> bool {
+        Duration::is_zero(&self)
+    }
+}
+
+/// The name of the first of `fields` whose value is zero.
+pub(crate) fn first_zero<T: IsZero>(
+    fields: impl IntoIterator<Item = (&'static str, T)>,
+) -> Option<&'static str> {
+    fields
+        .into_iter()
+        .find_map(|(field, value)| value.is_zero().then_some(field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Built {
+        size: usize,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    #[allow(unreachable_pub)]
+    impl Built {
+        with_setters! {
+            /// Sets the size.
+            with_size(n: usize) { size = n }
+            /// Sets the name.
+            with_name(name: impl Into<String>) { name = name.into() }
+            /// Adds a tag.
+            with_tag(tag: &str) { tags.push(tag.to_owned()) }
+        }
+    }
+
+    #[test]
+    fn setters_set_and_push() {
+        let b = Built::default()
+            .with_size(3)
+            .with_name("n")
+            .with_tag("a")
+            .with_tag("b");
+        assert_eq!(b.size, 3);
+        assert_eq!(b.name, "n");
+        assert_eq!(b.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn first_zero_names_the_first_zero_field() {
+        assert_eq!(first_zero([("a", 1usize), ("b", 0), ("c", 0)]), Some("b"));
+        assert_eq!(first_zero([("a", Duration::from_secs(1))]), None);
+        assert_eq!(
+            first_zero([("a", Duration::from_secs(1)), ("b", Duration::ZERO)]),
+            Some("b")
+        );
+    }
+}
