@@ -95,7 +95,7 @@
 //! ```
 
 #[macro_use]
-mod builder;
+mod common;
 
 pub mod bus;
 #[cfg(feature = "triggers")]

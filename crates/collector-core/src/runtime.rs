@@ -116,25 +116,14 @@ struct Shared {
     metrics: Registry,
 }
 
-/// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
-/// its events, read its stats and health, from outside the runtime.
-#[derive(Clone)]
-pub struct CollectorHandle {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for CollectorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorHandle").finish_non_exhaustive()
-    }
+shared_handle! {
+    /// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
+    /// its events, read its stats and health, from outside the runtime.
+    pub struct CollectorHandle(Shared);
+    /// Requests a graceful shutdown, as SIGTERM would.
 }
 
 impl CollectorHandle {
-    /// Requests a graceful shutdown, as SIGTERM would.
-    pub fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-    }
-
     /// Whether shutdown was requested.
     pub fn is_shutdown_requested(&self) -> bool {
         self.shared.shutdown.is_cancelled()

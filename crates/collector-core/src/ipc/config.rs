@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::builder::first_zero;
+use crate::common::first_zero;
 use crate::ipc::IpcError;
 use crate::source::SourceCaps;
 

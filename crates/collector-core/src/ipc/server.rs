@@ -48,26 +48,15 @@ struct Shared {
     subscribed: tokio::sync::watch::Sender<u64>,
 }
 
-/// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
-/// read its counters.
-#[derive(Clone)]
-pub struct IpcServerHandle {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for IpcServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpcServerHandle").finish_non_exhaustive()
-    }
+shared_handle! {
+    /// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
+    /// read its counters.
+    pub struct IpcServerHandle(Shared);
+    /// Stops accepting, closes every connection, and makes `start` return
+    /// (after removing the socket file).
 }
 
 impl IpcServerHandle {
-    /// Stops accepting, closes every connection, and makes `start` return
-    /// (after removing the socket file).
-    pub fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-    }
-
     /// A snapshot of the counters.
     pub fn stats(&self) -> IpcServerStats {
         self.shared.counters.snapshot()

@@ -213,6 +213,36 @@ fn valid_label(name: &str) -> bool {
         && !name.starts_with("__")
 }
 
+/// The two methods of [`Registry`] for one kind of instrument: `$make`
+/// makes one, registers it and returns it; `$register` registers a clone
+/// of an existing one.
+macro_rules! instruments {
+    ($kind:ident, $make:ident, $register:ident, $what:literal) => {
+        #[doc = concat!("Makes a ", $what, ", registers it and returns it.")]
+        pub fn $make(
+            &self,
+            name: &'static str,
+            help: &'static str,
+            labels: &[(&'static str, &str)],
+        ) -> $kind {
+            let made = $kind::new();
+            self.$register(name, help, labels, &made);
+            made
+        }
+
+        #[doc = concat!("Registers (a clone of) an existing ", $what, ".")]
+        pub fn $register(
+            &self,
+            name: &'static str,
+            help: &'static str,
+            labels: &[(&'static str, &str)],
+            instrument: &$kind,
+        ) {
+            self.register(name, help, labels, Metric::$kind(instrument.clone()));
+        }
+    };
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -261,28 +291,8 @@ impl Registry {
         }
     }
 
-    /// Makes a counter, registers it and returns it.
-    pub fn counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Counter {
-        let c = Counter::new();
-        self.register_counter(name, help, labels, &c);
-        c
-    }
-
-    /// Registers (a clone of) an existing counter.
-    pub fn register_counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        counter: &Counter,
-    ) {
-        self.register(name, help, labels, Metric::Counter(counter.clone()));
-    }
+    instruments!(Counter, counter, register_counter, "counter");
+    instruments!(Gauge, gauge, register_gauge, "gauge");
 
     /// Registers (clones of) several counters sharing `labels`, each as
     /// `(name, help, counter)`.
@@ -294,29 +304,6 @@ impl Registry {
         for (name, help, counter) in counters {
             self.register_counter(name, help, labels, counter);
         }
-    }
-
-    /// Makes a gauge, registers it and returns it.
-    pub fn gauge(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Gauge {
-        let g = Gauge::new();
-        self.register_gauge(name, help, labels, &g);
-        g
-    }
-
-    /// Registers (a clone of) an existing gauge.
-    pub fn register_gauge(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        gauge: &Gauge,
-    ) {
-        self.register(name, help, labels, Metric::Gauge(gauge.clone()));
     }
 
     /// The value of the series `name` with exactly `labels` (in any order),

@@ -1,5 +1,6 @@
-//! What the crate's configs and builders share: `with_*` setters written
-//! once ([`with_setters!`]) and the "no field may be zero" check of the
+//! What the crate's public types share: `with_*` setters written once
+//! ([`with_setters!`]), the handles on a running component
+//! ([`shared_handle!`]) and the "no field may be zero" check of the
 //! `validate` methods ([`first_zero`]).
 
 use std::time::Duration;
@@ -32,6 +33,45 @@ macro_rules! with_setters {
             self
         }
     )*};
+}
+
+/// A cheap, cloneable handle on a component's `Arc<$shared>`, whose
+/// `shutdown` field (a `CancellationToken`) stops the component: the struct,
+/// a `Debug` that shows only its name, and `shutdown()`, documented with the
+/// doc comments given after the struct.
+///
+/// ```ignore
+/// shared_handle! {
+///     /// A handle to a running server.
+///     pub struct ServerHandle(Shared);
+///     /// Stops the server.
+/// }
+/// ```
+macro_rules! shared_handle {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident($shared:ty);
+        $(#[$shutdown_attr:meta])*
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone)]
+        pub struct $name {
+            shared: Arc<$shared>,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            $(#[$shutdown_attr])*
+            pub fn shutdown(&self) {
+                self.shared.shutdown.cancel();
+            }
+        }
+    };
 }
 
 /// A value a config field must not be zero.
