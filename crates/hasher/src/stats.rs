@@ -169,14 +169,12 @@ impl Counters {
                 ),
             ],
         );
-        for (reason, c) in REASON_LABELS.iter().zip(&self.refused) {
-            registry.register_counter(
-                "daemoneye_hashes_refused_total",
-                "Hash calls that produced no digest, by reason.",
-                &[stage[0], ("reason", reason)],
-                c,
-            );
-        }
+        registry.register_by_reason(
+            "daemoneye_hashes_refused_total",
+            "Hash calls that produced no digest, by reason.",
+            &stage,
+            REASON_LABELS.iter().copied().zip(&self.refused),
+        );
     }
 
     pub(crate) fn snapshot(&self) -> HasherStats {

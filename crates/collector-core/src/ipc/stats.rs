@@ -121,33 +121,27 @@ impl Counters {
             ("daemoneye_batches_sent_total", "Event batches written to subscribers.", &self.batches_sent),
             ("daemoneye_connections_forced_total", "Connections still running at the shutdown deadline.", &self.shutdown_forced),
         ]);
-        for (reason, c) in [
-            ("peer", &self.refused_peer),
-            ("overloaded", &self.refused_overloaded),
-        ] {
-            registry.register_counter(
-                "daemoneye_connections_refused_total",
-                "Connections refused, by reason.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
-        for ((_, reason), c) in CLOSES.iter().zip(&self.closed) {
-            registry.register_counter(
-                "daemoneye_connections_closed_total",
-                "Connections closed, by reason.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
-        for (reason, c) in REJECT_REASONS.iter().zip(&self.rejected) {
-            registry.register_counter(
-                "daemoneye_frames_rejected_total",
-                "Frames rejected, by codec error.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
+        registry.register_by_reason(
+            "daemoneye_connections_refused_total",
+            "Connections refused, by reason.",
+            &[ipc],
+            [
+                ("peer", &self.refused_peer),
+                ("overloaded", &self.refused_overloaded),
+            ],
+        );
+        registry.register_by_reason(
+            "daemoneye_connections_closed_total",
+            "Connections closed, by reason.",
+            &[ipc],
+            CLOSES.iter().map(|(_, reason)| *reason).zip(&self.closed),
+        );
+        registry.register_by_reason(
+            "daemoneye_frames_rejected_total",
+            "Frames rejected, by codec error.",
+            &[ipc],
+            REJECT_REASONS.iter().copied().zip(&self.rejected),
+        );
         registry.register_counter(
             "daemoneye_events_dropped_total",
             "Events dropped, by stage and reason.",

@@ -306,6 +306,25 @@ impl Registry {
         }
     }
 
+    /// Registers (clones of) the counters that split `name` by reason: each
+    /// `(reason, counter)` as the series `labels` plus `reason="<reason>"`.
+    pub fn register_by_reason<'a>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'a str)],
+        reasons: impl IntoIterator<Item = (&'a str, &'a Counter)>,
+    ) {
+        let mut with_reason = labels.to_vec();
+        with_reason.push(("reason", ""));
+        for (reason, counter) in reasons {
+            if let Some(last) = with_reason.last_mut() {
+                last.1 = reason;
+            }
+            self.register_counter(name, help, &with_reason, counter);
+        }
+    }
+
     /// The value of the series `name` with exactly `labels` (in any order),
     /// summed over duplicate registrations; `None` when nothing is
     /// registered under them. Gauges below zero read as zero.
