@@ -1,7 +1,9 @@
 //! What the crate's public types share: `with_*` setters written once
 //! ([`with_setters!`]), the handles on a running component
-//! ([`shared_handle!`]) and the "no field may be zero" check of the
-//! `validate` methods ([`first_zero`]).
+//! ([`shared_handle!`]), a `Debug` that shows a few fields
+//! ([`debug_fields!`](crate::debug_fields), exported for the other crates
+//! too) and the "no field may be zero" check of the `validate` methods
+//! ([`first_zero`]).
 
 use std::time::Duration;
 
@@ -71,6 +73,48 @@ macro_rules! shared_handle {
                 self.shared.shutdown.cancel();
             }
         }
+    };
+}
+
+/// Implements `Debug` for a struct that shows only the fields named (the
+/// rest may hold things without a `Debug`, or secrets) and ends
+/// non-exhaustive, as `Name { a: .., b: .., .. }`. A field may be shown
+/// from a path below `self`: `name = path.to.it`.
+///
+/// ```
+/// struct Sink {
+///     name: &'static str,
+///     inner: Inner,
+///     _on_alert: Box<dyn Fn()>,
+/// }
+/// struct Inner {
+///     url: String,
+/// }
+/// collector_core::debug_fields!(Sink { name, url = inner.url });
+///
+/// let sink = Sink {
+///     name: "hook",
+///     inner: Inner { url: "http://x".into() },
+///     _on_alert: Box::new(|| {}),
+/// };
+/// assert_eq!(format!("{sink:?}"), r#"Sink { name: "hook", url: "http://x", .. }"#);
+/// ```
+#[macro_export]
+macro_rules! debug_fields {
+    ($ty:ident $(<$param:ident>)? { $($field:ident $(= $($path:ident).+)?),* $(,)? }) => {
+        impl $(<$param>)? ::std::fmt::Debug for $ty $(<$param>)? {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &$crate::debug_fields!(@get self $field $(= $($path).+)?)))*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+    (@get $self:ident $field:ident) => {
+        $self.$field
+    };
+    (@get $self:ident $field:ident = $($path:ident).+) => {
+        $self.$($path).+
     };
 }
 

@@ -76,13 +76,7 @@ pub struct Subscription<T = CollectionEvent> {
     pending: Option<Pending<T>>,
 }
 
-impl<T> std::fmt::Debug for Subscription<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("id", &self.counters.id)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Subscription<T> { id = counters.id });
 
 impl<T> Subscription<T> {
     /// This subscription's id, as in [`SubscriberStats::id`].

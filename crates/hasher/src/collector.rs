@@ -125,12 +125,7 @@ pub struct BinaryHasherCollector {
     stop: CancellationToken,
 }
 
-impl std::fmt::Debug for BinaryHasherCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BinaryHasherCollector")
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(BinaryHasherCollector {});
 
 impl BinaryHasherCollector {
     /// A collector hashing with `engine`, answering on `bus`.

@@ -310,13 +310,7 @@ pub struct LocalEventBus {
 }
 
 #[cfg(feature = "triggers")]
-impl std::fmt::Debug for LocalEventBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalEventBus")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(LocalEventBus { config = inner.config });
 
 #[cfg(feature = "triggers")]
 impl LocalEventBus {

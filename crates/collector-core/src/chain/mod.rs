@@ -681,13 +681,7 @@ pub struct AnalysisChainCoordinator {
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for AnalysisChainCoordinator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnalysisChainCoordinator")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(AnalysisChainCoordinator { config });
 
 impl AnalysisChainCoordinator {
     /// Validates `config`; set a dispatcher before executing.

@@ -58,13 +58,7 @@ pub struct CollectorIpcClient {
     next_id: AtomicU64,
 }
 
-impl std::fmt::Debug for CollectorIpcClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorIpcClient")
-            .field("socket_path", &self.config.socket_path)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(CollectorIpcClient { socket_path = config.socket_path });
 
 /// The events of a subscription, in batches.
 #[derive(Debug)]

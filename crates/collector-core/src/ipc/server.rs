@@ -108,14 +108,7 @@ pub struct CollectorIpcServer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for CollectorIpcServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorIpcServer")
-            .field("socket", &self.socket.path)
-            .field("capabilities", &self.capabilities)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(CollectorIpcServer { socket = socket.path, capabilities });
 
 impl CollectorIpcServer {
     /// Validates `config` and binds its socket (0600, in a 0700 directory
