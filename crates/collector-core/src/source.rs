@@ -219,6 +219,47 @@ async fn bridge_flag(flag: Arc<AtomicBool>, token: CancellationToken, alive: Wea
     }
 }
 
+/// Where a source sends its events (the `tx` of [`EventSource::start`]).
+pub type EventSender = mpsc::Sender<CollectionEvent>;
+
+/// The reference API's shutdown signal (the flag of [`EventSource::start`]).
+pub type ShutdownFlag = Arc<AtomicBool>;
+
+/// [`EventSource::start`] for a source that implements
+/// [`start_with`](EventSource::start_with): runs it with a context whose
+/// token is cancelled once `flag` is set ([`SourceContext::from_flag`]).
+///
+/// ```
+/// # use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+/// # use collector_core::{EventSource, SourceCaps, SourceContext};
+/// # struct Mine;
+/// # #[async_trait::async_trait]
+/// # impl EventSource for Mine {
+/// # fn name(&self) -> &'static str { "mine" }
+/// # fn capabilities(&self) -> SourceCaps { SourceCaps::PROCESS }
+/// # async fn stop(&self) -> anyhow::Result<()> { Ok(()) }
+/// async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+///     start_from_flag(self, tx, flag).await
+/// }
+///
+/// async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+///     ctx.shutdown().cancelled().await;
+///     Ok(())
+/// }
+/// # }
+/// ```
+///
+/// # Errors
+/// What `start_with` returns.
+pub async fn start_from_flag<S: EventSource + ?Sized>(
+    source: &S,
+    tx: EventSender,
+    flag: ShutdownFlag,
+) -> anyhow::Result<()> {
+    let ctx = SourceContext::from_flag(source.name(), tx, flag);
+    source.start_with(ctx).await
+}
+
 /// A producer of [`CollectionEvent`]s: the one trait a collector implements.
 ///
 /// # Contract
@@ -246,7 +287,7 @@ async fn bridge_flag(flag: Arc<AtomicBool>, token: CancellationToken, alive: Wea
 /// `start_with` sets that flag the moment the token is cancelled. A new
 /// source should implement `start_with` and await
 /// [`SourceContext::shutdown`] instead of polling a flag, and implement
-/// `start` as shown in [`SourceContext::from_flag`].
+/// `start` with [`start_from_flag`].
 ///
 /// `collector_core::testing` checks a source against this contract.
 #[async_trait]

@@ -75,12 +75,15 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use collector_core::chain::{FAILED_TAG, RESULT_TAG};
 use collector_core::metrics::{Counter, Registry};
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::{
     AnalysisType, BusError, BusEvent, CollectionEvent, ConditionType, EventBus, EventFilter,
     EventKind, EventSource, FileOperation, FilesystemEvent, LocalEventBus, SourceCaps,
     SourceContext, TriggerCapabilities, TriggerPriority, TriggerRequest, TriggerResourceLimits,
 };
-use tokio::sync::{mpsc, Notify};
+#[cfg(test)] // the tests' sources name the channel type
+use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -141,6 +144,7 @@ impl BinaryHasherCollector {
 
     /// What to register with a `TriggerManager`.
     pub fn capabilities(&self) -> TriggerCapabilities {
+        use TriggerPriority::{Critical, High, Low, Normal};
         TriggerCapabilities {
             collector_id: BINARY_HASHER_ID.to_owned(),
             supported_conditions: vec![
@@ -155,12 +159,7 @@ impl BinaryHasherCollector {
             supported_analysis: vec![AnalysisType::BinaryHash],
             max_trigger_rate: 100,
             max_concurrent_analysis: 4,
-            supported_priorities: vec![
-                TriggerPriority::Low,
-                TriggerPriority::Normal,
-                TriggerPriority::High,
-                TriggerPriority::Critical,
-            ],
+            supported_priorities: vec![Low, Normal, High, Critical],
             resource_limits: TriggerResourceLimits::default(),
         }
     }
@@ -358,13 +357,8 @@ impl EventSource for BinaryHasherCollector {
         SourceCaps::FILESYSTEM
     }
 
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        shutdown: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-            .await
+    async fn start(&self, tx: EventSender, shutdown: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, shutdown).await
     }
 
     /// Runs until the context's token is cancelled (or `stop`).
