@@ -2,9 +2,11 @@
 //! ([`with_setters!`]), the handles on a running component
 //! ([`shared_handle!`]), a `Debug` that shows a few fields
 //! ([`debug_fields!`](crate::debug_fields), exported for the other crates
-//! too) and the "no field may be zero" check of the `validate` methods
-//! ([`first_zero`]).
+//! too), the "no field may be zero" check of the `validate` methods
+//! ([`first_zero`]) and the poison-tolerant [`lock`], [`read`] and
+//! [`write`].
 
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// Builder methods that consume `self`, change one field and return `self`,
@@ -142,6 +144,22 @@ pub(crate) fn first_zero<T: IsZero>(
     fields
         .into_iter()
         .find_map(|(field, value)| value.is_zero().then_some(field))
+}
+
+/// Locks `m`, also after a holder panicked: what the crate keeps behind a
+/// lock is consistent between statements, so a poisoned lock is still good.
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read-locks `l`, also after a holder panicked (as [`lock`]).
+pub(crate) fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-locks `l`, also after a holder panicked (as [`lock`]).
+pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::bus::EventFilter;
 #[cfg(feature = "triggers")]
 use crate::bus::{EventBusConfig, LocalEventBus};
+use crate::common::lock;
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
@@ -69,22 +70,19 @@ struct SourceState {
 
 impl SourceState {
     fn health(&self) -> SourceHealth {
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.health).clone()
     }
 
     /// Sets the health unless the source already ended (terminal states stay).
     fn set_running_health(&self, h: SourceHealth) {
-        let mut cur = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cur = lock(&self.health);
         if cur.is_running() {
             *cur = h;
         }
     }
 
     fn set_health(&self, h: SourceHealth) {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = h;
+        *lock(&self.health) = h;
     }
 
     fn stats(&self) -> SourceStats {
@@ -167,13 +165,9 @@ impl CollectorHandle {
         let sources = self.sources().iter().map(|s| s.stats()).collect();
         let c = &self.shared.counters;
         CollectorStats {
-            uptime: (*self
-                .shared
-                .started
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner))
-            .map(|t| t.elapsed())
-            .unwrap_or_default(),
+            uptime: (*lock(&self.shared.started))
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
             sources,
             subscribers: self.shared.subscribers.stats(),
             events_unrouted_total: c.unrouted.get(),
@@ -195,11 +189,7 @@ impl CollectorHandle {
     }
 
     fn sources(&self) -> Vec<Arc<SourceState>> {
-        self.shared
-            .sources
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.sources).clone()
     }
 }
 
@@ -308,11 +298,7 @@ impl Collector {
             counters: SourceCounters::registered(&self.shared.metrics, name),
             health: Mutex::new(SourceHealth::Starting),
         });
-        self.shared
-            .sources
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(state.clone());
+        lock(&self.shared.sources).push(state.clone());
         self.sources.push((Arc::from(source), state));
         Ok(())
     }
@@ -368,10 +354,7 @@ impl Collector {
             sources,
             shared,
         } = self;
-        *shared
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *lock(&shared.started) = Some(Instant::now());
         let total = sources.len();
         info!(
             sources = total,

@@ -60,7 +60,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::common::lock;
 
 #[cfg(feature = "metrics-server")]
 mod server;
@@ -267,7 +269,7 @@ impl Registry {
             labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             metric,
         };
-        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut families = lock(&self.families);
         match families.iter_mut().find(|f| f.name == name) {
             Some(family) => {
                 let same_kind = family
@@ -329,7 +331,7 @@ impl Registry {
     /// summed over duplicate registrations; `None` when nothing is
     /// registered under them. Gauges below zero read as zero.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let families = lock(&self.families);
         let family = families.iter().find(|f| f.name == name)?;
         let matching = |s: &&Series| {
             s.labels.len() == labels.len()
@@ -350,7 +352,7 @@ impl Registry {
     /// (version 0.0.4, [`CONTENT_TYPE`]): per name a `# HELP` and a `# TYPE`
     /// line, then one line per distinct label set, in registration order.
     pub fn encode(&self) -> String {
-        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let families = lock(&self.families);
         let mut out = String::with_capacity(families.len() * 160);
         for family in families.iter() {
             let Some(first) = family.series.first() else {
