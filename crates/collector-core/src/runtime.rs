@@ -20,7 +20,7 @@ use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
 use crate::metrics::Registry;
-use crate::source::{EventSource, SourceCaps, SourceContext};
+use crate::source::{unless_cancelled, EventSource, SourceCaps, SourceContext};
 use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
 use crate::telemetry::{
     CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
@@ -657,10 +657,10 @@ async fn pump(
     let mut warned_invalid = false;
     loop {
         let mut buf = Vec::with_capacity(settings.batch);
-        let n = tokio::select! {
-            biased;
-            () = hard_deadline.cancelled() => break,
-            n = rx.recv_many(&mut buf, settings.batch) => n,
+        let Some(n) =
+            unless_cancelled(&hard_deadline, rx.recv_many(&mut buf, settings.batch)).await
+        else {
+            break;
         };
         if n == 0 {
             // Closed and empty: the source and every clone of its sender are gone.
@@ -771,16 +771,13 @@ async fn health_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+        if unless_cancelled(&stop, ticker.tick()).await.is_none() {
+            return;
         }
         let limit = if first { startup_timeout } else { interval };
-        let verdict = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(limit, source.health_check()) => r,
+        let check = tokio::time::timeout(limit, source.health_check());
+        let Some(verdict) = unless_cancelled(&stop, check).await else {
+            return;
         };
         match verdict {
             Ok(Ok(())) => state.set_running_health(SourceHealth::Healthy),

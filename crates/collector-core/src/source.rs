@@ -1,6 +1,7 @@
 //! The [`EventSource`] contract, the [`SourceCaps`] a source declares and
 //! the [`SourceContext`] the runtime starts it with.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -258,6 +259,34 @@ pub async fn start_from_flag<S: EventSource + ?Sized>(
 ) -> anyhow::Result<()> {
     let ctx = SourceContext::from_flag(source.name(), tx, flag);
     source.start_with(ctx).await
+}
+
+/// Awaits `fut` unless `token` is cancelled first: `None` once it is, also
+/// when both are ready (the token is polled first, as in a `biased`
+/// `select!` with its branch first). A loop written with it ends on
+/// shutdown by construction.
+///
+/// ```
+/// use collector_core::source::unless_cancelled;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let token = CancellationToken::new();
+/// assert_eq!(unless_cancelled(&token, async { 1 }).await, Some(1));
+/// token.cancel();
+/// assert_eq!(unless_cancelled(&token, async { 1 }).await, None);
+/// # }
+/// ```
+///
+/// # Cancel safety
+/// As `fut`.
+pub async fn unless_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = token.cancelled() => None,
+        out = fut => Some(out),
+    }
 }
 
 /// A producer of [`CollectionEvent`]s: the one trait a collector implements.

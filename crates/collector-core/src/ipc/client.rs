@@ -23,6 +23,7 @@ use crate::common::lock;
 use crate::ipc::convert::caps_to_domains;
 use crate::ipc::wire::FrameReader;
 use crate::ipc::{IpcClientConfig, IpcError};
+use crate::source::unless_cancelled;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Envelope>>>;
 
@@ -393,10 +394,8 @@ async fn client_reader(
     closed: CancellationToken,
 ) {
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = closed.cancelled() => break,
-            f = reader.next_frame() => f,
+        let Some(frame) = unless_cancelled(&closed, reader.next_frame()).await else {
+            break;
         };
         let payload = match frame {
             Ok(Some(p)) => p,
@@ -418,10 +417,8 @@ async fn client_reader(
             if let Some(tx) = tx {
                 // Waiting here is the flow control: the server sees a
                 // full socket and drops (and counts) for us.
-                tokio::select! {
-                    biased;
-                    () = closed.cancelled() => break,
-                    _ = tx.send(batch) => {}
+                if unless_cancelled(&closed, tx.send(batch)).await.is_none() {
+                    break;
                 }
             }
             continue;

@@ -31,7 +31,7 @@ use crate::ipc::stats::{Close, Counters};
 use crate::ipc::wire::FrameReader;
 use crate::ipc::{IpcError, IpcServerConfig, IpcServerStats};
 use crate::runtime::CollectorHandle;
-use crate::source::SourceCaps;
+use crate::source::{unless_cancelled, SourceCaps};
 use crate::subscription::Subscription;
 
 /// What a task handler returns.
@@ -594,11 +594,10 @@ impl Connection {
             request_id,
             payload: Some(payload),
         };
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => false,
-            r = self.resp_tx.send(envelope) => r.is_ok(),
-        }
+        matches!(
+            unless_cancelled(&self.cancel, self.resp_tx.send(envelope)).await,
+            Some(Ok(()))
+        )
     }
 
     async fn refuse(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
@@ -724,13 +723,9 @@ impl Connection {
             self.reply(id, result.into()).await;
             return Next::Continue;
         }
-        let permit = tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => return Next::Close(Close::Io),
-            p = self.task_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return Next::Close(Close::Io),
-            },
+        let permit = self.task_limit.clone().acquire_owned();
+        let Some(Ok(permit)) = unless_cancelled(&self.cancel, permit).await else {
+            return Next::Close(Close::Io);
         };
         let ctx = self.ctx.clone();
         let resp_tx = self.resp_tx.clone();
@@ -903,13 +898,8 @@ async fn forward(
 ) {
     let counters = ctx.counters();
     loop {
-        let batch = tokio::select! {
-            biased;
-            () = token.cancelled() => return,
-            b = subscription.recv_batch() => match b {
-                Some(b) => b,
-                None => return,
-            },
+        let Some(Some(batch)) = unless_cancelled(&token, subscription.recv_batch()).await else {
+            return;
         };
         if !filter.source_ok(batch.source()) {
             continue;
