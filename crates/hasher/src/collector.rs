@@ -75,15 +75,13 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use collector_core::chain::{FAILED_TAG, RESULT_TAG};
 use collector_core::metrics::{Counter, Registry};
-use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+use collector_core::source::{start_from_flag, ShutdownFlag};
 use collector_core::{
     AnalysisType, BusError, BusEvent, CollectionEvent, ConditionType, EventBus, EventFilter,
     EventKind, EventSource, FileOperation, FilesystemEvent, LocalEventBus, SourceCaps,
     SourceContext, TriggerCapabilities, TriggerPriority, TriggerRequest, TriggerResourceLimits,
 };
-#[cfg(test)] // the tests' sources name the channel type
-use tokio::sync::mpsc;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -357,7 +355,11 @@ impl EventSource for BinaryHasherCollector {
         SourceCaps::FILESYSTEM
     }
 
-    async fn start(&self, tx: EventSender, shutdown: ShutdownFlag) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        shutdown: ShutdownFlag,
+    ) -> anyhow::Result<()> {
         start_from_flag(self, tx, shutdown).await
     }
 
