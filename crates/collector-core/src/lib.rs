@@ -95,6 +95,9 @@
 //! # }
 //! ```
 
+#[macro_use]
+mod common;
+
 pub mod bus;
 #[cfg(feature = "triggers")]
 pub mod chain;
