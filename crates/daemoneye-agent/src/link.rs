@@ -23,7 +23,7 @@ use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
     CollectionEvent, CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps,
 };
-use daemoneye_lib::proto::{event_record::Event, SubscribeRequest};
+use daemoneye_lib::proto::SubscribeRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
