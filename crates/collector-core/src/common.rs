@@ -2,7 +2,7 @@
 //! ([`with_setters!`]), the handles on a running component
 //! ([`shared_handle!`]), a `Debug` that shows a few fields
 //! ([`debug_fields!`](crate::debug_fields), exported for the other crates
-//! too), the "no field may be zero" check of the `validate` methods
+//! too), fieldless enums with lowercase names ([`names!`]), the "no field may be zero" check of the `validate` methods
 //! ([`first_zero`]) and the poison-tolerant [`lock`], [`read`] and
 //! [`write`].
 
@@ -160,6 +160,38 @@ pub(crate) fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Write-locks `l`, also after a holder panicked (as [`lock`]).
 pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A fieldless public enum whose values have lowercase names: the enum
+/// (serde with those names, `non_exhaustive`), `ALL`, `as_str` and
+/// `from_name`, from one list of `Variant = "name",`.
+macro_rules! names {
+    ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum $ty {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $ty {
+            /// Every value.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The lowercase name, as in JSON and on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            /// The value named `name` (as [`as_str`](Self::as_str) gives it).
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+        }
+    };
 }
 
 #[cfg(test)]

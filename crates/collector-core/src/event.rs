@@ -442,35 +442,6 @@ pub struct ProcessEvent {
     pub lifecycle: LifecycleDetail,
 }
 
-macro_rules! names {
-    ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        #[non_exhaustive]
-        pub enum $ty {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $ty {
-            /// Every value.
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
-
-            /// The lowercase name, as in JSON and on the wire.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)+
-                }
-            }
-
-            /// The value named `name` (as [`as_str`](Self::as_str) gives it).
-            pub fn from_name(name: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == name)
-            }
-        }
-    };
-}
-
 names! {
     /// How much of a process a collector read for an event.
     ReadDepth {

@@ -13,20 +13,20 @@
 
 use std::fmt;
 
-/// The SQL type of a column (as SQLite stores it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SqlType {
-    /// A whole number.
-    Integer,
-    /// A floating-point number.
-    Real,
-    /// UTF-8 text.
-    Text,
-    /// 0 or 1.
-    Boolean,
-    /// A JSON array of strings, as text.
-    JsonArray,
+names! {
+    /// The SQL type of a column (as SQLite stores it).
+    SqlType {
+        /// A whole number.
+        Integer = "integer",
+        /// A floating-point number.
+        Real = "real",
+        /// UTF-8 text.
+        Text = "text",
+        /// 0 or 1.
+        Boolean = "boolean",
+        /// A JSON array of strings, as text.
+        JsonArray = "json_array",
+    }
 }
 
 impl SqlType {
@@ -36,17 +36,6 @@ impl SqlType {
             Self::Integer | Self::Boolean => "INTEGER",
             Self::Real => "REAL",
             Self::Text | Self::JsonArray => "TEXT",
-        }
-    }
-
-    /// How the type is described to a rule author.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Integer => "integer",
-            Self::Real => "real",
-            Self::Text => "text",
-            Self::Boolean => "boolean (0/1)",
-            Self::JsonArray => "json array",
         }
     }
 }
