@@ -130,7 +130,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     );
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
+    tokio::time::timeout(Duration::from_secs(30), running)
         .await
         .expect("the agent stops when told")
         .unwrap();
@@ -139,4 +139,123 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     }
     alpha.stop().await;
     beta.stop().await;
+}
+
+/// SIGTERM while the agent is behind a flood: its links were waiting to hand
+/// on batches the loop no longer took, and the agent never stopped. Now it
+/// stops within its drain deadline, and every event received is accounted
+/// for: stored, or counted dropped at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("alpha.sock");
+    let alpha = Served::start(&socket).await;
+    // Rules that each cost their whole time limit on any large batch: the
+    // loop takes a batch every few seconds and falls far behind the feed.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let mut slow = String::new();
+    for i in 0..16 {
+        use std::fmt::Write as _;
+        let _ = write!(
+            slow,
+            "[[rule]]\nid = \"slow-{i}\"\nname = \"slow\"\nseverity = \"low\"\nsql = \"SELECT a.pid \
+             FROM processes a, processes b, processes c \
+             WHERE a.cmdline || b.cmdline || c.cmdline LIKE '%never-{i}%'\"\n"
+        );
+    }
+    std::fs::write(rules.join("slow.toml"), slow).unwrap();
+    let toml = format!(
+        r#"
+        data_dir = "{data}"
+        rules_dir = "{rules}"
+        sweep_interval = "1h"
+        [[collector]]
+        name = "alpha"
+        socket = "{socket}"
+        "#,
+        data = dir.path().join("data").display(),
+        rules = rules.display(),
+        socket = socket.display(),
+    );
+    let file = AgentConfig::from_toml_str(&toml).unwrap();
+    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
+    let agent = Agent::build(settings).await.unwrap();
+    let health = agent.health();
+    let registry = agent.metrics();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    let link = health.collectors[0].link.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        link.wait_for(|s| s.state() == LinkState::Connected),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("never connected: {}", link.last_error()));
+
+    let feed = alpha.feed.clone();
+    let feeding = tokio::spawn(async move {
+        for pid in 2..u32::MAX {
+            if feed.send(exec(pid, "flood")).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Behind: the link waits to hand on a batch (its count of batches stands
+    // still while the feed goes on; nothing to await for that).
+    let judged = || {
+        registry
+            .value("daemoneye_events_accepted_total", &[("stage", "store")])
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (link.batches.get(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = link.batches.get();
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if now > 64 && last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link never waited: {} batches, {} events received, {} judged",
+            link.batches.get(),
+            link.events.get(),
+            judged()
+        );
+    }
+    assert!(link.events.get() > judged(), "behind the feed");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert!(
+        stopped.is_ok(),
+        "the agent did not stop within 30 s of its shutdown behind a flood"
+    );
+    stopped.unwrap().unwrap();
+    feeding.abort();
+    let dropped = |stage: &str| {
+        let labels: &[(&str, &str)] = if stage == "link" {
+            &[
+                ("stage", "link"),
+                ("collector", "alpha"),
+                ("reason", "shutdown"),
+            ]
+        } else {
+            &[("stage", "agent"), ("reason", "shutdown")]
+        };
+        registry
+            .value("daemoneye_events_dropped_total", labels)
+            .unwrap()
+    };
+    assert_eq!(
+        link.events.get(),
+        judged() + dropped("link") + dropped("agent"),
+        "every event received is stored or counted dropped (link {}, agent {})",
+        dropped("link"),
+        dropped("agent")
+    );
+    alpha.stop().await;
 }
