@@ -120,10 +120,20 @@ impl AgentError {
     /// configuration, the data directory, a sink's file or address, the
     /// metrics address.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_) | Self::Metrics(_)
-        )
+        match self {
+            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_) | Self::Metrics(_) => true,
+            // A store file the user cannot open, one that is not a
+            // database, or one from a newer build: theirs to fix.
+            Self::Store { source, .. } => matches!(
+                source,
+                StoreError::DirectoryMissing { .. }
+                    | StoreError::Create { .. }
+                    | StoreError::Open { .. }
+                    | StoreError::JournalMode { .. }
+                    | StoreError::NewerSchema { .. }
+            ),
+            _ => false,
+        }
     }
 }
 

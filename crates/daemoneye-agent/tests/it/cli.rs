@@ -86,6 +86,22 @@ fn bad_input_is_named_and_exits_with_2() {
 }
 
 #[test]
+fn a_store_that_cannot_be_opened_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Not a database (exited 1 before: an internal failure, to systemd).
+    std::fs::write(data.join("agent.db"), "not a database\n").unwrap();
+    let out = run(&data, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("agent.db") && err.contains("not a database"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_bad_config_file_is_named_with_the_key_and_exits_with_2() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
