@@ -267,3 +267,53 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     run.await.unwrap();
     reader.await.unwrap();
 }
+
+/// Standalone, procmond stores through the store's one writer: snapshots
+/// arrive in its database, and when writing fails its health says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_written_through_the_writer_and_failures_degrade_health() {
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let db = Arc::new(Mutex::new(procmond::DatabaseManager::new(&path).unwrap()));
+    let source = ProcmondMonitorCollector::new(Arc::clone(&db), config(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let mut collector = Collector::new(
+        CollectorConfig::default().with_health_check_interval(Duration::from_millis(100)),
+    );
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    // No commit to await from outside the writer: look until it is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stored = || db.lock().unwrap().latest_snapshot_info().unwrap();
+    while stored().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored().unwrap().process_count > 1);
+
+    // Pull a table out from under the writer: the next snapshots fail.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE process_snapshots")
+        .unwrap();
+    let degraded = loop {
+        let report = handle.health();
+        let procmond = report.sources.iter().find(|(n, _)| *n == "procmond");
+        if let Some((_, collector_core::SourceHealth::Degraded(why))) = procmond {
+            break why.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "health never degraded: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(degraded.contains("audit database"), "{degraded}");
+    handle.shutdown();
+    run.await.unwrap();
+}
