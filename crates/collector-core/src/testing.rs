@@ -36,12 +36,19 @@
 //! assert!(report.stop_latency <= ConformanceConfig::default().stop_deadline);
 //! # }
 //! ```
+//!
+//! [`Replay`] is a ready-made source for tests and benches: it sends a
+//! given number of events, then waits for shutdown or returns.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use crate::event::{CollectionEvent, EventKind, EventValidationError};
@@ -297,4 +304,144 @@ pub async fn check_source(
         });
     }
     Ok(tally.report)
+}
+
+/// Makes the `n`th event a [`Replay`] sends.
+type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
+
+/// A source for tests and benches: sends `count` events, the `n`th made by
+/// `make(n)`, as fast as they are taken, then waits for shutdown (or, after
+/// [`then_end`](Self::then_end), returns).
+///
+/// It stops sending the moment its token is cancelled, even while waiting
+/// for room in a full channel, and returns `Ok` when its channel closes.
+/// [`sent`](Self::sent) counts the events that went out.
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// use std::sync::Arc;
+/// use collector_core::testing::{check_source, ConformanceConfig, Replay};
+/// use collector_core::{CollectionEvent, ProcessEvent, SourceCaps};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let source = Replay::new("procs", SourceCaps::PROCESS, 3, |n| {
+///     CollectionEvent::Process(ProcessEvent::new(100 + n as u32, "p"))
+/// });
+/// let sent = source.sent();
+/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
+/// assert_eq!((report.events(), sent.load(Ordering::Relaxed)), (3, 3));
+/// # }
+/// ```
+pub struct Replay {
+    name: &'static str,
+    caps: SourceCaps,
+    count: u64,
+    make: MakeEvent,
+    then_wait: bool,
+    sent: Arc<AtomicU64>,
+}
+
+impl Replay {
+    /// A source named `name`, declaring `caps`, that sends `make(0)` to
+    /// `make(count - 1)` and then waits for shutdown.
+    pub fn new(
+        name: &'static str,
+        caps: SourceCaps,
+        count: u64,
+        make: impl Fn(u64) -> CollectionEvent + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            caps,
+            count,
+            make: Box::new(make),
+            then_wait: true,
+            sent: Arc::default(),
+        }
+    }
+
+    /// A source that sends `events`, in order, and then waits for shutdown.
+    pub fn events(name: &'static str, caps: SourceCaps, events: Vec<CollectionEvent>) -> Self {
+        let count = events.len() as u64;
+        // `n < count`, so the index is in range.
+        #[allow(clippy::cast_possible_truncation)]
+        Self::new(name, caps, count, move |n| events[n as usize].clone())
+    }
+
+    /// Returns once every event is sent instead of waiting for shutdown.
+    #[must_use]
+    pub fn then_end(mut self) -> Self {
+        self.then_wait = false;
+        self
+    }
+
+    /// The count of events sent so far (shared: take it before handing the
+    /// source over).
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+}
+
+impl fmt::Debug for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field("name", &self.name)
+            .field("caps", &self.caps)
+            .field("count", &self.count)
+            .field("then_wait", &self.then_wait)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends `event` unless shutdown comes first: `false` once the token is
+/// cancelled or the channel closed. Waits (cancellably) only when the
+/// channel is full.
+async fn offer(ctx: &SourceContext, event: CollectionEvent) -> bool {
+    if ctx.shutdown().is_cancelled() {
+        return false;
+    }
+    match ctx.out().try_send(event) {
+        Ok(()) => true,
+        Err(TrySendError::Closed(_)) => false,
+        Err(TrySendError::Full(event)) => tokio::select! {
+            biased;
+            () = ctx.shutdown().cancelled() => false,
+            sent = ctx.out().send(event) => sent.is_ok(),
+        },
+    }
+}
+
+#[async_trait]
+impl EventSource for Replay {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn capabilities(&self) -> SourceCaps {
+        self.caps
+    }
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        flag: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name, tx, flag))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        for n in 0..self.count {
+            if !offer(&ctx, (self.make)(n)).await {
+                return Ok(());
+            }
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.then_wait {
+            ctx.shutdown().cancelled().await;
+        }
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

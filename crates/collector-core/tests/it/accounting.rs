@@ -9,7 +9,10 @@ use collector_core::{
     WhenFull,
 };
 
-use crate::sources::{seq_of, Flood};
+use collector_core::testing::Replay;
+use collector_core::SourceCaps;
+
+use crate::sources::{flood, perf, seq_of};
 
 const EVENTS: u64 = 200_000;
 
@@ -126,9 +129,9 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
         .with_max_batch_size(128)
         .with_when_full(WhenFull::DropNewest);
     let mut c = Collector::new(config);
-    let flood = Flood::new("flood", EVENTS, false);
-    let sent = flood.sent.clone();
-    c.register(Box::new(flood)).unwrap();
+    let source = flood("flood", EVENTS);
+    let sent = source.sent();
+    c.register(Box::new(source)).unwrap();
     let handle = c.handle();
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     let fast = tokio::spawn(drain(handle.subscribe(), false));
@@ -152,7 +155,7 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
     let (fast_read, fast_stats) = fast.await.unwrap();
     let worst = sampler.await.unwrap();
 
-    let sent = sent.load(Ordering::SeqCst) as u64;
+    let sent = sent.load(Ordering::SeqCst);
     assert_eq!(sent, EVENTS);
     let stats = handle.stats();
     check_invariants(&stats, sent, true);
@@ -177,8 +180,7 @@ async fn block_loses_nothing_and_backpressure_is_reported() {
         .with_max_batch_size(64)
         .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 20_000, false)))
-        .unwrap();
+    c.register(Box::new(flood("flood", 20_000))).unwrap();
     let handle = c.handle();
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     c.run_until(std::future::pending()).await.unwrap();
@@ -199,9 +201,9 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
         .with_event_buffer_size(4096)
         .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
-    let flood = Flood::new("flood", u64::MAX, true);
-    let sent = flood.sent.clone();
-    c.register(Box::new(flood)).unwrap();
+    let source = Replay::new("flood", SourceCaps::PERFORMANCE, u64::MAX, perf);
+    let sent = source.sent();
+    c.register(Box::new(source)).unwrap();
     let handle = c.handle();
     let mut sub = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
@@ -216,7 +218,7 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
     }
     run.await.unwrap().unwrap();
     let stats = handle.stats();
-    let sent = sent.load(Ordering::SeqCst) as u64;
+    let sent = sent.load(Ordering::SeqCst);
     check_invariants(&stats, sent, true);
     assert_eq!(
         read, sent,
@@ -230,8 +232,7 @@ async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
         .with_event_buffer_size(1024)
         .with_when_full(WhenFull::Block);
     let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 30_000, false)))
-        .unwrap();
+    c.register(Box::new(flood("flood", 30_000))).unwrap();
     let handle = c.handle();
     let keeper = tokio::spawn(drain(handle.subscribe(), false));
     let mut quitter = handle.subscribe();

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use collector_core::testing::Replay;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer,
-    EventSource, IpcClientConfig, IpcError, IpcServerConfig, IpcServerHandle, ProcessEvent,
-    SourceCaps, SourceContext,
+    IpcClientConfig, IpcError, IpcServerConfig, IpcServerHandle, ProcessEvent, SourceCaps,
 };
 use daemoneye_lib::codec::{decode_payload, encode_envelope, FrameCodec, HEADER_LEN};
 use daemoneye_lib::proto::{
@@ -461,54 +460,23 @@ async fn client_reconnects_after_the_server_restarts() {
     server.stop().await;
 }
 
-/// Process events, `count` of them as fast as they are taken, then waits.
-struct ProcFlood {
-    count: u32,
-    sent: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl EventSource for ProcFlood {
-    fn name(&self) -> &'static str {
-        "proc-flood"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS | SourceCaps::REALTIME
-    }
-    async fn start(
-        &self,
-        tx: tokio::sync::mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for i in 0..self.count {
+/// A collector with one source of `count` process events (sent as fast as
+/// they are taken; it then waits), and its counter of events sent.
+fn flood_collector(count: u32) -> (Collector, Arc<AtomicU64>) {
+    let flood = Replay::new(
+        "proc-flood",
+        SourceCaps::PROCESS | SourceCaps::REALTIME,
+        count.into(),
+        |n| {
+            let i = u32::try_from(n).unwrap();
             let mut e = ProcessEvent::new(i % 50_000 + 1, format!("p{i}"));
             e.command_line = vec!["/bin/p".into(), format!("{i}")];
-            ctx.out().send(CollectionEvent::Process(e)).await?;
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        ctx.shutdown().cancelled().await;
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// A collector with one [`ProcFlood`] of `count` events, and its counter
-/// of events sent.
-fn flood_collector(count: u32) -> (Collector, Arc<AtomicU64>) {
-    let sent = Arc::new(AtomicU64::new(0));
+            CollectionEvent::Process(e)
+        },
+    );
+    let sent = flood.sent();
     let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(ProcFlood {
-            count,
-            sent: sent.clone(),
-        }))
-        .unwrap();
+    collector.register(Box::new(flood)).unwrap();
     (collector, sent)
 }
 
@@ -1197,42 +1165,19 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
     serving.await.unwrap().unwrap();
 }
 
-/// Execs for odd pids, exits for even ones, then idles.
-struct ExecsAndExits(u32);
-
-#[async_trait]
-impl EventSource for ExecsAndExits {
-    fn name(&self) -> &'static str {
-        "execs-and-exits"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: tokio::sync::mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for pid in 1..=self.0 {
-            let mut e = ProcessEvent::new(pid, "p");
-            if pid % 2 == 1 {
-                e.event_type = collector_core::ProcessEventType::Exec;
-            } else {
-                e.event_type = collector_core::ProcessEventType::Exit;
-                e.exit_code = Some(0);
-            }
-            ctx.out().send(CollectionEvent::Process(e)).await?;
+/// Execs for odd pids, exits for even ones, pids 1 to `count`, then idles.
+fn execs_and_exits(count: u32) -> Replay {
+    Replay::new("execs-and-exits", SourceCaps::PROCESS, count.into(), |n| {
+        let pid = u32::try_from(n).unwrap() + 1;
+        let mut e = ProcessEvent::new(pid, "p");
+        if pid % 2 == 1 {
+            e.event_type = collector_core::ProcessEventType::Exec;
+        } else {
+            e.event_type = collector_core::ProcessEventType::Exit;
+            e.exit_code = Some(0);
         }
-        ctx.shutdown().cancelled().await;
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+        CollectionEvent::Process(e)
+    })
 }
 
 /// The pids streamed, up to and including `last`.
@@ -1257,7 +1202,7 @@ async fn drain(stream: &mut collector_core::ipc::EventStream, last: u32) -> Vec<
 async fn subscriptions_filter_by_topic_pattern_as_the_bus_does() {
     let dir = TempDir::new("topics");
     let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(ExecsAndExits(100))).unwrap();
+    collector.register(Box::new(execs_and_exits(100))).unwrap();
     let server = serve(
         fast_config(&dir.sock()),
         collector.capabilities(),
