@@ -4,13 +4,8 @@
 //! The project's own figures come from `daemoneye-bench runtime`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, SourceCaps,
-};
+use collector_core::testing::Replay;
+use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEvent, SourceCaps};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::sync::mpsc;
 
@@ -24,41 +19,17 @@ fn event() -> CollectionEvent {
     CollectionEvent::Process(p)
 }
 
-struct Blaster(u64);
-
-#[async_trait]
-impl EventSource for Blaster {
-    fn name(&self) -> &'static str {
-        "blaster"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        let e = event();
-        for _ in 0..self.0 {
-            if stop.load(Ordering::Relaxed) || tx.send(e.clone()).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 async fn collector(n: u64) -> u64 {
     let mut c = Collector::new(
         CollectorConfig::new()
             .with_event_buffer_size(BUFFER)
             .with_max_batch_size(512),
     );
-    c.register(Box::new(Blaster(n))).unwrap();
+    let e = event();
+    c.register(Box::new(
+        Replay::new("blaster", SourceCaps::PROCESS, n, move |_| e.clone()).then_end(),
+    ))
+    .unwrap();
     let mut sub = c.handle().subscribe();
     let reader = tokio::spawn(async move {
         let mut got = 0;

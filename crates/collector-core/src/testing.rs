@@ -39,6 +39,8 @@
 //!
 //! [`Replay`] is a ready-made source for tests and benches: it sends a
 //! given number of events, then waits for shutdown or returns.
+//! [`recv_until`] skips a subscription's events up to the one a test waits
+//! for.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +55,7 @@ use tokio::time::Instant;
 
 use crate::event::{CollectionEvent, EventKind, EventValidationError};
 use crate::source::{EventSource, SourceCaps, SourceContext};
+use crate::subscription::Subscription;
 
 /// How [`check_source`] exercises a source.
 #[derive(Debug, Clone)]
@@ -304,6 +307,44 @@ pub async fn check_source(
         });
     }
     Ok(tally.report)
+}
+
+/// Receives from `sub` until an event satisfies `want` and returns it;
+/// `None` if the stream ends first. The events before it are consumed.
+///
+/// ```
+/// use collector_core::testing::{recv_until, Replay};
+/// use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEvent, SourceCaps};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut collector = Collector::new(CollectorConfig::default());
+/// collector
+///     .register(Box::new(
+///         Replay::new("procs", SourceCaps::PROCESS, 5, |n| {
+///             CollectionEvent::Process(ProcessEvent::new(1 + n as u32, "p"))
+///         })
+///         .then_end(),
+///     ))
+///     .unwrap();
+/// let mut sub = collector.handle().subscribe();
+/// let run = tokio::spawn(collector.run_until(std::future::pending()));
+/// let third = recv_until(&mut sub, |e| e.pid() == Some(3)).await.unwrap();
+/// assert_eq!(third.pid(), Some(3));
+/// assert!(recv_until(&mut sub, |e| e.pid() == Some(3)).await.is_none());
+/// run.await.unwrap().unwrap();
+/// # }
+/// ```
+pub async fn recv_until<T: Clone>(
+    sub: &mut Subscription<T>,
+    mut want: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    while let Some(event) = sub.recv().await {
+        if want(&event) {
+            return Some(event);
+        }
+    }
+    None
 }
 
 /// Makes the `n`th event a [`Replay`] sends.

@@ -576,36 +576,8 @@ mod tests {
     /// source of the same collector) answers, and the manager completes it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collector_bus_trigger_manager_and_hasher_end_to_end() {
+        use collector_core::testing::Replay;
         use collector_core::{Collector, CollectorConfig, EventKind};
-
-        struct OneProcess(String);
-        #[async_trait]
-        impl EventSource for OneProcess {
-            fn name(&self) -> &'static str {
-                "procs"
-            }
-            fn capabilities(&self) -> SourceCaps {
-                SourceCaps::PROCESS
-            }
-            async fn start(
-                &self,
-                tx: mpsc::Sender<CollectionEvent>,
-                shutdown: Arc<AtomicBool>,
-            ) -> anyhow::Result<()> {
-                self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-                    .await
-            }
-            async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-                let mut p = ProcessEvent::new(4242, "xmrig");
-                p.executable_path = Some(self.0.clone());
-                ctx.out().send(CollectionEvent::Process(p)).await?;
-                ctx.shutdown().cancelled().await;
-                Ok(())
-            }
-            async fn stop(&self) -> anyhow::Result<()> {
-                Ok(())
-            }
-        }
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("xmrig");
@@ -651,9 +623,14 @@ mod tests {
             async move { m.run(feed, Duration::from_secs(60), s).await }
         });
         collector.register(Box::new(hasher.clone())).unwrap();
-        collector
-            .register(Box::new(OneProcess(path.to_string_lossy().into_owned())))
-            .unwrap();
+        let mut p = ProcessEvent::new(4242, "xmrig");
+        p.executable_path = Some(path.to_string_lossy().into_owned());
+        let procs = Replay::events(
+            "procs",
+            SourceCaps::PROCESS,
+            vec![CollectionEvent::Process(p)],
+        );
+        collector.register(Box::new(procs)).unwrap();
         let run = tokio::spawn(collector.run_until(std::future::pending()));
         let answer = results.recv().await.unwrap();
         let CollectionEvent::Filesystem(f) = &answer.event else {

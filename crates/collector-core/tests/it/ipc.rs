@@ -70,6 +70,25 @@ fn client_config(path: &Path) -> IpcClientConfig {
     }
 }
 
+/// A client of the socket at `path`, connected.
+async fn connect(path: &Path) -> CollectorIpcClient {
+    CollectorIpcClient::connect(client_config(path))
+        .await
+        .unwrap()
+}
+
+/// `client`'s answer to a task `id` of type `kind`.
+async fn ask(
+    client: &CollectorIpcClient,
+    id: impl Into<String>,
+    kind: ProtoTaskType,
+) -> DetectionResult {
+    client
+        .send_task(DetectionTask::new(id, kind))
+        .await
+        .unwrap()
+}
+
 /// Answers `ENUMERATE_PROCESSES` with one record, sleeps on
 /// `MONITOR_PROCESS_TREE` named "slow" (to time out), panics on
 /// `VERIFY_EXECUTABLE`.
@@ -209,9 +228,7 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
     let dir = TempDir::new("handshake");
     let caps = SourceCaps::PROCESS | SourceCaps::REALTIME | SourceCaps::SYSTEM_WIDE;
     let server = serve(fast_config(&dir.sock()), caps, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
 
     let c = client.capabilities();
     assert_eq!(c.protocol_version, PROTOCOL_VERSION);
@@ -219,10 +236,7 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
     assert_eq!(c.supported_domains, [i32::from(Domain::Process)]);
     assert_eq!(c.supported_tasks.len(), 4, "{:?}", c.supported_tasks);
 
-    let result = client
-        .send_task(DetectionTask::new("t-1", ProtoTaskType::EnumerateProcesses))
-        .await
-        .unwrap();
+    let result = ask(&client, "t-1", ProtoTaskType::EnumerateProcesses).await;
     assert!(result.success);
     assert_eq!(result.task_id, "t-1");
     assert_eq!(result.processes[0].name, "init");
@@ -234,13 +248,7 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
         let c = client.clone();
         joins.push(tokio::spawn(async move {
             let id = format!("c-{i}");
-            let r = c
-                .send_task(DetectionTask::new(
-                    id.clone(),
-                    ProtoTaskType::EnumerateProcesses,
-                ))
-                .await
-                .unwrap();
+            let r = ask(&c, id.clone(), ProtoTaskType::EnumerateProcesses).await;
             assert_eq!(r.task_id, id);
         }));
     }
@@ -259,50 +267,28 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
 async fn unsupported_domain_slow_and_panicking_handlers_fail_cleanly() {
     let dir = TempDir::new("unsupported");
     let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
 
-    let r = client
-        .send_task(DetectionTask::new(
-            "net",
-            ProtoTaskType::MonitorNetworkConnections,
-        ))
-        .await
-        .unwrap();
+    let r = ask(&client, "net", ProtoTaskType::MonitorNetworkConnections).await;
     assert!(!r.success);
     let msg = r.error_message.unwrap();
     assert!(msg.contains("DOMAIN_NETWORK"), "{msg}");
 
-    let r = client
-        .send_task(DetectionTask::new("none", ProtoTaskType::Unspecified))
-        .await
-        .unwrap();
+    let r = ask(&client, "none", ProtoTaskType::Unspecified).await;
     assert!(!r.success);
 
-    let r = client
-        .send_task(DetectionTask::new(
-            "slow",
-            ProtoTaskType::MonitorProcessTree,
-        ))
-        .await
-        .unwrap();
+    let r = ask(&client, "slow", ProtoTaskType::MonitorProcessTree).await;
     assert!(!r.success);
     assert!(r.error_message.unwrap().contains("timed out"));
 
-    let r = client
-        .send_task(DetectionTask::new("boom", ProtoTaskType::VerifyExecutable))
-        .await
-        .unwrap();
+    let r = ask(&client, "boom", ProtoTaskType::VerifyExecutable).await;
     assert!(!r.success);
     assert_eq!(r.task_id, "boom");
 
     // The connection survived all of it.
     assert!(
-        client
-            .send_task(DetectionTask::new("ok", ProtoTaskType::EnumerateProcesses))
+        ask(&client, "ok", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     let s = server.handle.stats();
@@ -341,9 +327,7 @@ async fn socket_is_private_stale_sockets_are_replaced_live_ones_refused() {
         .unwrap_err();
     assert!(matches!(err, IpcError::SocketInUse { .. }), "{err}");
     // The first still serves.
-    let client = CollectorIpcClient::connect(client_config(&path))
-        .await
-        .unwrap();
+    let client = connect(&path).await;
     client.ping().await.unwrap();
     drop(client);
     server.stop().await;
@@ -431,9 +415,7 @@ async fn client_gives_up_after_capped_backoff() {
 async fn client_reconnects_after_the_server_restarts() {
     let dir = TempDir::new("restart");
     let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     client.ping().await.unwrap();
     server.stop().await;
     let server = serve(
@@ -490,9 +472,7 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
         Some(&collector),
     )
     .await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     let caps = client.capabilities();
     assert_eq!(caps.sources.len(), 1);
     assert_eq!(caps.sources[0].name, "proc-flood");
@@ -550,10 +530,8 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
     assert_eq!(got[6].source_name, "proc-flood");
     // Tasks still work on the subscribed connection.
     assert!(
-        client
-            .send_task(DetectionTask::new("t", ProtoTaskType::EnumerateProcesses))
+        ask(&client, "t", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     handle.shutdown();
@@ -749,19 +727,14 @@ async fn a_thousand_clients_at_once_while_a_good_client_is_served() {
         ..fast_config(&dir.sock())
     };
     let server = serve(config, SourceCaps::PROCESS, None).await;
-    let good = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let good = connect(&server.path).await;
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let good_loop = {
         let (stop, served) = (stop.clone(), served.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = good
-                    .send_task(DetectionTask::new("g", ProtoTaskType::EnumerateProcesses))
-                    .await
-                    .unwrap();
+                let r = ask(&good, "g", ProtoTaskType::EnumerateProcesses).await;
                 assert!(r.success);
                 served.fetch_add(1, Ordering::Relaxed);
             }
@@ -938,17 +911,10 @@ async fn fuzz_a_live_server_with_100k_mutated_frames() {
     }
     assert!(sent_frames >= 100_000);
 
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     assert!(
-        client
-            .send_task(DetectionTask::new(
-                "after",
-                ProtoTaskType::EnumerateProcesses
-            ))
+        ask(&client, "after", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     drop(client);
@@ -1041,9 +1007,7 @@ async fn a_peer_of_another_uid_is_refused() {
     assert_eq!(s.connections_refused_peer, 1, "{s:?}");
     assert_eq!(s.connections_accepted, 0, "{s:?}");
     // Our own uid is still served.
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     client.ping().await.unwrap();
     drop(client);
     server.stop().await;
@@ -1060,9 +1024,7 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
         .with_name("flood-collector");
     let server_handle = server.handle();
     let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let client = connect(&dir.sock()).await;
     tokio::select! {
         biased;
         () = server_handle.subscribed() => panic!("subscribed before any subscription"),
@@ -1134,9 +1096,7 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
         });
     let h = server.handle();
     let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let client = connect(&dir.sock()).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "agent");
     assert_eq!(report.state(), HealthState::Degraded);
@@ -1154,9 +1114,7 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
         .with_health(|| Box::pin(std::future::pending()));
     let h = server.handle();
     let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let client = connect(&dir.sock()).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "stuck");
     assert_eq!(report.state(), HealthState::Unreachable);
@@ -1212,9 +1170,7 @@ async fn subscriptions_filter_by_topic_pattern_as_the_bus_does() {
     let subscribe = |pattern: &'static str| {
         let path = server.path.clone();
         async move {
-            let client = CollectorIpcClient::connect(client_config(&path))
-                .await
-                .unwrap();
+            let client = connect(&path).await;
             let stream = client
                 .subscribe(SubscribeRequest {
                     topic_patterns: vec![pattern.into()],

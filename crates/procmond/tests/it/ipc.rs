@@ -9,7 +9,8 @@ use collector_core::{
 };
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use daemoneye_lib::proto::{
-    event_record, DetectionTask, HashCheck, ProcessFilter, ProtoTaskType, SubscribeRequest,
+    event_record, DetectionTask, HashCheck, ProcessFilter, ProcessRecord, ProtoTaskType,
+    SubscribeRequest,
 };
 use procmond::ipc::TaskHandlers;
 
@@ -20,6 +21,25 @@ fn client_config(path: &std::path::Path) -> IpcClientConfig {
         max_connect_attempts: 100,
         request_timeout: Duration::from_secs(20),
         ..IpcClientConfig::new(path)
+    }
+}
+
+/// The first process record a subscriber of `pid` is sent (within 20 s).
+async fn first_record_of(client: &CollectorIpcClient, pid: u32) -> ProcessRecord {
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            pids: vec![pid],
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match batch.events.into_iter().next().and_then(|r| r.event) {
+        Some(event_record::Event::Process(p)) => p,
+        other => panic!("expected a process record, got {other:?}"),
     }
 }
 
@@ -219,23 +239,9 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
     assert_eq!(r.processes[0].pid, me);
 
     // The next snapshot (every second) reports this process.
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            pids: vec![me],
-            ..SubscribeRequest::default()
-        })
-        .await
-        .unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
-        panic!("expected a process record");
-    };
+    let p = first_record_of(&client, me).await;
     assert_eq!(p.pid, me);
 
-    drop(stream);
     drop(client);
     terminate(child).await;
     assert!(!path.exists(), "socket removed at exit");
@@ -276,23 +282,9 @@ async fn await_subscriber_holds_collection_until_someone_subscribes() {
     );
     // With one snapshot an hour, only the first can report this process:
     // the subscriber sees it.
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            pids: vec![me],
-            ..SubscribeRequest::default()
-        })
-        .await
-        .unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
-        panic!("expected a process record");
-    };
+    let p = first_record_of(&client, me).await;
     assert_eq!(p.pid, me);
     assert_eq!(p.event_type, "snapshot");
-    drop(stream);
     drop(client);
     terminate(child).await;
 }
