@@ -40,7 +40,8 @@
 //! [`Replay`] is a ready-made source for tests and benches: it sends a
 //! given number of events, then waits for shutdown or returns.
 //! [`recv_until`] skips a subscription's events up to the one a test waits
-//! for.
+//! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
+//! time that types can cross threads.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -307,6 +308,25 @@ pub async fn check_source(
         });
     }
     Ok(tally.report)
+}
+
+/// Fails to compile unless every type named is `Send` and `Sync`.
+///
+/// ```
+/// collector_core::assert_send_sync!(collector_core::CollectorHandle, collector_core::SourceCaps);
+/// ```
+///
+/// ```compile_fail
+/// collector_core::assert_send_sync!(std::rc::Rc<u8>);
+/// ```
+#[macro_export]
+macro_rules! assert_send_sync {
+    ($($t:ty),+ $(,)?) => {
+        const _: () = {
+            const fn check<T: ::core::marker::Send + ::core::marker::Sync + ?Sized>() {}
+            $(check::<$t>();)+
+        };
+    };
 }
 
 /// Receives from `sub` until an event satisfies `want` and returns it;

@@ -381,9 +381,10 @@ async fn bus_dispatcher_publishes_requests_and_gathers_correlated_results() {
 
 #[test]
 fn chain_types_are_send_and_sync() {
-    fn check<T: Send + Sync + 'static>() {}
-    check::<AnalysisChainCoordinator>();
-    check::<BusDispatcher>();
-    check::<ChainError>();
-    check::<WorkflowResult>();
+    crate::assert_send_sync!(
+        AnalysisChainCoordinator,
+        BusDispatcher,
+        ChainError,
+        WorkflowResult
+    );
 }

@@ -5,14 +5,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use collector_core::{
-    Collector, CollectorConfig, CollectorHandle, CollectorStats, SubscriberStats, Subscription,
-    WhenFull,
+    CollectorConfig, CollectorHandle, CollectorStats, SubscriberStats, Subscription, WhenFull,
 };
 
 use collector_core::testing::Replay;
 use collector_core::SourceCaps;
 
-use crate::sources::{flood, perf, seq_of};
+use crate::sources::{collector_of, flood, perf, queues, seq_of};
 
 const EVENTS: u64 = 200_000;
 
@@ -124,15 +123,9 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(1024)
-        .with_max_batch_size(128)
-        .with_when_full(WhenFull::DropNewest);
-    let mut c = Collector::new(config);
     let source = flood("flood", EVENTS);
     let sent = source.sent();
-    c.register(Box::new(source)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(queues(1024, 128, WhenFull::DropNewest), source);
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     let fast = tokio::spawn(drain(handle.subscribe(), false));
 
@@ -175,13 +168,8 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_loses_nothing_and_backpressure_is_reported() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(512)
-        .with_max_batch_size(64)
-        .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
-    c.register(Box::new(flood("flood", 20_000))).unwrap();
-    let handle = c.handle();
+    let config = queues(512, 64, WhenFull::Block);
+    let (c, handle) = collector_of(config, flood("flood", 20_000));
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     c.run_until(std::future::pending()).await.unwrap();
     let (read, sub) = slow.await.unwrap();
@@ -200,11 +188,9 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
     let config = CollectorConfig::new()
         .with_event_buffer_size(4096)
         .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
     let source = Replay::new("flood", SourceCaps::PERFORMANCE, u64::MAX, perf);
     let sent = source.sent();
-    c.register(Box::new(source)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, source);
     let mut sub = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
     // Shut down once a good amount is flowing.
@@ -231,9 +217,7 @@ async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
     let config = CollectorConfig::new()
         .with_event_buffer_size(1024)
         .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
-    c.register(Box::new(flood("flood", 30_000))).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, flood("flood", 30_000));
     let keeper = tokio::spawn(drain(handle.subscribe(), false));
     let mut quitter = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));

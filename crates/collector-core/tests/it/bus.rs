@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use collector_core::testing::Replay;
 use collector_core::{
-    BusSubscription, CollectionEvent, Collector, CollectorConfig, CorrelationFilter, EventBus,
-    EventFilter, EventKind, ProcessEvent, SourceCaps, SubscriberStats, Subscription, WhenFull,
+    BusSubscription, CollectionEvent, CollectorConfig, CorrelationFilter, EventBus, EventFilter,
+    EventKind, ProcessEvent, SourceCaps, SubscriberStats, Subscription, WhenFull,
 };
+
+use crate::sources::{collector_of, queues};
 
 const EVENTS: u64 = 50_000;
 
@@ -71,13 +73,7 @@ fn invariant(s: &SubscriberStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_subscribers_keep_the_accounting_invariant_under_overload() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(256)
-        .with_max_batch_size(64)
-        .with_when_full(WhenFull::DropNewest);
-    let mut c = Collector::new(config);
-    c.register(Box::new(procs())).unwrap();
-    let h = c.handle();
+    let (c, h) = collector_of(queues(256, 64, WhenFull::DropNewest), procs());
     let fast_pid3 = tokio::spawn(drain(
         h.subscribe_filtered(EventFilter::new().with_pid(3)),
         false,
@@ -137,9 +133,7 @@ async fn filtered_subscribers_keep_the_accounting_invariant_under_overload() {
 
 #[tokio::test]
 async fn the_collector_bus_carries_events_from_other_components() {
-    let mut c = Collector::new(CollectorConfig::default());
-    c.register(Box::new(procs())).unwrap();
-    let h = c.handle();
+    let (c, h) = collector_of(CollectorConfig::default(), procs());
     let mut triggers = h
         .bus()
         .subscribe(EventFilter::new().with_event_type(EventKind::TriggerRequest))

@@ -12,6 +12,24 @@ use crate::sources::{
     process_ok, process_with_hash_but_no_algorithm, Heeds, OnStart, Reference, Ticker,
 };
 
+/// What the kit finds wrong with `source`, run with the default config.
+async fn broken_rule(source: impl EventSource + 'static) -> ConformanceError {
+    check_source(Arc::new(source), &ConformanceConfig::default())
+        .await
+        .unwrap_err()
+}
+
+/// A ticker that heeds only `heeds`, checked: it must fail for not stopping.
+async fn assert_does_not_stop(name: &'static str, heeds: Heeds) {
+    let mut ticker = Ticker::new(name, Duration::from_millis(10));
+    ticker.heeds = heeds;
+    let err = broken_rule(ticker).await;
+    assert!(
+        matches!(err, ConformanceError::DidNotStop { source_name, .. } if source_name == name),
+        "{err}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_well_behaved_source_passes() {
     let config = ConformanceConfig {
@@ -57,25 +75,11 @@ async fn a_source_on_the_reference_flag_stops_when_the_token_is_cancelled() {
     assert!(report.stop_latency <= Duration::from_millis(100));
 }
 
-#[tokio::test(start_paused = true)]
 /// A source implementing `start_with` that watches only the flag: the kit
 /// cancels only the token, so it does not stop.
+#[tokio::test(start_paused = true)]
 async fn a_start_with_source_ignoring_its_token_fails() {
-    let mut watcher = Ticker::new("flag-watcher", Duration::from_millis(10));
-    watcher.heeds = Heeds::FlagOnly;
-    let err = check_source(Arc::new(watcher), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ConformanceError::DidNotStop {
-                source_name: "flag-watcher",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_does_not_stop("flag-watcher", Heeds::FlagOnly).await;
 }
 
 /// A caller of the reference `start` that can only set the flag still stops
@@ -101,30 +105,14 @@ async fn setting_the_flag_stops_a_token_source_started_through_start() {
 
 #[tokio::test(start_paused = true)]
 async fn a_source_ignoring_the_signal_fails() {
-    let mut t = Ticker::new("deaf", Duration::from_millis(10));
-    t.heeds = Heeds::Nothing;
-    let err = check_source(Arc::new(t), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ConformanceError::DidNotStop {
-                source_name: "deaf",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_does_not_stop("deaf", Heeds::Nothing).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn panics_and_errors_are_reported() {
     for (on_start, name) in [(OnStart::Panic, "p"), (OnStart::Fail, "e")] {
         let src = Reference::new(name, on_start);
-        let err = check_source(Arc::new(src), &ConformanceConfig::default())
-            .await
-            .unwrap_err();
+        let err = broken_rule(src).await;
         if matches!(on_start, OnStart::Panic) {
             assert!(
                 matches!(
@@ -149,18 +137,14 @@ async fn invalid_and_undeclared_events_are_caught() {
         SourceCaps::PROCESS,
         vec![process_ok(1), process_with_hash_but_no_algorithm(2)],
     );
-    let err = check_source(Arc::new(bad), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let err = broken_rule(bad).await;
     assert!(
         matches!(err, ConformanceError::InvalidEvent { index: 1, .. }),
         "{err}"
     );
 
     let liar = Replay::events("liar", SourceCaps::NETWORK, vec![process_ok(1)]);
-    let err = check_source(Arc::new(liar), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let err = broken_rule(liar).await;
     assert!(
         matches!(
             err,
@@ -176,9 +160,7 @@ async fn invalid_and_undeclared_events_are_caught() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_stop_is_reported() {
     let src = Reference::new("panics-on-stop", OnStart::PanicInStop);
-    let err = check_source(Arc::new(src), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let err = broken_rule(src).await;
     assert!(
         matches!(err, ConformanceError::Panicked { method: "stop", .. }),
         "{err}"

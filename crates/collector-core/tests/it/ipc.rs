@@ -215,12 +215,13 @@ fn error_code(env: &Envelope) -> Option<ErrorCode> {
 
 #[test]
 fn ipc_public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<CollectorIpcServer>();
-    send_sync::<CollectorIpcClient>();
-    send_sync::<IpcServerHandle>();
-    send_sync::<IpcError>();
-    send_sync::<collector_core::ipc::EventStream>();
+    collector_core::assert_send_sync!(
+        CollectorIpcServer,
+        CollectorIpcClient,
+        IpcServerHandle,
+        IpcError,
+        collector_core::ipc::EventStream,
+    );
 }
 
 #[tokio::test]

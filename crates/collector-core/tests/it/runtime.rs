@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use collector_core::testing::Replay;
 
 use crate::sources::{
-    flood, process_ok, process_with_hash_but_no_algorithm, seq_of, Heeds, OnStart, Reference,
-    Ticker,
+    collector_of, flood, process_ok, process_with_hash_but_no_algorithm, seq_of, Heeds, OnStart,
+    Reference, Ticker,
 };
 
 fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
@@ -28,13 +28,14 @@ fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
 
 #[test]
 fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
-    send_sync::<CollectorHandle>();
-    send_sync::<CollectorConfig>();
-    send_sync::<collector_core::CollectionEvent>();
-    send_sync::<collector_core::CollectorStats>();
-    send_sync::<collector_core::EventBatch>();
+    collector_core::assert_send_sync!(
+        CollectorHandle,
+        CollectorConfig,
+        collector_core::CollectionEvent,
+        collector_core::CollectorStats,
+        collector_core::EventBatch,
+    );
     send::<Collector>();
     send::<collector_core::Subscription>();
 }
@@ -83,9 +84,7 @@ async fn looping_source_outlives_the_startup_timeout_and_health_is_checked() {
     let config = CollectorConfig::new()
         .with_startup_timeout(Duration::from_millis(50))
         .with_health_check_interval(Duration::from_secs(1));
-    let mut c = Collector::new(config);
-    c.register(Box::new(ticker)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, ticker);
     let mut events = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
 
@@ -117,9 +116,7 @@ async fn failing_health_check_degrades_then_recovers() {
     let mut ticker = Ticker::new("flaky", Duration::from_millis(100));
     ticker.fail_health_on = vec![2];
     let config = CollectorConfig::new().with_health_check_interval(Duration::from_secs(1));
-    let mut c = Collector::new(config);
-    c.register(Box::new(ticker)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, ticker);
     let run = tokio::spawn(c.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use collector_core::testing::Replay;
 use collector_core::{
-    CollectionEvent, EventSource, HashAlgorithm, PerformanceEvent, ProcessEvent, SourceCaps,
-    SourceContext,
+    CollectionEvent, Collector, CollectorConfig, CollectorHandle, EventSource, HashAlgorithm,
+    PerformanceEvent, ProcessEvent, SourceCaps, SourceContext, WhenFull,
 };
 use tokio::sync::mpsc;
 
@@ -21,6 +21,25 @@ pub fn perf(seq: u64) -> CollectionEvent {
         component: "test".into(),
         timestamp: SystemTime::now(),
     })
+}
+
+/// A collector on `config` running `source`, and its handle.
+pub fn collector_of(
+    config: CollectorConfig,
+    source: impl EventSource + 'static,
+) -> (Collector, CollectorHandle) {
+    let mut c = Collector::new(config);
+    c.register(Box::new(source)).unwrap();
+    let handle = c.handle();
+    (c, handle)
+}
+
+/// Queues of `buffer` events, batches of `batch`, `when_full` the policy.
+pub fn queues(buffer: usize, batch: usize, when_full: WhenFull) -> CollectorConfig {
+    CollectorConfig::new()
+        .with_event_buffer_size(buffer)
+        .with_max_batch_size(batch)
+        .with_when_full(when_full)
 }
 
 pub fn seq_of(e: &CollectionEvent) -> u64 {

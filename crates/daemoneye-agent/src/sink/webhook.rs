@@ -1246,10 +1246,7 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
 
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<WebhookSink>();
-        check::<WebhookConfig>();
-        check::<WebhookError>();
+        collector_core::assert_send_sync!(WebhookSink, WebhookConfig, WebhookError);
     }
 
     #[test]

@@ -498,9 +498,6 @@ mod tests {
 
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<SinkWorker>();
-        check::<SinkStats>();
-        check::<SinkSendError>();
+        collector_core::assert_send_sync!(SinkWorker, SinkStats, SinkSendError);
     }
 }
