@@ -1,13 +1,12 @@
 //! `runtime`: events/s through the `Collector` against a bare bounded tokio
 //! mpsc channel carrying the same events, and RSS under a sustained flood.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::bail;
 use collector_core::testing::Replay;
 use collector_core::{
-    BootId, CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessKey,
-    ProcessResources, SourceCaps, WhenFull,
+    CollectionEvent, Collector, CollectorConfig, ProcessResources, SourceCaps, WhenFull,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,18 +32,7 @@ pub(crate) struct Options {
 }
 
 /// A process event of realistic shape: the thing a process collector sends.
-pub(crate) fn sample_event() -> CollectionEvent {
-    let boot = BootId::from_bytes([0x5a; 16]);
-    let mut p = ProcessEvent::new(4242, "nginx");
-    p.ppid = Some(1);
-    p.executable_path = Some("/usr/sbin/nginx".into());
-    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
-    p.user_id = Some(33);
-    p.memory_usage = Some(12 << 20);
-    p.process_key = Some(ProcessKey::new(boot, 4242, 123_456));
-    p.timestamp = SystemTime::now();
-    CollectionEvent::Process(p)
-}
+pub(crate) use collector_core::testing::sample_process_event as sample_event;
 
 /// A source sending `count` clones of the sample event, then ending.
 pub(crate) fn blaster(name: &'static str, count: u64) -> Replay {

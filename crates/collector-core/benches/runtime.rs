@@ -4,20 +4,13 @@
 //! The project's own figures come from `daemoneye-bench runtime`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use collector_core::testing::Replay;
-use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEvent, SourceCaps};
+use collector_core::testing::{sample_process_event as event, Replay};
+use collector_core::{Collector, CollectorConfig, SourceCaps};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::sync::mpsc;
 
 const EVENTS: u64 = 100_000;
 const BUFFER: usize = 8192;
-
-fn event() -> CollectionEvent {
-    let mut p = ProcessEvent::new(4242, "nginx");
-    p.executable_path = Some("/usr/sbin/nginx".into());
-    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
-    CollectionEvent::Process(p)
-}
 
 async fn collector(n: u64) -> u64 {
     let mut c = Collector::new(

@@ -38,7 +38,8 @@
 //! ```
 //!
 //! [`Replay`] is a ready-made source for tests and benches: it sends a
-//! given number of events, then waits for shutdown or returns.
+//! given number of events, then waits for shutdown or returns. [`Relay`]
+//! sends what a test hands it through a channel.
 //! [`recv_until`] skips a subscription's events up to the one a test waits
 //! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
 //! time that types can cross threads.
@@ -54,7 +55,9 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
-use crate::event::{CollectionEvent, EventKind, EventValidationError};
+use crate::event::{
+    BootId, CollectionEvent, EventKind, EventValidationError, ProcessEvent, ProcessKey,
+};
 use crate::source::{EventSource, SourceCaps, SourceContext};
 use crate::subscription::Subscription;
 
@@ -367,6 +370,21 @@ pub async fn recv_until<T: Clone>(
     None
 }
 
+/// A process event of realistic shape, for benches and tests: what a
+/// process collector sends for a running nginx.
+pub fn sample_process_event() -> CollectionEvent {
+    let boot = BootId::from_bytes([0x5a; 16]);
+    let mut p = ProcessEvent::new(4242, "nginx");
+    p.ppid = Some(1);
+    p.executable_path = Some("/usr/sbin/nginx".into());
+    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
+    p.user_id = Some(33);
+    p.memory_usage = Some(12 << 20);
+    p.process_key = Some(ProcessKey::new(boot, 4242, 123_456));
+    p.timestamp = std::time::SystemTime::now();
+    CollectionEvent::Process(p)
+}
+
 /// Makes the `n`th event a [`Replay`] sends.
 type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
 
@@ -501,6 +519,83 @@ impl EventSource for Replay {
             ctx.shutdown().cancelled().await;
         }
         Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A source that sends what arrives on its channel (the sender
+/// [`Relay::new`] returns), and returns once that channel is closed and
+/// drained, or at shutdown. It runs once: started again, it returns at once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use collector_core::testing::{check_source, ConformanceConfig, Relay};
+/// use collector_core::{CollectionEvent, ProcessEvent, SourceCaps};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (source, feed) = Relay::new("fed", SourceCaps::PROCESS);
+/// feed.send(CollectionEvent::Process(ProcessEvent::new(7, "ls"))).await.unwrap();
+/// drop(feed);
+/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
+/// assert_eq!(report.events(), 1);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Relay {
+    name: &'static str,
+    caps: SourceCaps,
+    feed: tokio::sync::Mutex<Option<mpsc::Receiver<CollectionEvent>>>,
+}
+
+impl Relay {
+    /// The source and the sender that feeds it (64 events of buffer).
+    pub fn new(name: &'static str, caps: SourceCaps) -> (Self, mpsc::Sender<CollectionEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let source = Self {
+            name,
+            caps,
+            feed: tokio::sync::Mutex::new(Some(rx)),
+        };
+        (source, tx)
+    }
+}
+
+#[async_trait]
+impl EventSource for Relay {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn capabilities(&self) -> SourceCaps {
+        self.caps
+    }
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        flag: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name, tx, flag))
+            .await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        let Some(mut feed) = self.feed.lock().await.take() else {
+            return Ok(());
+        };
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => return Ok(()),
+                event = feed.recv() => event,
+            };
+            let Some(event) = event else {
+                return Ok(());
+            };
+            if !offer(&ctx, event).await {
+                return Ok(());
+            }
+        }
     }
     async fn stop(&self) -> anyhow::Result<()> {
         Ok(())

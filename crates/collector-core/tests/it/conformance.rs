@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::testing::{check_source, ConformanceConfig, ConformanceError, Replay};
-use collector_core::{EventKind, EventSource, SourceCaps};
+use collector_core::{EventKind, EventSource, SourceCaps, SourceContext};
 use tokio::sync::mpsc;
 
 use crate::sources::{
@@ -73,6 +73,23 @@ async fn a_source_on_the_reference_flag_stops_when_the_token_is_cancelled() {
         .await
         .unwrap();
     assert!(report.stop_latency <= Duration::from_millis(100));
+}
+
+/// The default `start_with` sets the flag for `start` when the token is
+/// cancelled.
+#[tokio::test(start_paused = true)]
+async fn the_default_start_with_sets_the_flag_when_the_token_is_cancelled() {
+    let poller = Reference::new("flagged", OnStart::PollFlag);
+    let (tx, _rx) = mpsc::channel(1);
+    let ctx = SourceContext::new("flagged", tx);
+    let (token, flag) = (ctx.shutdown().clone(), ctx.shutdown_flag().clone());
+    let run = tokio::spawn(async move { poller.start_with(ctx).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!flag.load(Ordering::SeqCst));
+    assert!(!run.is_finished());
+    token.cancel();
+    run.await.unwrap().unwrap();
+    assert!(flag.load(Ordering::SeqCst));
 }
 
 /// A source implementing `start_with` that watches only the flag: the kit

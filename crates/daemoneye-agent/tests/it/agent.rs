@@ -97,7 +97,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     for (served, pid, name) in [(&alpha, 4001, "from-alpha"), (&beta, 4002, "from-beta")] {
         let mut e = exec(pid, name);
         e.executable_path = Some(format!("/dev/shm/{name}"));
-        served.feed.send(e).await.unwrap();
+        served.send(e).await;
     }
     let names = tokio::task::spawn_blocking(move || {
         let mut names = Vec::new();

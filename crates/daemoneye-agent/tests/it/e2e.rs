@@ -1,6 +1,8 @@
 //! The agent end to end, as root: collector child, rules, alerts, restart,
 //! ledger. Skips (saying why) when not root: the kernel process connector is
 //! what lets it see short-lived processes.
+// Blocking tests around a child process: no tokio clock to pause.
+#![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -79,7 +79,7 @@ async fn metrics_listen_serves_the_agent_counters() {
     .unwrap_or_else(|_| panic!("never connected: {}", link.last_error()));
     let mut e = exec(4001, "from-shm");
     e.executable_path = Some("/dev/shm/from-shm".to_owned());
-    alpha.feed.send(e).await.unwrap();
+    alpha.send(e).await;
     let alert = tokio::task::spawn_blocking(move || alerts.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
