@@ -38,8 +38,8 @@
 //! ```
 //!
 //! [`Replay`] is a ready-made source for tests and benches: it sends a
-//! given number of events, then waits for shutdown or returns. [`Relay`]
-//! sends what a test hands it through a channel.
+//! given number of events (or what a test hands it through a channel),
+//! then waits for shutdown or returns.
 //! [`recv_until`] skips a subscription's events up to the one a test waits
 //! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
 //! time that types can cross threads.
@@ -388,9 +388,18 @@ pub fn sample_process_event() -> CollectionEvent {
 /// Makes the `n`th event a [`Replay`] sends.
 type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
 
+/// Where a [`Replay`]'s events come from.
+enum Script {
+    /// `make(0)` to `make(count - 1)`.
+    Made { count: u64, make: MakeEvent },
+    /// What arrives on the channel, until it closes (taken on the first run).
+    Fed(tokio::sync::Mutex<Option<mpsc::Receiver<CollectionEvent>>>),
+}
+
 /// A source for tests and benches: sends `count` events, the `n`th made by
 /// `make(n)`, as fast as they are taken, then waits for shutdown (or, after
-/// [`then_end`](Self::then_end), returns).
+/// [`then_end`](Self::then_end), returns). [`Replay::fed`] sends what a
+/// test hands it through a channel instead.
 ///
 /// It stops sending the moment its token is cancelled, even while waiting
 /// for room in a full channel, and returns `Ok` when its channel closes.
@@ -410,13 +419,18 @@ type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
 /// let sent = source.sent();
 /// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
 /// assert_eq!((report.events(), sent.load(Ordering::Relaxed)), (3, 3));
+///
+/// let (source, feed) = Replay::fed("fed", SourceCaps::PROCESS);
+/// feed.send(CollectionEvent::Process(ProcessEvent::new(7, "ls"))).await.unwrap();
+/// drop(feed);
+/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
+/// assert_eq!(report.events(), 1);
 /// # }
 /// ```
 pub struct Replay {
     name: &'static str,
     caps: SourceCaps,
-    count: u64,
-    make: MakeEvent,
+    script: Script,
     then_wait: bool,
     sent: Arc<AtomicU64>,
 }
@@ -430,14 +444,8 @@ impl Replay {
         count: u64,
         make: impl Fn(u64) -> CollectionEvent + Send + Sync + 'static,
     ) -> Self {
-        Self {
-            name,
-            caps,
-            count,
-            make: Box::new(make),
-            then_wait: true,
-            sent: Arc::default(),
-        }
+        let make = Box::new(make);
+        Self::with_script(name, caps, Script::Made { count, make })
     }
 
     /// A source that sends `events`, in order, and then waits for shutdown.
@@ -446,6 +454,25 @@ impl Replay {
         // `n < count`, so the index is in range.
         #[allow(clippy::cast_possible_truncation)]
         Self::new(name, caps, count, move |n| events[n as usize].clone())
+    }
+
+    /// A source that sends what arrives on the returned sender (64 events of
+    /// buffer) and returns once every sender is gone and the rest is sent.
+    /// It runs once: started again, it returns at once.
+    pub fn fed(name: &'static str, caps: SourceCaps) -> (Self, mpsc::Sender<CollectionEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let feed = Script::Fed(tokio::sync::Mutex::new(Some(rx)));
+        (Self::with_script(name, caps, feed).then_end(), tx)
+    }
+
+    fn with_script(name: &'static str, caps: SourceCaps, script: Script) -> Self {
+        Self {
+            name,
+            caps,
+            script,
+            then_wait: true,
+            sent: Arc::default(),
+        }
     }
 
     /// Returns once every event is sent instead of waiting for shutdown.
@@ -460,6 +487,59 @@ impl Replay {
     pub fn sent(&self) -> Arc<AtomicU64> {
         self.sent.clone()
     }
+
+    /// Sends the script's events; `false` if shutdown or a closed channel
+    /// cut it short.
+    async fn play(&self, ctx: &SourceContext) -> bool {
+        match &self.script {
+            Script::Made { count, make } => {
+                for n in 0..*count {
+                    if !self.offer(ctx, make(n)).await {
+                        return false;
+                    }
+                }
+            }
+            Script::Fed(feed) => {
+                let Some(mut feed) = feed.lock().await.take() else {
+                    return true;
+                };
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        () = ctx.shutdown().cancelled() => return false,
+                        next = feed.recv() => next,
+                    };
+                    let Some(event) = next else { break };
+                    if !self.offer(ctx, event).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends `event` unless shutdown comes first, and counts it: `false`
+    /// once the token is cancelled or the channel closed. Waits
+    /// (cancellably) only when the channel is full.
+    async fn offer(&self, ctx: &SourceContext, event: CollectionEvent) -> bool {
+        if ctx.shutdown().is_cancelled() {
+            return false;
+        }
+        let sent = match ctx.out().try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Full(event)) => tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => false,
+                sent = ctx.out().send(event) => sent.is_ok(),
+            },
+        };
+        if sent {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
 }
 
 impl fmt::Debug for Replay {
@@ -467,28 +547,9 @@ impl fmt::Debug for Replay {
         f.debug_struct("Replay")
             .field("name", &self.name)
             .field("caps", &self.caps)
-            .field("count", &self.count)
             .field("then_wait", &self.then_wait)
             .field("sent", &self.sent)
             .finish_non_exhaustive()
-    }
-}
-
-/// Sends `event` unless shutdown comes first: `false` once the token is
-/// cancelled or the channel closed. Waits (cancellably) only when the
-/// channel is full.
-async fn offer(ctx: &SourceContext, event: CollectionEvent) -> bool {
-    if ctx.shutdown().is_cancelled() {
-        return false;
-    }
-    match ctx.out().try_send(event) {
-        Ok(()) => true,
-        Err(TrySendError::Closed(_)) => false,
-        Err(TrySendError::Full(event)) => tokio::select! {
-            biased;
-            () = ctx.shutdown().cancelled() => false,
-            sent = ctx.out().send(event) => sent.is_ok(),
-        },
     }
 }
 
@@ -509,93 +570,10 @@ impl EventSource for Replay {
             .await
     }
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for n in 0..self.count {
-            if !offer(&ctx, (self.make)(n)).await {
-                return Ok(());
-            }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.then_wait {
+        if self.play(&ctx).await && self.then_wait {
             ctx.shutdown().cancelled().await;
         }
         Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// A source that sends what arrives on its channel (the sender
-/// [`Relay::new`] returns), and returns once that channel is closed and
-/// drained, or at shutdown. It runs once: started again, it returns at once.
-///
-/// ```
-/// use std::sync::Arc;
-/// use collector_core::testing::{check_source, ConformanceConfig, Relay};
-/// use collector_core::{CollectionEvent, ProcessEvent, SourceCaps};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let (source, feed) = Relay::new("fed", SourceCaps::PROCESS);
-/// feed.send(CollectionEvent::Process(ProcessEvent::new(7, "ls"))).await.unwrap();
-/// drop(feed);
-/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
-/// assert_eq!(report.events(), 1);
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct Relay {
-    name: &'static str,
-    caps: SourceCaps,
-    feed: tokio::sync::Mutex<Option<mpsc::Receiver<CollectionEvent>>>,
-}
-
-impl Relay {
-    /// The source and the sender that feeds it (64 events of buffer).
-    pub fn new(name: &'static str, caps: SourceCaps) -> (Self, mpsc::Sender<CollectionEvent>) {
-        let (tx, rx) = mpsc::channel(64);
-        let source = Self {
-            name,
-            caps,
-            feed: tokio::sync::Mutex::new(Some(rx)),
-        };
-        (source, tx)
-    }
-}
-
-#[async_trait]
-impl EventSource for Relay {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn capabilities(&self) -> SourceCaps {
-        self.caps
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        flag: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, flag))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        let Some(mut feed) = self.feed.lock().await.take() else {
-            return Ok(());
-        };
-        loop {
-            let event = tokio::select! {
-                biased;
-                () = ctx.shutdown().cancelled() => return Ok(()),
-                event = feed.recv() => event,
-            };
-            let Some(event) = event else {
-                return Ok(());
-            };
-            if !offer(&ctx, event).await {
-                return Ok(());
-            }
-        }
     }
     async fn stop(&self) -> anyhow::Result<()> {
         Ok(())

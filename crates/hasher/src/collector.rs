@@ -398,6 +398,30 @@ mod tests {
     use super::*;
     use crate::HasherConfig;
 
+    /// Registers the hasher's capabilities with `manager`, and a condition
+    /// `id` that asks it for a binary hash.
+    fn hash_on(
+        manager: &TriggerManager,
+        hasher: &BinaryHasherCollector,
+        id: &str,
+        description: &str,
+        condition_type: ConditionType,
+    ) {
+        manager
+            .register_collector_capabilities(hasher.capabilities())
+            .unwrap();
+        manager
+            .register_condition(TriggerCondition {
+                id: id.into(),
+                description: description.into(),
+                analysis_type: AnalysisType::BinaryHash,
+                priority: TriggerPriority::High,
+                target_collector: BINARY_HASHER_ID.into(),
+                condition_type,
+            })
+            .unwrap();
+    }
+
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     async fn setup() -> (LocalEventBus, BinaryHasherCollector, CancellationToken) {
@@ -529,19 +553,13 @@ mod tests {
         let path = dir.path().join("miner");
         std::fs::write(&path, b"abc").unwrap();
         let manager = TriggerManager::new(TriggerConfig::default()).unwrap();
-        manager
-            .register_collector_capabilities(hasher.capabilities())
-            .unwrap();
-        manager
-            .register_condition(TriggerCondition {
-                id: "miner".into(),
-                description: "cryptominer names".into(),
-                analysis_type: AnalysisType::BinaryHash,
-                priority: TriggerPriority::High,
-                target_collector: BINARY_HASHER_ID.into(),
-                condition_type: ConditionType::ProcessNamePattern("*miner*".into()),
-            })
-            .unwrap();
+        hash_on(
+            &manager,
+            &hasher,
+            "miner",
+            "cryptominer names",
+            ConditionType::ProcessNamePattern("*miner*".into()),
+        );
         manager.attach_bus(bus.clone());
         let mut results = bus
             .subscribe(
@@ -588,19 +606,13 @@ mod tests {
         let engine = HashEngine::new(HasherConfig::default()).unwrap();
         let hasher = BinaryHasherCollector::new(engine, bus.clone());
         let manager = Arc::new(TriggerManager::new(TriggerConfig::default()).unwrap());
-        manager
-            .register_collector_capabilities(hasher.capabilities())
-            .unwrap();
-        manager
-            .register_condition(TriggerCondition {
-                id: "tmp-binary".into(),
-                description: "a binary run from a temporary directory".into(),
-                analysis_type: AnalysisType::BinaryHash,
-                priority: TriggerPriority::High,
-                target_collector: BINARY_HASHER_ID.into(),
-                condition_type: ConditionType::Custom("name LIKE 'xmr%'".into()),
-            })
-            .unwrap();
+        hash_on(
+            &manager,
+            &hasher,
+            "tmp-binary",
+            "a binary run from a temporary directory",
+            ConditionType::Custom("name LIKE 'xmr%'".into()),
+        );
         manager.attach_bus(bus.clone());
         let mut results = bus
             .subscribe(

@@ -4,14 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use collector_core::{
-    CollectorConfig, CollectorHandle, CollectorStats, SubscriberStats, Subscription, WhenFull,
-};
+use collector_core::{CollectorHandle, CollectorStats, SubscriberStats, Subscription, WhenFull};
 
 use collector_core::testing::Replay;
 use collector_core::SourceCaps;
 
-use crate::sources::{collector_of, flood, perf, queues, seq_of};
+use crate::sources::{blocking, collector_of, flood, perf, queues, seq_of};
 
 const EVENTS: u64 = 200_000;
 
@@ -185,9 +183,7 @@ async fn block_loses_nothing_and_backpressure_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_flood_drains_what_was_buffered() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(4096)
-        .with_when_full(WhenFull::Block);
+    let config = blocking(4096);
     let source = Replay::new("flood", SourceCaps::PERFORMANCE, u64::MAX, perf);
     let sent = source.sent();
     let (c, handle) = collector_of(config, source);
@@ -214,9 +210,7 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(1024)
-        .with_when_full(WhenFull::Block);
+    let config = blocking(1024);
     let (c, handle) = collector_of(config, flood("flood", 30_000));
     let keeper = tokio::spawn(drain(handle.subscribe(), false));
     let mut quitter = handle.subscribe();

@@ -125,6 +125,12 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Drops `client` (the server waits for its connections), then stops.
+    async fn stop_after<C>(self, client: C) {
+        drop(client);
+        self.stop().await;
+    }
+
     async fn wait_idle(&self) -> collector_core::IpcServerStats {
         for _ in 0..500 {
             let s = self.handle.stats();
@@ -150,6 +156,15 @@ async fn serve(
     let handle = server.handle();
     let task = tokio::spawn(async move { server.start(handler).await });
     Running { handle, task, path }
+}
+
+/// A server with the test config on a fresh socket named by `tag`, serving
+/// `caps`, and a client connected to it.
+async fn serve_one(tag: &str, caps: SourceCaps) -> (TempDir, Running, CollectorIpcClient) {
+    let dir = TempDir::new(tag);
+    let server = serve(fast_config(&dir.sock()), caps, None).await;
+    let client = connect(&server.path).await;
+    (dir, server, client)
 }
 
 fn frame(env: &Envelope) -> Vec<u8> {
@@ -226,10 +241,8 @@ fn ipc_public_types_are_send_and_sync() {
 
 #[tokio::test]
 async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
-    let dir = TempDir::new("handshake");
     let caps = SourceCaps::PROCESS | SourceCaps::REALTIME | SourceCaps::SYSTEM_WIDE;
-    let server = serve(fast_config(&dir.sock()), caps, None).await;
-    let client = connect(&server.path).await;
+    let (_dir, server, client) = serve_one("handshake", caps).await;
 
     let c = client.capabilities();
     assert_eq!(c.protocol_version, PROTOCOL_VERSION);
@@ -260,15 +273,12 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
     let stats = server.handle.stats();
     assert_eq!(stats.tasks_received, 21);
     assert_eq!(stats.tasks_succeeded, 21);
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
 async fn unsupported_domain_slow_and_panicking_handlers_fail_cleanly() {
-    let dir = TempDir::new("unsupported");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = connect(&server.path).await;
+    let (_dir, server, client) = serve_one("unsupported", SourceCaps::PROCESS).await;
 
     let r = ask(&client, "net", ProtoTaskType::MonitorNetworkConnections).await;
     assert!(!r.success);
@@ -298,8 +308,7 @@ async fn unsupported_domain_slow_and_panicking_handlers_fail_cleanly() {
     assert_eq!(s.tasks_panicked, 1);
     assert_eq!(s.tasks_failed, 4);
     assert_eq!(s.tasks_succeeded, 1);
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
@@ -330,8 +339,7 @@ async fn socket_is_private_stale_sockets_are_replaced_live_ones_refused() {
     // The first still serves.
     let client = connect(&path).await;
     client.ping().await.unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
     assert!(!path.exists(), "socket removed on shutdown");
 
     // A directory writable by others is refused; so is a non-socket file.
@@ -414,9 +422,7 @@ async fn client_gives_up_after_capped_backoff() {
 
 #[tokio::test]
 async fn client_reconnects_after_the_server_restarts() {
-    let dir = TempDir::new("restart");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = connect(&server.path).await;
+    let (dir, server, client) = serve_one("restart", SourceCaps::PROCESS).await;
     client.ping().await.unwrap();
     server.stop().await;
     let server = serve(
@@ -439,8 +445,7 @@ async fn client_reconnects_after_the_server_restarts() {
         client.capabilities().capability_bits,
         (SourceCaps::PROCESS | SourceCaps::NETWORK).bits()
     );
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 /// A collector with one source of `count` process events (sent as fast as
@@ -537,8 +542,7 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
     );
     handle.shutdown();
     run.await.unwrap().unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,8 +608,7 @@ async fn a_slow_subscriber_gets_counted_drops_and_the_server_stays_bounded() {
     assert!(reported <= s.events_dropped && reported > 0);
     handle.shutdown();
     run.await.unwrap().unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
@@ -1010,8 +1013,7 @@ async fn a_peer_of_another_uid_is_refused() {
     // Our own uid is still served.
     let client = connect(&server.path).await;
     client.ping().await.unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,13 @@ pub fn queues(buffer: usize, batch: usize, when_full: WhenFull) -> CollectorConf
         .with_when_full(when_full)
 }
 
+/// Queues of `buffer` events that block a source when full.
+pub fn blocking(buffer: usize) -> CollectorConfig {
+    CollectorConfig::new()
+        .with_event_buffer_size(buffer)
+        .with_when_full(WhenFull::Block)
+}
+
 pub fn seq_of(e: &CollectionEvent) -> u64 {
     match e {
         CollectionEvent::Performance(p) => p.value as u64,

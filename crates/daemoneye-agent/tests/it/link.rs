@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector_core::testing::Relay;
+use collector_core::testing::Replay;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig,
     IpcServerHandle, ProcessEvent, ProcessEventType, SourceCaps,
@@ -23,7 +23,7 @@ pub struct Served {
 
 impl Served {
     pub async fn start(socket: &std::path::Path) -> Self {
-        let (fed, feed) = Relay::new("fed", SourceCaps::PROCESS | SourceCaps::REALTIME);
+        let (fed, feed) = Replay::fed("fed", SourceCaps::PROCESS | SourceCaps::REALTIME);
         let mut collector = Collector::new(CollectorConfig::default());
         collector.register(Box::new(fed)).unwrap();
         let mut server =
