@@ -59,10 +59,8 @@ async fn bare_mpsc(n: u64) -> u64 {
 }
 
 fn throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Multi-threaded, I/O and time enabled.
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("runtime");
     g.throughput(Throughput::Elements(EVENTS));
     g.sample_size(20);

@@ -398,15 +398,16 @@ mod tests {
     use super::*;
     use crate::HasherConfig;
 
-    /// Registers the hasher's capabilities with `manager`, and a condition
-    /// `id` that asks it for a binary hash.
-    fn hash_on(
+    /// Registers the hasher's capabilities with `manager` and a condition
+    /// (`id`, description) that asks it for a binary hash, attaches `bus`,
+    /// and subscribes to the hasher's answers there.
+    async fn hash_on(
         manager: &TriggerManager,
         hasher: &BinaryHasherCollector,
-        id: &str,
-        description: &str,
+        bus: &LocalEventBus,
+        (id, description): (&str, &str),
         condition_type: ConditionType,
-    ) {
+    ) -> collector_core::BusSubscription {
         manager
             .register_collector_capabilities(hasher.capabilities())
             .unwrap();
@@ -420,6 +421,11 @@ mod tests {
                 condition_type,
             })
             .unwrap();
+        manager.attach_bus(bus.clone());
+        let answers = CorrelationFilter::by_tag(RESULT_TAG);
+        bus.subscribe(EventFilter::new().with_correlation_filter(answers))
+            .await
+            .unwrap()
     }
 
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -553,21 +559,14 @@ mod tests {
         let path = dir.path().join("miner");
         std::fs::write(&path, b"abc").unwrap();
         let manager = TriggerManager::new(TriggerConfig::default()).unwrap();
-        hash_on(
+        let mut results = hash_on(
             &manager,
             &hasher,
-            "miner",
-            "cryptominer names",
+            &bus,
+            ("miner", "cryptominer names"),
             ConditionType::ProcessNamePattern("*miner*".into()),
-        );
-        manager.attach_bus(bus.clone());
-        let mut results = bus
-            .subscribe(
-                EventFilter::new()
-                    .with_correlation_filter(CorrelationFilter::new().with_tag(RESULT_TAG)),
-            )
-            .await
-            .unwrap();
+        )
+        .await;
         let mut p = ProcessEvent::new(31, "xmrminer");
         p.executable_path = Some(path.to_string_lossy().into_owned());
         assert_eq!(manager.process_event(&p).await.unwrap(), 1);
@@ -606,20 +605,14 @@ mod tests {
         let engine = HashEngine::new(HasherConfig::default()).unwrap();
         let hasher = BinaryHasherCollector::new(engine, bus.clone());
         let manager = Arc::new(TriggerManager::new(TriggerConfig::default()).unwrap());
-        hash_on(
+        let mut results = hash_on(
             &manager,
             &hasher,
-            "tmp-binary",
-            "a binary run from a temporary directory",
+            &bus,
+            ("tmp-binary", "a binary run from a temporary directory"),
             ConditionType::Custom("name LIKE 'xmr%'".into()),
-        );
-        manager.attach_bus(bus.clone());
-        let mut results = bus
-            .subscribe(
-                EventFilter::new().with_correlation_filter(CorrelationFilter::by_tag(RESULT_TAG)),
-            )
-            .await
-            .unwrap();
+        )
+        .await;
         // The manager sees process events and analysis results.
         let feed = bus
             .subscribe(

@@ -9,7 +9,7 @@ use collector_core::{CollectorHandle, CollectorStats, SubscriberStats, Subscript
 use collector_core::testing::Replay;
 use collector_core::SourceCaps;
 
-use crate::sources::{blocking, collector_of, flood, perf, queues, seq_of};
+use crate::sources::{blocking, collector_of, flood, metric_value, perf, queues, seq_of};
 
 const EVENTS: u64 = 200_000;
 
@@ -70,9 +70,12 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
     let m = handle.metrics();
     let src = &stats.sources[0];
     let intake = |name: &str, reason: Option<&str>| {
-        let mut labels = vec![("stage", "intake"), ("source", src.name)];
-        labels.extend(reason.map(|r| ("reason", r)));
-        m.value(name, &labels).unwrap()
+        metric_value(
+            m,
+            name,
+            &[("stage", "intake"), ("source", src.name)],
+            reason,
+        )
     };
     assert_eq!(
         intake("daemoneye_events_received_total", None),
@@ -88,11 +91,8 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
     );
     for sub in &stats.subscribers {
         let id = sub.id.to_string();
-        let of = |name: &str, reason: Option<&str>| {
-            let mut labels = vec![("stage", "subscriber"), ("subscriber", id.as_str())];
-            labels.extend(reason.map(|r| ("reason", r)));
-            m.value(name, &labels).unwrap()
-        };
+        let labels = [("stage", "subscriber"), ("subscriber", id.as_str())];
+        let of = |name: &str, reason: Option<&str>| metric_value(m, name, &labels, reason);
         let dropped: u64 = ["full", "closed", "shutdown"]
             .into_iter()
             .map(|r| of("daemoneye_events_dropped_total", Some(r)))

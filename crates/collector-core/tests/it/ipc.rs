@@ -814,9 +814,7 @@ fn registry_agrees(
     let registry = collector_core::metrics::Registry::new();
     handle.register_metrics(&registry);
     let metric = |name: &str, reason: Option<&str>| {
-        let mut labels = vec![("stage", "ipc")];
-        labels.extend(reason.map(|r| ("reason", r)));
-        registry.value(name, &labels).unwrap()
+        crate::sources::metric_value(&registry, name, &[("stage", "ipc")], reason)
     };
     assert_eq!(
         metric("daemoneye_frames_received_total", None),
@@ -1055,18 +1053,15 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
     assert_eq!(report.name, "flood-collector");
     assert_eq!(report.pid, std::process::id());
     assert_eq!(report.counters.get("events_accepted"), Some(&500));
-    let source = report
-        .components
-        .iter()
-        .find(|c| c.name == "proc-flood")
-        .expect("one component per source");
+    let component = |name: &str| {
+        let found = report.components.iter().find(|c| c.name == name);
+        found.unwrap_or_else(|| panic!("no component {name:?} in {report:?}"))
+    };
+    // One component per source, and the server's own counters.
+    let source = component("proc-flood");
     assert_eq!(source.counters.get("events_received"), Some(&500));
     assert_ne!(source.state(), HealthState::Unhealthy, "{source:?}");
-    let ipc = report
-        .components
-        .iter()
-        .find(|c| c.name == "ipc")
-        .expect("the server's own counters");
+    let ipc = component("ipc");
     assert_eq!(ipc.counters.get("connections_accepted"), Some(&1));
     assert_eq!(ipc.counters.get("subscriptions_opened"), Some(&1));
     assert!(ipc

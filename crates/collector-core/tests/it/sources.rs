@@ -49,6 +49,21 @@ pub fn blocking(buffer: usize) -> CollectorConfig {
         .with_when_full(WhenFull::Block)
 }
 
+/// The value of the series `name` in `registry` with `labels`, and the
+/// label `reason` when given.
+pub fn metric_value(
+    registry: &collector_core::Registry,
+    name: &str,
+    labels: &[(&str, &str)],
+    reason: Option<&str>,
+) -> u64 {
+    let mut labels = labels.to_vec();
+    labels.extend(reason.map(|r| ("reason", r)));
+    registry
+        .value(name, &labels)
+        .unwrap_or_else(|| panic!("no series {name} {labels:?}"))
+}
+
 pub fn seq_of(e: &CollectionEvent) -> u64 {
     match e {
         CollectionEvent::Performance(p) => p.value as u64,

@@ -14,6 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::{exec, Served};
 
+/// The agent's settings from the config file text `toml` alone.
+pub fn settings(toml: &str) -> Settings {
+    let file = AgentConfig::from_toml_str(toml).unwrap();
+    Settings::resolve(file, None, &RunArgs::default()).unwrap()
+}
+
 /// A named pipe at `path`, each JSON line written to it on the channel.
 pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -61,9 +67,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
         alpha = alpha_socket.display(),
         beta = beta_socket.display(),
     );
-    let file = AgentConfig::from_toml_str(&toml).unwrap();
-    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
-    let agent = Agent::build(settings).await.unwrap();
+    let agent = Agent::build(settings(&toml)).await.unwrap();
     let health = agent.health();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(agent.run(shutdown.clone()));

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use daemoneye_agent::agent::Agent;
-use daemoneye_agent::config::{AgentConfig, RunArgs, Settings};
 use daemoneye_agent::link::LinkState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::alerts_pipe;
+use crate::agent::{alerts_pipe, settings};
 use crate::link::{exec, Served};
 
 /// `GET /metrics` over a real connection: the status line and the body.
@@ -31,11 +30,6 @@ fn sample(text: &str, series: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().unwrap())
-}
-
-fn settings(toml: &str) -> Settings {
-    let file = AgentConfig::from_toml_str(toml).unwrap();
-    Settings::resolve(file, None, &RunArgs::default()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,10 @@ fn cli(args: &[&str], paths: &[&std::path::Path]) -> std::process::Output {
     Command::new(BIN).args(args).args(paths).output().unwrap()
 }
 
+/// One rule the validator accepts, in each format.
+const GOOD_TOML: &str = "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n";
+const GOOD_YAML: &str = "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n";
+
 /// Writes `text` to the file `name` in `dir`; its path.
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(name);
@@ -26,11 +30,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 #[test]
 fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write(
-        &dir,
-        "good.toml",
-        "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n",
-    );
+    let good = write(&dir, "good.toml", GOOD_TOML);
     let out = cli(&["rules", "validate"], &[&good]);
     assert!(
         out.status.success(),
@@ -62,11 +62,7 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
 #[test]
 fn validate_reads_yaml_files_and_names_them_when_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write(
-        &dir,
-        "good.yaml",
-        "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n",
-    );
+    let good = write(&dir, "good.yaml", GOOD_YAML);
     let out = cli(&["rules", "validate"], &[&good]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("tmp-exec"), "{text}");
@@ -103,12 +99,10 @@ fn ledger_verifies_then_fails_after_a_row_is_edited() {
         let mut store = Store::open(dir.path()).unwrap();
         let rule = &rules::builtin().unwrap()[0];
         for pid in 1..=4 {
-            let a = Alert::new(
-                rule,
-                AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None),
-                SystemTime::now(),
-            );
-            store.record_alert(&a).unwrap();
+            let process = AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None);
+            store
+                .record_alert(&Alert::new(rule, process, SystemTime::now()))
+                .unwrap();
         }
     }
     let verify = || cli(&["ledger", "verify", "--data-dir"], &[dir.path()]);

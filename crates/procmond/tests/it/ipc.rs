@@ -61,10 +61,16 @@ fn enumerate_pid(pid: u32) -> DetectionTask {
     )
 }
 
-fn with_hash(id: &str, t: ProtoTaskType, check: HashCheck) -> DetectionTask {
+/// `client`'s answer to a task `id` of type `t` with the hash check `check`.
+async fn hash_task(
+    client: &CollectorIpcClient,
+    id: &str,
+    t: ProtoTaskType,
+    check: HashCheck,
+) -> daemoneye_lib::proto::DetectionResult {
     let mut task = DetectionTask::new(id, t);
     task.hash_check = Some(check);
-    task
+    client.send_task(task).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,68 +130,64 @@ async fn task_handlers_answer_over_a_real_socket() {
 
     // Verify our own executable, then the same through CHECK_PROCESS_HASH.
     let exe = std::env::current_exe().unwrap();
-    let v = client
-        .send_task(with_hash(
-            "verify",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: exe.display().to_string(),
-                hash_algorithm: "sha256".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let v = hash_task(
+        &client,
+        "verify",
+        ProtoTaskType::VerifyExecutable,
+        HashCheck {
+            executable_path: exe.display().to_string(),
+            hash_algorithm: "sha256".into(),
+            ..HashCheck::default()
+        },
+    )
+    .await;
     assert!(v.success, "{:?}", v.error_message);
     let h = v.hash_result.unwrap();
     assert_eq!(h.hash_value.len(), 64);
     assert_eq!(h.matches, None);
-    let c = client
-        .send_task(with_hash(
-            "check",
-            ProtoTaskType::CheckProcessHash,
-            HashCheck {
-                pid: Some(me),
-                expected_hash: h.hash_value.to_uppercase(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let c = hash_task(
+        &client,
+        "check",
+        ProtoTaskType::CheckProcessHash,
+        HashCheck {
+            pid: Some(me),
+            expected_hash: h.hash_value.to_uppercase(),
+            ..HashCheck::default()
+        },
+    )
+    .await;
     let ch = c.hash_result.unwrap();
     assert_eq!(ch.hash_value, h.hash_value);
     assert_eq!(ch.matches, Some(true));
     assert!(ch.success);
-    let wrong = client
-        .send_task(with_hash(
-            "wrong",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: exe.display().to_string(),
-                expected_hash: "0".repeat(64),
-                hash_algorithm: "blake3".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let wrong = hash_task(
+        &client,
+        "wrong",
+        ProtoTaskType::VerifyExecutable,
+        HashCheck {
+            executable_path: exe.display().to_string(),
+            expected_hash: "0".repeat(64),
+            hash_algorithm: "blake3".into(),
+            ..HashCheck::default()
+        },
+    )
+    .await;
     let wh = wrong.hash_result.unwrap();
     assert_eq!(wh.matches, Some(false));
     assert!(!wh.success);
     assert_ne!(wh.hash_value, h.hash_value, "blake3 differs from sha256");
 
     // A missing file fails with a reason.
-    let gone = client
-        .send_task(with_hash(
-            "gone",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: "/nonexistent/binary".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let gone = hash_task(
+        &client,
+        "gone",
+        ProtoTaskType::VerifyExecutable,
+        HashCheck {
+            executable_path: "/nonexistent/binary".into(),
+            ..HashCheck::default()
+        },
+    )
+    .await;
     assert!(!gone.success);
     assert!(gone.error_message.unwrap().contains("not found"));
 

@@ -30,6 +30,23 @@ fn config(interval: Duration) -> ProcmondMonitorConfig {
     c
 }
 
+/// A collector running `source` in a task; its handle and a subscription.
+fn run_collector(
+    source: ProcmondMonitorCollector,
+) -> (
+    collector_core::CollectorHandle,
+    Subscription,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let sub = handle.subscribe();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    (handle, sub, run)
+}
+
 /// Starts a collector with procmond and returns a subscription once the
 /// first snapshot has arrived (so the connector is subscribed).
 async fn start(
@@ -40,12 +57,7 @@ async fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let source = ProcmondMonitorCollector::without_database(config).unwrap();
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(source)).unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run =
-        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    let (handle, mut sub, run) = run_collector(source);
     recv_until(&mut sub, is_snapshot)
         .await
         .expect("collector ended before its first snapshot");
@@ -229,12 +241,7 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     c.base_config.max_events_in_flight = 1;
     let source = ProcmondMonitorCollector::without_database(c).unwrap();
     let stats = source.stats_handle();
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(source)).unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run =
-        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    let (handle, mut sub, run) = run_collector(source);
     let reader = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stats.monitor_stats().kernel_overruns == 0 {
