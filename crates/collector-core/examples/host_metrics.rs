@@ -98,25 +98,9 @@ impl HostMetrics {
 
 #[async_trait]
 impl EventSource for HostMetrics {
-    fn name(&self) -> &'static str {
-        "host-metrics"
-    }
-
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
-    }
-
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        shutdown: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-            .await
-    }
-
-    // Awaits shutdown instead of polling a flag: the loop ends the moment the
-    // token is cancelled, even in the middle of an interval.
+    // The method that does the work comes first. It awaits shutdown instead
+    // of polling a flag: the loop ends the moment the token is cancelled,
+    // even in the middle of an interval.
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.interval);
         loop {
@@ -131,6 +115,24 @@ impl EventSource for HostMetrics {
                 }
             }
         }
+    }
+
+    // The reference API's entry point, bridged to the one above.
+    async fn start(
+        &self,
+        tx: mpsc::Sender<CollectionEvent>,
+        shutdown: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
+            .await
+    }
+
+    fn name(&self) -> &'static str {
+        "host-metrics"
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
     }
 
     async fn stop(&self) -> anyhow::Result<()> {

@@ -498,18 +498,7 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn process_event() -> impl Strategy<Value = ProcessEvent> {
-    let event_type = prop_oneof![
-        Just(ProcessEventType::Snapshot),
-        Just(ProcessEventType::Start),
-        Just(ProcessEventType::Fork),
-        Just(ProcessEventType::Exec),
-        Just(ProcessEventType::Exit),
-        Just(ProcessEventType::Modified),
-        Just(ProcessEventType::PidReused),
-        Just(ProcessEventType::ExecutableDeleted),
-        Just(ProcessEventType::ExecutableReplaced),
-        Just(ProcessEventType::StartTimeAnomaly),
-    ];
+    let event_type = proptest::sample::select(ProcessEventType::ALL.to_vec());
     let algorithm = prop_oneof![Just(HashAlgorithm::Sha256), Just(HashAlgorithm::Blake3)];
     let identity = (
         event_type,

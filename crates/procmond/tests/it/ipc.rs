@@ -73,6 +73,24 @@ async fn hash_task(
     client.send_task(task).await.unwrap()
 }
 
+/// `VERIFY_EXECUTABLE` of `path` with `algorithm` (the default when empty),
+/// against `expected` (none when empty).
+async fn verify(
+    client: &CollectorIpcClient,
+    id: &str,
+    path: &str,
+    algorithm: &str,
+    expected: &str,
+) -> daemoneye_lib::proto::DetectionResult {
+    let check = HashCheck {
+        executable_path: path.to_owned(),
+        hash_algorithm: algorithm.to_owned(),
+        expected_hash: expected.to_owned(),
+        ..HashCheck::default()
+    };
+    hash_task(client, id, ProtoTaskType::VerifyExecutable, check).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines, reason = "one scenario, task after task")]
 async fn task_handlers_answer_over_a_real_socket() {
@@ -129,18 +147,8 @@ async fn task_handlers_answer_over_a_real_socket() {
     assert!(tree.processes.iter().any(|p| p.pid == me));
 
     // Verify our own executable, then the same through CHECK_PROCESS_HASH.
-    let exe = std::env::current_exe().unwrap();
-    let v = hash_task(
-        &client,
-        "verify",
-        ProtoTaskType::VerifyExecutable,
-        HashCheck {
-            executable_path: exe.display().to_string(),
-            hash_algorithm: "sha256".into(),
-            ..HashCheck::default()
-        },
-    )
-    .await;
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let v = verify(&client, "verify", &exe, "sha256", "").await;
     assert!(v.success, "{:?}", v.error_message);
     let h = v.hash_result.unwrap();
     assert_eq!(h.hash_value.len(), 64);
@@ -160,34 +168,14 @@ async fn task_handlers_answer_over_a_real_socket() {
     assert_eq!(ch.hash_value, h.hash_value);
     assert_eq!(ch.matches, Some(true));
     assert!(ch.success);
-    let wrong = hash_task(
-        &client,
-        "wrong",
-        ProtoTaskType::VerifyExecutable,
-        HashCheck {
-            executable_path: exe.display().to_string(),
-            expected_hash: "0".repeat(64),
-            hash_algorithm: "blake3".into(),
-            ..HashCheck::default()
-        },
-    )
-    .await;
+    let wrong = verify(&client, "wrong", &exe, "blake3", &"0".repeat(64)).await;
     let wh = wrong.hash_result.unwrap();
     assert_eq!(wh.matches, Some(false));
     assert!(!wh.success);
     assert_ne!(wh.hash_value, h.hash_value, "blake3 differs from sha256");
 
     // A missing file fails with a reason.
-    let gone = hash_task(
-        &client,
-        "gone",
-        ProtoTaskType::VerifyExecutable,
-        HashCheck {
-            executable_path: "/nonexistent/binary".into(),
-            ..HashCheck::default()
-        },
-    )
-    .await;
+    let gone = verify(&client, "gone", "/nonexistent/binary", "", "").await;
     assert!(!gone.success);
     assert!(gone.error_message.unwrap().contains("not found"));
 
