@@ -148,11 +148,16 @@ async fn serve(
     caps: SourceCaps,
     collector: Option<&Collector>,
 ) -> Running {
-    let path = config.socket_path.clone();
     let mut server = CollectorIpcServer::new(config, caps).await.unwrap();
     if let Some(c) = collector {
         server = server.with_events(c.handle());
     }
+    run(server)
+}
+
+/// Runs `server` with the test [`handler`] in a task.
+fn run(mut server: CollectorIpcServer) -> Running {
+    let path = server.socket_path().to_owned();
     let handle = server.handle();
     let task = tokio::spawn(async move { server.start(handler).await });
     Running { handle, task, path }
@@ -1018,14 +1023,14 @@ async fn a_peer_of_another_uid_is_refused() {
 async fn health_reports_the_collector_its_sources_and_the_server() {
     let dir = TempDir::new("health");
     let (collector, _) = flood_collector(500);
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
         .await
         .unwrap()
         .with_events(collector.handle())
         .with_name("flood-collector");
-    let server_handle = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = connect(&dir.sock()).await;
+    let server = run(server);
+    let server_handle = server.handle.clone();
+    let client = connect(&server.path).await;
     tokio::select! {
         biased;
         () = server_handle.subscribed() => panic!("subscribed before any subscription"),
@@ -1071,15 +1076,13 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
     handle.shutdown();
     run.await.unwrap().unwrap();
     drop(stream);
-    drop(client);
-    server_handle.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
 async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
     let dir = TempDir::new("health-provider");
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
         .await
         .unwrap()
         .with_health(|| {
@@ -1092,33 +1095,27 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
                 }
             })
         });
-    let h = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = connect(&dir.sock()).await;
+    let server = run(server);
+    let client = connect(&server.path).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "agent");
     assert_eq!(report.state(), HealthState::Degraded);
     assert_eq!(report.message, "collector restarting");
     assert!(report.components.iter().any(|c| c.name == "ipc"));
-    drop(client);
-    h.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 
     let dir = TempDir::new("health-silent");
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
         .await
         .unwrap()
         .with_name("stuck")
         .with_health(|| Box::pin(std::future::pending()));
-    let h = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = connect(&dir.sock()).await;
+    let server = run(server);
+    let client = connect(&server.path).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "stuck");
     assert_eq!(report.state(), HealthState::Unreachable);
-    drop(client);
-    h.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 }
 
 /// Execs for odd pids, exits for even ones, pids 1 to `count`, then idles.
