@@ -37,7 +37,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// A proptest strategy with few elements for every repeated and map field,
+/// A proptest strategy with few elements for every repeated and map field
+/// (and a boxed one for every message field),
 /// keyed by the field's fully qualified protobuf path.
 fn small_collection_strategies(
     descriptors: &FileDescriptorSet,
@@ -46,10 +47,23 @@ fn small_collection_strategies(
     for file in &descriptors.file {
         for message in &file.message_type {
             for field in &message.field {
+                let path = format!(".{}.{}.{}", file.package(), message.name(), field.name());
                 if field.label() != Label::Repeated {
+                    // A message field: its strategy boxed, so that the
+                    // strategy of a message holding many messages does not
+                    // grow past a test thread's stack.
+                    if field.r#type() == Type::Message && field.oneof_index.is_none() {
+                        out.push((
+                            path,
+                            format!(
+                                "proptest::option::of(proptest::strategy::Strategy::boxed(\
+                                 proptest::arbitrary::any::<{}>()))",
+                                rust_type(file.package(), field)?
+                            ),
+                        ));
+                    }
                     continue;
                 }
-                let path = format!(".{}.{}.{}", file.package(), message.name(), field.name());
                 let strategy = match map_entry(message, field) {
                     Some((key, value)) => format!(
                         "proptest::collection::btree_map(proptest::arbitrary::any::<{}>(), \

@@ -55,51 +55,57 @@ fn parse_options<T: clap::Parser>(args: &[String]) -> Result<T, clap::Error> {
     T::try_parse_from(std::iter::once("bench").chain(args.iter().map(String::as_str)))
 }
 
-#[derive(clap::Parser)]
-#[command(
-    name = "daemoneye-bench",
-    about = "DaemonEye's benchmarks: `<metric> <value> <unit>` lines"
-)]
-enum Bench {
+/// The `Bench` command line, one subcommand per module (each has `Options`
+/// and `run(&Options)`), and its dispatch, from one list.
+macro_rules! benches {
+    ($($(#[doc = $doc:literal])* $variant:ident: $module:ident,)*) => {
+        #[derive(clap::Parser)]
+        #[command(
+            name = "daemoneye-bench",
+            about = "DaemonEye's benchmarks: `<metric> <value> <unit>` lines"
+        )]
+        enum Bench {
+            $($(#[doc = $doc])* $variant($module::Options),)*
+        }
+
+        impl Bench {
+            fn run(&self) -> anyhow::Result<()> {
+                match self {
+                    $(Self::$variant(o) => $module::run(o),)*
+                }
+            }
+        }
+    };
+}
+
+benches! {
     /// Events/s through the Collector vs a bare mpsc channel; RSS under a flood.
-    Runtime(runtime::Options),
+    Runtime: runtime,
     /// A /proc snapshot vs `ps`, with extra sleeping processes.
-    Enumerate(enumerate::Options),
+    Enumerate: enumerate,
     /// SHA-256/BLAKE3 vs plain reading; cache hit cost.
-    Hash(hash::Options),
+    Hash: hash,
     /// As root: short-lived processes spawned flat out, all seen?
-    Capture(capture::Options),
+    Capture: capture,
     /// procmond on a quiet host (needs target/release/procmond).
-    Idle(idle::Options),
+    Idle: idle,
     /// Audit database writes/s.
-    Db(db::Options),
+    Db: db,
     /// 100 rules over a process table.
-    Rules(rules::Options),
+    Rules: rules,
     /// As root: exec-to-alert latency (needs target/release/daemoneye-agent).
-    Detect(detect::Options),
+    Detect: detect,
     /// Records/s over the IPC socket; task round trip.
-    Ipc(ipc::Options),
+    Ipc: ipc,
     /// Bus fan-out vs tokio broadcast.
-    Bus(bus::Options),
+    Bus: bus,
     /// Trigger evaluation cost per process event.
-    Triggers(triggers::Options),
+    Triggers: triggers,
 }
 
 fn main() -> ExitCode {
     let bench = <Bench as clap::Parser>::parse(); // 2 on bad flags
-    let result = match bench {
-        Bench::Runtime(o) => runtime::run(&o),
-        Bench::Enumerate(o) => enumerate::run(&o),
-        Bench::Hash(o) => hash::run(&o),
-        Bench::Capture(o) => capture::run(&o),
-        Bench::Idle(o) => idle::run(&o),
-        Bench::Db(o) => db::run(&o),
-        Bench::Rules(o) => rules::run(&o),
-        Bench::Detect(o) => detect::run(&o),
-        Bench::Ipc(o) => ipc::run(&o),
-        Bench::Bus(o) => bus::run(&o),
-        Bench::Triggers(o) => triggers::run(&o),
-    };
+    let result = bench.run();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -35,12 +35,9 @@ pub(crate) fn ten_conditions() -> Vec<ConditionType> {
         ConditionType::HashMismatch,
         ConditionType::SuspiciousParentChild,
         ConditionType::ResourceAnomaly,
+        ConditionType::Custom("name IN ('sh', 'bash', 'nc') AND uid BETWEEN 1 AND 999".into()),
         ConditionType::Custom(
-            "name IN ('sh', 'bash', 'nc') AND user_id BETWEEN 1 AND 999".into(),
-        ),
-        ConditionType::Custom(
-            "executable_path LIKE '/usr/%' AND (cpu_usage > 50 OR memory_usage > 1024 * 1024 * 1024)"
-                .into(),
+            "exe LIKE '/usr/%' AND (cpu_percent > 50 OR rss_bytes > 1024 * 1024 * 1024)".into(),
         ),
     ]
 }

@@ -121,8 +121,8 @@ fn triggers(c: &mut Criterion) {
         ConditionType::HashMismatch,
         ConditionType::SuspiciousParentChild,
         ConditionType::ResourceAnomaly,
-        ConditionType::Custom("name IN ('sh', 'bash') AND user_id BETWEEN 1 AND 999".into()),
-        ConditionType::Custom("executable_path LIKE '/usr/%' AND cpu_usage > 50".into()),
+        ConditionType::Custom("name IN ('sh', 'bash') AND uid BETWEEN 1 AND 999".into()),
+        ConditionType::Custom("exe LIKE '/usr/%' AND cpu_percent > 50".into()),
     ];
     let m = TriggerManager::new(TriggerConfig::default()).unwrap();
     m.register_collector_capabilities(TriggerCapabilities {

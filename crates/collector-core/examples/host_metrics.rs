@@ -33,6 +33,7 @@ fn metric(name: &str, value: f64, unit: &str) -> CollectionEvent {
         value,
         unit: unit.to_owned(),
         pid: None,
+        process_key: None,
         component: "host".to_owned(),
         timestamp: SystemTime::now(),
     })

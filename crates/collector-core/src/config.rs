@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::common::first_zero;
+
 /// What a bounded queue does when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,11 +122,25 @@ impl CollectorConfig {
         Self::default()
     }
 
-    /// Sets [`max_event_sources`](Self::max_event_sources).
-    #[must_use]
-    pub fn with_max_event_sources(mut self, n: usize) -> Self {
-        self.max_event_sources = n;
-        self
+    with_setters! {
+        /// Sets [`max_event_sources`](Self::max_event_sources).
+        with_max_event_sources(n: usize) { max_event_sources = n }
+        /// Sets [`backpressure_threshold`](Self::backpressure_threshold).
+        with_backpressure_threshold(n: usize) { backpressure_threshold = n }
+        /// Sets [`max_batch_size`](Self::max_batch_size).
+        with_max_batch_size(n: usize) { max_batch_size = n }
+        /// Sets [`batch_timeout`](Self::batch_timeout).
+        with_batch_timeout(d: Duration) { batch_timeout = d }
+        /// Sets [`when_full`](Self::when_full).
+        with_when_full(policy: WhenFull) { when_full = policy }
+        /// Sets [`startup_timeout`](Self::startup_timeout).
+        with_startup_timeout(d: Duration) { startup_timeout = d }
+        /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+        with_shutdown_timeout(d: Duration) { shutdown_timeout = d }
+        /// Sets [`health_check_interval`](Self::health_check_interval).
+        with_health_check_interval(d: Duration) { health_check_interval = d }
+        /// Sets [`enable_debug_logging`](Self::enable_debug_logging).
+        with_debug_logging(on: bool) { enable_debug_logging = on }
     }
 
     /// Sets [`event_buffer_size`](Self::event_buffer_size); the backpressure
@@ -133,62 +149,6 @@ impl CollectorConfig {
     pub fn with_event_buffer_size(mut self, n: usize) -> Self {
         self.event_buffer_size = n;
         self.backpressure_threshold = n - n / 5;
-        self
-    }
-
-    /// Sets [`backpressure_threshold`](Self::backpressure_threshold).
-    #[must_use]
-    pub fn with_backpressure_threshold(mut self, n: usize) -> Self {
-        self.backpressure_threshold = n;
-        self
-    }
-
-    /// Sets [`max_batch_size`](Self::max_batch_size).
-    #[must_use]
-    pub fn with_max_batch_size(mut self, n: usize) -> Self {
-        self.max_batch_size = n;
-        self
-    }
-
-    /// Sets [`batch_timeout`](Self::batch_timeout).
-    #[must_use]
-    pub fn with_batch_timeout(mut self, d: Duration) -> Self {
-        self.batch_timeout = d;
-        self
-    }
-
-    /// Sets [`when_full`](Self::when_full).
-    #[must_use]
-    pub fn with_when_full(mut self, policy: WhenFull) -> Self {
-        self.when_full = policy;
-        self
-    }
-
-    /// Sets [`startup_timeout`](Self::startup_timeout).
-    #[must_use]
-    pub fn with_startup_timeout(mut self, d: Duration) -> Self {
-        self.startup_timeout = d;
-        self
-    }
-
-    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
-    #[must_use]
-    pub fn with_shutdown_timeout(mut self, d: Duration) -> Self {
-        self.shutdown_timeout = d;
-        self
-    }
-
-    /// Sets [`health_check_interval`](Self::health_check_interval).
-    #[must_use]
-    pub fn with_health_check_interval(mut self, d: Duration) -> Self {
-        self.health_check_interval = d;
-        self
-    }
-
-    /// Sets [`enable_debug_logging`](Self::enable_debug_logging).
-    #[must_use]
-    pub fn with_debug_logging(mut self, on: bool) -> Self {
-        self.enable_debug_logging = on;
         self
     }
 
@@ -214,55 +174,43 @@ impl CollectorConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                reason: reason.to_owned(),
-            })
-        };
-        for (field, value) in [
+        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if let Some(field) = first_zero([
             ("max_event_sources", self.max_event_sources),
             ("event_buffer_size", self.event_buffer_size),
             ("max_batch_size", self.max_batch_size),
             ("backpressure_threshold", self.backpressure_threshold),
-        ] {
-            if value == 0 {
-                return bad(field, "must be greater than zero");
-            }
+        ]) {
+            return bad(field, "must be greater than zero".into());
         }
         // tokio's bounded channels refuse capacities above this.
         if self.event_buffer_size > tokio::sync::Semaphore::MAX_PERMITS >> 3 {
-            return bad("event_buffer_size", "is too large");
-        }
-        if self.backpressure_threshold > self.event_buffer_size {
-            return Err(ConfigError::Invalid {
-                field: "backpressure_threshold",
-                reason: format!(
-                    "{} is above event_buffer_size {}",
-                    self.backpressure_threshold, self.event_buffer_size
-                ),
-            });
-        }
-        if self.max_batch_size > self.event_buffer_size {
-            return Err(ConfigError::Invalid {
-                field: "max_batch_size",
-                reason: format!(
-                    "{} is above event_buffer_size {}",
-                    self.max_batch_size, self.event_buffer_size
-                ),
-            });
+            return bad("event_buffer_size", "is too large".into());
         }
         for (field, value) in [
+            ("backpressure_threshold", self.backpressure_threshold),
+            ("max_batch_size", self.max_batch_size),
+        ] {
+            if value > self.event_buffer_size {
+                let buffer = self.event_buffer_size;
+                return bad(
+                    field,
+                    format!("{value} is above event_buffer_size {buffer}"),
+                );
+            }
+        }
+        if let Some(field) = first_zero([
             ("startup_timeout", self.startup_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("health_check_interval", self.health_check_interval),
-        ] {
-            if value.is_zero() {
-                return bad(field, "must be longer than zero");
-            }
+        ]) {
+            return bad(field, "must be longer than zero".into());
         }
         if self.batch_timeout >= self.shutdown_timeout {
-            return bad("batch_timeout", "must be shorter than shutdown_timeout");
+            return bad(
+                "batch_timeout",
+                "must be shorter than shutdown_timeout".into(),
+            );
         }
         Ok(())
     }

@@ -19,6 +19,11 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_VALUE_LEN: usize = 4096;
 
 /// An event from any collection domain.
+///
+/// Not boxed: nearly every event a host produces is a process event, so the
+/// space the smaller variants leave unused costs little, while a box would
+/// cost an allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "domain", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -114,6 +119,27 @@ impl CollectionEvent {
         }
     }
 
+    /// The stable key of the process the event is about, when known.
+    pub const fn process_key(&self) -> Option<ProcessKey> {
+        match self {
+            Self::Process(e) => e.process_key,
+            Self::Network(e) => e.process_key,
+            Self::Filesystem(e) => e.process_key,
+            Self::Performance(e) => e.process_key,
+            Self::TriggerRequest(_) => None,
+        }
+    }
+
+    /// What every event has, whatever its domain.
+    pub const fn header(&self) -> EventHeader {
+        EventHeader {
+            kind: self.kind(),
+            time: self.timestamp(),
+            pid: self.pid(),
+            process_key: self.process_key(),
+        }
+    }
+
     /// Checks the event's internal consistency.
     ///
     /// The runtime calls this on every event a source emits; an event that
@@ -130,6 +156,25 @@ impl CollectionEvent {
             Self::TriggerRequest(e) => e.validate(),
         }
     }
+}
+
+/// The fields every event has, whatever its domain: what it is, when it was
+/// observed, and which process it is about (by pid and by its stable key,
+/// which names one process even after its pid is reused).
+///
+/// The source that produced an event travels with its batch
+/// ([`EventBatch::source`](crate::EventBatch::source), the IPC record's
+/// `source_name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventHeader {
+    /// The event's domain.
+    pub kind: EventKind,
+    /// When it was observed.
+    pub time: SystemTime,
+    /// The process it is about.
+    pub pid: Option<u32>,
+    /// That process's stable key, when known.
+    pub process_key: Option<ProcessKey>,
 }
 
 /// Why an event was rejected.
@@ -205,6 +250,21 @@ fn validate_hash(
                 ))
             }
         }
+    }
+}
+
+/// A process key must name the event's pid.
+fn validate_key(
+    kind: EventKind,
+    pid: Option<u32>,
+    key: Option<ProcessKey>,
+) -> Result<(), EventValidationError> {
+    match (key, pid) {
+        (Some(key), Some(pid)) if key.pid != pid => {
+            Err(invalid(kind, "process_key", "names another pid"))
+        }
+        (Some(_), None) => Err(invalid(kind, "process_key", "is set without a pid")),
+        _ => Ok(()),
     }
 }
 
@@ -352,6 +412,132 @@ pub struct ProcessEvent {
     /// the terminating signal in the low 7 bits).
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Effective user id.
+    #[serde(default)]
+    pub euid: Option<u32>,
+    /// Real group id.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Scheduler state letter from the kernel (`R`, `S`, `D`, `Z`, ...).
+    #[serde(default)]
+    pub state: Option<char>,
+    /// Number of threads.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// User plus system CPU time so far, in clock ticks.
+    #[serde(default)]
+    pub cpu_ticks: Option<u64>,
+    /// Whether the file now at `executable_path` is not the one the process
+    /// runs (replaced on disk while it runs).
+    #[serde(default)]
+    pub exe_replaced: bool,
+    /// How much of the process could be read.
+    #[serde(default)]
+    pub read: ReadDepth,
+    /// Where the process runs: control group, container, namespaces.
+    #[serde(default)]
+    pub context: ProcessContext,
+    /// What a lifecycle event says beyond its type.
+    #[serde(default)]
+    pub lifecycle: LifecycleDetail,
+}
+
+names! {
+    /// How much of a process a collector read for an event.
+    ReadDepth {
+        /// Everything the collector reads (some parts may still have been
+        /// refused: see `accessible`).
+        Full = "full",
+        /// Only the kernel's status line (name, parent, start, memory): a
+        /// fork, whose child usually executes at once and is read in full then.
+        StatOnly = "stat_only",
+        /// Nothing: the process was gone before it could be read.
+        Vanished = "vanished",
+        /// Nothing: reading it was refused.
+        PermissionDenied = "permission_denied",
+        /// Nothing: reading it failed otherwise.
+        Failed = "failed",
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the enum comes from `names!`
+impl Default for ReadDepth {
+    fn default() -> Self {
+        Self::Full
+    }
+}
+
+/// Where a process runs: its control group, container and namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessContext {
+    /// The cgroup v2 path (`/system.slice/sshd.service`).
+    pub cgroup: Option<String>,
+    /// The container id the cgroup path names (docker, containerd, podman, ...).
+    pub container_id: Option<String>,
+    /// Inode of the PID namespace.
+    pub pid_ns: Option<u64>,
+    /// Inode of the mount namespace.
+    pub mnt_ns: Option<u64>,
+    /// Inode of the network namespace.
+    pub net_ns: Option<u64>,
+    /// Inode of the user namespace.
+    pub user_ns: Option<u64>,
+}
+
+/// What a lifecycle event says beyond its [`ProcessEventType`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LifecycleDetail {
+    /// What revealed the event (for an exit: the kernel, or a later snapshot,
+    /// exec or fork that found the pid gone or reused).
+    pub observed_by: Option<ObservedBy>,
+    /// For `PidReused`: the key of the process that had the pid before.
+    pub previous_key: Option<ProcessKey>,
+    /// For `Modified`: what changed.
+    pub changed: Vec<ProcessField>,
+    /// For `StartTimeAnomaly`: what is impossible about the start time.
+    pub anomaly: Option<StartTimeAnomaly>,
+    /// For `Exit`: how long the process ran, in milliseconds.
+    pub run_time_ms: Option<u64>,
+}
+
+names! {
+    /// What revealed a lifecycle event.
+    ObservedBy {
+        /// The kernel reported it as it happened.
+        Kernel = "kernel",
+        /// A snapshot found the process gone (or its pid reused).
+        Snapshot = "snapshot",
+        /// An exec under the same pid showed the process was gone.
+        Exec = "exec",
+        /// A fork reusing the pid showed the process was gone.
+        Fork = "fork",
+    }
+}
+
+names! {
+    /// A field of a process whose change a `Modified` event reports.
+    ProcessField {
+        /// The command line.
+        Argv = "argv",
+        /// The executable.
+        Exe = "exe",
+        /// The real user id.
+        Uid = "uid",
+        /// The short name.
+        Name = "name",
+    }
+}
+
+names! {
+    /// What is impossible about a process's start time.
+    StartTimeAnomaly {
+        /// It started before its parent did.
+        StartedBeforeParent = "started_before_parent",
+        /// It starts in the future.
+        StartTimeInFuture = "start_time_in_future",
+    }
 }
 
 impl Default for ProcessEvent {
@@ -375,6 +561,15 @@ impl Default for ProcessEvent {
             platform_metadata: BTreeMap::new(),
             process_key: None,
             exit_code: None,
+            euid: None,
+            gid: None,
+            state: None,
+            threads: None,
+            cpu_ticks: None,
+            exe_replaced: false,
+            read: ReadDepth::Full,
+            context: ProcessContext::default(),
+            lifecycle: LifecycleDetail::default(),
         }
     }
 }
@@ -403,11 +598,7 @@ impl ProcessEvent {
         if self.exit_code.is_some() && self.event_type != ProcessEventType::Exit {
             return Err(invalid(K, "exit_code", "is set on a non-exit event"));
         }
-        if let Some(key) = self.process_key {
-            if key.pid != self.pid {
-                return Err(invalid(K, "process_key", "names another pid"));
-            }
-        }
+        validate_key(K, Some(self.pid), self.process_key)?;
         validate_hash(K, self.executable_hash.as_deref(), self.hash_algorithm)?;
         validate_metadata(K, "platform_metadata", &self.platform_metadata)
     }
@@ -432,6 +623,9 @@ pub struct NetworkEvent {
     pub state: Option<String>,
     /// Owning process, when known.
     pub pid: Option<u32>,
+    /// The stable key of that process, when known; its pid is `pid`.
+    #[serde(default)]
+    pub process_key: Option<ProcessKey>,
     /// Bytes sent so far.
     pub bytes_sent: u64,
     /// Bytes received so far.
@@ -452,6 +646,7 @@ impl Default for NetworkEvent {
             protocol: String::new(),
             state: None,
             pid: None,
+            process_key: None,
             bytes_sent: 0,
             bytes_received: 0,
             timestamp: SystemTime::UNIX_EPOCH,
@@ -462,6 +657,7 @@ impl Default for NetworkEvent {
 impl NetworkEvent {
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Network;
+        validate_key(K, self.pid, self.process_key)?;
         if self.connection_id.is_empty() {
             return Err(invalid(K, "connection_id", "is empty"));
         }
@@ -504,6 +700,9 @@ pub struct FilesystemEvent {
     pub operation: FileOperation,
     /// The acting process, when known.
     pub pid: Option<u32>,
+    /// The stable key of that process, when known; its pid is `pid`.
+    #[serde(default)]
+    pub process_key: Option<ProcessKey>,
     /// File size in bytes, when known.
     pub size: Option<u64>,
     /// Mode bits (`st_mode & 0o7777`), when known.
@@ -520,6 +719,7 @@ pub struct FilesystemEvent {
 impl FilesystemEvent {
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Filesystem;
+        validate_key(K, self.pid, self.process_key)?;
         if self.path.is_empty() {
             return Err(invalid(K, "path", "is empty"));
         }
@@ -541,6 +741,9 @@ pub struct PerformanceEvent {
     pub unit: String,
     /// The process measured, for per-process metrics.
     pub pid: Option<u32>,
+    /// The stable key of that process, when known; its pid is `pid`.
+    #[serde(default)]
+    pub process_key: Option<ProcessKey>,
     /// The component measured (`system`, `cpu0`, `collector`, ...).
     pub component: String,
     /// When the sample was taken.
@@ -551,6 +754,7 @@ pub struct PerformanceEvent {
 impl PerformanceEvent {
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Performance;
+        validate_key(K, self.pid, self.process_key)?;
         if self.metric_name.is_empty() {
             return Err(invalid(K, "metric_name", "is empty"));
         }
@@ -748,6 +952,7 @@ mod tests {
             value: f64::INFINITY,
             unit: "count".into(),
             pid: None,
+            process_key: None,
             component: "system".into(),
             timestamp: SystemTime::now(),
         };
@@ -783,6 +988,7 @@ mod tests {
             path: "/etc/passwd".into(),
             operation: FileOperation::Modify,
             pid: None,
+            process_key: None,
             size: None,
             permissions: Some(0o644),
             file_hash: None,

@@ -66,6 +66,7 @@
 //!                 value: f64::from(i),
 //!                 unit: "count".into(),
 //!                 pid: None,
+//!                 process_key: None,
 //!                 component: "demo".into(),
 //!                 timestamp: std::time::SystemTime::now(),
 //!             };
@@ -94,6 +95,9 @@
 //! # }
 //! ```
 
+#[macro_use]
+mod common;
+
 pub mod bus;
 #[cfg(feature = "triggers")]
 pub mod chain;
@@ -111,6 +115,7 @@ pub mod telemetry;
 pub mod testing;
 #[cfg(feature = "triggers")]
 pub mod trigger;
+pub mod vocabulary;
 
 #[cfg(feature = "triggers")]
 pub use bus::{
@@ -125,9 +130,10 @@ pub use chain::{
 };
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
-    AnalysisType, BootId, CollectionEvent, EventKind, EventValidationError, FileOperation,
-    FilesystemEvent, HashAlgorithm, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType,
-    ProcessKey, TriggerPriority, TriggerRequest,
+    AnalysisType, BootId, CollectionEvent, EventHeader, EventKind, EventValidationError,
+    FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy,
+    PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType, ProcessField, ProcessKey,
+    ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

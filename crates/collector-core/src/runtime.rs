@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -15,11 +15,12 @@ use tracing::{debug, error, info, warn};
 use crate::bus::EventFilter;
 #[cfg(feature = "triggers")]
 use crate::bus::{EventBusConfig, LocalEventBus};
+use crate::common::lock;
 use crate::config::{CollectorConfig, ConfigError};
 use crate::event::CollectionEvent;
 use crate::health::{HealthReport, SourceHealth};
 use crate::metrics::Registry;
-use crate::source::{EventSource, SourceCaps, SourceContext};
+use crate::source::{unless_cancelled, EventSource, SourceCaps, SourceContext};
 use crate::subscription::{EventBatch, Mode, Subscribers, Subscription};
 use crate::telemetry::{
     CollectorStats, ProcessResources, RuntimeCounters, SourceCounters, SourceStats,
@@ -69,22 +70,19 @@ struct SourceState {
 
 impl SourceState {
     fn health(&self) -> SourceHealth {
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.health).clone()
     }
 
     /// Sets the health unless the source already ended (terminal states stay).
     fn set_running_health(&self, h: SourceHealth) {
-        let mut cur = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cur = lock(&self.health);
         if cur.is_running() {
             *cur = h;
         }
     }
 
     fn set_health(&self, h: SourceHealth) {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = h;
+        *lock(&self.health) = h;
     }
 
     fn stats(&self) -> SourceStats {
@@ -116,25 +114,14 @@ struct Shared {
     metrics: Registry,
 }
 
-/// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
-/// its events, read its stats and health, from outside the runtime.
-#[derive(Clone)]
-pub struct CollectorHandle {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for CollectorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorHandle").finish_non_exhaustive()
-    }
+shared_handle! {
+    /// A cheap, cloneable handle to a [`Collector`]: shut it down, subscribe to
+    /// its events, read its stats and health, from outside the runtime.
+    pub struct CollectorHandle(Shared);
+    /// Requests a graceful shutdown, as SIGTERM would.
 }
 
 impl CollectorHandle {
-    /// Requests a graceful shutdown, as SIGTERM would.
-    pub fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-    }
-
     /// Whether shutdown was requested.
     pub fn is_shutdown_requested(&self) -> bool {
         self.shared.shutdown.is_cancelled()
@@ -178,13 +165,9 @@ impl CollectorHandle {
         let sources = self.sources().iter().map(|s| s.stats()).collect();
         let c = &self.shared.counters;
         CollectorStats {
-            uptime: (*self
-                .shared
-                .started
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner))
-            .map(|t| t.elapsed())
-            .unwrap_or_default(),
+            uptime: (*lock(&self.shared.started))
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
             sources,
             subscribers: self.shared.subscribers.stats(),
             events_unrouted_total: c.unrouted.get(),
@@ -206,11 +189,7 @@ impl CollectorHandle {
     }
 
     fn sources(&self) -> Vec<Arc<SourceState>> {
-        self.shared
-            .sources
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.sources).clone()
     }
 }
 
@@ -319,11 +298,7 @@ impl Collector {
             counters: SourceCounters::registered(&self.shared.metrics, name),
             health: Mutex::new(SourceHealth::Starting),
         });
-        self.shared
-            .sources
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(state.clone());
+        lock(&self.shared.sources).push(state.clone());
         self.sources.push((Arc::from(source), state));
         Ok(())
     }
@@ -379,10 +354,7 @@ impl Collector {
             sources,
             shared,
         } = self;
-        *shared
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *lock(&shared.started) = Some(Instant::now());
         let total = sources.len();
         info!(
             sources = total,
@@ -685,10 +657,10 @@ async fn pump(
     let mut warned_invalid = false;
     loop {
         let mut buf = Vec::with_capacity(settings.batch);
-        let n = tokio::select! {
-            biased;
-            () = hard_deadline.cancelled() => break,
-            n = rx.recv_many(&mut buf, settings.batch) => n,
+        let Some(n) =
+            unless_cancelled(&hard_deadline, rx.recv_many(&mut buf, settings.batch)).await
+        else {
+            break;
         };
         if n == 0 {
             // Closed and empty: the source and every clone of its sender are gone.
@@ -799,16 +771,13 @@ async fn health_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+        if unless_cancelled(&stop, ticker.tick()).await.is_none() {
+            return;
         }
         let limit = if first { startup_timeout } else { interval };
-        let verdict = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(limit, source.health_check()) => r,
+        let check = tokio::time::timeout(limit, source.health_check());
+        let Some(verdict) = unless_cancelled(&stop, check).await else {
+            return;
         };
         match verdict {
             Ok(Ok(())) => state.set_running_health(SourceHealth::Healthy),

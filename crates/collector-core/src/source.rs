@@ -1,6 +1,7 @@
 //! The [`EventSource`] contract, the [`SourceCaps`] a source declares and
 //! the [`SourceContext`] the runtime starts it with.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -219,6 +220,75 @@ async fn bridge_flag(flag: Arc<AtomicBool>, token: CancellationToken, alive: Wea
     }
 }
 
+/// Where a source sends its events (the `tx` of [`EventSource::start`]).
+pub type EventSender = mpsc::Sender<CollectionEvent>;
+
+/// The reference API's shutdown signal (the flag of [`EventSource::start`]).
+pub type ShutdownFlag = Arc<AtomicBool>;
+
+/// [`EventSource::start`] for a source that implements
+/// [`start_with`](EventSource::start_with): runs it with a context whose
+/// token is cancelled once `flag` is set ([`SourceContext::from_flag`]).
+///
+/// ```
+/// # use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+/// # use collector_core::{EventSource, SourceCaps, SourceContext};
+/// # struct Mine;
+/// # #[async_trait::async_trait]
+/// # impl EventSource for Mine {
+/// # fn name(&self) -> &'static str { "mine" }
+/// # fn capabilities(&self) -> SourceCaps { SourceCaps::PROCESS }
+/// # async fn stop(&self) -> anyhow::Result<()> { Ok(()) }
+/// async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+///     start_from_flag(self, tx, flag).await
+/// }
+///
+/// async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+///     ctx.shutdown().cancelled().await;
+///     Ok(())
+/// }
+/// # }
+/// ```
+///
+/// # Errors
+/// What `start_with` returns.
+pub async fn start_from_flag<S: EventSource + ?Sized>(
+    source: &S,
+    tx: EventSender,
+    flag: ShutdownFlag,
+) -> anyhow::Result<()> {
+    let ctx = SourceContext::from_flag(source.name(), tx, flag);
+    source.start_with(ctx).await
+}
+
+/// Awaits `fut` unless `token` is cancelled first: `None` once it is, also
+/// when both are ready (the token is polled first, as in a `biased`
+/// `select!` with its branch first). A loop written with it ends on
+/// shutdown by construction.
+///
+/// ```
+/// use collector_core::source::unless_cancelled;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let token = CancellationToken::new();
+/// assert_eq!(unless_cancelled(&token, async { 1 }).await, Some(1));
+/// token.cancel();
+/// assert_eq!(unless_cancelled(&token, async { 1 }).await, None);
+/// # }
+/// ```
+///
+/// # Cancel safety
+/// As `fut`.
+pub async fn unless_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = token.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
 /// A producer of [`CollectionEvent`]s: the one trait a collector implements.
 ///
 /// # Contract
@@ -246,7 +316,7 @@ async fn bridge_flag(flag: Arc<AtomicBool>, token: CancellationToken, alive: Wea
 /// `start_with` sets that flag the moment the token is cancelled. A new
 /// source should implement `start_with` and await
 /// [`SourceContext::shutdown`] instead of polling a flag, and implement
-/// `start` as shown in [`SourceContext::from_flag`].
+/// `start` with [`start_from_flag`].
 ///
 /// `collector_core::testing` checks a source against this contract.
 #[async_trait]

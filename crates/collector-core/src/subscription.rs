@@ -2,12 +2,13 @@
 //! [`WhenFull`] policy and exact drop accounting.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::EventFilter;
+use crate::common::{lock, read, write};
 use crate::config::WhenFull;
 use crate::event::CollectionEvent;
 use crate::metrics::Registry;
@@ -76,13 +77,7 @@ pub struct Subscription<T = CollectionEvent> {
     pending: Option<Pending<T>>,
 }
 
-impl<T> std::fmt::Debug for Subscription<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("id", &self.counters.id)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Subscription<T> { id = counters.id });
 
 impl<T> Subscription<T> {
     /// This subscription's id, as in [`SubscriberStats::id`].
@@ -256,10 +251,7 @@ impl<T: Routable> Subscribers<T> {
     }
 
     fn snapshot(&self) -> Arc<[Slot<T>]> {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.live).clone()
     }
 
     pub(crate) fn subscribe(&self) -> Subscription<T> {
@@ -275,10 +267,7 @@ impl<T: Routable> Subscribers<T> {
     /// The number of live subscribers.
     #[cfg(feature = "triggers")] // used by the event bus only
     pub(crate) fn live_count(&self) -> usize {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        read(&self.live).len()
     }
 
     /// Subscribes with an optional filter.
@@ -289,13 +278,13 @@ impl<T: Routable> Subscribers<T> {
         let counters = Arc::new(SubscriberCounters::new(id));
         let (tx, rx) = mpsc::channel(self.queue_batches);
         {
-            let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut all = lock(&self.all);
             if let Some((registry, stage)) = self.metrics.get() {
                 counters.register(registry, stage);
             }
             all.push(counters.clone());
         }
-        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let mut live = write(&self.live);
         // After shutdown the sender is dropped at once: the stream is empty.
         if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
             let mut slots = live.to_vec();
@@ -316,7 +305,7 @@ impl<T: Routable> Subscribers<T> {
     /// Registers every subscriber's counters, now and from now on, in
     /// `registry` under the label `stage`. Only the first call counts.
     pub(crate) fn register_metrics(&self, registry: &Registry, stage: &'static str) {
-        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        let all = lock(&self.all);
         if self.metrics.set((registry.clone(), stage)).is_ok() {
             for c in all.iter() {
                 c.register(registry, stage);
@@ -327,7 +316,7 @@ impl<T: Routable> Subscribers<T> {
     /// Removes a live subscriber; its stream ends after what is queued.
     /// Returns whether it was live.
     pub(crate) fn remove(&self, id: u64) -> bool {
-        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let mut live = write(&self.live);
         let before = live.len();
         let slots: Vec<Slot<T>> = live
             .iter()
@@ -342,27 +331,18 @@ impl<T: Routable> Subscribers<T> {
     /// Whether a subscription with this id was ever made here.
     #[cfg(feature = "triggers")] // used by the event bus only
     pub(crate) fn knows(&self, id: u64) -> bool {
-        self.all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|c| c.id == id)
+        lock(&self.all).iter().any(|c| c.id == id)
     }
 
     /// Ends every stream: subscribers get what is queued, then `None`.
     pub(crate) fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
-        *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(Vec::new());
+        *write(&self.live) = Arc::from(Vec::new());
     }
 
     pub(crate) fn stats(&self) -> Vec<SubscriberStats> {
-        self.all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|c| c.snapshot())
-            .collect()
+        lock(&self.all).iter().map(|c| c.snapshot()).collect()
     }
 
     /// Offers `batch` to every live subscriber whose filter lets at least

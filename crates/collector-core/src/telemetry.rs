@@ -43,47 +43,49 @@ impl SourceCounters {
         let c = Self::default();
         let stage = ("stage", STAGE_INTAKE);
         let source = ("source", name);
-        registry.register_counter(
-            "daemoneye_events_received_total",
-            "Events taken from a stage's input.",
+        registry.register_counters(
             &[stage, source],
-            &c.received,
+            &[
+                (
+                    "daemoneye_events_received_total",
+                    "Events taken from a stage's input.",
+                    &c.received,
+                ),
+                (
+                    "daemoneye_events_accepted_total",
+                    "Events that passed validation and were published.",
+                    &c.accepted,
+                ),
+            ],
         );
-        registry.register_counter(
-            "daemoneye_events_accepted_total",
-            "Events that passed validation and were published.",
-            &[stage, source],
-            &c.accepted,
-        );
-        registry.register_counter(
+        registry.register_by_reason(
             "daemoneye_events_dropped_total",
             "Events dropped, by stage and reason.",
-            &[stage, source, ("reason", "invalid")],
-            &c.rejected_invalid,
+            &[stage, source],
+            [
+                ("invalid", &c.rejected_invalid),
+                ("shutdown", &c.dropped_shutdown),
+            ],
         );
-        registry.register_counter(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
-            &[stage, source, ("reason", "shutdown")],
-            &c.dropped_shutdown,
-        );
-        registry.register_counter(
-            "daemoneye_source_errors_total",
-            "A source's start or stop failing, or a panic.",
+        registry.register_counters(
             &[source],
-            &c.errors,
-        );
-        registry.register_counter(
-            "daemoneye_health_checks_failed_total",
-            "Failed or timed-out health checks.",
-            &[source],
-            &c.health_checks_failed,
-        );
-        registry.register_counter(
-            "daemoneye_backpressure_episodes_total",
-            "Times an intake queue crossed the backpressure threshold.",
-            &[source],
-            &c.backpressure_episodes,
+            &[
+                (
+                    "daemoneye_source_errors_total",
+                    "A source's start or stop failing, or a panic.",
+                    &c.errors,
+                ),
+                (
+                    "daemoneye_health_checks_failed_total",
+                    "Failed or timed-out health checks.",
+                    &c.health_checks_failed,
+                ),
+                (
+                    "daemoneye_backpressure_episodes_total",
+                    "Times an intake queue crossed the backpressure threshold.",
+                    &c.backpressure_episodes,
+                ),
+            ],
         );
         registry.register_gauge(
             "daemoneye_source_backpressured",
@@ -117,30 +119,31 @@ impl SubscriberCounters {
     pub(crate) fn register(&self, registry: &Registry, stage: &'static str) {
         let id = self.id.to_string();
         let labels = [("stage", stage), ("subscriber", id.as_str())];
-        registry.register_counter(
-            "daemoneye_events_offered_total",
-            "Events offered to a subscriber's queue.",
+        registry.register_counters(
             &labels,
-            &self.offered,
+            &[
+                (
+                    "daemoneye_events_offered_total",
+                    "Events offered to a subscriber's queue.",
+                    &self.offered,
+                ),
+                (
+                    "daemoneye_events_delivered_total",
+                    "Events a subscriber took from its queue.",
+                    &self.delivered,
+                ),
+            ],
         );
-        registry.register_counter(
-            "daemoneye_events_delivered_total",
-            "Events a subscriber took from its queue.",
+        registry.register_by_reason(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
             &labels,
-            &self.delivered,
+            [
+                ("full", &self.dropped_full),
+                ("closed", &self.dropped_closed),
+                ("shutdown", &self.dropped_shutdown),
+            ],
         );
-        for (reason, c) in [
-            ("full", &self.dropped_full),
-            ("closed", &self.dropped_closed),
-            ("shutdown", &self.dropped_shutdown),
-        ] {
-            registry.register_counter(
-                "daemoneye_events_dropped_total",
-                "Events dropped, by stage and reason.",
-                &[labels[0], labels[1], ("reason", reason)],
-                c,
-            );
-        }
     }
 
     pub(crate) fn snapshot(&self) -> SubscriberStats {

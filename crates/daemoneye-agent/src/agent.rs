@@ -368,6 +368,7 @@ impl Agent {
             rules_refused: refused.len() as u64,
         };
         health.register_metrics(&metrics);
+        detector.engine().stats().register(&metrics);
         let socket = data_dir.join("agent.sock");
         let answer = health.clone();
         let server = CollectorIpcServer::new(IpcServerConfig::new(&socket), SourceCaps::empty())

@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use collector_core::ipc::record_to_process;
+use collector_core::ipc::record_to_event;
 use collector_core::metrics::{Counter, Gauge, Registry};
-use collector_core::{CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps};
-use daemoneye_lib::proto::{event_record::Event, SubscribeRequest};
+use collector_core::{
+    CollectionEvent, CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps,
+};
+use daemoneye_lib::proto::SubscribeRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -130,7 +132,8 @@ pub struct LinkStatus {
     pub dropped_upstream: Counter,
     /// Records that could not be read back as events (counted, skipped).
     pub bad_records: Counter,
-    /// Records of other kinds than processes (ignored).
+    /// Valid records of other kinds than processes (no consumer in the agent
+    /// yet: counted and skipped).
     pub ignored_records: Counter,
     last_error: Mutex<String>,
     capabilities: AtomicU32,
@@ -360,17 +363,15 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<
     }
     let mut out = Vec::with_capacity(batch.events.len());
     for record in batch.events {
-        match record.event {
-            Some(Event::Process(p)) => match record_to_process(p) {
-                Ok(e) => out.push(e),
-                Err(e) => {
-                    status.bad_records.inc();
-                    let n = status.bad_records.get();
-                    warn!(error = %e, bad_records = n, "unreadable record from the collector");
-                }
-            },
-            _ => {
-                status.ignored_records.inc();
+        match record_to_event(record) {
+            Ok(CollectionEvent::Process(e)) => out.push(e),
+            // Read and valid, but nothing in the agent consumes this
+            // domain yet.
+            Ok(_) => status.ignored_records.inc(),
+            Err(e) => {
+                status.bad_records.inc();
+                let n = status.bad_records.get();
+                warn!(error = %e, bad_records = n, "unreadable record from the collector");
             }
         }
     }
@@ -479,8 +480,9 @@ async fn stream(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use collector_core::ipc::process_to_record;
-    use daemoneye_lib::proto::{EventBatch, EventRecord, NetworkRecord};
+    use collector_core::ipc::{event_to_record, process_to_record};
+    use collector_core::NetworkEvent;
+    use daemoneye_lib::proto::{EventBatch, EventRecord};
 
     use super::*;
 
@@ -496,7 +498,14 @@ mod tests {
             events: vec![
                 EventRecord::new("procmond", good),
                 EventRecord::new("procmond", bad),
-                EventRecord::new("netmond", NetworkRecord::default()),
+                event_to_record(
+                    &CollectionEvent::Network(NetworkEvent {
+                        connection_id: "7".into(),
+                        protocol: "tcp".into(),
+                        ..NetworkEvent::default()
+                    }),
+                    "netmond",
+                ),
             ],
             dropped_since_last: 7,
             ..EventBatch::default()

@@ -99,15 +99,8 @@ fn main() -> ExitCode {
         // The agent needs no more than its collector: keep those three
         // capabilities (its child inherits them, and no more, through
         // no_new_privs), before any thread starts.
-        match procmond::privileges::drop_privileges() {
-            Ok(procmond::privileges::Dropped::Reduced { kept }) => {
-                tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("daemoneye-agent: {e}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(code) = procmond::privileges::drop_privileges_in_main("daemoneye-agent") {
+            return code;
         }
     }
     if let Command::Collect(_) = &cli.command {
@@ -124,15 +117,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match procmond::cli::runtime_in_main("daemoneye-agent") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("daemoneye-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),

@@ -89,6 +89,9 @@ enum RulesCommand {
         #[arg(long)]
         rules_dir: Option<PathBuf>,
     },
+    /// The columns a rule can read from `processes`: the one SQL vocabulary
+    /// over processes, also the store's and the trigger conditions' names.
+    Columns,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +169,27 @@ fn list(rules_dir: Option<&PathBuf>, format: Format) -> Result<ExitCode, anyhow:
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn columns(format: Format) -> ExitCode {
+    let columns = daemoneye_rules::engine::COLUMNS
+        .iter()
+        .filter_map(|name| collector_core::vocabulary::process_column(name));
+    match format {
+        Format::Json => {
+            let all: Vec<_> = columns
+                .map(|c| serde_json::json!({"name": c.name, "type": c.ty.as_str(), "doc": c.doc}))
+                .collect();
+            println!("{:#}", serde_json::Value::Array(all));
+        }
+        Format::Table => {
+            println!("{:<22} {:<14} MEANING", "COLUMN", "TYPE");
+            for c in columns {
+                println!("{:<22} {:<14} {}", c.name, c.ty.as_str(), c.doc);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn open_store(dir: &Path) -> Result<Store, ExitCode> {
@@ -334,6 +358,9 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::List { rules_dir },
         } => list(rules_dir.as_ref(), cli.format),
+        Command::Rules {
+            command: RulesCommand::Columns,
+        } => Ok(columns(cli.format)),
         Command::Ledger {
             command: LedgerCommand::Verify,
         } => {

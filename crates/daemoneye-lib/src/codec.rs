@@ -465,8 +465,9 @@ mod tests {
     use crate::proto::{
         envelope::Payload, CapabilityRequest, CapabilityResponse, DetectionResult, DetectionTask,
         Domain, ErrorCode, ErrorResponse, EventBatch, EventRecord, FilesystemRecord, Heartbeat,
-        NetworkRecord, PerformanceRecord, ProcessFilter, ProcessRecord, SourceCapability,
-        SubscribeAck, SubscribeRequest, TaskType, Timestamp, TriggerRequestRecord, Unsubscribe,
+        LifecycleDetail, NetworkRecord, PerformanceRecord, ProcessContext, ProcessFilter,
+        ProcessRecord, SourceCapability, SubscribeAck, SubscribeRequest, TaskType, Timestamp,
+        TriggerRequestRecord, Unsubscribe,
     };
     use proptest::prelude::*;
 
@@ -544,10 +545,27 @@ mod tests {
             accessible: true,
             file_exists: true,
             timestamp: Some(Timestamp::now()),
-            platform_metadata: [("cgroup".to_owned(), "/system.slice".to_owned())].into(),
+            platform_metadata: [("seccomp".to_owned(), "2".to_owned())].into(),
             process_key: "5f1b2c3d-0a1b-4c2d-8e9f-0123456789ab:4242:1234567".to_owned(),
             event_type: "exec".to_owned(),
             exit_code: None,
+            euid: Some(0),
+            gid: Some(0),
+            state: "S".to_owned(),
+            threads: Some(1),
+            cpu_ticks: Some(12),
+            exe_replaced: false,
+            read: String::new(),
+            context: Some(ProcessContext {
+                cgroup: Some("/system.slice/ssh.service".to_owned()),
+                pid_ns: Some(4_026_531_836),
+                ..ProcessContext::default()
+            }),
+            lifecycle: Some(LifecycleDetail {
+                observed_by: "kernel".to_owned(),
+                changed: vec!["argv".to_owned()],
+                ..LifecycleDetail::default()
+            }),
         };
         let mut task = DetectionTask::new("t-1", TaskType::EnumerateProcesses);
         task.process_filter = Some(ProcessFilter {

@@ -11,29 +11,19 @@
 //!
 //! # The `processes` table
 //!
-//! | column | type | meaning |
-//! |---|---|---|
-//! | `process_key` | TEXT | `boot_id:pid:start_ticks`, stable across PID reuse |
-//! | `pid`, `ppid` | INTEGER | |
-//! | `name` | TEXT | `comm` |
-//! | `exe`, `exe_name`, `exe_dir` | TEXT | executable path, its file name, its directory |
-//! | `argv` | TEXT | JSON array |
-//! | `cmdline` | TEXT | argv joined by spaces |
-//! | `uid`, `euid` | INTEGER | real and effective user |
-//! | `start_time`, `observed_at` | INTEGER | unix nanoseconds |
-//! | `exe_deleted`, `exe_replaced`, `file_exists`, `accessible` | INTEGER | 0/1 |
-//! | `exe_dir_user_writable` | INTEGER | 0/1: the executable's directory is writable by a non-root user (NULL: unknown) |
-//! | `parent_name`, `parent_exe`, `parent_cmdline` | TEXT | the parent's, when known |
-//! | `event_type` | TEXT | `snapshot`, `exec`, `exit`, `pid_reused`, ... |
-//! | `exe_hash` | TEXT | lowercase hex SHA-256 of the executable |
-//! | `container_id` | TEXT | |
-//! | `pipes_to_interpreter` | INTEGER | 0/1: the command line pipes into a shell or script interpreter (`... \| sh`, `\| sudo bash`, `\| python3 -`) |
+//! Its columns are [`COLUMNS`]: names, types and meanings are those of the
+//! one SQL vocabulary over processes ([`collector_core::vocabulary::PROCESS`]),
+//! the same as in the store and in trigger conditions;
+//! `daemoneye-cli rules columns` lists them. Times are unix nanoseconds,
+//! booleans 0/1, `argv` a JSON array.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use collector_core::metrics::{Counter, Registry};
+use collector_core::vocabulary::process_column;
 use collector_core::ProcessEvent;
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
@@ -46,34 +36,77 @@ use crate::rules::{Rule, RuleError};
 /// The longest one rule may run over one batch.
 pub const RULE_TIME_LIMIT: Duration = Duration::from_millis(250);
 
-// Columns the rules test most come first: SQLite walks each row's record
-// up to the columns a statement reads.
-const SCHEMA: &str = "CREATE TABLE processes (
-    event_type TEXT NOT NULL, name TEXT NOT NULL, exe_name TEXT, exe_dir TEXT, exe TEXT,
-    cmdline TEXT NOT NULL, pipes_to_interpreter INTEGER NOT NULL, parent_name TEXT,
-    uid INTEGER, euid INTEGER, exe_deleted INTEGER NOT NULL, exe_replaced INTEGER NOT NULL,
-    file_exists INTEGER NOT NULL, accessible INTEGER NOT NULL, exe_dir_user_writable INTEGER,
-    pid INTEGER NOT NULL, process_key TEXT, ppid INTEGER, start_time INTEGER, observed_at INTEGER,
-    parent_exe TEXT, parent_cmdline TEXT, exe_hash TEXT, container_id TEXT, argv TEXT NOT NULL
-);
--- With case-sensitive LIKE, prefix patterns (`exe LIKE '/tmp/%'`), IN lists
--- and equalities become index lookups instead of scans of the batch.
+/// The columns of the rules' `processes` table, names and types from the
+/// one SQL vocabulary ([`collector_core::vocabulary::PROCESS`]), in table
+/// order: the columns rules test most come first, since SQLite walks each
+/// row's record up to the columns a statement reads. [`RuleEngine`] binds a
+/// row's values in this order.
+pub const COLUMNS: [&str; 25] = [
+    "event_type",
+    "name",
+    "exe_name",
+    "exe_dir",
+    "exe",
+    "cmdline",
+    "pipes_to_interpreter",
+    "parent_name",
+    "uid",
+    "euid",
+    "exe_deleted",
+    "exe_replaced",
+    "file_exists",
+    "accessible",
+    "exe_dir_user_writable",
+    "pid",
+    "process_key",
+    "ppid",
+    "start_time",
+    "observed_at",
+    "parent_exe",
+    "parent_cmdline",
+    "exe_hash",
+    "container_id",
+    "argv",
+];
+
+// With case-sensitive LIKE, prefix patterns (`exe LIKE '/tmp/%'`), IN lists
+// and equalities become index lookups instead of scans of the batch.
+// The flags are rarely set: partial indexes hold only the rows that have
+// them, so filling them costs almost nothing, and `flag = 1` is a lookup.
+const INDEXES: &str = "
 CREATE INDEX processes_exe ON processes (exe);
 CREATE INDEX processes_name ON processes (name);
 CREATE INDEX processes_exe_name ON processes (exe_name);
 CREATE INDEX processes_parent_name ON processes (parent_name);
 CREATE INDEX processes_event_type ON processes (event_type);
--- The flags are rarely set: partial indexes hold only the rows that have
--- them, so filling them costs almost nothing, and `flag = 1` is a lookup.
 CREATE INDEX processes_deleted ON processes (exe_deleted) WHERE exe_deleted = 1;
 CREATE INDEX processes_pipes ON processes (pipes_to_interpreter) WHERE pipes_to_interpreter = 1;
 CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;";
 
-const INSERT: &str = "INSERT INTO processes (
-    process_key, pid, ppid, name, exe, exe_name, exe_dir, argv, cmdline, uid, euid, start_time,
-    observed_at, exe_deleted, exe_replaced, file_exists, accessible, exe_dir_user_writable,
-    parent_name, parent_exe, parent_cmdline, event_type, exe_hash, container_id, pipes_to_interpreter
-) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
+/// `CREATE TABLE processes (...)` and its indexes, from [`COLUMNS`].
+static SCHEMA: LazyLock<String> = LazyLock::new(schema);
+/// The insert of one row, binding [`COLUMNS`] in order.
+static INSERT: LazyLock<String> = LazyLock::new(insert_sql);
+
+fn schema() -> String {
+    let columns: Vec<String> = COLUMNS
+        .iter()
+        .map(|name| {
+            let ty = process_column(name).map_or("ANY", |c| c.ty.sqlite());
+            format!("{name} {ty}")
+        })
+        .collect();
+    format!("CREATE TABLE processes ({});{INDEXES}", columns.join(", "))
+}
+
+fn insert_sql() -> String {
+    let marks: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO processes ({}) VALUES ({})",
+        COLUMNS.join(", "),
+        marks.join(", ")
+    )
+}
 
 /// One process as the rules see it (its fields are the table's columns, so
 /// the flags stay plain bools).
@@ -135,7 +168,6 @@ impl ProcessRow {
         parent: Option<&ProcessEvent>,
         exe_dir_user_writable: Option<bool>,
     ) -> Self {
-        let meta = |k: &str| e.platform_metadata.get(k);
         Self {
             process_key: e.process_key.map(|k| k.to_string()),
             pid: e.pid,
@@ -144,12 +176,12 @@ impl ProcessRow {
             exe: e.executable_path.clone(),
             argv: e.command_line.clone(),
             uid: e.user_id,
-            euid: meta("euid").and_then(|v| v.parse().ok()),
+            euid: e.euid,
             start_time: e.start_time.and_then(unix_ns),
             observed_at: unix_ns(e.timestamp),
-            exe_deleted: meta("exe_deleted").is_some()
+            exe_deleted: (!e.file_exists && e.executable_path.is_some())
                 || e.event_type == collector_core::ProcessEventType::ExecutableDeleted,
-            exe_replaced: meta("exe_replaced").is_some(),
+            exe_replaced: e.exe_replaced,
             file_exists: e.file_exists,
             accessible: e.accessible,
             exe_dir_user_writable,
@@ -158,7 +190,7 @@ impl ProcessRow {
             parent_cmdline: parent.map(|p| p.command_line.join(" ")),
             event_type: e.event_type.as_str().to_owned(),
             exe_hash: e.executable_hash.clone(),
-            container_id: meta("container_id").cloned(),
+            container_id: e.context.container_id.clone(),
         }
     }
 }
@@ -183,19 +215,52 @@ pub enum EngineError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// Counters of the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Counters of the engine (the workspace's one counter type: readable at
+/// any time, and in `/metrics` once [`register`](Self::register)ed).
+#[derive(Debug, Default)]
 pub struct EngineStats {
     /// Batches evaluated.
-    pub batches: u64,
+    pub batches: Counter,
     /// Rule runs.
-    pub rule_runs: u64,
+    pub rule_runs: Counter,
     /// Matches found.
-    pub matches: u64,
+    pub matches: Counter,
     /// Rule runs that failed (error or time limit).
-    pub rule_failures: u64,
+    pub rule_failures: Counter,
     /// Rule runs interrupted at the time limit.
-    pub rule_timeouts: u64,
+    pub rule_timeouts: Counter,
+}
+
+impl EngineStats {
+    /// Names the counters in `registry` (`daemoneye_rule_runs_total`, ...).
+    pub fn register(&self, registry: &Registry) {
+        registry.register_counters(
+            &[],
+            &[
+                (
+                    "daemoneye_rule_batches_total",
+                    "Batches of processes the rules judged.",
+                    &self.batches,
+                ),
+                ("daemoneye_rule_runs_total", "Rule runs.", &self.rule_runs),
+                (
+                    "daemoneye_rule_matches_total",
+                    "Processes rules matched.",
+                    &self.matches,
+                ),
+                (
+                    "daemoneye_rule_failures_total",
+                    "Rule runs that failed (an error or the time limit); the rule was skipped.",
+                    &self.rule_failures,
+                ),
+                (
+                    "daemoneye_rule_timeouts_total",
+                    "Rule runs interrupted at the time limit.",
+                    &self.rule_timeouts,
+                ),
+            ],
+        );
+    }
 }
 
 fn open_schema() -> Result<Connection, rusqlite::Error> {
@@ -203,7 +268,7 @@ fn open_schema() -> Result<Connection, rusqlite::Error> {
     // Paths and command lines are case-sensitive, and so is LIKE here
     // (several times faster than the default).
     conn.pragma_update(None, "case_sensitive_like", true)?;
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&SCHEMA)?;
     Ok(conn)
 }
 
@@ -343,7 +408,7 @@ pub struct RuleEngine {
     readers: Vec<Reader>,
     rules: Vec<Rule>,
     refused: Vec<RuleError>,
-    stats: EngineStats,
+    stats: Arc<EngineStats>,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -396,7 +461,7 @@ impl RuleEngine {
         )?;
         // A batch's transaction stays in the cache rather than spilling.
         loader.pragma_update(None, "cache_size", -262_144)?;
-        loader.execute_batch(SCHEMA)?;
+        loader.execute_batch(&SCHEMA)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
             .clamp(1, MAX_RULE_THREADS)
@@ -412,7 +477,7 @@ impl RuleEngine {
             readers,
             rules: kept,
             refused,
-            stats: EngineStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -426,9 +491,9 @@ impl RuleEngine {
         &self.refused
     }
 
-    /// Counters so far.
-    pub fn stats(&self) -> EngineStats {
-        self.stats
+    /// The engine's counters, shared: they keep counting.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Runs every rule over `rows`. A rule that fails or overruns its time
@@ -439,7 +504,7 @@ impl RuleEngine {
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
         self.load(rows)?;
-        self.stats.batches += 1;
+        self.stats.batches.inc();
         let counter = AtomicUsize::new(0);
         let (rules, next) = (self.rules.as_slice(), &counter);
         let mut results = match self.readers.as_mut_slice() {
@@ -469,17 +534,17 @@ impl RuleEngine {
         results.sort_unstable_by_key(|(i, _)| *i);
         let mut out = Vec::new();
         for (i, result) in results {
-            self.stats.rule_runs += 1;
+            self.stats.rule_runs.inc();
             match result {
                 Ok(found) => {
-                    self.stats.matches += found.len() as u64;
+                    self.stats.matches.add_usize(found.len());
                     out.extend(found);
                 }
                 Err(err) => {
-                    self.stats.rule_failures += 1;
+                    self.stats.rule_failures.inc();
                     if matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::OperationInterrupted)
                     {
-                        self.stats.rule_timeouts += 1;
+                        self.stats.rule_timeouts.inc();
                     }
                     let rule = &self.rules[i].id;
                     tracing::warn!(%rule, error = %err, "rule failed; skipped for this batch");
@@ -493,7 +558,7 @@ impl RuleEngine {
         let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
         {
-            let mut insert = tx.prepare_cached(INSERT)?;
+            let mut insert = tx.prepare_cached(&INSERT)?;
             // One buffer each for every row's joined and JSON argv.
             let (mut cmdline, mut argv) = (String::new(), Vec::new());
             for r in rows {
@@ -509,32 +574,33 @@ impl RuleEngine {
                     Some((dir, name)) => (Some(name), Some(if dir.is_empty() { "/" } else { dir })),
                     None => (None, None),
                 };
+                // In the order of `COLUMNS`.
                 insert.execute(params![
-                    r.process_key,
-                    r.pid,
-                    r.ppid,
+                    r.event_type,
                     r.name,
-                    r.exe,
                     exe_name,
                     exe_dir,
-                    argv,
+                    r.exe,
                     cmdline,
+                    line_pipes_to_interpreter(&cmdline),
+                    r.parent_name,
                     r.uid,
                     r.euid,
-                    r.start_time,
-                    r.observed_at,
                     r.exe_deleted,
                     r.exe_replaced,
                     r.file_exists,
                     r.accessible,
                     r.exe_dir_user_writable,
-                    r.parent_name,
+                    r.pid,
+                    r.process_key,
+                    r.ppid,
+                    r.start_time,
+                    r.observed_at,
                     r.parent_exe,
                     r.parent_cmdline,
-                    r.event_type,
                     r.exe_hash,
                     r.container_id,
-                    line_pipes_to_interpreter(&cmdline),
+                    argv,
                 ])?;
             }
         }
@@ -611,6 +677,25 @@ mod tests {
 
     use super::*;
     use crate::rules::Severity;
+
+    #[test]
+    fn the_table_has_the_vocabulary_columns_in_binding_order() {
+        let conn = open_schema().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name, type FROM pragma_table_info('processes') ORDER BY cid")
+            .unwrap();
+        let got: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), COLUMNS.len());
+        for ((name, ty), want) in got.iter().zip(COLUMNS) {
+            assert_eq!(name, want);
+            let v = process_column(want).unwrap_or_else(|| panic!("{want} not in vocabulary"));
+            assert_eq!(ty, v.ty.sqlite(), "{want}");
+        }
+    }
 
     fn rule(id: &str, sql: &str) -> Rule {
         Rule {
@@ -754,7 +839,10 @@ mod tests {
             assert_eq!(got, want);
         }
         let s = engine.stats();
-        assert_eq!((s.batches, s.rule_runs, s.rule_failures), (3, 120, 0));
+        assert_eq!(
+            (s.batches.get(), s.rule_runs.get(), s.rule_failures.get()),
+            (3, 120, 0)
+        );
     }
 
     #[test]
@@ -833,6 +921,6 @@ mod tests {
         let m = engine.evaluate(&rows).unwrap();
         assert_eq!(m.len(), 1, "the other rule still ran");
         let s = engine.stats();
-        assert_eq!((s.rule_failures, s.rule_timeouts), (1, 1));
+        assert_eq!((s.rule_failures.get(), s.rule_timeouts.get()), (1, 1));
     }
 }

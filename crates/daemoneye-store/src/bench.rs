@@ -1,12 +1,11 @@
 //! Synthetic events and the write-rate measurement, shared by
 //! `daemoneye-bench db` and procmond's criterion bench.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use collector_core::{HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
+use collector_core::{HashAlgorithm, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey};
 
 use crate::{LedgerMode, Store, StoreError};
 
@@ -68,9 +67,6 @@ pub fn bench_events_from(first: usize, count: usize) -> Vec<ProcessEvent> {
                 1 => ProcessEventType::Exec,
                 _ => ProcessEventType::Exit,
             };
-            let mut metadata = BTreeMap::new();
-            metadata.insert("cgroup".to_owned(), "/system.slice/cron.service".to_owned());
-            metadata.insert("state".to_owned(), "R".to_owned());
             ProcessEvent {
                 event_type,
                 pid,
@@ -92,9 +88,14 @@ pub fn bench_events_from(first: usize, count: usize) -> Vec<ProcessEvent> {
                 accessible: true,
                 file_exists: true,
                 timestamp: base + Duration::from_micros(i as u64),
-                platform_metadata: metadata,
                 process_key: Some(ProcessKey::new(boot, pid, start_ticks)),
                 exit_code: (event_type == ProcessEventType::Exit).then_some(0),
+                state: Some('R'),
+                context: ProcessContext {
+                    cgroup: Some("/system.slice/cron.service".to_owned()),
+                    ..ProcessContext::default()
+                },
+                ..ProcessEvent::default()
             }
         })
         .collect()

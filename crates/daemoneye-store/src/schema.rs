@@ -47,23 +47,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "process_events (was lifecycle_events) with ledger_seq, alerts, ledger",
         sql: V2,
     },
+    Migration {
+        version: 3,
+        description: "typed process facts: euid, gid, exe_replaced, container_id, cgroup, detail",
+        sql: V3,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
-const V1: &str = r"
-CREATE TABLE snapshots (
-    id            INTEGER PRIMARY KEY,
-    taken_at      INTEGER NOT NULL,
-    process_count INTEGER NOT NULL
-) STRICT;
-CREATE INDEX snapshots_taken_at ON snapshots (taken_at);
-
-CREATE TABLE process_snapshots (
-    snapshot_id    INTEGER NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
-    process_key    TEXT,
-    pid            INTEGER NOT NULL,
+/// The columns every process table of version 1 has alike, in this order
+/// and typed the same in each: written once (the tables the migration
+/// creates are the released ones; only the text is shared).
+macro_rules! shared_process_columns {
+    () => {
+        "    pid            INTEGER NOT NULL,
     ppid           INTEGER,
     name           TEXT NOT NULL,
     exe            TEXT,
@@ -75,7 +74,25 @@ CREATE TABLE process_snapshots (
     exe_hash       TEXT,
     hash_algorithm TEXT,
     accessible     INTEGER NOT NULL,
-    file_exists    INTEGER NOT NULL,
+    file_exists    INTEGER NOT NULL,"
+    };
+}
+
+const V1: &str = concat!(
+    r"
+CREATE TABLE snapshots (
+    id            INTEGER PRIMARY KEY,
+    taken_at      INTEGER NOT NULL,
+    process_count INTEGER NOT NULL
+) STRICT;
+CREATE INDEX snapshots_taken_at ON snapshots (taken_at);
+
+CREATE TABLE process_snapshots (
+    snapshot_id    INTEGER NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+    process_key    TEXT,
+",
+    shared_process_columns!(),
+    r"
     metadata       TEXT NOT NULL,
     observed_at    INTEGER NOT NULL
 ) STRICT;
@@ -88,19 +105,9 @@ CREATE TABLE lifecycle_events (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_type     TEXT NOT NULL,
     process_key    TEXT,
-    pid            INTEGER NOT NULL,
-    ppid           INTEGER,
-    name           TEXT NOT NULL,
-    exe            TEXT,
-    argv           TEXT NOT NULL,
-    uid            INTEGER,
-    start_time     INTEGER,
-    cpu_percent    REAL,
-    rss_bytes      INTEGER,
-    exe_hash       TEXT,
-    hash_algorithm TEXT,
-    accessible     INTEGER NOT NULL,
-    file_exists    INTEGER NOT NULL,
+",
+    shared_process_columns!(),
+    r"
     exit_code      INTEGER,
     metadata       TEXT NOT NULL,
     observed_at    INTEGER NOT NULL
@@ -111,19 +118,9 @@ CREATE INDEX lifecycle_events_observed_at ON lifecycle_events (observed_at);
 
 CREATE TABLE processes (
     process_key     TEXT PRIMARY KEY NOT NULL,
-    pid             INTEGER NOT NULL,
-    ppid            INTEGER,
-    name            TEXT NOT NULL,
-    exe             TEXT,
-    argv            TEXT NOT NULL,
-    uid             INTEGER,
-    start_time      INTEGER,
-    cpu_percent     REAL,
-    rss_bytes       INTEGER,
-    exe_hash        TEXT,
-    hash_algorithm  TEXT,
-    accessible      INTEGER NOT NULL,
-    file_exists     INTEGER NOT NULL,
+",
+    shared_process_columns!(),
+    r"
     metadata        TEXT NOT NULL,
     first_seen      INTEGER NOT NULL,
     last_seen       INTEGER NOT NULL,
@@ -133,7 +130,8 @@ CREATE TABLE processes (
 ) STRICT;
 CREATE INDEX processes_pid ON processes (pid);
 CREATE INDEX processes_last_seen ON processes (last_seen);
-";
+"
+);
 
 const V2: &str = r"
 ALTER TABLE lifecycle_events RENAME TO process_events;
@@ -168,6 +166,24 @@ CREATE TABLE IF NOT EXISTS ledger (
     entry_hash TEXT NOT NULL
 );
 ";
+
+/// The typed process facts every process table gains in version 3 (they
+/// travelled as strings in `metadata` before): `detail` is a JSON object of
+/// the rest (state, threads, `cpu_ticks`, read, namespaces, lifecycle).
+macro_rules! typed_facts {
+    ($($table:literal),+) => {
+        concat!($(
+            "ALTER TABLE ", $table, " ADD COLUMN euid INTEGER;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN gid INTEGER;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN exe_replaced INTEGER NOT NULL DEFAULT 0;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN container_id TEXT;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN cgroup TEXT;\n",
+            "ALTER TABLE ", $table, " ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';\n",
+        )+)
+    };
+}
+
+const V3: &str = typed_facts!("process_snapshots", "process_events", "processes");
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

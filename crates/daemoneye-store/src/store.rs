@@ -63,9 +63,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use collector_core::{HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
+use collector_core::{
+    HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey,
+    ReadDepth,
+};
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
 use crate::ledger::{self, Chain, LedgerError, Verified};
@@ -863,24 +867,39 @@ fn run_query(
 
 const INSERT_SNAPSHOT: &str = "INSERT INTO snapshots (taken_at, process_count) VALUES (?1, ?2)";
 
-const INSERT_SNAPSHOT_ROW: &str = "INSERT INTO process_snapshots (snapshot_id, process_key, \
-     pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, \
-     hash_algorithm, accessible, file_exists, metadata, observed_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+/// The columns every process table stores alike, in the order
+/// [`Encoded::columns`] binds them.
+macro_rules! shared_columns {
+    () => {
+        "pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, \
+         hash_algorithm, accessible, file_exists, euid, gid, exe_replaced, container_id, cgroup, \
+         detail"
+    };
+}
 
-const INSERT_EVENT: &str = "INSERT INTO process_events (event_type, process_key, pid, \
-     ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, \
-     hash_algorithm, accessible, file_exists, exit_code, metadata, observed_at, ledger_seq) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+const INSERT_SNAPSHOT_ROW: &str = concat!(
+    "INSERT INTO process_snapshots (snapshot_id, process_key, ",
+    shared_columns!(),
+    ", metadata, observed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+     ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+);
+
+const INSERT_EVENT: &str = concat!(
+    "INSERT INTO process_events (event_type, process_key, ",
+    shared_columns!(),
+    ", exit_code, metadata, observed_at, ledger_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+);
 
 /// Last known state: a newer observation replaces each field it carries and
 /// keeps the ones it lacks (an exit event has no argv); an older one, arriving
 /// late, changes nothing.
-const UPSERT_PROCESS: &str = "INSERT INTO processes (process_key, pid, ppid, name, exe, \
-     argv, uid, start_time, cpu_percent, rss_bytes, exe_hash, hash_algorithm, accessible, \
-     file_exists, metadata, first_seen, last_seen, last_event_type, exit_code, exited_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
-     ?17, ?18, ?19) \
+const UPSERT_PROCESS: &str = concat!(
+    "INSERT INTO processes (process_key, ",
+    shared_columns!(),
+    ", metadata, first_seen, last_seen, last_event_type, exit_code, exited_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20, ?21, ?22, ?22, ?23, ?24, ?25) \
      ON CONFLICT (process_key) DO UPDATE SET \
        pid = excluded.pid, \
        ppid = coalesce(excluded.ppid, ppid), \
@@ -896,18 +915,26 @@ const UPSERT_PROCESS: &str = "INSERT INTO processes (process_key, pid, ppid, nam
        exe_hash = coalesce(excluded.exe_hash, exe_hash), \
        accessible = excluded.accessible, \
        file_exists = excluded.file_exists, \
+       euid = coalesce(excluded.euid, euid), \
+       gid = coalesce(excluded.gid, gid), \
+       exe_replaced = excluded.exe_replaced, \
+       container_id = coalesce(excluded.container_id, container_id), \
+       cgroup = coalesce(excluded.cgroup, cgroup), \
+       detail = CASE WHEN excluded.detail <> '{}' THEN excluded.detail ELSE detail END, \
        metadata = CASE WHEN excluded.metadata <> '{}' THEN excluded.metadata ELSE metadata END, \
        last_seen = excluded.last_seen, \
        last_event_type = excluded.last_event_type, \
        exit_code = coalesce(excluded.exit_code, exit_code), \
        exited_at = coalesce(excluded.exited_at, exited_at) \
-     WHERE excluded.last_seen >= processes.last_seen";
+     WHERE excluded.last_seen >= processes.last_seen"
+);
 
 /// The columns [`decode_process`] reads, in its order.
 macro_rules! process_columns {
     () => {
         "process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
-         exe_hash, hash_algorithm, accessible, file_exists, metadata, observed_at"
+         exe_hash, hash_algorithm, accessible, file_exists, metadata, observed_at, euid, gid, \
+         exe_replaced, container_id, cgroup, detail"
     };
 }
 
@@ -926,7 +953,8 @@ const SELECT_LATEST_SNAPSHOT: &str = concat!(
 
 const SELECT_PROCESS: &str = "SELECT last_event_type, exit_code, first_seen, exited_at, \
      process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
-     exe_hash, hash_algorithm, accessible, file_exists, metadata, last_seen \
+     exe_hash, hash_algorithm, accessible, file_exists, metadata, last_seen, euid, gid, \
+     exe_replaced, container_id, cgroup, detail \
      FROM processes WHERE process_key = ?1";
 
 /// A [`ProcessEvent`] in column form.
@@ -945,8 +973,72 @@ struct Encoded<'a> {
     algorithm: Option<&'static str>,
     accessible: bool,
     file_exists: bool,
+    euid: Option<u32>,
+    gid: Option<u32>,
+    exe_replaced: bool,
+    container_id: Option<&'a str>,
+    cgroup: Option<&'a str>,
+    detail: String,
     metadata: String,
     observed_at: i64,
+}
+
+/// The typed facts of a [`ProcessEvent`] that have no column of their own,
+/// as the JSON object of the `detail` column (empty parts left out).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Detail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<char>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ticks: Option<u64>,
+    #[serde(skip_serializing_if = "is_default")]
+    read: ReadDepth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mnt_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_ns: Option<u64>,
+    #[serde(skip_serializing_if = "is_default")]
+    lifecycle: LifecycleDetail,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl Detail {
+    fn of(p: &ProcessEvent) -> Self {
+        let c = &p.context;
+        Self {
+            state: p.state,
+            threads: p.threads,
+            cpu_ticks: p.cpu_ticks,
+            read: p.read,
+            pid_ns: c.pid_ns,
+            mnt_ns: c.mnt_ns,
+            net_ns: c.net_ns,
+            user_ns: c.user_ns,
+            lifecycle: p.lifecycle.clone(),
+        }
+    }
+
+    fn apply(self, p: &mut ProcessEvent) {
+        p.state = self.state;
+        p.threads = self.threads;
+        p.cpu_ticks = self.cpu_ticks;
+        p.read = self.read;
+        p.context.pid_ns = self.pid_ns;
+        p.context.mnt_ns = self.mnt_ns;
+        p.context.net_ns = self.net_ns;
+        p.context.user_ns = self.user_ns;
+        p.lifecycle = self.lifecycle;
+    }
 }
 
 impl<'a> Encoded<'a> {
@@ -971,6 +1063,15 @@ impl<'a> Encoded<'a> {
             algorithm: p.hash_algorithm.map(HashAlgorithm::as_str),
             accessible: p.accessible,
             file_exists: p.file_exists,
+            euid: p.euid,
+            gid: p.gid,
+            exe_replaced: p.exe_replaced,
+            container_id: p.context.container_id.as_deref(),
+            cgroup: p.context.cgroup.as_deref(),
+            detail: serde_json::to_string(&Detail::of(p)).map_err(|source| StoreError::Encode {
+                field: "detail",
+                source,
+            })?,
             metadata: serde_json::to_string(&p.platform_metadata).map_err(|source| {
                 StoreError::Encode {
                     field: "platform_metadata",
@@ -1011,7 +1112,7 @@ impl<'a> Encoded<'a> {
         head: [&'p dyn ToSql; H],
         tail: [&'p dyn ToSql; T],
     ) -> rusqlite::ParamsFromIter<impl Iterator<Item = &'p dyn ToSql>> {
-        let shared: [&'p dyn ToSql; 13] = [
+        let shared: [&'p dyn ToSql; 19] = [
             &self.pid,
             &self.ppid,
             &self.name,
@@ -1025,6 +1126,12 @@ impl<'a> Encoded<'a> {
             &self.algorithm,
             &self.accessible,
             &self.file_exists,
+            &self.euid,
+            &self.gid,
+            &self.exe_replaced,
+            &self.container_id,
+            &self.cgroup,
+            &self.detail,
         ];
         rusqlite::params_from_iter(head.into_iter().chain(shared).chain(tail))
     }
@@ -1062,7 +1169,10 @@ fn decode_process(
         .get::<_, Option<i64>>(base + 7)?
         .map(|n| from_nanos(n, table, "start_time"))
         .transpose()?;
-    Ok(ProcessEvent {
+    let detail: String = row.get(base + 21)?;
+    let detail: Detail =
+        serde_json::from_str(&detail).map_err(|e| decode("detail", e.to_string()))?;
+    let mut event = ProcessEvent {
         event_type: ProcessEventType::Snapshot,
         pid: row.get(base + 1)?,
         ppid: row.get(base + 2)?,
@@ -1080,8 +1190,18 @@ fn decode_process(
         timestamp: from_nanos(row.get(base + 15)?, table, "observed_at")?,
         platform_metadata,
         process_key,
-        exit_code: None,
-    })
+        euid: row.get(base + 16)?,
+        gid: row.get(base + 17)?,
+        exe_replaced: row.get(base + 18)?,
+        context: ProcessContext {
+            container_id: row.get(base + 19)?,
+            cgroup: row.get(base + 20)?,
+            ..ProcessContext::default()
+        },
+        ..ProcessEvent::default()
+    };
+    detail.apply(&mut event);
+    Ok(event)
 }
 
 fn decode_event_type(text: &str, table: &'static str) -> Result<ProcessEventType, StoreError> {

@@ -75,6 +75,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use collector_core::chain::{FAILED_TAG, RESULT_TAG};
 use collector_core::metrics::{Counter, Registry};
+use collector_core::source::{start_from_flag, ShutdownFlag};
 use collector_core::{
     AnalysisType, BusError, BusEvent, CollectionEvent, ConditionType, EventBus, EventFilter,
     EventKind, EventSource, FileOperation, FilesystemEvent, LocalEventBus, SourceCaps,
@@ -125,12 +126,7 @@ pub struct BinaryHasherCollector {
     stop: CancellationToken,
 }
 
-impl std::fmt::Debug for BinaryHasherCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BinaryHasherCollector")
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(BinaryHasherCollector {});
 
 impl BinaryHasherCollector {
     /// A collector hashing with `engine`, answering on `bus`.
@@ -146,6 +142,7 @@ impl BinaryHasherCollector {
 
     /// What to register with a `TriggerManager`.
     pub fn capabilities(&self) -> TriggerCapabilities {
+        use TriggerPriority::{Critical, High, Low, Normal};
         TriggerCapabilities {
             collector_id: BINARY_HASHER_ID.to_owned(),
             supported_conditions: vec![
@@ -160,12 +157,7 @@ impl BinaryHasherCollector {
             supported_analysis: vec![AnalysisType::BinaryHash],
             max_trigger_rate: 100,
             max_concurrent_analysis: 4,
-            supported_priorities: vec![
-                TriggerPriority::Low,
-                TriggerPriority::Normal,
-                TriggerPriority::High,
-                TriggerPriority::Critical,
-            ],
+            supported_priorities: vec![Low, Normal, High, Critical],
             resource_limits: TriggerResourceLimits::default(),
         }
     }
@@ -292,6 +284,7 @@ impl BinaryHasherCollector {
             path: path.to_string_lossy().into_owned(),
             operation: FileOperation::Access,
             pid: req.target_pid,
+            process_key: None,
             size: None,
             permissions: None,
             file_hash: None,
@@ -366,10 +359,9 @@ impl EventSource for BinaryHasherCollector {
     async fn start(
         &self,
         tx: mpsc::Sender<CollectionEvent>,
-        shutdown: Arc<AtomicBool>,
+        shutdown: ShutdownFlag,
     ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-            .await
+        start_from_flag(self, tx, shutdown).await
     }
 
     /// Runs until the context's token is cancelled (or `stop`).

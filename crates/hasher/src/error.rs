@@ -82,20 +82,38 @@ pub enum HashError {
     },
 }
 
+/// Every [`HashError::reason`], in [`HashError::slot`] order.
+pub(crate) const REASONS: [&str; 9] = [
+    "not_found",
+    "process_gone",
+    "permission_denied",
+    "is_symlink",
+    "not_regular_file",
+    "outside_allowed_roots",
+    "too_large",
+    "io",
+    "task_failed",
+];
+
 impl HashError {
     /// A short stable name for the variant, for counters and log fields
     /// (`not_found`, `too_large`, ...).
     pub fn reason(&self) -> &'static str {
+        REASONS[self.slot()]
+    }
+
+    /// The variant's index in [`REASONS`].
+    pub(crate) const fn slot(&self) -> usize {
         match self {
-            Self::NotFound { .. } => "not_found",
-            Self::ProcessGone { .. } => "process_gone",
-            Self::PermissionDenied { .. } => "permission_denied",
-            Self::IsSymlink { .. } => "is_symlink",
-            Self::NotRegularFile { .. } => "not_regular_file",
-            Self::OutsideAllowedRoots { .. } => "outside_allowed_roots",
-            Self::TooLarge { .. } => "too_large",
-            Self::Io { .. } => "io",
-            Self::TaskFailed { .. } => "task_failed",
+            Self::NotFound { .. } => 0,
+            Self::ProcessGone { .. } => 1,
+            Self::PermissionDenied { .. } => 2,
+            Self::IsSymlink { .. } => 3,
+            Self::NotRegularFile { .. } => 4,
+            Self::OutsideAllowedRoots { .. } => 5,
+            Self::TooLarge { .. } => 6,
+            Self::Io { .. } => 7,
+            Self::TaskFailed { .. } => 8,
         }
     }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use collector_core::metrics::{Counter, Registry};
 
+use crate::error::REASONS;
 use crate::HashError;
 
 /// A snapshot of an engine's counters since it was built (clones of an
@@ -84,41 +85,12 @@ pub(crate) struct Counters {
     pub(crate) bytes_hashed: Counter,
     pub(crate) changed_during_hash: Counter,
     pub(crate) budget_waited_nanos: Counter,
-    refused: [Counter; REASONS],
-}
-
-const REASONS: usize = 9;
-
-/// The label of each refusal slot, in slot order.
-const REASON_LABELS: [&str; REASONS] = [
-    "not_found",
-    "process_gone",
-    "permission_denied",
-    "is_symlink",
-    "not_regular_file",
-    "outside_allowed_roots",
-    "too_large",
-    "io",
-    "task_failed",
-];
-
-fn slot(err: &HashError) -> usize {
-    match err {
-        HashError::NotFound { .. } => 0,
-        HashError::ProcessGone { .. } => 1,
-        HashError::PermissionDenied { .. } => 2,
-        HashError::IsSymlink { .. } => 3,
-        HashError::NotRegularFile { .. } => 4,
-        HashError::OutsideAllowedRoots { .. } => 5,
-        HashError::TooLarge { .. } => 6,
-        HashError::Io { .. } => 7,
-        HashError::TaskFailed { .. } => 8,
-    }
+    refused: [Counter; REASONS.len()],
 }
 
 impl Counters {
     pub(crate) fn refused(&self, err: &HashError) {
-        self.refused[slot(err)].inc();
+        self.refused[err.slot()].inc();
     }
 
     pub(crate) fn waited(&self, d: Duration) {
@@ -169,14 +141,12 @@ impl Counters {
                 ),
             ],
         );
-        for (reason, c) in REASON_LABELS.iter().zip(&self.refused) {
-            registry.register_counter(
-                "daemoneye_hashes_refused_total",
-                "Hash calls that produced no digest, by reason.",
-                &[stage[0], ("reason", reason)],
-                c,
-            );
-        }
+        registry.register_by_reason(
+            "daemoneye_hashes_refused_total",
+            "Hash calls that produced no digest, by reason.",
+            &stage,
+            REASONS.iter().copied().zip(&self.refused),
+        );
     }
 
     pub(crate) fn snapshot(&self) -> HasherStats {

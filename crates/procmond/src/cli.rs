@@ -86,6 +86,22 @@ fn open_database(path: &Path) -> anyhow::Result<DatabaseManager> {
     Ok(DatabaseManager::new(path)?.with_ledger(daemoneye_store::LedgerMode::AlertsOnly))
 }
 
+/// The multi-threaded Tokio runtime `procmond run` (and the agent) run on.
+/// A failure is printed as `<program>: cannot start the runtime: <error>`
+/// and becomes the exit code the program returns.
+///
+/// # Errors
+/// `ExitCode::FAILURE` when the runtime cannot be built.
+pub fn runtime_in_main(program: &str) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })
+}
+
 /// Runs the collector until SIGTERM or SIGINT.
 ///
 /// # Errors

@@ -44,13 +44,7 @@ pub struct TaskHandlers {
     max_processes: usize,
 }
 
-impl std::fmt::Debug for TaskHandlers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskHandlers")
-            .field("max_processes", &self.max_processes)
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(TaskHandlers { max_processes });
 
 impl TaskHandlers {
     /// Handlers reading the host's `/proc` and hashing with `hasher`.

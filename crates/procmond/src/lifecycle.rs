@@ -10,7 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
-use collector_core::{ProcessEvent, ProcessEventType, ProcessKey};
+use collector_core::{
+    ObservedBy, ProcessEvent, ProcessEventType, ProcessField, ProcessKey, StartTimeAnomaly,
+};
 use serde::{Deserialize, Serialize};
 
 /// What the tracker reports.
@@ -124,8 +126,9 @@ pub struct LifecycleTracker {
     counters: LifecycleCounters,
 }
 
-fn meta_u64(p: &ProcessEvent, key: &str) -> Option<u64> {
-    p.platform_metadata.get(key)?.parse().ok()
+/// The start time in clock ticks, from the process key.
+fn start_ticks(p: &ProcessEvent) -> Option<u64> {
+    p.process_key.map(|k| k.start_ticks)
 }
 
 fn with_type(p: &ProcessEvent, t: ProcessEventType, now: SystemTime) -> ProcessEvent {
@@ -213,18 +216,18 @@ impl LifecycleTracker {
         let mut snapshot = Vec::with_capacity(processes.len());
         let start_of: HashMap<u32, u64> = processes
             .iter()
-            .filter_map(|p| Some((p.pid, meta_u64(p, "start_ticks")?)))
+            .filter_map(|p| Some((p.pid, start_ticks(p)?)))
             .collect();
 
         for mut p in processes {
-            let start = meta_u64(&p, "start_ticks");
+            let start = start_ticks(&p);
             // A process the kernel already told us has exited: stale read.
             if let Some((key, _)) = self.exited.get(&p.pid) {
                 if key.is_some() && *key == p.process_key {
                     continue;
                 }
             }
-            let ticks = meta_u64(&p, "cpu_ticks");
+            let ticks = p.cpu_ticks;
             let same = self.known.get(&p.pid).is_some_and(|t| {
                 t.start_ticks.is_none() || start.is_none() || t.start_ticks == start
             });
@@ -246,8 +249,7 @@ impl LifecycleTracker {
                 if let Some(old) = self.known.remove(&p.pid) {
                     // Its pid now names another process: the old one exited unseen.
                     let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                    exit.platform_metadata
-                        .insert("observed_by".to_owned(), "snapshot".to_owned());
+                    exit.lifecycle.observed_by = Some(ObservedBy::Snapshot);
                     self.counters.exits_reconciled.inc();
                     self.push(&mut lifecycle, exit);
                     self.exited.insert(p.pid, (old.last.process_key, now));
@@ -284,8 +286,7 @@ impl LifecycleTracker {
         for pid in gone {
             if let Some(old) = self.known.remove(&pid) {
                 let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                exit.platform_metadata
-                    .insert("observed_by".to_owned(), "snapshot".to_owned());
+                exit.lifecycle.observed_by = Some(ObservedBy::Snapshot);
                 self.counters.exits_reconciled.inc();
                 self.push(&mut lifecycle, exit);
                 self.exited.insert(pid, (old.last.process_key, now));
@@ -312,20 +313,15 @@ impl LifecycleTracker {
                 p.process_key = t.last.process_key;
                 p.ppid = t.last.ppid;
                 p.start_time = t.last.start_time;
-                if let Some(start) = t.start_ticks {
-                    p.platform_metadata
-                        .insert("start_ticks".to_owned(), start.to_string());
-                }
             }
         }
-        let start = meta_u64(&p, "start_ticks");
+        let start = start_ticks(&p);
         if let Some(old) = self.known.get(&p.pid) {
             if start.is_some() && old.start_ticks.is_some() && old.start_ticks != start {
                 // The kernel's exit for the old process never reached us.
                 if let Some(old) = self.known.remove(&p.pid) {
                     let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                    exit.platform_metadata
-                        .insert("observed_by".to_owned(), "exec".to_owned());
+                    exit.lifecycle.observed_by = Some(ObservedBy::Exec);
                     self.push(&mut out, exit);
                     self.exited.insert(p.pid, (old.last.process_key, now));
                 }
@@ -367,11 +363,10 @@ impl LifecycleTracker {
         let now = child_event.timestamp;
         child_event.event_type = ProcessEventType::Fork;
         let pid = child_event.pid;
-        let start = meta_u64(&child_event, "start_ticks");
+        let start = start_ticks(&child_event);
         if let Some(old) = self.known.remove(&pid) {
             let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-            exit.platform_metadata
-                .insert("observed_by".to_owned(), "fork".to_owned());
+            exit.lifecycle.observed_by = Some(ObservedBy::Fork);
             self.push(&mut out, exit);
             self.exited.insert(pid, (old.last.process_key, now));
         }
@@ -410,11 +405,9 @@ impl LifecycleTracker {
             }
         };
         if let Some(run) = e.start_time.and_then(|s| now.duration_since(s).ok()) {
-            e.platform_metadata
-                .insert("run_time_ms".to_owned(), run.as_millis().to_string());
+            e.lifecycle.run_time_ms = u64::try_from(run.as_millis()).ok();
         }
-        e.platform_metadata
-            .insert("observed_by".to_owned(), "kernel".to_owned());
+        e.lifecycle.observed_by = Some(ObservedBy::Kernel);
         e.exit_code = Some(exit_code);
         self.exited.insert(pid, (e.process_key, now));
         self.push(&mut out, e);
@@ -437,21 +430,20 @@ impl LifecycleTracker {
         if let Some(uid) = uid {
             if t.last.user_id != Some(uid) {
                 t.last.user_id = Some(uid);
-                changed.push("uid");
+                changed.push(ProcessField::Uid);
             }
         }
         if let Some(comm) = comm {
             if t.last.name != comm {
                 t.last.name = comm;
-                changed.push("name");
+                changed.push(ProcessField::Name);
             }
         }
         if changed.is_empty() {
             return out;
         }
         let mut e = with_type(&t.last, ProcessEventType::Modified, now);
-        e.platform_metadata
-            .insert("changed".to_owned(), changed.join(","));
+        e.lifecycle.changed = changed;
         self.push(&mut out, e);
         out
     }
@@ -463,23 +455,22 @@ impl LifecycleTracker {
     ) -> Option<ProcessEvent> {
         let mut changed = Vec::new();
         if before.command_line != now_p.command_line && !now_p.command_line.is_empty() {
-            changed.push("argv");
+            changed.push(ProcessField::Argv);
         }
         if before.executable_path != now_p.executable_path && now_p.executable_path.is_some() {
-            changed.push("exe");
+            changed.push(ProcessField::Exe);
         }
         if before.user_id != now_p.user_id && now_p.user_id.is_some() {
-            changed.push("uid");
+            changed.push(ProcessField::Uid);
         }
         if before.name != now_p.name {
-            changed.push("name");
+            changed.push(ProcessField::Name);
         }
         if changed.is_empty() {
             return None;
         }
         let mut e = with_type(now_p, ProcessEventType::Modified, now);
-        e.platform_metadata
-            .insert("changed".to_owned(), changed.join(","));
+        e.lifecycle.changed = changed;
         Some(e)
     }
 
@@ -500,10 +491,7 @@ impl LifecycleTracker {
         if let Some((old_key, _)) = self.exited.remove(&p.pid) {
             if kernel_new || old_key.is_none() || old_key != p.process_key {
                 let mut e = with_type(p, ProcessEventType::PidReused, now);
-                if let Some(k) = old_key {
-                    e.platform_metadata
-                        .insert("previous_process_key".to_owned(), k.to_string());
-                }
+                e.lifecycle.previous_key = old_key;
                 self.push(out, e);
             }
         }
@@ -519,17 +507,17 @@ impl LifecycleTracker {
         out: &mut Vec<ProcessEvent>,
     ) {
         let mut found = Vec::new();
-        if p.platform_metadata.contains_key("exe_deleted") {
+        if !p.file_exists {
             found.push(ProcessEventType::ExecutableDeleted);
         }
-        if p.platform_metadata.contains_key("exe_replaced") {
+        if p.exe_replaced {
             found.push(ProcessEventType::ExecutableReplaced);
         }
         let future = p
             .start_time
             .and_then(|s| s.duration_since(now).ok())
             .is_some_and(|ahead| ahead > self.config.clock_skew_tolerance);
-        let before_parent = match (meta_u64(p, "start_ticks"), parent_start) {
+        let before_parent = match (start_ticks(p), parent_start) {
             // pid 0's children (init, kthreadd) have no real parent to compare.
             (Some(child), Some(parent)) => p.ppid.is_some_and(|pp| pp != 0) && child < parent,
             _ => false,
@@ -538,19 +526,20 @@ impl LifecycleTracker {
             found.push(ProcessEventType::StartTimeAnomaly);
         }
         for kind in found {
-            let already = self.known.get(&p.pid).is_some_and(|t| {
-                t.reported.contains(&kind) && t.start_ticks == meta_u64(p, "start_ticks")
-            });
+            let already = self
+                .known
+                .get(&p.pid)
+                .is_some_and(|t| t.reported.contains(&kind) && t.start_ticks == start_ticks(p));
             if already {
                 continue;
             }
             let mut e = with_type(p, kind, now);
-            if before_parent && kind == ProcessEventType::StartTimeAnomaly {
-                e.platform_metadata
-                    .insert("anomaly".to_owned(), "started_before_parent".to_owned());
-            } else if kind == ProcessEventType::StartTimeAnomaly {
-                e.platform_metadata
-                    .insert("anomaly".to_owned(), "start_time_in_future".to_owned());
+            if kind == ProcessEventType::StartTimeAnomaly {
+                e.lifecycle.anomaly = Some(if before_parent {
+                    StartTimeAnomaly::StartedBeforeParent
+                } else {
+                    StartTimeAnomaly::StartTimeInFuture
+                });
             }
             self.push(out, e);
             if let Some(t) = self.known.get_mut(&p.pid) {
@@ -581,9 +570,7 @@ mod tests {
         e.executable_path = argv.first().map(|a| format!("/usr/bin/{a}"));
         e.start_time = Some(t(0) + Duration::from_millis(start * 10));
         e.process_key = Some(ProcessKey::new(BOOT, pid, start));
-        e.platform_metadata
-            .insert("start_ticks".into(), start.to_string());
-        e.platform_metadata.insert("cpu_ticks".into(), "0".into());
+        e.cpu_ticks = Some(0);
         e
     }
 
@@ -620,7 +607,7 @@ mod tests {
             .iter()
             .find(|e| e.event_type == ProcessEventType::Exit)
             .unwrap();
-        assert_eq!(exit.platform_metadata["observed_by"], "snapshot");
+        assert_eq!(exit.lifecycle.observed_by, Some(ObservedBy::Snapshot));
         assert_eq!(
             exit.exit_code, None,
             "an exit seen only by a snapshot has no code"
@@ -665,8 +652,8 @@ mod tests {
             .find(|e| e.event_type == ProcessEventType::PidReused)
             .unwrap();
         assert_eq!(
-            reuse.platform_metadata["previous_process_key"],
-            ProcessKey::new(BOOT, 100, 50).to_string()
+            reuse.lifecycle.previous_key,
+            Some(ProcessKey::new(BOOT, 100, 50))
         );
         assert_eq!(reuse.process_key, Some(ProcessKey::new(BOOT, 100, 90)));
     }
@@ -732,7 +719,7 @@ mod tests {
             (ProcessEventType::Exit, Some(3 << 8), "true")
         );
         assert_eq!(e.process_key, Some(ProcessKey::new(BOOT, 300, 100)));
-        assert!(e.platform_metadata.contains_key("run_time_ms"));
+        assert!(e.lifecycle.run_time_ms.is_some());
         // A snapshot that raced the exit and still lists the process is stale.
         let out = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(300, 1, 100, &["true"])], t(4));
         assert!(kinds(&out).is_empty(), "{:?}", kinds(&out));
@@ -784,8 +771,6 @@ mod tests {
         let mut tr = tracker();
         tr.on_snapshot(vec![p(100, 1, 50, &["payload"])], t(1));
         let mut gone = p(100, 1, 50, &["payload"]);
-        gone.platform_metadata
-            .insert("exe_deleted".into(), "true".into());
         gone.file_exists = false;
         let out = tr.on_snapshot(vec![gone.clone()], t(2));
         assert_eq!(
@@ -795,9 +780,7 @@ mod tests {
         assert!(kinds(&tr.on_snapshot(vec![gone], t(3))).is_empty());
 
         let mut swapped = p(200, 1, 60, &["sshd"]);
-        swapped
-            .platform_metadata
-            .insert("exe_replaced".into(), "true".into());
+        swapped.exe_replaced = true;
         let out = tr.on_snapshot(vec![swapped], t(4));
         assert!(kinds(&out).contains(&(200, ProcessEventType::ExecutableReplaced)));
     }
@@ -815,8 +798,8 @@ mod tests {
             .find(|e| e.event_type == ProcessEventType::StartTimeAnomaly)
             .unwrap();
         assert_eq!(
-            (a.pid, a.platform_metadata["anomaly"].as_str()),
-            (101, "started_before_parent")
+            (a.pid, a.lifecycle.anomaly),
+            (101, Some(StartTimeAnomaly::StartedBeforeParent))
         );
         // Start time an hour ahead of now.
         let mut future = p(102, 1, 60, &["x"]);
@@ -842,9 +825,9 @@ mod tests {
             .iter()
             .find(|e| e.event_type == ProcessEventType::Modified)
             .unwrap();
-        assert_eq!(m.platform_metadata["changed"], "argv");
+        assert_eq!(m.lifecycle.changed, [ProcessField::Argv]);
         let out = tr.on_change(100, Some(0), None, t(3));
-        assert_eq!(out[0].platform_metadata["changed"], "uid");
+        assert_eq!(out[0].lifecycle.changed, [ProcessField::Uid]);
         assert_eq!(out[0].user_id, Some(0));
         assert!(
             tr.on_change(100, Some(0), None, t(4)).is_empty(),
@@ -859,7 +842,7 @@ mod tests {
         a.timestamp = t(10);
         tr.on_snapshot(vec![a.clone()], t(10));
         a.timestamp = t(12);
-        a.platform_metadata.insert("cpu_ticks".into(), "100".into());
+        a.cpu_ticks = Some(100);
         let out = tr.on_snapshot(vec![a], t(12));
         // 100 ticks at 100/s over 2 s: half a core.
         assert_eq!(out[0].cpu_usage, Some(50.0));

@@ -93,27 +93,13 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             collector_core::logging::init_logging(false);
             // Before any thread exists, so that every thread inherits it.
-            match procmond::privileges::drop_privileges() {
-                Ok(procmond::privileges::Dropped::Reduced { kept }) => {
-                    tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("procmond: {e}");
-                    return ExitCode::FAILURE;
-                }
+            if let Err(code) = procmond::privileges::drop_privileges_in_main("procmond") {
+                return code;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("procmond: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(procmond::cli::run(args))
+            match procmond::cli::runtime_in_main("procmond") {
+                Ok(rt) => rt.block_on(procmond::cli::run(args)),
+                Err(code) => return code,
+            }
         }
     };
     match result {

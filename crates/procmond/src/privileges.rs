@@ -83,3 +83,23 @@ pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
     set_no_new_privs(true).map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     Ok(Dropped::Reduced { kept })
 }
+
+/// [`drop_privileges`] at the start of a program's `main`: what was kept is
+/// logged, a failure is printed as `<program>: <error>` and becomes the exit
+/// code the program returns.
+///
+/// # Errors
+/// `ExitCode::FAILURE` when privileges could not be dropped.
+pub fn drop_privileges_in_main(program: &str) -> Result<(), std::process::ExitCode> {
+    match drop_privileges() {
+        Ok(Dropped::Reduced { kept }) => {
+            tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            Err(std::process::ExitCode::FAILURE)
+        }
+    }
+}

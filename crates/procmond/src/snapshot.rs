@@ -9,7 +9,7 @@
 //! Nothing is invented.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
-use collector_core::{BootId, ProcessEvent, ProcessKey};
+use collector_core::{BootId, ProcessContext, ProcessEvent, ProcessKey, ReadDepth};
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, readlinkat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
@@ -451,15 +451,10 @@ impl ProcReader {
         event.process_key = self
             .boot_id
             .map(|b| ProcessKey::new(b, pid, stat.starttime));
-        let m = &mut event.platform_metadata;
-        m.insert("state".to_owned(), stat.state.to_string());
-        m.insert("threads".to_owned(), stat.num_threads.to_string());
-        m.insert(
-            "cpu_ticks".to_owned(),
-            (stat.utime + stat.stime).to_string(),
-        );
-        m.insert("start_ticks".to_owned(), stat.starttime.to_string());
-        m.insert("read".to_owned(), "stat_only".to_owned());
+        event.state = Some(stat.state);
+        event.threads = u32::try_from(stat.num_threads).ok();
+        event.cpu_ticks = Some(stat.utime + stat.stime);
+        event.read = ReadDepth::StatOnly;
         Ok(event)
     }
 
@@ -491,9 +486,6 @@ impl ProcReader {
 
         // A zombie's argv and executable are gone: it cannot be read in full.
         let mut accessible = !stat.is_dead();
-        let mut metadata = BTreeMap::new();
-        metadata.insert("state".to_owned(), stat.state.to_string());
-        metadata.insert("threads".to_owned(), stat.num_threads.to_string());
 
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
@@ -521,53 +513,41 @@ impl ProcReader {
                 None
             }
         };
-        if let Some(ids) = ids {
-            metadata.insert("euid".to_owned(), ids.euid.to_string());
-            metadata.insert("gid".to_owned(), ids.rgid.to_string());
-        }
         let key = (pid, stat.starttime);
         if let Entry::Vacant(slot) = stable.entry(key) {
             slot.insert((self.read_stable(&dir, exe.is_some(), buf), *pass));
         }
-        let mut file_exists = true;
+        let mut event = ProcessEvent::new(pid, stat.comm);
         if let Some((found, seen)) = stable.get_mut(&key) {
             *seen = *pass;
-            for (k, v) in &found.metadata {
-                metadata.insert((*k).to_owned(), v.clone());
-            }
+            event.context.clone_from(&found.context);
             if let Some((path, deleted)) = &exe {
-                file_exists = !deleted;
-                if *deleted {
-                    metadata.insert("exe_deleted".to_owned(), "true".to_owned());
-                } else if let Some(running) = found.running_exe {
-                    // The inode the process runs against the file now at its
-                    // path (looked up once per path per pass).
-                    let now_at_path = *on_disk.entry(path.clone()).or_insert_with(|| {
-                        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-                    });
-                    if now_at_path.is_some_and(|id| id != running) {
-                        metadata.insert("exe_replaced".to_owned(), "true".to_owned());
+                event.file_exists = !deleted;
+                if !deleted {
+                    if let Some(running) = found.running_exe {
+                        // The inode the process runs against the file now at
+                        // its path (looked up once per path per pass).
+                        let now_at_path = *on_disk.entry(path.clone()).or_insert_with(|| {
+                            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+                        });
+                        event.exe_replaced = now_at_path.is_some_and(|id| id != running);
                     }
                 }
             }
         }
-        metadata.insert(
-            "cpu_ticks".to_owned(),
-            (stat.utime + stat.stime).to_string(),
-        );
-        metadata.insert("start_ticks".to_owned(), stat.starttime.to_string());
-
-        let mut event = ProcessEvent::new(pid, stat.comm);
         event.ppid = Some(stat.ppid);
         event.executable_path = exe.map(|(p, _)| p);
         event.command_line = argv;
         event.start_time = Some(self.start_time_of(stat.starttime));
         event.memory_usage = Some(stat.rss_pages * self.page_size);
         event.user_id = ids.map(|i| i.ruid);
+        event.euid = ids.map(|i| i.euid);
+        event.gid = ids.map(|i| i.rgid);
+        event.state = Some(stat.state);
+        event.threads = u32::try_from(stat.num_threads).ok();
+        event.cpu_ticks = Some(stat.utime + stat.stime);
         event.accessible = accessible;
-        event.file_exists = file_exists;
         event.timestamp = now;
-        event.platform_metadata = metadata;
         event.process_key = self
             .boot_id
             .map(|b| ProcessKey::new(b, pid, stat.starttime));
@@ -579,7 +559,7 @@ impl ProcReader {
 /// by pid and start time) and reused by later passes.
 #[derive(Debug, Clone, Default)]
 struct Stable {
-    metadata: Vec<(&'static str, String)>,
+    context: ProcessContext,
     /// (device, inode) of the executable the process runs.
     running_exe: Option<(u64, u64)>,
 }
@@ -665,23 +645,20 @@ impl ProcReader {
         if self.options.enhanced_metadata {
             if read_at(dir, c"cgroup", buf).is_ok() {
                 if let Some(cg) = procfs::parse_cgroup(buf) {
-                    if let Some(id) = procfs::container_id(&cg) {
-                        out.metadata.push(("container_id", id.to_owned()));
-                    }
-                    out.metadata.push(("cgroup", cg));
+                    out.context.container_id = procfs::container_id(&cg).map(str::to_owned);
+                    out.context.cgroup = Some(cg);
                 }
             }
-            for (link, key) in [
-                (c"ns/pid", "ns_pid"),
-                (c"ns/mnt", "ns_mnt"),
-                (c"ns/net", "ns_net"),
-                (c"ns/user", "ns_user"),
+            let c = &mut out.context;
+            for (link, slot) in [
+                (c"ns/pid", &mut c.pid_ns),
+                (c"ns/mnt", &mut c.mnt_ns),
+                (c"ns/net", &mut c.net_ns),
+                (c"ns/user", &mut c.user_ns),
             ] {
-                if let Ok(t) = readlinkat(dir, link) {
-                    if let Some(inode) = procfs::parse_ns_link(t.as_encoded_bytes()) {
-                        out.metadata.push((key, inode.to_string()));
-                    }
-                }
+                *slot = readlinkat(dir, link)
+                    .ok()
+                    .and_then(|t| procfs::parse_ns_link(t.as_encoded_bytes()));
             }
         }
         out
@@ -763,6 +740,11 @@ mod tests {
         );
         assert_eq!(light.process_key, full.process_key);
         assert_eq!(light.start_time, full.start_time);
+        assert_eq!(
+            (light.read, full.read),
+            (ReadDepth::StatOnly, ReadDepth::Full)
+        );
+        assert_eq!(light.state, full.state);
         assert!(light.command_line.is_empty() && light.executable_path.is_none());
         assert!(matches!(
             reader.read_stat_only(u32::MAX - 1),
@@ -818,14 +800,12 @@ mod tests {
             .iter()
             .find(|p| p.pid == std::process::id())
             .unwrap();
-        for k in ["cgroup", "ns_pid", "ns_mnt", "ns_net", "ns_user"] {
-            assert_eq!(
-                me.platform_metadata.get(k),
-                cold.platform_metadata.get(k),
-                "{k}"
-            );
-        }
-        assert!(cold.platform_metadata.contains_key("ns_pid"));
+        assert_eq!(
+            me.context, cold.context,
+            "the cached context is the cold one"
+        );
+        assert!(cold.context.pid_ns.is_some() && cold.context.cgroup.is_some());
+        assert!(cold.euid.is_some() && cold.state.is_some() && cold.cpu_ticks.is_some());
         let before = cache.len();
         child.kill().unwrap();
         child.wait().unwrap();

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
     CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
-    ProcessEvent, ProcessEventType, SourceCaps, SourceContext,
+    ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
 };
 use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
 use serde::{Deserialize, Serialize};
@@ -467,13 +467,11 @@ fn read_with(
             let mut e = ProcessEvent::new(pid, "");
             e.accessible = false;
             e.timestamp = at;
-            let why = match err {
-                ReadError::Vanished { .. } => "vanished",
-                ReadError::PermissionDenied { .. } => "permission_denied",
-                _ => "error",
+            e.read = match err {
+                ReadError::Vanished { .. } => ReadDepth::Vanished,
+                ReadError::PermissionDenied { .. } => ReadDepth::PermissionDenied,
+                _ => ReadDepth::Failed,
             };
-            e.platform_metadata
-                .insert("unreadable".to_owned(), why.to_owned());
             e
         }
     }

@@ -73,18 +73,11 @@ impl CorrelationMetadata {
         }
     }
 
-    /// Sets the workflow stage.
-    #[must_use]
-    pub fn with_workflow_stage(mut self, stage: impl Into<String>) -> Self {
-        self.workflow_stage = Some(stage.into());
-        self
-    }
-
-    /// Adds a tag.
-    #[must_use]
-    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
-        self.tags.insert(tag.into());
-        self
+    with_setters! {
+        /// Sets the workflow stage.
+        with_workflow_stage(stage: impl Into<String>) { workflow_stage = Some(stage.into()) }
+        /// Adds a tag.
+        with_tag(tag: impl Into<String>) { tags.insert(tag.into()) }
     }
 
     /// Checks the bounds: ids, stage and tags non-empty where required and

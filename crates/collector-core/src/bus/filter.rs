@@ -256,46 +256,19 @@ impl CorrelationFilter {
         Self::new().with_tag(tag)
     }
 
-    /// Also accept events about `pid` (pids are alternatives).
-    #[must_use]
-    pub fn with_pid(mut self, pid: u32) -> Self {
-        self.pids.push(pid);
-        self
-    }
-
-    /// Require this correlation id.
-    #[must_use]
-    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = Some(id.into());
-        self
-    }
-
-    /// Require this parent correlation id.
-    #[must_use]
-    pub fn with_parent_id(mut self, id: impl Into<String>) -> Self {
-        self.parent_correlation_id = Some(id.into());
-        self
-    }
-
-    /// Require this root correlation id.
-    #[must_use]
-    pub fn with_root_id(mut self, id: impl Into<String>) -> Self {
-        self.root_correlation_id = Some(id.into());
-        self
-    }
-
-    /// Require this workflow stage.
-    #[must_use]
-    pub fn with_workflow_stage(mut self, stage: impl Into<String>) -> Self {
-        self.workflow_stage = Some(stage.into());
-        self
-    }
-
-    /// Require this tag (tags are all required).
-    #[must_use]
-    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
-        self.tags.push(tag.into());
-        self
+    with_setters! {
+        /// Also accept events about `pid` (pids are alternatives).
+        with_pid(pid: u32) { pids.push(pid) }
+        /// Require this correlation id.
+        with_correlation_id(id: impl Into<String>) { correlation_id = Some(id.into()) }
+        /// Require this parent correlation id.
+        with_parent_id(id: impl Into<String>) { parent_correlation_id = Some(id.into()) }
+        /// Require this root correlation id.
+        with_root_id(id: impl Into<String>) { root_correlation_id = Some(id.into()) }
+        /// Require this workflow stage.
+        with_workflow_stage(stage: impl Into<String>) { workflow_stage = Some(stage.into()) }
+        /// Require this tag (tags are all required).
+        with_tag(tag: impl Into<String>) { tags.push(tag.into()) }
     }
 
     fn matches(&self, event: &CollectionEvent, meta: Option<&CorrelationMetadata>) -> bool {
@@ -379,33 +352,18 @@ impl EventFilter {
         Self::default()
     }
 
-    /// Accept events of `kind`.
-    #[must_use]
-    pub fn with_event_type(mut self, kind: EventKind) -> Self {
-        self.kinds |= kind_bit(kind);
-        self
-    }
-
-    /// Accept events about `pid`.
-    #[must_use]
-    pub fn with_pid(mut self, pid: u32) -> Self {
-        self.pids.push(pid);
-        self
-    }
-
-    /// Accept events published by the source (or collector) named `name`.
-    #[must_use]
-    pub fn with_source(mut self, name: impl Into<String>) -> Self {
-        self.sources.push(name.into());
-        self
-    }
-
-    /// Accept only trigger requests of at least this priority (other kinds
-    /// of events have no priority and are refused).
-    #[must_use]
-    pub fn with_min_priority(mut self, priority: TriggerPriority) -> Self {
-        self.min_priority = Some(priority);
-        self
+    with_setters! {
+        /// Accept events of `kind`.
+        with_event_type(kind: EventKind) { kinds |= kind_bit(kind) }
+        /// Accept events about `pid`.
+        with_pid(pid: u32) { pids.push(pid) }
+        /// Accept events published by the source (or collector) named `name`.
+        with_source(name: impl Into<String>) { sources.push(name.into()) }
+        /// Accept only trigger requests of at least this priority (other kinds
+        /// of events have no priority and are refused).
+        with_min_priority(priority: TriggerPriority) { min_priority = Some(priority) }
+        /// Accept events whose topic matches `pattern`.
+        with_topic(pattern: TopicPattern) { topics.push(pattern) }
     }
 
     /// Require `key = value` in the event's metadata (a process event's
@@ -414,13 +372,6 @@ impl EventFilter {
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.push((key.into(), value.into()));
-        self
-    }
-
-    /// Accept events whose topic matches `pattern`.
-    #[must_use]
-    pub fn with_topic(mut self, pattern: TopicPattern) -> Self {
-        self.topics.push(pattern);
         self
     }
 

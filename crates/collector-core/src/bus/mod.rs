@@ -122,18 +122,11 @@ impl BusEvent {
         }
     }
 
-    /// Replaces the correlation metadata (the bus still sets `sequence`).
-    #[must_use]
-    pub fn with_correlation(mut self, correlation: CorrelationMetadata) -> Self {
-        self.correlation = correlation;
-        self
-    }
-
-    /// Replaces the topic; it must be a valid pattern without wildcards.
-    #[must_use]
-    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = topic.into();
-        self
+    with_setters! {
+        /// Replaces the correlation metadata (the bus still sets `sequence`).
+        with_correlation(correlation: CorrelationMetadata) { correlation = correlation }
+        /// Replaces the topic; it must be a valid pattern without wildcards.
+        with_topic(topic: impl Into<String>) { topic = topic.into() }
     }
 }
 
@@ -225,25 +218,13 @@ impl Default for EventBusConfig {
 
 #[cfg(feature = "triggers")]
 impl EventBusConfig {
-    /// Sets [`buffer_size`](Self::buffer_size).
-    #[must_use]
-    pub fn with_buffer_size(mut self, n: usize) -> Self {
-        self.buffer_size = n;
-        self
-    }
-
-    /// Sets [`when_full`](Self::when_full).
-    #[must_use]
-    pub fn with_when_full(mut self, w: WhenFull) -> Self {
-        self.when_full = w;
-        self
-    }
-
-    /// Sets [`max_batch_size`](Self::max_batch_size).
-    #[must_use]
-    pub fn with_max_batch_size(mut self, n: usize) -> Self {
-        self.max_batch_size = n;
-        self
+    with_setters! {
+        /// Sets [`buffer_size`](Self::buffer_size).
+        with_buffer_size(n: usize) { buffer_size = n }
+        /// Sets [`when_full`](Self::when_full).
+        with_when_full(w: WhenFull) { when_full = w }
+        /// Sets [`max_batch_size`](Self::max_batch_size).
+        with_max_batch_size(n: usize) { max_batch_size = n }
     }
 
     /// Checks the bounds.
@@ -329,13 +310,7 @@ pub struct LocalEventBus {
 }
 
 #[cfg(feature = "triggers")]
-impl std::fmt::Debug for LocalEventBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalEventBus")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(LocalEventBus { config = inner.config });
 
 #[cfg(feature = "triggers")]
 impl LocalEventBus {

@@ -55,7 +55,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -67,6 +67,7 @@ use crate::bus::{
     new_correlation_id, BusEvent, CorrelationFilter, CorrelationMetadata, EventBus, EventFilter,
     LocalEventBus,
 };
+use crate::common::{lock, read, write};
 use crate::event::{
     AnalysisType, CollectionEvent, TriggerPriority, TriggerRequest, MAX_METADATA_ENTRIES,
     MAX_METADATA_VALUE_LEN,
@@ -163,25 +164,13 @@ impl StageDefinition {
         self
     }
 
-    /// Sets the per-attempt timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the number of retries.
-    #[must_use]
-    pub fn with_max_retries(mut self, retries: u32) -> Self {
-        self.max_retries = Some(retries);
-        self
-    }
-
-    /// Sets the priority.
-    #[must_use]
-    pub fn with_priority(mut self, priority: TriggerPriority) -> Self {
-        self.priority = priority;
-        self
+    with_setters! {
+        /// Sets the per-attempt timeout.
+        with_timeout(timeout: Duration) { timeout = Some(timeout) }
+        /// Sets the number of retries.
+        with_max_retries(retries: u32) { max_retries = Some(retries) }
+        /// Sets the priority.
+        with_priority(priority: TriggerPriority) { priority = priority }
     }
 }
 
@@ -250,18 +239,11 @@ impl AnalysisWorkflowDefinition {
         self
     }
 
-    /// Sets the process analysed.
-    #[must_use]
-    pub fn with_target_pid(mut self, pid: u32) -> Self {
-        self.target_pid = Some(pid);
-        self
-    }
-
-    /// Sets the file analysed.
-    #[must_use]
-    pub fn with_target_path(mut self, path: impl Into<String>) -> Self {
-        self.target_path = Some(path.into());
-        self
+    with_setters! {
+        /// Sets the process analysed.
+        with_target_pid(pid: u32) { target_pid = Some(pid) }
+        /// Sets the file analysed.
+        with_target_path(path: impl Into<String>) { target_path = Some(path.into()) }
     }
 
     /// Checks ids, dependencies (known, no cycle), size and target.
@@ -700,13 +682,7 @@ pub struct AnalysisChainCoordinator {
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for AnalysisChainCoordinator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnalysisChainCoordinator")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(AnalysisChainCoordinator { config });
 
 impl AnalysisChainCoordinator {
     /// Validates `config`; set a dispatcher before executing.
@@ -745,10 +721,7 @@ impl AnalysisChainCoordinator {
 
     /// Sets the dispatcher.
     pub fn set_dispatcher(&self, dispatcher: Arc<dyn StageDispatcher>) {
-        *self
-            .dispatcher
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(dispatcher);
+        *write(&self.dispatcher) = Some(dispatcher);
     }
 
     /// Checks and stores a workflow for [`execute_registered`](Self::execute_registered).
@@ -761,10 +734,7 @@ impl AnalysisChainCoordinator {
         workflow: AnalysisWorkflowDefinition,
     ) -> Result<(), ChainError> {
         workflow.validate(self.config.max_stages)?;
-        let mut reg = self
-            .registered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut reg = lock(&self.registered);
         if reg.contains_key(&workflow.id) {
             return Err(ChainError::DuplicateWorkflow {
                 workflow: workflow.id,
@@ -779,23 +749,19 @@ impl AnalysisChainCoordinator {
     /// # Errors
     /// [`ChainError::UnknownWorkflow`], and as [`execute_workflow`](Self::execute_workflow).
     pub async fn execute_registered(&self, id: &str) -> Result<WorkflowResult, ChainError> {
-        let workflow = self
-            .registered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ChainError::UnknownWorkflow {
-                workflow: id.to_owned(),
-            })?;
+        let workflow =
+            lock(&self.registered)
+                .get(id)
+                .cloned()
+                .ok_or_else(|| ChainError::UnknownWorkflow {
+                    workflow: id.to_owned(),
+                })?;
         self.execute_workflow(workflow).await
     }
 
     /// The status of every execution still known (running or finished).
     pub fn executions(&self) -> Vec<WorkflowStatus> {
-        self.executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.executions)
             .values()
             .map(|r| r.status.clone())
             .collect()
@@ -803,9 +769,7 @@ impl AnalysisChainCoordinator {
 
     /// The status of one execution.
     pub fn workflow_status(&self, execution_id: &str) -> Option<WorkflowStatus> {
-        self.executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.executions)
             .get(execution_id)
             .map(|r| r.status.clone())
     }
@@ -813,10 +777,7 @@ impl AnalysisChainCoordinator {
     /// Cancels a running execution: running stages are abandoned, pending
     /// ones skipped. Returns whether it was running.
     pub fn cancel_workflow(&self, execution_id: &str) -> bool {
-        let execs = self
-            .executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let execs = lock(&self.executions);
         match execs.get(execution_id) {
             Some(r) if r.status.state == WorkflowState::Running => {
                 r.cancel.cancel();
@@ -828,19 +789,13 @@ impl AnalysisChainCoordinator {
 
     /// Forgets finished executions.
     pub fn cleanup(&self) {
-        self.executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, r| r.status.state == WorkflowState::Running);
+        lock(&self.executions).retain(|_, r| r.status.state == WorkflowState::Running);
     }
 
     /// A snapshot of the counters.
     pub fn statistics(&self) -> ChainStatistics {
         let c = &self.counters;
-        let running = self
-            .executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let running = lock(&self.executions)
             .values()
             .filter(|r| r.status.state == WorkflowState::Running)
             .count();
@@ -859,12 +814,7 @@ impl AnalysisChainCoordinator {
     }
 
     fn set_stage(&self, execution: &str, stage: &str, status: StageStatus) {
-        if let Some(r) = self
-            .executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(execution)
-        {
+        if let Some(r) = lock(&self.executions).get_mut(execution) {
             r.status.stages.insert(stage.to_owned(), status);
         }
     }
@@ -905,16 +855,10 @@ impl AnalysisChainCoordinator {
         workflow: &AnalysisWorkflowDefinition,
     ) -> Result<(String, CancellationToken, Arc<dyn StageDispatcher>), ChainError> {
         workflow.validate(self.config.max_stages)?;
-        let dispatcher = self
-            .dispatcher
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        let dispatcher = read(&self.dispatcher)
             .clone()
             .ok_or(ChainError::NoDispatcher)?;
-        let mut execs = self
-            .executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut execs = lock(&self.executions);
         let running = execs
             .values()
             .filter(|r| r.status.state == WorkflowState::Running)
@@ -1064,12 +1008,7 @@ impl AnalysisChainCoordinator {
             self.counters.failed.inc();
             WorkflowState::Failed
         };
-        if let Some(r) = self
-            .executions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&execution_id)
-        {
+        if let Some(r) = lock(&self.executions).get_mut(&execution_id) {
             r.status.state = state;
         }
         let stages = workflow

@@ -328,6 +328,7 @@ async fn responder(bus: LocalEventBus) {
             value: 1.0,
             unit: "count".into(),
             pid: r.target_pid,
+            process_key: None,
             component: "responder".into(),
             timestamp: SystemTime::now(),
         });

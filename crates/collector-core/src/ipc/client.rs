@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use daemoneye_lib::codec::{decode_payload, EnvelopeCodec};
@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::lock;
 use crate::ipc::convert::caps_to_domains;
 use crate::ipc::wire::FrameReader;
 use crate::ipc::{IpcClientConfig, IpcError};
+use crate::source::unless_cancelled;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Envelope>>>;
 
@@ -58,13 +60,7 @@ pub struct CollectorIpcClient {
     next_id: AtomicU64,
 }
 
-impl std::fmt::Debug for CollectorIpcClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorIpcClient")
-            .field("socket_path", &self.config.socket_path)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(CollectorIpcClient { socket_path = config.socket_path });
 
 /// The events of a subscription, in batches.
 #[derive(Debug)]
@@ -108,10 +104,7 @@ impl CollectorIpcClient {
 
     /// What the server reported in the last handshake.
     pub fn capabilities(&self) -> CapabilityResponse {
-        self.capabilities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.capabilities).clone()
     }
 
     /// Whether the current connection is up (no reconnect is attempted).
@@ -132,10 +125,7 @@ impl CollectorIpcClient {
         }
         *guard = None;
         let (conn, caps) = open(&self.config).await?;
-        *self
-            .capabilities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = caps;
+        *lock(&self.capabilities) = caps;
         let conn = Arc::new(conn);
         *guard = Some(conn.clone());
         Ok(conn)
@@ -144,10 +134,7 @@ impl CollectorIpcClient {
     async fn request(&self, conn: &Conn, payload: Payload) -> Result<Envelope, IpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        conn.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
+        lock(&conn.pending).insert(id, tx);
         let envelope = Envelope {
             request_id: id,
             payload: Some(payload),
@@ -165,10 +152,7 @@ impl CollectorIpcClient {
             Err(_) => Err(IpcError::Timeout { timeout }),
         };
         if result.is_err() {
-            conn.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
+            lock(&conn.pending).remove(&id);
         }
         result
     }
@@ -229,14 +213,14 @@ impl CollectorIpcClient {
     pub async fn subscribe(&self, filter: SubscribeRequest) -> Result<EventStream, IpcError> {
         let conn = self.connection().await?;
         let (tx, rx) = mpsc::channel(self.config.event_buffer_batches.max(1));
-        *conn.events.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        *lock(&conn.events) = Some(tx);
         match self.request(&conn, filter.into()).await?.payload {
             Some(Payload::SubscribeAck(ack)) => Ok(EventStream {
                 rx,
                 subscription_id: ack.subscription_id,
             }),
             other => {
-                *conn.events.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                *lock(&conn.events) = None;
                 Err(unexpected(other))
             }
         }
@@ -248,7 +232,7 @@ impl CollectorIpcClient {
     /// [`IpcError::ConnectionClosed`] when there is no connection.
     pub async fn unsubscribe(&self, subscription_id: u64) -> Result<(), IpcError> {
         let conn = self.connection().await?;
-        *conn.events.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *lock(&conn.events) = None;
         conn.out
             .send(Envelope::from(Unsubscribe { subscription_id }))
             .await
@@ -410,10 +394,8 @@ async fn client_reader(
     closed: CancellationToken,
 ) {
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = closed.cancelled() => break,
-            f = reader.next_frame() => f,
+        let Some(frame) = unless_cancelled(&closed, reader.next_frame()).await else {
+            break;
         };
         let payload = match frame {
             Ok(Some(p)) => p,
@@ -431,25 +413,17 @@ async fn client_reader(
             }
         };
         if let Some(Payload::EventBatch(batch)) = envelope.payload {
-            let tx = events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let tx = lock(&events).clone();
             if let Some(tx) = tx {
                 // Waiting here is the flow control: the server sees a
                 // full socket and drops (and counts) for us.
-                tokio::select! {
-                    biased;
-                    () = closed.cancelled() => break,
-                    _ = tx.send(batch) => {}
+                if unless_cancelled(&closed, tx.send(batch)).await.is_none() {
+                    break;
                 }
             }
             continue;
         }
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&envelope.request_id);
+        let waiter = lock(&pending).remove(&envelope.request_id);
         match waiter {
             Some(tx) => {
                 let _ = tx.send(envelope);
@@ -462,9 +436,6 @@ async fn client_reader(
         }
     }
     closed.cancel();
-    pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clear();
-    *events.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    lock(&pending).clear();
+    *lock(&events) = None;
 }

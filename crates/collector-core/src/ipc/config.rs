@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::common::first_zero;
 use crate::ipc::IpcError;
 use crate::source::SourceCaps;
 
@@ -110,26 +111,21 @@ impl IpcServerConfig {
         if self.socket_path.file_name().is_none() {
             return bad("socket_path", "has no file name");
         }
-        for (field, value) in [
+        let zero = first_zero([
             ("max_connections", self.max_connections),
             ("max_tasks_in_flight", self.max_tasks_in_flight),
             ("event_queue_batches", self.event_queue_batches),
             ("max_batch_size", self.max_batch_size),
-        ] {
-            if value == 0 {
-                return bad(field, "is zero");
-            }
-        }
-        for (field, value) in [
+        ])
+        .or(first_zero([
             ("handshake_timeout", self.handshake_timeout),
             ("read_timeout", self.read_timeout),
             ("write_timeout", self.write_timeout),
             ("idle_timeout", self.idle_timeout),
             ("handler_timeout", self.handler_timeout),
-        ] {
-            if value.is_zero() {
-                return bad(field, "is zero");
-            }
+        ]));
+        if let Some(field) = zero {
+            return bad(field, "is zero");
         }
         if self.max_frame_length < 1024 {
             return bad("max_frame_length", "is below 1024 bytes");

@@ -1,11 +1,16 @@
 //! Runtime types to protocol messages: events to records, capabilities to
 //! domains.
 
+use std::net::IpAddr;
+use std::time::SystemTime;
+
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
-    AnalysisType, CollectionEvent, FileOperation, FilesystemEvent, HashAlgorithm, NetworkEvent,
-    PerformanceEvent, ProcessEvent, ProcessEventType, TriggerPriority, TriggerRequest,
+    AnalysisType, CollectionEvent, EventKind, FileOperation, FilesystemEvent, HashAlgorithm,
+    LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent,
+    ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority,
+    TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -48,6 +53,8 @@ pub(crate) const fn kind_to_proto(kind: crate::EventKind) -> proto::EventKind {
 /// A process event as a [`ProcessRecord`](proto::ProcessRecord), every field
 /// carried (the process key as `boot_id:pid:start_ticks`).
 pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
+    let c = &e.context;
+    let l = &e.lifecycle;
     proto::ProcessRecord {
         pid: e.pid,
         ppid: e.ppid,
@@ -64,59 +71,178 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
         file_exists: e.file_exists,
         timestamp: Some(e.timestamp.into()),
         platform_metadata: e.platform_metadata.clone(),
-        process_key: e.process_key.map(|k| k.to_string()).unwrap_or_default(),
+        process_key: key_text(e.process_key),
         event_type: e.event_type.as_str().to_owned(),
         exit_code: e.exit_code,
+        euid: e.euid,
+        gid: e.gid,
+        state: e.state.map(String::from).unwrap_or_default(),
+        threads: e.threads,
+        cpu_ticks: e.cpu_ticks,
+        exe_replaced: e.exe_replaced,
+        read: match e.read {
+            ReadDepth::Full => String::new(),
+            other => other.as_str().to_owned(),
+        },
+        context: (c != &ProcessContext::default()).then(|| proto::ProcessContext {
+            cgroup: c.cgroup.clone(),
+            container_id: c.container_id.clone(),
+            pid_ns: c.pid_ns,
+            mnt_ns: c.mnt_ns,
+            net_ns: c.net_ns,
+            user_ns: c.user_ns,
+        }),
+        lifecycle: (l != &LifecycleDetail::default()).then(|| proto::LifecycleDetail {
+            observed_by: l
+                .observed_by
+                .map(|o| o.as_str().to_owned())
+                .unwrap_or_default(),
+            previous_process_key: key_text(l.previous_key),
+            changed: l.changed.iter().map(|f| f.as_str().to_owned()).collect(),
+            anomaly: l.anomaly.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+            run_time_ms: l.run_time_ms,
+        }),
     }
 }
 
-/// Why a streamed [`ProcessRecord`](proto::ProcessRecord) could not be
-/// turned back into a [`ProcessEvent`].
+fn key_text(key: Option<ProcessKey>) -> String {
+    key.map(|k| k.to_string()).unwrap_or_default()
+}
+
+/// Why a received record could not be turned back into the event a
+/// collector published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} record{}: {problem}", pid.map(|p| format!(" of pid {p}")).unwrap_or_default())]
+pub struct RecordError {
+    /// The record's domain.
+    pub kind: EventKind,
+    /// The record's pid, when it has one.
+    pub pid: Option<u32>,
+    /// What is wrong with it.
+    pub problem: RecordProblem,
+}
+
+/// What is wrong with a received record (see [`RecordError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RecordError {
+pub enum RecordProblem {
     /// A timestamp was out of range.
-    #[error("record of pid {pid}: {source}")]
-    Time {
-        /// The record's pid.
-        pid: u32,
-        /// The timestamp error.
-        #[source]
-        source: proto::ProtoError,
-    },
+    #[error("{0}")]
+    Time(#[source] proto::ProtoError),
     /// A required timestamp was missing.
-    #[error("record of pid {pid}: no observation time")]
-    NoTimestamp {
-        /// The record's pid.
-        pid: u32,
-    },
-    /// The process key was not `boot_id:pid:start_ticks`.
-    #[error("record of pid {pid}: invalid process key {key:?}")]
-    ProcessKey {
-        /// The record's pid.
-        pid: u32,
-        /// The key as received.
-        key: String,
-    },
+    #[error("no observation time")]
+    NoTimestamp,
+    /// A process key was not `boot_id:pid:start_ticks`.
+    #[error("invalid process key {0:?}")]
+    ProcessKey(String),
     /// A name this side does not know (an event type or hash algorithm from
     /// a newer collector).
-    #[error("record of pid {pid}: unknown {field} {value:?}")]
+    #[error("unknown {field} {value:?}")]
     Unknown {
-        /// The record's pid.
-        pid: u32,
         /// Which field.
         field: &'static str,
         /// Its value.
         value: String,
     },
-    /// The event the record describes is invalid.
-    #[error("record of pid {pid}: {reason}")]
-    Invalid {
-        /// The record's pid.
-        pid: u32,
-        /// What is wrong.
-        reason: String,
+    /// A value out of its field's range (a port above 65535, an address
+    /// that does not parse).
+    #[error("{field} {value:?} is out of range")]
+    OutOfRange {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
     },
+    /// The record carried no event.
+    #[error("no event")]
+    Empty,
+    /// The event the record describes is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Decodes one record's fields, naming the record in every error.
+struct Decoder {
+    kind: EventKind,
+    pid: Option<u32>,
+}
+
+impl Decoder {
+    const fn err(&self, problem: RecordProblem) -> RecordError {
+        RecordError {
+            kind: self.kind,
+            pid: self.pid,
+            problem,
+        }
+    }
+
+    fn time(&self, t: Timestamp) -> Result<SystemTime, RecordError> {
+        SystemTime::try_from(t).map_err(|e| self.err(RecordProblem::Time(e)))
+    }
+
+    fn required_time(&self, t: Option<Timestamp>) -> Result<SystemTime, RecordError> {
+        self.time(t.ok_or_else(|| self.err(RecordProblem::NoTimestamp))?)
+    }
+
+    fn key(&self, text: &str) -> Result<Option<ProcessKey>, RecordError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| self.err(RecordProblem::ProcessKey(text.to_owned())))
+    }
+
+    /// `value` by its name; `None` for the empty name.
+    fn name<T>(
+        &self,
+        field: &'static str,
+        value: &str,
+        from_name: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, RecordError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        from_name(value).map(Some).ok_or_else(|| {
+            self.err(RecordProblem::Unknown {
+                field,
+                value: value.to_owned(),
+            })
+        })
+    }
+
+    fn hash(&self, name: Option<&str>) -> Result<Option<HashAlgorithm>, RecordError> {
+        self.name("hash algorithm", name.unwrap_or_default(), |n| {
+            [HashAlgorithm::Sha256, HashAlgorithm::Blake3]
+                .into_iter()
+                .find(|a| a.as_str() == n)
+        })
+    }
+
+    fn out_of_range(&self, field: &'static str, value: &dyn ToString) -> RecordError {
+        self.err(RecordProblem::OutOfRange {
+            field,
+            value: value.to_string(),
+        })
+    }
+
+    fn port(&self, field: &'static str, port: Option<u32>) -> Result<Option<u16>, RecordError> {
+        port.map(|p| u16::try_from(p).map_err(|_| self.out_of_range(field, &p)))
+            .transpose()
+    }
+
+    fn addr(&self, field: &'static str, addr: Option<&str>) -> Result<Option<IpAddr>, RecordError> {
+        addr.map(|a| a.parse().map_err(|_| self.out_of_range(field, &a)))
+            .transpose()
+    }
+
+    /// `event` checked as the runtime checks what a source emits.
+    fn checked(&self, event: CollectionEvent) -> Result<CollectionEvent, RecordError> {
+        event
+            .validate()
+            .map_err(|e| self.err(RecordProblem::Invalid(e.to_string())))?;
+        Ok(event)
+    }
 }
 
 /// The inverse of [`process_to_record`]: a received record as the event the
@@ -126,66 +252,79 @@ pub enum RecordError {
 /// # Errors
 /// [`RecordError`] naming the pid and the field, for a record that is out
 /// of range, names an unknown event type or algorithm, or is invalid.
-pub fn record_to_process(r: proto::ProcessRecord) -> Result<ProcessEvent, RecordError> {
-    use std::time::SystemTime;
-
-    let pid = r.pid;
-    let time =
-        |t: Timestamp| SystemTime::try_from(t).map_err(|source| RecordError::Time { pid, source });
-    let event_type = match r.event_type.as_str() {
-        "" => ProcessEventType::Snapshot,
-        name => ProcessEventType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == name)
-            .ok_or_else(|| RecordError::Unknown {
-                pid,
-                field: "event type",
-                value: r.event_type.clone(),
-            })?,
+pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, RecordError> {
+    let r = record;
+    let d = Decoder {
+        kind: EventKind::Process,
+        pid: Some(r.pid),
     };
-    let hash_algorithm = match r.hash_algorithm.as_deref() {
-        None => None,
-        Some("sha256") => Some(HashAlgorithm::Sha256),
-        Some("blake3") => Some(HashAlgorithm::Blake3),
-        Some(other) => {
-            return Err(RecordError::Unknown {
-                pid,
-                field: "hash algorithm",
-                value: other.to_owned(),
-            })
-        }
+    let event_type = d
+        .name("event type", &r.event_type, |n| {
+            ProcessEventType::ALL.into_iter().find(|t| t.as_str() == n)
+        })?
+        .unwrap_or_default();
+    let mut letters = r.state.chars();
+    let (state, None) = (letters.next(), letters.next()) else {
+        return Err(d.out_of_range("state", &r.state));
     };
-    let process_key = r
-        .parsed_process_key()
-        .map_err(|_| RecordError::ProcessKey {
-            pid,
-            key: r.process_key.clone(),
-        })?;
+    let context = r.context.unwrap_or_default();
+    let life = r.lifecycle.unwrap_or_default();
+    let changed = life
+        .changed
+        .iter()
+        .map(|f| {
+            d.name("changed field", f, ProcessField::from_name)?
+                .ok_or_else(|| d.out_of_range("changed field", f))
+        })
+        .collect::<Result<_, _>>()?;
     let event = ProcessEvent {
         event_type,
-        pid,
+        pid: r.pid,
         ppid: r.ppid,
         name: r.name,
         executable_path: r.executable_path,
         command_line: r.command_line,
-        start_time: r.start_time.map(time).transpose()?,
+        start_time: r.start_time.map(|t| d.time(t)).transpose()?,
         cpu_usage: r.cpu_usage,
         memory_usage: r.memory_usage,
         executable_hash: r.executable_hash,
-        hash_algorithm,
+        hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
         user_id: r.user_id,
         accessible: r.accessible,
         file_exists: r.file_exists,
-        timestamp: time(r.timestamp.ok_or(RecordError::NoTimestamp { pid })?)?,
+        timestamp: d.required_time(r.timestamp)?,
         platform_metadata: r.platform_metadata,
-        process_key,
+        process_key: d.key(&r.process_key)?,
         exit_code: r.exit_code,
+        euid: r.euid,
+        gid: r.gid,
+        state,
+        threads: r.threads,
+        cpu_ticks: r.cpu_ticks,
+        exe_replaced: r.exe_replaced,
+        read: d
+            .name("read", &r.read, ReadDepth::from_name)?
+            .unwrap_or_default(),
+        context: ProcessContext {
+            cgroup: context.cgroup,
+            container_id: context.container_id,
+            pid_ns: context.pid_ns,
+            mnt_ns: context.mnt_ns,
+            net_ns: context.net_ns,
+            user_ns: context.user_ns,
+        },
+        lifecycle: LifecycleDetail {
+            observed_by: d.name("observed_by", &life.observed_by, ObservedBy::from_name)?,
+            previous_key: d.key(&life.previous_process_key)?,
+            changed,
+            anomaly: d.name("anomaly", &life.anomaly, StartTimeAnomaly::from_name)?,
+            run_time_ms: life.run_time_ms,
+        },
     };
-    event.validate().map_err(|e| RecordError::Invalid {
-        pid,
-        reason: e.to_string(),
-    })?;
-    Ok(event)
+    match d.checked(CollectionEvent::Process(event))? {
+        CollectionEvent::Process(e) => Ok(e),
+        _ => Err(d.err(RecordProblem::Empty)),
+    }
 }
 
 fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
@@ -201,35 +340,81 @@ fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
         bytes_sent: e.bytes_sent,
         bytes_received: e.bytes_received,
         timestamp: Some(e.timestamp.into()),
-        process_key: String::new(),
+        process_key: key_text(e.process_key),
     }
 }
 
-const fn file_operation(op: &FileOperation) -> proto::FileOperation {
-    match op {
-        FileOperation::Create => proto::FileOperation::Create,
-        FileOperation::Open => proto::FileOperation::Open,
-        FileOperation::Access => proto::FileOperation::Access,
-        FileOperation::Modify => proto::FileOperation::Modify,
-        FileOperation::CloseWrite => proto::FileOperation::CloseWrite,
-        FileOperation::Delete => proto::FileOperation::Delete,
-        FileOperation::Rename => proto::FileOperation::Rename,
-        FileOperation::Attrib => proto::FileOperation::Attrib,
-    }
+fn record_to_network(r: proto::NetworkRecord) -> Result<CollectionEvent, RecordError> {
+    let d = Decoder {
+        kind: EventKind::Network,
+        pid: r.pid,
+    };
+    d.checked(CollectionEvent::Network(NetworkEvent {
+        source_addr: d.addr("source_address", r.source_address.as_deref())?,
+        source_port: d.port("source_port", r.source_port)?,
+        dest_addr: d.addr("destination_address", r.destination_address.as_deref())?,
+        dest_port: d.port("destination_port", r.destination_port)?,
+        timestamp: d.required_time(r.timestamp)?,
+        process_key: d.key(&r.process_key)?,
+        connection_id: r.connection_id,
+        protocol: r.protocol,
+        state: r.state,
+        pid: r.pid,
+        bytes_sent: r.bytes_sent,
+        bytes_received: r.bytes_received,
+    }))
 }
+
+const FILE_OPERATIONS: [(FileOperation, proto::FileOperation); 8] = [
+    (FileOperation::Create, proto::FileOperation::Create),
+    (FileOperation::Open, proto::FileOperation::Open),
+    (FileOperation::Access, proto::FileOperation::Access),
+    (FileOperation::Modify, proto::FileOperation::Modify),
+    (FileOperation::CloseWrite, proto::FileOperation::CloseWrite),
+    (FileOperation::Delete, proto::FileOperation::Delete),
+    (FileOperation::Rename, proto::FileOperation::Rename),
+    (FileOperation::Attrib, proto::FileOperation::Attrib),
+];
 
 fn filesystem_to_record(e: &FilesystemEvent) -> proto::FilesystemRecord {
+    let operation = FILE_OPERATIONS
+        .iter()
+        .find(|(op, _)| *op == e.operation)
+        .map_or(proto::FileOperation::Unspecified, |(_, p)| *p);
     proto::FilesystemRecord {
         path: e.path.clone(),
-        operation: file_operation(&e.operation).into(),
+        operation: operation.into(),
         pid: e.pid,
         size: e.size,
         permissions: e.permissions,
         file_hash: e.file_hash.clone(),
         hash_algorithm: e.hash_algorithm.map(|a| a.as_str().to_owned()),
         timestamp: Some(e.timestamp.into()),
-        process_key: String::new(),
+        process_key: key_text(e.process_key),
     }
+}
+
+fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, RecordError> {
+    let d = Decoder {
+        kind: EventKind::Filesystem,
+        pid: r.pid,
+    };
+    let operation = FILE_OPERATIONS
+        .iter()
+        .find(|(_, p)| i32::from(*p) == r.operation)
+        .map(|(op, _)| op.clone())
+        .ok_or_else(|| d.out_of_range("operation", &r.operation))?;
+    d.checked(CollectionEvent::Filesystem(FilesystemEvent {
+        operation,
+        hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
+        timestamp: d.required_time(r.timestamp)?,
+        process_key: d.key(&r.process_key)?,
+        path: r.path,
+        pid: r.pid,
+        size: r.size,
+        permissions: r.permissions,
+        file_hash: r.file_hash,
+    }))
 }
 
 fn performance_to_record(e: &PerformanceEvent) -> proto::PerformanceRecord {
@@ -240,34 +425,60 @@ fn performance_to_record(e: &PerformanceEvent) -> proto::PerformanceRecord {
         pid: e.pid,
         component: e.component.clone(),
         timestamp: Some(e.timestamp.into()),
+        process_key: key_text(e.process_key),
     }
 }
 
-const fn analysis_name(t: AnalysisType) -> &'static str {
-    match t {
-        AnalysisType::BinaryHash => "binary_hash",
-        AnalysisType::MemoryAnalysis => "memory_analysis",
-        AnalysisType::NetworkAnalysis => "network_analysis",
-        AnalysisType::FilesystemAnalysis => "filesystem_analysis",
-        AnalysisType::BehavioralAnalysis => "behavioral_analysis",
-    }
+fn record_to_performance(r: proto::PerformanceRecord) -> Result<CollectionEvent, RecordError> {
+    let d = Decoder {
+        kind: EventKind::Performance,
+        pid: r.pid,
+    };
+    d.checked(CollectionEvent::Performance(PerformanceEvent {
+        timestamp: d.required_time(r.timestamp)?,
+        process_key: d.key(&r.process_key)?,
+        metric_name: r.metric_name,
+        value: r.value,
+        unit: r.unit,
+        pid: r.pid,
+        component: r.component,
+    }))
 }
 
-const fn priority_name(p: TriggerPriority) -> &'static str {
-    match p {
-        TriggerPriority::Low => "low",
-        TriggerPriority::Normal => "normal",
-        TriggerPriority::High => "high",
-        TriggerPriority::Critical => "critical",
-    }
+const ANALYSIS_TYPES: [(AnalysisType, &str); 5] = [
+    (AnalysisType::BinaryHash, "binary_hash"),
+    (AnalysisType::MemoryAnalysis, "memory_analysis"),
+    (AnalysisType::NetworkAnalysis, "network_analysis"),
+    (AnalysisType::FilesystemAnalysis, "filesystem_analysis"),
+    (AnalysisType::BehavioralAnalysis, "behavioral_analysis"),
+];
+
+const PRIORITIES: [(TriggerPriority, &str); 4] = [
+    (TriggerPriority::Low, "low"),
+    (TriggerPriority::Normal, "normal"),
+    (TriggerPriority::High, "high"),
+    (TriggerPriority::Critical, "critical"),
+];
+
+/// The name of `value` in a table of (value, name) pairs.
+fn name_in<T: PartialEq>(table: &[(T, &'static str)], value: &T) -> &'static str {
+    table
+        .iter()
+        .find(|(v, _)| v == value)
+        .map_or("", |(_, n)| n)
+}
+
+/// The value named `name` in a table of (value, name) pairs.
+fn value_in<T: Copy>(table: &[(T, &'static str)], name: &str) -> Option<T> {
+    table.iter().find(|(_, n)| *n == name).map(|(v, _)| *v)
 }
 
 fn trigger_to_record(e: &TriggerRequest) -> proto::TriggerRequestRecord {
     proto::TriggerRequestRecord {
         trigger_id: e.trigger_id.clone(),
         target_collector: e.target_collector.clone(),
-        analysis_type: analysis_name(e.analysis_type).to_owned(),
-        priority: priority_name(e.priority).to_owned(),
+        analysis_type: name_in(&ANALYSIS_TYPES, &e.analysis_type).to_owned(),
+        priority: name_in(&PRIORITIES, &e.priority).to_owned(),
         target_pid: e.target_pid,
         target_path: e.target_path.clone(),
         correlation_id: e.correlation_id.clone(),
@@ -276,7 +487,31 @@ fn trigger_to_record(e: &TriggerRequest) -> proto::TriggerRequestRecord {
     }
 }
 
-/// An event as a streamed [`EventRecord`] from the source `source`.
+fn record_to_trigger(r: proto::TriggerRequestRecord) -> Result<CollectionEvent, RecordError> {
+    let d = Decoder {
+        kind: EventKind::TriggerRequest,
+        pid: r.target_pid,
+    };
+    let analysis_type = d.name("analysis type", &r.analysis_type, |n| {
+        value_in(&ANALYSIS_TYPES, n)
+    })?;
+    let priority = d.name("priority", &r.priority, |n| value_in(&PRIORITIES, n))?;
+    d.checked(CollectionEvent::TriggerRequest(TriggerRequest {
+        analysis_type: analysis_type.ok_or_else(|| d.out_of_range("analysis type", &""))?,
+        priority: priority.unwrap_or(TriggerPriority::Normal),
+        timestamp: d.required_time(r.timestamp)?,
+        trigger_id: r.trigger_id,
+        target_collector: r.target_collector,
+        target_pid: r.target_pid,
+        target_path: r.target_path,
+        correlation_id: r.correlation_id,
+        metadata: r.metadata,
+    }))
+}
+
+/// An event as a streamed [`EventRecord`] from the source `source`: the one
+/// place where the event model becomes the wire format; [`record_to_event`]
+/// is its inverse.
 pub fn event_to_record(event: &CollectionEvent, source: &str) -> EventRecord {
     let event: proto::event_record::Event = match event {
         CollectionEvent::Process(e) => process_to_record(e).into(),
@@ -288,20 +523,43 @@ pub fn event_to_record(event: &CollectionEvent, source: &str) -> EventRecord {
     EventRecord::new(source, event)
 }
 
+/// The inverse of [`event_to_record`]: a received record as the event its
+/// collector published, checked as the runtime checks events.
+///
+/// # Errors
+/// [`RecordError`] naming the domain, the pid and the field, for a record
+/// that carries no event, is out of range, names what this side does not
+/// know, or is invalid.
+pub fn record_to_event(record: EventRecord) -> Result<CollectionEvent, RecordError> {
+    use proto::event_record::Event;
+    match record.event {
+        Some(Event::Process(r)) => record_to_process(r).map(CollectionEvent::Process),
+        Some(Event::Network(r)) => record_to_network(r),
+        Some(Event::Filesystem(r)) => record_to_filesystem(r),
+        Some(Event::Performance(r)) => record_to_performance(r),
+        Some(Event::TriggerRequest(r)) => record_to_trigger(r),
+        None => Err(RecordError {
+            kind: EventKind::Process,
+            pid: None,
+            problem: RecordProblem::Empty,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
 
     use super::*;
-    use crate::event::{BootId, HashAlgorithm, ProcessEventType, ProcessKey};
+    use crate::event::BootId;
 
-    #[test]
-    fn process_events_keep_every_field() {
+    fn full_process() -> ProcessEvent {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let key = ProcessKey::new(BootId::from_bytes([7; 16]), 42, 1234);
-        let e = ProcessEvent {
+        ProcessEvent {
             event_type: ProcessEventType::Exit,
             pid: 42,
             ppid: Some(1),
@@ -317,42 +575,67 @@ mod tests {
             accessible: true,
             file_exists: false,
             timestamp: start + Duration::from_millis(5),
-            platform_metadata: [("cgroup".to_owned(), "/".to_owned())].into(),
-            process_key: Some(key),
+            platform_metadata: [("seccomp".to_owned(), "2".to_owned())].into(),
+            process_key: Some(ProcessKey::new(BootId::from_bytes([7; 16]), 42, 1234)),
             exit_code: Some(256),
-        };
+            euid: Some(1000),
+            gid: Some(100),
+            state: Some('Z'),
+            threads: Some(3),
+            cpu_ticks: Some(77),
+            exe_replaced: true,
+            read: ReadDepth::StatOnly,
+            context: ProcessContext {
+                cgroup: Some("/system.slice/ssh.service".into()),
+                container_id: Some("c0ffee".into()),
+                pid_ns: Some(4_026_531_836),
+                mnt_ns: Some(4_026_531_841),
+                net_ns: Some(4_026_531_840),
+                user_ns: Some(4_026_531_837),
+            },
+            lifecycle: LifecycleDetail {
+                observed_by: Some(ObservedBy::Kernel),
+                previous_key: Some(ProcessKey::new(BootId::from_bytes([7; 16]), 42, 99)),
+                changed: vec![ProcessField::Argv, ProcessField::Uid],
+                anomaly: Some(StartTimeAnomaly::StartedBeforeParent),
+                run_time_ms: Some(12),
+            },
+        }
+    }
+
+    #[test]
+    fn process_events_keep_every_field_as_a_typed_field() {
+        let e = full_process();
         let r = process_to_record(&e);
         assert_eq!(r.pid, 42);
-        assert_eq!(r.ppid, Some(1));
-        assert_eq!(r.name, "sshd");
         assert_eq!(r.executable_path.as_deref(), Some("/usr/sbin/sshd"));
-        assert_eq!(r.command_line, ["sshd", "-D"]);
-        assert_eq!(SystemTime::try_from(r.start_time.unwrap()).unwrap(), start);
-        assert_eq!(r.cpu_usage, Some(1.5));
-        assert_eq!(r.memory_usage, Some(4096));
-        assert_eq!(r.executable_hash, e.executable_hash);
         assert_eq!(r.hash_algorithm.as_deref(), Some("sha256"));
-        assert_eq!(r.user_id, Some(0));
-        assert!(r.accessible);
-        assert!(!r.file_exists);
-        assert_eq!(
-            SystemTime::try_from(r.timestamp.unwrap()).unwrap(),
-            e.timestamp
-        );
-        assert_eq!(r.platform_metadata, e.platform_metadata);
-        assert_eq!(r.parsed_process_key().unwrap(), Some(key));
         assert_eq!(r.event_type, "exit");
-        assert_eq!(r.exit_code, Some(256));
+        assert_eq!(
+            (r.euid, r.gid, r.state.as_str()),
+            (Some(1000), Some(100), "Z")
+        );
+        assert_eq!(r.read, "stat_only");
+        let c = r.context.clone().unwrap();
+        assert_eq!(c.container_id.as_deref(), Some("c0ffee"));
+        let l = r.lifecycle.clone().unwrap();
+        assert_eq!((l.observed_by.as_str(), l.changed.len()), ("kernel", 2));
+        assert_eq!(l.anomaly, "started_before_parent");
+        // Typed facts are fields of their own, not strings in the map.
+        assert_eq!(r.platform_metadata.len(), 1);
 
         assert_eq!(
             record_to_process(r).unwrap(),
             e,
             "the inverse gives the event back"
         );
-
-        let rec = event_to_record(&CollectionEvent::Process(e), "procmond");
+        let rec = event_to_record(&CollectionEvent::Process(e.clone()), "procmond");
         assert_eq!(rec.kind(), proto::EventKind::Process);
         assert_eq!(rec.source_name, "procmond");
+        assert_eq!(record_to_event(rec).unwrap(), CollectionEvent::Process(e));
+        // A default event sends no context or lifecycle message at all.
+        let plain = process_to_record(&ProcessEvent::new(3, "x"));
+        assert!(plain.context.is_none() && plain.lifecycle.is_none() && plain.read.is_empty());
     }
 
     #[test]
@@ -372,107 +655,370 @@ mod tests {
         }
     }
 
+    fn problem(r: proto::ProcessRecord) -> (Option<u32>, RecordProblem) {
+        let e = record_to_process(r).unwrap_err();
+        assert_eq!(e.kind, EventKind::Process);
+        (e.pid, e.problem)
+    }
+
     #[test]
     fn bad_records_are_refused_naming_pid_and_field() {
         let good = || process_to_record(&ProcessEvent::new(7, "x"));
         assert!(record_to_process(good()).is_ok());
+        let unknown = |field: &'static str, value: &str| {
+            (
+                Some(7),
+                RecordProblem::Unknown {
+                    field,
+                    value: value.to_owned(),
+                },
+            )
+        };
         let mut r = good();
         r.event_type = "teleported".into();
-        let err = record_to_process(r).unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                RecordError::Unknown {
-                    pid: 7,
-                    field: "event type",
-                    ..
-                }
-            ),
-            "{err}"
+        let err = record_to_process(r.clone()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "process record of pid 7: unknown event type \"teleported\""
         );
+        assert_eq!(problem(r), unknown("event type", "teleported"));
         let mut r = good();
         r.hash_algorithm = Some("md5".into());
+        assert_eq!(problem(r), unknown("hash algorithm", "md5"));
+        let mut r = good();
+        r.read = "half".into();
+        assert_eq!(problem(r), unknown("read", "half"));
+        let mut r = good();
+        r.lifecycle = Some(proto::LifecycleDetail {
+            changed: vec!["soul".into()],
+            ..Default::default()
+        });
+        assert_eq!(problem(r), unknown("changed field", "soul"));
+        let mut r = good();
+        r.state = "RS".into();
         assert!(matches!(
-            record_to_process(r),
-            Err(RecordError::Unknown {
-                field: "hash algorithm",
-                ..
-            })
+            problem(r).1,
+            RecordProblem::OutOfRange { field: "state", .. }
         ));
         let mut r = good();
         r.process_key = "nonsense".into();
-        assert!(matches!(
-            record_to_process(r),
-            Err(RecordError::ProcessKey { pid: 7, .. })
-        ));
+        assert_eq!(
+            problem(r),
+            (Some(7), RecordProblem::ProcessKey("nonsense".into()))
+        );
         let mut r = good();
         r.timestamp = None;
-        assert_eq!(
-            record_to_process(r),
-            Err(RecordError::NoTimestamp { pid: 7 })
-        );
+        assert_eq!(problem(r), (Some(7), RecordProblem::NoTimestamp));
         let mut r = good();
         r.start_time = Some(Timestamp {
             seconds: 1,
             nanos: -1,
         });
-        assert!(matches!(
-            record_to_process(r),
-            Err(RecordError::Time { pid: 7, .. })
-        ));
+        assert!(matches!(problem(r).1, RecordProblem::Time(_)));
         // Decodes, but is not an event the runtime would have published.
         let mut r = good();
         r.pid = 0;
-        assert!(matches!(
-            record_to_process(r),
-            Err(RecordError::Invalid { pid: 0, .. })
-        ));
+        assert!(matches!(problem(r), (Some(0), RecordProblem::Invalid(_))));
         let mut r = good();
         r.event_type = String::new();
         assert_eq!(
             record_to_process(r).unwrap().event_type,
             ProcessEventType::Snapshot
         );
+        assert_eq!(
+            record_to_event(EventRecord::default()).unwrap_err().problem,
+            RecordProblem::Empty
+        );
     }
 
-    proptest::proptest! {
+    #[test]
+    fn bad_records_of_other_domains_are_refused() {
+        let net = |f: fn(&mut proto::NetworkRecord)| {
+            let mut r = network_to_record(&NetworkEvent {
+                connection_id: "1".into(),
+                protocol: "tcp".into(),
+                pid: Some(9),
+                ..NetworkEvent::default()
+            });
+            f(&mut r);
+            record_to_event(EventRecord::new("netmond", r)).map_err(|e| (e.kind, e.problem))
+        };
+        assert!(net(|_| ()).is_ok());
+        assert!(matches!(
+            net(|r| r.source_port = Some(70_000)),
+            Err((
+                EventKind::Network,
+                RecordProblem::OutOfRange {
+                    field: "source_port",
+                    ..
+                }
+            ))
+        ));
+        assert!(matches!(
+            net(|r| r.destination_address = Some("10.0.0.300".into())),
+            Err((_, RecordProblem::OutOfRange { .. }))
+        ));
+        // A key must name the event's own pid.
+        assert!(matches!(
+            net(|r| r.process_key = ProcessKey::new(BootId::from_bytes([1; 16]), 8, 1).to_string()),
+            Err((_, RecordProblem::Invalid(_)))
+        ));
+        let mut fs = filesystem_to_record(&FilesystemEvent {
+            path: "/etc/passwd".into(),
+            operation: FileOperation::Modify,
+            pid: None,
+            process_key: None,
+            size: None,
+            permissions: None,
+            file_hash: None,
+            hash_algorithm: None,
+            timestamp: SystemTime::UNIX_EPOCH,
+        });
+        fs.operation = 99;
+        assert!(matches!(
+            record_to_event(EventRecord::new("fsmond", fs))
+                .unwrap_err()
+                .problem,
+            RecordProblem::OutOfRange {
+                field: "operation",
+                ..
+            }
+        ));
+    }
+
+    fn arb_time() -> impl Strategy<Value = SystemTime> {
+        (0u64..4_000_000_000, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| SystemTime::UNIX_EPOCH + Duration::new(s, n))
+    }
+
+    fn arb_key(pid: u32) -> impl Strategy<Value = Option<ProcessKey>> {
+        proptest::option::of(any::<([u8; 16], u64)>())
+            .prop_map(move |k| k.map(|(b, t)| ProcessKey::new(BootId::from_bytes(b), pid, t)))
+    }
+
+    fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
+        proptest::sample::select(all)
+    }
+
+    fn arb_process() -> impl Strategy<Value = ProcessEvent> {
+        let ids = (
+            1u32..,
+            proptest::option::of(1u32..),
+            proptest::option::of(0u32..70_000),
+            proptest::option::of(0u32..70_000),
+            proptest::option::of(0u32..70_000),
+            proptest::option::of(proptest::char::range('A', 'z')),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+        );
+        let what = (
+            "[a-z]{1,15}",
+            proptest::option::of("/[a-z/]{1,40}"),
+            proptest::collection::vec("[ -~]{0,20}", 0..6),
+            arb_time(),
+            proptest::option::of(0.0f64..1e4),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[0-9a-f]{64}"),
+            pick(&ProcessEventType::ALL),
+        );
+        let flags = (
+            any::<(bool, bool, bool)>(),
+            proptest::option::of(any::<i32>()),
+            pick(ReadDepth::ALL),
+            proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{0,8}", 0..3),
+            proptest::option::of("/[a-z./]{0,30}"),
+            proptest::option::of("[0-9a-f]{12}"),
+            proptest::option::of(any::<(u64, u64, u64, u64)>()),
+        );
+        let life = (
+            proptest::option::of(pick(ObservedBy::ALL)),
+            proptest::collection::vec(pick(ProcessField::ALL), 0..4),
+            proptest::option::of(pick(StartTimeAnomaly::ALL)),
+            proptest::option::of(any::<u64>()),
+            any::<u64>(),
+        );
+        (ids, what, flags, life).prop_flat_map(|(ids, what, flags, life)| {
+            let pid = ids.0;
+            (arb_key(pid), arb_key(pid)).prop_map(move |(key, previous_key)| {
+                let (pid, ppid, uid, euid, gid, state, threads, cpu_ticks) = ids;
+                let (name, exe, argv, t, cpu, rss, hash, event_type) = what.clone();
+                let ((accessible, file_exists, exe_replaced), exit_code, read, meta, cg, cid, ns) =
+                    flags.clone();
+                let (observed_by, changed, anomaly, run_time_ms, _) = life.clone();
+                ProcessEvent {
+                    event_type,
+                    pid,
+                    ppid,
+                    name,
+                    executable_path: exe,
+                    command_line: argv,
+                    start_time: Some(t),
+                    cpu_usage: cpu,
+                    memory_usage: rss,
+                    hash_algorithm: hash.as_ref().map(|_| HashAlgorithm::Blake3),
+                    executable_hash: hash,
+                    user_id: uid,
+                    accessible,
+                    file_exists,
+                    timestamp: t + Duration::from_millis(3),
+                    platform_metadata: meta,
+                    process_key: key,
+                    // Only exits carry a wait status (the runtime's rule).
+                    exit_code: exit_code.filter(|_| event_type == ProcessEventType::Exit),
+                    euid,
+                    gid,
+                    state,
+                    threads,
+                    cpu_ticks,
+                    exe_replaced,
+                    read,
+                    context: ProcessContext {
+                        cgroup: cg,
+                        container_id: cid,
+                        pid_ns: ns.map(|n| n.0),
+                        mnt_ns: ns.map(|n| n.1),
+                        net_ns: ns.map(|n| n.2),
+                        user_ns: ns.map(|n| n.3),
+                    },
+                    lifecycle: LifecycleDetail {
+                        observed_by,
+                        previous_key,
+                        changed,
+                        anomaly,
+                        run_time_ms,
+                    },
+                }
+            })
+        })
+    }
+
+    #[allow(clippy::too_many_lines)] // one strategy per domain, side by side
+    fn arb_other() -> impl Strategy<Value = CollectionEvent> {
+        let ip = || {
+            proptest::option::of(prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
+            ])
+        };
+        let owner = proptest::option::of(1u32..).prop_flat_map(|pid| {
+            (
+                Just(pid),
+                pid.map_or_else(|| Just(None).boxed(), |p| arb_key(p).boxed()),
+            )
+        });
+        let network = (
+            (
+                "[a-z0-9]{1,12}",
+                "tcp|udp|raw",
+                proptest::option::of("[A-Z_]{1,12}"),
+            ),
+            (
+                ip(),
+                proptest::option::of(any::<u16>()),
+                ip(),
+                proptest::option::of(any::<u16>()),
+            ),
+            owner.clone(),
+            any::<(u64, u64)>(),
+            arb_time(),
+        )
+            .prop_map(
+                |((id, proto, state), (sa, sp, da, dp), (pid, key), (tx, rx), t)| {
+                    CollectionEvent::Network(NetworkEvent {
+                        connection_id: id,
+                        source_addr: sa,
+                        source_port: sp,
+                        dest_addr: da,
+                        dest_port: dp,
+                        protocol: proto,
+                        state,
+                        pid,
+                        process_key: key,
+                        bytes_sent: tx,
+                        bytes_received: rx,
+                        timestamp: t,
+                    })
+                },
+            );
+        let ops = FILE_OPERATIONS.map(|(op, _)| op);
+        let filesystem = (
+            "/[a-z/]{1,30}",
+            proptest::sample::select(ops.to_vec()),
+            owner.clone(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0u32..=0o7777),
+            proptest::option::of("[0-9a-f]{64}"),
+            arb_time(),
+        )
+            .prop_map(|(path, operation, (pid, key), size, perm, hash, t)| {
+                CollectionEvent::Filesystem(FilesystemEvent {
+                    path,
+                    operation,
+                    pid,
+                    process_key: key,
+                    size,
+                    permissions: perm,
+                    hash_algorithm: hash.as_ref().map(|_| HashAlgorithm::Sha256),
+                    file_hash: hash,
+                    timestamp: t,
+                })
+            });
+        let performance = (
+            "[a-z.]{1,20}",
+            -1e9f64..1e9,
+            "[a-z]{0,8}",
+            owner,
+            "[a-z0-9]{0,8}",
+            arb_time(),
+        )
+            .prop_map(|(metric_name, value, unit, (pid, key), component, t)| {
+                CollectionEvent::Performance(PerformanceEvent {
+                    metric_name,
+                    value,
+                    unit,
+                    pid,
+                    process_key: key,
+                    component,
+                    timestamp: t,
+                })
+            });
+        let trigger = (
+            ("[a-z0-9-]{1,12}", "[a-z]{1,10}", "[a-z0-9]{0,10}"),
+            proptest::sample::select(ANALYSIS_TYPES.map(|(a, _)| a).to_vec()),
+            proptest::sample::select(PRIORITIES.map(|(p, _)| p).to_vec()),
+            (1u32.., proptest::option::of("/[a-z/]{1,20}")),
+            proptest::collection::btree_map("[a-z]{1,6}", "[ -~]{0,8}", 0..3),
+            arb_time(),
+        )
+            .prop_map(
+                |((id, target, corr), analysis_type, priority, (pid, path), metadata, t)| {
+                    CollectionEvent::TriggerRequest(TriggerRequest {
+                        trigger_id: id,
+                        target_collector: target,
+                        analysis_type,
+                        priority,
+                        target_pid: Some(pid),
+                        target_path: path,
+                        correlation_id: corr,
+                        metadata,
+                        timestamp: t,
+                    })
+                },
+            );
+        prop_oneof![network, filesystem, performance, trigger]
+    }
+
+    proptest! {
         #[test]
-        fn process_events_survive_the_round_trip(
-            pid in 1u32..,
-            ppid in proptest::option::of(1u32..),
-            name in "[a-z]{1,15}",
-            exe in proptest::option::of("/[a-z/]{1,40}"),
-            argv in proptest::collection::vec("[ -~]{0,20}", 0..6),
-            secs in 0u64..4_000_000_000,
-            nanos in 0u32..1_000_000_000,
-            uid in proptest::option::of(0u32..70_000),
-            ty in 0usize..ProcessEventType::ALL.len(),
-            accessible: bool,
-            file_exists: bool,
-            exit_code in proptest::option::of(proptest::num::i32::ANY),
-            ticks: u64,
-        ) {
-            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
-            let event_type = ProcessEventType::ALL[ty];
-            // Only exits carry a wait status (the runtime's rule).
-            let exit_code = exit_code.filter(|_| event_type == ProcessEventType::Exit);
-            let e = ProcessEvent {
-                event_type,
-                pid,
-                ppid,
-                name,
-                executable_path: exe,
-                command_line: argv,
-                start_time: Some(t),
-                user_id: uid,
-                accessible,
-                file_exists,
-                timestamp: t + Duration::from_millis(3),
-                process_key: Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, ticks)),
-                exit_code,
-                ..ProcessEvent::default()
-            };
-            proptest::prop_assert_eq!(record_to_process(process_to_record(&e)).unwrap(), e);
+        fn process_events_survive_the_round_trip(e in arb_process()) {
+            prop_assert_eq!(record_to_process(process_to_record(&e)).unwrap(), e.clone());
+            let back = record_to_event(event_to_record(&CollectionEvent::Process(e.clone()), "p"));
+            prop_assert_eq!(back.unwrap(), CollectionEvent::Process(e));
+        }
+
+        #[test]
+        fn events_of_every_domain_survive_the_round_trip(e in arb_other()) {
+            prop_assert_eq!(record_to_event(event_to_record(&e, "any")).unwrap(), e);
         }
     }
 }

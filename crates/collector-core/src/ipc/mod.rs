@@ -58,8 +58,8 @@ mod wire;
 pub use client::{CollectorIpcClient, EventStream};
 pub use config::{default_socket_path, IpcClientConfig, IpcServerConfig};
 pub use convert::{
-    caps_to_domains, domain_to_caps, event_to_record, process_to_record, record_to_process,
-    RecordError,
+    caps_to_domains, domain_to_caps, event_to_record, process_to_record, record_to_event,
+    record_to_process, RecordError, RecordProblem,
 };
 pub use error::IpcError;
 pub use health::{collector_health, source_state, status_state, HealthFuture};

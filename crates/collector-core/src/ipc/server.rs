@@ -31,7 +31,7 @@ use crate::ipc::stats::{Close, Counters};
 use crate::ipc::wire::FrameReader;
 use crate::ipc::{IpcError, IpcServerConfig, IpcServerStats};
 use crate::runtime::CollectorHandle;
-use crate::source::SourceCaps;
+use crate::source::{unless_cancelled, SourceCaps};
 use crate::subscription::Subscription;
 
 /// What a task handler returns.
@@ -48,26 +48,15 @@ struct Shared {
     subscribed: tokio::sync::watch::Sender<u64>,
 }
 
-/// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
-/// read its counters.
-#[derive(Clone)]
-pub struct IpcServerHandle {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for IpcServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpcServerHandle").finish_non_exhaustive()
-    }
+shared_handle! {
+    /// A cheap, cloneable handle to a running [`CollectorIpcServer`]: stop it,
+    /// read its counters.
+    pub struct IpcServerHandle(Shared);
+    /// Stops accepting, closes every connection, and makes `start` return
+    /// (after removing the socket file).
 }
 
 impl IpcServerHandle {
-    /// Stops accepting, closes every connection, and makes `start` return
-    /// (after removing the socket file).
-    pub fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-    }
-
     /// A snapshot of the counters.
     pub fn stats(&self) -> IpcServerStats {
         self.shared.counters.snapshot()
@@ -119,14 +108,7 @@ pub struct CollectorIpcServer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for CollectorIpcServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectorIpcServer")
-            .field("socket", &self.socket.path)
-            .field("capabilities", &self.capabilities)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(CollectorIpcServer { socket = socket.path, capabilities });
 
 impl CollectorIpcServer {
     /// Validates `config` and binds its socket (0600, in a 0700 directory
@@ -165,21 +147,14 @@ impl CollectorIpcServer {
         })
     }
 
-    /// Streams the events of the collector behind `handle` to clients that
-    /// subscribe; each subscribing connection holds one subscription of the
-    /// collector.
-    #[must_use]
-    pub fn with_events(mut self, handle: CollectorHandle) -> Self {
-        self.events = Some(handle);
-        self
-    }
-
-    /// The name health reports give this server's component (default
-    /// `collector`).
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
+    with_setters! {
+        /// Streams the events of the collector behind `handle` to clients that
+        /// subscribe; each subscribing connection holds one subscription of the
+        /// collector.
+        with_events(handle: CollectorHandle) { events = Some(handle) }
+        /// The name health reports give this server's component (default
+        /// `collector`).
+        with_name(name: impl Into<String>) { name = name.into() }
     }
 
     /// Answers health requests with `provider` instead of the collector's
@@ -619,11 +594,10 @@ impl Connection {
             request_id,
             payload: Some(payload),
         };
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => false,
-            r = self.resp_tx.send(envelope) => r.is_ok(),
-        }
+        matches!(
+            unless_cancelled(&self.cancel, self.resp_tx.send(envelope)).await,
+            Some(Ok(()))
+        )
     }
 
     async fn refuse(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
@@ -749,13 +723,9 @@ impl Connection {
             self.reply(id, result.into()).await;
             return Next::Continue;
         }
-        let permit = tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => return Next::Close(Close::Io),
-            p = self.task_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return Next::Close(Close::Io),
-            },
+        let permit = self.task_limit.clone().acquire_owned();
+        let Some(Ok(permit)) = unless_cancelled(&self.cancel, permit).await else {
+            return Next::Close(Close::Io);
         };
         let ctx = self.ctx.clone();
         let resp_tx = self.resp_tx.clone();
@@ -928,13 +898,8 @@ async fn forward(
 ) {
     let counters = ctx.counters();
     loop {
-        let batch = tokio::select! {
-            biased;
-            () = token.cancelled() => return,
-            b = subscription.recv_batch() => match b {
-                Some(b) => b,
-                None => return,
-            },
+        let Some(Some(batch)) = unless_cancelled(&token, subscription.recv_batch()).await else {
+            return;
         };
         if !filter.source_ok(batch.source()) {
             continue;

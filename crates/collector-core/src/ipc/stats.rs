@@ -43,10 +43,10 @@ pub(crate) struct Counters {
     pub(crate) refused_peer: Counter,
     pub(crate) refused_overloaded: Counter,
     pub(crate) accept_errors: Counter,
-    closed: [Counter; 7],
+    closed: [Counter; CLOSE_LABELS.len()],
     pub(crate) frames_received: Counter,
     pub(crate) envelopes_accepted: Counter,
-    rejected: [Counter; 8],
+    rejected: [Counter; REJECT_REASONS.len()],
     pub(crate) messages_refused: Counter,
     pub(crate) tasks_received: Counter,
     pub(crate) tasks_succeeded: Counter,
@@ -61,32 +61,21 @@ pub(crate) struct Counters {
     pub(crate) shutdown_forced: Counter,
 }
 
-/// Every [`Close`], in `closed` order, with its label.
-const CLOSES: [(Close, &str); 7] = [
-    (Close::Eof, "eof"),
-    (Close::HandshakeTimeout, "handshake_timeout"),
-    (Close::ReadTimeout, "read_timeout"),
-    (Close::Idle, "idle"),
-    (Close::ProtocolError, "protocol_error"),
-    (Close::Io, "io"),
-    (Close::Shutdown, "shutdown"),
+/// The label of every [`Close`], in declaration order (`close as usize`
+/// is its slot in `closed`).
+const CLOSE_LABELS: [&str; 7] = [
+    "eof",
+    "handshake_timeout",
+    "read_timeout",
+    "idle",
+    "protocol_error",
+    "io",
+    "shutdown",
 ];
-
-const fn close_index(close: Close) -> usize {
-    match close {
-        Close::Eof => 0,
-        Close::HandshakeTimeout => 1,
-        Close::ReadTimeout => 2,
-        Close::Idle => 3,
-        Close::ProtocolError => 4,
-        Close::Io => 5,
-        Close::Shutdown => 6,
-    }
-}
 
 impl Counters {
     pub(crate) fn closed(&self, close: Close) {
-        if let Some(c) = self.closed.get(close_index(close)) {
+        if let Some(c) = self.closed.get(close as usize) {
             c.inc();
         }
     }
@@ -121,33 +110,27 @@ impl Counters {
             ("daemoneye_batches_sent_total", "Event batches written to subscribers.", &self.batches_sent),
             ("daemoneye_connections_forced_total", "Connections still running at the shutdown deadline.", &self.shutdown_forced),
         ]);
-        for (reason, c) in [
-            ("peer", &self.refused_peer),
-            ("overloaded", &self.refused_overloaded),
-        ] {
-            registry.register_counter(
-                "daemoneye_connections_refused_total",
-                "Connections refused, by reason.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
-        for ((_, reason), c) in CLOSES.iter().zip(&self.closed) {
-            registry.register_counter(
-                "daemoneye_connections_closed_total",
-                "Connections closed, by reason.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
-        for (reason, c) in REJECT_REASONS.iter().zip(&self.rejected) {
-            registry.register_counter(
-                "daemoneye_frames_rejected_total",
-                "Frames rejected, by codec error.",
-                &[ipc, ("reason", reason)],
-                c,
-            );
-        }
+        registry.register_by_reason(
+            "daemoneye_connections_refused_total",
+            "Connections refused, by reason.",
+            &[ipc],
+            [
+                ("peer", &self.refused_peer),
+                ("overloaded", &self.refused_overloaded),
+            ],
+        );
+        registry.register_by_reason(
+            "daemoneye_connections_closed_total",
+            "Connections closed, by reason.",
+            &[ipc],
+            CLOSE_LABELS.iter().copied().zip(&self.closed),
+        );
+        registry.register_by_reason(
+            "daemoneye_frames_rejected_total",
+            "Frames rejected, by codec error.",
+            &[ipc],
+            REJECT_REASONS.iter().copied().zip(&self.rejected),
+        );
         registry.register_counter(
             "daemoneye_events_dropped_total",
             "Events dropped, by stage and reason.",
@@ -157,7 +140,7 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> IpcServerStats {
-        let closed = |c: Close| self.closed.get(close_index(c)).map_or(0, Counter::get);
+        let closed = |c: Close| self.closed.get(c as usize).map_or(0, Counter::get);
         let closed_total: u64 = self.closed.iter().map(Counter::get).sum();
         let accepted = self.accepted.get();
         IpcServerStats {

@@ -60,7 +60,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::common::lock;
 
 #[cfg(feature = "metrics-server")]
 mod server;
@@ -213,6 +215,36 @@ fn valid_label(name: &str) -> bool {
         && !name.starts_with("__")
 }
 
+/// The two methods of [`Registry`] for one kind of instrument: `$make`
+/// makes one, registers it and returns it; `$register` registers a clone
+/// of an existing one.
+macro_rules! instruments {
+    ($kind:ident, $make:ident, $register:ident, $what:literal) => {
+        #[doc = concat!("Makes a ", $what, ", registers it and returns it.")]
+        pub fn $make(
+            &self,
+            name: &'static str,
+            help: &'static str,
+            labels: &[(&'static str, &str)],
+        ) -> $kind {
+            let made = $kind::new();
+            self.$register(name, help, labels, &made);
+            made
+        }
+
+        #[doc = concat!("Registers (a clone of) an existing ", $what, ".")]
+        pub fn $register(
+            &self,
+            name: &'static str,
+            help: &'static str,
+            labels: &[(&'static str, &str)],
+            instrument: &$kind,
+        ) {
+            self.register(name, help, labels, Metric::$kind(instrument.clone()));
+        }
+    };
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -237,7 +269,7 @@ impl Registry {
             labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             metric,
         };
-        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut families = lock(&self.families);
         match families.iter_mut().find(|f| f.name == name) {
             Some(family) => {
                 let same_kind = family
@@ -261,28 +293,8 @@ impl Registry {
         }
     }
 
-    /// Makes a counter, registers it and returns it.
-    pub fn counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Counter {
-        let c = Counter::new();
-        self.register_counter(name, help, labels, &c);
-        c
-    }
-
-    /// Registers (a clone of) an existing counter.
-    pub fn register_counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        counter: &Counter,
-    ) {
-        self.register(name, help, labels, Metric::Counter(counter.clone()));
-    }
+    instruments!(Counter, counter, register_counter, "counter");
+    instruments!(Gauge, gauge, register_gauge, "gauge");
 
     /// Registers (clones of) several counters sharing `labels`, each as
     /// `(name, help, counter)`.
@@ -296,34 +308,30 @@ impl Registry {
         }
     }
 
-    /// Makes a gauge, registers it and returns it.
-    pub fn gauge(
+    /// Registers (clones of) the counters that split `name` by reason: each
+    /// `(reason, counter)` as the series `labels` plus `reason="<reason>"`.
+    pub fn register_by_reason<'a>(
         &self,
         name: &'static str,
         help: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Gauge {
-        let g = Gauge::new();
-        self.register_gauge(name, help, labels, &g);
-        g
-    }
-
-    /// Registers (a clone of) an existing gauge.
-    pub fn register_gauge(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        gauge: &Gauge,
+        labels: &[(&'static str, &'a str)],
+        reasons: impl IntoIterator<Item = (&'a str, &'a Counter)>,
     ) {
-        self.register(name, help, labels, Metric::Gauge(gauge.clone()));
+        let mut with_reason = labels.to_vec();
+        with_reason.push(("reason", ""));
+        for (reason, counter) in reasons {
+            if let Some(last) = with_reason.last_mut() {
+                last.1 = reason;
+            }
+            self.register_counter(name, help, &with_reason, counter);
+        }
     }
 
     /// The value of the series `name` with exactly `labels` (in any order),
     /// summed over duplicate registrations; `None` when nothing is
     /// registered under them. Gauges below zero read as zero.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let families = lock(&self.families);
         let family = families.iter().find(|f| f.name == name)?;
         let matching = |s: &&Series| {
             s.labels.len() == labels.len()
@@ -344,7 +352,7 @@ impl Registry {
     /// (version 0.0.4, [`CONTENT_TYPE`]): per name a `# HELP` and a `# TYPE`
     /// line, then one line per distinct label set, in registration order.
     pub fn encode(&self) -> String {
-        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let families = lock(&self.families);
         let mut out = String::with_capacity(families.len() * 160);
         for family in families.iter() {
             let Some(first) = family.series.first() else {

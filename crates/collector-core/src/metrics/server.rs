@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Registry;
+use crate::source::unless_cancelled;
 
 /// Scrapes served at once; more connections wait for a slot.
 const MAX_CONNECTIONS: usize = 16;
@@ -77,16 +78,12 @@ impl MetricsServer {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let tracker = TaskTracker::new();
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit,
+            let Some(Ok(permit)) = unless_cancelled(&shutdown, slots.clone().acquire_owned()).await
+            else {
+                break;
             };
-            let Ok(permit) = permit else { break };
-            let accepted = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+            let Some(accepted) = unless_cancelled(&shutdown, self.listener.accept()).await else {
+                break;
             };
             let stream = match accepted {
                 Ok((stream, _)) => stream,

@@ -18,7 +18,7 @@
 //! - `SuspiciousParentChild`: the parent's name and the process's name form
 //!   a configured pair ([`TriggerConfig::suspicious_parent_child`]; default:
 //!   web servers and databases spawning shells). The parent's name comes
-//!   from `platform_metadata["parent_name"]` or from earlier events the
+//!   from earlier events the
 //!   manager evaluated (a bounded pid → name table).
 //! - `ResourceAnomaly`: CPU or memory above [`TriggerConfig::resource_thresholds`].
 //! - `Custom(sql)`: a SQL `WHERE` expression over the event's fields
@@ -49,7 +49,7 @@
 //!     priority: TriggerPriority::High,
 //!     target_collector: "binary-hasher".to_string(),
 //!     condition_type: ConditionType::Custom(
-//!         "executable_path LIKE '/tmp/%' AND name IN ('sh', 'bash')".to_string(),
+//!         "exe LIKE '/tmp/%' AND name IN ('sh', 'bash')".to_string(),
 //!     ),
 //! })?;
 //! let mut p = ProcessEvent::new(4242, "bash");
@@ -1236,10 +1236,7 @@ impl TriggerManager {
 }
 
 fn parent_name<'a>(state: &'a State, e: &'a ProcessEvent) -> Option<&'a str> {
-    e.platform_metadata
-        .get("parent_name")
-        .map(String::as_str)
-        .or_else(|| e.ppid.and_then(|p| state.names.get(&p)).map(String::as_str))
+    e.ppid.and_then(|p| state.names.get(&p)).map(String::as_str)
 }
 
 fn release(state: &mut State, collector: &str) {

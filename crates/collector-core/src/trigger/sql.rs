@@ -18,32 +18,40 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use crate::event::{HashAlgorithm, ProcessEvent};
+use crate::event::{HashAlgorithm, ProcessEvent, ProcessEventType};
 
 /// The longest expression accepted, in bytes.
 pub const MAX_SQL_LEN: usize = 4096;
 const MAX_DEPTH: usize = 64;
 
-/// The columns a custom condition may name, with their types.
-pub const COLUMNS: &[(&str, &str)] = &[
-    ("pid", "integer"),
-    ("ppid", "integer, nullable"),
-    ("name", "text"),
-    (
-        "parent_name",
-        "text, nullable (from earlier events or platform_metadata)",
-    ),
-    ("executable_path", "text, nullable"),
-    ("command_line", "text (argv joined by spaces)"),
-    ("cpu_usage", "number, nullable"),
-    ("memory_usage", "integer, nullable"),
-    ("executable_hash", "text, nullable"),
-    ("hash_algorithm", "text, nullable"),
-    ("user_id", "integer, nullable"),
-    ("accessible", "boolean"),
-    ("file_exists", "boolean"),
-    ("event_type", "text (snapshot, exec, exit, ...)"),
-    ("exit_code", "integer, nullable"),
+/// The columns a custom condition may name: the process columns of the one
+/// SQL vocabulary ([`crate::vocabulary::PROCESS`]) that a process event
+/// carries, with the same names and types as in detection rules and the
+/// store. `parent_name` comes from earlier events of the parent.
+pub const COLUMNS: &[&str] = &[
+    "pid",
+    "ppid",
+    "name",
+    "parent_name",
+    "exe",
+    "exe_name",
+    "cmdline",
+    "cpu_percent",
+    "rss_bytes",
+    "exe_hash",
+    "hash_algorithm",
+    "uid",
+    "euid",
+    "gid",
+    "accessible",
+    "file_exists",
+    "exe_deleted",
+    "exe_replaced",
+    "event_type",
+    "exit_code",
+    "container_id",
+    "cgroup",
+    "process_key",
 ];
 
 /// Why a custom condition was refused.
@@ -85,17 +93,25 @@ enum Column {
     Ppid,
     Name,
     ParentName,
-    ExecutablePath,
-    CommandLine,
-    CpuUsage,
-    MemoryUsage,
-    ExecutableHash,
+    Exe,
+    ExeName,
+    Cmdline,
+    CpuPercent,
+    RssBytes,
+    ExeHash,
     HashAlgorithm,
-    UserId,
+    Uid,
+    Euid,
+    Gid,
     Accessible,
     FileExists,
+    ExeDeleted,
+    ExeReplaced,
     EventType,
     ExitCode,
+    ContainerId,
+    Cgroup,
+    ProcessKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,43 +123,48 @@ enum Ty {
 }
 
 impl Column {
+    /// In the order of [`COLUMNS`].
+    const ALL: [Self; 23] = [
+        Self::Pid,
+        Self::Ppid,
+        Self::Name,
+        Self::ParentName,
+        Self::Exe,
+        Self::ExeName,
+        Self::Cmdline,
+        Self::CpuPercent,
+        Self::RssBytes,
+        Self::ExeHash,
+        Self::HashAlgorithm,
+        Self::Uid,
+        Self::Euid,
+        Self::Gid,
+        Self::Accessible,
+        Self::FileExists,
+        Self::ExeDeleted,
+        Self::ExeReplaced,
+        Self::EventType,
+        Self::ExitCode,
+        Self::ContainerId,
+        Self::Cgroup,
+        Self::ProcessKey,
+    ];
+
     fn parse(name: &str) -> Option<Self> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "pid" => Self::Pid,
-            "ppid" => Self::Ppid,
-            "name" => Self::Name,
-            "parent_name" => Self::ParentName,
-            "executable_path" => Self::ExecutablePath,
-            "command_line" => Self::CommandLine,
-            "cpu_usage" => Self::CpuUsage,
-            "memory_usage" => Self::MemoryUsage,
-            "executable_hash" => Self::ExecutableHash,
-            "hash_algorithm" => Self::HashAlgorithm,
-            "user_id" => Self::UserId,
-            "accessible" => Self::Accessible,
-            "file_exists" => Self::FileExists,
-            "event_type" => Self::EventType,
-            "exit_code" => Self::ExitCode,
-            _ => return None,
-        })
+        COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+            .and_then(|i| Self::ALL.get(i).copied())
     }
 
-    const fn ty(self) -> Ty {
-        match self {
-            Self::Pid
-            | Self::Ppid
-            | Self::CpuUsage
-            | Self::MemoryUsage
-            | Self::UserId
-            | Self::ExitCode => Ty::Num,
-            Self::Accessible | Self::FileExists => Ty::Bool,
-            Self::Name
-            | Self::ParentName
-            | Self::ExecutablePath
-            | Self::CommandLine
-            | Self::ExecutableHash
-            | Self::HashAlgorithm
-            | Self::EventType => Ty::Str,
+    /// The type, from the vocabulary.
+    fn ty(self) -> Ty {
+        use crate::vocabulary::{process_column, SqlType};
+        let name = COLUMNS[self as usize];
+        match process_column(name).map(|c| c.ty) {
+            Some(SqlType::Integer | SqlType::Real) => Ty::Num,
+            Some(SqlType::Boolean) => Ty::Bool,
+            Some(SqlType::Text | SqlType::JsonArray) | None => Ty::Str,
         }
     }
 }
@@ -544,33 +565,49 @@ fn type_of(node: &Node) -> Result<Ty, SqlError> {
 fn column<'a>(c: Column, row: Row<'a>) -> Value<'a> {
     let e = row.event;
     let opt_str = |s: Option<&'a str>| s.map_or(Value::Null, |s| Value::Str(Cow::Borrowed(s)));
+    let opt_int = |n: Option<u32>| n.map_or(Value::Null, |n| Value::Int(i64::from(n)));
     match c {
         Column::Pid => Value::Int(i64::from(e.pid)),
-        Column::Ppid => e.ppid.map_or(Value::Null, |p| Value::Int(i64::from(p))),
+        Column::Ppid => opt_int(e.ppid),
         Column::Name => Value::Str(Cow::Borrowed(&e.name)),
-        Column::ParentName => opt_str(
-            row.parent_name
-                .or_else(|| e.platform_metadata.get("parent_name").map(String::as_str)),
+        Column::ParentName => opt_str(row.parent_name),
+        Column::Exe => opt_str(e.executable_path.as_deref()),
+        Column::ExeName => opt_str(
+            e.executable_path
+                .as_deref()
+                .and_then(|p| p.rsplit_once('/'))
+                .map(|(_, n)| n),
         ),
-        Column::ExecutablePath => opt_str(e.executable_path.as_deref()),
-        Column::CommandLine => match e.command_line.as_slice() {
+        Column::Cmdline => match e.command_line.as_slice() {
             [] => Value::Str(Cow::Borrowed("")),
             [one] => Value::Str(Cow::Borrowed(one)),
             many => Value::Str(Cow::Owned(many.join(" "))),
         },
-        Column::CpuUsage => e.cpu_usage.map_or(Value::Null, Value::Float),
-        Column::MemoryUsage => e.memory_usage.map_or(Value::Null, |m| {
+        Column::CpuPercent => e.cpu_usage.map_or(Value::Null, Value::Float),
+        Column::RssBytes => e.memory_usage.map_or(Value::Null, |m| {
             Value::Int(i64::try_from(m).unwrap_or(i64::MAX))
         }),
-        Column::ExecutableHash => opt_str(e.executable_hash.as_deref()),
+        Column::ExeHash => opt_str(e.executable_hash.as_deref()),
         Column::HashAlgorithm => opt_str(e.hash_algorithm.map(HashAlgorithm::as_str)),
-        Column::UserId => e.user_id.map_or(Value::Null, |u| Value::Int(i64::from(u))),
+        Column::Uid => opt_int(e.user_id),
+        Column::Euid => opt_int(e.euid),
+        Column::Gid => opt_int(e.gid),
         Column::Accessible => Value::Bool(e.accessible),
         Column::FileExists => Value::Bool(e.file_exists),
+        Column::ExeDeleted => Value::Bool(
+            (!e.file_exists && e.executable_path.is_some())
+                || e.event_type == ProcessEventType::ExecutableDeleted,
+        ),
+        Column::ExeReplaced => Value::Bool(e.exe_replaced),
         Column::EventType => Value::Str(Cow::Borrowed(e.event_type.as_str())),
         Column::ExitCode => e
             .exit_code
             .map_or(Value::Null, |c| Value::Int(i64::from(c))),
+        Column::ContainerId => opt_str(e.context.container_id.as_deref()),
+        Column::Cgroup => opt_str(e.context.cgroup.as_deref()),
+        Column::ProcessKey => e
+            .process_key
+            .map_or(Value::Null, |k| Value::Str(Cow::Owned(k.to_string()))),
     }
 }
 
@@ -752,6 +789,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn every_column_is_in_the_one_vocabulary() {
+        assert_eq!(COLUMNS.len(), Column::ALL.len());
+        for (i, name) in COLUMNS.iter().enumerate() {
+            let col = Column::parse(name).unwrap();
+            assert_eq!(col as usize, i, "{name} is out of order");
+            let v = crate::vocabulary::process_column(name)
+                .unwrap_or_else(|| panic!("{name} is not in the vocabulary"));
+            let want = match v.ty {
+                crate::vocabulary::SqlType::Integer | crate::vocabulary::SqlType::Real => Ty::Num,
+                crate::vocabulary::SqlType::Boolean => Ty::Bool,
+                _ => Ty::Str,
+            };
+            assert_eq!(col.ty(), want, "{name}");
+        }
+        assert_eq!(Column::parse("executable_path"), None, "one dialect only");
+    }
     use crate::event::ProcessEventType;
 
     fn nginx_shell() -> ProcessEvent {
@@ -774,11 +829,11 @@ mod tests {
     fn comparisons_logic_and_arithmetic() {
         assert!(check("name = 'bash'"));
         assert!(!check("name = 'sh'"));
-        assert!(check("WHERE pid = 4242 AND user_id = 33"));
-        assert!(check("pid <> 1 AND NOT (user_id = 0)"));
-        assert!(check("cpu_usage > 10 OR memory_usage > 1"));
-        assert!(!check("cpu_usage > 50 OR memory_usage > 100 * 1024 * 1024"));
-        assert!(check("memory_usage >= 10 * 1024 * 1024"));
+        assert!(check("WHERE pid = 4242 AND uid = 33"));
+        assert!(check("pid <> 1 AND NOT (uid = 0)"));
+        assert!(check("cpu_percent > 10 OR rss_bytes > 1"));
+        assert!(!check("cpu_percent > 50 OR rss_bytes > 100 * 1024 * 1024"));
+        assert!(check("rss_bytes >= 10 * 1024 * 1024"));
         assert!(check(
             "event_type = 'exec' AND file_exists AND accessible = true"
         ));
@@ -787,18 +842,18 @@ mod tests {
 
     #[test]
     fn like_in_null_and_between() {
-        assert!(check("command_line LIKE '%curl%|%sh'"));
-        assert!(!check("command_line NOT LIKE '%curl%'"));
-        assert!(check("executable_path LIKE '/usr/bin/_ash'"));
+        assert!(check("cmdline LIKE '%curl%|%sh'"));
+        assert!(!check("cmdline NOT LIKE '%curl%'"));
+        assert!(check("exe LIKE '/usr/bin/_ash'"));
         assert!(check("name ILIKE 'BA%'"));
         assert!(!check("name LIKE 'BA%'"));
         assert!(check("name LIKE 'a\\%' ESCAPE '\\' OR name LIKE 'bash'"));
         assert!(check("name IN ('sh', 'bash', 'dash')"));
         assert!(!check("name NOT IN ('sh', 'bash')"));
-        assert!(check("executable_hash IS NULL AND ppid IS NOT NULL"));
+        assert!(check("exe_hash IS NULL AND ppid IS NOT NULL"));
         assert!(check("exit_code IS NULL"));
-        assert!(check("user_id BETWEEN 1 AND 999"));
-        assert!(!check("user_id NOT BETWEEN 1 AND 999"));
+        assert!(check("uid BETWEEN 1 AND 999"));
+        assert!(!check("uid NOT BETWEEN 1 AND 999"));
     }
 
     #[test]

@@ -249,9 +249,9 @@ fn suspicious_parent_child_uses_names_seen_before_and_metadata() {
     let mut orphan = proc(103, "bash", "/bin/bash");
     orphan.ppid = Some(999);
     assert!(!hits(&m, &orphan));
-    orphan
-        .platform_metadata
-        .insert("parent_name".into(), "postgres".into());
+    // Its parent appears later: the table learns the name.
+    m.evaluate(&proc(999, "postgres", "/usr/lib/postgresql/bin/postgres"));
+    orphan.pid = 104;
     assert!(hits(&m, &orphan));
     // The parent exits: its name is forgotten.
     let mut exit = proc(100, "nginx", "/usr/sbin/nginx");
@@ -277,12 +277,13 @@ fn suspicious_parent_child_uses_names_seen_before_and_metadata() {
             TriggerPriority::High,
         ))
         .unwrap();
+    custom.evaluate(&proc(4, "java", "/usr/bin/java"));
+    custom.evaluate(&proc(3, "nginx", "/usr/sbin/nginx"));
     let mut curl = proc(5, "curl", "/usr/bin/curl");
-    curl.platform_metadata
-        .insert("parent_name".into(), "java".into());
+    curl.ppid = Some(4);
     assert!(hits(&custom, &curl));
-    curl.platform_metadata
-        .insert("parent_name".into(), "nginx".into());
+    curl.pid = 6;
+    curl.ppid = Some(3);
     assert!(!hits(&custom, &curl));
 }
 
@@ -311,7 +312,7 @@ fn resource_anomaly_thresholds() {
 #[test]
 fn custom_sql_is_evaluated_over_the_event_and_parent() {
     let m = manager(ConditionType::Custom(
-        "parent_name = 'nginx' AND name IN ('sh', 'bash') AND user_id BETWEEN 1 AND 999".into(),
+        "parent_name = 'nginx' AND name IN ('sh', 'bash') AND uid BETWEEN 1 AND 999".into(),
     ));
     m.evaluate(&proc(100, "nginx", "/usr/sbin/nginx"));
     let mut sh = proc(101, "sh", "/bin/sh");

@@ -18,6 +18,7 @@ pub fn perf(seq: u64) -> CollectionEvent {
         value: seq as f64,
         unit: "count".into(),
         pid: None,
+        process_key: None,
         component: "test".into(),
         timestamp: SystemTime::now(),
     })

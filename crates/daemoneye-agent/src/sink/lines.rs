@@ -14,13 +14,7 @@ pub struct LineSink {
     out: Box<dyn Write + Send>,
 }
 
-impl std::fmt::Debug for LineSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineSink")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(LineSink { name });
 
 impl LineSink {
     /// A sink called `name` writing to `out`.

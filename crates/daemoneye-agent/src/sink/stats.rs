@@ -119,17 +119,16 @@ impl SinkStats {
                 ),
             ],
         );
-        for (reason, c) in [
+        let dropped = [
             ("full", &self.dropped),
             ("shutdown", &self.dropped_at_shutdown),
-        ] {
-            registry.register_counter(
-                "daemoneye_alerts_dropped_total",
-                "Alerts a sink dropped: its queue was full, or still held at shutdown.",
-                &[sink[0], ("reason", reason)],
-                c,
-            );
-        }
+        ];
+        registry.register_by_reason(
+            "daemoneye_alerts_dropped_total",
+            "Alerts a sink dropped: its queue was full, or still held at shutdown.",
+            &sink,
+            dropped,
+        );
         registry.register_gauge(
             "daemoneye_sink_failing",
             "1 while a sink's last alert was lost (failed, rejected or dropped).",

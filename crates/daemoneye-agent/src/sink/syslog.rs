@@ -47,13 +47,7 @@ pub struct SyslogSink {
     hostname: String,
 }
 
-impl std::fmt::Debug for SyslogSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyslogSink")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(SyslogSink { target });
 
 /// RFC 5424 severity for an alert severity.
 const fn syslog_severity(s: Severity) -> u8 {

@@ -426,13 +426,7 @@ pub struct WebhookSink {
     timeout: Duration,
 }
 
-impl fmt::Debug for WebhookSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookSink")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
-}
+collector_core::debug_fields!(WebhookSink { url });
 
 impl WebhookSink {
     /// Validates `config`, reads the system's root certificates for an

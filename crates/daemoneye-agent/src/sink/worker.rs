@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector_core::source::unless_cancelled;
 use collector_core::WhenFull;
 use daemoneye_lib::Backoff;
 use tokio::sync::{mpsc, oneshot};
@@ -259,18 +260,11 @@ impl<S: AlertSink> Drive<S> {
     /// `abort` (what is left is then counted by whoever aborted).
     async fn run(mut self, mut rx: mpsc::Receiver<Arc<Alert>>, abort: CancellationToken) {
         loop {
-            let alert = tokio::select! {
-                biased;
-                () = abort.cancelled() => break,
-                next = rx.recv() => match next {
-                    Some(alert) => alert,
-                    None => break,
-                },
+            let Some(Some(alert)) = unless_cancelled(&abort, rx.recv()).await else {
+                break;
             };
-            let outcome = tokio::select! {
-                biased;
-                () = abort.cancelled() => break,
-                outcome = self.deliver(&alert) => outcome,
+            let Some(outcome) = unless_cancelled(&abort, self.deliver(&alert)).await else {
+                break;
             };
             let (outcome, cause) = match outcome {
                 Ok(()) => (Outcome::Delivered, None),

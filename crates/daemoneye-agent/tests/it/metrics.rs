@@ -154,6 +154,17 @@ async fn metrics_listen_serves_the_agent_counters() {
         sample(&text, "daemoneye_rules_loaded").unwrap() > 0,
         "{text}"
     );
+    // The engine's counters: the alert above came from a rule run that matched.
+    assert!(
+        sample(&text, "daemoneye_rule_matches_total").unwrap() >= 1,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "daemoneye_rule_runs_total").unwrap()
+            >= sample(&text, "daemoneye_rule_batches_total").unwrap(),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "daemoneye_rule_failures_total"), Some(0));
     // Health reads the same counters.
     let report = health.report().await;
     assert_eq!(

@@ -162,6 +162,32 @@ fn rules_list_shows_the_builtin_pack() {
 }
 
 #[test]
+fn rules_columns_lists_the_vocabulary_the_rules_table_has() {
+    let out = cli(&["rules", "columns", "--format", "json"], &[]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, daemoneye_rules::engine::COLUMNS);
+    let exe = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "exe")
+        .unwrap();
+    assert_eq!(exe["type"], "text");
+    let table = cli(&["rules", "columns"], &[]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("euid ") && l.contains("effective user id")));
+}
+
+#[test]
 fn processes_lists_what_the_agent_knows_alive() {
     use collector_core::ProcessEventType::{Exec, Exit, Snapshot};
 

@@ -9,7 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use collector_core::{BootId, HashAlgorithm, ProcessEvent, ProcessEventType, ProcessKey};
+use collector_core::{
+    BootId, HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEvent,
+    ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly,
+};
 
 use daemoneye_store::alert::{Alert, AlertProcess, AlertRule, Severity};
 use daemoneye_store::{ledger, Store, StoreError, StoreWriter, WriterConfig, SCHEMA_VERSION};
@@ -82,6 +85,28 @@ fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
         platform_metadata: metadata,
         process_key: Some(key(pid, 4_242)),
         exit_code: (event_type == ProcessEventType::Exit).then_some(-9),
+        euid: Some(0),
+        gid: Some(27),
+        state: Some('Z'),
+        threads: Some(12),
+        cpu_ticks: Some(u64::MAX),
+        exe_replaced: true,
+        read: ReadDepth::StatOnly,
+        context: ProcessContext {
+            cgroup: Some("/user.slice/ünï/☃".to_owned()),
+            container_id: Some("0123abcd".to_owned()),
+            pid_ns: Some(4_026_531_836),
+            mnt_ns: None,
+            net_ns: Some(1),
+            user_ns: Some(u64::MAX),
+        },
+        lifecycle: LifecycleDetail {
+            observed_by: Some(ObservedBy::Snapshot),
+            previous_key: Some(key(pid, 1)),
+            changed: vec![ProcessField::Exe, ProcessField::Name],
+            anomaly: Some(StartTimeAnomaly::StartTimeInFuture),
+            run_time_ms: Some(0),
+        },
     }
 }
 
@@ -285,6 +310,13 @@ async fn writer_counts_failed_writes_and_keeps_going() {
     handle.flush().await.unwrap();
 
     // Pull the table out from under the writer: every write now fails.
+    let create: String = raw(&path)
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     raw(&path)
         .execute_batch("DROP TABLE process_events")
         .unwrap();
@@ -303,16 +335,7 @@ async fn writer_counts_failed_writes_and_keeps_going() {
     assert_eq!(get(&stats.events_written), 1);
 
     // Put it back: the writer is still alive and writes again.
-    raw(&path)
-        .execute_batch(
-            "CREATE TABLE process_events (id INTEGER PRIMARY KEY AUTOINCREMENT, \
-             event_type TEXT NOT NULL, process_key TEXT, pid INTEGER NOT NULL, ppid INTEGER, \
-             name TEXT NOT NULL, exe TEXT, argv TEXT NOT NULL, uid INTEGER, start_time INTEGER, \
-             cpu_percent REAL, rss_bytes INTEGER, exe_hash TEXT, hash_algorithm TEXT, \
-             accessible INTEGER NOT NULL, file_exists INTEGER NOT NULL, exit_code INTEGER, \
-             metadata TEXT NOT NULL, observed_at INTEGER NOT NULL, ledger_seq INTEGER) STRICT",
-        )
-        .unwrap();
+    raw(&path).execute_batch(&create).unwrap();
     handle.events(vec![rich(7, ProcessEventType::Exit)]).await;
     let stats = handle.close().await;
     assert_eq!(get(&stats.events_written), 2);
@@ -524,11 +547,22 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
         proptest::option::of((any::<[u8; 16]>(), any::<u32>(), any::<u64>())),
         proptest::option::of(any::<i32>()),
     );
-    (identity, measures, context).prop_map(
+    let typed = (
+        proptest::option::of(any::<(u32, u32)>()),
+        proptest::option::of(any::<char>()),
+        proptest::option::of(any::<(u32, u64)>()),
+        any::<bool>(),
+        proptest::sample::select(ReadDepth::ALL),
+        proptest::option::of((text(), text())),
+        proptest::option::of(any::<u64>()),
+        proptest::collection::vec(proptest::sample::select(ProcessField::ALL), 0..3),
+    );
+    (identity, measures, context, typed).prop_map(
         |(
             (event_type, pid, ppid, name, exe, argv, start),
             (cpu, rss, hash, alg, uid, accessible, file_exists),
             (ts, metadata, key, exit_code),
+            (ids, state, load, exe_replaced, read, cg, ns, changed),
         )| ProcessEvent {
             event_type,
             pid,
@@ -548,6 +582,24 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
             platform_metadata: metadata,
             process_key: key.map(|(b, p, s)| ProcessKey::new(BootId::from_bytes(b), p, s)),
             exit_code,
+            euid: ids.map(|i| i.0),
+            gid: ids.map(|i| i.1),
+            state,
+            threads: load.map(|l| l.0),
+            cpu_ticks: load.map(|l| l.1),
+            exe_replaced,
+            read,
+            context: ProcessContext {
+                container_id: cg.as_ref().map(|c| c.0.clone()),
+                cgroup: cg.map(|c| c.1),
+                net_ns: ns,
+                ..ProcessContext::default()
+            },
+            lifecycle: LifecycleDetail {
+                changed,
+                run_time_ms: ns,
+                ..LifecycleDetail::default()
+            },
         },
     )
 }
@@ -579,4 +631,44 @@ fn arbitrary_events_round_trip_through_the_database() {
             },
         )
         .unwrap();
+}
+
+#[test]
+fn process_tables_speak_the_one_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    drop(Store::new(&path).unwrap());
+    // What a table has of its own, beyond the process's columns.
+    let own: &[&str] = &[
+        "id",
+        "snapshot_id",
+        "metadata",
+        "detail",
+        "ledger_seq",
+        "first_seen",
+        "last_seen",
+        "last_event_type",
+        "exited_at",
+    ];
+    let conn = raw(&path);
+    for table in ["processes", "process_events", "process_snapshots"] {
+        let mut stmt = conn
+            .prepare("SELECT name, type FROM pragma_table_info(?1)")
+            .unwrap();
+        let columns: Vec<(String, String)> = stmt
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(columns.len() > 20, "{table}: {columns:?}");
+        for (name, ty) in columns {
+            if own.contains(&name.as_str()) {
+                continue;
+            }
+            let v = collector_core::vocabulary::process_column(&name)
+                .unwrap_or_else(|| panic!("{table}.{name} is not in the vocabulary"));
+            assert!(!v.derived, "{table}.{name} is derived, not stored");
+            assert_eq!(ty, v.ty.sqlite(), "{table}.{name}");
+        }
+    }
 }

@@ -1016,28 +1016,24 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap().len(), 1);
     }
 
-    /// The comm decoded from a `PROC_EVENT_COMM` whose 16 comm bytes are
-    /// `raw`.
-    fn decoded_comm(raw: &[u8; 16]) -> String {
-        let mut data = words(&[9, 9]);
-        data.extend_from_slice(raw);
-        let mut bytes = Vec::new();
-        push_raw(&mut bytes, META, 0, PROC_EVENT_COMM, &data, true);
-        let events = decode(&bytes).unwrap();
-        let ProcEvent::Comm { comm, .. } = &events[0] else {
-            panic!("{events:?}")
-        };
-        comm.clone()
-    }
-
     #[test]
-    fn comm_is_nul_trimmed_and_lossy() {
-        assert_eq!(decoded_comm(b"ab\xffc\0junk\0\0\0\0\0\0\0"), "ab\u{fffd}c");
-    }
-
-    #[test]
-    fn comm_without_nul_uses_all_sixteen_bytes() {
-        assert_eq!(decoded_comm(b"0123456789abcdef"), "0123456789abcdef");
+    fn comm_is_nul_trimmed_lossy_and_at_most_sixteen_bytes() {
+        let cases: [(&[u8], &str); 2] = [
+            (b"ab\xffc\0junk\0\0\0\0\0\0\0", "ab\u{fffd}c"),
+            // Without a NUL all sixteen bytes are the name.
+            (b"0123456789abcdef", "0123456789abcdef"),
+        ];
+        for (raw, want) in cases {
+            let mut data = words(&[9, 9]);
+            data.extend_from_slice(raw);
+            let mut bytes = Vec::new();
+            push_raw(&mut bytes, META, 0, PROC_EVENT_COMM, &data, true);
+            let events = decode(&bytes).unwrap();
+            let ProcEvent::Comm { comm, .. } = &events[0] else {
+                panic!("{events:?}")
+            };
+            assert_eq!(comm, want, "{raw:?}");
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use collector_core::metrics::{Counter, Registry};
+use collector_core::source::unless_cancelled;
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -649,10 +650,9 @@ impl Reader {
             Err(mpsc::error::TrySendError::Full(message)) => message,
         };
         runtime.block_on(async {
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => Err(Closed::Stop),
-                sent = self.tx.send(message) => sent.map_err(|_| Closed::Stop),
+            match unless_cancelled(&self.cancel, self.tx.send(message)).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(_)) | None => Err(Closed::Stop),
             }
         })
     }

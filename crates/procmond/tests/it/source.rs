@@ -162,10 +162,7 @@ async fn pid_reuse_is_reported_as_such() {
     // It names the process that had the pid before. (The new one's key is
     // usually different, but equal when both started within one clock
     // tick: the kernel's fork after the exit is what tells them apart.)
-    assert_eq!(
-        event.platform_metadata.get("previous_process_key"),
-        first_key.map(|k| k.to_string()).as_ref(),
-    );
+    assert_eq!(event.lifecycle.previous_key, first_key);
     reap(second);
     handle.shutdown();
     run.await.unwrap();

@@ -1,0 +1,195 @@
+//! The one SQL vocabulary over processes: the names and types of the
+//! columns a process has wherever SQL sees one.
+//!
+//! The store's process tables (`processes`, `process_events`,
+//! `process_snapshots`), the agent's detection rules (the `processes` table
+//! rules select from), the trigger system's custom conditions and
+//! `daemoneye-cli rules columns` all take their process columns from
+//! [`PROCESS`]: a column means the same and has the same name everywhere,
+//! so a condition written for one is valid for the others (each uses the
+//! subset it has; see [`Column::derived`]). Tests in each of those crates
+//! check that every process column they offer is in this list with this
+//! type.
+
+use std::fmt;
+
+names! {
+    /// The SQL type of a column (as SQLite stores it).
+    SqlType {
+        /// A whole number.
+        Integer = "integer",
+        /// A floating-point number.
+        Real = "real",
+        /// UTF-8 text.
+        Text = "text",
+        /// 0 or 1.
+        Boolean = "boolean",
+        /// A JSON array of strings, as text.
+        JsonArray = "json_array",
+    }
+}
+
+impl SqlType {
+    /// The SQLite column type that stores it.
+    pub const fn sqlite(self) -> &'static str {
+        match self {
+            Self::Integer | Self::Boolean => "INTEGER",
+            Self::Real => "REAL",
+            Self::Text | Self::JsonArray => "TEXT",
+        }
+    }
+}
+
+impl fmt::Display for SqlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One column of the vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Column {
+    /// Its name, lowercase, in every SQL over processes.
+    pub name: &'static str,
+    /// Its type.
+    pub ty: SqlType,
+    /// Whether it is computed from other facts for detection (the parent's
+    /// fields, the executable's directory, ...) rather than stored: the
+    /// store's tables do not have the derived columns, rules do.
+    pub derived: bool,
+    /// What it holds.
+    pub doc: &'static str,
+}
+
+const fn stored(name: &'static str, ty: SqlType, doc: &'static str) -> Column {
+    Column {
+        name,
+        ty,
+        derived: false,
+        doc,
+    }
+}
+
+const fn derived(name: &'static str, ty: SqlType, doc: &'static str) -> Column {
+    Column {
+        name,
+        ty,
+        derived: true,
+        doc,
+    }
+}
+
+/// The process columns, in the order they are documented.
+pub const PROCESS: &[Column] = {
+    use SqlType::{Boolean, Integer, JsonArray, Real, Text};
+    &[
+        stored(
+            "process_key",
+            Text,
+            "`boot_id:pid:start_ticks`: one process, even after its pid is reused",
+        ),
+        stored("pid", Integer, "process id"),
+        stored("ppid", Integer, "parent process id"),
+        stored("name", Text, "short name (`comm`)"),
+        stored("exe", Text, "path of the executable"),
+        derived("exe_name", Text, "file name of the executable"),
+        derived("exe_dir", Text, "directory of the executable"),
+        stored("argv", JsonArray, "arguments, `argv[0]` first"),
+        derived("cmdline", Text, "the arguments joined by spaces"),
+        stored("uid", Integer, "real user id"),
+        stored("euid", Integer, "effective user id"),
+        stored("gid", Integer, "real group id"),
+        stored(
+            "start_time",
+            Integer,
+            "when the process started, unix nanoseconds",
+        ),
+        stored(
+            "observed_at",
+            Integer,
+            "when it was observed, unix nanoseconds",
+        ),
+        stored(
+            "cpu_percent",
+            Real,
+            "CPU use since the previous sample, percent of one core",
+        ),
+        stored("rss_bytes", Integer, "resident memory in bytes"),
+        stored("exe_hash", Text, "lowercase hex digest of the executable"),
+        stored(
+            "hash_algorithm",
+            Text,
+            "the digest's algorithm (`sha256`, `blake3`)",
+        ),
+        stored(
+            "accessible",
+            Boolean,
+            "everything about the process could be read",
+        ),
+        stored(
+            "file_exists",
+            Boolean,
+            "the executable still exists on disk",
+        ),
+        derived(
+            "exe_deleted",
+            Boolean,
+            "the executable was deleted while it runs",
+        ),
+        stored(
+            "exe_replaced",
+            Boolean,
+            "the file at the executable's path is not the one running",
+        ),
+        derived(
+            "exe_dir_user_writable",
+            Boolean,
+            "a non-root user may write the executable's directory",
+        ),
+        derived("parent_name", Text, "the parent's `name`, when known"),
+        derived("parent_exe", Text, "the parent's `exe`, when known"),
+        derived("parent_cmdline", Text, "the parent's `cmdline`, when known"),
+        stored(
+            "event_type",
+            Text,
+            "what the event reports (`snapshot`, `exec`, `exit`, `pid_reused`, ...)",
+        ),
+        stored("exit_code", Integer, "for an exit: the raw wait status"),
+        stored("container_id", Text, "the container the cgroup names"),
+        stored("cgroup", Text, "the cgroup v2 path"),
+        derived(
+            "pipes_to_interpreter",
+            Boolean,
+            "the command line pipes into a shell or interpreter (`... | sh`)",
+        ),
+    ]
+};
+
+/// The process column named `name` (ASCII case-insensitive, as SQL is).
+pub fn process_column(name: &str) -> Option<&'static Column> {
+    PROCESS.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lowercase_identifiers() {
+        for (i, c) in PROCESS.iter().enumerate() {
+            assert!(
+                c.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                c.name
+            );
+            assert!(!c.doc.is_empty(), "{} has no doc", c.name);
+            assert!(
+                PROCESS[..i].iter().all(|o| o.name != c.name),
+                "{} twice",
+                c.name
+            );
+        }
+        assert_eq!(process_column("EXE").map(|c| c.ty), Some(SqlType::Text));
+        assert_eq!(process_column("executable_path"), None);
+    }
+}
