@@ -46,7 +46,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +58,9 @@ use tokio::time::Instant;
 use crate::event::{
     BootId, CollectionEvent, EventKind, EventValidationError, ProcessEvent, ProcessKey,
 };
-use crate::source::{EventSource, SourceCaps, SourceContext};
+use crate::source::{
+    start_from_flag, EventSender, EventSource, ShutdownFlag, SourceCaps, SourceContext,
+};
 use crate::subscription::Subscription;
 
 /// How [`check_source`] exercises a source.
@@ -561,13 +563,8 @@ impl EventSource for Replay {
     fn capabilities(&self) -> SourceCaps {
         self.caps
     }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        flag: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, flag))
-            .await
+    async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, flag).await
     }
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         if self.play(&ctx).await && self.then_wait {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::testing::Replay;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorHandle, EventSource, HashAlgorithm,
@@ -122,13 +123,8 @@ impl EventSource for Ticker {
     fn capabilities(&self) -> SourceCaps {
         SourceCaps::PERFORMANCE | SourceCaps::REALTIME
     }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, stop))
-            .await
+    async fn start(&self, tx: EventSender, stop: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, stop).await
     }
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let deaf = tokio_util::sync::CancellationToken::new();
