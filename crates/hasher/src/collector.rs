@@ -391,13 +391,13 @@ mod tests {
     use crate::HasherConfig;
 
     /// Registers the hasher's capabilities with `manager` and a condition
-    /// (`id`, description) that asks it for a binary hash, attaches `bus`,
-    /// and subscribes to the hasher's answers there.
+    /// `id` that asks it for a binary hash, attaches `bus`, and subscribes
+    /// to the hasher's answers there.
     async fn hash_on(
         manager: &TriggerManager,
         hasher: &BinaryHasherCollector,
         bus: &LocalEventBus,
-        (id, description): (&str, &str),
+        id: &str,
         condition_type: ConditionType,
     ) -> collector_core::BusSubscription {
         manager
@@ -406,7 +406,7 @@ mod tests {
         manager
             .register_condition(TriggerCondition {
                 id: id.into(),
-                description: description.into(),
+                description: format!("binary hash on {id}"),
                 analysis_type: AnalysisType::BinaryHash,
                 priority: TriggerPriority::High,
                 target_collector: BINARY_HASHER_ID.into(),
@@ -551,14 +551,9 @@ mod tests {
         let path = dir.path().join("miner");
         std::fs::write(&path, b"abc").unwrap();
         let manager = TriggerManager::new(TriggerConfig::default()).unwrap();
-        let mut results = hash_on(
-            &manager,
-            &hasher,
-            &bus,
-            ("miner", "cryptominer names"),
-            ConditionType::ProcessNamePattern("*miner*".into()),
-        )
-        .await;
+        // Cryptominer names.
+        let condition = ConditionType::ProcessNamePattern("*miner*".into());
+        let mut results = hash_on(&manager, &hasher, &bus, "miner", condition).await;
         let mut p = ProcessEvent::new(31, "xmrminer");
         p.executable_path = Some(path.to_string_lossy().into_owned());
         assert_eq!(manager.process_event(&p).await.unwrap(), 1);
@@ -597,14 +592,9 @@ mod tests {
         let engine = HashEngine::new(HasherConfig::default()).unwrap();
         let hasher = BinaryHasherCollector::new(engine, bus.clone());
         let manager = Arc::new(TriggerManager::new(TriggerConfig::default()).unwrap());
-        let mut results = hash_on(
-            &manager,
-            &hasher,
-            &bus,
-            ("tmp-binary", "a binary run from a temporary directory"),
-            ConditionType::Custom("name LIKE 'xmr%'".into()),
-        )
-        .await;
+        // A binary run from a temporary directory.
+        let condition = ConditionType::Custom("name LIKE 'xmr%'".into());
+        let mut results = hash_on(&manager, &hasher, &bus, "tmp-binary", condition).await;
         // The manager sees process events and analysis results.
         let feed = bus
             .subscribe(
