@@ -420,6 +420,15 @@ mod tests {
             .unwrap()
     }
 
+    /// A file `name` holding "abc" in a fresh directory (kept while the
+    /// directory is).
+    fn abc_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"abc").unwrap();
+        (dir, path)
+    }
+
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     async fn setup() -> (LocalEventBus, BinaryHasherCollector, CancellationToken) {
@@ -476,9 +485,7 @@ mod tests {
     #[tokio::test]
     async fn answers_with_both_digests_correlated_to_the_request() {
         let (bus, hasher, stop) = setup().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tool");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("tool");
         let req = request(path.to_str(), Some(77), AnalysisType::BinaryHash);
         let corr_id = req.correlation_id.clone();
         let answer = ask(&bus, req).await;
@@ -547,9 +554,7 @@ mod tests {
     #[tokio::test]
     async fn trigger_manager_to_hasher_and_back() {
         let (bus, hasher, stop) = setup().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("miner");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("miner");
         let manager = TriggerManager::new(TriggerConfig::default()).unwrap();
         // Cryptominer names.
         let condition = ConditionType::ProcessNamePattern("*miner*".into());
@@ -583,9 +588,7 @@ mod tests {
         use collector_core::testing::Replay;
         use collector_core::{Collector, CollectorConfig, EventKind};
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("xmrig");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("xmrig");
         let mut collector = Collector::new(CollectorConfig::default());
         let handle = collector.handle();
         let bus = handle.bus().clone();
@@ -647,9 +650,7 @@ mod tests {
         bus.publish(BusEvent::new("test", CollectionEvent::TriggerRequest(req)))
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("t");
         // Answered in order: the ignored request came first.
         ask(&bus, request(path.to_str(), None, AnalysisType::BinaryHash)).await;
         assert_eq!(hasher.stats().requests_ignored, 1);
