@@ -10,7 +10,7 @@ use daemoneye_agent::link::LinkState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{alerts_pipe, settings};
+use crate::agent::{alerts_pipe, settings, test_settings};
 use crate::link::{exec, Served};
 
 /// `GET /metrics` over a real connection: the status line and the body.
@@ -40,23 +40,18 @@ async fn metrics_listen_serves_the_agent_counters() {
     let alpha = Served::start(&socket).await;
     let fifo = dir.path().join("alerts.fifo");
     let alerts = alerts_pipe(&fifo);
-    let agent = Agent::build(settings(&format!(
+    let rest = format!(
         r#"
-        data_dir = "{data}"
-        sweep_interval = "1h"
         metrics_listen = "127.0.0.1:0"
-        [sinks]
-        alerts_jsonl = "{fifo}"
         [[collector]]
         name = "alpha"
         socket = "{socket}"
         "#,
-        data = dir.path().join("data").display(),
-        fifo = fifo.display(),
         socket = socket.display(),
-    )))
-    .await
-    .unwrap();
+    );
+    let agent = Agent::build(test_settings(dir.path(), &fifo, &rest))
+        .await
+        .unwrap();
     let addr = agent.metrics_addr().expect("metrics_listen is set");
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     let registry = agent.metrics();
