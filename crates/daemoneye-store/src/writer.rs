@@ -710,11 +710,8 @@ mod tests {
 
     #[test]
     fn public_types_are_send_and_sync_where_they_must_be() {
-        fn send_sync<T: Send + Sync>() {}
         fn send<T: Send>() {}
-        send_sync::<StoreWriter>();
-        send_sync::<WriterStats>();
-        send_sync::<StoreError>();
+        collector_core::assert_send_sync!(StoreWriter, WriterStats, StoreError);
         // Moved to the writer thread, shared as `Arc<Mutex<_>>`.
         send::<Store>();
     }

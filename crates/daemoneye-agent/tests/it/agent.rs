@@ -14,6 +14,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::{exec, Served};
 
+/// The agent's settings from the config file text `toml` alone.
+pub fn settings(toml: &str) -> Settings {
+    let file = AgentConfig::from_toml_str(toml).unwrap();
+    Settings::resolve(file, None, &RunArgs::default()).unwrap()
+}
+
+/// Settings for a test in `dir`: data under `dir/data`, sweeps an hour
+/// apart, alerts to the pipe `fifo`; then `rest` (more keys, then tables).
+pub fn test_settings(dir: &Path, fifo: &Path, rest: &str) -> Settings {
+    settings(&format!(
+        "data_dir = \"{}\"\nsweep_interval = \"1h\"\nsinks = {{ alerts_jsonl = \"{}\" }}\n{rest}",
+        dir.join("data").display(),
+        fifo.display(),
+    ))
+}
+
 /// A named pipe at `path`, each JSON line written to it on the channel.
 pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -38,12 +54,8 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     // The alerts file is a pipe read here: each alert is awaited, not polled.
     let fifo = dir.path().join("alerts.fifo");
     let alerts = alerts_pipe(&fifo);
-    let toml = format!(
+    let collectors = format!(
         r#"
-        data_dir = "{data}"
-        sweep_interval = "1h"
-        [sinks]
-        alerts_jsonl = "{fifo}"
         [[collector]]
         name = "alpha"
         socket = "{alpha}"
@@ -56,14 +68,12 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
         socket = "{alpha}"
         domain = "network"
         "#,
-        data = dir.path().join("data").display(),
-        fifo = fifo.display(),
         alpha = alpha_socket.display(),
         beta = beta_socket.display(),
     );
-    let file = AgentConfig::from_toml_str(&toml).unwrap();
-    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
-    let agent = Agent::build(settings).await.unwrap();
+    let agent = Agent::build(test_settings(dir.path(), &fifo, &collectors))
+        .await
+        .unwrap();
     let health = agent.health();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(agent.run(shutdown.clone()));
@@ -97,7 +107,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     for (served, pid, name) in [(&alpha, 4001, "from-alpha"), (&beta, 4002, "from-beta")] {
         let mut e = exec(pid, name);
         e.executable_path = Some(format!("/dev/shm/{name}"));
-        served.feed.send(e).await.unwrap();
+        served.send(e).await;
     }
     let names = tokio::task::spawn_blocking(move || {
         let mut names = Vec::new();
