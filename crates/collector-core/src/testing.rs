@@ -387,6 +387,59 @@ pub fn sample_process_event() -> CollectionEvent {
     CollectionEvent::Process(p)
 }
 
+/// An exit event of pid 42 with every field set, typed facts included:
+/// for round-trip tests of whatever carries a process (wire, store, JSON).
+pub fn every_field_process_event() -> ProcessEvent {
+    use crate::event::{
+        HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEventType, ProcessField,
+        ReadDepth, StartTimeAnomaly,
+    };
+    let start = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let boot = BootId::from_bytes([7; 16]);
+    ProcessEvent {
+        event_type: ProcessEventType::Exit,
+        pid: 42,
+        ppid: Some(1),
+        name: "sshd".into(),
+        executable_path: Some("/usr/sbin/sshd".into()),
+        command_line: vec!["sshd".into(), "-D".into()],
+        start_time: Some(start),
+        cpu_usage: Some(1.5),
+        memory_usage: Some(4096),
+        executable_hash: Some("ab".repeat(32)),
+        hash_algorithm: Some(HashAlgorithm::Sha256),
+        user_id: Some(0),
+        accessible: true,
+        file_exists: false,
+        timestamp: start + Duration::from_millis(5),
+        platform_metadata: [("seccomp".to_owned(), "2".to_owned())].into(),
+        process_key: Some(ProcessKey::new(boot, 42, 1234)),
+        exit_code: Some(256),
+        euid: Some(1000),
+        gid: Some(100),
+        state: Some('Z'),
+        threads: Some(3),
+        cpu_ticks: Some(77),
+        exe_replaced: true,
+        read: ReadDepth::StatOnly,
+        context: ProcessContext {
+            cgroup: Some("/system.slice/ssh.service".into()),
+            container_id: Some("c0ffee".into()),
+            pid_ns: Some(4_026_531_836),
+            mnt_ns: Some(4_026_531_841),
+            net_ns: Some(4_026_531_840),
+            user_ns: Some(4_026_531_837),
+        },
+        lifecycle: LifecycleDetail {
+            observed_by: Some(ObservedBy::Kernel),
+            previous_key: Some(ProcessKey::new(boot, 42, 99)),
+            changed: vec![ProcessField::Argv, ProcessField::Uid],
+            anomaly: Some(StartTimeAnomaly::StartedBeforeParent),
+            run_time_ms: Some(12),
+        },
+    }
+}
+
 /// Makes the `n`th event a [`Replay`] sends.
 type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
 

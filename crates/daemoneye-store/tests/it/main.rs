@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound, missing_docs)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    BootId, HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEvent,
-    ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly,
+    BootId, HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType,
+    ProcessField, ProcessKey, ReadDepth,
 };
 
 use daemoneye_store::alert::{Alert, AlertProcess, AlertRule, Severity};
@@ -42,7 +41,6 @@ fn key(pid: u32, start_ticks: u64) -> ProcessKey {
     )
 }
 
-/// An event with every field set, including the awkward ones.
 /// A store at `audit.db` in a fresh directory holding one exec event; the
 /// directory, the path and the store.
 fn with_one_exec() -> (tempfile::TempDir, std::path::PathBuf, Store) {
@@ -54,60 +52,34 @@ fn with_one_exec() -> (tempfile::TempDir, std::path::PathBuf, Store) {
     (dir, path, db)
 }
 
+/// An event with every field set, including the awkward ones.
 fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
-    let mut metadata = BTreeMap::new();
-    metadata.insert("cgroup".to_owned(), "/user.slice/ünï/☃".to_owned());
-    metadata.insert("empty".to_owned(), String::new());
-    metadata.insert("quote\"key".to_owned(), "line\nbreak\ttab".to_owned());
-    ProcessEvent {
-        event_type,
-        pid,
-        ppid: Some(1),
-        name: "naïve-名前".to_owned(),
-        executable_path: Some("/opt/ü/bin/tool (deleted)".to_owned()),
-        command_line: vec![
-            "tool".to_owned(),
-            String::new(),
-            "--flag=✓".to_owned(),
-            "\"quoted\" 'single'".to_owned(),
-            "😀".to_owned(),
-            String::new(),
-        ],
-        start_time: Some(time(1_750_000_000_123_456_789)),
-        cpu_usage: Some(12.345_678_9),
-        memory_usage: Some(987_654_321),
-        executable_hash: Some("0123456789abcdef".repeat(4)),
-        hash_algorithm: Some(HashAlgorithm::Sha256),
-        user_id: Some(1_000),
-        accessible: false,
-        file_exists: false,
-        timestamp: time(1_750_000_100_000_000_001),
-        platform_metadata: metadata,
-        process_key: Some(key(pid, 4_242)),
-        exit_code: (event_type == ProcessEventType::Exit).then_some(-9),
-        euid: Some(0),
-        gid: Some(27),
-        state: Some('Z'),
-        threads: Some(12),
-        cpu_ticks: Some(u64::MAX),
-        exe_replaced: true,
-        read: ReadDepth::StatOnly,
-        context: ProcessContext {
-            cgroup: Some("/user.slice/ünï/☃".to_owned()),
-            container_id: Some("0123abcd".to_owned()),
-            pid_ns: Some(4_026_531_836),
-            mnt_ns: None,
-            net_ns: Some(1),
-            user_ns: Some(u64::MAX),
-        },
-        lifecycle: LifecycleDetail {
-            observed_by: Some(ObservedBy::Snapshot),
-            previous_key: Some(key(pid, 1)),
-            changed: vec![ProcessField::Exe, ProcessField::Name],
-            anomaly: Some(StartTimeAnomaly::StartTimeInFuture),
-            run_time_ms: Some(0),
-        },
-    }
+    let mut e = collector_core::testing::every_field_process_event();
+    e.event_type = event_type;
+    e.pid = pid;
+    e.process_key = Some(key(pid, 4_242));
+    e.lifecycle.previous_key = Some(key(pid, 1));
+    e.exit_code = (event_type == ProcessEventType::Exit).then_some(-9);
+    "naïve-名前".clone_into(&mut e.name);
+    e.executable_path = Some("/opt/ü/bin/tool (deleted)".to_owned());
+    e.command_line = ["tool", "", "--flag=✓", "\"quoted\" 'single'", "😀", ""]
+        .map(str::to_owned)
+        .to_vec();
+    e.start_time = Some(time(1_750_000_000_123_456_789));
+    e.timestamp = time(1_750_000_100_000_000_001);
+    e.cpu_usage = Some(12.345_678_9);
+    e.accessible = false;
+    e.cpu_ticks = Some(u64::MAX);
+    e.context.cgroup = Some("/user.slice/ünï/☃".to_owned());
+    e.context.mnt_ns = None;
+    e.platform_metadata = [
+        ("empty", ""),
+        ("quote\"key", "line\nbreak\ttab"),
+        ("ünï", "☃"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    e
 }
 
 #[test]
