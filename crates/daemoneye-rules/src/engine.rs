@@ -1161,25 +1161,9 @@ mod tests {
         assert!(validate(&rule("r", &long)).is_err());
     }
 
-    /// Rules a hostile rule file could hold: each big in time or memory.
-    const HOSTILE: [&str; 7] = [
-        "SELECT pid, randomblob(900000000) AS b FROM processes",
-        // Four huge columns: each past the value limit.
-        "SELECT pid, printf('%.*c', 500000000, 'x') AS a, printf('%.*c', 500000000, 'y') AS b, \
-         printf('%.*c', 500000000, 'z') AS c, printf('%.*c', 500000000, 'w') AS d FROM processes",
-        // Four big columns within it, on every row of a cross join.
-        "SELECT a.pid, printf('%.*c', 60000000 + b.pid, 'x') AS a, \
-         printf('%.*c', 60000000 + b.pid, 'y') AS b, printf('%.*c', 60000000 + b.pid, 'z') AS c, \
-         printf('%.*c', 60000000 + b.pid, 'w') AS d FROM processes a, processes b WHERE length(a) < 0",
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i AS pid FROM n",
-        "SELECT a.pid FROM processes a, processes b, processes c, processes d, processes e",
-        // Memory that accumulates: a sort of big rows.
-        "SELECT a.pid, printf('%.*c', 1000000, b.name) || b.pid AS big \
-         FROM processes a, processes b ORDER BY big",
-        // Big values in a LIKE with a long pattern.
-        "SELECT pid FROM processes \
-         WHERE printf('%.*c', 60000000 + pid, 'a') LIKE printf('%%%.*c%%b', 990, 'a')",
-    ];
+    /// Rules a hostile rule file could hold: each big in time or memory
+    /// (shared with the memory test, `tests/hostile.rs`).
+    const HOSTILE: [&str; 7] = include!("../tests/hostile.in");
 
     #[test]
     fn a_hostile_rule_is_refused_or_stopped_within_twice_its_limit_and_the_others_still_match() {
@@ -1199,6 +1183,10 @@ mod tests {
             let started = Instant::now();
             let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());
             let took = started.elapsed();
+            eprintln!(
+                "{sql:.60}: {took:?}, {}",
+                if run.is_err() { "stopped" } else { "done" }
+            );
             // Stopped, or done: within twice the limit either way.
             assert!(took < 2 * RULE_TIME_LIMIT, "{sql}: stopped after {took:?}");
             stopped += usize::from(run.is_err());
