@@ -9,6 +9,29 @@
 //! rule is interrupted after [`RULE_TIME_LIMIT`]. Rules never see the
 //! agent's own store.
 //!
+//! # What bounds a rule
+//!
+//! - Every connection that sees a rule's SQL is guarded
+//!   ([`readonly::guard`]) before it compiles any: the read-only
+//!   authorizer with its function allow-list
+//!   ([`readonly::ALLOWED_FUNCTIONS`], no `pragma_*` tables) and SQLite's
+//!   limits (values of at most [`readonly::MAX_VALUE_BYTES`], ...). A rule
+//!   is compiled one statement at a time under them, so nothing of a
+//!   refused rule runs, not even a pragma SQLite runs while compiling.
+//! - At load ([`RuleEngine::new`], [`validate`] alike), each rule also runs
+//!   once over the empty table: one that fails or overruns there is
+//!   refused, rather than failing every batch.
+//! - Time: a [`Watchdog`] thread interrupts a rule at [`RULE_TIME_LIMIT`];
+//!   the interrupt takes effect at SQLite's next step, and the limits keep
+//!   each step short (tens of milliseconds at most), so a rule stops
+//!   within twice its limit.
+//! - Memory: SQLite's heap is capped at [`ENGINE_HEAP_LIMIT`] (process-wide,
+//!   see there); a rule returns at most as many rows as the batch has
+//!   processes (or [`MIN_ROW_CAP`]).
+//! - A rule that fails is skipped for the batch and counted (per rule, see
+//!   [`RuleEngine::rule_failures`]); the log says so once per
+//!   [`FAILURE_LOG_PERIOD`] per rule, with the count.
+//!
 //! # The `processes` table
 //!
 //! Its columns are [`COLUMNS`]: names, types and meanings are those of the

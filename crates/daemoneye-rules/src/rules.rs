@@ -35,7 +35,8 @@
 //! `sql`, or a severity not in the list refuses the rule (TOML, YAML alike);
 //! a file that is not valid TOML or YAML is refused whole, naming the file
 //! (and, for YAML, the line and column). A file named other than `*.yaml` or
-//! `*.yml` is read as TOML.
+//! `*.yml` is read as TOML. A file larger than [`MAX_RULE_FILE_BYTES`] is
+//! refused whole, without being read further.
 //!
 //! The `sql` is one `SELECT` over the `processes` table (see
 //! [`engine`](crate::engine) for its columns); each row it returns is a
