@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use daemoneye_rules::engine::{ProcessRow, RuleEngine, ENGINE_HEAP_LIMIT};
-use daemoneye_rules::rules::{self, Rule, Severity};
+use daemoneye_rules::rules::{self, Rule};
 
 const HOSTILE: [&str; 7] = include!("hostile.in");
 
@@ -23,17 +23,13 @@ fn peak() -> u64 {
     kib * 1024
 }
 
+/// The rule `id` with `sql`, as a rule file holds it.
 fn rule(id: &str, sql: &str) -> Rule {
-    Rule {
-        id: id.to_owned(),
-        name: id.to_owned(),
-        description: String::new(),
-        severity: Severity::High,
-        sql: sql.to_owned(),
-        tags: Vec::new(),
-        mitre: Vec::new(),
-        origin: "hostile.toml".to_owned(),
-    }
+    let text =
+        format!("[[rule]]\nid = '{id}'\nname = '{id}'\nseverity = 'high'\nsql = '''{sql}'''\n");
+    let (mut ok, bad) = rules::parse(&text, "hostile.toml");
+    assert!(bad.is_empty(), "{bad:?}");
+    ok.remove(0)
 }
 
 /// The margin over the heap cap: the process's own memory besides
