@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::bail;
+use collector_core::testing::recv_until;
 use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEventType};
 use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
 use tokio::time::Instant;
@@ -78,14 +79,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         let mut sub = handle.subscribe();
         let run = tokio::spawn(collector.run_until(std::future::pending()));
         // Ready once the first snapshot arrives (the connector is subscribed by then).
-        loop {
-            match sub.recv().await {
-                Some(CollectionEvent::Process(p)) if p.event_type == ProcessEventType::Snapshot => {
-                    break
-                }
-                Some(_) => {}
-                None => bail!("procmond ended before its first snapshot"),
-            }
+        let first = recv_until(&mut sub, |e| {
+            matches!(e, CollectionEvent::Process(p) if p.event_type == ProcessEventType::Snapshot)
+        });
+        if first.await.is_none() {
+            bail!("procmond ended before its first snapshot");
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let counter = {

@@ -11,7 +11,7 @@ use daemoneye_store::bench::{bench_events, bench_write_rate};
 use daemoneye_store::LedgerMode;
 use tokio::time::Instant;
 
-use crate::report;
+use crate::{report_f, report_ratio};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
@@ -74,21 +74,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_dir_all(&dir);
     let (ours, ledgered, base) = result?;
-    report("db.events_per_sec", format!("{ours:.0}"), "events/s");
-    report(
-        "db.ledgered_events_per_sec",
-        format!("{ledgered:.0}"),
-        "events/s",
-    );
-    report(
-        "db.baseline_json_blob_events_per_sec",
-        format!("{base:.0}"),
-        "events/s",
-    );
-    report(
-        "db.ratio_vs_json_blob",
-        format!("{:.3}", ours / base),
-        "ratio",
-    );
+    report_f("db.events_per_sec", ours, 0, "events/s");
+    report_f("db.ledgered_events_per_sec", ledgered, 0, "events/s");
+    report_f("db.baseline_json_blob_events_per_sec", base, 0, "events/s");
+    report_ratio("db.ratio_vs_json_blob", ours / base);
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use procmond::snapshot::{ProcReader, ReadOptions, SnapshotCache};
 use tokio::time::Instant;
 
-use crate::report;
+use crate::{report, report_f, report_ratio};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
@@ -96,25 +96,13 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         median_ms(ps),
     );
     report("enumerate.processes", processes, "processes");
-    report("enumerate.ms", format!("{ours:.2}"), "ms");
-    report("enumerate.cold_ms", format!("{cold:.2}"), "ms");
-    report("enumerate.lean_ms", format!("{ours_lean:.2}"), "ms");
-    report("enumerate.ps_ms", format!("{ps:.2}"), "ms");
-    report(
-        "enumerate.ratio_vs_ps",
-        format!("{:.3}", ours / ps),
-        "ratio",
-    );
-    report(
-        "enumerate.cold_ratio_vs_ps",
-        format!("{:.3}", cold / ps),
-        "ratio",
-    );
-    report(
-        "enumerate.lean_ratio_vs_ps",
-        format!("{:.3}", ours_lean / ps),
-        "ratio",
-    );
+    report_f("enumerate.ms", ours, 2, "ms");
+    report_f("enumerate.cold_ms", cold, 2, "ms");
+    report_f("enumerate.lean_ms", ours_lean, 2, "ms");
+    report_f("enumerate.ps_ms", ps, 2, "ms");
+    report_ratio("enumerate.ratio_vs_ps", ours / ps);
+    report_ratio("enumerate.cold_ratio_vs_ps", cold / ps);
+    report_ratio("enumerate.lean_ratio_vs_ps", ours_lean / ps);
     drop(sleepers);
     Ok(())
 }

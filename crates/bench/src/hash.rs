@@ -11,7 +11,7 @@ use collector_core::HashAlgorithm;
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use tokio::time::Instant;
 
-use crate::report;
+use crate::{report, report_f, report_ratio};
 
 const CHUNK: usize = 256 << 10;
 
@@ -112,31 +112,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     let (read, sha256, blake3) = (median(read_bps), median(sha_bps), median(b3_bps));
-    report(
-        "hash.baseline_read_bytes_per_sec",
-        format!("{read:.0}"),
-        "bytes/s",
-    );
-    report(
-        "hash.sha256_bytes_per_sec",
-        format!("{sha256:.0}"),
-        "bytes/s",
-    );
-    report(
-        "hash.blake3_bytes_per_sec",
-        format!("{blake3:.0}"),
-        "bytes/s",
-    );
-    report(
-        "hash.sha256_ratio_vs_read",
-        format!("{:.3}", sha256 / read),
-        "ratio",
-    );
-    report(
-        "hash.blake3_ratio_vs_read",
-        format!("{:.3}", blake3 / read),
-        "ratio",
-    );
+    report_f("hash.baseline_read_bytes_per_sec", read, 0, "bytes/s");
+    report_f("hash.sha256_bytes_per_sec", sha256, 0, "bytes/s");
+    report_f("hash.blake3_bytes_per_sec", blake3, 0, "bytes/s");
+    report_ratio("hash.sha256_ratio_vs_read", sha256 / read);
+    report_ratio("hash.blake3_ratio_vs_read", blake3 / read);
 
     let cached = engine(HashAlgorithm::Sha256, 16)?;
     let hits = rt.block_on(async {

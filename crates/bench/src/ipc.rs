@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 use collector_core::{
-    Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer, IpcClientConfig,
-    IpcServerConfig, SourceCaps,
+    Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer, IpcClientConfig, IpcError,
+    IpcServerConfig, IpcServerHandle, SourceCaps,
 };
 use daemoneye_lib::proto::{DetectionResult, DetectionTask, ProtoTaskType, SubscribeRequest};
 use tokio::time::Instant;
 
-use crate::report;
-use crate::runtime::{sample_event, Blaster};
+use crate::runtime::blaster;
+use crate::{report, report_f, report_ratio};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
@@ -34,11 +34,7 @@ fn collector(records: u64) -> anyhow::Result<Collector> {
         .with_event_buffer_size(8192)
         .with_max_batch_size(512);
     let mut c = Collector::try_new(config)?;
-    c.register(Box::new(Blaster {
-        name: "ipc-blaster",
-        count: records,
-        template: sample_event(),
-    }))?;
+    c.register(Box::new(blaster("ipc-blaster", records)))?;
     Ok(c)
 }
 
@@ -46,6 +42,25 @@ fn socket_path(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir()
         .join(format!("daemoneye-bench-{}", std::process::id()))
         .join(format!("{tag}.sock"))
+}
+
+/// Runs `server` in a task that answers every task with an empty success;
+/// its handle and socket path.
+fn serve(
+    mut server: CollectorIpcServer,
+) -> (
+    IpcServerHandle,
+    std::path::PathBuf,
+    tokio::task::JoinHandle<Result<(), IpcError>>,
+) {
+    let handle = server.handle();
+    let path = server.socket_path().to_owned();
+    let serving = tokio::spawn(async move {
+        server
+            .start(|t| Box::pin(async move { DetectionResult::success(&t.task_id, Vec::new()) }))
+            .await
+    });
+    (handle, path, serving)
 }
 
 /// Records/s through an in-process subscription.
@@ -73,16 +88,10 @@ async fn over_ipc(records: u64) -> anyhow::Result<(f64, u64)> {
         max_batch_size: 512,
         ..IpcServerConfig::new(socket_path("stream"))
     };
-    let mut server = CollectorIpcServer::new(config, c.capabilities())
+    let server = CollectorIpcServer::new(config, c.capabilities())
         .await?
         .with_events(c.handle());
-    let server_handle = server.handle();
-    let path = server.socket_path().to_owned();
-    let serving = tokio::spawn(async move {
-        server
-            .start(|t| Box::pin(async move { DetectionResult::success(&t.task_id, Vec::new()) }))
-            .await
-    });
+    let (server_handle, path, serving) = serve(server);
     let client = CollectorIpcClient::connect(IpcClientConfig {
         event_buffer_batches: 256,
         ..IpcClientConfig::new(&path)
@@ -124,14 +133,8 @@ async fn over_ipc(records: u64) -> anyhow::Result<(f64, u64)> {
 
 async fn roundtrips(tasks: usize) -> anyhow::Result<Vec<Duration>> {
     let config = IpcServerConfig::new(socket_path("rtt"));
-    let mut server = CollectorIpcServer::new(config, SourceCaps::PROCESS).await?;
-    let server_handle = server.handle();
-    let path = server.socket_path().to_owned();
-    let serving = tokio::spawn(async move {
-        server
-            .start(|t| Box::pin(async move { DetectionResult::success(&t.task_id, Vec::new()) }))
-            .await
-    });
+    let server = CollectorIpcServer::new(config, SourceCaps::PROCESS).await?;
+    let (server_handle, path, serving) = serve(server);
     let client = CollectorIpcClient::connect(IpcClientConfig::new(&path)).await?;
     let mut times = Vec::with_capacity(tasks);
     for i in 0..tasks + tasks / 10 {
@@ -198,31 +201,15 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             }
         };
         let (b, i) = (median(&mut base), median(&mut ipc));
-        report(
-            "ipc.in_process_records_per_sec",
-            format!("{b:.0}"),
-            "records/s",
-        );
-        report("ipc.records_per_sec", format!("{i:.0}"), "records/s");
-        report("ipc.ratio_vs_in_process", format!("{:.3}", i / b), "ratio");
-        report(
-            "ipc.records_per_sec_spread",
-            format!("{:.3}", spread(&ipc)),
-            "ratio",
-        );
+        report_f("ipc.in_process_records_per_sec", b, 0, "records/s");
+        report_f("ipc.records_per_sec", i, 0, "records/s");
+        report_ratio("ipc.ratio_vs_in_process", i / b);
+        report_ratio("ipc.records_per_sec_spread", spread(&ipc));
         report("ipc.records_dropped", dropped, "records");
 
         let times = roundtrips(o.tasks).await?;
-        report(
-            "ipc.roundtrip_p50_us",
-            format!("{:.1}", percentile(&times, 0.50)),
-            "us",
-        );
-        report(
-            "ipc.roundtrip_p99_us",
-            format!("{:.1}", percentile(&times, 0.99)),
-            "us",
-        );
+        report_f("ipc.roundtrip_p50_us", percentile(&times, 0.50), 1, "us");
+        report_f("ipc.roundtrip_p99_us", percentile(&times, 0.99), 1, "us");
         let _ = std::fs::remove_dir_all(
             socket_path("x")
                 .parent()

@@ -28,6 +28,16 @@ fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
     println!("{metric} {value} {unit}");
 }
 
+/// Prints a figure rounded to `decimals` places.
+fn report_f(metric: &str, value: f64, decimals: usize, unit: &str) {
+    report(metric, format!("{value:.decimals$}"), unit);
+}
+
+/// Prints a ratio, to three places.
+fn report_ratio(metric: &str, value: f64) {
+    report_f(metric, value, 3, "ratio");
+}
+
 use std::process::ExitCode;
 
 /// Non-zero numbers for counts and repetitions.

@@ -1,15 +1,12 @@
 //! `runtime`: events/s through the `Collector` against a bare bounded tokio
 //! mpsc channel carrying the same events, and RSS under a sustained flood.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::bail;
-use async_trait::async_trait;
+use collector_core::testing::Replay;
 use collector_core::{
-    BootId, CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, ProcessKey,
-    ProcessResources, SourceCaps, WhenFull,
+    CollectionEvent, Collector, CollectorConfig, ProcessResources, SourceCaps, WhenFull,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -35,49 +32,12 @@ pub(crate) struct Options {
 }
 
 /// A process event of realistic shape: the thing a process collector sends.
-pub(crate) fn sample_event() -> CollectionEvent {
-    let boot = BootId::from_bytes([0x5a; 16]);
-    let mut p = ProcessEvent::new(4242, "nginx");
-    p.ppid = Some(1);
-    p.executable_path = Some("/usr/sbin/nginx".into());
-    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
-    p.user_id = Some(33);
-    p.memory_usage = Some(12 << 20);
-    p.process_key = Some(ProcessKey::new(boot, 4242, 123_456));
-    p.timestamp = SystemTime::now();
-    CollectionEvent::Process(p)
-}
+pub(crate) use collector_core::testing::sample_process_event as sample_event;
 
-/// Sends `count` clones of the sample event, then ends.
-pub(crate) struct Blaster {
-    pub(crate) name: &'static str,
-    pub(crate) count: u64,
-    pub(crate) template: CollectionEvent,
-}
-
-#[async_trait]
-impl EventSource for Blaster {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        for _ in 0..self.count {
-            if stop.load(Ordering::Relaxed) || tx.send(self.template.clone()).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+/// A source sending `count` clones of the sample event, then ending.
+pub(crate) fn blaster(name: &'static str, count: u64) -> Replay {
+    let template = sample_event();
+    Replay::new(name, SourceCaps::PROCESS, count, move |_| template.clone()).then_end()
 }
 
 const NAMES: [&str; 4] = ["blaster-0", "blaster-1", "blaster-2", "blaster-3"];
@@ -130,11 +90,7 @@ async fn through_collector(events: u64, sources: usize, subscribers: usize) -> a
     let mut collector = Collector::try_new(config)?;
     let per = events / sources as u64;
     for name in NAMES.iter().take(sources) {
-        collector.register(Box::new(Blaster {
-            name,
-            count: per,
-            template: sample_event(),
-        }))?;
+        collector.register(Box::new(blaster(name, per)))?;
     }
     let handle = collector.handle();
     let readers: Vec<_> = (0..subscribers)
@@ -188,11 +144,7 @@ async fn flood(dur: Duration) -> anyhow::Result<(u64, u64, f64)> {
         .with_event_buffer_size(BUFFER)
         .with_max_batch_size(BATCH);
     let mut collector = Collector::try_new(config)?;
-    collector.register(Box::new(Blaster {
-        name: "flood",
-        count: u64::MAX,
-        template: sample_event(),
-    }))?;
+    collector.register(Box::new(blaster("flood", u64::MAX)))?;
     let handle = collector.handle();
     let mut sub = handle.subscribe();
     let reader = tokio::spawn(async move {
@@ -267,18 +219,14 @@ mod tests {
 
     #[tokio::test]
     async fn blaster_passes_the_conformance_check() {
-        let source = Blaster {
-            name: "blaster",
-            count: 10_000,
-            template: sample_event(),
-        };
+        let source = blaster("blaster", 10_000);
         let config = collector_core::testing::ConformanceConfig {
             min_events: 10_000,
             // Ends as soon as the events are in; generous for loaded machines.
             run_for: std::time::Duration::from_secs(30),
             ..Default::default()
         };
-        let report = collector_core::testing::check_source(Arc::new(source), &config)
+        let report = collector_core::testing::check_source(std::sync::Arc::new(source), &config)
             .await
             .unwrap();
         assert_eq!(report.events(), 10_000);

@@ -94,10 +94,8 @@ async fn broadcast_fan_out() {
 }
 
 fn fan_out(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Multi-threaded, I/O and time enabled.
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("fan_out_16_subscribers");
     g.throughput(Throughput::Elements(EVENTS));
     g.sample_size(10);

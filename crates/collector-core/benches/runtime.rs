@@ -4,53 +4,13 @@
 //! The project's own figures come from `daemoneye-bench runtime`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, SourceCaps,
-};
+use collector_core::testing::{sample_process_event as event, Replay};
+use collector_core::{Collector, CollectorConfig, SourceCaps};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::sync::mpsc;
 
 const EVENTS: u64 = 100_000;
 const BUFFER: usize = 8192;
-
-fn event() -> CollectionEvent {
-    let mut p = ProcessEvent::new(4242, "nginx");
-    p.executable_path = Some("/usr/sbin/nginx".into());
-    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
-    CollectionEvent::Process(p)
-}
-
-struct Blaster(u64);
-
-#[async_trait]
-impl EventSource for Blaster {
-    fn name(&self) -> &'static str {
-        "blaster"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        let e = event();
-        for _ in 0..self.0 {
-            if stop.load(Ordering::Relaxed) || tx.send(e.clone()).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
 
 async fn collector(n: u64) -> u64 {
     let mut c = Collector::new(
@@ -58,7 +18,11 @@ async fn collector(n: u64) -> u64 {
             .with_event_buffer_size(BUFFER)
             .with_max_batch_size(512),
     );
-    c.register(Box::new(Blaster(n))).unwrap();
+    let e = event();
+    c.register(Box::new(
+        Replay::new("blaster", SourceCaps::PROCESS, n, move |_| e.clone()).then_end(),
+    ))
+    .unwrap();
     let mut sub = c.handle().subscribe();
     let reader = tokio::spawn(async move {
         let mut got = 0;
@@ -95,10 +59,8 @@ async fn bare_mpsc(n: u64) -> u64 {
 }
 
 fn throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Multi-threaded, I/O and time enabled.
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("runtime");
     g.throughput(Throughput::Elements(EVENTS));
     g.sample_size(20);

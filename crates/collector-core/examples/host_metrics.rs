@@ -9,17 +9,16 @@
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, SourceCaps,
     SourceContext,
 };
-use tokio::sync::mpsc;
 
 /// Host load and memory, read from /proc.
 struct HostMetrics {
@@ -99,25 +98,9 @@ impl HostMetrics {
 
 #[async_trait]
 impl EventSource for HostMetrics {
-    fn name(&self) -> &'static str {
-        "host-metrics"
-    }
-
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
-    }
-
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        shutdown: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-            .await
-    }
-
-    // Awaits shutdown instead of polling a flag: the loop ends the moment the
-    // token is cancelled, even in the middle of an interval.
+    // The method that does the work comes first. It awaits shutdown instead
+    // of polling a flag: the loop ends the moment the token is cancelled,
+    // even in the middle of an interval.
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.interval);
         loop {
@@ -132,6 +115,19 @@ impl EventSource for HostMetrics {
                 }
             }
         }
+    }
+
+    // The reference API's entry point, bridged to the one above.
+    async fn start(&self, tx: EventSender, shutdown: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, shutdown).await
+    }
+
+    fn name(&self) -> &'static str {
+        "host-metrics"
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
     }
 
     async fn stop(&self) -> anyhow::Result<()> {
@@ -231,7 +227,7 @@ mod tests {
             min_events: 7,
             ..Default::default()
         };
-        let report = collector_core::testing::check_source(Arc::new(source), &config)
+        let report = collector_core::testing::check_source(std::sync::Arc::new(source), &config)
             .await
             .unwrap();
         assert!(report.events() >= 7);

@@ -368,11 +368,13 @@ impl fmt::Display for ProcessEventType {
 /// A process observation: from a snapshot, or a lifecycle event.
 ///
 /// Fields the collector could not read are `None` (and `accessible` is false
-/// when `/proc` refused us); they are never invented.
+/// when `/proc` refused us); they are never invented. A field missing from
+/// serialized input takes its [`Default`] (older records lack the newer
+/// fields); the runtime's validation still refuses what is invalid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessEvent {
     /// What this event reports (snapshot, exec, exit, ...).
-    #[serde(default)]
     pub event_type: ProcessEventType,
     /// Process id.
     pub pid: u32,
@@ -410,35 +412,25 @@ pub struct ProcessEvent {
     pub process_key: Option<ProcessKey>,
     /// For `Exit`: the raw wait status the kernel reported (`code << 8`, or
     /// the terminating signal in the low 7 bits).
-    #[serde(default)]
     pub exit_code: Option<i32>,
     /// Effective user id.
-    #[serde(default)]
     pub euid: Option<u32>,
     /// Real group id.
-    #[serde(default)]
     pub gid: Option<u32>,
     /// Scheduler state letter from the kernel (`R`, `S`, `D`, `Z`, ...).
-    #[serde(default)]
     pub state: Option<char>,
     /// Number of threads.
-    #[serde(default)]
     pub threads: Option<u32>,
     /// User plus system CPU time so far, in clock ticks.
-    #[serde(default)]
     pub cpu_ticks: Option<u64>,
     /// Whether the file now at `executable_path` is not the one the process
     /// runs (replaced on disk while it runs).
-    #[serde(default)]
     pub exe_replaced: bool,
     /// How much of the process could be read.
-    #[serde(default)]
     pub read: ReadDepth,
     /// Where the process runs: control group, container, namespaces.
-    #[serde(default)]
     pub context: ProcessContext,
     /// What a lifecycle event says beyond its type.
-    #[serde(default)]
     pub lifecycle: LifecycleDetail,
 }
 

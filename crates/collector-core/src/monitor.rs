@@ -107,23 +107,25 @@ mod tests {
     #[test]
     fn zero_values_are_refused_by_name() {
         MonitorCollectorConfig::default().validate().unwrap();
-        let bad = MonitorCollectorConfig {
-            collection_interval: Duration::ZERO,
-            ..MonitorCollectorConfig::default()
-        };
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("collection_interval"));
-        let bad = MonitorCollectorConfig {
-            max_events_in_flight: 0,
-            ..MonitorCollectorConfig::default()
-        };
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("max_events_in_flight"));
+        let ok = MonitorCollectorConfig::default;
+        for (bad, field) in [
+            (
+                MonitorCollectorConfig {
+                    collection_interval: Duration::ZERO,
+                    ..ok()
+                },
+                "collection_interval",
+            ),
+            (
+                MonitorCollectorConfig {
+                    max_events_in_flight: 0,
+                    ..ok()
+                },
+                "max_events_in_flight",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 }

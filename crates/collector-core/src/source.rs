@@ -432,41 +432,4 @@ mod tests {
             .unwrap();
         assert!(!token.is_cancelled());
     }
-
-    #[tokio::test]
-    async fn the_default_start_with_sets_the_flag_when_the_token_is_cancelled() {
-        struct Flagged;
-        #[async_trait]
-        impl EventSource for Flagged {
-            fn name(&self) -> &'static str {
-                "flagged"
-            }
-            fn capabilities(&self) -> SourceCaps {
-                SourceCaps::PROCESS
-            }
-            async fn start(
-                &self,
-                _tx: mpsc::Sender<CollectionEvent>,
-                flag: Arc<AtomicBool>,
-            ) -> anyhow::Result<()> {
-                // Returns only once the flag is seen, yielding between looks.
-                while !flag.load(Ordering::SeqCst) {
-                    tokio::task::yield_now().await;
-                }
-                Ok(())
-            }
-            async fn stop(&self) -> anyhow::Result<()> {
-                Ok(())
-            }
-        }
-        let (tx, _rx) = mpsc::channel(1);
-        let ctx = SourceContext::new("flagged", tx);
-        let (token, flag) = (ctx.shutdown().clone(), ctx.shutdown_flag().clone());
-        let run = tokio::spawn(async move { Flagged.start_with(ctx).await });
-        tokio::task::yield_now().await;
-        assert!(!flag.load(Ordering::SeqCst));
-        token.cancel();
-        run.await.unwrap().unwrap();
-        assert!(flag.load(Ordering::SeqCst));
-    }
 }

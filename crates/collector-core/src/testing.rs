@@ -36,16 +36,32 @@
 //! assert!(report.stop_latency <= ConformanceConfig::default().stop_deadline);
 //! # }
 //! ```
+//!
+//! [`Replay`] is a ready-made source for tests and benches: it sends a
+//! given number of events (or what a test hands it through a channel),
+//! then waits for shutdown or returns.
+//! [`recv_until`] skips a subscription's events up to the one a test waits
+//! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
+//! time that types can cross threads.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
-use crate::event::{CollectionEvent, EventKind, EventValidationError};
-use crate::source::{EventSource, SourceCaps, SourceContext};
+use crate::event::{
+    BootId, CollectionEvent, EventKind, EventValidationError, ProcessEvent, ProcessKey,
+};
+use crate::source::{
+    start_from_flag, EventSender, EventSource, ShutdownFlag, SourceCaps, SourceContext,
+};
+use crate::subscription::Subscription;
 
 /// How [`check_source`] exercises a source.
 #[derive(Debug, Clone)]
@@ -297,4 +313,266 @@ pub async fn check_source(
         });
     }
     Ok(tally.report)
+}
+
+/// Fails to compile unless every type named is `Send` and `Sync`.
+///
+/// ```
+/// collector_core::assert_send_sync!(collector_core::CollectorHandle, collector_core::SourceCaps);
+/// ```
+///
+/// ```compile_fail
+/// collector_core::assert_send_sync!(std::rc::Rc<u8>);
+/// ```
+#[macro_export]
+macro_rules! assert_send_sync {
+    ($($t:ty),+ $(,)?) => {
+        const _: () = {
+            const fn check<T: ::core::marker::Send + ::core::marker::Sync + ?Sized>() {}
+            $(check::<$t>();)+
+        };
+    };
+}
+
+/// Receives from `sub` until an event satisfies `want` and returns it;
+/// `None` if the stream ends first. The events before it are consumed.
+///
+/// ```
+/// use collector_core::testing::{recv_until, Replay};
+/// use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEvent, SourceCaps};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut collector = Collector::new(CollectorConfig::default());
+/// collector
+///     .register(Box::new(
+///         Replay::new("procs", SourceCaps::PROCESS, 5, |n| {
+///             CollectionEvent::Process(ProcessEvent::new(1 + n as u32, "p"))
+///         })
+///         .then_end(),
+///     ))
+///     .unwrap();
+/// let mut sub = collector.handle().subscribe();
+/// let run = tokio::spawn(collector.run_until(std::future::pending()));
+/// let third = recv_until(&mut sub, |e| e.pid() == Some(3)).await.unwrap();
+/// assert_eq!(third.pid(), Some(3));
+/// assert!(recv_until(&mut sub, |e| e.pid() == Some(3)).await.is_none());
+/// run.await.unwrap().unwrap();
+/// # }
+/// ```
+pub async fn recv_until<T: Clone>(
+    sub: &mut Subscription<T>,
+    mut want: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    while let Some(event) = sub.recv().await {
+        if want(&event) {
+            return Some(event);
+        }
+    }
+    None
+}
+
+/// A process event of realistic shape, for benches and tests: what a
+/// process collector sends for a running nginx.
+pub fn sample_process_event() -> CollectionEvent {
+    let boot = BootId::from_bytes([0x5a; 16]);
+    let mut p = ProcessEvent::new(4242, "nginx");
+    p.ppid = Some(1);
+    p.executable_path = Some("/usr/sbin/nginx".into());
+    p.command_line = vec!["nginx".into(), "-g".into(), "daemon off;".into()];
+    p.user_id = Some(33);
+    p.memory_usage = Some(12 << 20);
+    p.process_key = Some(ProcessKey::new(boot, 4242, 123_456));
+    p.timestamp = std::time::SystemTime::now();
+    CollectionEvent::Process(p)
+}
+
+/// Makes the `n`th event a [`Replay`] sends.
+type MakeEvent = Box<dyn Fn(u64) -> CollectionEvent + Send + Sync>;
+
+/// Where a [`Replay`]'s events come from.
+enum Script {
+    /// `make(0)` to `make(count - 1)`.
+    Made { count: u64, make: MakeEvent },
+    /// What arrives on the channel, until it closes (taken on the first run).
+    Fed(tokio::sync::Mutex<Option<mpsc::Receiver<CollectionEvent>>>),
+}
+
+/// A source for tests and benches: sends `count` events, the `n`th made by
+/// `make(n)`, as fast as they are taken, then waits for shutdown (or, after
+/// [`then_end`](Self::then_end), returns). [`Replay::fed`] sends what a
+/// test hands it through a channel instead.
+///
+/// It stops sending the moment its token is cancelled, even while waiting
+/// for room in a full channel, and returns `Ok` when its channel closes.
+/// [`sent`](Self::sent) counts the events that went out.
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// use std::sync::Arc;
+/// use collector_core::testing::{check_source, ConformanceConfig, Replay};
+/// use collector_core::{CollectionEvent, ProcessEvent, SourceCaps};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let source = Replay::new("procs", SourceCaps::PROCESS, 3, |n| {
+///     CollectionEvent::Process(ProcessEvent::new(100 + n as u32, "p"))
+/// });
+/// let sent = source.sent();
+/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
+/// assert_eq!((report.events(), sent.load(Ordering::Relaxed)), (3, 3));
+///
+/// let (source, feed) = Replay::fed("fed", SourceCaps::PROCESS);
+/// feed.send(CollectionEvent::Process(ProcessEvent::new(7, "ls"))).await.unwrap();
+/// drop(feed);
+/// let report = check_source(Arc::new(source), &ConformanceConfig::default()).await.unwrap();
+/// assert_eq!(report.events(), 1);
+/// # }
+/// ```
+pub struct Replay {
+    name: &'static str,
+    caps: SourceCaps,
+    script: Script,
+    then_wait: bool,
+    sent: Arc<AtomicU64>,
+}
+
+impl Replay {
+    /// A source named `name`, declaring `caps`, that sends `make(0)` to
+    /// `make(count - 1)` and then waits for shutdown.
+    pub fn new(
+        name: &'static str,
+        caps: SourceCaps,
+        count: u64,
+        make: impl Fn(u64) -> CollectionEvent + Send + Sync + 'static,
+    ) -> Self {
+        let make = Box::new(make);
+        Self::with_script(name, caps, Script::Made { count, make })
+    }
+
+    /// A source that sends `events`, in order, and then waits for shutdown.
+    pub fn events(name: &'static str, caps: SourceCaps, events: Vec<CollectionEvent>) -> Self {
+        let count = events.len() as u64;
+        // `n < count`, so the index is in range.
+        #[allow(clippy::cast_possible_truncation)]
+        Self::new(name, caps, count, move |n| events[n as usize].clone())
+    }
+
+    /// A source that sends what arrives on the returned sender (64 events of
+    /// buffer) and returns once every sender is gone and the rest is sent.
+    /// It runs once: started again, it returns at once.
+    pub fn fed(name: &'static str, caps: SourceCaps) -> (Self, mpsc::Sender<CollectionEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let feed = Script::Fed(tokio::sync::Mutex::new(Some(rx)));
+        (Self::with_script(name, caps, feed).then_end(), tx)
+    }
+
+    fn with_script(name: &'static str, caps: SourceCaps, script: Script) -> Self {
+        Self {
+            name,
+            caps,
+            script,
+            then_wait: true,
+            sent: Arc::default(),
+        }
+    }
+
+    /// Returns once every event is sent instead of waiting for shutdown.
+    #[must_use]
+    pub fn then_end(mut self) -> Self {
+        self.then_wait = false;
+        self
+    }
+
+    /// The count of events sent so far (shared: take it before handing the
+    /// source over).
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
+    /// Sends the script's events; `false` if shutdown or a closed channel
+    /// cut it short.
+    async fn play(&self, ctx: &SourceContext) -> bool {
+        match &self.script {
+            Script::Made { count, make } => {
+                for n in 0..*count {
+                    if !self.offer(ctx, make(n)).await {
+                        return false;
+                    }
+                }
+            }
+            Script::Fed(feed) => {
+                let Some(mut feed) = feed.lock().await.take() else {
+                    return true;
+                };
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        () = ctx.shutdown().cancelled() => return false,
+                        next = feed.recv() => next,
+                    };
+                    let Some(event) = next else { break };
+                    if !self.offer(ctx, event).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends `event` unless shutdown comes first, and counts it: `false`
+    /// once the token is cancelled or the channel closed. Waits
+    /// (cancellably) only when the channel is full.
+    async fn offer(&self, ctx: &SourceContext, event: CollectionEvent) -> bool {
+        if ctx.shutdown().is_cancelled() {
+            return false;
+        }
+        let sent = match ctx.out().try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Closed(_)) => false,
+            Err(TrySendError::Full(event)) => tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => false,
+                sent = ctx.out().send(event) => sent.is_ok(),
+            },
+        };
+        if sent {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+impl fmt::Debug for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field("name", &self.name)
+            .field("caps", &self.caps)
+            .field("then_wait", &self.then_wait)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl EventSource for Replay {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn capabilities(&self) -> SourceCaps {
+        self.caps
+    }
+    async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, flag).await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        if self.play(&ctx).await && self.then_wait {
+            ctx.shutdown().cancelled().await;
+        }
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

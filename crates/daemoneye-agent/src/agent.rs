@@ -55,6 +55,10 @@ pub const MAX_JUDGED: usize = 4096;
 
 /// Event batches the links may queue for the detection loop.
 const LINK_QUEUE: usize = 64;
+/// After a shutdown signal, how long the agent still judges and stores the
+/// batches its links had already handed on; what is left then is counted
+/// dropped (`events_dropped_at_shutdown`).
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the agent could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +120,20 @@ impl AgentError {
     /// configuration, the data directory, a sink's file or address, the
     /// metrics address.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_) | Self::Metrics(_)
-        )
+        match self {
+            Self::Config(_) | Self::DataDir { .. } | Self::Sinks(_) | Self::Metrics(_) => true,
+            // A store file the user cannot open, one that is not a
+            // database, or one from a newer build: theirs to fix.
+            Self::Store { source, .. } => matches!(
+                source,
+                StoreError::DirectoryMissing { .. }
+                    | StoreError::Create { .. }
+                    | StoreError::Open { .. }
+                    | StoreError::JournalMode { .. }
+                    | StoreError::NewerSchema { .. }
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -218,6 +232,37 @@ impl Pipeline {
         if reconnected {
             self.detector.forget_processes();
             self.writer.clear_processes().await;
+        }
+    }
+
+    /// After the links were told to stop: judges and stores the batches they
+    /// had handed on, until they are all gone or `deadline` passes; what is
+    /// left then is counted dropped.
+    async fn drain(&mut self, rx: &mut mpsc::Receiver<LinkEvent>, deadline: tokio::time::Instant) {
+        loop {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = tokio::time::sleep_until(deadline) => {
+                    let mut left = 0;
+                    while let Ok(event) = rx.try_recv() {
+                        if let LinkEvent::Events(batch) = event {
+                            left += batch.len();
+                        }
+                    }
+                    self.counters.dropped_at_shutdown.add_usize(left);
+                    warn!(events = left, "shutdown deadline passed; events left unjudged");
+                    return;
+                }
+            };
+            match event {
+                Some(LinkEvent::Events(batch)) => {
+                    let detector = &mut self.detector;
+                    let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
+                    self.settle(judged, Some(batch), false).await;
+                }
+                Some(LinkEvent::Connected) => {}
+                None => return,
+            }
         }
     }
 
@@ -506,6 +551,12 @@ impl Agent {
         }
         info!("shutting down");
         stop_links.cancel();
+        // The links stop at once (a batch a link could not hand on is
+        // counted there); what they had handed on is judged and stored,
+        // within the deadline.
+        pipeline
+            .drain(&mut rx, tokio::time::Instant::now() + DRAIN_DEADLINE)
+            .await;
         for handle in linking {
             if let Err(e) = handle.await {
                 error!(error = %e, "a collector link failed");

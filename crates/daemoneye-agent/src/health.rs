@@ -31,6 +31,9 @@ pub struct AgentCounters {
     pub engine_errors: Counter,
     /// Processes the agent knows alive.
     pub live_processes: Gauge,
+    /// Events its links had handed on that were still unjudged when the
+    /// shutdown deadline passed.
+    pub dropped_at_shutdown: Counter,
 }
 
 impl AgentCounters {
@@ -61,6 +64,12 @@ impl AgentCounters {
                     &self.engine_errors,
                 ),
             ],
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[("stage", "agent"), ("reason", "shutdown")],
+            &self.dropped_at_shutdown,
         );
         registry.register_gauge(
             "daemoneye_processes_live",
@@ -235,6 +244,7 @@ impl AgentHealth {
                 ("batches_received", link.batches.get()),
                 ("events_dropped_by_collector", link.dropped_upstream.get()),
                 ("bad_records", link.bad_records.get()),
+                ("events_dropped_at_shutdown", link.dropped_at_shutdown.get()),
             ] {
                 *counters.entry(key.to_owned()).or_insert(0) += value;
                 let own = key.strip_prefix("collector_").unwrap_or(key);

@@ -132,6 +132,9 @@ pub struct LinkStatus {
     pub dropped_upstream: Counter,
     /// Records that could not be read back as events (counted, skipped).
     pub bad_records: Counter,
+    /// Events received but not handed on because the agent was shutting
+    /// down (its loop had stopped taking batches).
+    pub dropped_at_shutdown: Counter,
     /// Valid records of other kinds than processes (no consumer in the agent
     /// yet: counted and skipped).
     pub ignored_records: Counter,
@@ -178,6 +181,12 @@ impl LinkStatus {
             "Events dropped, by stage and reason.",
             &[stage, collector, ("reason", "unreadable")],
             &self.bad_records,
+        );
+        registry.register_counter(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            &[stage, collector, ("reason", "shutdown")],
+            &self.dropped_at_shutdown,
         );
         registry.register_counter(
             "daemoneye_events_ignored_total",
@@ -470,7 +479,20 @@ async fn stream(
             return Ended::Lost("the collector closed the connection".to_owned());
         };
         let out = convert(batch, status);
-        if !out.is_empty() && tx.send(LinkEvent::Events(out)).await.is_err() {
+        if out.is_empty() {
+            continue;
+        }
+        let n = out.len();
+        // The loop may be behind: wait for room, but not past shutdown
+        // (the loop stops taking batches then, and a link waiting here
+        // would hold the agent up forever).
+        let sent = tokio::select! {
+            biased;
+            sent = tx.send(LinkEvent::Events(out)) => sent.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if !sent {
+            status.dropped_at_shutdown.add_usize(n);
             return Ended::Shutdown;
         }
     }

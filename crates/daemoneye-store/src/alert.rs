@@ -5,7 +5,7 @@
 //! rule only what [`AlertRule`] says, so the store does not depend on the
 //! rule engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -151,12 +151,16 @@ impl Alert {
 }
 
 /// Drops repeats of an alert (same rule, same process) within a window.
-/// Bounded: beyond `capacity` keys, the oldest are forgotten first.
+/// Bounded: beyond `capacity` keys, the oldest are forgotten first. O(1)
+/// per alert (amortized), also at the cap: keys are kept in the order they
+/// were admitted, so the expired and the oldest are at the front.
 #[derive(Debug)]
 pub struct Deduper {
     window: Duration,
     capacity: usize,
     seen: HashMap<String, Instant>,
+    /// The keys of `seen`, oldest first (admission times never decrease).
+    order: VecDeque<(String, Instant)>,
     suppressed: u64,
 }
 
@@ -167,6 +171,7 @@ impl Deduper {
             window,
             capacity: capacity.max(1),
             seen: HashMap::new(),
+            order: VecDeque::new(),
             suppressed: 0,
         }
     }
@@ -174,28 +179,29 @@ impl Deduper {
     /// Whether `alert` is new (and remembers it) or a repeat (counted).
     pub fn admit(&mut self, alert: &Alert) -> bool {
         let now = Instant::now();
-        if let Some(at) = self.seen.get(&alert.dedup_key) {
+        // Forget what has expired: at the front, since times never decrease.
+        while let Some((_, at)) = self.order.front() {
             if now.duration_since(*at) < self.window {
-                self.suppressed += 1;
-                return false;
+                break;
             }
+            self.forget_oldest();
         }
-        if self.seen.len() >= self.capacity {
-            let window = self.window;
-            self.seen.retain(|_, at| now.duration_since(*at) < window);
-            if self.seen.len() >= self.capacity {
-                if let Some(oldest) = self
-                    .seen
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-                {
-                    self.seen.remove(&oldest);
-                }
-            }
+        if self.seen.contains_key(&alert.dedup_key) {
+            self.suppressed += 1;
+            return false;
+        }
+        while self.seen.len() >= self.capacity && !self.order.is_empty() {
+            self.forget_oldest();
         }
         self.seen.insert(alert.dedup_key.clone(), now);
+        self.order.push_back((alert.dedup_key.clone(), now));
         true
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((key, _)) = self.order.pop_front() {
+            self.seen.remove(&key);
+        }
     }
 
     /// Repeats suppressed so far.
@@ -257,7 +263,27 @@ pub(crate) mod tests {
             assert!(d.admit(&alert(pid)));
             tokio::time::advance(Duration::from_millis(1)).await;
         }
-        assert!(d.seen.len() <= 3);
+        assert!(d.seen.len() <= 3 && d.order.len() <= 3);
+        // The oldest went first: the newest three are still remembered.
+        for pid in 7..10 {
+            assert!(!d.admit(&alert(pid)), "{pid} was forgotten");
+        }
+        assert!(d.admit(&alert(0)), "0 was the oldest");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_each_alert_costs_the_same() {
+        // Full of keys still within the window: admitting one forgets one
+        // (the scan of every key it replaced made each alert cost the cap).
+        let mut d = Deduper::new(Duration::from_secs(3600), 50_000);
+        for pid in 0..150_000 {
+            assert!(d.admit(&alert(pid)));
+        }
+        assert_eq!((d.seen.len(), d.order.len()), (50_000, 50_000));
+        assert!(!d.admit(&alert(149_999)));
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert!(d.admit(&alert(149_999)), "expired keys alert again");
+        assert_eq!(d.seen.len(), 1, "expired keys were all forgotten");
     }
 
     #[test]

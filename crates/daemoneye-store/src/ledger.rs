@@ -207,6 +207,13 @@ mod tests {
         conn
     }
 
+    /// Where a five-entry chain breaks once `sql` has run on it.
+    fn broken_by(sql: &str) -> i64 {
+        let conn = ledger(5);
+        conn.execute_batch(sql).unwrap();
+        broken_at(&conn)
+    }
+
     fn broken_at(conn: &Connection) -> i64 {
         match verify(conn) {
             Err(LedgerError::Broken { seq, .. }) => seq,
@@ -230,10 +237,10 @@ mod tests {
 
     #[test]
     fn an_edited_entry_is_named() {
-        let conn = ledger(5);
-        conn.execute("UPDATE ledger SET content = '{\"n\":99}' WHERE seq = 3", [])
-            .unwrap();
-        assert_eq!(broken_at(&conn), 3);
+        assert_eq!(
+            broken_by("UPDATE ledger SET content = '{\"n\":99}' WHERE seq = 3"),
+            3
+        );
     }
 
     #[test]
@@ -255,22 +262,15 @@ mod tests {
 
     #[test]
     fn a_deleted_entry_is_named() {
-        let conn = ledger(5);
-        conn.execute("DELETE FROM ledger WHERE seq = 2", [])
-            .unwrap();
-        assert_eq!(broken_at(&conn), 2);
+        assert_eq!(broken_by("DELETE FROM ledger WHERE seq = 2"), 2);
     }
 
     #[test]
     fn reordered_entries_are_found() {
-        let conn = ledger(5);
-        conn.execute_batch(
-            "UPDATE ledger SET seq = -1 WHERE seq = 2;
+        let swap = "UPDATE ledger SET seq = -1 WHERE seq = 2;
              UPDATE ledger SET seq = 2 WHERE seq = 3;
-             UPDATE ledger SET seq = 3 WHERE seq = -1;",
-        )
-        .unwrap();
-        assert_eq!(broken_at(&conn), 2);
+             UPDATE ledger SET seq = 3 WHERE seq = -1;";
+        assert_eq!(broken_by(swap), 2);
     }
 
     #[test]

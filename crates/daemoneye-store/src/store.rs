@@ -288,6 +288,8 @@ pub struct Recorded {
     pub upserted: u64,
     /// Rows of `processes` marked exited.
     pub removed: u64,
+    /// Snapshots stored.
+    pub snapshots: u64,
 }
 
 /// The result of [`Store::query`].
@@ -456,33 +458,12 @@ impl Store {
     /// `taken_at` is the latest `timestamp` among `processes` (now, when the
     /// slice is empty).
     pub fn write_snapshot(&mut self, processes: &[ProcessEvent]) -> Result<SnapshotId, StoreError> {
-        let taken_at = processes
-            .iter()
-            .map(|p| p.timestamp)
-            .max()
-            .unwrap_or_else(SystemTime::now);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id = {
-            tx.prepare_cached(INSERT_SNAPSHOT)?.execute(params![
-                to_nanos(taken_at),
-                i64::try_from(processes.len()).unwrap_or(i64::MAX)
-            ])?;
-            let id = tx.last_insert_rowid();
-            let mut insert = tx.prepare_cached(INSERT_SNAPSHOT_ROW)?;
-            let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
-            for p in processes {
-                let e = Encoded::new(p)?;
-                let head: [&dyn ToSql; 2] = [&id, &e.key];
-                let tail: [&dyn ToSql; 2] = [&e.metadata, &e.observed_at];
-                insert.execute(e.columns(head, tail))?;
-                e.upsert(&mut upsert, ProcessEventType::Snapshot, None)?;
-            }
-            id
-        };
+        let id = write_snapshot_in(&tx, processes)?;
         tx.commit()?;
-        Ok(SnapshotId(id))
+        Ok(id)
     }
 
     /// Appends lifecycle events in one transaction, each with its ledger
@@ -551,6 +532,10 @@ impl Store {
                 }
                 Op::Alert(alert) => {
                     write_alert_in(&tx, &mut chain, alert)?;
+                }
+                Op::Snapshot(processes) => {
+                    write_snapshot_in(&tx, processes)?;
+                    done.snapshots += 1;
                 }
                 Op::ClearProcesses => {
                     tx.execute("DELETE FROM processes", [])?;
@@ -788,8 +773,37 @@ impl Store {
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
     Events(&'a [ProcessEvent]),
+    Snapshot(&'a [ProcessEvent]),
     Alert(&'a Alert),
     ClearProcesses,
+}
+
+/// Writes one snapshot of the process table inside `tx` (its rows, and
+/// `processes` for every row with a process key).
+fn write_snapshot_in(
+    tx: &Transaction<'_>,
+    processes: &[ProcessEvent],
+) -> Result<SnapshotId, StoreError> {
+    let taken_at = processes
+        .iter()
+        .map(|p| p.timestamp)
+        .max()
+        .unwrap_or_else(SystemTime::now);
+    tx.prepare_cached(INSERT_SNAPSHOT)?.execute(params![
+        to_nanos(taken_at),
+        i64::try_from(processes.len()).unwrap_or(i64::MAX)
+    ])?;
+    let id = tx.last_insert_rowid();
+    let mut insert = tx.prepare_cached(INSERT_SNAPSHOT_ROW)?;
+    let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
+    for p in processes {
+        let e = Encoded::new(p)?;
+        let head: [&dyn ToSql; 2] = [&id, &e.key];
+        let tail: [&dyn ToSql; 2] = [&e.metadata, &e.observed_at];
+        insert.execute(e.columns(head, tail))?;
+        e.upsert(&mut upsert, ProcessEventType::Snapshot, None)?;
+    }
+    Ok(SnapshotId(id))
 }
 
 /// Writes `events` inside `tx`: lifecycle events with their ledger entries
@@ -1573,7 +1587,8 @@ mod tests {
             Recorded {
                 lifecycle: 4,
                 upserted: 4,
-                removed: 1
+                removed: 1,
+                snapshots: 0,
             }
         );
         let ro = Store::open_read_only(dir.path()).unwrap();

@@ -40,7 +40,7 @@
 //! ```
 
 use collector_core::metrics::{Counter, Registry};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use collector_core::{ProcessEvent, WhenFull};
@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::alert::Alert;
-use crate::store::{Op, Store, StoreError};
+use crate::store::{Op, Recorded, Store, StoreError};
 
 /// Configuration of a [`StoreWriter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +115,8 @@ pub struct WriterStats {
     pub lifecycle_events: Counter,
     /// Alerts committed (each with a ledger entry).
     pub alerts: Counter,
+    /// Snapshots of the process table committed.
+    pub snapshots: Counter,
     /// Writes lost: failed twice, or refused because the writer had closed
     /// (each logged).
     pub failures: Counter,
@@ -156,6 +158,11 @@ impl WriterStats {
                     "daemoneye_alerts_written_total",
                     "Alerts committed with their ledger entry.",
                     &self.alerts,
+                ),
+                (
+                    "daemoneye_snapshots_written_total",
+                    "Snapshots of the process table committed.",
+                    &self.snapshots,
                 ),
                 (
                     "daemoneye_store_writes_lost_total",
@@ -222,6 +229,7 @@ impl WriterStats {
 #[derive(Debug)]
 enum Write {
     Events(Vec<ProcessEvent>),
+    Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
     Flush(oneshot::Sender<()>),
@@ -247,6 +255,23 @@ impl StoreWriter {
     /// # Errors
     /// [`StoreError::Spawn`] when the thread cannot be started.
     pub fn spawn(store: Store, config: WriterConfig) -> Result<Self, StoreError> {
+        Self::spawn_slot(Slot::Owned(Box::new(store)), config)
+    }
+
+    /// [`spawn`](Self::spawn) over a store shared with others (procmond's
+    /// `DatabaseManager`, as the reference API hands it): the writer locks
+    /// it for each transaction only.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn).
+    pub fn spawn_shared(
+        store: Arc<Mutex<Store>>,
+        config: WriterConfig,
+    ) -> Result<Self, StoreError> {
+        Self::spawn_slot(Slot::Shared(store), config)
+    }
+
+    fn spawn_slot(store: Slot, config: WriterConfig) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(config.queue_writes.max(1));
         let (done_tx, done_rx) = watch::channel(false);
         let stats = Arc::new(WriterStats::default());
@@ -341,6 +366,14 @@ impl StoreWriter {
         }
     }
 
+    /// Queues one snapshot of the process table, stored in one transaction
+    /// (always waits for room: snapshots are periodic, not a flood).
+    pub async fn snapshot(&self, processes: Vec<ProcessEvent>) {
+        if self.tx.send(Write::Snapshot(processes)).await.is_err() {
+            self.refused("snapshot");
+        }
+    }
+
     /// Queues an alert (always waits for room: alerts are never dropped).
     pub async fn alert(&self, alert: Alert) {
         if self.tx.send(Write::Alert(Box::new(alert))).await.is_err() {
@@ -400,8 +433,27 @@ impl StoreWriter {
     }
 }
 
+/// The store the writer writes: its own, or one shared with its owner
+/// (locked for each transaction).
+enum Slot {
+    Owned(Box<Store>),
+    Shared(Arc<Mutex<Store>>),
+}
+
+impl Slot {
+    fn apply(&mut self, ops: &[Op<'_>]) -> Result<Recorded, StoreError> {
+        match self {
+            Self::Owned(store) => store.apply(ops),
+            Self::Shared(store) => store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(ops),
+        }
+    }
+}
+
 struct Worker {
-    store: Store,
+    store: Slot,
     rx: mpsc::Receiver<Write>,
     stats: Arc<WriterStats>,
     batch_events: usize,
@@ -419,6 +471,7 @@ struct Round {
 /// A queued write, as the batch holds it.
 enum Pending {
     Events(Vec<ProcessEvent>),
+    Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
 }
@@ -427,7 +480,7 @@ impl Pending {
     /// Events count as themselves, anything else as one.
     fn weight(&self) -> usize {
         match self {
-            Self::Events(e) => e.len(),
+            Self::Events(e) | Self::Snapshot(e) => e.len().max(1),
             _ => 1,
         }
     }
@@ -484,6 +537,7 @@ impl Worker {
     fn take(w: Write, pending: &mut Vec<Pending>, weight: &mut usize, round: &mut Round) -> bool {
         let p = match w {
             Write::Events(e) => Pending::Events(e),
+            Write::Snapshot(e) => Pending::Snapshot(e),
             Write::Alert(a) => Pending::Alert(a),
             Write::ClearProcesses => Pending::ClearProcesses,
             Write::Flush(ack) => {
@@ -539,6 +593,12 @@ impl Worker {
                         }
                     }
                 }
+                Pending::Snapshot(rows) => {
+                    // One snapshot is one write, whatever its size.
+                    ops.push(Op::Snapshot(rows));
+                    tally.weight += rows.len().max(1);
+                    tally.other += 1;
+                }
                 Pending::Alert(a) => {
                     ops.push(Op::Alert(a));
                     tally.weight += 1;
@@ -575,9 +635,9 @@ struct Tally {
     other: usize,
 }
 
-fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &Tally) {
+fn write_with_retry(store: &mut Slot, s: &WriterStats, ops: &[Op<'_>], tally: &Tally) {
     let first = match store.apply(ops) {
-        Ok(r) => return committed(s, tally, r.lifecycle),
+        Ok(r) => return committed(s, tally, &r),
         Err(err) => err,
     };
     s.write_errors.inc();
@@ -588,7 +648,7 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
         "store write failed, retrying once"
     );
     match store.apply(ops) {
-        Ok(r) => committed(s, tally, r.lifecycle),
+        Ok(r) => committed(s, tally, &r),
         Err(err) => {
             s.write_errors.inc();
             s.events_dropped_write_failed.add_usize(tally.events);
@@ -607,11 +667,12 @@ fn write_with_retry(store: &mut Store, s: &WriterStats, ops: &[Op<'_>], tally: &
     }
 }
 
-fn committed(s: &WriterStats, tally: &Tally, lifecycle: u64) {
+fn committed(s: &WriterStats, tally: &Tally, done: &Recorded) {
     s.events_written.add_usize(tally.events);
     s.batches.add_usize(tally.batches);
     s.alerts.add_usize(tally.alerts);
-    s.lifecycle_events.add(lifecycle);
+    s.lifecycle_events.add(done.lifecycle);
+    s.snapshots.add(done.snapshots);
     s.transactions_committed.inc();
 }
 
@@ -649,11 +710,8 @@ mod tests {
 
     #[test]
     fn public_types_are_send_and_sync_where_they_must_be() {
-        fn send_sync<T: Send + Sync>() {}
         fn send<T: Send>() {}
-        send_sync::<StoreWriter>();
-        send_sync::<WriterStats>();
-        send_sync::<StoreError>();
+        collector_core::assert_send_sync!(StoreWriter, WriterStats, StoreError);
         // Moved to the writer thread, shared as `Arc<Mutex<_>>`.
         send::<Store>();
     }
@@ -828,5 +886,39 @@ mod tests {
         assert_eq!(kinds.rows, want);
         let seq = ro.query("SELECT ledger_seq FROM alerts").unwrap();
         assert_eq!(seq.rows[0][0], 2);
+    }
+
+    #[tokio::test]
+    async fn snapshots_and_events_go_through_a_shared_store() {
+        let (dir, db) = open();
+        let shared = Arc::new(Mutex::new(db));
+        let writer =
+            StoreWriter::spawn_shared(Arc::clone(&shared), WriterConfig::default()).unwrap();
+        let rows: Vec<ProcessEvent> = (1..=3)
+            .map(|pid| {
+                let mut e = ProcessEvent::new(pid, "snap");
+                e.process_key = Some(collector_core::ProcessKey::new(
+                    collector_core::BootId::from_bytes([2; 16]),
+                    pid,
+                    7,
+                ));
+                e
+            })
+            .collect();
+        writer.snapshot(rows).await;
+        writer.events(events(2)).await;
+        writer.flush().await.unwrap();
+        // The owner sees the writes through its own handle at once.
+        {
+            let store = shared.lock().unwrap();
+            assert_eq!(store.latest_snapshot().unwrap().len(), 3);
+            assert_eq!(store.count_events().unwrap(), 2);
+        }
+        let stats = writer.close().await;
+        assert_eq!(
+            (stats.snapshots.get(), stats.lifecycle_events.get()),
+            (1, 2)
+        );
+        assert_eq!(count(&dir), 2);
     }
 }

@@ -390,6 +390,45 @@ mod tests {
     use super::*;
     use crate::HasherConfig;
 
+    /// Registers the hasher's capabilities with `manager` and a condition
+    /// `id` that asks it for a binary hash, attaches `bus`, and subscribes
+    /// to the hasher's answers there.
+    async fn hash_on(
+        manager: &TriggerManager,
+        hasher: &BinaryHasherCollector,
+        bus: &LocalEventBus,
+        id: &str,
+        condition_type: ConditionType,
+    ) -> collector_core::BusSubscription {
+        manager
+            .register_collector_capabilities(hasher.capabilities())
+            .unwrap();
+        manager
+            .register_condition(TriggerCondition {
+                id: id.into(),
+                description: format!("binary hash on {id}"),
+                analysis_type: AnalysisType::BinaryHash,
+                priority: TriggerPriority::High,
+                target_collector: BINARY_HASHER_ID.into(),
+                condition_type,
+            })
+            .unwrap();
+        manager.attach_bus(bus.clone());
+        let answers = CorrelationFilter::by_tag(RESULT_TAG);
+        bus.subscribe(EventFilter::new().with_correlation_filter(answers))
+            .await
+            .unwrap()
+    }
+
+    /// A file `name` holding "abc" in a fresh directory (kept while the
+    /// directory is).
+    fn abc_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"abc").unwrap();
+        (dir, path)
+    }
+
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     async fn setup() -> (LocalEventBus, BinaryHasherCollector, CancellationToken) {
@@ -446,9 +485,7 @@ mod tests {
     #[tokio::test]
     async fn answers_with_both_digests_correlated_to_the_request() {
         let (bus, hasher, stop) = setup().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tool");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("tool");
         let req = request(path.to_str(), Some(77), AnalysisType::BinaryHash);
         let corr_id = req.correlation_id.clone();
         let answer = ask(&bus, req).await;
@@ -517,31 +554,11 @@ mod tests {
     #[tokio::test]
     async fn trigger_manager_to_hasher_and_back() {
         let (bus, hasher, stop) = setup().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("miner");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("miner");
         let manager = TriggerManager::new(TriggerConfig::default()).unwrap();
-        manager
-            .register_collector_capabilities(hasher.capabilities())
-            .unwrap();
-        manager
-            .register_condition(TriggerCondition {
-                id: "miner".into(),
-                description: "cryptominer names".into(),
-                analysis_type: AnalysisType::BinaryHash,
-                priority: TriggerPriority::High,
-                target_collector: BINARY_HASHER_ID.into(),
-                condition_type: ConditionType::ProcessNamePattern("*miner*".into()),
-            })
-            .unwrap();
-        manager.attach_bus(bus.clone());
-        let mut results = bus
-            .subscribe(
-                EventFilter::new()
-                    .with_correlation_filter(CorrelationFilter::new().with_tag(RESULT_TAG)),
-            )
-            .await
-            .unwrap();
+        // Cryptominer names.
+        let condition = ConditionType::ProcessNamePattern("*miner*".into());
+        let mut results = hash_on(&manager, &hasher, &bus, "miner", condition).await;
         let mut p = ProcessEvent::new(31, "xmrminer");
         p.executable_path = Some(path.to_string_lossy().into_owned());
         assert_eq!(manager.process_event(&p).await.unwrap(), 1);
@@ -568,66 +585,19 @@ mod tests {
     /// source of the same collector) answers, and the manager completes it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collector_bus_trigger_manager_and_hasher_end_to_end() {
+        use collector_core::testing::Replay;
         use collector_core::{Collector, CollectorConfig, EventKind};
 
-        struct OneProcess(String);
-        #[async_trait]
-        impl EventSource for OneProcess {
-            fn name(&self) -> &'static str {
-                "procs"
-            }
-            fn capabilities(&self) -> SourceCaps {
-                SourceCaps::PROCESS
-            }
-            async fn start(
-                &self,
-                tx: mpsc::Sender<CollectionEvent>,
-                shutdown: Arc<AtomicBool>,
-            ) -> anyhow::Result<()> {
-                self.start_with(SourceContext::from_flag(self.name(), tx, shutdown))
-                    .await
-            }
-            async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-                let mut p = ProcessEvent::new(4242, "xmrig");
-                p.executable_path = Some(self.0.clone());
-                ctx.out().send(CollectionEvent::Process(p)).await?;
-                ctx.shutdown().cancelled().await;
-                Ok(())
-            }
-            async fn stop(&self) -> anyhow::Result<()> {
-                Ok(())
-            }
-        }
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("xmrig");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("xmrig");
         let mut collector = Collector::new(CollectorConfig::default());
         let handle = collector.handle();
         let bus = handle.bus().clone();
         let engine = HashEngine::new(HasherConfig::default()).unwrap();
         let hasher = BinaryHasherCollector::new(engine, bus.clone());
         let manager = Arc::new(TriggerManager::new(TriggerConfig::default()).unwrap());
-        manager
-            .register_collector_capabilities(hasher.capabilities())
-            .unwrap();
-        manager
-            .register_condition(TriggerCondition {
-                id: "tmp-binary".into(),
-                description: "a binary run from a temporary directory".into(),
-                analysis_type: AnalysisType::BinaryHash,
-                priority: TriggerPriority::High,
-                target_collector: BINARY_HASHER_ID.into(),
-                condition_type: ConditionType::Custom("name LIKE 'xmr%'".into()),
-            })
-            .unwrap();
-        manager.attach_bus(bus.clone());
-        let mut results = bus
-            .subscribe(
-                EventFilter::new().with_correlation_filter(CorrelationFilter::by_tag(RESULT_TAG)),
-            )
-            .await
-            .unwrap();
+        // A binary run from a temporary directory.
+        let condition = ConditionType::Custom("name LIKE 'xmr%'".into());
+        let mut results = hash_on(&manager, &hasher, &bus, "tmp-binary", condition).await;
         // The manager sees process events and analysis results.
         let feed = bus
             .subscribe(
@@ -643,9 +613,14 @@ mod tests {
             async move { m.run(feed, Duration::from_secs(60), s).await }
         });
         collector.register(Box::new(hasher.clone())).unwrap();
-        collector
-            .register(Box::new(OneProcess(path.to_string_lossy().into_owned())))
-            .unwrap();
+        let mut p = ProcessEvent::new(4242, "xmrig");
+        p.executable_path = Some(path.to_string_lossy().into_owned());
+        let procs = Replay::events(
+            "procs",
+            SourceCaps::PROCESS,
+            vec![CollectionEvent::Process(p)],
+        );
+        collector.register(Box::new(procs)).unwrap();
         let run = tokio::spawn(collector.run_until(std::future::pending()));
         let answer = results.recv().await.unwrap();
         let CollectionEvent::Filesystem(f) = &answer.event else {
@@ -675,9 +650,7 @@ mod tests {
         bus.publish(BusEvent::new("test", CollectionEvent::TriggerRequest(req)))
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = abc_file("t");
         // Answered in order: the ignored request came first.
         ask(&bus, request(path.to_str(), None, AnalysisType::BinaryHash)).await;
         assert_eq!(hasher.stats().requests_ignored, 1);

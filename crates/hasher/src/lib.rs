@@ -83,13 +83,14 @@ pub use stats::{HasherStats, RefusedStats};
 mod tests {
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync + 'static>() {}
-        check::<crate::HashEngine>();
-        check::<crate::HashOutcome>();
-        check::<crate::HashError>();
-        check::<crate::HasherConfig>();
-        check::<crate::ConfigError>();
-        check::<crate::HasherStats>();
+        collector_core::assert_send_sync!(
+            crate::HashEngine,
+            crate::HashOutcome,
+            crate::HashError,
+            crate::HasherConfig,
+            crate::ConfigError,
+            crate::HasherStats
+        );
     }
 
     #[test]

@@ -63,27 +63,27 @@ fn direct(c: &mut Criterion) {
         );
     });
 
-    let mut db = DatabaseManager::new(dir.path().join("audit.db"))
-        .unwrap()
-        .with_ledger(LedgerMode::AlertsOnly);
-    let mut seq = Sequence(0);
-    group.bench_function("write_events_1000", |b| {
-        b.iter_batched(
-            || seq.next(BATCH),
-            |events| db.write_events(&events).unwrap(),
-            BatchSize::LargeInput,
-        );
-    });
-
-    let mut db = DatabaseManager::new(dir.path().join("ledgered.db")).unwrap();
-    let mut seq = Sequence(0);
-    group.bench_function("write_events_ledgered_1000", |b| {
-        b.iter_batched(
-            || seq.next(BATCH),
-            |events| db.write_events(&events).unwrap(),
-            BatchSize::LargeInput,
-        );
-    });
+    for (name, file, ledger) in [
+        (
+            "write_events_1000",
+            "audit.db",
+            Some(LedgerMode::AlertsOnly),
+        ),
+        ("write_events_ledgered_1000", "ledgered.db", None),
+    ] {
+        let mut db = DatabaseManager::new(dir.path().join(file)).unwrap();
+        if let Some(mode) = ledger {
+            db = db.with_ledger(mode);
+        }
+        let mut seq = Sequence(0);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || seq.next(BATCH),
+                |events| db.write_events(&events).unwrap(),
+                BatchSize::LargeInput,
+            );
+        });
+    }
     group.finish();
 }
 

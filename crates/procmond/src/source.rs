@@ -11,14 +11,15 @@
 //!   (`ENOBUFS`), so missed starts and exits are still found.
 //!
 //! Without the privilege for the connector it says so once and works from
-//! snapshots alone. Events are stored in the audit database in batched
-//! transactions and sent to the runtime.
+//! snapshots alone. Events are sent to the runtime and stored in the audit
+//! database through the store's one batched writer
+//! ([`StoreWriter`](daemoneye_store::StoreWriter), on its own thread).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -43,6 +44,8 @@ use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingCon
 use crate::snapshot::{
     ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache, SnapshotCounters,
 };
+use daemoneye_store::{StoreWriter, WriterConfig};
+
 use crate::DatabaseManager;
 
 /// What is collected per process.
@@ -102,6 +105,9 @@ pub enum ProcmondError {
     /// `/proc` is unusable.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// The audit database's writer cannot start.
+    #[error("cannot start the audit database writer")]
+    Store(#[source] daemoneye_store::StoreError),
     /// The hasher's settings are invalid.
     #[error(transparent)]
     Hasher(#[from] daemoneye_hasher::ConfigError),
@@ -115,7 +121,6 @@ struct Counters {
     overruns: Counter,
     realtime: Gauge,
     enrich_failed: Counter,
-    db_errors: Counter,
     reader: ReaderCounters,
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
@@ -128,7 +133,7 @@ pub struct ProcmondMonitorCollector {
     /// Reads execs as they happen: no cgroup/namespace/identity work on the
     /// hot path (the next snapshot adds those).
     quick: ProcReader,
-    database: Option<Arc<Mutex<DatabaseManager>>>,
+    database: Option<StoreWriter>,
     hasher: Option<HashEngine>,
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -180,6 +185,10 @@ impl ProcmondMonitorCollector {
         config: ProcmondMonitorConfig,
     ) -> Result<Self, ProcmondError> {
         validate(&config)?;
+        let database = database
+            .map(|db| StoreWriter::spawn_shared(db, WriterConfig::default()))
+            .transpose()
+            .map_err(ProcmondError::Store)?;
         let p = &config.process_config;
         let reader = ProcReader::new(ReadOptions {
             enhanced_metadata: p.collect_enhanced_metadata,
@@ -228,7 +237,6 @@ struct Run<'a> {
     tx: mpsc::Sender<CollectionEvent>,
     tracker: LifecycleTracker,
     cache: Option<SnapshotCache>,
-    pending_db: Vec<ProcessEvent>,
     /// Hashes being computed, by executable path.
     hashing: HashMap<String, JoinHandle<Result<HashOutcome, HashError>>>,
 }
@@ -274,17 +282,24 @@ impl Run<'_> {
         for e in &mut events {
             self.annotate_hash(e).await;
         }
-        let storing = self.collector.database.is_some();
+        // Without a database there is nothing to store: no copy per event.
+        let to_store: Vec<ProcessEvent> = match &self.collector.database {
+            Some(_) => events
+                .iter()
+                .filter(|e| e.event_type != ProcessEventType::Snapshot)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         for e in events {
-            // Without a database there is nothing to batch: no copy per event.
-            if storing && e.event_type != ProcessEventType::Snapshot {
-                self.pending_db.push(e.clone());
-            }
             if self.tx.send(CollectionEvent::Process(e)).await.is_err() {
                 return false;
             }
         }
         self.collector.counters.emitted.add_usize(n);
+        if let Some(writer) = &self.collector.database {
+            writer.events(to_store).await;
+        }
         true
     }
 
@@ -318,24 +333,13 @@ impl Run<'_> {
             "snapshot"
         );
         let events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
-        if let Some(db) = &self.collector.database {
+        if let Some(writer) = &self.collector.database {
             let rows: Vec<ProcessEvent> = events
                 .iter()
                 .filter(|e| e.event_type == ProcessEventType::Snapshot)
                 .cloned()
                 .collect();
-            let db = db.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                db.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write_snapshot(&rows)
-                    .map(|_| ())
-            })
-            .await;
-            if !matches!(written, Ok(Ok(()))) {
-                self.collector.counters.db_errors.inc();
-                warn!("storing a snapshot failed");
-            }
+            writer.snapshot(rows).await;
         }
         Ok(self.emit(events).await)
     }
@@ -408,27 +412,6 @@ impl Run<'_> {
                 wall_time(meta.timestamp_ns),
             ),
             _ => Vec::new(),
-        }
-    }
-
-    async fn flush_db(&mut self) {
-        if self.pending_db.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.pending_db);
-        let Some(db) = self.collector.database.clone() else {
-            return;
-        };
-        let n = batch.len();
-        let written = tokio::task::spawn_blocking(move || {
-            db.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .write_events(&batch)
-        })
-        .await;
-        if !matches!(written, Ok(Ok(_))) {
-            self.collector.counters.db_errors.inc();
-            warn!(events = n, "storing lifecycle events failed");
         }
     }
 }
@@ -589,12 +572,10 @@ impl EventSource for ProcmondMonitorCollector {
             )
             .with_counters(self.counters.lifecycle.clone()),
             cache: None,
-            pending_db: Vec::new(),
             hashing: HashMap::new(),
         };
         let mut every = tokio::time::interval(base.collection_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flush = tokio::time::interval(Duration::from_millis(200));
         // Shutdown is awaited: the runtime's token, or `stop()`.
         let shutdown = ctx.shutdown();
         loop {
@@ -640,10 +621,6 @@ impl EventSource for ProcmondMonitorCollector {
                     }
                 },
                 _ = every.tick() => run.snapshot().await?,
-                _ = flush.tick() => {
-                    run.flush_db().await;
-                    true
-                }
             };
             if !alive {
                 break;
@@ -654,7 +631,12 @@ impl EventSource for ProcmondMonitorCollector {
             debug!(?stats, "process connector stopped");
         }
         self.counters.realtime.set_bool(false);
-        run.flush_db().await;
+        // What this run produced is committed before it returns.
+        if let Some(writer) = &self.database {
+            if writer.flush().await.is_err() {
+                warn!("the audit database writer had closed");
+            }
+        }
         Ok(())
     }
 
@@ -664,8 +646,14 @@ impl EventSource for ProcmondMonitorCollector {
     }
 
     async fn health_check(&self) -> anyhow::Result<()> {
-        let errors = self.counters.db_errors.get();
-        anyhow::ensure!(errors == 0, "{errors} audit database writes failed");
+        if let Some(writer) = &self.database {
+            let s = writer.stats();
+            let (lost, dropped) = (s.failures.get(), s.events_dropped());
+            anyhow::ensure!(
+                lost == 0 && dropped == 0,
+                "audit database: {lost} writes lost, {dropped} events dropped"
+            );
+        }
         Ok(())
     }
 }
@@ -738,12 +726,16 @@ impl ProcmondMonitorCollector {
     }
 
     /// Registers every counter of this collector in `registry`: its own
-    /// ([`ProcmondStatsHandle::register_metrics`]) and its hasher's. Call
-    /// it once per registry, before or after handing it to the runtime.
+    /// ([`ProcmondStatsHandle::register_metrics`]), its hasher's and its
+    /// audit database writer's (`stage="store"`). Call it once per
+    /// registry, before or after handing it to the runtime.
     pub fn register_metrics(&self, registry: &Registry) {
         self.stats_handle().register_metrics(registry);
         if let Some(hasher) = &self.hasher {
             hasher.register_metrics(registry);
+        }
+        if let Some(writer) = &self.database {
+            writer.stats().register_metrics(registry);
         }
     }
 }
@@ -810,11 +802,6 @@ impl ProcmondStatsHandle {
                     "daemoneye_enrichments_failed_total",
                     "Execs and forks whose process was gone before /proc could be read.",
                     &c.enrich_failed,
-                ),
-                (
-                    "daemoneye_database_writes_failed_total",
-                    "Audit database writes that failed.",
-                    &c.db_errors,
                 ),
             ],
         );

@@ -84,6 +84,13 @@ fn coordinator(d: &Arc<Scripted>) -> AnalysisChainCoordinator {
     .with_dispatcher(d.clone())
 }
 
+/// One collection stage for process `pid`.
+fn collection_of(pid: u32) -> AnalysisWorkflowDefinition {
+    AnalysisWorkflowDefinition::new()
+        .with_target_pid(pid)
+        .with_stage(AnalysisStage::Collection)
+}
+
 fn reference_workflow() -> AnalysisWorkflowDefinition {
     AnalysisWorkflowDefinition::new()
         .with_target_pid(42)
@@ -233,9 +240,7 @@ async fn a_retried_stage_succeeds_with_exponential_backoff_capped() {
         Scripted::default().with("collection", &[Step::Retryable, Step::Retryable, Step::Ok]),
     );
     let c = coordinator(&d);
-    let w = AnalysisWorkflowDefinition::new()
-        .with_target_pid(7)
-        .with_stage(AnalysisStage::Collection);
+    let w = collection_of(7);
     let r = c.execute_workflow(w).await.unwrap();
     assert!(r.succeeded());
     assert_eq!(r.stages[0].attempts, 3);
@@ -255,14 +260,7 @@ async fn a_retried_stage_succeeds_with_exponential_backoff_capped() {
     // Out of retries: fails.
     let d = Arc::new(Scripted::default().with("collection", &[Step::Retryable]));
     let c = coordinator(&d);
-    let r = c
-        .execute_workflow(
-            AnalysisWorkflowDefinition::new()
-                .with_target_pid(7)
-                .with_stage(AnalysisStage::Collection),
-        )
-        .await
-        .unwrap();
+    let r = c.execute_workflow(collection_of(7)).await.unwrap();
     assert_eq!(r.stages[0].attempts, 3);
     assert_eq!(r.state, WorkflowState::Failed);
 }
@@ -360,14 +358,7 @@ async fn bus_dispatcher_publishes_requests_and_gathers_correlated_results() {
     let out = ok.stages[0].output.as_ref().unwrap();
     assert_eq!(out.data["source"], "responder");
     assert_eq!(out.event.as_ref().unwrap().pid(), Some(42));
-    let failed = c
-        .execute_workflow(
-            AnalysisWorkflowDefinition::new()
-                .with_target_pid(13)
-                .with_stage(AnalysisStage::Collection),
-        )
-        .await
-        .unwrap();
+    let failed = c.execute_workflow(collection_of(13)).await.unwrap();
     assert_eq!(
         failed.stages[0].status,
         StageStatus::Failed {
@@ -382,9 +373,10 @@ async fn bus_dispatcher_publishes_requests_and_gathers_correlated_results() {
 
 #[test]
 fn chain_types_are_send_and_sync() {
-    fn check<T: Send + Sync + 'static>() {}
-    check::<AnalysisChainCoordinator>();
-    check::<BusDispatcher>();
-    check::<ChainError>();
-    check::<WorkflowResult>();
+    crate::assert_send_sync!(
+        AnalysisChainCoordinator,
+        BusDispatcher,
+        ChainError,
+        WorkflowResult
+    );
 }

@@ -168,6 +168,10 @@ struct Decoder {
 }
 
 impl Decoder {
+    const fn new(kind: EventKind, pid: Option<u32>) -> Self {
+        Self { kind, pid }
+    }
+
     const fn err(&self, problem: RecordProblem) -> RecordError {
         RecordError {
             kind: self.kind,
@@ -254,10 +258,7 @@ impl Decoder {
 /// of range, names an unknown event type or algorithm, or is invalid.
 pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, RecordError> {
     let r = record;
-    let d = Decoder {
-        kind: EventKind::Process,
-        pid: Some(r.pid),
-    };
+    let d = Decoder::new(EventKind::Process, Some(r.pid));
     let event_type = d
         .name("event type", &r.event_type, |n| {
             ProcessEventType::ALL.into_iter().find(|t| t.as_str() == n)
@@ -345,10 +346,7 @@ fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
 }
 
 fn record_to_network(r: proto::NetworkRecord) -> Result<CollectionEvent, RecordError> {
-    let d = Decoder {
-        kind: EventKind::Network,
-        pid: r.pid,
-    };
+    let d = Decoder::new(EventKind::Network, r.pid);
     d.checked(CollectionEvent::Network(NetworkEvent {
         source_addr: d.addr("source_address", r.source_address.as_deref())?,
         source_port: d.port("source_port", r.source_port)?,
@@ -395,10 +393,7 @@ fn filesystem_to_record(e: &FilesystemEvent) -> proto::FilesystemRecord {
 }
 
 fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, RecordError> {
-    let d = Decoder {
-        kind: EventKind::Filesystem,
-        pid: r.pid,
-    };
+    let d = Decoder::new(EventKind::Filesystem, r.pid);
     let operation = FILE_OPERATIONS
         .iter()
         .find(|(_, p)| i32::from(*p) == r.operation)
@@ -430,10 +425,7 @@ fn performance_to_record(e: &PerformanceEvent) -> proto::PerformanceRecord {
 }
 
 fn record_to_performance(r: proto::PerformanceRecord) -> Result<CollectionEvent, RecordError> {
-    let d = Decoder {
-        kind: EventKind::Performance,
-        pid: r.pid,
-    };
+    let d = Decoder::new(EventKind::Performance, r.pid);
     d.checked(CollectionEvent::Performance(PerformanceEvent {
         timestamp: d.required_time(r.timestamp)?,
         process_key: d.key(&r.process_key)?,
@@ -488,10 +480,7 @@ fn trigger_to_record(e: &TriggerRequest) -> proto::TriggerRequestRecord {
 }
 
 fn record_to_trigger(r: proto::TriggerRequestRecord) -> Result<CollectionEvent, RecordError> {
-    let d = Decoder {
-        kind: EventKind::TriggerRequest,
-        pid: r.target_pid,
-    };
+    let d = Decoder::new(EventKind::TriggerRequest, r.target_pid);
     let analysis_type = d.name("analysis type", &r.analysis_type, |n| {
         value_in(&ANALYSIS_TYPES, n)
     })?;
@@ -538,11 +527,7 @@ pub fn record_to_event(record: EventRecord) -> Result<CollectionEvent, RecordErr
         Some(Event::Filesystem(r)) => record_to_filesystem(r),
         Some(Event::Performance(r)) => record_to_performance(r),
         Some(Event::TriggerRequest(r)) => record_to_trigger(r),
-        None => Err(RecordError {
-            kind: EventKind::Process,
-            pid: None,
-            problem: RecordProblem::Empty,
-        }),
+        None => Err(Decoder::new(EventKind::Process, None).err(RecordProblem::Empty)),
     }
 }
 

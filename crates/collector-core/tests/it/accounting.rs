@@ -4,12 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use collector_core::{
-    Collector, CollectorConfig, CollectorHandle, CollectorStats, SubscriberStats, Subscription,
-    WhenFull,
-};
+use collector_core::{CollectorHandle, CollectorStats, SubscriberStats, Subscription, WhenFull};
 
-use crate::sources::{seq_of, Flood};
+use collector_core::testing::Replay;
+use collector_core::SourceCaps;
+
+use crate::sources::{blocking, collector_of, flood, metric_value, perf, queues, seq_of};
 
 const EVENTS: u64 = 200_000;
 
@@ -70,9 +70,12 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
     let m = handle.metrics();
     let src = &stats.sources[0];
     let intake = |name: &str, reason: Option<&str>| {
-        let mut labels = vec![("stage", "intake"), ("source", src.name)];
-        labels.extend(reason.map(|r| ("reason", r)));
-        m.value(name, &labels).unwrap()
+        metric_value(
+            m,
+            name,
+            &[("stage", "intake"), ("source", src.name)],
+            reason,
+        )
     };
     assert_eq!(
         intake("daemoneye_events_received_total", None),
@@ -88,11 +91,8 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
     );
     for sub in &stats.subscribers {
         let id = sub.id.to_string();
-        let of = |name: &str, reason: Option<&str>| {
-            let mut labels = vec![("stage", "subscriber"), ("subscriber", id.as_str())];
-            labels.extend(reason.map(|r| ("reason", r)));
-            m.value(name, &labels).unwrap()
-        };
+        let labels = [("stage", "subscriber"), ("subscriber", id.as_str())];
+        let of = |name: &str, reason: Option<&str>| metric_value(m, name, &labels, reason);
         let dropped: u64 = ["full", "closed", "shutdown"]
             .into_iter()
             .map(|r| of("daemoneye_events_dropped_total", Some(r)))
@@ -121,15 +121,9 @@ fn check_metrics_agree(handle: &CollectorHandle, stats: &CollectorStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(1024)
-        .with_max_batch_size(128)
-        .with_when_full(WhenFull::DropNewest);
-    let mut c = Collector::new(config);
-    let flood = Flood::new("flood", EVENTS, false);
-    let sent = flood.sent.clone();
-    c.register(Box::new(flood)).unwrap();
-    let handle = c.handle();
+    let source = flood("flood", EVENTS);
+    let sent = source.sent();
+    let (c, handle) = collector_of(queues(1024, 128, WhenFull::DropNewest), source);
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     let fast = tokio::spawn(drain(handle.subscribe(), false));
 
@@ -152,7 +146,7 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
     let (fast_read, fast_stats) = fast.await.unwrap();
     let worst = sampler.await.unwrap();
 
-    let sent = sent.load(Ordering::SeqCst) as u64;
+    let sent = sent.load(Ordering::SeqCst);
     assert_eq!(sent, EVENTS);
     let stats = handle.stats();
     check_invariants(&stats, sent, true);
@@ -172,14 +166,8 @@ async fn drop_newest_counts_every_drop_of_a_slow_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_loses_nothing_and_backpressure_is_reported() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(512)
-        .with_max_batch_size(64)
-        .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 20_000, false)))
-        .unwrap();
-    let handle = c.handle();
+    let config = queues(512, 64, WhenFull::Block);
+    let (c, handle) = collector_of(config, flood("flood", 20_000));
     let slow = tokio::spawn(drain(handle.subscribe(), true));
     c.run_until(std::future::pending()).await.unwrap();
     let (read, sub) = slow.await.unwrap();
@@ -195,14 +183,10 @@ async fn block_loses_nothing_and_backpressure_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_flood_drains_what_was_buffered() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(4096)
-        .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
-    let flood = Flood::new("flood", u64::MAX, true);
-    let sent = flood.sent.clone();
-    c.register(Box::new(flood)).unwrap();
-    let handle = c.handle();
+    let config = blocking(4096);
+    let source = Replay::new("flood", SourceCaps::PERFORMANCE, u64::MAX, perf);
+    let sent = source.sent();
+    let (c, handle) = collector_of(config, source);
     let mut sub = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
     // Shut down once a good amount is flowing.
@@ -216,7 +200,7 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
     }
     run.await.unwrap().unwrap();
     let stats = handle.stats();
-    let sent = sent.load(Ordering::SeqCst) as u64;
+    let sent = sent.load(Ordering::SeqCst);
     check_invariants(&stats, sent, true);
     assert_eq!(
         read, sent,
@@ -226,13 +210,8 @@ async fn shutdown_mid_flood_drains_what_was_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(1024)
-        .with_when_full(WhenFull::Block);
-    let mut c = Collector::new(config);
-    c.register(Box::new(Flood::new("flood", 30_000, false)))
-        .unwrap();
-    let handle = c.handle();
+    let config = blocking(1024);
+    let (c, handle) = collector_of(config, flood("flood", 30_000));
     let keeper = tokio::spawn(drain(handle.subscribe(), false));
     let mut quitter = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));

@@ -2,46 +2,27 @@
 //! published into the collector's bus; filters select; the accounting
 //! invariant holds for filtered subscribers (a rejected event is not offered).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use collector_core::testing::Replay;
 use collector_core::{
-    BusSubscription, CollectionEvent, Collector, CollectorConfig, CorrelationFilter, EventBus,
-    EventFilter, EventKind, EventSource, ProcessEvent, SourceCaps, SubscriberStats, Subscription,
-    WhenFull,
+    BusSubscription, CollectionEvent, CollectorConfig, CorrelationFilter, EventBus, EventFilter,
+    EventKind, ProcessEvent, SourceCaps, SubscriberStats, Subscription, WhenFull,
 };
-use tokio::sync::mpsc;
+
+use crate::sources::{collector_of, queues};
 
 const EVENTS: u64 = 50_000;
 
-/// Process events numbered by `memory_usage`, pids cycling 1..=10.
-struct Procs;
-
-#[async_trait]
-impl EventSource for Procs {
-    fn name(&self) -> &'static str {
-        "procs"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        _shutdown: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        for i in 0..EVENTS {
-            let mut p = ProcessEvent::new(u32::try_from(i % 10).unwrap() + 1, "p");
-            p.memory_usage = Some(i);
-            tx.send(CollectionEvent::Process(p)).await?;
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+/// Process events numbered by `memory_usage`, pids cycling 1..=10; the
+/// source then returns.
+fn procs() -> Replay {
+    Replay::new("procs", SourceCaps::PROCESS, EVENTS, |i| {
+        let mut p = ProcessEvent::new(u32::try_from(i % 10).unwrap() + 1, "p");
+        p.memory_usage = Some(i);
+        CollectionEvent::Process(p)
+    })
+    .then_end()
 }
 
 fn seq(e: &CollectionEvent) -> u64 {
@@ -92,13 +73,7 @@ fn invariant(s: &SubscriberStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_subscribers_keep_the_accounting_invariant_under_overload() {
-    let config = CollectorConfig::new()
-        .with_event_buffer_size(256)
-        .with_max_batch_size(64)
-        .with_when_full(WhenFull::DropNewest);
-    let mut c = Collector::new(config);
-    c.register(Box::new(Procs)).unwrap();
-    let h = c.handle();
+    let (c, h) = collector_of(queues(256, 64, WhenFull::DropNewest), procs());
     let fast_pid3 = tokio::spawn(drain(
         h.subscribe_filtered(EventFilter::new().with_pid(3)),
         false,
@@ -158,9 +133,7 @@ async fn filtered_subscribers_keep_the_accounting_invariant_under_overload() {
 
 #[tokio::test]
 async fn the_collector_bus_carries_events_from_other_components() {
-    let mut c = Collector::new(CollectorConfig::default());
-    c.register(Box::new(Procs)).unwrap();
-    let h = c.handle();
+    let (c, h) = collector_of(CollectorConfig::default(), procs());
     let mut triggers = h
         .bus()
         .subscribe(EventFilter::new().with_event_type(EventKind::TriggerRequest))

@@ -4,12 +4,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use collector_core::testing::{check_source, ConformanceConfig, ConformanceError};
-use collector_core::{CollectionEvent, EventKind, EventSource, SourceCaps, SourceContext};
+use collector_core::testing::{check_source, ConformanceConfig, ConformanceError, Replay};
+use collector_core::{EventKind, EventSource, SourceCaps, SourceContext};
 use tokio::sync::mpsc;
 
-use crate::sources::{process_ok, process_with_hash_but_no_algorithm, Broken, Scripted, Ticker};
+use crate::sources::{
+    process_ok, process_with_hash_but_no_algorithm, Heeds, OnStart, Reference, Ticker,
+};
+
+/// What the kit finds wrong with `source`, run with the default config.
+async fn broken_rule(source: impl EventSource + 'static) -> ConformanceError {
+    check_source(Arc::new(source), &ConformanceConfig::default())
+        .await
+        .unwrap_err()
+}
+
+/// A ticker that heeds only `heeds`, checked: it must fail for not stopping.
+async fn assert_does_not_stop(name: &'static str, heeds: Heeds) {
+    let mut ticker = Ticker::new(name, Duration::from_millis(10));
+    ticker.heeds = heeds;
+    let err = broken_rule(ticker).await;
+    assert!(
+        matches!(err, ConformanceError::DidNotStop { source_name, .. } if source_name == name),
+        "{err}"
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_well_behaved_source_passes() {
@@ -47,85 +66,37 @@ async fn a_source_awaiting_its_token_stops_at_once() {
 
 /// The reference README's pattern: only `start`, polling the flag. The kit
 /// cancels only the token; the default `start_with` sets the flag from it.
-struct ReferencePoller;
-
-#[async_trait]
-impl EventSource for ReferencePoller {
-    fn name(&self) -> &'static str {
-        "reference-poller"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        _tx: mpsc::Sender<CollectionEvent>,
-        shutdown_signal: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        while !shutdown_signal.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_source_on_the_reference_flag_stops_when_the_token_is_cancelled() {
-    let report = check_source(Arc::new(ReferencePoller), &ConformanceConfig::default())
+    let poller = Reference::new("reference-poller", OnStart::PollFlag);
+    let report = check_source(Arc::new(poller), &ConformanceConfig::default())
         .await
         .unwrap();
     assert!(report.stop_latency <= Duration::from_millis(100));
 }
 
-/// A source implementing `start_with` that watches only the flag: the kit
-/// cancels only the token, so it does not stop.
-struct FlagWatcher;
-
-#[async_trait]
-impl EventSource for FlagWatcher {
-    fn name(&self) -> &'static str {
-        "flag-watcher"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        flag: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, flag))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        while !ctx.shutdown_flag().load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+/// The default `start_with` sets the flag for `start` when the token is
+/// cancelled.
+#[tokio::test(start_paused = true)]
+async fn the_default_start_with_sets_the_flag_when_the_token_is_cancelled() {
+    let poller = Reference::new("flagged", OnStart::PollFlag);
+    let (tx, _rx) = mpsc::channel(1);
+    let ctx = SourceContext::new("flagged", tx);
+    let (token, flag) = (ctx.shutdown().clone(), ctx.shutdown_flag().clone());
+    let run = tokio::spawn(async move { poller.start_with(ctx).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!flag.load(Ordering::SeqCst));
+    assert!(!run.is_finished());
+    token.cancel();
+    run.await.unwrap().unwrap();
+    assert!(flag.load(Ordering::SeqCst));
 }
 
+/// A source implementing `start_with` that watches only the flag: the kit
+/// cancels only the token, so it does not stop.
 #[tokio::test(start_paused = true)]
 async fn a_start_with_source_ignoring_its_token_fails() {
-    let err = check_source(Arc::new(FlagWatcher), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ConformanceError::DidNotStop {
-                source_name: "flag-watcher",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_does_not_stop("flag-watcher", Heeds::FlagOnly).await;
 }
 
 /// A caller of the reference `start` that can only set the flag still stops
@@ -151,35 +122,15 @@ async fn setting_the_flag_stops_a_token_source_started_through_start() {
 
 #[tokio::test(start_paused = true)]
 async fn a_source_ignoring_the_signal_fails() {
-    let mut t = Ticker::new("deaf", Duration::from_millis(10));
-    t.ignore_shutdown = true;
-    let err = check_source(Arc::new(t), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ConformanceError::DidNotStop {
-                source_name: "deaf",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_does_not_stop("deaf", Heeds::Nothing).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn panics_and_errors_are_reported() {
-    for (panic, name) in [(true, "p"), (false, "e")] {
-        let src = Broken {
-            name,
-            panic,
-            started: Arc::default(),
-        };
-        let err = check_source(Arc::new(src), &ConformanceConfig::default())
-            .await
-            .unwrap_err();
-        if panic {
+    for (on_start, name) in [(OnStart::Panic, "p"), (OnStart::Fail, "e")] {
+        let src = Reference::new(name, on_start);
+        let err = broken_rule(src).await;
+        if matches!(on_start, OnStart::Panic) {
             assert!(
                 matches!(
                     err,
@@ -198,27 +149,19 @@ async fn panics_and_errors_are_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_and_undeclared_events_are_caught() {
-    let bad = Scripted {
-        name: "bad",
-        caps: SourceCaps::PROCESS,
-        events: vec![process_ok(1), process_with_hash_but_no_algorithm(2)],
-    };
-    let err = check_source(Arc::new(bad), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let bad = Replay::events(
+        "bad",
+        SourceCaps::PROCESS,
+        vec![process_ok(1), process_with_hash_but_no_algorithm(2)],
+    );
+    let err = broken_rule(bad).await;
     assert!(
         matches!(err, ConformanceError::InvalidEvent { index: 1, .. }),
         "{err}"
     );
 
-    let liar = Scripted {
-        name: "liar",
-        caps: SourceCaps::NETWORK,
-        events: vec![process_ok(1)],
-    };
-    let err = check_source(Arc::new(liar), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let liar = Replay::events("liar", SourceCaps::NETWORK, vec![process_ok(1)]);
+    let err = broken_rule(liar).await;
     assert!(
         matches!(
             err,
@@ -231,33 +174,10 @@ async fn invalid_and_undeclared_events_are_caught() {
     );
 }
 
-struct PanicsOnStop;
-
-#[async_trait]
-impl EventSource for PanicsOnStop {
-    fn name(&self) -> &'static str {
-        "panics-on-stop"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        _tx: mpsc::Sender<CollectionEvent>,
-        _stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        panic!("stop exploded")
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_panicking_stop_is_reported() {
-    let err = check_source(Arc::new(PanicsOnStop), &ConformanceConfig::default())
-        .await
-        .unwrap_err();
+    let src = Reference::new("panics-on-stop", OnStart::PanicInStop);
+    let err = broken_rule(src).await;
     assert!(
         matches!(err, ConformanceError::Panicked { method: "stop", .. }),
         "{err}"
@@ -266,11 +186,7 @@ async fn a_panicking_stop_is_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn too_few_events_fail_when_events_are_required() {
-    let quiet = Scripted {
-        name: "quiet",
-        caps: SourceCaps::PROCESS,
-        events: vec![],
-    };
+    let quiet = Replay::events("quiet", SourceCaps::PROCESS, vec![]);
     let config = ConformanceConfig {
         min_events: 1,
         ..ConformanceConfig::default()

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use collector_core::testing::Replay;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorIpcClient, CollectorIpcServer,
-    EventSource, IpcClientConfig, IpcError, IpcServerConfig, IpcServerHandle, ProcessEvent,
-    SourceCaps, SourceContext,
+    IpcClientConfig, IpcError, IpcServerConfig, IpcServerHandle, ProcessEvent, SourceCaps,
 };
 use daemoneye_lib::codec::{decode_payload, encode_envelope, FrameCodec, HEADER_LEN};
 use daemoneye_lib::proto::{
@@ -71,6 +70,25 @@ fn client_config(path: &Path) -> IpcClientConfig {
     }
 }
 
+/// A client of the socket at `path`, connected.
+async fn connect(path: &Path) -> CollectorIpcClient {
+    CollectorIpcClient::connect(client_config(path))
+        .await
+        .unwrap()
+}
+
+/// `client`'s answer to a task `id` of type `kind`.
+async fn ask(
+    client: &CollectorIpcClient,
+    id: impl Into<String>,
+    kind: ProtoTaskType,
+) -> DetectionResult {
+    client
+        .send_task(DetectionTask::new(id, kind))
+        .await
+        .unwrap()
+}
+
 /// Answers `ENUMERATE_PROCESSES` with one record, sleeps on
 /// `MONITOR_PROCESS_TREE` named "slow" (to time out), panics on
 /// `VERIFY_EXECUTABLE`.
@@ -107,6 +125,12 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Drops `client` (the server waits for its connections), then stops.
+    async fn stop_after<C>(self, client: C) {
+        drop(client);
+        self.stop().await;
+    }
+
     async fn wait_idle(&self) -> collector_core::IpcServerStats {
         for _ in 0..500 {
             let s = self.handle.stats();
@@ -124,14 +148,28 @@ async fn serve(
     caps: SourceCaps,
     collector: Option<&Collector>,
 ) -> Running {
-    let path = config.socket_path.clone();
     let mut server = CollectorIpcServer::new(config, caps).await.unwrap();
     if let Some(c) = collector {
         server = server.with_events(c.handle());
     }
+    run(server)
+}
+
+/// Runs `server` with the test [`handler`] in a task.
+fn run(mut server: CollectorIpcServer) -> Running {
+    let path = server.socket_path().to_owned();
     let handle = server.handle();
     let task = tokio::spawn(async move { server.start(handler).await });
     Running { handle, task, path }
+}
+
+/// A server with the test config on a fresh socket named by `tag`, serving
+/// `caps`, and a client connected to it.
+async fn serve_one(tag: &str, caps: SourceCaps) -> (TempDir, Running, CollectorIpcClient) {
+    let dir = TempDir::new(tag);
+    let server = serve(fast_config(&dir.sock()), caps, None).await;
+    let client = connect(&server.path).await;
+    (dir, server, client)
 }
 
 fn frame(env: &Envelope) -> Vec<u8> {
@@ -197,22 +235,19 @@ fn error_code(env: &Envelope) -> Option<ErrorCode> {
 
 #[test]
 fn ipc_public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<CollectorIpcServer>();
-    send_sync::<CollectorIpcClient>();
-    send_sync::<IpcServerHandle>();
-    send_sync::<IpcError>();
-    send_sync::<collector_core::ipc::EventStream>();
+    collector_core::assert_send_sync!(
+        CollectorIpcServer,
+        CollectorIpcClient,
+        IpcServerHandle,
+        IpcError,
+        collector_core::ipc::EventStream,
+    );
 }
 
 #[tokio::test]
 async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
-    let dir = TempDir::new("handshake");
     let caps = SourceCaps::PROCESS | SourceCaps::REALTIME | SourceCaps::SYSTEM_WIDE;
-    let server = serve(fast_config(&dir.sock()), caps, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let (_dir, server, client) = serve_one("handshake", caps).await;
 
     let c = client.capabilities();
     assert_eq!(c.protocol_version, PROTOCOL_VERSION);
@@ -220,10 +255,7 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
     assert_eq!(c.supported_domains, [i32::from(Domain::Process)]);
     assert_eq!(c.supported_tasks.len(), 4, "{:?}", c.supported_tasks);
 
-    let result = client
-        .send_task(DetectionTask::new("t-1", ProtoTaskType::EnumerateProcesses))
-        .await
-        .unwrap();
+    let result = ask(&client, "t-1", ProtoTaskType::EnumerateProcesses).await;
     assert!(result.success);
     assert_eq!(result.task_id, "t-1");
     assert_eq!(result.processes[0].name, "init");
@@ -235,13 +267,7 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
         let c = client.clone();
         joins.push(tokio::spawn(async move {
             let id = format!("c-{i}");
-            let r = c
-                .send_task(DetectionTask::new(
-                    id.clone(),
-                    ProtoTaskType::EnumerateProcesses,
-                ))
-                .await
-                .unwrap();
+            let r = ask(&c, id.clone(), ProtoTaskType::EnumerateProcesses).await;
             assert_eq!(r.task_id, id);
         }));
     }
@@ -252,58 +278,33 @@ async fn handshake_reports_the_real_capabilities_and_tasks_round_trip() {
     let stats = server.handle.stats();
     assert_eq!(stats.tasks_received, 21);
     assert_eq!(stats.tasks_succeeded, 21);
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
 async fn unsupported_domain_slow_and_panicking_handlers_fail_cleanly() {
-    let dir = TempDir::new("unsupported");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let (_dir, server, client) = serve_one("unsupported", SourceCaps::PROCESS).await;
 
-    let r = client
-        .send_task(DetectionTask::new(
-            "net",
-            ProtoTaskType::MonitorNetworkConnections,
-        ))
-        .await
-        .unwrap();
+    let r = ask(&client, "net", ProtoTaskType::MonitorNetworkConnections).await;
     assert!(!r.success);
     let msg = r.error_message.unwrap();
     assert!(msg.contains("DOMAIN_NETWORK"), "{msg}");
 
-    let r = client
-        .send_task(DetectionTask::new("none", ProtoTaskType::Unspecified))
-        .await
-        .unwrap();
+    let r = ask(&client, "none", ProtoTaskType::Unspecified).await;
     assert!(!r.success);
 
-    let r = client
-        .send_task(DetectionTask::new(
-            "slow",
-            ProtoTaskType::MonitorProcessTree,
-        ))
-        .await
-        .unwrap();
+    let r = ask(&client, "slow", ProtoTaskType::MonitorProcessTree).await;
     assert!(!r.success);
     assert!(r.error_message.unwrap().contains("timed out"));
 
-    let r = client
-        .send_task(DetectionTask::new("boom", ProtoTaskType::VerifyExecutable))
-        .await
-        .unwrap();
+    let r = ask(&client, "boom", ProtoTaskType::VerifyExecutable).await;
     assert!(!r.success);
     assert_eq!(r.task_id, "boom");
 
     // The connection survived all of it.
     assert!(
-        client
-            .send_task(DetectionTask::new("ok", ProtoTaskType::EnumerateProcesses))
+        ask(&client, "ok", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     let s = server.handle.stats();
@@ -312,8 +313,7 @@ async fn unsupported_domain_slow_and_panicking_handlers_fail_cleanly() {
     assert_eq!(s.tasks_panicked, 1);
     assert_eq!(s.tasks_failed, 4);
     assert_eq!(s.tasks_succeeded, 1);
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
@@ -342,12 +342,9 @@ async fn socket_is_private_stale_sockets_are_replaced_live_ones_refused() {
         .unwrap_err();
     assert!(matches!(err, IpcError::SocketInUse { .. }), "{err}");
     // The first still serves.
-    let client = CollectorIpcClient::connect(client_config(&path))
-        .await
-        .unwrap();
+    let client = connect(&path).await;
     client.ping().await.unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
     assert!(!path.exists(), "socket removed on shutdown");
 
     // A directory writable by others is refused; so is a non-socket file.
@@ -430,11 +427,7 @@ async fn client_gives_up_after_capped_backoff() {
 
 #[tokio::test]
 async fn client_reconnects_after_the_server_restarts() {
-    let dir = TempDir::new("restart");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let (dir, server, client) = serve_one("restart", SourceCaps::PROCESS).await;
     client.ping().await.unwrap();
     server.stop().await;
     let server = serve(
@@ -457,58 +450,26 @@ async fn client_reconnects_after_the_server_restarts() {
         client.capabilities().capability_bits,
         (SourceCaps::PROCESS | SourceCaps::NETWORK).bits()
     );
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
-/// Process events, `count` of them as fast as they are taken, then waits.
-struct ProcFlood {
-    count: u32,
-    sent: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl EventSource for ProcFlood {
-    fn name(&self) -> &'static str {
-        "proc-flood"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS | SourceCaps::REALTIME
-    }
-    async fn start(
-        &self,
-        tx: tokio::sync::mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for i in 0..self.count {
+/// A collector with one source of `count` process events (sent as fast as
+/// they are taken; it then waits), and its counter of events sent.
+fn flood_collector(count: u32) -> (Collector, Arc<AtomicU64>) {
+    let flood = Replay::new(
+        "proc-flood",
+        SourceCaps::PROCESS | SourceCaps::REALTIME,
+        count.into(),
+        |n| {
+            let i = u32::try_from(n).unwrap();
             let mut e = ProcessEvent::new(i % 50_000 + 1, format!("p{i}"));
             e.command_line = vec!["/bin/p".into(), format!("{i}")];
-            ctx.out().send(CollectionEvent::Process(e)).await?;
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        ctx.shutdown().cancelled().await;
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// A collector with one [`ProcFlood`] of `count` events, and its counter
-/// of events sent.
-fn flood_collector(count: u32) -> (Collector, Arc<AtomicU64>) {
-    let sent = Arc::new(AtomicU64::new(0));
+            CollectionEvent::Process(e)
+        },
+    );
+    let sent = flood.sent();
     let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(ProcFlood {
-            count,
-            sent: sent.clone(),
-        }))
-        .unwrap();
+    collector.register(Box::new(flood)).unwrap();
     (collector, sent)
 }
 
@@ -522,9 +483,7 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
         Some(&collector),
     )
     .await;
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     let caps = client.capabilities();
     assert_eq!(caps.sources.len(), 1);
     assert_eq!(caps.sources[0].name, "proc-flood");
@@ -582,16 +541,13 @@ async fn subscription_streams_filtered_events_from_a_running_collector() {
     assert_eq!(got[6].source_name, "proc-flood");
     // Tasks still work on the subscribed connection.
     assert!(
-        client
-            .send_task(DetectionTask::new("t", ProtoTaskType::EnumerateProcesses))
+        ask(&client, "t", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     handle.shutdown();
     run.await.unwrap().unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,8 +613,7 @@ async fn a_slow_subscriber_gets_counted_drops_and_the_server_stays_bounded() {
     assert!(reported <= s.events_dropped && reported > 0);
     handle.shutdown();
     run.await.unwrap().unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
@@ -781,19 +736,14 @@ async fn a_thousand_clients_at_once_while_a_good_client_is_served() {
         ..fast_config(&dir.sock())
     };
     let server = serve(config, SourceCaps::PROCESS, None).await;
-    let good = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let good = connect(&server.path).await;
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let good_loop = {
         let (stop, served) = (stop.clone(), served.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = good
-                    .send_task(DetectionTask::new("g", ProtoTaskType::EnumerateProcesses))
-                    .await
-                    .unwrap();
+                let r = ask(&good, "g", ProtoTaskType::EnumerateProcesses).await;
                 assert!(r.success);
                 served.fetch_add(1, Ordering::Relaxed);
             }
@@ -869,9 +819,7 @@ fn registry_agrees(
     let registry = collector_core::metrics::Registry::new();
     handle.register_metrics(&registry);
     let metric = |name: &str, reason: Option<&str>| {
-        let mut labels = vec![("stage", "ipc")];
-        labels.extend(reason.map(|r| ("reason", r)));
-        registry.value(name, &labels).unwrap()
+        crate::sources::metric_value(&registry, name, &[("stage", "ipc")], reason)
     };
     assert_eq!(
         metric("daemoneye_frames_received_total", None),
@@ -970,17 +918,10 @@ async fn fuzz_a_live_server_with_100k_mutated_frames() {
     }
     assert!(sent_frames >= 100_000);
 
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     assert!(
-        client
-            .send_task(DetectionTask::new(
-                "after",
-                ProtoTaskType::EnumerateProcesses
-            ))
+        ask(&client, "after", ProtoTaskType::EnumerateProcesses)
             .await
-            .unwrap()
             .success
     );
     drop(client);
@@ -1073,28 +1014,23 @@ async fn a_peer_of_another_uid_is_refused() {
     assert_eq!(s.connections_refused_peer, 1, "{s:?}");
     assert_eq!(s.connections_accepted, 0, "{s:?}");
     // Our own uid is still served.
-    let client = CollectorIpcClient::connect(client_config(&server.path))
-        .await
-        .unwrap();
+    let client = connect(&server.path).await;
     client.ping().await.unwrap();
-    drop(client);
-    server.stop().await;
+    server.stop_after(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_the_collector_its_sources_and_the_server() {
     let dir = TempDir::new("health");
     let (collector, _) = flood_collector(500);
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), collector.capabilities())
         .await
         .unwrap()
         .with_events(collector.handle())
         .with_name("flood-collector");
-    let server_handle = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let server = run(server);
+    let server_handle = server.handle.clone();
+    let client = connect(&server.path).await;
     tokio::select! {
         biased;
         () = server_handle.subscribed() => panic!("subscribed before any subscription"),
@@ -1122,18 +1058,15 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
     assert_eq!(report.name, "flood-collector");
     assert_eq!(report.pid, std::process::id());
     assert_eq!(report.counters.get("events_accepted"), Some(&500));
-    let source = report
-        .components
-        .iter()
-        .find(|c| c.name == "proc-flood")
-        .expect("one component per source");
+    let component = |name: &str| {
+        let found = report.components.iter().find(|c| c.name == name);
+        found.unwrap_or_else(|| panic!("no component {name:?} in {report:?}"))
+    };
+    // One component per source, and the server's own counters.
+    let source = component("proc-flood");
     assert_eq!(source.counters.get("events_received"), Some(&500));
     assert_ne!(source.state(), HealthState::Unhealthy, "{source:?}");
-    let ipc = report
-        .components
-        .iter()
-        .find(|c| c.name == "ipc")
-        .expect("the server's own counters");
+    let ipc = component("ipc");
     assert_eq!(ipc.counters.get("connections_accepted"), Some(&1));
     assert_eq!(ipc.counters.get("subscriptions_opened"), Some(&1));
     assert!(ipc
@@ -1143,15 +1076,13 @@ async fn health_reports_the_collector_its_sources_and_the_server() {
     handle.shutdown();
     run.await.unwrap().unwrap();
     drop(stream);
-    drop(client);
-    server_handle.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 }
 
 #[tokio::test]
 async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
     let dir = TempDir::new("health-provider");
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
         .await
         .unwrap()
         .with_health(|| {
@@ -1164,75 +1095,42 @@ async fn a_health_provider_answers_and_a_silent_one_is_unreachable() {
                 }
             })
         });
-    let h = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let server = run(server);
+    let client = connect(&server.path).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "agent");
     assert_eq!(report.state(), HealthState::Degraded);
     assert_eq!(report.message, "collector restarting");
     assert!(report.components.iter().any(|c| c.name == "ipc"));
-    drop(client);
-    h.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 
     let dir = TempDir::new("health-silent");
-    let mut server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
+    let server = CollectorIpcServer::new(fast_config(&dir.sock()), SourceCaps::empty())
         .await
         .unwrap()
         .with_name("stuck")
         .with_health(|| Box::pin(std::future::pending()));
-    let h = server.handle();
-    let serving = tokio::spawn(async move { server.start(handler).await });
-    let client = CollectorIpcClient::connect(client_config(&dir.sock()))
-        .await
-        .unwrap();
+    let server = run(server);
+    let client = connect(&server.path).await;
     let report = client.health().await.unwrap();
     assert_eq!(report.name, "stuck");
     assert_eq!(report.state(), HealthState::Unreachable);
-    drop(client);
-    h.shutdown();
-    serving.await.unwrap().unwrap();
+    server.stop_after(client).await;
 }
 
-/// Execs for odd pids, exits for even ones, then idles.
-struct ExecsAndExits(u32);
-
-#[async_trait]
-impl EventSource for ExecsAndExits {
-    fn name(&self) -> &'static str {
-        "execs-and-exits"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS
-    }
-    async fn start(
-        &self,
-        tx: tokio::sync::mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name(), tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for pid in 1..=self.0 {
-            let mut e = ProcessEvent::new(pid, "p");
-            if pid % 2 == 1 {
-                e.event_type = collector_core::ProcessEventType::Exec;
-            } else {
-                e.event_type = collector_core::ProcessEventType::Exit;
-                e.exit_code = Some(0);
-            }
-            ctx.out().send(CollectionEvent::Process(e)).await?;
+/// Execs for odd pids, exits for even ones, pids 1 to `count`, then idles.
+fn execs_and_exits(count: u32) -> Replay {
+    Replay::new("execs-and-exits", SourceCaps::PROCESS, count.into(), |n| {
+        let pid = u32::try_from(n).unwrap() + 1;
+        let mut e = ProcessEvent::new(pid, "p");
+        if pid % 2 == 1 {
+            e.event_type = collector_core::ProcessEventType::Exec;
+        } else {
+            e.event_type = collector_core::ProcessEventType::Exit;
+            e.exit_code = Some(0);
         }
-        ctx.shutdown().cancelled().await;
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+        CollectionEvent::Process(e)
+    })
 }
 
 /// The pids streamed, up to and including `last`.
@@ -1257,7 +1155,7 @@ async fn drain(stream: &mut collector_core::ipc::EventStream, last: u32) -> Vec<
 async fn subscriptions_filter_by_topic_pattern_as_the_bus_does() {
     let dir = TempDir::new("topics");
     let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(ExecsAndExits(100))).unwrap();
+    collector.register(Box::new(execs_and_exits(100))).unwrap();
     let server = serve(
         fast_config(&dir.sock()),
         collector.capabilities(),
@@ -1267,9 +1165,7 @@ async fn subscriptions_filter_by_topic_pattern_as_the_bus_does() {
     let subscribe = |pattern: &'static str| {
         let path = server.path.clone();
         async move {
-            let client = CollectorIpcClient::connect(client_config(&path))
-                .await
-                .unwrap();
+            let client = connect(&path).await;
             let stream = client
                 .subscribe(SubscribeRequest {
                     topic_patterns: vec![pattern.into()],

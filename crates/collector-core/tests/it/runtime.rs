@@ -1,7 +1,6 @@
 //! Lifecycle: registration, long-running sources, health, failures, shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use collector_core::{
@@ -10,8 +9,11 @@ use collector_core::{
 };
 use tokio::time::Instant;
 
+use collector_core::testing::Replay;
+
 use crate::sources::{
-    process_ok, process_with_hash_but_no_algorithm, seq_of, Broken, Flood, Scripted, Ticker,
+    collector_of, flood, process_ok, process_with_hash_but_no_algorithm, seq_of, Heeds, OnStart,
+    Reference, Ticker,
 };
 
 fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
@@ -26,13 +28,14 @@ fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
 
 #[test]
 fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
-    send_sync::<CollectorHandle>();
-    send_sync::<CollectorConfig>();
-    send_sync::<collector_core::CollectionEvent>();
-    send_sync::<collector_core::CollectorStats>();
-    send_sync::<collector_core::EventBatch>();
+    collector_core::assert_send_sync!(
+        CollectorHandle,
+        CollectorConfig,
+        collector_core::CollectionEvent,
+        collector_core::CollectorStats,
+        collector_core::EventBatch,
+    );
     send::<Collector>();
     send::<collector_core::Subscription>();
 }
@@ -40,14 +43,14 @@ fn public_types_are_send_and_sync() {
 #[test]
 fn registration_refuses_duplicates_and_overflow() {
     let mut c = Collector::new(CollectorConfig::new().with_max_event_sources(2));
-    c.register(Box::new(Flood::new("a", 1, false))).unwrap();
-    let err = c.register(Box::new(Flood::new("a", 1, false))).unwrap_err();
+    c.register(Box::new(flood("a", 1))).unwrap();
+    let err = c.register(Box::new(flood("a", 1))).unwrap_err();
     assert!(
         matches!(err, CollectorError::DuplicateSource { name: "a" }),
         "{err}"
     );
-    c.register(Box::new(Flood::new("b", 1, false))).unwrap();
-    let err = c.register(Box::new(Flood::new("c", 1, false))).unwrap_err();
+    c.register(Box::new(flood("b", 1))).unwrap();
+    let err = c.register(Box::new(flood("c", 1))).unwrap_err();
     assert!(
         matches!(err, CollectorError::TooManySources { name: "c", max: 2 }),
         "{err}"
@@ -57,18 +60,14 @@ fn registration_refuses_duplicates_and_overflow() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_config_starts_nothing() {
-    let started = Arc::new(AtomicBool::new(false));
     let config = CollectorConfig::new()
         .with_event_buffer_size(10)
         .with_backpressure_threshold(11);
     assert!(Collector::try_new(config.clone()).is_err());
     let mut c = Collector::new(config);
-    c.register(Box::new(Broken {
-        name: "x",
-        panic: false,
-        started: started.clone(),
-    }))
-    .unwrap();
+    let source = Reference::new("x", OnStart::Fail);
+    let started = source.started.clone();
+    c.register(Box::new(source)).unwrap();
     let err = c.run().await.unwrap_err();
     assert!(err.to_string().contains("backpressure_threshold"), "{err}");
     assert!(
@@ -85,9 +84,7 @@ async fn looping_source_outlives_the_startup_timeout_and_health_is_checked() {
     let config = CollectorConfig::new()
         .with_startup_timeout(Duration::from_millis(50))
         .with_health_check_interval(Duration::from_secs(1));
-    let mut c = Collector::new(config);
-    c.register(Box::new(ticker)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, ticker);
     let mut events = handle.subscribe();
     let run = tokio::spawn(c.run_until(std::future::pending()));
 
@@ -119,9 +116,7 @@ async fn failing_health_check_degrades_then_recovers() {
     let mut ticker = Ticker::new("flaky", Duration::from_millis(100));
     ticker.fail_health_on = vec![2];
     let config = CollectorConfig::new().with_health_check_interval(Duration::from_secs(1));
-    let mut c = Collector::new(config);
-    c.register(Box::new(ticker)).unwrap();
-    let handle = c.handle();
+    let (c, handle) = collector_of(config, ticker);
     let run = tokio::spawn(c.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
@@ -137,7 +132,7 @@ async fn failing_health_check_degrades_then_recovers() {
 #[tokio::test(start_paused = true)]
 async fn a_source_ignoring_shutdown_is_aborted_at_the_deadline() {
     let mut stubborn = Ticker::new("stubborn", Duration::from_millis(50));
-    stubborn.ignore_shutdown = true;
+    stubborn.heeds = Heeds::Nothing;
     let config = CollectorConfig::new().with_shutdown_timeout(Duration::from_secs(5));
     let mut c = Collector::new(config);
     c.register(Box::new(stubborn)).unwrap();
@@ -190,13 +185,9 @@ async fn a_source_ignoring_shutdown_is_aborted_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn failing_and_panicking_sources_leave_the_others_running() {
     let mut c = Collector::new(CollectorConfig::default());
-    for (name, panic) in [("fails", false), ("panics", true)] {
-        c.register(Box::new(Broken {
-            name,
-            panic,
-            started: Arc::default(),
-        }))
-        .unwrap();
+    for (name, on_start) in [("fails", OnStart::Fail), ("panics", OnStart::Panic)] {
+        c.register(Box::new(Reference::new(name, on_start)))
+            .unwrap();
     }
     c.register(Box::new(Ticker::new("alive", Duration::from_millis(100))))
         .unwrap();
@@ -227,12 +218,8 @@ async fn failing_and_panicking_sources_leave_the_others_running() {
 #[tokio::test(start_paused = true)]
 async fn when_every_source_has_failed_run_ends_with_an_error() {
     let mut c = Collector::new(CollectorConfig::default());
-    c.register(Box::new(Broken {
-        name: "only",
-        panic: false,
-        started: Arc::default(),
-    }))
-    .unwrap();
+    c.register(Box::new(Reference::new("only", OnStart::Fail)))
+        .unwrap();
     let err = c.run_until(std::future::pending()).await.unwrap_err();
     assert!(
         matches!(
@@ -248,15 +235,15 @@ async fn when_every_source_has_failed_run_ends_with_an_error() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_events_are_counted_and_the_stream_goes_on() {
-    let source = Scripted {
-        name: "mixed",
-        caps: SourceCaps::PROCESS,
-        events: vec![
+    let source = Replay::events(
+        "mixed",
+        SourceCaps::PROCESS,
+        vec![
             process_ok(10),
             process_with_hash_but_no_algorithm(11),
             process_ok(12),
         ],
-    };
+    );
     let mut c = Collector::new(CollectorConfig::default());
     c.register(Box::new(source)).unwrap();
     let handle = c.handle();
@@ -282,7 +269,7 @@ async fn invalid_events_are_counted_and_the_stream_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn subscribing_after_shutdown_yields_an_ended_stream() {
     let mut c = Collector::new(CollectorConfig::default());
-    c.register(Box::new(Flood::new("f", 3, false))).unwrap();
+    c.register(Box::new(flood("f", 3))).unwrap();
     let handle = c.handle();
     c.run_until(std::future::pending()).await.unwrap();
     let mut late = handle.subscribe();

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+use collector_core::testing::Replay;
 use collector_core::{
-    CollectionEvent, EventSource, HashAlgorithm, PerformanceEvent, ProcessEvent, SourceCaps,
-    SourceContext,
+    CollectionEvent, Collector, CollectorConfig, CollectorHandle, EventSource, HashAlgorithm,
+    PerformanceEvent, ProcessEvent, SourceCaps, SourceContext, WhenFull,
 };
 use tokio::sync::mpsc;
 
@@ -23,6 +25,47 @@ pub fn perf(seq: u64) -> CollectionEvent {
     })
 }
 
+/// A collector on `config` running `source`, and its handle.
+pub fn collector_of(
+    config: CollectorConfig,
+    source: impl EventSource + 'static,
+) -> (Collector, CollectorHandle) {
+    let mut c = Collector::new(config);
+    c.register(Box::new(source)).unwrap();
+    let handle = c.handle();
+    (c, handle)
+}
+
+/// Queues of `buffer` events, batches of `batch`, `when_full` the policy.
+pub fn queues(buffer: usize, batch: usize, when_full: WhenFull) -> CollectorConfig {
+    CollectorConfig::new()
+        .with_event_buffer_size(buffer)
+        .with_max_batch_size(batch)
+        .with_when_full(when_full)
+}
+
+/// Queues of `buffer` events that block a source when full.
+pub fn blocking(buffer: usize) -> CollectorConfig {
+    CollectorConfig::new()
+        .with_event_buffer_size(buffer)
+        .with_when_full(WhenFull::Block)
+}
+
+/// The value of the series `name` in `registry` with `labels`, and the
+/// label `reason` when given.
+pub fn metric_value(
+    registry: &collector_core::Registry,
+    name: &str,
+    labels: &[(&str, &str)],
+    reason: Option<&str>,
+) -> u64 {
+    let mut labels = labels.to_vec();
+    labels.extend(reason.map(|r| ("reason", r)));
+    registry
+        .value(name, &labels)
+        .unwrap_or_else(|| panic!("no series {name} {labels:?}"))
+}
+
 pub fn seq_of(e: &CollectionEvent) -> u64 {
     match e {
         CollectionEvent::Performance(p) => p.value as u64,
@@ -30,62 +73,22 @@ pub fn seq_of(e: &CollectionEvent) -> u64 {
     }
 }
 
-/// Sends `count` numbered events as fast as the runtime takes them, then
-/// either returns (`then_wait = false`) or waits for shutdown.
-pub struct Flood {
-    pub name: &'static str,
-    pub count: u64,
-    pub then_wait: bool,
-    pub sent: Arc<AtomicUsize>,
+/// `count` numbered performance events as fast as the runtime takes them;
+/// the source then returns.
+pub fn flood(name: &'static str, count: u64) -> Replay {
+    Replay::new(name, SourceCaps::PERFORMANCE, count, perf).then_end()
 }
 
-impl Flood {
-    pub fn new(name: &'static str, count: u64, then_wait: bool) -> Self {
-        Self {
-            name,
-            count,
-            then_wait,
-            sent: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-#[async_trait]
-impl EventSource for Flood {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PERFORMANCE
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for i in 0..self.count {
-            let sent = tokio::select! {
-                biased;
-                () = ctx.shutdown().cancelled() => return Ok(()),
-                r = ctx.out().send(perf(i)) => r,
-            };
-            if sent.is_err() {
-                return Ok(());
-            }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.then_wait {
-            ctx.shutdown().cancelled().await;
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
+/// What ends a [`Ticker`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Heeds {
+    /// Its context's token (a well-behaved source).
+    Token,
+    /// Only its context's flag, looked at every 10 ms (the conformance kit
+    /// cancels only the token).
+    FlagOnly,
+    /// Nothing: it awaits a token nobody cancels.
+    Nothing,
 }
 
 /// Emits one event every `every` until shutdown, counting health
@@ -96,7 +99,7 @@ pub struct Ticker {
     pub health_calls: Arc<AtomicUsize>,
     pub stop_calls: Arc<AtomicUsize>,
     pub fail_health_on: Vec<usize>,
-    pub ignore_shutdown: bool,
+    pub heeds: Heeds,
 }
 
 impl Ticker {
@@ -107,7 +110,7 @@ impl Ticker {
             health_calls: Arc::default(),
             stop_calls: Arc::default(),
             fail_health_on: Vec::new(),
-            ignore_shutdown: false,
+            heeds: Heeds::Token,
         }
     }
 }
@@ -120,30 +123,32 @@ impl EventSource for Ticker {
     fn capabilities(&self) -> SourceCaps {
         SourceCaps::PERFORMANCE | SourceCaps::REALTIME
     }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, stop))
-            .await
+    async fn start(&self, tx: EventSender, stop: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, stop).await
     }
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        // A deaf ticker awaits a token nobody cancels.
-        let shutdown = if self.ignore_shutdown {
-            tokio_util::sync::CancellationToken::new()
-        } else {
-            ctx.shutdown().clone()
+        let deaf = tokio_util::sync::CancellationToken::new();
+        let stopped = async {
+            match self.heeds {
+                Heeds::Token => ctx.shutdown().cancelled().await,
+                Heeds::FlagOnly => {
+                    while !ctx.shutdown_flag().load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Heeds::Nothing => deaf.cancelled().await,
+            }
         };
+        tokio::pin!(stopped);
         let mut seq = 0;
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
+                () = &mut stopped => return Ok(()),
                 () = tokio::time::sleep(self.every) => {}
             }
             // A closed channel only ends a well-behaved source.
-            if ctx.out().send(perf(seq)).await.is_err() && !self.ignore_shutdown {
+            if ctx.out().send(perf(seq)).await.is_err() && self.heeds == Heeds::Token {
                 return Ok(());
             }
             seq += 1;
@@ -162,15 +167,39 @@ impl EventSource for Ticker {
     }
 }
 
-/// Fails or panics as soon as it starts.
-pub struct Broken {
+/// What a [`Reference`] source does when started.
+#[derive(Clone, Copy)]
+pub enum OnStart {
+    /// Polls its flag every 100 ms until it is set, as the reference
+    /// README's example does.
+    PollFlag,
+    /// Fails at once.
+    Fail,
+    /// Panics at once.
+    Panic,
+    /// Returns at once; its `stop` panics.
+    PanicInStop,
+}
+
+/// A source on the reference API only (`start`, the default `start_with`).
+pub struct Reference {
     pub name: &'static str,
-    pub panic: bool,
+    pub on_start: OnStart,
     pub started: Arc<AtomicBool>,
 }
 
+impl Reference {
+    pub fn new(name: &'static str, on_start: OnStart) -> Self {
+        Self {
+            name,
+            on_start,
+            started: Arc::default(),
+        }
+    }
+}
+
 #[async_trait]
-impl EventSource for Broken {
+impl EventSource for Reference {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -180,48 +209,26 @@ impl EventSource for Broken {
     async fn start(
         &self,
         _tx: mpsc::Sender<CollectionEvent>,
-        _stop: Arc<AtomicBool>,
+        shutdown_signal: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
         self.started.store(true, Ordering::SeqCst);
-        assert!(!self.panic, "boom from {}", self.name);
-        anyhow::bail!("cannot open the kernel interface")
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// Emits the given events once, then waits for shutdown.
-pub struct Scripted {
-    pub name: &'static str,
-    pub caps: SourceCaps,
-    pub events: Vec<CollectionEvent>,
-}
-
-#[async_trait]
-impl EventSource for Scripted {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn capabilities(&self) -> SourceCaps {
-        self.caps
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        self.start_with(SourceContext::from_flag(self.name, tx, stop))
-            .await
-    }
-    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        for e in &self.events {
-            ctx.out().send(e.clone()).await?;
+        match self.on_start {
+            OnStart::PollFlag => {
+                while !shutdown_signal.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(())
+            }
+            OnStart::Fail => anyhow::bail!("cannot open the kernel interface"),
+            OnStart::Panic => panic!("boom from {}", self.name),
+            OnStart::PanicInStop => Ok(()),
         }
-        ctx.shutdown().cancelled().await;
-        Ok(())
     }
     async fn stop(&self) -> anyhow::Result<()> {
+        assert!(
+            !matches!(self.on_start, OnStart::PanicInStop),
+            "stop exploded"
+        );
         Ok(())
     }
 }

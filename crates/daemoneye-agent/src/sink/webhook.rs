@@ -1240,10 +1240,7 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
 
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<WebhookSink>();
-        check::<WebhookConfig>();
-        check::<WebhookError>();
+        collector_core::assert_send_sync!(WebhookSink, WebhookConfig, WebhookError);
     }
 
     #[test]
@@ -1251,12 +1248,11 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("headers");
-        std::fs::write(
-            &path,
-            "# secrets\nAuthorization: Bearer s3cret\n\nX-Team: sec\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let write_private = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write_private("# secrets\nAuthorization: Bearer s3cret\n\nX-Team: sec\n");
         let headers = WebhookHeader::from_file(&path).unwrap();
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[0].name().as_str(), "authorization");
@@ -1266,8 +1262,7 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let err = WebhookHeader::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
 
-        std::fs::write(&path, "X-Ok: 1\nno colon s3cret\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_private("X-Ok: 1\nno colon s3cret\n");
         let err = WebhookHeader::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(!err.contains("s3cret"), "the secret is not repeated: {err}");

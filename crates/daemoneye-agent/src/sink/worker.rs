@@ -417,16 +417,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn close_returns_by_its_deadline_from_a_blocked_sink_and_counts_the_rest() {
-        let w = SinkWorker::start(
+    /// A worker of `capacity` in front of a sink that never returns.
+    fn stuck_worker(capacity: usize) -> SinkWorker {
+        SinkWorker::start(
             Stuck,
             WorkerConfig {
-                capacity: 2,
+                capacity,
                 ..WorkerConfig::default()
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn close_returns_by_its_deadline_from_a_blocked_sink_and_counts_the_rest() {
+        let w = stuck_worker(2);
         let stats = w.stats();
         for pid in 1..=6 {
             let _ = w.try_send(alert(pid));
@@ -473,14 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_newest_never_waits() {
-        let w = SinkWorker::start(
-            Stuck,
-            WorkerConfig {
-                capacity: 1,
-                ..WorkerConfig::default()
-            },
-        )
-        .unwrap();
+        let w = stuck_worker(1);
         let started = Instant::now();
         for pid in 0..100 {
             let _ = w.send(alert(pid)).await;
@@ -492,9 +490,6 @@ mod tests {
 
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<SinkWorker>();
-        check::<SinkStats>();
-        check::<SinkSendError>();
+        collector_core::assert_send_sync!(SinkWorker, SinkStats, SinkSendError);
     }
 }

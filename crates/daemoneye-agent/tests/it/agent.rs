@@ -14,6 +14,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::{exec, Served};
 
+/// The agent's settings from the config file text `toml` alone.
+pub fn settings(toml: &str) -> Settings {
+    let file = AgentConfig::from_toml_str(toml).unwrap();
+    Settings::resolve(file, None, &RunArgs::default()).unwrap()
+}
+
+/// Settings for a test in `dir`: data under `dir/data`, sweeps an hour
+/// apart, alerts to the pipe `fifo`; then `rest` (more keys, then tables).
+pub fn test_settings(dir: &Path, fifo: &Path, rest: &str) -> Settings {
+    settings(&format!(
+        "data_dir = \"{}\"\nsweep_interval = \"1h\"\nsinks = {{ alerts_jsonl = \"{}\" }}\n{rest}",
+        dir.join("data").display(),
+        fifo.display(),
+    ))
+}
+
 /// A named pipe at `path`, each JSON line written to it on the channel.
 pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -38,12 +54,8 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     // The alerts file is a pipe read here: each alert is awaited, not polled.
     let fifo = dir.path().join("alerts.fifo");
     let alerts = alerts_pipe(&fifo);
-    let toml = format!(
+    let collectors = format!(
         r#"
-        data_dir = "{data}"
-        sweep_interval = "1h"
-        [sinks]
-        alerts_jsonl = "{fifo}"
         [[collector]]
         name = "alpha"
         socket = "{alpha}"
@@ -56,14 +68,12 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
         socket = "{alpha}"
         domain = "network"
         "#,
-        data = dir.path().join("data").display(),
-        fifo = fifo.display(),
         alpha = alpha_socket.display(),
         beta = beta_socket.display(),
     );
-    let file = AgentConfig::from_toml_str(&toml).unwrap();
-    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
-    let agent = Agent::build(settings).await.unwrap();
+    let agent = Agent::build(test_settings(dir.path(), &fifo, &collectors))
+        .await
+        .unwrap();
     let health = agent.health();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(agent.run(shutdown.clone()));
@@ -97,7 +107,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     for (served, pid, name) in [(&alpha, 4001, "from-alpha"), (&beta, 4002, "from-beta")] {
         let mut e = exec(pid, name);
         e.executable_path = Some(format!("/dev/shm/{name}"));
-        served.feed.send(e).await.unwrap();
+        served.send(e).await;
     }
     let names = tokio::task::spawn_blocking(move || {
         let mut names = Vec::new();
@@ -130,7 +140,7 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     );
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running)
+    tokio::time::timeout(Duration::from_secs(30), running)
         .await
         .expect("the agent stops when told")
         .unwrap();
@@ -139,4 +149,123 @@ async fn one_loop_judges_the_events_of_every_configured_collector() {
     }
     alpha.stop().await;
     beta.stop().await;
+}
+
+/// SIGTERM while the agent is behind a flood: its links were waiting to hand
+/// on batches the loop no longer took, and the agent never stopped. Now it
+/// stops within its drain deadline, and every event received is accounted
+/// for: stored, or counted dropped at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("alpha.sock");
+    let alpha = Served::start(&socket).await;
+    // Rules that each cost their whole time limit on any large batch: the
+    // loop takes a batch every few seconds and falls far behind the feed.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let mut slow = String::new();
+    for i in 0..16 {
+        use std::fmt::Write as _;
+        let _ = write!(
+            slow,
+            "[[rule]]\nid = \"slow-{i}\"\nname = \"slow\"\nseverity = \"low\"\nsql = \"SELECT a.pid \
+             FROM processes a, processes b, processes c \
+             WHERE a.cmdline || b.cmdline || c.cmdline LIKE '%never-{i}%'\"\n"
+        );
+    }
+    std::fs::write(rules.join("slow.toml"), slow).unwrap();
+    let toml = format!(
+        r#"
+        data_dir = "{data}"
+        rules_dir = "{rules}"
+        sweep_interval = "1h"
+        [[collector]]
+        name = "alpha"
+        socket = "{socket}"
+        "#,
+        data = dir.path().join("data").display(),
+        rules = rules.display(),
+        socket = socket.display(),
+    );
+    let file = AgentConfig::from_toml_str(&toml).unwrap();
+    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
+    let agent = Agent::build(settings).await.unwrap();
+    let health = agent.health();
+    let registry = agent.metrics();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    let link = health.collectors[0].link.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        link.wait_for(|s| s.state() == LinkState::Connected),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("never connected: {}", link.last_error()));
+
+    let feed = alpha.feed.clone();
+    let feeding = tokio::spawn(async move {
+        for pid in 2..u32::MAX {
+            if feed.send(exec(pid, "flood")).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Behind: the link waits to hand on a batch (its count of batches stands
+    // still while the feed goes on; nothing to await for that).
+    let judged = || {
+        registry
+            .value("daemoneye_events_accepted_total", &[("stage", "store")])
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (link.batches.get(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = link.batches.get();
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if now > 64 && last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link never waited: {} batches, {} events received, {} judged",
+            link.batches.get(),
+            link.events.get(),
+            judged()
+        );
+    }
+    assert!(link.events.get() > judged(), "behind the feed");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert!(
+        stopped.is_ok(),
+        "the agent did not stop within 30 s of its shutdown behind a flood"
+    );
+    stopped.unwrap().unwrap();
+    feeding.abort();
+    let dropped = |stage: &str| {
+        let labels: &[(&str, &str)] = if stage == "link" {
+            &[
+                ("stage", "link"),
+                ("collector", "alpha"),
+                ("reason", "shutdown"),
+            ]
+        } else {
+            &[("stage", "agent"), ("reason", "shutdown")]
+        };
+        registry
+            .value("daemoneye_events_dropped_total", labels)
+            .unwrap()
+    };
+    assert_eq!(
+        link.events.get(),
+        judged() + dropped("link") + dropped("agent"),
+        "every event received is stored or counted dropped (link {}, agent {})",
+        dropped("link"),
+        dropped("agent")
+    );
+    alpha.stop().await;
 }

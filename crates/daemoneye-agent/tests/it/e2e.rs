@@ -1,6 +1,8 @@
 //! The agent end to end, as root: collector child, rules, alerts, restart,
 //! ledger. Skips (saying why) when not root: the kernel process connector is
 //! what lets it see short-lived processes.
+// Blocking tests around a child process: no tokio clock to pause.
+#![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,6 +13,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
+
+/// `daemoneye-agent run` on `data_dir`, with collection and sweeps an hour
+/// apart: what a test sees is what it starts.
+fn agent_run(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["run", "--interval", "3600", "--sweep-secs", "3600"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    cmd
+}
 
 struct Agent {
     child: Child,
@@ -40,16 +52,7 @@ impl Drop for Agent {
 
 impl Agent {
     fn start(data_dir: &Path, rules_dir: &Path, syslog: &str, webhook: &str) -> Self {
-        let mut child = Command::new(AGENT)
-            .args([
-                "run",
-                "--interval",
-                "3600",
-                "--sweep-secs",
-                "3600",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut child = agent_run(data_dir)
             .arg("--rules-dir")
             .arg(rules_dir)
             .args(["--syslog", syslog])
@@ -195,12 +198,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let (webhook_url, webhook) = webhook_endpoint();
     // The secret header from a private file, not the command line.
     let headers = rules.path().join("webhook-headers");
-    std::fs::write(&headers, "X-Token: e2e\n").unwrap();
-    std::fs::set_permissions(
-        &headers,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    crate::write_with_mode(&headers, "X-Token: e2e\n", 0o600);
     let agent = Agent::start(
         data.path(),
         rules.path(),
@@ -485,16 +483,7 @@ fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
     }
     let data = tempfile::tempdir().unwrap();
     let (webhook_url, webhook) = webhook_endpoint();
-    let mut agent = Command::new(AGENT)
-        .args([
-            "run",
-            "--interval",
-            "3600",
-            "--sweep-secs",
-            "3600",
-            "--data-dir",
-        ])
-        .arg(data.path())
+    let mut agent = agent_run(data.path())
         .args(["--webhook", &webhook_url])
         .stdout(Stdio::piped()) // and never read: the pipe fills at 64 KiB
         .stderr(Stdio::null())

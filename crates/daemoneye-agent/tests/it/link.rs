@@ -1,49 +1,21 @@
 //! The collector link against a real IPC server in this process: events
 //! arrive converted, a lost collector is counted and reconnected.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use collector_core::testing::Replay;
 use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, CollectorIpcServer, EventSource, IpcServerConfig,
+    CollectionEvent, Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig,
     IpcServerHandle, ProcessEvent, ProcessEventType, SourceCaps,
 };
 use daemoneye_agent::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkState, LinkStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Emits what the test sends it.
-struct Fed(Mutex<Option<mpsc::Receiver<ProcessEvent>>>);
-
-#[async_trait::async_trait]
-impl EventSource for Fed {
-    fn name(&self) -> &'static str {
-        "fed"
-    }
-    fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PROCESS | SourceCaps::REALTIME
-    }
-    async fn start(
-        &self,
-        tx: mpsc::Sender<CollectionEvent>,
-        _stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        let rx = self.0.lock().unwrap().take();
-        let Some(mut rx) = rx else { return Ok(()) };
-        while let Some(e) = rx.recv().await {
-            tx.send(CollectionEvent::Process(e)).await?;
-        }
-        Ok(())
-    }
-    async fn stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 /// A collector serving a socket in this process, fed by the test.
 pub struct Served {
-    pub feed: mpsc::Sender<ProcessEvent>,
+    feed: mpsc::Sender<CollectionEvent>,
     server: IpcServerHandle,
     collector: collector_core::CollectorHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -51,11 +23,9 @@ pub struct Served {
 
 impl Served {
     pub async fn start(socket: &std::path::Path) -> Self {
-        let (feed, rx) = mpsc::channel(64);
+        let (fed, feed) = Replay::fed("fed", SourceCaps::PROCESS | SourceCaps::REALTIME);
         let mut collector = Collector::new(CollectorConfig::default());
-        collector
-            .register(Box::new(Fed(Mutex::new(Some(rx)))))
-            .unwrap();
+        collector.register(Box::new(fed)).unwrap();
         let mut server =
             CollectorIpcServer::new(IpcServerConfig::new(socket), collector.capabilities())
                 .await
@@ -84,6 +54,14 @@ impl Served {
             collector: handle,
             tasks,
         }
+    }
+
+    /// Has the collector's source emit `event`.
+    pub async fn send(&self, event: ProcessEvent) {
+        self.feed
+            .send(CollectionEvent::Process(event))
+            .await
+            .unwrap();
     }
 
     pub async fn stop(self) {
@@ -134,7 +112,7 @@ async fn events_arrive_converted_and_a_lost_collector_is_reconnected() {
     assert_eq!(status.state(), LinkState::Connected);
     assert!(status.capabilities().contains(SourceCaps::PROCESS));
     let sent = exec(4242, "curl");
-    served.feed.send(sent.clone()).await.unwrap();
+    served.send(sent.clone()).await;
     let LinkEvent::Events(got) = next(&mut rx).await else {
         panic!("expected events");
     };
@@ -146,7 +124,7 @@ async fn events_arrive_converted_and_a_lost_collector_is_reconnected() {
     assert!(matches!(next(&mut rx).await, LinkEvent::Connected));
     assert_eq!(status.restarts.get(), 1, "{}", status.last_error());
     assert!(!status.last_error().is_empty());
-    served.feed.send(exec(7, "ls")).await.unwrap();
+    served.send(exec(7, "ls")).await;
     let LinkEvent::Events(got) = next(&mut rx).await else {
         panic!("expected events");
     };

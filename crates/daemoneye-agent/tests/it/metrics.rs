@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use daemoneye_agent::agent::Agent;
-use daemoneye_agent::config::{AgentConfig, RunArgs, Settings};
 use daemoneye_agent::link::LinkState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::alerts_pipe;
+use crate::agent::{alerts_pipe, settings, test_settings};
 use crate::link::{exec, Served};
 
 /// `GET /metrics` over a real connection: the status line and the body.
@@ -33,11 +32,6 @@ fn sample(text: &str, series: &str) -> Option<u64> {
         .map(|v| v.parse().unwrap())
 }
 
-fn settings(toml: &str) -> Settings {
-    let file = AgentConfig::from_toml_str(toml).unwrap();
-    Settings::resolve(file, None, &RunArgs::default()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 async fn metrics_listen_serves_the_agent_counters() {
@@ -46,23 +40,18 @@ async fn metrics_listen_serves_the_agent_counters() {
     let alpha = Served::start(&socket).await;
     let fifo = dir.path().join("alerts.fifo");
     let alerts = alerts_pipe(&fifo);
-    let agent = Agent::build(settings(&format!(
+    let rest = format!(
         r#"
-        data_dir = "{data}"
-        sweep_interval = "1h"
         metrics_listen = "127.0.0.1:0"
-        [sinks]
-        alerts_jsonl = "{fifo}"
         [[collector]]
         name = "alpha"
         socket = "{socket}"
         "#,
-        data = dir.path().join("data").display(),
-        fifo = fifo.display(),
         socket = socket.display(),
-    )))
-    .await
-    .unwrap();
+    );
+    let agent = Agent::build(test_settings(dir.path(), &fifo, &rest))
+        .await
+        .unwrap();
     let addr = agent.metrics_addr().expect("metrics_listen is set");
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     let registry = agent.metrics();
@@ -79,7 +68,7 @@ async fn metrics_listen_serves_the_agent_counters() {
     .unwrap_or_else(|_| panic!("never connected: {}", link.last_error()));
     let mut e = exec(4001, "from-shm");
     e.executable_path = Some("/dev/shm/from-shm".to_owned());
-    alpha.feed.send(e).await.unwrap();
+    alpha.send(e).await;
     let alert = tokio::task::spawn_blocking(move || alerts.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()

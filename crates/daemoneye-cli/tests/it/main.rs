@@ -16,15 +16,21 @@ fn cli(args: &[&str], paths: &[&std::path::Path]) -> std::process::Output {
     Command::new(BIN).args(args).args(paths).output().unwrap()
 }
 
+/// One rule the validator accepts, in each format.
+const GOOD_TOML: &str = "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n";
+const GOOD_YAML: &str = "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n";
+
+/// Writes `text` to the file `name` in `dir`; its path.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n",
-    )
-    .unwrap();
+    let good = write(&dir, "good.toml", GOOD_TOML);
     let out = cli(&["rules", "validate"], &[&good]);
     assert!(
         out.status.success(),
@@ -32,13 +38,12 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
+    let bad = write(
+        &dir,
+        "bad.toml",
         "[[rule]]\nid = 'wiper'\nname = 'w'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n\n\
          [[rule]]\nid = 'fine'\nname = 'f'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n",
-    )
-    .unwrap();
+    );
     let out = cli(&["rules", "validate"], &[&good, &bad]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -57,22 +62,16 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
 #[test]
 fn validate_reads_yaml_files_and_names_them_when_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.yaml");
-    std::fs::write(
-        &good,
-        "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n",
-    )
-    .unwrap();
+    let good = write(&dir, "good.yaml", GOOD_YAML);
     let out = cli(&["rules", "validate"], &[&good]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("tmp-exec"), "{text}");
 
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
+    let bad = write(
+        &dir,
+        "bad.yml",
         "rule:\n  - id: wiper\n    name: w\n    severity: low\n    sql: DELETE FROM processes\n  - id: typo\n    name: t\n    severity: low\n    sqll: SELECT pid FROM processes\n",
-    )
-    .unwrap();
+    );
     let out = cli(&["rules", "validate"], &[&good, &bad]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -84,12 +83,13 @@ fn validate_reads_yaml_files_and_names_them_when_refused() {
 
 #[test]
 fn bad_flags_exit_with_2() {
-    let out = cli(&["rules", "validate"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let out = cli(&["--format", "xml", "alerts"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let out = cli(&["--data-dir", "/nonexistent/daemoneye", "alerts"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    for args in [
+        &["rules", "validate"][..],
+        &["--format", "xml", "alerts"],
+        &["--data-dir", "/nonexistent/daemoneye", "alerts"],
+    ] {
+        assert_eq!(cli(args, &[]).status.code(), Some(2), "{args:?}");
+    }
 }
 
 /// A data directory whose store holds `alerts` alerts (each with its
@@ -99,12 +99,10 @@ fn store_with_alerts(alerts: u32) -> tempfile::TempDir {
     let mut store = Store::open(dir.path()).unwrap();
     let rule = &rules::builtin().unwrap()[0];
     for pid in 1..=alerts {
-        let a = Alert::new(
-            rule,
-            AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None),
-            SystemTime::now(),
-        );
-        store.record_alert(&a).unwrap();
+        let process = AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None);
+        store
+            .record_alert(&Alert::new(rule, process, SystemTime::now()))
+            .unwrap();
     }
     dir
 }

@@ -43,6 +43,17 @@ fn key(pid: u32, start_ticks: u64) -> ProcessKey {
 }
 
 /// An event with every field set, including the awkward ones.
+/// A store at `audit.db` in a fresh directory holding one exec event; the
+/// directory, the path and the store.
+fn with_one_exec() -> (tempfile::TempDir, std::path::PathBuf, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut db = Store::new(&path).unwrap();
+    db.write_events(&[rich(10, ProcessEventType::Exec)])
+        .unwrap();
+    (dir, path, db)
+}
+
 fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
     let mut metadata = BTreeMap::new();
     metadata.insert("cgroup".to_owned(), "/user.slice/ünï/☃".to_owned());
@@ -131,11 +142,7 @@ fn fresh_database_gets_the_latest_schema_version() {
 
 #[test]
 fn reopening_is_idempotent_and_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let mut db = Store::new(&path).unwrap();
-    db.write_events(&[rich(10, ProcessEventType::Exec)])
-        .unwrap();
+    let (_dir, path, db) = with_one_exec();
     drop(db);
     for _ in 0..3 {
         let db = Store::new(&path).unwrap();
@@ -167,11 +174,7 @@ fn database_from_a_newer_build_is_refused_untouched() {
 
 #[test]
 fn database_is_in_wal_mode_and_owner_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let mut db = Store::new(&path).unwrap();
-    db.write_events(&[rich(10, ProcessEventType::Exec)])
-        .unwrap();
+    let (dir, path, _db) = with_one_exec();
     let mode: String = raw(&path)
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -518,18 +521,7 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn process_event() -> impl Strategy<Value = ProcessEvent> {
-    let event_type = prop_oneof![
-        Just(ProcessEventType::Snapshot),
-        Just(ProcessEventType::Start),
-        Just(ProcessEventType::Fork),
-        Just(ProcessEventType::Exec),
-        Just(ProcessEventType::Exit),
-        Just(ProcessEventType::Modified),
-        Just(ProcessEventType::PidReused),
-        Just(ProcessEventType::ExecutableDeleted),
-        Just(ProcessEventType::ExecutableReplaced),
-        Just(ProcessEventType::StartTimeAnomaly),
-    ];
+    let event_type = proptest::sample::select(ProcessEventType::ALL.to_vec());
     let algorithm = prop_oneof![Just(HashAlgorithm::Sha256), Just(HashAlgorithm::Blake3)];
     let identity = (
         event_type,

@@ -664,12 +664,13 @@ mod tests {
 
     #[test]
     fn public_types_are_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<ProcConnector>();
-        check::<ReaderHandle>();
-        check::<ConnectorMessage>();
-        check::<ConnectorError>();
-        check::<ProcEvent>();
+        collector_core::assert_send_sync!(
+            ProcConnector,
+            ReaderHandle,
+            ConnectorMessage,
+            ConnectorError,
+            ProcEvent
+        );
     }
 
     #[test]

@@ -14,12 +14,39 @@ fn sigterm(child: &std::process::Child) {
     .unwrap();
 }
 
+/// `procmond ARGS`, run to its end.
+fn procmond(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Runs `procmond ARGS`, checks it exits with 2 and returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = procmond(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `procmond ARGS` started with its stdout's lines to read (stderr
+/// discarded).
+fn spawn_with_lines(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 #[test]
 fn snapshot_json_lists_this_process() {
-    let out = Command::new(BIN)
-        .args(["snapshot", "--format", "json"])
-        .output()
-        .unwrap();
+    let out = procmond(&["snapshot", "--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -36,65 +63,40 @@ fn snapshot_json_lists_this_process() {
 
 #[test]
 fn bad_flags_and_bad_config_exit_with_2() {
-    let out = Command::new(BIN)
-        .args(["run", "--interval", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN)
-        .args(["snapshot", "--format", "xml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    refused(&["run", "--interval", "0"]);
+    refused(&["snapshot", "--format", "xml"]);
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("procmond.toml");
-    std::fs::write(
-        &cfg,
-        "[monitor.base_config]\ncollection_intervall = \"5s\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--no-database", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        msg.contains("collection_intervall"),
-        "the message names the bad key: {msg}"
-    );
-
-    std::fs::write(&cfg, "[collector]\nevent_buffer_size = 0\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--no-database", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("event_buffer_size"));
+    for (toml, bad_key) in [
+        (
+            "[monitor.base_config]\ncollection_intervall = \"5s\"\n",
+            "collection_intervall",
+        ),
+        ("[collector]\nevent_buffer_size = 0\n", "event_buffer_size"),
+    ] {
+        std::fs::write(&cfg, toml).unwrap();
+        let msg = refused(&["run", "--no-database", "--config", cfg.to_str().unwrap()]);
+        assert!(
+            msg.contains(bad_key),
+            "the message names the bad key: {msg}"
+        );
+    }
 }
 
 #[test]
 fn run_streams_jsonl_stores_events_and_stops_promptly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--interval",
-            "3600",
-            "--events-jsonl",
-            "-",
-            "--database",
-        ])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_with_lines(&[
+        "run",
+        "--interval",
+        "3600",
+        "--events-jsonl",
+        "-",
+        "--database",
+        db.to_str().unwrap(),
+    ]);
     // The first snapshot lists the test process itself.
     let me = std::process::id();
     let mut seen_me = false;
@@ -152,22 +154,15 @@ fn as_root_run_keeps_only_the_capabilities_collection_needs() {
             .spawn()
             .unwrap()
     });
-    let mut child = Killed(
-        Command::new(BIN)
-            .args([
-                "run",
-                "--no-database",
-                "--interval",
-                "3600",
-                "--events-jsonl",
-                "-",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let (child, mut lines) = spawn_with_lines(&[
+        "run",
+        "--no-database",
+        "--interval",
+        "3600",
+        "--events-jsonl",
+        "-",
+    ]);
+    let child = Killed(child);
     let seen = lines.by_ref().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
         (v["pid"] == other.0.id()).then_some(v)
@@ -236,23 +231,17 @@ fn free_port() -> std::net::SocketAddr {
 #[test]
 fn metrics_listen_serves_the_collector_and_procmond_counters() {
     let addr = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--no-database",
-            "--no-socket",
-            "--interval",
-            "3600",
-            "--events-jsonl",
-            "-",
-            "--metrics-listen",
-        ])
-        .arg(addr.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_with_lines(&[
+        "run",
+        "--no-database",
+        "--no-socket",
+        "--interval",
+        "3600",
+        "--events-jsonl",
+        "-",
+        "--metrics-listen",
+        &addr.to_string(),
+    ]);
     // A line on stdout: the first snapshot was taken, its events accepted by
     // the runtime and delivered to the JSONL writer's subscription.
     let first = lines.next().unwrap().unwrap();
@@ -312,28 +301,20 @@ fn metrics_listen_serves_the_collector_and_procmond_counters() {
 
 #[test]
 fn a_bad_metrics_address_is_refused_at_startup_with_2() {
-    let out = Command::new(BIN)
-        .args([
+    let run_listening_on = |addr: &str| {
+        refused(&[
             "run",
             "--no-database",
             "--no-socket",
             "--metrics-listen",
-            "localhost",
+            addr,
         ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-listen"));
+    };
+    assert!(run_listening_on("localhost").contains("--metrics-listen"));
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--no-database", "--no-socket", "--metrics-listen"])
-        .arg(addr.to_string())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = run_listening_on(&addr.to_string());
     assert!(
         msg.contains(&format!("cannot listen for metrics on {addr}")),
         "{msg}"

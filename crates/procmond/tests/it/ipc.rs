@@ -9,7 +9,8 @@ use collector_core::{
 };
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use daemoneye_lib::proto::{
-    event_record, DetectionTask, HashCheck, ProcessFilter, ProtoTaskType, SubscribeRequest,
+    event_record, DetectionTask, HashCheck, ProcessFilter, ProcessRecord, ProtoTaskType,
+    SubscribeRequest,
 };
 use procmond::ipc::TaskHandlers;
 
@@ -20,6 +21,25 @@ fn client_config(path: &std::path::Path) -> IpcClientConfig {
         max_connect_attempts: 100,
         request_timeout: Duration::from_secs(20),
         ..IpcClientConfig::new(path)
+    }
+}
+
+/// The first process record a subscriber of `pid` is sent (within 20 s).
+async fn first_record_of(client: &CollectorIpcClient, pid: u32) -> ProcessRecord {
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            pids: vec![pid],
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match batch.events.into_iter().next().and_then(|r| r.event) {
+        Some(event_record::Event::Process(p)) => p,
+        other => panic!("expected a process record, got {other:?}"),
     }
 }
 
@@ -41,10 +61,34 @@ fn enumerate_pid(pid: u32) -> DetectionTask {
     )
 }
 
-fn with_hash(id: &str, t: ProtoTaskType, check: HashCheck) -> DetectionTask {
+/// `client`'s answer to a task `id` of type `t` with the hash check `check`.
+async fn hash_task(
+    client: &CollectorIpcClient,
+    id: &str,
+    t: ProtoTaskType,
+    check: HashCheck,
+) -> daemoneye_lib::proto::DetectionResult {
     let mut task = DetectionTask::new(id, t);
     task.hash_check = Some(check);
-    task
+    client.send_task(task).await.unwrap()
+}
+
+/// `VERIFY_EXECUTABLE` of `path` with `algorithm` (the default when empty),
+/// against `expected` (none when empty).
+async fn verify(
+    client: &CollectorIpcClient,
+    id: &str,
+    path: &str,
+    algorithm: &str,
+    expected: &str,
+) -> daemoneye_lib::proto::DetectionResult {
+    let check = HashCheck {
+        executable_path: path.to_owned(),
+        hash_algorithm: algorithm.to_owned(),
+        expected_hash: expected.to_owned(),
+        ..HashCheck::default()
+    };
+    hash_task(client, id, ProtoTaskType::VerifyExecutable, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,69 +147,35 @@ async fn task_handlers_answer_over_a_real_socket() {
     assert!(tree.processes.iter().any(|p| p.pid == me));
 
     // Verify our own executable, then the same through CHECK_PROCESS_HASH.
-    let exe = std::env::current_exe().unwrap();
-    let v = client
-        .send_task(with_hash(
-            "verify",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: exe.display().to_string(),
-                hash_algorithm: "sha256".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let v = verify(&client, "verify", &exe, "sha256", "").await;
     assert!(v.success, "{:?}", v.error_message);
     let h = v.hash_result.unwrap();
     assert_eq!(h.hash_value.len(), 64);
     assert_eq!(h.matches, None);
-    let c = client
-        .send_task(with_hash(
-            "check",
-            ProtoTaskType::CheckProcessHash,
-            HashCheck {
-                pid: Some(me),
-                expected_hash: h.hash_value.to_uppercase(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let c = hash_task(
+        &client,
+        "check",
+        ProtoTaskType::CheckProcessHash,
+        HashCheck {
+            pid: Some(me),
+            expected_hash: h.hash_value.to_uppercase(),
+            ..HashCheck::default()
+        },
+    )
+    .await;
     let ch = c.hash_result.unwrap();
     assert_eq!(ch.hash_value, h.hash_value);
     assert_eq!(ch.matches, Some(true));
     assert!(ch.success);
-    let wrong = client
-        .send_task(with_hash(
-            "wrong",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: exe.display().to_string(),
-                expected_hash: "0".repeat(64),
-                hash_algorithm: "blake3".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let wrong = verify(&client, "wrong", &exe, "blake3", &"0".repeat(64)).await;
     let wh = wrong.hash_result.unwrap();
     assert_eq!(wh.matches, Some(false));
     assert!(!wh.success);
     assert_ne!(wh.hash_value, h.hash_value, "blake3 differs from sha256");
 
     // A missing file fails with a reason.
-    let gone = client
-        .send_task(with_hash(
-            "gone",
-            ProtoTaskType::VerifyExecutable,
-            HashCheck {
-                executable_path: "/nonexistent/binary".into(),
-                ..HashCheck::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let gone = verify(&client, "gone", "/nonexistent/binary", "", "").await;
     assert!(!gone.success);
     assert!(gone.error_message.unwrap().contains("not found"));
 
@@ -219,23 +229,9 @@ async fn procmond_run_serves_tasks_and_streams_events_on_its_socket() {
     assert_eq!(r.processes[0].pid, me);
 
     // The next snapshot (every second) reports this process.
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            pids: vec![me],
-            ..SubscribeRequest::default()
-        })
-        .await
-        .unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
-        panic!("expected a process record");
-    };
+    let p = first_record_of(&client, me).await;
     assert_eq!(p.pid, me);
 
-    drop(stream);
     drop(client);
     terminate(child).await;
     assert!(!path.exists(), "socket removed at exit");
@@ -276,23 +272,9 @@ async fn await_subscriber_holds_collection_until_someone_subscribes() {
     );
     // With one snapshot an hour, only the first can report this process:
     // the subscriber sees it.
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            pids: vec![me],
-            ..SubscribeRequest::default()
-        })
-        .await
-        .unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(20), stream.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(event_record::Event::Process(p)) = &batch.events[0].event else {
-        panic!("expected a process record");
-    };
+    let p = first_record_of(&client, me).await;
     assert_eq!(p.pid, me);
     assert_eq!(p.event_type, "snapshot");
-    drop(stream);
     drop(client);
     terminate(child).await;
 }

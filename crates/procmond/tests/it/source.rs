@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector_core::testing::{check_source, ConformanceConfig};
+use collector_core::testing::{check_source, recv_until, ConformanceConfig};
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessEventType, Subscription,
 };
@@ -30,6 +30,23 @@ fn config(interval: Duration) -> ProcmondMonitorConfig {
     c
 }
 
+/// A collector running `source` in a task; its handle and a subscription.
+fn run_collector(
+    source: ProcmondMonitorCollector,
+) -> (
+    collector_core::CollectorHandle,
+    Subscription,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let sub = handle.subscribe();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    (handle, sub, run)
+}
+
 /// Starts a collector with procmond and returns a subscription once the
 /// first snapshot has arrived (so the connector is subscribed).
 async fn start(
@@ -40,21 +57,10 @@ async fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let source = ProcmondMonitorCollector::without_database(config).unwrap();
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(source)).unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run =
-        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
-    loop {
-        match sub.recv().await {
-            Some(CollectionEvent::Process(p)) if p.event_type == ProcessEventType::Snapshot => {
-                break
-            }
-            Some(_) => {}
-            None => panic!("collector ended before its first snapshot"),
-        }
-    }
+    let (handle, mut sub, run) = run_collector(source);
+    recv_until(&mut sub, is_snapshot)
+        .await
+        .expect("collector ended before its first snapshot");
     (handle, sub, run)
 }
 
@@ -64,17 +70,26 @@ async fn wait_for(
     what: &str,
     want: impl Fn(&ProcessEvent) -> bool,
 ) -> ProcessEvent {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match sub.recv().await {
-                Some(CollectionEvent::Process(p)) if want(&p) => return p,
-                Some(_) => {}
-                None => panic!("stream ended while waiting for {what}"),
-            }
-        }
-    })
+    let found = tokio::time::timeout(
+        Duration::from_secs(20),
+        recv_until(sub, |e| matches!(e, CollectionEvent::Process(p) if want(p))),
+    )
     .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    match found {
+        Some(CollectionEvent::Process(p)) => p,
+        _ => panic!("stream ended while waiting for {what}"),
+    }
+}
+
+fn is_snapshot(e: &CollectionEvent) -> bool {
+    matches!(e, CollectionEvent::Process(p) if p.event_type == ProcessEventType::Snapshot)
+}
+
+/// Kills `child` and reaps it.
+fn reap(mut child: std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,29 +134,27 @@ async fn pid_reuse_is_reported_as_such() {
     // grab the pid first; try a few times.
     let mut reused = None;
     for _ in 0..20 {
-        let mut first = Command::new("sleep").arg("30").spawn().unwrap();
+        let first = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = first.id();
         let first_exec = wait_for(&mut sub, "the first exec", |p| {
             p.pid == pid && p.event_type == ProcessEventType::Exec
         })
         .await;
-        first.kill().unwrap();
-        first.wait().unwrap();
+        reap(first);
         wait_for(&mut sub, "the first exit", |p| {
             p.pid == pid && p.event_type == ProcessEventType::Exit
         })
         .await;
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-        let mut second = Command::new("sleep").arg("30").spawn().unwrap();
+        let second = Command::new("sleep").arg("30").spawn().unwrap();
         let second_pid = second.id();
         if second_pid == pid {
             reused = Some((pid, second, first_exec.process_key));
             break;
         }
-        second.kill().unwrap();
-        second.wait().unwrap();
+        reap(second);
     }
-    let (pid, mut second, first_key) = reused.expect("the kernel never reused the pid in 20 tries");
+    let (pid, second, first_key) = reused.expect("the kernel never reused the pid in 20 tries");
     let event = wait_for(&mut sub, "pid_reused", |p| {
         p.pid == pid && p.event_type == ProcessEventType::PidReused
     })
@@ -150,8 +163,7 @@ async fn pid_reuse_is_reported_as_such() {
     // usually different, but equal when both started within one clock
     // tick: the kernel's fork after the exit is what tells them apart.)
     assert_eq!(event.lifecycle.previous_key, first_key);
-    second.kill().unwrap();
-    second.wait().unwrap();
+    reap(second);
     handle.shutdown();
     run.await.unwrap();
 }
@@ -162,7 +174,7 @@ async fn a_running_binary_that_is_deleted_is_suspicious() {
     let exe = dir.path().join("lurker");
     std::fs::copy("/bin/sleep", &exe).unwrap();
     let (handle, mut sub, run) = start(config(Duration::from_millis(500))).await;
-    let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+    let child = Command::new(&exe).arg("30").spawn().unwrap();
     let pid = child.id();
     // Seen first with its file in place...
     wait_for(&mut sub, "the lurker", |p| {
@@ -177,8 +189,7 @@ async fn a_running_binary_that_is_deleted_is_suspicious() {
     .await;
     assert!(!e.file_exists);
     assert_eq!(e.executable_path.as_deref(), exe.to_str());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    reap(child);
     handle.shutdown();
     run.await.unwrap();
 }
@@ -227,12 +238,7 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     c.base_config.max_events_in_flight = 1;
     let source = ProcmondMonitorCollector::without_database(c).unwrap();
     let stats = source.stats_handle();
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector.register(Box::new(source)).unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run =
-        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    let (handle, mut sub, run) = run_collector(source);
     let reader = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stats.monitor_stats().kernel_overruns == 0 {
@@ -266,4 +272,54 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     handle.shutdown();
     run.await.unwrap();
     reader.await.unwrap();
+}
+
+/// Standalone, procmond stores through the store's one writer: snapshots
+/// arrive in its database, and when writing fails its health says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_written_through_the_writer_and_failures_degrade_health() {
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let db = Arc::new(Mutex::new(procmond::DatabaseManager::new(&path).unwrap()));
+    let source = ProcmondMonitorCollector::new(Arc::clone(&db), config(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let mut collector = Collector::new(
+        CollectorConfig::default().with_health_check_interval(Duration::from_millis(100)),
+    );
+    collector.register(Box::new(source)).unwrap();
+    let handle = collector.handle();
+    let run =
+        tokio::spawn(async move { collector.run_until(std::future::pending()).await.unwrap() });
+    // No commit to await from outside the writer: look until it is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stored = || db.lock().unwrap().latest_snapshot_info().unwrap();
+    while stored().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored().unwrap().process_count > 1);
+
+    // Pull a table out from under the writer: the next snapshots fail.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE process_snapshots")
+        .unwrap();
+    let degraded = loop {
+        let report = handle.health();
+        let procmond = report.sources.iter().find(|(n, _)| *n == "procmond");
+        if let Some((_, collector_core::SourceHealth::Degraded(why))) = procmond {
+            break why.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "health never degraded: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(degraded.contains("audit database"), "{degraded}");
+    handle.shutdown();
+    run.await.unwrap();
 }
