@@ -176,21 +176,13 @@ async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
         );
     }
     std::fs::write(rules.join("slow.toml"), slow).unwrap();
-    let toml = format!(
-        r#"
-        data_dir = "{data}"
-        rules_dir = "{rules}"
-        sweep_interval = "1h"
-        [[collector]]
-        name = "alpha"
-        socket = "{socket}"
-        "#,
-        data = dir.path().join("data").display(),
-        rules = rules.display(),
-        socket = socket.display(),
-    );
-    let file = AgentConfig::from_toml_str(&toml).unwrap();
-    let settings = Settings::resolve(file, None, &RunArgs::default()).unwrap();
+    let settings = settings(&format!(
+        "data_dir = \"{}\"\nrules_dir = \"{}\"\nsweep_interval = \"1h\"\n\
+         [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n",
+        dir.path().join("data").display(),
+        rules.display(),
+        socket.display(),
+    ));
     let agent = Agent::build(settings).await.unwrap();
     let health = agent.health();
     let registry = agent.metrics();
@@ -204,10 +196,11 @@ async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
     .await
     .unwrap_or_else(|_| panic!("never connected: {}", link.last_error()));
 
-    let feed = alpha.feed.clone();
+    let feed = alpha.feeder();
     let feeding = tokio::spawn(async move {
         for pid in 2..u32::MAX {
-            if feed.send(exec(pid, "flood")).await.is_err() {
+            let event = collector_core::CollectionEvent::Process(exec(pid, "flood"));
+            if feed.send(event).await.is_err() {
                 break;
             }
         }

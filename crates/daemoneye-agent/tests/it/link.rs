@@ -56,6 +56,11 @@ impl Served {
         }
     }
 
+    /// A sender into the collector's source, for a feed of its own.
+    pub fn feeder(&self) -> tokio::sync::mpsc::Sender<CollectionEvent> {
+        self.feed.clone()
+    }
+
     /// Has the collector's source emit `event`.
     pub async fn send(&self, event: ProcessEvent) {
         self.feed
