@@ -16,6 +16,7 @@ use collector_core::{CollectorIpcClient, IpcClientConfig};
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use daemoneye_rules::engine;
 use daemoneye_rules::rules::{self, Rule, RuleError};
+use daemoneye_store::ledger::LedgerError;
 use daemoneye_store::{Store, StoreError};
 
 #[derive(Parser)]
@@ -194,40 +195,117 @@ fn columns(format: Format) -> ExitCode {
 
 fn open_store(dir: &Path) -> Result<Store, ExitCode> {
     Store::open_read_only(dir).map_err(|e| {
-        eprintln!("daemoneye-cli: {e} (is the data directory right? --data-dir)");
+        eprintln!(
+            "daemoneye-cli: {:#} (is the data directory right? --data-dir)",
+            anyhow::Error::from(e)
+        );
         ExitCode::from(2)
     })
 }
 
+/// Runs `sql` under the store's read-only guard and time limit, each row
+/// written out as it comes (SQLite's heap in this process capped as the
+/// rules engine caps it).
 fn query(store: &Store, sql: &str, format: Format) -> Result<ExitCode, anyhow::Error> {
-    let r = match store.query(sql) {
-        Ok(r) => r,
+    use std::io::Write as _;
+    daemoneye_store::readonly::cap_heap(engine::ENGINE_HEAP_LIMIT)?;
+    let stdout = std::io::stdout();
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(stdout.lock()));
+    let names: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
+    let result = store.query_each(
+        sql,
+        |columns| {
+            let _ = names.set(columns.to_vec());
+            if format == Format::Table {
+                writeln!(out.borrow_mut(), "{}", columns.join("\t"))?;
+            }
+            Ok(())
+        },
+        |row| {
+            let mut out = out.borrow_mut();
+            if format == Format::Json {
+                let obj: serde_json::Map<String, serde_json::Value> = names
+                    .get()
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .zip(row)
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Object(obj))
+            } else {
+                let cells: Vec<String> = row
+                    .into_iter()
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect();
+                writeln!(out, "{}", cells.join("\t"))
+            }
+        },
+    );
+    // What was written stays written, whatever came after.
+    let flushed = out.borrow_mut().flush();
+    match result {
+        Ok(()) => {
+            flushed?;
+            Ok(ExitCode::SUCCESS)
+        }
         Err(StoreError::Query { reason }) => {
             eprintln!("daemoneye-cli: query refused: {reason}");
-            return Ok(ExitCode::from(2));
+            Ok(ExitCode::from(2))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ledger verify`: 0 when the chain holds, 1 ("ledger BROKEN") only when
+/// it does not, 2 with the cause when the store cannot be read.
+fn verify_ledger(data_dir: &Path, format: Format) -> ExitCode {
+    let store = match open_store(data_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    if format == Format::Json {
-        for row in &r.rows {
-            let obj: serde_json::Map<String, serde_json::Value> =
-                r.columns.iter().cloned().zip(row.iter().cloned()).collect();
-            println!("{}", serde_json::Value::Object(obj));
+    match store.verify_ledger() {
+        Ok(v) => {
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "entries": v.entries, "head": v.head})
+                );
+            } else {
+                println!("ledger ok: {} entries, head {}", v.entries, v.head);
+            }
+            ExitCode::SUCCESS
         }
-    } else {
-        println!("{}", r.columns.join("\t"));
-        for row in &r.rows {
-            let cells: Vec<String> = row
-                .iter()
-                .map(|v| match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
-            println!("{}", cells.join("\t"));
+        Err(StoreError::Ledger(e)) if tampered(&e) => {
+            println!("ledger BROKEN: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "daemoneye-cli: cannot verify the ledger: {:#}",
+                anyhow::Error::from(e)
+            );
+            ExitCode::from(2)
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a ledger error is a verdict on the chain (an entry broken, or
+/// a value of it no longer of its type: both edits) rather than a failure
+/// to read the store (permissions, not a database, I/O).
+fn tampered(e: &LedgerError) -> bool {
+    match e {
+        LedgerError::Broken { .. } => true,
+        LedgerError::Sqlite(e) => matches!(
+            e,
+            rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+        ),
+        _ => false,
+    }
 }
 
 fn processes(store: &Store, format: Format) -> Result<ExitCode, anyhow::Error> {
@@ -363,30 +441,7 @@ fn main() -> ExitCode {
         } => Ok(columns(cli.format)),
         Command::Ledger {
             command: LedgerCommand::Verify,
-        } => {
-            let store = match open_store(&data_dir) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            match store.verify_ledger() {
-                Ok(v) => {
-                    if cli.format == Format::Json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"ok": true, "entries": v.entries, "head": v.head})
-                        );
-                    } else {
-                        println!("ledger ok: {} entries, head {}", v.entries, v.head);
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(StoreError::Ledger(e)) => {
-                    println!("ledger BROKEN: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
+        } => Ok(verify_ledger(&data_dir, cli.format)),
         Command::Processes => match open_store(&data_dir) {
             Ok(store) => processes(&store, cli.format),
             Err(code) => return code,

@@ -9,6 +9,29 @@
 //! rule is interrupted after [`RULE_TIME_LIMIT`]. Rules never see the
 //! agent's own store.
 //!
+//! # What bounds a rule
+//!
+//! - Every connection that sees a rule's SQL is guarded
+//!   ([`readonly::guard`]) before it compiles any: the read-only
+//!   authorizer with its function allow-list
+//!   ([`readonly::ALLOWED_FUNCTIONS`], no `pragma_*` tables) and SQLite's
+//!   limits (values of at most [`readonly::MAX_VALUE_BYTES`], ...). A rule
+//!   is compiled one statement at a time under them, so nothing of a
+//!   refused rule runs, not even a pragma SQLite runs while compiling.
+//! - At load ([`RuleEngine::new`], [`validate`] alike), each rule also runs
+//!   once over the empty table: one that fails or overruns there is
+//!   refused, rather than failing every batch.
+//! - Time: a [`Watchdog`] thread interrupts a rule at [`RULE_TIME_LIMIT`];
+//!   the interrupt takes effect at SQLite's next step, and the limits keep
+//!   each step short (tens of milliseconds at most), so a rule stops
+//!   within twice its limit.
+//! - Memory: SQLite's heap is capped at [`ENGINE_HEAP_LIMIT`] (process-wide,
+//!   see there); a rule returns at most as many rows as the batch has
+//!   processes (or [`MIN_ROW_CAP`]).
+//! - A rule that fails is skipped for the batch and counted (per rule, see
+//!   [`RuleEngine::rule_failures`]); the log says so once per
+//!   [`FAILURE_LOG_PERIOD`] per rule, with the count.
+//!
 //! # The `processes` table
 //!
 //! Its columns are [`COLUMNS`]: names, types and meanings are those of the
@@ -19,7 +42,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
@@ -29,12 +52,37 @@ use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use daemoneye_store::readonly::{read_only_authorizer, Denied};
+use daemoneye_store::readonly::{self, Denied, Watchdog};
 
 use crate::rules::{Rule, RuleError};
 
 /// The longest one rule may run over one batch.
 pub const RULE_TIME_LIMIT: Duration = Duration::from_millis(250);
+
+/// The cap on SQLite's heap in a process that runs rules (`PRAGMA
+/// hard_heap_limit`, set by [`RuleEngine::new`] and [`validate`]). SQLite
+/// has no per-connection heap, so the cap is the process's: in the agent
+/// it covers the store's connection too. The engine's own use is small
+/// (about 4 KiB per process of a batch, in each of its three connections'
+/// page caches; 10,000 processes take some 40 MiB), the store's a few
+/// MiB: the cap leaves room for batches of 50,000 processes and stops a
+/// rule that would take the rest. A statement that reaches it fails with
+/// "out of memory"; a rule that failed so while another ran is run again
+/// alone, so only the rule that took the memory loses its batch.
+pub const ENGINE_HEAP_LIMIT: i64 = 512 << 20;
+
+/// The fewest rows a rule may return over a batch; past the number of the
+/// batch's processes (or this), the rule is stopped and failed: it returns
+/// the same processes over and over (a cross join), and holding its rows
+/// would cost memory without bound.
+pub const MIN_ROW_CAP: usize = 1000;
+
+/// [`readonly::MAX_VALUE_BYTES`] as a length.
+const MAX_VALUE_LEN: usize = readonly::MAX_VALUE_BYTES.unsigned_abs() as usize;
+
+/// How often a failing rule is logged: once per rule per this period, with
+/// the count of failures since the last line.
+pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// The columns of the rules' `processes` table, names and types from the
 /// one SQL vocabulary ([`collector_core::vocabulary::PROCESS`]), in table
@@ -213,6 +261,9 @@ pub enum EngineError {
     /// SQLite failed outside any rule.
     #[error("rule engine database error")]
     Sqlite(#[from] rusqlite::Error),
+    /// The engine's watchdog thread could not be started.
+    #[error("cannot start the rule engine's watchdog thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Counters of the engine (the workspace's one counter type: readable at
@@ -272,12 +323,23 @@ fn open_schema() -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// Compiles `rule` first as plain SQL on `plain` (one statement, valid
-/// syntax), then against the schema under the read-only authorizer.
+/// The connection rules are judged on: the schema, empty, under the
+/// read-only authorizer and the limits (see [`readonly`]) from the start.
+fn open_checker() -> Result<(Connection, Denied), rusqlite::Error> {
+    let conn = open_schema()?;
+    let denied = Denied::default();
+    readonly::guard(&conn, denied.clone())?;
+    Ok((conn, denied))
+}
+
+/// Compiles `rule` on `conn` (from [`open_checker`], slot 0 of
+/// `watchdog`), under the read-only authorizer, and runs it once over the
+/// empty table, so a rule that cannot run is refused here rather than
+/// failing every batch.
 fn check_sql(
-    plain: &Connection,
     conn: &Connection,
     denied: &Denied,
+    watchdog: &Watchdog,
     rule: &Rule,
 ) -> Result<(), RuleError> {
     let refuse = |reason: String| RuleError {
@@ -285,49 +347,43 @@ fn check_sql(
         rule: rule.id.clone(),
         reason,
     };
-    if let Err(rusqlite::Error::MultipleStatement) = plain.prepare(&rule.sql) {
-        return Err(refuse("more than one statement".to_owned()));
-    }
-    *denied.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    let stmt = conn.prepare(&rule.sql).map_err(|e| {
-        let what = denied.lock().unwrap_or_else(PoisonError::into_inner).take();
-        match (e, what) {
-            (_, Some(what)) => refuse(format!("only reading is allowed; refused: {what}")),
-            (rusqlite::Error::MultipleStatement, None) => {
-                refuse("more than one statement".to_owned())
-            }
-            (e, None) => refuse(format!("invalid SQL: {e}")),
+    {
+        let stmt = readonly::prepare(conn, &rule.sql, denied).map_err(refuse)?;
+        if !stmt.column_names().contains(&"pid") {
+            return Err(refuse("the SELECT must return a `pid` column".to_owned()));
         }
-    })?;
-    if !stmt.readonly() {
-        return Err(refuse("only reading is allowed".to_owned()));
     }
-    if !stmt.column_names().contains(&"pid") {
-        return Err(refuse("the SELECT must return a `pid` column".to_owned()));
+    watchdog.arm(0, RULE_TIME_LIMIT);
+    let ran = run_rule(conn, rule, MIN_ROW_CAP);
+    watchdog.disarm(0);
+    match ran {
+        Ok(_) => Ok(()),
+        Err(e) if e.interrupted() => Err(refuse(format!(
+            "does not finish within {} ms over an empty table",
+            RULE_TIME_LIMIT.as_millis()
+        ))),
+        Err(e) => Err(refuse(format!("fails when run: {e}"))),
     }
-    Ok(())
 }
 
-/// Checks one rule's fields and SQL without running it: the verdict
-/// `daemoneye-cli rules validate` gives.
+/// Checks one rule's fields and SQL, and runs it once over an empty
+/// table: the verdict `daemoneye-cli rules validate` gives, the same as
+/// [`RuleEngine::new`]'s. Caps the process's SQLite heap at
+/// [`ENGINE_HEAP_LIMIT`].
 ///
 /// # Errors
 /// Why the rule is refused.
 pub fn validate(rule: &Rule) -> Result<(), RuleError> {
     crate::rules::check_fields(rule)?;
-    let conn = open_schema().map_err(|e| RuleError {
+    let unavailable = |e: &dyn std::fmt::Display| RuleError {
         origin: rule.origin.clone(),
         rule: rule.id.clone(),
         reason: format!("engine unavailable: {e}"),
-    })?;
-    let plain = open_schema().map_err(|e| RuleError {
-        origin: rule.origin.clone(),
-        rule: rule.id.clone(),
-        reason: format!("engine unavailable: {e}"),
-    })?;
-    let denied = Denied::default();
-    conn.authorizer(Some(read_only_authorizer(denied.clone())));
-    check_sql(&plain, &conn, &denied, rule)
+    };
+    readonly::cap_heap(ENGINE_HEAP_LIMIT).map_err(|e| unavailable(&e))?;
+    let (conn, denied) = open_checker().map_err(|e| unavailable(&e))?;
+    let watchdog = Watchdog::new(&[&conn]).map_err(|e| unavailable(&e))?;
+    check_sql(&conn, &denied, &watchdog, rule)
 }
 
 /// Most connections (so threads) the rules of one batch run on. Two keeps
@@ -339,14 +395,14 @@ pub const MAX_RULE_THREADS: usize = 2;
 /// are shared by name within the process).
 static ENGINES: AtomicU64 = AtomicU64::new(0);
 
-/// A read-only connection that runs rules, with its own time limit.
+/// A read-only connection that runs rules.
 struct Reader {
     conn: Connection,
-    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Reader {
-    /// Opens `path` read-only, forever under the read-only authorizer.
+    /// Opens `path` read-only, forever under the read-only authorizer and
+    /// the limits.
     fn open(path: &str, statements: usize) -> Result<Self, rusqlite::Error> {
         let conn = Connection::open_with_flags_and_vfs(
             path,
@@ -363,37 +419,99 @@ impl Reader {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -262_144)?;
         conn.set_prepared_statement_cache_capacity(statements);
-        conn.authorizer(Some(read_only_authorizer(Denied::default())));
-        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let d = deadline.clone();
-        conn.progress_handler(
-            1000,
-            Some(move || {
-                d.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_some_and(|until| Instant::now() >= until)
-            }),
-        );
-        Ok(Self { conn, deadline })
+        readonly::guard(&conn, Denied::default())?;
+        Ok(Self { conn })
     }
 
     /// Runs rules `rules[i]`, taking the next `i` from `next` until none is
-    /// left: each reader takes work as it frees up.
+    /// left: each reader takes work as it frees up. Each rule is
+    /// interrupted by `watchdog` (this reader is its slot `slot`) at
+    /// [`RULE_TIME_LIMIT`].
     fn run(
         &self,
+        slot: usize,
+        watchdog: &Watchdog,
         rules: &[Rule],
         next: &AtomicUsize,
-    ) -> Vec<(usize, Result<Vec<Match>, rusqlite::Error>)> {
+        cap: usize,
+    ) -> Vec<(usize, Result<Vec<Match>, RunError>)> {
         let mut out = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(rule) = rules.get(i) else { break };
-            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(Instant::now() + RULE_TIME_LIMIT);
-            out.push((i, run_rule(&self.conn, rule)));
+            out.push((i, self.run_one(slot, watchdog, rule, cap)));
         }
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
         out
+    }
+
+    fn run_one(
+        &self,
+        slot: usize,
+        watchdog: &Watchdog,
+        rule: &Rule,
+        cap: usize,
+    ) -> Result<Vec<Match>, RunError> {
+        watchdog.arm(slot, RULE_TIME_LIMIT);
+        let result = run_rule(&self.conn, rule, cap);
+        watchdog.disarm(slot);
+        result
+    }
+}
+
+/// Why one run of a rule failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// SQLite failed (interrupted at the time limit, out of memory, ...).
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// More rows than the cap.
+    #[error("returned more than {0} rows (more than the batch has processes)")]
+    TooManyRows(usize),
+}
+
+impl RunError {
+    fn code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// Stopped at the time limit.
+    fn interrupted(&self) -> bool {
+        self.code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+    }
+
+    /// Stopped at the heap cap (maybe by another statement's memory).
+    fn out_of_memory(&self) -> bool {
+        self.code() == Some(rusqlite::ErrorCode::OutOfMemory)
+    }
+}
+
+/// A rule's failures, for a log that says each rule's count once per
+/// [`FAILURE_LOG_PERIOD`] instead of a line per batch.
+#[derive(Debug, Default, Clone)]
+struct Failures {
+    /// Since the engine started.
+    total: u64,
+    /// Since the last line logged.
+    unlogged: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Failures {
+    /// Counts one failure at `now`; `Some(count)` when it is time to log,
+    /// with the failures the line reports (this one included).
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= FAILURE_LOG_PERIOD);
+        due.then(|| {
+            self.last_logged = Some(now);
+            std::mem::take(&mut self.unlogged)
+        })
     }
 }
 
@@ -406,7 +524,11 @@ impl Reader {
 pub struct RuleEngine {
     loader: Connection,
     readers: Vec<Reader>,
+    /// Slot `i` is `readers[i]`.
+    watchdog: Watchdog,
     rules: Vec<Rule>,
+    /// `failures[i]` are `rules[i]`'s.
+    failures: Vec<Failures>,
     refused: Vec<RuleError>,
     stats: Arc<EngineStats>,
 }
@@ -422,21 +544,22 @@ impl std::fmt::Debug for RuleEngine {
 }
 
 impl RuleEngine {
-    /// An engine with every acceptable rule of `rules`; the others are
-    /// refused (see [`refused`](Self::refused)), duplicates of an id too.
+    /// An engine with every acceptable rule of `rules` (as [`validate`]
+    /// judges them); the others are refused (see
+    /// [`refused`](Self::refused)), duplicates of an id too. Caps the
+    /// process's SQLite heap at [`ENGINE_HEAP_LIMIT`].
     ///
     /// # Errors
-    /// Only when SQLite itself cannot start.
+    /// Only when SQLite itself (or a thread) cannot start.
     pub fn new(rules: Vec<Rule>) -> Result<Self, EngineError> {
-        let conn = open_schema()?;
-        let plain = open_schema()?;
-        let denied = Denied::default();
-        conn.authorizer(Some(read_only_authorizer(denied.clone())));
+        readonly::cap_heap(ENGINE_HEAP_LIMIT)?;
+        let (conn, denied) = open_checker()?;
+        let checker = Watchdog::new(&[&conn]).map_err(EngineError::Thread)?;
         let mut kept: Vec<Rule> = Vec::with_capacity(rules.len());
         let mut refused = Vec::new();
         for rule in rules {
             let verdict = crate::rules::check_fields(&rule)
-                .and_then(|()| check_sql(&plain, &conn, &denied, &rule));
+                .and_then(|()| check_sql(&conn, &denied, &checker, &rule));
             match verdict {
                 Err(e) => refused.push(e),
                 Ok(()) if kept.iter().any(|r| r.id == rule.id) => refused.push(RuleError {
@@ -469,12 +592,16 @@ impl RuleEngine {
         let mut distinct: Vec<&str> = kept.iter().map(|r| r.sql.as_str()).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        let readers = (0..threads)
+        let readers: Vec<Reader> = (0..threads)
             .map(|_| Reader::open(&path, distinct.len().max(1)))
             .collect::<Result<_, _>>()?;
+        let conns: Vec<&Connection> = readers.iter().map(|r| &r.conn).collect();
+        let watchdog = Watchdog::new(&conns).map_err(EngineError::Thread)?;
         Ok(Self {
             loader,
             readers,
+            watchdog,
+            failures: vec![Failures::default(); kept.len()],
             rules: kept,
             refused,
             stats: Arc::default(),
@@ -491,37 +618,50 @@ impl RuleEngine {
         &self.refused
     }
 
+    /// Each rule in force with its failed runs since the engine started.
+    pub fn rule_failures(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.rules
+            .iter()
+            .zip(&self.failures)
+            .map(|(r, f)| (r.id.as_str(), f.total))
+    }
+
     /// The engine's counters, shared: they keep counting.
     pub fn stats(&self) -> Arc<EngineStats> {
         Arc::clone(&self.stats)
     }
 
-    /// Runs every rule over `rows`. A rule that fails or overruns its time
-    /// limit is counted and skipped; the others still run. Matches come in
-    /// the order of the rules.
+    /// Runs every rule over `rows`. A rule that fails, overruns its time
+    /// limit, reaches the heap cap or returns more rows than the batch has
+    /// processes is counted and skipped; the others still run (a rule that
+    /// ran out of memory while another ran is run again, alone). Matches
+    /// come in the order of the rules. A failing rule is logged once per
+    /// [`FAILURE_LOG_PERIOD`], with its count.
     ///
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
         self.load(rows)?;
         self.stats.batches.inc();
+        let cap = rows.len().max(MIN_ROW_CAP);
         let counter = AtomicUsize::new(0);
-        let (rules, next) = (self.rules.as_slice(), &counter);
+        let (rules, next, watchdog) = (self.rules.as_slice(), &counter, &self.watchdog);
         let mut results = match self.readers.as_mut_slice() {
             [] => Vec::new(),
-            [only] => only.run(rules, next),
+            [only] => only.run(0, watchdog, rules, next, cap),
             [first, rest @ ..] => std::thread::scope(|s| {
                 let helpers: Vec<_> = rest
                     .iter_mut()
-                    .filter_map(|reader| {
+                    .enumerate()
+                    .filter_map(|(k, reader)| {
                         // Without a thread, this reader's share goes to the others.
                         std::thread::Builder::new()
                             .name("daemoneye-rules".to_owned())
-                            .spawn_scoped(s, move || reader.run(rules, next))
+                            .spawn_scoped(s, move || reader.run(k + 1, watchdog, rules, next, cap))
                             .ok()
                     })
                     .collect();
-                let mut all = first.run(rules, next);
+                let mut all = first.run(0, watchdog, rules, next, cap);
                 for h in helpers {
                     match h.join() {
                         Ok(found) => all.extend(found),
@@ -531,8 +671,18 @@ impl RuleEngine {
                 all
             }),
         };
+        // The heap cap is the process's: a rule may have failed for another's
+        // memory. Alone, it fails only for its own.
+        if let Some(first) = self.readers.first() {
+            for (i, result) in &mut results {
+                if result.as_ref().is_err_and(RunError::out_of_memory) {
+                    *result = first.run_one(0, watchdog, &rules[*i], cap);
+                }
+            }
+        }
         results.sort_unstable_by_key(|(i, _)| *i);
         let mut out = Vec::new();
+        let now = Instant::now();
         for (i, result) in results {
             self.stats.rule_runs.inc();
             match result {
@@ -542,12 +692,20 @@ impl RuleEngine {
                 }
                 Err(err) => {
                     self.stats.rule_failures.inc();
-                    if matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::OperationInterrupted)
-                    {
+                    if err.interrupted() {
                         self.stats.rule_timeouts.inc();
                     }
-                    let rule = &self.rules[i].id;
-                    tracing::warn!(%rule, error = %err, "rule failed; skipped for this batch");
+                    if let Some(failures) = self.failures[i].note(now) {
+                        let rule = &self.rules[i].id;
+                        let total = self.failures[i].total;
+                        tracing::warn!(
+                            %rule,
+                            error = %err,
+                            failures,
+                            total,
+                            "rule failed; skipped for this batch ({failures} failures since the last warning, logged once a minute per rule)"
+                        );
+                    }
                 }
             }
         }
@@ -569,7 +727,13 @@ impl RuleEngine {
                     argv.clear();
                     argv.extend_from_slice(b"[]");
                 }
-                let argv = std::str::from_utf8(&argv).unwrap_or("[]");
+                // Only `argv` can outgrow what rules may read (its JSON
+                // escapes control characters six-fold): past it, NULL for
+                // this process, rather than a failure of every rule reading
+                // it over the whole batch.
+                let argv = std::str::from_utf8(&argv)
+                    .ok()
+                    .filter(|a| a.len() <= MAX_VALUE_LEN);
                 let (exe_name, exe_dir) = match r.exe.as_deref().and_then(|e| e.rsplit_once('/')) {
                     Some((dir, name)) => (Some(name), Some(if dir.is_empty() { "/" } else { dir })),
                     None => (None, None),
@@ -646,7 +810,8 @@ fn line_pipes_to_interpreter(line: &str) -> bool {
     })
 }
 
-fn run_rule(conn: &Connection, rule: &Rule) -> Result<Vec<Match>, rusqlite::Error> {
+/// Runs `rule` on `conn`: its matches, at most `cap` of them.
+fn run_rule(conn: &Connection, rule: &Rule, cap: usize) -> Result<Vec<Match>, RunError> {
     let mut stmt = conn.prepare_cached(&rule.sql)?;
     let names: Vec<String> = stmt
         .column_names()
@@ -658,6 +823,9 @@ fn run_rule(conn: &Connection, rule: &Rule) -> Result<Vec<Match>, rusqlite::Erro
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
+        if out.len() == cap {
+            return Err(RunError::TooManyRows(cap));
+        }
         let Some(pid) = pid_at.and_then(|i| row.get::<_, Option<u32>>(i).ok().flatten()) else {
             continue;
         };
@@ -907,20 +1075,189 @@ mod tests {
 
     #[test]
     fn a_runaway_rule_is_interrupted_and_counted() {
+        // Slow over data only: over the empty table it validates.
         let slow = rule(
             "slow",
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i AS pid FROM n WHERE i < 0",
+            "SELECT a.pid FROM processes a, processes b, processes c, processes d \
+             WHERE a.pid + b.pid + c.pid + d.pid < 0",
         );
-        let mut engine =
-            RuleEngine::new(vec![slow, rule("all", "SELECT pid FROM processes")]).unwrap();
-        let rows = [ProcessRow {
-            pid: 1,
-            name: "init".into(),
-            ..ProcessRow::default()
-        }];
+        let mut engine = RuleEngine::new(vec![
+            slow,
+            rule("all", "SELECT pid FROM processes WHERE pid = 1"),
+        ])
+        .unwrap();
+        assert!(engine.refused().is_empty(), "{:?}", engine.refused());
+        let rows = rows(1..301, "/usr/bin/x");
         let m = engine.evaluate(&rows).unwrap();
         assert_eq!(m.len(), 1, "the other rule still ran");
         let s = engine.stats();
         assert_eq!((s.rule_failures.get(), s.rule_timeouts.get()), (1, 1));
+    }
+
+    #[test]
+    fn a_runaway_rule_over_no_data_is_refused_at_load_as_by_validate() {
+        let slow = rule(
+            "slow",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i AS pid FROM n WHERE i < 0",
+        );
+        let err = validate(&slow).unwrap_err();
+        assert!(err.reason.contains("does not finish"), "{err}");
+        let engine = RuleEngine::new(vec![slow]).unwrap();
+        assert_eq!(engine.refused(), [err]);
+    }
+
+    /// SQLite's process-wide hard heap limit now.
+    fn hard_heap_limit() -> i64 {
+        Connection::open_in_memory()
+            .unwrap()
+            .query_row("PRAGMA hard_heap_limit", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pragma_in_a_rule_is_refused_and_has_no_effect() {
+        let evil = rule("evil", "PRAGMA hard_heap_limit = 1");
+        let err = validate(&evil).unwrap_err();
+        assert!(err.reason.contains("PRAGMA hard_heap_limit"), "{err}");
+        assert_eq!(hard_heap_limit(), ENGINE_HEAP_LIMIT);
+        let mut engine = RuleEngine::new(vec![
+            evil,
+            rule("heap", "PRAGMA soft_heap_limit = 1"),
+            rule("all", "SELECT pid FROM processes"),
+        ])
+        .unwrap();
+        assert_eq!(engine.refused().len(), 2, "{:?}", engine.refused());
+        assert_eq!(hard_heap_limit(), ENGINE_HEAP_LIMIT);
+        // Memory is still there: a normal rule runs over a real batch.
+        let found = engine.evaluate(&rows(1..2001, "/usr/bin/x")).unwrap();
+        assert_eq!(found.len(), 2000);
+        assert_eq!(engine.stats().rule_failures.get(), 0);
+    }
+
+    #[test]
+    fn only_the_functions_rules_need_are_allowed_and_pragma_tables_are_refused() {
+        for (sql, why) in [
+            ("SELECT pid, randomblob(900000000) AS b FROM processes", "randomblob"),
+            ("SELECT pid, zeroblob(500000000) AS b FROM processes", "zeroblob"),
+            ("SELECT pid FROM processes WHERE random() > 0", "random"),
+            ("SELECT pid, sqlite_version() AS v FROM processes", "sqlite_version"),
+            ("SELECT pid, changes() AS c FROM processes", "changes"),
+            ("SELECT 1 AS pid FROM pragma_compile_options", "pragma_compile_options"),
+            ("SELECT pid FROM processes WHERE name IN (SELECT name FROM pragma_table_info('processes'))", "pragma_table_info"),
+        ] {
+            let err = validate(&rule("r", sql)).unwrap_err();
+            assert!(err.reason.contains("refused") && err.reason.contains(why), "{sql}: {err}");
+        }
+        for sql in [
+            "SELECT pid FROM processes WHERE lower(name) = 'x' AND length(exe) > 3",
+            "SELECT pid FROM processes WHERE json_extract(argv, '$[0]') = 'x' OR argv ->> '$[1]' = '-v'",
+            "SELECT pid, count(*) OVER (PARTITION BY name) AS n FROM processes",
+            "SELECT max(pid) AS pid, group_concat(name) FROM processes GROUP BY exe",
+            "SELECT pid FROM processes WHERE substr(exe, 1, 5) = '/tmp/' AND instr(cmdline, 'x') > 0",
+            "SELECT pid FROM processes, json_each(argv) WHERE json_each.value = '-v'",
+            "SELECT pid FROM processes WHERE observed_at > unixepoch('now', '-1 day') * 1000000000",
+        ] {
+            validate(&rule("r", sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    #[test]
+    fn each_connection_that_sees_rules_has_the_limits() {
+        use rusqlite::limits::Limit;
+        let (conn, _) = open_checker().unwrap();
+        let engine = RuleEngine::new(vec![rule("a", "SELECT pid FROM processes")]).unwrap();
+        for c in std::iter::once(&conn).chain(engine.readers.iter().map(|r| &r.conn)) {
+            assert_eq!(
+                c.limit(Limit::SQLITE_LIMIT_LENGTH).unwrap(),
+                readonly::MAX_VALUE_BYTES
+            );
+            assert_eq!(c.limit(Limit::SQLITE_LIMIT_ATTACHED).unwrap(), 0);
+            assert_eq!(
+                c.limit(Limit::SQLITE_LIMIT_SQL_LENGTH).unwrap(),
+                readonly::MAX_SQL_BYTES
+            );
+        }
+        let long = format!(
+            "SELECT pid FROM processes WHERE name = '{}'",
+            "x".repeat(200_000)
+        );
+        assert!(validate(&rule("r", &long)).is_err());
+    }
+
+    /// Rules a hostile rule file could hold: each big in time or memory
+    /// (shared with the memory test, `tests/hostile.rs`).
+    const HOSTILE: [&str; 7] = include!("../tests/hostile.in");
+
+    #[test]
+    fn a_hostile_rule_is_refused_or_stopped_within_twice_its_limit_and_the_others_still_match() {
+        let batch = rows(1..201, "/usr/bin/x");
+        let normal = rule("normal", "SELECT pid FROM processes WHERE pid % 50 = 0");
+        let (mut refused, mut stopped) = (0, 0);
+        for sql in HOSTILE {
+            let hostile = rule("hostile", sql);
+            if validate(&hostile).is_err() {
+                refused += 1;
+                continue;
+            }
+            let mut engine = RuleEngine::new(vec![hostile.clone(), normal.clone()]).unwrap();
+            assert_eq!(engine.rules().len(), 2, "{sql}");
+            engine.load(&batch).unwrap();
+            let reader = &engine.readers[0];
+            let started = Instant::now();
+            let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());
+            let took = started.elapsed();
+            eprintln!(
+                "{sql:.60}: {took:?}, {}",
+                if run.is_err() { "stopped" } else { "done" }
+            );
+            // Stopped, or done: within twice the limit either way.
+            assert!(took < 2 * RULE_TIME_LIMIT, "{sql}: stopped after {took:?}");
+            stopped += usize::from(run.is_err());
+            // In one batch, the other rule's matches still come.
+            let found = engine.evaluate(&batch).unwrap();
+            let pids: Vec<u32> = found
+                .iter()
+                .filter(|m| m.rule_id == "normal")
+                .map(|m| m.pid)
+                .collect();
+            assert_eq!(pids, [50, 100, 150, 200], "{sql}");
+            let failures: Vec<(&str, u64)> = engine.rule_failures().collect();
+            assert_eq!(failures[1], ("normal", 0), "{sql}");
+        }
+        assert!(
+            refused >= 2 && stopped >= 3,
+            "refused {refused}, stopped {stopped}"
+        );
+    }
+
+    #[test]
+    fn a_failing_rule_is_logged_once_a_minute_with_its_count() {
+        let mut f = Failures::default();
+        let t0 = Instant::now();
+        assert_eq!(f.note(t0), Some(1));
+        for s in 1..60 {
+            assert_eq!(f.note(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(f.note(t0 + FAILURE_LOG_PERIOD), Some(60));
+        assert_eq!(
+            f.note(t0 + FAILURE_LOG_PERIOD + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(f.total, 62);
+    }
+
+    #[test]
+    fn a_rule_returning_more_rows_than_processes_is_stopped() {
+        let mut engine = RuleEngine::new(vec![
+            rule("cross", "SELECT a.pid FROM processes a, processes b"),
+            rule("one", "SELECT pid FROM processes WHERE pid = 3"),
+        ])
+        .unwrap();
+        let found = engine.evaluate(&rows(1..2001, "/x")).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            engine.rule_failures().collect::<Vec<_>>(),
+            [("cross", 1), ("one", 0)]
+        );
     }
 }

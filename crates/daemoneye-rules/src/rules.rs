@@ -35,7 +35,8 @@
 //! `sql`, or a severity not in the list refuses the rule (TOML, YAML alike);
 //! a file that is not valid TOML or YAML is refused whole, naming the file
 //! (and, for YAML, the line and column). A file named other than `*.yaml` or
-//! `*.yml` is read as TOML.
+//! `*.yml` is read as TOML. A file larger than [`MAX_RULE_FILE_BYTES`] is
+//! refused whole, without being read further.
 //!
 //! The `sql` is one `SELECT` over the `processes` table (see
 //! [`engine`](crate::engine) for its columns); each row it returns is a
@@ -248,15 +249,34 @@ pub fn load_file(path: &Path) -> (Vec<Rule>, Vec<RuleError>) {
     load_file_as(path, Format::of(path))
 }
 
+/// The largest rule file read: 1 MiB (the built-in pack is a few KiB). A
+/// bigger file is refused whole, after reading one byte past the cap, so
+/// a file that never ends (a link to `/dev/zero`) is refused at once.
+pub const MAX_RULE_FILE_BYTES: u64 = 1 << 20;
+
 fn load_file_as(path: &Path, format: Format) -> (Vec<Rule>, Vec<RuleError>) {
     let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match read_capped(path) {
         Ok(text) => parse_as(&text, &origin, format),
-        Err(e) => (
-            Vec::new(),
-            vec![refuse(&origin, "-", format!("cannot read: {e}"))],
-        ),
+        Err(reason) => (Vec::new(), vec![refuse(&origin, "-", reason)]),
     }
+}
+
+/// The text of `path`, at most [`MAX_RULE_FILE_BYTES`] of it.
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RULE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_RULE_FILE_BYTES {
+        return Err(format!(
+            "larger than {} KiB: not read",
+            MAX_RULE_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 ({e})"))
 }
 
 /// Reads every `*.toml`, `*.yaml` and `*.yml` file of a directory, in name
@@ -565,6 +585,43 @@ rule:
         }
         for bad in ["T105", "1059", "T1059.4", "T1059.0041", "t1059"] {
             assert!(!is_technique_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_rule_file_past_the_cap_is_refused_quickly_toml_and_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = usize::try_from(MAX_RULE_FILE_BYTES).unwrap();
+        let rule =
+            "[[rule]]\nid = 'a'\nname = 'a'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n";
+        // Just at the cap: read (a comment pads it).
+        let at_cap = format!("{rule}#{}\n", "x".repeat(cap - rule.len() - 2));
+        assert_eq!(at_cap.len(), cap);
+        let (ok, bad) = load_file(&write(dir.path(), "at.toml", &at_cap));
+        assert_eq!((ok.len(), bad.len()), (1, 0), "{bad:?}");
+        let over = format!("{at_cap}#");
+        for name in ["over.toml", "over.yaml"] {
+            let (ok, bad) = load_file(&write(dir.path(), name, &over));
+            assert!(ok.is_empty());
+            assert!(bad[0].reason.contains("larger than 1024 KiB"), "{}", bad[0]);
+        }
+        // A rule file that never ends, in a directory as named on purpose.
+        #[cfg(unix)]
+        {
+            let rules = dir.path().join("rules");
+            std::fs::create_dir(&rules).unwrap();
+            for name in ["zero.toml", "zero.yml"] {
+                std::os::unix::fs::symlink("/dev/zero", rules.join(name)).unwrap();
+            }
+            let started = tokio::time::Instant::now();
+            let (ok, bad) = load_dir(&rules);
+            let (_, one) = load_file(&rules.join("zero.toml"));
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            assert!(ok.is_empty());
+            assert_eq!(bad.len(), 2);
+            for e in bad.iter().chain(&one) {
+                assert!(e.reason.contains("larger than"), "{e}");
+            }
         }
     }
 }

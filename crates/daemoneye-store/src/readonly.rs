@@ -1,28 +1,262 @@
-//! Read-only SQL: the authorizer that the store's ad-hoc queries and the
-//! detection rules run under, so a statement from a user or a rule file can
-//! read and nothing else.
+//! Read-only, bounded SQL: the one authorizer and the one set of limits
+//! that the store's ad-hoc queries and the detection rules run under, so a
+//! statement from a user or a rule file can read and nothing else, call
+//! only the functions reading needs, and stay within sizes that keep each
+//! step short.
+//!
+//! - [`read_only_authorizer`]: no writes, `ATTACH`, `PRAGMA` (nor the
+//!   `pragma_*` table-valued functions), transactions or schema changes,
+//!   and only the functions of [`ALLOWED_FUNCTIONS`].
+//! - [`limit`]: `sqlite3_limit` on the connection: values of at most
+//!   [`MAX_VALUE_BYTES`], statements of at most [`MAX_SQL_BYTES`], few
+//!   columns, shallow expressions, short `LIKE` patterns, no attachments.
+//! - [`cap_heap`]: SQLite's hard heap limit (process-wide).
+//!
+//! Install both on a connection before it sees any user SQL: SQLite runs
+//! some pragmas while preparing, so a statement prepared without the
+//! authorizer may already have done its harm.
 
 use std::sync::{Arc, Mutex, PoisonError};
+// The watchdog keeps real time, as SQLite runs in it: a paused tokio clock
+// (in tests) must not stop, or hasten, an interrupt.
+use std::time::Duration;
+#[allow(clippy::disallowed_types)]
+use std::time::Instant;
 
+use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::{Batch, Connection, Statement};
 
 /// Denials recorded by the authorizer, for a clear refusal message.
 pub type Denied = Arc<Mutex<Option<String>>>;
 
+/// The functions user SQL may call (lowercase): scalar string, number,
+/// date and JSON functions, the aggregates and the window functions. Not
+/// in it, so refused: `randomblob`, `zeroblob`, `random`, `load_extension`,
+/// `sqlite_*`, `fts3_tokenizer`, `changes`, `last_insert_rowid` and any
+/// other function (an extension's included).
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    // Core scalar functions.
+    "abs",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "format",
+    "glob",
+    "hex",
+    "if",
+    "ifnull",
+    "iif",
+    "instr",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nullif",
+    "octet_length",
+    "printf",
+    "quote",
+    "replace",
+    "round",
+    "rtrim",
+    "sign",
+    "soundex",
+    "substr",
+    "substring",
+    "trim",
+    "typeof",
+    "unhex",
+    "unicode",
+    "unlikely",
+    "upper",
+    // Math.
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "ceil",
+    "ceiling",
+    "cos",
+    "cosh",
+    "degrees",
+    "exp",
+    "floor",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "mod",
+    "pi",
+    "pow",
+    "power",
+    "radians",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+    // Dates and times.
+    "date",
+    "datetime",
+    "julianday",
+    "strftime",
+    "time",
+    "timediff",
+    "unixepoch",
+    // Aggregates.
+    "avg",
+    "count",
+    "group_concat",
+    "string_agg",
+    "sum",
+    "total",
+    // Window functions.
+    "cume_dist",
+    "dense_rank",
+    "first_value",
+    "lag",
+    "last_value",
+    "lead",
+    "nth_value",
+    "ntile",
+    "percent_rank",
+    "rank",
+    "row_number",
+    // JSON (text and JSONB), the `->` and `->>` operators included.
+    "->",
+    "->>",
+    "json",
+    "json_array",
+    "json_array_length",
+    "json_error_position",
+    "json_extract",
+    "json_group_array",
+    "json_group_object",
+    "json_insert",
+    "json_object",
+    "json_patch",
+    "json_pretty",
+    "json_quote",
+    "json_remove",
+    "json_replace",
+    "json_set",
+    "json_type",
+    "json_valid",
+    "jsonb",
+    "jsonb_array",
+    "jsonb_extract",
+    "jsonb_group_array",
+    "jsonb_group_object",
+    "jsonb_insert",
+    "jsonb_object",
+    "jsonb_patch",
+    "jsonb_remove",
+    "jsonb_replace",
+    "jsonb_set",
+];
+
+/// Whether user SQL may call the function `name` (any case).
+pub fn function_allowed(name: &str) -> bool {
+    ALLOWED_FUNCTIONS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// The longest string or blob a statement may read or make: 16 MiB, above
+/// any command line a process can have (the kernel caps a process's
+/// arguments at 6 MiB), so no process can make a rule fail by its size,
+/// while one step of a statement stays short (making or scanning 16 MiB
+/// takes milliseconds).
+pub const MAX_VALUE_BYTES: i32 = 16 << 20;
+
+/// The longest statement: 100 kB.
+pub const MAX_SQL_BYTES: i32 = 100_000;
+
+/// The `sqlite3_limit`s of a connection that runs user SQL, beyond
+/// [`MAX_VALUE_BYTES`] and [`MAX_SQL_BYTES`].
+const LIMITS: [(Limit, i32); 10] = [
+    (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
+    (Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES),
+    // Result columns, ORDER BY and GROUP BY terms (tables have fewer).
+    (Limit::SQLITE_LIMIT_COLUMN, 200),
+    (Limit::SQLITE_LIMIT_EXPR_DEPTH, 500),
+    (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
+    (Limit::SQLITE_LIMIT_VDBE_OP, 100_000),
+    (Limit::SQLITE_LIMIT_FUNCTION_ARG, 64),
+    (Limit::SQLITE_LIMIT_ATTACHED, 0),
+    (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000),
+    (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
+];
+
+/// The limits a connection had before [`limit`], for [`restore`].
+#[derive(Debug)]
+pub struct Previous(Vec<(Limit, i32)>);
+
+/// Sets the `sqlite3_limit`s user SQL runs under on `conn` (see the
+/// [module docs](self)), returning those it had.
+///
+/// # Errors
+/// When SQLite refuses a limit.
+pub fn limit(conn: &Connection) -> Result<Previous, rusqlite::Error> {
+    let mut before = Vec::with_capacity(LIMITS.len());
+    for (which, value) in LIMITS {
+        before.push((which, conn.set_limit(which, value)?));
+    }
+    Ok(Previous(before))
+}
+
+/// Gives `conn` back the limits it had before [`limit`].
+///
+/// # Errors
+/// When SQLite refuses a limit.
+pub fn restore(conn: &Connection, previous: &Previous) -> Result<(), rusqlite::Error> {
+    for &(which, value) in &previous.0 {
+        conn.set_limit(which, value)?;
+    }
+    Ok(())
+}
+
+/// Caps the heap of every SQLite connection of this process at `bytes`
+/// (`PRAGMA hard_heap_limit`): past it, allocations fail and the statement
+/// that asked fails with "out of memory". The cap is process-wide (SQLite
+/// has no per-connection heap) and only ever lowered: a lower cap already
+/// set stays.
+///
+/// # Errors
+/// When SQLite cannot open an in-memory connection to set it.
+pub fn cap_heap(bytes: i64) -> Result<(), rusqlite::Error> {
+    let conn = Connection::open_in_memory()?;
+    conn.pragma_update(None, "hard_heap_limit", bytes)
+}
+
 /// An SQLite authorizer that allows reading only: no writes, `ATTACH`,
-/// `PRAGMA`, transactions, schema changes or file and extension functions.
-/// What it refused last is left in `denied`.
+/// `PRAGMA` or `pragma_*` tables, transactions, schema changes, and no
+/// function outside [`ALLOWED_FUNCTIONS`]. What it refused last is left in
+/// `denied`. It judges at prepare time only: a prepared statement runs
+/// without calling it again.
 pub fn read_only_authorizer(
     denied: Denied,
 ) -> impl for<'r> FnMut(AuthContext<'r>) -> Authorization + Send + 'static {
     move |ctx: AuthContext<'_>| {
         let verdict = match ctx.action {
-            AuthAction::Select | AuthAction::Read { .. } | AuthAction::Recursive => None,
+            AuthAction::Select | AuthAction::Recursive => None,
+            // The `pragma_*` table-valued functions run their pragma when
+            // the statement runs, where this authorizer refuses it: refuse
+            // them here, so what prepares also runs.
+            AuthAction::Read { table_name, .. } => starts_with_ignore_case(table_name, "pragma_")
+                .then(|| format!("table {table_name}")),
             AuthAction::Function { function_name } => {
-                let f = function_name.to_ascii_lowercase();
-                // Everything that touches files, extensions or settings.
-                (f == "load_extension" || f.starts_with("sqlite_") || f == "fts3_tokenizer")
-                    .then(|| format!("function {function_name}()"))
+                (!function_allowed(function_name)).then(|| format!("function {function_name}()"))
             }
             AuthAction::Attach { .. } => Some("ATTACH".to_owned()),
             AuthAction::Pragma { pragma_name, .. } => Some(format!("PRAGMA {pragma_name}")),
@@ -40,6 +274,191 @@ pub fn read_only_authorizer(
                 *denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
                 Authorization::Deny
             }
+        }
+    }
+}
+
+/// Installs the [`read_only_authorizer`] (recording into `denied`) and the
+/// [`limit`]s on `conn`: what a connection needs before it sees user SQL.
+/// Returns the limits it had.
+///
+/// # Errors
+/// When SQLite refuses a limit.
+pub fn guard(conn: &Connection, denied: Denied) -> Result<Previous, rusqlite::Error> {
+    let previous = limit(conn)?;
+    conn.authorizer(Some(read_only_authorizer(denied)));
+    Ok(previous)
+}
+
+/// Prepares `sql` on `conn`, which must be [`guard`]ed with `denied`, as one
+/// read-only statement: each statement of `sql` is compiled on its own
+/// under the authorizer, so nothing of it runs, not even a pragma.
+///
+/// # Errors
+/// Why the statement is refused: more than one statement (or none), a
+/// refusal of the authorizer, invalid SQL, or a statement that would write.
+pub fn prepare<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    denied: &Denied,
+) -> Result<Statement<'c>, String> {
+    let take = || denied.lock().unwrap_or_else(PoisonError::into_inner).take();
+    take();
+    let mut batch = Batch::new(conn, sql);
+    let stmt = match batch.next() {
+        Ok(Some(stmt)) => stmt,
+        Ok(None) => return Err("no statement".to_owned()),
+        Err(e) => {
+            return Err(match take() {
+                Some(what) => format!("only reading is allowed; refused: {what}"),
+                None => format!("invalid SQL: {e}"),
+            })
+        }
+    };
+    if !matches!(batch.next(), Ok(None)) {
+        take();
+        return Err("more than one statement".to_owned());
+    }
+    if !stmt.readonly() {
+        return Err("only reading is allowed".to_owned());
+    }
+    Ok(stmt)
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Interrupts statements that overrun their time, from a thread of its
+/// own: `sqlite3_interrupt` takes effect at the next step of the statement,
+/// however few steps it runs (a progress handler counts steps, and one step
+/// may take long), so a statement stops within one step of its deadline.
+///
+/// Each connection watched has a slot; [`arm`](Self::arm) it before a
+/// statement and [`disarm`](Self::disarm) it after. The thread sleeps until
+/// the nearest deadline (or, with none, until armed) and stops when the
+/// watchdog is dropped.
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<WatchState>,
+    wake: std::sync::Condvar,
+}
+
+#[allow(clippy::disallowed_types)] // real time: see the import
+struct WatchState {
+    slots: Vec<(rusqlite::InterruptHandle, Option<Instant>)>,
+    /// The thread waits with no deadline to wake it: arming must notify.
+    idle: bool,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog").finish_non_exhaustive()
+    }
+}
+
+#[allow(clippy::disallowed_types)] // real time: see the import
+impl Watchdog {
+    /// A watchdog over `conns` (slot `i` is `conns[i]`).
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn new(conns: &[&Connection]) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(WatchState {
+                slots: conns
+                    .iter()
+                    .map(|c| (c.get_interrupt_handle(), None))
+                    .collect(),
+                idle: false,
+                stop: false,
+            }),
+            wake: std::sync::Condvar::new(),
+        });
+        let watched = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("daemoneye-sql-watchdog".to_owned())
+            .spawn(move || watched.watch())?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The statement about to run on slot `slot` is interrupted once `limit`
+    /// has passed (unless [`disarm`](Self::disarm)ed first).
+    pub fn arm(&self, slot: usize, limit: Duration) {
+        let mut state = self.shared.lock();
+        if let Some(s) = state.slots.get_mut(slot) {
+            s.1 = Some(Instant::now() + limit);
+        }
+        if state.idle {
+            state.idle = false;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// The statement of slot `slot` is done: no interrupt for it.
+    pub fn disarm(&self, slot: usize) {
+        if let Some(s) = self.shared.lock().slots.get_mut(slot) {
+            s.1 = None;
+        }
+    }
+}
+
+#[allow(clippy::disallowed_types)] // real time: see the import
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn watch(&self) {
+        let mut state = self.lock();
+        while !state.stop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for (handle, deadline) in &mut state.slots {
+                match *deadline {
+                    Some(d) if d <= now => {
+                        // Under the lock: the slot's statement is still the
+                        // one that overran (disarming takes the lock).
+                        handle.interrupt();
+                        *deadline = None;
+                    }
+                    Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                    None => {}
+                }
+            }
+            state = match next {
+                Some(d) => {
+                    self.wake
+                        .wait_timeout(state, d.saturating_duration_since(now))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => {
+                    state.idle = true;
+                    self.wake
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+            };
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

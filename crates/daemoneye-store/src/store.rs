@@ -609,24 +609,72 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs one read-only `SELECT` (over any table of the schema), under the
-    /// same authorizer as the rules and a [`QUERY_TIME_LIMIT`].
+    /// Runs one read-only `SELECT` (over any table of the schema), bounded as
+    /// the rules are (see [`query_each`](Self::query_each)), and collects
+    /// its rows.
+    ///
+    /// # Errors
+    /// As [`query_each`](Self::query_each).
+    pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
+        let mut result = QueryResult {
+            columns: Vec::new(),
+            rows: Vec::new(),
+        };
+        let mut rows = Vec::new();
+        self.query_each(
+            sql,
+            |columns| {
+                result.columns = columns.to_vec();
+                Ok(())
+            },
+            |row| {
+                rows.push(row);
+                Ok(())
+            },
+        )?;
+        result.rows = rows;
+        Ok(result)
+    }
+
+    /// Runs one read-only `SELECT` (over any table of the schema) under the
+    /// rules' authorizer, function allow-list and limits
+    /// ([`readonly`](crate::readonly)), interrupted at [`QUERY_TIME_LIMIT`],
+    /// and hands over each row as it comes: `columns` first gets the column
+    /// names, then `row` each row's values as JSON (integers, reals, text,
+    /// null; blobs as hex), so nothing is held but the current row. The
+    /// time limit counts the callbacks too.
+    ///
+    /// SQLite's heap is not capped here (the cap is process-wide):
+    /// `daemoneye-cli query` caps its own process with
+    /// [`cap_heap`](crate::readonly::cap_heap).
     ///
     /// # Errors
     /// [`StoreError::Query`] when the statement is not a single read, or
-    /// fails or overruns.
-    pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
-        let denied = crate::readonly::Denied::default();
-        self.conn
-            .authorizer(Some(crate::readonly::read_only_authorizer(denied.clone())));
-        let deadline = tokio::time::Instant::now() + QUERY_TIME_LIMIT;
-        self.conn
-            .progress_handler(1000, Some(move || tokio::time::Instant::now() >= deadline));
-        let result = run_query(&self.conn, sql, &denied);
+    /// fails or overruns, or a callback fails.
+    pub fn query_each(
+        &self,
+        sql: &str,
+        columns: impl FnOnce(&[String]) -> std::io::Result<()>,
+        row: impl FnMut(Vec<serde_json::Value>) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        use crate::readonly;
+        let refuse = |reason: String| StoreError::Query { reason };
+        let denied = readonly::Denied::default();
+        // The store's own statements keep their limits and no authorizer.
+        let previous =
+            readonly::guard(&self.conn, denied.clone()).map_err(|e| refuse(e.to_string()))?;
+        let result = readonly::Watchdog::new(&[&self.conn])
+            .map_err(|e| refuse(e.to_string()))
+            .and_then(|watchdog| {
+                watchdog.arm(0, QUERY_TIME_LIMIT);
+                let result = run_query(&self.conn, sql, &denied, columns, row);
+                watchdog.disarm(0);
+                result
+            });
         self.conn.authorizer(
             None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
         );
-        self.conn.progress_handler(0, None::<fn() -> bool>);
+        readonly::restore(&self.conn, &previous).map_err(|e| refuse(e.to_string()))?;
         result
     }
 
@@ -832,40 +880,41 @@ fn write_alert_in(
 }
 
 /// Prepares and runs one read-only statement (the authorizer is already
-/// installed), every value as JSON.
+/// installed), every value as JSON, one row at a time.
 fn run_query(
     conn: &Connection,
     sql: &str,
     denied: &crate::readonly::Denied,
-) -> Result<QueryResult, StoreError> {
+    columns: impl FnOnce(&[String]) -> std::io::Result<()>,
+    mut each: impl FnMut(Vec<serde_json::Value>) -> std::io::Result<()>,
+) -> Result<(), StoreError> {
     use rusqlite::types::ValueRef;
     let refuse = |reason: String| StoreError::Query { reason };
-    let mut stmt = conn.prepare(sql).map_err(|e| match e {
-        rusqlite::Error::MultipleStatement => refuse("more than one statement".to_owned()),
-        e => match denied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+    let failed = |e: rusqlite::Error| match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
         {
-            Some(what) => refuse(format!("only reading is allowed; refused: {what}")),
-            None => refuse(format!("invalid SQL: {e}")),
-        },
-    })?;
-    if !stmt.readonly() {
-        return Err(refuse("only reading is allowed".to_owned()));
-    }
-    let columns: Vec<String> = stmt
+            refuse(format!(
+                "stopped after the time limit of {} s",
+                QUERY_TIME_LIMIT.as_secs()
+            ))
+        }
+        _ => refuse(e.to_string()),
+    };
+    let output = |e: std::io::Error| refuse(format!("cannot write the rows: {e}"));
+    let mut stmt = crate::readonly::prepare(conn, sql, denied).map_err(refuse)?;
+    let names: Vec<String> = stmt
         .column_names()
         .iter()
         .map(|c| (*c).to_owned())
         .collect();
-    let n = columns.len();
-    let mut rows = Vec::new();
-    let mut it = stmt.query([]).map_err(|e| refuse(e.to_string()))?;
-    while let Some(row) = it.next().map_err(|e| refuse(e.to_string()))? {
+    columns(&names).map_err(output)?;
+    let n = names.len();
+    let mut it = stmt.query([]).map_err(failed)?;
+    while let Some(row) = it.next().map_err(failed)? {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let v = match row.get_ref(i).map_err(|e| refuse(e.to_string()))? {
+            let v = match row.get_ref(i).map_err(failed)? {
                 ValueRef::Null => serde_json::Value::Null,
                 ValueRef::Integer(x) => x.into(),
                 ValueRef::Real(x) => x.into(),
@@ -874,9 +923,9 @@ fn run_query(
             };
             out.push(v);
         }
-        rows.push(out);
+        each(out).map_err(output)?;
     }
-    Ok(QueryResult { columns, rows })
+    Ok(())
 }
 
 const INSERT_SNAPSHOT: &str = "INSERT INTO snapshots (taken_at, process_count) VALUES (?1, ?2)";

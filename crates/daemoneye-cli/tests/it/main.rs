@@ -92,19 +92,24 @@ fn bad_flags_exit_with_2() {
     }
 }
 
+/// A data directory whose store holds `alerts` alerts (each with its
+/// ledger entry).
+fn store_with_alerts(alerts: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let rule = &rules::builtin().unwrap()[0];
+    for pid in 1..=alerts {
+        let process = AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None);
+        store
+            .record_alert(&Alert::new(rule, process, SystemTime::now()))
+            .unwrap();
+    }
+    dir
+}
+
 #[test]
 fn ledger_verifies_then_fails_after_a_row_is_edited() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut store = Store::open(dir.path()).unwrap();
-        let rule = &rules::builtin().unwrap()[0];
-        for pid in 1..=4 {
-            let process = AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None);
-            store
-                .record_alert(&Alert::new(rule, process, SystemTime::now()))
-                .unwrap();
-        }
-    }
+    let dir = store_with_alerts(4);
     let verify = || cli(&["ledger", "verify", "--data-dir"], &[dir.path()]);
     let out = verify();
     assert!(
@@ -334,4 +339,221 @@ fn health_asks_the_agent_over_its_socket() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("cannot ask"));
+}
+
+/// Runs the cli as an unprivileged user when this test runs as root (so
+/// file modes bind), as this user otherwise.
+fn cli_unprivileged(args: &[&str], paths: &[&std::path::Path]) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).args(paths);
+    if running_as_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    cmd.output().unwrap()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn ledger_verify_on_a_store_it_cannot_read_exits_2_with_the_cause_never_broken() {
+    let dir = store_with_alerts(3);
+    let verify_as = |dir: &std::path::Path, unprivileged: bool| {
+        let args = ["ledger", "verify", "--data-dir"];
+        let out = if unprivileged {
+            cli_unprivileged(&args, &[dir])
+        } else {
+            cli(&args, &[dir])
+        };
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(!stdout.contains("BROKEN"), "{stdout}");
+        (out.status.code(), stderr)
+    };
+    let verify = |dir: &std::path::Path| verify_as(dir, true);
+    // A read-only copy: the directory and its files, no write anywhere.
+    let copy = tempfile::tempdir().unwrap();
+    chmod(copy.path(), 0o755);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let from = entry.unwrap().path();
+        let to = copy.path().join(from.file_name().unwrap());
+        std::fs::copy(&from, &to).unwrap();
+        chmod(&to, 0o444);
+    }
+    chmod(copy.path(), 0o555);
+    let (code, stderr) = verify(copy.path());
+    chmod(copy.path(), 0o755);
+    // Readable after all (SQLite may manage): then it verifies.
+    if code != Some(0) {
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("daemoneye-cli:") && stderr.len() > 20,
+            "{stderr}"
+        );
+    }
+    // Permission denied on the database.
+    let db = dir.path().join("agent.db");
+    chmod(dir.path(), 0o755);
+    chmod(&db, 0o000);
+    let (code, stderr) = verify(dir.path());
+    chmod(&db, 0o600);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.to_lowercase().contains("agent.db"), "{stderr}");
+    // A page of the ledger unreadable (the copy was cut, a disk failed):
+    // the store opens, but the ledger cannot be read, so nothing is known
+    // of the chain.
+    let cut = tempfile::tempdir().unwrap();
+    chmod(cut.path(), 0o755);
+    let cut_db = cut.path().join("agent.db");
+    std::fs::copy(&db, &cut_db).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&cut_db).unwrap();
+        let (root, page): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT rootpage FROM sqlite_master WHERE name = 'ledger'), page_size \
+                 FROM pragma_page_size",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mut bytes = std::fs::read(&cut_db).unwrap();
+        let at = usize::try_from((root - 1) * page).unwrap();
+        let len = usize::try_from(page).unwrap();
+        bytes[at..at + len].fill(0xff);
+        std::fs::write(&cut_db, bytes).unwrap();
+    }
+    let (code, stderr) = verify_as(cut.path(), false);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot verify the ledger") && stderr.contains("malformed"),
+        "{stderr}"
+    );
+    // Not a database.
+    let junk = tempfile::tempdir().unwrap();
+    chmod(junk.path(), 0o755);
+    std::fs::write(junk.path().join("agent.db"), vec![0x5a; 8192]).unwrap();
+    chmod(&junk.path().join("agent.db"), 0o644);
+    let (code, stderr) = verify(junk.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a database"), "{stderr}");
+}
+
+#[test]
+fn query_is_bounded_like_the_rules_and_streams_its_rows() {
+    let dir = store_with_alerts(2);
+    let query = |sql: &str| {
+        let out = cli(
+            &["query", sql, "--format", "json", "--data-dir"],
+            &[dir.path()],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Functions outside the allow-list, pragmas and their tables: refused.
+    for sql in [
+        "SELECT randomblob(900000000)",
+        "SELECT zeroblob(10)",
+        "PRAGMA hard_heap_limit = 1",
+        "SELECT * FROM pragma_compile_options",
+    ] {
+        let (code, _, stderr) = query(sql);
+        assert_eq!(code, Some(2), "{sql}");
+        assert!(stderr.contains("refused"), "{sql}: {stderr}");
+    }
+    // Values past the length limit fail at once, without the memory.
+    let (code, _, stderr) =
+        query("SELECT length(replace(printf('%.*c', 10000000, 'x'), 'x', 'xy')) AS big");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("too big"), "{stderr}");
+    // A query that never ends stops at the time limit (5 s), and says so.
+    let (code, _, stderr) = query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("time limit"), "{stderr}");
+    // Rows stream out: the first lines come while the query still runs
+    // (here until the time limit), then the failure.
+    let out = cli(
+        &[
+            "query",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) \
+             SELECT i FROM n WHERE i < 4 OR i > 1000000000000",
+            "--data-dir",
+        ],
+        &[dir.path()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["i", "1", "2", "3"],
+        "{text}"
+    );
+    // Good queries still work, JSON or table.
+    let (code, stdout, _) = query("SELECT count(*) AS n, max(pid) AS top FROM alerts");
+    assert_eq!((code, stdout.trim()), (Some(0), "{\"n\":2,\"top\":2}"));
+}
+
+#[test]
+fn validate_refuses_a_pragma_without_running_it_and_rules_after_it_still_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("heap.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nid = 'heap'\nname = 'h'\nseverity = 'low'\nsql = 'PRAGMA hard_heap_limit = 1'\n\n\
+         [[rule]]\nid = 'opts'\nname = 'o'\nseverity = 'low'\nsql = 'SELECT 1 AS pid FROM pragma_compile_options'\n\n\
+         [[rule]]\nid = 'fine'\nname = 'f'\nseverity = 'low'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n",
+    )
+    .unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[rule]]\nid = 'later'\nname = 'l'\nseverity = 'low'\nsql = 'SELECT pid, group_concat(name) FROM processes GROUP BY pid'\n",
+    )
+    .unwrap();
+    let out = cli(&["rules", "validate", "--format", "json"], &[&file, &good]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |key: &str, field: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[field].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("accepted", "id"), ["fine", "later"]);
+    assert_eq!(ids("refused", "rule"), ["heap", "opts"]);
+    let reasons = ids("refused", "reason").join("\n");
+    assert!(
+        reasons.contains("PRAGMA hard_heap_limit") && reasons.contains("pragma_compile_options"),
+        "{reasons}"
+    );
+    // A rule file that never ends is refused at once.
+    #[cfg(unix)]
+    {
+        let zero = dir.path().join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let out = cli(&["rules", "validate"], &[&zero]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("larger than"));
+    }
 }
