@@ -13,15 +13,11 @@ use tokio::time::Instant;
 
 use crate::{report_f, report_ratio};
 
-/// Flags of this bench.
-#[derive(clap::Parser)]
-pub(crate) struct Options {
+options! {
     /// Events written per repetition.
-    #[arg(long, default_value_t = 100_000, value_parser = crate::positive::<usize>)]
-    pub(crate) events: usize,
+    events: usize = 100_000,
     /// Repetitions.
-    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
-    pub(crate) reps: usize,
+    reps: usize = 3,
 }
 
 /// The same events as JSON blobs, one prepared insert each, in batches of

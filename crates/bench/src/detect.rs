@@ -16,15 +16,11 @@ use tokio::time::Instant;
 
 use crate::report;
 
-/// Flags of this bench.
-#[derive(clap::Parser)]
-pub(crate) struct Options {
+options! {
     /// Execs timed.
-    #[arg(long, default_value_t = 200, value_parser = crate::positive::<usize>)]
-    pub(crate) execs: usize,
+    execs: usize = 200,
     /// Seconds of `/bin/true` flood after the latency run.
-    #[arg(long, default_value_t = 10, value_parser = crate::positive::<u64>)]
-    pub(crate) flood_secs: u64,
+    flood_secs: u64 = 10,
 }
 
 struct Reaped(std::process::Child);

@@ -15,18 +15,13 @@ use tokio::time::Instant;
 use crate::runtime::blaster;
 use crate::{report, report_f, report_ratio};
 
-/// Flags of this bench.
-#[derive(clap::Parser)]
-pub(crate) struct Options {
+options! {
     /// Records streamed per repetition.
-    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) records: u64,
+    records: u64 = 500_000,
     /// Repetitions.
-    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
-    pub(crate) reps: usize,
+    reps: usize = 3,
     /// Task round trips timed.
-    #[arg(long, default_value_t = 20_000, value_parser = crate::positive::<usize>)]
-    pub(crate) tasks: usize,
+    tasks: usize = 20_000,
 }
 
 fn collector(records: u64) -> anyhow::Result<Collector> {

@@ -10,18 +10,6 @@
 //! cargo run --release -p daemoneye-bench -- triggers [--events N] [--reps R]
 //! ```
 
-mod bus;
-mod capture;
-mod db;
-mod detect;
-mod enumerate;
-mod hash;
-mod idle;
-mod ipc;
-mod rules;
-mod runtime;
-mod triggers;
-
 /// Prints one figure: `<metric> <value> <unit>`.
 #[allow(clippy::print_stdout)] // stdout is this binary's output
 fn report(metric: &str, value: impl std::fmt::Display, unit: &str) {
@@ -54,6 +42,34 @@ fn positive<T: std::str::FromStr + Default + PartialOrd>(s: &str) -> Result<T, S
 fn parse_options<T: clap::Parser>(args: &[String]) -> Result<T, clap::Error> {
     T::try_parse_from(std::iter::once("bench").chain(args.iter().map(String::as_str)))
 }
+
+/// A bench's `Options`: each `name: type = default` a `--name` flag that
+/// must be positive, documented by the doc comment above it.
+macro_rules! options {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr),+ $(,)?) => {
+        /// Flags of this bench.
+        #[derive(clap::Parser)]
+        pub(crate) struct Options {
+            $(
+                $(#[$doc])*
+                #[arg(long, default_value_t = $default, value_parser = crate::positive::<$ty>)]
+                pub(crate) $name: $ty,
+            )+
+        }
+    };
+}
+
+mod bus;
+mod capture;
+mod db;
+mod detect;
+mod enumerate;
+mod hash;
+mod idle;
+mod ipc;
+mod rules;
+mod runtime;
+mod triggers;
 
 /// The `Bench` command line, one subcommand per module (each has `Options`
 /// and `run(&Options)`), and its dispatch, from one list.

@@ -17,18 +17,13 @@ use crate::report;
 const BUFFER: usize = 8192;
 const BATCH: usize = 512;
 
-/// Flags of this bench.
-#[derive(clap::Parser)]
-pub(crate) struct Options {
+options! {
     /// Events per measurement.
-    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) events: u64,
+    events: u64 = 2_000_000,
     /// Repetitions.
-    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
-    pub(crate) reps: usize,
+    reps: usize = 3,
     /// Seconds of the RSS flood.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) flood_secs: u64,
+    flood_secs: u64 = 10,
 }
 
 /// A process event of realistic shape: the thing a process collector sends.

@@ -12,15 +12,11 @@ use tokio::time::Instant;
 
 use crate::report;
 
-/// Flags of this bench.
-#[derive(clap::Parser)]
-pub(crate) struct Options {
+options! {
     /// Events evaluated per repetition.
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) events: u64,
+    events: u64 = 1_000_000,
     /// Repetitions.
-    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>)]
-    pub(crate) reps: usize,
+    reps: usize = 3,
 }
 
 /// The ten conditions: every type once, plus a second name glob, path

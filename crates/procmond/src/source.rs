@@ -13,7 +13,7 @@
 //! Without the privilege for the connector it says so once and works from
 //! snapshots alone. Events are sent to the runtime and stored in the audit
 //! database through the store's one batched writer
-//! ([`StoreWriter`](daemoneye_store::StoreWriter), on its own thread).
+//! ([`StoreWriter`], on its own thread).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
