@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use daemoneye_lib::models::{BootId, ProcessKey};
@@ -428,10 +429,14 @@ pub struct ProcessEvent {
     pub exe_replaced: bool,
     /// How much of the process could be read.
     pub read: ReadDepth,
-    /// Where the process runs: control group, container, namespaces.
-    pub context: ProcessContext,
-    /// What a lifecycle event says beyond its type.
-    pub lifecycle: LifecycleDetail,
+    /// Where the process runs: control group, container, namespaces
+    /// (shared: it rarely changes while a process lives; `None` when not
+    /// read). Read it with [`context`](Self::context).
+    pub context: Option<Arc<ProcessContext>>,
+    /// What a lifecycle event says beyond its type (`None` for none). Read
+    /// it with [`lifecycle`](Self::lifecycle), set it with
+    /// [`lifecycle_mut`](Self::lifecycle_mut).
+    pub lifecycle: Option<Box<LifecycleDetail>>,
 }
 
 names! {
@@ -476,6 +481,23 @@ pub struct ProcessContext {
     /// Inode of the user namespace.
     pub user_ns: Option<u64>,
 }
+
+static NO_CONTEXT: ProcessContext = ProcessContext {
+    cgroup: None,
+    container_id: None,
+    pid_ns: None,
+    mnt_ns: None,
+    net_ns: None,
+    user_ns: None,
+};
+
+static NO_LIFECYCLE: LifecycleDetail = LifecycleDetail {
+    observed_by: None,
+    previous_key: None,
+    changed: Vec::new(),
+    anomaly: None,
+    run_time_ms: None,
+};
 
 /// What a lifecycle event says beyond its [`ProcessEventType`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -560,8 +582,8 @@ impl Default for ProcessEvent {
             cpu_ticks: None,
             exe_replaced: false,
             read: ReadDepth::Full,
-            context: ProcessContext::default(),
-            lifecycle: LifecycleDetail::default(),
+            context: None,
+            lifecycle: None,
         }
     }
 }
@@ -575,6 +597,21 @@ impl ProcessEvent {
             timestamp: SystemTime::now(),
             ..Self::default()
         }
+    }
+
+    /// Where the process runs (empty when not read).
+    pub fn context(&self) -> &ProcessContext {
+        self.context.as_deref().unwrap_or(&NO_CONTEXT)
+    }
+
+    /// What this lifecycle event says beyond its type (empty for none).
+    pub fn lifecycle(&self) -> &LifecycleDetail {
+        self.lifecycle.as_deref().unwrap_or(&NO_LIFECYCLE)
+    }
+
+    /// The lifecycle detail, to fill in (created empty when there was none).
+    pub fn lifecycle_mut(&mut self) -> &mut LifecycleDetail {
+        self.lifecycle.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn validate(&self) -> Result<(), EventValidationError> {

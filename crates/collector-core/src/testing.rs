@@ -422,21 +422,21 @@ pub fn every_field_process_event() -> ProcessEvent {
         cpu_ticks: Some(77),
         exe_replaced: true,
         read: ReadDepth::StatOnly,
-        context: ProcessContext {
+        context: Some(std::sync::Arc::new(ProcessContext {
             cgroup: Some("/system.slice/ssh.service".into()),
             container_id: Some("c0ffee".into()),
             pid_ns: Some(4_026_531_836),
             mnt_ns: Some(4_026_531_841),
             net_ns: Some(4_026_531_840),
             user_ns: Some(4_026_531_837),
-        },
-        lifecycle: LifecycleDetail {
+        })),
+        lifecycle: Some(Box::new(LifecycleDetail {
             observed_by: Some(ObservedBy::Kernel),
             previous_key: Some(ProcessKey::new(boot, 42, 99)),
             changed: vec![ProcessField::Argv, ProcessField::Uid],
             anomaly: Some(StartTimeAnomaly::StartedBeforeParent),
             run_time_ms: Some(12),
-        },
+        })),
     }
 }
 

@@ -238,7 +238,7 @@ impl ProcessRow {
             parent_cmdline: parent.map(|p| p.command_line.join(" ")),
             event_type: e.event_type.as_str().to_owned(),
             exe_hash: e.executable_hash.clone(),
-            container_id: e.context.container_id.clone(),
+            container_id: e.context().container_id.clone(),
         }
     }
 }

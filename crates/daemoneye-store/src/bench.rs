@@ -91,10 +91,10 @@ pub fn bench_events_from(first: usize, count: usize) -> Vec<ProcessEvent> {
                 process_key: Some(ProcessKey::new(boot, pid, start_ticks)),
                 exit_code: (event_type == ProcessEventType::Exit).then_some(0),
                 state: Some('R'),
-                context: ProcessContext {
+                context: Some(std::sync::Arc::new(ProcessContext {
                     cgroup: Some("/system.slice/cron.service".to_owned()),
                     ..ProcessContext::default()
-                },
+                })),
                 ..ProcessEvent::default()
             }
         })

@@ -61,6 +61,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
@@ -1077,7 +1078,7 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 
 impl Detail {
     fn of(p: &ProcessEvent) -> Self {
-        let c = &p.context;
+        let c = p.context();
         Self {
             state: p.state,
             threads: p.threads,
@@ -1087,7 +1088,7 @@ impl Detail {
             mnt_ns: c.mnt_ns,
             net_ns: c.net_ns,
             user_ns: c.user_ns,
-            lifecycle: p.lifecycle.clone(),
+            lifecycle: p.lifecycle().clone(),
         }
     }
 
@@ -1096,11 +1097,17 @@ impl Detail {
         p.threads = self.threads;
         p.cpu_ticks = self.cpu_ticks;
         p.read = self.read;
-        p.context.pid_ns = self.pid_ns;
-        p.context.mnt_ns = self.mnt_ns;
-        p.context.net_ns = self.net_ns;
-        p.context.user_ns = self.user_ns;
-        p.lifecycle = self.lifecycle;
+        let mut c = p.context().clone();
+        c.pid_ns = self.pid_ns;
+        c.mnt_ns = self.mnt_ns;
+        c.net_ns = self.net_ns;
+        c.user_ns = self.user_ns;
+        p.context = Some(c)
+            .filter(|c| *c != ProcessContext::default())
+            .map(Arc::new);
+        p.lifecycle = Some(self.lifecycle)
+            .filter(|l| *l != LifecycleDetail::default())
+            .map(Box::new);
     }
 }
 
@@ -1129,8 +1136,8 @@ impl<'a> Encoded<'a> {
             euid: p.euid,
             gid: p.gid,
             exe_replaced: p.exe_replaced,
-            container_id: p.context.container_id.as_deref(),
-            cgroup: p.context.cgroup.as_deref(),
+            container_id: p.context().container_id.as_deref(),
+            cgroup: p.context().cgroup.as_deref(),
             detail: serde_json::to_string(&Detail::of(p)).map_err(|source| StoreError::Encode {
                 field: "detail",
                 source,
@@ -1256,11 +1263,11 @@ fn decode_process(
         euid: row.get(base + 16)?,
         gid: row.get(base + 17)?,
         exe_replaced: row.get(base + 18)?,
-        context: ProcessContext {
+        context: Some(Arc::new(ProcessContext {
             container_id: row.get(base + 19)?,
             cgroup: row.get(base + 20)?,
             ..ProcessContext::default()
-        },
+        })),
         ..ProcessEvent::default()
     };
     detail.apply(&mut event);

@@ -136,6 +136,8 @@ fn with_type(p: &ProcessEvent, t: ProcessEventType, now: SystemTime) -> ProcessE
     e.event_type = t;
     e.timestamp = now;
     e.exit_code = None;
+    // The detail is this event's own, not the one `p` carried.
+    e.lifecycle = None;
     e
 }
 
@@ -249,7 +251,7 @@ impl LifecycleTracker {
                 if let Some(old) = self.known.remove(&p.pid) {
                     // Its pid now names another process: the old one exited unseen.
                     let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                    exit.lifecycle.observed_by = Some(ObservedBy::Snapshot);
+                    exit.lifecycle_mut().observed_by = Some(ObservedBy::Snapshot);
                     self.counters.exits_reconciled.inc();
                     self.push(&mut lifecycle, exit);
                     self.exited.insert(p.pid, (old.last.process_key, now));
@@ -286,7 +288,7 @@ impl LifecycleTracker {
         for pid in gone {
             if let Some(old) = self.known.remove(&pid) {
                 let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                exit.lifecycle.observed_by = Some(ObservedBy::Snapshot);
+                exit.lifecycle_mut().observed_by = Some(ObservedBy::Snapshot);
                 self.counters.exits_reconciled.inc();
                 self.push(&mut lifecycle, exit);
                 self.exited.insert(pid, (old.last.process_key, now));
@@ -321,7 +323,7 @@ impl LifecycleTracker {
                 // The kernel's exit for the old process never reached us.
                 if let Some(old) = self.known.remove(&p.pid) {
                     let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-                    exit.lifecycle.observed_by = Some(ObservedBy::Exec);
+                    exit.lifecycle_mut().observed_by = Some(ObservedBy::Exec);
                     self.push(&mut out, exit);
                     self.exited.insert(p.pid, (old.last.process_key, now));
                 }
@@ -366,7 +368,7 @@ impl LifecycleTracker {
         let start = start_ticks(&child_event);
         if let Some(old) = self.known.remove(&pid) {
             let mut exit = with_type(&old.last, ProcessEventType::Exit, now);
-            exit.lifecycle.observed_by = Some(ObservedBy::Fork);
+            exit.lifecycle_mut().observed_by = Some(ObservedBy::Fork);
             self.push(&mut out, exit);
             self.exited.insert(pid, (old.last.process_key, now));
         }
@@ -405,9 +407,9 @@ impl LifecycleTracker {
             }
         };
         if let Some(run) = e.start_time.and_then(|s| now.duration_since(s).ok()) {
-            e.lifecycle.run_time_ms = u64::try_from(run.as_millis()).ok();
+            e.lifecycle_mut().run_time_ms = u64::try_from(run.as_millis()).ok();
         }
-        e.lifecycle.observed_by = Some(ObservedBy::Kernel);
+        e.lifecycle_mut().observed_by = Some(ObservedBy::Kernel);
         e.exit_code = Some(exit_code);
         self.exited.insert(pid, (e.process_key, now));
         self.push(&mut out, e);
@@ -443,7 +445,7 @@ impl LifecycleTracker {
             return out;
         }
         let mut e = with_type(&t.last, ProcessEventType::Modified, now);
-        e.lifecycle.changed = changed;
+        e.lifecycle_mut().changed = changed;
         self.push(&mut out, e);
         out
     }
@@ -470,7 +472,7 @@ impl LifecycleTracker {
             return None;
         }
         let mut e = with_type(now_p, ProcessEventType::Modified, now);
-        e.lifecycle.changed = changed;
+        e.lifecycle_mut().changed = changed;
         Some(e)
     }
 
@@ -491,7 +493,7 @@ impl LifecycleTracker {
         if let Some((old_key, _)) = self.exited.remove(&p.pid) {
             if kernel_new || old_key.is_none() || old_key != p.process_key {
                 let mut e = with_type(p, ProcessEventType::PidReused, now);
-                e.lifecycle.previous_key = old_key;
+                e.lifecycle_mut().previous_key = old_key;
                 self.push(out, e);
             }
         }
@@ -535,7 +537,7 @@ impl LifecycleTracker {
             }
             let mut e = with_type(p, kind, now);
             if kind == ProcessEventType::StartTimeAnomaly {
-                e.lifecycle.anomaly = Some(if before_parent {
+                e.lifecycle_mut().anomaly = Some(if before_parent {
                     StartTimeAnomaly::StartedBeforeParent
                 } else {
                     StartTimeAnomaly::StartTimeInFuture
@@ -607,7 +609,7 @@ mod tests {
             .iter()
             .find(|e| e.event_type == ProcessEventType::Exit)
             .unwrap();
-        assert_eq!(exit.lifecycle.observed_by, Some(ObservedBy::Snapshot));
+        assert_eq!(exit.lifecycle().observed_by, Some(ObservedBy::Snapshot));
         assert_eq!(
             exit.exit_code, None,
             "an exit seen only by a snapshot has no code"
@@ -652,7 +654,7 @@ mod tests {
             .find(|e| e.event_type == ProcessEventType::PidReused)
             .unwrap();
         assert_eq!(
-            reuse.lifecycle.previous_key,
+            reuse.lifecycle().previous_key,
             Some(ProcessKey::new(BOOT, 100, 50))
         );
         assert_eq!(reuse.process_key, Some(ProcessKey::new(BOOT, 100, 90)));
@@ -719,7 +721,7 @@ mod tests {
             (ProcessEventType::Exit, Some(3 << 8), "true")
         );
         assert_eq!(e.process_key, Some(ProcessKey::new(BOOT, 300, 100)));
-        assert!(e.lifecycle.run_time_ms.is_some());
+        assert!(e.lifecycle().run_time_ms.is_some());
         // A snapshot that raced the exit and still lists the process is stale.
         let out = tr.on_snapshot(vec![p(1, 0, 1, &["init"]), p(300, 1, 100, &["true"])], t(4));
         assert!(kinds(&out).is_empty(), "{:?}", kinds(&out));
@@ -798,7 +800,7 @@ mod tests {
             .find(|e| e.event_type == ProcessEventType::StartTimeAnomaly)
             .unwrap();
         assert_eq!(
-            (a.pid, a.lifecycle.anomaly),
+            (a.pid, a.lifecycle().anomaly),
             (101, Some(StartTimeAnomaly::StartedBeforeParent))
         );
         // Start time an hour ahead of now.
@@ -825,9 +827,9 @@ mod tests {
             .iter()
             .find(|e| e.event_type == ProcessEventType::Modified)
             .unwrap();
-        assert_eq!(m.lifecycle.changed, [ProcessField::Argv]);
+        assert_eq!(m.lifecycle().changed, [ProcessField::Argv]);
         let out = tr.on_change(100, Some(0), None, t(3));
-        assert_eq!(out[0].lifecycle.changed, [ProcessField::Uid]);
+        assert_eq!(out[0].lifecycle().changed, [ProcessField::Uid]);
         assert_eq!(out[0].user_id, Some(0));
         assert!(
             tr.on_change(100, Some(0), None, t(4)).is_empty(),

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
@@ -559,7 +560,8 @@ impl ProcReader {
 /// by pid and start time) and reused by later passes.
 #[derive(Debug, Clone, Default)]
 struct Stable {
-    context: ProcessContext,
+    /// Shared by every event of the process.
+    context: Option<Arc<ProcessContext>>,
     /// (device, inode) of the executable the process runs.
     running_exe: Option<(u64, u64)>,
 }
@@ -643,13 +645,13 @@ impl ProcReader {
                 .map(|st| (st.st_dev, st.st_ino));
         }
         if self.options.enhanced_metadata {
+            let mut c = ProcessContext::default();
             if read_at(dir, c"cgroup", buf).is_ok() {
                 if let Some(cg) = procfs::parse_cgroup(buf) {
-                    out.context.container_id = procfs::container_id(&cg).map(str::to_owned);
-                    out.context.cgroup = Some(cg);
+                    c.container_id = procfs::container_id(&cg).map(str::to_owned);
+                    c.cgroup = Some(cg);
                 }
             }
-            let c = &mut out.context;
             for (link, slot) in [
                 (c"ns/pid", &mut c.pid_ns),
                 (c"ns/mnt", &mut c.mnt_ns),
@@ -660,6 +662,9 @@ impl ProcReader {
                     .ok()
                     .and_then(|t| procfs::parse_ns_link(t.as_encoded_bytes()));
             }
+            out.context = Some(c)
+                .filter(|c| *c != ProcessContext::default())
+                .map(Arc::new);
         }
         out
     }
@@ -801,10 +806,11 @@ mod tests {
             .find(|p| p.pid == std::process::id())
             .unwrap();
         assert_eq!(
-            me.context, cold.context,
+            me.context(),
+            cold.context(),
             "the cached context is the cold one"
         );
-        assert!(cold.context.pid_ns.is_some() && cold.context.cgroup.is_some());
+        assert!(cold.context().pid_ns.is_some() && cold.context().cgroup.is_some());
         assert!(cold.euid.is_some() && cold.state.is_some() && cold.cpu_ticks.is_some());
         let before = cache.len();
         child.kill().unwrap();

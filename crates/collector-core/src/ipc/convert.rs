@@ -2,6 +2,7 @@
 //! domains.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
@@ -53,8 +54,8 @@ pub(crate) const fn kind_to_proto(kind: crate::EventKind) -> proto::EventKind {
 /// A process event as a [`ProcessRecord`](proto::ProcessRecord), every field
 /// carried (the process key as `boot_id:pid:start_ticks`).
 pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
-    let c = &e.context;
-    let l = &e.lifecycle;
+    let c = e.context();
+    let l = e.lifecycle();
     proto::ProcessRecord {
         pid: e.pid,
         ppid: e.ppid,
@@ -84,7 +85,7 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
             ReadDepth::Full => String::new(),
             other => other.as_str().to_owned(),
         },
-        context: (c != &ProcessContext::default()).then(|| proto::ProcessContext {
+        context: (*c != ProcessContext::default()).then(|| proto::ProcessContext {
             cgroup: c.cgroup.clone(),
             container_id: c.container_id.clone(),
             pid_ns: c.pid_ns,
@@ -92,7 +93,7 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
             net_ns: c.net_ns,
             user_ns: c.user_ns,
         }),
-        lifecycle: (l != &LifecycleDetail::default()).then(|| proto::LifecycleDetail {
+        lifecycle: (*l != LifecycleDetail::default()).then(|| proto::LifecycleDetail {
             observed_by: l
                 .observed_by
                 .map(|o| o.as_str().to_owned())
@@ -306,21 +307,26 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
         read: d
             .name("read", &r.read, ReadDepth::from_name)?
             .unwrap_or_default(),
-        context: ProcessContext {
+        // An empty context or detail is none at all, on the wire and here.
+        context: Some(ProcessContext {
             cgroup: context.cgroup,
             container_id: context.container_id,
             pid_ns: context.pid_ns,
             mnt_ns: context.mnt_ns,
             net_ns: context.net_ns,
             user_ns: context.user_ns,
-        },
-        lifecycle: LifecycleDetail {
+        })
+        .filter(|c| *c != ProcessContext::default())
+        .map(Arc::new),
+        lifecycle: Some(LifecycleDetail {
             observed_by: d.name("observed_by", &life.observed_by, ObservedBy::from_name)?,
             previous_key: d.key(&life.previous_process_key)?,
             changed,
             anomaly: d.name("anomaly", &life.anomaly, StartTimeAnomaly::from_name)?,
             run_time_ms: life.run_time_ms,
-        },
+        })
+        .filter(|l| *l != LifecycleDetail::default())
+        .map(Box::new),
     };
     match d.checked(CollectionEvent::Process(event))? {
         CollectionEvent::Process(e) => Ok(e),
@@ -815,21 +821,25 @@ mod tests {
                     cpu_ticks,
                     exe_replaced,
                     read,
-                    context: ProcessContext {
+                    context: Some(ProcessContext {
                         cgroup: cg,
                         container_id: cid,
                         pid_ns: ns.map(|n| n.0),
                         mnt_ns: ns.map(|n| n.1),
                         net_ns: ns.map(|n| n.2),
                         user_ns: ns.map(|n| n.3),
-                    },
-                    lifecycle: LifecycleDetail {
+                    })
+                    .filter(|c| *c != ProcessContext::default())
+                    .map(Arc::new),
+                    lifecycle: Some(LifecycleDetail {
                         observed_by,
                         previous_key,
                         changed,
                         anomaly,
                         run_time_ms,
-                    },
+                    })
+                    .filter(|l| *l != LifecycleDetail::default())
+                    .map(Box::new),
                 }
             })
         })

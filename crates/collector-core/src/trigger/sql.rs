@@ -603,8 +603,8 @@ fn column<'a>(c: Column, row: Row<'a>) -> Value<'a> {
         Column::ExitCode => e
             .exit_code
             .map_or(Value::Null, |c| Value::Int(i64::from(c))),
-        Column::ContainerId => opt_str(e.context.container_id.as_deref()),
-        Column::Cgroup => opt_str(e.context.cgroup.as_deref()),
+        Column::ContainerId => opt_str(e.context().container_id.as_deref()),
+        Column::Cgroup => opt_str(e.context().cgroup.as_deref()),
         Column::ProcessKey => e
             .process_key
             .map_or(Value::Null, |k| Value::Str(Cow::Owned(k.to_string()))),

@@ -58,7 +58,7 @@ fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
     e.event_type = event_type;
     e.pid = pid;
     e.process_key = Some(key(pid, 4_242));
-    e.lifecycle.previous_key = Some(key(pid, 1));
+    e.lifecycle_mut().previous_key = Some(key(pid, 1));
     e.exit_code = (event_type == ProcessEventType::Exit).then_some(-9);
     "naïve-名前".clone_into(&mut e.name);
     e.executable_path = Some("/opt/ü/bin/tool (deleted)".to_owned());
@@ -70,8 +70,10 @@ fn rich(pid: u32, event_type: ProcessEventType) -> ProcessEvent {
     e.cpu_usage = Some(12.345_678_9);
     e.accessible = false;
     e.cpu_ticks = Some(u64::MAX);
-    e.context.cgroup = Some("/user.slice/ünï/☃".to_owned());
-    e.context.mnt_ns = None;
+    let mut context = e.context().clone();
+    context.cgroup = Some("/user.slice/ünï/☃".to_owned());
+    context.mnt_ns = None;
+    e.context = Some(std::sync::Arc::new(context));
     e.platform_metadata = [
         ("empty", ""),
         ("quote\"key", "line\nbreak\ttab"),
@@ -561,17 +563,22 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
             cpu_ticks: load.map(|l| l.1),
             exe_replaced,
             read,
-            context: ProcessContext {
+            // Empty is none, in the store as on the wire.
+            context: Some(ProcessContext {
                 container_id: cg.as_ref().map(|c| c.0.clone()),
                 cgroup: cg.map(|c| c.1),
                 net_ns: ns,
                 ..ProcessContext::default()
-            },
-            lifecycle: LifecycleDetail {
+            })
+            .filter(|c| *c != ProcessContext::default())
+            .map(std::sync::Arc::new),
+            lifecycle: Some(LifecycleDetail {
                 changed,
                 run_time_ms: ns,
                 ..LifecycleDetail::default()
-            },
+            })
+            .filter(|l| *l != LifecycleDetail::default())
+            .map(Box::new),
         },
     )
 }

@@ -162,7 +162,7 @@ async fn pid_reuse_is_reported_as_such() {
     // It names the process that had the pid before. (The new one's key is
     // usually different, but equal when both started within one clock
     // tick: the kernel's fork after the exit is what tells them apart.)
-    assert_eq!(event.lifecycle.previous_key, first_key);
+    assert_eq!(event.lifecycle().previous_key, first_key);
     reap(second);
     handle.shutdown();
     run.await.unwrap();
