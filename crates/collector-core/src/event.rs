@@ -415,27 +415,36 @@ pub struct ProcessEvent {
     /// the terminating signal in the low 7 bits).
     pub exit_code: Option<i32>,
     /// Effective user id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub euid: Option<u32>,
     /// Real group id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     /// Scheduler state letter from the kernel (`R`, `S`, `D`, `Z`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<char>,
     /// Number of threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
     /// User plus system CPU time so far, in clock ticks.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ticks: Option<u64>,
     /// Whether the file now at `executable_path` is not the one the process
     /// runs (replaced on disk while it runs).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub exe_replaced: bool,
     /// How much of the process could be read.
+    #[serde(skip_serializing_if = "ReadDepth::is_full")]
     pub read: ReadDepth,
     /// Where the process runs: control group, container, namespaces
     /// (shared: it rarely changes while a process lives; `None` when not
     /// read). Read it with [`context`](Self::context).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<Arc<ProcessContext>>,
     /// What a lifecycle event says beyond its type (`None` for none). Read
     /// it with [`lifecycle`](Self::lifecycle), set it with
     /// [`lifecycle_mut`](Self::lifecycle_mut).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Box<LifecycleDetail>>,
 }
 
@@ -454,6 +463,14 @@ names! {
         PermissionDenied = "permission_denied",
         /// Nothing: reading it failed otherwise.
         Failed = "failed",
+    }
+}
+
+impl ReadDepth {
+    /// Whether everything was read (the default, left out of JSON).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if hands a reference
+    pub fn is_full(&self) -> bool {
+        *self == Self::Full
     }
 }
 
