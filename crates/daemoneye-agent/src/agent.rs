@@ -407,6 +407,7 @@ impl Agent {
                 })
                 .collect(),
             writer: writer.stats(),
+            engine: detector.engine().stats(),
             counters: counters.clone(),
             sinks: sinks.stats(),
             rules_loaded,

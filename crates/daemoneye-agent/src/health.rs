@@ -12,6 +12,7 @@ use collector_core::{CollectorIpcClient, IpcClientConfig};
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use tokio::time::Instant;
 
+use crate::engine::EngineStats;
 use crate::link::{LinkState, LinkStatus};
 use crate::sink::{SinkStats, SinkStatsSnapshot};
 use crate::writer::WriterStats;
@@ -104,6 +105,8 @@ pub struct AgentHealth {
     pub counters: Arc<AgentCounters>,
     /// Sinks by name ([`SinkSet::stats`](crate::sink::SinkSet::stats)).
     pub sinks: Vec<(&'static str, Arc<SinkStats>)>,
+    /// The rule engine's counters.
+    pub engine: Arc<EngineStats>,
     /// Rules running.
     pub rules_loaded: u64,
     /// Rules refused at load.
@@ -271,8 +274,26 @@ impl AgentHealth {
             ),
             ("store_alerts".to_owned(), w.alerts.get()),
             ("store_failures".to_owned(), w.failures.get()),
+            ("rule_failures".to_owned(), self.engine.rule_failures.get()),
+            ("rule_timeouts".to_owned(), self.engine.rule_timeouts.get()),
         ]);
         let collector_problems = problems.len();
+        // Losing writes, or rules that fail, is not healthy whatever else is.
+        if w.failing.get() > 0 {
+            problems.push(format!(
+                "store failing: its last write was lost; since start {} writes and {} events lost",
+                w.failures.get(),
+                w.events_dropped()
+            ));
+        }
+        let e = &self.engine;
+        if e.failing_rules.get() > 0 {
+            problems.push(format!(
+                "{} rules failed in the last batch (an error or the time limit); {} rule failures since start",
+                e.failing_rules.get(),
+                e.rule_failures.get()
+            ));
+        }
         components.extend(self.sinks(&mut counters, &mut problems));
         // A collector that is down or unwell degrades the agent; one still
         // starting (never lost yet) makes it `starting`, whatever the sinks
@@ -365,6 +386,7 @@ mod tests {
                 })
                 .collect(),
             writer: Arc::default(),
+            engine: Arc::default(),
             counters: Arc::default(),
             sinks: vec![("stdout", sink)],
             rules_loaded: 10,
@@ -419,6 +441,49 @@ mod tests {
         let r = h.report().await;
         assert!(r.message.contains("sink stdout failing"), "{}", r.message);
         assert_eq!(r.counters["sink.stdout.failures"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_or_failing_rules_degrade_and_say_what() {
+        // No collector configured: only the store and the rules decide.
+        let mut h = health(&[], Arc::new(SinkStats::default()));
+        let (writer, engine) = (
+            Arc::new(WriterStats::default()),
+            Arc::new(EngineStats::default()),
+        );
+        h.writer = Arc::clone(&writer);
+        h.engine = Arc::clone(&engine);
+        assert_eq!(h.report().await.state(), HealthState::Healthy);
+
+        // The disk is full: a transaction lost, with its events.
+        writer.failures.inc();
+        writer.events_dropped_write_failed.add(40);
+        writer.failing.set(1);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Degraded);
+        assert!(
+            r.message.contains("store failing") && r.message.contains("40 events lost"),
+            "{}",
+            r.message
+        );
+        // Writing again clears it; the counts stay.
+        writer.failing.set(0);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Healthy, "{}", r.message);
+        assert_eq!(r.counters["store_failures"], 1);
+
+        // A rule at its time limit every batch.
+        engine.rule_failures.add(3);
+        engine.rule_timeouts.add(3);
+        engine.failing_rules.set(1);
+        let r = h.report().await;
+        assert_eq!(r.state(), HealthState::Degraded);
+        assert!(
+            r.message.contains("1 rules failed in the last batch"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.counters["rule_timeouts"], 3);
     }
 
     #[tokio::test]

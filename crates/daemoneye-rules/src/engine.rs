@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use collector_core::metrics::{Counter, Registry};
+use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::vocabulary::process_column;
 use collector_core::ProcessEvent;
 use rusqlite::{params, Connection, OpenFlags};
@@ -280,6 +280,8 @@ pub struct EngineStats {
     pub rule_failures: Counter,
     /// Rule runs interrupted at the time limit.
     pub rule_timeouts: Counter,
+    /// Rules that failed in the last batch (health reads it).
+    pub failing_rules: Gauge,
 }
 
 impl EngineStats {
@@ -310,6 +312,12 @@ impl EngineStats {
                     &self.rule_timeouts,
                 ),
             ],
+        );
+        registry.register_gauge(
+            "daemoneye_rules_failing",
+            "Rules that failed in the last batch.",
+            &[],
+            &self.failing_rules,
         );
     }
 }
@@ -683,6 +691,7 @@ impl RuleEngine {
         results.sort_unstable_by_key(|(i, _)| *i);
         let mut out = Vec::new();
         let now = Instant::now();
+        let mut failing = 0_i64;
         for (i, result) in results {
             self.stats.rule_runs.inc();
             match result {
@@ -691,6 +700,7 @@ impl RuleEngine {
                     out.extend(found);
                 }
                 Err(err) => {
+                    failing += 1;
                     self.stats.rule_failures.inc();
                     if err.interrupted() {
                         self.stats.rule_timeouts.inc();
@@ -709,6 +719,7 @@ impl RuleEngine {
                 }
             }
         }
+        self.stats.failing_rules.set(failing);
         Ok(out)
     }
 
@@ -1092,6 +1103,11 @@ mod tests {
         assert_eq!(m.len(), 1, "the other rule still ran");
         let s = engine.stats();
         assert_eq!((s.rule_failures.get(), s.rule_timeouts.get()), (1, 1));
+        assert_eq!(
+            s.failing_rules.get(),
+            1,
+            "one rule failed in the last batch"
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@
 //! # }
 //! ```
 
-use collector_core::metrics::{Counter, Registry};
+use collector_core::metrics::{Counter, Gauge, Registry};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -135,6 +135,9 @@ pub struct WriterStats {
     pub events_dropped_queue_full: Counter,
     /// Events refused because the writer had closed (never accepted).
     pub events_refused: Counter,
+    /// 1 while the last transaction was lost (failed twice), 0 once one
+    /// commits again: health reads it.
+    pub failing: Gauge,
 }
 
 impl WriterStats {
@@ -195,6 +198,12 @@ impl WriterStats {
                     &self.events_refused,
                 ),
             ],
+        );
+        registry.register_gauge(
+            "daemoneye_store_failing",
+            "1 while the store's last transaction was lost, 0 once one commits again.",
+            &[("stage", "store")],
+            &self.failing,
         );
         registry.register_counter(
             "daemoneye_events_dropped_total",
@@ -651,6 +660,7 @@ fn write_with_retry(store: &mut Slot, s: &WriterStats, ops: &[Op<'_>], tally: &T
         Ok(r) => committed(s, tally, &r),
         Err(err) => {
             s.write_errors.inc();
+            s.failing.set(1);
             s.events_dropped_write_failed.add_usize(tally.events);
             let lost = tally.batches + tally.alerts + tally.other;
             s.failures.add_usize(lost);
@@ -674,6 +684,7 @@ fn committed(s: &WriterStats, tally: &Tally, done: &Recorded) {
     s.lifecycle_events.add(done.lifecycle);
     s.snapshots.add(done.snapshots);
     s.transactions_committed.inc();
+    s.failing.set(0);
 }
 
 #[cfg(test)]

@@ -305,6 +305,7 @@ async fn writer_counts_failed_writes_and_keeps_going() {
         "tried, retried once: {stats:?}"
     );
     assert_eq!(get(&stats.events_dropped_write_failed), 5);
+    assert_eq!(stats.failing.get(), 1, "failing while writes are lost");
     assert_eq!(get(&stats.failures), 1);
     assert_eq!(get(&stats.events_written), 1);
 
@@ -313,6 +314,7 @@ async fn writer_counts_failed_writes_and_keeps_going() {
     handle.events(vec![rich(7, ProcessEventType::Exit)]).await;
     let stats = handle.close().await;
     assert_eq!(get(&stats.events_written), 2);
+    assert_eq!(stats.failing.get(), 0, "a commit clears it");
     assert_eq!(
         get(&stats.events_accepted),
         get(&stats.events_written) + get(&stats.events_dropped_write_failed)
