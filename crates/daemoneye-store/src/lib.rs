@@ -49,8 +49,8 @@ pub mod writer;
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow, Store,
-    StoreError, StoredEvent, StoredProcess, BUSY_TIMEOUT, FILE, QUERY_TIME_LIMIT,
+    Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,
+    Store, StoreError, StoredEvent, StoredProcess, BUSY_TIMEOUT, FILE, QUERY_TIME_LIMIT,
 };
 pub use writer::{
     StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_EVENTS,

@@ -534,6 +534,14 @@ impl Store {
                 Op::Alert(alert) => {
                     write_alert_in(&tx, &mut chain, alert)?;
                 }
+                Op::Gap(gap) => {
+                    let content =
+                        serde_json::to_string(gap).map_err(|source| StoreError::Encode {
+                            field: "gap",
+                            source,
+                        })?;
+                    chain.append(&tx, "gap", &content)?;
+                }
                 Op::Snapshot(processes) => {
                     write_snapshot_in(&tx, processes)?;
                     done.snapshots += 1;
@@ -774,9 +782,26 @@ impl Store {
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
     Events(&'a [ProcessEvent]),
+    /// A ledger entry saying what earlier failed transactions lost.
+    Gap(&'a Gap),
     Snapshot(&'a [ProcessEvent]),
     Alert(&'a Alert),
     ClearProcesses,
+}
+
+/// What failed transactions lost, recorded in the ledger (kind `gap`) by
+/// the first transaction that commits after them: a hole in what the store
+/// holds is itself on the chain.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// Events lost.
+    pub events_lost: u64,
+    /// Writes lost (event batches, alerts, snapshots, other writes).
+    pub writes_lost: u64,
+    /// When the first of them was lost, unix nanoseconds.
+    pub first_lost_at: i64,
+    /// When the last of them was lost, unix nanoseconds.
+    pub last_lost_at: i64,
 }
 
 /// Writes one snapshot of the process table inside `tx` (its rows, and
@@ -1285,6 +1310,11 @@ fn decode_event_type(text: &str, table: &'static str) -> Result<ProcessEventType
 }
 
 /// Unix nanoseconds, saturating outside 1677..2262.
+/// Now, in unix nanoseconds.
+pub(crate) fn unix_nanos_now() -> i64 {
+    to_nanos(SystemTime::now())
+}
+
 fn to_nanos(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),

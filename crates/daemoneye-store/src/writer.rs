@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::alert::Alert;
-use crate::store::{Op, Recorded, Store, StoreError};
+use crate::store::{Gap, Op, Recorded, Store, StoreError};
 
 /// Configuration of a [`StoreWriter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +135,8 @@ pub struct WriterStats {
     pub events_dropped_queue_full: Counter,
     /// Events refused because the writer had closed (never accepted).
     pub events_refused: Counter,
+    /// Ledger entries recording what failed transactions lost.
+    pub gaps_recorded: Counter,
     /// 1 while the last transaction was lost (failed twice), 0 once one
     /// commits again: health reads it.
     pub failing: Gauge,
@@ -191,6 +193,11 @@ impl WriterStats {
                     "daemoneye_store_write_errors_total",
                     "Failed store transaction attempts.",
                     &self.write_errors,
+                ),
+                (
+                    "daemoneye_store_gaps_recorded_total",
+                    "Ledger entries recording what failed transactions lost.",
+                    &self.gaps_recorded,
                 ),
                 (
                     "daemoneye_events_refused_total",
@@ -290,6 +297,7 @@ impl StoreWriter {
             .map_err(StoreError::Spawn)?;
         let worker = Worker {
             store,
+            gap: Gap::default(),
             rx,
             stats: Arc::clone(&stats),
             batch_events: config.batch_events.max(1),
@@ -463,6 +471,8 @@ impl Slot {
 
 struct Worker {
     store: Slot,
+    /// What was lost since the last commit, to record in the ledger.
+    gap: Gap,
     rx: mpsc::Receiver<Write>,
     stats: Arc<WriterStats>,
     batch_events: usize,
@@ -627,7 +637,7 @@ impl Worker {
             txs.push((ops, tally));
         }
         for (ops, tally) in &txs {
-            write_with_retry(&mut self.store, &self.stats, ops, tally);
+            write_with_retry(&mut self.store, &self.stats, ops, tally, &mut self.gap);
         }
         drop(txs);
         pending.clear();
@@ -644,9 +654,15 @@ struct Tally {
     other: usize,
 }
 
-fn write_with_retry(store: &mut Slot, s: &WriterStats, ops: &[Op<'_>], tally: &Tally) {
+fn write_with_retry(
+    store: &mut Slot,
+    s: &WriterStats,
+    ops: &[Op<'_>],
+    tally: &Tally,
+    gap: &mut Gap,
+) {
     let first = match store.apply(ops) {
-        Ok(r) => return committed(s, tally, &r),
+        Ok(r) => return committed(store, s, tally, &r, gap),
         Err(err) => err,
     };
     s.write_errors.inc();
@@ -657,12 +673,19 @@ fn write_with_retry(store: &mut Slot, s: &WriterStats, ops: &[Op<'_>], tally: &T
         "store write failed, retrying once"
     );
     match store.apply(ops) {
-        Ok(r) => committed(s, tally, &r),
+        Ok(r) => committed(store, s, tally, &r, gap),
         Err(err) => {
             s.write_errors.inc();
             s.failing.set(1);
             s.events_dropped_write_failed.add_usize(tally.events);
             let lost = tally.batches + tally.alerts + tally.other;
+            let now = crate::store::unix_nanos_now();
+            if gap.writes_lost == 0 {
+                gap.first_lost_at = now;
+            }
+            gap.last_lost_at = now;
+            gap.events_lost += tally.events as u64;
+            gap.writes_lost += lost.max(1) as u64;
             s.failures.add_usize(lost);
             let n = s.failures.get();
             error!(
@@ -677,7 +700,18 @@ fn write_with_retry(store: &mut Slot, s: &WriterStats, ops: &[Op<'_>], tally: &T
     }
 }
 
-fn committed(s: &WriterStats, tally: &Tally, done: &Recorded) {
+/// Counts a committed transaction; then records what was lost before it,
+/// if anything, in the ledger (kept for the next commit if that fails).
+fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, gap: &mut Gap) {
+    if gap.writes_lost > 0 && store.apply(&[Op::Gap(gap)]).is_ok() {
+        warn!(
+            events_lost = gap.events_lost,
+            writes_lost = gap.writes_lost,
+            "store writing again; the loss is recorded in the ledger"
+        );
+        s.gaps_recorded.inc();
+        *gap = Gap::default();
+    }
     s.events_written.add_usize(tally.events);
     s.batches.add_usize(tally.batches);
     s.alerts.add_usize(tally.alerts);

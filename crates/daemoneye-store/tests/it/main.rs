@@ -319,10 +319,19 @@ async fn writer_counts_failed_writes_and_keeps_going() {
         get(&stats.events_accepted),
         get(&stats.events_written) + get(&stats.events_dropped_write_failed)
     );
+    assert_eq!(get(&stats.gaps_recorded), 1);
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), 1);
-    // The failed batch left no ledger entries behind: the chain verifies.
-    assert_eq!(db.verify_ledger().unwrap().entries, 2);
+    // The failed batch left no entries of its own; its loss is on the chain,
+    // recorded by the first commit after it; the chain verifies.
+    assert_eq!(db.verify_ledger().unwrap().entries, 3);
+    let gap = db
+        .query("SELECT content FROM ledger WHERE kind = 'gap'")
+        .unwrap();
+    assert_eq!(gap.rows.len(), 1, "{gap:?}");
+    let gap: daemoneye_store::Gap = serde_json::from_str(gap.rows[0][0].as_str().unwrap()).unwrap();
+    assert_eq!((gap.events_lost, gap.writes_lost), (5, 1));
+    assert!(gap.first_lost_at > 0 && gap.last_lost_at >= gap.first_lost_at);
 }
 
 /// The agent's store as builds before the versioned schema wrote it.
