@@ -164,7 +164,7 @@ pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// A fieldless public enum whose values have lowercase names: the enum
 /// (serde with those names, `non_exhaustive`), `ALL`, `as_str` and
-/// `from_name`, from one list of `Variant = "name",`.
+/// `from_name` and `Display`, from one list of `Variant = "name",`.
 macro_rules! names {
     ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+ }) => {
         $(#[$meta])*
@@ -189,6 +189,12 @@ macro_rules! names {
             /// The value named `name` (as [`as_str`](Self::as_str) gives it).
             pub fn from_name(name: &str) -> Option<Self> {
                 Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
             }
         }
     };

@@ -6,7 +6,6 @@
 //! goes on.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -41,48 +40,21 @@ pub enum CollectionEvent {
     TriggerRequest(TriggerRequest),
 }
 
-/// The kind of a [`CollectionEvent`], without its data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum EventKind {
-    /// [`CollectionEvent::Process`].
-    Process,
-    /// [`CollectionEvent::Network`].
-    Network,
-    /// [`CollectionEvent::Filesystem`].
-    Filesystem,
-    /// [`CollectionEvent::Performance`].
-    Performance,
-    /// [`CollectionEvent::TriggerRequest`].
-    TriggerRequest,
-}
-
-impl EventKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [Self; 5] = [
-        Self::Process,
-        Self::Network,
-        Self::Filesystem,
-        Self::Performance,
-        Self::TriggerRequest,
-    ];
-
-    /// The lowercase name used in topics, logs and JSON.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Network => "network",
-            Self::Filesystem => "filesystem",
-            Self::Performance => "performance",
-            Self::TriggerRequest => "trigger_request",
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+names! {
+    /// The kind of a [`CollectionEvent`], without its data; its name is the
+    /// one used in topics, logs and JSON.
+    #[derive(PartialOrd, Ord)]
+    EventKind {
+        /// [`CollectionEvent::Process`].
+        Process = "process",
+        /// [`CollectionEvent::Network`].
+        Network = "network",
+        /// [`CollectionEvent::Filesystem`].
+        Filesystem = "filesystem",
+        /// [`CollectionEvent::Performance`].
+        Performance = "performance",
+        /// [`CollectionEvent::TriggerRequest`].
+        TriggerRequest = "trigger_request",
     }
 }
 
@@ -198,15 +170,14 @@ fn invalid(kind: EventKind, field: &'static str, reason: &'static str) -> EventV
     }
 }
 
-/// A hash function used for executables and files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HashAlgorithm {
-    /// SHA-256 (64 hex digits).
-    Sha256,
-    /// BLAKE3 with its default 32-byte output (64 hex digits).
-    Blake3,
+names! {
+    /// A hash function used for executables and files.
+    HashAlgorithm {
+        /// SHA-256 (64 hex digits).
+        Sha256 = "sha256",
+        /// BLAKE3 with its default 32-byte output (64 hex digits).
+        Blake3 = "blake3",
+    }
 }
 
 impl HashAlgorithm {
@@ -214,14 +185,6 @@ impl HashAlgorithm {
     pub const fn hex_len(self) -> usize {
         match self {
             Self::Sha256 | Self::Blake3 => 64,
-        }
-    }
-
-    /// The lowercase name (`sha256`, `blake3`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Sha256 => "sha256",
-            Self::Blake3 => "blake3",
         }
     }
 }
@@ -289,65 +252,40 @@ fn validate_metadata(
     Ok(())
 }
 
-/// What a [`ProcessEvent`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ProcessEventType {
-    /// Seen in a full snapshot of the process table.
-    #[default]
-    Snapshot,
-    /// First seen by reconciling snapshots (started between two of them).
-    Start,
-    /// Forked (real-time).
-    Fork,
-    /// Executed a new program (real-time).
-    Exec,
-    /// Exited; `exit_code` says how when known.
-    Exit,
-    /// Its argv, executable, user or name changed.
-    Modified,
-    /// Suspicious: its pid now names another process (PID reuse).
-    PidReused,
-    /// Suspicious: its executable was deleted while it runs.
-    ExecutableDeleted,
-    /// Suspicious: the file at its executable path is no longer the one it runs.
-    ExecutableReplaced,
-    /// Suspicious: its start time is impossible (in the future, or before its parent's).
-    StartTimeAnomaly,
+names! {
+    /// What a [`ProcessEvent`] reports.
+    ProcessEventType {
+        /// Seen in a full snapshot of the process table.
+        Snapshot = "snapshot",
+        /// First seen by reconciling snapshots (started between two of them).
+        Start = "start",
+        /// Forked (real-time).
+        Fork = "fork",
+        /// Executed a new program (real-time).
+        Exec = "exec",
+        /// Exited; `exit_code` says how when known.
+        Exit = "exit",
+        /// Its argv, executable, user or name changed.
+        Modified = "modified",
+        /// Suspicious: its pid now names another process (PID reuse).
+        PidReused = "pid_reused",
+        /// Suspicious: its executable was deleted while it runs.
+        ExecutableDeleted = "executable_deleted",
+        /// Suspicious: the file at its executable path is no longer the one it runs.
+        ExecutableReplaced = "executable_replaced",
+        /// Suspicious: its start time is impossible (in the future, or before its parent's).
+        StartTimeAnomaly = "start_time_anomaly",
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the enum comes from `names!`
+impl Default for ProcessEventType {
+    fn default() -> Self {
+        Self::Snapshot
+    }
 }
 
 impl ProcessEventType {
-    /// Every event type.
-    pub const ALL: [Self; 10] = [
-        Self::Snapshot,
-        Self::Start,
-        Self::Fork,
-        Self::Exec,
-        Self::Exit,
-        Self::Modified,
-        Self::PidReused,
-        Self::ExecutableDeleted,
-        Self::ExecutableReplaced,
-        Self::StartTimeAnomaly,
-    ];
-
-    /// The lowercase name (`start`, `exec`, `exit`, ...).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Snapshot => "snapshot",
-            Self::Start => "start",
-            Self::Fork => "fork",
-            Self::Exec => "exec",
-            Self::Exit => "exit",
-            Self::Modified => "modified",
-            Self::PidReused => "pid_reused",
-            Self::ExecutableDeleted => "executable_deleted",
-            Self::ExecutableReplaced => "executable_replaced",
-            Self::StartTimeAnomaly => "start_time_anomaly",
-        }
-    }
-
     /// Whether this reports something suspicious rather than routine.
     pub const fn is_suspicious(self) -> bool {
         matches!(
@@ -357,12 +295,6 @@ impl ProcessEventType {
                 | Self::ExecutableReplaced
                 | Self::StartTimeAnomaly
         )
-    }
-}
-
-impl fmt::Display for ProcessEventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -11,8 +11,6 @@
 //! check that every process column they offer is in this list with this
 //! type.
 
-use std::fmt;
-
 names! {
     /// The SQL type of a column (as SQLite stores it).
     SqlType {
@@ -37,12 +35,6 @@ impl SqlType {
             Self::Real => "REAL",
             Self::Text | Self::JsonArray => "TEXT",
         }
-    }
-}
-
-impl fmt::Display for SqlType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -217,11 +217,11 @@ impl Decoder {
     }
 
     fn hash(&self, name: Option<&str>) -> Result<Option<HashAlgorithm>, RecordError> {
-        self.name("hash algorithm", name.unwrap_or_default(), |n| {
-            [HashAlgorithm::Sha256, HashAlgorithm::Blake3]
-                .into_iter()
-                .find(|a| a.as_str() == n)
-        })
+        self.name(
+            "hash algorithm",
+            name.unwrap_or_default(),
+            HashAlgorithm::from_name,
+        )
     }
 
     fn out_of_range(&self, field: &'static str, value: &dyn ToString) -> RecordError {
@@ -261,9 +261,7 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
     let r = record;
     let d = Decoder::new(EventKind::Process, Some(r.pid));
     let event_type = d
-        .name("event type", &r.event_type, |n| {
-            ProcessEventType::ALL.into_iter().find(|t| t.as_str() == n)
-        })?
+        .name("event type", &r.event_type, ProcessEventType::from_name)?
         .unwrap_or_default();
     let mut letters = r.state.chars();
     let (state, None) = (letters.next(), letters.next()) else {
@@ -596,7 +594,7 @@ mod tests {
         );
         assert_eq!(domain_to_caps(Domain::Network), SourceCaps::NETWORK);
         assert_eq!(domain_to_caps(Domain::Unspecified), SourceCaps::empty());
-        for kind in crate::EventKind::ALL {
+        for &kind in crate::EventKind::ALL {
             assert_eq!(
                 kind_to_proto(kind).as_str_name().to_lowercase(),
                 format!("event_kind_{kind}")
@@ -768,7 +766,7 @@ mod tests {
             proptest::option::of(0.0f64..1e4),
             proptest::option::of(any::<u64>()),
             proptest::option::of("[0-9a-f]{64}"),
-            pick(&ProcessEventType::ALL),
+            pick(ProcessEventType::ALL),
         );
         let flags = (
             any::<(bool, bool, bool)>(),
