@@ -121,6 +121,7 @@ struct Counters {
     overruns: Counter,
     realtime: Gauge,
     enrich_failed: Counter,
+    hashes_skipped: Counter,
     reader: ReaderCounters,
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
@@ -219,6 +220,19 @@ impl ProcmondMonitorCollector {
 /// hit, far less than a first hash of a large binary.
 const HASH_WAIT: Duration = Duration::from_millis(2);
 
+/// The most executables hashed at once: each open file, task and map entry
+/// is bounded by it.
+pub const MAX_HASHES_IN_FLIGHT: usize = 64;
+
+/// Whether `tasks` has room for one more, after forgetting the finished
+/// ones when it is full (their digests are in the hasher's cache).
+fn make_room<T>(tasks: &mut HashMap<String, JoinHandle<T>>, cap: usize) -> bool {
+    if tasks.len() >= cap {
+        tasks.retain(|_, t| !t.is_finished());
+    }
+    tasks.len() < cap
+}
+
 /// Converts a `CLOCK_MONOTONIC` kernel timestamp into wall-clock time.
 fn wall_time(timestamp_ns: u64) -> SystemTime {
     let now = SystemTime::now();
@@ -251,6 +265,13 @@ impl Run<'_> {
         let Some(path) = e.executable_path.as_ref().filter(|_| e.file_exists) else {
             return;
         };
+        if !self.hashing.contains_key(path) && !make_room(&mut self.hashing, MAX_HASHES_IN_FLIGHT) {
+            // Many new executables at once (a hostile user's hardlinks):
+            // the event goes on without its hash, counted, rather than
+            // the collector opening files without bound.
+            self.collector.counters.hashes_skipped.inc();
+            return;
+        }
         let handle = match self.hashing.entry(path.clone()) {
             // Being hashed: events never wait behind a long first hash.
             Entry::Occupied(o) if !o.get().is_finished() => return,
@@ -803,6 +824,11 @@ impl ProcmondStatsHandle {
                     "Execs and forks whose process was gone before /proc could be read.",
                     &c.enrich_failed,
                 ),
+                (
+                    "daemoneye_hashes_skipped_total",
+                    "Events left without a hash because MAX_HASHES_IN_FLIGHT executables were being hashed.",
+                    &c.hashes_skipped,
+                ),
             ],
         );
         registry.register_gauge(
@@ -814,5 +840,38 @@ impl ProcmondStatsHandle {
         c.reader.register(registry);
         c.lifecycle.register(registry);
         c.snapshots.register(registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_in_flight_are_bounded_and_finished_ones_make_room() {
+        let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let (release, wait) = tokio::sync::watch::channel(false);
+        for i in 0..3 {
+            assert!(make_room(&mut tasks, 3));
+            let mut wait = wait.clone();
+            tasks.insert(
+                format!("/bin/{i}"),
+                tokio::spawn(async move {
+                    let _ = wait.wait_for(|go| *go).await;
+                }),
+            );
+        }
+        // Full of running hashes: no room, nothing forgotten.
+        assert!(!make_room(&mut tasks, 3));
+        assert_eq!(tasks.len(), 3);
+        // Once they finish, the next one finds room.
+        release.send_replace(true);
+        for t in tasks.values_mut() {
+            t.await.unwrap();
+        }
+        assert!(make_room(&mut tasks, 3));
+        assert!(tasks.is_empty());
     }
 }
