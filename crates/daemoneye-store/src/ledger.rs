@@ -190,6 +190,87 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
     })
 }
 
+/// The first `alerts` row whose ledger entry says otherwise (its body, or a
+/// column that is not its body's).
+const ALERT_ROW_EDITED: &str = "SELECT a.ledger_seq FROM alerts a \
+     LEFT JOIN ledger l ON l.seq = a.ledger_seq \
+     WHERE a.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT 'alert' \
+       OR l.content IS NOT a.body \
+       OR a.rule_id IS NOT json_extract(l.content, '$.rule_id') \
+       OR a.rule_name IS NOT json_extract(l.content, '$.rule_name') \
+       OR a.severity IS NOT json_extract(l.content, '$.severity') \
+       OR a.pid IS NOT json_extract(l.content, '$.process.pid') \
+       OR a.process_key IS NOT json_extract(l.content, '$.process.process_key') \
+       OR a.dedup_key IS NOT json_extract(l.content, '$.dedup_key') \
+       OR a.observed_at IS NOT json_extract(l.content, '$.observed_at') \
+       OR a.raised_at IS NOT json_extract(l.content, '$.raised_at')) \
+     ORDER BY a.ledger_seq LIMIT 1";
+
+/// The first `process_events` row whose ledger entry says otherwise.
+const EVENT_ROW_EDITED: &str = "SELECT e.ledger_seq FROM process_events e \
+     LEFT JOIN ledger l ON l.seq = e.ledger_seq \
+     WHERE e.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT 'process_event' \
+       OR e.pid IS NOT json_extract(l.content, '$.pid') \
+       OR e.ppid IS NOT json_extract(l.content, '$.ppid') \
+       OR e.name IS NOT json_extract(l.content, '$.name') \
+       OR e.exe IS NOT json_extract(l.content, '$.executable_path') \
+       OR json(e.argv) IS NOT json_extract(l.content, '$.command_line') \
+       OR e.uid IS NOT json_extract(l.content, '$.user_id') \
+       OR e.event_type IS NOT json_extract(l.content, '$.event_type') \
+       OR e.process_key IS NOT json_extract(l.content, '$.process_key') \
+       OR e.exe_hash IS NOT json_extract(l.content, '$.executable_hash') \
+       OR e.exit_code IS NOT json_extract(l.content, '$.exit_code')) \
+     ORDER BY e.ledger_seq LIMIT 1";
+
+/// The first entry of `kind` whose row in `table` is gone.
+fn row_deleted(kind: &str, table: &str) -> String {
+    format!(
+        "SELECT l.seq FROM ledger l WHERE l.kind = '{kind}' \
+         AND NOT EXISTS (SELECT 1 FROM {table} r WHERE r.ledger_seq = l.seq) \
+         ORDER BY l.seq LIMIT 1"
+    )
+}
+
+/// Checks the rows the ledger vouches for against their entries: every
+/// `alerts` row (what `daemoneye-cli alerts` shows) and every
+/// `process_events` row with an entry must say what the entry says, and no
+/// entry may have lost its row. Alerts stored before their rows named
+/// their entries (an adopted legacy store) are not checked for deletion.
+///
+/// # Errors
+/// [`LedgerError::Broken`] naming the first entry whose row was edited or
+/// deleted; [`LedgerError::Sqlite`] when the tables cannot be read.
+pub fn verify_rows(conn: &Connection) -> Result<(), LedgerError> {
+    let first = |sql: &str| -> Result<Option<i64>, LedgerError> {
+        Ok(conn.query_row(sql, [], |r| r.get(0)).optional()?)
+    };
+    let edited = "its row does not say what the entry says (the row was edited)";
+    let deleted = "its row is gone (the row was deleted)";
+    let unnamed: i64 = conn.query_row(
+        "SELECT count(*) FROM alerts WHERE ledger_seq IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    let checks = [
+        (Some(ALERT_ROW_EDITED.to_owned()), edited),
+        (Some(EVENT_ROW_EDITED.to_owned()), edited),
+        (
+            (unnamed == 0).then(|| row_deleted("alert", "alerts")),
+            deleted,
+        ),
+        (
+            Some(row_deleted("process_event", "process_events")),
+            deleted,
+        ),
+    ];
+    for (sql, reason) in checks {
+        if let Some(seq) = sql.map(|q| first(&q)).transpose()?.flatten() {
+            return Err(LedgerError::Broken { seq, reason });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -687,13 +687,17 @@ impl Store {
         result
     }
 
-    /// Verifies the ledger.
+    /// Verifies the ledger: its chain, then the rows it vouches for
+    /// ([`ledger::verify_rows`]: an edited or deleted `alerts` or
+    /// `process_events` row is caught too).
     ///
     /// # Errors
     /// [`StoreError::Ledger`] with [`LedgerError::Broken`] naming the first
     /// bad entry.
     pub fn verify_ledger(&self) -> Result<Verified, StoreError> {
-        Ok(ledger::verify(&self.conn)?)
+        let verified = ledger::verify(&self.conn)?;
+        ledger::verify_rows(&self.conn)?;
+        Ok(verified)
     }
 
     /// The `limit` most recent lifecycle events, newest first.

@@ -324,7 +324,15 @@ async fn writer_counts_failed_writes_and_keeps_going() {
     assert_eq!(db.count_events().unwrap(), 1);
     // The failed batch left no entries of its own; its loss is on the chain,
     // recorded by the first commit after it; the chain verifies.
-    assert_eq!(db.verify_ledger().unwrap().entries, 3);
+    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 3);
+    // The table this test dropped took the first event's row with it: the
+    // store's verification says so, naming that entry.
+    match db.verify_ledger() {
+        Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 1, reason })) => {
+            assert!(reason.contains("deleted"), "{reason}");
+        }
+        other => panic!("the deleted row went unnoticed: {other:?}"),
+    }
     let gap = db
         .query("SELECT content FROM ledger WHERE kind = 'gap'")
         .unwrap();
@@ -659,6 +667,46 @@ fn process_tables_speak_the_one_vocabulary() {
                 .unwrap_or_else(|| panic!("{table}.{name} is not in the vocabulary"));
             assert!(!v.derived, "{table}.{name} is derived, not stored");
             assert_eq!(ty, v.ty.sqlite(), "{table}.{name}");
+        }
+    }
+}
+
+/// Verify checks the rows users read, not only the ledger's own copies: an
+/// edited alert, an edited event and a deleted alert are each caught,
+/// naming their entry.
+#[test]
+fn verify_catches_edited_and_deleted_rows_not_only_entries() {
+    let cases: [(&str, i64, &str); 4] = [
+        ("UPDATE alerts SET severity = 'low'", 2, "edited"),
+        (
+            "UPDATE alerts SET body = replace(body, 'before', 'after')",
+            2,
+            "edited",
+        ),
+        ("UPDATE process_events SET name = 'innocent'", 1, "edited"),
+        ("DELETE FROM alerts", 2, "deleted"),
+    ];
+    for (tamper, seq, what) in cases {
+        let (_dir, path, mut db) = with_one_exec();
+        let e = rich(10, ProcessEventType::Exec);
+        db.record_alert(&Alert::new(
+            &LegacyRule,
+            AlertProcess::from_event(&e, None),
+            e.timestamp,
+        ))
+        .unwrap();
+        assert_eq!(
+            db.verify_ledger().unwrap().entries,
+            2,
+            "untouched, it verifies"
+        );
+        raw(&path).execute_batch(tamper).unwrap();
+        match db.verify_ledger() {
+            Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: at, reason })) => {
+                assert_eq!(at, seq, "{tamper}");
+                assert!(reason.contains(what), "{tamper}: {reason}");
+            }
+            other => panic!("{tamper} went unnoticed: {other:?}"),
         }
     }
 }
