@@ -42,7 +42,7 @@ async fn metrics_listen_serves_the_agent_counters() {
     let alerts = alerts_pipe(&fifo);
     let rest = format!(
         r#"
-        metrics_listen = "127.0.0.1:0"
+        metrics_listen = "127.0.0.2:0"
         [[collector]]
         name = "alpha"
         socket = "{socket}"
@@ -177,7 +177,8 @@ async fn metrics_listen_serves_the_agent_counters() {
         .await
         .expect("the agent stops when told")
         .unwrap();
-    // Served until the agent stopped, not after.
+    // Served until the agent stopped, not after. (On 127.0.0.2: the other
+    // tests' listeners on 127.0.0.1 cannot take over the freed port.)
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     alpha.stop().await;
 }
