@@ -431,6 +431,23 @@ pub struct ProcessContext {
     pub user_ns: Option<u64>,
 }
 
+impl ProcessContext {
+    /// This context, shared, as a [`ProcessEvent`] holds it: `None` when it
+    /// is empty (an empty context is no context, on the wire and in the
+    /// store alike).
+    pub fn shared(self) -> Option<Arc<Self>> {
+        (self != NO_CONTEXT).then(|| Arc::new(self))
+    }
+}
+
+impl LifecycleDetail {
+    /// This detail, boxed, as a [`ProcessEvent`] holds it: `None` when it
+    /// says nothing.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (self != NO_LIFECYCLE).then(|| Box::new(self))
+    }
+}
+
 static NO_CONTEXT: ProcessContext = ProcessContext {
     cgroup: None,
     container_id: None,

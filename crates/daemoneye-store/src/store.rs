@@ -1131,12 +1131,8 @@ impl Detail {
         c.mnt_ns = self.mnt_ns;
         c.net_ns = self.net_ns;
         c.user_ns = self.user_ns;
-        p.context = Some(c)
-            .filter(|c| *c != ProcessContext::default())
-            .map(Arc::new);
-        p.lifecycle = Some(self.lifecycle)
-            .filter(|l| *l != LifecycleDetail::default())
-            .map(Box::new);
+        p.context = c.shared();
+        p.lifecycle = self.lifecycle.boxed();
     }
 }
 

@@ -662,9 +662,7 @@ impl ProcReader {
                     .ok()
                     .and_then(|t| procfs::parse_ns_link(t.as_encoded_bytes()));
             }
-            out.context = Some(c)
-                .filter(|c| *c != ProcessContext::default())
-                .map(Arc::new);
+            out.context = c.shared();
         }
         out
     }

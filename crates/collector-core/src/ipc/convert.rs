@@ -2,7 +2,6 @@
 //! domains.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
@@ -306,25 +305,23 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
             .name("read", &r.read, ReadDepth::from_name)?
             .unwrap_or_default(),
         // An empty context or detail is none at all, on the wire and here.
-        context: Some(ProcessContext {
+        context: ProcessContext {
             cgroup: context.cgroup,
             container_id: context.container_id,
             pid_ns: context.pid_ns,
             mnt_ns: context.mnt_ns,
             net_ns: context.net_ns,
             user_ns: context.user_ns,
-        })
-        .filter(|c| *c != ProcessContext::default())
-        .map(Arc::new),
-        lifecycle: Some(LifecycleDetail {
+        }
+        .shared(),
+        lifecycle: LifecycleDetail {
             observed_by: d.name("observed_by", &life.observed_by, ObservedBy::from_name)?,
             previous_key: d.key(&life.previous_process_key)?,
             changed,
             anomaly: d.name("anomaly", &life.anomaly, StartTimeAnomaly::from_name)?,
             run_time_ms: life.run_time_ms,
-        })
-        .filter(|l| *l != LifecycleDetail::default())
-        .map(Box::new),
+        }
+        .boxed(),
     };
     match d.checked(CollectionEvent::Process(event))? {
         CollectionEvent::Process(e) => Ok(e),
@@ -819,25 +816,23 @@ mod tests {
                     cpu_ticks,
                     exe_replaced,
                     read,
-                    context: Some(ProcessContext {
+                    context: ProcessContext {
                         cgroup: cg,
                         container_id: cid,
                         pid_ns: ns.map(|n| n.0),
                         mnt_ns: ns.map(|n| n.1),
                         net_ns: ns.map(|n| n.2),
                         user_ns: ns.map(|n| n.3),
-                    })
-                    .filter(|c| *c != ProcessContext::default())
-                    .map(Arc::new),
-                    lifecycle: Some(LifecycleDetail {
+                    }
+                    .shared(),
+                    lifecycle: LifecycleDetail {
                         observed_by,
                         previous_key,
                         changed,
                         anomaly,
                         run_time_ms,
-                    })
-                    .filter(|l| *l != LifecycleDetail::default())
-                    .map(Box::new),
+                    }
+                    .boxed(),
                 }
             })
         })

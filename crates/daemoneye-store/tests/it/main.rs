@@ -583,21 +583,19 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
             exe_replaced,
             read,
             // Empty is none, in the store as on the wire.
-            context: Some(ProcessContext {
+            context: ProcessContext {
                 container_id: cg.as_ref().map(|c| c.0.clone()),
                 cgroup: cg.map(|c| c.1),
                 net_ns: ns,
                 ..ProcessContext::default()
-            })
-            .filter(|c| *c != ProcessContext::default())
-            .map(std::sync::Arc::new),
-            lifecycle: Some(LifecycleDetail {
+            }
+            .shared(),
+            lifecycle: LifecycleDetail {
                 changed,
                 run_time_ms: ns,
                 ..LifecycleDetail::default()
-            })
-            .filter(|l| *l != LifecycleDetail::default())
-            .map(Box::new),
+            }
+            .boxed(),
         },
     )
 }
