@@ -61,7 +61,6 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
@@ -1121,17 +1120,22 @@ impl Detail {
         }
     }
 
-    fn apply(self, p: &mut ProcessEvent) {
+    /// Fills `p` from this detail and the context columns (`container_id`,
+    /// `cgroup`): the context is built once.
+    fn apply(self, p: &mut ProcessEvent, container_id: Option<String>, cgroup: Option<String>) {
         p.state = self.state;
         p.threads = self.threads;
         p.cpu_ticks = self.cpu_ticks;
         p.read = self.read;
-        let mut c = p.context().clone();
-        c.pid_ns = self.pid_ns;
-        c.mnt_ns = self.mnt_ns;
-        c.net_ns = self.net_ns;
-        c.user_ns = self.user_ns;
-        p.context = c.shared();
+        p.context = ProcessContext {
+            cgroup,
+            container_id,
+            pid_ns: self.pid_ns,
+            mnt_ns: self.mnt_ns,
+            net_ns: self.net_ns,
+            user_ns: self.user_ns,
+        }
+        .shared();
         p.lifecycle = self.lifecycle.boxed();
     }
 }
@@ -1288,14 +1292,9 @@ fn decode_process(
         euid: row.get(base + 16)?,
         gid: row.get(base + 17)?,
         exe_replaced: row.get(base + 18)?,
-        context: Some(Arc::new(ProcessContext {
-            container_id: row.get(base + 19)?,
-            cgroup: row.get(base + 20)?,
-            ..ProcessContext::default()
-        })),
         ..ProcessEvent::default()
     };
-    detail.apply(&mut event);
+    detail.apply(&mut event, row.get(base + 19)?, row.get(base + 20)?);
     Ok(event)
 }
 
