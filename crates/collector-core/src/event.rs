@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use daemoneye_lib::models::{BootId, ProcessKey};
+pub use daemoneye_lib::models::{BootId, EventId, ProcessKey};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on the number of entries in an event's metadata map.
@@ -103,9 +103,39 @@ impl CollectionEvent {
         }
     }
 
+    /// The event's id, once a runtime accepted it (trigger requests have
+    /// their own `trigger_id` and none).
+    pub const fn id(&self) -> Option<EventId> {
+        match self {
+            Self::Process(e) => e.id,
+            Self::Network(e) => e.id,
+            Self::Filesystem(e) => e.id,
+            Self::Performance(e) => e.id,
+            Self::TriggerRequest(_) => None,
+        }
+    }
+
+    /// Names the event, unless it already has an id (a trigger request has
+    /// no place for one). Returns whether it took `id`.
+    pub fn name_once(&mut self, id: EventId) -> bool {
+        let slot = match self {
+            Self::Process(e) => &mut e.id,
+            Self::Network(e) => &mut e.id,
+            Self::Filesystem(e) => &mut e.id,
+            Self::Performance(e) => &mut e.id,
+            Self::TriggerRequest(_) => return false,
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(id);
+        true
+    }
+
     /// What every event has, whatever its domain.
     pub const fn header(&self) -> EventHeader {
         EventHeader {
+            id: self.id(),
             kind: self.kind(),
             time: self.timestamp(),
             pid: self.pid(),
@@ -131,8 +161,8 @@ impl CollectionEvent {
     }
 }
 
-/// The fields every event has, whatever its domain: what it is, when it was
-/// observed, and which process it is about (by pid and by its stable key,
+/// The fields every event has, whatever its domain: its id, what it is, when
+/// it was observed, and which process it is about (by pid and by its stable key,
 /// which names one process even after its pid is reused).
 ///
 /// The source that produced an event travels with its batch
@@ -140,6 +170,8 @@ impl CollectionEvent {
 /// `source_name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventHeader {
+    /// The event's id, once a runtime accepted it.
+    pub id: Option<EventId>,
     /// The event's domain.
     pub kind: EventKind,
     /// When it was observed.
@@ -378,6 +410,10 @@ pub struct ProcessEvent {
     /// [`lifecycle_mut`](Self::lifecycle_mut).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Box<LifecycleDetail>>,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 names! {
@@ -594,6 +630,7 @@ impl Default for ProcessEvent {
             read: ReadDepth::Full,
             context: None,
             lifecycle: None,
+            id: None,
         }
     }
 }
@@ -672,6 +709,10 @@ pub struct NetworkEvent {
     /// When the observation was made.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl Default for NetworkEvent {
@@ -689,6 +730,7 @@ impl Default for NetworkEvent {
             bytes_sent: 0,
             bytes_received: 0,
             timestamp: SystemTime::UNIX_EPOCH,
+            id: None,
         }
     }
 }
@@ -753,6 +795,10 @@ pub struct FilesystemEvent {
     /// When the operation was observed.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl FilesystemEvent {
@@ -788,6 +834,10 @@ pub struct PerformanceEvent {
     /// When the sample was taken.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl PerformanceEvent {
@@ -987,6 +1037,7 @@ mod tests {
         p.process_key = Some(ProcessKey::new(BootId::from_bytes([1; 16]), 6, 1));
         assert!(CollectionEvent::Process(p).validate().is_err());
         let perf = PerformanceEvent {
+            id: None,
             metric_name: "load".into(),
             value: f64::INFINITY,
             unit: "count".into(),
@@ -1024,6 +1075,7 @@ mod tests {
         assert_eq!(e.pid(), Some(42));
         assert_eq!(e.timestamp(), t);
         let f = CollectionEvent::Filesystem(FilesystemEvent {
+            id: None,
             path: "/etc/passwd".into(),
             operation: FileOperation::Modify,
             pid: None,

@@ -397,6 +397,10 @@ pub fn every_field_process_event() -> ProcessEvent {
     let start = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let boot = BootId::from_bytes([7; 16]);
     ProcessEvent {
+        id: Some(crate::event::EventId::new(
+            0x187a_3c5e_9b2d_4f10,
+            std::num::NonZeroU64::MIN,
+        )),
         event_type: ProcessEventType::Exit,
         pid: 42,
         ppid: Some(1),

@@ -182,9 +182,15 @@ fn snapshot_round_trips_every_field() {
     assert_eq!(info.process_count, 2);
     assert_eq!(info.taken_at, second[1].timestamp);
 
-    // Snapshots feed the last-known state too.
+    // Snapshots feed the last-known state too (a state, not an event: no id).
     let rec = db.process_by_key(&key(40, 4_242)).unwrap().unwrap();
-    assert_eq!(rec.latest, second[1]);
+    assert_eq!(
+        rec.latest,
+        ProcessEvent {
+            id: None,
+            ..second[1].clone()
+        }
+    );
     assert_eq!(rec.exited_at, None);
 }
 
@@ -390,9 +396,14 @@ fn write_legacy_agent_store(path: &Path) -> (Vec<ProcessEvent>, Alert) {
     let mut conn = raw(path);
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.execute_batch(LEGACY_AGENT_SCHEMA).unwrap();
+    // Builds of then gave events no id.
+    let unnamed = |t| ProcessEvent {
+        id: None,
+        ..rich(60, t)
+    };
     let events = vec![
-        rich(60, ProcessEventType::Exec),
-        rich(60, ProcessEventType::Exit),
+        unnamed(ProcessEventType::Exec),
+        unnamed(ProcessEventType::Exit),
     ];
     let alert = Alert::new(
         &LegacyRule,
@@ -557,6 +568,7 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
             (ts, metadata, key, exit_code),
             (ids, state, load, exe_replaced, read, cg, ns, changed),
         )| ProcessEvent {
+            id: None,
             event_type,
             pid,
             ppid,
@@ -637,6 +649,7 @@ fn process_tables_speak_the_one_vocabulary() {
     // What a table has of its own, beyond the process's columns.
     let own: &[&str] = &[
         "id",
+        "event_id",
         "snapshot_id",
         "metadata",
         "detail",
@@ -674,7 +687,7 @@ fn process_tables_speak_the_one_vocabulary() {
 /// naming their entry.
 #[test]
 fn verify_catches_edited_and_deleted_rows_not_only_entries() {
-    let cases: [(&str, i64, &str); 4] = [
+    let cases: [(&str, i64, &str); 5] = [
         ("UPDATE alerts SET severity = 'low'", 2, "edited"),
         (
             "UPDATE alerts SET body = replace(body, 'before', 'after')",
@@ -682,6 +695,7 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
             "edited",
         ),
         ("UPDATE process_events SET name = 'innocent'", 1, "edited"),
+        ("UPDATE process_events SET event_id = NULL", 1, "edited"),
         ("DELETE FROM alerts", 2, "deleted"),
     ];
     for (tamper, seq, what) in cases {
