@@ -42,6 +42,10 @@ pub const MAX_CACHE_CAPACITY_ENTRIES: usize = 1 << 20;
 pub const DEFAULT_MAX_CONCURRENT_HASHES: usize = 4;
 /// Largest accepted `max_concurrent_hashes`.
 pub const MAX_CONCURRENT_HASHES: usize = 64;
+/// The most `lstat`s one engine runs at once, each as a task on tokio's
+/// blocking pool (besides one per reader): a request storm, or a hung
+/// filesystem, keeps no more of the pool busy than that.
+pub const MAX_CONCURRENT_PROBES: usize = 16;
 /// Default requests that may wait for a free reader: 256.
 pub const DEFAULT_MAX_QUEUED_HASHES: usize = 256;
 /// Largest accepted `max_queued_hashes`.

@@ -13,12 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use collector_core::HashAlgorithm;
 use sha2::Digest as _;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::budget::Budget;
 use crate::cache::{FileKey, Lru};
-use crate::config::{is_checkable, Validated};
+use crate::config::{is_checkable, Validated, MAX_CONCURRENT_PROBES};
 use crate::stats::Counters;
 use crate::{ConfigError, HashError, HasherConfig, HasherStats};
 
@@ -91,8 +91,14 @@ struct Inner {
     cache: Mutex<Lru>,
     counters: Counters,
     /// One permit per reader (`max_concurrent_hashes`): a file is opened
-    /// only by a permit holder.
-    readers: Semaphore,
+    /// only by a permit holder, and the permit is kept with the open file
+    /// (a cancelled hash's file closes before its place is free).
+    readers: Arc<Semaphore>,
+    /// `lstat`s running at once ([`MAX_CONCURRENT_PROBES`]), each permit
+    /// held by its blocking task: a storm of requests, or a hung
+    /// filesystem, keeps at most this many of tokio's blocking threads busy
+    /// besides the readers'.
+    probes: Arc<Semaphore>,
     /// Requests reading, or queued for a reader: at most
     /// `max_concurrent_hashes + max_queued_hashes`.
     reading: AtomicUsize,
@@ -192,7 +198,8 @@ impl HashEngine {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: Mutex::new(Lru::new(config.cache_capacity)),
-                readers: Semaphore::new(config.workers),
+                readers: Arc::new(Semaphore::new(config.workers)),
+                probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
                 reading: AtomicUsize::new(0),
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(0),
@@ -286,10 +293,20 @@ impl HashEngine {
         let mut round = 0;
         loop {
             round += 1;
+            // Never closed; without a permit the probe would be unbounded.
+            let Ok(probe) = Arc::clone(&self.inner.probes).acquire_owned().await else {
+                return Err(HashError::Busy {
+                    path: path.to_path_buf(),
+                });
+            };
             let key = self
                 .blocking(path, {
                     let (inner, owned) = (Arc::clone(&self.inner), path.to_path_buf());
-                    move || inner.probe(owned)
+                    move || {
+                        let key = inner.probe(owned);
+                        drop(probe);
+                        key
+                    }
                 })
                 .await?;
             match self.inner.decide(path, key, round < ROUNDS)? {
@@ -329,9 +346,9 @@ impl HashEngine {
         leader: Option<Leader>,
         _reading: Reading,
     ) -> Result<HashOutcome, HashError> {
-        let reader = self.inner.readers.acquire().await;
+        let reader = Arc::clone(&self.inner.readers).acquire_owned().await;
         // The semaphore is never closed; refuse rather than panic anyway.
-        let Ok(_reader) = reader else {
+        let Ok(reader) = reader else {
             return Err(HashError::Busy {
                 path: path.to_path_buf(),
             });
@@ -344,7 +361,7 @@ impl HashEngine {
         let opened = self
             .blocking(path, {
                 let (inner, owned) = (Arc::clone(&self.inner), path.to_path_buf());
-                move || inner.open(owned, first)
+                move || inner.open(owned, first, reader)
             })
             .await?;
         let mut job = match opened {
@@ -515,7 +532,12 @@ impl Inner {
 
     /// Opens `path`, decides on the descriptor (type, size, cache) and
     /// reads up to `first` bytes. Blocking.
-    fn open(self: &Arc<Self>, path: PathBuf, first: u64) -> Result<Opened, HashError> {
+    fn open(
+        self: &Arc<Self>,
+        path: PathBuf,
+        first: u64,
+        reader: OwnedSemaphorePermit,
+    ) -> Result<Opened, HashError> {
         let file = match OpenOptions::new()
             .read(true)
             // O_NONBLOCK so a FIFO cannot block the open (regular files
@@ -544,6 +566,7 @@ impl Inner {
             path,
             file,
             _open: open,
+            _reader: reader,
             key,
             state: State::new(&self.config.algorithms),
             buf: vec![0; self.config.chunk_size],
@@ -639,8 +662,10 @@ fn system_time(sec: i64, nsec: i64) -> SystemTime {
 struct Job {
     path: PathBuf,
     file: File,
-    /// Dropped after `file` (fields drop in order).
+    /// Dropped after `file` (fields drop in order): the count of open
+    /// files, then the reader's place.
     _open: OpenGuard,
+    _reader: OwnedSemaphorePermit,
     key: FileKey,
     state: State,
     buf: Vec<u8>,

@@ -19,7 +19,9 @@
 //! For any number of callers and files, one engine holds at most
 //! `max_concurrent_hashes` (default 4) files open and as many read
 //! buffers of `chunk_size_bytes` (default 256 KiB: 1 MiB in all), plus the
-//! cache (`cache_capacity_entries`). At most `max_queued_hashes` (default
+//! cache (`cache_capacity_entries`), and runs at most that many plus 16
+//! ([`config::MAX_CONCURRENT_PROBES`] `lstat`s) blocking tasks at once.
+//! At most `max_queued_hashes` (default
 //! 256) further requests wait for a reader; beyond that a request is
 //! refused at once with [`HashError::Busy`], counted. 1,100 hardlinks of
 //! one 16 MiB file asked for at once are read once, with one file open

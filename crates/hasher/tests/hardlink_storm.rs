@@ -26,6 +26,10 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
 /// `VmHWM` (peak resident set) in KiB.
 fn vm_hwm_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -57,13 +61,18 @@ fn write_binary(path: &Path) -> String {
     })
 }
 
-/// Samples the process's open fds until stopped, keeping the peak (a
-/// cross-check of the engine's own high-water mark, from outside it).
+/// Samples the process's open fds and threads until stopped, keeping the
+/// peaks (a cross-check of the engine's own high-water mark, from outside).
 #[allow(clippy::disallowed_methods)] // a sampler outside the runtime: there is no event to await
-fn fd_watcher(stop: Arc<AtomicBool>, peak: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
+fn watcher(
+    stop: Arc<AtomicBool>,
+    fds: Arc<AtomicUsize>,
+    tasks: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            peak.fetch_max(open_fds(), Ordering::Relaxed);
+            fds.fetch_max(open_fds(), Ordering::Relaxed);
+            tasks.fetch_max(threads(), Ordering::Relaxed);
             std::thread::sleep(Duration::from_micros(200));
         }
     })
@@ -90,11 +99,17 @@ async fn hardlink_storm_stays_bounded_reads_once_and_answers_everyone() {
     // the baseline is taken.
     engine.hash_file(&unrelated).await.unwrap();
     let base_fds = open_fds();
+    let base_threads = threads();
     let base_hwm = vm_hwm_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicUsize::new(base_fds));
-    let watcher = fd_watcher(Arc::clone(&stop), Arc::clone(&peak));
+    let peak_threads = Arc::new(AtomicUsize::new(base_threads));
+    let watcher = watcher(
+        Arc::clone(&stop),
+        Arc::clone(&peak),
+        Arc::clone(&peak_threads),
+    );
 
     let started = Instant::now();
     let tasks: Vec<_> = links
@@ -118,11 +133,12 @@ async fn hardlink_storm_stays_bounded_reads_once_and_answers_everyone() {
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
     let peak_fds = peak.load(Ordering::Relaxed);
+    let peak_threads = peak_threads.load(Ordering::Relaxed);
     let hwm = vm_hwm_kib();
     let stats = engine.stats();
     eprintln!(
-        "storm: {storm_took:?}; fds: base {base_fds}, peak {peak_fds}; VmHWM: base {base_hwm} KiB, \
-         peak {hwm} KiB; {stats:?}"
+        "storm: {storm_took:?}; fds: base {base_fds}, peak {peak_fds}; threads: base \
+         {base_threads}, peak {peak_threads}; VmHWM: base {base_hwm} KiB, peak {hwm} KiB; {stats:?}"
     );
 
     let all = all.expect("every requester is answered within 20 s");
@@ -150,6 +166,15 @@ async fn hardlink_storm_stays_bounded_reads_once_and_answers_everyone() {
         stats.files_open_peak <= bound as u64,
         "engine's own high-water mark: {}",
         stats.files_open_peak
+    );
+    // Threads: at most MAX_CONCURRENT_PROBES + bound blocking tasks run at
+    // once; tokio's pool may start a few more threads than that (a task
+    // spawned just before a finished thread turns idle gets a new one), far
+    // from the 512 it grows to when every request runs one.
+    let most = 256;
+    assert!(
+        peak_threads <= base_threads + most,
+        "peak {peak_threads} threads, base {base_threads}, bound {most}"
     );
     // Memory: the workers' buffers (bound × chunk) and the waiting futures,
     // far from one buffer per requester (1,100 × 256 KiB = 275 MiB).

@@ -967,7 +967,14 @@ mod tests {
         assert_eq!(s.files_open, 0);
         let mut later = exec(&links[7]);
         run.annotate_hash(&mut later).await;
-        assert_eq!(later.executable_hash.as_ref().map(String::len), Some(64));
+        if later.executable_hash.is_none() {
+            // Slower than HASH_WAIT on a loaded machine: then it is a cache
+            // hit still running, and the next event of it carries the hash.
+            let out = run.hashing.remove(&links[7]).unwrap().await.unwrap();
+            assert!(out.unwrap().from_cache);
+        } else {
+            assert_eq!(later.executable_hash.as_ref().map(String::len), Some(64));
+        }
     }
 
     #[tokio::test]
