@@ -25,7 +25,7 @@ fn user_writable(dir: &str) -> Option<bool> {
 pub const DIR_CACHE_TTL: Duration = Duration::from_secs(60);
 /// How long detection waits for a directory's lookup; past it the answer
 /// is unknown (`None`, counted) and the lookup goes on in the background.
-pub const DIR_LOOKUP_DEADLINE: Duration = Duration::from_millis(5);
+pub const DIR_LOOKUP_DEADLINE: Duration = Duration::from_millis(25);
 /// The most directories cached.
 pub const DIR_CACHE_CAPACITY: usize = 4096;
 /// The most lookups running at once (a hung filesystem holds one thread per
