@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod connector;
+pub mod ebpf;
 pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;
