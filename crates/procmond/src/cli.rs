@@ -41,9 +41,13 @@ pub struct RunArgs {
     /// Write every event as one JSON object a line to PATH (`-`: stdout).
     #[arg(long, value_name = "PATH|-")]
     pub events_jsonl: Option<String>,
-    /// Snapshots only, no kernel process connector.
+    /// Snapshots only, no kernel events (as `--tier polling`).
     #[arg(long)]
     pub no_realtime: bool,
+    /// The tier of kernel events: `auto` (default: eBPF, else the process
+    /// connector, else polling), or one forced (starting fails without it).
+    #[arg(long, value_enum)]
+    pub tier: Option<crate::source::TierChoice>,
     /// Serve detection tasks and the live event stream on this Unix socket
     /// (default: /run/daemoneye/procmond.sock as root, daemoneye/procmond.sock
     /// in the user's runtime directory otherwise).
@@ -125,6 +129,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     if args.no_realtime {
         monitor.base_config.enable_event_driven = false;
+    }
+    if let Some(tier) = args.tier {
+        monitor.process_config.tier = tier;
     }
     let mut collector_config = file.collector;
     if args.config.is_none() {
@@ -331,6 +338,15 @@ fn health(
             ("kernel_overruns".to_owned(), m.kernel_overruns),
             ("realtime_active".to_owned(), u64::from(m.realtime_active)),
             ("unreadable_before_exit".to_owned(), stats.enrich_failures()),
+        ]);
+        if let Some(tier) = stats.tier() {
+            source.counters.insert(format!("tier_{tier}"), 1);
+        }
+        let books = stats.kernel_accounting();
+        source.counters.extend([
+            ("kernel_records_produced".to_owned(), books.produced),
+            ("kernel_records_delivered".to_owned(), books.delivered),
+            ("kernel_records_dropped".to_owned(), books.dropped),
         ]);
         if realtime_wanted && started && !m.realtime_active {
             source.state = HealthState::Degraded.into();

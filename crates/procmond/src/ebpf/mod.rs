@@ -37,7 +37,10 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use collector_core::{ProcessEvent, ProcessKey};
+
 use crate::connector::{EventMeta, ProcEvent, ProcId};
+use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
 /// The compiled program (`cargo xtask ebpf` rebuilds it), 8-byte aligned as
@@ -289,6 +292,35 @@ impl Record {
                 }),
             },
         }
+    }
+}
+
+impl ExecRecord {
+    /// The exec as a process event, from the kernel's record alone (no
+    /// `/proc` read: the process may be gone already): identity, parent,
+    /// ids, name, argv and filename, and the key `/proc` would give
+    /// (`reader` knows the boot id and clock tick). `timestamp` is left for
+    /// the caller.
+    ///
+    /// The executable path is the filename as executed; when it is not an
+    /// absolute path to a file (relative, or `/dev/fd/N` of an fexecve)
+    /// `file_exists` is false, so it is not hashed as if it were one of ours.
+    pub fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
+        let t = &self.task;
+        let ticks = t.start_ticks(reader.ticks_per_sec());
+        let mut e = ProcessEvent::new(t.tgid, t.comm.clone());
+        e.ppid = Some(t.ppid);
+        e.user_id = Some(t.uid);
+        e.euid = Some(t.euid);
+        e.gid = Some(t.gid);
+        e.start_time = Some(reader.start_time_of(ticks));
+        e.process_key = reader.boot_id().map(|b| ProcessKey::new(b, t.tgid, ticks));
+        e.command_line.clone_from(&self.argv);
+        if !self.filename.is_empty() {
+            e.executable_path = Some(self.filename.clone());
+        }
+        e.file_exists = self.filename.starts_with('/') && !self.filename.starts_with("/dev/fd/");
+        e
     }
 }
 

@@ -1,0 +1,302 @@
+//! The eBPF tier against the real kernel: loads the committed object,
+//! attaches to the tracepoints, and checks what real processes produce.
+//! Root only (CAP_BPF, CAP_PERFMON); elsewhere each test says why it skips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use procmond::ebpf::{EbpfConfig, EbpfCounters, EbpfMessage, EbpfReaderHandle, EbpfTier, Record};
+use procmond::snapshot::{ProcReader, ReadOptions};
+use tokio::sync::mpsc;
+
+/// How long a test waits for an event before it fails.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn privileged(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("{test}: skipped: loading eBPF programs needs root (CAP_BPF, CAP_PERFMON)");
+    false
+}
+
+fn start(config: &EbpfConfig, queue: usize) -> (EbpfReaderHandle, Records) {
+    let tier = EbpfTier::load(config).expect("the eBPF tier loads on this kernel");
+    let (tx, rx) = mpsc::channel(queue);
+    let handle = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    (
+        handle,
+        Records {
+            rx,
+            seen: Vec::new(),
+        },
+    )
+}
+
+/// The reader's records, kept in order until a test picks them.
+struct Records {
+    rx: mpsc::Receiver<EbpfMessage>,
+    seen: Vec<Record>,
+}
+
+impl Records {
+    /// The first record, seen or to come, that `want` picks (taken out);
+    /// fails after [`WAIT`].
+    async fn find<T>(&mut self, what: &str, mut want: impl FnMut(&Record) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some((i, found)) = self
+                .seen
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| want(r).map(|f| (i, f)))
+            {
+                self.seen.remove(i);
+                return found;
+            }
+            let msg = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+                .expect("the reader is running");
+            if let EbpfMessage::Events(records) = msg {
+                self.seen.extend(records);
+            }
+        }
+    }
+}
+
+fn marker(test: &str) -> String {
+    format!("procmond-ebpf-{test}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_millisecond_process_is_seen_with_argv_exe_and_exit_code() {
+    if !privileged("short_lived") {
+        return;
+    }
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let mark = marker("short");
+    // /bin/false: exec, exit(1) at once; gone long before /proc could be read.
+    let status = Command::new("/bin/false")
+        .args([mark.as_str(), "two words", ""])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let exec = rx
+        .find("exec of /bin/false", |r| match r {
+            Record::Exec(e) if e.argv.iter().any(|a| *a == mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(exec.filename, "/bin/false");
+    assert_eq!(exec.argv, ["/bin/false", mark.as_str(), "two words", ""]);
+    assert_eq!(exec.argc, 4);
+    assert!(!exec.argv_truncated && !exec.setuid && !exec.setgid);
+    assert_eq!(exec.task.ppid, std::process::id());
+    assert_eq!(exec.task.comm, "false");
+    let pid = exec.task.tgid;
+    let exit = rx
+        .find("exit of /bin/false", |r| match r {
+            Record::Exit(t) if t.tgid == pid => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    // The raw wait status, as the connector reports it: exit(1) is 1 << 8.
+    assert_eq!(exit.exit_code, 1 << 8);
+    let books = handle.stop().unwrap();
+    assert!(books.balanced(), "{books:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_and_exec_keys_equal_the_keys_from_proc() {
+    if !privileged("keys") {
+        return;
+    }
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    // Found by its pid (sleep takes no marker argument: it would add it up).
+    let mut child = Command::new("/bin/sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let exec = rx
+        .find("exec of sleep", |r| match r {
+            Record::Exec(e) if e.task.tgid == pid => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    let reader = ProcReader::new(ReadOptions::default()).unwrap();
+    let from_proc = reader.read_process(pid).unwrap();
+    let from_bpf = exec.to_process_event(&reader);
+    let early = child.try_wait().unwrap();
+    assert!(early.is_none(), "sleep 30 ended early: {early:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(from_proc.process_key.is_some());
+    assert_eq!(from_bpf.process_key, from_proc.process_key);
+    assert_eq!(from_bpf.start_time, from_proc.start_time);
+    assert_eq!(from_bpf.ppid, from_proc.ppid);
+    assert_eq!(
+        from_bpf.command_line, from_proc.command_line,
+        "{exec:?} {from_proc:?}"
+    );
+    assert_eq!(from_bpf.executable_path.as_deref(), Some("/bin/sleep"));
+    drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_argv_is_truncated_and_flagged() {
+    if !privileged("truncation") {
+        return;
+    }
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let mark = marker("many");
+    // 10,000 arguments: about 20 KB of argv.
+    let mut many = vec![mark.clone()];
+    many.extend(std::iter::repeat_n("x".to_owned(), 10_000));
+    Command::new("/bin/true").args(&many).status().unwrap();
+    let exec = rx
+        .find("exec with 10,000 args", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(exec.argv_truncated);
+    assert_eq!(exec.argc, 10_002);
+    let bytes: usize = exec.argv.iter().map(|a| a.len() + 1).sum();
+    assert!(bytes <= 4096 + 1, "{bytes} bytes of argv");
+    assert!(exec.argv.len() > 1000 && exec.argv.len() < 10_002);
+
+    // One 64 KiB argument: cut, and flagged.
+    let mark = marker("huge");
+    let huge = "a".repeat(64 * 1024);
+    Command::new("/bin/true")
+        .args([mark.as_str(), huge.as_str()])
+        .status()
+        .unwrap();
+    let exec = rx
+        .find("exec with a 64 KiB arg", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(exec.argv_truncated);
+    assert_eq!(exec.argc, 3);
+    assert_eq!(exec.argv.len(), 3);
+    let cut = &exec.argv[2];
+    assert!(cut.len() < huge.len() && cut.bytes().all(|b| b == b'a'));
+    drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setuid_binary_run_by_nobody_is_flagged() {
+    if !privileged("setuid") {
+        return;
+    }
+    // A root-owned setuid copy of /bin/true, in a directory nobody can enter.
+    let dir = tempfile::Builder::new()
+        .prefix("procmond-ebpf-suid")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let suid = dir.path().join("suid-true");
+    std::fs::copy("/bin/true", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let mark = marker("suid");
+    let status = Command::new(&suid)
+        .arg(&mark)
+        .uid(65_534)
+        .gid(65_534)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec = rx
+        .find("exec of the setuid copy", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((exec.task.uid, exec.task.euid), (65_534, 0));
+    assert!(exec.setuid && !exec.setgid, "{exec:?}");
+    assert_eq!(exec.filename, suid.to_str().unwrap());
+
+    // The same binary without the bit: not flagged.
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mark = marker("nosuid");
+    Command::new(&suid)
+        .arg(&mark)
+        .uid(65_534)
+        .gid(65_534)
+        .status()
+        .unwrap();
+    let exec = rx
+        .find("exec of the plain copy", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((exec.task.uid, exec.task.euid), (65_534, 65_534));
+    assert!(!exec.setuid);
+    drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_storm_into_a_tiny_ring_buffer_keeps_the_books_exact() {
+    if !privileged("storm") {
+        return;
+    }
+    // One page of ring buffer, and a reader that cannot hand anything on
+    // (queue of one, never received from): records must be dropped.
+    let config = EbpfConfig {
+        ring_buffer_bytes: u32::try_from(rustix::param::page_size()).unwrap(),
+        ..EbpfConfig::default()
+    };
+    let (handle, rx) = start(&config, 1);
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..300 {
+        children.push(Command::new("/bin/true").spawn().unwrap());
+    }
+    for mut c in children {
+        c.wait().unwrap();
+    }
+    // Every process above: a fork, an exec and an exit record at least.
+    let storm = started.elapsed();
+    let books = handle.stop().unwrap();
+    drop(rx);
+    eprintln!("storm of 300 in {storm:?}: {books:?}");
+    assert!(books.produced >= 900, "{books:?}");
+    assert!(
+        books.dropped > 0,
+        "a one-page ring buffer dropped nothing: {books:?}"
+    );
+    assert!(books.delivered > 0, "{books:?}");
+    assert_eq!(books.produced, books.delivered + books.dropped, "{books:?}");
+}
+
+#[test]
+fn a_ring_buffer_size_that_is_not_a_power_of_two_of_pages_is_refused() {
+    // Checked before anything is loaded: no privilege needed.
+    for bytes in [0, 4095, 3 * 4096] {
+        let config = EbpfConfig {
+            ring_buffer_bytes: bytes,
+            ..EbpfConfig::default()
+        };
+        let err = EbpfTier::load(&config).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                procmond::ebpf::EbpfError::Config {
+                    field: "ring_buffer_bytes",
+                    ..
+                }
+            ),
+            "{bytes}: {err}"
+        );
+    }
+}
