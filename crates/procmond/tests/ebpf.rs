@@ -300,3 +300,218 @@ fn a_ring_buffer_size_that_is_not_a_power_of_two_of_pages_is_refused() {
         );
     }
 }
+
+// The collector on each tier: what reaches its subscribers.
+
+mod collector {
+    use std::process::Command;
+    use std::time::Duration;
+
+    use collector_core::testing::recv_until;
+    use collector_core::{
+        CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessEventType, Subscription,
+    };
+    use procmond::source::{ActiveTier, TierChoice};
+    use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig, ProcmondStatsHandle};
+
+    use super::{marker, privileged, WAIT};
+
+    struct Running {
+        handle: collector_core::CollectorHandle,
+        sub: Subscription,
+        run: tokio::task::JoinHandle<()>,
+        stats: ProcmondStatsHandle,
+    }
+
+    /// A collector with procmond, once its first snapshot has arrived (the
+    /// tier is chosen and attached by then).
+    async fn start(config: ProcmondMonitorConfig) -> Running {
+        let source = ProcmondMonitorCollector::without_database(config).unwrap();
+        let stats = source.stats_handle();
+        let mut collector = Collector::new(CollectorConfig::default());
+        collector.register(Box::new(source)).unwrap();
+        let handle = collector.handle();
+        let mut sub = handle.subscribe();
+        let run = tokio::spawn(async move {
+            collector.run_until(std::future::pending()).await.unwrap();
+        });
+        recv_until(&mut sub, |e| {
+            matches!(e, CollectionEvent::Process(p) if p.event_type == ProcessEventType::Snapshot)
+        })
+        .await
+        .expect("collector ended before its first snapshot");
+        Running {
+            handle,
+            sub,
+            run,
+            stats,
+        }
+    }
+
+    impl Running {
+        async fn wait_for(
+            &mut self,
+            what: &str,
+            want: impl Fn(&ProcessEvent) -> bool,
+        ) -> ProcessEvent {
+            let found = tokio::time::timeout(
+                WAIT,
+                recv_until(
+                    &mut self.sub,
+                    |e| matches!(e, CollectionEvent::Process(p) if want(p)),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            match found {
+                Some(CollectionEvent::Process(p)) => p,
+                _ => panic!("collector ended before {what}"),
+            }
+        }
+
+        async fn stop(self) {
+            self.handle.shutdown();
+            self.run.await.unwrap();
+        }
+    }
+
+    fn config(tier: TierChoice) -> ProcmondMonitorConfig {
+        let mut c = ProcmondMonitorConfig::default();
+        c.base_config.collection_interval = Duration::from_secs(3600);
+        c.process_config.tier = tier;
+        c
+    }
+
+    /// Runs `/bin/false <marker> two words` and waits for its exec event
+    /// (found by pid: on the connector tier it may carry nothing else, the
+    /// process being gone before /proc was read).
+    async fn short_lived_exec(running: &mut Running, test: &str) -> (String, ProcessEvent) {
+        let mark = marker(test);
+        let mut child = Command::new("/bin/false")
+            .args([mark.as_str(), "two", "words"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let exec = running
+            .wait_for("the exec of /bin/false", move |p| {
+                p.event_type == ProcessEventType::Exec && p.pid == pid
+            })
+            .await;
+        (mark, exec)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn by_default_the_ebpf_tier_gives_a_short_lived_exec_its_argv_and_exe() {
+        if !privileged("collector_ebpf") {
+            return;
+        }
+        let mut running = start(config(TierChoice::Auto)).await;
+        assert_eq!(running.stats.tier(), Some(ActiveTier::Ebpf));
+        let (mark, exec) = short_lived_exec(&mut running, "collector").await;
+        // Gone within a millisecond, yet argv and executable are there: the
+        // kernel's record, not /proc.
+        assert_eq!(
+            exec.command_line,
+            ["/bin/false", mark.as_str(), "two", "words"]
+        );
+        assert_eq!(exec.executable_path.as_deref(), Some("/bin/false"));
+        assert!(exec.process_key.is_some() && exec.start_time.is_some());
+        let pid = exec.pid;
+        let exit = running
+            .wait_for("its exit", |p| {
+                p.event_type == ProcessEventType::Exit && p.pid == pid
+            })
+            .await;
+        assert_eq!(exit.exit_code, Some(1 << 8));
+        assert_eq!(exit.process_key, exec.process_key);
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connector_tier_can_be_forced() {
+        if !privileged("collector_connector") {
+            return;
+        }
+        let mut running = start(config(TierChoice::Connector)).await;
+        assert_eq!(running.stats.tier(), Some(ActiveTier::Connector));
+        let (_, exec) = short_lived_exec(&mut running, "connector").await;
+        assert_eq!(exec.event_type, ProcessEventType::Exec);
+        // Nothing went through the eBPF tier.
+        assert_eq!(running.stats.kernel_accounting().delivered, 0);
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_ebpf_cannot_load_auto_falls_back_to_the_connector() {
+        if !privileged("collector_fallback") {
+            return;
+        }
+        // A ring buffer the loader refuses: the eBPF tier fails to start.
+        let mut c = config(TierChoice::Auto);
+        c.process_config.ebpf.ring_buffer_bytes = 12_345;
+        let mut running = start(c).await;
+        assert_eq!(running.stats.tier(), Some(ActiveTier::Connector));
+        short_lived_exec(&mut running, "fallback").await;
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polling_can_be_forced() {
+        let running = start(config(TierChoice::Polling)).await;
+        assert_eq!(running.stats.tier(), Some(ActiveTier::Polling));
+        assert!(!running.stats.monitor_stats().realtime_active);
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kernel_drops_are_counted_and_reconciled_at_once() {
+        if !privileged("collector_drops") {
+            return;
+        }
+        // One page of ring buffer and a one-message queue: a burst drops.
+        let mut c = config(TierChoice::Ebpf);
+        c.process_config.ebpf.ring_buffer_bytes =
+            u32::try_from(rustix::param::page_size()).unwrap();
+        c.base_config.max_events_in_flight = 1;
+        let Running {
+            handle,
+            mut sub,
+            run,
+            stats,
+        } = start(c).await;
+        let drain = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats.monitor_stats().kernel_overruns == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no drop: {:?}",
+                stats.kernel_accounting()
+            );
+            tokio::task::spawn_blocking(|| {
+                let children: Vec<_> = (0..200)
+                    .filter_map(|_| Command::new("/bin/true").spawn().ok())
+                    .collect();
+                for mut c in children {
+                    let _ = c.wait();
+                }
+            })
+            .await
+            .unwrap();
+        }
+        let books = stats.kernel_accounting();
+        assert!(books.dropped > 0, "{books:?}");
+        // The drop was answered with a reconciliation snapshot.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats.monitor_stats().collection_cycles < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no reconciliation");
+            tokio::task::yield_now().await;
+        }
+        handle.shutdown();
+        run.await.unwrap();
+        drain.await.unwrap();
+        // Stopped: the programs are detached and the books balance.
+        let books = stats.kernel_accounting();
+        assert!(books.balanced(), "{books:?}");
+    }
+}
