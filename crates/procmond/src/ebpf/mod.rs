@@ -649,3 +649,108 @@ impl Reader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn sha256(bytes: &[u8]) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The committed object is the one `cargo xtask ebpf` built from the
+    /// committed sources (CI rebuilds it with clang to be sure; this needs
+    /// no clang): edit the C without rebuilding, or swap the object, and
+    /// this fails.
+    #[test]
+    fn the_committed_object_is_built_from_the_committed_sources() {
+        let record = include_str!("../../ebpf/process.bpf.o.sha256");
+        let files: [(&str, &[u8]); 4] = [
+            (
+                "source process.bpf.c",
+                include_bytes!("../../ebpf/process.bpf.c"),
+            ),
+            ("source helpers.h", include_bytes!("../../ebpf/helpers.h")),
+            ("source vmlinux.h", include_bytes!("../../ebpf/vmlinux.h")),
+            ("object process.bpf.o", OBJECT),
+        ];
+        for (what, bytes) in files {
+            let line = record
+                .lines()
+                .find(|l| l.starts_with(what))
+                .unwrap_or_else(|| panic!("{what} not recorded"));
+            assert_eq!(
+                line.rsplit(' ').next(),
+                Some(sha256(bytes).as_str()),
+                "{what} changed since `cargo xtask ebpf`: rebuild and commit"
+            );
+        }
+    }
+
+    #[test]
+    fn the_object_has_the_programs_and_maps_the_loader_expects() {
+        // Parsing only (no kernel): names the loader looks up exist.
+        let obj = aya_obj_names();
+        for (name, _) in PROGRAMS {
+            assert!(obj.iter().any(|n| n == name), "{name} missing: {obj:?}");
+        }
+        for map in [RING_MAP, COUNTERS_MAP] {
+            assert!(obj.iter().any(|n| n == map), "{map} missing: {obj:?}");
+        }
+    }
+
+    /// Symbol names in the object's string table.
+    fn aya_obj_names() -> Vec<String> {
+        OBJECT
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn records_map_onto_the_connector_events_the_source_handles() {
+        let t = TaskRecord {
+            pid: 7,
+            tgid: 5,
+            ppid: 1,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            egid: 0,
+            exit_code: 3 << 8,
+            timestamp_ns: 9,
+            start_ns: 0,
+            comm: String::new(),
+        };
+        // The last thread to leave may not be the main one: the process ended.
+        match Record::Exit(t.clone()).to_proc_event() {
+            ProcEvent::Exit {
+                process, exit_code, ..
+            } => {
+                assert!(process.is_main_thread() && process.tgid == 5);
+                assert_eq!(exit_code, 3 << 8);
+            }
+            other => panic!("{other:?}"),
+        }
+        match Record::Fork(t).to_proc_event() {
+            ProcEvent::Fork {
+                parent,
+                child,
+                meta,
+            } => {
+                assert_eq!(
+                    (parent.tgid, child.pid, child.tgid, meta.timestamp_ns),
+                    (1, 7, 5, 9)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
