@@ -102,10 +102,13 @@ const EBPF_RECORD: &str = "process.bpf.o.sha256";
 
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
+    use std::fmt::Write as _;
     sha2::Sha256::digest(bytes)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<String, String> {
@@ -155,16 +158,17 @@ fn build_ebpf(dir: &std::path::Path, out: &std::path::Path) -> Result<String, St
 
 /// The digests of the sources and of `object`, as the record holds them.
 fn ebpf_record(dir: &std::path::Path, object: &[u8], clang: &str) -> Result<String, String> {
+    use std::fmt::Write as _;
     let mut record = String::from(
         "# Written by `cargo xtask ebpf`: the digests of the committed sources and of\n\
          # the object built from them. procmond's tests check them without clang.\n",
     );
     for name in EBPF_SOURCES {
         let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
-        record.push_str(&format!("source {name} {}\n", hex_sha256(&bytes)));
+        let _ = writeln!(record, "source {name} {}", hex_sha256(&bytes));
     }
-    record.push_str(&format!("object {EBPF_OBJECT} {}\n", hex_sha256(object)));
-    record.push_str(&format!("clang {clang}\n"));
+    let _ = writeln!(record, "object {EBPF_OBJECT} {}", hex_sha256(object));
+    let _ = writeln!(record, "clang {clang}");
     Ok(record)
 }
 

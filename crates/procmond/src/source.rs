@@ -204,6 +204,9 @@ pub struct ProcmondMonitorCollector {
     hasher: Option<HashEngine>,
     counters: Arc<Counters>,
     stop: CancellationToken,
+    /// eBPF programs loaded and attached before privileges were dropped
+    /// ([`with_ebpf_tier`](Self::with_ebpf_tier)); taken by the first start.
+    preloaded: Mutex<Option<EbpfTier>>,
 }
 
 impl std::fmt::Debug for ProcmondMonitorCollector {
@@ -278,6 +281,7 @@ impl ProcmondMonitorCollector {
             hasher,
             counters: Arc::default(),
             stop: CancellationToken::new(),
+            preloaded: Mutex::new(None),
         })
     }
 }
@@ -832,6 +836,17 @@ impl ProcmondMonitorCollector {
         self.counters.enrich_failed.get()
     }
 
+    /// Uses `tier`, loaded and attached already (while the capabilities
+    /// loading needs were held; see [`crate::privileges`]), instead of
+    /// loading the programs when the collector starts on the eBPF tier.
+    #[must_use]
+    pub fn with_ebpf_tier(self, tier: EbpfTier) -> Self {
+        if let Ok(mut slot) = self.preloaded.lock() {
+            *slot = Some(tier);
+        }
+        self
+    }
+
     fn set_tier(&self, tier: ActiveTier) {
         for (t, gauge) in ActiveTier::ALL.iter().zip(&self.counters.tiers) {
             gauge.set_bool(*t == tier);
@@ -901,7 +916,11 @@ impl ProcmondMonitorCollector {
     /// Loads the eBPF programs and starts their reader.
     fn open_ebpf(&self) -> Result<(RealtimeReader, mpsc::Receiver<Enriched>), EbpfError> {
         let base = &self.config.base_config;
-        let tier = EbpfTier::load(&self.config.process_config.ebpf)?;
+        let preloaded = self.preloaded.lock().ok().and_then(|mut slot| slot.take());
+        let tier = match preloaded {
+            Some(tier) => tier,
+            None => EbpfTier::load(&self.config.process_config.ebpf)?,
+        };
         let (ktx, krx) = mpsc::channel(base.max_events_in_flight);
         let handle = tier.spawn_reader(ktx, self.counters.ebpf.clone())?;
         info!(

@@ -1,12 +1,14 @@
 //! The eBPF tier against the real kernel: loads the committed object,
 //! attaches to the tracepoints, and checks what real processes produce.
-//! Root only (CAP_BPF, CAP_PERFMON); elsewhere each test says why it skips.
+//! Root only (`CAP_BPF`, `CAP_PERFMON`); elsewhere each test says why it skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use procmond::ebpf::{EbpfConfig, EbpfCounters, EbpfMessage, EbpfReaderHandle, EbpfTier, Record};
 use procmond::snapshot::{ProcReader, ReadOptions};
@@ -87,7 +89,7 @@ async fn a_one_millisecond_process_is_seen_with_argv_exe_and_exit_code() {
     assert_eq!(status.code(), Some(1));
     let exec = rx
         .find("exec of /bin/false", |r| match r {
-            Record::Exec(e) if e.argv.iter().any(|a| *a == mark) => Some(e.clone()),
+            Record::Exec(e) if e.argv.contains(&mark) => Some(e.clone()),
             _ => None,
         })
         .await;
@@ -514,4 +516,86 @@ mod collector {
         let books = stats.kernel_accounting();
         assert!(books.balanced(), "{books:?}");
     }
+}
+
+/// Runs `f` on a thread holding only `caps` (capabilities are per thread;
+/// the threads it starts inherit them).
+fn with_only<T: Send + 'static>(
+    caps: rustix::thread::CapabilitySet,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        rustix::thread::set_capabilities(
+            None,
+            rustix::thread::CapabilitySets {
+                effective: caps,
+                permitted: caps,
+                inheritable: rustix::thread::CapabilitySet::empty(),
+            },
+        )
+        .unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn loading_needs_cap_bpf_and_cap_perfmon_and_attached_programs_run_without_them() {
+    use rustix::thread::CapabilitySet;
+    if !privileged("privileges") {
+        return;
+    }
+    // aya probes the kernel's features once per process, at the first load:
+    // with every capability here, as procmond does, so that the refused
+    // load below cannot leave it believing the kernel lacks them.
+    drop(EbpfTier::load(&EbpfConfig::default()).unwrap());
+    // What the collector keeps after attaching is not enough to load.
+    let err = with_only(procmond::privileges::KEPT, || {
+        EbpfTier::load(&EbpfConfig::default()).map(drop)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, procmond::ebpf::EbpfError::PermissionDenied { .. }),
+        "{err}"
+    );
+    // Adding CAP_BPF and CAP_PERFMON is (no CAP_SYS_ADMIN) ...
+    let mark = marker("caps");
+    let m = mark.clone();
+    let load = procmond::privileges::KEPT | CapabilitySet::BPF | CapabilitySet::PERFMON;
+    let seen = with_only(load, move || {
+        let tier = EbpfTier::load(&EbpfConfig::default()).unwrap();
+        // ... and once attached, the programs and the reader work on with
+        // only what the collector keeps.
+        rustix::thread::set_capabilities(
+            None,
+            rustix::thread::CapabilitySets {
+                effective: procmond::privileges::KEPT,
+                permitted: procmond::privileges::KEPT,
+                inheritable: CapabilitySet::empty(),
+            },
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+        Command::new("/bin/true").arg(&m).status().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut records = Records {
+            rx,
+            seen: Vec::new(),
+        };
+        let seen = runtime.block_on(records.find("exec with only the kept capabilities", |r| {
+            matches!(r, Record::Exec(e) if e.argv.get(1) == Some(&m)).then_some(true)
+        }));
+        let books = handle.stop().unwrap();
+        assert!(books.balanced(), "{books:?}");
+        seen
+    });
+    assert!(
+        seen,
+        "no exec of /bin/true {mark} with only the kept capabilities"
+    );
 }

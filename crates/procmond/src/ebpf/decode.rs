@@ -75,6 +75,7 @@ impl TaskRecord {
 
 /// An exec, with what the kernel knew of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // the kernel's flags, one field each
 pub struct ExecRecord {
     /// The process after the exec (its main thread).
     pub task: TaskRecord,
@@ -380,7 +381,7 @@ mod tests {
             let Ok(Record::Exec(e)) = decode(&exec(flags, argc, &name, &argv)) else {
                 return Err(TestCaseError::fail("a well-formed exec did not decode"));
             };
-            prop_assert!(e.argv.iter().map(|a| a.len()).sum::<usize>() <= 3 * ARGV_MAX);
+            prop_assert!(e.argv.iter().map(String::len).sum::<usize>() <= 3 * ARGV_MAX);
             prop_assert_eq!(e.setuid, flags & F_SETUID != 0);
             if flags & (F_ARGV_TRUNCATED | F_ARGV_UNREADABLE) != 0 {
                 prop_assert!(e.argv_truncated);

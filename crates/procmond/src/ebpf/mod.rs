@@ -14,7 +14,7 @@
 //!   `CAP_PERFMON`, or root, and kernel BTF at `/sys/kernel/btf/vmlinux`);
 //!   [`EbpfError::Unavailable`] when this machine cannot run it.
 //! - [`EbpfTier::spawn_reader`] hands the ring buffer to a dedicated thread
-//!   that only polls, [decodes](decode) and sends [`EbpfMessage`]s, the same
+//!   that only polls, [decodes](decode()) and sends [`EbpfMessage`]s, the same
 //!   shape of message as the [process connector](crate::connector)'s reader,
 //!   so the collector's enrichment and lifecycle path is shared.
 //!
@@ -25,7 +25,7 @@ pub mod decode;
 use std::io;
 use std::os::fd::AsFd;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
@@ -200,7 +200,7 @@ impl EbpfCounters {
     }
 
     /// Records that could not be decoded (a bug: the program and
-    /// [`decode`] disagree).
+    /// [`decode()`] disagree).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors.get()
     }
@@ -560,11 +560,11 @@ impl Reader {
         };
         // Dropping the programs detaches them: nothing new is produced.
         drop(tier.ebpf.take());
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             while !self.drain(BATCH).is_empty() {}
             self.read_kernel_counts()?;
-            if self.counters.accounting().balanced() || Instant::now() >= deadline {
+            if self.counters.accounting().balanced() || tokio::time::Instant::now() >= deadline {
                 break;
             }
             self.wait_readable()?;
@@ -658,10 +658,13 @@ mod tests {
 
     fn sha256(bytes: &[u8]) -> String {
         use sha2::Digest as _;
+        use std::fmt::Write as _;
         sha2::Sha256::digest(bytes)
             .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+            .fold(String::new(), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
     }
 
     /// The committed object is the one `cargo xtask ebpf` built from the
