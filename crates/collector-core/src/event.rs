@@ -463,6 +463,10 @@ static NO_LIFECYCLE: LifecycleDetail = LifecycleDetail {
     changed: Vec::new(),
     anomaly: None,
     run_time_ms: None,
+    tier: None,
+    argv_truncated: false,
+    setuid: false,
+    setgid: false,
 };
 
 /// What a lifecycle event says beyond its [`ProcessEventType`].
@@ -471,15 +475,55 @@ static NO_LIFECYCLE: LifecycleDetail = LifecycleDetail {
 pub struct LifecycleDetail {
     /// What revealed the event (for an exit: the kernel, or a later snapshot,
     /// exec or fork that found the pid gone or reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_by: Option<ObservedBy>,
     /// For `PidReused`: the key of the process that had the pid before.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<ProcessKey>,
     /// For `Modified`: what changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<ProcessField>,
     /// For `StartTimeAnomaly`: what is impossible about the start time.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<StartTimeAnomaly>,
     /// For `Exit`: how long the process ran, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub run_time_ms: Option<u64>,
+    /// Which of the collector's capture tiers saw the event (`None` when
+    /// the collector does not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CaptureTier>,
+    /// For `Exec`: the kernel's argv was longer than the collector's bound,
+    /// so `command_line` holds only its first part (never a silently short
+    /// one).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    /// For `Exec`: the program runs with another effective user id than
+    /// its caller's (a set-user-id executable, or file capabilities).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub setuid: bool,
+    /// For `Exec`: the program runs with another effective group id than
+    /// its caller's (a set-group-id executable).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub setgid: bool,
+}
+
+names! {
+    /// How a process collector sees the kernel's process events, best
+    /// first. It falls back to the next tier when one cannot run.
+    CaptureTier {
+        /// eBPF programs on the scheduler's tracepoints: every fork, exec and
+        /// exit with its argv and executable, read in the kernel; losses are
+        /// counted exactly.
+        Ebpf = "ebpf",
+        /// The netlink process connector: every fork, exec and exit by pid;
+        /// the details are read from `/proc` afterwards, so a process that
+        /// exits at once may lose them; losses are known but not counted.
+        Connector = "connector",
+        /// Snapshots of `/proc` at an interval: processes that live shorter
+        /// than the interval are missed.
+        Polling = "polling",
+    }
 }
 
 names! {

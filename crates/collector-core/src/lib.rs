@@ -130,10 +130,10 @@ pub use chain::{
 };
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
-    AnalysisType, BootId, CollectionEvent, EventHeader, EventKind, EventValidationError,
-    FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy,
-    PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType, ProcessField, ProcessKey,
-    ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
+    AnalysisType, BootId, CaptureTier, CollectionEvent, EventHeader, EventKind,
+    EventValidationError, FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail,
+    NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType,
+    ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

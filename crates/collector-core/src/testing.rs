@@ -391,8 +391,8 @@ pub fn sample_process_event() -> CollectionEvent {
 /// for round-trip tests of whatever carries a process (wire, store, JSON).
 pub fn every_field_process_event() -> ProcessEvent {
     use crate::event::{
-        HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEventType, ProcessField,
-        ReadDepth, StartTimeAnomaly,
+        CaptureTier, HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEventType,
+        ProcessField, ReadDepth, StartTimeAnomaly,
     };
     let start = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let boot = BootId::from_bytes([7; 16]);
@@ -436,6 +436,10 @@ pub fn every_field_process_event() -> ProcessEvent {
             changed: vec![ProcessField::Argv, ProcessField::Uid],
             anomaly: Some(StartTimeAnomaly::StartedBeforeParent),
             run_time_ms: Some(12),
+            tier: Some(CaptureTier::Ebpf),
+            argv_truncated: true,
+            setuid: true,
+            setgid: true,
         })),
     }
 }

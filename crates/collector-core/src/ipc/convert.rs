@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
-    AnalysisType, CollectionEvent, EventKind, FileOperation, FilesystemEvent, HashAlgorithm,
-    LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent,
-    ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority,
-    TriggerRequest,
+    AnalysisType, CaptureTier, CollectionEvent, EventKind, FileOperation, FilesystemEvent,
+    HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext,
+    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly,
+    TriggerPriority, TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -101,6 +101,10 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
             changed: l.changed.iter().map(|f| f.as_str().to_owned()).collect(),
             anomaly: l.anomaly.map(|a| a.as_str().to_owned()).unwrap_or_default(),
             run_time_ms: l.run_time_ms,
+            tier: l.tier.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            argv_truncated: l.argv_truncated,
+            setuid: l.setuid,
+            setgid: l.setgid,
         }),
     }
 }
@@ -320,6 +324,10 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
             changed,
             anomaly: d.name("anomaly", &life.anomaly, StartTimeAnomaly::from_name)?,
             run_time_ms: life.run_time_ms,
+            tier: d.name("tier", &life.tier, CaptureTier::from_name)?,
+            argv_truncated: life.argv_truncated,
+            setuid: life.setuid,
+            setgid: life.setgid,
         }
         .boxed(),
     };
@@ -779,7 +787,10 @@ mod tests {
             proptest::collection::vec(pick(ProcessField::ALL), 0..4),
             proptest::option::of(pick(StartTimeAnomaly::ALL)),
             proptest::option::of(any::<u64>()),
-            any::<u64>(),
+            (
+                proptest::option::of(pick(CaptureTier::ALL)),
+                any::<(bool, bool, bool)>(),
+            ),
         );
         (ids, what, flags, life).prop_flat_map(|(ids, what, flags, life)| {
             let pid = ids.0;
@@ -788,7 +799,8 @@ mod tests {
                 let (name, exe, argv, t, cpu, rss, hash, event_type) = what.clone();
                 let ((accessible, file_exists, exe_replaced), exit_code, read, meta, cg, cid, ns) =
                     flags.clone();
-                let (observed_by, changed, anomaly, run_time_ms, _) = life.clone();
+                let (observed_by, changed, anomaly, run_time_ms, (tier, exec_flags)) = life.clone();
+                let (argv_truncated, setuid, setgid) = exec_flags;
                 ProcessEvent {
                     event_type,
                     pid,
@@ -831,6 +843,10 @@ mod tests {
                         changed,
                         anomaly,
                         run_time_ms,
+                        tier,
+                        argv_truncated,
+                        setuid,
+                        setgid,
                     }
                     .boxed(),
                 }
