@@ -30,8 +30,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
-    CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
-    ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
+    CaptureTier, CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig,
+    MonitorCollectorStats, ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
 };
 use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
 use serde::{Deserialize, Serialize};
@@ -114,38 +114,6 @@ pub enum TierChoice {
     Polling,
 }
 
-/// The tier of kernel events in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ActiveTier {
-    /// The eBPF programs.
-    Ebpf,
-    /// The netlink process connector.
-    Connector,
-    /// Snapshots only.
-    Polling,
-}
-
-impl ActiveTier {
-    /// Every tier, best first.
-    pub const ALL: [Self; 3] = [Self::Ebpf, Self::Connector, Self::Polling];
-
-    /// Its lowercase name (`ebpf`, `connector`, `polling`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::Connector => "connector",
-            Self::Polling => "polling",
-        }
-    }
-}
-
-impl std::fmt::Display for ActiveTier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Everything procmond's collector needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +144,9 @@ pub enum ProcmondError {
     Hasher(#[from] daemoneye_hasher::ConfigError),
 }
 
+const TIERS: usize = 3;
+const _: () = assert!(CaptureTier::ALL.len() == TIERS);
+
 #[derive(Debug, Default)]
 struct Counters {
     cycles: Counter,
@@ -187,8 +158,8 @@ struct Counters {
     hashes_skipped: Counter,
     reader: ReaderCounters,
     ebpf: EbpfCounters,
-    /// One per [`ActiveTier::ALL`], 1 for the tier in use.
-    tiers: [Gauge; 3],
+    /// One per [`CaptureTier::ALL`] (same order), 1 for the tier in use.
+    tiers: [Gauge; TIERS],
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
 }
@@ -423,7 +394,15 @@ impl Run<'_> {
             vanished = snap.stats.vanished,
             "snapshot"
         );
-        let events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        let mut events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        // Lifecycle events a snapshot found were seen by polling (the
+        // snapshot rows themselves are polling by definition, and stay
+        // without a detail).
+        for e in &mut events {
+            if e.event_type != ProcessEventType::Snapshot {
+                e.lifecycle_mut().tier = Some(CaptureTier::Polling);
+            }
+        }
         if let Some(writer) = &self.collector.database {
             let rows: Vec<ProcessEvent> = events
                 .iter()
@@ -669,6 +648,10 @@ impl Enricher {
                 reads.push(record.map(|r| {
                     let mut e = r.to_process_event(reader);
                     e.timestamp = wall_time(r.task.timestamp_ns);
+                    let detail = e.lifecycle_mut();
+                    detail.argv_truncated = r.argv_truncated;
+                    detail.setuid = r.setuid;
+                    detail.setgid = r.setgid;
                     e
                 }));
                 events.push(event);
@@ -726,6 +709,8 @@ impl EventSource for ProcmondMonitorCollector {
             Some((handle, rx)) => (Some(handle), rx),
             None => (None, mpsc::channel(1).1),
         };
+        // The tier every kernel event of this run is tagged with.
+        let kernel_tier = self.stats_handle().tier().unwrap_or(CaptureTier::Polling);
 
         let mut run = Run {
             collector: self,
@@ -757,7 +742,10 @@ impl EventSource for ProcmondMonitorCollector {
                             match msg {
                                 Enriched::Events(events) => {
                                     for (e, read) in events {
-                                        out.extend(run.on_kernel_event(&e, read));
+                                        for mut event in run.on_kernel_event(&e, read) {
+                                            event.lifecycle_mut().tier = Some(kernel_tier);
+                                            out.push(event);
+                                        }
                                     }
                                 }
                                 Enriched::Overrun => overrun = true,
@@ -776,7 +764,7 @@ impl EventSource for ProcmondMonitorCollector {
                     None => {
                         warn!("kernel event reader ended; falling back to snapshots");
                         self.counters.realtime.set_bool(false);
-                        self.set_tier(ActiveTier::Polling);
+                        self.set_tier(CaptureTier::Polling);
                         if let Some(h) = reader.take() {
                             if let Err(err) = tokio::task::spawn_blocking(move || h.join()).await? {
                                 warn!(error = %err, "kernel event reader failed");
@@ -847,8 +835,8 @@ impl ProcmondMonitorCollector {
         self
     }
 
-    fn set_tier(&self, tier: ActiveTier) {
-        for (t, gauge) in ActiveTier::ALL.iter().zip(&self.counters.tiers) {
+    fn set_tier(&self, tier: CaptureTier) {
+        for (t, gauge) in CaptureTier::ALL.iter().zip(&self.counters.tiers) {
             gauge.set_bool(*t == tier);
         }
     }
@@ -861,7 +849,7 @@ impl ProcmondMonitorCollector {
         let base = &self.config.base_config;
         let choice = self.config.process_config.tier;
         if !base.enable_event_driven || choice == TierChoice::Polling {
-            self.set_tier(ActiveTier::Polling);
+            self.set_tier(CaptureTier::Polling);
             return Ok(None);
         }
         if matches!(choice, TierChoice::Auto | TierChoice::Ebpf) {
@@ -890,7 +878,7 @@ impl ProcmondMonitorCollector {
                     forced = granted.forced,
                     "capture tier: process connector"
                 );
-                let erx = self.start_enricher(KernelRx::Connector(krx), ActiveTier::Connector)?;
+                let erx = self.start_enricher(KernelRx::Connector(krx), CaptureTier::Connector)?;
                 Ok(Some((RealtimeReader::Connector(handle), erx)))
             }
             Err(err) if choice == TierChoice::Connector => {
@@ -902,12 +890,12 @@ impl ProcmondMonitorCollector {
                     "no privilege for the kernel process connector (needs root or CAP_NET_ADMIN): \
                      falling back to snapshots; processes shorter than the interval will be missed"
                 );
-                self.set_tier(ActiveTier::Polling);
+                self.set_tier(CaptureTier::Polling);
                 Ok(None)
             }
             Err(err) => {
                 warn!(error = %err, "process connector unavailable: falling back to snapshots");
-                self.set_tier(ActiveTier::Polling);
+                self.set_tier(CaptureTier::Polling);
                 Ok(None)
             }
         }
@@ -928,7 +916,7 @@ impl ProcmondMonitorCollector {
             "capture tier: eBPF"
         );
         let erx = self
-            .start_enricher(KernelRx::Ebpf(krx), ActiveTier::Ebpf)
+            .start_enricher(KernelRx::Ebpf(krx), CaptureTier::Ebpf)
             .map_err(|source| EbpfError::Spawn { source })?;
         Ok((RealtimeReader::Ebpf(handle), erx))
     }
@@ -937,7 +925,7 @@ impl ProcmondMonitorCollector {
     fn start_enricher(
         &self,
         from_kernel: KernelRx,
-        tier: ActiveTier,
+        tier: CaptureTier,
     ) -> std::io::Result<mpsc::Receiver<Enriched>> {
         let (etx, erx) = mpsc::channel(self.config.base_config.max_events_in_flight);
         let enricher = Enricher {
@@ -1030,11 +1018,11 @@ impl ProcmondStatsHandle {
     }
 
     /// The tier of kernel events in use; `None` before the collector starts.
-    pub fn tier(&self) -> Option<ActiveTier> {
-        ActiveTier::ALL
-            .into_iter()
+    pub fn tier(&self) -> Option<CaptureTier> {
+        CaptureTier::ALL
+            .iter()
             .zip(&self.0.tiers)
-            .find_map(|(t, g)| g.get_bool().then_some(t))
+            .find_map(|(t, g)| g.get_bool().then_some(*t))
     }
 
     /// The eBPF tier's accounting: what the kernel produced, what reached
@@ -1097,7 +1085,7 @@ impl ProcmondStatsHandle {
             &source,
             &c.realtime,
         );
-        for (tier, gauge) in ActiveTier::ALL.iter().zip(&c.tiers) {
+        for (tier, gauge) in CaptureTier::ALL.iter().zip(&c.tiers) {
             registry.register_gauge(
                 "daemoneye_capture_tier",
                 "1 for the tier of kernel events in use (ebpf, connector, polling).",

@@ -310,10 +310,11 @@ mod collector {
     use std::time::Duration;
 
     use collector_core::testing::recv_until;
+    use collector_core::CaptureTier;
     use collector_core::{
         CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessEventType, Subscription,
     };
-    use procmond::source::{ActiveTier, TierChoice};
+    use procmond::source::TierChoice;
     use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig, ProcmondStatsHandle};
 
     use super::{marker, privileged, WAIT};
@@ -409,7 +410,7 @@ mod collector {
             return;
         }
         let mut running = start(config(TierChoice::Auto)).await;
-        assert_eq!(running.stats.tier(), Some(ActiveTier::Ebpf));
+        assert_eq!(running.stats.tier(), Some(CaptureTier::Ebpf));
         let (mark, exec) = short_lived_exec(&mut running, "collector").await;
         // Gone within a millisecond, yet argv and executable are there: the
         // kernel's record, not /proc.
@@ -419,6 +420,8 @@ mod collector {
         );
         assert_eq!(exec.executable_path.as_deref(), Some("/bin/false"));
         assert!(exec.process_key.is_some() && exec.start_time.is_some());
+        assert_eq!(exec.lifecycle().tier, Some(CaptureTier::Ebpf));
+        assert!(!exec.lifecycle().argv_truncated);
         let pid = exec.pid;
         let exit = running
             .wait_for("its exit", |p| {
@@ -427,6 +430,22 @@ mod collector {
             .await;
         assert_eq!(exit.exit_code, Some(1 << 8));
         assert_eq!(exit.process_key, exec.process_key);
+        assert_eq!(exit.lifecycle().tier, Some(CaptureTier::Ebpf));
+
+        // A cut argv says so on the event.
+        let mut child = Command::new("/bin/true")
+            .args(std::iter::repeat_n("y", 5_000))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let exec = running
+            .wait_for("the exec with 5,000 args", |p| {
+                p.event_type == ProcessEventType::Exec && p.pid == pid
+            })
+            .await;
+        assert!(exec.lifecycle().argv_truncated);
+        assert!(exec.command_line.len() < 5_001);
         running.stop().await;
     }
 
@@ -436,9 +455,10 @@ mod collector {
             return;
         }
         let mut running = start(config(TierChoice::Connector)).await;
-        assert_eq!(running.stats.tier(), Some(ActiveTier::Connector));
+        assert_eq!(running.stats.tier(), Some(CaptureTier::Connector));
         let (_, exec) = short_lived_exec(&mut running, "connector").await;
         assert_eq!(exec.event_type, ProcessEventType::Exec);
+        assert_eq!(exec.lifecycle().tier, Some(CaptureTier::Connector));
         // Nothing went through the eBPF tier.
         assert_eq!(running.stats.kernel_accounting().delivered, 0);
         running.stop().await;
@@ -453,7 +473,7 @@ mod collector {
         let mut c = config(TierChoice::Auto);
         c.process_config.ebpf.ring_buffer_bytes = 12_345;
         let mut running = start(c).await;
-        assert_eq!(running.stats.tier(), Some(ActiveTier::Connector));
+        assert_eq!(running.stats.tier(), Some(CaptureTier::Connector));
         short_lived_exec(&mut running, "fallback").await;
         running.stop().await;
     }
@@ -461,7 +481,7 @@ mod collector {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn polling_can_be_forced() {
         let running = start(config(TierChoice::Polling)).await;
-        assert_eq!(running.stats.tier(), Some(ActiveTier::Polling));
+        assert_eq!(running.stats.tier(), Some(CaptureTier::Polling));
         assert!(!running.stats.monitor_stats().realtime_active);
         running.stop().await;
     }

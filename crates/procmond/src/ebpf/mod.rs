@@ -132,6 +132,23 @@ pub enum EbpfError {
     ReaderPanicked,
 }
 
+/// How often a program load interrupted by a signal is tried.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Whether `err` (or what caused it) is `EAGAIN`.
+fn is_eagain(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Whether `err` (or what caused it) is `EPERM`/`EACCES`.
 fn is_permission(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
@@ -379,9 +396,18 @@ impl EbpfTier {
                 })?
                 .try_into()
                 .map_err(|e| load_error("wrong program type", e))?;
-            program
-                .load(tracepoint, &btf)
-                .map_err(|e| load_error("the verifier refused a program", e))?;
+            // The verifier gives up with EAGAIN when a signal is pending on
+            // this thread (a SIGCHLD for the process, say): try again, as
+            // libbpf does.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match program.load(tracepoint, &btf) {
+                    Ok(()) => break,
+                    Err(e) if attempts < LOAD_ATTEMPTS && is_eagain(&e) => {}
+                    Err(e) => return Err(load_error("the verifier refused a program", e)),
+                }
+            }
             program
                 .attach()
                 .map_err(|e| load_error("cannot attach to a tracepoint", e))?;
