@@ -619,3 +619,58 @@ fn loading_needs_cap_bpf_and_cap_perfmon_and_attached_programs_run_without_them(
         "no exec of /bin/true {mark} with only the kept capabilities"
     );
 }
+
+/// Execs `/proc/self/fd/N` of `file` (read-only, so the exec is not refused
+/// as busy) with `mark`, and returns the exec record.
+async fn exec_through_fd(
+    rx: &mut Records,
+    file: &std::fs::File,
+    mark: &str,
+) -> procmond::ebpf::ExecRecord {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let status = Command::new(&path).arg(mark).status().unwrap();
+    assert!(status.success(), "{path}: {status}");
+    let found = rx
+        .find("exec through a file descriptor", |r| match r {
+            Record::Exec(e) if e.argv.get(1).map(String::as_str) == Some(mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(found.filename, path);
+    assert!(!found.argv_truncated);
+    *found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn execs_from_a_memfd_and_from_a_deleted_file_are_seen() {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    if !privileged("memfd") {
+        return;
+    }
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let program = std::fs::read("/bin/true").unwrap();
+
+    // A program that never was on disk.
+    let memfd = rustix::fs::memfd_create("procmond-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let mut writer = std::fs::File::from(memfd);
+    writer.write_all(&program).unwrap();
+    let reader = std::fs::File::open(format!("/proc/self/fd/{}", writer.as_raw_fd())).unwrap();
+    drop(writer);
+    let mark = marker("memfd");
+    let exec = exec_through_fd(&mut rx, &reader, &mark).await;
+    // Not a path of ours to hash.
+    let event = exec.to_process_event(&ProcReader::new(ReadOptions::default()).unwrap());
+    assert!(!event.file_exists);
+
+    // A program deleted before it ran.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("deleted-true");
+    std::fs::copy("/bin/true", &path).unwrap();
+    let reader = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mark = marker("deleted");
+    exec_through_fd(&mut rx, &reader, &mark).await;
+    drop(handle);
+}

@@ -320,8 +320,9 @@ impl ExecRecord {
     /// the caller.
     ///
     /// The executable path is the filename as executed; when it is not an
-    /// absolute path to a file (relative, or `/dev/fd/N` of an fexecve)
-    /// `file_exists` is false, so it is not hashed as if it were one of ours.
+    /// absolute path to a file (relative, `/dev/fd/N` of an fexecve, or
+    /// `/proc/self/fd/N` of a memfd or deleted file) `file_exists` is false,
+    /// so it is not hashed as if it were one of ours.
     pub fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
         let t = &self.task;
         let ticks = t.start_ticks(reader.ticks_per_sec());
@@ -336,7 +337,9 @@ impl ExecRecord {
         if !self.filename.is_empty() {
             e.executable_path = Some(self.filename.clone());
         }
-        e.file_exists = self.filename.starts_with('/') && !self.filename.starts_with("/dev/fd/");
+        e.file_exists = self.filename.starts_with('/')
+            && !self.filename.starts_with("/dev/fd/")
+            && !self.filename.starts_with("/proc/");
         e
     }
 }
