@@ -674,3 +674,68 @@ async fn execs_from_a_memfd_and_from_a_deleted_file_are_seen() {
     exec_through_fd(&mut rx, &reader, &mark).await;
     drop(handle);
 }
+
+/// The binary as root: it loads the programs, drops to the three kept
+/// capabilities, and still reports a short-lived exec with its argv from the
+/// eBPF tier.
+#[test]
+fn procmond_run_uses_the_ebpf_tier_after_dropping_privileges() {
+    use std::io::BufRead as _;
+    if !privileged("binary") {
+        return;
+    }
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["run", "--no-database", "--no-socket", "--interval", "3600"])
+        .args(["--events-jsonl", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id();
+    let stdout = daemon.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("procmond printed no {what} within {WAIT:?}"))
+    };
+    // Running: the first snapshot line is out.
+    next("snapshot");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap();
+    // CAP_NET_ADMIN (12), CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19):
+    // no CAP_BPF (39), CAP_PERFMON (38) or CAP_SYS_ADMIN (21).
+    assert_eq!(
+        cap_eff, "0000000000081004",
+        "procmond kept more than the three"
+    );
+    let mark = marker("binary");
+    Command::new("/bin/true").arg(&mark).status().unwrap();
+    let exec = loop {
+        let line = next("exec of /bin/true");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mine = v["kind"] == "exec"
+            && v["command_line"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| *s == mark.as_str()));
+        if mine {
+            break v;
+        }
+    };
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    lines.join().unwrap();
+    assert_eq!(exec["lifecycle"]["tier"], "ebpf", "{exec}");
+    assert_eq!(exec["executable_path"], "/bin/true", "{exec}");
+}
