@@ -478,6 +478,36 @@ mod collector {
         running.stop().await;
     }
 
+    #[test]
+    fn refused_bpf_makes_auto_fall_back_to_the_connector() {
+        if !privileged("collector_refused") {
+            return;
+        }
+        // aya probes kernel features at the first load of the process: with
+        // every capability, so the refused load below cannot skew it.
+        drop(super::EbpfTier::load(&super::EbpfConfig::default()).unwrap());
+        // The whole collector, all its threads, with only the three kept
+        // capabilities: the kernel refuses BPF (EPERM).
+        let tier = super::with_only(procmond::privileges::KEPT, || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut running = start(config(TierChoice::Auto)).await;
+                let tier = running.stats.tier();
+                let (_, exec) = short_lived_exec(&mut running, "refused").await;
+                running.stop().await;
+                (tier, exec.lifecycle().tier)
+            })
+        });
+        assert_eq!(
+            tier,
+            (Some(CaptureTier::Connector), Some(CaptureTier::Connector))
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn polling_can_be_forced() {
         let running = start(config(TierChoice::Polling)).await;
