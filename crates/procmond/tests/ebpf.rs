@@ -324,6 +324,7 @@ mod collector {
         sub: Subscription,
         run: tokio::task::JoinHandle<()>,
         stats: ProcmondStatsHandle,
+        metrics: collector_core::metrics::Registry,
     }
 
     /// A collector with procmond, once its first snapshot has arrived (the
@@ -331,6 +332,8 @@ mod collector {
     async fn start(config: ProcmondMonitorConfig) -> Running {
         let source = ProcmondMonitorCollector::without_database(config).unwrap();
         let stats = source.stats_handle();
+        let metrics = collector_core::metrics::Registry::new();
+        source.register_metrics(&metrics);
         let mut collector = Collector::new(CollectorConfig::default());
         collector.register(Box::new(source)).unwrap();
         let handle = collector.handle();
@@ -348,6 +351,7 @@ mod collector {
             sub,
             run,
             stats,
+            metrics,
         }
     }
 
@@ -531,6 +535,7 @@ mod collector {
             mut sub,
             run,
             stats,
+            metrics,
         } = start(c).await;
         let drain = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -566,6 +571,31 @@ mod collector {
         // Stopped: the programs are detached and the books balance.
         let books = stats.kernel_accounting();
         assert!(books.balanced(), "{books:?}");
+        let kernel = [("stage", "kernel")];
+        let dropped = [("stage", "kernel"), ("reason", "ringbuf_full")];
+        assert_eq!(
+            metrics.value("daemoneye_events_dropped_total", &dropped),
+            Some(books.dropped)
+        );
+        assert_eq!(
+            metrics.value("daemoneye_kernel_events_produced_total", &kernel),
+            Some(books.produced)
+        );
+        assert_eq!(
+            metrics.value("daemoneye_kernel_events_delivered_total", &kernel),
+            Some(books.delivered)
+        );
+        let tier = |t| [("source", "procmond"), ("tier", t)];
+        // Stopped, the collector is no longer on any tier's real-time path,
+        // but the gauge still names the one it ran on.
+        assert_eq!(
+            metrics.value("daemoneye_capture_tier", &tier("ebpf")),
+            Some(1)
+        );
+        assert_eq!(
+            metrics.value("daemoneye_capture_tier", &tier("connector")),
+            Some(0)
+        );
     }
 }
 
@@ -769,4 +799,18 @@ fn procmond_run_uses_the_ebpf_tier_after_dropping_privileges() {
     lines.join().unwrap();
     assert_eq!(exec["lifecycle"]["tier"], "ebpf", "{exec}");
     assert_eq!(exec["executable_path"], "/bin/true", "{exec}");
+}
+
+#[test]
+fn an_unknown_tier_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["run", "--no-database", "--no-socket", "--tier", "kprobe"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ebpf") && err.contains("connector") && err.contains("polling"),
+        "{err}"
+    );
 }
