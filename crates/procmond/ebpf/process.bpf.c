@@ -26,8 +26,13 @@
 #define F_SETUID 0x4             /* the set-user-ID bit changed the euid */
 #define F_SETGID 0x8             /* the set-group-ID bit changed the egid */
 #define F_ARGV_UNREADABLE 0x10   /* reading the new stack's argv failed */
+#define F_EXE_TRUNCATED 0x20     /* exe path deeper or longer than we walk */
+#define F_EXE_UNLINKED 0x40      /* the executable has no name left (deleted, memfd) */
 
 #define ARGV_MAX 4096
+#define EXE_MAX 1024     /* the resolved executable path, NUL excluded */
+#define PATH_DEPTH 40    /* path components walked, mount crossings included */
+#define NAME_MAX_LEN 255
 #define FILENAME_MAX_LEN 512
 #define COMM_LEN 16
 
@@ -60,8 +65,16 @@ struct exec_event {
 	u32 argv_len;     /* bytes of argv below */
 	u32 filename_len; /* bytes of filename, without the NUL */
 	u32 old_pid;      /* the thread id before exec (a thread that exec'd) */
+	u32 exe_len;      /* bytes of exe */
+	u32 _pad;
 	char filename[FILENAME_MAX_LEN];
+	char exe[EXE_MAX]; /* the executable's path, from the opened file */
 	char argv[ARGV_MAX];
+};
+
+/* Scratch for building the executable's path backwards. */
+struct path_buf {
+	char buf[EXE_MAX + NAME_MAX_LEN + 2];
 };
 
 struct {
@@ -85,7 +98,108 @@ struct {
 	__type(value, struct exec_event);
 } SCRATCH SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct path_buf);
+} PATHS SEC(".maps");
+
 char LICENSE[] SEC("license") = "GPL";
+
+/* The byte offset of a field on the running kernel (CO-RE). */
+#define FIELD_OFFSET(type, field) __builtin_preserve_field_info(((type *)0)->field, 0)
+
+static __always_inline u64 read_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (const void *)addr);
+	return v;
+}
+
+/*
+ * The path of the executable's opened file, as d_path would give it from
+ * the global root: walks d_parent up to each mount's root, then crosses to
+ * the mount point in the parent mount. Written backwards into a scratch
+ * buffer, then copied to e->exe. The bound (PATH_DEPTH components, EXE_MAX
+ * bytes) is flagged when hit.
+ */
+static __always_inline void resolve_exe(struct exec_event *e, struct file *f)
+{
+	struct path_buf *pb;
+	u32 zero = 0, off = EXE_MAX, len;
+	u64 dentry, vfsmnt, mnt, parent, root, name, file_dentry;
+	bool done = false;
+
+	e->exe_len = 0;
+	pb = bpf_map_lookup_elem(&PATHS, &zero);
+	if (!pb)
+		return;
+	dentry = (u64)f->f_path.dentry;
+	file_dentry = dentry;
+	vfsmnt = (u64)f->f_path.mnt;
+	mnt = vfsmnt - FIELD_OFFSET(struct mount, mnt);
+
+	for (int i = 0; i < PATH_DEPTH; i++) {
+		root = read_u64(vfsmnt + FIELD_OFFSET(struct vfsmount, mnt_root));
+		if (dentry == root) {
+			parent = read_u64(mnt + FIELD_OFFSET(struct mount, mnt_parent));
+			if (parent == mnt || parent == 0) {
+				done = true;
+				break;
+			}
+			dentry = read_u64(mnt + FIELD_OFFSET(struct mount, mnt_mountpoint));
+			mnt = parent;
+			vfsmnt = mnt + FIELD_OFFSET(struct mount, mnt);
+			continue;
+		}
+		parent = read_u64(dentry + FIELD_OFFSET(struct dentry, d_parent));
+		if (parent == dentry || parent == 0) {
+			done = true;
+			break;
+		}
+		len = 0;
+		bpf_probe_read_kernel(&len, sizeof(len),
+				      (const void *)(dentry + FIELD_OFFSET(struct dentry, d_name.len)));
+		name = read_u64(dentry + FIELD_OFFSET(struct dentry, d_name.name));
+		if (len > NAME_MAX_LEN)
+			len = NAME_MAX_LEN;
+		if (len + 1 > off)
+			break;
+		off -= len + 1;
+		off &= EXE_MAX - 1;
+		pb->buf[off] = '/';
+		asm volatile("%[len] &= 0xff" : [len] "+r"(len));
+		bpf_probe_read_kernel(&pb->buf[off + 1], len, (const void *)name);
+		dentry = parent;
+	}
+	if (!done)
+		e->h.flags |= F_EXE_TRUNCATED;
+	len = EXE_MAX - off;
+	if (len == 0) {
+		/* The file is the root of a mount nothing else reaches (a memfd,
+		 * on the kernel's internal shmem mount): "/" and its own name,
+		 * as d_path's "/memfd:NAME" without " (deleted)". */
+		len = 0;
+		bpf_probe_read_kernel(&len, sizeof(len),
+				      (const void *)(file_dentry + FIELD_OFFSET(struct dentry, d_name.len)));
+		name = read_u64(file_dentry + FIELD_OFFSET(struct dentry, d_name.name));
+		if (len > NAME_MAX_LEN)
+			len = NAME_MAX_LEN;
+		asm volatile("%[len] &= 0xff" : [len] "+r"(len));
+		e->exe[0] = '/';
+		e->exe_len = 1;
+		if (bpf_probe_read_kernel(&e->exe[1], len, (const void *)name) == 0)
+			e->exe_len = 1 + len;
+		return;
+	}
+	asm volatile("%[len] &= 0x7ff" : [len] "+r"(len));
+	if (len > EXE_MAX)
+		return;
+	off &= EXE_MAX - 1;
+	if (bpf_probe_read_kernel(e->exe, len, &pb->buf[off]) == 0)
+		e->exe_len = len;
+}
 
 static __always_inline void count(u32 which)
 {
@@ -178,10 +292,14 @@ int handle_exec(u64 *ctx)
 	/* The set-id bits, when they took effect: the new effective id is the
 	 * file's owner and differs from the real id. */
 	inode = bprm->file->f_inode;
+	if (inode->i_nlink == 0)
+		e->h.flags |= F_EXE_UNLINKED;
 	if ((inode->i_mode & S_ISUID) && e->h.euid == inode->i_uid.val && e->h.euid != e->h.uid)
 		e->h.flags |= F_SETUID;
 	if ((inode->i_mode & S_ISGID) && e->h.egid == inode->i_gid.val && e->h.egid != e->h.gid)
 		e->h.flags |= F_SETGID;
+
+	resolve_exe(e, bprm->file);
 
 	/* The filename as executed (the path given to execve, or /dev/fd/N). */
 	n = bpf_probe_read_kernel_str(e->filename, FILENAME_MAX_LEN, bprm->filename);

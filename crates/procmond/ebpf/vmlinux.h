@@ -75,11 +75,40 @@ struct signal_struct {
 
 struct inode {
 	umode_t i_mode;
+	unsigned int i_nlink;
 	kuid_t i_uid;
 	kgid_t i_gid;
 };
 
+/* d_name.len sits in an anonymous struct in an anonymous union (and
+ * d_name itself in an anonymous union since 6.15); relocations find it. */
+struct qstr {
+	u32 len;
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+};
+
+struct vfsmount {
+	struct dentry *mnt_root;
+};
+
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+};
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+};
+
 struct file {
+	struct path f_path;
 	struct inode *f_inode;
 };
 

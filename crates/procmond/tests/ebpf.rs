@@ -70,6 +70,11 @@ impl Records {
     }
 }
 
+/// `path` with every symlink resolved.
+fn real(path: &str) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap()
+}
+
 fn marker(test: &str) -> String {
     format!("procmond-ebpf-{test}-{}", std::process::id())
 }
@@ -94,6 +99,9 @@ async fn a_one_millisecond_process_is_seen_with_argv_exe_and_exit_code() {
         })
         .await;
     assert_eq!(exec.filename, "/bin/false");
+    // The kernel's resolved path, symlinks followed, as /proc/<pid>/exe says.
+    assert_eq!(std::path::Path::new(&exec.exe), real("/bin/false"));
+    assert!(!exec.exe_truncated && !exec.exe_unlinked);
     assert_eq!(exec.argv, ["/bin/false", mark.as_str(), "two words", ""]);
     assert_eq!(exec.argc, 4);
     assert!(!exec.argv_truncated && !exec.setuid && !exec.setgid);
@@ -146,7 +154,10 @@ async fn fork_and_exec_keys_equal_the_keys_from_proc() {
         from_bpf.command_line, from_proc.command_line,
         "{exec:?} {from_proc:?}"
     );
-    assert_eq!(from_bpf.executable_path.as_deref(), Some("/bin/sleep"));
+    assert_eq!(exec.filename, "/bin/sleep");
+    // The same executable path as the other tiers read from /proc.
+    assert!(from_proc.executable_path.is_some());
+    assert_eq!(from_bpf.executable_path, from_proc.executable_path);
     drop(handle);
 }
 
@@ -195,6 +206,36 @@ async fn long_argv_is_truncated_and_flagged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_executable_deeper_than_the_walk_is_flagged_not_cut_silently() {
+    if !privileged("deep") {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut deep = dir.path().to_path_buf();
+    for _ in 0..45 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let program = deep.join("deep-true");
+    std::fs::copy("/bin/true", &program).unwrap();
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let mark = marker("deep");
+    Command::new(&program).arg(&mark).status().unwrap();
+    let exec = rx
+        .find("exec of the deep copy", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(exec.exe_truncated, "{exec:?}");
+    assert!(exec.exe.ends_with("/d/d/deep-true"), "{exec:?}");
+    // The event falls back to the whole filename as executed.
+    let event = exec.to_process_event(&ProcReader::new(ReadOptions::default()).unwrap());
+    assert_eq!(event.executable_path.as_deref(), program.to_str());
+    drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_setuid_binary_run_by_nobody_is_flagged() {
     if !privileged("setuid") {
         return;
@@ -226,6 +267,10 @@ async fn a_setuid_binary_run_by_nobody_is_flagged() {
     assert_eq!((exec.task.uid, exec.task.euid), (65_534, 0));
     assert!(exec.setuid && !exec.setgid, "{exec:?}");
     assert_eq!(exec.filename, suid.to_str().unwrap());
+    assert_eq!(
+        std::path::Path::new(&exec.exe),
+        real(suid.to_str().unwrap())
+    );
 
     // The same binary without the bit: not flagged.
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -422,7 +467,8 @@ mod collector {
             exec.command_line,
             ["/bin/false", mark.as_str(), "two", "words"]
         );
-        assert_eq!(exec.executable_path.as_deref(), Some("/bin/false"));
+        let real = std::fs::canonicalize("/bin/false").unwrap();
+        assert_eq!(exec.executable_path.as_deref(), real.to_str());
         assert!(exec.process_key.is_some() && exec.start_time.is_some());
         assert_eq!(exec.lifecycle().tier, Some(CaptureTier::Ebpf));
         assert!(!exec.lifecycle().argv_truncated);
@@ -721,9 +767,10 @@ async fn execs_from_a_memfd_and_from_a_deleted_file_are_seen() {
     drop(writer);
     let mark = marker("memfd");
     let exec = exec_through_fd(&mut rx, &reader, &mark).await;
+    assert!(exec.exe.starts_with("/memfd:procmond-test"), "{exec:?}");
     // Not a path of ours to hash.
     let event = exec.to_process_event(&ProcReader::new(ReadOptions::default()).unwrap());
-    assert!(!event.file_exists);
+    assert!(!event.file_exists, "{exec:?}");
 
     // A program deleted before it ran.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -732,7 +779,11 @@ async fn execs_from_a_memfd_and_from_a_deleted_file_are_seen() {
     let reader = std::fs::File::open(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let mark = marker("deleted");
-    exec_through_fd(&mut rx, &reader, &mark).await;
+    let exec = exec_through_fd(&mut rx, &reader, &mark).await;
+    // Its path as it was, and that it was gone.
+    let was = real(dir.path().to_str().unwrap()).join("deleted-true");
+    assert_eq!(std::path::Path::new(&exec.exe), was);
+    assert!(exec.exe_unlinked, "{exec:?}");
     drop(handle);
 }
 
@@ -798,7 +849,8 @@ fn procmond_run_uses_the_ebpf_tier_after_dropping_privileges() {
     daemon.wait().unwrap();
     lines.join().unwrap();
     assert_eq!(exec["lifecycle"]["tier"], "ebpf", "{exec}");
-    assert_eq!(exec["executable_path"], "/bin/true", "{exec}");
+    let path = real("/bin/true");
+    assert_eq!(exec["executable_path"], path.to_str().unwrap(), "{exec}");
 }
 
 #[test]

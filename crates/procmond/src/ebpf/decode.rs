@@ -24,15 +24,23 @@ pub const F_SETUID: u32 = 0x4;
 pub const F_SETGID: u32 = 0x8;
 /// `F_ARGV_UNREADABLE`: the kernel could not read the new argv.
 pub const F_ARGV_UNREADABLE: u32 = 0x10;
+/// `F_EXE_TRUNCATED`: the executable's path was deeper or longer than the
+/// program walks; `exe` holds its last components.
+pub const F_EXE_TRUNCATED: u32 = 0x20;
+/// `F_EXE_UNLINKED`: the executable had no name left when it ran (deleted,
+/// or a memfd).
+pub const F_EXE_UNLINKED: u32 = 0x40;
 
 /// The most argv bytes a record carries (`ARGV_MAX`).
 pub const ARGV_MAX: usize = 4096;
 /// The filename buffer, NUL included (`FILENAME_MAX_LEN`).
 pub const FILENAME_MAX: usize = 512;
+/// The resolved executable path buffer (`EXE_MAX`).
+pub const EXE_MAX: usize = 1024;
 /// `sizeof(struct event)`: a fork or exit record.
 pub const EVENT_SIZE: usize = 72;
 /// `sizeof(struct exec_event)` without its argv.
-pub const EXEC_FIXED_SIZE: usize = EVENT_SIZE + 16 + FILENAME_MAX;
+pub const EXEC_FIXED_SIZE: usize = EVENT_SIZE + 24 + FILENAME_MAX + EXE_MAX;
 
 const COMM_LEN: usize = 16;
 
@@ -89,6 +97,14 @@ pub struct ExecRecord {
     pub filename: String,
     /// The filename did not fit in [`FILENAME_MAX`] - 1 bytes: a prefix.
     pub filename_truncated: bool,
+    /// The executable's path, resolved by the kernel from the opened file
+    /// (symlinks followed, as `/proc/<pid>/exe` says it; `/memfd:NAME` for a
+    /// memfd); empty when it could not be read.
+    pub exe: String,
+    /// `exe` is only the path's last components (too deep or too long).
+    pub exe_truncated: bool,
+    /// The executable had no name left when it ran: deleted, or a memfd.
+    pub exe_unlinked: bool,
     /// The arguments, lossily UTF-8. When truncated, the last one may be cut.
     pub argv: Vec<String>,
     /// Fewer than all arguments, or a cut last one: argv was longer than
@@ -225,6 +241,7 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let argv_len = u32_at(b, EVENT_SIZE + 4);
     let filename_len = u32_at(b, EVENT_SIZE + 8);
     let old_pid = u32_at(b, EVENT_SIZE + 12);
+    let exe_len = u32_at(b, EVENT_SIZE + 16);
     let argv_bytes = usize::try_from(argv_len)
         .ok()
         .filter(|&n| n <= ARGV_MAX)
@@ -233,7 +250,16 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
             field: "argv_len",
             value: argv_len,
         })?;
-    let filename_start = EVENT_SIZE + 16;
+    let filename_start = EVENT_SIZE + 24;
+    let exe_start = filename_start + FILENAME_MAX;
+    let exe = usize::try_from(exe_len)
+        .ok()
+        .filter(|&n| n <= EXE_MAX)
+        .and_then(|n| b.get(exe_start..exe_start + n))
+        .ok_or(DecodeError::BadLength {
+            field: "exe_len",
+            value: exe_len,
+        })?;
     let filename = usize::try_from(filename_len)
         .ok()
         .filter(|&n| n < FILENAME_MAX)
@@ -250,6 +276,9 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
         argc,
         filename: String::from_utf8_lossy(filename).into_owned(),
         filename_truncated: flags & F_FILENAME_TRUNCATED != 0,
+        exe: String::from_utf8_lossy(exe).into_owned(),
+        exe_truncated: flags & F_EXE_TRUNCATED != 0,
+        exe_unlinked: flags & F_EXE_UNLINKED != 0,
         argv,
         argv_truncated: cut || short || flags & (F_ARGV_TRUNCATED | F_ARGV_UNREADABLE) != 0,
         setuid: flags & F_SETUID != 0,
@@ -279,18 +308,18 @@ mod tests {
     }
 
     fn exec(flags: u32, argc: u32, filename: &[u8], argv: &[u8]) -> Vec<u8> {
+        let exe = b"/usr/bin/true";
         let mut b = header(KIND_EXEC, flags);
-        for v in [
-            argc,
-            u32::try_from(argv.len()).unwrap(),
-            u32::try_from(filename.len()).unwrap(),
-            11,
-        ] {
+        let len = |s: &[u8]| u32::try_from(s.len()).unwrap();
+        for v in [argc, len(argv), len(filename), 11, len(exe), 0] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         let mut name = [0u8; FILENAME_MAX];
         name[..filename.len()].copy_from_slice(filename);
         b.extend_from_slice(&name);
+        let mut path = [0u8; EXE_MAX];
+        path[..exe.len()].copy_from_slice(exe);
+        b.extend_from_slice(&path);
         b.extend_from_slice(argv);
         b
     }
@@ -319,6 +348,8 @@ mod tests {
         };
         assert_eq!(e.argv, ["true", "", "x y"]);
         assert_eq!((e.filename.as_str(), e.old_pid), ("/bin/true", 11));
+        assert_eq!(e.exe, "/usr/bin/true");
+        assert!(!e.exe_truncated && !e.exe_unlinked);
         assert!(!e.argv_truncated && e.setuid && !e.setgid && !e.filename_truncated);
         // No final NUL: the last argument was cut.
         let Record::Exec(e) = decode(&exec(0, 2, b"/x", b"a\0bb")).unwrap() else {

@@ -1,5 +1,6 @@
 //! The eBPF tier: every fork, exec and exit as the kernel saw it, with the
-//! exec's full argv and filename, and every lost record counted.
+//! exec's argv, filename and resolved executable path, and every lost
+//! record counted.
 //!
 //! `crates/procmond/ebpf/process.bpf.c` (built by `cargo xtask ebpf`, the
 //! object committed beside it and embedded here) attaches to the BTF
@@ -328,10 +329,13 @@ impl ExecRecord {
     /// (`reader` knows the boot id and clock tick). `timestamp` is left for
     /// the caller.
     ///
-    /// The executable path is the filename as executed; when it is not an
-    /// absolute path to a file (relative, `/dev/fd/N` of an fexecve, or
-    /// `/proc/self/fd/N` of a memfd or deleted file) `file_exists` is false,
-    /// so it is not hashed as if it were one of ours.
+    /// The executable path is the one the kernel resolved from the opened
+    /// file (as `/proc/<pid>/exe` gives it, so it matches the other tiers);
+    /// when that could not be read whole, the filename as executed.
+    /// `file_exists` is false when the file had no name left (deleted, a
+    /// memfd) or only the filename is known and it is not an absolute path
+    /// of a file (relative, `/dev/fd/N`, `/proc/self/fd/N`): it is not hashed
+    /// as if it were one of ours.
     pub fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
         let t = &self.task;
         let ticks = t.start_ticks(reader.ticks_per_sec());
@@ -343,12 +347,14 @@ impl ExecRecord {
         e.start_time = Some(reader.start_time_of(ticks));
         e.process_key = reader.boot_id().map(|b| ProcessKey::new(b, t.tgid, ticks));
         e.command_line.clone_from(&self.argv);
-        if !self.filename.is_empty() {
-            e.executable_path = Some(self.filename.clone());
+        let resolved = !self.exe.is_empty() && !self.exe_truncated;
+        let path = if resolved { &self.exe } else { &self.filename };
+        if !path.is_empty() {
+            e.executable_path = Some(path.clone());
         }
-        e.file_exists = self.filename.starts_with('/')
-            && !self.filename.starts_with("/dev/fd/")
-            && !self.filename.starts_with("/proc/");
+        e.file_exists = !self.exe_unlinked
+            && path.starts_with('/')
+            && (resolved || !(path.starts_with("/dev/fd/") || path.starts_with("/proc/")));
         e
     }
 }
