@@ -76,7 +76,8 @@ const BATCH: usize = 256;
 #[serde(deny_unknown_fields, default)]
 pub struct EbpfConfig {
     /// Ring buffer size in bytes: a power of two and a multiple of the page
-    /// size. Default 4 MiB (about 4,000 long execs, or 58,000 forks/exits).
+    /// size. Default 4 MiB: about 2,400 execs of a short argv (1.7 KiB
+    /// each; up to 5.6 KiB with a full argv), or 52,000 forks/exits (80 B).
     pub ring_buffer_bytes: u32,
     /// How long the reader waits for records before checking whether it
     /// should stop and reading the kernel's counters. Default 100 ms.
