@@ -1029,6 +1029,7 @@ mod tests {
             when_full: WhenFull::DropNewest,
             batch_delay_ms: 60_000,
             batch_events: 1_000,
+            ..WriterConfig::default()
         };
         let writer = StoreWriter::spawn(db, config).unwrap();
         // The writer may already have taken the first batches (and given

@@ -41,9 +41,13 @@ pub struct RunArgs {
     /// Write every event as one JSON object a line to PATH (`-`: stdout).
     #[arg(long, value_name = "PATH|-")]
     pub events_jsonl: Option<String>,
-    /// Snapshots only, no kernel process connector.
+    /// Snapshots only, no kernel events (as `--tier polling`).
     #[arg(long)]
     pub no_realtime: bool,
+    /// The tier of kernel events: `auto` (default: eBPF, else the process
+    /// connector, else polling), or one forced (starting fails without it).
+    #[arg(long, value_enum)]
+    pub tier: Option<crate::source::TierChoice>,
     /// Serve detection tasks and the live event stream on this Unix socket
     /// (default: /run/daemoneye/procmond.sock as root, daemoneye/procmond.sock
     /// in the user's runtime directory otherwise).
@@ -102,13 +106,50 @@ pub fn runtime_in_main(program: &str) -> Result<tokio::runtime::Runtime, std::pr
         })
 }
 
-/// Runs the collector until SIGTERM or SIGINT.
+/// What `procmond run` readies before its runtime starts: the config, and
+/// the eBPF programs loaded and attached while the process still holds the
+/// capabilities that takes, so that
+/// [`drop_privileges`](crate::privileges::drop_privileges) can give those up
+/// right after ([`prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    file: FileConfig,
+    ebpf: Option<crate::ebpf::EbpfTier>,
+}
+
+/// Reads the config and, when the eBPF tier may be used (`--tier auto` or
+/// `ebpf`, real-time on), loads and attaches its programs. Call it before
+/// any thread exists and before dropping privileges. A tier that cannot load
+/// is only logged here: the collector then retries and falls back (or fails,
+/// when `ebpf` was forced) as it starts.
 ///
 /// # Errors
-/// [`RunError::Bad`] for a bad config (exit code 2), [`RunError::Failed`]
-/// when something fails while starting or running.
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let file: FileConfig = match &args.config {
+/// [`RunError::Bad`] for an unreadable or invalid config file.
+pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
+    let file = read_config(args)?;
+    let tier = args.tier.unwrap_or(file.monitor.process_config.tier);
+    let wanted = !args.no_realtime
+        && file.monitor.base_config.enable_event_driven
+        && matches!(
+            tier,
+            crate::source::TierChoice::Auto | crate::source::TierChoice::Ebpf
+        );
+    let ebpf = if wanted {
+        match crate::ebpf::EbpfTier::load(&file.monitor.process_config.ebpf) {
+            Ok(tier) => Some(tier),
+            Err(e) => {
+                tracing::debug!(error = %e, "eBPF tier not preloaded");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Prepared { file, ebpf })
+}
+
+fn read_config(args: &RunArgs) -> Result<FileConfig, RunError> {
+    Ok(match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))
@@ -118,13 +159,34 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 .map_err(RunError::Bad)?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+///
+/// # Errors
+/// [`RunError::Bad`] for a bad config (exit code 2), [`RunError::Failed`]
+/// when something fails while starting or running.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let file = read_config(&args)?;
+    run_prepared(args, Prepared { file, ebpf: None }).await
+}
+
+/// [`run`], with what [`prepare`] readied.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_prepared(args: RunArgs, prepared: Prepared) -> Result<(), RunError> {
+    let Prepared { file, ebpf } = prepared;
     let mut monitor = file.monitor;
     if let Some(secs) = args.interval {
         monitor.base_config.collection_interval = Duration::from_secs(secs);
     }
     if args.no_realtime {
         monitor.base_config.enable_event_driven = false;
+    }
+    if let Some(tier) = args.tier {
+        monitor.process_config.tier = tier;
     }
     let mut collector_config = file.collector;
     if args.config.is_none() {
@@ -147,6 +209,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ProcmondMonitorCollector::new(Arc::new(Mutex::new(db)), monitor).await
     }
     .map_err(|e| RunError::Bad(e.into()))?;
+    let source = match ebpf {
+        Some(tier) => source.with_ebpf_tier(tier),
+        None => source,
+    };
 
     let stats = source.stats_handle();
     let mut collector = Collector::new(collector_config);
@@ -331,6 +397,15 @@ fn health(
             ("kernel_overruns".to_owned(), m.kernel_overruns),
             ("realtime_active".to_owned(), u64::from(m.realtime_active)),
             ("unreadable_before_exit".to_owned(), stats.enrich_failures()),
+        ]);
+        if let Some(tier) = stats.tier() {
+            source.counters.insert(format!("tier_{tier}"), 1);
+        }
+        let books = stats.kernel_accounting();
+        source.counters.extend([
+            ("kernel_records_produced".to_owned(), books.produced),
+            ("kernel_records_delivered".to_owned(), books.delivered),
+            ("kernel_records_dropped".to_owned(), books.dropped),
         ]);
         if realtime_wanted && started && !m.realtime_active {
             source.state = HealthState::Degraded.into();

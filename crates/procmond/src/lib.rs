@@ -2,6 +2,9 @@
 //!
 //! - [`connector`]: real-time fork/exec/exit events from the kernel's netlink
 //!   process connector, read by a dedicated thread.
+//! - [`ebpf`]: every fork, exec (with its argv and filename) and exit from
+//!   eBPF programs on the scheduler's tracepoints, losses counted exactly;
+//!   the first tier, before the connector.
 //! - [`ipc`]: the detection tasks procmond answers over the collector IPC
 //!   socket.
 //! - [`lifecycle`]: start/exec/exit/modified and suspicious events from
@@ -18,6 +21,7 @@
 
 pub mod cli;
 pub mod connector;
+pub mod ebpf;
 pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;

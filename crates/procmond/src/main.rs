@@ -92,13 +92,20 @@ fn main() -> ExitCode {
         Command::Snapshot { format } => snapshot(format).map_err(RunError::Failed),
         Command::Run(args) => {
             collector_core::logging::init_logging(false);
-            // Before any thread exists, so that every thread inherits it.
-            if let Err(code) = procmond::privileges::drop_privileges_in_main("procmond") {
-                return code;
-            }
-            match procmond::cli::runtime_in_main("procmond") {
-                Ok(rt) => rt.block_on(procmond::cli::run(args)),
-                Err(code) => return code,
+            // The eBPF programs load and attach first, while the capabilities
+            // that takes are held; the drop below gives them up.
+            match procmond::cli::prepare(&args) {
+                Err(e) => Err(e),
+                Ok(prepared) => {
+                    // Before any thread exists, so that every thread inherits it.
+                    if let Err(code) = procmond::privileges::drop_privileges_in_main("procmond") {
+                        return code;
+                    }
+                    match procmond::cli::runtime_in_main("procmond") {
+                        Ok(rt) => rt.block_on(procmond::cli::run_prepared(args, prepared)),
+                        Err(code) => return code,
+                    }
+                }
             }
         }
     };

@@ -12,6 +12,16 @@
 //!   receive buffer.
 //!
 //! It stays uid 0 so it can write its database under `/var/lib`.
+//!
+//! Loading the [eBPF tier](crate::ebpf)'s programs takes `CAP_BPF` and
+//! `CAP_PERFMON` (measured on Linux 6.18: not `CAP_SYS_ADMIN`; with only
+//! [`KEPT`] the kernel refuses with `EPERM`). They are not kept: `procmond
+//! run` loads and attaches the programs first
+//! ([`cli::prepare`](crate::cli::prepare)), then drops to [`KEPT`]; the
+//! attached programs, the ring buffer and the counter map go on working
+//! through the file descriptors already open. Without that order (a library
+//! caller dropping first) the collector falls back to the process connector
+//! and says so.
 
 use rustix::thread::{
     capabilities, remove_capability_from_bounding_set, set_capabilities, set_no_new_privs,

@@ -10,8 +10,12 @@
 //! - a reconciliation snapshot whenever the kernel reports lost events
 //!   (`ENOBUFS`), so missed starts and exits are still found.
 //!
-//! Without the privilege for the connector it says so once and works from
-//! snapshots alone. Events are sent to the runtime and stored in the audit
+//! Kernel events come from the best tier this machine allows
+//! ([`TierChoice::Auto`]): the [eBPF programs](crate::ebpf) (every exec with
+//! its argv and filename as the kernel saw them, losses counted exactly),
+//! else the process connector, else snapshots alone (polling). Each fallback
+//! is said once, in the log; [`ProcmondStatsHandle::tier`] and the gauge
+//! `daemoneye_capture_tier{tier=...}` name the tier in use. Events are sent to the runtime and stored in the audit
 //! database through the store's one batched writer
 //! ([`StoreWriter`], on its own thread).
 
@@ -26,8 +30,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
-    CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig, MonitorCollectorStats,
-    ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
+    CaptureTier, CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig,
+    MonitorCollectorStats, ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
 };
 use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
 use serde::{Deserialize, Serialize};
@@ -39,6 +43,10 @@ use tracing::{debug, info, warn};
 use crate::connector::{
     ConnectorConfig, ConnectorError, ConnectorMessage, ProcConnector, ProcEvent, ReaderCounters,
     ReaderHandle,
+};
+use crate::ebpf::{
+    EbpfConfig, EbpfCounters, EbpfError, EbpfMessage, EbpfReaderHandle, EbpfTier, ExecRecord,
+    KernelAccounting, Record,
 };
 use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
 use crate::snapshot::{
@@ -66,6 +74,10 @@ pub struct ProcessCollectionConfig {
     pub hasher: HasherConfig,
     /// The kernel process connector's socket settings.
     pub connector: ConnectorConfig,
+    /// Which kernel tier to use: `auto` (the best available), or one forced.
+    pub tier: TierChoice,
+    /// The eBPF tier's settings.
+    pub ebpf: EbpfConfig,
     /// Most processes one snapshot reads; the rest are counted as truncated.
     pub max_processes: usize,
 }
@@ -78,9 +90,28 @@ impl Default for ProcessCollectionConfig {
             compute_executable_hashes: true,
             hasher: HasherConfig::default(),
             connector: ConnectorConfig::default(),
+            tier: TierChoice::Auto,
+            ebpf: EbpfConfig::default(),
             max_processes: 100_000,
         }
     }
+}
+
+/// Which tier of kernel events to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[derive(clap::ValueEnum)]
+pub enum TierChoice {
+    /// The best this machine allows: eBPF, else the process connector, else
+    /// polling (each fallback said once, in the log).
+    #[default]
+    Auto,
+    /// The eBPF programs only: starting fails when they cannot be loaded.
+    Ebpf,
+    /// The process connector only: starting fails when it cannot be opened.
+    Connector,
+    /// Snapshots only (as `enable_event_driven = false`).
+    Polling,
 }
 
 /// Everything procmond's collector needs.
@@ -113,6 +144,9 @@ pub enum ProcmondError {
     Hasher(#[from] daemoneye_hasher::ConfigError),
 }
 
+const TIERS: usize = 3;
+const _: () = assert!(CaptureTier::ALL.len() == TIERS);
+
 #[derive(Debug, Default)]
 struct Counters {
     cycles: Counter,
@@ -125,6 +159,9 @@ struct Counters {
     /// Unix seconds of the latest skipped hash (0: none yet).
     hashes_skipped_at: Gauge,
     reader: ReaderCounters,
+    ebpf: EbpfCounters,
+    /// One per [`CaptureTier::ALL`] (same order), 1 for the tier in use.
+    tiers: [Gauge; TIERS],
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
 }
@@ -140,6 +177,9 @@ pub struct ProcmondMonitorCollector {
     hasher: Option<HashEngine>,
     counters: Arc<Counters>,
     stop: CancellationToken,
+    /// eBPF programs loaded and attached before privileges were dropped
+    /// ([`with_ebpf_tier`](Self::with_ebpf_tier)); taken by the first start.
+    preloaded: Mutex<Option<EbpfTier>>,
 }
 
 impl std::fmt::Debug for ProcmondMonitorCollector {
@@ -214,6 +254,7 @@ impl ProcmondMonitorCollector {
             hasher,
             counters: Arc::default(),
             stop: CancellationToken::new(),
+            preloaded: Mutex::new(None),
         })
     }
 }
@@ -374,7 +415,15 @@ impl Run<'_> {
             vanished = snap.stats.vanished,
             "snapshot"
         );
-        let events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        let mut events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        // Lifecycle events a snapshot found were seen by polling (the
+        // snapshot rows themselves are polling by definition, and stay
+        // without a detail).
+        for e in &mut events {
+            if e.event_type != ProcessEventType::Snapshot {
+                e.lifecycle_mut().tier = Some(CaptureTier::Polling);
+            }
+        }
         if let Some(writer) = &self.collector.database {
             let rows: Vec<ProcessEvent> = events
                 .iter()
@@ -514,6 +563,65 @@ fn pid_to_read(event: &ProcEvent) -> Option<(u32, u64, bool)> {
     }
 }
 
+/// What a kernel tier's reader hands the enrichment thread: the connector's
+/// messages or the eBPF reader's, as one stream of events (an exec from eBPF
+/// with its record) and overruns.
+enum KernelRx {
+    Connector(mpsc::Receiver<ConnectorMessage>),
+    Ebpf(mpsc::Receiver<EbpfMessage>),
+}
+
+/// One message of either tier.
+enum KernelItem {
+    Events(Vec<(ProcEvent, Option<Box<ExecRecord>>)>),
+    Overrun,
+}
+
+impl From<ConnectorMessage> for KernelItem {
+    fn from(m: ConnectorMessage) -> Self {
+        match m {
+            ConnectorMessage::Events(e) => Self::Events(e.into_iter().map(|e| (e, None)).collect()),
+            _ => Self::Overrun,
+        }
+    }
+}
+
+impl From<EbpfMessage> for KernelItem {
+    fn from(m: EbpfMessage) -> Self {
+        match m {
+            EbpfMessage::Events(records) => Self::Events(
+                records
+                    .into_iter()
+                    .map(|r| {
+                        let event = r.to_proc_event();
+                        match r {
+                            Record::Exec(exec) => (event, Some(exec)),
+                            _ => (event, None),
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => Self::Overrun,
+        }
+    }
+}
+
+impl KernelRx {
+    fn blocking_recv(&mut self) -> Option<KernelItem> {
+        match self {
+            Self::Connector(rx) => rx.blocking_recv().map(KernelItem::from),
+            Self::Ebpf(rx) => rx.blocking_recv().map(KernelItem::from),
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<KernelItem> {
+        match self {
+            Self::Connector(rx) => rx.try_recv().ok().map(KernelItem::from),
+            Self::Ebpf(rx) => rx.try_recv().ok().map(KernelItem::from),
+        }
+    }
+}
+
 /// Kernel events with what `/proc` said of their process at once.
 enum Enriched {
     Events(Vec<(ProcEvent, Option<ProcessEvent>)>),
@@ -526,7 +634,7 @@ enum Enriched {
 /// side never waits on `/proc`. Ends when the reader ends or the collector
 /// stops listening.
 struct Enricher {
-    from_kernel: mpsc::Receiver<ConnectorMessage>,
+    from_kernel: KernelRx,
     to_collector: mpsc::Sender<Enriched>,
     reader: ProcReader,
     counters: Arc<Counters>,
@@ -543,19 +651,37 @@ impl Enricher {
         while let Some(first) = from_kernel.blocking_recv() {
             // Everything already queued, in order: execs are read first, since
             // their process may be gone within a millisecond.
-            let mut events = Vec::new();
+            let mut items = Vec::new();
             let mut overrun = false;
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
-                    ConnectorMessage::Events(e) => events.extend(e),
-                    _ => overrun = true,
+                    KernelItem::Events(e) => items.extend(e),
+                    KernelItem::Overrun => overrun = true,
                 }
-                next = from_kernel.try_recv().ok();
+                next = from_kernel.try_recv();
             }
-            let mut reads: Vec<Option<ProcessEvent>> = vec![None; events.len()];
+            // An exec the eBPF tier saw is what the kernel said: argv and
+            // executable from its record, not from /proc.
+            let mut reads: Vec<Option<ProcessEvent>> = Vec::with_capacity(items.len());
+            let mut events = Vec::with_capacity(items.len());
+            for (event, record) in items {
+                reads.push(record.map(|r| {
+                    let mut e = r.to_process_event(reader);
+                    e.timestamp = wall_time(r.task.timestamp_ns);
+                    let detail = e.lifecycle_mut();
+                    detail.argv_truncated = r.argv_truncated;
+                    detail.setuid = r.setuid;
+                    detail.setgid = r.setgid;
+                    e
+                }));
+                events.push(event);
+            }
             for pass_stat_only in [false, true] {
                 for (i, e) in events.iter().enumerate() {
+                    if reads[i].is_some() {
+                        continue;
+                    }
                     if let Some((pid, ts, stat_only)) = pid_to_read(e) {
                         if stat_only == pass_stat_only {
                             reads[i] = Some(read_with(reader, counters, pid, ts, stat_only));
@@ -604,6 +730,8 @@ impl EventSource for ProcmondMonitorCollector {
             Some((handle, rx)) => (Some(handle), rx),
             None => (None, mpsc::channel(1).1),
         };
+        // The tier every kernel event of this run is tagged with.
+        let kernel_tier = self.stats_handle().tier().unwrap_or(CaptureTier::Polling);
 
         let mut run = Run {
             collector: self,
@@ -635,7 +763,10 @@ impl EventSource for ProcmondMonitorCollector {
                             match msg {
                                 Enriched::Events(events) => {
                                     for (e, read) in events {
-                                        out.extend(run.on_kernel_event(&e, read));
+                                        for mut event in run.on_kernel_event(&e, read) {
+                                            event.lifecycle_mut().tier = Some(kernel_tier);
+                                            out.push(event);
+                                        }
                                     }
                                 }
                                 Enriched::Overrun => overrun = true,
@@ -652,11 +783,12 @@ impl EventSource for ProcmondMonitorCollector {
                         }
                     }
                     None => {
-                        warn!("process connector reader ended; falling back to snapshots");
+                        warn!("kernel event reader ended; falling back to snapshots");
                         self.counters.realtime.set_bool(false);
+                        self.set_tier(CaptureTier::Polling);
                         if let Some(h) = reader.take() {
                             if let Err(err) = tokio::task::spawn_blocking(move || h.join()).await? {
-                                warn!(error = %err, "process connector reader failed");
+                                warn!(error = %err, "kernel event reader failed");
                             }
                         }
                         true
@@ -669,8 +801,9 @@ impl EventSource for ProcmondMonitorCollector {
             }
         }
         if let Some(h) = reader.take() {
-            let stats = tokio::task::spawn_blocking(move || h.stop()).await?;
-            debug!(?stats, "process connector stopped");
+            if let Err(err) = tokio::task::spawn_blocking(move || h.stop()).await? {
+                warn!(error = %err, "kernel event reader ended with an error");
+            }
         }
         self.counters.realtime.set_bool(false);
         // What this run produced is committed before it returns.
@@ -721,15 +854,48 @@ impl ProcmondMonitorCollector {
         self.counters.enrich_failed.get()
     }
 
-    /// Opens the kernel connector and starts its reader and the enrichment
-    /// thread; `None` (said once, in the log) when it is off or unavailable.
-    fn open_realtime(&self) -> anyhow::Result<Option<(ReaderHandle, mpsc::Receiver<Enriched>)>> {
+    /// Uses `tier`, loaded and attached already (while the capabilities
+    /// loading needs were held; see [`crate::privileges`]), instead of
+    /// loading the programs when the collector starts on the eBPF tier.
+    #[must_use]
+    pub fn with_ebpf_tier(self, tier: EbpfTier) -> Self {
+        if let Ok(mut slot) = self.preloaded.lock() {
+            *slot = Some(tier);
+        }
+        self
+    }
+
+    fn set_tier(&self, tier: CaptureTier) {
+        for (t, gauge) in CaptureTier::ALL.iter().zip(&self.counters.tiers) {
+            gauge.set_bool(*t == tier);
+        }
+    }
+
+    /// Opens the best kernel tier allowed ([`ProcessCollectionConfig::tier`])
+    /// and starts its reader and the enrichment thread; `None` (said once, in
+    /// the log) when none is wanted or available. A forced tier that cannot
+    /// be opened is an error.
+    fn open_realtime(&self) -> anyhow::Result<Option<(RealtimeReader, mpsc::Receiver<Enriched>)>> {
         let base = &self.config.base_config;
-        if !base.enable_event_driven {
+        let choice = self.config.process_config.tier;
+        if !base.enable_event_driven || choice == TierChoice::Polling {
+            self.set_tier(CaptureTier::Polling);
             return Ok(None);
         }
+        if matches!(choice, TierChoice::Auto | TierChoice::Ebpf) {
+            match self.open_ebpf() {
+                Ok(opened) => return Ok(Some(opened)),
+                Err(err) if choice == TierChoice::Ebpf => {
+                    return Err(anyhow::Error::new(err).context("the eBPF tier was asked for"));
+                }
+                Err(err) => warn!(
+                    error = %err,
+                    "eBPF tier unavailable: falling back to the process connector \
+                     (exec argv and executable read from /proc, losses not counted exactly)"
+                ),
+            }
+        }
         let (ktx, krx) = mpsc::channel(base.max_events_in_flight);
-        let (etx, erx) = mpsc::channel(base.max_events_in_flight);
         let opened = ProcConnector::open(&self.config.process_config.connector).and_then(|c| {
             let granted = c.recv_buffer();
             c.spawn_reader_counted(ktx, self.counters.reader.clone())
@@ -740,20 +906,13 @@ impl ProcmondMonitorCollector {
                 info!(
                     granted_bytes = granted.granted_bytes,
                     forced = granted.forced,
-                    "process connector active"
+                    "capture tier: process connector"
                 );
-                self.counters.realtime.set_bool(true);
-                let enricher = Enricher {
-                    from_kernel: krx,
-                    to_collector: etx,
-                    reader: self.quick.clone(),
-                    counters: self.counters.clone(),
-                };
-                std::thread::Builder::new()
-                    .name("procmond-enrich".into())
-                    .spawn(move || enricher.run())
-                    .context("cannot start the enrichment thread")?;
-                Ok(Some((handle, erx)))
+                let erx = self.start_enricher(KernelRx::Connector(krx), CaptureTier::Connector)?;
+                Ok(Some((RealtimeReader::Connector(handle), erx)))
+            }
+            Err(err) if choice == TierChoice::Connector => {
+                Err(anyhow::Error::new(err).context("the connector tier was asked for"))
             }
             Err(ConnectorError::PermissionDenied { .. }) => {
                 warn!(
@@ -761,13 +920,56 @@ impl ProcmondMonitorCollector {
                     "no privilege for the kernel process connector (needs root or CAP_NET_ADMIN): \
                      falling back to snapshots; processes shorter than the interval will be missed"
                 );
+                self.set_tier(CaptureTier::Polling);
                 Ok(None)
             }
             Err(err) => {
                 warn!(error = %err, "process connector unavailable: falling back to snapshots");
+                self.set_tier(CaptureTier::Polling);
                 Ok(None)
             }
         }
+    }
+
+    /// Loads the eBPF programs and starts their reader.
+    fn open_ebpf(&self) -> Result<(RealtimeReader, mpsc::Receiver<Enriched>), EbpfError> {
+        let base = &self.config.base_config;
+        let preloaded = self.preloaded.lock().ok().and_then(|mut slot| slot.take());
+        let tier = match preloaded {
+            Some(tier) => tier,
+            None => EbpfTier::load(&self.config.process_config.ebpf)?,
+        };
+        let (ktx, krx) = mpsc::channel(base.max_events_in_flight);
+        let handle = tier.spawn_reader(ktx, self.counters.ebpf.clone())?;
+        info!(
+            ring_buffer_bytes = self.config.process_config.ebpf.ring_buffer_bytes,
+            "capture tier: eBPF"
+        );
+        let erx = self
+            .start_enricher(KernelRx::Ebpf(krx), CaptureTier::Ebpf)
+            .map_err(|source| EbpfError::Spawn { source })?;
+        Ok((RealtimeReader::Ebpf(handle), erx))
+    }
+
+    /// Starts the enrichment thread between a tier's reader and the collector.
+    fn start_enricher(
+        &self,
+        from_kernel: KernelRx,
+        tier: CaptureTier,
+    ) -> std::io::Result<mpsc::Receiver<Enriched>> {
+        let (etx, erx) = mpsc::channel(self.config.base_config.max_events_in_flight);
+        let enricher = Enricher {
+            from_kernel,
+            to_collector: etx,
+            reader: self.quick.clone(),
+            counters: self.counters.clone(),
+        };
+        std::thread::Builder::new()
+            .name("procmond-enrich".into())
+            .spawn(move || enricher.run())?;
+        self.counters.realtime.set_bool(true);
+        self.set_tier(tier);
+        Ok(erx)
     }
 
     /// A handle that reads this collector's counters after it has been
@@ -788,6 +990,38 @@ impl ProcmondMonitorCollector {
         if let Some(writer) = &self.database {
             writer.stats().register_metrics(registry);
         }
+    }
+}
+
+/// The running reader of the kernel tier in use.
+enum RealtimeReader {
+    Connector(ReaderHandle),
+    Ebpf(EbpfReaderHandle),
+}
+
+impl RealtimeReader {
+    /// Waits for a reader that ended on its own.
+    fn join(self) -> anyhow::Result<()> {
+        match self {
+            Self::Connector(h) => h.join().map(|_| ()).map_err(Into::into),
+            Self::Ebpf(h) => h.join().map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    /// Stops the reader; the eBPF one detaches its programs and balances
+    /// its accounting first.
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Connector(h) => {
+                let stats = h.stop()?;
+                debug!(?stats, "process connector stopped");
+            }
+            Self::Ebpf(h) => {
+                let books = h.stop()?;
+                debug!(?books, "eBPF tier stopped");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -820,6 +1054,20 @@ impl ProcmondStatsHandle {
         let at = u64::try_from(self.0.hashes_skipped_at.get()).unwrap_or(0);
         let last = (at > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(at));
         (self.0.hashes_skipped.get(), last)
+    }
+
+    /// The tier of kernel events in use; `None` before the collector starts.
+    pub fn tier(&self) -> Option<CaptureTier> {
+        CaptureTier::ALL
+            .iter()
+            .zip(&self.0.tiers)
+            .find_map(|(t, g)| g.get_bool().then_some(*t))
+    }
+
+    /// The eBPF tier's accounting: what the kernel produced, what reached
+    /// the reader, what the ring buffer dropped (all zero on other tiers).
+    pub fn kernel_accounting(&self) -> KernelAccounting {
+        self.0.ebpf.accounting()
     }
 
     /// What every snapshot so far met, added up.
@@ -876,7 +1124,16 @@ impl ProcmondStatsHandle {
             &source,
             &c.realtime,
         );
+        for (tier, gauge) in CaptureTier::ALL.iter().zip(&c.tiers) {
+            registry.register_gauge(
+                "daemoneye_capture_tier",
+                "1 for the tier of kernel events in use (ebpf, connector, polling).",
+                &[("source", "procmond"), ("tier", tier.as_str())],
+                gauge,
+            );
+        }
         c.reader.register(registry);
+        c.ebpf.register(registry);
         c.lifecycle.register(registry);
         c.snapshots.register(registry);
     }

@@ -234,6 +234,8 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     // A socket buffer of a few events and a one-message channel: a burst of
     // process events overflows the kernel's buffer for sure.
     let mut c = config(Duration::from_secs(3600));
+    // The connector's overrun path (the eBPF tier's is in tests/ebpf.rs).
+    c.process_config.tier = procmond::source::TierChoice::Connector;
     c.process_config.connector.recv_buffer_bytes = 4096;
     c.base_config.max_events_in_flight = 1;
     let source = ProcmondMonitorCollector::without_database(c).unwrap();
