@@ -281,7 +281,9 @@ impl AgentHealth {
         // Losing writes, or rules that fail, is not healthy whatever else is.
         if w.failing.get() > 0 {
             problems.push(format!(
-                "store failing: its last write was lost; since start {} writes and {} events lost",
+                "store failing: its last write failed; {} events and writes held until it takes \
+                 them; since start {} writes and {} events lost",
+                w.held.get(),
                 w.failures.get(),
                 w.events_dropped()
             ));

@@ -96,10 +96,13 @@ fn main() -> ExitCode {
         // Whatever the agent writes (store, its journal files, sockets,
         // alert files) is its owner's alone.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        // The agent needs no more than its collector: keep those three
-        // capabilities (its child inherits them, and no more, through
-        // no_new_privs), before any thread starts.
-        if let Err(code) = procmond::privileges::drop_privileges_in_main("daemoneye-agent") {
+        // The agent needs no more than its collector: those three
+        // capabilities effective, and permitted (never effective) the two
+        // its child needs to load the eBPF tier before it drops them too;
+        // with no_new_privs the child gets no more. Before any thread starts.
+        if let Err(code) =
+            procmond::privileges::drop_privileges_for_supervisor_in_main("daemoneye-agent")
+        {
             return code;
         }
     }
@@ -112,6 +115,17 @@ fn main() -> ExitCode {
             eprintln!("daemoneye-agent: the agent is already gone");
             return ExitCode::FAILURE;
         }
+    }
+    // The collector loads the eBPF tier while it may, then drops to the three.
+    let prepared = match &cli.command {
+        Command::Collect(args) => match procmond::cli::prepare(args) {
+            Ok(prepared) => Some(prepared),
+            Err(procmond::cli::RunError::Bad(e)) => return fail(e, true),
+            Err(procmond::cli::RunError::Failed(e)) => return fail(e, false),
+        },
+        Command::Run(_) => None,
+    };
+    if prepared.is_some() {
         if let Err(e) = procmond::privileges::drop_privileges() {
             eprintln!("daemoneye-agent: {e}");
             return ExitCode::FAILURE;
@@ -123,7 +137,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
-        Command::Collect(args) => match rt.block_on(procmond::cli::run(args)) {
+        Command::Collect(args) => match rt.block_on(async {
+            match prepared {
+                Some(prepared) => procmond::cli::run_prepared(args, prepared).await,
+                None => procmond::cli::run(args).await,
+            }
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(procmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(procmond::cli::RunError::Failed(e)) => fail(e, false),

@@ -33,6 +33,9 @@ pub const KEPT: CapabilitySet = CapabilitySet::SYS_PTRACE
     .union(CapabilitySet::DAC_READ_SEARCH)
     .union(CapabilitySet::NET_ADMIN);
 
+/// What loading the eBPF tier's programs takes, beyond [`KEPT`].
+pub const LOAD_EBPF: CapabilitySet = CapabilitySet::BPF.union(CapabilitySet::PERFMON);
+
 /// What [`drop_privileges`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,22 +73,41 @@ fn fail(operation: &'static str) -> impl FnOnce(rustix::io::Errno) -> PrivilegeE
 /// # Errors
 /// When a capability call fails; the caller should not go on privileged.
 pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
+    reduce_to(KEPT)
+}
+
+/// [`drop_privileges`] for a supervisor that starts the collector as its
+/// child (the agent): it uses only [`KEPT`], and also holds [`LOAD_EBPF`],
+/// permitted but never effective, so that its child can load the eBPF tier
+/// (with `no_new_privs` a child gets no capability its parent is not
+/// permitted); the child loads, then drops to [`KEPT`] itself.
+///
+/// # Errors
+/// As [`drop_privileges`].
+pub fn drop_privileges_for_supervisor() -> Result<Dropped, PrivilegeError> {
+    reduce_to(KEPT.union(LOAD_EBPF))
+}
+
+/// Keeps `permitted` (of what we have) in the bounding and permitted sets,
+/// only [`KEPT`] effective, nothing inheritable; sets `no_new_privs`.
+fn reduce_to(permitted: CapabilitySet) -> Result<Dropped, PrivilegeError> {
     if !rustix::process::geteuid().is_root() {
         return Ok(Dropped::NotRoot);
     }
     let current = capabilities(None).map_err(fail("capget"))?;
-    for cap in CapabilitySet::all().difference(KEPT).iter() {
+    for cap in CapabilitySet::all().difference(permitted).iter() {
         // Absent from the bounding set already (or unknown to this kernel).
         if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
             remove_capability_from_bounding_set(cap).map_err(fail("prctl(PR_CAPBSET_DROP)"))?;
         }
     }
-    let kept = current.permitted.intersection(KEPT);
+    let held = current.permitted.intersection(permitted);
+    let kept = held.intersection(KEPT);
     set_capabilities(
         None,
         CapabilitySets {
             effective: kept,
-            permitted: kept,
+            permitted: held,
             inheritable: CapabilitySet::empty(),
         },
     )
@@ -101,7 +123,23 @@ pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
 /// # Errors
 /// `ExitCode::FAILURE` when privileges could not be dropped.
 pub fn drop_privileges_in_main(program: &str) -> Result<(), std::process::ExitCode> {
-    match drop_privileges() {
+    in_main(program, drop_privileges())
+}
+
+/// [`drop_privileges_for_supervisor`] at the start of a supervisor's `main`,
+/// as [`drop_privileges_in_main`].
+///
+/// # Errors
+/// `ExitCode::FAILURE` when privileges could not be dropped.
+pub fn drop_privileges_for_supervisor_in_main(program: &str) -> Result<(), std::process::ExitCode> {
+    in_main(program, drop_privileges_for_supervisor())
+}
+
+fn in_main(
+    program: &str,
+    dropped: Result<Dropped, PrivilegeError>,
+) -> Result<(), std::process::ExitCode> {
+    match dropped {
         Ok(Dropped::Reduced { kept }) => {
             tracing::info!(capabilities = ?kept, "running as root with only these capabilities");
             Ok(())

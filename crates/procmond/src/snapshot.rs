@@ -810,12 +810,20 @@ mod tests {
         );
         assert!(cold.context().pid_ns.is_some() && cold.context().cgroup.is_some());
         assert!(cold.euid.is_some() && cold.state.is_some() && cold.cpu_ticks.is_some());
-        let before = cache.len();
+        let start = warm2
+            .processes
+            .iter()
+            .find(|p| p.pid == child.id())
+            .and_then(|p| p.process_key)
+            .unwrap()
+            .start_ticks;
+        assert!(cache.remembers(child.id(), start));
         child.kill().unwrap();
         child.wait().unwrap();
         reader.snapshot_cached(usize::MAX, &mut cache).unwrap();
+        // By its key: other tests' processes come and go meanwhile.
         assert!(
-            cache.len() < before,
+            !cache.remembers(child.id(), start),
             "the dead child's entry was not dropped"
         );
     }

@@ -828,6 +828,11 @@ impl EventSource for ProcmondMonitorCollector {
                 lost == 0 && dropped == 0,
                 "audit database: {lost} writes lost, {dropped} events dropped"
             );
+            anyhow::ensure!(
+                s.failing.get() == 0,
+                "audit database failing: {} events and writes held until it takes them",
+                s.held.get()
+            );
         }
         let (skipped, last) = self.stats_handle().hashes_skipped();
         if let Some(ago) = last.and_then(|t| t.elapsed().ok()) {

@@ -456,7 +456,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // Lifecycle events are in the store and the ledger: the shell's exec
     // (the first probe may have run before the collector was up).
     let execs = store
-        .query("SELECT e.ledger_seq, l.kind, e.event_id FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
+        .query("SELECT e.ledger_seq, l.kind, e.event_id, json_extract(e.detail, '$.lifecycle.tier') FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
         .unwrap();
     assert!(!execs.rows.is_empty(), "no exec from /dev/shm stored");
     assert_eq!(execs.rows[0][1], "process_event");
@@ -467,6 +467,9 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "the stored exec has no event id: {:?}",
         execs.rows[0][2]
     );
+    // The agent's built-in collector runs the eBPF tier by default: the
+    // agent leaves its child the capabilities loading takes.
+    assert_eq!(execs.rows[0][3], "ebpf", "the exec was not seen by eBPF");
     let alerts_ledgered = store
         .query("SELECT count(*) FROM ledger WHERE kind = 'alert'")
         .unwrap();

@@ -242,10 +242,15 @@ fn metrics_listen_serves_the_collector_and_procmond_counters() {
         "--metrics-listen",
         &addr.to_string(),
     ]);
-    // A line on stdout: the first snapshot was taken, its events accepted by
-    // the runtime and delivered to the JSONL writer's subscription.
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("\"kind\""), "{first}");
+    // A snapshot line on stdout: the first snapshot was taken, its events
+    // accepted by the runtime and delivered to the JSONL writer's
+    // subscription (real-time events of the eBPF tier may come before it).
+    let first = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("\"kind\":\"snapshot\""))
+        .unwrap();
+    assert!(first.contains("\"pid\""), "{first}");
 
     let reply = scrape(addr);
     let (head, text) = reply.split_once("\r\n\r\n").unwrap();
