@@ -3,7 +3,8 @@
 //! [`run`] loads the config, starts the [`PerfmondSource`] in the
 //! collector-core runtime, serves the collector IPC protocol (live events
 //! and health, as the component `perfmond`) the way procmond does, and
-//! returns after SIGTERM or SIGINT. [`top`] takes two samples a short
+//! returns after SIGTERM or SIGINT. Of the detection tasks it answers
+//! `COLLECT_PERFORMANCE_METRICS` ([`task_handler`]). [`top`] takes two samples a short
 //! interval apart and prints the busiest processes.
 
 use std::io::{BufWriter, Write};
@@ -15,12 +16,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use collector_core::ipc::TaskFuture;
 use collector_core::metrics::MetricsServer;
+use collector_core::{CollectionEvent, PerformanceEvent};
 use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
-use daemoneye_lib::proto::{DetectionResult, DetectionTask};
+use daemoneye_lib::proto::{event_record, DetectionResult, DetectionTask, ProtoTaskType};
 use serde::Deserialize;
 
 use crate::sampler::{boot_time_now, ProcessTable};
-use crate::source::{PerfmondConfig, PerfmondCounters, PerfmondSource, NAME};
+use crate::source::{LatestSample, PerfmondConfig, PerfmondCounters, PerfmondSource, NAME};
 
 /// The flags of `perfmond run`. They are procmond's where they mean the
 /// same, so the agent's default arguments for a `[[collector]]` program
@@ -105,6 +107,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(|e| RunError::Bad(e.into()))?;
     let source = PerfmondSource::new(config).map_err(|e| RunError::Bad(e.into()))?;
     let counters = source.counters();
+    let latest = source.latest();
     let mut collector = Collector::new(collector_config);
     source.register_metrics(collector.handle().metrics());
     collector
@@ -124,7 +127,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         None => None,
     };
     let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
-    let ipc = serve_ipc(args.socket.as_ref(), args.no_socket, &collector, counters).await?;
+    let ipc = serve_ipc(
+        args.socket.as_ref(),
+        args.no_socket,
+        &collector,
+        counters,
+        latest,
+    )
+    .await?;
     if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
         const LIMIT: Duration = Duration::from_secs(30);
         if tokio::time::timeout(LIMIT, handle.subscribed())
@@ -197,17 +207,49 @@ fn spawn_jsonl_writer(
 
 type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
 
-/// perfmond answers no detection tasks: each gets a failure result.
-fn no_tasks(task: DetectionTask) -> TaskFuture {
-    Box::pin(async move {
-        DetectionResult::failure(
+/// The task handler: `COLLECT_PERFORMANCE_METRICS` is answered from the
+/// latest sample (at most one interval old), filtered by the task's
+/// `PerformanceFilter` (exact metric names, components and pids; an empty
+/// list selects all); every other task gets a failure result.
+pub fn task_handler(latest: LatestSample) -> impl Fn(DetectionTask) -> TaskFuture + Send + Sync {
+    move |task| {
+        let latest = latest.clone();
+        Box::pin(async move { answer(&latest, &task) })
+    }
+}
+
+fn answer(latest: &LatestSample, task: &DetectionTask) -> DetectionResult {
+    if task.task_type() != ProtoTaskType::CollectPerformanceMetrics {
+        return DetectionResult::failure(
             &task.task_id,
             format!(
                 "task type {} is not served by perfmond",
                 task.task_type().as_str_name()
             ),
-        )
-    })
+        );
+    }
+    let f = task.performance_filter.clone().unwrap_or_default();
+    let wanted = |e: &PerformanceEvent| {
+        (f.metric_names.is_empty() || f.metric_names.contains(&e.metric_name))
+            && (f.components.is_empty() || f.components.contains(&e.component))
+            && (f.pids.is_empty() || e.pid.is_some_and(|p| f.pids.contains(&p)))
+    };
+    let performance_records = latest
+        .get()
+        .iter()
+        .filter(|e| wanted(e))
+        .filter_map(|e| {
+            let event = CollectionEvent::Performance(e.clone());
+            match collector_core::ipc::event_to_record(&event, NAME).event {
+                Some(event_record::Event::Performance(r)) => Some(r),
+                _ => None,
+            }
+        })
+        .collect();
+    DetectionResult {
+        performance_records,
+        ..DetectionResult::success(&task.task_id, Vec::new())
+    }
 }
 
 /// Binds the IPC socket and serves the event stream and health. An explicit
@@ -218,6 +260,7 @@ async fn serve_ipc(
     disabled: bool,
     collector: &Collector,
     counters: PerfmondCounters,
+    latest: LatestSample,
 ) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
     if disabled {
         return Ok(None);
@@ -242,7 +285,7 @@ async fn serve_ipc(
             tracing::info!(path = %path.display(), "serving ipc");
             let handle = server.handle();
             handle.register_metrics(collector.handle().metrics());
-            let task = tokio::spawn(async move { server.start(no_tasks).await });
+            let task = tokio::spawn(async move { server.start(task_handler(latest)).await });
             Ok(Some((handle, task)))
         }
         Err(e) if explicit => Err(RunError::Failed(
@@ -300,9 +343,11 @@ pub async fn top(n: usize, interval: Duration) -> anyhow::Result<Vec<TopRow>> {
     let proc_root = PathBuf::from("/proc");
     let mut table = ProcessTable::new(&proc_root, units, 1_000_000);
     let none = crate::anomaly::AnomalyConfig::default();
-    table.scan(boot_time_now()?, &none)?;
+    let first = boot_time_now()?;
+    let clock = || boot_time_now().unwrap_or(first);
+    table.scan(clock, &none)?;
     tokio::time::sleep(interval).await;
-    table.scan(boot_time_now()?, &none)?;
+    table.scan(clock, &none)?;
     let top = table.top(n).to_vec();
     let rows = top
         .iter()

@@ -185,6 +185,7 @@ pub struct ProcEntry {
     /// sample.
     pub cpu_percent: Option<f64>,
     seen: u64,
+    read_at: Duration,
     watch: ProcWatch,
 }
 
@@ -264,14 +265,22 @@ impl ProcessTable {
         }
     }
 
-    /// Reads every process once at `now` (time since boot) and judges the
-    /// per-process anomalies.
+    /// Reads every process once and judges the per-process anomalies.
+    /// `clock` gives the time since boot; it is read after each process's
+    /// `stat`, so that a share covers the time between that process's two
+    /// reads, not between the starts of two scans (a scan of thousands of
+    /// processes takes long enough to matter).
     ///
     /// # Errors
     /// Only when the process directory cannot be listed; a process that
     /// vanished or cannot be read is counted and skipped.
-    pub fn scan(&mut self, now: Duration, anomalies: &AnomalyConfig) -> io::Result<ScanStats> {
+    pub fn scan(
+        &mut self,
+        mut clock: impl FnMut() -> Duration,
+        anomalies: &AnomalyConfig,
+    ) -> io::Result<ScanStats> {
         let mut stats = ScanStats::default();
+        let started = clock();
         let dir = std::fs::read_dir(&self.proc_root)?;
         self.epoch += 1;
         self.anomalies.clear();
@@ -305,6 +314,7 @@ impl ProcessTable {
                 continue;
             };
             stats.processes += 1;
+            let now = clock();
             let ticks = st.utime.saturating_add(st.stime);
             let rss_bytes = st.rss_pages.saturating_mul(self.units.page_size);
             let tps = self.units.ticks_per_second;
@@ -318,19 +328,21 @@ impl ProcessTable {
                 rss_bytes,
                 cpu_percent: None,
                 seen: 0,
+                read_at: now,
                 watch: ProcWatch::default(),
             });
             let known = entry.seen != 0 && entry.start_ticks == st.starttime;
-            // The interval this share covers: since the last scan, or since
-            // the process was born when that was later.
+            // The interval this share covers: since the last read of this
+            // process, or since it was born when that was after the last
+            // scan began.
             let (share, from) = match since {
-                Some(prev) if known => (
+                Some(_) if known => (
                     share(
                         ticks.saturating_sub(entry.ticks),
                         tick,
-                        now.saturating_sub(prev),
+                        now.saturating_sub(entry.read_at),
                     ),
-                    prev,
+                    entry.read_at,
                 ),
                 Some(prev) if born >= prev => (share(ticks, tick, now.saturating_sub(born)), born),
                 _ => (None, now),
@@ -348,6 +360,7 @@ impl ProcessTable {
             entry.rss_bytes = rss_bytes;
             entry.cpu_percent = share;
             entry.seen = self.epoch;
+            entry.read_at = now;
             for fired in entry
                 .watch
                 .observe(anomalies, from, now, share, rss_bytes)
@@ -365,7 +378,7 @@ impl ProcessTable {
         let epoch = self.epoch;
         self.entries.retain(|_, e| e.seen == epoch);
         stats.exited = before - self.entries.len();
-        self.last_scan = Some(now);
+        self.last_scan = Some(started);
         Ok(stats)
     }
 
@@ -585,20 +598,27 @@ impl Sampler {
     /// When the boot-time clock cannot be read or the process directory
     /// cannot be listed (a missing host file is counted, not an error).
     pub fn sample(&mut self, out: &mut Vec<PerformanceEvent>) -> io::Result<SampleReport> {
-        let now = boot_time_now()?;
-        self.sample_at(now, SystemTime::now(), out)
+        // Checked once: CLOCK_BOOTTIME does not fail once it has worked.
+        let first = boot_time_now()?;
+        self.sample_at(
+            &mut || boot_time_now().unwrap_or(first),
+            SystemTime::now(),
+            out,
+        )
     }
 
-    /// [`sample`](Self::sample) at a given time since boot and wall time.
+    /// [`sample`](Self::sample) with a given clock (time since boot, read
+    /// at the start and per process) and wall time.
     ///
     /// # Errors
     /// As [`sample`](Self::sample).
     pub fn sample_at(
         &mut self,
-        now: Duration,
+        clock: &mut dyn FnMut() -> Duration,
         wall: SystemTime,
         out: &mut Vec<PerformanceEvent>,
     ) -> io::Result<SampleReport> {
+        let now = clock();
         let first = out.len();
         let secs = self
             .last
@@ -611,7 +631,7 @@ impl Sampler {
         self.disks(secs, wall, out);
         self.nets(secs, wall, out);
         self.cgroups(secs, wall, out);
-        let scan = self.processes.scan(now, &self.anomalies)?;
+        let scan = self.processes.scan(&mut *clock, &self.anomalies)?;
         self.count(&scan);
         let top = self.config.top_processes;
         let mut emit = |metric, value, comm: &str, s| {
@@ -1046,7 +1066,7 @@ mod tests {
         write_proc(r, 12, "gone", 5, 100, 20);
         std::fs::create_dir_all(r.join("self")).unwrap(); // not a pid
         let mut t = ProcessTable::new(r, UNITS, 100);
-        let st = t.scan(s(100), &cfg).unwrap();
+        let st = t.scan(|| s(100), &cfg).unwrap();
         assert_eq!((st.processes, st.exited), (3, 0));
         assert!(t.top(10).is_empty(), "no share on first sight");
 
@@ -1055,7 +1075,7 @@ mod tests {
         write_proc(r, 10, "busy", 2000, 100, 10);
         std::fs::remove_dir_all(r.join("12")).unwrap();
         write_proc(r, 13, "new", 250, 10_500, 1);
-        let st = t.scan(s(110), &cfg).unwrap();
+        let st = t.scan(|| s(110), &cfg).unwrap();
         assert_eq!((st.processes, st.exited, st.vanished), (3, 1, 0));
         assert!(t.get(12).is_none(), "no stale entry");
         let top: Vec<(u32, f64)> = t.top(2).iter().map(|p| (p.pid, p.cpu_percent)).collect();
@@ -1066,7 +1086,7 @@ mod tests {
         // The pid 10 is reused by another process: a new entry, no share
         // computed against the old one's ticks.
         write_proc(r, 10, "other", 3, 5, 1);
-        t.scan(s(120), &cfg).unwrap();
+        t.scan(|| s(120), &cfg).unwrap();
         let e = t.get(10).unwrap();
         assert_eq!(
             (e.comm.as_str(), e.start_ticks, e.cpu_percent),
@@ -1083,10 +1103,10 @@ mod tests {
         std::fs::create_dir_all(r.join("12")).unwrap();
         std::fs::write(r.join("12/stat"), "garbage").unwrap();
         let mut t = ProcessTable::new(r, UNITS, 100);
-        let st = t.scan(s(1), &AnomalyConfig::default()).unwrap();
+        let st = t.scan(|| s(1), &AnomalyConfig::default()).unwrap();
         assert_eq!((st.processes, st.vanished, st.unreadable), (1, 1, 1));
         assert!(ProcessTable::new(r.join("none"), UNITS, 1)
-            .scan(s(1), &AnomalyConfig::default())
+            .scan(|| s(1), &AnomalyConfig::default())
             .is_err());
         // The limit.
         let root = tempfile::tempdir().unwrap();
@@ -1094,7 +1114,7 @@ mod tests {
         write_proc(r, 10, "ok", 1, 1, 1);
         write_proc(r, 11, "ok", 1, 1, 1);
         let mut t = ProcessTable::new(r, UNITS, 1);
-        let st = t.scan(s(1), &AnomalyConfig::default()).unwrap();
+        let st = t.scan(|| s(1), &AnomalyConfig::default()).unwrap();
         assert_eq!((st.processes, st.skipped), (1, 1));
     }
 
@@ -1106,11 +1126,11 @@ mod tests {
             write_proc(r, pid, "p", 0, 1, 1);
         }
         let mut t = ProcessTable::new(r, UNITS, 100);
-        t.scan(s(10), &AnomalyConfig::default()).unwrap();
+        t.scan(|| s(10), &AnomalyConfig::default()).unwrap();
         for pid in 1..=30 {
             write_proc(r, pid, "p", u64::from(pid) * 10, 1, 1);
         }
-        t.scan(s(20), &AnomalyConfig::default()).unwrap();
+        t.scan(|| s(20), &AnomalyConfig::default()).unwrap();
         let pids: Vec<u32> = t.top(5).iter().map(|p| p.pid).collect();
         assert_eq!(pids, [30, 29, 28, 27, 26]);
         assert!(t.top(0).is_empty());
@@ -1129,7 +1149,7 @@ mod tests {
         let mut fired_at = None;
         for (i, now) in (100..=150).step_by(10).enumerate() {
             write_proc(r, 7, "miner", i as u64 * 1000, 1, 1);
-            t.scan(s(now), &cfg).unwrap();
+            t.scan(|| s(now), &cfg).unwrap();
             if let Some(a) = t.anomalies().first() {
                 assert_eq!((a.pid, a.fired.metric), (7, Metric::AnomalySustainedCpu));
                 fired_at.get_or_insert(now);
@@ -1190,7 +1210,7 @@ mod tests {
         let mut s = Sampler::new(config, anomalies, SamplerCounters::default());
         let wall = SystemTime::now();
         let mut out = Vec::new();
-        s.sample_at(Duration::from_secs(1000), wall, &mut out)
+        s.sample_at(&mut || Duration::from_secs(1000), wall, &mut out)
             .unwrap();
         assert_eq!(value(&out, "processes.running", "system"), Some(3.0));
         assert_eq!(value(&out, "cpu.total", "system"), None, "no rate yet");
@@ -1208,7 +1228,7 @@ mod tests {
         std::fs::write(r.join("net/dev"), dev).unwrap();
         out.clear();
         let report = s
-            .sample_at(Duration::from_secs(1010), wall, &mut out)
+            .sample_at(&mut || Duration::from_secs(1010), wall, &mut out)
             .unwrap();
         assert_eq!(value(&out, "cpu.total", "system"), Some(75.0));
         assert_eq!(value(&out, "cpu.user", "system"), Some(75.0));
@@ -1256,10 +1276,12 @@ mod tests {
         };
         let mut smp = Sampler::new(config, AnomalyConfig::default(), SamplerCounters::default());
         let mut out = Vec::new();
-        smp.sample_at(s(1000), SystemTime::now(), &mut out).unwrap();
+        smp.sample_at(&mut || s(1000), SystemTime::now(), &mut out)
+            .unwrap();
         std::fs::write(c.join("a/cpu.stat"), "usage_usec 501000\n").unwrap();
         out.clear();
-        smp.sample_at(s(1001), SystemTime::now(), &mut out).unwrap();
+        smp.sample_at(&mut || s(1001), SystemTime::now(), &mut out)
+            .unwrap();
         assert_eq!(value(&out, "cgroup.cpu_percent", "/a"), Some(50.0));
         assert_eq!(value(&out, "cgroup.cpu_percent", "/"), Some(0.0));
         assert_eq!(value(&out, "cgroup.memory_current", "/a/x"), Some(4096.0));
@@ -1280,7 +1302,8 @@ mod tests {
             SamplerCounters::default(),
         );
         out.clear();
-        smp.sample_at(s(1000), SystemTime::now(), &mut out).unwrap();
+        smp.sample_at(&mut || s(1000), SystemTime::now(), &mut out)
+            .unwrap();
         let groups = out
             .iter()
             .filter(|e| e.metric_name == "cgroup.memory_current")

@@ -6,14 +6,14 @@
 //! an `.await`. Events go out with `send(..).await` (the runtime's
 //! backpressure); shutdown ends the loop between and during sends.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::metrics::{Counter, Registry};
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
-use collector_core::{CollectionEvent, EventSource, SourceCaps, SourceContext};
+use collector_core::{CollectionEvent, EventSource, PerformanceEvent, SourceCaps, SourceContext};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::AnomalyConfig;
@@ -125,10 +125,31 @@ impl PerfmondCounters {
     }
 }
 
+/// The events of the latest sample, for answering
+/// `COLLECT_PERFORMANCE_METRICS` tasks between samples. Cheap to clone
+/// (clones share it).
+#[derive(Debug, Clone, Default)]
+pub struct LatestSample(Arc<Mutex<Arc<[PerformanceEvent]>>>);
+
+impl LatestSample {
+    /// The latest sample's events (empty before the first).
+    pub fn get(&self) -> Arc<[PerformanceEvent]> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, events: &[PerformanceEvent]) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = events.into();
+    }
+}
+
 /// The performance collector. See the [module docs](self).
 pub struct PerfmondSource {
     config: PerfmondConfig,
     counters: PerfmondCounters,
+    latest: LatestSample,
     sampler: tokio::sync::Mutex<Option<Sampler>>,
     last_error: Mutex<Option<String>>,
 }
@@ -154,6 +175,7 @@ impl PerfmondSource {
         Ok(Self {
             config,
             counters,
+            latest: LatestSample::default(),
             sampler: tokio::sync::Mutex::new(Some(sampler)),
             last_error: Mutex::new(None),
         })
@@ -162,6 +184,11 @@ impl PerfmondSource {
     /// The counters (shared: clones see the same values).
     pub fn counters(&self) -> PerfmondCounters {
         self.counters.clone()
+    }
+
+    /// The latest sample (shared: it follows the running source).
+    pub fn latest(&self) -> LatestSample {
+        self.latest.clone()
     }
 
     /// Registers the counters for `/metrics`.
@@ -173,7 +200,7 @@ impl PerfmondSource {
         *self
             .last_error
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+            .unwrap_or_else(PoisonError::into_inner) = e;
     }
 }
 
@@ -226,6 +253,7 @@ impl EventSource for PerfmondSource {
                 None,
                 std::time::SystemTime::now(),
             ));
+            self.latest.set(&out);
             for e in out.drain(..) {
                 let sent = tokio::select! {
                     biased;
@@ -262,7 +290,7 @@ impl EventSource for PerfmondSource {
         let e = self
             .last_error
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         match e {
             Some(e) => Err(anyhow::anyhow!(e)),

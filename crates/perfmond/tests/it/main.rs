@@ -1,0 +1,85 @@
+//! Integration tests of perfmond (one binary, several modules): real
+//! processes the tests start, the real `/proc`, the source in the
+//! collector-core runtime, and the `perfmond` binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod cli;
+mod process;
+mod source;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One busy child at a time: tests run in parallel on a small machine, and
+/// two spinning children on two cores would each get less than the shares
+/// asserted.
+static BUSY: Mutex<()> = Mutex::new(());
+
+/// A child process the test started, killed and reaped when dropped.
+pub struct Spawned {
+    pub child: Child,
+    _turn: Option<MutexGuard<'static, ()>>,
+}
+
+impl Spawned {
+    /// `sh -c 'while :; do :; done'`: one core's worth of CPU. As root it
+    /// runs at nice -19, so that the other builds sharing this machine do
+    /// not starve it below the shares the tests assert.
+    pub fn busy() -> Self {
+        let turn = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
+        let script = "while :; do :; done";
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("nice");
+            c.args(["-n", "-19", "sh", "-c", script]);
+            c
+        } else {
+            eprintln!("not root: the busy child runs at normal priority");
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        Self {
+            child: cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn the busy child"),
+            _turn: Some(turn),
+        }
+    }
+
+    /// A process that only waits.
+    pub fn idle() -> Self {
+        Self {
+            child: Command::new("sleep")
+                .arg("1000")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn sleep"),
+            _turn: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Field 22 of its `/proc/<pid>/stat`.
+    pub fn start_ticks(&self) -> u64 {
+        let bytes = std::fs::read(format!("/proc/{}/stat", self.pid())).unwrap();
+        perfmond::parse::parse_pid_stat(&bytes).unwrap().starttime
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
