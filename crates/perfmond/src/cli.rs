@@ -333,21 +333,38 @@ pub struct TopRow {
     pub command: String,
 }
 
+/// What [`top`] saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopReport {
+    /// The busiest processes, busiest first.
+    pub rows: Vec<TopRow>,
+    /// Processes read by the second scan.
+    pub processes: usize,
+    /// How long the first scan took (every process new to the table).
+    pub first_scan: Duration,
+    /// How long the second took (every process known: the steady state).
+    pub second_scan: Duration,
+}
+
 /// The `n` busiest processes over `interval`: two scans of the process
 /// table that far apart.
 ///
 /// # Errors
 /// When `/proc` cannot be listed or the clock read.
-pub async fn top(n: usize, interval: Duration) -> anyhow::Result<Vec<TopRow>> {
+pub async fn top(n: usize, interval: Duration) -> anyhow::Result<TopReport> {
     let units = crate::sampler::KernelUnits::current();
     let proc_root = PathBuf::from("/proc");
     let mut table = ProcessTable::new(&proc_root, units, 1_000_000);
     let none = crate::anomaly::AnomalyConfig::default();
     let first = boot_time_now()?;
     let clock = || boot_time_now().unwrap_or(first);
+    let timer = tokio::time::Instant::now();
     table.scan(clock, &none)?;
+    let first_scan = timer.elapsed();
     tokio::time::sleep(interval).await;
-    table.scan(clock, &none)?;
+    let timer = tokio::time::Instant::now();
+    let stats = table.scan(clock, &none)?;
+    let second_scan = timer.elapsed();
     let top = table.top(n).to_vec();
     let rows = top
         .iter()
@@ -362,7 +379,12 @@ pub async fn top(n: usize, interval: Duration) -> anyhow::Result<Vec<TopRow>> {
             }
         })
         .collect();
-    Ok(rows)
+    Ok(TopReport {
+        rows,
+        processes: stats.processes,
+        first_scan,
+        second_scan,
+    })
 }
 
 /// The user name (or uid) owning `/proc/<pid>`; `?` when it is gone.

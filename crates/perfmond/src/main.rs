@@ -64,10 +64,16 @@ fn main() -> ExitCode {
                 count,
                 Duration::from_millis(interval_ms),
             ))
-            .and_then(|rows| {
+            .and_then(|report| {
                 let mut out = std::io::stdout().lock();
-                perfmond::cli::write_top(&mut out, &rows)?;
+                perfmond::cli::write_top(&mut out, &report.rows)?;
                 out.flush()?;
+                eprintln!(
+                    "{} processes; scans took {:.2} ms (first) and {:.2} ms (second)",
+                    report.processes,
+                    report.first_scan.as_secs_f64() * 1000.0,
+                    report.second_scan.as_secs_f64() * 1000.0
+                );
                 Ok(())
             })
             .map_err(RunError::Failed),

@@ -839,7 +839,7 @@ mod tests {
         let after: Vec<u64> = text[text.rfind(')').unwrap() + 1..]
             .split_whitespace()
             .skip(1)
-            .map(|v| v.parse::<i128>().unwrap() as u64)
+            .map(|v| u64::try_from(v.parse::<i128>().unwrap()).unwrap_or(u64::MAX))
             .collect();
         // after[0] is field 4.
         assert_eq!(

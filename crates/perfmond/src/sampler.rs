@@ -642,7 +642,7 @@ impl Sampler {
             pid,
             key: boot_id.map(|b| ProcessKey::new(b, pid, start_ticks)),
         };
-        for a in self.processes.anomalies.iter() {
+        for a in &self.processes.anomalies {
             let comm = self
                 .processes
                 .entries

@@ -5,6 +5,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_types,
+    clippy::missing_panics_doc,
     missing_docs,
     unreachable_pub
 )]
