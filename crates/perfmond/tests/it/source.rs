@@ -55,6 +55,18 @@ async fn the_source_passes_the_conformance_kit() {
     }
     assert!(counters.sampler.samples.get() >= 1);
     assert_eq!(counters.samples_failed.get(), 0);
+    // The same counters, as /metrics names them.
+    let registry = collector_core::Registry::new();
+    counters.register_metrics(&registry);
+    let source = [("source", "perfmond")];
+    assert_eq!(
+        registry.value("daemoneye_collection_cycles_total", &source),
+        Some(counters.sampler.samples.get())
+    );
+    assert_eq!(
+        registry.value("daemoneye_events_emitted_total", &source),
+        Some(u64::try_from(report.events()).unwrap())
+    );
 }
 
 /// Through the runtime: the busy child's anomaly is an event a subscriber
