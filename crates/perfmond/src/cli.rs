@@ -313,6 +313,10 @@ fn health(
             ("host_read_errors".to_owned(), s.read_errors.get()),
             ("processes_vanished".to_owned(), s.vanished.get()),
             ("skipped_over_limit".to_owned(), s.skipped.get()),
+            (
+                "pressure_files_absent".to_owned(),
+                u64::try_from(s.psi_absent.get()).unwrap_or(0),
+            ),
         ]);
     }
     report

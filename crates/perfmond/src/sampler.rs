@@ -27,7 +27,7 @@ use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use collector_core::metrics::Counter;
+use collector_core::metrics::{Counter, Gauge};
 use collector_core::{BootId, PerformanceEvent, ProcessKey};
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +114,8 @@ pub struct SamplerCounters {
     pub skipped: Counter,
     /// Anomalies reported.
     pub anomalies: Counter,
+    /// Pressure files (of `cpu`, `memory`, `io`) found absent: not sampled.
+    pub psi_absent: Gauge,
 }
 
 /// The current time since boot (`CLOCK_BOOTTIME`, the clock of
@@ -831,6 +833,9 @@ impl Sampler {
                     "no pressure stall information for {}: not sampled", r.name()
                 );
                 self.psi_absent[i] = true;
+                self.counters.psi_absent.set(
+                    i64::try_from(self.psi_absent.iter().filter(|a| **a).count()).unwrap_or(0),
+                );
                 continue;
             }
             let Ok(p) = parse::parse_pressure(&self.buf) else {
@@ -1216,6 +1221,7 @@ mod tests {
         assert_eq!(value(&out, "cpu.total", "system"), None, "no rate yet");
         assert_eq!(value(&out, "psi.cpu.some_avg10", "system"), Some(28.22));
         assert!(s.psi_absent(PsiResource::Memory) && s.psi_absent(PsiResource::Io));
+        assert_eq!(s.counters().psi_absent.get(), 2);
         assert!(!s.psi_absent(PsiResource::Cpu));
         assert!(value(&out, "memory.available", "system").unwrap() > 0.0);
 
@@ -1250,6 +1256,42 @@ mod tests {
         assert_eq!(s.counters().read_errors.get(), 0);
         for e in &out {
             assert!(e.value.is_finite() && Metric::from_name(&e.metric_name).is_some());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// The whole sampler, on host and process files of arbitrary bytes:
+        /// no panic, no error (a bad file is counted), no event that is not
+        /// finite.
+        #[test]
+        fn the_sampler_survives_any_file_contents(
+            files in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 8),
+        ) {
+            let root = host_root(&proc_stat(1, 1, 1));
+            let r = root.path();
+            std::fs::create_dir_all(r.join("42")).unwrap();
+            let mut smp = Sampler::new(
+                SamplerConfig {
+                    proc_root: r.to_owned(),
+                    cgroup_root: Some(r.to_owned()),
+                    cgroup_depth: 0,
+                    ..SamplerConfig::default()
+                },
+                AnomalyConfig::default(),
+                SamplerCounters::default(),
+            );
+            let mut out = Vec::new();
+            for (round, now) in [(0, 1000), (1, 1010)] {
+                let names = ["stat", "meminfo", "loadavg", "diskstats", "net/dev", "pressure/cpu", "42/stat", "cpu.stat"];
+                for (name, bytes) in names.iter().zip(&files) {
+                    let mut bytes = bytes.clone();
+                    bytes.push(round);
+                    std::fs::write(r.join(name), bytes).unwrap();
+                }
+                smp.sample_at(&mut || s(now), SystemTime::now(), &mut out).unwrap();
+            }
+            proptest::prop_assert!(out.iter().all(|e| e.value.is_finite()));
         }
     }
 

@@ -116,6 +116,12 @@ impl PerfmondCounters {
                 ("process_unreadable", &s.unreadable),
             ],
         );
+        registry.register_gauge(
+            "daemoneye_pressure_files_absent",
+            "Pressure stall files (cpu, memory, io) the kernel does not have: not sampled.",
+            &[("source", "perfmond")],
+            &s.psi_absent,
+        );
         registry.register_counter(
             "daemoneye_items_skipped_total",
             "Processes, cgroups and devices over their configured limit, not read.",

@@ -55,6 +55,20 @@ impl Spawned {
         }
     }
 
+    /// `sh -c 'while :; do /bin/true; done'`: hundreds of forks a second.
+    pub fn forking() -> Self {
+        let turn = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
+        Self {
+            child: Command::new("sh")
+                .args(["-c", "while :; do /bin/true; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn the forking child"),
+            _turn: Some(turn),
+        }
+    }
+
     /// A process that only waits.
     pub fn idle() -> Self {
         Self {

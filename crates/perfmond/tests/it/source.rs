@@ -136,3 +136,45 @@ fn bad_settings_are_refused_before_anything_runs() {
     assert_eq!(c.anomalies.sustained_cpu_for, Duration::from_secs(120));
     assert!(toml::from_str::<PerfmondConfig>("intervall = \"5s\"").is_err());
 }
+
+/// A fork storm the test starts raises `anomaly.fork_rate` (from
+/// `/proc/stat`'s `processes`), well above this host's background rate.
+#[tokio::test]
+async fn a_fork_storm_raises_the_fork_rate_anomaly() {
+    let _storm = Spawned::forking();
+    let config = PerfmondConfig {
+        interval: Duration::from_millis(500),
+        anomalies: AnomalyConfig {
+            fork_rate_per_second: 100.0,
+            ..AnomalyConfig::default()
+        },
+        ..PerfmondConfig::default()
+    };
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector
+        .register(Box::new(PerfmondSource::new(config).unwrap()))
+        .unwrap();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
+    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    let anomaly = tokio::time::timeout(
+        Duration::from_secs(20),
+        recv_until(&mut sub, |e| {
+            matches!(e, CollectionEvent::Performance(p) if p.metric_name == "anomaly.fork_rate")
+        }),
+    )
+    .await
+    .expect("no fork-rate anomaly within 20 s")
+    .unwrap();
+    let CollectionEvent::Performance(p) = anomaly else {
+        unreachable!()
+    };
+    assert!(p.value > 100.0, "{p:?}");
+    assert_eq!((p.pid, p.unit.as_str()), (None, "per_second"));
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
