@@ -13,8 +13,9 @@
 //!   time since then. The table lives across samples: an entry is updated
 //!   in place, a process that exited is removed after the sample that no
 //!   longer found it, a reused pid (another start time) starts a new entry.
-//!   The buffers (file bytes, path, top-N order) are reused, so a sample of
-//!   processes already known allocates nothing for them.
+//!   The buffers (directory listing, file bytes, path, top-N order) are
+//!   reused and `/proc` is listed with `getdents64` into one of them, so a
+//!   scan of processes already known allocates nothing.
 //!
 //! Polling cannot see what lives and dies between two samples: a process
 //! shorter than the interval is never read (its CPU time still shows in
@@ -29,6 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge};
 use collector_core::{BootId, PerformanceEvent, ProcessKey};
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags, RawDir};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{AnomalyConfig, Fired, HostWatch, ProcWatch};
@@ -163,6 +166,14 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     std::fs::File::open(path)?.read_to_end(buf).map(|_| ())
 }
 
+/// Reads `rel` below the open directory `dir` into `buf` (cleared first):
+/// no allocation while `buf` is large enough.
+fn read_at(dir: &OwnedFd, rel: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    let fd = rustix::fs::openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    std::fs::File::from(fd).read_to_end(buf).map(|_| ())
+}
+
 /// Whether a read failed because the process is gone.
 fn gone(e: &io::Error) -> bool {
     // ESRCH: the task exited while its file was open.
@@ -241,6 +252,7 @@ pub struct ProcessTable {
     epoch: u64,
     last_scan: Option<Duration>,
     buf: Vec<u8>,
+    dirbuf: Vec<u8>,
     path: String,
     order: Vec<TopProcess>,
     anomalies: Vec<ProcAnomaly>,
@@ -261,6 +273,7 @@ impl ProcessTable {
             epoch: 0,
             last_scan: None,
             buf: Vec::with_capacity(512),
+            dirbuf: Vec::with_capacity(32 * 1024),
             path: String::new(),
             order: Vec::new(),
             anomalies: Vec::new(),
@@ -283,15 +296,21 @@ impl ProcessTable {
     ) -> io::Result<ScanStats> {
         let mut stats = ScanStats::default();
         let started = clock();
-        let dir = std::fs::read_dir(&self.proc_root)?;
+        let dir = rustix::fs::open(
+            &self.proc_root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         self.epoch += 1;
         self.anomalies.clear();
         let since = self.last_scan;
-        let tick = self.units.ticks_per_second as f64;
-        for dirent in dir {
-            let Ok(dirent) = dirent else { continue };
-            let name = dirent.file_name();
-            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let mut dirbuf = std::mem::take(&mut self.dirbuf);
+        let mut listing = RawDir::new(&dir, dirbuf.spare_capacity_mut());
+        while let Some(dirent) = listing.next() {
+            let Ok(dirent) = dirent else { break };
+            let Some(pid) =
+                parse::parse_u64(dirent.file_name().to_bytes()).and_then(|p| u32::try_from(p).ok())
+            else {
                 continue;
             };
             if stats.processes >= self.max_processes {
@@ -299,8 +318,8 @@ impl ProcessTable {
                 continue;
             }
             self.path.clear();
-            let _ = write!(self.path, "{}/{pid}/stat", self.proc_root.display());
-            match read_into(Path::new(&self.path), &mut self.buf) {
+            let _ = write!(self.path, "{pid}/stat");
+            match read_at(&dir, &self.path, &mut self.buf) {
                 Ok(()) => {}
                 Err(e) if gone(&e) => {
                     stats.vanished += 1;
@@ -317,65 +336,17 @@ impl ProcessTable {
             };
             stats.processes += 1;
             let now = clock();
-            let ticks = st.utime.saturating_add(st.stime);
-            let rss_bytes = st.rss_pages.saturating_mul(self.units.page_size);
-            let tps = self.units.ticks_per_second;
-            let born = Duration::from_secs(st.starttime / tps)
-                + Duration::from_nanos((st.starttime % tps) * 1_000_000_000 / tps);
-            let entry = self.entries.entry(pid).or_insert_with(|| ProcEntry {
-                start_ticks: st.starttime,
-                comm: String::new(),
-                ppid: st.ppid,
-                ticks,
-                rss_bytes,
-                cpu_percent: None,
-                seen: 0,
-                read_at: now,
-                watch: ProcWatch::default(),
-            });
-            let known = entry.seen != 0 && entry.start_ticks == st.starttime;
-            // The interval this share covers: since the last read of this
-            // process, or since it was born when that was after the last
-            // scan began.
-            let (share, from) = match since {
-                Some(_) if known => (
-                    share(
-                        ticks.saturating_sub(entry.ticks),
-                        tick,
-                        now.saturating_sub(entry.read_at),
-                    ),
-                    entry.read_at,
-                ),
-                Some(prev) if born >= prev => (share(ticks, tick, now.saturating_sub(born)), born),
-                _ => (None, now),
-            };
-            if !known {
-                entry.start_ticks = st.starttime;
-                entry.watch = ProcWatch::default();
+            Recorder {
+                entries: &mut self.entries,
+                fired: &mut self.anomalies,
+                epoch: self.epoch,
+                units: self.units,
+                since,
+                config: anomalies,
             }
-            if entry.comm.as_bytes() != st.comm {
-                entry.comm.clear();
-                entry.comm.push_str(&String::from_utf8_lossy(st.comm));
-            }
-            entry.ppid = st.ppid;
-            entry.ticks = ticks;
-            entry.rss_bytes = rss_bytes;
-            entry.cpu_percent = share;
-            entry.seen = self.epoch;
-            entry.read_at = now;
-            for fired in entry
-                .watch
-                .observe(anomalies, from, now, share, rss_bytes)
-                .into_iter()
-                .flatten()
-            {
-                self.anomalies.push(ProcAnomaly {
-                    pid,
-                    start_ticks: st.starttime,
-                    fired,
-                });
-            }
+            .record(pid, &st, now);
         }
+        self.dirbuf = dirbuf;
         let before = self.entries.len();
         let epoch = self.epoch;
         self.entries.retain(|_, e| e.seen == epoch);
@@ -430,6 +401,79 @@ impl ProcessTable {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Records one process's read into the table.
+struct Recorder<'a> {
+    entries: &'a mut HashMap<u32, ProcEntry>,
+    fired: &'a mut Vec<ProcAnomaly>,
+    epoch: u64,
+    units: KernelUnits,
+    /// When the previous scan began.
+    since: Option<Duration>,
+    config: &'a AnomalyConfig,
+}
+
+impl Recorder<'_> {
+    fn record(self, pid: u32, st: &parse::PidStat<'_>, now: Duration) {
+        let tps = self.units.ticks_per_second;
+        let tick = tps as f64;
+        let ticks = st.utime.saturating_add(st.stime);
+        let rss_bytes = st.rss_pages.saturating_mul(self.units.page_size);
+        let born = Duration::from_secs(st.starttime / tps)
+            + Duration::from_nanos((st.starttime % tps) * 1_000_000_000 / tps);
+        let entry = self.entries.entry(pid).or_insert_with(|| ProcEntry {
+            start_ticks: st.starttime,
+            comm: String::new(),
+            ppid: st.ppid,
+            ticks,
+            rss_bytes,
+            cpu_percent: None,
+            seen: 0,
+            read_at: now,
+            watch: ProcWatch::default(),
+        });
+        let known = entry.seen != 0 && entry.start_ticks == st.starttime;
+        // The interval this share covers: since the last read of this
+        // process, or since it was born when that was after the last scan
+        // began.
+        let (share, from) = match self.since {
+            Some(_) if known => (
+                share(
+                    ticks.saturating_sub(entry.ticks),
+                    tick,
+                    now.saturating_sub(entry.read_at),
+                ),
+                entry.read_at,
+            ),
+            Some(prev) if born >= prev => (share(ticks, tick, now.saturating_sub(born)), born),
+            _ => (None, now),
+        };
+        if !known {
+            entry.start_ticks = st.starttime;
+            entry.watch = ProcWatch::default();
+        }
+        if entry.comm.as_bytes() != st.comm {
+            entry.comm.clear();
+            entry.comm.push_str(&String::from_utf8_lossy(st.comm));
+        }
+        entry.ppid = st.ppid;
+        entry.ticks = ticks;
+        entry.rss_bytes = rss_bytes;
+        entry.cpu_percent = share;
+        entry.seen = self.epoch;
+        entry.read_at = now;
+        let observed = entry
+            .watch
+            .observe(self.config, from, now, share, rss_bytes);
+        for fired in observed.into_iter().flatten() {
+            self.fired.push(ProcAnomaly {
+                pid,
+                start_ticks: st.starttime,
+                fired,
+            });
+        }
     }
 }
 

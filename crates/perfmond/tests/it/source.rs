@@ -78,7 +78,7 @@ async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
     let config = PerfmondConfig {
         interval: Duration::from_millis(500),
         anomalies: AnomalyConfig {
-            sustained_cpu_percent: 50.0,
+            sustained_cpu_percent: 25.0,
             sustained_cpu_for: Duration::from_secs(2),
             ..AnomalyConfig::default()
         },
