@@ -166,12 +166,37 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     std::fs::File::open(path)?.read_to_end(buf).map(|_| ())
 }
 
-/// Reads `rel` below the open directory `dir` into `buf` (cleared first):
-/// no allocation while `buf` is large enough.
+/// Reads the line file `rel` below the open directory `dir` into `buf`
+/// (which is left that long): no allocation while `buf` is large enough.
+///
+/// The kernel writes `/proc/<pid>/stat` whole in the first read when the
+/// buffer can hold it, ending with a newline; so a read that ends with one
+/// before the buffer is full is the last, and the end-of-file read is saved
+/// (one syscall of four per process). Anything else reads on to the end.
 fn read_at(dir: &OwnedFd, rel: &str, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
     let fd = rustix::fs::openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-    std::fs::File::from(fd).read_to_end(buf).map(|_| ())
+    let mut file = std::fs::File::from(fd);
+    let cap = buf.capacity().max(1024);
+    buf.resize(cap, 0);
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(got) => {
+                n += got;
+                if n < buf.len() && buf[n - 1] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(())
 }
 
 /// Whether a read failed because the process is gone.

@@ -145,3 +145,67 @@ async fn run_serves_events_and_health_over_the_socket() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// One real HTTP/1.1 request to `/metrics`; the server closes after it.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: perfmond\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_listen_serves_perfmonds_counters_and_events_jsonl_its_events() {
+    use std::io::BufRead;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--no-socket",
+            "--interval",
+            "3600",
+            "--events-jsonl",
+            "-",
+        ])
+        .args(["--metrics-listen", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // A line on stdout: the first sample was taken and its events delivered.
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["metric_name"].is_string(), "{first}");
+    let reply = scrape(addr);
+    let (head, text) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let value = |series: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    assert_eq!(
+        value("daemoneye_collection_cycles_total{source=\"perfmond\"}"),
+        Some(1),
+        "{text}"
+    );
+    assert!(value("daemoneye_events_emitted_total{source=\"perfmond\"}").unwrap() > 0);
+    assert!(text.contains("# TYPE daemoneye_pressure_files_absent gauge\n"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for _ in lines {}
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
