@@ -654,14 +654,6 @@ impl Sampler {
         &self.counters
     }
 
-    /// The key of process `pid` started at `start_ticks`.
-    pub fn key(&self, pid: u32, start_ticks: u64) -> Subject {
-        Subject {
-            pid,
-            key: self.boot_id.map(|b| ProcessKey::new(b, pid, start_ticks)),
-        }
-    }
-
     /// Takes one sample now, appending its events to `out`. Rates need a
     /// previous sample: the first one reports levels only.
     ///
@@ -708,6 +700,7 @@ impl Sampler {
         let mut emit = |metric, value, comm: &str, s| {
             out.extend(event(metric, value, comm, Some(s), wall));
         };
+        // The process key needs the boot id; without it, the pid alone.
         let boot_id = self.boot_id;
         let subject = |pid, start_ticks| Subject {
             pid,
