@@ -28,6 +28,7 @@ struct HostMetrics {
 
 fn metric(name: &str, value: f64, unit: &str) -> CollectionEvent {
     CollectionEvent::Performance(PerformanceEvent {
+        id: None,
         metric_name: name.to_owned(),
         value,
         unit: unit.to_owned(),

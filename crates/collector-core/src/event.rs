@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use daemoneye_lib::models::{BootId, ProcessKey};
+pub use daemoneye_lib::models::{BootId, EventId, ProcessKey};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on the number of entries in an event's metadata map.
@@ -103,9 +103,39 @@ impl CollectionEvent {
         }
     }
 
+    /// The event's id, once a runtime accepted it (trigger requests have
+    /// their own `trigger_id` and none).
+    pub const fn id(&self) -> Option<EventId> {
+        match self {
+            Self::Process(e) => e.id,
+            Self::Network(e) => e.id,
+            Self::Filesystem(e) => e.id,
+            Self::Performance(e) => e.id,
+            Self::TriggerRequest(_) => None,
+        }
+    }
+
+    /// Names the event, unless it already has an id (a trigger request has
+    /// no place for one). Returns whether it took `id`.
+    pub fn name_once(&mut self, id: EventId) -> bool {
+        let slot = match self {
+            Self::Process(e) => &mut e.id,
+            Self::Network(e) => &mut e.id,
+            Self::Filesystem(e) => &mut e.id,
+            Self::Performance(e) => &mut e.id,
+            Self::TriggerRequest(_) => return false,
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(id);
+        true
+    }
+
     /// What every event has, whatever its domain.
     pub const fn header(&self) -> EventHeader {
         EventHeader {
+            id: self.id(),
             kind: self.kind(),
             time: self.timestamp(),
             pid: self.pid(),
@@ -131,8 +161,8 @@ impl CollectionEvent {
     }
 }
 
-/// The fields every event has, whatever its domain: what it is, when it was
-/// observed, and which process it is about (by pid and by its stable key,
+/// The fields every event has, whatever its domain: its id, what it is, when
+/// it was observed, and which process it is about (by pid and by its stable key,
 /// which names one process even after its pid is reused).
 ///
 /// The source that produced an event travels with its batch
@@ -140,6 +170,8 @@ impl CollectionEvent {
 /// `source_name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventHeader {
+    /// The event's id, once a runtime accepted it.
+    pub id: Option<EventId>,
     /// The event's domain.
     pub kind: EventKind,
     /// When it was observed.
@@ -378,6 +410,10 @@ pub struct ProcessEvent {
     /// [`lifecycle_mut`](Self::lifecycle_mut).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Box<LifecycleDetail>>,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 names! {
@@ -463,6 +499,10 @@ static NO_LIFECYCLE: LifecycleDetail = LifecycleDetail {
     changed: Vec::new(),
     anomaly: None,
     run_time_ms: None,
+    tier: None,
+    argv_truncated: false,
+    setuid: false,
+    setgid: false,
 };
 
 /// What a lifecycle event says beyond its [`ProcessEventType`].
@@ -471,15 +511,55 @@ static NO_LIFECYCLE: LifecycleDetail = LifecycleDetail {
 pub struct LifecycleDetail {
     /// What revealed the event (for an exit: the kernel, or a later snapshot,
     /// exec or fork that found the pid gone or reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_by: Option<ObservedBy>,
     /// For `PidReused`: the key of the process that had the pid before.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<ProcessKey>,
     /// For `Modified`: what changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<ProcessField>,
     /// For `StartTimeAnomaly`: what is impossible about the start time.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<StartTimeAnomaly>,
     /// For `Exit`: how long the process ran, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub run_time_ms: Option<u64>,
+    /// Which of the collector's capture tiers saw the event (`None` when
+    /// the collector does not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CaptureTier>,
+    /// For `Exec`: the kernel's argv was longer than the collector's bound,
+    /// so `command_line` holds only its first part (never a silently short
+    /// one).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    /// For `Exec`: the program runs with another effective user id than
+    /// its caller's (a set-user-id executable, or file capabilities).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub setuid: bool,
+    /// For `Exec`: the program runs with another effective group id than
+    /// its caller's (a set-group-id executable).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub setgid: bool,
+}
+
+names! {
+    /// How a process collector sees the kernel's process events, best
+    /// first. It falls back to the next tier when one cannot run.
+    CaptureTier {
+        /// eBPF programs on the scheduler's tracepoints: every fork, exec and
+        /// exit with its argv and executable, read in the kernel; losses are
+        /// counted exactly.
+        Ebpf = "ebpf",
+        /// The netlink process connector: every fork, exec and exit by pid;
+        /// the details are read from `/proc` afterwards, so a process that
+        /// exits at once may lose them; losses are known but not counted.
+        Connector = "connector",
+        /// Snapshots of `/proc` at an interval: processes that live shorter
+        /// than the interval are missed.
+        Polling = "polling",
+    }
 }
 
 names! {
@@ -550,6 +630,7 @@ impl Default for ProcessEvent {
             read: ReadDepth::Full,
             context: None,
             lifecycle: None,
+            id: None,
         }
     }
 }
@@ -628,6 +709,10 @@ pub struct NetworkEvent {
     /// When the observation was made.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl Default for NetworkEvent {
@@ -645,6 +730,7 @@ impl Default for NetworkEvent {
             bytes_sent: 0,
             bytes_received: 0,
             timestamp: SystemTime::UNIX_EPOCH,
+            id: None,
         }
     }
 }
@@ -709,6 +795,10 @@ pub struct FilesystemEvent {
     /// When the operation was observed.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl FilesystemEvent {
@@ -744,6 +834,10 @@ pub struct PerformanceEvent {
     /// When the sample was taken.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
+    /// The event's id, given by the runtime that accepted it (`None` until
+    /// then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl PerformanceEvent {
@@ -943,6 +1037,7 @@ mod tests {
         p.process_key = Some(ProcessKey::new(BootId::from_bytes([1; 16]), 6, 1));
         assert!(CollectionEvent::Process(p).validate().is_err());
         let perf = PerformanceEvent {
+            id: None,
             metric_name: "load".into(),
             value: f64::INFINITY,
             unit: "count".into(),
@@ -980,6 +1075,7 @@ mod tests {
         assert_eq!(e.pid(), Some(42));
         assert_eq!(e.timestamp(), t);
         let f = CollectionEvent::Filesystem(FilesystemEvent {
+            id: None,
             path: "/etc/passwd".into(),
             operation: FileOperation::Modify,
             pid: None,

@@ -69,6 +69,7 @@
 //!                 process_key: None,
 //!                 component: "demo".into(),
 //!                 timestamp: std::time::SystemTime::now(),
+//!                 id: None, // the runtime names it
 //!             };
 //!             tx.send(CollectionEvent::Performance(event)).await?;
 //!         }
@@ -130,10 +131,10 @@ pub use chain::{
 };
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
-    AnalysisType, BootId, CollectionEvent, EventHeader, EventKind, EventValidationError,
-    FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy,
-    PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType, ProcessField, ProcessKey,
-    ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
+    AnalysisType, BootId, CaptureTier, CollectionEvent, EventHeader, EventId, EventKind,
+    EventValidationError, FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail,
+    NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType,
+    ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

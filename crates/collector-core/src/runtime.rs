@@ -2,8 +2,10 @@
 //! events, fans them out to subscribers, checks health, shuts down on time.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -17,7 +19,7 @@ use crate::bus::EventFilter;
 use crate::bus::{EventBusConfig, LocalEventBus};
 use crate::common::lock;
 use crate::config::{CollectorConfig, ConfigError};
-use crate::event::CollectionEvent;
+use crate::event::{CollectionEvent, EventId};
 use crate::health::{HealthReport, SourceHealth};
 use crate::metrics::Registry;
 use crate::source::{unless_cancelled, EventSource, SourceCaps, SourceContext};
@@ -112,6 +114,46 @@ struct Shared {
     bus: LocalEventBus,
     counters: RuntimeCounters,
     metrics: Registry,
+    names: EventNamer,
+}
+
+/// Gives every accepted event its [`EventId`]: this run's number and the
+/// next place in its sequence, without gaps across the sources.
+struct EventNamer {
+    run: u64,
+    next: AtomicU64,
+}
+
+impl EventNamer {
+    fn new() -> Self {
+        // The run is the runtime's start time in nanoseconds: distinct per
+        // restart, and it orders runs by when they began.
+        let run = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            run,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Names the events that have no id yet, in order.
+    fn name(&self, events: &mut [CollectionEvent]) {
+        let n = events.iter().filter(|e| e.id().is_none()).count() as u64;
+        if n == 0 {
+            return;
+        }
+        let mut seq = self.next.fetch_add(n, Ordering::Relaxed);
+        for event in events {
+            // `seq` starts at 1 and only grows: never zero short of 2^64 events.
+            let Some(place) = NonZeroU64::new(seq) else {
+                break;
+            };
+            if event.name_once(EventId::new(self.run, place)) {
+                seq += 1;
+            }
+        }
+    }
 }
 
 shared_handle! {
@@ -264,6 +306,7 @@ impl Collector {
                 bus,
                 counters: RuntimeCounters::registered(&metrics),
                 metrics,
+                names: EventNamer::new(),
             }),
         }
     }
@@ -706,6 +749,7 @@ async fn pump(
         });
         c.rejected_invalid.add_usize(before - buf.len());
         c.accepted.add_usize(buf.len());
+        shared.names.name(&mut buf);
         let accepted = buf.len();
         if accepted == 0 {
             continue;
@@ -725,6 +769,7 @@ async fn pump(
     rest.retain(|e| e.validate().is_ok());
     c.rejected_invalid.add_usize(before - rest.len());
     c.accepted.add_usize(rest.len());
+    shared.names.name(&mut rest);
     if !rest.is_empty() {
         let n = rest.len();
         if !route(&shared, rest, state.name, Mode::Final, &hard_deadline).await {

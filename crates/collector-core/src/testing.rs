@@ -391,12 +391,16 @@ pub fn sample_process_event() -> CollectionEvent {
 /// for round-trip tests of whatever carries a process (wire, store, JSON).
 pub fn every_field_process_event() -> ProcessEvent {
     use crate::event::{
-        HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEventType, ProcessField,
-        ReadDepth, StartTimeAnomaly,
+        CaptureTier, HashAlgorithm, LifecycleDetail, ObservedBy, ProcessContext, ProcessEventType,
+        ProcessField, ReadDepth, StartTimeAnomaly,
     };
     let start = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let boot = BootId::from_bytes([7; 16]);
     ProcessEvent {
+        id: Some(crate::event::EventId::new(
+            0x187a_3c5e_9b2d_4f10,
+            std::num::NonZeroU64::MIN,
+        )),
         event_type: ProcessEventType::Exit,
         pid: 42,
         ppid: Some(1),
@@ -436,6 +440,10 @@ pub fn every_field_process_event() -> ProcessEvent {
             changed: vec![ProcessField::Argv, ProcessField::Uid],
             anomaly: Some(StartTimeAnomaly::StartedBeforeParent),
             run_time_ms: Some(12),
+            tier: Some(CaptureTier::Ebpf),
+            argv_truncated: true,
+            setuid: true,
+            setgid: true,
         })),
     }
 }

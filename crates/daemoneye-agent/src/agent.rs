@@ -415,6 +415,7 @@ impl Agent {
         };
         health.register_metrics(&metrics);
         detector.engine().stats().register(&metrics);
+        detector.register_metrics(&metrics);
         let socket = data_dir.join("agent.sock");
         let answer = health.clone();
         let server = CollectorIpcServer::new(IpcServerConfig::new(&socket), SourceCaps::empty())

@@ -47,6 +47,14 @@ pub enum ModelError {
         /// Which part was wrong.
         reason: &'static str,
     },
+    /// An event id was not `run-seq` (16 hex digits, then a positive number).
+    #[error(
+        "invalid event id {input:?}: expected 16 hex digits, '-', and a sequence number above 0"
+    )]
+    InvalidEventId {
+        /// The text that was refused.
+        input: String,
+    },
     /// The boot id could not be read from `/proc`.
     #[error("cannot read boot id from {path}")]
     ReadBootId {
@@ -198,18 +206,81 @@ impl FromStr for ProcessKey {
     }
 }
 
-impl Serialize for ProcessKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+/// Names one event: the run of the collector runtime that accepted it (a
+/// number chosen when the runtime starts: its start time in nanoseconds) and
+/// its place in that run, counted from 1 without gaps across all the run's
+/// sources. Unique on one host; with the host's name, across a fleet.
+///
+/// Rendered (and serialized) as `run-seq`, the run in 16 hex digits:
+/// `187a3c5e9b2d4f10-42`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    /// The runtime run that accepted the event.
+    pub run: u64,
+    /// Its place in that run, from 1.
+    pub seq: std::num::NonZeroU64,
+}
+
+impl EventId {
+    /// Builds an id from its parts.
+    pub const fn new(run: u64, seq: std::num::NonZeroU64) -> Self {
+        Self { run, seq }
     }
 }
 
-impl<'de> Deserialize<'de> for ProcessKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.run, self.seq)
     }
 }
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl FromStr for EventId {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed = s.split_once('-').and_then(|(run, seq)| {
+            let hex = run.len() == 16 && run.bytes().all(|b| b.is_ascii_hexdigit());
+            let digits = !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit());
+            if !(hex && digits) {
+                return None;
+            }
+            Some(Self::new(
+                u64::from_str_radix(run, 16).ok()?,
+                seq.parse().ok()?,
+            ))
+        });
+        parsed.ok_or_else(|| ModelError::InvalidEventId {
+            input: s.to_owned(),
+        })
+    }
+}
+
+/// `Serialize` and `Deserialize` as the type's text form (`Display` and
+/// `FromStr`).
+macro_rules! serde_as_text {
+    ($($ty:ty),+) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )+};
+}
+
+serde_as_text!(ProcessKey, EventId);
 
 #[cfg(test)]
 mod tests {
@@ -228,6 +299,32 @@ mod tests {
             "5f1b2c3d-0a1b-4c2d-8e9f-0123456789abc",
         ] {
             assert!(bad.parse::<BootId>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn event_id_text_round_trips_and_rejects_wrong_shapes() {
+        let id = EventId::new(
+            0x187a_3c5e_9b2d_4f10,
+            std::num::NonZeroU64::new(42).unwrap(),
+        );
+        assert_eq!(id.to_string(), "187a3c5e9b2d4f10-42");
+        assert_eq!("187a3c5e9b2d4f10-42".parse::<EventId>().unwrap(), id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"187a3c5e9b2d4f10-42\"");
+        assert_eq!(serde_json::from_str::<EventId>(&json).unwrap(), id);
+        for bad in [
+            "",
+            "187a3c5e9b2d4f10",
+            "187a3c5e9b2d4f10-0",
+            "187a3c5e9b2d4f10-",
+            "187a3c5e9b2d4f1-4",
+            "187a3c5e9b2d4f10-+4",
+            "187a3c5e9b2d4f1g-4",
+            "187a3c5e9b2d4f10-4-5",
+            "187a3c5e9b2d4f10-18446744073709551616",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?} was accepted");
         }
     }
 

@@ -319,6 +319,7 @@ impl EventRecord {
         Self {
             event: Some(event.into()),
             source_name: source_name.into(),
+            id: None,
         }
     }
 

@@ -2,20 +2,194 @@
 //! turns each batch of events into rows, runs the rules, and raises
 //! deduplicated alerts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use collector_core::metrics::{Counter, Registry};
 use collector_core::{ProcessEvent, ProcessEventType};
+use tokio::time::Instant;
 
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
 
 /// Whether a directory can be written by someone other than root: writable
-/// by group or others, or owned by a non-root user.
+/// by group or others, or owned by a non-root user. Blocking (a `stat`).
 fn user_writable(dir: &str) -> Option<bool> {
     let m = std::fs::metadata(dir).ok()?;
     Some(m.mode() & 0o022 != 0 || m.uid() != 0)
+}
+
+/// How long a directory's answer is kept before it is looked up again.
+pub const DIR_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long detection waits for a directory's lookup; past it the answer
+/// is unknown (`None`, counted) and the lookup goes on in the background.
+pub const DIR_LOOKUP_DEADLINE: Duration = Duration::from_millis(25);
+/// The most directories cached.
+pub const DIR_CACHE_CAPACITY: usize = 4096;
+/// The most lookups running at once (a hung filesystem holds one thread per
+/// directory looked up on it, at most this many).
+pub const DIR_LOOKUPS_IN_FLIGHT: usize = 8;
+
+type StatFn = Arc<dyn Fn(&str) -> Option<bool> + Send + Sync>;
+
+/// Lookups handed to worker threads and their answers.
+#[derive(Default)]
+struct Lookups {
+    pending: HashSet<String>,
+    done: HashMap<String, Option<bool>>,
+}
+
+#[derive(Default)]
+struct Handoff {
+    state: Mutex<Lookups>,
+    answered: Condvar,
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, Lookups> {
+        // Nothing panics under the lock; recover from poisoning anyway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the directory cache counts.
+#[derive(Debug, Default, Clone)]
+struct DirCounters {
+    /// Answers that were not known in time (or no lookup thread was free).
+    unknown: Counter,
+    /// Lookups started (first sight of a directory, or its answer expired).
+    lookups: Counter,
+    /// Entries dropped to stay within the capacity.
+    evicted: Counter,
+}
+
+/// Directory -> user-writable, each answer kept for a TTL, looked up on
+/// short-lived worker threads so that a `stat` hung on a dead NFS server
+/// never blocks detection: the call that starts a lookup waits for it at
+/// most a short deadline, then the answer is `None` (counted), as it is
+/// for every call while the lookup still runs; a later call picks up what
+/// the worker found. At most [`DIR_LOOKUPS_IN_FLIGHT`] lookups run at once,
+/// one per directory.
+struct DirCache {
+    ttl: Duration,
+    deadline: Duration,
+    capacity: usize,
+    entries: HashMap<String, (Option<bool>, Instant)>,
+    handoff: Arc<Handoff>,
+    stat: StatFn,
+    counters: DirCounters,
+}
+
+impl std::fmt::Debug for DirCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirCache")
+            .field("ttl", &self.ttl)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirCache {
+    fn new(ttl: Duration, deadline: Duration, stat: StatFn) -> Self {
+        Self {
+            ttl,
+            deadline,
+            capacity: DIR_CACHE_CAPACITY,
+            entries: HashMap::new(),
+            handoff: Arc::default(),
+            stat,
+            counters: DirCounters::default(),
+        }
+    }
+
+    /// Whether `dir` is user-writable; `None` when unknown (it does not
+    /// exist, or its lookup did not answer within the deadline).
+    fn get(&mut self, dir: &str) -> Option<bool> {
+        let now = Instant::now();
+        if let Some(&(value, at)) = self.entries.get(dir) {
+            if now.duration_since(at) < self.ttl {
+                return value;
+            }
+        }
+        let handoff = Arc::clone(&self.handoff);
+        let mut state = handoff.lock();
+        // Answers that came in after their deadline, maybe this one.
+        let mut fresh = None;
+        let done: Vec<(String, Option<bool>)> = state.done.drain().collect();
+        for (d, value) in done {
+            if d == dir {
+                fresh = Some(value);
+            }
+            self.insert(d, value, now);
+        }
+        if let Some(value) = fresh {
+            return value;
+        }
+        // Only the call that starts a lookup waits for it: one still
+        // running from before (a hung filesystem) costs nothing more.
+        if state.pending.contains(dir)
+            || state.pending.len() >= DIR_LOOKUPS_IN_FLIGHT
+            || !self.spawn(&mut state, dir)
+        {
+            drop(state);
+            self.counters.unknown.inc();
+            return None;
+        }
+        let (mut state, _) = handoff
+            .answered
+            .wait_timeout_while(state, self.deadline, |s| !s.done.contains_key(dir))
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(value) = state.done.remove(dir) else {
+            drop(state);
+            self.counters.unknown.inc();
+            return None;
+        };
+        drop(state);
+        self.insert(dir.to_owned(), value, now);
+        value
+    }
+
+    /// Starts looking `dir` up on a thread of its own; false when no
+    /// thread could be started.
+    fn spawn(&self, state: &mut Lookups, dir: &str) -> bool {
+        let (handoff, stat, owned) = (
+            Arc::clone(&self.handoff),
+            Arc::clone(&self.stat),
+            dir.to_owned(),
+        );
+        let started = std::thread::Builder::new()
+            .name("detector-dir-stat".into())
+            .spawn(move || {
+                let value = stat(&owned);
+                let mut state = handoff.lock();
+                state.pending.remove(&owned);
+                state.done.insert(owned, value);
+                drop(state);
+                handoff.answered.notify_all();
+            });
+        if started.is_err() {
+            return false;
+        }
+        self.counters.lookups.inc();
+        state.pending.insert(dir.to_owned());
+        true
+    }
+
+    fn insert(&mut self, dir: String, value: Option<bool>, now: Instant) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&dir) {
+            let ttl = self.ttl;
+            let before = self.entries.len();
+            self.entries
+                .retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
+            }
+            self.counters.evicted.add_usize(before - self.entries.len());
+        }
+        self.entries.insert(dir, (value, now));
+    }
 }
 
 /// The detection state of the agent.
@@ -25,8 +199,8 @@ pub struct Detector {
     dedup: Deduper,
     /// Live processes by pid, as last reported.
     table: HashMap<u32, ProcessEvent>,
-    /// Directory -> user-writable, looked up once per directory.
-    dirs: HashMap<String, Option<bool>>,
+    /// Directory -> user-writable, refreshed after a TTL, never blocking.
+    dirs: DirCache,
 }
 
 impl Detector {
@@ -36,8 +210,50 @@ impl Detector {
             engine,
             dedup: Deduper::new(window, 100_000),
             table: HashMap::new(),
-            dirs: HashMap::new(),
+            dirs: DirCache::new(DIR_CACHE_TTL, DIR_LOOKUP_DEADLINE, Arc::new(user_writable)),
         }
+    }
+
+    /// The same with the directory cache's TTL and lookup deadline given
+    /// (tests; an operator who wants fresher answers).
+    #[must_use]
+    pub fn with_dir_cache(mut self, ttl: Duration, deadline: Duration) -> Self {
+        self.dirs.ttl = ttl;
+        self.dirs.deadline = deadline;
+        self
+    }
+
+    /// Directory lookups whose answer was unknown in time (a hung or slow
+    /// filesystem): their rows say `exe_dir_user_writable = NULL`.
+    pub fn dir_lookups_unknown(&self) -> u64 {
+        self.dirs.counters.unknown.get()
+    }
+
+    /// Registers the directory cache's counters in `registry` (stage
+    /// `detector`): lookups started, answers unknown in time, entries
+    /// evicted. Call it once per registry.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let c = &self.dirs.counters;
+        registry.register_counters(
+            &[("stage", "detector")],
+            &[
+                (
+                    "daemoneye_dir_lookups_total",
+                    "Executable directories looked up (first sight, or the answer expired).",
+                    &c.lookups,
+                ),
+                (
+                    "daemoneye_dir_lookups_unknown_total",
+                    "Directory lookups not answered within the deadline (rows get NULL).",
+                    &c.unknown,
+                ),
+                (
+                    "daemoneye_dir_cache_evictions_total",
+                    "Directory answers dropped to stay within the cache capacity.",
+                    &c.evicted,
+                ),
+            ],
+        );
     }
 
     /// The engine (rules, refusals, counters).
@@ -66,10 +282,7 @@ impl Detector {
             let dir = p
                 .rsplit_once('/')
                 .map(|(d, _)| if d.is_empty() { "/" } else { d })?;
-            *self
-                .dirs
-                .entry(dir.to_owned())
-                .or_insert_with(|| user_writable(dir))
+            self.dirs.get(dir)
         });
         let parent = e.ppid.and_then(|pp| self.table.get(&pp));
         ProcessRow::from_event(e, parent, writable)
@@ -240,5 +453,142 @@ mod tests {
     fn user_writable_dirs() {
         assert_eq!(user_writable("/tmp"), Some(true));
         assert_eq!(user_writable("/nonexistent-dir"), None);
+    }
+
+    fn chmod(path: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A directory made world-writable after its first lookup is seen as
+    /// such once the answer expires (and not before). Cached forever, it
+    /// stayed "not writable".
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_made_writable_later_is_seen_after_the_ttl() {
+        if !nix_is_root() {
+            eprintln!("skipped: needs root (a non-root owner is always user-writable)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let exe = dir.path().join("tool");
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        )
+        // A generous deadline: this test is about the TTL, not a slow stat.
+        .with_dir_cache(Duration::from_secs(60), Duration::from_secs(10));
+        let e = exec(10, 1, "tool", exe.to_str().unwrap(), &["tool"]);
+        assert_eq!(d.row(&e).exe_dir_user_writable, Some(false));
+        chmod(dir.path(), 0o777);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(d.row(&e).exe_dir_user_writable, Some(false), "cached");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(d.row(&e).exe_dir_user_writable, Some(true), "refreshed");
+        assert_eq!(d.dirs.counters.lookups.get(), 2);
+        assert_eq!(d.dir_lookups_unknown(), 0);
+    }
+
+    fn nix_is_root() -> bool {
+        // The effective uid, from /proc (no libc in this crate).
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+            .unwrap_or(false)
+    }
+
+    /// A stat that hangs on paths under `/hung` until released.
+    fn hanging_stat() -> (StatFn, Arc<(Mutex<bool>, Condvar)>) {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = Arc::clone(&gate);
+        let stat: StatFn = Arc::new(move |dir: &str| {
+            if dir.starts_with("/hung") {
+                let (open, cv) = &*g;
+                let guard = open.lock().unwrap();
+                drop(cv.wait_while(guard, |open| !*open).unwrap());
+            }
+            Some(true)
+        });
+        (stat, gate)
+    }
+
+    #[test]
+    fn a_hung_lookup_yields_none_in_time_and_is_picked_up_later() {
+        let (stat, gate) = hanging_stat();
+        let deadline = Duration::from_millis(200);
+        let mut cache = DirCache::new(Duration::from_secs(60), deadline, stat);
+        let t0 = Instant::now();
+        assert_eq!(cache.get("/hung/a"), None);
+        let first = t0.elapsed();
+        assert!(
+            first >= deadline && first < Duration::from_secs(2),
+            "{first:?}"
+        );
+        // Still running: no second wait, no second thread.
+        let t1 = Instant::now();
+        assert_eq!(cache.get("/hung/a"), None);
+        assert!(t1.elapsed() < deadline, "{:?}", t1.elapsed());
+        // Other directories are still answered.
+        assert_eq!(cache.get("/usr/bin"), Some(true));
+        // At most DIR_LOOKUPS_IN_FLIGHT hung lookups; beyond, none is started.
+        for i in 1..=DIR_LOOKUPS_IN_FLIGHT {
+            assert_eq!(cache.get(&format!("/hung/{i}")), None);
+        }
+        assert_eq!(
+            cache.counters.lookups.get(),
+            DIR_LOOKUPS_IN_FLIGHT as u64 + 1,
+            "/hung/a, /usr/bin, /hung/1..7; /hung/8 found no free lookup"
+        );
+        assert_eq!(
+            cache.counters.unknown.get(),
+            2 + DIR_LOOKUPS_IN_FLIGHT as u64
+        );
+
+        // The filesystem comes back: the answers arrive and are used.
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        let handoff = Arc::clone(&cache.handoff);
+        let state = handoff.lock();
+        let (state, timeout) = handoff
+            .answered
+            .wait_timeout_while(state, Duration::from_secs(10), |s| !s.pending.is_empty())
+            .unwrap();
+        assert!(!timeout.timed_out());
+        drop(state);
+        assert_eq!(cache.get("/hung/a"), Some(true));
+        // Never looked up (no thread was free): looked up now.
+        assert_eq!(
+            cache.get(&format!("/hung/{DIR_LOOKUPS_IN_FLIGHT}")),
+            Some(true)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_stays_within_its_capacity() {
+        let mut cache = DirCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Arc::new(|_: &str| Some(false)),
+        );
+        cache.capacity = 4;
+        for i in 0..4 {
+            assert_eq!(cache.get(&format!("/d{i}")), Some(false));
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        cache.get("/d1");
+        // Full: the expired ones go first.
+        cache.get("/new");
+        assert!(cache.entries.len() <= 4, "{}", cache.entries.len());
+        assert!(cache.entries.contains_key("/d1") && cache.entries.contains_key("/new"));
+        assert_eq!(cache.counters.evicted.get(), 3);
+        for i in 0..10 {
+            cache.get(&format!("/e{i}"));
+            assert!(cache.entries.len() <= 4);
+        }
     }
 }

@@ -219,7 +219,8 @@ const EVENT_ROW_EDITED: &str = "SELECT e.ledger_seq FROM process_events e \
        OR e.event_type IS NOT json_extract(l.content, '$.event_type') \
        OR e.process_key IS NOT json_extract(l.content, '$.process_key') \
        OR e.exe_hash IS NOT json_extract(l.content, '$.executable_hash') \
-       OR e.exit_code IS NOT json_extract(l.content, '$.exit_code')) \
+       OR e.exit_code IS NOT json_extract(l.content, '$.exit_code') \
+       OR e.event_id IS NOT json_extract(l.content, '$.id')) \
      ORDER BY e.ledger_seq LIMIT 1";
 
 /// The first entry of `kind` whose row in `table` is gone.

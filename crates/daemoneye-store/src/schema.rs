@@ -52,10 +52,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "typed process facts: euid, gid, exe_replaced, container_id, cgroup, detail",
         sql: V3,
     },
+    Migration {
+        version: 4,
+        description: "event ids: process_events.event_id, process_snapshots.event_id",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -184,6 +189,11 @@ macro_rules! typed_facts {
 }
 
 const V3: &str = typed_facts!("process_snapshots", "process_events", "processes");
+
+/// The id the collector runtime gave each event a row stores
+/// (`collector_core::EventId` as text, `run-seq`); none on older rows.
+const V4: &str = "ALTER TABLE process_events ADD COLUMN event_id TEXT;
+ALTER TABLE process_snapshots ADD COLUMN event_id TEXT;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

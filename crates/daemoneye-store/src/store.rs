@@ -64,8 +64,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey,
-    ReadDepth,
+    EventId, HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType,
+    ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -706,9 +706,10 @@ impl Store {
         let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let mut event = decode_process(row, 3, T)?;
+            let mut event = decode_process(row, 4, T)?;
             event.event_type = decode_event_type(&row.get::<_, String>(1)?, T)?;
             event.exit_code = row.get(2)?;
+            event.id = decode_event_id(row, 3, T)?;
             out.push(StoredEvent {
                 id: row.get(0)?,
                 event,
@@ -751,7 +752,10 @@ impl Store {
         while let Some(row) = rows.next()? {
             out.push(SnapshotRow {
                 snapshot_id: SnapshotId(row.get(0)?),
-                process: decode_process(row, 1, "process_snapshots")?,
+                process: ProcessEvent {
+                    id: decode_event_id(row, 1, "process_snapshots")?,
+                    ..decode_process(row, 2, "process_snapshots")?
+                },
             });
         }
         Ok(out)
@@ -828,7 +832,8 @@ fn write_snapshot_in(
     for p in processes {
         let e = Encoded::new(p)?;
         let head: [&dyn ToSql; 2] = [&id, &e.key];
-        let tail: [&dyn ToSql; 2] = [&e.metadata, &e.observed_at];
+        let event_id = p.id.map(|id| id.to_string());
+        let tail: [&dyn ToSql; 3] = [&e.metadata, &e.observed_at, &event_id];
         insert.execute(e.columns(head, tail))?;
         e.upsert(&mut upsert, ProcessEventType::Snapshot, None)?;
     }
@@ -862,7 +867,9 @@ fn write_events_in(
                 LedgerMode::AlertsOnly => None,
             };
             let head: [&dyn ToSql; 2] = [&ev.event_type.as_str(), &e.key];
-            let tail: [&dyn ToSql; 4] = [&ev.exit_code, &e.metadata, &e.observed_at, &seq];
+            let event_id = ev.id.map(|id| id.to_string());
+            let tail: [&dyn ToSql; 5] =
+                [&ev.exit_code, &e.metadata, &e.observed_at, &seq, &event_id];
             insert.execute(e.columns(head, tail))?;
             done.lifecycle += 1;
         }
@@ -972,15 +979,16 @@ macro_rules! shared_columns {
 const INSERT_SNAPSHOT_ROW: &str = concat!(
     "INSERT INTO process_snapshots (snapshot_id, process_key, ",
     shared_columns!(),
-    ", metadata, observed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-     ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+    ", metadata, observed_at, event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
 );
 
 const INSERT_EVENT: &str = concat!(
     "INSERT INTO process_events (event_type, process_key, ",
     shared_columns!(),
-    ", exit_code, metadata, observed_at, ledger_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+    ", exit_code, metadata, observed_at, ledger_seq, event_id) VALUES (?1, ?2, ?3, ?4, ?5, \
+     ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+     ?25, ?26)"
 );
 
 /// Last known state: a newer observation replaces each field it carries and
@@ -1031,13 +1039,13 @@ macro_rules! process_columns {
 }
 
 const SELECT_RECENT_EVENTS: &str = concat!(
-    "SELECT id, event_type, exit_code, ",
+    "SELECT id, event_type, exit_code, event_id, ",
     process_columns!(),
     " FROM process_events ORDER BY id DESC LIMIT ?1"
 );
 
 const SELECT_LATEST_SNAPSHOT: &str = concat!(
-    "SELECT snapshot_id, ",
+    "SELECT snapshot_id, event_id, ",
     process_columns!(),
     " FROM process_snapshots WHERE snapshot_id = (SELECT max(id) FROM snapshots) \
      ORDER BY pid, rowid"
@@ -1296,6 +1304,22 @@ fn decode_process(
     };
     detail.apply(&mut event, row.get(base + 19)?, row.get(base + 20)?);
     Ok(event)
+}
+
+/// The `event_id` column at `index`.
+fn decode_event_id(
+    row: &Row<'_>,
+    index: usize,
+    table: &'static str,
+) -> Result<Option<EventId>, StoreError> {
+    row.get::<_, Option<String>>(index)?
+        .map(|id| id.parse())
+        .transpose()
+        .map_err(|e: daemoneye_lib::models::ModelError| StoreError::Decode {
+            table,
+            column: "event_id",
+            reason: e.to_string(),
+        })
 }
 
 fn decode_event_type(text: &str, table: &'static str) -> Result<ProcessEventType, StoreError> {

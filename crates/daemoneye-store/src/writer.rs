@@ -9,11 +9,21 @@
 //! wait). The thread takes what is queued, up to
 //! [`batch_events`](WriterConfig::batch_events) events or
 //! [`batch_delay_ms`](WriterConfig::batch_delay_ms) after the first write,
-//! and commits it in one transaction, in queue order. A failed transaction is
-//! logged, counted and retried once; if the retry fails too its writes are
-//! counted as failed (events in `events_dropped_write_failed`) and the writer
-//! goes on. [`StoreWriter::close`] commits everything queued before it
-//! returns, so nothing accepted is lost on SIGTERM.
+//! and commits it in one transaction, in queue order.
+//!
+//! A failed transaction is logged, counted and retried at once; if that
+//! fails too (a full disk, a broken file), its writes and every later one
+//! are held in memory, in order, and tried again with a capped backoff
+//! (100 ms to 5 s), so that detection never waits on a failing disk and
+//! nothing is lost while it fails briefly. `failing` is 1 meanwhile and
+//! `held` says how much is waiting. Past
+//! [`max_held_events`](WriterConfig::max_held_events) the oldest held writes
+//! (alerts last) are dropped, counted (events in
+//! `events_dropped_write_failed`) and recorded in the ledger as a `gap`
+//! entry once writing resumes. [`StoreWriter::close`] commits everything
+//! queued before it returns, so nothing accepted is lost on SIGTERM; if the
+//! store still fails then, it tries three more times and counts what is
+//! left as dropped.
 //!
 //! Accounting: `events_accepted` equals `events_written` plus
 //! `events_dropped_write_failed` plus [`events_queued`](WriterStats::events_queued).
@@ -40,12 +50,15 @@
 //! ```
 
 use collector_core::metrics::{Counter, Gauge, Registry};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use collector_core::{ProcessEvent, WhenFull};
+use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::alert::Alert;
@@ -66,6 +79,10 @@ pub struct WriterConfig {
     pub batch_delay_ms: u64,
     /// What sending an event batch does when the queue is full.
     pub when_full: WhenFull,
+    /// While the store fails (a full disk), the most events (and snapshot
+    /// rows) the writer holds in memory to write once it can; past it the
+    /// oldest are dropped, counted and recorded in the ledger as a gap.
+    pub max_held_events: usize,
 }
 
 /// Default of [`WriterConfig::queue_writes`].
@@ -74,6 +91,9 @@ pub const DEFAULT_QUEUE_WRITES: usize = 256;
 pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
 /// Default of [`WriterConfig::batch_delay_ms`].
 pub const DEFAULT_BATCH_DELAY_MS: u64 = 50;
+/// Default of [`WriterConfig::max_held_events`]: about a minute of a busy
+/// host's lifecycle events, tens of megabytes at most.
+pub const DEFAULT_MAX_HELD_EVENTS: usize = 50_000;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -82,6 +102,7 @@ impl Default for WriterConfig {
             batch_events: DEFAULT_BATCH_EVENTS,
             batch_delay_ms: DEFAULT_BATCH_DELAY_MS,
             when_full: WhenFull::Block,
+            max_held_events: DEFAULT_MAX_HELD_EVENTS,
         }
     }
 }
@@ -100,6 +121,9 @@ impl WriterConfig {
         if self.batch_events == 0 {
             return invalid("batch_events", "must be at least 1");
         }
+        if self.max_held_events == 0 {
+            return invalid("max_held_events", "must be at least 1");
+        }
         Ok(())
     }
 }
@@ -117,8 +141,9 @@ pub struct WriterStats {
     pub alerts: Counter,
     /// Snapshots of the process table committed.
     pub snapshots: Counter,
-    /// Writes lost: failed twice, or refused because the writer had closed
-    /// (each logged).
+    /// Writes lost: dropped while held over their bound or at close with
+    /// the store failing, or refused because the writer had closed (each
+    /// logged).
     pub failures: Counter,
     /// Events taken into the queue.
     pub events_accepted: Counter,
@@ -126,9 +151,10 @@ pub struct WriterStats {
     pub events_written: Counter,
     /// Transactions committed.
     pub transactions_committed: Counter,
-    /// Failed transaction attempts (each batch is tried at most twice).
+    /// Failed transaction attempts.
     pub write_errors: Counter,
-    /// Events dropped because their transaction failed twice.
+    /// Events dropped because the store failed: held over their bound, or
+    /// still held at close.
     pub events_dropped_write_failed: Counter,
     /// Events dropped because the queue was full (never under
     /// [`WhenFull::Block`]).
@@ -137,9 +163,12 @@ pub struct WriterStats {
     pub events_refused: Counter,
     /// Ledger entries recording what failed transactions lost.
     pub gaps_recorded: Counter,
-    /// 1 while the last transaction was lost (failed twice), 0 once one
-    /// commits again: health reads it.
+    /// 1 while the store's last attempt failed (writes are held or lost),
+    /// 0 once one commits again: health reads it.
     pub failing: Gauge,
+    /// Events (and snapshot rows, one per other write) held in memory
+    /// because the store is failing, to write once it can.
+    pub held: Gauge,
 }
 
 impl WriterStats {
@@ -171,7 +200,7 @@ impl WriterStats {
                 ),
                 (
                     "daemoneye_store_writes_lost_total",
-                    "Writes lost: failed twice, or refused after close.",
+                    "Writes lost: dropped while the store failed, or refused after close.",
                     &self.failures,
                 ),
                 (
@@ -208,9 +237,15 @@ impl WriterStats {
         );
         registry.register_gauge(
             "daemoneye_store_failing",
-            "1 while the store's last transaction was lost, 0 once one commits again.",
+            "1 while the store's last attempt failed, 0 once one commits again.",
             &[("stage", "store")],
             &self.failing,
+        );
+        registry.register_gauge(
+            "daemoneye_store_held_writes",
+            "Events and other writes held in memory while the store fails.",
+            &[("stage", "store")],
+            &self.held,
         );
         registry.register_counter(
             "daemoneye_events_dropped_total",
@@ -303,6 +338,11 @@ impl StoreWriter {
             batch_events: config.batch_events.max(1),
             batch_delay: Duration::from_millis(config.batch_delay_ms),
             done: done_tx,
+            held: VecDeque::new(),
+            held_weight: 0,
+            max_held: config.max_held_events.max(1),
+            retry: Backoff::new(RETRY_FIRST, RETRY_MAX).with_jitter(0.2),
+            retry_at: None,
         };
         std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -415,8 +455,9 @@ impl StoreWriter {
         );
     }
 
-    /// Waits until everything queued before this call is committed (or, if
-    /// its transaction failed twice, counted as failed).
+    /// Waits until everything queued before this call is committed, or held
+    /// because the store is failing (then `failing` is 1 and `held` says
+    /// how much waits), or counted as dropped.
     ///
     /// # Errors
     /// [`StoreError::WriterClosed`] when the writer has closed.
@@ -478,7 +519,27 @@ struct Worker {
     batch_events: usize,
     batch_delay: Duration,
     done: watch::Sender<bool>,
+    /// Writes not committed yet, in queue order: the round's, and those held
+    /// since the store began failing.
+    held: VecDeque<Pending>,
+    /// The weight of `held` (events and snapshot rows, one per other write).
+    held_weight: usize,
+    /// The most weight held while the store fails; past it the oldest
+    /// writes are dropped, counted and recorded as a gap.
+    max_held: usize,
+    /// Waits between attempts while the store fails.
+    retry: Backoff,
+    /// When the held writes are tried again; `None` when the last attempt
+    /// succeeded.
+    retry_at: Option<Instant>,
 }
+
+/// The first wait before held writes are tried again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// At close, how many more attempts the held writes get (waits from
+/// [`RETRY_FIRST`], doubling: 0.7 s in all) before what is left is dropped.
+const CLOSE_ATTEMPTS: u32 = 3;
 
 /// What one round of collecting produced besides the writes.
 #[derive(Default)]
@@ -487,19 +548,24 @@ struct Round {
     finish: bool,
 }
 
-/// A queued write, as the batch holds it.
+/// A queued write, as the writer holds it. Event batches larger than a
+/// transaction are held in parts.
 enum Pending {
-    Events(Vec<ProcessEvent>),
+    /// `completes`: the last part of the batch as it was sent.
+    Events {
+        events: Vec<ProcessEvent>,
+        completes: bool,
+    },
     Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
 }
 
 impl Pending {
-    /// Events count as themselves, anything else as one.
+    /// Events and snapshot rows count as themselves, anything else as one.
     fn weight(&self) -> usize {
         match self {
-            Self::Events(e) | Self::Snapshot(e) => e.len().max(1),
+            Self::Events { events: e, .. } | Self::Snapshot(e) => e.len().max(1),
             _ => 1,
         }
     }
@@ -507,10 +573,9 @@ impl Pending {
 
 impl Worker {
     async fn run(mut self) {
-        let mut pending = Vec::new();
         loop {
-            let round = self.collect(&mut pending).await;
-            self.commit(&mut pending);
+            let round = self.collect().await;
+            self.commit();
             for ack in round.acks {
                 let _ = ack.send(());
             }
@@ -518,27 +583,37 @@ impl Worker {
                 break;
             }
         }
+        self.close_held().await;
         tracing::debug!(stats = ?self.stats, "store writer closed");
         self.done.send_replace(true);
     }
 
     /// Waits for writes and gathers a batch: up to `batch_events`, or what
     /// came within `batch_delay` of the first, or everything before a flush.
-    async fn collect(&mut self, pending: &mut Vec<Pending>) -> Round {
+    /// While writes are held it waits no longer than their next attempt.
+    async fn collect(&mut self) -> Round {
         let mut round = Round::default();
-        let Some(first) = self.rx.recv().await else {
+        let first = match self.retry_at {
+            None => self.rx.recv().await,
+            Some(at) => match tokio::time::timeout_at(at, self.rx.recv()).await {
+                Ok(w) => w,
+                // Time to try the held writes again.
+                Err(_elapsed) => return round,
+            },
+        };
+        let Some(first) = first else {
             round.finish = true;
             return round;
         };
         let mut weight = 0;
-        if Self::take(first, pending, &mut weight, &mut round) {
-            return self.close_if_finishing(pending, round).await;
+        if self.take(first, &mut weight, &mut round) {
+            return self.close_if_finishing(round).await;
         }
         let deadline = tokio::time::Instant::now() + self.batch_delay;
         while weight < self.batch_events {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(w)) => {
-                    if Self::take(w, pending, &mut weight, &mut round) {
+                    if self.take(w, &mut weight, &mut round) {
                         break;
                     }
                 }
@@ -549,13 +624,28 @@ impl Worker {
                 Err(_elapsed) => break,
             }
         }
-        self.close_if_finishing(pending, round).await
+        self.close_if_finishing(round).await
     }
 
     /// Files one write; true when the batch must be committed now.
-    fn take(w: Write, pending: &mut Vec<Pending>, weight: &mut usize, round: &mut Round) -> bool {
+    fn take(&mut self, w: Write, weight: &mut usize, round: &mut Round) -> bool {
         let p = match w {
-            Write::Events(e) => Pending::Events(e),
+            Write::Events(mut events) => {
+                // In parts of at most a transaction each.
+                while events.len() > self.batch_events {
+                    let rest = events.split_off(self.batch_events);
+                    self.hold(Pending::Events {
+                        events,
+                        completes: false,
+                    });
+                    *weight += self.batch_events;
+                    events = rest;
+                }
+                Pending::Events {
+                    events,
+                    completes: true,
+                }
+            }
             Write::Snapshot(e) => Pending::Snapshot(e),
             Write::Alert(a) => Pending::Alert(a),
             Write::ClearProcesses => Pending::ClearProcesses,
@@ -569,135 +659,189 @@ impl Worker {
             }
         };
         *weight += p.weight();
-        pending.push(p);
+        self.hold(p);
         false
+    }
+
+    fn hold(&mut self, p: Pending) {
+        self.held_weight += p.weight();
+        self.held.push_back(p);
     }
 
     /// On close: refuse new writes and take everything already queued (a
     /// `recv` after `close` still yields every message sent before it).
-    async fn close_if_finishing(&mut self, pending: &mut Vec<Pending>, mut round: Round) -> Round {
+    async fn close_if_finishing(&mut self, mut round: Round) -> Round {
         if round.finish {
             self.rx.close();
             let mut weight = 0;
             while let Some(w) = self.rx.recv().await {
-                Self::take(w, pending, &mut weight, &mut round);
+                self.take(w, &mut weight, &mut round);
             }
         }
         round
     }
 
-    /// Commits `pending` in transactions of at most `batch_events` events,
-    /// in order.
-    fn commit(&mut self, pending: &mut Vec<Pending>) {
-        let mut ops: Vec<Op<'_>> = Vec::new();
-        // Per transaction: (events in it, event batches it completes, alerts).
-        let mut tally = Tally::default();
-        let mut txs: Vec<(Vec<Op<'_>>, Tally)> = Vec::new();
-        for p in pending.iter() {
-            match p {
-                Pending::Events(events) => {
-                    let mut rest: &[ProcessEvent] = events;
-                    while !rest.is_empty() {
-                        let room = self.batch_events.saturating_sub(tally.weight).max(1);
-                        let (now, later) = rest.split_at(room.min(rest.len()));
-                        ops.push(Op::Events(now));
-                        tally.weight += now.len();
-                        tally.events += now.len();
-                        rest = later;
-                        if rest.is_empty() {
-                            tally.batches += 1;
-                        }
-                        if tally.weight >= self.batch_events {
-                            txs.push((std::mem::take(&mut ops), std::mem::take(&mut tally)));
-                        }
-                    }
+    /// Commits the held writes in transactions of at most `batch_events`
+    /// events, in order, unless a failed attempt's wait has not passed. On
+    /// a failure the rest stays held for the next attempt; then the held
+    /// writes are kept within their bound.
+    fn commit(&mut self) {
+        let waiting = self.retry_at.is_some_and(|at| Instant::now() < at);
+        while !waiting && !self.held.is_empty() {
+            // The longest prefix within a transaction (at least one write).
+            let (mut n, mut weight) = (0, 0);
+            for p in &self.held {
+                if n > 0 && weight + p.weight() > self.batch_events {
+                    break;
                 }
-                Pending::Snapshot(rows) => {
-                    // One snapshot is one write, whatever its size.
-                    ops.push(Op::Snapshot(rows));
-                    tally.weight += rows.len().max(1);
-                    tally.other += 1;
+                weight += p.weight();
+                n += 1;
+            }
+            let (ops, tally) = transaction(self.held.range(..n));
+            let first = self.retry_at.is_none();
+            match attempt(&mut self.store, &self.stats, &ops, &tally, first) {
+                Ok(done) => {
+                    drop(ops);
+                    committed(&mut self.store, &self.stats, &tally, &done, &mut self.gap);
+                    self.held.drain(..n);
+                    self.held_weight -= weight;
+                    self.retry.reset();
+                    self.retry_at = None;
                 }
-                Pending::Alert(a) => {
-                    ops.push(Op::Alert(a));
-                    tally.weight += 1;
-                    tally.alerts += 1;
-                }
-                Pending::ClearProcesses => {
-                    ops.push(Op::ClearProcesses);
-                    tally.weight += 1;
-                    tally.other += 1;
+                Err(()) => {
+                    self.retry_at = Some(Instant::now() + self.retry.next());
+                    break;
                 }
             }
-            if tally.weight >= self.batch_events {
-                txs.push((std::mem::take(&mut ops), std::mem::take(&mut tally)));
-            }
         }
-        if !ops.is_empty() {
-            txs.push((ops, tally));
-        }
-        for (ops, tally) in &txs {
-            write_with_retry(&mut self.store, &self.stats, ops, tally, &mut self.gap);
-        }
-        drop(txs);
-        pending.clear();
+        self.bound();
+        self.stats
+            .held
+            .set(i64::try_from(self.held_weight).unwrap_or(i64::MAX));
     }
+
+    /// Drops the oldest held writes (alerts last) while their weight is
+    /// over the bound: counted, and recorded as a gap once writing resumes.
+    fn bound(&mut self) {
+        while self.held_weight > self.max_held {
+            let oldest = self
+                .held
+                .iter()
+                .position(|p| !matches!(p, Pending::Alert(_)))
+                .unwrap_or(0);
+            let Some(p) = self.held.remove(oldest) else {
+                break;
+            };
+            self.held_weight -= p.weight();
+            self.lose(&p, "held writes over their bound (the store is failing)");
+        }
+    }
+
+    /// Counts `p` as lost, for the ledger's next gap entry.
+    fn lose(&mut self, p: &Pending, why: &'static str) {
+        let s = &self.stats;
+        let events = match p {
+            Pending::Events { events, .. } => events.len(),
+            _ => 0,
+        };
+        s.events_dropped_write_failed.add_usize(events);
+        s.failures.inc();
+        let now = crate::store::unix_nanos_now();
+        if self.gap.writes_lost == 0 {
+            self.gap.first_lost_at = now;
+        }
+        self.gap.last_lost_at = now;
+        self.gap.events_lost += events as u64;
+        self.gap.writes_lost += 1;
+        error!(
+            events,
+            alert = matches!(p, Pending::Alert(_)),
+            failures = s.failures.get(),
+            reason = "write_failed",
+            "store write dropped: {why}"
+        );
+    }
+
+    /// At close: a few more attempts for what is held, then what is left
+    /// is dropped and counted (the store could not take it).
+    async fn close_held(&mut self) {
+        let mut wait = RETRY_FIRST;
+        for _ in 0..CLOSE_ATTEMPTS {
+            if self.held.is_empty() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            self.retry_at = None;
+            self.commit();
+        }
+        while let Some(p) = self.held.pop_front() {
+            self.held_weight -= p.weight();
+            self.lose(&p, "the writer closed while the store was failing");
+        }
+        self.stats.held.set(0);
+    }
+}
+
+/// The operations and counts of one transaction over `writes`.
+fn transaction<'a>(writes: impl Iterator<Item = &'a Pending>) -> (Vec<Op<'a>>, Tally) {
+    let mut ops = Vec::new();
+    let mut tally = Tally::default();
+    for p in writes {
+        match p {
+            Pending::Events { events, completes } => {
+                ops.push(Op::Events(events));
+                tally.events += events.len();
+                tally.batches += usize::from(*completes);
+            }
+            Pending::Snapshot(rows) => ops.push(Op::Snapshot(rows)),
+            Pending::Alert(a) => {
+                ops.push(Op::Alert(a));
+                tally.alerts += 1;
+            }
+            Pending::ClearProcesses => ops.push(Op::ClearProcesses),
+        }
+    }
+    (ops, tally)
 }
 
 /// What one transaction holds, for the counters.
 #[derive(Debug, Default)]
 struct Tally {
-    weight: usize,
     events: usize,
     batches: usize,
     alerts: usize,
-    other: usize,
 }
 
-fn write_with_retry(
+/// One attempt at a transaction; a first attempt that fails is retried at
+/// once (a passing lock, a reader's checkpoint). Each failure is counted and
+/// sets `failing`.
+fn attempt(
     store: &mut Slot,
     s: &WriterStats,
     ops: &[Op<'_>],
     tally: &Tally,
-    gap: &mut Gap,
-) {
-    let first = match store.apply(ops) {
-        Ok(r) => return committed(store, s, tally, &r, gap),
-        Err(err) => err,
-    };
-    s.write_errors.inc();
-    warn!(
-        error = %daemoneye_lib::error_chain(&first),
-        events = tally.events,
-        alerts = tally.alerts,
-        "store write failed, retrying once"
-    );
-    match store.apply(ops) {
-        Ok(r) => committed(store, s, tally, &r, gap),
-        Err(err) => {
-            s.write_errors.inc();
-            s.failing.set(1);
-            s.events_dropped_write_failed.add_usize(tally.events);
-            let lost = tally.batches + tally.alerts + tally.other;
-            let now = crate::store::unix_nanos_now();
-            if gap.writes_lost == 0 {
-                gap.first_lost_at = now;
+    first: bool,
+) -> Result<Recorded, ()> {
+    let tries = if first { 2 } else { 1 };
+    for i in 0..tries {
+        match store.apply(ops) {
+            Ok(r) => return Ok(r),
+            Err(err) => {
+                s.write_errors.inc();
+                s.failing.set(1);
+                let retrying = i + 1 < tries;
+                warn!(
+                    error = %daemoneye_lib::error_chain(&err),
+                    events = tally.events,
+                    alerts = tally.alerts,
+                    "store write failed; {}",
+                    if retrying { "retrying at once" } else { "held, to be tried again" }
+                );
             }
-            gap.last_lost_at = now;
-            gap.events_lost += tally.events as u64;
-            gap.writes_lost += lost.max(1) as u64;
-            s.failures.add_usize(lost);
-            let n = s.failures.get();
-            error!(
-                error = %daemoneye_lib::error_chain(&err),
-                events = tally.events,
-                alerts = tally.alerts,
-                failures = n,
-                reason = "write_failed",
-                "store write failed twice, dropped"
-            );
         }
     }
+    Err(())
 }
 
 /// Counts a committed transaction; then records what was lost before it,

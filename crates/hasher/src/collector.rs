@@ -281,6 +281,7 @@ impl BinaryHasherCollector {
             Err(err) => (err.path().to_path_buf(), Err(err)),
         };
         let mut file = FilesystemEvent {
+            id: None,
             path: path.to_string_lossy().into_owned(),
             operation: FileOperation::Access,
             pid: req.target_pid,

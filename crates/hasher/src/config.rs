@@ -37,6 +37,19 @@ pub const MIN_CHUNK_SIZE_BYTES: u64 = 4 << 10;
 pub const MAX_CHUNK_SIZE_BYTES: u64 = 16 << 20;
 /// Largest accepted `cache_capacity_entries` (about 100 MiB of entries).
 pub const MAX_CACHE_CAPACITY_ENTRIES: usize = 1 << 20;
+/// Default hashes read at once: 4, so at most 4 files open and 4 chunk
+/// buffers (1 MiB at the default chunk size) for any load.
+pub const DEFAULT_MAX_CONCURRENT_HASHES: usize = 4;
+/// Largest accepted `max_concurrent_hashes`.
+pub const MAX_CONCURRENT_HASHES: usize = 64;
+/// The most `lstat`s one engine runs at once, each as a task on tokio's
+/// blocking pool (besides one per reader): a request storm, or a hung
+/// filesystem, keeps no more of the pool busy than that.
+pub const MAX_CONCURRENT_PROBES: usize = 16;
+/// Default requests that may wait for a free reader: 256.
+pub const DEFAULT_MAX_QUEUED_HASHES: usize = 256;
+/// Largest accepted `max_queued_hashes`.
+pub const MAX_QUEUED_HASHES: usize = 65_536;
 
 /// How the hash engine behaves; TOML/serde, validated by
 /// [`validate`](Self::validate).
@@ -63,6 +76,18 @@ pub struct HasherConfig {
     /// How many files' digests are remembered (least recently used is
     /// evicted first); `0` turns the cache off.
     pub cache_capacity_entries: usize,
+    /// How many files are read at once, between 1 and
+    /// [`MAX_CONCURRENT_HASHES`]. This is the engine's bound on open files
+    /// (one each) and on read buffers (`max_concurrent_hashes ×
+    /// chunk_size_bytes`), whatever the number of callers: a file is
+    /// opened only once a reader is free and the budget allows its first
+    /// chunk. Requests for an inode already being read join that read.
+    pub max_concurrent_hashes: usize,
+    /// How many requests may wait for a free reader (up to
+    /// [`MAX_QUEUED_HASHES`]); beyond that a request is refused at once
+    /// with [`HashError::Busy`](crate::HashError::Busy), counted. Cache
+    /// hits and requests joining a running read never wait here.
+    pub max_queued_hashes: usize,
 }
 
 impl Default for HasherConfig {
@@ -74,6 +99,8 @@ impl Default for HasherConfig {
             chunk_size_bytes: DEFAULT_CHUNK_SIZE_BYTES,
             allowed_roots: vec![PathBuf::from("/")],
             cache_capacity_entries: DEFAULT_CACHE_CAPACITY_ENTRIES,
+            max_concurrent_hashes: DEFAULT_MAX_CONCURRENT_HASHES,
+            max_queued_hashes: DEFAULT_MAX_QUEUED_HASHES,
         }
     }
 }
@@ -150,6 +177,8 @@ pub(crate) struct Validated {
     pub(crate) chunk_size: usize,
     pub(crate) allowed_roots: Vec<PathBuf>,
     pub(crate) cache_capacity: usize,
+    pub(crate) workers: usize,
+    pub(crate) max_queued: usize,
 }
 
 /// Whether this crate can compute `algorithm`.
@@ -229,6 +258,23 @@ impl HasherConfig {
                 max: MAX_CACHE_CAPACITY_ENTRIES as u64,
             });
         }
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        if !(1..=MAX_CONCURRENT_HASHES).contains(&self.max_concurrent_hashes) {
+            return Err(ConfigError::OutOfRange {
+                field: "max_concurrent_hashes",
+                value: as_u64(self.max_concurrent_hashes),
+                min: 1,
+                max: as_u64(MAX_CONCURRENT_HASHES),
+            });
+        }
+        if self.max_queued_hashes > MAX_QUEUED_HASHES {
+            return Err(ConfigError::OutOfRange {
+                field: "max_queued_hashes",
+                value: as_u64(self.max_queued_hashes),
+                min: 0,
+                max: as_u64(MAX_QUEUED_HASHES),
+            });
+        }
         Ok(Validated {
             algorithms: self.algorithms,
             max_file_size_bytes: self.max_file_size_bytes,
@@ -236,6 +282,8 @@ impl HasherConfig {
             chunk_size,
             allowed_roots: self.allowed_roots,
             cache_capacity: self.cache_capacity_entries,
+            workers: self.max_concurrent_hashes,
+            max_queued: self.max_queued_hashes,
         })
     }
 }
@@ -352,6 +400,29 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_and_queue_out_of_range_rejected() {
+        for bad in [0, MAX_CONCURRENT_HASHES + 1] {
+            let c = HasherConfig {
+                max_concurrent_hashes: bad,
+                ..HasherConfig::default()
+            };
+            assert_eq!(field_of(&c), "max_concurrent_hashes");
+        }
+        let c = HasherConfig {
+            max_queued_hashes: MAX_QUEUED_HASHES + 1,
+            ..HasherConfig::default()
+        };
+        assert_eq!(field_of(&c), "max_queued_hashes");
+        HasherConfig {
+            max_concurrent_hashes: MAX_CONCURRENT_HASHES,
+            max_queued_hashes: 0,
+            ..HasherConfig::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
     fn zero_budget_and_zero_cache_are_valid() {
         let c = HasherConfig {
             bytes_per_sec: 0,
@@ -370,6 +441,8 @@ mod tests {
             chunk_size_bytes: 64 << 10,
             allowed_roots: vec!["/usr".into(), "/opt/app".into()],
             cache_capacity_entries: 7,
+            max_concurrent_hashes: 2,
+            max_queued_hashes: 9,
         };
         let text = toml::to_string(&c).unwrap();
         assert!(

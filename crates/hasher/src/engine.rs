@@ -1,21 +1,24 @@
 //! [`HashEngine`]: open safely, check the cache, stream under the budget,
 //! check again.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use collector_core::HashAlgorithm;
 use sha2::Digest as _;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::budget::Budget;
 use crate::cache::{FileKey, Lru};
-use crate::config::{is_checkable, Validated};
+use crate::config::{is_checkable, Validated, MAX_CONCURRENT_PROBES};
 use crate::stats::Counters;
 use crate::{ConfigError, HashError, HasherConfig, HasherStats};
 
@@ -52,8 +55,13 @@ pub struct HashOutcome {
     /// The digests then describe no single version of the file reliably;
     /// they are not cached.
     pub changed_during_hash: bool,
-    /// Bytes read for this call (0 on a cache hit).
+    /// Bytes read for this call (0 on a cache hit or a join).
     pub bytes_read: u64,
+    /// Whether the digests came from the read another call was making of
+    /// the same file (same device, inode, size, mtime and ctime: a
+    /// hardlink, or the same path asked for again); this call opened
+    /// nothing.
+    pub joined: bool,
 }
 
 impl HashOutcome {
@@ -82,6 +90,89 @@ struct Inner {
     budget: Option<Budget>,
     cache: Mutex<Lru>,
     counters: Counters,
+    /// One permit per reader (`max_concurrent_hashes`): a file is opened
+    /// only by a permit holder, and the permit is kept with the open file
+    /// (a cancelled hash's file closes before its place is free).
+    readers: Arc<Semaphore>,
+    /// `lstat`s running at once ([`MAX_CONCURRENT_PROBES`]), each permit
+    /// held by its blocking task: a storm of requests, or a hung
+    /// filesystem, keeps at most this many of tokio's blocking threads busy
+    /// besides the readers'.
+    probes: Arc<Semaphore>,
+    /// Requests reading, or queued for a reader: at most
+    /// `max_concurrent_hashes + max_queued_hashes`.
+    reading: AtomicUsize,
+    /// Reads under way, by the identity probed before opening; later
+    /// requests for the same identity wait for their result.
+    flights: Mutex<HashMap<FileKey, Flight>>,
+    next_flight: AtomicU64,
+}
+
+/// A read under way that others can join.
+struct Flight {
+    id: u64,
+    result: watch::Receiver<Option<Done>>,
+}
+
+/// What a finished read gives the requests that joined it.
+#[derive(Clone)]
+struct Done {
+    digests: Arc<[Digest]>,
+    /// The identity of the file as opened and read.
+    key: FileKey,
+    changed: bool,
+}
+
+/// How many times a request probes and decides. A joined read that
+/// failed, was cancelled, or turned out to be of another version of the
+/// file sends the request round again; the last round reads on its own.
+const ROUNDS: usize = 3;
+
+/// What one request does, decided under the flights lock.
+enum Role {
+    /// Answered from the cache.
+    Hit(HashOutcome),
+    /// Waits for a read under way.
+    Join(watch::Receiver<Option<Done>>),
+    /// Reads the file: registered as a flight for others to join (or
+    /// alone, on the last round), counted in [`Inner::reading`].
+    Read(Option<Leader>, Reading),
+}
+
+/// Counts a request in [`Inner::reading`] until dropped.
+struct Reading(Arc<Inner>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.reading.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request reading for a registered flight; dropping it (done,
+/// failed or cancelled) ends the flight, so its joiners are woken.
+struct Leader {
+    inner: Arc<Inner>,
+    key: FileKey,
+    id: u64,
+    tx: watch::Sender<Option<Done>>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let mut flights = self.inner.lock_flights();
+        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+/// Counts a file open for hashing until dropped (with the file).
+struct OpenGuard(Arc<Inner>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.counters.closed();
+    }
 }
 
 impl fmt::Debug for HashEngine {
@@ -107,6 +198,11 @@ impl HashEngine {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: Mutex::new(Lru::new(config.cache_capacity)),
+                readers: Arc::new(Semaphore::new(config.workers)),
+                probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+                reading: AtomicUsize::new(0),
+                flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
                 config,
                 budget,
                 counters: Counters::default(),
@@ -139,13 +235,23 @@ impl HashEngine {
     /// Hashes the regular file at `path` with every configured algorithm.
     ///
     /// The path must be absolute, free of `..` and under an allowed root
-    /// (checked on the path as given). It is opened with `O_NOFOLLOW`: a
-    /// symlink as the last component is refused, while symlinks in the
-    /// directories above it (merged `/usr`) are followed. Everything else
-    /// is decided on the opened file descriptor (`fstat`), never the path
-    /// again, so a file swapped in after the check is not what gets read.
-    /// An unchanged file (same device, inode, size, mtime and ctime) is
-    /// answered from the cache without reading.
+    /// (checked on the path as given). A symlink as the last component is
+    /// refused (`lstat`, then `O_NOFOLLOW`), while symlinks in the
+    /// directories above it (merged `/usr`) are followed.
+    ///
+    /// The path is first `lstat`ed, without opening it: what is not a
+    /// regular file, or too large, is refused there, and an unchanged file
+    /// (same device, inode, size, mtime and ctime: any hardlink of it) is
+    /// answered from the cache. A request for a file that another request
+    /// is reading waits for that read (joins it) instead of opening the
+    /// file again. Only then does a request queue for one of the
+    /// `max_concurrent_hashes` readers (refused with [`HashError::Busy`]
+    /// when `max_queued_hashes` already wait), wait for the budget to
+    /// allow its first chunk, and open the file. From there everything is
+    /// decided on the descriptor (`fstat`), never the path again, so a
+    /// file swapped in after the check is not what gets read. So whatever
+    /// the number of callers, the engine holds at most
+    /// `max_concurrent_hashes` files open and as many chunk buffers.
     ///
     /// All file I/O runs on tokio's blocking pool, one chunk per task, and
     /// the wait for the byte/s budget between chunks is an async sleep: the
@@ -158,7 +264,7 @@ impl HashEngine {
     /// # Cancel safety
     /// Dropping the future stops the hash after the chunk being read; the
     /// file is closed, nothing is cached, and the budget already reserved
-    /// stays spent.
+    /// stays spent. Requests that had joined it probe again.
     ///
     /// # Panics
     /// Like tokio's own functions, panics when polled outside a tokio
@@ -184,36 +290,121 @@ impl HashEngine {
                 path: path.to_path_buf(),
             });
         }
-        let inner = Arc::clone(&self.inner);
-        let owned = path.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || inner.open(owned))
-            .await
-            .map_err(|source| HashError::TaskFailed {
+        let mut round = 0;
+        loop {
+            round += 1;
+            // Never closed; without a permit the probe would be unbounded.
+            let Ok(probe) = Arc::clone(&self.inner.probes).acquire_owned().await else {
+                return Err(HashError::Busy {
+                    path: path.to_path_buf(),
+                });
+            };
+            let key = self
+                .blocking(path, {
+                    let (inner, owned) = (Arc::clone(&self.inner), path.to_path_buf());
+                    move || {
+                        let key = inner.probe(owned);
+                        drop(probe);
+                        key
+                    }
+                })
+                .await?;
+            match self.inner.decide(path, key, round < ROUNDS)? {
+                Role::Hit(outcome) => return Ok(outcome),
+                Role::Read(leader, reading) => return self.read(path, key, leader, reading).await,
+                Role::Join(mut result) => {
+                    let done = match result.wait_for(Option::is_some).await {
+                        Ok(done) => done.clone(),
+                        // The read failed or was cancelled.
+                        Err(_) => None,
+                    };
+                    // A read of what the path held when probed, or round again.
+                    if let Some(done) = done.filter(|d| d.key == key) {
+                        self.inner.counters.joined.inc();
+                        let mut out = outcome(
+                            path.to_path_buf(),
+                            done.digests,
+                            &done.key,
+                            0,
+                            false,
+                            done.changed,
+                        );
+                        out.joined = true;
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the file as a reader: waits for a reader and the budget for
+    /// the first chunk, then opens the file and streams it.
+    async fn read(
+        &self,
+        path: &Path,
+        probed: FileKey,
+        leader: Option<Leader>,
+        _reading: Reading,
+    ) -> Result<HashOutcome, HashError> {
+        let reader = Arc::clone(&self.inner.readers).acquire_owned().await;
+        // The semaphore is never closed; refuse rather than panic anyway.
+        let Ok(reader) = reader else {
+            return Err(HashError::Busy {
                 path: path.to_path_buf(),
-                source,
-            })??;
+            });
+        };
+        let chunk = self.inner.config.chunk_size as u64;
+        // The budget is taken before the file is opened: a paced request
+        // waits without holding a descriptor.
+        let first = chunk.min(probed.size);
+        self.pace(first).await;
+        let opened = self
+            .blocking(path, {
+                let (inner, owned) = (Arc::clone(&self.inner), path.to_path_buf());
+                move || inner.open(owned, first, reader)
+            })
+            .await?;
         let mut job = match opened {
             Opened::Hit(outcome) => return Ok(outcome),
             Opened::Miss(job) => job,
         };
-        let chunk = self.inner.config.chunk_size as u64;
         while !job.done {
             let want = chunk.min(job.key.size.saturating_sub(job.bytes_read));
             self.pace(want).await;
             let inner = Arc::clone(&self.inner);
-            job = tokio::task::spawn_blocking(move || {
-                let before = job.bytes_read;
-                let job = job.step(want)?;
-                inner.counters.bytes_hashed.add(job.bytes_read - before);
-                Ok::<_, HashError>(job)
-            })
+            job = self
+                .blocking(path, move || {
+                    let before = job.bytes_read;
+                    let job = job.step(want)?;
+                    inner.counters.bytes_hashed.add(job.bytes_read - before);
+                    Ok(job)
+                })
+                .await?;
+        }
+        let key = job.key;
+        let out = self.inner.finish(*job);
+        if let Some(leader) = leader {
+            leader.tx.send_replace(Some(Done {
+                digests: Arc::clone(&out.digests),
+                key,
+                changed: out.changed_during_hash,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        path: &Path,
+        f: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        tokio::task::spawn_blocking(f)
             .await
             .map_err(|source| HashError::TaskFailed {
                 path: path.to_path_buf(),
                 source,
-            })??;
-        }
-        Ok(self.inner.finish(*job))
+            })?
     }
 
     /// Waits until the budget allows reading `bytes`.
@@ -252,9 +443,101 @@ impl Inner {
                 .any(|r| path.starts_with(r))
     }
 
-    /// Opens `path` and decides on the descriptor: type, size, cache.
-    /// Blocking.
-    fn open(&self, path: PathBuf) -> Result<Opened, HashError> {
+    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, Flight>> {
+        // Nothing panics while the lock is held; recover from poisoning anyway.
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The identity of the file at `path` (`lstat`: the last component is
+    /// not followed), refusing what is no regular file or is too large.
+    /// Opens nothing. Blocking.
+    fn probe(&self, path: PathBuf) -> Result<FileKey, HashError> {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(err) => return Err(HashError::from_io(path, err)),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(HashError::IsSymlink { path });
+        }
+        self.check(path, &meta)
+    }
+
+    /// The key of a regular file small enough to hash.
+    fn check(&self, path: PathBuf, meta: &Metadata) -> Result<FileKey, HashError> {
+        if !meta.file_type().is_file() {
+            return Err(HashError::NotRegularFile { path });
+        }
+        let key = key_of(meta);
+        let max = self.config.max_file_size_bytes;
+        if key.size > max {
+            return Err(HashError::TooLarge {
+                path,
+                size: key.size,
+                max,
+            });
+        }
+        Ok(key)
+    }
+
+    /// Decides what the request for `key` does: the cache and the flights
+    /// are looked at under one lock, so a read finishing meanwhile is seen
+    /// in one or the other.
+    fn decide(
+        self: &Arc<Self>,
+        path: &Path,
+        key: FileKey,
+        may_join: bool,
+    ) -> Result<Role, HashError> {
+        let mut flights = self.lock_flights();
+        let cached = self.lock_cache().get(&key);
+        if let Some(digests) = cached {
+            self.counters.cache_hits.inc();
+            return Ok(Role::Hit(outcome(
+                path.to_path_buf(),
+                digests,
+                &key,
+                0,
+                true,
+                false,
+            )));
+        }
+        let running = flights.contains_key(&key);
+        if running && may_join {
+            if let Some(f) = flights.get(&key) {
+                return Ok(Role::Join(f.result.clone()));
+            }
+        }
+        let ahead = self.reading.fetch_add(1, Ordering::Relaxed);
+        let reading = Reading(Arc::clone(self));
+        if ahead >= self.config.workers + self.config.max_queued {
+            return Err(HashError::Busy {
+                path: path.to_path_buf(),
+            });
+        }
+        self.counters.cache_misses.inc();
+        if running {
+            return Ok(Role::Read(None, reading));
+        }
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (tx, result) = watch::channel(None);
+        flights.insert(key, Flight { id, result });
+        let leader = Leader {
+            inner: Arc::clone(self),
+            key,
+            id,
+            tx,
+        };
+        Ok(Role::Read(Some(leader), reading))
+    }
+
+    /// Opens `path`, decides on the descriptor (type, size, cache) and
+    /// reads up to `first` bytes. Blocking.
+    fn open(
+        self: &Arc<Self>,
+        path: PathBuf,
+        first: u64,
+        reader: OwnedSemaphorePermit,
+    ) -> Result<Opened, HashError> {
         let file = match OpenOptions::new()
             .read(true)
             // O_NONBLOCK so a FIFO cannot block the open (regular files
@@ -266,38 +549,34 @@ impl Inner {
             Ok(file) => file,
             Err(err) => return Err(classify_open_error(path, err)),
         };
+        self.counters.opened();
+        let open = OpenGuard(Arc::clone(self));
         let meta = match file.metadata() {
             Ok(meta) => meta,
             Err(err) => return Err(HashError::from_io(path, err)),
         };
-        if !meta.file_type().is_file() {
-            return Err(HashError::NotRegularFile { path });
-        }
-        let key = key_of(&meta);
-        let max = self.config.max_file_size_bytes;
-        if key.size > max {
-            return Err(HashError::TooLarge {
-                path,
-                size: key.size,
-                max,
-            });
-        }
+        let key = self.check(path.clone(), &meta)?;
+        // Replaced since the probe by a file that is cached.
         let cached = self.lock_cache().get(&key);
         if let Some(digests) = cached {
             self.counters.cache_hits.inc();
             return Ok(Opened::Hit(outcome(path, digests, &key, 0, true, false)));
         }
-        self.counters.cache_misses.inc();
-        Ok(Opened::Miss(Box::new(Job {
+        let job = Box::new(Job {
             path,
             file,
+            _open: open,
+            _reader: reader,
             key,
             state: State::new(&self.config.algorithms),
             buf: vec![0; self.config.chunk_size],
             bytes_read: 0,
             changed: false,
             done: false,
-        })))
+        });
+        let job = job.step(first.min(key.size))?;
+        self.counters.bytes_hashed.add(job.bytes_read);
+        Ok(Opened::Miss(job))
     }
 
     fn finish(&self, job: Job) -> HashOutcome {
@@ -338,6 +617,7 @@ fn outcome(
         from_cache,
         changed_during_hash,
         bytes_read,
+        joined: false,
     }
 }
 
@@ -382,6 +662,10 @@ fn system_time(sec: i64, nsec: i64) -> SystemTime {
 struct Job {
     path: PathBuf,
     file: File,
+    /// Dropped after `file` (fields drop in order): the count of open
+    /// files, then the reader's place.
+    _open: OpenGuard,
+    _reader: OwnedSemaphorePermit,
     key: FileKey,
     state: State,
     buf: Vec<u8>,
@@ -1034,6 +1318,119 @@ mod tests {
         let (e, out) = hash_while_modifying(|_| {}).await;
         assert!(!out.changed_during_hash);
         assert_eq!(e.cache_len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_bound_open_files_and_a_full_queue_refuses() {
+        // 10 distinct 16 KiB files at 4 KiB/s: nothing finishes before
+        // every request has decided. 2 read, 3 queue, 5 are refused.
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(HasherConfig {
+            bytes_per_sec: 4 * KIB,
+            chunk_size_bytes: 4 * KIB,
+            max_concurrent_hashes: 2,
+            max_queued_hashes: 3,
+            ..HasherConfig::default()
+        });
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let path = write(&dir, &format!("f{i}"), &pattern(16 * 1024 + i));
+                let e = e.clone();
+                tokio::spawn(async move { e.hash_file(&path).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(out) => assert!(!out.from_cache && !out.joined),
+                Err(HashError::Busy { .. }) => busy += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        let s = e.stats();
+        assert_eq!((busy, s.refused.busy, s.files_hashed), (5, 5, 5));
+        assert_eq!((s.files_open_peak, s.files_open), (2, 0));
+        // The queue drained: a new request is served.
+        let late = write(&dir, "late", b"abc");
+        assert_eq!(
+            e.hash_file(&late)
+                .await
+                .unwrap()
+                .digest(HashAlgorithm::Sha256),
+            Some(SHA256_ABC)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hardlinks_join_one_read_and_share_the_cache_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let link_a = write(&dir, "a", &pattern(16 * 1024));
+        let link_b = dir.path().join("b");
+        std::fs::hard_link(&link_a, &link_b).unwrap();
+        let e = engine(HasherConfig {
+            bytes_per_sec: 4 * KIB,
+            chunk_size_bytes: 4 * KIB,
+            ..HasherConfig::default()
+        });
+        let (ra, rb) = tokio::join!(e.hash_file(&link_a), e.hash_file(&link_b));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.digests, rb.digests);
+        assert_eq!(
+            (ra.path.as_path(), rb.path.as_path()),
+            (link_a.as_path(), link_b.as_path())
+        );
+        // One of them read the file, the other joined.
+        assert_eq!(ra.bytes_read + rb.bytes_read, 16 * KIB);
+        assert!(ra.joined != rb.joined);
+        let link_c = dir.path().join("c");
+        std::fs::hard_link(&link_a, &link_c).unwrap();
+        // A new link moves the inode's ctime: link_a new version, read once,
+        // then the entry is shared by every path to it.
+        let ra2 = e.hash_file(&link_a).await.unwrap();
+        assert!(!ra2.from_cache);
+        let rc = e.hash_file(&link_c).await.unwrap();
+        assert_eq!(ra2.digests, rc.digests);
+        assert!(
+            rc.from_cache,
+            "the second path of one version hits the cache"
+        );
+        let s = e.stats();
+        assert_eq!(s.joined, 1);
+        assert_eq!(s.bytes_hashed, 16 * KIB * (s.files_hashed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_read_sends_its_joiners_round_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bin", &pattern(16 * 1024));
+        let e = engine(HasherConfig {
+            bytes_per_sec: 4 * KIB,
+            chunk_size_bytes: 4 * KIB,
+            ..HasherConfig::default()
+        });
+        let leader = tokio::spawn({
+            let (e, path) = (e.clone(), path.clone());
+            async move { e.hash_file(&path).await }
+        });
+        // The leader has registered its read and is pacing its chunks.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let joiner = tokio::spawn({
+            let (e, path) = (e.clone(), path.clone());
+            async move { e.hash_file(&path).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        let out = tokio::time::timeout(Duration::from_secs(60), joiner)
+            .await
+            .expect("the joiner is not left waiting")
+            .unwrap()
+            .unwrap();
+        assert!(!out.joined);
+        assert_eq!(out.bytes_read, 16 * KIB);
+        assert_eq!(out.digest(HashAlgorithm::Sha256).map(str::len), Some(64));
+        let s = e.stats();
+        assert_eq!((s.joined, s.files_hashed, s.files_open), (0, 1, 0));
     }
 
     #[test]

@@ -70,6 +70,14 @@ pub enum HashError {
         #[source]
         source: io::Error,
     },
+    /// Every reader was busy and `max_queued_hashes` requests were already
+    /// waiting for one: refused at once, nothing opened. The caller goes
+    /// on without the digest (and counts it); a later request may succeed.
+    #[error("{path}: hasher saturated, request refused", path = path.display())]
+    Busy {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// The blocking task doing the I/O did not finish (the runtime is
     /// shutting down, or a bug made it panic).
     #[error("{path}: hashing task did not complete", path = path.display())]
@@ -83,7 +91,7 @@ pub enum HashError {
 }
 
 /// Every [`HashError::reason`], in [`HashError::slot`] order.
-pub(crate) const REASONS: [&str; 9] = [
+pub(crate) const REASONS: [&str; 10] = [
     "not_found",
     "process_gone",
     "permission_denied",
@@ -93,6 +101,7 @@ pub(crate) const REASONS: [&str; 9] = [
     "too_large",
     "io",
     "task_failed",
+    "busy",
 ];
 
 impl HashError {
@@ -114,6 +123,7 @@ impl HashError {
             Self::TooLarge { .. } => 6,
             Self::Io { .. } => 7,
             Self::TaskFailed { .. } => 8,
+            Self::Busy { .. } => 9,
         }
     }
 
@@ -128,7 +138,8 @@ impl HashError {
             | Self::OutsideAllowedRoots { path }
             | Self::TooLarge { path, .. }
             | Self::Io { path, .. }
-            | Self::TaskFailed { path, .. } => path,
+            | Self::TaskFailed { path, .. }
+            | Self::Busy { path } => path,
         }
     }
 

@@ -4,14 +4,28 @@
 //!   budget, allowed roots and the cache size; serde/TOML, validated into
 //!   a [`HashEngine`] by [`HashEngine::new`].
 //! - [`HashEngine`]: cheap to clone and share. [`HashEngine::hash_file`]
-//!   opens a path without following a final symlink, refuses what is not a
-//!   regular file under an allowed root or is too large, answers an
-//!   unchanged file (same device, inode, size, mtime, ctime) from a
-//!   bounded LRU cache, and otherwise streams it in chunks on tokio's
-//!   blocking pool, pacing the chunks to the budget. A file whose size or
-//!   times change while it is read is flagged
-//!   [`changed_during_hash`](HashOutcome::changed_during_hash) and not
-//!   cached.
+//!   `lstat`s a path without following a final symlink, refuses what is
+//!   not a regular file under an allowed root or is too large, answers an
+//!   unchanged file (same device, inode, size, mtime, ctime: any of its
+//!   hardlinks) from a bounded LRU cache, lets a request for a file being
+//!   read join that read, and otherwise waits for one of
+//!   `max_concurrent_hashes` readers and the budget, opens the file and
+//!   streams it in chunks on tokio's blocking pool, pacing the chunks to
+//!   the budget. A file whose size or times change while it is read is
+//!   flagged [`changed_during_hash`](HashOutcome::changed_during_hash) and
+//!   not cached.
+//!
+//! # Bounds
+//! For any number of callers and files, one engine holds at most
+//! `max_concurrent_hashes` (default 4) files open and as many read
+//! buffers of `chunk_size_bytes` (default 256 KiB: 1 MiB in all), plus the
+//! cache (`cache_capacity_entries`), and runs at most that many plus 16
+//! ([`config::MAX_CONCURRENT_PROBES`] `lstat`s) blocking tasks at once.
+//! At most `max_queued_hashes` (default
+//! 256) further requests wait for a reader; beyond that a request is
+//! refused at once with [`HashError::Busy`], counted. 1,100 hardlinks of
+//! one 16 MiB file asked for at once are read once, with one file open
+//! (`tests/hardlink_storm.rs`).
 //! - [`HashOutcome`]: the digests ([`Digest`], lowercase hex) and the
 //!   identity of the file they are for.
 //! - [`HashError`]: one variant per reason a file was not hashed, with
@@ -19,8 +33,9 @@
 //! - With the `triggers` feature (off by default): `BinaryHasherCollector`,
 //!   the analysis collector that answers `BinaryHash` trigger requests on
 //!   an event bus (see the `collector` module).
-//! - [`HasherStats`]: hashed, cache hits/misses/evictions, bytes, refusals
-//!   by reason, changed files, time waited on the budget.
+//! - [`HasherStats`]: hashed, cache hits/misses/evictions, joined reads,
+//!   files open (now and peak), bytes, refusals by reason, changed files,
+//!   time waited on the budget.
 //!
 //! ```
 //! use collector_core::HashAlgorithm;

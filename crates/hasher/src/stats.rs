@@ -1,8 +1,9 @@
 //! [`HasherStats`]: what the engine did, counted with [`Counter`]s.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use collector_core::metrics::{Counter, Registry};
+use collector_core::metrics::{Counter, Gauge, Registry};
 
 use crate::error::REASONS;
 use crate::HashError;
@@ -10,7 +11,8 @@ use crate::HashError;
 /// A snapshot of an engine's counters since it was built (clones of an
 /// engine share them). Every call to
 /// [`hash_file`](crate::HashEngine::hash_file) ends as exactly one of: a
-/// cache hit, a completed hash (`files_hashed`), or a refusal counted in
+/// cache hit, a join of a running read of the same inode (`joined`), a
+/// completed hash (`files_hashed`), or a refusal counted in
 /// [`refused`](Self::refused).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -20,6 +22,15 @@ pub struct HasherStats {
     pub files_hashed: u64,
     /// Calls answered from the cache without reading.
     pub cache_hits: u64,
+    /// Calls answered by the read another call was making of the same
+    /// file (same device, inode, size, mtime, ctime: a hardlink, or the
+    /// same path again) without opening it themselves.
+    pub joined: u64,
+    /// Files open for hashing now.
+    pub files_open: u64,
+    /// The most files that were open for hashing at once (never above
+    /// `max_concurrent_hashes`).
+    pub files_open_peak: u64,
     /// Lookups that found nothing (each is followed by a read or a
     /// refusal such as `too_large`).
     pub cache_misses: u64,
@@ -58,6 +69,8 @@ pub struct RefusedStats {
     pub io: u64,
     /// [`HashError::TaskFailed`].
     pub task_failed: u64,
+    /// [`HashError::Busy`].
+    pub busy: u64,
 }
 
 impl RefusedStats {
@@ -72,6 +85,7 @@ impl RefusedStats {
             + self.too_large
             + self.io
             + self.task_failed
+            + self.busy
     }
 }
 
@@ -80,17 +94,49 @@ impl RefusedStats {
 pub(crate) struct Counters {
     pub(crate) files_hashed: Counter,
     pub(crate) cache_hits: Counter,
+    pub(crate) joined: Counter,
     pub(crate) cache_misses: Counter,
     pub(crate) cache_evictions: Counter,
     pub(crate) bytes_hashed: Counter,
     pub(crate) changed_during_hash: Counter,
     pub(crate) budget_waited_nanos: Counter,
     refused: [Counter; REASONS.len()],
+    open: OpenFiles,
+}
+
+/// Files open for hashing, now and at most, as gauges.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    /// (now, peak); the gauges mirror it.
+    level: Mutex<(i64, i64)>,
+    now: Gauge,
+    peak: Gauge,
+}
+
+impl OpenFiles {
+    fn change(&self, by: i64) {
+        // Nothing panics under the lock; recover from poisoning anyway.
+        let mut level = self.level.lock().unwrap_or_else(PoisonError::into_inner);
+        level.0 += by;
+        level.1 = level.1.max(level.0);
+        self.now.set(level.0);
+        self.peak.set(level.1);
+    }
 }
 
 impl Counters {
     pub(crate) fn refused(&self, err: &HashError) {
         self.refused[err.slot()].inc();
+    }
+
+    /// A file was opened for hashing.
+    pub(crate) fn opened(&self) {
+        self.open.change(1);
+    }
+
+    /// A file opened for hashing was closed.
+    pub(crate) fn closed(&self) {
+        self.open.change(-1);
     }
 
     pub(crate) fn waited(&self, d: Duration) {
@@ -113,6 +159,11 @@ impl Counters {
                     "daemoneye_hash_cache_hits_total",
                     "Hashes answered from the cache without reading.",
                     &self.cache_hits,
+                ),
+                (
+                    "daemoneye_hashes_joined_total",
+                    "Hashes answered by a running read of the same inode (hardlinks, repeats).",
+                    &self.joined,
                 ),
                 (
                     "daemoneye_hash_cache_misses_total",
@@ -141,6 +192,18 @@ impl Counters {
                 ),
             ],
         );
+        registry.register_gauge(
+            "daemoneye_hash_files_open",
+            "Files open for hashing now.",
+            &stage,
+            &self.open.now,
+        );
+        registry.register_gauge(
+            "daemoneye_hash_files_open_peak",
+            "The most files open for hashing at once (bounded by max_concurrent_hashes).",
+            &stage,
+            &self.open.peak,
+        );
         registry.register_by_reason(
             "daemoneye_hashes_refused_total",
             "Hash calls that produced no digest, by reason.",
@@ -154,6 +217,9 @@ impl Counters {
         HasherStats {
             files_hashed: self.files_hashed.get(),
             cache_hits: self.cache_hits.get(),
+            joined: self.joined.get(),
+            files_open: u64::try_from(self.open.now.get()).unwrap_or(0),
+            files_open_peak: u64::try_from(self.open.peak.get()).unwrap_or(0),
             cache_misses: self.cache_misses.get(),
             cache_evictions: self.cache_evictions.get(),
             bytes_hashed: self.bytes_hashed.get(),
@@ -169,6 +235,7 @@ impl Counters {
                 too_large: r(6),
                 io: r(7),
                 task_failed: r(8),
+                busy: r(9),
             },
         }
     }

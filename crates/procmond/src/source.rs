@@ -122,6 +122,8 @@ struct Counters {
     realtime: Gauge,
     enrich_failed: Counter,
     hashes_skipped: Counter,
+    /// Unix seconds of the latest skipped hash (0: none yet).
+    hashes_skipped_at: Gauge,
     reader: ReaderCounters,
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
@@ -224,6 +226,21 @@ const HASH_WAIT: Duration = Duration::from_millis(2);
 /// is bounded by it.
 pub const MAX_HASHES_IN_FLIGHT: usize = 64;
 
+/// How long health stays degraded after an exec event went without its
+/// executable's hash because hashing was saturated.
+pub const HASH_SKIPS_DEGRADE_FOR: Duration = Duration::from_secs(300);
+
+impl Counters {
+    /// An event goes on without its hash because hashing is saturated.
+    fn hash_skipped(&self) {
+        self.hashes_skipped.inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.hashes_skipped_at.set(now);
+    }
+}
+
 /// Whether `tasks` has room for one more, after forgetting the finished
 /// ones when it is full (their digests are in the hasher's cache).
 fn make_room<T>(tasks: &mut HashMap<String, JoinHandle<T>>, cap: usize) -> bool {
@@ -269,7 +286,7 @@ impl Run<'_> {
             // Many new executables at once (a hostile user's hardlinks):
             // the event goes on without its hash, counted, rather than
             // the collector opening files without bound.
-            self.collector.counters.hashes_skipped.inc();
+            self.collector.counters.hash_skipped();
             return;
         }
         let handle = match self.hashing.entry(path.clone()) {
@@ -286,6 +303,10 @@ impl Run<'_> {
             return;
         };
         self.hashing.remove(path);
+        if let Ok(Err(HashError::Busy { .. })) = joined {
+            // The hasher's readers and queue were full (its own bound).
+            self.collector.counters.hash_skipped();
+        }
         if let Ok(Ok(outcome)) = joined {
             let algorithm = engine.algorithms().first().copied();
             if let (false, Some(alg)) = (outcome.changed_during_hash, algorithm) {
@@ -675,6 +696,15 @@ impl EventSource for ProcmondMonitorCollector {
                 "audit database: {lost} writes lost, {dropped} events dropped"
             );
         }
+        let (skipped, last) = self.stats_handle().hashes_skipped();
+        if let Some(ago) = last.and_then(|t| t.elapsed().ok()) {
+            anyhow::ensure!(
+                ago >= HASH_SKIPS_DEGRADE_FOR,
+                "executable hashing saturated: {skipped} exec events went without a hash, \
+                 the latest {}s ago",
+                ago.as_secs()
+            );
+        }
         Ok(())
     }
 }
@@ -783,6 +813,15 @@ impl ProcmondStatsHandle {
         self.0.enrich_failed.get()
     }
 
+    /// Exec events that went without their executable's hash because
+    /// hashing was saturated (`MAX_HASHES_IN_FLIGHT`, or the hasher's own
+    /// queue), and when the latest did.
+    pub fn hashes_skipped(&self) -> (u64, Option<SystemTime>) {
+        let at = u64::try_from(self.0.hashes_skipped_at.get()).unwrap_or(0);
+        let last = (at > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(at));
+        (self.0.hashes_skipped.get(), last)
+    }
+
     /// What every snapshot so far met, added up.
     pub fn snapshot_totals(&self) -> crate::snapshot::SnapshotStats {
         self.0.snapshots.totals()
@@ -826,7 +865,7 @@ impl ProcmondStatsHandle {
                 ),
                 (
                     "daemoneye_hashes_skipped_total",
-                    "Events left without a hash because MAX_HASHES_IN_FLIGHT executables were being hashed.",
+                    "Events left without a hash because hashing was saturated (MAX_HASHES_IN_FLIGHT, or the hasher's queue).",
                     &c.hashes_skipped,
                 ),
             ],
@@ -873,5 +912,95 @@ mod tests {
         }
         assert!(make_room(&mut tasks, 3));
         assert!(tasks.is_empty());
+    }
+
+    /// The hardlink storm through the exec path: 1,100 exec events, each
+    /// of another hardlink of one binary. The map of hashes in flight stays
+    /// within `MAX_HASHES_IN_FLIGHT`, the hasher reads the file once with at
+    /// most its readers' files open, and a later exec gets its hash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hardlink_storm_keeps_the_exec_path_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("tool");
+        std::fs::write(&original, vec![7u8; 4 << 20]).unwrap();
+        let links: Vec<String> = (0..1_100)
+            .map(|i| {
+                let link = dir.path().join(format!("link{i:04}"));
+                std::fs::hard_link(&original, &link).unwrap();
+                link.to_string_lossy().into_owned()
+            })
+            .collect();
+        let collector =
+            ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut run = Run {
+            collector: &collector,
+            tx,
+            tracker: LifecycleTracker::new(
+                collector.config.lifecycle_config.clone(),
+                collector.reader.ticks_per_sec(),
+            ),
+            cache: None,
+            hashing: HashMap::new(),
+        };
+        let exec = |path: &str| ProcessEvent {
+            event_type: ProcessEventType::Start,
+            executable_path: Some(path.to_owned()),
+            ..ProcessEvent::new(1, "tool")
+        };
+        let mut most = 0;
+        for link in &links {
+            run.annotate_hash(&mut exec(link)).await;
+            most = most.max(run.hashing.len());
+        }
+        assert!(most <= MAX_HASHES_IN_FLIGHT, "{most} hashes in flight");
+        for (_, task) in run.hashing.drain() {
+            let _ = task.await.unwrap();
+        }
+        let engine = collector.hasher.as_ref().unwrap();
+        let s = engine.stats();
+        assert_eq!(s.files_hashed, 1, "{s:?}");
+        assert!(
+            s.files_open_peak <= daemoneye_hasher::config::DEFAULT_MAX_CONCURRENT_HASHES as u64,
+            "{s:?}"
+        );
+        assert_eq!(s.files_open, 0);
+        let mut later = exec(&links[7]);
+        run.annotate_hash(&mut later).await;
+        if later.executable_hash.is_none() {
+            // Slower than HASH_WAIT on a loaded machine: then it is a cache
+            // hit still running, and the next event of it carries the hash.
+            let out = run.hashing.remove(&links[7]).unwrap().await.unwrap();
+            assert!(out.unwrap().from_cache);
+        } else {
+            assert_eq!(later.executable_hash.as_ref().map(String::len), Some(64));
+        }
+    }
+
+    #[tokio::test]
+    async fn skipped_hashes_degrade_health_saying_how_many_and_when() {
+        let collector =
+            ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
+        collector.health_check().await.unwrap();
+        assert_eq!(collector.stats_handle().hashes_skipped(), (0, None));
+        collector.counters.hash_skipped();
+        collector.counters.hash_skipped();
+        let (n, last) = collector.stats_handle().hashes_skipped();
+        assert_eq!(n, 2);
+        assert!(last.unwrap().elapsed().unwrap() < Duration::from_secs(60));
+        let why = collector.health_check().await.unwrap_err().to_string();
+        assert!(why.contains("2 exec events went without a hash"), "{why}");
+        // Long enough ago: healthy again, the count stays.
+        let old = SystemTime::now() - HASH_SKIPS_DEGRADE_FOR - Duration::from_secs(1);
+        let secs = old
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        collector
+            .counters
+            .hashes_skipped_at
+            .set(i64::try_from(secs).unwrap());
+        collector.health_check().await.unwrap();
+        assert_eq!(collector.stats_handle().hashes_skipped().0, 2);
     }
 }

@@ -324,6 +324,7 @@ async fn responder(bus: LocalEventBus) {
         };
         let mut corr = req.correlation.child().with_tag(RESULT_TAG);
         let event = CollectionEvent::Performance(PerformanceEvent {
+            id: None,
             metric_name: "analysis.done".into(),
             value: 1.0,
             unit: "count".into(),

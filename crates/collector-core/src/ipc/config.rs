@@ -36,9 +36,17 @@ pub struct IpcServerConfig {
     /// Peer uids allowed to connect; empty means the server's own effective
     /// uid and root.
     pub allowed_uids: Vec<u32>,
-    /// Connections served at once; more are refused with an
+    /// Connections served at once. When all are taken, a new connection
+    /// evicts the one that has been idle longest, if any has been idle for
+    /// at least `evict_idle_after`; otherwise it is refused with an
     /// `ERROR_CODE_OVERLOADED` answer and closed.
     pub max_connections: usize,
+    /// How long a connection must have sent nothing (no byte, heartbeats
+    /// included) before a new connection may evict it when the server is
+    /// full. A connection with a subscription or a task in flight is never
+    /// evicted.
+    #[serde(with = "humantime_serde")]
+    pub evict_idle_after: Duration,
     /// Tasks run at once per connection; further tasks wait (the connection
     /// is not read meanwhile).
     pub max_tasks_in_flight: usize,
@@ -79,6 +87,7 @@ impl Default for IpcServerConfig {
             socket_path: default_socket_path("collector"),
             allowed_uids: Vec::new(),
             max_connections: 64,
+            evict_idle_after: Duration::from_secs(1),
             max_tasks_in_flight: 16,
             handshake_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(10),
@@ -122,6 +131,7 @@ impl IpcServerConfig {
             ("read_timeout", self.read_timeout),
             ("write_timeout", self.write_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("evict_idle_after", self.evict_idle_after),
             ("handler_timeout", self.handler_timeout),
         ]));
         if let Some(field) = zero {

@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
-    AnalysisType, CollectionEvent, EventKind, FileOperation, FilesystemEvent, HashAlgorithm,
-    LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent,
-    ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority,
-    TriggerRequest,
+    AnalysisType, CaptureTier, CollectionEvent, EventId, EventKind, FileOperation, FilesystemEvent,
+    HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext,
+    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly,
+    TriggerPriority, TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -101,6 +101,10 @@ pub fn process_to_record(e: &ProcessEvent) -> proto::ProcessRecord {
             changed: l.changed.iter().map(|f| f.as_str().to_owned()).collect(),
             anomaly: l.anomaly.map(|a| a.as_str().to_owned()).unwrap_or_default(),
             run_time_ms: l.run_time_ms,
+            tier: l.tier.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            argv_truncated: l.argv_truncated,
+            setuid: l.setuid,
+            setgid: l.setgid,
         }),
     }
 }
@@ -277,6 +281,7 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
         })
         .collect::<Result<_, _>>()?;
     let event = ProcessEvent {
+        id: None,
         event_type,
         pid: r.pid,
         ppid: r.ppid,
@@ -320,6 +325,10 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
             changed,
             anomaly: d.name("anomaly", &life.anomaly, StartTimeAnomaly::from_name)?,
             run_time_ms: life.run_time_ms,
+            tier: d.name("tier", &life.tier, CaptureTier::from_name)?,
+            argv_truncated: life.argv_truncated,
+            setuid: life.setuid,
+            setgid: life.setgid,
         }
         .boxed(),
     };
@@ -349,6 +358,7 @@ fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
 fn record_to_network(r: proto::NetworkRecord) -> Result<CollectionEvent, RecordError> {
     let d = Decoder::new(EventKind::Network, r.pid);
     d.checked(CollectionEvent::Network(NetworkEvent {
+        id: None,
         source_addr: d.addr("source_address", r.source_address.as_deref())?,
         source_port: d.port("source_port", r.source_port)?,
         dest_addr: d.addr("destination_address", r.destination_address.as_deref())?,
@@ -401,6 +411,7 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
         .map(|(op, _)| op.clone())
         .ok_or_else(|| d.out_of_range("operation", &r.operation))?;
     d.checked(CollectionEvent::Filesystem(FilesystemEvent {
+        id: None,
         operation,
         hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
         timestamp: d.required_time(r.timestamp)?,
@@ -428,6 +439,7 @@ fn performance_to_record(e: &PerformanceEvent) -> proto::PerformanceRecord {
 fn record_to_performance(r: proto::PerformanceRecord) -> Result<CollectionEvent, RecordError> {
     let d = Decoder::new(EventKind::Performance, r.pid);
     d.checked(CollectionEvent::Performance(PerformanceEvent {
+        id: None,
         timestamp: d.required_time(r.timestamp)?,
         process_key: d.key(&r.process_key)?,
         metric_name: r.metric_name,
@@ -503,6 +515,10 @@ fn record_to_trigger(r: proto::TriggerRequestRecord) -> Result<CollectionEvent, 
 /// place where the event model becomes the wire format; [`record_to_event`]
 /// is its inverse.
 pub fn event_to_record(event: &CollectionEvent, source: &str) -> EventRecord {
+    let id = event.id().map(|id| proto::EventId {
+        run: id.run,
+        seq: id.seq.get(),
+    });
     let event: proto::event_record::Event = match event {
         CollectionEvent::Process(e) => process_to_record(e).into(),
         CollectionEvent::Network(e) => network_to_record(e).into(),
@@ -510,7 +526,10 @@ pub fn event_to_record(event: &CollectionEvent, source: &str) -> EventRecord {
         CollectionEvent::Performance(e) => performance_to_record(e).into(),
         CollectionEvent::TriggerRequest(e) => trigger_to_record(e).into(),
     };
-    EventRecord::new(source, event)
+    EventRecord {
+        id,
+        ..EventRecord::new(source, event)
+    }
 }
 
 /// The inverse of [`event_to_record`]: a received record as the event its
@@ -522,14 +541,30 @@ pub fn event_to_record(event: &CollectionEvent, source: &str) -> EventRecord {
 /// know, or is invalid.
 pub fn record_to_event(record: EventRecord) -> Result<CollectionEvent, RecordError> {
     use proto::event_record::Event;
-    match record.event {
+    let mut event = match record.event {
         Some(Event::Process(r)) => record_to_process(r).map(CollectionEvent::Process),
         Some(Event::Network(r)) => record_to_network(r),
         Some(Event::Filesystem(r)) => record_to_filesystem(r),
         Some(Event::Performance(r)) => record_to_performance(r),
         Some(Event::TriggerRequest(r)) => record_to_trigger(r),
         None => Err(Decoder::new(EventKind::Process, None).err(RecordProblem::Empty)),
+    }?;
+    if let Some(id) = record.id {
+        let d = Decoder::new(event.kind(), event.pid());
+        let seq = std::num::NonZeroU64::new(id.seq).ok_or_else(|| {
+            d.err(RecordProblem::OutOfRange {
+                field: "id",
+                value: format!("{:016x}-0", id.run),
+            })
+        })?;
+        if !event.name_once(EventId::new(id.run, seq)) {
+            return Err(d.err(RecordProblem::OutOfRange {
+                field: "id",
+                value: "an id on a trigger request".to_owned(),
+            }));
+        }
     }
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -568,14 +603,20 @@ mod tests {
         // Typed facts are fields of their own, not strings in the map.
         assert_eq!(r.platform_metadata.len(), 1);
 
+        // The id travels on the envelope, the rest in the process record.
+        let unnamed = ProcessEvent {
+            id: None,
+            ..e.clone()
+        };
         assert_eq!(
             record_to_process(r).unwrap(),
-            e,
+            unnamed,
             "the inverse gives the event back"
         );
         let rec = event_to_record(&CollectionEvent::Process(e.clone()), "procmond");
         assert_eq!(rec.kind(), proto::EventKind::Process);
         assert_eq!(rec.source_name, "procmond");
+        assert_eq!(rec.id.map(|id| id.seq), Some(1));
         assert_eq!(record_to_event(rec).unwrap(), CollectionEvent::Process(e));
         // A default event sends no context or lifecycle message at all.
         let plain = process_to_record(&ProcessEvent::new(3, "x"));
@@ -708,6 +749,7 @@ mod tests {
             Err((_, RecordProblem::Invalid(_)))
         ));
         let mut fs = filesystem_to_record(&FilesystemEvent {
+            id: None,
             path: "/etc/passwd".into(),
             operation: FileOperation::Modify,
             pid: None,
@@ -779,7 +821,10 @@ mod tests {
             proptest::collection::vec(pick(ProcessField::ALL), 0..4),
             proptest::option::of(pick(StartTimeAnomaly::ALL)),
             proptest::option::of(any::<u64>()),
-            any::<u64>(),
+            (
+                proptest::option::of(pick(CaptureTier::ALL)),
+                any::<(bool, bool, bool)>(),
+            ),
         );
         (ids, what, flags, life).prop_flat_map(|(ids, what, flags, life)| {
             let pid = ids.0;
@@ -788,8 +833,10 @@ mod tests {
                 let (name, exe, argv, t, cpu, rss, hash, event_type) = what.clone();
                 let ((accessible, file_exists, exe_replaced), exit_code, read, meta, cg, cid, ns) =
                     flags.clone();
-                let (observed_by, changed, anomaly, run_time_ms, _) = life.clone();
+                let (observed_by, changed, anomaly, run_time_ms, (tier, exec_flags)) = life.clone();
+                let (argv_truncated, setuid, setgid) = exec_flags;
                 ProcessEvent {
+                    id: None,
                     event_type,
                     pid,
                     ppid,
@@ -831,6 +878,10 @@ mod tests {
                         changed,
                         anomaly,
                         run_time_ms,
+                        tier,
+                        argv_truncated,
+                        setuid,
+                        setgid,
                     }
                     .boxed(),
                 }
@@ -871,6 +922,7 @@ mod tests {
             .prop_map(
                 |((id, proto, state), (sa, sp, da, dp), (pid, key), (tx, rx), t)| {
                     CollectionEvent::Network(NetworkEvent {
+                        id: None,
                         connection_id: id,
                         source_addr: sa,
                         source_port: sp,
@@ -898,6 +950,7 @@ mod tests {
         )
             .prop_map(|(path, operation, (pid, key), size, perm, hash, t)| {
                 CollectionEvent::Filesystem(FilesystemEvent {
+                    id: None,
                     path,
                     operation,
                     pid,
@@ -919,6 +972,7 @@ mod tests {
         )
             .prop_map(|(metric_name, value, unit, (pid, key), component, t)| {
                 CollectionEvent::Performance(PerformanceEvent {
+                    id: None,
                     metric_name,
                     value,
                     unit,
@@ -954,17 +1008,44 @@ mod tests {
         prop_oneof![network, filesystem, performance, trigger]
     }
 
+    fn arb_id() -> impl Strategy<Value = Option<EventId>> {
+        proptest::option::of(
+            (any::<u64>(), 1u64..)
+                .prop_map(|(run, seq)| EventId::new(run, std::num::NonZeroU64::new(seq).unwrap())),
+        )
+    }
+
     proptest! {
         #[test]
-        fn process_events_survive_the_round_trip(e in arb_process()) {
+        fn process_events_survive_the_round_trip(e in arb_process(), id in arb_id()) {
+            // The id travels on the envelope, not in the process record.
             prop_assert_eq!(record_to_process(process_to_record(&e)).unwrap(), e.clone());
-            let back = record_to_event(event_to_record(&CollectionEvent::Process(e.clone()), "p"));
-            prop_assert_eq!(back.unwrap(), CollectionEvent::Process(e));
+            let mut e = CollectionEvent::Process(e);
+            if let Some(id) = id {
+                e.name_once(id);
+            }
+            let record = event_to_record(&e, "p");
+            prop_assert_eq!(record.id.is_some(), id.is_some());
+            prop_assert_eq!(record_to_event(record).unwrap(), e);
         }
 
         #[test]
-        fn events_of_every_domain_survive_the_round_trip(e in arb_other()) {
+        fn events_of_every_domain_survive_the_round_trip(mut e in arb_other(), id in arb_id()) {
+            if let Some(id) = id {
+                e.name_once(id);
+            }
             prop_assert_eq!(record_to_event(event_to_record(&e, "any")).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn an_id_of_place_zero_or_on_a_trigger_request_is_refused() {
+        let mut r = event_to_record(&crate::testing::sample_process_event(), "p");
+        r.id = Some(proto::EventId { run: 5, seq: 0 });
+        let err = record_to_event(r).unwrap_err();
+        assert!(
+            matches!(err.problem, RecordProblem::OutOfRange { field: "id", .. }),
+            "{err}"
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! [`CollectorIpcServer`]: accept loop, per-connection reader, writer and
 //! event forwarder.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use daemoneye_lib::codec::{decode_payload, CodecError, EnvelopeCodec};
@@ -24,6 +25,7 @@ use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::common::lock;
 use crate::ipc::convert::{caps_to_domains, domain_to_caps, event_to_record, kind_to_proto};
 use crate::ipc::health::{collector_health, ipc_component, HealthFuture};
 use crate::ipc::socket::{bind, BoundSocket};
@@ -93,7 +95,13 @@ impl IpcServerHandle {
 /// capabilities given to `new`; then it may send `DetectionTask`s (answered
 /// by the handler, matched by `request_id`), `Heartbeat`s (echoed), and one
 /// `SubscribeRequest` at a time when the server streams a collector's events
-/// ([`with_events`](Self::with_events)). Subscription filters: event kinds,
+/// ([`with_events`](Self::with_events)).
+///
+/// At `max_connections`, a new connection evicts the connection that has
+/// been idle longest (no byte received for at least `evict_idle_after`, no
+/// subscription, no task in flight), which is told so
+/// (`ERROR_CODE_OVERLOADED`) and closed; with none to evict, the new one is
+/// refused. Either way it is counted. Subscription filters: event kinds,
 /// pids, source names and topic patterns (`events.<kind>.<detail>`, as on
 /// the event bus: `*`/`+` one segment, `#`/`**` any number).
 pub struct CollectorIpcServer {
@@ -227,6 +235,8 @@ impl CollectorIpcServer {
             handler: Arc::new(handler),
             shared: self.shared.clone(),
             next_subscription: AtomicU64::new(1),
+            epoch: Instant::now(),
+            live: Mutex::default(),
         });
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let tracker = TaskTracker::new();
@@ -240,13 +250,15 @@ impl CollectorIpcServer {
                 () = &mut signal => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        if let Some((stream, permit)) = self.admit(stream, &limit) {
+                        if let Some((stream, admitted)) = self.admit(stream, &limit, &ctx) {
                             let ctx = ctx.clone();
                             let cancel = shutdown.child_token();
                             tracker.spawn(async move {
-                                let close = serve_connection(stream, &ctx, cancel).await;
+                                let id = admitted.id;
+                                let close = serve_connection(stream, &ctx, cancel, admitted).await;
                                 ctx.shared.counters.closed(close);
-                                drop(permit);
+                                // Frees its place (unless it was handed on).
+                                lock(&ctx.live).conns.remove(&id);
                             });
                         }
                     }
@@ -294,12 +306,14 @@ impl CollectorIpcServer {
         })
     }
 
-    /// Checks the peer and the connection limit.
+    /// Checks the peer and the connection limit (evicting the longest idle
+    /// connection at the limit), and registers the connection.
     fn admit(
         &self,
         stream: UnixStream,
         limit: &Arc<Semaphore>,
-    ) -> Option<(UnixStream, OwnedSemaphorePermit)> {
+        ctx: &ConnCtx,
+    ) -> Option<(UnixStream, Admitted)> {
         let counters = &self.shared.counters;
         match stream.peer_cred() {
             Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {}
@@ -318,10 +332,17 @@ impl CollectorIpcServer {
                 return None;
             }
         }
-        if let Ok(permit) = limit.clone().try_acquire_owned() {
+        let mut live = lock(&ctx.live);
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => live.evict(ctx),
+        };
+        if let Some(permit) = permit {
             counters.accepted.inc();
-            Some((stream, permit))
+            let admitted = live.register(ctx, permit);
+            Some((stream, admitted))
         } else {
+            drop(live);
             counters.refused_overloaded.inc();
             tracing::debug!("ipc connection refused: too many connections");
             let refusal = Envelope::from(ErrorResponse::new(
@@ -339,6 +360,89 @@ impl CollectorIpcServer {
     }
 }
 
+/// The connections admitted and their places (semaphore permits), so that
+/// the accept loop can evict one.
+#[derive(Default)]
+struct Live {
+    next_id: u64,
+    conns: HashMap<u64, LiveConn>,
+}
+
+struct LiveConn {
+    activity: Arc<Activity>,
+    evict: CancellationToken,
+    /// Its place under `max_connections`; taken when evicted (handed to the
+    /// new connection at once, while this one closes).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What the accept loop reads of a connection to decide whether it is idle.
+struct Activity {
+    /// When a byte last arrived (or the connection was admitted), in
+    /// nanoseconds since [`ConnCtx::epoch`].
+    last_read: AtomicU64,
+    subscribed: AtomicBool,
+    /// The connection's task permits: all free means no task in flight.
+    task_limit: Arc<Semaphore>,
+}
+
+/// A connection's part of the registry.
+struct Admitted {
+    id: u64,
+    activity: Arc<Activity>,
+    evict: CancellationToken,
+}
+
+impl Live {
+    fn register(&mut self, ctx: &ConnCtx, permit: OwnedSemaphorePermit) -> Admitted {
+        let id = self.next_id;
+        self.next_id += 1;
+        let activity = Arc::new(Activity {
+            last_read: AtomicU64::new(ctx.now()),
+            subscribed: AtomicBool::new(false),
+            task_limit: Arc::new(Semaphore::new(ctx.config.max_tasks_in_flight)),
+        });
+        let evict = CancellationToken::new();
+        self.conns.insert(
+            id,
+            LiveConn {
+                activity: activity.clone(),
+                evict: evict.clone(),
+                permit: Some(permit),
+            },
+        );
+        Admitted {
+            id,
+            activity,
+            evict,
+        }
+    }
+
+    /// Takes the place of the connection idle longest, if one has been
+    /// idle for `evict_idle_after` with no subscription and no task in
+    /// flight, and tells it to close.
+    fn evict(&mut self, ctx: &ConnCtx) -> Option<OwnedSemaphorePermit> {
+        let now = ctx.now();
+        let grace = u64::try_from(ctx.config.evict_idle_after.as_nanos()).unwrap_or(u64::MAX);
+        let max_tasks = ctx.config.max_tasks_in_flight;
+        let victim = self
+            .conns
+            .values_mut()
+            .filter(|c| c.permit.is_some())
+            .filter(|c| {
+                let a = &c.activity;
+                !a.subscribed.load(Ordering::Relaxed)
+                    && a.task_limit.available_permits() == max_tasks
+                    && now.saturating_sub(a.last_read.load(Ordering::Relaxed)) >= grace
+            })
+            .min_by_key(|c| c.activity.last_read.load(Ordering::Relaxed))?;
+        victim.evict.cancel();
+        ctx.counters().evicted.inc();
+        tracing::debug!("ipc connection evicted: idle while the server was full");
+        victim.permit.take()
+    }
+}
+
 /// What every connection of one server shares.
 struct ConnCtx {
     config: Arc<IpcServerConfig>,
@@ -350,9 +454,17 @@ struct ConnCtx {
     handler: Handler,
     shared: Arc<Shared>,
     next_subscription: AtomicU64,
+    /// The origin of [`Activity::last_read`].
+    epoch: Instant,
+    live: Mutex<Live>,
 }
 
 impl ConnCtx {
+    /// Nanoseconds since [`epoch`](Self::epoch).
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn counters(&self) -> &Counters {
         &self.shared.counters
     }
@@ -427,6 +539,7 @@ async fn serve_connection(
     stream: UnixStream,
     ctx: &Arc<ConnCtx>,
     cancel: CancellationToken,
+    admitted: Admitted,
 ) -> Close {
     let (rd, wr) = stream.into_split();
     let (resp_tx, resp_rx) = mpsc::channel::<Envelope>(ctx.config.max_tasks_in_flight + 8);
@@ -452,8 +565,10 @@ async fn serve_connection(
         cancel: conn_cancel.clone(),
         handshaken: false,
         tasks: JoinSet::new(),
-        task_limit: Arc::new(Semaphore::new(ctx.config.max_tasks_in_flight)),
+        task_limit: admitted.activity.task_limit.clone(),
         subscription: None,
+        activity: admitted.activity,
+        evict: admitted.evict,
     };
     let mut close = conn.read_loop(rd).await;
     if cancel.is_cancelled() {
@@ -483,6 +598,9 @@ struct Connection {
     tasks: JoinSet<()>,
     task_limit: Arc<Semaphore>,
     subscription: Option<(u64, CancellationToken)>,
+    activity: Arc<Activity>,
+    /// Cancelled when a new connection takes this one's place.
+    evict: CancellationToken,
 }
 
 impl Drop for Connection {
@@ -508,6 +626,9 @@ impl Connection {
         let mut partial_since: Option<Instant> = None;
         loop {
             while self.tasks.try_join_next().is_some() {}
+            self.activity
+                .subscribed
+                .store(self.subscription.is_some(), Ordering::Relaxed);
             match reader.try_decode() {
                 Ok(Some(payload)) => {
                     self.ctx.counters().frames_received.inc();
@@ -567,6 +688,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Close::Io,
+                () = self.evict.cancelled() => return self.evicted().await,
                 r = read => match r {
                     Err(_elapsed) => {
                         tracing::debug!(reason = ?on_timeout, "ipc connection timed out");
@@ -578,7 +700,9 @@ impl Connection {
                         }
                         return Close::Eof;
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        self.activity.last_read.store(self.ctx.now(), Ordering::Relaxed);
+                    }
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "ipc read failed");
                         return Close::Io;
@@ -586,6 +710,17 @@ impl Connection {
                 },
             }
         }
+    }
+
+    /// Tells the client why it is closed (its place went to a new
+    /// connection).
+    async fn evicted(&self) -> Close {
+        let why = ErrorResponse::new(
+            ErrorCode::Overloaded,
+            "closed: idle while the server was full",
+        );
+        self.reply(0, why.into()).await;
+        Close::Evicted
     }
 
     /// Queues an answer for the writer; false when the connection is ending.

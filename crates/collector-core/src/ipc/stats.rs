@@ -35,6 +35,8 @@ pub(crate) enum Close {
     Io,
     /// The server shut down.
     Shutdown,
+    /// Evicted, idle, to make room for a new connection.
+    Evicted,
 }
 
 #[derive(Default)]
@@ -42,6 +44,7 @@ pub(crate) struct Counters {
     pub(crate) accepted: Counter,
     pub(crate) refused_peer: Counter,
     pub(crate) refused_overloaded: Counter,
+    pub(crate) evicted: Counter,
     pub(crate) accept_errors: Counter,
     closed: [Counter; CLOSE_LABELS.len()],
     pub(crate) frames_received: Counter,
@@ -63,7 +66,7 @@ pub(crate) struct Counters {
 
 /// The label of every [`Close`], in declaration order (`close as usize`
 /// is its slot in `closed`).
-const CLOSE_LABELS: [&str; 7] = [
+const CLOSE_LABELS: [&str; 8] = [
     "eof",
     "handshake_timeout",
     "read_timeout",
@@ -71,6 +74,7 @@ const CLOSE_LABELS: [&str; 7] = [
     "protocol_error",
     "io",
     "shutdown",
+    "evicted",
 ];
 
 impl Counters {
@@ -95,6 +99,7 @@ impl Counters {
         let ipc = ("stage", "ipc");
         registry.register_counters(&[ipc], &[
             ("daemoneye_connections_accepted_total", "Connections admitted (peer allowed, under the limit).", &self.accepted),
+            ("daemoneye_connections_evicted_total", "Idle connections closed to make room for a new one at max_connections.", &self.evicted),
             ("daemoneye_accepts_failed_total", "accept() itself failing (for example out of file descriptors).", &self.accept_errors),
             ("daemoneye_frames_received_total", "Whole frames that passed the length and checksum checks.", &self.frames_received),
             ("daemoneye_envelopes_accepted_total", "Frames that held a valid envelope.", &self.envelopes_accepted),
@@ -148,6 +153,7 @@ impl Counters {
             connections_active: accepted.saturating_sub(closed_total),
             connections_refused_peer: self.refused_peer.get(),
             connections_refused_overloaded: self.refused_overloaded.get(),
+            connections_evicted: self.evicted.get(),
             accept_errors: self.accept_errors.get(),
             connections_closed_eof: closed(Close::Eof),
             connections_closed_handshake_timeout: closed(Close::HandshakeTimeout),
@@ -156,6 +162,7 @@ impl Counters {
             connections_closed_protocol_error: closed(Close::ProtocolError),
             connections_closed_io: closed(Close::Io),
             connections_closed_shutdown: closed(Close::Shutdown),
+            connections_closed_evicted: closed(Close::Evicted),
             frames_received: self.frames_received.get(),
             envelopes_accepted: self.envelopes_accepted.get(),
             frames_rejected: REJECT_REASONS
@@ -199,8 +206,10 @@ pub struct IpcServerStats {
     pub connections_active: u64,
     /// Connections refused: peer uid not allowed (or unreadable).
     pub connections_refused_peer: u64,
-    /// Connections refused: over `max_connections`.
+    /// Connections refused: at `max_connections`, none evictable.
     pub connections_refused_overloaded: u64,
+    /// Idle connections evicted to admit a new one at `max_connections`.
+    pub connections_evicted: u64,
     /// `accept` itself failed (for example out of file descriptors).
     pub accept_errors: u64,
     /// Closed by the client.
@@ -217,6 +226,8 @@ pub struct IpcServerStats {
     pub connections_closed_io: u64,
     /// Closed: server shutdown.
     pub connections_closed_shutdown: u64,
+    /// Closed: evicted (idle) for a new connection.
+    pub connections_closed_evicted: u64,
     /// Whole frames that passed the length and checksum checks.
     pub frames_received: u64,
     /// Frames that held a valid envelope.
@@ -260,6 +271,7 @@ impl IpcServerStats {
             + self.connections_closed_protocol_error
             + self.connections_closed_io
             + self.connections_closed_shutdown
+            + self.connections_closed_evicted
     }
 
     /// Sum of rejected frames over every reason.

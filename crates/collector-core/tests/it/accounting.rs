@@ -231,3 +231,51 @@ async fn a_subscriber_that_goes_away_has_its_queue_counted_as_dropped() {
         .unwrap();
     assert!(gone.events_dropped_closed > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_is_named_once_without_gaps_across_sources() {
+    use collector_core::{CollectionEvent, Collector, EventId};
+    use std::collections::HashSet;
+    use std::num::NonZeroU64;
+
+    const EACH: u64 = 5_000;
+    let preset = EventId::new(7, NonZeroU64::new(99).unwrap());
+    let named = move |i: u64| {
+        let mut e = perf(i);
+        if i == 0 {
+            // A source may name an event itself: the runtime keeps that id.
+            assert!(e.name_once(preset));
+        }
+        e
+    };
+    let mut c = Collector::new(blocking(1024));
+    c.register(Box::new(flood("a", EACH))).unwrap();
+    c.register(Box::new(
+        Replay::new("b", SourceCaps::PERFORMANCE, EACH, named).then_end(),
+    ))
+    .unwrap();
+    let handle = c.handle();
+    let mut sub = handle.subscribe();
+    let run = tokio::spawn(c.run());
+    let mut ids = Vec::new();
+    while let Some(batch) = sub.recv_batch().await {
+        ids.extend(batch.iter().map(CollectionEvent::id));
+    }
+    run.await.unwrap().unwrap();
+    assert_eq!(ids.len() as u64, 2 * EACH);
+    let ids: Vec<EventId> = ids.into_iter().map(|id| id.expect("named")).collect();
+    assert!(ids.contains(&preset), "the source's own id was replaced");
+    let ours: Vec<_> = ids.iter().filter(|id| **id != preset).collect();
+    let run_id = ours[0].run;
+    assert!(
+        ours.iter().all(|id| id.run == run_id),
+        "one run, one number"
+    );
+    let seqs: HashSet<u64> = ours.iter().map(|id| id.seq.get()).collect();
+    assert_eq!(seqs.len(), ours.len(), "an id was given twice");
+    assert_eq!(
+        seqs,
+        (1..=ours.len() as u64).collect::<HashSet<_>>(),
+        "the places run from 1 without gaps"
+    );
+}

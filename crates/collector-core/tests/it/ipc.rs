@@ -401,6 +401,110 @@ async fn idle_and_silent_clients_are_disconnected() {
     server.stop().await;
 }
 
+/// Sends a heartbeat on `s` and reads its echo: the connection is served.
+async fn beat(s: &mut UnixStream, nonce: u64) {
+    let hb = Envelope::from(Heartbeat { nonce }).with_request_id(nonce);
+    s.write_all(&frame(&hb)).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), read_one(s))
+        .await
+        .expect("a served connection echoes a heartbeat");
+    assert_eq!(echo.payload, Some(Payload::Heartbeat(Heartbeat { nonce })));
+}
+
+/// Starts a task that stays in flight (the handler sleeps on "slow").
+async fn start_slow_task(s: &mut UnixStream, id: u64) {
+    let task = DetectionTask::new("slow", ProtoTaskType::MonitorProcessTree);
+    s.write_all(&frame(&Envelope::from(task).with_request_id(id)))
+        .await
+        .unwrap();
+}
+
+/// Idle connections of allowed peers cannot lock others out: at
+/// `max_connections` a new client evicts the connection idle longest and is
+/// served at once; one with a task in flight, or that sent anything (a
+/// heartbeat) within `evict_idle_after`, is kept; with none evictable the
+/// new client is refused as before. Both are counted.
+#[tokio::test]
+async fn at_max_connections_a_new_client_evicts_the_longest_idle_one() {
+    let dir = TempDir::new("evict");
+    let config = IpcServerConfig {
+        max_connections: 4,
+        idle_timeout: Duration::from_secs(60),
+        // Keeps the "slow" tasks in flight for the whole test.
+        handler_timeout: Duration::from_secs(60),
+        evict_idle_after: Duration::from_millis(400),
+        ..fast_config(&dir.sock())
+    };
+    let server = serve(config, SourceCaps::PROCESS, None).await;
+    // Connected first, busy with a task: the oldest, but never evicted.
+    let mut busy = raw_handshake(&server.path).await;
+    start_slow_task(&mut busy, 2).await;
+    let mut first = raw_handshake(&server.path).await;
+    let mut second = raw_handshake(&server.path).await;
+    let mut third = raw_handshake(&server.path).await;
+    // Time passing is what is under test: all three idle past the grace.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The client that heartbeats is active again: `second` is now idle longest.
+    beat(&mut first, 3).await;
+
+    let mut newcomer = tokio::time::timeout(Duration::from_secs(2), raw_handshake(&server.path))
+        .await
+        .expect("the new client is served at once, not refused");
+    let (got, eof) = read_all(&mut second, Duration::from_secs(5)).await;
+    assert!(eof, "the longest idle connection is closed");
+    assert_eq!(got.len(), 1);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    for (s, nonce) in [
+        (&mut busy, 4),
+        (&mut first, 5),
+        (&mut third, 6),
+        (&mut newcomer, 7),
+    ] {
+        beat(s, nonce).await;
+    }
+    let s = server.handle.stats();
+    assert_eq!(
+        (
+            s.connections_evicted,
+            s.connections_closed_evicted,
+            s.connections_refused_overloaded
+        ),
+        (1, 1, 0),
+        "{s:?}"
+    );
+
+    // Every place busy: nothing to evict, the next client is refused.
+    for (s, id) in [(&mut first, 8), (&mut third, 9), (&mut newcomer, 10)] {
+        start_slow_task(s, id).await;
+    }
+    // The tasks are in flight once the server has read them: a heartbeat
+    // sent after each is echoed after it was read.
+    for (s, nonce) in [(&mut first, 11), (&mut third, 12), (&mut newcomer, 13)] {
+        beat(s, nonce).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut refused = UnixStream::connect(&server.path).await.unwrap();
+    let (got, eof) = read_all(&mut refused, Duration::from_secs(5)).await;
+    assert!(eof);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    let s = server.handle.stats();
+    assert_eq!(
+        (s.connections_evicted, s.connections_refused_overloaded),
+        (1, 1),
+        "{s:?}"
+    );
+    beat(&mut busy, 14).await;
+
+    let registry = collector_core::metrics::Registry::new();
+    server.handle.register_metrics(&registry);
+    assert_eq!(
+        registry.value("daemoneye_connections_evicted_total", &[("stage", "ipc")]),
+        Some(1)
+    );
+    drop((busy, first, third, newcomer));
+    server.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn client_gives_up_after_capped_backoff() {
     let dir = TempDir::new("backoff");

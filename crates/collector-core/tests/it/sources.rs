@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub fn perf(seq: u64) -> CollectionEvent {
     CollectionEvent::Performance(PerformanceEvent {
+        id: None,
         metric_name: "test.seq".into(),
         value: seq as f64,
         unit: "count".into(),

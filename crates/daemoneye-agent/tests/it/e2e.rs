@@ -456,10 +456,17 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // Lifecycle events are in the store and the ledger: the shell's exec
     // (the first probe may have run before the collector was up).
     let execs = store
-        .query("SELECT e.ledger_seq, l.kind FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
+        .query("SELECT e.ledger_seq, l.kind, e.event_id FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
         .unwrap();
     assert!(!execs.rows.is_empty(), "no exec from /dev/shm stored");
     assert_eq!(execs.rows[0][1], "process_event");
+    // The id procmond's runtime gave the event crossed the socket with it.
+    let id = execs.rows[0][2].as_str().unwrap_or_default();
+    assert!(
+        id.parse::<collector_core::EventId>().is_ok(),
+        "the stored exec has no event id: {:?}",
+        execs.rows[0][2]
+    );
     let alerts_ledgered = store
         .query("SELECT count(*) FROM ledger WHERE kind = 'alert'")
         .unwrap();

@@ -121,7 +121,13 @@ async fn events_arrive_converted_and_a_lost_collector_is_reconnected() {
     let LinkEvent::Events(got) = next(&mut rx).await else {
         panic!("expected events");
     };
-    assert_eq!(got, vec![sent], "every field survives the socket");
+    // The collector's runtime named the event; the id crossed with it.
+    let id = got[0]
+        .id
+        .expect("the collector's runtime names every event");
+    let mut expected = sent;
+    expected.id = Some(id);
+    assert_eq!(got, vec![expected], "every field survives the socket");
 
     // The collector goes away: counted, then reconnected when it is back.
     served.stop().await;

@@ -160,6 +160,13 @@ async fn metrics_listen_serves_the_agent_counters() {
         "{text}"
     );
     assert_eq!(sample(&text, "daemoneye_rule_failures_total"), Some(0));
+    // The detector's directory cache is exported too.
+    for series in [
+        "daemoneye_dir_lookups_total{stage=\"detector\"}",
+        "daemoneye_dir_lookups_unknown_total{stage=\"detector\"}",
+    ] {
+        assert!(sample(&text, series).is_some(), "no {series} in {text}");
+    }
     // Health reads the same counters.
     let report = health.report().await;
     assert_eq!(

@@ -182,9 +182,15 @@ fn snapshot_round_trips_every_field() {
     assert_eq!(info.process_count, 2);
     assert_eq!(info.taken_at, second[1].timestamp);
 
-    // Snapshots feed the last-known state too.
+    // Snapshots feed the last-known state too (a state, not an event: no id).
     let rec = db.process_by_key(&key(40, 4_242)).unwrap().unwrap();
-    assert_eq!(rec.latest, second[1]);
+    assert_eq!(
+        rec.latest,
+        ProcessEvent {
+            id: None,
+            ..second[1].clone()
+        }
+    );
     assert_eq!(rec.exited_at, None);
 }
 
@@ -276,7 +282,7 @@ async fn everything_sent_before_close_is_on_disk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writer_counts_failed_writes_and_keeps_going() {
+async fn failed_writes_are_held_and_land_once_the_store_takes_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let handle = StoreWriter::spawn(Store::new(&path).unwrap(), WriterConfig::default()).unwrap();
@@ -304,27 +310,35 @@ async fn writer_counts_failed_writes_and_keeps_going() {
         2,
         "tried, retried once: {stats:?}"
     );
-    assert_eq!(get(&stats.events_dropped_write_failed), 5);
-    assert_eq!(stats.failing.get(), 1, "failing while writes are lost");
-    assert_eq!(get(&stats.failures), 1);
+    assert_eq!(
+        get(&stats.events_dropped_write_failed),
+        0,
+        "held, not dropped"
+    );
+    assert_eq!(stats.held.get(), 5);
+    assert_eq!(stats.failing.get(), 1, "failing while writes are held");
+    assert_eq!(get(&stats.failures), 0);
     assert_eq!(get(&stats.events_written), 1);
 
-    // Put it back: the writer is still alive and writes again.
+    // Put it back: the held writes land, in order, before the newer one.
     raw(&path).execute_batch(&create).unwrap();
     handle.events(vec![rich(7, ProcessEventType::Exit)]).await;
     let stats = handle.close().await;
-    assert_eq!(get(&stats.events_written), 2);
+    assert_eq!(get(&stats.events_written), 7);
     assert_eq!(stats.failing.get(), 0, "a commit clears it");
-    assert_eq!(
-        get(&stats.events_accepted),
-        get(&stats.events_written) + get(&stats.events_dropped_write_failed)
-    );
-    assert_eq!(get(&stats.gaps_recorded), 1);
+    assert_eq!(stats.held.get(), 0);
+    assert_eq!(get(&stats.events_accepted), get(&stats.events_written));
+    assert_eq!(get(&stats.gaps_recorded), 0, "nothing was lost");
     let db = Store::new(&path).unwrap();
-    assert_eq!(db.count_events().unwrap(), 1);
-    // The failed batch left no entries of its own; its loss is on the chain,
-    // recorded by the first commit after it; the chain verifies.
-    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 3);
+    let pids: Vec<u32> = db
+        .recent_events(10)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.event.pid)
+        .collect();
+    assert_eq!(pids, [2, 3, 4, 5, 6, 7], "in the order they were sent");
+    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 7);
     // The table this test dropped took the first event's row with it: the
     // store's verification says so, naming that entry.
     match db.verify_ledger() {
@@ -333,13 +347,124 @@ async fn writer_counts_failed_writes_and_keeps_going() {
         }
         other => panic!("the deleted row went unnoticed: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_writes_over_their_bound_are_dropped_counted_and_recorded_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let config = WriterConfig {
+        max_held_events: 3,
+        ..WriterConfig::default()
+    };
+    let handle = StoreWriter::spawn(Store::new(&path).unwrap(), config).unwrap();
+    handle.flush().await.unwrap();
+    let create: String = raw(&path)
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    raw(&path)
+        .execute_batch("DROP TABLE process_events")
+        .unwrap();
+    // Two batches of two: the older is dropped to keep within the bound.
+    handle
+        .events((1..=2).map(|p| rich(p, ProcessEventType::Exec)).collect())
+        .await;
+    handle
+        .events((3..=4).map(|p| rich(p, ProcessEventType::Exec)).collect())
+        .await;
+    handle.flush().await.unwrap();
+    let stats = handle.stats();
+    let get = |c: &collector_core::metrics::Counter| c.get();
+    assert_eq!(get(&stats.events_dropped_write_failed), 2);
+    assert_eq!(get(&stats.failures), 1);
+    assert_eq!(stats.held.get(), 2);
+
+    raw(&path).execute_batch(&create).unwrap();
+    let stats = handle.close().await;
+    assert_eq!(get(&stats.events_written), 2);
+    assert_eq!(
+        get(&stats.events_accepted),
+        get(&stats.events_written) + get(&stats.events_dropped_write_failed)
+    );
+    assert_eq!(get(&stats.gaps_recorded), 1);
+    let db = Store::new(&path).unwrap();
     let gap = db
         .query("SELECT content FROM ledger WHERE kind = 'gap'")
         .unwrap();
     assert_eq!(gap.rows.len(), 1, "{gap:?}");
     let gap: daemoneye_store::Gap = serde_json::from_str(gap.rows[0][0].as_str().unwrap()).unwrap();
-    assert_eq!((gap.events_lost, gap.writes_lost), (5, 1));
+    assert_eq!((gap.events_lost, gap.writes_lost), (2, 1));
     assert!(gap.first_lost_at > 0 && gap.last_lost_at >= gap.first_lost_at);
+    db.verify_ledger().unwrap();
+}
+
+/// A real full disk: a small tmpfs filled up. Writes are held while it is
+/// full and land, all of them, once there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
+    use std::io::Write as _;
+
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a small tmpfs (a disk to fill) needs root");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let path = mnt.path().join("audit.db");
+    let handle = StoreWriter::spawn(Store::new(&path).unwrap(), WriterConfig::default()).unwrap();
+    handle.events(vec![rich(1, ProcessEventType::Exec)]).await;
+    handle.flush().await.unwrap();
+
+    // Fill the disk.
+    let filler = mnt.path().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+
+    let sent = 300u32;
+    for p in 2..=sent {
+        handle.events(vec![rich(p, ProcessEventType::Exec)]).await;
+    }
+    handle.flush().await.unwrap();
+    let stats = handle.stats();
+    let get = |c: &collector_core::metrics::Counter| c.get();
+    assert_eq!(stats.failing.get(), 1, "a full disk is a failing store");
+    assert!(stats.held.get() > 0, "{stats:?}");
+    assert_eq!(get(&stats.events_dropped_write_failed), 0);
+
+    // Room again: everything held lands without another write to prompt it.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.held.get() > 0 || stats.failing.get() == 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held writes never landed: {stats:?}"
+        );
+        // The writer retries on its own schedule (backoff from 100 ms).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = handle.close().await;
+    assert_eq!(get(&stats.events_written), u64::from(sent));
+    assert_eq!(get(&stats.gaps_recorded), 0);
+    let db = Store::new(&path).unwrap();
+    assert_eq!(db.count_events().unwrap(), u64::from(sent));
+    db.verify_ledger().unwrap();
 }
 
 /// The agent's store as builds before the versioned schema wrote it.
@@ -390,9 +515,14 @@ fn write_legacy_agent_store(path: &Path) -> (Vec<ProcessEvent>, Alert) {
     let mut conn = raw(path);
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.execute_batch(LEGACY_AGENT_SCHEMA).unwrap();
+    // Builds of then gave events no id.
+    let unnamed = |t| ProcessEvent {
+        id: None,
+        ..rich(60, t)
+    };
     let events = vec![
-        rich(60, ProcessEventType::Exec),
-        rich(60, ProcessEventType::Exit),
+        unnamed(ProcessEventType::Exec),
+        unnamed(ProcessEventType::Exit),
     ];
     let alert = Alert::new(
         &LegacyRule,
@@ -557,6 +687,7 @@ fn process_event() -> impl Strategy<Value = ProcessEvent> {
             (ts, metadata, key, exit_code),
             (ids, state, load, exe_replaced, read, cg, ns, changed),
         )| ProcessEvent {
+            id: None,
             event_type,
             pid,
             ppid,
@@ -637,6 +768,7 @@ fn process_tables_speak_the_one_vocabulary() {
     // What a table has of its own, beyond the process's columns.
     let own: &[&str] = &[
         "id",
+        "event_id",
         "snapshot_id",
         "metadata",
         "detail",
@@ -674,7 +806,7 @@ fn process_tables_speak_the_one_vocabulary() {
 /// naming their entry.
 #[test]
 fn verify_catches_edited_and_deleted_rows_not_only_entries() {
-    let cases: [(&str, i64, &str); 4] = [
+    let cases: [(&str, i64, &str); 5] = [
         ("UPDATE alerts SET severity = 'low'", 2, "edited"),
         (
             "UPDATE alerts SET body = replace(body, 'before', 'after')",
@@ -682,6 +814,7 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
             "edited",
         ),
         ("UPDATE process_events SET name = 'innocent'", 1, "edited"),
+        ("UPDATE process_events SET event_id = NULL", 1, "edited"),
         ("DELETE FROM alerts", 2, "deleted"),
     ];
     for (tamper, seq, what) in cases {
