@@ -314,6 +314,7 @@ pub fn event(
         process_key: subject.and_then(|s| s.key),
         component: component.to_owned(),
         timestamp: at,
+        id: None, // the runtime names it
     })
 }
 
