@@ -209,3 +209,27 @@ fn metrics_listen_serves_perfmonds_counters_and_events_jsonl_its_events() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_bad_config_is_refused_with_exit_code_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, names) in [
+        ("[perfmond]\nintervall = \"5s\"\n", "intervall"),
+        (
+            "[perfmond.anomalies]\npsi_some_avg10_percent = 400.0\n",
+            "psi_some_avg10_percent",
+        ),
+        ("[perfmond]\ninterval = \"1ms\"\n", "interval"),
+    ] {
+        let path = dir.path().join("perfmond.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["run", "--no-socket", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{text}: {err}");
+    }
+}
