@@ -165,6 +165,9 @@ pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// A fieldless public enum whose values have lowercase names: the enum
 /// (serde with those names, `non_exhaustive`), `ALL`, `as_str` and
 /// `from_name` and `Display`, from one list of `Variant = "name",`.
+/// Exported so that collectors outside this crate name their metrics the
+/// same way (the crate using it needs `serde`).
+#[macro_export]
 macro_rules! names {
     ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+ }) => {
         $(#[$meta])*

@@ -1,0 +1,439 @@
+//! `perfmond run` and `perfmond top` as library calls.
+//!
+//! [`run`] loads the config, starts the [`PerfmondSource`] in the
+//! collector-core runtime, serves the collector IPC protocol (live events
+//! and health, as the component `perfmond`) the way procmond does, and
+//! returns after SIGTERM or SIGINT. Of the detection tasks it answers
+//! `COLLECT_PERFORMANCE_METRICS` ([`task_handler`]). [`top`] takes two samples a short
+//! interval apart and prints the busiest processes.
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use collector_core::ipc::TaskFuture;
+use collector_core::metrics::MetricsServer;
+use collector_core::{CollectionEvent, PerformanceEvent};
+use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
+use daemoneye_lib::proto::{event_record, DetectionResult, DetectionTask, ProtoTaskType};
+use serde::Deserialize;
+
+use crate::sampler::{boot_time_now, ProcessTable};
+use crate::source::{LatestSample, PerfmondConfig, PerfmondCounters, PerfmondSource, NAME};
+
+/// The flags of `perfmond run`. They are procmond's where they mean the
+/// same, so the agent's default arguments for a `[[collector]]` program
+/// (`run --socket S --no-database --await-subscriber --interval N`) work.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file (sections `[collector]` and `[perfmond]`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seconds between samples (default 10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: Option<u64>,
+    /// Serve the live event stream and health on this Unix socket
+    /// (default: /run/daemoneye/perfmond.sock as root, daemoneye/perfmond.sock
+    /// in the user's runtime directory otherwise).
+    #[arg(long, conflicts_with = "no_socket")]
+    pub socket: Option<PathBuf>,
+    /// Serve no IPC socket.
+    #[arg(long)]
+    pub no_socket: bool,
+    /// Start sampling only once a client has subscribed to the socket's
+    /// events (waiting at most 30 s).
+    #[arg(long, requires = "socket")]
+    pub await_subscriber: bool,
+    /// Serve Prometheus metrics at /metrics on ADDR. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Write every event as one JSON object a line to PATH (`-`: stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub events_jsonl: Option<String>,
+    /// Accepted and ignored: perfmond stores nothing (the agent passes it
+    /// to every collector program it starts with default arguments).
+    #[arg(long, hide = true)]
+    pub no_database: bool,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    collector: CollectorConfig,
+    perfmond: PerfmondConfig,
+}
+
+/// Why [`run`] failed.
+#[derive(Debug)]
+pub enum RunError {
+    /// A usage or configuration problem (the binary exits with 2).
+    Bad(anyhow::Error),
+    /// A failure while starting or running (exit code 1).
+    Failed(anyhow::Error),
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+///
+/// # Errors
+/// [`RunError::Bad`] for a bad config, [`RunError::Failed`] when something
+/// fails while starting or running.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .map_err(RunError::Bad)?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config {}", path.display()))
+                .map_err(RunError::Bad)?
+        }
+        None => FileConfig::default(),
+    };
+    let mut config = file.perfmond;
+    if let Some(secs) = args.interval {
+        config.interval = Duration::from_secs(secs);
+    }
+    let mut collector_config = file.collector;
+    if args.config.is_none() {
+        // Stop promptly: a sample takes milliseconds.
+        collector_config = collector_config.with_shutdown_timeout(Duration::from_secs(5));
+    }
+    collector_config
+        .validate()
+        .map_err(|e| RunError::Bad(e.into()))?;
+    let source = PerfmondSource::new(config).map_err(|e| RunError::Bad(e.into()))?;
+    let counters = source.counters();
+    let latest = source.latest();
+    let mut collector = Collector::new(collector_config);
+    source.register_metrics(collector.handle().metrics());
+    collector
+        .register(Box::new(source))
+        .map_err(|e| RunError::Failed(e.into()))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::bind(addr, collector.handle().metrics().clone())
+                .await
+                .map_err(|e| RunError::Bad(e.into()))?;
+            if let Ok(bound) = server.local_addr() {
+                tracing::info!(addr = %bound, "serving metrics at /metrics");
+            }
+            let stop = tokio_util::sync::CancellationToken::new();
+            Some((stop.clone(), tokio::spawn(server.run(stop))))
+        }
+        None => None,
+    };
+    let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
+    let ipc = serve_ipc(
+        args.socket.as_ref(),
+        args.no_socket,
+        &collector,
+        counters,
+        latest,
+    )
+    .await?;
+    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
+        const LIMIT: Duration = Duration::from_secs(30);
+        if tokio::time::timeout(LIMIT, handle.subscribed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?LIMIT, "no subscriber yet; sampling anyway");
+        }
+    }
+    collector.run().await.map_err(RunError::Failed)?;
+    if let Some((handle, task)) = ipc {
+        handle.shutdown();
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
+        }
+    }
+    if let Some((stop, task)) = metrics {
+        stop.cancel();
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "metrics server task failed");
+        }
+    }
+    if let Some(w) = writer {
+        w.await
+            .map_err(|e| RunError::Failed(e.into()))?
+            .map_err(RunError::Failed)?;
+    }
+    Ok(())
+}
+
+type JsonlTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// `--events-jsonl`: every performance event as one JSON line.
+fn spawn_jsonl_writer(
+    target: Option<&str>,
+    collector: &Collector,
+) -> Result<Option<JsonlTask>, RunError> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let out: Box<dyn Write + Send> = if target == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)
+                .with_context(|| format!("cannot open {target}"))
+                .map_err(RunError::Failed)?,
+        )
+    };
+    let mut sub = collector.handle().subscribe();
+    Ok(Some(tokio::spawn(async move {
+        let mut out = BufWriter::new(out);
+        while let Some(batch) = sub.recv_batch().await {
+            for event in batch.iter() {
+                if let collector_core::CollectionEvent::Performance(p) = event {
+                    serde_json::to_writer(&mut out, p)?;
+                    writeln!(out)?;
+                }
+            }
+            out.flush()?;
+        }
+        anyhow::Ok(())
+    })))
+}
+
+type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
+
+/// The task handler: `COLLECT_PERFORMANCE_METRICS` is answered from the
+/// latest sample (at most one interval old), filtered by the task's
+/// `PerformanceFilter` (exact metric names, components and pids; an empty
+/// list selects all); every other task gets a failure result.
+pub fn task_handler(latest: LatestSample) -> impl Fn(DetectionTask) -> TaskFuture + Send + Sync {
+    move |task| {
+        let latest = latest.clone();
+        Box::pin(async move { answer(&latest, &task) })
+    }
+}
+
+fn answer(latest: &LatestSample, task: &DetectionTask) -> DetectionResult {
+    if task.task_type() != ProtoTaskType::CollectPerformanceMetrics {
+        return DetectionResult::failure(
+            &task.task_id,
+            format!(
+                "task type {} is not served by perfmond",
+                task.task_type().as_str_name()
+            ),
+        );
+    }
+    let f = task.performance_filter.clone().unwrap_or_default();
+    let wanted = |e: &PerformanceEvent| {
+        (f.metric_names.is_empty() || f.metric_names.contains(&e.metric_name))
+            && (f.components.is_empty() || f.components.contains(&e.component))
+            && (f.pids.is_empty() || e.pid.is_some_and(|p| f.pids.contains(&p)))
+    };
+    let performance_records = latest
+        .get()
+        .iter()
+        .filter(|e| wanted(e))
+        .filter_map(|e| {
+            let event = CollectionEvent::Performance(e.clone());
+            match collector_core::ipc::event_to_record(&event, NAME).event {
+                Some(event_record::Event::Performance(r)) => Some(r),
+                _ => None,
+            }
+        })
+        .collect();
+    DetectionResult {
+        performance_records,
+        ..DetectionResult::success(&task.task_id, Vec::new())
+    }
+}
+
+/// Binds the IPC socket and serves the event stream and health. An explicit
+/// `--socket` that cannot be served is an error; the default one is only
+/// warned about, so sampling goes on.
+async fn serve_ipc(
+    socket: Option<&PathBuf>,
+    disabled: bool,
+    collector: &Collector,
+    counters: PerfmondCounters,
+    latest: LatestSample,
+) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
+    if disabled {
+        return Ok(None);
+    }
+    let explicit = socket.is_some();
+    let path = socket
+        .cloned()
+        .unwrap_or_else(|| collector_core::ipc::default_socket_path(NAME));
+    let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
+        .await
+        .map(|s| {
+            let handle = collector.handle();
+            s.with_events(collector.handle())
+                .with_name(NAME)
+                .with_health(move || {
+                    let report = health(&handle, &counters);
+                    Box::pin(async move { report })
+                })
+        });
+    match server {
+        Ok(mut server) => {
+            tracing::info!(path = %path.display(), "serving ipc");
+            let handle = server.handle();
+            handle.register_metrics(collector.handle().metrics());
+            let task = tokio::spawn(async move { server.start(task_handler(latest)).await });
+            Ok(Some((handle, task)))
+        }
+        Err(e) if explicit => Err(RunError::Failed(
+            anyhow::Error::new(e).context(format!("cannot serve ipc on {}", path.display())),
+        )),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "not serving ipc");
+            Ok(None)
+        }
+    }
+}
+
+/// The collector's health with perfmond's counters on its source.
+fn health(
+    handle: &collector_core::CollectorHandle,
+    counters: &PerfmondCounters,
+) -> daemoneye_lib::proto::ComponentHealth {
+    let mut report = collector_core::ipc::collector_health(NAME, handle);
+    if let Some(source) = report.components.iter_mut().find(|c| c.name == NAME) {
+        let s = &counters.sampler;
+        source.counters.extend([
+            ("samples".to_owned(), s.samples.get()),
+            ("samples_failed".to_owned(), counters.samples_failed.get()),
+            ("anomalies".to_owned(), s.anomalies.get()),
+            ("host_read_errors".to_owned(), s.read_errors.get()),
+            ("processes_vanished".to_owned(), s.vanished.get()),
+            ("skipped_over_limit".to_owned(), s.skipped.get()),
+            (
+                "pressure_files_absent".to_owned(),
+                u64::try_from(s.psi_absent.get()).unwrap_or(0),
+            ),
+        ]);
+    }
+    report
+}
+
+/// One row of `perfmond top`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopRow {
+    /// Pid.
+    pub pid: u32,
+    /// The owner's user name (its uid when it has none).
+    pub user: String,
+    /// CPU share over the interval, percent of one core.
+    pub cpu_percent: f64,
+    /// RSS in KiB.
+    pub rss_kib: u64,
+    /// The command line, or `[comm]` without one (kernel threads, zombies).
+    pub command: String,
+}
+
+/// What [`top`] saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopReport {
+    /// The busiest processes, busiest first.
+    pub rows: Vec<TopRow>,
+    /// Processes read by the second scan.
+    pub processes: usize,
+    /// How long the first scan took (every process new to the table).
+    pub first_scan: Duration,
+    /// How long the second took (every process known: the steady state).
+    pub second_scan: Duration,
+}
+
+/// The `n` busiest processes over `interval`: two scans of the process
+/// table that far apart.
+///
+/// # Errors
+/// When `/proc` cannot be listed or the clock read.
+pub async fn top(n: usize, interval: Duration) -> anyhow::Result<TopReport> {
+    let units = crate::sampler::KernelUnits::current();
+    let proc_root = PathBuf::from("/proc");
+    let mut table = ProcessTable::new(&proc_root, units, 1_000_000);
+    let none = crate::anomaly::AnomalyConfig::default();
+    let first = boot_time_now()?;
+    let clock = || boot_time_now().unwrap_or(first);
+    let timer = tokio::time::Instant::now();
+    table.scan(clock, &none)?;
+    let first_scan = timer.elapsed();
+    tokio::time::sleep(interval).await;
+    let timer = tokio::time::Instant::now();
+    let stats = table.scan(clock, &none)?;
+    let second_scan = timer.elapsed();
+    let top = table.top(n).to_vec();
+    let rows = top
+        .iter()
+        .map(|t| {
+            let comm = table.get(t.pid).map_or("", |e| e.comm.as_str());
+            TopRow {
+                pid: t.pid,
+                user: owner(&proc_root, t.pid),
+                cpu_percent: t.cpu_percent,
+                rss_kib: t.rss_bytes / 1024,
+                command: command(&proc_root, t.pid, comm),
+            }
+        })
+        .collect();
+    Ok(TopReport {
+        rows,
+        processes: stats.processes,
+        first_scan,
+        second_scan,
+    })
+}
+
+/// The user name (or uid) owning `/proc/<pid>`; `?` when it is gone.
+fn owner(root: &Path, pid: u32) -> String {
+    let Ok(meta) = std::fs::metadata(root.join(pid.to_string())) else {
+        return "?".to_owned();
+    };
+    let uid = meta.uid();
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// `/proc/<pid>/cmdline` joined by spaces, or `[comm]`.
+fn command(root: &Path, pid: u32, comm: &str) -> String {
+    let raw = std::fs::read(root.join(pid.to_string()).join("cmdline")).unwrap_or_default();
+    let args: Vec<_> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect();
+    if args.is_empty() {
+        format!("[{comm}]")
+    } else {
+        args.join(" ")
+    }
+}
+
+/// Writes `rows` as a table like `top -b -n 1`'s process list.
+///
+/// # Errors
+/// What writing to `out` returns.
+pub fn write_top(out: &mut impl Write, rows: &[TopRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>7} {:<10} {:>6} {:>10}  COMMAND",
+        "PID", "USER", "%CPU", "RSS_KB"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:>7} {:<10} {:>6.1} {:>10}  {}",
+            r.pid, r.user, r.cpu_percent, r.rss_kib, r.command
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! [`PerfmondSource`]: the [`Sampler`] as an [`EventSource`] of the
+//! collector-core runtime, sampling every [`PerfmondConfig::interval`].
+//!
+//! Each sample runs on Tokio's blocking pool (it reads files) with the
+//! sampler moved in and out, so the loop owns it and no lock is held across
+//! an `.await`. Events go out with `send(..).await` (the runtime's
+//! backpressure); shutdown ends the loop between and during sends.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use collector_core::metrics::{Counter, Registry};
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+use collector_core::{CollectionEvent, EventSource, PerformanceEvent, SourceCaps, SourceContext};
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::AnomalyConfig;
+use crate::metric::{event, Metric};
+use crate::sampler::{Sampler, SamplerConfig, SamplerCounters};
+
+/// Everything perfmond's source needs (the `[perfmond]` section of
+/// `perfmond run --config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerfmondConfig {
+    /// Time between samples.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// What is sampled.
+    pub sampler: SamplerConfig,
+    /// The anomalies' thresholds.
+    pub anomalies: AnomalyConfig,
+}
+
+impl Default for PerfmondConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            sampler: SamplerConfig::default(),
+            anomalies: AnomalyConfig::default(),
+        }
+    }
+}
+
+impl PerfmondConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`collector_core::ConfigError::Invalid`] naming the bad field.
+    pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
+        if self.interval < Duration::from_millis(100) {
+            return Err(collector_core::ConfigError::Invalid {
+                field: "interval",
+                reason: "must be at least 100 ms".to_owned(),
+            });
+        }
+        self.sampler.validate()?;
+        self.anomalies.validate()
+    }
+}
+
+/// The source's counters: the sampler's, and what left for the runtime.
+#[derive(Debug, Clone, Default)]
+pub struct PerfmondCounters {
+    /// The sampler's.
+    pub sampler: SamplerCounters,
+    /// Samples that failed as a whole (the process directory unlistable).
+    pub samples_failed: Counter,
+    /// Events sent to the runtime.
+    pub emitted: Counter,
+}
+
+impl PerfmondCounters {
+    /// Registers every counter under `daemoneye_*{source="perfmond"}`.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let s = &self.sampler;
+        registry.register_counters(
+            &[("source", "perfmond")],
+            &[
+                (
+                    "daemoneye_collection_cycles_total",
+                    "Full collections (samples) completed.",
+                    &s.samples,
+                ),
+                (
+                    "daemoneye_collections_failed_total",
+                    "Full collections (samples) that failed.",
+                    &self.samples_failed,
+                ),
+                (
+                    "daemoneye_events_emitted_total",
+                    "Events a source sent to the runtime.",
+                    &self.emitted,
+                ),
+                (
+                    "daemoneye_anomalies_reported_total",
+                    "Performance anomalies reported.",
+                    &s.anomalies,
+                ),
+                (
+                    "daemoneye_processes_exited_total",
+                    "Processes gone from the sampled table since the previous sample.",
+                    &s.exited,
+                ),
+            ],
+        );
+        registry.register_by_reason(
+            "daemoneye_reads_failed_total",
+            "Kernel files a sampler could not read or parse, by reason.",
+            &[("source", "perfmond")],
+            [
+                ("host_file", &s.read_errors),
+                ("process_vanished", &s.vanished),
+                ("process_unreadable", &s.unreadable),
+            ],
+        );
+        registry.register_gauge(
+            "daemoneye_pressure_files_absent",
+            "Pressure stall files (cpu, memory, io) the kernel does not have: not sampled.",
+            &[("source", "perfmond")],
+            &s.psi_absent,
+        );
+        registry.register_counter(
+            "daemoneye_items_skipped_total",
+            "Processes, cgroups and devices over their configured limit, not read.",
+            &[("source", "perfmond")],
+            &s.skipped,
+        );
+    }
+}
+
+/// The events of the latest sample, for answering
+/// `COLLECT_PERFORMANCE_METRICS` tasks between samples. Cheap to clone
+/// (clones share it).
+#[derive(Debug, Clone, Default)]
+pub struct LatestSample(Arc<Mutex<Arc<[PerformanceEvent]>>>);
+
+impl LatestSample {
+    /// The latest sample's events (empty before the first).
+    pub fn get(&self) -> Arc<[PerformanceEvent]> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, events: &[PerformanceEvent]) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = events.into();
+    }
+}
+
+/// The performance collector. See the [module docs](self).
+pub struct PerfmondSource {
+    config: PerfmondConfig,
+    counters: PerfmondCounters,
+    latest: LatestSample,
+    sampler: tokio::sync::Mutex<Option<Sampler>>,
+    last_error: Mutex<Option<String>>,
+}
+
+collector_core::debug_fields!(PerfmondSource { config });
+
+/// The source's name, in logs, metrics and health.
+pub const NAME: &str = "perfmond";
+
+impl PerfmondSource {
+    /// A source with `config`, validated.
+    ///
+    /// # Errors
+    /// [`collector_core::ConfigError::Invalid`] naming a bad field.
+    pub fn new(config: PerfmondConfig) -> Result<Self, collector_core::ConfigError> {
+        config.validate()?;
+        let counters = PerfmondCounters::default();
+        let sampler = Sampler::new(
+            config.sampler.clone(),
+            config.anomalies.clone(),
+            counters.sampler.clone(),
+        );
+        Ok(Self {
+            config,
+            counters,
+            latest: LatestSample::default(),
+            sampler: tokio::sync::Mutex::new(Some(sampler)),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The counters (shared: clones see the same values).
+    pub fn counters(&self) -> PerfmondCounters {
+        self.counters.clone()
+    }
+
+    /// The latest sample (shared: it follows the running source).
+    pub fn latest(&self) -> LatestSample {
+        self.latest.clone()
+    }
+
+    /// Registers the counters for `/metrics`.
+    pub fn register_metrics(&self, registry: &Registry) {
+        self.counters.register_metrics(registry);
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
+    }
+}
+
+#[async_trait]
+impl EventSource for PerfmondSource {
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        let mut sampler = self
+            .sampler
+            .lock()
+            .await
+            .take()
+            .context("perfmond's source is already running")?;
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::new();
+        let result = 'run: loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => break 'run Ok(()),
+                _ = tick.tick() => {}
+            }
+            let started = tokio::time::Instant::now();
+            let joined = tokio::task::spawn_blocking(move || {
+                let report = sampler.sample(&mut out);
+                (sampler, out, report)
+            })
+            .await;
+            let report;
+            (sampler, out, report) = match joined {
+                Ok(parts) => parts,
+                // The sampler is lost with its task: this source is done.
+                Err(e) => return Err(anyhow::anyhow!("the sampler failed: {e}")),
+            };
+            match report {
+                Ok(r) => {
+                    self.set_error(None);
+                    tracing::debug!(processes = r.scan.processes, events = r.events, "sampled");
+                }
+                Err(e) => {
+                    self.counters.samples_failed.inc();
+                    tracing::warn!(error = %e, "sample failed");
+                    self.set_error(Some(format!("the last sample failed: {e}")));
+                }
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            out.extend(event(
+                Metric::SampleMs,
+                ms,
+                "collector",
+                None,
+                std::time::SystemTime::now(),
+            ));
+            self.latest.set(&out);
+            for e in out.drain(..) {
+                let sent = tokio::select! {
+                    biased;
+                    () = ctx.shutdown().cancelled() => break 'run Ok(()),
+                    sent = ctx.out().send(CollectionEvent::Performance(e)) => sent,
+                };
+                if sent.is_err() {
+                    break 'run Ok(()); // the runtime is gone
+                }
+                self.counters.emitted.inc();
+            }
+        };
+        *self.sampler.lock().await = Some(sampler);
+        result
+    }
+
+    async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, flag).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        let e = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match e {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+}

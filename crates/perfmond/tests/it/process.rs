@@ -1,0 +1,122 @@
+//! The process table on the real `/proc`: a busy child in the top N, its
+//! sustained-CPU anomaly, a child that exits between two samples.
+
+use std::time::Duration;
+
+use perfmond::anomaly::AnomalyConfig;
+use perfmond::sampler::{boot_time_now, KernelUnits, ProcessTable};
+use perfmond::Metric;
+
+use crate::Spawned;
+
+fn clock() -> Duration {
+    boot_time_now().unwrap()
+}
+
+fn table() -> ProcessTable {
+    ProcessTable::new("/proc", KernelUnits::current(), 1_000_000)
+}
+
+/// Scans every `every` until `done` holds of the table (returning what it
+/// returned) or `limit` has passed (then `None`).
+async fn scan_until<T>(
+    t: &mut ProcessTable,
+    config: &AnomalyConfig,
+    every: Duration,
+    limit: Duration,
+    mut done: impl FnMut(&mut ProcessTable) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    t.scan(clock, config).unwrap();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(every).await; // the sampling interval
+        t.scan(clock, config).unwrap();
+        if let Some(v) = done(t) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_busy_child_is_in_the_top_ten_with_about_one_core() {
+    let child = Spawned::busy();
+    let pid = child.pid();
+    let mut t = table();
+    let mut seen = Vec::new();
+    let mut last = (tokio::time::Instant::now(), child.cpu_ns());
+    let share = scan_until(
+        &mut t,
+        &AnomalyConfig::default(),
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+        |t| {
+            let now = (tokio::time::Instant::now(), child.cpu_ns());
+            let got = (now.1 - last.1) as f64 / (now.0 - last.0).as_nanos() as f64 * 100.0;
+            last = now;
+            let share = t.top(10).iter().find(|p| p.pid == pid)?.cpu_percent;
+            seen.push((share, got));
+            (share >= crate::wanted_share(got)).then_some(share)
+        },
+    )
+    .await;
+    let share = share.unwrap_or_else(|| {
+        panic!("pid {pid} never in the top 10 at its share (perfmond, scheduler): {seen:?}")
+    });
+    // One thread cannot use more than one core: a little over is tick
+    // rounding (a tick is 10 ms of the 500 ms interval), more is a wrong
+    // interval.
+    assert!(share <= 120.0, "{share}");
+    let e = t.get(pid).unwrap();
+    assert_eq!(e.start_ticks, child.start_ticks());
+    assert!(e.rss_bytes > 0);
+}
+
+#[tokio::test]
+async fn a_sustained_cpu_anomaly_fires_for_the_busy_child() {
+    let child = Spawned::busy();
+    let pid = child.pid();
+    let config = AnomalyConfig {
+        // Well above an idle process, below what a shared machine leaves
+        // the child.
+        sustained_cpu_percent: 25.0,
+        sustained_cpu_for: Duration::from_secs(2),
+        ..AnomalyConfig::default()
+    };
+    let mut t = table();
+    let started = tokio::time::Instant::now();
+    let fired = scan_until(
+        &mut t,
+        &config,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        |t| {
+            t.anomalies()
+                .iter()
+                .find(|a| a.pid == pid && a.fired.metric == Metric::AnomalySustainedCpu)
+                .copied()
+        },
+    )
+    .await
+    .expect("no sustained-cpu anomaly for the busy child within 30 s");
+    assert!(fired.fired.value >= 25.0, "{fired:?}");
+    assert_eq!(fired.start_ticks, child.start_ticks());
+    // Not before the child can have been busy for 2 s.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_child_that_exits_between_samples_leaves_no_entry() {
+    let mut child = Spawned::idle();
+    let pid = child.pid();
+    let mut t = table();
+    let config = AnomalyConfig::default();
+    t.scan(clock, &config).unwrap();
+    assert!(t.get(pid).is_some());
+    child.child.kill().unwrap();
+    child.child.wait().unwrap(); // reaped: its /proc entry is gone
+    let stats = t.scan(clock, &config).unwrap();
+    assert!(t.get(pid).is_none(), "a stale entry for the exited pid");
+    assert!(stats.exited >= 1, "{stats:?}");
+    assert!(t.top(usize::MAX).iter().all(|p| p.pid != pid));
+}

@@ -1,0 +1,180 @@
+//! The source in the collector-core runtime and its conformance kit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::testing::{check_source, recv_until, ConformanceConfig};
+use collector_core::{CollectionEvent, Collector, CollectorConfig, EventKind};
+use perfmond::{AnomalyConfig, Metric, PerfmondConfig, PerfmondSource};
+
+use crate::Spawned;
+
+fn fast() -> PerfmondConfig {
+    PerfmondConfig {
+        interval: Duration::from_millis(200),
+        ..PerfmondConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn the_source_passes_the_conformance_kit() {
+    let source = PerfmondSource::new(fast()).unwrap();
+    let counters = source.counters();
+    let config = ConformanceConfig {
+        run_for: Duration::from_secs(10),
+        // Two samples at least: the second has rates.
+        min_events: 60,
+        ..ConformanceConfig::default()
+    };
+    let report = check_source(Arc::new(source), &config).await.unwrap();
+    assert_eq!(
+        report.events_by_kind.keys().copied().collect::<Vec<_>>(),
+        [EventKind::Performance]
+    );
+    let names: Vec<&str> = report
+        .sample
+        .iter()
+        .filter_map(|e| match e {
+            CollectionEvent::Performance(p) => Some(p.metric_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for want in [
+        "memory.available",
+        "load.avg1",
+        "processes.running",
+        "collector.sample_ms",
+    ] {
+        assert!(names.contains(&want), "no {want} in {names:?}");
+    }
+    for n in &names {
+        assert!(
+            Metric::from_name(n).is_some(),
+            "{n} is not in the names list"
+        );
+    }
+    assert!(counters.sampler.samples.get() >= 1);
+    assert_eq!(counters.samples_failed.get(), 0);
+    // The same counters, as /metrics names them.
+    let registry = collector_core::Registry::new();
+    counters.register_metrics(&registry);
+    let source = [("source", "perfmond")];
+    assert_eq!(
+        registry.value("daemoneye_collection_cycles_total", &source),
+        Some(counters.sampler.samples.get())
+    );
+    assert_eq!(
+        registry.value("daemoneye_events_emitted_total", &source),
+        Some(u64::try_from(report.events()).unwrap())
+    );
+}
+
+/// Through the runtime: the busy child's anomaly is an event a subscriber
+/// (the agent's rules, later) sees, with the child's process key.
+#[tokio::test]
+async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
+    let child = Spawned::busy();
+    let pid = child.pid();
+    let config = PerfmondConfig {
+        interval: Duration::from_millis(500),
+        anomalies: AnomalyConfig {
+            sustained_cpu_percent: 25.0,
+            sustained_cpu_for: Duration::from_secs(2),
+            ..AnomalyConfig::default()
+        },
+        ..PerfmondConfig::default()
+    };
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector
+        .register(Box::new(PerfmondSource::new(config).unwrap()))
+        .unwrap();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
+    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    let is = |e: &CollectionEvent, name: &str| matches!(e, CollectionEvent::Performance(p) if p.metric_name == name && p.pid == Some(pid));
+    let limit = Duration::from_secs(30);
+    let top = tokio::time::timeout(
+        limit,
+        recv_until(&mut sub, |e| is(e, "process.cpu_percent")),
+    )
+    .await
+    .expect("the child never in the top 10")
+    .unwrap();
+    let anomaly = tokio::time::timeout(
+        limit,
+        recv_until(&mut sub, |e| is(e, "anomaly.sustained_cpu")),
+    )
+    .await
+    .expect("no anomaly for the child")
+    .unwrap();
+    for e in [top, anomaly] {
+        let CollectionEvent::Performance(p) = e else {
+            unreachable!()
+        };
+        let key = p.process_key.expect("a process key");
+        assert_eq!((key.pid, key.start_ticks), (pid, child.start_ticks()));
+        assert_eq!(p.unit, "percent");
+    }
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_runs() {
+    let e = PerfmondSource::new(PerfmondConfig {
+        interval: Duration::from_millis(1),
+        ..PerfmondConfig::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("interval"), "{e}");
+    let text = "interval = \"5s\"\n[anomalies]\nsustained_cpu_percent = 80.0\nsustained_cpu_for = \"2m\"\n";
+    let c: PerfmondConfig = toml::from_str(text).unwrap();
+    assert_eq!(c.anomalies.sustained_cpu_for, Duration::from_secs(120));
+    assert!(toml::from_str::<PerfmondConfig>("intervall = \"5s\"").is_err());
+}
+
+/// A fork storm the test starts raises `anomaly.fork_rate` (from
+/// `/proc/stat`'s `processes`), well above this host's background rate.
+#[tokio::test]
+async fn a_fork_storm_raises_the_fork_rate_anomaly() {
+    let _storm = Spawned::forking();
+    let config = PerfmondConfig {
+        interval: Duration::from_millis(500),
+        anomalies: AnomalyConfig {
+            fork_rate_per_second: 100.0,
+            ..AnomalyConfig::default()
+        },
+        ..PerfmondConfig::default()
+    };
+    let mut collector = Collector::new(CollectorConfig::default());
+    collector
+        .register(Box::new(PerfmondSource::new(config).unwrap()))
+        .unwrap();
+    let handle = collector.handle();
+    let mut sub = handle.subscribe();
+    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    let anomaly = tokio::time::timeout(
+        Duration::from_secs(20),
+        recv_until(&mut sub, |e| {
+            matches!(e, CollectionEvent::Performance(p) if p.metric_name == "anomaly.fork_rate")
+        }),
+    )
+    .await
+    .expect("no fork-rate anomaly within 20 s")
+    .unwrap();
+    let CollectionEvent::Performance(p) = anomaly else {
+        unreachable!()
+    };
+    assert!(p.value > 100.0, "{p:?}");
+    assert_eq!((p.pid, p.unit.as_str()), (None, "per_second"));
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
