@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0-only */
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
  * The little of libbpf's bpf_helpers.h that process.bpf.c needs: section and
  * BTF map-definition macros, and the helpers it calls, by their stable UAPI

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0-only */
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
  * procmond's eBPF tier: one record per new process, exec and process exit,
  * from BTF tracepoints (no kprobes), out through one ring buffer.
@@ -105,7 +105,9 @@ struct {
 	__type(value, struct path_buf);
 } PATHS SEC(".maps");
 
-char LICENSE[] SEC("license") = "GPL";
+/* GPL-compatible, as the kernel requires of programs using its GPL-only
+ * helpers; MIT beside it, to fit the Apache-2.0 code that loads it. */
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* The byte offset of a field on the running kernel (CO-RE). */
 #define FIELD_OFFSET(type, field) __builtin_preserve_field_info(((type *)0)->field, 0)
