@@ -95,7 +95,16 @@ fn reduce_to(permitted: CapabilitySet) -> Result<Dropped, PrivilegeError> {
         return Ok(Dropped::NotRoot);
     }
     let current = capabilities(None).map_err(fail("capget"))?;
-    for cap in CapabilitySet::all().difference(permitted).iter() {
+    // Lowering the bounding set takes CAP_SETPCAP. A collector started by
+    // its supervisor has not got it (nor can regain it): its bounding set is
+    // the supervisor's, and with `no_new_privs` (inherited) no exec can give
+    // more than the permitted set lowered below.
+    let may_lower_bounding = current.effective.contains(CapabilitySet::SETPCAP);
+    for cap in CapabilitySet::all()
+        .difference(permitted)
+        .iter()
+        .filter(|_| may_lower_bounding)
+    {
         // Absent from the bounding set already (or unknown to this kernel).
         if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
             remove_capability_from_bounding_set(cap).map_err(fail("prctl(PR_CAPBSET_DROP)"))?;

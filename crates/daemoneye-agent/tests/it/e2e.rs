@@ -389,9 +389,17 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // Health over the agent's socket (asked once, read below).
     let report = agent_health(data.path());
 
-    // As root, the agent and its collector keep only three capabilities
-    // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE) and no_new_privs.
-    for pid in [agent.child.id(), report.components[0].pid] {
+    // As root, the agent and its collector use only three capabilities
+    // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs. The agent
+    // also holds, permitted and never effective, the two its collector needs
+    // to load the eBPF tier (BPF, PERFMON); the collector has dropped them
+    // once loaded (its bounding set is the agent's: lowering it would take
+    // CAP_SETPCAP, and no_new_privs keeps any exec within the permitted set).
+    let load_ebpf = "000000c000081004";
+    for (pid, permitted) in [
+        (agent.child.id(), load_ebpf),
+        (report.components[0].pid, "0000000000081004"),
+    ] {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
             status
@@ -402,7 +410,8 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
                 .to_owned()
         };
         assert_eq!(field("CapEff:"), "0000000000081004", "pid {pid}");
-        assert_eq!(field("CapBnd:"), "0000000000081004", "pid {pid}");
+        assert_eq!(field("CapPrm:"), permitted, "pid {pid}");
+        assert_eq!(field("CapBnd:"), load_ebpf, "pid {pid}");
         assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
     }
 
