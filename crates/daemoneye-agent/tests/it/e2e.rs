@@ -172,7 +172,18 @@ fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
 fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
     let exe = dir.join(name);
     std::fs::copy(src, &exe).unwrap();
-    let status = Command::new(&exe).args(args).status().unwrap();
+    // Another test's fork may still hold the copy's write descriptor for a
+    // moment (until its child execs): the kernel then says "text file busy".
+    let mut tries = 0;
+    let status = loop {
+        match Command::new(&exe).args(args).status() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert!(status.success());
     std::fs::remove_file(&exe).unwrap();
 }
