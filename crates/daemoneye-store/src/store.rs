@@ -749,6 +749,19 @@ impl Store {
         Ok(verified)
     }
 
+    /// Whether the chain still holds `anchor` (only that: run
+    /// [`verify_ledger_anchored`](Self::verify_ledger_anchored) for the
+    /// verdict), to say which anchors held.
+    ///
+    /// # Errors
+    /// As [`ledger::verify_anchors`].
+    pub fn check_anchor(&self, anchor: &ledger::Anchor) -> Result<(), StoreError> {
+        Ok(ledger::verify_anchors(
+            &self.conn,
+            std::slice::from_ref(anchor),
+        )?)
+    }
+
     fn has_ledger(&self) -> Result<bool, StoreError> {
         Ok(self.conn.query_row(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",

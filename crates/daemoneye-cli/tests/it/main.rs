@@ -1,6 +1,8 @@
 //! The `daemoneye-cli` binary: verdicts, exit codes, output.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod anchor;
+
 use std::process::Command;
 use std::time::SystemTime;
 
