@@ -289,7 +289,7 @@ impl Pipeline {
         {
             Ok(head) => info!(seq = head.seq, "agent start recorded in the ledger"),
             Err(e) => {
-                error!(error = %daemoneye_lib::error_chain(&e), "cannot record the start in the ledger")
+                error!(error = %daemoneye_lib::error_chain(&e), "cannot record the start in the ledger");
             }
         }
         self.checkpoint().await;
@@ -326,6 +326,21 @@ impl Pipeline {
             "agent stopped"
         );
     }
+}
+
+/// Adds to `batch` what is already waiting, up to [`MAX_JUDGED`] events, to
+/// judge it in one go: under a burst the rules run once per many events,
+/// not once per small batch; when quiet, nothing waits. True when a link
+/// reconnected meanwhile.
+fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> bool {
+    while batch.len() < MAX_JUDGED {
+        match rx.try_recv() {
+            Ok(LinkEvent::Events(more)) => batch.extend(more),
+            Ok(LinkEvent::Connected) => return true,
+            Err(_) => break,
+        }
+    }
+    false
 }
 
 /// Appends a `checkpoint` entry after everything given to `writer` so far
@@ -480,9 +495,7 @@ impl Agent {
             rules_refused: refused.len() as u64,
         };
         health.register_metrics(&metrics);
-        for (name, stats) in sinks.checkpoint_stats() {
-            stats.register_checkpoints(&metrics, name);
-        }
+        (sinks.checkpoint_stats().iter()).for_each(|(n, s)| s.register_checkpoints(&metrics, n));
         detector.engine().stats().register(&metrics);
         detector.register_metrics(&metrics);
         let socket = data_dir.join("agent.sock");
@@ -600,20 +613,7 @@ impl Agent {
                 () = shutdown.cancelled() => break,
                 event = rx.recv() => match event {
                     Some(LinkEvent::Events(mut batch)) => {
-                        // Judge everything already waiting in one go: under a
-                        // burst the rules run once per many events, not once per
-                        // small batch; when quiet, nothing waits.
-                        let mut reconnected = false;
-                        while batch.len() < MAX_JUDGED {
-                            match rx.try_recv() {
-                                Ok(LinkEvent::Events(more)) => batch.extend(more),
-                                Ok(LinkEvent::Connected) => {
-                                    reconnected = true;
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        let reconnected = take_waiting(&mut rx, &mut batch);
                         // Rules run on this thread (and a second connection's):
                         // let the runtime move its other tasks elsewhere meanwhile.
                         let judged = tokio::task::block_in_place(|| detector.on_events(&batch));

@@ -291,23 +291,25 @@ fn read_anchors(args: &[String]) -> Result<Vec<Anchor>, String> {
 
 /// The runs the ledger records, in one line.
 fn runs_line(r: &Runs) -> String {
+    use std::fmt::Write as _;
     let mut line = format!("runs: {} starts, {} clean stops", r.starts, r.stops);
     if !r.unclean.is_empty() {
         let seqs: Vec<String> = r.unclean.iter().map(ToString::to_string).collect();
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             "; {} ended uncleanly (no stop before the start at seq {})",
             r.unclean.len(),
             seqs.join(", ")
-        ));
+        );
     }
     if r.running {
         line.push_str("; the last run has no stop (running, or ended uncleanly)");
     }
-    line.push_str(&format!("; {} checkpoints", r.checkpoints));
+    let _ = write!(line, "; {} checkpoints", r.checkpoints);
     if let Some(seq) = r.last_checkpoint {
-        line.push_str(&format!(" (last at seq {seq})"));
+        let _ = write!(line, " (last at seq {seq})");
     }
-    line.push_str(&format!("; {} gaps", r.gaps));
+    let _ = write!(line, "; {} gaps", r.gaps);
     if r.gaps > 0 {
         line.push_str(" (writes the store lost)");
     }

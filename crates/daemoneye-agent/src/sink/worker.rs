@@ -235,7 +235,7 @@ impl SinkWorker {
 
     fn drop_one(&self, stats: &SinkStats, why: SinkSendError) -> SinkSendError {
         let dropped = stats.dropped();
-        if std::ptr::eq(stats, &*self.checkpoints) {
+        if std::ptr::eq(stats, Arc::as_ptr(&self.checkpoints)) {
             warn!(sink = self.name, dropped, error = %why, "checkpoint dropped: the ledger's head did not leave the host this time");
         } else if dropped.is_power_of_two() {
             warn!(sink = self.name, dropped, error = %why, "alert sink is not keeping up; alerts dropped");
