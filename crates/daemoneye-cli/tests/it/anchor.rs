@@ -156,6 +156,22 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     let line = serde_json::to_string(&newest).unwrap();
     assert_eq!(verify(&data, &[&hex]).0, Some(0));
     assert_eq!(verify(&data, &[&line]).0, Some(0));
+    let out = cli(
+        &[
+            "--format",
+            "json",
+            "ledger",
+            "verify",
+            "--anchor",
+            &hex,
+            "--data-dir",
+        ],
+        &[&data],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["anchors"][0]["held"], true, "{json}");
+    assert_eq!(json["runs"]["unclean"], serde_json::json!([9]), "{json}");
 
     // (b) The tail cut: verifies without an anchor, fails against it.
     let (cut, anchors) = copy(&data, &file);
@@ -173,6 +189,28 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
         out.contains(&format!("anchor 10:{} held", all[2].head)),
         "{out}"
     );
+    let out = cli(
+        &[
+            "--format",
+            "json",
+            "ledger",
+            "verify",
+            "--anchor",
+            anchors.to_str().unwrap(),
+            "--data-dir",
+        ],
+        &[cut.path()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false, "{json}");
+    let held: Vec<bool> = json["anchors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["held"].as_bool().unwrap())
+        .collect();
+    assert_eq!(held, [true, true, true, false], "{json}");
 
     // (c) The whole ledger deleted (its rows and the alerts, or the table).
     let (gone, anchors) = copy(&data, &file);
