@@ -10,6 +10,13 @@
 //! ([`Agent::metrics`]), served at `/metrics` when
 //! [`Settings::metrics_listen`] is set.
 //!
+//! The audit ledger records the agent's runs: a `start` entry when it
+//! starts, a `stop` entry when it stops cleanly; and its head leaves the
+//! host: a checkpoint (a `checkpoint` entry whose sequence number and hash,
+//! with what the store lost since the previous one, go to every sink) at
+//! start, every [`Settings::checkpoint_interval`] and at shutdown, after
+//! the `stop` entry.
+//!
 //! Each batch of events is judged as it arrives (what is already waiting is
 //! judged with it, up to [`MAX_JUDGED`] events), the whole process table at
 //! every sweep; alerts go to the sinks first (they never wait), then the
@@ -266,16 +273,48 @@ impl Pipeline {
         }
     }
 
-    /// Delivers what the sinks hold (within a few seconds), then commits
-    /// what the store was given; logs the totals (with the collectors'
-    /// `restarts`).
-    async fn close(self, restarts: u64) {
+    /// Appends a `checkpoint` entry after everything given to the store so
+    /// far and sends it to every sink.
+    async fn checkpoint(&mut self) {
+        checkpoint(&self.writer, &self.sinks).await;
+    }
+
+    /// Records the start in the ledger (with the head found), then the
+    /// first checkpoint.
+    async fn start(&mut self) {
+        match self
+            .writer
+            .record_start(env!("CARGO_PKG_VERSION"), std::process::id())
+            .await
+        {
+            Ok(head) => info!(seq = head.seq, "agent start recorded in the ledger"),
+            Err(e) => {
+                error!(error = %daemoneye_lib::error_chain(&e), "cannot record the start in the ledger");
+            }
+        }
+        self.checkpoint().await;
+    }
+
+    /// Records the clean stop in the ledger and the last checkpoint after
+    /// it, within `deadline`; delivers what the sinks hold (within a few
+    /// seconds), then commits what the store was given; logs the totals
+    /// (with the collectors' `restarts`).
+    async fn close(self, restarts: u64, deadline: tokio::time::Instant) {
         let Self {
             detector,
             sinks,
             writer,
             counters,
         } = self;
+        let stopped = tokio::time::timeout_at(deadline, async {
+            if let Err(e) = writer.record_stop(std::process::id()).await {
+                error!(error = %daemoneye_lib::error_chain(&e), "cannot record the stop in the ledger");
+            }
+            checkpoint(&writer, &sinks).await;
+        });
+        if stopped.await.is_err() {
+            warn!("the store did not record the stop and the last checkpoint by the shutdown deadline");
+        }
         sinks
             .close(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
             .await;
@@ -286,6 +325,46 @@ impl Pipeline {
             suppressed = detector.suppressed(),
             "agent stopped"
         );
+    }
+}
+
+/// Adds to `batch` what is already waiting, up to [`MAX_JUDGED`] events, to
+/// judge it in one go: under a burst the rules run once per many events,
+/// not once per small batch; when quiet, nothing waits. True when a link
+/// reconnected meanwhile.
+fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> bool {
+    while batch.len() < MAX_JUDGED {
+        match rx.try_recv() {
+            Ok(LinkEvent::Events(more)) => batch.extend(more),
+            Ok(LinkEvent::Connected) => return true,
+            Err(_) => break,
+        }
+    }
+    false
+}
+
+/// Appends a `checkpoint` entry after everything given to `writer` so far
+/// and sends it to every sink.
+async fn checkpoint(writer: &StoreWriter, sinks: &SinkSet) {
+    match writer.checkpoint().await {
+        Ok(cp) => {
+            if cp.lost.is_none() {
+                info!(seq = cp.seq, head = %cp.head, "ledger checkpoint");
+            } else {
+                warn!(
+                    seq = cp.seq,
+                    head = %cp.head,
+                    writes_lost = cp.lost.writes,
+                    events_lost = cp.lost.events,
+                    gaps = cp.lost.gaps,
+                    "ledger checkpoint; the store lost writes since the last one"
+                );
+            }
+            sinks.deliver_checkpoint(&cp).await;
+        }
+        Err(e) => {
+            error!(error = %daemoneye_lib::error_chain(&e), "cannot take a ledger checkpoint");
+        }
     }
 }
 
@@ -320,6 +399,7 @@ pub struct Agent {
     links: Vec<(LinkConfig, Arc<LinkStatus>)>,
     health: AgentHealth,
     sweep_interval: std::time::Duration,
+    checkpoint_interval: std::time::Duration,
     metrics: Registry,
     /// Bound in `build`, served by `run`.
     metrics_server: Option<MetricsServer>,
@@ -330,6 +410,7 @@ impl std::fmt::Debug for Agent {
         f.debug_struct("Agent")
             .field("links", &self.links)
             .field("sweep_interval", &self.sweep_interval)
+            .field("checkpoint_interval", &self.checkpoint_interval)
             .field("metrics_addr", &self.metrics_addr())
             .finish_non_exhaustive()
     }
@@ -414,6 +495,7 @@ impl Agent {
             rules_refused: refused.len() as u64,
         };
         health.register_metrics(&metrics);
+        (sinks.checkpoint_stats().iter()).for_each(|(n, s)| s.register_checkpoints(&metrics, n));
         detector.engine().stats().register(&metrics);
         detector.register_metrics(&metrics);
         let socket = data_dir.join("agent.sock");
@@ -440,6 +522,7 @@ impl Agent {
             links,
             health,
             sweep_interval: settings.sweep_interval,
+            checkpoint_interval: settings.checkpoint_interval,
             metrics,
             metrics_server,
         })
@@ -480,6 +563,7 @@ impl Agent {
             links,
             health: _,
             sweep_interval,
+            checkpoint_interval,
             metrics: _,
             metrics_server,
         } = self;
@@ -513,7 +597,14 @@ impl Agent {
         let mut sweep = tokio::time::interval(sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await; // the first tick is immediate: nothing to sweep yet
+        pipeline.start().await;
+        let mut checkpoints = tokio::time::interval_at(
+            tokio::time::Instant::now() + checkpoint_interval,
+            checkpoint_interval,
+        );
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut checkpoint_due = false;
             let detector = &mut pipeline.detector;
             // What to judge: a batch of events (stored after its alerts are
             // out), or the whole table.
@@ -522,20 +613,7 @@ impl Agent {
                 () = shutdown.cancelled() => break,
                 event = rx.recv() => match event {
                     Some(LinkEvent::Events(mut batch)) => {
-                        // Judge everything already waiting in one go: under a
-                        // burst the rules run once per many events, not once per
-                        // small batch; when quiet, nothing waits.
-                        let mut reconnected = false;
-                        while batch.len() < MAX_JUDGED {
-                            match rx.try_recv() {
-                                Ok(LinkEvent::Events(more)) => batch.extend(more),
-                                Ok(LinkEvent::Connected) => {
-                                    reconnected = true;
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        let reconnected = take_waiting(&mut rx, &mut batch);
                         // Rules run on this thread (and a second connection's):
                         // let the runtime move its other tasks elsewhere meanwhile.
                         let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
@@ -548,8 +626,15 @@ impl Agent {
                     pipeline.counters.sweeps.inc();
                     (tokio::task::block_in_place(|| detector.sweep()), None, false)
                 }
+                _ = checkpoints.tick() => {
+                    checkpoint_due = true;
+                    (Ok(Vec::new()), None, false)
+                }
             };
             pipeline.settle(judged, batch, reconnected).await;
+            if checkpoint_due {
+                pipeline.checkpoint().await;
+            }
         }
         info!("shutting down");
         stop_links.cancel();
@@ -571,7 +656,10 @@ impl Agent {
             Err(e) => warn!(error = %e, "the agent's socket task failed"),
         }
         pipeline
-            .close(statuses.iter().map(|s| s.restarts.get()).sum())
+            .close(
+                statuses.iter().map(|s| s.restarts.get()).sum(),
+                tokio::time::Instant::now() + DRAIN_DEADLINE,
+            )
             .await;
         if let Some(serving) = metrics_serving {
             serving.stop().await;

@@ -16,6 +16,7 @@
 //! | `rules_dir` | `--rules-dir` | `DAEMONEYE_RULES_DIR` |
 //! | `sweep_interval` | `--sweep-interval` (`--sweep-secs`) | `DAEMONEYE_SWEEP_INTERVAL` |
 //! | `dedup_window` | `--dedup-window` (`--dedup-window-secs`) | `DAEMONEYE_DEDUP_WINDOW` |
+//! | `checkpoint_interval` | `--checkpoint-interval` | `DAEMONEYE_CHECKPOINT_INTERVAL` |
 //! | `sinks.alerts_jsonl` | `--alerts-jsonl` | `DAEMONEYE_ALERTS_JSONL` |
 //! | `sinks.syslog` | `--syslog` | `DAEMONEYE_SYSLOG` |
 //! | `sinks.webhook` | `--webhook` | `DAEMONEYE_WEBHOOK` |
@@ -70,6 +71,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Time within which a repeated alert is suppressed, unless configured.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+/// Time between the ledger's checkpoints sent to every sink (besides the
+/// ones at start and shutdown), unless configured.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 /// The name of the collector the agent runs when none is configured.
 pub const DEFAULT_COLLECTOR: &str = "procmond";
 
@@ -196,6 +200,16 @@ pub struct RunArgs {
         env = "DAEMONEYE_DEDUP_WINDOW"
     )]
     pub dedup_window: Option<Duration>,
+    /// Time between the ledger's checkpoints (its head, sent to every sink;
+    /// also one at start and one at shutdown) (seconds, or with units;
+    /// default 5 min).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        env = "DAEMONEYE_CHECKPOINT_INTERVAL"
+    )]
+    pub checkpoint_interval: Option<Duration>,
     /// Serve Prometheus metrics (text format) over HTTP at /metrics on
     /// ADDR, for example 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR", env = "DAEMONEYE_METRICS_LISTEN")]
@@ -216,6 +230,9 @@ pub struct AgentConfig {
     /// Time within which a repeated alert is suppressed.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Option<Duration>,
+    /// Time between the ledger's checkpoints sent to every sink.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Option<Duration>,
     /// Where `/metrics` is served (`"127.0.0.1:9464"`); off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// Where alerts go besides stdout and the store (`[sinks]`).
@@ -397,6 +414,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Deduplication window.
     pub dedup_window: Duration,
+    /// Time between the ledger's checkpoints, never zero.
+    pub checkpoint_interval: Duration,
     /// Where `/metrics` is served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// The sinks besides stdout and the store.
@@ -523,6 +542,16 @@ impl Settings {
         if sweep_interval.is_zero() {
             return Err(invalid("sweep_interval", "must be more than 0".to_owned()));
         }
+        let checkpoint_interval = args
+            .checkpoint_interval
+            .or(file.checkpoint_interval)
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL);
+        if checkpoint_interval.is_zero() {
+            return Err(invalid(
+                "checkpoint_interval",
+                "must be more than 0".to_owned(),
+            ));
+        }
         let sinks = resolve_sinks(file.sinks, args, &invalid)?;
         let entries = if let Some(program) = &args.procmond {
             vec![CollectorEntryConfig {
@@ -582,6 +611,7 @@ impl Settings {
                 .dedup_window
                 .or(file.dedup_window)
                 .unwrap_or(DEFAULT_DEDUP_WINDOW),
+            checkpoint_interval,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             sinks,
             collectors,
@@ -772,6 +802,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.sweep_interval, DEFAULT_SWEEP_INTERVAL);
         assert_eq!(s.dedup_window, DEFAULT_DEDUP_WINDOW);
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(300));
         assert_eq!(s.metrics_listen, None);
         assert_eq!(s.rules_dir, None);
         assert!(s.sinks.webhook.is_none() && s.sinks.alerts_jsonl.is_none());
@@ -795,6 +826,7 @@ mod tests {
             rules_dir = "/file/rules"
             sweep_interval = "2m"
             dedup_window = "10m"
+            checkpoint_interval = "90s"
             metrics_listen = "127.0.0.1:9464"
             [sinks]
             alerts_jsonl = "/file/alerts.jsonl"
@@ -808,6 +840,7 @@ mod tests {
         assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
         assert_eq!(s.sweep_interval, Duration::from_secs(120));
         assert_eq!(s.dedup_window, Duration::from_secs(600));
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(90));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.sinks.alerts_jsonl.as_deref(),
@@ -827,6 +860,8 @@ mod tests {
                 "5",
                 "--dedup-window",
                 "1h",
+                "--checkpoint-interval",
+                "2m",
                 "--interval",
                 "9",
                 "--alerts-jsonl",
@@ -840,6 +875,7 @@ mod tests {
         assert_eq!(s.rules_dir.as_deref(), Some(Path::new("/file/rules")));
         assert_eq!(s.sweep_interval, Duration::from_secs(5));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(120));
         assert_eq!(s.metrics_listen, Some("[::1]:9100".parse().unwrap()));
         assert!(AgentConfig::from_toml_str("metrics_listen = \"localhost\"").is_err());
         assert_eq!(
@@ -1001,6 +1037,18 @@ mod tests {
         let file = AgentConfig::from_toml_str("dedup_window = \"1h\"").unwrap();
         assert_eq!(file.dedup_window, Some(Duration::from_secs(3600)));
         assert!(AgentConfig::from_toml_str("dedup_window = 3600").is_err());
+        let file = AgentConfig::from_toml_str("checkpoint_interval = \"1h 30m\"").unwrap();
+        assert_eq!(file.checkpoint_interval, Some(Duration::from_secs(5400)));
+        let file = AgentConfig::from_toml_str("checkpoint_interval = \"250ms\"").unwrap();
+        assert_eq!(file.checkpoint_interval, Some(Duration::from_millis(250)));
+        // No units, not a duration, a misspelt key: refused.
+        assert!(AgentConfig::from_toml_str("checkpoint_interval = 300").is_err());
+        assert!(AgentConfig::from_toml_str("checkpoint_interval = \"soon\"").is_err());
+        let err = AgentConfig::from_toml_str("checkpoint_intervall = \"5m\"").unwrap_err();
+        assert!(err.to_string().contains("checkpoint_intervall"), "{err}");
+        let zero = AgentConfig::from_toml_str("checkpoint_interval = \"0s\"").unwrap();
+        let err = Settings::resolve(zero, None, &RunArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("checkpoint_interval"), "{err}");
     }
 
     #[test]
@@ -1013,6 +1061,7 @@ mod tests {
         assert!(matches!(s.collectors[0].launch, Launch::Builtin { .. }));
         assert_eq!(s.sweep_interval, Duration::from_secs(60));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(300));
         assert!(s.sinks.syslog.is_none() && s.sinks.webhook.is_none());
 
         // Its commented-out examples are valid too.

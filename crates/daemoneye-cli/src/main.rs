@@ -16,7 +16,7 @@ use collector_core::{CollectorIpcClient, IpcClientConfig};
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use daemoneye_rules::engine;
 use daemoneye_rules::rules::{self, Rule, RuleError};
-use daemoneye_store::ledger::LedgerError;
+use daemoneye_store::ledger::{Anchor, LedgerError, Runs};
 use daemoneye_store::{Store, StoreError};
 
 #[derive(Parser)]
@@ -97,8 +97,17 @@ enum RulesCommand {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Walk the hash chain; name the first bad entry.
-    Verify,
+    /// Walk the hash chain; name the first bad entry. With anchors (heads
+    /// kept off the host), also prove the chain still holds each: a cut
+    /// tail, a deleted or a rebuilt ledger fail.
+    Verify {
+        /// A head the chain must still hold: `SEQ:HEX` (as printed here),
+        /// a checkpoint's JSON line, or a file of JSON lines (the file
+        /// sink's output: every checkpoint line in it is checked, alerts
+        /// are skipped). Repeatable.
+        #[arg(long, value_name = "HASH|FILE")]
+        anchor: Vec<String>,
+    },
 }
 
 fn print_refusal(e: &RuleError) {
@@ -259,27 +268,130 @@ fn query(store: &Store, sql: &str, format: Format) -> Result<ExitCode, anyhow::E
     }
 }
 
-/// `ledger verify`: 0 when the chain holds, 1 ("ledger BROKEN") only when
-/// it does not, 2 with the cause when the store cannot be read.
-fn verify_ledger(data_dir: &Path, format: Format) -> ExitCode {
+/// The anchors `--anchor` names, each `SEQ:HEX`, a checkpoint's JSON line
+/// or a file of JSON lines.
+fn read_anchors(args: &[String]) -> Result<Vec<Anchor>, String> {
+    let mut out = Vec::new();
+    for arg in args {
+        let looks_inline = arg.trim_start().starts_with('{')
+            || arg.split_once(':').is_some_and(|(seq, _)| {
+                !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+            });
+        if looks_inline {
+            out.push(arg.parse::<Anchor>().map_err(|e| e.to_string())?);
+            continue;
+        }
+        let text = std::fs::read_to_string(arg).map_err(|e| {
+            format!("cannot read the anchor file {arg}: {e} (an anchor is SEQ:HEX, a checkpoint line, or a file of them)")
+        })?;
+        out.extend(Anchor::from_lines(&text).map_err(|e| format!("anchor file {arg}: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// The runs the ledger records, in one line.
+fn runs_line(r: &Runs) -> String {
+    use std::fmt::Write as _;
+    let mut line = format!("runs: {} starts, {} clean stops", r.starts, r.stops);
+    if !r.unclean.is_empty() {
+        let seqs: Vec<String> = r.unclean.iter().map(ToString::to_string).collect();
+        let _ = write!(
+            line,
+            "; {} ended uncleanly (no stop before the start at seq {})",
+            r.unclean.len(),
+            seqs.join(", ")
+        );
+    }
+    if r.running {
+        line.push_str("; the last run has no stop (running, or ended uncleanly)");
+    }
+    let _ = write!(line, "; {} checkpoints", r.checkpoints);
+    if let Some(seq) = r.last_checkpoint {
+        let _ = write!(line, " (last at seq {seq})");
+    }
+    let _ = write!(line, "; {} gaps", r.gaps);
+    if r.gaps > 0 {
+        line.push_str(" (writes the store lost)");
+    }
+    line
+}
+
+/// `ledger verify`: 0 when the chain (and every anchor) holds, 1 ("ledger
+/// BROKEN") only when it does not, 2 with the cause when the store or an
+/// anchor cannot be read.
+fn verify_ledger(data_dir: &Path, anchors: &[String], format: Format) -> ExitCode {
+    let anchors = match read_anchors(anchors) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("daemoneye-cli: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let store = match open_store(data_dir) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match store.verify_ledger() {
+    let verdict = store.verify_ledger_anchored(&anchors);
+    // Which anchors held, when one did not.
+    let held: Vec<bool> = match &verdict {
+        Ok(_) => vec![true; anchors.len()],
+        Err(_) => anchors
+            .iter()
+            .map(|a| store.check_anchor(a).is_ok())
+            .collect(),
+    };
+    let anchors_json: Vec<serde_json::Value> = anchors
+        .iter()
+        .zip(&held)
+        .map(|(a, held)| serde_json::json!({"seq": a.0.seq, "head": a.0.hash, "held": held}))
+        .collect();
+    if format == Format::Table {
+        for (a, held) in anchors.iter().zip(&held) {
+            println!("anchor {} {}", a.0, if *held { "held" } else { "FAILED" });
+        }
+    }
+    match verdict {
         Ok(v) => {
+            let runs = store.ledger_runs();
             if format == Format::Json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "entries": v.entries, "head": v.head})
+                    serde_json::json!({
+                        "ok": true,
+                        "entries": v.entries,
+                        "head": v.head,
+                        "anchors": anchors_json,
+                        "runs": runs.as_ref().ok(),
+                    })
                 );
             } else {
-                println!("ledger ok: {} entries, head {}", v.entries, v.head);
+                println!(
+                    "ledger ok: {} entries, head {}:{}",
+                    v.entries, v.entries, v.head
+                );
+                if let Some(newest) = anchors.iter().map(|a| a.0.seq).max() {
+                    println!(
+                        "anchored: {} anchors held; nothing up to seq {newest} was cut or rewritten",
+                        anchors.len()
+                    );
+                } else {
+                    println!("not anchored: a cut tail or a rebuilt chain would verify too (--anchor FILE)");
+                }
+                if let Ok(r) = &runs {
+                    println!("{}", runs_line(r));
+                }
             }
             ExitCode::SUCCESS
         }
         Err(StoreError::Ledger(e)) if tampered(&e) => {
-            println!("ledger BROKEN: {e}");
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string(), "anchors": anchors_json})
+                );
+            } else {
+                println!("ledger BROKEN: {e}");
+            }
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -297,7 +409,9 @@ fn verify_ledger(data_dir: &Path, format: Format) -> ExitCode {
 /// to read the store (permissions, not a database, I/O).
 fn tampered(e: &LedgerError) -> bool {
     match e {
-        LedgerError::Broken { .. } => true,
+        LedgerError::Broken { .. }
+        | LedgerError::TailCut { .. }
+        | LedgerError::HeadDiffers { .. } => true,
         LedgerError::Sqlite(e) => matches!(
             e,
             rusqlite::Error::InvalidColumnType(..)
@@ -440,8 +554,8 @@ fn main() -> ExitCode {
             command: RulesCommand::Columns,
         } => Ok(columns(cli.format)),
         Command::Ledger {
-            command: LedgerCommand::Verify,
-        } => Ok(verify_ledger(&data_dir, cli.format)),
+            command: LedgerCommand::Verify { anchor },
+        } => Ok(verify_ledger(&data_dir, anchor, cli.format)),
         Command::Processes => match open_store(&data_dir) {
             Ok(store) => processes(&store, cli.format),
             Err(code) => return code,

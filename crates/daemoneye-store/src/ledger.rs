@@ -2,12 +2,21 @@
 //! BLAKE3 hash of its content and of the entry before it.
 //!
 //! Editing, deleting or reordering a stored entry breaks the chain, and
-//! [`verify`] names the first bad entry. Cutting entries off the *end* leaves
-//! a shorter valid chain: compare the head hash [`verify`] reports with one
-//! recorded elsewhere (logs, a remote sink) to catch that too.
+//! [`verify`] names the first bad entry. Cutting entries off the *end*, or
+//! rebuilding the whole chain (it is unkeyed: whoever can write the file can
+//! recompute every hash), leaves a valid chain. What catches those is a head
+//! kept off the host: a [`Checkpoint`] (an entry of kind `checkpoint` whose
+//! own sequence number and hash the agent sends to every sink), later given
+//! back as an [`Anchor`] to [`verify_anchors`], which fails when the chain no
+//! longer reaches the anchor's sequence number ([`LedgerError::TailCut`]) or
+//! holds another hash there ([`LedgerError::HeadDiffers`]).
+//!
+//! The agent also appends a `start` entry ([`StartEntry`]) when it starts and
+//! a `stop` entry when it stops cleanly: a `start` that follows another
+//! `start` means the run before it ended uncleanly ([`runs`]).
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The table, created by [`create`].
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ledger (
@@ -33,9 +42,225 @@ pub enum LedgerError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The chain is shorter than an anchor says it was: its tail was cut
+    /// (or the whole ledger deleted).
+    #[error("chain ends at seq {entries}, anchor at {anchor}: entries were cut off its end")]
+    TailCut {
+        /// The last entry's sequence number (0: no entry).
+        entries: i64,
+        /// The anchor's sequence number.
+        anchor: i64,
+    },
+    /// The entry at an anchor's sequence number has another hash: the chain
+    /// was rewritten up to it (and rebuilt).
+    #[error("entry {seq}'s hash differs from the anchor's: the chain was rewritten")]
+    HeadDiffers {
+        /// The anchor's sequence number.
+        seq: i64,
+    },
     /// SQLite failed.
     #[error("ledger database error")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// Why an anchor could not be read (bad input, never a verdict).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnchorError {
+    /// Not `SEQ:HEX` with a positive sequence number and a 64-digit hex
+    /// hash, nor a checkpoint's JSON line.
+    #[error("{text:?} is not an anchor: {reason} (expected SEQ:HEX, as `ledger verify` prints it, or a checkpoint's JSON line)")]
+    Malformed {
+        /// What was given (cut at 80 characters).
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A line of an anchor file is not JSON.
+    #[error("line {line}: not a JSON line ({reason})")]
+    Line {
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An anchor file holds no checkpoint.
+    #[error("no checkpoint line in it (a file sink writes one at every agent start, stop and checkpoint_interval)")]
+    NoCheckpoint,
+}
+
+/// The head of the chain at one entry: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Head {
+    /// The entry's sequence number (0 and the genesis hash: no entry).
+    pub seq: i64,
+    /// The entry's hash, lowercase hex.
+    pub hash: String,
+}
+
+impl std::fmt::Display for Head {
+    /// `SEQ:HEX`, the form [`Anchor`] parses.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+/// What the store lost since the previous checkpoint (or since it was
+/// opened, for the first): counted by its writer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lost {
+    /// Writes lost (event batches, alerts, snapshots, other writes).
+    pub writes: u64,
+    /// Events lost (failed writes, a full queue).
+    pub events: u64,
+    /// `gap` entries recorded in the chain for them.
+    pub gaps: u64,
+}
+
+impl Lost {
+    /// Whether nothing was lost.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The content of a `checkpoint` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointEntry {
+    /// When it was taken, unix nanoseconds.
+    pub time: i64,
+    /// What was lost since the previous checkpoint.
+    pub lost: Lost,
+}
+
+/// A checkpoint as it leaves the host: the `checkpoint` entry's own
+/// sequence number and hash (so it vouches for every entry up to and
+/// including itself), its time and what was lost before it. Serialized as
+/// one JSON object with `"kind":"checkpoint"`, the line the file and stdout
+/// sinks write and `ledger verify --anchor` reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "checkpoint")]
+pub struct Checkpoint {
+    /// The checkpoint entry's sequence number.
+    pub seq: i64,
+    /// The checkpoint entry's hash: the chain's head when it was taken.
+    pub head: String,
+    /// When it was taken, unix nanoseconds.
+    pub time: i64,
+    /// What was lost since the previous checkpoint.
+    pub lost: Lost,
+}
+
+impl Checkpoint {
+    /// The anchor it gives.
+    pub fn anchor(&self) -> Anchor {
+        Anchor(Head {
+            seq: self.seq,
+            hash: self.head.clone(),
+        })
+    }
+}
+
+/// The content of a `start` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartEntry {
+    /// The agent's version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, unix nanoseconds.
+    pub time: i64,
+    /// The chain's head it found (none: a new ledger).
+    pub previous: Option<Head>,
+}
+
+/// The content of a `stop` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopEntry {
+    /// The agent's process id.
+    pub pid: u32,
+    /// When it stopped, unix nanoseconds.
+    pub time: i64,
+}
+
+/// A head recorded elsewhere, that the chain must still hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Anchor(pub Head);
+
+fn malformed(text: &str, reason: impl Into<String>) -> AnchorError {
+    AnchorError::Malformed {
+        text: text.chars().take(80).collect(),
+        reason: reason.into(),
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = AnchorError;
+
+    /// `SEQ:HEX` (as [`Head`] displays), or a checkpoint's JSON line.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.starts_with('{') {
+            let cp: Checkpoint = serde_json::from_str(text)
+                .map_err(|e| malformed(text, format!("not a checkpoint: {e}")))?;
+            return Self::checked(cp.seq, &cp.head, text);
+        }
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or_else(|| malformed(text, "no `:` between the sequence number and the hash"))?;
+        let seq: i64 = seq
+            .parse()
+            .map_err(|e| malformed(text, format!("sequence number: {e}")))?;
+        Self::checked(seq, hash, text)
+    }
+}
+
+impl Anchor {
+    fn checked(seq: i64, hash: &str, text: &str) -> Result<Self, AnchorError> {
+        if seq < 1 {
+            return Err(malformed(text, "the sequence number must be at least 1"));
+        }
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed(text, "the hash must be 64 hex digits"));
+        }
+        Ok(Self(Head {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        }))
+    }
+
+    /// The anchors of a file of JSON lines (the file sink's output): every
+    /// checkpoint line, in order; other JSON lines (alerts) are skipped.
+    ///
+    /// # Errors
+    /// [`AnchorError::Line`] for a line that is not JSON (or a checkpoint
+    /// line that does not parse), [`AnchorError::NoCheckpoint`] when none is
+    /// found.
+    pub fn from_lines(text: &str) -> Result<Vec<Self>, AnchorError> {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| AnchorError::Line {
+                line: i + 1,
+                reason,
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            if value.get("kind").and_then(serde_json::Value::as_str) != Some("checkpoint") {
+                continue;
+            }
+            let anchor = line.parse::<Self>().map_err(|e| bad(e.to_string()))?;
+            out.push(anchor);
+        }
+        if out.is_empty() {
+            return Err(AnchorError::NoCheckpoint);
+        }
+        Ok(out)
+    }
 }
 
 /// The result of a successful verification.
@@ -132,6 +357,15 @@ impl Chain {
         self.prev = hash;
         Ok(seq)
     }
+
+    /// The last entry appended (or loaded); sequence number 0 and the
+    /// genesis hash for an empty chain.
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.next_seq - 1,
+            hash: self.prev.clone(),
+        }
+    }
 }
 
 /// Appends one entry inside `tx` (so it commits with the data it records).
@@ -188,6 +422,104 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
         entries: expected_seq - 1,
         head: prev,
     })
+}
+
+/// Checks that the chain still holds every anchor: its entry at the
+/// anchor's sequence number exists and has the anchor's hash. Run after
+/// [`verify`] (which proves the chain consistent up to its end): the
+/// newest anchor then proves no entry up to it was cut or rewritten. A
+/// ledger table that is gone is an empty chain.
+///
+/// # Errors
+/// The first failing anchor, in the order given:
+/// [`LedgerError::TailCut`] or [`LedgerError::HeadDiffers`];
+/// [`LedgerError::Sqlite`] when the ledger cannot be read.
+pub fn verify_anchors(conn: &Connection, anchors: &[Anchor]) -> Result<(), LedgerError> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
+        [],
+        |r| r.get(0),
+    )?;
+    let last: i64 = if exists {
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))?
+    } else {
+        0
+    };
+    for Anchor(head) in anchors {
+        if head.seq > last {
+            return Err(LedgerError::TailCut {
+                entries: last,
+                anchor: head.seq,
+            });
+        }
+        let hash: Option<String> = conn
+            .query_row(
+                "SELECT entry_hash FROM ledger WHERE seq = ?1",
+                [head.seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if hash.as_deref() != Some(head.hash.as_str()) {
+            return Err(LedgerError::HeadDiffers { seq: head.seq });
+        }
+    }
+    Ok(())
+}
+
+/// The agent's runs as the chain records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Runs {
+    /// `start` entries.
+    pub starts: u64,
+    /// `stop` entries.
+    pub stops: u64,
+    /// The `start` entries that followed a `start` with no `stop` between:
+    /// the run before each ended uncleanly (killed, crashed, power lost).
+    pub unclean: Vec<i64>,
+    /// Whether the last `start` has no `stop` after it (the agent runs, or
+    /// its last run ended uncleanly).
+    pub running: bool,
+    /// `checkpoint` entries.
+    pub checkpoints: u64,
+    /// The newest `checkpoint` entry.
+    pub last_checkpoint: Option<i64>,
+    /// `gap` entries (writes the store lost).
+    pub gaps: u64,
+}
+
+/// Reads the `start`, `stop`, `checkpoint` and `gap` entries.
+///
+/// # Errors
+/// SQLite errors.
+pub fn runs(conn: &Connection) -> Result<Runs, LedgerError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, kind FROM ledger WHERE kind IN ('start', 'stop', 'checkpoint', 'gap')          ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut runs = Runs::default();
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let kind: String = r.get(1)?;
+        match kind.as_str() {
+            "start" => {
+                if runs.running {
+                    runs.unclean.push(seq);
+                }
+                runs.starts += 1;
+                runs.running = true;
+            }
+            "stop" => {
+                runs.stops += 1;
+                runs.running = false;
+            }
+            "checkpoint" => {
+                runs.checkpoints += 1;
+                runs.last_checkpoint = Some(seq);
+            }
+            _ => runs.gaps += 1,
+        }
+    }
+    Ok(runs)
 }
 
 /// The first `alerts` row whose ledger entry says otherwise (its body, or a
@@ -373,6 +705,171 @@ mod tests {
         }
         tx.commit().unwrap();
         assert_eq!(verify(&conn).unwrap(), verify(&one).unwrap());
+    }
+
+    fn head_at(conn: &Connection, seq: i64) -> Anchor {
+        let hash: String = conn
+            .query_row("SELECT entry_hash FROM ledger WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        Anchor(Head { seq, hash })
+    }
+
+    #[test]
+    fn anchors_hold_until_the_tail_is_cut_or_the_chain_rebuilt() {
+        let conn = ledger(5);
+        let (three, five) = (head_at(&conn, 3), head_at(&conn, 5));
+        verify_anchors(&conn, &[three.clone(), five.clone()]).unwrap();
+        // Cut the tail: the chain still verifies, the anchor does not.
+        conn.execute_batch("DELETE FROM ledger WHERE seq > 3")
+            .unwrap();
+        assert_eq!(verify(&conn).unwrap().entries, 3);
+        verify_anchors(&conn, std::slice::from_ref(&three)).unwrap();
+        match verify_anchors(&conn, &[three.clone(), five.clone()]) {
+            Err(
+                e @ LedgerError::TailCut {
+                    entries: 3,
+                    anchor: 5,
+                },
+            ) => {
+                assert!(
+                    e.to_string().contains("chain ends at seq 3, anchor at 5"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Rebuild it from an edited first entry: verifies, anchor fails.
+        let forged = ledger(0);
+        {
+            let mut forged = forged;
+            let tx = forged.transaction().unwrap();
+            append(&tx, "alert", "{\"n\":99}").unwrap();
+            for i in 1..5 {
+                append(&tx, "alert", &format!("{{\"n\":{i}}}")).unwrap();
+            }
+            tx.commit().unwrap();
+            assert_eq!(verify(&forged).unwrap().entries, 5);
+            match verify_anchors(&forged, std::slice::from_ref(&five)) {
+                Err(e @ LedgerError::HeadDiffers { seq: 5 }) => {
+                    assert!(e.to_string().contains("entry 5's hash differs"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The whole ledger gone: rows, or the table itself.
+        conn.execute_batch("DELETE FROM ledger").unwrap();
+        assert!(matches!(
+            verify_anchors(&conn, std::slice::from_ref(&three)),
+            Err(LedgerError::TailCut {
+                entries: 0,
+                anchor: 3
+            })
+        ));
+        conn.execute_batch("DROP TABLE ledger").unwrap();
+        assert!(matches!(
+            verify_anchors(&conn, &[three]),
+            Err(LedgerError::TailCut {
+                entries: 0,
+                anchor: 3
+            })
+        ));
+    }
+
+    #[test]
+    fn anchors_parse_from_seq_hex_and_checkpoint_lines_and_bad_ones_are_named() {
+        let hex = "ab".repeat(32);
+        let a: Anchor = format!("7:{}", hex.to_uppercase()).parse().unwrap();
+        assert_eq!(
+            a.0,
+            Head {
+                seq: 7,
+                hash: hex.clone()
+            }
+        );
+        let cp = Checkpoint {
+            seq: 7,
+            head: hex.clone(),
+            time: 1,
+            lost: Lost::default(),
+        };
+        let line = serde_json::to_string(&cp).unwrap();
+        assert!(line.starts_with("{\"kind\":\"checkpoint\","), "{line}");
+        assert_eq!(line.parse::<Anchor>().unwrap(), cp.anchor());
+        assert_eq!(serde_json::from_str::<Checkpoint>(&line).unwrap(), cp);
+        assert_eq!(cp.anchor().0.to_string().parse::<Anchor>().unwrap(), a);
+        for (bad, why) in [
+            (String::new(), "no `:`"),
+            ("7".into(), "no `:`"),
+            ("x:ab".into(), "sequence number"),
+            ("0:".to_owned() + &hex, "at least 1"),
+            ("-3:".to_owned() + &hex, "at least 1"),
+            ("7:abc".into(), "64 hex digits"),
+            (format!("7:{}", "zz".repeat(32)), "64 hex digits"),
+            ("{\"kind\":\"alert\"}".into(), "not a checkpoint"),
+            (
+                "{\"kind\":\"checkpoint\",\"seq\":1}".into(),
+                "not a checkpoint",
+            ),
+        ] {
+            let err = bad.parse::<Anchor>().unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+        }
+        // A file: alerts skipped, checkpoints in order, bad lines named.
+        let other = Checkpoint {
+            seq: 9,
+            ..cp.clone()
+        };
+        let file = format!(
+            "{{\"rule_id\":\"r\"}}\n{line}\n\n{}\n",
+            serde_json::to_string(&other).unwrap()
+        );
+        assert_eq!(
+            Anchor::from_lines(&file).unwrap(),
+            vec![cp.anchor(), other.anchor()]
+        );
+        assert_eq!(
+            Anchor::from_lines("{\"rule_id\":\"r\"}\n"),
+            Err(AnchorError::NoCheckpoint)
+        );
+        let err = Anchor::from_lines(&format!("{line}\nnot json\n")).unwrap_err();
+        assert!(matches!(err, AnchorError::Line { line: 2, .. }), "{err:?}");
+        let err = Anchor::from_lines("{\"kind\":\"checkpoint\",\"seq\":2}\n").unwrap_err();
+        assert!(matches!(err, AnchorError::Line { line: 1, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_start_without_a_stop_before_it_is_an_unclean_end() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        create(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        for kind in [
+            "start",
+            "checkpoint",
+            "stop",
+            "start",
+            "alert",
+            "start",
+            "gap",
+            "checkpoint",
+        ] {
+            append(&tx, kind, "{}").unwrap();
+        }
+        tx.commit().unwrap();
+        let r = runs(&conn).unwrap();
+        assert_eq!(
+            r,
+            Runs {
+                starts: 3,
+                stops: 1,
+                unclean: vec![6],
+                running: true,
+                checkpoints: 2,
+                last_checkpoint: Some(8),
+                gaps: 1,
+            }
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@
 //! | `snapshots` | snapshot | `id`, `taken_at`, `process_count` |
 //! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
-//! | `ledger` | ledger entry | `seq`, `kind` (`process_event`, `alert`), `content`, `prev_hash`, `entry_hash` |
+//! | `ledger` | ledger entry | `seq`, `kind` (`process_event`, `alert`, `gap`, `start`, `stop`, `checkpoint`), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
 //! `uid`, `start_time`, `cpu_percent`, `rss_bytes`, `exe_hash`,
@@ -202,6 +202,13 @@ pub enum StoreError {
     /// accepted.
     #[error("database writer is closed")]
     WriterClosed,
+    /// The store is failing and the writer holds writes for it: an entry of
+    /// the ledger's own would come before them, so it is not written.
+    #[error("the store is failing: {held} writes are held, the entry would come before them")]
+    Failing {
+        /// The weight of the held writes.
+        held: usize,
+    },
 }
 
 /// The id of a stored snapshot (`snapshots.id`).
@@ -509,6 +516,33 @@ impl Store {
         Ok(id)
     }
 
+    /// Appends one ledger entry of its own (`start`, `stop`, `checkpoint`:
+    /// entries with no row), in one transaction; returns the head after it
+    /// (its sequence number and hash). `content` is built from the head
+    /// before it, read in the same transaction.
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is appended then.
+    pub fn append_entry<T: Serialize>(
+        &mut self,
+        kind: &str,
+        content: impl FnOnce(&ledger::Head) -> T,
+    ) -> Result<ledger::Head, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let text = serde_json::to_string(&content(&chain.head())).map_err(|source| {
+            StoreError::Encode {
+                field: "ledger entry",
+                source,
+            }
+        })?;
+        chain.append(&tx, kind, &text)?;
+        tx.commit()?;
+        Ok(chain.head())
+    }
+
     /// Applies `writes` in order, in one transaction (the writer's batch).
     pub(crate) fn apply(&mut self, writes: &[Op<'_>]) -> Result<Recorded, StoreError> {
         let tx = self
@@ -697,6 +731,58 @@ impl Store {
         let verified = ledger::verify(&self.conn)?;
         ledger::verify_rows(&self.conn)?;
         Ok(verified)
+    }
+
+    /// [`verify_ledger`](Self::verify_ledger) against heads kept off the
+    /// host: the chain, then every anchor ([`ledger::verify_anchors`]:
+    /// a cut tail, a deleted or rebuilt ledger fail), then the rows.
+    ///
+    /// # Errors
+    /// [`StoreError::Ledger`] with the first failure.
+    pub fn verify_ledger_anchored(
+        &self,
+        anchors: &[ledger::Anchor],
+    ) -> Result<Verified, StoreError> {
+        // A ledger table that is gone is an empty chain, for the anchors.
+        let verified = match ledger::verify(&self.conn) {
+            Err(LedgerError::Sqlite(e)) if !anchors.is_empty() && !self.has_ledger()? => {
+                ledger::verify_anchors(&self.conn, anchors)?;
+                return Err(LedgerError::Sqlite(e).into());
+            }
+            other => other?,
+        };
+        ledger::verify_anchors(&self.conn, anchors)?;
+        ledger::verify_rows(&self.conn)?;
+        Ok(verified)
+    }
+
+    /// Whether the chain still holds `anchor` (only that: run
+    /// [`verify_ledger_anchored`](Self::verify_ledger_anchored) for the
+    /// verdict), to say which anchors held.
+    ///
+    /// # Errors
+    /// As [`ledger::verify_anchors`].
+    pub fn check_anchor(&self, anchor: &ledger::Anchor) -> Result<(), StoreError> {
+        Ok(ledger::verify_anchors(
+            &self.conn,
+            std::slice::from_ref(anchor),
+        )?)
+    }
+
+    fn has_ledger(&self) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The agent's runs, checkpoints and gaps as the ledger records them.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn ledger_runs(&self) -> Result<ledger::Runs, StoreError> {
+        Ok(ledger::runs(&self.conn)?)
     }
 
     /// The `limit` most recent lifecycle events, newest first.

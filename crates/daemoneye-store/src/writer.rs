@@ -62,6 +62,7 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::alert::Alert;
+use crate::ledger::{Checkpoint, CheckpointEntry, Head, Lost, StartEntry, StopEntry};
 use crate::store::{Gap, Op, Recorded, Store, StoreError};
 
 /// Configuration of a [`StoreWriter`].
@@ -283,8 +284,27 @@ enum Write {
     Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
+    /// A ledger entry of its own, appended once everything queued before it
+    /// is committed.
+    Entry(Own, oneshot::Sender<Result<Appended, StoreError>>),
     Flush(oneshot::Sender<()>),
     Close,
+}
+
+/// The ledger entries of their own the writer appends.
+#[derive(Debug)]
+enum Own {
+    Start { version: String, pid: u32 },
+    Stop { pid: u32 },
+    Checkpoint,
+}
+
+/// What appending an [`Own`] entry gave: the head after it, and a
+/// checkpoint's content.
+#[derive(Debug)]
+struct Appended {
+    head: Head,
+    checkpoint: Option<CheckpointEntry>,
 }
 
 /// The handle to the writer thread. Cheap to clone; the writer closes when
@@ -333,6 +353,7 @@ impl StoreWriter {
         let worker = Worker {
             store,
             gap: Gap::default(),
+            checkpointed: Lost::default(),
             rx,
             stats: Arc::clone(&stats),
             batch_events: config.batch_events.max(1),
@@ -455,6 +476,60 @@ impl StoreWriter {
         );
     }
 
+    /// Appends a `start` entry (the agent's `version` and `pid`, the head it
+    /// found) once everything queued before it is committed; returns the
+    /// head after it.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterClosed`], or why the entry could not be written.
+    pub async fn record_start(&self, version: &str, pid: u32) -> Result<Head, StoreError> {
+        self.own(Own::Start {
+            version: version.to_owned(),
+            pid,
+        })
+        .await
+        .map(|a| a.head)
+    }
+
+    /// Appends a `stop` entry (a clean shutdown) once everything queued
+    /// before it is committed; returns the head after it.
+    ///
+    /// # Errors
+    /// As [`record_start`](Self::record_start).
+    pub async fn record_stop(&self, pid: u32) -> Result<Head, StoreError> {
+        self.own(Own::Stop { pid }).await.map(|a| a.head)
+    }
+
+    /// Appends a `checkpoint` entry once everything queued before it is
+    /// committed, with what the store lost since the previous checkpoint;
+    /// returns it as it leaves the host (the entry's own sequence number and
+    /// hash).
+    ///
+    /// # Errors
+    /// As [`record_start`](Self::record_start).
+    pub async fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let Appended { head, checkpoint } = self.own(Own::Checkpoint).await?;
+        let entry = checkpoint.unwrap_or(CheckpointEntry {
+            time: 0,
+            lost: Lost::default(),
+        });
+        Ok(Checkpoint {
+            seq: head.seq,
+            head: head.hash,
+            time: entry.time,
+            lost: entry.lost,
+        })
+    }
+
+    async fn own(&self, entry: Own) -> Result<Appended, StoreError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .send(Write::Entry(entry, ack))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
+        acked.await.map_err(|_| StoreError::WriterClosed)?
+    }
+
     /// Waits until everything queued before this call is committed, or held
     /// because the store is failing (then `failing` is 1 and `held` says
     /// how much waits), or counted as dropped.
@@ -500,12 +575,13 @@ enum Slot {
 
 impl Slot {
     fn apply(&mut self, ops: &[Op<'_>]) -> Result<Recorded, StoreError> {
+        self.with(|store| store.apply(ops))
+    }
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut Store) -> R) -> R {
         match self {
-            Self::Owned(store) => store.apply(ops),
-            Self::Shared(store) => store
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .apply(ops),
+            Self::Owned(store) => f(store),
+            Self::Shared(store) => f(&mut store.lock().unwrap_or_else(PoisonError::into_inner)),
         }
     }
 }
@@ -514,6 +590,8 @@ struct Worker {
     store: Slot,
     /// What was lost since the last commit, to record in the ledger.
     gap: Gap,
+    /// The losses counted at the last checkpoint.
+    checkpointed: Lost,
     rx: mpsc::Receiver<Write>,
     stats: Arc<WriterStats>,
     batch_events: usize,
@@ -545,6 +623,7 @@ const CLOSE_ATTEMPTS: u32 = 3;
 #[derive(Default)]
 struct Round {
     acks: Vec<oneshot::Sender<()>>,
+    entries: Vec<(Own, oneshot::Sender<Result<Appended, StoreError>>)>,
     finish: bool,
 }
 
@@ -576,6 +655,9 @@ impl Worker {
         loop {
             let round = self.collect().await;
             self.commit();
+            for (entry, ack) in round.entries {
+                let _ = ack.send(self.append_own(&entry));
+            }
             for ack in round.acks {
                 let _ = ack.send(());
             }
@@ -653,6 +735,10 @@ impl Worker {
                 round.acks.push(ack);
                 return true;
             }
+            Write::Entry(entry, ack) => {
+                round.entries.push((entry, ack));
+                return true;
+            }
             Write::Close => {
                 round.finish = true;
                 return true;
@@ -679,6 +765,62 @@ impl Worker {
             }
         }
         round
+    }
+
+    /// Appends a ledger entry of its own (after recording a pending gap),
+    /// in a transaction of its own.
+    fn append_own(&mut self, entry: &Own) -> Result<Appended, StoreError> {
+        // After everything queued before it: not ahead of held writes.
+        if !self.held.is_empty() {
+            self.stats.write_errors.inc();
+            return Err(StoreError::Failing {
+                held: self.held_weight,
+            });
+        }
+        let s = &self.stats;
+        record_gap(&mut self.store, s, &mut self.gap);
+        let now = crate::store::unix_nanos_now();
+        let counted = Lost {
+            writes: s.failures.get(),
+            events: s.events_dropped(),
+            gaps: s.gaps_recorded.get(),
+        };
+        let checkpoint = CheckpointEntry {
+            time: now,
+            lost: Lost {
+                writes: counted.writes.saturating_sub(self.checkpointed.writes),
+                events: counted.events.saturating_sub(self.checkpointed.events),
+                gaps: counted.gaps.saturating_sub(self.checkpointed.gaps),
+            },
+        };
+        let appended = self.store.with(|store| match entry {
+            Own::Start { version, pid } => store.append_entry("start", |head| StartEntry {
+                version: version.clone(),
+                pid: *pid,
+                time: now,
+                previous: (head.seq > 0).then(|| head.clone()),
+            }),
+            Own::Stop { pid } => store.append_entry("stop", |_| StopEntry {
+                pid: *pid,
+                time: now,
+            }),
+            Own::Checkpoint => store.append_entry("checkpoint", |_| checkpoint),
+        });
+        match appended {
+            Ok(head) => {
+                s.transactions_committed.inc();
+                let checkpoint = matches!(entry, Own::Checkpoint).then(|| {
+                    self.checkpointed = counted;
+                    checkpoint
+                });
+                Ok(Appended { head, checkpoint })
+            }
+            Err(e) => {
+                s.write_errors.inc();
+                error!(error = %daemoneye_lib::error_chain(&e), entry = ?entry, "cannot append a ledger entry");
+                Err(e)
+            }
+        }
     }
 
     /// Commits the held writes in transactions of at most `batch_events`
@@ -847,6 +989,19 @@ fn attempt(
 /// Counts a committed transaction; then records what was lost before it,
 /// if anything, in the ledger (kept for the next commit if that fails).
 fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, gap: &mut Gap) {
+    record_gap(store, s, gap);
+    s.events_written.add_usize(tally.events);
+    s.batches.add_usize(tally.batches);
+    s.alerts.add_usize(tally.alerts);
+    s.lifecycle_events.add(done.lifecycle);
+    s.snapshots.add(done.snapshots);
+    s.transactions_committed.inc();
+    s.failing.set(0);
+}
+
+/// Records what was lost, if anything, in the ledger (kept for the next
+/// commit if that fails).
+fn record_gap(store: &mut Slot, s: &WriterStats, gap: &mut Gap) {
     if gap.writes_lost > 0 && store.apply(&[Op::Gap(gap)]).is_ok() {
         warn!(
             events_lost = gap.events_lost,
@@ -856,13 +1011,6 @@ fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, 
         s.gaps_recorded.inc();
         *gap = Gap::default();
     }
-    s.events_written.add_usize(tally.events);
-    s.batches.add_usize(tally.batches);
-    s.alerts.add_usize(tally.alerts);
-    s.lifecycle_events.add(done.lifecycle);
-    s.snapshots.add(done.snapshots);
-    s.transactions_committed.inc();
-    s.failing.set(0);
 }
 
 #[cfg(test)]
@@ -1046,6 +1194,64 @@ mod tests {
             sent
         );
         assert_eq!(stats.events_written.get(), stats.events_accepted.get());
+    }
+
+    #[tokio::test]
+    async fn start_checkpoint_and_stop_are_chained_after_what_came_before() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            queue_writes: 2,
+            when_full: WhenFull::DropNewest,
+            batch_delay_ms: 60_000,
+            batch_events: 1_000,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(db, config).unwrap();
+        let start = writer.record_start("9.9.9", 42).await.unwrap();
+        assert_eq!(start.seq, 1);
+        let mut sent = 0u64;
+        while writer.stats().events_dropped_queue_full.get() == 0 {
+            writer.events(events(1)).await;
+            sent += 1;
+            assert!(sent < 1_000_000, "no drop ever counted");
+        }
+        let dropped = writer.stats().events_dropped_queue_full.get();
+        let cp = writer.checkpoint().await.unwrap();
+        // After every event queued before it: the head is the checkpoint.
+        let written = writer.stats().events_written.get();
+        assert_eq!(written + dropped, sent);
+        assert_eq!(cp.seq, 1 + i64::try_from(written).unwrap() + 1);
+        assert_eq!(cp.lost.events, dropped);
+        assert!(cp.time > 0);
+        let again = writer.checkpoint().await.unwrap();
+        assert_eq!((again.seq, again.lost), (cp.seq + 1, Lost::default()));
+        let stop = writer.record_stop(42).await.unwrap();
+        assert_eq!(stop.seq, again.seq + 1);
+        writer.close().await;
+        // A second run: its start names the head it found.
+        let writer = StoreWriter::start(Store::open(dir.path()).unwrap(), 4).unwrap();
+        writer.record_start("9.9.9", 43).await.unwrap();
+        writer.close().await;
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let v = ro.verify_ledger().unwrap();
+        assert_eq!(v.entries, stop.seq + 1);
+        let kinds = ro
+            .query("SELECT kind, content FROM ledger WHERE kind <> 'process_event' ORDER BY seq")
+            .unwrap()
+            .rows;
+        let kinds: Vec<&str> = kinds.iter().map(|r| r[0].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["start", "checkpoint", "checkpoint", "stop", "start"]
+        );
+        let last = ro
+            .query("SELECT content FROM ledger ORDER BY seq DESC LIMIT 1")
+            .unwrap();
+        let last: StartEntry = serde_json::from_str(last.rows[0][0].as_str().unwrap()).unwrap();
+        assert_eq!((last.pid, last.previous), (43, Some(stop)));
+        let anchors = [cp.anchor(), again.anchor()];
+        assert_eq!(ro.verify_ledger_anchored(&anchors).unwrap(), v);
+        assert_eq!(ro.ledger_runs().unwrap().unclean, Vec::<i64>::new());
     }
 
     #[tokio::test]

@@ -2,11 +2,13 @@
 
 use std::io::Write;
 
-use super::{AlertSink, Delivery};
+use super::{AlertSink, Checkpoint, Delivery};
 use crate::alert::Alert;
 
 /// Writes each alert as one JSON line to `out` (stdout, an appended file),
-/// flushed at once. Behind its [`SinkWorker`](super::SinkWorker) a stalled
+/// flushed at once; each checkpoint too, as the line
+/// `{"kind":"checkpoint","seq":…,"head":"…","time":…,"lost":{…}}` that
+/// `daemoneye-cli ledger verify --anchor FILE` reads back. Behind its [`SinkWorker`](super::SinkWorker) a stalled
 /// reader (a full pipe, a hung disk) holds up only this sink's thread:
 /// what does not fit in its queue is dropped and counted.
 pub struct LineSink {
@@ -29,9 +31,19 @@ impl AlertSink for LineSink {
     }
 
     async fn deliver(&mut self, alert: &Alert) -> Delivery {
-        let line = match serde_json::to_string(alert) {
+        self.write_line(serde_json::to_string(alert), "alert")
+    }
+
+    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
+        self.write_line(serde_json::to_string(checkpoint), "checkpoint")
+    }
+}
+
+impl LineSink {
+    fn write_line(&mut self, line: serde_json::Result<String>, what: &str) -> Delivery {
+        let line = match line {
             Ok(line) => line,
-            Err(e) => return Delivery::Failed(format!("cannot encode the alert: {e}")),
+            Err(e) => return Delivery::Failed(format!("cannot encode the {what}: {e}")),
         };
         match writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
             Ok(()) => Delivery::Delivered,
@@ -119,6 +131,34 @@ mod tests {
         assert_eq!(first.process.pid, 0, "in order");
         assert_eq!(stats.delivered, lines.len() as u64);
         assert_eq!(stats.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_is_one_json_line_the_anchor_parser_reads_back() {
+        let gate = Gate::default();
+        {
+            let (lock, _) = &*gate.open;
+            *lock.lock().unwrap() = true;
+        }
+        let sink =
+            SinkWorker::start(LineSink::new("file", Box::new(gate.clone())), queue(4)).unwrap();
+        sink.try_send(test_alert(1)).unwrap();
+        let cp = crate::sink::test_checkpoint(12);
+        sink.send_checkpoint(cp.clone()).await.unwrap();
+        let checkpoints = sink.checkpoint_stats();
+        sink.close(Instant::now() + Duration::from_secs(10)).await;
+        assert_eq!(checkpoints.snapshot().delivered, 1);
+        let written = String::from_utf8(gate.got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 2, "{written}");
+        let line: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(line["kind"], "checkpoint");
+        assert_eq!(line["seq"], 12);
+        assert_eq!(line["lost"]["events"], 5);
+        assert_eq!(
+            crate::ledger::Anchor::from_lines(&written).unwrap(),
+            vec![cp.anchor()]
+        );
     }
 
     #[tokio::test]

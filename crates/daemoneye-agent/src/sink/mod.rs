@@ -1,9 +1,14 @@
-//! Where alerts go: one contract, one worker, one set of counters.
+//! Where alerts (and the ledger's checkpoints) go: one contract, one
+//! worker, one set of counters.
 //!
-//! - [`AlertSink`]: the contract of whatever receives alerts (and, later,
-//!   events): a [`name`](AlertSink::name) and a
+//! - [`AlertSink`]: the contract of whatever receives alerts and
+//!   checkpoints: a [`name`](AlertSink::name), a
 //!   [`deliver`](AlertSink::deliver) that says what became of one alert
-//!   ([`Delivery`]: delivered, worth a retry, failed, rejected).
+//!   ([`Delivery`]: delivered, worth a retry, failed, rejected) and a
+//!   [`deliver_checkpoint`](AlertSink::deliver_checkpoint) that does the
+//!   same for one [`Checkpoint`] (the ledger's head leaving the host), each
+//!   in the sink's own format. Both go through the same worker, queue,
+//!   policy and retries ([`Item`]), counted per kind.
 //! - [`SinkWorker`]: the one bounded worker every sink runs behind, on a
 //!   thread of its own (so a sink that blocks, such as a full stdout pipe,
 //!   holds up nothing else): a bounded queue with the
@@ -20,6 +25,8 @@
 //! Every alert offered to a sink ends in exactly one counter: `dropped`
 //! (not queued), or `queued` and then `delivered`, `failed`, `rejected` or
 //! `dropped_at_shutdown` ([`SinkStatsSnapshot::in_flight`] until then).
+//! Checkpoints are counted alike, in counters of their own
+//! ([`SinkWorker::checkpoint_stats`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -46,9 +53,11 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alert::Alert;
+pub use crate::ledger::Checkpoint;
 
 mod lines;
 mod set;
@@ -62,9 +71,24 @@ pub use set::{SinkError, SinkSet, SinksConfig, DEFAULT_LINE_QUEUE};
 #[cfg(test)]
 pub(crate) use stats::Outcome;
 pub use stats::{SinkStats, SinkStatsSnapshot};
-pub use syslog::{format_rfc5424, SyslogSink, SyslogTarget};
+pub use syslog::{format_checkpoint_rfc5424, format_rfc5424, SyslogSink, SyslogTarget};
 pub use webhook::{WebhookConfig, WebhookError, WebhookHeader, WebhookSink, WebhookUrl};
 pub use worker::{SinkSendError, SinkWorker, WorkerConfig};
+
+/// A checkpoint for tests.
+#[cfg(test)]
+pub(crate) fn test_checkpoint(seq: i64) -> Checkpoint {
+    Checkpoint {
+        seq,
+        head: "ab".repeat(32),
+        time: 1_750_000_000_000_000_000,
+        lost: crate::ledger::Lost {
+            writes: 2,
+            events: 5,
+            gaps: 1,
+        },
+    }
+}
 
 /// What became of one attempt to deliver an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +114,41 @@ pub enum Delivery {
     Rejected(String),
 }
 
-/// Whatever receives alerts: a name and a delivery.
+/// What a sink delivers: an alert, or a checkpoint of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Item {
+    /// An alert.
+    Alert(Arc<Alert>),
+    /// The ledger's head, sent off the host.
+    Checkpoint(Arc<Checkpoint>),
+}
+
+impl From<Alert> for Item {
+    fn from(a: Alert) -> Self {
+        Self::Alert(Arc::new(a))
+    }
+}
+
+impl From<Arc<Alert>> for Item {
+    fn from(a: Arc<Alert>) -> Self {
+        Self::Alert(a)
+    }
+}
+
+impl From<Checkpoint> for Item {
+    fn from(c: Checkpoint) -> Self {
+        Self::Checkpoint(Arc::new(c))
+    }
+}
+
+impl From<Arc<Checkpoint>> for Item {
+    fn from(c: Arc<Checkpoint>) -> Self {
+        Self::Checkpoint(c)
+    }
+}
+
+/// Whatever receives alerts and checkpoints: a name and a delivery of each.
 ///
 /// A sink runs behind a [`SinkWorker`], on a thread of its own with a
 /// single-threaded tokio runtime: `deliver` may await (an HTTP request) or
@@ -109,6 +167,10 @@ pub trait AlertSink: Send + 'static {
     /// attempt may be cut short (the alert is then counted
     /// `dropped_at_shutdown`).
     fn deliver(&mut self, alert: &Alert) -> impl Future<Output = Delivery>;
+
+    /// One attempt to deliver `checkpoint` (the ledger's head), in the
+    /// sink's own format; retried and cut short as alerts are.
+    fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> impl Future<Output = Delivery>;
 }
 
 /// An alert from the built-in pack about process `pid`, for tests.

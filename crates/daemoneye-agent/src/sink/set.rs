@@ -7,8 +7,8 @@ use collector_core::WhenFull;
 use tokio::time::Instant;
 
 use super::{
-    LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget, WebhookConfig,
-    WebhookError, WebhookSink, WorkerConfig,
+    Checkpoint, LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget,
+    WebhookConfig, WebhookError, WebhookSink, WorkerConfig,
 };
 use crate::alert::Alert;
 
@@ -148,9 +148,28 @@ impl SinkSet {
         }
     }
 
+    /// Offers `checkpoint` to every sink, in the same queue as the alerts
+    /// and under the same policy; drops are counted in each sink's
+    /// checkpoint counters.
+    pub async fn deliver_checkpoint(&self, checkpoint: &Checkpoint) {
+        let checkpoint = Arc::new(checkpoint.clone());
+        for w in &self.workers {
+            // A refusal is counted (and logged) by the worker.
+            let _ = w.send_checkpoint(Arc::clone(&checkpoint)).await;
+        }
+    }
+
     /// Each sink's name and counters, for health.
     pub fn stats(&self) -> Vec<(&'static str, Arc<SinkStats>)> {
         self.workers.iter().map(|w| (w.name(), w.stats())).collect()
+    }
+
+    /// Each sink's name and checkpoint counters.
+    pub fn checkpoint_stats(&self) -> Vec<(&'static str, Arc<SinkStats>)> {
+        self.workers
+            .iter()
+            .map(|w| (w.name(), w.checkpoint_stats()))
+            .collect()
     }
 
     /// Stops accepting alerts, lets every sink deliver what it has queued
@@ -196,24 +215,41 @@ mod tests {
         let set = SinkSet::start(config).unwrap();
         let names: Vec<&str> = set.stats().iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["file", "syslog"]);
+        let checkpoints = set.checkpoint_stats();
         for pid in 1..=3 {
             set.deliver(&test_alert(pid)).await;
         }
+        set.deliver_checkpoint(&crate::sink::test_checkpoint(4))
+            .await;
         let closed = set.close(Instant::now() + Duration::from_secs(10)).await;
         for (name, s) in &closed {
             assert_eq!((s.queued, s.delivered, s.in_flight()), (3, 3, 0), "{name}");
         }
+        for (name, s) in &checkpoints {
+            let s = s.snapshot();
+            assert_eq!((s.queued, s.delivered), (1, 1), "{name}");
+        }
         let text = std::fs::read_to_string(&path).unwrap();
-        let pids: Vec<u32> = text
-            .lines()
+        let lines: Vec<&str> = text.lines().collect();
+        let pids: Vec<u32> = lines[..3]
+            .iter()
             .map(|l| serde_json::from_str::<Alert>(l).unwrap().process.pid)
             .collect();
         assert_eq!(pids, [1, 2, 3]);
+        assert!(lines[3].starts_with("{\"kind\":\"checkpoint\","), "{text}");
         let mut buf = [0u8; 8192];
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        assert!(server.recv(&mut buf).unwrap() > 0);
+        let mut n = 0;
+        for _ in 0..4 {
+            n = server.recv(&mut buf).unwrap();
+        }
+        let last = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            last.contains(" checkpoint [checkpoint@32473 seq=\"4\""),
+            "{last}"
+        );
     }
 
     #[test]

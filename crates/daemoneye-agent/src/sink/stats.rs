@@ -137,6 +137,52 @@ impl SinkStats {
         );
     }
 
+    /// Registers these counters in `registry` as the checkpoint counters
+    /// of the sink `name` (`daemoneye_checkpoints_delivered_total{sink="file"}`,
+    /// ...): what became of the ledger's heads sent off the host.
+    pub fn register_checkpoints(&self, registry: &Registry, name: &str) {
+        let sink = [("sink", name)];
+        registry.register_counters(
+            &sink,
+            &[
+                (
+                    "daemoneye_checkpoints_queued_total",
+                    "Ledger checkpoints accepted into a sink's queue.",
+                    &self.queued,
+                ),
+                (
+                    "daemoneye_checkpoints_delivered_total",
+                    "Ledger checkpoints a sink delivered.",
+                    &self.delivered,
+                ),
+                (
+                    "daemoneye_checkpoint_deliveries_retried_total",
+                    "Delivery attempts after a checkpoint's first.",
+                    &self.retries,
+                ),
+                (
+                    "daemoneye_checkpoints_failed_total",
+                    "Ledger checkpoints a sink gave up on after failing.",
+                    &self.failed,
+                ),
+                (
+                    "daemoneye_checkpoints_rejected_total",
+                    "Ledger checkpoints the receiver refused (not retried).",
+                    &self.rejected,
+                ),
+            ],
+        );
+        registry.register_by_reason(
+            "daemoneye_checkpoints_dropped_total",
+            "Ledger checkpoints a sink dropped: its queue was full, or still held at shutdown.",
+            &sink,
+            [
+                ("full", &self.dropped),
+                ("shutdown", &self.dropped_at_shutdown),
+            ],
+        );
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> SinkStatsSnapshot {
         SinkStatsSnapshot {

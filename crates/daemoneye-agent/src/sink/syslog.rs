@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{AlertSink, Delivery};
+use super::{AlertSink, Checkpoint, Delivery};
 use crate::alert::Alert;
 use crate::rules::Severity;
 
@@ -90,6 +90,26 @@ pub fn format_rfc5424(alert: &Alert, hostname: &str, pid: u32) -> String {
     )
 }
 
+/// Formats one checkpoint as an RFC 5424 message: `notice` (`warning`
+/// when something was lost since the previous one), message id
+/// `checkpoint`, the head in structured data, the JSON line as the message.
+pub fn format_checkpoint_rfc5424(checkpoint: &Checkpoint, hostname: &str, pid: u32) -> String {
+    let severity = if checkpoint.lost.is_none() { 5 } else { 4 };
+    let pri = FACILITY * 8 + severity;
+    let nanos = u64::try_from(checkpoint.time).unwrap_or(0);
+    let ts = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos));
+    let body = serde_json::to_string(checkpoint).unwrap_or_default();
+    let lost = checkpoint.lost;
+    format!(
+        "<{pri}>1 {ts} {hostname} daemoneye-agent {pid} checkpoint [checkpoint@32473 seq=\"{seq}\" head=\"{head}\" lost_writes=\"{w}\" lost_events=\"{e}\" gaps=\"{g}\"] {body}",
+        seq = checkpoint.seq,
+        head = sd_escape(&checkpoint.head),
+        w = lost.writes,
+        e = lost.events,
+        g = lost.gaps,
+    )
+}
+
 impl SyslogSink {
     /// Opens a non-blocking socket towards `target`.
     ///
@@ -131,7 +151,10 @@ impl SyslogSink {
     /// # Errors
     /// The send error.
     pub fn send(&self, alert: &Alert) -> std::io::Result<()> {
-        let msg = format_rfc5424(alert, &self.hostname, std::process::id());
+        self.send_message(&format_rfc5424(alert, &self.hostname, std::process::id()))
+    }
+
+    fn send_message(&self, msg: &str) -> std::io::Result<()> {
         match &self.socket {
             Socket::Unix(s) => s.send(msg.as_bytes()),
             Socket::Udp(s) => s.send(msg.as_bytes()),
@@ -147,6 +170,14 @@ impl AlertSink for SyslogSink {
 
     async fn deliver(&mut self, alert: &Alert) -> Delivery {
         match self.send(alert) {
+            Ok(()) => Delivery::Delivered,
+            Err(e) => Delivery::Failed(format!("cannot send to {:?}: {e}", self.target)),
+        }
+    }
+
+    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
+        let msg = format_checkpoint_rfc5424(checkpoint, &self.hostname, std::process::id());
+        match self.send_message(&msg) {
             Ok(()) => Delivery::Delivered,
             Err(e) => Delivery::Failed(format!("cannot send to {:?}: {e}", self.target)),
         }
@@ -202,6 +233,40 @@ mod tests {
         let json = &msg[msg.find("] {").unwrap() + 2..];
         let back: Alert = serde_json::from_str(json).unwrap();
         assert_eq!(back, alert_with_time(&back));
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_reaches_a_udp_collector_with_its_head() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let target: SyslogTarget = format!("udp://{}", server.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let worker =
+            SinkWorker::start(SyslogSink::open(target).unwrap(), WorkerConfig::default()).unwrap();
+        let cp = crate::sink::test_checkpoint(3);
+        worker.send_checkpoint(cp.clone()).await.unwrap();
+        let mut buf = [0u8; 8192];
+        let n = server.recv(&mut buf).unwrap();
+        let msg = std::str::from_utf8(&buf[..n]).unwrap();
+        // Something was lost: warning (4) in authpriv (10).
+        assert!(msg.starts_with("<84>1 2025-"), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                " checkpoint [checkpoint@32473 seq=\"3\" head=\"{}\"",
+                cp.head
+            )),
+            "{msg}"
+        );
+        let json = &msg[msg.find("] {").unwrap() + 2..];
+        assert_eq!(json.parse::<crate::ledger::Anchor>().unwrap(), cp.anchor());
+        let stats = worker.checkpoint_stats();
+        worker
+            .close(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
+        assert_eq!(stats.snapshot().delivered, 1);
     }
 
     fn alert_with_time(a: &Alert) -> Alert {

@@ -56,7 +56,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use tracing::warn;
 
-use super::{AlertSink, Delivery, SinkWorker, WorkerConfig};
+use super::{AlertSink, Checkpoint, Delivery, SinkWorker, WorkerConfig};
 use crate::alert::Alert;
 
 /// Alerts the queue holds by default.
@@ -546,10 +546,23 @@ impl AlertSink for WebhookSink {
     }
 
     async fn deliver(&mut self, alert: &Alert) -> Delivery {
-        let body = match serde_json::to_vec(alert) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => return Delivery::Failed(format!("cannot encode the alert: {e}")),
-        };
+        match serde_json::to_vec(alert) {
+            Ok(body) => self.post(Bytes::from(body)).await,
+            Err(e) => Delivery::Failed(format!("cannot encode the alert: {e}")),
+        }
+    }
+
+    /// The checkpoint's JSON object (`"kind":"checkpoint"`) as the body.
+    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
+        match serde_json::to_vec(checkpoint) {
+            Ok(body) => self.post(Bytes::from(body)).await,
+            Err(e) => Delivery::Failed(format!("cannot encode the checkpoint: {e}")),
+        }
+    }
+}
+
+impl WebhookSink {
+    async fn post(&self, body: Bytes) -> Delivery {
         // Causes name the URL (without its path, which may hold a token).
         match self.attempt(body).await {
             Delivery::Retry { cause, after } => Delivery::Retry {
@@ -894,6 +907,33 @@ REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
         let stats = sink.close(far()).await;
         assert_eq!((stats.queued, stats.delivered, stats.retries), (1, 1, 0));
         assert_accounted(&stats);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_is_posted_as_its_json_object_and_retried_like_an_alert() {
+        let mut endpoint = Endpoint::start(&[Reply::Status(503)], Reply::Status(200)).await;
+        let sink = WebhookSink::start(&config(endpoint.url("http", "/hook"))).unwrap();
+        let checkpoints = sink.checkpoint_stats();
+        let cp = crate::sink::test_checkpoint(21);
+        sink.send_checkpoint(cp.clone()).await.unwrap();
+        for _ in 0..2 {
+            let seen = endpoint.next().await;
+            assert_eq!(seen.method, "POST");
+            assert_eq!(seen.header("content-type"), Some("application/json"));
+            let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+            assert_eq!(body["kind"], "checkpoint");
+            assert_eq!(
+                std::str::from_utf8(&seen.body)
+                    .unwrap()
+                    .parse::<crate::ledger::Anchor>()
+                    .unwrap(),
+                cp.anchor()
+            );
+        }
+        let s = sink.close(far()).await;
+        let c = checkpoints.snapshot();
+        assert_eq!((c.queued, c.delivered, c.retries), (1, 1, 1));
+        assert_eq!(s.queued, 0, "no alert counted");
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The one bounded worker every sink runs behind.
+//! The one bounded worker every sink runs behind, for alerts and
+//! checkpoints alike.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::stats::Outcome;
-use super::{AlertSink, Delivery, SinkStats, SinkStatsSnapshot};
+use super::{AlertSink, Checkpoint, Delivery, Item, SinkStats, SinkStatsSnapshot};
 use crate::alert::Alert;
 
 /// How a [`SinkWorker`] queues and retries.
@@ -66,9 +67,10 @@ pub enum SinkSendError {
 /// counts. A worker merely dropped delivers what is queued and ends.
 pub struct SinkWorker {
     name: &'static str,
-    tx: Option<mpsc::Sender<Arc<Alert>>>,
+    tx: Option<mpsc::Sender<Item>>,
     when_full: WhenFull,
     stats: Arc<SinkStats>,
+    checkpoints: Arc<SinkStats>,
     abort: CancellationToken,
     /// Completes (with an error: the sender is dropped) when the worker's
     /// thread ends.
@@ -97,12 +99,14 @@ impl SinkWorker {
             .build()?;
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(SinkStats::default());
+        let checkpoints = Arc::new(SinkStats::default());
         let abort = CancellationToken::new();
         let (done_tx, done) = oneshot::channel::<()>();
         let drive = Drive {
             sink,
             config,
             stats: Arc::clone(&stats),
+            checkpoints: Arc::clone(&checkpoints),
         };
         let stop = abort.clone();
         std::thread::Builder::new()
@@ -116,6 +120,7 @@ impl SinkWorker {
             tx: Some(tx),
             when_full: config.when_full,
             stats,
+            checkpoints,
             abort,
             done,
         })
@@ -126,10 +131,22 @@ impl SinkWorker {
         self.name
     }
 
-    /// The counters, shared with the worker: they stay readable after the
-    /// worker is closed.
+    /// The alerts' counters, shared with the worker: they stay readable
+    /// after the worker is closed.
     pub fn stats(&self) -> Arc<SinkStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The checkpoints' counters, kept as the alerts' are.
+    pub fn checkpoint_stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.checkpoints)
+    }
+
+    fn stats_of(&self, item: &Item) -> &SinkStats {
+        match item {
+            Item::Alert(_) => &self.stats,
+            Item::Checkpoint(_) => &self.checkpoints,
+        }
     }
 
     /// Queues `alert` as the [`WhenFull`] policy says: with `Block`, waits
@@ -143,19 +160,40 @@ impl SinkWorker {
     /// Cancelling a `Block` send that is waiting for room queues nothing and
     /// counts nothing.
     pub async fn send(&self, alert: impl Into<Arc<Alert>>) -> Result<(), SinkSendError> {
+        self.send_item(Item::Alert(alert.into())).await
+    }
+
+    /// Queues `checkpoint` as [`send`](Self::send) queues an alert (the
+    /// same queue, in order with the alerts), counted in
+    /// [`checkpoint_stats`](Self::checkpoint_stats).
+    ///
+    /// # Errors
+    /// [`SinkSendError`] when the checkpoint was dropped.
+    ///
+    /// # Cancel safety
+    /// As [`send`](Self::send).
+    pub async fn send_checkpoint(
+        &self,
+        checkpoint: impl Into<Arc<Checkpoint>>,
+    ) -> Result<(), SinkSendError> {
+        self.send_item(Item::Checkpoint(checkpoint.into())).await
+    }
+
+    async fn send_item(&self, item: Item) -> Result<(), SinkSendError> {
         match self.when_full {
-            WhenFull::DropNewest => self.try_send(alert),
+            WhenFull::DropNewest => self.try_send_item(item),
             WhenFull::Block => {
+                let stats = self.stats_of(&item);
                 let Some(tx) = &self.tx else {
-                    return Err(self.drop_one(SinkSendError::Closed));
+                    return Err(self.drop_one(stats, SinkSendError::Closed));
                 };
                 match tx.reserve().await {
                     Ok(permit) => {
-                        self.stats.queued();
-                        permit.send(alert.into());
+                        stats.queued();
+                        permit.send(item);
                         Ok(())
                     }
-                    Err(_) => Err(self.drop_one(SinkSendError::Closed)),
+                    Err(_) => Err(self.drop_one(stats, SinkSendError::Closed)),
                 }
             }
         }
@@ -167,23 +205,39 @@ impl SinkWorker {
     /// # Errors
     /// [`SinkSendError`] when the alert was dropped.
     pub fn try_send(&self, alert: impl Into<Arc<Alert>>) -> Result<(), SinkSendError> {
+        self.try_send_item(Item::Alert(alert.into()))
+    }
+
+    /// Queues `item` (an alert or a checkpoint), or drops it (counted in its
+    /// kind's counters) when the queue is full, never waiting.
+    ///
+    /// # Errors
+    /// [`SinkSendError`] when it was dropped.
+    pub fn try_send_item(&self, item: Item) -> Result<(), SinkSendError> {
+        let stats = self.stats_of(&item);
         let Some(tx) = &self.tx else {
-            return Err(self.drop_one(SinkSendError::Closed));
+            return Err(self.drop_one(stats, SinkSendError::Closed));
         };
         match tx.try_reserve() {
             Ok(permit) => {
-                self.stats.queued();
-                permit.send(alert.into());
+                stats.queued();
+                permit.send(item);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(())) => Err(self.drop_one(SinkSendError::Full)),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(self.drop_one(SinkSendError::Closed)),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                Err(self.drop_one(stats, SinkSendError::Full))
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                Err(self.drop_one(stats, SinkSendError::Closed))
+            }
         }
     }
 
-    fn drop_one(&self, why: SinkSendError) -> SinkSendError {
-        let dropped = self.stats.dropped();
-        if dropped.is_power_of_two() {
+    fn drop_one(&self, stats: &SinkStats, why: SinkSendError) -> SinkSendError {
+        let dropped = stats.dropped();
+        if std::ptr::eq(stats, Arc::as_ptr(&self.checkpoints)) {
+            warn!(sink = self.name, dropped, error = %why, "checkpoint dropped: the ledger's head did not leave the host this time");
+        } else if dropped.is_power_of_two() {
             warn!(sink = self.name, dropped, error = %why, "alert sink is not keeping up; alerts dropped");
         }
         why
@@ -209,7 +263,7 @@ impl SinkWorker {
         self.stop_accepting();
         let abandon = AbandonGuard {
             abort: self.abort.clone(),
-            stats: Arc::clone(&self.stats),
+            stats: [Arc::clone(&self.stats), Arc::clone(&self.checkpoints)],
         };
         let finished = tokio::time::timeout_at(deadline, &mut self.done).await;
         if finished.is_err() {
@@ -229,7 +283,15 @@ impl SinkWorker {
                 "alerts abandoned at shutdown"
             );
         }
-        info!(sink = self.name, stats = ?snapshot, "alert sink closed");
+        let checkpoints = self.checkpoints.snapshot();
+        if checkpoints.dropped_at_shutdown > 0 {
+            warn!(
+                sink = self.name,
+                dropped_at_shutdown = checkpoints.dropped_at_shutdown,
+                "checkpoints abandoned at shutdown"
+            );
+        }
+        info!(sink = self.name, stats = ?snapshot, checkpoints = ?checkpoints, "alert sink closed");
         snapshot
     }
 }
@@ -238,13 +300,16 @@ impl SinkWorker {
 /// close future is dropped.
 struct AbandonGuard {
     abort: CancellationToken,
-    stats: Arc<SinkStats>,
+    /// Alerts', checkpoints'.
+    stats: [Arc<SinkStats>; 2],
 }
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
         self.abort.cancel();
-        self.stats.abandon();
+        for s in &self.stats {
+            s.abandon();
+        }
     }
 }
 
@@ -253,41 +318,56 @@ struct Drive<S> {
     sink: S,
     config: WorkerConfig,
     stats: Arc<SinkStats>,
+    checkpoints: Arc<SinkStats>,
 }
 
 impl<S: AlertSink> Drive<S> {
     /// Delivers alerts in order until the queue is closed and empty, or
     /// `abort` (what is left is then counted by whoever aborted).
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Alert>>, abort: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>, abort: CancellationToken) {
         loop {
-            let Some(Some(alert)) = unless_cancelled(&abort, rx.recv()).await else {
+            let Some(Some(item)) = unless_cancelled(&abort, rx.recv()).await else {
                 break;
             };
-            let Some(outcome) = unless_cancelled(&abort, self.deliver(&alert)).await else {
+            let Some(outcome) = unless_cancelled(&abort, self.deliver(&item)).await else {
                 break;
             };
             let (outcome, cause) = match outcome {
                 Ok(()) => (Outcome::Delivered, None),
                 Err((outcome, cause)) => (outcome, Some(cause)),
             };
-            let was_failing = self.stats.snapshot().failing;
-            let n = self.stats.finish(outcome);
-            if let Some(cause) = cause {
+            let stats = match &item {
+                Item::Alert(_) => &self.stats,
+                Item::Checkpoint(_) => &self.checkpoints,
+            };
+            let was_failing = stats.snapshot().failing;
+            let n = stats.finish(outcome);
+            let Some(cause) = cause else { continue };
+            match &item {
                 // Once when a sink starts failing, then sparingly.
-                if !was_failing || n.is_power_of_two() {
+                Item::Alert(alert) if !was_failing || n.is_power_of_two() => {
                     warn!(sink = self.sink.name(), outcome = ?outcome, times = n, rule = %alert.rule_id, error = %cause, "alert not delivered");
+                }
+                Item::Alert(_) => {}
+                Item::Checkpoint(cp) => {
+                    warn!(sink = self.sink.name(), outcome = ?outcome, times = n, seq = cp.seq, error = %cause, "checkpoint not delivered");
                 }
             }
         }
     }
 
-    /// Delivers one alert, retrying transient failures as configured.
-    async fn deliver(&mut self, alert: &Alert) -> Result<(), (Outcome, String)> {
+    /// Delivers one alert or checkpoint, retrying transient failures as
+    /// configured.
+    async fn deliver(&mut self, item: &Item) -> Result<(), (Outcome, String)> {
         let mut backoff = self.config.backoff;
         backoff.reset();
         let mut attempt = 1;
         loop {
-            let (cause, after) = match self.sink.deliver(alert).await {
+            let delivery = match item {
+                Item::Alert(alert) => self.sink.deliver(alert).await,
+                Item::Checkpoint(cp) => self.sink.deliver_checkpoint(cp).await,
+            };
+            let (cause, after) = match delivery {
                 Delivery::Delivered => return Ok(()),
                 Delivery::Failed(cause) => return Err((Outcome::Failed, cause)),
                 Delivery::Rejected(cause) => return Err((Outcome::Rejected, cause)),
@@ -306,7 +386,10 @@ impl<S: AlertSink> Drive<S> {
             debug!(sink = self.sink.name(), error = %cause, attempt, wait_ms = wait.as_millis(), "delivery failed; retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
-            self.stats.retried();
+            match item {
+                Item::Alert(_) => self.stats.retried(),
+                Item::Checkpoint(_) => self.checkpoints.retried(),
+            }
         }
     }
 }
@@ -338,6 +421,10 @@ mod tests {
             } else {
                 self.script.remove(0)
             }
+        }
+
+        async fn deliver_checkpoint(&mut self, _: &Checkpoint) -> Delivery {
+            self.deliver(&alert(0)).await
         }
     }
 
@@ -382,6 +469,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn checkpoints_share_the_queue_and_retries_and_are_counted_apart() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let sink = Scripted {
+            // The alert is delivered; the checkpoint needs a second attempt.
+            script: vec![Delivery::Delivered, retry()],
+            attempts: attempts.clone(),
+        };
+        let w = SinkWorker::start(sink, quick(3)).unwrap();
+        let checkpoints = w.checkpoint_stats();
+        w.try_send(alert(1)).unwrap();
+        w.send_checkpoint(crate::sink::test_checkpoint(7))
+            .await
+            .unwrap();
+        let s = w.close(far()).await;
+        let c = checkpoints.snapshot();
+        assert_eq!((s.queued, s.delivered, s.retries), (1, 1, 0));
+        assert_eq!((c.queued, c.delivered, c.retries), (1, 1, 1));
+        assert_eq!(attempts.load(Ordering::Relaxed), 3);
+        // A stuck sink: the checkpoint behind it is dropped (queue full)
+        // or abandoned at shutdown, and counted as a checkpoint.
+        let w = stuck_worker(1);
+        let checkpoints = w.checkpoint_stats();
+        let _ = w.try_send(alert(1));
+        let _ = w.try_send(alert(2));
+        let _ = w.send_checkpoint(crate::sink::test_checkpoint(8)).await;
+        let s = w.close(Instant::now() + Duration::from_millis(50)).await;
+        let c = checkpoints.snapshot();
+        assert_eq!(c.dropped + c.dropped_at_shutdown, 1, "{c:?}");
+        assert_eq!(c.delivered, 0);
+        assert_eq!(s.queued + s.dropped, 2, "alerts counted apart: {s:?}");
+    }
+
+    #[tokio::test]
     async fn a_receivers_retry_after_is_honoured_up_to_the_cap() {
         let sink = Scripted {
             script: vec![Delivery::Retry {
@@ -414,6 +534,10 @@ mod tests {
             loop {
                 std::thread::park();
             }
+        }
+
+        async fn deliver_checkpoint(&mut self, _: &Checkpoint) -> Delivery {
+            self.deliver(&alert(0)).await
         }
     }
 

@@ -30,7 +30,8 @@ pub fn test_settings(dir: &Path, fifo: &Path, rest: &str) -> Settings {
     ))
 }
 
-/// A named pipe at `path`, each JSON line written to it on the channel.
+/// A named pipe at `path`, each alert written to it on the channel (the
+/// ledger's checkpoint lines are left out).
 pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -38,7 +39,10 @@ pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(path).unwrap();
         for line in BufReader::new(file).lines().map_while(Result::ok) {
-            let _ = tx.send(serde_json::from_str(&line).unwrap());
+            let value: Value = serde_json::from_str(&line).unwrap();
+            if value["kind"] != "checkpoint" {
+                let _ = tx.send(value);
+            }
         }
     });
     rx
@@ -261,4 +265,85 @@ async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
         dropped("agent")
     );
     alpha.stop().await;
+}
+
+/// The ledger's head leaves the host on a schedule: a checkpoint at start,
+/// one every `checkpoint_interval`, the last after the `stop` entry at
+/// shutdown; each is a ledger entry, and counted per sink as a checkpoint
+/// (not as an alert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_reach_the_sinks_at_start_on_schedule_and_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("alerts.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<Value>();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let settings = test_settings(
+        dir.path(),
+        &fifo,
+        &format!(
+            "checkpoint_interval = \"300ms\"\n[[collector]]\nname = \"absent\"\nsocket = \"{}\"\n",
+            dir.path().join("absent.sock").display()
+        ),
+    );
+    assert_eq!(settings.checkpoint_interval, Duration::from_millis(300));
+    let agent = Agent::build(settings).await.unwrap();
+    let registry = agent.metrics();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    // The start checkpoint, then two on schedule: awaited, in order.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seqs = Vec::new();
+        while seqs.len() < 3 {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a checkpoint at start and every 300 ms");
+            assert_eq!(line["kind"], "checkpoint", "{line}");
+            assert_eq!(line["head"].as_str().unwrap().len(), 64, "{line}");
+            seqs.push(line["seq"].as_i64().unwrap());
+        }
+        (seqs, lines)
+    });
+    let (seqs, lines) = seen.await.unwrap();
+    // start = 1, then one entry per checkpoint.
+    assert_eq!(seqs, [2, 3, 4]);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the agent stops when told")
+        .unwrap();
+    let rest: Vec<Value> = lines.try_iter().collect();
+    let last = rest.last().expect("a checkpoint at shutdown");
+    let store =
+        daemoneye_agent::store::AgentStore::open_read_only(&dir.path().join("data")).unwrap();
+    let runs = store.ledger_runs().unwrap();
+    assert_eq!((runs.starts, runs.stops, runs.running), (1, 1, false));
+    let stop_seq = store
+        .query("SELECT seq FROM ledger WHERE kind = 'stop'")
+        .unwrap()
+        .rows[0][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        last["seq"],
+        stop_seq + 1,
+        "the last checkpoint follows the stop"
+    );
+    assert_eq!(Some(stop_seq + 1), runs.last_checkpoint);
+    let file = [("sink", "file")];
+    let delivered = registry
+        .value("daemoneye_checkpoints_delivered_total", &file)
+        .unwrap();
+    assert_eq!(delivered, 4 + rest.len() as u64 - 1, "{rest:?}");
+    assert_eq!(
+        registry.value("daemoneye_alerts_delivered_total", &file),
+        Some(0),
+        "checkpoints are not counted as alerts"
+    );
 }

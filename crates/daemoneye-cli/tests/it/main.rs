@@ -1,5 +1,7 @@
 //! The `daemoneye-cli` binary: verdicts, exit codes, output.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod anchor;
 
 use std::process::Command;
 use std::time::SystemTime;
