@@ -529,7 +529,12 @@ fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
     let mut ready = false;
     for _ in 0..40 {
         Command::new(&exe).arg("0.02").status().unwrap();
-        if webhook.recv_timeout(Duration::from_millis(500)).is_ok() {
+        // An alert, not the start's checkpoint: the collector sees execs.
+        if webhook
+            .try_iter()
+            .chain(webhook.recv_timeout(Duration::from_millis(500)))
+            .any(|(_, body)| body["rule_id"] == "exec-from-temp-dir")
+        {
             ready = true;
             break;
         }
