@@ -179,7 +179,7 @@ fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
         match Command::new(&exe).args(args).status() {
             Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
                 tries += 1;
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::park_timeout(Duration::from_millis(5));
             }
             other => break other.unwrap(),
         }

@@ -408,6 +408,13 @@ async fn held_writes_over_their_bound_are_dropped_counted_and_recorded_as_a_gap(
 async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
     use std::io::Write as _;
 
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+
     let mnt = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -417,12 +424,6 @@ async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
     if !mounted {
         eprintln!("skipped: mounting a small tmpfs (a disk to fill) needs root");
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
     }
     let _unmount = Unmount(mnt.path());
     let path = mnt.path().join("audit.db");
