@@ -290,16 +290,7 @@ async fn failed_writes_are_held_and_land_once_the_store_takes_them() {
     handle.flush().await.unwrap();
 
     // Pull the table out from under the writer: every write now fails.
-    let create: String = raw(&path)
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    raw(&path)
-        .execute_batch("DROP TABLE process_events")
-        .unwrap();
+    let create = pull_events_table(&path);
     let batch: Vec<_> = (2..=6).map(|p| rich(p, ProcessEventType::Exec)).collect();
     handle.events(batch).await;
     handle.flush().await.unwrap();
@@ -359,16 +350,7 @@ async fn held_writes_over_their_bound_are_dropped_counted_and_recorded_as_a_gap(
     };
     let handle = StoreWriter::spawn(Store::new(&path).unwrap(), config).unwrap();
     handle.flush().await.unwrap();
-    let create: String = raw(&path)
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    raw(&path)
-        .execute_batch("DROP TABLE process_events")
-        .unwrap();
+    let create = pull_events_table(&path);
     // Two batches of two: the older is dropped to keep within the bound.
     handle
         .events((1..=2).map(|p| rich(p, ProcessEventType::Exec)).collect())
@@ -466,6 +448,22 @@ async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), u64::from(sent));
     db.verify_ledger().unwrap();
+}
+
+/// Pulls `process_events` out from under a writer (every write then
+/// fails); returns the SQL that puts it back.
+fn pull_events_table(path: &Path) -> String {
+    let create: String = raw(path)
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    raw(path)
+        .execute_batch("DROP TABLE process_events")
+        .unwrap();
+    create
 }
 
 /// The agent's store as builds before the versioned schema wrote it.
