@@ -208,15 +208,21 @@ mod tests {
         Alert::new(&rule, AlertProcess::from_event(&e, None), SystemTime::now())
     }
 
-    #[test]
-    fn alerts_reach_a_udp_collector_as_rfc5424() {
+    /// A UDP syslog collector on loopback, and the target that reaches it.
+    fn udp_collector() -> (UdpSocket, SyslogTarget) {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let target: SyslogTarget = format!("udp://{}", server.local_addr().unwrap())
+        let target = format!("udp://{}", server.local_addr().unwrap())
             .parse()
             .unwrap();
+        (server, target)
+    }
+
+    #[test]
+    fn alerts_reach_a_udp_collector_as_rfc5424() {
+        let (server, target) = udp_collector();
         let sink = SyslogSink::open(target).unwrap();
         sink.send(&alert()).unwrap();
         let mut buf = [0u8; 8192];
@@ -237,13 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_checkpoint_reaches_a_udp_collector_with_its_head() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let target: SyslogTarget = format!("udp://{}", server.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (server, target) = udp_collector();
         let worker =
             SinkWorker::start(SyslogSink::open(target).unwrap(), WorkerConfig::default()).unwrap();
         let cp = crate::sink::test_checkpoint(3);
