@@ -235,6 +235,54 @@ async fn an_executable_deeper_than_the_walk_is_flagged_not_cut_silently() {
     drop(handle);
 }
 
+/// The verifier gives up with EAGAIN while a signal is pending on the loading
+/// thread; in a process that handles SIGCHLD (tokio's child reaping) a fork
+/// storm sends one per exiting child. A flood of signals aimed at the loading
+/// thread must not make the tier unavailable (it did in CI).
+#[test]
+fn loading_goes_through_a_flood_of_signals_at_the_loading_thread() {
+    use nix::sys::pthread::{pthread_kill, pthread_self};
+    use nix::sys::signal::Signal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !privileged("signals") {
+        return;
+    }
+    // A handler, so that SIGUSR1 is delivered (not ignored, not fatal).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _handler = rt
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        })
+        .unwrap();
+    let me = pthread_self();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                pthread_kill(me, Signal::SIGUSR1).unwrap();
+                sent += 1;
+            }
+            sent
+        }
+    });
+    let mut loads = Vec::new();
+    for _ in 0..3 {
+        loads.push(EbpfTier::load(&EbpfConfig::default()).map(drop));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    assert!(sent > 100, "the flood sent only {sent} signals");
+    for load in loads {
+        load.expect("the eBPF tier loads while signals keep arriving");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_setuid_binary_run_by_nobody_is_flagged() {
     if !privileged("setuid") {

@@ -146,6 +146,39 @@ pub enum EbpfError {
 /// How often a program load interrupted by a signal is tried.
 const LOAD_ATTEMPTS: u32 = 5;
 
+/// Signals held back on this thread while it lives; the old mask is put
+/// back on drop.
+///
+/// The verifier gives up with `EAGAIN` whenever a signal is pending on the
+/// loading thread. In a process that reaps children through a `SIGCHLD`
+/// handler (tokio's, say) every exiting child sends one, so under a fork
+/// storm retries alone can all lose. A blocked signal does not count as
+/// pending: it waits, and is delivered when the mask is restored.
+struct SignalsHeld {
+    old: Option<nix::sys::signal::SigSet>,
+}
+
+impl SignalsHeld {
+    fn hold() -> Self {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+        let mut old = SigSet::empty();
+        // Fails only for an invalid `how`; then loads fall back to retries.
+        let old = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old))
+            .ok()
+            .map(|()| old);
+        Self { old }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        if let Some(old) = &self.old {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+        }
+    }
+}
+
 /// Whether `err` (or what caused it) is `EAGAIN`.
 fn is_eagain(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
@@ -416,17 +449,21 @@ impl EbpfTier {
                 .try_into()
                 .map_err(|e| load_error("wrong program type", e))?;
             // The verifier gives up with EAGAIN when a signal is pending on
-            // this thread (a SIGCHLD for the process, say): try again, as
-            // libbpf does.
+            // this thread: signals are held back while it runs, and a load
+            // that is still interrupted (SIGKILL aside, only if the mask
+            // could not be set) is tried again, as libbpf does.
+            let held = SignalsHeld::hold();
             let mut attempts = 0;
-            loop {
+            let loaded = loop {
                 attempts += 1;
                 match program.load(tracepoint, &btf) {
-                    Ok(()) => break,
+                    Ok(()) => break Ok(()),
                     Err(e) if attempts < LOAD_ATTEMPTS && is_eagain(&e) => {}
-                    Err(e) => return Err(load_error("the verifier refused a program", e)),
+                    Err(e) => break Err(e),
                 }
-            }
+            };
+            drop(held);
+            loaded.map_err(|e| load_error("the verifier refused a program", e))?;
             program
                 .attach()
                 .map_err(|e| load_error("cannot attach to a tracepoint", e))?;
