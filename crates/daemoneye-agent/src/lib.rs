@@ -50,7 +50,7 @@ pub mod link;
 pub mod sink;
 
 pub use daemoneye_rules::{detect, engine, rules};
-pub use daemoneye_store::{alert, ledger, writer};
+pub use daemoneye_store::{alert, ledger, performance, writer};
 
 /// The agent's store: [`daemoneye_store::store`], with the name the agent
 /// has always used for it.

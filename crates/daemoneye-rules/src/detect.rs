@@ -8,11 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
-use collector_core::{ProcessEvent, ProcessEventType};
+use collector_core::{PerformanceEvent, ProcessEvent, ProcessEventType};
 use tokio::time::Instant;
 
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
+use daemoneye_store::PerformanceRow;
 
 /// Whether a directory can be written by someone other than root: writable
 /// by group or others, or owned by a non-root user. Blocking (a `stat`).
@@ -340,6 +341,58 @@ impl Detector {
         self.judge(&events.iter().collect::<Vec<_>>(), &rows)
     }
 
+    /// Judges a batch of performance samples with the performance rules,
+    /// beside the live processes the samples name (by pid, when their key
+    /// is that process's). A match of pid 0 is about the host: its alert
+    /// names no process. Returns the new (not deduplicated away) alerts.
+    ///
+    /// # Errors
+    /// Only when the engine itself fails.
+    pub fn on_performance(
+        &mut self,
+        samples: &[PerformanceEvent],
+    ) -> Result<Vec<Alert>, EngineError> {
+        if samples.is_empty() || !self.engine.has_performance_rules() {
+            return Ok(Vec::new());
+        }
+        let mut named: Vec<ProcessEvent> = Vec::new();
+        for s in samples {
+            let Some(e) = s.pid().and_then(|pid| self.table.get(&pid)) else {
+                continue;
+            };
+            let same = match (s.process_key(), e.process_key) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if same && named.iter().all(|n| n.pid != e.pid) {
+                named.push(e.clone());
+            }
+        }
+        let host_time = samples
+            .iter()
+            .map(|s| s.timestamp)
+            .max()
+            .unwrap_or_else(SystemTime::now);
+        let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
+        let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
+        let matches = self.engine.evaluate_performance(&samples, &rows)?;
+        let mut alerts = Vec::new();
+        let events: Vec<&ProcessEvent> = named.iter().collect();
+        for m in &matches {
+            if m.pid == 0 {
+                let Some(rule) = self.engine.rules().iter().find(|r| r.id == m.rule_id) else {
+                    continue;
+                };
+                let alert = Alert::new(rule, AlertProcess::host(), host_time);
+                if self.dedup.admit(&alert) {
+                    alerts.push(alert);
+                }
+            }
+        }
+        alerts.extend(self.alerts_of(matches, &events, &rows));
+        Ok(alerts)
+    }
+
     fn judge(
         &mut self,
         events: &[&ProcessEvent],
@@ -349,6 +402,17 @@ impl Detector {
             return Ok(Vec::new());
         }
         let matches = self.engine.evaluate(rows)?;
+        Ok(self.alerts_of(matches, events, rows))
+    }
+
+    /// The alerts of `matches` over `rows` (`events[i]` is `rows[i]`'s),
+    /// deduplicated.
+    fn alerts_of(
+        &mut self,
+        matches: Vec<crate::engine::Match>,
+        events: &[&ProcessEvent],
+        rows: &[ProcessRow],
+    ) -> Vec<Alert> {
         // Rows are one per pid (a batch is merged per process, the table is
         // keyed by pid): find a match's row without scanning.
         let row_of: HashMap<u32, usize> =
@@ -371,7 +435,7 @@ impl Detector {
                 alerts.push(alert);
             }
         }
-        Ok(alerts)
+        alerts
     }
 }
 
@@ -447,6 +511,62 @@ mod tests {
             "the alert shows the matching event"
         );
         assert_eq!(d.live(), 0);
+    }
+
+    #[test]
+    fn a_performance_anomaly_is_judged_with_the_process_it_names() {
+        use collector_core::{
+            BootId, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceMetric,
+            PerformanceSubject, ProcessKey,
+        };
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        let key = ProcessKey::new(BootId::from_bytes([1; 16]), 400, 9);
+        let mut miner = exec(400, 1, "sh", "/tmp/.m/sh", &["sh"]);
+        miner.process_key = Some(key);
+        d.on_events(&[miner]).unwrap();
+        let anomaly = |kind, metric, subject| {
+            PerformanceEvent::new(metric, 99.0, subject, SystemTime::now()).with_anomaly(
+                PerformanceAnomaly {
+                    kind,
+                    threshold: 90.0,
+                    duration: Duration::from_secs(60),
+                },
+            )
+        };
+        let of = |pid, process_key| PerformanceSubject::Process { pid, process_key };
+        // Another process under the same pid (another key) is not it.
+        let stale = ProcessKey::new(BootId::from_bytes([1; 16]), 400, 8);
+        let busy = |s| {
+            anomaly(
+                PerformanceAnomalyKind::SustainedCpu,
+                PerformanceMetric::ProcessCpu,
+                s,
+            )
+        };
+        assert!(d
+            .on_performance(&[busy(of(400, Some(stale)))])
+            .unwrap()
+            .is_empty());
+        let alerts = d.on_performance(&[busy(of(400, Some(key)))]).unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].rule_id, "sustained-cpu-suspicious-binary");
+        assert_eq!(
+            alerts[0].process.executable_path.as_deref(),
+            Some("/tmp/.m/sh")
+        );
+        let fork = anomaly(
+            PerformanceAnomalyKind::ForkRate,
+            PerformanceMetric::ForkRate,
+            PerformanceSubject::Host,
+        );
+        let alerts = d.on_performance(&[fork]).unwrap();
+        assert_eq!(
+            (alerts[0].rule_id.as_str(), alerts[0].process.pid),
+            ("fork-bomb", 0)
+        );
     }
 
     #[test]

@@ -39,6 +39,16 @@
 //! the same as in the store and in trigger conditions;
 //! `daemoneye-cli rules columns` lists them. Times are unix nanoseconds,
 //! booleans 0/1, `argv` a JSON array.
+//!
+//! # The `performance` table
+//!
+//! A rule whose SQL names the `performance` table ([`reads_performance`])
+//! is a performance rule: it runs on batches of performance samples
+//! ([`RuleEngine::evaluate_performance`]), the others on batches of
+//! processes. Its columns are those of the store's `performance` table
+//! ([`collector_core::vocabulary::PERFORMANCE`]); beside it, `processes`
+//! holds the processes the samples name (join on `process_key`). A rule
+//! about the host as a whole (a fork-rate anomaly) returns `0 AS pid`.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,8 +56,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge, Registry};
-use collector_core::vocabulary::process_column;
+use collector_core::vocabulary::{process_column, PERFORMANCE};
 use collector_core::ProcessEvent;
+use daemoneye_store::performance::{self as perf_rows, PerformanceRow};
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -135,6 +146,9 @@ CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE e
 static SCHEMA: LazyLock<String> = LazyLock::new(schema);
 /// The insert of one row, binding [`COLUMNS`] in order.
 static INSERT: LazyLock<String> = LazyLock::new(insert_sql);
+/// The insert of one performance sample, as the store's.
+static PERFORMANCE_INSERT: LazyLock<String> =
+    LazyLock::new(|| perf_rows::insert_sql("performance"));
 
 fn schema() -> String {
     let columns: Vec<String> = COLUMNS
@@ -144,7 +158,22 @@ fn schema() -> String {
             format!("{name} {ty}")
         })
         .collect();
-    format!("CREATE TABLE processes ({});{INDEXES}", columns.join(", "))
+    let performance: Vec<String> = PERFORMANCE
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.ty.sqlite()))
+        .collect();
+    format!(
+        "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});",
+        columns.join(", "),
+        performance.join(", ")
+    )
+}
+
+/// Whether `sql` names the `performance` table (any identifier spelled
+/// so, ASCII case-insensitive): such a rule runs on performance batches.
+pub fn reads_performance(sql: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case("performance"))
 }
 
 fn insert_sql() -> String {
@@ -439,15 +468,18 @@ impl Reader {
         &self,
         slot: usize,
         watchdog: &Watchdog,
-        rules: &[Rule],
+        batch: Batch<'_>,
         next: &AtomicUsize,
-        cap: usize,
     ) -> Vec<(usize, Result<Vec<Match>, RunError>)> {
         let mut out = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(rule) = rules.get(i) else { break };
-            out.push((i, self.run_one(slot, watchdog, rule, cap)));
+            let Some(rule) = batch.rules.get(i) else {
+                break;
+            };
+            if batch.performance.get(i).copied() == Some(batch.of_performance) {
+                out.push((i, self.run_one(slot, watchdog, rule, batch.cap)));
+            }
         }
         out
     }
@@ -464,6 +496,16 @@ impl Reader {
         watchdog.disarm(slot);
         result
     }
+}
+
+/// The rules of one batch: those of `rules` whose `performance` flag is
+/// `of_performance`, at most `cap` rows each.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    rules: &'a [Rule],
+    performance: &'a [bool],
+    of_performance: bool,
+    cap: usize,
 }
 
 /// Why one run of a rule failed.
@@ -535,6 +577,9 @@ pub struct RuleEngine {
     /// Slot `i` is `readers[i]`.
     watchdog: Watchdog,
     rules: Vec<Rule>,
+    /// `performance[i]`: `rules[i]` reads `performance` (see
+    /// [`reads_performance`]).
+    performance: Vec<bool>,
     /// `failures[i]` are `rules[i]`'s.
     failures: Vec<Failures>,
     refused: Vec<RuleError>,
@@ -610,6 +655,7 @@ impl RuleEngine {
             readers,
             watchdog,
             failures: vec![Failures::default(); kept.len()],
+            performance: kept.iter().map(|r| reads_performance(&r.sql)).collect(),
             rules: kept,
             refused,
             stats: Arc::default(),
@@ -649,14 +695,43 @@ impl RuleEngine {
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
-        self.load(rows)?;
+        self.load(rows, &[])?;
+        Ok(self.run(false, rows.len()))
+    }
+
+    /// Runs every performance rule over `samples`, with `processes` (the
+    /// processes they name) in the `processes` table; as
+    /// [`evaluate`](Self::evaluate) otherwise.
+    ///
+    /// # Errors
+    /// Only when the batch cannot be loaded into the engine's database.
+    pub fn evaluate_performance(
+        &mut self,
+        samples: &[PerformanceRow],
+        processes: &[ProcessRow],
+    ) -> Result<Vec<Match>, EngineError> {
+        self.load(processes, samples)?;
+        Ok(self.run(true, samples.len().max(processes.len())))
+    }
+
+    /// Whether any rule in force reads `performance`.
+    pub fn has_performance_rules(&self) -> bool {
+        self.performance.contains(&true)
+    }
+
+    fn run(&mut self, of_performance: bool, rows: usize) -> Vec<Match> {
         self.stats.batches.inc();
-        let cap = rows.len().max(MIN_ROW_CAP);
         let counter = AtomicUsize::new(0);
-        let (rules, next, watchdog) = (self.rules.as_slice(), &counter, &self.watchdog);
+        let batch = Batch {
+            rules: &self.rules,
+            performance: &self.performance,
+            of_performance,
+            cap: rows.max(MIN_ROW_CAP),
+        };
+        let (rules, next, watchdog, cap) = (batch.rules, &counter, &self.watchdog, batch.cap);
         let mut results = match self.readers.as_mut_slice() {
             [] => Vec::new(),
-            [only] => only.run(0, watchdog, rules, next, cap),
+            [only] => only.run(0, watchdog, batch, next),
             [first, rest @ ..] => std::thread::scope(|s| {
                 let helpers: Vec<_> = rest
                     .iter_mut()
@@ -665,11 +740,11 @@ impl RuleEngine {
                         // Without a thread, this reader's share goes to the others.
                         std::thread::Builder::new()
                             .name("daemoneye-rules".to_owned())
-                            .spawn_scoped(s, move || reader.run(k + 1, watchdog, rules, next, cap))
+                            .spawn_scoped(s, move || reader.run(k + 1, watchdog, batch, next))
                             .ok()
                     })
                     .collect();
-                let mut all = first.run(0, watchdog, rules, next, cap);
+                let mut all = first.run(0, watchdog, batch, next);
                 for h in helpers {
                     match h.join() {
                         Ok(found) => all.extend(found),
@@ -720,12 +795,23 @@ impl RuleEngine {
             }
         }
         self.stats.failing_rules.set(failing);
-        Ok(out)
+        out
     }
 
-    fn load(&mut self, rows: &[ProcessRow]) -> Result<(), rusqlite::Error> {
+    fn load(
+        &mut self,
+        rows: &[ProcessRow],
+        samples: &[PerformanceRow],
+    ) -> Result<(), rusqlite::Error> {
         let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
+        tx.execute("DELETE FROM performance", [])?;
+        {
+            let mut insert = tx.prepare_cached(&PERFORMANCE_INSERT)?;
+            for s in samples {
+                insert.execute(s.params().as_slice())?;
+            }
+        }
         {
             let mut insert = tx.prepare_cached(&INSERT)?;
             // One buffer each for every row's joined and JSON argv.
@@ -1217,7 +1303,7 @@ mod tests {
             }
             let mut engine = RuleEngine::new(vec![hostile.clone(), normal.clone()]).unwrap();
             assert_eq!(engine.rules().len(), 2, "{sql}");
-            engine.load(&batch).unwrap();
+            engine.load(&batch, &[]).unwrap();
             let reader = &engine.readers[0];
             let started = Instant::now();
             let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());

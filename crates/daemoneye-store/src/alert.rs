@@ -84,6 +84,24 @@ pub struct AlertProcess {
 }
 
 impl AlertProcess {
+    /// The host as a whole (pid 0, named `host`): what an alert over a
+    /// host-wide sample (a fork-rate anomaly) is about.
+    pub fn host() -> Self {
+        Self {
+            process_key: None,
+            pid: 0,
+            ppid: None,
+            name: "host".to_owned(),
+            executable_path: None,
+            command_line: Vec::new(),
+            executable_hash: None,
+            hash_algorithm: None,
+            user_id: None,
+            parent_name: None,
+            parent_executable_path: None,
+        }
+    }
+
     /// From the process event and what is known of its parent.
     pub fn from_event(e: &ProcessEvent, parent: Option<&ProcessEvent>) -> Self {
         Self {
