@@ -208,7 +208,7 @@ impl Pipeline {
     async fn settle(
         &mut self,
         judged: Result<Vec<Alert>, EngineError>,
-        batch: Option<Vec<ProcessEvent>>,
+        batch: Option<LinkEvent>,
         reconnected: bool,
     ) {
         let counters = &self.counters;
@@ -230,8 +230,10 @@ impl Pipeline {
             counters.alerts.inc();
             self.sinks.deliver(a).await;
         }
-        if let Some(batch) = batch {
-            self.writer.events(batch).await;
+        match batch {
+            Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
+            Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
+            Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {
             self.writer.alert(a).await;
@@ -252,9 +254,7 @@ impl Pipeline {
                 () = tokio::time::sleep_until(deadline) => {
                     let mut left = 0;
                     while let Ok(event) = rx.try_recv() {
-                        if let LinkEvent::Events(batch) = event {
-                            left += batch.len();
-                        }
+                        left += event.len();
                     }
                     self.counters.dropped_at_shutdown.add_usize(left);
                     warn!(events = left, "shutdown deadline passed; events left unjudged");
@@ -262,15 +262,49 @@ impl Pipeline {
                 }
             };
             match event {
-                Some(LinkEvent::Events(batch)) => {
-                    let detector = &mut self.detector;
-                    let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
-                    self.settle(judged, Some(batch), false).await;
+                Some(event @ (LinkEvent::Events(_) | LinkEvent::Performance(_))) => {
+                    let judged = self.judge(&event);
+                    self.settle(judged, Some(event), false).await;
                 }
                 Some(LinkEvent::Connected) => {}
                 None => return,
             }
         }
+    }
+
+    /// Judges and records what a link handed on, with the process events
+    /// already waiting behind a batch of them (see [`take_waiting`]).
+    async fn on_link_event(&mut self, event: LinkEvent, rx: &mut mpsc::Receiver<LinkEvent>) {
+        match event {
+            LinkEvent::Events(mut batch) => {
+                let waiting = take_waiting(rx, &mut batch);
+                let batch = LinkEvent::Events(batch);
+                let judged = self.judge(&batch);
+                self.settle(judged, Some(batch), waiting.reconnected).await;
+                if let Some(samples) = waiting.performance {
+                    let judged = self.judge(&samples);
+                    self.settle(judged, Some(samples), false).await;
+                }
+            }
+            LinkEvent::Connected => self.settle(Ok(Vec::new()), None, true).await,
+            samples @ LinkEvent::Performance(_) => {
+                let judged = self.judge(&samples);
+                self.settle(judged, Some(samples), false).await;
+            }
+        }
+    }
+
+    /// Judges one batch of the links' events: process events with the
+    /// process rules, performance samples with the performance rules.
+    fn judge(&mut self, event: &LinkEvent) -> Result<Vec<Alert>, EngineError> {
+        let detector = &mut self.detector;
+        // Rules run on this thread (and a second connection's): let the
+        // runtime move its other tasks elsewhere meanwhile.
+        tokio::task::block_in_place(|| match event {
+            LinkEvent::Events(batch) => detector.on_events(batch),
+            LinkEvent::Performance(samples) => detector.on_performance(samples),
+            LinkEvent::Connected => Ok(Vec::new()),
+        })
     }
 
     /// Appends a `checkpoint` entry after everything given to the store so
@@ -328,19 +362,40 @@ impl Pipeline {
     }
 }
 
+/// What [`take_waiting`] found besides process events.
+#[derive(Default)]
+struct Waiting {
+    /// A link reconnected meanwhile.
+    reconnected: bool,
+    /// A batch of performance samples, to judge after the process events
+    /// that came before it.
+    performance: Option<LinkEvent>,
+}
+
 /// Adds to `batch` what is already waiting, up to [`MAX_JUDGED`] events, to
 /// judge it in one go: under a burst the rules run once per many events,
-/// not once per small batch; when quiet, nothing waits. True when a link
-/// reconnected meanwhile.
-fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> bool {
+/// not once per small batch; when quiet, nothing waits. Stops at a
+/// reconnection or a batch of performance samples.
+fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> Waiting {
     while batch.len() < MAX_JUDGED {
         match rx.try_recv() {
             Ok(LinkEvent::Events(more)) => batch.extend(more),
-            Ok(LinkEvent::Connected) => return true,
+            Ok(LinkEvent::Connected) => {
+                return Waiting {
+                    reconnected: true,
+                    performance: None,
+                }
+            }
+            Ok(samples @ LinkEvent::Performance(_)) => {
+                return Waiting {
+                    reconnected: false,
+                    performance: Some(samples),
+                }
+            }
             Err(_) => break,
         }
     }
-    false
+    Waiting::default()
 }
 
 /// Appends a `checkpoint` entry after everything given to `writer` so far
@@ -605,25 +660,21 @@ impl Agent {
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut checkpoint_due = false;
-            let detector = &mut pipeline.detector;
             // What to judge: a batch of events (stored after its alerts are
             // out), or the whole table.
             let (judged, batch, reconnected) = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 event = rx.recv() => match event {
-                    Some(LinkEvent::Events(mut batch)) => {
-                        let reconnected = take_waiting(&mut rx, &mut batch);
-                        // Rules run on this thread (and a second connection's):
-                        // let the runtime move its other tasks elsewhere meanwhile.
-                        let judged = tokio::task::block_in_place(|| detector.on_events(&batch));
-                        (judged, Some(batch), reconnected)
+                    Some(event) => {
+                        pipeline.on_link_event(event, &mut rx).await;
+                        continue;
                     }
-                    Some(LinkEvent::Connected) => (Ok(Vec::new()), None, true),
                     None => break,
                 },
                 _ = sweep.tick() => {
                     pipeline.counters.sweeps.inc();
+                    let detector = &mut pipeline.detector;
                     (tokio::task::block_in_place(|| detector.sweep()), None, false)
                 }
                 _ = checkpoints.tick() => {

@@ -24,6 +24,12 @@
 //! | `sinks.webhook_headers_file` | `--webhook-headers-file` | `DAEMONEYE_WEBHOOK_HEADERS_FILE` |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
+//! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
+//!
+//! Without `[[collector]]` entries (and without `--procmond` or
+//! `--collector-socket`), the agent runs two built-in collectors: procmond
+//! (`builtin = "procmond"`) and perfmond (`builtin = "perfmond"`, sampling
+//! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s).
 //! | `metrics_listen` | `--metrics-listen` (off by default) | `DAEMONEYE_METRICS_LISTEN` |
 //!
 //! ```
@@ -76,6 +82,11 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 /// The name of the collector the agent runs when none is configured.
 pub const DEFAULT_COLLECTOR: &str = "procmond";
+/// The name of the performance collector the agent runs beside it when none
+/// is configured.
+pub const DEFAULT_PERFORMANCE_COLLECTOR: &str = "perfmond";
+/// Time between the built-in perfmond's samples, unless configured.
+pub const DEFAULT_PERFORMANCE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used, naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +296,9 @@ impl std::fmt::Debug for SinksConfig {
 pub enum BuiltinCollector {
     /// procmond's process collector (`daemoneye-agent collect`).
     Procmond,
+    /// perfmond's performance collector (`daemoneye-agent
+    /// collect-performance`), without any privilege.
+    Perfmond,
 }
 
 /// The event domain a collector serves, checked in its handshake.
@@ -368,12 +382,22 @@ pub struct CollectorEntryConfig {
     /// alone, the agent connects to it and starts nothing.
     #[serde(default)]
     pub socket: Option<PathBuf>,
-    /// The domain it must serve (default `process`).
+    /// The domain it must serve (default `process`; `performance` for the
+    /// built-in perfmond).
     #[serde(default)]
     pub domain: Option<CollectorDomain>,
-    /// Snapshot interval of a procmond whose arguments the agent builds.
+    /// Snapshot interval of a procmond whose arguments the agent builds, or
+    /// the built-in perfmond's sampling interval (whole seconds).
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
+    /// The built-in perfmond: the sustained-CPU anomaly's threshold, in
+    /// percent of one core (default 90).
+    #[serde(default)]
+    pub sustained_cpu_percent: Option<u32>,
+    /// The built-in perfmond: how long a process holds the threshold before
+    /// it is an anomaly (default 60 s; whole seconds).
+    #[serde(default, with = "humantime_serde")]
+    pub sustained_cpu_for: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -488,6 +512,22 @@ fn procmond_args(subcommand: &str, socket: &Path, interval: Duration) -> Vec<OsS
     ]
 }
 
+/// The collectors of an agent configured with none: the built-in procmond
+/// and perfmond.
+fn default_collectors() -> Vec<CollectorEntryConfig> {
+    [
+        (DEFAULT_COLLECTOR, BuiltinCollector::Procmond),
+        (DEFAULT_PERFORMANCE_COLLECTOR, BuiltinCollector::Perfmond),
+    ]
+    .into_iter()
+    .map(|(name, builtin)| CollectorEntryConfig {
+        name: name.to_owned(),
+        builtin: Some(builtin),
+        ..CollectorEntryConfig::default()
+    })
+    .collect()
+}
+
 /// Collector names become file names: keep them plain.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -566,13 +606,7 @@ impl Settings {
                 ..CollectorEntryConfig::default()
             }]
         } else {
-            file.collectors.unwrap_or_else(|| {
-                vec![CollectorEntryConfig {
-                    name: DEFAULT_COLLECTOR.to_owned(),
-                    builtin: Some(BuiltinCollector::Procmond),
-                    ..CollectorEntryConfig::default()
-                }]
-            })
+            file.collectors.unwrap_or_else(default_collectors)
         };
         if entries.is_empty() {
             return Err(invalid(
@@ -672,6 +706,59 @@ fn resolve_sinks(
     })
 }
 
+/// `d` when it is whole seconds, at least one.
+fn whole_secs(
+    key: &str,
+    d: Duration,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    if d.as_secs() == 0 || d.subsec_nanos() != 0 {
+        return Err(invalid(key, format!("{d:?}: whole seconds, at least 1 s")));
+    }
+    Ok(d)
+}
+
+/// The built-in perfmond's arguments: procmond's flags (it ignores
+/// `--no-database`) and the sustained-CPU anomaly's threshold.
+fn perfmond_launch(
+    entry: &CollectorEntryConfig,
+    domain: CollectorDomain,
+    socket: &Path,
+    interval: Duration,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Launch, ConfigError> {
+    if entry.args.is_some() || domain != CollectorDomain::Performance {
+        return Err(invalid(
+            if entry.args.is_some() {
+                "args"
+            } else {
+                "domain"
+            },
+            format!(
+                "the built-in perfmond takes no `args` and serves performance, not {}",
+                domain.name()
+            ),
+        ));
+    }
+    let percent = entry.sustained_cpu_percent.unwrap_or(90);
+    if percent == 0 {
+        return Err(invalid(
+            "sustained_cpu_percent",
+            "must be more than 0".to_owned(),
+        ));
+    }
+    let held = entry.sustained_cpu_for.unwrap_or(Duration::from_secs(60));
+    let held = whole_secs("sustained_cpu_for", held, invalid)?;
+    let mut args = procmond_args("collect-performance", socket, interval);
+    args.extend([
+        "--sustained-cpu-percent".into(),
+        percent.to_string().into(),
+        "--sustained-cpu-secs".into(),
+        held.as_secs().to_string().into(),
+    ]);
+    Ok(Launch::Builtin { args })
+}
+
 /// One entry: which way it is started, its socket, its interval.
 fn resolve_collector(
     entry: CollectorEntryConfig,
@@ -679,21 +766,29 @@ fn resolve_collector(
     interval_flag: Option<Duration>,
     invalid: impl Fn(&str, String) -> ConfigError,
 ) -> Result<CollectorSpec, ConfigError> {
-    let domain = entry.domain.unwrap_or_default();
+    let perfmond = entry.builtin == Some(BuiltinCollector::Perfmond);
+    let domain = entry.domain.unwrap_or(if perfmond {
+        CollectorDomain::Performance
+    } else {
+        CollectorDomain::Process
+    });
+    if !perfmond && (entry.sustained_cpu_percent.is_some() || entry.sustained_cpu_for.is_some()) {
+        let why = "the sustained-CPU keys go with `builtin = \"perfmond\"`";
+        return Err(invalid("sustained_cpu_percent", why.to_owned()));
+    }
     let socket = entry
         .socket
         .clone()
         .unwrap_or_else(|| data_dir.join(format!("{}.sock", entry.name)));
-    // A procmond whose flags the agent builds takes the interval.
+    // A procmond whose flags the agent builds takes the interval (the
+    // `--interval` flag is procmond's, not perfmond's).
     let interval = || {
-        let interval = interval_flag.or(entry.interval).unwrap_or(DEFAULT_INTERVAL);
-        if interval.as_secs() == 0 || interval.subsec_nanos() != 0 {
-            return Err(invalid(
-                "interval",
-                format!("{interval:?}: whole seconds, at least 1 s"),
-            ));
-        }
-        Ok(interval)
+        let interval = if perfmond {
+            entry.interval.unwrap_or(DEFAULT_PERFORMANCE_INTERVAL)
+        } else {
+            interval_flag.or(entry.interval).unwrap_or(DEFAULT_INTERVAL)
+        };
+        whole_secs("interval", interval, &invalid)
     };
     let launch = match (entry.builtin, &entry.program) {
         (Some(_), Some(_)) => {
@@ -718,6 +813,9 @@ fn resolve_collector(
             Launch::Builtin {
                 args: procmond_args("collect", &socket, interval()?),
             }
+        }
+        (Some(BuiltinCollector::Perfmond), None) => {
+            perfmond_launch(&entry, domain, &socket, interval()?, &invalid)?
         }
         (None, Some(program)) => {
             let args = match &entry.args {
@@ -806,17 +904,96 @@ mod tests {
         assert_eq!(s.metrics_listen, None);
         assert_eq!(s.rules_dir, None);
         assert!(s.sinks.webhook.is_none() && s.sinks.alerts_jsonl.is_none());
+        let perfmond_args: Vec<OsString> = [
+            "collect-performance",
+            "--socket",
+            "/d/perfmond.sock",
+            "--no-database",
+            "--await-subscriber",
+            "--interval",
+            "10",
+            "--sustained-cpu-percent",
+            "90",
+            "--sustained-cpu-secs",
+            "60",
+        ]
+        .map(OsString::from)
+        .to_vec();
         assert_eq!(
             s.collectors,
-            vec![CollectorSpec {
-                name: "procmond".to_owned(),
-                domain: CollectorDomain::Process,
-                socket: "/d/procmond.sock".into(),
-                launch: Launch::Builtin {
-                    args: procmond_args("collect", Path::new("/d/procmond.sock"), DEFAULT_INTERVAL),
+            vec![
+                CollectorSpec {
+                    name: "procmond".to_owned(),
+                    domain: CollectorDomain::Process,
+                    socket: "/d/procmond.sock".into(),
+                    launch: Launch::Builtin {
+                        args: procmond_args(
+                            "collect",
+                            Path::new("/d/procmond.sock"),
+                            DEFAULT_INTERVAL
+                        ),
+                    },
                 },
-            }]
+                CollectorSpec {
+                    name: "perfmond".to_owned(),
+                    domain: CollectorDomain::Performance,
+                    socket: "/d/perfmond.sock".into(),
+                    launch: Launch::Builtin {
+                        args: perfmond_args
+                    },
+                }
+            ]
         );
+    }
+
+    #[test]
+    fn the_builtin_perfmond_takes_its_interval_and_threshold() {
+        let toml = r#"
+            [[collector]]
+            name = "perf"
+            builtin = "perfmond"
+            interval = "1s"
+            sustained_cpu_percent = 50
+            sustained_cpu_for = "3s"
+        "#;
+        // `--interval` is procmond's: it leaves perfmond's alone.
+        let s = resolve(toml, &["--interval", "7"]).unwrap();
+        let c = &s.collectors[0];
+        assert_eq!(c.domain, CollectorDomain::Performance);
+        let Launch::Builtin { args } = &c.launch else {
+            panic!("{c:?}")
+        };
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args[0], "collect-performance");
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].to_string()
+        };
+        assert_eq!(
+            (
+                after("--interval"),
+                after("--sustained-cpu-percent"),
+                after("--sustained-cpu-secs")
+            ),
+            ("1".into(), "50".into(), "3".into())
+        );
+        for (bad, key) in [
+            (
+                "[[collector]]\nname = \"p\"\nbuiltin = \"perfmond\"\ndomain = \"process\"",
+                "collector[0].domain",
+            ),
+            (
+                "[[collector]]\nname = \"p\"\nbuiltin = \"perfmond\"\nsustained_cpu_for = \"1500ms\"",
+                "collector[0].sustained_cpu_for",
+            ),
+            (
+                "[[collector]]\nname = \"p\"\nbuiltin = \"procmond\"\nsustained_cpu_percent = 80",
+                "collector[0].sustained_cpu_percent",
+            ),
+        ] {
+            let e = resolve(bad, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@ use std::time::Duration;
 use collector_core::ipc::record_to_event;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
-    CollectionEvent, CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps,
+    CollectionEvent, CollectorIpcClient, IpcClientConfig, PerformanceEvent, ProcessEvent,
+    SourceCaps,
 };
 use daemoneye_lib::proto::SubscribeRequest;
 use tokio::sync::mpsc;
@@ -95,6 +96,32 @@ pub enum LinkEvent {
     Connected,
     /// A batch of process events, in the collector's order.
     Events(Vec<ProcessEvent>),
+    /// A batch of performance samples (and anomalies), in the collector's
+    /// order.
+    Performance(Vec<PerformanceEvent>),
+}
+
+impl LinkEvent {
+    /// The events it carries.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Connected => 0,
+            Self::Events(e) => e.len(),
+            Self::Performance(e) => e.len(),
+        }
+    }
+
+    /// Whether it carries no event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one received batch holds, by domain.
+#[derive(Debug, Default)]
+struct Converted {
+    processes: Vec<ProcessEvent>,
+    performance: Vec<PerformanceEvent>,
 }
 
 /// The link's state.
@@ -360,7 +387,7 @@ async fn session(
 
 /// A received batch as events: drops the collector reports are counted,
 /// unreadable records counted and skipped.
-fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<ProcessEvent> {
+fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Converted {
     status.batches.inc();
     if batch.dropped_since_last > 0 {
         status.dropped_upstream.add(batch.dropped_since_last);
@@ -370,10 +397,11 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<
             total, "the collector dropped events for the agent (it fell behind)"
         );
     }
-    let mut out = Vec::with_capacity(batch.events.len());
+    let mut out = Converted::default();
     for record in batch.events {
         match record_to_event(record) {
-            Ok(CollectionEvent::Process(e)) => out.push(e),
+            Ok(CollectionEvent::Process(e)) => out.processes.push(e),
+            Ok(CollectionEvent::Performance(e)) => out.performance.push(e),
             // Read and valid, but nothing in the agent consumes this
             // domain yet.
             Ok(_) => status.ignored_records.inc(),
@@ -384,8 +412,40 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Vec<
             }
         }
     }
-    status.events.add_usize(out.len());
+    status
+        .events
+        .add_usize(out.processes.len() + out.performance.len());
     out
+}
+
+/// Hands a received batch on, by domain; false at shutdown (what could not
+/// be handed on is counted).
+async fn hand_on(
+    out: Converted,
+    tx: &mpsc::Sender<LinkEvent>,
+    shutdown: &CancellationToken,
+    status: &LinkStatus,
+) -> bool {
+    let batches = [
+        LinkEvent::Events(out.processes),
+        LinkEvent::Performance(out.performance),
+    ];
+    for event in batches.into_iter().filter(|e| !e.is_empty()) {
+        let n = event.len();
+        // The loop may be behind: wait for room, but not past shutdown (the
+        // loop stops taking batches then, and a link waiting here would
+        // hold the agent up forever).
+        let sent = tokio::select! {
+            biased;
+            sent = tx.send(event) => sent.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if !sent {
+            status.dropped_at_shutdown.add_usize(n);
+            return false;
+        }
+    }
+    true
 }
 
 async fn stream(
@@ -478,21 +538,7 @@ async fn stream(
             drop(client);
             return Ended::Lost("the collector closed the connection".to_owned());
         };
-        let out = convert(batch, status);
-        if out.is_empty() {
-            continue;
-        }
-        let n = out.len();
-        // The loop may be behind: wait for room, but not past shutdown
-        // (the loop stops taking batches then, and a link waiting here
-        // would hold the agent up forever).
-        let sent = tokio::select! {
-            biased;
-            sent = tx.send(LinkEvent::Events(out)) => sent.is_ok(),
-            () = shutdown.cancelled() => false,
-        };
-        if !sent {
-            status.dropped_at_shutdown.add_usize(n);
+        if !hand_on(convert(batch, status), tx, shutdown, status).await {
             return Ended::Shutdown;
         }
     }
@@ -528,24 +574,33 @@ mod tests {
                     }),
                     "netmond",
                 ),
+                event_to_record(
+                    &CollectionEvent::Performance(PerformanceEvent::new(
+                        collector_core::PerformanceMetric::LoadAvg1,
+                        0.5,
+                        collector_core::PerformanceSubject::Host,
+                        std::time::SystemTime::UNIX_EPOCH,
+                    )),
+                    "perfmond",
+                ),
             ],
             dropped_since_last: 7,
             ..EventBatch::default()
         };
         let out = convert(batch, &status);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].pid, 5);
+        assert_eq!((out.processes.len(), out.performance.len()), (1, 1));
+        assert_eq!(out.processes[0].pid, 5);
         assert_eq!(status.bad_records.get(), 1);
         assert_eq!(status.ignored_records.get(), 1);
         assert_eq!(status.dropped_upstream.get(), 7);
-        assert_eq!(status.events.get(), 1);
+        assert_eq!(status.events.get(), 2);
         assert_eq!(status.batches.get(), 1);
         // `/metrics` reads the same counters.
         let c = ("collector", "procmond");
         let link = ("stage", "link");
         assert_eq!(
             registry.value("daemoneye_events_received_total", &[link, c]),
-            Some(1)
+            Some(2)
         );
         assert_eq!(
             registry.value(

@@ -8,7 +8,8 @@
 //! directory that cannot be opened), 1 for a failure while running.
 //!
 //! `collect` is the built-in collector child: procmond's collector in this
-//! binary, dropping every privilege but three.
+//! binary, dropping every privilege but three. `collect-performance` is
+//! perfmond's, dropping every privilege.
 
 use std::process::ExitCode;
 
@@ -35,6 +36,10 @@ enum Command {
     /// (internal) The collector child: `procmond run`, in this binary.
     #[command(hide = true)]
     Collect(procmond::cli::RunArgs),
+    /// (internal) The performance collector child: `perfmond run`, in this
+    /// binary.
+    #[command(hide = true)]
+    CollectPerformance(perfmond::cli::RunArgs),
 }
 
 /// Prints `e` with its causes; the exit code says whose fault it is.
@@ -106,13 +111,20 @@ fn main() -> ExitCode {
             return code;
         }
     }
-    if let Command::Collect(_) = &cli.command {
+    if let Command::Collect(_) | Command::CollectPerformance(_) = &cli.command {
         // Die with the agent, even if it is killed outright.
         if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
             eprintln!("daemoneye-agent: cannot tie the collector to the agent: {e}");
         }
         if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
             eprintln!("daemoneye-agent: the agent is already gone");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Command::CollectPerformance(_) = &cli.command {
+        // It reads world-readable files and serves a socket: no capability.
+        if let Err(e) = procmond::privileges::drop_all_privileges() {
+            eprintln!("daemoneye-agent: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -123,7 +135,7 @@ fn main() -> ExitCode {
             Err(procmond::cli::RunError::Bad(e)) => return fail(e, true),
             Err(procmond::cli::RunError::Failed(e)) => return fail(e, false),
         },
-        Command::Run(_) => None,
+        Command::Run(_) | Command::CollectPerformance(_) => None,
     };
     if prepared.is_some() {
         if let Err(e) = procmond::privileges::drop_privileges() {
@@ -146,6 +158,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(procmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(procmond::cli::RunError::Failed(e)) => fail(e, false),
+        },
+        Command::CollectPerformance(args) => match rt.block_on(perfmond::cli::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
+            Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
         },
     }
 }

@@ -35,6 +35,13 @@ pub struct RunArgs {
     /// Seconds between samples (default 10).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: Option<u64>,
+    /// The sustained-CPU anomaly's threshold: percent of one core (default
+    /// 90).
+    #[arg(long, value_name = "PERCENT")]
+    pub sustained_cpu_percent: Option<f64>,
+    /// ...held for this many seconds (default 60).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sustained_cpu_secs: Option<u64>,
     /// Serve the live event stream and health on this Unix socket
     /// (default: /run/daemoneye/perfmond.sock as root, daemoneye/perfmond.sock
     /// in the user's runtime directory otherwise).
@@ -96,6 +103,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut config = file.perfmond;
     if let Some(secs) = args.interval {
         config.interval = Duration::from_secs(secs);
+    }
+    if let Some(percent) = args.sustained_cpu_percent {
+        config.anomalies.sustained_cpu_percent = percent;
+    }
+    if let Some(secs) = args.sustained_cpu_secs {
+        config.anomalies.sustained_cpu_for = Duration::from_secs(secs);
     }
     let mut collector_config = file.collector;
     if args.config.is_none() {

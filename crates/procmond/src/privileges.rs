@@ -88,9 +88,26 @@ pub fn drop_privileges_for_supervisor() -> Result<Dropped, PrivilegeError> {
     reduce_to(KEPT.union(LOAD_EBPF))
 }
 
+/// Gives up every capability (effective, permitted, inheritable, and the
+/// bounding set where it may) and sets `no_new_privs`: for a collector that
+/// needs none (perfmond reads only world-readable `/proc` files). It stays
+/// uid 0 so it can serve its socket in its supervisor's private directory.
+///
+/// # Errors
+/// As [`drop_privileges`].
+pub fn drop_all_privileges() -> Result<Dropped, PrivilegeError> {
+    reduce(CapabilitySet::empty(), CapabilitySet::empty())
+}
+
 /// Keeps `permitted` (of what we have) in the bounding and permitted sets,
 /// only [`KEPT`] effective, nothing inheritable; sets `no_new_privs`.
 fn reduce_to(permitted: CapabilitySet) -> Result<Dropped, PrivilegeError> {
+    reduce(permitted, KEPT)
+}
+
+/// Keeps `permitted` (of what we have) in the bounding and permitted sets,
+/// `effective` of them effective, nothing inheritable; sets `no_new_privs`.
+fn reduce(permitted: CapabilitySet, effective: CapabilitySet) -> Result<Dropped, PrivilegeError> {
     if !rustix::process::geteuid().is_root() {
         return Ok(Dropped::NotRoot);
     }
@@ -111,7 +128,7 @@ fn reduce_to(permitted: CapabilitySet) -> Result<Dropped, PrivilegeError> {
         }
     }
     let held = current.permitted.intersection(permitted);
-    let kept = held.intersection(KEPT);
+    let kept = held.intersection(effective);
     set_capabilities(
         None,
         CapabilitySets {

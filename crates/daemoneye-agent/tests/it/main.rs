@@ -12,6 +12,7 @@ mod cli;
 mod e2e;
 mod link;
 mod metrics;
+mod performance;
 
 /// Writes `text` to `path` and sets its permission bits to `mode`.
 fn write_with_mode(path: &std::path::Path, text: &str, mode: u32) {

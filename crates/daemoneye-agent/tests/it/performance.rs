@@ -1,0 +1,212 @@
+//! The agent with its built-in perfmond, end to end, as root: a busy
+//! process started from a temporary directory raises perfmond's
+//! sustained-CPU anomaly, the built-in rule judges it beside what procmond
+//! saw of that process, the alert reaches stdout, and the samples are
+//! stored. Skips (saying why) when not root.
+// Blocking test around child processes: no tokio clock to pause.
+#![allow(clippy::disallowed_types)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use daemoneye_agent::store::AgentStore;
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
+
+/// A child killed (and reaped) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The children of `pid` whose command line contains `needle`.
+fn children_with(pid: u32, needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The hex value of a `Cap*` line of `/proc/<pid>/status`.
+fn capabilities(pid: u32, line: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipping: the end-to-end performance test needs root (procmond's process connector)"
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        r#"
+sweep_interval = "1h"
+
+[[collector]]
+name = "procmond"
+builtin = "procmond"
+interval = "1h"
+
+[[collector]]
+name = "perfmond"
+builtin = "perfmond"
+interval = "1s"
+sustained_cpu_percent = 50
+sustained_cpu_for = "3s"
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(AGENT)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let agent = Killed(child);
+    let (tx, alerts) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+
+    // Both collectors connected: the agent says so in its health, but the
+    // children are enough here; procmond must be up before the busy child
+    // starts, or it would know it only from its next snapshot (an hour).
+    let agent_pid = agent.0.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let perfmond = loop {
+        let found = children_with(agent_pid, "collect-performance");
+        let procmond = children_with(agent_pid, "collect\0");
+        if let ([p], [_]) = (found.as_slice(), procmond.as_slice()) {
+            break *p;
+        }
+        assert!(Instant::now() < deadline, "the collectors did not start");
+        std::thread::park_timeout(Duration::from_millis(100));
+    };
+    // It holds no capability at all.
+    for set in ["CapEff:", "CapPrm:", "CapInh:"] {
+        assert_eq!(capabilities(perfmond, set), Some(0), "{set} of perfmond");
+    }
+    // Give procmond's subscription a moment to be in place (a probe would
+    // be exact; the alert below waits long enough either way).
+    std::thread::park_timeout(Duration::from_secs(2));
+
+    // A copy of the shell in a temporary (and hidden: `.tmpXXXX`) directory,
+    // spinning.
+    let tmp = tempfile::tempdir().unwrap();
+    let spin = tmp.path().join("spin");
+    std::fs::copy("/bin/sh", &spin).unwrap();
+    let busy = Killed(
+        Command::new(&spin)
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap(),
+    );
+    let busy_pid = busy.0.id();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let alert = loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("no sustained-CPU alert within 60 s");
+        let a = alerts
+            .recv_timeout(left)
+            .expect("no sustained-CPU alert within 60 s");
+        if a["rule_id"] == "sustained-cpu-suspicious-binary" {
+            break a;
+        }
+    };
+    assert_eq!(alert["process"]["pid"], busy_pid, "{alert}");
+    assert_eq!(alert["process"]["name"], "spin", "{alert}");
+    assert!(
+        alert["process"]["executable_path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(tmp.path().to_str().unwrap())),
+        "{alert}"
+    );
+    drop(busy);
+    // A clean stop commits what the store was given.
+    drop(agent);
+    let store = AgentStore::open_read_only(data.path()).unwrap();
+    let rows = store
+        .query(&format!(
+            "SELECT metric, anomaly_threshold, anomaly_duration_ms FROM performance \
+             WHERE anomaly = 'sustained_cpu' AND pid = {busy_pid}"
+        ))
+        .unwrap();
+    assert!(!rows.rows.is_empty(), "the anomaly is stored");
+    assert_eq!(rows.rows[0][0], "process.cpu_percent");
+    assert_eq!(rows.rows[0][1], 50.0);
+    assert!(
+        rows.rows[0][2].as_i64().unwrap() >= 3_000,
+        "{:?}",
+        rows.rows
+    );
+    let samples = store
+        .query("SELECT count(*) FROM performance WHERE metric = 'cpu.total'")
+        .unwrap();
+    assert!(
+        samples.rows[0][0].as_i64().unwrap() >= 2,
+        "{:?}",
+        samples.rows
+    );
+    let alerted = store
+        .query("SELECT count(*) FROM alerts WHERE rule_id = 'sustained-cpu-suspicious-binary'")
+        .unwrap();
+    assert_eq!(alerted.rows[0][0], 1);
+}
