@@ -1267,8 +1267,12 @@ mod tests {
             Some(Path::new("/etc/daemoneye/rules"))
         );
         let names: Vec<_> = s.collectors.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["procmond", "netmond", "procmond-standalone"]);
-        assert_eq!(s.collectors[1].domain, CollectorDomain::Network);
+        assert_eq!(
+            names,
+            ["procmond", "perfmond", "netmond", "procmond-standalone"]
+        );
+        assert_eq!(s.collectors[1].domain, CollectorDomain::Performance);
+        assert_eq!(s.collectors[2].domain, CollectorDomain::Network);
 
         // The README shows it whole.
         let readme =

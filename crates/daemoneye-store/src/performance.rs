@@ -13,7 +13,7 @@ use rusqlite::Transaction;
 use crate::store::{to_nanos, StoreError};
 
 /// One sample as the values of its columns, in
-/// [`PERFORMANCE`](collector_core::vocabulary::PERFORMANCE)'s order.
+/// [`PERFORMANCE`]'s order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerformanceRow {
     event_id: Option<String>,
