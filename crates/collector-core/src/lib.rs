@@ -15,6 +15,9 @@
 //!   [`metrics::Gauge`]) behind every stats snapshot, and the [`Registry`]
 //!   naming them for Prometheus ([`CollectorHandle::metrics`]); with the
 //!   `metrics-server` feature, `metrics::serve` answers `GET /metrics`.
+//! - `serve` (feature `serve`): a collector run as a binary, the same for
+//!   every collector: its shared flags, the IPC socket, JSON lines,
+//!   `--metrics-listen`, signals and graceful shutdown, exit codes.
 //! - [`SourceContext`]: what a source is started with
 //!   ([`EventSource::start_with`]): its name, its sender and an awaitable
 //!   shutdown token beside the reference API's flag.
@@ -110,6 +113,8 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod runtime;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod source;
 pub mod subscription;
 pub mod telemetry;
