@@ -21,6 +21,8 @@
 //! - [`SourceContext`]: what a source is started with
 //!   ([`EventSource::start_with`]): its name, its sender and an awaitable
 //!   shutdown token beside the reference API's flag.
+//! - [`procfs`]: the pure parsers of `/proc` every collector shares
+//!   (`/proc/<pid>/stat` and `status`, the boot time, clock ticks).
 //! - [`testing`]: a conformance check for any `EventSource`.
 //! - [`bus`]: [`EventFilter`] (kind, pid, source, topic patterns), used by
 //!   filtered subscriptions and the IPC event stream.
@@ -112,6 +114,7 @@ pub mod ipc;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod procfs;
 pub mod runtime;
 #[cfg(feature = "serve")]
 pub mod serve;
