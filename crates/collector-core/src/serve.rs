@@ -244,14 +244,7 @@ pub struct Serve {
     health: Option<HealthFn>,
 }
 
-impl std::fmt::Debug for Serve {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serve")
-            .field("name", &self.name)
-            .field("args", &self.args)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Serve { name, args });
 
 /// Every event as its tagged JSON (`domain` and the payload's fields).
 fn whole_event(event: &CollectionEvent) -> serde_json::Result<Option<String>> {
