@@ -16,7 +16,7 @@
 //!   component named after the collector, [`Serve::with_health`]) and the
 //!   tasks of [`Serve::with_tasks`]. An explicit `--socket` that cannot be
 //!   served is an error; the default one
-//!   ([`default_socket_path`](crate::ipc::default_socket_path)) is only
+//!   ([`crate::ipc::default_socket_path`]) is only
 //!   warned about, and collection goes on;
 //! - `--await-subscriber`: collection starts once a client subscribed
 //!   (waiting at most 30 s);
@@ -109,8 +109,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH|-")]
     pub events_jsonl: Option<String>,
     /// Serve detection tasks, the live event stream and health on this Unix
-    /// socket (default: /run/daemoneye/<collector>.sock as root,
-    /// daemoneye/<collector>.sock in the user's runtime directory otherwise).
+    /// socket (default: /run/daemoneye/NAME.sock as root, daemoneye/NAME.sock
+    /// in the user's runtime directory otherwise; NAME: the collector's, such
+    /// as procmond).
     #[arg(long, conflicts_with = "no_socket")]
     pub socket: Option<PathBuf>,
     /// Serve no IPC socket.
