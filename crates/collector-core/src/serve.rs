@@ -227,7 +227,7 @@ pub type JsonlEncoder = fn(&CollectionEvent) -> serde_json::Result<Option<String
 /// A task handler for the IPC server.
 pub type TaskHandler = Box<dyn Fn(DetectionTask) -> TaskFuture + Send + Sync>;
 
-type TaskSetup = Box<dyn FnOnce(&CollectorHandle) -> anyhow::Result<TaskHandler> + Send>;
+type TaskSetup = Box<dyn FnOnce(&CollectorHandle) -> anyhow::Result<TaskHandler> + Send + Sync>;
 type HealthFn = Box<dyn Fn(&CollectorHandle) -> ComponentHealth + Send + Sync>;
 type IpcTask = JoinHandle<Result<(), IpcError>>;
 type JsonlTask = JoinHandle<anyhow::Result<()>>;
@@ -304,7 +304,7 @@ impl Serve {
     #[must_use]
     pub fn with_tasks<F>(mut self, setup: F) -> Self
     where
-        F: FnOnce(&CollectorHandle) -> anyhow::Result<TaskHandler> + Send + 'static,
+        F: FnOnce(&CollectorHandle) -> anyhow::Result<TaskHandler> + Send + Sync + 'static,
     {
         self.tasks = Some(Box::new(setup));
         self
@@ -494,6 +494,167 @@ mod tests {
         assert_eq!(failed.exit_code(), ExitCode::FAILURE);
         assert_eq!(exit("t", Ok(())), ExitCode::SUCCESS);
         assert_eq!(exit("t", Err(bad)), ExitCode::from(2));
+    }
+
+    /// A fresh 0700 directory of this test's own.
+    fn private_dir(test: &str) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("serve-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        dir
+    }
+
+    fn runtime_config() -> CollectorConfig {
+        collector_config(CollectorConfig::default(), false).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_ipc_jsonl_and_metrics_until_the_source_ends() {
+        use crate::testing::Replay;
+        use crate::{CollectorIpcClient, IpcClientConfig, ProcessEvent, SourceCaps};
+
+        let dir = private_dir("run");
+        let (socket, jsonl) = (dir.join("t.sock"), dir.join("events.jsonl"));
+        let metrics_listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let args = ServeArgs {
+            events_jsonl: Some(jsonl.to_str().unwrap().to_owned()),
+            socket: Some(socket.clone()),
+            metrics_listen: Some(metrics_listen),
+            ..ServeArgs::default()
+        };
+        let (source, feed) = Replay::fed("replay", SourceCaps::PROCESS);
+        let mut serve = Serve::new("testcol", runtime_config(), args);
+        serve.register(source).unwrap();
+        let run = tokio::spawn(serve.run());
+
+        // The client retries with backoff until the socket is bound.
+        let client = CollectorIpcClient::connect(IpcClientConfig::new(&socket))
+            .await
+            .unwrap();
+        let health = client.health().await.unwrap();
+        assert_eq!(health.name, "testcol");
+        assert!(
+            health.components.iter().any(|c| c.name == "ipc"),
+            "{health:?}"
+        );
+        let task = DetectionTask {
+            task_id: "t1".to_owned(),
+            task_type: daemoneye_lib::proto::ProtoTaskType::EnumerateProcesses.into(),
+            ..DetectionTask::default()
+        };
+        let result = client.send_task(task).await.unwrap();
+        assert_eq!(
+            result.error_message.as_deref(),
+            Some("no tasks are served by testcol"),
+            "{result:?}"
+        );
+        let reply = tokio::task::spawn_blocking(move || {
+            crate::testing::scrape_metrics(metrics_listen).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        // The IPC server's counters are in the collector's registry.
+        assert!(
+            reply.contains("daemoneye_tasks_failed_total{stage=\"ipc\"} 1"),
+            "{reply}"
+        );
+        drop(client);
+
+        for pid in [7, 8] {
+            let event = CollectionEvent::Process(ProcessEvent::new(pid, "ls"));
+            feed.send(event).await.unwrap();
+        }
+        drop(feed); // the source ends, and with it the run
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        let pids: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| {
+                assert_eq!(v["domain"], "process", "{v}");
+                v["pid"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(pids, [7, 8]);
+        assert!(!socket.exists(), "the socket outlived the run");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_served_is_refused_before_collecting() {
+        use crate::testing::Replay;
+        use crate::SourceCaps;
+
+        let dir = private_dir("refused");
+        let serve = |args: ServeArgs| {
+            let mut serve = Serve::new("testcol", runtime_config(), args);
+            let (source, _feed) = Replay::fed("replay", SourceCaps::PROCESS);
+            serve.register(source).unwrap();
+            serve
+        };
+        // A metrics address in use: bad input (exit code 2).
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let args = ServeArgs {
+            metrics_listen: Some(taken.local_addr().unwrap()),
+            no_socket: true,
+            ..ServeArgs::default()
+        };
+        let err = serve(args).run().await.unwrap_err();
+        assert!(matches!(err, RunError::Bad(_)), "{err:?}");
+        assert!(format!("{:#}", err.error()).contains("cannot listen for metrics"));
+
+        // An explicit socket whose tasks cannot be set up: a failure naming it.
+        let socket = dir.join("t.sock");
+        let args = ServeArgs {
+            socket: Some(socket.clone()),
+            ..ServeArgs::default()
+        };
+        let err = serve(args)
+            .with_tasks(|_| anyhow::bail!("no hasher"))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Failed(_)), "{err:?}");
+        let text = format!("{:#}", err.error());
+        assert!(
+            text.contains(&format!("cannot serve ipc on {}", socket.display()))
+                && text.contains("no hasher"),
+            "{text}"
+        );
+
+        // An explicit socket in a directory others may write to.
+        let open = dir.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let args = ServeArgs {
+            socket: Some(open.join("t.sock")),
+            ..ServeArgs::default()
+        };
+        let err = serve(args).run().await.unwrap_err();
+        assert!(matches!(err, RunError::Failed(_)), "{err:?}");
+
+        // An --events-jsonl file that cannot be opened.
+        let args = ServeArgs {
+            events_jsonl: Some(dir.join("missing/x.jsonl").to_str().unwrap().to_owned()),
+            no_socket: true,
+            ..ServeArgs::default()
+        };
+        let err = serve(args).run().await.unwrap_err();
+        assert!(
+            format!("{:#}", err.error()).contains("cannot open"),
+            "{err:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[derive(Debug, Default, serde::Deserialize)]
