@@ -1,0 +1,98 @@
+//! `netmond`'s command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::snapshot::{Connection, Snapshot};
+
+/// The DaemonEye network collector.
+#[derive(Debug, Parser)]
+#[command(name = "netmond", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// netmond's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every socket once, with the processes that hold it.
+    Snapshot(SnapshotArgs),
+}
+
+/// Flags of `netmond snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Where procfs is mounted.
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+}
+
+/// How `snapshot` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line, one line per socket.
+    Json,
+    /// Columns, like `ss -tuanp`.
+    Table,
+}
+
+/// Runs `snapshot`, writing to `out`.
+///
+/// # Errors
+/// When the snapshot cannot be taken or `out` cannot be written.
+pub fn snapshot(args: &SnapshotArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let snapshot = Snapshot::take(&args.proc_root)?;
+    match args.format {
+        Format::Json => {
+            for c in &snapshot.connections {
+                serde_json::to_writer(&mut *out, c)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "{:<5} {:<10} {:<8} {:<45} {:<45} {:>6} OWNERS",
+                "PROTO", "STATE", "DIR", "LOCAL", "REMOTE", "UID"
+            )?;
+            for c in &snapshot.connections {
+                writeln!(out, "{}", row(c))?;
+            }
+        }
+    }
+    if snapshot.unreadable_processes > 0 {
+        writeln!(
+            std::io::stderr(),
+            "netmond: the descriptors of {} processes could not be read (run as root to see every owner)",
+            snapshot.unreadable_processes
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn row(c: &Connection) -> String {
+    let s = &c.socket;
+    let owners: Vec<String> = c
+        .owners
+        .iter()
+        .map(|o| format!("pid={},fd={}", o.pid, o.fd))
+        .collect();
+    format!(
+        "{:<5} {:<10} {:<8} {:<45} {:<45} {:>6} {}",
+        s.protocol.as_str(),
+        s.state.label(s.protocol),
+        format!("{:?}", c.direction).to_lowercase(),
+        s.local.to_string(),
+        s.remote.to_string(),
+        s.uid,
+        owners.join(" ")
+    )
+}

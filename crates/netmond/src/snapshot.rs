@@ -1,0 +1,165 @@
+//! One look at every socket and who holds it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{self, DiagError, Protocol, Socket, State};
+use crate::owners::{Owner, OwnerMap};
+
+/// Which way a connection goes, as seen from this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A listener (TCP `LISTEN`, or UDP bound to no peer).
+    Listen,
+    /// Accepted: its local port is one this host listens on.
+    Inbound,
+    /// Made from here.
+    Outbound,
+}
+
+/// A socket, which way it goes, and the processes that hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// What the kernel said of the socket.
+    #[serde(flatten)]
+    pub socket: Socket,
+    /// Listen, inbound or outbound.
+    pub direction: Direction,
+    /// The processes that hold it (several after a fork; none for a
+    /// `TIME_WAIT` socket or one no process could be read for).
+    pub owners: Vec<Owner>,
+}
+
+/// Every socket of this network namespace and its holders.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The sockets, TCP then UDP, in the kernel's order.
+    pub connections: Vec<Connection>,
+    /// Processes whose descriptors could not be read (so some owners may
+    /// be missing).
+    pub unreadable_processes: usize,
+}
+
+/// What went wrong taking a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The kernel could not be asked.
+    #[error(transparent)]
+    Diag(#[from] DiagError),
+    /// `/proc` could not be listed.
+    #[error("cannot list {path}")]
+    Proc {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Snapshot {
+    /// Asks the kernel for every socket, then walks `proc_root` for their
+    /// holders.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] when either cannot be read at all.
+    pub fn take(proc_root: &Path) -> Result<Self, SnapshotError> {
+        let sockets = diag::dump()?;
+        let owners = OwnerMap::scan(proc_root).map_err(|source| SnapshotError::Proc {
+            path: proc_root.display().to_string(),
+            source,
+        })?;
+        Ok(Self::join(sockets, &owners))
+    }
+
+    /// Joins sockets to their holders and tells their directions.
+    pub fn join(sockets: Vec<Socket>, owners: &OwnerMap) -> Self {
+        let listening: HashSet<(Protocol, u16)> = sockets
+            .iter()
+            .filter(|s| s.is_listener())
+            .map(|s| (s.protocol, s.local.port()))
+            .collect();
+        let connections = sockets
+            .into_iter()
+            .map(|socket| {
+                let direction = direction(&socket, &listening);
+                let owners = if socket.inode == 0 {
+                    Vec::new()
+                } else {
+                    owners.owners(socket.inode).to_vec()
+                };
+                Connection {
+                    socket,
+                    direction,
+                    owners,
+                }
+            })
+            .collect();
+        Self {
+            connections,
+            unreadable_processes: owners.unreadable,
+        }
+    }
+}
+
+fn direction(socket: &Socket, listening: &HashSet<(Protocol, u16)>) -> Direction {
+    if socket.is_listener() {
+        Direction::Listen
+    } else if socket.state == State::SynRecv
+        || socket.state == State::NewSynRecv
+        || listening.contains(&(socket.protocol, socket.local.port()))
+    {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::diag::Family;
+
+    fn socket(state: State, local: &str, remote: &str, inode: u64) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            inode,
+            cookie: inode,
+            recv_queue: 0,
+            send_queue: 0,
+            interface: 0,
+        }
+    }
+
+    #[test]
+    fn directions_follow_the_listeners() {
+        let sockets = vec![
+            socket(State::Listen, "0.0.0.0:22", "0.0.0.0:0", 1),
+            socket(State::Established, "10.0.0.1:22", "10.0.0.9:50000", 2),
+            socket(State::Established, "10.0.0.1:50001", "1.1.1.1:443", 3),
+            socket(State::TimeWait, "10.0.0.1:50002", "1.1.1.1:443", 0),
+        ];
+        let snap = Snapshot::join(sockets, &OwnerMap::default());
+        let dirs: Vec<_> = snap.connections.iter().map(|c| c.direction).collect();
+        assert_eq!(
+            dirs,
+            [
+                Direction::Listen,
+                Direction::Inbound,
+                Direction::Outbound,
+                Direction::Outbound
+            ]
+        );
+        assert!(snap.connections.iter().all(|c| c.owners.is_empty()));
+    }
+}
