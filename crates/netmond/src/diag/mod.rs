@@ -4,7 +4,7 @@
 //! The messages are built and parsed by `netlink-packet-sock-diag`; this
 //! module turns the kernel's answers into [`Socket`]s ([`parse_datagram`] is
 //! pure: bytes in, sockets out, so it is unit- and property-tested anywhere),
-//! and [`dump`] asks the kernel through [`sys`].
+//! and [`dump`] asks the kernel through a netlink socket.
 //!
 //! Unprivileged callers see every socket too (`sock_diag` hides nothing
 //! of the 5-tuple, uid and inode from them); only the owners (which process
@@ -432,18 +432,8 @@ mod tests {
 
     #[test]
     fn a_datagram_of_answers_then_done_is_parsed_whole() {
-        let est = header(
-            AF_INET,
-            1,
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:22".parse().unwrap(),
-        );
-        let listen = header(
-            AF_INET6,
-            10,
-            "[::]:8080".parse().unwrap(),
-            "[::]:0".parse().unwrap(),
-        );
+        let est = at(AF_INET, 1, "127.0.0.1:40000", "127.0.0.1:22");
+        let listen = at(AF_INET6, 10, "[::]:8080", "[::]:0");
         let mut datagram = answer(est, 1);
         datagram.extend(answer(listen, 1));
         let mut out = Vec::new();
@@ -465,42 +455,54 @@ mod tests {
         assert_eq!(out.len(), 2);
     }
 
-    #[test]
-    fn an_ipv4_mapped_peer_is_reported_as_ipv4() {
-        let mapped = header(
-            AF_INET6,
-            1,
-            "[::ffff:10.0.0.1]:443".parse().unwrap(),
-            "[::ffff:10.0.0.2]:50000".parse().unwrap(),
+    /// [`header`] of addresses written out.
+    fn at(family: u8, state: u8, local: &str, remote: &str) -> InetResponseHeader {
+        header(
+            family,
+            state,
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
+        )
+    }
+
+    /// The one socket parsed from an answer of `family`, `state`, `local`
+    /// and `remote`.
+    fn parsed_one(protocol: Protocol, family: u8, state: u8, local: &str, remote: &str) -> Socket {
+        let h = header(
+            family,
+            state,
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
         );
         let mut out = Vec::new();
-        parse_datagram(&answer(mapped, 1), Protocol::Tcp, &mut out).unwrap();
-        assert_eq!(out[0].local, "10.0.0.1:443".parse().unwrap());
-        assert_eq!(out[0].family, Family::Ipv6, "the socket's family stays");
+        parse_datagram(&answer(h, 1), protocol, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_is_reported_as_ipv4() {
+        let s = parsed_one(
+            Protocol::Tcp,
+            AF_INET6,
+            1,
+            "[::ffff:10.0.0.1]:443",
+            "[::ffff:10.0.0.2]:50000",
+        );
+        assert_eq!(s.local, "10.0.0.1:443".parse().unwrap());
+        assert_eq!(s.family, Family::Ipv6, "the socket's family stays");
     }
 
     #[test]
     fn an_unconnected_udp_socket_is_a_listener_and_prints_unconn() {
-        let udp = header(
-            AF_INET,
-            7,
-            "0.0.0.0:53".parse().unwrap(),
-            "0.0.0.0:0".parse().unwrap(),
-        );
-        let mut out = Vec::new();
-        parse_datagram(&answer(udp, 1), Protocol::Udp, &mut out).unwrap();
-        assert!(out[0].is_listener());
-        assert_eq!(out[0].state.label(Protocol::Udp), "UNCONN");
+        let s = parsed_one(Protocol::Udp, AF_INET, 7, "0.0.0.0:53", "0.0.0.0:0");
+        assert!(s.is_listener());
+        assert_eq!(s.state.label(Protocol::Udp), "UNCONN");
     }
 
     #[test]
     fn a_truncated_answer_is_malformed_not_a_panic() {
-        let est = header(
-            AF_INET,
-            1,
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
+        let est = at(AF_INET, 1, "127.0.0.1:1", "127.0.0.1:2");
         let bytes = answer(est, 1);
         for cut in 1..bytes.len() {
             let mut out = Vec::new();
