@@ -29,4 +29,4 @@ pub mod snapshot;
 
 pub use diag::{Family, Protocol, Socket, State};
 pub use owners::{Owner, OwnerMap};
-pub use snapshot::{Connection, Direction, Snapshot};
+pub use snapshot::{Connection, Direction, Snapshot, Snapshotter};

@@ -7,9 +7,13 @@
 //! else's by the time anyone would look).
 
 use std::collections::HashMap;
-use std::fs;
+use std::fmt::Write as _;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, RawDir};
+use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +30,9 @@ pub struct Owner {
 #[derive(Debug, Default, Clone)]
 pub struct OwnerMap {
     by_inode: HashMap<u64, Vec<Owner>>,
+    /// Sockets of the dump the walk was made for that no readable process
+    /// held (kernel sockets, or held in another pid namespace).
+    ownerless: std::collections::HashSet<u64>,
     /// Processes read.
     pub processes: usize,
     /// Processes whose descriptors could not be read (permission).
@@ -35,24 +42,34 @@ pub struct OwnerMap {
 impl OwnerMap {
     /// Walks `proc_root` (`/proc`).
     ///
+    /// Each directory is listed with `getdents64` into one reused buffer and
+    /// each link read with `readlinkat` relative to its open `fd` directory,
+    /// so the walk allocates only for the sockets it finds.
+    ///
     /// # Errors
     /// Only when `proc_root` itself cannot be listed; a process that
     /// vanishes or cannot be read is skipped (and counted in
     /// [`OwnerMap::unreadable`] when it was a permission).
     pub fn scan(proc_root: &Path) -> io::Result<Self> {
         let mut map = Self::default();
-        for entry in fs::read_dir(proc_root)? {
-            let Ok(entry) = entry else { continue };
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            match map.scan_process(&entry.path(), pid) {
+        let root = open_dir(proc_root)?;
+        let mut pids = Vec::with_capacity(1024);
+        let mut dirbuf = Vec::with_capacity(64 * 1024);
+        let mut listing = RawDir::new(&root, dirbuf.spare_capacity_mut());
+        while let Some(entry) = listing.next() {
+            let entry = entry?;
+            if let Some(pid) = number(entry.file_name().to_bytes()) {
+                pids.push(pid);
+            }
+        }
+        let mut path = String::new();
+        let mut link = [0u8; 64];
+        for pid in pids {
+            path.clear();
+            let _ = write!(path, "{pid}/fd");
+            match map.scan_process(&root, &path, pid, &mut dirbuf, &mut link) {
                 Ok(()) => map.processes += 1,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => map.unreadable += 1,
+                Err(Errno::ACCESS | Errno::PERM) => map.unreadable += 1,
                 Err(_) => {} // exited during the walk
             }
         }
@@ -62,26 +79,90 @@ impl OwnerMap {
         Ok(map)
     }
 
-    fn scan_process(&mut self, dir: &Path, pid: u32) -> io::Result<()> {
-        for fd in fs::read_dir(dir.join("fd"))? {
-            let Ok(fd) = fd else { continue };
-            let Some(number) = fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+    fn scan_process(
+        &mut self,
+        root: &OwnedFd,
+        fd_dir: &str,
+        pid: u32,
+        dirbuf: &mut Vec<u8>,
+        link: &mut [u8; 64],
+    ) -> Result<(), Errno> {
+        let dir = rustix::fs::openat(
+            root,
+            fd_dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut listing = RawDir::new(&dir, dirbuf.spare_capacity_mut());
+        while let Some(entry) = listing.next() {
+            let entry = entry?;
+            let Some(fd) = number(entry.file_name().to_bytes()) else {
                 continue;
             };
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue; // closed since the listing
+            // A link longer than the buffer is no socket's (`socket:[N]` is
+            // at most 30 bytes); one closed since the listing is skipped.
+            let Ok(len) = rustix::fs::readlinkat_raw(&dir, entry.file_name(), &mut link[..]) else {
+                continue;
             };
-            if let Some(inode) = target
-                .to_str()
-                .and_then(|t| parse_socket_link(t.as_bytes()))
-            {
+            if let Some(inode) = link.get(..len).and_then(parse_socket_link) {
                 self.by_inode
                     .entry(inode)
                     .or_default()
-                    .push(Owner { pid, fd: number });
+                    .push(Owner { pid, fd });
             }
         }
         Ok(())
+    }
+
+    /// Whether this map still names the holders of `inodes` (the sockets
+    /// of a new dump): each is known, or was already ownerless in the walk
+    /// that made the map, and every process named for them is alive.
+    ///
+    /// This is what keeps a snapshot from walking every `/proc/<pid>/fd`
+    /// each time: the walk happens only when a socket appears whose holder
+    /// is unknown, or a holder has exited. What it cannot see between walks:
+    /// a socket passed to another process (`SCM_RIGHTS`) or closed by one of
+    /// its holders while another keeps it.
+    pub fn covers(&self, root: &Path, inodes: impl IntoIterator<Item = u64>) -> bool {
+        let Ok(root) = open_dir(root) else {
+            return false;
+        };
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let mut name = String::new();
+        for inode in inodes {
+            if inode == 0 || self.ownerless.contains(&inode) {
+                continue;
+            }
+            let Some(owners) = self.by_inode.get(&inode) else {
+                return false;
+            };
+            for o in owners {
+                let live = *alive.entry(o.pid).or_insert_with(|| {
+                    name.clear();
+                    let _ = write!(name, "{}", o.pid);
+                    rustix::fs::accessat(
+                        &root,
+                        name.as_str(),
+                        rustix::fs::Access::EXISTS,
+                        rustix::fs::AtFlags::empty(),
+                    )
+                    .is_ok()
+                });
+                if !live {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Remembers which of `inodes` the walk found no holder for, so that
+    /// [`OwnerMap::covers`] does not walk again for them.
+    pub fn note_ownerless(&mut self, inodes: impl IntoIterator<Item = u64>) {
+        self.ownerless = inodes
+            .into_iter()
+            .filter(|i| *i != 0 && !self.by_inode.contains_key(i))
+            .collect();
     }
 
     /// The holders of socket `inode`, by pid then descriptor (empty when
@@ -105,6 +186,22 @@ impl OwnerMap {
         out.sort_unstable();
         out
     }
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// A directory entry's name as a pid or descriptor number.
+fn number(name: &[u8]) -> Option<u32> {
+    if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
 }
 
 /// The inode of a descriptor link that names a socket (`socket:[12345]`).
@@ -144,7 +241,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = listener.as_raw_fd();
-        let inode = fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
         let map = OwnerMap::scan(Path::new("/proc")).unwrap();
         let me = std::process::id();
         assert_eq!(

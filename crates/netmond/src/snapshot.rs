@@ -67,12 +67,7 @@ impl Snapshot {
     /// # Errors
     /// [`SnapshotError`] when either cannot be read at all.
     pub fn take(proc_root: &Path) -> Result<Self, SnapshotError> {
-        let sockets = diag::dump()?;
-        let owners = OwnerMap::scan(proc_root).map_err(|source| SnapshotError::Proc {
-            path: proc_root.display().to_string(),
-            source,
-        })?;
-        Ok(Self::join(sockets, &owners))
+        Snapshotter::new(proc_root).take()
     }
 
     /// Joins sockets to their holders and tells their directions.
@@ -102,6 +97,59 @@ impl Snapshot {
             connections,
             unreadable_processes: owners.unreadable,
         }
+    }
+}
+
+/// Takes snapshots one after another, keeping the socket → process map
+/// between them: `/proc` is walked again only when a socket appears whose
+/// holder is unknown or a holder has exited ([`OwnerMap::covers`]).
+#[derive(Debug)]
+pub struct Snapshotter {
+    proc_root: std::path::PathBuf,
+    owners: Option<OwnerMap>,
+    walks: u64,
+}
+
+impl Snapshotter {
+    /// A snapshotter reading holders from `proc_root` (`/proc`).
+    pub fn new(proc_root: &Path) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            owners: None,
+            walks: 0,
+        }
+    }
+
+    /// How many times `/proc` has been walked.
+    pub fn walks(&self) -> u64 {
+        self.walks
+    }
+
+    /// The next snapshot.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] when the kernel or `/proc` cannot be read at all.
+    pub fn take(&mut self) -> Result<Snapshot, SnapshotError> {
+        let sockets = diag::dump()?;
+        let inodes = || sockets.iter().map(|s| s.inode);
+        let current = self
+            .owners
+            .as_ref()
+            .is_some_and(|o| o.covers(&self.proc_root, inodes()));
+        let owners = match &mut self.owners {
+            Some(owners) if current => owners,
+            slot => {
+                let mut walked =
+                    OwnerMap::scan(&self.proc_root).map_err(|source| SnapshotError::Proc {
+                        path: self.proc_root.display().to_string(),
+                        source,
+                    })?;
+                walked.note_ownerless(inodes());
+                self.walks += 1;
+                slot.insert(walked)
+            }
+        };
+        Ok(Snapshot::join(sockets, owners))
     }
 }
 

@@ -49,7 +49,12 @@ fn both_ends_are_held_by_the_right_processes(bind: &str) {
     assert_eq!(server.socket.protocol, Protocol::Tcp);
     assert_eq!(server.socket.state, State::Established);
     assert_eq!(server.direction, Direction::Inbound);
-    assert_eq!(server.owners, [Owner { pid: me(), fd }]);
+    // Other tests of this binary fork children that hold every descriptor
+    // of this process until they exec: the holders include this process.
+    assert!(
+        server.owners.contains(&Owner { pid: me(), fd }),
+        "{server:?}"
+    );
 
     let client_end = find(peer, server_addr);
     assert_eq!(client_end.direction, Direction::Outbound);
@@ -68,13 +73,10 @@ fn both_ends_are_held_by_the_right_processes(bind: &str) {
         .find(|c| c.socket.local == server_addr && c.socket.state == State::Listen)
         .expect("the listener");
     assert_eq!(listening.direction, Direction::Listen);
-    assert_eq!(
-        listening.owners,
-        [Owner {
-            pid: me(),
-            fd: listener_fd
-        }]
-    );
+    assert!(listening.owners.contains(&Owner {
+        pid: me(),
+        fd: listener_fd
+    }));
 
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(child.wait().unwrap().success());
@@ -113,13 +115,10 @@ fn a_bound_udp_socket_is_a_listener_held_by_this_process() {
         .find(|c| c.socket.protocol == Protocol::Udp && c.socket.local == addr)
         .expect("the UDP socket");
     assert_eq!(found.direction, Direction::Listen);
-    assert_eq!(
-        found.owners,
-        [Owner {
-            pid: me(),
-            fd: u32::try_from(udp.as_raw_fd()).unwrap()
-        }]
-    );
+    assert!(found.owners.contains(&Owner {
+        pid: me(),
+        fd: u32::try_from(udp.as_raw_fd()).unwrap()
+    }));
 }
 
 #[test]
