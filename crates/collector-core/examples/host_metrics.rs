@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, SourceCaps,
-    SourceContext,
+    CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, PerformanceMetric,
+    PerformanceSubject, SourceCaps, SourceContext,
 };
 
 /// Host load and memory, read from /proc.
@@ -26,17 +26,13 @@ struct HostMetrics {
     read_errors: AtomicU64,
 }
 
-fn metric(name: &str, value: f64, unit: &str) -> CollectionEvent {
-    CollectionEvent::Performance(PerformanceEvent {
-        id: None,
-        metric_name: name.to_owned(),
+fn metric(metric: PerformanceMetric, value: f64) -> CollectionEvent {
+    CollectionEvent::Performance(PerformanceEvent::new(
+        metric,
         value,
-        unit: unit.to_owned(),
-        pid: None,
-        process_key: None,
-        component: "host".to_owned(),
-        timestamp: SystemTime::now(),
-    })
+        PerformanceSubject::Host,
+        SystemTime::now(),
+    ))
 }
 
 /// `/proc/loadavg`: "0.12 0.30 0.25 2/345 6789".
@@ -47,13 +43,12 @@ fn parse_loadavg(text: &str) -> Option<Vec<CollectionEvent>> {
         f.next()?.parse().ok()?,
         f.next()?.parse().ok()?,
     );
-    let (running, total) = f.next()?.split_once('/')?;
+    let (running, _total) = f.next()?.split_once('/')?;
     Some(vec![
-        metric("load.avg1", one, "count"),
-        metric("load.avg5", five, "count"),
-        metric("load.avg15", fifteen, "count"),
-        metric("tasks.running", running.parse().ok()?, "count"),
-        metric("tasks.total", total.parse().ok()?, "count"),
+        metric(PerformanceMetric::LoadAvg1, one),
+        metric(PerformanceMetric::LoadAvg5, five),
+        metric(PerformanceMetric::LoadAvg15, fifteen),
+        metric(PerformanceMetric::ProcsRunning, running.parse().ok()?),
     ])
 }
 
@@ -65,8 +60,8 @@ fn parse_meminfo(text: &str) -> Option<Vec<CollectionEvent>> {
         Some(kib * 1024.0)
     };
     Some(vec![
-        metric("memory.total", field("MemTotal:")?, "bytes"),
-        metric("memory.available", field("MemAvailable:")?, "bytes"),
+        metric(PerformanceMetric::MemoryTotal, field("MemTotal:")?),
+        metric(PerformanceMetric::MemoryAvailable, field("MemAvailable:")?),
     ])
 }
 
@@ -207,7 +202,7 @@ mod tests {
     #[test]
     fn parses_proc_loadavg_and_meminfo() {
         let load = parse_loadavg("0.12 0.30 0.25 2/345 6789\n").unwrap();
-        assert_eq!(load.len(), 5);
+        assert_eq!(load.len(), 4);
         assert!(parse_loadavg("garbage").is_none());
         let mem =
             parse_meminfo("MemTotal:       16000 kB\nMemFree: 1 kB\nMemAvailable:    8000 kB\n")

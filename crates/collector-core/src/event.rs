@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub use daemoneye_lib::models::{BootId, EventId, ProcessKey};
 use serde::{Deserialize, Serialize};
@@ -87,7 +87,7 @@ impl CollectionEvent {
             Self::Process(e) => Some(e.pid),
             Self::Network(e) => e.pid,
             Self::Filesystem(e) => e.pid,
-            Self::Performance(e) => e.pid,
+            Self::Performance(e) => e.pid(),
             Self::TriggerRequest(e) => e.target_pid,
         }
     }
@@ -98,7 +98,7 @@ impl CollectionEvent {
             Self::Process(e) => e.process_key,
             Self::Network(e) => e.process_key,
             Self::Filesystem(e) => e.process_key,
-            Self::Performance(e) => e.process_key,
+            Self::Performance(e) => e.process_key(),
             Self::TriggerRequest(_) => None,
         }
     }
@@ -815,22 +815,486 @@ impl FilesystemEvent {
     }
 }
 
-/// One sample of a performance metric.
+names! {
+    /// What a [`PerformanceEvent`] measures: the one list of performance
+    /// metrics, each with its [`unit`](Self::unit) and the
+    /// [kind of subject](Self::subject_kind) it is measured on. The name is
+    /// the one on the wire, in the store's `metric` column and in rules.
+    PerformanceMetric {
+        /// Busy share of all CPUs (percent, 0-100).
+        CpuTotal = "cpu.total",
+        /// User-mode share of all CPUs (percent).
+        CpuUser = "cpu.user",
+        /// Kernel-mode share of all CPUs (percent).
+        CpuSystem = "cpu.system",
+        /// Share of all CPUs idle waiting for I/O (percent).
+        CpuIowait = "cpu.iowait",
+        /// Share stolen by the hypervisor (percent).
+        CpuSteal = "cpu.steal",
+        /// Busy share of one CPU (percent; the subject is the core).
+        CpuCore = "cpu.core",
+        /// Forks per second (from `/proc/stat` `processes`).
+        ForkRate = "processes.forks_per_second",
+        /// Runnable tasks.
+        ProcsRunning = "processes.running",
+        /// Tasks blocked on I/O.
+        ProcsBlocked = "processes.blocked",
+        /// Context switches per second.
+        ContextSwitchRate = "processes.context_switches_per_second",
+        /// `MemTotal`.
+        MemoryTotal = "memory.total",
+        /// `MemAvailable`.
+        MemoryAvailable = "memory.available",
+        /// `MemFree`.
+        MemoryFree = "memory.free",
+        /// Swap in use.
+        SwapUsed = "memory.swap_used",
+        /// Load average over 1 minute.
+        LoadAvg1 = "load.avg1",
+        /// Load average over 5 minutes.
+        LoadAvg5 = "load.avg5",
+        /// Load average over 15 minutes.
+        LoadAvg15 = "load.avg15",
+        /// PSI: some tasks stalled on CPU, last 10 s (percent).
+        PsiCpuSomeAvg10 = "psi.cpu.some_avg10",
+        /// PSI: some tasks stalled on CPU, last 60 s.
+        PsiCpuSomeAvg60 = "psi.cpu.some_avg60",
+        /// PSI: some tasks stalled on CPU, last 300 s.
+        PsiCpuSomeAvg300 = "psi.cpu.some_avg300",
+        /// PSI: some tasks stalled on CPU since boot (microseconds).
+        PsiCpuSomeTotal = "psi.cpu.some_total",
+        /// PSI: all tasks stalled on CPU, last 10 s.
+        PsiCpuFullAvg10 = "psi.cpu.full_avg10",
+        /// PSI: all tasks stalled on CPU, last 60 s.
+        PsiCpuFullAvg60 = "psi.cpu.full_avg60",
+        /// PSI: all tasks stalled on CPU, last 300 s.
+        PsiCpuFullAvg300 = "psi.cpu.full_avg300",
+        /// PSI: all tasks stalled on CPU since boot (microseconds).
+        PsiCpuFullTotal = "psi.cpu.full_total",
+        /// PSI: some tasks stalled on memory, last 10 s.
+        PsiMemorySomeAvg10 = "psi.memory.some_avg10",
+        /// PSI: some tasks stalled on memory, last 60 s.
+        PsiMemorySomeAvg60 = "psi.memory.some_avg60",
+        /// PSI: some tasks stalled on memory, last 300 s.
+        PsiMemorySomeAvg300 = "psi.memory.some_avg300",
+        /// PSI: some tasks stalled on memory since boot (microseconds).
+        PsiMemorySomeTotal = "psi.memory.some_total",
+        /// PSI: all tasks stalled on memory, last 10 s.
+        PsiMemoryFullAvg10 = "psi.memory.full_avg10",
+        /// PSI: all tasks stalled on memory, last 60 s.
+        PsiMemoryFullAvg60 = "psi.memory.full_avg60",
+        /// PSI: all tasks stalled on memory, last 300 s.
+        PsiMemoryFullAvg300 = "psi.memory.full_avg300",
+        /// PSI: all tasks stalled on memory since boot (microseconds).
+        PsiMemoryFullTotal = "psi.memory.full_total",
+        /// PSI: some tasks stalled on I/O, last 10 s.
+        PsiIoSomeAvg10 = "psi.io.some_avg10",
+        /// PSI: some tasks stalled on I/O, last 60 s.
+        PsiIoSomeAvg60 = "psi.io.some_avg60",
+        /// PSI: some tasks stalled on I/O, last 300 s.
+        PsiIoSomeAvg300 = "psi.io.some_avg300",
+        /// PSI: some tasks stalled on I/O since boot (microseconds).
+        PsiIoSomeTotal = "psi.io.some_total",
+        /// PSI: all tasks stalled on I/O, last 10 s.
+        PsiIoFullAvg10 = "psi.io.full_avg10",
+        /// PSI: all tasks stalled on I/O, last 60 s.
+        PsiIoFullAvg60 = "psi.io.full_avg60",
+        /// PSI: all tasks stalled on I/O, last 300 s.
+        PsiIoFullAvg300 = "psi.io.full_avg300",
+        /// PSI: all tasks stalled on I/O since boot (microseconds).
+        PsiIoFullTotal = "psi.io.full_total",
+        /// Bytes read per second (the subject is the disk).
+        DiskReadRate = "disk.read_bytes_per_second",
+        /// Bytes written per second.
+        DiskWriteRate = "disk.write_bytes_per_second",
+        /// Reads completed per second.
+        DiskReadOps = "disk.reads_per_second",
+        /// Writes completed per second.
+        DiskWriteOps = "disk.writes_per_second",
+        /// Share of time the device had I/O in flight (percent).
+        DiskBusy = "disk.busy_percent",
+        /// Bytes received per second (the subject is the interface).
+        NetRxRate = "net.rx_bytes_per_second",
+        /// Bytes sent per second.
+        NetTxRate = "net.tx_bytes_per_second",
+        /// Packets received per second.
+        NetRxPackets = "net.rx_packets_per_second",
+        /// Packets sent per second.
+        NetTxPackets = "net.tx_packets_per_second",
+        /// Receive and send errors per second.
+        NetErrors = "net.errors_per_second",
+        /// Packets dropped per second.
+        NetDrops = "net.drops_per_second",
+        /// CPU of a cgroup's tasks (percent of one core).
+        CgroupCpu = "cgroup.cpu_percent",
+        /// Time a cgroup was throttled, per second of wall time (percent).
+        CgroupThrottled = "cgroup.throttled_percent",
+        /// A cgroup's `memory.current` (bytes).
+        CgroupMemory = "cgroup.memory_current",
+        /// A process's CPU share between two samples (percent of one core).
+        ProcessCpu = "process.cpu_percent",
+        /// A process's resident set size (bytes).
+        ProcessRss = "process.rss",
+        /// How much a process's RSS grew above its lowest within a window
+        /// (bytes; judged by the memory-growth anomaly only).
+        ProcessRssGrowth = "process.rss_growth",
+        /// The collector's own cost: milliseconds one sample took.
+        SampleMs = "collector.sample_ms",
+        /// Processes read in one sample.
+        ProcessesSampled = "collector.processes_sampled",
+    }
+}
+
+names! {
+    /// The unit of a [`PerformanceMetric`]'s values.
+    PerformanceUnit {
+        /// Percent (of all CPUs, of one core, or of the time).
+        Percent = "percent",
+        /// Microseconds.
+        Microseconds = "microseconds",
+        /// Milliseconds.
+        Milliseconds = "milliseconds",
+        /// Bytes.
+        Bytes = "bytes",
+        /// Bytes per second.
+        BytesPerSecond = "bytes_per_second",
+        /// Occurrences per second.
+        PerSecond = "per_second",
+        /// A count (or a load average).
+        Count = "count",
+    }
+}
+
+names! {
+    /// What a [`PerformanceSubject`] is, without its data.
+    PerformanceSubjectKind {
+        /// The host as a whole.
+        Host = "host",
+        /// One CPU core.
+        Cpu = "cpu",
+        /// One process.
+        Process = "process",
+        /// One cgroup v2 group.
+        Cgroup = "cgroup",
+        /// One block device.
+        Disk = "disk",
+        /// One network interface.
+        Interface = "interface",
+        /// The collector itself.
+        Collector = "collector",
+    }
+}
+
+names! {
+    /// A pressure resource: `/proc/pressure/<name>`.
+    PsiResource {
+        /// `cpu`.
+        Cpu = "cpu",
+        /// `memory`.
+        Memory = "memory",
+        /// `io`.
+        Io = "io",
+    }
+}
+
+impl PsiResource {
+    /// Its eight metrics: some avg10, avg60, avg300, total, then full's.
+    pub const fn metrics(self) -> [PerformanceMetric; 8] {
+        use PerformanceMetric as M;
+        match self {
+            Self::Cpu => [
+                M::PsiCpuSomeAvg10,
+                M::PsiCpuSomeAvg60,
+                M::PsiCpuSomeAvg300,
+                M::PsiCpuSomeTotal,
+                M::PsiCpuFullAvg10,
+                M::PsiCpuFullAvg60,
+                M::PsiCpuFullAvg300,
+                M::PsiCpuFullTotal,
+            ],
+            Self::Memory => [
+                M::PsiMemorySomeAvg10,
+                M::PsiMemorySomeAvg60,
+                M::PsiMemorySomeAvg300,
+                M::PsiMemorySomeTotal,
+                M::PsiMemoryFullAvg10,
+                M::PsiMemoryFullAvg60,
+                M::PsiMemoryFullAvg300,
+                M::PsiMemoryFullTotal,
+            ],
+            Self::Io => [
+                M::PsiIoSomeAvg10,
+                M::PsiIoSomeAvg60,
+                M::PsiIoSomeAvg300,
+                M::PsiIoSomeTotal,
+                M::PsiIoFullAvg10,
+                M::PsiIoFullAvg60,
+                M::PsiIoFullAvg300,
+                M::PsiIoFullTotal,
+            ],
+        }
+    }
+
+    /// Its `some avg10` metric, the one the pressure-stall anomaly judges.
+    pub const fn some_avg10(self) -> PerformanceMetric {
+        self.metrics()[0]
+    }
+}
+
+impl PerformanceMetric {
+    /// The unit of its values.
+    pub const fn unit(self) -> PerformanceUnit {
+        use PerformanceMetric as M;
+        use PerformanceUnit as U;
+        match self {
+            M::CpuTotal
+            | M::CpuUser
+            | M::CpuSystem
+            | M::CpuIowait
+            | M::CpuSteal
+            | M::CpuCore
+            | M::DiskBusy
+            | M::CgroupCpu
+            | M::CgroupThrottled
+            | M::ProcessCpu
+            | M::PsiCpuSomeAvg10
+            | M::PsiCpuSomeAvg60
+            | M::PsiCpuSomeAvg300
+            | M::PsiCpuFullAvg10
+            | M::PsiCpuFullAvg60
+            | M::PsiCpuFullAvg300
+            | M::PsiMemorySomeAvg10
+            | M::PsiMemorySomeAvg60
+            | M::PsiMemorySomeAvg300
+            | M::PsiMemoryFullAvg10
+            | M::PsiMemoryFullAvg60
+            | M::PsiMemoryFullAvg300
+            | M::PsiIoSomeAvg10
+            | M::PsiIoSomeAvg60
+            | M::PsiIoSomeAvg300
+            | M::PsiIoFullAvg10
+            | M::PsiIoFullAvg60
+            | M::PsiIoFullAvg300 => U::Percent,
+            M::PsiCpuSomeTotal
+            | M::PsiCpuFullTotal
+            | M::PsiMemorySomeTotal
+            | M::PsiMemoryFullTotal
+            | M::PsiIoSomeTotal
+            | M::PsiIoFullTotal => U::Microseconds,
+            M::MemoryTotal
+            | M::MemoryAvailable
+            | M::MemoryFree
+            | M::SwapUsed
+            | M::CgroupMemory
+            | M::ProcessRss
+            | M::ProcessRssGrowth => U::Bytes,
+            M::DiskReadRate | M::DiskWriteRate | M::NetRxRate | M::NetTxRate => U::BytesPerSecond,
+            M::ForkRate
+            | M::ContextSwitchRate
+            | M::DiskReadOps
+            | M::DiskWriteOps
+            | M::NetRxPackets
+            | M::NetTxPackets
+            | M::NetErrors
+            | M::NetDrops => U::PerSecond,
+            M::ProcsRunning
+            | M::ProcsBlocked
+            | M::LoadAvg1
+            | M::LoadAvg5
+            | M::LoadAvg15
+            | M::ProcessesSampled => U::Count,
+            M::SampleMs => U::Milliseconds,
+        }
+    }
+
+    /// The kind of subject it is measured on (its event's subject must be
+    /// of this kind).
+    pub const fn subject_kind(self) -> PerformanceSubjectKind {
+        use PerformanceMetric as M;
+        use PerformanceSubjectKind as S;
+        match self {
+            M::CpuCore => S::Cpu,
+            M::DiskReadRate | M::DiskWriteRate | M::DiskReadOps | M::DiskWriteOps | M::DiskBusy => {
+                S::Disk
+            }
+            M::NetRxRate
+            | M::NetTxRate
+            | M::NetRxPackets
+            | M::NetTxPackets
+            | M::NetErrors
+            | M::NetDrops => S::Interface,
+            M::CgroupCpu | M::CgroupThrottled | M::CgroupMemory => S::Cgroup,
+            M::ProcessCpu | M::ProcessRss | M::ProcessRssGrowth => S::Process,
+            M::SampleMs | M::ProcessesSampled => S::Collector,
+            _ => S::Host,
+        }
+    }
+
+    /// The pressure resource of a `psi.*` metric.
+    pub fn psi_resource(self) -> Option<PsiResource> {
+        PsiResource::ALL
+            .iter()
+            .copied()
+            .find(|r| r.metrics().contains(&self))
+    }
+}
+
+/// What a [`PerformanceEvent`] was measured on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PerformanceSubject {
+    /// The host as a whole.
+    Host,
+    /// One CPU core, by its number (`cpuN` in `/proc/stat`).
+    Cpu {
+        /// The core's number.
+        core: u32,
+    },
+    /// One process.
+    Process {
+        /// Its pid.
+        pid: u32,
+        /// Its stable key, when the boot id is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process_key: Option<ProcessKey>,
+    },
+    /// One cgroup v2 group.
+    Cgroup {
+        /// Its path below the hierarchy's root (`/` for the root).
+        path: String,
+    },
+    /// One block device.
+    Disk {
+        /// Its kernel name (`sda`, `nvme0n1`).
+        name: String,
+    },
+    /// One network interface.
+    Interface {
+        /// Its name (`eth0`).
+        name: String,
+    },
+    /// The collector itself (its own cost).
+    Collector,
+}
+
+impl PerformanceSubject {
+    /// Its kind.
+    pub const fn kind(&self) -> PerformanceSubjectKind {
+        match self {
+            Self::Host => PerformanceSubjectKind::Host,
+            Self::Cpu { .. } => PerformanceSubjectKind::Cpu,
+            Self::Process { .. } => PerformanceSubjectKind::Process,
+            Self::Cgroup { .. } => PerformanceSubjectKind::Cgroup,
+            Self::Disk { .. } => PerformanceSubjectKind::Disk,
+            Self::Interface { .. } => PerformanceSubjectKind::Interface,
+            Self::Collector => PerformanceSubjectKind::Collector,
+        }
+    }
+
+    /// Its name within its kind: the cgroup's path, the device's or
+    /// interface's name, the core's number; `None` for the host, a process
+    /// (named by its pid and key) and the collector.
+    pub fn name(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Self::Cpu { core } => Some(core.to_string().into()),
+            Self::Cgroup { path: n } | Self::Disk { name: n } | Self::Interface { name: n } => {
+                Some(n.as_str().into())
+            }
+            Self::Host | Self::Process { .. } | Self::Collector => None,
+        }
+    }
+
+    /// The process, for a process subject.
+    pub const fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Process { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// The process's key, for a process subject whose key is known.
+    pub const fn process_key(&self) -> Option<ProcessKey> {
+        match self {
+            Self::Process { process_key, .. } => *process_key,
+            _ => None,
+        }
+    }
+}
+
+names! {
+    /// What a [`PerformanceAnomaly`] found.
+    PerformanceAnomalyKind {
+        /// A process held at least the threshold share of a core for the
+        /// duration ([`PerformanceMetric::ProcessCpu`]).
+        SustainedCpu = "sustained_cpu",
+        /// A process's RSS grew by more than the threshold within the
+        /// duration ([`PerformanceMetric::ProcessRssGrowth`]).
+        MemoryGrowth = "memory_growth",
+        /// Forks per second above the threshold, host-wide, over the
+        /// duration ([`PerformanceMetric::ForkRate`]).
+        ForkRate = "fork_rate",
+        /// A pressure resource's `some avg10` above the threshold (a `psi.*.some_avg10` metric).
+        PsiStall = "psi_stall",
+    }
+}
+
+impl PerformanceAnomalyKind {
+    /// Whether an anomaly of this kind can be about `metric`.
+    pub fn judges(self, metric: PerformanceMetric) -> bool {
+        match self {
+            Self::SustainedCpu => metric == PerformanceMetric::ProcessCpu,
+            Self::MemoryGrowth => metric == PerformanceMetric::ProcessRssGrowth,
+            Self::ForkRate => metric == PerformanceMetric::ForkRate,
+            Self::PsiStall => metric
+                .psi_resource()
+                .is_some_and(|r| r.some_avg10() == metric),
+        }
+    }
+}
+
+/// A judgement of one observation: the [`PerformanceEvent`] it is attached
+/// to says what was observed (metric, subject, value), this says why that
+/// is an anomaly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformanceAnomaly {
+    /// What was found.
+    pub kind: PerformanceAnomalyKind,
+    /// The configured threshold the value crossed, in the metric's unit.
+    pub threshold: f64,
+    /// How long the condition held (sustained CPU), the window it happened
+    /// in (memory growth), or the time the value was measured over (fork
+    /// rate: the interval; pressure: 10 s).
+    pub duration: Duration,
+}
+
+/// One sample of a performance metric, and when it is an anomaly, the
+/// judgement ([`PerformanceEvent::anomaly`]).
+///
+/// ```
+/// use std::time::SystemTime;
+/// use collector_core::{PerformanceEvent, PerformanceMetric, PerformanceSubject, PerformanceUnit};
+///
+/// let e = PerformanceEvent::new(
+///     PerformanceMetric::LoadAvg1,
+///     0.25,
+///     PerformanceSubject::Host,
+///     SystemTime::now(),
+/// );
+/// assert_eq!(e.unit(), PerformanceUnit::Count);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerformanceEvent {
-    /// Metric name, dotted (`load.avg1`, `memory.available`).
-    pub metric_name: String,
-    /// The sampled value.
+    /// What was measured.
+    pub metric: PerformanceMetric,
+    /// The sampled value, in [`metric.unit()`](PerformanceMetric::unit).
     pub value: f64,
-    /// Unit (`bytes`, `percent`, `count`, ...).
-    pub unit: String,
-    /// The process measured, for per-process metrics.
-    pub pid: Option<u32>,
-    /// The stable key of that process, when known; its pid is `pid`.
-    #[serde(default)]
-    pub process_key: Option<ProcessKey>,
-    /// The component measured (`system`, `cpu0`, `collector`, ...).
-    pub component: String,
+    /// What it was measured on.
+    pub subject: PerformanceSubject,
+    /// Set when the sample is an anomaly. Boxed: nearly every sample is an
+    /// ordinary observation, which this keeps one pointer wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<Box<PerformanceAnomaly>>,
     /// When the sample was taken.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
@@ -841,14 +1305,74 @@ pub struct PerformanceEvent {
 }
 
 impl PerformanceEvent {
+    /// An observation (no anomaly, no id yet).
+    pub const fn new(
+        metric: PerformanceMetric,
+        value: f64,
+        subject: PerformanceSubject,
+        timestamp: SystemTime,
+    ) -> Self {
+        Self {
+            metric,
+            value,
+            subject,
+            anomaly: None,
+            timestamp,
+            id: None,
+        }
+    }
+
+    /// The same sample judged an anomaly.
+    #[must_use]
+    pub fn with_anomaly(mut self, anomaly: PerformanceAnomaly) -> Self {
+        self.anomaly = Some(Box::new(anomaly));
+        self
+    }
+
+    /// The unit of [`value`](Self::value).
+    pub const fn unit(&self) -> PerformanceUnit {
+        self.metric.unit()
+    }
+
+    /// The process measured, for per-process metrics.
+    pub const fn pid(&self) -> Option<u32> {
+        self.subject.pid()
+    }
+
+    /// That process's stable key, when known.
+    pub const fn process_key(&self) -> Option<ProcessKey> {
+        self.subject.process_key()
+    }
+
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Performance;
-        validate_key(K, self.pid, self.process_key)?;
-        if self.metric_name.is_empty() {
-            return Err(invalid(K, "metric_name", "is empty"));
-        }
         if !self.value.is_finite() {
             return Err(invalid(K, "value", "is not finite"));
+        }
+        if self.subject.kind() != self.metric.subject_kind() {
+            return Err(invalid(K, "subject", "is not of the metric's kind"));
+        }
+        match &self.subject {
+            PerformanceSubject::Process { pid: 0, .. } => {
+                return Err(invalid(K, "subject", "names pid 0"));
+            }
+            PerformanceSubject::Cgroup { path: n }
+            | PerformanceSubject::Disk { name: n }
+            | PerformanceSubject::Interface { name: n }
+                if n.is_empty() || n.len() > MAX_METADATA_VALUE_LEN =>
+            {
+                return Err(invalid(K, "subject", "has an empty or oversized name"));
+            }
+            _ => {}
+        }
+        validate_key(K, self.pid(), self.process_key())?;
+        if let Some(a) = &self.anomaly {
+            if !a.kind.judges(self.metric) {
+                return Err(invalid(K, "anomaly", "is not of the metric's kind"));
+            }
+            if !a.threshold.is_finite() {
+                return Err(invalid(K, "anomaly", "has a threshold that is not finite"));
+            }
         }
         Ok(())
     }
@@ -1036,16 +1560,12 @@ mod tests {
         let mut p = process(5);
         p.process_key = Some(ProcessKey::new(BootId::from_bytes([1; 16]), 6, 1));
         assert!(CollectionEvent::Process(p).validate().is_err());
-        let perf = PerformanceEvent {
-            id: None,
-            metric_name: "load".into(),
-            value: f64::INFINITY,
-            unit: "count".into(),
-            pid: None,
-            process_key: None,
-            component: "system".into(),
-            timestamp: SystemTime::now(),
-        };
+        let perf = PerformanceEvent::new(
+            PerformanceMetric::LoadAvg1,
+            f64::INFINITY,
+            PerformanceSubject::Host,
+            SystemTime::now(),
+        );
         assert!(CollectionEvent::Performance(perf).validate().is_err());
         let net = NetworkEvent {
             connection_id: "1".into(),
@@ -1088,6 +1608,119 @@ mod tests {
         });
         assert_eq!(f.kind(), EventKind::Filesystem);
         assert_eq!(f.pid(), None);
+    }
+
+    fn perf(metric: PerformanceMetric, subject: PerformanceSubject) -> PerformanceEvent {
+        PerformanceEvent::new(metric, 1.0, subject, SystemTime::UNIX_EPOCH)
+    }
+
+    fn perf_error(e: PerformanceEvent) -> Option<&'static str> {
+        CollectionEvent::Performance(e)
+            .validate()
+            .err()
+            .map(|e| e.field)
+    }
+
+    #[test]
+    fn metrics_have_unique_dotted_names_a_unit_and_a_subject_kind() {
+        let mut seen = std::collections::HashSet::new();
+        for &m in PerformanceMetric::ALL {
+            assert!(seen.insert(m.as_str()), "{m} twice");
+            assert!(m.as_str().contains('.'), "{m}");
+            assert_eq!(PerformanceMetric::from_name(m.as_str()), Some(m));
+            let prefix = m.as_str().split('.').next().unwrap_or_default();
+            let kind = m.subject_kind();
+            // The prefix names the subject, except for the host's metrics.
+            match prefix {
+                "process" => assert_eq!(kind, PerformanceSubjectKind::Process, "{m}"),
+                "disk" => assert_eq!(kind, PerformanceSubjectKind::Disk, "{m}"),
+                "net" => assert_eq!(kind, PerformanceSubjectKind::Interface, "{m}"),
+                "cgroup" => assert_eq!(kind, PerformanceSubjectKind::Cgroup, "{m}"),
+                "collector" => assert_eq!(kind, PerformanceSubjectKind::Collector, "{m}"),
+                _ if m == PerformanceMetric::CpuCore => {
+                    assert_eq!(kind, PerformanceSubjectKind::Cpu);
+                }
+                _ => assert_eq!(kind, PerformanceSubjectKind::Host, "{m}"),
+            }
+        }
+        for &r in PsiResource::ALL {
+            for m in r.metrics() {
+                assert!(m.as_str().starts_with(&format!("psi.{r}.")), "{m}");
+                assert_eq!(m.psi_resource(), Some(r));
+            }
+            assert!(r.some_avg10().as_str().ends_with("some_avg10"));
+        }
+        assert_eq!(PerformanceMetric::ProcessRss.unit(), PerformanceUnit::Bytes);
+        assert_eq!(
+            PerformanceMetric::PsiIoSomeTotal.unit(),
+            PerformanceUnit::Microseconds
+        );
+    }
+
+    #[test]
+    fn a_performance_event_names_its_process_through_its_subject() {
+        let key = ProcessKey::new(BootId::from_bytes([2; 16]), 9, 100);
+        let e = perf(
+            PerformanceMetric::ProcessCpu,
+            PerformanceSubject::Process {
+                pid: 9,
+                process_key: Some(key),
+            },
+        );
+        let c = CollectionEvent::Performance(e.clone());
+        assert_eq!((c.pid(), c.process_key()), (Some(9), Some(key)));
+        c.validate().unwrap();
+        assert_eq!(e.subject.kind(), PerformanceSubjectKind::Process);
+        assert_eq!(e.subject.name(), None);
+        assert_eq!(
+            PerformanceSubject::Cpu { core: 3 }.name().as_deref(),
+            Some("3")
+        );
+    }
+
+    #[test]
+    fn invalid_performance_events_are_refused_by_field() {
+        use PerformanceMetric as M;
+        use PerformanceSubject as S;
+        assert_eq!(perf_error(perf(M::CpuTotal, S::Host)), None);
+        assert_eq!(perf_error(perf(M::CpuTotal, S::Collector)), Some("subject"));
+        assert_eq!(perf_error(perf(M::ProcessRss, S::Host)), Some("subject"));
+        let nameless = S::Disk {
+            name: String::new(),
+        };
+        assert_eq!(perf_error(perf(M::DiskBusy, nameless)), Some("subject"));
+        let pid0 = S::Process {
+            pid: 0,
+            process_key: None,
+        };
+        assert_eq!(perf_error(perf(M::ProcessRss, pid0)), Some("subject"));
+        let other = S::Process {
+            pid: 5,
+            process_key: Some(ProcessKey::new(BootId::from_bytes([1; 16]), 6, 1)),
+        };
+        assert_eq!(perf_error(perf(M::ProcessRss, other)), Some("process_key"));
+        let anomaly = |kind, threshold| PerformanceAnomaly {
+            kind,
+            threshold,
+            duration: Duration::from_secs(1),
+        };
+        let fork = perf(M::ForkRate, S::Host);
+        let fine = fork
+            .clone()
+            .with_anomaly(anomaly(PerformanceAnomalyKind::ForkRate, 100.0));
+        assert_eq!(perf_error(fine), None);
+        let wrong = fork
+            .clone()
+            .with_anomaly(anomaly(PerformanceAnomalyKind::SustainedCpu, 90.0));
+        assert_eq!(perf_error(wrong), Some("anomaly"));
+        let nan = fork.with_anomaly(anomaly(PerformanceAnomalyKind::ForkRate, f64::NAN));
+        assert_eq!(perf_error(nan), Some("anomaly"));
+        let psi = perf(M::PsiMemorySomeAvg10, S::Host)
+            .with_anomaly(anomaly(PerformanceAnomalyKind::PsiStall, 60.0));
+        assert_eq!(perf_error(psi), None);
+        let psi60 = perf(M::PsiMemorySomeAvg60, S::Host)
+            .with_anomaly(anomaly(PerformanceAnomalyKind::PsiStall, 60.0));
+        assert_eq!(perf_error(psi60), Some("anomaly"));
     }
 
     fn arb_process() -> impl Strategy<Value = ProcessEvent> {

@@ -38,7 +38,8 @@
 //!
 //! use async_trait::async_trait;
 //! use collector_core::{
-//!     CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent, SourceCaps,
+//!     CollectionEvent, Collector, CollectorConfig, EventSource, PerformanceEvent,
+//!     PerformanceMetric, PerformanceSubject, SourceCaps,
 //! };
 //! use tokio::sync::mpsc;
 //!
@@ -61,16 +62,12 @@
 //!             if shutdown.load(Ordering::Relaxed) {
 //!                 break;
 //!             }
-//!             let event = PerformanceEvent {
-//!                 metric_name: "demo.count".into(),
-//!                 value: f64::from(i),
-//!                 unit: "count".into(),
-//!                 pid: None,
-//!                 process_key: None,
-//!                 component: "demo".into(),
-//!                 timestamp: std::time::SystemTime::now(),
-//!                 id: None, // the runtime names it
-//!             };
+//!             let event = PerformanceEvent::new(
+//!                 PerformanceMetric::ProcsRunning,
+//!                 f64::from(i),
+//!                 PerformanceSubject::Host,
+//!                 std::time::SystemTime::now(),
+//!             ); // the runtime names it
 //!             tx.send(CollectionEvent::Performance(event)).await?;
 //!         }
 //!         Ok(()) // the runtime shuts down once every source has ended
@@ -133,8 +130,10 @@ pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AnalysisType, BootId, CaptureTier, CollectionEvent, EventHeader, EventId, EventKind,
     EventValidationError, FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail,
-    NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType,
-    ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
+    NetworkEvent, ObservedBy, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent,
+    PerformanceMetric, PerformanceSubject, PerformanceSubjectKind, PerformanceUnit, ProcessContext,
+    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, PsiResource, ReadDepth,
+    StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

@@ -1,5 +1,6 @@
-//! The one SQL vocabulary over processes: the names and types of the
-//! columns a process has wherever SQL sees one.
+//! The one SQL vocabulary over processes and performance samples: the
+//! names and types of the columns a process ([`PROCESS`]) and a performance
+//! sample ([`PERFORMANCE`]) have wherever SQL sees one.
 //!
 //! The store's process tables (`processes`, `process_events`,
 //! `process_snapshots`), the agent's detection rules (the `processes` table
@@ -162,13 +163,94 @@ pub fn process_column(name: &str) -> Option<&'static Column> {
     PROCESS.iter().find(|c| c.name.eq_ignore_ascii_case(name))
 }
 
+/// The columns of a performance sample
+/// ([`PerformanceEvent`](crate::PerformanceEvent)), in the order they are
+/// documented: the store's `performance` table and the rules' one alike.
+/// An anomaly is a sample whose `anomaly` is set.
+pub const PERFORMANCE: &[Column] = {
+    use SqlType::{Integer, Real, Text};
+    &[
+        stored(
+            "event_id",
+            Text,
+            "the id the collector runtime gave the sample (`run-seq`)",
+        ),
+        stored(
+            "observed_at",
+            Integer,
+            "when it was sampled, unix nanoseconds",
+        ),
+        stored(
+            "metric",
+            Text,
+            "what was measured (`cpu.total`, `process.cpu_percent`, `psi.io.some_avg10`, ...)",
+        ),
+        stored(
+            "unit",
+            Text,
+            "the value's unit (`percent`, `bytes`, `per_second`, ...)",
+        ),
+        stored("value", Real, "the sampled value"),
+        stored(
+            "subject_kind",
+            Text,
+            "what it was measured on (`host`, `cpu`, `process`, `cgroup`, `disk`, `interface`, `collector`)",
+        ),
+        stored(
+            "subject_name",
+            Text,
+            "the cgroup's path, the disk's or interface's name, the core's number",
+        ),
+        stored("pid", Integer, "for a process: its pid"),
+        stored(
+            "process_key",
+            Text,
+            "for a process: `boot_id:pid:start_ticks`, to join to the process tables",
+        ),
+        stored(
+            "anomaly",
+            Text,
+            "for an anomaly: its kind (`sustained_cpu`, `memory_growth`, `fork_rate`, `psi_stall`)",
+        ),
+        stored(
+            "anomaly_threshold",
+            Real,
+            "for an anomaly: the threshold crossed, in the value's unit",
+        ),
+        stored(
+            "anomaly_duration_ms",
+            Integer,
+            "for an anomaly: how long it held (or was measured over), milliseconds",
+        ),
+    ]
+};
+
+/// The performance column named `name` (ASCII case-insensitive).
+pub fn performance_column(name: &str) -> Option<&'static Column> {
+    PERFORMANCE
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_are_unique_lowercase_identifiers() {
-        for (i, c) in PROCESS.iter().enumerate() {
+        for list in [PROCESS, PERFORMANCE] {
+            unique_lowercase(list);
+        }
+        assert_eq!(
+            performance_column("Metric").map(|c| c.ty),
+            Some(SqlType::Text)
+        );
+        assert_eq!(process_column("EXE").map(|c| c.ty), Some(SqlType::Text));
+        assert_eq!(process_column("executable_path"), None);
+    }
+
+    fn unique_lowercase(list: &[Column]) {
+        for (i, c) in list.iter().enumerate() {
             assert!(
                 c.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{}",
@@ -176,12 +258,10 @@ mod tests {
             );
             assert!(!c.doc.is_empty(), "{} has no doc", c.name);
             assert!(
-                PROCESS[..i].iter().all(|o| o.name != c.name),
+                list[..i].iter().all(|o| o.name != c.name),
                 "{} twice",
                 c.name
             );
         }
-        assert_eq!(process_column("EXE").map(|c| c.ty), Some(SqlType::Text));
-        assert_eq!(process_column("executable_path"), None);
     }
 }

@@ -41,12 +41,14 @@
 pub mod alert;
 pub mod bench;
 pub mod ledger;
+pub mod performance;
 pub mod readonly;
 mod schema;
 pub mod store;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
+pub use performance::PerformanceRow;
 pub use schema::SCHEMA_VERSION;
 pub use store::{
     Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,
@@ -54,5 +56,5 @@ pub use store::{
 };
 pub use writer::{
     StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_EVENTS,
-    DEFAULT_QUEUE_WRITES,
+    DEFAULT_PERFORMANCE_RETENTION, DEFAULT_QUEUE_WRITES,
 };

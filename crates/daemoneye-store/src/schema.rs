@@ -57,10 +57,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "event ids: process_events.event_id, process_snapshots.event_id",
         sql: V4,
     },
+    Migration {
+        version: 5,
+        description: "performance: samples and anomalies",
+        sql: V5,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -194,6 +199,28 @@ const V3: &str = typed_facts!("process_snapshots", "process_events", "processes"
 /// (`collector_core::EventId` as text, `run-seq`); none on older rows.
 const V4: &str = "ALTER TABLE process_events ADD COLUMN event_id TEXT;
 ALTER TABLE process_snapshots ADD COLUMN event_id TEXT;";
+
+/// Performance samples and anomalies, one row each: the columns of
+/// `collector_core::vocabulary::PERFORMANCE` in its order (a test holds them
+/// to it). Not on the ledger (a host samples thousands a minute); bounded by
+/// the writer's `performance_retention`, pruned by `observed_at`.
+const V5: &str = "CREATE TABLE performance (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT,
+    observed_at INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    value REAL NOT NULL,
+    subject_kind TEXT NOT NULL,
+    subject_name TEXT,
+    pid INTEGER,
+    process_key TEXT,
+    anomaly TEXT,
+    anomaly_threshold REAL,
+    anomaly_duration_ms INTEGER
+);
+CREATE INDEX performance_observed ON performance (observed_at);
+CREATE INDEX performance_anomalies ON performance (anomaly) WHERE anomaly IS NOT NULL;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

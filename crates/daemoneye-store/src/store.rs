@@ -42,6 +42,7 @@
 //! | `snapshots` | snapshot | `id`, `taken_at`, `process_count` |
 //! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
+//! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
 //! | `ledger` | ledger entry | `seq`, `kind` (`process_event`, `alert`, `gap`, `start`, `stop`, `checkpoint`), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
@@ -64,8 +65,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType,
-    ProcessKey, ReadDepth,
+    EventId, HashAlgorithm, LifecycleDetail, PerformanceEvent, ProcessContext, ProcessEvent,
+    ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -297,6 +298,10 @@ pub struct Recorded {
     pub removed: u64,
     /// Snapshots stored.
     pub snapshots: u64,
+    /// Performance samples stored.
+    pub performance: u64,
+    /// Performance rows pruned past their retention.
+    pub pruned: u64,
 }
 
 /// The result of [`Store::query`].
@@ -567,6 +572,11 @@ impl Store {
                 Op::Alert(alert) => {
                     write_alert_in(&tx, &mut chain, alert)?;
                 }
+                Op::Performance(events, retention) => {
+                    done.performance += events.len() as u64;
+                    done.pruned +=
+                        crate::performance::write_performance_in(&tx, events, *retention)? as u64;
+                }
                 Op::Gap(gap) => {
                     let content =
                         serde_json::to_string(gap).map_err(|source| StoreError::Encode {
@@ -586,6 +596,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(done)
+    }
+
+    /// Stores performance samples (not on the ledger) and prunes the table
+    /// to `retention` before the newest of them.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn write_performance(
+        &mut self,
+        events: &[PerformanceEvent],
+        retention: Duration,
+    ) -> Result<Recorded, StoreError> {
+        self.apply(&[Op::Performance(events, retention)])
     }
 
     /// Forgets every known process (the collector restarted: its first
@@ -875,6 +898,8 @@ impl Store {
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
     Events(&'a [ProcessEvent]),
+    /// Performance samples, and the retention to prune the table to.
+    Performance(&'a [PerformanceEvent], Duration),
     /// A ledger entry saying what earlier failed transactions lost.
     Gap(&'a Gap),
     Snapshot(&'a [ProcessEvent]),
@@ -1424,7 +1449,7 @@ pub(crate) fn unix_nanos_now() -> i64 {
     to_nanos(SystemTime::now())
 }
 
-fn to_nanos(t: SystemTime) -> i64 {
+pub(crate) fn to_nanos(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
@@ -1734,7 +1759,7 @@ mod tests {
                 lifecycle: 4,
                 upserted: 4,
                 removed: 1,
-                snapshots: 0,
+                ..Recorded::default()
             }
         );
         let ro = Store::open_read_only(dir.path()).unwrap();

@@ -54,7 +54,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use collector_core::{ProcessEvent, WhenFull};
+use collector_core::{PerformanceEvent, ProcessEvent, WhenFull};
 use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,6 +84,10 @@ pub struct WriterConfig {
     /// rows) the writer holds in memory to write once it can; past it the
     /// oldest are dropped, counted and recorded in the ledger as a gap.
     pub max_held_events: usize,
+    /// How long performance samples are kept: each batch written prunes
+    /// the rows older than this before its newest sample.
+    #[serde(with = "humantime_serde")]
+    pub performance_retention: Duration,
 }
 
 /// Default of [`WriterConfig::queue_writes`].
@@ -95,6 +99,8 @@ pub const DEFAULT_BATCH_DELAY_MS: u64 = 50;
 /// Default of [`WriterConfig::max_held_events`]: about a minute of a busy
 /// host's lifecycle events, tens of megabytes at most.
 pub const DEFAULT_MAX_HELD_EVENTS: usize = 50_000;
+/// Default of [`WriterConfig::performance_retention`]: a day.
+pub const DEFAULT_PERFORMANCE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -104,6 +110,7 @@ impl Default for WriterConfig {
             batch_delay_ms: DEFAULT_BATCH_DELAY_MS,
             when_full: WhenFull::Block,
             max_held_events: DEFAULT_MAX_HELD_EVENTS,
+            performance_retention: DEFAULT_PERFORMANCE_RETENTION,
         }
     }
 }
@@ -125,6 +132,9 @@ impl WriterConfig {
         if self.max_held_events == 0 {
             return invalid("max_held_events", "must be at least 1");
         }
+        if self.performance_retention.is_zero() {
+            return invalid("performance_retention", "must be longer than zero");
+        }
         Ok(())
     }
 }
@@ -142,6 +152,10 @@ pub struct WriterStats {
     pub alerts: Counter,
     /// Snapshots of the process table committed.
     pub snapshots: Counter,
+    /// Performance samples committed (they count as events too).
+    pub performance_samples: Counter,
+    /// Performance rows pruned past their retention.
+    pub performance_pruned: Counter,
     /// Writes lost: dropped while held over their bound or at close with
     /// the store failing, or refused because the writer had closed (each
     /// logged).
@@ -198,6 +212,16 @@ impl WriterStats {
                     "daemoneye_snapshots_written_total",
                     "Snapshots of the process table committed.",
                     &self.snapshots,
+                ),
+                (
+                    "daemoneye_performance_samples_written_total",
+                    "Performance samples committed.",
+                    &self.performance_samples,
+                ),
+                (
+                    "daemoneye_performance_samples_pruned_total",
+                    "Performance samples pruned past their retention.",
+                    &self.performance_pruned,
                 ),
                 (
                     "daemoneye_store_writes_lost_total",
@@ -281,6 +305,7 @@ impl WriterStats {
 #[derive(Debug)]
 enum Write {
     Events(Vec<ProcessEvent>),
+    Performance(Vec<PerformanceEvent>),
     Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
@@ -352,6 +377,11 @@ impl StoreWriter {
             .map_err(StoreError::Spawn)?;
         let worker = Worker {
             store,
+            performance_retention: if config.performance_retention.is_zero() {
+                DEFAULT_PERFORMANCE_RETENTION
+            } else {
+                config.performance_retention
+            },
             gap: Gap::default(),
             checkpointed: Lost::default(),
             rx,
@@ -405,17 +435,34 @@ impl StoreWriter {
     /// Cancel safe: if the future is dropped while it waits for room, the
     /// events were not accepted and nothing is counted.
     pub async fn events(&self, events: Vec<ProcessEvent>) {
-        if events.is_empty() {
-            return;
+        if !events.is_empty() {
+            self.send_events(events.len(), Write::Events(events)).await;
         }
-        let n = events.len();
+    }
+
+    /// Queues a batch of performance samples, as [`events`](Self::events)
+    /// does (they count as events in the same counters). They are stored
+    /// without ledger entries and pruned to
+    /// [`performance_retention`](WriterConfig::performance_retention).
+    ///
+    /// # Cancel safety
+    /// As [`events`](Self::events).
+    pub async fn performance(&self, events: Vec<PerformanceEvent>) {
+        if !events.is_empty() {
+            self.send_events(events.len(), Write::Performance(events))
+                .await;
+        }
+    }
+
+    /// Sends a write of `n` events under the `when_full` policy.
+    async fn send_events(&self, n: usize, write: Write) {
         let s = &self.stats;
         let sent = match self.when_full {
             WhenFull::Block => match self.tx.reserve().await {
                 Ok(permit) => {
                     // Counted before the writer can count them written.
                     s.events_accepted.add_usize(n);
-                    permit.send(Write::Events(events));
+                    permit.send(write);
                     true
                 }
                 Err(_) => false,
@@ -423,7 +470,7 @@ impl StoreWriter {
             WhenFull::DropNewest => match self.tx.try_reserve() {
                 Ok(permit) => {
                     s.events_accepted.add_usize(n);
-                    permit.send(Write::Events(events));
+                    permit.send(write);
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
@@ -588,6 +635,7 @@ impl Slot {
 
 struct Worker {
     store: Slot,
+    performance_retention: Duration,
     /// What was lost since the last commit, to record in the ledger.
     gap: Gap,
     /// The losses counted at the last checkpoint.
@@ -636,6 +684,7 @@ enum Pending {
         completes: bool,
     },
     Snapshot(Vec<ProcessEvent>),
+    Performance(Vec<PerformanceEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
 }
@@ -645,7 +694,17 @@ impl Pending {
     fn weight(&self) -> usize {
         match self {
             Self::Events { events: e, .. } | Self::Snapshot(e) => e.len().max(1),
+            Self::Performance(e) => e.len().max(1),
             _ => 1,
+        }
+    }
+
+    /// The events it holds that were accepted as events.
+    fn events(&self) -> usize {
+        match self {
+            Self::Events { events, .. } => events.len(),
+            Self::Performance(e) => e.len(),
+            _ => 0,
         }
     }
 }
@@ -729,6 +788,9 @@ impl Worker {
                 }
             }
             Write::Snapshot(e) => Pending::Snapshot(e),
+            // Not split: a sample batch is one interval's, far below a
+            // transaction's worth.
+            Write::Performance(e) => Pending::Performance(e),
             Write::Alert(a) => Pending::Alert(a),
             Write::ClearProcesses => Pending::ClearProcesses,
             Write::Flush(ack) => {
@@ -839,7 +901,7 @@ impl Worker {
                 weight += p.weight();
                 n += 1;
             }
-            let (ops, tally) = transaction(self.held.range(..n));
+            let (ops, tally) = transaction(self.held.range(..n), self.performance_retention);
             let first = self.retry_at.is_none();
             match attempt(&mut self.store, &self.stats, &ops, &tally, first) {
                 Ok(done) => {
@@ -882,10 +944,7 @@ impl Worker {
     /// Counts `p` as lost, for the ledger's next gap entry.
     fn lose(&mut self, p: &Pending, why: &'static str) {
         let s = &self.stats;
-        let events = match p {
-            Pending::Events { events, .. } => events.len(),
-            _ => 0,
-        };
+        let events = p.events();
         s.events_dropped_write_failed.add_usize(events);
         s.failures.inc();
         let now = crate::store::unix_nanos_now();
@@ -926,7 +985,10 @@ impl Worker {
 }
 
 /// The operations and counts of one transaction over `writes`.
-fn transaction<'a>(writes: impl Iterator<Item = &'a Pending>) -> (Vec<Op<'a>>, Tally) {
+fn transaction<'a>(
+    writes: impl Iterator<Item = &'a Pending>,
+    retention: Duration,
+) -> (Vec<Op<'a>>, Tally) {
     let mut ops = Vec::new();
     let mut tally = Tally::default();
     for p in writes {
@@ -937,6 +999,10 @@ fn transaction<'a>(writes: impl Iterator<Item = &'a Pending>) -> (Vec<Op<'a>>, T
                 tally.batches += usize::from(*completes);
             }
             Pending::Snapshot(rows) => ops.push(Op::Snapshot(rows)),
+            Pending::Performance(samples) => {
+                ops.push(Op::Performance(samples, retention));
+                tally.events += samples.len();
+            }
             Pending::Alert(a) => {
                 ops.push(Op::Alert(a));
                 tally.alerts += 1;
@@ -995,6 +1061,8 @@ fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, 
     s.alerts.add_usize(tally.alerts);
     s.lifecycle_events.add(done.lifecycle);
     s.snapshots.add(done.snapshots);
+    s.performance_samples.add(done.performance);
+    s.performance_pruned.add(done.pruned);
     s.transactions_committed.inc();
     s.failing.set(0);
 }

@@ -17,14 +17,14 @@
 //! its capabilities. None of the four rules here is a property of one
 //! event: each needs a duration, a window or a rate across samples, and
 //! the fork and pressure rules are not about a process at all. So they are
-//! judged here and emitted as `anomaly.*` performance events, which the
-//! agent's rules see like any other event.
+//! judged here and emitted as performance events with a
+//! [`PerformanceAnomaly`] attached, which the agent stores and its rules
+//! see like any other event.
 
 use std::time::Duration;
 
+use collector_core::{PerformanceAnomaly, PerformanceAnomalyKind, PsiResource};
 use serde::{Deserialize, Serialize};
-
-use crate::metric::{Metric, PsiResource};
 
 /// Thresholds of the anomalies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,27 @@ impl Default for AnomalyConfig {
 }
 
 impl AnomalyConfig {
+    /// The threshold of `kind`, in the unit of the metric it judges.
+    pub fn threshold(&self, kind: PerformanceAnomalyKind) -> f64 {
+        match kind {
+            PerformanceAnomalyKind::SustainedCpu => self.sustained_cpu_percent,
+            PerformanceAnomalyKind::MemoryGrowth => self.memory_growth_bytes as f64,
+            PerformanceAnomalyKind::ForkRate => self.fork_rate_per_second,
+            // `PerformanceAnomalyKind` is non-exhaustive; the pressure stall
+            // is the last kind perfmond judges.
+            _ => self.psi_some_avg10_percent,
+        }
+    }
+
+    /// The anomaly of `kind` that held for `duration`, with its threshold.
+    pub fn anomaly(&self, kind: PerformanceAnomalyKind, duration: Duration) -> PerformanceAnomaly {
+        PerformanceAnomaly {
+            kind,
+            threshold: self.threshold(kind),
+            duration,
+        }
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -105,10 +126,13 @@ pub struct ProcWatch {
 /// An anomaly of one process found by [`ProcWatch::observe`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fired {
-    /// [`Metric::AnomalySustainedCpu`] or [`Metric::AnomalyMemoryGrowth`].
-    pub metric: Metric,
+    /// [`PerformanceAnomalyKind::SustainedCpu`] or
+    /// [`PerformanceAnomalyKind::MemoryGrowth`].
+    pub kind: PerformanceAnomalyKind,
     /// The share now, or the growth in bytes.
     pub value: f64,
+    /// How long it has been busy, or the time the growth took.
+    pub duration: Duration,
 }
 
 impl ProcWatch {
@@ -127,11 +151,13 @@ impl ProcWatch {
         match share {
             Some(s) if s >= config.sustained_cpu_percent => {
                 let start = *self.busy_since.get_or_insert(since);
-                if !self.cpu_fired && now.saturating_sub(start) >= config.sustained_cpu_for {
+                let busy = now.saturating_sub(start);
+                if !self.cpu_fired && busy >= config.sustained_cpu_for {
                     self.cpu_fired = true;
                     out[0] = Some(Fired {
-                        metric: Metric::AnomalySustainedCpu,
+                        kind: PerformanceAnomalyKind::SustainedCpu,
                         value: s,
+                        duration: busy,
                     });
                 }
             }
@@ -148,8 +174,9 @@ impl ProcWatch {
                 let growth = rss - low;
                 if growth > config.memory_growth_bytes {
                     out[1] = Some(Fired {
-                        metric: Metric::AnomalyMemoryGrowth,
+                        kind: PerformanceAnomalyKind::MemoryGrowth,
                         value: growth as f64,
+                        duration: now.saturating_sub(at),
                     });
                     // Again only after a further growth of the threshold.
                     self.rss_low = Some((now, rss));
@@ -166,7 +193,7 @@ impl ProcWatch {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HostWatch {
     fork_fired: bool,
-    psi_fired: [bool; 3],
+    psi_fired: [bool; PsiResource::ALL.len()],
 }
 
 impl HostWatch {
@@ -181,11 +208,7 @@ impl HostWatch {
 
     /// Feeds one resource's `some avg10`; `Some(avg10)` when it fires.
     pub fn psi(&mut self, config: &AnomalyConfig, r: PsiResource, avg10: f64) -> Option<f64> {
-        let i = match r {
-            PsiResource::Cpu => 0,
-            PsiResource::Memory => 1,
-            PsiResource::Io => 2,
-        };
+        let i = PsiResource::ALL.iter().position(|x| *x == r).unwrap_or(0);
         edge(
             &mut self.psi_fired[i],
             avg10 > config.psi_some_avg10_percent,
@@ -234,8 +257,8 @@ mod tests {
         }
         let fired = cpu(&mut w, 50, 60, 95.0).unwrap();
         assert_eq!(
-            (fired.metric, fired.value),
-            (Metric::AnomalySustainedCpu, 95.0)
+            (fired.kind, fired.value, fired.duration),
+            (PerformanceAnomalyKind::SustainedCpu, 95.0, s(60))
         );
         assert_eq!(cpu(&mut w, 60, 70, 99.0), None, "one report per episode");
         assert_eq!(cpu(&mut w, 70, 80, 10.0), None);
@@ -269,6 +292,9 @@ mod tests {
         let mut w = ProcWatch::default();
         assert_eq!(rss(&mut w, 0, 1000), None);
         assert_eq!(rss(&mut w, 10, 1090), None);
+        let mut again = w;
+        let fired = again.observe(&cfg(), s(20), s(20), None, 1101)[1].unwrap();
+        assert_eq!(fired.duration, s(20), "grown since the low at 0");
         assert_eq!(rss(&mut w, 20, 1101), Some(101.0));
         assert_eq!(rss(&mut w, 25, 1150), None, "rearmed at 1101");
         assert_eq!(rss(&mut w, 29, 1202), Some(101.0));
@@ -307,6 +333,16 @@ mod tests {
             "per resource"
         );
         assert_eq!(h.psi(&c, PsiResource::Io, 80.0), None);
+    }
+
+    #[test]
+    fn each_kind_carries_its_configured_threshold() {
+        let c = cfg();
+        let a = c.anomaly(PerformanceAnomalyKind::MemoryGrowth, s(5));
+        assert_eq!((a.threshold, a.duration), (100.0, s(5)));
+        assert_eq!(c.threshold(PerformanceAnomalyKind::SustainedCpu), 90.0);
+        assert_eq!(c.threshold(PerformanceAnomalyKind::ForkRate), 500.0);
+        assert_eq!(c.threshold(PerformanceAnomalyKind::PsiStall), 60.0);
     }
 
     #[test]

@@ -209,7 +209,7 @@ type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
 
 /// The task handler: `COLLECT_PERFORMANCE_METRICS` is answered from the
 /// latest sample (at most one interval old), filtered by the task's
-/// `PerformanceFilter` (exact metric names, components and pids; an empty
+/// `PerformanceFilter` (exact metric names, subject kinds and pids; an empty
 /// list selects all); every other task gets a failure result.
 pub fn task_handler(latest: LatestSample) -> impl Fn(DetectionTask) -> TaskFuture + Send + Sync {
     move |task| {
@@ -230,9 +230,12 @@ fn answer(latest: &LatestSample, task: &DetectionTask) -> DetectionResult {
     }
     let f = task.performance_filter.clone().unwrap_or_default();
     let wanted = |e: &PerformanceEvent| {
-        (f.metric_names.is_empty() || f.metric_names.contains(&e.metric_name))
-            && (f.components.is_empty() || f.components.contains(&e.component))
-            && (f.pids.is_empty() || e.pid.is_some_and(|p| f.pids.contains(&p)))
+        (f.metric_names.is_empty() || f.metric_names.iter().any(|m| m == e.metric.as_str()))
+            && (f.subject_kinds.is_empty()
+                || f.subject_kinds
+                    .iter()
+                    .any(|k| k == e.subject.kind().as_str()))
+            && (f.pids.is_empty() || e.pid().is_some_and(|p| f.pids.contains(&p)))
     };
     let performance_records = latest
         .get()

@@ -5,14 +5,17 @@
 //! a runaway copy), and is the host under pressure. Every interval (10 s by
 //! default) it samples the host and every process from `/proc` and the
 //! cgroup v2 hierarchy, emits [`PerformanceEvent`](collector_core::PerformanceEvent)s
-//! named by [`Metric`], and judges four anomalies.
+//! (typed by collector-core's [`PerformanceMetric`](collector_core::PerformanceMetric)
+//! and [`PerformanceSubject`](collector_core::PerformanceSubject)), and judges
+//! four anomalies, each a sample with a
+//! [`PerformanceAnomaly`](collector_core::PerformanceAnomaly) attached.
 //!
 //! - [`parse`]: pure parsers of the kernel's files (bytes in, values out).
 //! - [`sampler`]: [`Sampler`], host samples and the [`sampler::ProcessTable`]
 //!   of per-process CPU shares and RSS, kept across samples.
 //! - [`anomaly`]: sustained CPU, memory growth, fork rate and pressure
 //!   stalls, with [`AnomalyConfig`] thresholds.
-//! - [`metric`]: the one list of metric names.
+//! - [`metric`]: the one constructor of its events.
 //! - [`source`]: [`PerfmondSource`], all of the above as an `EventSource`.
 //! - [`cli`]: `perfmond run` (the runtime, the IPC socket, `/metrics`) and
 //!   `perfmond top`.
@@ -55,6 +58,5 @@ pub mod sampler;
 pub mod source;
 
 pub use anomaly::AnomalyConfig;
-pub use metric::Metric;
 pub use sampler::{Sampler, SamplerConfig};
 pub use source::{PerfmondConfig, PerfmondSource};

@@ -29,13 +29,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge};
-use collector_core::{BootId, PerformanceEvent, ProcessKey};
+use collector_core::{
+    BootId, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric as Metric,
+    PerformanceSubject as Subject, ProcessKey, PsiResource,
+};
 use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags, RawDir};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{AnomalyConfig, Fired, HostWatch, ProcWatch};
-use crate::metric::{event, Metric, PsiResource, Subject};
+use crate::metric::event;
 use crate::parse::{self, CpuTimes, DiskCounters, HostStat, NetCounters};
 
 /// What is sampled and where from.
@@ -594,7 +597,7 @@ pub struct Sampler {
     cgroups: DevTable<(u64, u64)>,
     cgroup_root: Option<PathBuf>,
     cgroup_dirs: Vec<PathBuf>,
-    psi_absent: [bool; 3],
+    psi_absent: [bool; PsiResource::ALL.len()],
     host_watch: HostWatch,
     processes: ProcessTable,
 }
@@ -638,7 +641,7 @@ impl Sampler {
             cgroups: DevTable::new(),
             cgroup_root,
             cgroup_dirs: Vec::new(),
-            psi_absent: [false; 3],
+            psi_absent: [false; PsiResource::ALL.len()],
             host_watch: HostWatch::default(),
             processes,
         }
@@ -697,42 +700,41 @@ impl Sampler {
         let scan = self.processes.scan(&mut *clock, &self.anomalies)?;
         self.count(&scan);
         let top = self.config.top_processes;
-        let mut emit = |metric, value, comm: &str, s| {
-            out.extend(event(metric, value, comm, Some(s), wall));
-        };
         // The process key needs the boot id; without it, the pid alone.
         let boot_id = self.boot_id;
-        let subject = |pid, start_ticks| Subject {
+        let subject = |pid, start_ticks| Subject::Process {
             pid,
-            key: boot_id.map(|b| ProcessKey::new(b, pid, start_ticks)),
+            process_key: boot_id.map(|b| ProcessKey::new(b, pid, start_ticks)),
         };
-        for a in &self.processes.anomalies {
-            let comm = self
-                .processes
-                .entries
-                .get(&a.pid)
-                .map_or("", |e| e.comm.as_str());
-            emit(
-                a.fired.metric,
-                a.fired.value,
-                comm,
-                subject(a.pid, a.start_ticks),
-            );
+        let procs = &mut self.processes;
+        for a in &procs.anomalies {
+            let metric = match a.fired.kind {
+                PerformanceAnomalyKind::SustainedCpu => Metric::ProcessCpu,
+                _ => Metric::ProcessRssGrowth,
+            };
+            let anomaly = self.anomalies.anomaly(a.fired.kind, a.fired.duration);
+            let e = event(metric, a.fired.value, subject(a.pid, a.start_ticks), wall);
+            out.extend(e.map(|e| e.with_anomaly(anomaly)));
             anomalies += 1;
         }
-        let procs = &mut self.processes;
         procs.top(top);
         for t in &procs.order {
-            let comm = procs.entries.get(&t.pid).map_or("", |e| e.comm.as_str());
+            // A share judged sustained above is that sample already.
+            let judged = procs
+                .anomalies
+                .iter()
+                .any(|a| a.pid == t.pid && a.fired.kind == PerformanceAnomalyKind::SustainedCpu);
+            if !judged {
+                let s = subject(t.pid, t.start_ticks);
+                out.extend(event(Metric::ProcessCpu, t.cpu_percent, s, wall));
+            }
             let s = subject(t.pid, t.start_ticks);
-            emit(Metric::ProcessCpu, t.cpu_percent, comm, s);
-            emit(Metric::ProcessRss, t.rss_bytes as f64, comm, s);
+            out.extend(event(Metric::ProcessRss, t.rss_bytes as f64, s, wall));
         }
         out.extend(event(
             Metric::ProcessesSampled,
             scan.processes as f64,
-            "collector",
-            None,
+            Subject::Collector,
             wall,
         ));
         self.last = Some(now);
@@ -786,7 +788,7 @@ impl Sampler {
             std::mem::swap(&mut self.stat, &mut self.prev_stat);
             return;
         }
-        let sys = |m, v| event(m, v, "system", None, wall);
+        let sys = |m, v| event(m, v, Subject::Host, wall);
         out.extend(sys(Metric::ProcsRunning, self.stat.procs_running as f64));
         out.extend(sys(Metric::ProcsBlocked, self.stat.procs_blocked as f64));
         // A previous read is needed for shares and rates (`forks` is never
@@ -807,7 +809,6 @@ impl Sampler {
             out.extend(sys(Metric::CpuIowait, pct(|t| t.iowait)));
             out.extend(sys(Metric::CpuSteal, pct(|t| t.steal)));
         }
-        let mut name = String::new();
         for (i, cur) in self.stat.per_cpu.iter().enumerate() {
             let id = self.stat.cpu_ids.get(i).copied();
             // The same CPU in the previous read (CPUs can go offline).
@@ -822,14 +823,28 @@ impl Sampler {
             };
             let dt = cur.total().saturating_sub(prev.total()) as f64;
             if dt > 0.0 {
-                name.clear();
-                let _ = write!(name, "cpu{id}");
                 let busy = cur.busy().saturating_sub(prev.busy()) as f64 / dt * 100.0;
-                out.extend(event(Metric::CpuCore, busy, &name, None, wall));
+                out.extend(event(
+                    Metric::CpuCore,
+                    busy,
+                    Subject::Cpu { core: id },
+                    wall,
+                ));
             }
         }
         let forks = rate(self.prev_stat.forks, self.stat.forks, secs);
-        out.extend(sys(Metric::ForkRate, forks));
+        // A fork rate above the threshold is that sample, judged.
+        let judged = self.host_watch.forks(&self.anomalies, forks).map(|_| {
+            *anomalies += 1;
+            self.anomalies.anomaly(
+                PerformanceAnomalyKind::ForkRate,
+                Duration::try_from_secs_f64(secs).unwrap_or_default(),
+            )
+        });
+        out.extend(sys(Metric::ForkRate, forks).map(|e| match judged {
+            Some(a) => e.with_anomaly(a),
+            None => e,
+        }));
         out.extend(sys(
             Metric::ContextSwitchRate,
             rate(
@@ -838,14 +853,10 @@ impl Sampler {
                 secs,
             ),
         ));
-        if let Some(v) = self.host_watch.forks(&self.anomalies, forks) {
-            out.extend(sys(Metric::AnomalyForkRate, v));
-            *anomalies += 1;
-        }
     }
 
     fn memory(&mut self, wall: SystemTime, out: &mut Vec<PerformanceEvent>) {
-        let sys = |m, v: u64| event(m, v as f64, "system", None, wall);
+        let sys = |m, v: u64| event(m, v as f64, Subject::Host, wall);
         if self.read_proc("meminfo") {
             match parse::parse_meminfo(&self.buf) {
                 Ok(m) => {
@@ -868,7 +879,7 @@ impl Sampler {
                         (Metric::LoadAvg5, l.avg5),
                         (Metric::LoadAvg15, l.avg15),
                     ] {
-                        out.extend(event(m, v, "system", None, wall));
+                        out.extend(event(m, v, Subject::Host, wall));
                     }
                 }
                 Err(_) => self.counters.read_errors.inc(),
@@ -877,14 +888,14 @@ impl Sampler {
     }
 
     fn psi(&mut self, wall: SystemTime, out: &mut Vec<PerformanceEvent>, anomalies: &mut usize) {
-        for (i, r) in PsiResource::ALL.into_iter().enumerate() {
-            if self.psi_absent[i] {
+        for (i, &r) in PsiResource::ALL.iter().enumerate() {
+            if self.psi_absent.get(i).copied().unwrap_or(true) {
                 continue;
             }
             self.path.clear();
             self.path.push(&self.config.proc_root);
             self.path.push("pressure");
-            self.path.push(r.name());
+            self.path.push(r.as_str());
             if let Err(e) = read_into(&self.path, &mut self.buf) {
                 // Without CONFIG_PSI (or with psi=0) the files are absent or
                 // refuse reads (EOPNOTSUPP): that does not change while the
@@ -892,9 +903,11 @@ impl Sampler {
                 tracing::warn!(
                     path = %self.path.display(),
                     error = %e,
-                    "no pressure stall information for {}: not sampled", r.name()
+                    "no pressure stall information for {}: not sampled", r.as_str()
                 );
-                self.psi_absent[i] = true;
+                if let Some(absent) = self.psi_absent.get_mut(i) {
+                    *absent = true;
+                }
                 self.counters.psi_absent.set(
                     i64::try_from(self.psi_absent.iter().filter(|a| **a).count()).unwrap_or(0),
                 );
@@ -905,29 +918,42 @@ impl Sampler {
                 continue;
             };
             let m = r.metrics();
+            // A `some avg10` above the threshold is that sample, judged.
+            let stall = self
+                .host_watch
+                .psi(&self.anomalies, r, p.some.avg10)
+                .map(|_| {
+                    *anomalies += 1;
+                    self.anomalies
+                        .anomaly(PerformanceAnomalyKind::PsiStall, Duration::from_secs(10))
+                });
             let mut emit = |metrics: &[Metric], l: parse::PressureLine| {
                 for (metric, v) in
                     metrics
                         .iter()
                         .zip([l.avg10, l.avg60, l.avg300, l.total_us as f64])
                 {
-                    out.extend(event(*metric, v, "system", None, wall));
+                    let e = event(*metric, v, Subject::Host, wall);
+                    out.extend(e.map(|e| match &stall {
+                        Some(a) if *metric == r.some_avg10() => e.with_anomaly(a.clone()),
+                        _ => e,
+                    }));
                 }
             };
             emit(&m[..4], p.some);
             if let Some(full) = p.full {
                 emit(&m[4..], full);
             }
-            if let Some(v) = self.host_watch.psi(&self.anomalies, r, p.some.avg10) {
-                out.extend(event(Metric::AnomalyPsiStall, v, r.name(), None, wall));
-                *anomalies += 1;
-            }
         }
     }
 
     /// Whether PSI is known absent for `r` (said once in the log).
     pub fn psi_absent(&self, r: PsiResource) -> bool {
-        self.psi_absent[r as usize]
+        PsiResource::ALL
+            .iter()
+            .position(|x| *x == r)
+            .and_then(|i| self.psi_absent.get(i))
+            .is_some_and(|a| *a)
     }
 
     fn disks(&mut self, secs: Option<f64>, wall: SystemTime, out: &mut Vec<PerformanceEvent>) {
@@ -968,7 +994,10 @@ impl Sampler {
                     (rate(prev.io_ms, cur.io_ms, secs) / 10.0).min(100.0),
                 ),
             ] {
-                out.extend(event(m, v, &dev, None, wall));
+                let disk = Subject::Disk {
+                    name: dev.clone().into_owned(),
+                };
+                out.extend(event(m, v, disk, wall));
             }
         });
         table.end();
@@ -1011,7 +1040,10 @@ impl Sampler {
                 (Metric::NetErrors, rate(errors(&prev), errors(&cur), secs)),
                 (Metric::NetDrops, rate(drops(&prev), drops(&cur), secs)),
             ] {
-                out.extend(event(m, v, &dev, None, wall));
+                let interface = Subject::Interface {
+                    name: dev.clone().into_owned(),
+                };
+                out.extend(event(m, v, interface, wall));
             }
         });
         table.end();
@@ -1064,27 +1096,32 @@ impl Sampler {
                     .update(name.as_bytes(), (cpu.usage_us, cpu.throttled_us));
                 if let (Some((pu, pt)), Some(secs)) = (prev, secs) {
                     let us = secs * 1e6;
-                    out.extend(event(
-                        Metric::CgroupCpu,
-                        cpu.usage_us.saturating_sub(pu) as f64 / us * 100.0,
-                        &name,
-                        None,
-                        wall,
-                    ));
-                    out.extend(event(
-                        Metric::CgroupThrottled,
-                        cpu.throttled_us.saturating_sub(pt) as f64 / us * 100.0,
-                        &name,
-                        None,
-                        wall,
-                    ));
+                    for (m, v) in [
+                        (
+                            Metric::CgroupCpu,
+                            cpu.usage_us.saturating_sub(pu) as f64 / us * 100.0,
+                        ),
+                        (
+                            Metric::CgroupThrottled,
+                            cpu.throttled_us.saturating_sub(pt) as f64 / us * 100.0,
+                        ),
+                    ] {
+                        let path = name.clone();
+                        out.extend(event(m, v, Subject::Cgroup { path }, wall));
+                    }
                 }
             }
             // The root has no memory.current, nor a group without the
             // memory controller: absent is normal, not an error.
             if read_into(&dir.join("memory.current"), &mut self.buf).is_ok() {
                 if let Ok(bytes) = parse::parse_memory_current(&self.buf) {
-                    out.extend(event(Metric::CgroupMemory, bytes as f64, &name, None, wall));
+                    let path = name.clone();
+                    out.extend(event(
+                        Metric::CgroupMemory,
+                        bytes as f64,
+                        Subject::Cgroup { path },
+                        wall,
+                    ));
                 }
             }
         }
@@ -1218,7 +1255,10 @@ mod tests {
             write_proc(r, 7, "miner", i as u64 * 1000, 1, 1);
             t.scan(|| s(now), &cfg).unwrap();
             if let Some(a) = t.anomalies().first() {
-                assert_eq!((a.pid, a.fired.metric), (7, Metric::AnomalySustainedCpu));
+                assert_eq!(
+                    (a.pid, a.fired.kind),
+                    (7, PerformanceAnomalyKind::SustainedCpu)
+                );
                 fired_at.get_or_insert(now);
             }
         }
@@ -1254,10 +1294,17 @@ mod tests {
         )
     }
 
-    fn value(events: &[PerformanceEvent], name: &str, component: &str) -> Option<f64> {
+    /// The value of metric `name` on the subject named `subject` (or of
+    /// that kind, for a subject without a name).
+    fn value(events: &[PerformanceEvent], name: &str, subject: &str) -> Option<f64> {
         events
             .iter()
-            .find(|e| e.metric_name == name && e.component == component)
+            .find(|e| {
+                e.metric.as_str() == name
+                    && e.subject
+                        .name()
+                        .map_or(e.subject.kind().as_str() == subject, |n| n == subject)
+            })
             .map(|e| e.value)
     }
 
@@ -1279,13 +1326,13 @@ mod tests {
         let mut out = Vec::new();
         s.sample_at(&mut || Duration::from_secs(1000), wall, &mut out)
             .unwrap();
-        assert_eq!(value(&out, "processes.running", "system"), Some(3.0));
-        assert_eq!(value(&out, "cpu.total", "system"), None, "no rate yet");
-        assert_eq!(value(&out, "psi.cpu.some_avg10", "system"), Some(28.22));
+        assert_eq!(value(&out, "processes.running", "host"), Some(3.0));
+        assert_eq!(value(&out, "cpu.total", "host"), None, "no rate yet");
+        assert_eq!(value(&out, "psi.cpu.some_avg10", "host"), Some(28.22));
         assert!(s.psi_absent(PsiResource::Memory) && s.psi_absent(PsiResource::Io));
         assert_eq!(s.counters().psi_absent.get(), 2);
         assert!(!s.psi_absent(PsiResource::Cpu));
-        assert!(value(&out, "memory.available", "system").unwrap() > 0.0);
+        assert!(value(&out, "memory.available", "host").unwrap() > 0.0);
 
         // 10 s later: 300 of 400 ticks busy, 1000 forks (100/s), eth0 got
         // 1000 more bytes.
@@ -1298,14 +1345,26 @@ mod tests {
         let report = s
             .sample_at(&mut || Duration::from_secs(1010), wall, &mut out)
             .unwrap();
-        assert_eq!(value(&out, "cpu.total", "system"), Some(75.0));
-        assert_eq!(value(&out, "cpu.user", "system"), Some(75.0));
-        assert_eq!(value(&out, "cpu.core", "cpu0"), Some(75.0));
+        assert_eq!(value(&out, "cpu.total", "host"), Some(75.0));
+        assert_eq!(value(&out, "cpu.user", "host"), Some(75.0));
+        assert_eq!(value(&out, "cpu.core", "0"), Some(75.0));
         assert_eq!(
-            value(&out, "processes.forks_per_second", "system"),
+            value(&out, "processes.forks_per_second", "host"),
             Some(100.0)
         );
-        assert_eq!(value(&out, "anomaly.fork_rate", "system"), Some(100.0));
+        let fork = out
+            .iter()
+            .find(|e| e.metric == Metric::ForkRate)
+            .and_then(|e| e.anomaly.as_deref())
+            .unwrap();
+        assert_eq!(
+            (fork.kind, fork.threshold, fork.duration),
+            (
+                PerformanceAnomalyKind::ForkRate,
+                50.0,
+                Duration::from_secs(10)
+            )
+        );
         assert_eq!(report.anomalies, 1);
         assert_eq!(value(&out, "net.rx_bytes_per_second", "eth0"), Some(100.0));
         assert_eq!(value(&out, "net.tx_bytes_per_second", "eth0"), Some(0.0));
@@ -1317,7 +1376,8 @@ mod tests {
         // no read errors.
         assert_eq!(s.counters().read_errors.get(), 0);
         for e in &out {
-            assert!(e.value.is_finite() && Metric::from_name(&e.metric_name).is_some());
+            let event = collector_core::CollectionEvent::Performance(e.clone());
+            assert_eq!(event.validate(), Ok(()), "{e:?}");
         }
     }
 
@@ -1410,7 +1470,7 @@ mod tests {
             .unwrap();
         let groups = out
             .iter()
-            .filter(|e| e.metric_name == "cgroup.memory_current")
+            .filter(|e| e.metric == Metric::CgroupMemory)
             .count();
         assert_eq!(groups, 1, "the root has none; one group within the limit");
         // `b` or `a` (listing order), and `a/x` when `a` was listed.

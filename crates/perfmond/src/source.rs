@@ -13,11 +13,14 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::metrics::{Counter, Registry};
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
-use collector_core::{CollectionEvent, EventSource, PerformanceEvent, SourceCaps, SourceContext};
+use collector_core::{
+    CollectionEvent, EventSource, PerformanceEvent, PerformanceMetric, PerformanceSubject,
+    SourceCaps, SourceContext,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::AnomalyConfig;
-use crate::metric::{event, Metric};
+use crate::metric::event;
 use crate::sampler::{Sampler, SamplerConfig, SamplerCounters};
 
 /// Everything perfmond's source needs (the `[perfmond]` section of
@@ -253,10 +256,9 @@ impl EventSource for PerfmondSource {
             }
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             out.extend(event(
-                Metric::SampleMs,
+                PerformanceMetric::SampleMs,
                 ms,
-                "collector",
-                None,
+                PerformanceSubject::Collector,
                 std::time::SystemTime::now(),
             ));
             self.latest.set(&out);

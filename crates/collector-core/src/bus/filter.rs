@@ -10,7 +10,7 @@
 //! | `process` | the [`ProcessEventType`](crate::ProcessEventType) (`exec`, `exit`, ...) |
 //! | `network` | the protocol, lowercase (`tcp`, `udp`) |
 //! | `filesystem` | the operation (`create`, `modify`, ...) |
-//! | `performance` | the component (`system`, `cpu0`, ...) |
+//! | `performance` | the subject's kind (`host`, `cpu`, `process`, ...) |
 //! | `trigger_request` | the analysis type (`binary_hash`, ...) |
 //!
 //! A [`TopicPattern`] matches topics segment by segment: `*` or `+` match
@@ -186,7 +186,7 @@ fn topic_detail(event: &CollectionEvent) -> &str {
         CollectionEvent::Process(p) => p.event_type.as_str(),
         CollectionEvent::Network(n) => &n.protocol,
         CollectionEvent::Filesystem(f) => file_op_str(&f.operation),
-        CollectionEvent::Performance(p) => &p.component,
+        CollectionEvent::Performance(p) => p.subject.kind().as_str(),
         CollectionEvent::TriggerRequest(t) => analysis_str(t.analysis_type),
     }
 }

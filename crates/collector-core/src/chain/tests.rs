@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::bus::EventBusConfig;
-use crate::event::{EventKind, PerformanceEvent};
+use crate::event::{EventKind, PerformanceEvent, PerformanceMetric, PerformanceSubject};
 
 #[derive(Clone, Copy)]
 enum Step {
@@ -323,16 +323,22 @@ async fn responder(bus: LocalEventBus) {
             continue;
         };
         let mut corr = req.correlation.child().with_tag(RESULT_TAG);
-        let event = CollectionEvent::Performance(PerformanceEvent {
-            id: None,
-            metric_name: "analysis.done".into(),
-            value: 1.0,
-            unit: "count".into(),
-            pid: r.target_pid,
-            process_key: None,
-            component: "responder".into(),
-            timestamp: SystemTime::now(),
+        let subject = r.target_pid.map_or(PerformanceSubject::Collector, |pid| {
+            PerformanceSubject::Process {
+                pid,
+                process_key: None,
+            }
         });
+        let metric = match subject {
+            PerformanceSubject::Collector => PerformanceMetric::ProcessesSampled,
+            _ => PerformanceMetric::ProcessCpu,
+        };
+        let event = CollectionEvent::Performance(PerformanceEvent::new(
+            metric,
+            1.0,
+            subject,
+            SystemTime::now(),
+        ));
         if r.target_pid == Some(13) {
             corr = corr.with_tag(FAILED_TAG).with_tag("error=unlucky");
         }

@@ -8,9 +8,10 @@ use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
     AnalysisType, CaptureTier, CollectionEvent, EventId, EventKind, FileOperation, FilesystemEvent,
-    HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy, PerformanceEvent, ProcessContext,
-    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly,
-    TriggerPriority, TriggerRequest,
+    HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy, PerformanceAnomaly,
+    PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric, PerformanceSubject,
+    PerformanceSubjectKind, ProcessContext, ProcessEvent, ProcessEventType, ProcessField,
+    ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -425,28 +426,75 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
 }
 
 fn performance_to_record(e: &PerformanceEvent) -> proto::PerformanceRecord {
+    let s = &e.subject;
     proto::PerformanceRecord {
-        metric_name: e.metric_name.clone(),
+        metric: e.metric.as_str().to_owned(),
         value: e.value,
-        unit: e.unit.clone(),
-        pid: e.pid,
-        component: e.component.clone(),
+        subject: Some(proto::PerformanceSubject {
+            kind: s.kind().as_str().to_owned(),
+            name: match s {
+                PerformanceSubject::Cgroup { path: n }
+                | PerformanceSubject::Disk { name: n }
+                | PerformanceSubject::Interface { name: n } => n.clone(),
+                _ => String::new(),
+            },
+            core: match s {
+                PerformanceSubject::Cpu { core } => *core,
+                _ => 0,
+            },
+            pid: s.pid().unwrap_or_default(),
+            process_key: key_text(s.process_key()),
+        }),
         timestamp: Some(e.timestamp.into()),
-        process_key: key_text(e.process_key),
+        anomaly: e.anomaly.as_ref().map(|a| proto::PerformanceAnomaly {
+            kind: a.kind.as_str().to_owned(),
+            threshold: a.threshold,
+            duration_ms: u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX),
+        }),
     }
 }
 
 fn record_to_performance(r: proto::PerformanceRecord) -> Result<CollectionEvent, RecordError> {
-    let d = Decoder::new(EventKind::Performance, r.pid);
+    let s = r.subject.unwrap_or_default();
+    let d = Decoder::new(EventKind::Performance, (s.pid != 0).then_some(s.pid));
+    let metric = d
+        .name("metric", &r.metric, PerformanceMetric::from_name)?
+        .ok_or_else(|| d.out_of_range("metric", &""))?;
+    let kind = d
+        .name("subject kind", &s.kind, PerformanceSubjectKind::from_name)?
+        .ok_or_else(|| d.out_of_range("subject kind", &""))?;
+    let subject = match kind {
+        PerformanceSubjectKind::Host => PerformanceSubject::Host,
+        PerformanceSubjectKind::Cpu => PerformanceSubject::Cpu { core: s.core },
+        PerformanceSubjectKind::Process => PerformanceSubject::Process {
+            pid: s.pid,
+            process_key: d.key(&s.process_key)?,
+        },
+        PerformanceSubjectKind::Cgroup => PerformanceSubject::Cgroup { path: s.name },
+        PerformanceSubjectKind::Disk => PerformanceSubject::Disk { name: s.name },
+        PerformanceSubjectKind::Interface => PerformanceSubject::Interface { name: s.name },
+        PerformanceSubjectKind::Collector => PerformanceSubject::Collector,
+    };
+    let anomaly = r
+        .anomaly
+        .map(|a| {
+            let kind = d
+                .name("anomaly kind", &a.kind, PerformanceAnomalyKind::from_name)?
+                .ok_or_else(|| d.out_of_range("anomaly kind", &""))?;
+            Ok(Box::new(PerformanceAnomaly {
+                kind,
+                threshold: a.threshold,
+                duration: std::time::Duration::from_millis(a.duration_ms),
+            }))
+        })
+        .transpose()?;
     d.checked(CollectionEvent::Performance(PerformanceEvent {
         id: None,
-        timestamp: d.required_time(r.timestamp)?,
-        process_key: d.key(&r.process_key)?,
-        metric_name: r.metric_name,
+        metric,
         value: r.value,
-        unit: r.unit,
-        pid: r.pid,
-        component: r.component,
+        subject,
+        anomaly,
+        timestamp: d.required_time(r.timestamp)?,
     }))
 }
 
@@ -772,6 +820,76 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn performance_records_carry_typed_fields_and_bad_ones_are_refused() {
+        let key = ProcessKey::new(BootId::from_bytes([4; 16]), 12, 77);
+        let e = PerformanceEvent::new(
+            PerformanceMetric::ProcessCpu,
+            99.5,
+            PerformanceSubject::Process {
+                pid: 12,
+                process_key: Some(key),
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+        .with_anomaly(PerformanceAnomaly {
+            kind: PerformanceAnomalyKind::SustainedCpu,
+            threshold: 90.0,
+            duration: Duration::from_secs(60),
+        });
+        let r = performance_to_record(&e);
+        assert_eq!(r.metric, "process.cpu_percent");
+        let s = r.subject.clone().unwrap();
+        assert_eq!((s.kind.as_str(), s.pid), ("process", 12));
+        assert_eq!(s.process_key, key.to_string());
+        let a = r.anomaly.clone().unwrap();
+        assert_eq!((a.kind.as_str(), a.duration_ms), ("sustained_cpu", 60_000));
+        let back = record_to_performance(r.clone()).unwrap();
+        assert_eq!(back, CollectionEvent::Performance(e));
+        let bad = |f: fn(&mut proto::PerformanceRecord)| {
+            let mut r = r.clone();
+            f(&mut r);
+            record_to_performance(r).unwrap_err().problem
+        };
+        assert_eq!(
+            bad(|r| r.metric = "cpu.magic".into()),
+            RecordProblem::Unknown {
+                field: "metric",
+                value: "cpu.magic".into()
+            }
+        );
+        assert!(matches!(
+            bad(|r| r.metric = String::new()),
+            RecordProblem::OutOfRange {
+                field: "metric",
+                ..
+            }
+        ));
+        assert!(matches!(
+            bad(|r| r.subject = None),
+            RecordProblem::OutOfRange {
+                field: "subject kind",
+                ..
+            }
+        ));
+        // A host metric on a process, an anomaly of another metric.
+        assert!(matches!(
+            bad(|r| r.metric = "load.avg1".into()),
+            RecordProblem::Invalid(_)
+        ));
+        assert!(matches!(
+            bad(|r| r.anomaly.as_mut().unwrap().kind = "fork_rate".into()),
+            RecordProblem::Invalid(_)
+        ));
+        assert!(matches!(
+            bad(|r| r.anomaly.as_mut().unwrap().kind = "boredom".into()),
+            RecordProblem::Unknown {
+                field: "anomaly kind",
+                ..
+            }
+        ));
+    }
+
     fn arb_time() -> impl Strategy<Value = SystemTime> {
         (0u64..4_000_000_000, 0u32..1_000_000_000)
             .prop_map(|(s, n)| SystemTime::UNIX_EPOCH + Duration::new(s, n))
@@ -889,6 +1007,16 @@ mod tests {
         })
     }
 
+    /// The metrics an anomaly judges.
+    const JUDGED: &[PerformanceMetric] = &[
+        PerformanceMetric::ProcessCpu,
+        PerformanceMetric::ProcessRssGrowth,
+        PerformanceMetric::ForkRate,
+        PerformanceMetric::PsiCpuSomeAvg10,
+        PerformanceMetric::PsiMemorySomeAvg10,
+        PerformanceMetric::PsiIoSomeAvg10,
+    ];
+
     #[allow(clippy::too_many_lines)] // one strategy per domain, side by side
     fn arb_other() -> impl Strategy<Value = CollectionEvent> {
         let ip = || {
@@ -942,7 +1070,7 @@ mod tests {
         let filesystem = (
             "/[a-z/]{1,30}",
             proptest::sample::select(ops.to_vec()),
-            owner.clone(),
+            owner,
             proptest::option::of(any::<u64>()),
             proptest::option::of(0u32..=0o7777),
             proptest::option::of("[0-9a-f]{64}"),
@@ -962,24 +1090,48 @@ mod tests {
                     timestamp: t,
                 })
             });
+        // The judged metrics more often than their share, so that anomalies
+        // of every kind are drawn.
         let performance = (
-            "[a-z.]{1,20}",
+            prop_oneof![pick(PerformanceMetric::ALL), pick(JUDGED)],
             -1e9f64..1e9,
-            "[a-z]{0,8}",
-            owner,
-            "[a-z0-9]{0,8}",
+            (1u32.., any::<u32>(), "/?[a-z0-9._/-]{1,20}"),
+            proptest::option::of((-1e9f64..1e9, any::<u32>())),
             arb_time(),
         )
-            .prop_map(|(metric_name, value, unit, (pid, key), component, t)| {
-                CollectionEvent::Performance(PerformanceEvent {
-                    id: None,
-                    metric_name,
-                    value,
-                    unit,
-                    pid,
-                    process_key: key,
-                    component,
-                    timestamp: t,
+            .prop_flat_map(|(metric, value, (pid, core, name), anomaly, t)| {
+                arb_key(pid).prop_map(move |key| {
+                    let subject = match metric.subject_kind() {
+                        PerformanceSubjectKind::Cpu => PerformanceSubject::Cpu { core },
+                        PerformanceSubjectKind::Process => PerformanceSubject::Process {
+                            pid,
+                            process_key: key,
+                        },
+                        PerformanceSubjectKind::Cgroup => {
+                            PerformanceSubject::Cgroup { path: name.clone() }
+                        }
+                        PerformanceSubjectKind::Disk => {
+                            PerformanceSubject::Disk { name: name.clone() }
+                        }
+                        PerformanceSubjectKind::Interface => {
+                            PerformanceSubject::Interface { name: name.clone() }
+                        }
+                        PerformanceSubjectKind::Collector => PerformanceSubject::Collector,
+                        _ => PerformanceSubject::Host,
+                    };
+                    let mut e = PerformanceEvent::new(metric, value, subject, t);
+                    // Only an anomaly of a kind that judges the metric is valid.
+                    let kind = PerformanceAnomalyKind::ALL
+                        .iter()
+                        .find(|k| k.judges(metric));
+                    if let (Some(&kind), Some((threshold, ms))) = (kind, anomaly) {
+                        e = e.with_anomaly(PerformanceAnomaly {
+                            kind,
+                            threshold,
+                            duration: Duration::from_millis(u64::from(ms)),
+                        });
+                    }
+                    CollectionEvent::Performance(e)
                 })
             });
         let trigger = (

@@ -9,21 +9,18 @@ use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::testing::Replay;
 use collector_core::{
     CollectionEvent, Collector, CollectorConfig, CollectorHandle, EventSource, HashAlgorithm,
-    PerformanceEvent, ProcessEvent, SourceCaps, SourceContext, WhenFull,
+    PerformanceEvent, PerformanceMetric, PerformanceSubject, ProcessEvent, SourceCaps,
+    SourceContext, WhenFull,
 };
 use tokio::sync::mpsc;
 
 pub fn perf(seq: u64) -> CollectionEvent {
-    CollectionEvent::Performance(PerformanceEvent {
-        id: None,
-        metric_name: "test.seq".into(),
-        value: seq as f64,
-        unit: "count".into(),
-        pid: None,
-        process_key: None,
-        component: "test".into(),
-        timestamp: SystemTime::now(),
-    })
+    CollectionEvent::Performance(PerformanceEvent::new(
+        PerformanceMetric::ProcessesSampled,
+        seq as f64,
+        PerformanceSubject::Collector,
+        SystemTime::now(),
+    ))
 }
 
 /// A collector on `config` running `source`, and its handle.

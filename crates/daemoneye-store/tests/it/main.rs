@@ -106,6 +106,7 @@ fn fresh_database_gets_the_latest_schema_version() {
         [
             "alerts",
             "ledger",
+            "performance",
             "process_events",
             "process_snapshots",
             "processes",

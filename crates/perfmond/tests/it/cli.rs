@@ -98,7 +98,7 @@ async fn run_serves_events_and_health_over_the_socket() {
             .unwrap();
         for r in batch.events {
             match r.event {
-                Some(event_record::Event::Performance(p)) => names.push(p.metric_name),
+                Some(event_record::Event::Performance(p)) => names.push(p.metric),
                 other => panic!("not a performance record: {other:?}"),
             }
         }
@@ -115,7 +115,7 @@ async fn run_serves_events_and_health_over_the_socket() {
     let mut got: Vec<&str> = result
         .performance_records
         .iter()
-        .map(|r| r.metric_name.as_str())
+        .map(|r| r.metric.as_str())
         .collect();
     got.sort_unstable();
     assert_eq!(got, ["cpu.total", "memory.available"]);
@@ -181,7 +181,7 @@ fn metrics_listen_serves_perfmonds_counters_and_events_jsonl_its_events() {
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     // A line on stdout: the first sample was taken and its events delivered.
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert!(first["metric_name"].is_string(), "{first}");
+    assert!(first["metric"].is_string(), "{first}");
     let reply = scrape(addr);
     let (head, text) = reply.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use collector_core::PerformanceAnomalyKind;
 use perfmond::anomaly::AnomalyConfig;
 use perfmond::sampler::{boot_time_now, KernelUnits, ProcessTable};
-use perfmond::Metric;
 
 use crate::Spawned;
 
@@ -93,7 +93,7 @@ async fn a_sustained_cpu_anomaly_fires_for_the_busy_child() {
         |t| {
             t.anomalies()
                 .iter()
-                .find(|a| a.pid == pid && a.fired.metric == Metric::AnomalySustainedCpu)
+                .find(|a| a.pid == pid && a.fired.kind == PerformanceAnomalyKind::SustainedCpu)
                 .copied()
         },
     )

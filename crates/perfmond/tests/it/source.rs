@@ -4,8 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::testing::{check_source, recv_until, ConformanceConfig};
-use collector_core::{CollectionEvent, Collector, CollectorConfig, EventKind};
-use perfmond::{AnomalyConfig, Metric, PerfmondConfig, PerfmondSource};
+use collector_core::{
+    CollectionEvent, Collector, CollectorConfig, EventKind, PerformanceAnomalyKind,
+    PerformanceMetric, PerformanceUnit,
+};
+use perfmond::{AnomalyConfig, PerfmondConfig, PerfmondSource};
 
 use crate::Spawned;
 
@@ -35,7 +38,7 @@ async fn the_source_passes_the_conformance_kit() {
         .sample
         .iter()
         .filter_map(|e| match e {
-            CollectionEvent::Performance(p) => Some(p.metric_name.as_str()),
+            CollectionEvent::Performance(p) => Some(p.metric.as_str()),
             _ => None,
         })
         .collect();
@@ -47,11 +50,8 @@ async fn the_source_passes_the_conformance_kit() {
     ] {
         assert!(names.contains(&want), "no {want} in {names:?}");
     }
-    for n in &names {
-        assert!(
-            Metric::from_name(n).is_some(),
-            "{n} is not in the names list"
-        );
+    for e in &report.sample {
+        assert_eq!(e.validate(), Ok(()), "{e:?}");
     }
     assert!(counters.sampler.samples.get() >= 1);
     assert_eq!(counters.samples_failed.get(), 0);
@@ -91,30 +91,41 @@ async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
     let handle = collector.handle();
     let mut sub = handle.subscribe();
     let run = tokio::spawn(collector.run_until(std::future::pending()));
-    let is = |e: &CollectionEvent, name: &str| matches!(e, CollectionEvent::Performance(p) if p.metric_name == name && p.pid == Some(pid));
+    // The child's CPU share: an observation, or (once it held long
+    // enough) the anomaly.
+    let is = |e: &CollectionEvent, judged: bool| {
+        matches!(e, CollectionEvent::Performance(p)
+            if p.metric == PerformanceMetric::ProcessCpu
+                && p.pid() == Some(pid)
+                && p.anomaly.is_some() == judged)
+    };
     let limit = Duration::from_secs(30);
-    let top = tokio::time::timeout(
-        limit,
-        recv_until(&mut sub, |e| is(e, "process.cpu_percent")),
-    )
-    .await
-    .expect("the child never in the top 10")
-    .unwrap();
-    let anomaly = tokio::time::timeout(
-        limit,
-        recv_until(&mut sub, |e| is(e, "anomaly.sustained_cpu")),
-    )
-    .await
-    .expect("no anomaly for the child")
-    .unwrap();
-    for e in [top, anomaly] {
+    let top = tokio::time::timeout(limit, recv_until(&mut sub, |e| is(e, false)))
+        .await
+        .expect("the child never in the top 10")
+        .unwrap();
+    let anomaly = tokio::time::timeout(limit, recv_until(&mut sub, |e| is(e, true)))
+        .await
+        .expect("no anomaly for the child")
+        .unwrap();
+    for e in [&top, &anomaly] {
         let CollectionEvent::Performance(p) = e else {
             unreachable!()
         };
-        let key = p.process_key.expect("a process key");
+        let key = p.process_key().expect("a process key");
         assert_eq!((key.pid, key.start_ticks), (pid, child.start_ticks()));
-        assert_eq!(p.unit, "percent");
+        assert_eq!(p.unit(), PerformanceUnit::Percent);
     }
+    let CollectionEvent::Performance(p) = anomaly else {
+        unreachable!()
+    };
+    let a = p.anomaly.as_deref().expect("judged");
+    assert_eq!(
+        (a.kind, a.threshold),
+        (PerformanceAnomalyKind::SustainedCpu, 25.0)
+    );
+    assert!(a.duration >= Duration::from_secs(2), "{a:?}");
+    assert!(p.value >= 25.0, "{p:?}");
     handle.shutdown();
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
@@ -137,7 +148,7 @@ fn bad_settings_are_refused_before_anything_runs() {
     assert!(toml::from_str::<PerfmondConfig>("intervall = \"5s\"").is_err());
 }
 
-/// A fork storm the test starts raises `anomaly.fork_rate` (from
+/// A fork storm the test starts raises the fork-rate anomaly (from
 /// `/proc/stat`'s `processes`), well above this host's background rate.
 #[tokio::test]
 async fn a_fork_storm_raises_the_fork_rate_anomaly() {
@@ -160,7 +171,8 @@ async fn a_fork_storm_raises_the_fork_rate_anomaly() {
     let anomaly = tokio::time::timeout(
         Duration::from_secs(20),
         recv_until(&mut sub, |e| {
-            matches!(e, CollectionEvent::Performance(p) if p.metric_name == "anomaly.fork_rate")
+            matches!(e, CollectionEvent::Performance(p)
+                if p.anomaly.as_ref().is_some_and(|a| a.kind == PerformanceAnomalyKind::ForkRate))
         }),
     )
     .await
@@ -170,7 +182,14 @@ async fn a_fork_storm_raises_the_fork_rate_anomaly() {
         unreachable!()
     };
     assert!(p.value > 100.0, "{p:?}");
-    assert_eq!((p.pid, p.unit.as_str()), (None, "per_second"));
+    assert_eq!(
+        (p.metric, p.pid(), p.unit()),
+        (
+            PerformanceMetric::ForkRate,
+            None,
+            PerformanceUnit::PerSecond
+        )
+    );
     handle.shutdown();
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
