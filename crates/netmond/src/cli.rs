@@ -88,8 +88,8 @@ fn row(c: &Connection) -> String {
     format!(
         "{:<5} {:<10} {:<8} {:<45} {:<45} {:>6} {}",
         s.protocol.as_str(),
-        s.state.label(s.protocol),
-        format!("{:?}", c.direction).to_lowercase(),
+        crate::diag::state_label(s.state, s.protocol),
+        c.direction.as_str(),
         s.local.to_string(),
         s.remote.to_string(),
         s.uid,

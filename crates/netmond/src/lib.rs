@@ -27,6 +27,6 @@ pub mod diag;
 pub mod owners;
 pub mod snapshot;
 
-pub use diag::{Family, Protocol, Socket, State};
+pub use diag::Socket;
 pub use owners::{Owner, OwnerMap};
-pub use snapshot::{Connection, Direction, Snapshot, Snapshotter};
+pub use snapshot::{Connection, Snapshot, Snapshotter};

@@ -5,20 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diag::{self, DiagError, Protocol, Socket, State};
-use crate::owners::{Owner, OwnerMap};
+use collector_core::{ConnectionDirection as Direction, ConnectionState, NetworkProtocol};
 
-/// Which way a connection goes, as seen from this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// A listener (TCP `LISTEN`, or UDP bound to no peer).
-    Listen,
-    /// Accepted: its local port is one this host listens on.
-    Inbound,
-    /// Made from here.
-    Outbound,
-}
+use crate::diag::{self, DiagError, Socket};
+use crate::owners::{Owner, OwnerMap};
 
 /// A socket, which way it goes, and the processes that hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +62,7 @@ impl Snapshot {
 
     /// Joins sockets to their holders and tells their directions.
     pub fn join(sockets: Vec<Socket>, owners: &OwnerMap) -> Self {
-        let listening: HashSet<(Protocol, u16)> = sockets
+        let listening: HashSet<(NetworkProtocol, u16)> = sockets
             .iter()
             .filter(|s| s.is_listener())
             .map(|s| (s.protocol, s.local.port()))
@@ -153,11 +143,10 @@ impl Snapshotter {
     }
 }
 
-fn direction(socket: &Socket, listening: &HashSet<(Protocol, u16)>) -> Direction {
+fn direction(socket: &Socket, listening: &HashSet<(NetworkProtocol, u16)>) -> Direction {
     if socket.is_listener() {
         Direction::Listen
-    } else if socket.state == State::SynRecv
-        || socket.state == State::NewSynRecv
+    } else if socket.state == Some(ConnectionState::SynRecv)
         || listening.contains(&(socket.protocol, socket.local.port()))
     {
         Direction::Inbound
@@ -171,13 +160,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::diag::Family;
+    use collector_core::AddressFamily;
 
-    fn socket(state: State, local: &str, remote: &str, inode: u64) -> Socket {
+    fn socket(state: ConnectionState, local: &str, remote: &str, inode: u64) -> Socket {
         Socket {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            state,
+            protocol: NetworkProtocol::Tcp,
+            family: AddressFamily::Ipv4,
+            state: Some(state),
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             uid: 0,
@@ -192,10 +181,25 @@ mod tests {
     #[test]
     fn directions_follow_the_listeners() {
         let sockets = vec![
-            socket(State::Listen, "0.0.0.0:22", "0.0.0.0:0", 1),
-            socket(State::Established, "10.0.0.1:22", "10.0.0.9:50000", 2),
-            socket(State::Established, "10.0.0.1:50001", "1.1.1.1:443", 3),
-            socket(State::TimeWait, "10.0.0.1:50002", "1.1.1.1:443", 0),
+            socket(ConnectionState::Listen, "0.0.0.0:22", "0.0.0.0:0", 1),
+            socket(
+                ConnectionState::Established,
+                "10.0.0.1:22",
+                "10.0.0.9:50000",
+                2,
+            ),
+            socket(
+                ConnectionState::Established,
+                "10.0.0.1:50001",
+                "1.1.1.1:443",
+                3,
+            ),
+            socket(
+                ConnectionState::TimeWait,
+                "10.0.0.1:50002",
+                "1.1.1.1:443",
+                0,
+            ),
         ];
         let snap = Snapshot::join(sockets, &OwnerMap::default());
         let dirs: Vec<_> = snap.connections.iter().map(|c| c.direction).collect();

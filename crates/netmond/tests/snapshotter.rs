@@ -74,7 +74,7 @@ fn a_snapshotter_walks_proc_again_only_for_new_sockets_or_exited_holders() {
         .connections
         .iter()
         .find(|c| {
-            c.socket.protocol == netmond::Protocol::Udp
+            c.socket.protocol == collector_core::NetworkProtocol::Udp
                 && c.socket.local == udp.local_addr().unwrap()
         })
         .unwrap();

@@ -15,6 +15,7 @@ mod sys;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use collector_core::{AddressFamily, ConnectionState, NetworkProtocol};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -23,122 +24,60 @@ use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, Stat
 use netlink_packet_sock_diag::SockDiagMessage;
 use serde::{Deserialize, Serialize};
 
-/// The transport protocol of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Self::Tcp => IPPROTO_TCP,
-            Self::Udp => IPPROTO_UDP,
-        }
-    }
-
-    /// `tcp` or `udp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
+fn protocol_number(protocol: NetworkProtocol) -> u8 {
+    match protocol {
+        NetworkProtocol::Udp => IPPROTO_UDP,
+        _ => IPPROTO_TCP,
     }
 }
 
-/// The address family of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// IPv4 (`AF_INET`).
-    Ipv4,
-    /// IPv6 (`AF_INET6`), IPv4-mapped addresses included.
-    Ipv6,
-}
-
-impl Family {
-    fn number(self) -> u8 {
-        match self {
-            Self::Ipv4 => AF_INET,
-            Self::Ipv6 => AF_INET6,
-        }
+fn family_number(family: AddressFamily) -> u8 {
+    match family {
+        AddressFamily::Ipv6 => AF_INET6,
+        _ => AF_INET,
     }
 }
 
-/// A socket's state as the kernel names it (`include/net/tcp_states.h`).
-/// UDP sockets are `Established` when connected and `Close` otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// `TCP_ESTABLISHED` (1).
-    Established,
-    /// `TCP_SYN_SENT` (2).
-    SynSent,
-    /// `TCP_SYN_RECV` (3).
-    SynRecv,
-    /// `TCP_FIN_WAIT1` (4).
-    FinWait1,
-    /// `TCP_FIN_WAIT2` (5).
-    FinWait2,
-    /// `TCP_TIME_WAIT` (6).
-    TimeWait,
-    /// `TCP_CLOSE` (7).
-    Close,
-    /// `TCP_CLOSE_WAIT` (8).
-    CloseWait,
-    /// `TCP_LAST_ACK` (9).
-    LastAck,
-    /// `TCP_LISTEN` (10).
-    Listen,
-    /// `TCP_CLOSING` (11).
-    Closing,
-    /// `TCP_NEW_SYN_RECV` (12).
-    NewSynRecv,
-    /// A state this build does not know, with its number.
-    Other(u8),
+/// The state numbered `n` by the kernel (`include/net/tcp_states.h`);
+/// `None` for a number this build does not know.
+pub fn state_from_kernel(n: u8) -> Option<ConnectionState> {
+    Some(match n {
+        1 => ConnectionState::Established,
+        2 => ConnectionState::SynSent,
+        // 12 is TCP_NEW_SYN_RECV: a request socket, before the accept.
+        3 | 12 => ConnectionState::SynRecv,
+        4 => ConnectionState::FinWait1,
+        5 => ConnectionState::FinWait2,
+        6 => ConnectionState::TimeWait,
+        7 => ConnectionState::Close,
+        8 => ConnectionState::CloseWait,
+        9 => ConnectionState::LastAck,
+        10 => ConnectionState::Listen,
+        11 => ConnectionState::Closing,
+        _ => return None,
+    })
 }
 
-impl State {
-    /// The state numbered `n` by the kernel.
-    pub fn from_kernel(n: u8) -> Self {
-        match n {
-            1 => Self::Established,
-            2 => Self::SynSent,
-            3 => Self::SynRecv,
-            4 => Self::FinWait1,
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
-            7 => Self::Close,
-            8 => Self::CloseWait,
-            9 => Self::LastAck,
-            10 => Self::Listen,
-            11 => Self::Closing,
-            12 => Self::NewSynRecv,
-            n => Self::Other(n),
-        }
-    }
-
-    /// The name `ss` prints (`ESTAB`, `LISTEN`, `UNCONN` for a UDP `Close`).
-    pub fn label(self, protocol: Protocol) -> &'static str {
-        match (self, protocol) {
-            (Self::Established, _) => "ESTAB",
-            (Self::SynSent, _) => "SYN-SENT",
-            (Self::SynRecv | Self::NewSynRecv, _) => "SYN-RECV",
-            (Self::FinWait1, _) => "FIN-WAIT-1",
-            (Self::FinWait2, _) => "FIN-WAIT-2",
-            (Self::TimeWait, _) => "TIME-WAIT",
-            (Self::Close, Protocol::Udp) => "UNCONN",
-            (Self::Close, Protocol::Tcp) => "CLOSE",
-            (Self::CloseWait, _) => "CLOSE-WAIT",
-            (Self::LastAck, _) => "LAST-ACK",
-            (Self::Listen, _) => "LISTEN",
-            (Self::Closing, _) => "CLOSING",
-            (Self::Other(_), _) => "UNKNOWN",
-        }
+/// The name `ss` prints for a state (`ESTAB`, `LISTEN`, `UNCONN` for an
+/// unconnected UDP socket).
+pub fn state_label(state: Option<ConnectionState>, protocol: NetworkProtocol) -> &'static str {
+    let Some(state) = state else {
+        return "UNKNOWN";
+    };
+    match state {
+        ConnectionState::Established => "ESTAB",
+        ConnectionState::SynSent => "SYN-SENT",
+        ConnectionState::SynRecv => "SYN-RECV",
+        ConnectionState::FinWait1 => "FIN-WAIT-1",
+        ConnectionState::FinWait2 => "FIN-WAIT-2",
+        ConnectionState::TimeWait => "TIME-WAIT",
+        ConnectionState::Close if protocol == NetworkProtocol::Udp => "UNCONN",
+        ConnectionState::Close => "CLOSE",
+        ConnectionState::CloseWait => "CLOSE-WAIT",
+        ConnectionState::LastAck => "LAST-ACK",
+        ConnectionState::Listen => "LISTEN",
+        ConnectionState::Closing => "CLOSING",
+        _ => "UNKNOWN",
     }
 }
 
@@ -146,11 +85,11 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Socket {
     /// TCP or UDP.
-    pub protocol: Protocol,
+    pub protocol: NetworkProtocol,
     /// IPv4 or IPv6.
-    pub family: Family,
-    /// The kernel's state.
-    pub state: State,
+    pub family: AddressFamily,
+    /// The kernel's state (`None`: a number this build does not know).
+    pub state: Option<ConnectionState>,
     /// Local address and port.
     pub local: SocketAddr,
     /// Remote address and port (unspecified for listeners and unconnected
@@ -177,9 +116,10 @@ impl Socket {
     /// A listener: a TCP socket in `LISTEN`, or a UDP socket bound but
     /// connected to no peer.
     pub fn is_listener(&self) -> bool {
-        match self.protocol {
-            Protocol::Tcp => self.state == State::Listen,
-            Protocol::Udp => self.remote.port() == 0 && self.remote.ip().is_unspecified(),
+        if self.protocol == NetworkProtocol::Udp {
+            self.remote.port() == 0 && self.remote.ip().is_unspecified()
+        } else {
+            self.state == Some(ConnectionState::Listen)
         }
     }
 }
@@ -199,7 +139,7 @@ pub enum DiagError {
     /// The kernel answered the request with an error.
     #[error("the kernel refused the sock_diag dump of {what}")]
     Refused {
-        /// `tcp/ipv4`, ...
+        /// `tcp` or `udp`.
         what: &'static str,
         /// The kernel's errno.
         #[source]
@@ -227,19 +167,20 @@ pub enum Parsed {
 
 /// The dump request for every socket of `family` and `protocol`, with
 /// sequence number `seq`.
-pub fn request(family: Family, protocol: Protocol, seq: u32) -> Vec<u8> {
+pub fn request(family: AddressFamily, protocol: NetworkProtocol, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
-    let socket_id = match family {
-        Family::Ipv4 => SocketId::new_v4(),
-        Family::Ipv6 => SocketId::new_v6(),
+    let socket_id = if family == AddressFamily::Ipv6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
     };
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
-            family: family.number(),
-            protocol: protocol.number(),
+            family: family_number(family),
+            protocol: protocol_number(protocol),
             extensions: ExtensionFlags::empty(),
             states: StateFlags::all(),
             socket_id,
@@ -260,7 +201,7 @@ pub fn request(family: Family, protocol: Protocol, seq: u32) -> Vec<u8> {
 /// [`DiagError::Refused`] when the kernel answered with an error.
 pub fn parse_datagram(
     mut buf: &[u8],
-    protocol: Protocol,
+    protocol: NetworkProtocol,
     out: &mut Vec<Socket>,
 ) -> Result<Parsed, DiagError> {
     while !buf.is_empty() {
@@ -299,12 +240,12 @@ pub fn parse_datagram(
 }
 
 fn socket_from(
-    protocol: Protocol,
+    protocol: NetworkProtocol,
     header: &netlink_packet_sock_diag::inet::InetResponseHeader,
 ) -> Result<Socket, DiagError> {
     let family = match header.family {
-        AF_INET => Family::Ipv4,
-        AF_INET6 => Family::Ipv6,
+        AF_INET => AddressFamily::Ipv4,
+        AF_INET6 => AddressFamily::Ipv6,
         other => {
             return Err(DiagError::Malformed {
                 reason: format!("address family {other} in an inet answer"),
@@ -317,7 +258,7 @@ fn socket_from(
     Ok(Socket {
         protocol,
         family,
-        state: State::from_kernel(header.state),
+        state: state_from_kernel(header.state),
         local: canonical(local),
         remote: canonical(remote),
         uid: header.uid,
@@ -354,8 +295,8 @@ pub fn dump() -> Result<Vec<Socket>, DiagError> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut seq = 0;
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
-        for family in [Family::Ipv4, Family::Ipv6] {
+    for protocol in [NetworkProtocol::Tcp, NetworkProtocol::Udp] {
+        for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
             seq += 1;
             socket.send(&request(family, protocol, seq))?;
             loop {
@@ -438,18 +379,18 @@ mod tests {
         datagram.extend(answer(listen, 1));
         let mut out = Vec::new();
         assert_eq!(
-            parse_datagram(&datagram, Protocol::Tcp, &mut out).unwrap(),
+            parse_datagram(&datagram, NetworkProtocol::Tcp, &mut out).unwrap(),
             Parsed::More
         );
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].state, State::Established);
+        assert_eq!(out[0].state, Some(ConnectionState::Established));
         assert_eq!(out[0].remote, "127.0.0.1:22".parse().unwrap());
         assert_eq!((out[0].uid, out[0].inode, out[0].cookie), (1000, 777, 42));
         assert!(!out[0].is_listener());
-        assert_eq!(out[1].family, Family::Ipv6);
+        assert_eq!(out[1].family, AddressFamily::Ipv6);
         assert!(out[1].is_listener());
         assert_eq!(
-            parse_datagram(&done(), Protocol::Tcp, &mut out).unwrap(),
+            parse_datagram(&done(), NetworkProtocol::Tcp, &mut out).unwrap(),
             Parsed::Done
         );
         assert_eq!(out.len(), 2);
@@ -467,7 +408,13 @@ mod tests {
 
     /// The one socket parsed from an answer of `family`, `state`, `local`
     /// and `remote`.
-    fn parsed_one(protocol: Protocol, family: u8, state: u8, local: &str, remote: &str) -> Socket {
+    fn parsed_one(
+        protocol: NetworkProtocol,
+        family: u8,
+        state: u8,
+        local: &str,
+        remote: &str,
+    ) -> Socket {
         let h = header(
             family,
             state,
@@ -483,21 +430,21 @@ mod tests {
     #[test]
     fn an_ipv4_mapped_peer_is_reported_as_ipv4() {
         let s = parsed_one(
-            Protocol::Tcp,
+            NetworkProtocol::Tcp,
             AF_INET6,
             1,
             "[::ffff:10.0.0.1]:443",
             "[::ffff:10.0.0.2]:50000",
         );
         assert_eq!(s.local, "10.0.0.1:443".parse().unwrap());
-        assert_eq!(s.family, Family::Ipv6, "the socket's family stays");
+        assert_eq!(s.family, AddressFamily::Ipv6, "the socket's family stays");
     }
 
     #[test]
     fn an_unconnected_udp_socket_is_a_listener_and_prints_unconn() {
-        let s = parsed_one(Protocol::Udp, AF_INET, 7, "0.0.0.0:53", "0.0.0.0:0");
+        let s = parsed_one(NetworkProtocol::Udp, AF_INET, 7, "0.0.0.0:53", "0.0.0.0:0");
         assert!(s.is_listener());
-        assert_eq!(s.state.label(Protocol::Udp), "UNCONN");
+        assert_eq!(state_label(s.state, NetworkProtocol::Udp), "UNCONN");
     }
 
     #[test]
@@ -507,7 +454,7 @@ mod tests {
         for cut in 1..bytes.len() {
             let mut out = Vec::new();
             assert!(
-                parse_datagram(&bytes[..cut], Protocol::Tcp, &mut out).is_err(),
+                parse_datagram(&bytes[..cut], NetworkProtocol::Tcp, &mut out).is_err(),
                 "cut at {cut}"
             );
         }
@@ -515,7 +462,7 @@ mod tests {
 
     #[test]
     fn the_request_asks_for_a_dump_of_every_state() {
-        let bytes = request(Family::Ipv6, Protocol::Udp, 9);
+        let bytes = request(AddressFamily::Ipv6, NetworkProtocol::Udp, 9);
         // nlmsghdr, then inet_diag_req_v2.
         assert_eq!(bytes.len(), 16 + 56);
         assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 9);
@@ -531,7 +478,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_or_fail_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut out = Vec::new();
-            let _ = parse_datagram(&bytes, Protocol::Tcp, &mut out);
+            let _ = parse_datagram(&bytes, NetworkProtocol::Tcp, &mut out);
         }
 
         #[test]
@@ -555,11 +502,11 @@ mod tests {
             h.uid = uid;
             h.inode = inode;
             let mut out = Vec::new();
-            parse_datagram(&answer(h, 3), Protocol::Tcp, &mut out).unwrap();
+            parse_datagram(&answer(h, 3), NetworkProtocol::Tcp, &mut out).unwrap();
             prop_assert_eq!(out.len(), 1);
             prop_assert_eq!(out[0].local, canonical(local));
             prop_assert_eq!(out[0].remote, canonical(remote));
-            prop_assert_eq!(out[0].state, State::from_kernel(state));
+            prop_assert_eq!(out[0].state, state_from_kernel(state));
             prop_assert_eq!((out[0].uid, out[0].inode), (uid, u64::from(inode)));
         }
     }
