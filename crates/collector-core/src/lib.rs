@@ -15,9 +15,14 @@
 //!   [`metrics::Gauge`]) behind every stats snapshot, and the [`Registry`]
 //!   naming them for Prometheus ([`CollectorHandle::metrics`]); with the
 //!   `metrics-server` feature, `metrics::serve` answers `GET /metrics`.
+//! - `serve` (feature `serve`): a collector run as a binary, the same for
+//!   every collector: its shared flags, the IPC socket, JSON lines,
+//!   `--metrics-listen`, signals and graceful shutdown, exit codes.
 //! - [`SourceContext`]: what a source is started with
 //!   ([`EventSource::start_with`]): its name, its sender and an awaitable
 //!   shutdown token beside the reference API's flag.
+//! - [`procfs`]: the pure parsers of `/proc` every collector shares
+//!   (`/proc/<pid>/stat` and `status`, the boot time, clock ticks).
 //! - [`testing`]: a conformance check for any `EventSource`.
 //! - [`bus`]: [`EventFilter`] (kind, pid, source, topic patterns), used by
 //!   filtered subscriptions and the IPC event stream.
@@ -106,7 +111,10 @@ pub mod ipc;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod procfs;
 pub mod runtime;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod source;
 pub mod subscription;
 pub mod telemetry;

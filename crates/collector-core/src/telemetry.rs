@@ -284,7 +284,7 @@ impl ProcessResources {
     pub fn current() -> std::io::Result<Self> {
         let stat = std::fs::read("/proc/self/stat")?;
         let status = std::fs::read("/proc/self/status")?;
-        let ticks = clock_ticks_per_second();
+        let ticks = crate::procfs::KernelUnits::current().ticks_per_second;
         parse_self(&stat, &status, ticks).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -294,47 +294,27 @@ impl ProcessResources {
     }
 }
 
-fn clock_ticks_per_second() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t.unsigned_abs(),
-        // USER_HZ is 100 on every Linux ABI in use.
-        _ => 100,
-    }
-}
-
 /// Parses utime+stime from `/proc/self/stat` and VmRSS/VmHWM/Threads from
-/// `/proc/self/status`.
+/// `/proc/self/status` (with [`crate::procfs`]).
 pub(crate) fn parse_self(
     stat: &[u8],
     status: &[u8],
     ticks_per_sec: u64,
 ) -> Option<ProcessResources> {
-    // The command name may contain spaces and ')': fields resume after the last ')'.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    // After ')': field 3 (state) is index 0, so utime (14) is index 11, stime (15) index 12.
-    let mut fields = rest.split_ascii_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let total = utime + stime;
-    let tps = ticks_per_sec.max(1);
-    let cpu_time = Duration::from_secs(total / tps)
-        + Duration::from_nanos((total % tps) * 1_000_000_000 / tps);
-
-    let status = std::str::from_utf8(status).ok()?;
+    let stat = crate::procfs::parse_pid_stat(stat).ok()?;
     let mut out = ProcessResources {
-        cpu_time,
+        cpu_time: crate::procfs::ticks_to_duration(
+            stat.utime.saturating_add(stat.stime),
+            ticks_per_sec,
+        ),
         ..ProcessResources::default()
     };
-    for line in status.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let number = || value.split_whitespace().next()?.parse::<u64>().ok();
+    for (key, value) in crate::procfs::status_lines(status) {
+        let number = || crate::procfs::status_number(value);
         match key {
-            "VmRSS" => out.rss_bytes = number()? * 1024,
-            "VmHWM" => out.peak_rss_bytes = number()? * 1024,
-            "Threads" => out.threads = number()?,
+            b"VmRSS" => out.rss_bytes = number()?.saturating_mul(1024),
+            b"VmHWM" => out.peak_rss_bytes = number()?.saturating_mul(1024),
+            b"Threads" => out.threads = number()?,
             _ => {}
         }
     }

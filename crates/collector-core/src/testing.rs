@@ -637,3 +637,20 @@ impl EventSource for Replay {
         Ok(())
     }
 }
+
+/// One HTTP/1.1 `GET /metrics` to `addr` over a real (blocking) connection,
+/// as a scraper sends it: the whole reply, head and body, once the server
+/// closes the connection (waiting at most 30 s for each read). For the
+/// tests of every binary that serves `--metrics-listen`.
+///
+/// # Errors
+/// When the connection fails or a read times out.
+pub fn scrape_metrics(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: collector\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

@@ -1,31 +1,33 @@
 //! `perfmond run` and `perfmond top` as library calls.
 //!
-//! [`run`] loads the config, starts the [`PerfmondSource`] in the
-//! collector-core runtime, serves the collector IPC protocol (live events
-//! and health, as the component `perfmond`) the way procmond does, and
-//! returns after SIGTERM or SIGINT. Of the detection tasks it answers
+//! [`run`] loads the config and runs the [`PerfmondSource`] through
+//! collector-core's [`Serve`], the run scaffold every collector binary
+//! shares (the IPC socket with live events and health, as the component
+//! `perfmond`, JSON lines, `--metrics-listen`, graceful shutdown after
+//! SIGTERM or SIGINT). Of the detection tasks it answers
 //! `COLLECT_PERFORMANCE_METRICS` ([`task_handler`]). [`top`] takes two samples a short
 //! interval apart and prints the busiest processes.
 
-use std::io::{BufWriter, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use collector_core::ipc::TaskFuture;
-use collector_core::metrics::MetricsServer;
+use collector_core::serve::{self, Serve, ServeArgs};
+use collector_core::CollectorConfig;
 use collector_core::{CollectionEvent, PerformanceEvent};
-use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
 use daemoneye_lib::proto::{event_record, DetectionResult, DetectionTask, ProtoTaskType};
 use serde::Deserialize;
+
+pub use collector_core::serve::RunError;
 
 use crate::sampler::{boot_time_now, ProcessTable};
 use crate::source::{LatestSample, PerfmondConfig, PerfmondCounters, PerfmondSource, NAME};
 
 /// The flags of `perfmond run`. They are procmond's where they mean the
-/// same, so the agent's default arguments for a `[[collector]]` program
+/// same (the shared ones are [`ServeArgs`]), so the agent's default
+/// arguments for a `[[collector]]` program
 /// (`run --socket S --no-database --await-subscriber --interval N`) work.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
@@ -35,24 +37,9 @@ pub struct RunArgs {
     /// Seconds between samples (default 10).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: Option<u64>,
-    /// Serve the live event stream and health on this Unix socket
-    /// (default: /run/daemoneye/perfmond.sock as root, daemoneye/perfmond.sock
-    /// in the user's runtime directory otherwise).
-    #[arg(long, conflicts_with = "no_socket")]
-    pub socket: Option<PathBuf>,
-    /// Serve no IPC socket.
-    #[arg(long)]
-    pub no_socket: bool,
-    /// Start sampling only once a client has subscribed to the socket's
-    /// events (waiting at most 30 s).
-    #[arg(long, requires = "socket")]
-    pub await_subscriber: bool,
-    /// Serve Prometheus metrics at /metrics on ADDR. Off by default.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Write every event as one JSON object a line to PATH (`-`: stdout).
-    #[arg(long, value_name = "PATH|-")]
-    pub events_jsonl: Option<String>,
+    /// The socket, `--events-jsonl`, `--metrics-listen`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Accepted and ignored: perfmond stores nothing (the agent passes it
     /// to every collector program it starts with default arguments).
     #[arg(long, hide = true)]
@@ -67,145 +54,40 @@ struct FileConfig {
     perfmond: PerfmondConfig,
 }
 
-/// Why [`run`] failed.
-#[derive(Debug)]
-pub enum RunError {
-    /// A usage or configuration problem (the binary exits with 2).
-    Bad(anyhow::Error),
-    /// A failure while starting or running (exit code 1).
-    Failed(anyhow::Error),
-}
-
-/// Runs the collector until SIGTERM or SIGINT.
+/// Runs the collector until SIGTERM or SIGINT ([`Serve`] does the serving).
 ///
 /// # Errors
 /// [`RunError::Bad`] for a bad config, [`RunError::Failed`] when something
 /// fails while starting or running.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let file: FileConfig = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))
-                .map_err(RunError::Bad)?;
-            toml::from_str(&text)
-                .with_context(|| format!("invalid config {}", path.display()))
-                .map_err(RunError::Bad)?
-        }
-        None => FileConfig::default(),
-    };
+    let file: FileConfig = serve::read_config(args.config.as_deref())?;
     let mut config = file.perfmond;
     if let Some(secs) = args.interval {
         config.interval = Duration::from_secs(secs);
     }
-    let mut collector_config = file.collector;
-    if args.config.is_none() {
-        // Stop promptly: a sample takes milliseconds.
-        collector_config = collector_config.with_shutdown_timeout(Duration::from_secs(5));
-    }
-    collector_config
-        .validate()
-        .map_err(|e| RunError::Bad(e.into()))?;
+    // Without a config file, stop promptly: a sample takes milliseconds.
+    let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
     let source = PerfmondSource::new(config).map_err(|e| RunError::Bad(e.into()))?;
     let counters = source.counters();
     let latest = source.latest();
-    let mut collector = Collector::new(collector_config);
-    source.register_metrics(collector.handle().metrics());
-    collector
-        .register(Box::new(source))
-        .map_err(|e| RunError::Failed(e.into()))?;
-    let metrics = match args.metrics_listen {
-        Some(addr) => {
-            let server = MetricsServer::bind(addr, collector.handle().metrics().clone())
-                .await
-                .map_err(|e| RunError::Bad(e.into()))?;
-            if let Ok(bound) = server.local_addr() {
-                tracing::info!(addr = %bound, "serving metrics at /metrics");
-            }
-            let stop = tokio_util::sync::CancellationToken::new();
-            Some((stop.clone(), tokio::spawn(server.run(stop))))
-        }
-        None => None,
-    };
-    let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
-    let ipc = serve_ipc(
-        args.socket.as_ref(),
-        args.no_socket,
-        &collector,
-        counters,
-        latest,
-    )
-    .await?;
-    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
-        const LIMIT: Duration = Duration::from_secs(30);
-        if tokio::time::timeout(LIMIT, handle.subscribed())
-            .await
-            .is_err()
-        {
-            tracing::warn!(waited = ?LIMIT, "no subscriber yet; sampling anyway");
-        }
-    }
-    collector.run().await.map_err(RunError::Failed)?;
-    if let Some((handle, task)) = ipc {
-        handle.shutdown();
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
-        }
-    }
-    if let Some((stop, task)) = metrics {
-        stop.cancel();
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "metrics server task failed");
-        }
-    }
-    if let Some(w) = writer {
-        w.await
-            .map_err(|e| RunError::Failed(e.into()))?
-            .map_err(RunError::Failed)?;
-    }
-    Ok(())
+    let mut serve = Serve::new(NAME, collector_config, args.serve);
+    source.register_metrics(serve.metrics());
+    serve.register(source)?;
+    serve
+        .with_jsonl(jsonl_line)
+        .with_health(move |handle| health(handle, &counters))
+        .with_tasks(move |_| Ok(Box::new(task_handler(latest))))
+        .run()
+        .await
 }
-
-type JsonlTask = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// `--events-jsonl`: every performance event as one JSON line.
-fn spawn_jsonl_writer(
-    target: Option<&str>,
-    collector: &Collector,
-) -> Result<Option<JsonlTask>, RunError> {
-    let Some(target) = target else {
-        return Ok(None);
-    };
-    let out: Box<dyn Write + Send> = if target == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(target)
-                .with_context(|| format!("cannot open {target}"))
-                .map_err(RunError::Failed)?,
-        )
-    };
-    let mut sub = collector.handle().subscribe();
-    Ok(Some(tokio::spawn(async move {
-        let mut out = BufWriter::new(out);
-        while let Some(batch) = sub.recv_batch().await {
-            for event in batch.iter() {
-                if let collector_core::CollectionEvent::Performance(p) = event {
-                    serde_json::to_writer(&mut out, p)?;
-                    writeln!(out)?;
-                }
-            }
-            out.flush()?;
-        }
-        anyhow::Ok(())
-    })))
+fn jsonl_line(event: &CollectionEvent) -> serde_json::Result<Option<String>> {
+    match event {
+        CollectionEvent::Performance(p) => serde_json::to_string(p).map(Some),
+        _ => Ok(None),
+    }
 }
-
-type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
 
 /// The task handler: `COLLECT_PERFORMANCE_METRICS` is answered from the
 /// latest sample (at most one interval old), filtered by the task's
@@ -252,52 +134,6 @@ fn answer(latest: &LatestSample, task: &DetectionTask) -> DetectionResult {
     DetectionResult {
         performance_records,
         ..DetectionResult::success(&task.task_id, Vec::new())
-    }
-}
-
-/// Binds the IPC socket and serves the event stream and health. An explicit
-/// `--socket` that cannot be served is an error; the default one is only
-/// warned about, so sampling goes on.
-async fn serve_ipc(
-    socket: Option<&PathBuf>,
-    disabled: bool,
-    collector: &Collector,
-    counters: PerfmondCounters,
-    latest: LatestSample,
-) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
-    if disabled {
-        return Ok(None);
-    }
-    let explicit = socket.is_some();
-    let path = socket
-        .cloned()
-        .unwrap_or_else(|| collector_core::ipc::default_socket_path(NAME));
-    let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
-        .await
-        .map(|s| {
-            let handle = collector.handle();
-            s.with_events(collector.handle())
-                .with_name(NAME)
-                .with_health(move || {
-                    let report = health(&handle, &counters);
-                    Box::pin(async move { report })
-                })
-        });
-    match server {
-        Ok(mut server) => {
-            tracing::info!(path = %path.display(), "serving ipc");
-            let handle = server.handle();
-            handle.register_metrics(collector.handle().metrics());
-            let task = tokio::spawn(async move { server.start(task_handler(latest)).await });
-            Ok(Some((handle, task)))
-        }
-        Err(e) if explicit => Err(RunError::Failed(
-            anyhow::Error::new(e).context(format!("cannot serve ipc on {}", path.display())),
-        )),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "not serving ipc");
-            Ok(None)
-        }
     }
 }
 

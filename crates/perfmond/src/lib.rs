@@ -43,12 +43,10 @@
 //! the fork-rate anomaly catches a storm of them.
 //!
 //! # Reading `/proc/<pid>/stat`
-//! procmond has a parser of this file (`procmond::procfs::parse_stat`), but
-//! depending on procmond would bring its whole crate (the audit database's
-//! bundled SQLite, the hasher) into a collector that needs neither, and its
-//! parser allocates the command name on every call. [`parse::parse_pid_stat`]
-//! borrows instead; the natural home of both is a pure `procfs` module in
-//! collector-core (or a small crate) that procmond and perfmond share.
+//! Its one parser is collector-core's
+//! [`procfs::parse_pid_stat`](collector_core::procfs::parse_pid_stat), which
+//! procmond uses too; it borrows the command name, so a scan of known
+//! processes allocates nothing ([`parse`] re-exports it).
 
 pub mod anomaly;
 pub mod cli;

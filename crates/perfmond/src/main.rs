@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use collector_core::serve;
 use perfmond::cli::{RunArgs, RunError};
 
 #[derive(Parser)]
@@ -38,19 +39,9 @@ enum Command {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("perfmond: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits with 2 on bad flags
-    let rt = match runtime() {
+    let rt = match serve::runtime_in_main("perfmond") {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -78,15 +69,5 @@ fn main() -> ExitCode {
             })
             .map_err(RunError::Failed),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Bad(e)) => {
-            eprintln!("perfmond: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(RunError::Failed(e)) => {
-            eprintln!("perfmond: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    serve::exit("perfmond", result)
 }

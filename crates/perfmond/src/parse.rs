@@ -1,4 +1,6 @@
 //! Pure parsers of the kernel's performance files: bytes in, values out.
+//! `/proc/<pid>/stat`, which procmond reads too, is parsed by
+//! collector-core's [`collector_core::procfs`] (re-exported here).
 //!
 //! Nothing here does I/O, so each parser is unit-tested on recorded files
 //! (`tests/data/`) and property-tested on arbitrary bytes: a parser never
@@ -9,33 +11,15 @@
 //! a callback line by line, borrowing the device name, so a sampler that
 //! keeps its own table allocates nothing per read.
 
-/// A parse failure: which file, and what was wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {file}: {reason}")]
-pub struct ParseError {
-    /// The file, as the kernel names it (`/proc/stat`, `cpu.stat`, ...).
-    pub file: &'static str,
-    /// What was wrong.
-    pub reason: &'static str,
-}
+pub use collector_core::procfs::{parse_pid_stat, parse_u64, ParseError};
+
+/// The fields of `/proc/<pid>/stat` the sampler uses, borrowed from the
+/// bytes read (nothing is allocated): collector-core's one parser of that
+/// file, [`parse_pid_stat`].
+pub type PidStat<'a> = collector_core::procfs::PidStat<&'a [u8]>;
 
 const fn err(file: &'static str, reason: &'static str) -> ParseError {
-    ParseError { file, reason }
-}
-
-/// An unsigned decimal, without allocating; `None` on anything else or on
-/// overflow.
-pub fn parse_u64(b: &[u8]) -> Option<u64> {
-    if b.is_empty() {
-        return None;
-    }
-    b.iter().try_fold(0u64, |acc, &c| {
-        if c.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-        } else {
-            None
-        }
-    })
+    ParseError::new(file, reason)
 }
 
 /// A decimal with an optional fraction (`24.39`), as the PSI and load
@@ -569,79 +553,6 @@ fn unescape_mount(field: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The fields of `/proc/<pid>/stat` the sampler uses, borrowed from the
-/// bytes read (nothing is allocated).
-///
-/// procmond has a parser of this file too (`procmond::procfs::parse_stat`),
-/// but it allocates the command name on every call and comes with procmond's
-/// crate (the audit database's SQLite among it); see the crate docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PidStat<'a> {
-    /// Field 1.
-    pub pid: u32,
-    /// Field 2, `comm`, without its parentheses.
-    pub comm: &'a [u8],
-    /// Field 3, the state letter.
-    pub state: u8,
-    /// Field 4.
-    pub ppid: u32,
-    /// Field 14: user-mode CPU time in clock ticks.
-    pub utime: u64,
-    /// Field 15: kernel-mode CPU time in clock ticks.
-    pub stime: u64,
-    /// Field 22: start time in clock ticks after boot (the process key's).
-    pub starttime: u64,
-    /// Field 24: resident set size in pages.
-    pub rss_pages: u64,
-}
-
-/// Parses `/proc/<pid>/stat`. The command name may hold spaces and
-/// parentheses, so the fields after it are counted from the *last* `)`.
-///
-/// # Errors
-/// When a field the sampler uses is missing or malformed.
-pub fn parse_pid_stat(bytes: &[u8]) -> Result<PidStat<'_>, ParseError> {
-    const F: &str = "/proc/<pid>/stat";
-    let open = bytes
-        .iter()
-        .position(|&b| b == b'(')
-        .ok_or(err(F, "no '('"))?;
-    let close = bytes
-        .iter()
-        .rposition(|&b| b == b')')
-        .ok_or(err(F, "no ')'"))?;
-    if close < open {
-        return Err(err(F, "')' before '('"));
-    }
-    let pid = parse_u64(bytes[..open].trim_ascii())
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or(err(F, "bad pid"))?;
-    let comm = &bytes[open + 1..close];
-    // Field 3 on.
-    let mut f = fields(&bytes[close + 1..]);
-    let state = match f.next() {
-        Some([s, ..]) => *s,
-        _ => return Err(err(F, "no state")),
-    };
-    let mut nth =
-        |skip: usize, what: &'static str| f.nth(skip).and_then(parse_u64).ok_or(err(F, what));
-    let ppid = u32::try_from(nth(0, "bad ppid")?).map_err(|_| err(F, "ppid out of range"))?; // 4
-    let utime = nth(9, "bad utime")?; // 14
-    let stime = nth(0, "bad stime")?; // 15
-    let starttime = nth(6, "bad starttime")?; // 22
-    let rss_pages = nth(1, "bad rss")?; // 24
-    Ok(PidStat {
-        pid,
-        comm,
-        state,
-        ppid,
-        utime,
-        stime,
-        starttime,
-        rss_pages,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::float_cmp)]
@@ -859,7 +770,7 @@ mod tests {
                 s.starttime,
                 s.rss_pages
             ),
-            (42, b'S', 7, 11, 22, 333, 44)
+            (42, 'S', 7, 11, 22, 333, 44)
         );
         assert!(parse_pid_stat(b"1 (x) S 0").is_err());
         assert!(parse_pid_stat(b"x (y) S 0 1 1 0 -1 0 0 0 0 0 1 1 0 0 0 0 0 0 1 1 1").is_err());

@@ -135,33 +135,8 @@ pub fn boot_time_now() -> io::Result<Duration> {
         .map_err(io::Error::from)
 }
 
-/// The kernel's clock tick rate and page size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelUnits {
-    /// Clock ticks per second (`_SC_CLK_TCK`, 100 on Linux).
-    pub ticks_per_second: u64,
-    /// Bytes per page.
-    pub page_size: u64,
-}
-
-impl KernelUnits {
-    /// Asks the kernel (`sysconf`); the Linux defaults when it does not say.
-    pub fn current() -> Self {
-        use nix::unistd::{sysconf, SysconfVar};
-        let get = |v, default: u64| {
-            sysconf(v)
-                .ok()
-                .flatten()
-                .and_then(|n| u64::try_from(n).ok())
-                .filter(|&n| n > 0)
-                .unwrap_or(default)
-        };
-        Self {
-            ticks_per_second: get(SysconfVar::CLK_TCK, 100),
-            page_size: get(SysconfVar::PAGE_SIZE, 4096),
-        }
-    }
-}
+/// The kernel's clock tick rate and page size (collector-core's).
+pub use collector_core::procfs::KernelUnits;
 
 /// Reads `path` into `buf` (cleared first), reusing its allocation.
 fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {

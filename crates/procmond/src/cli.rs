@@ -2,28 +2,30 @@
 //! collector child) run exactly what the `procmond` binary runs.
 //!
 //! [`RunArgs`] are the flags of `procmond run`; [`run`] loads the config,
-//! opens the audit database, starts the collector, serves IPC (tasks,
-//! live events and health, as the component `procmond`), and returns after
-//! SIGTERM or SIGINT once everything is committed.
+//! opens the audit database and runs the collector through collector-core's
+//! [`Serve`], the run scaffold every collector binary shares (IPC with
+//! procmond's tasks, live events and health, as the component `procmond`;
+//! JSON lines; `--metrics-listen`), returning after SIGTERM or SIGINT once
+//! everything is committed. [`RunError`] and [`runtime_in_main`] are
+//! collector-core's, under their old paths.
 
-use std::io::{BufWriter, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use collector_core::metrics::MetricsServer;
-use collector_core::{Collector, CollectorConfig, CollectorIpcServer, IpcServerConfig};
+use collector_core::serve::{self, Serve, ServeArgs};
+use collector_core::CollectorConfig;
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use serde::Deserialize;
+
+pub use collector_core::serve::{runtime_in_main, RunError};
 
 use crate::source::ProcmondStatsHandle;
 use crate::{DatabaseManager, ProcmondMonitorCollector, ProcmondMonitorConfig};
 
 /// The flags of `procmond run`.
 #[derive(Debug, Clone, Default, clap::Args)]
-#[allow(clippy::struct_excessive_bools)] // flags
 pub struct RunArgs {
     /// TOML config file (sections `[collector]` and `[monitor]`, key `database`).
     #[arg(long)]
@@ -38,9 +40,6 @@ pub struct RunArgs {
     /// Seconds between reconciliation snapshots.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: Option<u64>,
-    /// Write every event as one JSON object a line to PATH (`-`: stdout).
-    #[arg(long, value_name = "PATH|-")]
-    pub events_jsonl: Option<String>,
     /// Snapshots only, no kernel events (as `--tier polling`).
     #[arg(long)]
     pub no_realtime: bool,
@@ -48,23 +47,9 @@ pub struct RunArgs {
     /// connector, else polling), or one forced (starting fails without it).
     #[arg(long, value_enum)]
     pub tier: Option<crate::source::TierChoice>,
-    /// Serve detection tasks and the live event stream on this Unix socket
-    /// (default: /run/daemoneye/procmond.sock as root, daemoneye/procmond.sock
-    /// in the user's runtime directory otherwise).
-    #[arg(long, conflicts_with = "no_socket")]
-    pub socket: Option<PathBuf>,
-    /// Serve no IPC socket.
-    #[arg(long)]
-    pub no_socket: bool,
-    /// Start collecting only once a client has subscribed to the socket's
-    /// events (waiting at most 30 s), so that it sees everything from the
-    /// first snapshot on.
-    #[arg(long, requires = "socket")]
-    pub await_subscriber: bool,
-    /// Serve Prometheus metrics (text format) over HTTP at /metrics on
-    /// ADDR, for example 127.0.0.1:9464. Off by default.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<SocketAddr>,
+    /// The socket, `--events-jsonl`, `--await-subscriber`, `--metrics-listen`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// The config file.
@@ -88,22 +73,6 @@ fn open_database(path: &Path) -> anyhow::Result<DatabaseManager> {
     // Lifecycle events without ledger entries, as procmond's audit database
     // always stored them (twice the write rate); the agent ledgers each.
     Ok(DatabaseManager::new(path)?.with_ledger(daemoneye_store::LedgerMode::AlertsOnly))
-}
-
-/// The multi-threaded Tokio runtime `procmond run` (and the agent) run on.
-/// A failure is printed as `<program>: cannot start the runtime: <error>`
-/// and becomes the exit code the program returns.
-///
-/// # Errors
-/// `ExitCode::FAILURE` when the runtime cannot be built.
-pub fn runtime_in_main(program: &str) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("{program}: cannot start the runtime: {e}");
-            std::process::ExitCode::FAILURE
-        })
 }
 
 /// What `procmond run` readies before its runtime starts: the config, and
@@ -149,17 +118,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
 }
 
 fn read_config(args: &RunArgs) -> Result<FileConfig, RunError> {
-    Ok(match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))
-                .map_err(RunError::Bad)?;
-            toml::from_str(&text)
-                .with_context(|| format!("invalid config {}", path.display()))
-                .map_err(RunError::Bad)?
-        }
-        None => FileConfig::default(),
-    })
+    serve::read_config(args.config.as_deref())
 }
 
 /// Runs the collector until SIGTERM or SIGINT.
@@ -188,14 +147,8 @@ pub async fn run_prepared(args: RunArgs, prepared: Prepared) -> Result<(), RunEr
     if let Some(tier) = args.tier {
         monitor.process_config.tier = tier;
     }
-    let mut collector_config = file.collector;
-    if args.config.is_none() {
-        // Stop promptly: nothing procmond does takes long to finish.
-        collector_config = collector_config.with_shutdown_timeout(Duration::from_secs(5));
-    }
-    collector_config
-        .validate()
-        .map_err(|e| RunError::Bad(e.into()))?;
+    // Without a config file, stop promptly: nothing procmond does takes long.
+    let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
 
     let source = if args.no_database {
         ProcmondMonitorCollector::without_database(monitor)
@@ -215,163 +168,31 @@ pub async fn run_prepared(args: RunArgs, prepared: Prepared) -> Result<(), RunEr
     };
 
     let stats = source.stats_handle();
-    let mut collector = Collector::new(collector_config);
-    source.register_metrics(collector.handle().metrics());
-    collector
-        .register(Box::new(source))
-        .map_err(|e| RunError::Failed(e.into()))?;
-    // Bound before anything runs: an address that cannot be served is bad input.
-    let metrics = match args.metrics_listen {
-        Some(addr) => {
-            let server = MetricsServer::bind(addr, collector.handle().metrics().clone())
-                .await
-                .map_err(|e| RunError::Bad(e.into()))?;
-            if let Ok(bound) = server.local_addr() {
-                tracing::info!(addr = %bound, "serving metrics at /metrics");
-            }
-            let stop = tokio_util::sync::CancellationToken::new();
-            Some((stop.clone(), tokio::spawn(server.run(stop))))
-        }
-        None => None,
-    };
-    let writer = spawn_jsonl_writer(args.events_jsonl.as_deref(), &collector)?;
-    let ipc = serve_ipc(
-        args.socket.as_ref(),
-        args.no_socket,
-        &collector,
-        stats,
-        !args.no_realtime,
-    )
-    .await?;
-    if let (true, Some((handle, _))) = (args.await_subscriber, &ipc) {
-        const LIMIT: Duration = Duration::from_secs(30);
-        if tokio::time::timeout(LIMIT, handle.subscribed())
-            .await
-            .is_err()
-        {
-            tracing::warn!(waited = ?LIMIT, "no subscriber yet; collecting anyway");
-        }
-    }
-    collector.run().await.map_err(RunError::Failed)?;
-    if let Some((handle, task)) = ipc {
-        handle.shutdown();
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "ipc server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "ipc server task failed"),
-        }
-    }
-    if let Some((stop, task)) = metrics {
-        stop.cancel();
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "metrics server task failed");
-        }
-    }
-    if let Some(w) = writer {
-        w.await
-            .map_err(|e| RunError::Failed(e.into()))?
-            .map_err(RunError::Failed)?;
-    }
-    Ok(())
+    let realtime_wanted = !args.no_realtime;
+    let mut serve = Serve::new("procmond", collector_config, args.serve);
+    source.register_metrics(serve.metrics());
+    serve.register(source)?;
+    serve
+        .with_jsonl(crate::jsonl_line)
+        .with_health(move |handle| health(handle, &stats, realtime_wanted))
+        .with_tasks(task_handlers)
+        .run()
+        .await
 }
 
-type JsonlTask = tokio::task::JoinHandle<anyhow::Result<()>>;
-
-/// `--events-jsonl`: every event as one JSON line to a file or stdout.
-fn spawn_jsonl_writer(
-    target: Option<&str>,
-    collector: &Collector,
-) -> Result<Option<JsonlTask>, RunError> {
-    Ok(match target {
-        None => None,
-        Some(target) => {
-            let out: Box<dyn Write + Send> = if target == "-" {
-                Box::new(std::io::stdout())
-            } else {
-                Box::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(target)
-                        .with_context(|| format!("cannot open {target}"))
-                        .map_err(RunError::Failed)?,
-                )
-            };
-            let mut sub = collector.handle().subscribe();
-            Some(tokio::spawn(async move {
-                let mut out = BufWriter::new(out);
-                while let Some(batch) = sub.recv_batch().await {
-                    for event in batch.iter() {
-                        if let Some(line) = crate::jsonl_line(event)? {
-                            writeln!(out, "{line}")?;
-                        }
-                    }
-                    out.flush()?;
-                }
-                anyhow::Ok(())
-            }))
-        }
-    })
-}
-
-type IpcTask = tokio::task::JoinHandle<Result<(), collector_core::IpcError>>;
-
-/// Binds the IPC socket and serves procmond's task handlers and event
-/// stream. An explicit `--socket` that cannot be served is an error; the
-/// default one is only warned about, so collection goes on.
-async fn serve_ipc(
-    socket: Option<&PathBuf>,
-    disabled: bool,
-    collector: &Collector,
-    stats: ProcmondStatsHandle,
-    realtime_wanted: bool,
-) -> Result<Option<(collector_core::IpcServerHandle, IpcTask)>, RunError> {
-    if disabled {
-        return Ok(None);
-    }
-    let explicit = socket.is_some();
-    let path = socket
-        .cloned()
-        .unwrap_or_else(|| collector_core::ipc::default_socket_path("procmond"));
-    let setup = async {
-        let hasher = HashEngine::new(HasherConfig {
-            algorithms: vec![
-                collector_core::HashAlgorithm::Sha256,
-                collector_core::HashAlgorithm::Blake3,
-            ],
-            ..HasherConfig::default()
-        })?;
-        hasher.register_metrics(collector.handle().metrics());
-        let handlers = crate::ipc::TaskHandlers::new(hasher)?;
-        let server = CollectorIpcServer::new(IpcServerConfig::new(&path), collector.capabilities())
-            .await?
-            .with_events(collector.handle())
-            .with_name("procmond")
-            .with_health({
-                let handle = collector.handle();
-                move || {
-                    let report = health(&handle, &stats, realtime_wanted);
-                    Box::pin(async move { report })
-                }
-            });
-        anyhow::Ok((server, handlers))
-    };
-    match setup.await {
-        Ok((mut server, handlers)) => {
-            tracing::info!(path = %path.display(), "serving ipc");
-            let handle = server.handle();
-            handle.register_metrics(collector.handle().metrics());
-            let task = tokio::spawn(async move { server.start(handlers.into_handler()).await });
-            Ok(Some((handle, task)))
-        }
-        Err(e) if explicit => Err(RunError::Failed(
-            e.context(format!("cannot serve ipc on {}", path.display())),
-        )),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "not serving ipc");
-            Ok(None)
-        }
-    }
+/// procmond's IPC tasks: enumeration, process trees and hashes (SHA-256 and
+/// BLAKE3, the hasher's counters in the collector's registry).
+fn task_handlers(handle: &collector_core::CollectorHandle) -> anyhow::Result<serve::TaskHandler> {
+    let hasher = HashEngine::new(HasherConfig {
+        algorithms: vec![
+            collector_core::HashAlgorithm::Sha256,
+            collector_core::HashAlgorithm::Blake3,
+        ],
+        ..HasherConfig::default()
+    })?;
+    hasher.register_metrics(handle.metrics());
+    let handlers = crate::ipc::TaskHandlers::new(hasher)?;
+    Ok(Box::new(handlers.into_handler()))
 }
 
 /// The collector's health (runtime, sources, resources) with procmond's
@@ -421,13 +242,4 @@ fn health(
         }
     }
     report
-}
-
-/// Why [`run`] failed.
-#[derive(Debug)]
-pub enum RunError {
-    /// A usage or configuration problem (the binary exits with 2).
-    Bad(anyhow::Error),
-    /// A failure while starting or running (exit code 1).
-    Failed(anyhow::Error),
 }

@@ -109,15 +109,5 @@ fn main() -> ExitCode {
             }
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Bad(e)) => {
-            eprintln!("procmond: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(RunError::Failed(e)) => {
-            eprintln!("procmond: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    collector_core::serve::exit("procmond", result)
 }

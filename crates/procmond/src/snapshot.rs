@@ -217,20 +217,6 @@ pub struct ProcReader {
     options: ReadOptions,
 }
 
-fn ticks_per_sec() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t.unsigned_abs(),
-        _ => 100,
-    }
-}
-
-fn page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(p)) if p > 0 => p.unsigned_abs(),
-        _ => 4096,
-    }
-}
-
 impl ProcReader {
     /// A reader of `/proc`.
     ///
@@ -255,12 +241,13 @@ impl ProcReader {
         let boot_id = std::fs::read_to_string(root.join("sys/kernel/random/boot_id"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
+        let units = collector_core::procfs::KernelUnits::current();
         Ok(Self {
             root,
             boot_id,
             btime,
-            ticks_per_sec: ticks_per_sec(),
-            page_size: page_size(),
+            ticks_per_sec: units.ticks_per_second,
+            page_size: units.page_size,
             options,
         })
     }
@@ -277,11 +264,9 @@ impl ProcReader {
 
     /// The wall-clock time of a start time given in ticks after boot.
     pub fn start_time_of(&self, ticks: u64) -> SystemTime {
-        let tps = self.ticks_per_sec.max(1);
         SystemTime::UNIX_EPOCH
             + Duration::from_secs(self.btime)
-            + Duration::from_secs(ticks / tps)
-            + Duration::from_nanos((ticks % tps) * 1_000_000_000 / tps)
+            + collector_core::procfs::ticks_to_duration(ticks, self.ticks_per_sec)
     }
 
     /// Lists the pids present now.

@@ -146,17 +146,6 @@ async fn run_serves_events_and_health_over_the_socket() {
     assert!(status.success(), "{status}");
 }
 
-/// One real HTTP/1.1 request to `/metrics`; the server closes after it.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: perfmond\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn metrics_listen_serves_perfmonds_counters_and_events_jsonl_its_events() {
     use std::io::BufRead;
@@ -182,7 +171,7 @@ fn metrics_listen_serves_perfmonds_counters_and_events_jsonl_its_events() {
     // A line on stdout: the first sample was taken and its events delivered.
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert!(first["metric"].is_string(), "{first}");
-    let reply = scrape(addr);
+    let reply = collector_core::testing::scrape_metrics(addr).unwrap();
     let (head, text) = reply.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     let value = |series: &str| {

@@ -206,17 +206,6 @@ impl Drop for Killed {
     }
 }
 
-/// One real HTTP/1.1 request; the server closes the connection after it.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: procmond\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The value of the exposition line `series` (name and labels, as encoded).
 fn sample(text: &str, series: &str) -> Option<u64> {
     text.lines()
@@ -252,7 +241,7 @@ fn metrics_listen_serves_the_collector_and_procmond_counters() {
         .unwrap();
     assert!(first.contains("\"pid\""), "{first}");
 
-    let reply = scrape(addr);
+    let reply = collector_core::testing::scrape_metrics(addr).unwrap();
     let (head, text) = reply.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(
