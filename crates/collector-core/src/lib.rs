@@ -111,6 +111,7 @@ pub mod ipc;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod poll;
 pub mod procfs;
 pub mod runtime;
 #[cfg(feature = "serve")]

@@ -1,11 +1,19 @@
-//! `netmond`'s command line.
+//! `netmond`'s command line: `snapshot` (one look) and `run` (the
+//! collector, through collector-core's [`Serve`], the run scaffold every
+//! collector binary shares: the IPC socket with live events and health as
+//! the component `netmond`, JSON lines, `--metrics-listen`, graceful
+//! shutdown).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use collector_core::serve::{self, PollingRunArgs, RunError, Serve};
+use collector_core::{CollectionEvent, CollectorConfig};
+use serde::Deserialize;
 
 use crate::snapshot::{Connection, Snapshot};
+use crate::source::{self, NetmondConfig, NetmondCounters, NAME};
 
 /// The DaemonEye network collector.
 #[derive(Debug, Parser)]
@@ -21,6 +29,48 @@ pub struct Cli {
 pub enum Command {
     /// Print every socket once, with the processes that hold it.
     Snapshot(SnapshotArgs),
+    /// Collect until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+/// The flags of `netmond run`.
+pub type RunArgs = PollingRunArgs;
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    collector: CollectorConfig,
+    netmond: NetmondConfig,
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+///
+/// # Errors
+/// [`RunError::Bad`] for a bad config, [`RunError::Failed`] when something
+/// fails while starting or running.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let file: FileConfig = serve::read_config(args.config.as_deref())?;
+    let mut config = file.netmond;
+    if let Some(interval) = args.interval() {
+        config.interval = interval;
+    }
+    let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
+    let counters = NetmondCounters::default();
+    let source = source::source(&config, counters.clone()).map_err(|e| RunError::Bad(e.into()))?;
+    let mut serve = Serve::new(NAME, collector_config, args.serve);
+    counters.register_metrics(serve.metrics());
+    source.counters().register_metrics(serve.metrics(), NAME);
+    serve.register(source)?;
+    serve.with_jsonl(jsonl_line).run().await
+}
+
+/// `--events-jsonl`: every network event as one JSON line.
+fn jsonl_line(event: &CollectionEvent) -> serde_json::Result<Option<String>> {
+    match event {
+        CollectionEvent::Network(n) => serde_json::to_string(n).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Flags of `netmond snapshot`.

@@ -26,7 +26,9 @@ pub mod cli;
 pub mod diag;
 pub mod owners;
 pub mod snapshot;
+pub mod source;
 
 pub use diag::Socket;
 pub use owners::{Owner, OwnerMap};
 pub use snapshot::{Connection, Snapshot, Snapshotter};
+pub use source::{NetmondConfig, NetmondCounters, NetmondSource};
