@@ -22,8 +22,8 @@ use collector_core::{
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::report;
 use crate::runtime::sample_event;
+use crate::{median, report};
 
 const BUFFER: usize = 8192;
 const BATCH: usize = 256;
@@ -132,11 +132,6 @@ async fn through_broadcast(events: u64, subscribers: usize) -> anyhow::Result<(f
         delivered as f64 / subscribers as f64 / secs,
         lagged.load(Ordering::Relaxed),
     ))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use daemoneye_store::bench::{bench_events, bench_write_rate};
 use daemoneye_store::LedgerMode;
 use tokio::time::Instant;
 
-use crate::{report_f, report_ratio};
+use crate::{median, report_f, report_ratio};
 
 options! {
     /// Events written per repetition.
@@ -45,11 +45,6 @@ fn baseline(dir: &std::path::Path, events: usize) -> anyhow::Result<f64> {
         tx.commit()?;
     }
     Ok(events as f64 / start.elapsed().as_secs_f64().max(1e-9))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {

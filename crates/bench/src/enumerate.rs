@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use procmond::snapshot::{ProcReader, ReadOptions, SnapshotCache};
 use tokio::time::Instant;
 
-use crate::{report, report_f, report_ratio};
+use crate::{median, report, report_f, report_ratio};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
@@ -33,11 +33,6 @@ impl Drop for Sleepers {
             let _ = c.wait();
         }
     }
-}
-
-fn median_ms(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
@@ -89,12 +84,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             bail!("ps failed");
         }
     }
-    let (ours, cold, ours_lean, ps) = (
-        median_ms(ours),
-        median_ms(cold),
-        median_ms(ours_lean),
-        median_ms(ps),
-    );
+    let (ours, cold, ours_lean, ps) = (median(ours), median(cold), median(ours_lean), median(ps));
     report("enumerate.processes", processes, "processes");
     report_f("enumerate.ms", ours, 2, "ms");
     report_f("enumerate.cold_ms", cold, 2, "ms");

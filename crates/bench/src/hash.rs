@@ -11,7 +11,7 @@ use collector_core::HashAlgorithm;
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use tokio::time::Instant;
 
-use crate::{report, report_f, report_ratio};
+use crate::{median, report, report_f, report_ratio};
 
 const CHUNK: usize = 256 << 10;
 
@@ -51,11 +51,6 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Reads `path` to the end in `CHUNK`-sized reads; returns the bytes read.

@@ -21,6 +21,12 @@ fn report_f(metric: &str, value: f64, decimals: usize, unit: &str) {
     report(metric, format!("{value:.decimals$}"), unit);
 }
 
+/// The median of `v` (the upper one of an even count; 0 for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 /// Prints a ratio, to three places.
 fn report_ratio(metric: &str, value: f64) {
     report_f(metric, value, 3, "ratio");
@@ -67,6 +73,7 @@ mod enumerate;
 mod hash;
 mod idle;
 mod ipc;
+mod net;
 mod rules;
 mod runtime;
 mod triggers;
@@ -117,6 +124,8 @@ benches! {
     Bus: bus,
     /// Trigger evaluation cost per process event.
     Triggers: triggers,
+    /// A `sock_diag` snapshot with owners vs `ss -tanp`, over many sockets.
+    Net: net,
 }
 
 fn main() -> ExitCode {

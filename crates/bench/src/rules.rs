@@ -7,7 +7,7 @@ use daemoneye_rules::engine::{ProcessRow, RuleEngine};
 use daemoneye_rules::rules;
 use tokio::time::Instant;
 
-use crate::report;
+use crate::{median, report};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
@@ -65,11 +65,6 @@ fn table(n: usize) -> Vec<ProcessRow> {
             }
         })
         .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {

@@ -680,11 +680,86 @@ impl ProcessEvent {
     }
 }
 
+names! {
+    /// The transport protocol of a socket.
+    NetworkProtocol {
+        /// TCP.
+        Tcp = "tcp",
+        /// UDP.
+        Udp = "udp",
+    }
+}
+
+names! {
+    /// The address family of a socket.
+    AddressFamily {
+        /// IPv4.
+        Ipv4 = "ipv4",
+        /// IPv6 (an IPv4 peer of a dual-stack socket is still reported by
+        /// its IPv4 address).
+        Ipv6 = "ipv6",
+    }
+}
+
+names! {
+    /// A socket's state, as the kernel names TCP's (`include/net/tcp_states.h`);
+    /// a UDP socket is `established` when connected and `close` otherwise.
+    ConnectionState {
+        /// Open, carrying data.
+        Established = "established",
+        /// Connecting: SYN sent.
+        SynSent = "syn_sent",
+        /// Being accepted: SYN received.
+        SynRecv = "syn_recv",
+        /// Closing from this end.
+        FinWait1 = "fin_wait1",
+        /// Closing from this end, acknowledged.
+        FinWait2 = "fin_wait2",
+        /// Closed, waiting out stray packets.
+        TimeWait = "time_wait",
+        /// Closed (for UDP: bound, not connected).
+        Close = "close",
+        /// Closed by the peer, not yet here.
+        CloseWait = "close_wait",
+        /// Closing, last acknowledgement awaited.
+        LastAck = "last_ack",
+        /// Listening.
+        Listen = "listen",
+        /// Both ends closing at once.
+        Closing = "closing",
+    }
+}
+
+names! {
+    /// Which way a connection goes, as seen from this host.
+    ConnectionDirection {
+        /// A listener (TCP `listen`, or UDP bound to no peer).
+        Listen = "listen",
+        /// Accepted here.
+        Inbound = "inbound",
+        /// Made from here.
+        Outbound = "outbound",
+    }
+}
+
+names! {
+    /// What a [`NetworkEvent`] reports of its socket.
+    ConnectionChange {
+        /// Seen present (a snapshot).
+        Present = "present",
+        /// Opened since the last look (connected, accepted or listening).
+        Opened = "opened",
+        /// Gone since the last look.
+        Closed = "closed",
+    }
+}
+
 /// A network connection or listening socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkEvent {
-    /// A stable id for the connection (for example the socket inode).
-    pub connection_id: String,
+    /// The connection's id: the kernel's socket cookie, unique per socket
+    /// for the life of the boot.
+    pub connection_id: u64,
     /// Local address.
     pub source_addr: Option<IpAddr>,
     /// Local port.
@@ -693,19 +768,48 @@ pub struct NetworkEvent {
     pub dest_addr: Option<IpAddr>,
     /// Remote port.
     pub dest_port: Option<u16>,
-    /// `TCP`, `UDP`, `RAW`, ...
-    pub protocol: String,
-    /// Connection state (`ESTABLISHED`, `LISTEN`, ...).
-    pub state: Option<String>,
+    /// TCP or UDP.
+    pub protocol: NetworkProtocol,
+    /// IPv4 or IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<AddressFamily>,
+    /// The socket's state.
+    pub state: Option<ConnectionState>,
+    /// Listen, inbound or outbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<ConnectionDirection>,
+    /// Seen, opened or closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ConnectionChange>,
     /// Owning process, when known.
     pub pid: Option<u32>,
     /// The stable key of that process, when known; its pid is `pid`.
     #[serde(default)]
     pub process_key: Option<ProcessKey>,
-    /// Bytes sent so far.
-    pub bytes_sent: u64,
-    /// Bytes received so far.
-    pub bytes_received: u64,
+    /// The descriptor the owning process holds the socket by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<u32>,
+    /// How many processes hold the socket (after a fork, several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders: Option<u32>,
+    /// The uid that created the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The socket's inode (what `/proc/<pid>/fd/N` names `socket:[inode]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// The network namespace (the inode of `/proc/<pid>/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// Bytes sent so far, where the kernel reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    /// Bytes received so far, where the kernel reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+    /// How the collector saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CaptureTier>,
     /// When the observation was made.
     #[serde(with = "system_time")]
     pub timestamp: SystemTime,
@@ -718,17 +822,26 @@ pub struct NetworkEvent {
 impl Default for NetworkEvent {
     fn default() -> Self {
         Self {
-            connection_id: String::new(),
+            connection_id: 0,
             source_addr: None,
             source_port: None,
             dest_addr: None,
             dest_port: None,
-            protocol: String::new(),
+            protocol: NetworkProtocol::Tcp,
+            family: None,
             state: None,
+            direction: None,
+            change: None,
             pid: None,
             process_key: None,
-            bytes_sent: 0,
-            bytes_received: 0,
+            fd: None,
+            holders: None,
+            uid: None,
+            inode: None,
+            netns: None,
+            bytes_sent: None,
+            bytes_received: None,
+            tier: None,
             timestamp: SystemTime::UNIX_EPOCH,
             id: None,
         }
@@ -739,11 +852,8 @@ impl NetworkEvent {
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Network;
         validate_key(K, self.pid, self.process_key)?;
-        if self.connection_id.is_empty() {
-            return Err(invalid(K, "connection_id", "is empty"));
-        }
-        if self.protocol.is_empty() {
-            return Err(invalid(K, "protocol", "is empty"));
+        if self.fd.is_some() && self.pid.is_none() {
+            return Err(invalid(K, "fd", "is set without a pid"));
         }
         Ok(())
     }
@@ -1568,12 +1678,13 @@ mod tests {
         );
         assert!(CollectionEvent::Performance(perf).validate().is_err());
         let net = NetworkEvent {
-            connection_id: "1".into(),
+            connection_id: 1,
+            fd: Some(3),
             ..NetworkEvent::default()
         };
         assert_eq!(
             CollectionEvent::Network(net).validate().unwrap_err().field,
-            "protocol"
+            "fd"
         );
         let mut p = process(5);
         for i in 0..=MAX_METADATA_ENTRIES {

@@ -111,6 +111,7 @@ pub mod ipc;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod poll;
 pub mod procfs;
 pub mod runtime;
 #[cfg(feature = "serve")]
@@ -136,12 +137,13 @@ pub use chain::{
 };
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
-    AnalysisType, BootId, CaptureTier, CollectionEvent, EventHeader, EventId, EventKind,
-    EventValidationError, FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail,
-    NetworkEvent, ObservedBy, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent,
-    PerformanceMetric, PerformanceSubject, PerformanceSubjectKind, PerformanceUnit, ProcessContext,
-    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, PsiResource, ReadDepth,
-    StartTimeAnomaly, TriggerPriority, TriggerRequest,
+    AddressFamily, AnalysisType, BootId, CaptureTier, CollectionEvent, ConnectionChange,
+    ConnectionDirection, ConnectionState, EventHeader, EventId, EventKind, EventValidationError,
+    FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, NetworkProtocol,
+    ObservedBy, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
+    PerformanceSubject, PerformanceSubjectKind, PerformanceUnit, ProcessContext, ProcessEvent,
+    ProcessEventType, ProcessField, ProcessKey, PsiResource, ReadDepth, StartTimeAnomaly,
+    TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

@@ -128,6 +128,36 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// The flags of `run` for a collector that looks every interval (perfmond,
+/// netmond): its config file, the interval, and the [`ServeArgs`]. They are
+/// procmond's where they mean the same, so the agent starts every collector
+/// program alike (`run --socket S --no-database --await-subscriber
+/// --interval N`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PollingRunArgs {
+    /// TOML config file (sections `[collector]` and the collector's own,
+    /// named after it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seconds between looks (default: the collector's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: Option<u64>,
+    /// The socket, `--events-jsonl`, `--metrics-listen`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Accepted and ignored: the collector stores nothing (the agent passes
+    /// it to every collector program it starts with default arguments).
+    #[arg(long, hide = true)]
+    pub no_database: bool,
+}
+
+impl PollingRunArgs {
+    /// `--interval` as a duration.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval.map(Duration::from_secs)
+    }
+}
+
 /// Why a collector's run failed.
 #[derive(Debug)]
 pub enum RunError {

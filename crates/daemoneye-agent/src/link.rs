@@ -568,8 +568,8 @@ mod tests {
                 EventRecord::new("procmond", bad),
                 event_to_record(
                     &CollectionEvent::Network(NetworkEvent {
-                        connection_id: "7".into(),
-                        protocol: "tcp".into(),
+                        connection_id: 7,
+                        protocol: collector_core::NetworkProtocol::Tcp,
                         ..NetworkEvent::default()
                     }),
                     "netmond",

@@ -184,7 +184,7 @@ const fn file_op_str(op: &FileOperation) -> &'static str {
 fn topic_detail(event: &CollectionEvent) -> &str {
     match event {
         CollectionEvent::Process(p) => p.event_type.as_str(),
-        CollectionEvent::Network(n) => &n.protocol,
+        CollectionEvent::Network(n) => n.protocol.as_str(),
         CollectionEvent::Filesystem(f) => file_op_str(&f.operation),
         CollectionEvent::Performance(p) => p.subject.kind().as_str(),
         CollectionEvent::TriggerRequest(t) => analysis_str(t.analysis_type),

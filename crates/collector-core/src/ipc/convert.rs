@@ -7,8 +7,9 @@ use std::time::SystemTime;
 use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
-    AnalysisType, CaptureTier, CollectionEvent, EventId, EventKind, FileOperation, FilesystemEvent,
-    HashAlgorithm, LifecycleDetail, NetworkEvent, ObservedBy, PerformanceAnomaly,
+    AddressFamily, AnalysisType, CaptureTier, CollectionEvent, ConnectionChange,
+    ConnectionDirection, ConnectionState, EventId, EventKind, FileOperation, FilesystemEvent,
+    HashAlgorithm, LifecycleDetail, NetworkEvent, NetworkProtocol, ObservedBy, PerformanceAnomaly,
     PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric, PerformanceSubject,
     PerformanceSubjectKind, ProcessContext, ProcessEvent, ProcessEventType, ProcessField,
     ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
@@ -339,37 +340,63 @@ pub fn record_to_process(record: proto::ProcessRecord) -> Result<ProcessEvent, R
     }
 }
 
+/// A name field of a record: the value's name, or empty when unset.
+fn name_of<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
 fn network_to_record(e: &NetworkEvent) -> proto::NetworkRecord {
     proto::NetworkRecord {
-        connection_id: e.connection_id.clone(),
+        connection_id: e.connection_id,
         source_address: e.source_addr.map(|a| a.to_string()),
         source_port: e.source_port.map(u32::from),
         destination_address: e.dest_addr.map(|a| a.to_string()),
         destination_port: e.dest_port.map(u32::from),
-        protocol: e.protocol.clone(),
-        state: e.state.clone(),
+        protocol: e.protocol.as_str().to_owned(),
+        family: name_of(e.family),
+        state: name_of(e.state),
+        direction: name_of(e.direction),
+        change: name_of(e.change),
         pid: e.pid,
+        fd: e.fd,
+        holders: e.holders,
+        uid: e.uid,
+        inode: e.inode,
+        netns: e.netns,
         bytes_sent: e.bytes_sent,
         bytes_received: e.bytes_received,
+        tier: name_of(e.tier),
         timestamp: Some(e.timestamp.into()),
         process_key: key_text(e.process_key),
     }
 }
 
-fn record_to_network(r: proto::NetworkRecord) -> Result<CollectionEvent, RecordError> {
+fn record_to_network(r: &proto::NetworkRecord) -> Result<CollectionEvent, RecordError> {
     let d = Decoder::new(EventKind::Network, r.pid);
+    let protocol = d
+        .name("protocol", &r.protocol, NetworkProtocol::from_name)?
+        .ok_or_else(|| d.err(RecordProblem::Invalid("protocol is empty".to_owned())))?;
     d.checked(CollectionEvent::Network(NetworkEvent {
         id: None,
+        connection_id: r.connection_id,
         source_addr: d.addr("source_address", r.source_address.as_deref())?,
         source_port: d.port("source_port", r.source_port)?,
         dest_addr: d.addr("destination_address", r.destination_address.as_deref())?,
         dest_port: d.port("destination_port", r.destination_port)?,
+        protocol,
+        family: d.name("family", &r.family, AddressFamily::from_name)?,
+        state: d.name("state", &r.state, ConnectionState::from_name)?,
+        direction: d.name("direction", &r.direction, ConnectionDirection::from_name)?,
+        change: d.name("change", &r.change, ConnectionChange::from_name)?,
+        tier: d.name("tier", &r.tier, CaptureTier::from_name)?,
         timestamp: d.required_time(r.timestamp)?,
         process_key: d.key(&r.process_key)?,
-        connection_id: r.connection_id,
-        protocol: r.protocol,
-        state: r.state,
         pid: r.pid,
+        fd: r.fd,
+        holders: r.holders,
+        uid: r.uid,
+        inode: r.inode,
+        netns: r.netns,
         bytes_sent: r.bytes_sent,
         bytes_received: r.bytes_received,
     }))
@@ -591,7 +618,7 @@ pub fn record_to_event(record: EventRecord) -> Result<CollectionEvent, RecordErr
     use proto::event_record::Event;
     let mut event = match record.event {
         Some(Event::Process(r)) => record_to_process(r).map(CollectionEvent::Process),
-        Some(Event::Network(r)) => record_to_network(r),
+        Some(Event::Network(r)) => record_to_network(&r),
         Some(Event::Filesystem(r)) => record_to_filesystem(r),
         Some(Event::Performance(r)) => record_to_performance(r),
         Some(Event::TriggerRequest(r)) => record_to_trigger(r),
@@ -768,8 +795,7 @@ mod tests {
     fn bad_records_of_other_domains_are_refused() {
         let net = |f: fn(&mut proto::NetworkRecord)| {
             let mut r = network_to_record(&NetworkEvent {
-                connection_id: "1".into(),
-                protocol: "tcp".into(),
+                connection_id: 1,
                 pid: Some(9),
                 ..NetworkEvent::default()
             });
@@ -1033,9 +1059,13 @@ mod tests {
         });
         let network = (
             (
-                "[a-z0-9]{1,12}",
-                "tcp|udp|raw",
-                proptest::option::of("[A-Z_]{1,12}"),
+                any::<u64>(),
+                pick(NetworkProtocol::ALL),
+                proptest::option::of(pick(AddressFamily::ALL)),
+                proptest::option::of(pick(ConnectionState::ALL)),
+                proptest::option::of(pick(ConnectionDirection::ALL)),
+                proptest::option::of(pick(ConnectionChange::ALL)),
+                proptest::option::of(pick(CaptureTier::ALL)),
             ),
             (
                 ip(),
@@ -1044,11 +1074,25 @@ mod tests {
                 proptest::option::of(any::<u16>()),
             ),
             owner.clone(),
-            any::<(u64, u64)>(),
+            (
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+            ),
+            proptest::option::of(any::<(u64, u64)>()),
             arb_time(),
         )
             .prop_map(
-                |((id, proto, state), (sa, sp, da, dp), (pid, key), (tx, rx), t)| {
+                |(
+                    (id, protocol, family, state, direction, change, tier),
+                    (sa, sp, da, dp),
+                    (pid, key),
+                    (fd, holders, uid, inode, netns),
+                    bytes,
+                    t,
+                )| {
                     CollectionEvent::Network(NetworkEvent {
                         id: None,
                         connection_id: id,
@@ -1056,12 +1100,21 @@ mod tests {
                         source_port: sp,
                         dest_addr: da,
                         dest_port: dp,
-                        protocol: proto,
+                        protocol,
+                        family,
                         state,
+                        direction,
+                        change,
+                        fd: pid.and(fd),
+                        holders,
+                        uid,
+                        inode,
+                        netns,
+                        tier,
                         pid,
                         process_key: key,
-                        bytes_sent: tx,
-                        bytes_received: rx,
+                        bytes_sent: bytes.map(|b| b.0),
+                        bytes_received: bytes.map(|b| b.1),
                         timestamp: t,
                     })
                 },

@@ -1,0 +1,271 @@
+//! netmond as an event source: a `sock_diag` snapshot every interval,
+//! diffed against the last one.
+//!
+//! The first look reports every live socket as
+//! [`Present`](ConnectionChange::Present); each later look reports the
+//! sockets that appeared ([`Opened`](ConnectionChange::Opened)) and those
+//! that went ([`Closed`](ConnectionChange::Closed)), a socket named by its
+//! kernel cookie. A TCP socket in `TIME_WAIT` or `CLOSE` counts as gone.
+//!
+//! # What this tier misses
+//! A connection that opens and closes between two looks (shorter than the
+//! interval, 5 s by default) is never seen. This is the polling tier
+//! ([`CaptureTier::Polling`] on every event); the real-time tier (eBPF on
+//! `sock:inet_sock_set_state` and the BPF LSM socket hooks) is not built
+//! yet.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use collector_core::metrics::{Counter, Registry};
+use collector_core::poll::{Poll, Polled};
+use collector_core::procfs;
+use collector_core::{
+    BootId, CaptureTier, CollectionEvent, ConnectionChange, ConnectionState, NetworkEvent,
+    NetworkProtocol, ProcessKey, SourceCaps,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{Connection, Snapshotter};
+
+/// The source's name, in logs, metrics and health.
+pub const NAME: &str = "netmond";
+
+/// netmond's settings (`[netmond]` in its config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetmondConfig {
+    /// Time between snapshots.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where procfs is mounted.
+    pub proc_root: PathBuf,
+}
+
+impl Default for NetmondConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl NetmondConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`collector_core::ConfigError::Invalid`] naming the bad field.
+    pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
+        if self.interval < Duration::from_millis(100) {
+            return Err(collector_core::ConfigError::Invalid {
+                field: "interval",
+                reason: "must be at least 100 ms".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the differ counts beyond the looks (shared: clones see the same).
+#[derive(Debug, Clone, Default)]
+pub struct NetmondCounters {
+    /// Sockets reported opened.
+    pub opened: Counter,
+    /// Sockets reported closed.
+    pub closed: Counter,
+    /// Walks of `/proc/*/fd` (the snapshotter's map rebuilt).
+    pub proc_walks: Counter,
+}
+
+impl NetmondCounters {
+    /// Registers the counters for `/metrics`.
+    pub fn register_metrics(&self, registry: &Registry) {
+        registry.register_by_reason(
+            "daemoneye_connections_changed_total",
+            "Sockets a network collector saw open or close, by change.",
+            &[("source", NAME)],
+            [("opened", &self.opened), ("closed", &self.closed)],
+        );
+        registry.register_counter(
+            "daemoneye_proc_walks_total",
+            "Walks of every /proc/<pid>/fd to find which process holds which socket.",
+            &[("source", NAME)],
+            &self.proc_walks,
+        );
+    }
+}
+
+/// The netmond source: [`Differ`] looked through by [`Polled`].
+pub type NetmondSource = Polled<Differ>;
+
+/// Builds the source.
+///
+/// # Errors
+/// [`collector_core::ConfigError::Invalid`] for a bad setting.
+pub fn source(
+    config: &NetmondConfig,
+    counters: NetmondCounters,
+) -> Result<NetmondSource, collector_core::ConfigError> {
+    config.validate()?;
+    Ok(Polled::new(
+        NAME,
+        SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE,
+        config.interval,
+        Differ::new(&config.proc_root, counters),
+    ))
+}
+
+/// Snapshots diffed against the last: see the [module docs](self).
+#[derive(Debug)]
+pub struct Differ {
+    snapshotter: Snapshotter,
+    proc_root: PathBuf,
+    live: HashMap<u64, Connection>,
+    first: bool,
+    boot_id: Option<BootId>,
+    netns: Option<u64>,
+    keys: HashMap<u32, Option<ProcessKey>>,
+    stat_buf: Vec<u8>,
+    counters: NetmondCounters,
+}
+
+impl Differ {
+    /// A differ reading holders from `proc_root`.
+    pub fn new(proc_root: &Path, counters: NetmondCounters) -> Self {
+        Self {
+            snapshotter: Snapshotter::new(proc_root),
+            proc_root: proc_root.to_owned(),
+            live: HashMap::new(),
+            first: true,
+            boot_id: BootId::current().ok(),
+            netns: std::fs::metadata(proc_root.join("self/ns/net"))
+                .ok()
+                .map(|m| m.ino()),
+            keys: HashMap::new(),
+            stat_buf: Vec::with_capacity(1024),
+            counters,
+        }
+    }
+
+    /// The key of `pid`, from its stat (`None` once it is gone).
+    fn key(&mut self, pid: u32) -> Option<ProcessKey> {
+        let boot = self.boot_id?;
+        if let Some(key) = self.keys.get(&pid) {
+            return *key;
+        }
+        let key = (|| {
+            use std::io::Read as _;
+            self.stat_buf.clear();
+            std::fs::File::open(self.proc_root.join(format!("{pid}/stat")))
+                .ok()?
+                .read_to_end(&mut self.stat_buf)
+                .ok()?;
+            let stat = procfs::parse_pid_stat(&self.stat_buf).ok()?;
+            Some(ProcessKey::new(boot, pid, stat.starttime))
+        })();
+        self.keys.insert(pid, key);
+        key
+    }
+
+    fn event(&mut self, c: &Connection, change: ConnectionChange, at: SystemTime) -> NetworkEvent {
+        let s = &c.socket;
+        let owner = c.owners.first().copied();
+        let connected = !s.is_listener();
+        NetworkEvent {
+            connection_id: s.cookie,
+            source_addr: Some(s.local.ip()),
+            source_port: Some(s.local.port()),
+            dest_addr: connected.then(|| s.remote.ip()),
+            dest_port: connected.then(|| s.remote.port()),
+            protocol: s.protocol,
+            family: Some(s.family),
+            state: s.state,
+            direction: Some(c.direction),
+            change: Some(change),
+            pid: owner.map(|o| o.pid),
+            process_key: owner.and_then(|o| self.key(o.pid)),
+            fd: owner.map(|o| o.fd),
+            holders: u32::try_from(c.owners.len()).ok().filter(|n| *n > 0),
+            uid: Some(s.uid),
+            inode: (s.inode != 0).then_some(s.inode),
+            netns: self.netns,
+            bytes_sent: None,
+            bytes_received: None,
+            tier: Some(CaptureTier::Polling),
+            timestamp: at,
+            id: None,
+        }
+    }
+}
+
+/// A socket that still carries a connection or listens (a TCP socket in
+/// `TIME_WAIT` or `CLOSE` is only the trace of one).
+fn is_live(c: &Connection) -> bool {
+    c.socket.protocol != NetworkProtocol::Tcp
+        || !matches!(
+            c.socket.state,
+            Some(ConnectionState::TimeWait | ConnectionState::Close)
+        )
+}
+
+impl Poll for Differ {
+    fn poll(&mut self, out: &mut Vec<CollectionEvent>) -> anyhow::Result<()> {
+        let walks = self.snapshotter.walks();
+        let snapshot = self.snapshotter.take()?;
+        self.counters
+            .proc_walks
+            .add(self.snapshotter.walks().saturating_sub(walks));
+        let at = SystemTime::now();
+        // Keys of processes that are gone are dropped with the map of the
+        // last look: a pid reused later gets its own.
+        let holders: std::collections::HashSet<u32> = snapshot
+            .connections
+            .iter()
+            .flat_map(|c| c.owners.iter().map(|o| o.pid))
+            .collect();
+        self.keys.retain(|pid, _| holders.contains(pid));
+        let mut live: HashMap<u64, Connection> = snapshot
+            .connections
+            .into_iter()
+            .filter(is_live)
+            .map(|c| (c.socket.cookie, c))
+            .collect();
+        let change = if self.first {
+            ConnectionChange::Present
+        } else {
+            ConnectionChange::Opened
+        };
+        let mut opened: Vec<&Connection> = live
+            .iter()
+            .filter(|(cookie, _)| !self.live.contains_key(cookie))
+            .map(|(_, c)| c)
+            .collect();
+        opened.sort_unstable_by_key(|c| c.socket.cookie);
+        let opened: Vec<Connection> = opened.into_iter().cloned().collect();
+        let mut closed: Vec<Connection> = self
+            .live
+            .iter()
+            .filter(|(cookie, _)| !live.contains_key(cookie))
+            .map(|(_, c)| c.clone())
+            .collect();
+        closed.sort_unstable_by_key(|c| c.socket.cookie);
+        for c in &opened {
+            let e = self.event(c, change, at);
+            out.push(CollectionEvent::Network(e));
+        }
+        for c in &closed {
+            let e = self.event(c, ConnectionChange::Closed, at);
+            out.push(CollectionEvent::Network(e));
+        }
+        if !self.first {
+            self.counters.opened.add_usize(opened.len());
+            self.counters.closed.add_usize(closed.len());
+        }
+        std::mem::swap(&mut self.live, &mut live);
+        self.first = false;
+        Ok(())
+    }
+}
