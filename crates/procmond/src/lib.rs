@@ -26,6 +26,7 @@ pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;
 pub mod procfs;
+mod reader_thread;
 pub mod snapshot;
 pub mod source;
 

@@ -56,7 +56,6 @@ mod sys;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use collector_core::metrics::{Counter, Registry};
@@ -68,6 +67,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::reader_thread::{current_thread_runtime, ReaderError, ReaderThread};
 pub use decode::{
     decode, exit_status, messages, DecodeError, EventMeta, ExitStatus, Messages, ProcEvent, ProcId,
     CN_IDX_PROC, CN_VAL_PROC, PROC_EVENT_COMM, PROC_EVENT_COREDUMP, PROC_EVENT_EXEC,
@@ -153,6 +153,15 @@ pub enum ConnectorError {
     /// The reader thread panicked (a bug).
     #[error("the process connector reader thread panicked")]
     ReaderPanicked,
+}
+
+impl ReaderError for ConnectorError {
+    const READER: &'static str = "process connector";
+    const PANICKED: Self = Self::ReaderPanicked;
+
+    fn spawn(source: io::Error) -> Self {
+        Self::Spawn { source }
+    }
 }
 
 impl ConnectorError {
@@ -352,22 +361,17 @@ impl ProcConnector {
         tx: mpsc::Sender<ConnectorMessage>,
         counters: ReaderCounters,
     ) -> Result<ReaderHandle, ConnectorError> {
-        let cancel = CancellationToken::new();
-        let reader = Reader {
-            connector: self,
-            tx,
-            cancel: cancel.clone(),
-            counters: counters.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("procmond-connector".into())
-            .spawn(move || reader.run())
-            .map_err(|source| ConnectorError::Spawn { source })?;
-        Ok(ReaderHandle {
-            cancel,
-            counters,
-            thread: Some(thread),
-        })
+        let reader_counters = counters.clone();
+        let thread = ReaderThread::spawn("procmond-connector", move |cancel| {
+            Reader {
+                connector: self,
+                tx,
+                cancel,
+                counters: reader_counters,
+            }
+            .run()
+        })?;
+        Ok(ReaderHandle { counters, thread })
     }
 }
 
@@ -488,9 +492,8 @@ impl ReaderCounters {
 /// The running reader thread. Dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct ReaderHandle {
-    cancel: CancellationToken,
     counters: ReaderCounters,
-    thread: Option<JoinHandle<Result<(), ConnectorError>>>,
+    thread: ReaderThread<ConnectorError>,
 }
 
 impl ReaderHandle {
@@ -501,7 +504,7 @@ impl ReaderHandle {
 
     /// Whether the thread has ended (stopped, `tx` closed, or failed).
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        self.thread.is_finished()
     }
 
     /// Tells the thread to stop, waits for it (at most about one
@@ -515,8 +518,7 @@ impl ReaderHandle {
     ///
     /// The error that ended the thread, if any.
     pub fn stop(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.cancel.cancel();
-        self.wait()
+        self.thread.stop().map(|()| self.counters.snapshot())
     }
 
     /// Waits for the thread to end on its own (when `tx` is closed or `recv`
@@ -526,24 +528,7 @@ impl ReaderHandle {
     ///
     /// The error that ended the thread, if any.
     pub fn join(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.wait()
-    }
-
-    fn wait(&mut self) -> Result<ReaderStats, ConnectorError> {
-        let result = match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or(Err(ConnectorError::ReaderPanicked)),
-            None => Ok(()),
-        };
-        result.map(|()| self.counters.snapshot())
-    }
-}
-
-impl Drop for ReaderHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Err(err) = self.wait() {
-            tracing::warn!(error = %err, "process connector reader ended with an error");
-        }
+        self.thread.join().map(|()| self.counters.snapshot())
     }
 }
 
@@ -563,11 +548,7 @@ enum Closed {
 
 impl Reader {
     fn run(mut self) -> Result<(), ConnectorError> {
-        // A runtime without drivers, only to wait on a full channel and on
-        // the stop signal at once.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|source| ConnectorError::Spawn { source })?;
+        let runtime = current_thread_runtime()?;
         let result = self.read_loop(&runtime);
         let unsubscribed = self.connector.subscription.unsubscribe();
         result.and(unsubscribed)

@@ -34,7 +34,6 @@ pub mod decode;
 
 use std::io;
 use std::os::fd::AsFd;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -50,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use collector_core::{ProcessEvent, ProcessKey};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
+use crate::reader_thread::{current_thread_runtime, ReaderError, ReaderThread};
 use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
@@ -141,6 +141,15 @@ pub enum EbpfError {
     /// The reader thread panicked (a bug).
     #[error("the eBPF reader thread panicked")]
     ReaderPanicked,
+}
+
+impl ReaderError for EbpfError {
+    const READER: &'static str = "eBPF";
+    const PANICKED: Self = Self::ReaderPanicked;
+
+    fn spawn(source: io::Error) -> Self {
+        Self::Spawn { source }
+    }
 }
 
 /// How often a program load interrupted by a signal is tried.
@@ -513,33 +522,27 @@ impl EbpfTier {
         tx: mpsc::Sender<EbpfMessage>,
         counters: EbpfCounters,
     ) -> Result<EbpfReaderHandle, EbpfError> {
-        let cancel = CancellationToken::new();
-        let reader = Reader {
-            tier: Some(self),
-            tx,
-            cancel: cancel.clone(),
-            counters: counters.clone(),
-            seen_produced: 0,
-            seen_dropped: 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name("procmond-ebpf".into())
-            .spawn(move || reader.run())
-            .map_err(|source| EbpfError::Spawn { source })?;
-        Ok(EbpfReaderHandle {
-            cancel,
-            counters,
-            thread: Some(thread),
-        })
+        let reader_counters = counters.clone();
+        let thread = ReaderThread::spawn("procmond-ebpf", move |cancel| {
+            Reader {
+                tier: Some(self),
+                tx,
+                cancel,
+                counters: reader_counters,
+                seen_produced: 0,
+                seen_dropped: 0,
+            }
+            .run()
+        })?;
+        Ok(EbpfReaderHandle { counters, thread })
     }
 }
 
 /// The running reader. Dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct EbpfReaderHandle {
-    cancel: CancellationToken,
     counters: EbpfCounters,
-    thread: Option<JoinHandle<Result<(), EbpfError>>>,
+    thread: ReaderThread<EbpfError>,
 }
 
 impl EbpfReaderHandle {
@@ -557,8 +560,7 @@ impl EbpfReaderHandle {
     /// # Errors
     /// The error that ended the thread, if any.
     pub fn stop(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.cancel.cancel();
-        self.wait()
+        self.thread.stop().map(|()| self.counters.accounting())
     }
 
     /// Waits for the thread to end on its own (when `tx` is closed).
@@ -566,24 +568,7 @@ impl EbpfReaderHandle {
     /// # Errors
     /// The error that ended the thread, if any.
     pub fn join(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.wait()
-    }
-
-    fn wait(&mut self) -> Result<KernelAccounting, EbpfError> {
-        let result = match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or(Err(EbpfError::ReaderPanicked)),
-            None => Ok(()),
-        };
-        result.map(|()| self.counters.accounting())
-    }
-}
-
-impl Drop for EbpfReaderHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Err(err) = self.wait() {
-            tracing::warn!(error = %err, "eBPF reader ended with an error");
-        }
+        self.thread.join().map(|()| self.counters.accounting())
     }
 }
 
@@ -599,9 +584,7 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) -> Result<(), EbpfError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|source| EbpfError::Spawn { source })?;
+        let runtime = current_thread_runtime()?;
         let result = self.read_loop(&runtime);
         let drained = self.finish();
         result.and(drained)
