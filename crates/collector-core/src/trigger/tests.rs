@@ -541,9 +541,4 @@ fn invalid_config_is_refused() {
     }
 }
 
-#[test]
-fn manager_is_send_and_sync() {
-    fn check<T: Send + Sync + 'static>() {}
-    check::<TriggerManager>();
-    check::<TriggerError>();
-}
+crate::assert_send_sync!(TriggerManager, TriggerError);
