@@ -103,6 +103,16 @@ fn verify_as(global: &[&str], data: &Path, anchors: &[&str]) -> std::process::Ou
     cli(&args, &[data])
 }
 
+/// A [`copy`] of `data` with `edit` run on its store, which (the finding)
+/// still verifies without an anchor.
+fn tampered(data: &Path, file: &Path, edit: &str) -> (tempfile::TempDir, PathBuf) {
+    let (to, anchors) = copy(data, file);
+    sql(to.path(), edit);
+    let (code, out) = verify(to.path(), &[]);
+    assert_eq!(code, Some(0), "the finding: {edit} verifies: {out}");
+    (to, anchors)
+}
+
 fn sql(data: &Path, sql: &str) {
     rusqlite::Connection::open(data.join("agent.db"))
         .unwrap()
@@ -177,13 +187,7 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     assert_eq!(json["runs"]["unclean"], serde_json::json!([9]), "{json}");
 
     // (b) The tail cut: verifies without an anchor, fails against it.
-    let (cut, anchors) = copy(&data, &file);
-    sql(cut.path(), "DELETE FROM ledger WHERE seq > 10");
-    assert_eq!(
-        verify(cut.path(), &[]).0,
-        Some(0),
-        "the finding: a cut verifies"
-    );
+    let (cut, anchors) = tampered(&data, &file, "DELETE FROM ledger WHERE seq > 10");
     let (code, out) = verify(cut.path(), &[anchors.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("chain ends at seq 10, anchor at 12"), "{out}");
@@ -204,13 +208,7 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     assert_eq!(held, [true, true, true, false], "{json}");
 
     // (c) The whole ledger deleted (its rows and the alerts, or the table).
-    let (gone, anchors) = copy(&data, &file);
-    sql(gone.path(), "DELETE FROM ledger; DELETE FROM alerts;");
-    assert_eq!(
-        verify(gone.path(), &[]).0,
-        Some(0),
-        "the finding: empty verifies"
-    );
+    let (gone, anchors) = tampered(&data, &file, "DELETE FROM ledger; DELETE FROM alerts;");
     let (code, out) = verify(gone.path(), &[anchors.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("chain ends at seq 0, anchor at 2"), "{out}");
