@@ -67,7 +67,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::reader_thread::{current_thread_runtime, ReaderError, ReaderThread};
+use crate::reader_thread::{current_thread_runtime, ReaderCounts, ReaderError, TierReader};
 pub use decode::{
     decode, exit_status, messages, DecodeError, EventMeta, ExitStatus, Messages, ProcEvent, ProcId,
     CN_IDX_PROC, CN_VAL_PROC, PROC_EVENT_COMM, PROC_EVENT_COREDUMP, PROC_EVENT_EXEC,
@@ -362,7 +362,7 @@ impl ProcConnector {
         counters: ReaderCounters,
     ) -> Result<ReaderHandle, ConnectorError> {
         let reader_counters = counters.clone();
-        let thread = ReaderThread::spawn("procmond-connector", move |cancel| {
+        ReaderHandle::spawn("procmond-connector", counters, move |cancel| {
             Reader {
                 connector: self,
                 tx,
@@ -370,8 +370,7 @@ impl ProcConnector {
                 counters: reader_counters,
             }
             .run()
-        })?;
-        Ok(ReaderHandle { counters, thread })
+        })
     }
 }
 
@@ -441,6 +440,14 @@ pub struct ReaderStats {
     pub unknown_events: u64,
 }
 
+impl ReaderCounts for ReaderCounters {
+    type Stats = ReaderStats;
+
+    fn stats(&self) -> ReaderStats {
+        self.snapshot()
+    }
+}
+
 impl ReaderCounters {
     /// The counters so far.
     pub fn snapshot(&self) -> ReaderStats {
@@ -489,48 +496,11 @@ impl ReaderCounters {
     }
 }
 
-/// The running reader thread. Dropping it stops the thread and waits for it.
-#[derive(Debug)]
-pub struct ReaderHandle {
-    counters: ReaderCounters,
-    thread: ReaderThread<ConnectorError>,
-}
-
-impl ReaderHandle {
-    /// The counters so far.
-    pub fn stats(&self) -> ReaderStats {
-        self.counters.snapshot()
-    }
-
-    /// Whether the thread has ended (stopped, `tx` closed, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
-    }
-
-    /// Tells the thread to stop, waits for it (at most about one
-    /// [`ConnectorConfig::poll_interval_ms`]) and returns its final counters.
-    /// The thread unsubscribes before it ends.
-    ///
-    /// This blocks the calling thread; from async code call it through
-    /// `spawn_blocking` if 100 ms of blocking matters.
-    ///
-    /// # Errors
-    ///
-    /// The error that ended the thread, if any.
-    pub fn stop(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.thread.stop().map(|()| self.counters.snapshot())
-    }
-
-    /// Waits for the thread to end on its own (when `tx` is closed or `recv`
-    /// fails) and returns its final counters.
-    ///
-    /// # Errors
-    ///
-    /// The error that ended the thread, if any.
-    pub fn join(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.thread.join().map(|()| self.counters.snapshot())
-    }
-}
+/// The running reader thread: [`stats`](TierReader::stats),
+/// [`stop`](TierReader::stop) (the thread unsubscribes before it ends; at
+/// most about one [`ConnectorConfig::poll_interval_ms`]),
+/// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
+pub type ReaderHandle = TierReader<ConnectorError, ReaderCounters>;
 
 /// What the reader thread owns.
 struct Reader {

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use collector_core::{ProcessEvent, ProcessKey};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
-use crate::reader_thread::{current_thread_runtime, ReaderError, ReaderThread};
+use crate::reader_thread::{current_thread_runtime, ReaderCounts, ReaderError, TierReader};
 use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
@@ -257,6 +257,14 @@ pub struct EbpfCounters {
     delivered: Counter,
     dropped: Counter,
     decode_errors: Counter,
+}
+
+impl ReaderCounts for EbpfCounters {
+    type Stats = KernelAccounting;
+
+    fn stats(&self) -> KernelAccounting {
+        self.accounting()
+    }
 }
 
 impl EbpfCounters {
@@ -523,7 +531,7 @@ impl EbpfTier {
         counters: EbpfCounters,
     ) -> Result<EbpfReaderHandle, EbpfError> {
         let reader_counters = counters.clone();
-        let thread = ReaderThread::spawn("procmond-ebpf", move |cancel| {
+        EbpfReaderHandle::spawn("procmond-ebpf", counters, move |cancel| {
             Reader {
                 tier: Some(self),
                 tx,
@@ -533,42 +541,22 @@ impl EbpfTier {
                 seen_dropped: 0,
             }
             .run()
-        })?;
-        Ok(EbpfReaderHandle { counters, thread })
+        })
     }
 }
 
-/// The running reader. Dropping it stops the thread and waits for it.
-#[derive(Debug)]
-pub struct EbpfReaderHandle {
-    counters: EbpfCounters,
-    thread: ReaderThread<EbpfError>,
-}
+/// The running reader: [`accounting`](EbpfReaderHandle::accounting) so far,
+/// [`stop`](TierReader::stop), which detaches the programs, reads what is
+/// left in the ring buffer and returns the final accounting, which then
+/// balances ([`KernelAccounting::balanced`]; records read after detaching
+/// are counted as delivered but not sent on, the receiver going away), and
+/// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
+pub type EbpfReaderHandle = TierReader<EbpfError, EbpfCounters>;
 
 impl EbpfReaderHandle {
     /// The accounting so far.
     pub fn accounting(&self) -> KernelAccounting {
-        self.counters.accounting()
-    }
-
-    /// Detaches the programs, reads what is left in the ring buffer, and
-    /// returns the final accounting, which then balances
-    /// ([`KernelAccounting::balanced`]). Records read after detaching are
-    /// counted as delivered but not sent on (the receiver is going away).
-    /// Blocks for about one poll interval.
-    ///
-    /// # Errors
-    /// The error that ended the thread, if any.
-    pub fn stop(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.thread.stop().map(|()| self.counters.accounting())
-    }
-
-    /// Waits for the thread to end on its own (when `tx` is closed).
-    ///
-    /// # Errors
-    /// The error that ended the thread, if any.
-    pub fn join(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.thread.join().map(|()| self.counters.accounting())
+        self.stats()
     }
 }
 
