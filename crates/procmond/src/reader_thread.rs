@@ -10,64 +10,84 @@ use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
-/// What a tier's error says for the two ways its reader thread can fail
-/// outside its own loop.
-pub trait ReaderError: std::fmt::Display + Send + Sized + 'static {
-    /// Which reader, for the warning when a dropped handle finds an error.
+/// The two ways a reader thread fails outside its own loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThreadError {
+    /// The thread (or its runtime) could not be started.
+    #[error("failed to start the {reader} reader thread")]
+    Spawn {
+        /// Which reader.
+        reader: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The thread panicked (a bug).
+    #[error("the {reader} reader thread panicked")]
+    Panicked {
+        /// Which reader.
+        reader: &'static str,
+    },
+}
+
+/// A tier's error: it carries a [`ThreadError`] of the reader it names.
+pub trait ReaderError: From<ThreadError> + std::fmt::Display + Send + 'static {
+    /// Which reader (`process connector`, `eBPF`), in messages.
     const READER: &'static str;
 
-    /// The thread panicked (a bug).
-    const PANICKED: Self;
-
-    /// The thread (or its runtime) could not be started.
-    fn spawn(source: io::Error) -> Self;
+    /// [`ThreadError::Spawn`] of this reader.
+    fn spawn(source: io::Error) -> Self {
+        ThreadError::Spawn {
+            reader: Self::READER,
+            source,
+        }
+        .into()
+    }
 }
 
-/// A tier's counters, shared by its reader thread and the handle.
-pub trait ReaderCounts: std::fmt::Debug {
-    /// What they read as.
-    type Stats;
-
-    /// The counts so far.
-    fn stats(&self) -> Self::Stats;
-}
-
-/// A running reader thread and its counters. Dropping it stops the thread
-/// and waits for it.
+/// A running reader thread and its counters `C`, which read as `S`.
+/// Dropping it stops the thread and waits for it.
 #[derive(Debug)]
-pub struct TierReader<E: ReaderError, C: ReaderCounts> {
+pub struct TierReader<E: ReaderError, C, S> {
     counters: C,
+    read: fn(&C) -> S,
     cancel: CancellationToken,
     thread: Option<JoinHandle<Result<(), E>>>,
 }
 
-impl<E: ReaderError, C: ReaderCounts> TierReader<E, C> {
+impl<E: ReaderError, C, S> TierReader<E, C, S> {
     /// Starts thread `name` running `run` with the token that asks it to
-    /// stop; the handle reads `counters`.
+    /// stop and a clone of `counters`, which the handle reads with `read`.
     ///
     /// # Errors
     /// [`ReaderError::spawn`] when the thread cannot be created.
     pub(crate) fn spawn(
         name: &str,
         counters: C,
-        run: impl FnOnce(CancellationToken) -> Result<(), E> + Send + 'static,
-    ) -> Result<Self, E> {
+        read: fn(&C) -> S,
+        run: impl FnOnce(CancellationToken, C) -> Result<(), E> + Send + 'static,
+    ) -> Result<Self, E>
+    where
+        C: Clone + Send + 'static,
+    {
         let cancel = CancellationToken::new();
-        let token = cancel.clone();
+        let (token, shared) = (cancel.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(token))
+            .spawn(move || run(token, shared))
             .map_err(E::spawn)?;
         Ok(Self {
             counters,
+            read,
             cancel,
             thread: Some(thread),
         })
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> C::Stats {
-        self.counters.stats()
+    pub fn stats(&self) -> S {
+        (self.read)(&self.counters)
     }
 
     /// Whether the thread has ended (stopped, `tx` closed, or failed).
@@ -84,7 +104,7 @@ impl<E: ReaderError, C: ReaderCounts> TierReader<E, C> {
     ///
     /// # Errors
     /// The error that ended the thread, if any.
-    pub fn stop(mut self) -> Result<C::Stats, E> {
+    pub fn stop(mut self) -> Result<S, E> {
         self.cancel.cancel();
         self.wait()
     }
@@ -94,24 +114,26 @@ impl<E: ReaderError, C: ReaderCounts> TierReader<E, C> {
     ///
     /// # Errors
     /// The error that ended the thread, if any.
-    pub fn join(mut self) -> Result<C::Stats, E> {
+    pub fn join(mut self) -> Result<S, E> {
         self.wait()
     }
 
-    fn wait(&mut self) -> Result<C::Stats, E> {
+    fn wait(&mut self) -> Result<S, E> {
         match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| Err(E::PANICKED)),
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(ThreadError::Panicked { reader: E::READER }.into())),
             None => Ok(()),
         }
-        .map(|()| self.counters.stats())
+        .map(|()| self.stats())
     }
 }
 
-impl<E: ReaderError, C: ReaderCounts> Drop for TierReader<E, C> {
+impl<E: ReaderError, C, S> Drop for TierReader<E, C, S> {
     fn drop(&mut self) {
         self.cancel.cancel();
         if let Err(err) = self.wait() {
-            tracing::warn!(error = %err, "{} reader ended with an error", E::READER);
+            tracing::warn!(error = %err, reader = E::READER, "reader thread ended with an error");
         }
     }
 }
@@ -138,7 +160,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum TestError {
         Spawn,
-        Panicked,
+        Panicked(String),
         Failed,
     }
 
@@ -148,32 +170,30 @@ mod tests {
         }
     }
 
+    impl From<ThreadError> for TestError {
+        fn from(err: ThreadError) -> Self {
+            match err {
+                ThreadError::Panicked { .. } => Self::Panicked(err.to_string()),
+                ThreadError::Spawn { .. } => Self::Spawn,
+            }
+        }
+    }
+
     impl ReaderError for TestError {
         const READER: &'static str = "test";
-        const PANICKED: Self = Self::Panicked;
-        fn spawn(_: io::Error) -> Self {
-            Self::Spawn
-        }
     }
 
-    #[derive(Debug, Default, Clone)]
-    struct Count(Arc<AtomicU64>);
+    type Count = Arc<AtomicU64>;
+    type Reader = TierReader<TestError, Count, u64>;
 
-    impl ReaderCounts for Count {
-        type Stats = u64;
-        fn stats(&self) -> u64 {
-            self.0.load(Ordering::Relaxed)
-        }
+    fn read(count: &Count) -> u64 {
+        count.load(Ordering::Relaxed)
     }
-
-    type Reader = TierReader<TestError, Count>;
 
     /// Counts once, then waits to be stopped and ends with `end`.
     fn start(end: Result<(), TestError>) -> Reader {
-        let count = Count::default();
-        let counted = count.clone();
-        Reader::spawn("test-reader", count, move |cancel| {
-            counted.0.fetch_add(1, Ordering::Relaxed);
+        Reader::spawn("test-reader", Count::default(), read, |cancel, counted| {
+            counted.fetch_add(1, Ordering::Relaxed);
             current_thread_runtime::<TestError>()?.block_on(cancel.cancelled());
             end
         })
@@ -194,14 +214,22 @@ mod tests {
 
     #[test]
     fn a_panic_is_the_tiers_panicked_error() {
-        let reader = Reader::spawn("test-reader", Count::default(), |_| panic!("a bug")).unwrap();
-        assert_eq!(reader.join(), Err(TestError::Panicked));
+        let reader = Reader::spawn("test-reader", Count::default(), read, |_, _| {
+            panic!("a bug")
+        })
+        .unwrap();
+        assert_eq!(
+            reader.join(),
+            Err(TestError::Panicked(
+                "the test reader thread panicked".into()
+            ))
+        );
     }
 
     #[test]
     fn drop_stops_the_thread() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let reader = Reader::spawn("test-reader", Count::default(), move |cancel| {
+        let reader = Reader::spawn("test-reader", Count::default(), read, move |cancel, _| {
             current_thread_runtime::<TestError>()?.block_on(cancel.cancelled());
             tx.send(()).map_err(|_| TestError::Failed)
         })

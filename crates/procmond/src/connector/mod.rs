@@ -67,7 +67,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::reader_thread::{current_thread_runtime, ReaderCounts, ReaderError, TierReader};
+use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
 pub use decode::{
     decode, exit_status, messages, DecodeError, EventMeta, ExitStatus, Messages, ProcEvent, ProcId,
     CN_IDX_PROC, CN_VAL_PROC, PROC_EVENT_COMM, PROC_EVENT_COREDUMP, PROC_EVENT_EXEC,
@@ -143,25 +143,13 @@ pub enum ConnectorError {
         /// How long was waited.
         timeout_ms: u64,
     },
-    /// The reader thread could not be started.
-    #[error("failed to start the process connector reader thread")]
-    Spawn {
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The reader thread panicked (a bug).
-    #[error("the process connector reader thread panicked")]
-    ReaderPanicked,
+    /// The reader thread could not be started, or panicked.
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
 }
 
 impl ReaderError for ConnectorError {
     const READER: &'static str = "process connector";
-    const PANICKED: Self = Self::ReaderPanicked;
-
-    fn spawn(source: io::Error) -> Self {
-        Self::Spawn { source }
-    }
 }
 
 impl ConnectorError {
@@ -342,7 +330,8 @@ impl ProcConnector {
     ///
     /// # Errors
     ///
-    /// [`ConnectorError::Spawn`] when the thread cannot be created.
+    /// [`ConnectorError::Thread`] ([`ThreadError::Spawn`]) when the thread
+    /// cannot be created.
     pub fn spawn_reader(
         self,
         tx: mpsc::Sender<ConnectorMessage>,
@@ -355,19 +344,20 @@ impl ProcConnector {
     /// starts; they outlive it).
     ///
     /// # Errors
-    /// [`ConnectorError::Spawn`] when the thread cannot be started.
+    /// [`ConnectorError::Thread`] ([`ThreadError::Spawn`]) when the thread
+    /// cannot be started.
     pub fn spawn_reader_counted(
         self,
         tx: mpsc::Sender<ConnectorMessage>,
         counters: ReaderCounters,
     ) -> Result<ReaderHandle, ConnectorError> {
-        let reader_counters = counters.clone();
-        ReaderHandle::spawn("procmond-connector", counters, move |cancel| {
+        let read = ReaderCounters::snapshot;
+        ReaderHandle::spawn("procmond-connector", counters, read, |cancel, counters| {
             Reader {
                 connector: self,
                 tx,
                 cancel,
-                counters: reader_counters,
+                counters,
             }
             .run()
         })
@@ -440,14 +430,6 @@ pub struct ReaderStats {
     pub unknown_events: u64,
 }
 
-impl ReaderCounts for ReaderCounters {
-    type Stats = ReaderStats;
-
-    fn stats(&self) -> ReaderStats {
-        self.snapshot()
-    }
-}
-
 impl ReaderCounters {
     /// The counters so far.
     pub fn snapshot(&self) -> ReaderStats {
@@ -500,7 +482,7 @@ impl ReaderCounters {
 /// [`stop`](TierReader::stop) (the thread unsubscribes before it ends; at
 /// most about one [`ConnectorConfig::poll_interval_ms`]),
 /// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
-pub type ReaderHandle = TierReader<ConnectorError, ReaderCounters>;
+pub type ReaderHandle = TierReader<ConnectorError, ReaderCounters, ReaderStats>;
 
 /// What the reader thread owns.
 struct Reader {
@@ -518,7 +500,7 @@ enum Closed {
 
 impl Reader {
     fn run(mut self) -> Result<(), ConnectorError> {
-        let runtime = current_thread_runtime()?;
+        let runtime = current_thread_runtime::<ConnectorError>()?;
         let result = self.read_loop(&runtime);
         let unsubscribed = self.connector.subscription.unsubscribe();
         result.and(unsubscribed)

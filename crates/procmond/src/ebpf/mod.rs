@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use collector_core::{ProcessEvent, ProcessKey};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
-use crate::reader_thread::{current_thread_runtime, ReaderCounts, ReaderError, TierReader};
+use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
 use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
@@ -131,25 +131,14 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
-    /// The reader thread could not start.
-    #[error("failed to start the eBPF reader thread")]
-    Spawn {
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The reader thread panicked (a bug).
-    #[error("the eBPF reader thread panicked")]
-    ReaderPanicked,
+    /// The reader thread (or the enrichment thread after it) could not
+    /// start, or panicked.
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
 }
 
 impl ReaderError for EbpfError {
     const READER: &'static str = "eBPF";
-    const PANICKED: Self = Self::ReaderPanicked;
-
-    fn spawn(source: io::Error) -> Self {
-        Self::Spawn { source }
-    }
 }
 
 /// How often a program load interrupted by a signal is tried.
@@ -257,14 +246,6 @@ pub struct EbpfCounters {
     delivered: Counter,
     dropped: Counter,
     decode_errors: Counter,
-}
-
-impl ReaderCounts for EbpfCounters {
-    type Stats = KernelAccounting;
-
-    fn stats(&self) -> KernelAccounting {
-        self.accounting()
-    }
 }
 
 impl EbpfCounters {
@@ -524,19 +505,20 @@ impl EbpfTier {
     /// buffer absorbs the backlog; what it cannot hold is counted as dropped.
     ///
     /// # Errors
-    /// [`EbpfError::Spawn`] when the thread cannot be created.
+    /// [`EbpfError::Thread`] ([`ThreadError::Spawn`]) when the thread cannot
+    /// be created.
     pub fn spawn_reader(
         self,
         tx: mpsc::Sender<EbpfMessage>,
         counters: EbpfCounters,
     ) -> Result<EbpfReaderHandle, EbpfError> {
-        let reader_counters = counters.clone();
-        EbpfReaderHandle::spawn("procmond-ebpf", counters, move |cancel| {
+        let read = EbpfCounters::accounting;
+        EbpfReaderHandle::spawn("procmond-ebpf", counters, read, |cancel, counters| {
             Reader {
                 tier: Some(self),
                 tx,
                 cancel,
-                counters: reader_counters,
+                counters,
                 seen_produced: 0,
                 seen_dropped: 0,
             }
@@ -551,7 +533,7 @@ impl EbpfTier {
 /// balances ([`KernelAccounting::balanced`]; records read after detaching
 /// are counted as delivered but not sent on, the receiver going away), and
 /// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
-pub type EbpfReaderHandle = TierReader<EbpfError, EbpfCounters>;
+pub type EbpfReaderHandle = TierReader<EbpfError, EbpfCounters, KernelAccounting>;
 
 impl EbpfReaderHandle {
     /// The accounting so far.
@@ -572,7 +554,7 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) -> Result<(), EbpfError> {
-        let runtime = current_thread_runtime()?;
+        let runtime = current_thread_runtime::<EbpfError>()?;
         let result = self.read_loop(&runtime);
         let drained = self.finish();
         result.and(drained)
