@@ -288,12 +288,7 @@ impl EbpfCounters {
                 ),
             ],
         );
-        registry.register_by_reason(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
-            &stage,
-            [("ringbuf_full", &self.dropped)],
-        );
+        registry.register_events_dropped(&stage, [("ringbuf_full", &self.dropped)]);
     }
 }
 
