@@ -3,10 +3,9 @@
 //! `TriggerManager::evaluate` (the matching conditions' repeats are
 //! deduplicated, as they are in a real stream of one process's events).
 
+use collector_core::testing::{ten_trigger_conditions, trigger_manager};
 use collector_core::{
-    AnalysisType, BootId, ConditionType, HashAlgorithm, KnownGoodHash, ProcessEvent, ProcessKey,
-    TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerManager, TriggerPriority,
-    TriggerResourceLimits,
+    BootId, HashAlgorithm, KnownGoodHash, ProcessEvent, ProcessKey, TriggerConfig, TriggerManager,
 };
 use tokio::time::Instant;
 
@@ -19,55 +18,17 @@ options! {
     reps: usize = 3,
 }
 
-/// The ten conditions: every type once, plus a second name glob, path
-/// substring and SQL expression.
-pub(crate) fn ten_conditions() -> Vec<ConditionType> {
-    vec![
-        ConditionType::ProcessNamePattern("miner".into()),
-        ConditionType::ProcessNamePattern("kworker*".into()),
-        ConditionType::ExecutablePathPattern("/tmp/**".into()),
-        ConditionType::ExecutablePathPattern("/dev/shm/".into()),
-        ConditionType::MissingExecutable,
-        ConditionType::HashMismatch,
-        ConditionType::SuspiciousParentChild,
-        ConditionType::ResourceAnomaly,
-        ConditionType::Custom("name IN ('sh', 'bash', 'nc') AND uid BETWEEN 1 AND 999".into()),
-        ConditionType::Custom(
-            "exe LIKE '/usr/%' AND (cpu_percent > 50 OR rss_bytes > 1024 * 1024 * 1024)".into(),
-        ),
-    ]
-}
-
 /// A manager with the ten conditions registered.
 pub(crate) fn manager() -> anyhow::Result<TriggerManager> {
-    let m = TriggerManager::new(TriggerConfig {
+    let config = TriggerConfig {
         known_good_hashes: vec![KnownGoodHash {
             path: "/usr/sbin/nginx".into(),
             algorithm: HashAlgorithm::Sha256,
             digest: "a".repeat(64),
         }],
         ..TriggerConfig::default()
-    })?;
-    m.register_collector_capabilities(TriggerCapabilities {
-        collector_id: "binary-hasher".into(),
-        supported_conditions: ten_conditions(),
-        supported_analysis: vec![AnalysisType::BinaryHash],
-        max_trigger_rate: 1000,
-        max_concurrent_analysis: 16,
-        supported_priorities: vec![TriggerPriority::High],
-        resource_limits: TriggerResourceLimits::default(),
-    })?;
-    for (i, c) in ten_conditions().into_iter().enumerate() {
-        m.register_condition(TriggerCondition {
-            id: format!("c{i}"),
-            description: String::new(),
-            analysis_type: AnalysisType::BinaryHash,
-            priority: TriggerPriority::High,
-            target_collector: "binary-hasher".into(),
-            condition_type: c,
-        })?;
-    }
-    Ok(m)
+    };
+    Ok(trigger_manager(config, &ten_trigger_conditions())?)
 }
 
 /// An nginx worker with a hash that is not the known-good one (so

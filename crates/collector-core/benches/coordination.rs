@@ -1,16 +1,17 @@
 //! Criterion benches of the coordination layer, for regression tracking:
 //! fan-out through a `LocalEventBus` to 16 filtered subscribers against a
 //! `tokio::sync::broadcast` channel, and trigger evaluation of one process
-//! event against 10 conditions. The project's own figures come from
-//! `daemoneye-bench bus` and `daemoneye-bench triggers`.
+//! event against the 10 conditions of `testing::ten_trigger_conditions`
+//! (the same as `daemoneye-bench triggers`). The project's own figures come
+//! from `daemoneye-bench bus` and `daemoneye-bench triggers`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
+use collector_core::testing::{ten_trigger_conditions, trigger_manager};
 use collector_core::{
-    AnalysisType, BusEvent, CollectionEvent, ConditionType, EventBusConfig, EventFilter, EventKind,
-    LocalEventBus, ProcessEvent, TriggerCapabilities, TriggerCondition, TriggerConfig,
-    TriggerManager, TriggerPriority, TriggerResourceLimits, WhenFull,
+    BusEvent, CollectionEvent, EventBusConfig, EventFilter, EventKind, LocalEventBus, ProcessEvent,
+    TriggerConfig, WhenFull,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::sync::broadcast;
@@ -112,40 +113,7 @@ fn triggers(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let types = vec![
-        ConditionType::ProcessNamePattern("miner".into()),
-        ConditionType::ProcessNamePattern("kworker*".into()),
-        ConditionType::ExecutablePathPattern("/tmp/**".into()),
-        ConditionType::ExecutablePathPattern("/dev/shm/".into()),
-        ConditionType::MissingExecutable,
-        ConditionType::HashMismatch,
-        ConditionType::SuspiciousParentChild,
-        ConditionType::ResourceAnomaly,
-        ConditionType::Custom("name IN ('sh', 'bash') AND uid BETWEEN 1 AND 999".into()),
-        ConditionType::Custom("exe LIKE '/usr/%' AND cpu_percent > 50".into()),
-    ];
-    let m = TriggerManager::new(TriggerConfig::default()).unwrap();
-    m.register_collector_capabilities(TriggerCapabilities {
-        collector_id: "h".into(),
-        supported_conditions: types.clone(),
-        supported_analysis: vec![AnalysisType::BinaryHash],
-        max_trigger_rate: 1000,
-        max_concurrent_analysis: 16,
-        supported_priorities: vec![TriggerPriority::High],
-        resource_limits: TriggerResourceLimits::default(),
-    })
-    .unwrap();
-    for (i, t) in types.into_iter().enumerate() {
-        m.register_condition(TriggerCondition {
-            id: format!("c{i}"),
-            description: String::new(),
-            analysis_type: AnalysisType::BinaryHash,
-            priority: TriggerPriority::High,
-            target_collector: "h".into(),
-            condition_type: t,
-        })
-        .unwrap();
-    }
+    let m = trigger_manager(TriggerConfig::default(), &ten_trigger_conditions()).unwrap();
     let CollectionEvent::Process(p) = event() else {
         unreachable!()
     };

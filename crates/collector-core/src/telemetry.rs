@@ -58,9 +58,7 @@ impl SourceCounters {
                 ),
             ],
         );
-        registry.register_by_reason(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
+        registry.register_events_dropped(
             &[stage, source],
             [
                 ("invalid", &c.rejected_invalid),
@@ -134,9 +132,7 @@ impl SubscriberCounters {
                 ),
             ],
         );
-        registry.register_by_reason(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
+        registry.register_events_dropped(
             &labels,
             [
                 ("full", &self.dropped_full),

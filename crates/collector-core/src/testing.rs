@@ -372,6 +372,64 @@ pub async fn recv_until<T: Clone>(
     None
 }
 
+/// The ten conditions the trigger benches evaluate: every type once, plus
+/// a second name glob, path substring and SQL expression.
+#[cfg(feature = "triggers")]
+pub fn ten_trigger_conditions() -> Vec<crate::ConditionType> {
+    use crate::ConditionType;
+    vec![
+        ConditionType::ProcessNamePattern("miner".into()),
+        ConditionType::ProcessNamePattern("kworker*".into()),
+        ConditionType::ExecutablePathPattern("/tmp/**".into()),
+        ConditionType::ExecutablePathPattern("/dev/shm/".into()),
+        ConditionType::MissingExecutable,
+        ConditionType::HashMismatch,
+        ConditionType::SuspiciousParentChild,
+        ConditionType::ResourceAnomaly,
+        ConditionType::Custom("name IN ('sh', 'bash', 'nc') AND uid BETWEEN 1 AND 999".into()),
+        ConditionType::Custom(
+            "exe LIKE '/usr/%' AND (cpu_percent > 50 OR rss_bytes > 1024 * 1024 * 1024)".into(),
+        ),
+    ]
+}
+
+/// A [`TriggerManager`](crate::TriggerManager) on `config` with one analysis
+/// collector (`binary-hasher`: binary hashes, high priority, every type of
+/// `conditions`) and a high-priority condition `c{i}` for each of
+/// `conditions`, for benches and tests.
+///
+/// # Errors
+/// What the manager refuses: an invalid `config` or condition.
+#[cfg(feature = "triggers")]
+pub fn trigger_manager(
+    config: crate::TriggerConfig,
+    conditions: &[crate::ConditionType],
+) -> Result<crate::TriggerManager, crate::TriggerError> {
+    use crate::{AnalysisType, TriggerPriority};
+    const COLLECTOR: &str = "binary-hasher";
+    let m = crate::TriggerManager::new(config)?;
+    m.register_collector_capabilities(crate::TriggerCapabilities {
+        collector_id: COLLECTOR.into(),
+        supported_conditions: conditions.to_vec(),
+        supported_analysis: vec![AnalysisType::BinaryHash],
+        max_trigger_rate: 1000,
+        max_concurrent_analysis: 16,
+        supported_priorities: vec![TriggerPriority::High],
+        resource_limits: crate::TriggerResourceLimits::default(),
+    })?;
+    for (i, condition) in conditions.iter().enumerate() {
+        m.register_condition(crate::TriggerCondition {
+            id: format!("c{i}"),
+            description: String::new(),
+            analysis_type: AnalysisType::BinaryHash,
+            priority: TriggerPriority::High,
+            target_collector: COLLECTOR.into(),
+            condition_type: condition.clone(),
+        })?;
+    }
+    Ok(m)
+}
+
 /// A process event of realistic shape, for benches and tests: what a
 /// process collector sends for a running nginx.
 pub fn sample_process_event() -> CollectionEvent {

@@ -142,12 +142,6 @@ impl fmt::Display for BootId {
     }
 }
 
-impl fmt::Debug for BootId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BootId({self})")
-    }
-}
-
 /// The stable identity of one process: boot id, pid and start time in clock
 /// ticks since boot (field 22 of `/proc/<pid>/stat`).
 ///
@@ -176,12 +170,6 @@ impl ProcessKey {
 impl fmt::Display for ProcessKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.boot_id, self.pid, self.start_ticks)
-    }
-}
-
-impl fmt::Debug for ProcessKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProcessKey({self})")
     }
 }
 
@@ -234,12 +222,6 @@ impl fmt::Display for EventId {
     }
 }
 
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventId({self})")
-    }
-}
-
 impl FromStr for EventId {
     type Err = ModelError;
 
@@ -260,6 +242,19 @@ impl FromStr for EventId {
         })
     }
 }
+
+/// `Debug` as `Name(text)`: the type's name around its `Display` form.
+macro_rules! debug_as_text {
+    ($($ty:ident),+) => {$(
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($ty), "({})"), self)
+            }
+        }
+    )+};
+}
+
+debug_as_text!(BootId, ProcessKey, EventId);
 
 /// `Serialize` and `Deserialize` as the type's text form (`Display` and
 /// `FromStr`).
@@ -288,6 +283,19 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn debug_is_the_name_around_the_text() {
+        let boot = BootId::from_bytes([0x5a; 16]);
+        let key = ProcessKey::new(boot, 7, 9);
+        let id = EventId::new(1, std::num::NonZeroU64::new(2).unwrap());
+        assert_eq!(format!("{boot:?}"), format!("BootId({boot})"));
+        assert_eq!(
+            format!("{key:?}"),
+            "ProcessKey(5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a:7:9)"
+        );
+        assert_eq!(format!("{id:?}"), "EventId(0000000000000001-2)");
+    }
 
     #[test]
     fn boot_id_rejects_malformed_text() {

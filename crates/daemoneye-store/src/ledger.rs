@@ -522,38 +522,52 @@ pub fn runs(conn: &Connection) -> Result<Runs, LedgerError> {
     Ok(runs)
 }
 
-/// The first `alerts` row whose ledger entry says otherwise (its body, or a
-/// column that is not its body's).
-const ALERT_ROW_EDITED: &str = "SELECT a.ledger_seq FROM alerts a \
-     LEFT JOIN ledger l ON l.seq = a.ledger_seq \
-     WHERE a.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT 'alert' \
-       OR l.content IS NOT a.body \
-       OR a.rule_id IS NOT json_extract(l.content, '$.rule_id') \
-       OR a.rule_name IS NOT json_extract(l.content, '$.rule_name') \
-       OR a.severity IS NOT json_extract(l.content, '$.severity') \
-       OR a.pid IS NOT json_extract(l.content, '$.process.pid') \
-       OR a.process_key IS NOT json_extract(l.content, '$.process.process_key') \
-       OR a.dedup_key IS NOT json_extract(l.content, '$.dedup_key') \
-       OR a.observed_at IS NOT json_extract(l.content, '$.observed_at') \
-       OR a.raised_at IS NOT json_extract(l.content, '$.raised_at')) \
-     ORDER BY a.ledger_seq LIMIT 1";
+/// What an `alerts` row must say as its entry does: (row expression, JSON
+/// path in the entry; `$` is the whole entry, compared as text).
+const ALERT_FIELDS: &[(&str, &str)] = &[
+    ("r.body", "$"),
+    ("r.rule_id", "$.rule_id"),
+    ("r.rule_name", "$.rule_name"),
+    ("r.severity", "$.severity"),
+    ("r.pid", "$.process.pid"),
+    ("r.process_key", "$.process.process_key"),
+    ("r.dedup_key", "$.dedup_key"),
+    ("r.observed_at", "$.observed_at"),
+    ("r.raised_at", "$.raised_at"),
+];
 
-/// The first `process_events` row whose ledger entry says otherwise.
-const EVENT_ROW_EDITED: &str = "SELECT e.ledger_seq FROM process_events e \
-     LEFT JOIN ledger l ON l.seq = e.ledger_seq \
-     WHERE e.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT 'process_event' \
-       OR e.pid IS NOT json_extract(l.content, '$.pid') \
-       OR e.ppid IS NOT json_extract(l.content, '$.ppid') \
-       OR e.name IS NOT json_extract(l.content, '$.name') \
-       OR e.exe IS NOT json_extract(l.content, '$.executable_path') \
-       OR json(e.argv) IS NOT json_extract(l.content, '$.command_line') \
-       OR e.uid IS NOT json_extract(l.content, '$.user_id') \
-       OR e.event_type IS NOT json_extract(l.content, '$.event_type') \
-       OR e.process_key IS NOT json_extract(l.content, '$.process_key') \
-       OR e.exe_hash IS NOT json_extract(l.content, '$.executable_hash') \
-       OR e.exit_code IS NOT json_extract(l.content, '$.exit_code') \
-       OR e.event_id IS NOT json_extract(l.content, '$.id')) \
-     ORDER BY e.ledger_seq LIMIT 1";
+/// What a `process_events` row must say as its entry does.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("r.pid", "$.pid"),
+    ("r.ppid", "$.ppid"),
+    ("r.name", "$.name"),
+    ("r.exe", "$.executable_path"),
+    ("json(r.argv)", "$.command_line"),
+    ("r.uid", "$.user_id"),
+    ("r.event_type", "$.event_type"),
+    ("r.process_key", "$.process_key"),
+    ("r.exe_hash", "$.executable_hash"),
+    ("r.exit_code", "$.exit_code"),
+    ("r.event_id", "$.id"),
+];
+
+/// The first row of `table` (as `r`) whose ledger entry is missing, not of
+/// `kind`, or says otherwise for one of `fields`.
+fn row_edited(kind: &str, table: &str, fields: &[(&str, &str)]) -> String {
+    let differs: String = fields
+        .iter()
+        .map(|&(row, path)| match path {
+            "$" => format!(" OR {row} IS NOT l.content"),
+            _ => format!(" OR {row} IS NOT json_extract(l.content, '{path}')"),
+        })
+        .collect();
+    format!(
+        "SELECT r.ledger_seq FROM {table} r \
+         LEFT JOIN ledger l ON l.seq = r.ledger_seq \
+         WHERE r.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT '{kind}'{differs}) \
+         ORDER BY r.ledger_seq LIMIT 1"
+    )
+}
 
 /// The first entry of `kind` whose row in `table` is gone.
 fn row_deleted(kind: &str, table: &str) -> String {
@@ -585,8 +599,11 @@ pub fn verify_rows(conn: &Connection) -> Result<(), LedgerError> {
         |r| r.get(0),
     )?;
     let checks = [
-        (Some(ALERT_ROW_EDITED.to_owned()), edited),
-        (Some(EVENT_ROW_EDITED.to_owned()), edited),
+        (Some(row_edited("alert", "alerts", ALERT_FIELDS)), edited),
+        (
+            Some(row_edited("process_event", "process_events", EVENT_FIELDS)),
+            edited,
+        ),
         (
             (unnamed == 0).then(|| row_deleted("alert", "alerts")),
             deleted,

@@ -145,15 +145,7 @@ impl BinaryHasherCollector {
         use TriggerPriority::{Critical, High, Low, Normal};
         TriggerCapabilities {
             collector_id: BINARY_HASHER_ID.to_owned(),
-            supported_conditions: vec![
-                ConditionType::ProcessNamePattern(String::new()),
-                ConditionType::ExecutablePathPattern(String::new()),
-                ConditionType::MissingExecutable,
-                ConditionType::HashMismatch,
-                ConditionType::SuspiciousParentChild,
-                ConditionType::ResourceAnomaly,
-                ConditionType::Custom(String::new()),
-            ],
+            supported_conditions: ConditionType::every_kind(),
             supported_analysis: vec![AnalysisType::BinaryHash],
             max_trigger_rate: 100,
             max_concurrent_analysis: 4,

@@ -11,6 +11,7 @@
 //!   snapshots and kernel events.
 //! - [`privileges`]: keeping only the capabilities collection needs.
 //! - [`procfs`]: pure parsers of `/proc/<pid>/*` files.
+//! - [`reader_thread`]: the kernel tiers' one reader thread and its handle.
 //! - [`snapshot`]: reading one process or the whole table from `/proc`.
 //! - [`source`]: [`ProcmondMonitorCollector`], all of the above as an
 //!   `EventSource`.
@@ -26,6 +27,7 @@ pub mod ipc;
 pub mod lifecycle;
 pub mod privileges;
 pub mod procfs;
+pub mod reader_thread;
 pub mod snapshot;
 pub mod source;
 

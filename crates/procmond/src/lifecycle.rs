@@ -584,6 +584,14 @@ mod tests {
             .collect()
     }
 
+    /// The first of `events` of type `kind`; fails the test when there is none.
+    fn first_of(events: &[ProcessEvent], kind: ProcessEventType) -> &ProcessEvent {
+        events
+            .iter()
+            .find(|e| e.event_type == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} in {:?}", kinds(events)))
+    }
+
     fn tracker() -> LifecycleTracker {
         LifecycleTracker::new(LifecycleTrackingConfig::default(), 100)
     }
@@ -605,10 +613,7 @@ mod tests {
                 (100, ProcessEventType::Exit)
             ]
         );
-        let exit = second
-            .iter()
-            .find(|e| e.event_type == ProcessEventType::Exit)
-            .unwrap();
+        let exit = first_of(&second, ProcessEventType::Exit);
         assert_eq!(exit.lifecycle().observed_by, Some(ObservedBy::Snapshot));
         assert_eq!(
             exit.exit_code, None,
@@ -649,10 +654,7 @@ mod tests {
                 (100, ProcessEventType::PidReused)
             ]
         );
-        let reuse = out
-            .iter()
-            .find(|e| e.event_type == ProcessEventType::PidReused)
-            .unwrap();
+        let reuse = first_of(&out, ProcessEventType::PidReused);
         assert_eq!(
             reuse.lifecycle().previous_key,
             Some(ProcessKey::new(BOOT, 100, 50))
@@ -795,10 +797,7 @@ mod tests {
             vec![p(100, 1, 50, &["parent"]), p(101, 100, 10, &["child"])],
             t(1),
         );
-        let a = out
-            .iter()
-            .find(|e| e.event_type == ProcessEventType::StartTimeAnomaly)
-            .unwrap();
+        let a = first_of(&out, ProcessEventType::StartTimeAnomaly);
         assert_eq!(
             (a.pid, a.lifecycle().anomaly),
             (101, Some(StartTimeAnomaly::StartedBeforeParent))
@@ -823,10 +822,7 @@ mod tests {
         let mut tr = tracker();
         tr.on_snapshot(vec![p(100, 1, 50, &["python3", "a.py"])], t(1));
         let out = tr.on_snapshot(vec![p(100, 1, 50, &["python3", "b.py"])], t(2));
-        let m = out
-            .iter()
-            .find(|e| e.event_type == ProcessEventType::Modified)
-            .unwrap();
+        let m = first_of(&out, ProcessEventType::Modified);
         assert_eq!(m.lifecycle().changed, [ProcessField::Argv]);
         let out = tr.on_change(100, Some(0), None, t(3));
         assert_eq!(out[0].lifecycle().changed, [ProcessField::Uid]);

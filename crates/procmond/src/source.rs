@@ -49,6 +49,7 @@ use crate::ebpf::{
     KernelAccounting, Record,
 };
 use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
+use crate::reader_thread::ReaderError as _;
 use crate::snapshot::{
     ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache, SnapshotCounters,
 };
@@ -952,7 +953,7 @@ impl ProcmondMonitorCollector {
         );
         let erx = self
             .start_enricher(KernelRx::Ebpf(krx), CaptureTier::Ebpf)
-            .map_err(|source| EbpfError::Spawn { source })?;
+            .map_err(EbpfError::spawn)?;
         Ok((RealtimeReader::Ebpf(handle), erx))
     }
 

@@ -14,6 +14,8 @@ use procmond::ebpf::{EbpfConfig, EbpfCounters, EbpfMessage, EbpfReaderHandle, Eb
 use procmond::snapshot::{ProcReader, ReadOptions};
 use tokio::sync::mpsc;
 
+mod support;
+
 /// How long a test waits for an event before it fails.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -410,6 +412,7 @@ mod collector {
     use procmond::source::TierChoice;
     use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig, ProcmondStatsHandle};
 
+    use super::support::overrun_and_reconcile;
     use super::{marker, privileged, WAIT};
 
     struct Running {
@@ -632,33 +635,10 @@ mod collector {
             metrics,
         } = start(c).await;
         let drain = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while stats.monitor_stats().kernel_overruns == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no drop: {:?}",
-                stats.kernel_accounting()
-            );
-            tokio::task::spawn_blocking(|| {
-                let children: Vec<_> = (0..200)
-                    .filter_map(|_| Command::new("/bin/true").spawn().ok())
-                    .collect();
-                for mut c in children {
-                    let _ = c.wait();
-                }
-            })
-            .await
-            .unwrap();
-        }
+        // The drop is counted and answered with a reconciliation snapshot.
+        overrun_and_reconcile(&stats).await;
         let books = stats.kernel_accounting();
         assert!(books.dropped > 0, "{books:?}");
-        // The drop was answered with a reconciliation snapshot.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while stats.monitor_stats().collection_cycles < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "no reconciliation");
-            // A counter, not an event: polled, as the connector's overrun test does.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         handle.shutdown();
         run.await.unwrap();
         drain.await.unwrap();

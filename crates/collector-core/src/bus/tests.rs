@@ -236,12 +236,10 @@ async fn trigger_requests_keep_their_correlation_id_and_topic_filters_apply() {
     assert_eq!(got.topic, "events.trigger_request.binary_hash");
 }
 
-#[test]
-fn bus_types_are_send_and_sync() {
-    fn check<T: Send + Sync + 'static>() {}
-    check::<LocalEventBus>();
-    check::<BusEvent>();
-    check::<BusSubscription>();
-    check::<EventFilter>();
-    check::<BusError>();
-}
+crate::assert_send_sync!(
+    LocalEventBus,
+    BusEvent,
+    BusSubscription,
+    EventFilter,
+    BusError
+);

@@ -136,12 +136,7 @@ impl Counters {
             &[ipc],
             REJECT_REASONS.iter().copied().zip(&self.rejected),
         );
-        registry.register_counter(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
-            &[ipc, ("reason", "slow_subscriber")],
-            &self.events_dropped,
-        );
+        registry.register_events_dropped(&[ipc], [("slow_subscriber", &self.events_dropped)]);
     }
 
     pub(crate) fn snapshot(&self) -> IpcServerStats {

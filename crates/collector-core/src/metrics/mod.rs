@@ -327,6 +327,22 @@ impl Registry {
         }
     }
 
+    /// Registers the counters of the events a stage dropped, by reason, in
+    /// the one family every stage shares:
+    /// `daemoneye_events_dropped_total{<labels>, reason="<reason>"}`.
+    pub fn register_events_dropped<'a>(
+        &self,
+        labels: &[(&'static str, &'a str)],
+        reasons: impl IntoIterator<Item = (&'a str, &'a Counter)>,
+    ) {
+        self.register_by_reason(
+            "daemoneye_events_dropped_total",
+            "Events dropped, by stage and reason.",
+            labels,
+            reasons,
+        );
+    }
+
     /// The value of the series `name` with exactly `labels` (in any order),
     /// summed over duplicate registrations; `None` when nothing is
     /// registered under them. Gauges below zero read as zero.
@@ -416,6 +432,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn every_stage_drops_into_one_family_by_reason() {
+        let r = Registry::new();
+        let (full, shutdown) = (Counter::new(), Counter::new());
+        full.add(3);
+        r.register_events_dropped(
+            &[("stage", "x")],
+            [("full", &full), ("shutdown", &shutdown)],
+        );
+        let dropped = |reason| {
+            r.value(
+                "daemoneye_events_dropped_total",
+                &[("stage", "x"), ("reason", reason)],
+            )
+        };
+        assert_eq!((dropped("full"), dropped("shutdown")), (Some(3), Some(0)));
+        assert!(r.encode().contains(
+            "# HELP daemoneye_events_dropped_total Events dropped, by stage and reason."
+        ));
+    }
 
     #[test]
     fn clones_share_one_value() {

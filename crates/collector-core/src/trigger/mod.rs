@@ -110,6 +110,20 @@ pub enum ConditionType {
 }
 
 impl ConditionType {
+    /// One condition of every kind, arguments empty: what a collector that
+    /// can evaluate them all declares in its capabilities.
+    pub fn every_kind() -> Vec<Self> {
+        vec![
+            Self::ProcessNamePattern(String::new()),
+            Self::ExecutablePathPattern(String::new()),
+            Self::MissingExecutable,
+            Self::HashMismatch,
+            Self::SuspiciousParentChild,
+            Self::ResourceAnomaly,
+            Self::Custom(String::new()),
+        ]
+    }
+
     /// The variant's name, without its argument: what capabilities compare.
     pub const fn kind_name(&self) -> &'static str {
         match self {

@@ -23,16 +23,14 @@ fn caps(conditions: Vec<ConditionType>) -> TriggerCapabilities {
     }
 }
 
-fn all_types() -> Vec<ConditionType> {
-    vec![
-        ConditionType::ProcessNamePattern(String::new()),
-        ConditionType::ExecutablePathPattern(String::new()),
-        ConditionType::MissingExecutable,
-        ConditionType::HashMismatch,
-        ConditionType::SuspiciousParentChild,
-        ConditionType::ResourceAnomaly,
-        ConditionType::Custom(String::new()),
-    ]
+#[test]
+fn every_kind_names_each_kind_once() {
+    let kinds: Vec<&str> = ConditionType::every_kind()
+        .iter()
+        .map(ConditionType::kind_name)
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = kinds.iter().copied().collect();
+    assert_eq!((kinds.len(), distinct.len()), (7, 7), "{kinds:?}");
 }
 
 fn cond(id: &str, t: ConditionType, priority: TriggerPriority) -> TriggerCondition {
@@ -47,9 +45,18 @@ fn cond(id: &str, t: ConditionType, priority: TriggerPriority) -> TriggerConditi
 }
 
 fn manager_with(config: TriggerConfig, t: ConditionType) -> TriggerManager {
+    manager_for(config, caps(ConditionType::every_kind()), t)
+}
+
+/// A manager with one collector of `capabilities` and one high-priority
+/// condition `c` of type `t`.
+fn manager_for(
+    config: TriggerConfig,
+    capabilities: TriggerCapabilities,
+    t: ConditionType,
+) -> TriggerManager {
     let m = TriggerManager::new(config).unwrap();
-    m.register_collector_capabilities(caps(all_types()))
-        .unwrap();
+    m.register_collector_capabilities(capabilities).unwrap();
     m.register_condition(cond("c", t, TriggerPriority::High))
         .unwrap();
     m
@@ -268,7 +275,7 @@ fn suspicious_parent_child_uses_names_seen_before_and_metadata() {
     })
     .unwrap();
     custom
-        .register_collector_capabilities(caps(all_types()))
+        .register_collector_capabilities(caps(ConditionType::every_kind()))
         .unwrap();
     custom
         .register_condition(cond(
@@ -355,16 +362,13 @@ async fn dedup_window_suppresses_repeats_until_it_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn per_collector_rate_limit_refills_over_time() {
-    let m = TriggerManager::new(TriggerConfig::default()).unwrap();
-    let mut c = caps(all_types());
+    let mut c = caps(ConditionType::every_kind());
     c.max_trigger_rate = 5;
-    m.register_collector_capabilities(c).unwrap();
-    m.register_condition(cond(
-        "any",
+    let m = manager_for(
+        TriggerConfig::default(),
+        c,
         ConditionType::ProcessNamePattern("p".into()),
-        TriggerPriority::High,
-    ))
-    .unwrap();
+    );
     let queued: usize = (1..=20).map(|pid| m.evaluate(&proc(pid, "p", "/p"))).sum();
     assert_eq!(queued, 5, "burst of max_trigger_rate");
     tokio::time::advance(Duration::from_millis(400)).await;
@@ -386,7 +390,7 @@ fn queue_sheds_low_first_and_evicts_lower_priorities_when_full() {
         ..TriggerConfig::default()
     })
     .unwrap();
-    m.register_collector_capabilities(caps(all_types()))
+    m.register_collector_capabilities(caps(ConditionType::every_kind()))
         .unwrap();
     for (id, p) in [
         ("low", TriggerPriority::Low),
@@ -439,20 +443,13 @@ fn queue_sheds_low_first_and_evicts_lower_priorities_when_full() {
 
 #[tokio::test(start_paused = true)]
 async fn completion_timeout_and_concurrency_limit() {
-    let m = TriggerManager::new(TriggerConfig {
+    let mut c = caps(ConditionType::every_kind());
+    c.max_concurrent_analysis = 2;
+    let config = TriggerConfig {
         trigger_timeout: Duration::from_secs(30),
         ..TriggerConfig::default()
-    })
-    .unwrap();
-    let mut c = caps(all_types());
-    c.max_concurrent_analysis = 2;
-    m.register_collector_capabilities(c).unwrap();
-    m.register_condition(cond(
-        "p",
-        ConditionType::ProcessNamePattern("p".into()),
-        TriggerPriority::High,
-    ))
-    .unwrap();
+    };
+    let m = manager_for(config, c, ConditionType::ProcessNamePattern("p".into()));
     for pid in 1..=3 {
         m.evaluate(&proc(pid, "p", "/p"));
     }
@@ -544,9 +541,4 @@ fn invalid_config_is_refused() {
     }
 }
 
-#[test]
-fn manager_is_send_and_sync() {
-    fn check<T: Send + Sync + 'static>() {}
-    check::<TriggerManager>();
-    check::<TriggerError>();
-}
+crate::assert_send_sync!(TriggerManager, TriggerError);

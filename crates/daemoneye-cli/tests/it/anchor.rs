@@ -78,15 +78,39 @@ fn copy(data: &Path, file: &Path) -> (tempfile::TempDir, PathBuf) {
 /// `ledger verify` on `data`, with `--anchor` for each of `anchors`: exit
 /// code and stdout.
 fn verify(data: &Path, anchors: &[&str]) -> (Option<i32>, String) {
-    let mut args = vec!["ledger", "verify"];
+    let out = verify_as(&[], data, anchors);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+/// [`verify`] with `--format json`: exit code and the report.
+fn verify_json(data: &Path, anchors: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = verify_as(&["--format", "json"], data, anchors);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
+}
+
+fn verify_as(global: &[&str], data: &Path, anchors: &[&str]) -> std::process::Output {
+    let mut args = global.to_vec();
+    args.extend(["ledger", "verify"]);
     for a in anchors {
         args.extend(["--anchor", a]);
     }
     args.push("--data-dir");
-    let out = cli(&args, &[data]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), format!("{stdout}{stderr}"))
+    cli(&args, &[data])
+}
+
+/// A [`copy`] of `data` with `edit` run on its store, which (the finding)
+/// still verifies without an anchor.
+fn tampered(data: &Path, file: &Path, edit: &str) -> (tempfile::TempDir, PathBuf) {
+    let (to, anchors) = copy(data, file);
+    sql(to.path(), edit);
+    let (code, out) = verify(to.path(), &[]);
+    assert_eq!(code, Some(0), "the finding: {edit} verifies: {out}");
+    (to, anchors)
 }
 
 fn sql(data: &Path, sql: &str) {
@@ -156,31 +180,14 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     let line = serde_json::to_string(&newest).unwrap();
     assert_eq!(verify(&data, &[&hex]).0, Some(0));
     assert_eq!(verify(&data, &[&line]).0, Some(0));
-    let out = cli(
-        &[
-            "--format",
-            "json",
-            "ledger",
-            "verify",
-            "--anchor",
-            &hex,
-            "--data-dir",
-        ],
-        &[&data],
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, json) = verify_json(&data, &[&hex]);
+    assert_eq!(code, Some(0), "{json}");
     assert_eq!(json["ok"], true, "{json}");
     assert_eq!(json["anchors"][0]["held"], true, "{json}");
     assert_eq!(json["runs"]["unclean"], serde_json::json!([9]), "{json}");
 
     // (b) The tail cut: verifies without an anchor, fails against it.
-    let (cut, anchors) = copy(&data, &file);
-    sql(cut.path(), "DELETE FROM ledger WHERE seq > 10");
-    assert_eq!(
-        verify(cut.path(), &[]).0,
-        Some(0),
-        "the finding: a cut verifies"
-    );
+    let (cut, anchors) = tampered(&data, &file, "DELETE FROM ledger WHERE seq > 10");
     let (code, out) = verify(cut.path(), &[anchors.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("chain ends at seq 10, anchor at 12"), "{out}");
@@ -189,20 +196,8 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
         out.contains(&format!("anchor 10:{} held", all[2].head)),
         "{out}"
     );
-    let out = cli(
-        &[
-            "--format",
-            "json",
-            "ledger",
-            "verify",
-            "--anchor",
-            anchors.to_str().unwrap(),
-            "--data-dir",
-        ],
-        &[cut.path()],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, json) = verify_json(cut.path(), &[anchors.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{json}");
     assert_eq!(json["ok"], false, "{json}");
     let held: Vec<bool> = json["anchors"]
         .as_array()
@@ -213,13 +208,7 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     assert_eq!(held, [true, true, true, false], "{json}");
 
     // (c) The whole ledger deleted (its rows and the alerts, or the table).
-    let (gone, anchors) = copy(&data, &file);
-    sql(gone.path(), "DELETE FROM ledger; DELETE FROM alerts;");
-    assert_eq!(
-        verify(gone.path(), &[]).0,
-        Some(0),
-        "the finding: empty verifies"
-    );
+    let (gone, anchors) = tampered(&data, &file, "DELETE FROM ledger; DELETE FROM alerts;");
     let (code, out) = verify(gone.path(), &[anchors.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("chain ends at seq 0, anchor at 2"), "{out}");

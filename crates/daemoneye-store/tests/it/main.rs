@@ -806,8 +806,9 @@ fn process_tables_speak_the_one_vocabulary() {
 /// naming their entry.
 #[test]
 fn verify_catches_edited_and_deleted_rows_not_only_entries() {
-    let cases: [(&str, i64, &str); 5] = [
+    let cases: [(&str, i64, &str); 8] = [
         ("UPDATE alerts SET severity = 'low'", 2, "edited"),
+        ("UPDATE alerts SET raised_at = raised_at + 1", 2, "edited"),
         (
             "UPDATE alerts SET body = replace(body, 'before', 'after')",
             2,
@@ -815,6 +816,8 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
         ),
         ("UPDATE process_events SET name = 'innocent'", 1, "edited"),
         ("UPDATE process_events SET event_id = NULL", 1, "edited"),
+        ("UPDATE process_events SET argv = '[\"sh\"]'", 1, "edited"),
+        ("UPDATE process_events SET exit_code = 3", 1, "edited"),
         ("DELETE FROM alerts", 2, "deleted"),
     ];
     for (tamper, seq, what) in cases {

@@ -56,7 +56,6 @@ mod sys;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use collector_core::metrics::{Counter, Registry};
@@ -68,6 +67,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
 pub use decode::{
     decode, exit_status, messages, DecodeError, EventMeta, ExitStatus, Messages, ProcEvent, ProcId,
     CN_IDX_PROC, CN_VAL_PROC, PROC_EVENT_COMM, PROC_EVENT_COREDUMP, PROC_EVENT_EXEC,
@@ -143,16 +143,13 @@ pub enum ConnectorError {
         /// How long was waited.
         timeout_ms: u64,
     },
-    /// The reader thread could not be started.
-    #[error("failed to start the process connector reader thread")]
-    Spawn {
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The reader thread panicked (a bug).
-    #[error("the process connector reader thread panicked")]
-    ReaderPanicked,
+    /// The reader thread could not be started, or panicked.
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+}
+
+impl ReaderError for ConnectorError {
+    const READER: &'static str = "process connector";
 }
 
 impl ConnectorError {
@@ -333,7 +330,8 @@ impl ProcConnector {
     ///
     /// # Errors
     ///
-    /// [`ConnectorError::Spawn`] when the thread cannot be created.
+    /// [`ConnectorError::Thread`] ([`ThreadError::Spawn`]) when the thread
+    /// cannot be created.
     pub fn spawn_reader(
         self,
         tx: mpsc::Sender<ConnectorMessage>,
@@ -346,27 +344,22 @@ impl ProcConnector {
     /// starts; they outlive it).
     ///
     /// # Errors
-    /// [`ConnectorError::Spawn`] when the thread cannot be started.
+    /// [`ConnectorError::Thread`] ([`ThreadError::Spawn`]) when the thread
+    /// cannot be started.
     pub fn spawn_reader_counted(
         self,
         tx: mpsc::Sender<ConnectorMessage>,
         counters: ReaderCounters,
     ) -> Result<ReaderHandle, ConnectorError> {
-        let cancel = CancellationToken::new();
-        let reader = Reader {
-            connector: self,
-            tx,
-            cancel: cancel.clone(),
-            counters: counters.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("procmond-connector".into())
-            .spawn(move || reader.run())
-            .map_err(|source| ConnectorError::Spawn { source })?;
-        Ok(ReaderHandle {
-            cancel,
-            counters,
-            thread: Some(thread),
+        let read = ReaderCounters::snapshot;
+        ReaderHandle::spawn("procmond-connector", counters, read, |cancel, counters| {
+            Reader {
+                connector: self,
+                tx,
+                cancel,
+                counters,
+            }
+            .run()
         })
     }
 }
@@ -485,67 +478,11 @@ impl ReaderCounters {
     }
 }
 
-/// The running reader thread. Dropping it stops the thread and waits for it.
-#[derive(Debug)]
-pub struct ReaderHandle {
-    cancel: CancellationToken,
-    counters: ReaderCounters,
-    thread: Option<JoinHandle<Result<(), ConnectorError>>>,
-}
-
-impl ReaderHandle {
-    /// The counters so far.
-    pub fn stats(&self) -> ReaderStats {
-        self.counters.snapshot()
-    }
-
-    /// Whether the thread has ended (stopped, `tx` closed, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Tells the thread to stop, waits for it (at most about one
-    /// [`ConnectorConfig::poll_interval_ms`]) and returns its final counters.
-    /// The thread unsubscribes before it ends.
-    ///
-    /// This blocks the calling thread; from async code call it through
-    /// `spawn_blocking` if 100 ms of blocking matters.
-    ///
-    /// # Errors
-    ///
-    /// The error that ended the thread, if any.
-    pub fn stop(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.cancel.cancel();
-        self.wait()
-    }
-
-    /// Waits for the thread to end on its own (when `tx` is closed or `recv`
-    /// fails) and returns its final counters.
-    ///
-    /// # Errors
-    ///
-    /// The error that ended the thread, if any.
-    pub fn join(mut self) -> Result<ReaderStats, ConnectorError> {
-        self.wait()
-    }
-
-    fn wait(&mut self) -> Result<ReaderStats, ConnectorError> {
-        let result = match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or(Err(ConnectorError::ReaderPanicked)),
-            None => Ok(()),
-        };
-        result.map(|()| self.counters.snapshot())
-    }
-}
-
-impl Drop for ReaderHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Err(err) = self.wait() {
-            tracing::warn!(error = %err, "process connector reader ended with an error");
-        }
-    }
-}
+/// The running reader thread: [`stats`](TierReader::stats),
+/// [`stop`](TierReader::stop) (the thread unsubscribes before it ends; at
+/// most about one [`ConnectorConfig::poll_interval_ms`]),
+/// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
+pub type ReaderHandle = TierReader<ConnectorError, ReaderCounters, ReaderStats>;
 
 /// What the reader thread owns.
 struct Reader {
@@ -563,11 +500,7 @@ enum Closed {
 
 impl Reader {
     fn run(mut self) -> Result<(), ConnectorError> {
-        // A runtime without drivers, only to wait on a full channel and on
-        // the stop signal at once.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|source| ConnectorError::Spawn { source })?;
+        let runtime = current_thread_runtime::<ConnectorError>()?;
         let result = self.read_loop(&runtime);
         let unsubscribed = self.connector.subscription.unsubscribe();
         result.and(unsubscribed)

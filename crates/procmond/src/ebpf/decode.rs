@@ -154,6 +154,22 @@ pub enum DecodeError {
     },
 }
 
+/// The `len` bytes at `start` of `b`, refused as [`DecodeError::BadLength`]
+/// of `field` when `len` is above `max` or runs past the record.
+fn bounded<'a>(
+    b: &'a [u8],
+    start: usize,
+    len: u32,
+    max: usize,
+    field: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    usize::try_from(len)
+        .ok()
+        .filter(|&n| n <= max)
+        .and_then(|n| b.get(start..start + n))
+        .ok_or(DecodeError::BadLength { field, value: len })
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4)
         .and_then(|s| <[u8; 4]>::try_from(s).ok())
@@ -242,32 +258,18 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let filename_len = u32_at(b, EVENT_SIZE + 8);
     let old_pid = u32_at(b, EVENT_SIZE + 12);
     let exe_len = u32_at(b, EVENT_SIZE + 16);
-    let argv_bytes = usize::try_from(argv_len)
-        .ok()
-        .filter(|&n| n <= ARGV_MAX)
-        .and_then(|n| b.get(EXEC_FIXED_SIZE..EXEC_FIXED_SIZE + n))
-        .ok_or(DecodeError::BadLength {
-            field: "argv_len",
-            value: argv_len,
-        })?;
+    let argv_bytes = bounded(b, EXEC_FIXED_SIZE, argv_len, ARGV_MAX, "argv_len")?;
     let filename_start = EVENT_SIZE + 24;
     let exe_start = filename_start + FILENAME_MAX;
-    let exe = usize::try_from(exe_len)
-        .ok()
-        .filter(|&n| n <= EXE_MAX)
-        .and_then(|n| b.get(exe_start..exe_start + n))
-        .ok_or(DecodeError::BadLength {
-            field: "exe_len",
-            value: exe_len,
-        })?;
-    let filename = usize::try_from(filename_len)
-        .ok()
-        .filter(|&n| n < FILENAME_MAX)
-        .and_then(|n| b.get(filename_start..filename_start + n))
-        .ok_or(DecodeError::BadLength {
-            field: "filename_len",
-            value: filename_len,
-        })?;
+    let exe = bounded(b, exe_start, exe_len, EXE_MAX, "exe_len")?;
+    // Below the buffer's size: the kernel's copy ends with its NUL.
+    let filename = bounded(
+        b,
+        filename_start,
+        filename_len,
+        FILENAME_MAX - 1,
+        "filename_len",
+    )?;
     let (argv, cut) = split_args(argv_bytes);
     let short = u32::try_from(argv.len()).map_or(true, |n| n < argc);
     Ok(Record::Exec(Box::new(ExecRecord {

@@ -34,7 +34,6 @@ pub mod decode;
 
 use std::io;
 use std::os::fd::AsFd;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -50,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use collector_core::{ProcessEvent, ProcessKey};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
+use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
 use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
@@ -131,16 +131,14 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
-    /// The reader thread could not start.
-    #[error("failed to start the eBPF reader thread")]
-    Spawn {
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The reader thread panicked (a bug).
-    #[error("the eBPF reader thread panicked")]
-    ReaderPanicked,
+    /// The reader thread (or the enrichment thread after it) could not
+    /// start, or panicked.
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+}
+
+impl ReaderError for EbpfError {
+    const READER: &'static str = "eBPF";
 }
 
 /// How often a program load interrupted by a signal is tried.
@@ -290,12 +288,7 @@ impl EbpfCounters {
                 ),
             ],
         );
-        registry.register_by_reason(
-            "daemoneye_events_dropped_total",
-            "Events dropped, by stage and reason.",
-            &stage,
-            [("ringbuf_full", &self.dropped)],
-        );
+        registry.register_events_dropped(&stage, [("ringbuf_full", &self.dropped)]);
     }
 }
 
@@ -507,83 +500,40 @@ impl EbpfTier {
     /// buffer absorbs the backlog; what it cannot hold is counted as dropped.
     ///
     /// # Errors
-    /// [`EbpfError::Spawn`] when the thread cannot be created.
+    /// [`EbpfError::Thread`] ([`ThreadError::Spawn`]) when the thread cannot
+    /// be created.
     pub fn spawn_reader(
         self,
         tx: mpsc::Sender<EbpfMessage>,
         counters: EbpfCounters,
     ) -> Result<EbpfReaderHandle, EbpfError> {
-        let cancel = CancellationToken::new();
-        let reader = Reader {
-            tier: Some(self),
-            tx,
-            cancel: cancel.clone(),
-            counters: counters.clone(),
-            seen_produced: 0,
-            seen_dropped: 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name("procmond-ebpf".into())
-            .spawn(move || reader.run())
-            .map_err(|source| EbpfError::Spawn { source })?;
-        Ok(EbpfReaderHandle {
-            cancel,
-            counters,
-            thread: Some(thread),
+        let read = EbpfCounters::accounting;
+        EbpfReaderHandle::spawn("procmond-ebpf", counters, read, |cancel, counters| {
+            Reader {
+                tier: Some(self),
+                tx,
+                cancel,
+                counters,
+                seen_produced: 0,
+                seen_dropped: 0,
+            }
+            .run()
         })
     }
 }
 
-/// The running reader. Dropping it stops the thread and waits for it.
-#[derive(Debug)]
-pub struct EbpfReaderHandle {
-    cancel: CancellationToken,
-    counters: EbpfCounters,
-    thread: Option<JoinHandle<Result<(), EbpfError>>>,
-}
+/// The running reader: [`accounting`](EbpfReaderHandle::accounting) so far,
+/// [`stop`](TierReader::stop), which detaches the programs, reads what is
+/// left in the ring buffer and returns the final accounting, which then
+/// balances ([`KernelAccounting::balanced`]; records read after detaching
+/// are counted as delivered but not sent on, the receiver going away), and
+/// [`join`](TierReader::join). Dropping it stops the thread and waits for it.
+pub type EbpfReaderHandle = TierReader<EbpfError, EbpfCounters, KernelAccounting>;
 
 impl EbpfReaderHandle {
     /// The accounting so far.
     pub fn accounting(&self) -> KernelAccounting {
-        self.counters.accounting()
-    }
-
-    /// Detaches the programs, reads what is left in the ring buffer, and
-    /// returns the final accounting, which then balances
-    /// ([`KernelAccounting::balanced`]). Records read after detaching are
-    /// counted as delivered but not sent on (the receiver is going away).
-    /// Blocks for about one poll interval.
-    ///
-    /// # Errors
-    /// The error that ended the thread, if any.
-    pub fn stop(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.cancel.cancel();
-        self.wait()
-    }
-
-    /// Waits for the thread to end on its own (when `tx` is closed).
-    ///
-    /// # Errors
-    /// The error that ended the thread, if any.
-    pub fn join(mut self) -> Result<KernelAccounting, EbpfError> {
-        self.wait()
-    }
-
-    fn wait(&mut self) -> Result<KernelAccounting, EbpfError> {
-        let result = match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or(Err(EbpfError::ReaderPanicked)),
-            None => Ok(()),
-        };
-        result.map(|()| self.counters.accounting())
-    }
-}
-
-impl Drop for EbpfReaderHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Err(err) = self.wait() {
-            tracing::warn!(error = %err, "eBPF reader ended with an error");
-        }
+        self.stats()
     }
 }
 
@@ -599,9 +549,7 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) -> Result<(), EbpfError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|source| EbpfError::Spawn { source })?;
+        let runtime = current_thread_runtime::<EbpfError>()?;
         let result = self.read_loop(&runtime);
         let drained = self.finish();
         result.and(drained)

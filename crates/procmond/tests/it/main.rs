@@ -11,3 +11,5 @@ mod cli;
 mod connector;
 mod ipc;
 mod source;
+#[path = "../support/mod.rs"]
+mod support;

@@ -11,6 +11,8 @@ use collector_core::{
 };
 use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
 
+use crate::support::overrun_and_reconcile;
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -242,35 +244,8 @@ async fn kernel_overruns_are_counted_and_reconciled_at_once() {
     let stats = source.stats_handle();
     let (handle, mut sub, run) = run_collector(source);
     let reader = tokio::spawn(async move { while sub.recv_batch().await.is_some() {} });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stats.monitor_stats().kernel_overruns == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no overrun: {:?}",
-            stats.monitor_stats()
-        );
-        // A burst from a blocking thread, so the collector's tasks keep running.
-        tokio::task::spawn_blocking(|| {
-            let children: Vec<_> = (0..200)
-                .filter_map(|_| Command::new("/bin/true").spawn().ok())
-                .collect();
-            for mut c in children {
-                let _ = c.wait();
-            }
-        })
-        .await
-        .unwrap();
-    }
-    // The overrun triggered a reconciliation snapshot beyond the first one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stats.monitor_stats().collection_cycles < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no reconciliation: {:?}",
-            stats.monitor_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The overrun triggers a reconciliation snapshot beyond the first one.
+    overrun_and_reconcile(&stats).await;
     handle.shutdown();
     run.await.unwrap();
     reader.await.unwrap();
