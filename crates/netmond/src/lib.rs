@@ -19,11 +19,15 @@
 //! ```
 //!
 //! # What it sees
-//! The sockets of the network namespace it runs in. Sockets of other
-//! namespaces (containers with their own network) are not listed yet.
+//! The sockets of every network namespace a process is in: its own, and
+//! each other one ([`namespaces`], entered by a short-lived thread, which
+//! needs `CAP_SYS_ADMIN`; a namespace it cannot enter is counted in
+//! [`Snapshot::unreadable_namespaces`]). A namespace no process is in (kept
+//! only by a bind mount) is not seen.
 
 pub mod cli;
 pub mod diag;
+pub mod namespaces;
 pub mod owners;
 pub mod snapshot;
 pub mod source;

@@ -197,7 +197,7 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// A directory entry's name as a pid or descriptor number.
-fn number(name: &[u8]) -> Option<u32> {
+pub(crate) fn number(name: &[u8]) -> Option<u32> {
     if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -206,7 +206,12 @@ fn number(name: &[u8]) -> Option<u32> {
 
 /// The inode of a descriptor link that names a socket (`socket:[12345]`).
 pub fn parse_socket_link(target: &[u8]) -> Option<u64> {
-    let digits = target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    parse_link(target, b"socket:[")
+}
+
+/// The number of a link `<prefix>N]` (`socket:[`, `net:[`).
+pub(crate) fn parse_link(target: &[u8], prefix: &[u8]) -> Option<u64> {
+    let digits = target.strip_prefix(prefix)?.strip_suffix(b"]")?;
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

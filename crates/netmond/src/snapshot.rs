@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use collector_core::{ConnectionDirection as Direction, ConnectionState, NetworkProtocol};
 
 use crate::diag::{self, DiagError, Socket};
+use crate::namespaces::Namespaces;
 use crate::owners::{Owner, OwnerMap};
 
 /// A socket, which way it goes, and the processes that hold it.
@@ -31,6 +32,10 @@ pub struct Snapshot {
     /// Processes whose descriptors could not be read (so some owners may
     /// be missing).
     pub unreadable_processes: usize,
+    /// Network namespaces with processes in them that could not be entered
+    /// (their sockets are missing: entering one needs `CAP_SYS_ADMIN`).
+    #[serde(default)]
+    pub unreadable_namespaces: usize,
 }
 
 /// What went wrong taking a snapshot.
@@ -62,10 +67,10 @@ impl Snapshot {
 
     /// Joins sockets to their holders and tells their directions.
     pub fn join(sockets: Vec<Socket>, owners: &OwnerMap) -> Self {
-        let listening: HashSet<(NetworkProtocol, u16)> = sockets
+        let listening: HashSet<(Option<u64>, NetworkProtocol, u16)> = sockets
             .iter()
             .filter(|s| s.is_listener())
-            .map(|s| (s.protocol, s.local.port()))
+            .map(|s| (s.netns, s.protocol, s.local.port()))
             .collect();
         let connections = sockets
             .into_iter()
@@ -86,6 +91,7 @@ impl Snapshot {
         Self {
             connections,
             unreadable_processes: owners.unreadable,
+            unreadable_namespaces: 0,
         }
     }
 }
@@ -97,6 +103,7 @@ impl Snapshot {
 pub struct Snapshotter {
     proc_root: std::path::PathBuf,
     owners: Option<OwnerMap>,
+    namespaces: Namespaces,
     walks: u64,
 }
 
@@ -106,6 +113,7 @@ impl Snapshotter {
         Self {
             proc_root: proc_root.to_owned(),
             owners: None,
+            namespaces: Namespaces::new(proc_root),
             walks: 0,
         }
     }
@@ -120,7 +128,7 @@ impl Snapshotter {
     /// # Errors
     /// [`SnapshotError`] when the kernel or `/proc` cannot be read at all.
     pub fn take(&mut self) -> Result<Snapshot, SnapshotError> {
-        let sockets = diag::dump()?;
+        let (sockets, unreadable_namespaces) = self.dump_every_namespace()?;
         let inodes = || sockets.iter().map(|s| s.inode);
         let current = self
             .owners
@@ -139,15 +147,54 @@ impl Snapshotter {
                 slot.insert(walked)
             }
         };
-        Ok(Snapshot::join(sockets, owners))
+        let mut snapshot = Snapshot::join(sockets, owners);
+        snapshot.unreadable_namespaces = unreadable_namespaces;
+        Ok(snapshot)
+    }
+
+    /// The sockets of this namespace, then of every other one a process is
+    /// in, each tagged with its namespace; and how many namespaces could not
+    /// be entered.
+    fn dump_every_namespace(&mut self) -> Result<(Vec<Socket>, usize), SnapshotError> {
+        let mut sockets = diag::dump()?;
+        let own = self.namespaces.own();
+        for s in &mut sockets {
+            s.netns = own;
+        }
+        let mut unreadable = 0;
+        if self.namespaces.refresh().is_err() {
+            return Ok((sockets, unreadable));
+        }
+        for (ns, pid) in self.namespaces.others() {
+            let dumped = self
+                .namespaces
+                .open(pid)
+                .map_err(DiagError::Namespace)
+                .and_then(|fd| diag::dump_in(std::os::fd::AsFd::as_fd(&fd)));
+            match dumped {
+                Ok(mut theirs) => {
+                    for s in &mut theirs {
+                        s.netns = Some(ns);
+                    }
+                    sockets.append(&mut theirs);
+                }
+                // Not allowed in (no CAP_SYS_ADMIN), or its last process
+                // left: counted, the others still read.
+                Err(_) => unreadable += 1,
+            }
+        }
+        Ok((sockets, unreadable))
     }
 }
 
-fn direction(socket: &Socket, listening: &HashSet<(NetworkProtocol, u16)>) -> Direction {
+fn direction(
+    socket: &Socket,
+    listening: &HashSet<(Option<u64>, NetworkProtocol, u16)>,
+) -> Direction {
     if socket.is_listener() {
         Direction::Listen
     } else if socket.state == Some(ConnectionState::SynRecv)
-        || listening.contains(&(socket.protocol, socket.local.port()))
+        || listening.contains(&(socket.netns, socket.protocol, socket.local.port()))
     {
         Direction::Inbound
     } else {
@@ -175,6 +222,7 @@ mod tests {
             recv_queue: 0,
             send_queue: 0,
             interface: 0,
+            netns: None,
         }
     }
 

@@ -15,7 +15,6 @@
 //! yet.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -126,7 +125,6 @@ pub struct Differ {
     live: HashMap<u64, Connection>,
     first: bool,
     boot_id: Option<BootId>,
-    netns: Option<u64>,
     keys: HashMap<u32, Option<ProcessKey>>,
     stat_buf: Vec<u8>,
     counters: NetmondCounters,
@@ -141,9 +139,6 @@ impl Differ {
             live: HashMap::new(),
             first: true,
             boot_id: BootId::current().ok(),
-            netns: std::fs::metadata(proc_root.join("self/ns/net"))
-                .ok()
-                .map(|m| m.ino()),
             keys: HashMap::new(),
             stat_buf: Vec::with_capacity(1024),
             counters,
@@ -191,7 +186,7 @@ impl Differ {
             holders: u32::try_from(c.owners.len()).ok().filter(|n| *n > 0),
             uid: Some(s.uid),
             inode: (s.inode != 0).then_some(s.inode),
-            netns: self.netns,
+            netns: s.netns,
             bytes_sent: None,
             bytes_received: None,
             tier: Some(CaptureTier::Polling),

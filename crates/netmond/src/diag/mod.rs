@@ -110,6 +110,10 @@ pub struct Socket {
     pub send_queue: u32,
     /// The interface a socket is bound to (0: any).
     pub interface: u32,
+    /// The network namespace it lives in (the inode of its
+    /// `/proc/<pid>/ns/net`), when the dump says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 impl Socket {
@@ -151,6 +155,9 @@ pub enum DiagError {
         /// What was wrong.
         reason: String,
     },
+    /// The network namespace could not be entered.
+    #[error("cannot enter the network namespace")]
+    Namespace(#[source] std::io::Error),
     /// The kernel sent nothing for too long.
     #[error("no sock_diag answer within {0:?}")]
     Timeout(Duration),
@@ -267,6 +274,7 @@ fn socket_from(
         recv_queue: header.recv_queue,
         send_queue: header.send_queue,
         interface: id.interface_id,
+        netns: None,
     })
 }
 
@@ -291,7 +299,21 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`DiagError`] when the socket cannot be opened or the kernel's answer is
 /// refused, malformed or late.
 pub fn dump() -> Result<Vec<Socket>, DiagError> {
-    let socket = sys::DiagSocket::open(RECV_TIMEOUT)?;
+    dump_over(&sys::DiagSocket::open(RECV_TIMEOUT)?)
+}
+
+/// Every TCP and UDP socket of the network namespace `netns` (an open
+/// `/proc/<pid>/ns/net`): the netlink socket is opened from a short-lived
+/// thread moved into that namespace, and keeps it.
+///
+/// # Errors
+/// [`DiagError::Namespace`] when this process may not enter it (it needs
+/// `CAP_SYS_ADMIN`), else as [`dump`].
+pub fn dump_in(netns: std::os::fd::BorrowedFd<'_>) -> Result<Vec<Socket>, DiagError> {
+    dump_over(&sys::DiagSocket::open_in(netns, RECV_TIMEOUT)?)
+}
+
+fn dump_over(socket: &sys::DiagSocket) -> Result<Vec<Socket>, DiagError> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut seq = 0;

@@ -1,6 +1,6 @@
 //! The `NETLINK_SOCK_DIAG` socket, through `rustix`'s safe wrappers.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -37,6 +37,29 @@ impl DiagSocket {
         .map_err(io("socket"))?;
         sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(timeout)).map_err(io("setsockopt"))?;
         Ok(Self { fd, timeout })
+    }
+
+    /// As [`open`](Self::open), in the network namespace `netns`: a socket
+    /// belongs to the namespace of the thread that made it, so a scoped
+    /// thread enters `netns`, opens it, and ends.
+    pub(super) fn open_in(netns: BorrowedFd<'_>, timeout: Duration) -> Result<Self, DiagError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    rustix::thread::move_into_link_name_space(
+                        netns,
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| DiagError::Namespace(e.into()))?;
+                    Self::open(timeout)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(DiagError::Namespace(std::io::Error::other(
+                        "the namespace thread panicked",
+                    )))
+                })
+        })
     }
 
     /// Sends one request to the kernel.
