@@ -119,6 +119,14 @@ impl<P: Poll> Polled<P> {
         }
     }
 
+    /// The same, counting into `counters` (shared with whoever reports
+    /// them beside the collector's own).
+    #[must_use]
+    pub fn with_counters(mut self, counters: PollCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
     /// The time between looks.
     pub fn interval(&self) -> Duration {
         self.interval

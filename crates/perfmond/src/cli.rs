@@ -160,7 +160,10 @@ fn health(
         let s = &counters.sampler;
         source.counters.extend([
             ("samples".to_owned(), s.samples.get()),
-            ("samples_failed".to_owned(), counters.samples_failed.get()),
+            (
+                "samples_failed".to_owned(),
+                counters.poll.polls_failed.get(),
+            ),
             ("anomalies".to_owned(), s.anomalies.get()),
             ("host_read_errors".to_owned(), s.read_errors.get()),
             ("processes_vanished".to_owned(), s.vanished.get()),

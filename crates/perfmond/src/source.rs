@@ -1,17 +1,18 @@
 //! [`PerfmondSource`]: the [`Sampler`] as an [`EventSource`] of the
 //! collector-core runtime, sampling every [`PerfmondConfig::interval`].
 //!
-//! Each sample runs on Tokio's blocking pool (it reads files) with the
-//! sampler moved in and out, so the loop owns it and no lock is held across
-//! an `.await`. Events go out with `send(..).await` (the runtime's
-//! backpressure); shutdown ends the loop between and during sends.
+//! The loop is collector-core's [`Polled`]: each sample runs on Tokio's
+//! blocking pool (it reads files), events go out with the runtime's
+//! backpressure, shutdown ends it between and during sends, and a failed
+//! sample is counted and reported by health until one succeeds.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use collector_core::metrics::{Counter, Registry};
+use collector_core::metrics::Registry;
+use collector_core::poll::{Poll, PollCounters, Polled};
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::{
     CollectionEvent, EventSource, PerformanceEvent, PerformanceMetric, PerformanceSubject,
@@ -67,12 +68,12 @@ impl PerfmondConfig {
 /// The source's counters: the sampler's, and what left for the runtime.
 #[derive(Debug, Clone, Default)]
 pub struct PerfmondCounters {
+    /// The loop's: samples taken, samples that failed as a whole
+    /// (`polls_failed`: the process directory unlistable), events sent
+    /// (`emitted`).
+    pub poll: PollCounters,
     /// The sampler's.
     pub sampler: SamplerCounters,
-    /// Samples that failed as a whole (the process directory unlistable).
-    pub samples_failed: Counter,
-    /// Events sent to the runtime.
-    pub emitted: Counter,
 }
 
 impl PerfmondCounters {
@@ -90,12 +91,12 @@ impl PerfmondCounters {
                 (
                     "daemoneye_collections_failed_total",
                     "Full collections (samples) that failed.",
-                    &self.samples_failed,
+                    &self.poll.polls_failed,
                 ),
                 (
                     "daemoneye_events_emitted_total",
                     "Events a source sent to the runtime.",
-                    &self.emitted,
+                    &self.poll.emitted,
                 ),
                 (
                     "daemoneye_anomalies_reported_total",
@@ -154,13 +155,40 @@ impl LatestSample {
     }
 }
 
+/// The sampler as a [`Poll`]: one sample, the time it took, and the
+/// latest sample kept for the IPC task handler.
+struct SamplerPoll {
+    sampler: Sampler,
+    latest: LatestSample,
+    buf: Vec<PerformanceEvent>,
+}
+
+impl Poll for SamplerPoll {
+    fn poll(&mut self, out: &mut Vec<CollectionEvent>) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        self.buf.clear();
+        let report = self.sampler.sample(&mut self.buf);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.buf.extend(event(
+            PerformanceMetric::SampleMs,
+            ms,
+            PerformanceSubject::Collector,
+            std::time::SystemTime::now(),
+        ));
+        self.latest.set(&self.buf);
+        out.extend(self.buf.drain(..).map(CollectionEvent::Performance));
+        let r = report.context("the sample failed")?;
+        tracing::debug!(processes = r.scan.processes, events = r.events, "sampled");
+        Ok(())
+    }
+}
+
 /// The performance collector. See the [module docs](self).
 pub struct PerfmondSource {
     config: PerfmondConfig,
     counters: PerfmondCounters,
     latest: LatestSample,
-    sampler: tokio::sync::Mutex<Option<Sampler>>,
-    last_error: Mutex<Option<String>>,
+    polled: Polled<SamplerPoll>,
 }
 
 collector_core::debug_fields!(PerfmondSource { config });
@@ -176,17 +204,28 @@ impl PerfmondSource {
     pub fn new(config: PerfmondConfig) -> Result<Self, collector_core::ConfigError> {
         config.validate()?;
         let counters = PerfmondCounters::default();
-        let sampler = Sampler::new(
-            config.sampler.clone(),
-            config.anomalies.clone(),
-            counters.sampler.clone(),
-        );
+        let latest = LatestSample::default();
+        let poll = SamplerPoll {
+            sampler: Sampler::new(
+                config.sampler.clone(),
+                config.anomalies.clone(),
+                counters.sampler.clone(),
+            ),
+            latest: latest.clone(),
+            buf: Vec::new(),
+        };
+        let polled = Polled::new(
+            NAME,
+            SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE,
+            config.interval,
+            poll,
+        )
+        .with_counters(counters.poll.clone());
         Ok(Self {
             config,
             counters,
-            latest: LatestSample::default(),
-            sampler: tokio::sync::Mutex::new(Some(sampler)),
-            last_error: Mutex::new(None),
+            latest,
+            polled,
         })
     }
 
@@ -204,78 +243,13 @@ impl PerfmondSource {
     pub fn register_metrics(&self, registry: &Registry) {
         self.counters.register_metrics(registry);
     }
-
-    fn set_error(&self, e: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
-    }
 }
 
+/// [`Polled`] does the looking; this names it perfmond.
 #[async_trait]
 impl EventSource for PerfmondSource {
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        let mut sampler = self
-            .sampler
-            .lock()
-            .await
-            .take()
-            .context("perfmond's source is already running")?;
-        let mut tick = tokio::time::interval(self.config.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut out = Vec::new();
-        let result = 'run: loop {
-            tokio::select! {
-                biased;
-                () = ctx.shutdown().cancelled() => break 'run Ok(()),
-                _ = tick.tick() => {}
-            }
-            let started = tokio::time::Instant::now();
-            let joined = tokio::task::spawn_blocking(move || {
-                let report = sampler.sample(&mut out);
-                (sampler, out, report)
-            })
-            .await;
-            let report;
-            (sampler, out, report) = match joined {
-                Ok(parts) => parts,
-                // The sampler is lost with its task: this source is done.
-                Err(e) => return Err(anyhow::anyhow!("the sampler failed: {e}")),
-            };
-            match report {
-                Ok(r) => {
-                    self.set_error(None);
-                    tracing::debug!(processes = r.scan.processes, events = r.events, "sampled");
-                }
-                Err(e) => {
-                    self.counters.samples_failed.inc();
-                    tracing::warn!(error = %e, "sample failed");
-                    self.set_error(Some(format!("the last sample failed: {e}")));
-                }
-            }
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            out.extend(event(
-                PerformanceMetric::SampleMs,
-                ms,
-                PerformanceSubject::Collector,
-                std::time::SystemTime::now(),
-            ));
-            self.latest.set(&out);
-            for e in out.drain(..) {
-                let sent = tokio::select! {
-                    biased;
-                    () = ctx.shutdown().cancelled() => break 'run Ok(()),
-                    sent = ctx.out().send(CollectionEvent::Performance(e)) => sent,
-                };
-                if sent.is_err() {
-                    break 'run Ok(()); // the runtime is gone
-                }
-                self.counters.emitted.inc();
-            }
-        };
-        *self.sampler.lock().await = Some(sampler);
-        result
+        self.polled.start_with(ctx).await
     }
 
     async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
@@ -287,7 +261,7 @@ impl EventSource for PerfmondSource {
     }
 
     fn capabilities(&self) -> SourceCaps {
-        SourceCaps::PERFORMANCE | SourceCaps::SYSTEM_WIDE
+        self.polled.capabilities()
     }
 
     async fn stop(&self) -> anyhow::Result<()> {
@@ -295,14 +269,6 @@ impl EventSource for PerfmondSource {
     }
 
     async fn health_check(&self) -> anyhow::Result<()> {
-        let e = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match e {
-            Some(e) => Err(anyhow::anyhow!(e)),
-            None => Ok(()),
-        }
+        self.polled.health_check().await
     }
 }
