@@ -18,7 +18,13 @@ use std::process::{Command, ExitCode};
 const TASKS: &str = "tasks: ci | lint | test | bench | size | ebpf [--check]";
 
 /// The binaries users install, and the most each may weigh in release.
-const BINARIES: [&str; 3] = ["daemoneye-agent", "daemoneye-cli", "procmond"];
+const BINARIES: [&str; 5] = [
+    "daemoneye-agent",
+    "daemoneye-cli",
+    "procmond",
+    "perfmond",
+    "netmond",
+];
 const MAX_BINARY_BYTES: u64 = 15_000_000;
 
 fn cargo(args: &[&str]) -> bool {
