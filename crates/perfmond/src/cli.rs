@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use collector_core::ipc::TaskFuture;
-use collector_core::serve::{self, Serve, ServeArgs};
+use collector_core::serve::{self, PollingRunArgs, Serve};
 use collector_core::CollectorConfig;
 use collector_core::{CollectionEvent, PerformanceEvent};
 use daemoneye_lib::proto::{event_record, DetectionResult, DetectionTask, ProtoTaskType};
@@ -25,18 +25,15 @@ pub use collector_core::serve::RunError;
 use crate::sampler::{boot_time_now, ProcessTable};
 use crate::source::{LatestSample, PerfmondConfig, PerfmondCounters, PerfmondSource, NAME};
 
-/// The flags of `perfmond run`. They are procmond's where they mean the
-/// same (the shared ones are [`ServeArgs`]), so the agent's default
-/// arguments for a `[[collector]]` program
-/// (`run --socket S --no-database --await-subscriber --interval N`) work.
+/// The flags of `perfmond run`: those of every polling collector
+/// ([`PollingRunArgs`]: `--config` with sections `[collector]` and
+/// `[perfmond]`, `--interval` (default 10), the socket) and the
+/// sustained-CPU anomaly's.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
-    /// TOML config file (sections `[collector]` and `[perfmond]`).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Seconds between samples (default 10).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub interval: Option<u64>,
+    /// The flags every polling collector has.
+    #[command(flatten)]
+    pub common: PollingRunArgs,
     /// The sustained-CPU anomaly's threshold: percent of one core (default
     /// 90).
     #[arg(long, value_name = "PERCENT")]
@@ -44,13 +41,6 @@ pub struct RunArgs {
     /// ...held for this many seconds (default 60).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub sustained_cpu_secs: Option<u64>,
-    /// The socket, `--events-jsonl`, `--metrics-listen`.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-    /// Accepted and ignored: perfmond stores nothing (the agent passes it
-    /// to every collector program it starts with default arguments).
-    #[arg(long, hide = true)]
-    pub no_database: bool,
 }
 
 /// The config file.
@@ -67,10 +57,10 @@ struct FileConfig {
 /// [`RunError::Bad`] for a bad config, [`RunError::Failed`] when something
 /// fails while starting or running.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let file: FileConfig = serve::read_config(args.config.as_deref())?;
+    let file: FileConfig = serve::read_config(args.common.config.as_deref())?;
     let mut config = file.perfmond;
-    if let Some(secs) = args.interval {
-        config.interval = Duration::from_secs(secs);
+    if let Some(interval) = args.common.interval() {
+        config.interval = interval;
     }
     if let Some(percent) = args.sustained_cpu_percent {
         config.anomalies.sustained_cpu_percent = percent;
@@ -79,11 +69,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         config.anomalies.sustained_cpu_for = Duration::from_secs(secs);
     }
     // Without a config file, stop promptly: a sample takes milliseconds.
-    let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
+    let collector_config = serve::collector_config(file.collector, args.common.config.is_some())?;
     let source = PerfmondSource::new(config).map_err(|e| RunError::Bad(e.into()))?;
     let counters = source.counters();
     let latest = source.latest();
-    let mut serve = Serve::new(NAME, collector_config, args.serve);
+    let mut serve = Serve::new(NAME, collector_config, args.common.serve);
     source.register_metrics(serve.metrics());
     serve.register(source)?;
     serve
