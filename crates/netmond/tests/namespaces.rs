@@ -43,6 +43,11 @@ fn a_listener_in_another_network_namespace_is_seen_with_its_process_and_namespac
         eprintln!("skipped: making and entering a network namespace needs root");
         return;
     }
+    let probe = Command::new("unshare").args(["--net", "true"]).status();
+    if !probe.as_ref().is_ok_and(std::process::ExitStatus::success) {
+        eprintln!("skipped: `unshare --net` cannot make a namespace here ({probe:?})");
+        return;
+    }
     let mut helper = Command::new("unshare")
         .arg("--net")
         .arg(std::env::current_exe().unwrap())
