@@ -28,7 +28,7 @@
 //! assert_eq!(source.counters().polls.get(), 0);
 //! ```
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -93,7 +93,7 @@ pub struct Polled<P> {
     interval: Duration,
     poller: tokio::sync::Mutex<Option<P>>,
     counters: PollCounters,
-    last_error: Arc<Mutex<Option<String>>>,
+    last_error: Mutex<Option<String>>,
 }
 
 impl<P> std::fmt::Debug for Polled<P> {
@@ -115,7 +115,7 @@ impl<P: Poll> Polled<P> {
             interval,
             poller: tokio::sync::Mutex::new(Some(poller)),
             counters: PollCounters::default(),
-            last_error: Arc::default(),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -237,6 +237,7 @@ mod tests {
 
     use super::*;
     use crate::{NetworkEvent, NetworkProtocol};
+    use std::sync::Arc;
 
     /// Fails every other look; otherwise sends one event numbered by look.
     struct Flaky(u64);

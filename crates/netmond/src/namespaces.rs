@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, RawDir};
 
-use crate::owners::{number, parse_link};
+use crate::owners::{number, open_dir, parse_link};
 
 /// The network namespaces of the processes under a procfs root.
 #[derive(Debug)]
@@ -46,11 +46,7 @@ impl Namespaces {
     /// # Errors
     /// When `/proc` cannot be listed.
     pub fn refresh(&mut self) -> io::Result<()> {
-        let root: OwnedFd = rustix::fs::open(
-            &self.root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let root = open_dir(&self.root)?;
         let mut live = HashSet::with_capacity(self.by_pid.len() + 64);
         let mut listing = RawDir::new(&root, self.dirbuf.spare_capacity_mut());
         while let Some(entry) = listing.next() {

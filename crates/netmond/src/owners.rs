@@ -87,12 +87,7 @@ impl OwnerMap {
         dirbuf: &mut Vec<u8>,
         link: &mut [u8; 64],
     ) -> Result<(), Errno> {
-        let dir = rustix::fs::openat(
-            root,
-            fd_dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = rustix::fs::openat(root, fd_dir, DIRECTORY, Mode::empty())?;
         let mut listing = RawDir::new(&dir, dirbuf.spare_capacity_mut());
         while let Some(entry) = listing.next() {
             let entry = entry?;
@@ -188,12 +183,14 @@ impl OwnerMap {
     }
 }
 
-fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+/// How a directory of procfs is opened for listing.
+const DIRECTORY: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// `path`, opened for listing.
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(path, DIRECTORY, Mode::empty())?)
 }
 
 /// A directory entry's name as a pid or descriptor number.

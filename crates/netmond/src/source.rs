@@ -121,13 +121,19 @@ pub fn source(
 #[derive(Debug)]
 pub struct Differ {
     snapshotter: Snapshotter,
-    proc_root: PathBuf,
     live: HashMap<u64, Connection>,
     first: bool,
-    boot_id: Option<BootId>,
-    keys: HashMap<u32, Option<ProcessKey>>,
-    stat_buf: Vec<u8>,
+    keys: Keys,
     counters: NetmondCounters,
+}
+
+/// The process keys of the holders, read once per pid from its stat.
+#[derive(Debug)]
+struct Keys {
+    proc_root: PathBuf,
+    boot_id: Option<BootId>,
+    by_pid: HashMap<u32, Option<ProcessKey>>,
+    stat_buf: Vec<u8>,
 }
 
 impl Differ {
@@ -135,20 +141,24 @@ impl Differ {
     pub fn new(proc_root: &Path, counters: NetmondCounters) -> Self {
         Self {
             snapshotter: Snapshotter::new(proc_root),
-            proc_root: proc_root.to_owned(),
             live: HashMap::new(),
             first: true,
-            boot_id: BootId::current().ok(),
-            keys: HashMap::new(),
-            stat_buf: Vec::with_capacity(1024),
+            keys: Keys {
+                proc_root: proc_root.to_owned(),
+                boot_id: BootId::current().ok(),
+                by_pid: HashMap::new(),
+                stat_buf: Vec::with_capacity(1024),
+            },
             counters,
         }
     }
+}
 
+impl Keys {
     /// The key of `pid`, from its stat (`None` once it is gone).
     fn key(&mut self, pid: u32) -> Option<ProcessKey> {
         let boot = self.boot_id?;
-        if let Some(key) = self.keys.get(&pid) {
+        if let Some(key) = self.by_pid.get(&pid) {
             return *key;
         }
         let key = (|| {
@@ -161,7 +171,7 @@ impl Differ {
             let stat = procfs::parse_pid_stat(&self.stat_buf).ok()?;
             Some(ProcessKey::new(boot, pid, stat.starttime))
         })();
-        self.keys.insert(pid, key);
+        self.by_pid.insert(pid, key);
         key
     }
 
@@ -221,8 +231,8 @@ impl Poll for Differ {
             .iter()
             .flat_map(|c| c.owners.iter().map(|o| o.pid))
             .collect();
-        self.keys.retain(|pid, _| holders.contains(pid));
-        let mut live: HashMap<u64, Connection> = snapshot
+        self.keys.by_pid.retain(|pid, _| holders.contains(pid));
+        let live: HashMap<u64, Connection> = snapshot
             .connections
             .into_iter()
             .filter(is_live)
@@ -233,33 +243,32 @@ impl Poll for Differ {
         } else {
             ConnectionChange::Opened
         };
-        let mut opened: Vec<&Connection> = live
+        // The new map in place, the old one owned: nothing is cloned.
+        let last = std::mem::replace(&mut self.live, live);
+        let mut opened: Vec<&Connection> = self
+            .live
+            .iter()
+            .filter(|(cookie, _)| !last.contains_key(cookie))
+            .map(|(_, c)| c)
+            .collect();
+        opened.sort_unstable_by_key(|c| c.socket.cookie);
+        let mut closed: Vec<&Connection> = last
             .iter()
             .filter(|(cookie, _)| !self.live.contains_key(cookie))
             .map(|(_, c)| c)
             .collect();
-        opened.sort_unstable_by_key(|c| c.socket.cookie);
-        let opened: Vec<Connection> = opened.into_iter().cloned().collect();
-        let mut closed: Vec<Connection> = self
-            .live
-            .iter()
-            .filter(|(cookie, _)| !live.contains_key(cookie))
-            .map(|(_, c)| c.clone())
-            .collect();
         closed.sort_unstable_by_key(|c| c.socket.cookie);
         for c in &opened {
-            let e = self.event(c, change, at);
-            out.push(CollectionEvent::Network(e));
+            out.push(CollectionEvent::Network(self.keys.event(c, change, at)));
         }
         for c in &closed {
-            let e = self.event(c, ConnectionChange::Closed, at);
+            let e = self.keys.event(c, ConnectionChange::Closed, at);
             out.push(CollectionEvent::Network(e));
         }
         if !self.first {
             self.counters.opened.add_usize(opened.len());
             self.counters.closed.add_usize(closed.len());
         }
-        std::mem::swap(&mut self.live, &mut live);
         self.first = false;
         Ok(())
     }
