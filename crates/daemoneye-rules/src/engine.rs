@@ -946,14 +946,7 @@ mod tests {
     #[test]
     fn the_table_has_the_vocabulary_columns_in_binding_order() {
         let conn = open_schema().unwrap();
-        let mut stmt = conn
-            .prepare("SELECT name, type FROM pragma_table_info('processes') ORDER BY cid")
-            .unwrap();
-        let got: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let got = daemoneye_store::table_columns(&conn, "processes").unwrap();
         assert_eq!(got.len(), COLUMNS.len());
         for ((name, ty), want) in got.iter().zip(COLUMNS) {
             assert_eq!(name, want);

@@ -49,7 +49,7 @@ pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
 pub use performance::PerformanceRow;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{table_columns, SCHEMA_VERSION};
 pub use store::{
     Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,
     Store, StoreError, StoredEvent, StoredProcess, BUSY_TIMEOUT, FILE, QUERY_TIME_LIMIT,

@@ -367,6 +367,21 @@ fn check_not_newer(found: i64) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The columns of `table` as SQLite declares them, `(name, type)` in
+/// their order (`pragma_table_info`): what the schema and the vocabulary
+/// are checked against.
+///
+/// # Errors
+/// The query's.
+pub fn table_columns(
+    conn: &rusqlite::Connection,
+    table: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    conn.prepare("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -780,14 +780,7 @@ fn process_tables_speak_the_one_vocabulary() {
     ];
     let conn = raw(&path);
     for table in ["processes", "process_events", "process_snapshots"] {
-        let mut stmt = conn
-            .prepare("SELECT name, type FROM pragma_table_info(?1)")
-            .unwrap();
-        let columns: Vec<(String, String)> = stmt
-            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let columns = daemoneye_store::table_columns(&conn, table).unwrap();
         assert!(columns.len() > 20, "{table}: {columns:?}");
         for (name, ty) in columns {
             if own.contains(&name.as_str()) {
