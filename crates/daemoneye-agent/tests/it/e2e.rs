@@ -397,8 +397,25 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         "detection did not resume after the collector was killed"
     );
 
-    // Health over the agent's socket (asked once, read below).
-    let report = agent_health(data.path());
+    // Health over the agent's socket. Detection resumes with the restarted
+    // collector's kernel tier, while its first snapshot may still be under
+    // way: asked again until that snapshot is counted (10 s at most), then
+    // read below.
+    let snapshots = |r: &daemoneye_lib::proto::ComponentHealth| {
+        r.components
+            .first()
+            .and_then(|c| c.components.iter().find(|s| s.name == "procmond"))
+            .and_then(|s| s.counters.get("snapshots").copied())
+            .unwrap_or(0)
+    };
+    let asked = std::time::Instant::now();
+    let report = loop {
+        let report = agent_health(data.path());
+        if snapshots(&report) >= 1 || asked.elapsed() > Duration::from_secs(10) {
+            break report;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    };
 
     // As root, the agent and its collector use only three capabilities
     // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs. The agent
