@@ -108,13 +108,7 @@ const EBPF_RECORD: &str = "process.bpf.o.sha256";
 
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    use std::fmt::Write as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .fold(String::new(), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<String, String> {

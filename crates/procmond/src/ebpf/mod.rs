@@ -690,13 +690,7 @@ mod tests {
 
     fn sha256(bytes: &[u8]) -> String {
         use sha2::Digest as _;
-        use std::fmt::Write as _;
-        sha2::Sha256::digest(bytes)
-            .iter()
-            .fold(String::new(), |mut hex, b| {
-                let _ = write!(hex, "{b:02x}");
-                hex
-            })
+        format!("{:x}", sha2::Sha256::digest(bytes))
     }
 
     /// The committed object is the one `cargo xtask ebpf` built from the
