@@ -124,30 +124,6 @@ pub enum Item {
     Checkpoint(Arc<Checkpoint>),
 }
 
-impl From<Alert> for Item {
-    fn from(a: Alert) -> Self {
-        Self::Alert(Arc::new(a))
-    }
-}
-
-impl From<Arc<Alert>> for Item {
-    fn from(a: Arc<Alert>) -> Self {
-        Self::Alert(a)
-    }
-}
-
-impl From<Checkpoint> for Item {
-    fn from(c: Checkpoint) -> Self {
-        Self::Checkpoint(Arc::new(c))
-    }
-}
-
-impl From<Arc<Checkpoint>> for Item {
-    fn from(c: Arc<Checkpoint>) -> Self {
-        Self::Checkpoint(c)
-    }
-}
-
 /// Whatever receives alerts and checkpoints: a name and a delivery of each.
 ///
 /// A sink runs behind a [`SinkWorker`], on a thread of its own with a

@@ -276,20 +276,16 @@ impl SinkWorker {
         // the worker to stop.
         drop(abandon);
         let snapshot = self.stats.snapshot();
-        if snapshot.dropped_at_shutdown > 0 {
-            warn!(
-                sink = self.name,
-                dropped_at_shutdown = snapshot.dropped_at_shutdown,
-                "alerts abandoned at shutdown"
-            );
-        }
         let checkpoints = self.checkpoints.snapshot();
-        if checkpoints.dropped_at_shutdown > 0 {
-            warn!(
-                sink = self.name,
-                dropped_at_shutdown = checkpoints.dropped_at_shutdown,
-                "checkpoints abandoned at shutdown"
-            );
+        for (kind, stats) in [("alerts", &snapshot), ("checkpoints", &checkpoints)] {
+            if stats.dropped_at_shutdown > 0 {
+                warn!(
+                    sink = self.name,
+                    kind,
+                    dropped_at_shutdown = stats.dropped_at_shutdown,
+                    "abandoned at shutdown"
+                );
+            }
         }
         info!(sink = self.name, stats = ?snapshot, checkpoints = ?checkpoints, "alert sink closed");
         snapshot
