@@ -49,6 +49,24 @@ pub trait Poll: Send + 'static {
     fn poll(&mut self, out: &mut Vec<CollectionEvent>) -> anyhow::Result<()>;
 }
 
+/// The shortest interval a polling collector accepts: below it, looking
+/// costs more than it can tell.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checks a polling collector's `interval` setting against [`MIN_INTERVAL`].
+///
+/// # Errors
+/// [`ConfigError::Invalid`](crate::ConfigError::Invalid) naming `interval`.
+pub fn validate_interval(interval: Duration) -> Result<(), crate::ConfigError> {
+    if interval < MIN_INTERVAL {
+        return Err(crate::ConfigError::Invalid {
+            field: "interval",
+            reason: format!("must be at least {} ms", MIN_INTERVAL.as_millis()),
+        });
+    }
+    Ok(())
+}
+
 /// What a [`Polled`] source counts (shared: clones see the same values).
 #[derive(Debug, Clone, Default)]
 pub struct PollCounters {

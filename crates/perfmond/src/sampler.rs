@@ -507,6 +507,10 @@ struct Dev<C> {
 struct DevTable<C> {
     devs: Vec<Dev<C>>,
     epoch: u64,
+    /// The most devices reported in one sample, and this sample's counts.
+    max: usize,
+    reported: usize,
+    skipped: u64,
 }
 
 impl<C: Copy> DevTable<C> {
@@ -514,7 +518,21 @@ impl<C: Copy> DevTable<C> {
         Self {
             devs: Vec::new(),
             epoch: 0,
+            max: 0,
+            reported: 0,
+            skipped: 0,
         }
+    }
+
+    /// A device of this sample: its counters at the last sample (`None`
+    /// when new, or past the `max` devices reported, which is counted).
+    fn seen(&mut self, name: &[u8], cur: C) -> Option<C> {
+        if self.reported >= self.max {
+            self.skipped += 1;
+            return None;
+        }
+        self.reported += 1;
+        self.update(name, cur)
     }
 
     /// The counters at the last sample of `name` (`None` when new), and
@@ -533,13 +551,16 @@ impl<C: Copy> DevTable<C> {
         None
     }
 
-    fn begin(&mut self) {
+    fn begin(&mut self, max: usize) {
         self.epoch += 1;
+        (self.max, self.reported, self.skipped) = (max, 0, 0);
     }
 
-    fn end(&mut self) {
+    /// Forgets the devices this sample did not see; the devices skipped.
+    fn end(&mut self) -> u64 {
         let epoch = self.epoch;
         self.devs.retain(|d| d.seen == epoch);
+        self.skipped
     }
 }
 
@@ -935,21 +956,13 @@ impl Sampler {
         if !self.read_proc("diskstats") {
             return;
         }
-        let max = self.config.max_devices;
         let table = &mut self.disks;
-        table.begin();
-        let mut reported = 0;
-        let mut skipped = 0u64;
+        table.begin(self.config.max_devices);
         let malformed = parse::parse_diskstats(&self.buf, |name, cur| {
             if name.starts_with(b"loop") || name.starts_with(b"ram") {
                 return;
             }
-            if reported >= max {
-                skipped += 1;
-                return;
-            }
-            reported += 1;
-            let (Some(prev), Some(secs)) = (table.update(name, cur), secs) else {
+            let (Some(prev), Some(secs)) = (table.seen(name, cur), secs) else {
                 return;
             };
             let dev = String::from_utf8_lossy(name);
@@ -975,8 +988,7 @@ impl Sampler {
                 out.extend(event(m, v, disk, wall));
             }
         });
-        table.end();
-        self.counters.skipped.add(skipped);
+        self.counters.skipped.add(table.end());
         self.counters.read_errors.add_usize(malformed);
     }
 
@@ -984,18 +996,10 @@ impl Sampler {
         if !self.read_proc("net/dev") {
             return;
         }
-        let max = self.config.max_devices;
         let table = &mut self.nets;
-        table.begin();
-        let mut reported = 0;
-        let mut skipped = 0u64;
+        table.begin(self.config.max_devices);
         let malformed = parse::parse_net_dev(&self.buf, |name, cur| {
-            if reported >= max {
-                skipped += 1;
-                return;
-            }
-            reported += 1;
-            let (Some(prev), Some(secs)) = (table.update(name, cur), secs) else {
+            let (Some(prev), Some(secs)) = (table.seen(name, cur), secs) else {
                 return;
             };
             let dev = String::from_utf8_lossy(name);
@@ -1021,8 +1025,7 @@ impl Sampler {
                 out.extend(event(m, v, interface, wall));
             }
         });
-        table.end();
-        self.counters.skipped.add(skipped);
+        self.counters.skipped.add(table.end());
         self.counters.read_errors.add_usize(malformed);
     }
 
@@ -1057,7 +1060,8 @@ impl Sampler {
             return;
         };
         self.list_cgroups(&root);
-        self.cgroups.begin();
+        // Bounded by list_cgroups already.
+        self.cgroups.begin(usize::MAX);
         let dirs = std::mem::take(&mut self.cgroup_dirs);
         for dir in &dirs {
             let rel = dir.strip_prefix(&root).unwrap_or(dir);

@@ -54,12 +54,7 @@ impl PerfmondConfig {
     /// # Errors
     /// [`collector_core::ConfigError::Invalid`] naming the bad field.
     pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
-        if self.interval < Duration::from_millis(100) {
-            return Err(collector_core::ConfigError::Invalid {
-                field: "interval",
-                reason: "must be at least 100 ms".to_owned(),
-            });
-        }
+        collector_core::poll::validate_interval(self.interval)?;
         self.sampler.validate()?;
         self.anomalies.validate()
     }
