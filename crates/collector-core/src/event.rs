@@ -912,6 +912,22 @@ pub struct FilesystemEvent {
 }
 
 impl FilesystemEvent {
+    /// `operation` on `path` at `timestamp`, every other fact unknown.
+    pub fn new(path: impl Into<String>, operation: FileOperation, timestamp: SystemTime) -> Self {
+        Self {
+            path: path.into(),
+            operation,
+            pid: None,
+            process_key: None,
+            size: None,
+            permissions: None,
+            file_hash: None,
+            hash_algorithm: None,
+            timestamp,
+            id: None,
+        }
+    }
+
     fn validate(&self) -> Result<(), EventValidationError> {
         const K: EventKind = EventKind::Filesystem;
         validate_key(K, self.pid, self.process_key)?;
@@ -1706,16 +1722,8 @@ mod tests {
         assert_eq!(e.pid(), Some(42));
         assert_eq!(e.timestamp(), t);
         let f = CollectionEvent::Filesystem(FilesystemEvent {
-            id: None,
-            path: "/etc/passwd".into(),
-            operation: FileOperation::Modify,
-            pid: None,
-            process_key: None,
-            size: None,
             permissions: Some(0o644),
-            file_hash: None,
-            hash_algorithm: None,
-            timestamp: t,
+            ..FilesystemEvent::new("/etc/passwd", FileOperation::Modify, t)
         });
         assert_eq!(f.kind(), EventKind::Filesystem);
         assert_eq!(f.pid(), None);

@@ -106,6 +106,11 @@ impl ConformanceReport {
     pub fn events(&self) -> usize {
         self.events_by_kind.values().sum()
     }
+
+    /// The kinds of the events received, in order.
+    pub fn kinds(&self) -> Vec<EventKind> {
+        self.events_by_kind.keys().copied().collect()
+    }
 }
 
 /// A broken contract.
@@ -370,6 +375,56 @@ pub async fn recv_until<T: Clone>(
         }
     }
     None
+}
+
+/// One source running in a collector of default settings, with a
+/// subscription to its events: what a test of a source through the runtime
+/// starts from.
+pub struct Running {
+    /// The collector's handle.
+    pub handle: crate::CollectorHandle,
+    /// Every event the collector accepts.
+    pub events: Subscription<CollectionEvent>,
+    /// The collector's run (what [`stop`](Self::stop) awaits).
+    pub run: tokio::task::JoinHandle<Result<(), crate::CollectorError>>,
+}
+
+impl Running {
+    /// Registers `source` and runs the collector until [`stop`](Self::stop).
+    pub fn start(source: Box<dyn EventSource>) -> Result<Self, crate::CollectorError> {
+        let mut collector = crate::Collector::new(crate::CollectorConfig::default());
+        collector.register(source)?;
+        let handle = collector.handle();
+        let events = handle.subscribe();
+        let run = tokio::spawn(collector.run_until(std::future::pending()));
+        Ok(Self {
+            handle,
+            events,
+            run,
+        })
+    }
+
+    /// Waits up to `limit` for an event `want` accepts (`None` when the
+    /// events ended or the time ran out).
+    pub async fn wait_for(
+        &mut self,
+        limit: Duration,
+        want: impl FnMut(&CollectionEvent) -> bool,
+    ) -> Option<CollectionEvent> {
+        tokio::time::timeout(limit, recv_until(&mut self.events, want))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Shuts the collector down and waits (10 s at most) for its run to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.handle.shutdown();
+        let ended = tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .map_err(|_| anyhow::anyhow!("the collector did not stop within 10 s"))?;
+        Ok(ended??)
+    }
 }
 
 /// The ten conditions the trigger benches evaluate: every type once, plus

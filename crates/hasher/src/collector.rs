@@ -273,16 +273,12 @@ impl BinaryHasherCollector {
             Err(err) => (err.path().to_path_buf(), Err(err)),
         };
         let mut file = FilesystemEvent {
-            id: None,
-            path: path.to_string_lossy().into_owned(),
-            operation: FileOperation::Access,
             pid: req.target_pid,
-            process_key: None,
-            size: None,
-            permissions: None,
-            file_hash: None,
-            hash_algorithm: None,
-            timestamp: SystemTime::now(),
+            ..FilesystemEvent::new(
+                path.to_string_lossy(),
+                FileOperation::Access,
+                SystemTime::now(),
+            )
         };
         if file.path.is_empty() {
             "?".clone_into(&mut file.path);

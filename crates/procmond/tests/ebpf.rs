@@ -406,9 +406,7 @@ mod collector {
 
     use collector_core::testing::recv_until;
     use collector_core::CaptureTier;
-    use collector_core::{
-        CollectionEvent, Collector, CollectorConfig, ProcessEvent, ProcessEventType, Subscription,
-    };
+    use collector_core::{CollectionEvent, ProcessEvent, ProcessEventType};
     use procmond::source::TierChoice;
     use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig, ProcmondStatsHandle};
 
@@ -416,9 +414,7 @@ mod collector {
     use super::{marker, privileged, WAIT};
 
     struct Running {
-        handle: collector_core::CollectorHandle,
-        sub: Subscription,
-        run: tokio::task::JoinHandle<()>,
+        inner: collector_core::testing::Running,
         stats: ProcmondStatsHandle,
         metrics: collector_core::metrics::Registry,
     }
@@ -430,22 +426,14 @@ mod collector {
         let stats = source.stats_handle();
         let metrics = collector_core::metrics::Registry::new();
         source.register_metrics(&metrics);
-        let mut collector = Collector::new(CollectorConfig::default());
-        collector.register(Box::new(source)).unwrap();
-        let handle = collector.handle();
-        let mut sub = handle.subscribe();
-        let run = tokio::spawn(async move {
-            collector.run_until(std::future::pending()).await.unwrap();
-        });
-        recv_until(&mut sub, |e| {
+        let mut inner = collector_core::testing::Running::start(Box::new(source)).unwrap();
+        recv_until(&mut inner.events, |e| {
             matches!(e, CollectionEvent::Process(p) if p.event_type == ProcessEventType::Snapshot)
         })
         .await
         .expect("collector ended before its first snapshot");
         Running {
-            handle,
-            sub,
-            run,
+            inner,
             stats,
             metrics,
         }
@@ -457,24 +445,21 @@ mod collector {
             what: &str,
             want: impl Fn(&ProcessEvent) -> bool,
         ) -> ProcessEvent {
-            let found = tokio::time::timeout(
-                WAIT,
-                recv_until(
-                    &mut self.sub,
+            let found = self
+                .inner
+                .wait_for(
+                    WAIT,
                     |e| matches!(e, CollectionEvent::Process(p) if want(p)),
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+                )
+                .await;
             match found {
                 Some(CollectionEvent::Process(p)) => p,
-                _ => panic!("collector ended before {what}"),
+                _ => panic!("timed out waiting for {what}, or the collector ended"),
             }
         }
 
         async fn stop(self) {
-            self.handle.shutdown();
-            self.run.await.unwrap();
+            self.inner.stop().await.unwrap();
         }
     }
 
@@ -628,9 +613,12 @@ mod collector {
             u32::try_from(rustix::param::page_size()).unwrap();
         c.base_config.max_events_in_flight = 1;
         let Running {
-            handle,
-            mut sub,
-            run,
+            inner:
+                collector_core::testing::Running {
+                    handle,
+                    events: mut sub,
+                    run,
+                },
             stats,
             metrics,
         } = start(c).await;
@@ -640,7 +628,7 @@ mod collector {
         let books = stats.kernel_accounting();
         assert!(books.dropped > 0, "{books:?}");
         handle.shutdown();
-        run.await.unwrap();
+        run.await.unwrap().unwrap();
         drain.await.unwrap();
         // Stopped: the programs are detached and the books balance.
         let books = stats.kernel_accounting();

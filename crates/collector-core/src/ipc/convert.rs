@@ -438,17 +438,18 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
         .find(|(_, p)| i32::from(*p) == r.operation)
         .map(|(op, _)| op.clone())
         .ok_or_else(|| d.out_of_range("operation", &r.operation))?;
+    // In the struct's order.
     d.checked(CollectionEvent::Filesystem(FilesystemEvent {
-        id: None,
-        operation,
-        hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
-        timestamp: d.required_time(r.timestamp)?,
-        process_key: d.key(&r.process_key)?,
         path: r.path,
+        operation,
         pid: r.pid,
+        process_key: d.key(&r.process_key)?,
         size: r.size,
         permissions: r.permissions,
         file_hash: r.file_hash,
+        hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
+        timestamp: d.required_time(r.timestamp)?,
+        id: None,
     }))
 }
 
@@ -822,18 +823,11 @@ mod tests {
             net(|r| r.process_key = ProcessKey::new(BootId::from_bytes([1; 16]), 8, 1).to_string()),
             Err((_, RecordProblem::Invalid(_)))
         ));
-        let mut fs = filesystem_to_record(&FilesystemEvent {
-            id: None,
-            path: "/etc/passwd".into(),
-            operation: FileOperation::Modify,
-            pid: None,
-            process_key: None,
-            size: None,
-            permissions: None,
-            file_hash: None,
-            hash_algorithm: None,
-            timestamp: SystemTime::UNIX_EPOCH,
-        });
+        let mut fs = filesystem_to_record(&FilesystemEvent::new(
+            "/etc/passwd",
+            FileOperation::Modify,
+            SystemTime::UNIX_EPOCH,
+        ));
         fs.operation = 99;
         assert!(matches!(
             record_to_event(EventRecord::new("fsmond", fs))

@@ -35,52 +35,35 @@ impl Spawned {
     /// machine still take their share, so the tests compare perfmond's
     /// figure with what the scheduler says the child got ([`Self::cpu_ns`]).
     pub fn busy() -> Self {
-        let turn = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
         let script = "while :; do :; done";
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = Command::new("nice");
-            c.args(["-n", "-19", "sh", "-c", script]);
-            c
+        if nix::unistd::geteuid().is_root() {
+            Self::spawn("nice", &["-n", "-19", "sh", "-c", script], true)
         } else {
             eprintln!("not root: the busy child runs at normal priority");
-            let mut c = Command::new("sh");
-            c.args(["-c", script]);
-            c
-        };
-        Self {
-            child: cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn the busy child"),
-            _turn: Some(turn),
+            Self::spawn("sh", &["-c", script], true)
         }
     }
 
     /// `sh -c 'while :; do /bin/true; done'`: hundreds of forks a second.
     pub fn forking() -> Self {
-        let turn = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
-        Self {
-            child: Command::new("sh")
-                .args(["-c", "while :; do /bin/true; done"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn the forking child"),
-            _turn: Some(turn),
-        }
+        Self::spawn("sh", &["-c", "while :; do /bin/true; done"], true)
     }
 
     /// A process that only waits.
     pub fn idle() -> Self {
-        Self {
-            child: Command::new("sleep")
-                .arg("1000")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn sleep"),
-            _turn: None,
-        }
+        Self::spawn("sleep", &["1000"], false)
+    }
+
+    /// `program args`, holding the one busy turn when `busy`.
+    fn spawn(program: &str, args: &[&str], busy: bool) -> Self {
+        let turn = busy.then(|| BUSY.lock().unwrap_or_else(PoisonError::into_inner));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Self { child, _turn: turn }
     }
 
     pub fn pid(&self) -> u32 {

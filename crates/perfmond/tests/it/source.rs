@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector_core::testing::{check_source, recv_until, ConformanceConfig};
+use collector_core::testing::{check_source, ConformanceConfig, Running};
 use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, EventKind, PerformanceAnomalyKind,
-    PerformanceMetric, PerformanceUnit,
+    CollectionEvent, EventKind, PerformanceAnomalyKind, PerformanceMetric, PerformanceUnit,
 };
 use perfmond::{AnomalyConfig, PerfmondConfig, PerfmondSource};
 
@@ -30,10 +29,7 @@ async fn the_source_passes_the_conformance_kit() {
         ..ConformanceConfig::default()
     };
     let report = check_source(Arc::new(source), &config).await.unwrap();
-    assert_eq!(
-        report.events_by_kind.keys().copied().collect::<Vec<_>>(),
-        [EventKind::Performance]
-    );
+    assert_eq!(report.kinds(), [EventKind::Performance]);
     let names: Vec<&str> = report
         .sample
         .iter()
@@ -84,13 +80,7 @@ async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
         },
         ..PerfmondConfig::default()
     };
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(PerfmondSource::new(config).unwrap()))
-        .unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run = tokio::spawn(collector.run_until(std::future::pending()));
+    let mut running = Running::start(Box::new(PerfmondSource::new(config).unwrap())).unwrap();
     // The child's CPU share: an observation, or (once it held long
     // enough) the anomaly.
     let is = |e: &CollectionEvent, judged: bool| {
@@ -100,14 +90,14 @@ async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
                 && p.anomaly.is_some() == judged)
     };
     let limit = Duration::from_secs(30);
-    let top = tokio::time::timeout(limit, recv_until(&mut sub, |e| is(e, false)))
+    let top = running
+        .wait_for(limit, |e| is(e, false))
         .await
-        .expect("the child never in the top 10")
-        .unwrap();
-    let anomaly = tokio::time::timeout(limit, recv_until(&mut sub, |e| is(e, true)))
+        .expect("the child never in the top 10");
+    let anomaly = running
+        .wait_for(limit, |e| is(e, true))
         .await
-        .expect("no anomaly for the child")
-        .unwrap();
+        .expect("no anomaly for the child");
     for e in [&top, &anomaly] {
         let CollectionEvent::Performance(p) = e else {
             unreachable!()
@@ -126,12 +116,7 @@ async fn a_subscriber_sees_the_busy_childs_anomaly_and_top_sample() {
     );
     assert!(a.duration >= Duration::from_secs(2), "{a:?}");
     assert!(p.value >= 25.0, "{p:?}");
-    handle.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await.unwrap();
 }
 
 #[test]
@@ -161,23 +146,14 @@ async fn a_fork_storm_raises_the_fork_rate_anomaly() {
         },
         ..PerfmondConfig::default()
     };
-    let mut collector = Collector::new(CollectorConfig::default());
-    collector
-        .register(Box::new(PerfmondSource::new(config).unwrap()))
-        .unwrap();
-    let handle = collector.handle();
-    let mut sub = handle.subscribe();
-    let run = tokio::spawn(collector.run_until(std::future::pending()));
-    let anomaly = tokio::time::timeout(
-        Duration::from_secs(20),
-        recv_until(&mut sub, |e| {
+    let mut running = Running::start(Box::new(PerfmondSource::new(config).unwrap())).unwrap();
+    let anomaly = running
+        .wait_for(Duration::from_secs(20), |e| {
             matches!(e, CollectionEvent::Performance(p)
                 if p.anomaly.as_ref().is_some_and(|a| a.kind == PerformanceAnomalyKind::ForkRate))
-        }),
-    )
-    .await
-    .expect("no fork-rate anomaly within 20 s")
-    .unwrap();
+        })
+        .await
+        .expect("no fork-rate anomaly within 20 s");
     let CollectionEvent::Performance(p) = anomaly else {
         unreachable!()
     };
@@ -190,10 +166,5 @@ async fn a_fork_storm_raises_the_fork_rate_anomaly() {
             PerformanceUnit::PerSecond
         )
     );
-    handle.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await.unwrap();
 }
