@@ -30,6 +30,7 @@ pub mod procfs;
 pub mod reader_thread;
 pub mod snapshot;
 pub mod source;
+mod wire;
 
 /// The audit database: [`daemoneye_store::Store`], under the reference's name.
 pub use daemoneye_store::Store as DatabaseManager;

@@ -17,6 +17,8 @@
 
 use thiserror::Error;
 
+use crate::wire::{c_string, u16_at, u32_at, u64_at};
+
 /// `NLMSG_NOOP`: nothing, skipped.
 const NLMSG_NOOP: u16 = 1;
 /// `NLMSG_ERROR`: a `struct nlmsgerr` (errno, negated; 0 is an ack).
@@ -464,8 +466,8 @@ impl Iterator for Messages<'_> {
                     available: rest.len(),
                 }));
             };
-            let length = read_u32(header, 0);
-            let message_type = read_u16(header, 4);
+            let length = u32_at(header, 0);
+            let message_type = u16_at(header, 4);
             let len = usize::try_from(length).unwrap_or(usize::MAX);
             if len < NLMSG_HDR_LEN || len > rest.len() {
                 self.done = true;
@@ -537,11 +539,11 @@ fn decode_connector(offset: usize, payload: &[u8]) -> Result<ProcEvent, DecodeEr
             available: payload.len(),
         });
     };
-    let idx = read_u32(cn, 0);
-    let val = read_u32(cn, 4);
-    let seq = read_u32(cn, 8);
-    let ack = read_u32(cn, 12);
-    let declared = read_u16(cn, 16);
+    let idx = u32_at(cn, 0);
+    let val = u32_at(cn, 4);
+    let seq = u32_at(cn, 8);
+    let ack = u32_at(cn, 12);
+    let declared = u16_at(cn, 16);
     let body = payload.get(CN_MSG_LEN..).unwrap_or_default();
     let Some(event) = body.get(..usize::from(declared)) else {
         return Err(DecodeError::ConnectorLength {
@@ -572,10 +574,10 @@ fn decode_proc_event(
     if event.len() < PROC_EVENT_HDR_LEN {
         return Err(truncated("proc_event", PROC_EVENT_HDR_LEN));
     }
-    let what = read_u32(event, 0);
+    let what = u32_at(event, 0);
     let meta = EventMeta {
-        cpu: read_u32(event, 4),
-        timestamp_ns: read_u64(event, 8),
+        cpu: u32_at(event, 4),
+        timestamp_ns: u64_at(event, 8),
         seq,
     };
     let data = event.get(PROC_EVENT_HDR_LEN..).unwrap_or_default();
@@ -595,10 +597,10 @@ fn decode_proc_event(
     if data.len() < needed {
         return Err(truncated(name, PROC_EVENT_HDR_LEN + needed));
     }
-    let u = |at: usize| read_u32(data, at);
+    let u = |at: usize| u32_at(data, at);
     let id = |at: usize| ProcId {
-        pid: read_u32(data, at),
-        tgid: read_u32(data, at + 4),
+        pid: u32_at(data, at),
+        tgid: u32_at(data, at + 4),
     };
     let optional_id = |at: usize| (data.len() >= at + 8).then(|| id(at));
     Ok(match what {
@@ -637,15 +639,11 @@ fn decode_proc_event(
             process: id(0),
             tracer: id(8),
         },
-        PROC_EVENT_COMM => {
-            let raw = data.get(8..8 + COMM_LEN).unwrap_or_default();
-            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-            ProcEvent::Comm {
-                meta,
-                process: id(0),
-                comm: String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned(),
-            }
-        }
+        PROC_EVENT_COMM => ProcEvent::Comm {
+            meta,
+            process: id(0),
+            comm: c_string(data.get(8..8 + COMM_LEN).unwrap_or_default()),
+        },
         PROC_EVENT_COREDUMP => ProcEvent::Coredump {
             meta,
             process: id(0),
@@ -660,27 +658,6 @@ fn decode_proc_event(
             parent: optional_id(16),
         },
     })
-}
-
-/// Reads a host-order `u16`; callers have checked the length (0 otherwise).
-fn read_u16(buf: &[u8], at: usize) -> u16 {
-    buf.get(at..at + 2)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u16::from_ne_bytes)
-}
-
-/// Reads a host-order `u32`; callers have checked the length (0 otherwise).
-fn read_u32(buf: &[u8], at: usize) -> u32 {
-    buf.get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
-
-/// Reads a host-order `u64`; callers have checked the length (0 otherwise).
-fn read_u64(buf: &[u8], at: usize) -> u64 {
-    buf.get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_ne_bytes)
 }
 
 /// Builds the request that subscribes to (`PROC_CN_MCAST_LISTEN`, 1) or

@@ -7,29 +7,19 @@
 
 use thiserror::Error;
 
-/// `EV_EXEC`.
-pub const KIND_EXEC: u32 = 1;
-/// `EV_FORK`.
-pub const KIND_FORK: u32 = 2;
-/// `EV_EXIT`.
-pub const KIND_EXIT: u32 = 3;
+use crate::wire::{c_string, u32_at, u64_at};
 
-/// `F_ARGV_TRUNCATED`: argv was longer than [`ARGV_MAX`]; a prefix came.
-pub const F_ARGV_TRUNCATED: u32 = 0x1;
-/// `F_FILENAME_TRUNCATED`: the filename was longer than [`FILENAME_MAX`] - 1.
-pub const F_FILENAME_TRUNCATED: u32 = 0x2;
-/// `F_SETUID`: the set-user-ID bit gave the exec a new effective uid.
-pub const F_SETUID: u32 = 0x4;
-/// `F_SETGID`: the set-group-ID bit gave the exec a new effective gid.
-pub const F_SETGID: u32 = 0x8;
-/// `F_ARGV_UNREADABLE`: the kernel could not read the new argv.
-pub const F_ARGV_UNREADABLE: u32 = 0x10;
-/// `F_EXE_TRUNCATED`: the executable's path was deeper or longer than the
-/// program walks; `exe` holds its last components.
-pub const F_EXE_TRUNCATED: u32 = 0x20;
-/// `F_EXE_UNLINKED`: the executable had no name left when it ran (deleted,
-/// or a memfd).
-pub const F_EXE_UNLINKED: u32 = 0x40;
+// The record kinds (`EV_*`) and exec flags (`F_*`) of process.bpf.c.
+const KIND_EXEC: u32 = 1;
+const KIND_FORK: u32 = 2;
+const KIND_EXIT: u32 = 3;
+const F_ARGV_TRUNCATED: u32 = 0x1; // argv longer than ARGV_MAX: a prefix came
+const F_FILENAME_TRUNCATED: u32 = 0x2; // the filename longer than FILENAME_MAX - 1
+const F_SETUID: u32 = 0x4; // the set-user-ID bit gave the exec a new euid
+const F_SETGID: u32 = 0x8; // the set-group-ID bit gave the exec a new egid
+const F_ARGV_UNREADABLE: u32 = 0x10; // the kernel could not read the new argv
+const F_EXE_TRUNCATED: u32 = 0x20; // exe holds only the path's last components
+const F_EXE_UNLINKED: u32 = 0x40; // the executable had no name left (deleted, memfd)
 
 /// The most argv bytes a record carries (`ARGV_MAX`).
 pub const ARGV_MAX: usize = 4096;
@@ -170,24 +160,6 @@ fn bounded<'a>(
         .ok_or(DecodeError::BadLength { field, value: len })
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| <[u8; 4]>::try_from(s).ok())
-        .map_or(0, u32::from_le_bytes)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-/// The bytes before the first NUL, lossily UTF-8.
-fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(b.get(..end).unwrap_or_default()).into_owned()
-}
-
 fn task(b: &[u8]) -> TaskRecord {
     TaskRecord {
         pid: u32_at(b, 8),
@@ -197,7 +169,7 @@ fn task(b: &[u8]) -> TaskRecord {
         euid: u32_at(b, 24),
         gid: u32_at(b, 28),
         egid: u32_at(b, 32),
-        exit_code: i32::from_le_bytes(u32_at(b, 36).to_le_bytes()),
+        exit_code: i32::from_ne_bytes(u32_at(b, 36).to_ne_bytes()),
         timestamp_ns: u64_at(b, 40),
         start_ns: u64_at(b, 48),
         comm: c_string(b.get(56..56 + COMM_LEN).unwrap_or_default()),
