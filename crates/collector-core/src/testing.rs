@@ -89,6 +89,17 @@ impl Default for ConformanceConfig {
     }
 }
 
+impl ConformanceConfig {
+    /// The default check, requiring at least `min_events` within `run_for`.
+    pub fn wanting(min_events: usize, run_for: Duration) -> Self {
+        Self {
+            run_for,
+            min_events,
+            ..Self::default()
+        }
+    }
+}
+
 /// What the check observed.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -15,10 +15,9 @@ pub(crate) struct FileKey {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
     pub(crate) size: u64,
-    pub(crate) mtime_sec: i64,
-    pub(crate) mtime_nsec: i64,
-    pub(crate) ctime_sec: i64,
-    pub(crate) ctime_nsec: i64,
+    /// Seconds and nanoseconds, as `fstat` gives them.
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
 }
 
 /// The LRU. Each use stamps the entry with a fresh sequence number; the
@@ -99,10 +98,8 @@ mod tests {
             dev: 1,
             ino,
             size: 10,
-            mtime_sec: 5,
-            mtime_nsec: 6,
-            ctime_sec: 7,
-            ctime_nsec: 8,
+            mtime: (5, 6),
+            ctime: (7, 8),
         }
     }
 
@@ -144,19 +141,19 @@ mod tests {
             FileKey { dev: 2, ..key(1) },
             FileKey { size: 11, ..key(1) },
             FileKey {
-                mtime_sec: 0,
+                mtime: (0, 6),
                 ..key(1)
             },
             FileKey {
-                mtime_nsec: 0,
+                mtime: (5, 0),
                 ..key(1)
             },
             FileKey {
-                ctime_sec: 0,
+                ctime: (0, 8),
                 ..key(1)
             },
             FileKey {
-                ctime_nsec: 0,
+                ctime: (7, 0),
                 ..key(1)
             },
         ];

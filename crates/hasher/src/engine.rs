@@ -613,7 +613,7 @@ fn outcome(
         size: key.size,
         dev: key.dev,
         inode: key.ino,
-        mtime: system_time(key.mtime_sec, key.mtime_nsec),
+        mtime: system_time(key.mtime.0, key.mtime.1),
         from_cache,
         changed_during_hash,
         bytes_read,
@@ -640,10 +640,8 @@ fn key_of(meta: &Metadata) -> FileKey {
         dev: meta.dev(),
         ino: meta.ino(),
         size: meta.size(),
-        mtime_sec: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec(),
-        ctime_sec: meta.ctime(),
-        ctime_nsec: meta.ctime_nsec(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
     }
 }
 

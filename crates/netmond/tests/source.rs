@@ -112,11 +112,7 @@ async fn the_source_passes_the_conformance_kit() {
     };
     let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
     let counters = source.counters();
-    let kit = ConformanceConfig {
-        run_for: Duration::from_secs(3),
-        min_events: 1,
-        ..ConformanceConfig::default()
-    };
+    let kit = ConformanceConfig::wanting(1, Duration::from_secs(3));
     let report = check_source(Arc::new(source), &kit).await.unwrap();
     assert_eq!(report.kinds(), [EventKind::Network]);
     assert!(counters.polls.get() >= 1);

@@ -22,12 +22,8 @@ fn fast() -> PerfmondConfig {
 async fn the_source_passes_the_conformance_kit() {
     let source = PerfmondSource::new(fast()).unwrap();
     let counters = source.counters();
-    let config = ConformanceConfig {
-        run_for: Duration::from_secs(10),
-        // Two samples at least: the second has rates.
-        min_events: 60,
-        ..ConformanceConfig::default()
-    };
+    // Two samples at least: the second has rates.
+    let config = ConformanceConfig::wanting(60, Duration::from_secs(10));
     let report = check_source(Arc::new(source), &config).await.unwrap();
     assert_eq!(report.kinds(), [EventKind::Performance]);
     let names: Vec<&str> = report

@@ -220,10 +220,8 @@ async fn procmond_passes_the_conformance_check() {
     let source =
         ProcmondMonitorCollector::without_database(config(Duration::from_secs(3600))).unwrap();
     let conformance = ConformanceConfig {
-        min_events: 1,
-        run_for: Duration::from_secs(10),
         stop_deadline: Duration::from_secs(1),
-        ..ConformanceConfig::default()
+        ..ConformanceConfig::wanting(1, Duration::from_secs(10))
     };
     let report = check_source(Arc::new(source), &conformance).await.unwrap();
     assert!(report.events() >= 1);
