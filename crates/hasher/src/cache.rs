@@ -137,25 +137,18 @@ mod tests {
     fn any_identity_field_changes_the_key() {
         let mut lru = Lru::new(8);
         lru.insert(key(1), digests("a"));
+        let with = |change: fn(&mut FileKey)| {
+            let mut k = key(1);
+            change(&mut k);
+            k
+        };
         let variants = [
-            FileKey { dev: 2, ..key(1) },
-            FileKey { size: 11, ..key(1) },
-            FileKey {
-                mtime: (0, 6),
-                ..key(1)
-            },
-            FileKey {
-                mtime: (5, 0),
-                ..key(1)
-            },
-            FileKey {
-                ctime: (0, 8),
-                ..key(1)
-            },
-            FileKey {
-                ctime: (7, 0),
-                ..key(1)
-            },
+            with(|k| k.dev = 2),
+            with(|k| k.size = 11),
+            with(|k| k.mtime.0 = 0),
+            with(|k| k.mtime.1 = 0),
+            with(|k| k.ctime.0 = 0),
+            with(|k| k.ctime.1 = 0),
         ];
         for k in variants {
             assert!(lru.get(&k).is_none(), "{k:?}");

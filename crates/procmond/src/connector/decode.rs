@@ -44,26 +44,18 @@ pub const CN_IDX_PROC: u32 = 1;
 /// `CN_VAL_PROC`.
 pub const CN_VAL_PROC: u32 = 1;
 
-/// `PROC_EVENT_NONE`: the acknowledgement of a subscribe or unsubscribe.
-pub const PROC_EVENT_NONE: u32 = 0x0000_0000;
-/// `PROC_EVENT_FORK`.
-pub const PROC_EVENT_FORK: u32 = 0x0000_0001;
-/// `PROC_EVENT_EXEC`.
-pub const PROC_EVENT_EXEC: u32 = 0x0000_0002;
-/// `PROC_EVENT_UID`.
-pub const PROC_EVENT_UID: u32 = 0x0000_0004;
-/// `PROC_EVENT_GID`.
-pub const PROC_EVENT_GID: u32 = 0x0000_0040;
-/// `PROC_EVENT_SID`.
-pub const PROC_EVENT_SID: u32 = 0x0000_0080;
-/// `PROC_EVENT_PTRACE`.
-pub const PROC_EVENT_PTRACE: u32 = 0x0000_0100;
-/// `PROC_EVENT_COMM`.
-pub const PROC_EVENT_COMM: u32 = 0x0000_0200;
-/// `PROC_EVENT_COREDUMP`.
-pub const PROC_EVENT_COREDUMP: u32 = 0x4000_0000;
-/// `PROC_EVENT_EXIT`.
-pub const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+// `enum what` of `struct proc_event` (linux/cn_proc.h); NONE acknowledges a
+// subscribe or unsubscribe. Callers match on `ProcEvent` instead.
+const PROC_EVENT_NONE: u32 = 0x0000_0000;
+const PROC_EVENT_FORK: u32 = 0x0000_0001;
+const PROC_EVENT_EXEC: u32 = 0x0000_0002;
+const PROC_EVENT_UID: u32 = 0x0000_0004;
+const PROC_EVENT_GID: u32 = 0x0000_0040;
+const PROC_EVENT_SID: u32 = 0x0000_0080;
+const PROC_EVENT_PTRACE: u32 = 0x0000_0100;
+const PROC_EVENT_COMM: u32 = 0x0000_0200;
+const PROC_EVENT_COREDUMP: u32 = 0x4000_0000;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 /// Length of `comm` in `struct comm_proc_event` (`TASK_COMM_LEN`).
 const COMM_LEN: usize = 16;

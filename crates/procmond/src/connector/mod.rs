@@ -70,9 +70,7 @@ use tokio_util::sync::CancellationToken;
 use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
 pub use decode::{
     decode, exit_status, messages, DecodeError, EventMeta, ExitStatus, Messages, ProcEvent, ProcId,
-    CN_IDX_PROC, CN_VAL_PROC, PROC_EVENT_COMM, PROC_EVENT_COREDUMP, PROC_EVENT_EXEC,
-    PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_GID, PROC_EVENT_NONE, PROC_EVENT_PTRACE,
-    PROC_EVENT_SID, PROC_EVENT_UID,
+    CN_IDX_PROC, CN_VAL_PROC,
 };
 
 /// 32 MiB: measured to absorb a 15,000-event burst with the reader stalled
