@@ -58,8 +58,7 @@ fn hostile_rules_stay_within_the_engine_memory_bound() {
             let found = engine.evaluate(&batch).unwrap();
             let normal: Vec<u32> = found
                 .iter()
-                .filter(|m| m.rule_id == "normal")
-                .map(|m| m.pid)
+                .filter_map(|m| (m.rule_id == "normal").then_some(m.pid))
                 .collect();
             assert_eq!(normal, [500, 1000, 1500, 2000], "{sql}");
         }

@@ -524,15 +524,16 @@ impl<C: Copy> DevTable<C> {
         }
     }
 
-    /// A device of this sample: its counters at the last sample (`None`
-    /// when new, or past the `max` devices reported, which is counted).
-    fn seen(&mut self, name: &[u8], cur: C) -> Option<C> {
+    /// A device of this sample: its counters at the last sample and the
+    /// `secs` since, what its rates need (`None` when new, on the first
+    /// sample, or past the `max` devices reported, which is counted).
+    fn seen(&mut self, name: &[u8], cur: C, secs: Option<f64>) -> Option<(C, f64)> {
         if self.reported >= self.max {
             self.skipped += 1;
             return None;
         }
         self.reported += 1;
-        self.update(name, cur)
+        Some((self.update(name, cur)?, secs?))
     }
 
     /// The counters at the last sample of `name` (`None` when new), and
@@ -962,7 +963,7 @@ impl Sampler {
             if name.starts_with(b"loop") || name.starts_with(b"ram") {
                 return;
             }
-            let (Some(prev), Some(secs)) = (table.seen(name, cur), secs) else {
+            let Some((prev, secs)) = table.seen(name, cur, secs) else {
                 return;
             };
             let dev = String::from_utf8_lossy(name);
@@ -999,7 +1000,7 @@ impl Sampler {
         let table = &mut self.nets;
         table.begin(self.config.max_devices);
         let malformed = parse::parse_net_dev(&self.buf, |name, cur| {
-            let (Some(prev), Some(secs)) = (table.seen(name, cur), secs) else {
+            let Some((prev, secs)) = table.seen(name, cur, secs) else {
                 return;
             };
             let dev = String::from_utf8_lossy(name);

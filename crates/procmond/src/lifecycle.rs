@@ -79,20 +79,19 @@ impl LifecycleCounters {
     /// `daemoneye_lifecycle_events_total{kind}` and
     /// `daemoneye_exits_reconciled_total`.
     pub fn register(&self, registry: &Registry) {
-        for (kind, c) in [
-            ("start", &self.starts),
-            ("exec", &self.execs),
-            ("exit", &self.exits),
-            ("modified", &self.modified),
-            ("suspicious", &self.suspicious),
-        ] {
-            registry.register_counter(
-                "daemoneye_lifecycle_events_total",
-                "Lifecycle events the tracker emitted, by kind.",
-                &[("stage", "lifecycle"), ("kind", kind)],
-                c,
-            );
-        }
+        registry.register_by(
+            "daemoneye_lifecycle_events_total",
+            "Lifecycle events the tracker emitted, by kind.",
+            &[("stage", "lifecycle")],
+            "kind",
+            [
+                ("start", &self.starts),
+                ("exec", &self.execs),
+                ("exit", &self.exits),
+                ("modified", &self.modified),
+                ("suspicious", &self.suspicious),
+            ],
+        );
         registry.register_counter(
             "daemoneye_exits_reconciled_total",
             "Exits found by a snapshot, not the kernel (missed or no connector).",

@@ -184,14 +184,12 @@ impl SnapshotCounters {
             &[stage],
             &self.access_denied,
         );
-        for (reason, c) in [("error", &self.errors), ("truncated", &self.truncated)] {
-            registry.register_counter(
-                "daemoneye_processes_skipped_total",
-                "Processes a snapshot left out: parse or I/O errors, or max_processes reached.",
-                &[stage, ("reason", reason)],
-                c,
-            );
-        }
+        registry.register_by_reason(
+            "daemoneye_processes_skipped_total",
+            "Processes a snapshot left out: parse or I/O errors, or max_processes reached.",
+            &[stage],
+            [("error", &self.errors), ("truncated", &self.truncated)],
+        );
     }
 }
 

@@ -198,21 +198,22 @@ pub struct AnalysisWorkflowDefinition {
     pub target_path: Option<String>,
 }
 
+/// An empty workflow with a generated id.
 impl Default for AnalysisWorkflowDefinition {
     fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AnalysisWorkflowDefinition {
-    /// An empty workflow with a generated id.
-    pub fn new() -> Self {
         Self {
             id: format!("wf-{}", new_correlation_id()),
             stages: Vec::new(),
             target_pid: None,
             target_path: None,
         }
+    }
+}
+
+impl AnalysisWorkflowDefinition {
+    /// An empty workflow with a generated id (the [`Default`]).
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Sets the id.

