@@ -14,8 +14,9 @@
 
 use async_trait::async_trait;
 use collector_core::{
-    CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, SourceCaps,
+    procfs, CollectionEvent, Collector, CollectorConfig, EventSource, ProcessEvent, SourceCaps,
 };
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{atomic::AtomicBool, Arc};
 use std::time::Duration;
@@ -31,16 +32,9 @@ impl CustomProcessCollector {
     /// read is skipped; that is a race, not an error.
     async fn collect_processes(&self) -> anyhow::Result<Vec<ProcessEvent>> {
         let mut out = Vec::new();
-        let mut dir = tokio::fs::read_dir("/proc").await?;
-        while let Some(entry) = dir.next_entry().await? {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(comm) = tokio::fs::read_to_string(entry.path().join("comm")).await {
+        let pids = tokio::task::spawn_blocking(|| procfs::pids(Path::new("/proc"))).await??;
+        for pid in pids {
+            if let Ok(comm) = tokio::fs::read_to_string(format!("/proc/{pid}/comm")).await {
                 let mut event = ProcessEvent::new(pid, comm.trim_end());
                 event
                     .platform_metadata

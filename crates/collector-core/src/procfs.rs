@@ -1,7 +1,7 @@
 //! Pure parsers of `/proc`, shared by every collector: bytes in, values out.
 //!
 //! Nothing here reads a file (but [`KernelUnits::current`], which asks
-//! `sysconf`), so every parser is unit- and property-tested without
+//! `sysconf`, and [`pids`], which lists a directory), so every parser is unit- and property-tested without
 //! privileges, and none panics on any input: it returns a [`ParseError`]
 //! naming the file and what was wrong.
 //!
@@ -12,6 +12,7 @@
 //! - [`parse_btime`]: the boot time in `/proc/stat`; [`KernelUnits`] and
 //!   [`ticks_to_duration`]: clock ticks and pages into time and bytes.
 //! - [`parse_u64`]: the allocation-free decimal the parsers read with.
+//! - [`pids`]: the processes present in a `/proc`.
 //!
 //! ```
 //! use collector_core::procfs::{parse_pid_stat, ticks_to_duration};
@@ -248,6 +249,20 @@ pub fn parse_status_ids(bytes: &[u8]) -> Result<Ids, ParseError> {
     })
 }
 
+/// The pids present now in the procfs at `root` (its numeric entries),
+/// sorted.
+///
+/// # Errors
+/// When `root` cannot be listed.
+pub fn pids(root: &std::path::Path) -> std::io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = std::fs::read_dir(root)?
+        .filter_map(|e| parse_u64(e.ok()?.file_name().as_encoded_bytes()))
+        .filter_map(|pid| u32::try_from(pid).ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 /// `btime` (boot time, seconds since the epoch) from `/proc/stat`.
 pub fn parse_btime(bytes: &[u8]) -> Option<u64> {
     bytes
@@ -430,6 +445,20 @@ mod tests {
             (Some(8000), Some(9000), Some(3))
         );
         assert_eq!(value(b"Name"), None);
+    }
+
+    #[test]
+    fn pids_are_the_numeric_entries_sorted() {
+        let root = std::env::temp_dir().join(format!("procfs-pids-{}", std::process::id()));
+        for name in ["12", "abc", "3", "4294967296", "self"] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+        }
+        let listed = pids(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(listed.unwrap(), [3, 12]);
+        let here = pids(std::path::Path::new("/proc")).unwrap();
+        assert!(here.contains(&std::process::id()));
+        assert!(pids(&root).is_err(), "a root that is gone");
     }
 
     #[test]

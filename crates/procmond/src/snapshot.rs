@@ -276,12 +276,7 @@ impl ProcReader {
             path: self.root.clone(),
             source,
         };
-        let mut pids: Vec<u32> = std::fs::read_dir(&self.root)
-            .map_err(list_err)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        pids.sort_unstable();
-        Ok(pids)
+        collector_core::procfs::pids(&self.root).map_err(list_err)
     }
 
     /// Reads every process once. Processes that vanish mid-read are counted

@@ -41,26 +41,20 @@ impl Drop for Killed {
 
 /// The children of `pid` whose command line contains `needle`.
 fn children_with(pid: u32, needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains(needle) {
-            out.push(child);
-        }
-    }
-    out
+    let proc = std::path::Path::new("/proc");
+    let ppid = |child: u32| {
+        let stat = std::fs::read(proc.join(format!("{child}/stat"))).ok()?;
+        Some(collector_core::procfs::parse_pid_stat(&stat).ok()?.ppid)
+    };
+    let cmdline = |child: u32| std::fs::read(proc.join(format!("{child}/cmdline")));
+    collector_core::procfs::pids(proc)
+        .unwrap()
+        .into_iter()
+        .filter(|&child| {
+            ppid(child) == Some(pid)
+                && cmdline(child).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 /// The hex value of a `Cap*` line of `/proc/<pid>/status`.
@@ -197,16 +191,10 @@ sustained_cpu_for = "3s"
         "{:?}",
         rows.rows
     );
-    let samples = store
-        .query("SELECT count(*) FROM performance WHERE metric = 'cpu.total'")
-        .unwrap();
-    assert!(
-        samples.rows[0][0].as_i64().unwrap() >= 2,
-        "{:?}",
-        samples.rows
-    );
-    let alerted = store
-        .query("SELECT count(*) FROM alerts WHERE rule_id = 'sustained-cpu-suspicious-binary'")
-        .unwrap();
-    assert_eq!(alerted.rows[0][0], 1);
+    let count = |sql: &str| store.query(sql).unwrap().rows[0][0].as_i64().unwrap();
+    let samples = count("SELECT count(*) FROM performance WHERE metric = 'cpu.total'");
+    assert!(samples >= 2, "{samples} cpu.total samples");
+    let alerted =
+        count("SELECT count(*) FROM alerts WHERE rule_id = 'sustained-cpu-suspicious-binary'");
+    assert_eq!(alerted, 1);
 }
