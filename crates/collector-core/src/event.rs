@@ -516,10 +516,12 @@ pub struct LifecycleDetail {
     /// For `PidReused`: the key of the process that had the pid before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<ProcessKey>,
-    /// For `Modified`: what changed.
+    /// For `Modified`: which of the watched fields (argv, executable, uid,
+    /// name) changed; the event carries their new values.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<ProcessField>,
-    /// For `StartTimeAnomaly`: what is impossible about the start time.
+    /// For `StartTimeAnomaly`: what is impossible about the start time
+    /// (before its parent's, or in the future).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<StartTimeAnomaly>,
     /// For `Exit`: how long the process ran, in milliseconds.

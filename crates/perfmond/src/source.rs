@@ -103,6 +103,11 @@ impl PerfmondCounters {
                     "Processes gone from the sampled table since the previous sample.",
                     &s.exited,
                 ),
+                (
+                    "daemoneye_items_skipped_total",
+                    "Processes, cgroups and devices over their configured limit, not read.",
+                    &s.skipped,
+                ),
             ],
         );
         registry.register_by_reason(
@@ -120,12 +125,6 @@ impl PerfmondCounters {
             "Pressure stall files (cpu, memory, io) the kernel does not have: not sampled.",
             &[("source", "perfmond")],
             &s.psi_absent,
-        );
-        registry.register_counter(
-            "daemoneye_items_skipped_total",
-            "Processes, cgroups and devices over their configured limit, not read.",
-            &[("source", "perfmond")],
-            &s.skipped,
         );
     }
 }
