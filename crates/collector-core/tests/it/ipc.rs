@@ -505,6 +505,98 @@ async fn at_max_connections_a_new_client_evicts_the_longest_idle_one() {
     server.stop().await;
 }
 
+/// One peer's idle connections cannot lock out a new client of the same
+/// uid: at `max_connections_per_uid` (far below `max_connections`), the
+/// newcomer takes the place of that uid's longest idle connection, silent
+/// or shaken hands, and is served at once; with every one of them busy it
+/// is refused, counted `peer_limit`, not `overloaded`.
+#[tokio::test]
+async fn idle_connections_of_one_uid_do_not_lock_out_a_new_client_of_it() {
+    let dir = TempDir::new("per-uid");
+    let config = IpcServerConfig {
+        max_connections: 64,
+        max_connections_per_uid: 4,
+        // Long enough to hold a place for minutes: what is under test is
+        // that holding it does not lock anyone out.
+        handshake_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        handler_timeout: Duration::from_secs(60),
+        evict_idle_after: Duration::from_millis(300),
+        ..fast_config(&dir.sock())
+    };
+    let server = serve(config, SourceCaps::PROCESS, None).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(UnixStream::connect(&server.path).await.unwrap());
+    }
+    let mut quiet = Vec::new();
+    for _ in 0..2 {
+        quiet.push(raw_handshake(&server.path).await);
+    }
+    // Time passing is what is under test: all four idle past the grace.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let asked = tokio::time::Instant::now();
+    let client = connect(&server.path).await;
+    let answer = ask(&client, "t1", ProtoTaskType::EnumerateProcesses).await;
+    assert!(answer.success, "{answer:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "served in {:?}",
+        asked.elapsed()
+    );
+    // The first silent connection, idle longest, made room.
+    let (got, eof) = read_all(&mut silent[0], Duration::from_secs(5)).await;
+    assert!(eof);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    let s = server.handle.stats();
+    assert_eq!(
+        (
+            s.connections_evicted,
+            s.connections_refused_peer_limit,
+            s.connections_active
+        ),
+        (1, 0, 4),
+        "{s:?}"
+    );
+    drop((silent, quiet, client));
+    server.wait_idle().await;
+
+    // Four busy connections: nothing of theirs to evict, the fifth of the
+    // same uid is refused although the server has room.
+    let mut busy = Vec::new();
+    for id in 0..4 {
+        let mut s = raw_handshake(&server.path).await;
+        start_slow_task(&mut s, 100 + id).await;
+        beat(&mut s, 200 + id).await;
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut refused = UnixStream::connect(&server.path).await.unwrap();
+    let (got, eof) = read_all(&mut refused, Duration::from_secs(5)).await;
+    assert!(eof);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    let s = server.handle.stats();
+    assert_eq!(
+        (
+            s.connections_refused_peer_limit,
+            s.connections_refused_overloaded
+        ),
+        (1, 0),
+        "{s:?}"
+    );
+    let registry = collector_core::metrics::Registry::new();
+    server.handle.register_metrics(&registry);
+    assert_eq!(
+        registry.value(
+            "daemoneye_connections_refused_total",
+            &[("stage", "ipc"), ("reason", "peer_limit")]
+        ),
+        Some(1)
+    );
+    drop(busy);
+    server.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn client_gives_up_after_capped_backoff() {
     let dir = TempDir::new("backoff");
@@ -875,12 +967,10 @@ async fn a_thousand_clients_at_once_while_a_good_client_is_served() {
     good_loop.await.unwrap();
     assert!(served.load(Ordering::Relaxed) > 0);
     let s = server.handle.stats();
-    assert_eq!(
-        s.connections_accepted + s.connections_refused_overloaded,
-        1001,
-        "{s:?}"
-    );
-    assert!(s.connections_refused_overloaded > 0, "{s:?}");
+    // All from one uid: refused at its own limit before the total's.
+    let refused = s.connections_refused_overloaded + s.connections_refused_peer_limit;
+    assert_eq!(s.connections_accepted + refused, 1001, "{s:?}");
+    assert!(s.connections_refused_peer_limit > 0, "{s:?}");
     server.stop().await;
 }
 
