@@ -411,6 +411,14 @@ async fn beat(s: &mut UnixStream, nonce: u64) {
     assert_eq!(echo.payload, Some(Payload::Heartbeat(Heartbeat { nonce })));
 }
 
+/// Reads `s` to its end: one `ERROR_CODE_OVERLOADED` answer, then closed
+/// (refused, or evicted for a new connection).
+async fn closed_overloaded(s: &mut UnixStream) {
+    let (got, eof) = read_all(s, Duration::from_secs(5)).await;
+    assert!(eof);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+}
+
 /// Starts a task that stays in flight (the handler sleeps on "slow").
 async fn start_slow_task(s: &mut UnixStream, id: u64) {
     let task = DetectionTask::new("slow", ProtoTaskType::MonitorProcessTree);
@@ -484,9 +492,7 @@ async fn at_max_connections_a_new_client_evicts_the_longest_idle_one() {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut refused = UnixStream::connect(&server.path).await.unwrap();
-    let (got, eof) = read_all(&mut refused, Duration::from_secs(5)).await;
-    assert!(eof);
-    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    closed_overloaded(&mut refused).await;
     let s = server.handle.stats();
     assert_eq!(
         (s.connections_evicted, s.connections_refused_overloaded),
@@ -545,9 +551,7 @@ async fn idle_connections_of_one_uid_do_not_lock_out_a_new_client_of_it() {
         asked.elapsed()
     );
     // The first silent connection, idle longest, made room.
-    let (got, eof) = read_all(&mut silent[0], Duration::from_secs(5)).await;
-    assert!(eof);
-    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    closed_overloaded(&mut silent[0]).await;
     let s = server.handle.stats();
     assert_eq!(
         (
@@ -572,9 +576,7 @@ async fn idle_connections_of_one_uid_do_not_lock_out_a_new_client_of_it() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut refused = UnixStream::connect(&server.path).await.unwrap();
-    let (got, eof) = read_all(&mut refused, Duration::from_secs(5)).await;
-    assert!(eof);
-    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    closed_overloaded(&mut refused).await;
     let s = server.handle.stats();
     assert_eq!(
         (
