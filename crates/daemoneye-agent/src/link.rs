@@ -1,7 +1,8 @@
 //! The agent's link to one collector, over the IPC protocol.
 //!
-//! [`run`] starts the collector as a child process (or uses one already
-//! running at a socket), connects to its socket, checks in the handshake
+//! [`run`] starts the collector as a child process (or asks the privileged
+//! [spawner](crate::spawner) to, when the agent dropped its privileges, or
+//! uses one already running at a socket), connects to its socket, checks in the handshake
 //! that it serves its configured domain (processes by default), subscribes
 //! to that domain's live events, and hands each received batch of process
 //! events on as [`ProcessEvent`]s (the only events the agent judges yet;

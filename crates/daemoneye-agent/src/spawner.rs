@@ -36,9 +36,11 @@
 //!
 //! The protocol ([`Request`], [`Report`]) is 16-byte messages, versioned,
 //! naming a collector by its place in the list: the agent cannot choose a
-//! program or an argument. An unknown message is logged and ignored. When
-//! the agent goes (its end closed, or the parent-death signal), the spawner
-//! stops every collector (SIGTERM, SIGKILL after 5 s) and exits.
+//! program or an argument, and a place runs at most one collector (until
+//! one told to stop has exited, a start is refused with `EBUSY`). A
+//! message outside the protocol ends the spawner, as does the agent going
+//! (its end closed, or the parent-death signal): it stops every collector
+//! (SIGTERM, SIGKILL after 5 s) and exits.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -775,8 +777,9 @@ async fn read_messages(
 struct Spawner {
     list: Vec<Option<SpawnEntry>>,
     peer_uid: u32,
-    /// Per place: the running collector's pid and what stops it.
-    running: HashMap<u16, (u32, oneshot::Sender<()>)>,
+    /// Per place: the running collector's pid and what stops it (taken
+    /// when it is told to stop: it keeps its place until it has exited).
+    running: HashMap<u16, (u32, Option<oneshot::Sender<()>>)>,
 }
 
 impl Spawner {
@@ -806,12 +809,16 @@ impl Spawner {
                     Some(Ok(Request::Start { index })) => Some(self.start(index, &exit_tx, &tracker)),
                     Some(Ok(Request::Stop { index })) => {
                         // Dropping the sender stops it; its exit is reported.
-                        self.running.remove(&index);
+                        if let Some((_, stop)) = self.running.get_mut(&index) {
+                            stop.take();
+                        }
                         None
                     }
+                    // Not the agent this binary speaks with: broken or taken
+                    // over. Its collectors are stopped, and the spawner ends.
                     Some(Err(e)) => {
-                        warn!(error = %e, "spawner: a request refused");
-                        None
+                        error!(error = %e, "spawner: a message outside the protocol; stopping");
+                        break;
                     }
                 },
             };
@@ -870,7 +877,7 @@ impl Spawner {
         };
         let pid = child.id().unwrap_or(0);
         let (stop_tx, stop_rx) = oneshot::channel();
-        self.running.insert(index, (pid, stop_tx));
+        self.running.insert(index, (pid, Some(stop_tx)));
         tracker.spawn(supervise(child, index, pid, stop_rx, exits.clone()));
         Report::Started { index, pid }
     }
@@ -988,13 +995,18 @@ impl SpawnerClient {
     pub async fn spawn(&self, index: u16) -> Result<RemoteChild, String> {
         let (started, answer) = oneshot::channel();
         let (exit_tx, exit) = watch::channel(None);
-        lock(&self.slots).insert(
-            index,
-            Slot {
-                starting: Some(started),
-                exit: Some((0, exit_tx)),
-            },
-        );
+        match lock(&self.slots).entry(index) {
+            // One link per place: a second start is a bug of the caller.
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err("it is already started".to_owned())
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Slot {
+                    starting: Some(started),
+                    exit: Some((0, exit_tx)),
+                });
+            }
+        }
         let gone = SpawnerGone.to_string();
         if self.requests.send(Request::Start { index }).await.is_err() {
             return Err(gone);
@@ -1147,6 +1159,108 @@ mod tests {
         m[15] = 1;
         assert!(Request::decode(&m).is_err());
         assert!(Request::decode(&[0; MESSAGE_LEN]).is_err());
+    }
+
+    fn entry(name: &str, program: &str, args: &[&str]) -> Option<SpawnEntry> {
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let program = Some(program.into());
+        (!name.is_empty()).then(|| SpawnEntry {
+            name: name.to_owned(),
+            program,
+            args,
+        })
+    }
+
+    /// A spawner serving `list` on one end of a socket pair, and the other.
+    fn serving(
+        list: Vec<Option<SpawnEntry>>,
+    ) -> (
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let theirs = tokio::net::UnixStream::from_std(theirs).unwrap();
+        let spawner = Spawner {
+            list,
+            peer_uid: 4321,
+            running: HashMap::new(),
+        };
+        (tokio::spawn(spawner.serve(theirs)), ours)
+    }
+
+    #[tokio::test]
+    async fn the_spawner_starts_only_its_list_reports_exits_and_stops_on_request() {
+        let (spawner, ours) = serving(vec![
+            entry("exits", "/bin/sh", &["-c", "exit 3"]),
+            entry("sleeps", "/bin/sleep", &["60"]),
+            None,
+            entry(
+                "peer",
+                "/bin/sh",
+                &["-c", "test \"$DAEMONEYE_IPC_PEER_UID\" = 4321"],
+            ),
+        ]);
+        let client = SpawnerClient::start(ours).unwrap();
+        // Its exit, with its code, is reported.
+        let mut exits = client.spawn(0).await.unwrap();
+        assert!(exits.pid() > 0);
+        assert_eq!(exits.wait().await.unwrap().code(), Some(3));
+        // It tells the collector whose uid to let in.
+        let mut peer = client.spawn(3).await.unwrap();
+        assert_eq!(peer.wait().await.unwrap().code(), Some(0));
+        // Stopped on request: SIGTERM; its place can be started again.
+        let mut sleeps = client.spawn(1).await.unwrap();
+        assert!(client.spawn(1).await.unwrap_err().contains("already"));
+        sleeps.stop().await;
+        assert_eq!(sleeps.wait().await.unwrap().signal(), Some(15));
+        let again = client.spawn(1).await.unwrap();
+        assert_ne!(again.pid(), sleeps.pid());
+        // Places that are not in the list, or only connected to.
+        for index in [2, 4, 600] {
+            let e = client.spawn(index).await.unwrap_err();
+            assert!(e.contains("Invalid argument"), "{e}");
+        }
+        // The agent gone: the spawner stops what runs, and ends.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(again.pid()).unwrap());
+        drop((client, again, exits, peer, sleeps));
+        tokio::time::timeout(Duration::from_secs(15), spawner)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_outside_the_protocol_ends_the_spawner() {
+        let (spawner, ours) = serving(vec![entry("sleeps", "/bin/sleep", &["60"])]);
+        ours.set_nonblocking(true).unwrap();
+        let mut ours = tokio::net::UnixStream::from_std(ours).unwrap();
+        ours.write_all(&Request::Start { index: 0 }.encode())
+            .await
+            .unwrap();
+        let mut m = [0u8; MESSAGE_LEN];
+        ours.read_exact(&mut m).await.unwrap();
+        let Ok(Report::Started { pid, .. }) = Report::decode(&m) else {
+            panic!("{m:?}");
+        };
+        let mut bad = Request::Stop { index: 0 }.encode();
+        bad[1] = 99;
+        ours.write_all(&bad).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(15), spawner)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        );
     }
 
     #[test]

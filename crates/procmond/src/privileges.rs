@@ -22,6 +22,12 @@
 //! through the file descriptors already open. Without that order (a library
 //! caller dropping first) the collector falls back to the process connector
 //! and says so.
+//!
+//! The agent's built-in collectors are started by its spawner, which holds
+//! [`KEPT`] and [`LOAD_EBPF`] permitted and none effective
+//! ([`drop_privileges_for_spawner`]); root's exec gives a collector the
+//! spawner's permitted set, `no_new_privs` no more. The agent itself leaves
+//! root for good ([`drop_to_user`]).
 
 use rustix::thread::{
     capabilities, remove_capability_from_bounding_set, set_capabilities, set_no_new_privs,

@@ -192,3 +192,54 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
         });
     }
 }
+
+/// What the agent refuses to give its user, or cannot become, is named and
+/// exits with 2, before anything starts: a shared directory holding other
+/// files than the agent's (`data_dir = "/var/lib"` must not give it away),
+/// a config file inside the data directory (the user could rewrite what
+/// the spawner runs as root), an unknown user.
+#[test]
+fn what_the_agent_may_not_take_or_become_is_refused_with_2() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |data: &std::path::Path, config: Option<&std::path::Path>| {
+        let mut cmd = Command::new(AGENT);
+        cmd.arg("run").arg("--data-dir").arg(data);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let out = cmd.env_remove("DAEMONEYE_CONFIG").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(shared.join("passwd"), "not the agent's\n").unwrap();
+    let err = run(&shared, None);
+    assert!(
+        err.contains("\"passwd\"") && err.contains("shared"),
+        "{err}"
+    );
+    // Not taken: still root's, its mode unchanged.
+    let meta = std::fs::metadata(&shared).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o755));
+
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let inside = data.join("agent.toml");
+    std::fs::write(&inside, "sweep_interval = \"1h\"\n").unwrap();
+    let err = run(&data, Some(&inside));
+    assert!(
+        err.contains("agent.toml") && err.contains("data directory"),
+        "{err}"
+    );
+
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "user = \"no-such-user-daemoneye\"\n").unwrap();
+    let err = run(&data, Some(&config));
+    assert!(err.contains("no-such-user-daemoneye"), "{err}");
+}
