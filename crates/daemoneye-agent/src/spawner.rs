@@ -295,6 +295,13 @@ pub enum SeparationError {
     /// Privileges cannot be dropped.
     #[error(transparent)]
     Privileges(#[from] procmond::privileges::PrivilegeError),
+    /// Called with threads running: they would keep root and the
+    /// capabilities (both are per thread). A bug of the caller.
+    #[error("privileges must be dropped before any thread starts ({threads} are running)")]
+    Threads {
+        /// The threads of the process.
+        threads: u64,
+    },
 }
 
 impl SeparationError {
@@ -644,6 +651,10 @@ pub fn separate(
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
+    let threads = procfs_threads();
+    if threads > 1 {
+        return Err(SeparationError::Threads { threads });
+    }
     let (name, user) = agent_user(settings.user.as_deref())?;
     if user.uid == 0 {
         procmond::privileges::drop_privileges_for_supervisor()?;
@@ -685,6 +696,20 @@ pub fn separate(
         child,
         uid: user.uid,
     }))
+}
+
+/// The threads of this process (`Threads:` of `/proc/self/status`); 1
+/// when it cannot be read.
+fn procfs_threads() -> u64 {
+    use collector_core::procfs::{status_lines, status_number};
+    std::fs::read("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            status_lines(&s)
+                .find(|(key, _)| *key == b"Threads")
+                .and_then(|(_, value)| status_number(value))
+        })
+        .unwrap_or(1)
 }
 
 /// After the agent's run: waits (10 s at most) for the spawner to exit, which

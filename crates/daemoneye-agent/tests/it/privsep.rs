@@ -243,3 +243,38 @@ fn what_the_agent_may_not_take_or_become_is_refused_with_2() {
     let err = run(&data, Some(&config));
     assert!(err.contains("no-such-user-daemoneye"), "{err}");
 }
+
+/// The agent killed outright (SIGKILL, no chance to stop anything): the
+/// spawner gets its parent-death signal, stops the collectors and exits;
+/// nothing privileged is left behind.
+#[test]
+fn the_agent_killed_leaves_no_spawner_or_collector_behind() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let data = dir.path().join("data");
+    let mut agent = Killed(
+        Command::new(AGENT)
+            .args(["run", "--interval", "3600", "--sweep-secs", "3600"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let spawner = wait_for("the spawner", || child_with(agent.0.id(), "spawner"));
+    let procmond = wait_for("procmond", || child_with(spawner, "collect\0"));
+    let perfmond = wait_for("perfmond", || child_with(spawner, "collect-performance"));
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    for pid in [spawner, procmond, perfmond] {
+        wait_for("the spawner and its collectors gone", || {
+            let state = status(pid, "State:");
+            (state.is_none() || state.is_some_and(|s| s.starts_with('Z'))).then_some(())
+        });
+    }
+}
