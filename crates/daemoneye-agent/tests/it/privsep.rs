@@ -48,6 +48,11 @@ fn child_with(pid: u32, needle: &str) -> Option<u32> {
     }
 }
 
+/// Whether `pid` has exited (reaped, or a zombie).
+fn gone(pid: u32) -> bool {
+    status(pid, "State:").is_none_or(|s| s.starts_with('Z'))
+}
+
 /// Waits (30 s at most) for `f` to give something.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -186,9 +191,7 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     assert!(code.success(), "{code}");
     for pid in [spawner, restarted, perfmond] {
         wait_for("the spawner and its collectors gone", || {
-            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || status(pid, "State:").is_some_and(|s| s.starts_with('Z')))
-            .then_some(())
+            gone(pid).then_some(())
         });
     }
 }
@@ -273,8 +276,7 @@ fn the_agent_killed_leaves_no_spawner_or_collector_behind() {
     agent.0.wait().unwrap();
     for pid in [spawner, procmond, perfmond] {
         wait_for("the spawner and its collectors gone", || {
-            let state = status(pid, "State:");
-            (state.is_none() || state.is_some_and(|s| s.starts_with('Z'))).then_some(())
+            gone(pid).then_some(())
         });
     }
 }
