@@ -1163,22 +1163,11 @@ fn peer_child_helper() {
     }
 }
 
-#[tokio::test]
-async fn a_peer_of_another_uid_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root to run a client as nobody");
-        return;
-    }
-    let dir = TempDir::new("nobody");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    // Open the way to the socket so that only the peer check stands between
-    // nobody and the server.
-    for p in [&dir.0, &dir.sock().parent().unwrap().to_path_buf()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
-    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+/// `peer_child_helper` run as `nobody` against `path`: what it printed,
+/// or `None` (said) when the test binary cannot run as nobody here.
+async fn as_nobody(path: &Path) -> Option<String> {
     let exe = std::env::current_exe().unwrap();
-    let path = server.path.clone();
+    let path = path.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         use std::os::unix::process::CommandExt;
         std::process::Command::new(exe)
@@ -1196,15 +1185,73 @@ async fn a_peer_of_another_uid_is_refused() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() && !stdout.contains("peer-child-bytes") {
         eprintln!(
             "skipping: the test binary cannot run as nobody here: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        server.stop().await;
+        return None;
+    }
+    Some(stdout)
+}
+
+/// `peer_uid`: the agent's user, after it dropped root, is served by a
+/// root collector; it reaches the socket (0660) through the group of the
+/// setgid directory it is in, as the agent prepares `<data-dir>/collectors`.
+#[tokio::test]
+async fn the_peer_uid_reaches_a_socket_shared_through_its_group() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run a client as nobody");
         return;
     }
+    let dir = TempDir::new("peer-uid");
+    let sockets = dir.sock().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&sockets).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&sockets, None, Some(65534)).unwrap();
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let config = IpcServerConfig {
+        peer_uid: Some(65534),
+        ..fast_config(&dir.sock())
+    };
+    let server = serve(config, SourceCaps::PROCESS, None).await;
+    let meta = std::fs::metadata(&server.path).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
+    let Some(stdout) = as_nobody(&server.path).await else {
+        server.stop().await;
+        return;
+    };
+    // The handshake was answered.
+    assert!(!stdout.contains("peer-child-bytes=0"), "{stdout}");
+    let s = server.wait_idle().await;
+    assert_eq!(
+        (s.connections_accepted, s.connections_refused_peer),
+        (1, 0),
+        "{s:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_of_another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run a client as nobody");
+        return;
+    }
+    let dir = TempDir::new("nobody");
+    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
+    // Open the way to the socket so that only the peer check stands between
+    // nobody and the server.
+    for p in [&dir.0, &dir.sock().parent().unwrap().to_path_buf()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let Some(stdout) = as_nobody(&server.path).await else {
+        server.stop().await;
+        return;
+    };
     assert!(stdout.contains("peer-child-bytes=0"), "{stdout}");
     let s = server.handle.stats();
     assert_eq!(s.connections_refused_peer, 1, "{s:?}");
