@@ -65,13 +65,19 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-#[test]
-#[allow(clippy::too_many_lines)] // one scenario, in order
-fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the_spawner() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: privilege separation happens only when the agent starts as root");
-        return;
-    }
+/// `daemoneye-agent run` as root on a data directory its user can reach,
+/// once its spawner and both collectors run.
+struct Separated {
+    /// Holds the data directory.
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    agent: Killed,
+    spawner: u32,
+    procmond: u32,
+    perfmond: u32,
+}
+
+fn start_separated() -> Separated {
     let dir = tempfile::tempdir().unwrap();
     // The agent's user must reach its data directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -90,6 +96,32 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     let spawner = wait_for("the spawner", || child_with(agent_pid, "spawner"));
     let procmond = wait_for("procmond", || child_with(spawner, "collect\0"));
     let perfmond = wait_for("perfmond", || child_with(spawner, "collect-performance"));
+    Separated {
+        _dir: dir,
+        data,
+        agent,
+        spawner,
+        procmond,
+        perfmond,
+    }
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the_spawner() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+        return;
+    }
+    let Separated {
+        _dir,
+        data,
+        agent,
+        spawner,
+        procmond,
+        perfmond,
+    } = start_separated();
+    let agent_pid = agent.0.id();
     // Connected: the agent's health names procmond's pid.
     wait_for("the collector connected", || {
         let report = crate::e2e::agent_health(&data);
@@ -256,22 +288,14 @@ fn the_agent_killed_leaves_no_spawner_or_collector_behind() {
         eprintln!("skipping: privilege separation happens only when the agent starts as root");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let data = dir.path().join("data");
-    let mut agent = Killed(
-        Command::new(AGENT)
-            .args(["run", "--interval", "3600", "--sweep-secs", "3600"])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let spawner = wait_for("the spawner", || child_with(agent.0.id(), "spawner"));
-    let procmond = wait_for("procmond", || child_with(spawner, "collect\0"));
-    let perfmond = wait_for("perfmond", || child_with(spawner, "collect-performance"));
+    let Separated {
+        _dir,
+        mut agent,
+        spawner,
+        procmond,
+        perfmond,
+        ..
+    } = start_separated();
     agent.0.kill().unwrap();
     agent.0.wait().unwrap();
     for pid in [spawner, procmond, perfmond] {
