@@ -656,6 +656,13 @@ pub fn separate(
         return Err(SeparationError::Threads { threads });
     }
     let (name, user) = agent_user(settings.user.as_deref())?;
+    if settings.user.is_none() && name == FALLBACK_USER {
+        warn!(
+            "no user {DEFAULT_USER:?}: the agent runs as {FALLBACK_USER:?}, and other processes \
+             running as {FALLBACK_USER:?} could reach its collectors' event streams; create a \
+             user of its own (useradd --system {DEFAULT_USER}) or name one (config `user`)"
+        );
+    }
     if user.uid == 0 {
         procmond::privileges::drop_privileges_for_supervisor()?;
         warn!("the agent runs as root (`user = \"root\"`): no privilege separation");
