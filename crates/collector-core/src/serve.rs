@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// ADDR, for example 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// (internal) Share the socket with this uid too (the agent's, after
+    /// it dropped to its user): see [`IpcServerConfig::peer_uid`].
+    #[arg(long, hide = true, value_name = "UID", env = "DAEMONEYE_IPC_PEER_UID")]
+    pub ipc_peer_uid: Option<u32>,
 }
 
 /// The flags of `run` for a collector that looks every interval (perfmond,
@@ -477,18 +481,23 @@ impl Serve {
             };
             let health = health
                 .unwrap_or_else(|| Box::new(move |h: &CollectorHandle| collector_health(name, h)));
-            let server =
-                CollectorIpcServer::new(IpcServerConfig::new(&path), self.collector.capabilities())
-                    .await?
-                    .with_events(handle.clone())
-                    .with_name(name)
-                    .with_health({
-                        let handle = handle.clone();
-                        move || {
-                            let report = health(&handle);
-                            Box::pin(async move { report })
-                        }
-                    });
+            let server = CollectorIpcServer::new(
+                IpcServerConfig {
+                    peer_uid: self.args.ipc_peer_uid,
+                    ..IpcServerConfig::new(&path)
+                },
+                self.collector.capabilities(),
+            )
+            .await?
+            .with_events(handle.clone())
+            .with_name(name)
+            .with_health({
+                let handle = handle.clone();
+                move || {
+                    let report = health(&handle);
+                    Box::pin(async move { report })
+                }
+            });
             anyhow::Ok((server, handler))
         };
         match setup.await {

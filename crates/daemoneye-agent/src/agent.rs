@@ -51,9 +51,10 @@ use crate::config::{CollectorSpec, ConfigError, Launch, Settings};
 use crate::detect::Detector;
 use crate::engine::{EngineError, RuleEngine};
 use crate::health::{AgentCounters, AgentHealth, LinkedCollector};
-use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus};
-use crate::rules::{self, RuleError};
+use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus, SpawnerSlot};
+use crate::rules::{self, Rule, RuleError};
 use crate::sink::{SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
+use crate::spawner::{Separated, SpawnerClient};
 use crate::store::{AgentStore, StoreError};
 use crate::writer::StoreWriter;
 
@@ -120,6 +121,9 @@ pub enum AgentError {
     /// The metrics address cannot be served (in use, not local).
     #[error(transparent)]
     Metrics(#[from] ServeError),
+    /// The spawner's socket cannot be served.
+    #[error("cannot talk to the spawner")]
+    Spawner(#[source] std::io::Error),
 }
 
 impl AgentError {
@@ -156,24 +160,53 @@ fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
         })
 }
 
-/// The link settings of one configured collector.
-fn link_config(spec: &CollectorSpec) -> Result<LinkConfig, AgentError> {
-    let mode = match &spec.launch {
-        Launch::Builtin { args } => CollectorMode::Spawn {
+/// The link settings of one configured collector, the `index`th; one the
+/// agent starts is asked of `spawner` when there is one.
+fn link_config(
+    spec: &CollectorSpec,
+    index: usize,
+    spawner: Option<&SpawnerClient>,
+) -> Result<LinkConfig, AgentError> {
+    let mode = match (&spec.launch, spawner) {
+        (Launch::Connect, _) => CollectorMode::Connect,
+        (_, Some(client)) => CollectorMode::Spawner(SpawnerSlot {
+            client: client.clone(),
+            index: u16::try_from(index).unwrap_or(u16::MAX),
+        }),
+        (Launch::Builtin { args }, None) => CollectorMode::Spawn {
             program: std::env::current_exe().map_err(AgentError::CurrentExe)?,
             args: args.clone(),
         },
-        Launch::Program { program, args } => CollectorMode::Spawn {
+        (Launch::Program { program, args }, None) => CollectorMode::Spawn {
             program: program.clone(),
             args: args.clone(),
         },
-        Launch::Connect => CollectorMode::Connect,
     };
     Ok(LinkConfig {
         name: spec.name.clone(),
         domain: spec.domain,
         ..LinkConfig::new(mode, &spec.socket)
     })
+}
+
+/// The built-in rules and those of the rules directory (the settings', or
+/// `<data-dir>/rules` when it exists), with the files and rules refused.
+///
+/// # Errors
+/// When the built-in pack does not load (a bug of the build).
+pub(crate) fn load_rules(settings: &Settings) -> Result<(Vec<Rule>, Vec<RuleError>), RuleError> {
+    let mut all = rules::builtin()?;
+    let rules_dir = settings
+        .rules_dir
+        .clone()
+        .or_else(|| Some(settings.data_dir.join("rules")).filter(|d| d.is_dir()));
+    let mut refused = Vec::new();
+    if let Some(dir) = &rules_dir {
+        let (ok, bad) = rules::load_dir(dir);
+        all.extend(ok);
+        refused.extend(bad);
+    }
+    Ok((all, refused))
 }
 
 /// The sinks the settings name (stdout always): one failing or stalled
@@ -481,6 +514,37 @@ impl Agent {
     /// An [`AgentError`]; [`AgentError::is_bad_input`] tells the user's
     /// mistakes from failures.
     pub async fn build(settings: Settings) -> Result<Self, AgentError> {
+        let rules = load_rules(&settings).map_err(AgentError::Rules)?;
+        Self::build_with(settings, rules, None).await
+    }
+
+    /// [`build`](Self::build) for an agent [`separate`](crate::spawner::separate)d
+    /// from its privileges: with the rules read as root, its collectors
+    /// started by the spawner.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); [`AgentError::Spawner`] when the
+    /// spawner's socket cannot be served.
+    pub async fn build_separated(
+        settings: Settings,
+        separated: Separated,
+    ) -> Result<(Self, std::process::Child), AgentError> {
+        let Separated {
+            rules,
+            stream,
+            child,
+            ..
+        } = separated;
+        let client = SpawnerClient::start(stream).map_err(AgentError::Spawner)?;
+        let agent = Self::build_with(settings, (rules.rules, rules.refused), Some(client)).await?;
+        Ok((agent, child))
+    }
+
+    async fn build_with(
+        settings: Settings,
+        (all, mut refused): (Vec<Rule>, Vec<RuleError>),
+        spawner: Option<SpawnerClient>,
+    ) -> Result<Self, AgentError> {
         let data_dir = &settings.data_dir;
         create_private_dir(data_dir)?;
         // Bound before anything is opened: an address in use is bad input.
@@ -489,24 +553,13 @@ impl Agent {
             Some(addr) => Some(MetricsServer::bind(addr, metrics.clone()).await?),
             None => None,
         };
-        if !nix::unistd::geteuid().is_root() {
+        if spawner.is_none() && !nix::unistd::geteuid().is_root() {
             warn!(
                 "not running as root: other users' processes are seen only in part (their \
                  executables and hashes are unreadable), and where the kernel refuses its process \
                  connector a collector sees processes only in its snapshots, missing \
                  short-lived ones (it says so if that happens)"
             );
-        }
-        let mut all = rules::builtin().map_err(AgentError::Rules)?;
-        let rules_dir = settings
-            .rules_dir
-            .clone()
-            .or_else(|| Some(data_dir.join("rules")).filter(|d| d.is_dir()));
-        let mut refused = Vec::new();
-        if let Some(dir) = &rules_dir {
-            let (ok, bad) = rules::load_dir(dir);
-            all.extend(ok);
-            refused.extend(bad);
         }
         let engine = RuleEngine::new(all).map_err(AgentError::Engine)?;
         refused.extend(engine.refused().iter().cloned());
@@ -529,7 +582,11 @@ impl Agent {
         let links = settings
             .collectors
             .iter()
-            .map(|spec| Ok((link_config(spec)?, Arc::new(LinkStatus::default()))))
+            .enumerate()
+            .map(|(i, spec)| {
+                let config = link_config(spec, i, spawner.as_ref())?;
+                Ok((config, Arc::new(LinkStatus::default())))
+            })
             .collect::<Result<Vec<_>, AgentError>>()?;
         let counters = Arc::new(AgentCounters::default());
         let health = AgentHealth {

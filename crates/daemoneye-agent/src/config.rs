@@ -31,6 +31,7 @@
 //! (`builtin = "procmond"`) and perfmond (`builtin = "perfmond"`, sampling
 //! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s).
 //! | `metrics_listen` | `--metrics-listen` (off by default) | `DAEMONEYE_METRICS_LISTEN` |
+//! | `user` (as root: the agent's user, see [`crate::spawner`]) | | |
 //!
 //! ```
 //! use daemoneye_agent::config::{AgentConfig, Launch, RunArgs, Settings};
@@ -246,6 +247,10 @@ pub struct AgentConfig {
     pub checkpoint_interval: Option<Duration>,
     /// Where `/metrics` is served (`"127.0.0.1:9464"`); off when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// The user the agent runs as once started as root (see
+    /// [`crate::spawner`]); default `daemoneye` if it exists, else `nobody`;
+    /// `root` keeps the agent root (no separation).
+    pub user: Option<String>,
     /// Where alerts go besides stdout and the store (`[sinks]`).
     pub sinks: SinksConfig,
     /// The collectors the agent supervises (`[[collector]]`); when absent,
@@ -442,6 +447,9 @@ pub struct Settings {
     pub checkpoint_interval: Duration,
     /// Where `/metrics` is served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The user to run as when started as root (`None`: the default, see
+    /// [`AgentConfig::user`]).
+    pub user: Option<String>,
     /// The sinks besides stdout and the store.
     pub sinks: SinkSettings,
     /// The supervised collectors, at least one, names unique.
@@ -647,6 +655,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_DEDUP_WINDOW),
             checkpoint_interval,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            user: file.user,
             sinks,
             collectors,
         })

@@ -48,6 +48,7 @@ pub mod config;
 pub mod health;
 pub mod link;
 pub mod sink;
+pub mod spawner;
 
 pub use daemoneye_rules::{detect, engine, rules};
 pub use daemoneye_store::{alert, ledger, performance, writer};

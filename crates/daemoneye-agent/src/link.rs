@@ -1,7 +1,8 @@
 //! The agent's link to one collector, over the IPC protocol.
 //!
-//! [`run`] starts the collector as a child process (or uses one already
-//! running at a socket), connects to its socket, checks in the handshake
+//! [`run`] starts the collector as a child process (or asks the privileged
+//! [spawner](crate::spawner) to, when the agent dropped its privileges, or
+//! uses one already running at a socket), connects to its socket, checks in the handshake
 //! that it serves its configured domain (processes by default), subscribes
 //! to that domain's live events, and hands each received batch of process
 //! events on as [`ProcessEvent`]s (the only events the agent judges yet;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::CollectorDomain;
+use crate::spawner::{RemoteChild, SpawnerClient};
 
 /// How the collector is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +45,81 @@ pub enum CollectorMode {
         /// Its arguments.
         args: Vec<OsString>,
     },
+    /// Ask the privileged spawner to start it (the agent dropped its
+    /// privileges, see [`crate::spawner`]) and supervise it through it.
+    Spawner(SpawnerSlot),
     /// Connect to a collector someone else runs; reconnect when it goes.
     Connect,
+}
+
+/// A collector of the spawner's list: its place, and the spawner.
+#[derive(Debug, Clone)]
+pub struct SpawnerSlot {
+    /// The spawner.
+    pub client: SpawnerClient,
+    /// The collector's place in its list.
+    pub index: u16,
+}
+
+impl PartialEq for SpawnerSlot {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+    }
+}
+
+impl Eq for SpawnerSlot {}
+
+/// A collector the link started: its own child, or the spawner's.
+enum Started {
+    Child(tokio::process::Child),
+    Remote(RemoteChild),
+}
+
+impl Started {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Child(c) => c.id().unwrap_or(0),
+            Self::Remote(r) => r.pid(),
+        }
+    }
+
+    /// Waits for it to exit: why it is lost.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn exited(&mut self) -> String {
+        match self {
+            Self::Child(c) => match c.wait().await {
+                Ok(status) => format!("collector exited: {status}"),
+                Err(e) => format!("cannot wait for the collector: {e}"),
+            },
+            Self::Remote(r) => match r.wait().await {
+                Ok(status) => format!("collector exited: {status} (reported by the spawner)"),
+                Err(e) => format!("cannot wait for the collector: {e}"),
+            },
+        }
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL if it has not exited within 5 s.
+    async fn stop(&mut self) {
+        match self {
+            Self::Child(child) => {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Self::Remote(r) => r.stop().await,
+        }
+    }
 }
 
 /// Settings of the link.
@@ -325,29 +400,10 @@ pub async fn run(
     status.set_state(LinkState::Stopped);
 }
 
-/// Stops a child: SIGTERM, then SIGKILL if it has not exited within 5 s.
-async fn stop_child(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
-}
-
-/// Waits for a spawned child to exit; never returns when there is none.
-async fn child_exit(child: Option<&mut tokio::process::Child>) -> String {
+/// Waits for a started collector to exit; never returns when there is none.
+async fn child_exit(child: Option<&mut Started>) -> String {
     match child {
-        Some(c) => match c.wait().await {
-            Ok(status) => format!("collector exited: {status}"),
-            Err(e) => format!("cannot wait for the collector: {e}"),
-        },
+        Some(c) => c.exited().await,
         None => std::future::pending().await,
     }
 }
@@ -369,18 +425,33 @@ async fn session(
                 .spawn();
             match spawned {
                 Ok(c) => {
-                    status.pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
                     info!(collector = %config.name, pid = c.id(), program = %program.display(), "collector started");
-                    Some(c)
+                    Some(Started::Child(c))
                 }
                 Err(e) => return Ended::Lost(format!("cannot start {}: {e}", program.display())),
             }
         }
+        CollectorMode::Spawner(slot) => {
+            let spawned = tokio::select! {
+                () = shutdown.cancelled() => return Ended::Shutdown,
+                spawned = slot.client.spawn(slot.index) => spawned,
+            };
+            match spawned {
+                Ok(c) => {
+                    info!(collector = %config.name, pid = c.pid(), "collector started by the spawner");
+                    Some(Started::Remote(c))
+                }
+                Err(e) => return Ended::Lost(format!("cannot start the collector: {e}")),
+            }
+        }
         CollectorMode::Connect => None,
     };
+    if let Some(c) = &child {
+        status.pid.store(c.pid(), Ordering::Relaxed);
+    }
     let ended = stream(config, status, tx, shutdown, child.as_mut()).await;
     if let Some(c) = child.as_mut() {
-        stop_child(c).await;
+        c.stop().await;
     }
     ended
 }
@@ -453,7 +524,7 @@ async fn stream(
     status: &LinkStatus,
     tx: &mpsc::Sender<LinkEvent>,
     shutdown: &CancellationToken,
-    mut child: Option<&mut tokio::process::Child>,
+    mut child: Option<&mut Started>,
 ) -> Ended {
     let client_config = IpcClientConfig {
         client_name: "daemoneye-agent".to_owned(),

@@ -9,13 +9,16 @@
 //!
 //! `collect` is the built-in collector child: procmond's collector in this
 //! binary, dropping every privilege but three. `collect-performance` is
-//! perfmond's, dropping every privilege.
+//! perfmond's, dropping every privilege. `spawner` is the privileged
+//! process that starts them for an agent that dropped its privileges
+//! (`daemoneye_agent::spawner`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use daemoneye_agent::agent::Agent;
 use daemoneye_agent::config::{RunArgs, Settings};
+use daemoneye_agent::spawner::{self, Separated};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -40,6 +43,9 @@ enum Command {
     /// binary.
     #[command(hide = true)]
     CollectPerformance(perfmond::cli::RunArgs),
+    /// (internal) Starts the collectors for the unprivileged agent.
+    #[command(hide = true)]
+    Spawner(spawner::SpawnerArgs),
 }
 
 /// Prints `e` with its causes; the exit code says whose fault it is.
@@ -69,10 +75,13 @@ fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
-async fn run(args: Box<RunArgs>) -> ExitCode {
-    let agent = match Settings::load(&args) {
-        Ok(settings) => Agent::build(settings).await,
-        Err(e) => return fail(e, true),
+async fn run(settings: Settings, separated: Option<Separated>) -> ExitCode {
+    let (agent, spawner) = match separated {
+        Some(separated) => match Agent::build_separated(settings, separated).await {
+            Ok((agent, spawner)) => (Ok(agent), Some(spawner)),
+            Err(e) => (Err(e), None),
+        },
+        None => (Agent::build(settings).await, None),
     };
     let agent = match agent {
         Ok(agent) => agent,
@@ -91,25 +100,48 @@ async fn run(args: Box<RunArgs>) -> ExitCode {
         }
     };
     agent.run(shutdown).await;
+    if let Some(spawner) = spawner {
+        spawner::reap(spawner).await;
+    }
     ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
-    if let Command::Run(_) = &cli.command {
+    let mut run_with = None;
+    if let Command::Run(args) = &cli.command {
         // Whatever the agent writes (store, its journal files, sockets,
         // alert files) is its owner's alone.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        // The agent needs no more than its collector: those three
-        // capabilities effective, and permitted (never effective) the two
-        // its child needs to load the eBPF tier before it drops them too;
-        // with no_new_privs the child gets no more. Before any thread starts.
-        if let Err(code) =
-            procmond::privileges::drop_privileges_for_supervisor_in_main("daemoneye-agent")
-        {
-            return code;
+        let mut settings = match Settings::load(args) {
+            Ok(settings) => settings,
+            Err(e) => return fail(e, true),
+        };
+        // As root: the spawner keeps the collectors' privileges, the agent
+        // becomes its user. Before any thread starts.
+        match spawner::separate(&mut settings, args.config.as_deref()) {
+            Ok(separated) => run_with = Some((settings, separated)),
+            Err(e) => {
+                let bad = e.is_bad_input();
+                return fail(e, bad);
+            }
         }
+    }
+    if let Command::Spawner(args) = &cli.command {
+        // Dies with the agent; keeps only what its children need.
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+            eprintln!("daemoneye-agent: cannot tie the spawner to the agent: {e}");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = procmond::privileges::drop_privileges_for_spawner() {
+            eprintln!("daemoneye-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+        return match spawner::run_spawner(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(anyhow::Error::new(e).context("the spawner failed"), false),
+        };
     }
     if let Command::Collect(_) | Command::CollectPerformance(_) = &cli.command {
         // Die with the agent, even if it is killed outright.
@@ -135,7 +167,7 @@ fn main() -> ExitCode {
             Err(procmond::cli::RunError::Bad(e)) => return fail(e, true),
             Err(procmond::cli::RunError::Failed(e)) => return fail(e, false),
         },
-        Command::Run(_) | Command::CollectPerformance(_) => None,
+        Command::Run(_) | Command::CollectPerformance(_) | Command::Spawner(_) => None,
     };
     if prepared.is_some() {
         if let Err(e) = procmond::privileges::drop_privileges() {
@@ -148,7 +180,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command {
-        Command::Run(args) => rt.block_on(run(args)),
+        Command::Run(_) => match run_with {
+            Some((settings, separated)) => rt.block_on(run(settings, separated)),
+            None => ExitCode::FAILURE,
+        },
+        Command::Spawner(_) => ExitCode::FAILURE,
         Command::Collect(args) => match rt.block_on(async {
             match prepared {
                 Some(prepared) => procmond::cli::run_prepared(args, prepared).await,

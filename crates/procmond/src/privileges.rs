@@ -22,6 +22,12 @@
 //! through the file descriptors already open. Without that order (a library
 //! caller dropping first) the collector falls back to the process connector
 //! and says so.
+//!
+//! The agent's built-in collectors are started by its spawner, which holds
+//! [`KEPT`] and [`LOAD_EBPF`] permitted and none effective
+//! ([`drop_privileges_for_spawner`]); root's exec gives a collector the
+//! spawner's permitted set, `no_new_privs` no more. The agent itself leaves
+//! root for good ([`drop_to_user`]).
 
 use rustix::thread::{
     capabilities, remove_capability_from_bounding_set, set_capabilities, set_no_new_privs,
@@ -86,6 +92,66 @@ pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
 /// As [`drop_privileges`].
 pub fn drop_privileges_for_supervisor() -> Result<Dropped, PrivilegeError> {
     reduce_to(KEPT.union(LOAD_EBPF))
+}
+
+/// [`drop_privileges`] for the agent's privileged spawner, which starts the
+/// collectors and does nothing else: [`KEPT`] and [`LOAD_EBPF`] permitted
+/// (and bounding), for its children to take at exec (root's exec gives a
+/// child its parent's permitted set, `no_new_privs` no more), none
+/// effective.
+///
+/// # Errors
+/// As [`drop_privileges`].
+pub fn drop_privileges_for_spawner() -> Result<Dropped, PrivilegeError> {
+    reduce(KEPT.union(LOAD_EBPF), CapabilitySet::empty())
+}
+
+/// Becomes `uid` and `gid` (supplementary groups: `gid` alone) with no
+/// capability in any set, the bounding set emptied and `no_new_privs`: what
+/// the agent does once its spawner holds the collectors' privileges. Call it
+/// as root before any thread starts (capabilities and `no_new_privs` are per
+/// thread).
+///
+/// # Errors
+/// When a call fails; the caller must not go on.
+pub fn drop_to_user(uid: u32, gid: u32) -> Result<(), PrivilegeError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let errno = |operation: &'static str| {
+        move |e: nix::Error| PrivilegeError {
+            operation,
+            source: std::io::Error::from(e),
+        }
+    };
+    // While CAP_SETPCAP is still ours.
+    for cap in CapabilitySet::all().iter() {
+        if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
+            remove_capability_from_bounding_set(cap).map_err(fail("prctl(PR_CAPBSET_DROP)"))?;
+        }
+    }
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setgroups(&[gid]).map_err(errno("setgroups"))?;
+    setresgid(gid, gid, gid).map_err(errno("setresgid"))?;
+    // Leaving uid 0 clears the permitted and effective sets (no
+    // SECBIT_KEEP_CAPS); cleared below again, with the inheritable set.
+    setresuid(uid, uid, uid).map_err(errno("setresuid"))?;
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(fail("capset"))?;
+    set_no_new_privs(true).map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    // Cannot be undone: check it.
+    if setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+        return Err(PrivilegeError {
+            operation: "setresuid (uid 0 could be regained)",
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+    }
+    Ok(())
 }
 
 /// Gives up every capability (effective, permitted, inheritable, and the

@@ -34,13 +34,26 @@ pub struct IpcServerConfig {
     /// missing and refused when writable by group or others.
     pub socket_path: PathBuf,
     /// Peer uids allowed to connect; empty means the server's own effective
-    /// uid and root.
+    /// uid and root (and `peer_uid`).
     pub allowed_uids: Vec<u32>,
+    /// One more peer uid, an unprivileged supervisor's (the agent's after it
+    /// dropped to its user): allowed to connect, and able to reach the
+    /// socket through its group, because the socket is made 0660 instead of
+    /// 0600. Its group is the directory's group when the directory is
+    /// setgid (the agent prepares `<data-dir>/collectors` so: owned by root,
+    /// group the agent's, mode 2750); nobody else is in that group.
+    pub peer_uid: Option<u32>,
     /// Connections served at once. When all are taken, a new connection
     /// evicts the one that has been idle longest, if any has been idle for
     /// at least `evict_idle_after`; otherwise it is refused with an
     /// `ERROR_CODE_OVERLOADED` answer and closed.
     pub max_connections: usize,
+    /// Connections served at once for one peer uid, so that one peer's idle
+    /// or trickling connections cannot take every place. At the limit, a
+    /// new connection from that uid evicts that uid's longest idle
+    /// connection (as at `max_connections`), or is refused with
+    /// `ERROR_CODE_OVERLOADED` and counted (`peer_limit`).
+    pub max_connections_per_uid: usize,
     /// How long a connection must have sent nothing (no byte, heartbeats
     /// included) before a new connection may evict it when the server is
     /// full. A connection with a subscription or a task in flight is never
@@ -86,7 +99,9 @@ impl Default for IpcServerConfig {
         Self {
             socket_path: default_socket_path("collector"),
             allowed_uids: Vec::new(),
+            peer_uid: None,
             max_connections: 64,
+            max_connections_per_uid: 16,
             evict_idle_after: Duration::from_secs(1),
             max_tasks_in_flight: 16,
             handshake_timeout: Duration::from_secs(5),
@@ -122,6 +137,7 @@ impl IpcServerConfig {
         }
         let zero = first_zero([
             ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
             ("max_tasks_in_flight", self.max_tasks_in_flight),
             ("event_queue_batches", self.event_queue_batches),
             ("max_batch_size", self.max_batch_size),

@@ -101,7 +101,10 @@ impl IpcServerHandle {
 /// been idle longest (no byte received for at least `evict_idle_after`, no
 /// subscription, no task in flight), which is told so
 /// (`ERROR_CODE_OVERLOADED`) and closed; with none to evict, the new one is
-/// refused. Either way it is counted. Subscription filters: event kinds,
+/// refused. Either way it is counted. One peer uid holds at most
+/// `max_connections_per_uid` places: beyond that its new connection may only
+/// evict one of its own (counted `peer_limit` when refused), so that one
+/// peer's idle connections never lock the others out. Subscription filters: event kinds,
 /// pids, source names and topic patterns (`events.<kind>.<detail>`, as on
 /// the event bus: `*`/`+` one segment, `#`/`**` any number).
 pub struct CollectorIpcServer {
@@ -130,13 +133,13 @@ impl CollectorIpcServer {
     /// [`IpcError::Setup`].
     pub async fn new(config: IpcServerConfig, capabilities: SourceCaps) -> Result<Self, IpcError> {
         config.validate()?;
-        let (listener, socket) = bind(&config.socket_path).await?;
-        let allowed_uids: Arc<[u32]> = if config.allowed_uids.is_empty() {
-            let me = nix::unistd::geteuid().as_raw();
-            Arc::from(vec![me, 0])
-        } else {
-            Arc::from(config.allowed_uids.clone())
-        };
+        let (listener, socket) = bind(&config.socket_path, config.peer_uid.is_some()).await?;
+        let mut allowed_uids = config.allowed_uids.clone();
+        if allowed_uids.is_empty() {
+            allowed_uids.extend([nix::unistd::geteuid().as_raw(), 0]);
+        }
+        allowed_uids.extend(config.peer_uid);
+        let allowed_uids: Arc<[u32]> = Arc::from(allowed_uids);
         tracing::info!(path = %socket.path.display(), caps = ?capabilities, "ipc server listening");
         Ok(Self {
             config: Arc::new(config),
@@ -315,8 +318,8 @@ impl CollectorIpcServer {
         ctx: &ConnCtx,
     ) -> Option<(UnixStream, Admitted)> {
         let counters = &self.shared.counters;
-        match stream.peer_cred() {
-            Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {}
+        let uid = match stream.peer_cred() {
+            Ok(cred) if self.allowed_uids.contains(&cred.uid()) => cred.uid(),
             Ok(cred) => {
                 counters.refused_peer.inc();
                 tracing::warn!(
@@ -331,24 +334,34 @@ impl CollectorIpcServer {
                 tracing::warn!(%error, "ipc peer refused: credentials unreadable");
                 return None;
             }
-        }
+        };
         let mut live = lock(&ctx.live);
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => live.evict(ctx),
+        // At the peer's own limit it may only take the place of one of its
+        // own connections; otherwise of anyone's at the total limit.
+        let at_peer_limit = live.holding(uid) >= self.config.max_connections_per_uid;
+        let permit = if at_peer_limit {
+            live.evict(ctx, Some(uid))
+        } else {
+            match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => live.evict(ctx, None),
+            }
         };
         if let Some(permit) = permit {
             counters.accepted.inc();
-            let admitted = live.register(ctx, permit);
+            let admitted = live.register(ctx, permit, uid);
             Some((stream, admitted))
         } else {
             drop(live);
-            counters.refused_overloaded.inc();
-            tracing::debug!("ipc connection refused: too many connections");
-            let refusal = Envelope::from(ErrorResponse::new(
-                ErrorCode::Overloaded,
-                "too many connections",
-            ));
+            let why = if at_peer_limit {
+                counters.refused_peer_limit.inc();
+                "too many connections from this uid"
+            } else {
+                counters.refused_overloaded.inc();
+                "too many connections"
+            };
+            tracing::debug!(uid, reason = why, "ipc connection refused");
+            let refusal = Envelope::from(ErrorResponse::new(ErrorCode::Overloaded, why));
             let mut buf = BytesMut::new();
             // A fresh socket's send buffer has room for this small frame;
             // never wait for it.
@@ -369,6 +382,8 @@ struct Live {
 }
 
 struct LiveConn {
+    /// The peer's uid, for `max_connections_per_uid`.
+    uid: u32,
     activity: Arc<Activity>,
     evict: CancellationToken,
     /// Its place under `max_connections`; taken when evicted (handed to the
@@ -394,7 +409,16 @@ struct Admitted {
 }
 
 impl Live {
-    fn register(&mut self, ctx: &ConnCtx, permit: OwnedSemaphorePermit) -> Admitted {
+    /// The places `uid`'s connections hold (an evicted one, closing, holds
+    /// none).
+    fn holding(&self, uid: u32) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.uid == uid && c.permit.is_some())
+            .count()
+    }
+
+    fn register(&mut self, ctx: &ConnCtx, permit: OwnedSemaphorePermit, uid: u32) -> Admitted {
         let id = self.next_id;
         self.next_id += 1;
         let activity = Arc::new(Activity {
@@ -406,6 +430,7 @@ impl Live {
         self.conns.insert(
             id,
             LiveConn {
+                uid,
                 activity: activity.clone(),
                 evict: evict.clone(),
                 permit: Some(permit),
@@ -418,17 +443,17 @@ impl Live {
         }
     }
 
-    /// Takes the place of the connection idle longest, if one has been
-    /// idle for `evict_idle_after` with no subscription and no task in
-    /// flight, and tells it to close.
-    fn evict(&mut self, ctx: &ConnCtx) -> Option<OwnedSemaphorePermit> {
+    /// Takes the place of the connection idle longest (of `uid`'s, when
+    /// given), if one has been idle for `evict_idle_after` with no
+    /// subscription and no task in flight, and tells it to close.
+    fn evict(&mut self, ctx: &ConnCtx, uid: Option<u32>) -> Option<OwnedSemaphorePermit> {
         let now = ctx.now();
         let grace = u64::try_from(ctx.config.evict_idle_after.as_nanos()).unwrap_or(u64::MAX);
         let max_tasks = ctx.config.max_tasks_in_flight;
         let victim = self
             .conns
             .values_mut()
-            .filter(|c| c.permit.is_some())
+            .filter(|c| c.permit.is_some() && uid.is_none_or(|u| c.uid == u))
             .filter(|c| {
                 let a = &c.activity;
                 !a.subscribed.load(Ordering::Relaxed)

@@ -63,8 +63,13 @@ fn prepare_dir(dir: &Path) -> Result<(), IpcError> {
 }
 
 /// Binds `path`: its directory prepared, a stale socket (nobody listening)
-/// replaced, the socket file made 0600.
-pub(crate) async fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), IpcError> {
+/// replaced, the socket file made 0600, or 0660 when `group` (the peer the
+/// socket is shared with reaches it through the group of a setgid
+/// directory).
+pub(crate) async fn bind(
+    path: &Path,
+    group: bool,
+) -> Result<(UnixListener, BoundSocket), IpcError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -98,7 +103,8 @@ pub(crate) async fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), Ipc
     let listener = UnixListener::bind(path).map_err(setup(path))?;
     // The directory is private, so nobody else can reach the socket in the
     // moment between bind and chmod.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(setup(path))?;
+    let mode = if group { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(setup(path))?;
     let meta = std::fs::symlink_metadata(path).map_err(setup(path))?;
     Ok((
         listener,

@@ -44,6 +44,7 @@ pub(crate) struct Counters {
     pub(crate) accepted: Counter,
     pub(crate) refused_peer: Counter,
     pub(crate) refused_overloaded: Counter,
+    pub(crate) refused_peer_limit: Counter,
     pub(crate) evicted: Counter,
     pub(crate) accept_errors: Counter,
     closed: [Counter; CLOSE_LABELS.len()],
@@ -122,6 +123,7 @@ impl Counters {
             [
                 ("peer", &self.refused_peer),
                 ("overloaded", &self.refused_overloaded),
+                ("peer_limit", &self.refused_peer_limit),
             ],
         );
         registry.register_by_reason(
@@ -148,6 +150,7 @@ impl Counters {
             connections_active: accepted.saturating_sub(closed_total),
             connections_refused_peer: self.refused_peer.get(),
             connections_refused_overloaded: self.refused_overloaded.get(),
+            connections_refused_peer_limit: self.refused_peer_limit.get(),
             connections_evicted: self.evicted.get(),
             accept_errors: self.accept_errors.get(),
             connections_closed_eof: closed(Close::Eof),
@@ -203,6 +206,9 @@ pub struct IpcServerStats {
     pub connections_refused_peer: u64,
     /// Connections refused: at `max_connections`, none evictable.
     pub connections_refused_overloaded: u64,
+    /// Connections refused: their peer uid held `max_connections_per_uid`
+    /// places, none of them evictable.
+    pub connections_refused_peer_limit: u64,
     /// Idle connections evicted to admit a new one at `max_connections`.
     pub connections_evicted: u64,
     /// `accept` itself failed (for example out of file descriptors).

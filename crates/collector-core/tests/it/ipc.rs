@@ -411,6 +411,14 @@ async fn beat(s: &mut UnixStream, nonce: u64) {
     assert_eq!(echo.payload, Some(Payload::Heartbeat(Heartbeat { nonce })));
 }
 
+/// Reads `s` to its end: one `ERROR_CODE_OVERLOADED` answer, then closed
+/// (refused, or evicted for a new connection).
+async fn closed_overloaded(s: &mut UnixStream) {
+    let (got, eof) = read_all(s, Duration::from_secs(5)).await;
+    assert!(eof);
+    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+}
+
 /// Starts a task that stays in flight (the handler sleeps on "slow").
 async fn start_slow_task(s: &mut UnixStream, id: u64) {
     let task = DetectionTask::new("slow", ProtoTaskType::MonitorProcessTree);
@@ -484,9 +492,7 @@ async fn at_max_connections_a_new_client_evicts_the_longest_idle_one() {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut refused = UnixStream::connect(&server.path).await.unwrap();
-    let (got, eof) = read_all(&mut refused, Duration::from_secs(5)).await;
-    assert!(eof);
-    assert_eq!(error_code(&got[0]), Some(ErrorCode::Overloaded));
+    closed_overloaded(&mut refused).await;
     let s = server.handle.stats();
     assert_eq!(
         (s.connections_evicted, s.connections_refused_overloaded),
@@ -502,6 +508,94 @@ async fn at_max_connections_a_new_client_evicts_the_longest_idle_one() {
         Some(1)
     );
     drop((busy, first, third, newcomer));
+    server.stop().await;
+}
+
+/// One peer's idle connections cannot lock out a new client of the same
+/// uid: at `max_connections_per_uid` (far below `max_connections`), the
+/// newcomer takes the place of that uid's longest idle connection, silent
+/// or shaken hands, and is served at once; with every one of them busy it
+/// is refused, counted `peer_limit`, not `overloaded`.
+#[tokio::test]
+async fn idle_connections_of_one_uid_do_not_lock_out_a_new_client_of_it() {
+    let dir = TempDir::new("per-uid");
+    let config = IpcServerConfig {
+        max_connections: 64,
+        max_connections_per_uid: 4,
+        // Long enough to hold a place for minutes: what is under test is
+        // that holding it does not lock anyone out.
+        handshake_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        handler_timeout: Duration::from_secs(60),
+        evict_idle_after: Duration::from_millis(300),
+        ..fast_config(&dir.sock())
+    };
+    let server = serve(config, SourceCaps::PROCESS, None).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(UnixStream::connect(&server.path).await.unwrap());
+    }
+    let mut quiet = Vec::new();
+    for _ in 0..2 {
+        quiet.push(raw_handshake(&server.path).await);
+    }
+    // Time passing is what is under test: all four idle past the grace.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let asked = tokio::time::Instant::now();
+    let client = connect(&server.path).await;
+    let answer = ask(&client, "t1", ProtoTaskType::EnumerateProcesses).await;
+    assert!(answer.success, "{answer:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "served in {:?}",
+        asked.elapsed()
+    );
+    // The first silent connection, idle longest, made room.
+    closed_overloaded(&mut silent[0]).await;
+    let s = server.handle.stats();
+    assert_eq!(
+        (
+            s.connections_evicted,
+            s.connections_refused_peer_limit,
+            s.connections_active
+        ),
+        (1, 0, 4),
+        "{s:?}"
+    );
+    drop((silent, quiet, client));
+    server.wait_idle().await;
+
+    // Four busy connections: nothing of theirs to evict, the fifth of the
+    // same uid is refused although the server has room.
+    let mut busy = Vec::new();
+    for id in 0..4 {
+        let mut s = raw_handshake(&server.path).await;
+        start_slow_task(&mut s, 100 + id).await;
+        beat(&mut s, 200 + id).await;
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut refused = UnixStream::connect(&server.path).await.unwrap();
+    closed_overloaded(&mut refused).await;
+    let s = server.handle.stats();
+    assert_eq!(
+        (
+            s.connections_refused_peer_limit,
+            s.connections_refused_overloaded
+        ),
+        (1, 0),
+        "{s:?}"
+    );
+    let registry = collector_core::metrics::Registry::new();
+    server.handle.register_metrics(&registry);
+    assert_eq!(
+        registry.value(
+            "daemoneye_connections_refused_total",
+            &[("stage", "ipc"), ("reason", "peer_limit")]
+        ),
+        Some(1)
+    );
+    drop(busy);
     server.stop().await;
 }
 
@@ -875,12 +969,10 @@ async fn a_thousand_clients_at_once_while_a_good_client_is_served() {
     good_loop.await.unwrap();
     assert!(served.load(Ordering::Relaxed) > 0);
     let s = server.handle.stats();
-    assert_eq!(
-        s.connections_accepted + s.connections_refused_overloaded,
-        1001,
-        "{s:?}"
-    );
-    assert!(s.connections_refused_overloaded > 0, "{s:?}");
+    // All from one uid: refused at its own limit before the total's.
+    let refused = s.connections_refused_overloaded + s.connections_refused_peer_limit;
+    assert_eq!(s.connections_accepted + refused, 1001, "{s:?}");
+    assert!(s.connections_refused_peer_limit > 0, "{s:?}");
     server.stop().await;
 }
 
@@ -1071,22 +1163,11 @@ fn peer_child_helper() {
     }
 }
 
-#[tokio::test]
-async fn a_peer_of_another_uid_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root to run a client as nobody");
-        return;
-    }
-    let dir = TempDir::new("nobody");
-    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
-    // Open the way to the socket so that only the peer check stands between
-    // nobody and the server.
-    for p in [&dir.0, &dir.sock().parent().unwrap().to_path_buf()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
-    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+/// `peer_child_helper` run as `nobody` against `path`: what it printed,
+/// or `None` (said) when the test binary cannot run as nobody here.
+async fn as_nobody(path: &Path) -> Option<String> {
     let exe = std::env::current_exe().unwrap();
-    let path = server.path.clone();
+    let path = path.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         use std::os::unix::process::CommandExt;
         std::process::Command::new(exe)
@@ -1104,15 +1185,73 @@ async fn a_peer_of_another_uid_is_refused() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() && !stdout.contains("peer-child-bytes") {
         eprintln!(
             "skipping: the test binary cannot run as nobody here: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        server.stop().await;
+        return None;
+    }
+    Some(stdout)
+}
+
+/// `peer_uid`: the agent's user, after it dropped root, is served by a
+/// root collector; it reaches the socket (0660) through the group of the
+/// setgid directory it is in, as the agent prepares `<data-dir>/collectors`.
+#[tokio::test]
+async fn the_peer_uid_reaches_a_socket_shared_through_its_group() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run a client as nobody");
         return;
     }
+    let dir = TempDir::new("peer-uid");
+    let sockets = dir.sock().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&sockets).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&sockets, None, Some(65534)).unwrap();
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let config = IpcServerConfig {
+        peer_uid: Some(65534),
+        ..fast_config(&dir.sock())
+    };
+    let server = serve(config, SourceCaps::PROCESS, None).await;
+    let meta = std::fs::metadata(&server.path).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
+    let Some(stdout) = as_nobody(&server.path).await else {
+        server.stop().await;
+        return;
+    };
+    // The handshake was answered.
+    assert!(!stdout.contains("peer-child-bytes=0"), "{stdout}");
+    let s = server.wait_idle().await;
+    assert_eq!(
+        (s.connections_accepted, s.connections_refused_peer),
+        (1, 0),
+        "{s:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_of_another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run a client as nobody");
+        return;
+    }
+    let dir = TempDir::new("nobody");
+    let server = serve(fast_config(&dir.sock()), SourceCaps::PROCESS, None).await;
+    // Open the way to the socket so that only the peer check stands between
+    // nobody and the server.
+    for p in [&dir.0, &dir.sock().parent().unwrap().to_path_buf()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let Some(stdout) = as_nobody(&server.path).await else {
+        server.stop().await;
+        return;
+    };
     assert!(stdout.contains("peer-child-bytes=0"), "{stdout}");
     let s = server.handle.stats();
     assert_eq!(s.connections_refused_peer, 1, "{s:?}");

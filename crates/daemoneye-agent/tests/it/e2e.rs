@@ -153,7 +153,7 @@ fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
 }
 
 /// The agent's health report, asked over its socket.
-fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
+pub(crate) fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -361,17 +361,8 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let _ = std::fs::remove_dir_all(&work);
 
     // (5) Killing the collector with SIGKILL: it is restarted, detection resumes.
-    let collector = Command::new("pgrep")
-        .args(["-P", &agent.child.id().to_string()])
-        .output()
-        .unwrap();
-    let pid: i32 = String::from_utf8_lossy(&collector.stdout)
-        .trim()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    // Its pid from health: as root it is the spawner's child, not the agent's.
+    let pid = i32::try_from(agent_health(data.path()).components[0].pid).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -417,16 +408,22 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         std::thread::park_timeout(Duration::from_millis(50));
     };
 
-    // As root, the agent and its collector use only three capabilities
-    // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs. The agent
-    // also holds, permitted and never effective, the two its collector needs
-    // to load the eBPF tier (BPF, PERFMON); the collector has dropped them
-    // once loaded (its bounding set is the agent's: lowering it would take
+    // Started as root, the agent runs as its user with no capability at all
+    // (see privsep.rs); its collector uses only three capabilities
+    // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs, having
+    // dropped the two it loads the eBPF tier with (BPF, PERFMON) once loaded
+    // (its bounding set is the spawner's: lowering it would take
     // CAP_SETPCAP, and no_new_privs keeps any exec within the permitted set).
     let load_ebpf = "000000c000081004";
-    for (pid, permitted) in [
-        (agent.child.id(), load_ebpf),
-        (report.components[0].pid, "0000000000081004"),
+    let none = "0000000000000000";
+    for (pid, effective, permitted, bounding) in [
+        (agent.child.id(), none, none, none),
+        (
+            report.components[0].pid,
+            "0000000000081004",
+            "0000000000081004",
+            load_ebpf,
+        ),
     ] {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
@@ -437,9 +434,9 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
                 .trim()
                 .to_owned()
         };
-        assert_eq!(field("CapEff:"), "0000000000081004", "pid {pid}");
+        assert_eq!(field("CapEff:"), effective, "pid {pid}");
         assert_eq!(field("CapPrm:"), permitted, "pid {pid}");
-        assert_eq!(field("CapBnd:"), load_ebpf, "pid {pid}");
+        assert_eq!(field("CapBnd:"), bounding, "pid {pid}");
         assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
     }
 

@@ -7,37 +7,16 @@
 #![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use daemoneye_agent::store::AgentStore;
 use serde_json::Value;
 
+use crate::Killed;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
-
-/// A child killed (and reaped) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::park_timeout(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The children of `pid` whose command line contains `needle`.
 fn children_with(pid: u32, needle: &str) -> Vec<u32> {
@@ -76,7 +55,9 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
         return;
     }
     let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("agent.toml");
+    // Not in the data directory: that becomes the agent's user's.
+    let etc = tempfile::tempdir().unwrap();
+    let config = etc.path().join("agent.toml");
     std::fs::write(
         &config,
         r#"
@@ -124,8 +105,13 @@ sustained_cpu_for = "3s"
     let agent_pid = agent.0.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let perfmond = loop {
-        let found = children_with(agent_pid, "collect-performance");
-        let procmond = children_with(agent_pid, "collect\0");
+        // The spawner's children, when the agent dropped its privileges.
+        let parent = children_with(agent_pid, "spawner")
+            .first()
+            .copied()
+            .unwrap_or(agent_pid);
+        let found = children_with(parent, "collect-performance");
+        let procmond = children_with(parent, "collect\0");
         if let ([p], [_]) = (found.as_slice(), procmond.as_slice()) {
             break *p;
         }
