@@ -454,6 +454,11 @@ impl Store {
         self
     }
 
+    /// The connection, for this crate's measurements and tests.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The path the database was opened at.
     pub fn path(&self) -> &Path {
         &self.path
@@ -951,8 +956,9 @@ fn write_snapshot_in(
     Ok(SnapshotId(id))
 }
 
-/// Writes `events` inside `tx`: lifecycle events with their ledger entries
-/// (as `ledger` says), and the last-known state of each keyed process.
+/// Writes `events` inside `tx`: lifecycle events (with one ledger entry
+/// for all of them, as `ledger` says), and the last-known state of each
+/// keyed process.
 fn write_events_in(
     tx: &Transaction<'_>,
     chain: &mut Chain,
@@ -963,25 +969,22 @@ fn write_events_in(
     let mut done = Recorded::default();
     let mut insert = tx.prepare_cached(INSERT_EVENT)?;
     let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
+    // Every row names the batch's entry, appended after them.
+    let seq = match ledger {
+        LedgerMode::EveryWrite => Some(chain.next_seq()),
+        LedgerMode::AlertsOnly => None,
+    };
+    let mut ids: Option<(i64, i64)> = None;
     for ev in events {
         let e = Encoded::new(ev)?;
         if lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot {
-            let seq = match ledger {
-                LedgerMode::EveryWrite => {
-                    let content =
-                        serde_json::to_string(ev).map_err(|source| StoreError::Encode {
-                            field: "event",
-                            source,
-                        })?;
-                    Some(chain.append(tx, "process_event", &content)?)
-                }
-                LedgerMode::AlertsOnly => None,
-            };
             let head: [&dyn ToSql; 2] = [&ev.event_type.as_str(), &e.key];
             let event_id = ev.id.map(|id| id.to_string());
             let tail: [&dyn ToSql; 5] =
                 [&ev.exit_code, &e.metadata, &e.observed_at, &seq, &event_id];
             insert.execute(e.columns(head, tail))?;
+            let id = tx.last_insert_rowid();
+            ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
             done.lifecycle += 1;
         }
         if e.upsert(&mut upsert, ev.event_type, ev.exit_code)? {
@@ -991,6 +994,19 @@ fn write_events_in(
                 done.upserted += 1;
             }
         }
+    }
+    if let (Some(_), Some((first, last))) = (seq, ids) {
+        let (_, digest) = ledger::rows_digest(tx, first, last)?;
+        let entry = ledger::EventsEntry {
+            first,
+            last,
+            digest,
+        };
+        let content = serde_json::to_string(&entry).map_err(|source| StoreError::Encode {
+            field: "events entry",
+            source,
+        })?;
+        chain.append(tx, ledger::EVENTS_KIND, &content)?;
     }
     Ok(done)
 }
@@ -1799,26 +1815,26 @@ mod tests {
                 vec!["exit".into(), 11.into(), 256.into()],
             ]
         );
-        // Snapshots are not lifecycle events: four ledger entries, which
-        // verify; the ledgered content is the event.
+        // Snapshots are not lifecycle events: the four events share one
+        // ledger entry, which verifies: their ids and the digest of them.
         let v = ro.verify_ledger().unwrap();
-        assert_eq!(v.entries, 4);
+        assert_eq!(v.entries, 1);
         let content = ro
-            .query("SELECT content FROM ledger WHERE seq = 4")
+            .query("SELECT content FROM ledger WHERE seq = 1")
             .unwrap()
             .rows[0][0]
             .clone();
-        let back: ProcessEvent = serde_json::from_str(content.as_str().unwrap()).unwrap();
-        assert_eq!(back.event_type, ProcessEventType::Exit);
-        assert_eq!(back.exit_code, Some(256));
-        // A deleted lifecycle entry is found.
+        let entry: ledger::EventsEntry = serde_json::from_str(content.as_str().unwrap()).unwrap();
+        let (n, digest) = ledger::rows_digest(&ro.conn, entry.first, entry.last).unwrap();
+        assert_eq!((n, digest), (4, entry.digest));
+        // A deleted lifecycle entry is found: the rows name it.
         store
             .conn
-            .execute("DELETE FROM ledger WHERE seq = 2", [])
+            .execute("DELETE FROM ledger WHERE seq = 1", [])
             .unwrap();
         assert!(matches!(
             ro.verify_ledger(),
-            Err(StoreError::Ledger(LedgerError::Broken { seq: 2, .. }))
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 1, .. }))
         ));
     }
 }

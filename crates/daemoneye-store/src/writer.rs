@@ -1304,7 +1304,7 @@ mod tests {
         let v = ro.verify_ledger().unwrap();
         assert_eq!(v.entries, stop.seq + 1);
         let kinds = ro
-            .query("SELECT kind, content FROM ledger WHERE kind <> 'process_event' ORDER BY seq")
+            .query("SELECT kind, content FROM ledger WHERE kind <> 'process_events' ORDER BY seq")
             .unwrap()
             .rows;
         let kinds: Vec<&str> = kinds.iter().map(|r| r[0].as_str().unwrap()).collect();
@@ -1343,9 +1343,9 @@ mod tests {
         let ro = Store::open_read_only(dir.path()).unwrap();
         let kinds = ro.query("SELECT kind FROM ledger ORDER BY seq").unwrap();
         let want: Vec<Vec<serde_json::Value>> = vec![
-            vec!["process_event".into()],
+            vec!["process_events".into()],
             vec!["alert".into()],
-            vec!["process_event".into()],
+            vec!["process_events".into()],
         ];
         assert_eq!(kinds.rows, want);
         let seq = ro.query("SELECT ledger_seq FROM alerts").unwrap();

@@ -276,10 +276,16 @@ async fn everything_sent_before_close_is_on_disk() {
     assert_eq!((count, distinct), (expected, expected));
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), total);
-    assert_eq!(
-        db.verify_ledger().unwrap().entries,
-        i64::try_from(total).unwrap()
-    );
+    // Every row is on the ledger, each batch written under one entry.
+    let (ledgered, batches): (i64, i64) = raw(&path)
+        .query_row(
+            "SELECT count(ledger_seq), count(DISTINCT ledger_seq) FROM process_events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(ledgered, expected);
+    assert_eq!(db.verify_ledger().unwrap().entries, batches);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,12 +336,14 @@ async fn failed_writes_are_held_and_land_once_the_store_takes_them() {
         .map(|e| e.event.pid)
         .collect();
     assert_eq!(pids, [2, 3, 4, 5, 6, 7], "in the order they were sent");
-    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 7);
-    // The table this test dropped took the first event's row with it: the
-    // store's verification says so, naming that entry.
+    // One entry for each batch: the first event, the five held, the last.
+    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 3);
+    // The table this test dropped took the first event's row with it (and
+    // the table made again gave its id to the next row): the store's
+    // verification says so, naming that entry.
     match db.verify_ledger() {
         Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 1, reason })) => {
-            assert!(reason.contains("deleted"), "{reason}");
+            assert!(reason.contains("edited"), "{reason}");
         }
         other => panic!("the deleted row went unnoticed: {other:?}"),
     }
@@ -636,6 +644,17 @@ fn a_legacy_agent_store_is_adopted_with_its_alerts_events_and_ledger() {
     let ro = Store::open_read_only(dir.path()).unwrap();
     assert_eq!(ro.recent_alerts(10).unwrap().len(), 1);
     assert_eq!(ro.verify_ledger().unwrap().entries, 4);
+    // A row under an entry of the old kind (a JSON copy of its event) is
+    // still checked against it.
+    raw(&path)
+        .execute_batch("UPDATE process_events SET name = 'innocent' WHERE id = 2")
+        .unwrap();
+    match ro.verify_ledger() {
+        Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 2, reason })) => {
+            assert!(reason.contains("edited"), "{reason}");
+        }
+        other => panic!("the edited row went unnoticed: {other:?}"),
+    }
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -799,7 +818,7 @@ fn process_tables_speak_the_one_vocabulary() {
 /// naming their entry.
 #[test]
 fn verify_catches_edited_and_deleted_rows_not_only_entries() {
-    let cases: [(&str, i64, &str); 8] = [
+    let cases: [(&str, i64, &str); 11] = [
         ("UPDATE alerts SET severity = 'low'", 2, "edited"),
         ("UPDATE alerts SET raised_at = raised_at + 1", 2, "edited"),
         (
@@ -812,6 +831,14 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
         ("UPDATE process_events SET argv = '[\"sh\"]'", 1, "edited"),
         ("UPDATE process_events SET exit_code = 3", 1, "edited"),
         ("DELETE FROM alerts", 2, "deleted"),
+        ("DELETE FROM process_events", 1, "deleted"),
+        ("UPDATE process_events SET ledger_seq = NULL", 1, "edited"),
+        (
+            "INSERT INTO process_events (event_type, pid, name, argv, accessible, file_exists, \
+             metadata, observed_at, ledger_seq) VALUES ('exec', 1, 'x', '[]', 1, 1, '{}', 0, 1)",
+            1,
+            "inserted",
+        ),
     ];
     for (tamper, seq, what) in cases {
         let (_dir, path, mut db) = with_one_exec();
