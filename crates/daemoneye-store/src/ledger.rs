@@ -21,6 +21,14 @@
 //! event's JSON copy each) are what stores before schema 6 wrote; they are
 //! still checked field by field.
 //!
+//! A bounded store prunes its oldest data below a kept checkpoint: the
+//! entries before that checkpoint go with their rows, and a `prune` entry
+//! ([`PruneEntry`]) appended after it says where the chain was cut and what
+//! went. [`verify`] then starts from that checkpoint (its own hash is
+//! checked, as is every link after it) and fails when the chain starts
+//! anywhere the newest `prune` entry does not name: entries deleted from
+//! the start of the chain without a recorded prune are caught.
+//!
 //! The agent also appends a `start` entry ([`StartEntry`]) when it starts and
 //! a `stop` entry when it stops cleanly: a `start` that follows another
 //! `start` means the run before it ended uncleanly ([`runs`]).
@@ -237,6 +245,34 @@ impl Checkpoint {
     }
 }
 
+/// The content of a `prune` entry: the chain was cut below the
+/// checkpoint `below` (whose hash was `head`); the entries before it went,
+/// with the rows they vouched for and whatever else was older than
+/// `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneEntry {
+    /// The kept checkpoint: the chain's first entry from now on.
+    pub below: i64,
+    /// Its hash.
+    pub head: String,
+    /// The time it was taken (what was older went too), unix nanoseconds.
+    pub before: i64,
+    /// When the prune ran, unix nanoseconds.
+    pub time: i64,
+    /// Ledger entries deleted.
+    pub entries: u64,
+    /// `process_events` rows deleted.
+    pub events: u64,
+    /// `alerts` rows deleted.
+    pub alerts: u64,
+    /// Snapshots deleted (with their rows).
+    pub snapshots: u64,
+    /// Exited processes deleted from `processes`.
+    pub processes: u64,
+    /// Performance rows deleted.
+    pub performance: u64,
+}
+
 /// The content of a `start` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartEntry {
@@ -345,6 +381,11 @@ pub struct Verified {
     pub entries: i64,
     /// Hex hash of the last entry (the genesis hash when empty).
     pub head: String,
+    /// The last entry's sequence number (0 when empty).
+    pub seq: i64,
+    /// The first entry's sequence number: 1, or the checkpoint the chain
+    /// was pruned below (0 when empty).
+    pub first: i64,
 }
 
 /// Creates the ledger table if it does not exist.
@@ -459,25 +500,39 @@ pub fn append(tx: &Transaction<'_>, kind: &str, content: &str) -> Result<i64, Le
     Chain::load(tx)?.append(tx, kind, content)
 }
 
-/// Walks the whole chain.
+/// Walks the whole chain, from its first entry: the first of all, or the
+/// checkpoint the newest `prune` entry says the chain was cut below.
 ///
 /// # Errors
 /// [`LedgerError::Broken`] naming the first bad entry: a gap in the
 /// sequence (deleted), a `prev_hash` that is not the previous entry's hash
 /// (reordered or inserted), or a hash that does not match the content
-/// (edited).
+/// (edited); a chain that starts elsewhere than at its first entry or at
+/// the checkpoint its newest `prune` entry names (entries deleted from its
+/// start).
 pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
     let mut stmt =
         conn.prepare("SELECT seq, kind, content, prev_hash, entry_hash FROM ledger ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1;
     let mut prev = to_hex(&GENESIS);
+    let mut start: Option<(i64, String)> = None;
+    let mut pruned: Option<PruneEntry> = None;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let kind: String = r.get(1)?;
         let content: String = r.get(2)?;
         let prev_hash: String = r.get(3)?;
         let hash: String = r.get(4)?;
+        if start.is_none() {
+            // A pruned chain starts at a checkpoint, whose link to the
+            // entry before it cannot be checked (that entry is gone).
+            if seq > 1 && kind == "checkpoint" {
+                expected_seq = seq;
+                prev.clone_from(&prev_hash);
+            }
+            start = Some((seq, hash.clone()));
+        }
         if seq != expected_seq {
             return Err(LedgerError::Broken {
                 seq: expected_seq,
@@ -496,12 +551,30 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
                 reason: "its content does not match its hash (edited)",
             });
         }
+        if kind == "prune" {
+            pruned = serde_json::from_str(&content).ok();
+        }
         prev = hash;
         expected_seq += 1;
     }
+    let first = match start {
+        Some((first, hash)) if first > 1 => {
+            if !pruned.is_some_and(|p| p.below == first && p.head == hash) {
+                return Err(LedgerError::Broken {
+                    seq: first,
+                    reason: "the entries before it are gone and no prune entry says the chain was cut there (deleted)",
+                });
+            }
+            first
+        }
+        Some((first, _)) => first,
+        None => 0,
+    };
     Ok(Verified {
-        entries: expected_seq - 1,
+        entries: if first == 0 { 0 } else { expected_seq - first },
         head: prev,
+        seq: expected_seq - 1,
+        first,
     })
 }
 
@@ -509,7 +582,9 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
 /// anchor's sequence number exists and has the anchor's hash. Run after
 /// [`verify`] (which proves the chain consistent up to its end): the
 /// newest anchor then proves no entry up to it was cut or rewritten. A
-/// ledger table that is gone is an empty chain.
+/// ledger table that is gone is an empty chain. An anchor below the
+/// chain's first entry (pruned, as [`verify`] checks) is passed over: what
+/// it vouched for is gone.
 ///
 /// # Errors
 /// The first failing anchor, in the order given:
@@ -521,12 +596,19 @@ pub fn verify_anchors(conn: &Connection, anchors: &[Anchor]) -> Result<(), Ledge
         [],
         |r| r.get(0),
     )?;
-    let last: i64 = if exists {
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))?
+    let (first, last): (i64, i64) = if exists {
+        conn.query_row(
+            "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ledger",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
     } else {
-        0
+        (0, 0)
     };
     for Anchor(head) in anchors {
+        if head.seq < first {
+            continue;
+        }
         if head.seq > last {
             return Err(LedgerError::TailCut {
                 entries: last,

@@ -10,6 +10,8 @@
 //!   bounded queue that waits rather than drops; batched transactions;
 //!   [`close`](StoreWriter::close) commits everything; [`WriterStats`].
 //! - [`ledger`]: the append-only audit ledger chained by BLAKE3 hashes.
+//! - [`retention`]: bounds by age and size ([`Retention`]), held by
+//!   pruning below a kept checkpoint of the ledger.
 //! - [`alert`]: the alert record ([`Alert`], [`Severity`]) and deduplication.
 //! - [`readonly`]: the authorizer that lets a statement read and nothing
 //!   else (queries here, rules in `daemoneye-rules`).
@@ -43,12 +45,14 @@ pub mod bench;
 pub mod ledger;
 pub mod performance;
 pub mod readonly;
+pub mod retention;
 mod schema;
 pub mod store;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
 pub use performance::PerformanceRow;
+pub use retention::Retention;
 pub use schema::{table_columns, SCHEMA_VERSION};
 pub use store::{
     Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,

@@ -82,6 +82,9 @@ pub const FILE: &str = "agent.db";
 /// The longest an ad-hoc [`Store::query`] may run.
 pub const QUERY_TIME_LIMIT: Duration = Duration::from_secs(5);
 
+/// The size the WAL file is cut back to after a checkpoint, in bytes.
+pub const WAL_SIZE_LIMIT: i64 = 4 << 20;
+
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -395,6 +398,10 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
+        // The WAL file is cut back to this after a checkpoint, so a burst
+        // does not leave it large.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(open_err)?;
         schema::migrate(&mut conn)?;
         Ok(Self {
             conn,
@@ -601,6 +608,36 @@ impl Store {
         }
         tx.commit()?;
         Ok(done)
+    }
+
+    /// Prunes the store to `retention` in one transaction, `now` (unix
+    /// nanoseconds) being the time ages are counted from: cuts the ledger
+    /// below a checkpoint, deletes what lies below it, appends a `prune`
+    /// entry (see [`retention`](crate::retention)). Returns that entry, or
+    /// `None` when nothing was due (or no checkpoint allows a cut).
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is pruned then.
+    pub fn prune(
+        &mut self,
+        retention: &crate::Retention,
+        now: i64,
+    ) -> Result<Option<ledger::PruneEntry>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pruned = crate::retention::prune_in(&tx, retention, now)?;
+        tx.commit()?;
+        Ok(pruned)
+    }
+
+    /// The bytes of database pages in use (what
+    /// [`Retention::max_bytes`](crate::Retention::max_bytes) bounds).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        crate::retention::used_bytes(&self.conn)
     }
 
     /// Stores performance samples (not on the ledger) and prunes the table
