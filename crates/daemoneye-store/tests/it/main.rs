@@ -328,13 +328,7 @@ async fn failed_writes_are_held_and_land_once_the_store_takes_them() {
     assert_eq!(get(&stats.events_accepted), get(&stats.events_written));
     assert_eq!(get(&stats.gaps_recorded), 0, "nothing was lost");
     let db = Store::new(&path).unwrap();
-    let pids: Vec<u32> = db
-        .recent_events(10)
-        .unwrap()
-        .into_iter()
-        .rev()
-        .map(|e| e.event.pid)
-        .collect();
+    let pids = stored_pids(&db);
     assert_eq!(pids, [2, 3, 4, 5, 6, 7], "in the order they were sent");
     // One entry for each batch: the first event, the five held, the last.
     assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 3);
@@ -457,6 +451,16 @@ async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), u64::from(sent));
     db.verify_ledger().unwrap();
+}
+
+/// The pids of the (at most 10) stored lifecycle events, oldest first.
+fn stored_pids(db: &Store) -> Vec<u32> {
+    db.recent_events(10)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.event.pid)
+        .collect()
 }
 
 /// Pulls `process_events` out from under a writer (every write then
@@ -1006,13 +1010,7 @@ fn an_age_retention_drops_old_rows_keeps_the_rest_verifiable_and_is_on_the_chain
         (p.events, p.alerts, p.entries),
         (6, 1, u64::try_from(cut.seq - 1).unwrap())
     );
-    let pids: Vec<u32> = db
-        .recent_events(10)
-        .unwrap()
-        .into_iter()
-        .rev()
-        .map(|e| e.event.pid)
-        .collect();
+    let pids = stored_pids(&db);
     assert_eq!(pids, [7, 8, 9]);
     assert_eq!(db.recent_alerts(10).unwrap().len(), 1);
     let v = db.verify_ledger().unwrap();
