@@ -3,8 +3,9 @@
 //! - [`Store`] ([`store`]): one SQLite database (WAL, owner-only) with the
 //!   schema and its versioned migrations ([`SCHEMA_VERSION`]; a newer schema
 //!   is refused, a legacy agent store adopted): processes keyed by their
-//!   process key, lifecycle events, snapshots, alerts, each lifecycle event
-//!   and alert with its ledger entry in the same transaction; read-only
+//!   process key, lifecycle events, snapshots, alerts, each alert and each
+//!   batch of lifecycle events with its ledger entry in the same
+//!   transaction; pruning to a [`Retention`] below a checkpoint; read-only
 //!   opening and read-only ad-hoc queries for readers such as the CLI.
 //! - [`StoreWriter`] ([`writer`]): the store on a thread of its own behind a
 //!   bounded queue that waits rather than drops; batched transactions;

@@ -7,9 +7,11 @@
 //! [`write_snapshot`](Store::write_snapshot) stores one full process table,
 //! [`write_events`](Store::write_events) appends lifecycle events and
 //! [`record_events`](Store::record_events) takes a collector's stream (its
-//! periodic snapshots only refresh `processes`); every lifecycle event and
-//! every alert ([`record_alert`](Store::record_alert)) is appended to the
-//! [audit ledger](crate::ledger) in the same transaction. Readers open it with
+//! periodic snapshots only refresh `processes`); every alert
+//! ([`record_alert`](Store::record_alert)) and every write's lifecycle events
+//! (one entry for the batch) are appended to the [audit ledger](crate::ledger)
+//! in the same transaction. [`prune`](Store::prune) holds the store to a
+//! [`Retention`](crate::Retention). Readers open it with
 //! [`open_read_only`](Store::open_read_only) and may run one read-only
 //! `SELECT` ([`query`](Store::query)).
 //!
@@ -38,12 +40,12 @@
 //! | table | one row per | key columns |
 //! |---|---|---|
 //! | `processes` | process key (last known state) | `process_key`, `first_seen`, `last_seen`, `last_event_type`, `exit_code`, `exited_at` (NULL while it runs) |
-//! | `process_events` | lifecycle event | `id` (autoincrement), `event_type`, `process_key`, `pid`, `exit_code`, `observed_at`, `ledger_seq` |
+//! | `process_events` | lifecycle event | `id` (autoincrement), `event_type`, `process_key`, `pid`, `exit_code`, `observed_at`, `ledger_seq` (its batch's entry) |
 //! | `snapshots` | snapshot | `id`, `taken_at`, `process_count` |
 //! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
 //! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
-//! | `ledger` | ledger entry | `seq`, `kind` (`process_event`, `alert`, `gap`, `start`, `stop`, `checkpoint`), `content`, `prev_hash`, `entry_hash` |
+//! | `ledger` | ledger entry | `seq`, `kind` (`process_events` for a batch of lifecycle events, `alert`, `gap`, `start`, `stop`, `checkpoint`, `prune`; `process_event` before schema 6), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
 //! `uid`, `start_time`, `cpu_percent`, `rss_bytes`, `exe_hash`,
