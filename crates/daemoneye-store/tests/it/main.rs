@@ -1079,3 +1079,41 @@ fn a_chain_cut_at_a_checkpoint_without_a_prune_entry_is_caught() {
         other => panic!("the cut start went unnoticed: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_a_retention_prunes_what_is_older_after_its_first_write() {
+    use daemoneye_store::ledger::{CheckpointEntry, Lost};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut db = Store::new(&path).unwrap();
+    db.write_events(&[
+        rich(1, ProcessEventType::Exec),
+        rich(2, ProcessEventType::Exit),
+    ])
+    .unwrap();
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+    let cut = db
+        .append_entry("checkpoint", |_| CheckpointEntry {
+            time: i64::try_from(
+                two_hours_ago
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            )
+            .unwrap(),
+            lost: Lost::default(),
+        })
+        .unwrap();
+    let config = WriterConfig {
+        retention: Some(Duration::from_secs(3600)),
+        ..WriterConfig::default()
+    };
+    let writer = StoreWriter::spawn(db, config).unwrap();
+    writer.events(vec![rich(3, ProcessEventType::Exec)]).await;
+    let stats = writer.close().await;
+    assert_eq!(stats.prunes.get(), 1, "{stats:?}");
+    assert_eq!(stats.events_pruned.get(), 2);
+    let db = Store::new(&path).unwrap();
+    assert_eq!(stored_pids(&db), [3]);
+    assert_eq!(db.verify_ledger().unwrap().first, cut.seq);
+}
