@@ -76,6 +76,7 @@ mod ipc;
 mod net;
 mod rules;
 mod runtime;
+mod store;
 mod triggers;
 
 /// The `Bench` command line, one subcommand per module (each has `Options`
@@ -114,6 +115,8 @@ benches! {
     Idle: idle,
     /// Audit database writes/s.
     Db: db,
+    /// Store bytes per short-lived exec (fork, exec, exit).
+    Store: store,
     /// 100 rules over a process table.
     Rules: rules,
     /// As root: exec-to-alert latency (needs target/release/daemoneye-agent).

@@ -573,7 +573,8 @@ impl Agent {
             path: data_dir.clone(),
             source,
         })?;
-        let writer = StoreWriter::start(store, 256).map_err(AgentError::Writer)?;
+        let writer =
+            StoreWriter::spawn(store, settings.writer_config()).map_err(AgentError::Writer)?;
         // Unopenable files, a bad headers file: the user's to fix.
         let sinks = sinks_config(&settings.sinks)
             .and_then(|c| SinkSet::start(c).map_err(Into::into))

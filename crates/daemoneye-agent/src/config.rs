@@ -17,6 +17,8 @@
 //! | `sweep_interval` | `--sweep-interval` (`--sweep-secs`) | `DAEMONEYE_SWEEP_INTERVAL` |
 //! | `dedup_window` | `--dedup-window` (`--dedup-window-secs`) | `DAEMONEYE_DEDUP_WINDOW` |
 //! | `checkpoint_interval` | `--checkpoint-interval` | `DAEMONEYE_CHECKPOINT_INTERVAL` |
+//! | `retention` (how long the store keeps events, alerts, snapshots; default for ever) | | |
+//! | `max_store_bytes` (the store's pages in use, at least 1 MiB; default unbounded) | | |
 //! | `sinks.alerts_jsonl` | `--alerts-jsonl` | `DAEMONEYE_ALERTS_JSONL` |
 //! | `sinks.syslog` | `--syslog` | `DAEMONEYE_SYSLOG` |
 //! | `sinks.webhook` | `--webhook` | `DAEMONEYE_WEBHOOK` |
@@ -245,6 +247,13 @@ pub struct AgentConfig {
     /// Time between the ledger's checkpoints sent to every sink.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Option<Duration>,
+    /// How long the store keeps lifecycle events, alerts, snapshots and
+    /// exited processes (`"30days"`); for ever when absent.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// The most bytes the store's database pages may take; past it the
+    /// oldest data is pruned. Unbounded when absent.
+    pub max_store_bytes: Option<u64>,
     /// Where `/metrics` is served (`"127.0.0.1:9464"`); off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// The user the agent runs as once started as root (see
@@ -445,6 +454,11 @@ pub struct Settings {
     pub dedup_window: Duration,
     /// Time between the ledger's checkpoints, never zero.
     pub checkpoint_interval: Duration,
+    /// How long the store keeps its data (`None`: for ever), never zero.
+    pub retention: Option<Duration>,
+    /// The store's size bound in bytes (`None`: unbounded), at least
+    /// [`MIN_MAX_BYTES`](daemoneye_store::retention::MIN_MAX_BYTES).
+    pub max_store_bytes: Option<u64>,
     /// Where `/metrics` is served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// The user to run as when started as root (`None`: the default, see
@@ -600,6 +614,7 @@ impl Settings {
                 "must be more than 0".to_owned(),
             ));
         }
+        check_store_bounds(file.retention, file.max_store_bytes, &invalid)?;
         let sinks = resolve_sinks(file.sinks, args, &invalid)?;
         let entries = if let Some(program) = &args.procmond {
             vec![CollectorEntryConfig {
@@ -654,11 +669,43 @@ impl Settings {
                 .or(file.dedup_window)
                 .unwrap_or(DEFAULT_DEDUP_WINDOW),
             checkpoint_interval,
+            retention: file.retention,
+            max_store_bytes: file.max_store_bytes,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             user: file.user,
             sinks,
             collectors,
         })
+    }
+}
+
+/// `retention` and `max_store_bytes`, when given, must bound something.
+fn check_store_bounds(
+    retention: Option<Duration>,
+    max_store_bytes: Option<u64>,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if retention.is_some_and(|r| r.is_zero()) {
+        return Err(invalid("retention", "must be more than 0".to_owned()));
+    }
+    match max_store_bytes {
+        Some(b) if b < daemoneye_store::retention::MIN_MAX_BYTES => Err(invalid(
+            "max_store_bytes",
+            format!("{b} is less than 1 MiB (1048576)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Settings {
+    /// The store writer's config: its queue, and the store's bounds.
+    pub fn writer_config(&self) -> daemoneye_store::WriterConfig {
+        daemoneye_store::WriterConfig {
+            queue_writes: 256,
+            retention: self.retention,
+            max_store_bytes: self.max_store_bytes,
+            ..daemoneye_store::WriterConfig::default()
+        }
     }
 }
 
@@ -1235,6 +1282,28 @@ mod tests {
         let zero = AgentConfig::from_toml_str("checkpoint_interval = \"0s\"").unwrap();
         let err = Settings::resolve(zero, None, &RunArgs::default()).unwrap_err();
         assert!(err.to_string().contains("checkpoint_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_store_bounds_are_read_and_checked() {
+        let s = Settings::resolve(AgentConfig::default(), None, &RunArgs::default()).unwrap();
+        assert_eq!((s.retention, s.max_store_bytes), (None, None));
+        let file =
+            AgentConfig::from_toml_str("retention = \"30days\"\nmax_store_bytes = 1073741824")
+                .unwrap();
+        let s = Settings::resolve(file, None, &RunArgs::default()).unwrap();
+        assert_eq!(s.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(s.max_store_bytes, Some(1 << 30));
+        for (text, key) in [
+            ("retention = \"0s\"", "retention"),
+            ("max_store_bytes = 4096", "max_store_bytes"),
+        ] {
+            let file = AgentConfig::from_toml_str(text).unwrap();
+            let err = Settings::resolve(file, None, &RunArgs::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        assert!(AgentConfig::from_toml_str("retention = 30").is_err());
+        assert!(AgentConfig::from_toml_str("max_store_bytes = -1").is_err());
     }
 
     #[test]

@@ -360,6 +360,8 @@ fn verify_ledger(data_dir: &Path, anchors: &[String], format: Format) -> ExitCod
                         "ok": true,
                         "entries": v.entries,
                         "head": v.head,
+                        "seq": v.seq,
+                        "first": v.first,
                         "anchors": anchors_json,
                         "runs": runs.as_ref().ok(),
                     })
@@ -367,8 +369,14 @@ fn verify_ledger(data_dir: &Path, anchors: &[String], format: Format) -> ExitCod
             } else {
                 println!(
                     "ledger ok: {} entries, head {}:{}",
-                    v.entries, v.entries, v.head
+                    v.entries, v.seq, v.head
                 );
+                if v.first > 1 {
+                    println!(
+                        "pruned: the chain starts at the checkpoint at seq {}, as its prune entry says; anchors below it are passed over",
+                        v.first
+                    );
+                }
                 if let Some(newest) = anchors.iter().map(|a| a.0.seq).max() {
                     println!(
                         "anchored: {} anchors held; nothing up to seq {newest} was cut or rewritten",

@@ -1,5 +1,6 @@
-//! Synthetic events and the write-rate measurement, shared by
-//! `daemoneye-bench db` and procmond's criterion bench.
+//! Synthetic events, the write-rate measurement (shared by
+//! `daemoneye-bench db` and procmond's criterion bench) and the store's
+//! footprint per short-lived exec (`daemoneye-bench store`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use collector_core::{HashAlgorithm, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey};
 
-use crate::{LedgerMode, Store, StoreError};
+use crate::{LedgerMode, Store, StoreError, StoreWriter, WriterConfig};
 
 /// Measures the lifecycle-event write rate: writes `events` synthetic
 /// events ([`bench_events`]) in batches of 1,000 through
@@ -19,8 +20,85 @@ use crate::{LedgerMode, Store, StoreError};
 #[allow(clippy::disallowed_types)] // a wall-clock measurement, outside any runtime
 pub fn bench_write_rate(dir: &Path, events: usize, ledger: LedgerMode) -> Result<f64, StoreError> {
     let path = dir.join("bench-write-rate.db");
+    remove_database(&path)?;
+    let mut db = Store::new(&path)?.with_ledger(ledger);
+    let batch = bench_events(events);
+    let start = std::time::Instant::now();
+    for chunk in batch.chunks(1_000) {
+        db.write_events(chunk)?;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(events as f64 / secs)
+}
+
+/// What [`bench_bytes_per_exec`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Footprint {
+    /// Short-lived processes written (a fork, an exec and an exit each).
+    pub execs: usize,
+    /// What they added to the database file, in bytes, once the WAL is
+    /// checkpointed into it (the empty store's pages taken off).
+    pub bytes: u64,
+    /// The pages of each table and index (SQLite's `dbstat`), in bytes,
+    /// largest first.
+    pub tables: Vec<(String, u64)>,
+}
+
+impl Footprint {
+    /// Bytes per short-lived exec.
+    pub fn bytes_per_exec(&self) -> f64 {
+        self.bytes as f64 / self.execs.max(1) as f64
+    }
+}
+
+/// The store's footprint per short-lived exec: `execs` fork, exec and exit
+/// triples ([`bench_events`]) sent in batches of 300 through a
+/// [`StoreWriter`] with its default config into a fresh store in `dir`
+/// (`bench-footprint.db`, left there), the writer closed, the WAL
+/// checkpointed into the file; the file's growth over the empty store's.
+///
+/// # Errors
+/// Opening or querying the store.
+pub async fn bench_bytes_per_exec(dir: &Path, execs: usize) -> Result<Footprint, StoreError> {
+    let path = dir.join("bench-footprint.db");
+    remove_database(&path)?;
+    let store = Store::new(&path)?;
+    let empty = file_bytes(&store)?;
+    let writer = StoreWriter::spawn(store, WriterConfig::default())?;
+    let events = bench_events(execs.saturating_mul(3));
+    for chunk in events.chunks(300) {
+        writer.events(chunk.to_vec()).await;
+    }
+    writer.close().await;
+    let store = Store::new(&path)?;
+    let full = file_bytes(&store)?;
+    let tables = store
+        .conn()
+        .prepare(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY sum(pgsize) DESC, name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Footprint {
+        execs,
+        bytes: full.saturating_sub(empty),
+        tables,
+    })
+}
+
+/// The database's size once its WAL is checkpointed into it.
+fn file_bytes(store: &Store) -> Result<u64, StoreError> {
+    let conn = store.conn();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok(u64::try_from(pages.saturating_mul(size)).unwrap_or(0))
+}
+
+/// Removes the database at `path` and its `-wal` and `-shm` files.
+fn remove_database(path: &Path) -> Result<(), StoreError> {
     for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
+        let mut p = path.to_path_buf().into_os_string();
         p.push(suffix);
         match std::fs::remove_file(&p) {
             Ok(()) => {}
@@ -33,14 +111,7 @@ pub fn bench_write_rate(dir: &Path, events: usize, ledger: LedgerMode) -> Result
             }
         }
     }
-    let mut db = Store::new(&path)?.with_ledger(ledger);
-    let batch = bench_events(events);
-    let start = std::time::Instant::now();
-    for chunk in batch.chunks(1_000) {
-        db.write_events(chunk)?;
-    }
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
-    Ok(events as f64 / secs)
+    Ok(())
 }
 
 /// `count` synthetic lifecycle events shaped like a busy host's: fork, exec
@@ -106,6 +177,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// 4,751 bytes before the ledger took one entry per batch (three JSON
+    /// copies of 1 KB each went); 1,640 since.
+    #[tokio::test]
+    async fn a_short_lived_exec_costs_less_than_1800_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = bench_bytes_per_exec(dir.path(), 3_000).await.unwrap();
+        eprintln!("{:.0} bytes per exec: {:?}", f.bytes_per_exec(), f.tables);
+        assert!(f.bytes_per_exec() < 1_800.0, "{f:?}");
+        let ledger = f.tables.iter().find(|t| t.0 == "ledger").unwrap().1;
+        assert!(ledger < 4 * 4_096, "the ledger holds copies again: {f:?}");
+    }
 
     #[test]
     fn bench_events_are_valid_events() {

@@ -11,6 +11,24 @@
 //! longer reaches the anchor's sequence number ([`LedgerError::TailCut`]) or
 //! holds another hash there ([`LedgerError::HeadDiffers`]).
 //!
+//! Rows vouch for themselves in batches: the lifecycle events one write
+//! stores share one entry of kind [`EVENTS_KIND`] ([`EventsEntry`]: their
+//! ids and a BLAKE3 digest of every column of every row, [`rows_digest`]),
+//! so a short-lived process costs the ledger a few bytes instead of three
+//! JSON copies of its events; [`verify_rows`] hashes the rows again and
+//! names the entry whose rows were edited, inserted or deleted. Alerts keep
+//! one entry each, holding the alert. Entries of kind `process_event` (one
+//! event's JSON copy each) are what stores before schema 6 wrote; they are
+//! still checked field by field.
+//!
+//! A bounded store prunes its oldest data below a kept checkpoint: the
+//! entries before that checkpoint go with their rows, and a `prune` entry
+//! ([`PruneEntry`]) appended after it says where the chain was cut and what
+//! went. [`verify`] then starts from that checkpoint (its own hash is
+//! checked, as is every link after it) and fails when the chain starts
+//! anywhere the newest `prune` entry does not name: entries deleted from
+//! the start of the chain without a recorded prune are caught.
+//!
 //! The agent also appends a `start` entry ([`StartEntry`]) when it starts and
 //! a `stop` entry when it stops cleanly: a `start` that follows another
 //! `start` means the run before it ended uncleanly ([`runs`]).
@@ -89,6 +107,71 @@ pub enum AnchorError {
     NoCheckpoint,
 }
 
+/// The kind of the entry that vouches for one batch of `process_events`
+/// rows ([`EventsEntry`]).
+pub const EVENTS_KIND: &str = "process_events";
+
+/// The content of an [`EVENTS_KIND`] entry: the rows `first..=last` of
+/// `process_events` (ids are never reused), each naming this entry in its
+/// `ledger_seq`, and the [`rows_digest`] of them as they were written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsEntry {
+    /// The first row's id.
+    pub first: i64,
+    /// The last row's id.
+    pub last: i64,
+    /// The BLAKE3 digest of the rows, lowercase hex.
+    pub digest: String,
+}
+
+/// The columns of a `process_events` row that [`rows_digest`] hashes, in
+/// this order: every column of schema 6. A later schema that adds a column
+/// leaves it out of the digests of the rows written before it.
+pub const EVENT_COLUMNS: &str = "id, event_type, process_key, pid, ppid, name, exe, argv, uid, \
+    start_time, cpu_percent, rss_bytes, exe_hash, hash_algorithm, accessible, file_exists, \
+    exit_code, metadata, observed_at, ledger_seq, euid, gid, exe_replaced, container_id, cgroup, \
+    detail, event_id";
+
+/// The number of [`EVENT_COLUMNS`].
+const EVENT_COLUMN_COUNT: usize = 27;
+
+/// How many rows of `process_events` have ids `first..=last`, and the
+/// BLAKE3 digest of their [`EVENT_COLUMNS`] in id order: each value with
+/// its SQLite type and, for text and blobs, its length, so no two
+/// different rows hash alike. The store computes it as it writes the rows
+/// (in the same transaction), [`verify_rows`] again from what is stored.
+///
+/// # Errors
+/// SQLite errors.
+pub fn rows_digest(conn: &Connection, first: i64, last: i64) -> Result<(i64, String), LedgerError> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM process_events WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
+    ))?;
+    let mut rows = stmt.query([first, last])?;
+    let mut h = blake3::Hasher::new();
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        n += 1;
+        for i in 0..EVENT_COLUMN_COUNT {
+            match r.get_ref(i)? {
+                ValueRef::Null => h.update(&[0]),
+                ValueRef::Integer(v) => h.update(&[1]).update(&v.to_le_bytes()),
+                ValueRef::Real(v) => h.update(&[2]).update(&v.to_bits().to_le_bytes()),
+                ValueRef::Text(t) => h
+                    .update(&[3])
+                    .update(&(t.len() as u64).to_le_bytes())
+                    .update(t),
+                ValueRef::Blob(b) => h
+                    .update(&[4])
+                    .update(&(b.len() as u64).to_le_bytes())
+                    .update(b),
+            };
+        }
+    }
+    Ok((n, h.finalize().to_hex().to_string()))
+}
+
 /// The head of the chain at one entry: its sequence number and hash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Head {
@@ -160,6 +243,34 @@ impl Checkpoint {
             hash: self.head.clone(),
         })
     }
+}
+
+/// The content of a `prune` entry: the chain was cut below the
+/// checkpoint `below` (whose hash was `head`); the entries before it went,
+/// with the rows they vouched for and whatever else was older than
+/// `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneEntry {
+    /// The kept checkpoint: the chain's first entry from now on.
+    pub below: i64,
+    /// Its hash.
+    pub head: String,
+    /// The time it was taken (what was older went too), unix nanoseconds.
+    pub before: i64,
+    /// When the prune ran, unix nanoseconds.
+    pub time: i64,
+    /// Ledger entries deleted.
+    pub entries: u64,
+    /// `process_events` rows deleted.
+    pub events: u64,
+    /// `alerts` rows deleted.
+    pub alerts: u64,
+    /// Snapshots deleted (with their rows).
+    pub snapshots: u64,
+    /// Exited processes deleted from `processes`.
+    pub processes: u64,
+    /// Performance rows deleted.
+    pub performance: u64,
 }
 
 /// The content of a `start` entry.
@@ -270,6 +381,11 @@ pub struct Verified {
     pub entries: i64,
     /// Hex hash of the last entry (the genesis hash when empty).
     pub head: String,
+    /// The last entry's sequence number (0 when empty).
+    pub seq: i64,
+    /// The first entry's sequence number: 1, or the checkpoint the chain
+    /// was pruned below (0 when empty).
+    pub first: i64,
 }
 
 /// Creates the ledger table if it does not exist.
@@ -358,6 +474,12 @@ impl Chain {
         Ok(seq)
     }
 
+    /// The sequence number the next entry appended will have (rows name
+    /// their entry before it is appended, in the same transaction).
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
     /// The last entry appended (or loaded); sequence number 0 and the
     /// genesis hash for an empty chain.
     pub fn head(&self) -> Head {
@@ -378,25 +500,39 @@ pub fn append(tx: &Transaction<'_>, kind: &str, content: &str) -> Result<i64, Le
     Chain::load(tx)?.append(tx, kind, content)
 }
 
-/// Walks the whole chain.
+/// Walks the whole chain, from its first entry: the first of all, or the
+/// checkpoint the newest `prune` entry says the chain was cut below.
 ///
 /// # Errors
 /// [`LedgerError::Broken`] naming the first bad entry: a gap in the
 /// sequence (deleted), a `prev_hash` that is not the previous entry's hash
 /// (reordered or inserted), or a hash that does not match the content
-/// (edited).
+/// (edited); a chain that starts elsewhere than at its first entry or at
+/// the checkpoint its newest `prune` entry names (entries deleted from its
+/// start).
 pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
     let mut stmt =
         conn.prepare("SELECT seq, kind, content, prev_hash, entry_hash FROM ledger ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1;
     let mut prev = to_hex(&GENESIS);
+    let mut start: Option<(i64, String)> = None;
+    let mut pruned: Option<PruneEntry> = None;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let kind: String = r.get(1)?;
         let content: String = r.get(2)?;
         let prev_hash: String = r.get(3)?;
         let hash: String = r.get(4)?;
+        if start.is_none() {
+            // A pruned chain starts at a checkpoint, whose link to the
+            // entry before it cannot be checked (that entry is gone).
+            if seq > 1 && kind == "checkpoint" {
+                expected_seq = seq;
+                prev.clone_from(&prev_hash);
+            }
+            start = Some((seq, hash.clone()));
+        }
         if seq != expected_seq {
             return Err(LedgerError::Broken {
                 seq: expected_seq,
@@ -415,12 +551,30 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
                 reason: "its content does not match its hash (edited)",
             });
         }
+        if kind == "prune" {
+            pruned = serde_json::from_str(&content).ok();
+        }
         prev = hash;
         expected_seq += 1;
     }
+    let first = match start {
+        Some((first, hash)) if first > 1 => {
+            if !pruned.is_some_and(|p| p.below == first && p.head == hash) {
+                return Err(LedgerError::Broken {
+                    seq: first,
+                    reason: "the entries before it are gone and no prune entry says the chain was cut there (deleted)",
+                });
+            }
+            first
+        }
+        Some((first, _)) => first,
+        None => 0,
+    };
     Ok(Verified {
-        entries: expected_seq - 1,
+        entries: if first == 0 { 0 } else { expected_seq - first },
         head: prev,
+        seq: expected_seq - 1,
+        first,
     })
 }
 
@@ -428,7 +582,9 @@ pub fn verify(conn: &Connection) -> Result<Verified, LedgerError> {
 /// anchor's sequence number exists and has the anchor's hash. Run after
 /// [`verify`] (which proves the chain consistent up to its end): the
 /// newest anchor then proves no entry up to it was cut or rewritten. A
-/// ledger table that is gone is an empty chain.
+/// ledger table that is gone is an empty chain. An anchor below the
+/// chain's first entry (pruned, as [`verify`] checks) is passed over: what
+/// it vouched for is gone.
 ///
 /// # Errors
 /// The first failing anchor, in the order given:
@@ -440,12 +596,19 @@ pub fn verify_anchors(conn: &Connection, anchors: &[Anchor]) -> Result<(), Ledge
         [],
         |r| r.get(0),
     )?;
-    let last: i64 = if exists {
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))?
+    let (first, last): (i64, i64) = if exists {
+        conn.query_row(
+            "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ledger",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
     } else {
-        0
+        (0, 0)
     };
     for Anchor(head) in anchors {
+        if head.seq < first {
+            continue;
+        }
         if head.seq > last {
             return Err(LedgerError::TailCut {
                 entries: last,
@@ -536,7 +699,8 @@ const ALERT_FIELDS: &[(&str, &str)] = &[
     ("r.raised_at", "$.raised_at"),
 ];
 
-/// What a `process_events` row must say as its entry does.
+/// What a `process_events` row must say as its `process_event` entry (a
+/// JSON copy of the event, written before schema 6) does.
 const EVENT_FIELDS: &[(&str, &str)] = &[
     ("r.pid", "$.pid"),
     ("r.ppid", "$.ppid"),
@@ -552,8 +716,9 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
 ];
 
 /// The first row of `table` (as `r`) whose ledger entry is missing, not of
-/// `kind`, or says otherwise for one of `fields`.
-fn row_edited(kind: &str, table: &str, fields: &[(&str, &str)]) -> String {
+/// `kind`, or says otherwise for one of `fields`; rows naming an entry of
+/// `other` (checked elsewhere) aside.
+fn row_edited(kind: &str, other: Option<&str>, table: &str, fields: &[(&str, &str)]) -> String {
     let differs: String = fields
         .iter()
         .map(|&(row, path)| match path {
@@ -561,10 +726,11 @@ fn row_edited(kind: &str, table: &str, fields: &[(&str, &str)]) -> String {
             _ => format!(" OR {row} IS NOT json_extract(l.content, '{path}')"),
         })
         .collect();
+    let aside = other.map_or_else(String::new, |o| format!("l.kind IS NOT '{o}' AND "));
     format!(
         "SELECT r.ledger_seq FROM {table} r \
          LEFT JOIN ledger l ON l.seq = r.ledger_seq \
-         WHERE r.ledger_seq IS NOT NULL AND (l.seq IS NULL OR l.kind IS NOT '{kind}'{differs}) \
+         WHERE r.ledger_seq IS NOT NULL AND {aside}(l.seq IS NULL OR l.kind IS NOT '{kind}'{differs}) \
          ORDER BY r.ledger_seq LIMIT 1"
     )
 }
@@ -578,11 +744,52 @@ fn row_deleted(kind: &str, table: &str) -> String {
     )
 }
 
+/// The first row naming an [`EVENTS_KIND`] entry that does not cover it
+/// (a row inserted, or moved out of its batch).
+const EVENT_OUTSIDE_ITS_BATCH: &str = "SELECT r.ledger_seq FROM process_events r \
+     JOIN ledger l ON l.seq = r.ledger_seq WHERE l.kind = 'process_events' \
+     AND r.id NOT BETWEEN json_extract(l.content, '$.first') AND json_extract(l.content, '$.last') \
+     ORDER BY r.ledger_seq LIMIT 1";
+
+/// Checks every [`EVENTS_KIND`] entry against its rows, in order: the first
+/// whose rows are not all there, or not as written.
+fn verify_event_batches(conn: &Connection) -> Result<(), LedgerError> {
+    let mut stmt = conn.prepare("SELECT seq, content FROM ledger WHERE kind = ?1 ORDER BY seq")?;
+    let mut entries = stmt.query([EVENTS_KIND])?;
+    while let Some(r) = entries.next()? {
+        let seq: i64 = r.get(0)?;
+        let content: String = r.get(1)?;
+        let Ok(entry) = serde_json::from_str::<EventsEntry>(&content) else {
+            return Err(LedgerError::Broken {
+                seq,
+                reason: "its content is not a batch of rows (edited)",
+            });
+        };
+        let (n, digest) = rows_digest(conn, entry.first, entry.last)?;
+        if n < entry.last - entry.first + 1 {
+            return Err(LedgerError::Broken {
+                seq,
+                reason: "a row of its batch is gone (the row was deleted)",
+            });
+        }
+        if digest != entry.digest {
+            return Err(LedgerError::Broken {
+                seq,
+                reason: "its rows do not say what they said when written (a row was edited)",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks the rows the ledger vouches for against their entries: every
 /// `alerts` row (what `daemoneye-cli alerts` shows) and every
 /// `process_events` row with an entry must say what the entry says, and no
-/// entry may have lost its row. Alerts stored before their rows named
-/// their entries (an adopted legacy store) are not checked for deletion.
+/// entry may have lost its row. A batch entry ([`EVENTS_KIND`]) is checked
+/// by hashing its rows again ([`rows_digest`]); a `process_event` entry of
+/// an older store field by field against its JSON copy. Alerts stored
+/// before their rows named their entries (an adopted legacy store) are not
+/// checked for deletion.
 ///
 /// # Errors
 /// [`LedgerError::Broken`] naming the first entry whose row was edited or
@@ -591,6 +798,7 @@ pub fn verify_rows(conn: &Connection) -> Result<(), LedgerError> {
     let first = |sql: &str| -> Result<Option<i64>, LedgerError> {
         Ok(conn.query_row(sql, [], |r| r.get(0)).optional()?)
     };
+    verify_event_batches(conn)?;
     let edited = "its row does not say what the entry says (the row was edited)";
     let deleted = "its row is gone (the row was deleted)";
     let unnamed: i64 = conn.query_row(
@@ -599,10 +807,22 @@ pub fn verify_rows(conn: &Connection) -> Result<(), LedgerError> {
         |r| r.get(0),
     )?;
     let checks = [
-        (Some(row_edited("alert", "alerts", ALERT_FIELDS)), edited),
         (
-            Some(row_edited("process_event", "process_events", EVENT_FIELDS)),
+            Some(row_edited("alert", None, "alerts", ALERT_FIELDS)),
             edited,
+        ),
+        (
+            Some(row_edited(
+                "process_event",
+                Some(EVENTS_KIND),
+                "process_events",
+                EVENT_FIELDS,
+            )),
+            edited,
+        ),
+        (
+            Some(EVENT_OUTSIDE_ITS_BATCH.to_owned()),
+            "a row names it that is not of its batch (the row was inserted or edited)",
         ),
         (
             (unnamed == 0).then(|| row_deleted("alert", "alerts")),

@@ -3,13 +3,16 @@
 //! - [`Store`] ([`store`]): one SQLite database (WAL, owner-only) with the
 //!   schema and its versioned migrations ([`SCHEMA_VERSION`]; a newer schema
 //!   is refused, a legacy agent store adopted): processes keyed by their
-//!   process key, lifecycle events, snapshots, alerts, each lifecycle event
-//!   and alert with its ledger entry in the same transaction; read-only
+//!   process key, lifecycle events, snapshots, alerts, each alert and each
+//!   batch of lifecycle events with its ledger entry in the same
+//!   transaction; pruning to a [`Retention`] below a checkpoint; read-only
 //!   opening and read-only ad-hoc queries for readers such as the CLI.
 //! - [`StoreWriter`] ([`writer`]): the store on a thread of its own behind a
 //!   bounded queue that waits rather than drops; batched transactions;
 //!   [`close`](StoreWriter::close) commits everything; [`WriterStats`].
 //! - [`ledger`]: the append-only audit ledger chained by BLAKE3 hashes.
+//! - [`retention`]: bounds by age and size ([`Retention`]), held by
+//!   pruning below a kept checkpoint of the ledger.
 //! - [`alert`]: the alert record ([`Alert`], [`Severity`]) and deduplication.
 //! - [`readonly`]: the authorizer that lets a statement read and nothing
 //!   else (queries here, rules in `daemoneye-rules`).
@@ -43,12 +46,14 @@ pub mod bench;
 pub mod ledger;
 pub mod performance;
 pub mod readonly;
+pub mod retention;
 mod schema;
 pub mod store;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
 pub use performance::PerformanceRow;
+pub use retention::Retention;
 pub use schema::{table_columns, SCHEMA_VERSION};
 pub use store::{
     Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,

@@ -62,10 +62,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "performance: samples and anomalies",
         sql: V5,
     },
+    Migration {
+        version: 6,
+        description: "compact lifecycle events: one ledger entry per batch, no pid index",
+        sql: V6,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -221,6 +226,13 @@ const V5: &str = "CREATE TABLE performance (
 );
 CREATE INDEX performance_observed ON performance (observed_at);
 CREATE INDEX performance_anomalies ON performance (anomaly) WHERE anomaly IS NOT NULL;";
+
+/// Lifecycle events are ledgered a batch to an entry from version 6 on
+/// (`ledger::EVENTS_KIND`, no JSON copy of each event); the rows and
+/// entries written before stay as they are and verify as before. The pid
+/// index of `process_events` goes (a pid alone names no process; the
+/// process key and time indexes stay): 35 bytes a short-lived exec.
+const V6: &str = "DROP INDEX IF EXISTS process_events_pid;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

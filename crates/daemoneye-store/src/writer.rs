@@ -25,6 +25,13 @@
 //! store still fails then, it tries three more times and counts what is
 //! left as dropped.
 //!
+//! A bounded writer ([`retention`](WriterConfig::retention),
+//! [`max_store_bytes`](WriterConfig::max_store_bytes)) takes checkpoints
+//! of its own to cut at and prunes the store below one after the
+//! transaction that went over a bound, and at most every 10 s for age (see
+//! [`retention`](crate::retention)); what it pruned is counted
+//! (`prunes`, `events_pruned`) and recorded in the ledger.
+//!
 //! Accounting: `events_accepted` equals `events_written` plus
 //! `events_dropped_write_failed` plus [`events_queued`](WriterStats::events_queued).
 //! Events refused because the writer had closed are counted in
@@ -63,6 +70,7 @@ use tracing::{error, warn};
 
 use crate::alert::Alert;
 use crate::ledger::{Checkpoint, CheckpointEntry, Head, Lost, StartEntry, StopEntry};
+use crate::retention::Retention;
 use crate::store::{Gap, Op, Recorded, Store, StoreError};
 
 /// Configuration of a [`StoreWriter`].
@@ -88,6 +96,14 @@ pub struct WriterConfig {
     /// the rows older than this before its newest sample.
     #[serde(with = "humantime_serde")]
     pub performance_retention: Duration,
+    /// How long lifecycle events, alerts, snapshots and exited processes
+    /// are kept (`None`, the default: for ever).
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// The most bytes of database pages the store may use (`None`, the
+    /// default: unbounded); past it the oldest data is pruned. At least
+    /// [`MIN_MAX_BYTES`](crate::retention::MIN_MAX_BYTES).
+    pub max_store_bytes: Option<u64>,
 }
 
 /// Default of [`WriterConfig::queue_writes`].
@@ -111,6 +127,8 @@ impl Default for WriterConfig {
             when_full: WhenFull::Block,
             max_held_events: DEFAULT_MAX_HELD_EVENTS,
             performance_retention: DEFAULT_PERFORMANCE_RETENTION,
+            retention: None,
+            max_store_bytes: None,
         }
     }
 }
@@ -135,7 +153,24 @@ impl WriterConfig {
         if self.performance_retention.is_zero() {
             return invalid("performance_retention", "must be longer than zero");
         }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return invalid("retention", "must be longer than zero");
+        }
+        if self
+            .max_store_bytes
+            .is_some_and(|b| b < crate::retention::MIN_MAX_BYTES)
+        {
+            return invalid("max_store_bytes", "must be at least 1 MiB (1048576)");
+        }
         Ok(())
+    }
+
+    /// The bounds on the store this config sets.
+    pub fn bounds(&self) -> Retention {
+        Retention {
+            max_age: self.retention,
+            max_bytes: self.max_store_bytes,
+        }
     }
 }
 
@@ -178,6 +213,12 @@ pub struct WriterStats {
     pub events_refused: Counter,
     /// Ledger entries recording what failed transactions lost.
     pub gaps_recorded: Counter,
+    /// Prunes of the store to its bounds (each a `prune` ledger entry).
+    pub prunes: Counter,
+    /// Lifecycle events pruned (written, then deleted as the oldest).
+    pub events_pruned: Counter,
+    /// Failed prune attempts.
+    pub prune_errors: Counter,
     /// 1 while the store's last attempt failed (writes are held or lost),
     /// 0 once one commits again: health reads it.
     pub failing: Gauge,
@@ -260,6 +301,7 @@ impl WriterStats {
                 ),
             ],
         );
+        self.register_prune_metrics(registry);
         registry.register_gauge(
             "daemoneye_store_failing",
             "1 while the store's last attempt failed, 0 once one commits again.",
@@ -283,6 +325,30 @@ impl WriterStats {
             "Events dropped, by stage and reason.",
             &[("stage", "store"), ("reason", "full")],
             &self.events_dropped_queue_full,
+        );
+    }
+
+    /// The prune counters, beside the others.
+    fn register_prune_metrics(&self, registry: &Registry) {
+        registry.register_counters(
+            &[("stage", "store")],
+            &[
+                (
+                    "daemoneye_store_prunes_total",
+                    "Prunes of the store to its retention and size bounds.",
+                    &self.prunes,
+                ),
+                (
+                    "daemoneye_events_pruned_total",
+                    "Lifecycle events pruned from the store as the oldest.",
+                    &self.events_pruned,
+                ),
+                (
+                    "daemoneye_store_prune_errors_total",
+                    "Failed prunes of the store.",
+                    &self.prune_errors,
+                ),
+            ],
         );
     }
 
@@ -319,9 +385,18 @@ enum Write {
 /// The ledger entries of their own the writer appends.
 #[derive(Debug)]
 enum Own {
-    Start { version: String, pid: u32 },
-    Stop { pid: u32 },
+    Start {
+        version: String,
+        pid: u32,
+    },
+    Stop {
+        pid: u32,
+    },
     Checkpoint,
+    /// A checkpoint the writer takes to cut at when it prunes (not sent
+    /// off the host: its `lost` counts from the last [`Own::Checkpoint`],
+    /// as the next one will).
+    Cut,
 }
 
 /// What appending an [`Own`] entry gave: the head after it, and a
@@ -394,6 +469,15 @@ impl StoreWriter {
             max_held: config.max_held_events.max(1),
             retry: Backoff::new(RETRY_FIRST, RETRY_MAX).with_jitter(0.2),
             retry_at: None,
+            bounds: Retention {
+                max_age: config.retention.filter(|r| !r.is_zero()),
+                max_bytes: config
+                    .max_store_bytes
+                    .map(|b| b.max(crate::retention::MIN_MAX_BYTES)),
+            },
+            cut_bytes: None,
+            cut_at: Instant::now(),
+            pruned_at: None,
         };
         std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -658,7 +742,18 @@ struct Worker {
     /// When the held writes are tried again; `None` when the last attempt
     /// succeeded.
     retry_at: Option<Instant>,
+    /// What the store is bounded to.
+    bounds: Retention,
+    /// The pages in use at the last checkpoint (`None`: none seen yet).
+    cut_bytes: Option<u64>,
+    /// When the last checkpoint was taken (or the writer started).
+    cut_at: Instant,
+    /// When the store was last pruned for age.
+    pruned_at: Option<Instant>,
 }
+
+/// The longest between prunes for age.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// The first wait before held writes are tried again, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -717,6 +812,7 @@ impl Worker {
             for (entry, ack) in round.entries {
                 let _ = ack.send(self.append_own(&entry));
             }
+            self.bound_store();
             for ack in round.acks {
                 let _ = ack.send(());
             }
@@ -866,11 +962,15 @@ impl Worker {
                 pid: *pid,
                 time: now,
             }),
-            Own::Checkpoint => store.append_entry("checkpoint", |_| checkpoint),
+            Own::Checkpoint | Own::Cut => store.append_entry("checkpoint", |_| checkpoint),
         });
         match appended {
             Ok(head) => {
                 s.transactions_committed.inc();
+                if matches!(entry, Own::Checkpoint | Own::Cut) {
+                    self.cut_at = Instant::now();
+                    self.cut_bytes = None;
+                }
                 let checkpoint = matches!(entry, Own::Checkpoint).then(|| {
                     self.checkpointed = counted;
                     checkpoint
@@ -881,6 +981,69 @@ impl Worker {
                 s.write_errors.inc();
                 error!(error = %daemoneye_lib::error_chain(&e), entry = ?entry, "cannot append a ledger entry");
                 Err(e)
+            }
+        }
+    }
+
+    /// Keeps the store within its bounds, when it has any and nothing is
+    /// held: a checkpoint of its own every sixteenth of `max_store_bytes`
+    /// written or of `retention` passed (places to cut at), then a prune
+    /// when the pages in use are over `max_store_bytes`, or for age at most
+    /// every [`PRUNE_EVERY`]. A failure is logged and counted, and tried
+    /// again after the next transaction.
+    fn bound_store(&mut self) {
+        let bounds = self.bounds;
+        if !bounds.is_bounded() || !self.held.is_empty() {
+            return;
+        }
+        let used = match self.store.with(|s| s.used_bytes()) {
+            Ok(used) => used,
+            Err(e) => {
+                self.stats.prune_errors.inc();
+                warn!(error = %daemoneye_lib::error_chain(&e), "cannot read the store's size");
+                return;
+            }
+        };
+        // Counted from the last checkpoint, or from where a prune left it.
+        let since = self.cut_bytes.map_or(used, |at| at.min(used));
+        self.cut_bytes = Some(since);
+        let grown = bounds
+            .max_bytes
+            .is_some_and(|max| used.saturating_sub(since) >= max / 16);
+        let aged = bounds
+            .max_age
+            .is_some_and(|age| self.cut_at.elapsed() >= age / 16);
+        if (grown || aged) && self.append_own(&Own::Cut).is_ok() {
+            self.cut_bytes = Some(used);
+        }
+        let over = bounds.max_bytes.is_some_and(|max| used > max);
+        let due =
+            bounds.max_age.is_some() && self.pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+        if !(over || due) {
+            return;
+        }
+        if bounds.max_age.is_some() {
+            self.pruned_at = Some(Instant::now());
+        }
+        let now = crate::store::unix_nanos_now();
+        match self.store.with(|s| s.prune(&bounds, now)) {
+            Ok(Some(p)) => {
+                self.stats.prunes.inc();
+                self.stats.events_pruned.add(p.events);
+                self.stats.transactions_committed.inc();
+                tracing::info!(
+                    below = p.below,
+                    entries = p.entries,
+                    events = p.events,
+                    alerts = p.alerts,
+                    used_bytes = used,
+                    "store pruned to its bounds"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.prune_errors.inc();
+                warn!(error = %daemoneye_lib::error_chain(&e), "cannot prune the store");
             }
         }
     }
@@ -1135,6 +1298,37 @@ mod tests {
                 ..
             })
         ));
+        for (bad, field) in [
+            (
+                WriterConfig {
+                    retention: Some(Duration::ZERO),
+                    ..WriterConfig::default()
+                },
+                "retention",
+            ),
+            (
+                WriterConfig {
+                    max_store_bytes: Some(1_000),
+                    ..WriterConfig::default()
+                },
+                "max_store_bytes",
+            ),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(StoreError::InvalidWriterConfig { field: f, .. }) if f == field),
+                "{bad:?}"
+            );
+        }
+        let bounded: WriterConfig =
+            serde_json::from_str(r#"{"retention": "30days", "max_store_bytes": 1073741824}"#)
+                .unwrap();
+        assert_eq!(
+            bounded.bounds(),
+            Retention {
+                max_age: Some(Duration::from_secs(30 * 86_400)),
+                max_bytes: Some(1 << 30),
+            }
+        );
         let parsed: WriterConfig =
             serde_json::from_str(r#"{"queue_writes": 5, "when_full": "drop_newest"}"#).unwrap();
         assert_eq!(parsed.queue_writes, 5);
@@ -1304,7 +1498,7 @@ mod tests {
         let v = ro.verify_ledger().unwrap();
         assert_eq!(v.entries, stop.seq + 1);
         let kinds = ro
-            .query("SELECT kind, content FROM ledger WHERE kind <> 'process_event' ORDER BY seq")
+            .query("SELECT kind, content FROM ledger WHERE kind <> 'process_events' ORDER BY seq")
             .unwrap()
             .rows;
         let kinds: Vec<&str> = kinds.iter().map(|r| r[0].as_str().unwrap()).collect();
@@ -1343,9 +1537,9 @@ mod tests {
         let ro = Store::open_read_only(dir.path()).unwrap();
         let kinds = ro.query("SELECT kind FROM ledger ORDER BY seq").unwrap();
         let want: Vec<Vec<serde_json::Value>> = vec![
-            vec!["process_event".into()],
+            vec!["process_events".into()],
             vec!["alert".into()],
-            vec!["process_event".into()],
+            vec!["process_events".into()],
         ];
         assert_eq!(kinds.rows, want);
         let seq = ro.query("SELECT ledger_seq FROM alerts").unwrap();

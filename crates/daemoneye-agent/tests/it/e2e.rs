@@ -493,7 +493,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
         .query("SELECT e.ledger_seq, l.kind, e.event_id, json_extract(e.detail, '$.lifecycle.tier') FROM process_events e JOIN ledger l ON l.seq = e.ledger_seq WHERE e.event_type = 'exec' AND e.exe = '/dev/shm/shmshell'")
         .unwrap();
     assert!(!execs.rows.is_empty(), "no exec from /dev/shm stored");
-    assert_eq!(execs.rows[0][1], "process_event");
+    assert_eq!(execs.rows[0][1], "process_events", "its batch's entry");
     // The id procmond's runtime gave the event crossed the socket with it.
     let id = execs.rows[0][2].as_str().unwrap_or_default();
     assert!(

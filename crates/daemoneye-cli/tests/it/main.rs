@@ -161,6 +161,56 @@ fn ledger_verifies_then_fails_after_a_row_is_edited() {
 }
 
 #[test]
+fn ledger_verify_after_a_prune_starts_at_the_kept_checkpoint_and_says_so() {
+    use daemoneye_store::ledger::{CheckpointEntry, Lost};
+    let dir = store_with_alerts(4);
+    let mut store = Store::open(dir.path()).unwrap();
+    // The head before the cut: an anchor the prune leaves nothing to check.
+    let conn = rusqlite::Connection::open(dir.path().join("agent.db")).unwrap();
+    let hash: String = conn
+        .query_row("SELECT entry_hash FROM ledger WHERE seq = 4", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    drop(conn);
+    let old_anchor = format!("4:{hash}");
+    store
+        .append_entry("checkpoint", |_| CheckpointEntry {
+            time: 1,
+            lost: Lost::default(),
+        })
+        .unwrap();
+    let rule = &rules::builtin().unwrap()[0];
+    for pid in [5, 6] {
+        let process = AlertProcess::from_event(&ProcessEvent::new(pid, "x"), None);
+        store
+            .record_alert(&Alert::new(rule, process, SystemTime::now()))
+            .unwrap();
+    }
+    let keep = daemoneye_store::Retention {
+        max_age: Some(std::time::Duration::from_secs(60)),
+        max_bytes: None,
+    };
+    let pruned = store.prune(&keep, i64::MAX).unwrap().unwrap();
+    assert_eq!((pruned.below, pruned.alerts), (5, 4));
+    drop(store);
+    let out = cli(
+        &["ledger", "verify", "--anchor", &old_anchor, "--data-dir"],
+        &[dir.path()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The checkpoint, two alerts and the prune entry; the head at 8.
+    assert!(stdout.contains("ledger ok: 4 entries, head 8:"), "{stdout}");
+    assert!(
+        stdout.contains("the chain starts at the checkpoint at seq 5"),
+        "{stdout}"
+    );
+    let out = cli(&["--format", "json", "alerts", "--data-dir"], &[dir.path()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
+
+#[test]
 fn rules_list_shows_the_builtin_pack() {
     let out = cli(&["rules", "list", "--format", "json"], &[]);
     assert!(out.status.success());

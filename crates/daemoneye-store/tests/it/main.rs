@@ -276,10 +276,16 @@ async fn everything_sent_before_close_is_on_disk() {
     assert_eq!((count, distinct), (expected, expected));
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), total);
-    assert_eq!(
-        db.verify_ledger().unwrap().entries,
-        i64::try_from(total).unwrap()
-    );
+    // Every row is on the ledger, each batch written under one entry.
+    let (ledgered, batches): (i64, i64) = raw(&path)
+        .query_row(
+            "SELECT count(ledger_seq), count(DISTINCT ledger_seq) FROM process_events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(ledgered, expected);
+    assert_eq!(db.verify_ledger().unwrap().entries, batches);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,20 +328,16 @@ async fn failed_writes_are_held_and_land_once_the_store_takes_them() {
     assert_eq!(get(&stats.events_accepted), get(&stats.events_written));
     assert_eq!(get(&stats.gaps_recorded), 0, "nothing was lost");
     let db = Store::new(&path).unwrap();
-    let pids: Vec<u32> = db
-        .recent_events(10)
-        .unwrap()
-        .into_iter()
-        .rev()
-        .map(|e| e.event.pid)
-        .collect();
+    let pids = stored_pids(&db);
     assert_eq!(pids, [2, 3, 4, 5, 6, 7], "in the order they were sent");
-    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 7);
-    // The table this test dropped took the first event's row with it: the
-    // store's verification says so, naming that entry.
+    // One entry for each batch: the first event, the five held, the last.
+    assert_eq!(ledger::verify(&raw(&path)).unwrap().entries, 3);
+    // The table this test dropped took the first event's row with it (and
+    // the table made again gave its id to the next row): the store's
+    // verification says so, naming that entry.
     match db.verify_ledger() {
         Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 1, reason })) => {
-            assert!(reason.contains("deleted"), "{reason}");
+            assert!(reason.contains("edited"), "{reason}");
         }
         other => panic!("the deleted row went unnoticed: {other:?}"),
     }
@@ -449,6 +451,16 @@ async fn a_full_disk_holds_writes_and_they_land_when_room_returns() {
     let db = Store::new(&path).unwrap();
     assert_eq!(db.count_events().unwrap(), u64::from(sent));
     db.verify_ledger().unwrap();
+}
+
+/// The pids of the (at most 10) stored lifecycle events, oldest first.
+fn stored_pids(db: &Store) -> Vec<u32> {
+    db.recent_events(10)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.event.pid)
+        .collect()
 }
 
 /// Pulls `process_events` out from under a writer (every write then
@@ -636,6 +648,17 @@ fn a_legacy_agent_store_is_adopted_with_its_alerts_events_and_ledger() {
     let ro = Store::open_read_only(dir.path()).unwrap();
     assert_eq!(ro.recent_alerts(10).unwrap().len(), 1);
     assert_eq!(ro.verify_ledger().unwrap().entries, 4);
+    // A row under an entry of the old kind (a JSON copy of its event) is
+    // still checked against it.
+    raw(&path)
+        .execute_batch("UPDATE process_events SET name = 'innocent' WHERE id = 2")
+        .unwrap();
+    match ro.verify_ledger() {
+        Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 2, reason })) => {
+            assert!(reason.contains("edited"), "{reason}");
+        }
+        other => panic!("the edited row went unnoticed: {other:?}"),
+    }
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -799,7 +822,7 @@ fn process_tables_speak_the_one_vocabulary() {
 /// naming their entry.
 #[test]
 fn verify_catches_edited_and_deleted_rows_not_only_entries() {
-    let cases: [(&str, i64, &str); 8] = [
+    let cases: [(&str, i64, &str); 11] = [
         ("UPDATE alerts SET severity = 'low'", 2, "edited"),
         ("UPDATE alerts SET raised_at = raised_at + 1", 2, "edited"),
         (
@@ -812,6 +835,14 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
         ("UPDATE process_events SET argv = '[\"sh\"]'", 1, "edited"),
         ("UPDATE process_events SET exit_code = 3", 1, "edited"),
         ("DELETE FROM alerts", 2, "deleted"),
+        ("DELETE FROM process_events", 1, "deleted"),
+        ("UPDATE process_events SET ledger_seq = NULL", 1, "edited"),
+        (
+            "INSERT INTO process_events (event_type, pid, name, argv, accessible, file_exists, \
+             metadata, observed_at, ledger_seq) VALUES ('exec', 1, 'x', '[]', 1, 1, '{}', 0, 1)",
+            1,
+            "inserted",
+        ),
     ];
     for (tamper, seq, what) in cases {
         let (_dir, path, mut db) = with_one_exec();
@@ -836,4 +867,253 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
             other => panic!("{tamper} went unnoticed: {other:?}"),
         }
     }
+}
+
+/// The first ledger entry's sequence number and kind.
+fn chain_start(path: &Path) -> (i64, String) {
+    raw(path)
+        .query_row(
+            "SELECT seq, kind FROM ledger ORDER BY seq LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+/// Runs `sql` on the store at `path`; the entry verification then names,
+/// and why.
+fn tampered_at(db: &Store, path: &Path, sql: &str) -> (i64, &'static str) {
+    raw(path).execute_batch(sql).unwrap();
+    match db.verify_ledger() {
+        Err(StoreError::Ledger(ledger::LedgerError::Broken { seq, reason })) => (seq, reason),
+        other => panic!("{sql} went unnoticed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_pushed_past_max_store_bytes_stays_under_it_and_verifies() {
+    const MAX: u64 = 2 << 20;
+    // Unbounded, these 10,000 short-lived processes take about 16 MB.
+    const EVENTS: usize = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let config = WriterConfig {
+        max_store_bytes: Some(MAX),
+        ..WriterConfig::default()
+    };
+    let writer = StoreWriter::spawn(Store::new(&path).unwrap(), config).unwrap();
+    let events = daemoneye_store::bench::bench_events(EVENTS);
+    for chunk in events.chunks(300) {
+        writer.events(chunk.to_vec()).await;
+    }
+    let stats = writer.close().await;
+    let db = Store::new(&path).unwrap();
+    let used = db.used_bytes().unwrap();
+    let file = std::fs::metadata(&path).unwrap().len();
+    eprintln!(
+        "used {used} bytes, file {file} bytes, {} prunes",
+        stats.prunes.get()
+    );
+    // Within the bound after the last prune; the file within it and the
+    // one transaction that went over it (1,000 events, about 0.65 MB here:
+    // SQLite reuses the freed pages before it grows the file).
+    assert!(used <= MAX, "{used} bytes in use over {MAX}");
+    assert!(file <= MAX + (1 << 20), "the file grew to {file} bytes");
+    assert!(stats.prunes.get() > 0, "{stats:?}");
+    assert_eq!(stats.prune_errors.get(), 0);
+    // Exact accounting: every event written is kept or counted as pruned.
+    let kept = db.count_events().unwrap();
+    assert_eq!(kept + stats.events_pruned.get(), EVENTS as u64);
+    assert!(kept > 1_000, "only {kept} events kept");
+    let newest = db.recent_events(1).unwrap();
+    assert_eq!(
+        newest[0].event,
+        events[EVENTS - 1],
+        "the newest event is kept"
+    );
+    // The chain starts at the kept checkpoint, verifies, and says so.
+    let v = db.verify_ledger().unwrap();
+    let (first, kind) = chain_start(&path);
+    assert_eq!((v.first, kind.as_str()), (first, "checkpoint"));
+    assert!(first > 1);
+    let prunes: i64 = raw(&path)
+        .query_row(
+            "SELECT count(*) FROM ledger WHERE kind = 'prune'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(prunes >= 1);
+    // A kept row edited, then one deleted, are still caught, naming their
+    // entry.
+    let (newest_id, newest_seq): (i64, i64) = raw(&path)
+        .query_row(
+            "SELECT id, ledger_seq FROM process_events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let edit = format!("UPDATE process_events SET exit_code = 7 WHERE id = {newest_id}");
+    let (seq, reason) = tampered_at(&db, &path, &edit);
+    assert_eq!(seq, newest_seq);
+    assert!(reason.contains("edited"), "{reason}");
+    let delete = format!("DELETE FROM process_events WHERE id = {newest_id}");
+    let (seq, reason) = tampered_at(&db, &path, &delete);
+    assert_eq!(seq, newest_seq);
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+#[test]
+fn an_age_retention_drops_old_rows_keeps_the_rest_verifiable_and_is_on_the_chain() {
+    use daemoneye_store::ledger::{Anchor, CheckpointEntry, Head, Lost};
+    use daemoneye_store::Retention;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut db = Store::new(&path).unwrap();
+    let hour: i64 = 3_600_000_000_000;
+    let now = 1_800_000_000_000_000_000_i64;
+    let batch = |db: &mut Store, pids: std::ops::RangeInclusive<u32>| {
+        let events: Vec<_> = pids.map(|p| rich(p, ProcessEventType::Exec)).collect();
+        db.write_events(&events).unwrap();
+    };
+    let alert = |db: &mut Store, pid| {
+        let e = rich(pid, ProcessEventType::Exec);
+        db.record_alert(&Alert::new(
+            &LegacyRule,
+            AlertProcess::from_event(&e, None),
+            e.timestamp,
+        ))
+        .unwrap();
+    };
+    let checkpoint = |db: &mut Store, time| -> Head {
+        db.append_entry("checkpoint", |_| CheckpointEntry {
+            time,
+            lost: Lost::default(),
+        })
+        .unwrap()
+    };
+    batch(&mut db, 1..=3);
+    alert(&mut db, 1);
+    let old = checkpoint(&mut db, now - 3 * hour);
+    batch(&mut db, 4..=6);
+    let cut = checkpoint(&mut db, now - 2 * hour);
+    batch(&mut db, 7..=9);
+    alert(&mut db, 8);
+    checkpoint(&mut db, now - hour / 2);
+    let keep_90_min = Retention {
+        max_age: Some(Duration::from_secs(90 * 60)),
+        max_bytes: None,
+    };
+    let p = db.prune(&keep_90_min, now).unwrap().unwrap(); // a prune was due
+    assert_eq!((p.below, p.head.as_str()), (cut.seq, cut.hash.as_str()));
+    assert_eq!(
+        (p.events, p.alerts, p.entries),
+        (6, 1, u64::try_from(cut.seq - 1).unwrap())
+    );
+    let pids = stored_pids(&db);
+    assert_eq!(pids, [7, 8, 9]);
+    assert_eq!(db.recent_alerts(10).unwrap().len(), 1);
+    let v = db.verify_ledger().unwrap();
+    assert_eq!(v.first, cut.seq);
+    assert_eq!(chain_start(&path), (cut.seq, "checkpoint".to_owned()));
+    // The prune is on the chain, after what it kept.
+    let last: (String, String) = raw(&path)
+        .query_row(
+            "SELECT kind, content FROM ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(last.0, "prune");
+    let recorded: ledger::PruneEntry = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(recorded, p);
+    // Nothing more is due now; an anchor below the cut is passed over,
+    // one at it still holds.
+    assert!(db.prune(&keep_90_min, now).unwrap().is_none());
+    db.verify_ledger_anchored(&[Anchor(old), Anchor(cut.clone())])
+        .unwrap();
+    // A kept row edited is caught, naming its entry.
+    let (seq, reason) = tampered_at(
+        &db,
+        &path,
+        "UPDATE process_events SET argv = '[\"sh\"]' WHERE pid = 8",
+    );
+    assert!(seq > cut.seq && reason.contains("edited"), "{seq} {reason}");
+    raw(&path)
+        .execute_batch("DELETE FROM process_events WHERE pid = 8")
+        .unwrap();
+    // Entries cut off the start of the chain past the kept checkpoint are
+    // caught: the chain no longer starts at its first entry or at one.
+    let (seq, reason) = tampered_at(
+        &db,
+        &path,
+        &format!("DELETE FROM ledger WHERE seq <= {}", cut.seq),
+    );
+    assert_eq!(seq, 1);
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+#[test]
+fn a_chain_cut_at_a_checkpoint_without_a_prune_entry_is_caught() {
+    use daemoneye_store::ledger::{CheckpointEntry, Lost};
+    let (_dir, path, mut db) = with_one_exec();
+    let cp = db
+        .append_entry("checkpoint", |_| CheckpointEntry {
+            time: 1,
+            lost: Lost::default(),
+        })
+        .unwrap();
+    db.write_events(&[rich(11, ProcessEventType::Exec)])
+        .unwrap();
+    raw(&path)
+        .execute_batch(&format!(
+            "DELETE FROM ledger WHERE seq < {0}; DELETE FROM process_events WHERE ledger_seq < {0}",
+            cp.seq
+        ))
+        .unwrap();
+    match db.verify_ledger() {
+        Err(StoreError::Ledger(ledger::LedgerError::Broken { seq, reason })) => {
+            assert_eq!(seq, cp.seq);
+            assert!(reason.contains("no prune entry"), "{reason}");
+        }
+        other => panic!("the cut start went unnoticed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_a_retention_prunes_what_is_older_after_its_first_write() {
+    use daemoneye_store::ledger::{CheckpointEntry, Lost};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut db = Store::new(&path).unwrap();
+    db.write_events(&[
+        rich(1, ProcessEventType::Exec),
+        rich(2, ProcessEventType::Exit),
+    ])
+    .unwrap();
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+    let cut = db
+        .append_entry("checkpoint", |_| CheckpointEntry {
+            time: i64::try_from(
+                two_hours_ago
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            )
+            .unwrap(),
+            lost: Lost::default(),
+        })
+        .unwrap();
+    let config = WriterConfig {
+        retention: Some(Duration::from_secs(3600)),
+        ..WriterConfig::default()
+    };
+    let writer = StoreWriter::spawn(db, config).unwrap();
+    writer.events(vec![rich(3, ProcessEventType::Exec)]).await;
+    let stats = writer.close().await;
+    assert_eq!(stats.prunes.get(), 1, "{stats:?}");
+    assert_eq!(stats.events_pruned.get(), 2);
+    let db = Store::new(&path).unwrap();
+    assert_eq!(stored_pids(&db), [3]);
+    assert_eq!(db.verify_ledger().unwrap().first, cut.seq);
 }
