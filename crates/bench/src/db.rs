@@ -48,12 +48,7 @@ fn baseline(dir: &std::path::Path, events: usize) -> anyhow::Result<f64> {
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("daemoneye-bench-db-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    let result = rt.block_on(async {
+    let (ours, ledgered, base) = crate::in_temp_dir("db", |dir| async move {
         let (mut ours, mut ledgered, mut base) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..o.reps {
             ours.push(bench_write_rate(&dir, o.events, LedgerMode::AlertsOnly)?);
@@ -62,9 +57,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         anyhow::Ok((median(ours), median(ledgered), median(base)))
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    let (ours, ledgered, base) = result?;
+    })?;
     report_f("db.events_per_sec", ours, 0, "events/s");
     report_f("db.ledgered_events_per_sec", ledgered, 0, "events/s");
     report_f("db.baseline_json_blob_events_per_sec", base, 0, "events/s");

@@ -22,6 +22,22 @@ fn report_f(metric: &str, value: f64, decimals: usize, unit: &str) {
 }
 
 /// The median of `v` (the upper one of an even count; 0 for none).
+/// Runs `work` on a current-thread runtime in a fresh temporary directory
+/// named after `tag`, removed afterwards whatever the outcome.
+fn in_temp_dir<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    tag: &str,
+    work: impl FnOnce(std::path::PathBuf) -> F,
+) -> anyhow::Result<T> {
+    let dir = std::env::temp_dir().join(format!("daemoneye-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let result = rt.block_on(work(dir.clone()));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or_default()

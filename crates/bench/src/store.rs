@@ -14,14 +14,9 @@ options! {
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("daemoneye-bench-store-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    let result = rt.block_on(bench_bytes_per_exec(&dir, o.execs));
-    let _ = std::fs::remove_dir_all(&dir);
-    let f = result?;
+    let f = crate::in_temp_dir("store", |dir| async move {
+        Ok(bench_bytes_per_exec(&dir, o.execs).await?)
+    })?;
     report_f("store.bytes_per_exec", f.bytes_per_exec(), 0, "bytes");
     for (name, bytes) in f.tables.iter().filter(|t| t.1 > 4_096) {
         report_f(

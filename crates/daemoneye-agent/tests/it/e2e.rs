@@ -191,8 +191,7 @@ fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: the end-to-end agent test needs root (kernel process connector)");
+    if !crate::root_or_skip("the end-to-end agent test needs root (kernel process connector)") {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -521,8 +520,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
 
 #[test]
 fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: the end-to-end agent test needs root (kernel process connector)");
+    if !crate::root_or_skip("the end-to-end agent test needs root (kernel process connector)") {
         return;
     }
     let data = tempfile::tempdir().unwrap();

@@ -15,6 +15,15 @@ mod metrics;
 mod performance;
 mod privsep;
 
+/// Whether the test runs as root; if not, says why it skips (`needs`).
+fn root_or_skip(needs: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipping: {needs}");
+    }
+    root
+}
+
 /// Writes `text` to `path` and sets its permission bits to `mode`.
 fn write_with_mode(path: &std::path::Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap();

@@ -48,10 +48,9 @@ fn capabilities(pid: u32, line: &str) -> Option<u64> {
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipping: the end-to-end performance test needs root (procmond's process connector)"
-        );
+    if !crate::root_or_skip(
+        "the end-to-end performance test needs root (procmond's process connector)",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();

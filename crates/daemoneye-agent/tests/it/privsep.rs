@@ -109,8 +109,7 @@ fn start_separated() -> Separated {
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the_spawner() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+    if !crate::root_or_skip("privilege separation happens only when the agent starts as root") {
         return;
     }
     let Separated {
@@ -235,8 +234,7 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
 /// the spawner runs as root), an unknown user.
 #[test]
 fn what_the_agent_may_not_take_or_become_is_refused_with_2() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+    if !crate::root_or_skip("privilege separation happens only when the agent starts as root") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -284,8 +282,7 @@ fn what_the_agent_may_not_take_or_become_is_refused_with_2() {
 /// nothing privileged is left behind.
 #[test]
 fn the_agent_killed_leaves_no_spawner_or_collector_behind() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: privilege separation happens only when the agent starts as root");
+    if !crate::root_or_skip("privilege separation happens only when the agent starts as root") {
         return;
     }
     let Separated {
