@@ -1,6 +1,7 @@
-//! The one SQL vocabulary over processes and performance samples: the
-//! names and types of the columns a process ([`PROCESS`]) and a performance
-//! sample ([`PERFORMANCE`]) have wherever SQL sees one.
+//! The one SQL vocabulary over processes, performance samples and network
+//! connections: the names and types of the columns a process
+//! ([`PROCESS`]), a performance sample ([`PERFORMANCE`]) and a connection
+//! ([`NETWORK`]) have wherever SQL sees one.
 //!
 //! The store's process tables (`processes`, `process_events`,
 //! `process_snapshots`), the agent's detection rules (the `processes` table
@@ -232,13 +233,94 @@ pub fn performance_column(name: &str) -> Option<&'static Column> {
         .find(|c| c.name.eq_ignore_ascii_case(name))
 }
 
+/// The columns of a network connection or listening socket as one holder
+/// sees it ([`NetworkEvent`](crate::NetworkEvent)), in the order they are
+/// documented: the store's `connections` table and the rules' one alike.
+/// A socket held by several processes is a row per holder, each with the
+/// same `connection_id`; `fd` tells which descriptor (0, 1, 2: the
+/// holder's stdin, stdout, stderr).
+pub const NETWORK: &[Column] = {
+    use SqlType::{Integer, Text};
+    &[
+        stored(
+            "observed_at",
+            Integer,
+            "when it was observed, unix nanoseconds",
+        ),
+        stored(
+            "connection_id",
+            Integer,
+            "the kernel's socket cookie: one socket for the life of the boot",
+        ),
+        stored("protocol", Text, "`tcp` or `udp`"),
+        stored("family", Text, "`ipv4` or `ipv6`"),
+        stored(
+            "state",
+            Text,
+            "the socket's state (`established`, `listen`, `syn_sent`, ...)",
+        ),
+        stored("direction", Text, "`outbound`, `inbound` or `listen`"),
+        stored(
+            "change",
+            Text,
+            "what the observation reports: `present` (the first look), `opened`, `closed`",
+        ),
+        stored("local_address", Text, "the local address"),
+        stored("local_port", Integer, "the local port"),
+        stored(
+            "remote_address",
+            Text,
+            "the peer's address (none for a listener)",
+        ),
+        stored(
+            "remote_port",
+            Integer,
+            "the peer's port (none for a listener)",
+        ),
+        stored("pid", Integer, "the holder's process id, when known"),
+        stored(
+            "process_key",
+            Text,
+            "the holder's `boot_id:pid:start_ticks`, to join to the process tables",
+        ),
+        stored(
+            "fd",
+            Integer,
+            "the lowest descriptor the holder holds it by (0 stdin, 1 stdout, 2 stderr)",
+        ),
+        stored("holders", Integer, "how many processes hold the socket"),
+        stored("uid", Integer, "the uid that created the socket"),
+        stored("inode", Integer, "the socket's inode (`socket:[inode]`)"),
+        stored(
+            "netns",
+            Integer,
+            "the network namespace (the inode of `/proc/<pid>/ns/net`)",
+        ),
+        stored(
+            "tier",
+            Text,
+            "how the collector saw it (`polling`: a diff of snapshots; `ebpf`)",
+        ),
+        stored(
+            "event_id",
+            Text,
+            "the id the collector runtime gave the event (`run-seq`)",
+        ),
+    ]
+};
+
+/// The network column named `name` (ASCII case-insensitive).
+pub fn network_column(name: &str) -> Option<&'static Column> {
+    NETWORK.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_are_unique_lowercase_identifiers() {
-        for list in [PROCESS, PERFORMANCE] {
+        for list in [PROCESS, PERFORMANCE, NETWORK] {
             unique_lowercase(list);
         }
         assert_eq!(
@@ -247,6 +329,7 @@ mod tests {
         );
         assert_eq!(process_column("EXE").map(|c| c.ty), Some(SqlType::Text));
         assert_eq!(process_column("executable_path"), None);
+        assert_eq!(network_column("FD").map(|c| c.ty), Some(SqlType::Integer));
     }
 
     fn unique_lowercase(list: &[Column]) {

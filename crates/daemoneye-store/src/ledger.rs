@@ -271,6 +271,9 @@ pub struct PruneEntry {
     pub processes: u64,
     /// Performance rows deleted.
     pub performance: u64,
+    /// Connection rows deleted (none before schema 7).
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// The content of a `start` entry.

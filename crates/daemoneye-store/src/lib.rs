@@ -44,6 +44,7 @@
 pub mod alert;
 pub mod bench;
 pub mod ledger;
+pub mod network;
 pub mod performance;
 pub mod readonly;
 pub mod retention;
@@ -52,6 +53,7 @@ pub mod store;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
+pub use network::ConnectionRow;
 pub use performance::PerformanceRow;
 pub use retention::Retention;
 pub use schema::{table_columns, SCHEMA_VERSION};
@@ -61,5 +63,5 @@ pub use store::{
 };
 pub use writer::{
     StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_EVENTS,
-    DEFAULT_PERFORMANCE_RETENTION, DEFAULT_QUEUE_WRITES,
+    DEFAULT_CONNECTIONS_RETENTION, DEFAULT_PERFORMANCE_RETENTION, DEFAULT_QUEUE_WRITES,
 };

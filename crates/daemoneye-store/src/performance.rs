@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use collector_core::vocabulary::PERFORMANCE;
+use collector_core::vocabulary::{Column, PERFORMANCE};
 use collector_core::PerformanceEvent;
 use rusqlite::types::ToSql;
 use rusqlite::Transaction;
@@ -72,8 +72,13 @@ impl PerformanceRow {
 
 /// `INSERT INTO <table> (<every performance column>) VALUES (?1, ...)`.
 pub fn insert_sql(table: &str) -> String {
-    let names: Vec<_> = PERFORMANCE.iter().map(|c| c.name).collect();
-    let marks: Vec<_> = (1..=PERFORMANCE.len()).map(|i| format!("?{i}")).collect();
+    insert_columns_sql(table, PERFORMANCE)
+}
+
+/// `INSERT INTO <table> (<columns>) VALUES (?1, ...)`.
+pub(crate) fn insert_columns_sql(table: &str, columns: &[Column]) -> String {
+    let names: Vec<_> = columns.iter().map(|c| c.name).collect();
+    let marks: Vec<_> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
     format!(
         "INSERT INTO {table} ({}) VALUES ({})",
         names.join(", "),
@@ -93,19 +98,32 @@ pub(crate) fn write_performance_in(
     for e in events {
         insert.execute(PerformanceRow::new(e).params().as_slice())?;
     }
-    let Some(newest) = events.iter().map(|e| e.timestamp).max() else {
+    let newest = events.iter().map(|e| e.timestamp).max();
+    prune_before(tx, "performance", newest, retention)
+}
+
+/// Deletes the rows of `table` observed more than `retention` before
+/// `newest` (a batch's own clock, so a batch never prunes itself; nothing
+/// without one). Returns the rows deleted.
+pub(crate) fn prune_before(
+    tx: &Transaction<'_>,
+    table: &str,
+    newest: Option<SystemTime>,
+    retention: Duration,
+) -> Result<usize, StoreError> {
+    let Some(newest) = newest else {
         return Ok(0);
     };
     let cutoff = newest
         .checked_sub(retention)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     Ok(tx
-        .prepare_cached("DELETE FROM performance WHERE observed_at < ?1")?
+        .prepare_cached(&format!("DELETE FROM {table} WHERE observed_at < ?1"))?
         .execute([to_nanos(cutoff)])?)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use collector_core::vocabulary::SqlType;
@@ -151,12 +169,18 @@ mod tests {
 
     #[test]
     fn the_table_has_the_vocabulary_columns_in_order() {
+        has_vocabulary_columns("performance", PERFORMANCE);
+    }
+
+    /// The store's `table` has `columns` (stored, none boolean) in order,
+    /// after its `id`.
+    pub(crate) fn has_vocabulary_columns(table: &str, columns: &[Column]) {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
         let conn = rusqlite::Connection::open(dir.path().join(crate::FILE)).unwrap();
-        let mut got = crate::table_columns(&conn, "performance").unwrap();
+        let mut got = crate::table_columns(&conn, table).unwrap();
         got.retain(|(name, _)| name != "id");
-        let want: Vec<_> = PERFORMANCE
+        let want: Vec<_> = columns
             .iter()
             .map(|c| {
                 assert!(!c.derived, "{} is derived", c.name);

@@ -67,10 +67,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "compact lifecycle events: one ledger entry per batch, no pid index",
         sql: V6,
     },
+    Migration {
+        version: 7,
+        description: "connections: sockets and the processes that hold them",
+        sql: V7,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -233,6 +238,36 @@ CREATE INDEX performance_anomalies ON performance (anomaly) WHERE anomaly IS NOT
 /// index of `process_events` goes (a pid alone names no process; the
 /// process key and time indexes stay): 35 bytes a short-lived exec.
 const V6: &str = "DROP INDEX IF EXISTS process_events_pid;";
+
+/// Network connections and listening sockets, a row per holder: the columns
+/// of `collector_core::vocabulary::NETWORK` in its order (a test holds them
+/// to it). Not on the ledger (like performance samples); bounded by the
+/// writer's `connections_retention` and the store's retention.
+const V7: &str = "CREATE TABLE connections (
+    id INTEGER PRIMARY KEY,
+    observed_at INTEGER NOT NULL,
+    connection_id INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    family TEXT,
+    state TEXT,
+    direction TEXT,
+    change TEXT,
+    local_address TEXT,
+    local_port INTEGER,
+    remote_address TEXT,
+    remote_port INTEGER,
+    pid INTEGER,
+    process_key TEXT,
+    fd INTEGER,
+    holders INTEGER,
+    uid INTEGER,
+    inode INTEGER,
+    netns INTEGER,
+    tier TEXT,
+    event_id TEXT
+);
+CREATE INDEX connections_observed ON connections (observed_at);
+CREATE INDEX connections_process ON connections (process_key);";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

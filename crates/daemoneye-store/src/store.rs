@@ -45,6 +45,7 @@
 //! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
 //! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
+//! | `connections` | socket as one process holding it sees it (not on the ledger; pruned to the writer's `connections_retention` and the store's retention) | the columns of `collector_core::vocabulary::NETWORK`: `observed_at`, `connection_id`, `protocol`, `family`, `state`, `direction`, `change`, `local_address`, `local_port`, `remote_address`, `remote_port`, `pid`, `process_key`, `fd`, `holders`, `uid`, `inode`, `netns`, `tier`, `event_id` |
 //! | `ledger` | ledger entry | `seq`, `kind` (`process_events` for a batch of lifecycle events, `alert`, `gap`, `start`, `stop`, `checkpoint`, `prune`; `process_event` before schema 6), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
@@ -67,8 +68,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, HashAlgorithm, LifecycleDetail, PerformanceEvent, ProcessContext, ProcessEvent,
-    ProcessEventType, ProcessKey, ReadDepth,
+    EventId, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent, ProcessContext,
+    ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -307,6 +308,10 @@ pub struct Recorded {
     pub performance: u64,
     /// Performance rows pruned past their retention.
     pub pruned: u64,
+    /// Connection rows stored.
+    pub connections: u64,
+    /// Connection rows pruned past their retention.
+    pub connections_pruned: u64,
 }
 
 /// The result of [`Store::query`].
@@ -593,6 +598,11 @@ impl Store {
                     done.pruned +=
                         crate::performance::write_performance_in(&tx, events, *retention)? as u64;
                 }
+                Op::Connections(events, retention) => {
+                    done.connections += events.len() as u64;
+                    done.connections_pruned +=
+                        crate::network::write_connections_in(&tx, events, *retention)? as u64;
+                }
                 Op::Gap(gap) => {
                     let content =
                         serde_json::to_string(gap).map_err(|source| StoreError::Encode {
@@ -655,6 +665,19 @@ impl Store {
         retention: Duration,
     ) -> Result<Recorded, StoreError> {
         self.apply(&[Op::Performance(events, retention)])
+    }
+
+    /// Stores connections (not on the ledger) and prunes the table to
+    /// `retention` before the newest of them.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn write_connections(
+        &mut self,
+        events: &[NetworkEvent],
+        retention: Duration,
+    ) -> Result<Recorded, StoreError> {
+        self.apply(&[Op::Connections(events, retention)])
     }
 
     /// Forgets every known process (the collector restarted: its first
@@ -946,6 +969,8 @@ pub(crate) enum Op<'a> {
     Events(&'a [ProcessEvent]),
     /// Performance samples, and the retention to prune the table to.
     Performance(&'a [PerformanceEvent], Duration),
+    /// Connections, and the retention to prune the table to.
+    Connections(&'a [NetworkEvent], Duration),
     /// A ledger entry saying what earlier failed transactions lost.
     Gap(&'a Gap),
     Snapshot(&'a [ProcessEvent]),

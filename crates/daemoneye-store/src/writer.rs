@@ -61,7 +61,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use collector_core::{PerformanceEvent, ProcessEvent, WhenFull};
+use collector_core::{NetworkEvent, PerformanceEvent, ProcessEvent, WhenFull};
 use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -96,6 +96,10 @@ pub struct WriterConfig {
     /// the rows older than this before its newest sample.
     #[serde(with = "humantime_serde")]
     pub performance_retention: Duration,
+    /// How long connections are kept: each batch written prunes the rows
+    /// older than this before its newest observation.
+    #[serde(with = "humantime_serde")]
+    pub connections_retention: Duration,
     /// How long lifecycle events, alerts, snapshots and exited processes
     /// are kept (`None`, the default: for ever).
     #[serde(with = "humantime_serde")]
@@ -117,6 +121,8 @@ pub const DEFAULT_BATCH_DELAY_MS: u64 = 50;
 pub const DEFAULT_MAX_HELD_EVENTS: usize = 50_000;
 /// Default of [`WriterConfig::performance_retention`]: a day.
 pub const DEFAULT_PERFORMANCE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default of [`WriterConfig::connections_retention`]: a day.
+pub const DEFAULT_CONNECTIONS_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -127,6 +133,7 @@ impl Default for WriterConfig {
             when_full: WhenFull::Block,
             max_held_events: DEFAULT_MAX_HELD_EVENTS,
             performance_retention: DEFAULT_PERFORMANCE_RETENTION,
+            connections_retention: DEFAULT_CONNECTIONS_RETENTION,
             retention: None,
             max_store_bytes: None,
         }
@@ -152,6 +159,9 @@ impl WriterConfig {
         }
         if self.performance_retention.is_zero() {
             return invalid("performance_retention", "must be longer than zero");
+        }
+        if self.connections_retention.is_zero() {
+            return invalid("connections_retention", "must be longer than zero");
         }
         if self.retention.is_some_and(|r| r.is_zero()) {
             return invalid("retention", "must be longer than zero");
@@ -191,6 +201,10 @@ pub struct WriterStats {
     pub performance_samples: Counter,
     /// Performance rows pruned past their retention.
     pub performance_pruned: Counter,
+    /// Connection rows committed (they count as events too).
+    pub connections_written: Counter,
+    /// Connection rows pruned past their retention.
+    pub connections_pruned: Counter,
     /// Writes lost: dropped while held over their bound or at close with
     /// the store failing, or refused because the writer had closed (each
     /// logged).
@@ -230,6 +244,7 @@ pub struct WriterStats {
 impl WriterStats {
     /// Names these counters in `registry` (`stage="store"`), once, when the
     /// writer is built.
+    #[allow(clippy::too_many_lines)] // one table of names
     pub fn register_metrics(&self, registry: &Registry) {
         registry.register_counters(
             &[("stage", "store")],
@@ -263,6 +278,16 @@ impl WriterStats {
                     "daemoneye_performance_samples_pruned_total",
                     "Performance samples pruned past their retention.",
                     &self.performance_pruned,
+                ),
+                (
+                    "daemoneye_connections_written_total",
+                    "Connection rows committed.",
+                    &self.connections_written,
+                ),
+                (
+                    "daemoneye_connections_pruned_total",
+                    "Connection rows pruned past their retention.",
+                    &self.connections_pruned,
                 ),
                 (
                     "daemoneye_store_writes_lost_total",
@@ -372,6 +397,7 @@ impl WriterStats {
 enum Write {
     Events(Vec<ProcessEvent>),
     Performance(Vec<PerformanceEvent>),
+    Connections(Vec<NetworkEvent>),
     Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
@@ -457,6 +483,11 @@ impl StoreWriter {
             } else {
                 config.performance_retention
             },
+            connections_retention: if config.connections_retention.is_zero() {
+                DEFAULT_CONNECTIONS_RETENTION
+            } else {
+                config.connections_retention
+            },
             gap: Gap::default(),
             checkpointed: Lost::default(),
             rx,
@@ -534,6 +565,20 @@ impl StoreWriter {
     pub async fn performance(&self, events: Vec<PerformanceEvent>) {
         if !events.is_empty() {
             self.send_events(events.len(), Write::Performance(events))
+                .await;
+        }
+    }
+
+    /// Queues a batch of connections, as [`events`](Self::events) does
+    /// (they count as events in the same counters). They are stored without
+    /// ledger entries and pruned to
+    /// [`connections_retention`](WriterConfig::connections_retention).
+    ///
+    /// # Cancel safety
+    /// As [`events`](Self::events).
+    pub async fn connections(&self, events: Vec<NetworkEvent>) {
+        if !events.is_empty() {
+            self.send_events(events.len(), Write::Connections(events))
                 .await;
         }
     }
@@ -720,6 +765,7 @@ impl Slot {
 struct Worker {
     store: Slot,
     performance_retention: Duration,
+    connections_retention: Duration,
     /// What was lost since the last commit, to record in the ledger.
     gap: Gap,
     /// The losses counted at the last checkpoint.
@@ -780,6 +826,7 @@ enum Pending {
     },
     Snapshot(Vec<ProcessEvent>),
     Performance(Vec<PerformanceEvent>),
+    Connections(Vec<NetworkEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
 }
@@ -790,6 +837,7 @@ impl Pending {
         match self {
             Self::Events { events: e, .. } | Self::Snapshot(e) => e.len().max(1),
             Self::Performance(e) => e.len().max(1),
+            Self::Connections(e) => e.len().max(1),
             _ => 1,
         }
     }
@@ -799,6 +847,7 @@ impl Pending {
         match self {
             Self::Events { events, .. } => events.len(),
             Self::Performance(e) => e.len(),
+            Self::Connections(e) => e.len(),
             _ => 0,
         }
     }
@@ -887,6 +936,7 @@ impl Worker {
             // Not split: a sample batch is one interval's, far below a
             // transaction's worth.
             Write::Performance(e) => Pending::Performance(e),
+            Write::Connections(e) => Pending::Connections(e),
             Write::Alert(a) => Pending::Alert(a),
             Write::ClearProcesses => Pending::ClearProcesses,
             Write::Flush(ack) => {
@@ -1064,7 +1114,13 @@ impl Worker {
                 weight += p.weight();
                 n += 1;
             }
-            let (ops, tally) = transaction(self.held.range(..n), self.performance_retention);
+            let (ops, tally) = transaction(
+                self.held.range(..n),
+                Retentions {
+                    performance: self.performance_retention,
+                    connections: self.connections_retention,
+                },
+            );
             let first = self.retry_at.is_none();
             match attempt(&mut self.store, &self.stats, &ops, &tally, first) {
                 Ok(done) => {
@@ -1148,9 +1204,16 @@ impl Worker {
 }
 
 /// The operations and counts of one transaction over `writes`.
+/// How long the tables pruned batch by batch keep their rows.
+#[derive(Debug, Clone, Copy)]
+struct Retentions {
+    performance: Duration,
+    connections: Duration,
+}
+
 fn transaction<'a>(
     writes: impl Iterator<Item = &'a Pending>,
-    retention: Duration,
+    retention: Retentions,
 ) -> (Vec<Op<'a>>, Tally) {
     let mut ops = Vec::new();
     let mut tally = Tally::default();
@@ -1163,8 +1226,12 @@ fn transaction<'a>(
             }
             Pending::Snapshot(rows) => ops.push(Op::Snapshot(rows)),
             Pending::Performance(samples) => {
-                ops.push(Op::Performance(samples, retention));
+                ops.push(Op::Performance(samples, retention.performance));
                 tally.events += samples.len();
+            }
+            Pending::Connections(rows) => {
+                ops.push(Op::Connections(rows, retention.connections));
+                tally.events += rows.len();
             }
             Pending::Alert(a) => {
                 ops.push(Op::Alert(a));
@@ -1226,6 +1293,8 @@ fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, 
     s.snapshots.add(done.snapshots);
     s.performance_samples.add(done.performance);
     s.performance_pruned.add(done.pruned);
+    s.connections_written.add(done.connections);
+    s.connections_pruned.add(done.connections_pruned);
     s.transactions_committed.inc();
     s.failing.set(0);
 }

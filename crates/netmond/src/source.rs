@@ -7,6 +7,12 @@
 //! that went ([`Closed`](ConnectionChange::Closed)), a socket named by its
 //! kernel cookie. A TCP socket in `TIME_WAIT` or `CLOSE` counts as gone.
 //!
+//! A socket held by several processes (after a fork, or a shell given it
+//! as stdin) is one event per holder, each with its pid, process key and
+//! the lowest descriptor that process holds it by, all with the same
+//! `connection_id` and `holders` the number of them; a socket no readable
+//! process holds is one event without a pid.
+//!
 //! # What this tier misses
 //! A connection that opens and closes between two looks (shorter than the
 //! interval, 5 s by default) is never seen. This is the polling tier
@@ -27,10 +33,21 @@ use collector_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::owners::Owner;
 use crate::snapshot::{Connection, Snapshotter};
 
 /// The source's name, in logs, metrics and health.
 pub const NAME: &str = "netmond";
+
+/// The capabilities netmond needs as root, measured (Linux 6.18): none to
+/// dump every socket with `sock_diag` (TCP and UDP dumps are open to any
+/// user; `CAP_NET_ADMIN` adds nothing), `CAP_DAC_READ_SEARCH` to list
+/// another user's `/proc/<pid>/fd` and `CAP_SYS_PTRACE` to read its links
+/// (either alone finds no holder). Sockets of other network namespaces
+/// need `CAP_SYS_ADMIN` to enter them ([`crate::namespaces`]), which this
+/// set leaves out: with it, they are counted unreadable, not seen.
+pub const CAPABILITIES: rustix::thread::CapabilitySet =
+    rustix::thread::CapabilitySet::SYS_PTRACE.union(rustix::thread::CapabilitySet::DAC_READ_SEARCH);
 
 /// netmond's settings (`[netmond]` in its config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,9 +186,46 @@ impl Keys {
         key
     }
 
-    fn event(&mut self, c: &Connection, change: ConnectionChange, at: SystemTime) -> NetworkEvent {
+    /// The events of one socket: one per process that holds it, with the
+    /// lowest descriptor it holds it by (a shell whose stdin is the socket
+    /// says `fd` 0 whatever else it holds it by), or one without a process
+    /// when none could be read.
+    fn events(
+        &mut self,
+        c: &Connection,
+        change: ConnectionChange,
+        at: SystemTime,
+        out: &mut Vec<CollectionEvent>,
+    ) {
+        // `owners` is sorted by (pid, fd): the first of each pid is its
+        // lowest descriptor.
+        let mut holders: Vec<Owner> = Vec::with_capacity(c.owners.len());
+        for o in &c.owners {
+            if holders.last().is_none_or(|h| h.pid != o.pid) {
+                holders.push(*o);
+            }
+        }
+        let count = u32::try_from(holders.len()).ok().filter(|n| *n > 0);
+        if holders.is_empty() {
+            out.push(CollectionEvent::Network(
+                self.event(c, None, count, change, at),
+            ));
+        }
+        for h in holders {
+            let e = self.event(c, Some(h), count, change, at);
+            out.push(CollectionEvent::Network(e));
+        }
+    }
+
+    fn event(
+        &mut self,
+        c: &Connection,
+        owner: Option<Owner>,
+        holders: Option<u32>,
+        change: ConnectionChange,
+        at: SystemTime,
+    ) -> NetworkEvent {
         let s = &c.socket;
-        let owner = c.owners.first().copied();
         let connected = !s.is_listener();
         NetworkEvent {
             connection_id: s.cookie,
@@ -187,7 +241,7 @@ impl Keys {
             pid: owner.map(|o| o.pid),
             process_key: owner.and_then(|o| self.key(o.pid)),
             fd: owner.map(|o| o.fd),
-            holders: u32::try_from(c.owners.len()).ok().filter(|n| *n > 0),
+            holders,
             uid: Some(s.uid),
             inode: (s.inode != 0).then_some(s.inode),
             netns: s.netns,
@@ -253,11 +307,10 @@ impl Poll for Differ {
             .collect();
         closed.sort_unstable_by_key(|c| c.socket.cookie);
         for c in &opened {
-            out.push(CollectionEvent::Network(self.keys.event(c, change, at)));
+            self.keys.events(c, change, at, out);
         }
         for c in &closed {
-            let e = self.keys.event(c, ConnectionChange::Closed, at);
-            out.push(CollectionEvent::Network(e));
+            self.keys.events(c, ConnectionChange::Closed, at, out);
         }
         if !self.first {
             self.counters.opened.add_usize(opened.len());

@@ -153,3 +153,51 @@ fn run_writes_each_socket_as_a_json_line() {
     assert_eq!(e.pid, Some(std::process::id()));
     assert!(e.id.is_some(), "named by the runtime");
 }
+
+#[test]
+fn a_socket_held_by_two_processes_is_one_event_each_with_its_lowest_fd() {
+    let mut differ = Differ::new(Path::new("/proc"), NetmondCounters::default());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    // A child holding the client's end as its stdin and stdout (this
+    // process keeps its own descriptor too).
+    let as_stdin = std::os::fd::OwnedFd::from(client.try_clone().unwrap());
+    let as_stdout = std::os::fd::OwnedFd::from(client.try_clone().unwrap());
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::from(as_stdin))
+        .stdout(Stdio::from(as_stdout))
+        .spawn()
+        .unwrap();
+    let child_pid = child.id();
+    let local = client.local_addr().unwrap().port();
+    let events = look(&mut differ);
+    let _ = child.kill();
+    let _ = child.wait();
+    let ends: Vec<&NetworkEvent> = events
+        .iter()
+        .filter(|e| e.source_port == Some(local))
+        .collect();
+    let mut holders: Vec<(Option<u32>, Option<u32>)> = ends.iter().map(|e| (e.pid, e.fd)).collect();
+    holders.sort_unstable();
+    let mut want = vec![
+        (
+            Some(std::process::id()),
+            Some(std::os::fd::AsRawFd::as_raw_fd(&client).unsigned_abs()),
+        ),
+        (Some(child_pid), Some(0)),
+    ];
+    want.sort_unstable();
+    assert_eq!(holders, want, "{ends:?}");
+    assert!(ends.iter().all(|e| e.holders == Some(2)), "{ends:?}");
+    assert_eq!(ends[0].connection_id, ends[1].connection_id);
+    assert_eq!(
+        ends.iter()
+            .find(|e| e.pid == Some(child_pid))
+            .and_then(|e| e.process_key)
+            .map(|k| k.pid),
+        Some(child_pid)
+    );
+}

@@ -105,6 +105,7 @@ fn fresh_database_gets_the_latest_schema_version() {
         tables,
         [
             "alerts",
+            "connections",
             "ledger",
             "performance",
             "process_events",
