@@ -8,12 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
-use collector_core::{PerformanceEvent, ProcessEvent, ProcessEventType};
+use collector_core::{NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType, ProcessKey};
 use tokio::time::Instant;
 
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
-use daemoneye_store::PerformanceRow;
+use daemoneye_store::{ConnectionRow, PerformanceRow};
 
 /// Whether a directory can be written by someone other than root: writable
 /// by group or others, or owned by a non-root user. Blocking (a `stat`).
@@ -355,19 +355,7 @@ impl Detector {
         if samples.is_empty() || !self.engine.has_performance_rules() {
             return Ok(Vec::new());
         }
-        let mut named: Vec<ProcessEvent> = Vec::new();
-        for s in samples {
-            let Some(e) = s.pid().and_then(|pid| self.table.get(&pid)) else {
-                continue;
-            };
-            let same = match (s.process_key(), e.process_key) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
-            if same && named.iter().all(|n| n.pid != e.pid) {
-                named.push(e.clone());
-            }
-        }
+        let named = self.named(samples.iter().map(|s| (s.pid(), s.process_key())));
         let host_time = samples
             .iter()
             .map(|s| s.timestamp)
@@ -391,6 +379,50 @@ impl Detector {
         }
         alerts.extend(self.alerts_of(matches, &events, &rows));
         Ok(alerts)
+    }
+
+    /// Judges a batch of netmond's connections with the network rules,
+    /// beside the live processes that hold them (by pid, when their key is
+    /// that process's). Returns the new (not deduplicated away) alerts,
+    /// each naming the process a rule matched.
+    ///
+    /// A connection whose holder is not (yet) in the table is judged
+    /// without it: a rule joining `processes` does not match it.
+    ///
+    /// # Errors
+    /// Only when the engine itself fails.
+    pub fn on_network(&mut self, events: &[NetworkEvent]) -> Result<Vec<Alert>, EngineError> {
+        if events.is_empty() || !self.engine.has_network_rules() {
+            return Ok(Vec::new());
+        }
+        let named = self.named(events.iter().map(|e| (e.pid, e.process_key)));
+        let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
+        let connections: Vec<ConnectionRow> = events.iter().map(ConnectionRow::new).collect();
+        let matches = self.engine.evaluate_network(&connections, &rows)?;
+        let events: Vec<&ProcessEvent> = named.iter().collect();
+        Ok(self.alerts_of(matches, &events, &rows))
+    }
+
+    /// The live processes `subjects` (pid, key) name, each once: by pid,
+    /// when the key (if any) is that process's.
+    fn named(
+        &self,
+        subjects: impl Iterator<Item = (Option<u32>, Option<ProcessKey>)>,
+    ) -> Vec<ProcessEvent> {
+        let mut named: Vec<ProcessEvent> = Vec::new();
+        for (pid, key) in subjects {
+            let Some(e) = pid.and_then(|pid| self.table.get(&pid)) else {
+                continue;
+            };
+            let same = match (key, e.process_key) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if same && named.iter().all(|n| n.pid != e.pid) {
+                named.push(e.clone());
+            }
+        }
+        named
     }
 
     fn judge(
@@ -511,6 +543,50 @@ mod tests {
             "the alert shows the matching event"
         );
         assert_eq!(d.live(), 0);
+    }
+
+    #[test]
+    fn a_shell_whose_stdin_is_a_socket_is_judged_with_the_connection() {
+        use collector_core::{
+            BootId, ConnectionChange, ConnectionDirection, NetworkProtocol, ProcessKey,
+        };
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        let key = ProcessKey::new(BootId::from_bytes([1; 16]), 500, 9);
+        let mut shell = exec(500, 1, "bash", "/usr/bin/bash", &["bash", "-i"]);
+        shell.process_key = Some(key);
+        assert!(
+            d.on_events(&[shell]).unwrap().is_empty(),
+            "no command line to see"
+        );
+        let on = |fd, key| NetworkEvent {
+            connection_id: 1,
+            source_addr: Some("127.0.0.1".parse().unwrap()),
+            source_port: Some(40_000),
+            dest_addr: Some("127.0.0.1".parse().unwrap()),
+            dest_port: Some(40_001),
+            protocol: NetworkProtocol::Tcp,
+            direction: Some(ConnectionDirection::Outbound),
+            change: Some(ConnectionChange::Opened),
+            pid: Some(500),
+            process_key: Some(key),
+            fd: Some(fd),
+            timestamp: SystemTime::now(),
+            ..NetworkEvent::default()
+        };
+        // Its stderr alone is not its stdio; another process under its pid
+        // is not it; its stdin is.
+        assert!(d.on_network(&[on(2, key)]).unwrap().is_empty());
+        let stale = ProcessKey::new(BootId::from_bytes([1; 16]), 500, 8);
+        assert!(d.on_network(&[on(0, stale)]).unwrap().is_empty());
+        let alerts = d.on_network(&[on(0, key)]).unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].rule_id, "socket-stdio-shell");
+        assert_eq!(alerts[0].process.pid, 500);
+        // Seen again at the next look: suppressed.
+        assert!(d.on_network(&[on(0, key)]).unwrap().is_empty());
     }
 
     #[test]

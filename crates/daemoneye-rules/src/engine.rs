@@ -49,6 +49,17 @@
 //! ([`collector_core::vocabulary::PERFORMANCE`]); beside it, `processes`
 //! holds the processes the samples name (join on `process_key`). A rule
 //! about the host as a whole (a fork-rate anomaly) returns `0 AS pid`.
+//!
+//! # The `connections` table
+//!
+//! A rule whose SQL names the `connections` table ([`reads_connections`])
+//! is a network rule: it runs on batches of netmond's observations
+//! ([`RuleEngine::evaluate_network`]), with `processes` holding the
+//! processes that hold those sockets. Its columns are those of the store's
+//! `connections` table ([`collector_core::vocabulary::NETWORK`]): a row per
+//! socket and holder, `fd` the lowest descriptor the holder has it on (0,
+//! 1, 2: stdin, stdout, stderr), so a rule joins `processes` on
+//! `process_key` (or `pid`) and asks which socket is a shell's stdin.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -56,8 +67,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge, Registry};
-use collector_core::vocabulary::{process_column, PERFORMANCE};
+use collector_core::vocabulary::{process_column, NETWORK, PERFORMANCE};
 use collector_core::ProcessEvent;
+use daemoneye_store::network::{self as net_rows, ConnectionRow};
 use daemoneye_store::performance::{self as perf_rows, PerformanceRow};
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
@@ -149,6 +161,8 @@ static INSERT: LazyLock<String> = LazyLock::new(insert_sql);
 /// The insert of one performance sample, as the store's.
 static PERFORMANCE_INSERT: LazyLock<String> =
     LazyLock::new(|| perf_rows::insert_sql("performance"));
+/// The insert of one connection row, as the store's.
+static CONNECTIONS_INSERT: LazyLock<String> = LazyLock::new(|| net_rows::insert_sql("connections"));
 
 fn schema() -> String {
     let columns: Vec<String> = COLUMNS
@@ -158,22 +172,65 @@ fn schema() -> String {
             format!("{name} {ty}")
         })
         .collect();
-    let performance: Vec<String> = PERFORMANCE
-        .iter()
-        .map(|c| format!("{} {}", c.name, c.ty.sqlite()))
-        .collect();
+    let table = |list: &[collector_core::vocabulary::Column]| -> String {
+        let cols: Vec<String> = list
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.ty.sqlite()))
+            .collect();
+        cols.join(", ")
+    };
     format!(
-        "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});",
+        "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});\n\
+         CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);",
         columns.join(", "),
-        performance.join(", ")
+        table(PERFORMANCE),
+        table(NETWORK)
     )
+}
+
+/// Whether `sql` names `table` (any identifier spelled so, ASCII
+/// case-insensitive).
+fn names_table(sql: &str, table: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case(table))
 }
 
 /// Whether `sql` names the `performance` table (any identifier spelled
 /// so, ASCII case-insensitive): such a rule runs on performance batches.
 pub fn reads_performance(sql: &str) -> bool {
-    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| w.eq_ignore_ascii_case("performance"))
+    names_table(sql, "performance")
+}
+
+/// Whether `sql` names the `connections` table (any identifier spelled
+/// so, ASCII case-insensitive): such a rule runs on batches of
+/// connections (before [`reads_performance`] is asked).
+pub fn reads_connections(sql: &str) -> bool {
+    names_table(sql, "connections")
+}
+
+/// Which batches a rule runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuleKind {
+    /// Batches of processes (the rule reads `processes` only).
+    Process,
+    /// Batches of performance samples (it names `performance`).
+    Performance,
+    /// Batches of connections (it names `connections`).
+    Network,
+}
+
+impl RuleKind {
+    /// The kind of a rule whose SQL is `sql`.
+    pub fn of(sql: &str) -> Self {
+        if reads_connections(sql) {
+            Self::Network
+        } else if reads_performance(sql) {
+            Self::Performance
+        } else {
+            Self::Process
+        }
+    }
 }
 
 fn insert_sql() -> String {
@@ -477,7 +534,7 @@ impl Reader {
             let Some(rule) = batch.rules.get(i) else {
                 break;
             };
-            if batch.performance.get(i).copied() == Some(batch.of_performance) {
+            if batch.kinds.get(i).copied() == Some(batch.of) {
                 out.push((i, self.run_one(slot, watchdog, rule, batch.cap)));
             }
         }
@@ -498,13 +555,13 @@ impl Reader {
     }
 }
 
-/// The rules of one batch: those of `rules` whose `performance` flag is
-/// `of_performance`, at most `cap` rows each.
+/// The rules of one batch: those of `rules` whose kind is `of`, at most
+/// `cap` rows each.
 #[derive(Clone, Copy)]
 struct Batch<'a> {
     rules: &'a [Rule],
-    performance: &'a [bool],
-    of_performance: bool,
+    kinds: &'a [RuleKind],
+    of: RuleKind,
     cap: usize,
 }
 
@@ -577,9 +634,8 @@ pub struct RuleEngine {
     /// Slot `i` is `readers[i]`.
     watchdog: Watchdog,
     rules: Vec<Rule>,
-    /// `performance[i]`: `rules[i]` reads `performance` (see
-    /// [`reads_performance`]).
-    performance: Vec<bool>,
+    /// `kinds[i]`: the batches `rules[i]` runs on.
+    kinds: Vec<RuleKind>,
     /// `failures[i]` are `rules[i]`'s.
     failures: Vec<Failures>,
     refused: Vec<RuleError>,
@@ -655,7 +711,7 @@ impl RuleEngine {
             readers,
             watchdog,
             failures: vec![Failures::default(); kept.len()],
-            performance: kept.iter().map(|r| reads_performance(&r.sql)).collect(),
+            kinds: kept.iter().map(|r| RuleKind::of(&r.sql)).collect(),
             rules: kept,
             refused,
             stats: Arc::default(),
@@ -695,8 +751,8 @@ impl RuleEngine {
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
-        self.load(rows, &[])?;
-        Ok(self.run(false, rows.len()))
+        self.load(rows, &[], &[])?;
+        Ok(self.run(RuleKind::Process, rows.len()))
     }
 
     /// Runs every performance rule over `samples`, with `processes` (the
@@ -710,22 +766,42 @@ impl RuleEngine {
         samples: &[PerformanceRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(processes, samples)?;
-        Ok(self.run(true, samples.len().max(processes.len())))
+        self.load(processes, samples, &[])?;
+        Ok(self.run(RuleKind::Performance, samples.len().max(processes.len())))
+    }
+
+    /// Runs every network rule over `connections`, with `processes` (the
+    /// processes that hold them) in the `processes` table; as
+    /// [`evaluate`](Self::evaluate) otherwise.
+    ///
+    /// # Errors
+    /// Only when the batch cannot be loaded into the engine's database.
+    pub fn evaluate_network(
+        &mut self,
+        connections: &[ConnectionRow],
+        processes: &[ProcessRow],
+    ) -> Result<Vec<Match>, EngineError> {
+        self.load(processes, &[], connections)?;
+        Ok(self.run(RuleKind::Network, connections.len().max(processes.len())))
     }
 
     /// Whether any rule in force reads `performance`.
     pub fn has_performance_rules(&self) -> bool {
-        self.performance.contains(&true)
+        self.kinds.contains(&RuleKind::Performance)
     }
 
-    fn run(&mut self, of_performance: bool, rows: usize) -> Vec<Match> {
+    /// Whether any rule in force reads `connections`.
+    pub fn has_network_rules(&self) -> bool {
+        self.kinds.contains(&RuleKind::Network)
+    }
+
+    fn run(&mut self, of: RuleKind, rows: usize) -> Vec<Match> {
         self.stats.batches.inc();
         let counter = AtomicUsize::new(0);
         let batch = Batch {
             rules: &self.rules,
-            performance: &self.performance,
-            of_performance,
+            kinds: &self.kinds,
+            of,
             cap: rows.max(MIN_ROW_CAP),
         };
         let (rules, next, watchdog, cap) = (batch.rules, &counter, &self.watchdog, batch.cap);
@@ -802,14 +878,22 @@ impl RuleEngine {
         &mut self,
         rows: &[ProcessRow],
         samples: &[PerformanceRow],
+        connections: &[ConnectionRow],
     ) -> Result<(), rusqlite::Error> {
         let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
         tx.execute("DELETE FROM performance", [])?;
+        tx.execute("DELETE FROM connections", [])?;
         {
             let mut insert = tx.prepare_cached(&PERFORMANCE_INSERT)?;
             for s in samples {
                 insert.execute(s.params().as_slice())?;
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(&CONNECTIONS_INSERT)?;
+            for c in connections {
+                insert.execute(c.params().as_slice())?;
             }
         }
         {
@@ -953,6 +1037,26 @@ mod tests {
             let v = process_column(want).unwrap_or_else(|| panic!("{want} not in vocabulary"));
             assert_eq!(ty, v.ty.sqlite(), "{want}");
         }
+    }
+
+    #[test]
+    fn the_connections_table_has_the_network_vocabulary_in_order() {
+        let conn = open_schema().unwrap();
+        let got = daemoneye_store::table_columns(&conn, "connections").unwrap();
+        let want: Vec<(String, String)> = NETWORK
+            .iter()
+            .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            RuleKind::of("SELECT c.pid FROM Connections c JOIN processes p USING (pid)"),
+            RuleKind::Network
+        );
+        assert_eq!(
+            RuleKind::of("SELECT 0 AS pid FROM performance"),
+            RuleKind::Performance
+        );
+        assert_eq!(RuleKind::of("SELECT pid FROM processes"), RuleKind::Process);
     }
 
     fn rule(id: &str, sql: &str) -> Rule {
@@ -1296,7 +1400,7 @@ mod tests {
             }
             let mut engine = RuleEngine::new(vec![hostile.clone(), normal.clone()]).unwrap();
             assert_eq!(engine.rules().len(), 2, "{sql}");
-            engine.load(&batch, &[]).unwrap();
+            engine.load(&batch, &[], &[]).unwrap();
             let reader = &engine.readers[0];
             let started = Instant::now();
             let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());

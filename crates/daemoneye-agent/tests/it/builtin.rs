@@ -4,10 +4,12 @@
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    BootId, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
+    BootId, ConnectionChange, ConnectionDirection, ConnectionState, NetworkEvent, NetworkProtocol,
+    PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
     PerformanceSubject, ProcessKey,
 };
-use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine};
+use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine, RuleKind};
+use daemoneye_agent::network::ConnectionRow;
 use daemoneye_agent::performance::PerformanceRow;
 use daemoneye_agent::rules;
 
@@ -34,12 +36,13 @@ fn row(pid: u32, name: &str, exe: &str, argv: &[&str]) -> ProcessRow {
     }
 }
 
-fn fired(rows: &[ProcessRow]) -> Vec<(String, u32)> {
+/// The (rule, pid) pairs `judge` finds with the built-in pack, sorted.
+fn fired_by(
+    judge: impl FnOnce(&mut RuleEngine) -> Vec<daemoneye_agent::engine::Match>,
+) -> Vec<(String, u32)> {
     let mut engine = RuleEngine::new(rules::builtin().unwrap()).unwrap();
     assert!(engine.refused().is_empty(), "{:?}", engine.refused());
-    let mut m: Vec<_> = engine
-        .evaluate(rows)
-        .unwrap()
+    let mut m: Vec<_> = judge(&mut engine)
         .into_iter()
         .map(|m| (m.rule_id, m.pid))
         .collect();
@@ -47,18 +50,182 @@ fn fired(rows: &[ProcessRow]) -> Vec<(String, u32)> {
     m
 }
 
+fn fired(rows: &[ProcessRow]) -> Vec<(String, u32)> {
+    fired_by(|e| e.evaluate(rows).unwrap())
+}
+
 /// The rules fired by a batch of performance `samples` beside `processes`.
 fn fired_performance(samples: &[PerformanceEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
-    let mut engine = RuleEngine::new(rules::builtin().unwrap()).unwrap();
     let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
-    let mut m: Vec<_> = engine
-        .evaluate_performance(&samples, processes)
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.rule_id, m.pid))
-        .collect();
-    m.sort();
-    m
+    fired_by(|e| e.evaluate_performance(&samples, processes).unwrap())
+}
+
+/// The rules fired by a batch of `connections` beside `processes`.
+fn fired_network(connections: &[NetworkEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
+    let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
+    fired_by(|e| e.evaluate_network(&rows, processes).unwrap())
+}
+
+/// `pid`'s socket on descriptor `fd`: `direction`, from `local` to
+/// `remote` (`ip:port`; a listener's remote is ignored), just opened.
+fn socket(
+    pid: u32,
+    fd: u32,
+    direction: ConnectionDirection,
+    local: &str,
+    remote: &str,
+) -> NetworkEvent {
+    let local: std::net::SocketAddr = local.parse().unwrap();
+    let remote: std::net::SocketAddr = remote.parse().unwrap();
+    let listen = direction == ConnectionDirection::Listen;
+    NetworkEvent {
+        connection_id: u64::from(pid) * 100 + u64::from(fd),
+        source_addr: Some(local.ip()),
+        source_port: Some(local.port()),
+        dest_addr: (!listen).then(|| remote.ip()),
+        dest_port: (!listen).then(|| remote.port()),
+        protocol: NetworkProtocol::Tcp,
+        state: Some(if listen {
+            ConnectionState::Listen
+        } else {
+            ConnectionState::Established
+        }),
+        direction: Some(direction),
+        change: Some(ConnectionChange::Opened),
+        pid: Some(pid),
+        process_key: Some(key(pid)),
+        fd: Some(fd),
+        holders: Some(1),
+        timestamp: SystemTime::now(),
+        ..NetworkEvent::default()
+    }
+}
+
+/// The network rules' cases: each a batch of connections and the
+/// processes that hold them, and the one rule (and pid) it must fire.
+fn network_cases() -> Vec<(Vec<NetworkEvent>, Vec<ProcessRow>, &'static str, u32)> {
+    use ConnectionDirection::{Inbound, Listen, Outbound};
+    // `bash -i`, nothing suspicious in its arguments, its stdin a socket.
+    let shell = row(70, "bash", "/usr/bin/bash", &["bash", "-i"]);
+    // A python whose stdout (not stdin) is a connection a listener accepted.
+    let bind = row(71, "python3.11", "/usr/bin/python3.11", &["python3"]);
+    let dropper = row(72, "x", "/tmp/.x/x", &["./x"]);
+    let backdoor = row(73, "svc", "/home/user/.local/svc", &["svc"]);
+    let miner = row(74, "java", "/usr/bin/java", &["java", "-jar", "app.jar"]);
+    vec![
+        (
+            vec![socket(70, 0, Outbound, "10.0.0.2:50000", "203.0.113.9:443")],
+            vec![shell],
+            "socket-stdio-shell",
+            70,
+        ),
+        (
+            vec![socket(71, 1, Inbound, "10.0.0.2:8080", "203.0.113.9:50001")],
+            vec![bind],
+            "socket-stdio-shell",
+            71,
+        ),
+        (
+            vec![socket(72, 3, Outbound, "10.0.0.2:50002", "203.0.113.9:443")],
+            vec![dropper],
+            "outbound-from-temp-dir",
+            72,
+        ),
+        (
+            vec![socket(73, 3, Listen, "0.0.0.0:31337", "0.0.0.0:0")],
+            vec![backdoor],
+            "listener-outside-system-paths",
+            73,
+        ),
+        (
+            vec![socket(
+                74,
+                5,
+                Outbound,
+                "10.0.0.2:50003",
+                "198.51.100.7:3333",
+            )],
+            vec![miner],
+            "mining-pool-port",
+            74,
+        ),
+    ]
+}
+
+#[test]
+fn every_network_rule_fires_on_its_case_and_only_there() {
+    for (connections, processes, id, pid) in network_cases() {
+        assert_eq!(
+            fired_network(&connections, &processes),
+            [(id.to_owned(), pid)],
+            "{connections:?} {processes:?}"
+        );
+    }
+}
+
+#[test]
+fn ordinary_connections_raise_nothing() {
+    use ConnectionDirection::{Inbound, Listen, Outbound};
+    let mut sshd = row(80, "sshd", "/usr/sbin/sshd", &["sshd: /usr/sbin/sshd -D"]);
+    sshd.uid = Some(0);
+    // A shell whose stderr alone, or a descriptor past 2, is a socket; a
+    // shell's socket once closed; curl and a browser out to 443.
+    let bash = row(81, "bash", "/usr/bin/bash", &["-bash"]);
+    let sh = row(82, "sh", "/usr/bin/dash", &["sh", "-c", "exec 3<>x"]);
+    let curl = row(
+        83,
+        "curl",
+        "/usr/bin/curl",
+        &["curl", "https://example.com"],
+    );
+    // A test binary in /tmp talking to this host; a dev server under the
+    // home directory listening on loopback only.
+    let test = row(84, "t", "/tmp/build/t", &["./t"]);
+    let dev = row(
+        85,
+        "node",
+        "/home/user/.nvm/bin/node",
+        &["node", "server.js"],
+    );
+    let mut closed = socket(81, 0, Outbound, "10.0.0.2:50010", "203.0.113.9:4444");
+    closed.change = Some(ConnectionChange::Closed);
+    let connections = vec![
+        socket(80, 3, Listen, "0.0.0.0:22", "0.0.0.0:0"),
+        socket(80, 4, Inbound, "10.0.0.2:22", "203.0.113.9:50020"),
+        socket(81, 2, Outbound, "10.0.0.2:50011", "203.0.113.9:443"),
+        socket(82, 3, Outbound, "10.0.0.2:50012", "203.0.113.9:443"),
+        closed,
+        socket(83, 5, Outbound, "10.0.0.2:50013", "93.184.216.34:443"),
+        socket(84, 3, Outbound, "127.0.0.1:50014", "127.0.0.1:4444"),
+        socket(85, 20, Listen, "127.0.0.1:3000", "0.0.0.0:0"),
+    ];
+    assert_eq!(
+        fired_network(&connections, &[sshd, bash, sh, curl, test, dev]),
+        Vec::<(String, u32)>::new()
+    );
+}
+
+#[test]
+fn network_rules_run_on_network_batches_only_and_need_their_holder() {
+    let pack = rules::builtin().unwrap();
+    let of_network = pack
+        .iter()
+        .filter(|r| RuleKind::of(&r.sql) == RuleKind::Network)
+        .count();
+    assert_eq!(of_network, 4);
+    let mut engine = RuleEngine::new(pack.clone()).unwrap();
+    let stats = engine.stats();
+    let (connections, processes, _, _) = network_cases().remove(0);
+    let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
+    // Without the process that holds it, nothing to name.
+    assert!(engine.evaluate_network(&rows, &[]).unwrap().is_empty());
+    assert_eq!(stats.rule_runs.get(), u64::try_from(of_network).unwrap());
+    // With a process of another key under the same pid: not it.
+    let mut other = processes[0].clone();
+    other.process_key =
+        Some(ProcessKey::new(BootId::from_bytes([7; 16]), other.pid, 2).to_string());
+    assert!(engine.evaluate_network(&rows, &[other]).unwrap().is_empty());
+    assert_eq!(engine.evaluate_network(&rows, &processes).unwrap().len(), 1);
 }
 
 /// A sustained-CPU anomaly of `pid`.
@@ -145,20 +312,22 @@ fn every_performance_rule_fires_on_its_case_and_only_there() {
 #[test]
 fn performance_rules_run_on_performance_batches_only() {
     let pack = rules::builtin().unwrap();
+    let of = |kind| pack.iter().filter(|r| RuleKind::of(&r.sql) == kind).count();
     let of_performance = pack.iter().filter(|r| reads_performance(&r.sql)).count();
-    assert_eq!(of_performance, 2);
+    assert_eq!((of_performance, of(RuleKind::Performance)), (2, 2));
+    let of_process = of(RuleKind::Process);
     let mut engine = RuleEngine::new(pack.clone()).unwrap();
     let stats = engine.stats();
     engine
         .evaluate(&[row(1, "x", "/usr/bin/x", &["x"])])
         .unwrap();
-    assert_eq!(
-        stats.rule_runs.get(),
-        u64::try_from(pack.len() - of_performance).unwrap()
-    );
+    assert_eq!(stats.rule_runs.get(), u64::try_from(of_process).unwrap());
     let samples = [PerformanceRow::new(&forks(1.0, false))];
     engine.evaluate_performance(&samples, &[]).unwrap();
-    assert_eq!(stats.rule_runs.get(), u64::try_from(pack.len()).unwrap());
+    assert_eq!(
+        stats.rule_runs.get(),
+        u64::try_from(of_process + of_performance).unwrap()
+    );
 }
 
 #[test]
@@ -259,13 +428,17 @@ fn every_builtin_rule_fires_on_its_case_and_only_there() {
     want.sort();
     assert_eq!(got, want);
     // Every built-in rule is covered by a case above, or by a performance
-    // case (and is a performance rule exactly then).
+    // or network case (and is a rule of that kind exactly then).
     let performance = performance_cases();
+    let network = network_cases();
     for rule in rules::builtin().unwrap() {
-        let covered = if reads_performance(&rule.sql) {
-            performance.iter().any(|(_, _, id, _)| *id == rule.id)
-        } else {
-            want.iter().any(|(id, _)| *id == rule.id)
+        let covered = match RuleKind::of(&rule.sql) {
+            RuleKind::Network => network.iter().any(|(_, _, id, _)| *id == rule.id),
+            RuleKind::Performance => performance.iter().any(|(_, _, id, _)| *id == rule.id),
+            _ => {
+                assert!(!reads_performance(&rule.sql));
+                want.iter().any(|(id, _)| *id == rule.id)
+            }
         };
         assert!(covered, "no case for {}", rule.id);
     }
