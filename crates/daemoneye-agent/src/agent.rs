@@ -266,6 +266,7 @@ impl Pipeline {
         match batch {
             Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
             Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
+            Some(LinkEvent::Network(connections)) => self.writer.connections(connections).await,
             Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {
@@ -295,7 +296,11 @@ impl Pipeline {
                 }
             };
             match event {
-                Some(event @ (LinkEvent::Events(_) | LinkEvent::Performance(_))) => {
+                Some(
+                    event @ (LinkEvent::Events(_)
+                    | LinkEvent::Performance(_)
+                    | LinkEvent::Network(_)),
+                ) => {
                     let judged = self.judge(&event);
                     self.settle(judged, Some(event), false).await;
                 }
@@ -314,21 +319,22 @@ impl Pipeline {
                 let batch = LinkEvent::Events(batch);
                 let judged = self.judge(&batch);
                 self.settle(judged, Some(batch), waiting.reconnected).await;
-                if let Some(samples) = waiting.performance {
-                    let judged = self.judge(&samples);
-                    self.settle(judged, Some(samples), false).await;
+                if let Some(other) = waiting.other {
+                    let judged = self.judge(&other);
+                    self.settle(judged, Some(other), false).await;
                 }
             }
             LinkEvent::Connected => self.settle(Ok(Vec::new()), None, true).await,
-            samples @ LinkEvent::Performance(_) => {
-                let judged = self.judge(&samples);
-                self.settle(judged, Some(samples), false).await;
+            other @ (LinkEvent::Performance(_) | LinkEvent::Network(_)) => {
+                let judged = self.judge(&other);
+                self.settle(judged, Some(other), false).await;
             }
         }
     }
 
     /// Judges one batch of the links' events: process events with the
-    /// process rules, performance samples with the performance rules.
+    /// process rules, performance samples with the performance rules,
+    /// connections with the network rules.
     fn judge(&mut self, event: &LinkEvent) -> Result<Vec<Alert>, EngineError> {
         let detector = &mut self.detector;
         // Rules run on this thread (and a second connection's): let the
@@ -336,6 +342,7 @@ impl Pipeline {
         tokio::task::block_in_place(|| match event {
             LinkEvent::Events(batch) => detector.on_events(batch),
             LinkEvent::Performance(samples) => detector.on_performance(samples),
+            LinkEvent::Network(connections) => detector.on_network(connections),
             LinkEvent::Connected => Ok(Vec::new()),
         })
     }
@@ -400,15 +407,17 @@ impl Pipeline {
 struct Waiting {
     /// A link reconnected meanwhile.
     reconnected: bool,
-    /// A batch of performance samples, to judge after the process events
-    /// that came before it.
-    performance: Option<LinkEvent>,
+    /// A batch of performance samples or connections, to judge after the
+    /// process events that came before it.
+    other: Option<LinkEvent>,
 }
 
 /// Adds to `batch` what is already waiting, up to [`MAX_JUDGED`] events, to
 /// judge it in one go: under a burst the rules run once per many events,
 /// not once per small batch; when quiet, nothing waits. Stops at a
-/// reconnection or a batch of performance samples.
+/// reconnection or a batch of performance samples or connections (judged
+/// after the process events before them, so a connection's holder is
+/// known by then).
 fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> Waiting {
     while batch.len() < MAX_JUDGED {
         match rx.try_recv() {
@@ -416,13 +425,13 @@ fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent
             Ok(LinkEvent::Connected) => {
                 return Waiting {
                     reconnected: true,
-                    performance: None,
+                    other: None,
                 }
             }
-            Ok(samples @ LinkEvent::Performance(_)) => {
+            Ok(other @ (LinkEvent::Performance(_) | LinkEvent::Network(_))) => {
                 return Waiting {
                     reconnected: false,
-                    performance: Some(samples),
+                    other: Some(other),
                 }
             }
             Err(_) => break,

@@ -29,9 +29,10 @@
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
 //!
 //! Without `[[collector]]` entries (and without `--procmond` or
-//! `--collector-socket`), the agent runs two built-in collectors: procmond
-//! (`builtin = "procmond"`) and perfmond (`builtin = "perfmond"`, sampling
-//! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s).
+//! `--collector-socket`), the agent runs three built-in collectors: procmond
+//! (`builtin = "procmond"`), perfmond (`builtin = "perfmond"`, sampling
+//! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s) and
+//! netmond (`builtin = "netmond"`, every socket every 5 s).
 //! | `metrics_listen` | `--metrics-listen` (off by default) | `DAEMONEYE_METRICS_LISTEN` |
 //! | `user` (as root: the agent's user, see [`crate::spawner`]) | | |
 //!
@@ -90,6 +91,12 @@ pub const DEFAULT_COLLECTOR: &str = "procmond";
 pub const DEFAULT_PERFORMANCE_COLLECTOR: &str = "perfmond";
 /// Time between the built-in perfmond's samples, unless configured.
 pub const DEFAULT_PERFORMANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// The name of the network collector the agent runs beside them when none
+/// is configured.
+pub const DEFAULT_NETWORK_COLLECTOR: &str = "netmond";
+/// Time between the built-in netmond's socket snapshots, unless configured
+/// (a connection shorter than this may be missed).
+pub const DEFAULT_NETWORK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A configuration that cannot be used, naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +320,30 @@ pub enum BuiltinCollector {
     /// perfmond's performance collector (`daemoneye-agent
     /// collect-performance`), without any privilege.
     Perfmond,
+    /// netmond's network collector (`daemoneye-agent collect-network`),
+    /// with `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH` only.
+    Netmond,
+}
+
+impl BuiltinCollector {
+    /// The domain it serves.
+    pub fn domain(self) -> CollectorDomain {
+        match self {
+            Self::Procmond => CollectorDomain::Process,
+            Self::Perfmond => CollectorDomain::Performance,
+            Self::Netmond => CollectorDomain::Network,
+        }
+    }
+
+    /// Its interval unless configured, when it has its own (procmond's is
+    /// the one `--interval` sets).
+    fn own_interval(self) -> Option<Duration> {
+        match self {
+            Self::Procmond => None,
+            Self::Perfmond => Some(DEFAULT_PERFORMANCE_INTERVAL),
+            Self::Netmond => Some(DEFAULT_NETWORK_INTERVAL),
+        }
+    }
 }
 
 /// The event domain a collector serves, checked in its handshake.
@@ -397,11 +428,12 @@ pub struct CollectorEntryConfig {
     #[serde(default)]
     pub socket: Option<PathBuf>,
     /// The domain it must serve (default `process`; `performance` for the
-    /// built-in perfmond).
+    /// built-in perfmond, `network` for the built-in netmond).
     #[serde(default)]
     pub domain: Option<CollectorDomain>,
-    /// Snapshot interval of a procmond whose arguments the agent builds, or
-    /// the built-in perfmond's sampling interval (whole seconds).
+    /// Snapshot interval of a procmond whose arguments the agent builds, the
+    /// built-in perfmond's sampling interval, or the built-in netmond's
+    /// time between socket snapshots (whole seconds).
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
     /// The built-in perfmond: the sustained-CPU anomaly's threshold, in
@@ -534,12 +566,13 @@ fn procmond_args(subcommand: &str, socket: &Path, interval: Duration) -> Vec<OsS
     ]
 }
 
-/// The collectors of an agent configured with none: the built-in procmond
-/// and perfmond.
+/// The collectors of an agent configured with none: the built-in
+/// procmond, perfmond and netmond.
 fn default_collectors() -> Vec<CollectorEntryConfig> {
     [
         (DEFAULT_COLLECTOR, BuiltinCollector::Procmond),
         (DEFAULT_PERFORMANCE_COLLECTOR, BuiltinCollector::Perfmond),
+        (DEFAULT_NETWORK_COLLECTOR, BuiltinCollector::Netmond),
     ]
     .into_iter()
     .map(|(name, builtin)| CollectorEntryConfig {
@@ -774,6 +807,32 @@ fn whole_secs(
     Ok(d)
 }
 
+/// A built-in collector other than procmond (`name`) takes no `args` and
+/// serves only its own domain (`serves`).
+fn check_builtin(
+    entry: &CollectorEntryConfig,
+    name: &str,
+    domain: CollectorDomain,
+    serves: CollectorDomain,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if entry.args.is_some() || domain != serves {
+        return Err(invalid(
+            if entry.args.is_some() {
+                "args"
+            } else {
+                "domain"
+            },
+            format!(
+                "the built-in {name} takes no `args` and serves {}, not {}",
+                serves.name(),
+                domain.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The built-in perfmond's arguments: procmond's flags (it ignores
 /// `--no-database`) and the sustained-CPU anomaly's threshold.
 fn perfmond_launch(
@@ -783,19 +842,13 @@ fn perfmond_launch(
     interval: Duration,
     invalid: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<Launch, ConfigError> {
-    if entry.args.is_some() || domain != CollectorDomain::Performance {
-        return Err(invalid(
-            if entry.args.is_some() {
-                "args"
-            } else {
-                "domain"
-            },
-            format!(
-                "the built-in perfmond takes no `args` and serves performance, not {}",
-                domain.name()
-            ),
-        ));
-    }
+    check_builtin(
+        entry,
+        "perfmond",
+        domain,
+        CollectorDomain::Performance,
+        invalid,
+    )?;
     let percent = entry.sustained_cpu_percent.unwrap_or(90);
     if percent == 0 {
         return Err(invalid(
@@ -815,6 +868,11 @@ fn perfmond_launch(
     Ok(Launch::Builtin { args })
 }
 
+/// The domain of a collector, by default: a built-in one's, else processes.
+fn domain_of(builtin: Option<BuiltinCollector>) -> CollectorDomain {
+    builtin.map_or(CollectorDomain::Process, BuiltinCollector::domain)
+}
+
 /// One entry: which way it is started, its socket, its interval.
 fn resolve_collector(
     entry: CollectorEntryConfig,
@@ -823,11 +881,7 @@ fn resolve_collector(
     invalid: impl Fn(&str, String) -> ConfigError,
 ) -> Result<CollectorSpec, ConfigError> {
     let perfmond = entry.builtin == Some(BuiltinCollector::Perfmond);
-    let domain = entry.domain.unwrap_or(if perfmond {
-        CollectorDomain::Performance
-    } else {
-        CollectorDomain::Process
-    });
+    let domain = entry.domain.unwrap_or_else(|| domain_of(entry.builtin));
     if !perfmond && (entry.sustained_cpu_percent.is_some() || entry.sustained_cpu_for.is_some()) {
         let why = "the sustained-CPU keys go with `builtin = \"perfmond\"`";
         return Err(invalid("sustained_cpu_percent", why.to_owned()));
@@ -839,10 +893,9 @@ fn resolve_collector(
     // A procmond whose flags the agent builds takes the interval (the
     // `--interval` flag is procmond's, not perfmond's).
     let interval = || {
-        let interval = if perfmond {
-            entry.interval.unwrap_or(DEFAULT_PERFORMANCE_INTERVAL)
-        } else {
-            interval_flag.or(entry.interval).unwrap_or(DEFAULT_INTERVAL)
+        let interval = match entry.builtin.and_then(BuiltinCollector::own_interval) {
+            Some(default) => entry.interval.unwrap_or(default),
+            None => interval_flag.or(entry.interval).unwrap_or(DEFAULT_INTERVAL),
         };
         whole_secs("interval", interval, &invalid)
     };
@@ -872,6 +925,18 @@ fn resolve_collector(
         }
         (Some(BuiltinCollector::Perfmond), None) => {
             perfmond_launch(&entry, domain, &socket, interval()?, &invalid)?
+        }
+        (Some(BuiltinCollector::Netmond), None) => {
+            check_builtin(
+                &entry,
+                "netmond",
+                domain,
+                domain_of(entry.builtin),
+                &invalid,
+            )?;
+            Launch::Builtin {
+                args: procmond_args("collect-network", &socket, interval()?),
+            }
         }
         (None, Some(program)) => {
             let args = match &entry.args {
@@ -997,6 +1062,18 @@ mod tests {
                     launch: Launch::Builtin {
                         args: perfmond_args
                     },
+                },
+                CollectorSpec {
+                    name: "netmond".to_owned(),
+                    domain: CollectorDomain::Network,
+                    socket: "/d/netmond.sock".into(),
+                    launch: Launch::Builtin {
+                        args: procmond_args(
+                            "collect-network",
+                            Path::new("/d/netmond.sock"),
+                            DEFAULT_NETWORK_INTERVAL
+                        ),
+                    },
                 }
             ]
         );
@@ -1044,6 +1121,39 @@ mod tests {
             ),
             (
                 "[[collector]]\nname = \"p\"\nbuiltin = \"procmond\"\nsustained_cpu_percent = 80",
+                "collector[0].sustained_cpu_percent",
+            ),
+        ] {
+            let e = resolve(bad, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_builtin_netmond_takes_its_interval_and_serves_network_only() {
+        let toml = "[[collector]]\nname = \"net\"\nbuiltin = \"netmond\"\ninterval = \"2s\"";
+        // `--interval` is procmond's: it leaves netmond's alone.
+        let s = resolve(toml, &["--interval", "7"]).unwrap();
+        let c = &s.collectors[0];
+        assert_eq!(c.domain, CollectorDomain::Network);
+        let Launch::Builtin { args } = &c.launch else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            *args,
+            procmond_args("collect-network", &c.socket, Duration::from_secs(2))
+        );
+        for (bad, key) in [
+            (
+                "[[collector]]\nname = \"n\"\nbuiltin = \"netmond\"\ndomain = \"process\"",
+                "collector[0].domain",
+            ),
+            (
+                "[[collector]]\nname = \"n\"\nbuiltin = \"netmond\"\nargs = [\"run\"]",
+                "collector[0].args",
+            ),
+            (
+                "[[collector]]\nname = \"n\"\nbuiltin = \"netmond\"\nsustained_cpu_percent = 80",
                 "collector[0].sustained_cpu_percent",
             ),
         ] {

@@ -22,8 +22,8 @@ use std::time::Duration;
 use collector_core::ipc::record_to_event;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
-    CollectionEvent, CollectorIpcClient, IpcClientConfig, PerformanceEvent, ProcessEvent,
-    SourceCaps,
+    CollectionEvent, CollectorIpcClient, IpcClientConfig, NetworkEvent, PerformanceEvent,
+    ProcessEvent, SourceCaps,
 };
 use daemoneye_lib::proto::SubscribeRequest;
 use tokio::sync::mpsc;
@@ -174,6 +174,9 @@ pub enum LinkEvent {
     /// A batch of performance samples (and anomalies), in the collector's
     /// order.
     Performance(Vec<PerformanceEvent>),
+    /// A batch of connections (a socket per holder), in the collector's
+    /// order.
+    Network(Vec<NetworkEvent>),
 }
 
 impl LinkEvent {
@@ -183,6 +186,7 @@ impl LinkEvent {
             Self::Connected => 0,
             Self::Events(e) => e.len(),
             Self::Performance(e) => e.len(),
+            Self::Network(e) => e.len(),
         }
     }
 
@@ -197,6 +201,7 @@ impl LinkEvent {
 struct Converted {
     processes: Vec<ProcessEvent>,
     performance: Vec<PerformanceEvent>,
+    network: Vec<NetworkEvent>,
 }
 
 /// The link's state.
@@ -473,6 +478,7 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Conv
         match record_to_event(record) {
             Ok(CollectionEvent::Process(e)) => out.processes.push(e),
             Ok(CollectionEvent::Performance(e)) => out.performance.push(e),
+            Ok(CollectionEvent::Network(e)) => out.network.push(e),
             // Read and valid, but nothing in the agent consumes this
             // domain yet.
             Ok(_) => status.ignored_records.inc(),
@@ -485,7 +491,7 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Conv
     }
     status
         .events
-        .add_usize(out.processes.len() + out.performance.len());
+        .add_usize(out.processes.len() + out.performance.len() + out.network.len());
     out
 }
 
@@ -500,6 +506,7 @@ async fn hand_on(
     let batches = [
         LinkEvent::Events(out.processes),
         LinkEvent::Performance(out.performance),
+        LinkEvent::Network(out.network),
     ];
     for event in batches.into_iter().filter(|e| !e.is_empty()) {
         let n = event.len();
@@ -646,6 +653,14 @@ mod tests {
                     "netmond",
                 ),
                 event_to_record(
+                    &CollectionEvent::Filesystem(collector_core::FilesystemEvent::new(
+                        "/etc/passwd",
+                        collector_core::FileOperation::Open,
+                        std::time::SystemTime::UNIX_EPOCH,
+                    )),
+                    "fsmond",
+                ),
+                event_to_record(
                     &CollectionEvent::Performance(PerformanceEvent::new(
                         collector_core::PerformanceMetric::LoadAvg1,
                         0.5,
@@ -659,19 +674,27 @@ mod tests {
             ..EventBatch::default()
         };
         let out = convert(batch, &status);
-        assert_eq!((out.processes.len(), out.performance.len()), (1, 1));
+        assert_eq!(
+            (
+                out.processes.len(),
+                out.performance.len(),
+                out.network.len()
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(out.network[0].connection_id, 7);
         assert_eq!(out.processes[0].pid, 5);
         assert_eq!(status.bad_records.get(), 1);
         assert_eq!(status.ignored_records.get(), 1);
         assert_eq!(status.dropped_upstream.get(), 7);
-        assert_eq!(status.events.get(), 2);
+        assert_eq!(status.events.get(), 3);
         assert_eq!(status.batches.get(), 1);
         // `/metrics` reads the same counters.
         let c = ("collector", "procmond");
         let link = ("stage", "link");
         assert_eq!(
             registry.value("daemoneye_events_received_total", &[link, c]),
-            Some(2)
+            Some(3)
         );
         assert_eq!(
             registry.value(

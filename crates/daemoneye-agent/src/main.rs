@@ -9,7 +9,8 @@
 //!
 //! `collect` is the built-in collector child: procmond's collector in this
 //! binary, dropping every privilege but three. `collect-performance` is
-//! perfmond's, dropping every privilege. `spawner` is the privileged
+//! perfmond's, dropping every privilege. `collect-network` is netmond's,
+//! keeping `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`. `spawner` is the privileged
 //! process that starts them for an agent that dropped its privileges
 //! (`daemoneye_agent::spawner`).
 
@@ -43,6 +44,10 @@ enum Command {
     /// binary.
     #[command(hide = true)]
     CollectPerformance(perfmond::cli::RunArgs),
+    /// (internal) The network collector child: `netmond run`, in this
+    /// binary.
+    #[command(hide = true)]
+    CollectNetwork(netmond::cli::RunArgs),
     /// (internal) Starts the collectors for the unprivileged agent.
     #[command(hide = true)]
     Spawner(spawner::SpawnerArgs),
@@ -106,6 +111,24 @@ async fn run(settings: Settings, separated: Option<Separated>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// perfmond's and netmond's children keep what they need: perfmond reads
+/// world-readable files and serves a socket (no capability); netmond's
+/// `sock_diag` needs none, other users' `/proc/<pid>/fd` two. `Some` exit
+/// code when that fails.
+fn reduce_privileges(command: &Command) -> Option<ExitCode> {
+    let reduced = match command {
+        Command::CollectPerformance(_) => procmond::privileges::drop_all_privileges(),
+        Command::CollectNetwork(_) => {
+            procmond::privileges::keep_only(netmond::source::CAPABILITIES)
+        }
+        Command::Run(_) | Command::Collect(_) | Command::Spawner(_) => return None,
+    };
+    reduced.err().map(|e| {
+        eprintln!("daemoneye-agent: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     collector_core::logging::init_logging(false);
@@ -143,7 +166,9 @@ fn main() -> ExitCode {
             Err(e) => fail(anyhow::Error::new(e).context("the spawner failed"), false),
         };
     }
-    if let Command::Collect(_) | Command::CollectPerformance(_) = &cli.command {
+    if let Command::Collect(_) | Command::CollectPerformance(_) | Command::CollectNetwork(_) =
+        &cli.command
+    {
         // Die with the agent, even if it is killed outright.
         if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
             eprintln!("daemoneye-agent: cannot tie the collector to the agent: {e}");
@@ -153,12 +178,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Command::CollectPerformance(_) = &cli.command {
-        // It reads world-readable files and serves a socket: no capability.
-        if let Err(e) = procmond::privileges::drop_all_privileges() {
-            eprintln!("daemoneye-agent: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(code) = reduce_privileges(&cli.command) {
+        return code;
     }
     // The collector loads the eBPF tier while it may, then drops to the three.
     let prepared = match &cli.command {
@@ -167,7 +188,10 @@ fn main() -> ExitCode {
             Err(procmond::cli::RunError::Bad(e)) => return fail(e, true),
             Err(procmond::cli::RunError::Failed(e)) => return fail(e, false),
         },
-        Command::Run(_) | Command::CollectPerformance(_) | Command::Spawner(_) => None,
+        Command::Run(_)
+        | Command::CollectPerformance(_)
+        | Command::CollectNetwork(_)
+        | Command::Spawner(_) => None,
     };
     if prepared.is_some() {
         if let Err(e) = procmond::privileges::drop_privileges() {
@@ -199,6 +223,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
+        },
+        Command::CollectNetwork(args) => match rt.block_on(netmond::cli::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(collector_core::serve::RunError::Bad(e)) => fail(e, true),
+            Err(collector_core::serve::RunError::Failed(e)) => fail(e, false),
         },
     }
 }

@@ -165,6 +165,17 @@ pub fn drop_all_privileges() -> Result<Dropped, PrivilegeError> {
     reduce(CapabilitySet::empty(), CapabilitySet::empty())
 }
 
+/// Keeps only `kept` (of what we have), all of it effective, in every set
+/// but the inheritable one (emptied) and sets `no_new_privs`: for a
+/// collector that needs fewer than [`KEPT`] (netmond keeps
+/// `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`).
+///
+/// # Errors
+/// As [`drop_privileges`].
+pub fn keep_only(kept: CapabilitySet) -> Result<Dropped, PrivilegeError> {
+    reduce(kept, kept)
+}
+
 /// Keeps `permitted` (of what we have) in the bounding and permitted sets,
 /// only [`KEPT`] effective, nothing inheritable; sets `no_new_privs`.
 fn reduce_to(permitted: CapabilitySet) -> Result<Dropped, PrivilegeError> {

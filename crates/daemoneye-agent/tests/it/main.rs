@@ -12,6 +12,7 @@ mod cli;
 mod e2e;
 mod link;
 mod metrics;
+mod network;
 mod performance;
 mod privsep;
 

@@ -19,7 +19,7 @@ use crate::Killed;
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
 
 /// The children of `pid` whose command line contains `needle`.
-fn children_with(pid: u32, needle: &str) -> Vec<u32> {
+pub(crate) fn children_with(pid: u32, needle: &str) -> Vec<u32> {
     let proc = std::path::Path::new("/proc");
     let ppid = |child: u32| {
         let stat = std::fs::read(proc.join(format!("{child}/stat"))).ok()?;
@@ -37,12 +37,84 @@ fn children_with(pid: u32, needle: &str) -> Vec<u32> {
 }
 
 /// The hex value of a `Cap*` line of `/proc/<pid>/status`.
-fn capabilities(pid: u32, line: &str) -> Option<u64> {
+pub(crate) fn capabilities(pid: u32, line: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(line))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// `daemoneye-agent run` with the config `toml` (in a directory of its own:
+/// the data directory becomes the agent's user's) on a new data directory;
+/// the JSON lines of its stdout (the alerts) come on the receiver.
+pub(crate) struct Running {
+    pub(crate) data: tempfile::TempDir,
+    _etc: tempfile::TempDir,
+    pub(crate) agent: Killed,
+    pub(crate) alerts: mpsc::Receiver<Value>,
+}
+
+impl Running {
+    pub(crate) fn start(toml: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let etc = tempfile::tempdir().unwrap();
+        let config = etc.path().join("agent.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut child = Command::new(AGENT)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let agent = Killed(child);
+        let (tx, alerts) = mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Self {
+            data,
+            _etc: etc,
+            agent,
+            alerts,
+        }
+    }
+
+    /// [`start`](Self::start) with procmond (no snapshot for an hour: it
+    /// reports what happens) and the collectors of `toml`, sweeping hourly.
+    pub(crate) fn with_procmond(toml: &str) -> Self {
+        Self::start(&format!(
+            "sweep_interval = \"1h\"\n\n[[collector]]\nname = \"procmond\"\n\
+             builtin = \"procmond\"\ninterval = \"1h\"\n{toml}"
+        ))
+    }
+
+    /// The first alert of `rule` within 60 s.
+    pub(crate) fn alert_of(&self, rule: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no {rule} alert within 60 s"));
+            let a = self
+                .alerts
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {rule} alert within 60 s"));
+            if a["rule_id"] == rule {
+                return a;
+            }
+        }
+    }
 }
 
 #[test]
@@ -53,20 +125,8 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
     ) {
         return;
     }
-    let data = tempfile::tempdir().unwrap();
-    // Not in the data directory: that becomes the agent's user's.
-    let etc = tempfile::tempdir().unwrap();
-    let config = etc.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let running = Running::with_procmond(
         r#"
-sweep_interval = "1h"
-
-[[collector]]
-name = "procmond"
-builtin = "procmond"
-interval = "1h"
-
 [[collector]]
 name = "perfmond"
 builtin = "perfmond"
@@ -74,34 +134,12 @@ interval = "1s"
 sustained_cpu_percent = 50
 sustained_cpu_for = "3s"
 "#,
-    )
-    .unwrap();
-    let mut child = Command::new(AGENT)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let agent = Killed(child);
-    let (tx, alerts) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
+    );
 
     // Both collectors connected: the agent says so in its health, but the
     // children are enough here; procmond must be up before the busy child
     // starts, or it would know it only from its next snapshot (an hour).
-    let agent_pid = agent.0.id();
+    let agent_pid = running.agent.0.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let perfmond = loop {
         // The spawner's children, when the agent dropped its privileges.
@@ -138,18 +176,7 @@ sustained_cpu_for = "3s"
     );
     let busy_pid = busy.0.id();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let alert = loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .expect("no sustained-CPU alert within 60 s");
-        let a = alerts
-            .recv_timeout(left)
-            .expect("no sustained-CPU alert within 60 s");
-        if a["rule_id"] == "sustained-cpu-suspicious-binary" {
-            break a;
-        }
-    };
+    let alert = running.alert_of("sustained-cpu-suspicious-binary");
     assert_eq!(alert["process"]["pid"], busy_pid, "{alert}");
     assert_eq!(alert["process"]["name"], "spin", "{alert}");
     assert!(
@@ -160,6 +187,7 @@ sustained_cpu_for = "3s"
     );
     drop(busy);
     // A clean stop commits what the store was given.
+    let Running { data, agent, .. } = running;
     drop(agent);
     let store = AgentStore::open_read_only(data.path()).unwrap();
     let rows = store

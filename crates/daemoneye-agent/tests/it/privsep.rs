@@ -54,7 +54,7 @@ fn gone(pid: u32) -> bool {
 }
 
 /// Waits (30 s at most) for `f` to give something.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f() {
@@ -186,6 +186,14 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
         status(perfmond, "CapPrm:").as_deref(),
         Some("0000000000000000")
     );
+    // netmond, started by default too, keeps CAP_SYS_PTRACE and
+    // CAP_DAC_READ_SEARCH once it runs (forked, it still is the spawner).
+    let netmond = wait_for("netmond", || child_with(spawner, "collect-network"));
+    wait_for("netmond's two capabilities", || {
+        (status(netmond, "CapPrm:").as_deref() == Some("0000000000080004")
+            && status(netmond, "CapEff:").as_deref() == Some("0000000000080004"))
+        .then_some(())
+    });
 
     // procmond killed: the spawner reports it, the agent asks for a new one,
     // and health says so.

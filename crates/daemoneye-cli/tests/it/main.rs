@@ -309,6 +309,62 @@ fn processes_lists_what_the_agent_knows_alive() {
 }
 
 #[test]
+fn query_joins_processes_and_connections_on_the_process_key() {
+    use collector_core::{ConnectionChange, ConnectionDirection, NetworkEvent, NetworkProtocol};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key =
+        |pid| collector_core::ProcessKey::new(collector_core::BootId::from_bytes([4; 16]), pid, 77);
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut shell = ProcessEvent::new(50, "bash");
+        shell.process_key = Some(key(50));
+        shell.event_type = collector_core::ProcessEventType::Exec;
+        shell.accessible = true;
+        shell.command_line = vec!["bash".into(), "-i".into()];
+        store.record_events(&[shell]).unwrap();
+        // Its stdin a socket, and another process's socket on fd 7.
+        let socket = |pid, fd| NetworkEvent {
+            connection_id: u64::from(pid),
+            source_addr: Some("127.0.0.1".parse().unwrap()),
+            source_port: Some(40_000),
+            dest_addr: Some("127.0.0.1".parse().unwrap()),
+            dest_port: Some(4444),
+            protocol: NetworkProtocol::Tcp,
+            direction: Some(ConnectionDirection::Outbound),
+            change: Some(ConnectionChange::Opened),
+            pid: Some(pid),
+            process_key: Some(key(pid)),
+            fd: Some(fd),
+            timestamp: SystemTime::now(),
+            ..NetworkEvent::default()
+        };
+        store
+            .write_connections(
+                &[socket(50, 0), socket(51, 7)],
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+    }
+    let q = cli(
+        &[
+            "query",
+            "SELECT p.pid, p.name, c.fd, c.remote_port FROM processes p \
+             JOIN connections c ON c.process_key = p.process_key WHERE c.protocol = 'tcp'",
+            "--format",
+            "json",
+            "--data-dir",
+        ],
+        &[dir.path()],
+    );
+    assert!(q.status.success(), "{q:?}");
+    assert_eq!(
+        String::from_utf8(q.stdout).unwrap().trim(),
+        r#"{"fd":0,"name":"bash","pid":50,"remote_port":4444}"#
+    );
+}
+
+#[test]
 fn health_asks_the_agent_over_its_socket() {
     use collector_core::{CollectorIpcServer, IpcServerConfig, SourceCaps};
     use daemoneye_lib::proto::{ComponentHealth, HealthState};

@@ -1,0 +1,152 @@
+//! The agent with its built-in netmond, end to end, as root: `bash -i`
+//! whose stdin and stdout are a TCP socket to a listener of the test (its
+//! command line says nothing) raises the socket-stdio rule's alert through
+//! the running agent, and the connection is stored, joinable to the
+//! process that holds it. Skips (saying why) when not root.
+// Blocking test around child processes: no tokio clock to pause.
+#![allow(clippy::disallowed_types)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use daemoneye_agent::store::AgentStore;
+
+use crate::performance::{capabilities, children_with, Running};
+use crate::privsep::wait_for;
+use crate::Killed;
+
+/// The agent's health counter `key`, 0 until it has one.
+fn counter(data: &std::path::Path, key: &str) -> u64 {
+    crate::e2e::agent_health(data)
+        .counters
+        .get(key)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
+    if !crate::root_or_skip("the end-to-end network test needs root (procmond and netmond)") {
+        return;
+    }
+    let running = Running::with_procmond(
+        r#"
+[[collector]]
+name = "netmond"
+builtin = "netmond"
+interval = "1s"
+"#,
+    );
+    let data = &running.data;
+
+    // Both collectors deliver: procmond's first snapshot and netmond's
+    // first look are in.
+    wait_for("both collectors delivering", || {
+        (counter(data.path(), "collector.procmond.batches_received") > 0
+            && counter(data.path(), "collector.netmond.batches_received") > 0)
+            .then_some(())
+    });
+    // (Delivering, it has long exec'd: a child just forked would still
+    // show the spawner's command line and capabilities.)
+    let agent_pid = running.agent.0.id();
+    let parent = children_with(agent_pid, "spawner")
+        .first()
+        .copied()
+        .unwrap_or(agent_pid);
+    let netmond = children_with(parent, "collect-network");
+    assert_eq!(netmond.len(), 1, "{netmond:?}");
+    let netmond = netmond[0];
+    // netmond holds only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
+    let two = (1 << 19) | (1 << 2);
+    for set in ["CapEff:", "CapPrm:"] {
+        assert_eq!(capabilities(netmond, set), Some(two), "{set} of netmond");
+    }
+    assert_eq!(capabilities(netmond, "CapInh:"), Some(0));
+
+    // The shell first, holding an unconnected socket as its stdin and
+    // stdout (sock_diag does not list it yet); then the socket connected
+    // through this process's descriptor of it: whenever netmond looks, the
+    // shell already holds it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other @ std::net::SocketAddr::V6(_) => panic!("{other}"),
+    };
+    let socket: OwnedFd = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    let shell = Killed(
+        Command::new("bash")
+            .arg("-i")
+            .stdin(Stdio::from(socket.try_clone().unwrap()))
+            .stdout(Stdio::from(socket.try_clone().unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let shell_pid = shell.0.id();
+    // procmond reported the exec (the store has it) before the socket is
+    // there to be seen with it.
+    let store = AgentStore::open_read_only(data.path()).unwrap();
+    wait_for("the shell's exec stored", || {
+        let r = store
+            .query(&format!(
+                "SELECT count(*) FROM processes WHERE pid = {shell_pid} AND name = 'bash'"
+            ))
+            .ok()?;
+        (r.rows[0][0].as_i64() > Some(0)).then_some(())
+    });
+    rustix::net::connect(&socket, &addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    drop(socket);
+    // It is a shell: it runs what the listener sends.
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    server.write_all(b"echo reverse-$((6 * 7))\n").unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&said).contains("reverse-42") {
+        let n = server.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the shell closed: {}",
+            String::from_utf8_lossy(&said)
+        );
+        said.extend_from_slice(&buf[..n]);
+    }
+
+    let alert = running.alert_of("socket-stdio-shell");
+    assert_eq!(alert["process"]["pid"], shell_pid, "{alert}");
+    assert_eq!(alert["process"]["name"], "bash", "{alert}");
+    drop(server);
+    drop(shell);
+    // A clean stop commits what the store was given.
+    drop(running.agent);
+    let rows = store
+        .query(&format!(
+            "SELECT c.fd, c.direction, c.remote_port, p.name FROM connections c \
+             JOIN processes p ON p.process_key = c.process_key \
+             WHERE c.pid = {shell_pid} AND c.change = 'opened'"
+        ))
+        .unwrap();
+    assert_eq!(rows.rows.len(), 1, "{:?}", rows.rows);
+    assert_eq!(rows.rows[0][0], 0, "its stdin");
+    assert_eq!(rows.rows[0][1], "outbound");
+    assert_eq!(rows.rows[0][2], addr.port());
+    assert_eq!(rows.rows[0][3], "bash");
+    // Once (the host's other shells on sockets, if any, are theirs).
+    let alerted = store
+        .query(&format!(
+            "SELECT count(*) FROM alerts WHERE rule_id = 'socket-stdio-shell' AND pid = {shell_pid}"
+        ))
+        .unwrap();
+    assert_eq!(alerted.rows[0][0], 1);
+}
