@@ -1457,10 +1457,18 @@ mod tests {
         let names: Vec<_> = s.collectors.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["procmond", "perfmond", "netmond", "procmond-standalone"]
+            [
+                "procmond",
+                "perfmond",
+                "netmond",
+                "netmond-program",
+                "procmond-standalone"
+            ]
         );
         assert_eq!(s.collectors[1].domain, CollectorDomain::Performance);
         assert_eq!(s.collectors[2].domain, CollectorDomain::Network);
+        assert!(matches!(s.collectors[2].launch, Launch::Builtin { .. }));
+        assert_eq!(s.collectors[3].domain, CollectorDomain::Network);
 
         // The README shows it whole.
         let readme =
