@@ -33,6 +33,61 @@ pub const DIR_CACHE_CAPACITY: usize = 4096;
 /// directory looked up on it, at most this many).
 pub const DIR_LOOKUPS_IN_FLIGHT: usize = 8;
 
+/// How long a connection whose holder is not in the process table yet
+/// waits for procmond's report of that process (netmond may look before
+/// procmond's event, or its first snapshot, is in); past it, it is dropped
+/// unjudged and counted.
+pub const HELD_CONNECTIONS_FOR: Duration = Duration::from_secs(30);
+/// The most connections held so; past it the oldest go, counted.
+pub const HELD_CONNECTIONS_CAPACITY: usize = 4096;
+
+/// Connections waiting for their holder's process event, by pid.
+#[derive(Debug, Default)]
+struct Held {
+    by_pid: HashMap<u32, Vec<(Instant, NetworkEvent)>>,
+    len: usize,
+    /// Dropped unjudged: expired, or past the capacity.
+    dropped: Counter,
+}
+
+impl Held {
+    fn hold(&mut self, pid: u32, e: NetworkEvent, now: Instant) {
+        if self.len >= HELD_CONNECTIONS_CAPACITY {
+            self.expire(now, true);
+        }
+        self.by_pid.entry(pid).or_default().push((now, e));
+        self.len += 1;
+    }
+
+    /// Drops what waited longer than [`HELD_CONNECTIONS_FOR`] (and, when
+    /// `full`, the oldest pid's too).
+    fn expire(&mut self, now: Instant, full: bool) {
+        let before = self.len;
+        self.by_pid.retain(|_, held| {
+            held.retain(|(at, _)| now.saturating_duration_since(*at) < HELD_CONNECTIONS_FOR);
+            !held.is_empty()
+        });
+        if full && self.by_pid.values().map(Vec::len).sum::<usize>() >= HELD_CONNECTIONS_CAPACITY {
+            let oldest = self
+                .by_pid
+                .iter()
+                .filter_map(|(pid, held)| held.first().map(|(at, _)| (*at, *pid)))
+                .min();
+            if let Some((_, pid)) = oldest {
+                self.by_pid.remove(&pid);
+            }
+        }
+        self.len = self.by_pid.values().map(Vec::len).sum();
+        self.dropped.add_usize(before - self.len);
+    }
+
+    fn take(&mut self, pid: u32) -> Vec<NetworkEvent> {
+        let held = self.by_pid.remove(&pid).unwrap_or_default();
+        self.len -= held.len();
+        held.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
 type StatFn = Arc<dyn Fn(&str) -> Option<bool> + Send + Sync>;
 
 /// Lookups handed to worker threads and their answers.
@@ -202,6 +257,8 @@ pub struct Detector {
     table: HashMap<u32, ProcessEvent>,
     /// Directory -> user-writable, refreshed after a TTL, never blocking.
     dirs: DirCache,
+    /// Connections whose holder the table does not know yet.
+    held: Held,
 }
 
 impl Detector {
@@ -212,6 +269,7 @@ impl Detector {
             dedup: Deduper::new(window, 100_000),
             table: HashMap::new(),
             dirs: DirCache::new(DIR_CACHE_TTL, DIR_LOOKUP_DEADLINE, Arc::new(user_writable)),
+            held: Held::default(),
         }
     }
 
@@ -252,6 +310,11 @@ impl Detector {
                     "daemoneye_dir_cache_evictions_total",
                     "Directory answers dropped to stay within the cache capacity.",
                     &c.evicted,
+                ),
+                (
+                    "daemoneye_connections_unjudged_total",
+                    "Connections dropped unjudged: their holder was not reported within 30 s (or past 4096 held).",
+                    &self.held.dropped,
                 ),
             ],
         );
@@ -327,7 +390,26 @@ impl Detector {
             }
         }
         let rows: Vec<ProcessRow> = best.iter().map(|e| self.row(e)).collect();
-        self.judge(&best, &rows)
+        let mut alerts = self.judge(&best, &rows)?;
+        // The connections that waited for these processes.
+        if self.held.len > 0 {
+            let mut ready = Vec::new();
+            for e in events {
+                if self.held.by_pid.contains_key(&e.pid) && self.table.contains_key(&e.pid) {
+                    ready.extend(self.held.take(e.pid));
+                }
+            }
+            if !ready.is_empty() {
+                alerts.extend(self.judge_network(&ready)?);
+            }
+        }
+        Ok(alerts)
+    }
+
+    /// Connections dropped unjudged (their holder never came; see
+    /// [`HELD_CONNECTIONS_FOR`]).
+    pub fn connections_unjudged(&self) -> u64 {
+        self.held.dropped.get()
     }
 
     /// Runs the rules over the whole table (the periodic sweep).
@@ -386,13 +468,38 @@ impl Detector {
     /// that process's). Returns the new (not deduplicated away) alerts,
     /// each naming the process a rule matched.
     ///
-    /// A connection whose holder is not (yet) in the table is judged
-    /// without it: a rule joining `processes` does not match it.
+    /// A connection whose holder is not in the table yet (netmond looked
+    /// before procmond's report of it was judged) is held, and judged with
+    /// the batch of process events that brings its holder, for up to
+    /// [`HELD_CONNECTIONS_FOR`].
     ///
     /// # Errors
     /// Only when the engine itself fails.
     pub fn on_network(&mut self, events: &[NetworkEvent]) -> Result<Vec<Alert>, EngineError> {
         if events.is_empty() || !self.engine.has_network_rules() {
+            return Ok(Vec::new());
+        }
+        let now = Instant::now();
+        self.held.expire(now, false);
+        let mut known = Vec::with_capacity(events.len());
+        for e in events {
+            match e.pid {
+                Some(pid) if !self.table.contains_key(&pid) => {
+                    self.held.hold(pid, e.clone(), now);
+                }
+                _ => known.push(e),
+            }
+        }
+        if known.len() == events.len() {
+            return self.judge_network(events);
+        }
+        let known: Vec<NetworkEvent> = known.into_iter().cloned().collect();
+        self.judge_network(&known)
+    }
+
+    /// Judges `events` beside the live processes that hold them.
+    fn judge_network(&mut self, events: &[NetworkEvent]) -> Result<Vec<Alert>, EngineError> {
+        if events.is_empty() {
             return Ok(Vec::new());
         }
         let named = self.named(events.iter().map(|e| (e.pid, e.process_key)));
@@ -545,24 +652,11 @@ mod tests {
         assert_eq!(d.live(), 0);
     }
 
-    #[test]
-    fn a_shell_whose_stdin_is_a_socket_is_judged_with_the_connection() {
-        use collector_core::{
-            BootId, ConnectionChange, ConnectionDirection, NetworkProtocol, ProcessKey,
-        };
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
-        let key = ProcessKey::new(BootId::from_bytes([1; 16]), 500, 9);
-        let mut shell = exec(500, 1, "bash", "/usr/bin/bash", &["bash", "-i"]);
-        shell.process_key = Some(key);
-        assert!(
-            d.on_events(&[shell]).unwrap().is_empty(),
-            "no command line to see"
-        );
-        let on = |fd, key| NetworkEvent {
-            connection_id: 1,
+    /// `pid`'s outbound TCP socket on descriptor `fd`, just opened.
+    fn socket_of(pid: u32, key: collector_core::ProcessKey, fd: u32) -> NetworkEvent {
+        use collector_core::{ConnectionChange, ConnectionDirection, NetworkProtocol};
+        NetworkEvent {
+            connection_id: u64::from(pid),
             source_addr: Some("127.0.0.1".parse().unwrap()),
             source_port: Some(40_000),
             dest_addr: Some("127.0.0.1".parse().unwrap()),
@@ -570,23 +664,78 @@ mod tests {
             protocol: NetworkProtocol::Tcp,
             direction: Some(ConnectionDirection::Outbound),
             change: Some(ConnectionChange::Opened),
-            pid: Some(500),
+            pid: Some(pid),
             process_key: Some(key),
             fd: Some(fd),
             timestamp: SystemTime::now(),
             ..NetworkEvent::default()
-        };
+        }
+    }
+
+    /// `bash -i` as pid `pid`, with its key.
+    fn interactive_shell(pid: u32) -> (ProcessEvent, collector_core::ProcessKey) {
+        let key =
+            collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), pid, 9);
+        let mut shell = exec(pid, 1, "bash", "/usr/bin/bash", &["bash", "-i"]);
+        shell.process_key = Some(key);
+        (shell, key)
+    }
+
+    #[test]
+    fn a_shell_whose_stdin_is_a_socket_is_judged_with_the_connection() {
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        let (shell, key) = interactive_shell(500);
+        assert!(
+            d.on_events(&[shell]).unwrap().is_empty(),
+            "no command line to see"
+        );
         // Its stderr alone is not its stdio; another process under its pid
         // is not it; its stdin is.
-        assert!(d.on_network(&[on(2, key)]).unwrap().is_empty());
-        let stale = ProcessKey::new(BootId::from_bytes([1; 16]), 500, 8);
-        assert!(d.on_network(&[on(0, stale)]).unwrap().is_empty());
-        let alerts = d.on_network(&[on(0, key)]).unwrap();
+        assert!(d.on_network(&[socket_of(500, key, 2)]).unwrap().is_empty());
+        let stale =
+            collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), 500, 8);
+        assert!(d
+            .on_network(&[socket_of(500, stale, 0)])
+            .unwrap()
+            .is_empty());
+        let alerts = d.on_network(&[socket_of(500, key, 0)]).unwrap();
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         assert_eq!(alerts[0].rule_id, "socket-stdio-shell");
         assert_eq!(alerts[0].process.pid, 500);
         // Seen again at the next look: suppressed.
-        assert!(d.on_network(&[on(0, key)]).unwrap().is_empty());
+        assert!(d.on_network(&[socket_of(500, key, 0)]).unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_seen_before_its_holder_waits_for_it_then_expires() {
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        // netmond first: held, nothing to judge it with yet.
+        let (shell, key) = interactive_shell(600);
+        assert!(d.on_network(&[socket_of(600, key, 0)]).unwrap().is_empty());
+        // procmond's report of the shell brings the alert.
+        let alerts = d.on_events(&[shell]).unwrap();
+        let ids: Vec<&str> = alerts.iter().map(|a| a.rule_id.as_str()).collect();
+        assert_eq!(ids, ["socket-stdio-shell"]);
+        assert_eq!(alerts[0].process.pid, 600);
+        assert_eq!(d.connections_unjudged(), 0);
+
+        // A holder that never comes: dropped after the wait, counted.
+        let (_, other) = interactive_shell(601);
+        d.on_network(&[socket_of(601, other, 0)]).unwrap();
+        tokio::time::advance(HELD_CONNECTIONS_FOR).await;
+        d.on_network(&[socket_of(602, other, 5)]).unwrap();
+        assert_eq!(d.connections_unjudged(), 1);
+        let (late, _) = interactive_shell(601);
+        assert!(
+            d.on_events(&[late]).unwrap().is_empty(),
+            "expired: not judged"
+        );
     }
 
     #[test]

@@ -33,6 +33,13 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     if !crate::root_or_skip("the end-to-end network test needs root (procmond and netmond)") {
         return;
     }
+    // The listener first: netmond's first look has it, whatever else the
+    // host has.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other @ std::net::SocketAddr::V6(_) => panic!("{other}"),
+    };
     let running = Running::with_procmond(
         r#"
 [[collector]]
@@ -71,11 +78,6 @@ interval = "1s"
     // stdout (sock_diag does not list it yet); then the socket connected
     // through this process's descriptor of it: whenever netmond looks, the
     // shell already holds it.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = match listener.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        other @ std::net::SocketAddr::V6(_) => panic!("{other}"),
-    };
     let socket: OwnedFd = rustix::net::socket(
         rustix::net::AddressFamily::INET,
         rustix::net::SocketType::STREAM,
@@ -92,17 +94,8 @@ interval = "1s"
             .unwrap(),
     );
     let shell_pid = shell.0.id();
-    // procmond reported the exec (the store has it) before the socket is
-    // there to be seen with it.
-    let store = AgentStore::open_read_only(data.path()).unwrap();
-    wait_for("the shell's exec stored", || {
-        let r = store
-            .query(&format!(
-                "SELECT count(*) FROM processes WHERE pid = {shell_pid} AND name = 'bash'"
-            ))
-            .ok()?;
-        (r.rows[0][0].as_i64() > Some(0)).then_some(())
-    });
+    // Whichever comes first to the agent, procmond's exec or netmond's look
+    // at the socket, the alert follows (a connection waits for its holder).
     rustix::net::connect(&socket, &addr).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     drop(socket);
@@ -130,6 +123,7 @@ interval = "1s"
     drop(shell);
     // A clean stop commits what the store was given.
     drop(running.agent);
+    let store = AgentStore::open_read_only(data.path()).unwrap();
     let rows = store
         .query(&format!(
             "SELECT c.fd, c.direction, c.remote_port, p.name FROM connections c \
