@@ -73,6 +73,14 @@ interval = "1s"
         assert_eq!(capabilities(netmond, set), Some(two), "{set} of netmond");
     }
     assert_eq!(capabilities(netmond, "CapInh:"), Some(0));
+    // Health shows it, healthy, by the pid the spawner started.
+    let report = crate::e2e::agent_health(data.path());
+    let mine = report.components.iter().find(|c| c.pid == netmond);
+    assert_eq!(
+        mine.map(daemoneye_lib::proto::ComponentHealth::state),
+        Some(daemoneye_lib::proto::HealthState::Healthy),
+        "{report:#?}"
+    );
 
     // The shell first, holding an unconnected socket as its stdin and
     // stdout (sock_diag does not list it yet); then the socket connected
