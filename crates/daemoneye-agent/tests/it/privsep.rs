@@ -170,22 +170,11 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     assert_eq!(status(spawner, "CapBnd:").as_deref(), Some(load_ebpf));
     assert_eq!(status(spawner, "NoNewPrivs:").as_deref(), Some("1"));
     // procmond keeps its three; perfmond has none.
-    assert_eq!(
-        status(procmond, "CapEff:").as_deref(),
-        Some("0000000000081004")
-    );
-    assert_eq!(
-        status(procmond, "CapPrm:").as_deref(),
-        Some("0000000000081004")
-    );
-    assert_eq!(
-        status(perfmond, "CapEff:").as_deref(),
-        Some("0000000000000000")
-    );
-    assert_eq!(
-        status(perfmond, "CapPrm:").as_deref(),
-        Some("0000000000000000")
-    );
+    let caps = |pid| ["CapEff:", "CapPrm:"].map(|line| status(pid, line));
+    let three = Some("0000000000081004".to_owned());
+    let none = Some("0000000000000000".to_owned());
+    assert_eq!(caps(procmond), [three.clone(), three]);
+    assert_eq!(caps(perfmond), [none.clone(), none]);
 
     // procmond killed: the spawner reports it, the agent asks for a new one,
     // and health says so.
