@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::time::Instant;
 
+use crate::overhead::{stop, Reaped};
 use crate::report;
 
 options! {
@@ -21,15 +22,6 @@ options! {
     execs: usize = 200,
     /// Seconds of `/bin/true` flood after the latency run.
     flood_secs: u64 = 10,
-}
-
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,21 +69,6 @@ fn losses(data: &std::path::Path) -> anyhow::Result<(u64, u64)> {
     Ok((dropped, overruns))
 }
 
-/// Stops the agent politely: its store is committed when it exits.
-fn stop(agent: &mut std::process::Child) -> anyhow::Result<()> {
-    if let Ok(pid) = i32::try_from(agent.id()) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-    }
-    let stopped = agent.wait()?;
-    if !stopped.success() {
-        bail!("the agent exited with {stopped}");
-    }
-    Ok(())
-}
-
 /// How many of `spawned` have an exec event in the agent's store.
 fn stored_execs(
     data: &std::path::Path,
@@ -131,13 +108,7 @@ fn report_all(execs: usize, missed: usize, lat: &mut [f64], spawned: usize, seen
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let agent = std::env::current_exe()?.with_file_name("daemoneye-agent");
-    if !agent.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p daemoneye-agent)",
-            agent.display()
-        );
-    }
+    let agent = crate::overhead::sibling("daemoneye-agent")?;
     let data = std::env::temp_dir().join(format!("daemoneye-detect-{}", std::process::id()));
     let mut child = Reaped(
         Command::new(&agent)
