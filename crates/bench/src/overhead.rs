@@ -112,17 +112,67 @@ fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
     Ok((ticks, rss))
 }
 
-/// A running `daemoneye-agent run` on its own data directory, its alert
-/// lines read on a thread.
-struct Agent {
-    child: Reaped,
-    alerts: mpsc::Receiver<String>,
-    data: PathBuf,
+/// A running `daemoneye-agent run` on its own data directory, its stdout
+/// lines (alerts, checkpoints) read on a thread with their arrival times.
+pub(crate) struct Agent {
+    pub(crate) child: Reaped,
+    pub(crate) lines: mpsc::Receiver<(String, Instant)>,
+    pub(crate) data: PathBuf,
+}
+
+/// The process name of an `exec-from-temp-dir` alert line, if it is one.
+pub(crate) fn temp_dir_alert(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["rule_id"] == "exec-from-temp-dir")
+        .then(|| v["process"]["name"].as_str().unwrap_or("").to_owned())
 }
 
 impl Agent {
-    /// Starts the agent and waits until it alerts on an exec from
-    /// `/dev/shm` (its collectors attached and judged by then).
+    /// Starts `bin run ARGS --data-dir DATA`.
+    pub(crate) fn spawn(bin: &Path, args: &[&str], data: PathBuf) -> anyhow::Result<Self> {
+        let mut child = Reaped(
+            Command::new(bin)
+                .arg("run")
+                .args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the agent")?,
+        );
+        let out = child.0.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send((line, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines, data })
+    }
+
+    /// Runs `probe ARGS` (a program in `/dev/shm`) until the agent alerts
+    /// on it (its collectors attached and judged by then), 20 s at most;
+    /// then drops what else it said meanwhile.
+    pub(crate) fn await_alert_on(&self, probe: &Path, args: &[&str]) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            Command::new(probe).args(args).status()?;
+            if let Ok((line, _)) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                if temp_dir_alert(&line).is_some() {
+                    while self.lines.recv_timeout(Duration::from_millis(500)).is_ok() {}
+                    return Ok(());
+                }
+            }
+        }
+        bail!(
+            "the agent never alerted on {}; is this root?",
+            probe.display()
+        )
+    }
+
+    /// A fresh agent on its own data directory, once it alerts on `probe`.
     fn start(bin: &Path, probe: &Path) -> anyhow::Result<Self> {
         static STARTS: AtomicU64 = AtomicU64::new(0);
         let data = std::env::temp_dir().join(format!(
@@ -131,44 +181,9 @@ impl Agent {
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&data);
-        let mut child = Reaped(
-            Command::new(bin)
-                .args(["run", "--dedup-window-secs", "1", "--data-dir"])
-                .arg(&data)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting the agent")?,
-        );
-        let out = child.0.stdout.take().context("no stdout")?;
-        let (tx, alerts) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let agent = Self {
-            child,
-            alerts,
-            data,
-        };
-        for _ in 0..200 {
-            Command::new(probe).status()?;
-            if let Ok(line) = agent.alerts.recv_timeout(Duration::from_millis(100)) {
-                if line.contains("exec-from-temp-dir") {
-                    // Whatever else it queued at start is judged by now.
-                    while agent
-                        .alerts
-                        .recv_timeout(Duration::from_millis(500))
-                        .is_ok()
-                    {}
-                    return Ok(agent);
-                }
-            }
-        }
-        bail!("the agent never alerted on {}", probe.display())
+        let agent = Self::spawn(bin, &["--dedup-window-secs", "1"], data)?;
+        agent.await_alert_on(probe, &[])?;
+        Ok(agent)
     }
 
     fn pid(&self) -> u32 {
