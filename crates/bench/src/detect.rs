@@ -6,14 +6,13 @@
 //! counts how many of those execs reached the agent's store (the spawned
 //! count is the baseline). As root.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use tokio::time::Instant;
 
+use crate::overhead::{stop, temp_dir_alert, Agent};
 use crate::report;
 
 options! {
@@ -21,15 +20,6 @@ options! {
     execs: usize = 200,
     /// Seconds of `/bin/true` flood after the latency run.
     flood_secs: u64 = 10,
-}
-
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,21 +67,6 @@ fn losses(data: &std::path::Path) -> anyhow::Result<(u64, u64)> {
     Ok((dropped, overruns))
 }
 
-/// Stops the agent politely: its store is committed when it exits.
-fn stop(agent: &mut std::process::Child) -> anyhow::Result<()> {
-    if let Ok(pid) = i32::try_from(agent.id()) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-    }
-    let stopped = agent.wait()?;
-    if !stopped.success() {
-        bail!("the agent exited with {stopped}");
-    }
-    Ok(())
-}
-
 /// How many of `spawned` have an exec event in the agent's store.
 fn stored_execs(
     data: &std::path::Path,
@@ -131,44 +106,20 @@ fn report_all(execs: usize, missed: usize, lat: &mut [f64], spawned: usize, seen
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let agent = std::env::current_exe()?.with_file_name("daemoneye-agent");
-    if !agent.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p daemoneye-agent)",
-            agent.display()
-        );
-    }
+    let agent = crate::overhead::sibling("daemoneye-agent")?;
     let data = std::env::temp_dir().join(format!("daemoneye-detect-{}", std::process::id()));
-    let mut child = Reaped(
-        Command::new(&agent)
-            .args([
-                "run",
-                "--interval",
-                "3600",
-                "--sweep-secs",
-                "3600",
-                "--dedup-window-secs",
-                "1",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the agent")?,
-    );
-    let out = child.0.stdout.take().context("no stdout")?;
-    let (tx, rx) = mpsc::channel::<(String, Instant)>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let at = Instant::now();
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["rule_id"] == "exec-from-temp-dir" {
-                    let _ = tx.send((v["process"]["name"].as_str().unwrap_or("").to_owned(), at));
-                }
-            }
-        }
-    });
+    let agent = Agent::spawn(
+        &agent,
+        &[
+            "--interval",
+            "3600",
+            "--sweep-secs",
+            "3600",
+            "--dedup-window-secs",
+            "1",
+        ],
+        data.clone(),
+    )?;
     let shm = std::path::Path::new("/dev/shm");
     let exe = shm.join(format!("dt{}", std::process::id()));
     std::fs::copy("/bin/sleep", &exe)?;
@@ -180,26 +131,17 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .take(15)
         .collect::<String>();
     // Wait until the agent alerts at all (collector subscribed).
-    let mut ready = false;
-    for _ in 0..100 {
-        let _ = Command::new(&exe).arg("0.05").status()?;
-        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
-            ready = true;
-            break;
-        }
-    }
-    if !ready {
-        bail!("the agent never alerted; is this root?");
-    }
-    while rx.try_recv().is_ok() {}
+    agent.await_alert_on(&exe, &["0.05"])?;
     let mut lat = Vec::with_capacity(o.execs);
     let mut missed = 0;
     for _ in 0..o.execs {
         let start = Instant::now();
         let mut c = Command::new(&exe).arg("0.05").spawn()?;
         let got = loop {
-            match rx.recv_timeout(Duration::from_secs(2)) {
-                Ok((n, at)) if n == name && at >= start => break Some(at),
+            match agent.lines.recv_timeout(Duration::from_secs(2)) {
+                Ok((line, at)) if at >= start && temp_dir_alert(&line).as_ref() == Some(&name) => {
+                    break Some(at)
+                }
                 Ok(_) => {}
                 Err(_) => break None,
             }
@@ -218,9 +160,10 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let (dropped, overruns) = losses(&data)?;
     report("detect.flood_dropped_for_agent", dropped, "events");
     report("detect.flood_kernel_overruns", overruns, "overruns");
-    stop(&mut child.0)?;
+    let mut agent = agent;
+    stop(&mut agent.child.0)?;
     let seen = stored_execs(&data, &spawned)?;
-    drop(child);
+    drop(agent);
     let _ = std::fs::remove_dir_all(&data);
     if lat.is_empty() {
         bail!("no alert measured");

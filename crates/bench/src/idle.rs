@@ -5,8 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
+use crate::overhead::Reaped;
 use crate::report;
 
 /// Flags of this bench.
@@ -30,27 +31,8 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((stat.utime + stat.stime, rss_kib * 1024))
 }
 
-/// The child is killed and reaped however the bench ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name("procmond");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p procmond)",
-            bin.display()
-        );
-    }
+    let bin = crate::overhead::sibling("procmond")?;
     let dir = std::env::temp_dir().join(format!("daemoneye-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(&bin)

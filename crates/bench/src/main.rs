@@ -90,6 +90,7 @@ mod hash;
 mod idle;
 mod ipc;
 mod net;
+mod overhead;
 mod rules;
 mod runtime;
 mod store;
@@ -145,6 +146,9 @@ benches! {
     Triggers: triggers,
     /// A `sock_diag` snapshot with owners vs `ss -tanp`, over many sockets.
     Net: net,
+    /// As root: what the main job costs a spawn storm and an idle host
+    /// (needs target/release/daemoneye-agent).
+    Overhead: overhead,
 }
 
 fn main() -> ExitCode {

@@ -48,18 +48,18 @@ pub struct IpcServerConfig {
     /// at least `evict_idle_after`; otherwise it is refused with an
     /// `ERROR_CODE_OVERLOADED` answer and closed.
     pub max_connections: usize,
-    /// Connections served at once for one peer uid, so that one peer's idle
-    /// or trickling connections cannot take every place. At the limit, a
-    /// new connection from that uid evicts that uid's longest idle
-    /// connection (as at `max_connections`), or is refused with
-    /// `ERROR_CODE_OVERLOADED` and counted (`peer_limit`).
-    pub max_connections_per_uid: usize,
     /// How long a connection must have sent nothing (no byte, heartbeats
     /// included) before a new connection may evict it when the server is
     /// full. A connection with a subscription or a task in flight is never
     /// evicted.
     #[serde(with = "humantime_serde")]
     pub evict_idle_after: Duration,
+    /// Connections served at once for one peer uid, so that one peer's idle
+    /// or trickling connections cannot take every place. At the limit, a
+    /// new connection from that uid evicts that uid's longest idle
+    /// connection (as at `max_connections`), or is refused with
+    /// `ERROR_CODE_OVERLOADED` and counted (`peer_limit`).
+    pub max_connections_per_uid: usize,
     /// Tasks run at once per connection; further tasks wait (the connection
     /// is not read meanwhile).
     pub max_tasks_in_flight: usize,

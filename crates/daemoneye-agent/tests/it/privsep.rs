@@ -169,30 +169,18 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     assert_eq!(status(spawner, "CapPrm:").as_deref(), Some(load_ebpf));
     assert_eq!(status(spawner, "CapBnd:").as_deref(), Some(load_ebpf));
     assert_eq!(status(spawner, "NoNewPrivs:").as_deref(), Some("1"));
-    // procmond keeps its three; perfmond has none.
-    assert_eq!(
-        status(procmond, "CapEff:").as_deref(),
-        Some("0000000000081004")
-    );
-    assert_eq!(
-        status(procmond, "CapPrm:").as_deref(),
-        Some("0000000000081004")
-    );
-    assert_eq!(
-        status(perfmond, "CapEff:").as_deref(),
-        Some("0000000000000000")
-    );
-    assert_eq!(
-        status(perfmond, "CapPrm:").as_deref(),
-        Some("0000000000000000")
-    );
+    // procmond keeps its three; perfmond has none; netmond two.
+    let caps = |pid| ["CapEff:", "CapPrm:"].map(|line| status(pid, line));
+    let three = Some("0000000000081004".to_owned());
+    let none = Some("0000000000000000".to_owned());
+    assert_eq!(caps(procmond), [three.clone(), three]);
+    assert_eq!(caps(perfmond), [none.clone(), none]);
     // netmond, started by default too, keeps CAP_SYS_PTRACE and
     // CAP_DAC_READ_SEARCH once it runs (forked, it still is the spawner).
     let netmond = wait_for("netmond", || child_with(spawner, "collect-network"));
+    let two = Some("0000000000080004".to_owned());
     wait_for("netmond's two capabilities", || {
-        (status(netmond, "CapPrm:").as_deref() == Some("0000000000080004")
-            && status(netmond, "CapEff:").as_deref() == Some("0000000000080004"))
-        .then_some(())
+        (caps(netmond) == [two.clone(), two.clone()]).then_some(())
     });
 
     // procmond killed: the spawner reports it, the agent asks for a new one,
