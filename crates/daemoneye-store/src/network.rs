@@ -3,17 +3,14 @@
 //! the store's `connections` table and the rules' table share
 //! ([`insert_sql`]).
 
-use std::time::Duration;
-
 use collector_core::vocabulary::NETWORK;
 use collector_core::{
     AddressFamily, CaptureTier, ConnectionChange, ConnectionDirection, ConnectionState,
     NetworkEvent,
 };
 use rusqlite::types::ToSql;
-use rusqlite::Transaction;
 
-use crate::store::{to_nanos, StoreError};
+use crate::store::to_nanos;
 
 /// One holder's view of a socket as the values of its columns, in
 /// [`NETWORK`]'s order.
@@ -101,32 +98,29 @@ impl ConnectionRow {
     }
 }
 
+impl crate::performance::TimedEvent for NetworkEvent {
+    const TABLE: (&'static str, &'static [collector_core::vocabulary::Column]) =
+        ("connections", NETWORK);
+
+    fn insert(&self, insert: &mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<usize> {
+        insert.execute(ConnectionRow::new(self).params().as_slice())
+    }
+
+    fn observed(&self) -> std::time::SystemTime {
+        self.timestamp
+    }
+}
+
 /// `INSERT INTO <table> (<every network column>) VALUES (?1, ...)`.
 pub fn insert_sql(table: &str) -> String {
     crate::performance::insert_columns_sql(table, NETWORK)
-}
-
-/// Inserts `events` into `connections` within `tx`, then prunes the rows
-/// older than `retention` before the newest of them. Returns the rows
-/// pruned.
-pub(crate) fn write_connections_in(
-    tx: &Transaction<'_>,
-    events: &[NetworkEvent],
-    retention: Duration,
-) -> Result<usize, StoreError> {
-    let mut insert = tx.prepare_cached(&insert_sql("connections"))?;
-    for e in events {
-        insert.execute(ConnectionRow::new(e).params().as_slice())?;
-    }
-    let newest = events.iter().map(|e| e.timestamp).max();
-    crate::performance::prune_before(tx, "connections", newest, retention)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use collector_core::{
         BootId, ConnectionChange, ConnectionDirection, ConnectionState, NetworkProtocol, ProcessKey,

@@ -86,20 +86,44 @@ pub(crate) fn insert_columns_sql(table: &str, columns: &[Column]) -> String {
     )
 }
 
-/// Inserts `events` into `performance` within `tx`, then prunes the rows
-/// older than `retention` before the newest of them (the samples' own
+/// An event kept for a time in a table of its own, off the ledger
+/// (`performance`, `connections`).
+pub(crate) trait TimedEvent {
+    /// Its table, and that table's vocabulary.
+    const TABLE: (&'static str, &'static [Column]);
+    /// Inserts its row with `insert`, the table's `INSERT`.
+    fn insert(&self, insert: &mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<usize>;
+    /// When it was observed.
+    fn observed(&self) -> SystemTime;
+}
+
+impl TimedEvent for PerformanceEvent {
+    const TABLE: (&'static str, &'static [Column]) = ("performance", PERFORMANCE);
+
+    fn insert(&self, insert: &mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<usize> {
+        insert.execute(PerformanceRow::new(self).params().as_slice())
+    }
+
+    fn observed(&self) -> SystemTime {
+        self.timestamp
+    }
+}
+
+/// Inserts `events` into their table within `tx`, then prunes the rows
+/// older than `retention` before the newest of them (the events' own
 /// clock, so a batch never prunes itself). Returns the rows pruned.
-pub(crate) fn write_performance_in(
+pub(crate) fn write_timed_in<E: TimedEvent>(
     tx: &Transaction<'_>,
-    events: &[PerformanceEvent],
+    events: &[E],
     retention: Duration,
 ) -> Result<usize, StoreError> {
-    let mut insert = tx.prepare_cached(&insert_sql("performance"))?;
+    let (table, columns) = E::TABLE;
+    let mut insert = tx.prepare_cached(&insert_columns_sql(table, columns))?;
     for e in events {
-        insert.execute(PerformanceRow::new(e).params().as_slice())?;
+        e.insert(&mut insert)?;
     }
-    let newest = events.iter().map(|e| e.timestamp).max();
-    prune_before(tx, "performance", newest, retention)
+    let newest = events.iter().map(TimedEvent::observed).max();
+    prune_before(tx, table, newest, retention)
 }
 
 /// Deletes the rows of `table` observed more than `retention` before
