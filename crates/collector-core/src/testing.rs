@@ -388,6 +388,28 @@ pub async fn recv_until<T: Clone>(
     None
 }
 
+/// `pid`'s outbound TCP connection on loopback, from port 40000 to `port`,
+/// just opened and held by its descriptor `fd`: the sample socket of the
+/// tests of what comes after a network collector (store, rules, CLI).
+pub fn loopback_connection(pid: u32, key: ProcessKey, fd: u32, port: u16) -> crate::NetworkEvent {
+    let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    crate::NetworkEvent {
+        connection_id: u64::from(pid),
+        source_addr: loopback,
+        source_port: Some(40_000),
+        dest_addr: loopback,
+        dest_port: Some(port),
+        protocol: crate::NetworkProtocol::Tcp,
+        direction: Some(crate::ConnectionDirection::Outbound),
+        change: Some(crate::ConnectionChange::Opened),
+        pid: Some(pid),
+        process_key: Some(key),
+        fd: Some(fd),
+        timestamp: std::time::SystemTime::now(),
+        ..crate::NetworkEvent::default()
+    }
+}
+
 /// One source running in a collector of default settings, with a
 /// subscription to its events: what a test of a source through the runtime
 /// starts from.

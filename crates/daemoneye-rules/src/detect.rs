@@ -654,22 +654,7 @@ mod tests {
 
     /// `pid`'s outbound TCP socket on descriptor `fd`, just opened.
     fn socket_of(pid: u32, key: collector_core::ProcessKey, fd: u32) -> NetworkEvent {
-        use collector_core::{ConnectionChange, ConnectionDirection, NetworkProtocol};
-        NetworkEvent {
-            connection_id: u64::from(pid),
-            source_addr: Some("127.0.0.1".parse().unwrap()),
-            source_port: Some(40_000),
-            dest_addr: Some("127.0.0.1".parse().unwrap()),
-            dest_port: Some(40_001),
-            protocol: NetworkProtocol::Tcp,
-            direction: Some(ConnectionDirection::Outbound),
-            change: Some(ConnectionChange::Opened),
-            pid: Some(pid),
-            process_key: Some(key),
-            fd: Some(fd),
-            timestamp: SystemTime::now(),
-            ..NetworkEvent::default()
-        }
+        collector_core::testing::loopback_connection(pid, key, fd, 40_001)
     }
 
     /// `bash -i` as pid `pid`, with its key.

@@ -122,9 +122,7 @@ mod tests {
 
     use std::time::{Duration, SystemTime};
 
-    use collector_core::{
-        BootId, ConnectionChange, ConnectionDirection, ConnectionState, NetworkProtocol, ProcessKey,
-    };
+    use collector_core::{BootId, ConnectionState, ProcessKey};
     use serde_json::json;
 
     use super::*;
@@ -136,27 +134,19 @@ mod tests {
 
     /// The stdin of pid 7, a shell, connected out to port 4444.
     fn shell_stdin(t: u64) -> NetworkEvent {
+        let key = ProcessKey::new(BootId::from_bytes([5; 16]), 7, 42);
         NetworkEvent {
             connection_id: u64::MAX - 1,
-            source_addr: Some("127.0.0.1".parse().unwrap()),
             source_port: Some(50_000),
-            dest_addr: Some("127.0.0.1".parse().unwrap()),
-            dest_port: Some(4444),
-            protocol: NetworkProtocol::Tcp,
             family: Some(AddressFamily::Ipv4),
             state: Some(ConnectionState::Established),
-            direction: Some(ConnectionDirection::Outbound),
-            change: Some(ConnectionChange::Opened),
-            pid: Some(7),
-            process_key: Some(ProcessKey::new(BootId::from_bytes([5; 16]), 7, 42)),
-            fd: Some(0),
             holders: Some(1),
             uid: Some(1000),
             inode: Some(99),
             netns: Some(4_026_531_833),
             tier: Some(CaptureTier::Polling),
             timestamp: at(t),
-            ..NetworkEvent::default()
+            ..collector_core::testing::loopback_connection(7, key, 0, 4444)
         }
     }
 

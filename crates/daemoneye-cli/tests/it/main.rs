@@ -310,8 +310,6 @@ fn processes_lists_what_the_agent_knows_alive() {
 
 #[test]
 fn query_joins_processes_and_connections_on_the_process_key() {
-    use collector_core::{ConnectionChange, ConnectionDirection, NetworkEvent, NetworkProtocol};
-
     let dir = tempfile::tempdir().unwrap();
     let key =
         |pid| collector_core::ProcessKey::new(collector_core::BootId::from_bytes([4; 16]), pid, 77);
@@ -324,21 +322,8 @@ fn query_joins_processes_and_connections_on_the_process_key() {
         shell.command_line = vec!["bash".into(), "-i".into()];
         store.record_events(&[shell]).unwrap();
         // Its stdin a socket, and another process's socket on fd 7.
-        let socket = |pid, fd| NetworkEvent {
-            connection_id: u64::from(pid),
-            source_addr: Some("127.0.0.1".parse().unwrap()),
-            source_port: Some(40_000),
-            dest_addr: Some("127.0.0.1".parse().unwrap()),
-            dest_port: Some(4444),
-            protocol: NetworkProtocol::Tcp,
-            direction: Some(ConnectionDirection::Outbound),
-            change: Some(ConnectionChange::Opened),
-            pid: Some(pid),
-            process_key: Some(key(pid)),
-            fd: Some(fd),
-            timestamp: SystemTime::now(),
-            ..NetworkEvent::default()
-        };
+        let socket =
+            |pid, fd| collector_core::testing::loopback_connection(pid, key(pid), fd, 4444);
         store
             .write_connections(
                 &[socket(50, 0), socket(51, 7)],
