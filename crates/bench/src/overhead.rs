@@ -18,7 +18,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -172,15 +171,13 @@ impl Agent {
         )
     }
 
-    /// A fresh agent on its own data directory, once it alerts on `probe`.
-    fn start(bin: &Path, probe: &Path) -> anyhow::Result<Self> {
-        static STARTS: AtomicU64 = AtomicU64::new(0);
-        let data = std::env::temp_dir().join(format!(
-            "daemoneye-overhead-{}-{}",
-            std::process::id(),
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&data);
+    /// A fresh agent on its own data directory (in `parent`), once it
+    /// alerts on `probe`.
+    fn start(bin: &Path, probe: &Path, parent: &Path) -> anyhow::Result<Self> {
+        let data = tempfile::Builder::new()
+            .prefix("daemoneye-overhead-")
+            .tempdir_in(parent)?
+            .keep();
         let agent = Self::spawn(bin, &["--dedup-window-secs", "1"], data)?;
         agent.await_alert_on(probe, &[])?;
         Ok(agent)
@@ -259,17 +256,18 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let bin = sibling("daemoneye-agent")?;
     let probe = Path::new("/dev/shm").join(format!("ovh{}", std::process::id()));
     std::fs::copy("/bin/true", &probe)?;
-    let result = measure(o, &bin, &probe);
+    let dirs = tempfile::tempdir()?;
+    let result = measure(o, &bin, &probe, dirs.path());
     let _ = std::fs::remove_file(&probe);
     result
 }
 
-fn measure(o: &Options, bin: &Path, probe: &Path) -> anyhow::Result<()> {
+fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result<()> {
     storm(o.spawns / 10, o.in_flight)?; // warm-up
     let (mut without, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         without.push(storm(o.spawns, o.in_flight)?);
-        let agent = Agent::start(bin, probe)?;
+        let agent = Agent::start(bin, probe, dirs)?;
         let (before, _) = agent.settle()?;
         with.push(storm(o.spawns, o.in_flight)?);
         let (after, _) = agent.settle()?;
@@ -311,7 +309,7 @@ fn measure(o: &Options, bin: &Path, probe: &Path) -> anyhow::Result<()> {
                 .spawn()?,
         ));
     }
-    let agent = Agent::start(bin, probe)?;
+    let agent = Agent::start(bin, probe, dirs)?;
     let (t0, _) = agent.settle()?;
     let start = Instant::now();
     pause(Duration::from_secs(o.idle_secs));

@@ -40,14 +40,7 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
         std::net::SocketAddr::V4(a) => a,
         other @ std::net::SocketAddr::V6(_) => panic!("{other}"),
     };
-    let running = Running::with_procmond(
-        r#"
-[[collector]]
-name = "netmond"
-builtin = "netmond"
-interval = "1s"
-"#,
-    );
+    let running = Running::with_procmond_and("netmond", "");
     let data = &running.data;
 
     // Both collectors deliver: procmond's first snapshot and netmond's

@@ -91,11 +91,13 @@ impl Running {
     }
 
     /// [`start`](Self::start) with procmond (no snapshot for an hour: it
-    /// reports what happens) and the collectors of `toml`, sweeping hourly.
-    pub(crate) fn with_procmond(toml: &str) -> Self {
+    /// reports what happens) and the built-in collector `builtin` looking
+    /// every second, with its `settings` (TOML lines), sweeping hourly.
+    pub(crate) fn with_procmond_and(builtin: &str, settings: &str) -> Self {
         Self::start(&format!(
             "sweep_interval = \"1h\"\n\n[[collector]]\nname = \"procmond\"\n\
-             builtin = \"procmond\"\ninterval = \"1h\"\n{toml}"
+             builtin = \"procmond\"\ninterval = \"1h\"\n\n[[collector]]\n\
+             name = \"{builtin}\"\nbuiltin = \"{builtin}\"\ninterval = \"1s\"\n{settings}"
         ))
     }
 
@@ -125,15 +127,9 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
     ) {
         return;
     }
-    let running = Running::with_procmond(
-        r#"
-[[collector]]
-name = "perfmond"
-builtin = "perfmond"
-interval = "1s"
-sustained_cpu_percent = 50
-sustained_cpu_for = "3s"
-"#,
+    let running = Running::with_procmond_and(
+        "perfmond",
+        "sustained_cpu_percent = 50\nsustained_cpu_for = \"3s\"\n",
     );
 
     // Both collectors connected: the agent says so in its health, but the
