@@ -27,17 +27,28 @@ use tokio::time::Instant;
 
 use crate::{median, report, report_f};
 
-options! {
+/// Flags of this bench.
+#[derive(clap::Parser)]
+pub(crate) struct Options {
     /// Execs per storm.
-    spawns: usize = 5_000,
+    #[arg(long, default_value_t = 5_000, value_parser = crate::positive::<usize>)]
+    pub(crate) spawns: usize,
     /// Children in flight during a storm.
-    in_flight: usize = 16,
+    #[arg(long, default_value_t = 16, value_parser = crate::positive::<usize>)]
+    pub(crate) in_flight: usize,
     /// Storms with the agent (and as many without, alternated).
-    rounds: usize = 5,
+    #[arg(long, default_value_t = 5, value_parser = crate::positive::<usize>)]
+    pub(crate) rounds: usize,
     /// Seconds of the idle measurement.
-    idle_secs: u64 = 60,
+    #[arg(long, default_value_t = 60, value_parser = crate::positive::<u64>)]
+    pub(crate) idle_secs: u64,
     /// Extra sleeping processes during the idle measurement.
-    idle_procs: usize = 3_000,
+    #[arg(long, default_value_t = 3_000, value_parser = crate::positive::<usize>)]
+    pub(crate) idle_procs: usize,
+    /// procmond's tier (`auto`: the agent's default; `ebpf`, `connector`:
+    /// forced, the agent's other collectors as by default).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ebpf", "connector"])]
+    pub(crate) tier: String,
 }
 
 /// A child killed and reaped however the bench ends.
@@ -173,12 +184,17 @@ impl Agent {
 
     /// A fresh agent on its own data directory (in `parent`), once it
     /// alerts on `probe`.
-    fn start(bin: &Path, probe: &Path, parent: &Path) -> anyhow::Result<Self> {
+    fn start(bin: &Path, probe: &Path, parent: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("daemoneye-overhead-")
             .tempdir_in(parent)?
             .keep();
-        let agent = Self::spawn(bin, &["--dedup-window-secs", "1"], data)?;
+        let args: Vec<&str> = ["--dedup-window-secs", "1"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        let agent = Self::spawn(bin, &args, data)?;
         agent.await_alert_on(probe, &[])?;
         Ok(agent)
     }
@@ -262,12 +278,32 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     result
 }
 
+/// The agent's flags for `tier`: none for `auto`, else a config (in `dirs`)
+/// with its three built-in collectors, procmond's tier forced.
+fn tier_flags(tier: &str, dirs: &Path) -> anyhow::Result<Vec<String>> {
+    if tier == "auto" {
+        return Ok(Vec::new());
+    }
+    let config = dirs.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[collector]]\nname = \"procmond\"\nbuiltin = \"procmond\"\ntier = \"{tier}\"\n\n\
+             [[collector]]\nname = \"perfmond\"\nbuiltin = \"perfmond\"\n\n\
+             [[collector]]\nname = \"netmond\"\nbuiltin = \"netmond\"\n"
+        ),
+    )?;
+    Ok(vec!["--config".into(), config.display().to_string()])
+}
+
 fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result<()> {
+    let flags = tier_flags(&o.tier, dirs)?;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     storm(o.spawns / 10, o.in_flight)?; // warm-up
     let (mut without, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         without.push(storm(o.spawns, o.in_flight)?);
-        let agent = Agent::start(bin, probe, dirs)?;
+        let agent = Agent::start(bin, probe, dirs, &flags)?;
         let (before, _) = agent.settle()?;
         with.push(storm(o.spawns, o.in_flight)?);
         let (after, _) = agent.settle()?;
@@ -309,7 +345,7 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
                 .spawn()?,
         ));
     }
-    let agent = Agent::start(bin, probe, dirs)?;
+    let agent = Agent::start(bin, probe, dirs, &flags)?;
     let (t0, _) = agent.settle()?;
     let start = Instant::now();
     pause(Duration::from_secs(o.idle_secs));
@@ -325,5 +361,6 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
     );
     report("overhead.idle_rss_bytes", rss, "bytes");
     report("overhead.idle_procs", o.idle_procs, "processes");
+    report("overhead.tier", &o.tier, "");
     Ok(())
 }

@@ -27,6 +27,7 @@
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
+//! | `collector.tier` (the built-in procmond: `auto`, `ebpf`, `connector`, `polling`) | | |
 //!
 //! Without `[[collector]]` entries (and without `--procmond` or
 //! `--collector-socket`), the agent runs three built-in collectors: procmond
@@ -423,6 +424,11 @@ pub struct CollectorEntryConfig {
     /// --await-subscriber --interval N`).
     #[serde(default)]
     pub args: Option<Vec<String>>,
+    /// The built-in procmond: its tier of kernel events (`auto`, the
+    /// default: eBPF, else the process connector, else polling; or one
+    /// forced, and then starting fails without it).
+    #[serde(default)]
+    pub tier: Option<procmond::source::TierChoice>,
     /// The socket the collector serves (default `<data-dir>/<name>.sock`);
     /// alone, the agent connects to it and starts nothing.
     #[serde(default)]
@@ -833,6 +839,36 @@ fn check_builtin(
     Ok(())
 }
 
+/// The built-in procmond's arguments: its flags, and the tier when forced.
+fn procmond_launch(
+    entry: &CollectorEntryConfig,
+    domain: CollectorDomain,
+    socket: &Path,
+    interval: Duration,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Launch, ConfigError> {
+    if entry.args.is_some() {
+        return Err(invalid("args", "`args` goes with `program`".to_owned()));
+    }
+    if domain != CollectorDomain::Process {
+        return Err(invalid(
+            "domain",
+            format!(
+                "the built-in procmond serves processes, not {}",
+                domain.name()
+            ),
+        ));
+    }
+    let mut args = procmond_args("collect", socket, interval);
+    if let Some(tier) = entry.tier {
+        let name = clap::ValueEnum::to_possible_value(&tier)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        args.extend(["--tier".into(), name.into()]);
+    }
+    Ok(Launch::Builtin { args })
+}
+
 /// The built-in perfmond's arguments: procmond's flags (it ignores
 /// `--no-database`) and the sustained-CPU anomaly's threshold.
 fn perfmond_launch(
@@ -886,6 +922,10 @@ fn resolve_collector(
         let why = "the sustained-CPU keys go with `builtin = \"perfmond\"`";
         return Err(invalid("sustained_cpu_percent", why.to_owned()));
     }
+    if entry.tier.is_some() && entry.builtin != Some(BuiltinCollector::Procmond) {
+        let why = "`tier` goes with `builtin = \"procmond\"`";
+        return Err(invalid("tier", why.to_owned()));
+    }
     let socket = entry
         .socket
         .clone()
@@ -907,21 +947,7 @@ fn resolve_collector(
             ))
         }
         (Some(BuiltinCollector::Procmond), None) => {
-            if entry.args.is_some() {
-                return Err(invalid("args", "`args` goes with `program`".to_owned()));
-            }
-            if domain != CollectorDomain::Process {
-                return Err(invalid(
-                    "domain",
-                    format!(
-                        "the built-in procmond serves processes, not {}",
-                        domain.name()
-                    ),
-                ));
-            }
-            Launch::Builtin {
-                args: procmond_args("collect", &socket, interval()?),
-            }
+            procmond_launch(&entry, domain, &socket, interval()?, &invalid)?
         }
         (Some(BuiltinCollector::Perfmond), None) => {
             perfmond_launch(&entry, domain, &socket, interval()?, &invalid)?
@@ -1080,6 +1106,29 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_procmond_takes_a_forced_tier() {
+        let args = |toml: &str| {
+            let s = resolve(toml, &[]).unwrap();
+            let Launch::Builtin { args } = &s.collectors[0].launch else {
+                panic!("{s:?}")
+            };
+            args.iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let entry = "[[collector]]\nname = \"p\"\nbuiltin = \"procmond\"\n";
+        let forced = args(&format!("{entry}tier = \"connector\""));
+        let at = forced.iter().position(|a| a == "--tier").unwrap();
+        assert_eq!(forced[at + 1], "connector");
+        assert!(
+            !args(entry).contains(&"--tier".to_owned()),
+            "auto by default"
+        );
+        let bad = AgentConfig::from_toml_str(&format!("{entry}tier = \"fast\"")).unwrap_err();
+        assert!(bad.to_string().contains("connector"), "{bad}");
+    }
+
+    #[test]
     fn the_builtin_perfmond_takes_its_interval_and_threshold() {
         let toml = r#"
             [[collector]]
@@ -1122,6 +1171,10 @@ mod tests {
             (
                 "[[collector]]\nname = \"p\"\nbuiltin = \"procmond\"\nsustained_cpu_percent = 80",
                 "collector[0].sustained_cpu_percent",
+            ),
+            (
+                "[[collector]]\nname = \"p\"\nbuiltin = \"perfmond\"\ntier = \"ebpf\"",
+                "collector[0].tier",
             ),
         ] {
             let e = resolve(bad, &[]).unwrap_err().to_string();
