@@ -424,15 +424,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
             load_ebpf,
         ),
     ] {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap()
-                .trim()
-                .to_owned()
-        };
+        let field = |name: &str| crate::status(pid, name).unwrap();
         assert_eq!(field("CapEff:"), effective, "pid {pid}");
         assert_eq!(field("CapPrm:"), permitted, "pid {pid}");
         assert_eq!(field("CapBnd:"), bounding, "pid {pid}");

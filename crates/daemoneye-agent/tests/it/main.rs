@@ -25,6 +25,42 @@ fn root_or_skip(needs: &str) -> bool {
     root
 }
 
+/// A line of `/proc/<pid>/status`, its value trimmed.
+fn status(pid: u32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The children of `pid`, each with its command line (NUL-separated, as
+/// `/proc/<pid>/cmdline` has it, lossy UTF-8).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    use collector_core::procfs::{parse_pid_stat, pids};
+    let proc = std::path::Path::new("/proc");
+    let ppid = |child: u32| {
+        let stat = std::fs::read(proc.join(format!("{child}/stat"))).ok()?;
+        Some(parse_pid_stat(&stat).ok()?.ppid)
+    };
+    pids(proc)
+        .unwrap()
+        .into_iter()
+        .filter(|&child| ppid(child) == Some(pid))
+        .filter_map(|child| {
+            let cmdline = std::fs::read(proc.join(format!("{child}/cmdline"))).ok()?;
+            Some((child, String::from_utf8_lossy(&cmdline).into_owned()))
+        })
+        .collect()
+}
+
+/// The children of `pid` whose command line contains `needle`.
+fn children_with(pid: u32, needle: &str) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter_map(|(child, cmdline)| cmdline.contains(needle).then_some(child))
+        .collect()
+}
+
 /// Writes `text` to `path` and sets its permission bits to `mode`.
 fn write_with_mode(path: &std::path::Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap();

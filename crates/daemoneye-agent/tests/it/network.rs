@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use daemoneye_agent::store::AgentStore;
 
-use crate::performance::{capabilities, children_with, Running};
+use crate::children_with;
+use crate::performance::{capabilities, Running};
 use crate::privsep::wait_for;
 use crate::Killed;
 

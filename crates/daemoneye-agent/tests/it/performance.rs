@@ -18,31 +18,9 @@ use crate::Killed;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
 
-/// The children of `pid` whose command line contains `needle`.
-pub(crate) fn children_with(pid: u32, needle: &str) -> Vec<u32> {
-    let proc = std::path::Path::new("/proc");
-    let ppid = |child: u32| {
-        let stat = std::fs::read(proc.join(format!("{child}/stat"))).ok()?;
-        Some(collector_core::procfs::parse_pid_stat(&stat).ok()?.ppid)
-    };
-    let cmdline = |child: u32| std::fs::read(proc.join(format!("{child}/cmdline")));
-    collector_core::procfs::pids(proc)
-        .unwrap()
-        .into_iter()
-        .filter(|&child| {
-            ppid(child) == Some(pid)
-                && cmdline(child).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .collect()
-}
-
 /// The hex value of a `Cap*` line of `/proc/<pid>/status`.
 pub(crate) fn capabilities(pid: u32, line: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(line))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    u64::from_str_radix(&crate::status(pid, line)?, 16).ok()
 }
 
 /// `daemoneye-agent run` with the config `toml` (in a directory of its own:
@@ -139,12 +117,12 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let perfmond = loop {
         // The spawner's children, when the agent dropped its privileges.
-        let parent = children_with(agent_pid, "spawner")
+        let parent = crate::children_with(agent_pid, "spawner")
             .first()
             .copied()
             .unwrap_or(agent_pid);
-        let found = children_with(parent, "collect-performance");
-        let procmond = children_with(parent, "collect\0");
+        let found = crate::children_with(parent, "collect-performance");
+        let procmond = crate::children_with(parent, "collect\0");
         if let ([p], [_]) = (found.as_slice(), procmond.as_slice()) {
             break *p;
         }

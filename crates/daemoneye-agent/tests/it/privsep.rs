@@ -12,39 +12,15 @@ use std::time::{Duration, Instant};
 
 use crate::Killed;
 
+use crate::status;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
-
-/// A line of `/proc/<pid>/status`, its value trimmed.
-fn status(pid: u32, field: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(|v| v.trim().to_owned())
-}
-
-/// The children of `pid`, with their command lines (NULs kept).
-fn children(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if status(child, "PPid:").and_then(|p| p.parse().ok()) == Some(pid) {
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            out.push((child, String::from_utf8_lossy(&cmdline).into_owned()));
-        }
-    }
-    out
-}
 
 /// The one child of `pid` whose command line contains `needle`.
 fn child_with(pid: u32, needle: &str) -> Option<u32> {
-    match children(pid).as_slice() {
-        [] => None,
-        list => {
-            let found: Vec<_> = list.iter().filter(|(_, c)| c.contains(needle)).collect();
-            (found.len() == 1).then(|| found[0].0)
-        }
+    match crate::children_with(pid, needle).as_slice() {
+        [one] => Some(*one),
+        _ => None,
     }
 }
 
