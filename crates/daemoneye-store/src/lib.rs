@@ -50,6 +50,7 @@ pub mod readonly;
 pub mod retention;
 mod schema;
 pub mod store;
+mod timed;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};

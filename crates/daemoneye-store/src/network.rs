@@ -98,7 +98,7 @@ impl ConnectionRow {
     }
 }
 
-impl crate::performance::TimedEvent for NetworkEvent {
+impl crate::timed::TimedEvent for NetworkEvent {
     const TABLE: (&'static str, &'static [collector_core::vocabulary::Column]) =
         ("connections", NETWORK);
 
@@ -113,7 +113,7 @@ impl crate::performance::TimedEvent for NetworkEvent {
 
 /// `INSERT INTO <table> (<every network column>) VALUES (?1, ...)`.
 pub fn insert_sql(table: &str) -> String {
-    crate::performance::insert_columns_sql(table, NETWORK)
+    crate::timed::insert_columns_sql(table, NETWORK)
 }
 
 #[cfg(test)]

@@ -595,13 +595,12 @@ impl Store {
                 }
                 Op::Performance(events, retention) => {
                     done.performance += events.len() as u64;
-                    done.pruned +=
-                        crate::performance::write_timed_in(&tx, events, *retention)? as u64;
+                    done.pruned += crate::timed::write_timed_in(&tx, events, *retention)? as u64;
                 }
                 Op::Connections(events, retention) => {
                     done.connections += events.len() as u64;
                     done.connections_pruned +=
-                        crate::performance::write_timed_in(&tx, events, *retention)? as u64;
+                        crate::timed::write_timed_in(&tx, events, *retention)? as u64;
                 }
                 Op::Gap(gap) => {
                     let content =
