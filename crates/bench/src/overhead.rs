@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use collector_core::procfs;
+use procmond::source::TierChoice;
 use tokio::time::Instant;
 
 use crate::{median, report, report_f};
@@ -45,10 +46,10 @@ pub(crate) struct Options {
     /// Extra sleeping processes during the idle measurement.
     #[arg(long, default_value_t = 3_000, value_parser = crate::positive::<usize>)]
     pub(crate) idle_procs: usize,
-    /// procmond's tier (`auto`: the agent's default; `ebpf`, `connector`:
-    /// forced, the agent's other collectors as by default).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "ebpf", "connector"])]
-    pub(crate) tier: String,
+    /// procmond's tier (`auto`: the agent's default; another: forced, the
+    /// agent's other collectors as by default).
+    #[arg(long, value_enum, default_value_t = TierChoice::Auto)]
+    pub(crate) tier: TierChoice,
 }
 
 /// A child killed and reaped however the bench ends.
@@ -280,10 +281,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
 
 /// The agent's flags for `tier`: none for `auto`, else a config (in `dirs`)
 /// with its three built-in collectors, procmond's tier forced.
-fn tier_flags(tier: &str, dirs: &Path) -> anyhow::Result<Vec<String>> {
-    if tier == "auto" {
+fn tier_flags(tier: TierChoice, dirs: &Path) -> anyhow::Result<Vec<String>> {
+    if tier == TierChoice::Auto {
         return Ok(Vec::new());
     }
+    let tier = tier.as_str();
     let config = dirs.join("agent.toml");
     std::fs::write(
         &config,
@@ -297,7 +299,7 @@ fn tier_flags(tier: &str, dirs: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result<()> {
-    let flags = tier_flags(&o.tier, dirs)?;
+    let flags = tier_flags(o.tier, dirs)?;
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     storm(o.spawns / 10, o.in_flight)?; // warm-up
     let (mut without, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
@@ -361,6 +363,6 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
     );
     report("overhead.idle_rss_bytes", rss, "bytes");
     report("overhead.idle_procs", o.idle_procs, "processes");
-    report("overhead.tier", &o.tier, "");
+    report("overhead.tier", o.tier.as_str(), "");
     Ok(())
 }

@@ -861,10 +861,7 @@ fn procmond_launch(
     }
     let mut args = procmond_args("collect", socket, interval);
     if let Some(tier) = entry.tier {
-        let name = clap::ValueEnum::to_possible_value(&tier)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default();
-        args.extend(["--tier".into(), name.into()]);
+        args.extend(["--tier".into(), tier.as_str().into()]);
     }
     Ok(Launch::Builtin { args })
 }

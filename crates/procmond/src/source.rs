@@ -115,6 +115,18 @@ pub enum TierChoice {
     Polling,
 }
 
+impl TierChoice {
+    /// Its name, as the config, `--tier` and the logs spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Ebpf => "ebpf",
+            Self::Connector => "connector",
+            Self::Polling => "polling",
+        }
+    }
+}
+
 /// Everything procmond's collector needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
