@@ -18,19 +18,6 @@ pub(crate) struct Options {
     pub(crate) secs: u64,
 }
 
-/// utime + stime (ticks) and `VmRSS` (bytes) of `pid`.
-fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat"))?;
-    let stat = procmond::procfs::parse_stat(&stat)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    Ok((stat.utime + stat.stime, rss_kib * 1024))
-}
-
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let bin = crate::overhead::sibling("procmond")?;
     let dir = std::env::temp_dir().join(format!("daemoneye-idle-{}", std::process::id()));
@@ -50,11 +37,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let (t1, t0, rss, elapsed) = rt.block_on(async {
         // Start-up (first snapshot, hashing every running binary once) is not idle.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (t0, _) = usage(pid)?;
+        let (t0, _) = crate::overhead::tree_usage(pid)?;
         let start = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(o.secs)).await;
         let elapsed = start.elapsed().as_secs_f64();
-        let (t1, rss) = usage(pid)?;
+        let (t1, rss) = crate::overhead::tree_usage(pid)?;
         anyhow::Ok((t1, t0, rss, elapsed))
     })?;
     nix::sys::signal::kill(
@@ -63,8 +50,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     )?;
     let status = child.0.wait()?;
     let _ = std::fs::remove_dir_all(&dir);
-    let tps = 100.0; // USER_HZ
-    let cpu = (t1 - t0) as f64 / tps / elapsed * 100.0;
+    let cpu = (t1 - t0) as f64 * crate::overhead::tick_us() / 1e6 / elapsed * 100.0;
     report(
         "idle.cpu_percent",
         format!("{cpu:.3}"),

@@ -93,7 +93,7 @@ pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 
 /// CPU ticks (utime + stime) and resident bytes of `root` and every
 /// process under it, read from `/proc` now.
-fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
     let proc = Path::new("/proc");
     let mut parent = HashMap::new();
     let mut usage = HashMap::new();
@@ -262,7 +262,7 @@ fn pause(d: Duration) {
 }
 
 /// `USER_HZ`, the unit of the times in `/proc/<pid>/stat`, in microseconds.
-fn tick_us() -> f64 {
+pub(crate) fn tick_us() -> f64 {
     1e6 / procfs::KernelUnits::current().ticks_per_second as f64
 }
 
