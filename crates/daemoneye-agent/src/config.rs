@@ -1031,6 +1031,12 @@ mod tests {
         Settings::resolve(file, Some(Path::new("/etc/agent.toml")), &flags(argv))
     }
 
+    /// `toml` resolves to an error naming `key`.
+    fn refused(toml: &str, key: &str) {
+        let e = resolve(toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+
     #[test]
     fn without_file_or_flags_the_defaults_are_todays_agent() {
         let s = Settings::resolve(
@@ -1174,8 +1180,7 @@ mod tests {
                 "collector[0].tier",
             ),
         ] {
-            let e = resolve(bad, &[]).unwrap_err().to_string();
-            assert!(e.contains(key), "{e}");
+            refused(bad, key);
         }
     }
 
@@ -1207,8 +1212,7 @@ mod tests {
                 "collector[0].sustained_cpu_percent",
             ),
         ] {
-            let e = resolve(bad, &[]).unwrap_err().to_string();
-            assert!(e.contains(key), "{e}");
+            refused(bad, key);
         }
     }
 
