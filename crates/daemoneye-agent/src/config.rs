@@ -847,18 +847,7 @@ fn procmond_launch(
     interval: Duration,
     invalid: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<Launch, ConfigError> {
-    if entry.args.is_some() {
-        return Err(invalid("args", "`args` goes with `program`".to_owned()));
-    }
-    if domain != CollectorDomain::Process {
-        return Err(invalid(
-            "domain",
-            format!(
-                "the built-in procmond serves processes, not {}",
-                domain.name()
-            ),
-        ));
-    }
+    check_builtin(entry, "procmond", domain, CollectorDomain::Process, invalid)?;
     let mut args = procmond_args("collect", socket, interval);
     if let Some(tier) = entry.tier {
         args.extend(["--tier".into(), tier.as_str().into()]);
