@@ -217,8 +217,10 @@ fn sinks_config(
     let mut config = SinksConfig::default();
     config.alerts_jsonl.clone_from(&settings.alerts_jsonl);
     config.syslog.clone_from(&settings.syslog);
+    config.formats = settings.formats;
     if let Some(url) = settings.webhook.clone() {
         let mut webhook = WebhookConfig::new(url);
+        webhook.format = settings.webhook_format;
         webhook.headers.clone_from(&settings.webhook_headers);
         if let Some(path) = &settings.webhook_headers_file {
             webhook.headers.extend(WebhookHeader::from_file(path)?);

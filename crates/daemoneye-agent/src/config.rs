@@ -24,6 +24,8 @@
 //! | `sinks.webhook` | `--webhook` | `DAEMONEYE_WEBHOOK` |
 //! | `sinks.webhook_headers` | `--webhook-header` (repeatable) | |
 //! | `sinks.webhook_headers_file` | `--webhook-headers-file` | `DAEMONEYE_WEBHOOK_HEADERS_FILE` |
+//! | `sinks.format` (every sink's alerts: `native`, `ecs`, `ocsf`) | `--alert-format` | `DAEMONEYE_ALERT_FORMAT` |
+//! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook}` (one sink's, over `sinks.format`) | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -72,7 +74,7 @@ use collector_core::SourceCaps;
 use daemoneye_lib::proto::{Domain, EventKind};
 use serde::Deserialize;
 
-use crate::sink::SyslogTarget;
+use crate::sink::{AlertFormat, SinkFormats, SyslogTarget};
 use crate::sink::{WebhookHeader, WebhookUrl};
 
 /// Seconds between a started procmond's reconciliation snapshots, unless
@@ -171,6 +173,11 @@ pub struct RunArgs {
     /// socket path such as /dev/log, or udp://IP:PORT.
     #[arg(long, value_name = "PATH|udp://IP:PORT", env = "DAEMONEYE_SYSLOG")]
     pub syslog: Option<SyslogTarget>,
+    /// Write every sink's alerts in this format: native (the agent's own
+    /// record), ecs (Elastic Common Schema) or ocsf (OCSF Process Activity).
+    /// Over the file's `sinks.format` and `sinks.formats`.
+    #[arg(long, value_name = "native|ecs|ocsf", env = "DAEMONEYE_ALERT_FORMAT")]
+    pub alert_format: Option<AlertFormat>,
     /// Also POST alerts as JSON to this http(s) URL (queued, retried with
     /// backoff; what cannot be delivered is counted).
     #[arg(
@@ -292,6 +299,24 @@ pub struct SinksConfig {
     pub webhook_headers: Vec<String>,
     /// A file of webhook headers only its owner can read.
     pub webhook_headers_file: Option<PathBuf>,
+    /// The format of every sink's alerts (default `native`).
+    pub format: Option<AlertFormat>,
+    /// One sink's format, over `format`.
+    pub formats: SinkFormatsConfig,
+}
+
+/// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkFormatsConfig {
+    /// Stdout's.
+    pub stdout: Option<AlertFormat>,
+    /// The alerts file's.
+    pub alerts_jsonl: Option<AlertFormat>,
+    /// Syslog's message bodies.
+    pub syslog: Option<AlertFormat>,
+    /// The webhook's bodies.
+    pub webhook: Option<AlertFormat>,
 }
 
 impl std::fmt::Debug for SinksConfig {
@@ -307,6 +332,8 @@ impl std::fmt::Debug for SinksConfig {
             .field("webhook", &self.webhook)
             .field("webhook_headers", &names)
             .field("webhook_headers_file", &self.webhook_headers_file)
+            .field("format", &self.format)
+            .field("formats", &self.formats)
             .finish()
     }
 }
@@ -522,6 +549,10 @@ pub struct SinkSettings {
     pub webhook_headers: Vec<WebhookHeader>,
     /// More headers, read from this private file when the sinks open.
     pub webhook_headers_file: Option<PathBuf>,
+    /// The format of the line sinks' alerts (stdout, file, syslog).
+    pub formats: SinkFormats,
+    /// The format of the webhook's bodies.
+    pub webhook_format: AlertFormat,
 }
 
 /// One supervised collector, validated.
@@ -792,12 +823,25 @@ fn resolve_sinks(
             "webhook headers are given but no webhook".to_owned(),
         ));
     }
+    // A flag for every sink, over one sink's key, over every sink's key.
+    let format = |one: Option<AlertFormat>| {
+        args.alert_format
+            .or(one)
+            .or(file.format)
+            .unwrap_or_default()
+    };
+    let mut formats = SinkFormats::default();
+    formats.stdout = format(file.formats.stdout);
+    formats.alerts_jsonl = format(file.formats.alerts_jsonl);
+    formats.syslog = format(file.formats.syslog);
     Ok(SinkSettings {
         alerts_jsonl: args.alerts_jsonl.clone().or(file.alerts_jsonl),
         syslog,
         webhook,
         webhook_headers,
         webhook_headers_file,
+        formats,
+        webhook_format: format(file.formats.webhook),
     })
 }
 
@@ -1202,6 +1246,39 @@ mod tests {
             ),
         ] {
             refused(bad, key);
+        }
+    }
+
+    #[test]
+    fn alert_formats_resolve_per_sink_over_every_sink_and_a_flag_over_both() {
+        let s = resolve("", &[]).unwrap();
+        assert_eq!(s.sinks.formats, SinkFormats::default());
+        assert_eq!(s.sinks.webhook_format, AlertFormat::Native);
+        let toml =
+            "[sinks]\nformat = \"ecs\"\n[sinks.formats]\nstdout = \"native\"\nwebhook = \"ocsf\"\n";
+        let s = resolve(toml, &[]).unwrap();
+        let f = s.sinks.formats;
+        assert_eq!(
+            (f.stdout, f.alerts_jsonl, f.syslog, s.sinks.webhook_format),
+            (
+                AlertFormat::Native,
+                AlertFormat::Ecs,
+                AlertFormat::Ecs,
+                AlertFormat::Ocsf
+            )
+        );
+        let s = resolve(toml, &["--alert-format", "ocsf"]).unwrap();
+        let f = s.sinks.formats;
+        assert_eq!(
+            (f.stdout, f.alerts_jsonl),
+            (AlertFormat::Ocsf, AlertFormat::Ocsf)
+        );
+        for bad in [
+            "[sinks]\nformat = \"cef\"",
+            "[sinks.formats]\nnats = \"ecs\"",
+        ] {
+            let e = AgentConfig::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains("cef") || e.contains("nats"), "{e}");
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::{AlertSink, Checkpoint, Delivery};
+use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host};
 use crate::alert::Alert;
 
 /// Writes each alert as one JSON line to `out` (stdout, an appended file),
@@ -14,14 +14,28 @@ use crate::alert::Alert;
 pub struct LineSink {
     name: &'static str,
     out: Box<dyn Write + Send>,
+    format: AlertFormat,
+    host: Host,
 }
 
-collector_core::debug_fields!(LineSink { name });
+collector_core::debug_fields!(LineSink { name, format });
 
 impl LineSink {
-    /// A sink called `name` writing to `out`.
+    /// A sink called `name` writing to `out`, alerts in the native format.
     pub fn new(name: &'static str, out: Box<dyn Write + Send>) -> Self {
-        Self { name, out }
+        Self {
+            name,
+            out,
+            format: AlertFormat::Native,
+            host: Host::local(),
+        }
+    }
+
+    /// The same sink writing alerts in `format` (checkpoints stay native).
+    #[must_use]
+    pub fn with_format(mut self, format: AlertFormat) -> Self {
+        self.format = format;
+        self
     }
 }
 
@@ -31,7 +45,7 @@ impl AlertSink for LineSink {
     }
 
     async fn deliver(&mut self, alert: &Alert) -> Delivery {
-        self.write_line(serde_json::to_string(alert), "alert")
+        self.write_line(self.format.encode(alert, &self.host), "alert")
     }
 
     async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {

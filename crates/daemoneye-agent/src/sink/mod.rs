@@ -18,6 +18,8 @@
 //! - The sinks, each a small implementation: [`LineSink`] (JSON lines on
 //!   stdout or a file), [`SyslogSink`] (RFC 5424), [`WebhookSink`] (HTTP(S)
 //!   `POST`, hyper and rustls).
+//! - [`AlertFormat`]: what a sink writes an alert as: the native record
+//!   (the default), ECS or OCSF Process Activity, chosen per sink.
 //! - [`SinkSet`]: the agent's fan-out, built from a plain [`SinksConfig`]:
 //!   [`deliver`](SinkSet::deliver) to every sink,
 //!   [`close`](SinkSet::close) by a deadline, and the counters health reads.
@@ -59,6 +61,7 @@ use std::time::Duration;
 use crate::alert::Alert;
 pub use crate::ledger::Checkpoint;
 
+mod format;
 mod lines;
 mod set;
 mod stats;
@@ -66,8 +69,9 @@ mod syslog;
 pub mod webhook;
 mod worker;
 
+pub use format::{AlertFormat, Host, ECS_VERSION, OCSF_VERSION};
 pub use lines::LineSink;
-pub use set::{SinkError, SinkSet, SinksConfig, DEFAULT_LINE_QUEUE};
+pub use set::{SinkError, SinkFormats, SinkSet, SinksConfig, DEFAULT_LINE_QUEUE};
 #[cfg(test)]
 pub(crate) use stats::Outcome;
 pub use stats::{SinkStats, SinkStatsSnapshot};

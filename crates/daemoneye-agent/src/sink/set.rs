@@ -7,8 +7,8 @@ use collector_core::WhenFull;
 use tokio::time::Instant;
 
 use super::{
-    Checkpoint, LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget,
-    WebhookConfig, WebhookError, WebhookSink, WorkerConfig,
+    AlertFormat, Checkpoint, LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink,
+    SyslogTarget, WebhookConfig, WebhookError, WebhookSink, WorkerConfig,
 };
 use crate::alert::Alert;
 
@@ -33,6 +33,21 @@ pub struct SinksConfig {
     /// What a full queue does, for every sink (default: drop and count, so
     /// that a stalled sink never holds up detection).
     pub when_full: WhenFull,
+    /// The format each sink writes alerts in (the webhook's is in its
+    /// [`WebhookConfig::format`]).
+    pub formats: SinkFormats,
+}
+
+/// The format of each line-oriented sink's alerts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkFormats {
+    /// Stdout.
+    pub stdout: AlertFormat,
+    /// The alerts file.
+    pub alerts_jsonl: AlertFormat,
+    /// Syslog's message bodies.
+    pub syslog: AlertFormat,
 }
 
 impl Default for SinksConfig {
@@ -45,6 +60,7 @@ impl Default for SinksConfig {
             webhook: None,
             line_queue: DEFAULT_LINE_QUEUE,
             when_full: WhenFull::DropNewest,
+            formats: SinkFormats::default(),
         }
     }
 }
@@ -110,7 +126,8 @@ impl SinkSet {
         let started = |sink: &'static str| move |source| SinkError::Start { sink, source };
         let mut workers = Vec::new();
         if config.stdout {
-            let sink = LineSink::new("stdout", Box::new(std::io::stdout()));
+            let sink = LineSink::new("stdout", Box::new(std::io::stdout()))
+                .with_format(config.formats.stdout);
             workers.push(SinkWorker::start(sink, lines).map_err(started("stdout"))?);
         }
         if let Some(path) = config.alerts_jsonl {
@@ -119,12 +136,14 @@ impl SinkSet {
                 .append(true)
                 .open(&path)
                 .map_err(|source| SinkError::File { path, source })?;
-            let sink = LineSink::new("file", Box::new(file));
+            let sink =
+                LineSink::new("file", Box::new(file)).with_format(config.formats.alerts_jsonl);
             workers.push(SinkWorker::start(sink, lines).map_err(started("file"))?);
         }
         if let Some(target) = config.syslog {
             let sink = SyslogSink::open(target.clone())
-                .map_err(|source| SinkError::Syslog { target, source })?;
+                .map_err(|source| SinkError::Syslog { target, source })?
+                .with_format(config.formats.syslog);
             workers.push(SinkWorker::start(sink, lines).map_err(started("syslog"))?);
         }
         if let Some(webhook) = config.webhook {
@@ -250,6 +269,50 @@ mod tests {
             last.contains(" checkpoint [checkpoint@32473 seq=\"4\""),
             "{last}"
         );
+    }
+
+    #[tokio::test]
+    async fn each_sink_writes_its_own_format_and_checkpoints_stay_native() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let formats = SinkFormats {
+            alerts_jsonl: AlertFormat::Ecs,
+            syslog: AlertFormat::Ocsf,
+            ..SinkFormats::default()
+        };
+        let config = SinksConfig {
+            stdout: false,
+            alerts_jsonl: Some(path.clone()),
+            syslog: Some(
+                format!("udp://{}", server.local_addr().unwrap())
+                    .parse()
+                    .unwrap(),
+            ),
+            formats,
+            ..SinksConfig::default()
+        };
+        let set = SinkSet::start(config).unwrap();
+        set.deliver(&test_alert(7)).await;
+        set.deliver_checkpoint(&crate::sink::test_checkpoint(8))
+            .await;
+        set.close(Instant::now() + Duration::from_secs(10)).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let ecs: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(ecs["event"]["kind"], "alert", "{text}");
+        assert_eq!(ecs["process"]["pid"], 7, "{text}");
+        assert!(lines[1].starts_with("{\"kind\":\"checkpoint\","), "{text}");
+        let mut buf = [0u8; 8192];
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = server.recv(&mut buf).unwrap();
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        let body = &msg[msg.find("] ").unwrap() + 2..];
+        let ocsf: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(ocsf["class_uid"], 1007, "{msg}");
+        assert_eq!(ocsf["process"]["pid"], 7, "{msg}");
     }
 
     #[test]

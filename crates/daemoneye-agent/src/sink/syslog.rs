@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{AlertSink, Checkpoint, Delivery};
+use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host};
 use crate::alert::Alert;
 use crate::rules::Severity;
 
@@ -44,10 +44,13 @@ enum Socket {
 pub struct SyslogSink {
     socket: Socket,
     target: SyslogTarget,
-    hostname: String,
+    /// The host, named in every message's header.
+    host: Host,
+    /// The message body's format.
+    format: AlertFormat,
 }
 
-collector_core::debug_fields!(SyslogSink { target });
+collector_core::debug_fields!(SyslogSink { target, format });
 
 /// RFC 5424 severity for an alert severity.
 const fn syslog_severity(s: Severity) -> u8 {
@@ -73,13 +76,19 @@ fn sd_escape(v: &str) -> String {
         .collect()
 }
 
-/// Formats one alert as an RFC 5424 message.
+/// Formats one alert as an RFC 5424 message, the native JSON record as
+/// its message.
 pub fn format_rfc5424(alert: &Alert, hostname: &str, pid: u32) -> String {
+    let body = serde_json::to_string(alert).unwrap_or_default();
+    rfc5424(alert, hostname, pid, &body)
+}
+
+/// One alert as an RFC 5424 message with `body` as its message.
+fn rfc5424(alert: &Alert, hostname: &str, pid: u32, body: &str) -> String {
     let pri = FACILITY * 8 + syslog_severity(alert.severity);
     let nanos = u64::try_from(alert.raised_at).unwrap_or(0);
     let ts = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos));
     let key = alert.process.process_key.as_deref().unwrap_or("-");
-    let body = serde_json::to_string(alert).unwrap_or_default();
     format!(
         "<{pri}>1 {ts} {hostname} daemoneye-agent {pid} {msgid} [alert@32473 rule=\"{rule}\" severity=\"{sev}\" pid=\"{ppid}\" process_key=\"{key}\"] {body}",
         msgid = alert.rule_id.chars().take(32).collect::<String>(),
@@ -137,13 +146,20 @@ impl SyslogSink {
                 Socket::Udp(s)
             }
         };
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "-".to_owned(), |h| h.trim().to_owned());
         Ok(Self {
             socket,
             target,
-            hostname,
+            host: Host::local(),
+            format: AlertFormat::Native,
         })
+    }
+
+    /// The same sink with message bodies in `format` (checkpoints stay
+    /// native).
+    #[must_use]
+    pub fn with_format(mut self, format: AlertFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Sends one alert, never waiting.
@@ -151,7 +167,16 @@ impl SyslogSink {
     /// # Errors
     /// The send error.
     pub fn send(&self, alert: &Alert) -> std::io::Result<()> {
-        self.send_message(&format_rfc5424(alert, &self.hostname, std::process::id()))
+        let body = self
+            .format
+            .encode(alert, &self.host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.send_message(&rfc5424(
+            alert,
+            &self.host.hostname,
+            std::process::id(),
+            &body,
+        ))
     }
 
     fn send_message(&self, msg: &str) -> std::io::Result<()> {
@@ -176,7 +201,7 @@ impl AlertSink for SyslogSink {
     }
 
     async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
-        let msg = format_checkpoint_rfc5424(checkpoint, &self.hostname, std::process::id());
+        let msg = format_checkpoint_rfc5424(checkpoint, &self.host.hostname, std::process::id());
         match self.send_message(&msg) {
             Ok(()) => Delivery::Delivered,
             Err(e) => Delivery::Failed(format!("cannot send to {:?}: {e}", self.target)),

@@ -56,7 +56,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use tracing::warn;
 
-use super::{AlertSink, Checkpoint, Delivery, SinkWorker, WorkerConfig};
+use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host, SinkWorker, WorkerConfig};
 use crate::alert::Alert;
 
 /// Alerts the queue holds by default.
@@ -374,6 +374,8 @@ pub struct WebhookConfig {
     /// The longest wait between two attempts, `Retry-After` included
     /// (default 30 s).
     pub max_backoff: Duration,
+    /// The body's format (default: the native record).
+    pub format: AlertFormat,
 }
 
 impl WebhookConfig {
@@ -387,6 +389,7 @@ impl WebhookConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            format: AlertFormat::Native,
         }
     }
 
@@ -424,9 +427,11 @@ pub struct WebhookSink {
     url: WebhookUrl,
     headers: HeaderMap,
     timeout: Duration,
+    format: AlertFormat,
+    host: Host,
 }
 
-collector_core::debug_fields!(WebhookSink { url });
+collector_core::debug_fields!(WebhookSink { url, format });
 
 impl WebhookSink {
     /// Validates `config`, reads the system's root certificates for an
@@ -500,6 +505,8 @@ impl WebhookSink {
             url: config.url.clone(),
             headers,
             timeout: config.timeout,
+            format: config.format,
+            host: Host::local(),
         })
     }
 
@@ -546,7 +553,7 @@ impl AlertSink for WebhookSink {
     }
 
     async fn deliver(&mut self, alert: &Alert) -> Delivery {
-        match serde_json::to_vec(alert) {
+        match self.format.encode(alert, &self.host) {
             Ok(body) => self.post(Bytes::from(body)).await,
             Err(e) => Delivery::Failed(format!("cannot encode the alert: {e}")),
         }

@@ -51,7 +51,13 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    fn start(data_dir: &Path, rules_dir: &Path, syslog: &str, webhook: &str) -> Self {
+    fn start(
+        data_dir: &Path,
+        rules_dir: &Path,
+        config: &Path,
+        syslog: &str,
+        webhook: &str,
+    ) -> Self {
         let mut child = agent_run(data_dir)
             .arg("--rules-dir")
             .arg(rules_dir)
@@ -59,6 +65,8 @@ impl Agent {
             .args(["--webhook", webhook, "--webhook-header", "X-Team: sec"])
             .arg("--webhook-headers-file")
             .arg(rules_dir.join("webhook-headers"))
+            .arg("--config")
+            .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -209,9 +217,14 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // The secret header from a private file, not the command line.
     let headers = rules.path().join("webhook-headers");
     crate::write_with_mode(&headers, "X-Token: e2e\n", 0o600);
+    // The webhook's bodies in ECS; every other sink native.
+    let conf = tempfile::tempdir().unwrap();
+    let config = conf.path().join("agent.toml");
+    std::fs::write(&config, "[sinks.formats]\nwebhook = \"ecs\"\n").unwrap();
     let agent = Agent::start(
         data.path(),
         rules.path(),
+        &config,
         &format!("udp://{}", syslog.local_addr().unwrap()),
         &webhook_url,
     );
@@ -241,12 +254,16 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let probe = ready.expect("no alert for a program run from /dev/shm");
     assert_eq!(probe["severity"], "high");
     assert!(probe["process"]["process_key"].is_string());
-    // The same alert reached the webhook, with its header.
+    // The same alert reached the webhook, with its header, as ECS.
     let posted = loop {
         let (head, body) = webhook
             .recv_timeout(Duration::from_secs(10))
             .expect("no webhook POST");
-        if body["dedup_key"] == probe["dedup_key"] {
+        if body["rule"]["id"] == "exec-from-temp-dir"
+            && body["process"]["entity_id"] == probe["process"]["process_key"]
+        {
+            assert_eq!(body["event"]["kind"], "alert", "{body}");
+            assert_eq!(body["process"]["pid"], probe["process"]["pid"], "{body}");
             break head;
         }
     };
