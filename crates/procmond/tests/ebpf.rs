@@ -803,6 +803,64 @@ async fn execs_from_a_memfd_and_from_a_deleted_file_are_seen() {
     drop(handle);
 }
 
+/// Not a test of its own: run by [`an_fexecve_with_an_empty_path_is_seen_with_its_executable`]
+/// as a child (this test binary, this one test), it replaces itself with
+/// `/bin/true` through `fexecve`, that is `execveat(fd, "", AT_EMPTY_PATH)`.
+/// Run by the harness, without the variable, it does nothing.
+#[test]
+fn fexecve_child() {
+    use std::os::fd::AsFd;
+    let Ok(mark) = std::env::var("PROCMOND_FEXECVE_MARK") else {
+        return;
+    };
+    let program = std::fs::File::open("/bin/true").unwrap();
+    let argv = [c"true".to_owned(), std::ffi::CString::new(mark).unwrap()];
+    let env: [std::ffi::CString; 0] = [];
+    let err = nix::unistd::fexecve(program.as_fd(), &argv, &env).unwrap_err();
+    panic!("fexecve failed: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_fexecve_with_an_empty_path_is_seen_with_its_executable() {
+    if !privileged("fexecve") {
+        return;
+    }
+    let (handle, mut rx) = start(&EbpfConfig::default(), 1024);
+    let mark = marker("fexecve");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fexecve_child", "--test-threads", "1"])
+        .env("PROCMOND_FEXECVE_MARK", &mark)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the child's fexecve of /bin/true: {status}"
+    );
+    let exec = rx
+        .find("exec through fexecve", |r| match r {
+            Record::Exec(e) if e.argv.get(1) == Some(&mark) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    // The kernel names an empty path `/dev/fd/N`; the executable is the
+    // file itself, and the event's executable is that file, not `/dev/fd/N`.
+    assert!(exec.filename.starts_with("/dev/fd/"), "{exec:?}");
+    assert_eq!(
+        std::path::Path::new(&exec.exe),
+        real("/bin/true"),
+        "{exec:?}"
+    );
+    assert!(!exec.exe_unlinked && !exec.exe_truncated && !exec.argv_truncated);
+    let event = exec.to_process_event(&ProcReader::new(ReadOptions::default()).unwrap());
+    assert_eq!(
+        event.executable_path.as_deref().map(std::path::Path::new),
+        Some(real("/bin/true").as_path())
+    );
+    assert_eq!(event.command_line, ["true", mark.as_str()]);
+    drop(handle);
+}
+
 /// The binary as root: it loads the programs, drops to the three kept
 /// capabilities, and still reports a short-lived exec with its argv from the
 /// eBPF tier.
