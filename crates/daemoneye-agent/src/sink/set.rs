@@ -216,9 +216,12 @@ mod tests {
     use super::*;
     use crate::sink::test_alert;
 
-    #[tokio::test]
-    async fn every_sink_gets_every_alert_and_reports_alike() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The file and syslog sinks (in `formats`), to a file in `dir` and a
+    /// UDP socket of the test's: the config, the file, the socket.
+    fn file_and_syslog(
+        dir: &tempfile::TempDir,
+        formats: SinkFormats,
+    ) -> (SinksConfig, PathBuf, std::net::UdpSocket) {
         let path = dir.path().join("alerts.jsonl");
         let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let config = SinksConfig {
@@ -229,8 +232,16 @@ mod tests {
                     .parse()
                     .unwrap(),
             ),
+            formats,
             ..SinksConfig::default()
         };
+        (config, path, server)
+    }
+
+    #[tokio::test]
+    async fn every_sink_gets_every_alert_and_reports_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, path, server) = file_and_syslog(&dir, SinkFormats::default());
         let set = SinkSet::start(config).unwrap();
         let names: Vec<&str> = set.stats().iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["file", "syslog"]);
@@ -274,24 +285,12 @@ mod tests {
     #[tokio::test]
     async fn each_sink_writes_its_own_format_and_checkpoints_stay_native() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alerts.jsonl");
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let formats = SinkFormats {
             alerts_jsonl: AlertFormat::Ecs,
             syslog: AlertFormat::Ocsf,
             ..SinkFormats::default()
         };
-        let config = SinksConfig {
-            stdout: false,
-            alerts_jsonl: Some(path.clone()),
-            syslog: Some(
-                format!("udp://{}", server.local_addr().unwrap())
-                    .parse()
-                    .unwrap(),
-            ),
-            formats,
-            ..SinksConfig::default()
-        };
+        let (config, path, server) = file_and_syslog(&dir, formats);
         let set = SinkSet::start(config).unwrap();
         set.deliver(&test_alert(7)).await;
         set.deliver_checkpoint(&crate::sink::test_checkpoint(8))
