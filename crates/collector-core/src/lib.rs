@@ -101,6 +101,8 @@
 #[macro_use]
 mod common;
 
+pub mod anomaly;
+
 pub mod bus;
 #[cfg(feature = "triggers")]
 pub mod chain;
@@ -158,9 +160,9 @@ pub use subscription::{EventBatch, Subscription};
 pub use telemetry::{CollectorStats, ProcessResources, SourceStats, SubscriberStats};
 #[cfg(feature = "triggers")]
 pub use trigger::{
-    ConditionType, KnownGoodHash, ParentChildRule, ResourceThresholds, SqlCondition, SqlError,
-    TriggerCapabilities, TriggerCondition, TriggerConfig, TriggerError, TriggerManager,
-    TriggerResourceLimits, TriggerStatistics,
+    ConditionType, KnownGoodHash, ParentChildRule, SqlCondition, SqlError, TriggerCapabilities,
+    TriggerCondition, TriggerConfig, TriggerError, TriggerManager, TriggerResourceLimits,
+    TriggerStatistics,
 };
 
 /// The crate README's examples (the reference README's "Configuration",

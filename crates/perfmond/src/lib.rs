@@ -14,7 +14,9 @@
 //! - [`sampler`]: [`Sampler`], host samples and the [`sampler::ProcessTable`]
 //!   of per-process CPU shares and RSS, kept across samples.
 //! - [`anomaly`]: sustained CPU, memory growth, fork rate and pressure
-//!   stalls, with [`AnomalyConfig`] thresholds.
+//!   stalls, with [`AnomalyConfig`] thresholds: collector-core's
+//!   [`anomaly`](collector_core::anomaly), the judge the trigger system's
+//!   `ResourceAnomaly` conditions use too.
 //! - [`metric`]: the one constructor of its events.
 //! - [`source`]: [`PerfmondSource`], all of the above as an `EventSource`.
 //! - [`cli`]: `perfmond run` (the runtime, the IPC socket, `/metrics`) and
@@ -48,7 +50,7 @@
 //! procmond uses too; it borrows the command name, so a scan of known
 //! processes allocates nothing ([`parse`] re-exports it).
 
-pub mod anomaly;
+pub use collector_core::anomaly;
 pub mod cli;
 pub mod metric;
 pub mod parse;

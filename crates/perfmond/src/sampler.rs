@@ -469,7 +469,7 @@ impl Recorder<'_> {
         entry.read_at = now;
         let observed = entry
             .watch
-            .observe(self.config, from, now, share, rss_bytes);
+            .observe(self.config, from, now, share, Some(rss_bytes));
         for fired in observed.into_iter().flatten() {
             self.fired.push(ProcAnomaly {
                 pid,

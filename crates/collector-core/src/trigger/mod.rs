@@ -20,7 +20,15 @@
 //!   web servers and databases spawning shells). The parent's name comes
 //!   from earlier events the
 //!   manager evaluated (a bounded pid → name table).
-//! - `ResourceAnomaly`: CPU or memory above [`TriggerConfig::resource_thresholds`].
+//! - `ResourceAnomaly`: the framework's one judge of resource anomalies,
+//!   [`crate::anomaly`], with the thresholds of
+//!   [`TriggerConfig::resource_thresholds`]: a process event matches when its
+//!   process has held at least the CPU share for the configured time, or its
+//!   RSS grew by more than the threshold within the window, judged across
+//!   the events of that process the manager evaluated (a bounded pid table;
+//!   once per episode). A [`PerformanceEvent`] matches when it carries an
+//!   anomaly (perfmond judged it with the same judge), through
+//!   [`TriggerManager::evaluate_performance`].
 //! - `Custom(sql)`: a SQL `WHERE` expression over the event's fields
 //!   (see [`SqlCondition`]), refused at registration when it does not parse
 //!   or names an unknown column.
@@ -76,10 +84,11 @@ use tracing::{debug, warn};
 
 pub use sql::{SqlCondition, SqlError, COLUMNS as SQL_COLUMNS, MAX_SQL_LEN};
 
+use crate::anomaly::{AnomalyConfig, ProcWatch};
 use crate::bus::{new_correlation_id, BusEvent, CorrelationMetadata, EventBus, LocalEventBus};
 use crate::event::{
-    AnalysisType, CollectionEvent, HashAlgorithm, ProcessEvent, ProcessEventType, TriggerPriority,
-    TriggerRequest,
+    AnalysisType, CollectionEvent, HashAlgorithm, PerformanceEvent, PerformanceSubject,
+    ProcessEvent, ProcessEventType, TriggerPriority, TriggerRequest,
 };
 use crate::metrics::Counter;
 
@@ -219,25 +228,6 @@ pub struct ParentChildRule {
     pub child: String,
 }
 
-/// Thresholds of `ResourceAnomaly`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResourceThresholds {
-    /// CPU above this (percent of one core) is anomalous.
-    pub cpu_usage_percent: f64,
-    /// Resident memory above this (bytes) is anomalous.
-    pub memory_usage_bytes: u64,
-}
-
-impl Default for ResourceThresholds {
-    fn default() -> Self {
-        Self {
-            cpu_usage_percent: 90.0,
-            memory_usage_bytes: 4 << 30,
-        }
-    }
-}
-
 fn default_pairs() -> Vec<ParentChildRule> {
     let parents = [
         "nginx",
@@ -290,8 +280,8 @@ pub struct TriggerConfig {
     pub known_good_hashes: Vec<KnownGoodHash>,
     /// Pairs for `SuspiciousParentChild`.
     pub suspicious_parent_child: Vec<ParentChildRule>,
-    /// Thresholds for `ResourceAnomaly`.
-    pub resource_thresholds: ResourceThresholds,
+    /// Thresholds for `ResourceAnomaly`: the framework's anomaly judge's.
+    pub resource_thresholds: AnomalyConfig,
 }
 
 impl Default for TriggerConfig {
@@ -305,7 +295,7 @@ impl Default for TriggerConfig {
             max_tracked_processes: 65_536,
             known_good_hashes: Vec::new(),
             suspicious_parent_child: default_pairs(),
-            resource_thresholds: ResourceThresholds::default(),
+            resource_thresholds: AnomalyConfig::default(),
         }
     }
 }
@@ -495,6 +485,13 @@ struct InFlight {
     deadline: Instant,
 }
 
+#[derive(Clone, Copy)]
+struct Watched {
+    start_ticks: Option<u64>,
+    seen_at: Duration,
+    watch: ProcWatch,
+}
+
 #[derive(Default)]
 struct State {
     capabilities: HashMap<String, TriggerCapabilities>,
@@ -505,6 +502,9 @@ struct State {
     in_flight: HashMap<String, InFlight>,
     running: HashMap<String, u32>,
     names: HashMap<u32, String>,
+    /// Per process, for `ResourceAnomaly`: its start (to tell a reused pid),
+    /// when its last usage was seen (since the epoch) and its anomaly state.
+    watches: HashMap<u32, Watched>,
     seq: u64,
 }
 
@@ -572,12 +572,13 @@ impl TriggerManager {
         if config.max_tracked_processes == 0 {
             return bad("max_tracked_processes", "must be positive");
         }
-        let t = &config.resource_thresholds;
-        if !t.cpu_usage_percent.is_finite() || t.cpu_usage_percent < 0.0 {
-            return bad(
-                "resource_thresholds.cpu_usage_percent",
-                "must be finite and not negative",
-            );
+        if let Err(crate::ConfigError::Invalid { field, reason }) =
+            config.resource_thresholds.validate()
+        {
+            return Err(TriggerError::Config {
+                field: "resource_thresholds",
+                reason: format!("{field} {reason}"),
+            });
         }
         let mut known: HashMap<(String, HashAlgorithm), Vec<String>> = HashMap::new();
         for k in &config.known_good_hashes {
@@ -795,7 +796,15 @@ impl TriggerManager {
             .collect()
     }
 
-    fn matches(&self, m: &Matcher, e: &ProcessEvent, parent: Option<&str>) -> bool {
+    /// Whether `m` matches `e`; `anomalous` is the resource judge's verdict
+    /// on it ([`Self::judge_resources`]).
+    fn matches(
+        &self,
+        m: &Matcher,
+        e: &ProcessEvent,
+        parent: Option<&str>,
+        anomalous: bool,
+    ) -> bool {
         match m {
             Matcher::Name(p) => p.matches(&e.name),
             Matcher::Path(p) => e.executable_path.as_deref().is_some_and(|x| p.matches(x)),
@@ -825,11 +834,7 @@ impl TriggerManager {
                     .get(&e.name)
                     .is_some_and(|parents| parents.iter().any(|x| x == p))
             }),
-            Matcher::Resource => {
-                let t = &self.config.resource_thresholds;
-                e.cpu_usage.is_some_and(|c| c > t.cpu_usage_percent)
-                    || e.memory_usage.is_some_and(|m| m > t.memory_usage_bytes)
-            }
+            Matcher::Resource => anomalous,
             Matcher::Sql(s) => s.matches_row(sql::Row {
                 event: e,
                 parent_name: parent,
@@ -845,13 +850,68 @@ impl TriggerManager {
             .conditions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let state = self.state();
+        let mut state = self.state();
+        let anomalous = self.judge_resources(&mut state, &conditions, event, false);
         let parent = parent_name(&state, event);
         conditions
             .iter()
-            .filter(|c| self.matches(&c.matcher, event, parent))
+            .filter(|c| self.matches(&c.matcher, event, parent, anomalous))
             .map(|c| c.condition.id.clone())
             .collect()
+    }
+
+    /// The resource judge ([`crate::anomaly`]) on `e`'s CPU share and RSS,
+    /// continuing the episode of its process; the new state is kept when
+    /// `feed` (evaluating), not when only looking. False without a
+    /// `ResourceAnomaly` condition or without usage in the event.
+    fn judge_resources(
+        &self,
+        state: &mut State,
+        conditions: &[Compiled],
+        e: &ProcessEvent,
+        feed: bool,
+    ) -> bool {
+        if (e.cpu_usage.is_none() && e.memory_usage.is_none())
+            || !conditions
+                .iter()
+                .any(|c| matches!(c.matcher, Matcher::Resource))
+        {
+            return false;
+        }
+        let now = e
+            .timestamp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let start_ticks = e.process_key.map(|k| k.start_ticks);
+        let mut w = match state.watches.get(&e.pid) {
+            Some(w) if w.start_ticks == start_ticks => *w,
+            // New, or the pid now names another process.
+            _ => Watched {
+                start_ticks,
+                seen_at: now,
+                watch: ProcWatch::default(),
+            },
+        };
+        let fired = w.watch.observe(
+            &self.config.resource_thresholds,
+            w.seen_at.min(now),
+            now,
+            e.cpu_usage,
+            e.memory_usage,
+        );
+        if feed {
+            w.seen_at = now;
+            if state.watches.len() >= self.config.max_tracked_processes
+                && !state.watches.contains_key(&e.pid)
+            {
+                if let Some(victim) = state.watches.keys().next().copied() {
+                    state.watches.remove(&victim);
+                    self.counters.evicted.inc();
+                }
+            }
+            state.watches.insert(e.pid, w);
+        }
+        fired.iter().any(Option::is_some)
     }
 
     /// Evaluates `event` against every condition; each match becomes a
@@ -868,9 +928,10 @@ impl TriggerManager {
         let mut state = self.state();
         let mut hits: Vec<usize> = Vec::new();
         {
+            let anomalous = self.judge_resources(&mut state, &conditions, event, true);
             let parent = parent_name(&state, event);
             for (i, c) in conditions.iter().enumerate() {
-                if self.matches(&c.matcher, event, parent) {
+                if self.matches(&c.matcher, event, parent, anomalous) {
                     hits.push(i);
                 }
             }
@@ -886,10 +947,48 @@ impl TriggerManager {
         queued
     }
 
+    /// Evaluates a performance event: one that carries an anomaly (judged
+    /// by [`crate::anomaly`], perfmond's judge) about one process matches
+    /// every `ResourceAnomaly` condition, and each match becomes a trigger
+    /// request for that process, as [`evaluate`](Self::evaluate) does for
+    /// process events (deduplicated, rate limited, shed, all counted; the
+    /// request's metadata names the anomaly). A host-wide anomaly (fork
+    /// rate, pressure) names no process to analyse and queues nothing.
+    /// Returns the number of requests queued.
+    pub fn evaluate_performance(&self, event: &PerformanceEvent) -> usize {
+        self.counters.evaluated.inc();
+        let (Some(anomaly), PerformanceSubject::Process { pid, process_key }) =
+            (&event.anomaly, &event.subject)
+        else {
+            return 0;
+        };
+        let now = Instant::now();
+        let conditions = self
+            .conditions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
+        let mut target = ProcessEvent::new(*pid, state.names.get(pid).cloned().unwrap_or_default());
+        target.process_key = *process_key;
+        target.timestamp = event.timestamp;
+        let mut queued = 0;
+        for c in conditions
+            .iter()
+            .filter(|c| matches!(c.matcher, Matcher::Resource))
+        {
+            self.counters.matched.inc();
+            let kind = ("anomaly", anomaly.kind.as_str());
+            queued +=
+                usize::from(self.admit_with(&mut state, &c.condition, &target, now, Some(kind)));
+        }
+        queued
+    }
+
     /// Remembers the name of `event`'s process for its children.
     fn track(&self, state: &mut State, event: &ProcessEvent) {
         if event.event_type == ProcessEventType::Exit {
             state.names.remove(&event.pid);
+            state.watches.remove(&event.pid);
             return;
         }
         if state
@@ -926,6 +1025,18 @@ impl TriggerManager {
         c: &TriggerCondition,
         e: &ProcessEvent,
         now: Instant,
+    ) -> bool {
+        self.admit_with(state, c, e, now, None)
+    }
+
+    /// [`admit`](Self::admit), with one more metadata entry on the request.
+    fn admit_with(
+        &self,
+        state: &mut State,
+        c: &TriggerCondition,
+        e: &ProcessEvent,
+        now: Instant,
+        extra: Option<(&str, &str)>,
     ) -> bool {
         let key = self.dedup_key(&c.id, e);
         let window = self.config.deduplication_window;
@@ -1000,6 +1111,10 @@ impl TriggerManager {
             ]),
             timestamp: SystemTime::now(),
         };
+        let mut request = request;
+        if let Some((k, v)) = extra {
+            request.metadata.insert(k.to_owned(), v.to_owned());
+        }
         let seq = state.seq;
         state
             .queue

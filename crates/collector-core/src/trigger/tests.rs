@@ -294,26 +294,147 @@ fn suspicious_parent_child_uses_names_seen_before_and_metadata() {
     assert!(!hits(&custom, &curl));
 }
 
-#[test]
-fn resource_anomaly_thresholds() {
-    let config = TriggerConfig {
-        resource_thresholds: ResourceThresholds {
-            cpu_usage_percent: 80.0,
-            memory_usage_bytes: 1 << 30,
+/// `e` at `secs` after the epoch with this CPU share and RSS.
+fn usage(e: &ProcessEvent, secs: u64, cpu: Option<f64>, rss: Option<u64>) -> ProcessEvent {
+    let mut e = e.clone();
+    e.timestamp = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    e.cpu_usage = cpu;
+    e.memory_usage = rss;
+    e
+}
+
+fn thresholds() -> TriggerConfig {
+    TriggerConfig {
+        resource_thresholds: AnomalyConfig {
+            sustained_cpu_percent: 80.0,
+            sustained_cpu_for: Duration::from_secs(60),
+            memory_growth_bytes: 1 << 30,
+            memory_growth_window: Duration::from_secs(300),
+            ..AnomalyConfig::default()
         },
+        // Every firing is its own request here.
+        deduplication_window: Duration::ZERO,
         ..TriggerConfig::default()
+    }
+}
+
+#[test]
+fn resource_anomaly_is_the_anomaly_judge_across_a_processs_events() {
+    let m = manager_with(thresholds(), ConditionType::ResourceAnomaly);
+    let miner = proc(1, "miner", "/tmp/miner");
+    assert!(!hits(&m, &miner), "unknown usage is not an anomaly");
+    // One busy reading is not sustained: the judge needs 60 s of it.
+    assert_eq!(m.evaluate(&usage(&miner, 0, Some(95.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&miner, 30, Some(99.0), None)), 0);
+    // A peek does not feed the judge...
+    assert!(hits(&m, &usage(&miner, 60, Some(99.0), None)));
+    assert!(hits(&m, &usage(&miner, 60, Some(99.0), None)), "still");
+    // ...evaluating does: it fires once for the episode.
+    assert_eq!(m.evaluate(&usage(&miner, 60, Some(99.0), None)), 1);
+    assert_eq!(m.evaluate(&usage(&miner, 70, Some(99.0), None)), 0);
+    let request = m.next_trigger().unwrap();
+    assert_eq!(request.target_pid, Some(1));
+    assert_eq!(request.metadata["condition_type"], "resource_anomaly");
+    // A dip ends it; a new one needs its own 60 s (busy since the start of
+    // the interval the reading at 90 covers, 80).
+    assert_eq!(m.evaluate(&usage(&miner, 80, Some(10.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&miner, 90, Some(99.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&miner, 130, Some(99.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&miner, 140, Some(99.0), None)), 1);
+
+    // Memory: growth beyond the threshold within the window.
+    let leak = proc(2, "leak", "/usr/bin/leak");
+    assert_eq!(m.evaluate(&usage(&leak, 0, None, Some(1 << 20))), 0);
+    assert_eq!(m.evaluate(&usage(&leak, 10, None, Some(1 << 29))), 0);
+    assert_eq!(m.evaluate(&usage(&leak, 20, None, Some(2 << 30))), 1);
+    // The same RSS seen only once, far from any low: not growth.
+    let big = proc(3, "big", "/usr/bin/big");
+    assert_eq!(m.evaluate(&usage(&big, 0, Some(1.0), Some(8 << 30))), 0);
+}
+
+#[test]
+fn a_reused_pid_or_an_exit_starts_the_judge_over() {
+    let m = manager_with(thresholds(), ConditionType::ResourceAnomaly);
+    let mut a = proc(7, "a", "/usr/bin/a");
+    a.process_key = Some(crate::ProcessKey::new(
+        crate::BootId::from_bytes([1; 16]),
+        7,
+        100,
+    ));
+    assert_eq!(m.evaluate(&usage(&a, 0, Some(99.0), None)), 0);
+    // Another process under the same pid: its busy time starts now.
+    let mut b = a.clone();
+    b.process_key = Some(crate::ProcessKey::new(
+        crate::BootId::from_bytes([1; 16]),
+        7,
+        200,
+    ));
+    assert_eq!(m.evaluate(&usage(&b, 59, Some(99.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&b, 100, Some(99.0), None)), 0);
+    assert_eq!(m.evaluate(&usage(&b, 119, Some(99.0), None)), 1);
+    // An exit forgets it.
+    let mut exit = b.clone();
+    exit.event_type = ProcessEventType::Exit;
+    m.evaluate(&exit);
+    assert_eq!(m.evaluate(&usage(&b, 120, Some(99.0), None)), 0);
+}
+
+#[test]
+fn a_performance_event_with_an_anomaly_triggers_analysis_of_its_process() {
+    use crate::{
+        PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
+        PerformanceSubject,
     };
-    let m = manager_with(config, ConditionType::ResourceAnomaly);
-    let mut e = proc(1, "miner", "/tmp/miner");
-    assert!(!hits(&m, &e), "unknown usage is not an anomaly");
-    e.cpu_usage = Some(50.0);
-    e.memory_usage = Some(1 << 20);
-    assert!(!hits(&m, &e));
-    e.cpu_usage = Some(95.0);
-    assert!(hits(&m, &e));
-    e.cpu_usage = Some(1.0);
-    e.memory_usage = Some(2 << 30);
-    assert!(hits(&m, &e));
+    let m = manager_with(thresholds(), ConditionType::ResourceAnomaly);
+    m.evaluate(&proc(42, "xmrig", "/tmp/xmrig"));
+    let key = crate::ProcessKey::new(crate::BootId::from_bytes([2; 16]), 42, 5);
+    let sample = PerformanceEvent::new(
+        PerformanceMetric::ProcessCpu,
+        99.0,
+        PerformanceSubject::Process {
+            pid: 42,
+            process_key: Some(key),
+        },
+        SystemTime::now(),
+    );
+    assert_eq!(m.evaluate_performance(&sample), 0, "an ordinary sample");
+    let judged = sample.clone().with_anomaly(PerformanceAnomaly {
+        kind: PerformanceAnomalyKind::SustainedCpu,
+        threshold: 90.0,
+        duration: Duration::from_secs(60),
+    });
+    assert_eq!(m.evaluate_performance(&judged), 1);
+    let request = m.next_trigger().unwrap();
+    assert_eq!(request.target_pid, Some(42));
+    assert_eq!(request.metadata["anomaly"], "sustained_cpu");
+    assert_eq!(request.metadata["process_name"], "xmrig");
+    // A host-wide anomaly names no process to analyse.
+    let forks = PerformanceEvent::new(
+        PerformanceMetric::ForkRate,
+        900.0,
+        PerformanceSubject::Host,
+        SystemTime::now(),
+    )
+    .with_anomaly(PerformanceAnomaly {
+        kind: PerformanceAnomalyKind::ForkRate,
+        threshold: 500.0,
+        duration: Duration::ZERO,
+    });
+    assert_eq!(m.evaluate_performance(&forks), 0);
+    // Without a ResourceAnomaly condition, nothing.
+    let other = manager(ConditionType::MissingExecutable);
+    assert_eq!(other.evaluate_performance(&judged), 0);
+}
+
+#[test]
+fn bad_resource_thresholds_are_refused_by_name() {
+    let mut config = TriggerConfig::default();
+    config.resource_thresholds.sustained_cpu_percent = f64::NAN;
+    let e = TriggerManager::new(config).unwrap_err().to_string();
+    assert!(
+        e.contains("resource_thresholds") && e.contains("sustained_cpu_percent"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,6 +1,13 @@
-//! The anomalies perfmond judges from its samples, with configurable
-//! thresholds ([`AnomalyConfig`]): sustained CPU by one process, memory
-//! growth of one process, a host-wide fork rate, and a pressure stall.
+//! The resource anomalies: the one judge of sustained CPU by one process,
+//! memory growth of one process, a host-wide fork rate and a pressure
+//! stall, with configurable thresholds ([`AnomalyConfig`]).
+//!
+//! perfmond feeds it its samples; the trigger system's
+//! `ConditionType::ResourceAnomaly` conditions (behind the `triggers`
+//! feature) are this same judge, fed with the CPU share and RSS of the
+//! process events they evaluate, and match every performance event that
+//! carries a [`PerformanceAnomaly`]. One set of thresholds, one meaning of
+//! "anomalous", wherever it is judged.
 //!
 //! Each fires once per episode: sustained CPU again only after the process
 //! dropped below the threshold, memory growth again only after a further
@@ -9,21 +16,15 @@
 //! times and values ([`ProcWatch::observe`], [`HostWatch`]), so it is tested
 //! without a clock or a process.
 //!
-//! # Why not the trigger system
-//! collector-core's `TriggerManager` (`ConditionType::ResourceAnomaly`,
-//! behind its `triggers` feature) judges one `ProcessEvent` at a time
-//! against fixed CPU and memory ceilings and turns a match into a
-//! `TriggerRequest` for an *analysis* collector that must have registered
-//! its capabilities. None of the four rules here is a property of one
-//! event: each needs a duration, a window or a rate across samples, and
-//! the fork and pressure rules are not about a process at all. So they are
-//! judged here and emitted as performance events with a
-//! [`PerformanceAnomaly`] attached, which the agent stores and its rules
-//! see like any other event.
+//! None of them is a property of one event: each needs a duration, a
+//! window or a rate across samples, and the fork and pressure rules are not
+//! about a process at all. So the state lives with whoever keeps the
+//! samples (perfmond's process table, the trigger manager's bounded pid
+//! table), and the judge is pure.
 
 use std::time::Duration;
 
-use collector_core::{PerformanceAnomaly, PerformanceAnomalyKind, PsiResource};
+use crate::event::{PerformanceAnomaly, PerformanceAnomalyKind, PsiResource};
 use serde::{Deserialize, Serialize};
 
 /// Thresholds of the anomalies.
@@ -85,9 +86,9 @@ impl AnomalyConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// [`collector_core::ConfigError::Invalid`] naming the bad field.
-    pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
-        let invalid = |field, reason: &str| collector_core::ConfigError::Invalid {
+    /// [`ConfigError::Invalid`](crate::ConfigError::Invalid) naming the bad field.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        let invalid = |field, reason: &str| crate::ConfigError::Invalid {
             field,
             reason: reason.to_owned(),
         };
@@ -138,14 +139,15 @@ pub struct Fired {
 impl ProcWatch {
     /// Feeds one sample: `share` (percent of a core, `None` when unknown)
     /// measured over the interval that began at `since` and ends at `now`,
-    /// and the RSS now. Returns what fired, at most one of each kind.
+    /// and the RSS now (`None` when unknown: the memory judge waits).
+    /// Returns what fired, at most one of each kind.
     pub fn observe(
         &mut self,
         config: &AnomalyConfig,
         since: Duration,
         now: Duration,
         share: Option<f64>,
-        rss: u64,
+        rss: Option<u64>,
     ) -> [Option<Fired>; 2] {
         let mut out = [None, None];
         match share {
@@ -167,6 +169,9 @@ impl ProcWatch {
             }
             None => {}
         }
+        let Some(rss) = rss else {
+            return out;
+        };
         match self.rss_low {
             Some((at, low))
                 if rss >= low && now.saturating_sub(at) <= config.memory_growth_window =>
@@ -245,7 +250,7 @@ mod tests {
     }
 
     fn cpu(w: &mut ProcWatch, since: u64, now: u64, share: f64) -> Option<Fired> {
-        w.observe(&cfg(), s(since), s(now), Some(share), 0)[0]
+        w.observe(&cfg(), s(since), s(now), Some(share), None)[0]
     }
 
     #[test]
@@ -270,7 +275,7 @@ mod tests {
     fn an_unknown_share_neither_starts_nor_ends_an_episode() {
         let mut w = ProcWatch::default();
         assert_eq!(cpu(&mut w, 0, 30, 99.0), None);
-        assert_eq!(w.observe(&cfg(), s(30), s(40), None, 0)[0], None);
+        assert_eq!(w.observe(&cfg(), s(30), s(40), None, None)[0], None);
         assert!(cpu(&mut w, 40, 60, 99.0).is_some());
     }
 
@@ -284,7 +289,7 @@ mod tests {
     }
 
     fn rss(w: &mut ProcWatch, now: u64, bytes: u64) -> Option<f64> {
-        w.observe(&cfg(), s(now), s(now), None, bytes)[1].map(|f| f.value)
+        w.observe(&cfg(), s(now), s(now), None, Some(bytes))[1].map(|f| f.value)
     }
 
     #[test]
@@ -293,11 +298,21 @@ mod tests {
         assert_eq!(rss(&mut w, 0, 1000), None);
         assert_eq!(rss(&mut w, 10, 1090), None);
         let mut again = w;
-        let fired = again.observe(&cfg(), s(20), s(20), None, 1101)[1].unwrap();
+        let fired = again.observe(&cfg(), s(20), s(20), None, Some(1101))[1].unwrap();
         assert_eq!(fired.duration, s(20), "grown since the low at 0");
         assert_eq!(rss(&mut w, 20, 1101), Some(101.0));
         assert_eq!(rss(&mut w, 25, 1150), None, "rearmed at 1101");
         assert_eq!(rss(&mut w, 29, 1202), Some(101.0));
+    }
+
+    #[test]
+    fn an_unknown_rss_neither_sets_a_low_nor_grows_from_one() {
+        let mut w = ProcWatch::default();
+        assert_eq!(w.observe(&cfg(), s(0), s(0), None, None)[1], None);
+        assert_eq!(rss(&mut w, 5, 5000), None, "the first known RSS is the low");
+        assert_eq!(w.observe(&cfg(), s(6), s(6), None, None)[1], None);
+        assert_eq!(rss(&mut w, 7, 5050), None);
+        assert_eq!(rss(&mut w, 8, 5101), Some(101.0));
     }
 
     #[test]
