@@ -21,8 +21,28 @@ pub(crate) struct Options {
     pub(crate) reps: usize,
 }
 
-/// Children killed and reaped on drop, so a failed run leaves nothing behind.
-struct Sleepers(Vec<Child>);
+/// Sleeping children killed and reaped on drop, so a failed run leaves
+/// nothing behind.
+pub(crate) struct Sleepers(Vec<Child>);
+
+impl Sleepers {
+    /// `n` `sleep 600` children, so a host's process table is not trivially
+    /// small.
+    pub(crate) fn spawn(n: usize) -> anyhow::Result<Self> {
+        let mut sleepers = Self(Vec::with_capacity(n));
+        for _ in 0..n {
+            let child = Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("spawning sleepers")?;
+            sleepers.0.push(child);
+        }
+        Ok(sleepers)
+    }
+}
 
 impl Drop for Sleepers {
     fn drop(&mut self) {
@@ -36,17 +56,7 @@ impl Drop for Sleepers {
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let mut sleepers = Sleepers(Vec::with_capacity(o.extra));
-    for _ in 0..o.extra {
-        let child = Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning sleepers")?;
-        sleepers.0.push(child);
-    }
+    let sleepers = Sleepers::spawn(o.extra)?;
     let reader = ProcReader::new(ReadOptions::default())?;
     let lean = ProcReader::new(ReadOptions {
         enhanced_metadata: false,

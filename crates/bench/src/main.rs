@@ -91,6 +91,7 @@ mod idle;
 mod ipc;
 mod net;
 mod overhead;
+mod perf;
 mod rules;
 mod runtime;
 mod store;
@@ -149,6 +150,9 @@ benches! {
     /// As root: what the main job costs a spawn storm and an idle host
     /// (needs target/release/daemoneye-agent).
     Overhead: overhead,
+    /// A perfmond sample vs `top -b -n 1`, with extra sleeping processes;
+    /// perfmond idle (needs target/release/perfmond).
+    Perf: perf,
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,91 @@
+//! `perf`: perfmond's cost. `perf.sample_ms` is one sample (host files,
+//! cgroups, and every process's `stat`) by a running sampler, alternated
+//! with `top -b -n 1` in the same run, with `--extra` sleeping processes
+//! spawned so the table is not trivially small. `perf.idle_*` is the
+//! release `perfmond run` (next to this binary) at its default interval,
+//! on the same host with those processes still alive, for `--idle-secs`.
+
+use std::ffi::OsStr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use perfmond::sampler::SamplerCounters;
+use perfmond::{AnomalyConfig, Sampler, SamplerConfig};
+use tokio::time::Instant;
+
+use crate::enumerate::Sleepers;
+use crate::idle::Idle;
+use crate::{median, report, report_f, report_ratio};
+
+/// Flags of this bench.
+#[derive(clap::Parser)]
+pub(crate) struct Options {
+    /// Extra sleeping processes to spawn.
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) extra: usize,
+    /// Repetitions of each side.
+    #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
+    pub(crate) reps: usize,
+    /// Seconds perfmond is measured idle (0: not measured).
+    #[arg(long, default_value_t = 60)]
+    pub(crate) idle_secs: u64,
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    let sleepers = Sleepers::spawn(o.extra)?;
+    let mut sampler = Sampler::new(
+        SamplerConfig::default(),
+        AnomalyConfig::default(),
+        SamplerCounters::default(),
+    );
+    let mut events = Vec::new();
+    // A running perfmond's sample: its table already holds every process.
+    sampler.sample(&mut events)?;
+    let (mut ours, mut top) = (Vec::new(), Vec::new());
+    let mut processes = 0;
+    for _ in 0..o.reps {
+        events.clear();
+        let start = Instant::now();
+        let sample = sampler.sample(&mut events)?;
+        ours.push(start.elapsed().as_secs_f64() * 1e3);
+        processes = sample.scan.processes;
+
+        let start = Instant::now();
+        let out = Command::new("top")
+            .args(["-b", "-n", "1"])
+            .stderr(Stdio::null())
+            .output()
+            .context("running top (procps)")?;
+        top.push(start.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() {
+            bail!("top -b -n 1 failed: {}", out.status);
+        }
+    }
+    if processes < o.extra {
+        bail!(
+            "a sample read {processes} processes, fewer than the {} spawned",
+            o.extra
+        );
+    }
+    let (ours, top) = (median(ours), median(top));
+    report("perf.processes", processes, "count");
+    report("perf.events_per_sample", events.len(), "count");
+    report_f("perf.sample_ms", ours, 2, "ms");
+    report_f("perf.top_ms", top, 2, "ms");
+    report_ratio("perf.sample_ratio_vs_top", ours / top);
+
+    if o.idle_secs > 0 {
+        let bin = crate::overhead::sibling("perfmond")?;
+        // The first sample (every process read for the first time) is not idle.
+        let idle = Idle::measure(
+            &bin,
+            ["run", "--no-socket", "--events-jsonl", "/dev/null"].map(OsStr::new),
+            Duration::from_secs(3),
+            o.idle_secs,
+        )?;
+        idle.report("perf.idle");
+    }
+    drop(sleepers);
+    Ok(())
+}
