@@ -13,9 +13,16 @@
 //!   time since then. The table lives across samples: an entry is updated
 //!   in place, a process that exited is removed after the sample that no
 //!   longer found it, a reused pid (another start time) starts a new entry.
-//!   The buffers (directory listing, file bytes, path, top-N order) are
-//!   reused and `/proc` is listed with `getdents64` into one of them, so a
-//!   scan of processes already known allocates nothing.
+//!   Each process's `stat` stays open from its first read and is read again
+//!   with one `pread` at offset 0: no path lookup, open or close (half the
+//!   cost of a scan of idle processes), and a file whose process has exited
+//!   answers ESRCH, so a reused pid is never read as the old process. At
+//!   most [`ProcessTable::file_budget`] files are kept (the open-file limit
+//!   less a reserve; [`raise_open_file_limit`] lifts the soft limit to the
+//!   hard one); past it, `stat` is opened and closed each sample. The
+//!   buffers (directory listing, file bytes, path, top-N order) are reused
+//!   and `/proc` is listed with `getdents64` into one of them, so a scan of
+//!   processes already known allocates nothing.
 //!
 //! Polling cannot see what lives and dies between two samples: a process
 //! shorter than the interval is never read (its CPU time still shows in
@@ -144,37 +151,41 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     std::fs::File::open(path)?.read_to_end(buf).map(|_| ())
 }
 
-/// Reads the line file `rel` below the open directory `dir` into `buf`
-/// (which is left that long): no allocation while `buf` is large enough.
+/// Reads the whole of the open file `fd` from offset 0 into `buf` (which
+/// is left that long): one `pread` while `buf` is large enough, which it
+/// stays once it has grown, so no allocation either.
 ///
-/// The kernel writes `/proc/<pid>/stat` whole in the first read when the
-/// buffer can hold it, ending with a newline; so a read that ends with one
-/// before the buffer is full is the last, and the end-of-file read is saved
-/// (one syscall of four per process). Anything else reads on to the end.
-fn read_at(dir: &OwnedFd, rel: &str, buf: &mut Vec<u8>) -> io::Result<()> {
-    let fd = rustix::fs::openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-    let mut file = std::fs::File::from(fd);
+/// The kernel makes `/proc/<pid>/stat` afresh at each read from offset 0,
+/// whole when the buffer holds it; a read that fills the buffer may have
+/// been cut, so it is made again with a buffer twice as large.
+fn pread_into(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
     let cap = buf.capacity().max(1024);
     buf.resize(cap, 0);
-    let mut n = 0;
     loop {
-        if n == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(got) => {
-                n += got;
-                if n < buf.len() && buf[n - 1] == b'\n' {
-                    break;
-                }
+        match rustix::io::pread(fd, &mut buf[..], 0) {
+            Ok(n) if n < buf.len() => {
+                buf.truncate(n);
+                return Ok(());
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(_) => {
+                let len = buf.len() * 2;
+                buf.resize(len, 0);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    buf.truncate(n);
-    Ok(())
+}
+
+/// The most `stat` files a table of `max_processes` keeps open: the soft
+/// open-file limit now, less [`FILE_RESERVE`] (none when it cannot be read).
+fn file_budget(max_processes: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(limit.saturating_sub(FILE_RESERVE))
+        .unwrap_or(usize::MAX)
+        .min(max_processes)
 }
 
 /// Whether a read failed because the process is gone.
@@ -203,6 +214,40 @@ pub struct ProcEntry {
     seen: u64,
     read_at: Duration,
     watch: ProcWatch,
+    file: KeptFile,
+}
+
+/// A process's `stat`, kept open between samples; a clone of its entry
+/// keeps none (the table alone holds the file).
+#[derive(Debug, Default)]
+struct KeptFile(Option<OwnedFd>);
+
+impl Clone for KeptFile {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
+}
+
+/// Open files left to everything else perfmond does (its socket, its
+/// clients, host files, the runtime) when the budget of kept `stat` files
+/// is taken from the open-file limit.
+const FILE_RESERVE: u64 = 256;
+
+/// Lifts this process's soft limit of open files to its hard limit, so the
+/// table can keep every process's `stat` open; returns the soft limit now.
+/// Only a process that keeps such a table should call it (perfmond's `run`
+/// does).
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
 /// A process among the busiest of a sample.
@@ -259,6 +304,8 @@ pub struct ProcessTable {
     path: String,
     order: Vec<TopProcess>,
     anomalies: Vec<ProcAnomaly>,
+    file_budget: usize,
+    kept_files: usize,
 }
 
 impl ProcessTable {
@@ -280,7 +327,36 @@ impl ProcessTable {
             path: String::new(),
             order: Vec::new(),
             anomalies: Vec::new(),
+            file_budget: file_budget(max_processes),
+            kept_files: 0,
         }
+    }
+
+    /// The most `stat` files kept open between samples: `max_processes`, or
+    /// fewer when the open-file limit at construction leaves less (less
+    /// [`FILE_RESERVE`]).
+    pub fn file_budget(&self) -> usize {
+        self.file_budget
+    }
+
+    /// At most `budget` `stat` files kept open (fewer than
+    /// [`file_budget`](Self::file_budget) for an embedder with other uses
+    /// for its open files); the rest are opened and closed each sample.
+    #[must_use]
+    pub fn with_file_budget(mut self, budget: usize) -> Self {
+        self.file_budget = self.file_budget.min(budget);
+        self
+    }
+
+    /// The `stat` file kept open for `pid`, if one is.
+    pub fn kept_file(&self, pid: u32) -> Option<rustix::fd::BorrowedFd<'_>> {
+        use rustix::fd::AsFd as _;
+        self.entries.get(&pid)?.file.0.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The `stat` files kept open now.
+    pub fn kept_files(&self) -> usize {
+        self.kept_files
     }
 
     /// Reads every process once and judges the per-process anomalies.
@@ -320,9 +396,23 @@ impl ProcessTable {
                 stats.skipped += 1;
                 continue;
             }
-            self.path.clear();
-            let _ = write!(self.path, "{pid}/stat");
-            match read_at(&dir, &self.path, &mut self.buf) {
+            let mut file = self.entries.get_mut(&pid).and_then(|e| e.file.0.take());
+            let read = match &file {
+                Some(kept) => match pread_into(kept, &mut self.buf) {
+                    // The process this file was opened on has exited and
+                    // another has its pid: that one is new to the table.
+                    Err(e) if gone(&e) => {
+                        file = None;
+                        self.kept_files -= 1;
+                        self.entries.remove(&pid);
+                        stats.exited += 1;
+                        self.open_stat(&dir, pid, &mut file)
+                    }
+                    read => read,
+                },
+                None => self.open_stat(&dir, pid, &mut file),
+            };
+            match read {
                 Ok(()) => {}
                 Err(e) if gone(&e) => {
                     stats.vanished += 1;
@@ -339,7 +429,7 @@ impl ProcessTable {
             };
             stats.processes += 1;
             let now = clock();
-            Recorder {
+            let entry = Recorder {
                 entries: &mut self.entries,
                 fired: &mut self.anomalies,
                 epoch: self.epoch,
@@ -348,14 +438,35 @@ impl ProcessTable {
                 config: anomalies,
             }
             .record(pid, &st, now);
+            entry.file.0 = file;
         }
         self.dirbuf = dirbuf;
         let before = self.entries.len();
         let epoch = self.epoch;
         self.entries.retain(|_, e| e.seen == epoch);
-        stats.exited = before - self.entries.len();
+        stats.exited += before - self.entries.len();
+        self.kept_files = self.entries.values().filter(|e| e.file.0.is_some()).count();
         self.last_scan = Some(started);
         Ok(stats)
+    }
+
+    /// Opens `<pid>/stat` below `dir` and reads it into the buffer; the file
+    /// goes to `kept` while the budget allows (it is counted as kept).
+    fn open_stat(&mut self, dir: &OwnedFd, pid: u32, kept: &mut Option<OwnedFd>) -> io::Result<()> {
+        self.path.clear();
+        let _ = write!(self.path, "{pid}/stat");
+        let fd = rustix::fs::openat(
+            dir,
+            &self.path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        pread_into(&fd, &mut self.buf)?;
+        if self.kept_files < self.file_budget {
+            self.kept_files += 1;
+            *kept = Some(fd);
+        }
+        Ok(())
     }
 
     /// The `n` busiest processes of the last scan, busiest first (only
@@ -418,8 +529,8 @@ struct Recorder<'a> {
     config: &'a AnomalyConfig,
 }
 
-impl Recorder<'_> {
-    fn record(self, pid: u32, st: &parse::PidStat<'_>, now: Duration) {
+impl<'a> Recorder<'a> {
+    fn record(self, pid: u32, st: &parse::PidStat<'_>, now: Duration) -> &'a mut ProcEntry {
         let tps = self.units.ticks_per_second;
         let tick = tps as f64;
         let ticks = st.utime.saturating_add(st.stime);
@@ -436,6 +547,7 @@ impl Recorder<'_> {
             seen: 0,
             read_at: now,
             watch: ProcWatch::default(),
+            file: KeptFile::default(),
         });
         let known = entry.seen != 0 && entry.start_ticks == st.starttime;
         // The interval this share covers: since the last read of this
@@ -477,6 +589,7 @@ impl Recorder<'_> {
                 fired,
             });
         }
+        entry
     }
 }
 

@@ -1,5 +1,6 @@
 //! The process table on the real `/proc`: a busy child in the top N, its
-//! sustained-CPU anomaly, a child that exits between two samples.
+//! sustained-CPU anomaly, a child that exits between two samples, the
+//! `stat` files kept open between samples.
 
 use std::time::Duration;
 
@@ -119,4 +120,88 @@ async fn a_child_that_exits_between_samples_leaves_no_entry() {
     assert!(t.get(pid).is_none(), "a stale entry for the exited pid");
     assert!(stats.exited >= 1, "{stats:?}");
     assert!(t.top(usize::MAX).iter().all(|p| p.pid != pid));
+}
+
+/// The number of the file the table keeps for `pid`, checked to be that
+/// process's `stat`.
+fn kept_stat(t: &ProcessTable, pid: u32) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    let fd = t.kept_file(pid).expect("a file is kept").as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    assert_eq!(
+        target,
+        std::path::PathBuf::from(format!("/proc/{pid}/stat"))
+    );
+    fd
+}
+
+#[tokio::test]
+async fn a_process_stat_stays_open_between_samples_and_goes_when_it_exits() {
+    let mut child = Spawned::idle();
+    let pid = child.pid();
+    let mut t = table();
+    let config = AnomalyConfig::default();
+    t.scan(clock, &config).unwrap();
+    let fd = kept_stat(&t, pid);
+    assert_eq!(t.kept_files(), t.len(), "every process's stat is kept");
+    t.scan(clock, &config).unwrap();
+    assert_eq!(kept_stat(&t, pid), fd, "read again through the same file");
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    let stats = t.scan(clock, &config).unwrap();
+    assert!(t.get(pid).is_none() && t.kept_file(pid).is_none());
+    assert!(stats.exited >= 1, "{stats:?}");
+    assert_eq!(t.kept_files(), t.len());
+}
+
+#[tokio::test]
+async fn past_the_file_budget_every_process_is_still_read() {
+    let _child = Spawned::idle();
+    let mut t = table().with_file_budget(1);
+    let config = AnomalyConfig::default();
+    t.scan(clock, &config).unwrap();
+    let stats = t.scan(clock, &config).unwrap();
+    assert!(stats.processes >= 2, "{stats:?}");
+    assert_eq!(stats.processes, t.len(), "{stats:?}");
+    assert_eq!(t.kept_files(), 1);
+}
+
+/// A pid taken by another process after the first exited: the file kept
+/// for the first answers ESRCH, and the pid is read afresh as a new
+/// process. A proc root whose only entry is a link `4242` to one child's
+/// `/proc/<pid>` and then to another's makes the reuse.
+#[tokio::test]
+async fn a_reused_pid_is_read_as_the_new_process_not_through_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("4242");
+    let mut first = Spawned::idle();
+    std::os::unix::fs::symlink(format!("/proc/{}", first.pid()), &link).unwrap();
+    let mut t = ProcessTable::new(dir.path(), KernelUnits::current(), 16);
+    let config = AnomalyConfig::default();
+    t.scan(clock, &config).unwrap();
+    assert_eq!(t.get(4242).unwrap().start_ticks, first.start_ticks());
+    assert_eq!(t.kept_files(), 1);
+
+    // The second child starts at least a tick later than the first.
+    let first_start = first.start_ticks();
+    let second = loop {
+        let s = Spawned::idle();
+        if s.start_ticks() != first_start {
+            break s;
+        }
+    };
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(format!("/proc/{}", second.pid()), &link).unwrap();
+    let stats = t.scan(clock, &config).unwrap();
+    assert_eq!(stats.processes, 1, "{stats:?}");
+    assert_eq!(
+        stats.exited, 1,
+        "the first process is counted as gone: {stats:?}"
+    );
+    assert_eq!(stats.vanished, 0, "{stats:?}");
+    let entry = t.get(4242).expect("the new process is in the table");
+    assert_eq!(entry.start_ticks, second.start_ticks());
+    assert_eq!(t.kept_files(), 1);
 }
