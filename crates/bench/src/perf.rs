@@ -1,6 +1,7 @@
 //! `perf`: perfmond's cost. `perf.sample_ms` is one sample (host files,
 //! cgroups, and every process's `stat`) by a running sampler, alternated
-//! with `top -b -n 1` in the same run, with `--extra` sleeping processes
+//! with the same sampler opening and closing every `stat` each sample
+//! (`perf.reopening_sample_ms`) and with `top -b -n 1` in the same run, with `--extra` sleeping processes
 //! spawned so the table is not trivially small. `perf.idle_*` is the
 //! release `perfmond run` (next to this binary) at its default interval,
 //! on the same host with those processes still alive, for `--idle-secs`.
@@ -41,10 +42,19 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         AnomalyConfig::default(),
         SamplerCounters::default(),
     );
+    // The same sampler opening and closing each `stat` every sample, as
+    // perfmond did before it kept them open.
+    let mut reopening = Sampler::new(
+        SamplerConfig::default(),
+        AnomalyConfig::default(),
+        SamplerCounters::default(),
+    );
+    reopening.processes().limit_files(0);
     let mut events = Vec::new();
     // A running perfmond's sample: its table already holds every process.
     sampler.sample(&mut events)?;
-    let (mut ours, mut top) = (Vec::new(), Vec::new());
+    reopening.sample(&mut events)?;
+    let (mut ours, mut reopened, mut top) = (Vec::new(), Vec::new(), Vec::new());
     let mut processes = 0;
     for _ in 0..o.reps {
         events.clear();
@@ -52,6 +62,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         let sample = sampler.sample(&mut events)?;
         ours.push(start.elapsed().as_secs_f64() * 1e3);
         processes = sample.scan.processes;
+
+        let mut discarded = Vec::new();
+        let start = Instant::now();
+        reopening.sample(&mut discarded)?;
+        reopened.push(start.elapsed().as_secs_f64() * 1e3);
 
         let start = Instant::now();
         let out = Command::new("top")
@@ -70,12 +85,15 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             o.extra
         );
     }
-    let (ours, top) = (median(ours), median(top));
+    let (ours, reopened, top) = (median(ours), median(reopened), median(top));
     report("perf.processes", processes, "count");
     report("perf.events_per_sample", events.len(), "count");
+    report("perf.kept_files", sampler.processes().kept_files(), "count");
     report_f("perf.sample_ms", ours, 2, "ms");
+    report_f("perf.reopening_sample_ms", reopened, 2, "ms");
     report_f("perf.top_ms", top, 2, "ms");
     report_ratio("perf.sample_ratio_vs_top", ours / top);
+    report_ratio("perf.sample_ratio_vs_reopening", ours / reopened);
 
     if o.idle_secs > 0 {
         let bin = crate::overhead::sibling("perfmond")?;

@@ -344,8 +344,15 @@ impl ProcessTable {
     /// for its open files); the rest are opened and closed each sample.
     #[must_use]
     pub fn with_file_budget(mut self, budget: usize) -> Self {
-        self.file_budget = self.file_budget.min(budget);
+        self.limit_files(budget);
         self
+    }
+
+    /// [`with_file_budget`](Self::with_file_budget) on a table in use:
+    /// files kept past the new budget are closed at the next scan's read
+    /// of their process.
+    pub fn limit_files(&mut self, budget: usize) {
+        self.file_budget = self.file_budget.min(budget);
     }
 
     /// The `stat` file kept open for `pid`, if one is.
@@ -438,6 +445,9 @@ impl ProcessTable {
                 config: anomalies,
             }
             .record(pid, &st, now);
+            if self.kept_files > self.file_budget && file.take().is_some() {
+                self.kept_files -= 1;
+            }
             entry.file.0 = file;
         }
         self.dirbuf = dirbuf;
