@@ -1704,6 +1704,7 @@ mod tests {
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
         assert_eq!(s.checkpoint_interval, Duration::from_secs(300));
         assert!(s.sinks.syslog.is_none() && s.sinks.webhook.is_none());
+        assert!(s.sinks.fleet.is_none());
 
         // Its commented-out examples are valid too.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1725,6 +1726,9 @@ mod tests {
         let file = AgentConfig::from_toml_str(&all).unwrap();
         let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
         assert!(s.sinks.syslog.is_some() && s.sinks.webhook_headers_file.is_some());
+        let fleet = s.sinks.fleet.as_ref().unwrap();
+        assert_eq!(fleet.alerts_subject(), "daemoneye.web-1.alerts");
+        assert!(fleet.creds_file.is_some() && fleet.tls_ca_file.is_some());
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.rules_dir.as_deref(),

@@ -379,3 +379,42 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
     let pids = alert_pids(&nats.messages().await);
     assert_eq!(pids, (5301..=5310).collect::<Vec<u64>>());
 }
+
+/// What a killed agent leaves: alerts committed with their outbox items,
+/// never shipped (the store's transactions survive a SIGKILL). The next
+/// agent ships them at start, before any new alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let mut store = daemoneye_agent::store::AgentStore::open(&data)
+            .unwrap()
+            .with_outbox(Some(100));
+        for pid in [5401, 5402] {
+            let mut e = exec(pid, "left");
+            e.executable_path = Some("/dev/shm/left".to_owned());
+            let alert = daemoneye_agent::alert::Alert {
+                rule_id: "exec-from-temp-dir".to_owned(),
+                rule_name: "left behind".to_owned(),
+                severity: daemoneye_agent::alert::Severity::High,
+                mitre: vec![],
+                process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
+                observed_at: 1,
+                raised_at: 2,
+                dedup_key: format!("left:{pid}"),
+            };
+            store.record_alert(&alert).unwrap();
+        }
+        assert_eq!(store.outbox_state().unwrap().depth, 2);
+    }
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5401, 5402]);
+}
