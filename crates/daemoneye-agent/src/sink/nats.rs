@@ -526,15 +526,16 @@ impl FleetSink {
     /// depth while the broker is away).
     async fn failed(&self, e: &FleetError) -> Delivery {
         let cause = daemoneye_lib::error_chain(e);
-        if let Ok(state) = self.writer.outbox_state().await {
+        let depth = self.writer.outbox_state().await.ok().map(|state| {
             self.status.outbox(state);
-        }
+            state.depth
+        });
         self.status.retried.inc();
         self.status.set_error(&cause);
         if matches!(e, FleetError::Connect { .. }) {
             self.status.set_connected(false);
         }
-        warn!(sink = "fleet", error = %cause, "fleet delivery failed; alerts wait in the outbox");
+        warn!(sink = "fleet", error = %cause, outbox_depth = ?depth, "fleet delivery failed; alerts wait in the outbox");
         Delivery::Retry { cause, after: None }
     }
 }

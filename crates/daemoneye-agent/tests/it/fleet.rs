@@ -418,3 +418,74 @@ async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
     agent.stop().await;
     assert_eq!(alert_pids(&nats.messages().await), [5401, 5402]);
 }
+
+/// The agent's binary, killed (`SIGKILL`) while the broker is away and its outbox
+/// holds two alerts: the agent started again ships them once the broker is
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let socket = dir.path().join("killed.sock");
+    let collector = Served::start(&socket).await;
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nuser = \"root\"\nsweep_interval = \"1h\"\n\
+             [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
+             [fleet]\nurl = \"{}\"\nhost = \"{HOST}\"\n",
+            dir.path().join("data").display(),
+            socket.display(),
+            nats.url(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("DAEMONEYE_NATS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |lines: std::sync::mpsc::Receiver<String>, what: &'static str| {
+        tokio::task::spawn_blocking(move || loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {what:?}"));
+            if line.contains(what) {
+                return lines;
+            }
+        })
+    };
+    let lines = wait_for(lines, "collector connected").await.unwrap();
+    for pid in [5501, 5502] {
+        let mut e = exec(pid, "killed");
+        e.executable_path = Some("/dev/shm/killed".to_owned());
+        collector.send(e).await;
+    }
+    // Each failed attempt reads the outbox first (committing what was
+    // queued before it) and logs its depth.
+    let _lines = wait_for(lines, "outbox_depth=Some(2)").await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    collector.stop().await;
+
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5501, 5502]);
+}
