@@ -328,8 +328,9 @@ impl AgentHealth {
 }
 
 /// The fleet component: degraded while the broker cannot be reached (the
-/// last drain failed, or the client is disconnected) or the outbox is
-/// dropping (its last look found new drops), saying why.
+/// last drain failed, or the client is disconnected) or the outbox
+/// overflowed (from a look that found new drops until it is empty again),
+/// saying why.
 fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHealth {
     let mut why = Vec::new();
     let error = f.last_error();
@@ -342,7 +343,7 @@ fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHeal
     }
     if f.dropping.get_bool() {
         why.push(format!(
-            "outbox full: dropping the oldest alerts ({} dropped)",
+            "outbox full: the oldest alerts dropped since it was last empty ({} dropped in all)",
             level(&f.outbox_dropped)
         ));
     }

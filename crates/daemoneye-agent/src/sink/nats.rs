@@ -23,6 +23,7 @@
 //! the next one, which carries the ledger's head.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -136,7 +137,8 @@ pub struct FleetStatus {
     pub outbox_depth: Gauge,
     /// Items the outbox dropped when full, ever (kept in the store).
     pub outbox_dropped: Gauge,
-    /// 1 when the last look at the outbox found new drops.
+    /// 1 from a look at the outbox that found new drops until it is empty
+    /// again.
     pub dropping: Gauge,
     /// Messages published (resends included).
     pub published: Counter,
@@ -150,6 +152,9 @@ pub struct FleetStatus {
     last_error: Mutex<String>,
     /// Bumped at every change, for [`wait_for`](Self::wait_for).
     changed: tokio::sync::watch::Sender<u64>,
+    /// Whether the outbox was looked at yet (the drops a first look finds
+    /// are an earlier run's, not new).
+    looked: AtomicBool,
 }
 
 impl Default for FleetStatus {
@@ -165,6 +170,7 @@ impl Default for FleetStatus {
             retried: Counter::default(),
             last_error: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),
+            looked: AtomicBool::new(false),
         }
     }
 }
@@ -211,7 +217,12 @@ impl FleetStatus {
     fn outbox(&self, state: OutboxState) {
         let dropped = i64::try_from(state.dropped).unwrap_or(i64::MAX);
         let before = self.outbox_dropped.swap(dropped);
-        self.dropping.set_bool(dropped > before && before >= 0);
+        let looked = self.looked.swap(true, Ordering::Relaxed);
+        if state.depth == 0 {
+            self.dropping.set_bool(false);
+        } else if looked && dropped > before {
+            self.dropping.set_bool(true);
+        }
         self.outbox_depth
             .set(i64::try_from(state.depth).unwrap_or(i64::MAX));
         self.bump();
@@ -318,6 +329,9 @@ pub struct FleetSink {
     status: Arc<FleetStatus>,
     host: Host,
     js: Option<jetstream::Context>,
+    /// Whether the stream is known to be there (checked again after a
+    /// publish fails: it may have been deleted).
+    stream_ready: bool,
     /// The client's reconnect waits (shared with the worker's retries).
     backoff: Backoff,
 }
@@ -339,6 +353,7 @@ impl FleetSink {
             status: Arc::new(FleetStatus::default()),
             host,
             js: None,
+            stream_ready: false,
             backoff: Self::worker_config().backoff,
         }
     }
@@ -362,9 +377,24 @@ impl FleetSink {
     }
 
     async fn connect(&mut self) -> Result<jetstream::Context, FleetError> {
-        if let Some(js) = &self.js {
-            return Ok(js.clone());
+        let js = match &self.js {
+            Some(js) => js.clone(),
+            None => {
+                let js = self.open().await?;
+                self.js = Some(js.clone());
+                js
+            }
+        };
+        if !self.stream_ready {
+            self.ensure_stream(&js).await?;
+            self.stream_ready = true;
         }
+        Ok(js)
+    }
+
+    /// A client (reconnecting by itself from then on) and its JetStream
+    /// context.
+    async fn open(&self) -> Result<jetstream::Context, FleetError> {
         let c = &self.config;
         let status = Arc::clone(&self.status);
         let backoff = self.backoff;
@@ -414,9 +444,15 @@ impl FleetSink {
                     source,
                 })?;
         self.status.set_connected(true);
-        let js = jetstream::ContextBuilder::new()
+        Ok(jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
-            .build(client);
+            .build(client))
+    }
+
+    /// Creates the stream when missing (as configured), or checks it is
+    /// there.
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), FleetError> {
+        let c = &self.config;
         let stream_error = |reason: String| FleetError::Stream {
             stream: c.stream.clone(),
             reason,
@@ -441,8 +477,7 @@ impl FleetSink {
                 .map_err(|e| stream_error(e.to_string()))?;
         }
         info!(sink = "fleet", url = %redact(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
-        self.js = Some(js.clone());
-        Ok(js)
+        Ok(())
     }
 
     /// Publishes everything in the outbox, oldest first, in windows of
@@ -503,6 +538,7 @@ impl FleetSink {
             let state = self.writer.outbox_ack(acked).await?;
             self.status.outbox(state);
             if let Some(reason) = failed {
+                self.stream_ready = false;
                 return Err(FleetError::Publish { subject, reason });
             }
         }

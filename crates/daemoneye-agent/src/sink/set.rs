@@ -201,6 +201,13 @@ impl SinkSet {
     /// to the sinks that ship from the store (the fleet sink).
     pub async fn deliver_stored(&self, alert: &Alert) {
         if let Some(w) = &self.fleet {
+            // One delivery drains the whole outbox: when one waits behind
+            // the one under way (its read comes after this alert's write),
+            // another would find nothing more. So a long outage fills
+            // neither the queue nor the drop counters.
+            if w.stats().snapshot().in_flight() >= 2 {
+                return;
+            }
             // A refusal is counted (and logged) by the worker; the alert
             // waits in the outbox for the next delivery.
             let _ = w.send(Arc::new(alert.clone())).await;

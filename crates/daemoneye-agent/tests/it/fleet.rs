@@ -147,13 +147,18 @@ struct Running {
 
 impl Running {
     async fn start(dir: &Path, url: &str) -> Self {
+        Self::start_with(dir, url, "").await
+    }
+
+    /// As [`start`](Self::start), with more `[fleet]` keys.
+    async fn start_with(dir: &Path, url: &str, fleet: &str) -> Self {
         let socket = dir.join("collector.sock");
         let collector = Served::start(&socket).await;
         let data = dir.join("data");
         let s = settings(&format!(
             "data_dir = \"{}\"\nsweep_interval = \"1h\"\n\
              [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
-             [fleet]\nurl = \"{url}\"\nhost = \"{HOST}\"\n",
+             [fleet]\nurl = \"{url}\"\nhost = \"{HOST}\"\n{fleet}\n",
             data.display(),
             socket.display(),
         ));
@@ -488,4 +493,51 @@ async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart(
     agent.until_shipped(2).await;
     agent.stop().await;
     assert_eq!(alert_pids(&nats.messages().await), [5501, 5502]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let agent = Running::start_with(dir.path(), &nats.url(), "outbox_max_items = 2").await;
+    agent
+        .until("the first look at the outbox", |f| {
+            !f.last_error().is_empty()
+        })
+        .await;
+    for pid in 5601..=5605 {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("three of five dropped", |f| {
+            f.outbox_dropped.get() == 3 && f.dropping.get_bool()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(fleet.message.contains("outbox full"), "{fleet:?}");
+    assert_eq!(
+        (
+            fleet.counters["outbox_depth"],
+            fleet.counters["outbox_dropped"]
+        ),
+        (2, 3),
+        "{fleet:?}"
+    );
+    nats.start();
+    agent.until_shipped(2).await;
+    assert!(!agent.fleet.dropping.get_bool());
+    let data = agent.stop().await;
+    // The newest two were shipped; the store keeps all five.
+    assert_eq!(alert_pids(&nats.messages().await), [5604, 5605]);
+    let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
+    assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
+    assert_eq!(store.outbox_state().unwrap().dropped, 3);
 }
