@@ -64,9 +64,15 @@ impl Nats {
 
     /// Starts the server and returns once it says it is ready.
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// As [`start`](Self::start), with more arguments.
+    fn start_with(&mut self, more: &[&str]) {
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .args(more)
             .arg("-sd")
             .arg(&self.store)
             .stdin(Stdio::null())
@@ -540,4 +546,39 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
     let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
     assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
     assert_eq!(store.outbox_state().unwrap().dropped, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start_with(&["--user", "daemoneye", "--pass", "right-one"]);
+    let url = format!("nats://daemoneye:s3cret-wrong@127.0.0.1:{}", nats.port);
+    let agent = Running::start(dir.path(), &url).await;
+    agent.raise(5701).await;
+    agent
+        .until("refused for its credentials, the alert kept", |f| {
+            f.outbox_depth.get() == 1 && f.last_error().contains("authorization")
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet
+            .message
+            .contains("cannot connect to nats://***@127.0.0.1"),
+        "{fleet:?}"
+    );
+    assert!(
+        !fleet.message.contains("s3cret"),
+        "the password is not shown: {fleet:?}"
+    );
+    agent.stop().await;
 }
