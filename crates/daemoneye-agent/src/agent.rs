@@ -53,7 +53,7 @@ use crate::engine::{EngineError, RuleEngine};
 use crate::health::{AgentCounters, AgentHealth, LinkedCollector};
 use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus, SpawnerSlot};
 use crate::rules::{self, Rule, RuleError};
-use crate::sink::{SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
+use crate::sink::{FleetStatus, SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
 use crate::spawner::{Separated, SpawnerClient};
 use crate::store::{AgentStore, StoreError};
 use crate::writer::StoreWriter;
@@ -230,6 +230,34 @@ fn sinks_config(
     Ok(config)
 }
 
+/// Opens the store (queueing alerts in its outbox when the fleet ships),
+/// its writer and the sinks (the fleet sink over the writer's outbox).
+fn open_store_and_sinks(
+    settings: &Settings,
+) -> Result<(StoreWriter, SinkSet, Option<Arc<FleetStatus>>), AgentError> {
+    let fleet_config = settings.sinks.fleet.clone();
+    let store = AgentStore::open(&settings.data_dir)
+        .map_err(|source| AgentError::Store {
+            path: settings.data_dir.clone(),
+            source,
+        })?
+        .with_outbox(fleet_config.as_ref().map(|f| f.outbox_items));
+    let writer = StoreWriter::spawn(store, settings.writer_config()).map_err(AgentError::Writer)?;
+    // Unopenable files, a bad headers file: the user's to fix.
+    let mut sinks = sinks_config(&settings.sinks)
+        .and_then(|c| SinkSet::start(c).map_err(Into::into))
+        .map_err(AgentError::Sinks)?;
+    let fleet = match fleet_config {
+        Some(config) => Some(
+            sinks
+                .start_fleet(config, writer.clone())
+                .map_err(|e| AgentError::Sinks(e.into()))?,
+        ),
+        None => None,
+    };
+    Ok((writer, sinks, fleet))
+}
+
 /// What judges and records: the detector, the sinks and the store.
 struct Pipeline {
     detector: Detector,
@@ -272,7 +300,14 @@ impl Pipeline {
             Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {
+            // The fleet sink ships from the store's outbox: offered the
+            // alert once the writer has it queued (and so ahead of the
+            // sink's read).
+            let stored = self.sinks.ships_stored().then(|| a.clone());
             self.writer.alert(a).await;
+            if let Some(a) = stored {
+                self.sinks.deliver_stored(&a).await;
+            }
         }
         if reconnected {
             self.detector.forget_processes();
@@ -580,16 +615,7 @@ impl Agent {
         let rules_loaded = engine.rules().len() as u64;
         info!(rules = rules_loaded, refused = refused.len(), data_dir = %data_dir.display(), "rules loaded");
         let detector = Detector::new(engine, settings.dedup_window);
-        let store = AgentStore::open(data_dir).map_err(|source| AgentError::Store {
-            path: data_dir.clone(),
-            source,
-        })?;
-        let writer =
-            StoreWriter::spawn(store, settings.writer_config()).map_err(AgentError::Writer)?;
-        // Unopenable files, a bad headers file: the user's to fix.
-        let sinks = sinks_config(&settings.sinks)
-            .and_then(|c| SinkSet::start(c).map_err(Into::into))
-            .map_err(AgentError::Sinks)?;
+        let (writer, sinks, fleet) = open_store_and_sinks(&settings)?;
 
         let links = settings
             .collectors
@@ -615,10 +641,14 @@ impl Agent {
             engine: detector.engine().stats(),
             counters: counters.clone(),
             sinks: sinks.stats(),
+            fleet: fleet.clone(),
             rules_loaded,
             rules_refused: refused.len() as u64,
         };
         health.register_metrics(&metrics);
+        if let Some(fleet) = &fleet {
+            fleet.register_metrics(&metrics);
+        }
         (sinks.checkpoint_stats().iter()).for_each(|(n, s)| s.register_checkpoints(&metrics, n));
         detector.engine().stats().register(&metrics);
         detector.register_metrics(&metrics);

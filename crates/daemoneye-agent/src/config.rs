@@ -25,7 +25,10 @@
 //! | `sinks.webhook_headers` | `--webhook-header` (repeatable) | |
 //! | `sinks.webhook_headers_file` | `--webhook-headers-file` | `DAEMONEYE_WEBHOOK_HEADERS_FILE` |
 //! | `sinks.format` (every sink's alerts: `native`, `ecs`, `ocsf`) | `--alert-format` | `DAEMONEYE_ALERT_FORMAT` |
-//! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook}` (one sink's, over `sinks.format`) | | |
+//! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
+//! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
+//! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -74,7 +77,7 @@ use collector_core::SourceCaps;
 use daemoneye_lib::proto::{Domain, EventKind};
 use serde::Deserialize;
 
-use crate::sink::{AlertFormat, SinkFormats, SyslogTarget};
+use crate::sink::{AlertFormat, FleetConfig, SinkFormats, SyslogTarget};
 use crate::sink::{WebhookHeader, WebhookUrl};
 
 /// Seconds between a started procmond's reconciliation snapshots, unless
@@ -243,6 +246,13 @@ pub struct RunArgs {
     /// ADDR, for example 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR", env = "DAEMONEYE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Ship alerts to this NATS JetStream server (`nats://host:4222`,
+    /// comma-separated for several), at least once (the fleet sink).
+    #[arg(long = "nats", value_name = "URL", env = "DAEMONEYE_NATS")]
+    pub nats: Option<String>,
+    /// This host's name in the fleet's subjects (default: the host name).
+    #[arg(long, value_name = "NAME", env = "DAEMONEYE_FLEET_HOST")]
+    pub fleet_host: Option<String>,
 }
 
 /// The config file, as written: every key optional, unknown keys refused.
@@ -277,6 +287,8 @@ pub struct AgentConfig {
     pub user: Option<String>,
     /// Where alerts go besides stdout and the store (`[sinks]`).
     pub sinks: SinksConfig,
+    /// Alerts shipped to NATS JetStream (`[fleet]`).
+    pub fleet: FleetFileConfig,
     /// The collectors the agent supervises (`[[collector]]`); when absent,
     /// the built-in procmond alone.
     #[serde(rename = "collector")]
@@ -305,6 +317,32 @@ pub struct SinksConfig {
     pub formats: SinkFormatsConfig,
 }
 
+/// `[fleet]`: the fleet sink, as written (on when `url` or `--nats` is
+/// given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetFileConfig {
+    /// The NATS server(s), `nats://host:4222`, comma-separated.
+    pub url: Option<String>,
+    /// This host's name in subjects and message ids.
+    pub host: Option<String>,
+    /// The subjects' first token (default `daemoneye`).
+    pub subject_prefix: Option<String>,
+    /// The JetStream stream (default `DAEMONEYE`).
+    pub stream: Option<String>,
+    /// Create the stream when missing (default true).
+    pub create_stream: Option<bool>,
+    /// A NATS credentials file.
+    pub creds_file: Option<PathBuf>,
+    /// A CA file for the server's certificate (TLS required then).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The most alerts the outbox holds (default 100000; the oldest are
+    /// dropped past it).
+    pub outbox_max_items: Option<usize>,
+    /// The most unacknowledged publishes at a time (default 256).
+    pub max_in_flight: Option<usize>,
+}
+
 /// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -317,6 +355,8 @@ pub struct SinkFormatsConfig {
     pub syslog: Option<AlertFormat>,
     /// The webhook's bodies.
     pub webhook: Option<AlertFormat>,
+    /// The fleet's messages.
+    pub fleet: Option<AlertFormat>,
 }
 
 impl std::fmt::Debug for SinksConfig {
@@ -553,6 +593,10 @@ pub struct SinkSettings {
     pub formats: SinkFormats,
     /// The format of the webhook's bodies.
     pub webhook_format: AlertFormat,
+    /// The format of the fleet's messages.
+    pub fleet_format: AlertFormat,
+    /// The fleet sink (NATS JetStream), its format included.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// One supervised collector, validated.
@@ -685,7 +729,8 @@ impl Settings {
             ));
         }
         check_store_bounds(file.retention, file.max_store_bytes, &invalid)?;
-        let sinks = resolve_sinks(file.sinks, args, &invalid)?;
+        let mut sinks = resolve_sinks(file.sinks, args, &invalid)?;
+        sinks.fleet = resolve_fleet(file.fleet, args, sinks.fleet_format, &invalid)?;
         let entries = if let Some(program) = &args.procmond {
             vec![CollectorEntryConfig {
                 name: DEFAULT_COLLECTOR.to_owned(),
@@ -842,7 +887,72 @@ fn resolve_sinks(
         webhook_headers_file,
         formats,
         webhook_format: format(file.formats.webhook),
+        fleet_format: format(file.formats.fleet),
+        fleet: None,
     })
+}
+
+/// The fleet sink, when a URL is given (`--nats` over `fleet.url`).
+fn resolve_fleet(
+    file: FleetFileConfig,
+    args: &RunArgs,
+    format: AlertFormat,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<FleetConfig>, ConfigError> {
+    let Some(url) = args.nats.clone().or(file.url) else {
+        return Ok(None);
+    };
+    if url.split(',').any(|u| u.trim().is_empty()) {
+        return Err(invalid("fleet.url", format!("{url:?}: an empty server")));
+    }
+    let host = args
+        .fleet_host
+        .clone()
+        .or(file.host)
+        .unwrap_or_else(|| crate::sink::Host::local().hostname);
+    let mut config = FleetConfig::new(url, &host);
+    if let Some(prefix) = file.subject_prefix {
+        let token = crate::sink::nats::subject_token(&prefix);
+        if token != prefix {
+            return Err(invalid(
+                "fleet.subject_prefix",
+                format!("{prefix:?}: one subject token (no `.`, `*`, `>` or spaces)"),
+            ));
+        }
+        config.subject_prefix = prefix;
+    }
+    if let Some(stream) = file.stream {
+        if stream.is_empty() || crate::sink::nats::subject_token(&stream) != stream {
+            return Err(invalid(
+                "fleet.stream",
+                format!("{stream:?}: a stream name (no `.`, `*`, `>` or spaces)"),
+            ));
+        }
+        config.stream = stream;
+    }
+    config.create_stream = file.create_stream.unwrap_or(true);
+    config.creds_file = file.creds_file;
+    config.tls_ca_file = file.tls_ca_file;
+    config.format = format;
+    for (key, value, field) in [
+        (
+            "fleet.outbox_max_items",
+            file.outbox_max_items,
+            &mut config.outbox_items,
+        ),
+        (
+            "fleet.max_in_flight",
+            file.max_in_flight,
+            &mut config.window,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(invalid(key, "must be more than 0".to_owned())),
+            Some(n) => *field = n,
+            None => {}
+        }
+    }
+    Ok(Some(config))
 }
 
 /// `d` when it is whole seconds, at least one.
@@ -1283,6 +1393,52 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_is_off_by_default_on_with_a_url_and_the_flags_override_the_file() {
+        assert!(resolve("", &[]).unwrap().sinks.fleet.is_none());
+        let toml = "[fleet]\nurl = \"nats://a:4222\"\nhost = \"web.1\"\nstream = \"S\"\n\
+                    create_stream = false\noutbox_max_items = 10\nmax_in_flight = 2\n\
+                    [sinks.formats]\nfleet = \"ecs\"\n";
+        let f = resolve(toml, &[]).unwrap().sinks.fleet.unwrap();
+        assert_eq!(f.url, "nats://a:4222");
+        assert_eq!(f.host, "web_1");
+        assert_eq!(f.alerts_subject(), "daemoneye.web_1.alerts");
+        assert_eq!((f.stream.as_str(), f.create_stream), ("S", false));
+        assert_eq!((f.outbox_items, f.window), (10, 2));
+        assert_eq!(f.format, AlertFormat::Ecs);
+        let f = resolve(toml, &["--nats", "nats://b:4222", "--fleet-host", "db"])
+            .unwrap()
+            .sinks
+            .fleet
+            .unwrap();
+        assert_eq!((f.url.as_str(), f.host.as_str()), ("nats://b:4222", "db"));
+        let f = resolve("", &["--nats", "nats://c:4222"])
+            .unwrap()
+            .sinks
+            .fleet
+            .unwrap();
+        assert_eq!(f.stream, crate::sink::nats::DEFAULT_STREAM);
+        assert!(f.create_stream);
+        for (toml, key) in [
+            ("[fleet]\nurl = \"nats://a,\"", "fleet.url"),
+            (
+                "[fleet]\nurl = \"nats://a\"\nsubject_prefix = \"a.b\"",
+                "fleet.subject_prefix",
+            ),
+            ("[fleet]\nurl = \"nats://a\"\nstream = \"\"", "fleet.stream"),
+            (
+                "[fleet]\nurl = \"nats://a\"\noutbox_max_items = 0",
+                "fleet.outbox_max_items",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nmax_in_flight = 0",
+                "fleet.max_in_flight",
+            ),
+        ] {
+            refused(toml, key);
+        }
+    }
+
+    #[test]
     fn the_file_overrides_the_defaults_and_a_flag_the_file() {
         let toml = r#"
             data_dir = "/file"
@@ -1548,6 +1704,7 @@ mod tests {
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
         assert_eq!(s.checkpoint_interval, Duration::from_secs(300));
         assert!(s.sinks.syslog.is_none() && s.sinks.webhook.is_none());
+        assert!(s.sinks.fleet.is_none());
 
         // Its commented-out examples are valid too.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1569,6 +1726,9 @@ mod tests {
         let file = AgentConfig::from_toml_str(&all).unwrap();
         let s = Settings::resolve(file, Some(&path), &RunArgs::default()).unwrap();
         assert!(s.sinks.syslog.is_some() && s.sinks.webhook_headers_file.is_some());
+        let fleet = s.sinks.fleet.as_ref().unwrap();
+        assert_eq!(fleet.alerts_subject(), "daemoneye.web-1.alerts");
+        assert!(fleet.creds_file.is_some() && fleet.tls_ca_file.is_some());
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.rules_dir.as_deref(),

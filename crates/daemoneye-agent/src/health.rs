@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::engine::EngineStats;
 use crate::link::{LinkState, LinkStatus};
-use crate::sink::{SinkStats, SinkStatsSnapshot};
+use crate::sink::{FleetStatus, SinkStats, SinkStatsSnapshot};
 use crate::writer::WriterStats;
 
 pub use collector_core::health::state_name;
@@ -105,6 +105,8 @@ pub struct AgentHealth {
     pub counters: Arc<AgentCounters>,
     /// Sinks by name ([`SinkSet::stats`](crate::sink::SinkSet::stats)).
     pub sinks: Vec<(&'static str, Arc<SinkStats>)>,
+    /// The fleet sink's state, when it ships.
+    pub fleet: Option<Arc<FleetStatus>>,
     /// The rule engine's counters.
     pub engine: Arc<EngineStats>,
     /// Rules running.
@@ -297,6 +299,9 @@ impl AgentHealth {
             ));
         }
         components.extend(self.sinks(&mut counters, &mut problems));
+        if let Some(fleet) = &self.fleet {
+            components.push(fleet_component(fleet, &mut problems));
+        }
         // A collector that is down or unwell degrades the agent; one still
         // starting (never lost yet) makes it `starting`, whatever the sinks
         // say; otherwise the sinks decide.
@@ -319,6 +324,55 @@ impl AgentHealth {
             counters,
             components,
         }
+    }
+}
+
+/// The fleet component: degraded while the broker cannot be reached (the
+/// last drain failed, or the client is disconnected) or the outbox
+/// overflowed (from a look that found new drops until it is empty again),
+/// saying why.
+fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHealth {
+    let mut why = Vec::new();
+    let error = f.last_error();
+    if !f.connected.get_bool() || !error.is_empty() {
+        why.push(if error.is_empty() {
+            "broker unreachable".to_owned()
+        } else {
+            format!("broker unreachable: {error}")
+        });
+    }
+    if f.dropping.get_bool() {
+        why.push(format!(
+            "outbox full: the oldest alerts dropped since it was last empty ({} dropped in all)",
+            level(&f.outbox_dropped)
+        ));
+    }
+    let message = why.join("; ");
+    if !message.is_empty() {
+        problems.push(format!("fleet: {message}"));
+    }
+    ComponentHealth {
+        name: "fleet".to_owned(),
+        state: if why.is_empty() {
+            HealthState::Healthy
+        } else {
+            HealthState::Degraded
+        }
+        .into(),
+        message,
+        counters: [
+            ("connected", level(&f.connected)),
+            ("outbox_depth", level(&f.outbox_depth)),
+            ("outbox_dropped", level(&f.outbox_dropped)),
+            ("published", f.published.get()),
+            ("acknowledged", f.acknowledged.get()),
+            ("duplicates", f.duplicates.get()),
+            ("retried", f.retried.get()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        ..ComponentHealth::default()
     }
 }
 
@@ -391,6 +445,7 @@ mod tests {
             engine: Arc::default(),
             counters: Arc::default(),
             sinks: vec![("stdout", sink)],
+            fleet: None,
             rules_loaded: 10,
             rules_refused: 1,
         }

@@ -13,6 +13,8 @@
 //! - [`ledger`]: the append-only audit ledger chained by BLAKE3 hashes.
 //! - [`retention`]: bounds by age and size ([`Retention`]), held by
 //!   pruning below a kept checkpoint of the ledger.
+//! - [`outbox`]: what waits for a broker's acknowledgement (the fleet
+//!   sink's at-least-once delivery), queued with the alert it ships.
 //! - [`alert`]: the alert record ([`Alert`], [`Severity`]) and deduplication.
 //! - [`readonly`]: the authorizer that lets a statement read and nothing
 //!   else (queries here, rules in `daemoneye-rules`).
@@ -45,6 +47,7 @@ pub mod alert;
 pub mod bench;
 pub mod ledger;
 pub mod network;
+pub mod outbox;
 pub mod performance;
 pub mod readonly;
 pub mod retention;
@@ -55,6 +58,7 @@ pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
 pub use network::ConnectionRow;
+pub use outbox::{OutboxItem, OutboxKind, OutboxState, DEFAULT_OUTBOX_ITEMS};
 pub use performance::PerformanceRow;
 pub use retention::Retention;
 pub use schema::{table_columns, SCHEMA_VERSION};

@@ -72,10 +72,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "connections: sockets and the processes that hold them",
         sql: V7,
     },
+    Migration {
+        version: 8,
+        description: "outbox: what waits for a broker's acknowledgement",
+        sql: V8,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -268,6 +273,23 @@ const V7: &str = "CREATE TABLE connections (
 );
 CREATE INDEX connections_observed ON connections (observed_at);
 CREATE INDEX connections_process ON connections (process_key);";
+
+/// The outbox (`crate::outbox`): items waiting for a broker's
+/// acknowledgement, in order, each queued in the transaction that stores
+/// what it ships; and the count of those dropped when it was full (one
+/// row). Not on the ledger: what it ships is.
+const V8: &str = "CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    queued_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE outbox_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    dropped INTEGER NOT NULL
+) STRICT;
+INSERT INTO outbox_state (id, dropped) VALUES (1, 0);";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

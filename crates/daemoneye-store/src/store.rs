@@ -46,6 +46,7 @@
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
 //! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
 //! | `connections` | socket as one process holding it sees it (not on the ledger; pruned to the writer's `connections_retention` and the store's retention) | the columns of `collector_core::vocabulary::NETWORK`: `observed_at`, `connection_id`, `protocol`, `family`, `state`, `direction`, `change`, `local_address`, `local_port`, `remote_address`, `remote_port`, `pid`, `process_key`, `fd`, `holders`, `uid`, `inode`, `netns`, `tier`, `event_id` |
+//! | `outbox` | item waiting for a broker's acknowledgement (see [`outbox`](crate::outbox); `outbox_state` holds the count dropped when full) | `id`, `kind` (`alert`), `msg_id` (`alert-<alert id>`), `body`, `queued_at` |
 //! | `ledger` | ledger entry | `seq`, `kind` (`process_events` for a batch of lifecycle events, `alert`, `gap`, `start`, `stop`, `checkpoint`, `prune`; `process_event` before schema 6), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
@@ -358,6 +359,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     ledger: LedgerMode,
+    /// The outbox's bound; `None`: alerts are not queued for shipping.
+    pub(crate) outbox: Option<usize>,
 }
 
 impl Store {
@@ -416,6 +419,7 @@ impl Store {
             conn,
             path,
             ledger: LedgerMode::default(),
+            outbox: None,
         })
     }
 
@@ -459,6 +463,7 @@ impl Store {
             conn,
             path,
             ledger: LedgerMode::default(),
+            outbox: None,
         })
     }
 
@@ -473,6 +478,10 @@ impl Store {
     /// The connection, for this crate's measurements and tests.
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The path the database was opened at.
@@ -537,7 +546,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
-        let id = write_alert_in(&tx, &mut chain, alert)?;
+        let id = write_alert_in(&tx, &mut chain, alert, self.outbox)?;
         tx.commit()?;
         Ok(id)
     }
@@ -591,7 +600,7 @@ impl Store {
                     done.removed += r.removed;
                 }
                 Op::Alert(alert) => {
-                    write_alert_in(&tx, &mut chain, alert)?;
+                    write_alert_in(&tx, &mut chain, alert, self.outbox)?;
                 }
                 Op::Performance(events, retention) => {
                     done.performance += events.len() as u64;
@@ -1076,11 +1085,13 @@ fn write_events_in(
     Ok(done)
 }
 
-/// Writes `alert` and its ledger entry inside `tx`; returns its row id.
+/// Writes `alert` and its ledger entry inside `tx`, and queues it in the
+/// outbox when there is one (bounded to `outbox`); returns its row id.
 fn write_alert_in(
     tx: &Transaction<'_>,
     chain: &mut Chain,
     alert: &Alert,
+    outbox: Option<usize>,
 ) -> Result<i64, StoreError> {
     let body = serde_json::to_string(alert).map_err(|source| StoreError::Encode {
         field: "alert",
@@ -1104,7 +1115,21 @@ fn write_alert_in(
         body,
         seq
     ])?;
-    Ok(tx.last_insert_rowid())
+    let id = tx.last_insert_rowid();
+    if let Some(bound) = outbox {
+        let dropped = crate::outbox::append_in(
+            tx,
+            bound,
+            crate::outbox::OutboxKind::Alert,
+            &format!("alert-{id}"),
+            &body,
+            unix_nanos_now(),
+        )?;
+        if dropped > 0 {
+            tracing::warn!(dropped, bound, "outbox full, oldest items dropped");
+        }
+    }
+    Ok(id)
 }
 
 /// Prepares and runs one read-only statement (the authorizer is already

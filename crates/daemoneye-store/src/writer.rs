@@ -70,6 +70,7 @@ use tracing::{error, warn};
 
 use crate::alert::Alert;
 use crate::ledger::{Checkpoint, CheckpointEntry, Head, Lost, StartEntry, StopEntry};
+use crate::outbox::{OutboxItem, OutboxState};
 use crate::retention::Retention;
 use crate::store::{Gap, Op, Recorded, Store, StoreError};
 
@@ -404,8 +405,25 @@ enum Write {
     /// A ledger entry of its own, appended once everything queued before it
     /// is committed.
     Entry(Own, oneshot::Sender<Result<Appended, StoreError>>),
+    /// A read or an ack of the outbox, once everything queued before it is
+    /// committed.
+    Outbox(OutboxOp, oneshot::Sender<Result<OutboxReply, StoreError>>),
     Flush(oneshot::Sender<()>),
     Close,
+}
+
+/// What the writer does to the outbox for its shipper.
+#[derive(Debug)]
+enum OutboxOp {
+    Read { after: i64, limit: usize },
+    Ack(Vec<i64>),
+}
+
+/// What an [`OutboxOp`] gave.
+#[derive(Debug)]
+enum OutboxReply {
+    Items(Vec<OutboxItem>),
+    State(OutboxState),
 }
 
 /// The ledger entries of their own the writer appends.
@@ -697,6 +715,60 @@ impl StoreWriter {
         })
     }
 
+    /// Up to `limit` outbox items after the item `after` (0: from the
+    /// start), in order, read once everything queued before this call is
+    /// committed (so an alert queued before it is among them). See
+    /// [`outbox`](crate::outbox).
+    ///
+    /// # Errors
+    /// [`StoreError::WriterClosed`], or why the outbox could not be read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read has no effect.
+    pub async fn outbox_read(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        match self.outbox(OutboxOp::Read { after, limit }).await? {
+            OutboxReply::Items(items) => Ok(items),
+            OutboxReply::State(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes the outbox items `ids` (the broker acknowledged them);
+    /// returns the outbox's state after.
+    ///
+    /// # Errors
+    /// As [`outbox_read`](Self::outbox_read).
+    ///
+    /// # Cancel safety
+    /// Once queued, the ack is applied even if the future is dropped; an
+    /// ack not applied only means a resend, which the broker drops.
+    pub async fn outbox_ack(&self, ids: Vec<i64>) -> Result<OutboxState, StoreError> {
+        match self.outbox(OutboxOp::Ack(ids)).await? {
+            OutboxReply::State(state) => Ok(state),
+            OutboxReply::Items(_) => Ok(OutboxState::default()),
+        }
+    }
+
+    /// The outbox's state, as [`outbox_ack`](Self::outbox_ack) of nothing.
+    ///
+    /// # Errors
+    /// As [`outbox_read`](Self::outbox_read).
+    pub async fn outbox_state(&self) -> Result<OutboxState, StoreError> {
+        self.outbox_ack(Vec::new()).await
+    }
+
+    async fn outbox(&self, op: OutboxOp) -> Result<OutboxReply, StoreError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .send(Write::Outbox(op, ack))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
+        acked.await.map_err(|_| StoreError::WriterClosed)?
+    }
+
     async fn own(&self, entry: Own) -> Result<Appended, StoreError> {
         let (ack, acked) = oneshot::channel();
         self.tx
@@ -813,6 +885,7 @@ const CLOSE_ATTEMPTS: u32 = 3;
 struct Round {
     acks: Vec<oneshot::Sender<()>>,
     entries: Vec<(Own, oneshot::Sender<Result<Appended, StoreError>>)>,
+    outbox: Vec<(OutboxOp, oneshot::Sender<Result<OutboxReply, StoreError>>)>,
     finish: bool,
 }
 
@@ -860,6 +933,14 @@ impl Worker {
             self.commit();
             for (entry, ack) in round.entries {
                 let _ = ack.send(self.append_own(&entry));
+            }
+            for (op, ack) in round.outbox {
+                let _ = ack.send(self.store.with(|store| match op {
+                    OutboxOp::Read { after, limit } => {
+                        store.outbox_read(after, limit).map(OutboxReply::Items)
+                    }
+                    OutboxOp::Ack(ids) => store.outbox_ack(&ids).map(OutboxReply::State),
+                }));
             }
             self.bound_store();
             for ack in round.acks {
@@ -945,6 +1026,10 @@ impl Worker {
             }
             Write::Entry(entry, ack) => {
                 round.entries.push((entry, ack));
+                return true;
+            }
+            Write::Outbox(op, ack) => {
+                round.outbox.push((op, ack));
                 return true;
             }
             Write::Close => {
@@ -1449,6 +1534,38 @@ mod tests {
         assert_eq!(stats.events_queued(), 0);
         assert_eq!(count(&dir), 10);
         writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_outbox_is_read_after_what_was_queued_before_and_acked_through_the_writer() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            // Long enough that only the outbox read can explain the commit.
+            batch_delay_ms: 60_000,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(db.with_outbox(Some(10)), config).unwrap();
+        let alert = crate::Alert {
+            rule_id: "r".into(),
+            rule_name: "rule".into(),
+            severity: crate::Severity::High,
+            mitre: vec![],
+            process: crate::AlertProcess::host(),
+            observed_at: 1,
+            raised_at: 2,
+            dedup_key: "r:0".into(),
+        };
+        writer.alert(alert.clone()).await;
+        writer.alert(alert).await;
+        let items = writer.outbox_read(0, 10).await.unwrap();
+        assert_eq!(items.len(), 2);
+        let later = writer.outbox_read(items[0].id, 10).await.unwrap();
+        assert_eq!(later, items[1..]);
+        let state = writer.outbox_ack(vec![items[0].id]).await.unwrap();
+        assert_eq!((state.depth, state.dropped), (1, 0));
+        writer.close().await;
+        let left = Store::open(dir.path()).unwrap().outbox_read(0, 10).unwrap();
+        assert_eq!(left, items[1..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@
 //!   at close, and the same [`SinkStats`] for every sink.
 //! - The sinks, each a small implementation: [`LineSink`] (JSON lines on
 //!   stdout or a file), [`SyslogSink`] (RFC 5424), [`WebhookSink`] (HTTP(S)
-//!   `POST`, hyper and rustls).
+//!   `POST`, hyper and rustls), [`FleetSink`] (NATS JetStream, at least
+//!   once, from the store's outbox).
 //! - [`AlertFormat`]: what a sink writes an alert as: the native record
 //!   (the default), ECS or OCSF Process Activity, chosen per sink.
 //! - [`SinkSet`]: the agent's fan-out, built from a plain [`SinksConfig`]:
@@ -63,6 +64,7 @@ pub use crate::ledger::Checkpoint;
 
 mod format;
 mod lines;
+pub mod nats;
 mod set;
 mod stats;
 mod syslog;
@@ -71,6 +73,7 @@ mod worker;
 
 pub use format::{AlertFormat, Host, ECS_VERSION, OCSF_VERSION};
 pub use lines::LineSink;
+pub use nats::{FleetConfig, FleetError, FleetSink, FleetStatus};
 pub use set::{SinkError, SinkFormats, SinkSet, SinksConfig, DEFAULT_LINE_QUEUE};
 #[cfg(test)]
 pub(crate) use stats::Outcome;

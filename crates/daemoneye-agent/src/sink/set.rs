@@ -7,8 +7,9 @@ use collector_core::WhenFull;
 use tokio::time::Instant;
 
 use super::{
-    AlertFormat, Checkpoint, LineSink, SinkStats, SinkStatsSnapshot, SinkWorker, SyslogSink,
-    SyslogTarget, WebhookConfig, WebhookError, WebhookSink, WorkerConfig,
+    AlertFormat, Checkpoint, FleetConfig, FleetSink, FleetStatus, LineSink, SinkStats,
+    SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget, WebhookConfig, WebhookError,
+    WebhookSink, WorkerConfig,
 };
 use crate::alert::Alert;
 
@@ -108,6 +109,9 @@ pub enum SinkError {
 #[derive(Debug)]
 pub struct SinkSet {
     workers: Vec<SinkWorker>,
+    /// The fleet sink, which ships from the store's outbox: offered each
+    /// alert once the store writer has it ([`deliver_stored`](Self::deliver_stored)).
+    fleet: Option<SinkWorker>,
 }
 
 impl SinkSet {
@@ -154,7 +158,60 @@ impl SinkSet {
             };
             workers.push(SinkWorker::start(sink, worker).map_err(started("webhook"))?);
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            fleet: None,
+        })
+    }
+
+    /// Starts the fleet sink over `writer`'s outbox (the store must queue
+    /// alerts there: [`Store::with_outbox`](daemoneye_store::Store::with_outbox));
+    /// returns its state for health.
+    ///
+    /// # Errors
+    /// [`SinkError::Start`] when its worker cannot be started.
+    pub fn start_fleet(
+        &mut self,
+        config: FleetConfig,
+        writer: daemoneye_store::StoreWriter,
+    ) -> Result<Arc<FleetStatus>, SinkError> {
+        let sink = FleetSink::new(config, writer);
+        let status = sink.status();
+        let worker = SinkWorker::start(sink, FleetSink::worker_config()).map_err(|source| {
+            SinkError::Start {
+                sink: "fleet",
+                source,
+            }
+        })?;
+        self.fleet = Some(worker);
+        Ok(status)
+    }
+
+    /// Whether a sink ships from the store (then offer it each alert with
+    /// [`deliver_stored`](Self::deliver_stored)).
+    pub fn ships_stored(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &SinkWorker> {
+        self.workers.iter().chain(&self.fleet)
+    }
+
+    /// Offers `alert`, once the store writer has it (queued in its outbox),
+    /// to the sinks that ship from the store (the fleet sink).
+    pub async fn deliver_stored(&self, alert: &Alert) {
+        if let Some(w) = &self.fleet {
+            // One delivery drains the whole outbox: when one waits behind
+            // the one under way (its read comes after this alert's write),
+            // another would find nothing more. So a long outage fills
+            // neither the queue nor the drop counters.
+            if w.stats().snapshot().in_flight() >= 2 {
+                return;
+            }
+            // A refusal is counted (and logged) by the worker; the alert
+            // waits in the outbox for the next delivery.
+            let _ = w.send(Arc::new(alert.clone())).await;
+        }
     }
 
     /// Offers `alert` to every sink, each as its [`WhenFull`] policy says
@@ -172,7 +229,7 @@ impl SinkSet {
     /// checkpoint counters.
     pub async fn deliver_checkpoint(&self, checkpoint: &Checkpoint) {
         let checkpoint = Arc::new(checkpoint.clone());
-        for w in &self.workers {
+        for w in self.all() {
             // A refusal is counted (and logged) by the worker.
             let _ = w.send_checkpoint(Arc::clone(&checkpoint)).await;
         }
@@ -180,13 +237,12 @@ impl SinkSet {
 
     /// Each sink's name and counters, for health.
     pub fn stats(&self) -> Vec<(&'static str, Arc<SinkStats>)> {
-        self.workers.iter().map(|w| (w.name(), w.stats())).collect()
+        self.all().map(|w| (w.name(), w.stats())).collect()
     }
 
     /// Each sink's name and checkpoint counters.
     pub fn checkpoint_stats(&self) -> Vec<(&'static str, Arc<SinkStats>)> {
-        self.workers
-            .iter()
+        self.all()
             .map(|w| (w.name(), w.checkpoint_stats()))
             .collect()
     }
@@ -196,6 +252,7 @@ impl SinkSet {
     /// rest as dropped at shutdown, and returns each sink's final counts.
     /// Returns by `deadline`.
     pub async fn close(mut self, deadline: Instant) -> Vec<(&'static str, SinkStatsSnapshot)> {
+        self.workers.extend(self.fleet.take());
         for w in &mut self.workers {
             w.stop_accepting();
         }

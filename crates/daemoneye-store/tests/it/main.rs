@@ -107,6 +107,8 @@ fn fresh_database_gets_the_latest_schema_version() {
             "alerts",
             "connections",
             "ledger",
+            "outbox",
+            "outbox_state",
             "performance",
             "process_events",
             "process_snapshots",

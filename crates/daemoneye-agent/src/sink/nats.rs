@@ -1,0 +1,671 @@
+//! The fleet sink: alerts shipped to NATS JetStream, at least once.
+//!
+//! The alerts come from the store's [outbox](daemoneye_store::outbox), not
+//! from the alert handed to [`deliver`](AlertSink::deliver): every alert is
+//! queued there in the transaction that stores it, so what the broker has
+//! not acknowledged survives the network, the broker and the agent going
+//! away. A delivery drains the outbox: it reads the waiting items in order
+//! (at most [`FleetConfig::window`] unacknowledged publishes at a time),
+//! publishes each to `<prefix>.<host>.alerts` with `Nats-Msg-Id` =
+//! `<host>.alert-<id>` (the stream's duplicate window drops a resend),
+//! awaits JetStream's acks and removes from the outbox what was
+//! acknowledged. When the broker cannot be reached the delivery is retried
+//! by the [`SinkWorker`](super::SinkWorker) with the one
+//! [`Backoff`], for as long as the agent runs; the
+//! client's own reconnects wait by the same backoff. The agent offers the
+//! fleet sink each alert once the store writer has it, and each checkpoint
+//! (the first at start, so an outbox left by a killed agent is drained when
+//! it starts again).
+//!
+//! Checkpoints are published to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
+//! `<host>.checkpoint-<seq>`) after the outbox is drained, awaited but not
+//! through the outbox: a checkpoint lost with the agent is superseded by
+//! the next one, which carries the ledger's head.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use collector_core::metrics::{Counter, Gauge, Registry};
+use collector_core::WhenFull;
+use daemoneye_lib::Backoff;
+use daemoneye_store::{OutboxItem, OutboxState, StoreWriter};
+use tracing::{info, warn};
+
+use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host, WorkerConfig};
+use crate::alert::Alert;
+
+/// The subjects' first token when the config names none.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "daemoneye";
+/// The stream's name when the config names none.
+pub const DEFAULT_STREAM: &str = "DAEMONEYE";
+/// Unacknowledged publishes at a time, when the config names none.
+pub const DEFAULT_WINDOW: usize = 256;
+/// The duplicate window of a stream the sink creates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a publish waits for its ack, and a connection for the server.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fleet sink's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetConfig {
+    /// The server(s): `nats://host:4222`, comma-separated for several;
+    /// `nats://user:password@host` for a user and password, `tls://` for
+    /// TLS.
+    pub url: String,
+    /// This host's name in the subjects and message ids (a subject token:
+    /// `.`, `*`, `>` and white space are replaced by `_`).
+    pub host: String,
+    /// The subjects' first token.
+    pub subject_prefix: String,
+    /// The JetStream stream the subjects belong to.
+    pub stream: String,
+    /// Create the stream (subjects `<prefix>.*.alerts` and
+    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`]) when it
+    /// is missing; otherwise a missing stream is an error.
+    pub create_stream: bool,
+    /// A NATS credentials file (JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A CA file the server's certificate must chain to (TLS required).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The alerts' format in the messages.
+    pub format: AlertFormat,
+    /// The most items the outbox holds (the oldest dropped past it).
+    pub outbox_items: usize,
+    /// The most unacknowledged publishes at a time.
+    pub window: usize,
+}
+
+impl FleetConfig {
+    /// The defaults for the server `url` and this `host`.
+    pub fn new(url: impl Into<String>, host: &str) -> Self {
+        Self {
+            url: url.into(),
+            host: subject_token(host),
+            subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            stream: DEFAULT_STREAM.to_owned(),
+            create_stream: true,
+            creds_file: None,
+            tls_ca_file: None,
+            format: AlertFormat::Native,
+            outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
+            window: DEFAULT_WINDOW,
+        }
+    }
+
+    /// The subject this host's alerts go to.
+    pub fn alerts_subject(&self) -> String {
+        format!("{}.{}.alerts", self.subject_prefix, self.host)
+    }
+
+    /// The subject this host's checkpoints go to.
+    pub fn ledger_subject(&self) -> String {
+        format!("{}.{}.ledger", self.subject_prefix, self.host)
+    }
+}
+
+/// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
+pub fn subject_token(name: &str) -> String {
+    let token: String = name
+        .chars()
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if token.is_empty() {
+        "_".to_owned()
+    } else {
+        token
+    }
+}
+
+/// The fleet sink's state, as health and metrics read it.
+#[derive(Debug)]
+pub struct FleetStatus {
+    /// 1 while the client is connected to a server.
+    pub connected: Gauge,
+    /// Items waiting in the outbox, at the last look.
+    pub outbox_depth: Gauge,
+    /// Items the outbox dropped when full, ever (kept in the store).
+    pub outbox_dropped: Gauge,
+    /// 1 from a look at the outbox that found new drops until it is empty
+    /// again.
+    pub dropping: Gauge,
+    /// Messages published (resends included).
+    pub published: Counter,
+    /// Messages JetStream acknowledged.
+    pub acknowledged: Counter,
+    /// Acknowledged messages the stream had already (resends it dropped).
+    pub duplicates: Counter,
+    /// Drains that failed (to be retried).
+    pub retried: Counter,
+    /// Why the last drain failed; empty after one succeeds.
+    last_error: Mutex<String>,
+    /// Bumped at every change, for [`wait_for`](Self::wait_for).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Whether the outbox was looked at yet (the drops a first look finds
+    /// are an earlier run's, not new).
+    looked: AtomicBool,
+}
+
+impl Default for FleetStatus {
+    fn default() -> Self {
+        Self {
+            connected: Gauge::default(),
+            outbox_depth: Gauge::default(),
+            outbox_dropped: Gauge::default(),
+            dropping: Gauge::default(),
+            published: Counter::default(),
+            acknowledged: Counter::default(),
+            duplicates: Counter::default(),
+            retried: Counter::default(),
+            last_error: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+            looked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FleetStatus {
+    /// Waits until `done` holds, looked at after every change.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_for(&self, done: impl Fn(&Self) -> bool) {
+        let mut rx = self.changed.subscribe();
+        // Fails only when the sender is gone, which it never is while
+        // `self` lives.
+        let _ = rx.wait_for(|_| done(self)).await;
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Why the last attempt failed (empty: it did not).
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_error(&self, e: &str) {
+        e.clone_into(
+            &mut self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.bump();
+    }
+
+    fn set_connected(&self, on: bool) {
+        self.connected.set_bool(on);
+        self.bump();
+    }
+
+    fn outbox(&self, state: OutboxState) {
+        let dropped = i64::try_from(state.dropped).unwrap_or(i64::MAX);
+        let before = self.outbox_dropped.swap(dropped);
+        let looked = self.looked.swap(true, Ordering::Relaxed);
+        if state.depth == 0 {
+            self.dropping.set_bool(false);
+        } else if looked && dropped > before {
+            self.dropping.set_bool(true);
+        }
+        self.outbox_depth
+            .set(i64::try_from(state.depth).unwrap_or(i64::MAX));
+        self.bump();
+    }
+
+    /// Registers the counters as `daemoneye_fleet_*`.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let gauges = [
+            (
+                "daemoneye_fleet_connected",
+                "1 while connected to a NATS server.",
+                &self.connected,
+            ),
+            (
+                "daemoneye_fleet_outbox_depth",
+                "Items waiting in the outbox.",
+                &self.outbox_depth,
+            ),
+            (
+                "daemoneye_fleet_outbox_dropped",
+                "Items the full outbox dropped (oldest first), ever.",
+                &self.outbox_dropped,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            registry.register_gauge(name, help, &[], g);
+        }
+        let counters = [
+            (
+                "daemoneye_fleet_published_total",
+                "Messages published to JetStream.",
+                &self.published,
+            ),
+            (
+                "daemoneye_fleet_acknowledged_total",
+                "Messages JetStream acknowledged.",
+                &self.acknowledged,
+            ),
+            (
+                "daemoneye_fleet_duplicates_total",
+                "Resends the stream had already.",
+                &self.duplicates,
+            ),
+            (
+                "daemoneye_fleet_retried_total",
+                "Drains that failed and are retried.",
+                &self.retried,
+            ),
+        ];
+        for (name, help, c) in counters {
+            registry.register_counter(name, help, &[], c);
+        }
+    }
+}
+
+/// Why a drain failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// No server could be reached or the connection was refused
+    /// (including bad credentials).
+    #[error("cannot connect to {url}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The credentials file cannot be read.
+    #[error("cannot read the credentials file {}", path.display())]
+    Creds {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stream is missing (and not to be created) or cannot be created.
+    #[error("stream {stream}: {reason}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
+    /// A publish was not acknowledged.
+    #[error("publish to {subject} not acknowledged: {reason}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store's outbox cannot be read or acked.
+    #[error("outbox")]
+    Outbox(#[from] daemoneye_store::StoreError),
+}
+
+/// The fleet sink; see the [module docs](self).
+pub struct FleetSink {
+    config: FleetConfig,
+    writer: StoreWriter,
+    status: Arc<FleetStatus>,
+    host: Host,
+    js: Option<jetstream::Context>,
+    /// Whether the stream is known to be there (checked again after a
+    /// publish fails: it may have been deleted).
+    stream_ready: bool,
+    /// The client's reconnect waits (shared with the worker's retries).
+    backoff: Backoff,
+}
+
+collector_core::debug_fields!(FleetSink { config });
+
+impl FleetSink {
+    /// The sink over `writer`'s outbox (the store must have been opened
+    /// [`with_outbox`](daemoneye_store::Store::with_outbox)). Connects on
+    /// the first delivery.
+    pub fn new(config: FleetConfig, writer: StoreWriter) -> Self {
+        let host = Host {
+            hostname: config.host.clone(),
+            ..Host::local()
+        };
+        Self {
+            config,
+            writer,
+            status: Arc::new(FleetStatus::default()),
+            host,
+            js: None,
+            stream_ready: false,
+            backoff: Self::worker_config().backoff,
+        }
+    }
+
+    /// The sink's state, shared with health.
+    pub fn status(&self) -> Arc<FleetStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// The worker the sink runs behind: a drain that fails is retried for
+    /// as long as the agent runs (the alerts wait in the outbox, not in
+    /// the worker's queue, whose drops only skip a wake-up).
+    pub fn worker_config() -> WorkerConfig {
+        WorkerConfig {
+            capacity: 1024,
+            when_full: WhenFull::DropNewest,
+            max_attempts: u32::MAX,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+                .with_jitter(0.2),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<jetstream::Context, FleetError> {
+        let js = match &self.js {
+            Some(js) => js.clone(),
+            None => {
+                let js = self.open().await?;
+                self.js = Some(js.clone());
+                js
+            }
+        };
+        if !self.stream_ready {
+            self.ensure_stream(&js).await?;
+            self.stream_ready = true;
+        }
+        Ok(js)
+    }
+
+    /// A client (reconnecting by itself from then on) and its JetStream
+    /// context.
+    async fn open(&self) -> Result<jetstream::Context, FleetError> {
+        let c = &self.config;
+        let status = Arc::clone(&self.status);
+        let backoff = self.backoff;
+        let mut options = ConnectOptions::new()
+            .name("daemoneye-agent")
+            .connection_timeout(ACK_TIMEOUT)
+            .reconnect_delay_callback(move |n| {
+                backoff.jittered(
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                    daemoneye_lib::jitter(),
+                )
+            })
+            .event_callback(move |event| {
+                let status = Arc::clone(&status);
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            status.set_connected(true);
+                            info!(sink = "fleet", "connected to the NATS server");
+                        }
+                        async_nats::Event::Disconnected => {
+                            status.set_connected(false);
+                            warn!(sink = "fleet", "disconnected from the NATS server");
+                        }
+                        other => warn!(sink = "fleet", event = %other, "NATS client event"),
+                    }
+                }
+            });
+        if let Some(path) = &c.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|source| FleetError::Creds {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        if let Some(ca) = &c.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client =
+            options
+                .connect(c.url.as_str())
+                .await
+                .map_err(|source| FleetError::Connect {
+                    url: redact(&c.url),
+                    source,
+                })?;
+        self.status.set_connected(true);
+        Ok(jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .build(client))
+    }
+
+    /// Creates the stream when missing (as configured), or checks it is
+    /// there.
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), FleetError> {
+        let c = &self.config;
+        let stream_error = |reason: String| FleetError::Stream {
+            stream: c.stream.clone(),
+            reason,
+        };
+        if c.create_stream {
+            let config = stream::Config {
+                name: c.stream.clone(),
+                subjects: vec![
+                    format!("{}.*.alerts", c.subject_prefix),
+                    format!("{}.*.ledger", c.subject_prefix),
+                ],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..stream::Config::default()
+            };
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| stream_error(e.to_string()))?;
+        } else {
+            js.get_stream(&c.stream)
+                .await
+                .map_err(|e| stream_error(e.to_string()))?;
+        }
+        info!(sink = "fleet", url = %redact(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
+        Ok(())
+    }
+
+    /// Publishes everything in the outbox, oldest first, in windows of
+    /// unacknowledged publishes; removes what was acknowledged.
+    async fn drain(&mut self) -> Result<(), FleetError> {
+        let js = self.connect().await?;
+        let subject = self.config.alerts_subject();
+        loop {
+            let items = self
+                .writer
+                .outbox_read(0, self.config.window.max(1))
+                .await?;
+            if items.is_empty() {
+                let state = self.writer.outbox_state().await?;
+                self.status.outbox(state);
+                return Ok(());
+            }
+            let mut pending = Vec::with_capacity(items.len());
+            let mut unencodable = Vec::new();
+            let mut failed = None;
+            for item in &items {
+                let Some(payload) = self.encode(item) else {
+                    unencodable.push(item.id);
+                    continue;
+                };
+                let mut headers = HeaderMap::new();
+                let msg_id = format!("{}.{}", self.config.host, item.msg_id);
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+                match js
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                {
+                    Ok(ack) => {
+                        self.status.published.inc();
+                        pending.push((item.id, ack));
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let mut acked = unencodable;
+            for (id, ack) in pending {
+                match ack.await {
+                    Ok(ack) => {
+                        self.status.acknowledged.inc();
+                        if ack.duplicate {
+                            self.status.duplicates.inc();
+                        }
+                        acked.push(id);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            let state = self.writer.outbox_ack(acked).await?;
+            self.status.outbox(state);
+            if let Some(reason) = failed {
+                self.stream_ready = false;
+                return Err(FleetError::Publish { subject, reason });
+            }
+        }
+    }
+
+    /// The item's message body in the configured format; `None` (logged)
+    /// for a body that is not an alert record, which no retry would mend.
+    fn encode(&self, item: &OutboxItem) -> Option<Bytes> {
+        let encoded = serde_json::from_str::<Alert>(&item.body)
+            .and_then(|alert| self.config.format.encode(&alert, &self.host));
+        match encoded {
+            Ok(text) => Some(Bytes::from(text)),
+            Err(e) => {
+                warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not an alert record; dropped");
+                None
+            }
+        }
+    }
+
+    /// Counts and logs a failed attempt, and looks at the outbox (its
+    /// depth while the broker is away).
+    async fn failed(&self, e: &FleetError) -> Delivery {
+        let cause = daemoneye_lib::error_chain(e);
+        let depth = self.writer.outbox_state().await.ok().map(|state| {
+            self.status.outbox(state);
+            state.depth
+        });
+        self.status.retried.inc();
+        self.status.set_error(&cause);
+        if matches!(e, FleetError::Connect { .. }) {
+            self.status.set_connected(false);
+        }
+        warn!(sink = "fleet", error = %cause, outbox_depth = ?depth, "fleet delivery failed; alerts wait in the outbox");
+        Delivery::Retry { cause, after: None }
+    }
+}
+
+/// `url` without the passwords in it.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl AlertSink for FleetSink {
+    fn name(&self) -> &'static str {
+        "fleet"
+    }
+
+    /// Drains the outbox, which holds `_alert` (queued by the store
+    /// writer before the agent offers it here) and whatever waits before
+    /// it.
+    async fn deliver(&mut self, _alert: &Alert) -> Delivery {
+        match self.drain().await {
+            Ok(()) => {
+                self.status.set_error("");
+                Delivery::Delivered
+            }
+            Err(e) => self.failed(&e).await,
+        }
+    }
+
+    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
+        if let Err(e) = self.drain().await {
+            return self.failed(&e).await;
+        }
+        let Some(js) = self.js.clone() else {
+            return Delivery::Retry {
+                cause: "not connected".to_owned(),
+                after: None,
+            };
+        };
+        let body = match serde_json::to_vec(checkpoint) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return Delivery::Failed(format!("cannot encode the checkpoint: {e}")),
+        };
+        let subject = self.config.ledger_subject();
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("{}.checkpoint-{}", self.config.host, checkpoint.seq);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        let acked = match js
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+        {
+            Ok(ack) => {
+                self.status.published.inc();
+                ack.await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match acked {
+            Ok(_) => {
+                self.status.acknowledged.inc();
+                self.status.set_error("");
+                Delivery::Delivered
+            }
+            Err(reason) => self.failed(&FleetError::Publish { subject, reason }).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_become_one_subject_token() {
+        assert_eq!(subject_token("web-1.example.com"), "web-1_example_com");
+        assert_eq!(subject_token("a b*>"), "a_b__");
+        assert_eq!(subject_token(""), "_");
+        let c = FleetConfig::new("nats://127.0.0.1:4222", "db.local");
+        assert_eq!(c.alerts_subject(), "daemoneye.db_local.alerts");
+        assert_eq!(c.ledger_subject(), "daemoneye.db_local.ledger");
+    }
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redact("nats://u:secret@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
+        assert_eq!(redact("nats://a:4222"), "nats://a:4222");
+    }
+}

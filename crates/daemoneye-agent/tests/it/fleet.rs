@@ -1,0 +1,584 @@
+//! The fleet sink against a real `nats-server` (JetStream), started here on
+//! a free loopback port with a store directory of the test's: alerts arrive
+//! in the stream with their ids, wait in the outbox while the broker is
+//! away (health says so) and arrive once, nothing lost, when it is back.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use daemoneye_agent::agent::Agent;
+use daemoneye_agent::health::AgentHealth;
+use daemoneye_agent::link::LinkState;
+use daemoneye_agent::sink::FleetStatus;
+use daemoneye_lib::proto::HealthState;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::settings;
+use crate::link::{exec, Served};
+
+const HOST: &str = "test-host";
+const SUBJECT: &str = "daemoneye.test-host.alerts";
+
+/// A `nats-server -js` on a loopback port with its store in a directory;
+/// killed when dropped.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    /// A free port and a store directory for a server not started yet;
+    /// `None` (saying why) when there is no `nats-server` to run.
+    fn prepare(dir: &Path) -> Option<Self> {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: no nats-server on PATH (Debian: apt-get install -y nats-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = dir.join("jetstream");
+        std::fs::create_dir_all(&store).unwrap();
+        Some(Self {
+            child: None,
+            port,
+            store,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and returns once it says it is ready.
+    fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// As [`start`](Self::start), with more arguments.
+    fn start_with(&mut self, more: &[&str]) {
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(more)
+            .arg("-sd")
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+            let _ = tx.send(Err(log));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(())) => {}
+            other => panic!("nats-server did not start: {other:?}"),
+        }
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL: nothing flushed on the way out) and
+    /// reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every message of the stream, in order: (subject, msg id, body).
+    async fn messages(&self) -> Vec<(String, String, Value)> {
+        let client = async_nats::connect(self.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("DAEMONEYE").await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let id = m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            out.push((
+                m.subject.to_string(),
+                id,
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+        assert_eq!(out.len() as u64, state.messages);
+        out
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An agent with one (served) collector, shipping to `url`.
+struct Running {
+    health: AgentHealth,
+    fleet: Arc<FleetStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    collector: Served,
+    data: PathBuf,
+}
+
+impl Running {
+    async fn start(dir: &Path, url: &str) -> Self {
+        Self::start_with(dir, url, "").await
+    }
+
+    /// As [`start`](Self::start), with more `[fleet]` keys.
+    async fn start_with(dir: &Path, url: &str, fleet: &str) -> Self {
+        let socket = dir.join("collector.sock");
+        let collector = Served::start(&socket).await;
+        let data = dir.join("data");
+        let s = settings(&format!(
+            "data_dir = \"{}\"\nsweep_interval = \"1h\"\n\
+             [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
+             [fleet]\nurl = \"{url}\"\nhost = \"{HOST}\"\n{fleet}\n",
+            data.display(),
+            socket.display(),
+        ));
+        let agent = Agent::build(s).await.unwrap();
+        let health = agent.health();
+        let fleet = health.fleet.clone().expect("the fleet sink is configured");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(agent.run(shutdown.clone()));
+        let link = &health.collectors[0].link;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            link.wait_for(|s| s.state() == LinkState::Connected),
+        )
+        .await
+        .expect("the collector link connects");
+        Self {
+            health,
+            fleet,
+            shutdown,
+            task,
+            collector,
+            data,
+        }
+    }
+
+    /// An exec from /dev/shm by `pid`: one alert.
+    async fn raise(&self, pid: u32) {
+        let mut e = exec(pid, &format!("p{pid}"));
+        e.executable_path = Some(format!("/dev/shm/p{pid}"));
+        self.collector.send(e).await;
+    }
+
+    /// Waits (up to 30 s) until `done` holds of the fleet sink's state.
+    async fn until(&self, what: &str, done: impl Fn(&FleetStatus) -> bool) {
+        let fleet = &self.fleet;
+        tokio::time::timeout(Duration::from_secs(30), fleet.wait_for(done))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: not within 30 s; acknowledged {}, depth {}, error {:?}",
+                    fleet.acknowledged.get(),
+                    fleet.outbox_depth.get(),
+                    fleet.last_error()
+                )
+            });
+    }
+
+    /// Waits until `n` alerts were acknowledged and the outbox is empty.
+    async fn until_shipped(&self, n: u64) {
+        self.until(&format!("{n} alerts shipped"), |f| {
+            f.acknowledged.get() >= n && f.outbox_depth.get() == 0 && f.last_error().is_empty()
+        })
+        .await;
+    }
+
+    async fn stop(self) -> PathBuf {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the agent stops when told")
+            .unwrap();
+        self.collector.stop().await;
+        self.data
+    }
+}
+
+/// The alerts' messages: each id once, on the host's subject; their pids.
+fn alert_pids(messages: &[(String, String, Value)]) -> Vec<u64> {
+    let alerts: Vec<_> = messages.iter().filter(|(s, _, _)| s == SUBJECT).collect();
+    let ids: BTreeSet<&str> = alerts.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        alerts.len(),
+        "each message id once: {messages:?}"
+    );
+    let mut pids: Vec<u64> = alerts
+        .iter()
+        .map(|(_, _, body)| body["process"]["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    for pid in [5101, 5102, 5103] {
+        agent.raise(pid).await;
+    }
+    agent.until_shipped(3).await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
+    let data = agent.stop().await;
+
+    let messages = nats.messages().await;
+    assert_eq!(alert_pids(&messages), [5101, 5102, 5103]);
+    // The id is the host and the alert's row in the store.
+    let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
+    let rows = store
+        .query("SELECT id FROM alerts ORDER BY id")
+        .unwrap()
+        .rows;
+    let want: BTreeSet<String> = rows
+        .iter()
+        .map(|r| format!("{HOST}.alert-{}", r[0]))
+        .collect();
+    let got: BTreeSet<String> = messages
+        .iter()
+        .filter(|(s, _, _)| s == SUBJECT)
+        .map(|(_, id, _)| id.clone())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(store.outbox_state().unwrap().depth, 0);
+    // Checkpoints go to the ledger subject.
+    assert!(
+        messages
+            .iter()
+            .any(|(s, id, b)| s == "daemoneye.test-host.ledger"
+                && id.starts_with("test-host.checkpoint-")
+                && b["kind"] == "checkpoint"),
+        "{messages:?}"
+    );
+
+    // A resend under an id the stream has is dropped by the stream.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    let first = want.iter().next().unwrap().clone();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, first.as_str());
+    let ack = js
+        .publish_with_headers(SUBJECT, headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate, "{ack:?}");
+    assert_eq!(nats.messages().await.len(), messages.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    for pid in [5201, 5202, 5203] {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("the alerts wait in the outbox", |f| {
+            f.outbox_depth.get() == 3 && !f.last_error().is_empty()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(fleet.message.contains("broker unreachable"), "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_depth"], 3, "{fleet:?}");
+    assert!(
+        report.message.contains("fleet: broker unreachable"),
+        "{report:?}"
+    );
+
+    nats.start();
+    agent.until_shipped(3).await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5201, 5202, 5203]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    for pid in 5301..=5305 {
+        agent.raise(pid).await;
+    }
+    agent.until_shipped(5).await;
+    nats.kill();
+    for pid in 5306..=5310 {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("the broker is seen gone", |f| {
+            !f.connected.get_bool() || !f.last_error().is_empty()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    nats.start();
+    agent.until_shipped(10).await;
+    agent.stop().await;
+    let pids = alert_pids(&nats.messages().await);
+    assert_eq!(pids, (5301..=5310).collect::<Vec<u64>>());
+}
+
+/// What a killed agent leaves: alerts committed with their outbox items,
+/// never shipped (the store's transactions survive a SIGKILL). The next
+/// agent ships them at start, before any new alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let mut store = daemoneye_agent::store::AgentStore::open(&data)
+            .unwrap()
+            .with_outbox(Some(100));
+        for pid in [5401, 5402] {
+            let mut e = exec(pid, "left");
+            e.executable_path = Some("/dev/shm/left".to_owned());
+            let alert = daemoneye_agent::alert::Alert {
+                rule_id: "exec-from-temp-dir".to_owned(),
+                rule_name: "left behind".to_owned(),
+                severity: daemoneye_agent::alert::Severity::High,
+                mitre: vec![],
+                process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
+                observed_at: 1,
+                raised_at: 2,
+                dedup_key: format!("left:{pid}"),
+            };
+            store.record_alert(&alert).unwrap();
+        }
+        assert_eq!(store.outbox_state().unwrap().depth, 2);
+    }
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5401, 5402]);
+}
+
+/// The agent's binary, killed (`SIGKILL`) while the broker is away and its outbox
+/// holds two alerts: the agent started again ships them once the broker is
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let socket = dir.path().join("killed.sock");
+    let collector = Served::start(&socket).await;
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nuser = \"root\"\nsweep_interval = \"1h\"\n\
+             [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
+             [fleet]\nurl = \"{}\"\nhost = \"{HOST}\"\n",
+            dir.path().join("data").display(),
+            socket.display(),
+            nats.url(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daemoneye-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("DAEMONEYE_NATS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |lines: std::sync::mpsc::Receiver<String>, what: &'static str| {
+        tokio::task::spawn_blocking(move || loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {what:?}"));
+            if line.contains(what) {
+                return lines;
+            }
+        })
+    };
+    let lines = wait_for(lines, "collector connected").await.unwrap();
+    for pid in [5501, 5502] {
+        let mut e = exec(pid, "killed");
+        e.executable_path = Some("/dev/shm/killed".to_owned());
+        collector.send(e).await;
+    }
+    // Each failed attempt reads the outbox first (committing what was
+    // queued before it) and logs its depth.
+    let _lines = wait_for(lines, "outbox_depth=Some(2)").await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    collector.stop().await;
+
+    nats.start();
+    let agent = Running::start(dir.path(), &nats.url()).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5501, 5502]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let agent = Running::start_with(dir.path(), &nats.url(), "outbox_max_items = 2").await;
+    agent
+        .until("the first look at the outbox", |f| {
+            !f.last_error().is_empty()
+        })
+        .await;
+    for pid in 5601..=5605 {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("three of five dropped", |f| {
+            f.outbox_dropped.get() == 3 && f.dropping.get_bool()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(fleet.message.contains("outbox full"), "{fleet:?}");
+    assert_eq!(
+        (
+            fleet.counters["outbox_depth"],
+            fleet.counters["outbox_dropped"]
+        ),
+        (2, 3),
+        "{fleet:?}"
+    );
+    nats.start();
+    agent.until_shipped(2).await;
+    assert!(!agent.fleet.dropping.get_bool());
+    let data = agent.stop().await;
+    // The newest two were shipped; the store keeps all five.
+    assert_eq!(alert_pids(&nats.messages().await), [5604, 5605]);
+    let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
+    assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
+    assert_eq!(store.outbox_state().unwrap().dropped, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start_with(&["--user", "daemoneye", "--pass", "right-one"]);
+    let url = format!("nats://daemoneye:s3cret-wrong@127.0.0.1:{}", nats.port);
+    let agent = Running::start(dir.path(), &url).await;
+    agent.raise(5701).await;
+    agent
+        .until("refused for its credentials, the alert kept", |f| {
+            f.outbox_depth.get() == 1 && f.last_error().contains("authorization")
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet
+            .message
+            .contains("cannot connect to nats://***@127.0.0.1"),
+        "{fleet:?}"
+    );
+    assert!(
+        !fleet.message.contains("s3cret"),
+        "the password is not shown: {fleet:?}"
+    );
+    agent.stop().await;
+}

@@ -1,0 +1,333 @@
+//! The outbox: what waits to leave the host until a broker has
+//! acknowledged it (the fleet sink's at-least-once delivery).
+//!
+//! An item enters the outbox in the same transaction as the row it ships
+//! (an alert is stored, ledgered and queued for shipping at once, or not at
+//! all), so a crash between storing and shipping loses nothing: the items
+//! are still there when the agent starts again. A shipper reads them in
+//! order ([`Store::outbox_read`], in batches after the last id it has in
+//! flight), publishes each under its stable [`OutboxItem::msg_id`] (a
+//! broker's duplicate window drops a resend after a crash between publish
+//! and ack), and removes what was acknowledged ([`Store::outbox_ack`]).
+//! The agent's writer does both for its sinks
+//! ([`StoreWriter::outbox_read`](crate::StoreWriter::outbox_read),
+//! [`StoreWriter::outbox_ack`](crate::StoreWriter::outbox_ack)), so the
+//! store keeps its one writer.
+//!
+//! # When full
+//! The outbox holds at most [`Store::with_outbox`]'s bound of items. Past
+//! it the **oldest** items are dropped, and counted in
+//! [`OutboxState::dropped`] (kept in the database, so the count survives
+//! restarts). Oldest first because a fleet reader wants the newest alerts of
+//! a host that was cut off longest, and because the host's own store keeps
+//! every alert: what the outbox drops is never lost from the host, only not
+//! shipped. Refusing new items instead would ship stale alerts and hide the
+//! fresh ones.
+//!
+//! ```
+//! use daemoneye_store::{Alert, AlertProcess, Severity, Store};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let mut store = Store::open(dir.path())?.with_outbox(Some(2));
+//! let alert = Alert {
+//!     rule_id: "r".into(),
+//!     rule_name: "rule".into(),
+//!     severity: Severity::High,
+//!     mitre: vec![],
+//!     process: AlertProcess::host(),
+//!     observed_at: 1,
+//!     raised_at: 2,
+//!     dedup_key: "r:1".into(),
+//! };
+//! for _ in 0..3 {
+//!     store.record_alert(&alert)?;
+//! }
+//! let items = store.outbox_read(0, 10)?;
+//! assert_eq!(items.len(), 2); // the bound: the first alert was dropped
+//! assert_eq!(items[0].msg_id, "alert-2");
+//! let state = store.outbox_ack(&[items[0].id])?;
+//! assert_eq!((state.depth, state.dropped), (1, 1));
+//! # Ok(())
+//! # }
+//! ```
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::store::{Store, StoreError};
+
+/// The outbox's bound when the agent ships and its config names none.
+pub const DEFAULT_OUTBOX_ITEMS: usize = 100_000;
+
+/// What an item ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutboxKind {
+    /// An alert; its body is the stored alert record (JSON).
+    Alert,
+}
+
+impl OutboxKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "alert" => Some(Self::Alert),
+            _ => None,
+        }
+    }
+}
+
+/// One item waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Its place in the outbox: items are read in this order.
+    pub id: i64,
+    /// What it ships.
+    pub kind: OutboxKind,
+    /// Its stable id on this host (`alert-<alert row id>`): the same on
+    /// every resend, for the broker's duplicate detection.
+    pub msg_id: String,
+    /// The record it ships, as stored (an alert's JSON).
+    pub body: String,
+    /// When it entered the outbox (unix nanoseconds).
+    pub queued_at: i64,
+}
+
+/// How full the outbox is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxState {
+    /// Items waiting.
+    pub depth: u64,
+    /// Items dropped because the outbox was full, ever (the oldest first).
+    pub dropped: u64,
+    /// When the oldest waiting item entered (unix nanoseconds).
+    pub oldest_queued_at: Option<i64>,
+}
+
+/// Queues `body` inside `tx` (the transaction that stores what it ships);
+/// then drops the oldest items past `bound`, counting them. Returns how
+/// many were dropped.
+pub(crate) fn append_in(
+    tx: &Transaction<'_>,
+    bound: usize,
+    kind: OutboxKind,
+    msg_id: &str,
+    body: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (kind, msg_id, body, queued_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![kind.as_str(), msg_id, body, now])?;
+    let bound = i64::try_from(bound.max(1)).unwrap_or(i64::MAX);
+    let depth: i64 = tx.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+    if depth <= bound {
+        return Ok(0);
+    }
+    let excess = depth - bound;
+    let dropped = tx
+        .prepare_cached(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
+        )?
+        .execute([excess])?;
+    tx.prepare_cached("UPDATE outbox_state SET dropped = dropped + ?1 WHERE id = 1")?
+        .execute([dropped])?;
+    Ok(dropped as u64)
+}
+
+fn read(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, msg_id, body, queued_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map([after, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut items = Vec::new();
+    for row in rows {
+        let (id, kind, msg_id, body, queued_at) = row?;
+        // A kind this build does not know (written by a newer one) stays
+        // for that build to ship.
+        if let Some(kind) = OutboxKind::parse(&kind) {
+            items.push(OutboxItem {
+                id,
+                kind,
+                msg_id,
+                body,
+                queued_at,
+            });
+        }
+    }
+    Ok(items)
+}
+
+fn state(conn: &Connection) -> Result<OutboxState, StoreError> {
+    let (depth, oldest): (i64, Option<i64>) =
+        conn.query_row("SELECT count(*), min(queued_at) FROM outbox", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let dropped: Option<i64> = conn
+        .query_row("SELECT dropped FROM outbox_state WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(OutboxState {
+        depth: u64::try_from(depth).unwrap_or(0),
+        dropped: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
+        oldest_queued_at: oldest,
+    })
+}
+
+impl Store {
+    /// Queues every alert stored from now on in the outbox, which holds at
+    /// most `bound` items (the oldest dropped past it; see the
+    /// [module docs](self)); `None` queues nothing (no shipper is
+    /// configured). Items already queued stay either way.
+    #[must_use]
+    pub fn with_outbox(mut self, bound: Option<usize>) -> Self {
+        self.outbox = bound.map(|b| b.max(1));
+        self
+    }
+
+    /// Up to `limit` items after the item `after` (0: from the start), in
+    /// order.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn outbox_read(&self, after: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        read(self.conn(), after, limit)
+    }
+
+    /// Removes the items `ids` (acknowledged by the broker), in one
+    /// transaction; ids no longer there are skipped. Returns the outbox's
+    /// state after.
+    ///
+    /// # Errors
+    /// SQLite errors; nothing is removed then.
+    pub fn outbox_ack(&mut self, ids: &[i64]) -> Result<OutboxState, StoreError> {
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for id in ids {
+                delete.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        self.outbox_state()
+    }
+
+    /// How full the outbox is.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn outbox_state(&self) -> Result<OutboxState, StoreError> {
+        state(self.conn())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{Alert, AlertProcess, Severity};
+
+    fn alert(pid: u32) -> Alert {
+        Alert {
+            rule_id: "r".into(),
+            rule_name: "rule".into(),
+            severity: Severity::High,
+            mitre: vec![],
+            process: AlertProcess {
+                pid,
+                ..AlertProcess::host()
+            },
+            observed_at: 1,
+            raised_at: 2,
+            dedup_key: format!("r:{pid}"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_queued_without_an_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.record_alert(&alert(1)).unwrap();
+        assert_eq!(store.outbox_state().unwrap(), OutboxState::default());
+    }
+
+    #[test]
+    fn alerts_are_queued_with_their_row_and_read_in_order_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap().with_outbox(Some(100));
+        let ids: Vec<i64> = (1..=5)
+            .map(|p| store.record_alert(&alert(p)).unwrap())
+            .collect();
+        let first = store.outbox_read(0, 3).unwrap();
+        assert_eq!(first.len(), 3);
+        let rest = store.outbox_read(first[2].id, 3).unwrap();
+        let all: Vec<OutboxItem> = first.into_iter().chain(rest).collect();
+        let msg_ids: Vec<String> = all.iter().map(|i| i.msg_id.clone()).collect();
+        let want: Vec<String> = ids.iter().map(|id| format!("alert-{id}")).collect();
+        assert_eq!(msg_ids, want);
+        let pids: Vec<u32> = all
+            .iter()
+            .map(|i| serde_json::from_str::<Alert>(&i.body).unwrap().process.pid)
+            .collect();
+        assert_eq!(pids, [1, 2, 3, 4, 5]);
+        assert!(all.iter().all(|i| i.kind == OutboxKind::Alert));
+        let state = store.outbox_ack(&[all[0].id, all[1].id]).unwrap();
+        assert_eq!((state.depth, state.dropped), (3, 0));
+        assert_eq!(state.oldest_queued_at, Some(all[2].queued_at));
+        assert_eq!(store.outbox_read(0, 10).unwrap()[0].msg_id, want[2]);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_and_counts_them_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap().with_outbox(Some(3));
+        for p in 1..=5 {
+            store.record_alert(&alert(p)).unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let pids: Vec<u32> = store
+            .outbox_read(0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| serde_json::from_str::<Alert>(&i.body).unwrap().process.pid)
+            .collect();
+        assert_eq!(pids, [3, 4, 5]);
+        assert_eq!(store.outbox_state().unwrap().dropped, 2);
+        // Every alert is still in the store: the outbox drops shipping only.
+        assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_failed_alert_write_queues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap().with_outbox(Some(3));
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TRIGGER no_alerts BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'no'); END;",
+            )
+            .unwrap();
+        assert!(store.record_alert(&alert(1)).is_err());
+        assert_eq!(store.outbox_state().unwrap().depth, 0);
+    }
+}
