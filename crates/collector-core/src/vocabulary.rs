@@ -363,7 +363,8 @@ pub const ANCESTRY: &[Column] = {
 
 /// The columns of the rules' `exec_lineage` table: the images one process
 /// (one `process_key`, so one pid) ran in turn, the image it was first
-/// seen with (after a fork: its parent's) first: `nginx` then `sh`.
+/// seen with (after a fork: its parent's) first: `nginx` then `sh`. Only
+/// processes that ran more than one image have rows.
 pub const EXEC_LINEAGE: &[Column] = {
     use SqlType::{Integer, Text};
     &[

@@ -149,6 +149,7 @@ pub const COLUMNS: [&str; 29] = [
 // and equalities become index lookups instead of scans of the batch.
 // The flags are rarely set: partial indexes hold only the rows that have
 // them, so filling them costs almost nothing, and `flag = 1` is a lookup.
+// `process_key` is what a rule over the history joins `processes` on.
 const INDEXES: &str = "
 CREATE INDEX processes_exe ON processes (exe);
 CREATE INDEX processes_name ON processes (name);
@@ -160,7 +161,8 @@ CREATE INDEX processes_pipes ON processes (pipes_to_interpreter) WHERE pipes_to_
 CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;
 CREATE INDEX processes_kernel_thread ON processes (argv0_kernel_thread) WHERE argv0_kernel_thread = 1;
 CREATE INDEX processes_argv0_differs ON processes (argv0_differs) WHERE argv0_differs = 1;
-CREATE INDEX processes_stdin_shell ON processes (stdin_shell) WHERE stdin_shell = 1;";
+CREATE INDEX processes_stdin_shell ON processes (stdin_shell) WHERE stdin_shell = 1;
+CREATE INDEX processes_process_key ON processes (process_key);";
 
 // The history (see [`crate::history`]): kept between batches, changed by
 // [`RuleEngine::apply_history`]. `ancestry` is a view over the links (fixed
@@ -836,6 +838,7 @@ impl RuleEngine {
     ///
     /// # Errors
     /// When the engine's database cannot be written.
+    #[allow(clippy::too_many_lines)] // one statement per kind of change
     pub fn apply_history(&mut self, changes: &[Change]) -> Result<(), EngineError> {
         if changes.is_empty() {
             return Ok(());
@@ -887,18 +890,32 @@ impl RuleEngine {
                         pid,
                         seq,
                         image: i,
+                        previous,
                     } => {
                         image.execute(params![key, i.name, i.exe, i.cmdline])?;
-                        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                        lineage.execute(params![
-                            key,
-                            seq,
-                            pid,
-                            i.exe,
-                            i.name,
-                            i.cmdline,
-                            i.observed_at
-                        ])?;
+                        if let Some(p) = previous {
+                            lineage.execute(params![
+                                key,
+                                0,
+                                pid,
+                                p.exe,
+                                p.name,
+                                p.cmdline,
+                                p.observed_at
+                            ])?;
+                        }
+                        if *seq > 0 {
+                            let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                            lineage.execute(params![
+                                key,
+                                seq,
+                                pid,
+                                i.exe,
+                                i.name,
+                                i.cmdline,
+                                i.observed_at
+                            ])?;
+                        }
                     }
                     Change::Exited { key } => {
                         exited.execute([key])?;
@@ -1433,7 +1450,8 @@ mod tests {
             count("SELECT count(*) FROM process_history WHERE pid IN (10, 11)"),
             0
         );
-        assert_eq!(count("SELECT count(*) FROM exec_lineage"), 3);
+        // One image each: no lineage.
+        assert_eq!(count("SELECT count(*) FROM exec_lineage"), 0);
         assert_eq!(count("SELECT count(*) FROM lifecycle_events"), 4);
         assert_eq!(count("SELECT min(seq) FROM lifecycle_events"), 2);
     }

@@ -9,7 +9,8 @@
 //!   reparents its children): at most [`MAX_PROCESSES`], exited ones
 //!   evicted first, then the oldest; each eviction counted;
 //! - the images each process ran, at most [`MAX_IMAGES`] (past it, counted
-//!   and dropped);
+//!   and dropped); `exec_lineage` lists the processes that ran more than
+//!   one (most run one: a worker forked and never exec'd);
 //! - the forks, execs and exits of the last [`LIFECYCLE_WINDOW`], at most
 //!   [`MAX_LIFECYCLE_EVENTS`] (the oldest go first, counted).
 //!
@@ -84,6 +85,8 @@ pub enum Change {
         ancestors: Vec<String>,
     },
     /// The process ran `image`, its `seq`-th (from 0); its last image now.
+    /// `exec_lineage` holds only processes that ran more than one: the
+    /// second image brings the first (`previous`) with it.
     Image {
         /// Its key.
         key: String,
@@ -93,6 +96,8 @@ pub enum Change {
         seq: usize,
         /// The image.
         image: Image,
+        /// With the second image: the first.
+        previous: Option<Image>,
     },
     /// The process exited.
     Exited {
@@ -292,12 +297,13 @@ impl History {
                     }
                     let seq = node.images;
                     node.images += 1;
-                    node.last = image.clone();
+                    let last = std::mem::replace(&mut node.last, image.clone());
                     self.changes.push(Change::Image {
                         key,
                         pid: e.pid,
                         seq,
                         image,
+                        previous: (seq == 1).then_some(last),
                     });
                 }
             }
@@ -354,6 +360,7 @@ impl History {
                 pid: e.pid,
                 seq: 0,
                 image,
+                previous: None,
             });
         }
     }
