@@ -32,8 +32,8 @@ use collector_core::{ProcessEvent, ProcessEventType};
 pub const MAX_PROCESSES: usize = 32_768;
 /// The longest ancestry kept for one process (parent first): with
 /// [`MAX_PROCESSES`], at most 524,288 links (some 170 bytes each with its
-/// index: about 90 MiB of the engine's
-/// heap at the worst; a real tree is a few levels deep).
+/// index: about 90 MiB of the engine's heap at the worst; a real tree is a
+/// few levels deep).
 pub const MAX_DEPTH: usize = 16;
 /// The most images kept for one process.
 pub const MAX_IMAGES: usize = 16;
