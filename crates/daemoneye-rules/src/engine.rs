@@ -150,12 +150,14 @@ pub const COLUMNS: [&str; 29] = [
 // The flags are rarely set: partial indexes hold only the rows that have
 // them, so filling them costs almost nothing, and `flag = 1` is a lookup.
 // `process_key` is what a rule over the history joins `processes` on.
+// Nearly every row is a snapshot or an exec: `event_type` is indexed only
+// where a rule looks it up (`event_type = 'pid_reused'`, the same term).
 const INDEXES: &str = "
 CREATE INDEX processes_exe ON processes (exe);
 CREATE INDEX processes_name ON processes (name);
 CREATE INDEX processes_exe_name ON processes (exe_name);
 CREATE INDEX processes_parent_name ON processes (parent_name);
-CREATE INDEX processes_event_type ON processes (event_type);
+CREATE INDEX processes_pid_reused ON processes (event_type) WHERE event_type = 'pid_reused';
 CREATE INDEX processes_deleted ON processes (exe_deleted) WHERE exe_deleted = 1;
 CREATE INDEX processes_pipes ON processes (pipes_to_interpreter) WHERE pipes_to_interpreter = 1;
 CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;
