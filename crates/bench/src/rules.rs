@@ -1,9 +1,13 @@
-//! `rules`: 100 rules (the built-in pack, ten times over) over 10,000
-//! processes, against the same batch loaded with no rules at all (the
-//! engine's fixed cost) in the same run.
+//! `rules`: 100 rules (the built-in pack's process rules, in turn, up to
+//! 100) over 10,000 processes, beside a history of those processes (their
+//! ancestry, images and exec events, as the detector keeps it), against the
+//! same batch loaded with no rules at all (the engine's fixed cost) in the
+//! same run.
 
 use anyhow::bail;
-use daemoneye_rules::engine::{ProcessRow, RuleEngine};
+use collector_core::{BootId, ProcessEvent, ProcessEventType, ProcessKey};
+use daemoneye_rules::engine::{ProcessRow, RuleEngine, RuleKind};
+use daemoneye_rules::history::History;
 use daemoneye_rules::rules;
 use tokio::time::Instant;
 
@@ -18,7 +22,7 @@ pub(crate) struct Options {
     /// Repetitions.
     #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
     pub(crate) reps: usize,
-    /// Also time each built-in rule alone (ten copies of it), less the load.
+    /// Also time each built-in process rule alone (ten copies of it), less the load.
     #[arg(long)]
     pub(crate) per_rule: bool,
 }
@@ -48,7 +52,7 @@ fn table(n: usize) -> Vec<ProcessRow> {
             let (name, exe, cmd) = PROGRAMS[i % PROGRAMS.len()];
             let pid = u32::try_from(i + 100).unwrap_or(u32::MAX);
             ProcessRow {
-                process_key: Some(format!("5a5a5a5a-0000-0000-0000-000000000000:{pid}:{i}")),
+                process_key: Some(key(pid, i).to_string()),
                 pid,
                 ppid: Some(1),
                 name: name.to_owned(),
@@ -67,22 +71,65 @@ fn table(n: usize) -> Vec<ProcessRow> {
         .collect()
 }
 
+fn key(pid: u32, i: usize) -> ProcessKey {
+    ProcessKey::new(
+        BootId::from_bytes([0x5a; 16]),
+        pid,
+        u64::try_from(i).unwrap_or(u64::MAX),
+    )
+}
+
+/// The history of `rows`: an init, then each row exec'd by a child of it,
+/// every 50th by a child of the table's first nginx (so its shells have a
+/// web server for an ancestor).
+fn history(rows: &[ProcessRow]) -> History {
+    let mut h = History::new();
+    let mut init = ProcessEvent::new(1, "systemd");
+    init.event_type = ProcessEventType::Snapshot;
+    init.ppid = Some(0);
+    init.accessible = true;
+    init.executable_path = Some("/usr/lib/systemd/systemd".to_owned());
+    init.process_key = Some(key(1, usize::MAX));
+    h.observe(&init);
+    let nginx = rows.iter().find(|r| r.name == "nginx").map_or(1, |r| r.pid);
+    for (i, r) in rows.iter().enumerate() {
+        let mut e = ProcessEvent::new(r.pid, r.name.clone());
+        e.event_type = ProcessEventType::Exec;
+        e.ppid = Some(if i % 50 == 0 && r.pid != nginx {
+            nginx
+        } else {
+            1
+        });
+        e.accessible = true;
+        e.executable_path.clone_from(&r.exe);
+        e.command_line.clone_from(&r.argv);
+        e.process_key = Some(key(r.pid, i));
+        h.observe(&e);
+    }
+    h
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let pack = rules::builtin()?;
-    let mut hundred = Vec::with_capacity(100);
-    for copy in 0..10 {
-        for r in &pack {
-            let mut r = r.clone();
-            r.id = format!("{}-{copy}", r.id);
-            hundred.push(r);
-        }
-    }
+    let process_rules: Vec<_> = pack
+        .iter()
+        .filter(|r| RuleKind::of(&r.sql) == RuleKind::Process)
+        .collect();
+    let hundred: Vec<_> = (0..100)
+        .map(|n| {
+            let mut r = process_rules[n % process_rules.len()].clone();
+            r.id = format!("{}-{}", r.id, n / process_rules.len());
+            r
+        })
+        .collect();
     let n_rules = hundred.len();
     let rows = table(o.processes);
     let mut engine = RuleEngine::new(hundred)?;
     if !engine.refused().is_empty() {
         bail!("rules refused: {:?}", engine.refused());
     }
+    let mut past = history(&rows);
+    engine.apply_history(&past.take_changes())?;
     let mut empty = RuleEngine::new(Vec::new())?;
     let (mut full, mut load, mut matches) = (Vec::new(), Vec::new(), 0);
     for _ in 0..o.reps {
@@ -107,7 +154,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     );
     report("rules.matches", matches, "matches");
     if o.per_rule {
-        for r in &pack {
+        let changes = history(&rows).take_changes();
+        for r in process_rules {
             let copies = (0..10)
                 .map(|copy| {
                     let mut r = r.clone();
@@ -116,6 +164,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                 })
                 .collect();
             let mut one = RuleEngine::new(copies)?;
+            one.apply_history(&changes)?;
             let mut ms = Vec::new();
             for _ in 0..o.reps {
                 let t = Instant::now();

@@ -156,6 +156,26 @@ pub const PROCESS: &[Column] = {
             Boolean,
             "the command line pipes into a shell or interpreter (`... | sh`)",
         ),
+        derived(
+            "argv0_name",
+            Text,
+            "`argv[0]`'s program name: its first word's file name, a login shell's `-` and a retitled process's `:` dropped (`[...]` kept whole)",
+        ),
+        derived(
+            "argv0_kernel_thread",
+            Boolean,
+            "`argv[0]` is bracketed like a kernel thread's name (`[kworker/0:7]`) while the process runs an executable",
+        ),
+        derived(
+            "argv0_differs",
+            Boolean,
+            "`argv0_name` is neither `name` (nor its first 15 bytes) nor `exe_name`, and not bracketed: `exec -a`",
+        ),
+        derived(
+            "stdin_shell",
+            Boolean,
+            "a shell run with no script, `-c` or `-i` (login shells aside): it reads its program from stdin",
+        ),
     ]
 };
 
@@ -314,13 +334,94 @@ pub fn network_column(name: &str) -> Option<&'static Column> {
     NETWORK.iter().find(|c| c.name.eq_ignore_ascii_case(name))
 }
 
+/// The columns of the rules' `ancestry` view: each process's parent chain
+/// up to the init process, one row per ancestor, parents that have exited
+/// included (kept from the lifecycle events, bounded: see
+/// `daemoneye_rules::history`). Depth 1 is the parent. The ancestor's
+/// image is its last known one.
+pub const ANCESTRY: &[Column] = {
+    use SqlType::{Boolean, Integer, Text};
+    &[
+        derived("process_key", Text, "the descendant's `process_key`"),
+        derived("depth", Integer, "1 for the parent, 2 for its parent, ..."),
+        derived("ancestor_key", Text, "the ancestor's `process_key`"),
+        derived("ancestor_pid", Integer, "the ancestor's pid"),
+        derived(
+            "ancestor_exe",
+            Text,
+            "the ancestor's executable (its last image)",
+        ),
+        derived(
+            "ancestor_name",
+            Text,
+            "the ancestor's `comm` (its last image)",
+        ),
+        derived("ancestor_cmdline", Text, "the ancestor's arguments, joined"),
+        derived("ancestor_exited", Boolean, "the ancestor has exited"),
+    ]
+};
+
+/// The columns of the rules' `exec_lineage` table: the images one process
+/// (one `process_key`, so one pid) ran in turn, the image it was first
+/// seen with (after a fork: its parent's) first: `nginx` then `sh`. Only
+/// processes that ran more than one image have rows.
+pub const EXEC_LINEAGE: &[Column] = {
+    use SqlType::{Integer, Text};
+    &[
+        derived("process_key", Text, "the process's `process_key`"),
+        derived("seq", Integer, "0 for the first image seen, then 1, 2, ..."),
+        derived("pid", Integer, "the process's pid"),
+        derived("exe", Text, "the image's executable"),
+        derived("name", Text, "the image's `comm`"),
+        derived("cmdline", Text, "the image's arguments, joined"),
+        derived(
+            "observed_at",
+            Integer,
+            "when the image was seen, unix nanoseconds",
+        ),
+    ]
+};
+
+/// The columns of the rules' `lifecycle_events` table: the forks, execs and
+/// exits of a recent time window (bounded in time and number), oldest
+/// first by `seq`.
+pub const LIFECYCLE: &[Column] = {
+    use SqlType::{Integer, Text};
+    &[
+        derived("seq", Integer, "the event's order among those kept"),
+        derived(
+            "observed_at",
+            Integer,
+            "when it was observed, unix nanoseconds",
+        ),
+        derived("event_type", Text, "`fork`, `exec` or `exit`"),
+        derived("process_key", Text, "the process's `process_key`"),
+        derived("pid", Integer, "process id"),
+        derived("ppid", Integer, "parent process id"),
+        derived("name", Text, "`comm` as the event reported it"),
+        derived("exe", Text, "the executable as the event reported it"),
+        derived(
+            "cmdline",
+            Text,
+            "the arguments as the event reported them, joined",
+        ),
+    ]
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_are_unique_lowercase_identifiers() {
-        for list in [PROCESS, PERFORMANCE, NETWORK] {
+        for list in [
+            PROCESS,
+            PERFORMANCE,
+            NETWORK,
+            ANCESTRY,
+            EXEC_LINEAGE,
+            LIFECYCLE,
+        ] {
             unique_lowercase(list);
         }
         assert_eq!(
@@ -335,7 +436,9 @@ mod tests {
     fn unique_lowercase(list: &[Column]) {
         for (i, c) in list.iter().enumerate() {
             assert!(
-                c.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{}",
                 c.name
             );

@@ -12,6 +12,7 @@ use collector_core::{NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventT
 use tokio::time::Instant;
 
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
+use crate::history::History;
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
 use daemoneye_store::{ConnectionRow, PerformanceRow};
 
@@ -259,6 +260,8 @@ pub struct Detector {
     dirs: DirCache,
     /// Connections whose holder the table does not know yet.
     held: Held,
+    /// Ancestry, exec lineage, recent lifecycle events.
+    history: History,
 }
 
 impl Detector {
@@ -270,7 +273,13 @@ impl Detector {
             table: HashMap::new(),
             dirs: DirCache::new(DIR_CACHE_TTL, DIR_LOOKUP_DEADLINE, Arc::new(user_writable)),
             held: Held::default(),
+            history: History::new(),
         }
+    }
+
+    /// The history rules see (ancestry, exec lineage, lifecycle events).
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// The same with the directory cache's TTL and lookup deadline given
@@ -316,6 +325,21 @@ impl Detector {
                     "Connections dropped unjudged: their holder was not reported within 30 s (or past 4096 held).",
                     &self.held.dropped,
                 ),
+                (
+                    "daemoneye_history_processes_evicted_total",
+                    "Processes the rules' history forgot to stay within its capacity (32768).",
+                    &self.history.counters().evicted,
+                ),
+                (
+                    "daemoneye_history_images_dropped_total",
+                    "Images of one process past the 16 the rules' exec_lineage keeps.",
+                    &self.history.counters().images_dropped,
+                ),
+                (
+                    "daemoneye_history_lifecycle_dropped_total",
+                    "Lifecycle events dropped before their window ended (past the 8192 kept).",
+                    &self.history.counters().lifecycle_dropped,
+                ),
             ],
         );
     }
@@ -358,6 +382,8 @@ impl Detector {
     /// # Errors
     /// Only when the engine itself fails.
     pub fn on_events(&mut self, events: &[ProcessEvent]) -> Result<Vec<Alert>, EngineError> {
+        self.history.observe_batch(events);
+        self.engine.apply_history(&self.history.take_changes())?;
         for e in events {
             match e.event_type {
                 ProcessEventType::Exit => {

@@ -77,6 +77,7 @@ use tokio::time::Instant;
 
 use daemoneye_store::readonly::{self, Denied, Watchdog};
 
+use crate::history::Change;
 use crate::rules::{Rule, RuleError};
 
 /// The longest one rule may run over one batch.
@@ -112,7 +113,7 @@ pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
 /// order: the columns rules test most come first, since SQLite walks each
 /// row's record up to the columns a statement reads. [`RuleEngine`] binds a
 /// row's values in this order.
-pub const COLUMNS: [&str; 25] = [
+pub const COLUMNS: [&str; 29] = [
     "event_type",
     "name",
     "exe_name",
@@ -121,6 +122,10 @@ pub const COLUMNS: [&str; 25] = [
     "cmdline",
     "pipes_to_interpreter",
     "parent_name",
+    "argv0_kernel_thread",
+    "argv0_differs",
+    "stdin_shell",
+    "argv0_name",
     "uid",
     "euid",
     "exe_deleted",
@@ -144,15 +149,46 @@ pub const COLUMNS: [&str; 25] = [
 // and equalities become index lookups instead of scans of the batch.
 // The flags are rarely set: partial indexes hold only the rows that have
 // them, so filling them costs almost nothing, and `flag = 1` is a lookup.
+// `process_key` is what a rule over the history joins `processes` on.
+// Nearly every row is a snapshot or an exec: `event_type` is indexed only
+// where a rule looks it up (`event_type = 'pid_reused'`, the same term).
 const INDEXES: &str = "
 CREATE INDEX processes_exe ON processes (exe);
 CREATE INDEX processes_name ON processes (name);
 CREATE INDEX processes_exe_name ON processes (exe_name);
 CREATE INDEX processes_parent_name ON processes (parent_name);
-CREATE INDEX processes_event_type ON processes (event_type);
+CREATE INDEX processes_pid_reused ON processes (event_type) WHERE event_type = 'pid_reused';
 CREATE INDEX processes_deleted ON processes (exe_deleted) WHERE exe_deleted = 1;
 CREATE INDEX processes_pipes ON processes (pipes_to_interpreter) WHERE pipes_to_interpreter = 1;
-CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;";
+CREATE INDEX processes_dir_writable ON processes (exe_dir_user_writable) WHERE exe_dir_user_writable = 1;
+CREATE INDEX processes_kernel_thread ON processes (argv0_kernel_thread) WHERE argv0_kernel_thread = 1;
+CREATE INDEX processes_argv0_differs ON processes (argv0_differs) WHERE argv0_differs = 1;
+CREATE INDEX processes_stdin_shell ON processes (stdin_shell) WHERE stdin_shell = 1;
+CREATE INDEX processes_process_key ON processes (process_key);";
+
+// The history (see [`crate::history`]): kept between batches, changed by
+// [`RuleEngine::apply_history`]. `ancestry` is a view over the links (fixed
+// when a process is first seen) and each process's last image, so an
+// ancestor's exec shows in its descendants' rows without rewriting them.
+// Indexed on what rules join on: the process key, the ancestor's and the
+// image's name, the lifecycle event's parent pid.
+const HISTORY_SCHEMA: &str = "
+CREATE TABLE process_history (process_key TEXT PRIMARY KEY, pid INTEGER, name TEXT, exe TEXT,
+    cmdline TEXT, exited INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE INDEX process_history_name ON process_history (name);
+CREATE TABLE ancestry_links (process_key TEXT NOT NULL, depth INTEGER NOT NULL,
+    ancestor_key TEXT NOT NULL, PRIMARY KEY (process_key, depth)) WITHOUT ROWID;
+CREATE INDEX ancestry_links_ancestor ON ancestry_links (ancestor_key);
+CREATE VIEW ancestry AS SELECT l.process_key AS process_key, l.depth AS depth,
+    l.ancestor_key AS ancestor_key, h.pid AS ancestor_pid, h.exe AS ancestor_exe,
+    h.name AS ancestor_name, h.cmdline AS ancestor_cmdline, h.exited AS ancestor_exited
+    FROM ancestry_links l JOIN process_history h ON h.process_key = l.ancestor_key;
+CREATE TABLE exec_lineage (process_key TEXT NOT NULL, seq INTEGER NOT NULL, pid INTEGER,
+    exe TEXT, name TEXT, cmdline TEXT, observed_at INTEGER, PRIMARY KEY (process_key, seq)) WITHOUT ROWID;
+CREATE INDEX exec_lineage_name ON exec_lineage (name);
+CREATE TABLE lifecycle_events (seq INTEGER PRIMARY KEY, observed_at INTEGER, event_type TEXT,
+    process_key TEXT, pid INTEGER, ppid INTEGER, name TEXT, exe TEXT, cmdline TEXT);
+CREATE INDEX lifecycle_events_ppid ON lifecycle_events (ppid);";
 
 /// `CREATE TABLE processes (...)` and its indexes, from [`COLUMNS`].
 static SCHEMA: LazyLock<String> = LazyLock::new(schema);
@@ -181,7 +217,8 @@ fn schema() -> String {
     };
     format!(
         "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});\n\
-         CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);",
+         CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);\n\
+         {HISTORY_SCHEMA}",
         columns.join(", "),
         table(PERFORMANCE),
         table(NETWORK)
@@ -795,6 +832,124 @@ impl RuleEngine {
         self.kinds.contains(&RuleKind::Network)
     }
 
+    /// Applies `changes` (from
+    /// [`History::take_changes`](crate::history::History::take_changes)) to
+    /// the history rules read (`ancestry`, `exec_lineage`,
+    /// `lifecycle_events`), in one transaction. The history stays between
+    /// batches; only what changed is written.
+    ///
+    /// # Errors
+    /// When the engine's database cannot be written.
+    #[allow(clippy::too_many_lines)] // one statement per kind of change
+    pub fn apply_history(&mut self, changes: &[Change]) -> Result<(), EngineError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.loader.transaction()?;
+        {
+            let mut process = tx.prepare_cached(
+                "INSERT OR REPLACE INTO process_history (process_key, pid, exited) VALUES (?1, ?2, 0)",
+            )?;
+            let mut unlink =
+                tx.prepare_cached("DELETE FROM ancestry_links WHERE process_key = ?1")?;
+            let mut link = tx.prepare_cached(
+                "INSERT OR REPLACE INTO ancestry_links (process_key, depth, ancestor_key) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut image = tx.prepare_cached(
+                "UPDATE process_history SET name = ?2, exe = ?3, cmdline = ?4 WHERE process_key = ?1",
+            )?;
+            let mut lineage = tx.prepare_cached(
+                "INSERT OR REPLACE INTO exec_lineage (process_key, seq, pid, exe, name, cmdline, observed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut exited =
+                tx.prepare_cached("UPDATE process_history SET exited = 1 WHERE process_key = ?1")?;
+            let mut forget =
+                tx.prepare_cached("DELETE FROM process_history WHERE process_key = ?1")?;
+            let mut forget_lineage =
+                tx.prepare_cached("DELETE FROM exec_lineage WHERE process_key = ?1")?;
+            let mut event = tx.prepare_cached(
+                "INSERT OR REPLACE INTO lifecycle_events \
+                 (seq, observed_at, event_type, process_key, pid, ppid, name, exe, cmdline) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut expire = tx.prepare_cached("DELETE FROM lifecycle_events WHERE seq <= ?1")?;
+            for change in changes {
+                match change {
+                    Change::Process {
+                        key,
+                        pid,
+                        ancestors,
+                    } => {
+                        process.execute(params![key, pid])?;
+                        unlink.execute([key])?;
+                        for (depth, ancestor) in (1_i64..).zip(ancestors) {
+                            link.execute(params![key, depth, ancestor])?;
+                        }
+                    }
+                    Change::Image {
+                        key,
+                        pid,
+                        seq,
+                        image: i,
+                        previous,
+                    } => {
+                        image.execute(params![key, i.name, i.exe, i.cmdline])?;
+                        if let Some(p) = previous {
+                            lineage.execute(params![
+                                key,
+                                0,
+                                pid,
+                                p.exe,
+                                p.name,
+                                p.cmdline,
+                                p.observed_at
+                            ])?;
+                        }
+                        if *seq > 0 {
+                            let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                            lineage.execute(params![
+                                key,
+                                seq,
+                                pid,
+                                i.exe,
+                                i.name,
+                                i.cmdline,
+                                i.observed_at
+                            ])?;
+                        }
+                    }
+                    Change::Exited { key } => {
+                        exited.execute([key])?;
+                    }
+                    Change::Forget { key } => {
+                        forget.execute([key])?;
+                        unlink.execute([key])?;
+                        forget_lineage.execute([key])?;
+                    }
+                    Change::Lifecycle(r) => {
+                        event.execute(params![
+                            r.seq,
+                            r.observed_at,
+                            r.event_type,
+                            r.process_key,
+                            r.pid,
+                            r.ppid,
+                            r.image.name,
+                            r.image.exe,
+                            r.image.cmdline
+                        ])?;
+                    }
+                    Change::LifecycleUpTo(seq) => {
+                        expire.execute([seq])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn run(&mut self, of: RuleKind, rows: usize) -> Vec<Match> {
         self.stats.batches.inc();
         let counter = AtomicUsize::new(0);
@@ -919,6 +1074,7 @@ impl RuleEngine {
                     Some((dir, name)) => (Some(name), Some(if dir.is_empty() { "/" } else { dir })),
                     None => (None, None),
                 };
+                let argv0 = Argv0::of(r, exe_name);
                 // In the order of `COLUMNS`.
                 insert.execute(params![
                     r.event_type,
@@ -929,6 +1085,10 @@ impl RuleEngine {
                     cmdline,
                     line_pipes_to_interpreter(&cmdline),
                     r.parent_name,
+                    argv0.kernel_thread,
+                    argv0.differs,
+                    argv0.stdin_shell,
+                    argv0.name,
                     r.uid,
                     r.euid,
                     r.exe_deleted,
@@ -950,6 +1110,69 @@ impl RuleEngine {
             }
         }
         tx.commit()
+    }
+}
+
+/// What the rules' `argv0_*` and `stdin_shell` columns say of a row.
+#[derive(Debug, PartialEq, Eq)]
+struct Argv0<'a> {
+    name: Option<&'a str>,
+    kernel_thread: bool,
+    differs: bool,
+    stdin_shell: bool,
+}
+
+/// Shells that read their program from stdin when given none.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish",
+];
+
+impl<'a> Argv0<'a> {
+    fn of(r: &'a ProcessRow, exe_name: Option<&str>) -> Self {
+        let Some(argv0) = r.argv.first().map(String::as_str) else {
+            return Self {
+                name: None,
+                kernel_thread: false,
+                differs: false,
+                stdin_shell: false,
+            };
+        };
+        let bracketed = argv0.starts_with('[') && argv0.ends_with(']') && argv0.len() > 2;
+        let name = if bracketed {
+            argv0
+        } else {
+            let first = argv0.split([' ', ':']).next().unwrap_or(argv0);
+            let base = first.rsplit('/').next().unwrap_or(first);
+            base.strip_prefix('-').unwrap_or(base)
+        };
+        // `comm` is at most 15 bytes: a longer name matches its start.
+        let is_comm = name == r.name
+            || (r.name.len() == 15 && name.starts_with(r.name.as_str()))
+            || r.name.is_empty();
+        let differs = !bracketed && !name.is_empty() && !is_comm && Some(name) != exe_name;
+        let stdin_shell = SHELLS.contains(&r.name.as_str()) && !argv0.starts_with('-') && {
+            let mut reads_stdin = true;
+            for a in &r.argv[1..] {
+                if a == "-s" {
+                    break;
+                }
+                let flags = a.strip_prefix('-').filter(|f| !f.starts_with('-'));
+                let script_or_command = !a.starts_with('-')
+                    || flags.is_some_and(|f| f.contains(['c', 'i', 'l']))
+                    || a == "--login";
+                if script_or_command {
+                    reads_stdin = false;
+                    break;
+                }
+            }
+            reads_stdin
+        };
+        Self {
+            name: Some(name),
+            kernel_thread: bracketed && r.exe.is_some(),
+            differs,
+            stdin_shell,
+        }
     }
 }
 
@@ -1057,6 +1280,247 @@ mod tests {
             RuleKind::Performance
         );
         assert_eq!(RuleKind::of("SELECT pid FROM processes"), RuleKind::Process);
+    }
+
+    #[test]
+    fn the_history_tables_have_the_vocabulary_columns_in_order() {
+        use collector_core::vocabulary::{ANCESTRY, EXEC_LINEAGE, LIFECYCLE};
+        let conn = open_schema().unwrap();
+        for (table, list) in [
+            ("ancestry", ANCESTRY),
+            ("exec_lineage", EXEC_LINEAGE),
+            ("lifecycle_events", LIFECYCLE),
+        ] {
+            let got = daemoneye_store::table_columns(&conn, table).unwrap();
+            let want: Vec<(String, String)> = list
+                .iter()
+                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+                .collect();
+            assert_eq!(got, want, "{table}");
+            assert_eq!(
+                RuleKind::of(&format!("SELECT pid FROM {table}")),
+                RuleKind::Process
+            );
+        }
+    }
+
+    fn key(pid: u32) -> String {
+        collector_core::ProcessKey::new(collector_core::BootId::from_bytes([7; 16]), pid, 1)
+            .to_string()
+    }
+
+    fn event(
+        pid: u32,
+        ppid: u32,
+        ty: collector_core::ProcessEventType,
+        name: &str,
+        exe: &str,
+    ) -> ProcessEvent {
+        let mut e = ProcessEvent::new(pid, name);
+        e.event_type = ty;
+        e.ppid = Some(ppid);
+        e.accessible = true;
+        e.executable_path = Some(exe.to_owned());
+        e.command_line = vec![name.to_owned()];
+        e.process_key = Some(collector_core::ProcessKey::new(
+            collector_core::BootId::from_bytes([7; 16]),
+            pid,
+            1,
+        ));
+        e
+    }
+
+    #[test]
+    fn the_ancestry_of_a_three_level_tree_whose_middle_process_exited_is_whole() {
+        use crate::history::History;
+        use collector_core::ProcessEventType::{Exec, Exit, Fork, Snapshot};
+        let mut engine = RuleEngine::new(vec![rule(
+            "orphan-of-sh",
+            "SELECT pid, process_key FROM processes WHERE process_key IN \
+             (SELECT process_key FROM ancestry WHERE ancestor_name = 'sh' AND ancestor_exited = 1)",
+        )])
+        .unwrap();
+        assert!(engine.refused().is_empty(), "{:?}", engine.refused());
+        let mut h = History::new();
+        // systemd (1) > bash (100) > bash forks 200, which execs sh > sh
+        // forks 300, which execs sleep; then 200 exits and 300 is
+        // reparented to 1.
+        h.observe_batch(&[
+            event(100, 1, Snapshot, "bash", "/usr/bin/bash"),
+            event(1, 0, Snapshot, "systemd", "/usr/lib/systemd/systemd"),
+        ]);
+        h.observe_batch(&[
+            event(200, 100, Fork, "bash", "/usr/bin/bash"),
+            event(200, 100, Exec, "sh", "/usr/bin/dash"),
+            event(300, 200, Fork, "sh", "/usr/bin/dash"),
+            event(300, 200, Exec, "sleep", "/usr/bin/sleep"),
+        ]);
+        engine.apply_history(&h.take_changes()).unwrap();
+        h.observe_batch(&[event(200, 100, Exit, "sh", "/usr/bin/dash")]);
+        h.observe_batch(&[event(300, 1, Snapshot, "sleep", "/usr/bin/sleep")]);
+        engine.apply_history(&h.take_changes()).unwrap();
+        let chain: Vec<(i64, u32, String, String, bool)> = engine
+            .loader
+            .prepare(
+                "SELECT depth, ancestor_pid, ancestor_name, ancestor_exe, ancestor_exited \
+                 FROM ancestry WHERE process_key = ?1 ORDER BY depth",
+            )
+            .unwrap()
+            .query_map([key(300)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            chain,
+            [
+                (1, 200, "sh".into(), "/usr/bin/dash".into(), true),
+                (2, 100, "bash".into(), "/usr/bin/bash".into(), false),
+                (
+                    3,
+                    1,
+                    "systemd".into(),
+                    "/usr/lib/systemd/systemd".into(),
+                    false
+                ),
+            ]
+        );
+        assert_eq!(h.ancestors(&key(300)), [key(200), key(100), key(1)]);
+        let lineage: Vec<(i64, String)> = engine
+            .loader
+            .prepare("SELECT seq, name FROM exec_lineage WHERE process_key = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([key(200)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(lineage, [(0, "bash".into()), (1, "sh".into())]);
+        let events: Vec<(String, u32)> = engine
+            .loader
+            .prepare("SELECT event_type, pid FROM lifecycle_events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [
+            ("fork", 200),
+            ("exec", 200),
+            ("fork", 300),
+            ("exec", 300),
+            ("exit", 200),
+        ];
+        assert_eq!(events, want.map(|(t, p)| (t.to_owned(), p)));
+        // A rule reads the view through its read-only connection.
+        let sleep = ProcessRow {
+            pid: 300,
+            process_key: Some(key(300)),
+            name: "sleep".into(),
+            ..ProcessRow::default()
+        };
+        let other = ProcessRow {
+            pid: 100,
+            process_key: Some(key(100)),
+            name: "bash".into(),
+            ..ProcessRow::default()
+        };
+        let found = engine.evaluate(&[sleep, other]).unwrap();
+        assert_eq!(found.iter().map(|m| m.pid).collect::<Vec<_>>(), [300]);
+    }
+
+    #[test]
+    fn the_history_stays_within_its_bounds_and_counts_what_it_drops() {
+        use crate::history::History;
+        use collector_core::ProcessEventType::{Exec, Exit};
+        let mut engine = RuleEngine::new(vec![rule("r", "SELECT pid FROM processes")]).unwrap();
+        let mut h = History::with_capacity(3, 4);
+        for pid in 10..13 {
+            h.observe(&event(pid, 1, Exec, "x", "/usr/bin/x"));
+        }
+        h.observe(&event(11, 1, Exit, "x", "/usr/bin/x"));
+        // Full: the exited one goes first, then the oldest.
+        h.observe(&event(13, 1, Exec, "x", "/usr/bin/x"));
+        h.observe(&event(14, 1, Exec, "x", "/usr/bin/x"));
+        engine.apply_history(&h.take_changes()).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.counters().evicted.get(), 2);
+        assert_eq!(h.counters().lifecycle_dropped.get(), 2);
+        let count = |sql: &str| -> i64 { engine.loader.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM process_history"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM process_history WHERE pid IN (10, 11)"),
+            0
+        );
+        // One image each: no lineage.
+        assert_eq!(count("SELECT count(*) FROM exec_lineage"), 0);
+        assert_eq!(count("SELECT count(*) FROM lifecycle_events"), 4);
+        assert_eq!(count("SELECT min(seq) FROM lifecycle_events"), 2);
+    }
+
+    #[test]
+    fn argv0_columns_tell_masquerades_and_stdin_shells() {
+        let of = |name: &str, exe: &str, argv: &[&str]| {
+            let r = ProcessRow {
+                name: name.into(),
+                exe: Some(exe.into()),
+                argv: argv.iter().map(ToString::to_string).collect(),
+                ..ProcessRow::default()
+            };
+            let exe_name = exe.rsplit('/').next();
+            let a = Argv0::of(&r, exe_name);
+            (
+                a.name.map(str::to_owned),
+                a.kernel_thread,
+                a.differs,
+                a.stdin_shell,
+            )
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            of("sleep", "/usr/bin/sleep", &["[kworker/0:7]", "60"]),
+            (some("[kworker/0:7]"), true, false, false)
+        );
+        assert_eq!(
+            of("sleep", "/usr/bin/sleep", &["cron", "60"]),
+            (some("cron"), false, true, false)
+        );
+        for (name, exe, argv) in [
+            ("sshd", "/usr/sbin/sshd", &["sshd: user@pts/0"][..]),
+            ("bash", "/usr/bin/bash", &["-bash"]),
+            ("sh", "/usr/bin/dash", &["sh", "-c", "id"]),
+            ("python3", "/usr/bin/python3.11", &["python3", "x.py"]),
+            ("nginx", "/usr/sbin/nginx", &["nginx: worker process"]),
+            (
+                "systemd-journal",
+                "/usr/lib/systemd/systemd-journald",
+                &["/usr/lib/systemd/systemd-journald"],
+            ),
+            ("deploy.sh", "/usr/bin/bash", &["/bin/bash", "./deploy.sh"]),
+            ("x", "/tmp/x", &["./x"]),
+        ] {
+            let (_, kthread, differs, _) = of(name, exe, argv);
+            assert!(!kthread && !differs, "{argv:?}");
+        }
+        for argv in [
+            &["sh"][..],
+            &["bash", "-s", "--", "--flag"],
+            &["bash", "-e"],
+            &["sh", "-s", "x"],
+        ] {
+            assert!(of(argv[0], "/usr/bin/bash", argv).3, "{argv:?}");
+        }
+        for argv in [
+            &["sh", "-c", "id"][..],
+            &["bash", "x.sh"],
+            &["-bash"],
+            &["bash", "-i"],
+            &["bash", "-ec", "x"],
+            &["bash", "--login"],
+        ] {
+            let name = argv[0].trim_start_matches('-');
+            assert!(!of(name, "/usr/bin/bash", argv).3, "{argv:?}");
+        }
     }
 
     fn rule(id: &str, sql: &str) -> Rule {

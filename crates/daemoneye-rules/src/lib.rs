@@ -7,6 +7,8 @@
 //! - [`engine`]: runs every rule over a batch of processes in an in-memory
 //!   SQLite database the rules can only read (on two threads), each within
 //!   a time bound.
+//! - [`history`]: what rules know of the past (each process's ancestry,
+//!   the images it ran, recent lifecycle events), bounded.
 //! - [`detect`]: the process table, rows for each batch, rules, deduplicated
 //!   alerts.
 //!
@@ -31,4 +33,5 @@
 
 pub mod detect;
 pub mod engine;
+pub mod history;
 pub mod rules;

