@@ -15,7 +15,7 @@
 //!   of per-process CPU shares and RSS, kept across samples.
 //! - [`anomaly`]: sustained CPU, memory growth, fork rate and pressure
 //!   stalls, with [`AnomalyConfig`] thresholds: collector-core's
-//!   [`anomaly`](collector_core::anomaly), the judge the trigger system's
+//!   [`anomaly`], the judge the trigger system's
 //!   `ResourceAnomaly` conditions use too.
 //! - [`metric`]: the one constructor of its events.
 //! - [`source`]: [`PerfmondSource`], all of the above as an `EventSource`.

@@ -334,7 +334,7 @@ impl ProcessTable {
 
     /// The most `stat` files kept open between samples: `max_processes`, or
     /// fewer when the open-file limit at construction leaves less (less
-    /// [`FILE_RESERVE`]).
+    /// a reserve of 256 for its other files).
     pub fn file_budget(&self) -> usize {
         self.file_budget
     }
