@@ -250,7 +250,7 @@ mod tests {
         std::fs::write(root.join("kept"), b"1").unwrap();
         std::fs::write(root.join("gone"), b"1").unwrap();
         std::fs::write(root.join("chmod"), b"1").unwrap();
-        let before = scan(&[root.clone()], None).await.files;
+        let before = scan(std::slice::from_ref(&root), None).await.files;
         std::fs::remove_file(root.join("gone")).unwrap();
         std::fs::write(root.join("new"), b"1").unwrap();
         std::fs::write(root.join("kept"), b"longer").unwrap();
@@ -259,7 +259,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o4755),
         )
         .unwrap();
-        let after = scan(&[root.clone()], None).await.files;
+        let after = scan(std::slice::from_ref(&root), None).await.files;
         let mut got: Vec<(String, FileOperation)> = diff(&before, &after, None, SystemTime::now())
             .into_iter()
             .filter(|e| e.path != root.to_string_lossy())

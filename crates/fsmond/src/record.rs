@@ -356,12 +356,12 @@ mod tests {
             pid: 1,
             fids: vec![fid(FidKind::DirName, Some(b"x"))],
         };
-        let mut bytes = encode_records(&[r.clone()]);
+        let mut bytes = encode_records(std::slice::from_ref(&r));
         // A pidfd record (type 4, 8 bytes) appended, event_len grown.
         bytes.extend_from_slice(&[4, 0, 8, 0, 5, 0, 0, 0]);
         let len = u32::try_from(bytes.len()).unwrap();
         bytes[..4].copy_from_slice(&len.to_ne_bytes());
-        assert_eq!(parse_records(&bytes).unwrap(), [r.clone()]);
+        assert_eq!(parse_records(&bytes).unwrap(), std::slice::from_ref(&r));
 
         let good = encode_records(&[r]);
         let mut short = good.clone();

@@ -616,8 +616,10 @@ mod tests {
 
     #[test]
     fn relative_or_no_watched_paths_are_refused() {
-        let mut c = FsmondConfig::default();
-        c.watch = vec![PathBuf::from("etc")];
+        let mut c = FsmondConfig {
+            watch: vec![PathBuf::from("etc")],
+            ..FsmondConfig::default()
+        };
         assert!(c.validate().is_err());
         c.watch.clear();
         assert!(c.validate().is_err());

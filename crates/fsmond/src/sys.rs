@@ -36,7 +36,7 @@ impl Group {
     /// | FAN_CLOEXEC [| FAN_UNLIMITED_QUEUE])`; needs `CAP_SYS_ADMIN`.
     ///
     /// # Errors
-    /// The kernel's (`EINVAL` before Linux 5.9, which lacks DFID_NAME; `EPERM`
+    /// The kernel's (`EINVAL` before Linux 5.9, which lacks `DFID_NAME`; `EPERM`
     /// without the capability).
     pub fn new(unlimited_queue: bool) -> Result<Self, Errno> {
         let mut flags = InitFlags::FAN_CLASS_NOTIF
