@@ -46,6 +46,9 @@ use crate::sys::{self, Group};
 /// The source's name, in logs, metrics and health.
 pub const NAME: &str = "fsmond";
 
+/// The most scans of one rescan (each after the last found changes).
+const RESCAN_ROUNDS: usize = 4;
+
 /// `FAN_Q_OVERFLOW`.
 const Q_OVERFLOW: u64 = 0x4000;
 
@@ -360,25 +363,8 @@ impl EventSource for FsmondSource {
             }
             if overflowed {
                 warn!("fanotify queue overflowed: rescanning the watched paths");
-                let fresh = baseline::scan(&w.roots, self.engine.as_ref()).await;
-                self.counters.rescans.inc();
-                let events = baseline::diff(
-                    &w.baseline.files,
-                    &fresh.files,
-                    w.algorithm,
-                    SystemTime::now(),
-                );
-                w.baseline = fresh;
-                for event in events {
-                    if ctx
-                        .out()
-                        .send(CollectionEvent::Filesystem(event))
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                    self.counters.events.inc();
+                if !w.rescan(ctx.out()).await {
+                    return Ok(());
                 }
                 self.status.rescanning.store(false, Ordering::SeqCst);
             }
@@ -406,6 +392,36 @@ impl EventSource for FsmondSource {
 }
 
 impl Watcher<'_> {
+    /// Rescans the watched paths and sends what changed since the
+    /// baseline; `false` once nobody receives.
+    ///
+    /// A directory listed while entries are added to it may miss some
+    /// (readdir promises nothing about them), so scans are repeated until
+    /// one finds nothing new (at most [`RESCAN_ROUNDS`]).
+    async fn rescan(&mut self, out: &EventSender) -> bool {
+        for _ in 0..RESCAN_ROUNDS {
+            let fresh = baseline::scan(&self.roots, self.source.engine.as_ref()).await;
+            self.source.counters.rescans.inc();
+            let events = baseline::diff(
+                &self.baseline.files,
+                &fresh.files,
+                self.algorithm,
+                SystemTime::now(),
+            );
+            self.baseline = fresh;
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if out.send(CollectionEvent::Filesystem(event)).await.is_err() {
+                    return false;
+                }
+                self.source.counters.events.inc();
+            }
+        }
+        true
+    }
+
     /// Marks the filesystem of every watched path (once per device),
     /// noting the paths that cannot be.
     fn mark(&mut self, group: &Group) {
