@@ -884,13 +884,39 @@ pub enum FileOperation {
     Attrib,
 }
 
+names! {
+    /// What kind of file a [`FilesystemEvent`] is about (`st_mode & S_IFMT`).
+    FileType {
+        /// A regular file.
+        Regular = "regular",
+        /// A directory.
+        Directory = "directory",
+        /// A symbolic link.
+        Symlink = "symlink",
+        /// A named pipe.
+        Fifo = "fifo",
+        /// A Unix socket.
+        Socket = "socket",
+        /// A character device.
+        CharDevice = "char_device",
+        /// A block device.
+        BlockDevice = "block_device",
+    }
+}
+
 /// An operation on a file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilesystemEvent {
-    /// The file's path.
+    /// The file's path (after a [`Rename`](FileOperation::Rename), the new one).
     pub path: String,
+    /// The path it had before a [`Rename`](FileOperation::Rename), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_path: Option<String>,
     /// What was done.
     pub operation: FileOperation,
+    /// What kind of file it is, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<FileType>,
     /// The acting process, when known.
     pub pid: Option<u32>,
     /// The stable key of that process, when known; its pid is `pid`.
@@ -900,9 +926,20 @@ pub struct FilesystemEvent {
     pub size: Option<u64>,
     /// Mode bits (`st_mode & 0o7777`), when known.
     pub permissions: Option<u32>,
+    /// The owning user id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The owning group id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
     /// Lowercase hex digest of the content.
     pub file_hash: Option<String>,
-    /// The algorithm of `file_hash`; required when it is set.
+    /// Lowercase hex digest of the content before the operation (from the
+    /// collector's baseline), in the same algorithm as `file_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
+    /// The algorithm of `file_hash` and `previous_hash`; required when
+    /// either is set.
     pub hash_algorithm: Option<HashAlgorithm>,
     /// When the operation was observed.
     #[serde(with = "system_time")]
@@ -918,12 +955,17 @@ impl FilesystemEvent {
     pub fn new(path: impl Into<String>, operation: FileOperation, timestamp: SystemTime) -> Self {
         Self {
             path: path.into(),
+            old_path: None,
             operation,
+            file_type: None,
             pid: None,
             process_key: None,
             size: None,
             permissions: None,
+            uid: None,
+            gid: None,
             file_hash: None,
+            previous_hash: None,
             hash_algorithm: None,
             timestamp,
             id: None,
@@ -939,7 +981,16 @@ impl FilesystemEvent {
         if self.permissions.is_some_and(|p| p > 0o7777) {
             return Err(invalid(K, "permissions", "has bits beyond 0o7777"));
         }
-        validate_hash(K, self.file_hash.as_deref(), self.hash_algorithm)
+        if self.old_path.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(K, "old_path", "is empty"));
+        }
+        if self.previous_hash.is_some() {
+            validate_hash(K, self.previous_hash.as_deref(), self.hash_algorithm)?;
+        }
+        if self.file_hash.is_some() || self.previous_hash.is_none() {
+            validate_hash(K, self.file_hash.as_deref(), self.hash_algorithm)?;
+        }
+        Ok(())
     }
 }
 

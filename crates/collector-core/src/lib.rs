@@ -141,11 +141,11 @@ pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AddressFamily, AnalysisType, BootId, CaptureTier, CollectionEvent, ConnectionChange,
     ConnectionDirection, ConnectionState, EventHeader, EventId, EventKind, EventValidationError,
-    FileOperation, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, NetworkProtocol,
-    ObservedBy, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
-    PerformanceSubject, PerformanceSubjectKind, PerformanceUnit, ProcessContext, ProcessEvent,
-    ProcessEventType, ProcessField, ProcessKey, PsiResource, ReadDepth, StartTimeAnomaly,
-    TriggerPriority, TriggerRequest,
+    FileOperation, FileType, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent,
+    NetworkProtocol, ObservedBy, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent,
+    PerformanceMetric, PerformanceSubject, PerformanceSubjectKind, PerformanceUnit, ProcessContext,
+    ProcessEvent, ProcessEventType, ProcessField, ProcessKey, PsiResource, ReadDepth,
+    StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 pub use health::{HealthReport, HealthStatus, SourceHealth};
 pub use ipc::{

@@ -12,7 +12,8 @@
 //! - [`parse_btime`]: the boot time in `/proc/stat`; [`KernelUnits`] and
 //!   [`ticks_to_duration`]: clock ticks and pages into time and bytes.
 //! - [`parse_u64`]: the allocation-free decimal the parsers read with.
-//! - [`pids`]: the processes present in a `/proc`.
+//! - [`pids`]: the processes present in a `/proc`; [`process_key`]: the
+//!   key of one of them, from its stat.
 //!
 //! ```
 //! use collector_core::procfs::{parse_pid_stat, ticks_to_duration};
@@ -263,6 +264,19 @@ pub fn pids(root: &std::path::Path) -> std::io::Result<Vec<u32>> {
     Ok(pids)
 }
 
+/// The [`ProcessKey`](crate::ProcessKey) of `pid` on boot `boot`, from
+/// `<root>/<pid>/stat` (its start time); `None` once the process is gone or
+/// its stat cannot be read or parsed.
+pub fn process_key(
+    root: &std::path::Path,
+    boot: crate::BootId,
+    pid: u32,
+) -> Option<crate::ProcessKey> {
+    let bytes = std::fs::read(root.join(pid.to_string()).join("stat")).ok()?;
+    let stat = parse_pid_stat(&bytes).ok()?;
+    (stat.pid == pid).then(|| crate::ProcessKey::new(boot, pid, stat.starttime))
+}
+
 /// `btime` (boot time, seconds since the epoch) from `/proc/stat`.
 pub fn parse_btime(bytes: &[u8]) -> Option<u64> {
     bytes
@@ -330,6 +344,21 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn process_key_reads_the_start_time_of_a_live_process_only() {
+        let root = std::path::Path::new("/proc");
+        let boot = crate::BootId::from_bytes([7; 16]);
+        let me = std::process::id();
+        let bytes = std::fs::read(format!("/proc/{me}/stat")).unwrap();
+        let start = parse_pid_stat(&bytes).unwrap().starttime;
+        assert_eq!(
+            process_key(root, boot, me),
+            Some(crate::ProcessKey::new(boot, me, start))
+        );
+        // Above pid_max (at most 2^22): never a process.
+        assert_eq!(process_key(root, boot, 1 << 23), None);
+    }
 
     // Recorded from a real system (pid 1, kthreadd, and a process with a hostile comm).
     const STAT_INIT: &[u8] = b"1 (systemd) S 0 1 1 0 -1 4194560 53281 2380337 88 1150 92 154 3818 2094 20 0 1 0 19 22482944 3219 18446744073709551615 1 1 0 0 0 0 671173123 4096 1260 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n";

@@ -8,11 +8,11 @@ use daemoneye_lib::proto::{self, Domain, EventRecord, Timestamp};
 
 use crate::event::{
     AddressFamily, AnalysisType, CaptureTier, CollectionEvent, ConnectionChange,
-    ConnectionDirection, ConnectionState, EventId, EventKind, FileOperation, FilesystemEvent,
-    HashAlgorithm, LifecycleDetail, NetworkEvent, NetworkProtocol, ObservedBy, PerformanceAnomaly,
-    PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric, PerformanceSubject,
-    PerformanceSubjectKind, ProcessContext, ProcessEvent, ProcessEventType, ProcessField,
-    ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
+    ConnectionDirection, ConnectionState, EventId, EventKind, FileOperation, FileType,
+    FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, NetworkProtocol, ObservedBy,
+    PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
+    PerformanceSubject, PerformanceSubjectKind, ProcessContext, ProcessEvent, ProcessEventType,
+    ProcessField, ProcessKey, ReadDepth, StartTimeAnomaly, TriggerPriority, TriggerRequest,
 };
 use crate::source::SourceCaps;
 
@@ -428,6 +428,14 @@ fn filesystem_to_record(e: &FilesystemEvent) -> proto::FilesystemRecord {
         hash_algorithm: e.hash_algorithm.map(|a| a.as_str().to_owned()),
         timestamp: Some(e.timestamp.into()),
         process_key: key_text(e.process_key),
+        old_path: e.old_path.clone(),
+        file_type: e
+            .file_type
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        uid: e.uid,
+        gid: e.gid,
+        previous_hash: e.previous_hash.clone(),
     }
 }
 
@@ -439,14 +447,25 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
         .map(|(op, _)| op.clone())
         .ok_or_else(|| d.out_of_range("operation", &r.operation))?;
     // In the struct's order.
+    let file_type = if r.file_type.is_empty() {
+        None
+    } else {
+        let t = FileType::from_name(&r.file_type);
+        Some(t.ok_or_else(|| d.out_of_range("file_type", &r.file_type))?)
+    };
     d.checked(CollectionEvent::Filesystem(FilesystemEvent {
         path: r.path,
+        old_path: r.old_path,
         operation,
+        file_type,
         pid: r.pid,
         process_key: d.key(&r.process_key)?,
         size: r.size,
         permissions: r.permissions,
+        uid: r.uid,
+        gid: r.gid,
         file_hash: r.file_hash,
+        previous_hash: r.previous_hash,
         hash_algorithm: d.hash(r.hash_algorithm.as_deref())?,
         timestamp: d.required_time(r.timestamp)?,
         id: None,
@@ -1122,21 +1141,46 @@ mod tests {
             proptest::option::of(0u32..=0o7777),
             proptest::option::of("[0-9a-f]{64}"),
             arb_time(),
+            (
+                proptest::option::of("/[a-z/]{1,30}"),
+                proptest::option::of(proptest::sample::select(FileType::ALL)),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of("[0-9a-f]{64}"),
+                proptest::sample::select(HashAlgorithm::ALL),
+            ),
         )
-            .prop_map(|(path, operation, (pid, key), size, perm, hash, t)| {
-                CollectionEvent::Filesystem(FilesystemEvent {
-                    id: None,
+            .prop_map(
+                |(
                     path,
                     operation,
-                    pid,
-                    process_key: key,
+                    (pid, key),
                     size,
-                    permissions: perm,
-                    hash_algorithm: hash.as_ref().map(|_| HashAlgorithm::Sha256),
-                    file_hash: hash,
-                    timestamp: t,
-                })
-            });
+                    perm,
+                    hash,
+                    t,
+                    (old_path, file_type, uid, gid, previous, algorithm),
+                )| {
+                    let hashed = hash.is_some() || previous.is_some();
+                    CollectionEvent::Filesystem(FilesystemEvent {
+                        id: None,
+                        path,
+                        old_path,
+                        operation,
+                        file_type,
+                        pid,
+                        process_key: key,
+                        size,
+                        permissions: perm,
+                        uid,
+                        gid,
+                        hash_algorithm: hashed.then_some(algorithm),
+                        file_hash: hash,
+                        previous_hash: previous,
+                        timestamp: t,
+                    })
+                },
+            );
         // The judged metrics more often than their share, so that anomalies
         // of every kind are drawn.
         let performance = (

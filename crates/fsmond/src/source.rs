@@ -1,0 +1,644 @@
+//! fsmond as an event source: fanotify marks on the filesystems of the
+//! watched paths, a baseline scan, and then every record turned into
+//! [`FilesystemEvent`]s for the paths under a watched one.
+//!
+//! # What a record becomes
+//! The kernel merges queued events on one object (a create, its writes and
+//! its close by one process are one record, the masks OR-ed), so a record
+//! gives one event per operation bit it has, in the order create, modify,
+//! close-after-write, attribute change, rename, delete. Its directory
+//! handle is opened with `open_by_handle_at` on the marked filesystem and
+//! named by its `/proc/self/fd` link, and the entry's name joined to it; a
+//! directory gone by then cannot be named, and its record is counted
+//! `unresolved`. Paths outside every watched path are dropped (counted
+//! `ignored`): marks cover whole filesystems.
+//!
+//! # Losing events
+//! A full queue (16,384 records unless `unlimited_queue`) makes the kernel
+//! drop records and queue one `FAN_Q_OVERFLOW`. fsmond counts it, reports
+//! itself degraded, and once the queue is drained rescans the watched
+//! paths: every difference from its baseline becomes an event without a
+//! pid, so the final state is right even when the history is not.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use collector_core::metrics::{Counter, Registry};
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
+use collector_core::{
+    procfs, BootId, CollectionEvent, EventSource, FileOperation, FileType, FilesystemEvent,
+    HashAlgorithm, ProcessKey, SourceCaps, SourceContext,
+};
+use daemoneye_hasher::{HashEngine, HasherConfig};
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::baseline::{self, Baseline, FileState};
+use crate::record::{parse_records, FidKind, Record};
+use crate::sys::{self, Group};
+
+/// The source's name, in logs, metrics and health.
+pub const NAME: &str = "fsmond";
+
+/// The most scans of one rescan (each after the last found changes).
+const RESCAN_ROUNDS: usize = 4;
+
+/// `FAN_Q_OVERFLOW`.
+const Q_OVERFLOW: u64 = 0x4000;
+
+/// fsmond's settings (`[fsmond]` in its config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsmondConfig {
+    /// Absolute paths watched (each with everything under it).
+    pub watch: Vec<PathBuf>,
+    /// Hash regular files: in the baseline, and after each close-after-write,
+    /// create or rename.
+    pub hash: bool,
+    /// The hasher's settings (algorithm, size limit, byte budget).
+    pub hasher: HasherConfig,
+    /// Ask the kernel for a queue without a limit (`FAN_UNLIMITED_QUEUE`):
+    /// no overflow, at the price of kernel memory under a storm.
+    pub unlimited_queue: bool,
+    /// Where procfs is mounted (process keys).
+    pub proc_root: PathBuf,
+}
+
+impl Default for FsmondConfig {
+    fn default() -> Self {
+        Self {
+            watch: [
+                "/etc",
+                "/usr/bin",
+                "/usr/sbin",
+                "/usr/local/bin",
+                "/usr/lib/systemd/system",
+                "/root/.ssh",
+                "/var/spool/cron",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+            hash: true,
+            hasher: HasherConfig::default(),
+            unlimited_queue: false,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl FsmondConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`collector_core::ConfigError::Invalid`] naming the bad field.
+    pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
+        let bad = |field: &'static str, reason: String| collector_core::ConfigError::Invalid {
+            field,
+            reason,
+        };
+        if self.watch.is_empty() {
+            return Err(bad("fsmond.watch", "is empty".to_owned()));
+        }
+        if let Some(p) = self.watch.iter().find(|p| !p.is_absolute()) {
+            return Err(bad(
+                "fsmond.watch",
+                format!("{} is not absolute", p.display()),
+            ));
+        }
+        self.hasher
+            .validate()
+            .map_err(|e| bad("fsmond.hasher", e.to_string()))
+    }
+}
+
+/// What fsmond counts (shared: clones see the same).
+#[derive(Debug, Clone, Default)]
+pub struct FsmondCounters {
+    /// Records read from the kernel.
+    pub records: Counter,
+    /// Events sent.
+    pub events: Counter,
+    /// Records on paths outside every watched path.
+    pub ignored: Counter,
+    /// Records whose directory could not be named (gone by then).
+    pub unresolved: Counter,
+    /// Queue overflows (`FAN_Q_OVERFLOW`): records the kernel dropped.
+    pub overflows: Counter,
+    /// Rescans of the watched paths (at start and after overflows).
+    pub rescans: Counter,
+    /// Records the parser refused.
+    pub parse_errors: Counter,
+}
+
+impl FsmondCounters {
+    /// Registers the counters for `/metrics`.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let labels = [("source", NAME)];
+        registry.register_counters(
+            &labels,
+            &[
+                (
+                    "daemoneye_fs_records_total",
+                    "fanotify records read.",
+                    &self.records,
+                ),
+                (
+                    "daemoneye_fs_events_total",
+                    "File events sent.",
+                    &self.events,
+                ),
+                (
+                    "daemoneye_fs_ignored_total",
+                    "fanotify records on paths outside the watched ones.",
+                    &self.ignored,
+                ),
+                (
+                    "daemoneye_fs_unresolved_total",
+                    "fanotify records whose directory could not be named.",
+                    &self.unresolved,
+                ),
+                (
+                    "daemoneye_fs_overflows_total",
+                    "fanotify queue overflows (records dropped by the kernel).",
+                    &self.overflows,
+                ),
+                (
+                    "daemoneye_fs_rescans_total",
+                    "Scans of the watched paths.",
+                    &self.rescans,
+                ),
+                (
+                    "daemoneye_fs_parse_errors_total",
+                    "fanotify reads the record parser refused.",
+                    &self.parse_errors,
+                ),
+            ],
+        );
+    }
+}
+
+/// Why health is not good, shared with the health check.
+#[derive(Debug, Default)]
+struct Status {
+    rescanning: AtomicBool,
+    unwatched: Mutex<Vec<(PathBuf, String)>>,
+}
+
+/// The fsmond source.
+#[derive(Debug)]
+pub struct FsmondSource {
+    config: FsmondConfig,
+    counters: FsmondCounters,
+    engine: Option<HashEngine>,
+    status: Arc<Status>,
+}
+
+impl FsmondSource {
+    /// A source with `config` (validated) counting into `counters`.
+    ///
+    /// # Errors
+    /// [`collector_core::ConfigError::Invalid`] for a bad setting.
+    pub fn new(
+        config: FsmondConfig,
+        counters: FsmondCounters,
+    ) -> Result<Self, collector_core::ConfigError> {
+        config.validate()?;
+        let engine = if config.hash {
+            Some(HashEngine::new(config.hasher.clone()).map_err(|e| {
+                collector_core::ConfigError::Invalid {
+                    field: "fsmond.hasher",
+                    reason: e.to_string(),
+                }
+            })?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            counters,
+            engine,
+            status: Arc::default(),
+        })
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &FsmondCounters {
+        &self.counters
+    }
+
+    /// The hash engine, when hashing (for its metrics).
+    pub fn engine(&self) -> Option<&HashEngine> {
+        self.engine.as_ref()
+    }
+
+    /// Whether a rescan after an overflow is under way.
+    pub fn rescanning(&self) -> bool {
+        self.status.rescanning.load(Ordering::SeqCst)
+    }
+
+    /// The watched paths that could not be marked, and why.
+    pub fn unwatched(&self) -> Vec<(PathBuf, String)> {
+        self.status
+            .unwatched
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One marked filesystem: a descriptor on it (for `open_by_handle_at`).
+struct Mount {
+    dev: u64,
+    fd: OwnedFd,
+}
+
+/// The running state of [`FsmondSource::start_with`].
+struct Watcher<'a> {
+    source: &'a FsmondSource,
+    roots: Vec<PathBuf>,
+    mounts: Vec<Mount>,
+    /// Which mount opened handles of this fsid last.
+    by_fsid: HashMap<[i32; 2], usize>,
+    baseline: Baseline,
+    algorithm: Option<HashAlgorithm>,
+    boot: Option<BootId>,
+}
+
+#[async_trait::async_trait]
+impl EventSource for FsmondSource {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::FILESYSTEM | SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL
+    }
+
+    async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, flag).await
+    }
+
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        let group = Group::new(self.config.unlimited_queue)
+            .context("fanotify_init with FAN_REPORT_DFID_NAME (needs CAP_SYS_ADMIN, Linux 5.9)")?;
+        let mut w = Watcher {
+            source: self,
+            roots: Vec::new(),
+            mounts: Vec::new(),
+            by_fsid: HashMap::new(),
+            baseline: Baseline::default(),
+            algorithm: self
+                .engine
+                .as_ref()
+                .and_then(|e| e.algorithms().first().copied()),
+            boot: BootId::current().ok(),
+        };
+        w.mark(&group);
+        if w.roots.is_empty() {
+            anyhow::bail!("no watched path could be marked: {:?}", self.unwatched());
+        }
+        let group = group
+            .into_async()
+            .context("registering the fanotify descriptor")?;
+        w.baseline = baseline::scan(&w.roots, self.engine.as_ref()).await;
+        self.counters.rescans.inc();
+        for (path, why) in &w.baseline.unreadable {
+            warn!(path = %path.display(), error = %why, "unreadable in the baseline");
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let mut ready = tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => return Ok(()),
+                r = group.readable() => r.context("waiting on the fanotify descriptor")?,
+            };
+            let mut overflowed = false;
+            // Drain what is queued now, then rescan if anything was lost.
+            loop {
+                let n = group
+                    .get_ref()
+                    .read(&mut buf)
+                    .context("reading fanotify records")?;
+                if n == 0 {
+                    ready.clear_ready();
+                    break;
+                }
+                let records = match parse_records(&buf[..n]) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        self.counters.parse_errors.inc();
+                        warn!(error = %e, "unparsable fanotify records");
+                        continue;
+                    }
+                };
+                for record in &records {
+                    self.counters.records.inc();
+                    if record.mask & Q_OVERFLOW != 0 {
+                        self.counters.overflows.inc();
+                        self.status.rescanning.store(true, Ordering::SeqCst);
+                        overflowed = true;
+                        continue;
+                    }
+                    for event in w.events(record).await {
+                        if ctx
+                            .out()
+                            .send(CollectionEvent::Filesystem(event))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                        self.counters.events.inc();
+                    }
+                }
+                if ctx.shutdown().is_cancelled() {
+                    return Ok(());
+                }
+            }
+            if overflowed {
+                warn!("fanotify queue overflowed: rescanning the watched paths");
+                if !w.rescan(ctx.out()).await {
+                    return Ok(());
+                }
+                self.status.rescanning.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        if self.rescanning() {
+            anyhow::bail!("the fanotify queue overflowed: rescanning the watched paths");
+        }
+        let unwatched = self.unwatched();
+        if !unwatched.is_empty() {
+            let list: Vec<String> = unwatched
+                .iter()
+                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .collect();
+            anyhow::bail!("unwatched: {}", list.join(", "));
+        }
+        Ok(())
+    }
+}
+
+impl Watcher<'_> {
+    /// Rescans the watched paths and sends what changed since the
+    /// baseline; `false` once nobody receives.
+    ///
+    /// A directory listed while entries are added to it may miss some
+    /// (readdir promises nothing about them), so scans are repeated until
+    /// one finds nothing new (at most [`RESCAN_ROUNDS`]).
+    async fn rescan(&mut self, out: &EventSender) -> bool {
+        for _ in 0..RESCAN_ROUNDS {
+            let fresh = baseline::scan(&self.roots, self.source.engine.as_ref()).await;
+            self.source.counters.rescans.inc();
+            let events = baseline::diff(
+                &self.baseline.files,
+                &fresh.files,
+                self.algorithm,
+                SystemTime::now(),
+            );
+            self.baseline = fresh;
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if out.send(CollectionEvent::Filesystem(event)).await.is_err() {
+                    return false;
+                }
+                self.source.counters.events.inc();
+            }
+        }
+        true
+    }
+
+    /// Marks the filesystem of every watched path (once per device),
+    /// noting the paths that cannot be.
+    fn mark(&mut self, group: &Group) {
+        let mut unwatched = Vec::new();
+        for path in &self.source.config.watch {
+            let fd = match sys::open_mount(path) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    unwatched.push((path.clone(), e.desc().to_owned()));
+                    continue;
+                }
+            };
+            let dev = match nix::sys::stat::fstat(fd.as_fd()) {
+                Ok(st) => st.st_dev,
+                Err(e) => {
+                    unwatched.push((path.clone(), e.desc().to_owned()));
+                    continue;
+                }
+            };
+            if !self.mounts.iter().any(|m| m.dev == dev) {
+                let marked = group
+                    .mark_filesystem(fd.as_fd(), path, sys::BASE_MASK | sys::FAN_RENAME)
+                    .or_else(|e| match e {
+                        // Before Linux 5.17: the two halves of a rename apart.
+                        Errno::EINVAL => group.mark_filesystem(
+                            fd.as_fd(),
+                            path,
+                            sys::BASE_MASK | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
+                        ),
+                        e => Err(e),
+                    });
+                if let Err(e) = marked {
+                    unwatched.push((path.clone(), format!("fanotify_mark: {}", e.desc())));
+                    continue;
+                }
+                self.mounts.push(Mount { dev, fd });
+            }
+            self.roots.push(path.clone());
+        }
+        for (path, why) in &unwatched {
+            warn!(path = %path.display(), reason = %why, "not watched");
+        }
+        if let Ok(mut u) = self.source.status.unwatched.lock() {
+            *u = unwatched;
+        }
+    }
+
+    /// The path a directory handle and name stand for.
+    fn resolve(&mut self, fid: &crate::record::Fid<'_>) -> Option<PathBuf> {
+        let order: Vec<usize> = match self.by_fsid.get(&fid.fsid) {
+            Some(&i) => std::iter::once(i)
+                .chain((0..self.mounts.len()).filter(|&j| j != i))
+                .collect(),
+            None => (0..self.mounts.len()).collect(),
+        };
+        for i in order {
+            match sys::open_by_handle(self.mounts[i].fd.as_fd(), fid.handle_type, fid.handle) {
+                Ok(dir) => {
+                    self.by_fsid.insert(fid.fsid, i);
+                    let dir = sys::fd_path(dir.as_fd())?;
+                    return Some(match fid.name {
+                        None | Some(b".") => dir,
+                        Some(name) => dir.join(
+                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
+                        ),
+                    });
+                }
+                Err(Errno::ESTALE) if self.mounts.len() == 1 => return None,
+                Err(e) => debug!(error = %e, "open_by_handle_at"),
+            }
+        }
+        None
+    }
+
+    fn watched(&self, path: &Path) -> bool {
+        self.roots.iter().any(|r| path.starts_with(r))
+    }
+
+    fn key(&self, pid: u32) -> Option<ProcessKey> {
+        procfs::process_key(&self.source.config.proc_root, self.boot?, pid)
+    }
+
+    /// The events of one record (none for a path outside the watched ones).
+    async fn events(&mut self, record: &Record<'_>) -> Vec<FilesystemEvent> {
+        let now = SystemTime::now();
+        let renamed = record.mask & sys::FAN_RENAME != 0;
+        let (old, new) = if renamed {
+            (
+                record.fid(FidKind::OldDirName).copied(),
+                record.fid(FidKind::NewDirName).copied(),
+            )
+        } else {
+            (None, record.fid(FidKind::DirName).copied())
+        };
+        let old_path = old.and_then(|f| self.resolve(&f));
+        let Some(path) = new.and_then(|f| self.resolve(&f)) else {
+            self.source.counters.unresolved.inc();
+            return Vec::new();
+        };
+        if !self.watched(&path) && !old_path.as_deref().is_some_and(|p| self.watched(p)) {
+            self.source.counters.ignored.inc();
+            return Vec::new();
+        }
+        let pid = u32::try_from(record.pid).ok().filter(|&p| p > 0);
+        let process_key = pid.and_then(|p| self.key(p));
+        let before = old_path
+            .as_deref()
+            .and_then(|p| self.baseline.files.remove(p))
+            .or_else(|| self.baseline.files.get(&path).cloned());
+        let now_state = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| FileState::from_metadata(&m));
+        let mut after = now_state.clone();
+        let content_changed = record.mask
+            & (libc::FAN_CLOSE_WRITE | libc::FAN_CREATE | libc::FAN_MOVED_TO | sys::FAN_RENAME)
+            != 0;
+        if let (Some(state), Some(engine)) = (after.as_mut(), self.source.engine.as_ref()) {
+            if state.file_type == FileType::Regular {
+                state.hash = if content_changed {
+                    baseline::hash(engine, &path).await.ok()
+                } else {
+                    before.as_ref().and_then(|b| b.hash.clone())
+                };
+            }
+        }
+        match &after {
+            Some(state) => {
+                self.baseline.files.insert(path.clone(), state.clone());
+            }
+            None => {
+                self.baseline.files.remove(&path);
+            }
+        }
+        let ops = operations(record.mask);
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut e = FilesystemEvent::new(path.to_string_lossy(), op.clone(), now);
+            e.pid = pid;
+            e.process_key = process_key;
+            if op == FileOperation::Rename {
+                e.old_path = old_path.as_ref().map(|p| p.to_string_lossy().into_owned());
+            }
+            let gone = op == FileOperation::Delete
+                || (record.mask & libc::FAN_MOVED_FROM != 0 && !renamed);
+            let state = if gone {
+                before.as_ref()
+            } else {
+                after.as_ref()
+            };
+            if let Some(state) = state {
+                state.describe(&mut e);
+                if !gone {
+                    e.file_hash.clone_from(&state.hash);
+                }
+            } else if record.mask & libc::FAN_ONDIR != 0 {
+                e.file_type = Some(FileType::Directory);
+            }
+            e.previous_hash = before.as_ref().and_then(|b| b.hash.clone());
+            if e.file_hash.is_some() || e.previous_hash.is_some() {
+                e.hash_algorithm = self.algorithm;
+            }
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// The operations of a mask, in the order they happen.
+pub fn operations(mask: u64) -> Vec<FileOperation> {
+    [
+        (libc::FAN_CREATE, FileOperation::Create),
+        (libc::FAN_MODIFY, FileOperation::Modify),
+        (libc::FAN_CLOSE_WRITE, FileOperation::CloseWrite),
+        (libc::FAN_ATTRIB, FileOperation::Attrib),
+        (
+            sys::FAN_RENAME | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
+            FileOperation::Rename,
+        ),
+        (libc::FAN_DELETE, FileOperation::Delete),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| mask & bit != 0)
+    .map(|(_, op)| op)
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merged_mask_gives_each_operation_once_in_order() {
+        let mask = libc::FAN_CLOSE_WRITE | libc::FAN_CREATE | libc::FAN_MODIFY | libc::FAN_ONDIR;
+        assert_eq!(
+            operations(mask),
+            [
+                FileOperation::Create,
+                FileOperation::Modify,
+                FileOperation::CloseWrite
+            ]
+        );
+        assert_eq!(
+            operations(sys::FAN_RENAME | libc::FAN_DELETE),
+            [FileOperation::Rename, FileOperation::Delete]
+        );
+        assert!(operations(Q_OVERFLOW).is_empty());
+    }
+
+    #[test]
+    fn relative_or_no_watched_paths_are_refused() {
+        let mut c = FsmondConfig {
+            watch: vec![PathBuf::from("etc")],
+            ..FsmondConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.watch.clear();
+        assert!(c.validate().is_err());
+        assert!(FsmondConfig::default().validate().is_ok());
+    }
+}
