@@ -629,6 +629,21 @@ impl TriggerManager {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The conditions and the state, locked in the one order every caller
+    /// keeps: conditions, then state (then known-good hashes).
+    fn conditions_and_state(
+        &self,
+    ) -> (
+        std::sync::RwLockReadGuard<'_, Vec<Compiled>>,
+        std::sync::MutexGuard<'_, State>,
+    ) {
+        let conditions = self
+            .conditions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (conditions, self.state())
+    }
+
     /// Adds a known-good hash for `HashMismatch`.
     ///
     /// # Errors
@@ -845,12 +860,7 @@ impl TriggerManager {
     /// The ids of the conditions `event` matches, without side effects
     /// (no trigger is queued, nothing is counted).
     pub fn matching_conditions(&self, event: &ProcessEvent) -> Vec<String> {
-        // Lock order, as in `evaluate`: conditions, then state.
-        let conditions = self
-            .conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut state = self.state();
+        let (conditions, mut state) = self.conditions_and_state();
         let anomalous = self.judge_resources(&mut state, &conditions, event, false);
         let parent = parent_name(&state, event);
         conditions
@@ -920,12 +930,7 @@ impl TriggerManager {
     pub fn evaluate(&self, event: &ProcessEvent) -> usize {
         self.counters.evaluated.inc();
         let now = Instant::now();
-        // Lock order everywhere: conditions, then state, then known-good hashes.
-        let conditions = self
-            .conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut state = self.state();
+        let (conditions, mut state) = self.conditions_and_state();
         let mut hits: Vec<usize> = Vec::new();
         {
             let anomalous = self.judge_resources(&mut state, &conditions, event, true);
@@ -963,11 +968,7 @@ impl TriggerManager {
             return 0;
         };
         let now = Instant::now();
-        let conditions = self
-            .conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut state = self.state();
+        let (conditions, mut state) = self.conditions_and_state();
         let mut target = ProcessEvent::new(*pid, state.names.get(pid).cloned().unwrap_or_default());
         target.process_key = *process_key;
         target.timestamp = event.timestamp;
