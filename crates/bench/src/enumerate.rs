@@ -13,10 +13,18 @@ use crate::{median, report, report_f, report_ratio};
 /// Flags of this bench.
 #[derive(clap::Parser)]
 pub(crate) struct Options {
+    #[command(flatten)]
+    pub(crate) host: Crowded,
+}
+
+/// A host made crowded for a bench of `/proc` readers, and how often each
+/// side is run (the flags `enumerate` and `perf` share).
+#[derive(clap::Args)]
+pub(crate) struct Crowded {
     /// Extra sleeping processes to spawn.
     #[arg(long, default_value_t = 3000)]
     pub(crate) extra: usize,
-    /// Repetitions.
+    /// Repetitions of each side.
     #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
     pub(crate) reps: usize,
 }
@@ -56,7 +64,7 @@ impl Drop for Sleepers {
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let sleepers = Sleepers::spawn(o.extra)?;
+    let sleepers = Sleepers::spawn(o.host.extra)?;
     let reader = ProcReader::new(ReadOptions::default())?;
     let lean = ProcReader::new(ReadOptions {
         enhanced_metadata: false,
@@ -69,7 +77,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     // procmond's steady state: a pass after the first, with its cache.
     let mut cache = SnapshotCache::default();
     reader.snapshot_cached(usize::MAX, &mut cache)?;
-    for _ in 0..o.reps {
+    for _ in 0..o.host.reps {
         let t = Instant::now();
         let snap = reader.snapshot_cached(usize::MAX, &mut cache)?;
         ours.push(t.elapsed().as_secs_f64() * 1e3);

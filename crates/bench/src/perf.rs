@@ -15,26 +15,22 @@ use perfmond::sampler::SamplerCounters;
 use perfmond::{AnomalyConfig, Sampler, SamplerConfig};
 use tokio::time::Instant;
 
-use crate::enumerate::Sleepers;
+use crate::enumerate::{Crowded, Sleepers};
 use crate::idle::Idle;
 use crate::{median, report, report_f, report_ratio};
 
 /// Flags of this bench.
 #[derive(clap::Parser)]
 pub(crate) struct Options {
-    /// Extra sleeping processes to spawn.
-    #[arg(long, default_value_t = 3000)]
-    pub(crate) extra: usize,
-    /// Repetitions of each side.
-    #[arg(long, default_value_t = 7, value_parser = crate::positive::<usize>)]
-    pub(crate) reps: usize,
+    #[command(flatten)]
+    pub(crate) host: Crowded,
     /// Seconds perfmond is measured idle (0: not measured).
     #[arg(long, default_value_t = 60)]
     pub(crate) idle_secs: u64,
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    let sleepers = Sleepers::spawn(o.extra)?;
+    let sleepers = Sleepers::spawn(o.host.extra)?;
     // As `perfmond run` does: every process's `stat` kept open.
     perfmond::sampler::raise_open_file_limit()?;
     let mut sampler = Sampler::new(
@@ -50,20 +46,20 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         SamplerCounters::default(),
     );
     reopening.processes().limit_files(0);
-    let mut events = Vec::new();
+    let (mut events, mut discarded) = (Vec::new(), Vec::new());
     // A running perfmond's sample: its table already holds every process.
     sampler.sample(&mut events)?;
-    reopening.sample(&mut events)?;
+    reopening.sample(&mut discarded)?;
     let (mut ours, mut reopened, mut top) = (Vec::new(), Vec::new(), Vec::new());
     let mut processes = 0;
-    for _ in 0..o.reps {
+    for _ in 0..o.host.reps {
         events.clear();
         let start = Instant::now();
         let sample = sampler.sample(&mut events)?;
         ours.push(start.elapsed().as_secs_f64() * 1e3);
         processes = sample.scan.processes;
 
-        let mut discarded = Vec::new();
+        discarded.clear();
         let start = Instant::now();
         reopening.sample(&mut discarded)?;
         reopened.push(start.elapsed().as_secs_f64() * 1e3);
@@ -79,10 +75,10 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             bail!("top -b -n 1 failed: {}", out.status);
         }
     }
-    if processes < o.extra {
+    if processes < o.host.extra {
         bail!(
             "a sample read {processes} processes, fewer than the {} spawned",
-            o.extra
+            o.host.extra
         );
     }
     let (ours, reopened, top) = (median(ours), median(reopened), median(top));
