@@ -151,6 +151,17 @@ struct Running {
     data: PathBuf,
 }
 
+/// Starts the broker, then an agent on `dir`'s store (an outbox left
+/// there); waits until `n` alerts are shipped, stops the agent, and returns
+/// the pids of the alerts in the stream.
+async fn shipped_by_a_new_agent(dir: &Path, nats: &mut Nats, n: u64) -> Vec<u64> {
+    nats.start();
+    let agent = Running::start(dir, &nats.url()).await;
+    agent.until_shipped(n).await;
+    agent.stop().await;
+    alert_pids(&nats.messages().await)
+}
+
 impl Running {
     async fn start(dir: &Path, url: &str) -> Self {
         Self::start_with(dir, url, "").await
@@ -423,11 +434,10 @@ async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
         }
         assert_eq!(store.outbox_state().unwrap().depth, 2);
     }
-    nats.start();
-    let agent = Running::start(dir.path(), &nats.url()).await;
-    agent.until_shipped(2).await;
-    agent.stop().await;
-    assert_eq!(alert_pids(&nats.messages().await), [5401, 5402]);
+    assert_eq!(
+        shipped_by_a_new_agent(dir.path(), &mut nats, 2).await,
+        [5401, 5402]
+    );
 }
 
 /// The agent's binary, killed (`SIGKILL`) while the broker is away and its outbox
@@ -494,11 +504,10 @@ async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart(
     child.wait().unwrap();
     collector.stop().await;
 
-    nats.start();
-    let agent = Running::start(dir.path(), &nats.url()).await;
-    agent.until_shipped(2).await;
-    agent.stop().await;
-    assert_eq!(alert_pids(&nats.messages().await), [5501, 5502]);
+    assert_eq!(
+        shipped_by_a_new_agent(dir.path(), &mut nats, 2).await,
+        [5501, 5502]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
