@@ -4,6 +4,8 @@
 //! - [`rules`]: detection rules (TOML or YAML files and a built-in pack): id,
 //!   name, severity, one read-only SQL `SELECT`, tags, ATT&CK ids; refused at
 //!   load with the rule, the file and the reason when they break the rules.
+//! - [`sigma`]: Sigma rules (`process_creation`, `network_connection`,
+//!   `file_event` for Linux) converted into the same SQL at load.
 //! - [`engine`]: runs every rule over a batch of processes in an in-memory
 //!   SQLite database the rules can only read (on two threads), each within
 //!   a time bound.
@@ -35,3 +37,4 @@ pub mod detect;
 pub mod engine;
 pub mod history;
 pub mod rules;
+pub mod sigma;

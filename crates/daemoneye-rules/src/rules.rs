@@ -46,7 +46,7 @@
 //! statement under an authorizer that refuses anything but reading.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +209,7 @@ pub fn parse(text: &str, origin: &str) -> (Vec<Rule>, Vec<RuleError>) {
 pub fn parse_as(text: &str, origin: &str, format: Format) -> (Vec<Rule>, Vec<RuleError>) {
     let file = match format {
         Format::Toml => toml::from_str::<RuleFile>(text).map_err(|e| e.message().to_owned()),
+        Format::Yaml if crate::sigma::is_sigma(text) => return crate::sigma::parse(text, origin),
         Format::Yaml => parse_yaml(text),
     };
     let file = match file {
@@ -279,27 +280,55 @@ fn read_capped(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 ({e})"))
 }
 
-/// Reads every `*.toml`, `*.yaml` and `*.yml` file of a directory, in name
-/// order; other files are left alone.
+/// The deepest subdirectory [`load_dir`] reads (the directory itself is
+/// depth 0): a checkout of the `rules/linux` of `SigmaHQ` is 2 deep.
+pub const MAX_DIR_DEPTH: usize = 8;
+
+/// The most rule files [`load_dir`] reads; the rest are refused, named by
+/// their directory.
+pub const MAX_RULE_FILES: usize = 10_000;
+
+/// Reads every `*.toml`, `*.yaml` and `*.yml` file of a directory and its
+/// subdirectories (at most [`MAX_DIR_DEPTH`] deep, [`MAX_RULE_FILES`] in
+/// all, symbolic links to directories not followed), in path order; other
+/// files are left alone. A YAML file holding Sigma rules is read as Sigma
+/// ([`crate::sigma`]), so a directory of Sigma rules works beside ours.
 pub fn load_dir(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
-    let origin = dir.display().to_string();
-    let mut files: Vec<(PathBuf, Format)> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| {
-                let path = e.ok()?.path();
-                let format = Format::of_rule_file(&path)?;
-                Some((path, format))
-            })
-            .collect(),
-        Err(e) => {
-            return (
-                Vec::new(),
-                vec![refuse(&origin, "-", format!("cannot list: {e}"))],
-            )
+    let (mut files, mut bad) = (Vec::new(), Vec::new());
+    let mut dirs = vec![(dir.to_path_buf(), 0)];
+    while let Some((at, depth)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&at) {
+            Ok(entries) => entries,
+            Err(e) => {
+                bad.push(refuse(
+                    &at.display().to_string(),
+                    "-",
+                    format!("cannot list: {e}"),
+                ));
+                continue;
+            }
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && depth < MAX_DIR_DEPTH {
+                dirs.push((path, depth + 1));
+            } else if let Some(format) = Format::of_rule_file(&path).filter(|_| !is_dir) {
+                if files.len() == MAX_RULE_FILES {
+                    bad.push(refuse(
+                        &at.display().to_string(),
+                        "-",
+                        format!("more than {MAX_RULE_FILES} rule files: the rest not read"),
+                    ));
+                    dirs.clear();
+                    break;
+                }
+                files.push((path, format));
+            }
         }
-    };
+    }
     files.sort_by(|a, b| a.0.cmp(&b.0));
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    let mut ok = Vec::new();
     for (f, format) in files {
         let (o, b) = load_file_as(&f, format);
         ok.extend(o);
@@ -414,7 +443,7 @@ rule:
     sql: "SELECT pid FROM processes WHERE event_type = 'pid_reused'"
 "#;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -544,6 +573,27 @@ rule:
         assert_eq!(ids, ["from-toml", "from-yaml", "from-yml"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(bad[0].origin.ends_with("f.yaml"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn subdirectories_are_read_in_path_order_and_linked_directories_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |id: &str| {
+            format!("[[rule]]\nid = '{id}'\nname = 'x'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n")
+        };
+        for sub in ["b/c", "a"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        write(dir.path(), "z.toml", &one("top"));
+        write(&dir.path().join("a"), "r.toml", &one("in-a"));
+        write(&dir.path().join("b/c"), "r.toml", &one("in-b-c"));
+        let other = tempfile::tempdir().unwrap();
+        write(other.path(), "r.toml", &one("linked"));
+        std::os::unix::fs::symlink(other.path(), dir.path().join("link")).unwrap();
+        let (ok, bad) = load_dir(dir.path());
+        assert!(bad.is_empty(), "{bad:?}");
+        let ids: Vec<&str> = ok.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["in-a", "in-b-c", "top"]);
     }
 
     #[test]

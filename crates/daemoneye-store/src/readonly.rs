@@ -11,6 +11,8 @@
 //!   [`MAX_VALUE_BYTES`], statements of at most [`MAX_SQL_BYTES`], few
 //!   columns, shallow expressions, short `LIKE` patterns, no attachments.
 //! - [`cap_heap`]: SQLite's hard heap limit (process-wide).
+//! - [`install_functions`]: `REGEXP` (Rust's linear-time `regex`) and
+//!   `cidr_match(address, network)`, which SQLite does not have.
 //!
 //! Install both on a connection before it sees any user SQL: SQLite runs
 //! some pragmas while preparing, so a statement prepared without the
@@ -62,6 +64,9 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "octet_length",
     "printf",
     "quote",
+    // Added by this module (see `install_functions`).
+    "regexp",
+    "cidr_match",
     "replace",
     "round",
     "rtrim",
@@ -286,8 +291,121 @@ pub fn read_only_authorizer(
 /// When SQLite refuses a limit.
 pub fn guard(conn: &Connection, denied: Denied) -> Result<Previous, rusqlite::Error> {
     let previous = limit(conn)?;
+    install_functions(conn)?;
     conn.authorizer(Some(read_only_authorizer(denied)));
     Ok(previous)
+}
+
+/// The largest compiled program of one `REGEXP` pattern: 1 MiB. A bigger
+/// one fails the statement ("regular expression too big").
+pub const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// Adds to `conn` the functions user SQL may call that SQLite lacks:
+///
+/// - `regexp(pattern, text)`, so `text REGEXP pattern` works: Rust's
+///   `regex` syntax (linear time in the text, so no pattern can hang a
+///   statement; no look-around or back-references), each pattern compiled
+///   once per statement, at most [`MAX_REGEX_BYTES`]. `NULL` for a `NULL`
+///   text; numbers are matched as their text.
+/// - `cidr_match(address, network)`: whether the IP address is in the
+///   network (`10.0.0.0/8`, `fe80::/10`; an address alone is its own
+///   network), an IPv4-mapped IPv6 address (`::ffff:10.1.2.3`) counting as
+///   its IPv4 address. `NULL` for a `NULL` address, false for one that is
+///   not an address; a malformed network fails the statement.
+///
+/// [`guard`] installs them.
+///
+/// # Errors
+/// When SQLite refuses to register a function.
+pub fn install_functions(conn: &Connection) -> Result<(), rusqlite::Error> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("regexp", 2, flags, |ctx| {
+        let re = ctx.get_or_create_aux(0, |pattern| -> Result<regex::bytes::Regex, BoxError> {
+            let pattern = pattern.as_str()?;
+            Ok(regex::bytes::RegexBuilder::new(pattern)
+                .size_limit(MAX_REGEX_BYTES)
+                .build()?)
+        })?;
+        let text = match ctx.get_raw(1) {
+            ValueRef::Null => return Ok(None),
+            ValueRef::Text(t) | ValueRef::Blob(t) => re.is_match(t),
+            ValueRef::Integer(i) => re.is_match(i.to_string().as_bytes()),
+            ValueRef::Real(r) => re.is_match(r.to_string().as_bytes()),
+        };
+        Ok(Some(text))
+    })?;
+    conn.create_scalar_function("cidr_match", 2, flags, |ctx| {
+        let net = ctx.get_or_create_aux(1, |net| -> Result<Network, BoxError> {
+            Ok(parse_cidr(net.as_str()?)?)
+        })?;
+        match ctx.get_raw(0) {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => Ok(Some(
+                std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .is_some_and(|a| net.contains(a)),
+            )),
+            _ => Ok(Some(false)),
+        }
+    })
+}
+
+/// An IP network: an address and how many leading bits of it count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Whether `addr` is in the network.
+    pub fn contains(&self, addr: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        let (a, n, bits) = match (addr, self.addr) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => (
+                u128::from(a.to_bits()) << 96,
+                u128::from(n.to_bits()) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(a), IpAddr::V6(n)) => (a.to_bits(), n.to_bits(), self.prefix),
+            _ => return false,
+        };
+        let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+        a & mask == n & mask
+    }
+}
+
+/// Parses `10.0.0.0/8`, `fe80::/10` or a lone address (its own network).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_cidr(text: &str) -> Result<Network, String> {
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = if prefix.is_empty() {
+        max
+    } else {
+        prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix {prefix:?} is not 0 to {max}"))?
+    };
+    Ok(Network { addr, prefix })
 }
 
 /// Prepares `sql` on `conn`, which must be [`guard`]ed with `denied`, as one
@@ -459,6 +577,83 @@ impl Drop for Watchdog {
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn guarded() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        guard(&conn, Denied::default()).unwrap();
+        conn
+    }
+
+    fn ask(conn: &Connection, sql: &str) -> Option<bool> {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn regexp_matches_text_numbers_and_null_and_refuses_a_huge_pattern() {
+        let conn = guarded();
+        assert_eq!(
+            ask(&conn, "SELECT 'bash -i' REGEXP '^ba.h -[a-z]$'"),
+            Some(true)
+        );
+        assert_eq!(ask(&conn, "SELECT 'BASH' REGEXP 'bash'"), Some(false));
+        assert_eq!(ask(&conn, "SELECT 'BASH' REGEXP '(?i)bash'"), Some(true));
+        assert_eq!(ask(&conn, "SELECT 4444 REGEXP '^44+$'"), Some(true));
+        assert_eq!(ask(&conn, "SELECT NULL REGEXP 'x'"), None);
+        // Compiled past the cap: the statement fails, nothing hangs.
+        let huge = conn.query_row("SELECT 'a' REGEXP '(a{1000}){1000}'", [], |r| {
+            r.get::<_, bool>(0)
+        });
+        assert!(huge.is_err(), "{huge:?}");
+        let bad = conn.query_row("SELECT 'a' REGEXP '('", [], |r| r.get::<_, bool>(0));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn cidr_match_takes_both_families_and_mapped_addresses() {
+        let conn = guarded();
+        for (addr, net, is) in [
+            ("10.1.2.3", "10.0.0.0/8", Some(true)),
+            ("11.1.2.3", "10.0.0.0/8", Some(false)),
+            ("172.31.255.1", "172.16.0.0/12", Some(true)),
+            ("172.32.0.1", "172.16.0.0/12", Some(false)),
+            ("::ffff:10.9.9.9", "10.0.0.0/8", Some(true)),
+            ("fe80::1", "fe80::/10", Some(true)),
+            ("fec0::1", "fe80::/10", Some(false)),
+            ("10.1.2.3", "fe80::/10", Some(false)),
+            ("1.2.3.4", "1.2.3.4", Some(true)),
+            ("1.2.3.4", "0.0.0.0/0", Some(true)),
+            ("not an address", "0.0.0.0/0", Some(false)),
+        ] {
+            let sql = format!("SELECT cidr_match('{addr}', '{net}')");
+            assert_eq!(ask(&conn, &sql), is, "{addr} in {net}");
+        }
+        assert_eq!(ask(&conn, "SELECT cidr_match(NULL, '10.0.0.0/8')"), None);
+        for bad in ["10.0.0.0/33", "10.0.0/8", "x"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+            let sql = format!("SELECT cidr_match('10.0.0.1', '{bad}')");
+            assert!(conn.query_row(&sql, [], |r| r.get::<_, bool>(0)).is_err());
+        }
+    }
+
+    #[test]
+    fn the_added_functions_pass_the_authorizer() {
+        let conn = guarded();
+        let denied = Denied::default();
+        for sql in [
+            "SELECT 'a' REGEXP 'a'",
+            "SELECT regexp('a', 'a')",
+            "SELECT cidr_match('10.0.0.1', '10.0.0.0/8')",
+        ] {
+            assert!(prepare(&conn, sql, &denied).is_ok(), "{sql}");
         }
     }
 }
