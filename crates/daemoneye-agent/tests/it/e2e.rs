@@ -58,15 +58,22 @@ impl Agent {
         syslog: &str,
         webhook: &str,
     ) -> Self {
-        let mut child = agent_run(data_dir)
-            .arg("--rules-dir")
+        let mut cmd = agent_run(data_dir);
+        cmd.arg("--rules-dir")
             .arg(rules_dir)
             .args(["--syslog", syslog])
             .args(["--webhook", webhook, "--webhook-header", "X-Team: sec"])
             .arg("--webhook-headers-file")
             .arg(rules_dir.join("webhook-headers"))
             .arg("--config")
-            .arg(config)
+            .arg(config);
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (an [`agent_run`]), its alerts (stdout) and log (stderr)
+    /// read as they come.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -587,4 +594,78 @@ fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
         status.success(),
         "the agent stopped cleanly despite stdout: {status}"
     );
+}
+
+/// A directory of Sigma rules (in a subdirectory, as a SigmaHQ checkout
+/// has them) beside the SQL ones: its rule alerts on a real exec through
+/// the running agent; the one it cannot serve is refused by name.
+#[test]
+fn a_sigma_rule_alerts_end_to_end_and_an_unserved_one_is_refused() {
+    if !crate::root_or_skip("the end-to-end agent test needs root (kernel process connector)") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    let sub = rules.path().join("linux/process_creation");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(
+        sub.join("proc_creation_lnx_probe.yml"),
+        "title: Sigma probe\n\
+         id: 5e0c1d2a-0000-4000-8000-00000000e2e0\n\
+         logsource:\n  category: process_creation\n  product: linux\n\
+         detection:\n  selection:\n    Image|endswith: /sigma-probe\n\
+         \x20   CommandLine|contains: '--SIGMA-marker'\n\
+         \x20 condition: selection\n\
+         level: high\ntags: [attack.execution, attack.t1059.004]\n\
+         ---\n\
+         title: Windows dashes\nid: 5e0c1d2a-0000-4000-8000-00000000e2e1\n\
+         logsource: {category: process_creation, product: linux}\n\
+         detection:\n  selection:\n    CommandLine|windash|contains: -enc\n  condition: selection\n",
+    )
+    .unwrap();
+    let mut cmd = agent_run(data.path());
+    cmd.arg("--rules-dir").arg(rules.path());
+    let agent = Agent::spawn(cmd);
+    let refused = agent
+        .wait_log("rule refused", Duration::from_secs(30))
+        .expect("no refusal logged");
+    assert!(
+        refused.contains("proc_creation_lnx_probe.yml")
+            && refused.contains("sigma-5e0c1d2a-0000-4000-8000-00000000e2e1")
+            && refused.contains("windash"),
+        "{refused}"
+    );
+    // The probe (a shell named so) until the agent is up and judging.
+    let dir = tempfile::tempdir_in("/var/lib").unwrap();
+    let mut alert = None;
+    for _ in 0..40 {
+        run_copy(
+            "/bin/sh",
+            dir.path(),
+            "sigma-probe",
+            &["-c", "sleep 0.2", "x", "--sigma-marker"],
+        );
+        alert = agent.wait_alert(
+            "sigma-5e0c1d2a-0000-4000-8000-00000000e2e0",
+            "sigma-probe",
+            Duration::from_millis(500),
+        );
+        if alert.is_some() {
+            break;
+        }
+    }
+    let alert = alert.expect("no alert from the Sigma rule");
+    assert_eq!(alert["severity"], "high", "{alert}");
+    assert_eq!(alert["rule_name"], "Sigma probe", "{alert}");
+    assert_eq!(alert["mitre"], serde_json::json!(["T1059.004"]), "{alert}");
+    assert!(alert["process"]["process_key"].is_string(), "{alert}");
+    // Without its marker the same program is not matched.
+    run_copy("/bin/sh", dir.path(), "sigma-probe", &["-c", "sleep 0.2"]);
+    assert!(agent
+        .wait_alert(
+            "sigma-5e0c1d2a-0000-4000-8000-00000000e2e0",
+            "sigma-probe",
+            Duration::from_secs(2),
+        )
+        .is_none());
 }
