@@ -596,7 +596,7 @@ fn a_stalled_stdout_does_not_hold_up_the_other_sinks() {
     );
 }
 
-/// A directory of Sigma rules (in a subdirectory, as a SigmaHQ checkout
+/// A directory of Sigma rules (in a subdirectory, as a checkout of `SigmaHQ`
 /// has them) beside the SQL ones: its rule alerts on a real exec through
 /// the running agent; the one it cannot serve is refused by name.
 #[test]
