@@ -25,6 +25,11 @@ pub(crate) struct Options {
     /// Also time each built-in process rule alone (ten copies of it), less the load.
     #[arg(long)]
     pub(crate) per_rule: bool,
+    /// Also time the process rules of this directory (ours or Sigma, as the
+    /// agent loads a rules directory) over the same table, less the load,
+    /// and name the five costliest.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) rules_dir: Option<std::path::PathBuf>,
 }
 
 /// A plausible process table: daemons, shells, workers, the odd oddity.
@@ -109,6 +114,66 @@ fn history(rows: &[ProcessRow]) -> History {
     h
 }
 
+/// The median over `reps` of `engine` over `rows`, less `empty`'s.
+fn net_ms(
+    engine: &mut RuleEngine,
+    empty: &mut RuleEngine,
+    rows: &[ProcessRow],
+    reps: usize,
+) -> anyhow::Result<f64> {
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        engine.evaluate(rows)?;
+        let with = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        empty.evaluate(rows)?;
+        ms.push(with - t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(ms))
+}
+
+/// `--rules-dir`: the directory's process rules, together and the five
+/// costliest alone.
+fn time_dir(
+    dir: &std::path::Path,
+    rows: &[ProcessRow],
+    empty: &mut RuleEngine,
+    reps: usize,
+) -> anyhow::Result<()> {
+    let (loaded, refused) = rules::load_dir(dir);
+    let process: Vec<_> = loaded
+        .into_iter()
+        .filter(|r| RuleKind::of(&r.sql) == RuleKind::Process)
+        .collect();
+    let mut engine = RuleEngine::new(process.clone())?;
+    let n = engine.rules().len();
+    report("rules.dir_process_rules", n, "rules");
+    report(
+        "rules.dir_refused",
+        refused.len() + engine.refused().len(),
+        "rules",
+    );
+    let all = net_ms(&mut engine, empty, rows, reps)?;
+    report(
+        &format!("rules.dir_ms_{n}_rules_{}_processes", rows.len()),
+        format!("{all:.2}"),
+        "ms",
+    );
+    report("rules.dir_matches", engine.evaluate(rows)?.len(), "matches");
+    let mut each = Vec::with_capacity(process.len());
+    for r in process {
+        let id = r.id.clone();
+        let mut one = RuleEngine::new(vec![r])?;
+        each.push((net_ms(&mut one, empty, rows, reps)?, id));
+    }
+    each.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (ms, id) in each.iter().take(5) {
+        report(&format!("rules.dir_ms.{id}"), format!("{ms:.2}"), "ms");
+    }
+    Ok(())
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let pack = rules::builtin()?;
     let process_rules: Vec<_> = pack
@@ -153,6 +218,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         "ratio",
     );
     report("rules.matches", matches, "matches");
+    if let Some(dir) = &o.rules_dir {
+        time_dir(dir, &rows, &mut empty, o.reps)?;
+    }
     if o.per_rule {
         let changes = history(&rows).take_changes();
         for r in process_rules {

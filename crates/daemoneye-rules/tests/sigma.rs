@@ -25,7 +25,7 @@ fn load(name: &str) -> (Vec<Rule>, Vec<rules::RuleError>) {
 fn engine() -> RuleEngine {
     let (ok, bad) = load("served.yml");
     assert!(bad.is_empty(), "refused: {bad:?}");
-    assert_eq!(ok.len(), 16);
+    assert_eq!(ok.len(), 17);
     let engine = RuleEngine::new(ok).unwrap();
     assert!(engine.refused().is_empty(), "{:?}", engine.refused());
     engine
@@ -72,6 +72,7 @@ fn only(id: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one table of cases
 fn every_served_modifier_matches_its_case_and_only_it() {
     let mut e = engine();
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -137,6 +138,20 @@ fn every_served_modifier_matches_its_case_and_only_it() {
             },
             "15",
         ),
+        (
+            ProcessRow {
+                parent_exe: None,
+                ..process(25, "/x/null.case", &["null.case"])
+            },
+            "17",
+        ),
+        (
+            ProcessRow {
+                parent_exe: None,
+                ..process(26, "/x/other(1)", &["other(1)"])
+            },
+            "17",
+        ),
     ];
     for (row, id) in &cases {
         assert_eq!(fired(&mut e, row), only(id), "case of rule {id}: {row:?}");
@@ -159,6 +174,12 @@ fn every_served_modifier_matches_its_case_and_only_it() {
             ..process(38, "/usr/bin/zsh", &["zsh"])
         },
         process(39, "/bin/bash", &["bash", "-i"]),
+        // The filter holds; `.` is no wildcard.
+        process(41, "/x/null.case", &["null.case"]),
+        ProcessRow {
+            parent_exe: None,
+            ..process(42, "/x/nullxcase", &["nullxcase"])
+        },
     ];
     for row in &misses {
         assert!(
