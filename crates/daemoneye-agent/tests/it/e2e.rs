@@ -669,3 +669,71 @@ fn a_sigma_rule_alerts_end_to_end_and_an_unserved_one_is_refused() {
         )
         .is_none());
 }
+
+/// The three cases the built-in pack's history rules exist for, through the
+/// running agent: a web server that exec'd a shell in place, a program whose
+/// argv[0] is a kernel thread's name, and a shell fed its program on stdin
+/// by a pipeline that decoded it.
+#[test]
+fn the_built_in_pack_catches_the_history_cases_end_to_end() {
+    if !crate::root_or_skip("the end-to-end agent test needs root (kernel process connector)") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn(agent_run(data.path()));
+
+    // argv[0] `[kworker/0:7]` on /usr/bin/sleep, until the agent judges.
+    let mut masked = None;
+    for _ in 0..40 {
+        let status = Command::new("bash")
+            .args(["-c", "exec -a '[kworker/0:7]' sleep 0.3"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        masked = agent.wait_alert(
+            "kernel-thread-name-on-user-process",
+            "sleep",
+            Duration::from_millis(500),
+        );
+        if masked.is_some() {
+            break;
+        }
+    }
+    let masked = masked.expect("no alert for argv[0] [kworker/0:7] on sleep");
+    assert_eq!(masked["severity"], "high", "{masked}");
+
+    // A "web server" (a shell named nginx) that exec's a shell in place:
+    // the shell's parent is not the server, its own previous image is.
+    let dir = tempfile::tempdir_in("/var/lib").unwrap();
+    let nginx = dir.path().join("nginx");
+    std::fs::copy("/bin/sh", &nginx).unwrap();
+    let mut server = Command::new(&nginx)
+        .args(["-c", "exec /bin/sh -c 'sleep 0.5; true'"])
+        .spawn()
+        .unwrap();
+    let pid = server.id();
+    let shell = agent
+        .wait_alert(
+            "shell-with-service-in-history",
+            "sh",
+            Duration::from_secs(5),
+        )
+        .expect("no alert for a shell exec'd in place by nginx");
+    assert_eq!(shell["process"]["pid"], pid, "{shell}");
+    assert!(server.wait().unwrap().success());
+
+    // `... | base64 -d | sh`: the last shell's own command line is just `sh`.
+    let status = Command::new("/bin/sh")
+        .args(["-c", "echo c2xlZXAgMC4zCg== | base64 -d | sh"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fed = agent
+        .wait_alert(
+            "stdin-shell-fed-download-or-decode",
+            "sh",
+            Duration::from_secs(5),
+        )
+        .expect("no alert for a shell fed a decoded program on stdin");
+    assert_eq!(fed["severity"], "high", "{fed}");
+}
