@@ -84,6 +84,30 @@ fn validate_reads_yaml_files_and_names_them_when_refused() {
 }
 
 #[test]
+fn validate_takes_sigma_files_and_names_what_it_cannot_serve() {
+    let sigma =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemoneye-rules/tests/sigma");
+    let served = sigma.join("served.yml");
+    let out = cli(&["rules", "validate"], &[&served]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("rule sigma-0a000001-").count(), 17, "{text}");
+
+    let refused = sigma.join("refused.yml");
+    let out = cli(&["rules", "validate"], &[&served, &refused]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused.yml")
+            && text.contains("sigma-0b000001-0000-4000-8000-000000000001")
+            && text.contains("modifier `windash` is not served")
+            && text.contains("ok       ")
+            && text.contains("sigma-0b000001-0000-4000-8000-000000000009"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bad_flags_exit_with_2() {
     for args in [
         &["rules", "validate"][..],
