@@ -254,3 +254,62 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    rust_files(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `unsafe_code` is `deny` workspace-wide: only a module named `sys`
+    /// may allow it, and each of its `unsafe` blocks says why it is sound.
+    #[test]
+    fn unsafe_is_only_in_sys_modules() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        rust_files(&root.join("crates"), &mut files);
+        rust_files(&root.join("xtask"), &mut files);
+        assert!(files.len() > 100, "{} files", files.len());
+        let allow = ["allow", "(unsafe_code)"].concat();
+        let block = ["unsafe", " {"].concat();
+        let mut sys = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let is_sys = file.file_name().is_some_and(|n| n == "sys.rs");
+            if text.contains(&allow) {
+                assert!(
+                    is_sys,
+                    "{} allows unsafe code outside a sys module",
+                    file.display()
+                );
+                sys += 1;
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.contains(&block) && !line.trim_start().starts_with("//") {
+                    let before = &lines[i.saturating_sub(8)..i];
+                    assert!(
+                        before.iter().any(|l| l.contains("// SAFETY:")),
+                        "{}:{}: an unsafe block without a `// SAFETY:` above it",
+                        file.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+        assert!(sys >= 1, "no sys module found: is the walk right?");
+    }
+}

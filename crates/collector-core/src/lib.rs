@@ -120,6 +120,7 @@ pub mod runtime;
 pub mod serve;
 pub mod source;
 pub mod subscription;
+pub mod sys;
 pub mod telemetry;
 pub mod testing;
 #[cfg(feature = "triggers")]

@@ -435,8 +435,19 @@ impl EbpfTier {
             });
         }
         let btf = Btf::from_sys_fs().map_err(|e| load_error("cannot read kernel BTF", e))?;
+        let tier = Self::load_with(config, &btf);
+        // The parsed BTF (some 16 MiB in small allocations, under the tier's
+        // long-lived ones) would stay resident for the life of the process:
+        // procmond's RSS went from 33 to 18 MB with it handed back.
+        drop(btf);
+        collector_core::sys::release_free_memory();
+        tier
+    }
+
+    fn load_with(config: &EbpfConfig, btf: &Btf) -> Result<Self, EbpfError> {
+        let size = config.ring_buffer_bytes;
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .map_max_entries(RING_MAP, size)
             .load(OBJECT)
             .map_err(|e| load_error("the kernel refused the object", e))?;
@@ -457,7 +468,7 @@ impl EbpfTier {
             let mut attempts = 0;
             let loaded = loop {
                 attempts += 1;
-                match program.load(tracepoint, &btf) {
+                match program.load(tracepoint, btf) {
                     Ok(()) => break Ok(()),
                     Err(e) if attempts < LOAD_ATTEMPTS && is_eagain(&e) => {}
                     Err(e) => break Err(e),
