@@ -10,7 +10,8 @@
 //!   under it (its spawner and collectors, from their own `/proc`
 //!   accounting), from before the storm until it has judged and stored it,
 //!   divided by the execs.
-//! - `overhead.idle_cpu_percent` and `overhead.idle_rss_bytes`: the agent and
+//! - `overhead.idle_cpu_percent`, `overhead.idle_rss_bytes` and
+//!   `overhead.idle_pss_bytes` (shared pages counted once): the agent and
 //!   its processes over `idle_secs` with `idle_procs` extra processes
 //!   present.
 
@@ -91,9 +92,8 @@ pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// CPU ticks (utime + stime) and resident bytes of `root` and every
-/// process under it, read from `/proc` now.
-pub(crate) fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
+/// `root` and every process under it, now: (pid, CPU ticks, resident pages).
+fn tree(root: u32) -> anyhow::Result<Vec<(u32, u64, u64)>> {
     let proc = Path::new("/proc");
     let mut parent = HashMap::new();
     let mut usage = HashMap::new();
@@ -107,8 +107,7 @@ pub(crate) fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
         parent.insert(pid, stat.ppid);
         usage.insert(pid, (stat.utime + stat.stime, stat.rss_pages));
     }
-    let page = procfs::KernelUnits::current().page_size;
-    let (mut ticks, mut rss) = (0, 0);
+    let mut ours = Vec::new();
     for (&pid, &(t, pages)) in &usage {
         let mut p = pid;
         // Up the tree to the root (or to 0/1: not ours).
@@ -116,11 +115,40 @@ pub(crate) fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
             p = parent.get(&p).copied().unwrap_or(0);
         }
         if p == root {
-            ticks += t;
-            rss += pages * page;
+            ours.push((pid, t, pages));
         }
     }
-    Ok((ticks, rss))
+    Ok(ours)
+}
+
+/// CPU ticks (utime + stime) and resident bytes of `root` and every
+/// process under it, read from `/proc` now.
+pub(crate) fn tree_usage(root: u32) -> anyhow::Result<(u64, u64)> {
+    let page = procfs::KernelUnits::current().page_size;
+    Ok(tree(root)?
+        .iter()
+        .fold((0, 0), |(t, r), &(_, ticks, pages)| {
+            (t + ticks, r + pages * page)
+        }))
+}
+
+/// The proportional set size of `root`'s tree (`Pss` of each process's
+/// `smaps_rollup`, summed): its memory with each page shared among its
+/// processes (the agent's binary, mapped by all five) counted once, where
+/// a sum of their RSS counts it once per process.
+pub(crate) fn tree_pss(root: u32) -> anyhow::Result<u64> {
+    let mut kib = 0;
+    for (pid, _, _) in tree(root)? {
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue; // gone
+        };
+        kib += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib * 1024)
 }
 
 /// A running `daemoneye-agent run` on its own data directory, its stdout
@@ -352,6 +380,7 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
     let start = Instant::now();
     pause(Duration::from_secs(o.idle_secs));
     let (t1, rss) = tree_usage(agent.pid())?;
+    let pss = tree_pss(agent.pid())?;
     let secs = start.elapsed().as_secs_f64();
     agent.stop()?;
     drop(sleepers);
@@ -362,6 +391,7 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
         "percent_of_one_core",
     );
     report("overhead.idle_rss_bytes", rss, "bytes");
+    report("overhead.idle_pss_bytes", pss, "bytes");
     report("overhead.idle_procs", o.idle_procs, "processes");
     report("overhead.tier", o.tier.as_str(), "");
     Ok(())

@@ -942,21 +942,26 @@ mod condition {
         }
 
         fn or(&mut self) -> Result<String, String> {
-            let mut parts = vec![self.and()?];
-            while self.peek_word("or") {
-                self.at += 1;
-                parts.push(self.and()?);
-            }
-            Ok(super::join("OR", parts))
+            self.chain("or", Self::and)
         }
 
         fn and(&mut self) -> Result<String, String> {
-            let mut parts = vec![self.not()?];
-            while self.peek_word("and") {
+            self.chain("and", Self::not)
+        }
+
+        /// `next (word next)*`, joined by `word` (`and` binds tighter than
+        /// `or`: `or` chains `and`s).
+        fn chain(
+            &mut self,
+            word: &str,
+            next: fn(&mut Self) -> Result<String, String>,
+        ) -> Result<String, String> {
+            let mut parts = vec![next(self)?];
+            while self.peek_word(word) {
                 self.at += 1;
-                parts.push(self.not()?);
+                parts.push(next(self)?);
             }
-            Ok(super::join("AND", parts))
+            Ok(super::join(&word.to_ascii_uppercase(), parts))
         }
 
         fn not(&mut self) -> Result<String, String> {
@@ -1056,6 +1061,30 @@ mod condition {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn and_binds_tighter_than_or_and_not_tightest() {
+            let sel: Vec<(String, String)> = ["a", "b", "c"]
+                .iter()
+                .map(|n| ((*n).to_owned(), n.to_uppercase()))
+                .collect();
+            assert_eq!(
+                compile("a or b and not c", &sel).as_deref(),
+                Ok("(A OR (B AND (C) IS NOT TRUE))")
+            );
+            assert_eq!(
+                compile("(a or b) and c", &sel).as_deref(),
+                Ok("(((A OR B)) AND C)")
+            );
+            assert_eq!(
+                compile("all of them", &sel).as_deref(),
+                Ok("(A AND B AND C)")
+            );
+            assert!(compile("a or", &sel).is_err());
+            assert!(compile("a b", &sel).is_err());
+            assert!(compile("(a", &sel).is_err());
+            assert!(compile("d", &sel).is_err());
+        }
 
         #[test]
         fn globs_match_names() {
