@@ -39,10 +39,8 @@ use tracing::{info, warn};
 use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host, WorkerConfig};
 use crate::alert::Alert;
 
-/// The subjects' first token when the config names none.
-pub const DEFAULT_SUBJECT_PREFIX: &str = "daemoneye";
-/// The stream's name when the config names none.
-pub const DEFAULT_STREAM: &str = "DAEMONEYE";
+use daemoneye_lib::fleet;
+pub use daemoneye_lib::fleet::{subject_token, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX};
 /// Unacknowledged publishes at a time, when the config names none.
 pub const DEFAULT_WINDOW: usize = 256;
 /// The duplicate window of a stream the sink creates.
@@ -100,31 +98,12 @@ impl FleetConfig {
 
     /// The subject this host's alerts go to.
     pub fn alerts_subject(&self) -> String {
-        format!("{}.{}.alerts", self.subject_prefix, self.host)
+        fleet::subject(&self.subject_prefix, &self.host, fleet::ALERTS)
     }
 
     /// The subject this host's checkpoints go to.
     pub fn ledger_subject(&self) -> String {
-        format!("{}.{}.ledger", self.subject_prefix, self.host)
-    }
-}
-
-/// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
-pub fn subject_token(name: &str) -> String {
-    let token: String = name
-        .chars()
-        .map(|c| {
-            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if token.is_empty() {
-        "_".to_owned()
-    } else {
-        token
+        fleet::subject(&self.subject_prefix, &self.host, fleet::LEDGER)
     }
 }
 
@@ -440,7 +419,7 @@ impl FleetSink {
                 .connect(c.url.as_str())
                 .await
                 .map_err(|source| FleetError::Connect {
-                    url: redact(&c.url),
+                    url: daemoneye_lib::redact_url(&c.url),
                     source,
                 })?;
         self.status.set_connected(true);
@@ -461,8 +440,8 @@ impl FleetSink {
             let config = stream::Config {
                 name: c.stream.clone(),
                 subjects: vec![
-                    format!("{}.*.alerts", c.subject_prefix),
-                    format!("{}.*.ledger", c.subject_prefix),
+                    fleet::every_host(&c.subject_prefix, fleet::ALERTS),
+                    fleet::every_host(&c.subject_prefix, fleet::LEDGER),
                 ],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
@@ -476,7 +455,7 @@ impl FleetSink {
                 .await
                 .map_err(|e| stream_error(e.to_string()))?;
         }
-        info!(sink = "fleet", url = %redact(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
+        info!(sink = "fleet", url = %daemoneye_lib::redact_url(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
         Ok(())
     }
 
@@ -576,19 +555,6 @@ impl FleetSink {
     }
 }
 
-/// `url` without the passwords in it.
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
-            }
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl AlertSink for FleetSink {
     fn name(&self) -> &'static str {
         "fleet"
@@ -658,14 +624,5 @@ mod tests {
         let c = FleetConfig::new("nats://127.0.0.1:4222", "db.local");
         assert_eq!(c.alerts_subject(), "daemoneye.db_local.alerts");
         assert_eq!(c.ledger_subject(), "daemoneye.db_local.ledger");
-    }
-
-    #[test]
-    fn passwords_are_not_logged() {
-        assert_eq!(
-            redact("nats://u:secret@a:4222,nats://b:4222"),
-            "nats://***@a:4222,nats://b:4222"
-        );
-        assert_eq!(redact("nats://a:4222"), "nats://a:4222");
     }
 }
