@@ -3,7 +3,7 @@
 //!
 //! An item enters the outbox in the same transaction as the row it ships
 //! (an alert is stored, ledgered and queued for shipping at once, or not at
-//! all), so a crash between storing and shipping loses nothing: the items
+//! all; a ledger checkpoint with its `checkpoint` entry), so a crash between storing and shipping loses nothing: the items
 //! are still there when the agent starts again. A shipper reads them in
 //! order ([`Store::outbox_read`], in batches after the last id it has in
 //! flight), publishes each under its stable [`OutboxItem::msg_id`] (a
@@ -65,6 +65,10 @@ pub const DEFAULT_OUTBOX_ITEMS: usize = 100_000;
 pub enum OutboxKind {
     /// An alert; its body is the stored alert record (JSON).
     Alert,
+    /// A ledger checkpoint; its body is the
+    /// [`Checkpoint`](crate::ledger::Checkpoint) as it leaves the host
+    /// (JSON), queued with its `checkpoint` entry.
+    Checkpoint,
 }
 
 impl OutboxKind {
@@ -72,12 +76,14 @@ impl OutboxKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Alert => "alert",
+            Self::Checkpoint => "checkpoint",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "alert" => Some(Self::Alert),
+            "checkpoint" => Some(Self::Checkpoint),
             _ => None,
         }
     }
@@ -90,10 +96,11 @@ pub struct OutboxItem {
     pub id: i64,
     /// What it ships.
     pub kind: OutboxKind,
-    /// Its stable id on this host (`alert-<alert row id>`): the same on
-    /// every resend, for the broker's duplicate detection.
+    /// Its stable id on this host (`alert-<alert row id>`,
+    /// `checkpoint-<ledger seq>`): the same on every resend, for the
+    /// broker's duplicate detection.
     pub msg_id: String,
-    /// The record it ships, as stored (an alert's JSON).
+    /// The record it ships, as stored (an alert's or a checkpoint's JSON).
     pub body: String,
     /// When it entered the outbox (unix nanoseconds).
     pub queued_at: i64,
@@ -315,6 +322,31 @@ mod tests {
         assert_eq!(store.outbox_state().unwrap().dropped, 2);
         // Every alert is still in the store: the outbox drops shipping only.
         assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_checkpoint_is_queued_with_its_entry_after_the_alerts_before_it() {
+        use crate::ledger::{Checkpoint, CheckpointEntry, Lost};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let entry = CheckpointEntry {
+            time: 7,
+            lost: Lost::default(),
+        };
+        // Without an outbox, nothing is queued.
+        store.append_checkpoint(&entry).unwrap();
+        assert_eq!(store.outbox_state().unwrap().depth, 0);
+        let mut store = store.with_outbox(Some(10));
+        store.record_alert(&alert(1)).unwrap();
+        let cp = store.append_checkpoint(&entry).unwrap();
+        let items = store.outbox_read(0, 10).unwrap();
+        let kinds: Vec<OutboxKind> = items.iter().map(|i| i.kind).collect();
+        assert_eq!(kinds, [OutboxKind::Alert, OutboxKind::Checkpoint]);
+        assert_eq!(items[1].msg_id, format!("checkpoint-{}", cp.seq));
+        let shipped: Checkpoint = serde_json::from_str(&items[1].body).unwrap();
+        assert_eq!(shipped, cp);
+        // It vouches for the chain as it is: the entry's own seq and hash.
+        store.verify_ledger_anchored(&[shipped.anchor()]).unwrap();
     }
 
     #[test]

@@ -578,6 +578,53 @@ impl Store {
         Ok(chain.head())
     }
 
+    /// Appends a `checkpoint` entry with `entry`'s content, in one
+    /// transaction; when the store ships (an [outbox](crate::outbox) is
+    /// set), queues the checkpoint as it leaves the host in that same
+    /// transaction (message id `checkpoint-<seq>`), so what the broker has
+    /// not acknowledged survives as alerts do. Returns it.
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is appended or queued then.
+    pub fn append_checkpoint(
+        &mut self,
+        entry: &ledger::CheckpointEntry,
+    ) -> Result<ledger::Checkpoint, StoreError> {
+        let encode = |source| StoreError::Encode {
+            field: "checkpoint",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let text = serde_json::to_string(entry).map_err(encode)?;
+        chain.append(&tx, "checkpoint", &text)?;
+        let head = chain.head();
+        let checkpoint = ledger::Checkpoint {
+            seq: head.seq,
+            head: head.hash,
+            time: entry.time,
+            lost: entry.lost,
+        };
+        if let Some(bound) = self.outbox {
+            let body = serde_json::to_string(&checkpoint).map_err(encode)?;
+            let dropped = crate::outbox::append_in(
+                &tx,
+                bound,
+                crate::outbox::OutboxKind::Checkpoint,
+                &format!("checkpoint-{}", checkpoint.seq),
+                &body,
+                unix_nanos_now(),
+            )?;
+            if dropped > 0 {
+                tracing::warn!(dropped, bound, "outbox full, oldest items dropped");
+            }
+        }
+        tx.commit()?;
+        Ok(checkpoint)
+    }
+
     /// Applies `writes` in order, in one transaction (the writer's batch).
     pub(crate) fn apply(&mut self, writes: &[Op<'_>]) -> Result<Recorded, StoreError> {
         let tx = self

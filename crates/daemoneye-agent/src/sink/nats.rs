@@ -17,10 +17,11 @@
 //! (the first at start, so an outbox left by a killed agent is drained when
 //! it starts again).
 //!
-//! Checkpoints are published to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
-//! `<host>.checkpoint-<seq>`) after the outbox is drained, awaited but not
-//! through the outbox: a checkpoint lost with the agent is superseded by
-//! the next one, which carries the ledger's head.
+//! Checkpoints go the same way: the store queues each in the outbox with
+//! its `checkpoint` ledger entry, and the drain publishes it, in its place
+//! among the alerts, to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
+//! `<host>.checkpoint-<seq>`, the body the checkpoint's JSON line), where
+//! `daemoneye-cli fleet verify` reads them as anchors of the host's chain.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::WhenFull;
 use daemoneye_lib::Backoff;
-use daemoneye_store::{OutboxItem, OutboxState, StoreWriter};
+use daemoneye_store::{OutboxItem, OutboxKind, OutboxState, StoreWriter};
 use tracing::{info, warn};
 
 use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host, WorkerConfig};
@@ -463,7 +464,6 @@ impl FleetSink {
     /// unacknowledged publishes; removes what was acknowledged.
     async fn drain(&mut self) -> Result<(), FleetError> {
         let js = self.connect().await?;
-        let subject = self.config.alerts_subject();
         loop {
             let items = self
                 .writer
@@ -478,7 +478,7 @@ impl FleetSink {
             let mut unencodable = Vec::new();
             let mut failed = None;
             for item in &items {
-                let Some(payload) = self.encode(item) else {
+                let Some((subject, payload)) = self.message(item) else {
                     unencodable.push(item.id);
                     continue;
                 };
@@ -491,16 +491,16 @@ impl FleetSink {
                 {
                     Ok(ack) => {
                         self.status.published.inc();
-                        pending.push((item.id, ack));
+                        pending.push((item.id, subject, ack));
                     }
                     Err(e) => {
-                        failed = Some(e.to_string());
+                        failed = Some((subject, e.to_string()));
                         break;
                     }
                 }
             }
             let mut acked = unencodable;
-            for (id, ack) in pending {
+            for (id, subject, ack) in pending {
                 match ack.await {
                     Ok(ack) => {
                         self.status.acknowledged.inc();
@@ -510,16 +510,36 @@ impl FleetSink {
                         acked.push(id);
                     }
                     Err(e) => {
-                        failed.get_or_insert_with(|| e.to_string());
+                        failed.get_or_insert_with(|| (subject, e.to_string()));
                     }
                 }
             }
             let state = self.writer.outbox_ack(acked).await?;
             self.status.outbox(state);
-            if let Some(reason) = failed {
+            if let Some((subject, reason)) = failed {
                 self.stream_ready = false;
                 return Err(FleetError::Publish { subject, reason });
             }
+        }
+    }
+
+    /// The item's subject and message body (an alert in the configured
+    /// format, a checkpoint as stored); `None` (logged) for a body that is
+    /// not what its kind says, which no retry would mend.
+    fn message(&self, item: &OutboxItem) -> Option<(String, Bytes)> {
+        match item.kind {
+            OutboxKind::Alert => self
+                .encode(item)
+                .map(|body| (self.config.alerts_subject(), body)),
+            OutboxKind::Checkpoint => match serde_json::from_str::<Checkpoint>(&item.body) {
+                Ok(_) => Some((self.config.ledger_subject(), Bytes::from(item.body.clone()))),
+                Err(e) => {
+                    warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not a checkpoint; dropped");
+                    None
+                }
+            },
+            // `read` skips kinds this build does not know.
+            _ => None,
         }
     }
 
@@ -534,6 +554,17 @@ impl FleetSink {
                 warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not an alert record; dropped");
                 None
             }
+        }
+    }
+
+    /// A delivery: the outbox drained, or the failure counted (retried).
+    async fn deliver_outbox(&mut self) -> Delivery {
+        match self.drain().await {
+            Ok(()) => {
+                self.status.set_error("");
+                Delivery::Delivered
+            }
+            Err(e) => self.failed(&e).await,
         }
     }
 
@@ -564,51 +595,13 @@ impl AlertSink for FleetSink {
     /// writer before the agent offers it here) and whatever waits before
     /// it.
     async fn deliver(&mut self, _alert: &Alert) -> Delivery {
-        match self.drain().await {
-            Ok(()) => {
-                self.status.set_error("");
-                Delivery::Delivered
-            }
-            Err(e) => self.failed(&e).await,
-        }
+        self.deliver_outbox().await
     }
 
-    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
-        if let Err(e) = self.drain().await {
-            return self.failed(&e).await;
-        }
-        let Some(js) = self.js.clone() else {
-            return Delivery::Retry {
-                cause: "not connected".to_owned(),
-                after: None,
-            };
-        };
-        let body = match serde_json::to_vec(checkpoint) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => return Delivery::Failed(format!("cannot encode the checkpoint: {e}")),
-        };
-        let subject = self.config.ledger_subject();
-        let mut headers = HeaderMap::new();
-        let msg_id = format!("{}.checkpoint-{}", self.config.host, checkpoint.seq);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let acked = match js
-            .publish_with_headers(subject.clone(), headers, body)
-            .await
-        {
-            Ok(ack) => {
-                self.status.published.inc();
-                ack.await.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        match acked {
-            Ok(_) => {
-                self.status.acknowledged.inc();
-                self.status.set_error("");
-                Delivery::Delivered
-            }
-            Err(reason) => self.failed(&FleetError::Publish { subject, reason }).await,
-        }
+    /// Drains the outbox, which holds `_checkpoint` (queued with its
+    /// ledger entry) and whatever waits before it.
+    async fn deliver_checkpoint(&mut self, _checkpoint: &Checkpoint) -> Delivery {
+        self.deliver_outbox().await
     }
 }
 

@@ -220,8 +220,9 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
         agent.raise(pid).await;
     }
     agent
+        // Behind the checkpoint taken at start, queued first.
         .until("the alerts wait in the outbox", |f| {
-            f.outbox_depth.get() == 3 && !f.last_error().is_empty()
+            f.outbox_depth.get() == 4 && !f.last_error().is_empty()
         })
         .await;
     let report = agent.health.report().await;
@@ -232,7 +233,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
         .unwrap();
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(fleet.message.contains("broker unreachable"), "{fleet:?}");
-    assert_eq!(fleet.counters["outbox_depth"], 3, "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_depth"], 4, "{fleet:?}");
     assert!(
         report.message.contains("fleet: broker unreachable"),
         "{report:?}"
@@ -383,7 +384,8 @@ async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart(
     }
     // Each failed attempt reads the outbox first (committing what was
     // queued before it) and logs its depth.
-    let _lines = wait_for(lines, "outbox_depth=Some(2)").await.unwrap();
+    // (and the checkpoint taken at start, before them).
+    let _lines = wait_for(lines, "outbox_depth=Some(3)").await.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     collector.stop().await;
@@ -410,8 +412,10 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
         agent.raise(pid).await;
     }
     agent
-        .until("three of five dropped", |f| {
-            f.outbox_dropped.get() == 3 && f.dropping.get_bool()
+        // The checkpoint taken at start (queued first) and three of the
+        // five alerts.
+        .until("four of six dropped", |f| {
+            f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
         .await;
     let report = agent.health.report().await;
@@ -427,7 +431,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
             fleet.counters["outbox_depth"],
             fleet.counters["outbox_dropped"]
         ),
-        (2, 3),
+        (2, 4),
         "{fleet:?}"
     );
     nats.start();
@@ -438,7 +442,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
     assert_eq!(alert_pids(&nats.messages().await), [5604, 5605]);
     let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
     assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
-    assert_eq!(store.outbox_state().unwrap().dropped, 3);
+    assert_eq!(store.outbox_state().unwrap().dropped, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +457,8 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
     agent.raise(5701).await;
     agent
         .until("refused for its credentials, the alert kept", |f| {
-            f.outbox_depth.get() == 1 && f.last_error().contains("authorization")
+            // The alert, behind the checkpoint taken at start.
+            f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
         })
         .await;
     let report = agent.health.report().await;

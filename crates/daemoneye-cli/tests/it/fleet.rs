@@ -240,3 +240,94 @@ async fn fleet_alerts_without_a_broker_is_a_clear_error() {
     );
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// The ledger's checkpoints a store's rows hold: (seq, hash), in order.
+fn store_checkpoints(data: &Path) -> Vec<(i64, String)> {
+    rusqlite::Connection::open(data.join("agent.db"))
+        .unwrap()
+        .prepare("SELECT seq, entry_hash FROM ledger WHERE kind = 'checkpoint' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The checkpoints a host shipped anchor its store: an intact one
+/// verifies, a cut or a rebuilt one fails, naming where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_verify_checks_a_store_against_the_checkpoints_its_host_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start();
+    let url = nats.url();
+    let agent = FleetAgent::start(dir.path(), &url, "v").await;
+    agent.raise(2).await;
+    let fleet = Arc::clone(&agent.fleet);
+    let data = agent.stop().await;
+    // The checkpoints at start and at shutdown, both shipped through the
+    // outbox.
+    let cps = store_checkpoints(&data);
+    assert_eq!(cps.len(), 2, "{cps:?}");
+    assert_eq!(fleet.outbox_depth.get(), 0);
+    let verify = |store: PathBuf, host: &'static str| {
+        let url = url.clone();
+        async move {
+            let store = store.to_str().unwrap().to_owned();
+            cli(&[
+                "fleet", "verify", "--nats", &url, "--host", host, "--store", &store,
+            ])
+            .await
+        }
+    };
+
+    let (code, out, err) = verify(data.clone(), "v").await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("2 checkpoints shipped by host v"), "{out}");
+    for (seq, hash) in &cps {
+        assert!(out.contains(&format!("anchor {seq}:{hash} held")), "{out}");
+    }
+    assert!(out.contains("anchored: 2 anchors held"), "{out}");
+
+    // The tail cut below the last checkpoint.
+    let cut = crate::anchor::copy_store(&data);
+    let first = cps[0].0;
+    rusqlite::Connection::open(cut.path().join("agent.db"))
+        .unwrap()
+        .execute("DELETE FROM ledger WHERE seq > ?1", [first])
+        .unwrap();
+    let (code, out, err) = verify(cut.path().to_owned(), "v").await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    let (last, last_hash) = &cps[1];
+    assert!(
+        out.contains(&format!("chain ends at seq {first}, anchor at {last}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("anchor {last}:{last_hash} FAILED")),
+        "{out}"
+    );
+
+    // The alert rewritten and the chain rebuilt: the entry is named.
+    let forged = crate::anchor::copy_store(&data);
+    crate::anchor::forge(forged.path());
+    let (code, out, err) = verify(forged.path().to_owned(), "v").await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("ledger BROKEN"), "{out}");
+    assert!(
+        out.contains(&format!("entry {last}'s hash differs")),
+        "{out}"
+    );
+    let first_hash = &cps[0].1;
+    assert!(
+        out.contains(&format!("anchor {first}:{first_hash} held")),
+        "{out}"
+    );
+
+    // A host that shipped nothing: nothing to verify against, a failure.
+    let (code, out, _) = verify(data.clone(), "nobody").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no checkpoints from host nobody"), "{out}");
+}
