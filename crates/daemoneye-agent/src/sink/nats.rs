@@ -48,6 +48,9 @@ pub const DEFAULT_WINDOW: usize = 256;
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a publish waits for its ack, and a connection for the server.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the oldest item may wait in the outbox before health says
+/// degraded, when the config names no `max_outbox_age`.
+pub const DEFAULT_MAX_OUTBOX_AGE: Duration = Duration::from_secs(300);
 
 /// The fleet sink's settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,9 @@ pub struct FleetConfig {
     pub outbox_items: usize,
     /// The most unacknowledged publishes at a time.
     pub window: usize,
+    /// How long the oldest item may wait in the outbox before the fleet
+    /// component is degraded.
+    pub max_outbox_age: Duration,
 }
 
 impl FleetConfig {
@@ -94,6 +100,7 @@ impl FleetConfig {
             format: AlertFormat::Native,
             outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
             window: DEFAULT_WINDOW,
+            max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
         }
     }
 
@@ -115,6 +122,9 @@ pub struct FleetStatus {
     pub connected: Gauge,
     /// Items waiting in the outbox, at the last look.
     pub outbox_depth: Gauge,
+    /// When the oldest waiting item entered the outbox, unix seconds, at
+    /// the last look; 0 while it is empty.
+    pub outbox_oldest_queued: Gauge,
     /// Items the outbox dropped when full, ever (kept in the store).
     pub outbox_dropped: Gauge,
     /// 1 from a look at the outbox that found new drops until it is empty
@@ -135,6 +145,8 @@ pub struct FleetStatus {
     /// Whether the outbox was looked at yet (the drops a first look finds
     /// are an earlier run's, not new).
     looked: AtomicBool,
+    /// How long the oldest item may wait ([`FleetConfig::max_outbox_age`]).
+    max_outbox_age: Duration,
 }
 
 impl Default for FleetStatus {
@@ -142,6 +154,7 @@ impl Default for FleetStatus {
         Self {
             connected: Gauge::default(),
             outbox_depth: Gauge::default(),
+            outbox_oldest_queued: Gauge::default(),
             outbox_dropped: Gauge::default(),
             dropping: Gauge::default(),
             published: Counter::default(),
@@ -151,11 +164,42 @@ impl Default for FleetStatus {
             last_error: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),
             looked: AtomicBool::new(false),
+            max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
         }
     }
 }
 
 impl FleetStatus {
+    /// A status judging the outbox's age against `max_outbox_age`.
+    pub fn new(max_outbox_age: Duration) -> Self {
+        Self {
+            max_outbox_age,
+            ..Self::default()
+        }
+    }
+
+    /// How long the oldest item has waited in the outbox at `now` (as of
+    /// the last look); `None` while it is empty.
+    pub fn outbox_age(&self, now: std::time::SystemTime) -> Option<Duration> {
+        let queued = u64::try_from(self.outbox_oldest_queued.get()).ok()?;
+        if queued == 0 {
+            return None;
+        }
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(Duration::from_secs(now.saturating_sub(queued)))
+    }
+
+    /// The outbox's age at `now` when it is past `max_outbox_age`, with
+    /// that bound.
+    pub fn outbox_stale(&self, now: std::time::SystemTime) -> Option<(Duration, Duration)> {
+        self.outbox_age(now)
+            .filter(|age| *age > self.max_outbox_age)
+            .map(|age| (age, self.max_outbox_age))
+    }
+
     /// Waits until `done` holds, looked at after every change.
     ///
     /// # Cancel safety
@@ -194,7 +238,7 @@ impl FleetStatus {
         self.bump();
     }
 
-    fn outbox(&self, state: OutboxState) {
+    pub(crate) fn outbox(&self, state: OutboxState) {
         let dropped = i64::try_from(state.dropped).unwrap_or(i64::MAX);
         let before = self.outbox_dropped.swap(dropped);
         let looked = self.looked.swap(true, Ordering::Relaxed);
@@ -205,6 +249,12 @@ impl FleetStatus {
         }
         self.outbox_depth
             .set(i64::try_from(state.depth).unwrap_or(i64::MAX));
+        // Seconds, rounded down: an item is never younger than it says.
+        let oldest = state
+            .oldest_queued_at
+            .filter(|_| state.depth > 0)
+            .map_or(0, |ns| ns.div_euclid(1_000_000_000).max(1));
+        self.outbox_oldest_queued.set(oldest);
         self.bump();
     }
 
@@ -220,6 +270,11 @@ impl FleetStatus {
                 "daemoneye_fleet_outbox_depth",
                 "Items waiting in the outbox.",
                 &self.outbox_depth,
+            ),
+            (
+                "daemoneye_fleet_outbox_oldest_queued_timestamp_seconds",
+                "When the oldest waiting item entered the outbox (unix seconds; 0: empty). Its age is time() minus this.",
+                &self.outbox_oldest_queued,
             ),
             (
                 "daemoneye_fleet_outbox_dropped",
@@ -327,10 +382,11 @@ impl FleetSink {
             hostname: config.host.clone(),
             ..Host::local()
         };
+        let status = Arc::new(FleetStatus::new(config.max_outbox_age));
         Self {
             config,
             writer,
-            status: Arc::new(FleetStatus::default()),
+            status,
             host,
             js: None,
             stream_ready: false,

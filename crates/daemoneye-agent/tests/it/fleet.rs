@@ -28,6 +28,7 @@ const SUBJECT: &str = "daemoneye.test-host.alerts";
 /// An agent with one (served) collector, shipping to `url`.
 struct Running {
     health: AgentHealth,
+    metrics: collector_core::metrics::Registry,
     fleet: Arc<FleetStatus>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -65,6 +66,7 @@ impl Running {
         ));
         let agent = Agent::build(s).await.unwrap();
         let health = agent.health();
+        let metrics = agent.metrics();
         let fleet = health.fleet.clone().expect("the fleet sink is configured");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.run(shutdown.clone()));
@@ -77,6 +79,7 @@ impl Running {
         .expect("the collector link connects");
         Self {
             health,
+            metrics,
             fleet,
             shutdown,
             task,
@@ -479,4 +482,96 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
         "the password is not shown: {fleet:?}"
     );
     agent.stop().await;
+}
+
+/// With the broker absent, an outbox whose oldest item waited past
+/// `max_outbox_age` is in health (degraded, saying so, with its depth and
+/// age) and in `/metrics` (when it was queued); once the broker is there
+/// and the outbox drained, neither is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_broker_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // An alert left in the outbox ten minutes ago.
+    {
+        let mut store = daemoneye_agent::store::AgentStore::open(&data)
+            .unwrap()
+            .with_outbox(Some(100));
+        let mut e = exec(5801, "aged");
+        e.executable_path = Some("/dev/shm/aged".to_owned());
+        let alert = daemoneye_agent::alert::Alert {
+            rule_id: "exec-from-temp-dir".to_owned(),
+            rule_name: "left behind".to_owned(),
+            severity: daemoneye_agent::alert::Severity::High,
+            mitre: vec![],
+            process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
+            observed_at: 1,
+            raised_at: 2,
+            dedup_key: "aged:5801".to_owned(),
+        };
+        store.record_alert(&alert).unwrap();
+    }
+    rusqlite::Connection::open(data.join("agent.db"))
+        .unwrap()
+        .execute("UPDATE outbox SET queued_at = queued_at - 600000000000", [])
+        .unwrap();
+    let queued_secs = daemoneye_agent::store::AgentStore::open_read_only(&data)
+        .unwrap()
+        .outbox_state()
+        .unwrap()
+        .oldest_queued_at
+        .unwrap()
+        / 1_000_000_000;
+
+    let agent = Running::start_with(dir.path(), &nats.url(), "max_outbox_age = \"5m\"").await;
+    // The alert, and the checkpoint taken at start behind it.
+    agent
+        .until("the aged outbox is looked at", |f| {
+            f.outbox_depth.get() == 2 && !f.last_error().is_empty()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet
+            .message
+            .contains("outbox stale: its oldest item has waited")
+            && fleet.message.contains("(max_outbox_age 300s)"),
+        "{fleet:?}"
+    );
+    let age = fleet.counters["outbox_oldest_age_secs"];
+    assert!((600..900).contains(&age), "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_depth"], 2, "{fleet:?}");
+    let value = |name: &str| agent.metrics.value(name, &[]);
+    assert_eq!(
+        value("daemoneye_fleet_outbox_oldest_queued_timestamp_seconds"),
+        Some(u64::try_from(queued_secs).unwrap())
+    );
+    assert_eq!(value("daemoneye_fleet_outbox_depth"), Some(2));
+
+    nats.start();
+    agent.until_shipped(2).await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_oldest_age_secs"], 0, "{fleet:?}");
+    assert_eq!(
+        value("daemoneye_fleet_outbox_oldest_queued_timestamp_seconds"),
+        Some(0)
+    );
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5801]);
 }
