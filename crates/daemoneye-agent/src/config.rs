@@ -28,7 +28,7 @@
 //! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
 //! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
 //! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
-//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age` | | |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -345,6 +345,8 @@ pub struct FleetFileConfig {
     /// degraded (default 5m).
     #[serde(with = "humantime_serde")]
     pub max_outbox_age: Option<Duration>,
+    /// The copies of a stream the sink creates (default 1; 1 to 5).
+    pub replicas: Option<usize>,
 }
 
 /// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
@@ -966,6 +968,16 @@ fn resolve_fleet(
         Some(d) => config.max_outbox_age = d,
         None => {}
     }
+    match file.replicas {
+        Some(n @ 1..=5) => config.replicas = n,
+        Some(n) => {
+            return Err(invalid(
+                "fleet.replicas",
+                format!("{n}: JetStream keeps 1 to 5 copies"),
+            ))
+        }
+        None => {}
+    }
     Ok(Some(config))
 }
 
@@ -1442,6 +1454,13 @@ mod tests {
         .fleet
         .unwrap();
         assert_eq!(f.max_outbox_age, Duration::from_secs(90));
+        assert_eq!(f.replicas, 1);
+        let f = resolve("[fleet]\nurl = \"nats://a,nats://b\"\nreplicas = 3\n", &[])
+            .unwrap()
+            .sinks
+            .fleet
+            .unwrap();
+        assert_eq!(f.replicas, 3);
         for (toml, key) in [
             ("[fleet]\nurl = \"nats://a,\"", "fleet.url"),
             (
@@ -1456,6 +1475,14 @@ mod tests {
             (
                 "[fleet]\nurl = \"nats://a\"\nmax_outbox_age = \"0s\"",
                 "fleet.max_outbox_age",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nreplicas = 0",
+                "fleet.replicas",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nreplicas = 6",
+                "fleet.replicas",
             ),
             (
                 "[fleet]\nurl = \"nats://a\"\nmax_in_flight = 0",
@@ -1757,6 +1784,10 @@ mod tests {
         let fleet = s.sinks.fleet.as_ref().unwrap();
         assert_eq!(fleet.alerts_subject(), "daemoneye.web-1.alerts");
         assert!(fleet.creds_file.is_some() && fleet.tls_ca_file.is_some());
+        assert_eq!(
+            (fleet.max_outbox_age, fleet.replicas),
+            (Duration::from_secs(300), 1)
+        );
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.rules_dir.as_deref(),

@@ -55,7 +55,7 @@ impl Broker<'_> {
         let client = async_nats::ConnectOptions::new()
             .name("daemoneye-cli")
             .connection_timeout(TIMEOUT)
-            .connect(self.url)
+            .connect(fleet::servers(self.url))
             .await
             .map_err(|e| broker_error("cannot connect to the NATS server", self.url, e))?;
         let js = jetstream::ContextBuilder::new()

@@ -20,6 +20,20 @@ pub const ALERTS: &str = "alerts";
 /// The last token of a host's ledger checkpoints subject.
 pub const LEDGER: &str = "ledger";
 
+/// The servers of a `,`-separated URL list (`nats://a:4222,nats://b:4222`),
+/// each trimmed, for a client that is given several to choose from and
+/// fail over between.
+///
+/// ```
+/// assert_eq!(
+///     daemoneye_lib::fleet::servers("nats://a:4222, nats://b:4222"),
+///     ["nats://a:4222", "nats://b:4222"]
+/// );
+/// ```
+pub fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).collect()
+}
+
 /// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
 pub fn subject_token(name: &str) -> String {
     let token: String = name

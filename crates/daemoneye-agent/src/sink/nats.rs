@@ -68,8 +68,9 @@ pub struct FleetConfig {
     /// The JetStream stream the subjects belong to.
     pub stream: String,
     /// Create the stream (subjects `<prefix>.*.alerts` and
-    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`]) when it
-    /// is missing; otherwise a missing stream is an error.
+    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`],
+    /// [`replicas`](Self::replicas) copies) when it is missing; otherwise a
+    /// missing stream is an error.
     pub create_stream: bool,
     /// A NATS credentials file (JWT and nkey seed).
     pub creds_file: Option<PathBuf>,
@@ -84,6 +85,9 @@ pub struct FleetConfig {
     /// How long the oldest item may wait in the outbox before the fleet
     /// component is degraded.
     pub max_outbox_age: Duration,
+    /// The copies a stream the sink creates keeps (1 to 5; 3 on a
+    /// three-node cluster, so a node lost loses nothing).
+    pub replicas: usize,
 }
 
 impl FleetConfig {
@@ -101,6 +105,7 @@ impl FleetConfig {
             outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
             window: DEFAULT_WINDOW,
             max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
+            replicas: 1,
         }
     }
 
@@ -471,14 +476,13 @@ impl FleetSink {
         if let Some(ca) = &c.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let client =
-            options
-                .connect(c.url.as_str())
-                .await
-                .map_err(|source| FleetError::Connect {
-                    url: daemoneye_lib::redact_url(&c.url),
-                    source,
-                })?;
+        let client = options
+            .connect(fleet::servers(&c.url))
+            .await
+            .map_err(|source| FleetError::Connect {
+                url: daemoneye_lib::redact_url(&c.url),
+                source,
+            })?;
         self.status.set_connected(true);
         Ok(jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
@@ -502,6 +506,7 @@ impl FleetSink {
                 ],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: c.replicas,
                 ..stream::Config::default()
             };
             js.get_or_create_stream(config)

@@ -575,3 +575,49 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
     agent.stop().await;
     assert_eq!(alert_pids(&nats.messages().await), [5801]);
 }
+
+/// Three `nats-server`s as one JetStream cluster, the stream kept on all
+/// three (`replicas = 3`); the agent given the three URLs. The node leading
+/// the stream is killed while alerts flow: every alert arrives exactly once
+/// (the stream's duplicate window drops the resends of what was unacked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_three_node_cluster_one_node_killed_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nodes) = Nats::cluster(dir.path(), 3) else {
+        return;
+    };
+    for node in &mut nodes {
+        node.start();
+    }
+    let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
+    let agent = Running::start_with(dir.path(), &urls.join(","), "replicas = 3").await;
+    for pid in 5901..=5910 {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("a few alerts acknowledged", |f| f.acknowledged.get() >= 4)
+        .await;
+    // The stream's leader, as the cluster says.
+    let client = async_nats::connect(urls.clone()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DAEMONEYE").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3, "{info:?}");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a replicated stream has a leader");
+    drop(js);
+    let killed = nodes.iter().position(|n| n.name == leader).unwrap();
+    nodes[killed].kill();
+    for pid in 5911..=5920 {
+        agent.raise(pid).await;
+    }
+    // Twenty alerts and the checkpoint taken at start.
+    agent.until_shipped(21).await;
+    agent.stop().await;
+    let survivor = &nodes[(killed + 1) % 3];
+    let pids = alert_pids(&survivor.messages().await);
+    assert_eq!(pids, (5901..=5920).collect::<Vec<u64>>());
+}

@@ -15,6 +15,19 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: PathBuf,
+    /// The server's name and cluster arguments, when one of a cluster.
+    cluster: Vec<String>,
+    /// Its name (`n<i>` in a cluster).
+    pub name: String,
+}
+
+/// A free loopback port (free when asked).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Nats {
@@ -29,18 +42,43 @@ impl Nats {
             eprintln!("skipping: no nats-server on PATH (Debian: apt-get install -y nats-server)");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let store = dir.join("jetstream");
         std::fs::create_dir_all(&store).unwrap();
         Some(Self {
             child: None,
-            port,
+            port: free_port(),
             store,
+            cluster: Vec::new(),
+            name: "n0".to_owned(),
         })
+    }
+
+    /// `n` servers, not started yet, of one JetStream cluster on loopback
+    /// ports (each routed to the others, its store in `dir/n<i>`); `None`
+    /// as [`prepare`](Self::prepare).
+    pub fn cluster(dir: &Path, n: usize) -> Option<Vec<Self>> {
+        let mut nodes: Vec<Self> = (0..n)
+            .map(|i| Self::prepare(&dir.join(format!("n{i}"))))
+            .collect::<Option<_>>()?;
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let others: Vec<String> = (routes.iter().enumerate())
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            node.name = format!("n{i}");
+            node.cluster = vec![
+                "--name".to_owned(),
+                node.name.clone(),
+                "--cluster_name".to_owned(),
+                "daemoneye-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{}", routes[i]),
+                "--routes".to_owned(),
+                others.join(","),
+            ];
+        }
+        Some(nodes)
     }
 
     pub fn url(&self) -> String {
@@ -57,6 +95,7 @@ impl Nats {
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .args(&self.cluster)
             .args(more)
             .arg("-sd")
             .arg(&self.store)
