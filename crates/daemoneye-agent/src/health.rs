@@ -300,11 +300,7 @@ impl AgentHealth {
         }
         components.extend(self.sinks(&mut counters, &mut problems));
         if let Some(fleet) = &self.fleet {
-            components.push(fleet_component(
-                fleet,
-                std::time::SystemTime::now(),
-                &mut problems,
-            ));
+            components.push(fleet_component(fleet, &mut problems));
         }
         // A collector that is down or unwell degrades the agent; one still
         // starting (never lost yet) makes it `starting`, whatever the sinks
@@ -331,12 +327,17 @@ impl AgentHealth {
     }
 }
 
+/// The fleet component now; see [`fleet_component_at`].
+fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHealth {
+    fleet_component_at(f, std::time::SystemTime::now(), problems)
+}
+
 /// The fleet component: degraded while the broker cannot be reached (the
 /// last drain failed, or the client is disconnected), the outbox
 /// overflowed (from a look that found new drops until it is empty again)
 /// or its oldest item has waited longer than `max_outbox_age` at `now`,
 /// saying why.
-fn fleet_component(
+fn fleet_component_at(
     f: &FleetStatus,
     now: std::time::SystemTime,
     problems: &mut Vec<String>,
@@ -618,7 +619,7 @@ mod tests {
             oldest_queued_at: Some(i64::try_from(queued_secs).unwrap() * 1_000_000_000 + 5),
         });
         let at = |secs: u64, problems: &mut Vec<String>| {
-            fleet_component(&f, queued + Duration::from_secs(secs), problems)
+            fleet_component_at(&f, queued + Duration::from_secs(secs), problems)
         };
         let mut problems = Vec::new();
         let c = at(299, &mut problems);

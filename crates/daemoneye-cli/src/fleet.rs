@@ -141,7 +141,7 @@ pub(crate) fn alerts(
             )?;
         }
         let mut print = |m: &jetstream::Message| -> Result<(), anyhow::Error> {
-            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let seq = m.info().map_or(0, |i| i.stream_sequence);
             let msg_id = m
                 .headers
                 .as_ref()
@@ -229,7 +229,7 @@ pub(crate) fn shipped_anchors(
             let mut got = 0usize;
             while let Some(m) = batch.next().await {
                 let m = m.map_err(|e| broker_error("cannot read the stream", broker.url, e))?;
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let seq = m.info().map_or(0, |i| i.stream_sequence);
                 let text = String::from_utf8_lossy(&m.payload);
                 let anchor = text.parse::<Anchor>().map_err(|e| {
                     anyhow::anyhow!("message {seq} on {subject} is not a checkpoint: {e}")
@@ -254,6 +254,8 @@ pub(crate) fn shipped_anchors(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

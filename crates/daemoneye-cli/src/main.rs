@@ -119,7 +119,7 @@ enum LedgerCommand {
 }
 
 /// Where the fleet's messages are (the agents' `[fleet]` url, stream and
-/// subject_prefix).
+/// `subject_prefix`).
 #[derive(clap::Args)]
 struct BrokerArgs {
     /// The NATS server(s): `nats://host:4222`, comma-separated for several,
