@@ -8,6 +8,7 @@
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
 //! cargo run --release -p daemoneye-bench -- bus [--events N] [--reps R]
 //! cargo run --release -p daemoneye-bench -- triggers [--events N] [--reps R]
+//! cargo run --release -p daemoneye-bench -- fleet [--events N] [--reps R] [--outage-secs S] [--rate R]
 //! ```
 
 /// Prints one figure: `<metric> <value> <unit>`.
@@ -86,6 +87,7 @@ mod capture;
 mod db;
 mod detect;
 mod enumerate;
+mod fleet;
 mod hash;
 mod idle;
 mod ipc;
@@ -153,6 +155,9 @@ benches! {
     /// A perfmond sample vs `top -b -n 1`, with extra sleeping processes;
     /// perfmond idle (needs target/release/perfmond).
     Perf: perf,
+    /// Alerts acknowledged by NATS JetStream through the agent's outbox vs
+    /// a bare client; the outbox drained after an outage (needs nats-server).
+    Fleet: fleet,
 }
 
 fn main() -> ExitCode {

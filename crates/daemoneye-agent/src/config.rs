@@ -28,7 +28,7 @@
 //! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
 //! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
 //! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
-//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight` | | |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -341,6 +341,12 @@ pub struct FleetFileConfig {
     pub outbox_max_items: Option<usize>,
     /// The most unacknowledged publishes at a time (default 256).
     pub max_in_flight: Option<usize>,
+    /// How long the oldest item may wait in the outbox before health says
+    /// degraded (default 5m).
+    #[serde(with = "humantime_serde")]
+    pub max_outbox_age: Option<Duration>,
+    /// The copies of a stream the sink creates (default 1; 1 to 5).
+    pub replicas: Option<usize>,
 }
 
 /// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
@@ -952,6 +958,26 @@ fn resolve_fleet(
             None => {}
         }
     }
+    match file.max_outbox_age {
+        Some(d) if d < Duration::from_secs(1) => {
+            return Err(invalid(
+                "fleet.max_outbox_age",
+                "must be at least 1s".to_owned(),
+            ))
+        }
+        Some(d) => config.max_outbox_age = d,
+        None => {}
+    }
+    match file.replicas {
+        Some(n @ 1..=5) => config.replicas = n,
+        Some(n) => {
+            return Err(invalid(
+                "fleet.replicas",
+                format!("{n}: JetStream keeps 1 to 5 copies"),
+            ))
+        }
+        None => {}
+    }
     Ok(Some(config))
 }
 
@@ -1418,6 +1444,23 @@ mod tests {
             .unwrap();
         assert_eq!(f.stream, crate::sink::nats::DEFAULT_STREAM);
         assert!(f.create_stream);
+        assert_eq!(f.max_outbox_age, crate::sink::nats::DEFAULT_MAX_OUTBOX_AGE);
+        let f = resolve(
+            "[fleet]\nurl = \"nats://a\"\nmax_outbox_age = \"90s\"\n",
+            &[],
+        )
+        .unwrap()
+        .sinks
+        .fleet
+        .unwrap();
+        assert_eq!(f.max_outbox_age, Duration::from_secs(90));
+        assert_eq!(f.replicas, 1);
+        let f = resolve("[fleet]\nurl = \"nats://a,nats://b\"\nreplicas = 3\n", &[])
+            .unwrap()
+            .sinks
+            .fleet
+            .unwrap();
+        assert_eq!(f.replicas, 3);
         for (toml, key) in [
             ("[fleet]\nurl = \"nats://a,\"", "fleet.url"),
             (
@@ -1428,6 +1471,18 @@ mod tests {
             (
                 "[fleet]\nurl = \"nats://a\"\noutbox_max_items = 0",
                 "fleet.outbox_max_items",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nmax_outbox_age = \"0s\"",
+                "fleet.max_outbox_age",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nreplicas = 0",
+                "fleet.replicas",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nreplicas = 6",
+                "fleet.replicas",
             ),
             (
                 "[fleet]\nurl = \"nats://a\"\nmax_in_flight = 0",
@@ -1729,6 +1784,10 @@ mod tests {
         let fleet = s.sinks.fleet.as_ref().unwrap();
         assert_eq!(fleet.alerts_subject(), "daemoneye.web-1.alerts");
         assert!(fleet.creds_file.is_some() && fleet.tls_ca_file.is_some());
+        assert_eq!(
+            (fleet.max_outbox_age, fleet.replicas),
+            (Duration::from_secs(300), 1)
+        );
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             s.rules_dir.as_deref(),

@@ -327,11 +327,21 @@ impl AgentHealth {
     }
 }
 
-/// The fleet component: degraded while the broker cannot be reached (the
-/// last drain failed, or the client is disconnected) or the outbox
-/// overflowed (from a look that found new drops until it is empty again),
-/// saying why.
+/// The fleet component now; see [`fleet_component_at`].
 fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHealth {
+    fleet_component_at(f, std::time::SystemTime::now(), problems)
+}
+
+/// The fleet component: degraded while the broker cannot be reached (the
+/// last drain failed, or the client is disconnected), the outbox
+/// overflowed (from a look that found new drops until it is empty again)
+/// or its oldest item has waited longer than `max_outbox_age` at `now`,
+/// saying why.
+fn fleet_component_at(
+    f: &FleetStatus,
+    now: std::time::SystemTime,
+    problems: &mut Vec<String>,
+) -> ComponentHealth {
     let mut why = Vec::new();
     let error = f.last_error();
     if !f.connected.get_bool() || !error.is_empty() {
@@ -345,6 +355,13 @@ fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHeal
         why.push(format!(
             "outbox full: the oldest alerts dropped since it was last empty ({} dropped in all)",
             level(&f.outbox_dropped)
+        ));
+    }
+    if let Some((age, max)) = f.outbox_stale(now) {
+        why.push(format!(
+            "outbox stale: its oldest item has waited {}s (max_outbox_age {}s)",
+            age.as_secs(),
+            max.as_secs()
         ));
     }
     let message = why.join("; ");
@@ -363,6 +380,10 @@ fn fleet_component(f: &FleetStatus, problems: &mut Vec<String>) -> ComponentHeal
         counters: [
             ("connected", level(&f.connected)),
             ("outbox_depth", level(&f.outbox_depth)),
+            (
+                "outbox_oldest_age_secs",
+                f.outbox_age(now).map_or(0, |a| a.as_secs()),
+            ),
             ("outbox_dropped", level(&f.outbox_dropped)),
             ("published", f.published.get()),
             ("acknowledged", f.acknowledged.get()),
@@ -583,5 +604,41 @@ mod tests {
         assert_eq!(r.counters["collector_restarts"], 1);
         assert_eq!(r.counters["collector.netmond.restarts"], 1);
         assert_eq!(r.counters["collector.procmond.restarts"], 0);
+    }
+
+    #[test]
+    fn the_fleet_is_degraded_while_its_oldest_outbox_item_waited_past_max_outbox_age() {
+        use std::time::UNIX_EPOCH;
+        let f = FleetStatus::new(Duration::from_secs(300));
+        f.connected.set_bool(true);
+        let queued_secs = 1_800_000_000;
+        let queued = UNIX_EPOCH + Duration::from_secs(queued_secs);
+        f.outbox(daemoneye_store::OutboxState {
+            depth: 2,
+            dropped: 0,
+            oldest_queued_at: Some(i64::try_from(queued_secs).unwrap() * 1_000_000_000 + 5),
+        });
+        let at = |secs: u64, problems: &mut Vec<String>| {
+            fleet_component_at(&f, queued + Duration::from_secs(secs), problems)
+        };
+        let mut problems = Vec::new();
+        let c = at(299, &mut problems);
+        assert_eq!(c.state(), HealthState::Healthy, "{c:?}");
+        assert_eq!(c.counters["outbox_oldest_age_secs"], 299);
+        assert_eq!(c.counters["outbox_depth"], 2);
+        assert!(problems.is_empty());
+        let c = at(301, &mut problems);
+        assert_eq!(c.state(), HealthState::Degraded, "{c:?}");
+        assert!(
+            c.message
+                .contains("oldest item has waited 301s (max_outbox_age 300s)"),
+            "{c:?}"
+        );
+        assert_eq!(problems.len(), 1);
+        // Emptied: no age, healthy however late.
+        f.outbox(daemoneye_store::OutboxState::default());
+        let c = at(3600, &mut Vec::new());
+        assert_eq!(c.state(), HealthState::Healthy, "{c:?}");
+        assert_eq!(c.counters["outbox_oldest_age_secs"], 0);
     }
 }

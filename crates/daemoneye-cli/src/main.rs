@@ -6,6 +6,8 @@
 //! (flags, unreadable data directory).
 #![allow(clippy::print_stdout)] // stdout is this binary's output
 
+mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,6 +68,12 @@ enum Command {
     },
     /// The processes the agent knows alive.
     Processes,
+    /// What a fleet of agents shipped to NATS JetStream (their `[fleet]`
+    /// sinks).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Ask the running agent (and, through it, its collector) how they are.
     Health {
         /// The agent's socket (default: `<data-dir>/agent.sock`); a
@@ -107,6 +115,62 @@ enum LedgerCommand {
         /// are skipped). Repeatable.
         #[arg(long, value_name = "HASH|FILE")]
         anchor: Vec<String>,
+    },
+}
+
+/// Where the fleet's messages are (the agents' `[fleet]` url, stream and
+/// `subject_prefix`).
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// The NATS server(s): `nats://host:4222`, comma-separated for several,
+    /// `nats://user:password@host` with a user and password.
+    #[arg(long = "nats", env = "DAEMONEYE_NATS", value_name = "URL")]
+    url: String,
+    /// The JetStream stream.
+    #[arg(long, default_value = daemoneye_lib::fleet::DEFAULT_STREAM)]
+    stream: String,
+    /// The subjects' first token.
+    #[arg(long, default_value = daemoneye_lib::fleet::DEFAULT_SUBJECT_PREFIX)]
+    subject_prefix: String,
+}
+
+impl BrokerArgs {
+    fn broker(&self) -> fleet::Broker<'_> {
+        fleet::Broker {
+            url: &self.url,
+            stream: &self.stream,
+            prefix: &self.subject_prefix,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Every host's alerts, each line naming its host, read through a
+    /// durable consumer: what it acknowledged is not printed again under
+    /// the same name. Without `--follow`, prints what is waiting and exits.
+    Alerts {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The durable consumer's name (one per reader).
+        #[arg(long, default_value = fleet::DEFAULT_CONSUMER)]
+        consumer: String,
+        /// Keep printing new alerts until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Check the ledger checkpoints a host shipped against that host's
+    /// store, as `ledger verify --anchor` does: a cut tail, a deleted or a
+    /// rebuilt ledger fail.
+    Verify {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The host (its `[fleet] host`, or its hostname).
+        #[arg(long)]
+        host: String,
+        /// The host's data directory (a copy of it will do).
+        #[arg(long, value_name = "PATH")]
+        store: PathBuf,
     },
 }
 
@@ -320,18 +384,48 @@ fn runs_line(r: &Runs) -> String {
 /// BROKEN") only when it does not, 2 with the cause when the store or an
 /// anchor cannot be read.
 fn verify_ledger(data_dir: &Path, anchors: &[String], format: Format) -> ExitCode {
-    let anchors = match read_anchors(anchors) {
-        Ok(a) => a,
+    match read_anchors(anchors) {
+        Ok(anchors) => verify_anchored(data_dir, &anchors, format),
         Err(e) => {
             eprintln!("daemoneye-cli: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `fleet verify`: the checkpoints `host` shipped are the anchors of
+/// [`verify_anchored`]; none shipped is a failure (1), as nothing would
+/// catch a cut or rebuilt chain.
+fn verify_fleet(broker: &BrokerArgs, host: &str, store: &Path, format: Format) -> ExitCode {
+    let host = daemoneye_lib::fleet::subject_token(host);
+    let anchors = match fleet::shipped_anchors(&broker.broker(), &host) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("daemoneye-cli: {e:#}");
             return ExitCode::from(2);
         }
     };
+    if anchors.is_empty() {
+        println!(
+            "no checkpoints from host {host} in stream {}: nothing to verify against",
+            broker.stream
+        );
+        return ExitCode::FAILURE;
+    }
+    if format == Format::Table {
+        println!("{} checkpoints shipped by host {host}", anchors.len());
+    }
+    verify_anchored(store, &anchors, format)
+}
+
+/// The ledger of the store in `data_dir` against `anchors`; the exit codes
+/// of [`verify_ledger`].
+fn verify_anchored(data_dir: &Path, anchors: &[Anchor], format: Format) -> ExitCode {
     let store = match open_store(data_dir) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let verdict = store.verify_ledger_anchored(&anchors);
+    let verdict = store.verify_ledger_anchored(anchors);
     // Which anchors held, when one did not.
     let held: Vec<bool> = match &verdict {
         Ok(_) => vec![true; anchors.len()],
@@ -564,6 +658,22 @@ fn main() -> ExitCode {
         Command::Ledger {
             command: LedgerCommand::Verify { anchor },
         } => Ok(verify_ledger(&data_dir, anchor, cli.format)),
+        Command::Fleet {
+            command:
+                FleetCommand::Alerts {
+                    broker,
+                    consumer,
+                    follow,
+                },
+        } => fleet::alerts(&broker.broker(), consumer, *follow, cli.format),
+        Command::Fleet {
+            command:
+                FleetCommand::Verify {
+                    broker,
+                    host,
+                    store,
+                },
+        } => Ok(verify_fleet(broker, host, store, cli.format)),
         Command::Processes => match open_store(&data_dir) {
             Ok(store) => processes(&store, cli.format),
             Err(code) => return code,

@@ -64,6 +64,7 @@
 
 pub mod backoff;
 pub mod codec;
+pub mod fleet;
 pub mod models;
 pub mod proto;
 
@@ -90,4 +91,26 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+/// `url` (one URL or several, `,`-separated) without the user and password
+/// in it, for logs and messages.
+///
+/// ```
+/// assert_eq!(
+///     daemoneye_lib::redact_url("nats://u:secret@a:4222,nats://b:4222"),
+///     "nats://***@a:4222,nats://b:4222"
+/// );
+/// assert_eq!(daemoneye_lib::redact_url("nats://a:4222"), "nats://a:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -3,7 +3,7 @@
 //!
 //! An item enters the outbox in the same transaction as the row it ships
 //! (an alert is stored, ledgered and queued for shipping at once, or not at
-//! all), so a crash between storing and shipping loses nothing: the items
+//! all; a ledger checkpoint with its `checkpoint` entry), so a crash between storing and shipping loses nothing: the items
 //! are still there when the agent starts again. A shipper reads them in
 //! order ([`Store::outbox_read`], in batches after the last id it has in
 //! flight), publishes each under its stable [`OutboxItem::msg_id`] (a
@@ -65,6 +65,10 @@ pub const DEFAULT_OUTBOX_ITEMS: usize = 100_000;
 pub enum OutboxKind {
     /// An alert; its body is the stored alert record (JSON).
     Alert,
+    /// A ledger checkpoint; its body is the
+    /// [`Checkpoint`](crate::ledger::Checkpoint) as it leaves the host
+    /// (JSON), queued with its `checkpoint` entry.
+    Checkpoint,
 }
 
 impl OutboxKind {
@@ -72,12 +76,14 @@ impl OutboxKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Alert => "alert",
+            Self::Checkpoint => "checkpoint",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "alert" => Some(Self::Alert),
+            "checkpoint" => Some(Self::Checkpoint),
             _ => None,
         }
     }
@@ -90,10 +96,11 @@ pub struct OutboxItem {
     pub id: i64,
     /// What it ships.
     pub kind: OutboxKind,
-    /// Its stable id on this host (`alert-<alert row id>`): the same on
-    /// every resend, for the broker's duplicate detection.
+    /// Its stable id on this host (`alert-<alert row id>`,
+    /// `checkpoint-<ledger seq>`): the same on every resend, for the
+    /// broker's duplicate detection.
     pub msg_id: String,
-    /// The record it ships, as stored (an alert's JSON).
+    /// The record it ships, as stored (an alert's or a checkpoint's JSON).
     pub body: String,
     /// When it entered the outbox (unix nanoseconds).
     pub queued_at: i64,
@@ -110,12 +117,14 @@ pub struct OutboxState {
     pub oldest_queued_at: Option<i64>,
 }
 
-/// Queues `body` inside `tx` (the transaction that stores what it ships);
-/// then drops the oldest items past `bound`, counting them. Returns how
-/// many were dropped.
+/// Queues `body` inside `tx` (the transaction that stores what it ships),
+/// `depth` being the items there before it; then drops the oldest items
+/// past `bound`, counting them. Updates `depth` (the caller keeps it once
+/// `tx` commits) and returns how many were dropped.
 pub(crate) fn append_in(
     tx: &Transaction<'_>,
     bound: usize,
+    depth: &mut u64,
     kind: OutboxKind,
     msg_id: &str,
     body: &str,
@@ -125,12 +134,12 @@ pub(crate) fn append_in(
         "INSERT INTO outbox (kind, msg_id, body, queued_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![kind.as_str(), msg_id, body, now])?;
-    let bound = i64::try_from(bound.max(1)).unwrap_or(i64::MAX);
-    let depth: i64 = tx.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
-    if depth <= bound {
+    *depth += 1;
+    let bound = u64::try_from(bound.max(1)).unwrap_or(u64::MAX);
+    if *depth <= bound {
         return Ok(0);
     }
-    let excess = depth - bound;
+    let excess = i64::try_from(*depth - bound).unwrap_or(i64::MAX);
     let dropped = tx
         .prepare_cached(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
@@ -138,7 +147,14 @@ pub(crate) fn append_in(
         .execute([excess])?;
     tx.prepare_cached("UPDATE outbox_state SET dropped = dropped + ?1 WHERE id = 1")?
         .execute([dropped])?;
+    *depth = depth.saturating_sub(dropped as u64);
     Ok(dropped as u64)
+}
+
+/// The items in the outbox, counted (a walk of every row).
+fn count(conn: &Connection) -> Result<u64, StoreError> {
+    let depth: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+    Ok(u64::try_from(depth).unwrap_or(0))
 }
 
 fn read(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
@@ -173,18 +189,27 @@ fn read(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxItem>, 
     Ok(items)
 }
 
-fn state(conn: &Connection) -> Result<OutboxState, StoreError> {
-    let (depth, oldest): (i64, Option<i64>) =
-        conn.query_row("SELECT count(*), min(queued_at) FROM outbox", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+/// The state, with `depth` when this store knows it (else counted). The
+/// oldest item is the first queued (by id: a lookup, not a scan).
+fn state(conn: &Connection, depth: Option<u64>) -> Result<OutboxState, StoreError> {
+    let depth = match depth {
+        Some(d) => d,
+        None => count(conn)?,
+    };
+    let oldest: Option<i64> = conn
+        .query_row(
+            "SELECT queued_at FROM outbox ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
     let dropped: Option<i64> = conn
         .query_row("SELECT dropped FROM outbox_state WHERE id = 1", [], |r| {
             r.get(0)
         })
         .optional()?;
     Ok(OutboxState {
-        depth: u64::try_from(depth).unwrap_or(0),
+        depth,
         dropped: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
         oldest_queued_at: oldest,
     })
@@ -220,13 +245,15 @@ impl Store {
         let tx = self
             .conn_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = 0u64;
         {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
             for id in ids {
-                delete.execute([id])?;
+                removed += delete.execute([id])? as u64;
             }
         }
         tx.commit()?;
+        self.outbox_depth = self.outbox_depth.map(|d| d.saturating_sub(removed));
         self.outbox_state()
     }
 
@@ -235,7 +262,17 @@ impl Store {
     /// # Errors
     /// SQLite errors.
     pub fn outbox_state(&self) -> Result<OutboxState, StoreError> {
-        state(self.conn())
+        state(self.conn(), self.outbox_depth)
+    }
+
+    /// The outbox's depth before a write that may queue: this store's own
+    /// count, or the table's counted once; `None` without an outbox.
+    pub(crate) fn outbox_depth_now(&self) -> Result<Option<u64>, StoreError> {
+        match (self.outbox, self.outbox_depth) {
+            (None, _) => Ok(None),
+            (Some(_), Some(d)) => Ok(Some(d)),
+            (Some(_), None) => count(self.conn()).map(Some),
+        }
     }
 }
 
@@ -315,19 +352,59 @@ mod tests {
         assert_eq!(store.outbox_state().unwrap().dropped, 2);
         // Every alert is still in the store: the outbox drops shipping only.
         assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
+        // A store opened again counts once, then keeps the depth itself.
+        let mut store = store.with_outbox(Some(3));
+        store.record_alert(&alert(6)).unwrap();
+        let ids: Vec<i64> = store
+            .outbox_read(0, 2)
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        let state = store.outbox_ack(&ids).unwrap();
+        assert_eq!((state.depth, state.dropped), (1, 3));
+        assert_eq!(count(store.conn()).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_checkpoint_is_queued_with_its_entry_after_the_alerts_before_it() {
+        use crate::ledger::{Checkpoint, CheckpointEntry, Lost};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let entry = CheckpointEntry {
+            time: 7,
+            lost: Lost::default(),
+        };
+        // Without an outbox, nothing is queued.
+        store.append_checkpoint(&entry).unwrap();
+        assert_eq!(store.outbox_state().unwrap().depth, 0);
+        let mut store = store.with_outbox(Some(10));
+        store.record_alert(&alert(1)).unwrap();
+        let cp = store.append_checkpoint(&entry).unwrap();
+        let items = store.outbox_read(0, 10).unwrap();
+        let kinds: Vec<OutboxKind> = items.iter().map(|i| i.kind).collect();
+        assert_eq!(kinds, [OutboxKind::Alert, OutboxKind::Checkpoint]);
+        assert_eq!(items[1].msg_id, format!("checkpoint-{}", cp.seq));
+        let shipped: Checkpoint = serde_json::from_str(&items[1].body).unwrap();
+        assert_eq!(shipped, cp);
+        // It vouches for the chain as it is: the entry's own seq and hash.
+        store.verify_ledger_anchored(&[shipped.anchor()]).unwrap();
     }
 
     #[test]
     fn a_failed_alert_write_queues_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap().with_outbox(Some(3));
+        store.record_alert(&alert(1)).unwrap();
         store
             .conn()
             .execute_batch(
                 "CREATE TRIGGER no_alerts BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'no'); END;",
             )
             .unwrap();
-        assert!(store.record_alert(&alert(1)).is_err());
-        assert_eq!(store.outbox_state().unwrap().depth, 0);
+        assert!(store.record_alert(&alert(2)).is_err());
+        // The depth the store keeps is the table's, the failed write not in it.
+        assert_eq!(store.outbox_state().unwrap().depth, 1);
+        assert_eq!(count(store.conn()).unwrap(), 1);
     }
 }

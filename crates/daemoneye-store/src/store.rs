@@ -361,6 +361,10 @@ pub struct Store {
     ledger: LedgerMode,
     /// The outbox's bound; `None`: alerts are not queued for shipping.
     pub(crate) outbox: Option<usize>,
+    /// The outbox's depth as this store last committed it (counted at its
+    /// first write), so that a write need not count the table: a count
+    /// walks every row, milliseconds at 20,000 items.
+    pub(crate) outbox_depth: Option<u64>,
 }
 
 impl Store {
@@ -420,6 +424,7 @@ impl Store {
             path,
             ledger: LedgerMode::default(),
             outbox: None,
+            outbox_depth: None,
         })
     }
 
@@ -464,6 +469,7 @@ impl Store {
             path,
             ledger: LedgerMode::default(),
             outbox: None,
+            outbox_depth: None,
         })
     }
 
@@ -542,12 +548,14 @@ impl Store {
     /// # Errors
     /// SQLite or encoding errors; nothing is half-written.
     pub fn record_alert(&mut self, alert: &Alert) -> Result<i64, StoreError> {
+        let mut depth = self.outbox_depth_now()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
-        let id = write_alert_in(&tx, &mut chain, alert, self.outbox)?;
+        let id = write_alert_in(&tx, &mut chain, alert, self.outbox.zip(depth.as_mut()))?;
         tx.commit()?;
+        self.outbox_depth = depth.or(self.outbox_depth);
         Ok(id)
     }
 
@@ -578,8 +586,59 @@ impl Store {
         Ok(chain.head())
     }
 
+    /// Appends a `checkpoint` entry with `entry`'s content, in one
+    /// transaction; when the store ships (an [outbox](crate::outbox) is
+    /// set), queues the checkpoint as it leaves the host in that same
+    /// transaction (message id `checkpoint-<seq>`), so what the broker has
+    /// not acknowledged survives as alerts do. Returns it.
+    ///
+    /// # Errors
+    /// SQLite or encoding errors; nothing is appended or queued then.
+    pub fn append_checkpoint(
+        &mut self,
+        entry: &ledger::CheckpointEntry,
+    ) -> Result<ledger::Checkpoint, StoreError> {
+        let encode = |source| StoreError::Encode {
+            field: "checkpoint",
+            source,
+        };
+        let mut depth = self.outbox_depth_now()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = Chain::load(&tx)?;
+        let text = serde_json::to_string(entry).map_err(encode)?;
+        chain.append(&tx, "checkpoint", &text)?;
+        let head = chain.head();
+        let checkpoint = ledger::Checkpoint {
+            seq: head.seq,
+            head: head.hash,
+            time: entry.time,
+            lost: entry.lost,
+        };
+        if let Some((bound, depth)) = self.outbox.zip(depth.as_mut()) {
+            let body = serde_json::to_string(&checkpoint).map_err(encode)?;
+            let dropped = crate::outbox::append_in(
+                &tx,
+                bound,
+                depth,
+                crate::outbox::OutboxKind::Checkpoint,
+                &format!("checkpoint-{}", checkpoint.seq),
+                &body,
+                unix_nanos_now(),
+            )?;
+            if dropped > 0 {
+                tracing::warn!(dropped, bound, "outbox full, oldest items dropped");
+            }
+        }
+        tx.commit()?;
+        self.outbox_depth = depth.or(self.outbox_depth);
+        Ok(checkpoint)
+    }
+
     /// Applies `writes` in order, in one transaction (the writer's batch).
     pub(crate) fn apply(&mut self, writes: &[Op<'_>]) -> Result<Recorded, StoreError> {
+        let mut depth = self.outbox_depth_now()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -600,7 +659,7 @@ impl Store {
                     done.removed += r.removed;
                 }
                 Op::Alert(alert) => {
-                    write_alert_in(&tx, &mut chain, alert, self.outbox)?;
+                    write_alert_in(&tx, &mut chain, alert, self.outbox.zip(depth.as_mut()))?;
                 }
                 Op::Performance(events, retention) => {
                     done.performance += events.len() as u64;
@@ -629,6 +688,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.outbox_depth = depth.or(self.outbox_depth);
         Ok(done)
     }
 
@@ -1091,7 +1151,7 @@ fn write_alert_in(
     tx: &Transaction<'_>,
     chain: &mut Chain,
     alert: &Alert,
-    outbox: Option<usize>,
+    outbox: Option<(usize, &mut u64)>,
 ) -> Result<i64, StoreError> {
     let body = serde_json::to_string(alert).map_err(|source| StoreError::Encode {
         field: "alert",
@@ -1116,10 +1176,11 @@ fn write_alert_in(
         seq
     ])?;
     let id = tx.last_insert_rowid();
-    if let Some(bound) = outbox {
+    if let Some((bound, depth)) = outbox {
         let dropped = crate::outbox::append_in(
             tx,
             bound,
+            depth,
             crate::outbox::OutboxKind::Alert,
             &format!("alert-{id}"),
             &body,

@@ -1097,7 +1097,13 @@ impl Worker {
                 pid: *pid,
                 time: now,
             }),
-            Own::Checkpoint | Own::Cut => store.append_entry("checkpoint", |_| checkpoint),
+            // Queued for shipping with its entry (a cut's is the writer's
+            // own and goes to no sink).
+            Own::Checkpoint => store.append_checkpoint(&checkpoint).map(|c| Head {
+                seq: c.seq,
+                hash: c.head,
+            }),
+            Own::Cut => store.append_entry("checkpoint", |_| checkpoint),
         });
         match appended {
             Ok(head) => {

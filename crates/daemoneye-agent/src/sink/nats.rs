@@ -17,10 +17,11 @@
 //! (the first at start, so an outbox left by a killed agent is drained when
 //! it starts again).
 //!
-//! Checkpoints are published to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
-//! `<host>.checkpoint-<seq>`) after the outbox is drained, awaited but not
-//! through the outbox: a checkpoint lost with the agent is superseded by
-//! the next one, which carries the ledger's head.
+//! Checkpoints go the same way: the store queues each in the outbox with
+//! its `checkpoint` ledger entry, and the drain publishes it, in its place
+//! among the alerts, to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
+//! `<host>.checkpoint-<seq>`, the body the checkpoint's JSON line), where
+//! `daemoneye-cli fleet verify` reads them as anchors of the host's chain.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,22 +34,23 @@ use bytes::Bytes;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::WhenFull;
 use daemoneye_lib::Backoff;
-use daemoneye_store::{OutboxItem, OutboxState, StoreWriter};
+use daemoneye_store::{OutboxItem, OutboxKind, OutboxState, StoreWriter};
 use tracing::{info, warn};
 
 use super::{AlertFormat, AlertSink, Checkpoint, Delivery, Host, WorkerConfig};
 use crate::alert::Alert;
 
-/// The subjects' first token when the config names none.
-pub const DEFAULT_SUBJECT_PREFIX: &str = "daemoneye";
-/// The stream's name when the config names none.
-pub const DEFAULT_STREAM: &str = "DAEMONEYE";
+use daemoneye_lib::fleet;
+pub use daemoneye_lib::fleet::{subject_token, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX};
 /// Unacknowledged publishes at a time, when the config names none.
 pub const DEFAULT_WINDOW: usize = 256;
 /// The duplicate window of a stream the sink creates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a publish waits for its ack, and a connection for the server.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the oldest item may wait in the outbox before health says
+/// degraded, when the config names no `max_outbox_age`.
+pub const DEFAULT_MAX_OUTBOX_AGE: Duration = Duration::from_secs(300);
 
 /// The fleet sink's settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +68,9 @@ pub struct FleetConfig {
     /// The JetStream stream the subjects belong to.
     pub stream: String,
     /// Create the stream (subjects `<prefix>.*.alerts` and
-    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`]) when it
-    /// is missing; otherwise a missing stream is an error.
+    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`],
+    /// [`replicas`](Self::replicas) copies) when it is missing; otherwise a
+    /// missing stream is an error.
     pub create_stream: bool,
     /// A NATS credentials file (JWT and nkey seed).
     pub creds_file: Option<PathBuf>,
@@ -79,6 +82,12 @@ pub struct FleetConfig {
     pub outbox_items: usize,
     /// The most unacknowledged publishes at a time.
     pub window: usize,
+    /// How long the oldest item may wait in the outbox before the fleet
+    /// component is degraded.
+    pub max_outbox_age: Duration,
+    /// The copies a stream the sink creates keeps (1 to 5; 3 on a
+    /// three-node cluster, so a node lost loses nothing).
+    pub replicas: usize,
 }
 
 impl FleetConfig {
@@ -95,36 +104,19 @@ impl FleetConfig {
             format: AlertFormat::Native,
             outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
             window: DEFAULT_WINDOW,
+            max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
+            replicas: 1,
         }
     }
 
     /// The subject this host's alerts go to.
     pub fn alerts_subject(&self) -> String {
-        format!("{}.{}.alerts", self.subject_prefix, self.host)
+        fleet::subject(&self.subject_prefix, &self.host, fleet::ALERTS)
     }
 
     /// The subject this host's checkpoints go to.
     pub fn ledger_subject(&self) -> String {
-        format!("{}.{}.ledger", self.subject_prefix, self.host)
-    }
-}
-
-/// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
-pub fn subject_token(name: &str) -> String {
-    let token: String = name
-        .chars()
-        .map(|c| {
-            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if token.is_empty() {
-        "_".to_owned()
-    } else {
-        token
+        fleet::subject(&self.subject_prefix, &self.host, fleet::LEDGER)
     }
 }
 
@@ -135,6 +127,9 @@ pub struct FleetStatus {
     pub connected: Gauge,
     /// Items waiting in the outbox, at the last look.
     pub outbox_depth: Gauge,
+    /// When the oldest waiting item entered the outbox, unix seconds, at
+    /// the last look; 0 while it is empty.
+    pub outbox_oldest_queued: Gauge,
     /// Items the outbox dropped when full, ever (kept in the store).
     pub outbox_dropped: Gauge,
     /// 1 from a look at the outbox that found new drops until it is empty
@@ -155,6 +150,8 @@ pub struct FleetStatus {
     /// Whether the outbox was looked at yet (the drops a first look finds
     /// are an earlier run's, not new).
     looked: AtomicBool,
+    /// How long the oldest item may wait ([`FleetConfig::max_outbox_age`]).
+    max_outbox_age: Duration,
 }
 
 impl Default for FleetStatus {
@@ -162,6 +159,7 @@ impl Default for FleetStatus {
         Self {
             connected: Gauge::default(),
             outbox_depth: Gauge::default(),
+            outbox_oldest_queued: Gauge::default(),
             outbox_dropped: Gauge::default(),
             dropping: Gauge::default(),
             published: Counter::default(),
@@ -171,11 +169,42 @@ impl Default for FleetStatus {
             last_error: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),
             looked: AtomicBool::new(false),
+            max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
         }
     }
 }
 
 impl FleetStatus {
+    /// A status judging the outbox's age against `max_outbox_age`.
+    pub fn new(max_outbox_age: Duration) -> Self {
+        Self {
+            max_outbox_age,
+            ..Self::default()
+        }
+    }
+
+    /// How long the oldest item has waited in the outbox at `now` (as of
+    /// the last look); `None` while it is empty.
+    pub fn outbox_age(&self, now: std::time::SystemTime) -> Option<Duration> {
+        let queued = u64::try_from(self.outbox_oldest_queued.get()).ok()?;
+        if queued == 0 {
+            return None;
+        }
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(Duration::from_secs(now.saturating_sub(queued)))
+    }
+
+    /// The outbox's age at `now` when it is past `max_outbox_age`, with
+    /// that bound.
+    pub fn outbox_stale(&self, now: std::time::SystemTime) -> Option<(Duration, Duration)> {
+        self.outbox_age(now)
+            .filter(|age| *age > self.max_outbox_age)
+            .map(|age| (age, self.max_outbox_age))
+    }
+
     /// Waits until `done` holds, looked at after every change.
     ///
     /// # Cancel safety
@@ -214,7 +243,7 @@ impl FleetStatus {
         self.bump();
     }
 
-    fn outbox(&self, state: OutboxState) {
+    pub(crate) fn outbox(&self, state: OutboxState) {
         let dropped = i64::try_from(state.dropped).unwrap_or(i64::MAX);
         let before = self.outbox_dropped.swap(dropped);
         let looked = self.looked.swap(true, Ordering::Relaxed);
@@ -225,6 +254,12 @@ impl FleetStatus {
         }
         self.outbox_depth
             .set(i64::try_from(state.depth).unwrap_or(i64::MAX));
+        // Seconds, rounded down: an item is never younger than it says.
+        let oldest = state
+            .oldest_queued_at
+            .filter(|_| state.depth > 0)
+            .map_or(0, |ns| ns.div_euclid(1_000_000_000).max(1));
+        self.outbox_oldest_queued.set(oldest);
         self.bump();
     }
 
@@ -240,6 +275,11 @@ impl FleetStatus {
                 "daemoneye_fleet_outbox_depth",
                 "Items waiting in the outbox.",
                 &self.outbox_depth,
+            ),
+            (
+                "daemoneye_fleet_outbox_oldest_queued_timestamp_seconds",
+                "When the oldest waiting item entered the outbox (unix seconds; 0: empty). Its age is time() minus this.",
+                &self.outbox_oldest_queued,
             ),
             (
                 "daemoneye_fleet_outbox_dropped",
@@ -347,10 +387,11 @@ impl FleetSink {
             hostname: config.host.clone(),
             ..Host::local()
         };
+        let status = Arc::new(FleetStatus::new(config.max_outbox_age));
         Self {
             config,
             writer,
-            status: Arc::new(FleetStatus::default()),
+            status,
             host,
             js: None,
             stream_ready: false,
@@ -435,14 +476,13 @@ impl FleetSink {
         if let Some(ca) = &c.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let client =
-            options
-                .connect(c.url.as_str())
-                .await
-                .map_err(|source| FleetError::Connect {
-                    url: redact(&c.url),
-                    source,
-                })?;
+        let client = options
+            .connect(fleet::servers(&c.url))
+            .await
+            .map_err(|source| FleetError::Connect {
+                url: daemoneye_lib::redact_url(&c.url),
+                source,
+            })?;
         self.status.set_connected(true);
         Ok(jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
@@ -461,11 +501,12 @@ impl FleetSink {
             let config = stream::Config {
                 name: c.stream.clone(),
                 subjects: vec![
-                    format!("{}.*.alerts", c.subject_prefix),
-                    format!("{}.*.ledger", c.subject_prefix),
+                    fleet::every_host(&c.subject_prefix, fleet::ALERTS),
+                    fleet::every_host(&c.subject_prefix, fleet::LEDGER),
                 ],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: c.replicas,
                 ..stream::Config::default()
             };
             js.get_or_create_stream(config)
@@ -476,7 +517,7 @@ impl FleetSink {
                 .await
                 .map_err(|e| stream_error(e.to_string()))?;
         }
-        info!(sink = "fleet", url = %redact(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
+        info!(sink = "fleet", url = %daemoneye_lib::redact_url(&c.url), stream = %c.stream, subject = %c.alerts_subject(), "fleet sink ready");
         Ok(())
     }
 
@@ -484,7 +525,6 @@ impl FleetSink {
     /// unacknowledged publishes; removes what was acknowledged.
     async fn drain(&mut self) -> Result<(), FleetError> {
         let js = self.connect().await?;
-        let subject = self.config.alerts_subject();
         loop {
             let items = self
                 .writer
@@ -499,7 +539,7 @@ impl FleetSink {
             let mut unencodable = Vec::new();
             let mut failed = None;
             for item in &items {
-                let Some(payload) = self.encode(item) else {
+                let Some((subject, payload)) = self.message(item) else {
                     unencodable.push(item.id);
                     continue;
                 };
@@ -512,16 +552,16 @@ impl FleetSink {
                 {
                     Ok(ack) => {
                         self.status.published.inc();
-                        pending.push((item.id, ack));
+                        pending.push((item.id, subject, ack));
                     }
                     Err(e) => {
-                        failed = Some(e.to_string());
+                        failed = Some((subject, e.to_string()));
                         break;
                     }
                 }
             }
             let mut acked = unencodable;
-            for (id, ack) in pending {
+            for (id, subject, ack) in pending {
                 match ack.await {
                     Ok(ack) => {
                         self.status.acknowledged.inc();
@@ -531,16 +571,36 @@ impl FleetSink {
                         acked.push(id);
                     }
                     Err(e) => {
-                        failed.get_or_insert_with(|| e.to_string());
+                        failed.get_or_insert_with(|| (subject, e.to_string()));
                     }
                 }
             }
             let state = self.writer.outbox_ack(acked).await?;
             self.status.outbox(state);
-            if let Some(reason) = failed {
+            if let Some((subject, reason)) = failed {
                 self.stream_ready = false;
                 return Err(FleetError::Publish { subject, reason });
             }
+        }
+    }
+
+    /// The item's subject and message body (an alert in the configured
+    /// format, a checkpoint as stored); `None` (logged) for a body that is
+    /// not what its kind says, which no retry would mend.
+    fn message(&self, item: &OutboxItem) -> Option<(String, Bytes)> {
+        match item.kind {
+            OutboxKind::Alert => self
+                .encode(item)
+                .map(|body| (self.config.alerts_subject(), body)),
+            OutboxKind::Checkpoint => match serde_json::from_str::<Checkpoint>(&item.body) {
+                Ok(_) => Some((self.config.ledger_subject(), Bytes::from(item.body.clone()))),
+                Err(e) => {
+                    warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not a checkpoint; dropped");
+                    None
+                }
+            },
+            // `read` skips kinds this build does not know.
+            _ => None,
         }
     }
 
@@ -555,6 +615,17 @@ impl FleetSink {
                 warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not an alert record; dropped");
                 None
             }
+        }
+    }
+
+    /// A delivery: the outbox drained, or the failure counted (retried).
+    async fn deliver_outbox(&mut self) -> Delivery {
+        match self.drain().await {
+            Ok(()) => {
+                self.status.set_error("");
+                Delivery::Delivered
+            }
+            Err(e) => self.failed(&e).await,
         }
     }
 
@@ -576,19 +647,6 @@ impl FleetSink {
     }
 }
 
-/// `url` without the passwords in it.
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
-            }
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl AlertSink for FleetSink {
     fn name(&self) -> &'static str {
         "fleet"
@@ -598,51 +656,13 @@ impl AlertSink for FleetSink {
     /// writer before the agent offers it here) and whatever waits before
     /// it.
     async fn deliver(&mut self, _alert: &Alert) -> Delivery {
-        match self.drain().await {
-            Ok(()) => {
-                self.status.set_error("");
-                Delivery::Delivered
-            }
-            Err(e) => self.failed(&e).await,
-        }
+        self.deliver_outbox().await
     }
 
-    async fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> Delivery {
-        if let Err(e) = self.drain().await {
-            return self.failed(&e).await;
-        }
-        let Some(js) = self.js.clone() else {
-            return Delivery::Retry {
-                cause: "not connected".to_owned(),
-                after: None,
-            };
-        };
-        let body = match serde_json::to_vec(checkpoint) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => return Delivery::Failed(format!("cannot encode the checkpoint: {e}")),
-        };
-        let subject = self.config.ledger_subject();
-        let mut headers = HeaderMap::new();
-        let msg_id = format!("{}.checkpoint-{}", self.config.host, checkpoint.seq);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let acked = match js
-            .publish_with_headers(subject.clone(), headers, body)
-            .await
-        {
-            Ok(ack) => {
-                self.status.published.inc();
-                ack.await.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        match acked {
-            Ok(_) => {
-                self.status.acknowledged.inc();
-                self.status.set_error("");
-                Delivery::Delivered
-            }
-            Err(reason) => self.failed(&FleetError::Publish { subject, reason }).await,
-        }
+    /// Drains the outbox, which holds `_checkpoint` (queued with its
+    /// ledger entry) and whatever waits before it.
+    async fn deliver_checkpoint(&mut self, _checkpoint: &Checkpoint) -> Delivery {
+        self.deliver_outbox().await
     }
 }
 
@@ -658,14 +678,5 @@ mod tests {
         let c = FleetConfig::new("nats://127.0.0.1:4222", "db.local");
         assert_eq!(c.alerts_subject(), "daemoneye.db_local.alerts");
         assert_eq!(c.ledger_subject(), "daemoneye.db_local.ledger");
-    }
-
-    #[test]
-    fn passwords_are_not_logged() {
-        assert_eq!(
-            redact("nats://u:secret@a:4222,nats://b:4222"),
-            "nats://***@a:4222,nats://b:4222"
-        );
-        assert_eq!(redact("nats://a:4222"), "nats://a:4222");
     }
 }

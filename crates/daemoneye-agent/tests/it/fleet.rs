@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,130 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::settings;
 use crate::link::{exec, Served};
+use crate::nats::Nats;
 
 const HOST: &str = "test-host";
 const SUBJECT: &str = "daemoneye.test-host.alerts";
 
-/// A `nats-server -js` on a loopback port with its store in a directory;
-/// killed when dropped.
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    store: PathBuf,
-}
-
-impl Nats {
-    /// A free port and a store directory for a server not started yet;
-    /// `None` (saying why) when there is no `nats-server` to run.
-    fn prepare(dir: &Path) -> Option<Self> {
-        if Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: no nats-server on PATH (Debian: apt-get install -y nats-server)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store = dir.join("jetstream");
-        std::fs::create_dir_all(&store).unwrap();
-        Some(Self {
-            child: None,
-            port,
-            store,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and returns once it says it is ready.
-    fn start(&mut self) {
-        self.start_with(&[]);
-    }
-
-    /// As [`start`](Self::start), with more arguments.
-    fn start_with(&mut self, more: &[&str]) {
-        let mut child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .args(more)
-            .arg("-sd")
-            .arg(&self.store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut log = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("Server is ready") {
-                    let _ = tx.send(Ok(()));
-                } else {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-            let _ = tx.send(Err(log));
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(())) => {}
-            other => panic!("nats-server did not start: {other:?}"),
-        }
-        self.child = Some(child);
-    }
-
-    /// Kills the server (SIGKILL: nothing flushed on the way out) and
-    /// reaps it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Every message of the stream, in order: (subject, msg id, body).
-    async fn messages(&self) -> Vec<(String, String, Value)> {
-        let client = async_nats::connect(self.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("DAEMONEYE").await.unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        let mut out = Vec::new();
-        for seq in state.first_sequence..=state.last_sequence {
-            let m = stream.get_raw_message(seq).await.unwrap();
-            let id = m
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            out.push((
-                m.subject.to_string(),
-                id,
-                serde_json::from_slice(&m.payload).unwrap(),
-            ));
-        }
-        assert_eq!(out.len() as u64, state.messages);
-        out
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// An agent with one (served) collector, shipping to `url`.
 struct Running {
     health: AgentHealth,
+    metrics: collector_core::metrics::Registry,
     fleet: Arc<FleetStatus>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -181,6 +66,7 @@ impl Running {
         ));
         let agent = Agent::build(s).await.unwrap();
         let health = agent.health();
+        let metrics = agent.metrics();
         let fleet = health.fleet.clone().expect("the fleet sink is configured");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.run(shutdown.clone()));
@@ -193,6 +79,7 @@ impl Running {
         .expect("the collector link connects");
         Self {
             health,
+            metrics,
             fleet,
             shutdown,
             task,
@@ -336,8 +223,9 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
         agent.raise(pid).await;
     }
     agent
+        // Behind the checkpoint taken at start, queued first.
         .until("the alerts wait in the outbox", |f| {
-            f.outbox_depth.get() == 3 && !f.last_error().is_empty()
+            f.outbox_depth.get() == 4 && !f.last_error().is_empty()
         })
         .await;
     let report = agent.health.report().await;
@@ -348,7 +236,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
         .unwrap();
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(fleet.message.contains("broker unreachable"), "{fleet:?}");
-    assert_eq!(fleet.counters["outbox_depth"], 3, "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_depth"], 4, "{fleet:?}");
     assert!(
         report.message.contains("fleet: broker unreachable"),
         "{report:?}"
@@ -499,7 +387,8 @@ async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart(
     }
     // Each failed attempt reads the outbox first (committing what was
     // queued before it) and logs its depth.
-    let _lines = wait_for(lines, "outbox_depth=Some(2)").await.unwrap();
+    // (and the checkpoint taken at start, before them).
+    let _lines = wait_for(lines, "outbox_depth=Some(3)").await.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     collector.stop().await;
@@ -526,8 +415,10 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
         agent.raise(pid).await;
     }
     agent
-        .until("three of five dropped", |f| {
-            f.outbox_dropped.get() == 3 && f.dropping.get_bool()
+        // The checkpoint taken at start (queued first) and three of the
+        // five alerts.
+        .until("four of six dropped", |f| {
+            f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
         .await;
     let report = agent.health.report().await;
@@ -543,7 +434,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
             fleet.counters["outbox_depth"],
             fleet.counters["outbox_dropped"]
         ),
-        (2, 3),
+        (2, 4),
         "{fleet:?}"
     );
     nats.start();
@@ -554,7 +445,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
     assert_eq!(alert_pids(&nats.messages().await), [5604, 5605]);
     let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
     assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
-    assert_eq!(store.outbox_state().unwrap().dropped, 3);
+    assert_eq!(store.outbox_state().unwrap().dropped, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,7 +460,8 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
     agent.raise(5701).await;
     agent
         .until("refused for its credentials, the alert kept", |f| {
-            f.outbox_depth.get() == 1 && f.last_error().contains("authorization")
+            // The alert, behind the checkpoint taken at start.
+            f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
         })
         .await;
     let report = agent.health.report().await;
@@ -590,4 +482,142 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
         "the password is not shown: {fleet:?}"
     );
     agent.stop().await;
+}
+
+/// With the broker absent, an outbox whose oldest item waited past
+/// `max_outbox_age` is in health (degraded, saying so, with its depth and
+/// age) and in `/metrics` (when it was queued); once the broker is there
+/// and the outbox drained, neither is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_broker_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // An alert left in the outbox ten minutes ago.
+    {
+        let mut store = daemoneye_agent::store::AgentStore::open(&data)
+            .unwrap()
+            .with_outbox(Some(100));
+        let mut e = exec(5801, "aged");
+        e.executable_path = Some("/dev/shm/aged".to_owned());
+        let alert = daemoneye_agent::alert::Alert {
+            rule_id: "exec-from-temp-dir".to_owned(),
+            rule_name: "left behind".to_owned(),
+            severity: daemoneye_agent::alert::Severity::High,
+            mitre: vec![],
+            process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
+            observed_at: 1,
+            raised_at: 2,
+            dedup_key: "aged:5801".to_owned(),
+        };
+        store.record_alert(&alert).unwrap();
+    }
+    rusqlite::Connection::open(data.join("agent.db"))
+        .unwrap()
+        .execute("UPDATE outbox SET queued_at = queued_at - 600000000000", [])
+        .unwrap();
+    let queued_secs = daemoneye_agent::store::AgentStore::open_read_only(&data)
+        .unwrap()
+        .outbox_state()
+        .unwrap()
+        .oldest_queued_at
+        .unwrap()
+        / 1_000_000_000;
+
+    let agent = Running::start_with(dir.path(), &nats.url(), "max_outbox_age = \"5m\"").await;
+    // The alert, and the checkpoint taken at start behind it.
+    agent
+        .until("the aged outbox is looked at", |f| {
+            f.outbox_depth.get() == 2 && !f.last_error().is_empty()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet
+            .message
+            .contains("outbox stale: its oldest item has waited")
+            && fleet.message.contains("(max_outbox_age 300s)"),
+        "{fleet:?}"
+    );
+    let age = fleet.counters["outbox_oldest_age_secs"];
+    assert!((600..900).contains(&age), "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_depth"], 2, "{fleet:?}");
+    let value = |name: &str| agent.metrics.value(name, &[]);
+    assert_eq!(
+        value("daemoneye_fleet_outbox_oldest_queued_timestamp_seconds"),
+        Some(u64::try_from(queued_secs).unwrap())
+    );
+    assert_eq!(value("daemoneye_fleet_outbox_depth"), Some(2));
+
+    nats.start();
+    agent.until_shipped(2).await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
+    assert_eq!(fleet.counters["outbox_oldest_age_secs"], 0, "{fleet:?}");
+    assert_eq!(
+        value("daemoneye_fleet_outbox_oldest_queued_timestamp_seconds"),
+        Some(0)
+    );
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5801]);
+}
+
+/// Three `nats-server`s as one JetStream cluster, the stream kept on all
+/// three (`replicas = 3`); the agent given the three URLs. The node leading
+/// the stream is killed while alerts flow: every alert arrives exactly once
+/// (the stream's duplicate window drops the resends of what was unacked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_three_node_cluster_one_node_killed_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nodes) = Nats::cluster(dir.path(), 3) else {
+        return;
+    };
+    for node in &mut nodes {
+        node.start();
+    }
+    let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
+    let agent = Running::start_with(dir.path(), &urls.join(","), "replicas = 3").await;
+    for pid in 5901..=5910 {
+        agent.raise(pid).await;
+    }
+    agent
+        .until("a few alerts acknowledged", |f| f.acknowledged.get() >= 4)
+        .await;
+    // The stream's leader, as the cluster says.
+    let client = async_nats::connect(urls.clone()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DAEMONEYE").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3, "{info:?}");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a replicated stream has a leader");
+    drop(js);
+    let killed = nodes.iter().position(|n| n.name == leader).unwrap();
+    nodes[killed].kill();
+    for pid in 5911..=5920 {
+        agent.raise(pid).await;
+    }
+    // Twenty alerts and the checkpoint taken at start.
+    agent.until_shipped(21).await;
+    agent.stop().await;
+    let survivor = &nodes[(killed + 1) % 3];
+    let pids = alert_pids(&survivor.messages().await);
+    assert_eq!(pids, (5901..=5920).collect::<Vec<u64>>());
 }

@@ -13,9 +13,11 @@ mod e2e;
 mod fleet;
 mod link;
 mod metrics;
+mod nats;
 mod network;
 mod performance;
 mod privsep;
+mod served;
 
 /// Whether the test runs as root; if not, says why it skips (`needs`).
 fn root_or_skip(needs: &str) -> bool {

@@ -62,14 +62,7 @@ fn checkpoints(file: &Path) -> Vec<Checkpoint> {
 /// A copy of the data directory `data` (agent.db and what SQLite keeps
 /// beside it) with the anchor file, writable; the copy's directory.
 fn copy(data: &Path, file: &Path) -> (tempfile::TempDir, PathBuf) {
-    let to = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(data).unwrap() {
-        let from = entry.unwrap().path();
-        if from.extension().is_some_and(|e| e == "sock") {
-            continue;
-        }
-        std::fs::copy(&from, to.path().join(from.file_name().unwrap())).unwrap();
-    }
+    let to = copy_store(data);
     let anchors = to.path().join("alerts.jsonl");
     std::fs::copy(file, &anchors).unwrap();
     (to, anchors)
@@ -101,6 +94,52 @@ fn verify_as(global: &[&str], data: &Path, anchors: &[&str]) -> std::process::Ou
     }
     args.push("--data-dir");
     cli(&args, &[data])
+}
+
+/// A copy of the data directory `data` (agent.db and what SQLite keeps
+/// beside it), writable.
+pub(crate) fn copy_store(data: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let from = entry.unwrap().path();
+        if from.extension().is_some_and(|e| e == "sock") {
+            continue;
+        }
+        std::fs::copy(&from, to.path().join(from.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+/// Rewrites pid 2 as 7 in the alerts of the store in `data`, their ledger
+/// entries too, and recomputes the whole chain with the store's hashing:
+/// what whoever can write the file can do, which verifies without an
+/// anchor.
+pub(crate) fn forge(data: &Path) {
+    let conn = rusqlite::Connection::open(data.join("agent.db")).unwrap();
+    conn.execute_batch(
+        "UPDATE ledger SET content = replace(content, '\"pid\":2', '\"pid\":7') \
+           WHERE kind = 'alert';
+         UPDATE alerts SET pid = 7, body = replace(body, '\"pid\":2', '\"pid\":7') \
+           WHERE pid = 2;",
+    )
+    .unwrap();
+    let rows: Vec<(i64, String, String)> = conn
+        .prepare("SELECT seq, kind, content FROM ledger ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut prev = ledger::to_hex(&ledger::GENESIS);
+    for (seq, kind, content) in rows {
+        let hash = ledger::entry_hash(seq, &kind, &content, &prev);
+        conn.execute(
+            "UPDATE ledger SET prev_hash = ?1, entry_hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
 }
 
 /// A [`copy`] of `data` with `edit` run on its store, which (the finding)
@@ -220,33 +259,7 @@ async fn checkpoints_leave_the_host_and_anchor_the_ledger_against_cuts_and_rebui
     // (d) An alert rewritten, its row too, and the whole chain recomputed
     // with the store's hashing: verifies without an anchor, not against it.
     let (forged, anchors) = copy(&data, &file);
-    {
-        let conn = rusqlite::Connection::open(forged.path().join("agent.db")).unwrap();
-        conn.execute_batch(
-            "UPDATE ledger SET content = replace(content, '\"pid\":2', '\"pid\":7') \
-               WHERE kind = 'alert';
-             UPDATE alerts SET pid = 7, body = replace(body, '\"pid\":2', '\"pid\":7') \
-               WHERE pid = 2;",
-        )
-        .unwrap();
-        let rows: Vec<(i64, String, String)> = conn
-            .prepare("SELECT seq, kind, content FROM ledger ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let mut prev = ledger::to_hex(&ledger::GENESIS);
-        for (seq, kind, content) in rows {
-            let hash = ledger::entry_hash(seq, &kind, &content, &prev);
-            conn.execute(
-                "UPDATE ledger SET prev_hash = ?1, entry_hash = ?2 WHERE seq = ?3",
-                rusqlite::params![prev, hash, seq],
-            )
-            .unwrap();
-            prev = hash;
-        }
-    }
+    forge(forged.path());
     let (code, out) = verify(forged.path(), &[]);
     assert_eq!(
         code,

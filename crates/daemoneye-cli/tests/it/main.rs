@@ -1,7 +1,20 @@
 //! The `daemoneye-cli` binary: verdicts, exit codes, output.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod anchor;
+mod fleet;
+// The agent's test helpers: one real broker, one served collector.
+#[allow(dead_code)]
+#[path = "../../../daemoneye-agent/tests/it/nats.rs"]
+mod nats;
+#[allow(dead_code)]
+#[path = "../../../daemoneye-agent/tests/it/served.rs"]
+mod served;
 
 use std::process::Command;
 use std::time::SystemTime;

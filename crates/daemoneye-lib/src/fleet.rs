@@ -1,0 +1,91 @@
+//! The fleet's names on NATS JetStream, shared by the agent that ships
+//! (its fleet sink) and the command line that reads (`daemoneye-cli
+//! fleet`): one stream, and per host the subjects
+//! `<prefix>.<host>.alerts` and `<prefix>.<host>.ledger`.
+//!
+//! ```
+//! use daemoneye_lib::fleet;
+//!
+//! let alerts = fleet::subject(fleet::DEFAULT_SUBJECT_PREFIX, "web-1", fleet::ALERTS);
+//! assert_eq!(alerts, "daemoneye.web-1.alerts");
+//! assert_eq!(fleet::host_of(fleet::DEFAULT_SUBJECT_PREFIX, &alerts), Some("web-1"));
+//! ```
+
+/// The subjects' first token when the config names none.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "daemoneye";
+/// The stream's name when the config names none.
+pub const DEFAULT_STREAM: &str = "DAEMONEYE";
+/// The last token of a host's alerts subject.
+pub const ALERTS: &str = "alerts";
+/// The last token of a host's ledger checkpoints subject.
+pub const LEDGER: &str = "ledger";
+
+/// The servers of a `,`-separated URL list (`nats://a:4222,nats://b:4222`),
+/// each trimmed, for a client that is given several to choose from and
+/// fail over between.
+///
+/// ```
+/// assert_eq!(
+///     daemoneye_lib::fleet::servers("nats://a:4222, nats://b:4222"),
+///     ["nats://a:4222", "nats://b:4222"]
+/// );
+/// ```
+pub fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).collect()
+}
+
+/// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
+pub fn subject_token(name: &str) -> String {
+    let token: String = name
+        .chars()
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if token.is_empty() {
+        "_".to_owned()
+    } else {
+        token
+    }
+}
+
+/// `<prefix>.<host>.<what>` (`host` already a [`subject_token`]).
+pub fn subject(prefix: &str, host: &str, what: &str) -> String {
+    format!("{prefix}.{host}.{what}")
+}
+
+/// Every host's `what` subjects: `<prefix>.*.<what>`.
+pub fn every_host(prefix: &str, what: &str) -> String {
+    subject(prefix, "*", what)
+}
+
+/// The host a subject `<prefix>.<host>.<what>` names; `None` for another
+/// subject.
+pub fn host_of<'s>(prefix: &str, subject: &'s str) -> Option<&'s str> {
+    let (host, _) = subject
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .rsplit_once('.')?;
+    (!host.is_empty() && !host.contains('.')).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_is_the_middle_token() {
+        assert_eq!(
+            host_of("daemoneye", "daemoneye.db_local.ledger"),
+            Some("db_local")
+        );
+        assert_eq!(host_of("daemoneye", "other.x.alerts"), None);
+        assert_eq!(host_of("daemoneye", "daemoneye.alerts"), None);
+        assert_eq!(host_of("daemoneye", "daemoneye.a.b.alerts"), None);
+        assert_eq!(every_host("p", ALERTS), "p.*.alerts");
+    }
+}
