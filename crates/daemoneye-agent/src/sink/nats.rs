@@ -521,67 +521,77 @@ impl FleetSink {
         Ok(())
     }
 
-    /// Publishes everything in the outbox, oldest first, in windows of
-    /// unacknowledged publishes; removes what was acknowledged.
+    /// Publishes everything in the outbox, oldest first, with at most
+    /// [`FleetConfig::window`] publishes unacknowledged: a window that
+    /// slides (the next item is published as the oldest is acknowledged,
+    /// read from the outbox half a window at a time), and what was
+    /// acknowledged removed from the outbox half a window at a time (what a
+    /// crash leaves unremoved is sent again; the stream drops the resend).
     async fn drain(&mut self) -> Result<(), FleetError> {
         let js = self.connect().await?;
+        let window = self.config.window.max(1);
+        let refill = window.div_ceil(2);
+        let mut in_flight = std::collections::VecDeque::with_capacity(window);
+        let mut acked = Vec::with_capacity(window);
+        let (mut after, mut more, mut failed) = (0, true, None);
         loop {
-            let items = self
-                .writer
-                .outbox_read(0, self.config.window.max(1))
-                .await?;
-            if items.is_empty() {
-                let state = self.writer.outbox_state().await?;
-                self.status.outbox(state);
-                return Ok(());
-            }
-            let mut pending = Vec::with_capacity(items.len());
-            let mut unencodable = Vec::new();
-            let mut failed = None;
-            for item in &items {
-                let Some((subject, payload)) = self.message(item) else {
-                    unencodable.push(item.id);
-                    continue;
-                };
-                let mut headers = HeaderMap::new();
-                let msg_id = format!("{}.{}", self.config.host, item.msg_id);
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-                match js
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-                {
-                    Ok(ack) => {
-                        self.status.published.inc();
-                        pending.push((item.id, subject, ack));
-                    }
-                    Err(e) => {
-                        failed = Some((subject, e.to_string()));
-                        break;
-                    }
-                }
-            }
-            let mut acked = unencodable;
-            for (id, subject, ack) in pending {
-                match ack.await {
-                    Ok(ack) => {
-                        self.status.acknowledged.inc();
-                        if ack.duplicate {
-                            self.status.duplicates.inc();
+            if more && failed.is_none() && window - in_flight.len() >= refill {
+                let items = self
+                    .writer
+                    .outbox_read(after, window - in_flight.len())
+                    .await?;
+                more = !items.is_empty();
+                for item in &items {
+                    after = item.id;
+                    let Some((subject, payload)) = self.message(item) else {
+                        acked.push(item.id); // unencodable: no retry would mend it
+                        continue;
+                    };
+                    let mut headers = HeaderMap::new();
+                    let msg_id = format!("{}.{}", self.config.host, item.msg_id);
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+                    match js
+                        .publish_with_headers(subject.clone(), headers, payload)
+                        .await
+                    {
+                        Ok(ack) => {
+                            self.status.published.inc();
+                            in_flight.push_back((item.id, subject, ack));
                         }
-                        acked.push(id);
-                    }
-                    Err(e) => {
-                        failed.get_or_insert_with(|| (subject, e.to_string()));
+                        Err(e) => {
+                            failed = Some((subject, e.to_string()));
+                            break;
+                        }
                     }
                 }
             }
-            let state = self.writer.outbox_ack(acked).await?;
-            self.status.outbox(state);
-            if let Some((subject, reason)) = failed {
-                self.stream_ready = false;
-                return Err(FleetError::Publish { subject, reason });
+            let Some((id, subject, ack)) = in_flight.pop_front() else {
+                break;
+            };
+            match ack.await {
+                Ok(ack) => {
+                    self.status.acknowledged.inc();
+                    if ack.duplicate {
+                        self.status.duplicates.inc();
+                    }
+                    acked.push(id);
+                }
+                Err(e) => {
+                    failed.get_or_insert_with(|| (subject, e.to_string()));
+                }
+            }
+            if acked.len() >= refill {
+                let state = self.writer.outbox_ack(std::mem::take(&mut acked)).await?;
+                self.status.outbox(state);
             }
         }
+        let state = self.writer.outbox_ack(acked).await?;
+        self.status.outbox(state);
+        if let Some((subject, reason)) = failed {
+            self.stream_ready = false;
+            return Err(FleetError::Publish { subject, reason });
+        }
+        Ok(())
     }
 
     /// The item's subject and message body (an alert in the configured
