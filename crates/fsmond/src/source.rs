@@ -13,6 +13,17 @@
 //! `unresolved`. Paths outside every watched path are dropped (counted
 //! `ignored`): marks cover whole filesystems.
 //!
+//! # What is watched
+//! Each watched path with everything under it; a component `*` matches any
+//! one name (`/home/*/.ssh`: every home's, those made later too). A path
+//! that does not exist yet is watched all the same, on the filesystem of
+//! its nearest existing directory (`/root/.ssh` before anyone made it).
+//! With a [`watch_root`](FsmondConfig::watch_root) other than `/` (a
+//! container's root filesystem, a chroot, a test's root), the watched paths
+//! are under it and events say their paths as that system sees them, with
+//! the root in [`FilesystemEvent::root`]: rules that match `/etc/cron.d/`
+//! match there too.
+//!
 //! # Losing events
 //! A full queue (16,384 records unless `unlimited_queue`) makes the kernel
 //! drop records and queue one `FAN_Q_OVERFLOW`. fsmond counts it, reports
@@ -22,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -56,8 +67,13 @@ const Q_OVERFLOW: u64 = 0x4000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FsmondConfig {
-    /// Absolute paths watched (each with everything under it).
+    /// Absolute paths watched (each with everything under it; a component
+    /// `*` matches any one name), under `watch_root`.
     pub watch: Vec<PathBuf>,
+    /// Where the watched system's `/` is (default the host's own): the
+    /// watched paths are under it, and events give their paths as that
+    /// system sees them, with this root.
+    pub watch_root: PathBuf,
     /// Hash regular files: in the baseline, and after each close-after-write,
     /// create or rename.
     pub hash: bool,
@@ -80,10 +96,12 @@ impl Default for FsmondConfig {
                 "/usr/local/bin",
                 "/usr/lib/systemd/system",
                 "/root/.ssh",
+                "/home/*/.ssh",
                 "/var/spool/cron",
             ]
             .map(PathBuf::from)
             .to_vec(),
+            watch_root: PathBuf::from("/"),
             hash: true,
             hasher: HasherConfig::default(),
             unlimited_queue: false,
@@ -109,6 +127,26 @@ impl FsmondConfig {
             return Err(bad(
                 "fsmond.watch",
                 format!("{} is not absolute", p.display()),
+            ));
+        }
+        if let Some(p) = self.watch.iter().find(|p| {
+            p.components().any(|c| {
+                let c = c.as_os_str().as_encoded_bytes();
+                c == b".." || (c.contains(&b'*') && c != b"*")
+            })
+        }) {
+            return Err(bad(
+                "fsmond.watch",
+                format!(
+                    "{}: `..` is not allowed, and `*` only as a whole component",
+                    p.display()
+                ),
+            ));
+        }
+        if !self.watch_root.is_absolute() {
+            return Err(bad(
+                "fsmond.watch_root",
+                format!("{} is not absolute", self.watch_root.display()),
             ));
         }
         self.hasher
@@ -261,7 +299,11 @@ struct Mount {
 /// The running state of [`FsmondSource::start_with`].
 struct Watcher<'a> {
     source: &'a FsmondSource,
+    /// The watched paths on this host (under the watch root, resolved),
+    /// each perhaps with `*` components.
     roots: Vec<PathBuf>,
+    /// The watch root (resolved), when it is not `/`.
+    root: Option<PathBuf>,
     mounts: Vec<Mount>,
     /// Which mount opened handles of this fsid last.
     by_fsid: HashMap<[i32; 2], usize>,
@@ -290,6 +332,7 @@ impl EventSource for FsmondSource {
         let mut w = Watcher {
             source: self,
             roots: Vec::new(),
+            root: Some(resolve(&self.config.watch_root)).filter(|r| r != Path::new("/")),
             mounts: Vec::new(),
             by_fsid: HashMap::new(),
             baseline: Baseline::default(),
@@ -306,10 +349,13 @@ impl EventSource for FsmondSource {
         let group = group
             .into_async()
             .context("registering the fanotify descriptor")?;
-        w.baseline = baseline::scan(&w.roots, self.engine.as_ref()).await;
+        w.baseline = baseline::scan(&w.scanned(), self.engine.as_ref()).await;
         self.counters.rescans.inc();
         for (path, why) in &w.baseline.unreadable {
             warn!(path = %path.display(), error = %why, "unreadable in the baseline");
+        }
+        for path in &w.baseline.missing {
+            debug!(path = %path.display(), "watched, not there yet");
         }
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -400,7 +446,7 @@ impl Watcher<'_> {
     /// one finds nothing new (at most [`RESCAN_ROUNDS`]).
     async fn rescan(&mut self, out: &EventSender) -> bool {
         for _ in 0..RESCAN_ROUNDS {
-            let fresh = baseline::scan(&self.roots, self.source.engine.as_ref()).await;
+            let fresh = baseline::scan(&self.scanned(), self.source.engine.as_ref()).await;
             self.source.counters.rescans.inc();
             let events = baseline::diff(
                 &self.baseline.files,
@@ -412,7 +458,7 @@ impl Watcher<'_> {
             if events.is_empty() {
                 break;
             }
-            for event in events {
+            for event in events.into_iter().filter_map(|e| self.rooted(e)) {
                 if out.send(CollectionEvent::Filesystem(event)).await.is_err() {
                     return false;
                 }
@@ -422,44 +468,51 @@ impl Watcher<'_> {
         true
     }
 
-    /// Marks the filesystem of every watched path (once per device),
-    /// noting the paths that cannot be.
+    /// The paths a scan walks: every watched path, its `*` components
+    /// expanded to what exists now.
+    fn scanned(&self) -> Vec<PathBuf> {
+        self.roots.iter().flat_map(|r| expand(r)).collect()
+    }
+
+    /// An event of this host's paths as the watched system sees them
+    /// (`None` for one outside the watch root).
+    fn rooted(&self, mut e: FilesystemEvent) -> Option<FilesystemEvent> {
+        let Some(root) = &self.root else {
+            return Some(e);
+        };
+        let inside = |p: &str| -> Option<String> {
+            let rest = Path::new(p).strip_prefix(root).ok()?;
+            Some(Path::new("/").join(rest).to_string_lossy().into_owned())
+        };
+        e.path = inside(&e.path)?;
+        e.old_path = e.old_path.as_deref().and_then(inside);
+        e.root = Some(root.to_string_lossy().into_owned());
+        Some(e)
+    }
+
+    /// Marks the filesystems of every watched path (once per device): that
+    /// of its nearest existing directory, and, for a path with `*`, those
+    /// of what it matches now; notes the paths that cannot be.
     fn mark(&mut self, group: &Group) {
         let mut unwatched = Vec::new();
-        for path in &self.source.config.watch {
-            let fd = match sys::open_mount(path) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    unwatched.push((path.clone(), e.desc().to_owned()));
-                    continue;
-                }
-            };
-            let dev = match nix::sys::stat::fstat(fd.as_fd()) {
-                Ok(st) => st.st_dev,
-                Err(e) => {
-                    unwatched.push((path.clone(), e.desc().to_owned()));
-                    continue;
-                }
-            };
-            if !self.mounts.iter().any(|m| m.dev == dev) {
-                let marked = group
-                    .mark_filesystem(fd.as_fd(), path, sys::BASE_MASK | sys::FAN_RENAME)
-                    .or_else(|e| match e {
-                        // Before Linux 5.17: the two halves of a rename apart.
-                        Errno::EINVAL => group.mark_filesystem(
-                            fd.as_fd(),
-                            path,
-                            sys::BASE_MASK | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
-                        ),
-                        e => Err(e),
-                    });
-                if let Err(e) = marked {
-                    unwatched.push((path.clone(), format!("fanotify_mark: {}", e.desc())));
-                    continue;
-                }
-                self.mounts.push(Mount { dev, fd });
+        let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        for path in &self.source.config.watch.clone() {
+            let real = resolve(&base.join(path.strip_prefix("/").unwrap_or(path)));
+            let mut on: Vec<PathBuf> = vec![existing(&fixed_prefix(&real))];
+            if real != fixed_prefix(&real) {
+                on.extend(expand(&real));
             }
-            self.roots.push(path.clone());
+            let mut failed = None;
+            for dir in &on {
+                if let Err(why) = self.mark_one(group, dir) {
+                    failed = Some(why);
+                    break;
+                }
+            }
+            match failed {
+                Some(why) => unwatched.push((real, why)),
+                None => self.roots.push(real),
+            }
         }
         for (path, why) in &unwatched {
             warn!(path = %path.display(), reason = %why, "not watched");
@@ -467,6 +520,31 @@ impl Watcher<'_> {
         if let Ok(mut u) = self.source.status.unwatched.lock() {
             *u = unwatched;
         }
+    }
+
+    /// Marks the filesystem `dir` is on, unless one of its device's is.
+    fn mark_one(&mut self, group: &Group, dir: &Path) -> Result<(), String> {
+        let fd = sys::open_mount(dir).map_err(|e| e.desc().to_owned())?;
+        let dev = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| e.desc().to_owned())?
+            .st_dev;
+        if self.mounts.iter().any(|m| m.dev == dev) {
+            return Ok(());
+        }
+        group
+            .mark_filesystem(fd.as_fd(), dir, sys::BASE_MASK | sys::FAN_RENAME)
+            .or_else(|e| match e {
+                // Before Linux 5.17: the two halves of a rename apart.
+                Errno::EINVAL => group.mark_filesystem(
+                    fd.as_fd(),
+                    dir,
+                    sys::BASE_MASK | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
+                ),
+                e => Err(e),
+            })
+            .map_err(|e| format!("fanotify_mark: {}", e.desc()))?;
+        self.mounts.push(Mount { dev, fd });
+        Ok(())
     }
 
     /// The path a directory handle and name stand for.
@@ -497,7 +575,7 @@ impl Watcher<'_> {
     }
 
     fn watched(&self, path: &Path) -> bool {
-        self.roots.iter().any(|r| path.starts_with(r))
+        self.roots.iter().any(|r| under(r, path))
     }
 
     fn key(&self, pid: u32) -> Option<ProcessKey> {
@@ -559,6 +637,7 @@ impl Watcher<'_> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let mut e = FilesystemEvent::new(path.to_string_lossy(), op.clone(), now);
+            e.previous_permissions = before.as_ref().map(|b| b.permissions);
             e.pid = pid;
             e.process_key = process_key;
             if op == FileOperation::Rename {
@@ -583,10 +662,78 @@ impl Watcher<'_> {
             if e.file_hash.is_some() || e.previous_hash.is_some() {
                 e.hash_algorithm = self.algorithm;
             }
-            out.push(e);
+            out.extend(self.rooted(e));
         }
         out
     }
+}
+
+/// Whether `path` is `pattern` or under it, a `*` component of `pattern`
+/// matching any one name.
+pub fn under(pattern: &Path, path: &Path) -> bool {
+    let mut names = path.components();
+    pattern.components().all(|c| match names.next() {
+        Some(n) => c == n || (c.as_os_str() == "*" && matches!(n, Component::Normal(_))),
+        None => false,
+    })
+}
+
+/// `pattern` up to its first `*` component.
+fn fixed_prefix(pattern: &Path) -> PathBuf {
+    pattern
+        .components()
+        .take_while(|c| c.as_os_str() != "*")
+        .collect()
+}
+
+/// The existing paths `pattern` matches now (itself, without `*`; a path
+/// that does not exist is kept: a scan says it is missing).
+fn expand(pattern: &Path) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    for c in pattern.components() {
+        if c.as_os_str() == "*" {
+            found = found
+                .iter()
+                .filter_map(|dir| std::fs::read_dir(dir).ok())
+                .flatten()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+        } else {
+            for f in &mut found {
+                f.push(c);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The nearest existing directory of `path` (itself when it is one).
+fn existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+/// `path` with the symlinks of its existing part resolved (events name
+/// paths so, from the kernel's view of each directory): `/lib/systemd`
+/// on a merged-/usr host is `/usr/lib/systemd`.
+fn resolve(path: &Path) -> PathBuf {
+    let fixed = fixed_prefix(path);
+    for dir in fixed.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            let rest = path.strip_prefix(dir).unwrap_or(Path::new(""));
+            return if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            };
+        }
+    }
+    path.to_path_buf()
 }
 
 /// The operations of a mask, in the order they happen.
@@ -610,6 +757,8 @@ pub fn operations(mask: u64) -> Vec<FileOperation> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -640,5 +789,36 @@ mod tests {
         c.watch.clear();
         assert!(c.validate().is_err());
         assert!(FsmondConfig::default().validate().is_ok());
+        for bad in ["/home/u*/.ssh", "/etc/../root"] {
+            c.watch = vec![PathBuf::from(bad)];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.watch = vec![PathBuf::from("/etc")];
+        c.watch_root = PathBuf::from("chroot");
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_star_matches_any_one_name_and_expands_to_what_exists() {
+        let p = Path::new("/home/*/.ssh");
+        assert!(under(p, Path::new("/home/ann/.ssh")));
+        assert!(under(p, Path::new("/home/ann/.ssh/authorized_keys")));
+        assert!(!under(p, Path::new("/home/ann/.sshx")));
+        assert!(!under(p, Path::new("/home/ann")));
+        assert!(!under(p, Path::new("/root/.ssh")));
+        assert!(under(Path::new("/etc"), Path::new("/etc/cron.d/x")));
+        assert!(!under(Path::new("/etc"), Path::new("/etcetera")));
+        let dir = tempfile::tempdir().unwrap();
+        for home in ["ann", "bob"] {
+            std::fs::create_dir_all(dir.path().join(home).join(".ssh")).unwrap();
+        }
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let pattern = dir.path().join("*/.ssh");
+        assert_eq!(
+            expand(&pattern),
+            [dir.path().join("ann/.ssh"), dir.path().join("bob/.ssh")]
+        );
+        assert_eq!(fixed_prefix(&pattern), dir.path());
+        assert_eq!(existing(&dir.path().join("none/of/this")), dir.path());
     }
 }
