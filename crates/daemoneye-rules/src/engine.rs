@@ -253,6 +253,28 @@ fn schema() -> String {
     )
 }
 
+/// Every table a rule can read, with its columns (names, types, meanings
+/// from the one vocabulary), in the order `daemoneye-cli rules columns`
+/// lists them: `processes` (in [`COLUMNS`]' order), the tables of the
+/// other domains' batches, then the history.
+pub fn tables() -> Vec<(
+    &'static str,
+    Vec<&'static collector_core::vocabulary::Column>,
+)> {
+    use collector_core::vocabulary::{ANCESTRY, EXEC_LINEAGE, LIFECYCLE};
+    let processes = COLUMNS.iter().filter_map(|n| process_column(n)).collect();
+    let all = |list: &'static [collector_core::vocabulary::Column]| list.iter().collect();
+    vec![
+        ("processes", processes),
+        ("performance", all(PERFORMANCE)),
+        ("connections", all(NETWORK)),
+        ("file_events", all(FILE)),
+        ("ancestry", all(ANCESTRY)),
+        ("exec_lineage", all(EXEC_LINEAGE)),
+        ("lifecycle_events", all(LIFECYCLE)),
+    ]
+}
+
 /// What a batch loads beside its processes: the samples, connections or
 /// file events its rules are about.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1423,7 +1445,9 @@ mod tests {
             ..ProcessRow::default()
         };
         let files = [event("/usr/bin/sh", 0o4755), event("/usr/bin/sh", 0o755)];
-        let found = engine.evaluate_files(&files, std::slice::from_ref(&chmod)).unwrap();
+        let found = engine
+            .evaluate_files(&files, std::slice::from_ref(&chmod))
+            .unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(
             (found[0].pid, found[0].process_key.clone()),
@@ -1431,6 +1455,19 @@ mod tests {
         );
         // Not a process rule: a batch of processes does not run it.
         assert!(engine.evaluate(&[chmod]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_table_listed_is_the_engines_with_those_columns() {
+        let conn = open_schema().unwrap();
+        for (table, columns) in tables() {
+            let got = daemoneye_store::table_columns(&conn, table).unwrap();
+            let want: Vec<(String, String)> = columns
+                .iter()
+                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+                .collect();
+            assert_eq!(got, want, "{table}");
+        }
     }
 
     #[test]
