@@ -48,7 +48,7 @@ use collector_core::{
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::baseline::{self, Baseline, FileState};
 use crate::record::{parse_records, FidKind, Record};
@@ -327,8 +327,15 @@ impl EventSource for FsmondSource {
     }
 
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        let group = Group::new(self.config.unlimited_queue)
-            .context("fanotify_init with FAN_REPORT_DFID_NAME (needs CAP_SYS_ADMIN, Linux 5.9)")?;
+        let group = match Group::new(self.config.unlimited_queue) {
+            Ok(group) => group,
+            Err(e) => {
+                let why = format!(
+                    "fanotify_init with FAN_REPORT_DFID_NAME: {e} (needs CAP_SYS_ADMIN and Linux 5.9)"
+                );
+                return self.unavailable(&ctx, why).await;
+            }
+        };
         let mut w = Watcher {
             source: self,
             roots: Vec::new(),
@@ -344,7 +351,9 @@ impl EventSource for FsmondSource {
         };
         w.mark(&group);
         if w.roots.is_empty() {
-            anyhow::bail!("no watched path could be marked: {:?}", self.unwatched());
+            error!("no watched path could be marked: fsmond sees nothing until restarted");
+            ctx.shutdown().cancelled().await;
+            return Ok(());
         }
         let group = group
             .into_async()
@@ -427,12 +436,40 @@ impl EventSource for FsmondSource {
         }
         let unwatched = self.unwatched();
         if !unwatched.is_empty() {
-            let list: Vec<String> = unwatched
+            // By reason: without fanotify, every path has the same.
+            let mut by_reason: Vec<(&str, Vec<String>)> = Vec::new();
+            for (path, why) in &unwatched {
+                let path = path.display().to_string();
+                match by_reason.iter_mut().find(|(w, _)| w == why) {
+                    Some((_, paths)) => paths.push(path),
+                    None => by_reason.push((why, vec![path])),
+                }
+            }
+            let parts: Vec<String> = by_reason
                 .iter()
-                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .map(|(why, paths)| format!("{} ({why})", paths.join(", ")))
                 .collect();
-            anyhow::bail!("unwatched: {}", list.join(", "));
+            anyhow::bail!("unwatched: {}", parts.join("; "));
         }
+        Ok(())
+    }
+}
+
+impl FsmondSource {
+    /// Without fanotify: every watched path unwatched, for `why` (health
+    /// says so), until shutdown. Not an error that ends the collector: its
+    /// supervisor would start it again and again to the same end.
+    async fn unavailable(&self, ctx: &SourceContext, why: String) -> anyhow::Result<()> {
+        error!(reason = %why, "fanotify unavailable: nothing is watched");
+        if let Ok(mut u) = self.status.unwatched.lock() {
+            *u = self
+                .config
+                .watch
+                .iter()
+                .map(|p| (p.clone(), why.clone()))
+                .collect();
+        }
+        ctx.shutdown().cancelled().await;
         Ok(())
     }
 }
@@ -524,9 +561,9 @@ impl Watcher<'_> {
 
     /// Marks the filesystem `dir` is on, unless one of its device's is.
     fn mark_one(&mut self, group: &Group, dir: &Path) -> Result<(), String> {
-        let fd = sys::open_mount(dir).map_err(|e| e.desc().to_owned())?;
+        let fd = sys::open_mount(dir).map_err(|e| format!("open: {e}"))?;
         let dev = nix::sys::stat::fstat(fd.as_fd())
-            .map_err(|e| e.desc().to_owned())?
+            .map_err(|e| format!("fstat: {e}"))?
             .st_dev;
         if self.mounts.iter().any(|m| m.dev == dev) {
             return Ok(());
@@ -542,7 +579,7 @@ impl Watcher<'_> {
                 ),
                 e => Err(e),
             })
-            .map_err(|e| format!("fanotify_mark: {}", e.desc()))?;
+            .map_err(|e| format!("fanotify_mark: {e}"))?;
         self.mounts.push(Mount { dev, fd });
         Ok(())
     }
