@@ -428,9 +428,10 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // (see privsep.rs); its collector uses only three capabilities
     // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs, having
     // dropped the two it loads the eBPF tier with (BPF, PERFMON) once loaded
-    // (its bounding set is the spawner's: lowering it would take
-    // CAP_SETPCAP, and no_new_privs keeps any exec within the permitted set).
-    let load_ebpf = "000000c000081004";
+    // (its bounding set is the spawner's, what every collector of its list
+    // takes, fsmond's SYS_ADMIN too: lowering it would take CAP_SETPCAP,
+    // and no_new_privs keeps any exec within the permitted set).
+    let load_ebpf = "000000c000281004";
     let none = "0000000000000000";
     for (pid, effective, permitted, bounding) in [
         (agent.child.id(), none, none, none),
