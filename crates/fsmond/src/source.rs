@@ -63,6 +63,17 @@ const RESCAN_ROUNDS: usize = 4;
 /// `FAN_Q_OVERFLOW`.
 const Q_OVERFLOW: u64 = 0x4000;
 
+/// The most directory paths kept (see `Watcher::dirs`): some 200 bytes each.
+const DIR_CACHE_CAPACITY: usize = 8192;
+
+/// What a directory's record may change the paths under it by.
+const MOVES: u64 = sys::FAN_RENAME
+    | libc::FAN_MOVED_FROM
+    | libc::FAN_MOVED_TO
+    | libc::FAN_DELETE
+    | libc::FAN_DELETE_SELF
+    | libc::FAN_MOVE_SELF;
+
 /// fsmond's settings (`[fsmond]` in its config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -307,6 +318,15 @@ struct Watcher<'a> {
     mounts: Vec<Mount>,
     /// Which mount opened handles of this fsid last.
     by_fsid: HashMap<[i32; 2], usize>,
+    /// Directory handle (fsid, type and bytes) -> its path: a record in a
+    /// directory named before costs no system call (most records, on a
+    /// marked filesystem, come from a few busy directories, and most are
+    /// outside the watched paths). Cleared whenever a directory is
+    /// renamed or deleted (its path, and those under it, may have changed)
+    /// and when full.
+    dirs: HashMap<Vec<u8>, PathBuf>,
+    /// The key being looked up in `dirs` (one buffer for every record).
+    dir_key: Vec<u8>,
     baseline: Baseline,
     algorithm: Option<HashAlgorithm>,
     boot: Option<BootId>,
@@ -342,6 +362,8 @@ impl EventSource for FsmondSource {
             root: Some(resolve(&self.config.watch_root)).filter(|r| r != Path::new("/")),
             mounts: Vec::new(),
             by_fsid: HashMap::new(),
+            dirs: HashMap::new(),
+            dir_key: Vec::new(),
             baseline: Baseline::default(),
             algorithm: self
                 .engine
@@ -392,25 +414,9 @@ impl EventSource for FsmondSource {
                         continue;
                     }
                 };
-                for record in &records {
-                    self.counters.records.inc();
-                    if record.mask & Q_OVERFLOW != 0 {
-                        self.counters.overflows.inc();
-                        self.status.rescanning.store(true, Ordering::SeqCst);
-                        overflowed = true;
-                        continue;
-                    }
-                    for event in w.events(record).await {
-                        if ctx
-                            .out()
-                            .send(CollectionEvent::Filesystem(event))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                        self.counters.events.inc();
-                    }
+                match w.deliver(&records, ctx.out()).await {
+                    Some(lost) => overflowed |= lost,
+                    None => return Ok(()),
                 }
                 if ctx.shutdown().is_cancelled() {
                     return Ok(());
@@ -475,6 +481,33 @@ impl FsmondSource {
 }
 
 impl Watcher<'_> {
+    /// Sends the events of `records`; whether the kernel lost some
+    /// (`FAN_Q_OVERFLOW`), or `None` once nobody receives.
+    async fn deliver(&mut self, records: &[Record<'_>], out: &EventSender) -> Option<bool> {
+        let counters = &self.source.counters;
+        let mut overflowed = false;
+        for record in records {
+            counters.records.inc();
+            if record.mask & Q_OVERFLOW != 0 {
+                counters.overflows.inc();
+                self.source.status.rescanning.store(true, Ordering::SeqCst);
+                overflowed = true;
+                continue;
+            }
+            let events = self.events(record).await;
+            // A directory moved or gone: the paths kept may be stale (after
+            // this record, whose own handles are its parents').
+            if record.mask & libc::FAN_ONDIR != 0 && record.mask & MOVES != 0 {
+                self.dirs.clear();
+            }
+            for event in events {
+                out.send(CollectionEvent::Filesystem(event)).await.ok()?;
+                counters.events.inc();
+            }
+        }
+        Some(overflowed)
+    }
+
     /// Rescans the watched paths and sends what changed since the
     /// baseline; `false` once nobody receives.
     ///
@@ -586,6 +619,31 @@ impl Watcher<'_> {
 
     /// The path a directory handle and name stand for.
     fn resolve(&mut self, fid: &crate::record::Fid<'_>) -> Option<PathBuf> {
+        let name = |dir: &Path| match fid.name {
+            None | Some(b".") => dir.to_path_buf(),
+            Some(name) => {
+                dir.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name))
+            }
+        };
+        self.dir_key.clear();
+        for w in fid.fsid.iter().chain([&fid.handle_type]) {
+            self.dir_key.extend_from_slice(&w.to_ne_bytes());
+        }
+        self.dir_key.extend_from_slice(fid.handle);
+        if let Some(dir) = self.dirs.get(self.dir_key.as_slice()) {
+            return Some(name(dir));
+        }
+        let dir = self.open_dir(fid)?;
+        if self.dirs.len() >= DIR_CACHE_CAPACITY {
+            self.dirs.clear();
+        }
+        self.dirs.insert(self.dir_key.clone(), dir.clone());
+        Some(name(&dir))
+    }
+
+    /// The path of the directory a handle names now (`open_by_handle_at`
+    /// on the filesystems marked, then its `/proc/self/fd` link).
+    fn open_dir(&mut self, fid: &crate::record::Fid<'_>) -> Option<PathBuf> {
         let order: Vec<usize> = match self.by_fsid.get(&fid.fsid) {
             Some(&i) => std::iter::once(i)
                 .chain((0..self.mounts.len()).filter(|&j| j != i))
@@ -596,13 +654,7 @@ impl Watcher<'_> {
             match sys::open_by_handle(self.mounts[i].fd.as_fd(), fid.handle_type, fid.handle) {
                 Ok(dir) => {
                     self.by_fsid.insert(fid.fsid, i);
-                    let dir = sys::fd_path(dir.as_fd())?;
-                    return Some(match fid.name {
-                        None | Some(b".") => dir,
-                        Some(name) => dir.join(
-                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
-                        ),
-                    });
+                    return sys::fd_path(dir.as_fd());
                 }
                 Err(Errno::ESTALE) if self.mounts.len() == 1 => return None,
                 Err(e) => debug!(error = %e, "open_by_handle_at"),

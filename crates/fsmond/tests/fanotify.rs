@@ -165,6 +165,21 @@ async fn every_operation_on(base: &str) {
     let e = next(&mut s.rx, &sub, FileOperation::Create, None).await;
     assert_eq!(e.file_type, Some(FileType::Directory));
 
+    // A directory named once, then renamed: what is written in it after
+    // has the new path (the paths kept of directories are let go).
+    std::fs::write(sub.join("a"), b"1").unwrap();
+    next(&mut s.rx, sub.join("a"), FileOperation::CloseWrite, None).await;
+    let renamed = d.join("cron.daily");
+    std::fs::rename(&sub, &renamed).unwrap();
+    std::fs::write(renamed.join("b"), b"2").unwrap();
+    next(
+        &mut s.rx,
+        renamed.join("b"),
+        FileOperation::CloseWrite,
+        None,
+    )
+    .await;
+
     s.stop.cancel();
     s.task.await.unwrap().unwrap();
     assert_eq!(s.counters.parse_errors.get(), 0);
