@@ -86,6 +86,7 @@ mod capture;
 mod db;
 mod detect;
 mod enumerate;
+mod fs;
 mod hash;
 mod idle;
 mod ipc;
@@ -153,6 +154,9 @@ benches! {
     /// A perfmond sample vs `top -b -n 1`, with extra sleeping processes;
     /// perfmond idle (needs target/release/perfmond).
     Perf: perf,
+    /// As root: fsmond's capture of a write storm, an untar's slowdown under
+    /// it, and fsmond idle (needs target/release/fsmond).
+    Fs: fs,
 }
 
 fn main() -> ExitCode {
