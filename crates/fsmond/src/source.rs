@@ -95,6 +95,11 @@ pub struct FsmondConfig {
     pub unlimited_queue: bool,
     /// Where procfs is mounted (process keys).
     pub proc_root: PathBuf,
+    /// After the first record of a quiet spell, how long to let more come
+    /// before reading them all (milliseconds; 0: read at once): one wake-up
+    /// for many records on a busy filesystem, at the price of that much
+    /// latency.
+    pub batch_window_ms: u64,
 }
 
 impl Default for FsmondConfig {
@@ -117,6 +122,7 @@ impl Default for FsmondConfig {
             hasher: HasherConfig::default(),
             unlimited_queue: false,
             proc_root: PathBuf::from("/proc"),
+            batch_window_ms: 10,
         }
     }
 }
@@ -389,12 +395,20 @@ impl EventSource for FsmondSource {
             debug!(path = %path.display(), "watched, not there yet");
         }
         let mut buf = vec![0u8; 256 * 1024];
+        let window = std::time::Duration::from_millis(self.config.batch_window_ms);
         loop {
             let mut ready = tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => return Ok(()),
                 r = group.readable() => r.context("waiting on the fanotify descriptor")?,
             };
+            if !window.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = ctx.shutdown().cancelled() => return Ok(()),
+                    () = tokio::time::sleep(window) => {}
+                }
+            }
             let mut overflowed = false;
             // Drain what is queued now, then rescan if anything was lost.
             loop {
