@@ -9,7 +9,9 @@
 //! - `fs.workload_slowdown_percent`: an untar of a tree of `--tree-files`
 //!   small files under a watched path, with the release `fsmond run`
 //!   (beside this binary) watching it against without, alternated
-//!   `--reps` times in one run (medians).
+//!   `--reps` times in one run (medians). On a disk the untar's time
+//!   follows the write-back more than anything (each run starts after a
+//!   `sync`); `--dir /dev/shm` (tmpfs) measures the CPU alone.
 //! - `fs.idle.*`: the release `fsmond run` on its default watch list (the
 //!   host's persistence paths) for `--idle-secs`, after its baseline.
 
@@ -238,12 +240,14 @@ fn workload(o: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Empties `into`, untars `tar` there (and syncs nothing: the page cache is
-/// the workload's); milliseconds.
+/// Empties `into` and writes back what that left dirty (so that the last
+/// run's deletes are not in this one's time), then untars `tar` there;
+/// milliseconds.
 fn untar(tar: &Path, into: &Path) -> anyhow::Result<f64> {
     for entry in std::fs::read_dir(into)? {
         std::fs::remove_dir_all(entry?.path())?;
     }
+    nix::unistd::sync();
     let start = Instant::now();
     let status = Command::new("tar")
         .arg("-xf")
