@@ -216,15 +216,8 @@ static PERFORMANCE_INSERT: LazyLock<String> =
 static CONNECTIONS_INSERT: LazyLock<String> = LazyLock::new(|| net_rows::insert_sql("connections"));
 /// The insert of one file event: the store's columns, then the derived
 /// ones ([`FILE`]'s order).
-static FILES_INSERT: LazyLock<String> = LazyLock::new(|| {
-    let names: Vec<_> = FILE.iter().map(|c| c.name).collect();
-    let marks: Vec<_> = (1..=FILE.len()).map(|i| format!("?{i}")).collect();
-    format!(
-        "INSERT INTO file_events ({}) VALUES ({})",
-        names.join(", "),
-        marks.join(", ")
-    )
-});
+static FILES_INSERT: LazyLock<String> =
+    LazyLock::new(|| daemoneye_store::files::insert_every_column_sql("file_events"));
 
 fn schema() -> String {
     let columns: Vec<String> = COLUMNS
@@ -876,14 +869,11 @@ impl RuleEngine {
         samples: &[PerformanceRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(
-            processes,
-            Beside {
-                samples,
-                ..Beside::default()
-            },
-        )?;
-        Ok(self.run(RuleKind::Performance, samples.len().max(processes.len())))
+        let beside = Beside {
+            samples,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::Performance, processes, beside, samples.len())
     }
 
     /// Runs every network rule over `connections`, with `processes` (the
@@ -897,14 +887,11 @@ impl RuleEngine {
         connections: &[ConnectionRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(
-            processes,
-            Beside {
-                connections,
-                ..Beside::default()
-            },
-        )?;
-        Ok(self.run(RuleKind::Network, connections.len().max(processes.len())))
+        let beside = Beside {
+            connections,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::Network, processes, beside, connections.len())
     }
 
     /// Runs every file rule over `files`, with `processes` (the processes
@@ -918,14 +905,24 @@ impl RuleEngine {
         files: &[FileEventRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(
-            processes,
-            Beside {
-                files,
-                ..Beside::default()
-            },
-        )?;
-        Ok(self.run(RuleKind::File, files.len().max(processes.len())))
+        let beside = Beside {
+            files,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::File, processes, beside, files.len())
+    }
+
+    /// Runs the rules of `kind` over a batch of `n` rows `beside` its
+    /// `processes`.
+    fn evaluate_beside(
+        &mut self,
+        kind: RuleKind,
+        processes: &[ProcessRow],
+        beside: Beside<'_>,
+        n: usize,
+    ) -> Result<Vec<Match>, EngineError> {
+        self.load(processes, beside)?;
+        Ok(self.run(kind, n.max(processes.len())))
     }
 
     /// Whether any rule in force reads `performance`.

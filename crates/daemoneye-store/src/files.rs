@@ -123,6 +123,13 @@ pub fn insert_sql(table: &str) -> String {
     crate::timed::insert_columns_sql(table, STORED_COLUMNS)
 }
 
+/// `INSERT INTO <table> (<every file column, the derived ones after the
+/// stored>) VALUES (?1, ...)`: the rules' table, whose rows are a
+/// [`FileEventRow`]'s values and the derived ones.
+pub fn insert_every_column_sql(table: &str) -> String {
+    crate::timed::insert_columns_sql(table, FILE)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -211,30 +218,13 @@ mod tests {
 
     #[test]
     fn the_store_retention_prunes_file_events_below_its_cut() {
-        use crate::ledger::{CheckpointEntry, Lost};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let long = Duration::from_secs(1 << 30);
         store
             .write_file_events(&[cron_written(1_000), cron_written(3_000)], long)
             .unwrap();
-        for t in [1_500, 2_000] {
-            let time = to_nanos(at(t));
-            store
-                .append_entry("checkpoint", |_| CheckpointEntry {
-                    time,
-                    lost: Lost::default(),
-                })
-                .unwrap();
-        }
-        let retention = crate::Retention {
-            max_age: Some(Duration::from_secs(3_600)),
-            max_bytes: None,
-        };
-        let entry = store
-            .prune(&retention, to_nanos(at(2_000 + 3_600)))
-            .unwrap()
-            .unwrap();
+        let entry = crate::performance::tests::pruned_at_an_hour_past_2000(&mut store);
         assert_eq!(entry.file_events, 1, "{entry:?}");
     }
 

@@ -160,6 +160,11 @@ fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
     (url, rx)
 }
 
+/// The agent's health counter `key`, 0 until it has one.
+pub(crate) fn agent_counter(data: &Path, key: &str) -> u64 {
+    agent_health(data).counters.get(key).copied().unwrap_or(0)
+}
+
 /// The agent's health report, asked over its socket.
 pub(crate) fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
     let rt = tokio::runtime::Builder::new_current_thread()

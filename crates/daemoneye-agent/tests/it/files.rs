@@ -17,19 +17,10 @@ use daemoneye_agent::store::AgentStore;
 use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use serde_json::Value;
 
-use crate::children_with;
+use crate::e2e::agent_counter as counter;
 use crate::performance::{capabilities, Running};
 use crate::privsep::wait_for;
 use crate::Killed;
-
-/// The agent's health counter `key`, 0 until it has one.
-fn counter(data: &std::path::Path, key: &str) -> u64 {
-    crate::e2e::agent_health(data)
-        .counters
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-}
 
 /// The process an alert names: (pid, name).
 fn who(alert: &Value) -> (u64, String) {
@@ -67,12 +58,8 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
             && counter(data.path(), "collector.procmond.batches_received") > 0)
             .then_some(())
     });
-    let agent_pid = running.agent.0.id();
-    let parent = children_with(agent_pid, "spawner")
-        .first()
-        .copied()
-        .unwrap_or(agent_pid);
-    let fsmond: Vec<u32> = children_with(parent, "collect-files")
+    let fsmond: Vec<u32> = running
+        .collectors_with("collect-files")
         .into_iter()
         .filter(|&pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
