@@ -18,12 +18,13 @@ use std::process::{Command, ExitCode};
 const TASKS: &str = "tasks: ci | lint | test | bench | size | ebpf [--check]";
 
 /// The binaries users install, and the most each may weigh in release.
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "daemoneye-agent",
     "daemoneye-cli",
     "procmond",
     "perfmond",
     "netmond",
+    "fsmond",
 ];
 const MAX_BINARY_BYTES: u64 = 15_000_000;
 

@@ -88,6 +88,7 @@ mod db;
 mod detect;
 mod enumerate;
 mod fleet;
+mod fs;
 mod hash;
 mod idle;
 mod ipc;
@@ -158,6 +159,9 @@ benches! {
     /// Alerts acknowledged by NATS JetStream through the agent's outbox vs
     /// a bare client; the outbox drained after an outage (needs nats-server).
     Fleet: fleet,
+    /// As root: fsmond's capture of a write storm, an untar's slowdown under
+    /// it, and fsmond idle (needs target/release/fsmond).
+    Fs: fs,
 }
 
 fn main() -> ExitCode {

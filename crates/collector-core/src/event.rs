@@ -884,6 +884,23 @@ pub enum FileOperation {
     Attrib,
 }
 
+impl FileOperation {
+    /// The lowercase name, as in JSON, in topics and in the store's
+    /// `operation` column.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Open => "open",
+            Self::Access => "access",
+            Self::Modify => "modify",
+            Self::CloseWrite => "close_write",
+            Self::Delete => "delete",
+            Self::Rename => "rename",
+            Self::Attrib => "attrib",
+        }
+    }
+}
+
 names! {
     /// What kind of file a [`FilesystemEvent`] is about (`st_mode & S_IFMT`).
     FileType {
@@ -907,8 +924,16 @@ names! {
 /// An operation on a file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilesystemEvent {
-    /// The file's path (after a [`Rename`](FileOperation::Rename), the new one).
+    /// The file's path (after a [`Rename`](FileOperation::Rename), the new
+    /// one), as the system it belongs to sees it: under [`root`](Self::root)
+    /// when that is set.
     pub path: String,
+    /// Where on this host the root directory of the system `path` belongs
+    /// to is, when that is not the host's own `/` (a container's root
+    /// filesystem, a chroot, a test's root): `path` and `old_path` are then
+    /// under it. `None`: the host's `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     /// The path it had before a [`Rename`](FileOperation::Rename), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_path: Option<String>,
@@ -926,6 +951,10 @@ pub struct FilesystemEvent {
     pub size: Option<u64>,
     /// Mode bits (`st_mode & 0o7777`), when known.
     pub permissions: Option<u32>,
+    /// The mode bits before the operation (from the collector's baseline),
+    /// when known: a mode change says what it changed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_permissions: Option<u32>,
     /// The owning user id, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -955,6 +984,7 @@ impl FilesystemEvent {
     pub fn new(path: impl Into<String>, operation: FileOperation, timestamp: SystemTime) -> Self {
         Self {
             path: path.into(),
+            root: None,
             old_path: None,
             operation,
             file_type: None,
@@ -962,6 +992,7 @@ impl FilesystemEvent {
             process_key: None,
             size: None,
             permissions: None,
+            previous_permissions: None,
             uid: None,
             gid: None,
             file_hash: None,
@@ -980,6 +1011,16 @@ impl FilesystemEvent {
         }
         if self.permissions.is_some_and(|p| p > 0o7777) {
             return Err(invalid(K, "permissions", "has bits beyond 0o7777"));
+        }
+        if self.previous_permissions.is_some_and(|p| p > 0o7777) {
+            return Err(invalid(K, "previous_permissions", "has bits beyond 0o7777"));
+        }
+        if self
+            .root
+            .as_deref()
+            .is_some_and(|r| !r.starts_with('/') || r == "/")
+        {
+            return Err(invalid(K, "root", "is not an absolute path other than /"));
         }
         if self.old_path.as_deref().is_some_and(str::is_empty) {
             return Err(invalid(K, "old_path", "is empty"));

@@ -1,7 +1,8 @@
-//! The one SQL vocabulary over processes, performance samples and network
-//! connections: the names and types of the columns a process
-//! ([`PROCESS`]), a performance sample ([`PERFORMANCE`]) and a connection
-//! ([`NETWORK`]) have wherever SQL sees one.
+//! The one SQL vocabulary over processes, performance samples, network
+//! connections and file events: the names and types of the columns a
+//! process ([`PROCESS`]), a performance sample ([`PERFORMANCE`]), a
+//! connection ([`NETWORK`]) and a file event ([`FILE`]) have wherever SQL
+//! sees one.
 //!
 //! The store's process tables (`processes`, `process_events`,
 //! `process_snapshots`), the agent's detection rules (the `processes` table
@@ -334,6 +335,95 @@ pub fn network_column(name: &str) -> Option<&'static Column> {
     NETWORK.iter().find(|c| c.name.eq_ignore_ascii_case(name))
 }
 
+/// The columns of a file event ([`FilesystemEvent`](crate::FilesystemEvent)),
+/// in the order they are documented: the store's `file_events` table has
+/// the stored ones, the rules' `file_events` table every one (the derived
+/// ones last). One operation is one row: a write by one process is
+/// usually `create`, `modify` and `close_write` rows of one path.
+pub const FILE: &[Column] = {
+    use SqlType::{Boolean, Integer, Text};
+    &[
+        stored(
+            "observed_at",
+            Integer,
+            "when it was observed, unix nanoseconds",
+        ),
+        stored(
+            "operation",
+            Text,
+            "what was done: `create`, `modify`, `close_write`, `attrib`, `rename`, `delete`",
+        ),
+        stored(
+            "path",
+            Text,
+            "the file's path (after a rename, the new one), as the system it belongs to sees it (under `root` when that is set)",
+        ),
+        stored("old_path", Text, "for a rename: the path it had before"),
+        stored(
+            "root",
+            Text,
+            "where that system's `/` is on this host when it is not the host's own (a container's root filesystem, a chroot, a test root); NULL for the host",
+        ),
+        stored(
+            "file_type",
+            Text,
+            "`regular`, `directory`, `symlink`, `fifo`, `socket`, `char_device`, `block_device`",
+        ),
+        stored("size", Integer, "size in bytes after the operation"),
+        stored(
+            "mode",
+            Integer,
+            "mode bits after the operation (`st_mode & 0o7777`: setuid 2048, setgid 1024)",
+        ),
+        stored(
+            "previous_mode",
+            Integer,
+            "mode bits before the operation, when the collector knew the file",
+        ),
+        stored("owner_uid", Integer, "the file's owner"),
+        stored("owner_gid", Integer, "the file's group"),
+        stored(
+            "hash",
+            Text,
+            "lowercase hex digest of the content after the operation (regular files)",
+        ),
+        stored(
+            "previous_hash",
+            Text,
+            "lowercase hex digest of the content before it, when the collector knew the file",
+        ),
+        stored(
+            "hash_algorithm",
+            Text,
+            "the digests' algorithm (`sha256`, `blake3`)",
+        ),
+        stored(
+            "pid",
+            Integer,
+            "the process that did it, when known (none for a change a rescan found)",
+        ),
+        stored(
+            "process_key",
+            Text,
+            "that process's `boot_id:pid:start_ticks`, to join to the process tables",
+        ),
+        stored(
+            "event_id",
+            Text,
+            "the id the collector runtime gave the event (`run-seq`)",
+        ),
+        derived("file_name", Text, "the last component of `path`"),
+        derived("dir", Text, "the directory of `path`"),
+        derived("setuid", Boolean, "`mode` has the setuid bit"),
+        derived("setgid", Boolean, "`mode` has the setgid bit"),
+    ]
+};
+
+/// The file-event column named `name` (ASCII case-insensitive).
+pub fn file_column(name: &str) -> Option<&'static Column> {
+    FILE.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
 /// The columns of the rules' `ancestry` view: each process's parent chain
 /// up to the init process, one row per ancestor, parents that have exited
 /// included (kept from the lifecycle events, bounded: see
@@ -418,6 +508,7 @@ mod tests {
             PROCESS,
             PERFORMANCE,
             NETWORK,
+            FILE,
             ANCESTRY,
             EXEC_LINEAGE,
             LIFECYCLE,
@@ -431,6 +522,10 @@ mod tests {
         assert_eq!(process_column("EXE").map(|c| c.ty), Some(SqlType::Text));
         assert_eq!(process_column("executable_path"), None);
         assert_eq!(network_column("FD").map(|c| c.ty), Some(SqlType::Integer));
+        assert_eq!(file_column("Mode").map(|c| c.ty), Some(SqlType::Integer));
+        // The derived columns come last: the store's table is a prefix.
+        let first_derived = FILE.iter().position(|c| c.derived).unwrap_or(FILE.len());
+        assert!(FILE[first_derived..].iter().all(|c| c.derived));
     }
 
     fn unique_lowercase(list: &[Column]) {

@@ -297,6 +297,7 @@ impl Pipeline {
             Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
             Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
             Some(LinkEvent::Network(connections)) => self.writer.connections(connections).await,
+            Some(LinkEvent::Files(files)) => self.writer.file_events(files).await,
             Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {
@@ -336,7 +337,8 @@ impl Pipeline {
                 Some(
                     event @ (LinkEvent::Events(_)
                     | LinkEvent::Performance(_)
-                    | LinkEvent::Network(_)),
+                    | LinkEvent::Network(_)
+                    | LinkEvent::Files(_)),
                 ) => {
                     let judged = self.judge(&event);
                     self.settle(judged, Some(event), false).await;
@@ -362,7 +364,7 @@ impl Pipeline {
                 }
             }
             LinkEvent::Connected => self.settle(Ok(Vec::new()), None, true).await,
-            other @ (LinkEvent::Performance(_) | LinkEvent::Network(_)) => {
+            other @ (LinkEvent::Performance(_) | LinkEvent::Network(_) | LinkEvent::Files(_)) => {
                 let judged = self.judge(&other);
                 self.settle(judged, Some(other), false).await;
             }
@@ -371,7 +373,7 @@ impl Pipeline {
 
     /// Judges one batch of the links' events: process events with the
     /// process rules, performance samples with the performance rules,
-    /// connections with the network rules.
+    /// connections with the network rules, file events with the file rules.
     fn judge(&mut self, event: &LinkEvent) -> Result<Vec<Alert>, EngineError> {
         let detector = &mut self.detector;
         // Rules run on this thread (and a second connection's): let the
@@ -380,6 +382,7 @@ impl Pipeline {
             LinkEvent::Events(batch) => detector.on_events(batch),
             LinkEvent::Performance(samples) => detector.on_performance(samples),
             LinkEvent::Network(connections) => detector.on_network(connections),
+            LinkEvent::Files(files) => detector.on_files(files),
             LinkEvent::Connected => Ok(Vec::new()),
         })
     }
@@ -444,17 +447,17 @@ impl Pipeline {
 struct Waiting {
     /// A link reconnected meanwhile.
     reconnected: bool,
-    /// A batch of performance samples or connections, to judge after the
-    /// process events that came before it.
+    /// A batch of performance samples, connections or file events, to
+    /// judge after the process events that came before it.
     other: Option<LinkEvent>,
 }
 
 /// Adds to `batch` what is already waiting, up to [`MAX_JUDGED`] events, to
 /// judge it in one go: under a burst the rules run once per many events,
 /// not once per small batch; when quiet, nothing waits. Stops at a
-/// reconnection or a batch of performance samples or connections (judged
-/// after the process events before them, so a connection's holder is
-/// known by then).
+/// reconnection or a batch of performance samples, connections or file
+/// events (judged after the process events before them, so a connection's
+/// holder, or the process that wrote a file, is known by then).
 fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent>) -> Waiting {
     while batch.len() < MAX_JUDGED {
         match rx.try_recv() {
@@ -465,7 +468,9 @@ fn take_waiting(rx: &mut mpsc::Receiver<LinkEvent>, batch: &mut Vec<ProcessEvent
                     other: None,
                 }
             }
-            Ok(other @ (LinkEvent::Performance(_) | LinkEvent::Network(_))) => {
+            Ok(
+                other @ (LinkEvent::Performance(_) | LinkEvent::Network(_) | LinkEvent::Files(_)),
+            ) => {
                 return Waiting {
                     reconnected: false,
                     other: Some(other),

@@ -33,12 +33,15 @@
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
 //! | `collector.tier` (the built-in procmond: `auto`, `ebpf`, `connector`, `polling`) | | |
+//! | `collector.watch`, `collector.watch_root` (the built-in fsmond: the watched paths, and the root they are under) | | |
 //!
 //! Without `[[collector]]` entries (and without `--procmond` or
-//! `--collector-socket`), the agent runs three built-in collectors: procmond
+//! `--collector-socket`), the agent runs four built-in collectors: procmond
 //! (`builtin = "procmond"`), perfmond (`builtin = "perfmond"`, sampling
-//! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s) and
-//! netmond (`builtin = "netmond"`, every socket every 5 s).
+//! every 10 s, its sustained-CPU anomaly at 90 % of a core for 60 s),
+//! netmond (`builtin = "netmond"`, every socket every 5 s) and fsmond
+//! (`builtin = "fsmond"`, the persistence paths of
+//! `fsmond::FsmondConfig::default` in real time).
 //! | `metrics_listen` | `--metrics-listen` (off by default) | `DAEMONEYE_METRICS_LISTEN` |
 //! | `user` (as root: the agent's user, see [`crate::spawner`]) | | |
 //!
@@ -103,6 +106,9 @@ pub const DEFAULT_NETWORK_COLLECTOR: &str = "netmond";
 /// Time between the built-in netmond's socket snapshots, unless configured
 /// (a connection shorter than this may be missed).
 pub const DEFAULT_NETWORK_INTERVAL: Duration = Duration::from_secs(5);
+/// The name of the file collector the agent runs beside them when none is
+/// configured.
+pub const DEFAULT_FILE_COLLECTOR: &str = "fsmond";
 
 /// A configuration that cannot be used, naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +403,9 @@ pub enum BuiltinCollector {
     /// netmond's network collector (`daemoneye-agent collect-network`),
     /// with `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH` only.
     Netmond,
+    /// fsmond's file collector (`daemoneye-agent collect-files`), with
+    /// `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH` only.
+    Fsmond,
 }
 
 impl BuiltinCollector {
@@ -406,14 +415,15 @@ impl BuiltinCollector {
             Self::Procmond => CollectorDomain::Process,
             Self::Perfmond => CollectorDomain::Performance,
             Self::Netmond => CollectorDomain::Network,
+            Self::Fsmond => CollectorDomain::Filesystem,
         }
     }
 
     /// Its interval unless configured, when it has its own (procmond's is
-    /// the one `--interval` sets).
+    /// the one `--interval` sets; fsmond, not polled, has none).
     fn own_interval(self) -> Option<Duration> {
         match self {
-            Self::Procmond => None,
+            Self::Procmond | Self::Fsmond => None,
             Self::Perfmond => Some(DEFAULT_PERFORMANCE_INTERVAL),
             Self::Netmond => Some(DEFAULT_NETWORK_INTERVAL),
         }
@@ -523,6 +533,18 @@ pub struct CollectorEntryConfig {
     /// it is an anomaly (default 60 s; whole seconds).
     #[serde(default, with = "humantime_serde")]
     pub sustained_cpu_for: Option<Duration>,
+    /// The built-in fsmond: the paths it watches, each with everything
+    /// under it (absolute; a component `*` matches any one name; default
+    /// the persistence paths: `/etc`, `/usr/bin`, `/usr/sbin`,
+    /// `/usr/local/bin`, `/usr/lib/systemd/system`, `/root/.ssh`,
+    /// `/home/*/.ssh`, `/var/spool/cron`).
+    #[serde(default)]
+    pub watch: Option<Vec<PathBuf>>,
+    /// The built-in fsmond: where the watched system's `/` is (default the
+    /// host's): the watched paths are under it, and its events name paths
+    /// as that system sees them (a container's root filesystem, a chroot).
+    #[serde(default)]
+    pub watch_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -654,12 +676,13 @@ fn procmond_args(subcommand: &str, socket: &Path, interval: Duration) -> Vec<OsS
 }
 
 /// The collectors of an agent configured with none: the built-in
-/// procmond, perfmond and netmond.
+/// procmond, perfmond, netmond and fsmond.
 fn default_collectors() -> Vec<CollectorEntryConfig> {
     [
         (DEFAULT_COLLECTOR, BuiltinCollector::Procmond),
         (DEFAULT_PERFORMANCE_COLLECTOR, BuiltinCollector::Perfmond),
         (DEFAULT_NETWORK_COLLECTOR, BuiltinCollector::Netmond),
+        (DEFAULT_FILE_COLLECTOR, BuiltinCollector::Fsmond),
     ]
     .into_iter()
     .map(|(name, builtin)| CollectorEntryConfig {
@@ -1070,6 +1093,54 @@ fn perfmond_launch(
     Ok(Launch::Builtin { args })
 }
 
+/// The built-in fsmond's arguments: the socket, and the watched paths and
+/// root when configured (checked as fsmond checks them). No interval: it is
+/// not polled.
+fn fsmond_launch(
+    entry: &CollectorEntryConfig,
+    domain: CollectorDomain,
+    socket: &Path,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Launch, ConfigError> {
+    check_builtin(
+        entry,
+        "fsmond",
+        domain,
+        CollectorDomain::Filesystem,
+        invalid,
+    )?;
+    if entry.interval.is_some() {
+        let why = "the built-in fsmond is not polled: it takes no `interval`";
+        return Err(invalid("interval", why.to_owned()));
+    }
+    let mut config = fsmond::FsmondConfig::default();
+    if let Some(watch) = &entry.watch {
+        config.watch.clone_from(watch);
+    }
+    if let Some(root) = &entry.watch_root {
+        config.watch_root.clone_from(root);
+    }
+    config.validate().map_err(|e| match e {
+        collector_core::ConfigError::Invalid { field, reason } => {
+            invalid(field.strip_prefix("fsmond.").unwrap_or(field), reason)
+        }
+        other => invalid("watch", other.to_string()),
+    })?;
+    let mut args: Vec<OsString> = vec![
+        "collect-files".into(),
+        "--socket".into(),
+        socket.into(),
+        "--await-subscriber".into(),
+    ];
+    for path in entry.watch.iter().flatten() {
+        args.extend(["--watch".into(), path.into()]);
+    }
+    if let Some(root) = &entry.watch_root {
+        args.extend(["--watch-root".into(), root.into()]);
+    }
+    Ok(Launch::Builtin { args })
+}
+
 /// The domain of a collector, by default: a built-in one's, else processes.
 fn domain_of(builtin: Option<BuiltinCollector>) -> CollectorDomain {
     builtin.map_or(CollectorDomain::Process, BuiltinCollector::domain)
@@ -1091,6 +1162,12 @@ fn resolve_collector(
     if entry.tier.is_some() && entry.builtin != Some(BuiltinCollector::Procmond) {
         let why = "`tier` goes with `builtin = \"procmond\"`";
         return Err(invalid("tier", why.to_owned()));
+    }
+    if (entry.watch.is_some() || entry.watch_root.is_some())
+        && entry.builtin != Some(BuiltinCollector::Fsmond)
+    {
+        let why = "`watch` and `watch_root` go with `builtin = \"fsmond\"`";
+        return Err(invalid("watch", why.to_owned()));
     }
     let socket = entry
         .socket
@@ -1130,6 +1207,7 @@ fn resolve_collector(
                 args: procmond_args("collect-network", &socket, interval()?),
             }
         }
+        (Some(BuiltinCollector::Fsmond), None) => fsmond_launch(&entry, domain, &socket, &invalid)?,
         (None, Some(program)) => {
             let args = match &entry.args {
                 None => procmond_args("run", &socket, interval()?),
@@ -1272,6 +1350,21 @@ mod tests {
                             DEFAULT_NETWORK_INTERVAL
                         ),
                     },
+                },
+                CollectorSpec {
+                    name: "fsmond".to_owned(),
+                    domain: CollectorDomain::Filesystem,
+                    socket: "/d/fsmond.sock".into(),
+                    launch: Launch::Builtin {
+                        args: [
+                            "collect-files",
+                            "--socket",
+                            "/d/fsmond.sock",
+                            "--await-subscriber"
+                        ]
+                        .map(OsString::from)
+                        .to_vec(),
+                    },
                 }
             ]
         );
@@ -1350,6 +1443,61 @@ mod tests {
             ),
         ] {
             refused(bad, key);
+        }
+    }
+
+    #[test]
+    fn the_builtin_fsmond_takes_its_watched_paths_and_root_and_serves_files_only() {
+        let toml = "[[collector]]\nname = \"fs\"\nbuiltin = \"fsmond\"\n\
+                    watch = [\"/etc\", \"/home/*/.ssh\"]\nwatch_root = \"/srv/root\"";
+        // `--interval` is procmond's: fsmond is not polled.
+        let s = resolve(toml, &["--interval", "7"]).unwrap();
+        let c = &s.collectors[0];
+        assert_eq!(c.domain, CollectorDomain::Filesystem);
+        let Launch::Builtin { args } = &c.launch else {
+            panic!("{c:?}")
+        };
+        let socket = c.socket.to_string_lossy();
+        let want: Vec<OsString> = [
+            "collect-files",
+            &socket,
+            "--await-subscriber",
+            "--watch",
+            "/etc",
+            "--watch",
+            "/home/*/.ssh",
+            "--watch-root",
+            "/srv/root",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        assert_eq!(args[0], want[0]);
+        assert_eq!(args[2..], want[1..], "{args:?}");
+        let entry = "[[collector]]\nname = \"f\"\nbuiltin = \"fsmond\"\n";
+        for (bad, key) in [
+            (format!("{entry}watch = [\"etc\"]"), "collector[0].watch"),
+            (format!("{entry}watch = []"), "collector[0].watch"),
+            (
+                format!("{entry}watch = [\"/home/u*/.ssh\"]"),
+                "collector[0].watch",
+            ),
+            (
+                format!("{entry}watch_root = \"chroot\""),
+                "collector[0].watch_root",
+            ),
+            (format!("{entry}interval = \"5s\""), "collector[0].interval"),
+            (
+                format!("{entry}domain = \"process\""),
+                "collector[0].domain",
+            ),
+            (
+                "[[collector]]\nname = \"n\"\nbuiltin = \"netmond\"\nwatch = [\"/etc\"]".to_owned(),
+                "collector[0].watch",
+            ),
+        ] {
+            let e = resolve(&bad, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 
@@ -1800,6 +1948,7 @@ mod tests {
                 "procmond",
                 "perfmond",
                 "netmond",
+                "fsmond",
                 "netmond-program",
                 "procmond-standalone"
             ]
@@ -1807,7 +1956,8 @@ mod tests {
         assert_eq!(s.collectors[1].domain, CollectorDomain::Performance);
         assert_eq!(s.collectors[2].domain, CollectorDomain::Network);
         assert!(matches!(s.collectors[2].launch, Launch::Builtin { .. }));
-        assert_eq!(s.collectors[3].domain, CollectorDomain::Network);
+        assert_eq!(s.collectors[3].domain, CollectorDomain::Filesystem);
+        assert_eq!(s.collectors[4].domain, CollectorDomain::Network);
 
         // The README shows it whole.
         let readme =

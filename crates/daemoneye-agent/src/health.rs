@@ -170,6 +170,11 @@ impl LinkedCollector {
                 Some((format!("starting collector {name}"), true))
             }
             (LinkState::Connected, HealthState::Healthy) => None,
+            // With its own words (fsmond: the paths it cannot watch).
+            (LinkState::Connected, s) if !report.message.is_empty() => Some((
+                format!("collector {name} {}: {}", state_name(s), report.message),
+                false,
+            )),
             (LinkState::Connected, s) => {
                 Some((format!("collector {name} {}", state_name(s)), false))
             }

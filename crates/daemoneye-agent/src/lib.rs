@@ -51,7 +51,7 @@ pub mod sink;
 pub mod spawner;
 
 pub use daemoneye_rules::{detect, engine, rules};
-pub use daemoneye_store::{alert, ledger, network, performance, writer};
+pub use daemoneye_store::{alert, files, ledger, network, performance, writer};
 
 /// The agent's store: [`daemoneye_store::store`], with the name the agent
 /// has always used for it.

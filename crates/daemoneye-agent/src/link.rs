@@ -22,8 +22,8 @@ use std::time::Duration;
 use collector_core::ipc::record_to_event;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
-    CollectionEvent, CollectorIpcClient, IpcClientConfig, NetworkEvent, PerformanceEvent,
-    ProcessEvent, SourceCaps,
+    CollectionEvent, CollectorIpcClient, FilesystemEvent, IpcClientConfig, NetworkEvent,
+    PerformanceEvent, ProcessEvent, SourceCaps,
 };
 use daemoneye_lib::proto::SubscribeRequest;
 use tokio::sync::mpsc;
@@ -177,6 +177,8 @@ pub enum LinkEvent {
     /// A batch of connections (a socket per holder), in the collector's
     /// order.
     Network(Vec<NetworkEvent>),
+    /// A batch of file events, in the collector's order.
+    Files(Vec<FilesystemEvent>),
 }
 
 impl LinkEvent {
@@ -187,6 +189,7 @@ impl LinkEvent {
             Self::Events(e) => e.len(),
             Self::Performance(e) => e.len(),
             Self::Network(e) => e.len(),
+            Self::Files(e) => e.len(),
         }
     }
 
@@ -202,6 +205,7 @@ struct Converted {
     processes: Vec<ProcessEvent>,
     performance: Vec<PerformanceEvent>,
     network: Vec<NetworkEvent>,
+    files: Vec<FilesystemEvent>,
 }
 
 /// The link's state.
@@ -479,6 +483,7 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Conv
             Ok(CollectionEvent::Process(e)) => out.processes.push(e),
             Ok(CollectionEvent::Performance(e)) => out.performance.push(e),
             Ok(CollectionEvent::Network(e)) => out.network.push(e),
+            Ok(CollectionEvent::Filesystem(e)) => out.files.push(e),
             // Read and valid, but nothing in the agent consumes this
             // domain yet.
             Ok(_) => status.ignored_records.inc(),
@@ -489,9 +494,9 @@ fn convert(batch: daemoneye_lib::proto::EventBatch, status: &LinkStatus) -> Conv
             }
         }
     }
-    status
-        .events
-        .add_usize(out.processes.len() + out.performance.len() + out.network.len());
+    status.events.add_usize(
+        out.processes.len() + out.performance.len() + out.network.len() + out.files.len(),
+    );
     out
 }
 
@@ -507,6 +512,7 @@ async fn hand_on(
         LinkEvent::Events(out.processes),
         LinkEvent::Performance(out.performance),
         LinkEvent::Network(out.network),
+        LinkEvent::Files(out.files),
     ];
     for event in batches.into_iter().filter(|e| !e.is_empty()) {
         let n = event.len();
@@ -660,6 +666,21 @@ mod tests {
                     )),
                     "fsmond",
                 ),
+                // Read and valid, but not the agent's to consume.
+                event_to_record(
+                    &CollectionEvent::TriggerRequest(collector_core::TriggerRequest {
+                        trigger_id: "t1".into(),
+                        target_collector: "hasher".into(),
+                        analysis_type: collector_core::AnalysisType::BinaryHash,
+                        priority: collector_core::TriggerPriority::Low,
+                        target_pid: None,
+                        target_path: Some("/usr/bin/x".into()),
+                        correlation_id: "c1".into(),
+                        metadata: std::collections::BTreeMap::new(),
+                        timestamp: std::time::SystemTime::UNIX_EPOCH,
+                    }),
+                    "procmond",
+                ),
                 event_to_record(
                     &CollectionEvent::Performance(PerformanceEvent::new(
                         collector_core::PerformanceMetric::LoadAvg1,
@@ -678,23 +699,25 @@ mod tests {
             (
                 out.processes.len(),
                 out.performance.len(),
-                out.network.len()
+                out.network.len(),
+                out.files.len()
             ),
-            (1, 1, 1)
+            (1, 1, 1, 1)
         );
         assert_eq!(out.network[0].connection_id, 7);
+        assert_eq!(out.files[0].path, "/etc/passwd");
         assert_eq!(out.processes[0].pid, 5);
         assert_eq!(status.bad_records.get(), 1);
         assert_eq!(status.ignored_records.get(), 1);
         assert_eq!(status.dropped_upstream.get(), 7);
-        assert_eq!(status.events.get(), 3);
+        assert_eq!(status.events.get(), 4);
         assert_eq!(status.batches.get(), 1);
         // `/metrics` reads the same counters.
         let c = ("collector", "procmond");
         let link = ("stage", "link");
         assert_eq!(
             registry.value("daemoneye_events_received_total", &[link, c]),
-            Some(3)
+            Some(4)
         );
         assert_eq!(
             registry.value(

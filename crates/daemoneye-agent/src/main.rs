@@ -10,9 +10,10 @@
 //! `collect` is the built-in collector child: procmond's collector in this
 //! binary, dropping every privilege but three. `collect-performance` is
 //! perfmond's, dropping every privilege. `collect-network` is netmond's,
-//! keeping `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`. `spawner` is the privileged
-//! process that starts them for an agent that dropped its privileges
-//! (`daemoneye_agent::spawner`).
+//! keeping `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`. `collect-files` is
+//! fsmond's, keeping `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH`. `spawner`
+//! is the privileged process that starts them for an agent that dropped
+//! its privileges (`daemoneye_agent::spawner`).
 
 use std::process::ExitCode;
 
@@ -48,6 +49,9 @@ enum Command {
     /// binary.
     #[command(hide = true)]
     CollectNetwork(netmond::cli::RunArgs),
+    /// (internal) The file collector child: `fsmond run`, in this binary.
+    #[command(hide = true)]
+    CollectFiles(fsmond::cli::RunArgs),
     /// (internal) Starts the collectors for the unprivileged agent.
     #[command(hide = true)]
     Spawner(spawner::SpawnerArgs),
@@ -111,22 +115,33 @@ async fn run(settings: Settings, separated: Option<Separated>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// perfmond's and netmond's children keep what they need: perfmond reads
-/// world-readable files and serves a socket (no capability); netmond's
-/// `sock_diag` needs none, other users' `/proc/<pid>/fd` two. `Some` exit
-/// code when that fails.
+/// perfmond's, netmond's and fsmond's children keep what they need:
+/// perfmond reads world-readable files and serves a socket (no
+/// capability); netmond's `sock_diag` needs none, other users'
+/// `/proc/<pid>/fd` two; fsmond's filesystem marks one, naming what they
+/// report another. `Some` exit code when that fails.
 fn reduce_privileges(command: &Command) -> Option<ExitCode> {
     let reduced = match command {
         Command::CollectPerformance(_) => procmond::privileges::drop_all_privileges(),
         Command::CollectNetwork(_) => {
             procmond::privileges::keep_only(netmond::source::CAPABILITIES)
         }
+        Command::CollectFiles(_) => procmond::privileges::keep_only(fsmond::CAPABILITIES),
         Command::Run(_) | Command::Collect(_) | Command::Spawner(_) => return None,
     };
     reduced.err().map(|e| {
         eprintln!("daemoneye-agent: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// The exit code of a collector run over collector-core's `Serve`.
+fn served(result: Result<(), collector_core::serve::RunError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(collector_core::serve::RunError::Bad(e)) => fail(e, true),
+        Err(collector_core::serve::RunError::Failed(e)) => fail(e, false),
+    }
 }
 
 fn main() -> ExitCode {
@@ -157,17 +172,17 @@ fn main() -> ExitCode {
             eprintln!("daemoneye-agent: cannot tie the spawner to the agent: {e}");
             return ExitCode::FAILURE;
         }
-        if let Err(e) = procmond::privileges::drop_privileges_for_spawner() {
-            eprintln!("daemoneye-agent: {e}");
-            return ExitCode::FAILURE;
-        }
+        // (The spawner drops to what its list of collectors takes before
+        // anything else.)
         return match spawner::run_spawner(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(anyhow::Error::new(e).context("the spawner failed"), false),
         };
     }
-    if let Command::Collect(_) | Command::CollectPerformance(_) | Command::CollectNetwork(_) =
-        &cli.command
+    if let Command::Collect(_)
+    | Command::CollectPerformance(_)
+    | Command::CollectNetwork(_)
+    | Command::CollectFiles(_) = &cli.command
     {
         // Die with the agent, even if it is killed outright.
         if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
@@ -191,6 +206,7 @@ fn main() -> ExitCode {
         Command::Run(_)
         | Command::CollectPerformance(_)
         | Command::CollectNetwork(_)
+        | Command::CollectFiles(_)
         | Command::Spawner(_) => None,
     };
     if prepared.is_some() {
@@ -224,10 +240,7 @@ fn main() -> ExitCode {
             Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
         },
-        Command::CollectNetwork(args) => match rt.block_on(netmond::cli::run(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(collector_core::serve::RunError::Bad(e)) => fail(e, true),
-            Err(collector_core::serve::RunError::Failed(e)) => fail(e, false),
-        },
+        Command::CollectNetwork(args) => served(rt.block_on(netmond::cli::run(args))),
+        Command::CollectFiles(args) => served(rt.block_on(fsmond::cli::run(args))),
     }
 }

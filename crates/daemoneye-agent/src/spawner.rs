@@ -18,10 +18,12 @@
 //!    process that does one thing: start, stop and watch the collectors of
 //!    a list fixed when it starts (each entry the program and arguments of
 //!    one configured collector, on its command line: `ps` shows what it may
-//!    ever run), on the agent's request over a socket pair; it keeps
-//!    `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH`, `CAP_NET_ADMIN`, `CAP_BPF`
-//!    and `CAP_PERFMON` permitted (none effective) for its children, and
-//!    `no_new_privs`;
+//!    ever run), on the agent's request over a socket pair; it keeps what
+//!    the collectors of its list take permitted (none effective), and
+//!    `no_new_privs` ([`capabilities_taken`]: procmond `CAP_SYS_PTRACE`,
+//!    `CAP_DAC_READ_SEARCH`, `CAP_NET_ADMIN`, `CAP_BPF` and `CAP_PERFMON`;
+//!    netmond two of them; fsmond `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH`;
+//!    perfmond none);
 //! 4. drops to the agent's user: uid and gid (its group alone), every
 //!    capability set empty, the bounding set too, `no_new_privs`.
 //!
@@ -51,6 +53,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rustix::thread::CapabilitySet;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -216,6 +219,33 @@ pub struct SpawnEntry {
     pub program: Option<PathBuf>,
     /// Its arguments.
     pub args: Vec<String>,
+}
+
+/// The capabilities a collector takes from whoever starts it, by how it is
+/// started: each built-in collector's own (by its subcommand), and for a
+/// program, procmond's (the program the agent has always run so).
+pub fn capabilities_taken(builtin: bool, args: &[impl AsRef<std::ffi::OsStr>]) -> CapabilitySet {
+    let subcommand = args.first().and_then(|a| a.as_ref().to_str());
+    match (builtin, subcommand) {
+        (true, Some("collect-performance")) => CapabilitySet::empty(),
+        (true, Some("collect-network")) => netmond::source::CAPABILITIES,
+        (true, Some("collect-files")) => fsmond::CAPABILITIES,
+        _ => procmond::privileges::FOR_PROCMOND,
+    }
+}
+
+/// What the collectors of `settings` take, together (see
+/// [`capabilities_taken`]).
+fn taken_by(settings: &Settings) -> CapabilitySet {
+    settings
+        .collectors
+        .iter()
+        .map(|c| match &c.launch {
+            Launch::Builtin { args } => capabilities_taken(true, args),
+            Launch::Program { args, .. } => capabilities_taken(false, args),
+            Launch::Connect => CapabilitySet::empty(),
+        })
+        .fold(CapabilitySet::empty(), CapabilitySet::union)
 }
 
 /// `daemoneye-agent spawner`'s flags, written by [`separate`].
@@ -664,7 +694,7 @@ pub fn separate(
         );
     }
     if user.uid == 0 {
-        procmond::privileges::drop_privileges_for_supervisor()?;
+        procmond::privileges::drop_privileges_for_supervisor(taken_by(settings))?;
         warn!("the agent runs as root (`user = \"root\"`): no privilege separation");
         return Ok(None);
     }
@@ -763,16 +793,23 @@ fn start_spawner(
     Ok((ours, child))
 }
 
-/// The spawner's part of `daemoneye-agent spawner`, after it dropped to
-/// what its children need: serves the agent's requests on stdin (its end of
-/// the socket pair) until the agent goes or SIGTERM, then stops every
-/// collector.
+/// The spawner's part of `daemoneye-agent spawner`: drops to what the
+/// collectors of its list take (before any thread starts), then serves the
+/// agent's requests on stdin (its end of the socket pair) until the agent
+/// goes or SIGTERM, then stops every collector.
 ///
 /// # Errors
-/// When the list does not parse or the runtime cannot start.
+/// When the list does not parse, privileges cannot be dropped or the
+/// runtime cannot start.
 pub fn run_spawner(args: &SpawnerArgs) -> std::io::Result<()> {
     let list: Vec<Option<SpawnEntry>> =
         serde_json::from_str(&args.collectors).map_err(std::io::Error::other)?;
+    let taken = list
+        .iter()
+        .flatten()
+        .map(|e| capabilities_taken(e.program.is_none(), &e.args))
+        .fold(CapabilitySet::empty(), CapabilitySet::union);
+    procmond::privileges::drop_privileges_for_spawner(taken).map_err(std::io::Error::other)?;
     let stdin = std::io::stdin().lock();
     let fd = std::os::fd::AsFd::as_fd(&stdin).try_clone_to_owned()?;
     drop(stdin);
@@ -1147,6 +1184,42 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn each_collector_takes_its_own_capabilities_and_the_spawner_their_union() {
+        use procmond::privileges::FOR_PROCMOND;
+        let taken = |builtin, args: &[&str]| capabilities_taken(builtin, args);
+        assert_eq!(taken(true, &["collect", "--socket", "s"]), FOR_PROCMOND);
+        assert_eq!(
+            taken(true, &["collect-performance"]),
+            CapabilitySet::empty()
+        );
+        assert_eq!(
+            taken(true, &["collect-network"]),
+            CapabilitySet::SYS_PTRACE | CapabilitySet::DAC_READ_SEARCH
+        );
+        assert_eq!(
+            taken(true, &["collect-files"]),
+            CapabilitySet::SYS_ADMIN | CapabilitySet::DAC_READ_SEARCH
+        );
+        // A program is taken for a procmond, as it always was.
+        assert_eq!(taken(false, &["collect-files"]), FOR_PROCMOND);
+        // Only fsmond's list holds CAP_SYS_ADMIN.
+        let settings = |toml: &str| {
+            let file = crate::config::AgentConfig::from_toml_str(toml).unwrap();
+            Settings::resolve(file, None, &crate::config::RunArgs::default()).unwrap()
+        };
+        let defaults = taken_by(&settings(""));
+        assert_eq!(defaults, FOR_PROCMOND | CapabilitySet::SYS_ADMIN);
+        let without = taken_by(&settings(
+            "[[collector]]\nname = \"p\"\nbuiltin = \"perfmond\"\n\
+             [[collector]]\nname = \"n\"\nbuiltin = \"netmond\"",
+        ));
+        assert_eq!(
+            without,
+            CapabilitySet::SYS_PTRACE | CapabilitySet::DAC_READ_SEARCH
+        );
+    }
 
     #[test]
     fn messages_round_trip_and_anything_else_is_refused() {

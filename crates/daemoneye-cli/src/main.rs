@@ -98,9 +98,14 @@ enum RulesCommand {
         #[arg(long)]
         rules_dir: Option<PathBuf>,
     },
-    /// The columns a rule can read from `processes`: the one SQL vocabulary
-    /// over processes, also the store's and the trigger conditions' names.
-    Columns,
+    /// The tables and columns a rule can read (`processes`, `performance`,
+    /// `connections`, `file_events`, the history): the one SQL vocabulary,
+    /// also the store's and the trigger conditions' names.
+    Columns {
+        /// Only this table's.
+        #[arg(long)]
+        table: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,21 +250,33 @@ fn list(rules_dir: Option<&PathBuf>, format: Format) -> Result<ExitCode, anyhow:
     })
 }
 
-fn columns(format: Format) -> ExitCode {
-    let columns = daemoneye_rules::engine::COLUMNS
+fn columns(table: Option<&str>, format: Format) -> ExitCode {
+    let tables = daemoneye_rules::engine::tables();
+    if let Some(t) = table {
+        if !tables.iter().any(|(name, _)| *name == t) {
+            let names: Vec<&str> = tables.iter().map(|(name, _)| *name).collect();
+            eprintln!(
+                "daemoneye-cli: no table {t:?} (rules read {})",
+                names.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let rows = tables
         .iter()
-        .filter_map(|name| collector_core::vocabulary::process_column(name));
+        .filter(|(name, _)| table.is_none_or(|t| t == *name))
+        .flat_map(|(name, columns)| columns.iter().map(move |c| (*name, c)));
     match format {
         Format::Json => {
-            let all: Vec<_> = columns
-                .map(|c| serde_json::json!({"name": c.name, "type": c.ty.as_str(), "doc": c.doc}))
+            let all: Vec<_> = rows
+                .map(|(t, c)| serde_json::json!({"table": t, "name": c.name, "type": c.ty.as_str(), "doc": c.doc}))
                 .collect();
             println!("{:#}", serde_json::Value::Array(all));
         }
         Format::Table => {
-            println!("{:<22} {:<14} MEANING", "COLUMN", "TYPE");
-            for c in columns {
-                println!("{:<22} {:<14} {}", c.name, c.ty.as_str(), c.doc);
+            println!("{:<17} {:<22} {:<11} MEANING", "TABLE", "COLUMN", "TYPE");
+            for (t, c) in rows {
+                println!("{t:<17} {:<22} {:<11} {}", c.name, c.ty.as_str(), c.doc);
             }
         }
     }
@@ -653,8 +670,8 @@ fn main() -> ExitCode {
             command: RulesCommand::List { rules_dir },
         } => list(rules_dir.as_ref(), cli.format),
         Command::Rules {
-            command: RulesCommand::Columns,
-        } => Ok(columns(cli.format)),
+            command: RulesCommand::Columns { table },
+        } => Ok(columns(table.as_deref(), cli.format)),
         Command::Ledger {
             command: LedgerCommand::Verify { anchor },
         } => Ok(verify_ledger(&data_dir, anchor, cli.format)),

@@ -2,19 +2,21 @@
 //! turns each batch of events into rows, runs the rules, and raises
 //! deduplicated alerts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
-use collector_core::{NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType, ProcessKey};
+use collector_core::{
+    FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType, ProcessKey,
+};
 use tokio::time::Instant;
 
 use crate::engine::{EngineError, ProcessRow, RuleEngine};
 use crate::history::History;
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
-use daemoneye_store::{ConnectionRow, PerformanceRow};
+use daemoneye_store::{ConnectionRow, FileEventRow, PerformanceRow};
 
 /// Whether a directory can be written by someone other than root: writable
 /// by group or others, or owned by a non-root user. Blocking (a `stat`).
@@ -42,50 +44,132 @@ pub const HELD_CONNECTIONS_FOR: Duration = Duration::from_secs(30);
 /// The most connections held so; past it the oldest go, counted.
 pub const HELD_CONNECTIONS_CAPACITY: usize = 4096;
 
-/// Connections waiting for their holder's process event, by pid.
-#[derive(Debug, Default)]
-struct Held {
-    by_pid: HashMap<u32, Vec<(Instant, NetworkEvent)>>,
+/// How long a file event whose process is not in the table yet waits for
+/// procmond's report of it (fsmond may see a write before procmond's exec
+/// event is in); past it, it is judged without its process, and counted.
+pub const HELD_FILE_EVENTS_FOR: Duration = HELD_CONNECTIONS_FOR;
+
+/// How long an exited process stays known to the file rules: a process
+/// that wrote a file and exited (`cp`, `tee`, an `echo >` of a short
+/// shell) before its file event was judged is still named.
+pub const EXITED_KEPT_FOR: Duration = Duration::from_secs(30);
+/// The most exited processes kept so (the oldest go first).
+pub const EXITED_CAPACITY: usize = 4096;
+
+/// Events waiting for their process's event, by pid: connections for
+/// their holder, file events for the process that made them. Past its
+/// wait or its capacity an event leaves, counted in `left`.
+#[derive(Debug)]
+struct Held<E> {
+    by_pid: HashMap<u32, Vec<(Instant, E)>>,
     len: usize,
-    /// Dropped unjudged: expired, or past the capacity.
-    dropped: Counter,
+    wait: Duration,
+    capacity: usize,
+    /// Left without their process: expired, or past the capacity.
+    left: Counter,
 }
 
-impl Held {
-    fn hold(&mut self, pid: u32, e: NetworkEvent, now: Instant) {
-        if self.len >= HELD_CONNECTIONS_CAPACITY {
-            self.expire(now, true);
+impl<E> Held<E> {
+    fn new(wait: Duration, capacity: usize) -> Self {
+        Self {
+            by_pid: HashMap::new(),
+            len: 0,
+            wait,
+            capacity,
+            left: Counter::default(),
         }
-        self.by_pid.entry(pid).or_default().push((now, e));
-        self.len += 1;
     }
 
-    /// Drops what waited longer than [`HELD_CONNECTIONS_FOR`] (and, when
-    /// `full`, the oldest pid's too).
-    fn expire(&mut self, now: Instant, full: bool) {
-        let before = self.len;
+    /// Holds `e`; returns what left to make room.
+    fn hold(&mut self, pid: u32, e: E, now: Instant) -> Vec<E> {
+        let left = if self.len >= self.capacity {
+            self.expire(now, true)
+        } else {
+            Vec::new()
+        };
+        self.by_pid.entry(pid).or_default().push((now, e));
+        self.len += 1;
+        left
+    }
+
+    /// Takes out what waited longer than its wait (and, when `full`, the
+    /// oldest pid's too).
+    fn expire(&mut self, now: Instant, full: bool) -> Vec<E> {
+        let mut left = Vec::new();
+        if self.len == 0 {
+            return left;
+        }
+        let wait = self.wait;
         self.by_pid.retain(|_, held| {
-            held.retain(|(at, _)| now.saturating_duration_since(*at) < HELD_CONNECTIONS_FOR);
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(held)
+                .into_iter()
+                .partition(|(at, _)| now.saturating_duration_since(*at) >= wait);
+            left.extend(gone.into_iter().map(|(_, e)| e));
+            *held = kept;
             !held.is_empty()
         });
-        if full && self.by_pid.values().map(Vec::len).sum::<usize>() >= HELD_CONNECTIONS_CAPACITY {
+        if full && self.by_pid.values().map(Vec::len).sum::<usize>() >= self.capacity {
             let oldest = self
                 .by_pid
                 .iter()
                 .filter_map(|(pid, held)| held.first().map(|(at, _)| (*at, *pid)))
                 .min();
             if let Some((_, pid)) = oldest {
-                self.by_pid.remove(&pid);
+                left.extend(self.take(pid));
             }
         }
         self.len = self.by_pid.values().map(Vec::len).sum();
-        self.dropped.add_usize(before - self.len);
+        self.left.add_usize(left.len());
+        left
     }
 
-    fn take(&mut self, pid: u32) -> Vec<NetworkEvent> {
+    fn take(&mut self, pid: u32) -> Vec<E> {
         let held = self.by_pid.remove(&pid).unwrap_or_default();
         self.len -= held.len();
         held.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
+/// Processes that exited lately, by pid, each as last known: what file
+/// events of a process gone by the time they are judged are judged with.
+#[derive(Debug, Default)]
+struct Exited {
+    by_pid: HashMap<u32, (Instant, ProcessEvent)>,
+    /// (when, pid) in the order they were kept: the oldest go first.
+    order: VecDeque<(Instant, u32)>,
+}
+
+impl Exited {
+    fn keep(&mut self, e: ProcessEvent, now: Instant) {
+        self.expire(now);
+        while self.order.len() >= EXITED_CAPACITY {
+            self.forget_oldest();
+        }
+        self.order.push_back((now, e.pid));
+        self.by_pid.insert(e.pid, (now, e));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= EXITED_KEPT_FOR)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((at, pid)) = self.order.pop_front() {
+            // Unless that pid exited again since (a newer entry).
+            if self.by_pid.get(&pid).is_some_and(|(kept, _)| *kept == at) {
+                self.by_pid.remove(&pid);
+            }
+        }
+    }
+
+    fn get(&self, pid: u32) -> Option<&ProcessEvent> {
+        self.by_pid.get(&pid).map(|(_, e)| e)
     }
 }
 
@@ -259,7 +343,11 @@ pub struct Detector {
     /// Directory -> user-writable, refreshed after a TTL, never blocking.
     dirs: DirCache,
     /// Connections whose holder the table does not know yet.
-    held: Held,
+    held: Held<NetworkEvent>,
+    /// File events whose process the table does not know yet.
+    held_files: Held<FilesystemEvent>,
+    /// Processes that exited lately (kept while file rules run).
+    exited: Exited,
     /// Ancestry, exec lineage, recent lifecycle events.
     history: History,
 }
@@ -272,7 +360,9 @@ impl Detector {
             dedup: Deduper::new(window, 100_000),
             table: HashMap::new(),
             dirs: DirCache::new(DIR_CACHE_TTL, DIR_LOOKUP_DEADLINE, Arc::new(user_writable)),
-            held: Held::default(),
+            held: Held::new(HELD_CONNECTIONS_FOR, HELD_CONNECTIONS_CAPACITY),
+            held_files: Held::new(HELD_FILE_EVENTS_FOR, HELD_CONNECTIONS_CAPACITY),
+            exited: Exited::default(),
             history: History::new(),
         }
     }
@@ -323,7 +413,12 @@ impl Detector {
                 (
                     "daemoneye_connections_unjudged_total",
                     "Connections dropped unjudged: their holder was not reported within 30 s (or past 4096 held).",
-                    &self.held.dropped,
+                    &self.held.left,
+                ),
+                (
+                    "daemoneye_file_events_without_process_total",
+                    "File events judged without their process: it was not reported within 30 s (or past 4096 held).",
+                    &self.held_files.left,
                 ),
                 (
                     "daemoneye_history_processes_evicted_total",
@@ -384,10 +479,15 @@ impl Detector {
     pub fn on_events(&mut self, events: &[ProcessEvent]) -> Result<Vec<Alert>, EngineError> {
         self.history.observe_batch(events);
         self.engine.apply_history(&self.history.take_changes())?;
+        let keep_exited = self.engine.has_file_rules();
+        let now = Instant::now();
         for e in events {
             match e.event_type {
                 ProcessEventType::Exit => {
-                    self.table.remove(&e.pid);
+                    let last = self.table.remove(&e.pid);
+                    if keep_exited {
+                        self.exited.keep(last.unwrap_or_else(|| e.clone()), now);
+                    }
                 }
                 _ if e.accessible || !self.table.contains_key(&e.pid) => {
                     self.table.insert(e.pid, e.clone());
@@ -429,13 +529,30 @@ impl Detector {
                 alerts.extend(self.judge_network(&ready)?);
             }
         }
+        // The file events that waited for these processes, and those that
+        // waited long enough.
+        if self.held_files.len > 0 {
+            let mut ready = self.held_files.expire(now, false);
+            for e in events {
+                if self.held_files.by_pid.contains_key(&e.pid) && self.actor(e.pid).is_some() {
+                    ready.extend(self.held_files.take(e.pid));
+                }
+            }
+            alerts.extend(self.judge_files(&ready)?);
+        }
         Ok(alerts)
     }
 
     /// Connections dropped unjudged (their holder never came; see
     /// [`HELD_CONNECTIONS_FOR`]).
     pub fn connections_unjudged(&self) -> u64 {
-        self.held.dropped.get()
+        self.held.left.get()
+    }
+
+    /// File events judged without their process (it never came; see
+    /// [`HELD_FILE_EVENTS_FOR`]).
+    pub fn file_events_without_process(&self) -> u64 {
+        self.held_files.left.get()
     }
 
     /// Runs the rules over the whole table (the periodic sweep).
@@ -511,7 +628,8 @@ impl Detector {
         for e in events {
             match e.pid {
                 Some(pid) if !self.table.contains_key(&pid) => {
-                    self.held.hold(pid, e.clone(), now);
+                    // What left to make room is dropped unjudged (counted).
+                    drop(self.held.hold(pid, e.clone(), now));
                 }
                 _ => known.push(e),
             }
@@ -534,6 +652,100 @@ impl Detector {
         let matches = self.engine.evaluate_network(&connections, &rows)?;
         let events: Vec<&ProcessEvent> = named.iter().collect();
         Ok(self.alerts_of(matches, &events, &rows))
+    }
+
+    /// Judges a batch of fsmond's file events with the file rules, beside
+    /// the processes that made them (by pid, when their key is that
+    /// process's; a process that exited within [`EXITED_KEPT_FOR`] is still
+    /// known). Returns the new (not deduplicated away) alerts, each naming
+    /// the process and kept apart per file (its dedup key ends in the
+    /// path).
+    ///
+    /// A file event whose process is not known yet (fsmond saw the write
+    /// before procmond's report of the process was judged) is held, and
+    /// judged with the batch of process events that brings it, or without
+    /// it after [`HELD_FILE_EVENTS_FOR`]: a rule then names the event's pid
+    /// alone (an alert about process `unknown`), or the host when the event
+    /// has none (a change a rescan found).
+    ///
+    /// # Errors
+    /// Only when the engine itself fails.
+    pub fn on_files(&mut self, events: &[FilesystemEvent]) -> Result<Vec<Alert>, EngineError> {
+        if events.is_empty() || !self.engine.has_file_rules() {
+            return Ok(Vec::new());
+        }
+        let now = Instant::now();
+        let mut ready = self.held_files.expire(now, false);
+        for e in events {
+            match e.pid {
+                Some(pid) if self.actor(pid).is_none() => {
+                    ready.extend(self.held_files.hold(pid, e.clone(), now));
+                }
+                _ => ready.push(e.clone()),
+            }
+        }
+        self.judge_files(&ready)
+    }
+
+    /// The process of `pid`: live, or exited lately.
+    fn actor(&self, pid: u32) -> Option<&ProcessEvent> {
+        self.table.get(&pid).or_else(|| self.exited.get(pid))
+    }
+
+    /// Judges `events` beside the processes that made them, those known.
+    fn judge_files(&mut self, events: &[FilesystemEvent]) -> Result<Vec<Alert>, EngineError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.exited.expire(Instant::now());
+        let mut named: Vec<ProcessEvent> = Vec::new();
+        for e in events {
+            let Some(p) = e.pid.and_then(|pid| self.actor(pid)) else {
+                continue;
+            };
+            let same = match (e.process_key, p.process_key) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if same && named.iter().all(|n| n.pid != p.pid) {
+                named.push(p.clone());
+            }
+        }
+        let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
+        let files: Vec<FileEventRow> = events.iter().map(FileEventRow::new).collect();
+        let matches = self.engine.evaluate_files(&files, &rows)?;
+        let mut alerts = Vec::new();
+        for m in matches {
+            let Some(rule) = self.engine.rules().iter().find(|r| r.id == m.rule_id) else {
+                continue;
+            };
+            let process = match rows.iter().position(|r| r.pid == m.pid) {
+                Some(i) if m.process_key.is_none() || rows[i].process_key == m.process_key => {
+                    let e = &named[i];
+                    let parent = e.ppid.and_then(|pp| self.table.get(&pp));
+                    AlertProcess::from_event(e, parent)
+                }
+                Some(_) => continue,
+                None if m.pid == 0 => AlertProcess::host(),
+                None => AlertProcess::unknown(m.pid),
+            };
+            // When the file event was seen (its last operation of the
+            // batch), not when its process was.
+            let when = events
+                .iter()
+                .filter(|e| m.path.is_none() || m.path.as_deref() == Some(e.path.as_str()))
+                .map(|e| e.timestamp)
+                .max()
+                .unwrap_or_else(SystemTime::now);
+            let mut alert = Alert::new(rule, process, when);
+            if let Some(path) = &m.path {
+                alert.dedup_key = format!("{}:{path}", alert.dedup_key);
+            }
+            if self.dedup.admit(&alert) {
+                alerts.push(alert);
+            }
+        }
+        Ok(alerts)
     }
 
     /// The live processes `subjects` (pid, key) name, each once: by pid,
@@ -747,6 +959,87 @@ mod tests {
             d.on_events(&[late]).unwrap().is_empty(),
             "expired: not judged"
         );
+    }
+
+    /// `pid` (key `key`) wrote `path`: one merged record's operations.
+    fn wrote(pid: u32, key: collector_core::ProcessKey, path: &str) -> Vec<FilesystemEvent> {
+        use collector_core::FileOperation::{CloseWrite, Create, Modify};
+        [Create, Modify, CloseWrite]
+            .into_iter()
+            .map(|op| FilesystemEvent {
+                pid: Some(pid),
+                process_key: Some(key),
+                permissions: Some(0o644),
+                file_type: Some(collector_core::FileType::Regular),
+                ..FilesystemEvent::new(path, op, SystemTime::now())
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_event_waits_for_its_process_one_alert_per_file_and_one_that_exited_is_named() {
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        let (sh, key) = interactive_shell(700);
+        // fsmond first: held until procmond's report of the shell.
+        assert!(d
+            .on_files(&wrote(700, key, "/etc/cron.d/x"))
+            .unwrap()
+            .is_empty());
+        let alerts = d.on_events(std::slice::from_ref(&sh)).unwrap();
+        let got: Vec<(&str, u32, &str)> = alerts
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.process.pid, a.process.name.as_str()))
+            .collect();
+        assert_eq!(got, [("persistence-file-written", 700, "bash")]);
+        assert!(
+            alerts[0].dedup_key.ends_with(":/etc/cron.d/x"),
+            "{alerts:?}"
+        );
+        // The same file again: a repeat; another file: its own alert.
+        assert!(d
+            .on_files(&wrote(700, key, "/etc/cron.d/x"))
+            .unwrap()
+            .is_empty());
+        let other = d
+            .on_files(&wrote(700, key, "/root/.ssh/authorized_keys"))
+            .unwrap();
+        assert_eq!(other.len(), 1);
+        // A process that wrote and exited before its event was judged
+        // (`cp`) is still named.
+        let mut cp = exec(701, 700, "cp", "/usr/bin/cp", &["cp", "x", "/usr/bin/ls"]);
+        let cp_key =
+            collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), 701, 3);
+        cp.process_key = Some(cp_key);
+        let mut gone = cp.clone();
+        gone.event_type = ProcessEventType::Exit;
+        d.on_events(&[cp, gone]).unwrap();
+        let replaced = d.on_files(&wrote(701, cp_key, "/usr/bin/ls")).unwrap();
+        let got: Vec<(&str, u32, &str)> = replaced
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.process.pid, a.process.name.as_str()))
+            .collect();
+        assert_eq!(got, [("system-binary-written", 701, "cp")]);
+        assert_eq!(d.file_events_without_process(), 0);
+        // A process that never comes: judged without it after the wait,
+        // naming its pid alone.
+        let (_, ghost) = interactive_shell(702);
+        assert!(d
+            .on_files(&wrote(702, ghost, "/etc/ld.so.preload"))
+            .unwrap()
+            .is_empty());
+        tokio::time::advance(HELD_FILE_EVENTS_FOR).await;
+        let late = d
+            .on_events(&[exec(703, 1, "true", "/usr/bin/true", &["true"])])
+            .unwrap();
+        let got: Vec<(&str, u32, &str)> = late
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.process.pid, a.process.name.as_str()))
+            .collect();
+        assert_eq!(got, [("persistence-file-written", 702, "unknown")]);
+        assert_eq!(d.file_events_without_process(), 3, "its three operations");
     }
 
     #[test]

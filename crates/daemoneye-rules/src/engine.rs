@@ -60,6 +60,20 @@
 //! socket and holder, `fd` the lowest descriptor the holder has it on (0,
 //! 1, 2: stdin, stdout, stderr), so a rule joins `processes` on
 //! `process_key` (or `pid`) and asks which socket is a shell's stdin.
+//!
+//! # The `file_events` table
+//!
+//! A rule whose SQL names the `file_events` table ([`reads_file_events`]) is
+//! a file rule: it runs on batches of fsmond's file events
+//! ([`RuleEngine::evaluate_files`]), with `processes` holding the processes
+//! that made them. Its columns are those of the store's `file_events`
+//! table and the derived ones after them (`file_name`, `dir`, `setuid`,
+//! `setgid`): [`collector_core::vocabulary::FILE`]. A row is one operation
+//! on one path; `path` is as the watched system sees it (under `root` when
+//! fsmond watches a root other than the host's `/`), so a rule matches
+//! `/etc/cron.d/%` on a host, in a container's root filesystem and in a
+//! test's root alike. An event whose process is not known returns the
+//! event's pid (or 0) with no `process_key`.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -67,8 +81,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge, Registry};
-use collector_core::vocabulary::{process_column, NETWORK, PERFORMANCE};
+use collector_core::vocabulary::{process_column, FILE, NETWORK, PERFORMANCE};
 use collector_core::ProcessEvent;
+use daemoneye_store::files::FileEventRow;
 use daemoneye_store::network::{self as net_rows, ConnectionRow};
 use daemoneye_store::performance::{self as perf_rows, PerformanceRow};
 use rusqlite::{params, Connection, OpenFlags};
@@ -199,6 +214,10 @@ static PERFORMANCE_INSERT: LazyLock<String> =
     LazyLock::new(|| perf_rows::insert_sql("performance"));
 /// The insert of one connection row, as the store's.
 static CONNECTIONS_INSERT: LazyLock<String> = LazyLock::new(|| net_rows::insert_sql("connections"));
+/// The insert of one file event: the store's columns, then the derived
+/// ones ([`FILE`]'s order).
+static FILES_INSERT: LazyLock<String> =
+    LazyLock::new(|| daemoneye_store::files::insert_every_column_sql("file_events"));
 
 fn schema() -> String {
     let columns: Vec<String> = COLUMNS
@@ -218,11 +237,44 @@ fn schema() -> String {
     format!(
         "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});\n\
          CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);\n\
+         CREATE TABLE file_events ({});\nCREATE INDEX file_events_pid ON file_events (pid);\n\
          {HISTORY_SCHEMA}",
         columns.join(", "),
         table(PERFORMANCE),
-        table(NETWORK)
+        table(NETWORK),
+        table(FILE)
     )
+}
+
+/// Every table a rule can read, with its columns (names, types, meanings
+/// from the one vocabulary), in the order `daemoneye-cli rules columns`
+/// lists them: `processes` (in [`COLUMNS`]' order), the tables of the
+/// other domains' batches, then the history.
+pub fn tables() -> Vec<(
+    &'static str,
+    Vec<&'static collector_core::vocabulary::Column>,
+)> {
+    use collector_core::vocabulary::{ANCESTRY, EXEC_LINEAGE, LIFECYCLE};
+    let processes = COLUMNS.iter().filter_map(|n| process_column(n)).collect();
+    let all = |list: &'static [collector_core::vocabulary::Column]| list.iter().collect();
+    vec![
+        ("processes", processes),
+        ("performance", all(PERFORMANCE)),
+        ("connections", all(NETWORK)),
+        ("file_events", all(FILE)),
+        ("ancestry", all(ANCESTRY)),
+        ("exec_lineage", all(EXEC_LINEAGE)),
+        ("lifecycle_events", all(LIFECYCLE)),
+    ]
+}
+
+/// What a batch loads beside its processes: the samples, connections or
+/// file events its rules are about.
+#[derive(Debug, Clone, Copy, Default)]
+struct Beside<'a> {
+    samples: &'a [PerformanceRow],
+    connections: &'a [ConnectionRow],
+    files: &'a [FileEventRow],
 }
 
 /// Whether `sql` names `table` (any identifier spelled so, ASCII
@@ -245,6 +297,13 @@ pub fn reads_connections(sql: &str) -> bool {
     names_table(sql, "connections")
 }
 
+/// Whether `sql` names the `file_events` table (any identifier spelled so,
+/// ASCII case-insensitive): such a rule runs on batches of file events
+/// (asked first).
+pub fn reads_file_events(sql: &str) -> bool {
+    names_table(sql, "file_events")
+}
+
 /// Which batches a rule runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -255,12 +314,16 @@ pub enum RuleKind {
     Performance,
     /// Batches of connections (it names `connections`).
     Network,
+    /// Batches of file events (it names `file_events`).
+    File,
 }
 
 impl RuleKind {
     /// The kind of a rule whose SQL is `sql`.
     pub fn of(sql: &str) -> Self {
-        if reads_connections(sql) {
+        if reads_file_events(sql) {
+            Self::File
+        } else if reads_connections(sql) {
             Self::Network
         } else if reads_performance(sql) {
             Self::Performance
@@ -375,6 +438,9 @@ pub struct Match {
     pub pid: u32,
     /// The process's key, when the rule returned `process_key`.
     pub process_key: Option<String>,
+    /// The file, when the rule returned `path` (a file rule): alerts about
+    /// different files of one process are kept apart.
+    pub path: Option<String>,
 }
 
 /// The engine itself failed (not a rule).
@@ -788,7 +854,7 @@ impl RuleEngine {
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
-        self.load(rows, &[], &[])?;
+        self.load(rows, Beside::default())?;
         Ok(self.run(RuleKind::Process, rows.len()))
     }
 
@@ -803,8 +869,11 @@ impl RuleEngine {
         samples: &[PerformanceRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(processes, samples, &[])?;
-        Ok(self.run(RuleKind::Performance, samples.len().max(processes.len())))
+        let beside = Beside {
+            samples,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::Performance, processes, beside, samples.len())
     }
 
     /// Runs every network rule over `connections`, with `processes` (the
@@ -818,8 +887,42 @@ impl RuleEngine {
         connections: &[ConnectionRow],
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        self.load(processes, &[], connections)?;
-        Ok(self.run(RuleKind::Network, connections.len().max(processes.len())))
+        let beside = Beside {
+            connections,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::Network, processes, beside, connections.len())
+    }
+
+    /// Runs every file rule over `files`, with `processes` (the processes
+    /// that made them, those known) in the `processes` table; as
+    /// [`evaluate`](Self::evaluate) otherwise.
+    ///
+    /// # Errors
+    /// Only when the batch cannot be loaded into the engine's database.
+    pub fn evaluate_files(
+        &mut self,
+        files: &[FileEventRow],
+        processes: &[ProcessRow],
+    ) -> Result<Vec<Match>, EngineError> {
+        let beside = Beside {
+            files,
+            ..Beside::default()
+        };
+        self.evaluate_beside(RuleKind::File, processes, beside, files.len())
+    }
+
+    /// Runs the rules of `kind` over a batch of `n` rows `beside` its
+    /// `processes`.
+    fn evaluate_beside(
+        &mut self,
+        kind: RuleKind,
+        processes: &[ProcessRow],
+        beside: Beside<'_>,
+        n: usize,
+    ) -> Result<Vec<Match>, EngineError> {
+        self.load(processes, beside)?;
+        Ok(self.run(kind, n.max(processes.len())))
     }
 
     /// Whether any rule in force reads `performance`.
@@ -830,6 +933,11 @@ impl RuleEngine {
     /// Whether any rule in force reads `connections`.
     pub fn has_network_rules(&self) -> bool {
         self.kinds.contains(&RuleKind::Network)
+    }
+
+    /// Whether any rule in force reads `file_events`.
+    pub fn has_file_rules(&self) -> bool {
+        self.kinds.contains(&RuleKind::File)
     }
 
     /// Applies `changes` (from
@@ -1029,26 +1137,42 @@ impl RuleEngine {
         out
     }
 
-    fn load(
-        &mut self,
-        rows: &[ProcessRow],
-        samples: &[PerformanceRow],
-        connections: &[ConnectionRow],
-    ) -> Result<(), rusqlite::Error> {
+    fn load(&mut self, rows: &[ProcessRow], beside: Beside<'_>) -> Result<(), rusqlite::Error> {
         let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
         tx.execute("DELETE FROM performance", [])?;
         tx.execute("DELETE FROM connections", [])?;
+        tx.execute("DELETE FROM file_events", [])?;
         {
             let mut insert = tx.prepare_cached(&PERFORMANCE_INSERT)?;
-            for s in samples {
+            for s in beside.samples {
                 insert.execute(s.params().as_slice())?;
             }
         }
         {
             let mut insert = tx.prepare_cached(&CONNECTIONS_INSERT)?;
-            for c in connections {
+            for c in beside.connections {
                 insert.execute(c.params().as_slice())?;
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(&FILES_INSERT)?;
+            for f in beside.files {
+                let (dir, file_name) = match f.path().rsplit_once('/') {
+                    Some((dir, name)) => (if dir.is_empty() { "/" } else { dir }, name),
+                    None => ("", f.path()),
+                };
+                let mode = f.mode();
+                let derived: [&dyn rusqlite::ToSql; 4] = [
+                    &file_name,
+                    &dir,
+                    &mode.map(|m| m & 0o4000 != 0),
+                    &mode.map(|m| m & 0o2000 != 0),
+                ];
+                let stored = f.params();
+                let all: Vec<&dyn rusqlite::ToSql> =
+                    stored.iter().chain(derived.iter()).copied().collect();
+                insert.execute(all.as_slice())?;
             }
         }
         {
@@ -1224,6 +1348,7 @@ fn run_rule(conn: &Connection, rule: &Rule, cap: usize) -> Result<Vec<Match>, Ru
         .collect();
     let pid_at = names.iter().position(|n| n == "pid");
     let key_at = names.iter().position(|n| n == "process_key");
+    let path_at = names.iter().position(|n| n == "path");
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -1233,11 +1358,13 @@ fn run_rule(conn: &Connection, rule: &Rule, cap: usize) -> Result<Vec<Match>, Ru
         let Some(pid) = pid_at.and_then(|i| row.get::<_, Option<u32>>(i).ok().flatten()) else {
             continue;
         };
-        let process_key = key_at.and_then(|i| row.get::<_, Option<String>>(i).ok().flatten());
+        let text =
+            |at: Option<usize>| at.and_then(|i| row.get::<_, Option<String>>(i).ok().flatten());
         out.push(Match {
             rule_id: rule.id.clone(),
             pid,
-            process_key,
+            process_key: text(key_at),
+            path: text(path_at),
         });
     }
     Ok(out)
@@ -1263,23 +1390,81 @@ mod tests {
     }
 
     #[test]
-    fn the_connections_table_has_the_network_vocabulary_in_order() {
+    fn the_connections_and_file_tables_have_their_vocabulary_in_order() {
         let conn = open_schema().unwrap();
-        let got = daemoneye_store::table_columns(&conn, "connections").unwrap();
-        let want: Vec<(String, String)> = NETWORK
-            .iter()
-            .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
-            .collect();
-        assert_eq!(got, want);
+        for (table, list) in [("connections", NETWORK), ("file_events", FILE)] {
+            let got = daemoneye_store::table_columns(&conn, table).unwrap();
+            let want: Vec<(String, String)> = list
+                .iter()
+                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+                .collect();
+            assert_eq!(got, want, "{table}");
+        }
         assert_eq!(
             RuleKind::of("SELECT c.pid FROM Connections c JOIN processes p USING (pid)"),
             RuleKind::Network
+        );
+        assert_eq!(
+            RuleKind::of("SELECT f.pid FROM file_events f JOIN connections c USING (pid)"),
+            RuleKind::File
         );
         assert_eq!(
             RuleKind::of("SELECT 0 AS pid FROM performance"),
             RuleKind::Performance
         );
         assert_eq!(RuleKind::of("SELECT pid FROM processes"), RuleKind::Process);
+    }
+
+    #[test]
+    fn a_file_rule_reads_the_derived_columns_and_joins_the_process_that_wrote() {
+        use collector_core::{FileOperation, FilesystemEvent};
+        let rule = rule(
+            "setuid-in-bin",
+            "SELECT p.pid, p.process_key FROM file_events f \
+             JOIN processes p ON p.pid = f.pid \
+             WHERE f.setuid = 1 AND f.setgid = 0 AND f.dir = '/usr/bin' \
+             AND f.file_name = 'sh' AND p.name = 'chmod'",
+        );
+        let mut engine = RuleEngine::new(vec![rule]).unwrap();
+        assert!(engine.has_file_rules() && !engine.has_network_rules());
+        let at = SystemTime::UNIX_EPOCH;
+        let event = |path: &str, mode: u32| {
+            FileEventRow::new(&FilesystemEvent {
+                pid: Some(9),
+                permissions: Some(mode),
+                ..FilesystemEvent::new(path, FileOperation::Attrib, at)
+            })
+        };
+        let chmod = ProcessRow {
+            pid: 9,
+            name: "chmod".into(),
+            process_key: Some(key(9)),
+            ..ProcessRow::default()
+        };
+        let files = [event("/usr/bin/sh", 0o4755), event("/usr/bin/sh", 0o755)];
+        let found = engine
+            .evaluate_files(&files, std::slice::from_ref(&chmod))
+            .unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].pid, found[0].process_key.clone()),
+            (9, Some(key(9)))
+        );
+        // Not a process rule: a batch of processes does not run it.
+        assert!(engine.evaluate(&[chmod]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_table_listed_is_the_engines_with_those_columns() {
+        let conn = open_schema().unwrap();
+        for (table, columns) in tables() {
+            let got = daemoneye_store::table_columns(&conn, table).unwrap();
+            let want: Vec<(String, String)> = columns
+                .iter()
+                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+                .collect();
+            assert_eq!(got, want, "{table}");
+        }
     }
 
     #[test]
@@ -1607,7 +1792,8 @@ mod tests {
             vec![Match {
                 rule_id: "tmp".into(),
                 pid: 7,
-                process_key: Some("k7".into())
+                process_key: Some("k7".into()),
+                path: None,
             }]
         );
         // The table holds only the current batch.
@@ -1864,7 +2050,7 @@ mod tests {
             }
             let mut engine = RuleEngine::new(vec![hostile.clone(), normal.clone()]).unwrap();
             assert_eq!(engine.rules().len(), 2, "{sql}");
-            engine.load(&batch, &[], &[]).unwrap();
+            engine.load(&batch, Beside::default()).unwrap();
             let reader = &engine.readers[0];
             let started = Instant::now();
             let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());

@@ -102,6 +102,16 @@ impl AlertProcess {
         }
     }
 
+    /// A process known only by its pid (`name` `unknown`): a file event's
+    /// whose process was never reported.
+    pub fn unknown(pid: u32) -> Self {
+        Self {
+            pid,
+            name: "unknown".to_owned(),
+            ..Self::host()
+        }
+    }
+
     /// From the process event and what is known of its parent.
     pub fn from_event(e: &ProcessEvent, parent: Option<&ProcessEvent>) -> Self {
         Self {

@@ -274,6 +274,9 @@ pub struct PruneEntry {
     /// Connection rows deleted (none before schema 7).
     #[serde(default)]
     pub connections: u64,
+    /// File-event rows deleted (none before schema 9).
+    #[serde(default)]
+    pub file_events: u64,
 }
 
 /// The content of a `start` entry.

@@ -45,6 +45,7 @@
 
 pub mod alert;
 pub mod bench;
+pub mod files;
 pub mod ledger;
 pub mod network;
 pub mod outbox;
@@ -57,6 +58,7 @@ mod timed;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};
+pub use files::FileEventRow;
 pub use network::ConnectionRow;
 pub use outbox::{OutboxItem, OutboxKind, OutboxState, DEFAULT_OUTBOX_ITEMS};
 pub use performance::PerformanceRow;
@@ -68,5 +70,6 @@ pub use store::{
 };
 pub use writer::{
     StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_EVENTS,
-    DEFAULT_CONNECTIONS_RETENTION, DEFAULT_PERFORMANCE_RETENTION, DEFAULT_QUEUE_WRITES,
+    DEFAULT_CONNECTIONS_RETENTION, DEFAULT_FILE_EVENTS_RETENTION, DEFAULT_PERFORMANCE_RETENTION,
+    DEFAULT_QUEUE_WRITES,
 };

@@ -196,30 +196,13 @@ mod tests {
 
     #[test]
     fn the_store_retention_prunes_connections_below_its_cut() {
-        use crate::ledger::{CheckpointEntry, Lost};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let long = Duration::from_secs(1 << 30);
         store
             .write_connections(&[shell_stdin(1_000), shell_stdin(3_000)], long)
             .unwrap();
-        for t in [1_500, 2_000] {
-            let time = to_nanos(at(t));
-            store
-                .append_entry("checkpoint", |_| CheckpointEntry {
-                    time,
-                    lost: Lost::default(),
-                })
-                .unwrap();
-        }
-        let retention = crate::Retention {
-            max_age: Some(Duration::from_secs(3_600)),
-            max_bytes: None,
-        };
-        let entry = store
-            .prune(&retention, to_nanos(at(2_000 + 3_600)))
-            .unwrap()
-            .unwrap();
+        let entry = crate::performance::tests::pruned_at_an_hour_past_2000(&mut store);
         assert_eq!(entry.connections, 1, "{entry:?}");
         let ro = Store::open_read_only(dir.path()).unwrap();
         let left = ro.query("SELECT observed_at FROM connections").unwrap();

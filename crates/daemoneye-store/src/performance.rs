@@ -138,6 +138,30 @@ pub(crate) mod tests {
         has_vocabulary_columns("performance", PERFORMANCE);
     }
 
+    /// Checkpoints at 1,500 s and 2,000 s (unix time), then a prune to an
+    /// hour's age at 2,000 s + an hour: what was observed before 2,000 s
+    /// goes.
+    pub(crate) fn pruned_at_an_hour_past_2000(store: &mut Store) -> crate::ledger::PruneEntry {
+        use crate::ledger::{CheckpointEntry, Lost};
+        for t in [1_500, 2_000] {
+            let time = to_nanos(at(t));
+            store
+                .append_entry("checkpoint", |_| CheckpointEntry {
+                    time,
+                    lost: Lost::default(),
+                })
+                .unwrap();
+        }
+        let retention = crate::Retention {
+            max_age: Some(Duration::from_secs(3_600)),
+            max_bytes: None,
+        };
+        store
+            .prune(&retention, to_nanos(at(2_000 + 3_600)))
+            .unwrap()
+            .unwrap()
+    }
+
     /// The store's `table` has `columns` (stored, none boolean) in order,
     /// after its `id`.
     pub(crate) fn has_vocabulary_columns(table: &str, columns: &[Column]) {

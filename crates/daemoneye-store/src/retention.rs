@@ -5,8 +5,8 @@
 //! the entries before that checkpoint are deleted with the rows they vouch
 //! for (lifecycle events, alerts), and so is what is older than the
 //! checkpoint's time and on no entry (snapshots but the newest, exited
-//! processes, performance samples, connections, events stored without an
-//! entry). A
+//! processes, performance samples, connections, file events, events stored
+//! without an entry). A
 //! `prune` entry ([`PruneEntry`]) is then appended, saying where the chain
 //! was cut and what went: `ledger verify` starts from that checkpoint and
 //! still catches any kept row edited or deleted.
@@ -129,6 +129,7 @@ pub(crate) fn prune_in(
     let processes = tx.execute("DELETE FROM processes WHERE exited_at < ?1", [cut.time])?;
     let performance = tx.execute("DELETE FROM performance WHERE observed_at < ?1", [cut.time])?;
     let connections = tx.execute("DELETE FROM connections WHERE observed_at < ?1", [cut.time])?;
+    let file_events = tx.execute("DELETE FROM file_events WHERE observed_at < ?1", [cut.time])?;
     let entries = tx.execute("DELETE FROM ledger WHERE seq < ?1", [cut.seq])?;
     let count = |n: usize| n as u64;
     let entry = PruneEntry {
@@ -143,6 +144,7 @@ pub(crate) fn prune_in(
         processes: count(processes),
         performance: count(performance),
         connections: count(connections),
+        file_events: count(file_events),
     };
     let content = serde_json::to_string(&entry).map_err(|source| StoreError::Encode {
         field: "prune entry",

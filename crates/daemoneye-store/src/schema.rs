@@ -77,10 +77,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "outbox: what waits for a broker's acknowledgement",
         sql: V8,
     },
+    Migration {
+        version: 9,
+        description: "file_events: file operations and the processes that made them",
+        sql: V9,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -290,6 +295,35 @@ CREATE TABLE outbox_state (
     dropped INTEGER NOT NULL
 ) STRICT;
 INSERT INTO outbox_state (id, dropped) VALUES (1, 0);";
+
+/// File operations, a row each: the stored columns of
+/// `collector_core::vocabulary::FILE` in its order (a test holds them to
+/// it). Not on the ledger (like connections); bounded by the writer's
+/// `file_events_retention` and the store's retention. Indexed by time (the
+/// prune), process key (the join to `processes`) and path.
+const V9: &str = "CREATE TABLE file_events (
+    id INTEGER PRIMARY KEY,
+    observed_at INTEGER NOT NULL,
+    operation TEXT NOT NULL,
+    path TEXT NOT NULL,
+    old_path TEXT,
+    root TEXT,
+    file_type TEXT,
+    size INTEGER,
+    mode INTEGER,
+    previous_mode INTEGER,
+    owner_uid INTEGER,
+    owner_gid INTEGER,
+    hash TEXT,
+    previous_hash TEXT,
+    hash_algorithm TEXT,
+    pid INTEGER,
+    process_key TEXT,
+    event_id TEXT
+);
+CREATE INDEX file_events_observed ON file_events (observed_at);
+CREATE INDEX file_events_process ON file_events (process_key);
+CREATE INDEX file_events_path ON file_events (path);";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

@@ -46,6 +46,7 @@
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
 //! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
 //! | `connections` | socket as one process holding it sees it (not on the ledger; pruned to the writer's `connections_retention` and the store's retention) | the columns of `collector_core::vocabulary::NETWORK`: `observed_at`, `connection_id`, `protocol`, `family`, `state`, `direction`, `change`, `local_address`, `local_port`, `remote_address`, `remote_port`, `pid`, `process_key`, `fd`, `holders`, `uid`, `inode`, `netns`, `tier`, `event_id` |
+//! | `file_events` | file operation (not on the ledger; pruned to the writer's `file_events_retention` and the store's retention) | the stored columns of `collector_core::vocabulary::FILE`: `observed_at`, `operation`, `path`, `old_path`, `root`, `file_type`, `size`, `mode`, `previous_mode`, `owner_uid`, `owner_gid`, `hash`, `previous_hash`, `hash_algorithm`, `pid`, `process_key`, `event_id` |
 //! | `outbox` | item waiting for a broker's acknowledgement (see [`outbox`](crate::outbox); `outbox_state` holds the count dropped when full) | `id`, `kind` (`alert`), `msg_id` (`alert-<alert id>`), `body`, `queued_at` |
 //! | `ledger` | ledger entry | `seq`, `kind` (`process_events` for a batch of lifecycle events, `alert`, `gap`, `start`, `stop`, `checkpoint`, `prune`; `process_event` before schema 6), `content`, `prev_hash`, `entry_hash` |
 //!
@@ -69,8 +70,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent, ProcessContext,
-    ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
+    EventId, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent,
+    ProcessContext, ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -79,6 +80,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::Alert;
 use crate::ledger::{self, Chain, LedgerError, Verified};
 use crate::schema;
+use crate::timed::TimedBatch;
 
 /// The agent's database file inside its data directory.
 pub const FILE: &str = "agent.db";
@@ -313,6 +315,10 @@ pub struct Recorded {
     pub connections: u64,
     /// Connection rows pruned past their retention.
     pub connections_pruned: u64,
+    /// File-event rows stored.
+    pub file_events: u64,
+    /// File-event rows pruned past their retention.
+    pub file_events_pruned: u64,
 }
 
 /// The result of [`Store::query`].
@@ -661,15 +667,7 @@ impl Store {
                 Op::Alert(alert) => {
                     write_alert_in(&tx, &mut chain, alert, self.outbox.zip(depth.as_mut()))?;
                 }
-                Op::Performance(events, retention) => {
-                    done.performance += events.len() as u64;
-                    done.pruned += crate::timed::write_timed_in(&tx, events, *retention)? as u64;
-                }
-                Op::Connections(events, retention) => {
-                    done.connections += events.len() as u64;
-                    done.connections_pruned +=
-                        crate::timed::write_timed_in(&tx, events, *retention)? as u64;
-                }
+                Op::Timed(batch, retention) => batch.write_in(&tx, *retention, &mut done)?,
                 Op::Gap(gap) => {
                     let content =
                         serde_json::to_string(gap).map_err(|source| StoreError::Encode {
@@ -732,7 +730,10 @@ impl Store {
         events: &[PerformanceEvent],
         retention: Duration,
     ) -> Result<Recorded, StoreError> {
-        self.apply(&[Op::Performance(events, retention)])
+        self.apply(&[Op::Timed(
+            &TimedBatch::Performance(events.to_vec()),
+            retention,
+        )])
     }
 
     /// Stores connections (not on the ledger) and prunes the table to
@@ -745,7 +746,23 @@ impl Store {
         events: &[NetworkEvent],
         retention: Duration,
     ) -> Result<Recorded, StoreError> {
-        self.apply(&[Op::Connections(events, retention)])
+        self.apply(&[Op::Timed(
+            &TimedBatch::Connections(events.to_vec()),
+            retention,
+        )])
+    }
+
+    /// Stores file events (not on the ledger) and prunes the table to
+    /// `retention` before the newest of them.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn write_file_events(
+        &mut self,
+        events: &[FilesystemEvent],
+        retention: Duration,
+    ) -> Result<Recorded, StoreError> {
+        self.apply(&[Op::Timed(&TimedBatch::Files(events.to_vec()), retention)])
     }
 
     /// Forgets every known process (the collector restarted: its first
@@ -1035,10 +1052,9 @@ impl Store {
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
     Events(&'a [ProcessEvent]),
-    /// Performance samples, and the retention to prune the table to.
-    Performance(&'a [PerformanceEvent], Duration),
-    /// Connections, and the retention to prune the table to.
-    Connections(&'a [NetworkEvent], Duration),
+    /// Events kept for a time in a table of their own (samples,
+    /// connections, file events), and the retention to prune it to.
+    Timed(&'a TimedBatch, Duration),
     /// A ledger entry saying what earlier failed transactions lost.
     Gap(&'a Gap),
     Snapshot(&'a [ProcessEvent]),

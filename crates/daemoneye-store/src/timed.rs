@@ -1,13 +1,81 @@
 //! The tables kept for a time, off the ledger (`performance`,
-//! `connections`): one `INSERT` built from a table's vocabulary, one write
-//! of a batch, and one prune by the batch's own clock.
+//! `connections`, `file_events`): one `INSERT` built from a table's
+//! vocabulary, one write of a batch, and one prune by the batch's own
+//! clock; [`TimedBatch`], a batch of any of them as the writer queues it.
 
 use std::time::{Duration, SystemTime};
 
 use collector_core::vocabulary::Column;
+use collector_core::{FilesystemEvent, NetworkEvent, PerformanceEvent};
 use rusqlite::Transaction;
 
-use crate::store::{to_nanos, StoreError};
+use crate::store::{to_nanos, Recorded, StoreError};
+
+/// A batch of events kept for a time in a table of their own: what the
+/// writer queues and a transaction writes, one kind at a time.
+#[derive(Debug, Clone)]
+pub(crate) enum TimedBatch {
+    /// Performance samples (`performance`).
+    Performance(Vec<PerformanceEvent>),
+    /// Connections (`connections`).
+    Connections(Vec<NetworkEvent>),
+    /// File events (`file_events`).
+    Files(Vec<FilesystemEvent>),
+}
+
+/// How long each table kept for a time keeps its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retentions {
+    pub(crate) performance: Duration,
+    pub(crate) connections: Duration,
+    pub(crate) files: Duration,
+}
+
+impl TimedBatch {
+    /// The events it holds.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Performance(e) => e.len(),
+            Self::Connections(e) => e.len(),
+            Self::Files(e) => e.len(),
+        }
+    }
+
+    /// Its table's retention.
+    pub(crate) fn retention(&self, r: Retentions) -> Duration {
+        match self {
+            Self::Performance(_) => r.performance,
+            Self::Connections(_) => r.connections,
+            Self::Files(_) => r.files,
+        }
+    }
+
+    /// Writes it within `tx`, pruning its table to `retention`, and counts
+    /// the rows written and pruned into `done`.
+    pub(crate) fn write_in(
+        &self,
+        tx: &Transaction<'_>,
+        retention: Duration,
+        done: &mut Recorded,
+    ) -> Result<(), StoreError> {
+        let n = self.len() as u64;
+        match self {
+            Self::Performance(e) => {
+                done.performance += n;
+                done.pruned += write_timed_in(tx, e, retention)? as u64;
+            }
+            Self::Connections(e) => {
+                done.connections += n;
+                done.connections_pruned += write_timed_in(tx, e, retention)? as u64;
+            }
+            Self::Files(e) => {
+                done.file_events += n;
+                done.file_events_pruned += write_timed_in(tx, e, retention)? as u64;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// `INSERT INTO <table> (<columns>) VALUES (?1, ...)`.
 pub(crate) fn insert_columns_sql(table: &str, columns: &[Column]) -> String {
@@ -21,7 +89,7 @@ pub(crate) fn insert_columns_sql(table: &str, columns: &[Column]) -> String {
 }
 
 /// An event kept for a time in a table of its own, off the ledger
-/// (`performance`, `connections`).
+/// (`performance`, `connections`, `file_events`).
 pub(crate) trait TimedEvent {
     /// Its table, and that table's vocabulary.
     const TABLE: (&'static str, &'static [Column]);

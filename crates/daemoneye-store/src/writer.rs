@@ -61,7 +61,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use collector_core::{NetworkEvent, PerformanceEvent, ProcessEvent, WhenFull};
+use collector_core::{FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, WhenFull};
 use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -73,6 +73,7 @@ use crate::ledger::{Checkpoint, CheckpointEntry, Head, Lost, StartEntry, StopEnt
 use crate::outbox::{OutboxItem, OutboxState};
 use crate::retention::Retention;
 use crate::store::{Gap, Op, Recorded, Store, StoreError};
+use crate::timed::{Retentions, TimedBatch};
 
 /// Configuration of a [`StoreWriter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +102,10 @@ pub struct WriterConfig {
     /// older than this before its newest observation.
     #[serde(with = "humantime_serde")]
     pub connections_retention: Duration,
+    /// How long file events are kept: each batch written prunes the rows
+    /// older than this before its newest event.
+    #[serde(with = "humantime_serde")]
+    pub file_events_retention: Duration,
     /// How long lifecycle events, alerts, snapshots and exited processes
     /// are kept (`None`, the default: for ever).
     #[serde(with = "humantime_serde")]
@@ -124,6 +129,9 @@ pub const DEFAULT_MAX_HELD_EVENTS: usize = 50_000;
 pub const DEFAULT_PERFORMANCE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default of [`WriterConfig::connections_retention`]: a day.
 pub const DEFAULT_CONNECTIONS_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default of [`WriterConfig::file_events_retention`]: a week (file events
+/// are few, and a persistence write is worth finding days later).
+pub const DEFAULT_FILE_EVENTS_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -135,6 +143,7 @@ impl Default for WriterConfig {
             max_held_events: DEFAULT_MAX_HELD_EVENTS,
             performance_retention: DEFAULT_PERFORMANCE_RETENTION,
             connections_retention: DEFAULT_CONNECTIONS_RETENTION,
+            file_events_retention: DEFAULT_FILE_EVENTS_RETENTION,
             retention: None,
             max_store_bytes: None,
         }
@@ -163,6 +172,9 @@ impl WriterConfig {
         }
         if self.connections_retention.is_zero() {
             return invalid("connections_retention", "must be longer than zero");
+        }
+        if self.file_events_retention.is_zero() {
+            return invalid("file_events_retention", "must be longer than zero");
         }
         if self.retention.is_some_and(|r| r.is_zero()) {
             return invalid("retention", "must be longer than zero");
@@ -206,6 +218,10 @@ pub struct WriterStats {
     pub connections_written: Counter,
     /// Connection rows pruned past their retention.
     pub connections_pruned: Counter,
+    /// File-event rows committed (they count as events too).
+    pub file_events_written: Counter,
+    /// File-event rows pruned past their retention.
+    pub file_events_pruned: Counter,
     /// Writes lost: dropped while held over their bound or at close with
     /// the store failing, or refused because the writer had closed (each
     /// logged).
@@ -289,6 +305,16 @@ impl WriterStats {
                     "daemoneye_connections_pruned_total",
                     "Connection rows pruned past their retention.",
                     &self.connections_pruned,
+                ),
+                (
+                    "daemoneye_file_events_written_total",
+                    "File-event rows committed.",
+                    &self.file_events_written,
+                ),
+                (
+                    "daemoneye_file_events_pruned_total",
+                    "File-event rows pruned past their retention.",
+                    &self.file_events_pruned,
                 ),
                 (
                     "daemoneye_store_writes_lost_total",
@@ -397,8 +423,7 @@ impl WriterStats {
 #[derive(Debug)]
 enum Write {
     Events(Vec<ProcessEvent>),
-    Performance(Vec<PerformanceEvent>),
-    Connections(Vec<NetworkEvent>),
+    Timed(TimedBatch),
     Snapshot(Vec<ProcessEvent>),
     Alert(Box<Alert>),
     ClearProcesses,
@@ -496,15 +521,16 @@ impl StoreWriter {
             .map_err(StoreError::Spawn)?;
         let worker = Worker {
             store,
-            performance_retention: if config.performance_retention.is_zero() {
-                DEFAULT_PERFORMANCE_RETENTION
-            } else {
-                config.performance_retention
-            },
-            connections_retention: if config.connections_retention.is_zero() {
-                DEFAULT_CONNECTIONS_RETENTION
-            } else {
-                config.connections_retention
+            retentions: Retentions {
+                performance: or_default(
+                    config.performance_retention,
+                    DEFAULT_PERFORMANCE_RETENTION,
+                ),
+                connections: or_default(
+                    config.connections_retention,
+                    DEFAULT_CONNECTIONS_RETENTION,
+                ),
+                files: or_default(config.file_events_retention, DEFAULT_FILE_EVENTS_RETENTION),
             },
             gap: Gap::default(),
             checkpointed: Lost::default(),
@@ -581,10 +607,7 @@ impl StoreWriter {
     /// # Cancel safety
     /// As [`events`](Self::events).
     pub async fn performance(&self, events: Vec<PerformanceEvent>) {
-        if !events.is_empty() {
-            self.send_events(events.len(), Write::Performance(events))
-                .await;
-        }
+        self.timed(TimedBatch::Performance(events)).await;
     }
 
     /// Queues a batch of connections, as [`events`](Self::events) does
@@ -595,9 +618,24 @@ impl StoreWriter {
     /// # Cancel safety
     /// As [`events`](Self::events).
     pub async fn connections(&self, events: Vec<NetworkEvent>) {
-        if !events.is_empty() {
-            self.send_events(events.len(), Write::Connections(events))
-                .await;
+        self.timed(TimedBatch::Connections(events)).await;
+    }
+
+    /// Queues a batch of file events, as [`events`](Self::events) does
+    /// (they count as events in the same counters). They are stored without
+    /// ledger entries and pruned to
+    /// [`file_events_retention`](WriterConfig::file_events_retention).
+    ///
+    /// # Cancel safety
+    /// As [`events`](Self::events).
+    pub async fn file_events(&self, events: Vec<FilesystemEvent>) {
+        self.timed(TimedBatch::Files(events)).await;
+    }
+
+    /// Queues a batch kept for a time in a table of its own.
+    async fn timed(&self, batch: TimedBatch) {
+        if batch.len() > 0 {
+            self.send_events(batch.len(), Write::Timed(batch)).await;
         }
     }
 
@@ -834,10 +872,19 @@ impl Slot {
     }
 }
 
+/// `d`, or `default` when `d` is zero.
+fn or_default(d: Duration, default: Duration) -> Duration {
+    if d.is_zero() {
+        default
+    } else {
+        d
+    }
+}
+
 struct Worker {
     store: Slot,
-    performance_retention: Duration,
-    connections_retention: Duration,
+    /// How long the tables pruned batch by batch keep their rows.
+    retentions: Retentions,
     /// What was lost since the last commit, to record in the ledger.
     gap: Gap,
     /// The losses counted at the last checkpoint.
@@ -898,8 +945,7 @@ enum Pending {
         completes: bool,
     },
     Snapshot(Vec<ProcessEvent>),
-    Performance(Vec<PerformanceEvent>),
-    Connections(Vec<NetworkEvent>),
+    Timed(TimedBatch),
     Alert(Box<Alert>),
     ClearProcesses,
 }
@@ -909,8 +955,7 @@ impl Pending {
     fn weight(&self) -> usize {
         match self {
             Self::Events { events: e, .. } | Self::Snapshot(e) => e.len().max(1),
-            Self::Performance(e) => e.len().max(1),
-            Self::Connections(e) => e.len().max(1),
+            Self::Timed(b) => b.len().max(1),
             _ => 1,
         }
     }
@@ -919,8 +964,7 @@ impl Pending {
     fn events(&self) -> usize {
         match self {
             Self::Events { events, .. } => events.len(),
-            Self::Performance(e) => e.len(),
-            Self::Connections(e) => e.len(),
+            Self::Timed(b) => b.len(),
             _ => 0,
         }
     }
@@ -1014,10 +1058,10 @@ impl Worker {
                 }
             }
             Write::Snapshot(e) => Pending::Snapshot(e),
-            // Not split: a sample batch is one interval's, far below a
+            // Not split: a sample batch is one interval's (a batch of
+            // connections or file events one collector batch), far below a
             // transaction's worth.
-            Write::Performance(e) => Pending::Performance(e),
-            Write::Connections(e) => Pending::Connections(e),
+            Write::Timed(b) => Pending::Timed(b),
             Write::Alert(a) => Pending::Alert(a),
             Write::ClearProcesses => Pending::ClearProcesses,
             Write::Flush(ack) => {
@@ -1205,13 +1249,7 @@ impl Worker {
                 weight += p.weight();
                 n += 1;
             }
-            let (ops, tally) = transaction(
-                self.held.range(..n),
-                Retentions {
-                    performance: self.performance_retention,
-                    connections: self.connections_retention,
-                },
-            );
+            let (ops, tally) = transaction(self.held.range(..n), self.retentions);
             let first = self.retry_at.is_none();
             match attempt(&mut self.store, &self.stats, &ops, &tally, first) {
                 Ok(done) => {
@@ -1295,13 +1333,6 @@ impl Worker {
 }
 
 /// The operations and counts of one transaction over `writes`.
-/// How long the tables pruned batch by batch keep their rows.
-#[derive(Debug, Clone, Copy)]
-struct Retentions {
-    performance: Duration,
-    connections: Duration,
-}
-
 fn transaction<'a>(
     writes: impl Iterator<Item = &'a Pending>,
     retention: Retentions,
@@ -1316,13 +1347,9 @@ fn transaction<'a>(
                 tally.batches += usize::from(*completes);
             }
             Pending::Snapshot(rows) => ops.push(Op::Snapshot(rows)),
-            Pending::Performance(samples) => {
-                ops.push(Op::Performance(samples, retention.performance));
-                tally.events += samples.len();
-            }
-            Pending::Connections(rows) => {
-                ops.push(Op::Connections(rows, retention.connections));
-                tally.events += rows.len();
+            Pending::Timed(batch) => {
+                ops.push(Op::Timed(batch, batch.retention(retention)));
+                tally.events += batch.len();
             }
             Pending::Alert(a) => {
                 ops.push(Op::Alert(a));
@@ -1386,6 +1413,8 @@ fn committed(store: &mut Slot, s: &WriterStats, tally: &Tally, done: &Recorded, 
     s.performance_pruned.add(done.pruned);
     s.connections_written.add(done.connections);
     s.connections_pruned.add(done.connections_pruned);
+    s.file_events_written.add(done.file_events);
+    s.file_events_pruned.add(done.file_events_pruned);
     s.transactions_committed.inc();
     s.failing.set(0);
 }

@@ -74,6 +74,8 @@ pub struct Baseline {
     pub files: BTreeMap<PathBuf, FileState>,
     /// Paths that could not be listed, examined or hashed, and why.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Roots that do not exist (watched all the same: they may be made).
+    pub missing: Vec<PathBuf>,
 }
 
 /// Walks `roots` (not following symlinks, staying on each root's
@@ -117,6 +119,10 @@ fn walk(roots: &[PathBuf]) -> Baseline {
     for root in roots {
         let meta = match std::fs::symlink_metadata(root) {
             Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                b.missing.push(root.clone());
+                continue;
+            }
             Err(e) => {
                 b.unreadable.push((root.clone(), e.to_string()));
                 continue;
@@ -177,6 +183,7 @@ pub fn diff(
         state.describe(&mut e);
         e.file_hash.clone_from(&state.hash);
         e.previous_hash = previous.and_then(|p| p.hash.clone());
+        e.previous_permissions = previous.map(|p| p.permissions);
         if e.file_hash.is_some() || e.previous_hash.is_some() {
             e.hash_algorithm = algorithm;
         }
@@ -239,8 +246,8 @@ mod tests {
         assert_eq!(b.files[&root.join("sub")].file_type, FileType::Directory);
         assert_eq!(b.files[&root.join("sub/link")].file_type, FileType::Symlink);
         assert_eq!(b.files[&root.join("sub/link")].hash, None);
-        assert_eq!(b.unreadable.len(), 1);
-        assert_eq!(b.unreadable[0].0, missing);
+        assert_eq!(b.unreadable, []);
+        assert_eq!(b.missing, [missing]);
     }
 
     #[tokio::test]

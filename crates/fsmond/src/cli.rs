@@ -41,9 +41,15 @@ pub struct RunArgs {
     /// TOML config file (sections `[collector]` and `[fsmond]`).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Watch PATH (repeated; replaces the configured list).
+    /// Watch PATH (repeated; replaces the configured list; a component `*`
+    /// matches any one name).
     #[arg(long, value_name = "PATH")]
     pub watch: Vec<PathBuf>,
+    /// The watched system's root: watch the paths under DIR, and name them
+    /// in events as that system sees them (a container's root filesystem,
+    /// a chroot).
+    #[arg(long, value_name = "DIR")]
+    pub watch_root: Option<PathBuf>,
     /// Hash regular files (the default unless the config says otherwise).
     #[arg(long, conflicts_with = "no_hash")]
     pub hash: bool,
@@ -91,6 +97,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut config = file.fsmond;
     if !args.watch.is_empty() {
         config.watch.clone_from(&args.watch);
+    }
+    if let Some(root) = &args.watch_root {
+        config.watch_root.clone_from(root);
     }
     if args.hash {
         config.hash = true;
@@ -156,11 +165,14 @@ pub async fn scan(args: &ScanArgs, out: &mut impl Write) -> Result<(), RunError>
         for (path, why) in &b.unreadable {
             writeln!(err, "fsmond: could not read {}: {why}", path.display())?;
         }
+        for path in &b.missing {
+            writeln!(err, "fsmond: {}: no such file or directory", path.display())?;
+        }
         writeln!(
             err,
             "{} files, {} unreadable",
             b.files.len(),
-            b.unreadable.len()
+            b.unreadable.len() + b.missing.len()
         )
     };
     write(out).map_err(|e| RunError::Failed(e.into()))

@@ -36,4 +36,5 @@ pub use source::{FsmondConfig, FsmondCounters, FsmondSource, NAME};
 /// `CAP_DAC_READ_SEARCH`: 0 events); with both, every event arrives.
 /// `CAP_DAC_READ_SEARCH` also lets the baseline hash files root's DAC
 /// would otherwise refuse.
-pub const CAPABILITIES: &[&str] = &["CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH"];
+pub const CAPABILITIES: rustix::thread::CapabilitySet =
+    rustix::thread::CapabilitySet::SYS_ADMIN.union(rustix::thread::CapabilitySet::DAC_READ_SEARCH);

@@ -13,6 +13,17 @@
 //! `unresolved`. Paths outside every watched path are dropped (counted
 //! `ignored`): marks cover whole filesystems.
 //!
+//! # What is watched
+//! Each watched path with everything under it; a component `*` matches any
+//! one name (`/home/*/.ssh`: every home's, those made later too). A path
+//! that does not exist yet is watched all the same, on the filesystem of
+//! its nearest existing directory (`/root/.ssh` before anyone made it).
+//! With a [`watch_root`](FsmondConfig::watch_root) other than `/` (a
+//! container's root filesystem, a chroot, a test's root), the watched paths
+//! are under it and events say their paths as that system sees them, with
+//! the root in [`FilesystemEvent::root`]: rules that match `/etc/cron.d/`
+//! match there too.
+//!
 //! # Losing events
 //! A full queue (16,384 records unless `unlimited_queue`) makes the kernel
 //! drop records and queue one `FAN_Q_OVERFLOW`. fsmond counts it, reports
@@ -22,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -37,7 +48,7 @@ use collector_core::{
 use daemoneye_hasher::{HashEngine, HasherConfig};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::baseline::{self, Baseline, FileState};
 use crate::record::{parse_records, FidKind, Record};
@@ -52,12 +63,28 @@ const RESCAN_ROUNDS: usize = 4;
 /// `FAN_Q_OVERFLOW`.
 const Q_OVERFLOW: u64 = 0x4000;
 
+/// The most directory paths kept (see `Watcher::dirs`): some 200 bytes each.
+const DIR_CACHE_CAPACITY: usize = 8192;
+
+/// What a directory's record may change the paths under it by.
+const MOVES: u64 = sys::FAN_RENAME
+    | libc::FAN_MOVED_FROM
+    | libc::FAN_MOVED_TO
+    | libc::FAN_DELETE
+    | libc::FAN_DELETE_SELF
+    | libc::FAN_MOVE_SELF;
+
 /// fsmond's settings (`[fsmond]` in its config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FsmondConfig {
-    /// Absolute paths watched (each with everything under it).
+    /// Absolute paths watched (each with everything under it; a component
+    /// `*` matches any one name), under `watch_root`.
     pub watch: Vec<PathBuf>,
+    /// Where the watched system's `/` is (default the host's own): the
+    /// watched paths are under it, and events give their paths as that
+    /// system sees them, with this root.
+    pub watch_root: PathBuf,
     /// Hash regular files: in the baseline, and after each close-after-write,
     /// create or rename.
     pub hash: bool,
@@ -68,6 +95,11 @@ pub struct FsmondConfig {
     pub unlimited_queue: bool,
     /// Where procfs is mounted (process keys).
     pub proc_root: PathBuf,
+    /// After the first record of a quiet spell, how long to let more come
+    /// before reading them all (milliseconds; 0: read at once): one wake-up
+    /// for many records on a busy filesystem, at the price of that much
+    /// latency.
+    pub batch_window_ms: u64,
 }
 
 impl Default for FsmondConfig {
@@ -80,14 +112,17 @@ impl Default for FsmondConfig {
                 "/usr/local/bin",
                 "/usr/lib/systemd/system",
                 "/root/.ssh",
+                "/home/*/.ssh",
                 "/var/spool/cron",
             ]
             .map(PathBuf::from)
             .to_vec(),
+            watch_root: PathBuf::from("/"),
             hash: true,
             hasher: HasherConfig::default(),
             unlimited_queue: false,
             proc_root: PathBuf::from("/proc"),
+            batch_window_ms: 10,
         }
     }
 }
@@ -109,6 +144,26 @@ impl FsmondConfig {
             return Err(bad(
                 "fsmond.watch",
                 format!("{} is not absolute", p.display()),
+            ));
+        }
+        if let Some(p) = self.watch.iter().find(|p| {
+            p.components().any(|c| {
+                let c = c.as_os_str().as_encoded_bytes();
+                c == b".." || (c.contains(&b'*') && c != b"*")
+            })
+        }) {
+            return Err(bad(
+                "fsmond.watch",
+                format!(
+                    "{}: `..` is not allowed, and `*` only as a whole component",
+                    p.display()
+                ),
+            ));
+        }
+        if !self.watch_root.is_absolute() {
+            return Err(bad(
+                "fsmond.watch_root",
+                format!("{} is not absolute", self.watch_root.display()),
             ));
         }
         self.hasher
@@ -261,10 +316,23 @@ struct Mount {
 /// The running state of [`FsmondSource::start_with`].
 struct Watcher<'a> {
     source: &'a FsmondSource,
+    /// The watched paths on this host (under the watch root, resolved),
+    /// each perhaps with `*` components.
     roots: Vec<PathBuf>,
+    /// The watch root (resolved), when it is not `/`.
+    root: Option<PathBuf>,
     mounts: Vec<Mount>,
     /// Which mount opened handles of this fsid last.
     by_fsid: HashMap<[i32; 2], usize>,
+    /// Directory handle (fsid, type and bytes) -> its path: a record in a
+    /// directory named before costs no system call (most records, on a
+    /// marked filesystem, come from a few busy directories, and most are
+    /// outside the watched paths). Cleared whenever a directory is
+    /// renamed or deleted (its path, and those under it, may have changed)
+    /// and when full.
+    dirs: HashMap<Vec<u8>, PathBuf>,
+    /// The key being looked up in `dirs` (one buffer for every record).
+    dir_key: Vec<u8>,
     baseline: Baseline,
     algorithm: Option<HashAlgorithm>,
     boot: Option<BootId>,
@@ -285,13 +353,23 @@ impl EventSource for FsmondSource {
     }
 
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        let group = Group::new(self.config.unlimited_queue)
-            .context("fanotify_init with FAN_REPORT_DFID_NAME (needs CAP_SYS_ADMIN, Linux 5.9)")?;
+        let group = match Group::new(self.config.unlimited_queue) {
+            Ok(group) => group,
+            Err(e) => {
+                let why = format!(
+                    "fanotify_init with FAN_REPORT_DFID_NAME: {e} (needs CAP_SYS_ADMIN and Linux 5.9)"
+                );
+                return self.unavailable(&ctx, why).await;
+            }
+        };
         let mut w = Watcher {
             source: self,
             roots: Vec::new(),
+            root: Some(resolve(&self.config.watch_root)).filter(|r| r != Path::new("/")),
             mounts: Vec::new(),
             by_fsid: HashMap::new(),
+            dirs: HashMap::new(),
+            dir_key: Vec::new(),
             baseline: Baseline::default(),
             algorithm: self
                 .engine
@@ -301,23 +379,36 @@ impl EventSource for FsmondSource {
         };
         w.mark(&group);
         if w.roots.is_empty() {
-            anyhow::bail!("no watched path could be marked: {:?}", self.unwatched());
+            error!("no watched path could be marked: fsmond sees nothing until restarted");
+            ctx.shutdown().cancelled().await;
+            return Ok(());
         }
         let group = group
             .into_async()
             .context("registering the fanotify descriptor")?;
-        w.baseline = baseline::scan(&w.roots, self.engine.as_ref()).await;
+        w.baseline = baseline::scan(&w.scanned(), self.engine.as_ref()).await;
         self.counters.rescans.inc();
         for (path, why) in &w.baseline.unreadable {
             warn!(path = %path.display(), error = %why, "unreadable in the baseline");
         }
+        for path in &w.baseline.missing {
+            debug!(path = %path.display(), "watched, not there yet");
+        }
         let mut buf = vec![0u8; 256 * 1024];
+        let window = std::time::Duration::from_millis(self.config.batch_window_ms);
         loop {
             let mut ready = tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => return Ok(()),
                 r = group.readable() => r.context("waiting on the fanotify descriptor")?,
             };
+            if !window.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = ctx.shutdown().cancelled() => return Ok(()),
+                    () = tokio::time::sleep(window) => {}
+                }
+            }
             let mut overflowed = false;
             // Drain what is queued now, then rescan if anything was lost.
             loop {
@@ -337,25 +428,9 @@ impl EventSource for FsmondSource {
                         continue;
                     }
                 };
-                for record in &records {
-                    self.counters.records.inc();
-                    if record.mask & Q_OVERFLOW != 0 {
-                        self.counters.overflows.inc();
-                        self.status.rescanning.store(true, Ordering::SeqCst);
-                        overflowed = true;
-                        continue;
-                    }
-                    for event in w.events(record).await {
-                        if ctx
-                            .out()
-                            .send(CollectionEvent::Filesystem(event))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                        self.counters.events.inc();
-                    }
+                match w.deliver(&records, ctx.out()).await {
+                    Some(lost) => overflowed |= lost,
+                    None => return Ok(()),
                 }
                 if ctx.shutdown().is_cancelled() {
                     return Ok(());
@@ -381,17 +456,72 @@ impl EventSource for FsmondSource {
         }
         let unwatched = self.unwatched();
         if !unwatched.is_empty() {
-            let list: Vec<String> = unwatched
+            // By reason: without fanotify, every path has the same.
+            let mut by_reason: Vec<(&str, Vec<String>)> = Vec::new();
+            for (path, why) in &unwatched {
+                let path = path.display().to_string();
+                match by_reason.iter_mut().find(|(w, _)| w == why) {
+                    Some((_, paths)) => paths.push(path),
+                    None => by_reason.push((why, vec![path])),
+                }
+            }
+            let parts: Vec<String> = by_reason
                 .iter()
-                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .map(|(why, paths)| format!("{} ({why})", paths.join(", ")))
                 .collect();
-            anyhow::bail!("unwatched: {}", list.join(", "));
+            anyhow::bail!("unwatched: {}", parts.join("; "));
         }
         Ok(())
     }
 }
 
+impl FsmondSource {
+    /// Without fanotify: every watched path unwatched, for `why` (health
+    /// says so), until shutdown. Not an error that ends the collector: its
+    /// supervisor would start it again and again to the same end.
+    async fn unavailable(&self, ctx: &SourceContext, why: String) -> anyhow::Result<()> {
+        error!(reason = %why, "fanotify unavailable: nothing is watched");
+        if let Ok(mut u) = self.status.unwatched.lock() {
+            *u = self
+                .config
+                .watch
+                .iter()
+                .map(|p| (p.clone(), why.clone()))
+                .collect();
+        }
+        ctx.shutdown().cancelled().await;
+        Ok(())
+    }
+}
+
 impl Watcher<'_> {
+    /// Sends the events of `records`; whether the kernel lost some
+    /// (`FAN_Q_OVERFLOW`), or `None` once nobody receives.
+    async fn deliver(&mut self, records: &[Record<'_>], out: &EventSender) -> Option<bool> {
+        let counters = &self.source.counters;
+        let mut overflowed = false;
+        for record in records {
+            counters.records.inc();
+            if record.mask & Q_OVERFLOW != 0 {
+                counters.overflows.inc();
+                self.source.status.rescanning.store(true, Ordering::SeqCst);
+                overflowed = true;
+                continue;
+            }
+            let events = self.events(record).await;
+            // A directory moved or gone: the paths kept may be stale (after
+            // this record, whose own handles are its parents').
+            if record.mask & libc::FAN_ONDIR != 0 && record.mask & MOVES != 0 {
+                self.dirs.clear();
+            }
+            for event in events {
+                out.send(CollectionEvent::Filesystem(event)).await.ok()?;
+                counters.events.inc();
+            }
+        }
+        Some(overflowed)
+    }
+
     /// Rescans the watched paths and sends what changed since the
     /// baseline; `false` once nobody receives.
     ///
@@ -400,7 +530,7 @@ impl Watcher<'_> {
     /// one finds nothing new (at most [`RESCAN_ROUNDS`]).
     async fn rescan(&mut self, out: &EventSender) -> bool {
         for _ in 0..RESCAN_ROUNDS {
-            let fresh = baseline::scan(&self.roots, self.source.engine.as_ref()).await;
+            let fresh = baseline::scan(&self.scanned(), self.source.engine.as_ref()).await;
             self.source.counters.rescans.inc();
             let events = baseline::diff(
                 &self.baseline.files,
@@ -412,7 +542,7 @@ impl Watcher<'_> {
             if events.is_empty() {
                 break;
             }
-            for event in events {
+            for event in events.into_iter().filter_map(|e| self.rooted(e)) {
                 if out.send(CollectionEvent::Filesystem(event)).await.is_err() {
                     return false;
                 }
@@ -422,44 +552,51 @@ impl Watcher<'_> {
         true
     }
 
-    /// Marks the filesystem of every watched path (once per device),
-    /// noting the paths that cannot be.
+    /// The paths a scan walks: every watched path, its `*` components
+    /// expanded to what exists now.
+    fn scanned(&self) -> Vec<PathBuf> {
+        self.roots.iter().flat_map(|r| expand(r)).collect()
+    }
+
+    /// An event of this host's paths as the watched system sees them
+    /// (`None` for one outside the watch root).
+    fn rooted(&self, mut e: FilesystemEvent) -> Option<FilesystemEvent> {
+        let Some(root) = &self.root else {
+            return Some(e);
+        };
+        let inside = |p: &str| -> Option<String> {
+            let rest = Path::new(p).strip_prefix(root).ok()?;
+            Some(Path::new("/").join(rest).to_string_lossy().into_owned())
+        };
+        e.path = inside(&e.path)?;
+        e.old_path = e.old_path.as_deref().and_then(inside);
+        e.root = Some(root.to_string_lossy().into_owned());
+        Some(e)
+    }
+
+    /// Marks the filesystems of every watched path (once per device): that
+    /// of its nearest existing directory, and, for a path with `*`, those
+    /// of what it matches now; notes the paths that cannot be.
     fn mark(&mut self, group: &Group) {
         let mut unwatched = Vec::new();
-        for path in &self.source.config.watch {
-            let fd = match sys::open_mount(path) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    unwatched.push((path.clone(), e.desc().to_owned()));
-                    continue;
-                }
-            };
-            let dev = match nix::sys::stat::fstat(fd.as_fd()) {
-                Ok(st) => st.st_dev,
-                Err(e) => {
-                    unwatched.push((path.clone(), e.desc().to_owned()));
-                    continue;
-                }
-            };
-            if !self.mounts.iter().any(|m| m.dev == dev) {
-                let marked = group
-                    .mark_filesystem(fd.as_fd(), path, sys::BASE_MASK | sys::FAN_RENAME)
-                    .or_else(|e| match e {
-                        // Before Linux 5.17: the two halves of a rename apart.
-                        Errno::EINVAL => group.mark_filesystem(
-                            fd.as_fd(),
-                            path,
-                            sys::BASE_MASK | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
-                        ),
-                        e => Err(e),
-                    });
-                if let Err(e) = marked {
-                    unwatched.push((path.clone(), format!("fanotify_mark: {}", e.desc())));
-                    continue;
-                }
-                self.mounts.push(Mount { dev, fd });
+        let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        for path in &self.source.config.watch.clone() {
+            let real = resolve(&base.join(path.strip_prefix("/").unwrap_or(path)));
+            let mut on: Vec<PathBuf> = vec![existing(&fixed_prefix(&real))];
+            if real != fixed_prefix(&real) {
+                on.extend(expand(&real));
             }
-            self.roots.push(path.clone());
+            let mut failed = None;
+            for dir in &on {
+                if let Err(why) = self.mark_one(group, dir) {
+                    failed = Some(why);
+                    break;
+                }
+            }
+            match failed {
+                Some(why) => unwatched.push((real, why)),
+                None => self.roots.push(real),
+            }
         }
         for (path, why) in &unwatched {
             warn!(path = %path.display(), reason = %why, "not watched");
@@ -469,8 +606,58 @@ impl Watcher<'_> {
         }
     }
 
+    /// Marks the filesystem `dir` is on, unless one of its device's is.
+    fn mark_one(&mut self, group: &Group, dir: &Path) -> Result<(), String> {
+        let fd = sys::open_mount(dir).map_err(|e| format!("open: {e}"))?;
+        let dev = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| format!("fstat: {e}"))?
+            .st_dev;
+        if self.mounts.iter().any(|m| m.dev == dev) {
+            return Ok(());
+        }
+        group
+            .mark_filesystem(fd.as_fd(), dir, sys::BASE_MASK | sys::FAN_RENAME)
+            .or_else(|e| match e {
+                // Before Linux 5.17: the two halves of a rename apart.
+                Errno::EINVAL => group.mark_filesystem(
+                    fd.as_fd(),
+                    dir,
+                    sys::BASE_MASK | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO,
+                ),
+                e => Err(e),
+            })
+            .map_err(|e| format!("fanotify_mark: {e}"))?;
+        self.mounts.push(Mount { dev, fd });
+        Ok(())
+    }
+
     /// The path a directory handle and name stand for.
     fn resolve(&mut self, fid: &crate::record::Fid<'_>) -> Option<PathBuf> {
+        let name = |dir: &Path| match fid.name {
+            None | Some(b".") => dir.to_path_buf(),
+            Some(name) => {
+                dir.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name))
+            }
+        };
+        self.dir_key.clear();
+        for w in fid.fsid.iter().chain([&fid.handle_type]) {
+            self.dir_key.extend_from_slice(&w.to_ne_bytes());
+        }
+        self.dir_key.extend_from_slice(fid.handle);
+        if let Some(dir) = self.dirs.get(self.dir_key.as_slice()) {
+            return Some(name(dir));
+        }
+        let dir = self.open_dir(fid)?;
+        if self.dirs.len() >= DIR_CACHE_CAPACITY {
+            self.dirs.clear();
+        }
+        self.dirs.insert(self.dir_key.clone(), dir.clone());
+        Some(name(&dir))
+    }
+
+    /// The path of the directory a handle names now (`open_by_handle_at`
+    /// on the filesystems marked, then its `/proc/self/fd` link).
+    fn open_dir(&mut self, fid: &crate::record::Fid<'_>) -> Option<PathBuf> {
         let order: Vec<usize> = match self.by_fsid.get(&fid.fsid) {
             Some(&i) => std::iter::once(i)
                 .chain((0..self.mounts.len()).filter(|&j| j != i))
@@ -481,13 +668,7 @@ impl Watcher<'_> {
             match sys::open_by_handle(self.mounts[i].fd.as_fd(), fid.handle_type, fid.handle) {
                 Ok(dir) => {
                     self.by_fsid.insert(fid.fsid, i);
-                    let dir = sys::fd_path(dir.as_fd())?;
-                    return Some(match fid.name {
-                        None | Some(b".") => dir,
-                        Some(name) => dir.join(
-                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
-                        ),
-                    });
+                    return sys::fd_path(dir.as_fd());
                 }
                 Err(Errno::ESTALE) if self.mounts.len() == 1 => return None,
                 Err(e) => debug!(error = %e, "open_by_handle_at"),
@@ -497,7 +678,7 @@ impl Watcher<'_> {
     }
 
     fn watched(&self, path: &Path) -> bool {
-        self.roots.iter().any(|r| path.starts_with(r))
+        self.roots.iter().any(|r| under(r, path))
     }
 
     fn key(&self, pid: u32) -> Option<ProcessKey> {
@@ -559,6 +740,7 @@ impl Watcher<'_> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let mut e = FilesystemEvent::new(path.to_string_lossy(), op.clone(), now);
+            e.previous_permissions = before.as_ref().map(|b| b.permissions);
             e.pid = pid;
             e.process_key = process_key;
             if op == FileOperation::Rename {
@@ -583,10 +765,78 @@ impl Watcher<'_> {
             if e.file_hash.is_some() || e.previous_hash.is_some() {
                 e.hash_algorithm = self.algorithm;
             }
-            out.push(e);
+            out.extend(self.rooted(e));
         }
         out
     }
+}
+
+/// Whether `path` is `pattern` or under it, a `*` component of `pattern`
+/// matching any one name.
+pub fn under(pattern: &Path, path: &Path) -> bool {
+    let mut names = path.components();
+    pattern.components().all(|c| match names.next() {
+        Some(n) => c == n || (c.as_os_str() == "*" && matches!(n, Component::Normal(_))),
+        None => false,
+    })
+}
+
+/// `pattern` up to its first `*` component.
+fn fixed_prefix(pattern: &Path) -> PathBuf {
+    pattern
+        .components()
+        .take_while(|c| c.as_os_str() != "*")
+        .collect()
+}
+
+/// The existing paths `pattern` matches now (itself, without `*`; a path
+/// that does not exist is kept: a scan says it is missing).
+fn expand(pattern: &Path) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    for c in pattern.components() {
+        if c.as_os_str() == "*" {
+            found = found
+                .iter()
+                .filter_map(|dir| std::fs::read_dir(dir).ok())
+                .flatten()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+        } else {
+            for f in &mut found {
+                f.push(c);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The nearest existing directory of `path` (itself when it is one).
+fn existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+/// `path` with the symlinks of its existing part resolved (events name
+/// paths so, from the kernel's view of each directory): `/lib/systemd`
+/// on a merged-/usr host is `/usr/lib/systemd`.
+fn resolve(path: &Path) -> PathBuf {
+    let fixed = fixed_prefix(path);
+    for dir in fixed.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            let rest = path.strip_prefix(dir).unwrap_or(Path::new(""));
+            return if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            };
+        }
+    }
+    path.to_path_buf()
 }
 
 /// The operations of a mask, in the order they happen.
@@ -610,6 +860,8 @@ pub fn operations(mask: u64) -> Vec<FileOperation> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -640,5 +892,36 @@ mod tests {
         c.watch.clear();
         assert!(c.validate().is_err());
         assert!(FsmondConfig::default().validate().is_ok());
+        for bad in ["/home/u*/.ssh", "/etc/../root"] {
+            c.watch = vec![PathBuf::from(bad)];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.watch = vec![PathBuf::from("/etc")];
+        c.watch_root = PathBuf::from("chroot");
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_star_matches_any_one_name_and_expands_to_what_exists() {
+        let p = Path::new("/home/*/.ssh");
+        assert!(under(p, Path::new("/home/ann/.ssh")));
+        assert!(under(p, Path::new("/home/ann/.ssh/authorized_keys")));
+        assert!(!under(p, Path::new("/home/ann/.sshx")));
+        assert!(!under(p, Path::new("/home/ann")));
+        assert!(!under(p, Path::new("/root/.ssh")));
+        assert!(under(Path::new("/etc"), Path::new("/etc/cron.d/x")));
+        assert!(!under(Path::new("/etc"), Path::new("/etcetera")));
+        let dir = tempfile::tempdir().unwrap();
+        for home in ["ann", "bob"] {
+            std::fs::create_dir_all(dir.path().join(home).join(".ssh")).unwrap();
+        }
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let pattern = dir.path().join("*/.ssh");
+        assert_eq!(
+            expand(&pattern),
+            [dir.path().join("ann/.ssh"), dir.path().join("bob/.ssh")]
+        );
+        assert_eq!(fixed_prefix(&pattern), dir.path());
+        assert_eq!(existing(&dir.path().join("none/of/this")), dir.path());
     }
 }

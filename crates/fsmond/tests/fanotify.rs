@@ -43,29 +43,36 @@ struct Started {
 /// Starts the source on `dir` and waits until it sees a probe file there.
 async fn start(dir: &Path, mut config: FsmondConfig) -> Started {
     config.watch = vec![dir.to_path_buf()];
+    let probe = dir.join(".probe");
+    let seen = probe.to_string_lossy().into_owned();
+    start_probing(config, &probe, &seen).await
+}
+
+/// Starts the source with `config` and waits until it reports `probe`
+/// (written and removed here) as `seen`.
+async fn start_probing(config: FsmondConfig, probe: &Path, seen: &str) -> Started {
     let counters = FsmondCounters::default();
     let source = FsmondSource::new(config, counters.clone()).unwrap();
     let (tx, mut rx) = mpsc::channel(200_000);
     let ctx = SourceContext::new("fsmond", tx);
     let stop = ctx.shutdown().clone();
     let task = tokio::spawn(async move { source.start_with(ctx).await });
-    let probe = dir.join(".probe");
     'ready: for _ in 0..100 {
-        std::fs::write(&probe, b"p").unwrap();
+        std::fs::write(probe, b"p").unwrap();
         let deadline = tokio::time::sleep(Duration::from_millis(200));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 () = &mut deadline => break,
                 e = rx.recv() => match e {
-                    Some(CollectionEvent::Filesystem(f)) if Path::new(&f.path) == probe => break 'ready,
+                    Some(CollectionEvent::Filesystem(f)) if f.path == seen => break 'ready,
                     Some(_) => {}
                     None => panic!("the source ended: {:?}", task.await),
                 },
             }
         }
     }
-    std::fs::remove_file(&probe).unwrap();
+    std::fs::remove_file(probe).unwrap();
     Started {
         rx,
         stop,
@@ -77,11 +84,11 @@ async fn start(dir: &Path, mut config: FsmondConfig) -> Started {
 /// The next event on `path` with `op` (others are skipped), within 10 s.
 async fn next(
     rx: &mut mpsc::Receiver<CollectionEvent>,
-    path: &Path,
+    path: impl AsRef<Path>,
     op: FileOperation,
     pid: Option<u32>,
 ) -> FilesystemEvent {
-    let wanted = path.to_string_lossy().into_owned();
+    let wanted = path.as_ref().to_string_lossy().into_owned();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match rx.recv().await {
@@ -136,10 +143,11 @@ async fn every_operation_on(base: &str) {
     assert_eq!(e.pid, Some(me));
     assert_eq!(e.previous_hash, e.file_hash);
 
-    // Made setuid: the new mode.
+    // Made setuid: the new mode, and the one before.
     std::fs::set_permissions(&moved, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let e = next(&mut s.rx, &moved, FileOperation::Attrib, None).await;
     assert_eq!((e.permissions, e.pid), (Some(0o4755), Some(me)));
+    assert_eq!(e.previous_permissions, Some(0o644));
 
     // Deleted: what it was.
     std::fs::remove_file(&moved).unwrap();
@@ -156,6 +164,21 @@ async fn every_operation_on(base: &str) {
     std::fs::create_dir(&sub).unwrap();
     let e = next(&mut s.rx, &sub, FileOperation::Create, None).await;
     assert_eq!(e.file_type, Some(FileType::Directory));
+
+    // A directory named once, then renamed: what is written in it after
+    // has the new path (the paths kept of directories are let go).
+    std::fs::write(sub.join("a"), b"1").unwrap();
+    next(&mut s.rx, sub.join("a"), FileOperation::CloseWrite, None).await;
+    let renamed = d.join("cron.daily");
+    std::fs::rename(&sub, &renamed).unwrap();
+    std::fs::write(renamed.join("b"), b"2").unwrap();
+    next(
+        &mut s.rx,
+        renamed.join("b"),
+        FileOperation::CloseWrite,
+        None,
+    )
+    .await;
 
     s.stop.cancel();
     s.task.await.unwrap().unwrap();
@@ -174,6 +197,73 @@ async fn every_operation_on_tmpfs_gives_its_event_with_path_and_pid() {
     if root() && Path::new("/dev/shm").is_dir() {
         every_operation_on("/dev/shm").await;
     }
+}
+
+/// A watch root (a test's, as a container's root filesystem would be):
+/// events name paths as that system sees them, with the root; a watched
+/// path made after the start (`/root/.ssh`) and a home's `.ssh` matched by
+/// `*` are seen; what is under the root but not watched is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_watch_root_paths_are_the_watched_systems_and_later_paths_are_seen() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let r = std::fs::canonicalize(dir.path()).unwrap();
+    std::fs::create_dir_all(r.join("etc/cron.d")).unwrap();
+    std::fs::create_dir_all(r.join("home")).unwrap();
+    std::fs::create_dir_all(r.join("var")).unwrap();
+    let config = FsmondConfig {
+        watch: ["/etc", "/root/.ssh", "/home/*/.ssh"]
+            .map(PathBuf::from)
+            .to_vec(),
+        watch_root: r.clone(),
+        ..config(&r, true)
+    };
+    let mut s = start_probing(config, &r.join("etc/.probe"), "/etc/.probe").await;
+    let root = Some(r.to_string_lossy().into_owned());
+
+    // Under the root but not watched: nothing, before the watched write's
+    // events.
+    std::fs::write(r.join("var/not-watched"), b"x").unwrap();
+    std::fs::write(r.join("home/notes"), b"x").unwrap();
+    std::fs::write(r.join("etc/cron.d/job"), b"* * * * * root id\n").unwrap();
+    let e = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.rx.recv()).await {
+            Ok(Some(CollectionEvent::Filesystem(f))) => {
+                assert!(f.path.starts_with("/etc/"), "{f:?}");
+                if f.path == "/etc/cron.d/job" && f.operation == FileOperation::CloseWrite {
+                    break f;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(e.root, root);
+    assert_eq!(e.pid, Some(std::process::id()));
+
+    std::fs::create_dir_all(r.join("root/.ssh")).unwrap();
+    std::fs::write(r.join("root/.ssh/authorized_keys"), b"ssh-ed25519 AAAA").unwrap();
+    let e = next(
+        &mut s.rx,
+        "/root/.ssh/authorized_keys",
+        FileOperation::CloseWrite,
+        None,
+    )
+    .await;
+    assert_eq!(e.root, root);
+
+    std::fs::create_dir_all(r.join("home/ann/.ssh")).unwrap();
+    std::fs::write(r.join("home/ann/.ssh/authorized_keys"), b"k").unwrap();
+    next(
+        &mut s.rx,
+        "/home/ann/.ssh/authorized_keys",
+        FileOperation::CloseWrite,
+        None,
+    )
+    .await;
+    s.stop.cancel();
+    s.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

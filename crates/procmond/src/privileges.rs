@@ -24,9 +24,9 @@
 //! and says so.
 //!
 //! The agent's built-in collectors are started by its spawner, which holds
-//! [`KEPT`] and [`LOAD_EBPF`] permitted and none effective
-//! ([`drop_privileges_for_spawner`]); root's exec gives a collector the
-//! spawner's permitted set, `no_new_privs` no more. The agent itself leaves
+//! what its collectors take ([`FOR_PROCMOND`] for procmond) permitted and
+//! none effective ([`drop_privileges_for_spawner`]); root's exec gives a
+//! collector the spawner's permitted set, `no_new_privs` no more. The agent itself leaves
 //! root for good ([`drop_to_user`]).
 
 use rustix::thread::{
@@ -41,6 +41,10 @@ pub const KEPT: CapabilitySet = CapabilitySet::SYS_PTRACE
 
 /// What loading the eBPF tier's programs takes, beyond [`KEPT`].
 pub const LOAD_EBPF: CapabilitySet = CapabilitySet::BPF.union(CapabilitySet::PERFMON);
+
+/// What a procmond started as a supervisor's child takes from it: [`KEPT`]
+/// and [`LOAD_EBPF`] (it loads the eBPF tier, then drops to [`KEPT`]).
+pub const FOR_PROCMOND: CapabilitySet = KEPT.union(LOAD_EBPF);
 
 /// What [`drop_privileges`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,28 +86,29 @@ pub fn drop_privileges() -> Result<Dropped, PrivilegeError> {
     reduce_to(KEPT)
 }
 
-/// [`drop_privileges`] for a supervisor that starts the collector as its
-/// child (the agent): it uses only [`KEPT`], and also holds [`LOAD_EBPF`],
-/// permitted but never effective, so that its child can load the eBPF tier
-/// (with `no_new_privs` a child gets no capability its parent is not
-/// permitted); the child loads, then drops to [`KEPT`] itself.
+/// [`drop_privileges`] for a supervisor that starts collectors as its
+/// children (the agent): it uses only [`KEPT`], and also holds `children`
+/// (what its children take: [`FOR_PROCMOND`] for procmond), permitted but
+/// never effective, so that a child can take them (with `no_new_privs` a
+/// child gets no capability its parent is not permitted); each child then
+/// drops to its own.
 ///
 /// # Errors
 /// As [`drop_privileges`].
-pub fn drop_privileges_for_supervisor() -> Result<Dropped, PrivilegeError> {
-    reduce_to(KEPT.union(LOAD_EBPF))
+pub fn drop_privileges_for_supervisor(children: CapabilitySet) -> Result<Dropped, PrivilegeError> {
+    reduce_to(KEPT.union(children))
 }
 
 /// [`drop_privileges`] for the agent's privileged spawner, which starts the
-/// collectors and does nothing else: [`KEPT`] and [`LOAD_EBPF`] permitted
-/// (and bounding), for its children to take at exec (root's exec gives a
-/// child its parent's permitted set, `no_new_privs` no more), none
+/// collectors and does nothing else: `children` (what its collectors take)
+/// permitted (and bounding), for its children to take at exec (root's exec
+/// gives a child its parent's permitted set, `no_new_privs` no more), none
 /// effective.
 ///
 /// # Errors
 /// As [`drop_privileges`].
-pub fn drop_privileges_for_spawner() -> Result<Dropped, PrivilegeError> {
-    reduce(KEPT.union(LOAD_EBPF), CapabilitySet::empty())
+pub fn drop_privileges_for_spawner(children: CapabilitySet) -> Result<Dropped, PrivilegeError> {
+    reduce(children, CapabilitySet::empty())
 }
 
 /// Becomes `uid` and `gid` (supplementary groups: `gid` alone) with no
@@ -229,13 +234,13 @@ pub fn drop_privileges_in_main(program: &str) -> Result<(), std::process::ExitCo
     in_main(program, drop_privileges())
 }
 
-/// [`drop_privileges_for_supervisor`] at the start of a supervisor's `main`,
-/// as [`drop_privileges_in_main`].
+/// [`drop_privileges_for_supervisor`] at the start of the `main` of a
+/// supervisor of procmond, as [`drop_privileges_in_main`].
 ///
 /// # Errors
 /// `ExitCode::FAILURE` when privileges could not be dropped.
 pub fn drop_privileges_for_supervisor_in_main(program: &str) -> Result<(), std::process::ExitCode> {
-    in_main(program, drop_privileges_for_supervisor())
+    in_main(program, drop_privileges_for_supervisor(FOR_PROCMOND))
 }
 
 fn in_main(

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "triggers")]
 use super::correlation::CorrelationMetadata;
-use crate::event::{AnalysisType, CollectionEvent, EventKind, FileOperation, TriggerPriority};
+use crate::event::{AnalysisType, CollectionEvent, EventKind, TriggerPriority};
 
 /// The longest topic pattern accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -167,25 +167,12 @@ pub(crate) const fn analysis_str(a: AnalysisType) -> &'static str {
     }
 }
 
-const fn file_op_str(op: &FileOperation) -> &'static str {
-    match op {
-        FileOperation::Create => "create",
-        FileOperation::Open => "open",
-        FileOperation::Access => "access",
-        FileOperation::Modify => "modify",
-        FileOperation::CloseWrite => "close_write",
-        FileOperation::Delete => "delete",
-        FileOperation::Rename => "rename",
-        FileOperation::Attrib => "attrib",
-    }
-}
-
 /// The detail segment of an event's topic (see the [module docs](self)).
 fn topic_detail(event: &CollectionEvent) -> &str {
     match event {
         CollectionEvent::Process(p) => p.event_type.as_str(),
         CollectionEvent::Network(n) => n.protocol.as_str(),
-        CollectionEvent::Filesystem(f) => file_op_str(&f.operation),
+        CollectionEvent::Filesystem(f) => f.operation.as_str(),
         CollectionEvent::Performance(p) => p.subject.kind().as_str(),
         CollectionEvent::TriggerRequest(t) => analysis_str(t.analysis_type),
     }

@@ -436,6 +436,8 @@ fn filesystem_to_record(e: &FilesystemEvent) -> proto::FilesystemRecord {
         uid: e.uid,
         gid: e.gid,
         previous_hash: e.previous_hash.clone(),
+        root: e.root.clone(),
+        previous_permissions: e.previous_permissions,
     }
 }
 
@@ -455,6 +457,7 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
     };
     d.checked(CollectionEvent::Filesystem(FilesystemEvent {
         path: r.path,
+        root: r.root,
         old_path: r.old_path,
         operation,
         file_type,
@@ -462,6 +465,7 @@ fn record_to_filesystem(r: proto::FilesystemRecord) -> Result<CollectionEvent, R
         process_key: d.key(&r.process_key)?,
         size: r.size,
         permissions: r.permissions,
+        previous_permissions: r.previous_permissions,
         uid: r.uid,
         gid: r.gid,
         file_hash: r.file_hash,
@@ -1149,6 +1153,10 @@ mod tests {
                 proptest::option::of("[0-9a-f]{64}"),
                 proptest::sample::select(HashAlgorithm::ALL),
             ),
+            (
+                proptest::option::of("/[a-z]{1,10}(/[a-z]{1,10})?"),
+                proptest::option::of(0u32..=0o7777),
+            ),
         )
             .prop_map(
                 |(
@@ -1160,11 +1168,13 @@ mod tests {
                     hash,
                     t,
                     (old_path, file_type, uid, gid, previous, algorithm),
+                    (root, previous_permissions),
                 )| {
                     let hashed = hash.is_some() || previous.is_some();
                     CollectionEvent::Filesystem(FilesystemEvent {
                         id: None,
                         path,
+                        root,
                         old_path,
                         operation,
                         file_type,
@@ -1172,6 +1182,7 @@ mod tests {
                         process_key: key,
                         size,
                         permissions: perm,
+                        previous_permissions,
                         uid,
                         gid,
                         hash_algorithm: hashed.then_some(algorithm),

@@ -4,13 +4,14 @@
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    BootId, ConnectionChange, ConnectionDirection, ConnectionState, NetworkEvent, NetworkProtocol,
-    PerformanceAnomaly, PerformanceAnomalyKind, PerformanceEvent, PerformanceMetric,
-    PerformanceSubject, ProcessKey,
+    BootId, ConnectionChange, ConnectionDirection, ConnectionState, FileOperation, FileType,
+    FilesystemEvent, NetworkEvent, NetworkProtocol, PerformanceAnomaly, PerformanceAnomalyKind,
+    PerformanceEvent, PerformanceMetric, PerformanceSubject, ProcessKey,
 };
 use collector_core::{ProcessEvent, ProcessEventType};
 use daemoneye_agent::detect::Detector;
 use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine, RuleKind};
+use daemoneye_agent::files::FileEventRow;
 use daemoneye_agent::network::ConnectionRow;
 use daemoneye_agent::performance::PerformanceRow;
 use daemoneye_agent::rules;
@@ -230,6 +231,269 @@ fn network_rules_run_on_network_batches_only_and_need_their_holder() {
     assert_eq!(engine.evaluate_network(&rows, &processes).unwrap().len(), 1);
 }
 
+/// The rules fired by a batch of file events beside `processes`.
+fn fired_files(files: &[FilesystemEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
+    let rows: Vec<FileEventRow> = files.iter().map(FileEventRow::new).collect();
+    let mut fired = fired_by(|e| e.evaluate_files(&rows, processes).unwrap());
+    // One write is several operations (create, modify, close_write): one
+    // alert once deduplicated.
+    fired.dedup();
+    fired
+}
+
+/// `pid` did `op` to the regular file `path`, now of `mode`.
+fn file(pid: Option<u32>, op: FileOperation, path: &str, mode: u32) -> FilesystemEvent {
+    FilesystemEvent {
+        pid,
+        process_key: pid.map(key),
+        file_type: Some(FileType::Regular),
+        permissions: Some(mode),
+        previous_permissions: Some(mode),
+        ..FilesystemEvent::new(path, op, SystemTime::now())
+    }
+}
+
+/// `pid` created and wrote `path` (one merged record's operations).
+fn written(pid: Option<u32>, path: &str) -> Vec<FilesystemEvent> {
+    [
+        FileOperation::Create,
+        FileOperation::Modify,
+        FileOperation::CloseWrite,
+    ]
+    .into_iter()
+    .map(|op| FilesystemEvent {
+        previous_permissions: None,
+        ..file(pid, op, path, 0o644)
+    })
+    .collect()
+}
+
+/// `pid` renamed `from` over `to`.
+fn moved(pid: u32, from: &str, to: &str) -> FilesystemEvent {
+    FilesystemEvent {
+        old_path: Some(from.to_owned()),
+        ..file(Some(pid), FileOperation::Rename, to, 0o755)
+    }
+}
+
+/// `pid` changed the mode of `path` from `before` to `after`.
+fn chmod(pid: u32, path: &str, before: u32, after: u32) -> FilesystemEvent {
+    FilesystemEvent {
+        previous_permissions: Some(before),
+        ..file(Some(pid), FileOperation::Attrib, path, after)
+    }
+}
+
+/// The file rules' cases: each a batch of file events and the processes
+/// that made them, and the one rule (and pid) it must fire.
+fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32)> {
+    let bash = |pid| row(pid, "bash", "/usr/bin/bash", &["bash"]);
+    let persistence = [
+        (90, "/etc/cron.d/0anacron-update"),
+        (91, "/var/spool/cron/crontabs/root"),
+        (92, "/etc/systemd/system/dbus-helper.service"),
+        (93, "/root/.ssh/authorized_keys"),
+        (94, "/home/user/.ssh/authorized_keys2"),
+        (95, "/etc/ld.so.preload"),
+    ];
+    let mut cases: Vec<_> = persistence
+        .into_iter()
+        .map(|(pid, path)| {
+            (
+                written(Some(pid), path),
+                vec![bash(pid)],
+                "persistence-file-written",
+                pid,
+            )
+        })
+        .collect();
+    cases.extend([
+        // Its process unknown (a rescan found it): the host.
+        (
+            written(None, "/etc/crontab"),
+            Vec::new(),
+            "persistence-file-written",
+            0,
+        ),
+        (
+            vec![moved(96, "/tmp/.x/sshd", "/usr/sbin/sshd")],
+            vec![row(
+                96,
+                "mv",
+                "/usr/bin/mv",
+                &["mv", "/tmp/.x/sshd", "/usr/sbin/sshd"],
+            )],
+            "system-binary-written",
+            96,
+        ),
+        (
+            written(Some(97), "/usr/local/bin/kworker"),
+            vec![row(
+                97,
+                "curl",
+                "/usr/bin/curl",
+                &["curl", "-o", "/usr/local/bin/kworker"],
+            )],
+            "system-binary-written",
+            97,
+        ),
+        (
+            vec![chmod(98, "/var/tmp/.cache/sh", 0o755, 0o4755)],
+            vec![row(
+                98,
+                "chmod",
+                "/usr/bin/chmod",
+                &["chmod", "u+s", "/var/tmp/.cache/sh"],
+            )],
+            "setuid-file-made",
+            98,
+        ),
+        (
+            vec![chmod(99, "/home/user/bin/tool", 0o755, 0o2755)],
+            vec![row(99, "python3", "/usr/bin/python3", &["python3", "x.py"])],
+            "setuid-file-made",
+            99,
+        ),
+        (
+            written(Some(88), "/etc/passwd"),
+            vec![row(
+                88,
+                "python3",
+                "/usr/bin/python3",
+                &["python3", "-c", "..."],
+            )],
+            "account-database-changed",
+            88,
+        ),
+        (
+            vec![moved(89, "/etc/shadow.tmp", "/etc/shadow")],
+            vec![row(
+                89,
+                "sed",
+                "/usr/bin/sed",
+                &["sed", "-i", "s/x/y/", "/etc/shadow"],
+            )],
+            "account-database-changed",
+            89,
+        ),
+    ]);
+    cases
+}
+
+#[test]
+fn every_file_rule_fires_on_its_case_and_only_there() {
+    for (files, processes, id, pid) in file_cases() {
+        assert_eq!(
+            fired_files(&files, &processes),
+            [(id.to_owned(), pid)],
+            "{files:?} {processes:?}"
+        );
+    }
+}
+
+#[test]
+fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
+    let dpkg = row(110, "dpkg", "/usr/bin/dpkg", &["dpkg", "-i", "x.deb"]);
+    let dnf = row(
+        111,
+        "dnf",
+        "/usr/bin/python3.12",
+        &["/usr/bin/dnf", "upgrade"],
+    );
+    let useradd = row(112, "useradd", "/usr/sbin/useradd", &["useradd", "bob"]);
+    let passwd = row(113, "passwd", "/usr/bin/passwd", &["passwd", "bob"]);
+    let vipw = row(114, "vipw", "/usr/sbin/vipw", &["vipw"]);
+    let touch = row(115, "touch", "/usr/bin/touch", &["touch", "/usr/bin/sudo"]);
+    let vim = row(116, "vim", "/usr/bin/vim", &["vim", "/etc/hosts"]);
+    let mut files = Vec::new();
+    for path in [
+        "/etc/cron.daily/logrotate",
+        "/usr/lib/systemd/system/ssh.service",
+        "/usr/bin/sudo",
+        "/etc/passwd",
+        "/etc/ld.so.preload",
+    ] {
+        files.extend(written(Some(110), path));
+    }
+    files.push(moved(111, "/usr/sbin/sshd;67a1", "/usr/sbin/sshd"));
+    files.push(chmod(110, "/usr/bin/sudo", 0o755, 0o4755));
+    files.push(moved(112, "/etc/passwd+", "/etc/passwd"));
+    files.push(moved(112, "/etc/shadow+", "/etc/shadow"));
+    files.push(moved(113, "/etc/nshadow", "/etc/shadow"));
+    files.push(moved(114, "/etc/passwd.edit", "/etc/passwd"));
+    // Touched: an attribute change of a file setuid before and after.
+    files.push(chmod(115, "/usr/bin/sudo", 0o4755, 0o4755));
+    files.extend(written(Some(116), "/etc/hosts"));
+    // A directory made in a unit directory is not a unit.
+    files.push(FilesystemEvent {
+        file_type: Some(FileType::Directory),
+        ..file(
+            Some(116),
+            FileOperation::Create,
+            "/etc/systemd/system/x.d",
+            0o755,
+        )
+    });
+    assert_eq!(
+        fired_files(&files, &[dpkg, dnf, useradd, passwd, vipw, touch, vim]),
+        Vec::<(String, u32)>::new()
+    );
+}
+
+#[test]
+fn a_maintainer_script_of_a_package_manager_is_benign_and_a_shell_of_sshd_is_not() {
+    use ProcessEventType::Exec;
+    let engine = RuleEngine::new(rules::builtin().unwrap()).unwrap();
+    let mut d = Detector::new(engine, Duration::from_secs(60));
+    // apt runs dpkg, which runs a postinst (`sh`), which writes a unit;
+    // sshd's session shell writes the same.
+    let tree = [
+        event(
+            Exec,
+            120,
+            1,
+            "apt",
+            "/usr/bin/apt",
+            &["apt", "install", "x"],
+        ),
+        event(
+            Exec,
+            121,
+            120,
+            "dpkg",
+            "/usr/bin/dpkg",
+            &["dpkg", "--configure", "x"],
+        ),
+        event(
+            Exec,
+            122,
+            121,
+            "sh",
+            "/usr/bin/dash",
+            &["/bin/sh", "/var/lib/dpkg/info/x.postinst"],
+        ),
+        event(
+            Exec,
+            123,
+            1,
+            "sshd",
+            "/usr/sbin/sshd",
+            &["sshd: root@pts/0"],
+        ),
+        event(Exec, 124, 123, "bash", "/usr/bin/bash", &["-bash"]),
+    ];
+    assert!(d.on_events(&tree).unwrap().is_empty());
+    let mut files = written(Some(122), "/etc/systemd/system/x.service");
+    files.extend(written(Some(124), "/etc/systemd/system/x.service"));
+    let fired: Vec<(String, u32)> = d
+        .on_files(&files)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.rule_id, a.process.pid))
+        .collect();
+    assert_eq!(fired, [("persistence-file-written".to_owned(), 124)]);
+}
+
 /// A sustained-CPU anomaly of `pid`.
 fn busy(pid: u32) -> PerformanceEvent {
     PerformanceEvent::new(
@@ -446,11 +710,13 @@ fn every_builtin_rule_fires_on_its_case_and_only_there() {
     // performance or network case (and is a rule of that kind exactly then).
     let performance = performance_cases();
     let network = network_cases();
+    let files = file_cases();
     let history = history_cases();
     for rule in rules::builtin().unwrap() {
         let covered = match RuleKind::of(&rule.sql) {
             RuleKind::Network => network.iter().any(|(_, _, id, _)| *id == rule.id),
             RuleKind::Performance => performance.iter().any(|(_, _, id, _)| *id == rule.id),
+            RuleKind::File => files.iter().any(|(_, _, id, _)| *id == rule.id),
             _ => {
                 assert!(!reads_performance(&rule.sql));
                 want.iter().any(|(id, _)| *id == rule.id)

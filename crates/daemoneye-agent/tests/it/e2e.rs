@@ -167,6 +167,11 @@ fn webhook_endpoint() -> (String, mpsc::Receiver<(String, Value)>) {
     (url, rx)
 }
 
+/// The agent's health counter `key`, 0 until it has one.
+pub(crate) fn agent_counter(data: &Path, key: &str) -> u64 {
+    agent_health(data).counters.get(key).copied().unwrap_or(0)
+}
+
 /// The agent's health report, asked over its socket.
 pub(crate) fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -435,9 +440,10 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // (see privsep.rs); its collector uses only three capabilities
     // (DAC_READ_SEARCH, NET_ADMIN, SYS_PTRACE), with no_new_privs, having
     // dropped the two it loads the eBPF tier with (BPF, PERFMON) once loaded
-    // (its bounding set is the spawner's: lowering it would take
-    // CAP_SETPCAP, and no_new_privs keeps any exec within the permitted set).
-    let load_ebpf = "000000c000081004";
+    // (its bounding set is the spawner's, what every collector of its list
+    // takes, fsmond's SYS_ADMIN too: lowering it would take CAP_SETPCAP,
+    // and no_new_privs keeps any exec within the permitted set).
+    let load_ebpf = "000000c000281004";
     let none = "0000000000000000";
     for (pid, effective, permitted, bounding) in [
         (agent.child.id(), none, none, none),

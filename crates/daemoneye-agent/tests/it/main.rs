@@ -10,6 +10,7 @@ mod agent;
 mod builtin;
 mod cli;
 mod e2e;
+mod files;
 mod fleet;
 mod link;
 mod metrics;

@@ -14,19 +14,10 @@ use std::time::Duration;
 
 use daemoneye_agent::store::AgentStore;
 
-use crate::children_with;
+use crate::e2e::agent_counter as counter;
 use crate::performance::{capabilities, Running};
 use crate::privsep::wait_for;
 use crate::Killed;
-
-/// The agent's health counter `key`, 0 until it has one.
-fn counter(data: &std::path::Path, key: &str) -> u64 {
-    crate::e2e::agent_health(data)
-        .counters
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-}
 
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, in order
@@ -53,12 +44,7 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     });
     // (Delivering, it has long exec'd: a child just forked would still
     // show the spawner's command line and capabilities.)
-    let agent_pid = running.agent.0.id();
-    let parent = children_with(agent_pid, "spawner")
-        .first()
-        .copied()
-        .unwrap_or(agent_pid);
-    let netmond = children_with(parent, "collect-network");
+    let netmond = running.collectors_with("collect-network");
     assert_eq!(netmond.len(), 1, "{netmond:?}");
     let netmond = netmond[0];
     // netmond holds only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.

@@ -79,6 +79,17 @@ impl Running {
         ))
     }
 
+    /// The collectors it runs (the spawner's children, when it dropped its
+    /// privileges) whose command line contains `needle`.
+    pub(crate) fn collectors_with(&self, needle: &str) -> Vec<u32> {
+        let agent = self.agent.0.id();
+        let parent = crate::children_with(agent, "spawner")
+            .first()
+            .copied()
+            .unwrap_or(agent);
+        crate::children_with(parent, needle)
+    }
+
     /// The first alert of `rule` within 60 s.
     pub(crate) fn alert_of(&self, rule: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -113,16 +124,10 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
     // Both collectors connected: the agent says so in its health, but the
     // children are enough here; procmond must be up before the busy child
     // starts, or it would know it only from its next snapshot (an hour).
-    let agent_pid = running.agent.0.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let perfmond = loop {
-        // The spawner's children, when the agent dropped its privileges.
-        let parent = crate::children_with(agent_pid, "spawner")
-            .first()
-            .copied()
-            .unwrap_or(agent_pid);
-        let found = crate::children_with(parent, "collect-performance");
-        let procmond = crate::children_with(parent, "collect\0");
+        let found = running.collectors_with("collect-performance");
+        let procmond = running.collectors_with("collect\0");
         if let ([p], [_]) = (found.as_slice(), procmond.as_slice()) {
             break *p;
         }

@@ -131,9 +131,9 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     let socket = std::fs::metadata(data.join("collectors/procmond.sock")).unwrap();
     assert_eq!((socket.uid(), socket.mode() & 0o777), (0, 0o660));
 
-    // The spawner: root, permitted what the collectors take (the three and
-    // BPF, PERFMON), nothing effective.
-    let load_ebpf = "000000c000081004";
+    // The spawner: root, permitted what the collectors take (procmond's
+    // three and BPF, PERFMON; fsmond's SYS_ADMIN), nothing effective.
+    let load_ebpf = "000000c000281004";
     assert_eq!(
         status(spawner, "Uid:").unwrap().split_whitespace().next(),
         Some("0")
@@ -157,6 +157,12 @@ fn only_the_collectors_hold_privileges_and_a_killed_one_is_restarted_through_the
     let two = Some("0000000000080004".to_owned());
     wait_for("netmond's two capabilities", || {
         (caps(netmond) == [two.clone(), two.clone()]).then_some(())
+    });
+    // fsmond, by default too: CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH.
+    let fsmond = wait_for("fsmond", || child_with(spawner, "collect-files"));
+    let fs_two = Some("0000000000200004".to_owned());
+    wait_for("fsmond's two capabilities", || {
+        (caps(fsmond) == [fs_two.clone(), fs_two.clone()]).then_some(())
     });
 
     // procmond killed: the spawner reports it, the agent asks for a new one,

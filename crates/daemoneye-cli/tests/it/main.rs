@@ -256,29 +256,47 @@ fn rules_list_shows_the_builtin_pack() {
 }
 
 #[test]
-fn rules_columns_lists_the_vocabulary_the_rules_table_has() {
+fn rules_columns_lists_every_table_the_rules_read_in_the_vocabulary() {
     let out = cli(&["rules", "columns", "--format", "json"], &[]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
+    let all = v.as_array().unwrap();
+    let of = |table: &str| -> Vec<&str> {
+        all.iter()
+            .filter(|c| c["table"] == table)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(of("processes"), daemoneye_rules::engine::COLUMNS);
+    let names = |list: &[collector_core::vocabulary::Column]| -> Vec<&'static str> {
+        list.iter().map(|c| c.name).collect()
+    };
+    assert_eq!(
+        of("connections"),
+        names(collector_core::vocabulary::NETWORK)
+    );
+    assert_eq!(of("file_events"), names(collector_core::vocabulary::FILE));
+    assert!(!of("ancestry").is_empty() && !of("performance").is_empty());
+    let exe = all
         .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, daemoneye_rules::engine::COLUMNS);
-    let exe = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "exe")
+        .find(|c| c["table"] == "processes" && c["name"] == "exe")
         .unwrap();
     assert_eq!(exe["type"], "text");
     let table = cli(&["rules", "columns"], &[]);
     let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("processes ")
+        && l.contains(" euid ")
+        && l.contains("effective user id")));
     assert!(text
         .lines()
-        .any(|l| l.starts_with("euid ") && l.contains("effective user id")));
+        .any(|l| l.starts_with("file_events ") && l.contains(" setuid ")));
+    // One table's alone; an unknown one is named.
+    let one = cli(&["rules", "columns", "--table", "file_events"], &[]);
+    let text = String::from_utf8(one.stdout).unwrap();
+    assert!(text.lines().skip(1).all(|l| l.starts_with("file_events ")));
+    let bad = cli(&["rules", "columns", "--table", "files"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("file_events"));
 }
 
 #[test]

@@ -106,6 +106,7 @@ fn fresh_database_gets_the_latest_schema_version() {
         [
             "alerts",
             "connections",
+            "file_events",
             "ledger",
             "outbox",
             "outbox_state",
