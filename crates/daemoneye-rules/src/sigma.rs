@@ -9,7 +9,8 @@
 //! - `logsource`: `product: linux` (or none) and one of the categories
 //!   `process_creation` (over `processes`, every process not yet exited),
 //!   `network_connection` (over `connections` joined to their holders) and
-//!   `file_event` (over `file_events`, where this build has that table).
+//!   `file_event` (over fsmond's `file_events`: files created, written or
+//!   renamed into place, joined to their writer).
 //!   Any other product, category or a `service` is refused.
 //! - Fields: [`FIELDS`] maps each Sigma field name to a column; a field not
 //!   in it is refused, named, with the reason.
@@ -60,7 +61,8 @@ pub enum Category {
     /// `network_connection`: one row per connection seen opening (or present
     /// at the first look), joined to the process holding it.
     NetworkConnection,
-    /// `file_event`: a file created or written.
+    /// `file_event`: a file created, written or renamed into place
+    /// (fsmond's `file_events`).
     FileEvent,
 }
 
@@ -95,10 +97,14 @@ impl Category {
                  JOIN processes p ON p.pid = c.pid AND coalesce(p.process_key = c.process_key, 1) \
                  WHERE c.change <> 'closed'"
             }
+            // As the built-in file rules: the writer joined by pid and, when
+            // both are known, process key (left: an unknown writer still
+            // matches, naming its pid), and the path returned, so each file
+            // is its own alert.
             Self::FileEvent => {
-                "SELECT f.pid, f.process_key FROM file_events f \
-                 LEFT JOIN processes p ON p.process_key = f.process_key \
-                 WHERE f.operation <> 'delete'"
+                "SELECT coalesce(p.pid, f.pid, 0) AS pid, p.process_key, f.path FROM file_events f \
+                 LEFT JOIN processes p ON p.pid = f.pid AND coalesce(p.process_key = f.process_key, 1) \
+                 WHERE f.operation IN ('create', 'modify', 'close_write', 'rename')"
             }
         }
     }

@@ -8,10 +8,12 @@ use std::path::Path;
 
 use base64::Engine as _;
 use collector_core::{
-    BootId, ConnectionChange, ConnectionDirection, NetworkEvent, NetworkProtocol, ProcessKey,
+    BootId, ConnectionChange, ConnectionDirection, FileOperation, FilesystemEvent, NetworkEvent,
+    NetworkProtocol, ProcessKey,
 };
 use daemoneye_rules::engine::{ProcessRow, RuleEngine};
 use daemoneye_rules::rules::{self, Rule, Severity};
+use daemoneye_store::files::FileEventRow;
 use daemoneye_store::network::ConnectionRow;
 
 fn load(name: &str) -> (Vec<Rule>, Vec<rules::RuleError>) {
@@ -25,7 +27,7 @@ fn load(name: &str) -> (Vec<Rule>, Vec<rules::RuleError>) {
 fn engine() -> RuleEngine {
     let (ok, bad) = load("served.yml");
     assert!(bad.is_empty(), "refused: {bad:?}");
-    assert_eq!(ok.len(), 17);
+    assert_eq!(ok.len(), 18);
     let engine = RuleEngine::new(ok).unwrap();
     assert!(engine.refused().is_empty(), "{:?}", engine.refused());
     engine
@@ -299,4 +301,40 @@ fn a_file_of_our_own_yaml_rules_is_not_taken_for_sigma() {
     let (ok, bad) = rules::parse_as(text, "own.yml", rules::Format::Yaml);
     assert!(bad.is_empty(), "{bad:?}");
     assert_eq!(ok[0].id, "own");
+}
+
+fn file_event(pid: u32, path: &str, operation: FileOperation) -> FileEventRow {
+    let mut e = FilesystemEvent::new(path, operation, std::time::SystemTime::now());
+    e.pid = Some(pid);
+    e.process_key = Some(key(pid));
+    FileEventRow::new(&e)
+}
+
+#[test]
+fn a_file_rule_matches_the_path_and_its_writer() {
+    let mut e = engine();
+    let writers = [
+        process(60, "/usr/bin/cp", &["cp", "x", "/etc/cron.d/job"]),
+        process(61, "/usr/bin/dpkg", &["dpkg", "-i", "x.deb"]),
+        process(62, "/usr/bin/cp", &["cp", "x", "/etc/motd"]),
+        process(63, "/usr/bin/rm", &["rm", "/etc/cron.d/old"]),
+    ];
+    let rows = [
+        file_event(60, "/etc/cron.d/job", FileOperation::CloseWrite),
+        file_event(61, "/etc/cron.d/pkg", FileOperation::CloseWrite),
+        file_event(62, "/etc/motd", FileOperation::CloseWrite),
+        file_event(63, "/etc/cron.d/old", FileOperation::Delete),
+        // A writer procmond has not reported: it still matches, by pid.
+        file_event(64, "/etc/cron.d/unknown", FileOperation::Create),
+    ];
+    let fired: BTreeSet<u32> = e
+        .evaluate_files(&rows, &writers)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.rule_id, "sigma-0a000001-0000-4000-8000-000000000018");
+            m.pid
+        })
+        .collect();
+    assert_eq!(fired, BTreeSet::from([60, 64]));
 }

@@ -104,7 +104,7 @@ fn validate_takes_sigma_files_and_names_what_it_cannot_serve() {
     let out = cli(&["rules", "validate"], &[&served]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("rule sigma-0a000001-").count(), 17, "{text}");
+    assert_eq!(text.matches("rule sigma-0a000001-").count(), 18, "{text}");
 
     let refused = sigma.join("refused.yml");
     let out = cli(&["rules", "validate"], &[&served, &refused]);
