@@ -405,6 +405,7 @@ fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
     let vipw = row(114, "vipw", "/usr/sbin/vipw", &["vipw"]);
     let touch = row(115, "touch", "/usr/bin/touch", &["touch", "/usr/bin/sudo"]);
     let vim = row(116, "vim", "/usr/bin/vim", &["vim", "/etc/hosts"]);
+    let systemd = row(1, "systemd", "/usr/lib/systemd/systemd", &["/sbin/init"]);
     let mut files = Vec::new();
     for path in [
         "/etc/cron.daily/logrotate",
@@ -424,6 +425,16 @@ fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
     // Touched: an attribute change of a file setuid before and after.
     files.push(chmod(115, "/usr/bin/sudo", 0o4755, 0o4755));
     files.extend(written(Some(116), "/etc/hosts"));
+    // A unit enabled through systemd (on a package's behalf): a symlink.
+    files.push(FilesystemEvent {
+        file_type: Some(FileType::Symlink),
+        ..file(
+            Some(1),
+            FileOperation::Create,
+            "/etc/systemd/system/multi-user.target.wants/ssh.service",
+            0o777,
+        )
+    });
     // A directory made in a unit directory is not a unit.
     files.push(FilesystemEvent {
         file_type: Some(FileType::Directory),
@@ -435,7 +446,10 @@ fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
         )
     });
     assert_eq!(
-        fired_files(&files, &[dpkg, dnf, useradd, passwd, vipw, touch, vim]),
+        fired_files(
+            &files,
+            &[dpkg, dnf, useradd, passwd, vipw, touch, vim, systemd]
+        ),
         Vec::<(String, u32)>::new()
     );
 }
