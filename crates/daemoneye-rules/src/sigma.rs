@@ -613,27 +613,48 @@ fn any_of_text(field: Field, m: &Modifiers, values: &[&Value]) -> Option<Result<
     Some(Ok(join("OR", any)))
 }
 
-/// A Sigma string (wildcards and their escapes, as [`Pattern::sigma`]) as a
-/// regular expression.
-fn sigma_regex(s: &str) -> String {
-    fn literal(out: &mut String, c: char) {
-        let mut buf = [0u8; 4];
-        out.push_str(&regex::escape(c.encode_utf8(&mut buf)));
-    }
-    let mut out = String::with_capacity(s.len() + 8);
+/// One piece of a Sigma string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// A character that stands for itself.
+    Char(char),
+    /// `*`: any run of characters.
+    AnyRun,
+    /// `?`: any one character.
+    AnyOne,
+}
+
+/// The pieces of a Sigma string: `*` any run, `?` any one character;
+/// `\*`, `\?` and `\\` stand for themselves, and so does any other `\`.
+fn pieces(s: &str) -> impl Iterator<Item = Piece> + '_ {
     let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
+    std::iter::from_fn(move || {
+        Some(match chars.next()? {
             '\\' => match chars.peek() {
                 Some(&n @ ('*' | '?' | '\\')) => {
                     chars.next();
-                    literal(&mut out, n);
+                    Piece::Char(n)
                 }
-                _ => literal(&mut out, '\\'),
+                _ => Piece::Char('\\'),
             },
-            '*' => out.push_str(".*"),
-            '?' => out.push('.'),
-            c => literal(&mut out, c),
+            '*' => Piece::AnyRun,
+            '?' => Piece::AnyOne,
+            c => Piece::Char(c),
+        })
+    })
+}
+
+/// A Sigma string ([`pieces`]) as a regular expression.
+fn sigma_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for piece in pieces(s) {
+        match piece {
+            Piece::Char(c) => {
+                let mut buf = [0u8; 4];
+                out.push_str(&regex::escape(c.encode_utf8(&mut buf)));
+            }
+            Piece::AnyRun => out.push_str(".*"),
+            Piece::AnyOne => out.push('.'),
         }
     }
     out
@@ -755,30 +776,16 @@ impl Pattern {
         Self { like, wild: false }
     }
 
-    /// A Sigma string: `*` any run, `?` any one character; `\*`, `\?` and
-    /// `\\` stand for themselves, and so does any other `\`.
+    /// A Sigma string ([`pieces`]).
     fn sigma(s: &str) -> Self {
         let (mut like, mut wild) = (String::with_capacity(s.len()), false);
-        let mut chars = s.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.peek() {
-                    Some(&n @ ('*' | '?' | '\\')) => {
-                        chars.next();
-                        push_literal(&mut like, n);
-                    }
-                    _ => push_literal(&mut like, '\\'),
-                },
-                '*' => {
-                    like.push('%');
-                    wild = true;
-                }
-                '?' => {
-                    like.push('_');
-                    wild = true;
-                }
-                c => push_literal(&mut like, c),
+        for piece in pieces(s) {
+            match piece {
+                Piece::Char(c) => push_literal(&mut like, c),
+                Piece::AnyRun => like.push('%'),
+                Piece::AnyOne => like.push('_'),
             }
+            wild |= !matches!(piece, Piece::Char(_));
         }
         Self { like, wild }
     }
@@ -1099,5 +1106,20 @@ mod condition {
             assert!(!matches_glob("sel*", "filter"));
             assert!(matches_glob("filter", "filter"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_stand_for_themselves_in_like_and_regex() {
+        let p = Pattern::sigma(r"50%_a\*b*c?\\d\x");
+        assert_eq!(p.like, r"50\%\_a*b%c_\\d\\x");
+        assert!(p.wild);
+        assert!(!Pattern::sigma(r"a\*b\?").wild);
+        assert_eq!(sigma_regex(r"a.\*b*c?"), r"a\.\*b.*c.");
+        assert_eq!(unescape_like(&Pattern::sigma(r"50%_\*").like), "50%_*");
     }
 }
