@@ -167,31 +167,42 @@ pub(crate) fn alerts(
                 m.ack().await.map_err(|e| read_error(&e))?;
             }
         } else {
-            // A fetch answers at once with what is there; an empty one
-            // means everything was read.
-            loop {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(BATCH)
-                    .messages()
-                    .await
-                    .map_err(|e| read_error(&e))?;
-                let mut got = 0usize;
-                while let Some(m) = batch.next().await {
-                    let m = m.map_err(|e| read_error(&e))?;
-                    print(&m)?;
-                    m.ack().await.map_err(|e| read_error(&e))?;
-                    got += 1;
-                }
-                if got == 0 {
-                    break;
-                }
-            }
+            read_all(&consumer, &read_error, async |m| {
+                print(&m)?;
+                m.ack().await.map_err(|e| read_error(&e))
+            })
+            .await?;
         }
         // The acks are sent before the process goes.
         client.flush().await.map_err(|e| read_error(&e))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Every message `consumer` holds now, each handed to `each` in order: a
+/// fetch answers at once with what is there, so fetches of [`BATCH`] until
+/// one comes back empty.
+async fn read_all(
+    consumer: &consumer::PullConsumer,
+    read_error: &impl Fn(&dyn std::fmt::Display) -> anyhow::Error,
+    mut each: impl AsyncFnMut(jetstream::Message) -> Result<(), anyhow::Error>,
+) -> Result<(), anyhow::Error> {
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .messages()
+            .await
+            .map_err(|e| read_error(&e))?;
+        let mut got = 0usize;
+        while let Some(m) = batch.next().await {
+            each(m.map_err(|e| read_error(&e))?).await?;
+            got += 1;
+        }
+        if got == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// The checkpoints `host` shipped, as anchors, oldest first (read through
@@ -219,28 +230,18 @@ pub(crate) fn shipped_anchors(
             .await
             .map_err(|e| broker_error("cannot read the stream", broker.url, e))?;
         let mut anchors = Vec::new();
-        loop {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(BATCH)
-                .messages()
-                .await
-                .map_err(|e| broker_error("cannot read the stream", broker.url, e))?;
-            let mut got = 0usize;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| broker_error("cannot read the stream", broker.url, e))?;
-                let seq = m.info().map_or(0, |i| i.stream_sequence);
-                let text = String::from_utf8_lossy(&m.payload);
-                let anchor = text.parse::<Anchor>().map_err(|e| {
-                    anyhow::anyhow!("message {seq} on {subject} is not a checkpoint: {e}")
-                })?;
-                anchors.push(anchor);
-                got += 1;
-            }
-            if got == 0 {
-                break;
-            }
-        }
+        let read_error =
+            |e: &dyn std::fmt::Display| broker_error("cannot read the stream", broker.url, e);
+        read_all(&consumer, &read_error, async |m| {
+            let seq = m.info().map_or(0, |i| i.stream_sequence);
+            let text = String::from_utf8_lossy(&m.payload);
+            let anchor = text.parse::<Anchor>().map_err(|e| {
+                anyhow::anyhow!("message {seq} on {subject} is not a checkpoint: {e}")
+            })?;
+            anchors.push(anchor);
+            Ok(())
+        })
+        .await?;
         if let Err(e) = stream
             .delete_consumer(consumer.cached_info().name.as_str())
             .await

@@ -290,6 +290,31 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
     assert_eq!(pids, (5301..=5310).collect::<Vec<u64>>());
 }
 
+/// Alerts for processes `pids` named `name` (run from /dev/shm) committed
+/// to the store in `data` with their outbox items, as an agent that never
+/// shipped them leaves them; the outbox's depth after.
+fn left_in_outbox(data: &std::path::Path, pids: &[u32], name: &str) -> u64 {
+    let mut store = daemoneye_agent::store::AgentStore::open(data)
+        .unwrap()
+        .with_outbox(Some(100));
+    for &pid in pids {
+        let mut e = exec(pid, name);
+        e.executable_path = Some(format!("/dev/shm/{name}"));
+        let alert = daemoneye_agent::alert::Alert {
+            rule_id: "exec-from-temp-dir".to_owned(),
+            rule_name: "left behind".to_owned(),
+            severity: daemoneye_agent::alert::Severity::High,
+            mitre: vec![],
+            process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
+            observed_at: 1,
+            raised_at: 2,
+            dedup_key: format!("{name}:{pid}"),
+        };
+        store.record_alert(&alert).unwrap();
+    }
+    store.outbox_state().unwrap().depth
+}
+
 /// What a killed agent leaves: alerts committed with their outbox items,
 /// never shipped (the store's transactions survive a SIGKILL). The next
 /// agent ships them at start, before any new alert.
@@ -301,27 +326,7 @@ async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
     };
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    {
-        let mut store = daemoneye_agent::store::AgentStore::open(&data)
-            .unwrap()
-            .with_outbox(Some(100));
-        for pid in [5401, 5402] {
-            let mut e = exec(pid, "left");
-            e.executable_path = Some("/dev/shm/left".to_owned());
-            let alert = daemoneye_agent::alert::Alert {
-                rule_id: "exec-from-temp-dir".to_owned(),
-                rule_name: "left behind".to_owned(),
-                severity: daemoneye_agent::alert::Severity::High,
-                mitre: vec![],
-                process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
-                observed_at: 1,
-                raised_at: 2,
-                dedup_key: format!("left:{pid}"),
-            };
-            store.record_alert(&alert).unwrap();
-        }
-        assert_eq!(store.outbox_state().unwrap().depth, 2);
-    }
+    assert_eq!(left_in_outbox(&data, &[5401, 5402], "left"), 2);
     assert_eq!(
         shipped_by_a_new_agent(dir.path(), &mut nats, 2).await,
         [5401, 5402]
@@ -497,24 +502,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     // An alert left in the outbox ten minutes ago.
-    {
-        let mut store = daemoneye_agent::store::AgentStore::open(&data)
-            .unwrap()
-            .with_outbox(Some(100));
-        let mut e = exec(5801, "aged");
-        e.executable_path = Some("/dev/shm/aged".to_owned());
-        let alert = daemoneye_agent::alert::Alert {
-            rule_id: "exec-from-temp-dir".to_owned(),
-            rule_name: "left behind".to_owned(),
-            severity: daemoneye_agent::alert::Severity::High,
-            mitre: vec![],
-            process: daemoneye_agent::alert::AlertProcess::from_event(&e, None),
-            observed_at: 1,
-            raised_at: 2,
-            dedup_key: "aged:5801".to_owned(),
-        };
-        store.record_alert(&alert).unwrap();
-    }
+    left_in_outbox(&data, &[5801], "aged");
     rusqlite::Connection::open(data.join("agent.db"))
         .unwrap()
         .execute("UPDATE outbox SET queued_at = queued_at - 600000000000", [])
