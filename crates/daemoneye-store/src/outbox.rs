@@ -16,9 +16,13 @@
 //!
 //! # When full
 //! The outbox holds at most [`Store::with_outbox`]'s bound of items. Past
-//! it the **oldest** items are dropped, and counted in
-//! [`OutboxState::dropped`] (kept in the database, so the count survives
-//! restarts). Oldest first because a fleet reader wants the newest alerts of
+//! it items are dropped by priority: **events first** (when the store ships
+//! them: [`Store::with_shipped_events`]), then alerts, and checkpoints last;
+//! the **oldest** first within each. They are counted in
+//! [`OutboxState::dropped_events`] and [`OutboxState::dropped`] (kept in the
+//! database, so the counts survive restarts). Events first because they are
+//! the many and the least each; checkpoints last because they are few and
+//! anchor the host's chain. Oldest first because a fleet reader wants the newest alerts of
 //! a host that was cut off longest, and because the host's own store keeps
 //! every alert: what the outbox drops is never lost from the host, only not
 //! shipped. Refusing new items instead would ship stale alerts and hide the
@@ -52,6 +56,7 @@
 //! # }
 //! ```
 
+use collector_core::EventKind;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::store::{Store, StoreError};
@@ -69,14 +74,25 @@ pub enum OutboxKind {
     /// [`Checkpoint`](crate::ledger::Checkpoint) as it leaves the host
     /// (JSON), queued with its `checkpoint` entry.
     Checkpoint,
+    /// A collector's event of one domain (process lifecycle events,
+    /// connections, file events, performance samples), when the store
+    /// ships that domain ([`Store::with_shipped_events`]); its body is the
+    /// event in the event model's JSON.
+    Event(EventKind),
 }
 
 impl OutboxKind {
-    /// The name stored in the `kind` column.
+    /// The name stored in the `kind` column (`alert`, `checkpoint`,
+    /// `event.<domain>`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Alert => "alert",
             Self::Checkpoint => "checkpoint",
+            Self::Event(EventKind::Process) => "event.process",
+            Self::Event(EventKind::Network) => "event.network",
+            Self::Event(EventKind::Filesystem) => "event.filesystem",
+            Self::Event(EventKind::Performance) => "event.performance",
+            Self::Event(_) => "event.other",
         }
     }
 
@@ -84,10 +100,32 @@ impl OutboxKind {
         match s {
             "alert" => Some(Self::Alert),
             "checkpoint" => Some(Self::Checkpoint),
-            _ => None,
+            _ => s
+                .strip_prefix("event.")
+                .and_then(EventKind::from_name)
+                .filter(|kind| SHIPPABLE.contains(kind))
+                .map(Self::Event),
+        }
+    }
+
+    /// Its priority when the outbox is full: the lowest is dropped first
+    /// (events, then alerts, then checkpoints).
+    pub fn priority(self) -> i64 {
+        match self {
+            Self::Event(_) => 0,
+            Self::Alert => 1,
+            Self::Checkpoint => 2,
         }
     }
 }
+
+/// The event domains a store can ship.
+pub const SHIPPABLE: [EventKind; 4] = [
+    EventKind::Process,
+    EventKind::Network,
+    EventKind::Filesystem,
+    EventKind::Performance,
+];
 
 /// One item waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +135,11 @@ pub struct OutboxItem {
     /// What it ships.
     pub kind: OutboxKind,
     /// Its stable id on this host (`alert-<alert row id>`,
-    /// `checkpoint-<ledger seq>`): the same on every resend, for the
-    /// broker's duplicate detection.
+    /// `checkpoint-<ledger seq>`, `event-<domain>-<event id>`): the same on
+    /// every resend, for the broker's duplicate detection.
     pub msg_id: String,
-    /// The record it ships, as stored (an alert's or a checkpoint's JSON).
+    /// The record it ships, as stored (an alert's, a checkpoint's or an
+    /// event's JSON).
     pub body: String,
     /// When it entered the outbox (unix nanoseconds).
     pub queued_at: i64,
@@ -108,19 +147,106 @@ pub struct OutboxItem {
 
 /// How full the outbox is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutboxState {
     /// Items waiting.
     pub depth: u64,
-    /// Items dropped because the outbox was full, ever (the oldest first).
+    /// Alerts and checkpoints dropped because the outbox was full, ever
+    /// (only when it held no event to drop instead; the oldest first).
     pub dropped: u64,
+    /// Events dropped because the outbox was full, ever (before any alert
+    /// or checkpoint; the oldest first).
+    pub dropped_events: u64,
     /// When the oldest waiting item entered (unix nanoseconds).
     pub oldest_queued_at: Option<i64>,
 }
 
+impl OutboxState {
+    /// A state of `depth` items, the oldest queued at `oldest_queued_at`,
+    /// nothing dropped.
+    pub fn new(depth: u64, oldest_queued_at: Option<i64>) -> Self {
+        Self {
+            depth,
+            oldest_queued_at,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a trim of a full outbox dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    pub(crate) events: u64,
+    pub(crate) others: u64,
+}
+
 /// Queues `body` inside `tx` (the transaction that stores what it ships),
-/// `depth` being the items there before it; then drops the oldest items
-/// past `bound`, counting them. Updates `depth` (the caller keeps it once
-/// `tx` commits) and returns how many were dropped.
+/// `depth` being the items there before it (the caller keeps it once `tx`
+/// commits). Does not trim: see [`trim_in`].
+pub(crate) fn queue_in(
+    tx: &Transaction<'_>,
+    depth: &mut u64,
+    kind: OutboxKind,
+    msg_id: &str,
+    body: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (kind, msg_id, body, queued_at, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![kind.as_str(), msg_id, body, now, kind.priority()])?;
+    *depth += 1;
+    Ok(())
+}
+
+/// Drops the items past `bound` inside `tx`, lowest priority first and
+/// the oldest first within one (events before alerts, alerts before
+/// checkpoints), counting them in `outbox_state`; updates `depth`.
+pub(crate) fn trim_in(
+    tx: &Transaction<'_>,
+    bound: usize,
+    depth: &mut u64,
+) -> Result<Dropped, StoreError> {
+    let bound = u64::try_from(bound.max(1)).unwrap_or(u64::MAX);
+    if *depth <= bound {
+        return Ok(Dropped::default());
+    }
+    let excess = i64::try_from(*depth - bound).unwrap_or(i64::MAX);
+    let mut dropped = Dropped::default();
+    {
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox ORDER BY priority, id LIMIT ?1) RETURNING priority",
+        )?;
+        let mut rows = delete.query([excess])?;
+        while let Some(row) = rows.next()? {
+            if row.get::<_, i64>(0)? == 0 {
+                dropped.events += 1;
+            } else {
+                dropped.others += 1;
+            }
+        }
+    }
+    tx.prepare_cached(
+        "UPDATE outbox_state SET dropped = dropped + ?1, dropped_events = dropped_events + ?2 \
+         WHERE id = 1",
+    )?
+    .execute(params![dropped.others, dropped.events])?;
+    *depth = depth.saturating_sub(dropped.events + dropped.others);
+    if dropped.others > 0 {
+        tracing::warn!(
+            dropped = dropped.others,
+            bound,
+            "outbox full of alerts and checkpoints, the oldest dropped"
+        );
+    } else if dropped.events > 0 {
+        tracing::debug!(dropped = dropped.events, bound, "outbox full, oldest events dropped");
+    }
+    Ok(dropped)
+}
+
+/// [`queue_in`] then [`trim_in`]: one item queued into an outbox of at
+/// most `bound` items.
 pub(crate) fn append_in(
     tx: &Transaction<'_>,
     bound: usize,
@@ -129,26 +255,9 @@ pub(crate) fn append_in(
     msg_id: &str,
     body: &str,
     now: i64,
-) -> Result<u64, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO outbox (kind, msg_id, body, queued_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![kind.as_str(), msg_id, body, now])?;
-    *depth += 1;
-    let bound = u64::try_from(bound.max(1)).unwrap_or(u64::MAX);
-    if *depth <= bound {
-        return Ok(0);
-    }
-    let excess = i64::try_from(*depth - bound).unwrap_or(i64::MAX);
-    let dropped = tx
-        .prepare_cached(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
-        )?
-        .execute([excess])?;
-    tx.prepare_cached("UPDATE outbox_state SET dropped = dropped + ?1 WHERE id = 1")?
-        .execute([dropped])?;
-    *depth = depth.saturating_sub(dropped as u64);
-    Ok(dropped as u64)
+) -> Result<Dropped, StoreError> {
+    queue_in(tx, depth, kind, msg_id, body, now)?;
+    trim_in(tx, bound, depth)
 }
 
 /// The items in the outbox, counted (a walk of every row).
@@ -203,14 +312,18 @@ fn state(conn: &Connection, depth: Option<u64>) -> Result<OutboxState, StoreErro
             |r| r.get(0),
         )
         .optional()?;
-    let dropped: Option<i64> = conn
-        .query_row("SELECT dropped FROM outbox_state WHERE id = 1", [], |r| {
-            r.get(0)
-        })
+    let dropped: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT dropped, dropped_events FROM outbox_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
+    let (dropped, dropped_events) = dropped.unwrap_or_default();
     Ok(OutboxState {
         depth,
-        dropped: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
+        dropped: u64::try_from(dropped).unwrap_or(0),
+        dropped_events: u64::try_from(dropped_events).unwrap_or(0),
         oldest_queued_at: oldest,
     })
 }
@@ -223,6 +336,22 @@ impl Store {
     #[must_use]
     pub fn with_outbox(mut self, bound: Option<usize>) -> Self {
         self.outbox = bound.map(|b| b.max(1));
+        self
+    }
+
+    /// Queues, besides alerts and checkpoints, the events of `domains`
+    /// stored from now on (process lifecycle events, connections, file
+    /// events, performance samples: [`SHIPPABLE`]; others are ignored), in
+    /// the transaction that stores them, under `event-<domain>-<event id>`.
+    /// They are dropped first when the outbox is full (see the
+    /// [module docs](self)). Needs [`with_outbox`](Self::with_outbox).
+    #[must_use]
+    pub fn with_shipped_events(mut self, domains: &[EventKind]) -> Self {
+        self.shipped = domains
+            .iter()
+            .copied()
+            .filter(|d| SHIPPABLE.contains(d))
+            .collect();
         self
     }
 
@@ -406,5 +535,137 @@ mod tests {
         // The depth the store keeps is the table's, the failed write not in it.
         assert_eq!(store.outbox_state().unwrap().depth, 1);
         assert_eq!(count(store.conn()).unwrap(), 1);
+    }
+
+    fn exec(pid: u32, seq: u64) -> collector_core::ProcessEvent {
+        let mut e = collector_core::ProcessEvent::new(pid, "sh");
+        e.event_type = collector_core::ProcessEventType::Exec;
+        e.id = Some(collector_core::EventId::new(
+            7,
+            std::num::NonZeroU64::new(seq).unwrap(),
+        ));
+        e
+    }
+
+    fn connection(pid: u32) -> collector_core::NetworkEvent {
+        let key = collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), pid, 9);
+        collector_core::testing::loopback_connection(pid, key, 3, 8080)
+    }
+
+    #[test]
+    fn shipped_domains_queue_their_events_with_their_rows_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path())
+            .unwrap()
+            .with_outbox(Some(100))
+            .with_shipped_events(&[EventKind::Process]);
+        // A snapshot row is not a lifecycle event: not shipped.
+        let mut seen = collector_core::ProcessEvent::new(3, "init");
+        seen.event_type = collector_core::ProcessEventType::Snapshot;
+        let events = [exec(1, 1), exec(2, 2), seen];
+        store.record_events(&events).unwrap();
+        store
+            .write_connections(&[connection(1)], std::time::Duration::from_secs(60))
+            .unwrap();
+        let items = store.outbox_read(0, 10).unwrap();
+        let ids: Vec<&str> = items.iter().map(|i| i.msg_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "event-process-0000000000000007-1",
+                "event-process-0000000000000007-2"
+            ]
+        );
+        assert!(items
+            .iter()
+            .all(|i| i.kind == OutboxKind::Event(EventKind::Process)));
+        let shipped: collector_core::ProcessEvent = serde_json::from_str(&items[1].body).unwrap();
+        assert_eq!(shipped, events[1]);
+        assert_eq!(store.outbox_state().unwrap().depth, 2);
+
+        // Network too, once asked; an event without an id gets a digest of
+        // its body, the same for the same event.
+        let mut store = store.with_shipped_events(&[EventKind::Network]);
+        store
+            .write_connections(&[connection(5)], std::time::Duration::from_secs(60))
+            .unwrap();
+        let again = store.outbox_read(0, 10).unwrap()[2].clone();
+        store
+            .write_connections(
+                &[serde_json::from_str(&again.body).unwrap()],
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let items = store.outbox_read(0, 10).unwrap();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[2].kind, OutboxKind::Event(EventKind::Network));
+        assert!(items[2].msg_id.starts_with("event-network-b3"), "{}", items[2].msg_id);
+        assert_eq!(items[2].msg_id, items[3].msg_id);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_events_before_alerts_and_alerts_before_checkpoints() {
+        use crate::ledger::{CheckpointEntry, Lost};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path())
+            .unwrap()
+            .with_outbox(Some(4))
+            .with_shipped_events(&[EventKind::Process]);
+        let entry = CheckpointEntry {
+            time: 7,
+            lost: Lost::default(),
+        };
+        store.append_checkpoint(&entry).unwrap();
+        store.record_alert(&alert(1)).unwrap();
+        store.record_events(&[exec(10, 1), exec(11, 2)]).unwrap();
+        // Full (4). Two more events: the two older events go.
+        store.record_events(&[exec(12, 3), exec(13, 4)]).unwrap();
+        let kinds = |store: &Store| -> Vec<String> {
+            store
+                .outbox_read(0, 10)
+                .unwrap()
+                .iter()
+                .map(|i| i.msg_id.clone())
+                .collect()
+        };
+        assert_eq!(
+            kinds(&store),
+            [
+                "checkpoint-1",
+                "alert-1",
+                "event-process-0000000000000007-3",
+                "event-process-0000000000000007-4"
+            ]
+        );
+        let state = store.outbox_state().unwrap();
+        assert_eq!((state.dropped_events, state.dropped), (2, 0));
+        // Three alerts: the events go first, then the oldest alert.
+        for p in 2..=4 {
+            store.record_alert(&alert(p)).unwrap();
+        }
+        assert_eq!(
+            kinds(&store),
+            ["checkpoint-1", "alert-2", "alert-3", "alert-4"]
+        );
+        let state = store.outbox_state().unwrap();
+        assert_eq!((state.dropped_events, state.dropped, state.depth), (4, 1, 4));
+        // An event into an outbox full of alerts is itself the one dropped.
+        store.record_events(&[exec(14, 5)]).unwrap();
+        assert_eq!(
+            kinds(&store),
+            ["checkpoint-1", "alert-2", "alert-3", "alert-4"]
+        );
+        // Only alerts and checkpoints left: the checkpoint stays longest.
+        for p in 5..=8 {
+            store.record_alert(&alert(p)).unwrap();
+        }
+        assert_eq!(
+            kinds(&store),
+            ["checkpoint-1", "alert-6", "alert-7", "alert-8"]
+        );
+        // The counts survive a restart.
+        drop(store);
+        let state = Store::open(dir.path()).unwrap().outbox_state().unwrap();
+        assert_eq!((state.dropped_events, state.dropped), (5, 5));
     }
 }

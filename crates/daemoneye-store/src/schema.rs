@@ -82,10 +82,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "file_events: file operations and the processes that made them",
         sql: V9,
     },
+    Migration {
+        version: 10,
+        description: "outbox priorities (events dropped first) and the events dropped",
+        sql: V10,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -324,6 +329,15 @@ const V9: &str = "CREATE TABLE file_events (
 CREATE INDEX file_events_observed ON file_events (observed_at);
 CREATE INDEX file_events_process ON file_events (process_key);
 CREATE INDEX file_events_path ON file_events (path);";
+
+/// The outbox's priorities (`crate::outbox`): when it is full, items are
+/// dropped lowest priority first (events 0, alerts 1, checkpoints 2), the
+/// oldest first within one; indexed so finding them is a lookup. And the
+/// events dropped, counted apart from the alerts and checkpoints.
+const V10: &str = "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+UPDATE outbox SET priority = 2 WHERE kind = 'checkpoint';
+CREATE INDEX outbox_priority ON outbox (priority, id);
+ALTER TABLE outbox_state ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

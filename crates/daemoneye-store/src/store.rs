@@ -47,7 +47,7 @@
 //! | `performance` | performance sample or anomaly (not on the ledger; pruned to the writer's `performance_retention`) | the columns of `collector_core::vocabulary::PERFORMANCE`: `observed_at`, `metric`, `unit`, `value`, `subject_kind`, `subject_name`, `pid`, `process_key`, `anomaly`, `anomaly_threshold`, `anomaly_duration_ms`, `event_id` |
 //! | `connections` | socket as one process holding it sees it (not on the ledger; pruned to the writer's `connections_retention` and the store's retention) | the columns of `collector_core::vocabulary::NETWORK`: `observed_at`, `connection_id`, `protocol`, `family`, `state`, `direction`, `change`, `local_address`, `local_port`, `remote_address`, `remote_port`, `pid`, `process_key`, `fd`, `holders`, `uid`, `inode`, `netns`, `tier`, `event_id` |
 //! | `file_events` | file operation (not on the ledger; pruned to the writer's `file_events_retention` and the store's retention) | the stored columns of `collector_core::vocabulary::FILE`: `observed_at`, `operation`, `path`, `old_path`, `root`, `file_type`, `size`, `mode`, `previous_mode`, `owner_uid`, `owner_gid`, `hash`, `previous_hash`, `hash_algorithm`, `pid`, `process_key`, `event_id` |
-//! | `outbox` | item waiting for a broker's acknowledgement (see [`outbox`](crate::outbox); `outbox_state` holds the count dropped when full) | `id`, `kind` (`alert`), `msg_id` (`alert-<alert id>`), `body`, `queued_at` |
+//! | `outbox` | item waiting for a broker's acknowledgement (see [`outbox`](crate::outbox); `outbox_state` holds the counts dropped when full: `dropped` alerts and checkpoints, `dropped_events`) | `id`, `kind` (`alert`, `checkpoint`, `event.<domain>`), `msg_id` (`alert-<alert id>`, `checkpoint-<seq>`, `event-<domain>-<event id>`), `body`, `queued_at`, `priority` (0 events, 1 alerts, 2 checkpoints: dropped lowest first) |
 //! | `ledger` | ledger entry | `seq`, `kind` (`process_events` for a batch of lifecycle events, `alert`, `gap`, `start`, `stop`, `checkpoint`, `prune`; `process_event` before schema 6), `content`, `prev_hash`, `entry_hash` |
 //!
 //! Every process table also has `ppid`, `name`, `exe`, `argv` (JSON array),
@@ -70,7 +70,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent,
+    EventId, EventKind, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent,
     ProcessContext, ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
@@ -371,6 +371,9 @@ pub struct Store {
     /// first write), so that a write need not count the table: a count
     /// walks every row, milliseconds at 20,000 items.
     pub(crate) outbox_depth: Option<u64>,
+    /// The event domains queued in the outbox too (none: alerts and
+    /// checkpoints only).
+    pub(crate) shipped: Vec<EventKind>,
 }
 
 impl Store {
@@ -431,6 +434,7 @@ impl Store {
             ledger: LedgerMode::default(),
             outbox: None,
             outbox_depth: None,
+            shipped: Vec::new(),
         })
     }
 
@@ -476,6 +480,7 @@ impl Store {
             ledger: LedgerMode::default(),
             outbox: None,
             outbox_depth: None,
+            shipped: Vec::new(),
         })
     }
 
@@ -624,7 +629,7 @@ impl Store {
         };
         if let Some((bound, depth)) = self.outbox.zip(depth.as_mut()) {
             let body = serde_json::to_string(&checkpoint).map_err(encode)?;
-            let dropped = crate::outbox::append_in(
+            crate::outbox::append_in(
                 &tx,
                 bound,
                 depth,
@@ -633,9 +638,6 @@ impl Store {
                 &body,
                 unix_nanos_now(),
             )?;
-            if dropped > 0 {
-                tracing::warn!(dropped, bound, "outbox full, oldest items dropped");
-            }
         }
         tx.commit()?;
         self.outbox_depth = depth.or(self.outbox_depth);
@@ -650,6 +652,12 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
         let mut done = Recorded::default();
+        let mut queued = false;
+        let shipped: &[EventKind] = if self.outbox.is_some() {
+            &self.shipped
+        } else {
+            &[]
+        };
         for w in writes {
             match w {
                 Op::Events(events) => {
@@ -663,11 +671,22 @@ impl Store {
                     done.lifecycle += r.lifecycle;
                     done.upserted += r.upserted;
                     done.removed += r.removed;
+                    if let Some(depth) = depth.as_mut().filter(|_| shipped.contains(&EventKind::Process)) {
+                        let lifecycle = events
+                            .iter()
+                            .filter(|e| e.event_type != ProcessEventType::Snapshot);
+                        queued |= queue_events_in(&tx, depth, EventKind::Process, lifecycle)?;
+                    }
                 }
                 Op::Alert(alert) => {
                     write_alert_in(&tx, &mut chain, alert, self.outbox.zip(depth.as_mut()))?;
                 }
-                Op::Timed(batch, retention) => batch.write_in(&tx, *retention, &mut done)?,
+                Op::Timed(batch, retention) => {
+                    batch.write_in(&tx, *retention, &mut done)?;
+                    if let Some(depth) = depth.as_mut().filter(|_| shipped.contains(&batch.kind())) {
+                        queued |= batch.queue_in(&tx, depth)?;
+                    }
+                }
                 Op::Gap(gap) => {
                     let content =
                         serde_json::to_string(gap).map_err(|source| StoreError::Encode {
@@ -684,6 +703,9 @@ impl Store {
                     tx.execute("DELETE FROM processes", [])?;
                 }
             }
+        }
+        if let (true, Some(bound), Some(depth)) = (queued, self.outbox, depth.as_mut()) {
+            crate::outbox::trim_in(&tx, bound, depth)?;
         }
         tx.commit()?;
         self.outbox_depth = depth.or(self.outbox_depth);
@@ -1048,6 +1070,35 @@ impl Store {
     }
 }
 
+/// Queues `events` of domain `kind` in the outbox inside `tx` (untrimmed:
+/// the caller trims once per transaction), each under its stable message
+/// id `event-<domain>-<event id>` (for an event without one, a digest of
+/// its body: a resend is the same event, the same bytes). Returns whether
+/// any was queued.
+pub(crate) fn queue_events_in<'e, E: Serialize + crate::timed::Identified + 'e>(
+    tx: &Transaction<'_>,
+    depth: &mut u64,
+    kind: EventKind,
+    events: impl IntoIterator<Item = &'e E>,
+) -> Result<bool, StoreError> {
+    let outbox_kind = crate::outbox::OutboxKind::Event(kind);
+    let now = unix_nanos_now();
+    let mut queued = false;
+    for e in events {
+        let body = serde_json::to_string(e).map_err(|source| StoreError::Encode {
+            field: "shipped event",
+            source,
+        })?;
+        let msg_id = match e.event_id() {
+            Some(id) => format!("event-{kind}-{id}"),
+            None => format!("event-{kind}-b3{}", &blake3::hash(body.as_bytes()).to_hex()[..32]),
+        };
+        crate::outbox::queue_in(tx, depth, outbox_kind, &msg_id, &body, now)?;
+        queued = true;
+    }
+    Ok(queued)
+}
+
 /// One write of a [`StoreWriter`](crate::StoreWriter) batch.
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
@@ -1193,7 +1244,7 @@ fn write_alert_in(
     ])?;
     let id = tx.last_insert_rowid();
     if let Some((bound, depth)) = outbox {
-        let dropped = crate::outbox::append_in(
+        crate::outbox::append_in(
             tx,
             bound,
             depth,
@@ -1202,9 +1253,6 @@ fn write_alert_in(
             &body,
             unix_nanos_now(),
         )?;
-        if dropped > 0 {
-            tracing::warn!(dropped, bound, "outbox full, oldest items dropped");
-        }
     }
     Ok(id)
 }

@@ -6,10 +6,12 @@
 use std::time::{Duration, SystemTime};
 
 use collector_core::vocabulary::Column;
-use collector_core::{FilesystemEvent, NetworkEvent, PerformanceEvent};
+use collector_core::{
+    EventId, EventKind, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent,
+};
 use rusqlite::Transaction;
 
-use crate::store::{to_nanos, Recorded, StoreError};
+use crate::store::{queue_events_in, to_nanos, Recorded, StoreError};
 
 /// A batch of events kept for a time in a table of their own: what the
 /// writer queues and a transaction writes, one kind at a time.
@@ -38,6 +40,26 @@ impl TimedBatch {
             Self::Performance(e) => e.len(),
             Self::Connections(e) => e.len(),
             Self::Files(e) => e.len(),
+        }
+    }
+
+    /// Its events' domain.
+    pub(crate) fn kind(&self) -> EventKind {
+        match self {
+            Self::Performance(_) => EventKind::Performance,
+            Self::Connections(_) => EventKind::Network,
+            Self::Files(_) => EventKind::Filesystem,
+        }
+    }
+
+    /// Queues its events in the outbox within `tx` (see
+    /// [`queue_events_in`](crate::store::queue_events_in)).
+    pub(crate) fn queue_in(&self, tx: &Transaction<'_>, depth: &mut u64) -> Result<bool, StoreError> {
+        let kind = self.kind();
+        match self {
+            Self::Performance(e) => queue_events_in(tx, depth, kind, e),
+            Self::Connections(e) => queue_events_in(tx, depth, kind, e),
+            Self::Files(e) => queue_events_in(tx, depth, kind, e),
         }
     }
 
@@ -135,3 +157,20 @@ pub(crate) fn prune_before(
         .prepare_cached(&format!("DELETE FROM {table} WHERE observed_at < ?1"))?
         .execute([to_nanos(cutoff)])?)
 }
+
+/// An event that may carry the [`EventId`] its collector's runtime gave it
+/// (the stable part of its message id when it is shipped).
+pub(crate) trait Identified {
+    fn event_id(&self) -> Option<EventId>;
+}
+
+macro_rules! identified {
+    ($($ty:ty),*) => {$(
+        impl Identified for $ty {
+            fn event_id(&self) -> Option<EventId> {
+                self.id
+            }
+        }
+    )*};
+}
+identified!(ProcessEvent, NetworkEvent, FilesystemEvent, PerformanceEvent);
