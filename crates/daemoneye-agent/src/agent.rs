@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use collector_core::metrics::{MetricsServer, Registry, ServeError};
-use collector_core::{CollectorIpcServer, IpcServerConfig, ProcessEvent, SourceCaps};
+use collector_core::{CollectorIpcServer, EventKind, IpcServerConfig, ProcessEvent, SourceCaps};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -241,7 +241,8 @@ fn open_store_and_sinks(
             path: settings.data_dir.clone(),
             source,
         })?
-        .with_outbox(fleet_config.as_ref().map(|f| f.outbox_items));
+        .with_outbox(fleet_config.as_ref().map(|f| f.outbox_items))
+        .with_shipped_events(fleet_config.as_ref().map_or(&[][..], |f| &f.events));
     let writer = StoreWriter::spawn(store, settings.writer_config()).map_err(AgentError::Writer)?;
     // Unopenable files, a bad headers file: the user's to fix.
     let mut sinks = sinks_config(&settings.sinks)
@@ -293,12 +294,29 @@ impl Pipeline {
             counters.alerts.inc();
             self.sinks.deliver(a).await;
         }
-        match batch {
-            Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
-            Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
-            Some(LinkEvent::Network(connections)) => self.writer.connections(connections).await,
-            Some(LinkEvent::Files(files)) => self.writer.file_events(files).await,
-            Some(LinkEvent::Connected) | None => {}
+        let stored = match batch {
+            Some(LinkEvent::Events(batch)) => {
+                self.writer.events(batch).await;
+                Some(EventKind::Process)
+            }
+            Some(LinkEvent::Performance(samples)) => {
+                self.writer.performance(samples).await;
+                Some(EventKind::Performance)
+            }
+            Some(LinkEvent::Network(connections)) => {
+                self.writer.connections(connections).await;
+                Some(EventKind::Network)
+            }
+            Some(LinkEvent::Files(files)) => {
+                self.writer.file_events(files).await;
+                Some(EventKind::Filesystem)
+            }
+            Some(LinkEvent::Connected) | None => None,
+        };
+        // The store queued the batch in its outbox (in its transaction):
+        // the fleet sink ships it from there.
+        if stored.is_some_and(|d| self.sinks.ships_events(d)) {
+            self.sinks.outbox_queued();
         }
         for a in alerts {
             // The fleet sink ships from the store's outbox: offered the

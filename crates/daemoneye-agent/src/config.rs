@@ -28,7 +28,7 @@
 //! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
 //! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
 //! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
-//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas` | | |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas`, `fleet.events` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -342,8 +342,8 @@ pub struct FleetFileConfig {
     pub creds_file: Option<PathBuf>,
     /// A CA file for the server's certificate (TLS required then).
     pub tls_ca_file: Option<PathBuf>,
-    /// The most alerts the outbox holds (default 100000; the oldest are
-    /// dropped past it).
+    /// The most items the outbox holds (default 100000; past it events are
+    /// dropped first, then alerts, checkpoints last, the oldest first).
     pub outbox_max_items: Option<usize>,
     /// The most unacknowledged publishes at a time (default 256).
     pub max_in_flight: Option<usize>,
@@ -353,6 +353,9 @@ pub struct FleetFileConfig {
     pub max_outbox_age: Option<Duration>,
     /// The copies of a stream the sink creates (default 1; 1 to 5).
     pub replicas: Option<usize>,
+    /// The event domains shipped besides alerts and checkpoints:
+    /// `process`, `network`, `filesystem`, `performance` (default none).
+    pub events: Option<Vec<String>>,
 }
 
 /// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
@@ -1001,6 +1004,19 @@ fn resolve_fleet(
         }
         None => {}
     }
+    for name in file.events.unwrap_or_default() {
+        let domain = collector_core::EventKind::from_name(&name)
+            .filter(|d| daemoneye_store::outbox::SHIPPABLE.contains(d))
+            .ok_or_else(|| {
+                invalid(
+                    "fleet.events",
+                    format!("{name:?}: one of process, network, filesystem, performance"),
+                )
+            })?;
+        if !config.events.contains(&domain) {
+            config.events.push(domain);
+        }
+    }
     Ok(Some(config))
 }
 
@@ -1609,7 +1625,36 @@ mod tests {
             .fleet
             .unwrap();
         assert_eq!(f.replicas, 3);
+        assert!(f.events.is_empty(), "events are opt-in");
+        let f = resolve(
+            "[fleet]\nurl = \"nats://a\"\nevents = [\"process\", \"filesystem\", \"process\"]\n",
+            &[],
+        )
+        .unwrap()
+        .sinks
+        .fleet
+        .unwrap();
+        assert_eq!(
+            f.events,
+            [
+                collector_core::EventKind::Process,
+                collector_core::EventKind::Filesystem
+            ]
+        );
+        assert_eq!(
+            f.events_subject(collector_core::EventKind::Filesystem),
+            "daemoneye.events_subject_host.events.filesystem"
+                .replace("events_subject_host", &f.host)
+        );
         for (toml, key) in [
+            (
+                "[fleet]\nurl = \"nats://a\"\nevents = [\"file\"]",
+                "fleet.events",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nevents = [\"trigger_request\"]",
+                "fleet.events",
+            ),
             ("[fleet]\nurl = \"nats://a,\"", "fleet.url"),
             (
                 "[fleet]\nurl = \"nats://a\"\nsubject_prefix = \"a.b\"",

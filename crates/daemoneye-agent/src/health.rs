@@ -358,8 +358,10 @@ fn fleet_component_at(
     }
     if f.dropping.get_bool() {
         why.push(format!(
-            "outbox full: the oldest alerts dropped since it was last empty ({} dropped in all)",
-            level(&f.outbox_dropped)
+            "outbox full: the oldest items dropped since it was last empty \
+             ({} alerts and checkpoints, {} events dropped in all)",
+            level(&f.outbox_dropped),
+            level(&f.outbox_dropped_events)
         ));
     }
     if let Some((age, max)) = f.outbox_stale(now) {
@@ -390,6 +392,7 @@ fn fleet_component_at(
                 f.outbox_age(now).map_or(0, |a| a.as_secs()),
             ),
             ("outbox_dropped", level(&f.outbox_dropped)),
+            ("outbox_dropped_events", level(&f.outbox_dropped_events)),
             ("published", f.published.get()),
             ("acknowledged", f.acknowledged.get()),
             ("duplicates", f.duplicates.get()),
@@ -618,11 +621,10 @@ mod tests {
         f.connected.set_bool(true);
         let queued_secs = 1_800_000_000;
         let queued = UNIX_EPOCH + Duration::from_secs(queued_secs);
-        f.outbox(daemoneye_store::OutboxState {
-            depth: 2,
-            dropped: 0,
-            oldest_queued_at: Some(i64::try_from(queued_secs).unwrap() * 1_000_000_000 + 5),
-        });
+        f.outbox(daemoneye_store::OutboxState::new(
+            2,
+            Some(i64::try_from(queued_secs).unwrap() * 1_000_000_000 + 5),
+        ));
         let at = |secs: u64, problems: &mut Vec<String>| {
             fleet_component_at(&f, queued + Duration::from_secs(secs), problems)
         };

@@ -1,7 +1,8 @@
 //! The fleet's names on NATS JetStream, shared by the agent that ships
 //! (its fleet sink) and the command line that reads (`daemoneye-cli
 //! fleet`): one stream, and per host the subjects
-//! `<prefix>.<host>.alerts` and `<prefix>.<host>.ledger`.
+//! `<prefix>.<host>.alerts`, `<prefix>.<host>.ledger` and, for the event
+//! domains a host ships, `<prefix>.<host>.events.<domain>`.
 //!
 //! ```
 //! use daemoneye_lib::fleet;
@@ -19,6 +20,15 @@ pub const DEFAULT_STREAM: &str = "DAEMONEYE";
 pub const ALERTS: &str = "alerts";
 /// The last token of a host's ledger checkpoints subject.
 pub const LEDGER: &str = "ledger";
+/// The token before the domain in a host's events subjects
+/// (`<prefix>.<host>.events.<domain>`).
+pub const EVENTS: &str = "events";
+
+/// What follows the host in a host's subject for events of `domain`:
+/// `events.<domain>`.
+pub fn events(domain: &str) -> String {
+    format!("{EVENTS}.{domain}")
+}
 
 /// The servers of a `,`-separated URL list (`nats://a:4222,nats://b:4222`),
 /// each trimmed, for a client that is given several to choose from and
@@ -63,14 +73,20 @@ pub fn every_host(prefix: &str, what: &str) -> String {
     subject(prefix, "*", what)
 }
 
-/// The host a subject `<prefix>.<host>.<what>` names; `None` for another
-/// subject.
+/// The host a subject `<prefix>.<host>.<what>` names (`what` being
+/// `alerts`, `ledger` or `events.<domain>`); `None` for another subject.
 pub fn host_of<'s>(prefix: &str, subject: &'s str) -> Option<&'s str> {
-    let (host, _) = subject
+    let (host, what) = subject
         .strip_prefix(prefix)?
         .strip_prefix('.')?
-        .rsplit_once('.')?;
-    (!host.is_empty() && !host.contains('.')).then_some(host)
+        .split_once('.')?;
+    let known = what == ALERTS
+        || what == LEDGER
+        || what
+            .strip_prefix(EVENTS)
+            .and_then(|d| d.strip_prefix('.'))
+            .is_some_and(|d| !d.is_empty() && !d.contains('.'));
+    (!host.is_empty() && known).then_some(host)
 }
 
 #[cfg(test)]
@@ -87,5 +103,12 @@ mod tests {
         assert_eq!(host_of("daemoneye", "daemoneye.alerts"), None);
         assert_eq!(host_of("daemoneye", "daemoneye.a.b.alerts"), None);
         assert_eq!(every_host("p", ALERTS), "p.*.alerts");
+        assert_eq!(
+            host_of("daemoneye", "daemoneye.web-1.events.process"),
+            Some("web-1")
+        );
+        assert_eq!(host_of("daemoneye", "daemoneye.web-1.events."), None);
+        assert_eq!(host_of("daemoneye", "daemoneye.web-1.events.a.b"), None);
+        assert_eq!(every_host("p", &events("*")), "p.*.events.*");
     }
 }

@@ -240,7 +240,11 @@ pub(crate) fn trim_in(
             "outbox full of alerts and checkpoints, the oldest dropped"
         );
     } else if dropped.events > 0 {
-        tracing::debug!(dropped = dropped.events, bound, "outbox full, oldest events dropped");
+        tracing::debug!(
+            dropped = dropped.events,
+            bound,
+            "outbox full, oldest events dropped"
+        );
     }
     Ok(dropped)
 }
@@ -548,7 +552,8 @@ mod tests {
     }
 
     fn connection(pid: u32) -> collector_core::NetworkEvent {
-        let key = collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), pid, 9);
+        let key =
+            collector_core::ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), pid, 9);
         collector_core::testing::loopback_connection(pid, key, 3, 8080)
     }
 
@@ -599,7 +604,11 @@ mod tests {
         let items = store.outbox_read(0, 10).unwrap();
         assert_eq!(items.len(), 4);
         assert_eq!(items[2].kind, OutboxKind::Event(EventKind::Network));
-        assert!(items[2].msg_id.starts_with("event-network-b3"), "{}", items[2].msg_id);
+        assert!(
+            items[2].msg_id.starts_with("event-network-b3"),
+            "{}",
+            items[2].msg_id
+        );
         assert_eq!(items[2].msg_id, items[3].msg_id);
     }
 
@@ -648,7 +657,10 @@ mod tests {
             ["checkpoint-1", "alert-2", "alert-3", "alert-4"]
         );
         let state = store.outbox_state().unwrap();
-        assert_eq!((state.dropped_events, state.dropped, state.depth), (4, 1, 4));
+        assert_eq!(
+            (state.dropped_events, state.dropped, state.depth),
+            (4, 1, 4)
+        );
         // An event into an outbox full of alerts is itself the one dropped.
         store.record_events(&[exec(14, 5)]).unwrap();
         assert_eq!(

@@ -70,8 +70,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, EventKind, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent, PerformanceEvent,
-    ProcessContext, ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
+    EventId, EventKind, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent,
+    PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -671,7 +671,10 @@ impl Store {
                     done.lifecycle += r.lifecycle;
                     done.upserted += r.upserted;
                     done.removed += r.removed;
-                    if let Some(depth) = depth.as_mut().filter(|_| shipped.contains(&EventKind::Process)) {
+                    if let Some(depth) = depth
+                        .as_mut()
+                        .filter(|_| shipped.contains(&EventKind::Process))
+                    {
                         let lifecycle = events
                             .iter()
                             .filter(|e| e.event_type != ProcessEventType::Snapshot);
@@ -683,7 +686,8 @@ impl Store {
                 }
                 Op::Timed(batch, retention) => {
                     batch.write_in(&tx, *retention, &mut done)?;
-                    if let Some(depth) = depth.as_mut().filter(|_| shipped.contains(&batch.kind())) {
+                    if let Some(depth) = depth.as_mut().filter(|_| shipped.contains(&batch.kind()))
+                    {
                         queued |= batch.queue_in(&tx, depth)?;
                     }
                 }
@@ -1091,7 +1095,10 @@ pub(crate) fn queue_events_in<'e, E: Serialize + crate::timed::Identified + 'e>(
         })?;
         let msg_id = match e.event_id() {
             Some(id) => format!("event-{kind}-{id}"),
-            None => format!("event-{kind}-b3{}", &blake3::hash(body.as_bytes()).to_hex()[..32]),
+            None => format!(
+                "event-{kind}-b3{}",
+                &blake3::hash(body.as_bytes()).to_hex()[..32]
+            ),
         };
         crate::outbox::queue_in(tx, depth, outbox_kind, &msg_id, &body, now)?;
         queued = true;

@@ -54,7 +54,11 @@ impl TimedBatch {
 
     /// Queues its events in the outbox within `tx` (see
     /// [`queue_events_in`](crate::store::queue_events_in)).
-    pub(crate) fn queue_in(&self, tx: &Transaction<'_>, depth: &mut u64) -> Result<bool, StoreError> {
+    pub(crate) fn queue_in(
+        &self,
+        tx: &Transaction<'_>,
+        depth: &mut u64,
+    ) -> Result<bool, StoreError> {
         let kind = self.kind();
         match self {
             Self::Performance(e) => queue_events_in(tx, depth, kind, e),
@@ -173,4 +177,9 @@ macro_rules! identified {
         }
     )*};
 }
-identified!(ProcessEvent, NetworkEvent, FilesystemEvent, PerformanceEvent);
+identified!(
+    ProcessEvent,
+    NetworkEvent,
+    FilesystemEvent,
+    PerformanceEvent
+);

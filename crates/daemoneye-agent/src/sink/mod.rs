@@ -129,6 +129,10 @@ pub enum Item {
     Alert(Arc<Alert>),
     /// The ledger's head, sent off the host.
     Checkpoint(Arc<Checkpoint>),
+    /// The store queued items (events) in its outbox: a sink that ships
+    /// from the store ([`FleetSink`]) drains it; the others have nothing
+    /// to do.
+    Outbox,
 }
 
 /// Whatever receives alerts and checkpoints: a name and a delivery of each.
@@ -154,6 +158,13 @@ pub trait AlertSink: Send + 'static {
     /// One attempt to deliver `checkpoint` (the ledger's head), in the
     /// sink's own format; retried and cut short as alerts are.
     fn deliver_checkpoint(&mut self, checkpoint: &Checkpoint) -> impl Future<Output = Delivery>;
+
+    /// One attempt to ship what the store's outbox holds ([`Item::Outbox`]);
+    /// retried and cut short as alerts are. Only a sink that ships from the
+    /// store has anything to do.
+    fn deliver_outbox(&mut self) -> impl Future<Output = Delivery> {
+        std::future::ready(Delivery::Delivered)
+    }
 }
 
 /// An alert from the built-in pack about process `pid`, for tests.

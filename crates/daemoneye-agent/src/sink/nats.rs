@@ -22,6 +22,15 @@
 //! among the alerts, to `<prefix>.<host>.ledger` (`Nats-Msg-Id`
 //! `<host>.checkpoint-<seq>`, the body the checkpoint's JSON line), where
 //! `daemoneye-cli fleet verify` reads them as anchors of the host's chain.
+//!
+//! Events, when the config asks for their domains ([`FleetConfig::events`]:
+//! `process`, `network`, `filesystem`, `performance`), go the same way too:
+//! the store queues each in the transaction that stores its row, and the
+//! drain publishes it to `<prefix>.<host>.events.<domain>` (`Nats-Msg-Id`
+//! `<host>.event-<domain>-<event id>`, the body the event as the event
+//! model serializes it). The agent wakes the sink after each stored batch
+//! of a shipped domain. A full outbox drops events before any alert or
+//! checkpoint ([outbox](daemoneye_store::outbox)).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +41,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use collector_core::metrics::{Counter, Gauge, Registry};
-use collector_core::WhenFull;
+use collector_core::{EventKind, WhenFull};
 use daemoneye_lib::Backoff;
 use daemoneye_store::{OutboxItem, OutboxKind, OutboxState, StoreWriter};
 use tracing::{info, warn};
@@ -67,9 +76,10 @@ pub struct FleetConfig {
     pub subject_prefix: String,
     /// The JetStream stream the subjects belong to.
     pub stream: String,
-    /// Create the stream (subjects `<prefix>.*.alerts` and
-    /// `<prefix>.*.ledger`, file storage, a [`DUPLICATE_WINDOW`],
-    /// [`replicas`](Self::replicas) copies) when it is missing; otherwise a
+    /// Create the stream (subjects `<prefix>.*.alerts`,
+    /// `<prefix>.*.ledger` and `<prefix>.*.events.*`, file storage, a
+    /// [`DUPLICATE_WINDOW`], [`replicas`](Self::replicas) copies) when it is
+    /// missing, and add those subjects to one that lacks them; otherwise a
     /// missing stream is an error.
     pub create_stream: bool,
     /// A NATS credentials file (JWT and nkey seed).
@@ -88,6 +98,9 @@ pub struct FleetConfig {
     /// The copies a stream the sink creates keeps (1 to 5; 3 on a
     /// three-node cluster, so a node lost loses nothing).
     pub replicas: usize,
+    /// The event domains shipped besides alerts and checkpoints (none by
+    /// default).
+    pub events: Vec<EventKind>,
 }
 
 impl FleetConfig {
@@ -106,6 +119,7 @@ impl FleetConfig {
             window: DEFAULT_WINDOW,
             max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
             replicas: 1,
+            events: Vec::new(),
         }
     }
 
@@ -117,6 +131,27 @@ impl FleetConfig {
     /// The subject this host's checkpoints go to.
     pub fn ledger_subject(&self) -> String {
         fleet::subject(&self.subject_prefix, &self.host, fleet::LEDGER)
+    }
+
+    /// The subject this host's events of `domain` go to.
+    pub fn events_subject(&self, domain: EventKind) -> String {
+        fleet::subject(
+            &self.subject_prefix,
+            &self.host,
+            &fleet::events(domain.as_str()),
+        )
+    }
+
+    /// The subjects of every host a stream of the fleet holds.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        [
+            fleet::ALERTS.to_owned(),
+            fleet::LEDGER.to_owned(),
+            fleet::events("*"),
+        ]
+        .iter()
+        .map(|what| fleet::every_host(&self.subject_prefix, what))
+        .collect()
     }
 }
 
@@ -130,8 +165,11 @@ pub struct FleetStatus {
     /// When the oldest waiting item entered the outbox, unix seconds, at
     /// the last look; 0 while it is empty.
     pub outbox_oldest_queued: Gauge,
-    /// Items the outbox dropped when full, ever (kept in the store).
+    /// Alerts and checkpoints the outbox dropped when full, ever (kept in
+    /// the store).
     pub outbox_dropped: Gauge,
+    /// Events the outbox dropped when full, ever (kept in the store).
+    pub outbox_dropped_events: Gauge,
     /// 1 from a look at the outbox that found new drops until it is empty
     /// again.
     pub dropping: Gauge,
@@ -161,6 +199,7 @@ impl Default for FleetStatus {
             outbox_depth: Gauge::default(),
             outbox_oldest_queued: Gauge::default(),
             outbox_dropped: Gauge::default(),
+            outbox_dropped_events: Gauge::default(),
             dropping: Gauge::default(),
             published: Counter::default(),
             acknowledged: Counter::default(),
@@ -245,11 +284,13 @@ impl FleetStatus {
 
     pub(crate) fn outbox(&self, state: OutboxState) {
         let dropped = i64::try_from(state.dropped).unwrap_or(i64::MAX);
+        let dropped_events = i64::try_from(state.dropped_events).unwrap_or(i64::MAX);
         let before = self.outbox_dropped.swap(dropped);
+        let events_before = self.outbox_dropped_events.swap(dropped_events);
         let looked = self.looked.swap(true, Ordering::Relaxed);
         if state.depth == 0 {
             self.dropping.set_bool(false);
-        } else if looked && dropped > before {
+        } else if looked && (dropped > before || dropped_events > events_before) {
             self.dropping.set_bool(true);
         }
         self.outbox_depth
@@ -283,8 +324,13 @@ impl FleetStatus {
             ),
             (
                 "daemoneye_fleet_outbox_dropped",
-                "Items the full outbox dropped (oldest first), ever.",
+                "Alerts and checkpoints the full outbox dropped (oldest first, after every event), ever.",
                 &self.outbox_dropped,
+            ),
+            (
+                "daemoneye_fleet_outbox_dropped_events",
+                "Events the full outbox dropped (oldest first, before any alert), ever.",
+                &self.outbox_dropped_events,
             ),
         ];
         for (name, help, g) in gauges {
@@ -500,18 +546,29 @@ impl FleetSink {
         if c.create_stream {
             let config = stream::Config {
                 name: c.stream.clone(),
-                subjects: vec![
-                    fleet::every_host(&c.subject_prefix, fleet::ALERTS),
-                    fleet::every_host(&c.subject_prefix, fleet::LEDGER),
-                ],
+                subjects: c.stream_subjects(),
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 num_replicas: c.replicas,
                 ..stream::Config::default()
             };
-            js.get_or_create_stream(config)
+            let found = js
+                .get_or_create_stream(config)
                 .await
                 .map_err(|e| stream_error(e.to_string()))?;
+            // A stream made by an older agent lacks the events subjects.
+            let mut existing = found.cached_info().config.clone();
+            let missing: Vec<String> = c
+                .stream_subjects()
+                .into_iter()
+                .filter(|s| !existing.subjects.contains(s))
+                .collect();
+            if !missing.is_empty() {
+                existing.subjects.extend(missing);
+                js.update_stream(existing)
+                    .await
+                    .map_err(|e| stream_error(format!("adding the fleet's subjects: {e}")))?;
+            }
         } else {
             js.get_stream(&c.stream)
                 .await
@@ -609,6 +666,11 @@ impl FleetSink {
                     None
                 }
             },
+            // Stored as the event model serializes it: shipped as is.
+            OutboxKind::Event(domain) => Some((
+                self.config.events_subject(domain),
+                Bytes::from(item.body.clone()),
+            )),
             // `read` skips kinds this build does not know.
             _ => None,
         }
@@ -629,7 +691,7 @@ impl FleetSink {
     }
 
     /// A delivery: the outbox drained, or the failure counted (retried).
-    async fn deliver_outbox(&mut self) -> Delivery {
+    async fn drain_outbox(&mut self) -> Delivery {
         match self.drain().await {
             Ok(()) => {
                 self.status.set_error("");
@@ -666,13 +728,18 @@ impl AlertSink for FleetSink {
     /// writer before the agent offers it here) and whatever waits before
     /// it.
     async fn deliver(&mut self, _alert: &Alert) -> Delivery {
-        self.deliver_outbox().await
+        self.drain_outbox().await
     }
 
     /// Drains the outbox, which holds `_checkpoint` (queued with its
     /// ledger entry) and whatever waits before it.
     async fn deliver_checkpoint(&mut self, _checkpoint: &Checkpoint) -> Delivery {
-        self.deliver_outbox().await
+        self.drain_outbox().await
+    }
+
+    /// Drains the outbox (events the store queued with their rows).
+    async fn deliver_outbox(&mut self) -> Delivery {
+        self.drain_outbox().await
     }
 }
 

@@ -71,6 +71,7 @@ pub struct SinkWorker {
     when_full: WhenFull,
     stats: Arc<SinkStats>,
     checkpoints: Arc<SinkStats>,
+    outbox: Arc<SinkStats>,
     abort: CancellationToken,
     /// Completes (with an error: the sender is dropped) when the worker's
     /// thread ends.
@@ -100,6 +101,7 @@ impl SinkWorker {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(SinkStats::default());
         let checkpoints = Arc::new(SinkStats::default());
+        let outbox = Arc::new(SinkStats::default());
         let abort = CancellationToken::new();
         let (done_tx, done) = oneshot::channel::<()>();
         let drive = Drive {
@@ -107,6 +109,7 @@ impl SinkWorker {
             config,
             stats: Arc::clone(&stats),
             checkpoints: Arc::clone(&checkpoints),
+            outbox: Arc::clone(&outbox),
         };
         let stop = abort.clone();
         std::thread::Builder::new()
@@ -121,6 +124,7 @@ impl SinkWorker {
             when_full: config.when_full,
             stats,
             checkpoints,
+            outbox,
             abort,
             done,
         })
@@ -142,10 +146,24 @@ impl SinkWorker {
         Arc::clone(&self.checkpoints)
     }
 
+    /// The outbox drains' counters ([`Item::Outbox`]).
+    pub fn outbox_stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.outbox)
+    }
+
+    /// Items queued or being delivered, of every kind.
+    pub fn in_flight(&self) -> u64 {
+        [&self.stats, &self.checkpoints, &self.outbox]
+            .iter()
+            .map(|s| s.snapshot().in_flight())
+            .sum()
+    }
+
     fn stats_of(&self, item: &Item) -> &SinkStats {
         match item {
             Item::Alert(_) => &self.stats,
             Item::Checkpoint(_) => &self.checkpoints,
+            Item::Outbox => &self.outbox,
         }
     }
 
@@ -235,7 +253,9 @@ impl SinkWorker {
 
     fn drop_one(&self, stats: &SinkStats, why: SinkSendError) -> SinkSendError {
         let dropped = stats.dropped();
-        if std::ptr::eq(stats, Arc::as_ptr(&self.checkpoints)) {
+        if std::ptr::eq(stats, Arc::as_ptr(&self.outbox)) {
+            // A drain not queued loses nothing: the items wait in the outbox.
+        } else if std::ptr::eq(stats, Arc::as_ptr(&self.checkpoints)) {
             warn!(sink = self.name, dropped, error = %why, "checkpoint dropped: the ledger's head did not leave the host this time");
         } else if dropped.is_power_of_two() {
             warn!(sink = self.name, dropped, error = %why, "alert sink is not keeping up; alerts dropped");
@@ -263,7 +283,11 @@ impl SinkWorker {
         self.stop_accepting();
         let abandon = AbandonGuard {
             abort: self.abort.clone(),
-            stats: [Arc::clone(&self.stats), Arc::clone(&self.checkpoints)],
+            stats: [
+                Arc::clone(&self.stats),
+                Arc::clone(&self.checkpoints),
+                Arc::clone(&self.outbox),
+            ],
         };
         let finished = tokio::time::timeout_at(deadline, &mut self.done).await;
         if finished.is_err() {
@@ -296,8 +320,8 @@ impl SinkWorker {
 /// close future is dropped.
 struct AbandonGuard {
     abort: CancellationToken,
-    /// Alerts', checkpoints'.
-    stats: [Arc<SinkStats>; 2],
+    /// Alerts', checkpoints', outbox drains'.
+    stats: [Arc<SinkStats>; 3],
 }
 
 impl Drop for AbandonGuard {
@@ -315,6 +339,7 @@ struct Drive<S> {
     config: WorkerConfig,
     stats: Arc<SinkStats>,
     checkpoints: Arc<SinkStats>,
+    outbox: Arc<SinkStats>,
 }
 
 impl<S: AlertSink> Drive<S> {
@@ -335,6 +360,7 @@ impl<S: AlertSink> Drive<S> {
             let stats = match &item {
                 Item::Alert(_) => &self.stats,
                 Item::Checkpoint(_) => &self.checkpoints,
+                Item::Outbox => &self.outbox,
             };
             let was_failing = stats.snapshot().failing;
             let n = stats.finish(outcome);
@@ -344,10 +370,13 @@ impl<S: AlertSink> Drive<S> {
                 Item::Alert(alert) if !was_failing || n.is_power_of_two() => {
                     warn!(sink = self.sink.name(), outcome = ?outcome, times = n, rule = %alert.rule_id, error = %cause, "alert not delivered");
                 }
-                Item::Alert(_) => {}
                 Item::Checkpoint(cp) => {
                     warn!(sink = self.sink.name(), outcome = ?outcome, times = n, seq = cp.seq, error = %cause, "checkpoint not delivered");
                 }
+                Item::Outbox if !was_failing || n.is_power_of_two() => {
+                    warn!(sink = self.sink.name(), outcome = ?outcome, times = n, error = %cause, "outbox not drained; its items wait");
+                }
+                Item::Alert(_) | Item::Outbox => {}
             }
         }
     }
@@ -362,6 +391,7 @@ impl<S: AlertSink> Drive<S> {
             let delivery = match item {
                 Item::Alert(alert) => self.sink.deliver(alert).await,
                 Item::Checkpoint(cp) => self.sink.deliver_checkpoint(cp).await,
+                Item::Outbox => self.sink.deliver_outbox().await,
             };
             let (cause, after) = match delivery {
                 Delivery::Delivered => return Ok(()),
@@ -385,6 +415,7 @@ impl<S: AlertSink> Drive<S> {
             match item {
                 Item::Alert(_) => self.stats.retried(),
                 Item::Checkpoint(_) => self.checkpoints.retried(),
+                Item::Outbox => self.outbox.retried(),
             }
         }
     }

@@ -420,8 +420,8 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
         agent.raise(pid).await;
     }
     agent
-        // The checkpoint taken at start (queued first) and three of the
-        // five alerts.
+        // Four of the five alerts, the oldest; the checkpoint taken at
+        // start (queued first) is dropped last, so it stays.
         .until("four of six dropped", |f| {
             f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
@@ -446,8 +446,12 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
     agent.until_shipped(2).await;
     assert!(!agent.fleet.dropping.get_bool());
     let data = agent.stop().await;
-    // The newest two were shipped; the store keeps all five.
-    assert_eq!(alert_pids(&nats.messages().await), [5604, 5605]);
+    // The checkpoint and the newest alert were shipped; the store keeps
+    // all five.
+    let messages = nats.messages().await;
+    assert_eq!(alert_pids(&messages), [5605]);
+    // (and the checkpoint taken at stop).
+    assert!(!on_subject(&messages, "daemoneye.test-host.ledger").is_empty());
     let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
     assert_eq!(store.recent_alerts(10).unwrap().len(), 5);
     assert_eq!(store.outbox_state().unwrap().dropped, 4);
@@ -608,4 +612,159 @@ async fn in_a_three_node_cluster_one_node_killed_mid_stream_loses_nothing() {
     let survivor = &nodes[(killed + 1) % 3];
     let pids = alert_pids(&survivor.messages().await);
     assert_eq!(pids, (5901..=5920).collect::<Vec<u64>>());
+}
+
+/// The messages on `subject`, each message id once: their bodies.
+fn on_subject<'m>(messages: &'m [(String, String, Value)], subject: &str) -> Vec<&'m Value> {
+    let on: Vec<_> = messages.iter().filter(|(s, _, _)| s == subject).collect();
+    let ids: BTreeSet<&str> = on.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), on.len(), "each message id once: {on:?}");
+    on.into_iter().map(|(_, _, body)| body).collect()
+}
+
+/// `events = ["process"]`: every lifecycle event the collector sent goes to
+/// `<prefix>.<host>.events.process` once, under its event id, beside the
+/// alerts; a stream an older agent made (alerts and ledger only) gains the
+/// events subjects. Connections are not asked for, so none ship.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opted_in_events_ship_once_each_to_their_domain_subject_beside_the_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start();
+    // The stream as the agent made it before events shipped.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "DAEMONEYE".to_owned(),
+        subjects: vec![
+            "daemoneye.*.alerts".to_owned(),
+            "daemoneye.*.ledger".to_owned(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let agent = Running::start_with(dir.path(), &nats.url(), "events = [\"process\"]").await;
+    for pid in 6001..=6003 {
+        agent.collector.send(exec(pid, "ls")).await;
+    }
+    agent.raise(6004).await;
+    // Four events, one alert, the checkpoint taken at start.
+    agent.until_shipped(6).await;
+    let data = agent.stop().await;
+
+    let subjects = js
+        .get_stream("DAEMONEYE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .subjects
+        .clone();
+    assert!(
+        subjects.contains(&"daemoneye.*.events.*".to_owned()),
+        "{subjects:?}"
+    );
+    let messages = nats.messages().await;
+    let events = on_subject(&messages, "daemoneye.test-host.events.process");
+    let mut pids: Vec<u64> = events.iter().map(|e| e["pid"].as_u64().unwrap()).collect();
+    pids.sort_unstable();
+    assert_eq!(pids, [6001, 6002, 6003, 6004], "{events:?}");
+    assert!(
+        events.iter().all(|e| e["event_type"] == "exec"),
+        "{events:?}"
+    );
+    // Each under its event id, as the store has it.
+    let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
+    let want: BTreeSet<String> = store
+        .query("SELECT event_id FROM process_events")
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| format!("{HOST}.event-process-{}", r[0].as_str().unwrap()))
+        .collect();
+    let got: BTreeSet<String> = messages
+        .iter()
+        .filter(|(s, _, _)| s.contains(".events."))
+        .map(|(_, id, _)| id.clone())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(alert_pids(&messages), [6004]);
+    assert_eq!(store.outbox_state().unwrap().depth, 0);
+}
+
+/// A full outbox (three items) while the broker is away drops every event
+/// before any alert or checkpoint: the alerts and the checkpoint ship, no
+/// event does, and the events dropped are counted apart, in health too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let agent = Running::start_with(
+        dir.path(),
+        &nats.url(),
+        "outbox_max_items = 3\nevents = [\"process\"]",
+    )
+    .await;
+    // Drops the first look finds are an earlier run's: not new.
+    agent
+        .until("the first look at the outbox", |f| {
+            !f.last_error().is_empty()
+        })
+        .await;
+    for pid in 6101..=6104 {
+        agent.collector.send(exec(pid, "ls")).await;
+    }
+    agent.raise(6105).await;
+    agent.raise(6106).await;
+    // Six events, two alerts, the checkpoint taken at start: every event
+    // dropped, nothing else.
+    agent
+        .until("six events dropped", |f| {
+            f.outbox_dropped_events.get() == 6 && f.outbox_depth.get() == 3
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet
+            .message
+            .contains("0 alerts and checkpoints, 6 events dropped"),
+        "{fleet:?}"
+    );
+    assert_eq!(
+        (
+            fleet.counters["outbox_dropped"],
+            fleet.counters["outbox_dropped_events"]
+        ),
+        (0, 6),
+        "{fleet:?}"
+    );
+    assert_eq!(
+        agent
+            .metrics
+            .value("daemoneye_fleet_outbox_dropped_events", &[]),
+        Some(6)
+    );
+    nats.start();
+    agent.until_shipped(3).await;
+    agent.stop().await;
+    let messages = nats.messages().await;
+    assert_eq!(alert_pids(&messages), [6105, 6106]);
+    assert!(
+        messages.iter().all(|(s, _, _)| !s.contains(".events.")),
+        "{messages:?}"
+    );
 }
