@@ -1643,8 +1643,7 @@ mod tests {
         );
         assert_eq!(
             f.events_subject(collector_core::EventKind::Filesystem),
-            "daemoneye.events_subject_host.events.filesystem"
-                .replace("events_subject_host", &f.host)
+            format!("daemoneye.{}.events.filesystem", f.host)
         );
         for (toml, key) in [
             (
