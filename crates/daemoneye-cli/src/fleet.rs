@@ -52,9 +52,17 @@ impl Broker<'_> {
     async fn stream(
         &self,
     ) -> Result<(async_nats::Client, jetstream::stream::Stream), anyhow::Error> {
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("daemoneye-cli")
-            .connection_timeout(TIMEOUT)
+            .connection_timeout(TIMEOUT);
+        // async-nats ignores a URL's user and password (or token).
+        if let Some((user, password)) = fleet::credentials(self.url) {
+            options = match password {
+                Some(password) => options.user_and_password(user, password),
+                None => options.token(user),
+            };
+        }
+        let client = options
             .connect(fleet::servers(self.url))
             .await
             .map_err(|e| broker_error("cannot connect to the NATS server", self.url, e))?;

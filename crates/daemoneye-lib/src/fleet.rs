@@ -44,6 +44,39 @@ pub fn servers(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).collect()
 }
 
+/// The user and password (`nats://user:password@host`), or the token
+/// (`nats://token@host`: no password), that the first server of `url`
+/// (see [`servers`]) with any carries, percent-decoded. The client is given
+/// them as options: async-nats ignores a URL's user information.
+///
+/// ```
+/// use daemoneye_lib::fleet::credentials;
+///
+/// assert_eq!(credentials("nats://127.0.0.1:4222"), None);
+/// assert_eq!(
+///     credentials("nats://a:4222,nats://us%40r:p%3Ass@b:4222"),
+///     Some(("us@r".to_owned(), Some("p:ss".to_owned())))
+/// );
+/// assert_eq!(credentials("tls://s3cret@host:4222"), Some(("s3cret".to_owned(), None)));
+/// ```
+pub fn credentials(url: &str) -> Option<(String, Option<String>)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    servers(url).into_iter().find_map(|server| {
+        let (_, rest) = server.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(decode(password))),
+            None => (userinfo, None),
+        };
+        (!user.is_empty()).then(|| (decode(user), password))
+    })
+}
+
 /// `name` as one subject token: `.`, `*`, `>` and white space become `_`.
 pub fn subject_token(name: &str) -> String {
     let token: String = name

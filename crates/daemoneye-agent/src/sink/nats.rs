@@ -510,6 +510,14 @@ impl FleetSink {
                     }
                 }
             });
+        // async-nats ignores a URL's user and password (or token): they are
+        // given to it as options.
+        if let Some((user, password)) = fleet::credentials(&c.url) {
+            options = match password {
+                Some(password) => options.user_and_password(user, password),
+                None => options.token(user),
+            };
+        }
         if let Some(path) = &c.creds_file {
             options = options
                 .credentials_file(path)

@@ -669,26 +669,10 @@ mod tests {
     use crate::sink::{SinkSendError, SinkStatsSnapshot};
 
     /// A self-signed certificate for `localhost` and 127.0.0.1, valid until
-    /// 2126, and its key: the test HTTPS endpoint's.
-    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBxzCCAW6gAwIBAgIUGzLqoGs4FVEKFPz2URwTQG7ZKaAwCgYIKoZIzj0EAwIw
-ITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhvb2sgdGVzdDAgFw0yNjExMjkxMDUz
-NDlaGA8yMTI2MTEwNTEwNTM0OVowITEfMB0GA1UEAwwWZGFlbW9uZXllIHdlYmhv
-b2sgdGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCTpk3n1P1HZfjw3JYSX
-SIWYk6/x30ZESPdzc2pfLwOiAXBVux7BVeNriSrgt0JMtfb5oiua0Rh9a8k8/sEo
-2DujgYEwfzAdBgNVHQ4EFgQU4vz9sAwiVcxsABY1zikEMlFSoqwwHwYDVR0jBBgw
-FoAU4vz9sAwiVcxsABY1zikEMlFSoqwwGgYDVR0RBBMwEYIJbG9jYWxob3N0hwR/
-AAABMAwGA1UdEwEB/wQCMAAwEwYDVR0lBAwwCgYIKwYBBQUHAwEwCgYIKoZIzj0E
-AwIDRwAwRAIgNRcw6t68z1BdtopHolxGk7pv4XTGpgEqWvS0fEaUy7kCIEXzsXwl
-yDmLEc+aSB6mDiBozzgH0BCJtZJHnOGzSNVG
------END CERTIFICATE-----
-";
-    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg5+DQCcErvwLXv+yw
-KW1d+1oJ8BSDl1CWUS/3cuWKWZ+hRANCAAQk6ZN59T9R2X48NyWEl0iFmJOv8d9G
-REj3c3NqXy8DogFwVbsewVXja4kq4LdCTLX2+aIrmtEYfWvJPP7BKNg7
------END PRIVATE KEY-----
-";
+    /// 2126, and its key: the test HTTPS endpoint's (and the fleet tests'
+    /// TLS broker's).
+    const TEST_CERT: &str = include_str!("../../tests/data/localhost.pem");
+    const TEST_KEY: &str = include_str!("../../tests/data/localhost.key");
 
     fn alert(pid: u32) -> Alert {
         let rule = rules::builtin().unwrap().into_iter().next().unwrap();

@@ -768,3 +768,101 @@ async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
         "{messages:?}"
     );
 }
+
+/// The test certificate (self-signed for `localhost` and 127.0.0.1) and
+/// its key, as files in `dir`.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    std::fs::copy(data.join("localhost.pem"), &cert).unwrap();
+    std::fs::copy(data.join("localhost.key"), &key).unwrap();
+    (cert, key)
+}
+
+/// A broker that speaks only TLS: with `tls_ca_file` naming the CA its
+/// certificate chains to, the alerts arrive; without it (the system's
+/// roots do not know that CA) the connection is refused for the
+/// certificate, health says so and the alert waits in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let (cert, key) = tls_files(dir.path());
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    nats.start_with(&["--tls", "--tlscert", &cert_s, "--tlskey", &key_s]);
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+
+    let untrusted = tempfile::tempdir().unwrap();
+    let agent = Running::start(untrusted.path(), &url).await;
+    agent.raise(6201).await;
+    agent
+        .until("refused for its certificate, the alert kept", |f| {
+            f.outbox_depth.get() == 2 && !f.last_error().is_empty()
+        })
+        .await;
+    let report = agent.health.report().await;
+    let fleet = report
+        .components
+        .iter()
+        .find(|c| c.name == "fleet")
+        .unwrap();
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet.message.to_lowercase().contains("certificate"),
+        "{fleet:?}"
+    );
+    agent.stop().await;
+
+    let agent = Running::start_with(
+        dir.path(),
+        &url,
+        &format!("tls_ca_file = \"{}\"", cert.display()),
+    )
+    .await;
+    agent.raise(6202).await;
+    agent.raise(6203).await;
+    agent.until_shipped(3).await;
+    agent.stop().await;
+    let reader = async_nats::ConnectOptions::new()
+        .add_root_certificates(cert)
+        .require_tls(true);
+    assert_eq!(alert_pids(&nats.messages_with(reader).await), [6202, 6203]);
+}
+
+/// The credentials a URL can carry, right ones: a user and password, and a
+/// token (`nats://<token>@host`), each accepted by a broker that requires
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_or_a_token_in_the_url_is_accepted() {
+    for (args, userinfo, pid) in [
+        (
+            ["--user", "daemoneye", "--pass", "right-one"],
+            "daemoneye:right-one",
+            6301,
+        ),
+        (["--auth", "s3cret-token", "", ""], "s3cret-token", 6302),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut nats) = Nats::prepare(dir.path()) else {
+            return;
+        };
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        nats.start_with(&args);
+        let url = format!("nats://{userinfo}@127.0.0.1:{}", nats.port);
+        let agent = Running::start(dir.path(), &url).await;
+        agent.raise(pid).await;
+        agent.until_shipped(2).await;
+        agent.stop().await;
+        let reader = async_nats::ConnectOptions::new();
+        let reader = match userinfo.split_once(':') {
+            Some((user, pass)) => reader.user_and_password(user.to_owned(), pass.to_owned()),
+            None => reader.token(userinfo.to_owned()),
+        };
+        assert_eq!(
+            alert_pids(&nats.messages_with(reader).await),
+            [u64::from(pid)]
+        );
+    }
+}

@@ -136,7 +136,15 @@ impl Nats {
 
     /// Every message of the stream, in order: (subject, msg id, body).
     pub async fn messages(&self) -> Vec<(String, String, Value)> {
-        let client = async_nats::connect(self.url()).await.unwrap();
+        self.messages_with(async_nats::ConnectOptions::new()).await
+    }
+
+    /// As [`messages`](Self::messages), connecting with `options` (TLS).
+    pub async fn messages_with(
+        &self,
+        options: async_nats::ConnectOptions,
+    ) -> Vec<(String, String, Value)> {
+        let client = options.connect(self.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream("DAEMONEYE").await.unwrap();
         let state = stream.info().await.unwrap().state.clone();

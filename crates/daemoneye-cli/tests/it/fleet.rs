@@ -224,6 +224,28 @@ async fn one_fleet_alerts_prints_the_alerts_of_two_agents_each_naming_its_host()
     b.stop().await;
 }
 
+/// A broker that wants a user and password: the URL's are used (they were
+/// ignored once, the connection refused), by the agent and the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_alerts_uses_the_user_and_password_of_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    nats.start_with(&["--user", "reader", "--pass", "p@ss:word"]);
+    let url = format!("nats://reader:p%40ss%3Aword@127.0.0.1:{}", nats.port);
+    let a = FleetAgent::start(dir.path(), &url, "a").await;
+    a.raise(6401).await;
+    let (code, out, err) = cli(&["fleet", "alerts", "--nats", &url, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        parsed(&out),
+        [("a".to_owned(), "a.alert-1".to_owned(), 6401)],
+        "{out}"
+    );
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_alerts_without_a_broker_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
