@@ -1,18 +1,23 @@
-//! `fleet`: alerts acknowledged by NATS JetStream through the agent's
-//! outbox, against a bare client, in the same run on a `nats-server -js`
-//! the bench starts on a loopback port (the Debian package `nats-server`).
+//! `fleet`: events and alerts acknowledged by NATS JetStream through the
+//! agent's outbox, against a bare client, in the same run on a
+//! `nats-server -js` the bench starts on a loopback port (the Debian
+//! package `nats-server`).
 //!
-//! - `fleet.events_per_sec`: alerts given to the agent's store writer (each
-//!   stored with its ledger entry and outbox item in one transaction),
-//!   shipped by the fleet sink (`FleetSink`, woken after each alert as the
-//!   agent's sink worker wakes it, at most one wake-up waiting), each
+//! - `fleet.events_per_sec`: process lifecycle events given to the agent's
+//!   store writer in batches of `--batch` (as a collector link hands them
+//!   on; each batch stored with its rows, its ledger entry and an outbox
+//!   item per event in one transaction), shipped by the fleet sink
+//!   (`FleetSink`, woken after each batch as the agent wakes it, at most
+//!   one wake-up waiting) to `<prefix>.<host>.events.process`, each
 //!   acknowledged by the stream and removed from the outbox: from the
 //!   first write to the last removal.
 //! - `fleet.bare_events_per_sec`: the same bodies published by a bare
 //!   `async-nats` JetStream loop with the sink's window (256 unacknowledged
 //!   publishes, sliding) and a `Nats-Msg-Id` each; `fleet.ratio_vs_bare`.
+//! - `fleet.alerts_per_sec`: alerts the same way, one transaction each
+//!   (stored, ledgered and queued), the sink woken after each.
 //! - `fleet.drain_secs`: the outbox an outage leaves (`--outage-secs` at
-//!   `--rate` alerts a second, 60 s at 1,000/s by default) shipped by a
+//!   `--rate` events a second, 60 s at 1,000/s by default) shipped by a
 //!   connected sink: the time to an empty outbox (the client's reconnect
 //!   wait, set by the backoff, is not in it).
 //!
@@ -26,6 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use collector_core::{EventId, EventKind, ProcessEvent, ProcessEventType};
 use daemoneye_agent::sink::{AlertSink, Delivery, FleetConfig, FleetSink, FleetStatus};
 use daemoneye_store::{Alert, AlertProcess, Severity, Store, StoreWriter};
 use tokio::time::Instant;
@@ -33,13 +39,15 @@ use tokio::time::Instant;
 use crate::{median, report, report_f, report_ratio};
 
 options! {
-    /// Alerts shipped per repetition.
+    /// Events (and alerts) shipped per repetition.
     events: usize = 20_000,
+    /// Events per batch handed to the store writer.
+    batch: usize = 64,
     /// Repetitions.
     reps: usize = 3,
     /// The outage's length, seconds, for `fleet.drain_secs`.
     outage_secs: usize = 60,
-    /// Alerts a second during the outage.
+    /// Events a second during the outage.
     rate: usize = 1_000,
 }
 
@@ -112,8 +120,21 @@ fn alert(n: usize) -> Alert {
     }
 }
 
-/// A store in `dir` whose alerts enter the outbox, its writer and a fleet
-/// sink over it as `host`, connected (the stream made) before it returns.
+/// Event `n` of a run: an exec with its argv, named by its event id.
+fn event(n: usize) -> ProcessEvent {
+    let mut e = ProcessEvent::new(u32::try_from(n).unwrap_or(u32::MAX), format!("p{n}"));
+    e.event_type = ProcessEventType::Exec;
+    e.ppid = Some(1);
+    e.executable_path = Some(format!("/usr/bin/p{n}"));
+    e.command_line = vec![format!("p{n}"), "--flag".into(), "value".into()];
+    e.user_id = Some(1000);
+    e.id = std::num::NonZeroU64::new(n as u64).map(|seq| EventId::new(0x5eed, seq));
+    e
+}
+
+/// A store in `dir` whose alerts and process events enter the outbox, its
+/// writer and a fleet sink over it as `host`, connected (the stream made)
+/// before it returns.
 async fn sink(
     dir: &Path,
     url: &str,
@@ -121,11 +142,15 @@ async fn sink(
     outbox: usize,
 ) -> anyhow::Result<(StoreWriter, FleetSink, std::sync::Arc<FleetStatus>)> {
     std::fs::create_dir_all(dir)?;
-    let store = Store::open(dir)?.with_outbox(Some(outbox));
+    let store = Store::open(dir)?
+        .with_outbox(Some(outbox))
+        .with_shipped_events(&[EventKind::Process]);
     let writer = StoreWriter::start(store, 1024)?;
-    let mut sink = FleetSink::new(FleetConfig::new(url, host), writer.clone());
+    let mut config = FleetConfig::new(url, host);
+    config.events = vec![EventKind::Process];
+    let mut sink = FleetSink::new(config, writer.clone());
     let status = sink.status();
-    delivered(sink.deliver(&alert(0)).await)?;
+    delivered(sink.deliver_outbox().await)?;
     Ok((writer, sink, status))
 }
 
@@ -139,24 +164,50 @@ fn delivered(d: Delivery) -> anyhow::Result<()> {
     }
 }
 
-/// Alerts a second through the outbox (see the module docs).
-async fn through_outbox(dir: &Path, url: &str, host: &str, events: usize) -> anyhow::Result<f64> {
-    let (writer, mut sink, status) = sink(dir, url, host, events + 16).await?;
+/// What a run gives the store writer: events in batches, or alerts.
+#[derive(Clone, Copy)]
+enum Load {
+    Events { batch: usize },
+    Alerts,
+}
+
+/// Items a second through the outbox (see the module docs).
+async fn through_outbox(
+    dir: &Path,
+    url: &str,
+    host: &str,
+    n: usize,
+    load: Load,
+) -> anyhow::Result<f64> {
+    let (writer, mut sink, status) = sink(dir, url, host, n + 16).await?;
     let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
     let start = Instant::now();
     let produce = async {
-        for n in 1..=events {
-            writer.alert(alert(n)).await;
-            // At most one wake-up waits, as in the sink worker.
-            let _ = wake.try_send(());
+        match load {
+            Load::Events { batch } => {
+                let mut next = 1;
+                while next <= n {
+                    let last = (next + batch.max(1) - 1).min(n);
+                    writer.events((next..=last).map(event).collect()).await;
+                    next = last + 1;
+                    // At most one wake-up waits, as in the sink worker.
+                    let _ = wake.try_send(());
+                }
+            }
+            Load::Alerts => {
+                for i in 1..=n {
+                    writer.alert(alert(i)).await;
+                    let _ = wake.try_send(());
+                }
+            }
         }
     };
     let ship = async {
-        while status.acknowledged.get() < events as u64 {
+        while status.acknowledged.get() < n as u64 {
             if woken.recv().await.is_none() {
                 break;
             }
-            delivered(sink.deliver(&alert(0)).await)?;
+            delivered(sink.deliver_outbox().await)?;
         }
         anyhow::Ok(())
     };
@@ -165,29 +216,29 @@ async fn through_outbox(dir: &Path, url: &str, host: &str, events: usize) -> any
     let elapsed = start.elapsed();
     let left = writer.outbox_state().await?.depth;
     writer.close().await;
-    if left != 0 || status.acknowledged.get() != events as u64 {
+    if left != 0 || status.acknowledged.get() != n as u64 {
         bail!(
-            "{} acknowledged, {left} left in the outbox, of {events}",
+            "{} acknowledged, {left} left in the outbox, of {n}",
             status.acknowledged.get()
         );
     }
-    Ok(events as f64 / elapsed.as_secs_f64().max(1e-9))
+    Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
-/// Alerts a second published by a bare JetStream loop (see the module
+/// Events a second published by a bare JetStream loop (see the module
 /// docs).
 async fn bare(url: &str, host: &str, events: usize) -> anyhow::Result<f64> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
-    let subject = format!("daemoneye.{host}.alerts");
+    let subject = format!("daemoneye.{host}.events.process");
     let bodies: Vec<Vec<u8>> = (1..=events)
-        .map(|n| serde_json::to_vec(&alert(n)))
+        .map(|n| serde_json::to_vec(&event(n)))
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut pending = VecDeque::with_capacity(WINDOW);
     for (n, body) in bodies.into_iter().enumerate() {
         let mut headers = async_nats::HeaderMap::new();
-        let id = format!("{host}.alert-{}", n + 1);
+        let id = format!("{host}.event-process-{}", n + 1);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         pending.push_back(
             js.publish_with_headers(subject.clone(), headers, body.into())
@@ -205,11 +256,14 @@ async fn bare(url: &str, host: &str, events: usize) -> anyhow::Result<f64> {
     Ok(events as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Seconds to ship the outbox an outage of `queued` alerts left.
-async fn drain(dir: &Path, url: &str, queued: usize) -> anyhow::Result<f64> {
+/// Seconds to ship the outbox an outage of `queued` events left.
+async fn drain(dir: &Path, url: &str, queued: usize, batch: usize) -> anyhow::Result<f64> {
     let (writer, mut sink, status) = sink(dir, url, "drain", queued + 16).await?;
-    for n in 1..=queued {
-        writer.alert(alert(n)).await;
+    let mut next = 1;
+    while next <= queued {
+        let last = (next + batch.max(1) - 1).min(queued);
+        writer.events((next..=last).map(event).collect()).await;
+        next = last + 1;
     }
     // Everything is committed before the clock starts.
     let depth = writer.outbox_state().await?.depth;
@@ -217,7 +271,7 @@ async fn drain(dir: &Path, url: &str, queued: usize) -> anyhow::Result<f64> {
         bail!("{depth} in the outbox, not {queued}");
     }
     let start = Instant::now();
-    delivered(sink.deliver(&alert(0)).await)?;
+    delivered(sink.deliver_outbox().await)?;
     let secs = start.elapsed().as_secs_f64();
     let left = writer.outbox_state().await?.depth;
     writer.close().await;
@@ -235,28 +289,27 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         let server = Server::start(&dir)?;
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        let (mut ours, mut base, mut alerts) = (Vec::new(), Vec::new(), Vec::new());
+        let events = Load::Events { batch: o.batch };
         for rep in 0..o.reps {
-            ours.push(
-                through_outbox(
-                    &dir.join(format!("ours{rep}")),
-                    &server.url,
-                    &format!("ours{rep}"),
-                    o.events,
-                )
-                .await?,
-            );
-            base.push(bare(&server.url, &format!("bare{rep}"), o.events).await?);
+            let url = &server.url;
+            let host = format!("ours{rep}");
+            ours.push(through_outbox(&dir.join(&host), url, &host, o.events, events).await?);
+            base.push(bare(url, &format!("bare{rep}"), o.events).await?);
+            let host = format!("alerts{rep}");
+            let n = o.events;
+            alerts.push(through_outbox(&dir.join(&host), url, &host, n, Load::Alerts).await?);
         }
         let queued = o.outage_secs.saturating_mul(o.rate);
-        let drained = drain(&dir.join("drain"), &server.url, queued).await?;
-        anyhow::Ok((median(ours), median(base), drained, queued))
+        let drained = drain(&dir.join("drain"), &server.url, queued, o.batch).await?;
+        anyhow::Ok((median(ours), median(base), median(alerts), drained, queued))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (ours, base, drained, queued) = result?;
+    let (ours, base, alerts, drained, queued) = result?;
     report_f("fleet.events_per_sec", ours, 0, "events/s");
     report_f("fleet.bare_events_per_sec", base, 0, "events/s");
     report_ratio("fleet.ratio_vs_bare", ours / base);
+    report_f("fleet.alerts_per_sec", alerts, 0, "alerts/s");
     report_f("fleet.drain_secs", drained, 2, "s");
     report("fleet.drain_events", queued, "events");
     Ok(())

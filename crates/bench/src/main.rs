@@ -8,7 +8,7 @@
 //! cargo run --release -p daemoneye-bench -- runtime [--events N] [--reps R] [--flood-secs S]
 //! cargo run --release -p daemoneye-bench -- bus [--events N] [--reps R]
 //! cargo run --release -p daemoneye-bench -- triggers [--events N] [--reps R]
-//! cargo run --release -p daemoneye-bench -- fleet [--events N] [--reps R] [--outage-secs S] [--rate R]
+//! cargo run --release -p daemoneye-bench -- fleet [--events N] [--batch B] [--reps R] [--outage-secs S] [--rate R]
 //! ```
 
 /// Prints one figure: `<metric> <value> <unit>`.
