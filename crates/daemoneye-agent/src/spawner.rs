@@ -4,7 +4,7 @@
 //! ([`separate`]):
 //!
 //! 1. reads what only root may read and the agent needs once: the webhook
-//!    headers file, the rule files (parsed, not yet prepared: no SQL runs
+//!    headers file, the fleet's creds file, the rule files (parsed, not yet prepared: no SQL runs
 //!    as root), and opens (creating) the alerts file, handing it to the
 //!    agent's user;
 //! 2. takes over the data directory for the agent's user (owner the user,
@@ -299,6 +299,9 @@ pub enum SeparationError {
     /// The webhook headers file is unusable (read as root).
     #[error("cannot open the alert sinks")]
     Headers(#[source] WebhookError),
+    /// The fleet's creds file is unusable (read as root).
+    #[error("cannot open the fleet sink")]
+    Creds(#[source] crate::sink::FleetError),
     /// The alerts file cannot be opened (as root).
     #[error("cannot open the alert sinks: cannot open {}", path.display())]
     AlertsFile {
@@ -343,6 +346,7 @@ impl SeparationError {
                 | Self::DataDir { .. }
                 | Self::Unfit { .. }
                 | Self::Headers(_)
+                | Self::Creds(_)
                 | Self::AlertsFile { .. }
                 | Self::NotUtf8 { .. }
         )
@@ -713,6 +717,9 @@ pub fn separate(
     if let Some(path) = settings.sinks.webhook_headers_file.take() {
         let headers = WebhookHeader::from_file(&path).map_err(SeparationError::Headers)?;
         settings.sinks.webhook_headers.extend(headers);
+    }
+    if let Some(fleet) = settings.sinks.fleet.as_mut() {
+        fleet.load_creds().map_err(SeparationError::Creds)?;
     }
     if let Some(path) = &settings.sinks.alerts_jsonl {
         prepare_alerts_file(path, user, &name)?;

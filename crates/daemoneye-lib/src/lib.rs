@@ -67,6 +67,7 @@ pub mod codec;
 pub mod fleet;
 pub mod models;
 pub mod proto;
+pub mod secret;
 
 pub use backoff::{jitter, Backoff};
 

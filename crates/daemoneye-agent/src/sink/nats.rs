@@ -42,6 +42,7 @@ use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{EventKind, WhenFull};
+use daemoneye_lib::secret::{read_secret_file, Secret, SecretFileError};
 use daemoneye_lib::Backoff;
 use daemoneye_store::{OutboxItem, OutboxKind, OutboxState, StoreWriter};
 use tracing::{info, warn};
@@ -84,6 +85,9 @@ pub struct FleetConfig {
     pub create_stream: bool,
     /// A NATS credentials file (JWT and nkey seed).
     pub creds_file: Option<PathBuf>,
+    /// Its contents, once read ([`load_creds`](Self::load_creds): as root,
+    /// before privileges are dropped); read at connect time otherwise.
+    pub creds: Option<Secret>,
     /// A CA file the server's certificate must chain to (TLS required).
     pub tls_ca_file: Option<PathBuf>,
     /// The alerts' format in the messages.
@@ -113,6 +117,7 @@ impl FleetConfig {
             stream: DEFAULT_STREAM.to_owned(),
             create_stream: true,
             creds_file: None,
+            creds: None,
             tls_ca_file: None,
             format: AlertFormat::Native,
             outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
@@ -121,6 +126,22 @@ impl FleetConfig {
             replicas: 1,
             events: Vec::new(),
         }
+    }
+
+    /// Reads the creds file, once (refused when others may read it; see
+    /// [`read_secret_file`]).
+    ///
+    /// # Errors
+    /// [`FleetError::Creds`].
+    pub fn load_creds(&mut self) -> Result<(), FleetError> {
+        if let (Some(path), None) = (&self.creds_file, &self.creds) {
+            let text = read_secret_file(path).map_err(|source| FleetError::Creds {
+                path: path.clone(),
+                source,
+            })?;
+            self.creds = Some(Secret::new(text));
+        }
+        Ok(())
     }
 
     /// The subject this host's alerts go to.
@@ -378,14 +399,14 @@ pub enum FleetError {
         #[source]
         source: async_nats::ConnectError,
     },
-    /// The credentials file cannot be read.
+    /// The credentials file cannot be read, or is not one.
     #[error("cannot read the credentials file {}", path.display())]
     Creds {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: SecretFileError,
     },
     /// The stream is missing (and not to be created) or cannot be created.
     #[error("stream {stream}: {reason}")]
@@ -518,13 +539,14 @@ impl FleetSink {
                 None => options.token(user),
             };
         }
-        if let Some(path) = &c.creds_file {
+        let mut c = c.clone();
+        c.load_creds()?;
+        if let (Some(creds), Some(path)) = (&c.creds, &c.creds_file) {
             options = options
-                .credentials_file(path)
-                .await
-                .map_err(|source| FleetError::Creds {
+                .credentials(creds.expose())
+                .map_err(|e| FleetError::Creds {
                     path: path.clone(),
-                    source,
+                    source: e.into(),
                 })?;
         }
         if let Some(ca) = &c.tls_ca_file {

@@ -284,19 +284,12 @@ impl WebhookHeader {
     /// [`WebhookError::HeadersFile`] naming the file and, for a bad header,
     /// the line number and why (not the line itself).
     pub fn from_file(path: &std::path::Path) -> Result<Vec<Self>, WebhookError> {
-        use std::os::unix::fs::MetadataExt;
         let fail = |reason: String| WebhookError::HeadersFile {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(fail(format!(
-                "mode {:o} lets others read it; chmod 600",
-                meta.mode() & 0o777
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let text =
+            daemoneye_lib::secret::read_secret_file(path).map_err(|e| fail(e.to_string()))?;
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))

@@ -866,3 +866,143 @@ async fn a_user_and_password_or_a_token_in_the_url_is_accepted() {
         );
     }
 }
+
+/// A NATS JWT of `nats` claims about `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let claims = serde_json::json!({
+        "jti": format!("TEST{}", subject),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "name": "daemoneye-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// A broker in operator mode (an operator, one account with JetStream,
+/// trusted from a memory resolver) and a creds file for a user of that
+/// account, written in `dir`: (the server's config file, the creds file).
+fn operator_mode(dir: &Path) -> (PathBuf, PathBuf) {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let op_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        &serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        &serde_json::json!({
+            "limits": unlimited,
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account",
+            "version": 2,
+        }),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        &serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2,
+        }),
+    );
+    // JetStream wants a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        &serde_json::json!({"type": "account", "version": 2}),
+    );
+    let op_file = dir.join("operator.jwt");
+    std::fs::write(&op_file, &op_jwt).unwrap();
+    let config = dir.join("operator.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
+            op_file.display(),
+            account.public_key(),
+            sys = system.public_key(),
+        ),
+    )
+    .unwrap();
+    let creds = dir.join("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    (config, creds)
+}
+
+/// A broker that trusts an operator: with `creds_file` naming a user of
+/// one of its accounts (a file only its owner may read), the alerts arrive;
+/// without it the connection is refused and the alert waits; a creds file
+/// others may read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::prepare(dir.path()) else {
+        return;
+    };
+    let (config, creds) = operator_mode(dir.path());
+    let config = config.display().to_string();
+    nats.start_with(&["-c", &config]);
+
+    let refused = tempfile::tempdir().unwrap();
+    let agent = Running::start(refused.path(), &nats.url()).await;
+    agent.raise(6501).await;
+    agent
+        .until("refused without credentials, the alert kept", |f| {
+            f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
+        })
+        .await;
+    agent.stop().await;
+
+    // A creds file others may read is refused, saying so.
+    let shared = tempfile::tempdir().unwrap();
+    let with_creds = format!("creds_file = \"{}\"", creds.display());
+    let agent = Running::start_with(shared.path(), &nats.url(), &with_creds).await;
+    agent
+        .until("refused for its mode", |f| {
+            f.last_error().contains("chmod 600")
+        })
+        .await;
+    agent.stop().await;
+
+    std::fs::set_permissions(
+        &creds,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = Running::start_with(dir.path(), &nats.url(), &with_creds).await;
+    agent.raise(6502).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    let reader = async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .unwrap();
+    assert_eq!(alert_pids(&nats.messages_with(reader).await), [6502]);
+}
