@@ -380,9 +380,18 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = 0u64;
         {
-            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-            for id in ids {
-                removed += delete.execute([id])? as u64;
+            // Acks come in order: one statement per run of consecutive ids.
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
+            let mut sorted = ids.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut runs = sorted.iter().copied().peekable();
+            while let Some(first) = runs.next() {
+                let mut last = first;
+                while runs.next_if(|&id| id == last + 1).is_some() {
+                    last += 1;
+                }
+                removed += delete.execute([first, last])? as u64;
             }
         }
         tx.commit()?;
@@ -464,6 +473,33 @@ mod tests {
         assert_eq!((state.depth, state.dropped), (3, 0));
         assert_eq!(state.oldest_queued_at, Some(all[2].queued_at));
         assert_eq!(store.outbox_read(0, 10).unwrap()[0].msg_id, want[2]);
+    }
+
+    #[test]
+    fn an_ack_removes_exactly_its_ids_in_any_order_with_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap().with_outbox(Some(100));
+        let ids: Vec<i64> = (1..=7)
+            .map(|p| store.record_alert(&alert(p)).unwrap())
+            .collect();
+        let items = store.outbox_read(0, 10).unwrap();
+        let id = |i: usize| items[i].id;
+        // Two runs and a lone one, out of order, one twice, one gone.
+        let state = store
+            .outbox_ack(&[id(5), id(1), id(0), id(3), id(1), 999])
+            .unwrap();
+        assert_eq!(state.depth, 3);
+        let left: Vec<String> = store
+            .outbox_read(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.msg_id)
+            .collect();
+        let want: Vec<String> = [2, 4, 6]
+            .iter()
+            .map(|&i| format!("alert-{}", ids[i]))
+            .collect();
+        assert_eq!(left, want);
     }
 
     #[test]

@@ -446,7 +446,7 @@ enum OutboxOp {
 
 /// What an [`OutboxOp`] gave.
 #[derive(Debug)]
-enum OutboxReply {
+pub(crate) enum OutboxReply {
     Items(Vec<OutboxItem>),
     State(OutboxState),
 }
@@ -790,6 +790,22 @@ impl StoreWriter {
         }
     }
 
+    /// Queues removing the outbox items `ids`, as
+    /// [`outbox_ack`](Self::outbox_ack) does, without waiting for it: the
+    /// returned [`OutboxAck`] gives the state after, when awaited. A shipper
+    /// goes on publishing meanwhile.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterClosed`].
+    pub async fn outbox_ack_queued(&self, ids: Vec<i64>) -> Result<OutboxAck, StoreError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .send(Write::Outbox(OutboxOp::Ack(ids), ack))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
+        Ok(OutboxAck(acked))
+    }
+
     /// The outbox's state, as [`outbox_ack`](Self::outbox_ack) of nothing.
     ///
     /// # Errors
@@ -849,6 +865,25 @@ impl StoreWriter {
             error!("the store's writer thread failed");
         }
         self.stats()
+    }
+}
+
+/// An ack of outbox items queued to the writer
+/// ([`StoreWriter::outbox_ack_queued`]); awaiting it gives the outbox's
+/// state after. Dropped, the ack is applied all the same.
+#[derive(Debug)]
+pub struct OutboxAck(oneshot::Receiver<Result<OutboxReply, StoreError>>);
+
+impl OutboxAck {
+    /// The outbox's state once the ack is applied.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterClosed`], or why the items could not be removed.
+    pub async fn applied(self) -> Result<OutboxState, StoreError> {
+        match self.0.await.map_err(|_| StoreError::WriterClosed)?? {
+            OutboxReply::State(state) => Ok(state),
+            OutboxReply::Items(_) => Ok(OutboxState::default()),
+        }
     }
 }
 

@@ -612,7 +612,8 @@ impl FleetSink {
     /// [`FleetConfig::window`] publishes unacknowledged: a window that
     /// slides (the next item is published as the oldest is acknowledged,
     /// read from the outbox half a window at a time), and what was
-    /// acknowledged removed from the outbox half a window at a time (what a
+    /// acknowledged removed from the outbox half a window at a time, the
+    /// removal queued to the store writer without waiting for it (what a
     /// crash leaves unremoved is sent again; the stream drops the resend).
     async fn drain(&mut self) -> Result<(), FleetError> {
         let js = self.connect().await?;
@@ -620,6 +621,7 @@ impl FleetSink {
         let refill = window.div_ceil(2);
         let mut in_flight = std::collections::VecDeque::with_capacity(window);
         let mut acked = Vec::with_capacity(window);
+        let mut removals = Vec::new();
         let (mut after, mut more, mut failed) = (0, true, None);
         loop {
             if more && failed.is_none() && window - in_flight.len() >= refill {
@@ -628,14 +630,15 @@ impl FleetSink {
                     .outbox_read(after, window - in_flight.len())
                     .await?;
                 more = !items.is_empty();
-                for item in &items {
+                for item in items {
                     after = item.id;
+                    let msg_id = format!("{}.{}", self.config.host, item.msg_id);
+                    let id = item.id;
                     let Some((subject, payload)) = self.message(item) else {
-                        acked.push(item.id); // unencodable: no retry would mend it
+                        acked.push(id); // unencodable: no retry would mend it
                         continue;
                     };
                     let mut headers = HeaderMap::new();
-                    let msg_id = format!("{}.{}", self.config.host, item.msg_id);
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
                     match js
                         .publish_with_headers(subject.clone(), headers, payload)
@@ -643,7 +646,7 @@ impl FleetSink {
                     {
                         Ok(ack) => {
                             self.status.published.inc();
-                            in_flight.push_back((item.id, subject, ack));
+                            in_flight.push_back((id, subject, ack));
                         }
                         Err(e) => {
                             failed = Some((subject, e.to_string()));
@@ -668,12 +671,19 @@ impl FleetSink {
                 }
             }
             if acked.len() >= refill {
-                let state = self.writer.outbox_ack(std::mem::take(&mut acked)).await?;
-                self.status.outbox(state);
+                let ids = std::mem::take(&mut acked);
+                removals.push(self.writer.outbox_ack_queued(ids).await?);
             }
         }
-        let state = self.writer.outbox_ack(acked).await?;
-        self.status.outbox(state);
+        removals.push(self.writer.outbox_ack_queued(acked).await?);
+        // In order: the last one's state is the outbox's now.
+        let mut state = None;
+        for removal in removals {
+            state = Some(removal.applied().await?);
+        }
+        if let Some(state) = state {
+            self.status.outbox(state);
+        }
         if let Some((subject, reason)) = failed {
             self.stream_ready = false;
             return Err(FleetError::Publish { subject, reason });
@@ -682,25 +692,24 @@ impl FleetSink {
     }
 
     /// The item's subject and message body (an alert in the configured
-    /// format, a checkpoint as stored); `None` (logged) for a body that is
-    /// not what its kind says, which no retry would mend.
-    fn message(&self, item: &OutboxItem) -> Option<(String, Bytes)> {
+    /// format, a checkpoint or an event as stored); `None` (logged) for a
+    /// body that is not what its kind says, which no retry would mend.
+    fn message(&self, item: OutboxItem) -> Option<(String, Bytes)> {
         match item.kind {
             OutboxKind::Alert => self
-                .encode(item)
+                .encode(&item)
                 .map(|body| (self.config.alerts_subject(), body)),
             OutboxKind::Checkpoint => match serde_json::from_str::<Checkpoint>(&item.body) {
-                Ok(_) => Some((self.config.ledger_subject(), Bytes::from(item.body.clone()))),
+                Ok(_) => Some((self.config.ledger_subject(), Bytes::from(item.body))),
                 Err(e) => {
                     warn!(sink = "fleet", item = item.id, error = %e, "outbox item is not a checkpoint; dropped");
                     None
                 }
             },
             // Stored as the event model serializes it: shipped as is.
-            OutboxKind::Event(domain) => Some((
-                self.config.events_subject(domain),
-                Bytes::from(item.body.clone()),
-            )),
+            OutboxKind::Event(domain) => {
+                Some((self.config.events_subject(domain), Bytes::from(item.body)))
+            }
             // `read` skips kinds this build does not know.
             _ => None,
         }
