@@ -118,8 +118,10 @@ async fn run(settings: Settings, separated: Option<Separated>) -> ExitCode {
 /// perfmond's, netmond's and fsmond's children keep what they need:
 /// perfmond reads world-readable files and serves a socket (no
 /// capability); netmond's `sock_diag` needs none, other users'
-/// `/proc/<pid>/fd` two; fsmond's filesystem marks one, naming what they
-/// report another. `Some` exit code when that fails.
+/// `/proc/<pid>/fd` two (its eBPF program is loaded before, with
+/// `CAP_BPF` and `CAP_PERFMON`: [`netmond::cli::prepare`]); fsmond's
+/// filesystem marks one, naming what they report another. `Some` exit code
+/// when that fails.
 fn reduce_privileges(command: &Command) -> Option<ExitCode> {
     let reduced = match command {
         Command::CollectPerformance(_) => procmond::privileges::drop_all_privileges(),
@@ -193,6 +195,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // netmond loads its eBPF program while it may, then keeps its two.
+    let net_prepared = match &cli.command {
+        Command::CollectNetwork(args) => match netmond::cli::prepare(args) {
+            Ok(prepared) => Some(prepared),
+            Err(e) => return served(Err(e)),
+        },
+        _ => None,
+    };
     if let Some(code) = reduce_privileges(&cli.command) {
         return code;
     }
@@ -240,7 +250,12 @@ fn main() -> ExitCode {
             Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
         },
-        Command::CollectNetwork(args) => served(rt.block_on(netmond::cli::run(args))),
+        Command::CollectNetwork(args) => served(rt.block_on(async {
+            match net_prepared {
+                Some(prepared) => netmond::cli::run_prepared(args, prepared).await,
+                None => netmond::cli::run(args).await,
+            }
+        })),
         Command::CollectFiles(args) => served(rt.block_on(fsmond::cli::run(args))),
     }
 }
