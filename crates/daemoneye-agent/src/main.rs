@@ -137,6 +137,29 @@ fn reduce_privileges(command: &Command) -> Option<ExitCode> {
     })
 }
 
+/// For `collect-network`: netmond's config read and its eBPF program
+/// loaded and attached, before [`reduce_privileges`] leaves it two
+/// capabilities. The exit code when its config is bad.
+fn prepare_network(command: &Command) -> Result<Option<netmond::cli::Prepared>, ExitCode> {
+    match command {
+        Command::CollectNetwork(args) => netmond::cli::prepare(args)
+            .map(Some)
+            .map_err(|e| served(Err(e))),
+        _ => Ok(None),
+    }
+}
+
+/// netmond, with what [`prepare_network`] loaded.
+async fn run_network(
+    args: netmond::cli::RunArgs,
+    prepared: Option<netmond::cli::Prepared>,
+) -> Result<(), collector_core::serve::RunError> {
+    match prepared {
+        Some(prepared) => netmond::cli::run_prepared(args, prepared).await,
+        None => netmond::cli::run(args).await,
+    }
+}
+
 /// The exit code of a collector run over collector-core's `Serve`.
 fn served(result: Result<(), collector_core::serve::RunError>) -> ExitCode {
     match result {
@@ -196,12 +219,9 @@ fn main() -> ExitCode {
         }
     }
     // netmond loads its eBPF program while it may, then keeps its two.
-    let net_prepared = match &cli.command {
-        Command::CollectNetwork(args) => match netmond::cli::prepare(args) {
-            Ok(prepared) => Some(prepared),
-            Err(e) => return served(Err(e)),
-        },
-        _ => None,
+    let net_prepared = match prepare_network(&cli.command) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     if let Some(code) = reduce_privileges(&cli.command) {
         return code;
@@ -250,12 +270,7 @@ fn main() -> ExitCode {
             Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
         },
-        Command::CollectNetwork(args) => served(rt.block_on(async {
-            match net_prepared {
-                Some(prepared) => netmond::cli::run_prepared(args, prepared).await,
-                None => netmond::cli::run(args).await,
-            }
-        })),
+        Command::CollectNetwork(args) => served(rt.block_on(run_network(args, net_prepared))),
         Command::CollectFiles(args) => served(rt.block_on(fsmond::cli::run(args))),
     }
 }

@@ -253,10 +253,9 @@ impl Tracker {
         let local = live
             .and_then(|l| l.local)
             .or_else(|| (r.local.port() != 0).then_some(r.local));
-        let direction = live.and_then(|l| l.direction).or_else(|| match state {
-            ConnectionState::Listen => Some(ConnectionDirection::Listen),
-            _ => None,
-        });
+        let direction = live
+            .and_then(|l| l.direction)
+            .or((state == ConnectionState::Listen).then_some(ConnectionDirection::Listen));
         let remote = if direction == Some(ConnectionDirection::Listen) {
             None
         } else {

@@ -263,7 +263,7 @@ impl EbpfTier {
                 &settings,
                 &cancel,
                 || tx.is_closed(),
-                |bytes| decode(bytes),
+                decode,
                 |delivery| match delivery {
                     Delivery::Records(batch) => send(EbpfMessage::Events(batch)),
                     Delivery::Dropped(n) => send(EbpfMessage::Dropped(n)),
