@@ -131,7 +131,7 @@ const EBPF_PROGRAMS: [EbpfProgram; 2] = [
 /// (`collector_core::ebpf`), and the include path to them from a program's
 /// directory.
 const EBPF_SHARED_DIR: &str = "crates/collector-core/ebpf";
-const EBPF_SHARED_HEADERS: [&str; 2] = ["helpers.h", "vmlinux.h"];
+const EBPF_SHARED_HEADERS: [&str; 3] = ["helpers.h", "vmlinux.h", "accounting.h"];
 const EBPF_INCLUDE: &str = "-I../../collector-core/ebpf";
 
 fn hex_sha256(bytes: &[u8]) -> String {

@@ -18,7 +18,6 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -169,49 +168,39 @@ fn capture(n: usize) -> anyhow::Result<()> {
         }
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
         let port = listener.local_addr()?.port();
-        let seen = Arc::new(Mutex::new(HashSet::new()));
-        let counter = {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                while let Some(batch) = sub.recv_batch().await {
-                    let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                    for e in batch.iter() {
-                        if let CollectionEvent::Network(c) = e {
-                            if c.tier == Some(CaptureTier::Ebpf)
-                                && c.change == Some(ConnectionChange::Opened)
-                                && c.direction == Some(ConnectionDirection::Outbound)
-                                && c.dest_port == Some(port)
-                            {
-                                s.insert(c.connection_id);
-                            }
+        // The connections seen, by socket cookie, published as they grow.
+        let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0usize);
+        let counter = tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            while let Some(batch) = sub.recv_batch().await {
+                for e in batch.iter() {
+                    if let CollectionEvent::Network(c) = e {
+                        if c.tier == Some(CaptureTier::Ebpf)
+                            && c.change == Some(ConnectionChange::Opened)
+                            && c.direction == Some(ConnectionDirection::Outbound)
+                            && c.dest_port == Some(port)
+                        {
+                            seen.insert(c.connection_id);
                         }
                     }
                 }
-                sub.stats()
-            })
-        };
+                seen_tx.send_replace(seen.len());
+            }
+            (seen.len(), sub.stats())
+        });
         let start = Instant::now();
         let made = tokio::task::spawn_blocking(move || connect_flat_out(listener, n)).await??;
         let secs = start.elapsed().as_secs_f64();
-        // Let netmond catch up: every connection seen (each its own socket
-        // cookie), or no progress for 2 s.
-        let mut last = (0, Instant::now());
-        loop {
-            let got = seen.lock().unwrap_or_else(PoisonError::into_inner).len();
-            if got >= made {
+        // Let netmond catch up: every connection seen, or none more for 2 s.
+        while *seen_rx.borrow_and_update() < made {
+            let more = tokio::time::timeout(Duration::from_secs(2), seen_rx.changed()).await;
+            if !matches!(more, Ok(Ok(()))) {
                 break;
             }
-            if got != last.0 {
-                last = (got, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         handle.shutdown();
         run.await??;
-        let sub_stats = counter.await?;
-        let got = seen.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let (got, sub_stats) = counter.await?;
         let books = stats.kernel_accounting();
         report("net.capture_connections", made, "connections");
         report_f(

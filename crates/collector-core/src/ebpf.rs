@@ -457,6 +457,84 @@ impl Loaded {
     }
 }
 
+/// The most records [`read_loop`] hands on at once, by default.
+pub const BATCH: usize = 256;
+
+/// Settings of an eBPF tier (`[...ebpf]` in a collector's config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Ring buffer size in bytes: a power of two and a multiple of the page
+    /// size. Default 4 MiB: for procmond about 2,400 execs of a short argv
+    /// (1.7 KiB each; up to 5.6 KiB with a full argv), or 52,000
+    /// forks/exits (80 B); for netmond some 35,000 TCP state changes
+    /// (120 B; a short connection makes about ten, both ends counted).
+    pub ring_buffer_bytes: u32,
+    /// How long the reader waits for records before checking whether it
+    /// should stop and reading the kernel's counters. Default 100 ms.
+    pub poll_interval_ms: u64,
+    /// Once woken by a record, how long the reader lets more gather before
+    /// it takes them all (0: at once). Default 5 ms: a storm of events then
+    /// costs one hand-over to the collector (and one wake-up of each stage
+    /// after it) per window instead of per record, for at most that much
+    /// more latency; an idle host is not woken more often.
+    pub batch_window_ms: u64,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 4 * 1024 * 1024,
+            poll_interval_ms: 100,
+            batch_window_ms: 5,
+        }
+    }
+}
+
+impl EbpfConfig {
+    /// How [`read_loop`] reads with these settings, [`BATCH`] records at a
+    /// time; `what` names the records in the log.
+    pub fn read_settings(&self, what: &'static str) -> ReadSettings {
+        ReadSettings {
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            batch_window: Duration::from_millis(self.batch_window_ms),
+            batch: BATCH,
+            what,
+        }
+    }
+}
+
+/// The C headers every program includes (`crates/collector-core/ebpf`), as
+/// their digests file names them (`source <name>`), with their bytes: what
+/// a crate's check of its committed object adds to its own source.
+pub const SHARED_HEADERS: [(&str, &[u8]); 3] = [
+    ("source helpers.h", include_bytes!("../ebpf/helpers.h")),
+    ("source vmlinux.h", include_bytes!("../ebpf/vmlinux.h")),
+    (
+        "source accounting.h",
+        include_bytes!("../ebpf/accounting.h"),
+    ),
+];
+
+/// The digests file `cargo xtask ebpf` writes beside an object
+/// (`source <name> <sha256>` and `object <name> <sha256>` lines), checked
+/// against the bytes the crate embeds: the first of `files` (each a
+/// record line's `kind name` and its bytes) whose digest by `sha256`
+/// (hex) is not the recorded one, or that is not recorded.
+pub fn stale_in_record<'a>(
+    record: &str,
+    files: &[(&'a str, &[u8])],
+    sha256: impl Fn(&[u8]) -> String,
+) -> Option<&'a str> {
+    files.iter().find_map(|&(what, bytes)| {
+        let recorded = record
+            .lines()
+            .find(|l| l.starts_with(what))
+            .and_then(|l| l.rsplit(' ').next());
+        (recorded != Some(sha256(bytes).as_str())).then_some(what)
+    })
+}
+
 /// How [`read_loop`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSettings {
@@ -543,7 +621,7 @@ fn finish<T, E: std::fmt::Display>(
     loaded.detach();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
-        while !loaded.drain(256, counters, decode).is_empty() {}
+        while !loaded.drain(BATCH, counters, decode).is_empty() {}
         loaded.read_kernel_counts(counters)?;
         if counters.accounting().balanced() || tokio::time::Instant::now() >= deadline {
             return Ok(());
@@ -601,6 +679,24 @@ mod tests {
         let again = io::Error::from_raw_os_error(rustix::io::Errno::AGAIN.raw_os_error());
         assert!(is_eagain(&again));
         assert!(!is_eagain(&io::Error::other("x")));
+    }
+
+    #[test]
+    fn a_stale_or_missing_digest_is_named() {
+        let digest = |b: &[u8]| format!("{}", b.len());
+        let record = "# comment\nsource a.c 3\nobject a.o 2\n";
+        let files: [(&str, &[u8]); 2] = [("source a.c", b"abc"), ("object a.o", b"xy")];
+        assert_eq!(stale_in_record(record, &files, digest), None);
+        let changed: [(&str, &[u8]); 1] = [("object a.o", b"xyz")];
+        assert_eq!(
+            stale_in_record(record, &changed, digest),
+            Some("object a.o")
+        );
+        let unrecorded: [(&str, &[u8]); 1] = [("source b.h", b"")];
+        assert_eq!(
+            stale_in_record(record, &unrecorded, digest),
+            Some("source b.h")
+        );
     }
 
     #[test]

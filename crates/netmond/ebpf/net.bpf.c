@@ -16,14 +16,15 @@
  * timers run in softirq: the current task is whoever the CPU interrupted,
  * and F_TASK is clear (the task fields are then not the socket's owner's).
  *
- * Accounting: COUNTERS[0] counts every record this program tried to send,
- * COUNTERS[1] every one the ring buffer had no room for. So, per CPU and in
- * total, produced = delivered + dropped, exactly.
+ * Accounting (accounting.h, shared): COUNTERS[0] counts every record this
+ * program tried to send, COUNTERS[1] every one the ring buffer had no room
+ * for. So, per CPU and in total, produced = delivered + dropped, exactly.
  *
  * Build: cargo xtask ebpf (clang -O2 -g -target bpf -D__TARGET_ARCH_x86).
  */
 #include "vmlinux.h"
 #include "helpers.h"
+#include "accounting.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -32,9 +33,6 @@
 
 /* net_event.flags */
 #define F_TASK 0x1 /* the current task acted on the socket (see above) */
-
-#define COUNTER_PRODUCED 0
-#define COUNTER_DROPPED 1
 
 struct net_event {
 	u64 ts_ns;    /* CLOCK_MONOTONIC */
@@ -66,23 +64,9 @@ struct {
 	__uint(max_entries, 1024 * 1024);
 } EVENTS SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, u32);
-	__type(value, u64);
-} COUNTERS SEC(".maps");
-
 /* GPL-compatible, as the kernel requires of programs using its GPL-only
  * helpers; MIT beside it, to fit the Apache-2.0 code that loads it. */
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
-
-static __always_inline void count(u32 which)
-{
-	u64 *n = bpf_map_lookup_elem(&COUNTERS, &which);
-	if (n)
-		*n += 1;
-}
 
 static __always_inline u16 swap16(u16 v)
 {

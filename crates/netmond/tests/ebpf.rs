@@ -30,6 +30,18 @@ fn root_or_skip(what: &str) -> bool {
     false
 }
 
+/// Another process (bash) connects to `port` on loopback, writes a byte
+/// and closes: a connection of about a millisecond.
+fn connect_once(port: u16) -> std::process::Child {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port}; printf x >&3; exec 3>&-"
+        ))
+        .spawn()
+        .unwrap()
+}
+
 /// The reader's records, one at a time.
 struct Records {
     rx: mpsc::Receiver<Delivery<StateRecord>>,
@@ -88,14 +100,7 @@ async fn a_one_millisecond_connection_is_seen_with_the_connecting_pid_and_the_bo
     assert_ne!(listen.netns, 0);
     assert_ne!(listen.inode, 0, "a listener has its file");
 
-    // Another process connects, writes a byte and closes: about 1 ms.
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port}; printf x >&3; exec 3>&-"
-        ))
-        .spawn()
-        .unwrap();
+    let mut child = connect_once(port);
     let connector = child.id();
     let syn = rx
         .first("SYN_SENT", |r| {
@@ -212,13 +217,7 @@ async fn the_source_sees_a_one_millisecond_connection_with_its_processes() {
     assert_eq!(listen.process_key.map(|k| k.pid), Some(me));
     assert_eq!(listen.change, Some(ConnectionChange::Opened));
 
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port}; printf x >&3; exec 3>&-"
-        ))
-        .spawn()
-        .unwrap();
+    let mut child = connect_once(port);
     let connector = child.id();
     let outbound = running
         .wait_for(LIMIT, |e| {

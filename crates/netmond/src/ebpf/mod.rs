@@ -28,11 +28,9 @@
 pub mod decode;
 
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use collector_core::ebpf::{read_loop, Loaded, ObjectSpec, ReadSettings};
-pub use collector_core::ebpf::{Delivery, EbpfCounters, EbpfError, KernelAccounting};
-use serde::{Deserialize, Serialize};
+pub use collector_core::ebpf::{Delivery, EbpfConfig, EbpfCounters, EbpfError, KernelAccounting};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,34 +44,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/net.bpf.o");
 const PROGRAMS: [(&str, &str); 1] = [("handle_set_state", "inet_sock_set_state")];
 const RING_MAP: &str = "EVENTS";
 const COUNTERS_MAP: &str = "COUNTERS";
-/// The most records handed to the source in one message.
-const BATCH: usize = 256;
-
-/// Settings of the eBPF tier (`[netmond.ebpf]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EbpfConfig {
-    /// Ring buffer size in bytes: a power of two and a multiple of the page
-    /// size. Default 1 MiB: some 8,700 records of 120 bytes (a short
-    /// connection makes five to eight, both ends counted).
-    pub ring_buffer_bytes: u32,
-    /// How long the reader waits for records before checking whether it
-    /// should stop and reading the kernel's counters. Default 100 ms.
-    pub poll_interval_ms: u64,
-    /// Once woken by a record, how long the reader lets more gather before
-    /// it takes them all. Default 2 ms.
-    pub batch_window_ms: u64,
-}
-
-impl Default for EbpfConfig {
-    fn default() -> Self {
-        Self {
-            ring_buffer_bytes: 1024 * 1024,
-            poll_interval_ms: 100,
-            batch_window_ms: 2,
-        }
-    }
-}
 
 /// The loaded and attached program with its maps.
 #[derive(Debug)]
@@ -99,12 +69,7 @@ impl NetTier {
         })?;
         Ok(Self {
             loaded,
-            settings: ReadSettings {
-                poll_interval: Duration::from_millis(config.poll_interval_ms.max(1)),
-                batch_window: Duration::from_millis(config.batch_window_ms),
-                batch: BATCH,
-                what: "TCP state records",
-            },
+            settings: config.read_settings("TCP state records"),
         })
     }
 
@@ -223,29 +188,19 @@ mod tests {
     #[test]
     fn the_committed_object_is_built_from_the_committed_sources() {
         let record = include_str!("../../ebpf/net.bpf.o.sha256");
-        let files: [(&str, &[u8]); 4] = [
+        let own: [(&str, &[u8]); 2] = [
             ("source net.bpf.c", include_bytes!("../../ebpf/net.bpf.c")),
-            (
-                "source helpers.h",
-                include_bytes!("../../../collector-core/ebpf/helpers.h"),
-            ),
-            (
-                "source vmlinux.h",
-                include_bytes!("../../../collector-core/ebpf/vmlinux.h"),
-            ),
             ("object net.bpf.o", OBJECT),
         ];
-        for (what, bytes) in files {
-            let line = record
-                .lines()
-                .find(|l| l.starts_with(what))
-                .unwrap_or_else(|| panic!("{what} not recorded"));
-            assert_eq!(
-                line.rsplit(' ').next(),
-                Some(sha256(bytes).as_str()),
-                "{what} changed since `cargo xtask ebpf`: rebuild and commit"
-            );
-        }
+        let files: Vec<(&str, &[u8])> = own
+            .into_iter()
+            .chain(collector_core::ebpf::SHARED_HEADERS)
+            .collect();
+        let stale = collector_core::ebpf::stale_in_record(record, &files, sha256);
+        assert_eq!(
+            stale, None,
+            "changed since `cargo xtask ebpf` (or not recorded): rebuild and commit"
+        );
     }
 
     #[test]

@@ -32,12 +32,10 @@
 
 pub mod decode;
 
-use std::time::Duration;
 
 use collector_core::ebpf::{read_loop, Delivery, Loaded, ObjectSpec, ReadSettings};
-pub use collector_core::ebpf::{EbpfCounters, EbpfError, KernelAccounting};
+pub use collector_core::ebpf::{EbpfConfig, EbpfCounters, EbpfError, KernelAccounting};
 use collector_core::source::unless_cancelled;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -60,37 +58,6 @@ const PROGRAMS: [(&str, &str); 3] = [
 ];
 const RING_MAP: &str = "EVENTS";
 const COUNTERS_MAP: &str = "COUNTERS";
-/// The most records sent to the collector in one message.
-const BATCH: usize = 256;
-
-/// Settings of the eBPF tier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EbpfConfig {
-    /// Ring buffer size in bytes: a power of two and a multiple of the page
-    /// size. Default 4 MiB: about 2,400 execs of a short argv (1.7 KiB
-    /// each; up to 5.6 KiB with a full argv), or 52,000 forks/exits (80 B).
-    pub ring_buffer_bytes: u32,
-    /// How long the reader waits for records before checking whether it
-    /// should stop and reading the kernel's counters. Default 100 ms.
-    pub poll_interval_ms: u64,
-    /// Once woken by a record, how long the reader lets more gather before
-    /// it takes them all (0: at once). Default 5 ms: a storm of execs then
-    /// costs one hand-over to the collector (and one wake-up of each stage
-    /// after it) per window instead of per record, for at most that much
-    /// more latency; an idle host is not woken more often.
-    pub batch_window_ms: u64,
-}
-
-impl Default for EbpfConfig {
-    fn default() -> Self {
-        Self {
-            ring_buffer_bytes: 4 * 1024 * 1024,
-            poll_interval_ms: 100,
-            batch_window_ms: 5,
-        }
-    }
-}
 
 impl From<ThreadError> for EbpfError {
     fn from(err: ThreadError) -> Self {
@@ -199,8 +166,7 @@ impl ExecRecord {
 /// The loaded and attached programs with their maps.
 pub struct EbpfTier {
     loaded: Loaded,
-    poll_interval: Duration,
-    batch_window: Duration,
+    settings: ReadSettings,
 }
 
 impl std::fmt::Debug for EbpfTier {
@@ -228,8 +194,7 @@ impl EbpfTier {
         })?;
         Ok(Self {
             loaded,
-            poll_interval: Duration::from_millis(config.poll_interval_ms.max(1)),
-            batch_window: Duration::from_millis(config.batch_window_ms),
+            settings: config.read_settings("process records"),
         })
     }
 
@@ -250,17 +215,11 @@ impl EbpfTier {
         EbpfReaderHandle::spawn("procmond-ebpf", counters, read, move |cancel, counters| {
             let mut tier = self;
             let runtime = current_thread_runtime::<EbpfError>()?;
-            let settings = ReadSettings {
-                poll_interval: tier.poll_interval,
-                batch_window: tier.batch_window,
-                batch: BATCH,
-                what: "process records",
-            };
             let send = |message| send(&runtime, &tx, &cancel, message);
             read_loop(
                 &mut tier.loaded,
                 &counters,
-                &settings,
+                &tier.settings,
                 &cancel,
                 || tx.is_closed(),
                 decode,
@@ -327,32 +286,22 @@ mod tests {
     #[test]
     fn the_committed_object_is_built_from_the_committed_sources() {
         let record = include_str!("../../ebpf/process.bpf.o.sha256");
-        let files: [(&str, &[u8]); 4] = [
+        let own: [(&str, &[u8]); 2] = [
             (
                 "source process.bpf.c",
                 include_bytes!("../../ebpf/process.bpf.c"),
             ),
-            (
-                "source helpers.h",
-                include_bytes!("../../../collector-core/ebpf/helpers.h"),
-            ),
-            (
-                "source vmlinux.h",
-                include_bytes!("../../../collector-core/ebpf/vmlinux.h"),
-            ),
             ("object process.bpf.o", OBJECT),
         ];
-        for (what, bytes) in files {
-            let line = record
-                .lines()
-                .find(|l| l.starts_with(what))
-                .unwrap_or_else(|| panic!("{what} not recorded"));
-            assert_eq!(
-                line.rsplit(' ').next(),
-                Some(sha256(bytes).as_str()),
-                "{what} changed since `cargo xtask ebpf`: rebuild and commit"
-            );
-        }
+        let files: Vec<(&str, &[u8])> = own
+            .into_iter()
+            .chain(collector_core::ebpf::SHARED_HEADERS)
+            .collect();
+        let stale = collector_core::ebpf::stale_in_record(record, &files, sha256);
+        assert_eq!(
+            stale, None,
+            "changed since `cargo xtask ebpf` (or not recorded): rebuild and commit"
+        );
     }
 
     #[test]
