@@ -535,6 +535,25 @@ pub fn stale_in_record<'a>(
     })
 }
 
+/// [`stale_in_record`] for a program: its C `source` and its `object`
+/// (file name and bytes each) and the [`SHARED_HEADERS`]; the first whose
+/// digest is not the one `record` holds, named as the record names it.
+pub fn stale_object(
+    record: &str,
+    source: (&str, &[u8]),
+    object: (&str, &[u8]),
+    sha256: impl Fn(&[u8]) -> String,
+) -> Option<String> {
+    let source_line = format!("source {}", source.0);
+    let object_line = format!("object {}", object.0);
+    let own = [
+        (source_line.as_str(), source.1),
+        (object_line.as_str(), object.1),
+    ];
+    let files: Vec<(&str, &[u8])> = own.into_iter().chain(SHARED_HEADERS).collect();
+    stale_in_record(record, &files, sha256).map(str::to_owned)
+}
+
 /// How [`read_loop`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSettings {
