@@ -24,7 +24,10 @@
 //! neither is known the event has no pid rather than a guess.
 //!
 //! What is tracked is bounded ([`MAX_TRACKED`]): past it, a socket's events
-//! still go out with what their records say, and the overflow is counted.
+//! still go out with what their records say, and the overflow is counted
+//! (`daemoneye_connections_untracked_total`). A socket whose close the
+//! kernel dropped (ring buffer full, counted) stays followed: nothing says
+//! it is gone until the bound is reached.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

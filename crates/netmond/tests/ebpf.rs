@@ -290,3 +290,128 @@ async fn the_ebpf_source_passes_the_conformance_kit() {
     assert_eq!(report.kinds(), [EventKind::Network]);
     assert_eq!(stats.tier(), Some(CaptureTier::Ebpf));
 }
+
+/// Makes `n` loopback connections from this process, each closed at once.
+fn connections(n: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    for _ in 0..n {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop((client, server));
+    }
+}
+
+/// A one-page ring buffer and nobody reading it while 50 connections come
+/// and go (some 500 records, room for 34): the kernel drops, counts each
+/// drop, and the books still balance exactly once the reader has read what
+/// was kept. Started on that tier, the source reports the loss in health
+/// once, then is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_buffer_is_counted_exactly_and_degrades_health_once() {
+    if !root_or_skip("the eBPF drop test") {
+        return;
+    }
+    let small = EbpfConfig {
+        ring_buffer_bytes: u32::try_from(rustix::param::page_size()).unwrap(),
+        ..EbpfConfig::default()
+    };
+    let tier = NetTier::load(&small).unwrap();
+    connections(50);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let counters = EbpfCounters::default();
+    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let mut dropped = 0;
+    while dropped == 0 {
+        match tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Delivery::Dropped(n) => dropped = n,
+            Delivery::Records(_) => {}
+        }
+    }
+    drop(rx);
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+    assert!(books.dropped >= dropped && books.delivered > 0, "{books:?}");
+
+    // The source, on a preloaded tier that overflowed before it started.
+    let tier = NetTier::load(&small).unwrap();
+    connections(50);
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Ebpf,
+        ebpf: small,
+        ..NetmondConfig::default()
+    };
+    let source = Arc::new(
+        netmond::source::source(&config, NetmondCounters::default())
+            .unwrap()
+            .with_ebpf_tier(tier),
+    );
+    let stats = source.stats();
+    let (tx, mut events) = mpsc::channel(4096);
+    let ctx = collector_core::SourceContext::new("netmond", tx);
+    let stop = ctx.shutdown().clone();
+    let run = tokio::spawn({
+        let source = source.clone();
+        async move { collector_core::EventSource::start_with(&*source, ctx).await }
+    });
+    // A counter, not an event: what the source sends meanwhile is taken.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while stats.kernel_accounting().dropped == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no loss read");
+        let _ = tokio::time::timeout(Duration::from_millis(10), events.recv()).await;
+    }
+    let health = collector_core::EventSource::health_check(&*source).await;
+    let err = health.expect_err("degraded after a loss");
+    assert!(err.to_string().contains("dropped"), "{err}");
+    assert!(collector_core::EventSource::health_check(&*source)
+        .await
+        .is_ok());
+    stop.cancel();
+    drop(events);
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_connection_carries_its_ipv6_addresses() {
+    if !root_or_skip("the eBPF IPv6 test") {
+        return;
+    }
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    };
+    let tier = NetTier::load(&EbpfConfig::default()).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let est = rx
+        .first("IPv6 ESTABLISHED", |r| {
+            r.old_state == Some(ConnectionState::SynSent) && r.remote.port() == port
+        })
+        .await;
+    assert_eq!(est.family, collector_core::AddressFamily::Ipv6);
+    assert_eq!(
+        est.local,
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, client_port))
+    );
+    assert_eq!(est.remote.ip(), std::net::Ipv6Addr::LOCALHOST);
+    drop((client, listener));
+    drop(rx);
+    tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
