@@ -102,7 +102,7 @@ fn size() -> bool {
 }
 
 /// One eBPF program: its directory, its C source, its object and the
-/// digests file beside the object (the crate's tests check it).
+/// digests file beside the object (this crate's tests check it).
 struct EbpfProgram {
     dir: &'static str,
     source: &'static str,
@@ -201,7 +201,7 @@ fn ebpf_record(
     use std::fmt::Write as _;
     let mut record = String::from(
         "# Written by `cargo xtask ebpf`: the digests of the committed sources and of\n\
-         # the object built from them. The crate's tests check them without clang.\n",
+         # the object built from them. xtask's tests check them without clang.\n",
     );
     let own = root.join(program.dir).join(program.source);
     let shared = EBPF_SHARED_HEADERS.map(|h| (h, root.join(EBPF_SHARED_DIR).join(h)));
@@ -326,6 +326,31 @@ mod tests {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.push(path);
             }
+        }
+    }
+
+    /// Each committed eBPF object and its digests file are what `cargo
+    /// xtask ebpf` wrote from the committed sources (the C, the shared
+    /// headers): edit the C without rebuilding, or swap the object, and this
+    /// fails. (`cargo xtask ebpf --check` rebuilds with clang; this needs
+    /// none.)
+    #[test]
+    fn every_committed_ebpf_object_is_recorded_with_its_sources() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for program in &super::EBPF_PROGRAMS {
+            let dir = root.join(program.dir);
+            let recorded = std::fs::read_to_string(dir.join(program.record)).unwrap();
+            let object = std::fs::read(dir.join(program.object)).unwrap();
+            let clang = recorded
+                .lines()
+                .find_map(|l| l.strip_prefix("clang "))
+                .unwrap_or_default();
+            let record = super::ebpf_record(&root, program, &object, clang).unwrap();
+            assert_eq!(
+                recorded, record,
+                "{}: changed since `cargo xtask ebpf`: rebuild and commit",
+                program.object
+            );
         }
     }
 

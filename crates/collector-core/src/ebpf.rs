@@ -504,56 +504,6 @@ impl EbpfConfig {
     }
 }
 
-/// The C headers every program includes (`crates/collector-core/ebpf`), as
-/// their digests file names them (`source <name>`), with their bytes: what
-/// a crate's check of its committed object adds to its own source.
-pub const SHARED_HEADERS: [(&str, &[u8]); 3] = [
-    ("source helpers.h", include_bytes!("../ebpf/helpers.h")),
-    ("source vmlinux.h", include_bytes!("../ebpf/vmlinux.h")),
-    (
-        "source accounting.h",
-        include_bytes!("../ebpf/accounting.h"),
-    ),
-];
-
-/// The digests file `cargo xtask ebpf` writes beside an object
-/// (`source <name> <sha256>` and `object <name> <sha256>` lines), checked
-/// against the bytes the crate embeds: the first of `files` (each a
-/// record line's `kind name` and its bytes) whose digest by `sha256`
-/// (hex) is not the recorded one, or that is not recorded.
-pub fn stale_in_record<'a>(
-    record: &str,
-    files: &[(&'a str, &[u8])],
-    sha256: impl Fn(&[u8]) -> String,
-) -> Option<&'a str> {
-    files.iter().find_map(|&(what, bytes)| {
-        let recorded = record
-            .lines()
-            .find(|l| l.starts_with(what))
-            .and_then(|l| l.rsplit(' ').next());
-        (recorded != Some(sha256(bytes).as_str())).then_some(what)
-    })
-}
-
-/// [`stale_in_record`] for a program: its C `source` and its `object`
-/// (file name and bytes each) and the [`SHARED_HEADERS`]; the first whose
-/// digest is not the one `record` holds, named as the record names it.
-pub fn stale_object(
-    record: &str,
-    source: (&str, &[u8]),
-    object: (&str, &[u8]),
-    sha256: impl Fn(&[u8]) -> String,
-) -> Option<String> {
-    let source_line = format!("source {}", source.0);
-    let object_line = format!("object {}", object.0);
-    let own = [
-        (source_line.as_str(), source.1),
-        (object_line.as_str(), object.1),
-    ];
-    let files: Vec<(&str, &[u8])> = own.into_iter().chain(SHARED_HEADERS).collect();
-    stale_in_record(record, &files, sha256).map(str::to_owned)
-}
-
 /// How [`read_loop`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSettings {
@@ -698,24 +648,6 @@ mod tests {
         let again = io::Error::from_raw_os_error(rustix::io::Errno::AGAIN.raw_os_error());
         assert!(is_eagain(&again));
         assert!(!is_eagain(&io::Error::other("x")));
-    }
-
-    #[test]
-    fn a_stale_or_missing_digest_is_named() {
-        let digest = |b: &[u8]| format!("{}", b.len());
-        let record = "# comment\nsource a.c 3\nobject a.o 2\n";
-        let files: [(&str, &[u8]); 2] = [("source a.c", b"abc"), ("object a.o", b"xy")];
-        assert_eq!(stale_in_record(record, &files, digest), None);
-        let changed: [(&str, &[u8]); 1] = [("object a.o", b"xyz")];
-        assert_eq!(
-            stale_in_record(record, &changed, digest),
-            Some("object a.o")
-        );
-        let unrecorded: [(&str, &[u8]); 1] = [("source b.h", b"")];
-        assert_eq!(
-            stale_in_record(record, &unrecorded, digest),
-            Some("source b.h")
-        );
     }
 
     #[test]
