@@ -226,6 +226,25 @@ impl EbpfCounters {
     }
 }
 
+/// The ring buffer map every program of the workspace sends through.
+pub const RING_MAP: &str = "EVENTS";
+/// The per-CPU counters of `accounting.h` (produced, dropped).
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+impl<'a> ObjectSpec<'a> {
+    /// `object`'s `programs` with the workspace's maps: [`RING_MAP`], sized
+    /// as `config` says, and [`COUNTERS_MAP`].
+    pub fn new(object: &'a [u8], programs: &'a [(&'a str, &'a str)], config: &EbpfConfig) -> Self {
+        Self {
+            object,
+            programs,
+            ring_map: RING_MAP,
+            ring_bytes: config.ring_buffer_bytes,
+            counters_map: COUNTERS_MAP,
+        }
+    }
+}
+
 /// What to load: the object, its programs and its maps.
 #[derive(Debug, Clone, Copy)]
 pub struct ObjectSpec<'a> {

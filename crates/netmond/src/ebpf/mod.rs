@@ -42,8 +42,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/net.bpf.o");
 
 /// The program and the tracepoint it attaches to.
 const PROGRAMS: [(&str, &str); 1] = [("handle_set_state", "inet_sock_set_state")];
-const RING_MAP: &str = "EVENTS";
-const COUNTERS_MAP: &str = "COUNTERS";
 
 /// The loaded and attached program with its maps.
 #[derive(Debug)]
@@ -60,15 +58,8 @@ impl NetTier {
     /// [`EbpfError::Unavailable`] without kernel BTF or when the kernel
     /// refuses the program; [`EbpfError::Config`] for a bad ring size.
     pub fn load(config: &EbpfConfig) -> Result<Self, EbpfError> {
-        let loaded = Loaded::load(&ObjectSpec {
-            object: OBJECT,
-            programs: &PROGRAMS,
-            ring_map: RING_MAP,
-            ring_bytes: config.ring_buffer_bytes,
-            counters_map: COUNTERS_MAP,
-        })?;
         Ok(Self {
-            loaded,
+            loaded: Loaded::load(&ObjectSpec::new(OBJECT, &PROGRAMS, config))?,
             settings: config.read_settings("TCP state records"),
         })
     }
@@ -175,6 +166,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use collector_core::ebpf;
 
     #[test]
     fn the_object_names_the_program_and_maps_the_loader_expects() {
@@ -183,7 +175,7 @@ mod tests {
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect();
-        for name in [PROGRAMS[0].0, RING_MAP, COUNTERS_MAP] {
+        for name in [PROGRAMS[0].0, ebpf::RING_MAP, ebpf::COUNTERS_MAP] {
             assert!(names.iter().any(|n| n == name), "{name} missing");
         }
     }

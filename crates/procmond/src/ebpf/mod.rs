@@ -55,8 +55,6 @@ const PROGRAMS: [(&str, &str); 3] = [
     ("handle_exec", "sched_process_exec"),
     ("handle_exit", "sched_process_exit"),
 ];
-const RING_MAP: &str = "EVENTS";
-const COUNTERS_MAP: &str = "COUNTERS";
 
 impl From<ThreadError> for EbpfError {
     fn from(err: ThreadError) -> Self {
@@ -184,15 +182,8 @@ impl EbpfTier {
     /// [`EbpfError::Unavailable`] without kernel BTF or when the kernel
     /// refuses a program; [`EbpfError::Config`] for a bad ring size.
     pub fn load(config: &EbpfConfig) -> Result<Self, EbpfError> {
-        let loaded = Loaded::load(&ObjectSpec {
-            object: OBJECT,
-            programs: &PROGRAMS,
-            ring_map: RING_MAP,
-            ring_bytes: config.ring_buffer_bytes,
-            counters_map: COUNTERS_MAP,
-        })?;
         Ok(Self {
-            loaded,
+            loaded: Loaded::load(&ObjectSpec::new(OBJECT, &PROGRAMS, config))?,
             settings: config.read_settings("process records"),
         })
     }
@@ -272,6 +263,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use collector_core::ebpf;
 
     #[test]
     fn the_object_has_the_programs_and_maps_the_loader_expects() {
@@ -280,7 +272,7 @@ mod tests {
         for (name, _) in PROGRAMS {
             assert!(obj.iter().any(|n| n == name), "{name} missing: {obj:?}");
         }
-        for map in [RING_MAP, COUNTERS_MAP] {
+        for map in [ebpf::RING_MAP, ebpf::COUNTERS_MAP] {
             assert!(obj.iter().any(|n| n == map), "{map} missing: {obj:?}");
         }
     }
