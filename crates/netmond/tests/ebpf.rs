@@ -415,3 +415,46 @@ async fn an_ipv6_connection_carries_its_ipv6_addresses() {
         .unwrap()
         .unwrap();
 }
+
+/// A connect made in a network namespace of its own (`unshare -n`) is seen
+/// without entering it, naming that namespace and the connecting pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
+    if !root_or_skip("the eBPF namespace test") {
+        return;
+    }
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let tier = NetTier::load(&EbpfConfig::default()).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    // Nothing listens there: the connect is refused, after its SYN_SENT.
+    let Ok(mut child) = Command::new("unshare")
+        .args(["-n", "bash", "-c"])
+        .arg("ip link set lo up && exec 3<>/dev/tcp/127.0.0.1/9; exit 0")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipped: no unshare here");
+        return;
+    };
+    let shell = child.id();
+    let syn = rx
+        .first("SYN_SENT in the namespace", |r| {
+            r.new_state == Some(ConnectionState::SynSent)
+                && r.remote.port() == 9
+                && r.task.as_ref().is_some_and(|t| t.tgid == shell)
+        })
+        .await;
+    assert!(child.wait().unwrap().success());
+    let theirs = format!("net:[{}]", syn.netns);
+    assert_ne!(std::path::PathBuf::from(theirs), own, "{syn:?}");
+    drop(rx);
+    tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
