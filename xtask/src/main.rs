@@ -7,10 +7,11 @@
 //! - `bench`: criterion benches and `daemoneye-bench runtime`, `bus` and `triggers`
 //! - `size`: builds the binaries users install in release and checks each
 //!   is within the 15 MB budget
-//! - `ebpf`: rebuilds procmond's eBPF object from its C source (clang,
-//!   llvm-strip) and records the digests of both; `ebpf --check` rebuilds
-//!   into a temporary directory and fails unless the committed object is
-//!   byte for byte what the committed source builds to
+//! - `ebpf`: rebuilds the eBPF objects (procmond's and netmond's) from their
+//!   C sources and the shared headers in `crates/collector-core/ebpf` (clang,
+//!   llvm-strip) and records the digests of each; `ebpf --check` rebuilds
+//!   into a temporary directory and fails unless each committed object is
+//!   byte for byte what the committed sources build to
 #![allow(clippy::print_stdout)]
 
 use std::process::{Command, ExitCode};
@@ -100,12 +101,38 @@ fn size() -> bool {
     ok
 }
 
-/// procmond's eBPF program: its directory, sources and object.
-const EBPF_DIR: &str = "crates/procmond/ebpf";
-const EBPF_SOURCES: [&str; 3] = ["process.bpf.c", "helpers.h", "vmlinux.h"];
-const EBPF_OBJECT: &str = "process.bpf.o";
-/// The digests file beside the object; procmond's tests check it.
-const EBPF_RECORD: &str = "process.bpf.o.sha256";
+/// One eBPF program: its directory, its C source, its object and the
+/// digests file beside the object (this crate's tests check it).
+struct EbpfProgram {
+    dir: &'static str,
+    source: &'static str,
+    object: &'static str,
+    record: &'static str,
+}
+
+/// The workspace's eBPF programs: procmond's (processes) and netmond's
+/// (TCP state changes).
+const EBPF_PROGRAMS: [EbpfProgram; 2] = [
+    EbpfProgram {
+        dir: "crates/procmond/ebpf",
+        source: "process.bpf.c",
+        object: "process.bpf.o",
+        record: "process.bpf.o.sha256",
+    },
+    EbpfProgram {
+        dir: "crates/netmond/ebpf",
+        source: "net.bpf.c",
+        object: "net.bpf.o",
+        record: "net.bpf.o.sha256",
+    },
+];
+
+/// The headers every program includes, beside collector-core's loader
+/// (`collector_core::ebpf`), and the include path to them from a program's
+/// directory.
+const EBPF_SHARED_DIR: &str = "crates/collector-core/ebpf";
+const EBPF_SHARED_HEADERS: [&str; 3] = ["helpers.h", "vmlinux.h", "accounting.h"];
+const EBPF_INCLUDE: &str = "-I../../collector-core/ebpf";
 
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
@@ -128,9 +155,14 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<String, St
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Builds the object into `out` (reproducibly: no absolute paths, no DWARF;
-/// BTF and its relocations stay, CO-RE needs them); returns clang's version.
-fn build_ebpf(dir: &std::path::Path, out: &std::path::Path) -> Result<String, String> {
+/// Builds `program`'s object into `out` (reproducibly: no absolute paths,
+/// no DWARF; BTF and its relocations stay, CO-RE needs them); returns
+/// clang's version.
+fn build_ebpf(
+    program: &EbpfProgram,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<String, String> {
     let out_s = out.to_str().ok_or("non-UTF-8 temporary path")?;
     let dir_s = dir.to_str().ok_or("non-UTF-8 source path")?;
     let prefix_map = format!("-fdebug-prefix-map={dir_s}=.");
@@ -144,9 +176,10 @@ fn build_ebpf(dir: &std::path::Path, out: &std::path::Path) -> Result<String, St
             "-D__TARGET_ARCH_x86",
             "-Wall",
             "-Werror",
+            EBPF_INCLUDE,
             &prefix_map,
             "-c",
-            EBPF_SOURCES[0],
+            program.source,
             "-o",
             out_s,
         ],
@@ -157,66 +190,87 @@ fn build_ebpf(dir: &std::path::Path, out: &std::path::Path) -> Result<String, St
     Ok(version.lines().next().unwrap_or_default().trim().to_owned())
 }
 
-/// The digests of the sources and of `object`, as the record holds them.
-fn ebpf_record(dir: &std::path::Path, object: &[u8], clang: &str) -> Result<String, String> {
+/// The digests of `program`'s sources (its own and the shared headers) and
+/// of `object`, as the record holds them.
+fn ebpf_record(
+    root: &std::path::Path,
+    program: &EbpfProgram,
+    object: &[u8],
+    clang: &str,
+) -> Result<String, String> {
     use std::fmt::Write as _;
     let mut record = String::from(
         "# Written by `cargo xtask ebpf`: the digests of the committed sources and of\n\
-         # the object built from them. procmond's tests check them without clang.\n",
+         # the object built from them. xtask's tests check them without clang.\n",
     );
-    for name in EBPF_SOURCES {
-        let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    let own = root.join(program.dir).join(program.source);
+    let shared = EBPF_SHARED_HEADERS.map(|h| (h, root.join(EBPF_SHARED_DIR).join(h)));
+    for (name, path) in std::iter::once((program.source, own)).chain(shared) {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let _ = writeln!(record, "source {name} {}", hex_sha256(&bytes));
     }
-    let _ = writeln!(record, "object {EBPF_OBJECT} {}", hex_sha256(object));
+    let _ = writeln!(record, "object {} {}", program.object, hex_sha256(object));
     let _ = writeln!(record, "clang {clang}");
     Ok(record)
+}
+
+/// Builds (or, with `check`, verifies) one program's object and record.
+fn ebpf_one(
+    root: &std::path::Path,
+    program: &EbpfProgram,
+    tmp: &std::path::Path,
+    check: bool,
+) -> Result<(), String> {
+    let dir = root.join(program.dir);
+    let built_path = tmp.join(program.object);
+    let clang = build_ebpf(program, &dir, &built_path)?;
+    let built = std::fs::read(&built_path).map_err(|e| format!("built object: {e}"))?;
+    let record = ebpf_record(root, program, &built, &clang)?;
+    let (object, record_name) = (program.object, program.record);
+    let where_ = program.dir;
+    if check {
+        let committed =
+            std::fs::read(dir.join(object)).map_err(|e| format!("{where_}/{object}: {e}"))?;
+        let recorded = std::fs::read_to_string(dir.join(record_name)).unwrap_or_default();
+        if committed != built {
+            let was = recorded
+                .lines()
+                .find(|l| l.starts_with("clang "))
+                .unwrap_or("");
+            return Err(format!(
+                "{where_}/{object} is not what the committed source builds to \
+                 (rebuild with `cargo xtask ebpf` and commit; recorded {was}, here {clang})"
+            ));
+        }
+        if recorded != record {
+            return Err(format!(
+                "{where_}/{record_name} is stale: run `cargo xtask ebpf`"
+            ));
+        }
+        println!(
+            "{where_}/{object}: built from the committed source ({} bytes)",
+            built.len()
+        );
+    } else {
+        std::fs::write(dir.join(object), &built).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(record_name), record).map_err(|e| e.to_string())?;
+        println!(
+            "wrote {where_}/{object} ({} bytes) and {record_name}",
+            built.len()
+        );
+    }
+    Ok(())
 }
 
 fn ebpf(check: bool) -> Result<(), String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace root")?;
-    let dir = root.join(EBPF_DIR);
     let tmp = std::env::temp_dir().join(format!("xtask-ebpf-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let built_path = tmp.join(EBPF_OBJECT);
-    let result = build_ebpf(&dir, &built_path).and_then(|clang| {
-        let built = std::fs::read(&built_path).map_err(|e| format!("built object: {e}"))?;
-        let record = ebpf_record(&dir, &built, &clang)?;
-        if check {
-            let committed =
-                std::fs::read(dir.join(EBPF_OBJECT)).map_err(|e| format!("{EBPF_OBJECT}: {e}"))?;
-            let recorded = std::fs::read_to_string(dir.join(EBPF_RECORD)).unwrap_or_default();
-            if committed != built {
-                let was = recorded
-                    .lines()
-                    .find(|l| l.starts_with("clang "))
-                    .unwrap_or("");
-                return Err(format!(
-                    "{EBPF_DIR}/{EBPF_OBJECT} is not what the committed source builds to \
-                     (rebuild with `cargo xtask ebpf` and commit; recorded {was}, here {clang})"
-                ));
-            }
-            if recorded != record {
-                return Err(format!(
-                    "{EBPF_DIR}/{EBPF_RECORD} is stale: run `cargo xtask ebpf`"
-                ));
-            }
-            println!(
-                "{EBPF_OBJECT}: built from the committed source ({} bytes)",
-                built.len()
-            );
-        } else {
-            std::fs::write(dir.join(EBPF_OBJECT), &built).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join(EBPF_RECORD), record).map_err(|e| e.to_string())?;
-            println!(
-                "wrote {EBPF_DIR}/{EBPF_OBJECT} ({} bytes) and {EBPF_RECORD}",
-                built.len()
-            );
-        }
-        Ok(())
-    });
+    let result = EBPF_PROGRAMS
+        .iter()
+        .try_for_each(|program| ebpf_one(root, program, &tmp, check));
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
@@ -272,6 +326,31 @@ mod tests {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.push(path);
             }
+        }
+    }
+
+    /// Each committed eBPF object and its digests file are what `cargo
+    /// xtask ebpf` wrote from the committed sources (the C, the shared
+    /// headers): edit the C without rebuilding, or swap the object, and this
+    /// fails. (`cargo xtask ebpf --check` rebuilds with clang; this needs
+    /// none.)
+    #[test]
+    fn every_committed_ebpf_object_is_recorded_with_its_sources() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for program in &super::EBPF_PROGRAMS {
+            let dir = root.join(program.dir);
+            let recorded = std::fs::read_to_string(dir.join(program.record)).unwrap();
+            let object = std::fs::read(dir.join(program.object)).unwrap();
+            let clang = recorded
+                .lines()
+                .find_map(|l| l.strip_prefix("clang "))
+                .unwrap_or_default();
+            let record = super::ebpf_record(&root, program, &object, clang).unwrap();
+            assert_eq!(
+                recorded, record,
+                "{}: changed since `cargo xtask ebpf`: rebuild and commit",
+                program.object
+            );
         }
     }
 

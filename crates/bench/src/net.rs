@@ -4,13 +4,29 @@
 //! small. Both sides are alternated, `--reps` times each. `snapshot_ms` is
 //! a running collector's (the socket -> process map kept between
 //! snapshots), `cold_snapshot_ms` a first look's (`/proc` walked).
+//!
+//! `net.capture_ratio`: netmond's eBPF tier running in this process (as
+//! root), `--connections` short loopback connections made one after
+//! another as fast as the machine allows (connect, write a byte, close),
+//! and the share of them it reported opened (outbound, by the client's
+//! port), every loss counted: the kernel's ring buffer drops
+//! (`net.capture_kernel_dropped`), the runtime's subscriber drops, the
+//! tracker's overflow. Target 1.0000.
 
+use std::collections::HashSet;
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::{bail, Context as _};
+use collector_core::testing::recv_until;
+use collector_core::{
+    CaptureTier, CollectionEvent, Collector, CollectorConfig, ConnectionChange, ConnectionDirection,
+};
+use netmond::source::{NetmondConfig, NetmondCounters, TierChoice};
 use netmond::{Snapshot, Snapshotter};
 
 use crate::{median, report, report_f, report_ratio};
@@ -20,6 +36,8 @@ options! {
     sockets: usize = 10_000,
     /// Repetitions of each side.
     reps: usize = 7,
+    /// Short connections made for `net.capture_ratio`.
+    connections: usize = 10_000,
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
@@ -87,5 +105,124 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     report_ratio("net.snapshot_ratio_vs_ss", warm / ss);
     report_ratio("net.cold_snapshot_ratio_vs_ss", cold / ss);
     drop(held);
-    Ok(())
+    if nix::unistd::geteuid().is_root() {
+        capture(o.connections)
+    } else {
+        eprintln!("note: not root: net.capture_ratio skipped (loading the eBPF tier needs CAP_BPF and CAP_PERFMON)");
+        Ok(())
+    }
+}
+
+/// Makes `n` short loopback connections to `listener` one after another
+/// (connect, write a byte, close; a thread accepts and closes); returns how
+/// many were made.
+fn connect_flat_out(listener: TcpListener, n: usize) -> anyhow::Result<usize> {
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        for _ in 0..n {
+            let (mut s, _) = listener.accept()?;
+            let mut byte = [0u8; 1];
+            let _ = s.read(&mut byte);
+        }
+        Ok(())
+    });
+    for _ in 0..n {
+        let mut c = TcpStream::connect(addr).context("connecting")?;
+        c.write_all(b"x")?;
+    }
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the accepting thread panicked"))??;
+    Ok(n)
+}
+
+/// `net.capture_ratio`: see the module docs.
+fn capture(n: usize) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = NetmondConfig {
+            interval: Duration::from_secs(3600),
+            tier: TierChoice::Ebpf,
+            ..NetmondConfig::default()
+        };
+        let source = netmond::source::source(&config, NetmondCounters::default())?;
+        let stats = source.stats();
+        let mut collector = Collector::new(
+            CollectorConfig::new()
+                .with_event_buffer_size(65_536)
+                .with_max_batch_size(1024),
+        );
+        collector.register(Box::new(source))?;
+        let handle = collector.handle();
+        let mut sub = handle.subscribe();
+        let run = tokio::spawn(collector.run_until(std::future::pending()));
+        // Ready once the first snapshot is in (the program is attached by then).
+        let first = recv_until(
+            &mut sub,
+            |e| matches!(e, CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)),
+        );
+        if first.await.is_none() {
+            bail!("netmond ended before its first snapshot");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
+        let port = listener.local_addr()?.port();
+        // The connections seen, by socket cookie, published as they grow.
+        let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0usize);
+        let counter = tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            while let Some(batch) = sub.recv_batch().await {
+                for e in batch.iter() {
+                    if let CollectionEvent::Network(c) = e {
+                        if c.tier == Some(CaptureTier::Ebpf)
+                            && c.change == Some(ConnectionChange::Opened)
+                            && c.direction == Some(ConnectionDirection::Outbound)
+                            && c.dest_port == Some(port)
+                        {
+                            seen.insert(c.connection_id);
+                        }
+                    }
+                }
+                seen_tx.send_replace(seen.len());
+            }
+            (seen.len(), sub.stats())
+        });
+        let start = Instant::now();
+        let made = tokio::task::spawn_blocking(move || connect_flat_out(listener, n)).await??;
+        let secs = start.elapsed().as_secs_f64();
+        // Let netmond catch up: every connection seen, or none more for 2 s.
+        while *seen_rx.borrow_and_update() < made {
+            let more = tokio::time::timeout(Duration::from_secs(2), seen_rx.changed()).await;
+            if !matches!(more, Ok(Ok(()))) {
+                break;
+            }
+        }
+        handle.shutdown();
+        run.await??;
+        let (got, sub_stats) = counter.await?;
+        let books = stats.kernel_accounting();
+        report("net.capture_connections", made, "connections");
+        report_f(
+            "net.capture_rate",
+            made as f64 / secs.max(1e-9),
+            0,
+            "connections/s",
+        );
+        report("net.capture_seen", got, "connections");
+        report_f(
+            "net.capture_ratio",
+            got as f64 / made.max(1) as f64,
+            4,
+            "ratio",
+        );
+        report("net.capture_kernel_produced", books.produced, "records");
+        report("net.capture_kernel_dropped", books.dropped, "records");
+        report(
+            "net.capture_subscriber_dropped",
+            sub_stats.events_dropped_full + sub_stats.events_dropped_closed,
+            "events",
+        );
+        Ok(())
+    })
 }

@@ -547,19 +547,20 @@ pub struct LifecycleDetail {
 }
 
 names! {
-    /// How a process collector sees the kernel's process events, best
-    /// first. It falls back to the next tier when one cannot run.
+    /// How a collector sees the kernel's events, best first. It falls back
+    /// to the next tier when one cannot run.
     CaptureTier {
-        /// eBPF programs on the scheduler's tracepoints: every fork, exec and
-        /// exit with its argv and executable, read in the kernel; losses are
-        /// counted exactly.
+        /// eBPF programs on the kernel's tracepoints: for procmond every
+        /// fork, exec and exit with its argv and executable, for netmond
+        /// every TCP state change with the process that made it, read in
+        /// the kernel; losses are counted exactly.
         Ebpf = "ebpf",
         /// The netlink process connector: every fork, exec and exit by pid;
         /// the details are read from `/proc` afterwards, so a process that
         /// exits at once may lose them; losses are known but not counted.
         Connector = "connector",
-        /// Snapshots of `/proc` at an interval: processes that live shorter
-        /// than the interval are missed.
+        /// Snapshots at an interval (`/proc`, `sock_diag`): processes and
+        /// sockets that live shorter than the interval are missed.
         Polling = "polling",
     }
 }

@@ -23,6 +23,9 @@
 //!   shutdown token beside the reference API's flag.
 //! - [`procfs`]: the pure parsers of `/proc` every collector shares
 //!   (`/proc/<pid>/stat` and `status`, the boot time, clock ticks).
+//! - `ebpf` (feature `ebpf`): the eBPF loader procmond and netmond share:
+//!   a CO-RE object loaded and attached, its ring buffer read and its
+//!   per-CPU drop counters kept, failures told apart for tier fallback.
 //! - [`testing`]: a conformance check for any `EventSource`.
 //! - [`bus`]: [`EventFilter`] (kind, pid, source, topic patterns), used by
 //!   filtered subscriptions and the IPC event stream.
@@ -107,6 +110,8 @@ pub mod bus;
 #[cfg(feature = "triggers")]
 pub mod chain;
 pub mod config;
+#[cfg(feature = "ebpf")]
+pub mod ebpf;
 pub mod event;
 pub mod health;
 pub mod ipc;

@@ -118,8 +118,10 @@ async fn run(settings: Settings, separated: Option<Separated>) -> ExitCode {
 /// perfmond's, netmond's and fsmond's children keep what they need:
 /// perfmond reads world-readable files and serves a socket (no
 /// capability); netmond's `sock_diag` needs none, other users'
-/// `/proc/<pid>/fd` two; fsmond's filesystem marks one, naming what they
-/// report another. `Some` exit code when that fails.
+/// `/proc/<pid>/fd` two (its eBPF program is loaded before, with
+/// `CAP_BPF` and `CAP_PERFMON`: [`netmond::cli::prepare`]); fsmond's
+/// filesystem marks one, naming what they report another. `Some` exit code
+/// when that fails.
 fn reduce_privileges(command: &Command) -> Option<ExitCode> {
     let reduced = match command {
         Command::CollectPerformance(_) => procmond::privileges::drop_all_privileges(),
@@ -133,6 +135,29 @@ fn reduce_privileges(command: &Command) -> Option<ExitCode> {
         eprintln!("daemoneye-agent: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// For `collect-network`: netmond's config read and its eBPF program
+/// loaded and attached, before [`reduce_privileges`] leaves it two
+/// capabilities. The exit code when its config is bad.
+fn prepare_network(command: &Command) -> Result<Option<netmond::cli::Prepared>, ExitCode> {
+    match command {
+        Command::CollectNetwork(args) => netmond::cli::prepare(args)
+            .map(Some)
+            .map_err(|e| served(Err(e))),
+        _ => Ok(None),
+    }
+}
+
+/// netmond, with what [`prepare_network`] loaded.
+async fn run_network(
+    args: netmond::cli::RunArgs,
+    prepared: Option<netmond::cli::Prepared>,
+) -> Result<(), collector_core::serve::RunError> {
+    match prepared {
+        Some(prepared) => netmond::cli::run_prepared(args, prepared).await,
+        None => netmond::cli::run(args).await,
+    }
 }
 
 /// The exit code of a collector run over collector-core's `Serve`.
@@ -193,6 +218,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // netmond loads its eBPF program while it may, then keeps its two.
+    let net_prepared = match prepare_network(&cli.command) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
     if let Some(code) = reduce_privileges(&cli.command) {
         return code;
     }
@@ -240,7 +270,7 @@ fn main() -> ExitCode {
             Err(perfmond::cli::RunError::Bad(e)) => fail(e, true),
             Err(perfmond::cli::RunError::Failed(e)) => fail(e, false),
         },
-        Command::CollectNetwork(args) => served(rt.block_on(netmond::cli::run(args))),
+        Command::CollectNetwork(args) => served(rt.block_on(run_network(args, net_prepared))),
         Command::CollectFiles(args) => served(rt.block_on(fsmond::cli::run(args))),
     }
 }

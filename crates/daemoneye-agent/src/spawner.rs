@@ -22,7 +22,8 @@
 //!    the collectors of its list take permitted (none effective), and
 //!    `no_new_privs` ([`capabilities_taken`]: procmond `CAP_SYS_PTRACE`,
 //!    `CAP_DAC_READ_SEARCH`, `CAP_NET_ADMIN`, `CAP_BPF` and `CAP_PERFMON`;
-//!    netmond two of them; fsmond `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH`;
+//!    netmond `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`, with `CAP_BPF` and
+//!    `CAP_PERFMON` to load its eBPF program before it drops them; fsmond `CAP_SYS_ADMIN` and `CAP_DAC_READ_SEARCH`;
 //!    perfmond none);
 //! 4. drops to the agent's user: uid and gid (its group alone), every
 //!    capability set empty, the bounding set too, `no_new_privs`.
@@ -228,7 +229,7 @@ pub fn capabilities_taken(builtin: bool, args: &[impl AsRef<std::ffi::OsStr>]) -
     let subcommand = args.first().and_then(|a| a.as_ref().to_str());
     match (builtin, subcommand) {
         (true, Some("collect-performance")) => CapabilitySet::empty(),
-        (true, Some("collect-network")) => netmond::source::CAPABILITIES,
+        (true, Some("collect-network")) => netmond::source::TAKES,
         (true, Some("collect-files")) => fsmond::CAPABILITIES,
         _ => procmond::privileges::FOR_PROCMOND,
     }
@@ -1201,9 +1202,14 @@ mod tests {
             taken(true, &["collect-performance"]),
             CapabilitySet::empty()
         );
+        // netmond loads its eBPF program (CAP_BPF, CAP_PERFMON), then keeps
+        // only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
         assert_eq!(
             taken(true, &["collect-network"]),
-            CapabilitySet::SYS_PTRACE | CapabilitySet::DAC_READ_SEARCH
+            CapabilitySet::SYS_PTRACE
+                | CapabilitySet::DAC_READ_SEARCH
+                | CapabilitySet::BPF
+                | CapabilitySet::PERFMON
         );
         assert_eq!(
             taken(true, &["collect-files"]),
@@ -1222,10 +1228,7 @@ mod tests {
             "[[collector]]\nname = \"p\"\nbuiltin = \"perfmond\"\n\
              [[collector]]\nname = \"n\"\nbuiltin = \"netmond\"",
         ));
-        assert_eq!(
-            without,
-            CapabilitySet::SYS_PTRACE | CapabilitySet::DAC_READ_SEARCH
-        );
+        assert_eq!(without, netmond::source::TAKES);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use collector_core::serve::{self, PollingRunArgs, RunError, Serve};
 use collector_core::{CollectionEvent, CollectorConfig};
 use serde::Deserialize;
 
+use crate::ebpf::NetTier;
 use crate::snapshot::{Connection, Snapshot};
-use crate::source::{self, NetmondConfig, NetmondCounters, NAME};
+use crate::source::{self, NetmondConfig, NetmondCounters, TierChoice, NAME};
 
 /// The DaemonEye network collector.
 #[derive(Debug, Parser)]
@@ -44,6 +45,39 @@ struct FileConfig {
     netmond: NetmondConfig,
 }
 
+/// What [`prepare`] did before privileges were dropped: the config read
+/// and, when the eBPF tier is wanted, its program loaded and attached.
+#[derive(Debug)]
+pub struct Prepared {
+    file: FileConfig,
+    ebpf: Option<NetTier>,
+}
+
+/// Reads the config and, unless it wants snapshots only, loads and attaches
+/// the eBPF program while the capabilities that takes (`CAP_BPF`,
+/// `CAP_PERFMON`: [`source::LOAD_EBPF`]) are held. Call it before dropping
+/// to [`source::CAPABILITIES`]. A program that does not load is not an
+/// error here: the source tries again as it starts, and falls back (or
+/// fails, when `ebpf` was forced) then.
+///
+/// # Errors
+/// [`RunError::Bad`] for a config file that cannot be read.
+pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
+    let file: FileConfig = serve::read_config(args.config.as_deref())?;
+    let ebpf = if file.netmond.tier == TierChoice::Polling {
+        None
+    } else {
+        match NetTier::load(&file.netmond.ebpf) {
+            Ok(tier) => Some(tier),
+            Err(e) => {
+                tracing::debug!(error = %e, "eBPF tier not preloaded");
+                None
+            }
+        }
+    };
+    Ok(Prepared { file, ebpf })
+}
+
 /// Runs the collector until SIGTERM or SIGINT.
 ///
 /// # Errors
@@ -51,16 +85,30 @@ struct FileConfig {
 /// fails while starting or running.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let file: FileConfig = serve::read_config(args.config.as_deref())?;
+    run_prepared(args, Prepared { file, ebpf: None }).await
+}
+
+/// [`run`] after [`prepare`]: with the eBPF program it loaded, if any.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_prepared(args: RunArgs, prepared: Prepared) -> Result<(), RunError> {
+    let Prepared { file, ebpf } = prepared;
     let mut config = file.netmond;
     if let Some(interval) = args.interval() {
         config.interval = interval;
     }
     let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
     let counters = NetmondCounters::default();
-    let source = source::source(&config, counters.clone()).map_err(|e| RunError::Bad(e.into()))?;
+    let mut source =
+        source::source(&config, counters.clone()).map_err(|e| RunError::Bad(e.into()))?;
+    if let Some(tier) = ebpf {
+        source = source.with_ebpf_tier(tier);
+    }
     let mut serve = Serve::new(NAME, collector_config, args.serve);
     counters.register_metrics(serve.metrics());
     source.counters().register_metrics(serve.metrics(), NAME);
+    source.stats().register_metrics(serve.metrics());
     serve.register(source)?;
     serve.with_jsonl(jsonl_line).run().await
 }

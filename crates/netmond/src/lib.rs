@@ -27,8 +27,10 @@
 
 pub mod cli;
 pub mod diag;
+pub mod ebpf;
 pub mod namespaces;
 pub mod owners;
+pub mod realtime;
 pub mod snapshot;
 pub mod source;
 

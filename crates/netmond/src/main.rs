@@ -21,13 +21,17 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => {
             cli::snapshot(&args, &mut std::io::stdout().lock()).map_err(RunError::Failed)
         }
-        Command::Run(args) => match serve::runtime_in_main("netmond") {
-            Ok(rt) => {
-                collector_core::logging::init_logging(false);
-                rt.block_on(cli::run(args))
+        Command::Run(args) => {
+            collector_core::logging::init_logging(false);
+            // The eBPF program loads and attaches before any thread starts.
+            match cli::prepare(&args) {
+                Err(e) => Err(e),
+                Ok(prepared) => match serve::runtime_in_main("netmond") {
+                    Ok(rt) => rt.block_on(cli::run_prepared(args, prepared)),
+                    Err(code) => return code,
+                },
             }
-            Err(code) => return code,
-        },
+        }
     };
     serve::exit("netmond", result)
 }

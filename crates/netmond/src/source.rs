@@ -1,11 +1,34 @@
-//! netmond as an event source: a `sock_diag` snapshot every interval,
-//! diffed against the last one.
+//! netmond as an event source: TCP state changes in real time from eBPF,
+//! and a `sock_diag` snapshot every interval, diffed against the last one.
 //!
+//! # Tiers
+//! The best this machine allows ([`TierChoice::Auto`]):
+//!
+//! - **eBPF** ([`CaptureTier::Ebpf`], [`crate::ebpf`]): every TCP connect,
+//!   accept, listen and close as the kernel makes it, with the process that
+//!   did it ([`crate::realtime`]), however short the connection; losses
+//!   counted exactly (the kernel's ring buffer drops, exported as
+//!   `daemoneye_events_dropped_total{stage="kernel"}`; health is degraded
+//!   at a check after any). The snapshot keeps running beside it: UDP has
+//!   no state tracepoint and stays on the snapshot tier, and the snapshot
+//!   says which processes *hold* each socket and by which descriptor (the
+//!   eBPF tier says which process acted on it).
+//! - **Snapshots only** ([`CaptureTier::Polling`]), the fallback when the
+//!   program cannot be loaded (no `CAP_BPF`/`CAP_PERFMON`, no kernel BTF):
+//!   it says once, in the log, that it misses connections shorter than its
+//!   interval.
+//!
+//! The tier in use is [`NetmondStats::tier`] and the gauge
+//! `daemoneye_capture_tier{source="netmond",tier=...}`; every event names
+//! its own tier.
+//!
+//! # Snapshots
 //! The first look reports every live socket as
 //! [`Present`](ConnectionChange::Present); each later look reports the
 //! sockets that appeared ([`Opened`](ConnectionChange::Opened)) and those
 //! that went ([`Closed`](ConnectionChange::Closed)), a socket named by its
-//! kernel cookie. A TCP socket in `TIME_WAIT` or `CLOSE` counts as gone.
+//! kernel cookie (the eBPF tier's `connection_id` too). A TCP socket in
+//! `TIME_WAIT` or `CLOSE` counts as gone.
 //!
 //! A socket held by several processes (after a fork, or a shell given it
 //! as stdin) is one event per holder, each with its pid, process key and
@@ -13,33 +36,39 @@
 //! `connection_id` and `holders` the number of them; a socket no readable
 //! process holds is one event without a pid.
 //!
-//! # What this tier misses
 //! A connection that opens and closes between two looks (shorter than the
-//! interval, 5 s by default) is never seen. This is the polling tier
-//! ([`CaptureTier::Polling`] on every event); the real-time tier (eBPF on
-//! `sock:inet_sock_set_state` and the BPF LSM socket hooks) is not built
-//! yet.
+//! interval, 5 s by default) is never seen by the snapshots.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use collector_core::metrics::{Counter, Registry};
-use collector_core::poll::{Poll, Polled};
+use async_trait::async_trait;
+use collector_core::metrics::{Counter, Gauge, Registry};
+use collector_core::poll::{Poll, PollCounters, Polled};
 use collector_core::procfs;
+use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
 use collector_core::{
-    BootId, CaptureTier, CollectionEvent, ConnectionChange, ConnectionState, NetworkEvent,
-    NetworkProtocol, ProcessKey, SourceCaps,
+    BootId, CaptureTier, CollectionEvent, ConnectionChange, ConnectionState, EventSource,
+    NetworkEvent, NetworkProtocol, ProcessKey, SourceCaps, SourceContext,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
+use crate::ebpf::{
+    Delivery, EbpfConfig, EbpfCounters, EbpfError, KernelAccounting, NetReader, NetTier,
+    StateRecord,
+};
 use crate::owners::Owner;
-use crate::snapshot::{Connection, Snapshotter};
+use crate::realtime::{Holder, Tracker, TrackerCounters};
+use crate::snapshot::{Connection, Snapshot, Snapshotter};
 
 /// The source's name, in logs, metrics and health.
 pub const NAME: &str = "netmond";
 
-/// The capabilities netmond needs as root, measured (Linux 6.18): none to
+/// The capabilities netmond keeps as root, measured (Linux 6.18): none to
 /// dump every socket with `sock_diag` (TCP and UDP dumps are open to any
 /// user; `CAP_NET_ADMIN` adds nothing), `CAP_DAC_READ_SEARCH` to list
 /// another user's `/proc/<pid>/fd` and `CAP_SYS_PTRACE` to read its links
@@ -48,6 +77,31 @@ pub const NAME: &str = "netmond";
 /// set leaves out: with it, they are counted unreadable, not seen.
 pub const CAPABILITIES: rustix::thread::CapabilitySet =
     rustix::thread::CapabilitySet::SYS_PTRACE.union(rustix::thread::CapabilitySet::DAC_READ_SEARCH);
+
+/// What loading the eBPF tier takes beyond [`CAPABILITIES`]: `CAP_BPF` and
+/// `CAP_PERFMON` (as procmond's). netmond loads and attaches its program
+/// first ([`crate::cli::prepare`]), then keeps only [`CAPABILITIES`]; the
+/// attached program and its maps go on working through their descriptors.
+pub const LOAD_EBPF: rustix::thread::CapabilitySet =
+    rustix::thread::CapabilitySet::BPF.union(rustix::thread::CapabilitySet::PERFMON);
+
+/// What a netmond started by a supervisor takes from it: [`CAPABILITIES`]
+/// and [`LOAD_EBPF`] (it loads the eBPF tier, then drops to
+/// [`CAPABILITIES`]).
+pub const TAKES: rustix::thread::CapabilitySet = CAPABILITIES.union(LOAD_EBPF);
+
+/// Which tier to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierChoice {
+    /// eBPF when it loads, else snapshots only (said once, in the log).
+    #[default]
+    Auto,
+    /// eBPF only: starting fails when the program cannot be loaded.
+    Ebpf,
+    /// Snapshots only.
+    Polling,
+}
 
 /// netmond's settings (`[netmond]` in its config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +112,10 @@ pub struct NetmondConfig {
     pub interval: Duration,
     /// Where procfs is mounted.
     pub proc_root: PathBuf,
+    /// Which tier: `auto` (eBPF when it loads), `ebpf` or `polling`.
+    pub tier: TierChoice,
+    /// The eBPF tier's settings.
+    pub ebpf: EbpfConfig,
 }
 
 impl Default for NetmondConfig {
@@ -65,6 +123,8 @@ impl Default for NetmondConfig {
         Self {
             interval: Duration::from_secs(5),
             proc_root: PathBuf::from("/proc"),
+            tier: TierChoice::Auto,
+            ebpf: EbpfConfig::default(),
         }
     }
 }
@@ -75,7 +135,13 @@ impl NetmondConfig {
     /// # Errors
     /// [`collector_core::ConfigError::Invalid`] naming the bad field.
     pub fn validate(&self) -> Result<(), collector_core::ConfigError> {
-        collector_core::poll::validate_interval(self.interval)
+        collector_core::poll::validate_interval(self.interval)?;
+        collector_core::ebpf::check_ring_bytes(self.ebpf.ring_buffer_bytes).map_err(|e| {
+            collector_core::ConfigError::Invalid {
+                field: "ebpf.ring_buffer_bytes",
+                reason: e.to_string(),
+            }
+        })
     }
 }
 
@@ -108,8 +174,93 @@ impl NetmondCounters {
     }
 }
 
-/// The netmond source: [`Differ`] looked through by [`Polled`].
-pub type NetmondSource = Polled<Differ>;
+const TIERS: usize = 3;
+const _: () = assert!(CaptureTier::ALL.len() == TIERS);
+
+/// The real-time tier's state, shared with [`NetmondStats`].
+#[derive(Debug, Default)]
+struct Status {
+    /// One per [`CaptureTier::ALL`] (same order), 1 for the tier in use.
+    tiers: [Gauge; TIERS],
+    ebpf: EbpfCounters,
+    tracker: TrackerCounters,
+    /// Events the eBPF tier sent to the runtime.
+    emitted: Counter,
+    /// Kernel drops already reported by a health check.
+    drops_reported: AtomicU64,
+    /// Why the eBPF reader stopped, when it failed.
+    failed: Mutex<Option<String>>,
+}
+
+/// Reads the source's tier and counters from anywhere (clones share them).
+#[derive(Debug, Clone)]
+pub struct NetmondStats(Arc<Status>);
+
+impl NetmondStats {
+    /// The tier in use; `None` before the source starts.
+    pub fn tier(&self) -> Option<CaptureTier> {
+        CaptureTier::ALL
+            .iter()
+            .zip(&self.0.tiers)
+            .find_map(|(t, g)| g.get_bool().then_some(*t))
+    }
+
+    /// The eBPF tier's accounting: what the kernel produced, what reached
+    /// the reader, what the ring buffer dropped (zero on the polling tier).
+    pub fn kernel_accounting(&self) -> KernelAccounting {
+        self.0.ebpf.accounting()
+    }
+
+    /// Events the eBPF tier sent to the runtime.
+    pub fn realtime_events(&self) -> u64 {
+        self.0.emitted.get()
+    }
+
+    /// Registers the tier gauges (`daemoneye_capture_tier{source="netmond"}`),
+    /// the kernel's counters (`stage="kernel"`) and the tracker's.
+    pub fn register_metrics(&self, registry: &Registry) {
+        let c = &self.0;
+        for (tier, gauge) in CaptureTier::ALL.iter().zip(&c.tiers) {
+            registry.register_gauge(
+                "daemoneye_capture_tier",
+                "1 for the tier of kernel events in use (ebpf, connector, polling).",
+                &[("source", NAME), ("tier", tier.as_str())],
+                gauge,
+            );
+        }
+        c.ebpf.register(registry);
+        registry.register_counter(
+            "daemoneye_connections_untracked_total",
+            "TCP sockets the eBPF tier could not follow (its table full): their events carry only what the kernel's record says.",
+            &[("source", NAME)],
+            &c.tracker.untracked,
+        );
+        registry.register_counter(
+            "daemoneye_realtime_events_total",
+            "Events the eBPF tier sent to the runtime.",
+            &[("source", NAME)],
+            &c.emitted,
+        );
+    }
+}
+
+/// The netmond source: see the [module docs](self).
+pub struct NetmondSource {
+    polled: Polled<Differ>,
+    config: NetmondConfig,
+    /// The program loaded and attached before privileges were dropped
+    /// ([`with_ebpf_tier`](Self::with_ebpf_tier)); taken by the first start.
+    preloaded: Mutex<Option<NetTier>>,
+    status: Arc<Status>,
+}
+
+impl std::fmt::Debug for NetmondSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetmondSource")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Builds the source.
 ///
@@ -120,12 +271,235 @@ pub fn source(
     counters: NetmondCounters,
 ) -> Result<NetmondSource, collector_core::ConfigError> {
     config.validate()?;
-    Ok(Polled::new(
+    let polled = Polled::new(
         NAME,
         SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE,
         config.interval,
         Differ::new(&config.proc_root, counters),
-    ))
+    );
+    Ok(NetmondSource {
+        polled,
+        config: config.clone(),
+        preloaded: Mutex::new(None),
+        status: Arc::default(),
+    })
+}
+
+impl NetmondSource {
+    /// The snapshots' counters (looks, failures, events).
+    pub fn counters(&self) -> PollCounters {
+        self.polled.counters()
+    }
+
+    /// The tier and the eBPF tier's counters, readable after the source is
+    /// handed to the runtime.
+    pub fn stats(&self) -> NetmondStats {
+        NetmondStats(self.status.clone())
+    }
+
+    /// Uses `tier`, loaded and attached already (while the capabilities
+    /// loading takes were held), instead of loading the program at start.
+    #[must_use]
+    pub fn with_ebpf_tier(self, tier: NetTier) -> Self {
+        *self
+            .preloaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(tier);
+        self
+    }
+
+    fn set_tier(&self, tier: CaptureTier) {
+        for (t, gauge) in CaptureTier::ALL.iter().zip(&self.status.tiers) {
+            gauge.set_bool(*t == tier);
+        }
+    }
+
+    /// The eBPF tier's reader, when it is wanted and loads; `None` (the
+    /// fallback said once, in the log) otherwise.
+    fn open_realtime(
+        &self,
+    ) -> anyhow::Result<Option<(NetReader, mpsc::Receiver<Delivery<StateRecord>>)>> {
+        if self.config.tier == TierChoice::Polling {
+            tracing::info!(
+                interval = ?self.config.interval,
+                "capture tier: sock_diag snapshots (as configured): connections shorter than the interval are missed"
+            );
+            return Ok(None);
+        }
+        let preloaded = self
+            .preloaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let opened = preloaded
+            .map_or_else(|| NetTier::load(&self.config.ebpf), Ok)
+            .and_then(|tier| {
+                let (tx, rx) = mpsc::channel(64);
+                tier.spawn_reader(tx, self.status.ebpf.clone())
+                    .map(|reader| (reader, rx))
+            });
+        match opened {
+            Ok(opened) => {
+                tracing::info!(
+                    interval = ?self.config.interval,
+                    "capture tier: eBPF (TCP connect, accept, listen and close as they happen); \
+                     UDP and the sockets' holders by sock_diag snapshot every interval"
+                );
+                Ok(Some(opened))
+            }
+            Err(err) if self.config.tier == TierChoice::Ebpf => {
+                Err(anyhow::Error::new(err).context("the eBPF tier was asked for"))
+            }
+            Err(err) => {
+                warn_fallback(&err, self.config.interval);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The eBPF tier's records as events, until shutdown or the reader ends.
+    async fn run_realtime(
+        &self,
+        ctx: SourceContext,
+        reader: NetReader,
+        mut rx: mpsc::Receiver<Delivery<StateRecord>>,
+    ) -> anyhow::Result<()> {
+        let mut tracker = Tracker::new(self.status.tracker.clone());
+        // Listeners older than us: their accepted connections go to their
+        // holders.
+        let root = self.config.proc_root.clone();
+        if let Ok(Ok(snapshot)) = tokio::task::spawn_blocking(move || Snapshot::take(&root)).await {
+            note_listeners(&mut tracker, &snapshot, &self.config.proc_root);
+        }
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => break,
+                d = rx.recv() => d,
+            };
+            let Some(delivery) = delivery else {
+                break; // the reader ended: its error, if any, below
+            };
+            let Delivery::Records(batch) = delivery else {
+                continue; // drops are counted; health reports them
+            };
+            for record in &batch {
+                let Some(event) = tracker.on_record(record) else {
+                    continue;
+                };
+                let sent = tokio::select! {
+                    biased;
+                    () = ctx.shutdown().cancelled() => break,
+                    sent = ctx.out().send(CollectionEvent::Network(event)) => sent,
+                };
+                if sent.is_err() {
+                    break;
+                }
+                self.status.emitted.inc();
+            }
+        }
+        drop(rx);
+        let stopped = tokio::task::spawn_blocking(move || reader.stop()).await;
+        match stopped {
+            Ok(Ok(books)) => tracing::debug!(?books, "eBPF tier stopped"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "the eBPF tier failed: snapshots only from now on");
+                *self
+                    .status
+                    .failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(err.to_string());
+                self.set_tier(CaptureTier::Polling);
+            }
+            Err(err) => tracing::warn!(error = %err, "the eBPF tier's stop panicked"),
+        }
+        Ok(())
+    }
+}
+
+/// Says, once, that the snapshots alone miss short connections.
+fn warn_fallback(err: &EbpfError, interval: Duration) {
+    tracing::warn!(
+        error = %err,
+        interval = ?interval,
+        "eBPF tier unavailable: falling back to sock_diag snapshots every interval; \
+         connections shorter than the interval will be missed"
+    );
+}
+
+/// The holders of `snapshot`'s TCP listeners, told to `tracker`.
+fn note_listeners(tracker: &mut Tracker, snapshot: &Snapshot, proc_root: &Path) {
+    let boot = BootId::current().ok();
+    for c in &snapshot.connections {
+        let s = &c.socket;
+        if s.protocol != NetworkProtocol::Tcp || !s.is_listener() {
+            continue;
+        }
+        if let Some(o) = c.owners.first() {
+            let key = boot.and_then(|b| procfs::process_key(proc_root, b, o.pid));
+            let holder = Holder { pid: o.pid, key };
+            tracker.note_listener(s.netns.unwrap_or(0), s.local.port(), holder);
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for NetmondSource {
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        let Some((reader, rx)) = self.open_realtime()? else {
+            self.set_tier(CaptureTier::Polling);
+            return self.polled.start_with(ctx).await;
+        };
+        self.set_tier(CaptureTier::Ebpf);
+        let (polled, realtime) = tokio::join!(
+            self.polled.start_with(ctx.clone()),
+            self.run_realtime(ctx, reader, rx)
+        );
+        polled.and(realtime)
+    }
+
+    async fn start(&self, tx: EventSender, flag: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, flag).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        let caps = SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE;
+        if self.config.tier == TierChoice::Polling {
+            caps
+        } else {
+            caps | SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL
+        }
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        self.polled.health_check().await?;
+        let failed = self
+            .status
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(failed) = failed {
+            anyhow::bail!("the eBPF tier failed ({failed}): snapshots only");
+        }
+        let dropped = self.status.ebpf.accounting().dropped;
+        let before = self.status.drops_reported.swap(dropped, Ordering::Relaxed);
+        if dropped > before {
+            anyhow::bail!(
+                "the kernel dropped {} TCP state records since the last check (eBPF ring buffer full)",
+                dropped - before
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Snapshots diffed against the last: see the [module docs](self).

@@ -7,14 +7,15 @@
  * `struct exec_event` cut after `argv_len` bytes of argv; decode.rs reads it
  * and must be kept in step (EVENT_SIZE, EXEC_FIXED_SIZE there).
  *
- * Accounting: COUNTERS[0] counts every record this program tried to send,
- * COUNTERS[1] every one the ring buffer had no room for. So, per CPU and in
- * total, produced = delivered + dropped, exactly.
+ * Accounting (accounting.h, shared): COUNTERS[0] counts every record this
+ * program tried to send, COUNTERS[1] every one the ring buffer had no room
+ * for. So, per CPU and in total, produced = delivered + dropped, exactly.
  *
  * Build: cargo xtask ebpf (clang -O2 -g -target bpf -D__TARGET_ARCH_x86).
  */
 #include "vmlinux.h"
 #include "helpers.h"
+#include "accounting.h"
 
 #define EV_EXEC 1
 #define EV_FORK 2
@@ -39,9 +40,6 @@
 #define S_ISUID 04000
 #define S_ISGID 02000
 #define SIGNAL_GROUP_EXIT 0x00000004
-
-#define COUNTER_PRODUCED 0
-#define COUNTER_DROPPED 1
 
 struct event {
 	u32 kind;
@@ -82,13 +80,6 @@ struct {
 	/* Bytes; the loader may set another power of two of pages. */
 	__uint(max_entries, 4 * 1024 * 1024);
 } EVENTS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, u32);
-	__type(value, u64);
-} COUNTERS SEC(".maps");
 
 /* An exec record is too big for the 512-byte stack: built here, then copied. */
 struct {
@@ -201,13 +192,6 @@ static __always_inline void resolve_exe(struct exec_event *e, struct file *f)
 	off &= EXE_MAX - 1;
 	if (bpf_probe_read_kernel(e->exe, len, &pb->buf[off]) == 0)
 		e->exe_len = len;
-}
-
-static __always_inline void count(u32 which)
-{
-	u64 *n = bpf_map_lookup_elem(&COUNTERS, &which);
-	if (n)
-		*n += 1;
 }
 
 static __always_inline void fill(struct event *e, u32 kind, struct task_struct *t)

@@ -124,6 +124,18 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     assert_eq!(rows.rows[0][1], "outbound");
     assert_eq!(rows.rows[0][2], addr.port());
     assert_eq!(rows.rows[0][3], "bash");
+    // netmond's eBPF tier saw the connect as it happened, by this process
+    // (which connected the socket before the shell used it): netmond
+    // loaded its program before keeping its two capabilities.
+    let realtime = store
+        .query(&format!(
+            "SELECT c.pid, c.direction FROM connections c WHERE c.tier = 'ebpf' \
+             AND c.change = 'opened' AND c.remote_port = {} AND c.direction = 'outbound'",
+            addr.port()
+        ))
+        .unwrap();
+    assert_eq!(realtime.rows.len(), 1, "{:?}", realtime.rows);
+    assert_eq!(realtime.rows[0][0], std::process::id());
     // Once (the host's other shells on sockets, if any, are theirs).
     let alerted = store
         .query(&format!(

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The kernel types process.bpf.c reads, trimmed from
+ * The kernel types the workspace's eBPF programs (procmond's process.bpf.c,
+ * netmond's net.bpf.c) read, trimmed from
  *   bpftool btf dump file /sys/kernel/btf/vmlinux format c
- * (Linux 6.18) to the fields it uses. Field names and types are the
+ * (Linux 6.18) to the fields they use. Field names and types are the
  * kernel's; offsets are not: every struct is preserve_access_index, so the
  * loader relocates each access against the running kernel's BTF (CO-RE).
  * A field missing on the running kernel fails the load, naming it.
@@ -27,6 +28,8 @@ typedef int pid_t;
 typedef __u32 uid_t;
 typedef __u32 gid_t;
 typedef short unsigned int umode_t;
+typedef __u16 __be16;
+typedef __u32 __be32;
 
 enum {
 	false = 0,
@@ -75,6 +78,7 @@ struct signal_struct {
 
 struct inode {
 	umode_t i_mode;
+	long unsigned int i_ino;
 	unsigned int i_nlink;
 	kuid_t i_uid;
 	kgid_t i_gid;
@@ -129,6 +133,53 @@ struct linux_binprm {
 	struct file *file;
 	int argc;
 	const char *filename;
+};
+
+/* The network types net.bpf.c reads. The address and port pairs sit in
+ * anonymous unions and structs of sock_common; relocations find them. */
+struct in6_addr {
+	u8 s6_addr[16];
+};
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	u16 skc_num;
+	short unsigned int skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+/* Set while a process holds the socket's lock (lock_sock): the kernel is
+ * acting for a syscall of that process, not in softirq or a timer. */
+typedef struct {
+	int owned;
+} socket_lock_t;
+
+struct socket {
+	struct file *file;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	socket_lock_t sk_lock;
+	struct socket *sk_socket;
+	u16 sk_protocol;
+	kuid_t sk_uid;
 };
 
 #pragma clang attribute pop

@@ -1,0 +1,460 @@
+//! netmond's eBPF tier on this kernel: the program loads, a loopback TCP
+//! connection that lives about a millisecond is seen with the pid of the
+//! process that connected, the listener with the listener's pid, and the
+//! kernel's counters balance. As root (CI runs as root); otherwise each test
+//! says why it skips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use collector_core::testing::{check_source, ConformanceConfig, Running};
+use collector_core::{
+    CaptureTier, ConnectionChange, ConnectionDirection, ConnectionState, EventKind,
+};
+use netmond::ebpf::{Delivery, EbpfConfig, EbpfCounters, NetTier, StateRecord};
+use netmond::source::{NetmondConfig, NetmondCounters, TierChoice};
+use tokio::sync::mpsc;
+
+/// How long a test waits for an event the kernel owes it.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn root_or_skip(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: {what} needs root (CAP_BPF and CAP_PERFMON to load the program)");
+    false
+}
+
+/// Another process (bash) connects to `port` on loopback, writes a byte
+/// and closes: a connection of about a millisecond.
+fn connect_once(port: u16) -> std::process::Child {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port}; printf x >&3; exec 3>&-"
+        ))
+        .spawn()
+        .unwrap()
+}
+
+/// The reader's records, one at a time.
+struct Records {
+    rx: mpsc::Receiver<Delivery<StateRecord>>,
+    pending: std::collections::VecDeque<StateRecord>,
+}
+
+impl Records {
+    /// Awaits the next record `want` accepts (30 s at most), skipping the
+    /// others (this host's other connections).
+    async fn first(&mut self, what: &str, want: impl Fn(&StateRecord) -> bool) -> StateRecord {
+        let wait = async {
+            loop {
+                while let Some(r) = self.pending.pop_front() {
+                    if want(&r) {
+                        return r;
+                    }
+                }
+                match self.rx.recv().await.expect("the reader ended") {
+                    Delivery::Records(batch) => self.pending.extend(batch),
+                    Delivery::Dropped(n) => panic!("the kernel dropped {n} records"),
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {what} record within {LIMIT:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_millisecond_connection_is_seen_with_the_connecting_pid_and_the_books_balance() {
+    if !root_or_skip("the eBPF tier test") {
+        return;
+    }
+    let tier = NetTier::load(&EbpfConfig::default()).expect("the eBPF tier loads here");
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let counters = EbpfCounters::default();
+    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let me = std::process::id();
+    let listen = rx
+        .first("listen", |r| {
+            r.new_state == Some(ConnectionState::Listen) && r.local.port() == port
+        })
+        .await;
+    assert_eq!(listen.old_state, Some(ConnectionState::Close));
+    let task = listen.task.as_ref().expect("listen() runs in the listener");
+    assert_eq!(task.tgid, me, "{listen:?}");
+    assert_ne!(listen.cookie, 0);
+    assert_ne!(listen.netns, 0);
+    assert_ne!(listen.inode, 0, "a listener has its file");
+
+    let mut child = connect_once(port);
+    let connector = child.id();
+    let syn = rx
+        .first("SYN_SENT", |r| {
+            r.new_state == Some(ConnectionState::SynSent) && r.remote.port() == port
+        })
+        .await;
+    assert_eq!(
+        syn.task.as_ref().map(|t| t.tgid),
+        Some(connector),
+        "connect() runs in the connecting process: {syn:?}"
+    );
+    // Its port is picked after SYN_SENT: the handshake's end names it.
+    let established = rx
+        .first("ESTABLISHED", |r| {
+            r.old_state == Some(ConnectionState::SynSent) && r.cookie == syn.cookie
+        })
+        .await;
+    assert_eq!(established.new_state, Some(ConnectionState::Established));
+    assert_eq!(established.local.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let client_port = established.local.port();
+    assert_ne!(client_port, 0);
+    // The accepted end completes its handshake in softirq: no task.
+    let accepted = rx
+        .first("accepted", |r| {
+            r.old_state == Some(ConnectionState::SynRecv)
+                && r.new_state == Some(ConnectionState::Established)
+                && r.local.port() == port
+                && r.remote.port() == client_port
+        })
+        .await;
+    assert!(accepted.task.is_none(), "{accepted:?}");
+    // The client's end closes, by the same socket (cookie).
+    let closed = rx
+        .first("close", |r| {
+            r.new_state == Some(ConnectionState::Close) && r.cookie == syn.cookie
+        })
+        .await;
+    assert_eq!(closed.skaddr, syn.skaddr);
+    assert!(child.wait().unwrap().success());
+    drop(listener);
+
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+    assert!(books.produced >= 4, "{books:?}");
+    assert_eq!(counters.decode_errors(), 0);
+}
+
+#[test]
+fn the_kernel_counters_read_and_a_bad_ring_size_is_refused() {
+    if !root_or_skip("reading the kernel's counters") {
+        return;
+    }
+    let tier = NetTier::load(&EbpfConfig::default()).unwrap();
+    let (produced, dropped) = tier.kernel_counts().unwrap();
+    assert!(dropped <= produced);
+    let err = NetTier::load(&EbpfConfig {
+        ring_buffer_bytes: 1000,
+        ..EbpfConfig::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, netmond::ebpf::EbpfError::Config { .. }),
+        "{err}"
+    );
+}
+
+fn network(e: &collector_core::CollectionEvent) -> Option<&collector_core::NetworkEvent> {
+    match e {
+        collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Ebpf) => Some(n),
+        _ => None,
+    }
+}
+
+/// The source on the eBPF tier, through the runtime: the listen with the
+/// listener's pid, a connection of about 1 ms opened with the connecting
+/// process's pid and key, accepted with the listener's, and closed; the
+/// snapshot beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_sees_a_one_millisecond_connection_with_its_processes() {
+    if !root_or_skip("the eBPF source test") {
+        return;
+    }
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Ebpf,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let mut running = Running::start(Box::new(source)).unwrap();
+    // The snapshot's first look is in: the tier is up.
+    running
+        .wait_for(LIMIT, |e| matches!(e, collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)))
+        .await
+        .expect("the first snapshot");
+    assert_eq!(stats.tier(), Some(CaptureTier::Ebpf));
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let me = std::process::id();
+    let listen = running
+        .wait_for(LIMIT, |e| {
+            network(e).is_some_and(|n| {
+                n.direction == Some(ConnectionDirection::Listen) && n.source_port == Some(port)
+            })
+        })
+        .await
+        .expect("the listen event");
+    let listen = network(&listen).unwrap();
+    assert_eq!(listen.pid, Some(me));
+    assert_eq!(listen.process_key.map(|k| k.pid), Some(me));
+    assert_eq!(listen.change, Some(ConnectionChange::Opened));
+
+    let mut child = connect_once(port);
+    let connector = child.id();
+    let outbound = running
+        .wait_for(LIMIT, |e| {
+            network(e).is_some_and(|n| {
+                n.direction == Some(ConnectionDirection::Outbound) && n.dest_port == Some(port)
+            })
+        })
+        .await
+        .expect("the outbound connection");
+    let outbound = network(&outbound).unwrap().clone();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(outbound.pid, Some(connector), "{outbound:?}");
+    let key = outbound.process_key.expect("the connecting process's key");
+    assert_eq!(key.pid, connector);
+    assert_eq!(outbound.change, Some(ConnectionChange::Opened));
+    assert_eq!(outbound.state, Some(ConnectionState::Established));
+    assert!(collector_core::CollectionEvent::Network(outbound.clone())
+        .validate()
+        .is_ok());
+    let client_port = outbound.source_port.expect("its port");
+    let inbound = running
+        .wait_for(LIMIT, |e| {
+            network(e).is_some_and(|n| {
+                n.direction == Some(ConnectionDirection::Inbound)
+                    && n.dest_port == Some(client_port)
+            })
+        })
+        .await
+        .expect("the accepted end");
+    assert_eq!(
+        network(&inbound).unwrap().pid,
+        Some(me),
+        "the listener's holder"
+    );
+    let closed = running
+        .wait_for(LIMIT, |e| {
+            network(e).is_some_and(|n| {
+                n.change == Some(ConnectionChange::Closed)
+                    && n.connection_id == outbound.connection_id
+            })
+        })
+        .await
+        .expect("the close");
+    let closed = network(&closed).unwrap();
+    assert_eq!(
+        (closed.pid, closed.source_port),
+        (Some(connector), Some(client_port))
+    );
+    drop(listener);
+    running.stop().await.unwrap();
+    assert_eq!(stats.kernel_accounting().dropped, 0);
+    assert!(stats.realtime_events() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ebpf_source_passes_the_conformance_kit() {
+    if !root_or_skip("the eBPF source's conformance") {
+        return;
+    }
+    let _listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = NetmondConfig {
+        interval: Duration::from_millis(200),
+        tier: TierChoice::Ebpf,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let kit = ConformanceConfig::wanting(1, Duration::from_secs(3));
+    let report = check_source(Arc::new(source), &kit).await.unwrap();
+    assert_eq!(report.kinds(), [EventKind::Network]);
+    assert_eq!(stats.tier(), Some(CaptureTier::Ebpf));
+}
+
+/// Makes `n` loopback connections from this process, each closed at once.
+fn connections(n: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    for _ in 0..n {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop((client, server));
+    }
+}
+
+/// A one-page ring buffer and nobody reading it while 50 connections come
+/// and go (some 500 records, room for 34): the kernel drops, counts each
+/// drop, and the books still balance exactly once the reader has read what
+/// was kept. Started on that tier, the source reports the loss in health
+/// once, then is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_buffer_is_counted_exactly_and_degrades_health_once() {
+    if !root_or_skip("the eBPF drop test") {
+        return;
+    }
+    let small = EbpfConfig {
+        ring_buffer_bytes: u32::try_from(rustix::param::page_size()).unwrap(),
+        ..EbpfConfig::default()
+    };
+    let tier = NetTier::load(&small).unwrap();
+    connections(50);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let counters = EbpfCounters::default();
+    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let mut dropped = 0;
+    while dropped == 0 {
+        match tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Delivery::Dropped(n) => dropped = n,
+            Delivery::Records(_) => {}
+        }
+    }
+    drop(rx);
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+    assert!(books.dropped >= dropped && books.delivered > 0, "{books:?}");
+
+    // The source, on a preloaded tier that overflowed before it started.
+    let tier = NetTier::load(&small).unwrap();
+    connections(50);
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Ebpf,
+        ebpf: small,
+        ..NetmondConfig::default()
+    };
+    let source = Arc::new(
+        netmond::source::source(&config, NetmondCounters::default())
+            .unwrap()
+            .with_ebpf_tier(tier),
+    );
+    let stats = source.stats();
+    let (tx, mut events) = mpsc::channel(4096);
+    let ctx = collector_core::SourceContext::new("netmond", tx);
+    let stop = ctx.shutdown().clone();
+    let run = tokio::spawn({
+        let source = source.clone();
+        async move { collector_core::EventSource::start_with(&*source, ctx).await }
+    });
+    // A counter, not an event: what the source sends meanwhile is taken.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while stats.kernel_accounting().dropped == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no loss read");
+        let _ = tokio::time::timeout(Duration::from_millis(10), events.recv()).await;
+    }
+    let health = collector_core::EventSource::health_check(&*source).await;
+    let err = health.expect_err("degraded after a loss");
+    assert!(err.to_string().contains("dropped"), "{err}");
+    assert!(collector_core::EventSource::health_check(&*source)
+        .await
+        .is_ok());
+    stop.cancel();
+    drop(events);
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_connection_carries_its_ipv6_addresses() {
+    if !root_or_skip("the eBPF IPv6 test") {
+        return;
+    }
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    };
+    let tier = NetTier::load(&EbpfConfig::default()).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let est = rx
+        .first("IPv6 ESTABLISHED", |r| {
+            r.old_state == Some(ConnectionState::SynSent) && r.remote.port() == port
+        })
+        .await;
+    assert_eq!(est.family, collector_core::AddressFamily::Ipv6);
+    assert_eq!(
+        est.local,
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, client_port))
+    );
+    assert_eq!(est.remote.ip(), std::net::Ipv6Addr::LOCALHOST);
+    drop((client, listener));
+    drop(rx);
+    tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A connect made in a network namespace of its own (`unshare -n`) is seen
+/// without entering it, naming that namespace and the connecting pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
+    if !root_or_skip("the eBPF namespace test") {
+        return;
+    }
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let tier = NetTier::load(&EbpfConfig::default()).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    // Nothing listens there: the connect is refused, after its SYN_SENT.
+    let Ok(mut child) = Command::new("unshare")
+        .args(["-n", "bash", "-c"])
+        .arg("ip link set lo up && exec 3<>/dev/tcp/127.0.0.1/9; exit 0")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipped: no unshare here");
+        return;
+    };
+    let shell = child.id();
+    let syn = rx
+        .first("SYN_SENT in the namespace", |r| {
+            r.new_state == Some(ConnectionState::SynSent)
+                && r.remote.port() == 9
+                && r.task.as_ref().is_some_and(|t| t.tgid == shell)
+        })
+        .await;
+    assert!(child.wait().unwrap().success());
+    let theirs = format!("net:[{}]", syn.netns);
+    assert_ne!(std::path::PathBuf::from(theirs), own, "{syn:?}");
+    drop(rx);
+    tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
