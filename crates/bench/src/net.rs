@@ -12,6 +12,10 @@
 //! port), every loss counted: the kernel's ring buffer drops
 //! (`net.capture_kernel_dropped`), the runtime's subscriber drops, the
 //! tracker's overflow. Target 1.0000.
+//!
+//! `net.idle.*`: the release `netmond run` on its defaults (the eBPF tier
+//! as root, a snapshot every 5 s) for `--idle-secs`, after 5 s to start:
+//! its share of a core and its RSS.
 
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
@@ -38,6 +42,8 @@ options! {
     reps: usize = 7,
     /// Short connections made for `net.capture_ratio`.
     connections: usize = 10_000,
+    /// Seconds the release `netmond run` is measured idle (`net.idle.*`).
+    idle_secs: u64 = 30,
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
@@ -106,11 +112,20 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     report_ratio("net.cold_snapshot_ratio_vs_ss", cold / ss);
     drop(held);
     if nix::unistd::geteuid().is_root() {
-        capture(o.connections)
+        capture(o.connections)?;
     } else {
         eprintln!("note: not root: net.capture_ratio skipped (loading the eBPF tier needs CAP_BPF and CAP_PERFMON)");
-        Ok(())
     }
+    // The release netmond on its defaults (eBPF tier as root, a snapshot
+    // every 5 s), the host as it is: its start is not idle.
+    let idle = crate::idle::Idle::measure(
+        &crate::overhead::sibling("netmond")?,
+        ["run", "--no-socket", "--events-jsonl", "/dev/null"],
+        Duration::from_secs(5),
+        o.idle_secs,
+    )?;
+    idle.report("net.idle");
+    Ok(())
 }
 
 /// Makes `n` short loopback connections to `listener` one after another
