@@ -14,7 +14,7 @@ use daemoneye_agent::agent::Agent;
 use daemoneye_agent::health::AgentHealth;
 use daemoneye_agent::link::LinkState;
 use daemoneye_agent::sink::FleetStatus;
-use daemoneye_lib::proto::HealthState;
+use daemoneye_lib::proto::{ComponentHealth, HealthState};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -118,6 +118,18 @@ impl Running {
         .await;
     }
 
+    /// The agent's health report and its fleet component.
+    async fn fleet_health(&self) -> (ComponentHealth, ComponentHealth) {
+        let report = self.health.report().await;
+        let fleet = report
+            .components
+            .iter()
+            .find(|c| c.name == "fleet")
+            .expect("a fleet component")
+            .clone();
+        (report, fleet)
+    }
+
     async fn stop(self) -> PathBuf {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
@@ -127,6 +139,14 @@ impl Running {
         self.collector.stop().await;
         self.data
     }
+}
+
+/// A temporary directory and a broker prepared in it (not started);
+/// `None` (saying why) without `nats-server`.
+fn broker() -> Option<(tempfile::TempDir, Nats)> {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::prepare(dir.path())?;
+    Some((dir, nats))
 }
 
 /// The alerts' messages: each id once, on the host's subject; their pids.
@@ -148,8 +168,7 @@ fn alert_pids(messages: &[(String, String, Value)]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     nats.start();
@@ -158,12 +177,7 @@ async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
         agent.raise(pid).await;
     }
     agent.until_shipped(3).await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     let data = agent.stop().await;
 
@@ -214,8 +228,7 @@ async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so_meanwhile() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let agent = Running::start(dir.path(), &nats.url()).await;
@@ -228,12 +241,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
             f.outbox_depth.get() == 4 && !f.last_error().is_empty()
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(fleet.message.contains("broker unreachable"), "{fleet:?}");
     assert_eq!(fleet.counters["outbox_depth"], 4, "{fleet:?}");
@@ -244,12 +252,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
 
     nats.start();
     agent.until_shipped(3).await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     agent.stop().await;
     assert_eq!(alert_pids(&nats.messages().await), [5201, 5202, 5203]);
@@ -257,8 +260,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     nats.start();
@@ -276,12 +278,7 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
             !f.connected.get_bool() || !f.last_error().is_empty()
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     nats.start();
     agent.until_shipped(10).await;
@@ -320,8 +317,7 @@ fn left_in_outbox(data: &std::path::Path, pids: &[u32], name: &str) -> u64 {
 /// agent ships them at start, before any new alert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let data = dir.path().join("data");
@@ -338,8 +334,7 @@ async fn an_outbox_left_by_a_killed_agent_is_shipped_when_it_starts_again() {
 /// up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let socket = dir.path().join("killed.sock");
@@ -406,8 +401,7 @@ async fn the_agent_sigkilled_with_alerts_in_its_outbox_ships_them_after_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let agent = Running::start_with(dir.path(), &nats.url(), "outbox_max_items = 2").await;
@@ -426,12 +420,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
             f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(fleet.message.contains("outbox full"), "{fleet:?}");
     assert_eq!(
@@ -459,8 +448,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     nats.start_with(&["--user", "daemoneye", "--pass", "right-one"]);
@@ -473,12 +461,7 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
             f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -499,8 +482,7 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
 /// and the outbox drained, neither is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_broker_is_absent() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let data = dir.path().join("data");
@@ -526,12 +508,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -552,12 +529,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
 
     nats.start();
     agent.until_shipped(2).await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     assert_eq!(fleet.counters["outbox_oldest_age_secs"], 0, "{fleet:?}");
     assert_eq!(
@@ -628,8 +600,7 @@ fn on_subject<'m>(messages: &'m [(String, String, Value)], subject: &str) -> Vec
 /// events subjects. Connections are not asked for, so none ship.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opted_in_events_ship_once_each_to_their_domain_subject_beside_the_alerts() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     nats.start();
@@ -703,8 +674,7 @@ async fn opted_in_events_ship_once_each_to_their_domain_subject_beside_the_alert
 /// event does, and the events dropped are counted apart, in health too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let agent = Running::start_with(
@@ -731,12 +701,7 @@ async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
             f.outbox_dropped_events.get() == 6 && f.outbox_depth.get() == 3
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -785,8 +750,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
 /// certificate, health says so and the alert waits in the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let (cert, key) = tls_files(dir.path());
@@ -802,12 +766,7 @@ async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let report = agent.health.report().await;
-    let fleet = report
-        .components
-        .iter()
-        .find(|c| c.name == "fleet")
-        .unwrap();
+    let (report, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet.message.to_lowercase().contains("certificate"),
@@ -963,8 +922,7 @@ fn operator_mode(dir: &Path) -> (PathBuf, PathBuf) {
 /// others may read is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::prepare(dir.path()) else {
+    let Some((dir, mut nats)) = broker() else {
         return;
     };
     let (config, creds) = operator_mode(dir.path());
