@@ -177,7 +177,7 @@ async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
         agent.raise(pid).await;
     }
     agent.until_shipped(3).await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     let data = agent.stop().await;
 
@@ -252,7 +252,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
 
     nats.start();
     agent.until_shipped(3).await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     agent.stop().await;
     assert_eq!(alert_pids(&nats.messages().await), [5201, 5202, 5203]);
@@ -278,7 +278,7 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
             !f.connected.get_bool() || !f.last_error().is_empty()
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     nats.start();
     agent.until_shipped(10).await;
@@ -420,7 +420,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
             f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(fleet.message.contains("outbox full"), "{fleet:?}");
     assert_eq!(
@@ -461,7 +461,7 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
             f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -508,7 +508,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -529,7 +529,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
 
     nats.start();
     agent.until_shipped(2).await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Healthy), "{fleet:?}");
     assert_eq!(fleet.counters["outbox_oldest_age_secs"], 0, "{fleet:?}");
     assert_eq!(
@@ -701,7 +701,7 @@ async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
             f.outbox_dropped_events.get() == 6 && f.outbox_depth.get() == 3
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet
@@ -766,7 +766,7 @@ async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let (report, fleet) = agent.fleet_health().await;
+    let (_, fleet) = agent.fleet_health().await;
     assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
     assert!(
         fleet.message.to_lowercase().contains("certificate"),
