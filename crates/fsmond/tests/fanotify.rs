@@ -267,54 +267,100 @@ async fn under_a_watch_root_paths_are_the_watched_systems_and_later_paths_are_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: 2 to 4 of 100,000 files are neither delivered nor found by the rescans (measured 3 runs)"]
 async fn a_storm_of_100000_creates_arrives_whole_or_its_overflow_is_rescanned() {
-    if !root() {
-        return;
+    if root() {
+        storm(100_000, Duration::ZERO, config(Path::new("/"), false)).await;
     }
-    let n: usize = 100_000;
+}
+
+/// fsmond reading its queue only 4 s after each first record, while the
+/// storm goes on for 8 s at least: the queue (16,384 records) overflows
+/// (unless the writer makes fewer than 4,100 files a second), the kernel
+/// keeps later events of files whose creation it dropped, and the rescans
+/// race the creates; every file must be reported created all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_that_overflows_the_queue_is_found_whole_by_the_rescans() {
+    if root() {
+        let overflows = storm(
+            100_000,
+            Duration::from_secs(8),
+            FsmondConfig {
+                batch_window_ms: 4000,
+                ..config(Path::new("/"), false)
+            },
+        )
+        .await;
+        assert!(overflows >= 1, "the queue did not overflow");
+    }
+}
+
+/// Creates files in a watched directory as fast as one thread can (`n`,
+/// and for `at_least` if that takes less) and waits for a create of each;
+/// the overflows counted.
+async fn storm(n: usize, at_least: Duration, config: FsmondConfig) -> u64 {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = dir.path().to_path_buf();
-    let mut s = start(&d, config(&d, false)).await;
+    let mut s = start(&d, config).await;
     let storm = d.join("storm");
     std::fs::create_dir(&storm).unwrap();
-    let paths: Vec<PathBuf> = (0..n).map(|i| storm.join(format!("f{i}"))).collect();
+    let name = |i: usize| storm.join(format!("f{i}")).to_string_lossy().into_owned();
+    // How many were made, once all are (0 until then).
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let paths = paths.clone();
+        let (storm, made) = (storm.clone(), made.clone());
         std::thread::spawn(move || {
-            for p in &paths {
-                std::fs::File::create(p).unwrap();
+            let start = tokio::time::Instant::now();
+            let mut i = 0;
+            while i < n || start.elapsed() < at_least {
+                std::fs::File::create(storm.join(format!("f{i}"))).unwrap();
+                i += 1;
             }
+            made.store(i, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let mut wanted: HashSet<String> = paths
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    let mut seen: HashSet<String> = HashSet::new();
     let mut from_events = 0usize;
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while !wanted.is_empty() {
-            match s.rx.recv().await {
-                Some(CollectionEvent::Filesystem(f)) if f.operation == FileOperation::Create => {
-                    if wanted.remove(&f.path) && f.pid.is_some() {
-                        from_events += 1;
+    let all = |seen: &HashSet<String>| {
+        let m = made.load(std::sync::atomic::Ordering::SeqCst);
+        m > 0 && seen.len() >= m && (0..m).all(|i| seen.contains(&name(i)))
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        while !all(&seen) {
+            let tick = tokio::time::sleep(Duration::from_millis(200));
+            tokio::select! {
+                () = tick => {}
+                e = s.rx.recv() => match e {
+                    Some(CollectionEvent::Filesystem(f)) if f.operation == FileOperation::Create => {
+                        let by_fanotify = f.pid.is_some();
+                        if f.path.starts_with(storm.to_str().unwrap()) && f.path != storm.to_str().unwrap() && seen.insert(f.path) && by_fanotify {
+                            from_events += 1;
+                        }
                     }
-                }
-                Some(_) => {}
-                None => panic!("the source ended"),
+                    Some(_) => {}
+                    None => panic!("the source ended"),
+                },
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("{} of {n} files never reported", wanted.len()));
+    .await;
     writer.join().unwrap();
+    let m = made.load(std::sync::atomic::Ordering::SeqCst);
     let overflows = s.counters.overflows.get();
+    if waited.is_err() {
+        let missed: Vec<String> = (0..m).map(name).filter(|p| !seen.contains(p)).collect();
+        panic!(
+            "{} of {m} files never reported ({overflows} overflows, {} scans): {:?}",
+            missed.len(),
+            s.counters.rescans.get(),
+            &missed[..missed.len().min(10)]
+        );
+    }
     eprintln!(
-        "storm: {from_events} of {n} creates from fanotify, {} from rescans; {overflows} overflows, {} scans",
-        n - from_events,
+        "storm: {from_events} of {m} creates from fanotify, {} from rescans or records without their creation; {overflows} overflows, {} scans",
+        m - from_events,
         s.counters.rescans.get()
     );
-    if from_events < n {
+    if from_events < m {
         assert!(overflows >= 1, "events were lost without an overflow");
         assert!(
             s.counters.rescans.get() >= 2,
@@ -323,6 +369,7 @@ async fn a_storm_of_100000_creates_arrives_whole_or_its_overflow_is_rescanned() 
     }
     s.stop.cancel();
     s.task.await.unwrap().unwrap();
+    overflows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
