@@ -266,6 +266,72 @@ async fn under_a_watch_root_paths_are_the_watched_systems_and_later_paths_are_se
     s.task.await.unwrap().unwrap();
 }
 
+/// A busy directory outside the watched paths is dropped by the kernel
+/// (an ignore mark) after its first record; a file renamed out of it into
+/// a watched path is seen all the same, and so is the directory itself
+/// moved into one: what it holds, and what is written in it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwatched_busy_directory_is_dropped_by_the_kernel_but_moves_out_of_it_are_seen() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let base = std::fs::canonicalize(dir.path()).unwrap();
+    let (watched, hot) = (base.join("watched"), base.join("hot"));
+    std::fs::create_dir(&watched).unwrap();
+    std::fs::create_dir(&hot).unwrap();
+    let mut s = start(&watched, config(&watched, true)).await;
+    let mut probe = 0;
+    let mut settle = || {
+        probe += 1;
+        let p = watched.join(format!("settle{probe}"));
+        std::fs::write(&p, b"s").unwrap();
+        p
+    };
+    std::fs::write(hot.join("first"), b"1").unwrap();
+    let p = settle();
+    next(&mut s.rx, &p, FileOperation::CloseWrite, None).await;
+    assert!(
+        s.counters.ignored_dirs.get() >= 1,
+        "the busy directory was not ignored"
+    );
+    let records = s.counters.records.get();
+    for i in 0..200 {
+        std::fs::write(hot.join(format!("w{i}")), i.to_string()).unwrap();
+    }
+    let p = settle();
+    next(&mut s.rx, &p, FileOperation::CloseWrite, None).await;
+    let read = s.counters.records.get() - records;
+    assert!(
+        read <= 5,
+        "{read} records read for 200 writes in an ignored directory"
+    );
+
+    // A file renamed out of it into the watched path.
+    std::fs::write(hot.join("job"), b"* * * * * root id\n").unwrap();
+    std::fs::rename(hot.join("job"), watched.join("job")).unwrap();
+    let e = next(&mut s.rx, watched.join("job"), FileOperation::Rename, None).await;
+    assert_eq!(e.old_path.as_deref(), hot.join("job").to_str());
+    assert!(e.file_hash.is_some());
+
+    // The directory itself moved in: what it holds, what is written after.
+    let moved = watched.join("hot");
+    std::fs::rename(&hot, &moved).unwrap();
+    next(&mut s.rx, &moved, FileOperation::Rename, None).await;
+    next(&mut s.rx, moved.join("first"), FileOperation::Create, None).await;
+    std::fs::write(moved.join("after"), b"2").unwrap();
+    let e = next(
+        &mut s.rx,
+        moved.join("after"),
+        FileOperation::CloseWrite,
+        None,
+    )
+    .await;
+    assert_eq!(e.pid, Some(std::process::id()));
+    s.stop.cancel();
+    s.task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_100000_creates_arrives_whole_or_its_overflow_is_rescanned() {
     if root() {
