@@ -117,6 +117,9 @@ impl Default for FsmondConfig {
                 "/usr/local/bin",
                 "/usr/lib/systemd/system",
                 "/root/.ssh",
+                "/root/.bashrc",
+                "/root/.bash_profile",
+                "/root/.profile",
                 "/home/*/.ssh",
                 "/var/spool/cron",
             ]
