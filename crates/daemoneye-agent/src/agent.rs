@@ -297,7 +297,12 @@ impl Pipeline {
             Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
             Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
             Some(LinkEvent::Network(connections)) => self.writer.connections(connections).await,
-            Some(LinkEvent::Files(files)) => self.writer.file_events(files).await,
+            Some(LinkEvent::Files(files)) => {
+                self.writer.file_events(files).await;
+                // What they said of running processes (an executable
+                // deleted or replaced), as those processes' events.
+                self.writer.events(self.detector.take_implied()).await;
+            }
             Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {

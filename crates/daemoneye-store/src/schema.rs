@@ -82,10 +82,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "file_events: file operations and the processes that made them",
         sql: V9,
     },
+    Migration {
+        version: 10,
+        description: "alerts.file: the file a file rule's alert is about",
+        sql: V10,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -324,6 +329,10 @@ const V9: &str = "CREATE TABLE file_events (
 CREATE INDEX file_events_observed ON file_events (observed_at);
 CREATE INDEX file_events_process ON file_events (process_key);
 CREATE INDEX file_events_path ON file_events (path);";
+
+/// Version 10: the file a file rule's alert is about (`Alert::file`; null
+/// for the others and for alerts stored before).
+const V10: &str = "ALTER TABLE alerts ADD COLUMN file TEXT;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

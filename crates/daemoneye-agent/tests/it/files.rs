@@ -103,6 +103,7 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
     assert_eq!(who(&alert), (shell_pid, "sh".to_owned()), "{alert}");
     let dedup = alert["dedup_key"].as_str().unwrap_or_default();
     assert!(dedup.ends_with(":/etc/cron.d/backdoor"), "{alert}");
+    assert_eq!(alert["file"], "/etc/cron.d/backdoor", "{alert}");
 
     // `cp` puts an authorized_keys in a /root/.ssh made after the start,
     // and exits at once: still named.
@@ -151,9 +152,19 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
     assert_eq!(outside.rows[0][0], 0);
     let alerted = store
         .query(&format!(
-            "SELECT count(*) FROM alerts WHERE rule_id = 'persistence-file-written' \
-             AND pid IN ({shell_pid}, {cp_pid})"
+            "SELECT file FROM alerts WHERE rule_id = 'persistence-file-written' \
+             AND pid IN ({shell_pid}, {cp_pid}) ORDER BY file"
         ))
         .unwrap();
-    assert_eq!(alerted.rows[0][0], 2);
+    let files: Vec<&str> = alerted
+        .rows
+        .iter()
+        .map(|r| r[0].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        files,
+        ["/etc/cron.d/backdoor", "/root/.ssh/authorized_keys"],
+        "{:?}",
+        alerted.rows
+    );
 }
