@@ -466,3 +466,153 @@ async fn the_source_passes_the_conformance_kit() {
     writer.join().unwrap();
     assert_eq!(report.kinds(), [EventKind::Filesystem]);
 }
+
+/// Where the recorded fixture is.
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fanotify-tmpfs.bin")
+}
+
+/// The operations the fixture records, in order, on a fresh tmpfs: each
+/// followed by a read of what the kernel queued (so that nothing merges
+/// across them). The parser's test over the fixture expects their records.
+fn fixture_operations(dir: &Path, mut after_each: impl FnMut()) {
+    std::fs::write(dir.join("f"), b"abc").unwrap();
+    after_each();
+    std::fs::rename(dir.join("f"), dir.join("g")).unwrap();
+    after_each();
+    std::fs::set_permissions(dir.join("g"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    after_each();
+    std::fs::create_dir(dir.join("d")).unwrap();
+    after_each();
+    std::fs::remove_file(dir.join("g")).unwrap();
+    after_each();
+    std::fs::remove_dir(dir.join("d")).unwrap();
+    after_each();
+}
+
+/// Records `tests/fixtures/fanotify-tmpfs.bin`: what `read(2)` of a
+/// `FAN_REPORT_DFID_NAME` group gives for [`fixture_operations`] on a
+/// tmpfs mounted for it (nothing else writes there), the reads one after
+/// another. Run by hand, as root, when the fixture is to be made again:
+/// `cargo test -p fsmond --test fanotify -- --ignored record_the_parser_fixture`.
+#[test]
+#[ignore = "records the parser fixture from the kernel: by hand, as root"]
+fn record_the_parser_fixture() {
+    use std::os::fd::AsFd as _;
+    assert!(root(), "recording the fixture needs root");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "fsmond-fixture"])
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let group = fsmond::sys::Group::new(false).unwrap();
+    let fd = fsmond::sys::open_mount(d).unwrap();
+    group
+        .mark_filesystem(
+            fd.as_fd(),
+            d,
+            fsmond::sys::BASE_MASK | fsmond::sys::FAN_RENAME,
+        )
+        .unwrap();
+    let mut recorded = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    fixture_operations(d, || {
+        let n = group.read(&mut buf).unwrap();
+        assert!(n > 0, "no record");
+        recorded.extend_from_slice(&buf[..n]);
+    });
+    drop(fd);
+    drop(group);
+    let unmounted = std::process::Command::new("umount")
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    std::fs::create_dir_all(fixture().parent().unwrap()).unwrap();
+    std::fs::write(fixture(), &recorded).unwrap();
+    eprintln!(
+        "{} bytes recorded in {}",
+        recorded.len(),
+        fixture().display()
+    );
+}
+
+/// The recorded fixture parses to the records of [`fixture_operations`]:
+/// one process, one directory (every handle the same, on one
+/// filesystem), each operation's mask and names, a rename's both.
+/// Recorded on x86_64 (Linux 6.18): the records are in its byte order.
+#[test]
+#[cfg(target_endian = "little")]
+fn the_records_recorded_from_the_kernel_parse_to_their_operations() {
+    use fsmond::record::{parse_records, FidKind};
+    let bytes = std::fs::read(fixture()).unwrap();
+    let records = parse_records(&bytes).unwrap();
+    let (create, modify, close_write, attrib, delete, ondir) =
+        (0x100u64, 0x2u64, 0x8u64, 0x4u64, 0x200u64, 0x4000_0000u64);
+    let rename = fsmond::sys::FAN_RENAME;
+    let got: Vec<(u64, Vec<(FidKind, String)>)> = records
+        .iter()
+        .map(|r| {
+            let names = r
+                .fids
+                .iter()
+                .map(|f| {
+                    (
+                        f.kind,
+                        String::from_utf8_lossy(f.name.unwrap_or(b"")).into_owned(),
+                    )
+                })
+                .collect();
+            (r.mask, names)
+        })
+        .collect();
+    let named = |kind, name: &str| (kind, name.to_owned());
+    assert_eq!(
+        got,
+        [
+            (
+                create | modify | close_write,
+                vec![named(FidKind::DirName, "f")]
+            ),
+            (
+                rename,
+                vec![
+                    named(FidKind::OldDirName, "f"),
+                    named(FidKind::NewDirName, "g")
+                ]
+            ),
+            (attrib, vec![named(FidKind::DirName, "g")]),
+            (create | ondir, vec![named(FidKind::DirName, "d")]),
+            (delete, vec![named(FidKind::DirName, "g")]),
+            (delete | ondir, vec![named(FidKind::DirName, "d")]),
+        ]
+    );
+    let pid = records[0].pid;
+    assert!(
+        pid > 0
+            && records
+                .iter()
+                .all(|r| r.pid == pid && r.fd == fsmond::record::NOFD)
+    );
+    let fids: Vec<_> = records.iter().flat_map(|r| r.fids.iter()).collect();
+    assert!(fids.iter().all(|f| (f.fsid, f.handle_type, f.handle)
+        == (fids[0].fsid, fids[0].handle_type, fids[0].handle)));
+    // What fsmond makes of them: each operation once, in order.
+    let ops: Vec<Vec<FileOperation>> = records
+        .iter()
+        .map(|r| fsmond::source::operations(r.mask))
+        .collect();
+    assert_eq!(
+        ops[0],
+        [
+            FileOperation::Create,
+            FileOperation::Modify,
+            FileOperation::CloseWrite
+        ]
+    );
+    assert_eq!(ops[1], [FileOperation::Rename]);
+    assert_eq!(ops[5], [FileOperation::Delete]);
+}
