@@ -654,23 +654,22 @@ impl Watcher<'_> {
         let Some(engine) = self.source.engine.as_ref() else {
             return HashMap::new();
         };
-        let mut wanted: Vec<PathBuf> = Vec::new();
+        let mut wanted: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
         let mut asked = std::collections::HashSet::new();
         for seen in &batch.seen {
-            let regular = batch
-                .states
-                .get(&seen.path)
-                .and_then(Option::as_ref)
-                .is_some_and(|s| s.file_type == FileType::Regular);
-            if regular && seen.mask & CONTENT != 0 && asked.insert(&seen.path) {
-                wanted.push(seen.path.clone());
+            let Some(meta) = batch.metadata.get(&seen.path) else {
+                continue;
+            };
+            if seen.mask & CONTENT != 0 && asked.insert(&seen.path) {
+                wanted.push((seen.path.clone(), meta.clone()));
             }
         }
         if wanted.is_empty() {
             return HashMap::new();
         }
-        let results = engine.hash_files(&wanted).await;
-        wanted
+        let paths: Vec<PathBuf> = wanted.iter().map(|(p, _)| p.clone()).collect();
+        let results = engine.hash_files_probed(wanted).await;
+        paths
             .into_iter()
             .zip(results)
             .filter_map(|(path, r)| {
@@ -871,11 +870,14 @@ impl Watcher<'_> {
         }
         let pid = u32::try_from(record.pid).ok().filter(|&p| p > 0);
         let process_key = pid.and_then(|p| *batch.keys.entry(p).or_insert_with(|| self.key(p)));
-        batch.states.entry(path.clone()).or_insert_with(|| {
-            std::fs::symlink_metadata(&path)
-                .ok()
-                .map(|m| FileState::from_metadata(&m))
-        });
+        if !batch.states.contains_key(&path) {
+            let meta = std::fs::symlink_metadata(&path).ok();
+            let state = meta.as_ref().map(FileState::from_metadata);
+            if let Some(meta) = meta.filter(std::fs::Metadata::is_file) {
+                batch.metadata.insert(path.clone(), meta);
+            }
+            batch.states.insert(path.clone(), state);
+        }
         if record.mask & libc::FAN_ONDIR != 0
             && record.mask & (sys::FAN_RENAME | libc::FAN_MOVED_TO) != 0
             && self.relevant(&path)
@@ -988,6 +990,8 @@ struct Batch {
     seen: Vec<Seen>,
     /// Each path's state when first looked at in this batch (`None`: gone).
     states: HashMap<PathBuf, Option<FileState>>,
+    /// The `lstat` of each regular file of `states` (the hasher's probe).
+    metadata: HashMap<PathBuf, std::fs::Metadata>,
     /// Each pid's process key, read once a batch.
     keys: HashMap<u32, Option<ProcessKey>>,
     /// Directories moved to a watched path or one on the way to it.

@@ -415,40 +415,85 @@ impl HashEngine {
     pub async fn hash_files(&self, paths: &[PathBuf]) -> Vec<Result<HashOutcome, HashError>> {
         let mut out = Vec::with_capacity(paths.len());
         for batch in paths.chunks(BATCH) {
-            out.extend(self.hash_batch(batch).await);
+            let inner = Arc::clone(&self.inner);
+            let owned = batch.to_vec();
+            let probed = tokio::task::spawn_blocking(move || {
+                owned
+                    .into_iter()
+                    .map(|path| {
+                        if !inner.is_allowed(&path) {
+                            return Err(HashError::OutsideAllowedRoots { path });
+                        }
+                        let key = inner.probe(path.clone())?;
+                        Ok((path, key))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            match probed {
+                Ok(probed) => out.extend(self.hash_batch(batch, probed).await),
+                // The task panicked (it does not) or the runtime is going away.
+                Err(_) => {
+                    for path in batch {
+                        out.push(self.hash_checked(path).await);
+                    }
+                }
+            }
         }
-        for result in &out {
+        self.count_refused(&out);
+        out
+    }
+
+    /// [`hash_files`](Self::hash_files) of files the caller has just
+    /// `lstat`ed (`symlink_metadata`: a file monitor looking at what
+    /// changed): the metadata given stands for the engine's own probe,
+    /// which saves a system call a file and a hand-off a batch. A file
+    /// replaced since is still caught, on its descriptor, as always.
+    pub async fn hash_files_probed(
+        &self,
+        files: Vec<(PathBuf, Metadata)>,
+    ) -> Vec<Result<HashOutcome, HashError>> {
+        let mut out = Vec::with_capacity(files.len());
+        let mut files = files.into_iter().peekable();
+        while files.peek().is_some() {
+            let batch: Vec<(PathBuf, Metadata)> = files.by_ref().take(BATCH).collect();
+            let paths: Vec<PathBuf> = batch.iter().map(|(p, _)| p.clone()).collect();
+            let probed = batch
+                .into_iter()
+                .map(|(path, meta)| {
+                    if !self.inner.is_allowed(&path) {
+                        return Err(HashError::OutsideAllowedRoots { path });
+                    }
+                    if meta.file_type().is_symlink() {
+                        return Err(HashError::IsSymlink { path });
+                    }
+                    let key = self.inner.check(path.clone(), &meta)?;
+                    Ok((path, key))
+                })
+                .collect();
+            out.extend(self.hash_batch(&paths, probed).await);
+        }
+        self.count_refused(&out);
+        out
+    }
+
+    /// Counts (and logs at debug) the refusals of a batch.
+    fn count_refused(&self, results: &[Result<HashOutcome, HashError>]) {
+        for result in results {
             if let Err(err) = result {
                 self.inner.counters.refused(err);
                 tracing::debug!(path = %err.path().display(), reason = err.reason(), error = %err, "file not hashed");
             }
         }
-        out
     }
 
-    /// One batch of [`hash_files`](Self::hash_files) (errors not counted
-    /// yet).
-    async fn hash_batch(&self, paths: &[PathBuf]) -> Vec<Result<HashOutcome, HashError>> {
-        let inner = Arc::clone(&self.inner);
-        let owned = paths.to_vec();
-        let probed = tokio::task::spawn_blocking(move || {
-            owned
-                .into_iter()
-                .map(|path| {
-                    if !inner.is_allowed(&path) {
-                        return Err(HashError::OutsideAllowedRoots { path });
-                    }
-                    let key = inner.probe(path.clone())?;
-                    Ok((path, key))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let probed = match probed {
-            Ok(probed) => probed,
-            // The task panicked (it does not) or the runtime is going away.
-            Err(_) => return self.hash_each(paths).await,
-        };
+    /// One batch of [`hash_files`](Self::hash_files), probed (errors not
+    /// counted yet).
+    async fn hash_batch(
+        &self,
+        paths: &[PathBuf],
+        probed: Vec<Result<(PathBuf, FileKey), HashError>>,
+    ) -> Vec<Result<HashOutcome, HashError>> {
         let chunk = self.inner.config.chunk_size as u64;
         let mut out: Vec<Option<Result<HashOutcome, HashError>>> = Vec::with_capacity(paths.len());
         let mut small = Vec::new();
@@ -511,15 +556,6 @@ impl HashEngine {
             .zip(paths)
             .map(|(r, path)| r.unwrap_or_else(|| Err(HashError::Busy { path: path.clone() })))
             .collect()
-    }
-
-    /// `hash_checked` for each path, one after another.
-    async fn hash_each(&self, paths: &[PathBuf]) -> Vec<Result<HashOutcome, HashError>> {
-        let mut out = Vec::with_capacity(paths.len());
-        for path in paths {
-            out.push(self.hash_checked(path).await);
-        }
-        out
     }
 
     /// Runs `f` on the blocking pool.
@@ -698,7 +734,13 @@ impl Inner {
             _reader: reader,
             key,
             state: State::new(&self.config.algorithms),
-            buf: vec![0; self.config.chunk_size],
+            // No larger than the file: a small file's read does not zero
+            // (and fault in) a whole chunk.
+            buf: vec![
+                0;
+                usize::try_from(key.size).map_or(self.config.chunk_size, |size| size
+                    .min(self.config.chunk_size))
+            ],
             bytes_read: 0,
             changed: false,
             done: false,
@@ -1078,6 +1120,22 @@ mod tests {
         // And once more: every file now from the cache.
         let again = e.hash_files(&paths[..3]).await;
         assert!(again.iter().all(|r| r.as_ref().unwrap().from_cache));
+
+        // Given their `lstat` (a monitor that looked already): the same,
+        // a symlink refused on what it was given.
+        let fresh = unlimited();
+        let given: Vec<(PathBuf, Metadata)> = [&paths[0], &paths[2], &paths[3]]
+            .into_iter()
+            .map(|p| ((*p).clone(), std::fs::symlink_metadata(p).unwrap()))
+            .collect();
+        let probed = fresh.hash_files_probed(given).await;
+        assert_eq!(probed[0].as_ref().unwrap().digests, ok(0).digests);
+        assert_eq!(
+            probed[1].as_ref().unwrap().digest(HashAlgorithm::Sha256),
+            Some(SHA256_PATTERN)
+        );
+        assert!(matches!(probed[2], Err(HashError::IsSymlink { .. })));
+        assert_eq!(fresh.stats().refused.is_symlink, 1);
     }
 
     #[tokio::test]
