@@ -409,9 +409,7 @@ impl EventSource for FsmondSource {
             ctx.shutdown().cancelled().await;
             return Ok(());
         }
-        let group = group
-            .into_async()
-            .context("registering the fanotify descriptor")?;
+        let mut group = Some(group);
         w.baseline = baseline::scan(&w.scanned(), self.engine.as_ref()).await;
         self.counters.rescans.inc();
         for (path, why) in &w.baseline.unreadable {
@@ -423,11 +421,22 @@ impl EventSource for FsmondSource {
         let mut buf = vec![0u8; 256 * 1024];
         let window = std::time::Duration::from_millis(self.config.batch_window_ms);
         loop {
-            let mut ready = tokio::select! {
+            // Registered with the reactor only while waiting for the first
+            // record: registered, every record the kernel queues wakes the
+            // reactor's thread (an edge for each), a wake-up (and an IPI)
+            // paid by the process that wrote; an untar's every file.
+            let Some(idle) = group.take() else {
+                return Ok(());
+            };
+            let waiting = idle
+                .into_async()
+                .context("registering the fanotify descriptor")?;
+            tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => return Ok(()),
-                r = group.readable() => r.context("waiting on the fanotify descriptor")?,
-            };
+                r = waiting.readable() => drop(r.context("waiting on the fanotify descriptor")?),
+            }
+            let g = group.insert(waiting.into_inner());
             if !window.is_zero() {
                 tokio::select! {
                     biased;
@@ -438,12 +447,8 @@ impl EventSource for FsmondSource {
             let mut overflowed = false;
             // Drain what is queued now, then rescan if anything was lost.
             loop {
-                let n = group
-                    .get_ref()
-                    .read(&mut buf)
-                    .context("reading fanotify records")?;
+                let n = g.read(&mut buf).context("reading fanotify records")?;
                 if n == 0 {
-                    ready.clear_ready();
                     break;
                 }
                 let records = match parse_records(&buf[..n]) {
@@ -454,7 +459,7 @@ impl EventSource for FsmondSource {
                         continue;
                     }
                 };
-                match w.deliver(&records, ctx.out(), group.get_ref()).await {
+                match w.deliver(&records, ctx.out(), g).await {
                     Some(lost) => overflowed |= lost,
                     None => return Ok(()),
                 }

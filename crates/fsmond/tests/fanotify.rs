@@ -275,8 +275,10 @@ async fn an_unwatched_busy_directory_is_dropped_by_the_kernel_but_moves_out_of_i
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let base = std::fs::canonicalize(dir.path()).unwrap();
+    // A tmpfs of its own: what other tests write elsewhere (their storms)
+    // would be records too.
+    let tmpfs = Tmpfs::mount();
+    let base = std::fs::canonicalize(tmpfs.0.path()).unwrap();
     let (watched, hot) = (base.join("watched"), base.join("hot"));
     std::fs::create_dir(&watched).unwrap();
     std::fs::create_dir(&hot).unwrap();
@@ -467,6 +469,32 @@ async fn the_source_passes_the_conformance_kit() {
     assert_eq!(report.kinds(), [EventKind::Filesystem]);
 }
 
+/// A tmpfs mounted on a temporary directory for one test (nothing else
+/// writes there), unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "fsmond-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
 /// Where the recorded fixture is.
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fanotify-tmpfs.bin")
@@ -500,14 +528,8 @@ fn fixture_operations(dir: &Path, mut after_each: impl FnMut()) {
 fn record_the_parser_fixture() {
     use std::os::fd::AsFd as _;
     assert!(root(), "recording the fixture needs root");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "fsmond-fixture"])
-        .arg(d)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    let tmpfs = Tmpfs::mount();
+    let d = tmpfs.0.path();
     let group = fsmond::sys::Group::new(false).unwrap();
     let fd = fsmond::sys::open_mount(d).unwrap();
     group
@@ -526,11 +548,7 @@ fn record_the_parser_fixture() {
     });
     drop(fd);
     drop(group);
-    let unmounted = std::process::Command::new("umount")
-        .arg(d)
-        .status()
-        .unwrap();
-    assert!(unmounted.success());
+    drop(tmpfs);
     std::fs::create_dir_all(fixture().parent().unwrap()).unwrap();
     std::fs::write(fixture(), &recorded).unwrap();
     eprintln!(
