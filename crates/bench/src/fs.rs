@@ -287,7 +287,8 @@ fn busy_elsewhere(o: &Options) -> anyhow::Result<()> {
     let total = Duration::from_secs(o.busy_secs);
     let mut written = 0u64;
     while start.elapsed() < total {
-        let due = (start.elapsed().as_secs_f64() * o.busy_rate as f64) as u64;
+        let due = u64::try_from(start.elapsed().as_micros() * u128::from(o.busy_rate) / 1_000_000)
+            .unwrap_or(u64::MAX);
         while written < due {
             std::fs::write(busy.join(format!("b{}", written % 200)), b"x")?;
             written += 1;

@@ -365,6 +365,7 @@ async fn a_storm_that_overflows_the_queue_is_found_whole_by_the_rescans() {
 /// Creates files in a watched directory as fast as one thread can (`n`,
 /// and for `at_least` if that takes less) and waits for a create of each;
 /// the overflows counted.
+#[allow(clippy::many_single_char_names)] // n, d, s, i, m: the storm's own
 async fn storm(n: usize, at_least: Duration, config: FsmondConfig) -> u64 {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = dir.path().to_path_buf();
@@ -561,7 +562,7 @@ fn record_the_parser_fixture() {
 /// The recorded fixture parses to the records of [`fixture_operations`]:
 /// one process, one directory (every handle the same, on one
 /// filesystem), each operation's mask and names, a rename's both.
-/// Recorded on x86_64 (Linux 6.18): the records are in its byte order.
+/// Recorded on `x86_64` (Linux 6.18): the records are in its byte order.
 #[test]
 #[cfg(target_endian = "little")]
 fn the_records_recorded_from_the_kernel_parse_to_their_operations() {

@@ -399,7 +399,7 @@ impl HashEngine {
 
     /// Hashes each of `paths` as [`hash_file`](Self::hash_file) would
     /// (same checks, cache, budget and counters), in far fewer hand-offs
-    /// to the blocking pool: a batch of up to [`BATCH`] paths is probed in
+    /// to the blocking pool: a batch of up to 256 paths is probed in
     /// one blocking task, and those of at most one chunk (most files a
     /// file monitor sees), not being read by another request, are then
     /// opened and read one after another by a second task holding one

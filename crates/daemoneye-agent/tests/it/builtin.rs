@@ -376,6 +376,16 @@ fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32
             "account-database-changed",
             89,
         ),
+    ]);
+    cases.extend(start_up_file_cases());
+    cases
+}
+
+/// The cases of the sudoers and shell start-up file rules (see
+/// [`file_cases`]).
+fn start_up_file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32)> {
+    let bash = |pid| row(pid, "bash", "/usr/bin/bash", &["bash"]);
+    vec![
         (
             written(Some(80), "/etc/sudoers.d/90-cloud"),
             vec![bash(80)],
@@ -422,8 +432,7 @@ fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32
             "shell-profile-written",
             85,
         ),
-    ]);
-    cases
+    ]
 }
 
 #[test]
