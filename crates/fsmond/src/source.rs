@@ -574,9 +574,9 @@ impl Watcher<'_> {
             let now = states.get(&seen.path).cloned().flatten();
             events.extend(self.events(seen, now, &hashes));
         }
-        for dir in moved {
+        for (dir, from) in moved {
             if self.watched(&dir) {
-                events.extend(self.moved_in(&dir).await);
+                events.extend(self.moved_in(&dir, from.as_deref()).await);
             }
         }
         for event in events {
@@ -586,24 +586,39 @@ impl Watcher<'_> {
         Some(overflowed)
     }
 
-    /// The events of what a directory moved into a watched path holds
-    /// (scanned: its entries' own events came, if at all, under its old
-    /// path), without a pid; the baseline follows.
-    async fn moved_in(&mut self, dir: &Path) -> Vec<FilesystemEvent> {
+    /// The events of what a directory moved into a watched path (from
+    /// `from`, when known) holds: scanned, and told apart from what the
+    /// baseline had under either path (a watched directory renamed within
+    /// the watched paths: its unchanged files are no news), without a pid;
+    /// the baseline follows (the old paths let go).
+    async fn moved_in(&mut self, dir: &Path, from: Option<&Path>) -> Vec<FilesystemEvent> {
         let fresh = baseline::scan(&[dir.to_path_buf()], self.source.engine.as_ref()).await;
-        let old: std::collections::BTreeMap<PathBuf, FileState> = self
+        let mut old = self.take_subtree(dir);
+        if let Some(from) = from.filter(|f| *f != dir) {
+            for (path, state) in self.take_subtree(from) {
+                if let Ok(rest) = path.strip_prefix(from) {
+                    old.insert(dir.join(rest), state);
+                }
+            }
+        }
+        let events = baseline::diff(&old, &fresh.files, self.algorithm, SystemTime::now());
+        self.baseline.files.extend(fresh.files);
+        events.into_iter().filter_map(|e| self.rooted(e)).collect()
+    }
+
+    /// What the baseline has under `dir` (itself included), taken out.
+    fn take_subtree(&mut self, dir: &Path) -> std::collections::BTreeMap<PathBuf, FileState> {
+        let paths: Vec<PathBuf> = self
             .baseline
             .files
             .range(dir.to_path_buf()..)
             .take_while(|(p, _)| p.starts_with(dir))
-            .map(|(p, s)| (p.clone(), s.clone()))
+            .map(|(p, _)| p.clone())
             .collect();
-        let events = baseline::diff(&old, &fresh.files, self.algorithm, SystemTime::now());
-        for path in old.keys() {
-            self.baseline.files.remove(path);
-        }
-        self.baseline.files.extend(fresh.files);
-        events.into_iter().filter_map(|e| self.rooted(e)).collect()
+        paths
+            .into_iter()
+            .filter_map(|p| self.baseline.files.remove_entry(&p))
+            .collect()
     }
 
     /// Marks the directories named in the last read in which nothing is
@@ -887,7 +902,7 @@ impl Watcher<'_> {
             && record.mask & (sys::FAN_RENAME | libc::FAN_MOVED_TO) != 0
             && self.relevant(&path)
         {
-            batch.moved_dirs.push(path.clone());
+            batch.moved_dirs.push((path.clone(), old_path.clone()));
         }
         batch.seen.push(Seen {
             mask: record.mask,
@@ -1000,7 +1015,7 @@ struct Batch {
     /// Each pid's process key, read once a batch.
     keys: HashMap<u32, Option<ProcessKey>>,
     /// Directories moved to a watched path or one on the way to it.
-    moved_dirs: Vec<PathBuf>,
+    moved_dirs: Vec<(PathBuf, Option<PathBuf>)>,
 }
 
 /// One watched record (see [`Batch`]).
