@@ -117,6 +117,7 @@ fn alert(n: usize) -> Alert {
         observed_at: 1,
         raised_at: 2,
         dedup_key: format!("exec-from-temp-dir:pid:{n}"),
+        file: None,
     }
 }
 

@@ -9,9 +9,17 @@
 //! - `fs.workload_slowdown_percent`: an untar of a tree of `--tree-files`
 //!   small files under a watched path, with the release `fsmond run`
 //!   (beside this binary) watching it against without, alternated
-//!   `--reps` times in one run (medians). On a disk the untar's time
-//!   follows the write-back more than anything (each run starts after a
-//!   `sync`); `--dir /dev/shm` (tmpfs) measures the CPU alone.
+//!   `--reps` times in one run (medians), and fsmond's CPU an untar
+//!   (`fs.fsmond_cpu_ms_per_untar`). Each untar is into a directory of
+//!   its own, after a `sync`: on this disk (ext4 mounted `discard`) an
+//!   untar over the blocks of a tree just deleted waits for their
+//!   discards, seconds more than the untar. On a disk the untar's time
+//!   follows the write-back more than anything; `--dir /dev/shm` (tmpfs)
+//!   measures the CPU alone.
+//! - `fs.busy_elsewhere.cpu_percent`: the release `fsmond run` watching a
+//!   directory while `--busy-rate` files a second are written in another
+//!   one on the same filesystem for `--busy-secs` (what a busy root
+//!   filesystem costs it: its marks cover the whole filesystem).
 //! - `fs.idle.*`: the release `fsmond run` on its default watch list (the
 //!   host's persistence paths) for `--idle-secs`, after its baseline.
 
@@ -46,6 +54,12 @@ pub(crate) struct Options {
     /// Seconds fsmond is measured idle (0: not measured).
     #[arg(long, default_value_t = 60)]
     pub(crate) idle_secs: u64,
+    /// Seconds fsmond is measured with writes elsewhere (0: not measured).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) busy_secs: u64,
+    /// Files written a second elsewhere on the filesystem meanwhile.
+    #[arg(long, default_value_t = 2000, value_parser = crate::positive::<u64>)]
+    pub(crate) busy_rate: u64,
     /// Where the watched trees are made (its filesystem is marked).
     #[arg(long, default_value = "/var/tmp")]
     pub(crate) dir: PathBuf,
@@ -57,6 +71,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     }
     capture(o)?;
     workload(o)?;
+    if o.busy_secs > 0 {
+        busy_elsewhere(o)?;
+    }
     if o.idle_secs > 0 {
         let bin = crate::overhead::sibling("fsmond")?;
         // The baseline (every watched file hashed, within the hasher's
@@ -215,17 +232,28 @@ fn workload(o: &Options) -> anyhow::Result<()> {
     let watched = base.join("watched");
     std::fs::create_dir(&watched)?;
     let events = Path::new("/dev/shm").join(format!("daemoneye-bench-fs-{}", std::process::id()));
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut without, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut lines = 0;
+    let mut run = 0;
+    let mut next = || {
+        run += 1;
+        let into = watched.join(format!("run{run}"));
+        std::fs::create_dir(&into).map(|()| into)
+    };
     for _ in 0..o.reps {
-        without.push(untar(&tar, &watched)?);
+        without.push(untar(&tar, &next()?)?);
         let mut fsmond = start_fsmond(&bin, &watched, &events)?;
-        with.push(untar(&tar, &watched)?);
+        let (t0, _) = crate::overhead::tree_usage(fsmond.0.id())?;
+        with.push(untar(&tar, &next()?)?);
+        // What it still has to do once the untar is done is its cost too.
+        std::thread::park_timeout(Duration::from_secs(1));
+        let (t1, _) = crate::overhead::tree_usage(fsmond.0.id())?;
+        cpu.push(t1.saturating_sub(t0) as f64 * crate::overhead::tick_us() / 1e3);
         crate::overhead::stop(&mut fsmond.0)?;
         lines = std::fs::read_to_string(&events)?.lines().count();
     }
     let _ = std::fs::remove_file(&events);
-    let (with, without) = (median(with), median(without));
+    let (with, without, cpu) = (median(with), median(without), median(cpu));
     report("fs.tree_files", o.tree_files, "count");
     report_f("fs.untar_ms", without, 1, "ms");
     report_f("fs.untar_watched_ms", with, 1, "ms");
@@ -237,16 +265,62 @@ fn workload(o: &Options) -> anyhow::Result<()> {
     );
     report_ratio("fs.untar_ratio_watched", with / without);
     report("fs.events_per_untar", lines, "count");
+    report_f("fs.fsmond_cpu_ms_per_untar", cpu, 0, "ms");
     Ok(())
 }
 
-/// Empties `into` and writes back what that left dirty (so that the last
-/// run's deletes are not in this one's time), then untars `tar` there;
+/// `fs.busy_elsewhere.cpu_percent`: the release fsmond watching one
+/// directory while this process writes `--busy-rate` files a second (200
+/// names, round robin) in another on the same filesystem.
+fn busy_elsewhere(o: &Options) -> anyhow::Result<()> {
+    let bin = crate::overhead::sibling("fsmond")?;
+    let dir = tempfile::tempdir_in(&o.dir)?;
+    let base = std::fs::canonicalize(dir.path())?;
+    let (watched, busy) = (base.join("watched"), base.join("busy"));
+    std::fs::create_dir(&watched)?;
+    std::fs::create_dir(&busy)?;
+    let events = Path::new("/dev/shm").join(format!("daemoneye-bench-fs-{}", std::process::id()));
+    let mut fsmond = start_fsmond(&bin, &watched, &events)?;
+    let pid = fsmond.0.id();
+    let start = Instant::now();
+    let (t0, _) = crate::overhead::tree_usage(pid)?;
+    let total = Duration::from_secs(o.busy_secs);
+    let mut written = 0u64;
+    while start.elapsed() < total {
+        let due = u64::try_from(start.elapsed().as_micros() * u128::from(o.busy_rate) / 1_000_000)
+            .unwrap_or(u64::MAX);
+        while written < due {
+            std::fs::write(busy.join(format!("b{}", written % 200)), b"x")?;
+            written += 1;
+        }
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (t1, rss) = crate::overhead::tree_usage(pid)?;
+    crate::overhead::stop(&mut fsmond.0)?;
+    let _ = std::fs::remove_file(&events);
+    report_f(
+        "fs.busy_elsewhere.writes_per_second",
+        written as f64 / elapsed,
+        0,
+        "writes_per_second",
+    );
+    report(
+        "fs.busy_elsewhere.cpu_percent",
+        format!(
+            "{:.3}",
+            t1.saturating_sub(t0) as f64 * crate::overhead::tick_us() / 1e6 / elapsed * 100.0
+        ),
+        "percent_of_one_core",
+    );
+    report("fs.busy_elsewhere.rss_bytes", rss, "bytes");
+    Ok(())
+}
+
+/// Writes back what is dirty (so that the last run's writes are not in
+/// this one's time), then untars `tar` into the (new, empty) `into`;
 /// milliseconds.
 fn untar(tar: &Path, into: &Path) -> anyhow::Result<f64> {
-    for entry in std::fs::read_dir(into)? {
-        std::fs::remove_dir_all(entry?.path())?;
-    }
     nix::unistd::sync();
     let start = Instant::now();
     let status = Command::new("tar")

@@ -294,28 +294,31 @@ impl Pipeline {
             counters.alerts.inc();
             self.sinks.deliver(a).await;
         }
-        let stored = match batch {
+        let stored: &[EventKind] = match batch {
             Some(LinkEvent::Events(batch)) => {
                 self.writer.events(batch).await;
-                Some(EventKind::Process)
+                &[EventKind::Process]
             }
             Some(LinkEvent::Performance(samples)) => {
                 self.writer.performance(samples).await;
-                Some(EventKind::Performance)
+                &[EventKind::Performance]
             }
             Some(LinkEvent::Network(connections)) => {
                 self.writer.connections(connections).await;
-                Some(EventKind::Network)
+                &[EventKind::Network]
             }
             Some(LinkEvent::Files(files)) => {
                 self.writer.file_events(files).await;
-                Some(EventKind::Filesystem)
+                // What they said of running processes (an executable
+                // deleted or replaced), as those processes' events.
+                self.writer.events(self.detector.take_implied()).await;
+                &[EventKind::Filesystem, EventKind::Process]
             }
-            Some(LinkEvent::Connected) | None => None,
+            Some(LinkEvent::Connected) | None => &[],
         };
         // The store queued the batch in its outbox (in its transaction):
         // the fleet sink ships it from there.
-        if stored.is_some_and(|d| self.sinks.ships_events(d)) {
+        if stored.iter().any(|d| self.sinks.ships_events(*d)) {
             self.sinks.outbox_queued();
         }
         for a in alerts {

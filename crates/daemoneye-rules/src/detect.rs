@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Registry};
 use collector_core::{
-    FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType, ProcessKey,
+    FileOperation, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType,
+    ProcessKey,
 };
 use tokio::time::Instant;
 
@@ -350,6 +351,9 @@ pub struct Detector {
     exited: Exited,
     /// Ancestry, exec lineage, recent lifecycle events.
     history: History,
+    /// The process events file events implied (a running executable
+    /// deleted or replaced), for the store: see [`Detector::take_implied`].
+    implied: Vec<ProcessEvent>,
 }
 
 impl Detector {
@@ -364,6 +368,7 @@ impl Detector {
             held_files: Held::new(HELD_FILE_EVENTS_FOR, HELD_CONNECTIONS_CAPACITY),
             exited: Exited::default(),
             history: History::new(),
+            implied: Vec::new(),
         }
     }
 
@@ -668,9 +673,97 @@ impl Detector {
     /// alone (an alert about process `unknown`), or the host when the event
     /// has none (a change a rescan found).
     ///
+    /// A running process's executable deleted (a delete of its path) or
+    /// replaced (a file renamed onto it, or made there anew) is, at once,
+    /// that process's `executable_deleted` or `executable_replaced` event,
+    /// judged by the process rules (`deleted-executable`) and kept for the
+    /// store ([`take_implied`](Self::take_implied)): procmond would tell
+    /// only at its next snapshot, up to its interval later.
+    ///
     /// # Errors
     /// Only when the engine itself fails.
     pub fn on_files(&mut self, events: &[FilesystemEvent]) -> Result<Vec<Alert>, EngineError> {
+        let implied = self.executables_touched(events);
+        let mut alerts = if implied.is_empty() {
+            Vec::new()
+        } else {
+            let alerts = self.on_events(&implied)?;
+            self.implied.extend(implied);
+            alerts
+        };
+        alerts.extend(self.judge_file_rules(events)?);
+        Ok(alerts)
+    }
+
+    /// The process events implied by file events since the last call (a
+    /// running executable deleted or replaced), for the store.
+    pub fn take_implied(&mut self) -> Vec<ProcessEvent> {
+        std::mem::take(&mut self.implied)
+    }
+
+    /// The `executable_deleted` and `executable_replaced` events of the
+    /// live processes whose executable path `events` delete or replace
+    /// (each once: a process already known so is left out). Paths under a
+    /// watch root are compared as the host names them (root and path).
+    fn executables_touched(&mut self, events: &[FilesystemEvent]) -> Vec<ProcessEvent> {
+        let touching = |e: &&FilesystemEvent| {
+            matches!(
+                e.operation,
+                FileOperation::Delete | FileOperation::Rename | FileOperation::Create
+            )
+        };
+        if !events.iter().any(|e| touching(&e)) {
+            return Vec::new();
+        }
+        let mut by_exe: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (pid, p) in &self.table {
+            if let Some(exe) = p.executable_path.as_deref() {
+                by_exe.entry(exe).or_default().push(*pid);
+            }
+        }
+        let mut out: Vec<ProcessEvent> = Vec::new();
+        for e in events.iter().filter(touching) {
+            let host_path = match &e.root {
+                Some(root) => format!("{}{}", root.trim_end_matches('/'), e.path),
+                None => e.path.clone(),
+            };
+            let Some(pids) = by_exe.get(host_path.as_str()) else {
+                continue;
+            };
+            let deleted = e.operation == FileOperation::Delete;
+            for pid in pids {
+                let Some(p) = self.table.get(pid) else {
+                    continue;
+                };
+                let kind = if deleted {
+                    ProcessEventType::ExecutableDeleted
+                } else {
+                    ProcessEventType::ExecutableReplaced
+                };
+                let known = if deleted {
+                    !p.file_exists
+                } else {
+                    p.exe_replaced
+                };
+                if known || out.iter().any(|o| o.pid == *pid && o.event_type == kind) {
+                    continue;
+                }
+                let mut implied = p.clone();
+                implied.event_type = kind;
+                implied.timestamp = e.timestamp;
+                if deleted {
+                    implied.file_exists = false;
+                } else {
+                    implied.exe_replaced = true;
+                }
+                out.push(implied);
+            }
+        }
+        out
+    }
+
+    /// The file rules over `events` (see [`on_files`](Self::on_files)).
+    fn judge_file_rules(&mut self, events: &[FilesystemEvent]) -> Result<Vec<Alert>, EngineError> {
         if events.is_empty() || !self.engine.has_file_rules() {
             return Ok(Vec::new());
         }
@@ -740,6 +833,7 @@ impl Detector {
             let mut alert = Alert::new(rule, process, when);
             if let Some(path) = &m.path {
                 alert.dedup_key = format!("{}:{path}", alert.dedup_key);
+                alert.file = Some(path.clone());
             }
             if self.dedup.admit(&alert) {
                 alerts.push(alert);
@@ -998,6 +1092,7 @@ mod tests {
             alerts[0].dedup_key.ends_with(":/etc/cron.d/x"),
             "{alerts:?}"
         );
+        assert_eq!(alerts[0].file.as_deref(), Some("/etc/cron.d/x"));
         // The same file again: a repeat; another file: its own alert.
         assert!(d
             .on_files(&wrote(700, key, "/etc/cron.d/x"))
@@ -1040,6 +1135,63 @@ mod tests {
             .collect();
         assert_eq!(got, [("persistence-file-written", 702, "unknown")]);
         assert_eq!(d.file_events_without_process(), 3, "its three operations");
+    }
+
+    /// A running program's file deleted, as fsmond tells: that process's
+    /// `executable_deleted` at once (its alert, its event for the store),
+    /// once; a file renamed onto another's: `executable_replaced`; under a
+    /// watch root, the host's path is compared; other files imply nothing.
+    #[test]
+    fn a_running_executable_deleted_or_replaced_is_that_process_s_event_at_once() {
+        use collector_core::FileOperation::{Create, Delete, Rename};
+        let mut d = Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        );
+        let mut tool = exec(800, 1, "tool", "/usr/local/bin/tool", &["tool"]);
+        tool.file_exists = true;
+        let mut sshd = exec(801, 1, "sshd", "/usr/sbin/sshd", &["sshd", "-D"]);
+        sshd.file_exists = true;
+        let mut boxed = exec(802, 1, "srv", "/var/lib/c1/usr/bin/srv", &["srv"]);
+        boxed.file_exists = true;
+        d.on_events(&[tool, sshd, boxed]).unwrap();
+        let file = |op, path: &str| FilesystemEvent::new(path, op, SystemTime::now());
+        assert!(d
+            .on_files(&[file(Delete, "/usr/local/bin/other")])
+            .unwrap()
+            .is_empty());
+        assert!(d.take_implied().is_empty());
+
+        let alerts = d.on_files(&[file(Delete, "/usr/local/bin/tool")]).unwrap();
+        let got: Vec<(&str, u32)> = alerts
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.process.pid))
+            .collect();
+        assert_eq!(got, [("deleted-executable", 800)]);
+        let implied = d.take_implied();
+        assert_eq!(implied.len(), 1);
+        assert_eq!(implied[0].event_type, ProcessEventType::ExecutableDeleted);
+        assert!(!implied[0].file_exists);
+        // Told once.
+        d.on_files(&[file(Delete, "/usr/local/bin/tool")]).unwrap();
+        assert!(d.take_implied().is_empty());
+
+        // Renamed over (an upgrade, or a trojan): replaced, not deleted.
+        let mut over = file(Rename, "/usr/sbin/sshd");
+        over.old_path = Some("/usr/sbin/sshd.new".to_owned());
+        d.on_files(&[over, file(Create, "/usr/sbin/sshd")]).unwrap();
+        let implied = d.take_implied();
+        let kinds: Vec<(u32, ProcessEventType)> =
+            implied.iter().map(|e| (e.pid, e.event_type)).collect();
+        assert_eq!(kinds, [(801, ProcessEventType::ExecutableReplaced)]);
+        assert!(implied[0].exe_replaced && implied[0].file_exists);
+
+        // Under a watch root: the host's path is the root's and the path.
+        let mut rooted = file(Delete, "/usr/bin/srv");
+        rooted.root = Some("/var/lib/c1".to_owned());
+        d.on_files(&[rooted]).unwrap();
+        let implied = d.take_implied();
+        assert_eq!(implied.iter().map(|e| e.pid).collect::<Vec<_>>(), [802]);
     }
 
     #[test]

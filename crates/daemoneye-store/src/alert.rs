@@ -149,6 +149,10 @@ pub struct Alert {
     pub raised_at: i64,
     /// Alerts with the same key within the window are one alert.
     pub dedup_key: String,
+    /// The file a file rule's alert is about (the path as the watched
+    /// system names it); `None` (and left out of the JSON) for others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 fn unix_ns(t: SystemTime) -> i64 {
@@ -174,6 +178,7 @@ impl Alert {
             process,
             observed_at: unix_ns(observed),
             raised_at: unix_ns(SystemTime::now()),
+            file: None,
         }
     }
 }

@@ -43,6 +43,7 @@
 //!     observed_at: 1,
 //!     raised_at: 2,
 //!     dedup_key: "r:1".into(),
+//!     file: None,
 //! };
 //! for _ in 0..3 {
 //!     store.record_alert(&alert)?;
@@ -438,6 +439,7 @@ mod tests {
             observed_at: 1,
             raised_at: 2,
             dedup_key: format!("r:{pid}"),
+            file: None,
         }
     }
 

@@ -87,10 +87,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "outbox priorities (events dropped first) and the events dropped",
         sql: V10,
     },
+    Migration {
+        version: 11,
+        description: "alerts.file: the file a file rule's alert is about",
+        sql: V11,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -338,6 +343,10 @@ const V10: &str = "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAU
 UPDATE outbox SET priority = 2 WHERE kind = 'checkpoint';
 CREATE INDEX outbox_priority ON outbox (priority, id);
 ALTER TABLE outbox_state ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;";
+
+/// Version 11: the file a file rule's alert is about (`Alert::file`; null
+/// for the others and for alerts stored before).
+const V11: &str = "ALTER TABLE alerts ADD COLUMN file TEXT;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

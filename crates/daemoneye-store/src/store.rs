@@ -1234,8 +1234,8 @@ fn write_alert_in(
     let seq = chain.append(tx, "alert", &body)?;
     tx.prepare_cached(
         "INSERT INTO alerts (rule_id, rule_name, severity, pid, process_key, dedup_key, \
-         observed_at, raised_at, body, ledger_seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         observed_at, raised_at, body, ledger_seq, file) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         alert.rule_id,
@@ -1247,7 +1247,8 @@ fn write_alert_in(
         alert.observed_at,
         alert.raised_at,
         body,
-        seq
+        seq,
+        alert.file
     ])?;
     let id = tx.last_insert_rowid();
     if let Some((bound, depth)) = outbox {

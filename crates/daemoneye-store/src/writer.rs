@@ -1624,6 +1624,7 @@ mod tests {
             observed_at: 1,
             raised_at: 2,
             dedup_key: "r:0".into(),
+            file: None,
         };
         writer.alert(alert.clone()).await;
         writer.alert(alert).await;

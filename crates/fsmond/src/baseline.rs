@@ -89,24 +89,32 @@ pub async fn scan(roots: &[PathBuf], engine: Option<&HashEngine>) -> Baseline {
             ..Baseline::default()
         });
     if let Some(engine) = engine {
-        let mut unreadable = Vec::new();
-        for (path, state) in &mut baseline.files {
-            if state.file_type != FileType::Regular {
-                continue;
-            }
-            match hash(engine, path).await {
-                Ok(h) => state.hash = Some(h),
-                Err(e) => unreadable.push((path.clone(), e)),
+        let regular: Vec<PathBuf> = baseline
+            .files
+            .iter()
+            .filter(|(_, state)| state.file_type == FileType::Regular)
+            .map(|(path, _)| path.clone())
+            .collect();
+        let hashed = engine.hash_files(&regular).await;
+        for (path, result) in regular.into_iter().zip(hashed) {
+            match result
+                .map_err(|e| e.to_string())
+                .and_then(|o| first_digest(&o))
+            {
+                Ok(h) => {
+                    if let Some(state) = baseline.files.get_mut(&path) {
+                        state.hash = Some(h);
+                    }
+                }
+                Err(e) => baseline.unreadable.push((path, e)),
             }
         }
-        baseline.unreadable.extend(unreadable);
     }
     baseline
 }
 
-/// The first configured digest of `path`.
-pub async fn hash(engine: &HashEngine, path: &Path) -> Result<String, String> {
-    let outcome = engine.hash_file(path).await.map_err(|e| e.to_string())?;
+/// The first configured digest of a hash.
+fn first_digest(outcome: &daemoneye_hasher::HashOutcome) -> Result<String, String> {
     outcome
         .digests
         .first()

@@ -66,6 +66,11 @@ const Q_OVERFLOW: u64 = 0x4000;
 /// The most directory paths kept (see `Watcher::dirs`): some 200 bytes each.
 const DIR_CACHE_CAPACITY: usize = 8192;
 
+/// The most ignore marks at once (each pins its directory's inode in the
+/// kernel, some hundreds of bytes; the group's limit is 8,192 marks by
+/// default): past it they are all let go, and it starts again.
+const MAX_IGNORED: usize = 4096;
+
 /// What a directory's record may change the paths under it by.
 const MOVES: u64 = sys::FAN_RENAME
     | libc::FAN_MOVED_FROM
@@ -112,6 +117,9 @@ impl Default for FsmondConfig {
                 "/usr/local/bin",
                 "/usr/lib/systemd/system",
                 "/root/.ssh",
+                "/root/.bashrc",
+                "/root/.bash_profile",
+                "/root/.profile",
                 "/home/*/.ssh",
                 "/var/spool/cron",
             ]
@@ -189,6 +197,9 @@ pub struct FsmondCounters {
     pub rescans: Counter,
     /// Records the parser refused.
     pub parse_errors: Counter,
+    /// Directories the kernel was told to ignore (ignore marks: nothing
+    /// watched is in or under them, see [`FsmondSource`]).
+    pub ignored_dirs: Counter,
 }
 
 impl FsmondCounters {
@@ -232,6 +243,11 @@ impl FsmondCounters {
                     "daemoneye_fs_parse_errors_total",
                     "fanotify reads the record parser refused.",
                     &self.parse_errors,
+                ),
+                (
+                    "daemoneye_fs_ignored_dirs_total",
+                    "Unwatched directories whose events the kernel was told to drop.",
+                    &self.ignored_dirs,
                 ),
             ],
         );
@@ -333,6 +349,13 @@ struct Watcher<'a> {
     dirs: HashMap<Vec<u8>, PathBuf>,
     /// The key being looked up in `dirs` (one buffer for every record).
     dir_key: Vec<u8>,
+    /// Directories named while reading, in which nothing is watched,
+    /// to be ignored by the kernel once the read is handled.
+    to_ignore: Vec<OwnedFd>,
+    /// Ignore marks in place (flushed at [`MAX_IGNORED`]).
+    ignored: usize,
+    /// Whether the kernel takes ignore marks (`FAN_MARK_IGNORE`, 6.0).
+    can_ignore: bool,
     baseline: Baseline,
     algorithm: Option<HashAlgorithm>,
     boot: Option<BootId>,
@@ -370,6 +393,9 @@ impl EventSource for FsmondSource {
             by_fsid: HashMap::new(),
             dirs: HashMap::new(),
             dir_key: Vec::new(),
+            to_ignore: Vec::new(),
+            ignored: 0,
+            can_ignore: true,
             baseline: Baseline::default(),
             algorithm: self
                 .engine
@@ -383,9 +409,7 @@ impl EventSource for FsmondSource {
             ctx.shutdown().cancelled().await;
             return Ok(());
         }
-        let group = group
-            .into_async()
-            .context("registering the fanotify descriptor")?;
+        let mut group = Some(group);
         w.baseline = baseline::scan(&w.scanned(), self.engine.as_ref()).await;
         self.counters.rescans.inc();
         for (path, why) in &w.baseline.unreadable {
@@ -397,11 +421,22 @@ impl EventSource for FsmondSource {
         let mut buf = vec![0u8; 256 * 1024];
         let window = std::time::Duration::from_millis(self.config.batch_window_ms);
         loop {
-            let mut ready = tokio::select! {
+            // Registered with the reactor only while waiting for the first
+            // record: registered, every record the kernel queues wakes the
+            // reactor's thread (an edge for each), a wake-up (and an IPI)
+            // paid by the process that wrote; an untar's every file.
+            let Some(idle) = group.take() else {
+                return Ok(());
+            };
+            let waiting = idle
+                .into_async()
+                .context("registering the fanotify descriptor")?;
+            tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => return Ok(()),
-                r = group.readable() => r.context("waiting on the fanotify descriptor")?,
-            };
+                r = waiting.readable() => drop(r.context("waiting on the fanotify descriptor")?),
+            }
+            let g = group.insert(waiting.into_inner());
             if !window.is_zero() {
                 tokio::select! {
                     biased;
@@ -412,12 +447,8 @@ impl EventSource for FsmondSource {
             let mut overflowed = false;
             // Drain what is queued now, then rescan if anything was lost.
             loop {
-                let n = group
-                    .get_ref()
-                    .read(&mut buf)
-                    .context("reading fanotify records")?;
+                let n = g.read(&mut buf).context("reading fanotify records")?;
                 if n == 0 {
-                    ready.clear_ready();
                     break;
                 }
                 let records = match parse_records(&buf[..n]) {
@@ -428,7 +459,7 @@ impl EventSource for FsmondSource {
                         continue;
                     }
                 };
-                match w.deliver(&records, ctx.out()).await {
+                match w.deliver(&records, ctx.out(), g).await {
                     Some(lost) => overflowed |= lost,
                     None => return Ok(()),
                 }
@@ -497,9 +528,23 @@ impl FsmondSource {
 impl Watcher<'_> {
     /// Sends the events of `records`; whether the kernel lost some
     /// (`FAN_Q_OVERFLOW`), or `None` once nobody receives.
-    async fn deliver(&mut self, records: &[Record<'_>], out: &EventSender) -> Option<bool> {
+    ///
+    /// One read's records are taken together: each is named and looked at
+    /// (a path looked at once, a process's key read once), then the files
+    /// whose content changed are hashed in one go (each path once: the
+    /// hasher's batch, two hand-offs to its blocking pool for the lot),
+    /// then the events are made in order and sent without waiting between
+    /// them. An untar's thousands of files so cost a few thread wake-ups a
+    /// read, not several a file.
+    async fn deliver(
+        &mut self,
+        records: &[Record<'_>],
+        out: &EventSender,
+        group: &Group,
+    ) -> Option<bool> {
         let counters = &self.source.counters;
         let mut overflowed = false;
+        let mut batch = Batch::default();
         for record in records {
             counters.records.inc();
             if record.mask & Q_OVERFLOW != 0 {
@@ -508,18 +553,150 @@ impl Watcher<'_> {
                 overflowed = true;
                 continue;
             }
-            let events = self.events(record).await;
+            self.look(record, &mut batch);
             // A directory moved or gone: the paths kept may be stale (after
             // this record, whose own handles are its parents').
             if record.mask & libc::FAN_ONDIR != 0 && record.mask & MOVES != 0 {
                 self.dirs.clear();
             }
-            for event in events {
-                out.send(CollectionEvent::Filesystem(event)).await.ok()?;
-                counters.events.inc();
+        }
+        if !batch.moved_dirs.is_empty() && self.ignored > 0 {
+            // A directory moved where something is watched may have been
+            // ignored, or be above one that was: let them all go.
+            self.unignore(group);
+        }
+        self.ignore_pending(group);
+        let hashes = self.hash(&batch).await;
+        let moved = std::mem::take(&mut batch.moved_dirs);
+        let Batch { seen, states, .. } = batch;
+        let mut events = Vec::with_capacity(seen.len() * 3);
+        for seen in seen {
+            let now = states.get(&seen.path).cloned().flatten();
+            events.extend(self.events(seen, now, &hashes));
+        }
+        for (dir, from) in moved {
+            if self.watched(&dir) {
+                events.extend(self.moved_in(&dir, from.as_deref()).await);
             }
         }
+        for event in events {
+            out.send(CollectionEvent::Filesystem(event)).await.ok()?;
+            counters.events.inc();
+        }
         Some(overflowed)
+    }
+
+    /// The events of what a directory moved into a watched path (from
+    /// `from`, when known) holds: scanned, and told apart from what the
+    /// baseline had under either path (a watched directory renamed within
+    /// the watched paths: its unchanged files are no news), without a pid;
+    /// the baseline follows (the old paths let go).
+    async fn moved_in(&mut self, dir: &Path, from: Option<&Path>) -> Vec<FilesystemEvent> {
+        let fresh = baseline::scan(&[dir.to_path_buf()], self.source.engine.as_ref()).await;
+        let mut old = self.take_subtree(dir);
+        if let Some(from) = from.filter(|f| *f != dir) {
+            for (path, state) in self.take_subtree(from) {
+                if let Ok(rest) = path.strip_prefix(from) {
+                    old.insert(dir.join(rest), state);
+                }
+            }
+        }
+        let events = baseline::diff(&old, &fresh.files, self.algorithm, SystemTime::now());
+        self.baseline.files.extend(fresh.files);
+        events.into_iter().filter_map(|e| self.rooted(e)).collect()
+    }
+
+    /// What the baseline has under `dir` (itself included), taken out.
+    fn take_subtree(&mut self, dir: &Path) -> std::collections::BTreeMap<PathBuf, FileState> {
+        let paths: Vec<PathBuf> = self
+            .baseline
+            .files
+            .range(dir.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(dir))
+            .map(|(p, _)| p.clone())
+            .collect();
+        paths
+            .into_iter()
+            .filter_map(|p| self.baseline.files.remove_entry(&p))
+            .collect()
+    }
+
+    /// Marks the directories named in the last read in which nothing is
+    /// watched as ignored (see [`sys::Group::ignore_dir`]), up to
+    /// [`MAX_IGNORED`] (then every mark is let go, and it starts again).
+    fn ignore_pending(&mut self, group: &Group) {
+        for dir in std::mem::take(&mut self.to_ignore) {
+            if !self.can_ignore {
+                return;
+            }
+            if self.ignored >= MAX_IGNORED {
+                self.unignore(group);
+            }
+            match group.ignore_dir(dir.as_fd()) {
+                Ok(()) => {
+                    self.ignored += 1;
+                    self.source.counters.ignored_dirs.inc();
+                }
+                // Before Linux 6.0: records outside the watched paths are
+                // dropped here, as they always were.
+                Err(Errno::EINVAL) => {
+                    debug!("no FAN_MARK_IGNORE: unwatched directories are filtered here");
+                    self.can_ignore = false;
+                }
+                Err(e) => debug!(error = %e, "ignore mark"),
+            }
+        }
+    }
+
+    /// Lets every ignore mark go (and the paths kept, so that the
+    /// directories are seen, and marked, again).
+    fn unignore(&mut self, group: &Group) {
+        if let Err(e) = group.flush_ignored() {
+            warn!(error = %e, "cannot flush the ignore marks");
+            self.can_ignore = false;
+        }
+        self.ignored = 0;
+        self.dirs.clear();
+    }
+
+    /// Whether something watched may be in or under `dir` (a path as
+    /// this host names it): it is watched, or is on the way to a watched
+    /// path (`/`, `/home` and `/home/ann` for `/home/*/.ssh`).
+    fn relevant(&self, dir: &Path) -> bool {
+        self.roots
+            .iter()
+            .any(|r| under(r, dir) || under(dir, r) || leads_to(dir, r))
+    }
+
+    /// The digests of the regular files of `batch` whose content changed,
+    /// each path hashed once (none without an engine).
+    async fn hash(&self, batch: &Batch) -> HashMap<PathBuf, String> {
+        let Some(engine) = self.source.engine.as_ref() else {
+            return HashMap::new();
+        };
+        let mut wanted: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        let mut asked = std::collections::HashSet::new();
+        for seen in &batch.seen {
+            let Some(meta) = batch.metadata.get(&seen.path) else {
+                continue;
+            };
+            if seen.mask & CONTENT != 0 && asked.insert(&seen.path) {
+                wanted.push((seen.path.clone(), meta.clone()));
+            }
+        }
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let paths: Vec<PathBuf> = wanted.iter().map(|(p, _)| p.clone()).collect();
+        let results = engine.hash_files_probed(wanted).await;
+        paths
+            .into_iter()
+            .zip(results)
+            .filter_map(|(path, r)| {
+                let digest = r.ok()?.digests.first()?.hex.clone();
+                Some((path, digest))
+            })
+            .collect()
     }
 
     /// Rescans the watched paths and sends what changed since the
@@ -668,7 +845,11 @@ impl Watcher<'_> {
             match sys::open_by_handle(self.mounts[i].fd.as_fd(), fid.handle_type, fid.handle) {
                 Ok(dir) => {
                     self.by_fsid.insert(fid.fsid, i);
-                    return sys::fd_path(dir.as_fd());
+                    let path = sys::fd_path(dir.as_fd());
+                    if self.can_ignore && path.as_deref().is_some_and(|p| !self.relevant(p)) {
+                        self.to_ignore.push(dir);
+                    }
+                    return path;
                 }
                 Err(Errno::ESTALE) if self.mounts.len() == 1 => return None,
                 Err(e) => debug!(error = %e, "open_by_handle_at"),
@@ -685,9 +866,10 @@ impl Watcher<'_> {
         procfs::process_key(&self.source.config.proc_root, self.boot?, pid)
     }
 
-    /// The events of one record (none for a path outside the watched ones).
-    async fn events(&mut self, record: &Record<'_>) -> Vec<FilesystemEvent> {
-        let now = SystemTime::now();
+    /// Names one record's paths and, for a watched one, notes it in
+    /// `batch` with its pid and key and what its path is now (an unwatched
+    /// or unnamed one is counted and left out).
+    fn look(&mut self, record: &Record<'_>, batch: &mut Batch) {
         let renamed = record.mask & sys::FAN_RENAME != 0;
         let (old, new) = if renamed {
             (
@@ -700,29 +882,64 @@ impl Watcher<'_> {
         let old_path = old.and_then(|f| self.resolve(&f));
         let Some(path) = new.and_then(|f| self.resolve(&f)) else {
             self.source.counters.unresolved.inc();
-            return Vec::new();
+            return;
         };
         if !self.watched(&path) && !old_path.as_deref().is_some_and(|p| self.watched(p)) {
             self.source.counters.ignored.inc();
-            return Vec::new();
+            return;
         }
         let pid = u32::try_from(record.pid).ok().filter(|&p| p > 0);
-        let process_key = pid.and_then(|p| self.key(p));
+        let process_key = pid.and_then(|p| *batch.keys.entry(p).or_insert_with(|| self.key(p)));
+        if !batch.states.contains_key(&path) {
+            let meta = std::fs::symlink_metadata(&path).ok();
+            let state = meta.as_ref().map(FileState::from_metadata);
+            if let Some(meta) = meta.filter(std::fs::Metadata::is_file) {
+                batch.metadata.insert(path.clone(), meta);
+            }
+            batch.states.insert(path.clone(), state);
+        }
+        if record.mask & libc::FAN_ONDIR != 0
+            && record.mask & (sys::FAN_RENAME | libc::FAN_MOVED_TO) != 0
+            && self.relevant(&path)
+        {
+            batch.moved_dirs.push((path.clone(), old_path.clone()));
+        }
+        batch.seen.push(Seen {
+            mask: record.mask,
+            path,
+            old_path,
+            pid,
+            process_key,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The events of one record noted in a batch, its path now `after`
+    /// (`None`: gone) and `hashes` the digests of the batch's changed
+    /// files; the baseline follows.
+    fn events(
+        &mut self,
+        seen: Seen,
+        mut after: Option<FileState>,
+        hashes: &HashMap<PathBuf, String>,
+    ) -> Vec<FilesystemEvent> {
+        let Seen {
+            mask,
+            path,
+            old_path,
+            pid,
+            process_key,
+            at,
+        } = seen;
+        let renamed = mask & sys::FAN_RENAME != 0;
         let before = old_path
             .as_deref()
             .and_then(|p| self.baseline.files.remove(p))
             .or_else(|| self.baseline.files.get(&path).cloned());
-        let now_state = std::fs::symlink_metadata(&path)
-            .ok()
-            .map(|m| FileState::from_metadata(&m));
-        let mut after = now_state.clone();
-        let content_changed = record.mask
-            & (libc::FAN_CLOSE_WRITE | libc::FAN_CREATE | libc::FAN_MOVED_TO | sys::FAN_RENAME)
-            != 0;
-        if let (Some(state), Some(engine)) = (after.as_mut(), self.source.engine.as_ref()) {
+        if let (Some(state), true) = (after.as_mut(), self.source.engine.is_some()) {
             if state.file_type == FileType::Regular {
-                state.hash = if content_changed {
-                    baseline::hash(engine, &path).await.ok()
+                state.hash = if mask & CONTENT != 0 {
+                    hashes.get(&path).cloned()
                 } else {
                     before.as_ref().and_then(|b| b.hash.clone())
                 };
@@ -736,18 +953,33 @@ impl Watcher<'_> {
                 self.baseline.files.remove(&path);
             }
         }
-        let ops = operations(record.mask);
+        let mut ops = operations(mask);
+        // A file fsmond never knew of, there now, in a record without its
+        // creation: the kernel dropped that (a queue overflow) and kept a
+        // later event of it (its close after the writes) once there was
+        // room again. The rescan will not report it (it is in the
+        // baseline by then): its creation is told here, without a pid
+        // (what made it is not known).
+        let missed = before.is_none()
+            && after.is_some()
+            && mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO | sys::FAN_RENAME | libc::FAN_DELETE)
+                == 0;
+        if missed {
+            ops.insert(0, FileOperation::Create);
+        }
         let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mut e = FilesystemEvent::new(path.to_string_lossy(), op.clone(), now);
+        for (i, op) in ops.into_iter().enumerate() {
+            let mut e = FilesystemEvent::new(path.to_string_lossy(), op.clone(), at);
             e.previous_permissions = before.as_ref().map(|b| b.permissions);
-            e.pid = pid;
-            e.process_key = process_key;
+            if !(missed && i == 0) {
+                e.pid = pid;
+                e.process_key = process_key;
+            }
             if op == FileOperation::Rename {
                 e.old_path = old_path.as_ref().map(|p| p.to_string_lossy().into_owned());
             }
-            let gone = op == FileOperation::Delete
-                || (record.mask & libc::FAN_MOVED_FROM != 0 && !renamed);
+            let gone =
+                op == FileOperation::Delete || (mask & libc::FAN_MOVED_FROM != 0 && !renamed);
             let state = if gone {
                 before.as_ref()
             } else {
@@ -758,7 +990,7 @@ impl Watcher<'_> {
                 if !gone {
                     e.file_hash.clone_from(&state.hash);
                 }
-            } else if record.mask & libc::FAN_ONDIR != 0 {
+            } else if mask & libc::FAN_ONDIR != 0 {
                 e.file_type = Some(FileType::Directory);
             }
             e.previous_hash = before.as_ref().and_then(|b| b.hash.clone());
@@ -769,6 +1001,45 @@ impl Watcher<'_> {
         }
         out
     }
+}
+
+/// The records of one read, named and looked at, before hashing.
+#[derive(Default)]
+struct Batch {
+    /// The watched records, in order.
+    seen: Vec<Seen>,
+    /// Each path's state when first looked at in this batch (`None`: gone).
+    states: HashMap<PathBuf, Option<FileState>>,
+    /// The `lstat` of each regular file of `states` (the hasher's probe).
+    metadata: HashMap<PathBuf, std::fs::Metadata>,
+    /// Each pid's process key, read once a batch.
+    keys: HashMap<u32, Option<ProcessKey>>,
+    /// Directories moved to a watched path or one on the way to it.
+    moved_dirs: Vec<(PathBuf, Option<PathBuf>)>,
+}
+
+/// One watched record (see [`Batch`]).
+struct Seen {
+    mask: u64,
+    path: PathBuf,
+    old_path: Option<PathBuf>,
+    pid: Option<u32>,
+    process_key: Option<ProcessKey>,
+    at: SystemTime,
+}
+
+/// The operations after which a regular file is hashed again.
+const CONTENT: u64 =
+    libc::FAN_CLOSE_WRITE | libc::FAN_CREATE | libc::FAN_MOVED_TO | sys::FAN_RENAME;
+
+/// Whether `dir` is above `pattern` (a proper prefix of it, a `*` of
+/// `pattern` matching any one name): `/home/ann` for `/home/*/.ssh`.
+fn leads_to(dir: &Path, pattern: &Path) -> bool {
+    let mut parts = pattern.components();
+    dir.components().all(|d| match parts.next() {
+        Some(p) => p == d || (p.as_os_str() == "*" && matches!(d, Component::Normal(_))),
+        None => false,
+    }) && parts.next().is_some()
 }
 
 /// Whether `path` is `pattern` or under it, a `*` component of `pattern`

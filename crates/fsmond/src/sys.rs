@@ -23,6 +23,14 @@ pub const BASE_MASK: u64 = libc::FAN_CREATE
     | libc::FAN_ATTRIB
     | libc::FAN_ONDIR;
 
+/// What an ignored directory's mark drops: every event asked for but
+/// renames, on it, its entries and subdirectories' names.
+pub const IGNORED_MASK: u64 = BASE_MASK
+    | libc::FAN_MOVED_FROM
+    | libc::FAN_MOVED_TO
+    | libc::FAN_EVENT_ON_CHILD
+    | libc::FAN_ONDIR;
+
 /// The largest file handle the kernel gives (`MAX_HANDLE_SZ`).
 pub const MAX_HANDLE_SZ: usize = 128;
 
@@ -64,6 +72,41 @@ impl Group {
             MaskFlags::from_bits_retain(mask),
             fd,
             Some(path),
+        )
+    }
+
+    /// Has the kernel drop, before they are queued, the events on the
+    /// directory `dir` (an `O_PATH` descriptor) names, on its entries and
+    /// in it, but renames (`FAN_RENAME`: a rename out of it may be into a
+    /// watched path, and one ignore mask of either directory would drop
+    /// it): `FAN_MARK_IGNORE` with `FAN_EVENT_ON_CHILD` and `FAN_ONDIR`,
+    /// surviving modification (an inode mark, named by its
+    /// `/proc/self/fd` link: `fanotify_mark` refuses `O_PATH` descriptors).
+    ///
+    /// # Errors
+    /// The kernel's: `EINVAL` before Linux 6.0 (no `FAN_MARK_IGNORE`),
+    /// `ENOSPC` past the group's marks.
+    pub fn ignore_dir(&self, dir: BorrowedFd<'_>) -> Result<(), Errno> {
+        let link = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        self.0.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::from_bits_retain(libc::FAN_MARK_IGNORE_SURV),
+            MaskFlags::from_bits_retain(IGNORED_MASK),
+            dir,
+            Some(Path::new(&link)),
+        )
+    }
+
+    /// Removes every ignore mark ([`ignore_dir`](Self::ignore_dir)): the
+    /// group's only inode marks.
+    ///
+    /// # Errors
+    /// The kernel's.
+    pub fn flush_ignored(&self) -> Result<(), Errno> {
+        self.0.mark::<_, Path>(
+            MarkFlags::FAN_MARK_FLUSH,
+            MaskFlags::empty(),
+            self.0.as_fd(),
+            None,
         )
     }
 

@@ -377,7 +377,62 @@ fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32
             89,
         ),
     ]);
+    cases.extend(start_up_file_cases());
     cases
+}
+
+/// The cases of the sudoers and shell start-up file rules (see
+/// [`file_cases`]).
+fn start_up_file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32)> {
+    let bash = |pid| row(pid, "bash", "/usr/bin/bash", &["bash"]);
+    vec![
+        (
+            written(Some(80), "/etc/sudoers.d/90-cloud"),
+            vec![bash(80)],
+            "sudoers-changed",
+            80,
+        ),
+        (
+            vec![moved(81, "/tmp/sudoers", "/etc/sudoers")],
+            vec![row(
+                81,
+                "mv",
+                "/usr/bin/mv",
+                &["mv", "/tmp/sudoers", "/etc/sudoers"],
+            )],
+            "sudoers-changed",
+            81,
+        ),
+        (
+            written(Some(82), "/etc/profile.d/zz-update.sh"),
+            vec![row(
+                82,
+                "python3",
+                "/usr/bin/python3",
+                &["python3", "-c", "..."],
+            )],
+            "shell-profile-written",
+            82,
+        ),
+        (
+            written(Some(83), "/root/.bashrc"),
+            vec![bash(83)],
+            "shell-profile-written",
+            83,
+        ),
+        (
+            written(Some(84), "/home/user/.profile"),
+            vec![bash(84)],
+            "shell-profile-written",
+            84,
+        ),
+        (
+            written(Some(85), "/etc/bash.bashrc"),
+            vec![bash(85)],
+            "shell-profile-written",
+            85,
+        ),
+    ]
 }
 
 #[test]
@@ -425,6 +480,18 @@ fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
     // Touched: an attribute change of a file setuid before and after.
     files.push(chmod(115, "/usr/bin/sudo", 0o4755, 0o4755));
     files.extend(written(Some(116), "/etc/hosts"));
+    // visudo's edit: a temporary file beside sudoers, renamed into place;
+    // a package's sudoers.d and profile.d files.
+    let visudo = row(117, "visudo", "/usr/sbin/visudo", &["visudo"]);
+    files.extend(written(Some(117), "/etc/sudoers.tmp"));
+    files.push(moved(117, "/etc/sudoers.tmp", "/etc/sudoers"));
+    files.extend(written(Some(110), "/etc/sudoers.d/README"));
+    files.extend(written(Some(110), "/etc/profile.d/bash_completion.sh"));
+    files.extend(written(Some(110), "/etc/bash.bashrc"));
+    // A `.bashrc` deeper than a home's own is no shell's start-up file; a
+    // file beside sudoers is not sudoers.
+    files.extend(written(Some(116), "/home/user/src/dotfiles/.bashrc"));
+    files.extend(written(Some(116), "/etc/sudoers.bak"));
     // A unit enabled through systemd (on a package's behalf): a symlink.
     files.push(FilesystemEvent {
         file_type: Some(FileType::Symlink),
@@ -448,7 +515,7 @@ fn package_managers_and_the_usual_tools_writing_the_same_files_raise_nothing() {
     assert_eq!(
         fired_files(
             &files,
-            &[dpkg, dnf, useradd, passwd, vipw, touch, vim, systemd]
+            &[dpkg, dnf, useradd, passwd, vipw, touch, vim, systemd, visudo]
         ),
         Vec::<(String, u32)>::new()
     );

@@ -4,7 +4,9 @@
 //! they would on the host itself); a shell that writes a cron entry there
 //! and a `cp` that puts an `authorized_keys` in place (and exits at once)
 //! each raise the persistence alert through the running agent, naming the
-//! process that did it; the events are stored, joinable to that process;
+//! process that did it; a program run from there whose file is deleted is
+//! told at once (its `executable_deleted`, the `deleted-executable` alert);
+//! the events are stored, joinable to that process;
 //! a second fsmond whose path no filesystem mark can hold says so, and the
 //! agent's health is degraded. Skips (saying why) when not root.
 // Blocking test around child processes: no tokio clock to pause.
@@ -103,6 +105,7 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
     assert_eq!(who(&alert), (shell_pid, "sh".to_owned()), "{alert}");
     let dedup = alert["dedup_key"].as_str().unwrap_or_default();
     assert!(dedup.ends_with(":/etc/cron.d/backdoor"), "{alert}");
+    assert_eq!(alert["file"], "/etc/cron.d/backdoor", "{alert}");
 
     // `cp` puts an authorized_keys in a /root/.ssh made after the start,
     // and exits at once: still named.
@@ -124,6 +127,31 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
             .is_some_and(|k| k.ends_with(":/root/.ssh/authorized_keys")),
         "{alert}"
     );
+
+    // A program run from a watched path, then its file deleted: its
+    // process's executable_deleted comes from fsmond's delete at once
+    // (procmond's next snapshot is an hour away), and with it the alert.
+    let exe = root.join("etc/sleepy");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut sleepy = Killed(Command::new(&exe).arg("600").spawn().unwrap());
+    let sleepy_pid = sleepy.0.id();
+    wait_for("procmond's report of the program stored", || {
+        let store = AgentStore::open_read_only(data.path()).ok()?;
+        let known = store
+            .query(&format!(
+                "SELECT count(*) FROM processes WHERE pid = {sleepy_pid}"
+            ))
+            .ok()?;
+        (known.rows[0][0] != 0).then_some(())
+    });
+    std::fs::remove_file(&exe).unwrap();
+    let alert = running.alert_of("deleted-executable");
+    assert_eq!(
+        who(&alert),
+        (u64::from(sleepy_pid), "sleepy".to_owned()),
+        "{alert}"
+    );
+    let _ = sleepy.0.kill();
 
     if let Some(stdin) = shell.0.stdin.as_mut() {
         let _ = stdin.write_all(b"done\n");
@@ -151,9 +179,19 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
     assert_eq!(outside.rows[0][0], 0);
     let alerted = store
         .query(&format!(
-            "SELECT count(*) FROM alerts WHERE rule_id = 'persistence-file-written' \
-             AND pid IN ({shell_pid}, {cp_pid})"
+            "SELECT file FROM alerts WHERE rule_id = 'persistence-file-written' \
+             AND pid IN ({shell_pid}, {cp_pid}) ORDER BY file"
         ))
         .unwrap();
-    assert_eq!(alerted.rows[0][0], 2);
+    let files: Vec<&str> = alerted
+        .rows
+        .iter()
+        .map(|r| r[0].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        files,
+        ["/etc/cron.d/backdoor", "/root/.ssh/authorized_keys"],
+        "{:?}",
+        alerted.rows
+    );
 }

@@ -306,6 +306,7 @@ fn left_in_outbox(data: &std::path::Path, pids: &[u32], name: &str) -> u64 {
             observed_at: 1,
             raised_at: 2,
             dedup_key: format!("{name}:{pid}"),
+            file: None,
         };
         store.record_alert(&alert).unwrap();
     }
