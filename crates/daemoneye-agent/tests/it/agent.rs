@@ -318,8 +318,6 @@ async fn checkpoints_reach_the_sinks_at_start_on_schedule_and_at_shutdown() {
         .await
         .expect("the agent stops when told")
         .unwrap();
-    let rest: Vec<Value> = lines.try_iter().collect();
-    let last = rest.last().expect("a checkpoint at shutdown");
     let store =
         daemoneye_agent::store::AgentStore::open_read_only(&dir.path().join("data")).unwrap();
     let runs = store.ledger_runs().unwrap();
@@ -330,6 +328,21 @@ async fn checkpoints_reach_the_sinks_at_start_on_schedule_and_at_shutdown() {
         .rows[0][0]
         .as_i64()
         .unwrap();
+    // What the sink wrote after them, up to the checkpoint after the stop
+    // (the reading thread may still be on its way to it).
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut rest: Vec<Value> = Vec::new();
+        while rest.last().and_then(|l| l["seq"].as_i64()) != Some(stop_seq + 1) {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => rest.push(line),
+                Err(_) => break,
+            }
+        }
+        rest
+    })
+    .await
+    .unwrap();
+    let last = rest.last().expect("a checkpoint at shutdown");
     assert_eq!(
         last["seq"],
         stop_seq + 1,
