@@ -192,7 +192,12 @@ fn ecs(alert: &Alert, host: &Host) -> Value {
     );
     put(&mut d, "ecs.version", ECS_VERSION);
     put(&mut d, "event.kind", "alert");
-    put(&mut d, "event.category", json!(["process"]));
+    let category = if alert.file.is_some() {
+        json!(["process", "file"])
+    } else {
+        json!(["process"])
+    };
+    put(&mut d, "event.category", category);
     put(&mut d, "event.type", json!(["info"]));
     put(&mut d, "event.module", "daemoneye");
     put(&mut d, "event.dataset", "daemoneye.alert");
@@ -251,6 +256,11 @@ fn ecs(alert: &Alert, host: &Host) -> Value {
             "process.parent.executable",
             p.parent_executable_path.clone(),
         );
+    }
+    // A file rule's file (what was written, made setuid, replaced).
+    if let Some(path) = &alert.file {
+        put(&mut d, "file.path", path.clone());
+        put(&mut d, "file.name", path.rsplit('/').next().unwrap_or(path));
     }
     put(&mut d, "host.name", host.hostname.clone());
     put(&mut d, "host.hostname", host.hostname.clone());
@@ -349,6 +359,13 @@ fn ocsf(alert: &Alert, host: &Host) -> Value {
     put(&mut d, "unmapped.rule_id", alert.rule_id.clone());
     put(&mut d, "unmapped.rule_name", alert.rule_name.clone());
     put(&mut d, "unmapped.mitre", json!(alert.mitre));
+    // Process Activity has no file of its own besides the process's: a
+    // file rule's file is unmapped.
+    put_some(
+        &mut d,
+        "unmapped.file",
+        alert.file.as_deref().map(ocsf_file),
+    );
     Value::Object(d)
 }
 
@@ -444,7 +461,35 @@ mod tests {
             SystemTime::now(),
         );
         let hostwide = Alert::new(&rule, AlertProcess::host(), SystemTime::now());
-        vec![full_alert(), bare, hostwide]
+        vec![full_alert(), bare, file_alert(), hostwide]
+    }
+
+    /// A file rule's alert: its file set.
+    fn file_alert() -> Alert {
+        let mut alert = full_alert();
+        alert.file = Some("/etc/cron.d/evil".to_owned());
+        alert
+    }
+
+    #[test]
+    fn a_file_rules_file_is_in_ecs_and_ocsf() {
+        let ecs: Value =
+            serde_json::from_str(&AlertFormat::Ecs.encode(&file_alert(), &host()).unwrap())
+                .unwrap();
+        assert_eq!(ecs["file"]["path"], "/etc/cron.d/evil");
+        assert_eq!(ecs["file"]["name"], "evil");
+        assert_eq!(ecs["event"]["category"], json!(["process", "file"]));
+        let ocsf: Value =
+            serde_json::from_str(&AlertFormat::Ocsf.encode(&file_alert(), &host()).unwrap())
+                .unwrap();
+        assert_eq!(ocsf["unmapped"]["file"]["path"], "/etc/cron.d/evil");
+        assert_eq!(ocsf["unmapped"]["file"]["name"], "evil");
+        // Without a file, neither has one.
+        for format in [AlertFormat::Ecs, AlertFormat::Ocsf] {
+            let doc: Value =
+                serde_json::from_str(&format.encode(&full_alert(), &host()).unwrap()).unwrap();
+            assert!(doc.get("file").is_none() && doc["unmapped"].get("file").is_none());
+        }
     }
 
     #[test]
