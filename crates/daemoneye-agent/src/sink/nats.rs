@@ -54,6 +54,8 @@ use daemoneye_lib::fleet;
 pub use daemoneye_lib::fleet::{subject_token, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX};
 /// Unacknowledged publishes at a time, when the config names none.
 pub const DEFAULT_WINDOW: usize = 256;
+/// How many windows of items a drain reads from the outbox at once.
+const READ_AHEAD_WINDOWS: usize = 4;
 /// The duplicate window of a stream the sink creates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a publish waits for its ack, and a connection for the server.
@@ -622,37 +624,41 @@ impl FleetSink {
         let mut in_flight = std::collections::VecDeque::with_capacity(window);
         let mut acked = Vec::with_capacity(window);
         let mut removals = Vec::new();
+        // Read ahead of the window: a read waits behind every write queued
+        // before it, so it is made seldom and large.
+        let read_ahead = window.saturating_mul(READ_AHEAD_WINDOWS);
+        let mut ready = std::collections::VecDeque::with_capacity(read_ahead);
         let (mut after, mut more, mut failed) = (0, true, None);
         loop {
-            if more && failed.is_none() && window - in_flight.len() >= refill {
-                let items = self
-                    .writer
-                    .outbox_read(after, window - in_flight.len())
-                    .await?;
+            if more && failed.is_none() && ready.len() < refill {
+                let items = self.writer.outbox_read(after, read_ahead).await?;
                 more = !items.is_empty();
-                for item in items {
-                    after = item.id;
-                    let msg_id = format!("{}.{}", self.config.host, item.msg_id);
-                    let id = item.id;
-                    let Some((subject, payload)) = self.message(item) else {
-                        acked.push(id); // unencodable: no retry would mend it
-                        continue;
-                    };
-                    let mut headers = HeaderMap::new();
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-                    match js
-                        .publish_with_headers(subject.clone(), headers, payload)
-                        .await
-                    {
-                        Ok(ack) => {
-                            self.status.published.inc();
-                            in_flight.push_back((id, subject, ack));
-                        }
-                        Err(e) => {
-                            failed = Some((subject, e.to_string()));
-                            break;
-                        }
+                if let Some(last) = items.last() {
+                    after = last.id;
+                }
+                ready.extend(items);
+            }
+            while failed.is_none() && in_flight.len() < window {
+                let Some(item) = ready.pop_front() else {
+                    break;
+                };
+                let msg_id = format!("{}.{}", self.config.host, item.msg_id);
+                let id = item.id;
+                let Some((subject, payload)) = self.message(item) else {
+                    acked.push(id); // unencodable: no retry would mend it
+                    continue;
+                };
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+                match js
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                {
+                    Ok(ack) => {
+                        self.status.published.inc();
+                        in_flight.push_back((id, subject, ack));
                     }
+                    Err(e) => failed = Some((subject, e.to_string())),
                 }
             }
             let Some((id, subject, ack)) = in_flight.pop_front() else {
