@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use collector_core::metrics::{Counter, Gauge, Registry};
+use collector_core::metrics::{Counter, Registry, TierGauges};
 use collector_core::poll::{Poll, PollCounters, Polled};
 use collector_core::procfs;
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
@@ -174,14 +174,11 @@ impl NetmondCounters {
     }
 }
 
-const TIERS: usize = 3;
-const _: () = assert!(CaptureTier::ALL.len() == TIERS);
-
 /// The real-time tier's state, shared with [`NetmondStats`].
 #[derive(Debug, Default)]
 struct Status {
     /// One per [`CaptureTier::ALL`] (same order), 1 for the tier in use.
-    tiers: [Gauge; TIERS],
+    tiers: TierGauges,
     ebpf: EbpfCounters,
     tracker: TrackerCounters,
     /// Events the eBPF tier sent to the runtime.
@@ -199,10 +196,7 @@ pub struct NetmondStats(Arc<Status>);
 impl NetmondStats {
     /// The tier in use; `None` before the source starts.
     pub fn tier(&self) -> Option<CaptureTier> {
-        CaptureTier::ALL
-            .iter()
-            .zip(&self.0.tiers)
-            .find_map(|(t, g)| g.get_bool().then_some(*t))
+        self.0.tiers.get()
     }
 
     /// The eBPF tier's accounting: what the kernel produced, what reached
@@ -220,14 +214,7 @@ impl NetmondStats {
     /// the kernel's counters (`stage="kernel"`) and the tracker's.
     pub fn register_metrics(&self, registry: &Registry) {
         let c = &self.0;
-        for (tier, gauge) in CaptureTier::ALL.iter().zip(&c.tiers) {
-            registry.register_gauge(
-                "daemoneye_capture_tier",
-                "1 for the tier of kernel events in use (ebpf, connector, polling).",
-                &[("source", NAME), ("tier", tier.as_str())],
-                gauge,
-            );
-        }
+        c.tiers.register(registry, NAME);
         c.ebpf.register(registry);
         registry.register_counter(
             "daemoneye_connections_untracked_total",
@@ -309,9 +296,7 @@ impl NetmondSource {
     }
 
     fn set_tier(&self, tier: CaptureTier) {
-        for (t, gauge) in CaptureTier::ALL.iter().zip(&self.status.tiers) {
-            gauge.set_bool(*t == tier);
-        }
+        self.status.tiers.set(tier);
     }
 
     /// The eBPF tier's reader, when it is wanted and loads; `None` (the

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use collector_core::metrics::{Counter, Gauge, Registry};
+use collector_core::metrics::{Counter, Gauge, Registry, TierGauges};
 use collector_core::{
     CaptureTier, CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig,
     MonitorCollectorStats, ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
@@ -157,9 +157,6 @@ pub enum ProcmondError {
     Hasher(#[from] daemoneye_hasher::ConfigError),
 }
 
-const TIERS: usize = 3;
-const _: () = assert!(CaptureTier::ALL.len() == TIERS);
-
 #[derive(Debug, Default)]
 struct Counters {
     cycles: Counter,
@@ -174,7 +171,7 @@ struct Counters {
     reader: ReaderCounters,
     ebpf: EbpfCounters,
     /// One per [`CaptureTier::ALL`] (same order), 1 for the tier in use.
-    tiers: [Gauge; TIERS],
+    tiers: TierGauges,
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
 }
@@ -884,9 +881,7 @@ impl ProcmondMonitorCollector {
     }
 
     fn set_tier(&self, tier: CaptureTier) {
-        for (t, gauge) in CaptureTier::ALL.iter().zip(&self.counters.tiers) {
-            gauge.set_bool(*t == tier);
-        }
+        self.counters.tiers.set(tier);
     }
 
     /// Opens the best kernel tier allowed ([`ProcessCollectionConfig::tier`])
@@ -1076,10 +1071,7 @@ impl ProcmondStatsHandle {
 
     /// The tier of kernel events in use; `None` before the collector starts.
     pub fn tier(&self) -> Option<CaptureTier> {
-        CaptureTier::ALL
-            .iter()
-            .zip(&self.0.tiers)
-            .find_map(|(t, g)| g.get_bool().then_some(*t))
+        self.0.tiers.get()
     }
 
     /// The eBPF tier's accounting: what the kernel produced, what reached
@@ -1142,14 +1134,7 @@ impl ProcmondStatsHandle {
             &source,
             &c.realtime,
         );
-        for (tier, gauge) in CaptureTier::ALL.iter().zip(&c.tiers) {
-            registry.register_gauge(
-                "daemoneye_capture_tier",
-                "1 for the tier of kernel events in use (ebpf, connector, polling).",
-                &[("source", "procmond"), ("tier", tier.as_str())],
-                gauge,
-            );
-        }
+        c.tiers.register(registry, "procmond");
         c.reader.register(registry);
         c.ebpf.register(registry);
         c.lifecycle.register(registry);

@@ -150,6 +150,43 @@ impl Gauge {
     }
 }
 
+/// One gauge per [`CaptureTier`](crate::CaptureTier), 1 for the tier in
+/// use: what every collector with tiers of kernel events (procmond,
+/// netmond) keeps and exports as `daemoneye_capture_tier{source, tier}`.
+#[derive(Debug, Default)]
+pub struct TierGauges([Gauge; 3]);
+
+const _: () = assert!(crate::CaptureTier::ALL.len() == 3);
+
+impl TierGauges {
+    /// Marks `tier` the one in use.
+    pub fn set(&self, tier: crate::CaptureTier) {
+        for (t, gauge) in crate::CaptureTier::ALL.iter().zip(&self.0) {
+            gauge.set_bool(*t == tier);
+        }
+    }
+
+    /// The tier in use; `None` before one is set.
+    pub fn get(&self) -> Option<crate::CaptureTier> {
+        crate::CaptureTier::ALL
+            .iter()
+            .zip(&self.0)
+            .find_map(|(t, g)| g.get_bool().then_some(*t))
+    }
+
+    /// Registers the gauges as `daemoneye_capture_tier{source, tier}`.
+    pub fn register(&self, registry: &Registry, source: &'static str) {
+        for (tier, gauge) in crate::CaptureTier::ALL.iter().zip(&self.0) {
+            registry.register_gauge(
+                "daemoneye_capture_tier",
+                "1 for the tier of kernel events in use (ebpf, connector, polling).",
+                &[("source", source), ("tier", tier.as_str())],
+                gauge,
+            );
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Metric {
     Counter(Counter),
@@ -445,6 +482,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn one_tier_gauge_is_set_and_exported_per_tier() {
+        let tiers = TierGauges::default();
+        assert_eq!(tiers.get(), None);
+        tiers.set(crate::CaptureTier::Ebpf);
+        tiers.set(crate::CaptureTier::Polling);
+        assert_eq!(tiers.get(), Some(crate::CaptureTier::Polling));
+        let registry = Registry::new();
+        tiers.register(&registry, "src");
+        let text = registry.encode();
+        assert!(
+            text.contains("daemoneye_capture_tier{source=\"src\",tier=\"polling\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("daemoneye_capture_tier{source=\"src\",tier=\"ebpf\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_stage_drops_into_one_family_by_reason() {
