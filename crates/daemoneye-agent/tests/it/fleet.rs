@@ -7,137 +7,39 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use daemoneye_agent::agent::Agent;
-use daemoneye_agent::health::AgentHealth;
-use daemoneye_agent::link::LinkState;
-use daemoneye_agent::sink::FleetStatus;
-use daemoneye_lib::proto::{ComponentHealth, HealthState};
+use daemoneye_lib::proto::HealthState;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use crate::agent::settings;
+use crate::fleet_agent::FleetAgent;
 use crate::link::{exec, Served};
 use crate::nats::Nats;
 
 const HOST: &str = "test-host";
 const SUBJECT: &str = "daemoneye.test-host.alerts";
 
-/// An agent with one (served) collector, shipping to `url`.
-struct Running {
-    health: AgentHealth,
-    metrics: collector_core::metrics::Registry,
-    fleet: Arc<FleetStatus>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    collector: Served,
-    data: PathBuf,
-}
-
 /// Starts the broker, then an agent on `dir`'s store (an outbox left
 /// there); waits until `n` alerts are shipped, stops the agent, and returns
 /// the pids of the alerts in the stream.
 async fn shipped_by_a_new_agent(dir: &Path, nats: &mut Nats, n: u64) -> Vec<u64> {
     nats.start();
-    let agent = Running::start(dir, &nats.url()).await;
+    let agent = FleetAgent::start(dir, &nats.url()).await;
     agent.until_shipped(n).await;
     agent.stop().await;
     alert_pids(&nats.messages().await)
 }
 
-impl Running {
+impl FleetAgent {
     async fn start(dir: &Path, url: &str) -> Self {
         Self::start_with(dir, url, "").await
     }
 
     /// As [`start`](Self::start), with more `[fleet]` keys.
     async fn start_with(dir: &Path, url: &str, fleet: &str) -> Self {
-        let socket = dir.join("collector.sock");
-        let collector = Served::start(&socket).await;
         let data = dir.join("data");
-        let s = settings(&format!(
-            "data_dir = \"{}\"\nsweep_interval = \"1h\"\n\
-             [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
-             [fleet]\nurl = \"{url}\"\nhost = \"{HOST}\"\n{fleet}\n",
-            data.display(),
-            socket.display(),
-        ));
-        let agent = Agent::build(s).await.unwrap();
-        let health = agent.health();
-        let metrics = agent.metrics();
-        let fleet = health.fleet.clone().expect("the fleet sink is configured");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(agent.run(shutdown.clone()));
-        let link = &health.collectors[0].link;
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            link.wait_for(|s| s.state() == LinkState::Connected),
-        )
-        .await
-        .expect("the collector link connects");
-        Self {
-            health,
-            metrics,
-            fleet,
-            shutdown,
-            task,
-            collector,
-            data,
-        }
-    }
-
-    /// An exec from /dev/shm by `pid`: one alert.
-    async fn raise(&self, pid: u32) {
-        let mut e = exec(pid, &format!("p{pid}"));
-        e.executable_path = Some(format!("/dev/shm/p{pid}"));
-        self.collector.send(e).await;
-    }
-
-    /// Waits (up to 30 s) until `done` holds of the fleet sink's state.
-    async fn until(&self, what: &str, done: impl Fn(&FleetStatus) -> bool) {
-        let fleet = &self.fleet;
-        tokio::time::timeout(Duration::from_secs(30), fleet.wait_for(done))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{what}: not within 30 s; acknowledged {}, depth {}, error {:?}",
-                    fleet.acknowledged.get(),
-                    fleet.outbox_depth.get(),
-                    fleet.last_error()
-                )
-            });
-    }
-
-    /// Waits until `n` alerts were acknowledged and the outbox is empty.
-    async fn until_shipped(&self, n: u64) {
-        self.until(&format!("{n} alerts shipped"), |f| {
-            f.acknowledged.get() >= n && f.outbox_depth.get() == 0 && f.last_error().is_empty()
-        })
-        .await;
-    }
-
-    /// The agent's health report and its fleet component.
-    async fn fleet_health(&self) -> (ComponentHealth, ComponentHealth) {
-        let report = self.health.report().await;
-        let fleet = report
-            .components
-            .iter()
-            .find(|c| c.name == "fleet")
-            .expect("a fleet component")
-            .clone();
-        (report, fleet)
-    }
-
-    async fn stop(self) -> PathBuf {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the agent stops when told")
-            .unwrap();
-        self.collector.stop().await;
-        self.data
+        let socket = dir.join("collector.sock");
+        Self::launch(&data, &socket, url, HOST, fleet, "").await
     }
 }
 
@@ -172,7 +74,7 @@ async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
         return;
     };
     nats.start();
-    let agent = Running::start(dir.path(), &nats.url()).await;
+    let agent = FleetAgent::start(dir.path(), &nats.url()).await;
     for pid in [5101, 5102, 5103] {
         agent.raise(pid).await;
     }
@@ -231,7 +133,7 @@ async fn a_broker_down_at_start_gets_the_outbox_once_it_is_up_and_health_says_so
     let Some((dir, mut nats)) = broker() else {
         return;
     };
-    let agent = Running::start(dir.path(), &nats.url()).await;
+    let agent = FleetAgent::start(dir.path(), &nats.url()).await;
     for pid in [5201, 5202, 5203] {
         agent.raise(pid).await;
     }
@@ -264,7 +166,7 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
         return;
     };
     nats.start();
-    let agent = Running::start(dir.path(), &nats.url()).await;
+    let agent = FleetAgent::start(dir.path(), &nats.url()).await;
     for pid in 5301..=5305 {
         agent.raise(pid).await;
     }
@@ -405,7 +307,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
     let Some((dir, mut nats)) = broker() else {
         return;
     };
-    let agent = Running::start_with(dir.path(), &nats.url(), "outbox_max_items = 2").await;
+    let agent = FleetAgent::start_with(dir.path(), &nats.url(), "outbox_max_items = 2").await;
     agent
         .until("the first look at the outbox", |f| {
             !f.last_error().is_empty()
@@ -454,7 +356,7 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
     };
     nats.start_with(&["--user", "daemoneye", "--pass", "right-one"]);
     let url = format!("nats://daemoneye:s3cret-wrong@127.0.0.1:{}", nats.port);
-    let agent = Running::start(dir.path(), &url).await;
+    let agent = FleetAgent::start(dir.path(), &url).await;
     agent.raise(5701).await;
     agent
         .until("refused for its credentials, the alert kept", |f| {
@@ -502,7 +404,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
         .unwrap()
         / 1_000_000_000;
 
-    let agent = Running::start_with(dir.path(), &nats.url(), "max_outbox_age = \"5m\"").await;
+    let agent = FleetAgent::start_with(dir.path(), &nats.url(), "max_outbox_age = \"5m\"").await;
     // The alert, and the checkpoint taken at start behind it.
     agent
         .until("the aged outbox is looked at", |f| {
@@ -555,7 +457,7 @@ async fn in_a_three_node_cluster_one_node_killed_mid_stream_loses_nothing() {
         node.start();
     }
     let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
-    let agent = Running::start_with(dir.path(), &urls.join(","), "replicas = 3").await;
+    let agent = FleetAgent::start_with(dir.path(), &urls.join(","), "replicas = 3").await;
     for pid in 5901..=5910 {
         agent.raise(pid).await;
     }
@@ -619,7 +521,7 @@ async fn opted_in_events_ship_once_each_to_their_domain_subject_beside_the_alert
     .await
     .unwrap();
 
-    let agent = Running::start_with(dir.path(), &nats.url(), "events = [\"process\"]").await;
+    let agent = FleetAgent::start_with(dir.path(), &nats.url(), "events = [\"process\"]").await;
     for pid in 6001..=6003 {
         agent.collector.send(exec(pid, "ls")).await;
     }
@@ -678,7 +580,7 @@ async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
     let Some((dir, mut nats)) = broker() else {
         return;
     };
-    let agent = Running::start_with(
+    let agent = FleetAgent::start_with(
         dir.path(),
         &nats.url(),
         "outbox_max_items = 3\nevents = [\"process\"]",
@@ -760,7 +662,7 @@ async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
     let url = format!("tls://127.0.0.1:{}", nats.port);
 
     let untrusted = tempfile::tempdir().unwrap();
-    let agent = Running::start(untrusted.path(), &url).await;
+    let agent = FleetAgent::start(untrusted.path(), &url).await;
     agent.raise(6201).await;
     agent
         .until("refused for its certificate, the alert kept", |f| {
@@ -775,7 +677,7 @@ async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
     );
     agent.stop().await;
 
-    let agent = Running::start_with(
+    let agent = FleetAgent::start_with(
         dir.path(),
         &url,
         &format!("tls_ca_file = \"{}\"", cert.display()),
@@ -811,7 +713,7 @@ async fn a_user_and_password_or_a_token_in_the_url_is_accepted() {
         let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
         nats.start_with(&args);
         let url = format!("nats://{userinfo}@127.0.0.1:{}", nats.port);
-        let agent = Running::start(dir.path(), &url).await;
+        let agent = FleetAgent::start(dir.path(), &url).await;
         agent.raise(pid).await;
         agent.until_shipped(2).await;
         agent.stop().await;
@@ -931,7 +833,7 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
     nats.start_with(&["-c", &config]);
 
     let refused = tempfile::tempdir().unwrap();
-    let agent = Running::start(refused.path(), &nats.url()).await;
+    let agent = FleetAgent::start(refused.path(), &nats.url()).await;
     agent.raise(6501).await;
     agent
         .until("refused without credentials, the alert kept", |f| {
@@ -943,7 +845,7 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
     // A creds file others may read is refused, saying so.
     let shared = tempfile::tempdir().unwrap();
     let with_creds = format!("creds_file = \"{}\"", creds.display());
-    let agent = Running::start_with(shared.path(), &nats.url(), &with_creds).await;
+    let agent = FleetAgent::start_with(shared.path(), &nats.url(), &with_creds).await;
     agent
         .until("refused for its mode", |f| {
             f.last_error().contains("chmod 600")
@@ -956,7 +858,7 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
     )
     .unwrap();
-    let agent = Running::start_with(dir.path(), &nats.url(), &with_creds).await;
+    let agent = FleetAgent::start_with(dir.path(), &nats.url(), &with_creds).await;
     agent.raise(6502).await;
     agent.until_shipped(2).await;
     agent.stop().await;

@@ -12,6 +12,7 @@ mod cli;
 mod e2e;
 mod files;
 mod fleet;
+mod fleet_agent;
 mod link;
 mod metrics;
 mod nats;

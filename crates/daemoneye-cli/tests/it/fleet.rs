@@ -9,98 +9,34 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use daemoneye_agent::agent::Agent;
-use daemoneye_agent::config::{AgentConfig, RunArgs, Settings};
-use daemoneye_agent::link::LinkState;
-use daemoneye_agent::sink::FleetStatus;
-use tokio_util::sync::CancellationToken;
-
+use crate::fleet_agent::FleetAgent;
 use crate::nats::Nats;
-use crate::served::{exec, Served};
 use crate::BIN;
 
-/// An agent shipping to a broker as `host`, data in `dir/<host>`, with one
-/// collector served here.
-struct FleetAgent {
-    fleet: Arc<FleetStatus>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    collector: Served,
-    data: PathBuf,
-}
-
 impl FleetAgent {
+    /// An agent shipping to a broker as `host`, data in `dir/<host>`, with
+    /// one collector served here; returns once the checkpoint taken at
+    /// start is shipped (so each alert is one more acknowledgement).
     async fn start(dir: &Path, url: &str, host: &str) -> Self {
-        let socket = dir.join(format!("{host}.sock"));
-        let collector = Served::start(&socket).await;
         let data = dir.join(host);
-        let toml = format!(
-            "data_dir = \"{}\"\nsweep_interval = \"1h\"\ncheckpoint_interval = \"1h\"\n\
-             [[collector]]\nname = \"alpha\"\nsocket = \"{}\"\n\
-             [fleet]\nurl = \"{url}\"\nhost = \"{host}\"\n",
-            data.display(),
-            socket.display(),
-        );
-        let settings = Settings::resolve(
-            AgentConfig::from_toml_str(&toml).unwrap(),
-            None,
-            &RunArgs::default(),
-        )
-        .unwrap();
-        let agent = Agent::build(settings).await.unwrap();
-        let health = agent.health();
-        let fleet = health.fleet.clone().expect("the fleet sink is configured");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(agent.run(shutdown.clone()));
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            health.collectors[0]
-                .link
-                .wait_for(|s| s.state() == LinkState::Connected),
-        )
-        .await
-        .expect("the collector link connects");
-        // The checkpoint taken at start is shipped (so each alert is one
-        // more acknowledgement).
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            fleet.wait_for(|f| f.acknowledged.get() >= 1),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the start checkpoint: {:?}", fleet.last_error()));
-        Self {
-            fleet,
-            shutdown,
-            task,
-            collector,
-            data,
-        }
+        let socket = dir.join(format!("{host}.sock"));
+        let top = "checkpoint_interval = \"1h\"";
+        let agent = Self::launch(&data, &socket, url, host, "", top).await;
+        agent
+            .until("the start checkpoint", |f| f.acknowledged.get() >= 1)
+            .await;
+        agent
     }
 
     /// An exec from /dev/shm by `pid` (one alert); returns once the stream
     /// acknowledged it.
-    async fn raise(&self, pid: u32) {
+    async fn raise_shipped(&self, pid: u32) {
         let before = self.fleet.acknowledged.get();
-        let mut e = exec(pid, &format!("p{pid}"));
-        e.executable_path = Some(format!("/dev/shm/p{pid}"));
-        self.collector.send(e).await;
-        let fleet = &self.fleet;
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            fleet.wait_for(|f| f.acknowledged.get() > before && f.outbox_depth.get() == 0),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("not shipped: {:?}", fleet.last_error()));
-    }
-
-    async fn stop(self) -> PathBuf {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the agent stops when told")
-            .unwrap();
-        self.collector.stop().await;
-        self.data
+        self.raise(pid).await;
+        self.until("shipped", |f| {
+            f.acknowledged.get() > before && f.outbox_depth.get() == 0
+        })
+        .await;
     }
 }
 
@@ -150,8 +86,8 @@ async fn one_fleet_alerts_prints_the_alerts_of_two_agents_each_naming_its_host()
     let url = nats.url();
     let a = FleetAgent::start(dir.path(), &url, "a").await;
     let b = FleetAgent::start(dir.path(), &url, "b").await;
-    a.raise(6101).await;
-    b.raise(6201).await;
+    a.raise_shipped(6101).await;
+    b.raise_shipped(6201).await;
 
     let (code, out, err) = cli(&["fleet", "alerts", "--nats", &url, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
@@ -209,7 +145,7 @@ async fn one_fleet_alerts_prints_the_alerts_of_two_agents_each_naming_its_host()
     });
     let (two, lines) = lines.await.unwrap();
     assert_eq!(parsed(&two.join("\n")).len(), 2, "{two:?}");
-    b.raise(6202).await;
+    b.raise_shipped(6202).await;
     let third =
         tokio::task::spawn_blocking(move || lines.recv_timeout(Duration::from_secs(30)).unwrap())
             .await
@@ -235,7 +171,7 @@ async fn fleet_alerts_uses_the_user_and_password_of_the_url() {
     nats.start_with(&["--user", "reader", "--pass", "p@ss:word"]);
     let url = format!("nats://reader:p%40ss%3Aword@127.0.0.1:{}", nats.port);
     let a = FleetAgent::start(dir.path(), &url, "a").await;
-    a.raise(6401).await;
+    a.raise_shipped(6401).await;
     let (code, out, err) = cli(&["fleet", "alerts", "--nats", &url, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(
@@ -286,7 +222,7 @@ async fn fleet_verify_checks_a_store_against_the_checkpoints_its_host_shipped() 
     nats.start();
     let url = nats.url();
     let agent = FleetAgent::start(dir.path(), &url, "v").await;
-    agent.raise(2).await;
+    agent.raise_shipped(2).await;
     let fleet = Arc::clone(&agent.fleet);
     let data = agent.stop().await;
     // The checkpoints at start and at shutdown, both shipped through the

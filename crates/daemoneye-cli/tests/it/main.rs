@@ -10,6 +10,9 @@ mod anchor;
 mod fleet;
 // The agent's test helpers: one real broker, one served collector.
 #[allow(dead_code)]
+#[path = "../../../daemoneye-agent/tests/it/fleet_agent.rs"]
+mod fleet_agent;
+#[allow(dead_code)]
 #[path = "../../../daemoneye-agent/tests/it/nats.rs"]
 mod nats;
 #[allow(dead_code)]
