@@ -28,7 +28,7 @@
 //! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
 //! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
 //! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
-//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas`, `fleet.events` | | |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas`, `fleet.events`, `fleet.stream_max_age`, `fleet.stream_max_bytes` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -356,6 +356,13 @@ pub struct FleetFileConfig {
     /// The event domains shipped besides alerts and checkpoints:
     /// `process`, `network`, `filesystem`, `performance` (default none).
     pub events: Option<Vec<String>>,
+    /// How long a stream the agent creates keeps a message (default 30
+    /// days).
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Option<Duration>,
+    /// The most bytes a stream the agent creates holds, the oldest
+    /// discarded past it (default 10 GiB).
+    pub stream_max_bytes: Option<u64>,
 }
 
 /// `[sinks.formats]`: one sink's alert format, over `sinks.format`.
@@ -1004,7 +1011,44 @@ fn resolve_fleet(
         }
         None => {}
     }
-    for name in file.events.unwrap_or_default() {
+    fleet_stream_and_events(
+        (file.stream_max_age, file.stream_max_bytes),
+        file.events.unwrap_or_default(),
+        &mut config,
+        invalid,
+    )?;
+    Ok(Some(config))
+}
+
+/// The limits of a stream the agent creates, and the event domains shipped
+/// (`fleet.stream_max_age`, `fleet.stream_max_bytes`, `fleet.events`).
+fn fleet_stream_and_events(
+    (max_age, max_bytes): (Option<Duration>, Option<u64>),
+    events: Vec<String>,
+    config: &mut FleetConfig,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match max_age {
+        Some(d) if d < Duration::from_secs(60) => {
+            return Err(invalid(
+                "fleet.stream_max_age",
+                "must be at least 1m".to_owned(),
+            ))
+        }
+        Some(d) => config.stream_max_age = d,
+        None => {}
+    }
+    match max_bytes {
+        Some(n) if n < 1 << 20 => {
+            return Err(invalid(
+                "fleet.stream_max_bytes",
+                format!("{n}: at least 1048576 (1 MiB)"),
+            ))
+        }
+        Some(n) => config.stream_max_bytes = n,
+        None => {}
+    }
+    for name in events {
         let domain = collector_core::EventKind::from_name(&name)
             .filter(|d| daemoneye_store::outbox::SHIPPABLE.contains(d))
             .ok_or_else(|| {
@@ -1017,7 +1061,7 @@ fn resolve_fleet(
             config.events.push(domain);
         }
     }
-    Ok(Some(config))
+    Ok(())
 }
 
 /// `d` when it is whole seconds, at least one.
@@ -1583,6 +1627,51 @@ mod tests {
     }
 
     #[test]
+    fn fleet_events_and_stream_limits_are_opt_in_and_checked() {
+        let f = resolve("[fleet]\nurl = \"nats://a\"\n", &[])
+            .unwrap()
+            .sinks
+            .fleet
+            .unwrap();
+        assert!(f.events.is_empty(), "events are opt-in");
+        assert_eq!(
+            (f.stream_max_age, f.stream_max_bytes),
+            (Duration::from_secs(30 * 24 * 3600), 10 << 30)
+        );
+        let f = resolve(
+            "[fleet]\nurl = \"nats://a\"\nstream_max_age = \"7days\"\nstream_max_bytes = 1073741824\n",
+            &[],
+        )
+        .unwrap()
+        .sinks
+        .fleet
+        .unwrap();
+        assert_eq!(
+            (f.stream_max_age, f.stream_max_bytes),
+            (Duration::from_secs(7 * 24 * 3600), 1 << 30)
+        );
+        let f = resolve(
+            "[fleet]\nurl = \"nats://a\"\nevents = [\"process\", \"filesystem\", \"process\"]\n",
+            &[],
+        )
+        .unwrap()
+        .sinks
+        .fleet
+        .unwrap();
+        assert_eq!(
+            f.events,
+            [
+                collector_core::EventKind::Process,
+                collector_core::EventKind::Filesystem
+            ]
+        );
+        assert_eq!(
+            f.events_subject(collector_core::EventKind::Filesystem),
+            format!("daemoneye.{}.events.filesystem", f.host)
+        );
+    }
+
+    #[test]
     fn the_fleet_is_off_by_default_on_with_a_url_and_the_flags_override_the_file() {
         assert!(resolve("", &[]).unwrap().sinks.fleet.is_none());
         let toml = "[fleet]\nurl = \"nats://a:4222\"\nhost = \"web.1\"\nstream = \"S\"\n\
@@ -1625,30 +1714,18 @@ mod tests {
             .fleet
             .unwrap();
         assert_eq!(f.replicas, 3);
-        assert!(f.events.is_empty(), "events are opt-in");
-        let f = resolve(
-            "[fleet]\nurl = \"nats://a\"\nevents = [\"process\", \"filesystem\", \"process\"]\n",
-            &[],
-        )
-        .unwrap()
-        .sinks
-        .fleet
-        .unwrap();
-        assert_eq!(
-            f.events,
-            [
-                collector_core::EventKind::Process,
-                collector_core::EventKind::Filesystem
-            ]
-        );
-        assert_eq!(
-            f.events_subject(collector_core::EventKind::Filesystem),
-            format!("daemoneye.{}.events.filesystem", f.host)
-        );
         for (toml, key) in [
             (
                 "[fleet]\nurl = \"nats://a\"\nevents = [\"file\"]",
                 "fleet.events",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nstream_max_age = \"10s\"",
+                "fleet.stream_max_age",
+            ),
+            (
+                "[fleet]\nurl = \"nats://a\"\nstream_max_bytes = 1000",
+                "fleet.stream_max_bytes",
             ),
             (
                 "[fleet]\nurl = \"nats://a\"\nevents = [\"trigger_request\"]",

@@ -56,6 +56,12 @@ pub use daemoneye_lib::fleet::{subject_token, DEFAULT_STREAM, DEFAULT_SUBJECT_PR
 pub const DEFAULT_WINDOW: usize = 256;
 /// How many windows of items a drain reads from the outbox at once.
 const READ_AHEAD_WINDOWS: usize = 4;
+/// How long a stream the sink creates keeps a message, when the config
+/// names nothing else.
+pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most bytes a stream the sink creates holds (the oldest messages
+/// discarded past it), when the config names nothing else: 10 GiB.
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 10 << 30;
 /// The duplicate window of a stream the sink creates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a publish waits for its ack, and a connection for the server.
@@ -81,7 +87,9 @@ pub struct FleetConfig {
     pub stream: String,
     /// Create the stream (subjects `<prefix>.*.alerts`,
     /// `<prefix>.*.ledger` and `<prefix>.*.events.*`, file storage, a
-    /// [`DUPLICATE_WINDOW`], [`replicas`](Self::replicas) copies) when it is
+    /// [`DUPLICATE_WINDOW`], [`replicas`](Self::replicas) copies, kept
+    /// [`stream_max_age`](Self::stream_max_age) and up to
+    /// [`stream_max_bytes`](Self::stream_max_bytes)) when it is
     /// missing, and add those subjects to one that lacks them; otherwise a
     /// missing stream is an error.
     pub create_stream: bool,
@@ -107,6 +115,11 @@ pub struct FleetConfig {
     /// The event domains shipped besides alerts and checkpoints (none by
     /// default).
     pub events: Vec<EventKind>,
+    /// How long a stream the sink creates keeps a message.
+    pub stream_max_age: Duration,
+    /// The most bytes a stream the sink creates holds (the oldest
+    /// discarded past it).
+    pub stream_max_bytes: u64,
 }
 
 impl FleetConfig {
@@ -127,6 +140,8 @@ impl FleetConfig {
             max_outbox_age: DEFAULT_MAX_OUTBOX_AGE,
             replicas: 1,
             events: Vec::new(),
+            stream_max_age: DEFAULT_STREAM_MAX_AGE,
+            stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
         }
     }
 
@@ -582,6 +597,9 @@ impl FleetSink {
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 num_replicas: c.replicas,
+                max_age: c.stream_max_age,
+                max_bytes: i64::try_from(c.stream_max_bytes).unwrap_or(i64::MAX),
+                discard: stream::DiscardPolicy::Old,
                 ..stream::Config::default()
             };
             let found = js

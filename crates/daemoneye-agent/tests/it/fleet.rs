@@ -85,6 +85,20 @@ async fn alerts_arrive_in_the_stream_with_their_ids_and_a_resend_is_dropped() {
 
     let messages = nats.messages().await;
     assert_eq!(alert_pids(&messages), [5101, 5102, 5103]);
+    // The stream the sink made has its limits.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let config = async_nats::jetstream::new(client)
+        .get_stream("DAEMONEYE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(config.max_age, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(config.max_bytes, 10 << 30);
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
     // The id is the host and the alert's row in the store.
     let store = daemoneye_agent::store::AgentStore::open_read_only(&data).unwrap();
     let rows = store
