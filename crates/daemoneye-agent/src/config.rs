@@ -1626,38 +1626,27 @@ mod tests {
         }
     }
 
+    /// The fleet sink `toml` configures.
+    fn fleet_of(toml: &str) -> FleetConfig {
+        resolve(toml, &[]).unwrap().sinks.fleet.unwrap()
+    }
+
     #[test]
     fn fleet_events_and_stream_limits_are_opt_in_and_checked() {
-        let f = resolve("[fleet]\nurl = \"nats://a\"\n", &[])
-            .unwrap()
-            .sinks
-            .fleet
-            .unwrap();
+        let f = fleet_of("[fleet]\nurl = \"nats://a\"\n");
         assert!(f.events.is_empty(), "events are opt-in");
         assert_eq!(
             (f.stream_max_age, f.stream_max_bytes),
             (Duration::from_secs(30 * 24 * 3600), 10 << 30)
         );
-        let f = resolve(
-            "[fleet]\nurl = \"nats://a\"\nstream_max_age = \"7days\"\nstream_max_bytes = 1073741824\n",
-            &[],
-        )
-        .unwrap()
-        .sinks
-        .fleet
-        .unwrap();
+        let f = fleet_of("[fleet]\nurl = \"nats://a\"\nstream_max_age = \"7days\"\nstream_max_bytes = 1073741824\n");
         assert_eq!(
             (f.stream_max_age, f.stream_max_bytes),
             (Duration::from_secs(7 * 24 * 3600), 1 << 30)
         );
-        let f = resolve(
+        let f = fleet_of(
             "[fleet]\nurl = \"nats://a\"\nevents = [\"process\", \"filesystem\", \"process\"]\n",
-            &[],
-        )
-        .unwrap()
-        .sinks
-        .fleet
-        .unwrap();
+        );
         assert_eq!(
             f.events,
             [
