@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::bail;
-use collector_core::testing::recv_until;
-use collector_core::{CollectionEvent, Collector, CollectorConfig, ProcessEventType};
+use collector_core::testing::{recv_until, Running};
+use collector_core::{CollectionEvent, CollectorConfig, ProcessEventType};
 use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
 use tokio::time::Instant;
 
@@ -57,6 +57,19 @@ async fn spawn_flat_out(dur: Duration) -> anyhow::Result<HashSet<u32>> {
     Ok(pids.into_iter().collect())
 }
 
+/// `source` in a collector sized for a flood (64 Ki events buffered,
+/// batches of 1,024), with a subscription: the capture benches' set-up.
+pub(crate) fn flooded(
+    source: Box<dyn collector_core::EventSource>,
+) -> Result<Running, collector_core::CollectorError> {
+    Running::start_with(
+        source,
+        CollectorConfig::new()
+            .with_event_buffer_size(65_536)
+            .with_max_batch_size(1024),
+    )
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("note: not root; the kernel connector may be unavailable or get a small buffer");
@@ -69,15 +82,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         config.base_config.collection_interval = Duration::from_secs(3600);
         let source = ProcmondMonitorCollector::without_database(config)?;
         let stats = source.stats_handle();
-        let mut collector = Collector::new(
-            CollectorConfig::new()
-                .with_event_buffer_size(65_536)
-                .with_max_batch_size(1024),
-        );
-        collector.register(Box::new(source))?;
-        let handle = collector.handle();
-        let mut sub = handle.subscribe();
-        let run = tokio::spawn(collector.run_until(std::future::pending()));
+        let Running {
+            handle,
+            events: mut sub,
+            run,
+        } = flooded(Box::new(source))?;
         // Ready once the first snapshot arrives (the connector is subscribed by then).
         let first = recv_until(&mut sub, |e| {
             matches!(e, CollectionEvent::Process(p) if p.event_type == ProcessEventType::Snapshot)

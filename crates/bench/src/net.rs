@@ -27,10 +27,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::{bail, Context as _};
-use collector_core::testing::recv_until;
-use collector_core::{
-    CaptureTier, CollectionEvent, Collector, CollectorConfig, ConnectionChange, ConnectionDirection,
-};
+use collector_core::testing::{recv_until, Running};
+use collector_core::{CaptureTier, CollectionEvent, ConnectionChange, ConnectionDirection};
 use netmond::source::{NetmondConfig, NetmondCounters, TierChoice};
 use netmond::{Snapshot, Snapshotter};
 
@@ -167,15 +165,11 @@ fn capture(n: usize) -> anyhow::Result<()> {
         };
         let source = netmond::source::source(&config, NetmondCounters::default())?;
         let stats = source.stats();
-        let mut collector = Collector::new(
-            CollectorConfig::new()
-                .with_event_buffer_size(65_536)
-                .with_max_batch_size(1024),
-        );
-        collector.register(Box::new(source))?;
-        let handle = collector.handle();
-        let mut sub = handle.subscribe();
-        let run = tokio::spawn(collector.run_until(std::future::pending()));
+        let Running {
+            handle,
+            events: mut sub,
+            run,
+        } = crate::capture::flooded(Box::new(source))?;
         // Ready once the first snapshot is in (the program is attached by then).
         let first = recv_until(
             &mut sub,

@@ -425,7 +425,16 @@ pub struct Running {
 impl Running {
     /// Registers `source` and runs the collector until [`stop`](Self::stop).
     pub fn start(source: Box<dyn EventSource>) -> Result<Self, crate::CollectorError> {
-        let mut collector = crate::Collector::new(crate::CollectorConfig::default());
+        Self::start_with(source, crate::CollectorConfig::default())
+    }
+
+    /// [`start`](Self::start) in a collector of `config` (a bench's buffers
+    /// sized for a flood).
+    pub fn start_with(
+        source: Box<dyn EventSource>,
+        config: crate::CollectorConfig,
+    ) -> Result<Self, crate::CollectorError> {
+        let mut collector = crate::Collector::new(config);
         collector.register(source)?;
         let handle = collector.handle();
         let events = handle.subscribe();
