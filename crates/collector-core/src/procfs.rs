@@ -292,6 +292,15 @@ pub fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
     Duration::from_secs(ticks / tps) + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
 }
 
+/// `ns` nanoseconds since boot (a task's `start_boottime`, as eBPF reads
+/// it) in clock ticks at `per_second` ticks a second, rounded down as the
+/// kernel's `nsec_to_clock_t` does: `/proc/<pid>/stat`'s `starttime`, hence
+/// a [`ProcessKey`](crate::ProcessKey)'s.
+pub fn boot_ns_to_ticks(ns: u64, per_second: u64) -> u64 {
+    let per_tick = 1_000_000_000 / per_second.clamp(1, 1_000_000_000);
+    ns / per_tick
+}
+
 /// The kernel's clock tick rate and page size: the units of `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelUnits {
@@ -499,6 +508,9 @@ mod tests {
         assert_eq!(parse_btime(b"cpu 1\n"), None);
         assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
         assert_eq!(ticks_to_duration(7, 0), Duration::from_secs(7));
+        // 2.5 s since boot at 100 Hz; a part tick rounds down; 0 Hz is 1 Hz.
+        assert_eq!(boot_ns_to_ticks(2_509_999_999, 100), 250);
+        assert_eq!(boot_ns_to_ticks(3_000_000_000, 0), 3);
         assert_eq!(
             ticks_to_duration(u64::MAX, 3),
             Duration::new(u64::MAX / 3, 0)

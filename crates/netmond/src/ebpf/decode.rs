@@ -53,8 +53,7 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// The start time in clock ticks (`/proc/<pid>/stat`'s `starttime`).
     pub fn start_ticks(&self, ticks_per_sec: u64) -> u64 {
-        let per_tick = 1_000_000_000 / ticks_per_sec.clamp(1, 1_000_000_000);
-        self.start_ns / per_tick
+        collector_core::procfs::boot_ns_to_ticks(self.start_ns, ticks_per_sec)
     }
 }
 

@@ -66,8 +66,7 @@ impl TaskRecord {
     /// The start time in clock ticks, as `/proc/<pid>/stat` gives it
     /// (`nsec_to_clock_t`), hence as [`ProcessKey`](collector_core::ProcessKey)s hold it.
     pub fn start_ticks(&self, ticks_per_sec: u64) -> u64 {
-        let per_tick = 1_000_000_000 / ticks_per_sec.clamp(1, 1_000_000_000);
-        self.start_ns / per_tick
+        collector_core::procfs::boot_ns_to_ticks(self.start_ns, ticks_per_sec)
     }
 }
 
