@@ -505,6 +505,9 @@ impl FleetSink {
         let js = match &self.js {
             Some(js) => js.clone(),
             None => {
+                // Read once (as root, before the drop, when separated); a
+                // failed read is tried again at the next connect.
+                self.config.load_creds()?;
                 let js = self.open().await?;
                 self.js = Some(js.clone());
                 js
@@ -556,8 +559,6 @@ impl FleetSink {
                 None => options.token(user),
             };
         }
-        let mut c = c.clone();
-        c.load_creds()?;
         if let (Some(creds), Some(path)) = (&c.creds, &c.creds_file) {
             options = options
                 .credentials(creds.expose())
