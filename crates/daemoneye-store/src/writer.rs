@@ -784,10 +784,7 @@ impl StoreWriter {
     /// Once queued, the ack is applied even if the future is dropped; an
     /// ack not applied only means a resend, which the broker drops.
     pub async fn outbox_ack(&self, ids: Vec<i64>) -> Result<OutboxState, StoreError> {
-        match self.outbox(OutboxOp::Ack(ids)).await? {
-            OutboxReply::State(state) => Ok(state),
-            OutboxReply::Items(_) => Ok(OutboxState::default()),
-        }
+        self.outbox_ack_queued(ids).await?.applied().await
     }
 
     /// Queues removing the outbox items `ids`, as

@@ -146,11 +146,6 @@ impl SinkWorker {
         Arc::clone(&self.checkpoints)
     }
 
-    /// The outbox drains' counters ([`Item::Outbox`]).
-    pub fn outbox_stats(&self) -> Arc<SinkStats> {
-        Arc::clone(&self.outbox)
-    }
-
     /// Items queued or being delivered, of every kind.
     pub fn in_flight(&self) -> u64 {
         [&self.stats, &self.checkpoints, &self.outbox]
