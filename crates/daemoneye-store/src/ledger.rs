@@ -122,38 +122,65 @@ pub struct EventsEntry {
     pub last: i64,
     /// The BLAKE3 digest of the rows, lowercase hex.
     pub digest: String,
+    /// How many of [`EVENT_COLUMNS`] the digest covers: all of them from
+    /// schema 12 on ([`EVENT_COLUMN_COUNT`]), the first 27 in the entries
+    /// written before (which do not name it).
+    #[serde(default = "EventsEntry::columns_before_schema_12")]
+    pub columns: usize,
+}
+
+impl EventsEntry {
+    /// The columns of schema 6 to 11.
+    const fn columns_before_schema_12() -> usize {
+        27
+    }
 }
 
 /// The columns of a `process_events` row that [`rows_digest`] hashes, in
-/// this order: every column of schema 6. A later schema that adds a column
-/// leaves it out of the digests of the rows written before it.
+/// this order: every column of schema 12 (the first 27 are schema 6's). A
+/// later schema that adds a column leaves it out of the digests of the rows
+/// written before it ([`EventsEntry::columns`] says how many an entry's
+/// digest covers).
 pub const EVENT_COLUMNS: &str = "id, event_type, process_key, pid, ppid, name, exe, argv, uid, \
     start_time, cpu_percent, rss_bytes, exe_hash, hash_algorithm, accessible, file_exists, \
     exit_code, metadata, observed_at, ledger_seq, euid, gid, exe_replaced, container_id, cgroup, \
-    detail, event_id";
+    detail, event_id, forked_at, fork_event_id, exited_at, exit_event_id";
 
-/// The number of [`EVENT_COLUMNS`].
-const EVENT_COLUMN_COUNT: usize = 27;
+/// The number of [`EVENT_COLUMNS`]: what an entry written now covers.
+pub const EVENT_COLUMN_COUNT: usize = 31;
 
 /// How many rows of `process_events` have ids `first..=last`, and the
-/// BLAKE3 digest of their [`EVENT_COLUMNS`] in id order: each value with
+/// BLAKE3 digest of the first `columns` of their [`EVENT_COLUMNS`] in id
+/// order: each value with
 /// its SQLite type and, for text and blobs, its length, so no two
 /// different rows hash alike. The store computes it as it writes the rows
 /// (in the same transaction), [`verify_rows`] again from what is stored.
 ///
 /// # Errors
 /// SQLite errors.
-pub fn rows_digest(conn: &Connection, first: i64, last: i64) -> Result<(i64, String), LedgerError> {
+pub fn rows_digest(
+    conn: &Connection,
+    first: i64,
+    last: i64,
+    columns: usize,
+) -> Result<(i64, String), LedgerError> {
     use rusqlite::types::ValueRef;
+    // Only the columns hashed: a store not yet migrated has no others.
+    let columns = columns.min(EVENT_COLUMN_COUNT);
+    let list = EVENT_COLUMNS
+        .split(',')
+        .take(columns)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM process_events WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
+        "SELECT {list} FROM process_events WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
     ))?;
     let mut rows = stmt.query([first, last])?;
     let mut h = blake3::Hasher::new();
     let mut n = 0;
     while let Some(r) = rows.next()? {
         n += 1;
-        for i in 0..EVENT_COLUMN_COUNT {
+        for i in 0..columns {
             match r.get_ref(i)? {
                 ValueRef::Null => h.update(&[0]),
                 ValueRef::Integer(v) => h.update(&[1]).update(&v.to_le_bytes()),
@@ -771,7 +798,7 @@ fn verify_event_batches(conn: &Connection) -> Result<(), LedgerError> {
                 reason: "its content is not a batch of rows (edited)",
             });
         };
-        let (n, digest) = rows_digest(conn, entry.first, entry.last)?;
+        let (n, digest) = rows_digest(conn, entry.first, entry.last, entry.columns)?;
         if n < entry.last - entry.first + 1 {
             return Err(LedgerError::Broken {
                 seq,

@@ -45,6 +45,7 @@
 
 pub mod alert;
 pub mod bench;
+mod events;
 pub mod files;
 pub mod ledger;
 pub mod network;

@@ -112,11 +112,20 @@ pub(crate) fn prune_in(
         return Ok(None);
     };
     let last_event = last_event_below(tx, cut.seq)?.unwrap_or(0);
-    let events = tx.execute(
-        "DELETE FROM process_events WHERE id <= ?1 OR ledger_seq < ?2 \
-         OR (ledger_seq IS NULL AND observed_at < ?3)",
-        params![last_event, cut.seq, cut.time],
-    )?;
+    // Events, not rows: a row may hold a fork and an exit beside its exec.
+    let events: usize = tx
+        .prepare(
+            "DELETE FROM process_event_rows WHERE id <= ?1 OR ledger_seq < ?2 \
+             OR (ledger_seq IS NULL AND observed_at < ?3) \
+             RETURNING 1 + (forked_at IS NOT NULL) + (exited_at IS NOT NULL)",
+        )?
+        .query_map(params![last_event, cut.seq, cut.time], |r| {
+            r.get::<_, usize>(0)
+        })?
+        .sum::<Result<usize, _>>()?;
+    if events > 0 {
+        crate::events::prune_strings(tx)?;
+    }
     let alerts = tx.execute(
         "DELETE FROM alerts WHERE ledger_seq < ?1 OR (ledger_seq IS NULL AND raised_at < ?2)",
         params![cut.seq, cut.time],

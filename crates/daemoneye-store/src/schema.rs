@@ -92,10 +92,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "alerts.file: the file a file rule's alert is about",
         sql: V11,
     },
+    Migration {
+        version: 12,
+        description: "compact process events: a short-lived process in one row, repeated text \
+                      stored once (strings), processes holds the running ones",
+        sql: V12,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -347,6 +353,116 @@ ALTER TABLE outbox_state ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;";
 /// Version 11: the file a file rule's alert is about (`Alert::file`; null
 /// for the others and for alerts stored before).
 const V11: &str = "ALTER TABLE alerts ADD COLUMN file TEXT;";
+
+/// Version 12: compact lifecycle events (`crate::events`).
+/// - `strings`: each text that lifecycle events repeat (name, executable,
+///   hash, hash algorithm, container id, cgroup) stored once; the rows hold
+///   its id.
+/// - `process_event_rows`: the rows, with four more columns: an exec row
+///   also holds its process's fork and exit when they came in the same
+///   batch (`forked_at` and `fork_seq`, `exited_at` and `exit_seq`: the
+///   sequence numbers of their event ids, whose run is the row's).
+/// - `process_events` is now a view of them with the texts put back, the
+///   columns of version 11 in their order and values (so the digests of the
+///   rows written before still hold), then `forked_at`, `fork_event_id`,
+///   `exited_at`, `exit_event_id`.
+/// - Indexed by pid and time: the process-key index cost 61 bytes a row (a
+///   process is looked up by `pid` and `process_key` together).
+/// - `processes` keeps the running processes only: an exit removes the row
+///   (the exit is in `process_events`).
+const V12: &str = r"
+CREATE TABLE strings (
+    id    INTEGER PRIMARY KEY,
+    value TEXT NOT NULL UNIQUE
+) STRICT;
+INSERT OR IGNORE INTO strings (value)
+    SELECT name FROM process_events
+    UNION SELECT exe FROM process_events WHERE exe IS NOT NULL
+    UNION SELECT exe_hash FROM process_events WHERE exe_hash IS NOT NULL
+    UNION SELECT hash_algorithm FROM process_events WHERE hash_algorithm IS NOT NULL
+    UNION SELECT container_id FROM process_events WHERE container_id IS NOT NULL
+    UNION SELECT cgroup FROM process_events WHERE cgroup IS NOT NULL;
+
+CREATE TABLE process_event_rows (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_type     TEXT NOT NULL,
+    process_key    TEXT,
+    pid            INTEGER NOT NULL,
+    ppid           INTEGER,
+    name           INTEGER NOT NULL,
+    exe            INTEGER,
+    argv           TEXT NOT NULL,
+    uid            INTEGER,
+    start_time     INTEGER,
+    cpu_percent    REAL,
+    rss_bytes      INTEGER,
+    exe_hash       INTEGER,
+    hash_algorithm INTEGER,
+    accessible     INTEGER NOT NULL,
+    file_exists    INTEGER NOT NULL,
+    exit_code      INTEGER,
+    metadata       TEXT NOT NULL,
+    observed_at    INTEGER NOT NULL,
+    ledger_seq     INTEGER,
+    euid           INTEGER,
+    gid            INTEGER,
+    exe_replaced   INTEGER NOT NULL DEFAULT 0,
+    container_id   INTEGER,
+    cgroup         INTEGER,
+    detail         TEXT NOT NULL DEFAULT '{}',
+    event_id       TEXT,
+    forked_at      INTEGER,
+    fork_seq       INTEGER,
+    exited_at      INTEGER,
+    exit_seq       INTEGER
+) STRICT;
+
+INSERT INTO process_event_rows (id, event_type, process_key, pid, ppid, name, exe, argv, uid,
+    start_time, cpu_percent, rss_bytes, exe_hash, hash_algorithm, accessible, file_exists,
+    exit_code, metadata, observed_at, ledger_seq, euid, gid, exe_replaced, container_id, cgroup,
+    detail, event_id)
+SELECT e.id, e.event_type, e.process_key, e.pid, e.ppid,
+    (SELECT id FROM strings WHERE value = e.name),
+    (SELECT id FROM strings WHERE value = e.exe),
+    e.argv, e.uid, e.start_time, e.cpu_percent, e.rss_bytes,
+    (SELECT id FROM strings WHERE value = e.exe_hash),
+    (SELECT id FROM strings WHERE value = e.hash_algorithm),
+    e.accessible, e.file_exists, e.exit_code, e.metadata, e.observed_at, e.ledger_seq, e.euid,
+    e.gid, e.exe_replaced,
+    (SELECT id FROM strings WHERE value = e.container_id),
+    (SELECT id FROM strings WHERE value = e.cgroup),
+    e.detail, e.event_id
+FROM process_events e ORDER BY e.id;
+
+-- Ids are never reused: the new table counts on from where the old one was.
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'process_event_rows', seq FROM sqlite_sequence WHERE name = 'process_events';
+DROP TABLE process_events;
+
+CREATE INDEX process_event_rows_pid ON process_event_rows (pid);
+CREATE INDEX process_event_rows_observed_at ON process_event_rows (observed_at);
+
+CREATE VIEW process_events AS SELECT
+    r.id, r.event_type, r.process_key, r.pid, r.ppid, name.value AS name, exe.value AS exe,
+    r.argv, r.uid, r.start_time, r.cpu_percent, r.rss_bytes, hash.value AS exe_hash,
+    algorithm.value AS hash_algorithm, r.accessible, r.file_exists, r.exit_code, r.metadata,
+    r.observed_at, r.ledger_seq, r.euid, r.gid, r.exe_replaced, container.value AS container_id,
+    cgroup.value AS cgroup, r.detail, r.event_id, r.forked_at,
+    CASE WHEN r.fork_seq IS NOT NULL THEN substr(r.event_id, 1, 17) || r.fork_seq END
+        AS fork_event_id,
+    r.exited_at,
+    CASE WHEN r.exit_seq IS NOT NULL THEN substr(r.event_id, 1, 17) || r.exit_seq END
+        AS exit_event_id
+FROM process_event_rows r
+    JOIN strings name ON name.id = r.name
+    LEFT JOIN strings exe ON exe.id = r.exe
+    LEFT JOIN strings hash ON hash.id = r.exe_hash
+    LEFT JOIN strings algorithm ON algorithm.id = r.hash_algorithm
+    LEFT JOIN strings container ON container.id = r.container_id
+    LEFT JOIN strings cgroup ON cgroup.id = r.cgroup;
+
+DELETE FROM processes WHERE exited_at IS NOT NULL;
+";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

@@ -39,8 +39,9 @@
 //!
 //! | table | one row per | key columns |
 //! |---|---|---|
-//! | `processes` | process key (last known state) | `process_key`, `first_seen`, `last_seen`, `last_event_type`, `exit_code`, `exited_at` (NULL while it runs) |
-//! | `process_events` | lifecycle event | `id` (autoincrement), `event_type`, `process_key`, `pid`, `exit_code`, `observed_at`, `ledger_seq` (its batch's entry) |
+//! | `processes` | running process (last known state; an exit removes it) | `process_key`, `first_seen`, `last_seen`, `last_event_type` |
+//! | `process_events` (a view of `process_event_rows` with the texts of `strings` put back) | lifecycle event; an exec also holds its process's fork and exit when they came in its batch (see `events`) | `id` (autoincrement), `event_type`, `process_key`, `pid`, `exit_code`, `observed_at`, `ledger_seq` (its batch's entry), `forked_at`, `fork_event_id`, `exited_at`, `exit_event_id` |
+//! | `strings` | text lifecycle rows share (name, executable, hash, hash algorithm, container id, cgroup) | `id`, `value` |
 //! | `snapshots` | snapshot | `id`, `taken_at`, `process_count` |
 //! | `process_snapshots` | process in a snapshot | `snapshot_id`, `process_key`, `pid`, `observed_at` |
 //! | `alerts` | alert | `id`, `rule_id`, `rule_name`, `severity`, `pid`, `process_key`, `dedup_key`, `observed_at`, `raised_at`, `body` (JSON), `ledger_seq` |
@@ -228,10 +229,15 @@ pub struct SnapshotId(pub i64);
 /// One row of `process_events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
-    /// `process_events.id`: increases with every event written.
+    /// `process_events.id`: increases with every row written.
     pub id: i64,
-    /// The event as written.
+    /// The event as written (an exec that took in its process's exit has
+    /// the exit's code).
     pub event: ProcessEvent,
+    /// For an exec: when its process was forked, if the fork is in this row.
+    pub forked_at: Option<SystemTime>,
+    /// For an exec: when its process exited, if the exit is in this row.
+    pub exited_at: Option<SystemTime>,
 }
 
 /// One row of `snapshots`.
@@ -374,6 +380,8 @@ pub struct Store {
     /// The event domains queued in the outbox too (none: alerts and
     /// checkpoints only).
     pub(crate) shipped: Vec<EventKind>,
+    /// The ids of the texts lifecycle rows share (`strings`).
+    pub(crate) strings: crate::events::Strings,
 }
 
 impl Store {
@@ -435,6 +443,7 @@ impl Store {
             outbox: None,
             outbox_depth: None,
             shipped: Vec::new(),
+            strings: crate::events::Strings::default(),
         })
     }
 
@@ -481,6 +490,7 @@ impl Store {
             outbox: None,
             outbox_depth: None,
             shipped: Vec::new(),
+            strings: crate::events::Strings::default(),
         })
     }
 
@@ -533,12 +543,21 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
+        self.strings.begin();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = Chain::load(&tx)?;
-        write_events_in(&tx, &mut chain, self.ledger, events, Lifecycle::All)?;
+        write_events_in(
+            &tx,
+            &mut chain,
+            &mut self.strings,
+            self.ledger,
+            events,
+            Lifecycle::All,
+        )?;
         tx.commit()?;
+        self.strings.committed();
         Ok(events.len())
     }
 
@@ -647,6 +666,7 @@ impl Store {
     /// Applies `writes` in order, in one transaction (the writer's batch).
     pub(crate) fn apply(&mut self, writes: &[Op<'_>]) -> Result<Recorded, StoreError> {
         let mut depth = self.outbox_depth_now()?;
+        self.strings.begin();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -664,6 +684,7 @@ impl Store {
                     let r = write_events_in(
                         &tx,
                         &mut chain,
+                        &mut self.strings,
                         self.ledger,
                         events,
                         Lifecycle::NotSnapshots,
@@ -712,6 +733,7 @@ impl Store {
             crate::outbox::trim_in(&tx, bound, depth)?;
         }
         tx.commit()?;
+        self.strings.committed();
         self.outbox_depth = depth.or(self.outbox_depth);
         Ok(done)
     }
@@ -734,6 +756,9 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pruned = crate::retention::prune_in(&tx, retention, now)?;
         tx.commit()?;
+        if pruned.is_some() {
+            self.strings.forget();
+        }
         Ok(pruned)
     }
 
@@ -995,13 +1020,20 @@ impl Store {
         let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let mut event = decode_process(row, 4, T)?;
+            let mut event = decode_process(row, 6, T)?;
             event.event_type = decode_event_type(&row.get::<_, String>(1)?, T)?;
             event.exit_code = row.get(2)?;
             event.id = decode_event_id(row, 3, T)?;
+            let time = |i: usize, column: &'static str| {
+                row.get::<_, Option<i64>>(i)?
+                    .map(|n| from_nanos(n, T, column))
+                    .transpose()
+            };
             out.push(StoredEvent {
                 id: row.get(0)?,
                 event,
+                forked_at: time(4, "forked_at")?,
+                exited_at: time(5, "exited_at")?,
             });
         }
         Ok(out)
@@ -1011,7 +1043,9 @@ impl Store {
     pub fn count_events(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
-            .prepare_cached("SELECT count(*) FROM process_events")?
+            .prepare_cached(
+                "SELECT count(*) + count(forked_at) + count(exited_at) FROM process_event_rows",
+            )?
             .query_row([], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -1050,11 +1084,12 @@ impl Store {
         Ok(out)
     }
 
-    /// The last known state of the process `key`.
+    /// The last known state of the process `key`: its row of `processes`
+    /// while it runs, else its newest row of `process_events`.
     pub fn process_by_key(&self, key: &ProcessKey) -> Result<Option<ProcessRecord>, StoreError> {
         const T: &str = "processes";
         let mut stmt = self.conn.prepare_cached(SELECT_PROCESS)?;
-        let mut rows = stmt.query([key.to_string()])?;
+        let mut rows = stmt.query(params![key.to_string(), key.pid])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
@@ -1165,50 +1200,44 @@ fn write_snapshot_in(
 }
 
 /// Writes `events` inside `tx`: lifecycle events (with one ledger entry
-/// for all of them, as `ledger` says), and the last-known state of each
-/// keyed process.
+/// for all of them, as `ledger` says), as the compact rows of
+/// [`events::rows`](crate::events::rows), and the state of each keyed
+/// process that still runs (an exit removes it).
 fn write_events_in(
     tx: &Transaction<'_>,
     chain: &mut Chain,
+    strings: &mut crate::events::Strings,
     ledger: LedgerMode,
     events: &[ProcessEvent],
     lifecycle: Lifecycle,
 ) -> Result<Recorded, StoreError> {
     let mut done = Recorded::default();
-    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
-    let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
     // Every row names the batch's entry, appended after them.
     let seq = match ledger {
         LedgerMode::EveryWrite => Some(chain.next_seq()),
         LedgerMode::AlertsOnly => None,
     };
+    let stored = events
+        .iter()
+        .filter(|ev| lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot);
+    let stored = stored
+        .map(|ev| completed_exit(tx, ev))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut ids: Option<(i64, i64)> = None;
-    for ev in events {
-        let e = Encoded::new(ev)?;
-        if lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot {
-            let head: [&dyn ToSql; 2] = [&ev.event_type.as_str(), &e.key];
-            let event_id = ev.id.map(|id| id.to_string());
-            let tail: [&dyn ToSql; 5] =
-                [&ev.exit_code, &e.metadata, &e.observed_at, &seq, &event_id];
-            insert.execute(e.columns(head, tail))?;
-            let id = tx.last_insert_rowid();
-            ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
-            done.lifecycle += 1;
-        }
-        if e.upsert(&mut upsert, ev.event_type, ev.exit_code)? {
-            if ev.event_type == ProcessEventType::Exit {
-                done.removed += 1;
-            } else {
-                done.upserted += 1;
-            }
-        }
+    for row in crate::events::rows(stored.iter().map(AsRef::as_ref)) {
+        let id = insert_event_row(tx, strings, &row, seq)?;
+        ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
+        done.lifecycle += 1 + u64::from(row.fork.is_some()) + u64::from(row.exit.is_some());
     }
+    keep_processes_current(tx, events, &mut done)?;
     if let (Some(_), Some((first, last))) = (seq, ids) {
-        let (_, digest) = ledger::rows_digest(tx, first, last)?;
+        let columns = ledger::EVENT_COLUMN_COUNT;
+        let (_, digest) = ledger::rows_digest(tx, first, last, columns)?;
         let entry = ledger::EventsEntry {
             first,
             last,
             digest,
+            columns,
         };
         let content = serde_json::to_string(&entry).map_err(|source| StoreError::Encode {
             field: "events entry",
@@ -1217,6 +1246,144 @@ fn write_events_in(
         chain.append(tx, ledger::EVENTS_KIND, &content)?;
     }
     Ok(done)
+}
+
+/// `ev`, and for an exit that lacks the process's facts (its name, argv or
+/// executable), those its row of `processes` holds: the exit's row is the
+/// process's last, and `processes` forgets it.
+fn completed_exit<'e>(
+    tx: &Transaction<'_>,
+    ev: &'e ProcessEvent,
+) -> Result<std::borrow::Cow<'e, ProcessEvent>, StoreError> {
+    use std::borrow::Cow;
+    let lacking = ev.name.is_empty() || ev.command_line.is_empty() || ev.executable_path.is_none();
+    let Some(key) = ev
+        .process_key
+        .filter(|_| ev.event_type == ProcessEventType::Exit && lacking)
+    else {
+        return Ok(Cow::Borrowed(ev));
+    };
+    let mut stmt = tx.prepare_cached(SELECT_LAST_STATE)?;
+    let mut rows = stmt.query([key.to_string()])?;
+    let Some(row) = rows.next()? else {
+        return Ok(Cow::Borrowed(ev));
+    };
+    let last = decode_process(row, 0, "processes")?;
+    let mut exit = ev.clone();
+    if exit.name.is_empty() {
+        exit.name = last.name;
+    }
+    if exit.command_line.is_empty() {
+        exit.command_line = last.command_line;
+    }
+    if exit.executable_hash.is_none() {
+        exit.executable_hash = last.executable_hash;
+        exit.hash_algorithm = last.hash_algorithm;
+    }
+    if exit.platform_metadata.is_empty() {
+        exit.platform_metadata = last.platform_metadata;
+    }
+    if exit.context.is_none() {
+        exit.context = last.context;
+    }
+    exit.executable_path = exit.executable_path.or(last.executable_path);
+    exit.ppid = exit.ppid.or(last.ppid);
+    exit.start_time = exit.start_time.or(last.start_time);
+    exit.user_id = exit.user_id.or(last.user_id);
+    exit.euid = exit.euid.or(last.euid);
+    exit.gid = exit.gid.or(last.gid);
+    Ok(Cow::Owned(exit))
+}
+
+/// Inserts one row of `process_event_rows`; returns its id.
+fn insert_event_row(
+    tx: &Transaction<'_>,
+    strings: &mut crate::events::Strings,
+    row: &crate::events::Row<'_>,
+    seq: Option<i64>,
+) -> Result<i64, StoreError> {
+    let ev = row.event;
+    let e = Encoded::new(ev)?;
+    let name = strings.id(tx, e.name)?;
+    let exe = strings.id_of(tx, e.exe)?;
+    let hash = strings.id_of(tx, e.hash)?;
+    let algorithm = strings.id_of(tx, e.algorithm)?;
+    let container_id = strings.id_of(tx, e.container_id)?;
+    let cgroup = strings.id_of(tx, e.cgroup)?;
+    let event_id = ev.id.map(|id| id.to_string());
+    let exit_code = row.exit.map_or(ev.exit_code, |x| x.exit_code);
+    let at = |e: Option<&ProcessEvent>| e.map(|e| to_nanos(e.timestamp));
+    let seq_of = |e: Option<&ProcessEvent>| {
+        e.and_then(|e| e.id)
+            .map(|id| i64::try_from(id.seq.get()).unwrap_or(i64::MAX))
+    };
+    let params: [&dyn ToSql; 30] = [
+        &ev.event_type.as_str(),
+        &e.key,
+        &e.pid,
+        &e.ppid,
+        &name,
+        &exe,
+        &e.argv,
+        &e.uid,
+        &e.start_time,
+        &e.cpu,
+        &e.rss,
+        &hash,
+        &algorithm,
+        &e.accessible,
+        &e.file_exists,
+        &e.euid,
+        &e.gid,
+        &e.exe_replaced,
+        &container_id,
+        &cgroup,
+        &e.detail,
+        &exit_code,
+        &e.metadata,
+        &e.observed_at,
+        &seq,
+        &event_id,
+        &at(row.fork),
+        &seq_of(row.fork),
+        &at(row.exit),
+        &seq_of(row.exit),
+    ];
+    tx.prepare_cached(INSERT_EVENT)?.execute(params)?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Brings `processes` up to date with `events`: each keyed process's state,
+/// and an exit removes its row. A process whose last event here is its exit
+/// is only removed (it may never have had a row).
+fn keep_processes_current(
+    tx: &Transaction<'_>,
+    events: &[ProcessEvent],
+    done: &mut Recorded,
+) -> Result<(), StoreError> {
+    let mut last: std::collections::HashMap<ProcessKey, ProcessEventType> =
+        std::collections::HashMap::new();
+    for ev in events {
+        if let Some(key) = ev.process_key {
+            last.insert(key, ev.event_type);
+        }
+    }
+    let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
+    let mut remove = tx.prepare_cached("DELETE FROM processes WHERE process_key = ?1")?;
+    for ev in events {
+        let Some(key) = ev.process_key else {
+            continue;
+        };
+        if ev.event_type == ProcessEventType::Exit {
+            remove.execute([key.to_string()])?;
+            done.removed += 1;
+        } else if last.get(&key) != Some(&ProcessEventType::Exit)
+            && Encoded::new(ev)?.upsert(&mut upsert, ev.event_type, ev.exit_code)?
+        {
+            done.upserted += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `alert` and its ledger entry inside `tx`, and queues it in the
@@ -1333,23 +1500,28 @@ const INSERT_SNAPSHOT_ROW: &str = concat!(
      ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
 );
 
+/// A row of `process_event_rows`, bound as [`insert_event_row`] does (the
+/// texts as their ids in `strings`).
 const INSERT_EVENT: &str = concat!(
-    "INSERT INTO process_events (event_type, process_key, ",
+    "INSERT INTO process_event_rows (event_type, process_key, ",
     shared_columns!(),
-    ", exit_code, metadata, observed_at, ledger_seq, event_id) VALUES (?1, ?2, ?3, ?4, ?5, \
-     ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-     ?25, ?26)"
+    ", exit_code, metadata, observed_at, ledger_seq, event_id, forked_at, fork_seq, exited_at, \
+     exit_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
 );
 
 /// Last known state: a newer observation replaces each field it carries and
 /// keeps the ones it lacks (an exit event has no argv); an older one, arriving
-/// late, changes nothing.
+/// late, changes nothing. A process whose exit is stored is not added again
+/// (a snapshot taken before the exit and written after it).
 const UPSERT_PROCESS: &str = concat!(
     "INSERT INTO processes (process_key, ",
     shared_columns!(),
     ", metadata, first_seen, last_seen, last_event_type, exit_code, exited_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22, ?22, ?23, ?24, ?25) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20, ?21, ?22, ?22, ?23, ?24, ?25 \
+     WHERE NOT EXISTS (SELECT 1 FROM process_event_rows e WHERE e.pid = ?2 \
+       AND e.process_key = ?1 AND (e.event_type = 'exit' OR e.exited_at IS NOT NULL)) \
      ON CONFLICT (process_key) DO UPDATE SET \
        pid = excluded.pid, \
        ppid = coalesce(excluded.ppid, ppid), \
@@ -1389,7 +1561,7 @@ macro_rules! process_columns {
 }
 
 const SELECT_RECENT_EVENTS: &str = concat!(
-    "SELECT id, event_type, exit_code, event_id, ",
+    "SELECT id, event_type, exit_code, event_id, forked_at, exited_at, ",
     process_columns!(),
     " FROM process_events ORDER BY id DESC LIMIT ?1"
 );
@@ -1401,11 +1573,31 @@ const SELECT_LATEST_SNAPSHOT: &str = concat!(
      ORDER BY pid, rowid"
 );
 
+/// A running process's facts, as [`decode_process`] reads them.
+const SELECT_LAST_STATE: &str = concat!(
+    "SELECT ",
+    process_columns!(),
+    " FROM (SELECT *, last_seen AS observed_at FROM processes WHERE process_key = ?1)"
+);
+
+/// A process's row of `processes`, else (it exited) its newest row of
+/// `process_events`, as an exit when it holds one.
 const SELECT_PROCESS: &str = "SELECT last_event_type, exit_code, first_seen, exited_at, \
      process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
      exe_hash, hash_algorithm, accessible, file_exists, metadata, last_seen, euid, gid, \
      exe_replaced, container_id, cgroup, detail \
-     FROM processes WHERE process_key = ?1";
+     FROM processes WHERE process_key = ?1 \
+     UNION ALL SELECT * FROM (SELECT CASE WHEN exited_at IS NOT NULL THEN 'exit' \
+       ELSE event_type END, exit_code, \
+       (SELECT min(coalesce(forked_at, observed_at)) FROM process_event_rows \
+         WHERE pid = ?2 AND process_key = ?1), \
+       coalesce(exited_at, CASE WHEN event_type = 'exit' THEN observed_at END), \
+       process_key, pid, ppid, name, exe, argv, uid, start_time, cpu_percent, rss_bytes, \
+       exe_hash, hash_algorithm, accessible, file_exists, metadata, \
+       coalesce(exited_at, observed_at), euid, gid, exe_replaced, container_id, cgroup, detail \
+     FROM process_events WHERE pid = ?2 AND process_key = ?1 \
+     ORDER BY coalesce(exited_at, observed_at) DESC, id DESC LIMIT 1) \
+     LIMIT 1";
 
 /// A [`ProcessEvent`] in column form.
 struct Encoded<'a> {
@@ -1846,12 +2038,15 @@ mod tests {
             accessible: false,
             ..ProcessEvent::default()
         };
-        db.write_events(&[exec.clone(), exit.clone()]).unwrap();
+        // The exit in a later batch than the exec: its row completed from
+        // the process's last state.
+        db.write_events(std::slice::from_ref(&exec)).unwrap();
+        db.write_events(std::slice::from_ref(&exit)).unwrap();
         // A late, older observation changes nothing.
         let mut late = exec.clone();
         late.name = "stale".into();
         late.timestamp = t0 - Duration::from_secs(1);
-        db.write_events(&[late]).unwrap();
+        db.write_events(std::slice::from_ref(&late)).unwrap();
 
         let rec = db.process_by_key(&key).unwrap().unwrap();
         assert_eq!(rec.latest.name, "curl");
@@ -1860,13 +2055,40 @@ mod tests {
         assert_eq!(rec.latest.event_type, ProcessEventType::Exit);
         assert_eq!(rec.latest.exit_code, Some(256));
         assert!(!rec.latest.accessible);
-        assert_eq!(rec.first_seen, t0);
+        // Its earliest observation: the late one.
+        assert_eq!(rec.first_seen, late.timestamp);
         assert_eq!(rec.latest.timestamp, exit.timestamp);
         assert_eq!(rec.exited_at, Some(exit.timestamp));
         assert!(db
             .process_by_key(&ProcessKey::new(key.boot_id, 43, 99))
             .unwrap()
             .is_none());
+        // The exited process is gone from `processes`, and the late exec
+        // did not bring it back.
+        assert!(db.processes().unwrap().is_empty());
+        // Exec and exit in one batch: one row, read back as the exit.
+        let key = ProcessKey::new(key.boot_id, 44, 99);
+        let (exec, exit) = (
+            ProcessEvent {
+                process_key: Some(key),
+                pid: 44,
+                ..exec
+            },
+            ProcessEvent {
+                process_key: Some(key),
+                pid: 44,
+                ..exit
+            },
+        );
+        db.write_events(&[exec.clone(), exit.clone()]).unwrap();
+        let rec = db.process_by_key(&key).unwrap().unwrap();
+        assert_eq!(rec.latest.event_type, ProcessEventType::Exit);
+        assert_eq!(rec.latest.command_line, exec.command_line);
+        assert_eq!(rec.latest.exit_code, Some(256));
+        assert_eq!((rec.first_seen, rec.exited_at), (t0, Some(exit.timestamp)));
+        let newest = &db.recent_events(1).unwrap()[0];
+        assert_eq!(newest.event.event_type, ProcessEventType::Exec);
+        assert_eq!(newest.exited_at, Some(exit.timestamp));
     }
 
     #[test]
@@ -1875,7 +2097,7 @@ mod tests {
         db.write_events(&[ProcessEvent::new(5, "x")]).unwrap();
         db.conn
             .execute(
-                "UPDATE process_events SET argv = 'not json', event_type = 'bogus'",
+                "UPDATE process_event_rows SET argv = 'not json', event_type = 'bogus'",
                 [],
             )
             .unwrap();
@@ -1964,6 +2186,62 @@ mod tests {
         );
     }
 
+    /// A store of schema 11 whose batch entries hashed 27 columns migrates
+    /// to the compact rows of schema 12 with every value as it was: its
+    /// entries still verify, and an edit of a moved text is caught.
+    #[test]
+    fn batches_written_before_schema_12_still_verify_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for m in crate::schema::MIGRATIONS
+                .iter()
+                .take_while(|m| m.version <= 11)
+            {
+                tx.execute_batch(m.sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 11).unwrap();
+            let key = ProcessKey::new(collector_core::BootId::from_bytes([1; 16]), 7, 1);
+            tx.execute_batch(&format!(
+                "INSERT INTO process_events (event_type, process_key, pid, ppid, name, exe, \
+                 argv, uid, exe_hash, hash_algorithm, accessible, file_exists, exit_code, \
+                 metadata, observed_at, ledger_seq, cgroup, event_id) VALUES \
+                 ('exec', '{key}', 7, 1, 'curl', '/usr/bin/curl', '[\"curl\"]', 0, 'ab', \
+                  'blake3', 1, 1, NULL, '{{}}', 10, 1, '/user.slice', '00000000000000aa-1'), \
+                 ('exit', '{key}', 7, 1, 'curl', '/usr/bin/curl', '[\"curl\"]', 0, 'ab', \
+                  'blake3', 1, 1, 0, '{{}}', 11, 1, '/user.slice', '00000000000000aa-2');",
+            ))
+            .unwrap();
+            let (_, digest) = ledger::rows_digest(&tx, 1, 2, 27).unwrap();
+            let content = format!(r#"{{"first":1,"last":2,"digest":"{digest}"}}"#);
+            ledger::append(&tx, ledger::EVENTS_KIND, &content).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut db = Store::new(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 12);
+        assert_eq!(db.verify_ledger().unwrap().entries, 1);
+        let back = db.recent_events(2).unwrap();
+        assert_eq!(
+            back[1].event.executable_path.as_deref(),
+            Some("/usr/bin/curl")
+        );
+        assert_eq!(back[0].event.exit_code, Some(0));
+        assert_eq!(db.count_events().unwrap(), 2);
+        // New rows count on after the old ids, and verify beside them.
+        db.write_events(&[ProcessEvent::new(8, "sh")]).unwrap();
+        assert_eq!(db.recent_events(1).unwrap()[0].id, 3);
+        assert_eq!(db.verify_ledger().unwrap().entries, 2);
+        db.conn
+            .execute_batch("UPDATE strings SET value = '/tmp/curl' WHERE value = '/usr/bin/curl'")
+            .unwrap();
+        assert!(matches!(
+            db.verify_ledger(),
+            Err(StoreError::Ledger(LedgerError::Broken { seq: 1, .. }))
+        ));
+    }
+
     #[test]
     fn lifecycle_events_are_ledgered_and_processes_kept_current() {
         let dir = tempfile::tempdir().unwrap();
@@ -1996,7 +2274,7 @@ mod tests {
             done,
             Recorded {
                 lifecycle: 4,
-                upserted: 4,
+                upserted: 2,
                 removed: 1,
                 ..Recorded::default()
             }
@@ -2005,12 +2283,9 @@ mod tests {
         let live = ro
             .query("SELECT pid, name, argv FROM processes WHERE exited_at IS NULL ORDER BY pid")
             .unwrap();
-        // The exited process keeps its last known state, with its exit.
-        let exited = ro
-            .query("SELECT pid, name, exit_code FROM processes WHERE exited_at IS NOT NULL")
-            .unwrap();
-        let want: Vec<Vec<serde_json::Value>> = vec![vec![11.into(), "ls".into(), 256.into()]];
-        assert_eq!(exited.rows, want);
+        // The exited process is not kept: its exit is in `process_events`.
+        let all = ro.query("SELECT count(*) FROM processes").unwrap();
+        assert_eq!(all.rows, vec![vec![serde_json::Value::from(2)]]);
         let listed: Vec<(u32, String)> = ro
             .processes()
             .unwrap()
@@ -2026,16 +2301,24 @@ mod tests {
             vec![12.into(), "sleep".into(), "[\"sleep\",\"-x\"]".into()],
         ];
         assert_eq!(live.rows, want);
+        // The fork, exec and exit of 11 are one row.
         let events = ro
-            .query("SELECT event_type, pid, exit_code FROM process_events ORDER BY id")
+            .query(
+                "SELECT event_type, pid, exit_code, forked_at IS NOT NULL, exited_at IS NOT NULL \
+                 FROM process_events ORDER BY id",
+            )
             .unwrap();
         assert_eq!(
             events.rows,
             vec![
-                vec!["fork".into(), 11.into(), serde_json::Value::Null],
-                vec!["exec".into(), 11.into(), serde_json::Value::Null],
-                vec!["exec".into(), 12.into(), serde_json::Value::Null],
-                vec!["exit".into(), 11.into(), 256.into()],
+                vec!["exec".into(), 11.into(), 256.into(), 1.into(), 1.into()],
+                vec![
+                    "exec".into(),
+                    12.into(),
+                    serde_json::Value::Null,
+                    0.into(),
+                    0.into()
+                ],
             ]
         );
         // Snapshots are not lifecycle events: the four events share one
@@ -2048,8 +2331,9 @@ mod tests {
             .rows[0][0]
             .clone();
         let entry: ledger::EventsEntry = serde_json::from_str(content.as_str().unwrap()).unwrap();
-        let (n, digest) = ledger::rows_digest(&ro.conn, entry.first, entry.last).unwrap();
-        assert_eq!((n, digest), (4, entry.digest));
+        let (n, digest) =
+            ledger::rows_digest(&ro.conn, entry.first, entry.last, entry.columns).unwrap();
+        assert_eq!((n, digest), (2, entry.digest));
         // A deleted lifecycle entry is found: the rows name it.
         store
             .conn

@@ -163,7 +163,8 @@ fn a_persistence_write_under_a_watched_root_raises_its_alert_naming_the_writer()
     let rows = store
         .query(&format!(
             "SELECT f.root, f.file_type, p.name FROM file_events f \
-             JOIN processes p ON p.process_key = f.process_key \
+             JOIN process_events p ON p.pid = f.pid AND p.process_key = f.process_key \
+             AND p.event_type = 'exec' \
              WHERE f.path = '/etc/cron.d/backdoor' AND f.operation = 'close_write' \
              AND f.pid = {shell_pid}"
         ))

@@ -115,7 +115,8 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     let rows = store
         .query(&format!(
             "SELECT c.fd, c.direction, c.remote_port, p.name FROM connections c \
-             JOIN processes p ON p.process_key = c.process_key \
+             JOIN process_events p ON p.pid = c.pid AND p.process_key = c.process_key \
+             AND p.event_type = 'exec' \
              WHERE c.pid = {shell_pid} AND c.change = 'opened'"
         ))
         .unwrap();

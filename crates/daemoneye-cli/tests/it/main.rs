@@ -352,18 +352,22 @@ fn processes_lists_what_the_agent_knows_alive() {
         text.contains("sshd -D") && text.contains("sleep 60"),
         "{text}"
     );
-    // Lifecycle events are queryable, snapshots are not lifecycle events.
+    // Lifecycle events are queryable, snapshots are not lifecycle events;
+    // the exec and exit of 42 are one row.
     let q = cli(
         &[
             "query",
-            "SELECT count(*) AS n FROM process_events",
+            "SELECT count(*) AS n, count(exited_at) AS exits FROM process_events",
             "--format",
             "json",
             "--data-dir",
         ],
         &[dir.path()],
     );
-    assert_eq!(String::from_utf8(q.stdout).unwrap().trim(), r#"{"n":3}"#);
+    assert_eq!(
+        String::from_utf8(q.stdout).unwrap().trim(),
+        r#"{"exits":1,"n":2}"#
+    );
 }
 
 #[test]

@@ -111,10 +111,11 @@ fn fresh_database_gets_the_latest_schema_version() {
             "outbox",
             "outbox_state",
             "performance",
-            "process_events",
+            "process_event_rows",
             "process_snapshots",
             "processes",
-            "snapshots"
+            "snapshots",
+            "strings"
         ]
     );
 }
@@ -210,7 +211,11 @@ fn lifecycle_events_round_trip_every_field() {
         rich(50, ProcessEventType::Exit),
         ProcessEvent::default(),
     ];
-    assert_eq!(db.write_events(&events).unwrap(), events.len());
+    // One batch each: in one, the fork and exit of 50 would join its exec's
+    // row (see `a_short_lived_process_is_one_row_and_every_event_counts`).
+    for e in &events {
+        assert_eq!(db.write_events(std::slice::from_ref(e)).unwrap(), 1);
+    }
     assert_eq!(db.count_events().unwrap(), 5);
 
     let stored = db.recent_events(100).unwrap();
@@ -224,6 +229,77 @@ fn lifecycle_events_round_trip_every_field() {
     assert_eq!(rec.latest.event_type, ProcessEventType::Exit);
     assert_eq!(rec.latest.exit_code, Some(-9));
     assert_eq!(rec.exited_at, Some(events[3].timestamp));
+}
+
+/// A fork, exec and exit in one batch are one row: the exec's facts, the
+/// exit's code, the fork's and exit's times and ids; each event counts.
+#[test]
+fn a_short_lived_process_is_one_row_and_every_event_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut db = Store::new(&path).unwrap();
+    let id = |seq: u64| {
+        Some(collector_core::EventId::new(
+            0x1234,
+            std::num::NonZeroU64::new(seq).unwrap(),
+        ))
+    };
+    let mut fork = rich(60, ProcessEventType::Fork);
+    fork.id = id(7);
+    let mut exec = rich(60, ProcessEventType::Exec);
+    exec.id = id(8);
+    exec.timestamp = fork.timestamp + Duration::from_millis(1);
+    let mut exit = rich(60, ProcessEventType::Exit);
+    exit.id = id(9);
+    exit.timestamp = exec.timestamp + Duration::from_millis(1);
+    db.write_events(&[fork.clone(), exec.clone(), exit.clone()])
+        .unwrap();
+    assert_eq!(db.count_events().unwrap(), 3);
+    let stored = db.recent_events(10).unwrap();
+    assert_eq!(stored.len(), 1);
+    let row = &stored[0];
+    assert_eq!(
+        row.event,
+        ProcessEvent {
+            exit_code: exit.exit_code,
+            ..exec.clone()
+        }
+    );
+    assert_eq!(row.forked_at, Some(fork.timestamp));
+    assert_eq!(row.exited_at, Some(exit.timestamp));
+    let ids = raw(&path)
+        .query_row(
+            "SELECT event_id, fork_event_id, exit_event_id FROM process_events",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .unwrap();
+    let text = |e: &ProcessEvent| e.id.unwrap().to_string();
+    assert_eq!(ids, (text(&exec), text(&fork), text(&exit)));
+    // The row and its texts are on the ledger: editing a shared text or the
+    // exit's time is caught.
+    assert_eq!(db.verify_ledger().unwrap().entries, 1);
+    drop(db);
+    for edit in [
+        "UPDATE strings SET value = '/tmp/x' WHERE value LIKE '/opt/%'",
+        "UPDATE process_event_rows SET exited_at = exited_at + 1",
+    ] {
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        raw(&copy).execute_batch(edit).unwrap();
+        let err = Store::open_file_read_only(&copy)
+            .unwrap()
+            .verify_ledger()
+            .unwrap_err();
+        assert!(err.to_string().contains("edited"), "{edit}: {err}");
+        std::fs::remove_file(&copy).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,13 +548,13 @@ fn stored_pids(db: &Store) -> Vec<u32> {
 fn pull_events_table(path: &Path) -> String {
     let create: String = raw(path)
         .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'process_events'",
+            "SELECT sql FROM sqlite_master WHERE name = 'process_event_rows'",
             [],
             |r| r.get(0),
         )
         .unwrap();
     raw(path)
-        .execute_batch("DROP TABLE process_events")
+        .execute_batch("DROP TABLE process_event_rows")
         .unwrap();
     create
 }
@@ -655,7 +731,10 @@ fn a_legacy_agent_store_is_adopted_with_its_alerts_events_and_ledger() {
     // A row under an entry of the old kind (a JSON copy of its event) is
     // still checked against it.
     raw(&path)
-        .execute_batch("UPDATE process_events SET name = 'innocent' WHERE id = 2")
+        .execute_batch(concat!(
+            "INSERT INTO strings (value) VALUES ('innocent'); UPDATE process_event_rows SET name = (SELECT id FROM strings WHERE value = 'innocent')",
+            " WHERE id = 2"
+        ))
         .unwrap();
     match ro.verify_ledger() {
         Err(StoreError::Ledger(ledger::LedgerError::Broken { seq: 2, reason })) => {
@@ -804,6 +883,9 @@ fn process_tables_speak_the_one_vocabulary() {
         "last_seen",
         "last_event_type",
         "exited_at",
+        "forked_at",
+        "fork_event_id",
+        "exit_event_id",
     ];
     let conn = raw(&path);
     for table in ["processes", "process_events", "process_snapshots"] {
@@ -834,16 +916,21 @@ fn verify_catches_edited_and_deleted_rows_not_only_entries() {
             2,
             "edited",
         ),
-        ("UPDATE process_events SET name = 'innocent'", 1, "edited"),
-        ("UPDATE process_events SET event_id = NULL", 1, "edited"),
-        ("UPDATE process_events SET argv = '[\"sh\"]'", 1, "edited"),
-        ("UPDATE process_events SET exit_code = 3", 1, "edited"),
-        ("DELETE FROM alerts", 2, "deleted"),
-        ("DELETE FROM process_events", 1, "deleted"),
-        ("UPDATE process_events SET ledger_seq = NULL", 1, "edited"),
         (
-            "INSERT INTO process_events (event_type, pid, name, argv, accessible, file_exists, \
-             metadata, observed_at, ledger_seq) VALUES ('exec', 1, 'x', '[]', 1, 1, '{}', 0, 1)",
+            "INSERT INTO strings (value) VALUES ('innocent'); UPDATE process_event_rows SET name = (SELECT id FROM strings WHERE value = 'innocent')",
+            1,
+            "edited",
+        ),
+        ("UPDATE process_event_rows SET event_id = NULL", 1, "edited"),
+        ("UPDATE process_event_rows SET argv = '[\"sh\"]'", 1, "edited"),
+        ("UPDATE process_event_rows SET exit_code = 3", 1, "edited"),
+        ("DELETE FROM alerts", 2, "deleted"),
+        ("DELETE FROM process_event_rows", 1, "deleted"),
+        ("UPDATE process_event_rows SET ledger_seq = NULL", 1, "edited"),
+        (
+            "INSERT INTO process_event_rows (event_type, pid, name, argv, accessible, \
+             file_exists, metadata, observed_at, ledger_seq) \
+             VALUES ('exec', 1, (SELECT min(id) FROM strings), '[]', 1, 1, '{}', 0, 1)",
             1,
             "inserted",
         ),
@@ -929,12 +1016,17 @@ async fn a_store_pushed_past_max_store_bytes_stays_under_it_and_verifies() {
     let kept = db.count_events().unwrap();
     assert_eq!(kept + stats.events_pruned.get(), EVENTS as u64);
     assert!(kept > 1_000, "only {kept} events kept");
+    // The newest process is kept: its exec, with its exit in the row.
     let newest = db.recent_events(1).unwrap();
     assert_eq!(
         newest[0].event,
-        events[EVENTS - 1],
+        ProcessEvent {
+            exit_code: events[EVENTS - 1].exit_code,
+            ..events[EVENTS - 2].clone()
+        },
         "the newest event is kept"
     );
+    assert_eq!(newest[0].exited_at, Some(events[EVENTS - 1].timestamp));
     // The chain starts at the kept checkpoint, verifies, and says so.
     let v = db.verify_ledger().unwrap();
     let (first, kind) = chain_start(&path);
@@ -957,11 +1049,11 @@ async fn a_store_pushed_past_max_store_bytes_stays_under_it_and_verifies() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let edit = format!("UPDATE process_events SET exit_code = 7 WHERE id = {newest_id}");
+    let edit = format!("UPDATE process_event_rows SET exit_code = 7 WHERE id = {newest_id}");
     let (seq, reason) = tampered_at(&db, &path, &edit);
     assert_eq!(seq, newest_seq);
     assert!(reason.contains("edited"), "{reason}");
-    let delete = format!("DELETE FROM process_events WHERE id = {newest_id}");
+    let delete = format!("DELETE FROM process_event_rows WHERE id = {newest_id}");
     let (seq, reason) = tampered_at(&db, &path, &delete);
     assert_eq!(seq, newest_seq);
     assert!(reason.contains("deleted"), "{reason}");
@@ -1040,11 +1132,11 @@ fn an_age_retention_drops_old_rows_keeps_the_rest_verifiable_and_is_on_the_chain
     let (seq, reason) = tampered_at(
         &db,
         &path,
-        "UPDATE process_events SET argv = '[\"sh\"]' WHERE pid = 8",
+        "UPDATE process_event_rows SET argv = '[\"sh\"]' WHERE pid = 8",
     );
     assert!(seq > cut.seq && reason.contains("edited"), "{seq} {reason}");
     raw(&path)
-        .execute_batch("DELETE FROM process_events WHERE pid = 8")
+        .execute_batch("DELETE FROM process_event_rows WHERE pid = 8")
         .unwrap();
     // Entries cut off the start of the chain past the kept checkpoint are
     // caught: the chain no longer starts at its first entry or at one.
@@ -1071,7 +1163,7 @@ fn a_chain_cut_at_a_checkpoint_without_a_prune_entry_is_caught() {
         .unwrap();
     raw(&path)
         .execute_batch(&format!(
-            "DELETE FROM ledger WHERE seq < {0}; DELETE FROM process_events WHERE ledger_seq < {0}",
+            "DELETE FROM ledger WHERE seq < {0}; DELETE FROM process_event_rows WHERE ledger_seq < {0}",
             cp.seq
         ))
         .unwrap();
