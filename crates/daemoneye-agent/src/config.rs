@@ -28,7 +28,7 @@
 //! | `sinks.formats.{stdout,alerts_jsonl,syslog,webhook,fleet}` (one sink's, over `sinks.format`) | | |
 //! | `fleet.url` (NATS JetStream, see [`crate::sink::nats`]) | `--nats` | `DAEMONEYE_NATS` |
 //! | `fleet.host` (default: the host name) | `--fleet-host` | `DAEMONEYE_FLEET_HOST` |
-//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas`, `fleet.events`, `fleet.stream_max_age`, `fleet.stream_max_bytes` | | |
+//! | `fleet.subject_prefix`, `fleet.stream`, `fleet.create_stream`, `fleet.creds_file`, `fleet.nkey_file`, `fleet.tls_ca_file`, `fleet.outbox_max_items`, `fleet.max_in_flight`, `fleet.max_outbox_age`, `fleet.replicas`, `fleet.events`, `fleet.stream_max_age`, `fleet.stream_max_bytes` | | |
 //! | `[[collector]]` | `--procmond`, `--collector-socket` (replace the list) | `DAEMONEYE_PROCMOND`, `DAEMONEYE_COLLECTOR_SOCKET` |
 //! | `collector.interval` | `--interval` (every procmond the agent starts) | `DAEMONEYE_INTERVAL` |
 //! | `collector.sustained_cpu_percent`, `collector.sustained_cpu_for` (the built-in perfmond) | | |
@@ -340,6 +340,8 @@ pub struct FleetFileConfig {
     pub create_stream: Option<bool>,
     /// A NATS credentials file.
     pub creds_file: Option<PathBuf>,
+    /// A file holding a user's nkey seed (instead of a creds file).
+    pub nkey_file: Option<PathBuf>,
     /// A CA file for the server's certificate (TLS required then).
     pub tls_ca_file: Option<PathBuf>,
     /// The most items the outbox holds (default 100000; past it events are
@@ -970,7 +972,14 @@ fn resolve_fleet(
         config.stream = stream;
     }
     config.create_stream = file.create_stream.unwrap_or(true);
+    if file.creds_file.is_some() && file.nkey_file.is_some() {
+        return Err(invalid(
+            "fleet.nkey_file",
+            "a creds file or an nkey file, not both (a creds file holds its own nkey)".to_owned(),
+        ));
+    }
     config.creds_file = file.creds_file;
+    config.nkey_file = file.nkey_file;
     config.tls_ca_file = file.tls_ca_file;
     config.format = format;
     for (key, value, field) in [
@@ -1629,6 +1638,22 @@ mod tests {
     /// The fleet sink `toml` configures.
     fn fleet_of(toml: &str) -> FleetConfig {
         resolve(toml, &[]).unwrap().sinks.fleet.unwrap()
+    }
+
+    #[test]
+    fn an_nkey_file_is_taken_and_refused_beside_a_creds_file() {
+        let f = fleet_of("[fleet]\nurl = \"nats://a\"\nnkey_file = \"/etc/n.nk\"\n");
+        assert_eq!(f.nkey_file.as_deref(), Some(Path::new("/etc/n.nk")));
+        assert!(
+            f.creds_file.is_none() && f.nkey.is_none(),
+            "read later, as root"
+        );
+        let both = "[fleet]\nurl = \"nats://a\"\nnkey_file = \"/n\"\ncreds_file = \"/c\"\n";
+        let err = resolve(both, &[]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "fleet.nkey_file"),
+            "{err}"
+        );
     }
 
     #[test]

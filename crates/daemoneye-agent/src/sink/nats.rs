@@ -98,6 +98,11 @@ pub struct FleetConfig {
     /// Its contents, once read ([`load_creds`](Self::load_creds): as root,
     /// before privileges are dropped); read at connect time otherwise.
     pub creds: Option<Secret>,
+    /// A file holding a user's nkey seed (`SU…`), for a server that knows
+    /// the user by its public nkey (no JWT).
+    pub nkey_file: Option<PathBuf>,
+    /// The seed, once read ([`load_creds`](Self::load_creds)).
+    pub nkey: Option<Secret>,
     /// A CA file the server's certificate must chain to (TLS required).
     pub tls_ca_file: Option<PathBuf>,
     /// The alerts' format in the messages.
@@ -133,6 +138,8 @@ impl FleetConfig {
             create_stream: true,
             creds_file: None,
             creds: None,
+            nkey_file: None,
+            nkey: None,
             tls_ca_file: None,
             format: AlertFormat::Native,
             outbox_items: daemoneye_store::DEFAULT_OUTBOX_ITEMS,
@@ -145,18 +152,37 @@ impl FleetConfig {
         }
     }
 
-    /// Reads the creds file, once (refused when others may read it; see
-    /// [`read_secret_file`]).
+    /// Reads the creds file and the nkey file, once each (refused when
+    /// others may read them; see [`read_secret_file`]; an nkey file must
+    /// hold a user's seed).
     ///
     /// # Errors
     /// [`FleetError::Creds`].
     pub fn load_creds(&mut self) -> Result<(), FleetError> {
-        if let (Some(path), None) = (&self.creds_file, &self.creds) {
-            let text = read_secret_file(path).map_err(|source| FleetError::Creds {
+        let read = |path: &PathBuf| {
+            read_secret_file(path).map_err(|source| FleetError::Creds {
                 path: path.clone(),
                 source,
-            })?;
-            self.creds = Some(Secret::new(text));
+            })
+        };
+        if let (Some(path), None) = (&self.creds_file, &self.creds) {
+            self.creds = Some(Secret::new(read(path)?));
+        }
+        if let (Some(path), None) = (&self.nkey_file, &self.nkey) {
+            let seed = read(path)?.trim().to_owned();
+            // A user seed: `SU` and 56 more base32 characters.
+            let base32 = |c: char| c.is_ascii_uppercase() || ('2'..='7').contains(&c);
+            if !(seed.len() == 58 && seed.starts_with("SU") && seed.chars().all(base32)) {
+                return Err(FleetError::Creds {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not a user's nkey seed (one line, `SU` and 56 more characters)",
+                    )
+                    .into(),
+                });
+            }
+            self.nkey = Some(Secret::new(seed));
         }
         Ok(())
     }
@@ -566,6 +592,9 @@ impl FleetSink {
                     path: path.clone(),
                     source: e.into(),
                 })?;
+        }
+        if let Some(seed) = &c.nkey {
+            options = options.nkey(seed.expose().to_owned());
         }
         if let Some(ca) = &c.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

@@ -881,3 +881,51 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
         .unwrap();
     assert_eq!(alert_pids(&nats.messages_with(reader).await), [6502]);
 }
+
+/// A broker that knows a user by its public nkey (no JWT): with `nkey_file`
+/// holding the user's seed (a file only its owner may read), the alerts
+/// arrive; a file that holds no seed is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_file_is_used_and_a_file_that_is_no_seed_is_refused() {
+    let Some((dir, mut nats)) = broker() else {
+        return;
+    };
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let config = dir.path().join("nkey.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization: {{ users: [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    nats.start_with(&["-c", &config.display().to_string()]);
+    let private = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
+        format!("nkey_file = \"{}\"", path.display())
+    };
+
+    let refused = tempfile::tempdir().unwrap();
+    let not_a_seed = private("public.nk", &user.public_key());
+    let agent = FleetAgent::start_with(refused.path(), &nats.url(), &not_a_seed).await;
+    agent
+        .until("refused: no seed", |f| f.last_error().contains("nkey seed"))
+        .await;
+    agent.stop().await;
+
+    let with_seed = private("user.nk", &format!("{seed}\n"));
+    let agent = FleetAgent::start_with(dir.path(), &nats.url(), &with_seed).await;
+    agent.raise(6601).await;
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    let reader = async_nats::ConnectOptions::with_nkey(seed);
+    assert_eq!(alert_pids(&nats.messages_with(reader).await), [6601]);
+}
