@@ -150,14 +150,19 @@ impl Strings {
         if let Some(&id) = self.known.get(value).or_else(|| self.pending.get(value)) {
             return Ok(id);
         }
-        let found: Option<i64> = tx
-            .prepare_cached("SELECT id FROM strings WHERE value = ?1")?
+        // One statement for a new text (most misses: the known ones are
+        // remembered), a second for one already stored.
+        let added: Option<i64> = tx
+            .prepare_cached(
+                "INSERT INTO strings (value) VALUES (?1) ON CONFLICT (value) DO NOTHING \
+                 RETURNING id",
+            )?
             .query_row([value], |r| r.get(0))
             .optional()?;
-        let id = match found {
+        let id = match added {
             Some(id) => id,
             None => tx
-                .prepare_cached("INSERT INTO strings (value) VALUES (?1) RETURNING id")?
+                .prepare_cached("SELECT id FROM strings WHERE value = ?1")?
                 .query_row([value], |r| r.get(0))?,
         };
         self.pending.insert(value.into(), id);
