@@ -533,12 +533,30 @@ impl EventSource for NetmondSource {
         NAME
     }
 
+    /// Real time (`REALTIME | KERNEL_LEVEL`) only when the eBPF tier is, or
+    /// will be, in use: after start, the tier in use (so not after `auto`
+    /// fell back to snapshots, nor once the eBPF reader failed); before,
+    /// what is certain: `ebpf` (start fails without it), or `auto` with the
+    /// program preloaded ([`with_ebpf_tier`](Self::with_ebpf_tier), as
+    /// `netmond run` does). `auto` without it claims none until started.
     fn capabilities(&self) -> SourceCaps {
         let caps = SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE;
-        if self.config.tier == TierChoice::Polling {
-            caps
-        } else {
+        let realtime = match self.status.tiers.get() {
+            Some(tier) => tier == CaptureTier::Ebpf,
+            None => match self.config.tier {
+                TierChoice::Polling => false,
+                TierChoice::Ebpf => true,
+                TierChoice::Auto => self
+                    .preloaded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some(),
+            },
+        };
+        if realtime {
             caps | SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL
+        } else {
+            caps
         }
     }
 

@@ -679,3 +679,90 @@ async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
         .unwrap()
         .unwrap();
 }
+
+/// Set in the copy of this test binary run without `CAP_BPF`,
+/// `CAP_PERFMON` and `CAP_SYS_ADMIN`.
+const WITHOUT_BPF: &str = "NETMOND_TEST_WITHOUT_BPF";
+
+/// `auto` that fell back to snapshots claims no real time. As root the
+/// test runs itself again with the capabilities loading takes dropped
+/// (`setpriv`), so the program cannot load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_fallen_back_to_snapshots_claims_no_real_time() {
+    use collector_core::{EventSource as _, SourceCaps};
+    if rustix::process::geteuid().is_root() && std::env::var_os(WITHOUT_BPF).is_none() {
+        let status = Command::new("setpriv")
+            .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "auto_fallen_back_to_snapshots_claims_no_real_time",
+                "--nocapture",
+            ])
+            .env(WITHOUT_BPF, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the test without CAP_BPF: {status}");
+        return;
+    }
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Auto,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let source = Arc::new(source);
+    assert!(
+        !source.capabilities().contains(SourceCaps::REALTIME),
+        "auto, not started, nothing preloaded: nothing certain"
+    );
+    let mut running = Running::start(Box::new(ArcSource(source.clone()))).unwrap();
+    running
+        .wait_for(LIMIT, |e| {
+            matches!(e, collector_core::CollectionEvent::Network(_))
+        })
+        .await
+        .expect("the first snapshot");
+    assert_eq!(stats.tier(), Some(CaptureTier::Polling));
+    let caps = source.capabilities();
+    assert!(!caps.contains(SourceCaps::REALTIME), "{caps:?}");
+    assert!(!caps.contains(SourceCaps::KERNEL_LEVEL), "{caps:?}");
+    assert!(caps.contains(SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE));
+    running.stop().await.unwrap();
+}
+
+/// A shared source as the runtime's boxed one, so the test can ask it
+/// after it started.
+struct ArcSource(Arc<netmond::source::NetmondSource>);
+
+#[async_trait::async_trait]
+impl collector_core::EventSource for ArcSource {
+    async fn start_with(&self, ctx: collector_core::SourceContext) -> anyhow::Result<()> {
+        self.0.start_with(ctx).await
+    }
+
+    async fn start(
+        &self,
+        tx: collector_core::source::EventSender,
+        flag: collector_core::source::ShutdownFlag,
+    ) -> anyhow::Result<()> {
+        self.0.start(tx, flag).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn capabilities(&self) -> collector_core::SourceCaps {
+        self.0.capabilities()
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        self.0.stop().await
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        self.0.health_check().await
+    }
+}
