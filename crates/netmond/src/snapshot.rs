@@ -231,6 +231,8 @@ mod tests {
             send_queue: 0,
             interface: 0,
             netns: None,
+            bytes_acked: None,
+            bytes_received: None,
         }
     }
 
