@@ -92,10 +92,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "alerts.file: the file a file rule's alert is about",
         sql: V11,
     },
+    Migration {
+        version: 12,
+        description: "connections.bytes_sent, bytes_received: a TCP socket's bytes from tcp_info",
+        sql: V12,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -347,6 +352,13 @@ ALTER TABLE outbox_state ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;";
 /// Version 11: the file a file rule's alert is about (`Alert::file`; null
 /// for the others and for alerts stored before).
 const V11: &str = "ALTER TABLE alerts ADD COLUMN file TEXT;";
+
+/// Version 12: a TCP socket's bytes where the kernel reports them
+/// (`sock_diag`'s `tcp_info`: bytes acknowledged by the peer, bytes
+/// received); null for UDP, for the eBPF tier's rows and for rows stored
+/// before. Last in `NETWORK`, as `ALTER TABLE` appends them.
+const V12: &str = "ALTER TABLE connections ADD COLUMN bytes_sent INTEGER;
+ALTER TABLE connections ADD COLUMN bytes_received INTEGER;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.
