@@ -407,6 +407,8 @@ impl NetmondSource {
             tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => break,
+                // Before the records: a flood of them must not starve it.
+                _ = tick.tick() => self.on_tick(&mut tracker, &mut events),
                 delivery = rx.recv() => {
                     let Some(delivery) = delivery else {
                         break; // the reader ended: its error, if any, below
@@ -418,7 +420,6 @@ impl NetmondSource {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick(&mut tracker, &mut events),
             }
             if !self.send_all(&ctx, &mut events).await {
                 break;
