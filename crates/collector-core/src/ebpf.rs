@@ -28,7 +28,6 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -250,7 +249,10 @@ impl<'a> ObjectSpec<'a> {
 pub struct ObjectSpec<'a> {
     /// The object's bytes (8-byte aligned: `aya::include_bytes_aligned!`).
     pub object: &'a [u8],
-    /// (program, BTF tracepoint) pairs, attached in this order.
+    /// (program, what it attaches to) pairs, attached in this order; the
+    /// program's section says what the second is: a BTF tracepoint's name
+    /// (`tp_btf/`), an LSM hook's (`lsm/`) or a tracefs tracepoint's
+    /// `category/name` (`tracepoint/`).
     pub programs: &'a [(&'a str, &'a str)],
     /// The ring buffer map's name.
     pub ring_map: &'a str,
@@ -295,6 +297,72 @@ pub fn check_ring_bytes(size: u32) -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// Loads one program (a BTF tracepoint, a BPF LSM hook or a tracefs
+/// tracepoint, by its section) against `btf` and attaches it to
+/// `attach_to`: the BTF tracepoint's or the hook's name, or the tracefs
+/// tracepoint's `category/name`.
+fn load_and_attach(
+    program: &mut aya::programs::Program,
+    attach_to: &str,
+    btf: &Btf,
+) -> Result<(), EbpfError> {
+    use aya::programs::Program;
+    // The verifier gives up with EAGAIN when a signal is pending on this
+    // thread: signals are held back while it runs, and a load that is still
+    // interrupted (SIGKILL aside, only if the mask could not be set) is
+    // tried again, as libbpf does.
+    let load = |load_once: &mut dyn FnMut() -> Result<(), aya::programs::ProgramError>| {
+        let held = SignalsHeld::hold();
+        let mut attempts = 0;
+        let loaded = loop {
+            attempts += 1;
+            match load_once() {
+                Ok(()) => break Ok(()),
+                Err(e) if attempts < LOAD_ATTEMPTS && is_eagain(&e) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        drop(held);
+        loaded.map_err(|e| load_error("the verifier refused a program", e))
+    };
+    match program {
+        Program::BtfTracePoint(p) => {
+            load(&mut || p.load(attach_to, btf))?;
+            p.attach()
+                .map_err(|e| load_error("cannot attach to a tracepoint", e))?;
+        }
+        Program::Lsm(p) => {
+            load(&mut || p.load(attach_to, btf))?;
+            p.attach()
+                .map_err(|e| load_error("cannot attach to an LSM hook", e))?;
+        }
+        Program::TracePoint(p) => {
+            // `category/name`, as under tracefs's `events/` (which must be
+            // mounted: the tracepoint's id is read there).
+            let (category, name) =
+                attach_to
+                    .split_once('/')
+                    .ok_or_else(|| EbpfError::Unavailable {
+                        reason: format!("tracepoint {attach_to}: not category/name"),
+                        source: None,
+                    })?;
+            load(&mut || p.load())?;
+            p.attach(category, name)
+                .map_err(|e| load_error("cannot attach to a tracepoint", e))?;
+        }
+        other => {
+            return Err(EbpfError::Unavailable {
+                reason: format!(
+                    "program for {attach_to}: a {:?} program (only tracepoints and LSM hooks load)",
+                    other.prog_type()
+                ),
+                source: None,
+            })
+        }
+    }
+    Ok(())
+}
+
 impl Loaded {
     /// Loads `spec`'s object (relocated against this kernel's BTF), sizes
     /// its ring buffer and attaches its programs.
@@ -328,34 +396,14 @@ impl Loaded {
             .map_max_entries(spec.ring_map, spec.ring_bytes)
             .load(spec.object)
             .map_err(|e| load_error("the kernel refused the object", e))?;
-        for &(name, tracepoint) in spec.programs {
-            let program: &mut BtfTracePoint = ebpf
+        for &(name, attach_to) in spec.programs {
+            let program = ebpf
                 .program_mut(name)
                 .ok_or_else(|| EbpfError::Unavailable {
                     reason: format!("program {name} missing from the object"),
                     source: None,
-                })?
-                .try_into()
-                .map_err(|e| load_error("wrong program type", e))?;
-            // The verifier gives up with EAGAIN when a signal is pending on
-            // this thread: signals are held back while it runs, and a load
-            // that is still interrupted (SIGKILL aside, only if the mask
-            // could not be set) is tried again, as libbpf does.
-            let held = SignalsHeld::hold();
-            let mut attempts = 0;
-            let loaded = loop {
-                attempts += 1;
-                match program.load(tracepoint, btf) {
-                    Ok(()) => break Ok(()),
-                    Err(e) if attempts < LOAD_ATTEMPTS && is_eagain(&e) => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            drop(held);
-            loaded.map_err(|e| load_error("the verifier refused a program", e))?;
-            program
-                .attach()
-                .map_err(|e| load_error("cannot attach to a tracepoint", e))?;
+                })?;
+            load_and_attach(program, attach_to, btf)?;
         }
         let missing = |name: &str| EbpfError::Unavailable {
             reason: format!("map {name} missing from the object"),

@@ -327,6 +327,18 @@ pub const NETWORK: &[Column] = {
             Text,
             "the id the collector runtime gave the event (`run-seq`)",
         ),
+        stored(
+            "bytes_sent",
+            Integer,
+            "a TCP socket's bytes sent and acknowledged by the peer so far, from the snapshot's \
+             `tcp_info` (the connecting side's SYN counts one); none for UDP and the `ebpf` tier",
+        ),
+        stored(
+            "bytes_received",
+            Integer,
+            "a TCP socket's bytes received so far, from the snapshot's `tcp_info`; none for UDP \
+             and the `ebpf` tier",
+        ),
     ]
 };
 

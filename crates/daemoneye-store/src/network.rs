@@ -36,12 +36,19 @@ pub struct ConnectionRow {
     netns: Option<i64>,
     tier: Option<&'static str>,
     event_id: Option<String>,
+    bytes_sent: Option<i64>,
+    bytes_received: Option<i64>,
 }
 
 /// A kernel's 64-bit identifier (cookie, inode) as SQLite's integer: the
 /// same bits, so one past `i64::MAX` stays distinct and round-trips.
 fn bits(v: u64) -> i64 {
     i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// A count as SQLite's integer.
+fn saturating(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl ConnectionRow {
@@ -68,11 +75,14 @@ impl ConnectionRow {
             netns: e.netns.map(bits),
             tier: e.tier.map(CaptureTier::as_str),
             event_id: e.id.map(|id| id.to_string()),
+            // Past i64::MAX (never, for bytes) the count saturates.
+            bytes_sent: e.bytes_sent.map(saturating),
+            bytes_received: e.bytes_received.map(saturating),
         }
     }
 
     /// Its values, in the columns' order (bind them to [`insert_sql`]).
-    pub fn params(&self) -> [&dyn ToSql; 20] {
+    pub fn params(&self) -> [&dyn ToSql; 22] {
         [
             &self.observed_at,
             &self.connection_id,
@@ -94,6 +104,8 @@ impl ConnectionRow {
             &self.netns,
             &self.tier,
             &self.event_id,
+            &self.bytes_sent,
+            &self.bytes_received,
         ]
     }
 }
@@ -154,7 +166,7 @@ mod tests {
     fn the_table_has_the_vocabulary_columns_in_order() {
         crate::performance::tests::has_vocabulary_columns("connections", NETWORK);
         let sql = insert_sql("connections");
-        assert!(sql.ends_with("?20)"), "{sql}");
+        assert!(sql.ends_with("?22)"), "{sql}");
     }
 
     #[test]
@@ -192,6 +204,34 @@ mod tests {
         assert_eq!(done.connections_pruned, 1);
         let n = ro.query("SELECT count(*) FROM connections").unwrap();
         assert_eq!(n.rows, [vec![json!(1)]]);
+    }
+
+    #[test]
+    fn a_tcp_sockets_bytes_are_columns_and_a_udp_ones_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let tcp = NetworkEvent {
+            bytes_sent: Some(100_001),
+            bytes_received: Some(u64::MAX),
+            ..shell_stdin(1_000)
+        };
+        let udp = NetworkEvent {
+            protocol: collector_core::NetworkProtocol::Udp,
+            ..shell_stdin(1_001)
+        };
+        let day = Duration::from_secs(86_400);
+        store.write_connections(&[tcp, udp], day).unwrap();
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let r = ro
+            .query("SELECT protocol, bytes_sent, bytes_received FROM connections ORDER BY id")
+            .unwrap();
+        assert_eq!(
+            r.rows,
+            [
+                vec![json!("tcp"), json!(100_001), json!(i64::MAX)],
+                vec![json!("udp"), json!(null), json!(null)],
+            ]
+        );
     }
 
     #[test]

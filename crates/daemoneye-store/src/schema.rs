@@ -98,10 +98,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                       stored once (strings), processes holds the running ones",
         sql: V12,
     },
+    Migration {
+        version: 13,
+        description: "connections.bytes_sent, bytes_received: a TCP socket's bytes from tcp_info",
+        sql: V13,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 13;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -463,6 +468,13 @@ FROM process_event_rows r
 
 DELETE FROM processes WHERE exited_at IS NOT NULL;
 ";
+
+/// Version 13: a TCP socket's bytes where the kernel reports them
+/// (`sock_diag`'s `tcp_info`: bytes acknowledged by the peer, bytes
+/// received); null for UDP, for the eBPF tier's rows and for rows stored
+/// before. Last in `NETWORK`, as `ALTER TABLE` appends them.
+const V13: &str = "ALTER TABLE connections ADD COLUMN bytes_sent INTEGER;
+ALTER TABLE connections ADD COLUMN bytes_received INTEGER;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

@@ -2220,7 +2220,7 @@ mod tests {
             tx.commit().unwrap();
         }
         let mut db = Store::new(&path).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 12);
+        assert_eq!(db.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
         assert_eq!(db.verify_ledger().unwrap().entries, 1);
         let back = db.recent_events(2).unwrap();
         assert_eq!(

@@ -67,7 +67,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
     let ebpf = if file.netmond.tier == TierChoice::Polling {
         None
     } else {
-        match NetTier::load(&file.netmond.ebpf) {
+        match NetTier::load_with(&file.netmond.ebpf, file.netmond.accept_hook) {
             Ok(tier) => Some(tier),
             Err(e) => {
                 tracing::debug!(error = %e, "eBPF tier not preloaded");

@@ -36,6 +36,10 @@ pub struct Snapshot {
     /// (their sockets are missing: entering one needs `CAP_SYS_ADMIN`).
     #[serde(default)]
     pub unreadable_namespaces: usize,
+    /// The network namespaces whose sockets it holds, each read whole
+    /// (the inodes of their `/proc/<pid>/ns/net`; empty when not known).
+    #[serde(skip)]
+    pub namespaces_read: Vec<u64>,
 }
 
 /// What went wrong taking a snapshot.
@@ -92,6 +96,7 @@ impl Snapshot {
             connections,
             unreadable_processes: owners.unreadable,
             unreadable_namespaces: 0,
+            namespaces_read: Vec::new(),
         }
     }
 }
@@ -128,7 +133,7 @@ impl Snapshotter {
     /// # Errors
     /// [`SnapshotError`] when the kernel or `/proc` cannot be read at all.
     pub fn take(&mut self) -> Result<Snapshot, SnapshotError> {
-        let (sockets, unreadable_namespaces) = self.dump_every_namespace()?;
+        let (sockets, unreadable_namespaces, namespaces_read) = self.dump_every_namespace()?;
         let inodes = || sockets.iter().map(|s| s.inode);
         let current = self
             .owners
@@ -149,21 +154,23 @@ impl Snapshotter {
         };
         let mut snapshot = Snapshot::join(sockets, owners);
         snapshot.unreadable_namespaces = unreadable_namespaces;
+        snapshot.namespaces_read = namespaces_read;
         Ok(snapshot)
     }
 
     /// The sockets of this namespace, then of every other one a process is
-    /// in, each tagged with its namespace; and how many namespaces could not
-    /// be entered.
-    fn dump_every_namespace(&mut self) -> Result<(Vec<Socket>, usize), SnapshotError> {
+    /// in, each tagged with its namespace; how many namespaces could not be
+    /// entered; and which were read.
+    fn dump_every_namespace(&mut self) -> Result<(Vec<Socket>, usize, Vec<u64>), SnapshotError> {
         let mut sockets = diag::dump()?;
         let own = self.namespaces.own();
         for s in &mut sockets {
             s.netns = own;
         }
+        let mut read: Vec<u64> = own.into_iter().collect();
         let mut unreadable = 0;
         if self.namespaces.refresh().is_err() {
-            return Ok((sockets, unreadable));
+            return Ok((sockets, unreadable, read));
         }
         for (ns, pid) in self.namespaces.others() {
             let dumped = self
@@ -177,13 +184,14 @@ impl Snapshotter {
                         s.netns = Some(ns);
                     }
                     sockets.append(&mut theirs);
+                    read.push(ns);
                 }
                 // Not allowed in (no CAP_SYS_ADMIN), or its last process
                 // left: counted, the others still read.
                 Err(_) => unreadable += 1,
             }
         }
-        Ok((sockets, unreadable))
+        Ok((sockets, unreadable, read))
     }
 }
 
@@ -223,6 +231,8 @@ mod tests {
             send_queue: 0,
             interface: 0,
             netns: None,
+            bytes_acked: None,
+            bytes_received: None,
         }
     }
 

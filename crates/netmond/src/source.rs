@@ -58,11 +58,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::ebpf::{
-    Delivery, EbpfConfig, EbpfCounters, EbpfError, KernelAccounting, NetReader, NetTier,
-    StateRecord,
+    AcceptHook, Delivery, EbpfConfig, EbpfCounters, EbpfError, KernelAccounting, NetReader,
+    NetTier, StateRecord,
 };
 use crate::owners::Owner;
-use crate::realtime::{Holder, Tracker, TrackerCounters};
+use crate::realtime::{monotonic_now, Holder, SeenSockets, Tracker, TrackerCounters};
 use crate::snapshot::{Connection, Snapshot, Snapshotter};
 
 /// The source's name, in logs, metrics and health.
@@ -116,6 +116,9 @@ pub struct NetmondConfig {
     pub tier: TierChoice,
     /// The eBPF tier's settings.
     pub ebpf: EbpfConfig,
+    /// How the eBPF tier names the process accepting a connection:
+    /// `auto`, `tracepoints`, `raw_syscalls` or `off` ([`AcceptHook`]).
+    pub accept_hook: AcceptHook,
 }
 
 impl Default for NetmondConfig {
@@ -125,6 +128,7 @@ impl Default for NetmondConfig {
             proc_root: PathBuf::from("/proc"),
             tier: TierChoice::Auto,
             ebpf: EbpfConfig::default(),
+            accept_hook: AcceptHook::default(),
         }
     }
 }
@@ -187,7 +191,16 @@ struct Status {
     drops_reported: AtomicU64,
     /// Why the eBPF reader stopped, when it failed.
     failed: Mutex<Option<String>>,
+    /// What the last snapshot saw of TCP, for the tracker to prune by.
+    seen: SeenSlot,
 }
+
+/// The last snapshot's TCP sockets, from the differ to the eBPF tier.
+type SeenSlot = Arc<Mutex<Option<SeenSockets>>>;
+
+/// How often the eBPF tier releases the inbound connections no accept came
+/// for and prunes by the last snapshot.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Reads the source's tier and counters from anywhere (clones share them).
 #[derive(Debug, Clone)]
@@ -221,6 +234,18 @@ impl NetmondStats {
             "TCP sockets the eBPF tier could not follow (its table full): their events carry only what the kernel's record says.",
             &[("source", NAME)],
             &c.tracker.untracked,
+        );
+        registry.register_counter(
+            "daemoneye_connections_unaccepted_total",
+            "Inbound TCP connections the eBPF tier named for their listener's holder: no accept record came (closed first, not accepted in time, or no accept hook).",
+            &[("source", NAME)],
+            &c.tracker.unaccepted,
+        );
+        registry.register_counter(
+            "daemoneye_connections_pruned_total",
+            "TCP sockets the eBPF tier stopped following because a later snapshot no longer saw them (their close record was lost).",
+            &[("source", NAME)],
+            &c.tracker.pruned,
         );
         registry.register_counter(
             "daemoneye_realtime_events_total",
@@ -258,17 +283,20 @@ pub fn source(
     counters: NetmondCounters,
 ) -> Result<NetmondSource, collector_core::ConfigError> {
     config.validate()?;
+    let status = Arc::<Status>::default();
+    let mut differ = Differ::new(&config.proc_root, counters);
+    differ.seen = Some(status.seen.clone());
     let polled = Polled::new(
         NAME,
         SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE,
         config.interval,
-        Differ::new(&config.proc_root, counters),
+        differ,
     );
     Ok(NetmondSource {
         polled,
         config: config.clone(),
         preloaded: Mutex::new(None),
-        status: Arc::default(),
+        status,
     })
 }
 
@@ -301,9 +329,7 @@ impl NetmondSource {
 
     /// The eBPF tier's reader, when it is wanted and loads; `None` (the
     /// fallback said once, in the log) otherwise.
-    fn open_realtime(
-        &self,
-    ) -> anyhow::Result<Option<(NetReader, mpsc::Receiver<Delivery<StateRecord>>)>> {
+    fn open_realtime(&self) -> anyhow::Result<Option<Realtime>> {
         if self.config.tier == TierChoice::Polling {
             tracing::info!(
                 interval = ?self.config.interval,
@@ -317,20 +343,36 @@ impl NetmondSource {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let opened = preloaded
-            .map_or_else(|| NetTier::load(&self.config.ebpf), Ok)
+            .map_or_else(
+                || NetTier::load_with(&self.config.ebpf, self.config.accept_hook),
+                Ok,
+            )
             .and_then(|tier| {
+                let hook = tier.accept_hook();
                 let (tx, rx) = mpsc::channel(64);
                 tier.spawn_reader(tx, self.status.ebpf.clone())
-                    .map(|reader| (reader, rx))
+                    .map(|reader| (reader, rx, hook))
             });
         match opened {
-            Ok(opened) => {
+            Ok((reader, rx, hook)) => {
                 tracing::info!(
                     interval = ?self.config.interval,
+                    accept_hook = ?hook,
                     "capture tier: eBPF (TCP connect, accept, listen and close as they happen); \
                      UDP and the sockets' holders by sock_diag snapshot every interval"
                 );
-                Ok(Some(opened))
+                if hook == AcceptHook::Off {
+                    tracing::info!(
+                        asked = ?self.config.accept_hook,
+                        "no accept hook (tracefs not mounted, or off): accepted connections \
+                         are named for their listener's holder, not the process that accepted them"
+                    );
+                }
+                Ok(Some(Realtime {
+                    reader,
+                    rx,
+                    accepts_reported: hook != AcceptHook::Off,
+                }))
             }
             Err(err) if self.config.tier == TierChoice::Ebpf => {
                 Err(anyhow::Error::new(err).context("the eBPF tier was asked for"))
@@ -342,45 +384,45 @@ impl NetmondSource {
         }
     }
 
-    /// The eBPF tier's records as events, until shutdown or the reader ends.
-    async fn run_realtime(
-        &self,
-        ctx: SourceContext,
-        reader: NetReader,
-        mut rx: mpsc::Receiver<Delivery<StateRecord>>,
-    ) -> anyhow::Result<()> {
-        let mut tracker = Tracker::new(self.status.tracker.clone());
+    /// The eBPF tier's records as events, until shutdown or the reader
+    /// ends; every [`TICK`], the inbound connections no accept came for go
+    /// out, and sockets the last snapshot no longer saw are forgotten.
+    async fn run_realtime(&self, ctx: SourceContext, realtime: Realtime) -> anyhow::Result<()> {
+        let Realtime {
+            reader,
+            mut rx,
+            accepts_reported,
+        } = realtime;
+        let mut tracker = Tracker::new(self.status.tracker.clone(), accepts_reported);
         // Listeners older than us: their accepted connections go to their
         // holders.
         let root = self.config.proc_root.clone();
         if let Ok(Ok(snapshot)) = tokio::task::spawn_blocking(move || Snapshot::take(&root)).await {
             note_listeners(&mut tracker, &snapshot, &self.config.proc_root);
         }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Vec::new();
         loop {
-            let delivery = tokio::select! {
+            tokio::select! {
                 biased;
                 () = ctx.shutdown().cancelled() => break,
-                d = rx.recv() => d,
-            };
-            let Some(delivery) = delivery else {
-                break; // the reader ended: its error, if any, below
-            };
-            let Delivery::Records(batch) = delivery else {
-                continue; // drops are counted; health reports them
-            };
-            for record in &batch {
-                let Some(event) = tracker.on_record(record) else {
-                    continue;
-                };
-                let sent = tokio::select! {
-                    biased;
-                    () = ctx.shutdown().cancelled() => break,
-                    sent = ctx.out().send(CollectionEvent::Network(event)) => sent,
-                };
-                if sent.is_err() {
-                    break;
+                // Before the records: a flood of them must not starve it.
+                _ = tick.tick() => self.on_tick(&mut tracker, &mut events),
+                delivery = rx.recv() => {
+                    let Some(delivery) = delivery else {
+                        break; // the reader ended: its error, if any, below
+                    };
+                    // Drops are counted; health reports them.
+                    if let Delivery::Records(batch) = delivery {
+                        for record in &batch {
+                            tracker.on_record(record, &mut events);
+                        }
+                    }
                 }
-                self.status.emitted.inc();
+            }
+            if !self.send_all(&ctx, &mut events).await {
+                break;
             }
         }
         drop(rx);
@@ -400,6 +442,47 @@ impl NetmondSource {
         }
         Ok(())
     }
+}
+
+impl NetmondSource {
+    fn on_tick(&self, tracker: &mut Tracker, events: &mut Vec<NetworkEvent>) {
+        let now = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+        tracker.flush_unaccepted(now, events);
+        let seen = self
+            .status
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(seen) = seen {
+            tracker.prune(&seen, events);
+        }
+    }
+
+    /// Sends `events` (emptied); false once shutdown came or the output
+    /// closed.
+    async fn send_all(&self, ctx: &SourceContext, events: &mut Vec<NetworkEvent>) -> bool {
+        for event in events.drain(..) {
+            let sent = tokio::select! {
+                biased;
+                () = ctx.shutdown().cancelled() => return false,
+                sent = ctx.out().send(CollectionEvent::Network(event)) => sent,
+            };
+            if sent.is_err() {
+                return false;
+            }
+            self.status.emitted.inc();
+        }
+        true
+    }
+}
+
+/// The eBPF tier, started.
+struct Realtime {
+    reader: NetReader,
+    rx: mpsc::Receiver<Delivery<StateRecord>>,
+    /// Whether accept records come (an accept hook is attached).
+    accepts_reported: bool,
 }
 
 /// Says, once, that the snapshots alone miss short connections.
@@ -431,14 +514,14 @@ fn note_listeners(tracker: &mut Tracker, snapshot: &Snapshot, proc_root: &Path) 
 #[async_trait]
 impl EventSource for NetmondSource {
     async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
-        let Some((reader, rx)) = self.open_realtime()? else {
+        let Some(realtime) = self.open_realtime()? else {
             self.set_tier(CaptureTier::Polling);
             return self.polled.start_with(ctx).await;
         };
         self.set_tier(CaptureTier::Ebpf);
         let (polled, realtime) = tokio::join!(
             self.polled.start_with(ctx.clone()),
-            self.run_realtime(ctx, reader, rx)
+            self.run_realtime(ctx, realtime)
         );
         polled.and(realtime)
     }
@@ -451,12 +534,30 @@ impl EventSource for NetmondSource {
         NAME
     }
 
+    /// Real time (`REALTIME | KERNEL_LEVEL`) only when the eBPF tier is, or
+    /// will be, in use: after start, the tier in use (so not after `auto`
+    /// fell back to snapshots, nor once the eBPF reader failed); before,
+    /// what is certain: `ebpf` (start fails without it), or `auto` with the
+    /// program preloaded ([`with_ebpf_tier`](Self::with_ebpf_tier), as
+    /// `netmond run` does). `auto` without it claims none until started.
     fn capabilities(&self) -> SourceCaps {
         let caps = SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE;
-        if self.config.tier == TierChoice::Polling {
-            caps
-        } else {
+        let realtime = match self.status.tiers.get() {
+            Some(tier) => tier == CaptureTier::Ebpf,
+            None => match self.config.tier {
+                TierChoice::Polling => false,
+                TierChoice::Ebpf => true,
+                TierChoice::Auto => self
+                    .preloaded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some(),
+            },
+        };
+        if realtime {
             caps | SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL
+        } else {
+            caps
         }
     }
 
@@ -491,6 +592,8 @@ impl EventSource for NetmondSource {
 #[derive(Debug)]
 pub struct Differ {
     snapshotter: Snapshotter,
+    /// Where each look's TCP sockets go for the eBPF tier (the source's).
+    seen: Option<SeenSlot>,
     live: HashMap<u64, Connection>,
     first: bool,
     keys: Keys,
@@ -511,6 +614,7 @@ impl Differ {
     pub fn new(proc_root: &Path, counters: NetmondCounters) -> Self {
         Self {
             snapshotter: Snapshotter::new(proc_root),
+            seen: None,
             live: HashMap::new(),
             first: true,
             keys: Keys {
@@ -604,12 +708,26 @@ impl Keys {
             uid: Some(s.uid),
             inode: (s.inode != 0).then_some(s.inode),
             netns: s.netns,
-            bytes_sent: None,
-            bytes_received: None,
+            bytes_sent: s.bytes_acked,
+            bytes_received: s.bytes_received,
             tier: Some(CaptureTier::Polling),
             timestamp: at,
             id: None,
         }
+    }
+}
+
+/// The TCP sockets of `snapshot`, begun at `taken_ns`.
+fn seen_sockets(snapshot: &Snapshot, taken_ns: u64) -> SeenSockets {
+    SeenSockets {
+        taken_ns,
+        netns: snapshot.namespaces_read.iter().copied().collect(),
+        cookies: snapshot
+            .connections
+            .iter()
+            .filter(|c| c.socket.protocol == NetworkProtocol::Tcp)
+            .map(|c| c.socket.cookie)
+            .collect(),
     }
 }
 
@@ -626,7 +744,12 @@ fn is_live(c: &Connection) -> bool {
 impl Poll for Differ {
     fn poll(&mut self, out: &mut Vec<CollectionEvent>) -> anyhow::Result<()> {
         let walks = self.snapshotter.walks();
+        let taken_ns = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
         let snapshot = self.snapshotter.take()?;
+        if let Some(slot) = &self.seen {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(seen_sockets(&snapshot, taken_ns));
+        }
         self.counters
             .proc_walks
             .add(self.snapshotter.walks().saturating_sub(walks));

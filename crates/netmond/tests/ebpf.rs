@@ -15,7 +15,9 @@ use collector_core::testing::{check_source, ConformanceConfig, Running};
 use collector_core::{
     CaptureTier, ConnectionChange, ConnectionDirection, ConnectionState, EventKind,
 };
-use netmond::ebpf::{Delivery, EbpfConfig, EbpfCounters, NetTier, StateRecord};
+use netmond::ebpf::{
+    AcceptHook, Delivery, EbpfConfig, EbpfCounters, NetTier, RecordKind, StateRecord,
+};
 use netmond::source::{NetmondConfig, NetmondCounters, TierChoice};
 use tokio::sync::mpsc;
 
@@ -151,6 +153,167 @@ async fn a_one_millisecond_connection_is_seen_with_the_connecting_pid_and_the_bo
     assert_eq!(counters.decode_errors(), 0);
 }
 
+/// A python3 process that listens on loopback, then forks: the child
+/// accepts one connection and reads a byte, the parent only waits.
+/// Returns the process and (port, listener's pid, acceptor's pid), read
+/// from its first line.
+fn fork_after_listen() -> (std::process::Child, (u16, u32, u32)) {
+    use std::io::BufRead as _;
+    let script = r"
+import os, socket
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(8)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    os.write(w, b'.')
+    c, _ = s.accept()
+    c.recv(1)
+    c.close()
+    os._exit(0)
+os.read(r, 1)
+print(s.getsockname()[1], os.getpid(), pid, flush=True)
+os.waitpid(pid, 0)
+";
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut words = line.split_whitespace().map(|w| w.parse::<u32>().unwrap());
+    let (port, listener, acceptor) = (
+        u16::try_from(words.next().unwrap()).unwrap(),
+        words.next().unwrap(),
+        words.next().unwrap(),
+    );
+    (child, (port, listener, acceptor))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_is_recorded_with_the_accepting_process_not_the_listeners() {
+    if !root_or_skip("the accept record test") {
+        return;
+    }
+    let tier = NetTier::load_with(&EbpfConfig::default(), AcceptHook::RawSyscalls)
+        .expect("the eBPF tier loads here");
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let counters = EbpfCounters::default();
+    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+
+    let (mut server, (port, listener, acceptor)) = fork_after_listen();
+    assert_ne!(listener, acceptor);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    std::io::Write::write_all(&mut client, b"x").unwrap();
+    let established = rx
+        .first("the accepted end's ESTABLISHED", |r| {
+            r.kind == RecordKind::StateChange
+                && r.old_state == Some(ConnectionState::SynRecv)
+                && r.local.port() == port
+                && r.remote.port() == client_port
+        })
+        .await;
+    let accepted = rx
+        .first("accepted", |r| {
+            r.kind == RecordKind::Accepted && r.cookie == established.cookie
+        })
+        .await;
+    let task = accepted
+        .task
+        .as_ref()
+        .expect("accept() runs in the acceptor");
+    assert_eq!(task.tgid, acceptor, "{accepted:?}");
+    assert_eq!(
+        (accepted.local.port(), accepted.remote.port()),
+        (port, client_port)
+    );
+    assert_eq!((accepted.old_state, accepted.new_state), (None, None));
+    assert_ne!(accepted.inode, 0, "the accepted socket has its file");
+    assert!(server.wait().unwrap().success());
+    drop(client);
+
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+    assert_eq!(counters.decode_errors(), 0);
+}
+
+/// Set in the copy of this test binary that runs inside its own mount
+/// namespace, tracefs mounted.
+const IN_MOUNT_NS: &str = "NETMOND_TEST_TRACEFS_MOUNTED";
+
+/// `accept()`'s syscall tracepoints ([`AcceptHook::Tracepoints`]) need
+/// tracefs, which this test host does not mount: the test runs itself
+/// again in a private mount namespace with tracefs mounted (the host's
+/// mounts untouched), and there checks the accept record's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_syscall_tracepoint_hook_records_the_accepting_process() {
+    if !root_or_skip("the syscall tracepoint test") {
+        return;
+    }
+    if std::env::var_os(IN_MOUNT_NS).is_none() {
+        let me = std::env::current_exe().unwrap();
+        let status = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tracefs tracefs /sys/kernel/tracing && exec \"$0\" \"$@\"")
+            .arg(me)
+            .args([
+                "--exact",
+                "the_syscall_tracepoint_hook_records_the_accepting_process",
+                "--nocapture",
+            ])
+            .env(IN_MOUNT_NS, "1")
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the test in its mount namespace: {status}"
+        );
+        return;
+    }
+    let tier = NetTier::load_with(&EbpfConfig::default(), AcceptHook::Tracepoints)
+        .expect("the tier loads with the syscall tracepoints");
+    assert_eq!(tier.accept_hook(), AcceptHook::Tracepoints);
+    let (tx, rx) = mpsc::channel(1024);
+    let mut rx = Records {
+        rx,
+        pending: std::collections::VecDeque::new(),
+    };
+    let counters = EbpfCounters::default();
+    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let (mut server, (port, _, acceptor)) = fork_after_listen();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    std::io::Write::write_all(&mut client, b"x").unwrap();
+    let accepted = rx
+        .first("accepted", |r| {
+            r.kind == RecordKind::Accepted && r.remote.port() == client_port
+        })
+        .await;
+    assert_eq!(accepted.task.as_ref().map(|t| t.tgid), Some(acceptor));
+    assert_ne!(accepted.cookie, 0);
+    assert!(server.wait().unwrap().success());
+    drop(client);
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+}
+
 #[test]
 fn the_kernel_counters_read_and_a_bad_ring_size_is_refused() {
     if !root_or_skip("reading the kernel's counters") {
@@ -179,8 +342,9 @@ fn network(e: &collector_core::CollectionEvent) -> Option<&collector_core::Netwo
 
 /// The source on the eBPF tier, through the runtime: the listen with the
 /// listener's pid, a connection of about 1 ms opened with the connecting
-/// process's pid and key, accepted with the listener's, and closed; the
-/// snapshot beside it.
+/// process's pid and key and closed, its other end (never accepted) named
+/// for the listener's holder once `ACCEPT_WAIT` is over; the snapshot
+/// beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_sees_a_one_millisecond_connection_with_its_processes() {
     if !root_or_skip("the eBPF source test") {
@@ -238,38 +402,95 @@ async fn the_source_sees_a_one_millisecond_connection_with_its_processes() {
         .validate()
         .is_ok());
     let client_port = outbound.source_port.expect("its port");
+    // The close and the other end, never accepted (named for the
+    // listener's holder: at once without an accept hook, after
+    // ACCEPT_WAIT with one), in whichever order they come.
+    let (mut closed, mut inbound) = (None, None);
+    running
+        .wait_for(LIMIT, |e| {
+            if let Some(n) = network(e) {
+                if n.change == Some(ConnectionChange::Closed)
+                    && n.connection_id == outbound.connection_id
+                {
+                    closed = Some(n.clone());
+                }
+                if n.direction == Some(ConnectionDirection::Inbound)
+                    && n.dest_port == Some(client_port)
+                {
+                    inbound = Some(n.clone());
+                }
+            }
+            closed.is_some() && inbound.is_some()
+        })
+        .await
+        .expect("the close and the accepted end");
+    let closed = closed.unwrap();
+    assert_eq!(
+        (closed.pid, closed.source_port),
+        (Some(connector), Some(client_port))
+    );
+    assert_eq!(inbound.unwrap().pid, Some(me), "the listener's holder");
+    drop(listener);
+    running.stop().await.unwrap();
+    assert_eq!(stats.kernel_accounting().dropped, 0);
+    assert!(stats.realtime_events() >= 4);
+}
+
+/// The source names an accepted connection for the process that accepted
+/// it, a child forked after `listen()`, not for the listener's creator;
+/// the kernel's books balance over both record kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_names_an_inbound_connection_for_its_acceptor() {
+    if !root_or_skip("the eBPF source's accept test") {
+        return;
+    }
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Ebpf,
+        // This host mounts no tracefs: the hook that needs none.
+        accept_hook: AcceptHook::RawSyscalls,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let mut running = Running::start(Box::new(source)).unwrap();
+    running
+        .wait_for(LIMIT, |e| matches!(e, collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)))
+        .await
+        .expect("the first snapshot");
+
+    let (mut server, (port, listener, acceptor)) = fork_after_listen();
+    assert_ne!(listener, acceptor);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    std::io::Write::write_all(&mut client, b"x").unwrap();
     let inbound = running
         .wait_for(LIMIT, |e| {
             network(e).is_some_and(|n| {
                 n.direction == Some(ConnectionDirection::Inbound)
+                    && n.change == Some(ConnectionChange::Opened)
                     && n.dest_port == Some(client_port)
             })
         })
         .await
         .expect("the accepted end");
+    let inbound = network(&inbound).unwrap().clone();
     assert_eq!(
-        network(&inbound).unwrap().pid,
-        Some(me),
-        "the listener's holder"
+        inbound.pid,
+        Some(acceptor),
+        "the acceptor (the listener is {listener}): {inbound:?}"
     );
-    let closed = running
-        .wait_for(LIMIT, |e| {
-            network(e).is_some_and(|n| {
-                n.change == Some(ConnectionChange::Closed)
-                    && n.connection_id == outbound.connection_id
-            })
-        })
-        .await
-        .expect("the close");
-    let closed = network(&closed).unwrap();
-    assert_eq!(
-        (closed.pid, closed.source_port),
-        (Some(connector), Some(client_port))
-    );
-    drop(listener);
+    assert_eq!(inbound.process_key.map(|k| k.pid), Some(acceptor));
+    assert!(inbound.inode.is_some(), "{inbound:?}");
+    assert!(collector_core::CollectionEvent::Network(inbound.clone())
+        .validate()
+        .is_ok());
+    assert!(server.wait().unwrap().success());
+    drop(client);
     running.stop().await.unwrap();
-    assert_eq!(stats.kernel_accounting().dropped, 0);
-    assert!(stats.realtime_events() >= 4);
+    let books = stats.kernel_accounting();
+    assert!(books.balanced(), "{books:?}");
+    assert_eq!(books.dropped, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +536,9 @@ async fn a_full_ring_buffer_is_counted_exactly_and_degrades_health_once() {
         ring_buffer_bytes: u32::try_from(rustix::param::page_size()).unwrap(),
         ..EbpfConfig::default()
     };
-    let tier = NetTier::load(&small).unwrap();
+    // With an accept hook: the 50 accepts' records share the ring buffer
+    // and the books with the state changes'.
+    let tier = NetTier::load_with(&small, AcceptHook::RawSyscalls).unwrap();
     connections(50);
     let (tx, mut rx) = mpsc::channel(1024);
     let counters = EbpfCounters::default();
@@ -338,6 +561,9 @@ async fn a_full_ring_buffer_is_counted_exactly_and_degrades_health_once() {
         .unwrap();
     assert!(books.balanced(), "{books:?}");
     assert!(books.dropped >= dropped && books.delivered > 0, "{books:?}");
+    // A sanity bound: each of the 50 connections makes 3 state changes of
+    // the client's end, 2 of the server's and an accept at least.
+    assert!(books.produced >= 50 * 6, "{books:?}");
 
     // The source, on a preloaded tier that overflowed before it started.
     let tier = NetTier::load(&small).unwrap();
@@ -457,4 +683,91 @@ async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Set in the copy of this test binary run without `CAP_BPF`,
+/// `CAP_PERFMON` and `CAP_SYS_ADMIN`.
+const WITHOUT_BPF: &str = "NETMOND_TEST_WITHOUT_BPF";
+
+/// `auto` that fell back to snapshots claims no real time. As root the
+/// test runs itself again with the capabilities loading takes dropped
+/// (`setpriv`), so the program cannot load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_fallen_back_to_snapshots_claims_no_real_time() {
+    use collector_core::{EventSource as _, SourceCaps};
+    if rustix::process::geteuid().is_root() && std::env::var_os(WITHOUT_BPF).is_none() {
+        let status = Command::new("setpriv")
+            .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "auto_fallen_back_to_snapshots_claims_no_real_time",
+                "--nocapture",
+            ])
+            .env(WITHOUT_BPF, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the test without CAP_BPF: {status}");
+        return;
+    }
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Auto,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let source = Arc::new(source);
+    assert!(
+        !source.capabilities().contains(SourceCaps::REALTIME),
+        "auto, not started, nothing preloaded: nothing certain"
+    );
+    let mut running = Running::start(Box::new(ArcSource(source.clone()))).unwrap();
+    running
+        .wait_for(LIMIT, |e| {
+            matches!(e, collector_core::CollectionEvent::Network(_))
+        })
+        .await
+        .expect("the first snapshot");
+    assert_eq!(stats.tier(), Some(CaptureTier::Polling));
+    let caps = source.capabilities();
+    assert!(!caps.contains(SourceCaps::REALTIME), "{caps:?}");
+    assert!(!caps.contains(SourceCaps::KERNEL_LEVEL), "{caps:?}");
+    assert!(caps.contains(SourceCaps::NETWORK | SourceCaps::SYSTEM_WIDE));
+    running.stop().await.unwrap();
+}
+
+/// A shared source as the runtime's boxed one, so the test can ask it
+/// after it started.
+struct ArcSource(Arc<netmond::source::NetmondSource>);
+
+#[async_trait::async_trait]
+impl collector_core::EventSource for ArcSource {
+    async fn start_with(&self, ctx: collector_core::SourceContext) -> anyhow::Result<()> {
+        self.0.start_with(ctx).await
+    }
+
+    async fn start(
+        &self,
+        tx: collector_core::source::EventSender,
+        flag: collector_core::source::ShutdownFlag,
+    ) -> anyhow::Result<()> {
+        self.0.start(tx, flag).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn capabilities(&self) -> collector_core::SourceCaps {
+        self.0.capabilities()
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        self.0.stop().await
+    }
+
+    async fn health_check(&self) -> anyhow::Result<()> {
+        self.0.health_check().await
+    }
 }

@@ -153,3 +153,53 @@ fn processes_exiting_while_their_sockets_are_read_do_not_fail_the_snapshot() {
     accept.join().unwrap();
     assert!(taken > 0);
 }
+
+/// A TCP connection's bytes, from `tcp_info`: 100,000 bytes sent one way
+/// and a 3-byte reply the other, as the kernel counts them. The reply carries the acknowledgement of
+/// every byte before it, so once the client has read it the counts are
+/// exact.
+#[test]
+fn a_tcp_connections_bytes_are_its_tcp_info() {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let sent = vec![7u8; 100_000];
+    client.write_all(&sent).unwrap();
+    let mut got = vec![0u8; sent.len()];
+    server.read_exact(&mut got).unwrap();
+    server.write_all(b"ok\n").unwrap();
+    let mut reply = [0u8; 3];
+    client.read_exact(&mut reply).unwrap();
+
+    let snap = Snapshot::take(Path::new("/proc")).unwrap();
+    let find = |local: SocketAddr, state: State| {
+        snap.connections
+            .iter()
+            .find(|c| {
+                c.socket.local == local
+                    && c.socket.protocol == Protocol::Tcp
+                    && c.socket.state == Some(state)
+            })
+            .unwrap_or_else(|| panic!("no socket at {local}"))
+            .socket
+            .clone()
+    };
+    let (c, s) = (
+        find(client.local_addr().unwrap(), State::Established),
+        find(server.local_addr().unwrap(), State::Established),
+    );
+    // The kernel counts the connecting side's SYN as one byte acked (as
+    // `ss -i` shows: `bytes_acked:1` on a new connection).
+    assert_eq!(c.bytes_acked, Some(100_001), "{c:?}");
+    assert_eq!(c.bytes_received, Some(3), "{c:?}");
+    assert_eq!(s.bytes_received, Some(100_000), "{s:?}");
+    // The client's acknowledgement of the reply may be delayed.
+    assert!(s.bytes_acked.is_some_and(|n| n <= 3), "{s:?}");
+    let l = find(listener.local_addr().unwrap(), State::Listen);
+    assert_eq!(
+        l.bytes_acked,
+        Some(0),
+        "a listener has a tcp_info too: {l:?}"
+    );
+}

@@ -114,7 +114,8 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     let store = AgentStore::open_read_only(data.path()).unwrap();
     let rows = store
         .query(&format!(
-            "SELECT c.fd, c.direction, c.remote_port, p.name FROM connections c \
+            "SELECT c.fd, c.direction, c.remote_port, p.name, c.bytes_sent, c.bytes_received \
+             FROM connections c \
              JOIN process_events p ON p.pid = c.pid AND p.process_key = c.process_key \
              AND p.event_type = 'exec' \
              WHERE c.pid = {shell_pid} AND c.change = 'opened'"
@@ -125,6 +126,13 @@ fn a_shell_whose_stdin_is_a_socket_raises_the_reverse_shell_alert_end_to_end() {
     assert_eq!(rows.rows[0][1], "outbound");
     assert_eq!(rows.rows[0][2], addr.port());
     assert_eq!(rows.rows[0][3], "bash");
+    // Its bytes as the snapshot's tcp_info had them (at least the SYN).
+    assert!(
+        rows.rows[0][4].as_u64().is_some_and(|n| n >= 1),
+        "{:?}",
+        rows.rows
+    );
+    assert!(rows.rows[0][5].as_u64().is_some(), "{:?}", rows.rows);
     // netmond's eBPF tier saw the connect as it happened, by this process
     // (which connected the socket before the shell used it): netmond
     // loaded its program before keeping its two capabilities.

@@ -20,6 +20,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use netlink_packet_sock_diag::inet::nlas::Nla;
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,16 @@ pub struct Socket {
     /// `/proc/<pid>/ns/net`), when the dump says which.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// A TCP socket's bytes sent and acknowledged by the peer
+    /// (`tcpi_bytes_acked`), from `INET_DIAG_INFO`; `None` for UDP and for
+    /// sockets that have no `tcp_info` (`TIME_WAIT`, requests). As the
+    /// kernel counts: the connecting side's SYN, and a FIN once
+    /// acknowledged, are one byte each (`ss -i`'s `bytes_acked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_acked: Option<u64>,
+    /// A TCP socket's bytes received (`tcpi_bytes_received`), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
 }
 
 impl Socket {
@@ -188,7 +199,12 @@ pub fn request(family: AddressFamily, protocol: NetworkProtocol, seq: u32) -> Ve
         SockDiagMessage::InetRequest(InetRequest {
             family: family_number(family),
             protocol: protocol_number(protocol),
-            extensions: ExtensionFlags::empty(),
+            // TCP's `tcp_info`, for the bytes; UDP has none.
+            extensions: if protocol == NetworkProtocol::Tcp {
+                ExtensionFlags::INFO
+            } else {
+                ExtensionFlags::empty()
+            },
             states: StateFlags::all(),
             socket_id,
         })
@@ -220,7 +236,13 @@ pub fn parse_datagram(
         let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
         match message.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                out.push(socket_from(protocol, &response.header)?);
+                let mut socket = socket_from(protocol, &response.header)?;
+                for nla in &response.nlas {
+                    if let Nla::TcpInfo(info) = nla {
+                        (socket.bytes_acked, socket.bytes_received) = tcp_bytes(info);
+                    }
+                }
+                out.push(socket);
             }
             NetlinkPayload::Done(_) => return Ok(Parsed::Done),
             NetlinkPayload::Error(e) => {
@@ -275,7 +297,25 @@ fn socket_from(
         send_queue: header.send_queue,
         interface: id.interface_id,
         netns: None,
+        bytes_acked: None,
+        bytes_received: None,
     })
+}
+
+/// Where `struct tcp_info` (`include/uapi/linux/tcp.h`) keeps
+/// `tcpi_bytes_acked` and `tcpi_bytes_received` (u64s, since Linux 4.1).
+const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
+
+/// (`tcpi_bytes_acked`, `tcpi_bytes_received`) of a `tcp_info`, each
+/// `None` when the kernel's struct is too short to have it.
+fn tcp_bytes(info: &[u8]) -> (Option<u64>, Option<u64>) {
+    let at = |offset: usize| {
+        info.get(offset..offset + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_ne_bytes)
+    };
+    (at(TCPI_BYTES_ACKED), at(TCPI_BYTES_RECEIVED))
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket
@@ -349,13 +389,18 @@ mod tests {
 
     /// One answer as the kernel would send it.
     fn answer(header: InetResponseHeader, seq: u32) -> Vec<u8> {
+        answer_with(header, seq, Vec::new())
+    }
+
+    /// One answer with attributes `nlas`.
+    fn answer_with(header: InetResponseHeader, seq: u32, nlas: Vec<Nla>) -> Vec<u8> {
         let mut h = NetlinkHeader::default();
         h.sequence_number = seq;
         let mut packet = NetlinkMessage::new(
             h,
             SockDiagMessage::InetResponse(Box::new(InetResponse {
                 header,
-                nlas: std::iter::empty().collect(),
+                nlas: nlas.into_iter().collect(),
             }))
             .into(),
         );
@@ -449,6 +494,38 @@ mod tests {
         out.remove(0)
     }
 
+    /// A `tcp_info` of `len` bytes with `acked` and `received` where the
+    /// kernel puts them.
+    fn tcp_info(len: usize, acked: u64, received: u64) -> Nla {
+        let mut info = vec![0u8; len];
+        for (at, v) in [(TCPI_BYTES_ACKED, acked), (TCPI_BYTES_RECEIVED, received)] {
+            if let Some(b) = info.get_mut(at..at + 8) {
+                b.copy_from_slice(&v.to_ne_bytes());
+            }
+        }
+        Nla::TcpInfo(info)
+    }
+
+    #[test]
+    fn a_tcp_answers_info_gives_its_bytes_and_a_short_one_none() {
+        let h = || at(AF_INET, 1, "10.0.0.1:22", "10.0.0.9:50000");
+        let mut out = Vec::new();
+        // 232 bytes: this kernel's tcp_info (6.18).
+        let datagram = answer_with(h(), 1, vec![tcp_info(232, 1_000_000, 42)]);
+        parse_datagram(&datagram, NetworkProtocol::Tcp, &mut out).unwrap();
+        assert_eq!(
+            (out[0].bytes_acked, out[0].bytes_received),
+            (Some(1_000_000), Some(42))
+        );
+        // A kernel before 4.1 stopped short of both.
+        let datagram = answer_with(h(), 1, vec![tcp_info(104, 1, 1)]);
+        parse_datagram(&datagram, NetworkProtocol::Tcp, &mut out).unwrap();
+        assert_eq!((out[1].bytes_acked, out[1].bytes_received), (None, None));
+        // No attribute (TIME_WAIT, requests): none.
+        parse_datagram(&answer(h(), 1), NetworkProtocol::Tcp, &mut out).unwrap();
+        assert_eq!((out[2].bytes_acked, out[2].bytes_received), (None, None));
+    }
+
     #[test]
     fn an_ipv4_mapped_peer_is_reported_as_ipv4() {
         let s = parsed_one(
@@ -493,6 +570,13 @@ mod tests {
         assert_eq!(
             u32::from_ne_bytes(bytes[20..24].try_into().unwrap()),
             StateFlags::all().bits()
+        );
+        assert_eq!(bytes[18], 0, "UDP has no tcp_info to ask for");
+        let tcp = request(AddressFamily::Ipv4, NetworkProtocol::Tcp, 1);
+        assert_eq!(
+            tcp[18],
+            ExtensionFlags::INFO.bits(),
+            "TCP asks for tcp_info"
         );
     }
 

@@ -14,6 +14,7 @@ use crate::diag::state_from_kernel;
 /// `sizeof(struct net_event)`.
 pub const RECORD_SIZE: usize = 120;
 const F_TASK: u8 = 0x1;
+const F_ACCEPTED: u8 = 0x2;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
@@ -57,9 +58,22 @@ impl TaskRecord {
     }
 }
 
-/// One TCP state change.
+/// What a record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A TCP state change (`sock:inet_sock_set_state`).
+    StateChange,
+    /// A process accepted the connection (the LSM hook `sock_graft`): the
+    /// record's task is the acceptor, its states are none (`0 -> 0`), and
+    /// its inode is the accepted socket's.
+    Accepted,
+}
+
+/// One TCP state change, or an accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRecord {
+    /// A state change or an accept.
+    pub kind: RecordKind,
     /// `CLOCK_MONOTONIC` time, in nanoseconds.
     pub timestamp_ns: u64,
     /// The kernel's `struct sock` address: one connection while it lives.
@@ -158,7 +172,13 @@ pub fn decode(b: &[u8]) -> Result<StateRecord, DecodeError> {
         start_ns: u64_at(b, 24),
         comm: String::from_utf8_lossy(comm).into_owned(),
     });
+    let kind = if flags & F_ACCEPTED == 0 {
+        RecordKind::StateChange
+    } else {
+        RecordKind::Accepted
+    };
     Ok(StateRecord {
+        kind,
         timestamp_ns: u64_at(b, 0),
         skaddr: u64_at(b, 8),
         cookie: u64_at(b, 16),
@@ -218,6 +238,14 @@ impl Encoder {
         Self { bytes: b }
     }
 
+    /// The record of `tgid` accepting the connection from `remote` to
+    /// `local` (the `sock_graft` hook's).
+    pub fn accepted(local: SocketAddr, remote: SocketAddr, tgid: u32) -> Self {
+        let mut e = Self::tcp(0, 0, local, remote, Some(tgid));
+        e.bytes[70] = F_TASK | F_ACCEPTED;
+        e
+    }
+
     /// The same with socket cookie `cookie`.
     #[must_use]
     pub fn cookie(mut self, cookie: u64) -> Self {
@@ -251,6 +279,21 @@ mod tests {
         );
         assert_eq!(t.start_ticks(100), 250);
         assert_eq!(r.family, AddressFamily::Ipv4);
+        assert_eq!(r.kind, RecordKind::StateChange);
+    }
+
+    #[test]
+    fn an_accept_decodes_as_accepted_with_its_acceptor_and_no_state() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let r = decode(&Encoder::accepted(local, remote, 4321).bytes).unwrap();
+        assert_eq!(r.kind, RecordKind::Accepted);
+        assert_eq!(
+            (r.old_state, r.new_state, r.raw_states),
+            (None, None, (0, 0))
+        );
+        assert_eq!(r.task.map(|t| t.tgid), Some(4321));
+        assert_eq!((r.local, r.remote), (local, remote));
     }
 
     #[test]
