@@ -17,6 +17,7 @@
 //! them back, so every reader (rules, `daemoneye-cli query`, the ledger's
 //! digests) sees the values, not the ids.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use collector_core::{ProcessEvent, ProcessEventType, ProcessKey};
@@ -25,19 +26,19 @@ use rusqlite::{OptionalExtension, Transaction};
 use crate::store::StoreError;
 
 /// One row of `process_event_rows`: an event, and for an exec the fork and
-/// exit of its process that it took in.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Row<'e> {
+/// exit of its process that it took in (places in the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Row {
     /// The event the row is (its type, facts and id).
-    pub(crate) event: &'e ProcessEvent,
+    pub(crate) event: usize,
     /// The fork just before an exec, in the same batch.
-    pub(crate) fork: Option<&'e ProcessEvent>,
+    pub(crate) fork: Option<usize>,
     /// The exit just after an exec, in the same batch.
-    pub(crate) exit: Option<&'e ProcessEvent>,
+    pub(crate) exit: Option<usize>,
 }
 
-impl<'e> Row<'e> {
-    fn one(event: &'e ProcessEvent) -> Self {
+impl Row {
+    fn one(event: usize) -> Self {
         Self {
             event,
             fork: None,
@@ -56,20 +57,27 @@ fn same_run(a: &ProcessEvent, b: &ProcessEvent) -> bool {
     }
 }
 
-/// The rows `events` (one batch, in order) become: each event a row, except
-/// that a fork followed by an exec of the same process (nothing of that
-/// process between them) is the exec's row, and so is an exit following
-/// the exec. A row takes the place of its first event, so row ids keep the
-/// order in which each process's events came.
-pub(crate) fn rows<'e>(events: impl IntoIterator<Item = &'e ProcessEvent>) -> Vec<Row<'e>> {
-    let mut out: Vec<Row<'e>> = Vec::new();
+/// The rows the events of one batch that `stored` keeps become, in order:
+/// each event a row, except that a fork followed by an exec of the same
+/// process (nothing of that process between them) is the exec's row, and
+/// so is an exit following the exec. A row takes the place of its first
+/// event, so row ids keep the order in which each process's events came.
+pub(crate) fn rows<E: Borrow<ProcessEvent>>(
+    events: &[E],
+    stored: impl Fn(&ProcessEvent) -> bool,
+) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
     // Per process: the row of a fork an exec may take in, or of an exec an
     // exit may join. Any other event of the process ends either chance.
     let mut fork_row: HashMap<ProcessKey, usize> = HashMap::new();
     let mut exec_row: HashMap<ProcessKey, usize> = HashMap::new();
-    for e in events {
+    let event = |i: usize| events[i].borrow();
+    for (i, e) in events.iter().map(Borrow::borrow).enumerate() {
+        if !stored(e) {
+            continue;
+        }
         let Some(key) = e.process_key else {
-            out.push(Row::one(e));
+            out.push(Row::one(i));
             continue;
         };
         let fork = fork_row.remove(&key);
@@ -77,30 +85,27 @@ pub(crate) fn rows<'e>(events: impl IntoIterator<Item = &'e ProcessEvent>) -> Ve
         match e.event_type {
             ProcessEventType::Fork => {
                 fork_row.insert(key, out.len());
-                out.push(Row::one(e));
+                out.push(Row::one(i));
             }
-            ProcessEventType::Exec => {
-                let slot = fork.and_then(|i| out.get_mut(i).map(|r| (i, r)));
-                match slot {
-                    Some((i, r)) if same_run(e, r.event) => {
-                        *r = Row {
-                            event: e,
-                            fork: Some(r.event),
-                            exit: None,
-                        };
-                        exec_row.insert(key, i);
-                    }
-                    _ => {
-                        exec_row.insert(key, out.len());
-                        out.push(Row::one(e));
-                    }
+            ProcessEventType::Exec => match fork {
+                Some(r) if same_run(e, event(out[r].event)) => {
+                    out[r] = Row {
+                        event: i,
+                        fork: Some(out[r].event),
+                        exit: None,
+                    };
+                    exec_row.insert(key, r);
                 }
-            }
-            ProcessEventType::Exit => match exec.and_then(|i| out.get_mut(i)) {
-                Some(r) if same_run(r.event, e) => r.exit = Some(e),
-                _ => out.push(Row::one(e)),
+                _ => {
+                    exec_row.insert(key, out.len());
+                    out.push(Row::one(i));
+                }
             },
-            _ => out.push(Row::one(e)),
+            ProcessEventType::Exit => match exec {
+                Some(r) if same_run(event(out[r].event), e) => out[r].exit = Some(i),
+                _ => out.push(Row::one(i)),
+            },
+            _ => out.push(Row::one(i)),
         }
     }
     out
@@ -221,8 +226,8 @@ mod tests {
 
     /// Each row as (its event's seq, the fork's, the exit's).
     fn shape(events: &[ProcessEvent]) -> Vec<(u64, Option<u64>, Option<u64>)> {
-        let seq = |e: &ProcessEvent| e.id.unwrap().seq.get();
-        rows(events)
+        let seq = |i: usize| events[i].id.unwrap().seq.get();
+        rows(events, |_| true)
             .iter()
             .map(|r| (seq(r.event), r.fork.map(seq), r.exit.map(seq)))
             .collect()

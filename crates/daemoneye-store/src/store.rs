@@ -1217,19 +1217,23 @@ fn write_events_in(
         LedgerMode::EveryWrite => Some(chain.next_seq()),
         LedgerMode::AlertsOnly => None,
     };
-    let stored = events
+    let events = events
         .iter()
-        .filter(|ev| lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot);
-    let stored = stored
         .map(|ev| completed_exit(tx, ev))
         .collect::<Result<Vec<_>, _>>()?;
+    // Each event encoded once, when a row or `processes` needs it.
+    let mut encoded: Vec<Option<Encoded<'_>>> = events.iter().map(|_| None).collect();
+    let stored = |ev: &ProcessEvent| {
+        lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot
+    };
     let mut ids: Option<(i64, i64)> = None;
-    for row in crate::events::rows(stored.iter().map(AsRef::as_ref)) {
-        let id = insert_event_row(tx, strings, &row, seq)?;
+    for row in crate::events::rows(&events, stored) {
+        let e = encoded_at(&mut encoded, &events, row.event)?;
+        let id = insert_event_row(tx, strings, e, &events, row, seq)?;
         ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
         done.lifecycle += 1 + u64::from(row.fork.is_some()) + u64::from(row.exit.is_some());
     }
-    keep_processes_current(tx, events, &mut done)?;
+    keep_processes_current(tx, &events, &mut encoded, &mut done)?;
     if let (Some(_), Some((first, last))) = (seq, ids) {
         let columns = ledger::EVENT_COLUMN_COUNT;
         let (_, digest) = ledger::rows_digest(tx, first, last, columns)?;
@@ -1295,15 +1299,36 @@ fn completed_exit<'e>(
     Ok(Cow::Owned(exit))
 }
 
-/// Inserts one row of `process_event_rows`; returns its id.
+/// The encoding of `events[i]`, made the first time it is asked for.
+fn encoded_at<'c, 'e>(
+    cache: &'c mut [Option<Encoded<'e>>],
+    events: &'e [std::borrow::Cow<'e, ProcessEvent>],
+    i: usize,
+) -> Result<&'c Encoded<'e>, StoreError> {
+    let slot = &mut cache[i];
+    if slot.is_none() {
+        *slot = Some(Encoded::new(&events[i])?);
+    }
+    slot.as_ref().ok_or(StoreError::Decode {
+        table: "process_events",
+        column: "row",
+        reason: "an event was not encoded".to_owned(),
+    })
+}
+
+/// Inserts one row of `process_event_rows` (`e` is its event encoded);
+/// returns its id.
 fn insert_event_row(
     tx: &Transaction<'_>,
     strings: &mut crate::events::Strings,
-    row: &crate::events::Row<'_>,
+    e: &Encoded<'_>,
+    events: &[std::borrow::Cow<'_, ProcessEvent>],
+    row: crate::events::Row,
     seq: Option<i64>,
 ) -> Result<i64, StoreError> {
-    let ev = row.event;
-    let e = Encoded::new(ev)?;
+    let ev: &ProcessEvent = &events[row.event];
+    let fork = row.fork.map(|i| &*events[i]);
+    let exit = row.exit.map(|i| &*events[i]);
     let name = strings.id(tx, e.name)?;
     let exe = strings.id_of(tx, e.exe)?;
     let hash = strings.id_of(tx, e.hash)?;
@@ -1311,7 +1336,7 @@ fn insert_event_row(
     let container_id = strings.id_of(tx, e.container_id)?;
     let cgroup = strings.id_of(tx, e.cgroup)?;
     let event_id = ev.id.map(|id| id.to_string());
-    let exit_code = row.exit.map_or(ev.exit_code, |x| x.exit_code);
+    let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
     let at = |e: Option<&ProcessEvent>| e.map(|e| to_nanos(e.timestamp));
     let seq_of = |e: Option<&ProcessEvent>| {
         e.and_then(|e| e.id)
@@ -1344,10 +1369,10 @@ fn insert_event_row(
         &e.observed_at,
         &seq,
         &event_id,
-        &at(row.fork),
-        &seq_of(row.fork),
-        &at(row.exit),
-        &seq_of(row.exit),
+        &at(fork),
+        &seq_of(fork),
+        &at(exit),
+        &seq_of(exit),
     ];
     tx.prepare_cached(INSERT_EVENT)?.execute(params)?;
     Ok(tx.last_insert_rowid())
@@ -1356,9 +1381,10 @@ fn insert_event_row(
 /// Brings `processes` up to date with `events`: each keyed process's state,
 /// and an exit removes its row. A process whose last event here is its exit
 /// is only removed (it may never have had a row).
-fn keep_processes_current(
+fn keep_processes_current<'e>(
     tx: &Transaction<'_>,
-    events: &[ProcessEvent],
+    events: &'e [std::borrow::Cow<'e, ProcessEvent>],
+    encoded: &mut [Option<Encoded<'e>>],
     done: &mut Recorded,
 ) -> Result<(), StoreError> {
     let mut last: std::collections::HashMap<ProcessKey, ProcessEventType> =
@@ -1370,7 +1396,7 @@ fn keep_processes_current(
     }
     let mut upsert = tx.prepare_cached(UPSERT_PROCESS)?;
     let mut remove = tx.prepare_cached("DELETE FROM processes WHERE process_key = ?1")?;
-    for ev in events {
+    for (i, ev) in events.iter().enumerate() {
         let Some(key) = ev.process_key else {
             continue;
         };
@@ -1378,7 +1404,7 @@ fn keep_processes_current(
             remove.execute([key.to_string()])?;
             done.removed += 1;
         } else if last.get(&key) != Some(&ProcessEventType::Exit)
-            && Encoded::new(ev)?.upsert(&mut upsert, ev.event_type, ev.exit_code)?
+            && encoded_at(encoded, events, i)?.upsert(&mut upsert, ev.event_type, ev.exit_code)?
         {
             done.upserted += 1;
         }
