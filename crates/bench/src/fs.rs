@@ -24,7 +24,6 @@
 //!   host's persistence paths) for `--idle-secs`, after its baseline.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,16 +74,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         busy_elsewhere(o)?;
     }
     if o.idle_secs > 0 {
-        let bin = crate::overhead::sibling("fsmond")?;
         // The baseline (every watched file hashed, within the hasher's
         // 64 MiB/s) is not idle.
-        let idle = Idle::measure(
-            &bin,
-            ["run", "--no-socket", "--events-jsonl", "/dev/null"].map(OsStr::new),
-            Duration::from_secs(20),
-            o.idle_secs,
-        )?;
-        idle.report("fs.idle");
+        Idle::collector("fsmond", Duration::from_secs(20), o.idle_secs)?.report("fs.idle");
     }
     Ok(())
 }
