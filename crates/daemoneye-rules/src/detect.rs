@@ -14,7 +14,7 @@ use collector_core::{
 };
 use tokio::time::Instant;
 
-use crate::engine::{EngineError, ProcessRow, RuleEngine};
+use crate::engine::{Batch, EngineError, ProcessRow, RuleEngine};
 use crate::history::History;
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
 use daemoneye_store::{ConnectionRow, FileEventRow, PerformanceRow};
@@ -593,7 +593,9 @@ impl Detector {
             .unwrap_or_else(SystemTime::now);
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
-        let matches = self.engine.evaluate_performance(&samples, &rows)?;
+        let matches = self
+            .engine
+            .evaluate_batch(Batch::Performance(&samples), &rows)?;
         let mut alerts = Vec::new();
         let events: Vec<&ProcessEvent> = named.iter().collect();
         for m in &matches {
@@ -654,7 +656,9 @@ impl Detector {
         let named = self.named(events.iter().map(|e| (e.pid, e.process_key)));
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let connections: Vec<ConnectionRow> = events.iter().map(ConnectionRow::new).collect();
-        let matches = self.engine.evaluate_network(&connections, &rows)?;
+        let matches = self
+            .engine
+            .evaluate_batch(Batch::Network(&connections), &rows)?;
         let events: Vec<&ProcessEvent> = named.iter().collect();
         Ok(self.alerts_of(matches, &events, &rows))
     }
@@ -806,7 +810,7 @@ impl Detector {
         }
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let files: Vec<FileEventRow> = events.iter().map(FileEventRow::new).collect();
-        let matches = self.engine.evaluate_files(&files, &rows)?;
+        let matches = self.engine.evaluate_batch(Batch::Files(&files), &rows)?;
         let mut alerts = Vec::new();
         for m in matches {
             let Some(rule) = self.engine.rules().iter().find(|r| r.id == m.rule_id) else {

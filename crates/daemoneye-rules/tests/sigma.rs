@@ -11,7 +11,7 @@ use collector_core::{
     BootId, ConnectionChange, ConnectionDirection, FileOperation, FilesystemEvent, NetworkEvent,
     NetworkProtocol, ProcessKey,
 };
-use daemoneye_rules::engine::{ProcessRow, RuleEngine};
+use daemoneye_rules::engine::{Batch, ProcessRow, RuleEngine};
 use daemoneye_rules::rules::{self, Rule, Severity};
 use daemoneye_store::files::FileEventRow;
 use daemoneye_store::network::ConnectionRow;
@@ -250,7 +250,7 @@ fn a_network_rule_matches_by_address_port_and_direction() {
         connection(55, "203.0.113.9", 4444, ConnectionDirection::Inbound),
     ];
     let pids: BTreeSet<u32> = e
-        .evaluate_network(&rows, &holders)
+        .evaluate_batch(Batch::Network(&rows), &holders)
         .unwrap()
         .into_iter()
         .map(|m| {
@@ -328,7 +328,7 @@ fn a_file_rule_matches_the_path_and_its_writer() {
         file_event(64, "/etc/cron.d/unknown", FileOperation::Create),
     ];
     let fired: BTreeSet<u32> = e
-        .evaluate_files(&rows, &writers)
+        .evaluate_batch(Batch::Files(&rows), &writers)
         .unwrap()
         .into_iter()
         .map(|m| {

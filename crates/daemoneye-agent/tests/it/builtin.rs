@@ -10,7 +10,7 @@ use collector_core::{
 };
 use collector_core::{ProcessEvent, ProcessEventType};
 use daemoneye_agent::detect::Detector;
-use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine, RuleKind};
+use daemoneye_agent::engine::{reads_performance, Batch, ProcessRow, RuleEngine, RuleKind};
 use daemoneye_agent::files::FileEventRow;
 use daemoneye_agent::network::ConnectionRow;
 use daemoneye_agent::performance::PerformanceRow;
@@ -60,13 +60,16 @@ fn fired(rows: &[ProcessRow]) -> Vec<(String, u32)> {
 /// The rules fired by a batch of performance `samples` beside `processes`.
 fn fired_performance(samples: &[PerformanceEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
-    fired_by(|e| e.evaluate_performance(&samples, processes).unwrap())
+    fired_by(|e| {
+        e.evaluate_batch(Batch::Performance(&samples), processes)
+            .unwrap()
+    })
 }
 
 /// The rules fired by a batch of `connections` beside `processes`.
 fn fired_network(connections: &[NetworkEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
-    fired_by(|e| e.evaluate_network(&rows, processes).unwrap())
+    fired_by(|e| e.evaluate_batch(Batch::Network(&rows), processes).unwrap())
 }
 
 /// `pid`'s socket on descriptor `fd`: `direction`, from `local` to
@@ -221,20 +224,32 @@ fn network_rules_run_on_network_batches_only_and_need_their_holder() {
     let (connections, processes, _, _) = network_cases().remove(0);
     let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
     // Without the process that holds it, nothing to name.
-    assert!(engine.evaluate_network(&rows, &[]).unwrap().is_empty());
+    assert!(engine
+        .evaluate_batch(Batch::Network(&rows), &[])
+        .unwrap()
+        .is_empty());
     assert_eq!(stats.rule_runs.get(), u64::try_from(of_network).unwrap());
     // With a process of another key under the same pid: not it.
     let mut other = processes[0].clone();
     other.process_key =
         Some(ProcessKey::new(BootId::from_bytes([7; 16]), other.pid, 2).to_string());
-    assert!(engine.evaluate_network(&rows, &[other]).unwrap().is_empty());
-    assert_eq!(engine.evaluate_network(&rows, &processes).unwrap().len(), 1);
+    assert!(engine
+        .evaluate_batch(Batch::Network(&rows), &[other])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        engine
+            .evaluate_batch(Batch::Network(&rows), &processes)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// The rules fired by a batch of file events beside `processes`.
 fn fired_files(files: &[FilesystemEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let rows: Vec<FileEventRow> = files.iter().map(FileEventRow::new).collect();
-    let mut fired = fired_by(|e| e.evaluate_files(&rows, processes).unwrap());
+    let mut fired = fired_by(|e| e.evaluate_batch(Batch::Files(&rows), processes).unwrap());
     // One write is several operations (create, modify, close_write): one
     // alert once deduplicated.
     fired.dedup();
@@ -670,7 +685,9 @@ fn performance_rules_run_on_performance_batches_only() {
         .unwrap();
     assert_eq!(stats.rule_runs.get(), u64::try_from(of_process).unwrap());
     let samples = [PerformanceRow::new(&forks(1.0, false))];
-    engine.evaluate_performance(&samples, &[]).unwrap();
+    engine
+        .evaluate_batch(Batch::Performance(&samples), &[])
+        .unwrap();
     assert_eq!(
         stats.rule_runs.get(),
         u64::try_from(of_process + of_performance).unwrap()
