@@ -30,6 +30,25 @@ fn root_or_skip(needs: &str) -> bool {
     root
 }
 
+/// The first item `rx` gives that `wanted` picks, within `within`; `None`
+/// when none came in time or the sender went.
+// Blocking, around child processes: no tokio clock to pause.
+#[allow(clippy::disallowed_types)]
+fn first_within<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    within: std::time::Duration,
+    mut wanted: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        let item = rx.recv_timeout(left).ok()?;
+        if wanted(&item) {
+            return Some(item);
+        }
+    }
+}
+
 /// A line of `/proc/<pid>/status`, its value trimmed.
 fn status(pid: u32, field: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

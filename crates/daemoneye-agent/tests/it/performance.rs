@@ -92,19 +92,10 @@ impl Running {
 
     /// The first alert of `rule` within 60 s.
     pub(crate) fn alert_of(&self, rule: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no {rule} alert within 60 s"));
-            let a = self
-                .alerts
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {rule} alert within 60 s"));
-            if a["rule_id"] == rule {
-                return a;
-            }
-        }
+        crate::first_within(&self.alerts, Duration::from_secs(60), |a| {
+            a["rule_id"] == rule
+        })
+        .unwrap_or_else(|| panic!("no {rule} alert within 60 s"))
     }
 }
 
