@@ -4,7 +4,6 @@
 // Blocking tests around a child process: no tokio clock to pause.
 #![allow(clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -63,20 +62,10 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (atx, alerts) = mpsc::channel();
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = atx.send(serde_json::from_str(&line).unwrap());
-            }
-        });
-        let (ltx, log) = mpsc::channel();
+        let alerts = crate::read_lines(move || out, |l| Some(serde_json::from_str(&l).unwrap()));
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = ltx.send(line);
-            }
-        });
+        let log = crate::read_lines(move || err, Some);
         Self {
             child: Killed(child),
             alerts,
