@@ -24,13 +24,13 @@
 //!   host's persistence paths) for `--idle-secs`, after its baseline.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use collector_core::testing::{poke_until, Poked};
 use collector_core::{CollectionEvent, EventSource, SourceContext};
 use fsmond::{FsmondConfig, FsmondCounters, FsmondSource};
 use tokio::time::Instant;
@@ -75,16 +75,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         busy_elsewhere(o)?;
     }
     if o.idle_secs > 0 {
-        let bin = crate::overhead::sibling("fsmond")?;
         // The baseline (every watched file hashed, within the hasher's
         // 64 MiB/s) is not idle.
-        let idle = Idle::measure(
-            &bin,
-            ["run", "--no-socket", "--events-jsonl", "/dev/null"].map(OsStr::new),
-            Duration::from_secs(20),
-            o.idle_secs,
-        )?;
-        idle.report("fs.idle");
+        Idle::collector("fsmond", Duration::from_secs(20), o.idle_secs)?.report("fs.idle");
     }
     Ok(())
 }
@@ -177,25 +170,19 @@ async fn ready(
 ) -> anyhow::Result<()> {
     let probe = tree.join(".probe");
     let seen = probe.to_string_lossy().into_owned();
-    for _ in 0..100 {
-        std::fs::write(&probe, b"p")?;
-        let until = tokio::time::sleep(Duration::from_millis(200));
-        tokio::pin!(until);
-        loop {
-            tokio::select! {
-                () = &mut until => break,
-                e = rx.recv() => match e {
-                    Some(CollectionEvent::Filesystem(f)) if f.path == seen => {
-                        std::fs::remove_file(&probe)?;
-                        return Ok(());
-                    }
-                    Some(_) => {}
-                    None => bail!("fsmond ended before it saw anything"),
-                },
-            }
-        }
+    let poked = poke_until(
+        rx,
+        100,
+        Duration::from_millis(200),
+        || std::fs::write(&probe, b"p"),
+        |e| matches!(e, CollectionEvent::Filesystem(f) if f.path == seen),
+    )
+    .await?;
+    match poked {
+        Poked::Seen => Ok(std::fs::remove_file(&probe)?),
+        Poked::Ended => bail!("fsmond ended before it saw anything"),
+        _ => bail!("fsmond saw no probe within 20 s"),
     }
-    bail!("fsmond saw no probe within 20 s")
 }
 
 /// `fs.workload_slowdown_percent`: untars with and without the release

@@ -1,7 +1,8 @@
 //! `idle`: what procmond costs on a quiet machine. Runs the release
 //! `procmond` binary (next to this one) for a while and reads its CPU time
 //! and RSS from /proc. [`Idle::measure`] is the measurement, shared with
-//! the `perf` bench (perfmond at its default interval).
+//! the `perf`, `net` and `fs` benches ([`Idle::collector`]: perfmond,
+//! netmond and fsmond on their defaults).
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -32,6 +33,18 @@ pub(crate) struct Idle {
 }
 
 impl Idle {
+    /// The collector `name` (the release binary next to this one) measured
+    /// as [`measure`](Self::measure) does: `run` serving no socket, its
+    /// events written to /dev/null.
+    pub(crate) fn collector(name: &str, warmup: Duration, secs: u64) -> anyhow::Result<Self> {
+        Self::measure(
+            &crate::overhead::sibling(name)?,
+            ["run", "--no-socket", "--events-jsonl", "/dev/null"],
+            warmup,
+            secs,
+        )
+    }
+
     /// Starts `bin` with `args`, lets it settle for `warmup` (start-up is
     /// not idle), measures it for `secs`, then stops it with SIGTERM.
     pub(crate) fn measure<S: AsRef<OsStr>>(

@@ -50,13 +50,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     // capture's 10,000 in TIME_WAIT for a minute after) would be in every
     // snapshot. The release netmond on its defaults (eBPF tier as root, a
     // snapshot every 5 s); its start is not idle.
-    let idle = crate::idle::Idle::measure(
-        &crate::overhead::sibling("netmond")?,
-        ["run", "--no-socket", "--events-jsonl", "/dev/null"],
-        Duration::from_secs(5),
-        o.idle_secs,
-    )?;
-    idle.report("net.idle");
+    crate::idle::Idle::collector("netmond", Duration::from_secs(5), o.idle_secs)?
+        .report("net.idle");
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
     let addr = listener.local_addr()?;
     let mut held = Vec::with_capacity(o.sockets);

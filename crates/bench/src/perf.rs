@@ -6,7 +6,6 @@
 //! release `perfmond run` (next to this binary) at its default interval,
 //! on the same host with those processes still alive, for `--idle-secs`.
 
-use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -92,15 +91,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     report_ratio("perf.sample_ratio_vs_reopening", ours / reopened);
 
     if o.idle_secs > 0 {
-        let bin = crate::overhead::sibling("perfmond")?;
         // The first sample (every process read for the first time) is not idle.
-        let idle = Idle::measure(
-            &bin,
-            ["run", "--no-socket", "--events-jsonl", "/dev/null"].map(OsStr::new),
-            Duration::from_secs(3),
-            o.idle_secs,
-        )?;
-        idle.report("perf.idle");
+        Idle::collector("perfmond", Duration::from_secs(3), o.idle_secs)?.report("perf.idle");
     }
     drop(sleepers);
     Ok(())

@@ -388,6 +388,66 @@ pub async fn recv_until<T: Clone>(
     None
 }
 
+/// What [`poke_until`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Poked {
+    /// An event the caller waited for came.
+    Seen,
+    /// The source ended (its channel closed) first.
+    Ended,
+    /// Every poke went unseen.
+    Unseen,
+}
+
+/// Pokes a starting source (`poke`: writes a probe file where it watches,
+/// say) and waits `every` for an event `seen` picks, `tries` times at most:
+/// for a source that is ready only once its watches are in place.
+///
+/// # Errors
+/// The first error of `poke`.
+///
+/// ```
+/// use std::time::Duration;
+/// use collector_core::testing::{poke_until, Poked};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+/// let mut n = 0;
+/// let poke = || {
+///     n += 1;
+///     tx.try_send(n).map_err(std::io::Error::other)
+/// };
+/// let poked = poke_until(&mut rx, 5, Duration::from_millis(10), poke, |n| *n == 3).await?;
+/// assert_eq!(poked, Poked::Seen);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn poke_until<T>(
+    rx: &mut mpsc::Receiver<T>,
+    tries: usize,
+    every: Duration,
+    mut poke: impl FnMut() -> std::io::Result<()>,
+    mut seen: impl FnMut(&T) -> bool,
+) -> std::io::Result<Poked> {
+    for _ in 0..tries {
+        poke()?;
+        let until = tokio::time::sleep(every);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => break,
+                e = rx.recv() => match e {
+                    Some(e) if seen(&e) => return Ok(Poked::Seen),
+                    Some(_) => {}
+                    None => return Ok(Poked::Ended),
+                },
+            }
+        }
+    }
+    Ok(Poked::Unseen)
+}
+
 /// `pid`'s outbound TCP connection on loopback, from port 40000 to `port`,
 /// just opened and held by its descriptor `fd`: the sample socket of the
 /// tests of what comes after a network collector (store, rules, CLI).

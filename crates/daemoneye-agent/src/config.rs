@@ -431,6 +431,16 @@ impl BuiltinCollector {
         }
     }
 
+    /// Its name, as in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Procmond => "procmond",
+            Self::Perfmond => "perfmond",
+            Self::Netmond => "netmond",
+            Self::Fsmond => "fsmond",
+        }
+    }
+
     /// Its interval unless configured, when it has its own (procmond's is
     /// the one `--interval` sets; fsmond, not polled, has none).
     fn own_interval(self) -> Option<Duration> {
@@ -1085,15 +1095,21 @@ fn whole_secs(
     Ok(d)
 }
 
-/// A built-in collector other than procmond (`name`) takes no `args` and
-/// serves only its own domain (`serves`).
-fn check_builtin(
+/// A built-in collector's arguments. Every one takes no `args` and serves
+/// only its own domain; the polled ones take the interval (resolved first,
+/// so that a bad one is the error named).
+fn builtin_launch(
     entry: &CollectorEntryConfig,
-    name: &str,
+    builtin: BuiltinCollector,
     domain: CollectorDomain,
-    serves: CollectorDomain,
+    socket: &Path,
+    interval: impl FnOnce() -> Result<Duration, ConfigError>,
     invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
+) -> Result<Launch, ConfigError> {
+    let interval = (builtin != BuiltinCollector::Fsmond)
+        .then(interval)
+        .transpose()?;
+    let serves = builtin.domain();
     if entry.args.is_some() || domain != serves {
         return Err(invalid(
             if entry.args.is_some() {
@@ -1102,47 +1118,47 @@ fn check_builtin(
                 "domain"
             },
             format!(
-                "the built-in {name} takes no `args` and serves {}, not {}",
+                "the built-in {} takes no `args` and serves {}, not {}",
+                builtin.name(),
                 serves.name(),
                 domain.name()
             ),
         ));
     }
-    Ok(())
+    let args = match (builtin, interval) {
+        (BuiltinCollector::Procmond, Some(interval)) => procmond_launch(entry, socket, interval),
+        (BuiltinCollector::Perfmond, Some(interval)) => {
+            perfmond_launch(entry, socket, interval, invalid)?
+        }
+        (BuiltinCollector::Netmond, Some(interval)) => {
+            procmond_args("collect-network", socket, interval)
+        }
+        (BuiltinCollector::Fsmond, _) | (_, None) => fsmond_launch(entry, socket, invalid)?,
+    };
+    Ok(Launch::Builtin { args })
 }
 
 /// The built-in procmond's arguments: its flags, and the tier when forced.
 fn procmond_launch(
     entry: &CollectorEntryConfig,
-    domain: CollectorDomain,
     socket: &Path,
     interval: Duration,
-    invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Launch, ConfigError> {
-    check_builtin(entry, "procmond", domain, CollectorDomain::Process, invalid)?;
+) -> Vec<OsString> {
     let mut args = procmond_args("collect", socket, interval);
     if let Some(tier) = entry.tier {
         args.extend(["--tier".into(), tier.as_str().into()]);
     }
-    Ok(Launch::Builtin { args })
+    args
 }
 
 /// The built-in perfmond's arguments: procmond's flags (it ignores
 /// `--no-database`) and the sustained-CPU anomaly's threshold.
 fn perfmond_launch(
     entry: &CollectorEntryConfig,
-    domain: CollectorDomain,
     socket: &Path,
     interval: Duration,
     invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Launch, ConfigError> {
-    check_builtin(
-        entry,
-        "perfmond",
-        domain,
-        CollectorDomain::Performance,
-        invalid,
-    )?;
+) -> Result<Vec<OsString>, ConfigError> {
     let percent = entry.sustained_cpu_percent.unwrap_or(90);
     if percent == 0 {
         return Err(invalid(
@@ -1159,7 +1175,7 @@ fn perfmond_launch(
         "--sustained-cpu-secs".into(),
         held.as_secs().to_string().into(),
     ]);
-    Ok(Launch::Builtin { args })
+    Ok(args)
 }
 
 /// The built-in fsmond's arguments: the socket, and the watched paths and
@@ -1167,17 +1183,9 @@ fn perfmond_launch(
 /// not polled.
 fn fsmond_launch(
     entry: &CollectorEntryConfig,
-    domain: CollectorDomain,
     socket: &Path,
     invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Launch, ConfigError> {
-    check_builtin(
-        entry,
-        "fsmond",
-        domain,
-        CollectorDomain::Filesystem,
-        invalid,
-    )?;
+) -> Result<Vec<OsString>, ConfigError> {
     if entry.interval.is_some() {
         let why = "the built-in fsmond is not polled: it takes no `interval`";
         return Err(invalid("interval", why.to_owned()));
@@ -1207,7 +1215,7 @@ fn fsmond_launch(
     if let Some(root) = &entry.watch_root {
         args.extend(["--watch-root".into(), root.into()]);
     }
-    Ok(Launch::Builtin { args })
+    Ok(args)
 }
 
 /// The domain of a collector, by default: a built-in one's, else processes.
@@ -1258,25 +1266,9 @@ fn resolve_collector(
                 "give `builtin` or `program`, not both".to_owned(),
             ))
         }
-        (Some(BuiltinCollector::Procmond), None) => {
-            procmond_launch(&entry, domain, &socket, interval()?, &invalid)?
+        (Some(builtin), None) => {
+            builtin_launch(&entry, builtin, domain, &socket, interval, &invalid)?
         }
-        (Some(BuiltinCollector::Perfmond), None) => {
-            perfmond_launch(&entry, domain, &socket, interval()?, &invalid)?
-        }
-        (Some(BuiltinCollector::Netmond), None) => {
-            check_builtin(
-                &entry,
-                "netmond",
-                domain,
-                domain_of(entry.builtin),
-                &invalid,
-            )?;
-            Launch::Builtin {
-                args: procmond_args("collect-network", &socket, interval()?),
-            }
-        }
-        (Some(BuiltinCollector::Fsmond), None) => fsmond_launch(&entry, domain, &socket, &invalid)?,
         (None, Some(program)) => {
             let args = match &entry.args {
                 None => procmond_args("run", &socket, interval()?),

@@ -14,7 +14,7 @@ use collector_core::{
 };
 use tokio::time::Instant;
 
-use crate::engine::{EngineError, ProcessRow, RuleEngine};
+use crate::engine::{Batch, EngineError, ProcessRow, RuleEngine};
 use crate::history::History;
 use daemoneye_store::alert::{Alert, AlertProcess, Deduper};
 use daemoneye_store::{ConnectionRow, FileEventRow, PerformanceRow};
@@ -593,7 +593,9 @@ impl Detector {
             .unwrap_or_else(SystemTime::now);
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
-        let matches = self.engine.evaluate_performance(&samples, &rows)?;
+        let matches = self
+            .engine
+            .evaluate_batch(Batch::Performance(&samples), &rows)?;
         let mut alerts = Vec::new();
         let events: Vec<&ProcessEvent> = named.iter().collect();
         for m in &matches {
@@ -654,7 +656,9 @@ impl Detector {
         let named = self.named(events.iter().map(|e| (e.pid, e.process_key)));
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let connections: Vec<ConnectionRow> = events.iter().map(ConnectionRow::new).collect();
-        let matches = self.engine.evaluate_network(&connections, &rows)?;
+        let matches = self
+            .engine
+            .evaluate_batch(Batch::Network(&connections), &rows)?;
         let events: Vec<&ProcessEvent> = named.iter().collect();
         Ok(self.alerts_of(matches, &events, &rows))
     }
@@ -806,7 +810,7 @@ impl Detector {
         }
         let rows: Vec<ProcessRow> = named.iter().map(|e| self.row(e)).collect();
         let files: Vec<FileEventRow> = events.iter().map(FileEventRow::new).collect();
-        let matches = self.engine.evaluate_files(&files, &rows)?;
+        let matches = self.engine.evaluate_batch(Batch::Files(&files), &rows)?;
         let mut alerts = Vec::new();
         for m in matches {
             let Some(rule) = self.engine.rules().iter().find(|r| r.id == m.rule_id) else {
@@ -924,6 +928,14 @@ mod tests {
     use super::*;
     use crate::rules;
 
+    /// A detector with the built-in pack, repeats suppressed for a minute.
+    fn builtin_detector() -> Detector {
+        Detector::new(
+            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
+            Duration::from_secs(60),
+        )
+    }
+
     fn exec(pid: u32, ppid: u32, name: &str, exe: &str, argv: &[&str]) -> ProcessEvent {
         let mut e = ProcessEvent::new(pid, name);
         e.event_type = ProcessEventType::Exec;
@@ -935,10 +947,7 @@ mod tests {
 
     #[test]
     fn parents_are_joined_and_repeats_suppressed() {
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let nginx = exec(100, 1, "nginx", "/usr/sbin/nginx", &["nginx"]);
         assert!(d.on_events(&[nginx]).unwrap().is_empty());
         let shell = exec(200, 100, "sh", "/usr/bin/dash", &["sh", "-c", "id"]);
@@ -961,10 +970,7 @@ mod tests {
 
     #[test]
     fn a_process_that_execs_and_exits_in_one_batch_is_still_judged() {
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let mut unreadable_first = ProcessEvent::new(300, "");
         unreadable_first.accessible = false;
         unreadable_first.event_type = ProcessEventType::Fork;
@@ -1000,10 +1006,7 @@ mod tests {
 
     #[test]
     fn a_shell_whose_stdin_is_a_socket_is_judged_with_the_connection() {
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let (shell, key) = interactive_shell(500);
         assert!(
             d.on_events(&[shell]).unwrap().is_empty(),
@@ -1028,10 +1031,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_seen_before_its_holder_waits_for_it_then_expires() {
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         // netmond first: held, nothing to judge it with yet.
         let (shell, key) = interactive_shell(600);
         assert!(d.on_network(&[socket_of(600, key, 0)]).unwrap().is_empty());
@@ -1072,10 +1072,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_file_event_waits_for_its_process_one_alert_per_file_and_one_that_exited_is_named() {
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let (sh, key) = interactive_shell(700);
         // fsmond first: held until procmond's report of the shell.
         assert!(d
@@ -1144,10 +1141,7 @@ mod tests {
     #[test]
     fn a_running_executable_deleted_or_replaced_is_that_process_s_event_at_once() {
         use collector_core::FileOperation::{Create, Delete, Rename};
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let mut tool = exec(800, 1, "tool", "/usr/local/bin/tool", &["tool"]);
         tool.file_exists = true;
         let mut sshd = exec(801, 1, "sshd", "/usr/sbin/sshd", &["sshd", "-D"]);
@@ -1200,10 +1194,7 @@ mod tests {
             BootId, PerformanceAnomaly, PerformanceAnomalyKind, PerformanceMetric,
             PerformanceSubject, ProcessKey,
         };
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        );
+        let mut d = builtin_detector();
         let key = ProcessKey::new(BootId::from_bytes([1; 16]), 400, 9);
         let mut miner = exec(400, 1, "sh", "/tmp/.m/sh", &["sh"]);
         miner.process_key = Some(key);
@@ -1273,12 +1264,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         chmod(dir.path(), 0o755);
         let exe = dir.path().join("tool");
-        let mut d = Detector::new(
-            RuleEngine::new(rules::builtin().unwrap()).unwrap(),
-            Duration::from_secs(60),
-        )
-        // A generous deadline: this test is about the TTL, not a slow stat.
-        .with_dir_cache(Duration::from_secs(60), Duration::from_secs(10));
+        let mut d = builtin_detector()
+            // A generous deadline: this test is about the TTL, not a slow stat.
+            .with_dir_cache(Duration::from_secs(60), Duration::from_secs(10));
         let e = exec(10, 1, "tool", exe.to_str().unwrap(), &["tool"]);
         assert_eq!(d.row(&e).exe_dir_user_writable, Some(false));
         chmod(dir.path(), 0o777);

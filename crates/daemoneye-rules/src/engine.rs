@@ -44,7 +44,7 @@
 //!
 //! A rule whose SQL names the `performance` table ([`reads_performance`])
 //! is a performance rule: it runs on batches of performance samples
-//! ([`RuleEngine::evaluate_performance`]), the others on batches of
+//! ([`RuleEngine::evaluate_batch`] of a [`Batch::Performance`]), the others on batches of
 //! processes. Its columns are those of the store's `performance` table
 //! ([`collector_core::vocabulary::PERFORMANCE`]); beside it, `processes`
 //! holds the processes the samples name (join on `process_key`). A rule
@@ -54,7 +54,7 @@
 //!
 //! A rule whose SQL names the `connections` table ([`reads_connections`])
 //! is a network rule: it runs on batches of netmond's observations
-//! ([`RuleEngine::evaluate_network`]), with `processes` holding the
+//! ([`RuleEngine::evaluate_batch`] of a [`Batch::Network`]), with `processes` holding the
 //! processes that hold those sockets. Its columns are those of the store's
 //! `connections` table ([`collector_core::vocabulary::NETWORK`]): a row per
 //! socket and holder, `fd` the lowest descriptor the holder has it on (0,
@@ -65,7 +65,7 @@
 //!
 //! A rule whose SQL names the `file_events` table ([`reads_file_events`]) is
 //! a file rule: it runs on batches of fsmond's file events
-//! ([`RuleEngine::evaluate_files`]), with `processes` holding the processes
+//! ([`RuleEngine::evaluate_batch`] of a [`Batch::Files`]), with `processes` holding the processes
 //! that made them. Its columns are those of the store's `file_events`
 //! table and the derived ones after them (`file_name`, `dir`, `setuid`,
 //! `setgid`): [`collector_core::vocabulary::FILE`]. A row is one operation
@@ -269,12 +269,36 @@ pub fn tables() -> Vec<(
 }
 
 /// What a batch loads beside its processes: the samples, connections or
-/// file events its rules are about.
-#[derive(Debug, Clone, Copy, Default)]
-struct Beside<'a> {
-    samples: &'a [PerformanceRow],
-    connections: &'a [ConnectionRow],
-    files: &'a [FileEventRow],
+/// file events the rules of one kind are about.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Batch<'a> {
+    /// Performance samples, for the performance rules.
+    Performance(&'a [PerformanceRow]),
+    /// Connections, for the network rules.
+    Network(&'a [ConnectionRow]),
+    /// File events, for the file rules.
+    Files(&'a [FileEventRow]),
+}
+
+impl Batch<'_> {
+    /// The kind of the rules that run on it.
+    fn kind(self) -> RuleKind {
+        match self {
+            Self::Performance(_) => RuleKind::Performance,
+            Self::Network(_) => RuleKind::Network,
+            Self::Files(_) => RuleKind::File,
+        }
+    }
+
+    /// How many rows it has.
+    fn len(self) -> usize {
+        match self {
+            Self::Performance(rows) => rows.len(),
+            Self::Network(rows) => rows.len(),
+            Self::Files(rows) => rows.len(),
+        }
+    }
 }
 
 /// Whether `sql` names `table` (any identifier spelled so, ASCII
@@ -628,7 +652,7 @@ impl Reader {
         &self,
         slot: usize,
         watchdog: &Watchdog,
-        batch: Batch<'_>,
+        batch: BatchRules<'_>,
         next: &AtomicUsize,
     ) -> Vec<(usize, Result<Vec<Match>, RunError>)> {
         let mut out = Vec::new();
@@ -661,7 +685,7 @@ impl Reader {
 /// The rules of one batch: those of `rules` whose kind is `of`, at most
 /// `cap` rows each.
 #[derive(Clone, Copy)]
-struct Batch<'a> {
+struct BatchRules<'a> {
     rules: &'a [Rule],
     kinds: &'a [RuleKind],
     of: RuleKind,
@@ -854,75 +878,24 @@ impl RuleEngine {
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
     pub fn evaluate(&mut self, rows: &[ProcessRow]) -> Result<Vec<Match>, EngineError> {
-        self.load(rows, Beside::default())?;
+        self.load(rows, None)?;
         Ok(self.run(RuleKind::Process, rows.len()))
     }
 
-    /// Runs every performance rule over `samples`, with `processes` (the
-    /// processes they name) in the `processes` table; as
+    /// Runs the rules of `batch`'s kind over it, with `processes` (the
+    /// processes it names: those the samples are of, that hold the
+    /// connections, that made the file events) in the `processes` table; as
     /// [`evaluate`](Self::evaluate) otherwise.
     ///
     /// # Errors
     /// Only when the batch cannot be loaded into the engine's database.
-    pub fn evaluate_performance(
+    pub fn evaluate_batch(
         &mut self,
-        samples: &[PerformanceRow],
+        batch: Batch<'_>,
         processes: &[ProcessRow],
     ) -> Result<Vec<Match>, EngineError> {
-        let beside = Beside {
-            samples,
-            ..Beside::default()
-        };
-        self.evaluate_beside(RuleKind::Performance, processes, beside, samples.len())
-    }
-
-    /// Runs every network rule over `connections`, with `processes` (the
-    /// processes that hold them) in the `processes` table; as
-    /// [`evaluate`](Self::evaluate) otherwise.
-    ///
-    /// # Errors
-    /// Only when the batch cannot be loaded into the engine's database.
-    pub fn evaluate_network(
-        &mut self,
-        connections: &[ConnectionRow],
-        processes: &[ProcessRow],
-    ) -> Result<Vec<Match>, EngineError> {
-        let beside = Beside {
-            connections,
-            ..Beside::default()
-        };
-        self.evaluate_beside(RuleKind::Network, processes, beside, connections.len())
-    }
-
-    /// Runs every file rule over `files`, with `processes` (the processes
-    /// that made them, those known) in the `processes` table; as
-    /// [`evaluate`](Self::evaluate) otherwise.
-    ///
-    /// # Errors
-    /// Only when the batch cannot be loaded into the engine's database.
-    pub fn evaluate_files(
-        &mut self,
-        files: &[FileEventRow],
-        processes: &[ProcessRow],
-    ) -> Result<Vec<Match>, EngineError> {
-        let beside = Beside {
-            files,
-            ..Beside::default()
-        };
-        self.evaluate_beside(RuleKind::File, processes, beside, files.len())
-    }
-
-    /// Runs the rules of `kind` over a batch of `n` rows `beside` its
-    /// `processes`.
-    fn evaluate_beside(
-        &mut self,
-        kind: RuleKind,
-        processes: &[ProcessRow],
-        beside: Beside<'_>,
-        n: usize,
-    ) -> Result<Vec<Match>, EngineError> {
-        self.load(processes, beside)?;
-        Ok(self.run(kind, n.max(processes.len())))
+        self.load(processes, Some(batch))?;
+        Ok(self.run(batch.kind(), batch.len().max(processes.len())))
     }
 
     /// Whether any rule in force reads `performance`.
@@ -1061,7 +1034,7 @@ impl RuleEngine {
     fn run(&mut self, of: RuleKind, rows: usize) -> Vec<Match> {
         self.stats.batches.inc();
         let counter = AtomicUsize::new(0);
-        let batch = Batch {
+        let batch = BatchRules {
             rules: &self.rules,
             kinds: &self.kinds,
             of,
@@ -1137,42 +1110,49 @@ impl RuleEngine {
         out
     }
 
-    fn load(&mut self, rows: &[ProcessRow], beside: Beside<'_>) -> Result<(), rusqlite::Error> {
+    fn load(
+        &mut self,
+        rows: &[ProcessRow],
+        batch: Option<Batch<'_>>,
+    ) -> Result<(), rusqlite::Error> {
         let tx = self.loader.transaction()?;
         tx.execute("DELETE FROM processes", [])?;
         tx.execute("DELETE FROM performance", [])?;
         tx.execute("DELETE FROM connections", [])?;
         tx.execute("DELETE FROM file_events", [])?;
-        {
-            let mut insert = tx.prepare_cached(&PERFORMANCE_INSERT)?;
-            for s in beside.samples {
-                insert.execute(s.params().as_slice())?;
+        match batch {
+            None => {}
+            Some(Batch::Performance(samples)) => {
+                let mut insert = tx.prepare_cached(&PERFORMANCE_INSERT)?;
+                for s in samples {
+                    insert.execute(s.params().as_slice())?;
+                }
             }
-        }
-        {
-            let mut insert = tx.prepare_cached(&CONNECTIONS_INSERT)?;
-            for c in beside.connections {
-                insert.execute(c.params().as_slice())?;
+            Some(Batch::Network(connections)) => {
+                let mut insert = tx.prepare_cached(&CONNECTIONS_INSERT)?;
+                for c in connections {
+                    insert.execute(c.params().as_slice())?;
+                }
             }
-        }
-        {
-            let mut insert = tx.prepare_cached(&FILES_INSERT)?;
-            for f in beside.files {
-                let (dir, file_name) = match f.path().rsplit_once('/') {
-                    Some((dir, name)) => (if dir.is_empty() { "/" } else { dir }, name),
-                    None => ("", f.path()),
-                };
-                let mode = f.mode();
-                let derived: [&dyn rusqlite::ToSql; 4] = [
-                    &file_name,
-                    &dir,
-                    &mode.map(|m| m & 0o4000 != 0),
-                    &mode.map(|m| m & 0o2000 != 0),
-                ];
-                let stored = f.params();
-                let all: Vec<&dyn rusqlite::ToSql> =
-                    stored.iter().chain(derived.iter()).copied().collect();
-                insert.execute(all.as_slice())?;
+            Some(Batch::Files(files)) => {
+                let mut insert = tx.prepare_cached(&FILES_INSERT)?;
+                for f in files {
+                    let (dir, file_name) = match f.path().rsplit_once('/') {
+                        Some((dir, name)) => (if dir.is_empty() { "/" } else { dir }, name),
+                        None => ("", f.path()),
+                    };
+                    let mode = f.mode();
+                    let derived: [&dyn rusqlite::ToSql; 4] = [
+                        &file_name,
+                        &dir,
+                        &mode.map(|m| m & 0o4000 != 0),
+                        &mode.map(|m| m & 0o2000 != 0),
+                    ];
+                    let stored = f.params();
+                    let all: Vec<&dyn rusqlite::ToSql> =
+                        stored.iter().chain(derived.iter()).copied().collect();
+                    insert.execute(all.as_slice())?;
+                }
             }
         }
         {
@@ -1393,12 +1373,7 @@ mod tests {
     fn the_connections_and_file_tables_have_their_vocabulary_in_order() {
         let conn = open_schema().unwrap();
         for (table, list) in [("connections", NETWORK), ("file_events", FILE)] {
-            let got = daemoneye_store::table_columns(&conn, table).unwrap();
-            let want: Vec<(String, String)> = list
-                .iter()
-                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
-                .collect();
-            assert_eq!(got, want, "{table}");
+            assert_columns(&conn, table, list);
         }
         assert_eq!(
             RuleKind::of("SELECT c.pid FROM Connections c JOIN processes p USING (pid)"),
@@ -1443,7 +1418,7 @@ mod tests {
         };
         let files = [event("/usr/bin/sh", 0o4755), event("/usr/bin/sh", 0o755)];
         let found = engine
-            .evaluate_files(&files, std::slice::from_ref(&chmod))
+            .evaluate_batch(Batch::Files(&files), std::slice::from_ref(&chmod))
             .unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(
@@ -1458,12 +1433,7 @@ mod tests {
     fn every_table_listed_is_the_engines_with_those_columns() {
         let conn = open_schema().unwrap();
         for (table, columns) in tables() {
-            let got = daemoneye_store::table_columns(&conn, table).unwrap();
-            let want: Vec<(String, String)> = columns
-                .iter()
-                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
-                .collect();
-            assert_eq!(got, want, "{table}");
+            assert_columns(&conn, table, columns);
         }
     }
 
@@ -1476,17 +1446,27 @@ mod tests {
             ("exec_lineage", EXEC_LINEAGE),
             ("lifecycle_events", LIFECYCLE),
         ] {
-            let got = daemoneye_store::table_columns(&conn, table).unwrap();
-            let want: Vec<(String, String)> = list
-                .iter()
-                .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
-                .collect();
-            assert_eq!(got, want, "{table}");
+            assert_columns(&conn, table, list);
             assert_eq!(
                 RuleKind::of(&format!("SELECT pid FROM {table}")),
                 RuleKind::Process
             );
         }
+    }
+
+    /// `table` in the engine's schema has `columns`, with their types, in
+    /// their order.
+    fn assert_columns<'a>(
+        conn: &Connection,
+        table: &str,
+        columns: impl IntoIterator<Item = &'a collector_core::vocabulary::Column>,
+    ) {
+        let got = daemoneye_store::table_columns(conn, table).unwrap();
+        let want: Vec<(String, String)> = columns
+            .into_iter()
+            .map(|c| (c.name.to_owned(), c.ty.sqlite().to_owned()))
+            .collect();
+        assert_eq!(got, want, "{table}");
     }
 
     fn key(pid: u32) -> String {
@@ -2050,7 +2030,7 @@ mod tests {
             }
             let mut engine = RuleEngine::new(vec![hostile.clone(), normal.clone()]).unwrap();
             assert_eq!(engine.rules().len(), 2, "{sql}");
-            engine.load(&batch, Beside::default()).unwrap();
+            engine.load(&batch, None).unwrap();
             let reader = &engine.readers[0];
             let started = Instant::now();
             let run = reader.run_one(0, &engine.watchdog, &hostile, batch.len());

@@ -139,6 +139,20 @@ pub struct HistoryCounters {
     pub lifecycle_dropped: Counter,
 }
 
+/// Queues `key` in `order` (an eviction order); past twice `capacity` keys,
+/// those of processes already forgotten go, so the queue stays bounded.
+fn push_key(
+    order: &mut VecDeque<String>,
+    key: String,
+    nodes: &HashMap<String, Node>,
+    capacity: usize,
+) {
+    order.push_back(key);
+    if order.len() > 2 * capacity {
+        order.retain(|k| nodes.contains_key(k));
+    }
+}
+
 /// The history the rules see, bounded; see the [module](self).
 #[derive(Debug)]
 pub struct History {
@@ -347,11 +361,7 @@ impl History {
             },
         );
         self.live.insert(e.pid, key.clone());
-        self.seen.push_back(key.clone());
-        if self.seen.len() > 2 * self.capacity {
-            let nodes = &self.nodes;
-            self.seen.retain(|k| nodes.contains_key(k));
-        }
+        push_key(&mut self.seen, key.clone(), &self.nodes, self.capacity);
         self.changes.push(Change::Process {
             key: key.clone(),
             pid: e.pid,
@@ -379,11 +389,7 @@ impl History {
             return;
         }
         node.exited = true;
-        self.exited.push_back(key.to_owned());
-        if self.exited.len() > 2 * self.capacity {
-            let nodes = &self.nodes;
-            self.exited.retain(|k| nodes.contains_key(k));
-        }
+        push_key(&mut self.exited, key.to_owned(), &self.nodes, self.capacity);
         self.changes.push(Change::Exited {
             key: key.to_owned(),
         });

@@ -11,7 +11,7 @@ use collector_core::{
     BootId, ConnectionChange, ConnectionDirection, FileOperation, FilesystemEvent, NetworkEvent,
     NetworkProtocol, ProcessKey,
 };
-use daemoneye_rules::engine::{ProcessRow, RuleEngine};
+use daemoneye_rules::engine::{Batch, ProcessRow, RuleEngine};
 use daemoneye_rules::rules::{self, Rule, Severity};
 use daemoneye_store::files::FileEventRow;
 use daemoneye_store::network::ConnectionRow;
@@ -65,6 +65,25 @@ fn fired(engine: &mut RuleEngine, row: &ProcessRow) -> BTreeSet<String> {
                 .strip_prefix("sigma-0a000001-0000-4000-8000-0000000000")
                 .unwrap_or(&m.rule_id)
                 .to_owned()
+        })
+        .collect()
+}
+
+/// The pids that `batch` beside `processes` fires for, each match by
+/// `rule` (no other rule fires).
+fn pids_fired(
+    engine: &mut RuleEngine,
+    batch: Batch<'_>,
+    processes: &[ProcessRow],
+    rule: &str,
+) -> BTreeSet<u32> {
+    engine
+        .evaluate_batch(batch, processes)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.rule_id, rule);
+            m.pid
         })
         .collect()
 }
@@ -249,15 +268,12 @@ fn a_network_rule_matches_by_address_port_and_direction() {
         connection(54, "203.0.113.9", 4445, out),
         connection(55, "203.0.113.9", 4444, ConnectionDirection::Inbound),
     ];
-    let pids: BTreeSet<u32> = e
-        .evaluate_network(&rows, &holders)
-        .unwrap()
-        .into_iter()
-        .map(|m| {
-            assert_eq!(m.rule_id, "sigma-0a000001-0000-4000-8000-000000000016");
-            m.pid
-        })
-        .collect();
+    let pids = pids_fired(
+        &mut e,
+        Batch::Network(&rows),
+        &holders,
+        "sigma-0a000001-0000-4000-8000-000000000016",
+    );
     assert_eq!(pids, BTreeSet::from([50, 51, 52]));
 }
 
@@ -327,14 +343,11 @@ fn a_file_rule_matches_the_path_and_its_writer() {
         // A writer procmond has not reported: it still matches, by pid.
         file_event(64, "/etc/cron.d/unknown", FileOperation::Create),
     ];
-    let fired: BTreeSet<u32> = e
-        .evaluate_files(&rows, &writers)
-        .unwrap()
-        .into_iter()
-        .map(|m| {
-            assert_eq!(m.rule_id, "sigma-0a000001-0000-4000-8000-000000000018");
-            m.pid
-        })
-        .collect();
+    let fired = pids_fired(
+        &mut e,
+        Batch::Files(&rows),
+        &writers,
+        "sigma-0a000001-0000-4000-8000-000000000018",
+    );
     assert_eq!(fired, BTreeSet::from([60, 64]));
 }

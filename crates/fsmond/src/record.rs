@@ -402,8 +402,32 @@ mod tests {
     }
 
     type OwnedFid = (FidKind, [i32; 2], i32, Vec<u8>, Vec<u8>);
+    type OwnedRecord = (u64, i32, i32, Vec<OwnedFid>);
 
-    fn arb_records() -> impl Strategy<Value = Vec<(u64, i32, i32, Vec<OwnedFid>)>> {
+    /// The records `records` holds the bytes of (a name only where the
+    /// kind carries one).
+    fn borrowed(records: &[OwnedRecord]) -> Vec<Record<'_>> {
+        records
+            .iter()
+            .map(|(mask, fd, pid, fids)| Record {
+                mask: *mask,
+                fd: *fd,
+                pid: *pid,
+                fids: fids
+                    .iter()
+                    .map(|(kind, fsid, handle_type, handle, name)| Fid {
+                        kind: *kind,
+                        fsid: *fsid,
+                        handle_type: *handle_type,
+                        handle,
+                        name: kind.named().then_some(name.as_slice()),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn arb_records() -> impl Strategy<Value = Vec<OwnedRecord>> {
         let fid = (
             arb_kind(),
             any::<[i32; 2]>(),
@@ -431,18 +455,7 @@ mod tests {
 
         #[test]
         fn encoded_records_parse_back(records in arb_records()) {
-            let fids: Vec<Vec<Fid<'_>>> = records.iter().map(|(_, _, _, fids)| {
-                fids.iter().map(|(kind, fsid, handle_type, handle, name)| Fid {
-                    kind: *kind,
-                    fsid: *fsid,
-                    handle_type: *handle_type,
-                    handle,
-                    name: kind.named().then_some(name.as_slice()),
-                }).collect()
-            }).collect();
-            let records: Vec<Record<'_>> = records.iter().zip(fids).map(|((mask, fd, pid, _), fids)| Record {
-                mask: *mask, fd: *fd, pid: *pid, fids,
-            }).collect();
+            let records = borrowed(&records);
             let bytes = encode_records(&records);
             prop_assert_eq!(parse_records(&bytes).unwrap(), records);
         }
@@ -454,15 +467,7 @@ mod tests {
             byte in any::<u8>(),
             cut in any::<prop::sample::Index>(),
         ) {
-            let fids: Vec<Vec<Fid<'_>>> = records.iter().map(|(_, _, _, fids)| {
-                fids.iter().map(|(kind, fsid, handle_type, handle, name)| Fid {
-                    kind: *kind, fsid: *fsid, handle_type: *handle_type, handle,
-                    name: kind.named().then_some(name.as_slice()),
-                }).collect()
-            }).collect();
-            let records: Vec<Record<'_>> = records.iter().zip(fids).map(|((mask, fd, pid, _), fids)| Record {
-                mask: *mask, fd: *fd, pid: *pid, fids,
-            }).collect();
+            let records = borrowed(&records);
             let mut bytes = encode_records(&records);
             if !bytes.is_empty() {
                 let i = at.index(bytes.len());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector_core::testing::{check_source, ConformanceConfig};
+use collector_core::testing::{check_source, poke_until, ConformanceConfig, Poked};
 use collector_core::{
     CollectionEvent, EventKind, EventSource, FileOperation, FileType, FilesystemEvent,
     SourceContext,
@@ -57,21 +57,16 @@ async fn start_probing(config: FsmondConfig, probe: &Path, seen: &str) -> Starte
     let ctx = SourceContext::new("fsmond", tx);
     let stop = ctx.shutdown().clone();
     let task = tokio::spawn(async move { source.start_with(ctx).await });
-    'ready: for _ in 0..100 {
-        std::fs::write(probe, b"p").unwrap();
-        let deadline = tokio::time::sleep(Duration::from_millis(200));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => break,
-                e = rx.recv() => match e {
-                    Some(CollectionEvent::Filesystem(f)) if f.path == seen => break 'ready,
-                    Some(_) => {}
-                    None => panic!("the source ended: {:?}", task.await),
-                },
-            }
-        }
-    }
+    let poked = poke_until(
+        &mut rx,
+        100,
+        Duration::from_millis(200),
+        || std::fs::write(probe, b"p"),
+        |e| matches!(e, CollectionEvent::Filesystem(f) if f.path == seen),
+    )
+    .await
+    .unwrap();
+    assert!(poked != Poked::Ended, "the source ended: {:?}", task.await);
     std::fs::remove_file(probe).unwrap();
     Started {
         rx,

@@ -2,7 +2,6 @@
 //! runs one link per configured collector into one detection loop, lists
 //! each in its health, and stops when told.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,19 +32,24 @@ pub fn test_settings(dir: &Path, fifo: &Path, rest: &str) -> Settings {
 /// A named pipe at `path`, each alert written to it on the channel (the
 /// ledger's checkpoint lines are left out).
 pub fn alerts_pipe(path: &Path) -> std::sync::mpsc::Receiver<Value> {
+    json_pipe(path, |v| v["kind"] != "checkpoint")
+}
+
+/// A named pipe at `path`, each JSON line written to it that `keep` picks
+/// on the channel.
+fn json_pipe(
+    path: &Path,
+    keep: impl Fn(&Value) -> bool + Send + 'static,
+) -> std::sync::mpsc::Receiver<Value> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
     let path = path.to_owned();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
+    crate::read_lines(
+        move || std::fs::File::open(path).unwrap(),
+        move |line| {
             let value: Value = serde_json::from_str(&line).unwrap();
-            if value["kind"] != "checkpoint" {
-                let _ = tx.send(value);
-            }
-        }
-    });
-    rx
+            keep(&value).then_some(value)
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,15 +279,7 @@ async fn shutdown_behind_a_flood_ends_in_time_and_counts_what_it_drops() {
 async fn checkpoints_reach_the_sinks_at_start_on_schedule_and_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("alerts.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<Value>();
-    let path = fifo.clone();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            let _ = tx.send(serde_json::from_str(&line).unwrap());
-        }
-    });
+    let lines = json_pipe(&fifo, |_| true);
     let settings = test_settings(
         dir.path(),
         &fifo,

@@ -10,7 +10,7 @@ use collector_core::{
 };
 use collector_core::{ProcessEvent, ProcessEventType};
 use daemoneye_agent::detect::Detector;
-use daemoneye_agent::engine::{reads_performance, ProcessRow, RuleEngine, RuleKind};
+use daemoneye_agent::engine::{reads_performance, Batch, ProcessRow, RuleEngine, RuleKind};
 use daemoneye_agent::files::FileEventRow;
 use daemoneye_agent::network::ConnectionRow;
 use daemoneye_agent::performance::PerformanceRow;
@@ -39,6 +39,24 @@ fn row(pid: u32, name: &str, exe: &str, argv: &[&str]) -> ProcessRow {
     }
 }
 
+/// A case of a rule over another table than `processes`: the batch, the
+/// processes beside it, the rule it fires and the pid that rule names.
+type Case<T> = (Vec<T>, Vec<ProcessRow>, &'static str, u32);
+
+/// Each case fires its rule, naming its pid, and no other rule.
+fn each_fires_only_its_rule<T: std::fmt::Debug>(
+    cases: Vec<Case<T>>,
+    fired: impl Fn(&[T], &[ProcessRow]) -> Vec<(String, u32)>,
+) {
+    for (batch, processes, id, pid) in cases {
+        assert_eq!(
+            fired(&batch, &processes),
+            [(id.to_owned(), pid)],
+            "{batch:?} {processes:?}"
+        );
+    }
+}
+
 /// The (rule, pid) pairs `judge` finds with the built-in pack, sorted.
 fn fired_by(
     judge: impl FnOnce(&mut RuleEngine) -> Vec<daemoneye_agent::engine::Match>,
@@ -60,13 +78,16 @@ fn fired(rows: &[ProcessRow]) -> Vec<(String, u32)> {
 /// The rules fired by a batch of performance `samples` beside `processes`.
 fn fired_performance(samples: &[PerformanceEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let samples: Vec<PerformanceRow> = samples.iter().map(PerformanceRow::new).collect();
-    fired_by(|e| e.evaluate_performance(&samples, processes).unwrap())
+    fired_by(|e| {
+        e.evaluate_batch(Batch::Performance(&samples), processes)
+            .unwrap()
+    })
 }
 
 /// The rules fired by a batch of `connections` beside `processes`.
 fn fired_network(connections: &[NetworkEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
-    fired_by(|e| e.evaluate_network(&rows, processes).unwrap())
+    fired_by(|e| e.evaluate_batch(Batch::Network(&rows), processes).unwrap())
 }
 
 /// `pid`'s socket on descriptor `fd`: `direction`, from `local` to
@@ -106,7 +127,7 @@ fn socket(
 
 /// The network rules' cases: each a batch of connections and the
 /// processes that hold them, and the one rule (and pid) it must fire.
-fn network_cases() -> Vec<(Vec<NetworkEvent>, Vec<ProcessRow>, &'static str, u32)> {
+fn network_cases() -> Vec<Case<NetworkEvent>> {
     use ConnectionDirection::{Inbound, Listen, Outbound};
     // `bash -i`, nothing suspicious in its arguments, its stdin a socket.
     let shell = row(70, "bash", "/usr/bin/bash", &["bash", "-i"]);
@@ -157,13 +178,7 @@ fn network_cases() -> Vec<(Vec<NetworkEvent>, Vec<ProcessRow>, &'static str, u32
 
 #[test]
 fn every_network_rule_fires_on_its_case_and_only_there() {
-    for (connections, processes, id, pid) in network_cases() {
-        assert_eq!(
-            fired_network(&connections, &processes),
-            [(id.to_owned(), pid)],
-            "{connections:?} {processes:?}"
-        );
-    }
+    each_fires_only_its_rule(network_cases(), fired_network);
 }
 
 #[test]
@@ -221,20 +236,32 @@ fn network_rules_run_on_network_batches_only_and_need_their_holder() {
     let (connections, processes, _, _) = network_cases().remove(0);
     let rows: Vec<ConnectionRow> = connections.iter().map(ConnectionRow::new).collect();
     // Without the process that holds it, nothing to name.
-    assert!(engine.evaluate_network(&rows, &[]).unwrap().is_empty());
+    assert!(engine
+        .evaluate_batch(Batch::Network(&rows), &[])
+        .unwrap()
+        .is_empty());
     assert_eq!(stats.rule_runs.get(), u64::try_from(of_network).unwrap());
     // With a process of another key under the same pid: not it.
     let mut other = processes[0].clone();
     other.process_key =
         Some(ProcessKey::new(BootId::from_bytes([7; 16]), other.pid, 2).to_string());
-    assert!(engine.evaluate_network(&rows, &[other]).unwrap().is_empty());
-    assert_eq!(engine.evaluate_network(&rows, &processes).unwrap().len(), 1);
+    assert!(engine
+        .evaluate_batch(Batch::Network(&rows), &[other])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        engine
+            .evaluate_batch(Batch::Network(&rows), &processes)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// The rules fired by a batch of file events beside `processes`.
 fn fired_files(files: &[FilesystemEvent], processes: &[ProcessRow]) -> Vec<(String, u32)> {
     let rows: Vec<FileEventRow> = files.iter().map(FileEventRow::new).collect();
-    let mut fired = fired_by(|e| e.evaluate_files(&rows, processes).unwrap());
+    let mut fired = fired_by(|e| e.evaluate_batch(Batch::Files(&rows), processes).unwrap());
     // One write is several operations (create, modify, close_write): one
     // alert once deduplicated.
     fired.dedup();
@@ -286,7 +313,7 @@ fn chmod(pid: u32, path: &str, before: u32, after: u32) -> FilesystemEvent {
 
 /// The file rules' cases: each a batch of file events and the processes
 /// that made them, and the one rule (and pid) it must fire.
-fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32)> {
+fn file_cases() -> Vec<Case<FilesystemEvent>> {
     let bash = |pid| row(pid, "bash", "/usr/bin/bash", &["bash"]);
     let persistence = [
         (90, "/etc/cron.d/0anacron-update"),
@@ -383,7 +410,7 @@ fn file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32
 
 /// The cases of the sudoers and shell start-up file rules (see
 /// [`file_cases`]).
-fn start_up_file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static str, u32)> {
+fn start_up_file_cases() -> Vec<Case<FilesystemEvent>> {
     let bash = |pid| row(pid, "bash", "/usr/bin/bash", &["bash"]);
     vec![
         (
@@ -437,13 +464,7 @@ fn start_up_file_cases() -> Vec<(Vec<FilesystemEvent>, Vec<ProcessRow>, &'static
 
 #[test]
 fn every_file_rule_fires_on_its_case_and_only_there() {
-    for (files, processes, id, pid) in file_cases() {
-        assert_eq!(
-            fired_files(&files, &processes),
-            [(id.to_owned(), pid)],
-            "{files:?} {processes:?}"
-        );
-    }
+    each_fires_only_its_rule(file_cases(), fired_files);
 }
 
 #[test]
@@ -614,7 +635,7 @@ fn forks(rate: f64, anomaly: bool) -> PerformanceEvent {
 
 /// The performance rules' cases: each a batch of samples and the processes
 /// they name, and the one rule (and pid) it must fire.
-fn performance_cases() -> Vec<(Vec<PerformanceEvent>, Vec<ProcessRow>, &'static str, u32)> {
+fn performance_cases() -> Vec<Case<PerformanceEvent>> {
     // A busy process is not enough: only with its binary or arguments.
     let tmp = row(
         50,
@@ -647,13 +668,7 @@ fn performance_cases() -> Vec<(Vec<PerformanceEvent>, Vec<ProcessRow>, &'static 
 
 #[test]
 fn every_performance_rule_fires_on_its_case_and_only_there() {
-    for (samples, processes, id, pid) in performance_cases() {
-        assert_eq!(
-            fired_performance(&samples, &processes),
-            [(id.to_owned(), pid)],
-            "{samples:?} {processes:?}"
-        );
-    }
+    each_fires_only_its_rule(performance_cases(), fired_performance);
 }
 
 #[test]
@@ -670,7 +685,9 @@ fn performance_rules_run_on_performance_batches_only() {
         .unwrap();
     assert_eq!(stats.rule_runs.get(), u64::try_from(of_process).unwrap());
     let samples = [PerformanceRow::new(&forks(1.0, false))];
-    engine.evaluate_performance(&samples, &[]).unwrap();
+    engine
+        .evaluate_batch(Batch::Performance(&samples), &[])
+        .unwrap();
     assert_eq!(
         stats.rule_runs.get(),
         u64::try_from(of_process + of_performance).unwrap()

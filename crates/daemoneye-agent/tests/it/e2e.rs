@@ -4,13 +4,14 @@
 // Blocking tests around a child process: no tokio clock to pause.
 #![allow(clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::Killed;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_daemoneye-agent");
 
@@ -24,30 +25,12 @@ fn agent_run(data_dir: &Path) -> Command {
     cmd
 }
 
+/// A running agent, stopped when dropped (politely first, so that it stops
+/// its collector).
 struct Agent {
-    child: Child,
+    child: Killed,
     alerts: mpsc::Receiver<Value>,
     log: mpsc::Receiver<String>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // Politely first, so the agent stops its collector; then for sure.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for _ in 0..50 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::park_timeout(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Agent {
@@ -79,44 +62,45 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (atx, alerts) = mpsc::channel();
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = atx.send(serde_json::from_str(&line).unwrap());
-            }
-        });
-        let (ltx, log) = mpsc::channel();
+        let alerts = crate::read_lines(move || out, |l| Some(serde_json::from_str(&l).unwrap()));
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = ltx.send(line);
-            }
-        });
-        Self { child, alerts, log }
+        let log = crate::read_lines(move || err, Some);
+        Self {
+            child: Killed(child),
+            alerts,
+            log,
+        }
     }
 
     /// The first alert of `rule` for a process named `name`, within `within`.
     fn wait_alert(&self, rule: &str, name: &str, within: Duration) -> Option<Value> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            let a = self.alerts.recv_timeout(left).ok()?;
-            if a["rule_id"] == rule && a["process"]["name"] == name {
-                return Some(a);
-            }
-        }
+        crate::first_within(&self.alerts, within, |a| {
+            a["rule_id"] == rule && a["process"]["name"] == name
+        })
     }
 
+    /// Runs probe `i` (it returns the name of the process it ran) until the
+    /// agent, which may still be starting, alerts on it with `rule` within
+    /// half a second: at most 40 tries.
+    fn alert_on_probe(&self, rule: &str, mut probe: impl FnMut(usize) -> String) -> Option<Value> {
+        (0..40).find_map(|i| {
+            let name = probe(i);
+            self.wait_alert(rule, &name, Duration::from_millis(500))
+        })
+    }
+
+    /// A rule refusal is logged within 30 s, naming each of `names`.
+    fn assert_refused(&self, names: &[&str]) {
+        let refused = self
+            .wait_log("rule refused", Duration::from_secs(30))
+            .expect("no refusal logged");
+        assert!(names.iter().all(|n| refused.contains(n)), "{refused}");
+    }
+
+    /// The first log line containing `needle`, within `within`.
     fn wait_log(&self, needle: &str, within: Duration) -> Option<String> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            let line = self.log.recv_timeout(left).ok()?;
-            if line.contains(needle) {
-                return Some(line);
-            }
-        }
+        crate::first_within(&self.log, within, |line| line.contains(needle))
     }
 }
 
@@ -242,28 +226,17 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     );
 
     // (4) The write rule is refused, naming file, rule and reason.
-    let refused = agent
-        .wait_log("rule refused", Duration::from_secs(30))
-        .expect("no refusal logged");
-    assert!(
-        refused.contains("bad.toml")
-            && refused.contains("wiper")
-            && refused.contains("only reading"),
-        "{refused}"
-    );
+    agent.assert_refused(&["bad.toml", "wiper", "only reading"]);
 
     // Ready once a probe from /dev/shm is alerted on.
     let shm = Path::new("/dev/shm");
-    let mut ready = None;
-    for i in 0..40 {
-        let name = format!("probe{i}");
-        run_copy("/bin/sleep", shm, &name, &["0.3"]);
-        if let Some(a) = agent.wait_alert("exec-from-temp-dir", &name, Duration::from_millis(500)) {
-            ready = Some(a);
-            break;
-        }
-    }
-    let probe = ready.expect("no alert for a program run from /dev/shm");
+    let probe = agent
+        .alert_on_probe("exec-from-temp-dir", |i| {
+            let name = format!("probe{i}");
+            run_copy("/bin/sleep", shm, &name, &["0.3"]);
+            name
+        })
+        .expect("no alert for a program run from /dev/shm");
     assert_eq!(probe["severity"], "high");
     assert!(probe["process"]["process_key"].is_string());
     // The same alert reached the webhook, with its header, as ECS.
@@ -399,20 +372,13 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     agent
         .wait_log("collector exited; restarting", Duration::from_secs(10))
         .expect("restart not logged");
-    let mut resumed = false;
-    for i in 0..40 {
+    let resumed = agent.alert_on_probe("exec-from-temp-dir", |i| {
         let name = format!("after{i}");
         run_copy("/bin/sleep", shm, &name, &["0.3"]);
-        if agent
-            .wait_alert("exec-from-temp-dir", &name, Duration::from_millis(500))
-            .is_some()
-        {
-            resumed = true;
-            break;
-        }
-    }
+        name
+    });
     assert!(
-        resumed,
+        resumed.is_some(),
         "detection did not resume after the collector was killed"
     );
 
@@ -446,7 +412,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     let load_ebpf = "000000c000281004";
     let none = "0000000000000000";
     for (pid, effective, permitted, bounding) in [
-        (agent.child.id(), none, none, none),
+        (agent.child.0.id(), none, none, none),
         (
             report.components[0].pid,
             "0000000000081004",
@@ -475,7 +441,7 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
             .any(|c| c.name == "procmond-monitor" || c.counters.contains_key("events_received")),
         "{collector:#?}"
     );
-    assert!(collector.pid > 0 && collector.pid != agent.child.id());
+    assert!(collector.pid > 0 && collector.pid != agent.child.0.id());
     let source = collector
         .components
         .iter()
@@ -493,11 +459,11 @@ fn the_agent_detects_restarts_and_keeps_a_verifiable_ledger() {
     // (6) The ledger verifies, and fails after a row is edited.
     let mut agent = agent;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap()),
+        nix::unistd::Pid::from_raw(i32::try_from(agent.child.0.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(agent.child.wait().unwrap().success());
+    assert!(agent.child.0.wait().unwrap().success());
     // Its files are its owner's alone.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(data.path().join("agent.db"))
@@ -632,35 +598,24 @@ fn a_sigma_rule_alerts_end_to_end_and_an_unserved_one_is_refused() {
     let mut cmd = agent_run(data.path());
     cmd.arg("--rules-dir").arg(rules.path());
     let agent = Agent::spawn(cmd);
-    let refused = agent
-        .wait_log("rule refused", Duration::from_secs(30))
-        .expect("no refusal logged");
-    assert!(
-        refused.contains("proc_creation_lnx_probe.yml")
-            && refused.contains("sigma-5e0c1d2a-0000-4000-8000-00000000e2e1")
-            && refused.contains("windash"),
-        "{refused}"
-    );
+    agent.assert_refused(&[
+        "proc_creation_lnx_probe.yml",
+        "sigma-5e0c1d2a-0000-4000-8000-00000000e2e1",
+        "windash",
+    ]);
     // The probe (a shell named so) until the agent is up and judging.
     let dir = tempfile::tempdir_in("/var/lib").unwrap();
-    let mut alert = None;
-    for _ in 0..40 {
-        run_copy(
-            "/bin/sh",
-            dir.path(),
-            "sigma-probe",
-            &["-c", "sleep 0.2", "x", "--sigma-marker"],
-        );
-        alert = agent.wait_alert(
-            "sigma-5e0c1d2a-0000-4000-8000-00000000e2e0",
-            "sigma-probe",
-            Duration::from_millis(500),
-        );
-        if alert.is_some() {
-            break;
-        }
-    }
-    let alert = alert.expect("no alert from the Sigma rule");
+    let alert = agent
+        .alert_on_probe("sigma-5e0c1d2a-0000-4000-8000-00000000e2e0", |_| {
+            run_copy(
+                "/bin/sh",
+                dir.path(),
+                "sigma-probe",
+                &["-c", "sleep 0.2", "x", "--sigma-marker"],
+            );
+            "sigma-probe".to_owned()
+        })
+        .expect("no alert from the Sigma rule");
     assert_eq!(alert["severity"], "high", "{alert}");
     assert_eq!(alert["rule_name"], "Sigma probe", "{alert}");
     assert_eq!(alert["mitre"], serde_json::json!(["T1059.004"]), "{alert}");
@@ -689,23 +644,16 @@ fn the_built_in_pack_catches_the_history_cases_end_to_end() {
     let agent = Agent::spawn(agent_run(data.path()));
 
     // argv[0] `[kworker/0:7]` on /usr/bin/sleep, until the agent judges.
-    let mut masked = None;
-    for _ in 0..40 {
-        let status = Command::new("bash")
-            .args(["-c", "exec -a '[kworker/0:7]' sleep 0.3"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        masked = agent.wait_alert(
-            "kernel-thread-name-on-user-process",
-            "sleep",
-            Duration::from_millis(500),
-        );
-        if masked.is_some() {
-            break;
-        }
-    }
-    let masked = masked.expect("no alert for argv[0] [kworker/0:7] on sleep");
+    let masked = agent
+        .alert_on_probe("kernel-thread-name-on-user-process", |_| {
+            let status = Command::new("bash")
+                .args(["-c", "exec -a '[kworker/0:7]' sleep 0.3"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            "sleep".to_owned()
+        })
+        .expect("no alert for argv[0] [kworker/0:7] on sleep");
     assert_eq!(masked["severity"], "high", "{masked}");
 
     // A "web server" (a shell named nginx) that exec's a shell in place:

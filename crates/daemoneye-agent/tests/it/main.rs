@@ -30,6 +30,51 @@ fn root_or_skip(needs: &str) -> bool {
     root
 }
 
+/// The first item `rx` gives that `wanted` picks, within `within`; `None`
+/// when none came in time or the sender went.
+// Blocking, around child processes: no tokio clock to pause.
+#[allow(clippy::disallowed_types)]
+fn first_within<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    within: std::time::Duration,
+    mut wanted: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        let item = rx.recv_timeout(left).ok()?;
+        if wanted(&item) {
+            return Some(item);
+        }
+    }
+}
+
+/// The lines of the reader `open` gives, read on a thread of its own (so a
+/// named pipe's open may wait there for its writer), each as `keep` maps
+/// it, on a channel; a line `keep` maps to `None` is left out.
+fn read_lines<R, T>(
+    open: impl FnOnce() -> R + Send + 'static,
+    keep: impl Fn(String) -> Option<T> + Send + 'static,
+) -> std::sync::mpsc::Receiver<T>
+where
+    R: std::io::Read,
+    T: Send + 'static,
+{
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(open())
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(item) = keep(line) {
+                let _ = tx.send(item);
+            }
+        }
+    });
+    rx
+}
+
 /// A line of `/proc/<pid>/status`, its value trimmed.
 fn status(pid: u32, field: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -6,7 +6,6 @@
 // Blocking test around child processes: no tokio clock to pause.
 #![allow(clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -52,14 +51,7 @@ impl Running {
             .unwrap();
         let out = child.stdout.take().unwrap();
         let agent = Killed(child);
-        let (tx, alerts) = mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let alerts = crate::read_lines(move || out, |l| serde_json::from_str::<Value>(&l).ok());
         Self {
             data,
             _etc: etc,
@@ -92,19 +84,10 @@ impl Running {
 
     /// The first alert of `rule` within 60 s.
     pub(crate) fn alert_of(&self, rule: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no {rule} alert within 60 s"));
-            let a = self
-                .alerts
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {rule} alert within 60 s"));
-            if a["rule_id"] == rule {
-                return a;
-            }
-        }
+        crate::first_within(&self.alerts, Duration::from_secs(60), |a| {
+            a["rule_id"] == rule
+        })
+        .unwrap_or_else(|| panic!("no {rule} alert within 60 s"))
     }
 }
 

@@ -34,6 +34,14 @@ fn cli(args: &[&str], paths: &[&std::path::Path]) -> std::process::Output {
     Command::new(BIN).args(args).args(paths).output().unwrap()
 }
 
+/// `rules validate` of `paths`: its report, once it exited with `code`.
+fn validate(paths: &[&std::path::Path], code: i32) -> String {
+    let out = cli(&["rules", "validate"], paths);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    text
+}
+
 /// One rule the validator accepts, in each format.
 const GOOD_TOML: &str = "[[rule]]\nid = 'tmp-exec'\nname = 'tmp'\nseverity = 'high'\nsql = \"SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\"\n";
 const GOOD_YAML: &str = "rule:\n  - id: tmp-exec\n    name: tmp\n    severity: high\n    sql: SELECT pid FROM processes WHERE exe LIKE '/tmp/%'\n";
@@ -49,12 +57,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(&dir, "good.toml", GOOD_TOML);
-    let out = cli(&["rules", "validate"], &[&good]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    validate(&[&good], 0);
 
     let bad = write(
         &dir,
@@ -62,9 +65,7 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
         "[[rule]]\nid = 'wiper'\nname = 'w'\nseverity = 'low'\nsql = 'DELETE FROM processes'\n\n\
          [[rule]]\nid = 'fine'\nname = 'f'\nseverity = 'low'\nsql = 'SELECT pid FROM processes'\n",
     );
-    let out = cli(&["rules", "validate"], &[&good, &bad]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = validate(&[&good, &bad], 1);
     assert!(
         text.contains("bad.toml")
             && text.contains("wiper")
@@ -81,18 +82,15 @@ fn validate_accepts_good_rules_and_names_rule_file_and_reason_of_bad_ones() {
 fn validate_reads_yaml_files_and_names_them_when_refused() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(&dir, "good.yaml", GOOD_YAML);
-    let out = cli(&["rules", "validate"], &[&good]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("tmp-exec"), "{text}");
+    let text = validate(&[&good], 0);
+    assert!(text.contains("tmp-exec"), "{text}");
 
     let bad = write(
         &dir,
         "bad.yml",
         "rule:\n  - id: wiper\n    name: w\n    severity: low\n    sql: DELETE FROM processes\n  - id: typo\n    name: t\n    severity: low\n    sqll: SELECT pid FROM processes\n",
     );
-    let out = cli(&["rules", "validate"], &[&good, &bad]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = validate(&[&good, &bad], 1);
     assert!(
         text.contains("bad.yml") && text.contains("unknown field `sqll`"),
         "{text}"
@@ -104,15 +102,11 @@ fn validate_takes_sigma_files_and_names_what_it_cannot_serve() {
     let sigma =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemoneye-rules/tests/sigma");
     let served = sigma.join("served.yml");
-    let out = cli(&["rules", "validate"], &[&served]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = validate(&[&served], 0);
     assert_eq!(text.matches("rule sigma-0a000001-").count(), 18, "{text}");
 
     let refused = sigma.join("refused.yml");
-    let out = cli(&["rules", "validate"], &[&served, &refused]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = validate(&[&served, &refused], 1);
     assert!(
         text.contains("refused.yml")
             && text.contains("sigma-0b000001-0000-4000-8000-000000000001")
@@ -707,8 +701,6 @@ fn validate_refuses_a_pragma_without_running_it_and_rules_after_it_still_validat
     {
         let zero = dir.path().join("zero.toml");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-        let out = cli(&["rules", "validate"], &[&zero]);
-        assert_eq!(out.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("larger than"));
+        assert!(validate(&[&zero], 1).contains("larger than"));
     }
 }

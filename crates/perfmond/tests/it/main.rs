@@ -70,6 +70,12 @@ impl Spawned {
         self.child.id()
     }
 
+    /// Kills and reaps it now: its `/proc` entry is gone when this returns.
+    pub fn reap(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Nanoseconds it has run on a CPU (`/proc/<pid>/schedstat`, the
     /// scheduler's own account, independent of the tick counts perfmond
     /// reads).

@@ -18,6 +18,14 @@ fn table() -> ProcessTable {
     ProcessTable::new("/proc", KernelUnits::current(), 1_000_000)
 }
 
+/// An idle child, and a table that has seen it (scanned once).
+fn idle_child_seen(config: &AnomalyConfig) -> (Spawned, ProcessTable) {
+    let child = Spawned::idle();
+    let mut t = table();
+    t.scan(clock, config).unwrap();
+    (child, t)
+}
+
 /// Scans every `every` until `done` holds of the table (returning what it
 /// returned) or `limit` has passed (then `None`).
 async fn scan_until<T>(
@@ -108,14 +116,11 @@ async fn a_sustained_cpu_anomaly_fires_for_the_busy_child() {
 
 #[tokio::test]
 async fn a_child_that_exits_between_samples_leaves_no_entry() {
-    let mut child = Spawned::idle();
-    let pid = child.pid();
-    let mut t = table();
     let config = AnomalyConfig::default();
-    t.scan(clock, &config).unwrap();
+    let (mut child, mut t) = idle_child_seen(&config);
+    let pid = child.pid();
     assert!(t.get(pid).is_some());
-    child.child.kill().unwrap();
-    child.child.wait().unwrap(); // reaped: its /proc entry is gone
+    child.reap();
     let stats = t.scan(clock, &config).unwrap();
     assert!(t.get(pid).is_none(), "a stale entry for the exited pid");
     assert!(stats.exited >= 1, "{stats:?}");
@@ -137,17 +142,14 @@ fn kept_stat(t: &ProcessTable, pid: u32) -> i32 {
 
 #[tokio::test]
 async fn a_process_stat_stays_open_between_samples_and_goes_when_it_exits() {
-    let mut child = Spawned::idle();
-    let pid = child.pid();
-    let mut t = table();
     let config = AnomalyConfig::default();
-    t.scan(clock, &config).unwrap();
+    let (mut child, mut t) = idle_child_seen(&config);
+    let pid = child.pid();
     let fd = kept_stat(&t, pid);
     assert_eq!(t.kept_files(), t.len(), "every process's stat is kept");
     t.scan(clock, &config).unwrap();
     assert_eq!(kept_stat(&t, pid), fd, "read again through the same file");
-    child.child.kill().unwrap();
-    child.child.wait().unwrap();
+    child.reap();
     let stats = t.scan(clock, &config).unwrap();
     assert!(t.get(pid).is_none() && t.kept_file(pid).is_none());
     assert!(stats.exited >= 1, "{stats:?}");
