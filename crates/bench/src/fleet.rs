@@ -11,9 +11,13 @@
 //!   one wake-up waiting) to `<prefix>.<host>.events.process`, each
 //!   acknowledged by the stream and removed from the outbox: from the
 //!   first write to the last removal.
+//!   The events are execs each with a name and executable of its own (every
+//!   text new to the store).
 //! - `fleet.bare_events_per_sec`: the same bodies published by a bare
 //!   `async-nats` JetStream loop with the sink's window (256 unacknowledged
 //!   publishes, sliding) and a `Nats-Msg-Id` each; `fleet.ratio_vs_bare`.
+//! - `fleet.host_*`: the same three for a busy host's forks, execs and exits
+//!   of a few programs (the events `daemoneye-bench db` and `store` write).
 //! - `fleet.alerts_per_sec`: alerts the same way, one transaction each
 //!   (stored, ledgered and queued), the sink woken after each.
 //! - `fleet.drain_secs`: the outbox an outage leaves (`--outage-secs` at
@@ -121,6 +125,34 @@ fn alert(n: usize) -> Alert {
     }
 }
 
+/// The process events a run ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Execs each with a name and executable of its own ([`event`]): every
+    /// text new to the store.
+    Unique,
+    /// A busy host's forks, execs and exits of a few programs
+    /// (`daemoneye_store::bench::bench_events`, what `daemoneye-bench db`
+    /// and `store` write), named by their event ids.
+    Host,
+}
+
+impl Shape {
+    /// Event `n` (from 1) of a run of this shape.
+    fn event(self, n: usize) -> ProcessEvent {
+        match self {
+            Self::Unique => event(n),
+            Self::Host => {
+                let mut e = daemoneye_store::bench::bench_events_from(n.saturating_sub(1), 1)
+                    .pop()
+                    .unwrap_or_default();
+                e.id = std::num::NonZeroU64::new(n as u64).map(|seq| EventId::new(0x5eed, seq));
+                e
+            }
+        }
+    }
+}
+
 /// Event `n` of a run: an exec with its argv, named by its event id.
 fn event(n: usize) -> ProcessEvent {
     let mut e = ProcessEvent::new(u32::try_from(n).unwrap_or(u32::MAX), format!("p{n}"));
@@ -168,7 +200,7 @@ fn delivered(d: Delivery) -> anyhow::Result<()> {
 /// What a run gives the store writer: events in batches, or alerts.
 #[derive(Clone, Copy)]
 enum Load {
-    Events { batch: usize },
+    Events { batch: usize, shape: Shape },
     Alerts,
 }
 
@@ -185,11 +217,13 @@ async fn through_outbox(
     let start = Instant::now();
     let produce = async {
         match load {
-            Load::Events { batch } => {
+            Load::Events { batch, shape } => {
                 let mut next = 1;
                 while next <= n {
                     let last = (next + batch.max(1) - 1).min(n);
-                    writer.events((next..=last).map(event).collect()).await;
+                    writer
+                        .events((next..=last).map(|i| shape.event(i)).collect())
+                        .await;
                     next = last + 1;
                     // At most one wake-up waits, as in the sink worker.
                     let _ = wake.try_send(());
@@ -228,12 +262,12 @@ async fn through_outbox(
 
 /// Events a second published by a bare JetStream loop (see the module
 /// docs).
-async fn bare(url: &str, host: &str, events: usize) -> anyhow::Result<f64> {
+async fn bare(url: &str, host: &str, events: usize, shape: Shape) -> anyhow::Result<f64> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let subject = format!("daemoneye.{host}.events.process");
     let bodies: Vec<Vec<u8>> = (1..=events)
-        .map(|n| serde_json::to_vec(&event(n)))
+        .map(|n| serde_json::to_vec(&shape.event(n)))
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut pending = VecDeque::with_capacity(WINDOW);
@@ -291,25 +325,45 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let server = Server::start(&dir)?;
         let (mut ours, mut base, mut alerts) = (Vec::new(), Vec::new(), Vec::new());
-        let events = Load::Events { batch: o.batch };
+        let (mut ours_host, mut base_host) = (Vec::new(), Vec::new());
         for rep in 0..o.reps {
             let url = &server.url;
-            let host = format!("ours{rep}");
-            ours.push(through_outbox(&dir.join(&host), url, &host, o.events, events).await?);
-            base.push(bare(url, &format!("bare{rep}"), o.events).await?);
+            for (shape, ours, base) in [
+                (Shape::Unique, &mut ours, &mut base),
+                (Shape::Host, &mut ours_host, &mut base_host),
+            ] {
+                let load = Load::Events {
+                    batch: o.batch,
+                    shape,
+                };
+                let host = format!("ours{rep}{shape:?}");
+                ours.push(through_outbox(&dir.join(&host), url, &host, o.events, load).await?);
+                base.push(bare(url, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
+            }
             let host = format!("alerts{rep}");
             let n = o.events;
             alerts.push(through_outbox(&dir.join(&host), url, &host, n, Load::Alerts).await?);
         }
         let queued = o.outage_secs.saturating_mul(o.rate);
         let drained = drain(&dir.join("drain"), &server.url, queued, o.batch).await?;
-        anyhow::Ok((median(ours), median(base), median(alerts), drained, queued))
+        let host = (median(ours_host), median(base_host));
+        anyhow::Ok((
+            median(ours),
+            median(base),
+            host,
+            median(alerts),
+            drained,
+            queued,
+        ))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (ours, base, alerts, drained, queued) = result?;
+    let (ours, base, (ours_host, base_host), alerts, drained, queued) = result?;
     report_f("fleet.events_per_sec", ours, 0, "events/s");
     report_f("fleet.bare_events_per_sec", base, 0, "events/s");
     report_ratio("fleet.ratio_vs_bare", ours / base);
+    report_f("fleet.host_events_per_sec", ours_host, 0, "events/s");
+    report_f("fleet.host_bare_events_per_sec", base_host, 0, "events/s");
+    report_ratio("fleet.host_ratio_vs_bare", ours_host / base_host);
     report_f("fleet.alerts_per_sec", alerts, 0, "alerts/s");
     report_f("fleet.drain_secs", drained, 2, "s");
     report("fleet.drain_events", queued, "events");
