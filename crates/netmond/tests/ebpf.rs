@@ -32,6 +32,25 @@ fn root_or_skip(what: &str) -> bool {
     false
 }
 
+/// netmond's source on the eBPF tier with `accept_hook`, started, once the
+/// snapshot's first look is in (the tier is up): its stats and the runtime.
+async fn started(accept_hook: AcceptHook) -> (netmond::source::NetmondStats, Running) {
+    let config = NetmondConfig {
+        interval: Duration::from_secs(3600),
+        tier: TierChoice::Ebpf,
+        accept_hook,
+        ..NetmondConfig::default()
+    };
+    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
+    let stats = source.stats();
+    let mut running = Running::start(Box::new(source)).unwrap();
+    running
+        .wait_for(LIMIT, |e| matches!(e, collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)))
+        .await
+        .expect("the first snapshot");
+    (stats, running)
+}
+
 /// Another process (bash) connects to `port` on loopback, writes a byte
 /// and closes: a connection of about a millisecond.
 fn connect_once(port: u16) -> std::process::Child {
@@ -350,19 +369,7 @@ async fn the_source_sees_a_one_millisecond_connection_with_its_processes() {
     if !root_or_skip("the eBPF source test") {
         return;
     }
-    let config = NetmondConfig {
-        interval: Duration::from_secs(3600),
-        tier: TierChoice::Ebpf,
-        ..NetmondConfig::default()
-    };
-    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
-    let stats = source.stats();
-    let mut running = Running::start(Box::new(source)).unwrap();
-    // The snapshot's first look is in: the tier is up.
-    running
-        .wait_for(LIMIT, |e| matches!(e, collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)))
-        .await
-        .expect("the first snapshot");
+    let (stats, mut running) = started(AcceptHook::Off).await;
     assert_eq!(stats.tier(), Some(CaptureTier::Ebpf));
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -444,20 +451,8 @@ async fn the_source_names_an_inbound_connection_for_its_acceptor() {
     if !root_or_skip("the eBPF source's accept test") {
         return;
     }
-    let config = NetmondConfig {
-        interval: Duration::from_secs(3600),
-        tier: TierChoice::Ebpf,
-        // This host mounts no tracefs: the hook that needs none.
-        accept_hook: AcceptHook::RawSyscalls,
-        ..NetmondConfig::default()
-    };
-    let source = netmond::source::source(&config, NetmondCounters::default()).unwrap();
-    let stats = source.stats();
-    let mut running = Running::start(Box::new(source)).unwrap();
-    running
-        .wait_for(LIMIT, |e| matches!(e, collector_core::CollectionEvent::Network(n) if n.tier == Some(CaptureTier::Polling)))
-        .await
-        .expect("the first snapshot");
+    // This host mounts no tracefs: the hook that needs none.
+    let (stats, mut running) = started(AcceptHook::RawSyscalls).await;
 
     let (mut server, (port, listener, acceptor)) = fork_after_listen();
     assert_ne!(listener, acceptor);
