@@ -70,6 +70,20 @@ struct Records {
 }
 
 impl Records {
+    /// `tier`'s reader started: its records, its counters and the reader.
+    fn read(tier: NetTier) -> (Self, EbpfCounters, netmond::ebpf::NetReader) {
+        let (tx, rx) = mpsc::channel(1024);
+        let counters = EbpfCounters::default();
+        let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+        let records = Self {
+            rx,
+            pending: std::collections::VecDeque::new(),
+        };
+        (records, counters, reader)
+    }
+}
+
+impl Records {
     /// Awaits the next record `want` accepts (30 s at most), skipping the
     /// others (this host's other connections).
     async fn first(&mut self, what: &str, want: impl Fn(&StateRecord) -> bool) -> StateRecord {
@@ -98,13 +112,7 @@ async fn a_one_millisecond_connection_is_seen_with_the_connecting_pid_and_the_bo
         return;
     }
     let tier = NetTier::load(&EbpfConfig::default()).expect("the eBPF tier loads here");
-    let (tx, rx) = mpsc::channel(1024);
-    let mut rx = Records {
-        rx,
-        pending: std::collections::VecDeque::new(),
-    };
-    let counters = EbpfCounters::default();
-    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let (mut rx, counters, reader) = Records::read(tier);
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -222,13 +230,7 @@ async fn an_accept_is_recorded_with_the_accepting_process_not_the_listeners() {
     }
     let tier = NetTier::load_with(&EbpfConfig::default(), AcceptHook::RawSyscalls)
         .expect("the eBPF tier loads here");
-    let (tx, rx) = mpsc::channel(1024);
-    let mut rx = Records {
-        rx,
-        pending: std::collections::VecDeque::new(),
-    };
-    let counters = EbpfCounters::default();
-    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let (mut rx, counters, reader) = Records::read(tier);
 
     let (mut server, (port, listener, acceptor)) = fork_after_listen();
     assert_ne!(listener, acceptor);
@@ -306,13 +308,7 @@ async fn the_syscall_tracepoint_hook_records_the_accepting_process() {
     let tier = NetTier::load_with(&EbpfConfig::default(), AcceptHook::Tracepoints)
         .expect("the tier loads with the syscall tracepoints");
     assert_eq!(tier.accept_hook(), AcceptHook::Tracepoints);
-    let (tx, rx) = mpsc::channel(1024);
-    let mut rx = Records {
-        rx,
-        pending: std::collections::VecDeque::new(),
-    };
-    let counters = EbpfCounters::default();
-    let reader = tier.spawn_reader(tx, counters.clone()).unwrap();
+    let (mut rx, _, reader) = Records::read(tier);
     let (mut server, (port, _, acceptor)) = fork_after_listen();
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let client_port = client.local_addr().unwrap().port();
@@ -609,12 +605,7 @@ async fn an_ipv6_connection_carries_its_ipv6_addresses() {
         return;
     };
     let tier = NetTier::load(&EbpfConfig::default()).unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    let mut rx = Records {
-        rx,
-        pending: std::collections::VecDeque::new(),
-    };
-    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    let (mut rx, _, reader) = Records::read(tier);
     let port = listener.local_addr().unwrap().port();
     let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let client_port = client.local_addr().unwrap().port();
@@ -646,12 +637,7 @@ async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
     }
     let own = std::fs::read_link("/proc/self/ns/net").unwrap();
     let tier = NetTier::load(&EbpfConfig::default()).unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    let mut rx = Records {
-        rx,
-        pending: std::collections::VecDeque::new(),
-    };
-    let reader = tier.spawn_reader(tx, EbpfCounters::default()).unwrap();
+    let (mut rx, _, reader) = Records::read(tier);
     // Nothing listens there: the connect is refused, after its SYN_SENT.
     let Ok(mut child) = Command::new("unshare")
         .args(["-n", "bash", "-c"])
