@@ -568,11 +568,15 @@ impl Watcher<'_> {
         self.ignore_pending(group);
         let hashes = self.hash(&batch).await;
         let moved = std::mem::take(&mut batch.moved_dirs);
+        let moved_out = std::mem::take(&mut batch.moved_out);
         let Batch { seen, states, .. } = batch;
         let mut events = Vec::with_capacity(seen.len() * 3);
         for seen in seen {
             let now = states.get(&seen.path).cloned().flatten();
             events.extend(self.events(seen, now, &hashes));
+        }
+        for from in moved_out {
+            self.take_subtree(&from);
         }
         for (dir, from) in moved {
             if self.watched(&dir) {
@@ -898,11 +902,18 @@ impl Watcher<'_> {
             }
             batch.states.insert(path.clone(), state);
         }
-        if record.mask & libc::FAN_ONDIR != 0
-            && record.mask & (sys::FAN_RENAME | libc::FAN_MOVED_TO) != 0
-            && self.relevant(&path)
-        {
-            batch.moved_dirs.push((path.clone(), old_path.clone()));
+        if record.mask & libc::FAN_ONDIR != 0 {
+            let moved_in =
+                record.mask & (sys::FAN_RENAME | libc::FAN_MOVED_TO) != 0 && self.relevant(&path);
+            if moved_in {
+                batch.moved_dirs.push((path.clone(), old_path.clone()));
+            } else if renamed {
+                // Renamed out of the watched paths.
+                batch.moved_out.extend(old_path.clone());
+            } else if record.mask & libc::FAN_MOVED_FROM != 0 {
+                // Moved from here (its new place, if any, in another record).
+                batch.moved_out.push(path.clone());
+            }
         }
         batch.seen.push(Seen {
             mask: record.mask,
@@ -1016,6 +1027,9 @@ struct Batch {
     keys: HashMap<u32, Option<ProcessKey>>,
     /// Directories moved to a watched path or one on the way to it.
     moved_dirs: Vec<(PathBuf, Option<PathBuf>)>,
+    /// Where directories moved out of the watched paths were: what the
+    /// baseline has under them is stale.
+    moved_out: Vec<PathBuf>,
 }
 
 /// One watched record (see [`Batch`]).
