@@ -83,8 +83,8 @@ fn status(pid: u32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// The children of `pid`, each with its command line (NUL-separated, as
-/// `/proc/<pid>/cmdline` has it, lossy UTF-8).
+/// The children of `pid` that have exec'd, each with its command line
+/// (NUL-separated, as `/proc/<pid>/cmdline` has it, lossy UTF-8).
 fn children(pid: u32) -> Vec<(u32, String)> {
     use collector_core::procfs::{parse_pid_stat, pids};
     let proc = std::path::Path::new("/proc");
@@ -92,14 +92,19 @@ fn children(pid: u32) -> Vec<(u32, String)> {
         let stat = std::fs::read(proc.join(format!("{child}/stat"))).ok()?;
         Some(parse_pid_stat(&stat).ok()?.ppid)
     };
+    let cmdline = |pid: u32| {
+        let bytes = std::fs::read(proc.join(format!("{pid}/cmdline"))).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let own = cmdline(pid);
     pids(proc)
         .unwrap()
         .into_iter()
         .filter(|&child| ppid(child) == Some(pid))
-        .filter_map(|child| {
-            let cmdline = std::fs::read(proc.join(format!("{child}/cmdline"))).ok()?;
-            Some((child, String::from_utf8_lossy(&cmdline).into_owned()))
-        })
+        .filter_map(|child| Some((child, cmdline(child)?)))
+        // A child forked but not yet exec'd is a copy of its parent (the
+        // spawner's command line names every collector).
+        .filter(|(_, line)| Some(line) != own.as_ref())
         .collect()
 }
 
