@@ -439,9 +439,16 @@ SELECT e.id, e.event_type, e.process_key, e.pid, e.ppid,
     e.detail, e.event_id
 FROM process_events e ORDER BY e.id;
 
--- Ids are never reused: the new table counts on from where the old one was.
+-- Ids are never reused: the new table counts on from where the old one was
+-- (the copy made its counter the largest id copied, which is less when the
+-- newest rows were pruned; no counter when nothing was copied).
+UPDATE sqlite_sequence
+    SET seq = max(seq, coalesce(
+        (SELECT seq FROM sqlite_sequence WHERE name = 'process_events'), 0))
+    WHERE name = 'process_event_rows';
 INSERT INTO sqlite_sequence (name, seq)
-    SELECT 'process_event_rows', seq FROM sqlite_sequence WHERE name = 'process_events';
+    SELECT 'process_event_rows', seq FROM sqlite_sequence WHERE name = 'process_events'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'process_event_rows');
 DROP TABLE process_events;
 
 CREATE INDEX process_event_rows_pid ON process_event_rows (pid);

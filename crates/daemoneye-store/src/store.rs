@@ -2243,6 +2243,9 @@ mod tests {
             let (_, digest) = ledger::rows_digest(&tx, 1, 2, 27).unwrap();
             let content = format!(r#"{{"first":1,"last":2,"digest":"{digest}"}}"#);
             ledger::append(&tx, ledger::EVENTS_KIND, &content).unwrap();
+            // Ids 3 to 5 were given and pruned since: never given again.
+            tx.execute_batch("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'process_events'")
+                .unwrap();
             tx.commit().unwrap();
         }
         let mut db = Store::new(&path).unwrap();
@@ -2255,9 +2258,10 @@ mod tests {
         );
         assert_eq!(back[0].event.exit_code, Some(0));
         assert_eq!(db.count_events().unwrap(), 2);
-        // New rows count on after the old ids, and verify beside them.
+        // New rows count on after the old ids (pruned ones too), and verify
+        // beside them.
         db.write_events(&[ProcessEvent::new(8, "sh")]).unwrap();
-        assert_eq!(db.recent_events(1).unwrap()[0].id, 3);
+        assert_eq!(db.recent_events(1).unwrap()[0].id, 6);
         assert_eq!(db.verify_ledger().unwrap().entries, 2);
         db.conn
             .execute_batch("UPDATE strings SET value = '/tmp/curl' WHERE value = '/usr/bin/curl'")
