@@ -32,6 +32,17 @@ fn root_or_skip(what: &str) -> bool {
     false
 }
 
+/// Stops `reader` (it reads what the ring buffer still holds) and returns
+/// its books, checked to balance: `produced = delivered + dropped`.
+async fn stopped(reader: netmond::ebpf::NetReader) -> netmond::ebpf::KernelAccounting {
+    let books = tokio::task::spawn_blocking(move || reader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(books.balanced(), "{books:?}");
+    books
+}
+
 /// netmond's source on the eBPF tier with `accept_hook`, started, once the
 /// snapshot's first look is in (the tier is up): its stats and the runtime.
 async fn started(accept_hook: AcceptHook) -> (netmond::source::NetmondStats, Running) {
@@ -171,11 +182,7 @@ async fn a_one_millisecond_connection_is_seen_with_the_connecting_pid_and_the_bo
     assert!(child.wait().unwrap().success());
     drop(listener);
 
-    let books = tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(books.balanced(), "{books:?}");
+    let books = stopped(reader).await;
     assert!(books.produced >= 4, "{books:?}");
     assert_eq!(counters.decode_errors(), 0);
 }
@@ -264,11 +271,7 @@ async fn an_accept_is_recorded_with_the_accepting_process_not_the_listeners() {
     assert!(server.wait().unwrap().success());
     drop(client);
 
-    let books = tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(books.balanced(), "{books:?}");
+    stopped(reader).await;
     assert_eq!(counters.decode_errors(), 0);
 }
 
@@ -322,11 +325,7 @@ async fn the_syscall_tracepoint_hook_records_the_accepting_process() {
     assert_ne!(accepted.cookie, 0);
     assert!(server.wait().unwrap().success());
     drop(client);
-    let books = tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(books.balanced(), "{books:?}");
+    stopped(reader).await;
 }
 
 #[test]
@@ -546,11 +545,7 @@ async fn a_full_ring_buffer_is_counted_exactly_and_degrades_health_once() {
         }
     }
     drop(rx);
-    let books = tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(books.balanced(), "{books:?}");
+    let books = stopped(reader).await;
     assert!(books.dropped >= dropped && books.delivered > 0, "{books:?}");
     // A sanity bound: each of the 50 connections makes 3 state changes of
     // the client's end, 2 of the server's and an accept at least.
@@ -622,10 +617,7 @@ async fn an_ipv6_connection_carries_its_ipv6_addresses() {
     assert_eq!(est.remote.ip(), std::net::Ipv6Addr::LOCALHOST);
     drop((client, listener));
     drop(rx);
-    tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stopped(reader).await;
 }
 
 /// A connect made in a network namespace of its own (`unshare -n`) is seen
@@ -660,10 +652,7 @@ async fn a_connect_in_another_network_namespace_is_seen_with_its_namespace() {
     let theirs = format!("net:[{}]", syn.netns);
     assert_ne!(std::path::PathBuf::from(theirs), own, "{syn:?}");
     drop(rx);
-    tokio::task::spawn_blocking(move || reader.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stopped(reader).await;
 }
 
 /// Set in the copy of this test binary run without `CAP_BPF`,
