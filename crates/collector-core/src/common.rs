@@ -148,7 +148,7 @@ pub(crate) fn first_zero<T: IsZero>(
 
 /// Locks `m`, also after a holder panicked: what the crate keeps behind a
 /// lock is consistent between statements, so a poisoned lock is still good.
-pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -42,7 +42,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -316,10 +316,7 @@ impl NetmondSource {
     /// loading takes were held), instead of loading the program at start.
     #[must_use]
     pub fn with_ebpf_tier(self, tier: NetTier) -> Self {
-        *self
-            .preloaded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(tier);
+        *collector_core::lock(&self.preloaded) = Some(tier);
         self
     }
 
@@ -337,11 +334,7 @@ impl NetmondSource {
             );
             return Ok(None);
         }
-        let preloaded = self
-            .preloaded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let preloaded = collector_core::lock(&self.preloaded).take();
         let opened = preloaded
             .map_or_else(
                 || NetTier::load_with(&self.config.ebpf, self.config.accept_hook),
@@ -431,11 +424,7 @@ impl NetmondSource {
             Ok(Ok(books)) => tracing::debug!(?books, "eBPF tier stopped"),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "the eBPF tier failed: snapshots only from now on");
-                *self
-                    .status
-                    .failed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(err.to_string());
+                *collector_core::lock(&self.status.failed) = Some(err.to_string());
                 self.set_tier(CaptureTier::Polling);
             }
             Err(err) => tracing::warn!(error = %err, "the eBPF tier's stop panicked"),
@@ -448,12 +437,7 @@ impl NetmondSource {
     fn on_tick(&self, tracker: &mut Tracker, events: &mut Vec<NetworkEvent>) {
         let now = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
         tracker.flush_unaccepted(now, events);
-        let seen = self
-            .status
-            .seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let seen = collector_core::lock(&self.status.seen).take();
         if let Some(seen) = seen {
             tracker.prune(&seen, events);
         }
@@ -547,11 +531,7 @@ impl EventSource for NetmondSource {
             None => match self.config.tier {
                 TierChoice::Polling => false,
                 TierChoice::Ebpf => true,
-                TierChoice::Auto => self
-                    .preloaded
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_some(),
+                TierChoice::Auto => collector_core::lock(&self.preloaded).is_some(),
             },
         };
         if realtime {
@@ -567,12 +547,7 @@ impl EventSource for NetmondSource {
 
     async fn health_check(&self) -> anyhow::Result<()> {
         self.polled.health_check().await?;
-        let failed = self
-            .status
-            .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let failed = collector_core::lock(&self.status.failed).clone();
         if let Some(failed) = failed {
             anyhow::bail!("the eBPF tier failed ({failed}): snapshots only");
         }
@@ -747,8 +722,7 @@ impl Poll for Differ {
         let taken_ns = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
         let snapshot = self.snapshotter.take()?;
         if let Some(slot) = &self.seen {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(seen_sockets(&snapshot, taken_ns));
+            *collector_core::lock(slot) = Some(seen_sockets(&snapshot, taken_ns));
         }
         self.counters
             .proc_walks
