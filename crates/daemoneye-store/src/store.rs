@@ -1306,14 +1306,11 @@ fn encoded_at<'c, 'e>(
     i: usize,
 ) -> Result<&'c Encoded<'e>, StoreError> {
     let slot = &mut cache[i];
-    if slot.is_none() {
-        *slot = Some(Encoded::new(&events[i])?);
-    }
-    slot.as_ref().ok_or(StoreError::Decode {
-        table: "process_events",
-        column: "row",
-        reason: "an event was not encoded".to_owned(),
-    })
+    let encoded = match slot.take() {
+        Some(e) => e,
+        None => Encoded::new(&events[i])?,
+    };
+    Ok(slot.insert(encoded))
 }
 
 /// Inserts one row of `process_event_rows` (`e` is its event encoded);
