@@ -42,7 +42,7 @@
 //! then waits for shutdown or returns.
 //! [`recv_until`] skips a subscription's events up to the one a test waits
 //! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
-//! time that types can cross threads. [`strategy`] (feature `proptest`)
+//! time that types can cross threads. `strategy` (feature `proptest`)
 //! draws arbitrary events for round-trip tests.
 
 #[cfg(feature = "proptest")]
