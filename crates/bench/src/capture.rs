@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
+use collector_core::lock;
 use collector_core::testing::{recv_until, Running};
 use collector_core::{CollectionEvent, CollectorConfig, ProcessEventType};
 use procmond::{ProcmondMonitorCollector, ProcmondMonitorConfig};
@@ -99,7 +100,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             let seen = seen.clone();
             tokio::spawn(async move {
                 while let Some(batch) = sub.recv_batch().await {
-                    let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut s = lock(&seen);
                     for e in batch.iter() {
                         if let CollectionEvent::Process(p) = e {
                             if p.event_type == ProcessEventType::Exec {
@@ -119,9 +120,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         // Let procmond catch up: wait until every spawn is seen, or no progress for 2 s.
         let mut last = (0, Instant::now());
         loop {
-            let n = seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let n = lock(&seen)
                 .execs
                 .intersection(&spawned)
                 .count();
@@ -138,7 +137,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         handle.shutdown();
         run.await??;
         counter.await?;
-        let s = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = lock(&seen);
         let exec_seen = s.execs.intersection(&spawned).count();
         let enriched = s.enriched.intersection(&spawned).count();
         let monitor = stats.monitor_stats();

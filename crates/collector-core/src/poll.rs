@@ -28,12 +28,13 @@
 //! assert_eq!(source.counters().polls.get(), 0);
 //! ```
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 
+use crate::common::lock;
 use crate::metrics::{Counter, Registry};
 use crate::source::{start_from_flag, EventSender, ShutdownFlag};
 use crate::{CollectionEvent, EventSource, SourceCaps, SourceContext};
@@ -156,10 +157,7 @@ impl<P: Poll> Polled<P> {
     }
 
     fn set_error(&self, e: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
+        *lock(&self.last_error) = e;
     }
 }
 
@@ -237,11 +235,7 @@ impl<P: Poll> EventSource for Polled<P> {
     }
 
     async fn health_check(&self) -> anyhow::Result<()> {
-        let e = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let e = lock(&self.last_error).clone();
         match e {
             Some(e) => Err(anyhow::anyhow!(e)),
             None => Ok(()),

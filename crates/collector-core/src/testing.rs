@@ -42,7 +42,11 @@
 //! then waits for shutdown or returns.
 //! [`recv_until`] skips a subscription's events up to the one a test waits
 //! for. [`assert_send_sync!`](crate::assert_send_sync) checks at compile
-//! time that types can cross threads.
+//! time that types can cross threads. `strategy` (feature `proptest`)
+//! draws arbitrary events for round-trip tests.
+
+#[cfg(feature = "proptest")]
+pub mod strategy;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -53,7 +53,7 @@ use crate::engine::{EngineError, RuleEngine};
 use crate::health::{AgentCounters, AgentHealth, LinkedCollector};
 use crate::link::{self, CollectorMode, LinkConfig, LinkEvent, LinkStatus, SpawnerSlot};
 use crate::rules::{self, Rule, RuleError};
-use crate::sink::{FleetStatus, SinkSet, SinksConfig, WebhookConfig, WebhookHeader};
+use crate::sink::{FleetStatus, SinkSet};
 use crate::spawner::{Separated, SpawnerClient};
 use crate::store::{AgentStore, StoreError};
 use crate::writer::StoreWriter;
@@ -209,27 +209,6 @@ pub(crate) fn load_rules(settings: &Settings) -> Result<(Vec<Rule>, Vec<RuleErro
     Ok((all, refused))
 }
 
-/// The sinks the settings name (stdout always): one failing or stalled
-/// sink never blocks the others.
-fn sinks_config(
-    settings: &crate::config::SinkSettings,
-) -> Result<SinksConfig, Box<dyn std::error::Error + Send + Sync>> {
-    let mut config = SinksConfig::default();
-    config.alerts_jsonl.clone_from(&settings.alerts_jsonl);
-    config.syslog.clone_from(&settings.syslog);
-    config.formats = settings.formats;
-    if let Some(url) = settings.webhook.clone() {
-        let mut webhook = WebhookConfig::new(url);
-        webhook.format = settings.webhook_format;
-        webhook.headers.clone_from(&settings.webhook_headers);
-        if let Some(path) = &settings.webhook_headers_file {
-            webhook.headers.extend(WebhookHeader::from_file(path)?);
-        }
-        config.webhook = Some(webhook);
-    }
-    Ok(config)
-}
-
 /// Opens the store (queueing alerts in its outbox when the fleet ships),
 /// its writer and the sinks (the fleet sink over the writer's outbox).
 fn open_store_and_sinks(
@@ -245,9 +224,8 @@ fn open_store_and_sinks(
         .with_shipped_events(fleet_config.as_ref().map_or(&[][..], |f| &f.events));
     let writer = StoreWriter::spawn(store, settings.writer_config()).map_err(AgentError::Writer)?;
     // Unopenable files, a bad headers file: the user's to fix.
-    let mut sinks = sinks_config(&settings.sinks)
-        .and_then(|c| SinkSet::start(c).map_err(Into::into))
-        .map_err(AgentError::Sinks)?;
+    let mut sinks =
+        SinkSet::start(settings.sinks.clone()).map_err(|e| AgentError::Sinks(e.into()))?;
     let fleet = match fleet_config {
         Some(config) => Some(
             sinks

@@ -619,34 +619,11 @@ pub struct Settings {
     /// The user to run as when started as root (`None`: the default, see
     /// [`AgentConfig::user`]).
     pub user: Option<String>,
-    /// The sinks besides stdout and the store.
-    pub sinks: SinkSettings,
+    /// The sinks: stdout always, and those the settings name besides the
+    /// store.
+    pub sinks: crate::sink::SinksConfig,
     /// The supervised collectors, at least one, names unique.
     pub collectors: Vec<CollectorSpec>,
-}
-
-/// The alert sinks to open besides stdout and the store.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct SinkSettings {
-    /// Append alerts as JSON lines to this file.
-    pub alerts_jsonl: Option<PathBuf>,
-    /// Send alerts to syslog.
-    pub syslog: Option<SyslogTarget>,
-    /// POST alerts to this URL.
-    pub webhook: Option<WebhookUrl>,
-    /// Headers sent with every webhook request.
-    pub webhook_headers: Vec<WebhookHeader>,
-    /// More headers, read from this private file when the sinks open.
-    pub webhook_headers_file: Option<PathBuf>,
-    /// The format of the line sinks' alerts (stdout, file, syslog).
-    pub formats: SinkFormats,
-    /// The format of the webhook's bodies.
-    pub webhook_format: AlertFormat,
-    /// The format of the fleet's messages.
-    pub fleet_format: AlertFormat,
-    /// The fleet sink (NATS JetStream), its format included.
-    pub fleet: Option<FleetConfig>,
 }
 
 /// One supervised collector, validated.
@@ -780,8 +757,7 @@ impl Settings {
             ));
         }
         check_store_bounds(file.retention, file.max_store_bytes, &invalid)?;
-        let mut sinks = resolve_sinks(file.sinks, args, &invalid)?;
-        sinks.fleet = resolve_fleet(file.fleet, args, sinks.fleet_format, &invalid)?;
+        let sinks = resolve_sinks(file.sinks, file.fleet, args, &invalid)?;
         let entries = if let Some(program) = &args.procmond {
             vec![CollectorEntryConfig {
                 name: DEFAULT_COLLECTOR.to_owned(),
@@ -875,12 +851,14 @@ impl Settings {
     }
 }
 
-/// The sinks: a flag (or its variable) over the file's value.
+/// The sinks, the fleet's included: a flag (or its variable) over the
+/// file's value.
 fn resolve_sinks(
     file: SinksConfig,
+    fleet: FleetFileConfig,
     args: &RunArgs,
     invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<SinkSettings, ConfigError> {
+) -> Result<crate::sink::SinksConfig, ConfigError> {
     let syslog = match (&args.syslog, file.syslog) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(text)) => Some(
@@ -930,7 +908,7 @@ fn resolve_sinks(
     formats.stdout = format(file.formats.stdout);
     formats.alerts_jsonl = format(file.formats.alerts_jsonl);
     formats.syslog = format(file.formats.syslog);
-    Ok(SinkSettings {
+    Ok(crate::sink::SinksConfig {
         alerts_jsonl: args.alerts_jsonl.clone().or(file.alerts_jsonl),
         syslog,
         webhook,
@@ -938,8 +916,8 @@ fn resolve_sinks(
         webhook_headers_file,
         formats,
         webhook_format: format(file.formats.webhook),
-        fleet_format: format(file.formats.fleet),
-        fleet: None,
+        fleet: resolve_fleet(fleet, args, format(file.formats.fleet), invalid)?,
+        ..crate::sink::SinksConfig::default()
     })
 }
 

@@ -16,10 +16,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use collector_core::ipc::record_to_event;
+use collector_core::lock;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{
     CollectionEvent, CollectorIpcClient, FilesystemEvent, IpcClientConfig, NetworkEvent,
@@ -348,17 +349,11 @@ impl LinkStatus {
 
     /// Why the collector was last lost, empty when it never was.
     pub fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.last_error).clone()
     }
 
     pub(crate) fn set_error(&self, e: String) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
+        *lock(&self.last_error) = e;
     }
 
     /// The capability bits the collector reported in its last handshake.

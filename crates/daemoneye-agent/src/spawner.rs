@@ -51,9 +51,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use collector_core::lock;
 use rustix::thread::CapabilitySet;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1001,10 +1002,6 @@ struct Slot {
 }
 
 type Slots = Arc<Mutex<HashMap<u16, Slot>>>;
-
-fn lock(slots: &Slots) -> std::sync::MutexGuard<'_, HashMap<u16, Slot>> {
-    slots.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The agent's end: asks the spawner to start and stop collectors and
 /// learns when they exit. Cheap to clone.

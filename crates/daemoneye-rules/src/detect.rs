@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use collector_core::lock;
 use collector_core::metrics::{Counter, Registry};
 use collector_core::{
     FileOperation, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, ProcessEventType,
@@ -192,7 +193,7 @@ struct Handoff {
 impl Handoff {
     fn lock(&self) -> MutexGuard<'_, Lookups> {
         // Nothing panics under the lock; recover from poisoning anyway.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 

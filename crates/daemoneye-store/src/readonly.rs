@@ -25,6 +25,7 @@ use std::time::Duration;
 #[allow(clippy::disallowed_types)]
 use std::time::Instant;
 
+use collector_core::lock;
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
@@ -276,7 +277,7 @@ pub fn read_only_authorizer(
         match verdict {
             None => Authorization::Allow,
             Some(what) => {
-                *denied.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
+                *lock(&denied) = Some(what);
                 Authorization::Deny
             }
         }
@@ -420,7 +421,7 @@ pub fn prepare<'c>(
     sql: &str,
     denied: &Denied,
 ) -> Result<Statement<'c>, String> {
-    let take = || denied.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let take = || lock(denied).take();
     take();
     let mut batch = Batch::new(conn, sql);
     let stmt = match batch.next() {
@@ -533,7 +534,7 @@ impl Watchdog {
 #[allow(clippy::disallowed_types)] // real time: see the import
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn watch(&self) {

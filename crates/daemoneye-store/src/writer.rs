@@ -58,10 +58,12 @@
 
 use collector_core::metrics::{Counter, Gauge, Registry};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use collector_core::{FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, WhenFull};
+use collector_core::{
+    lock, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent, WhenFull,
+};
 use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -899,7 +901,7 @@ impl Slot {
     fn with<R>(&mut self, f: impl FnOnce(&mut Store) -> R) -> R {
         match self {
             Self::Owned(store) => f(store),
-            Self::Shared(store) => f(&mut store.lock().unwrap_or_else(PoisonError::into_inner)),
+            Self::Shared(store) => f(&mut lock(store)),
         }
     }
 }

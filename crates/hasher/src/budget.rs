@@ -8,8 +8,10 @@
 //! idle period `tat` is first brought up to now, so at most `burst` bytes
 //! pass without waiting.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use collector_core::lock;
 
 use tokio::time::Instant;
 
@@ -45,7 +47,7 @@ impl Budget {
     pub(crate) fn reserve(&self, bytes: u64) -> Option<Instant> {
         let now = Instant::now();
         // The guarded section cannot panic; recover from poisoning anyway.
-        let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tat = lock(&self.tat);
         let start = tat.map_or(now, |t| t.max(now));
         // Overflow needs centuries of debt; never panic over it.
         let next = start.checked_add(self.cost(bytes)).unwrap_or(start);

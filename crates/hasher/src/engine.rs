@@ -8,9 +8,10 @@ use std::io::{self, Read as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use collector_core::lock;
 use collector_core::HashAlgorithm;
 use sha2::Digest as _;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -596,7 +597,7 @@ enum Opened {
 impl Inner {
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Lru> {
         // Nothing panics while the lock is held; recover from poisoning anyway.
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.cache)
     }
 
     fn is_allowed(&self, path: &Path) -> bool {
@@ -610,7 +611,7 @@ impl Inner {
 
     fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, Flight>> {
         // Nothing panics while the lock is held; recover from poisoning anyway.
-        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.flights)
     }
 
     /// The identity of the file at `path` (`lstat`: the last component is

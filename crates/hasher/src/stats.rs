@@ -1,8 +1,9 @@
 //! [`HasherStats`]: what the engine did, counted with [`Counter`]s.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use collector_core::lock;
 use collector_core::metrics::{Counter, Gauge, Registry};
 
 use crate::error::REASONS;
@@ -116,7 +117,7 @@ struct OpenFiles {
 impl OpenFiles {
     fn change(&self, by: i64) {
         // Nothing panics under the lock; recover from poisoning anyway.
-        let mut level = self.level.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut level = lock(&self.level);
         level.0 += by;
         level.1 = level.1.max(level.0);
         self.now.set(level.0);

@@ -6,11 +6,12 @@
 //! backpressure, shutdown ends it between and during sends, and a failed
 //! sample is counted and reported by health until one succeeds.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use collector_core::lock;
 use collector_core::metrics::Registry;
 use collector_core::poll::{Poll, PollCounters, Polled};
 use collector_core::source::{start_from_flag, EventSender, ShutdownFlag};
@@ -138,14 +139,11 @@ pub struct LatestSample(Arc<Mutex<Arc<[PerformanceEvent]>>>);
 impl LatestSample {
     /// The latest sample's events (empty before the first).
     pub fn get(&self) -> Arc<[PerformanceEvent]> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.0).clone()
     }
 
     fn set(&self, events: &[PerformanceEvent]) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = events.into();
+        *lock(&self.0) = events.into();
     }
 }
 

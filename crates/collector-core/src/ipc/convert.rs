@@ -676,6 +676,7 @@ mod tests {
 
     use super::*;
     use crate::event::BootId;
+    use crate::testing::strategy::{self, pick};
 
     fn full_process() -> ProcessEvent {
         crate::testing::every_field_process_event()
@@ -933,123 +934,6 @@ mod tests {
         ));
     }
 
-    fn arb_time() -> impl Strategy<Value = SystemTime> {
-        (0u64..4_000_000_000, 0u32..1_000_000_000)
-            .prop_map(|(s, n)| SystemTime::UNIX_EPOCH + Duration::new(s, n))
-    }
-
-    fn arb_key(pid: u32) -> impl Strategy<Value = Option<ProcessKey>> {
-        proptest::option::of(any::<([u8; 16], u64)>())
-            .prop_map(move |k| k.map(|(b, t)| ProcessKey::new(BootId::from_bytes(b), pid, t)))
-    }
-
-    fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
-        proptest::sample::select(all)
-    }
-
-    fn arb_process() -> impl Strategy<Value = ProcessEvent> {
-        let ids = (
-            1u32..,
-            proptest::option::of(1u32..),
-            proptest::option::of(0u32..70_000),
-            proptest::option::of(0u32..70_000),
-            proptest::option::of(0u32..70_000),
-            proptest::option::of(proptest::char::range('A', 'z')),
-            proptest::option::of(any::<u32>()),
-            proptest::option::of(any::<u64>()),
-        );
-        let what = (
-            "[a-z]{1,15}",
-            proptest::option::of("/[a-z/]{1,40}"),
-            proptest::collection::vec("[ -~]{0,20}", 0..6),
-            arb_time(),
-            proptest::option::of(0.0f64..1e4),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of("[0-9a-f]{64}"),
-            pick(ProcessEventType::ALL),
-        );
-        let flags = (
-            any::<(bool, bool, bool)>(),
-            proptest::option::of(any::<i32>()),
-            pick(ReadDepth::ALL),
-            proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{0,8}", 0..3),
-            proptest::option::of("/[a-z./]{0,30}"),
-            proptest::option::of("[0-9a-f]{12}"),
-            proptest::option::of(any::<(u64, u64, u64, u64)>()),
-        );
-        let life = (
-            proptest::option::of(pick(ObservedBy::ALL)),
-            proptest::collection::vec(pick(ProcessField::ALL), 0..4),
-            proptest::option::of(pick(StartTimeAnomaly::ALL)),
-            proptest::option::of(any::<u64>()),
-            (
-                proptest::option::of(pick(CaptureTier::ALL)),
-                any::<(bool, bool, bool)>(),
-            ),
-        );
-        (ids, what, flags, life).prop_flat_map(|(ids, what, flags, life)| {
-            let pid = ids.0;
-            (arb_key(pid), arb_key(pid)).prop_map(move |(key, previous_key)| {
-                let (pid, ppid, uid, euid, gid, state, threads, cpu_ticks) = ids;
-                let (name, exe, argv, t, cpu, rss, hash, event_type) = what.clone();
-                let ((accessible, file_exists, exe_replaced), exit_code, read, meta, cg, cid, ns) =
-                    flags.clone();
-                let (observed_by, changed, anomaly, run_time_ms, (tier, exec_flags)) = life.clone();
-                let (argv_truncated, setuid, setgid) = exec_flags;
-                ProcessEvent {
-                    id: None,
-                    event_type,
-                    pid,
-                    ppid,
-                    name,
-                    executable_path: exe,
-                    command_line: argv,
-                    start_time: Some(t),
-                    cpu_usage: cpu,
-                    memory_usage: rss,
-                    hash_algorithm: hash.as_ref().map(|_| HashAlgorithm::Blake3),
-                    executable_hash: hash,
-                    user_id: uid,
-                    accessible,
-                    file_exists,
-                    timestamp: t + Duration::from_millis(3),
-                    platform_metadata: meta,
-                    process_key: key,
-                    // Only exits carry a wait status (the runtime's rule).
-                    exit_code: exit_code.filter(|_| event_type == ProcessEventType::Exit),
-                    euid,
-                    gid,
-                    state,
-                    threads,
-                    cpu_ticks,
-                    exe_replaced,
-                    read,
-                    context: ProcessContext {
-                        cgroup: cg,
-                        container_id: cid,
-                        pid_ns: ns.map(|n| n.0),
-                        mnt_ns: ns.map(|n| n.1),
-                        net_ns: ns.map(|n| n.2),
-                        user_ns: ns.map(|n| n.3),
-                    }
-                    .shared(),
-                    lifecycle: LifecycleDetail {
-                        observed_by,
-                        previous_key,
-                        changed,
-                        anomaly,
-                        run_time_ms,
-                        tier,
-                        argv_truncated,
-                        setuid,
-                        setgid,
-                    }
-                    .boxed(),
-                }
-            })
-        })
-    }
-
     /// The metrics an anomaly judges.
     const JUDGED: &[PerformanceMetric] = &[
         PerformanceMetric::ProcessCpu,
@@ -1071,7 +955,7 @@ mod tests {
         let owner = proptest::option::of(1u32..).prop_flat_map(|pid| {
             (
                 Just(pid),
-                pid.map_or_else(|| Just(None).boxed(), |p| arb_key(p).boxed()),
+                pid.map_or_else(|| Just(None).boxed(), |p| strategy::key(p).boxed()),
             )
         });
         let network = (
@@ -1099,7 +983,7 @@ mod tests {
                 proptest::option::of(any::<u64>()),
             ),
             proptest::option::of(any::<(u64, u64)>()),
-            arb_time(),
+            strategy::time(),
         )
             .prop_map(
                 |(
@@ -1144,7 +1028,7 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(0u32..=0o7777),
             proptest::option::of("[0-9a-f]{64}"),
-            arb_time(),
+            strategy::time(),
             (
                 proptest::option::of("/[a-z/]{1,30}"),
                 proptest::option::of(proptest::sample::select(FileType::ALL)),
@@ -1199,10 +1083,10 @@ mod tests {
             -1e9f64..1e9,
             (1u32.., any::<u32>(), "/?[a-z0-9._/-]{1,20}"),
             proptest::option::of((-1e9f64..1e9, any::<u32>())),
-            arb_time(),
+            strategy::time(),
         )
             .prop_flat_map(|(metric, value, (pid, core, name), anomaly, t)| {
-                arb_key(pid).prop_map(move |key| {
+                strategy::key(pid).prop_map(move |key| {
                     let subject = match metric.subject_kind() {
                         PerformanceSubjectKind::Cpu => PerformanceSubject::Cpu { core },
                         PerformanceSubjectKind::Process => PerformanceSubject::Process {
@@ -1242,7 +1126,7 @@ mod tests {
             proptest::sample::select(PRIORITIES.map(|(p, _)| p).to_vec()),
             (1u32.., proptest::option::of("/[a-z/]{1,20}")),
             proptest::collection::btree_map("[a-z]{1,6}", "[ -~]{0,8}", 0..3),
-            arb_time(),
+            strategy::time(),
         )
             .prop_map(
                 |((id, target, corr), analysis_type, priority, (pid, path), metadata, t)| {
@@ -1271,7 +1155,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn process_events_survive_the_round_trip(e in arb_process(), id in arb_id()) {
+        fn process_events_survive_the_round_trip(e in strategy::process_event(), id in arb_id()) {
             // The id travels on the envelope, not in the process record.
             prop_assert_eq!(record_to_process(process_to_record(&e)).unwrap(), e.clone());
             let mut e = CollectionEvent::Process(e);

@@ -74,7 +74,7 @@ mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -86,6 +86,7 @@ pub use sql::{SqlCondition, SqlError, COLUMNS as SQL_COLUMNS, MAX_SQL_LEN};
 
 use crate::anomaly::{AnomalyConfig, ProcWatch};
 use crate::bus::{new_correlation_id, BusEvent, CorrelationMetadata, EventBus, LocalEventBus};
+use crate::common::{lock, read, write};
 use crate::event::{
     AnalysisType, CollectionEvent, HashAlgorithm, PerformanceEvent, PerformanceSubject,
     ProcessEvent, ProcessEventType, TriggerPriority, TriggerRequest,
@@ -622,11 +623,11 @@ impl TriggerManager {
 
     /// Emits trigger requests on `bus` from now on.
     pub fn attach_bus(&self, bus: LocalEventBus) {
-        *self.bus.write().unwrap_or_else(PoisonError::into_inner) = Some(bus);
+        *write(&self.bus) = Some(bus);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// The conditions and the state, locked in the one order every caller
@@ -637,10 +638,7 @@ impl TriggerManager {
         std::sync::RwLockReadGuard<'_, Vec<Compiled>>,
         std::sync::MutexGuard<'_, State>,
     ) {
-        let conditions = self
-            .conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let conditions = read(&self.conditions);
         (conditions, self.state())
     }
 
@@ -655,9 +653,7 @@ impl TriggerManager {
                 reason: "has an empty path or a malformed digest".into(),
             });
         }
-        self.known_good
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        write(&self.known_good)
             .entry((hash.path, hash.algorithm))
             .or_default()
             .push(hash.digest.to_ascii_lowercase());
@@ -774,10 +770,7 @@ impl TriggerManager {
                 })?))
             }
         };
-        let mut conditions = self
-            .conditions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut conditions = write(&self.conditions);
         if conditions.iter().any(|c| c.condition.id == id) {
             return Err(TriggerError::DuplicateCondition { condition: id });
         }
@@ -792,10 +785,7 @@ impl TriggerManager {
 
     /// Removes a condition. Returns whether it existed.
     pub fn unregister_condition(&self, id: &str) -> bool {
-        let mut conditions = self
-            .conditions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut conditions = write(&self.conditions);
         let before = conditions.len();
         conditions.retain(|c| c.condition.id != id);
         before != conditions.len()
@@ -803,9 +793,7 @@ impl TriggerManager {
 
     /// The ids of the registered conditions.
     pub fn condition_ids(&self) -> Vec<String> {
-        self.conditions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.conditions)
             .iter()
             .map(|c| c.condition.id.clone())
             .collect()
@@ -836,10 +824,7 @@ impl TriggerManager {
                 else {
                     return false;
                 };
-                let known = self
-                    .known_good
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let known = read(&self.known_good);
                 known
                     .get(&(path.clone(), alg))
                     .is_some_and(|good| !good.iter().any(|g| g.eq_ignore_ascii_case(hash)))
@@ -1167,12 +1152,7 @@ impl TriggerManager {
     /// [`TriggerError::NoBus`], [`TriggerError::Publish`] (the request stays
     /// in flight and times out).
     pub async fn dispatch_pending(&self) -> Result<usize, TriggerError> {
-        let bus = self
-            .bus
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(TriggerError::NoBus)?;
+        let bus = read(&self.bus).clone().ok_or(TriggerError::NoBus)?;
         let mut n = 0;
         while let Some(request) = self.next_trigger() {
             let correlation = CorrelationMetadata::with_id(request.correlation_id.clone())

@@ -87,8 +87,8 @@ mod tests {
 
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let (lock, cv) = &*self.open;
-            let mut open = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let (open, cv) = &*self.open;
+            let mut open = collector_core::lock(open);
             while !*open {
                 open = cv.wait(open).unwrap_or_else(PoisonError::into_inner);
             }

@@ -34,12 +34,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
+use collector_core::lock;
 use collector_core::metrics::{Counter, Gauge, Registry};
 use collector_core::{EventKind, WhenFull};
 use daemoneye_lib::secret::{read_secret_file, Secret, SecretFileError};
@@ -325,19 +326,11 @@ impl FleetStatus {
 
     /// Why the last attempt failed (empty: it did not).
     pub fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.last_error).clone()
     }
 
     fn set_error(&self, e: &str) {
-        e.clone_into(
-            &mut self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        e.clone_into(&mut lock(&self.last_error));
         self.bump();
     }
 

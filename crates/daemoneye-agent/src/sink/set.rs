@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::{
     AlertFormat, Checkpoint, FleetConfig, FleetSink, FleetStatus, LineSink, SinkStats,
     SinkStatsSnapshot, SinkWorker, SyslogSink, SyslogTarget, WebhookConfig, WebhookError,
-    WebhookSink, WorkerConfig,
+    WebhookHeader, WebhookSink, WebhookUrl, WorkerConfig,
 };
 use crate::alert::Alert;
 
@@ -17,7 +17,10 @@ use crate::alert::Alert;
 /// they are dropped.
 pub const DEFAULT_LINE_QUEUE: usize = 4096;
 
-/// Which sinks the agent delivers alerts to.
+/// Which sinks the agent delivers alerts to, and how: the agent's settings
+/// resolve the configuration file, flags and variables into this
+/// ([`Settings::sinks`](crate::config::Settings::sinks)), and
+/// [`SinkSet::start`] opens what it names.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SinksConfig {
@@ -27,16 +30,27 @@ pub struct SinksConfig {
     pub alerts_jsonl: Option<PathBuf>,
     /// RFC 5424 messages to this syslog socket.
     pub syslog: Option<SyslogTarget>,
-    /// HTTP(S) `POST`s to this webhook (its own queue and retries).
-    pub webhook: Option<WebhookConfig>,
+    /// HTTP(S) `POST`s to this webhook (its own queue and retries, the
+    /// defaults of [`WebhookConfig::new`]).
+    pub webhook: Option<WebhookUrl>,
+    /// Headers sent with every webhook request.
+    pub webhook_headers: Vec<WebhookHeader>,
+    /// More headers, read from this private file when the sinks open
+    /// ([`WebhookHeader::from_file`]).
+    pub webhook_headers_file: Option<PathBuf>,
     /// Alerts queued for stdout, the file and syslog.
     pub line_queue: usize,
     /// What a full queue does, for every sink (default: drop and count, so
     /// that a stalled sink never holds up detection).
     pub when_full: WhenFull,
-    /// The format each sink writes alerts in (the webhook's is in its
-    /// [`WebhookConfig::format`]).
+    /// The format each line sink writes alerts in (stdout, file, syslog).
     pub formats: SinkFormats,
+    /// The format of the webhook's bodies.
+    pub webhook_format: AlertFormat,
+    /// The fleet sink (NATS JetStream), its format included; it ships from
+    /// the store's outbox, so it is started over the store writer
+    /// ([`SinkSet::start_fleet`]), not by [`SinkSet::start`].
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The format of each line-oriented sink's alerts.
@@ -59,9 +73,13 @@ impl Default for SinksConfig {
             alerts_jsonl: None,
             syslog: None,
             webhook: None,
+            webhook_headers: Vec::new(),
+            webhook_headers_file: None,
             line_queue: DEFAULT_LINE_QUEUE,
             when_full: WhenFull::DropNewest,
             formats: SinkFormats::default(),
+            webhook_format: AlertFormat::default(),
+            fleet: None,
         }
     }
 }
@@ -90,6 +108,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// The webhook headers file is unusable.
+    #[error(transparent)]
+    HeadersFile(WebhookError),
     /// The webhook cannot be set up.
     #[error("cannot set up the webhook sink")]
     Webhook(#[from] WebhookError),
@@ -118,12 +139,27 @@ pub struct SinkSet {
 
 impl SinkSet {
     /// Opens and starts the sinks `config` names, in this order: stdout,
-    /// file, syslog, webhook.
+    /// file, syslog, webhook (its headers file read first). The fleet sink
+    /// is started apart ([`start_fleet`](Self::start_fleet)).
     ///
     /// # Errors
-    /// [`SinkError`] for the first sink that cannot be opened or started
-    /// (those already started are closed at once).
+    /// [`SinkError::HeadersFile`] when the webhook headers file is unusable
+    /// (before any sink opens); [`SinkError`] for the first sink that cannot
+    /// be opened or started (those already started are closed at once).
     pub fn start(config: SinksConfig) -> Result<Self, SinkError> {
+        let webhook = match config.webhook {
+            Some(url) => {
+                let mut webhook = WebhookConfig::new(url);
+                webhook.format = config.webhook_format;
+                webhook.headers = config.webhook_headers;
+                if let Some(path) = &config.webhook_headers_file {
+                    let more = WebhookHeader::from_file(path).map_err(SinkError::HeadersFile)?;
+                    webhook.headers.extend(more);
+                }
+                Some(webhook)
+            }
+            None => None,
+        };
         let lines = WorkerConfig {
             capacity: config.line_queue,
             when_full: config.when_full,
@@ -152,7 +188,7 @@ impl SinkSet {
                 .with_format(config.formats.syslog);
             workers.push(SinkWorker::start(sink, lines).map_err(started("syslog"))?);
         }
-        if let Some(webhook) = config.webhook {
+        if let Some(webhook) = webhook {
             let sink = WebhookSink::new(&webhook)?;
             let worker = WorkerConfig {
                 when_full: config.when_full,

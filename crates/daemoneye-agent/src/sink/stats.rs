@@ -1,7 +1,8 @@
 //! The counters every sink keeps, alike.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
+use collector_core::lock;
 use collector_core::metrics::{Counter, Gauge, Registry};
 
 /// What became of the alerts offered to one sink, counted as it goes and
@@ -212,10 +213,7 @@ impl SinkStats {
 
     /// One more attempt at an alert, unless the sink was abandoned.
     pub(crate) fn retried(&self) {
-        let abandoned = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let abandoned = lock(&self.abandoned);
         if !*abandoned {
             add(&self.retries, 1);
         }
@@ -225,10 +223,7 @@ impl SinkStats {
     /// (its alert is already counted dropped at shutdown). Returns how many
     /// alerts ended that way so far (0 when not counted).
     pub(crate) fn finish(&self, outcome: Outcome) -> u64 {
-        let abandoned = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let abandoned = lock(&self.abandoned);
         if *abandoned {
             return 0;
         }
@@ -247,10 +242,7 @@ impl SinkStats {
     /// anything the worker reports afterwards as nothing. Returns how many
     /// were left.
     pub(crate) fn abandon(&self) -> u64 {
-        let mut abandoned = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut abandoned = lock(&self.abandoned);
         if *abandoned {
             return 0;
         }

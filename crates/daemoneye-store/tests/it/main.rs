@@ -8,10 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use collector_core::{
-    BootId, HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent, ProcessEventType,
-    ProcessField, ProcessKey, ReadDepth,
-};
+use collector_core::{BootId, ProcessEvent, ProcessEventType, ProcessKey};
 
 use daemoneye_store::alert::{Alert, AlertProcess, AlertRule, Severity};
 use daemoneye_store::{ledger, Store, StoreError, StoreWriter, WriterConfig, SCHEMA_VERSION};
@@ -744,99 +741,6 @@ fn a_legacy_agent_store_is_adopted_with_its_alerts_events_and_ledger() {
     }
 }
 
-fn text() -> impl Strategy<Value = String> {
-    // Every scalar value, NUL and controls included.
-    proptest::collection::vec(any::<char>(), 0..12).prop_map(|c| c.into_iter().collect())
-}
-
-fn process_event() -> impl Strategy<Value = ProcessEvent> {
-    let event_type = proptest::sample::select(ProcessEventType::ALL.to_vec());
-    let algorithm = prop_oneof![Just(HashAlgorithm::Sha256), Just(HashAlgorithm::Blake3)];
-    let identity = (
-        event_type,
-        any::<u32>(),
-        proptest::option::of(any::<u32>()),
-        text(),
-        proptest::option::of(text()),
-        proptest::collection::vec(text(), 0..6),
-        proptest::option::of(any::<i64>()),
-    );
-    let measures = (
-        proptest::option::of(any::<f64>().prop_filter("finite", |f| f.is_finite())),
-        proptest::option::of(0..=i64::MAX as u64),
-        proptest::option::of(text()),
-        proptest::option::of(algorithm),
-        proptest::option::of(any::<u32>()),
-        any::<bool>(),
-        any::<bool>(),
-    );
-    let context = (
-        any::<i64>(),
-        proptest::collection::btree_map(text(), text(), 0..4),
-        proptest::option::of((any::<[u8; 16]>(), any::<u32>(), any::<u64>())),
-        proptest::option::of(any::<i32>()),
-    );
-    let typed = (
-        proptest::option::of(any::<(u32, u32)>()),
-        proptest::option::of(any::<char>()),
-        proptest::option::of(any::<(u32, u64)>()),
-        any::<bool>(),
-        proptest::sample::select(ReadDepth::ALL),
-        proptest::option::of((text(), text())),
-        proptest::option::of(any::<u64>()),
-        proptest::collection::vec(proptest::sample::select(ProcessField::ALL), 0..3),
-    );
-    (identity, measures, context, typed).prop_map(
-        |(
-            (event_type, pid, ppid, name, exe, argv, start),
-            (cpu, rss, hash, alg, uid, accessible, file_exists),
-            (ts, metadata, key, exit_code),
-            (ids, state, load, exe_replaced, read, cg, ns, changed),
-        )| ProcessEvent {
-            id: None,
-            event_type,
-            pid,
-            ppid,
-            name,
-            executable_path: exe,
-            command_line: argv,
-            start_time: start.map(time),
-            cpu_usage: cpu,
-            memory_usage: rss,
-            executable_hash: hash,
-            hash_algorithm: alg,
-            user_id: uid,
-            accessible,
-            file_exists,
-            timestamp: time(ts),
-            platform_metadata: metadata,
-            process_key: key.map(|(b, p, s)| ProcessKey::new(BootId::from_bytes(b), p, s)),
-            exit_code,
-            euid: ids.map(|i| i.0),
-            gid: ids.map(|i| i.1),
-            state,
-            threads: load.map(|l| l.0),
-            cpu_ticks: load.map(|l| l.1),
-            exe_replaced,
-            read,
-            // Empty is none, in the store as on the wire.
-            context: ProcessContext {
-                container_id: cg.as_ref().map(|c| c.0.clone()),
-                cgroup: cg.map(|c| c.1),
-                net_ns: ns,
-                ..ProcessContext::default()
-            }
-            .shared(),
-            lifecycle: LifecycleDetail {
-                changed,
-                run_time_ms: ns,
-                ..LifecycleDetail::default()
-            }
-            .boxed(),
-        },
-    )
-}
-
 #[test]
 fn arbitrary_events_round_trip_through_the_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -848,7 +752,7 @@ fn arbitrary_events_round_trip_through_the_database() {
     });
     runner
         .run(
-            &proptest::collection::vec(process_event(), 1..8),
+            &proptest::collection::vec(collector_core::testing::strategy::process_event(), 1..8),
             |events| {
                 let mut db = db.borrow_mut();
                 db.write_events(&events).unwrap();

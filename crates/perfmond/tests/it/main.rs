@@ -15,7 +15,9 @@ mod process;
 mod source;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
+
+use collector_core::lock;
 
 /// One busy child at a time: tests run in parallel on a small machine, and
 /// two spinning children on two cores would each get less than the shares
@@ -56,7 +58,7 @@ impl Spawned {
 
     /// `program args`, holding the one busy turn when `busy`.
     fn spawn(program: &str, args: &[&str], busy: bool) -> Self {
-        let turn = busy.then(|| BUSY.lock().unwrap_or_else(PoisonError::into_inner));
+        let turn = busy.then(|| lock(&BUSY));
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
