@@ -75,7 +75,7 @@
 //! test's root alike. An event whose process is not known returns the
 //! event's pid (or 0) with no `process_key`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -750,59 +750,61 @@ impl Failures {
     }
 }
 
-/// A batch of history changes folded for
-/// [`RuleEngine::apply_history`]: which changes another one carries, and
-/// the one expiry bound.
-#[derive(Debug, Default)]
-struct Folded<'a> {
-    /// Changes written by another (an image or exit folded into the
-    /// insert of its process).
-    skip: HashSet<usize>,
-    /// For the index of a `Process` change: its first image and whether
-    /// it has exited, both from later changes of the batch.
-    into_insert: HashMap<usize, (Option<&'a Image>, bool)>,
-    /// The last `LifecycleUpTo` bound (they only grow).
-    expire_to: Option<i64>,
+/// What [`RuleEngine::apply_history`] does with one change of a batch.
+#[derive(Debug, Clone, Copy)]
+enum Fold<'a> {
+    /// Written as it is.
+    Write,
+    /// Written by the insert of its process (an image or an exit).
+    Skip,
+    /// A `Process` change, inserted with its first image and whether it
+    /// has exited, both from later changes of the batch.
+    Insert(Option<&'a Image>, bool),
 }
 
-impl<'a> Folded<'a> {
-    fn of(changes: &'a [Change]) -> Self {
-        let mut f = Folded::default();
-        // The `Process` change of each key inserted in this batch and not
-        // forgotten since.
-        let mut fresh: HashMap<&str, usize> = HashMap::new();
-        for (at, change) in changes.iter().enumerate() {
-            match change {
-                Change::Process { key, .. } => {
-                    fresh.insert(key, at);
-                }
-                // Images after the first also go to `exec_lineage`: written
-                // as they come.
-                Change::Image {
-                    key, seq: 0, image, ..
-                } => {
-                    if let Some(&p) = fresh.get(key.as_str()) {
-                        f.into_insert.entry(p).or_default().0 = Some(image);
-                        f.skip.insert(at);
-                    }
-                }
-                Change::Exited { key } => {
-                    if let Some(&p) = fresh.get(key.as_str()) {
-                        f.into_insert.entry(p).or_default().1 = true;
-                        f.skip.insert(at);
-                    }
-                }
-                Change::Forget { key } => {
-                    fresh.remove(key.as_str());
-                }
-                Change::LifecycleUpTo(seq) => {
-                    f.expire_to = f.expire_to.max(Some(*seq));
-                }
-                Change::Image { .. } | Change::Lifecycle(_) => {}
+/// A batch of history changes folded: one [`Fold`] a change, in order, and
+/// the one expiry bound (the last `LifecycleUpTo`: they only grow).
+fn folded(changes: &[Change]) -> (Vec<Fold<'_>>, Option<i64>) {
+    let mut folds = vec![Fold::Write; changes.len()];
+    let mut expire_to = None;
+    // The `Process` change of each key inserted in this batch and not
+    // forgotten since.
+    let mut fresh: HashMap<&str, usize> = HashMap::new();
+    for (at, change) in changes.iter().enumerate() {
+        let into = |key: &String| fresh.get(key.as_str()).copied();
+        match change {
+            Change::Process { key, .. } => {
+                fresh.insert(key, at);
+                folds[at] = Fold::Insert(None, false);
             }
+            // Images after the first also go to `exec_lineage`: written as
+            // they come.
+            Change::Image {
+                key, seq: 0, image, ..
+            } => {
+                if let Some(p) = into(key) {
+                    if let Fold::Insert(i, _) = &mut folds[p] {
+                        *i = Some(image);
+                    }
+                    folds[at] = Fold::Skip;
+                }
+            }
+            Change::Exited { key } => {
+                if let Some(p) = into(key) {
+                    if let Fold::Insert(_, exited) = &mut folds[p] {
+                        *exited = true;
+                    }
+                    folds[at] = Fold::Skip;
+                }
+            }
+            Change::Forget { key } => {
+                fresh.remove(key.as_str());
+            }
+            Change::LifecycleUpTo(seq) => expire_to = expire_to.max(Some(*seq)),
+            Change::Image { .. } | Change::Lifecycle(_) => {}
         }
-        f
     }
+    (folds, expire_to)
 }
 
 /// Runs rules over batches of processes.
@@ -975,21 +977,20 @@ impl RuleEngine {
     /// `lifecycle_events`), in one transaction. The history stays between
     /// batches; only what changed is written.
     ///
+    /// The batch is folded first, to the tables one change at a time would
+    /// leave: a process first seen in it is inserted with its first image
+    /// and its exit, and the lifecycle events are expired once, up to the
+    /// batch's last bound (those it expires are not inserted). A storm of
+    /// short-lived processes cost about twenty statements each before.
+    ///
     /// # Errors
     /// When the engine's database cannot be written.
-    ///
-    /// A batch's changes are folded before they are written, to the same
-    /// tables as one statement a change would leave: a process first seen
-    /// in the batch is inserted with its first image and its exit; the
-    /// lifecycle events are expired once, up to the batch's last bound,
-    /// and those that bound already expires are not inserted. A storm of
-    /// short-lived processes cost about twenty statements each before.
     #[allow(clippy::too_many_lines)] // one statement per kind of change
     pub fn apply_history(&mut self, changes: &[Change]) -> Result<(), EngineError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let folded = Folded::of(changes);
+        let (folds, expire_to) = folded(changes);
         let tx = self.loader.transaction()?;
         {
             let mut process = tx.prepare_cached(
@@ -1020,18 +1021,18 @@ impl RuleEngine {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut expire = tx.prepare_cached("DELETE FROM lifecycle_events WHERE seq <= ?1")?;
-            for (at, change) in changes.iter().enumerate() {
-                if folded.skip.contains(&at) {
-                    continue;
-                }
+            for (change, fold) in changes.iter().zip(&folds) {
                 match change {
+                    _ if matches!(fold, Fold::Skip) => {}
                     Change::Process {
                         key,
                         pid,
                         ancestors,
                     } => {
-                        let (image, exited) =
-                            folded.into_insert.get(&at).copied().unwrap_or_default();
+                        let (image, exited) = match *fold {
+                            Fold::Insert(image, exited) => (image, exited),
+                            Fold::Write | Fold::Skip => (None, false),
+                        };
                         process.execute(params![
                             key,
                             pid,
@@ -1085,7 +1086,7 @@ impl RuleEngine {
                         unlink.execute([key])?;
                         forget_lineage.execute([key])?;
                     }
-                    Change::Lifecycle(r) if folded.expire_to.is_some_and(|to| r.seq <= to) => {}
+                    Change::Lifecycle(r) if expire_to.is_some_and(|to| r.seq <= to) => {}
                     Change::Lifecycle(r) => {
                         event.execute(params![
                             r.seq,
@@ -1103,7 +1104,7 @@ impl RuleEngine {
                     Change::LifecycleUpTo(_) => {}
                 }
             }
-            if let Some(to) = folded.expire_to {
+            if let Some(to) = expire_to {
                 expire.execute([to])?;
             }
         }
@@ -1606,7 +1607,7 @@ mod tests {
         let mut events = vec![event(1, 0, Snapshot, "init", "/sbin/init")];
         // Short-lived children, some running a second image, some
         // exiting in the batch, enough to evict processes and expire
-        // lifecycle events within it; a pid reused by a new process.
+        // lifecycle events within it.
         for pid in 10..90_u32 {
             let parent = if pid % 3 == 0 { pid - 1 } else { 1 };
             events.push(event(pid, parent, Fork, "sh", "/bin/sh"));
