@@ -143,10 +143,10 @@ pub use chain::{
     AnalysisChainConfig, AnalysisChainCoordinator, AnalysisStage, AnalysisWorkflowDefinition,
     ChainError, ChainStatistics, StageDefinition, WorkflowResult, WorkflowState, WorkflowStatus,
 };
-/// Locks a mutex, also after a holder panicked (the one way every crate
-/// takes such a lock: what a collector keeps behind one is consistent
-/// between statements).
-pub use common::lock;
+/// Locks a mutex (or read- or write-locks an `RwLock`), also after a holder
+/// panicked (the one way every crate takes such a lock: what a collector
+/// keeps behind one is consistent between statements).
+pub use common::{lock, read, write};
 pub use config::{CollectorConfig, ConfigError, WhenFull};
 pub use event::{
     AddressFamily, AnalysisType, BootId, CaptureTier, CollectionEvent, ConnectionChange,
