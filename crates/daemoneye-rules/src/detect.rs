@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use collector_core::lock;
@@ -350,8 +350,6 @@ pub struct Detector {
     held_files: Held<FilesystemEvent>,
     /// Processes that exited lately (kept while file rules run).
     exited: Exited,
-    /// Ancestry, exec lineage, recent lifecycle events.
-    history: History,
     /// The process events file events implied (a running executable
     /// deleted or replaced), for the store: see [`Detector::take_implied`].
     implied: Vec<ProcessEvent>,
@@ -368,14 +366,13 @@ impl Detector {
             held: Held::new(HELD_CONNECTIONS_FOR, HELD_CONNECTIONS_CAPACITY),
             held_files: Held::new(HELD_FILE_EVENTS_FOR, HELD_CONNECTIONS_CAPACITY),
             exited: Exited::default(),
-            history: History::new(),
             implied: Vec::new(),
         }
     }
 
     /// The history rules see (ancestry, exec lineage, lifecycle events).
-    pub fn history(&self) -> &History {
-        &self.history
+    pub fn history(&self) -> RwLockReadGuard<'_, History> {
+        self.engine.history()
     }
 
     /// The same with the directory cache's TTL and lookup deadline given
@@ -398,6 +395,7 @@ impl Detector {
     /// evicted. Call it once per registry.
     pub fn register_metrics(&self, registry: &Registry) {
         let c = &self.dirs.counters;
+        let history = self.engine.history().counters().clone();
         registry.register_counters(
             &[("stage", "detector")],
             &[
@@ -429,17 +427,17 @@ impl Detector {
                 (
                     "daemoneye_history_processes_evicted_total",
                     "Processes the rules' history forgot to stay within its capacity (32768).",
-                    &self.history.counters().evicted,
+                    &history.evicted,
                 ),
                 (
                     "daemoneye_history_images_dropped_total",
                     "Images of one process past the 16 the rules' exec_lineage keeps.",
-                    &self.history.counters().images_dropped,
+                    &history.images_dropped,
                 ),
                 (
                     "daemoneye_history_lifecycle_dropped_total",
                     "Lifecycle events dropped before their window ended (past the 8192 kept).",
-                    &self.history.counters().lifecycle_dropped,
+                    &history.lifecycle_dropped,
                 ),
             ],
         );
@@ -483,8 +481,7 @@ impl Detector {
     /// # Errors
     /// Only when the engine itself fails.
     pub fn on_events(&mut self, events: &[ProcessEvent]) -> Result<Vec<Alert>, EngineError> {
-        self.history.observe_batch(events);
-        self.engine.apply_history(&self.history.take_changes())?;
+        self.engine.observe(events);
         let keep_exited = self.engine.has_file_rules();
         let now = Instant::now();
         for e in events {

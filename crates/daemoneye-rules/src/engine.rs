@@ -75,10 +75,9 @@
 //! test's root alike. An event whose process is not known returns the
 //! event's pid (or 0) with no `process_key`.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::{Counter, Gauge, Registry};
@@ -93,8 +92,9 @@ use tokio::time::Instant;
 
 use daemoneye_store::readonly::{self, Denied, Watchdog};
 
-use crate::history::{Change, Image};
+use crate::history::History;
 use crate::rules::{Rule, RuleError};
+use crate::sys::{self, Shared};
 
 /// The longest one rule may run over one batch.
 pub const RULE_TIME_LIMIT: Duration = Duration::from_millis(250);
@@ -182,30 +182,6 @@ CREATE INDEX processes_argv0_differs ON processes (argv0_differs) WHERE argv0_di
 CREATE INDEX processes_stdin_shell ON processes (stdin_shell) WHERE stdin_shell = 1;
 CREATE INDEX processes_process_key ON processes (process_key);";
 
-// The history (see [`crate::history`]): kept between batches, changed by
-// [`RuleEngine::apply_history`]. `ancestry` is a view over the links (fixed
-// when a process is first seen) and each process's last image, so an
-// ancestor's exec shows in its descendants' rows without rewriting them.
-// Indexed on what rules join on: the process key, the ancestor's and the
-// image's name, the lifecycle event's parent pid.
-const HISTORY_SCHEMA: &str = "
-CREATE TABLE process_history (process_key TEXT PRIMARY KEY, pid INTEGER, name TEXT, exe TEXT,
-    cmdline TEXT, exited INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-CREATE INDEX process_history_name ON process_history (name);
-CREATE TABLE ancestry_links (process_key TEXT NOT NULL, depth INTEGER NOT NULL,
-    ancestor_key TEXT NOT NULL, PRIMARY KEY (process_key, depth)) WITHOUT ROWID;
-CREATE INDEX ancestry_links_ancestor ON ancestry_links (ancestor_key);
-CREATE VIEW ancestry AS SELECT l.process_key AS process_key, l.depth AS depth,
-    l.ancestor_key AS ancestor_key, h.pid AS ancestor_pid, h.exe AS ancestor_exe,
-    h.name AS ancestor_name, h.cmdline AS ancestor_cmdline, h.exited AS ancestor_exited
-    FROM ancestry_links l JOIN process_history h ON h.process_key = l.ancestor_key;
-CREATE TABLE exec_lineage (process_key TEXT NOT NULL, seq INTEGER NOT NULL, pid INTEGER,
-    exe TEXT, name TEXT, cmdline TEXT, observed_at INTEGER, PRIMARY KEY (process_key, seq)) WITHOUT ROWID;
-CREATE INDEX exec_lineage_name ON exec_lineage (name);
-CREATE TABLE lifecycle_events (seq INTEGER PRIMARY KEY, observed_at INTEGER, event_type TEXT,
-    process_key TEXT, pid INTEGER, ppid INTEGER, name TEXT, exe TEXT, cmdline TEXT);
-CREATE INDEX lifecycle_events_ppid ON lifecycle_events (ppid);";
-
 /// `CREATE TABLE processes (...)` and its indexes, from [`COLUMNS`].
 static SCHEMA: LazyLock<String> = LazyLock::new(schema);
 /// The insert of one row, binding [`COLUMNS`] in order.
@@ -238,8 +214,7 @@ fn schema() -> String {
     format!(
         "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});\n\
          CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);\n\
-         CREATE TABLE file_events ({});\nCREATE INDEX file_events_pid ON file_events (pid);\n\
-         {HISTORY_SCHEMA}",
+         CREATE TABLE file_events ({});\nCREATE INDEX file_events_pid ON file_events (pid);",
         columns.join(", "),
         table(PERFORMANCE),
         table(NETWORK),
@@ -542,6 +517,8 @@ fn open_schema() -> Result<Connection, rusqlite::Error> {
     // (several times faster than the default).
     conn.pragma_update(None, "case_sensitive_like", true)?;
     conn.execute_batch(&SCHEMA)?;
+    // An empty history: the tables are there, as in every engine.
+    sys::register(&conn, &Shared::default())?;
     Ok(conn)
 }
 
@@ -625,7 +602,7 @@ struct Reader {
 impl Reader {
     /// Opens `path` read-only, forever under the read-only authorizer and
     /// the limits.
-    fn open(path: &str, statements: usize) -> Result<Self, rusqlite::Error> {
+    fn open(path: &str, statements: usize, history: &Shared) -> Result<Self, rusqlite::Error> {
         let conn = Connection::open_with_flags_and_vfs(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -641,6 +618,7 @@ impl Reader {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -262_144)?;
         conn.set_prepared_statement_cache_capacity(statements);
+        sys::register(&conn, history)?;
         readonly::guard(&conn, Denied::default())?;
         Ok(Self { conn })
     }
@@ -750,63 +728,6 @@ impl Failures {
     }
 }
 
-/// What [`RuleEngine::apply_history`] does with one change of a batch.
-#[derive(Debug, Clone, Copy)]
-enum Fold<'a> {
-    /// Written as it is.
-    Write,
-    /// Written by the insert of its process (an image or an exit).
-    Skip,
-    /// A `Process` change, inserted with its first image and whether it
-    /// has exited, both from later changes of the batch.
-    Insert(Option<&'a Image>, bool),
-}
-
-/// A batch of history changes folded: one [`Fold`] a change, in order, and
-/// the one expiry bound (the last `LifecycleUpTo`: they only grow).
-fn folded(changes: &[Change]) -> (Vec<Fold<'_>>, Option<i64>) {
-    let mut folds = vec![Fold::Write; changes.len()];
-    let mut expire_to = None;
-    // The `Process` change of each key inserted in this batch and not
-    // forgotten since.
-    let mut fresh: HashMap<&str, usize> = HashMap::new();
-    for (at, change) in changes.iter().enumerate() {
-        let into = |key: &String| fresh.get(key.as_str()).copied();
-        match change {
-            Change::Process { key, .. } => {
-                fresh.insert(key, at);
-                folds[at] = Fold::Insert(None, false);
-            }
-            // Images after the first also go to `exec_lineage`: written as
-            // they come.
-            Change::Image {
-                key, seq: 0, image, ..
-            } => {
-                if let Some(p) = into(key) {
-                    if let Fold::Insert(i, _) = &mut folds[p] {
-                        *i = Some(image);
-                    }
-                    folds[at] = Fold::Skip;
-                }
-            }
-            Change::Exited { key } => {
-                if let Some(p) = into(key) {
-                    if let Fold::Insert(_, exited) = &mut folds[p] {
-                        *exited = true;
-                    }
-                    folds[at] = Fold::Skip;
-                }
-            }
-            Change::Forget { key } => {
-                fresh.remove(key.as_str());
-            }
-            Change::LifecycleUpTo(seq) => expire_to = expire_to.max(Some(*seq)),
-            Change::Image { .. } | Change::Lifecycle(_) => {}
-        }
-    }
-    (folds, expire_to)
-}
-
 /// Runs rules over batches of processes.
 ///
 /// The batch is loaded into an in-memory database shared by name within the
@@ -825,6 +746,8 @@ pub struct RuleEngine {
     failures: Vec<Failures>,
     refused: Vec<RuleError>,
     stats: Arc<EngineStats>,
+    /// What `ancestry`, `exec_lineage` and `lifecycle_events` read.
+    history: Shared,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -879,6 +802,8 @@ impl RuleEngine {
         // A batch's transaction stays in the cache rather than spilling.
         loader.pragma_update(None, "cache_size", -262_144)?;
         loader.execute_batch(&SCHEMA)?;
+        let history = Shared::default();
+        sys::register(&loader, &history)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
             .clamp(1, MAX_RULE_THREADS)
@@ -887,7 +812,7 @@ impl RuleEngine {
         distinct.sort_unstable();
         distinct.dedup();
         let readers: Vec<Reader> = (0..threads)
-            .map(|_| Reader::open(&path, distinct.len().max(1)))
+            .map(|_| Reader::open(&path, distinct.len().max(1), &history))
             .collect::<Result<_, _>>()?;
         let conns: Vec<&Connection> = readers.iter().map(|r| &r.conn).collect();
         let watchdog = Watchdog::new(&conns).map_err(EngineError::Thread)?;
@@ -900,6 +825,7 @@ impl RuleEngine {
             rules: kept,
             refused,
             stats: Arc::default(),
+            history,
         })
     }
 
@@ -971,145 +897,23 @@ impl RuleEngine {
         self.kinds.contains(&RuleKind::File)
     }
 
-    /// Applies `changes` (from
-    /// [`History::take_changes`](crate::history::History::take_changes)) to
-    /// the history rules read (`ancestry`, `exec_lineage`,
-    /// `lifecycle_events`), in one transaction. The history stays between
-    /// batches; only what changed is written.
-    ///
-    /// The batch is folded first, to the tables one change at a time would
-    /// leave: a process first seen in it is inserted with its first image
-    /// and its exit, and the lifecycle events are expired once, up to the
-    /// batch's last bound (those it expires are not inserted). A storm of
-    /// short-lived processes cost about twenty statements each before.
-    ///
-    /// # Errors
-    /// When the engine's database cannot be written.
-    #[allow(clippy::too_many_lines)] // one statement per kind of change
-    pub fn apply_history(&mut self, changes: &[Change]) -> Result<(), EngineError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let (folds, expire_to) = folded(changes);
-        let tx = self.loader.transaction()?;
-        {
-            let mut process = tx.prepare_cached(
-                "INSERT OR REPLACE INTO process_history (process_key, pid, exited, name, exe, cmdline) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut unlink =
-                tx.prepare_cached("DELETE FROM ancestry_links WHERE process_key = ?1")?;
-            let mut link = tx.prepare_cached(
-                "INSERT OR REPLACE INTO ancestry_links (process_key, depth, ancestor_key) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut image = tx.prepare_cached(
-                "UPDATE process_history SET name = ?2, exe = ?3, cmdline = ?4 WHERE process_key = ?1",
-            )?;
-            let mut lineage = tx.prepare_cached(
-                "INSERT OR REPLACE INTO exec_lineage (process_key, seq, pid, exe, name, cmdline, observed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut exited =
-                tx.prepare_cached("UPDATE process_history SET exited = 1 WHERE process_key = ?1")?;
-            let mut forget =
-                tx.prepare_cached("DELETE FROM process_history WHERE process_key = ?1")?;
-            let mut forget_lineage =
-                tx.prepare_cached("DELETE FROM exec_lineage WHERE process_key = ?1")?;
-            let mut event = tx.prepare_cached(
-                "INSERT OR REPLACE INTO lifecycle_events \
-                 (seq, observed_at, event_type, process_key, pid, ppid, name, exe, cmdline) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            let mut expire = tx.prepare_cached("DELETE FROM lifecycle_events WHERE seq <= ?1")?;
-            for (change, fold) in changes.iter().zip(&folds) {
-                match change {
-                    _ if matches!(fold, Fold::Skip) => {}
-                    Change::Process {
-                        key,
-                        pid,
-                        ancestors,
-                    } => {
-                        let (image, exited) = match *fold {
-                            Fold::Insert(image, exited) => (image, exited),
-                            Fold::Write | Fold::Skip => (None, false),
-                        };
-                        process.execute(params![
-                            key,
-                            pid,
-                            exited,
-                            image.map(|i| &i.name),
-                            image.map(|i| &i.exe),
-                            image.map(|i| &i.cmdline)
-                        ])?;
-                        unlink.execute([key])?;
-                        for (depth, ancestor) in (1_i64..).zip(ancestors) {
-                            link.execute(params![key, depth, ancestor])?;
-                        }
-                    }
-                    Change::Image {
-                        key,
-                        pid,
-                        seq,
-                        image: i,
-                        previous,
-                    } => {
-                        image.execute(params![key, i.name, i.exe, i.cmdline])?;
-                        if let Some(p) = previous {
-                            lineage.execute(params![
-                                key,
-                                0,
-                                pid,
-                                p.exe,
-                                p.name,
-                                p.cmdline,
-                                p.observed_at
-                            ])?;
-                        }
-                        if *seq > 0 {
-                            let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                            lineage.execute(params![
-                                key,
-                                seq,
-                                pid,
-                                i.exe,
-                                i.name,
-                                i.cmdline,
-                                i.observed_at
-                            ])?;
-                        }
-                    }
-                    Change::Exited { key } => {
-                        exited.execute([key])?;
-                    }
-                    Change::Forget { key } => {
-                        forget.execute([key])?;
-                        unlink.execute([key])?;
-                        forget_lineage.execute([key])?;
-                    }
-                    Change::Lifecycle(r) if expire_to.is_some_and(|to| r.seq <= to) => {}
-                    Change::Lifecycle(r) => {
-                        event.execute(params![
-                            r.seq,
-                            r.observed_at,
-                            r.event_type,
-                            r.process_key,
-                            r.pid,
-                            r.ppid,
-                            r.image.name,
-                            r.image.exe,
-                            r.image.cmdline
-                        ])?;
-                    }
-                    // Once, below.
-                    Change::LifecycleUpTo(_) => {}
-                }
-            }
-            if let Some(to) = expire_to {
-                expire.execute([to])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+    /// Follows a batch of process events into the history rules read
+    /// (`ancestry`, `exec_lineage`, `lifecycle_events`: see
+    /// [`History::observe_batch`]). The tables are the history itself
+    /// (virtual tables over it), so nothing is written to SQL.
+    pub fn observe(&mut self, events: &[ProcessEvent]) {
+        collector_core::write(&self.history).observe_batch(events);
+    }
+
+    /// The history rules read.
+    pub fn history(&self) -> RwLockReadGuard<'_, History> {
+        collector_core::read(&self.history)
+    }
+
+    /// The history rules read, to change (tests; a host with other bounds
+    /// sets a [`History::with_capacity`] here before the first batch).
+    pub fn history_mut(&mut self) -> RwLockWriteGuard<'_, History> {
+        collector_core::write(&self.history)
     }
 
     fn run(&mut self, of: RuleKind, rows: usize) -> Vec<Match> {
@@ -1576,38 +1380,33 @@ mod tests {
         e
     }
 
-    /// Every row of the history tables, in order.
-    fn history_rows(engine: &RuleEngine) -> Vec<String> {
-        let mut all = Vec::new();
-        for sql in [
-            "SELECT process_key, pid, name, exe, cmdline, exited FROM process_history ORDER BY 1",
-            "SELECT process_key, depth, ancestor_key, '', '', '' FROM ancestry_links ORDER BY 1, 2",
-            "SELECT process_key, seq, pid, exe, name, cmdline FROM exec_lineage ORDER BY 1, 2",
-            "SELECT seq, process_key, event_type, name, exe, cmdline FROM lifecycle_events ORDER BY 1",
-        ] {
-            let mut st = engine.loader.prepare(sql).unwrap();
-            let rows = st
-                .query_map([], |r| {
-                    let cells: Vec<String> = (0..6)
-                        .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
-                        .collect();
-                    Ok(cells.join("|"))
-                })
-                .unwrap();
-            all.extend(rows.map(Result::unwrap));
-        }
+    /// The rows of `sql` (six columns, one parameter), sorted.
+    fn rows_of(conn: &Connection, sql: &str, value: &rusqlite::types::Value) -> Vec<String> {
+        let mut st = conn.prepare(sql).unwrap();
+        let mut all: Vec<String> = st
+            .query_map([value], |r| {
+                let cells: Vec<String> = (0..6)
+                    .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                    .collect();
+                Ok(cells.join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        all.sort_unstable();
         all
     }
 
     #[test]
-    fn a_batch_of_history_changes_leaves_the_tables_one_change_at_a_time_would() {
-        use crate::history::{Change, History};
+    fn every_lookup_of_the_history_tables_returns_what_a_scan_does() {
         use collector_core::ProcessEventType::{Exec, Exit, Fork, Snapshot};
-        let mut h = History::with_capacity(40, 50);
+        use rusqlite::types::Value;
+        let mut engine = RuleEngine::new(vec![rule("r", "SELECT pid FROM processes")]).unwrap();
+        *engine.history_mut() = History::with_capacity(40, 50);
         let mut events = vec![event(1, 0, Snapshot, "init", "/sbin/init")];
-        // Short-lived children, some running a second image, some
-        // exiting in the batch, enough to evict processes and expire
-        // lifecycle events within it.
+        // Short-lived children and grandchildren, some running a third
+        // image, some exiting, enough to evict processes (their names,
+        // descendants and lineage with them) and drop lifecycle events.
         for pid in 10..90_u32 {
             let parent = if pid % 3 == 0 { pid - 1 } else { 1 };
             events.push(event(pid, parent, Fork, "sh", "/bin/sh"));
@@ -1619,37 +1418,96 @@ mod tests {
                 events.push(event(pid, parent, Exit, "true", "/bin/true"));
             }
         }
-        h.observe_batch(&events);
-        let changes = h.take_changes();
-        assert!(changes.iter().any(|c| matches!(c, Change::Forget { .. })));
-        assert!(changes
-            .iter()
-            .any(|c| matches!(c, Change::LifecycleUpTo(_))));
-        let mut batched = RuleEngine::new(Vec::new()).unwrap();
-        batched.apply_history(&changes).unwrap();
-        let mut single = RuleEngine::new(Vec::new()).unwrap();
-        for c in &changes {
-            single.apply_history(std::slice::from_ref(c)).unwrap();
+        engine.observe(&events);
+        assert!(engine.history().counters().evicted.get() > 0);
+        assert!(engine.history().counters().lifecycle_dropped.get() > 0);
+        let conn = &engine.readers[0].conn;
+        let mut looked_up = 0;
+        for (table, columns, indexed) in [
+            (
+                "ancestry",
+                "process_key, depth, ancestor_key, ancestor_pid, ancestor_name, ancestor_exited",
+                &["process_key", "ancestor_key", "ancestor_name"][..],
+            ),
+            (
+                "exec_lineage",
+                "process_key, seq, pid, exe, name, cmdline",
+                &["process_key", "name"][..],
+            ),
+            (
+                "lifecycle_events",
+                "seq, process_key, event_type, pid, ppid, name",
+                &["process_key", "ppid"][..],
+            ),
+        ] {
+            for column in indexed {
+                let values: Vec<Value> = conn
+                    .prepare(&format!("SELECT DISTINCT {column} FROM {table}"))
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                assert!(values.len() > 1, "{table}.{column}: {values:?}");
+                let plan = |sql: &str| -> String {
+                    let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+                    let rows = st
+                        .query_map([&values[0]], |r| r.get::<_, String>(3))
+                        .unwrap();
+                    rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+                };
+                let lookup = plan(&format!("SELECT * FROM {table} WHERE {column} = ?1"));
+                let scan = plan(&format!("SELECT * FROM {table} WHERE +{column} = ?1"));
+                assert!(!lookup.contains("INDEX -1"), "{lookup}");
+                assert!(scan.contains("INDEX -1"), "{scan}");
+                for v in &values {
+                    // `+column` is no column to SQLite: the table scans.
+                    let scanned = rows_of(
+                        conn,
+                        &format!("SELECT {columns} FROM {table} WHERE +{column} = ?1"),
+                        v,
+                    );
+                    let found = rows_of(
+                        conn,
+                        &format!("SELECT {columns} FROM {table} WHERE {column} = ?1"),
+                        v,
+                    );
+                    assert!(!scanned.is_empty(), "{table}.{column} = {v:?}");
+                    assert_eq!(found, scanned, "{table}.{column} = {v:?}");
+                    looked_up += 1;
+                }
+            }
         }
-        let (b, s) = (history_rows(&batched), history_rows(&single));
-        assert!(
-            b.iter().any(|r| r.contains("/usr/bin/env")),
-            "{:?}",
-            b.first()
-        );
-        assert!(b.len() > 100, "{}", b.len());
-        let differ: Vec<_> = b.iter().zip(&s).filter(|(x, y)| x != y).take(3).collect();
-        assert!(
-            differ.is_empty() && b.len() == s.len(),
-            "{} against {} rows: {differ:?}",
-            b.len(),
-            s.len()
-        );
+        assert!(looked_up > 50, "{looked_up}");
+        // A lookup of what is not there, or of NULL, finds nothing.
+        for sql in [
+            "SELECT count(*) FROM ancestry WHERE ancestor_name = 'nginx'",
+            "SELECT count(*) FROM ancestry WHERE process_key = NULL",
+            "SELECT count(*) FROM exec_lineage WHERE name = 'sh' AND process_key = 'x'",
+            "SELECT count(*) FROM lifecycle_events WHERE ppid = 4294967296",
+        ] {
+            let n: i64 = conn.query_row(sql, [], |r| r.get(0)).unwrap();
+            assert_eq!(n, 0, "{sql}");
+        }
+        // 11 exited early and was evicted (so was its lifecycle): it is in
+        // no table, neither as a process nor as 12's parent, scanned or
+        // looked up.
+        assert!(engine.history().node(&key(11)).is_none());
+        for sql in [
+            "SELECT count(*) FROM ancestry WHERE process_key = ?1 OR ancestor_key = ?1",
+            "SELECT count(*) FROM ancestry WHERE +process_key = ?1 OR +ancestor_key = ?1",
+            "SELECT count(*) FROM exec_lineage WHERE process_key = ?1",
+            "SELECT count(*) FROM lifecycle_events WHERE process_key = ?1 OR +process_key = ?1",
+        ] {
+            let n: i64 = conn.query_row(sql, [key(11)], |r| r.get(0)).unwrap();
+            assert_eq!(n, 0, "{sql}");
+        }
+        let h = engine.history();
+        assert!(h.len() <= 40 && h.lifecycle_len() <= 50);
     }
 
     #[test]
     fn the_ancestry_of_a_three_level_tree_whose_middle_process_exited_is_whole() {
-        use crate::history::History;
         use collector_core::ProcessEventType::{Exec, Exit, Fork, Snapshot};
         let mut engine = RuleEngine::new(vec![rule(
             "orphan-of-sh",
@@ -1658,24 +1516,21 @@ mod tests {
         )])
         .unwrap();
         assert!(engine.refused().is_empty(), "{:?}", engine.refused());
-        let mut h = History::new();
         // systemd (1) > bash (100) > bash forks 200, which execs sh > sh
         // forks 300, which execs sleep; then 200 exits and 300 is
         // reparented to 1.
-        h.observe_batch(&[
+        engine.observe(&[
             event(100, 1, Snapshot, "bash", "/usr/bin/bash"),
             event(1, 0, Snapshot, "systemd", "/usr/lib/systemd/systemd"),
         ]);
-        h.observe_batch(&[
+        engine.observe(&[
             event(200, 100, Fork, "bash", "/usr/bin/bash"),
             event(200, 100, Exec, "sh", "/usr/bin/dash"),
             event(300, 200, Fork, "sh", "/usr/bin/dash"),
             event(300, 200, Exec, "sleep", "/usr/bin/sleep"),
         ]);
-        engine.apply_history(&h.take_changes()).unwrap();
-        h.observe_batch(&[event(200, 100, Exit, "sh", "/usr/bin/dash")]);
-        h.observe_batch(&[event(300, 1, Snapshot, "sleep", "/usr/bin/sleep")]);
-        engine.apply_history(&h.take_changes()).unwrap();
+        engine.observe(&[event(200, 100, Exit, "sh", "/usr/bin/dash")]);
+        engine.observe(&[event(300, 1, Snapshot, "sleep", "/usr/bin/sleep")]);
         let chain: Vec<(i64, u32, String, String, bool)> = engine
             .loader
             .prepare(
@@ -1703,7 +1558,10 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(h.ancestors(&key(300)), [key(200), key(100), key(1)]);
+        assert_eq!(
+            engine.history().ancestors(&key(300)),
+            [key(200), key(100), key(1)]
+        );
         let lineage: Vec<(i64, String)> = engine
             .loader
             .prepare("SELECT seq, name FROM exec_lineage WHERE process_key = ?1 ORDER BY seq")
@@ -1748,10 +1606,10 @@ mod tests {
 
     #[test]
     fn the_history_stays_within_its_bounds_and_counts_what_it_drops() {
-        use crate::history::History;
         use collector_core::ProcessEventType::{Exec, Exit};
         let mut engine = RuleEngine::new(vec![rule("r", "SELECT pid FROM processes")]).unwrap();
-        let mut h = History::with_capacity(3, 4);
+        let mut h = engine.history_mut();
+        *h = History::with_capacity(3, 4);
         for pid in 10..13 {
             h.observe(&event(pid, 1, Exec, "x", "/usr/bin/x"));
         }
@@ -1759,16 +1617,12 @@ mod tests {
         // Full: the exited one goes first, then the oldest.
         h.observe(&event(13, 1, Exec, "x", "/usr/bin/x"));
         h.observe(&event(14, 1, Exec, "x", "/usr/bin/x"));
-        engine.apply_history(&h.take_changes()).unwrap();
         assert_eq!(h.len(), 3);
         assert_eq!(h.counters().evicted.get(), 2);
         assert_eq!(h.counters().lifecycle_dropped.get(), 2);
+        assert!(h.node(&key(10)).is_none() && h.node(&key(11)).is_none());
+        drop(h);
         let count = |sql: &str| -> i64 { engine.loader.query_row(sql, [], |r| r.get(0)).unwrap() };
-        assert_eq!(count("SELECT count(*) FROM process_history"), 3);
-        assert_eq!(
-            count("SELECT count(*) FROM process_history WHERE pid IN (10, 11)"),
-            0
-        );
         // One image each: no lineage.
         assert_eq!(count("SELECT count(*) FROM exec_lineage"), 0);
         assert_eq!(count("SELECT count(*) FROM lifecycle_events"), 4);

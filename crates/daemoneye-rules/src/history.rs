@@ -14,15 +14,18 @@
 //! - the forks, execs and exits of the last [`LIFECYCLE_WINDOW`], at most
 //!   [`MAX_LIFECYCLE_EVENTS`] (the oldest go first, counted).
 //!
-//! It does not write SQL: it hands its [`Change`]s to
-//! [`RuleEngine::apply_history`](crate::engine::RuleEngine::apply_history),
-//! which keeps the rules' `ancestry` view and `exec_lineage` and
-//! `lifecycle_events` tables (columns:
-//! [`collector_core::vocabulary::ANCESTRY`], [`EXEC_LINEAGE`](collector_core::vocabulary::EXEC_LINEAGE),
-//! [`LIFECYCLE`](collector_core::vocabulary::LIFECYCLE)) up to date between
-//! batches: a batch costs what changed, not the whole history.
+//! Rules read it where it lives: `ancestry`, `exec_lineage` and
+//! `lifecycle_events` are SQLite virtual tables over this structure
+//! (columns: [`collector_core::vocabulary::ANCESTRY`],
+//! [`EXEC_LINEAGE`](collector_core::vocabulary::EXEC_LINEAGE),
+//! [`LIFECYCLE`](collector_core::vocabulary::LIFECYCLE)), answered from the
+//! indexes kept here (a process's key, an ancestor's key or name, an
+//! image's name, a lifecycle event's parent pid or key). Nothing is written
+//! to SQL per event: a storm of short-lived processes cost some twenty
+//! SQLite statements each when the history was mirrored into tables.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::Counter;
@@ -31,9 +34,8 @@ use collector_core::{ProcessEvent, ProcessEventType};
 /// The most processes remembered (live and exited).
 pub const MAX_PROCESSES: usize = 32_768;
 /// The longest ancestry kept for one process (parent first): with
-/// [`MAX_PROCESSES`], at most 524,288 links (some 170 bytes each with its
-/// index: about 90 MiB of the engine's heap at the worst; a real tree is a
-/// few levels deep).
+/// [`MAX_PROCESSES`], at most 524,288 links (a real tree is a few levels
+/// deep).
 pub const MAX_DEPTH: usize = 16;
 /// The most images kept for one process.
 pub const MAX_IMAGES: usize = 16;
@@ -41,6 +43,9 @@ pub const MAX_IMAGES: usize = 16;
 pub const LIFECYCLE_WINDOW: Duration = Duration::from_secs(300);
 /// The most lifecycle events kept.
 pub const MAX_LIFECYCLE_EVENTS: usize = 8192;
+
+/// A process key, shared by the structures that name it.
+pub(crate) type Key = Arc<str>;
 
 /// One image a process ran.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,74 +62,41 @@ pub struct Image {
 
 /// One row of `lifecycle_events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleRow {
+pub(crate) struct LifecycleRow {
     /// Its order among those kept.
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// When, unix ns.
-    pub observed_at: Option<i64>,
+    pub(crate) observed_at: Option<i64>,
     /// `fork`, `exec` or `exit`.
-    pub event_type: &'static str,
+    pub(crate) event_type: &'static str,
     /// The process.
-    pub process_key: String,
+    pub(crate) process_key: Key,
     /// Its pid.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// Its parent's pid.
-    pub ppid: Option<u32>,
+    pub(crate) ppid: Option<u32>,
     /// The image as the event reported it.
-    pub image: Image,
+    pub(crate) image: Image,
 }
 
-/// A change to the rules' history tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Change {
-    /// A process first seen, with its ancestors' keys, parent first.
-    Process {
-        /// Its key.
-        key: String,
-        /// Its pid.
-        pid: u32,
-        /// Its ancestors, parent first.
-        ancestors: Vec<String>,
-    },
-    /// The process ran `image`, its `seq`-th (from 0); its last image now.
-    /// `exec_lineage` holds only processes that ran more than one: the
-    /// second image brings the first (`previous`) with it.
-    Image {
-        /// Its key.
-        key: String,
-        /// Its pid.
-        pid: u32,
-        /// Which image.
-        seq: usize,
-        /// The image.
-        image: Image,
-        /// With the second image: the first.
-        previous: Option<Image>,
-    },
-    /// The process exited.
-    Exited {
-        /// Its key.
-        key: String,
-    },
-    /// The process is forgotten (evicted), its rows with it.
-    Forget {
-        /// Its key.
-        key: String,
-    },
-    /// A lifecycle event.
-    Lifecycle(LifecycleRow),
-    /// The lifecycle events up to this `seq` go.
-    LifecycleUpTo(i64),
-}
-
+/// One process remembered.
 #[derive(Debug)]
-struct Node {
-    pid: u32,
-    parent: Option<String>,
-    images: usize,
-    last: Image,
-    exited: bool,
+pub(crate) struct Node {
+    pub(crate) pid: u32,
+    parent: Option<Key>,
+    /// Its ancestors as first seen, parent first (at most [`MAX_DEPTH`]).
+    ancestors: Box<[Key]>,
+    /// The images it ran, in turn (at most [`MAX_IMAGES`]); none while it
+    /// was never readable.
+    pub(crate) images: Vec<Image>,
+    pub(crate) exited: bool,
+}
+
+impl Node {
+    /// Its last image.
+    pub(crate) fn last(&self) -> Option<&Image> {
+        self.images.last()
+    }
 }
 
 /// What [`History`] counts.
@@ -141,32 +113,90 @@ pub struct HistoryCounters {
 
 /// Queues `key` in `order` (an eviction order); past twice `capacity` keys,
 /// those of processes already forgotten go, so the queue stays bounded.
-fn push_key(
-    order: &mut VecDeque<String>,
-    key: String,
-    nodes: &HashMap<String, Node>,
-    capacity: usize,
-) {
+fn push_key(order: &mut VecDeque<Key>, key: Key, nodes: &HashMap<Key, Node>, capacity: usize) {
     order.push_back(key);
     if order.len() > 2 * capacity {
         order.retain(|k| nodes.contains_key(k));
     }
 }
 
+/// Adds `key` to the set of `at` in `index`.
+fn index_add<K: std::hash::Hash + Eq>(index: &mut HashMap<K, HashSet<Key>>, at: K, key: &Key) {
+    index.entry(at).or_default().insert(Arc::clone(key));
+}
+
+/// Takes `key` from the set of `at` in `index` (and the set, once empty).
+fn index_remove<K, Q>(index: &mut HashMap<K, HashSet<Key>>, at: &Q, key: &str)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(set) = index.get_mut(at) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(at);
+        }
+    }
+}
+
+/// The lifecycle events of each value of one column, oldest first.
+#[derive(Debug, Default)]
+struct SeqIndex<K>(HashMap<K, VecDeque<i64>>);
+
+impl<K: std::hash::Hash + Eq> SeqIndex<K> {
+    fn push(&mut self, at: K, seq: i64) {
+        self.0.entry(at).or_default().push_back(seq);
+    }
+
+    /// Forgets the oldest event of `at` (the oldest of all is the oldest
+    /// of its own value).
+    fn pop<Q>(&mut self, at: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(seqs) = self.0.get_mut(at) {
+            seqs.pop_front();
+            if seqs.is_empty() {
+                self.0.remove(at);
+            }
+        }
+    }
+
+    fn get<Q>(&self, at: &Q) -> Vec<i64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0
+            .get(at)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The history the rules see, bounded; see the [module](self).
 #[derive(Debug)]
 pub struct History {
-    nodes: HashMap<String, Node>,
+    nodes: HashMap<Key, Node>,
     /// The live process of each pid.
-    live: HashMap<u32, String>,
+    live: HashMap<u32, Key>,
     /// Keys in the order they exited (evicted first).
-    exited: VecDeque<String>,
+    exited: VecDeque<Key>,
     /// Keys in the order they were first seen.
-    seen: VecDeque<String>,
-    /// `(seq, observed_at)` of the lifecycle events kept, oldest first.
-    lifecycle: VecDeque<(i64, Option<i64>)>,
+    seen: VecDeque<Key>,
+    /// Each last image's name: the processes whose last image it is.
+    by_name: HashMap<String, HashSet<Key>>,
+    /// Each process: those that have it among their ancestors.
+    descendants: HashMap<Key, HashSet<Key>>,
+    /// Each image name: the processes with more than one image (those
+    /// `exec_lineage` lists) that ran an image of that name.
+    lineage_names: HashMap<String, HashSet<Key>>,
+    /// The lifecycle events kept, oldest first (consecutive `seq`s).
+    lifecycle: VecDeque<LifecycleRow>,
+    lifecycle_by_ppid: SeqIndex<u32>,
+    lifecycle_by_key: SeqIndex<Key>,
     next_seq: i64,
-    changes: Vec<Change>,
     capacity: usize,
     lifecycle_capacity: usize,
     counters: HistoryCounters,
@@ -191,6 +221,41 @@ fn image_of(e: &ProcessEvent) -> Image {
     }
 }
 
+/// Which rows of `ancestry` a lookup wants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AncestryBy<'a> {
+    /// Every row.
+    All,
+    /// The rows of one descendant.
+    Key(&'a str),
+    /// The rows whose ancestor is this process.
+    AncestorKey(&'a str),
+    /// The rows whose ancestor's last image has this name.
+    AncestorName(&'a str),
+}
+
+/// Which rows of `exec_lineage` a lookup wants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LineageBy<'a> {
+    /// Every row.
+    All,
+    /// The images of one process.
+    Key(&'a str),
+    /// The images of this name.
+    Name(&'a str),
+}
+
+/// Which rows of `lifecycle_events` a lookup wants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LifecycleBy<'a> {
+    /// Every row.
+    All,
+    /// The events of one process.
+    Key(&'a str),
+    /// The events whose parent pid is this.
+    Ppid(u32),
+}
+
 impl History {
     /// An empty history with the default bounds.
     pub fn new() -> Self {
@@ -205,9 +270,13 @@ impl History {
             live: HashMap::new(),
             exited: VecDeque::new(),
             seen: VecDeque::new(),
+            by_name: HashMap::new(),
+            descendants: HashMap::new(),
+            lineage_names: HashMap::new(),
             lifecycle: VecDeque::new(),
+            lifecycle_by_ppid: SeqIndex::default(),
+            lifecycle_by_key: SeqIndex::default(),
             next_seq: 0,
-            changes: Vec::new(),
             capacity: processes.max(1),
             lifecycle_capacity: lifecycle_events.max(1),
             counters: HistoryCounters::default(),
@@ -229,25 +298,122 @@ impl History {
         self.nodes.is_empty()
     }
 
-    /// The changes since the last call, for
-    /// [`RuleEngine::apply_history`](crate::engine::RuleEngine::apply_history).
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.changes)
+    /// Lifecycle events kept.
+    pub fn lifecycle_len(&self) -> usize {
+        self.lifecycle.len()
     }
 
-    /// The keys of `key`'s ancestors, parent first (what the `ancestry`
-    /// view holds for it).
+    /// The keys of `key`'s ancestors still remembered, parent first (what
+    /// the `ancestry` table holds for it).
     pub fn ancestors(&self, key: &str) -> Vec<String> {
+        self.nodes.get(key).map_or_else(Vec::new, |n| {
+            n.ancestors
+                .iter()
+                .filter(|a| self.nodes.contains_key(&***a))
+                .map(ToString::to_string)
+                .collect()
+        })
+    }
+
+    /// The process `key`.
+    pub(crate) fn node(&self, key: &str) -> Option<&Node> {
+        self.nodes.get(key)
+    }
+
+    /// The rows of `ancestry` `by` wants: (descendant, depth, ancestor),
+    /// for ancestors still remembered.
+    pub(crate) fn ancestry(&self, by: AncestryBy<'_>) -> Vec<(Key, usize, Key)> {
         let mut out = Vec::new();
-        let mut cur = self.nodes.get(key).and_then(|n| n.parent.clone());
-        while let Some(k) = cur {
-            if out.len() == MAX_DEPTH {
-                break;
+        let of_descendant = |out: &mut Vec<_>, key: &Key, node: &Node| {
+            for (i, a) in node.ancestors.iter().enumerate() {
+                if self.nodes.contains_key(a) {
+                    out.push((Arc::clone(key), i + 1, Arc::clone(a)));
+                }
             }
-            cur = self.nodes.get(&k).and_then(|n| n.parent.clone());
-            out.push(k);
+        };
+        let of_ancestor = |out: &mut Vec<_>, ancestor: &str| {
+            let Some((a, _)) = self.nodes.get_key_value(ancestor) else {
+                return;
+            };
+            for d in self.descendants.get(ancestor).into_iter().flatten() {
+                let Some(node) = self.nodes.get(d) else {
+                    continue;
+                };
+                if let Some(i) = node.ancestors.iter().position(|x| x == a) {
+                    out.push((Arc::clone(d), i + 1, Arc::clone(a)));
+                }
+            }
+        };
+        match by {
+            AncestryBy::All => {
+                for (key, node) in &self.nodes {
+                    of_descendant(&mut out, key, node);
+                }
+            }
+            AncestryBy::Key(key) => {
+                if let Some((key, node)) = self.nodes.get_key_value(key) {
+                    of_descendant(&mut out, key, node);
+                }
+            }
+            AncestryBy::AncestorKey(a) => of_ancestor(&mut out, a),
+            AncestryBy::AncestorName(name) => {
+                for a in self.by_name.get(name).into_iter().flatten() {
+                    of_ancestor(&mut out, a);
+                }
+            }
         }
         out
+    }
+
+    /// The rows of `exec_lineage` `by` wants: (process, image index).
+    pub(crate) fn lineage(&self, by: LineageBy<'_>) -> Vec<(Key, usize)> {
+        let images = |key: &Key, node: &Node, name: Option<&str>| {
+            let all = node.images.len() > 1;
+            node.images
+                .iter()
+                .enumerate()
+                .filter(move |(_, i)| all && name.is_none_or(|n| i.name == n))
+                .map(|(seq, _)| (Arc::clone(key), seq))
+                .collect::<Vec<_>>()
+        };
+        match by {
+            LineageBy::All => self
+                .nodes
+                .iter()
+                .flat_map(|(k, n)| images(k, n, None))
+                .collect(),
+            LineageBy::Key(key) => self
+                .nodes
+                .get_key_value(key)
+                .map(|(k, n)| images(k, n, None))
+                .unwrap_or_default(),
+            LineageBy::Name(name) => self
+                .lineage_names
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| self.nodes.get_key_value(k))
+                .flat_map(|(k, n)| images(k, n, Some(name)))
+                .collect(),
+        }
+    }
+
+    /// The `seq`s of the rows of `lifecycle_events` `by` wants, oldest
+    /// first.
+    pub(crate) fn lifecycle(&self, by: LifecycleBy<'_>) -> Vec<i64> {
+        match by {
+            LifecycleBy::All => self.lifecycle.iter().map(|r| r.seq).collect(),
+            LifecycleBy::Key(key) => self.lifecycle_by_key.get(key),
+            LifecycleBy::Ppid(ppid) => self.lifecycle_by_ppid.get(&ppid),
+        }
+    }
+
+    /// The lifecycle event `seq`, if kept.
+    pub(crate) fn lifecycle_row(&self, seq: i64) -> Option<&LifecycleRow> {
+        let first = self.lifecycle.front()?.seq;
+        usize::try_from(seq.checked_sub(first)?)
+            .ok()
+            .and_then(|i| self.lifecycle.get(i))
     }
 
     /// Follows a batch of events. Snapshots go first, oldest process
@@ -272,8 +438,17 @@ impl History {
 
     /// Follows one event (one without a process key is not remembered).
     pub fn observe(&mut self, e: &ProcessEvent) {
-        let Some(key) = e.process_key.map(|k| k.to_string()) else {
+        let Some(pk) = e.process_key else {
             return;
+        };
+        let text = pk.to_string();
+        // One shared string per process, whatever names it.
+        let key: Key = match self.live.get(&e.pid) {
+            Some(k) if **k == *text => Arc::clone(k),
+            _ => self
+                .nodes
+                .get_key_value(text.as_str())
+                .map_or_else(|| Arc::from(text), |(k, _)| Arc::clone(k)),
         };
         let event_type = match e.event_type {
             ProcessEventType::Fork => Some("fork"),
@@ -286,7 +461,7 @@ impl History {
                 seq: 0,
                 observed_at: unix_ns(e.timestamp),
                 event_type,
-                process_key: key.clone(),
+                process_key: Arc::clone(&key),
                 pid: e.pid,
                 ppid: e.ppid,
                 image: image_of(e),
@@ -303,32 +478,43 @@ impl History {
         let readable = e.accessible || !e.name.is_empty();
         match self.nodes.get_mut(&key) {
             Some(node) => {
+                if !readable {
+                    return;
+                }
                 let image = image_of(e);
-                let changed = node.last.exe != image.exe
-                    || node.last.name != image.name
-                    || node.last.cmdline != image.cmdline;
-                if readable && changed {
-                    if node.images >= MAX_IMAGES {
-                        self.counters.images_dropped.inc();
-                        return;
+                let changed = node.last().is_none_or(|last| {
+                    last.exe != image.exe
+                        || last.name != image.name
+                        || last.cmdline != image.cmdline
+                });
+                if !changed {
+                    return;
+                }
+                if node.images.len() >= MAX_IMAGES {
+                    self.counters.images_dropped.inc();
+                    return;
+                }
+                if let Some(last) = node.images.last() {
+                    index_remove(&mut self.by_name, last.name.as_str(), &key);
+                }
+                index_add(&mut self.by_name, image.name.clone(), &key);
+                node.images.push(image);
+                match node.images.as_slice() {
+                    [] | [_] => {}
+                    [first, second] => {
+                        index_add(&mut self.lineage_names, first.name.clone(), &key);
+                        index_add(&mut self.lineage_names, second.name.clone(), &key);
                     }
-                    let seq = node.images;
-                    node.images += 1;
-                    let last = std::mem::replace(&mut node.last, image.clone());
-                    self.changes.push(Change::Image {
-                        key,
-                        pid: e.pid,
-                        seq,
-                        image,
-                        previous: (seq == 1).then_some(last),
-                    });
+                    [.., latest] => {
+                        index_add(&mut self.lineage_names, latest.name.clone(), &key);
+                    }
                 }
             }
             None => self.insert(key, e, readable),
         }
     }
 
-    fn insert(&mut self, key: String, e: &ProcessEvent, readable: bool) {
+    fn insert(&mut self, key: Key, e: &ProcessEvent, readable: bool) {
         while self.nodes.len() >= self.capacity {
             if !self.evict_one() {
                 break;
@@ -349,36 +535,30 @@ impl History {
             cur = self.nodes.get(&k).and_then(|n| n.parent.clone());
             ancestors.push(k);
         }
-        let image = image_of(e);
+        for a in &ancestors {
+            index_add(&mut self.descendants, Arc::clone(a), &key);
+        }
+        let images = if readable {
+            index_add(&mut self.by_name, e.name.clone(), &key);
+            vec![image_of(e)]
+        } else {
+            Vec::new()
+        };
         self.nodes.insert(
-            key.clone(),
+            Arc::clone(&key),
             Node {
                 pid: e.pid,
                 parent,
-                images: usize::from(readable),
-                last: image.clone(),
+                ancestors: ancestors.into_boxed_slice(),
+                images,
                 exited: false,
             },
         );
-        self.live.insert(e.pid, key.clone());
-        push_key(&mut self.seen, key.clone(), &self.nodes, self.capacity);
-        self.changes.push(Change::Process {
-            key: key.clone(),
-            pid: e.pid,
-            ancestors,
-        });
-        if readable {
-            self.changes.push(Change::Image {
-                key,
-                pid: e.pid,
-                seq: 0,
-                image,
-                previous: None,
-            });
-        }
+        self.live.insert(e.pid, Arc::clone(&key));
+        push_key(&mut self.seen, key, &self.nodes, self.capacity);
     }
 
-    fn exit(&mut self, key: &str, pid: u32) {
+    fn exit(&mut self, key: &Key, pid: u32) {
         if self.live.get(&pid).is_some_and(|k| k == key) {
             self.live.remove(&pid);
         }
@@ -389,10 +569,12 @@ impl History {
             return;
         }
         node.exited = true;
-        push_key(&mut self.exited, key.to_owned(), &self.nodes, self.capacity);
-        self.changes.push(Change::Exited {
-            key: key.to_owned(),
-        });
+        push_key(
+            &mut self.exited,
+            Arc::clone(key),
+            &self.nodes,
+            self.capacity,
+        );
     }
 
     /// Forgets one process: the first to have exited, else the oldest.
@@ -409,9 +591,20 @@ impl History {
             if self.live.get(&node.pid).is_some_and(|k| *k == key) {
                 self.live.remove(&node.pid);
             }
+            if let Some(last) = node.last() {
+                index_remove(&mut self.by_name, last.name.as_str(), &key);
+            }
+            if node.images.len() > 1 {
+                for image in &node.images {
+                    index_remove(&mut self.lineage_names, image.name.as_str(), &key);
+                }
+            }
+            for a in &node.ancestors {
+                index_remove(&mut self.descendants, &**a, &key);
+            }
+            self.descendants.remove(&key);
         }
         self.counters.evicted.inc();
-        self.changes.push(Change::Forget { key });
         true
     }
 
@@ -420,9 +613,8 @@ impl History {
         self.next_seq += 1;
         let window = i64::try_from(LIFECYCLE_WINDOW.as_nanos()).unwrap_or(i64::MAX);
         let horizon = row.observed_at.map(|t| t.saturating_sub(window));
-        let mut up_to = None;
-        while let Some(&(seq, at)) = self.lifecycle.front() {
-            let expired = matches!((at, horizon), (Some(a), Some(h)) if a < h);
+        while let Some(front) = self.lifecycle.front() {
+            let expired = matches!((front.observed_at, horizon), (Some(a), Some(h)) if a < h);
             let full = self.lifecycle.len() >= self.lifecycle_capacity;
             if !expired && !full {
                 break;
@@ -430,13 +622,18 @@ impl History {
             if !expired {
                 self.counters.lifecycle_dropped.inc();
             }
-            self.lifecycle.pop_front();
-            up_to = Some(seq);
+            if let Some(gone) = self.lifecycle.pop_front() {
+                if let Some(ppid) = gone.ppid {
+                    self.lifecycle_by_ppid.pop(&ppid);
+                }
+                self.lifecycle_by_key.pop(&*gone.process_key);
+            }
         }
-        if let Some(seq) = up_to {
-            self.changes.push(Change::LifecycleUpTo(seq));
+        if let Some(ppid) = row.ppid {
+            self.lifecycle_by_ppid.push(ppid, row.seq);
         }
-        self.lifecycle.push_back((row.seq, row.observed_at));
-        self.changes.push(Change::Lifecycle(row));
+        self.lifecycle_by_key
+            .push(Arc::clone(&row.process_key), row.seq);
+        self.lifecycle.push_back(row);
     }
 }

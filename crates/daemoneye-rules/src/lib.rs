@@ -38,3 +38,5 @@ pub mod engine;
 pub mod history;
 pub mod rules;
 pub mod sigma;
+mod sys;
+mod tables;
