@@ -7,7 +7,6 @@
 use anyhow::bail;
 use collector_core::{BootId, ProcessEvent, ProcessEventType, ProcessKey};
 use daemoneye_rules::engine::{ProcessRow, RuleEngine, RuleKind};
-use daemoneye_rules::history::History;
 use daemoneye_rules::rules;
 use tokio::time::Instant;
 
@@ -84,18 +83,18 @@ fn key(pid: u32, i: usize) -> ProcessKey {
     )
 }
 
-/// The history of `rows`: an init, then each row exec'd by a child of it,
-/// every 50th by a child of the table's first nginx (so its shells have a
-/// web server for an ancestor).
-fn history(rows: &[ProcessRow]) -> History {
-    let mut h = History::new();
+/// The history of `rows`, as events: an init, then each row exec'd by a
+/// child of it, every 50th by a child of the table's first nginx (so its
+/// shells have a web server for an ancestor).
+fn history(rows: &[ProcessRow]) -> Vec<ProcessEvent> {
+    let mut h = Vec::with_capacity(rows.len() + 1);
     let mut init = ProcessEvent::new(1, "systemd");
     init.event_type = ProcessEventType::Snapshot;
     init.ppid = Some(0);
     init.accessible = true;
     init.executable_path = Some("/usr/lib/systemd/systemd".to_owned());
     init.process_key = Some(key(1, usize::MAX));
-    h.observe(&init);
+    h.push(init);
     let nginx = rows.iter().find(|r| r.name == "nginx").map_or(1, |r| r.pid);
     for (i, r) in rows.iter().enumerate() {
         let mut e = ProcessEvent::new(r.pid, r.name.clone());
@@ -109,7 +108,7 @@ fn history(rows: &[ProcessRow]) -> History {
         e.executable_path.clone_from(&r.exe);
         e.command_line.clone_from(&r.argv);
         e.process_key = Some(key(r.pid, i));
-        h.observe(&e);
+        h.push(e);
     }
     h
 }
@@ -193,8 +192,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     if !engine.refused().is_empty() {
         bail!("rules refused: {:?}", engine.refused());
     }
-    let mut past = history(&rows);
-    engine.apply_history(&past.take_changes())?;
+    engine.observe(&history(&rows));
     let mut empty = RuleEngine::new(Vec::new())?;
     let (mut full, mut load, mut matches) = (Vec::new(), Vec::new(), 0);
     for _ in 0..o.reps {
@@ -222,7 +220,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         time_dir(dir, &rows, &mut empty, o.reps)?;
     }
     if o.per_rule {
-        let changes = history(&rows).take_changes();
+        let past = history(&rows);
         for r in process_rules {
             let copies = (0..10)
                 .map(|copy| {
@@ -232,7 +230,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                 })
                 .collect();
             let mut one = RuleEngine::new(copies)?;
-            one.apply_history(&changes)?;
+            one.observe(&past);
             let mut ms = Vec::new();
             for _ in 0..o.reps {
                 let t = Instant::now();
