@@ -204,13 +204,7 @@ fn schema() -> String {
             format!("{name} {ty}")
         })
         .collect();
-    let table = |list: &[collector_core::vocabulary::Column]| -> String {
-        let cols: Vec<String> = list
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.ty.sqlite()))
-            .collect();
-        cols.join(", ")
-    };
+    let table = crate::tables::definitions;
     format!(
         "CREATE TABLE processes ({});{INDEXES}\nCREATE TABLE performance ({});\n\
          CREATE TABLE connections ({});\nCREATE INDEX connections_pid ON connections (pid);\n\

@@ -57,13 +57,18 @@ pub(crate) trait HistoryTable: 'static {
     fn column(h: &History, row: &Self::Row, i: c_int, ctx: &mut Context) -> rusqlite::Result<()>;
 }
 
-/// The `CREATE TABLE` SQLite is told the table has.
-pub(crate) fn declaration<T: HistoryTable>() -> String {
-    let columns: Vec<String> = T::COLUMNS
+/// `list` as the column definitions of a `CREATE TABLE` (`name TYPE, …`).
+pub(crate) fn definitions(list: &[Column]) -> String {
+    let columns: Vec<String> = list
         .iter()
         .map(|c| format!("{} {}", c.name, c.ty.sqlite()))
         .collect();
-    format!("CREATE TABLE x({})", columns.join(", "))
+    columns.join(", ")
+}
+
+/// The `CREATE TABLE` SQLite is told the table has.
+pub(crate) fn declaration<T: HistoryTable>() -> String {
+    format!("CREATE TABLE x({})", definitions(T::COLUMNS))
 }
 
 /// The plan: one equality on the most preferred indexed column there is
