@@ -7,8 +7,8 @@
 //!   store writer in batches of `--batch` (as a collector link hands them
 //!   on; each batch stored with its rows, its ledger entry and an outbox
 //!   item per event in one transaction), shipped by the fleet sink
-//!   (`FleetSink`, woken after each batch as the agent wakes it, at most
-//!   one wake-up waiting) to `<prefix>.<host>.events.process`, each
+//!   (`FleetSink`, woken by the writer's commits to the outbox as its
+//!   worker in the agent is) to `<prefix>.<host>.events.process`, each
 //!   acknowledged by the stream and removed from the outbox: from the
 //!   first write to the last removal.
 //!   The events are execs each with a name and executable of its own (every
@@ -18,8 +18,8 @@
 //!   publishes, sliding) and a `Nats-Msg-Id` each; `fleet.ratio_vs_bare`.
 //! - `fleet.host_*`: the same three for a busy host's forks, execs and exits
 //!   of a few programs (the events `daemoneye-bench db` and `store` write).
-//! - `fleet.alerts_per_sec`: alerts the same way, one transaction each
-//!   (stored, ledgered and queued), the sink woken after each.
+//! - `fleet.alerts_per_sec`: alerts the same way, each stored, ledgered
+//!   and queued (the writer commits them in batches).
 //! - `fleet.drain_secs`: the outbox an outage leaves (`--outage-secs` at
 //!   `--rate` events a second, 60 s at 1,000/s by default) shipped by a
 //!   connected sink: the time to an empty outbox (the client's reconnect
@@ -213,7 +213,7 @@ async fn through_outbox(
     load: Load,
 ) -> anyhow::Result<f64> {
     let (writer, mut sink, status) = sink(dir, url, host, n + 16).await?;
-    let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+    let mut changes = writer.outbox_changes();
     let start = Instant::now();
     let produce = async {
         match load {
@@ -225,21 +225,18 @@ async fn through_outbox(
                         .events((next..=last).map(|i| shape.event(i)).collect())
                         .await;
                     next = last + 1;
-                    // At most one wake-up waits, as in the sink worker.
-                    let _ = wake.try_send(());
                 }
             }
             Load::Alerts => {
                 for i in 1..=n {
                     writer.alert(alert(i)).await;
-                    let _ = wake.try_send(());
                 }
             }
         }
     };
     let ship = async {
         while status.acknowledged.get() < n as u64 {
-            if woken.recv().await.is_none() {
+            if changes.changed().await.is_err() {
                 break;
             }
             delivered(sink.deliver_outbox().await)?;

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use collector_core::metrics::{MetricsServer, Registry, ServeError};
-use collector_core::{CollectorIpcServer, EventKind, IpcServerConfig, ProcessEvent, SourceCaps};
+use collector_core::{CollectorIpcServer, IpcServerConfig, ProcessEvent, SourceCaps};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -272,32 +272,19 @@ impl Pipeline {
             counters.alerts.inc();
             self.sinks.deliver(a).await;
         }
-        let stored: &[EventKind] = match batch {
-            Some(LinkEvent::Events(batch)) => {
-                self.writer.events(batch).await;
-                &[EventKind::Process]
-            }
-            Some(LinkEvent::Performance(samples)) => {
-                self.writer.performance(samples).await;
-                &[EventKind::Performance]
-            }
-            Some(LinkEvent::Network(connections)) => {
-                self.writer.connections(connections).await;
-                &[EventKind::Network]
-            }
+        // The fleet sink ships what the writer commits to the outbox (the
+        // writer wakes it).
+        match batch {
+            Some(LinkEvent::Events(batch)) => self.writer.events(batch).await,
+            Some(LinkEvent::Performance(samples)) => self.writer.performance(samples).await,
+            Some(LinkEvent::Network(connections)) => self.writer.connections(connections).await,
             Some(LinkEvent::Files(files)) => {
                 self.writer.file_events(files).await;
                 // What they said of running processes (an executable
                 // deleted or replaced), as those processes' events.
                 self.writer.events(self.detector.take_implied()).await;
-                &[EventKind::Filesystem, EventKind::Process]
             }
-            Some(LinkEvent::Connected) | None => &[],
-        };
-        // The store queued the batch in its outbox (in its transaction):
-        // the fleet sink ships it from there.
-        if stored.iter().any(|d| self.sinks.ships_events(*d)) {
-            self.sinks.outbox_queued();
+            Some(LinkEvent::Connected) | None => {}
         }
         for a in alerts {
             // The fleet sink ships from the store's outbox: offered the

@@ -400,6 +400,20 @@ impl Store {
         self.outbox_state()
     }
 
+    /// The id of the last item ever queued (0: none); ids only grow, so
+    /// it moves exactly when an item is queued.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn outbox_last_id(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0))
+    }
+
     /// How full the outbox is.
     ///
     /// # Errors

@@ -58,6 +58,7 @@
 
 use collector_core::metrics::{Counter, Gauge, Registry};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ use daemoneye_lib::Backoff;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::alert::Alert;
 use crate::ledger::{Checkpoint, CheckpointEntry, Head, Lost, StartEntry, StopEntry};
@@ -442,9 +443,21 @@ enum Write {
 /// What the writer does to the outbox for its shipper.
 #[derive(Debug)]
 enum OutboxOp {
-    Read { after: i64, limit: usize },
+    Read {
+        after: i64,
+        limit: usize,
+    },
+    /// Removes the items; awaited by the caller: the round is cut so the
+    /// reply comes at once.
     Ack(Vec<i64>),
+    /// Removes the items; not awaited (a shipper goes on publishing): the
+    /// round goes on collecting, and every removal of a round is applied
+    /// in one transaction after its writes.
+    Remove(Vec<i64>),
 }
+
+/// What an [`OutboxOp`] gives its caller.
+type OutboxResult = Result<OutboxReply, StoreError>;
 
 /// What an [`OutboxOp`] gave.
 #[derive(Debug)]
@@ -487,6 +500,10 @@ pub struct StoreWriter {
     stats: Arc<WriterStats>,
     done: watch::Receiver<bool>,
     when_full: WhenFull,
+    /// The database file the writer writes.
+    path: Arc<Path>,
+    /// Bumped after each commit that changed the outbox.
+    outbox_changes: watch::Receiver<u64>,
 }
 
 impl StoreWriter {
@@ -513,9 +530,11 @@ impl StoreWriter {
         Self::spawn_slot(Slot::Shared(store), config)
     }
 
-    fn spawn_slot(store: Slot, config: WriterConfig) -> Result<Self, StoreError> {
+    fn spawn_slot(mut store: Slot, config: WriterConfig) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(config.queue_writes.max(1));
         let (done_tx, done_rx) = watch::channel(false);
+        let (changes_tx, changes_rx) = watch::channel(0);
+        let path: Arc<Path> = store.with(|s| Arc::from(s.path()));
         let stats = Arc::new(WriterStats::default());
         let timer = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -541,6 +560,8 @@ impl StoreWriter {
             batch_events: config.batch_events.max(1),
             batch_delay: Duration::from_millis(config.batch_delay_ms),
             done: done_tx,
+            outbox_changes: changes_tx,
+            outbox_mark: None,
             held: VecDeque::new(),
             held_weight: 0,
             max_held: config.max_held_events.max(1),
@@ -565,6 +586,8 @@ impl StoreWriter {
             stats,
             done: done_rx,
             when_full: config.when_full,
+            path,
+            outbox_changes: changes_rx,
         })
     }
 
@@ -586,6 +609,21 @@ impl StoreWriter {
     /// The writer's counters.
     pub fn stats(&self) -> Arc<WriterStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The database file the writer writes (for a reader of its own:
+    /// [`Store::open_file_read_only`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A signal that changes after each committed transaction that queued
+    /// items in the outbox or removed some (of a store
+    /// [`with_outbox`](Store::with_outbox)): a shipper reading the outbox
+    /// on a connection of its own reads again when it changes, and so
+    /// finds every item once it is committed, never before.
+    pub fn outbox_changes(&self) -> watch::Receiver<u64> {
+        self.outbox_changes.clone()
     }
 
     /// Queues a batch of events (waits while the queue is full, or drops and
@@ -786,7 +824,10 @@ impl StoreWriter {
     /// Once queued, the ack is applied even if the future is dropped; an
     /// ack not applied only means a resend, which the broker drops.
     pub async fn outbox_ack(&self, ids: Vec<i64>) -> Result<OutboxState, StoreError> {
-        self.outbox_ack_queued(ids).await?.applied().await
+        match self.outbox(OutboxOp::Ack(ids)).await? {
+            OutboxReply::State(state) => Ok(state),
+            OutboxReply::Items(_) => Ok(OutboxState::default()),
+        }
     }
 
     /// Queues removing the outbox items `ids`, as
@@ -799,7 +840,7 @@ impl StoreWriter {
     pub async fn outbox_ack_queued(&self, ids: Vec<i64>) -> Result<OutboxAck, StoreError> {
         let (ack, acked) = oneshot::channel();
         self.tx
-            .send(Write::Outbox(OutboxOp::Ack(ids), ack))
+            .send(Write::Outbox(OutboxOp::Remove(ids), ack))
             .await
             .map_err(|_| StoreError::WriterClosed)?;
         Ok(OutboxAck(acked))
@@ -874,6 +915,19 @@ impl StoreWriter {
 pub struct OutboxAck(oneshot::Receiver<Result<OutboxReply, StoreError>>);
 
 impl OutboxAck {
+    /// The outbox's state if the ack was applied already; `None` while it
+    /// waits.
+    pub fn try_applied(&mut self) -> Option<Result<OutboxState, StoreError>> {
+        match self.0.try_recv() {
+            Ok(reply) => Some(reply.map(|reply| match reply {
+                OutboxReply::State(state) => state,
+                OutboxReply::Items(_) => OutboxState::default(),
+            })),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::WriterClosed)),
+        }
+    }
+
     /// The outbox's state once the ack is applied.
     ///
     /// # Errors
@@ -928,6 +982,10 @@ struct Worker {
     batch_events: usize,
     batch_delay: Duration,
     done: watch::Sender<bool>,
+    /// Bumped when a commit changed the outbox ([`StoreWriter::outbox_changes`]).
+    outbox_changes: watch::Sender<u64>,
+    /// The outbox's last id queued and its depth, as last signalled.
+    outbox_mark: Option<(i64, Option<u64>)>,
     /// Writes not committed yet, in queue order: the round's, and those held
     /// since the store began failing.
     held: VecDeque<Pending>,
@@ -966,7 +1024,7 @@ const CLOSE_ATTEMPTS: u32 = 3;
 struct Round {
     acks: Vec<oneshot::Sender<()>>,
     entries: Vec<(Own, oneshot::Sender<Result<Appended, StoreError>>)>,
-    outbox: Vec<(OutboxOp, oneshot::Sender<Result<OutboxReply, StoreError>>)>,
+    outbox: Vec<(OutboxOp, oneshot::Sender<OutboxResult>)>,
     finish: bool,
 }
 
@@ -1012,15 +1070,9 @@ impl Worker {
             for (entry, ack) in round.entries {
                 let _ = ack.send(self.append_own(&entry));
             }
-            for (op, ack) in round.outbox {
-                let _ = ack.send(self.store.with(|store| match op {
-                    OutboxOp::Read { after, limit } => {
-                        store.outbox_read(after, limit).map(OutboxReply::Items)
-                    }
-                    OutboxOp::Ack(ids) => store.outbox_ack(&ids).map(OutboxReply::State),
-                }));
-            }
+            self.outbox_ops(round.outbox);
             self.bound_store();
+            self.signal_outbox();
             for ack in round.acks {
                 let _ = ack.send(());
             }
@@ -1107,8 +1159,10 @@ impl Worker {
                 return true;
             }
             Write::Outbox(op, ack) => {
+                // A removal nobody waits for lets the round go on.
+                let cut = !matches!(op, OutboxOp::Remove(_));
                 round.outbox.push((op, ack));
-                return true;
+                return cut;
             }
             Write::Close => {
                 round.finish = true;
@@ -1136,6 +1190,82 @@ impl Worker {
             }
         }
         round
+    }
+
+    /// Applies a round's outbox reads and acks, in order; the removals not
+    /// awaited ([`OutboxOp::Remove`]) in a row in one transaction, replied
+    /// with the state after it.
+    fn outbox_ops(&mut self, ops: Vec<(OutboxOp, oneshot::Sender<OutboxResult>)>) {
+        let mut removals = Vec::new();
+        for (op, ack) in ops {
+            let reply = match op {
+                OutboxOp::Remove(ids) => {
+                    removals.push((ids, ack));
+                    continue;
+                }
+                // After the removals queued before it.
+                OutboxOp::Read { after, limit } => {
+                    self.remove(std::mem::take(&mut removals));
+                    self.store
+                        .with(|store| store.outbox_read(after, limit).map(OutboxReply::Items))
+                }
+                OutboxOp::Ack(ids) => {
+                    self.remove(std::mem::take(&mut removals));
+                    self.store
+                        .with(|store| store.outbox_ack(&ids).map(OutboxReply::State))
+                }
+            };
+            let _ = ack.send(reply);
+        }
+        self.remove(removals);
+    }
+
+    /// Applies `removals` in one transaction (each on its own when that
+    /// fails, each then with its own outcome).
+    fn remove(&mut self, removals: Vec<(Vec<i64>, oneshot::Sender<OutboxResult>)>) {
+        if removals.is_empty() {
+            return;
+        }
+        let all: Vec<i64> = removals.iter().flat_map(|(ids, _)| ids).copied().collect();
+        match self.store.with(|store| store.outbox_ack(&all)) {
+            Ok(state) => {
+                for (_, ack) in removals {
+                    let _ = ack.send(Ok(OutboxReply::State(state)));
+                }
+            }
+            Err(_) => {
+                for (ids, ack) in removals {
+                    let _ = ack.send(
+                        self.store
+                            .with(|store| store.outbox_ack(&ids).map(OutboxReply::State)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Signals [`StoreWriter::outbox_changes`] when the outbox's last
+    /// queued id or its depth moved since the last signal (only for a store
+    /// that queues in an outbox).
+    fn signal_outbox(&mut self) {
+        let mark = self.store.with(|store| {
+            store
+                .outbox
+                .is_some()
+                .then(|| store.outbox_last_id().map(|id| (id, store.outbox_depth)))
+        });
+        match mark {
+            Some(Ok(mark)) if self.outbox_mark != Some(mark) => {
+                self.outbox_mark = Some(mark);
+                self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            None | Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                // A shipper is woken anyway: it reads what is there.
+                debug!(error = %daemoneye_lib::error_chain(&e), "cannot read the outbox's last id");
+                self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
     }
 
     /// Appends a ledger entry of its own (after recording a pending gap),
@@ -1471,7 +1601,7 @@ fn record_gap(store: &mut Slot, s: &WriterStats, gap: &mut Gap) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::unnecessary_literal_bound)]
 
-    use collector_core::ProcessEventType;
+    use collector_core::{EventId, EventKind, ProcessEventType};
 
     use super::*;
 
@@ -1636,6 +1766,53 @@ mod tests {
         writer.close().await;
         let left = Store::open(dir.path()).unwrap().outbox_read(0, 10).unwrap();
         assert_eq!(left, items[1..]);
+    }
+
+    #[tokio::test]
+    async fn commits_to_the_outbox_are_signalled_and_removals_come_before_what_follows() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            // Long enough that only a flush or an awaited op commits.
+            batch_delay_ms: 60_000,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(
+            db.with_outbox(Some(100))
+                .with_shipped_events(&[EventKind::Process]),
+            config,
+        )
+        .unwrap();
+        let mut changes = writer.outbox_changes();
+        let reader = Store::open_file_read_only(writer.path()).unwrap();
+        let mut batch = events(3);
+        for (n, e) in batch.iter_mut().enumerate() {
+            e.id = std::num::NonZeroU64::new(n as u64 + 1).map(|seq| EventId::new(7, seq));
+        }
+        writer.events(batch).await;
+        // Queued, not committed: not signalled, not readable.
+        assert!(!changes.has_changed().unwrap());
+        assert!(reader.outbox_read(0, 10).unwrap().is_empty());
+        writer.flush().await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        let items = reader.outbox_read(0, 10).unwrap();
+        assert_eq!(items.len(), 3);
+        // Two removals nobody awaits, then a look: the look comes after them.
+        let first = writer.outbox_ack_queued(vec![items[0].id]).await.unwrap();
+        let second = writer.outbox_ack_queued(vec![items[1].id]).await.unwrap();
+        let state = writer.outbox_state().await.unwrap();
+        assert_eq!(state.depth, 1);
+        assert_eq!(first.applied().await.unwrap().depth, 1, "one transaction");
+        assert_eq!(second.applied().await.unwrap().depth, 1);
+        // A removal changed the outbox: signalled too.
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        // A commit that leaves the outbox as it was is not signalled.
+        writer.flush().await.unwrap();
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(reader.outbox_read(0, 10).unwrap(), items[2..]);
+        writer.close().await;
+        drop(dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

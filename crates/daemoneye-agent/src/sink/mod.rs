@@ -165,6 +165,16 @@ pub trait AlertSink: Send + 'static {
     fn deliver_outbox(&mut self) -> impl Future<Output = Delivery> {
         std::future::ready(Delivery::Delivered)
     }
+
+    /// A signal that the store committed outbox items
+    /// ([`StoreWriter::outbox_changes`](daemoneye_store::StoreWriter::outbox_changes)):
+    /// the worker makes an [`Item::Outbox`] delivery each time it changes
+    /// (changes while one is under way make one more). Asked once, when
+    /// the worker starts; `None` (the default) for a sink that does not
+    /// ship from the store.
+    fn outbox_changes(&mut self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// An alert from the built-in pack about process `pid`, for tests.

@@ -28,8 +28,11 @@
 //! the store queues each in the transaction that stores its row, and the
 //! drain publishes it to `<prefix>.<host>.events.<domain>` (`Nats-Msg-Id`
 //! `<host>.event-<domain>-<event id>`, the body the event as the event
-//! model serializes it). The agent wakes the sink after each stored batch
-//! of a shipped domain. A full outbox drops events before any alert or
+//! model serializes it). The sink reads the outbox on a read-only connection
+//! of its own (not through the writer's queue, so shipping goes on while
+//! the writer stores) and its worker drains it each time the writer has
+//! committed items there ([`StoreWriter::outbox_changes`]): an item is
+//! shipped once it is committed, never before. A full outbox drops events before any alert or
 //! checkpoint ([outbox](daemoneye_store::outbox)).
 
 use std::path::PathBuf;
@@ -463,6 +466,10 @@ pub enum FleetError {
     /// The store's outbox cannot be read or acked.
     #[error("outbox")]
     Outbox(#[from] daemoneye_store::StoreError),
+    /// A read of the outbox did not finish (its thread panicked or was
+    /// cancelled).
+    #[error("the outbox's read did not finish: {0}")]
+    ReadAborted(String),
 }
 
 /// The fleet sink; see the [module docs](self).
@@ -477,6 +484,26 @@ pub struct FleetSink {
     stream_ready: bool,
     /// The client's reconnect waits (shared with the worker's retries).
     backoff: Backoff,
+    /// The outbox read on a connection of its own, off the writer's queue
+    /// (opened at the first drain; `None` after it failed to open: then
+    /// read through the writer).
+    reader: Reader,
+    /// The last item this sink shipped with every item before it
+    /// acknowledged: a drain reads after it (what it removed may still
+    /// wait in the writer's queue).
+    shipped_through: i64,
+    /// Removals queued to the writer, oldest first, not yet seen applied.
+    removals: std::collections::VecDeque<daemoneye_store::OutboxAck>,
+    /// Whether the outbox's state was read since the sink started.
+    state_known: bool,
+}
+
+/// The sink's own connection to the outbox.
+enum Reader {
+    NotOpen,
+    Open(Box<daemoneye_store::Store>),
+    /// It could not be opened (said once): read through the writer.
+    Unavailable,
 }
 
 collector_core::debug_fields!(FleetSink { config });
@@ -499,7 +526,69 @@ impl FleetSink {
             js: None,
             stream_ready: false,
             backoff: Self::worker_config().backoff,
+            reader: Reader::NotOpen,
+            shipped_through: 0,
+            removals: std::collections::VecDeque::new(),
+            state_known: false,
         }
+    }
+
+    /// Up to `limit` committed items after `after`, read on the sink's own
+    /// connection (on a blocking thread: a read holds neither the writer
+    /// nor the runtime), or through the writer when that cannot be opened.
+    async fn read(&mut self, after: i64, limit: usize) -> Result<Vec<OutboxItem>, FleetError> {
+        if matches!(self.reader, Reader::NotOpen) {
+            self.reader = match daemoneye_store::Store::open_file_read_only(self.writer.path()) {
+                Ok(store) => Reader::Open(Box::new(store)),
+                Err(e) => {
+                    warn!(sink = "fleet", error = %daemoneye_lib::error_chain(&e), "cannot open the outbox to read it; reading through the store's writer");
+                    Reader::Unavailable
+                }
+            };
+        }
+        let reader = match std::mem::replace(&mut self.reader, Reader::NotOpen) {
+            Reader::Open(reader) => reader,
+            Reader::NotOpen | Reader::Unavailable => {
+                self.reader = Reader::Unavailable;
+                return Ok(self.writer.outbox_read(after, limit).await?);
+            }
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let items = reader.outbox_read(after, limit);
+            (reader, items)
+        })
+        .await;
+        match read {
+            Ok((reader, items)) => {
+                self.reader = Reader::Open(reader);
+                Ok(items?)
+            }
+            // The read panicked or was cancelled: opened again next time.
+            Err(e) => Err(FleetError::ReadAborted(e.to_string())),
+        }
+    }
+
+    /// The outbox's state from the removals the writer has applied (the
+    /// latest), without waiting for those it has not; read from the writer
+    /// once when nothing tells it.
+    async fn look(&mut self) -> Result<(), FleetError> {
+        let mut state = None;
+        while let Some(applied) = self
+            .removals
+            .front_mut()
+            .and_then(daemoneye_store::OutboxAck::try_applied)
+        {
+            self.removals.pop_front();
+            state = Some(applied?);
+        }
+        if state.is_none() && !self.state_known && self.removals.is_empty() {
+            state = Some(self.writer.outbox_state().await?);
+        }
+        if let Some(state) = state {
+            self.state_known = true;
+            self.status.outbox(state);
+        }
+        Ok(())
     }
 
     /// The sink's state, shared with health.
@@ -651,28 +740,32 @@ impl FleetSink {
         Ok(())
     }
 
-    /// Publishes everything in the outbox, oldest first, with at most
-    /// [`FleetConfig::window`] publishes unacknowledged: a window that
-    /// slides (the next item is published as the oldest is acknowledged,
-    /// read from the outbox half a window at a time), and what was
+    /// Publishes everything committed to the outbox after what this sink
+    /// shipped, oldest first, with at most [`FleetConfig::window`]
+    /// publishes unacknowledged: a window that slides (the next item is
+    /// published as the oldest is acknowledged), the items read on the
+    /// sink's own connection ([`read`](Self::read)) four windows at a time,
+    /// so a drain ships while the writer goes on storing; what was
     /// acknowledged removed from the outbox half a window at a time, the
     /// removal queued to the store writer without waiting for it (what a
     /// crash leaves unremoved is sent again; the stream drops the resend).
+    /// What the writer commits meanwhile is shipped by the next drain (the
+    /// writer's [`outbox_changes`](StoreWriter::outbox_changes) wake the
+    /// worker).
     async fn drain(&mut self) -> Result<(), FleetError> {
         let js = self.connect().await?;
         let window = self.config.window.max(1);
         let refill = window.div_ceil(2);
+        // An item unencodable (`None`) holds its place and is done at once.
         let mut in_flight = std::collections::VecDeque::with_capacity(window);
         let mut acked = Vec::with_capacity(window);
-        let mut removals = Vec::new();
-        // Read ahead of the window: a read waits behind every write queued
-        // before it, so it is made seldom and large.
+        // Read ahead of the window: a read is made seldom and large.
         let read_ahead = window.saturating_mul(READ_AHEAD_WINDOWS);
         let mut ready = std::collections::VecDeque::with_capacity(read_ahead);
-        let (mut after, mut more, mut failed) = (0, true, None);
+        let (mut after, mut more, mut failed) = (self.shipped_through, true, None);
         loop {
             if more && failed.is_none() && ready.len() < refill {
-                let items = self.writer.outbox_read(after, read_ahead).await?;
+                let items = self.read(after, read_ahead).await?;
                 more = !items.is_empty();
                 if let Some(last) = items.last() {
                     after = last.id;
@@ -687,6 +780,7 @@ impl FleetSink {
                 let id = item.id;
                 let Some((subject, payload)) = self.message(item) else {
                     acked.push(id); // unencodable: no retry would mend it
+                    in_flight.push_back((id, String::new(), None));
                     continue;
                 };
                 let mut headers = HeaderMap::new();
@@ -697,7 +791,7 @@ impl FleetSink {
                 {
                     Ok(ack) => {
                         self.status.published.inc();
-                        in_flight.push_back((id, subject, ack));
+                        in_flight.push_back((id, subject, Some(ack)));
                     }
                     Err(e) => failed = Some((subject, e.to_string())),
                 }
@@ -705,32 +799,41 @@ impl FleetSink {
             let Some((id, subject, ack)) = in_flight.pop_front() else {
                 break;
             };
-            match ack.await {
-                Ok(ack) => {
-                    self.status.acknowledged.inc();
-                    if ack.duplicate {
-                        self.status.duplicates.inc();
+            let done = match ack {
+                None => true,
+                Some(ack) => match ack.await {
+                    Ok(ack) => {
+                        self.status.acknowledged.inc();
+                        if ack.duplicate {
+                            self.status.duplicates.inc();
+                        }
+                        acked.push(id);
+                        true
                     }
-                    acked.push(id);
-                }
-                Err(e) => {
-                    failed.get_or_insert_with(|| (subject, e.to_string()));
-                }
+                    Err(e) => {
+                        failed.get_or_insert_with(|| (subject, e.to_string()));
+                        false
+                    }
+                },
+            };
+            // In order, up to the first failure: what follows it is read
+            // again by the next drain.
+            if done && failed.is_none() {
+                self.shipped_through = id;
             }
             if acked.len() >= refill {
                 let ids = std::mem::take(&mut acked);
-                removals.push(self.writer.outbox_ack_queued(ids).await?);
+                self.removals
+                    .push_back(self.writer.outbox_ack_queued(ids).await?);
             }
         }
-        removals.push(self.writer.outbox_ack_queued(acked).await?);
-        // In order: the last one's state is the outbox's now.
-        let mut state = None;
-        for removal in removals {
-            state = Some(removal.applied().await?);
+        if !acked.is_empty() {
+            self.removals
+                .push_back(self.writer.outbox_ack_queued(acked).await?);
         }
-        if let Some(state) = state {
-            self.status.outbox(state);
-        }
+        // The removals' states as the writer applies them, without waiting
+        // (it signals each: a later drain looks again).
+        self.look().await?;
         if let Some((subject, reason)) = failed {
             self.stream_ready = false;
             return Err(FleetError::Publish { subject, reason });
@@ -824,6 +927,10 @@ impl AlertSink for FleetSink {
     }
 
     /// Drains the outbox (events the store queued with their rows).
+    fn outbox_changes(&mut self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.writer.outbox_changes())
+    }
+
     async fn deliver_outbox(&mut self) -> Delivery {
         self.drain_outbox().await
     }

@@ -133,8 +133,6 @@ pub struct SinkSet {
     /// The fleet sink, which ships from the store's outbox: offered each
     /// alert once the store writer has it ([`deliver_stored`](Self::deliver_stored)).
     fleet: Option<SinkWorker>,
-    /// The event domains the fleet sink ships.
-    fleet_events: Vec<collector_core::EventKind>,
 }
 
 impl SinkSet {
@@ -199,7 +197,6 @@ impl SinkSet {
         Ok(Self {
             workers,
             fleet: None,
-            fleet_events: Vec::new(),
         })
     }
 
@@ -214,7 +211,6 @@ impl SinkSet {
         config: FleetConfig,
         writer: daemoneye_store::StoreWriter,
     ) -> Result<Arc<FleetStatus>, SinkError> {
-        self.fleet_events.clone_from(&config.events);
         let sink = FleetSink::new(config, writer);
         let status = sink.status();
         let worker = SinkWorker::start(sink, FleetSink::worker_config()).map_err(|source| {
@@ -251,23 +247,6 @@ impl SinkSet {
             // A refusal is counted (and logged) by the worker; the alert
             // waits in the outbox for the next delivery.
             let _ = w.send(Arc::new(alert.clone())).await;
-        }
-    }
-
-    /// Whether the fleet sink ships events of `domain` (then call
-    /// [`outbox_queued`](Self::outbox_queued) after each stored batch).
-    pub fn ships_events(&self, domain: collector_core::EventKind) -> bool {
-        self.fleet.is_some() && self.fleet_events.contains(&domain)
-    }
-
-    /// Wakes the sinks that ship from the store (the fleet sink): the
-    /// store writer has queued items in the outbox (a batch of events).
-    /// As with [`deliver_stored`](Self::deliver_stored), at most one drain
-    /// waits behind the one under way.
-    pub fn outbox_queued(&self) {
-        if let Some(w) = self.fleet.as_ref().filter(|w| w.in_flight() < 2) {
-            // A refusal loses nothing: the items wait in the outbox.
-            let _ = w.try_send_item(super::Item::Outbox);
         }
     }
 

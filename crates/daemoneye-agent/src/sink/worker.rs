@@ -328,6 +328,13 @@ impl Drop for AbandonGuard {
     }
 }
 
+/// What woke the worker: an item from its queue (`None`: closed and
+/// empty), or the store's outbox changing (`false`: its writer is gone).
+enum Woken {
+    Item(Option<Item>),
+    Changed(bool),
+}
+
 /// The worker's side: the sink, its settings, the shared counters.
 struct Drive<S> {
     sink: S,
@@ -341,9 +348,31 @@ impl<S: AlertSink> Drive<S> {
     /// Delivers alerts in order until the queue is closed and empty, or
     /// `abort` (what is left is then counted by whoever aborted).
     async fn run(mut self, mut rx: mpsc::Receiver<Item>, abort: CancellationToken) {
+        let mut changes = self.sink.outbox_changes();
         loop {
-            let Some(Some(item)) = unless_cancelled(&abort, rx.recv()).await else {
-                break;
+            let next = async {
+                match changes.as_mut() {
+                    // The queue first: a close is seen at once.
+                    Some(c) => tokio::select! {
+                        biased;
+                        item = rx.recv() => Woken::Item(item),
+                        changed = c.changed() => Woken::Changed(changed.is_ok()),
+                    },
+                    None => Woken::Item(rx.recv().await),
+                }
+            };
+            let item = match unless_cancelled(&abort, next).await {
+                None | Some(Woken::Item(None)) => break,
+                Some(Woken::Item(Some(item))) => item,
+                Some(Woken::Changed(true)) => {
+                    self.outbox.queued();
+                    Item::Outbox
+                }
+                // The store's writer is gone: no more commits to wait for.
+                Some(Woken::Changed(false)) => {
+                    changes = None;
+                    continue;
+                }
             };
             let Some(outcome) = unless_cancelled(&abort, self.deliver(&item)).await else {
                 break;

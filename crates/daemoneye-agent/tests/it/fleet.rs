@@ -929,3 +929,75 @@ async fn an_nkey_file_is_used_and_a_file_that_is_no_seed_is_refused() {
     let reader = async_nats::ConnectOptions::with_nkey(seed);
     assert_eq!(alert_pids(&nats.messages_with(reader).await), [6601]);
 }
+
+/// The fleet sink reads the outbox on a connection of its own, and its
+/// worker is woken by the writer's commits: with the store's writer held
+/// up (the test holds the store it shares), a drain still ships what was
+/// committed before, without waiting for the writes queued behind; once
+/// the writer moves again, what it commits is shipped with nobody asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the lock is what holds the writer up
+async fn a_drain_ships_what_is_committed_while_the_writer_is_held_up_and_commits_wake_it() {
+    use collector_core::EventKind;
+    use daemoneye_agent::sink::{AlertSink, Delivery, FleetConfig, FleetSink, SinkWorker};
+    use daemoneye_store::{Store, StoreWriter, WriterConfig};
+    use std::sync::{Arc, Mutex};
+
+    let Some((dir, mut nats)) = broker() else {
+        return;
+    };
+    nats.start();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_outbox(Some(1_000))
+        .with_shipped_events(&[EventKind::Process]);
+    let store = Arc::new(Mutex::new(store));
+    let writer = StoreWriter::spawn_shared(Arc::clone(&store), WriterConfig::default()).unwrap();
+    let mut config = FleetConfig::new(nats.url(), HOST);
+    config.events = vec![EventKind::Process];
+    let mut sink = FleetSink::new(config, writer.clone());
+    let status = sink.status();
+    writer
+        .events((7001..=7003).map(|pid| exec(pid, "ls")).collect())
+        .await;
+    writer.flush().await.unwrap();
+
+    let held = store.lock().unwrap();
+    writer
+        .events((7004..=7005).map(|pid| exec(pid, "ls")).collect())
+        .await;
+    let drained = tokio::time::timeout(Duration::from_secs(20), sink.deliver_outbox())
+        .await
+        .expect("the drain waited for the writer");
+    assert!(matches!(drained, Delivery::Delivered), "{drained:?}");
+    assert_eq!(status.acknowledged.get(), 3);
+    let pids = |messages: &[(String, String, Value)]| -> Vec<u64> {
+        let mut pids: Vec<u64> = on_subject(messages, "daemoneye.test-host.events.process")
+            .iter()
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    assert_eq!(pids(&nats.messages().await), [7001, 7002, 7003]);
+
+    // The writer commits the two held events: its commit wakes the worker.
+    let worker = SinkWorker::start(sink, FleetSink::worker_config()).unwrap();
+    drop(held);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.acknowledged.get() >= 5),
+    )
+    .await
+    .expect("the commit did not wake the sink");
+    assert_eq!(pids(&nats.messages().await), [7001, 7002, 7003, 7004, 7005]);
+    // Each once: the drain that woke read after what was shipped.
+    assert_eq!(status.acknowledged.get(), 5);
+    assert_eq!(status.duplicates.get(), 0);
+    worker
+        .close(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    writer.close().await;
+    let left = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(left.outbox_state().unwrap().depth, 0);
+}
