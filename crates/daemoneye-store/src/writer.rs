@@ -1804,8 +1804,11 @@ mod tests {
         assert_eq!(state.depth, 1);
         assert_eq!(first.applied().await.unwrap().depth, 1, "one transaction");
         assert_eq!(second.applied().await.unwrap().depth, 1);
-        // A removal changed the outbox: signalled too.
-        assert!(changes.has_changed().unwrap());
+        // A removal changed the outbox: signalled too (after its reply).
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("the removal was not signalled")
+            .unwrap();
         changes.mark_unchanged();
         // A commit that leaves the outbox as it was is not signalled.
         writer.flush().await.unwrap();
