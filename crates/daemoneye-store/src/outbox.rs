@@ -144,6 +144,13 @@ pub struct OutboxItem {
     pub body: String,
     /// When it entered the outbox (unix nanoseconds).
     pub queued_at: i64,
+    /// Whether it is the last item of its row. The events one write ships
+    /// share a row (and its [`id`](Self::id)); a row is removed whole
+    /// ([`Store::outbox_ack`]), so a shipper acknowledges its id once every
+    /// item of it is acknowledged, and reads the row again (all of it: a
+    /// broker's duplicate window drops the resends) when one failed.
+    /// Alerts and checkpoints are a row each.
+    pub ends_row: bool,
 }
 
 /// How full the outbox is.
@@ -200,6 +207,66 @@ pub(crate) fn queue_in(
     Ok(())
 }
 
+/// The items of one write, gathered into one outbox row: their message
+/// ids and bodies a line each (neither holds a line break: ids are made by
+/// the store, bodies are JSON without whitespace).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    msg_ids: String,
+    bodies: String,
+    items: u64,
+}
+
+impl Batch {
+    /// Adds an item.
+    pub(crate) fn push(&mut self, msg_id: &str, body: &str) {
+        if self.items > 0 {
+            self.msg_ids.push('\n');
+            self.bodies.push('\n');
+        }
+        self.msg_ids.push_str(msg_id);
+        self.bodies.push_str(body);
+        self.items += 1;
+    }
+
+    /// Queues the batch as one row inside `tx` (nothing when it is empty),
+    /// `depth` counting its items. Does not trim: see [`trim_in`].
+    pub(crate) fn queue_in(
+        &self,
+        tx: &Transaction<'_>,
+        depth: &mut u64,
+        kind: OutboxKind,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        if self.items == 0 {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO outbox (kind, msg_id, body, queued_at, priority, items) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            kind.as_str(),
+            self.msg_ids,
+            self.bodies,
+            now,
+            kind.priority(),
+            i64::try_from(self.items).unwrap_or(i64::MAX)
+        ])?;
+        *depth += self.items;
+        Ok(true)
+    }
+}
+
+/// `text` without its first `n` lines.
+fn after_lines(text: &str, n: u64) -> &str {
+    let mut rest = text;
+    for _ in 0..n {
+        rest = rest.split_once('\n').map_or("", |(_, tail)| tail);
+    }
+    rest
+}
+
 /// Drops the items past `bound` inside `tx`, lowest priority first and
 /// the oldest first within one (events before alerts, alerts before
 /// checkpoints), counting them in `outbox_state`; updates `depth`.
@@ -212,21 +279,49 @@ pub(crate) fn trim_in(
     if *depth <= bound {
         return Ok(Dropped::default());
     }
-    let excess = i64::try_from(*depth - bound).unwrap_or(i64::MAX);
+    let mut excess = *depth - bound;
     let mut dropped = Dropped::default();
-    {
-        let mut delete = tx.prepare_cached(
-            "DELETE FROM outbox WHERE id IN \
-             (SELECT id FROM outbox ORDER BY priority, id LIMIT ?1) RETURNING priority",
-        )?;
-        let mut rows = delete.query([excess])?;
-        while let Some(row) = rows.next()? {
-            if row.get::<_, i64>(0)? == 0 {
-                dropped.events += 1;
-            } else {
-                dropped.others += 1;
-            }
+    // The rows to drop from, in order: no more rows than items to drop.
+    let rows: Vec<(i64, i64, u64)> = tx
+        .prepare_cached("SELECT id, priority, items FROM outbox ORDER BY priority, id LIMIT ?1")?
+        .query_map([i64::try_from(excess).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?))
+        })?
+        .map(|row| {
+            row.map(|(id, priority, items)| {
+                (id, priority, u64::try_from(items).unwrap_or(1).max(1))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (id, priority, items) in rows {
+        if excess == 0 {
+            break;
         }
+        let n = items.min(excess);
+        if n == items {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([id])?;
+        } else {
+            // The oldest items of a row: the row keeps the rest.
+            let (msg_ids, bodies): (String, String) = tx
+                .prepare_cached("SELECT msg_id, body FROM outbox WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.prepare_cached(
+                "UPDATE outbox SET msg_id = ?2, body = ?3, items = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                after_lines(&msg_ids, n),
+                after_lines(&bodies, n),
+                i64::try_from(items - n).unwrap_or(i64::MAX)
+            ])?;
+        }
+        if priority == 0 {
+            dropped.events += n;
+        } else {
+            dropped.others += n;
+        }
+        excess -= n;
     }
     tx.prepare_cached(
         "UPDATE outbox_state SET dropped = dropped + ?1, dropped_events = dropped_events + ?2 \
@@ -267,37 +362,55 @@ pub(crate) fn append_in(
 
 /// The items in the outbox, counted (a walk of every row).
 fn count(conn: &Connection) -> Result<u64, StoreError> {
-    let depth: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+    let depth: i64 = conn.query_row("SELECT coalesce(sum(items), 0) FROM outbox", [], |r| {
+        r.get(0)
+    })?;
     Ok(u64::try_from(depth).unwrap_or(0))
 }
 
+/// Up to `limit` items after the row `after`, whole rows (so it may give
+/// a row's worth more).
 fn read(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, msg_id, body, queued_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, kind, msg_id, body, queued_at, items FROM outbox WHERE id > ?1 ORDER BY id \
+         LIMIT ?2",
     )?;
-    let rows = stmt.query_map([after, limit], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
+    let mut rows = stmt.query(params![after, i64::try_from(limit).unwrap_or(i64::MAX)])?;
     let mut items = Vec::new();
-    for row in rows {
-        let (id, kind, msg_id, body, queued_at) = row?;
+    while items.len() < limit {
+        let Some(row) = rows.next()? else {
+            break;
+        };
+        let id: i64 = row.get(0)?;
         // A kind this build does not know (written by a newer one) stays
         // for that build to ship.
-        if let Some(kind) = OutboxKind::parse(&kind) {
+        let Some(kind) = OutboxKind::parse(&row.get::<_, String>(1)?) else {
+            continue;
+        };
+        let queued_at: i64 = row.get(4)?;
+        let item = |msg_id: &str, body: &str, ends_row| OutboxItem {
+            id,
+            kind,
+            msg_id: msg_id.to_owned(),
+            body: body.to_owned(),
+            queued_at,
+            ends_row,
+        };
+        let (msg_ids, bodies): (String, String) = (row.get(2)?, row.get(3)?);
+        if row.get::<_, i64>(5)? <= 1 {
             items.push(OutboxItem {
                 id,
                 kind,
-                msg_id,
-                body,
+                msg_id: msg_ids,
+                body: bodies,
                 queued_at,
+                ends_row: true,
             });
+            continue;
+        }
+        let mut parts = msg_ids.split('\n').zip(bodies.split('\n')).peekable();
+        while let Some((msg_id, body)) = parts.next() {
+            items.push(item(msg_id, body, parts.peek().is_none()));
         }
     }
     Ok(items)
@@ -369,8 +482,9 @@ impl Store {
         read(self.conn(), after, limit)
     }
 
-    /// Removes the items `ids` (acknowledged by the broker), in one
-    /// transaction; ids no longer there are skipped. Returns the outbox's
+    /// Removes the rows `ids` (every item of each acknowledged by the
+    /// broker: see [`OutboxItem::ends_row`]), in one transaction; ids no
+    /// longer there are skipped. Returns the outbox's
     /// state after.
     ///
     /// # Errors
@@ -382,7 +496,8 @@ impl Store {
         let mut removed = 0u64;
         {
             // Acks come in order: one statement per run of consecutive ids.
-            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2 RETURNING items")?;
             let mut sorted = ids.to_vec();
             sorted.sort_unstable();
             sorted.dedup();
@@ -392,7 +507,10 @@ impl Store {
                 while runs.next_if(|&id| id == last + 1).is_some() {
                     last += 1;
                 }
-                removed += delete.execute([first, last])? as u64;
+                let mut gone = delete.query([first, last])?;
+                while let Some(row) = gone.next()? {
+                    removed += u64::try_from(row.get::<_, i64>(0)?).unwrap_or(1);
+                }
             }
         }
         tx.commit()?;
@@ -662,6 +780,92 @@ mod tests {
             items[2].msg_id
         );
         assert_eq!(items[2].msg_id, items[3].msg_id);
+    }
+
+    #[test]
+    fn the_events_of_one_write_share_a_row_read_item_by_item_and_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path())
+            .unwrap()
+            .with_outbox(Some(100))
+            .with_shipped_events(&[EventKind::Process]);
+        store.record_alert(&alert(1)).unwrap();
+        let events = [exec(1, 1), exec(2, 2), exec(3, 3)];
+        store.record_events(&events).unwrap();
+        store.record_alert(&alert(2)).unwrap();
+        // A read of one gives the whole row after the first alert.
+        let first = store.outbox_read(0, 1).unwrap();
+        assert_eq!(first.len(), 1);
+        let row = store.outbox_read(first[0].id, 1).unwrap();
+        assert_eq!(row.len(), 3);
+        assert!(row.iter().all(|i| i.id == row[0].id));
+        let ends: Vec<bool> = row.iter().map(|i| i.ends_row).collect();
+        assert_eq!(ends, [false, false, true]);
+        let shipped: Vec<collector_core::ProcessEvent> = row
+            .iter()
+            .map(|i| serde_json::from_str(&i.body).unwrap())
+            .collect();
+        assert_eq!(shipped, events);
+        assert_eq!(row[2].msg_id, "event-process-0000000000000007-3");
+        let all = store.outbox_read(0, 10).unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all[0].ends_row && all[4].ends_row);
+        assert_eq!(store.outbox_state().unwrap().depth, 5);
+        // Removing the row removes its three items.
+        let state = store.outbox_ack(&[row[0].id]).unwrap();
+        assert_eq!(state.depth, 2);
+        assert_eq!(count(store.conn()).unwrap(), 2);
+        let left: Vec<String> = store
+            .outbox_read(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.msg_id)
+            .collect();
+        assert_eq!(left, ["alert-1", "alert-2"]);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_items_of_a_row_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path())
+            .unwrap()
+            .with_outbox(Some(3))
+            .with_shipped_events(&[EventKind::Process]);
+        store.record_events(&[exec(1, 1), exec(2, 2)]).unwrap();
+        store
+            .record_events(&[exec(3, 3), exec(4, 4), exec(5, 5)])
+            .unwrap();
+        // Five items, three kept: the first row and the first of the second go.
+        let ids = |store: &Store| -> Vec<String> {
+            store
+                .outbox_read(0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.msg_id)
+                .collect()
+        };
+        let want: Vec<String> = (3..=5)
+            .map(|n| format!("event-process-0000000000000007-{n}"))
+            .collect();
+        assert_eq!(ids(&store), want);
+        let state = store.outbox_state().unwrap();
+        assert_eq!((state.depth, state.dropped_events), (3, 2));
+        let items = store.outbox_read(0, 10).unwrap();
+        let pids: Vec<u32> = items
+            .iter()
+            .map(|i| {
+                serde_json::from_str::<collector_core::ProcessEvent>(&i.body)
+                    .unwrap()
+                    .pid
+            })
+            .collect();
+        assert_eq!(pids, [3, 4, 5]);
+        // An alert: one more event of the row goes, the row keeps two.
+        store.record_alert(&alert(1)).unwrap();
+        assert_eq!(ids(&store)[..2], want[1..]);
+        drop(store);
+        let state = Store::open(dir.path()).unwrap().outbox_state().unwrap();
+        assert_eq!((state.depth, state.dropped_events), (3, 3));
     }
 
     #[test]

@@ -103,10 +103,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "connections.bytes_sent, bytes_received: a TCP socket's bytes from tcp_info",
         sql: V13,
     },
+    Migration {
+        version: 14,
+        description: "outbox.items: a batch of events queued as one row",
+        sql: V14,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 13;
+pub const SCHEMA_VERSION: u32 = 14;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -482,6 +487,12 @@ DELETE FROM processes WHERE exited_at IS NOT NULL;
 /// before. Last in `NETWORK`, as `ALTER TABLE` appends them.
 const V13: &str = "ALTER TABLE connections ADD COLUMN bytes_sent INTEGER;
 ALTER TABLE connections ADD COLUMN bytes_received INTEGER;";
+
+/// Version 14: the events one write ships are queued as one outbox row of
+/// `items` items (`crate::outbox`: their message ids and bodies a line
+/// each), not a row each: a row costs the writer more than its bytes.
+/// Alerts and checkpoints stay a row each (`items` 1).
+const V14: &str = "ALTER TABLE outbox ADD COLUMN items INTEGER NOT NULL DEFAULT 1;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.

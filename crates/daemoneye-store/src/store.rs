@@ -1109,20 +1109,18 @@ impl Store {
     }
 }
 
-/// Queues `events` of domain `kind` in the outbox inside `tx` (untrimmed:
-/// the caller trims once per transaction), each under its stable message
-/// id `event-<domain>-<event id>` (for an event without one, a digest of
-/// its body: a resend is the same event, the same bytes). Returns whether
-/// any was queued.
+/// Queues `events` of domain `kind` in the outbox inside `tx`, as one row
+/// (untrimmed: the caller trims once per transaction), each under its
+/// stable message id `event-<domain>-<event id>` (for an event without
+/// one, a digest of its body: a resend is the same event, the same bytes).
+/// Returns whether any was queued.
 pub(crate) fn queue_events_in<'e, E: Serialize + crate::timed::Identified + 'e>(
     tx: &Transaction<'_>,
     depth: &mut u64,
     kind: EventKind,
     events: impl IntoIterator<Item = &'e E>,
 ) -> Result<bool, StoreError> {
-    let outbox_kind = crate::outbox::OutboxKind::Event(kind);
-    let now = unix_nanos_now();
-    let mut queued = false;
+    let mut batch = crate::outbox::Batch::default();
     for e in events {
         let body = serde_json::to_string(e).map_err(|source| StoreError::Encode {
             field: "shipped event",
@@ -1135,10 +1133,14 @@ pub(crate) fn queue_events_in<'e, E: Serialize + crate::timed::Identified + 'e>(
                 &blake3::hash(body.as_bytes()).to_hex()[..32]
             ),
         };
-        crate::outbox::queue_in(tx, depth, outbox_kind, &msg_id, &body, now)?;
-        queued = true;
+        batch.push(&msg_id, &body);
     }
-    Ok(queued)
+    batch.queue_in(
+        tx,
+        depth,
+        crate::outbox::OutboxKind::Event(kind),
+        unix_nanos_now(),
+    )
 }
 
 /// One write of a [`StoreWriter`](crate::StoreWriter) batch.

@@ -1784,11 +1784,14 @@ mod tests {
         .unwrap();
         let mut changes = writer.outbox_changes();
         let reader = Store::open_file_read_only(writer.path()).unwrap();
+        // Three writes, three rows (the events of one write share a row).
         let mut batch = events(3);
         for (n, e) in batch.iter_mut().enumerate() {
             e.id = std::num::NonZeroU64::new(n as u64 + 1).map(|seq| EventId::new(7, seq));
         }
-        writer.events(batch).await;
+        for e in batch {
+            writer.events(vec![e]).await;
+        }
         // Queued, not committed: not signalled, not readable.
         assert!(!changes.has_changed().unwrap());
         assert!(reader.outbox_read(0, 10).unwrap().is_empty());

@@ -763,6 +763,8 @@ impl FleetSink {
         let read_ahead = window.saturating_mul(READ_AHEAD_WINDOWS);
         let mut ready = std::collections::VecDeque::with_capacity(read_ahead);
         let (mut after, mut more, mut failed) = (self.shipped_through, true, None);
+        // Whether every item of the row being shipped so far is done.
+        let mut row_done = true;
         loop {
             if more && failed.is_none() && ready.len() < refill {
                 let items = self.read(after, read_ahead).await?;
@@ -777,10 +779,10 @@ impl FleetSink {
                     break;
                 };
                 let msg_id = format!("{}.{}", self.config.host, item.msg_id);
-                let id = item.id;
+                let (id, ends_row) = (item.id, item.ends_row);
                 let Some((subject, payload)) = self.message(item) else {
-                    acked.push(id); // unencodable: no retry would mend it
-                    in_flight.push_back((id, String::new(), None));
+                    // Unencodable: done at once, no retry would mend it.
+                    in_flight.push_back((id, ends_row, String::new(), None));
                     continue;
                 };
                 let mut headers = HeaderMap::new();
@@ -791,12 +793,12 @@ impl FleetSink {
                 {
                     Ok(ack) => {
                         self.status.published.inc();
-                        in_flight.push_back((id, subject, Some(ack)));
+                        in_flight.push_back((id, ends_row, subject, Some(ack)));
                     }
                     Err(e) => failed = Some((subject, e.to_string())),
                 }
             }
-            let Some((id, subject, ack)) = in_flight.pop_front() else {
+            let Some((id, ends_row, subject, ack)) = in_flight.pop_front() else {
                 break;
             };
             let done = match ack {
@@ -807,7 +809,6 @@ impl FleetSink {
                         if ack.duplicate {
                             self.status.duplicates.inc();
                         }
-                        acked.push(id);
                         true
                     }
                     Err(e) => {
@@ -816,10 +817,20 @@ impl FleetSink {
                     }
                 },
             };
-            // In order, up to the first failure: what follows it is read
-            // again by the next drain.
-            if done && failed.is_none() {
-                self.shipped_through = id;
+            // A row is removed once every item of it is done; one that
+            // failed keeps its row (read again whole: the stream drops
+            // the resends of what it has).
+            row_done &= done;
+            if ends_row {
+                if row_done {
+                    acked.push(id);
+                    // In order, up to the first failure: what follows it
+                    // is read again by the next drain.
+                    if failed.is_none() {
+                        self.shipped_through = id;
+                    }
+                }
+                row_done = true;
             }
             if acked.len() >= refill {
                 let ids = std::mem::take(&mut acked);
