@@ -9,6 +9,10 @@
 //! flight), publishes each under its stable [`OutboxItem::msg_id`] (a
 //! broker's duplicate window drops a resend after a crash between publish
 //! and ack), and removes what was acknowledged ([`Store::outbox_ack`]).
+//! The events one write ships share one row (a row costs the writer more
+//! than its bytes): read item by item, each under its own message id, the
+//! row removed once all of them are acknowledged
+//! ([`OutboxItem::ends_row`]); depth and drops count items, not rows.
 //! The agent's writer does both for its sinks
 //! ([`StoreWriter::outbox_read`](crate::StoreWriter::outbox_read),
 //! [`StoreWriter::outbox_ack`](crate::StoreWriter::outbox_ack)), so the

@@ -763,8 +763,7 @@ impl FleetSink {
         let read_ahead = window.saturating_mul(READ_AHEAD_WINDOWS);
         let mut ready = std::collections::VecDeque::with_capacity(read_ahead);
         let (mut after, mut more, mut failed) = (self.shipped_through, true, None);
-        // Whether every item of the row being shipped so far is done.
-        let mut row_done = true;
+        let mut rows = Rows::default();
         loop {
             if more && failed.is_none() && ready.len() < refill {
                 let items = self.read(after, read_ahead).await?;
@@ -817,20 +816,13 @@ impl FleetSink {
                     }
                 },
             };
-            // A row is removed once every item of it is done; one that
-            // failed keeps its row (read again whole: the stream drops
-            // the resends of what it has).
-            row_done &= done;
-            if ends_row {
-                if row_done {
-                    acked.push(id);
-                    // In order, up to the first failure: what follows it
-                    // is read again by the next drain.
-                    if failed.is_none() {
-                        self.shipped_through = id;
-                    }
+            if let Some(id) = rows.done(id, ends_row, done) {
+                acked.push(id);
+                // In order, up to the first failure: what follows it is
+                // read again by the next drain.
+                if failed.is_none() {
+                    self.shipped_through = id;
                 }
-                row_done = true;
             }
             if acked.len() >= refill {
                 let ids = std::mem::take(&mut acked);
@@ -947,9 +939,57 @@ impl AlertSink for FleetSink {
     }
 }
 
+/// Which outbox rows a drain has shipped whole: a row (the events of one
+/// write) is removed once every item of it is done, and one item that
+/// failed keeps its row, read again whole by the next drain (the stream's
+/// duplicate window drops the resends of what it has).
+#[derive(Debug)]
+struct Rows {
+    /// Whether every item of the row being shipped so far is done.
+    clean: bool,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Self { clean: true }
+    }
+}
+
+impl Rows {
+    /// An item of row `id` finished (`done`: acknowledged, or skipped as
+    /// unencodable), in order; the row's id when it was its last and the
+    /// whole row is done.
+    fn done(&mut self, id: i64, ends_row: bool, done: bool) -> Option<i64> {
+        self.clean &= done;
+        if !ends_row {
+            return None;
+        }
+        let whole = std::mem::replace(&mut self.clean, true);
+        whole.then_some(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_is_done_when_its_last_item_is_and_every_item_before_it() {
+        let mut rows = Rows::default();
+        // Row 1 of three items, all acknowledged.
+        assert_eq!(rows.done(1, false, true), None);
+        assert_eq!(rows.done(1, false, true), None);
+        assert_eq!(rows.done(1, true, true), Some(1));
+        // Row 2: its middle item failed; the row stays.
+        assert_eq!(rows.done(2, false, true), None);
+        assert_eq!(rows.done(2, false, false), None);
+        assert_eq!(rows.done(2, true, true), None);
+        // The failure does not carry over to the next row.
+        assert_eq!(rows.done(3, true, true), Some(3));
+        assert_eq!(rows.done(4, true, false), None);
+        assert_eq!(rows.done(5, false, true), None);
+        assert_eq!(rows.done(5, true, true), Some(5));
+    }
 
     #[test]
     fn host_names_become_one_subject_token() {
