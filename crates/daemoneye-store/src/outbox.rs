@@ -731,13 +731,29 @@ mod tests {
         collector_core::testing::loopback_connection(pid, key, 3, 8080)
     }
 
+    /// A store in `dir` shipping process events through an outbox of
+    /// `bound` items.
+    fn shipping(dir: &tempfile::TempDir, bound: usize) -> Store {
+        Store::open(dir.path())
+            .unwrap()
+            .with_outbox(Some(bound))
+            .with_shipped_events(&[EventKind::Process])
+    }
+
+    /// The msg ids of what waits in the outbox, in order.
+    fn msg_ids(store: &Store) -> Vec<String> {
+        store
+            .outbox_read(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.msg_id)
+            .collect()
+    }
+
     #[test]
     fn shipped_domains_queue_their_events_with_their_rows_and_others_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path())
-            .unwrap()
-            .with_outbox(Some(100))
-            .with_shipped_events(&[EventKind::Process]);
+        let mut store = shipping(&dir, 100);
         // A snapshot row is not a lifecycle event: not shipped.
         let mut seen = collector_core::ProcessEvent::new(3, "init");
         seen.event_type = collector_core::ProcessEventType::Snapshot;
@@ -789,10 +805,7 @@ mod tests {
     #[test]
     fn the_events_of_one_write_share_a_row_read_item_by_item_and_removed_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path())
-            .unwrap()
-            .with_outbox(Some(100))
-            .with_shipped_events(&[EventKind::Process]);
+        let mut store = shipping(&dir, 100);
         store.record_alert(&alert(1)).unwrap();
         let events = [exec(1, 1), exec(2, 2), exec(3, 3)];
         store.record_events(&events).unwrap();
@@ -819,39 +832,22 @@ mod tests {
         let state = store.outbox_ack(&[row[0].id]).unwrap();
         assert_eq!(state.depth, 2);
         assert_eq!(count(store.conn()).unwrap(), 2);
-        let left: Vec<String> = store
-            .outbox_read(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.msg_id)
-            .collect();
-        assert_eq!(left, ["alert-1", "alert-2"]);
+        assert_eq!(msg_ids(&store), ["alert-1", "alert-2"]);
     }
 
     #[test]
     fn a_full_outbox_drops_the_oldest_items_of_a_row_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path())
-            .unwrap()
-            .with_outbox(Some(3))
-            .with_shipped_events(&[EventKind::Process]);
+        let mut store = shipping(&dir, 3);
         store.record_events(&[exec(1, 1), exec(2, 2)]).unwrap();
         store
             .record_events(&[exec(3, 3), exec(4, 4), exec(5, 5)])
             .unwrap();
         // Five items, three kept: the first row and the first of the second go.
-        let ids = |store: &Store| -> Vec<String> {
-            store
-                .outbox_read(0, 10)
-                .unwrap()
-                .into_iter()
-                .map(|i| i.msg_id)
-                .collect()
-        };
         let want: Vec<String> = (3..=5)
             .map(|n| format!("event-process-0000000000000007-{n}"))
             .collect();
-        assert_eq!(ids(&store), want);
+        assert_eq!(msg_ids(&store), want);
         let state = store.outbox_state().unwrap();
         assert_eq!((state.depth, state.dropped_events), (3, 2));
         let items = store.outbox_read(0, 10).unwrap();
@@ -866,7 +862,7 @@ mod tests {
         assert_eq!(pids, [3, 4, 5]);
         // An alert: one more event of the row goes, the row keeps two.
         store.record_alert(&alert(1)).unwrap();
-        assert_eq!(ids(&store)[..2], want[1..]);
+        assert_eq!(msg_ids(&store)[..2], want[1..]);
         drop(store);
         let state = Store::open(dir.path()).unwrap().outbox_state().unwrap();
         assert_eq!((state.depth, state.dropped_events), (3, 3));
@@ -876,10 +872,7 @@ mod tests {
     fn a_full_outbox_drops_events_before_alerts_and_alerts_before_checkpoints() {
         use crate::ledger::{CheckpointEntry, Lost};
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path())
-            .unwrap()
-            .with_outbox(Some(4))
-            .with_shipped_events(&[EventKind::Process]);
+        let mut store = shipping(&dir, 4);
         let entry = CheckpointEntry {
             time: 7,
             lost: Lost::default(),
@@ -889,16 +882,8 @@ mod tests {
         store.record_events(&[exec(10, 1), exec(11, 2)]).unwrap();
         // Full (4). Two more events: the two older events go.
         store.record_events(&[exec(12, 3), exec(13, 4)]).unwrap();
-        let kinds = |store: &Store| -> Vec<String> {
-            store
-                .outbox_read(0, 10)
-                .unwrap()
-                .iter()
-                .map(|i| i.msg_id.clone())
-                .collect()
-        };
         assert_eq!(
-            kinds(&store),
+            msg_ids(&store),
             [
                 "checkpoint-1",
                 "alert-1",
@@ -913,7 +898,7 @@ mod tests {
             store.record_alert(&alert(p)).unwrap();
         }
         assert_eq!(
-            kinds(&store),
+            msg_ids(&store),
             ["checkpoint-1", "alert-2", "alert-3", "alert-4"]
         );
         let state = store.outbox_state().unwrap();
@@ -924,7 +909,7 @@ mod tests {
         // An event into an outbox full of alerts is itself the one dropped.
         store.record_events(&[exec(14, 5)]).unwrap();
         assert_eq!(
-            kinds(&store),
+            msg_ids(&store),
             ["checkpoint-1", "alert-2", "alert-3", "alert-4"]
         );
         // Only alerts and checkpoints left: the checkpoint stays longest.
@@ -932,7 +917,7 @@ mod tests {
             store.record_alert(&alert(p)).unwrap();
         }
         assert_eq!(
-            kinds(&store),
+            msg_ids(&store),
             ["checkpoint-1", "alert-6", "alert-7", "alert-8"]
         );
         // The counts survive a restart.
