@@ -173,7 +173,7 @@ pub(crate) fn agent_health(data: &Path) -> daemoneye_lib::proto::ComponentHealth
 }
 
 /// Copies `src` to `dir/name`, runs it with `args` to completion.
-fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
+pub(crate) fn run_copy(src: &str, dir: &Path, name: &str, args: &[&str]) {
     let exe = dir.join(name);
     std::fs::copy(src, &exe).unwrap();
     // Another test's fork may still hold the copy's write descriptor for a

@@ -82,6 +82,27 @@ impl Running {
         crate::children_with(parent, needle)
     }
 
+    /// Returns once procmond reports execs and the agent judges them: a
+    /// program run from `/dev/shm` for 0.3 s until the built-in
+    /// `exec-from-temp-dir` rule alerts on one (40 tries, half a second
+    /// each); panics if none is.
+    pub(crate) fn ready(&self) {
+        let shm = std::path::Path::new("/dev/shm");
+        let seen = (0..40).any(|i| {
+            let name = format!("perfprobe{i}"); // within comm's 15 bytes
+            crate::e2e::run_copy("/bin/sleep", shm, &name, &["0.3"]);
+            let _ = std::fs::remove_file(shm.join(&name));
+            crate::first_within(&self.alerts, Duration::from_millis(500), |a| {
+                a["rule_id"] == "exec-from-temp-dir" && a["process"]["name"] == name.as_str()
+            })
+            .is_some()
+        });
+        assert!(
+            seen,
+            "no exec from /dev/shm was alerted on: procmond not reporting"
+        );
+    }
+
     /// The first alert of `rule` within 60 s.
     pub(crate) fn alert_of(&self, rule: &str) -> Value {
         crate::first_within(&self.alerts, Duration::from_secs(60), |a| {
@@ -121,9 +142,9 @@ fn a_busy_binary_from_a_temp_dir_raises_the_sustained_cpu_alert_end_to_end() {
     for set in ["CapEff:", "CapPrm:", "CapInh:"] {
         assert_eq!(capabilities(perfmond, set), Some(0), "{set} of perfmond");
     }
-    // Give procmond's subscription a moment to be in place (a probe would
-    // be exact; the alert below waits long enough either way).
-    std::thread::park_timeout(Duration::from_secs(2));
+    // procmond's subscription in place and the agent judging: a program
+    // run from /dev/shm is alerted on (tried until one is).
+    running.ready();
 
     // A copy of the shell in a temporary (and hidden: `.tmpXXXX`) directory,
     // spinning.
