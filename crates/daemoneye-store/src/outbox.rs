@@ -203,11 +203,30 @@ pub(crate) fn queue_in(
     body: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    insert(tx, depth, kind, (msg_id, body, 1), now)
+}
+
+/// Inserts one row of `items` items (their ids and bodies a line each).
+fn insert(
+    tx: &Transaction<'_>,
+    depth: &mut u64,
+    kind: OutboxKind,
+    (msg_ids, bodies, items): (&str, &str, u64),
+    now: i64,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO outbox (kind, msg_id, body, queued_at, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO outbox (kind, msg_id, body, queued_at, priority, items) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![kind.as_str(), msg_id, body, now, kind.priority()])?;
-    *depth += 1;
+    .execute(params![
+        kind.as_str(),
+        msg_ids,
+        bodies,
+        now,
+        kind.priority(),
+        i64::try_from(items).unwrap_or(i64::MAX)
+    ])?;
+    *depth += items;
     Ok(())
 }
 
@@ -245,19 +264,13 @@ impl Batch {
         if self.items == 0 {
             return Ok(false);
         }
-        tx.prepare_cached(
-            "INSERT INTO outbox (kind, msg_id, body, queued_at, priority, items) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            kind.as_str(),
-            self.msg_ids,
-            self.bodies,
+        insert(
+            tx,
+            depth,
+            kind,
+            (&self.msg_ids, &self.bodies, self.items),
             now,
-            kind.priority(),
-            i64::try_from(self.items).unwrap_or(i64::MAX)
-        ])?;
-        *depth += self.items;
+        )?;
         Ok(true)
     }
 }
@@ -392,29 +405,27 @@ fn read(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxItem>, 
             continue;
         };
         let queued_at: i64 = row.get(4)?;
-        let item = |msg_id: &str, body: &str, ends_row| OutboxItem {
+        let item = |msg_id, body, ends_row| OutboxItem {
             id,
             kind,
-            msg_id: msg_id.to_owned(),
-            body: body.to_owned(),
+            msg_id,
+            body,
             queued_at,
             ends_row,
         };
         let (msg_ids, bodies): (String, String) = (row.get(2)?, row.get(3)?);
+        // A row of one is taken as it is (an alert's body is not split).
         if row.get::<_, i64>(5)? <= 1 {
-            items.push(OutboxItem {
-                id,
-                kind,
-                msg_id: msg_ids,
-                body: bodies,
-                queued_at,
-                ends_row: true,
-            });
+            items.push(item(msg_ids, bodies, true));
             continue;
         }
         let mut parts = msg_ids.split('\n').zip(bodies.split('\n')).peekable();
         while let Some((msg_id, body)) = parts.next() {
-            items.push(item(msg_id, body, parts.peek().is_none()));
+            items.push(item(
+                msg_id.to_owned(),
+                body.to_owned(),
+                parts.peek().is_none(),
+            ));
         }
     }
     Ok(items)

@@ -83,11 +83,8 @@ impl Agent {
     /// Runs probe `i` (it returns the name of the process it ran) until the
     /// agent, which may still be starting, alerts on it with `rule` within
     /// half a second: at most 40 tries.
-    fn alert_on_probe(&self, rule: &str, mut probe: impl FnMut(usize) -> String) -> Option<Value> {
-        (0..40).find_map(|i| {
-            let name = probe(i);
-            self.wait_alert(rule, &name, Duration::from_millis(500))
-        })
+    fn alert_on_probe(&self, rule: &str, probe: impl FnMut(usize) -> String) -> Option<Value> {
+        crate::alert_on_probe(&self.alerts, rule, probe)
     }
 
     /// A rule refusal is logged within 30 s, naming each of `names`.

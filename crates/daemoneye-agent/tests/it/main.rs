@@ -49,6 +49,22 @@ fn first_within<T>(
     }
 }
 
+/// Runs probe `i` (it returns the name of the process it ran) until an
+/// alert of `rule` for a process of that name comes on `alerts` within
+/// half a second (the agent may still be starting): at most 40 tries.
+fn alert_on_probe(
+    alerts: &std::sync::mpsc::Receiver<serde_json::Value>,
+    rule: &str,
+    mut probe: impl FnMut(usize) -> String,
+) -> Option<serde_json::Value> {
+    (0..40).find_map(|i| {
+        let name = probe(i);
+        first_within(alerts, std::time::Duration::from_millis(500), |a| {
+            a["rule_id"] == rule && a["process"]["name"] == name.as_str()
+        })
+    })
+}
+
 /// The lines of the reader `open` gives, read on a thread of its own (so a
 /// named pipe's open may wait there for its writer), each as `keep` maps
 /// it, on a channel; a line `keep` maps to `None` is left out.

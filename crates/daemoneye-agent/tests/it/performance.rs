@@ -88,17 +88,14 @@ impl Running {
     /// each); panics if none is.
     pub(crate) fn ready(&self) {
         let shm = std::path::Path::new("/dev/shm");
-        let seen = (0..40).any(|i| {
+        let seen = crate::alert_on_probe(&self.alerts, "exec-from-temp-dir", |i| {
             let name = format!("perfprobe{i}"); // within comm's 15 bytes
             crate::e2e::run_copy("/bin/sleep", shm, &name, &["0.3"]);
             let _ = std::fs::remove_file(shm.join(&name));
-            crate::first_within(&self.alerts, Duration::from_millis(500), |a| {
-                a["rule_id"] == "exec-from-temp-dir" && a["process"]["name"] == name.as_str()
-            })
-            .is_some()
+            name
         });
         assert!(
-            seen,
+            seen.is_some(),
             "no exec from /dev/shm was alerted on: procmond not reporting"
         );
     }
