@@ -125,6 +125,81 @@ pub struct LifecycleTracker {
     counters: LifecycleCounters,
 }
 
+/// What one snapshot pass found ([`LifecycleTracker::snapshot_pass`]).
+#[derive(Debug, Default)]
+pub struct SnapshotPass {
+    /// Every process read, its CPU usage filled.
+    pub processes: Vec<ProcessEvent>,
+    /// For each of `processes`: true when the process is in the state the
+    /// tracker last held for it (every field but the event's type, time,
+    /// id and detail equal), so a consumer that has seen it need not be
+    /// sent it again.
+    pub unchanged: Vec<bool>,
+    /// The lifecycle events the pass revealed (starts, exits,
+    /// modifications, suspicious findings).
+    pub lifecycle: Vec<ProcessEvent>,
+}
+
+/// Whether `now` says nothing about its process that `before` did not:
+/// every field but the event's type, time, id and detail equal. Each field
+/// is named, so a new one needs a decision here.
+fn same_state(before: &ProcessEvent, now: &ProcessEvent) -> bool {
+    let ProcessEvent {
+        event_type: _,
+        pid,
+        ppid,
+        name,
+        executable_path,
+        command_line,
+        start_time,
+        cpu_usage,
+        memory_usage,
+        executable_hash,
+        hash_algorithm,
+        user_id,
+        accessible,
+        file_exists,
+        timestamp: _,
+        platform_metadata,
+        process_key,
+        exit_code,
+        euid,
+        gid,
+        state,
+        threads,
+        cpu_ticks,
+        exe_replaced,
+        read,
+        context,
+        lifecycle: _,
+        id: _,
+    } = now;
+    before.pid == *pid
+        && before.ppid == *ppid
+        && before.name == *name
+        && before.executable_path == *executable_path
+        && before.command_line == *command_line
+        && before.start_time == *start_time
+        && before.cpu_usage == *cpu_usage
+        && before.memory_usage == *memory_usage
+        && before.executable_hash == *executable_hash
+        && before.hash_algorithm == *hash_algorithm
+        && before.user_id == *user_id
+        && before.accessible == *accessible
+        && before.file_exists == *file_exists
+        && before.platform_metadata == *platform_metadata
+        && before.process_key == *process_key
+        && before.exit_code == *exit_code
+        && before.euid == *euid
+        && before.gid == *gid
+        && before.state == *state
+        && before.threads == *threads
+        && before.cpu_ticks == *cpu_ticks
+        && before.exe_replaced == *exe_replaced
+        && before.read == *read
+        && before.context == *context
+}
+
 /// The start time in clock ticks, from the process key.
 fn start_ticks(p: &ProcessEvent) -> Option<u64> {
     p.process_key.map(|k| k.start_ticks)
@@ -210,11 +285,31 @@ impl LifecycleTracker {
         processes: Vec<ProcessEvent>,
         taken_at: SystemTime,
     ) -> Vec<ProcessEvent> {
+        let SnapshotPass {
+            mut processes,
+            lifecycle,
+            ..
+        } = self.snapshot_pass(processes, taken_at);
+        processes.extend(lifecycle);
+        processes
+    }
+
+    /// As [`on_snapshot`](Self::on_snapshot), with the snapshot events and
+    /// the lifecycle events apart, and each snapshot event marked when the
+    /// process is in the state the tracker last held for it (from the pass
+    /// before or a kernel event since): what a consumer that has seen that
+    /// state need not be sent again.
+    pub fn snapshot_pass(
+        &mut self,
+        processes: Vec<ProcessEvent>,
+        taken_at: SystemTime,
+    ) -> SnapshotPass {
         self.pass += 1;
         let first = self.pass == 1;
         let now = SystemTime::now();
         let mut lifecycle = Vec::new();
         let mut snapshot = Vec::with_capacity(processes.len());
+        let mut unchanged = Vec::with_capacity(processes.len());
         let start_of: HashMap<u32, u64> = processes
             .iter()
             .filter_map(|p| Some((p.pid, start_ticks(p)?)))
@@ -229,6 +324,7 @@ impl LifecycleTracker {
                 }
             }
             let ticks = p.cpu_ticks;
+            let mut is_unchanged = false;
             let same = self.known.get(&p.pid).is_some_and(|t| {
                 t.start_ticks.is_none() || start.is_none() || t.start_ticks == start
             });
@@ -242,6 +338,7 @@ impl LifecycleTracker {
                             }
                         }
                     }
+                    is_unchanged = same_state(&t.last, &p);
                     if let Some(m) = Self::modification(&t.last, &p, now) {
                         self.push(&mut lifecycle, m);
                     }
@@ -275,6 +372,7 @@ impl LifecycleTracker {
             let parent_start = p.ppid.and_then(|pp| start_of.get(&pp)).copied();
             self.check_suspicious(&p, parent_start, now, &mut lifecycle);
             snapshot.push(p);
+            unchanged.push(is_unchanged);
         }
 
         // Known before this pass began, absent from it: exited unseen.
@@ -296,8 +394,11 @@ impl LifecycleTracker {
         let window = self.config.pid_reuse_window;
         self.exited
             .retain(|_, (_, at)| now.duration_since(*at).map_or(true, |age| age <= window));
-        snapshot.extend(lifecycle);
-        snapshot
+        SnapshotPass {
+            processes: snapshot,
+            unchanged,
+            lifecycle,
+        }
     }
 
     /// A process executed a program; `p` is what could be read of it then
@@ -855,5 +956,65 @@ mod tests {
         tr.on_snapshot(vec![p(100, 1, 50, &["a"])], t(1));
         let out = tr.on_snapshot(vec![p(100, 1, 90, &["b"])], t(2));
         assert!(!kinds(&out).iter().any(|(_, k)| k.is_suspicious()));
+    }
+
+    /// A pass marks what the tracker already held: nothing on the first
+    /// pass; on the next ones a process read as before (its CPU usage
+    /// included), not one whose ticks, argv or memory moved, nor a new one.
+    #[test]
+    fn a_pass_marks_the_processes_that_did_not_change() {
+        let mut tr = tracker();
+        let at = |mut e: ProcessEvent, secs| {
+            e.timestamp = t(secs);
+            e
+        };
+        let idle = p(100, 1, 5, &["sleep", "100"]);
+        let busy = p(200, 1, 6, &["yes"]);
+        let renamed = p(300, 1, 7, &["worker"]);
+        let pids = |pass: &SnapshotPass| -> Vec<(u32, bool)> {
+            let pids = pass.processes.iter().map(|e| e.pid);
+            pids.zip(pass.unchanged.iter().copied()).collect()
+        };
+        let first = tr.snapshot_pass(
+            vec![
+                at(idle.clone(), 1),
+                at(busy.clone(), 1),
+                at(renamed.clone(), 1),
+            ],
+            t(1),
+        );
+        assert_eq!(pids(&first), [(100, false), (200, false), (300, false)]);
+        // The second read gives each a CPU usage (none before): all changed.
+        let mut busy2 = at(busy.clone(), 2);
+        busy2.cpu_ticks = Some(100);
+        let second = tr.snapshot_pass(
+            vec![at(idle.clone(), 2), busy2, at(renamed.clone(), 2)],
+            t(2),
+        );
+        assert_eq!(pids(&second), [(100, false), (200, false), (300, false)]);
+        let mut busy3 = at(busy, 3);
+        busy3.cpu_ticks = Some(150);
+        let mut renamed3 = at(renamed, 3);
+        renamed3.command_line = vec!["worker: idle".into()];
+        let mut more = at(p(301, 1, 8, &["new"]), 3);
+        more.memory_usage = Some(4096);
+        let third = tr.snapshot_pass(vec![at(idle.clone(), 3), busy3, renamed3, more], t(3));
+        assert_eq!(
+            pids(&third),
+            [(100, true), (200, false), (300, false), (301, false)]
+        );
+        // The argv change is still reported as a modification.
+        assert_eq!(
+            kinds(&third.lifecycle),
+            [
+                (300, ProcessEventType::Modified),
+                (301, ProcessEventType::Start)
+            ]
+        );
+        // Its memory moved: changed; the sleeper, again, not.
+        let mut more4 = at(p(301, 1, 8, &["new"]), 4);
+        more4.memory_usage = Some(8192);
+        let fourth = tr.snapshot_pass(vec![at(idle, 4), more4], t(4));
+        assert_eq!(pids(&fourth), [(100, true), (301, false)]);
     }
 }

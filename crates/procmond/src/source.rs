@@ -174,6 +174,8 @@ struct Counters {
     tiers: TierGauges,
     lifecycle: LifecycleCounters,
     snapshots: SnapshotCounters,
+    /// Snapshot rows not sent: the process had not changed since it was.
+    snapshot_unchanged: Counter,
 }
 
 /// The process collector. See the [module docs](self).
@@ -321,7 +323,17 @@ struct Run<'a> {
     cache: Option<SnapshotCache>,
     /// Hashes being computed, by executable path.
     hashing: HashMap<String, JoinHandle<Result<HashOutcome, HashError>>>,
+    /// Snapshot passes taken so far.
+    passes: u64,
 }
+
+/// Every how many snapshot passes the processes that did not change are
+/// sent again (the first pass sends all): a consumer that joined late, or
+/// lost a batch, is whole again within this many intervals (5 minutes at
+/// the default 30 s). In between, a pass sends only what changed: on a
+/// host of 3,000 sleeping processes that was 3,000 events every 30 s,
+/// decoded, judged and stored by the agent for nothing.
+pub const FULL_PASS_EVERY: u64 = 10;
 
 impl Run<'_> {
     /// Fills `executable_hash` when the hasher knows (or quickly learns)
@@ -425,23 +437,32 @@ impl Run<'_> {
             vanished = snap.stats.vanished,
             "snapshot"
         );
-        let mut events = self.tracker.on_snapshot(snap.processes, snap.taken_at);
+        let pass = self.tracker.snapshot_pass(snap.processes, snap.taken_at);
+        self.passes += 1;
+        if let Some(writer) = &self.collector.database {
+            // The database keeps whole snapshots.
+            writer.snapshot(pass.processes.clone()).await;
+        }
+        // The consumer has seen an unchanged process already: it is sent
+        // again only on every `FULL_PASS_EVERY`th pass (the first included).
+        let full = (self.passes - 1) % FULL_PASS_EVERY == 0;
+        let mut events = Vec::with_capacity(pass.processes.len() + pass.lifecycle.len());
+        let mut skipped = 0;
+        for (p, unchanged) in pass.processes.into_iter().zip(pass.unchanged) {
+            if unchanged && !full {
+                skipped += 1;
+            } else {
+                events.push(p);
+            }
+        }
+        self.collector.counters.snapshot_unchanged.add(skipped);
         // Lifecycle events a snapshot found were seen by polling (the
         // snapshot rows themselves are polling by definition, and stay
         // without a detail).
-        for e in &mut events {
-            if e.event_type != ProcessEventType::Snapshot {
-                e.lifecycle_mut().tier = Some(CaptureTier::Polling);
-            }
-        }
-        if let Some(writer) = &self.collector.database {
-            let rows: Vec<ProcessEvent> = events
-                .iter()
-                .filter(|e| e.event_type == ProcessEventType::Snapshot)
-                .cloned()
-                .collect();
-            writer.snapshot(rows).await;
-        }
+        events.extend(pass.lifecycle.into_iter().map(|mut e| {
+            e.lifecycle_mut().tier = Some(CaptureTier::Polling);
+            e
+        }));
         Ok(self.emit(events).await)
     }
 
@@ -753,6 +774,7 @@ impl EventSource for ProcmondMonitorCollector {
             .with_counters(self.counters.lifecycle.clone()),
             cache: None,
             hashing: HashMap::new(),
+            passes: 0,
         };
         let mut every = tokio::time::interval(base.collection_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1112,6 +1134,11 @@ impl ProcmondStatsHandle {
                     &c.emitted,
                 ),
                 (
+                    "daemoneye_snapshot_rows_unchanged_total",
+                    "Snapshot rows not sent again: the process had not changed since it was sent.",
+                    &c.snapshot_unchanged,
+                ),
+                (
                     "daemoneye_kernel_overruns_handled_total",
                     "Kernel event losses answered with a reconciliation snapshot.",
                     &c.overruns,
@@ -1174,6 +1201,85 @@ mod tests {
         assert!(tasks.is_empty());
     }
 
+    /// Snapshot passes over the real `/proc` send a sleeping process on
+    /// the first two passes (the second gives it a CPU usage), then not
+    /// until the next full pass; a process that used CPU between two passes
+    /// is sent each time. The skipped rows are counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_sends_again_only_what_changed_and_everything_every_full_pass() {
+        /// Killed however the test ends.
+        struct Sleeper(std::process::Child);
+        impl Drop for Sleeper {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let sleeper = Sleeper(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        let child = sleeper.0.id();
+        let me = std::process::id();
+        let mut config = ProcmondMonitorConfig::default();
+        config.process_config.compute_executable_hashes = false;
+        let collector = ProcmondMonitorCollector::without_database(config).unwrap();
+        let (tx, mut rx) = mpsc::channel(1_000_000);
+        let mut run = Run {
+            collector: &collector,
+            tx,
+            tracker: LifecycleTracker::new(
+                collector.config.lifecycle_config.clone(),
+                collector.reader.ticks_per_sec(),
+            ),
+            cache: None,
+            hashing: HashMap::new(),
+            passes: 0,
+        };
+        // Until this process's CPU ticks move: it changed since the pass.
+        let burn = || {
+            let ticks = || {
+                let stat = std::fs::read("/proc/self/stat").unwrap();
+                let s = crate::procfs::parse_stat(&stat).unwrap();
+                s.utime + s.stime
+            };
+            let before = ticks();
+            while ticks() == before {
+                std::hint::black_box((0..10_000u64).sum::<u64>());
+            }
+        };
+        // The sleeper is in /proc once its exec is: wait for its argv.
+        while std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default()
+            != b"sleep\x001000\x00"
+        {
+            tokio::task::yield_now().await;
+        }
+        for n in 1..=FULL_PASS_EVERY + 1 {
+            burn();
+            assert!(run.snapshot().await.unwrap());
+            let mut sent = std::collections::HashSet::new();
+            while let Ok(CollectionEvent::Process(e)) = rx.try_recv() {
+                if e.event_type == ProcessEventType::Snapshot {
+                    sent.insert(e.pid);
+                }
+            }
+            assert!(
+                sent.contains(&me),
+                "pass {n}: the busy test process not sent"
+            );
+            let full = n == 1 || n == FULL_PASS_EVERY + 1;
+            assert_eq!(
+                sent.contains(&child),
+                full || n == 2,
+                "pass {n}: the sleeper sent or not"
+            );
+        }
+        assert!(collector.counters.snapshot_unchanged.get() >= FULL_PASS_EVERY - 2);
+        drop(sleeper);
+    }
+
     /// The hardlink storm through the exec path: 1,100 exec events, each
     /// of another hardlink of one binary. The map of hashes in flight stays
     /// within `MAX_HASHES_IN_FLIGHT`, the hasher reads the file once with at
@@ -1202,6 +1308,7 @@ mod tests {
             ),
             cache: None,
             hashing: HashMap::new(),
+            passes: 0,
         };
         let exec = |path: &str| ProcessEvent {
             event_type: ProcessEventType::Start,
