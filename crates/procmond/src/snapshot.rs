@@ -466,11 +466,18 @@ impl ProcReader {
         // A zombie's argv and executable are gone: it cannot be read in full.
         let mut accessible = !stat.is_dead();
 
+        let key = (pid, stat.starttime);
+        let (ran, kept) = if stat.num_threads == 1 && accessible {
+            idle_since_read(&dir, stable.get(&key).map(|(s, _)| s), buf)
+        } else {
+            (None, None)
+        };
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
-        let argv = match read_at(&dir, c"cmdline", buf) {
-            Ok(()) => procfs::parse_cmdline(buf),
-            Err(_) => {
+        let argv = match (&kept, read_at_unless(kept.is_some(), &dir, c"cmdline", buf)) {
+            (Some(idle), _) => idle.argv.clone(),
+            (None, Ok(())) => procfs::parse_cmdline(buf),
+            (None, Err(_)) => {
                 accessible = false;
                 Vec::new()
             }
@@ -485,20 +492,31 @@ impl ProcReader {
             }
         };
         // Read last: argv and exe matter most for a process about to exit.
-        let ids = match read_at(&dir, c"status", buf) {
-            Ok(()) => procfs::parse_status_ids(buf).ok(),
-            Err(_) => {
+        let ids = match (&kept, read_at_unless(kept.is_some(), &dir, c"status", buf)) {
+            (Some(idle), _) => Some(idle.ids),
+            (None, Ok(())) => procfs::parse_status_ids(buf).ok(),
+            (None, Err(_)) => {
                 accessible = false;
                 None
             }
         };
-        let key = (pid, stat.starttime);
         if let Entry::Vacant(slot) = stable.entry(key) {
             slot.insert((self.read_stable(&dir, exe.is_some(), buf), *pass));
         }
         let mut event = ProcessEvent::new(pid, stat.comm);
         if let Some((found, seen)) = stable.get_mut(&key) {
             *seen = *pass;
+            if kept.is_none() {
+                // What a later pass may reuse while the process does not run.
+                found.idle = match (ran, ids) {
+                    (Some(ran_ns), Some(ids)) if accessible => Some(Idle {
+                        ran_ns,
+                        argv: argv.clone(),
+                        ids,
+                    }),
+                    _ => None,
+                };
+            }
             event.context.clone_from(&found.context);
             if let Some((path, deleted)) = &exe {
                 event.file_exists = !deleted;
@@ -542,6 +560,18 @@ struct Stable {
     context: Option<Arc<ProcessContext>>,
     /// (device, inode) of the executable the process runs.
     running_exe: Option<(u64, u64)>,
+    /// Its argv and ids as read by the last pass that read them, and its
+    /// CPU time (`schedstat`, in ns) just before: valid while that time
+    /// stays the same. Only for a single-threaded, fully readable process.
+    idle: Option<Idle>,
+}
+
+/// See [`Stable::idle`].
+#[derive(Debug, Clone)]
+struct Idle {
+    ran_ns: u64,
+    argv: Vec<String>,
+    ids: procfs::Ids,
 }
 
 /// What one reader thread keeps between passes: reusable buffers and what
@@ -660,6 +690,35 @@ fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
+/// A single-threaded process that has not run since its argv and ids were
+/// read (its CPU time to the nanosecond unchanged) cannot have changed
+/// them: they are taken from then. Its `cmdline` (a read of its memory) and
+/// `status` were most of a steady-state pass. Gives its CPU time now, and
+/// what `found` kept when that is the time of the last read.
+fn idle_since_read(
+    dir: &OwnedFd,
+    found: Option<&Stable>,
+    buf: &mut Vec<u8>,
+) -> (Option<u64>, Option<Idle>) {
+    let ran = read_at(dir, c"schedstat", buf)
+        .ok()
+        .and_then(|()| procfs::parse_schedstat_runtime(buf));
+    let kept = ran.and_then(|ns| {
+        let idle = found?.idle.as_ref()?;
+        (idle.ran_ns == ns).then(|| idle.clone())
+    });
+    (ran, kept)
+}
+
+/// [`read_at`], or nothing (`Ok`, `buf` untouched) when `skip`.
+fn read_at_unless(skip: bool, dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> Result<(), Errno> {
+    if skip {
+        Ok(())
+    } else {
+        read_at(dir, name, buf)
+    }
+}
+
 /// Reads a whole procfs file. procfs hands over a whole small file in one
 /// read, so a short first read means the end was reached: that saves the
 /// usual extra read that only returns 0.
@@ -689,6 +748,63 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A process in a recorded tree at `root`: `stat` saying `threads`
+    /// threads, `schedstat` saying it ran `ran_ns`, and `argv`.
+    fn record(root: &std::path::Path, threads: u32, ran_ns: u64, argv: &str) {
+        let dir = root.join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            format!(
+                "42 (worker) S 1 42 42 0 -1 4194560 10 0 0 0 3 1 0 0 20 0 {threads} 0 500 \
+                 1000000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("schedstat"), format!("{ran_ns} 1000 7\n")).unwrap();
+        std::fs::write(dir.join("cmdline"), argv.replace(' ', "\0") + "\0").unwrap();
+        std::fs::write(
+            dir.join("status"),
+            "Name:\tworker\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n",
+        )
+        .unwrap();
+        if !dir.join("exe").exists() {
+            std::os::unix::fs::symlink("/bin/sh", dir.join("exe")).unwrap();
+        }
+    }
+
+    /// A steady-state pass takes a single-threaded process's argv and ids
+    /// from the last pass while its CPU time (`schedstat`) is unchanged,
+    /// and reads them again once it ran, or when it has more threads.
+    #[test]
+    fn a_process_that_did_not_run_is_not_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("stat"), "cpu 1 2 3\nbtime 1700000000\n").unwrap();
+        let options = ReadOptions {
+            enhanced_metadata: false,
+            ..ReadOptions::default()
+        };
+        let reader = ProcReader::with_root(root.path(), options).unwrap();
+        let mut cache = SnapshotCache::with_threads(1);
+        let mut argv = |threads, ran_ns, argv: &str| {
+            record(root.path(), threads, ran_ns, argv);
+            let snap = reader.snapshot_cached(10, &mut cache).unwrap();
+            assert_eq!(snap.processes.len(), 1, "{snap:?}");
+            let p = &snap.processes[0];
+            assert!(p.accessible, "{p:?}");
+            assert_eq!(p.user_id, Some(1000));
+            p.command_line.join(" ")
+        };
+        assert_eq!(argv(1, 5_000, "worker a"), "worker a");
+        // Rewritten, yet the process did not run since: not read.
+        assert_eq!(argv(1, 5_000, "worker b"), "worker a");
+        // It ran: read again.
+        assert_eq!(argv(1, 6_000, "worker c"), "worker c");
+        // Two threads: the leader's time does not cover the other one.
+        assert_eq!(argv(2, 6_000, "worker d"), "worker d");
+        assert_eq!(argv(2, 6_000, "worker e"), "worker e");
+    }
 
     #[test]
     fn reads_this_process() {

@@ -22,6 +22,14 @@ pub fn parse_stat(bytes: &[u8]) -> Result<Stat, ParseError> {
     collector_core::procfs::parse_pid_stat(bytes).map(collector_core::procfs::PidStat::into_owned)
 }
 
+/// The CPU time a task has run, in nanoseconds: the first field of
+/// `/proc/<pid>/schedstat` (`sum_exec_runtime wait_ns timeslices`). `None`
+/// when it does not parse (the file is empty without `CONFIG_SCHED_INFO`).
+pub fn parse_schedstat_runtime(bytes: &[u8]) -> Option<u64> {
+    let first = bytes.split(u8::is_ascii_whitespace).next()?;
+    std::str::from_utf8(first).ok()?.parse().ok()
+}
+
 /// Splits `/proc/<pid>/cmdline` into arguments (NUL-separated, lossy UTF-8).
 ///
 /// Kernel threads and zombies have an empty cmdline: no arguments. A process
@@ -89,6 +97,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use proptest::prelude::*;
+
+    #[test]
+    fn schedstat_gives_the_run_time() {
+        assert_eq!(
+            parse_schedstat_runtime(b"123456789 42 7\n"),
+            Some(123_456_789)
+        );
+        assert_eq!(parse_schedstat_runtime(b"0 0 0"), Some(0));
+        assert_eq!(parse_schedstat_runtime(b""), None);
+        assert_eq!(parse_schedstat_runtime(b"x 1 2"), None);
+        assert_eq!(parse_schedstat_runtime(b"-1 1 2"), None);
+    }
 
     use super::*;
 
