@@ -1175,6 +1175,24 @@ mod tests {
 
     use super::*;
 
+    /// A run of `collector` as `start` begins one, sending to `tx`.
+    fn fresh_run(
+        collector: &ProcmondMonitorCollector,
+        tx: mpsc::Sender<CollectionEvent>,
+    ) -> Run<'_> {
+        Run {
+            collector,
+            tx,
+            tracker: LifecycleTracker::new(
+                collector.config.lifecycle_config.clone(),
+                collector.reader.ticks_per_sec(),
+            ),
+            cache: None,
+            hashing: HashMap::new(),
+            passes: 0,
+        }
+    }
+
     #[tokio::test]
     async fn hashes_in_flight_are_bounded_and_finished_ones_make_room() {
         let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
@@ -1227,17 +1245,7 @@ mod tests {
         config.process_config.compute_executable_hashes = false;
         let collector = ProcmondMonitorCollector::without_database(config).unwrap();
         let (tx, mut rx) = mpsc::channel(1_000_000);
-        let mut run = Run {
-            collector: &collector,
-            tx,
-            tracker: LifecycleTracker::new(
-                collector.config.lifecycle_config.clone(),
-                collector.reader.ticks_per_sec(),
-            ),
-            cache: None,
-            hashing: HashMap::new(),
-            passes: 0,
-        };
+        let mut run = fresh_run(&collector, tx);
         // Until this process's CPU ticks move: it changed since the pass.
         let burn = || {
             let ticks = || {
@@ -1299,17 +1307,7 @@ mod tests {
         let collector =
             ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        let mut run = Run {
-            collector: &collector,
-            tx,
-            tracker: LifecycleTracker::new(
-                collector.config.lifecycle_config.clone(),
-                collector.reader.ticks_per_sec(),
-            ),
-            cache: None,
-            hashing: HashMap::new(),
-            passes: 0,
-        };
+        let mut run = fresh_run(&collector, tx);
         let exec = |path: &str| ProcessEvent {
             event_type: ProcessEventType::Start,
             executable_path: Some(path.to_owned()),
