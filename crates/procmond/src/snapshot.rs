@@ -467,20 +467,26 @@ impl ProcReader {
         let mut accessible = !stat.is_dead();
 
         let key = (pid, stat.starttime);
-        let (ran, kept) = if stat.num_threads == 1 && accessible {
+        // A one-off read (an exec's, pass 0) keeps nothing for a later pass:
+        // no `schedstat` read, no copy of the argv.
+        let kept_for_later = *pass > 0 && stat.num_threads == 1 && accessible;
+        let (ran, kept) = if kept_for_later {
             idle_since_read(&dir, stable.get(&key).map(|(s, _)| s), buf)
         } else {
             (None, None)
         };
+        let kept_ids = kept.as_ref().map(|idle| idle.ids);
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
-        let argv = match (&kept, read_at_unless(kept.is_some(), &dir, c"cmdline", buf)) {
-            (Some(idle), _) => idle.argv.clone(),
-            (None, Ok(())) => procfs::parse_cmdline(buf),
-            (None, Err(_)) => {
-                accessible = false;
-                Vec::new()
-            }
+        let argv = match kept.map(|idle| idle.argv) {
+            Some(argv) => argv,
+            None => match read_at(&dir, c"cmdline", buf) {
+                Ok(()) => procfs::parse_cmdline(buf),
+                Err(_) => {
+                    accessible = false;
+                    Vec::new()
+                }
+            },
         };
         let exe = match readlinkat(&dir, c"exe") {
             Ok(target) => Some(procfs::parse_exe_link(target.as_encoded_bytes())),
@@ -492,13 +498,15 @@ impl ProcReader {
             }
         };
         // Read last: argv and exe matter most for a process about to exit.
-        let ids = match (&kept, read_at_unless(kept.is_some(), &dir, c"status", buf)) {
-            (Some(idle), _) => Some(idle.ids),
-            (None, Ok(())) => procfs::parse_status_ids(buf).ok(),
-            (None, Err(_)) => {
-                accessible = false;
-                None
-            }
+        let ids = match kept_ids {
+            Some(ids) => Some(ids),
+            None => match read_at(&dir, c"status", buf) {
+                Ok(()) => procfs::parse_status_ids(buf).ok(),
+                Err(_) => {
+                    accessible = false;
+                    None
+                }
+            },
         };
         if let Entry::Vacant(slot) = stable.entry(key) {
             slot.insert((self.read_stable(&dir, exe.is_some(), buf), *pass));
@@ -506,16 +514,8 @@ impl ProcReader {
         let mut event = ProcessEvent::new(pid, stat.comm);
         if let Some((found, seen)) = stable.get_mut(&key) {
             *seen = *pass;
-            if kept.is_none() {
-                // What a later pass may reuse while the process does not run.
-                found.idle = match (ran, ids) {
-                    (Some(ran_ns), Some(ids)) if accessible => Some(Idle {
-                        ran_ns,
-                        argv: argv.clone(),
-                        ids,
-                    }),
-                    _ => None,
-                };
+            if kept_for_later && kept_ids.is_none() {
+                found.idle = Idle::of_read(ran, &argv, ids.filter(|_| accessible));
             }
             event.context.clone_from(&found.context);
             if let Some((path, deleted)) = &exe {
@@ -572,6 +572,19 @@ struct Idle {
     ran_ns: u64,
     argv: Vec<String>,
     ids: procfs::Ids,
+}
+
+impl Idle {
+    /// What a later pass may reuse while the process does not run: its
+    /// run time `ran` read before its `argv` and `ids` (none of it when a
+    /// part could not be read).
+    fn of_read(ran: Option<u64>, argv: &[String], ids: Option<procfs::Ids>) -> Option<Self> {
+        Some(Self {
+            ran_ns: ran?,
+            argv: argv.to_vec(),
+            ids: ids?,
+        })
+    }
 }
 
 /// What one reader thread keeps between passes: reusable buffers and what
@@ -708,15 +721,6 @@ fn idle_since_read(
         (idle.ran_ns == ns).then(|| idle.clone())
     });
     (ran, kept)
-}
-
-/// [`read_at`], or nothing (`Ok`, `buf` untouched) when `skip`.
-fn read_at_unless(skip: bool, dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> Result<(), Errno> {
-    if skip {
-        Ok(())
-    } else {
-        read_at(dir, name, buf)
-    }
 }
 
 /// Reads a whole procfs file. procfs hands over a whole small file in one
