@@ -250,6 +250,11 @@ impl LifecycleTracker {
         }
     }
 
+    /// Snapshot passes taken so far.
+    pub fn passes(&self) -> u64 {
+        self.pass
+    }
+
     /// The last known state of `pid`.
     pub fn get(&self, pid: u32) -> Option<&ProcessEvent> {
         self.known.get(&pid).map(|t| &t.last)

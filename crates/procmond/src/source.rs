@@ -323,8 +323,6 @@ struct Run<'a> {
     cache: Option<SnapshotCache>,
     /// Hashes being computed, by executable path.
     hashing: HashMap<String, JoinHandle<Result<HashOutcome, HashError>>>,
-    /// Snapshot passes taken so far.
-    passes: u64,
 }
 
 /// Every how many snapshot passes the processes that did not change are
@@ -438,14 +436,13 @@ impl Run<'_> {
             "snapshot"
         );
         let pass = self.tracker.snapshot_pass(snap.processes, snap.taken_at);
-        self.passes += 1;
         if let Some(writer) = &self.collector.database {
             // The database keeps whole snapshots.
             writer.snapshot(pass.processes.clone()).await;
         }
         // The consumer has seen an unchanged process already: it is sent
         // again only on every `FULL_PASS_EVERY`th pass (the first included).
-        let full = (self.passes - 1) % FULL_PASS_EVERY == 0;
+        let full = self.tracker.passes().saturating_sub(1) % FULL_PASS_EVERY == 0;
         let mut events = Vec::with_capacity(pass.processes.len() + pass.lifecycle.len());
         let mut skipped = 0;
         for (p, unchanged) in pass.processes.into_iter().zip(pass.unchanged) {
@@ -774,7 +771,6 @@ impl EventSource for ProcmondMonitorCollector {
             .with_counters(self.counters.lifecycle.clone()),
             cache: None,
             hashing: HashMap::new(),
-            passes: 0,
         };
         let mut every = tokio::time::interval(base.collection_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1189,7 +1185,6 @@ mod tests {
             ),
             cache: None,
             hashing: HashMap::new(),
-            passes: 0,
         }
     }
 
