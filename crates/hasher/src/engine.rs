@@ -289,6 +289,35 @@ impl HashEngine {
         result
     }
 
+    /// The digests of the file at `path` when the cache holds them for the
+    /// file there now, looked up on the caller's thread: one `lstat`, no
+    /// read, no task, no wait. For a caller already on a blocking thread
+    /// (a `/proc` reader), whose lookups of the same few executables would
+    /// otherwise each be a hand-off to the runtime and back.
+    ///
+    /// `None` for anything else (not cached, not a regular file, a
+    /// symlink, outside the allowed roots, gone): [`hash_file`] then
+    /// decides, and counts what it refuses. A hit is counted as a cache
+    /// hit; a miss is not counted here, since `hash_file` counts it.
+    ///
+    /// Blocking: one system call.
+    ///
+    /// [`hash_file`]: Self::hash_file
+    pub fn cached(&self, path: &Path) -> Option<HashOutcome> {
+        if !self.inner.is_allowed(path) {
+            return None;
+        }
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        // Not followed: a symlink is no regular file here.
+        if !meta.file_type().is_file() {
+            return None;
+        }
+        let key = key_of(&meta);
+        let digests = self.inner.lock_cache().get(&key)?;
+        self.inner.counters.cache_hits.inc();
+        Some(outcome(path.to_path_buf(), digests, &key, 0, true, false))
+    }
+
     async fn hash_checked(&self, path: &Path) -> Result<HashOutcome, HashError> {
         if !self.inner.is_allowed(path) {
             return Err(HashError::OutsideAllowedRoots {
@@ -1221,6 +1250,41 @@ mod tests {
         assert!(!rewritten.from_cache);
         assert_ne!(rewritten.digests, first.digests);
         assert_eq!(e.stats().files_hashed, 3);
+    }
+
+    #[tokio::test]
+    async fn the_cache_alone_answers_only_for_the_file_at_the_path_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bin", b"abc");
+        set_mtime(&path, 1_000_000);
+        // Made first: a new link changes the inode's ctime.
+        let link = dir.path().join("hardlink");
+        std::fs::hard_link(&path, &link).unwrap();
+        let e = unlimited();
+        // Nothing is read on the caller's thread: unknown is unknown.
+        assert_eq!(e.cached(&path), None);
+        assert_eq!(e.stats().cache_misses, 0);
+        let hashed = e.hash_file(&path).await.unwrap();
+        let hit = e.cached(&path).unwrap();
+        assert!(hit.from_cache);
+        assert_eq!(hit.digests, hashed.digests);
+        assert_eq!(hit.digest(HashAlgorithm::Blake3), Some(BLAKE3_ABC));
+        let s = e.stats();
+        assert_eq!((s.files_hashed, s.cache_hits, s.cache_misses), (1, 1, 1));
+
+        // A hardlink is the same file; a symlink to it is refused as always.
+        assert_eq!(e.cached(&link).map(|o| o.digests), Some(hashed.digests));
+        let sym = dir.path().join("symlink");
+        std::os::unix::fs::symlink(&path, &sym).unwrap();
+        assert_eq!(e.cached(&sym), None);
+
+        // Touched, rewritten or gone: no longer the file that was hashed.
+        set_mtime(&path, 2_000_000);
+        assert_eq!(e.cached(&path), None);
+        std::fs::write(&path, b"abd").unwrap();
+        assert_eq!(e.cached(&path), None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e.cached(&path), None);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -303,6 +303,44 @@ fn make_room<T>(tasks: &mut HashMap<String, JoinHandle<T>>, cap: usize) -> bool 
     tasks.len() < cap
 }
 
+/// Fills the hash of each of `events` whose executable the hasher's cache
+/// already holds, on the calling thread: one `lstat` per distinct path, no
+/// task, no hand-off. For the threads that read `/proc` (blocking already),
+/// before the events reach the tracker, so that its copy (an exit's source)
+/// carries the hash too. What the cache does not know is left to
+/// [`Run::annotate_hash`].
+fn hashes_from_cache<'a>(
+    engine: &HashEngine,
+    events: impl IntoIterator<Item = &'a mut ProcessEvent>,
+) {
+    let Some(algorithm) = engine.algorithms().first().copied() else {
+        return;
+    };
+    let mut known: HashMap<String, Option<String>> = HashMap::new();
+    for e in events {
+        if e.executable_hash.is_some() || !e.file_exists {
+            continue;
+        }
+        let Some(path) = &e.executable_path else {
+            continue;
+        };
+        let hex = match known.get(path) {
+            Some(hex) => hex.clone(),
+            None => {
+                let hex = engine
+                    .cached(Path::new(path))
+                    .and_then(|o| o.digest(algorithm).map(str::to_owned));
+                known.insert(path.clone(), hex.clone());
+                hex
+            }
+        };
+        if let Some(hex) = hex {
+            e.executable_hash = Some(hex);
+            e.hash_algorithm = Some(algorithm);
+        }
+    }
+}
+
 /// Converts a `CLOCK_MONOTONIC` kernel timestamp into wall-clock time.
 fn wall_time(timestamp_ns: u64) -> SystemTime {
     let now = SystemTime::now();
@@ -340,6 +378,11 @@ impl Run<'_> {
         let Some(engine) = &self.collector.hasher else {
             return;
         };
+        if e.executable_hash.is_some() {
+            // From the cache, on the thread that read the process (or the
+            // tracker's copy of that read, for an exit): nothing to do here.
+            return;
+        }
         let Some(path) = e.executable_path.as_ref().filter(|_| e.file_exists) else {
             return;
         };
@@ -411,8 +454,12 @@ impl Run<'_> {
         let reader = self.collector.reader.clone();
         let max = self.collector.config.process_config.max_processes;
         let mut cache = self.cache.take().unwrap_or_default();
+        let hasher = self.collector.hasher.clone();
         let (result, cache) = tokio::task::spawn_blocking(move || {
-            let r = reader.snapshot_cached(max, &mut cache);
+            let mut r = reader.snapshot_cached(max, &mut cache);
+            if let (Ok(snap), Some(engine)) = (&mut r, &hasher) {
+                hashes_from_cache(engine, &mut snap.processes);
+            }
             (r, cache)
         })
         .await
@@ -666,6 +713,8 @@ struct Enricher {
     to_collector: mpsc::Sender<Enriched>,
     reader: ProcReader,
     counters: Arc<Counters>,
+    /// For the hashes its cache already holds.
+    hasher: Option<HashEngine>,
 }
 
 impl Enricher {
@@ -675,6 +724,7 @@ impl Enricher {
             to_collector,
             reader,
             counters,
+            hasher,
         } = &mut self;
         while let Some(first) = from_kernel.blocking_recv() {
             // Everything already queued, in order: execs are read first, since
@@ -716,6 +766,11 @@ impl Enricher {
                         }
                     }
                 }
+            }
+            // After every read: a process may be gone within a millisecond,
+            // its executable's file is not.
+            if let Some(engine) = hasher {
+                hashes_from_cache(engine, reads.iter_mut().flatten());
             }
             let batch = Enriched::Events(events.into_iter().zip(reads).collect());
             if to_collector.blocking_send(batch).is_err() {
@@ -994,6 +1049,7 @@ impl ProcmondMonitorCollector {
             to_collector: etx,
             reader: self.quick.clone(),
             counters: self.counters.clone(),
+            hasher: self.hasher.clone(),
         };
         std::thread::Builder::new()
             .name("procmond-enrich".into())
@@ -1335,6 +1391,72 @@ mod tests {
         } else {
             assert_eq!(later.executable_hash.as_ref().map(String::len), Some(64));
         }
+    }
+
+    /// An exec of an executable the hasher's cache holds leaves the
+    /// enrichment thread hashed, and the exit the tracker makes of it
+    /// carries the hash too: `annotate_hash` then starts no task and asks
+    /// the hasher nothing (a lookup would count a hit or a miss).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_known_executable_is_hashed_where_the_exec_is_read() {
+        use crate::connector::{EventMeta, ProcId};
+        let collector =
+            ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
+        let engine = collector.hasher.clone().unwrap();
+        let algorithm = engine.algorithms()[0];
+        let hashed = engine
+            .hash_file(&std::env::current_exe().unwrap())
+            .await
+            .unwrap();
+        let (ktx, krx) = mpsc::channel(1);
+        let (etx, mut erx) = mpsc::channel(1);
+        let enricher = Enricher {
+            from_kernel: KernelRx::Connector(krx),
+            to_collector: etx,
+            reader: collector.quick.clone(),
+            counters: collector.counters.clone(),
+            hasher: collector.hasher.clone(),
+        };
+        let thread = std::thread::spawn(move || enricher.run());
+        let pid = std::process::id();
+        let exec = ProcEvent::Exec {
+            meta: EventMeta {
+                cpu: 0,
+                timestamp_ns: 0,
+                seq: 0,
+            },
+            process: ProcId { pid, tgid: pid },
+        };
+        ktx.send(ConnectorMessage::Events(vec![exec]))
+            .await
+            .unwrap();
+        drop(ktx);
+        let Some(Enriched::Events(mut events)) = erx.recv().await else {
+            panic!("no events from the enrichment thread");
+        };
+        thread.join().unwrap();
+        let (exec, read) = events.pop().unwrap();
+        let read = read.unwrap();
+        assert_eq!(read.executable_hash.as_deref(), hashed.digest(algorithm));
+        assert_eq!(read.hash_algorithm, Some(algorithm));
+
+        let before = engine.stats();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut run = fresh_run(&collector, tx);
+        let mut out = run.on_kernel_event(&exec, Some(read));
+        out.extend(run.tracker.on_exit(pid, 0, SystemTime::now()));
+        let types: Vec<_> = out.iter().map(|e| e.event_type).collect();
+        assert!(types.contains(&ProcessEventType::Exit), "{types:?}");
+        for e in &mut out {
+            run.annotate_hash(e).await;
+            assert_eq!(e.executable_hash.as_deref(), hashed.digest(algorithm));
+        }
+        assert!(run.hashing.is_empty());
+        let after = engine.stats();
+        assert_eq!(
+            (after.cache_hits, after.cache_misses),
+            (before.cache_hits, before.cache_misses)
+        );
     }
 
     #[tokio::test]
