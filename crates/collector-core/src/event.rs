@@ -422,7 +422,8 @@ names! {
         /// Everything the collector reads (some parts may still have been
         /// refused: see `accessible`).
         Full = "full",
-        /// Only the kernel's status line (name, parent, start, memory): a
+        /// Only the kernel's status line (name, parent, start, memory), or
+        /// the eBPF tier's record of the fork (name, parent, start, ids): a
         /// fork, whose child usually executes at once and is read in full then.
         StatOnly = "stat_only",
         /// Nothing: the process was gone before it could be read.

@@ -46,7 +46,7 @@ use crate::connector::{
 };
 use crate::ebpf::{
     EbpfConfig, EbpfCounters, EbpfError, EbpfMessage, EbpfReaderHandle, EbpfTier, ExecRecord,
-    KernelAccounting, Record,
+    KernelAccounting, Record, TaskRecord,
 };
 use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
 use crate::reader_thread::ReaderError as _;
@@ -648,8 +648,17 @@ enum KernelRx {
 
 /// One message of either tier.
 enum KernelItem {
-    Events(Vec<(ProcEvent, Option<Box<ExecRecord>>)>),
+    Events(Vec<(ProcEvent, Option<Known>)>),
     Overrun,
+}
+
+/// What the eBPF tier's record already says of an event's process, so that
+/// `/proc` is not read for it.
+enum Known {
+    /// An exec: argv and executable as the kernel had them.
+    Exec(Box<ExecRecord>),
+    /// A fork's child: what its `stat` line would say.
+    Fork(TaskRecord),
 }
 
 impl From<ConnectorMessage> for KernelItem {
@@ -670,8 +679,9 @@ impl From<EbpfMessage> for KernelItem {
                     .map(|r| {
                         let event = r.to_proc_event();
                         match r {
-                            Record::Exec(exec) => (event, Some(exec)),
-                            _ => (event, None),
+                            Record::Exec(exec) => (event, Some(Known::Exec(exec))),
+                            Record::Fork(child) => (event, Some(Known::Fork(child))),
+                            Record::Exit(_) => (event, None),
                         }
                     })
                     .collect(),
@@ -693,6 +703,28 @@ impl KernelRx {
         match self {
             Self::Connector(rx) => rx.try_recv().ok().map(KernelItem::from),
             Self::Ebpf(rx) => rx.try_recv().ok().map(KernelItem::from),
+        }
+    }
+}
+
+impl Known {
+    /// The process event the record makes, timed as the kernel timed it.
+    fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
+        match self {
+            Self::Exec(r) => {
+                let mut e = r.to_process_event(reader);
+                e.timestamp = wall_time(r.task.timestamp_ns);
+                let detail = e.lifecycle_mut();
+                detail.argv_truncated = r.argv_truncated;
+                detail.setuid = r.setuid;
+                detail.setgid = r.setgid;
+                e
+            }
+            Self::Fork(child) => {
+                let mut e = child.to_fork_event(reader);
+                e.timestamp = wall_time(child.timestamp_ns);
+                e
+            }
         }
     }
 }
@@ -739,20 +771,12 @@ impl Enricher {
                 }
                 next = from_kernel.try_recv();
             }
-            // An exec the eBPF tier saw is what the kernel said: argv and
-            // executable from its record, not from /proc.
+            // A fork or exec the eBPF tier saw is what the kernel said: from
+            // its record, not from /proc.
             let mut reads: Vec<Option<ProcessEvent>> = Vec::with_capacity(items.len());
             let mut events = Vec::with_capacity(items.len());
-            for (event, record) in items {
-                reads.push(record.map(|r| {
-                    let mut e = r.to_process_event(reader);
-                    e.timestamp = wall_time(r.task.timestamp_ns);
-                    let detail = e.lifecycle_mut();
-                    detail.argv_truncated = r.argv_truncated;
-                    detail.setuid = r.setuid;
-                    detail.setgid = r.setgid;
-                    e
-                }));
+            for (event, known) in items {
+                reads.push(known.map(|k| k.to_process_event(reader)));
                 events.push(event);
             }
             for pass_stat_only in [false, true] {
@@ -1457,6 +1481,62 @@ mod tests {
             (after.cache_hits, after.cache_misses),
             (before.cache_hits, before.cache_misses)
         );
+    }
+
+    /// A fork the eBPF tier saw is made from its record: `/proc` is not
+    /// read (the child here never existed, so a read would say vanished).
+    #[tokio::test]
+    async fn an_ebpf_fork_is_not_read_from_proc() {
+        let collector =
+            ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
+        let (ktx, krx) = mpsc::channel(1);
+        let (etx, mut erx) = mpsc::channel(1);
+        let enricher = Enricher {
+            from_kernel: KernelRx::Ebpf(krx),
+            to_collector: etx,
+            reader: collector.quick.clone(),
+            counters: collector.counters.clone(),
+            hasher: None,
+        };
+        let thread = std::thread::spawn(move || enricher.run());
+        // Above the kernel's pid_max (4,194,304 at most): no such process.
+        let child = TaskRecord {
+            pid: 5_000_000,
+            tgid: 5_000_000,
+            ppid: std::process::id(),
+            uid: 1000,
+            euid: 1000,
+            gid: 100,
+            egid: 100,
+            exit_code: 0,
+            timestamp_ns: 1,
+            start_ns: 7_000_000_000,
+            comm: "worker".to_owned(),
+        };
+        ktx.send(EbpfMessage::Events(vec![Record::Fork(child)]))
+            .await
+            .unwrap();
+        drop(ktx);
+        let Some(Enriched::Events(mut events)) = erx.recv().await else {
+            panic!("no events from the enrichment thread");
+        };
+        thread.join().unwrap();
+        let (fork, read) = events.pop().unwrap();
+        assert!(matches!(fork, ProcEvent::Fork { .. }));
+        let read = read.unwrap();
+        assert_eq!(read.read, ReadDepth::StatOnly);
+        assert_eq!((read.pid, read.name.as_str()), (5_000_000, "worker"));
+        assert_eq!(read.ppid, Some(std::process::id()));
+        assert_eq!(
+            (read.user_id, read.euid, read.gid),
+            (Some(1000), Some(1000), Some(100))
+        );
+        let ticks = collector.quick.ticks_per_sec() * 7;
+        assert_eq!(
+            read.process_key.map(|k| k.start_ticks),
+            collector.quick.boot_id().map(|_| ticks)
+        );
+        assert_eq!(collector.counters.enrich_failed.get(), 0);
     }
 
     #[tokio::test]

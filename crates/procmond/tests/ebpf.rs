@@ -141,9 +141,26 @@ async fn fork_and_exec_keys_equal_the_keys_from_proc() {
             _ => None,
         })
         .await;
+    let fork = rx
+        .find("fork of sleep", |r| match r {
+            Record::Fork(t) if t.tgid == pid => Some(t.clone()),
+            _ => None,
+        })
+        .await;
     let reader = ProcReader::new(ReadOptions::default()).unwrap();
     let from_proc = reader.read_process(pid).unwrap();
     let from_bpf = exec.to_process_event(&reader);
+    // The fork's event is made from its record alone, as a read of the
+    // child's stat line would be, with the ids beside.
+    let forked = fork.to_fork_event(&reader);
+    assert_eq!(forked.read, collector_core::ReadDepth::StatOnly);
+    assert_eq!(forked.process_key, from_proc.process_key);
+    assert_eq!(forked.start_time, from_proc.start_time);
+    assert_eq!(forked.ppid, from_proc.ppid);
+    assert_eq!(
+        (forked.user_id, forked.euid, forked.gid),
+        (from_proc.user_id, from_proc.euid, from_proc.gid)
+    );
     let early = child.try_wait().unwrap();
     assert!(early.is_none(), "sleep 30 ended early: {early:?}");
     child.kill().unwrap();

@@ -38,7 +38,7 @@ use collector_core::source::unless_cancelled;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use collector_core::{ProcessEvent, ProcessKey};
+use collector_core::{ProcessEvent, ProcessKey, ReadDepth};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
 use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
@@ -123,6 +123,36 @@ impl Record {
     }
 }
 
+impl TaskRecord {
+    /// What the record says of its process: identity, parent, ids, name,
+    /// start time and the key `/proc` would give (`reader` knows the boot
+    /// id and clock tick). `timestamp` is left for the caller.
+    fn process_event(&self, reader: &ProcReader) -> ProcessEvent {
+        let ticks = self.start_ticks(reader.ticks_per_sec());
+        let mut e = ProcessEvent::new(self.tgid, self.comm.clone());
+        e.ppid = Some(self.ppid);
+        e.user_id = Some(self.uid);
+        e.euid = Some(self.euid);
+        e.gid = Some(self.gid);
+        e.start_time = Some(reader.start_time_of(ticks));
+        e.process_key = reader
+            .boot_id()
+            .map(|b| ProcessKey::new(b, self.tgid, ticks));
+        e
+    }
+
+    /// A fork's child as a process event, from the kernel's record alone:
+    /// what `/proc/<pid>/stat` would say of it (name, parent, start time,
+    /// key) and its ids, without the read. Like that read, it says
+    /// `read = stat_only`: argv and executable come with the exec that
+    /// usually follows at once. `timestamp` is left for the caller.
+    pub fn to_fork_event(&self, reader: &ProcReader) -> ProcessEvent {
+        let mut e = self.process_event(reader);
+        e.read = ReadDepth::StatOnly;
+        e
+    }
+}
+
 impl ExecRecord {
     /// The exec as a process event, from the kernel's record alone (no
     /// `/proc` read: the process may be gone already): identity, parent,
@@ -138,15 +168,7 @@ impl ExecRecord {
     /// of a file (relative, `/dev/fd/N`, `/proc/self/fd/N`): it is not hashed
     /// as if it were one of ours.
     pub fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
-        let t = &self.task;
-        let ticks = t.start_ticks(reader.ticks_per_sec());
-        let mut e = ProcessEvent::new(t.tgid, t.comm.clone());
-        e.ppid = Some(t.ppid);
-        e.user_id = Some(t.uid);
-        e.euid = Some(t.euid);
-        e.gid = Some(t.gid);
-        e.start_time = Some(reader.start_time_of(ticks));
-        e.process_key = reader.boot_id().map(|b| ProcessKey::new(b, t.tgid, ticks));
+        let mut e = self.task.process_event(reader);
         e.command_line.clone_from(&self.argv);
         let resolved = !self.exe.is_empty() && !self.exe_truncated;
         let path = if resolved { &self.exe } else { &self.filename };
