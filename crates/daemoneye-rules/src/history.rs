@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use collector_core::metrics::Counter;
-use collector_core::{ProcessEvent, ProcessEventType};
+use collector_core::{ProcessEvent, ProcessEventType, ProcessKey};
 
 /// The most processes remembered (live and exited).
 pub const MAX_PROCESSES: usize = 32_768;
@@ -46,6 +46,19 @@ pub const MAX_LIFECYCLE_EVENTS: usize = 8192;
 
 /// A process key, shared by the structures that name it.
 pub(crate) type Key = Arc<str>;
+
+/// The hasher of the maps and sets keyed by process key: foldhash, with a
+/// random seed per map, several times cheaper than the standard library's
+/// hasher (`std::hash::RandomState`) over a key's 50-odd bytes: a spawn
+/// storm hashed each new key into the descendants of every ancestor, and
+/// out again. A process key (boot id, pid, start time) is not text anyone
+/// can choose, as names are; the maps keyed by names keep the standard
+/// hasher against collision floods.
+type KeyHasher = foldhash::fast::RandomState;
+/// A map keyed by process key.
+type KeyMap<V> = HashMap<Key, V, KeyHasher>;
+/// A set of process keys.
+type KeySet = HashSet<Key, KeyHasher>;
 
 /// One image a process ran.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -113,7 +126,7 @@ pub struct HistoryCounters {
 
 /// Queues `key` in `order` (an eviction order); past twice `capacity` keys,
 /// those of processes already forgotten go, so the queue stays bounded.
-fn push_key(order: &mut VecDeque<Key>, key: Key, nodes: &HashMap<Key, Node>, capacity: usize) {
+fn push_key(order: &mut VecDeque<Key>, key: Key, nodes: &KeyMap<Node>, capacity: usize) {
     order.push_back(key);
     if order.len() > 2 * capacity {
         order.retain(|k| nodes.contains_key(k));
@@ -121,15 +134,20 @@ fn push_key(order: &mut VecDeque<Key>, key: Key, nodes: &HashMap<Key, Node>, cap
 }
 
 /// Adds `key` to the set of `at` in `index`.
-fn index_add<K: std::hash::Hash + Eq>(index: &mut HashMap<K, HashSet<Key>>, at: K, key: &Key) {
+fn index_add<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+    index: &mut HashMap<K, KeySet, S>,
+    at: K,
+    key: &Key,
+) {
     index.entry(at).or_default().insert(Arc::clone(key));
 }
 
 /// Takes `key` from the set of `at` in `index` (and the set, once empty).
-fn index_remove<K, Q>(index: &mut HashMap<K, HashSet<Key>>, at: &Q, key: &str)
+fn index_remove<K, Q, S>(index: &mut HashMap<K, KeySet, S>, at: &Q, key: &str)
 where
     K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
     Q: std::hash::Hash + Eq + ?Sized,
+    S: std::hash::BuildHasher,
 {
     if let Some(set) = index.get_mut(at) {
         set.remove(key);
@@ -141,9 +159,9 @@ where
 
 /// The lifecycle events of each value of one column, oldest first.
 #[derive(Debug, Default)]
-struct SeqIndex<K>(HashMap<K, VecDeque<i64>>);
+struct SeqIndex<K, S = std::hash::RandomState>(HashMap<K, VecDeque<i64>, S>);
 
-impl<K: std::hash::Hash + Eq> SeqIndex<K> {
+impl<K: std::hash::Hash + Eq, S: std::hash::BuildHasher> SeqIndex<K, S> {
     fn push(&mut self, at: K, seq: i64) {
         self.0.entry(at).or_default().push_back(seq);
     }
@@ -178,24 +196,26 @@ impl<K: std::hash::Hash + Eq> SeqIndex<K> {
 /// The history the rules see, bounded; see the [module](self).
 #[derive(Debug)]
 pub struct History {
-    nodes: HashMap<Key, Node>,
+    nodes: KeyMap<Node>,
     /// The live process of each pid.
-    live: HashMap<u32, Key>,
+    /// The live process of each pid, with its key unformatted (an event of
+    /// it finds its shared string without formatting the key again).
+    live: HashMap<u32, (ProcessKey, Key)>,
     /// Keys in the order they exited (evicted first).
     exited: VecDeque<Key>,
     /// Keys in the order they were first seen.
     seen: VecDeque<Key>,
     /// Each last image's name: the processes whose last image it is.
-    by_name: HashMap<String, HashSet<Key>>,
+    by_name: HashMap<String, KeySet>,
     /// Each process: those that have it among their ancestors.
-    descendants: HashMap<Key, HashSet<Key>>,
+    descendants: KeyMap<KeySet>,
     /// Each image name: the processes with more than one image (those
     /// `exec_lineage` lists) that ran an image of that name.
-    lineage_names: HashMap<String, HashSet<Key>>,
+    lineage_names: HashMap<String, KeySet>,
     /// The lifecycle events kept, oldest first (consecutive `seq`s).
     lifecycle: VecDeque<LifecycleRow>,
     lifecycle_by_ppid: SeqIndex<u32>,
-    lifecycle_by_key: SeqIndex<Key>,
+    lifecycle_by_key: SeqIndex<Key, KeyHasher>,
     next_seq: i64,
     capacity: usize,
     lifecycle_capacity: usize,
@@ -266,12 +286,12 @@ impl History {
     /// `lifecycle_events` events (tests; a host that wants less memory).
     pub fn with_capacity(processes: usize, lifecycle_events: usize) -> Self {
         Self {
-            nodes: HashMap::new(),
+            nodes: KeyMap::default(),
             live: HashMap::new(),
             exited: VecDeque::new(),
             seen: VecDeque::new(),
             by_name: HashMap::new(),
-            descendants: HashMap::new(),
+            descendants: KeyMap::default(),
             lineage_names: HashMap::new(),
             lifecycle: VecDeque::new(),
             lifecycle_by_ppid: SeqIndex::default(),
@@ -441,14 +461,15 @@ impl History {
         let Some(pk) = e.process_key else {
             return;
         };
-        let text = pk.to_string();
         // One shared string per process, whatever names it.
         let key: Key = match self.live.get(&e.pid) {
-            Some(k) if **k == *text => Arc::clone(k),
-            _ => self
-                .nodes
-                .get_key_value(text.as_str())
-                .map_or_else(|| Arc::from(text), |(k, _)| Arc::clone(k)),
+            Some((live, k)) if *live == pk => Arc::clone(k),
+            _ => {
+                let text = pk.to_string();
+                self.nodes
+                    .get_key_value(text.as_str())
+                    .map_or_else(|| Arc::from(text), |(k, _)| Arc::clone(k))
+            }
         };
         let event_type = match e.event_type {
             ProcessEventType::Fork => Some("fork"),
@@ -471,7 +492,13 @@ impl History {
             self.exit(&key, e.pid);
             return;
         }
-        if let Some(old) = self.live.get(&e.pid).filter(|k| **k != key).cloned() {
+        if let Some(old) = self
+            .live
+            .get(&e.pid)
+            .map(|(_, k)| k)
+            .filter(|k| **k != key)
+            .cloned()
+        {
             // The pid names another process now: the one before is gone.
             self.exit(&old, e.pid);
         }
@@ -510,11 +537,11 @@ impl History {
                     }
                 }
             }
-            None => self.insert(key, e, readable),
+            None => self.insert(pk, key, e, readable),
         }
     }
 
-    fn insert(&mut self, key: Key, e: &ProcessEvent, readable: bool) {
+    fn insert(&mut self, pk: ProcessKey, key: Key, e: &ProcessEvent, readable: bool) {
         while self.nodes.len() >= self.capacity {
             if !self.evict_one() {
                 break;
@@ -524,6 +551,7 @@ impl History {
             .ppid
             .filter(|&pp| pp != e.pid)
             .and_then(|pp| self.live.get(&pp))
+            .map(|(_, k)| k)
             .filter(|k| **k != key)
             .cloned();
         let mut ancestors = Vec::new();
@@ -554,12 +582,12 @@ impl History {
                 exited: false,
             },
         );
-        self.live.insert(e.pid, Arc::clone(&key));
+        self.live.insert(e.pid, (pk, Arc::clone(&key)));
         push_key(&mut self.seen, key, &self.nodes, self.capacity);
     }
 
     fn exit(&mut self, key: &Key, pid: u32) {
-        if self.live.get(&pid).is_some_and(|k| k == key) {
+        if self.live.get(&pid).is_some_and(|(_, k)| k == key) {
             self.live.remove(&pid);
         }
         let Some(node) = self.nodes.get_mut(key) else {
@@ -588,7 +616,7 @@ impl History {
             }
         };
         if let Some(node) = self.nodes.remove(&key) {
-            if self.live.get(&node.pid).is_some_and(|k| *k == key) {
+            if self.live.get(&node.pid).is_some_and(|(_, k)| *k == key) {
                 self.live.remove(&node.pid);
             }
             if let Some(last) = node.last() {
