@@ -1268,6 +1268,29 @@ mod tests {
         }
     }
 
+    /// What the enrichment thread makes of the one event queued in
+    /// `from_kernel`, whose sender is gone.
+    async fn enriched(
+        collector: &ProcmondMonitorCollector,
+        from_kernel: KernelRx,
+        hasher: Option<HashEngine>,
+    ) -> (ProcEvent, Option<ProcessEvent>) {
+        let (etx, mut erx) = mpsc::channel(1);
+        let enricher = Enricher {
+            from_kernel,
+            to_collector: etx,
+            reader: collector.quick.clone(),
+            counters: collector.counters.clone(),
+            hasher,
+        };
+        let thread = std::thread::spawn(move || enricher.run());
+        let Some(Enriched::Events(mut events)) = erx.recv().await else {
+            panic!("no events from the enrichment thread");
+        };
+        thread.join().unwrap();
+        events.pop().unwrap()
+    }
+
     #[tokio::test]
     async fn hashes_in_flight_are_bounded_and_finished_ones_make_room() {
         let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
@@ -1432,16 +1455,6 @@ mod tests {
             .hash_file(&std::env::current_exe().unwrap())
             .await
             .unwrap();
-        let (ktx, krx) = mpsc::channel(1);
-        let (etx, mut erx) = mpsc::channel(1);
-        let enricher = Enricher {
-            from_kernel: KernelRx::Connector(krx),
-            to_collector: etx,
-            reader: collector.quick.clone(),
-            counters: collector.counters.clone(),
-            hasher: collector.hasher.clone(),
-        };
-        let thread = std::thread::spawn(move || enricher.run());
         let pid = std::process::id();
         let exec = ProcEvent::Exec {
             meta: EventMeta {
@@ -1451,15 +1464,15 @@ mod tests {
             },
             process: ProcId { pid, tgid: pid },
         };
-        ktx.send(ConnectorMessage::Events(vec![exec]))
-            .await
-            .unwrap();
+        let (ktx, krx) = mpsc::channel(1);
+        ktx.try_send(ConnectorMessage::Events(vec![exec])).unwrap();
         drop(ktx);
-        let Some(Enriched::Events(mut events)) = erx.recv().await else {
-            panic!("no events from the enrichment thread");
-        };
-        thread.join().unwrap();
-        let (exec, read) = events.pop().unwrap();
+        let (exec, read) = enriched(
+            &collector,
+            KernelRx::Connector(krx),
+            collector.hasher.clone(),
+        )
+        .await;
         let read = read.unwrap();
         assert_eq!(read.executable_hash.as_deref(), hashed.digest(algorithm));
         assert_eq!(read.hash_algorithm, Some(algorithm));
@@ -1489,16 +1502,6 @@ mod tests {
     async fn an_ebpf_fork_is_not_read_from_proc() {
         let collector =
             ProcmondMonitorCollector::without_database(ProcmondMonitorConfig::default()).unwrap();
-        let (ktx, krx) = mpsc::channel(1);
-        let (etx, mut erx) = mpsc::channel(1);
-        let enricher = Enricher {
-            from_kernel: KernelRx::Ebpf(krx),
-            to_collector: etx,
-            reader: collector.quick.clone(),
-            counters: collector.counters.clone(),
-            hasher: None,
-        };
-        let thread = std::thread::spawn(move || enricher.run());
         // Above the kernel's pid_max (4,194,304 at most): no such process.
         let child = TaskRecord {
             pid: 5_000_000,
@@ -1513,15 +1516,11 @@ mod tests {
             start_ns: 7_000_000_000,
             comm: "worker".to_owned(),
         };
-        ktx.send(EbpfMessage::Events(vec![Record::Fork(child)]))
-            .await
+        let (ktx, krx) = mpsc::channel(1);
+        ktx.try_send(EbpfMessage::Events(vec![Record::Fork(child)]))
             .unwrap();
         drop(ktx);
-        let Some(Enriched::Events(mut events)) = erx.recv().await else {
-            panic!("no events from the enrichment thread");
-        };
-        thread.join().unwrap();
-        let (fork, read) = events.pop().unwrap();
+        let (fork, read) = enriched(&collector, KernelRx::Ebpf(krx), None).await;
         assert!(matches!(fork, ProcEvent::Fork { .. }));
         let read = read.unwrap();
         assert_eq!(read.read, ReadDepth::StatOnly);
