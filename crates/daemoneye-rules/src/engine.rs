@@ -938,9 +938,7 @@ impl RuleEngine {
         let shared = rows >= PARALLEL_MIN_ROWS;
         let mut results = match self.readers.as_mut_slice() {
             [] => Vec::new(),
-            [only] => only.run(0, watchdog, batch, next),
-            [first, ..] if !shared => first.run(0, watchdog, batch, next),
-            [first, rest @ ..] => std::thread::scope(|s| {
+            [first, rest @ ..] if shared && !rest.is_empty() => std::thread::scope(|s| {
                 self.stats.shared_batches.inc();
                 let helpers: Vec<_> = rest
                     .iter_mut()
@@ -962,6 +960,8 @@ impl RuleEngine {
                 }
                 all
             }),
+            // One connection, or a batch too small to share out.
+            [first, ..] => first.run(0, watchdog, batch, next),
         };
         // The heap cap is the process's: a rule may have failed for another's
         // memory. Alone, it fails only for its own.
@@ -1014,9 +1014,13 @@ impl RuleEngine {
     ) -> Result<(), rusqlite::Error> {
         let tx = self.loader.transaction()?;
         // Compiled once, not once a batch.
-        for table in ["processes", "performance", "connections", "file_events"] {
-            tx.prepare_cached(&format!("DELETE FROM {table}"))?
-                .execute([])?;
+        for delete in [
+            "DELETE FROM processes",
+            "DELETE FROM performance",
+            "DELETE FROM connections",
+            "DELETE FROM file_events",
+        ] {
+            tx.prepare_cached(delete)?.execute([])?;
         }
         match batch {
             None => {}

@@ -30,8 +30,9 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use collector_core::metrics::{Counter, Gauge, Registry, TierGauges};
 use collector_core::{
-    CaptureTier, CollectionEvent, EventSource, MonitorCollector, MonitorCollectorConfig,
-    MonitorCollectorStats, ProcessEvent, ProcessEventType, ReadDepth, SourceCaps, SourceContext,
+    CaptureTier, CollectionEvent, EventSource, HashAlgorithm, MonitorCollector,
+    MonitorCollectorConfig, MonitorCollectorStats, ProcessEvent, ProcessEventType, ReadDepth,
+    SourceCaps, SourceContext,
 };
 use daemoneye_hasher::{HashEngine, HashError, HashOutcome, HasherConfig};
 use serde::{Deserialize, Serialize};
@@ -313,10 +314,7 @@ fn hashes_from_cache<'a>(
     engine: &HashEngine,
     events: impl IntoIterator<Item = &'a mut ProcessEvent>,
 ) {
-    let Some(algorithm) = engine.algorithms().first().copied() else {
-        return;
-    };
-    let mut known: HashMap<String, Option<String>> = HashMap::new();
+    let mut known: HashMap<String, Option<(HashAlgorithm, String)>> = HashMap::new();
     for e in events {
         if e.executable_hash.is_some() || !e.file_exists {
             continue;
@@ -324,20 +322,37 @@ fn hashes_from_cache<'a>(
         let Some(path) = &e.executable_path else {
             continue;
         };
-        let hex = match known.get(path) {
-            Some(hex) => hex.clone(),
+        let hash = match known.get(path) {
+            Some(hash) => hash.clone(),
             None => {
-                let hex = engine
+                let hash = engine
                     .cached(Path::new(path))
-                    .and_then(|o| o.digest(algorithm).map(str::to_owned));
-                known.insert(path.clone(), hex.clone());
-                hex
+                    .and_then(|o| event_hash(engine, &o));
+                known.insert(path.clone(), hash.clone());
+                hash
             }
         };
-        if let Some(hex) = hex {
-            e.executable_hash = Some(hex);
-            e.hash_algorithm = Some(algorithm);
-        }
+        set_hash(e, hash);
+    }
+}
+
+/// The digest an event carries from `outcome`: the first configured
+/// algorithm's, unless the file changed while it was read.
+fn event_hash(engine: &HashEngine, outcome: &HashOutcome) -> Option<(HashAlgorithm, String)> {
+    let algorithm = engine.algorithms().first().copied()?;
+    if outcome.changed_during_hash {
+        return None;
+    }
+    outcome
+        .digest(algorithm)
+        .map(|hex| (algorithm, hex.to_owned()))
+}
+
+/// Gives `e` the digest `hash`, if any.
+fn set_hash(e: &mut ProcessEvent, hash: Option<(HashAlgorithm, String)>) {
+    if let Some((algorithm, hex)) = hash {
+        e.executable_hash = Some(hex);
+        e.hash_algorithm = Some(algorithm);
     }
 }
 
@@ -412,13 +427,7 @@ impl Run<'_> {
             self.collector.counters.hash_skipped();
         }
         if let Ok(Ok(outcome)) = joined {
-            let algorithm = engine.algorithms().first().copied();
-            if let (false, Some(alg)) = (outcome.changed_during_hash, algorithm) {
-                if let Some(hex) = outcome.digest(alg) {
-                    e.executable_hash = Some(hex.to_owned());
-                    e.hash_algorithm = Some(alg);
-                }
-            }
+            set_hash(e, event_hash(engine, &outcome));
         }
     }
 
