@@ -750,6 +750,7 @@ impl Agent {
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut checkpoint_due = false;
+            let mut swept = false;
             // What to judge: a batch of events (stored after its alerts are
             // out), or the whole table.
             let (judged, batch, reconnected) = tokio::select! {
@@ -764,6 +765,7 @@ impl Agent {
                 },
                 _ = sweep.tick() => {
                     pipeline.counters.sweeps.inc();
+                    swept = true;
                     let detector = &mut pipeline.detector;
                     (tokio::task::block_in_place(|| detector.sweep()), None, false)
                 }
@@ -773,6 +775,12 @@ impl Agent {
                 }
             };
             pipeline.settle(judged, batch, reconnected).await;
+            if swept {
+                // What the batches and the sweep freed since the last one
+                // (7 of the agent's 23 MB anonymous memory after a spawn
+                // storm) goes back to the kernel, not kept by glibc.
+                tokio::task::block_in_place(collector_core::sys::release_free_memory);
+            }
             if checkpoint_due {
                 pipeline.checkpoint().await;
             }

@@ -516,7 +516,12 @@ impl Run<'_> {
             e.lifecycle_mut().tier = Some(CaptureTier::Polling);
             e
         }));
-        Ok(self.emit(events).await)
+        let sent = self.emit(events).await;
+        // A pass allocates a copy of every process and frees it; glibc keeps
+        // the freed pages (6 of procmond's 15 MB anonymous memory with 3,000
+        // processes) unless handed back.
+        collector_core::sys::release_free_memory();
+        Ok(sent)
     }
 
     /// One kernel event, enriched from `/proc` where needed.
