@@ -52,8 +52,9 @@ pub(crate) type Key = Arc<str>;
 /// hasher (`std::hash::RandomState`) over a key's 50-odd bytes: a spawn
 /// storm hashed each new key into the descendants of every ancestor, and
 /// out again. A process key (boot id, pid, start time) is not text anyone
-/// can choose, as names are; the maps keyed by names keep the standard
-/// hasher against collision floods.
+/// can choose, as names are; nor are pids many at once (the live ones,
+/// under `pid_max`), which the maps keyed by pid hash with it too. The
+/// maps keyed by names keep the standard hasher against collision floods.
 type KeyHasher = foldhash::fast::RandomState;
 /// A map keyed by process key.
 type KeyMap<V> = HashMap<Key, V, KeyHasher>;
@@ -88,8 +89,9 @@ pub(crate) struct LifecycleRow {
     pub(crate) pid: u32,
     /// Its parent's pid.
     pub(crate) ppid: Option<u32>,
-    /// The image as the event reported it.
-    pub(crate) image: Image,
+    /// The image as the event reported it: the process's own image when
+    /// the event shows that one (shared, not copied per event).
+    pub(crate) image: Arc<Image>,
 }
 
 /// One process remembered.
@@ -101,13 +103,13 @@ pub(crate) struct Node {
     ancestors: Box<[Key]>,
     /// The images it ran, in turn (at most [`MAX_IMAGES`]); none while it
     /// was never readable.
-    pub(crate) images: Vec<Image>,
+    pub(crate) images: Vec<Arc<Image>>,
     pub(crate) exited: bool,
 }
 
 impl Node {
     /// Its last image.
-    pub(crate) fn last(&self) -> Option<&Image> {
+    pub(crate) fn last(&self) -> Option<&Arc<Image>> {
         self.images.last()
     }
 }
@@ -130,6 +132,16 @@ fn push_key(order: &mut VecDeque<Key>, key: Key, nodes: &KeyMap<Node>, capacity:
     order.push_back(key);
     if order.len() > 2 * capacity {
         order.retain(|k| nodes.contains_key(k));
+    }
+}
+
+/// Adds `key` to the set of the name `at` in `index` (the name copied
+/// only when it is new there: a storm runs the same few).
+fn name_add(index: &mut HashMap<String, KeySet>, at: &str, key: &Key) {
+    if let Some(set) = index.get_mut(at) {
+        set.insert(Arc::clone(key));
+    } else {
+        index.insert(at.to_owned(), KeySet::from_iter([Arc::clone(key)]));
     }
 }
 
@@ -197,10 +209,9 @@ impl<K: std::hash::Hash + Eq, S: std::hash::BuildHasher> SeqIndex<K, S> {
 #[derive(Debug)]
 pub struct History {
     nodes: KeyMap<Node>,
-    /// The live process of each pid.
     /// The live process of each pid, with its key unformatted (an event of
     /// it finds its shared string without formatting the key again).
-    live: HashMap<u32, (ProcessKey, Key)>,
+    live: HashMap<u32, (ProcessKey, Key), KeyHasher>,
     /// Keys in the order they exited (evicted first).
     exited: VecDeque<Key>,
     /// Keys in the order they were first seen.
@@ -214,7 +225,7 @@ pub struct History {
     lineage_names: HashMap<String, KeySet>,
     /// The lifecycle events kept, oldest first (consecutive `seq`s).
     lifecycle: VecDeque<LifecycleRow>,
-    lifecycle_by_ppid: SeqIndex<u32>,
+    lifecycle_by_ppid: SeqIndex<u32, KeyHasher>,
     lifecycle_by_key: SeqIndex<Key, KeyHasher>,
     next_seq: i64,
     capacity: usize,
@@ -239,6 +250,34 @@ fn image_of(e: &ProcessEvent) -> Image {
         cmdline: e.command_line.join(" "),
         observed_at: unix_ns(e.timestamp),
     }
+}
+
+impl Image {
+    /// Whether `e` reports this image (its executable, name and arguments;
+    /// compared without joining the arguments).
+    fn is_shown_by(&self, e: &ProcessEvent) -> bool {
+        self.exe == e.executable_path
+            && self.name == e.name
+            && joined_is(&self.cmdline, &e.command_line)
+    }
+}
+
+/// Whether `parts` joined by spaces are `joined`.
+fn joined_is(joined: &str, parts: &[String]) -> bool {
+    let mut rest = joined;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            let Some(r) = rest.strip_prefix(' ') else {
+                return false;
+            };
+            rest = r;
+        }
+        let Some(r) = rest.strip_prefix(part.as_str()) else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
 }
 
 /// Which rows of `ancestry` a lookup wants.
@@ -287,7 +326,7 @@ impl History {
     pub fn with_capacity(processes: usize, lifecycle_events: usize) -> Self {
         Self {
             nodes: KeyMap::default(),
-            live: HashMap::new(),
+            live: HashMap::default(),
             exited: VecDeque::new(),
             seen: VecDeque::new(),
             by_name: HashMap::new(),
@@ -471,6 +510,12 @@ impl History {
                     .map_or_else(|| Arc::from(text), |(k, _)| Arc::clone(k))
             }
         };
+        // The image the event shows: the process's last one, shared, when
+        // it is unchanged (an exit, a snapshot of a known process).
+        let image = match self.nodes.get(&key).and_then(Node::last) {
+            Some(last) if last.is_shown_by(e) => Arc::clone(last),
+            _ => Arc::new(image_of(e)),
+        };
         let event_type = match e.event_type {
             ProcessEventType::Fork => Some("fork"),
             ProcessEventType::Exec => Some("exec"),
@@ -485,7 +530,7 @@ impl History {
                 process_key: Arc::clone(&key),
                 pid: e.pid,
                 ppid: e.ppid,
-                image: image_of(e),
+                image: Arc::clone(&image),
             });
         }
         if e.event_type == ProcessEventType::Exit {
@@ -508,12 +553,7 @@ impl History {
                 if !readable {
                     return;
                 }
-                let image = image_of(e);
-                let changed = node.last().is_none_or(|last| {
-                    last.exe != image.exe
-                        || last.name != image.name
-                        || last.cmdline != image.cmdline
-                });
+                let changed = node.last().is_none_or(|last| !Arc::ptr_eq(last, &image));
                 if !changed {
                     return;
                 }
@@ -524,24 +564,25 @@ impl History {
                 if let Some(last) = node.images.last() {
                     index_remove(&mut self.by_name, last.name.as_str(), &key);
                 }
-                index_add(&mut self.by_name, image.name.clone(), &key);
+                name_add(&mut self.by_name, &image.name, &key);
                 node.images.push(image);
                 match node.images.as_slice() {
                     [] | [_] => {}
                     [first, second] => {
-                        index_add(&mut self.lineage_names, first.name.clone(), &key);
-                        index_add(&mut self.lineage_names, second.name.clone(), &key);
+                        name_add(&mut self.lineage_names, &first.name, &key);
+                        name_add(&mut self.lineage_names, &second.name, &key);
                     }
                     [.., latest] => {
-                        index_add(&mut self.lineage_names, latest.name.clone(), &key);
+                        name_add(&mut self.lineage_names, &latest.name, &key);
                     }
                 }
             }
-            None => self.insert(pk, key, e, readable),
+            None => self.insert(pk, key, e, readable.then_some(image)),
         }
     }
 
-    fn insert(&mut self, pk: ProcessKey, key: Key, e: &ProcessEvent, readable: bool) {
+    /// Remembers a new process (with `image` when it was readable).
+    fn insert(&mut self, pk: ProcessKey, key: Key, e: &ProcessEvent, image: Option<Arc<Image>>) {
         while self.nodes.len() >= self.capacity {
             if !self.evict_one() {
                 break;
@@ -566,11 +607,12 @@ impl History {
         for a in &ancestors {
             index_add(&mut self.descendants, Arc::clone(a), &key);
         }
-        let images = if readable {
-            index_add(&mut self.by_name, e.name.clone(), &key);
-            vec![image_of(e)]
-        } else {
-            Vec::new()
+        let images = match image {
+            Some(image) => {
+                name_add(&mut self.by_name, &image.name, &key);
+                vec![image]
+            }
+            None => Vec::new(),
         };
         self.nodes.insert(
             Arc::clone(&key),
@@ -663,5 +705,65 @@ impl History {
         self.lifecycle_by_key
             .push(Arc::clone(&row.process_key), row.seq);
         self.lifecycle.push_back(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use collector_core::BootId;
+    use proptest::prelude::*;
+
+    fn event(kind: ProcessEventType, pid: u32, name: &str, argv: &[&str]) -> ProcessEvent {
+        let mut e = ProcessEvent::new(pid, name);
+        e.event_type = kind;
+        e.ppid = Some(1);
+        e.executable_path = Some(format!("/usr/bin/{name}"));
+        e.command_line = argv.iter().map(|a| (*a).to_owned()).collect();
+        e.process_key = Some(ProcessKey::new(BootId::from_bytes([3; 16]), pid, 77));
+        e
+    }
+
+    #[test]
+    fn an_event_showing_the_last_image_shares_it_and_another_does_not() {
+        let mut h = History::new();
+        for e in [
+            event(ProcessEventType::Fork, 9, "sh", &["sh"]),
+            event(ProcessEventType::Exec, 9, "true", &["true", "a b"]),
+            // The arguments joined are the image's (as they always were).
+            event(ProcessEventType::Snapshot, 9, "true", &["true", "a", "b"]),
+            event(ProcessEventType::Exit, 9, "true", &["true", "a b"]),
+        ] {
+            h.observe(&e);
+        }
+        let rows: Vec<_> = h.lifecycle.iter().collect();
+        assert_eq!(rows.len(), 3);
+        let key = rows[0].process_key.clone();
+        let node = h.node(&key).unwrap();
+        assert_eq!(node.images.len(), 2, "{:?}", node.images);
+        assert!(Arc::ptr_eq(&rows[0].image, &node.images[0]));
+        assert!(Arc::ptr_eq(&rows[1].image, &node.images[1]));
+        assert!(Arc::ptr_eq(&rows[2].image, &node.images[1]), "the exit's");
+        assert_eq!(rows[2].image.cmdline, "true a b");
+
+        let mut other = event(ProcessEventType::Exit, 10, "true", &["true"]);
+        other.executable_path = Some("/tmp/true".into());
+        h.observe(&event(ProcessEventType::Exec, 10, "true", &["true"]));
+        h.observe(&other);
+        let rows: Vec<_> = h.lifecycle.iter().skip(3).collect();
+        assert!(!Arc::ptr_eq(&rows[0].image, &rows[1].image));
+        assert_eq!(rows[1].image.exe.as_deref(), Some("/tmp/true"));
+    }
+
+    proptest! {
+        #[test]
+        fn joined_is_what_joining_says(
+            parts in proptest::collection::vec("[ ab]{0,3}", 0..4),
+            other in "[ ab]{0,8}",
+        ) {
+            let joined = parts.join(" ");
+            prop_assert!(joined_is(&joined, &parts));
+            prop_assert_eq!(joined_is(&other, &parts), other == joined);
+        }
     }
 }
