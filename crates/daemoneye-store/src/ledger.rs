@@ -11,8 +11,9 @@
 //! longer reaches the anchor's sequence number ([`LedgerError::TailCut`]) or
 //! holds another hash there ([`LedgerError::HeadDiffers`]).
 //!
-//! Rows vouch for themselves in batches: the lifecycle events one write
-//! stores share one entry of kind [`EVENTS_KIND`] ([`EventsEntry`]: their
+//! Rows vouch for themselves in batches: the lifecycle events a
+//! transaction stores from its writes in a row (the writer's batch of the
+//! agent's batches) share one entry of kind [`EVENTS_KIND`] ([`EventsEntry`]: their
 //! ids and a BLAKE3 digest of every column of every row, [`rows_digest`]),
 //! so a short-lived process costs the ledger a few bytes instead of three
 //! JSON copies of its events; [`verify_rows`] hashes the rows again and

@@ -553,7 +553,7 @@ impl Store {
             &mut chain,
             &mut self.strings,
             self.ledger,
-            events,
+            &[events],
             Lifecycle::All,
         )?;
         tx.commit()?;
@@ -678,15 +678,25 @@ impl Store {
         } else {
             &[]
         };
-        for w in writes {
+        let mut rest = writes;
+        while let Some((w, after)) = rest.split_first() {
+            rest = after;
             match w {
-                Op::Events(events) => {
+                Op::Events(first) => {
+                    // The event batches in a row are written as one: a
+                    // process forked, exec'd and gone across the agent's
+                    // batches is one row, and the run one ledger entry.
+                    let mut run = vec![*first];
+                    while let Some((Op::Events(next), after)) = rest.split_first() {
+                        run.push(next);
+                        rest = after;
+                    }
                     let r = write_events_in(
                         &tx,
                         &mut chain,
                         &mut self.strings,
                         self.ledger,
-                        events,
+                        &run,
                         Lifecycle::NotSnapshots,
                     )?;
                     done.lifecycle += r.lifecycle;
@@ -696,10 +706,13 @@ impl Store {
                         .as_mut()
                         .filter(|_| shipped.contains(&EventKind::Process))
                     {
-                        let lifecycle = events
-                            .iter()
-                            .filter(|e| e.event_type != ProcessEventType::Snapshot);
-                        queued |= queue_events_in(&tx, depth, EventKind::Process, lifecycle)?;
+                        // Shipped as they came: an outbox row a write.
+                        for events in &run {
+                            let lifecycle = events
+                                .iter()
+                                .filter(|e| e.event_type != ProcessEventType::Snapshot);
+                            queued |= queue_events_in(&tx, depth, EventKind::Process, lifecycle)?;
+                        }
                     }
                 }
                 Op::Alert(alert) => {
@@ -1201,8 +1214,9 @@ fn write_snapshot_in(
     Ok(SnapshotId(id))
 }
 
-/// Writes `events` inside `tx`: lifecycle events (with one ledger entry
-/// for all of them, as `ledger` says), as the compact rows of
+/// Writes the events of `batches` (in order, as one batch) inside `tx`:
+/// lifecycle events (with one ledger entry for all of them, as `ledger`
+/// says), as the compact rows of
 /// [`events::rows`](crate::events::rows), and the state of each keyed
 /// process that still runs (an exit removes it).
 fn write_events_in(
@@ -1210,7 +1224,7 @@ fn write_events_in(
     chain: &mut Chain,
     strings: &mut crate::events::Strings,
     ledger: LedgerMode,
-    events: &[ProcessEvent],
+    batches: &[&[ProcessEvent]],
     lifecycle: Lifecycle,
 ) -> Result<Recorded, StoreError> {
     let mut done = Recorded::default();
@@ -1219,8 +1233,9 @@ fn write_events_in(
         LedgerMode::EveryWrite => Some(chain.next_seq()),
         LedgerMode::AlertsOnly => None,
     };
-    let events = events
+    let events = batches
         .iter()
+        .flat_map(|events| events.iter())
         .map(|ev| completed_exit(tx, ev))
         .collect::<Result<Vec<_>, _>>()?;
     // Each event encoded once, when a row or `processes` needs it.

@@ -1629,6 +1629,64 @@ mod tests {
             .unwrap()
     }
 
+    #[tokio::test]
+    async fn a_process_across_batches_of_one_transaction_is_one_row_and_one_entry() {
+        let (dir, db) = open();
+        let config = WriterConfig {
+            // Long enough that only the flush commits: one transaction.
+            batch_delay_ms: 60_000,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::spawn(db, config).unwrap();
+        let key =
+            collector_core::ProcessKey::new(collector_core::BootId::from_bytes([5; 16]), 40, 9);
+        let lifecycle = |kind, seq| {
+            let mut e = ProcessEvent::new(40, "true");
+            e.event_type = kind;
+            e.process_key = Some(key);
+            e.executable_path = Some("/bin/true".into());
+            e.id = std::num::NonZeroU64::new(seq).map(|seq| EventId::new(3, seq));
+            e
+        };
+        // The agent's batches as they came: the fork, the exec, the exit.
+        writer
+            .events(vec![lifecycle(ProcessEventType::Fork, 1)])
+            .await;
+        writer
+            .events(vec![lifecycle(ProcessEventType::Exec, 2)])
+            .await;
+        let mut exit = lifecycle(ProcessEventType::Exit, 3);
+        exit.exit_code = Some(4);
+        writer.events(vec![exit]).await;
+        writer.flush().await.unwrap();
+        let stats = writer.close().await;
+        assert_eq!(stats.transactions_committed.get(), 1);
+        assert_eq!(stats.lifecycle_events.get(), 3);
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let rows = ro
+            .query("SELECT count(*), max(exit_code), max(forked_at IS NOT NULL) FROM process_event_rows")
+            .unwrap()
+            .rows;
+        assert_eq!(
+            rows[0],
+            [
+                serde_json::json!(1),
+                serde_json::json!(4),
+                serde_json::json!(1)
+            ]
+        );
+        assert_eq!(
+            ro.verify_ledger().unwrap().entries,
+            1,
+            "one entry for the run"
+        );
+        assert_eq!(
+            ro.query("SELECT count(*) FROM processes").unwrap().rows[0][0],
+            0,
+            "gone: no row left"
+        );
+    }
+
     #[test]
     fn public_types_are_send_and_sync_where_they_must_be() {
         fn send<T: Send>() {}
@@ -1710,7 +1768,16 @@ mod tests {
         assert_eq!(stats.batches.get(), 100);
         assert_eq!(stats.failures.get(), 0);
         let ro = Store::open_read_only(dir.path()).unwrap();
-        assert_eq!(ro.verify_ledger().unwrap().entries, 100);
+        // One entry for each transaction's run of batches.
+        let entries = ro.verify_ledger().unwrap().entries;
+        assert_eq!(
+            u64::try_from(entries).unwrap(),
+            stats.transactions_committed.get()
+        );
+        assert!(
+            entries < 100,
+            "{entries} entries: batches not written as one"
+        );
         assert_eq!(
             ro.query("SELECT count(*) FROM processes").unwrap().rows[0][0],
             100
@@ -1922,7 +1989,9 @@ mod tests {
         // After every event queued before it: the head is the checkpoint.
         let written = writer.stats().events_written.get();
         assert_eq!(written + dropped, sent);
-        assert_eq!(cp.seq, 1 + i64::try_from(written).unwrap() + 1);
+        // The start, one entry per transaction of events, the checkpoint.
+        let transactions = writer.stats().transactions_committed.get();
+        assert_eq!(cp.seq, i64::try_from(transactions).unwrap());
         assert_eq!(cp.lost.events, dropped);
         assert!(cp.time > 0);
         let again = writer.checkpoint().await.unwrap();
