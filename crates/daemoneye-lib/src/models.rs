@@ -130,15 +130,30 @@ impl FromStr for BootId {
     }
 }
 
-impl fmt::Display for BootId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl BootId {
+    /// The text form (`8-4-4-4-12` lower-case hex digits) into `out`.
+    fn encode(&self, out: &mut [u8; 36]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut at = 0;
         for (i, b) in self.0.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+                out[at] = b'-';
+                at += 1;
             }
-            write!(f, "{b:02x}")?;
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0xf)];
+            at += 2;
         }
-        Ok(())
+    }
+}
+
+// Written whole, not digit by digit through the formatter: a key is
+// formatted for every event the agent judges and stores.
+impl fmt::Display for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; 36];
+        self.encode(&mut text);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -169,7 +184,13 @@ impl ProcessKey {
 
 impl fmt::Display for ProcessKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.boot_id, self.pid, self.start_ticks)
+        let mut text = [0u8; 36];
+        self.boot_id.encode(&mut text);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)?;
+        f.write_str(":")?;
+        f.write_str(itoa::Buffer::new().format(self.pid))?;
+        f.write_str(":")?;
+        f.write_str(itoa::Buffer::new().format(self.start_ticks))
     }
 }
 
@@ -383,6 +404,21 @@ mod tests {
             prop_assert_eq!(key.to_string().parse::<ProcessKey>().unwrap(), key);
             let json = serde_json::to_string(&key).unwrap();
             prop_assert_eq!(serde_json::from_str::<ProcessKey>(&json).unwrap(), key);
+        }
+
+        #[test]
+        fn process_key_text_is_hex_dashes_and_decimals(
+            bytes in any::<[u8; 16]>(), pid in any::<u32>(), start in any::<u64>()
+        ) {
+            use std::fmt::Write as _;
+            let mut hex = String::new();
+            for (i, b) in bytes.iter().enumerate() {
+                let dash = if matches!(i, 4 | 6 | 8 | 10) { "-" } else { "" };
+                write!(hex, "{dash}{b:02x}").unwrap();
+            }
+            let key = ProcessKey::new(BootId::from_bytes(bytes), pid, start);
+            prop_assert_eq!(key.boot_id.to_string(), hex.clone());
+            prop_assert_eq!(key.to_string(), format!("{hex}:{pid}:{start}"));
         }
 
         #[test]

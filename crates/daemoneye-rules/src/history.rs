@@ -710,6 +710,8 @@ impl History {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use collector_core::BootId;
     use proptest::prelude::*;
