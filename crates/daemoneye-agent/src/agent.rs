@@ -357,6 +357,16 @@ impl Pipeline {
         }
     }
 
+    /// Judges the whole table (a sweep). After it, the loop hands what the
+    /// batches and the sweep freed back to the kernel rather than glibc
+    /// keeping it (7 of the agent's 23 MB anonymous memory with 3,000
+    /// processes).
+    fn sweep(&mut self) -> Result<Vec<Alert>, EngineError> {
+        self.counters.sweeps.inc();
+        let detector = &mut self.detector;
+        tokio::task::block_in_place(|| detector.sweep())
+    }
+
     /// Judges one batch of the links' events: process events with the
     /// process rules, performance samples with the performance rules,
     /// connections with the network rules, file events with the file rules.
@@ -764,10 +774,8 @@ impl Agent {
                     None => break,
                 },
                 _ = sweep.tick() => {
-                    pipeline.counters.sweeps.inc();
                     swept = true;
-                    let detector = &mut pipeline.detector;
-                    (tokio::task::block_in_place(|| detector.sweep()), None, false)
+                    (pipeline.sweep(), None, false)
                 }
                 _ = checkpoints.tick() => {
                     checkpoint_due = true;
@@ -776,9 +784,6 @@ impl Agent {
             };
             pipeline.settle(judged, batch, reconnected).await;
             if swept {
-                // What the batches and the sweep freed since the last one
-                // (7 of the agent's 23 MB anonymous memory after a spawn
-                // storm) goes back to the kernel, not kept by glibc.
                 tokio::task::block_in_place(collector_core::sys::release_free_memory);
             }
             if checkpoint_due {

@@ -1611,6 +1611,15 @@ mod tests {
         (dir, db)
     }
 
+    /// A writer config whose batch waits a minute: only a flush or an
+    /// awaited operation commits within a test.
+    fn slow_batches() -> WriterConfig {
+        WriterConfig {
+            batch_delay_ms: 60_000,
+            ..WriterConfig::default()
+        }
+    }
+
     /// `n` exec events of pids `1..=n`.
     fn events(n: usize) -> Vec<ProcessEvent> {
         (1..=n)
@@ -1632,11 +1641,7 @@ mod tests {
     #[tokio::test]
     async fn a_process_across_batches_of_one_transaction_is_one_row_and_one_entry() {
         let (dir, db) = open();
-        let config = WriterConfig {
-            // Long enough that only the flush commits: one transaction.
-            batch_delay_ms: 60_000,
-            ..WriterConfig::default()
-        };
+        let config = slow_batches();
         let writer = StoreWriter::spawn(db, config).unwrap();
         let key =
             collector_core::ProcessKey::new(collector_core::BootId::from_bytes([5; 16]), 40, 9);
@@ -1787,11 +1792,7 @@ mod tests {
     #[tokio::test]
     async fn flush_commits_what_was_sent_before_it() {
         let (dir, db) = open();
-        let config = WriterConfig {
-            // Long enough that only the flush can explain the commit.
-            batch_delay_ms: 60_000,
-            ..WriterConfig::default()
-        };
+        let config = slow_batches();
         let writer = StoreWriter::spawn(db, config).unwrap();
         writer.events(events(10)).await;
         writer.flush().await.unwrap();
@@ -1805,11 +1806,7 @@ mod tests {
     #[tokio::test]
     async fn the_outbox_is_read_after_what_was_queued_before_and_acked_through_the_writer() {
         let (dir, db) = open();
-        let config = WriterConfig {
-            // Long enough that only the outbox read can explain the commit.
-            batch_delay_ms: 60_000,
-            ..WriterConfig::default()
-        };
+        let config = slow_batches();
         let writer = StoreWriter::spawn(db.with_outbox(Some(10)), config).unwrap();
         let alert = crate::Alert {
             rule_id: "r".into(),
@@ -1838,11 +1835,7 @@ mod tests {
     #[tokio::test]
     async fn commits_to_the_outbox_are_signalled_and_removals_come_before_what_follows() {
         let (dir, db) = open();
-        let config = WriterConfig {
-            // Long enough that only a flush or an awaited op commits.
-            batch_delay_ms: 60_000,
-            ..WriterConfig::default()
-        };
+        let config = slow_batches();
         let writer = StoreWriter::spawn(
             db.with_outbox(Some(100))
                 .with_shipped_events(&[EventKind::Process]),
