@@ -9,7 +9,9 @@
 //! - `overhead.cpu_us_per_exec`: the CPU time of the agent and every process
 //!   under it (its spawner and collectors, from their own `/proc`
 //!   accounting), from before the storm until it has judged and stored it,
-//!   divided by the execs.
+//!   divided by the execs; `overhead.cpu_us_per_exec.<role>` the same per
+//!   process role (the agent's `run`, its `spawner`, each collector's
+//!   subcommand), medians over the rounds.
 //! - `overhead.idle_cpu_percent`, `overhead.idle_rss_bytes` and
 //!   `overhead.idle_pss_bytes` (shared pages counted once): the agent and
 //!   its processes over `idle_secs` with `idle_procs` extra processes
@@ -119,6 +121,24 @@ fn tree(root: u32) -> anyhow::Result<Vec<(u32, u64, u64)>> {
         }
     }
     Ok(ours)
+}
+
+/// CPU ticks of `root`'s tree by role: each process's subcommand (`run`,
+/// `spawner`, `collect`, `collect-network`, …; `other` without one).
+fn ticks_by_role(root: u32) -> anyhow::Result<HashMap<String, u64>> {
+    let mut roles = HashMap::new();
+    for (pid, ticks, _) in tree(root)? {
+        let role = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| {
+                let arg = c.split(|b| *b == 0).nth(1)?;
+                Some(String::from_utf8_lossy(arg).into_owned())
+            })
+            .filter(|a| !a.is_empty() && !a.starts_with('-'))
+            .unwrap_or_else(|| "other".to_owned());
+        *roles.entry(role).or_insert(0) += ticks;
+    }
+    Ok(roles)
 }
 
 /// CPU ticks (utime + stime) and resident bytes of `root` and every
@@ -331,14 +351,22 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     storm(o.spawns / 10, o.in_flight)?; // warm-up
     let (mut without, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_role: HashMap<String, Vec<f64>> = HashMap::new();
     for _ in 0..o.rounds {
         without.push(storm(o.spawns, o.in_flight)?);
         let agent = Agent::start(bin, probe, dirs, &flags)?;
         let (before, _) = agent.settle()?;
+        let roles_before = ticks_by_role(agent.pid())?;
         with.push(storm(o.spawns, o.in_flight)?);
         let (after, _) = agent.settle()?;
+        let roles_after = ticks_by_role(agent.pid())?;
         agent.stop()?;
         cpu.push((after - before) as f64 * tick_us() / o.spawns as f64);
+        for (role, t) in roles_after {
+            let t0 = roles_before.get(&role).copied().unwrap_or(0);
+            let us = t.saturating_sub(t0) as f64 * tick_us() / o.spawns as f64;
+            by_role.entry(role).or_default().push(us);
+        }
     }
     let spread = |v: &[f64]| {
         let (lo, hi) = v
@@ -364,6 +392,17 @@ fn measure(o: &Options, bin: &Path, probe: &Path, dirs: &Path) -> anyhow::Result
     report_f("overhead.spawn_rate_spread_with", spread(&with), 3, "ratio");
     report_f("overhead.cpu_us_per_exec", median(cpu.clone()), 1, "us");
     report_f("overhead.cpu_us_per_exec_spread", spread(&cpu), 3, "ratio");
+    // Where it went: the agent (`run`) and each collector by subcommand.
+    let mut roles: Vec<_> = by_role.into_iter().collect();
+    roles.sort_by(|a, b| a.0.cmp(&b.0));
+    for (role, us) in roles {
+        report_f(
+            &format!("overhead.cpu_us_per_exec.{role}"),
+            median(us),
+            1,
+            "us",
+        );
+    }
 
     // Idle, with many processes present.
     let mut sleepers = Vec::with_capacity(o.idle_procs);
