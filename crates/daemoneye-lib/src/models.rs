@@ -184,9 +184,7 @@ impl ProcessKey {
 
 impl fmt::Display for ProcessKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0u8; 36];
-        self.boot_id.encode(&mut text);
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)?;
+        fmt::Display::fmt(&self.boot_id, f)?;
         f.write_str(":")?;
         f.write_str(itoa::Buffer::new().format(self.pid))?;
         f.write_str(":")?;

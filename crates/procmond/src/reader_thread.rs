@@ -7,8 +7,22 @@
 
 use std::io;
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
+
+/// Converts a `CLOCK_MONOTONIC` kernel timestamp (either tier's) into
+/// wall-clock time.
+pub(crate) fn wall_time(timestamp_ns: u64) -> SystemTime {
+    let now = SystemTime::now();
+    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return now;
+    };
+    let mono_ns = u64::try_from(mono.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(mono.tv_nsec()).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(mono_ns.saturating_sub(timestamp_ns)))
+        .unwrap_or(now)
+}
 
 /// The two ways a reader thread fails outside its own loop.
 #[derive(Debug, thiserror::Error)]

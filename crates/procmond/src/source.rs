@@ -50,7 +50,7 @@ use crate::ebpf::{
     KernelAccounting, Record, TaskRecord,
 };
 use crate::lifecycle::{LifecycleCounters, LifecycleTracker, LifecycleTrackingConfig};
-use crate::reader_thread::ReaderError as _;
+use crate::reader_thread::{wall_time, ReaderError as _};
 use crate::snapshot::{
     ProcReader, ReadError, ReadOptions, SetupError, SnapshotCache, SnapshotCounters,
 };
@@ -354,18 +354,6 @@ fn set_hash(e: &mut ProcessEvent, hash: Option<(HashAlgorithm, String)>) {
         e.executable_hash = Some(hex);
         e.hash_algorithm = Some(algorithm);
     }
-}
-
-/// Converts a `CLOCK_MONOTONIC` kernel timestamp into wall-clock time.
-fn wall_time(timestamp_ns: u64) -> SystemTime {
-    let now = SystemTime::now();
-    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
-        return now;
-    };
-    let mono_ns = u64::try_from(mono.tv_sec()).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(mono.tv_nsec()).unwrap_or(0);
-    now.checked_sub(Duration::from_nanos(mono_ns.saturating_sub(timestamp_ns)))
-        .unwrap_or(now)
 }
 
 /// State of one `start` run.
@@ -722,23 +710,11 @@ impl KernelRx {
 }
 
 impl Known {
-    /// The process event the record makes, timed as the kernel timed it.
+    /// The process event the record makes.
     fn to_process_event(&self, reader: &ProcReader) -> ProcessEvent {
         match self {
-            Self::Exec(r) => {
-                let mut e = r.to_process_event(reader);
-                e.timestamp = wall_time(r.task.timestamp_ns);
-                let detail = e.lifecycle_mut();
-                detail.argv_truncated = r.argv_truncated;
-                detail.setuid = r.setuid;
-                detail.setgid = r.setgid;
-                e
-            }
-            Self::Fork(child) => {
-                let mut e = child.to_fork_event(reader);
-                e.timestamp = wall_time(child.timestamp_ns);
-                e
-            }
+            Self::Exec(r) => r.to_process_event(reader),
+            Self::Fork(child) => child.to_fork_event(reader),
         }
     }
 }

@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use collector_core::{ProcessEvent, ProcessKey, ReadDepth};
 
 use crate::connector::{EventMeta, ProcEvent, ProcId};
-use crate::reader_thread::{current_thread_runtime, ReaderError, ThreadError, TierReader};
+use crate::reader_thread::{
+    current_thread_runtime, wall_time, ReaderError, ThreadError, TierReader,
+};
 use crate::snapshot::ProcReader;
 pub use decode::{decode, DecodeError, ExecRecord, Record, TaskRecord};
 
@@ -126,10 +128,11 @@ impl Record {
 impl TaskRecord {
     /// What the record says of its process: identity, parent, ids, name,
     /// start time and the key `/proc` would give (`reader` knows the boot
-    /// id and clock tick). `timestamp` is left for the caller.
+    /// id and clock tick), timed as the kernel timed it.
     fn process_event(&self, reader: &ProcReader) -> ProcessEvent {
         let ticks = self.start_ticks(reader.ticks_per_sec());
         let mut e = ProcessEvent::new(self.tgid, self.comm.clone());
+        e.timestamp = wall_time(self.timestamp_ns);
         e.ppid = Some(self.ppid);
         e.user_id = Some(self.uid);
         e.euid = Some(self.euid);
@@ -145,7 +148,7 @@ impl TaskRecord {
     /// what `/proc/<pid>/stat` would say of it (name, parent, start time,
     /// key) and its ids, without the read. Like that read, it says
     /// `read = stat_only`: argv and executable come with the exec that
-    /// usually follows at once. `timestamp` is left for the caller.
+    /// usually follows at once.
     pub fn to_fork_event(&self, reader: &ProcReader) -> ProcessEvent {
         let mut e = self.process_event(reader);
         e.read = ReadDepth::StatOnly;
@@ -157,8 +160,8 @@ impl ExecRecord {
     /// The exec as a process event, from the kernel's record alone (no
     /// `/proc` read: the process may be gone already): identity, parent,
     /// ids, name, argv and filename, and the key `/proc` would give
-    /// (`reader` knows the boot id and clock tick). `timestamp` is left for
-    /// the caller.
+    /// (`reader` knows the boot id and clock tick), timed as the kernel
+    /// timed it, with the record's flags (argv truncated, setuid, setgid).
     ///
     /// The executable path is the one the kernel resolved from the opened
     /// file (as `/proc/<pid>/exe` gives it, so it matches the other tiers);
@@ -178,6 +181,10 @@ impl ExecRecord {
         e.file_exists = !self.exe_unlinked
             && path.starts_with('/')
             && (resolved || !(path.starts_with("/dev/fd/") || path.starts_with("/proc/")));
+        let detail = e.lifecycle_mut();
+        detail.argv_truncated = self.argv_truncated;
+        detail.setuid = self.setuid;
+        detail.setgid = self.setgid;
         e
     }
 }
