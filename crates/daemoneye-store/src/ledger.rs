@@ -165,7 +165,6 @@ pub fn rows_digest(
     last: i64,
     columns: usize,
 ) -> Result<(i64, String), LedgerError> {
-    use rusqlite::types::ValueRef;
     // Only the columns hashed: a store not yet migrated has no others.
     let columns = columns.min(EVENT_COLUMN_COUNT);
     let list = EVENT_COLUMNS
@@ -177,27 +176,58 @@ pub fn rows_digest(
         "SELECT {list} FROM process_events WHERE id BETWEEN ?1 AND ?2 ORDER BY id"
     ))?;
     let mut rows = stmt.query([first, last])?;
-    let mut h = blake3::Hasher::new();
-    let mut n = 0;
+    let mut h = RowsHasher::default();
     while let Some(r) = rows.next()? {
-        n += 1;
         for i in 0..columns {
-            match r.get_ref(i)? {
-                ValueRef::Null => h.update(&[0]),
-                ValueRef::Integer(v) => h.update(&[1]).update(&v.to_le_bytes()),
-                ValueRef::Real(v) => h.update(&[2]).update(&v.to_bits().to_le_bytes()),
-                ValueRef::Text(t) => h
-                    .update(&[3])
-                    .update(&(t.len() as u64).to_le_bytes())
-                    .update(t),
-                ValueRef::Blob(b) => h
-                    .update(&[4])
-                    .update(&(b.len() as u64).to_le_bytes())
-                    .update(b),
-            };
+            h.value(r.get_ref(i)?);
         }
+        h.row_done();
     }
-    Ok((n, h.finalize().to_hex().to_string()))
+    Ok(h.finish())
+}
+
+/// [`rows_digest`] fed one value at a time: what the store hashes as it
+/// writes rows (from the values it binds), so that it need not read them
+/// back; [`verify_rows`] reads them.
+#[derive(Debug, Default)]
+pub struct RowsHasher {
+    h: blake3::Hasher,
+    rows: i64,
+}
+
+impl RowsHasher {
+    /// The next column's value. A NaN real is hashed as null: SQLite
+    /// stores it so.
+    pub fn value(&mut self, v: rusqlite::types::ValueRef<'_>) {
+        use rusqlite::types::ValueRef;
+        match v {
+            ValueRef::Null => self.h.update(&[0]),
+            ValueRef::Real(v) if v.is_nan() => self.h.update(&[0]),
+            ValueRef::Integer(v) => self.h.update(&[1]).update(&v.to_le_bytes()),
+            ValueRef::Real(v) => self.h.update(&[2]).update(&v.to_bits().to_le_bytes()),
+            ValueRef::Text(t) => self
+                .h
+                .update(&[3])
+                .update(&(t.len() as u64).to_le_bytes())
+                .update(t),
+            ValueRef::Blob(b) => self
+                .h
+                .update(&[4])
+                .update(&(b.len() as u64).to_le_bytes())
+                .update(b),
+        };
+    }
+
+    /// A row's last column was given.
+    pub fn row_done(&mut self) {
+        self.rows += 1;
+    }
+
+    /// The rows hashed and their digest (hex).
+    #[must_use]
+    pub fn finish(&self) -> (i64, String) {
+        (self.rows, self.h.finalize().to_hex().to_string())
+    }
 }
 
 /// The head of the chain at one entry: its sequence number and hash.

@@ -1244,16 +1244,20 @@ fn write_events_in(
         lifecycle == Lifecycle::All || ev.event_type != ProcessEventType::Snapshot
     };
     let mut ids: Option<(i64, i64)> = None;
+    let mut digest = ledger::RowsHasher::default();
     for row in crate::events::rows(&events, stored) {
         let e = encoded_at(&mut encoded, &events, row.event)?;
         let id = insert_event_row(tx, strings, e, &events, row, seq)?;
+        if seq.is_some() {
+            hash_event_row(&mut digest, id, e, &events, row, seq)?;
+        }
         ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
         done.lifecycle += 1 + u64::from(row.fork.is_some()) + u64::from(row.exit.is_some());
     }
     keep_processes_current(tx, &events, &mut encoded, &mut done)?;
     if let (Some(_), Some((first, last))) = (seq, ids) {
         let columns = ledger::EVENT_COLUMN_COUNT;
-        let (_, digest) = ledger::rows_digest(tx, first, last, columns)?;
+        let (_, digest) = digest.finish();
         let entry = ledger::EventsEntry {
             first,
             last,
@@ -1351,11 +1355,6 @@ fn insert_event_row(
     let cgroup = strings.id_of(tx, e.cgroup)?;
     let event_id = ev.id.map(|id| id.to_string());
     let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
-    let at = |e: Option<&ProcessEvent>| e.map(|e| to_nanos(e.timestamp));
-    let seq_of = |e: Option<&ProcessEvent>| {
-        e.and_then(|e| e.id)
-            .map(|id| i64::try_from(id.seq.get()).unwrap_or(i64::MAX))
-    };
     let params: [&dyn ToSql; 30] = [
         &ev.event_type.as_str(),
         &e.key,
@@ -1390,6 +1389,89 @@ fn insert_event_row(
     ];
     tx.prepare_cached(INSERT_EVENT)?.execute(params)?;
     Ok(tx.last_insert_rowid())
+}
+
+/// When `e` (at `at`) happened, in a row's nanoseconds.
+fn at(e: Option<&ProcessEvent>) -> Option<i64> {
+    e.map(|e| to_nanos(e.timestamp))
+}
+
+/// The seq of `e`'s event id, as a row keeps it.
+fn seq_of(e: Option<&ProcessEvent>) -> Option<i64> {
+    e.and_then(|e| e.id)
+        .map(|id| i64::try_from(id.seq.get()).unwrap_or(i64::MAX))
+}
+
+/// Feeds `digest` the row [`insert_event_row`] wrote as `id`, as
+/// `process_events` shows it (in [`ledger::EVENT_COLUMNS`]' order, texts
+/// for the `strings` ids), from the values it bound: what
+/// [`ledger::rows_digest`] would read back.
+///
+/// # Errors
+/// A value SQLite cannot take (as the insert's).
+fn hash_event_row(
+    digest: &mut ledger::RowsHasher,
+    id: i64,
+    e: &Encoded<'_>,
+    events: &[std::borrow::Cow<'_, ProcessEvent>],
+    row: crate::events::Row,
+    seq: Option<i64>,
+) -> Result<(), StoreError> {
+    let ev: &ProcessEvent = &events[row.event];
+    let fork = row.fork.map(|i| &*events[i]);
+    let exit = row.exit.map(|i| &*events[i]);
+    let event_id = ev.id.map(|id| id.to_string());
+    let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
+    // `substr(event_id, 1, 17) || seq`: the run's part of the id, the
+    // other event's seq.
+    let other = |e: Option<&ProcessEvent>| {
+        let id = event_id.as_deref()?;
+        let run = id.char_indices().nth(17).map_or(id, |(end, _)| &id[..end]);
+        seq_of(e).map(|seq| format!("{run}{seq}"))
+    };
+    let values: [&dyn ToSql; ledger::EVENT_COLUMN_COUNT] = [
+        &id,
+        &ev.event_type.as_str(),
+        &e.key,
+        &e.pid,
+        &e.ppid,
+        &e.name,
+        &e.exe,
+        &e.argv,
+        &e.uid,
+        &e.start_time,
+        &e.cpu,
+        &e.rss,
+        &e.hash,
+        &e.algorithm,
+        &e.accessible,
+        &e.file_exists,
+        &exit_code,
+        &e.metadata,
+        &e.observed_at,
+        &seq,
+        &e.euid,
+        &e.gid,
+        &e.exe_replaced,
+        &e.container_id,
+        &e.cgroup,
+        &e.detail,
+        &event_id,
+        &at(fork),
+        &other(fork),
+        &at(exit),
+        &other(exit),
+    ];
+    for v in values {
+        match v.to_sql()? {
+            rusqlite::types::ToSqlOutput::Borrowed(v) => digest.value(v),
+            rusqlite::types::ToSqlOutput::Owned(v) => digest.value((&v).into()),
+            // No column binds anything else.
+            _ => digest.value(rusqlite::types::ValueRef::Null),
+        }
+    }
+    digest.row_done();
+    Ok(())
 }
 
 /// Brings `processes` up to date with `events`: each keyed process's state,
