@@ -56,6 +56,7 @@ pub mod retention;
 mod schema;
 pub mod store;
 mod timed;
+mod wal;
 pub mod writer;
 
 pub use alert::{Alert, AlertProcess, AlertRule, Severity};

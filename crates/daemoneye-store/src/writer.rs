@@ -249,6 +249,11 @@ pub struct WriterStats {
     pub gaps_recorded: Counter,
     /// Prunes of the store to its bounds (each a `prune` ledger entry).
     pub prunes: Counter,
+    /// Checkpoints of the write-ahead log, taken off the writer's thread.
+    pub wal_checkpoints: Counter,
+    /// Failed checkpoints of the write-ahead log (each logged; the writer's
+    /// own backstop checkpoint bounds the log meanwhile).
+    pub wal_checkpoint_errors: Counter,
     /// Lifecycle events pruned (written, then deleted as the oldest).
     pub events_pruned: Counter,
     /// Failed prune attempts.
@@ -273,6 +278,16 @@ impl WriterStats {
                     "daemoneye_event_batches_written_total",
                     "Event batches committed whole.",
                     &self.batches,
+                ),
+                (
+                    "daemoneye_store_wal_checkpoints_total",
+                    "Checkpoints of the store's write-ahead log, off the writer's thread.",
+                    &self.wal_checkpoints,
+                ),
+                (
+                    "daemoneye_store_wal_checkpoint_errors_total",
+                    "Failed checkpoints of the store's write-ahead log.",
+                    &self.wal_checkpoint_errors,
                 ),
                 (
                     "daemoneye_lifecycle_events_written_total",
@@ -540,7 +555,24 @@ impl StoreWriter {
             .enable_time()
             .build()
             .map_err(StoreError::Spawn)?;
+        let wal = match crate::wal::Checkpointer::start(&path, Arc::clone(&stats)) {
+            Ok(wal) => {
+                let backstop = store.with(|s| {
+                    s.conn()
+                        .pragma_update(None, "wal_autocheckpoint", crate::wal::BACKSTOP_PAGES)
+                });
+                if let Err(e) = backstop {
+                    warn!(error = %e, "the store's writer checkpoints its log itself");
+                }
+                Some(wal)
+            }
+            Err(e) => {
+                warn!(error = %daemoneye_lib::error_chain(&e), "no checkpointing thread: the store's writer checkpoints its log itself");
+                None
+            }
+        };
         let worker = Worker {
+            wal,
             store,
             retentions: Retentions {
                 performance: or_default(
@@ -970,6 +1002,9 @@ fn or_default(d: Duration, default: Duration) -> Duration {
 }
 
 struct Worker {
+    /// The log's checkpoints (first: stopped before the store closes, whose
+    /// last connection then checkpoints what is left).
+    wal: Option<crate::wal::Checkpointer>,
     store: Slot,
     /// How long the tables pruned batch by batch keep their rows.
     retentions: Retentions,
@@ -1419,6 +1454,9 @@ impl Worker {
                 Ok(done) => {
                     drop(ops);
                     committed(&mut self.store, &self.stats, &tally, &done, &mut self.gap);
+                    if let Some(wal) = &self.wal {
+                        wal.committed();
+                    }
                     self.held.drain(..n);
                     self.held_weight -= weight;
                     self.retry.reset();
@@ -1956,6 +1994,38 @@ mod tests {
             sent
         );
         assert_eq!(stats.events_written.get(), stats.events_accepted.get());
+    }
+
+    /// What the writer commits reaches the database file by the
+    /// checkpointing thread, long before the log is long enough for the
+    /// writer's own (backstop) checkpoint.
+    #[tokio::test]
+    async fn the_log_is_checkpointed_off_the_writer() {
+        let (_dir, db) = open();
+        let file = db.path().to_path_buf();
+        let writer = StoreWriter::start(db, 64).unwrap();
+        writer.flush().await.unwrap();
+        let before = std::fs::metadata(&file).unwrap().len();
+        let checkpoints = writer.stats().wal_checkpoints.get();
+        for _ in 0..20 {
+            writer.events(events(50)).await;
+        }
+        writer.flush().await.unwrap();
+        let mut log = file.clone().into_os_string();
+        log.push("-wal");
+        let wal = std::fs::metadata(&log).unwrap().len();
+        // Far below SQLite's own threshold (1,000 pages), let alone the
+        // backstop: only the thread can have copied the pages.
+        assert!(wal < 500 * 4096, "{wal} bytes of log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.stats().wal_checkpoints.get() <= checkpoints
+            || std::fs::metadata(&file).unwrap().len() <= before
+        {
+            assert!(Instant::now() < deadline, "nothing checkpointed in 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(writer.stats().wal_checkpoint_errors.get(), 0);
+        writer.close().await;
     }
 
     #[tokio::test]
