@@ -1247,9 +1247,11 @@ fn write_events_in(
     let mut digest = ledger::RowsHasher::default();
     for row in crate::events::rows(&events, stored) {
         let e = encoded_at(&mut encoded, &events, row.event)?;
-        let id = insert_event_row(tx, strings, e, &events, row, seq)?;
+        let event_id = events[row.event].id.map(|id| id.to_string());
+        let event_id = event_id.as_deref();
+        let id = insert_event_row(tx, strings, e, &events, row, seq, event_id)?;
         if seq.is_some() {
-            hash_event_row(&mut digest, id, e, &events, row, seq)?;
+            hash_event_row(&mut digest, id, e, &events, row, seq, event_id)?;
         }
         ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
         done.lifecycle += 1 + u64::from(row.fork.is_some()) + u64::from(row.exit.is_some());
@@ -1334,8 +1336,8 @@ fn encoded_at<'c, 'e>(
     Ok(slot.insert(encoded))
 }
 
-/// Inserts one row of `process_event_rows` (`e` is its event encoded);
-/// returns its id.
+/// Inserts one row of `process_event_rows` (`e` is its event encoded,
+/// `event_id` its id's text); returns its id.
 fn insert_event_row(
     tx: &Transaction<'_>,
     strings: &mut crate::events::Strings,
@@ -1343,6 +1345,7 @@ fn insert_event_row(
     events: &[std::borrow::Cow<'_, ProcessEvent>],
     row: crate::events::Row,
     seq: Option<i64>,
+    event_id: Option<&str>,
 ) -> Result<i64, StoreError> {
     let ev: &ProcessEvent = &events[row.event];
     let fork = row.fork.map(|i| &*events[i]);
@@ -1353,7 +1356,6 @@ fn insert_event_row(
     let algorithm = strings.id_of(tx, e.algorithm)?;
     let container_id = strings.id_of(tx, e.container_id)?;
     let cgroup = strings.id_of(tx, e.cgroup)?;
-    let event_id = ev.id.map(|id| id.to_string());
     let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
     let params: [&dyn ToSql; 30] = [
         &ev.event_type.as_str(),
@@ -1416,16 +1418,16 @@ fn hash_event_row(
     events: &[std::borrow::Cow<'_, ProcessEvent>],
     row: crate::events::Row,
     seq: Option<i64>,
+    event_id: Option<&str>,
 ) -> Result<(), StoreError> {
     let ev: &ProcessEvent = &events[row.event];
     let fork = row.fork.map(|i| &*events[i]);
     let exit = row.exit.map(|i| &*events[i]);
-    let event_id = ev.id.map(|id| id.to_string());
     let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
     // `substr(event_id, 1, 17) || seq`: the run's part of the id, the
     // other event's seq.
     let other = |e: Option<&ProcessEvent>| {
-        let id = event_id.as_deref()?;
+        let id = event_id?;
         let run = id.char_indices().nth(17).map_or(id, |(end, _)| &id[..end]);
         seq_of(e).map(|seq| format!("{run}{seq}"))
     };
