@@ -27,7 +27,9 @@
 //!   wait, set by the backoff, is not in it).
 //!
 //! Medians of `--reps` repetitions; every repetition ships as another
-//! host (another store, other message ids).
+//! host (another store, other message ids). Each measure starts after a
+//! `sync`, so that none pays for writing back what the one before left
+//! dirty.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -338,11 +340,16 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                     shape,
                 };
                 let host = format!("ours{rep}{shape:?}");
+                // Each side starts with nothing of the last one's left to
+                // write back (its store, the stream's files).
+                nix::unistd::sync();
                 ours.push(through_outbox(&dir.join(&host), url, &host, o.events, load).await?);
+                nix::unistd::sync();
                 base.push(bare(url, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
             }
             let host = format!("alerts{rep}");
             let n = o.events;
+            nix::unistd::sync();
             alerts.push(through_outbox(&dir.join(&host), url, &host, n, Load::Alerts).await?);
         }
         let queued = o.outage_secs.saturating_mul(o.rate);

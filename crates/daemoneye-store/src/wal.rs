@@ -1,34 +1,63 @@
 //! The WAL checkpointer: what the writer commits to the write-ahead log is
 //! copied into the database on a thread of its own, not by the commit that
-//! crosses SQLite's automatic threshold. That copy (and the `fsync`s it
-//! ends with) can wait; the event path should not pay for it. A `PASSIVE`
-//! checkpoint takes no lock a writer needs, so the writer goes on
-//! committing meanwhile.
+//! crosses the threshold. That copy (and the `fsync`s it ends with) can
+//! wait; the event path should not pay for it. A `PASSIVE` checkpoint takes
+//! no lock a writer needs, so the writer goes on committing meanwhile.
 //!
-//! The writer keeps an automatic checkpoint as a backstop
-//! ([`BACKSTOP_PAGES`], ten times SQLite's default): should this thread
-//! fall behind or fail, the log still stays bounded.
+//! The threshold is SQLite's own ([`THRESHOLD_PAGES`]), so a store is
+//! checkpointed as often as before: SQLite reports the log's length after
+//! each commit ([`on_commit`], the connection's WAL hook, which replaces
+//! its automatic checkpoint). Should this thread fall behind or fail, a
+//! commit that leaves the log at [`BACKSTOP_PAGES`] checkpoints it itself,
+//! so the log stays bounded.
 
+use rusqlite::{Connection, OpenFlags};
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-use rusqlite::{Connection, OpenFlags};
-use tokio::time::Instant;
 use tracing::warn;
 
 use crate::store::{StoreError, WAL_SIZE_LIMIT};
 use crate::writer::WriterStats;
 
-/// The shortest time between two checkpoints: each copies every page
-/// changed since the last once, however often it changed.
-pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+/// The log's length (pages) past which a checkpoint is due: SQLite's
+/// default automatic checkpoint.
+pub(crate) const THRESHOLD_PAGES: i32 = 1_000;
 
-/// The log's length (pages) at which a commit of the writer checkpoints
-/// itself: only when this thread has fallen that far behind.
-pub(crate) const BACKSTOP_PAGES: i64 = 10_000;
+/// The log's length (pages) at which a commit checkpoints it itself: only
+/// when the thread has fallen that far behind.
+pub(crate) const BACKSTOP_PAGES: i32 = 10_000;
+
+/// Notes the log's length after this thread's commit.
+fn note(pages: i32) {
+    LOG_PAGES.with(|p| p.set(pages));
+}
+
+thread_local! {
+    /// The log's length after this thread's last commit, as [`on_commit`]
+    /// was told.
+    static LOG_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The WAL hook of a store whose log this module checkpoints: notes the
+/// log's length for [`Checkpointer::committed`] (the commit's thread), and
+/// checkpoints at [`BACKSTOP_PAGES`].
+///
+/// # Errors
+/// The backstop checkpoint's (SQLite returns it from the commit, which has
+/// committed).
+pub(crate) fn on_commit(
+    wal: &rusqlite::hooks::Wal,
+    pages: std::ffi::c_int,
+) -> rusqlite::Result<()> {
+    note(pages);
+    if pages >= BACKSTOP_PAGES {
+        wal.checkpoint()?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -78,9 +107,12 @@ impl Checkpointer {
         })
     }
 
-    /// The writer committed: a checkpoint is due (within [`INTERVAL`] of
-    /// the last).
+    /// This thread committed: a checkpoint is due once the log is past
+    /// [`THRESHOLD_PAGES`].
     pub(crate) fn committed(&self) {
+        if LOG_PAGES.with(Cell::get) < THRESHOLD_PAGES {
+            return;
+        }
         if !self.shared.due.swap(true, Ordering::AcqRel) {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
@@ -124,16 +156,27 @@ fn run(conn: &Connection, shared: &Shared, stats: &WriterStats) {
                 }
             }
         }
-        let next = Instant::now() + INTERVAL;
-        loop {
-            if shared.stop.load(Ordering::Acquire) {
-                return;
-            }
-            let now = Instant::now();
-            if now >= next {
-                break;
-            }
-            std::thread::park_timeout(next - now);
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Below the threshold a commit asks for nothing; at it, a checkpoint
+    /// is due.
+    #[test]
+    fn a_checkpoint_is_due_only_past_the_threshold() {
+        // No thread: nothing takes `due` back.
+        let cp = Checkpointer {
+            shared: Arc::default(),
+            thread: None,
+        };
+        note(THRESHOLD_PAGES - 1);
+        cp.committed();
+        assert!(!cp.shared.due.load(Ordering::Acquire));
+        note(THRESHOLD_PAGES);
+        cp.committed();
+        assert!(cp.shared.due.load(Ordering::Acquire));
     }
 }
