@@ -1393,7 +1393,7 @@ fn insert_event_row(
     Ok(tx.last_insert_rowid())
 }
 
-/// When `e` (at `at`) happened, in a row's nanoseconds.
+/// When `e` happened, as a row keeps it (unix nanoseconds).
 fn at(e: Option<&ProcessEvent>) -> Option<i64> {
     e.map(|e| to_nanos(e.timestamp))
 }

@@ -1101,6 +1101,11 @@ impl Worker {
             }
             self.outbox_ops(round.outbox);
             self.bound_store();
+            // After whatever the round committed (events, entries, outbox
+            // removals, prunes): the log may be due a checkpoint.
+            if let Some(wal) = &self.wal {
+                wal.committed();
+            }
             self.signal_outbox();
             for ack in round.acks {
                 let _ = ack.send(());
@@ -1448,9 +1453,6 @@ impl Worker {
                 Ok(done) => {
                     drop(ops);
                     committed(&mut self.store, &self.stats, &tally, &done, &mut self.gap);
-                    if let Some(wal) = &self.wal {
-                        wal.committed();
-                    }
                     self.held.drain(..n);
                     self.held_weight -= weight;
                     self.retry.reset();
