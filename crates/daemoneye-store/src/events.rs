@@ -147,30 +147,68 @@ impl Strings {
         self.pending.clear();
     }
 
-    /// The id of `value` in `strings`, added inside `tx` when missing.
+    /// The texts' ids inside `tx`: its statements prepared once for all
+    /// the texts of a write (a cached statement is still looked up by its
+    /// SQL's text at every use).
     ///
     /// # Errors
     /// SQLite errors.
-    pub(crate) fn id(&mut self, tx: &Transaction<'_>, value: &str) -> Result<i64, StoreError> {
-        if let Some(&id) = self.known.get(value).or_else(|| self.pending.get(value)) {
-            return Ok(id);
-        }
+    pub(crate) fn in_tx<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+    ) -> Result<Interner<'a>, StoreError> {
         // One statement for a new text (most misses: the known ones are
         // remembered), a second for one already stored. Not `RETURNING`:
         // SQLite gathers what it returns in a temporary table, opened and
         // closed at every run (a third of the writer's time on new texts).
-        let added = tx
-            .prepare_cached(
+        Ok(Interner {
+            insert: tx.prepare_cached(
                 "INSERT INTO strings (value) VALUES (?1) ON CONFLICT (value) DO NOTHING",
-            )?
-            .execute([value])?;
-        let id = if added == 1 {
-            tx.last_insert_rowid()
+            )?,
+            select: tx.prepare_cached("SELECT id FROM strings WHERE value = ?1")?,
+            tx,
+            strings: self,
+        })
+    }
+
+    /// The id of `value` in `strings`, added inside `tx` when missing.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    #[cfg(test)]
+    pub(crate) fn id(&mut self, tx: &Transaction<'_>, value: &str) -> Result<i64, StoreError> {
+        self.in_tx(tx)?.id(value)
+    }
+}
+
+/// [`Strings`] inside one transaction ([`Strings::in_tx`]).
+pub(crate) struct Interner<'a> {
+    strings: &'a mut Strings,
+    tx: &'a Transaction<'a>,
+    insert: rusqlite::CachedStatement<'a>,
+    select: rusqlite::CachedStatement<'a>,
+}
+
+impl Interner<'_> {
+    /// The id of `value` in `strings`, added when missing.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub(crate) fn id(&mut self, value: &str) -> Result<i64, StoreError> {
+        let strings = &mut *self.strings;
+        if let Some(&id) = strings
+            .known
+            .get(value)
+            .or_else(|| strings.pending.get(value))
+        {
+            return Ok(id);
+        }
+        let id = if self.insert.execute([value])? == 1 {
+            self.tx.last_insert_rowid()
         } else {
-            tx.prepare_cached("SELECT id FROM strings WHERE value = ?1")?
-                .query_row([value], |r| r.get(0))?
+            self.select.query_row([value], |r| r.get(0))?
         };
-        self.pending.insert(value.into(), id);
+        strings.pending.insert(value.into(), id);
         Ok(id)
     }
 
@@ -178,12 +216,8 @@ impl Strings {
     ///
     /// # Errors
     /// SQLite errors.
-    pub(crate) fn id_of(
-        &mut self,
-        tx: &Transaction<'_>,
-        value: Option<&str>,
-    ) -> Result<Option<i64>, StoreError> {
-        value.map(|v| self.id(tx, v)).transpose()
+    pub(crate) fn id_of(&mut self, value: Option<&str>) -> Result<Option<i64>, StoreError> {
+        value.map(|v| self.id(v)).transpose()
     }
 }
 

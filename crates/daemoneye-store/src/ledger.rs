@@ -192,30 +192,52 @@ pub fn rows_digest(
 #[derive(Debug, Default)]
 pub struct RowsHasher {
     h: blake3::Hasher,
+    /// What is yet to be hashed: blake3 takes many small updates slowly
+    /// (each is copied into its block buffer) and a long one fast (whole
+    /// chunks at once, in SIMD lanes), so values are gathered here first.
+    buf: Vec<u8>,
     rows: i64,
 }
 
 impl RowsHasher {
+    /// Bytes gathered before they are hashed.
+    const BUFFER: usize = 16 * 1024;
+
     /// The next column's value. A NaN real is hashed as null: SQLite
     /// stores it so.
     pub fn value(&mut self, v: rusqlite::types::ValueRef<'_>) {
         use rusqlite::types::ValueRef;
+        let buf = &mut self.buf;
         match v {
-            ValueRef::Null => self.h.update(&[0]),
-            ValueRef::Real(v) if v.is_nan() => self.h.update(&[0]),
-            ValueRef::Integer(v) => self.h.update(&[1]).update(&v.to_le_bytes()),
-            ValueRef::Real(v) => self.h.update(&[2]).update(&v.to_bits().to_le_bytes()),
-            ValueRef::Text(t) => self
-                .h
-                .update(&[3])
-                .update(&(t.len() as u64).to_le_bytes())
-                .update(t),
-            ValueRef::Blob(b) => self
-                .h
-                .update(&[4])
-                .update(&(b.len() as u64).to_le_bytes())
-                .update(b),
-        };
+            ValueRef::Null => buf.push(0),
+            ValueRef::Real(v) if v.is_nan() => buf.push(0),
+            ValueRef::Integer(v) => {
+                buf.push(1);
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            ValueRef::Real(v) => {
+                buf.push(2);
+                buf.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            ValueRef::Text(t) => {
+                buf.push(3);
+                buf.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                buf.extend_from_slice(t);
+            }
+            ValueRef::Blob(b) => {
+                buf.push(4);
+                buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                buf.extend_from_slice(b);
+            }
+        }
+        if self.buf.len() >= Self::BUFFER {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.h.update(&self.buf);
+        self.buf.clear();
     }
 
     /// A row's last column was given.
@@ -225,7 +247,8 @@ impl RowsHasher {
 
     /// The rows hashed and their digest (hex).
     #[must_use]
-    pub fn finish(&self) -> (i64, String) {
+    pub fn finish(&mut self) -> (i64, String) {
+        self.flush();
         (self.rows, self.h.finalize().to_hex().to_string())
     }
 }

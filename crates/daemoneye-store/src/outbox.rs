@@ -203,7 +203,7 @@ pub(crate) fn queue_in(
     body: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    insert(tx, depth, kind, (msg_id, body, 1), now)
+    insert(tx, depth, kind, (msg_id, body.as_bytes(), 1), now)
 }
 
 /// Inserts one row of `items` items (their ids and bodies a line each).
@@ -211,7 +211,7 @@ fn insert(
     tx: &Transaction<'_>,
     depth: &mut u64,
     kind: OutboxKind,
-    (msg_ids, bodies, items): (&str, &str, u64),
+    (msg_ids, bodies, items): (&str, &[u8], u64),
     now: i64,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
@@ -221,7 +221,9 @@ fn insert(
     .execute(params![
         kind.as_str(),
         msg_ids,
-        bodies,
+        // Text, as SQLite stores it: the bodies are UTF-8 (JSON, written
+        // by serde_json from Rust strings).
+        rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(bodies)),
         now,
         kind.priority(),
         i64::try_from(items).unwrap_or(i64::MAX)
@@ -236,20 +238,38 @@ fn insert(
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     msg_ids: String,
-    bodies: String,
+    /// UTF-8: JSON written by serde_json.
+    bodies: Vec<u8>,
     items: u64,
 }
 
 impl Batch {
-    /// Adds an item.
-    pub(crate) fn push(&mut self, msg_id: &str, body: &str) {
+    /// Adds an item: `value` in JSON, its message id written by `msg_id`
+    /// (given the JSON), each straight into the row's text.
+    ///
+    /// # Errors
+    /// What serializing `value` fails with; nothing is added then.
+    pub(crate) fn push_json<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        msg_id: impl FnOnce(&mut String, &[u8]),
+    ) -> Result<(), serde_json::Error> {
+        let (ids, bodies) = (self.msg_ids.len(), self.bodies.len());
+        if self.items > 0 {
+            self.bodies.push(b'\n');
+        }
+        if let Err(e) = serde_json::to_writer(&mut self.bodies, value) {
+            self.bodies.truncate(bodies);
+            return Err(e);
+        }
         if self.items > 0 {
             self.msg_ids.push('\n');
-            self.bodies.push('\n');
         }
-        self.msg_ids.push_str(msg_id);
-        self.bodies.push_str(body);
+        let start = bodies + usize::from(self.items > 0);
+        msg_id(&mut self.msg_ids, &self.bodies[start..]);
+        debug_assert!(!self.msg_ids[ids..].trim_start_matches('\n').contains('\n'));
         self.items += 1;
+        Ok(())
     }
 
     /// Queues the batch as one row inside `tx` (nothing when it is empty),

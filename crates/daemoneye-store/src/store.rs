@@ -1133,20 +1133,25 @@ pub(crate) fn queue_events_in<'e, E: Serialize + crate::timed::Identified + 'e>(
     kind: EventKind,
     events: impl IntoIterator<Item = &'e E>,
 ) -> Result<bool, StoreError> {
+    use std::fmt::Write as _;
     let mut batch = crate::outbox::Batch::default();
     for e in events {
-        let body = serde_json::to_string(e).map_err(|source| StoreError::Encode {
-            field: "shipped event",
-            source,
-        })?;
-        let msg_id = match e.event_id() {
-            Some(id) => format!("event-{kind}-{id}"),
-            None => format!(
-                "event-{kind}-b3{}",
-                &blake3::hash(body.as_bytes()).to_hex()[..32]
-            ),
-        };
-        batch.push(&msg_id, &body);
+        batch
+            .push_json(e, |msg_id, body| {
+                // Writing to a `String` does not fail.
+                let _ = match e.event_id() {
+                    Some(id) => write!(msg_id, "event-{kind}-{id}"),
+                    None => write!(
+                        msg_id,
+                        "event-{kind}-b3{}",
+                        &blake3::hash(body).to_hex()[..32]
+                    ),
+                };
+            })
+            .map_err(|source| StoreError::Encode {
+                field: "shipped event",
+                source,
+            })?;
     }
     batch.queue_in(
         tx,
@@ -1245,11 +1250,22 @@ fn write_events_in(
     };
     let mut ids: Option<(i64, i64)> = None;
     let mut digest = ledger::RowsHasher::default();
+    let mut strings = strings.in_tx(tx)?;
+    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
     for row in crate::events::rows(&events, stored) {
         let e = encoded_at(&mut encoded, &events, row.event)?;
         let event_id = events[row.event].id.map(|id| id.to_string());
         let event_id = event_id.as_deref();
-        let id = insert_event_row(tx, strings, e, &events, row, seq, event_id)?;
+        let id = insert_event_row(
+            tx,
+            &mut insert,
+            &mut strings,
+            e,
+            &events,
+            row,
+            seq,
+            event_id,
+        )?;
         if seq.is_some() {
             hash_event_row(&mut digest, id, e, &events, row, seq, event_id)?;
         }
@@ -1338,9 +1354,11 @@ fn encoded_at<'c, 'e>(
 
 /// Inserts one row of `process_event_rows` (`e` is its event encoded,
 /// `event_id` its id's text); returns its id.
+#[allow(clippy::too_many_arguments)] // the row's parts, all needed
 fn insert_event_row(
     tx: &Transaction<'_>,
-    strings: &mut crate::events::Strings,
+    insert: &mut rusqlite::Statement<'_>,
+    strings: &mut crate::events::Interner<'_>,
     e: &Encoded<'_>,
     events: &[std::borrow::Cow<'_, ProcessEvent>],
     row: crate::events::Row,
@@ -1350,12 +1368,12 @@ fn insert_event_row(
     let ev: &ProcessEvent = &events[row.event];
     let fork = row.fork.map(|i| &*events[i]);
     let exit = row.exit.map(|i| &*events[i]);
-    let name = strings.id(tx, e.name)?;
-    let exe = strings.id_of(tx, e.exe)?;
-    let hash = strings.id_of(tx, e.hash)?;
-    let algorithm = strings.id_of(tx, e.algorithm)?;
-    let container_id = strings.id_of(tx, e.container_id)?;
-    let cgroup = strings.id_of(tx, e.cgroup)?;
+    let name = strings.id(e.name)?;
+    let exe = strings.id_of(e.exe)?;
+    let hash = strings.id_of(e.hash)?;
+    let algorithm = strings.id_of(e.algorithm)?;
+    let container_id = strings.id_of(e.container_id)?;
+    let cgroup = strings.id_of(e.cgroup)?;
     let exit_code = exit.map_or(ev.exit_code, |x| x.exit_code);
     let params: [&dyn ToSql; 30] = [
         &ev.event_type.as_str(),
@@ -1389,7 +1407,7 @@ fn insert_event_row(
         &at(exit),
         &seq_of(exit),
     ];
-    tx.prepare_cached(INSERT_EVENT)?.execute(params)?;
+    insert.execute(params)?;
     Ok(tx.last_insert_rowid())
 }
 
