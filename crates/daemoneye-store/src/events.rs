@@ -119,7 +119,11 @@ pub(crate) fn rows<E: Borrow<ProcessEvent>>(
 #[derive(Debug, Default)]
 pub(crate) struct Strings {
     known: HashMap<Box<str>, i64>,
-    pending: HashMap<Box<str>, i64>,
+    /// Ids were added since the last commit: if the transaction fails
+    /// they are not in the table, and everything is forgotten (failures
+    /// are rare; a second map moved into the first at every commit cost
+    /// more).
+    uncommitted: bool,
 }
 
 impl Strings {
@@ -130,21 +134,23 @@ impl Strings {
     /// A transaction starts: what an earlier one that did not commit added
     /// is not in the table.
     pub(crate) fn begin(&mut self) {
-        self.pending.clear();
+        if self.uncommitted {
+            self.forget();
+        }
+        if self.known.len() > Self::CAPACITY {
+            self.known.clear();
+        }
     }
 
     /// The transaction committed: its texts are in the table for good.
     pub(crate) fn committed(&mut self) {
-        if self.known.len() + self.pending.len() > Self::CAPACITY {
-            self.known.clear();
-        }
-        self.known.extend(self.pending.drain());
+        self.uncommitted = false;
     }
 
     /// Rows of `strings` were deleted (a prune): nothing is known.
     pub(crate) fn forget(&mut self) {
         self.known.clear();
-        self.pending.clear();
+        self.uncommitted = false;
     }
 
     /// The texts' ids inside `tx`: its statements prepared once for all
@@ -196,11 +202,7 @@ impl Interner<'_> {
     /// SQLite errors.
     pub(crate) fn id(&mut self, value: &str) -> Result<i64, StoreError> {
         let strings = &mut *self.strings;
-        if let Some(&id) = strings
-            .known
-            .get(value)
-            .or_else(|| strings.pending.get(value))
-        {
+        if let Some(&id) = strings.known.get(value) {
             return Ok(id);
         }
         let id = if self.insert.execute([value])? == 1 {
@@ -208,7 +210,8 @@ impl Interner<'_> {
         } else {
             self.select.query_row([value], |r| r.get(0))?
         };
-        strings.pending.insert(value.into(), id);
+        strings.known.insert(value.into(), id);
+        strings.uncommitted = true;
         Ok(id)
     }
 

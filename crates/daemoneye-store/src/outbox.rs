@@ -531,8 +531,12 @@ impl Store {
         let mut removed = 0u64;
         {
             // Acks come in order: one statement per run of consecutive ids.
-            let mut delete =
-                tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2 RETURNING items")?;
+            // Counted, then deleted: not `DELETE … RETURNING`, whose rows
+            // SQLite gathers in a temporary table opened at every run.
+            let mut count = tx.prepare_cached(
+                "SELECT coalesce(sum(items), 0) FROM outbox WHERE id BETWEEN ?1 AND ?2",
+            )?;
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
             let mut sorted = ids.to_vec();
             sorted.sort_unstable();
             sorted.dedup();
@@ -542,9 +546,10 @@ impl Store {
                 while runs.next_if(|&id| id == last + 1).is_some() {
                     last += 1;
                 }
-                let mut gone = delete.query([first, last])?;
-                while let Some(row) = gone.next()? {
-                    removed += u64::try_from(row.get::<_, i64>(0)?).unwrap_or(1);
+                let items: i64 = count.query_row([first, last], |r| r.get(0))?;
+                if items > 0 {
+                    delete.execute([first, last])?;
+                    removed += u64::try_from(items).unwrap_or(0);
                 }
             }
         }
