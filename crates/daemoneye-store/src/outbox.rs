@@ -238,7 +238,7 @@ fn insert(
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     msg_ids: String,
-    /// UTF-8: JSON written by serde_json.
+    /// UTF-8: JSON written by `serde_json`.
     bodies: Vec<u8>,
     items: u64,
 }
