@@ -113,9 +113,10 @@ pub(crate) fn rows<E: Borrow<ProcessEvent>>(
 
 /// The ids of the texts in `strings`, as far as this store has looked them
 /// up: a lookup per text per row would cost more than the row. Ids found or
-/// added in a transaction are kept only once it commits
-/// ([`committed`](Self::committed)); a transaction that fails forgets them
-/// at the next one's start ([`begin`](Self::begin)).
+/// added in a transaction are remembered at once; if it does not commit
+/// ([`committed`](Self::committed)), the next one's start
+/// ([`begin`](Self::begin)) forgets every id, since some may name rows that
+/// were rolled back.
 #[derive(Debug, Default)]
 pub(crate) struct Strings {
     known: HashMap<Box<str>, i64>,
