@@ -1256,16 +1256,7 @@ fn write_events_in(
         let e = encoded_at(&mut encoded, &events, row.event)?;
         let event_id = events[row.event].id.map(|id| id.to_string());
         let event_id = event_id.as_deref();
-        let id = insert_event_row(
-            tx,
-            &mut insert,
-            &mut strings,
-            e,
-            &events,
-            row,
-            seq,
-            event_id,
-        )?;
+        let id = insert_event_row(&mut insert, &mut strings, e, &events, row, seq, event_id)?;
         if seq.is_some() {
             hash_event_row(&mut digest, id, e, &events, row, seq, event_id)?;
         }
@@ -1354,9 +1345,7 @@ fn encoded_at<'c, 'e>(
 
 /// Inserts one row of `process_event_rows` (`e` is its event encoded,
 /// `event_id` its id's text); returns its id.
-#[allow(clippy::too_many_arguments)] // the row's parts, all needed
 fn insert_event_row(
-    tx: &Transaction<'_>,
     insert: &mut rusqlite::Statement<'_>,
     strings: &mut crate::events::Interner<'_>,
     e: &Encoded<'_>,
@@ -1407,8 +1396,7 @@ fn insert_event_row(
         &at(exit),
         &seq_of(exit),
     ];
-    insert.execute(params)?;
-    Ok(tx.last_insert_rowid())
+    Ok(insert.insert(params)?)
 }
 
 /// When `e` happened, as a row keeps it (unix nanoseconds).

@@ -64,7 +64,7 @@ pub(crate) fn on_commit(
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// A commit came since the last checkpoint.
+    /// A checkpoint was asked for since the thread last took one.
     due: AtomicBool,
     stop: AtomicBool,
 }
