@@ -156,8 +156,13 @@ impl<P: Poll> Polled<P> {
         self.counters.clone()
     }
 
-    fn set_error(&self, e: Option<String>) {
-        *lock(&self.last_error) = e;
+    /// Notes the last look's failure (or none); whether health's answer
+    /// changed with it.
+    fn set_error(&self, e: Option<String>) -> bool {
+        let mut last = lock(&self.last_error);
+        let changed = *last != e;
+        *last = e;
+        changed
     }
 }
 
@@ -191,16 +196,19 @@ impl<P: Poll> EventSource for Polled<P> {
                 // The poller is lost with its task: this source is done.
                 Err(e) => return Err(anyhow::anyhow!("{} failed: {e}", self.name)),
             };
-            match looked {
+            let changed = match looked {
                 Ok(()) => {
                     self.counters.polls.inc();
-                    self.set_error(None);
+                    self.set_error(None)
                 }
                 Err(e) => {
                     self.counters.polls_failed.inc();
                     tracing::warn!(source = self.name, error = %format!("{e:#}"), "look failed");
-                    self.set_error(Some(format!("the last look failed: {e:#}")));
+                    self.set_error(Some(format!("the last look failed: {e:#}")))
                 }
+            };
+            if changed {
+                ctx.health_changed();
             }
             for e in out.drain(..) {
                 let sent = tokio::select! {

@@ -490,6 +490,7 @@ impl Trackers {
             let (tx, rx) = mpsc::channel(config.event_buffer_size);
             let ctx = SourceContext::new(state.name, tx);
             let (flag, token) = (ctx.shutdown_flag().clone(), ctx.shutdown().clone());
+            let health_changed = ctx.health_signal();
             let task = spawn_source(
                 &t.source_tasks,
                 source.clone(),
@@ -511,6 +512,7 @@ impl Trackers {
                 state.clone(),
                 config.startup_timeout,
                 config.health_check_interval,
+                health_changed,
                 t.stop_health.clone(),
             ));
         }
@@ -803,20 +805,29 @@ async fn route(
     routed.is_some() || bus_routed
 }
 
-/// Calls `health_check` at start (bounded by the startup timeout) and then
-/// every interval (each bounded by the interval), until shutdown.
+/// Calls `health_check` at start (bounded by the startup timeout), then
+/// every interval (each bounded by the interval) and whenever the source
+/// says its health changed ([`SourceContext::health_changed`]), until
+/// shutdown.
 async fn health_loop(
     source: Arc<dyn EventSource>,
     state: Arc<SourceState>,
     startup_timeout: std::time::Duration,
     interval: std::time::Duration,
+    changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        if unless_cancelled(&stop, ticker.tick()).await.is_none() {
+        let due = async {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = changed.notified() => {}
+            }
+        };
+        if unless_cancelled(&stop, due).await.is_none() {
             return;
         }
         let limit = if first { startup_timeout } else { interval };
@@ -828,8 +839,12 @@ async fn health_loop(
             Ok(Ok(())) => state.set_running_health(SourceHealth::Healthy),
             Ok(Err(err)) => {
                 state.counters.health_checks_failed.inc();
-                warn!(source = state.name, error = %format!("{err:#}"), "health check failed");
-                state.set_running_health(SourceHealth::Degraded(format!("{err:#}")));
+                let why = format!("{err:#}");
+                // Said once while it stays the same.
+                if !matches!(state.health(), SourceHealth::Degraded(ref was) if *was == why) {
+                    warn!(source = state.name, error = %why, "health check failed");
+                }
+                state.set_running_health(SourceHealth::Degraded(why));
             }
             Err(_) => {
                 state.counters.health_checks_failed.inc();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::CollectionEvent;
@@ -71,6 +71,8 @@ pub struct SourceContext {
     out: mpsc::Sender<CollectionEvent>,
     shutdown: CancellationToken,
     shutdown_flag: Arc<AtomicBool>,
+    /// Wakes the runtime's health checker ([`health_changed`](Self::health_changed)).
+    health: Arc<Notify>,
     /// Alive while any clone of a [`from_flag`](Self::from_flag) context is;
     /// its bridge task ends when this is gone.
     _bridge: Option<Arc<()>>,
@@ -87,6 +89,7 @@ impl SourceContext {
             out,
             shutdown: CancellationToken::new(),
             shutdown_flag: Arc::new(AtomicBool::new(false)),
+            health: Arc::new(Notify::new()),
             _bridge: None,
         }
     }
@@ -190,6 +193,20 @@ impl SourceContext {
     /// Whether shutdown was signalled (token cancelled or flag set).
     pub fn is_shutdown(&self) -> bool {
         self.shutdown.is_cancelled() || self.shutdown_flag.load(Ordering::SeqCst)
+    }
+
+    /// Says that what [`EventSource::health_check`] would answer has
+    /// changed (a path found unwatchable, a rescan begun or ended): the
+    /// runtime checks at once instead of at its next interval, so health
+    /// never tells an old story for up to `health_check_interval`. Calls
+    /// before the checker waits are kept (one check for all of them).
+    pub fn health_changed(&self) {
+        self.health.notify_one();
+    }
+
+    /// What [`health_changed`](Self::health_changed) wakes.
+    pub(crate) fn health_signal(&self) -> Arc<Notify> {
+        self.health.clone()
     }
 
     /// The sender and the flag, for the reference [`EventSource::start`].

@@ -404,6 +404,9 @@ impl EventSource for FsmondSource {
             boot: BootId::current().ok(),
         };
         w.mark(&group);
+        // The paths that could not be marked are in health now, not at the
+        // health checker's next interval.
+        ctx.health_changed();
         if w.roots.is_empty() {
             error!("no watched path could be marked: fsmond sees nothing until restarted");
             ctx.shutdown().cancelled().await;
@@ -469,10 +472,12 @@ impl EventSource for FsmondSource {
             }
             if overflowed {
                 warn!("fanotify queue overflowed: rescanning the watched paths");
+                ctx.health_changed();
                 if !w.rescan(ctx.out()).await {
                     return Ok(());
                 }
                 self.status.rescanning.store(false, Ordering::SeqCst);
+                ctx.health_changed();
             }
         }
     }
@@ -520,6 +525,7 @@ impl FsmondSource {
                 .map(|p| (p.clone(), why.clone()))
                 .collect();
         }
+        ctx.health_changed();
         ctx.shutdown().cancelled().await;
         Ok(())
     }

@@ -13,7 +13,7 @@ use collector_core::testing::Replay;
 
 use crate::sources::{
     collector_of, flood, process_ok, process_with_hash_but_no_algorithm, seq_of, Heeds, OnStart,
-    Reference, Ticker,
+    Reference, Ticker, Turning,
 };
 
 fn health_of(handle: &CollectorHandle, name: &str) -> SourceHealth {
@@ -125,6 +125,37 @@ async fn failing_health_check_degrades_then_recovers() {
     assert_eq!(handle.health().status, HealthStatus::Degraded);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(health_of(&handle, "flaky"), SourceHealth::Healthy);
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_saying_its_health_changed_is_checked_at_once_not_at_the_interval() {
+    let turning = Turning::new();
+    let (go, checked) = (turning.go.clone(), turning.checked.clone());
+    let config = CollectorConfig::new().with_health_check_interval(Duration::from_secs(3600));
+    let (c, handle) = collector_of(config, turning);
+    let run = tokio::spawn(c.run_until(std::future::pending()));
+    checked.notified().await; // the check at start
+    assert_eq!(health_of(&handle, "turning"), SourceHealth::Healthy);
+    let t = Instant::now();
+    go.notify_one();
+    checked.notified().await;
+    // With the clock paused, a check at the interval would have moved it an
+    // hour on.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The check's verdict is stored just after it returns.
+    let mut looks = 0;
+    while health_of(&handle, "turning") == SourceHealth::Healthy && looks < 100 {
+        tokio::task::yield_now().await;
+        looks += 1;
+    }
+    assert!(
+        matches!(health_of(&handle, "turning"), SourceHealth::Degraded(ref r) if r.contains("it turned")),
+        "{:?}",
+        health_of(&handle, "turning")
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     handle.shutdown();
     run.await.unwrap().unwrap();
 }

@@ -165,6 +165,59 @@ impl EventSource for Ticker {
     }
 }
 
+/// A source that turns unwell when told (`go`), and says so through
+/// [`SourceContext::health_changed`]; each health check is signalled on
+/// `checked`.
+pub struct Turning {
+    pub go: Arc<tokio::sync::Notify>,
+    pub checked: Arc<tokio::sync::Notify>,
+    unwell: AtomicBool,
+}
+
+impl Turning {
+    pub fn new() -> Self {
+        Self {
+            go: Arc::default(),
+            checked: Arc::default(),
+            unwell: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for Turning {
+    fn name(&self) -> &'static str {
+        "turning"
+    }
+    fn capabilities(&self) -> SourceCaps {
+        SourceCaps::PERFORMANCE
+    }
+    async fn start(&self, tx: EventSender, stop: ShutdownFlag) -> anyhow::Result<()> {
+        start_from_flag(self, tx, stop).await
+    }
+    async fn start_with(&self, ctx: SourceContext) -> anyhow::Result<()> {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown().cancelled() => return Ok(()),
+            () = self.go.notified() => {}
+        }
+        self.unwell.store(true, Ordering::SeqCst);
+        ctx.health_changed();
+        ctx.shutdown().cancelled().await;
+        Ok(())
+    }
+    async fn stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn health_check(&self) -> anyhow::Result<()> {
+        self.checked.notify_one();
+        if self.unwell.load(Ordering::SeqCst) {
+            anyhow::bail!("it turned");
+        }
+        Ok(())
+    }
+}
+
 /// What a [`Reference`] source does when started.
 #[derive(Clone, Copy)]
 pub enum OnStart {
