@@ -16,7 +16,15 @@
 //!   text new to the store).
 //! - `fleet.bare_events_per_sec`: the same bodies published by a bare
 //!   `async-nats` JetStream loop with the sink's window (256 unacknowledged
-//!   publishes, sliding) and a `Nats-Msg-Id` each; `fleet.ratio_vs_bare`.
+//!   publishes, sliding) and a `Nats-Msg-Id` each; `fleet.ratio_vs_bare`,
+//!   the median of each repetition's ratio (its two runs are neighbours in
+//!   time, so a slow spell of the machine weighs on both sides of one).
+//! - `fleet.cpu_us_per_event` and `fleet.bare_cpu_us_per_event`: the CPU
+//!   time per event of this process (the store's threads, the sink, the
+//!   client) and of `nats-server` together, from their threads' own
+//!   accounting (`schedstat`); `fleet.cpu_ratio_vs_bare` is the bare
+//!   loop's over ours, the throughput ratio two cores would give if both
+//!   sides were only CPU-bound: steadier than the rates on a noisy host.
 //! - `fleet.host_*`: the same three for a busy host's forks, execs and exits
 //!   of a few programs (the events `daemoneye-bench db` and `store` write).
 //! - `fleet.alerts_per_sec`: alerts the same way, each stored, ledgered
@@ -45,13 +53,71 @@ use tokio::time::Instant;
 
 use crate::{median, report, report_f, report_ratio};
 
+/// CPU time (ns) that the threads of process `pid` have run, from each
+/// one's `/proc/<pid>/task/<tid>/schedstat` (a thread gone meanwhile is
+/// not counted; none of the bench's or the server's ends during a run).
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut ns = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("a schedstat without its run time")?;
+    }
+    Ok(ns)
+}
+
+/// One run's rate and its CPU time per item (this process's and the
+/// server's).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    per_sec: f64,
+    cpu_us_per_item: f64,
+}
+
+/// A run's start: the time, and the CPU time this process and the server
+/// had spent.
+struct Clock {
+    server: u32,
+    at: Instant,
+    cpu_ns: u64,
+}
+
+impl Clock {
+    fn cpu(server: u32) -> anyhow::Result<u64> {
+        Ok(cpu_ns(std::process::id())? + cpu_ns(server)?)
+    }
+
+    fn start(server: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            server,
+            cpu_ns: Self::cpu(server)?,
+            at: Instant::now(),
+        })
+    }
+
+    /// The run of `n` items since the start.
+    fn stop(&self, n: usize) -> anyhow::Result<Run> {
+        let secs = self.at.elapsed().as_secs_f64();
+        let spent = Self::cpu(self.server)?.saturating_sub(self.cpu_ns);
+        Ok(Run {
+            per_sec: n as f64 / secs.max(1e-9),
+            cpu_us_per_item: spent as f64 / 1_000.0 / n.max(1) as f64,
+        })
+    }
+}
+
 options! {
     /// Events (and alerts) shipped per repetition.
     events: usize = 20_000,
     /// Events per batch handed to the store writer.
     batch: usize = 64,
     /// Repetitions.
-    reps: usize = 3,
+    reps: usize = 5,
     /// The outage's length, seconds, for `fleet.drain_secs`.
     outage_secs: usize = 60,
     /// Events a second during the outage.
@@ -207,14 +273,15 @@ enum Load {
     Alerts,
 }
 
-/// Items a second through the outbox (see the module docs).
+/// `n` items through the outbox (see the module docs), from the first
+/// write to the last removal; `server` is the server's pid.
 async fn through_outbox(
     dir: &Path,
-    url: &str,
+    (url, server): (&str, u32),
     host: &str,
     n: usize,
     load: Load,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Run> {
     let (writer, mut sink, status) = sink(dir, url, host, n + 16).await?;
     let mut changes = writer.outbox_changes();
     // Made before the clock starts, as the bare loop's bodies are: the
@@ -231,7 +298,7 @@ async fn through_outbox(
         }
         Load::Alerts => alerts = (1..=n).map(alert).collect(),
     }
-    let start = Instant::now();
+    let clock = Clock::start(server)?;
     let produce = async {
         for batch in batches.drain(..) {
             writer.events(batch).await;
@@ -251,7 +318,7 @@ async fn through_outbox(
     };
     let ((), shipped) = tokio::join!(produce, ship);
     shipped?;
-    let elapsed = start.elapsed();
+    let run = clock.stop(n)?;
     let left = writer.outbox_state().await?.depth;
     writer.close().await;
     if left != 0 || status.acknowledged.get() != n as u64 {
@@ -260,19 +327,24 @@ async fn through_outbox(
             status.acknowledged.get()
         );
     }
-    Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
+    Ok(run)
 }
 
-/// Events a second published by a bare JetStream loop (see the module
-/// docs).
-async fn bare(url: &str, host: &str, events: usize, shape: Shape) -> anyhow::Result<f64> {
+/// `events` published by a bare JetStream loop (see the module docs),
+/// from the first publish to the last acknowledgement.
+async fn bare(
+    (url, server): (&str, u32),
+    host: &str,
+    events: usize,
+    shape: Shape,
+) -> anyhow::Result<Run> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let subject = format!("daemoneye.{host}.events.process");
     let bodies: Vec<Vec<u8>> = (1..=events)
         .map(|n| serde_json::to_vec(&shape.event(n)))
         .collect::<Result<_, _>>()?;
-    let start = Instant::now();
+    let clock = Clock::start(server)?;
     let mut pending = VecDeque::with_capacity(WINDOW);
     for (n, body) in bodies.into_iter().enumerate() {
         let mut headers = async_nats::HeaderMap::new();
@@ -291,7 +363,7 @@ async fn bare(url: &str, host: &str, events: usize, shape: Shape) -> anyhow::Res
     while let Some(ack) = pending.pop_front() {
         ack.await?;
     }
-    Ok(events as f64 / start.elapsed().as_secs_f64().max(1e-9))
+    clock.stop(events)
 }
 
 /// Seconds to ship the outbox an outage of `queued` events left.
@@ -319,6 +391,64 @@ async fn drain(dir: &Path, url: &str, queued: usize, batch: usize) -> anyhow::Re
     Ok(secs)
 }
 
+/// One shape's runs: ours and the bare loop's, a pair a repetition.
+#[derive(Default)]
+struct Pairs {
+    ours: Vec<Run>,
+    bare: Vec<Run>,
+}
+
+impl Pairs {
+    /// Prints the shape's figures, named `fleet.<prefix>…` (see the module
+    /// docs): medians of the runs, and of each repetition's ratio.
+    fn report(&self, prefix: &str) {
+        let each = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
+        let pairs = |f: fn(&Run, &Run) -> f64| {
+            median(
+                self.ours
+                    .iter()
+                    .zip(&self.bare)
+                    .map(|(o, b)| f(o, b))
+                    .collect(),
+            )
+        };
+        let rate = |r: &Run| r.per_sec;
+        let cpu = |r: &Run| r.cpu_us_per_item;
+        report_f(
+            &format!("fleet.{prefix}events_per_sec"),
+            each(&self.ours, rate),
+            0,
+            "events/s",
+        );
+        report_f(
+            &format!("fleet.{prefix}bare_events_per_sec"),
+            each(&self.bare, rate),
+            0,
+            "events/s",
+        );
+        report_ratio(
+            &format!("fleet.{prefix}ratio_vs_bare"),
+            pairs(|o, b| o.per_sec / b.per_sec),
+        );
+        report_f(
+            &format!("fleet.{prefix}cpu_us_per_event"),
+            each(&self.ours, cpu),
+            2,
+            "us",
+        );
+        report_f(
+            &format!("fleet.{prefix}bare_cpu_us_per_event"),
+            each(&self.bare, cpu),
+            2,
+            "us",
+        );
+        report_ratio(
+            &format!("fleet.{prefix}cpu_ratio_vs_bare"),
+            pairs(|o, b| b.cpu_us_per_item / o.cpu_us_per_item.max(1e-9)),
+        );
+    }
+}
+
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("daemoneye-bench-fleet-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -327,51 +457,42 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         let server = Server::start(&dir)?;
-        let (mut ours, mut base, mut alerts) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut ours_host, mut base_host) = (Vec::new(), Vec::new());
+        let at = (server.url.as_str(), server.child.id());
+        let (mut unique, mut host, mut alerts) = (Pairs::default(), Pairs::default(), Vec::new());
         for rep in 0..o.reps {
-            let url = &server.url;
-            for (shape, ours, base) in [
-                (Shape::Unique, &mut ours, &mut base),
-                (Shape::Host, &mut ours_host, &mut base_host),
-            ] {
+            for (shape, pairs) in [(Shape::Unique, &mut unique), (Shape::Host, &mut host)] {
                 let load = Load::Events {
                     batch: o.batch,
                     shape,
                 };
-                let host = format!("ours{rep}{shape:?}");
+                let name = format!("ours{rep}{shape:?}");
                 // Each side starts with nothing of the last one's left to
                 // write back (its store, the stream's files).
                 nix::unistd::sync();
-                ours.push(through_outbox(&dir.join(&host), url, &host, o.events, load).await?);
+                pairs
+                    .ours
+                    .push(through_outbox(&dir.join(&name), at, &name, o.events, load).await?);
                 nix::unistd::sync();
-                base.push(bare(url, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
+                pairs
+                    .bare
+                    .push(bare(at, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
             }
-            let host = format!("alerts{rep}");
-            let n = o.events;
+            let name = format!("alerts{rep}");
             nix::unistd::sync();
-            alerts.push(through_outbox(&dir.join(&host), url, &host, n, Load::Alerts).await?);
+            alerts.push(
+                through_outbox(&dir.join(&name), at, &name, o.events, Load::Alerts)
+                    .await?
+                    .per_sec,
+            );
         }
         let queued = o.outage_secs.saturating_mul(o.rate);
         let drained = drain(&dir.join("drain"), &server.url, queued, o.batch).await?;
-        let host = (median(ours_host), median(base_host));
-        anyhow::Ok((
-            median(ours),
-            median(base),
-            host,
-            median(alerts),
-            drained,
-            queued,
-        ))
+        anyhow::Ok((unique, host, median(alerts), drained, queued))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (ours, base, (ours_host, base_host), alerts, drained, queued) = result?;
-    report_f("fleet.events_per_sec", ours, 0, "events/s");
-    report_f("fleet.bare_events_per_sec", base, 0, "events/s");
-    report_ratio("fleet.ratio_vs_bare", ours / base);
-    report_f("fleet.host_events_per_sec", ours_host, 0, "events/s");
-    report_f("fleet.host_bare_events_per_sec", base_host, 0, "events/s");
-    report_ratio("fleet.host_ratio_vs_bare", ours_host / base_host);
+    let (unique, host, alerts, drained, queued) = result?;
+    unique.report("");
+    host.report("host_");
     report_f("fleet.alerts_per_sec", alerts, 0, "alerts/s");
     report_f("fleet.drain_secs", drained, 2, "s");
     report("fleet.drain_events", queued, "events");

@@ -22,7 +22,6 @@ fn report_f(metric: &str, value: f64, decimals: usize, unit: &str) {
     report(metric, format!("{value:.decimals$}"), unit);
 }
 
-/// The median of `v` (the upper one of an even count; 0 for none).
 /// Runs `work` on a current-thread runtime in a fresh temporary directory
 /// named after `tag`, removed afterwards whatever the outcome.
 fn in_temp_dir<T, F: std::future::Future<Output = anyhow::Result<T>>>(
@@ -39,6 +38,7 @@ fn in_temp_dir<T, F: std::future::Future<Output = anyhow::Result<T>>>(
     result
 }
 
+/// The median of `v` (the upper one of an even count; 0 for none).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or_default()
