@@ -10,6 +10,13 @@
 //! its automatic checkpoint). Should this thread fall behind or fail, a
 //! commit that leaves the log at [`BACKSTOP_PAGES`] checkpoints it itself,
 //! so the log stays bounded.
+//!
+//! A log is started again (written from its first frame) only by a
+//! transaction that begins with all of it copied, and a writer that keeps
+//! committing outruns any copy made beside it. So once the thread has
+//! copied a log past [`RESTART_PAGES`], the writer copies the frames it
+//! committed meanwhile itself, after its next commit: a few hundred pages
+//! where the thread copied thousands.
 
 use rusqlite::{Connection, OpenFlags};
 use std::cell::Cell;
@@ -25,6 +32,17 @@ use crate::writer::WriterStats;
 /// The log's length (pages) past which a checkpoint is due: SQLite's
 /// default automatic checkpoint.
 pub(crate) const THRESHOLD_PAGES: i32 = 1_000;
+
+/// The log's length (pages) past which, once the thread has copied it,
+/// the writer copies what it committed meanwhile, so that its next
+/// transaction starts the log again (about 8 MiB of 4 KiB pages).
+///
+/// SQLite starts the log again only when a transaction begins with every
+/// frame copied. While the writer keeps committing, the thread's copy
+/// never catches up: the log used to grow to [`BACKSTOP_PAGES`] (40 MiB)
+/// under a sustained load, and each page read had that much more of the
+/// log's index to search.
+pub(crate) const RESTART_PAGES: i32 = 2_000;
 
 /// The log's length (pages) at which a commit checkpoints it itself: only
 /// when the thread has fallen that far behind.
@@ -66,6 +84,10 @@ pub(crate) fn on_commit(
 struct Shared {
     /// A checkpoint was asked for since the thread last took one.
     due: AtomicBool,
+    /// The thread copied a log of at least [`RESTART_PAGES`] whole (as it
+    /// was when the copy began): the writer copies the frames it committed
+    /// meanwhile.
+    copied: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -110,9 +132,21 @@ impl Checkpointer {
         })
     }
 
-    /// This thread committed: a checkpoint is due once the log is past
-    /// [`THRESHOLD_PAGES`].
-    pub(crate) fn committed(&self) {
+    /// This thread committed on `conn`: a checkpoint is due once the log
+    /// is past [`THRESHOLD_PAGES`]. Once the thread has copied a long log,
+    /// this thread copies the frames it committed since (a few hundred
+    /// pages, not the log), so that its next transaction starts the log
+    /// again ([`RESTART_PAGES`]).
+    pub(crate) fn committed(&self, conn: &Connection, stats: &WriterStats) {
+        if self.shared.copied.swap(false, Ordering::AcqRel) {
+            // A failure (a reader still on old frames, a full disk) only
+            // leaves the log to grow to the next try, as before.
+            match checkpoint(conn) {
+                Ok(_) => stats.wal_checkpoints.inc(),
+                Err(_) => stats.wal_checkpoint_errors.inc(),
+            }
+            return;
+        }
         if LOG_PAGES.with(Cell::get) < THRESHOLD_PAGES {
             return;
         }
@@ -134,8 +168,38 @@ impl Drop for Checkpointer {
     }
 }
 
+/// A passive checkpoint on `conn`: it copies what no reader still needs
+/// and never waits. Returns the log's length and how much of it is copied
+/// (pages).
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    // (busy, pages in the log, pages copied)
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
+}
+
+/// The thread's checkpoint: taken, counted, and the writer told to copy the
+/// rest of a long log that it copied whole. `failing` is whether the last
+/// one failed (a failing spell is said once: a full disk fails every try).
+fn take(conn: &Connection, shared: &Shared, stats: &WriterStats, failing: &mut bool) {
+    match checkpoint(conn) {
+        Ok((log, copied)) => {
+            stats.wal_checkpoints.inc();
+            if log >= i64::from(RESTART_PAGES) && copied == log {
+                shared.copied.store(true, Ordering::Release);
+            }
+            *failing = false;
+        }
+        Err(e) => {
+            stats.wal_checkpoint_errors.inc();
+            if !std::mem::replace(failing, true) {
+                warn!(error = %e, "checkpointing the store's write-ahead log failed; the writer's backstop bounds it");
+            }
+        }
+    }
+}
+
 fn run(conn: &Connection, shared: &Shared, stats: &WriterStats) {
-    // Said once a failing spell (a full disk fails every try).
     let mut failing = false;
     loop {
         while !shared.due.swap(false, Ordering::AcqRel) {
@@ -144,26 +208,13 @@ fn run(conn: &Connection, shared: &Shared, stats: &WriterStats) {
             }
             std::thread::park();
         }
-        // (busy, pages in the log, pages copied): a passive checkpoint
-        // copies what no reader still needs and never waits.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
-        match done {
-            Ok(_) => {
-                stats.wal_checkpoints.inc();
-                failing = false;
-            }
-            Err(e) => {
-                stats.wal_checkpoint_errors.inc();
-                if !std::mem::replace(&mut failing, true) {
-                    warn!(error = %e, "checkpointing the store's write-ahead log failed; the writer's backstop bounds it");
-                }
-            }
-        }
+        take(conn, shared, stats, &mut failing);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// Below the threshold a commit asks for nothing; at it, a checkpoint
@@ -175,11 +226,67 @@ mod tests {
             shared: Arc::default(),
             thread: None,
         };
+        let (conn, stats) = (
+            Connection::open_in_memory().unwrap(),
+            WriterStats::default(),
+        );
         note(THRESHOLD_PAGES - 1);
-        cp.committed();
+        cp.committed(&conn, &stats);
         assert!(!cp.shared.due.load(Ordering::Acquire));
         note(THRESHOLD_PAGES);
-        cp.committed();
+        cp.committed(&conn, &stats);
         assert!(cp.shared.due.load(Ordering::Acquire));
+    }
+
+    /// Once the thread has copied a long log, the writer copies the frames
+    /// it committed since, and its next transaction starts the log again;
+    /// without that, the log only grows while the writer keeps committing.
+    #[test]
+    fn a_long_log_the_thread_copied_starts_again_at_the_writers_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let writer = Connection::open(&path).unwrap();
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        writer.wal_hook(Some(on_commit));
+        writer.execute("CREATE TABLE t (b BLOB)", []).unwrap();
+        // The thread's connection; the thread itself is not started, so
+        // that its copy is taken here, between two commits.
+        let other = Connection::open(&path).unwrap();
+        let (stats, cp) = (
+            WriterStats::default(),
+            Checkpointer {
+                shared: Arc::default(),
+                thread: None,
+            },
+        );
+        // Commits of about 256 pages each.
+        let insert = "INSERT INTO t VALUES (zeroblob(1 << 20))";
+        let commit = || {
+            writer.execute(insert, []).unwrap();
+            LOG_PAGES.with(Cell::get)
+        };
+        while commit() < RESTART_PAGES {}
+        // The thread copies while the writer is inside a transaction,
+        // which commits after the copy.
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        writer.execute(insert, []).unwrap();
+        take(&other, &cp.shared, &stats, &mut false);
+        assert!(
+            cp.shared.copied.load(Ordering::Acquire),
+            "the thread's copy of a long log was not noted"
+        );
+        writer.execute_batch("COMMIT").unwrap();
+        let before = LOG_PAGES.with(Cell::get);
+        cp.committed(&writer, &stats);
+        let after = commit();
+        assert!(
+            after < before,
+            "the log did not start again: {after} pages after {before}"
+        );
+        assert_eq!(stats.wal_checkpoints.get(), 2);
+        assert_eq!(stats.wal_checkpoint_errors.get(), 0);
     }
 }

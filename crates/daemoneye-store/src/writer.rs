@@ -1104,7 +1104,8 @@ impl Worker {
             // After whatever the round committed (events, entries, outbox
             // removals, prunes): the log may be due a checkpoint.
             if let Some(wal) = &self.wal {
-                wal.committed();
+                let stats = &self.stats;
+                self.store.with(|s| wal.committed(s.conn(), stats));
             }
             self.signal_outbox();
             for ack in round.acks {
