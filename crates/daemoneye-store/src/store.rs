@@ -89,8 +89,11 @@ pub const FILE: &str = "agent.db";
 /// The longest an ad-hoc [`Store::query`] may run.
 pub const QUERY_TIME_LIMIT: Duration = Duration::from_secs(5);
 
-/// The size the WAL file is cut back to after a checkpoint, in bytes.
-pub const WAL_SIZE_LIMIT: i64 = 4 << 20;
+/// The size the WAL file is cut back to after a checkpoint, in bytes: more
+/// than the log the writer starts again (`wal::RESTART_PAGES`, about 8 MiB),
+/// so that a sustained load reuses the file rather than cutting it back and
+/// growing it again at every restart.
+pub const WAL_SIZE_LIMIT: i64 = 16 << 20;
 
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
