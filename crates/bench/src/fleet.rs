@@ -25,6 +25,8 @@
 //!   accounting (`schedstat`); `fleet.cpu_ratio_vs_bare` is the bare
 //!   loop's over ours, the throughput ratio two cores would give if both
 //!   sides were only CPU-bound: steadier than the rates on a noisy host.
+//!   `fleet.server_cpu_us_per_event` and `fleet.bare_server_cpu_us_per_event`
+//!   are the server's part of each.
 //! - `fleet.host_*`: the same three for a busy host's forks, execs and exits
 //!   of a few programs (the events `daemoneye-bench db` and `store` write).
 //! - `fleet.alerts_per_sec`: alerts the same way, each stored, ledgered
@@ -77,6 +79,8 @@ fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 struct Run {
     per_sec: f64,
     cpu_us_per_item: f64,
+    /// The server's part of it.
+    server_us_per_item: f64,
 }
 
 /// A run's start: the time, and the CPU time this process and the server
@@ -84,12 +88,13 @@ struct Run {
 struct Clock {
     server: u32,
     at: Instant,
-    cpu_ns: u64,
+    /// This process's CPU time and the server's (ns).
+    cpu_ns: (u64, u64),
 }
 
 impl Clock {
-    fn cpu(server: u32) -> anyhow::Result<u64> {
-        Ok(cpu_ns(std::process::id())? + cpu_ns(server)?)
+    fn cpu(server: u32) -> anyhow::Result<(u64, u64)> {
+        Ok((cpu_ns(std::process::id())?, cpu_ns(server)?))
     }
 
     fn start(server: u32) -> anyhow::Result<Self> {
@@ -103,10 +108,13 @@ impl Clock {
     /// The run of `n` items since the start.
     fn stop(&self, n: usize) -> anyhow::Result<Run> {
         let secs = self.at.elapsed().as_secs_f64();
-        let spent = Self::cpu(self.server)?.saturating_sub(self.cpu_ns);
+        let (ours, server) = Self::cpu(self.server)?;
+        let us = |ns: u64| ns as f64 / 1_000.0 / n.max(1) as f64;
+        let server = us(server.saturating_sub(self.cpu_ns.1));
         Ok(Run {
             per_sec: n as f64 / secs.max(1e-9),
-            cpu_us_per_item: spent as f64 / 1_000.0 / n.max(1) as f64,
+            cpu_us_per_item: us(ours.saturating_sub(self.cpu_ns.0)) + server,
+            server_us_per_item: server,
         })
     }
 }
@@ -439,6 +447,19 @@ impl Pairs {
         report_f(
             &format!("fleet.{prefix}bare_cpu_us_per_event"),
             each(&self.bare, cpu),
+            2,
+            "us",
+        );
+        let server = |r: &Run| r.server_us_per_item;
+        report_f(
+            &format!("fleet.{prefix}server_cpu_us_per_event"),
+            each(&self.ours, server),
+            2,
+            "us",
+        );
+        report_f(
+            &format!("fleet.{prefix}bare_server_cpu_us_per_event"),
+            each(&self.bare, server),
             2,
             "us",
         );
