@@ -108,10 +108,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "outbox.items: a batch of events queued as one row",
         sql: V14,
     },
+    Migration {
+        version: 15,
+        description: "outbox.packed: the bodies of a row of many items, LZ4-packed",
+        sql: V15,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 14;
+pub const SCHEMA_VERSION: u32 = 15;
 
 /// The columns every process table of version 1 has alike, in this order
 /// and typed the same in each: written once (the tables the migration
@@ -493,6 +498,13 @@ ALTER TABLE connections ADD COLUMN bytes_received INTEGER;";
 /// each), not a row each: a row costs the writer more than its bytes.
 /// Alerts and checkpoints stay a row each (`items` 1).
 const V14: &str = "ALTER TABLE outbox ADD COLUMN items INTEGER NOT NULL DEFAULT 1;";
+
+/// The bodies of an outbox row of more than one item, packed (an LZ4 block,
+/// their length first), `body` left empty: to a tenth of the JSON or less,
+/// each byte of which was written twice (the log, then the database) and
+/// read back.
+/// `NULL` for a row of one, and for rows queued before.
+const V15: &str = "ALTER TABLE outbox ADD COLUMN packed BLOB;";
 
 /// Before migration 1 of a legacy agent store: out of the way what the
 /// versioned schema creates anew.
