@@ -399,6 +399,10 @@ async fn drain(dir: &Path, url: &str, queued: usize, batch: usize) -> anyhow::Re
     Ok(secs)
 }
 
+/// A figure of a run: its name, how it is read off the run, its decimals
+/// and its unit.
+type Figure = (&'static str, fn(&Run) -> f64, usize, &'static str);
+
 /// One shape's runs: ours and the bare loop's, a pair a repetition.
 #[derive(Default)]
 struct Pairs {
@@ -410,8 +414,18 @@ impl Pairs {
     /// Prints the shape's figures, named `fleet.<prefix>…` (see the module
     /// docs): medians of the runs, and of each repetition's ratio.
     fn report(&self, prefix: &str) {
-        let each = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
-        let pairs = |f: fn(&Run, &Run) -> f64| {
+        let median_of = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
+        let figures: [Figure; 3] = [
+            ("events_per_sec", |r| r.per_sec, 0, "events/s"),
+            ("cpu_us_per_event", |r| r.cpu_us_per_item, 2, "us"),
+            ("server_cpu_us_per_event", |r| r.server_us_per_item, 2, "us"),
+        ];
+        for (name, f, decimals, unit) in figures {
+            let (ours, bare) = (median_of(&self.ours, f), median_of(&self.bare, f));
+            report_f(&format!("fleet.{prefix}{name}"), ours, decimals, unit);
+            report_f(&format!("fleet.{prefix}bare_{name}"), bare, decimals, unit);
+        }
+        let paired = |f: fn(&Run, &Run) -> f64| {
             median(
                 self.ours
                     .iter()
@@ -420,52 +434,13 @@ impl Pairs {
                     .collect(),
             )
         };
-        let rate = |r: &Run| r.per_sec;
-        let cpu = |r: &Run| r.cpu_us_per_item;
-        report_f(
-            &format!("fleet.{prefix}events_per_sec"),
-            each(&self.ours, rate),
-            0,
-            "events/s",
-        );
-        report_f(
-            &format!("fleet.{prefix}bare_events_per_sec"),
-            each(&self.bare, rate),
-            0,
-            "events/s",
-        );
         report_ratio(
             &format!("fleet.{prefix}ratio_vs_bare"),
-            pairs(|o, b| o.per_sec / b.per_sec),
-        );
-        report_f(
-            &format!("fleet.{prefix}cpu_us_per_event"),
-            each(&self.ours, cpu),
-            2,
-            "us",
-        );
-        report_f(
-            &format!("fleet.{prefix}bare_cpu_us_per_event"),
-            each(&self.bare, cpu),
-            2,
-            "us",
-        );
-        let server = |r: &Run| r.server_us_per_item;
-        report_f(
-            &format!("fleet.{prefix}server_cpu_us_per_event"),
-            each(&self.ours, server),
-            2,
-            "us",
-        );
-        report_f(
-            &format!("fleet.{prefix}bare_server_cpu_us_per_event"),
-            each(&self.bare, server),
-            2,
-            "us",
+            paired(|o, b| o.per_sec / b.per_sec),
         );
         report_ratio(
             &format!("fleet.{prefix}cpu_ratio_vs_bare"),
-            pairs(|o, b| b.cpu_us_per_item / o.cpu_us_per_item.max(1e-9)),
+            paired(|o, b| b.cpu_us_per_item / o.cpu_us_per_item.max(1e-9)),
         );
     }
 }
