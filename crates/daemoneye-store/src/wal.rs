@@ -16,7 +16,9 @@
 //! committing outruns any copy made beside it. So once the thread has
 //! copied a log past [`RESTART_PAGES`], the writer copies the frames it
 //! committed meanwhile itself, after its next commit: a few hundred pages
-//! where the thread copied thousands.
+//! where the thread copied thousands, but with a checkpoint's `fsync`s, on
+//! the writer's thread once per [`RESTART_PAGES`] of log (3.5 % of the
+//! writer's time under the fleet bench's sustained load).
 
 use rusqlite::{Connection, OpenFlags};
 use std::cell::Cell;
