@@ -27,7 +27,7 @@
 //!   sides were only CPU-bound: steadier than the rates on a noisy host.
 //!   `fleet.server_cpu_us_per_event` and `fleet.bare_server_cpu_us_per_event`
 //!   are the server's part of each.
-//! - `fleet.host_*`: the same three for a busy host's forks, execs and exits
+//! - `fleet.host_*`: the same figures for a busy host's forks, execs and exits
 //!   of a few programs (the events `daemoneye-bench db` and `store` write).
 //! - `fleet.alerts_per_sec`: alerts the same way, each stored, ledgered
 //!   and queued (the writer commits them in batches).
