@@ -91,6 +91,8 @@ struct Shared {
     /// meanwhile.
     copied: AtomicBool,
     stop: AtomicBool,
+    /// Where the thread's checkpoints and the writer's are counted.
+    stats: Arc<WriterStats>,
 }
 
 /// The checkpointing thread of one store; stopped and joined when dropped.
@@ -120,12 +122,15 @@ impl Checkpointer {
         .map_err(open_err)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(open_err)?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            stats,
+            ..Shared::default()
+        });
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".to_owned())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&conn, &shared, &stats)
+                move || run(&conn, &shared)
             })
             .map_err(StoreError::Spawn)?;
         Ok(Self {
@@ -139,8 +144,9 @@ impl Checkpointer {
     /// this thread copies the frames it committed since (a few hundred
     /// pages, not the log), so that its next transaction starts the log
     /// again ([`RESTART_PAGES`]).
-    pub(crate) fn committed(&self, conn: &Connection, stats: &WriterStats) {
+    pub(crate) fn committed(&self, conn: &Connection) {
         if self.shared.copied.swap(false, Ordering::AcqRel) {
+            let stats = &self.shared.stats;
             // A failure (a reader still on old frames, a full disk) only
             // leaves the log to grow to the next try, as before.
             match checkpoint(conn) {
@@ -183,7 +189,8 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
 /// The thread's checkpoint: taken, counted, and the writer told to copy the
 /// rest of a long log that it copied whole. `failing` is whether the last
 /// one failed (a failing spell is said once: a full disk fails every try).
-fn take(conn: &Connection, shared: &Shared, stats: &WriterStats, failing: &mut bool) {
+fn take(conn: &Connection, shared: &Shared, failing: &mut bool) {
+    let stats = &shared.stats;
     match checkpoint(conn) {
         Ok((log, copied)) => {
             stats.wal_checkpoints.inc();
@@ -201,7 +208,7 @@ fn take(conn: &Connection, shared: &Shared, stats: &WriterStats, failing: &mut b
     }
 }
 
-fn run(conn: &Connection, shared: &Shared, stats: &WriterStats) {
+fn run(conn: &Connection, shared: &Shared) {
     let mut failing = false;
     loop {
         while !shared.due.swap(false, Ordering::AcqRel) {
@@ -210,7 +217,7 @@ fn run(conn: &Connection, shared: &Shared, stats: &WriterStats) {
             }
             std::thread::park();
         }
-        take(conn, shared, stats, &mut failing);
+        take(conn, shared, &mut failing);
     }
 }
 
@@ -228,15 +235,12 @@ mod tests {
             shared: Arc::default(),
             thread: None,
         };
-        let (conn, stats) = (
-            Connection::open_in_memory().unwrap(),
-            WriterStats::default(),
-        );
+        let conn = Connection::open_in_memory().unwrap();
         note(THRESHOLD_PAGES - 1);
-        cp.committed(&conn, &stats);
+        cp.committed(&conn);
         assert!(!cp.shared.due.load(Ordering::Acquire));
         note(THRESHOLD_PAGES);
-        cp.committed(&conn, &stats);
+        cp.committed(&conn);
         assert!(cp.shared.due.load(Ordering::Acquire));
     }
 
@@ -257,13 +261,10 @@ mod tests {
         // The thread's connection; the thread itself is not started, so
         // that its copy is taken here, between two commits.
         let other = Connection::open(&path).unwrap();
-        let (stats, cp) = (
-            WriterStats::default(),
-            Checkpointer {
-                shared: Arc::default(),
-                thread: None,
-            },
-        );
+        let cp = Checkpointer {
+            shared: Arc::default(),
+            thread: None,
+        };
         // Commits of about 256 pages each.
         let insert = "INSERT INTO t VALUES (zeroblob(1 << 20))";
         let commit = || {
@@ -275,19 +276,20 @@ mod tests {
         // which commits after the copy.
         writer.execute_batch("BEGIN IMMEDIATE").unwrap();
         writer.execute(insert, []).unwrap();
-        take(&other, &cp.shared, &stats, &mut false);
+        take(&other, &cp.shared, &mut false);
         assert!(
             cp.shared.copied.load(Ordering::Acquire),
             "the thread's copy of a long log was not noted"
         );
         writer.execute_batch("COMMIT").unwrap();
         let before = LOG_PAGES.with(Cell::get);
-        cp.committed(&writer, &stats);
+        cp.committed(&writer);
         let after = commit();
         assert!(
             after < before,
             "the log did not start again: {after} pages after {before}"
         );
+        let stats = &cp.shared.stats;
         assert_eq!(stats.wal_checkpoints.get(), 2);
         assert_eq!(stats.wal_checkpoint_errors.get(), 0);
     }

@@ -1104,8 +1104,7 @@ impl Worker {
             // After whatever the round committed (events, entries, outbox
             // removals, prunes): the log may be due a checkpoint.
             if let Some(wal) = &self.wal {
-                let stats = &self.stats;
-                self.store.with(|s| wal.committed(s.conn(), stats));
+                self.store.with(|s| wal.committed(s.conn()));
             }
             self.signal_outbox();
             for ack in round.acks {
