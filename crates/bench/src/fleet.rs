@@ -284,15 +284,15 @@ enum Load {
 }
 
 /// `n` items through the outbox (see the module docs), from the first
-/// write to the last removal; `server` is the server's pid.
+/// write to the last removal.
 async fn through_outbox(
     dir: &Path,
-    (url, server): (&str, u32),
+    server: &Server,
     host: &str,
     n: usize,
     load: Load,
 ) -> anyhow::Result<Run> {
-    let (writer, mut sink, status) = sink(dir, url, host, n + 16).await?;
+    let (writer, mut sink, status) = sink(dir, &server.url, host, n + 16).await?;
     let mut changes = writer.outbox_changes();
     // Made before the clock starts, as the bare loop's bodies are: the
     // agent is handed its events (and raises alerts) ready made.
@@ -308,7 +308,7 @@ async fn through_outbox(
         }
         Load::Alerts => alerts = (1..=n).map(alert).collect(),
     }
-    let clock = Clock::start(server)?;
+    let clock = Clock::start(server.child.id())?;
     let produce = async {
         for batch in batches.drain(..) {
             writer.events(batch).await;
@@ -342,19 +342,14 @@ async fn through_outbox(
 
 /// `events` published by a bare JetStream loop (see the module docs),
 /// from the first publish to the last acknowledgement.
-async fn bare(
-    (url, server): (&str, u32),
-    host: &str,
-    events: usize,
-    shape: Shape,
-) -> anyhow::Result<Run> {
-    let client = async_nats::connect(url).await?;
+async fn bare(server: &Server, host: &str, events: usize, shape: Shape) -> anyhow::Result<Run> {
+    let client = async_nats::connect(&server.url).await?;
     let js = async_nats::jetstream::new(client);
     let subject = format!("daemoneye.{host}.events.process");
     let bodies: Vec<Vec<u8>> = (1..=events)
         .map(|n| serde_json::to_vec(&shape.event(n)))
         .collect::<Result<_, _>>()?;
-    let clock = Clock::start(server)?;
+    let clock = Clock::start(server.child.id())?;
     let mut pending = VecDeque::with_capacity(WINDOW);
     for (n, body) in bodies.into_iter().enumerate() {
         let mut headers = async_nats::HeaderMap::new();
@@ -455,7 +450,6 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         let server = Server::start(&dir)?;
-        let at = (server.url.as_str(), server.child.id());
         let (mut unique, mut host, mut alerts) = (Pairs::default(), Pairs::default(), Vec::new());
         for rep in 0..o.reps {
             for (shape, pairs) in [(Shape::Unique, &mut unique), (Shape::Host, &mut host)] {
@@ -469,16 +463,16 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                 nix::unistd::sync();
                 pairs
                     .ours
-                    .push(through_outbox(&dir.join(&name), at, &name, o.events, load).await?);
+                    .push(through_outbox(&dir.join(&name), &server, &name, o.events, load).await?);
                 nix::unistd::sync();
                 pairs
                     .bare
-                    .push(bare(at, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
+                    .push(bare(&server, &format!("bare{rep}{shape:?}"), o.events, shape).await?);
             }
             let name = format!("alerts{rep}");
             nix::unistd::sync();
             alerts.push(
-                through_outbox(&dir.join(&name), at, &name, o.events, Load::Alerts)
+                through_outbox(&dir.join(&name), &server, &name, o.events, Load::Alerts)
                     .await?
                     .per_sec,
             );
