@@ -203,8 +203,11 @@ pub enum ProcEvent {
         /// killed the task.
         exit_signal: u32,
         /// Its parent, when the message is long enough to carry it (always on
-        /// Linux ≥ 4.18; zeros on older kernels, and for a thread other than
-        /// the main one, whose `exit_signal` is -1, as measured on 6.18).
+        /// Linux ≥ 4.18; zeros on older kernels, for a thread other than
+        /// the main one, whose `exit_signal` is -1, as measured on 6.18, and
+        /// when the parent reaped the child before the kernel built the
+        /// message: it fills these fields after waking the parent, and only
+        /// while the child's pid is still attached).
         parent: Option<ProcId>,
     },
     /// A `what` this decoder does not know: counted, not an error.

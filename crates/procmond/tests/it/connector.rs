@@ -81,9 +81,11 @@ async fn short_lived_child_is_seen_forking_execing_and_exiting() {
     let (reader, mut rx) = start(4096);
     let mut child = Command::new("/bin/true").spawn().unwrap();
     let pid = child.id();
-    assert!(child.wait().unwrap().success());
-
+    // Reaped only once its exit was seen: the kernel fills the exit's parent
+    // fields after waking the parent, and sends zeros there if the parent
+    // has already reaped the child (`pid_alive` is false by then).
     let events = events_of(&mut rx, pid, has_exit).await;
+    assert!(child.wait().unwrap().success());
     eprintln!(
         "/bin/true (pid {pid}) produced {} events: {events:?}",
         events.len()
