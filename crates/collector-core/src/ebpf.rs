@@ -17,14 +17,18 @@
 //! - [`read_loop`]: the reader's loop (one dedicated thread): waits on the
 //!   ring buffer, decodes and hands records on in batches, brings the
 //!   kernel's counters into [`EbpfCounters`], and at the end detaches the
-//!   programs and reads what is left until the books balance.
+//!   programs and reads what is left until the books balance. It sleeps
+//!   until a record, the stop or its receiver's end wakes it: an idle host
+//!   costs it nothing.
 //!
-//! No `unsafe` here: aya's API is safe, and polling goes through `rustix`.
+//! No `unsafe` here: aya's API is safe, and polling goes through `rustix`
+//! and tokio's `AsyncFd`.
 //! Linux 5.8 at least (ring buffer, `CAP_BPF`/`CAP_PERFMON`) with
 //! `CONFIG_DEBUG_INFO_BTF`.
 
+use std::future::Future;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -472,6 +476,18 @@ impl Loaded {
         Ok(newly_dropped)
     }
 
+    /// A new descriptor of the ring buffer, for a reactor to wait on (its
+    /// own registration, so that the ring stays borrowable for reads).
+    fn ring_fd(&self) -> Result<OwnedFd, EbpfError> {
+        self.ring
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::Io {
+                operation: "ring buffer fd dup",
+                source,
+            })
+    }
+
     /// Waits at most `timeout` for the ring buffer to have data; whether it
     /// has.
     ///
@@ -537,9 +553,6 @@ pub struct EbpfConfig {
     /// forks/exits (80 B); for netmond some 35,000 TCP state changes
     /// (120 B; a short connection makes about ten, both ends counted).
     pub ring_buffer_bytes: u32,
-    /// How long the reader waits for records before checking whether it
-    /// should stop and reading the kernel's counters. Default 100 ms.
-    pub poll_interval_ms: u64,
     /// Once woken by a record, how long the reader lets more gather before
     /// it takes them all (0: at once). Default 5 ms: a storm of events then
     /// costs one hand-over to the collector (and one wake-up of each stage
@@ -552,7 +565,6 @@ impl Default for EbpfConfig {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: 4 * 1024 * 1024,
-            poll_interval_ms: 100,
             batch_window_ms: 5,
         }
     }
@@ -563,7 +575,6 @@ impl EbpfConfig {
     /// time; `what` names the records in the log.
     pub fn read_settings(&self, what: &'static str) -> ReadSettings {
         ReadSettings {
-            poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             batch_window: Duration::from_millis(self.batch_window_ms),
             batch: BATCH,
             what,
@@ -574,9 +585,6 @@ impl EbpfConfig {
 /// How [`read_loop`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSettings {
-    /// How long it waits for records before checking whether it should
-    /// stop and reading the kernel's counters.
-    pub poll_interval: Duration,
     /// Once woken by a record, how long it lets more gather before it takes
     /// them all (zero: at once).
     pub batch_window: Duration,
@@ -596,30 +604,67 @@ pub enum Delivery<T> {
     Dropped(u64),
 }
 
-/// The reader's loop, on its own thread: until `cancel` or `closed()`,
-/// waits on the ring buffer, decodes records with `decode` and hands them
-/// to `deliver` (which may block while its receiver is full: the ring
-/// buffer absorbs the backlog, and what it cannot hold is counted dropped),
-/// with each new count of drops. `deliver` returning `false` (its receiver
-/// gone) ends the loop. Then it detaches the programs and reads what is
-/// left (not handed on) until the books in `counters` balance, or a second
-/// has passed.
+/// The reader's loop, on its own thread: until `cancel` or `closed`
+/// completes, waits on the ring buffer, decodes records with `decode` and
+/// hands them to `deliver` (which may block while its receiver is full: the
+/// ring buffer absorbs the backlog, and what it cannot hold is counted
+/// dropped), with each new count of drops. `deliver` returning `false` (its
+/// receiver gone) ends the loop. Then it detaches the programs and reads
+/// what is left (not handed on) until the books in `counters` balance, or a
+/// second has passed.
+///
+/// The waits run on `runtime` (a current-thread runtime with I/O enabled,
+/// the thread's own; `deliver` may use it too, between waits): the thread
+/// sleeps until the kernel signals a record, `cancel` fires or `closed`
+/// completes, with no timer. The kernel's counters are read after each
+/// drain: it drops only when the ring buffer is full, which wakes the
+/// reader, so no drop waits for a timer to be counted.
 ///
 /// # Errors
 /// [`EbpfError::Io`] when the ring buffer or the counters cannot be read.
+#[allow(clippy::too_many_arguments)] // each is one part of the loop; a struct would only rename them
 pub fn read_loop<T, E: std::fmt::Display>(
     loaded: &mut Loaded,
     counters: &EbpfCounters,
     settings: &ReadSettings,
+    runtime: &tokio::runtime::Runtime,
     cancel: &CancellationToken,
-    closed: impl Fn() -> bool,
+    closed: impl Future<Output = ()>,
     mut decode: impl FnMut(&[u8]) -> Result<T, E>,
     mut deliver: impl FnMut(Delivery<T>) -> bool,
 ) -> Result<(), EbpfError> {
     let result = (|| {
-        while !cancel.is_cancelled() && !closed() {
-            if loaded.wait_readable(settings.poll_interval.max(Duration::from_millis(1)))? {
-                let_a_batch_gather(settings.batch_window, cancel);
+        let ring = {
+            let _context = runtime.enter();
+            crate::sys::async_readable(loaded.ring_fd()?).map_err(|source| EbpfError::Io {
+                operation: "ring buffer registration",
+                source,
+            })?
+        };
+        let mut closed = std::pin::pin!(closed);
+        loop {
+            let woken = runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => None,
+                    () = &mut closed => None,
+                    ready = ring.readable() => Some(ready.map(|mut guard| {
+                        // Cleared before the drain: a record committed after
+                        // the drain's last read finds the reader caught up,
+                        // and the kernel wakes it again.
+                        guard.clear_ready();
+                    })),
+                }
+            });
+            match woken {
+                None => return Ok(()),
+                Some(Err(source)) => {
+                    return Err(EbpfError::Io {
+                        operation: "ring buffer wait",
+                        source,
+                    })
+                }
+                Some(Ok(())) => let_a_batch_gather(settings.batch_window, cancel),
             }
             loop {
                 let batch = loaded.drain(settings.batch, counters, &mut decode);
@@ -642,7 +687,6 @@ pub fn read_loop<T, E: std::fmt::Display>(
                 }
             }
         }
-        Ok(())
     })();
     result.and(finish(loaded, counters, &mut decode))
 }

@@ -28,6 +28,23 @@ pub fn release_free_memory() -> bool {
     }
 }
 
+/// Registers `fd` with the current tokio runtime's reactor for readiness
+/// to read (tokio's safe constructors are deprecated: they cannot know that
+/// the descriptor stays open). Must be called within a runtime with I/O
+/// enabled.
+///
+/// # Errors
+/// When the reactor refuses the descriptor (`epoll_ctl`).
+pub fn async_readable(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, which keeps the descriptor
+    // open and returns the same raw value from every `as_raw_fd` until the
+    // `AsyncFd` is dropped (deregistering it first) or gives it back.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

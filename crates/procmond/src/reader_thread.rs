@@ -152,13 +152,14 @@ impl<E: ReaderError, C, S> Drop for TierReader<E, C, S> {
     }
 }
 
-/// The reader thread's runtime: no drivers, only to wait on a full channel
-/// and on the stop signal at once.
+/// The reader thread's runtime: to wait on a full channel and on the stop
+/// signal at once, and (the I/O driver) on the eBPF ring buffer with them.
 ///
 /// # Errors
 /// [`ReaderError::spawn`] when it cannot be built.
 pub(crate) fn current_thread_runtime<E: ReaderError>() -> Result<tokio::runtime::Runtime, E> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_io()
         .build()
         .map_err(E::spawn)
 }

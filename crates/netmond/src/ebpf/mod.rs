@@ -195,12 +195,17 @@ impl NetTier {
             .name("netmond-ebpf".into())
             .spawn(move || {
                 let mut tier = self;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(|e| EbpfError::Thread(Box::new(e)))?;
                 read_loop(
                     &mut tier.loaded,
                     &shared,
                     &tier.settings,
+                    &runtime,
                     &token,
-                    || tx.is_closed(),
+                    tx.closed(),
                     decode,
                     |delivery| tx.blocking_send(delivery).is_ok(),
                 )

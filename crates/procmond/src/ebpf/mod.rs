@@ -239,8 +239,9 @@ impl EbpfTier {
                 &mut tier.loaded,
                 &counters,
                 &tier.settings,
+                &runtime,
                 &cancel,
-                || tx.is_closed(),
+                tx.closed(),
                 decode,
                 |delivery| match delivery {
                     Delivery::Records(batch) => send(EbpfMessage::Events(batch)),
