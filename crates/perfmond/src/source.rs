@@ -100,6 +100,11 @@ impl PerfmondCounters {
                     &s.anomalies,
                 ),
                 (
+                    "daemoneye_process_reads_unchanged_total",
+                    "Process reads answered from the last one: the process had not run since.",
+                    &s.unchanged,
+                ),
+                (
                     "daemoneye_processes_exited_total",
                     "Processes gone from the sampled table since the previous sample.",
                     &s.exited,

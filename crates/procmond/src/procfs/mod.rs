@@ -1,12 +1,14 @@
 //! Pure parsers for the `/proc/<pid>/*` files only procmond reads (cmdline,
 //! the exe and namespace links, cgroup): bytes in, values out. The files
-//! every collector reads (`stat`, `status`, the boot time) are parsed by
+//! every collector reads (`stat`, `schedstat`, `status`, the boot time) are parsed by
 //! [`collector_core::procfs`], re-exported here under procmond's names.
 //!
 //! Nothing here does I/O, so every parser is unit- and property-tested
 //! without privileges; a parser never panics on any input.
 
-pub use collector_core::procfs::{parse_btime, parse_status_ids, Ids, ParseError, PF_KTHREAD};
+pub use collector_core::procfs::{
+    parse_btime, parse_schedstat_runtime, parse_status_ids, Ids, ParseError, PF_KTHREAD,
+};
 
 /// The fields of `/proc/<pid>/stat` procmond keeps: collector-core's
 /// [`PidStat`](collector_core::procfs::PidStat) with the command name owned
@@ -20,14 +22,6 @@ pub type Stat = collector_core::procfs::PidStat<String>;
 /// As [`parse_pid_stat`](collector_core::procfs::parse_pid_stat).
 pub fn parse_stat(bytes: &[u8]) -> Result<Stat, ParseError> {
     collector_core::procfs::parse_pid_stat(bytes).map(collector_core::procfs::PidStat::into_owned)
-}
-
-/// The CPU time a task has run, in nanoseconds: the first field of
-/// `/proc/<pid>/schedstat` (`sum_exec_runtime wait_ns timeslices`). `None`
-/// when it does not parse (the file is empty without `CONFIG_SCHED_INFO`).
-pub fn parse_schedstat_runtime(bytes: &[u8]) -> Option<u64> {
-    let first = bytes.split(u8::is_ascii_whitespace).next()?;
-    std::str::from_utf8(first).ok()?.parse().ok()
 }
 
 /// Splits `/proc/<pid>/cmdline` into arguments (NUL-separated, lossy UTF-8).
@@ -97,18 +91,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use proptest::prelude::*;
-
-    #[test]
-    fn schedstat_gives_the_run_time() {
-        assert_eq!(
-            parse_schedstat_runtime(b"123456789 42 7\n"),
-            Some(123_456_789)
-        );
-        assert_eq!(parse_schedstat_runtime(b"0 0 0"), Some(0));
-        assert_eq!(parse_schedstat_runtime(b""), None);
-        assert_eq!(parse_schedstat_runtime(b"x 1 2"), None);
-        assert_eq!(parse_schedstat_runtime(b"-1 1 2"), None);
-    }
 
     use super::*;
 
