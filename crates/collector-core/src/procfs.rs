@@ -9,6 +9,7 @@
 //!   (nothing allocated); [`PidStat::into_owned`] when it must outlive the
 //!   buffer.
 //! - [`parse_schedstat_runtime`]: the run time in `/proc/<pid>/schedstat`.
+//! - [`raise_open_file_limit`]: room for a reader that keeps files open.
 //! - [`status_lines`] and [`parse_status_ids`]: `/proc/<pid>/status`.
 //! - [`parse_btime`]: the boot time in `/proc/stat`; [`KernelUnits`] and
 //!   [`ticks_to_duration`]: clock ticks and pages into time and bytes.
@@ -189,6 +190,23 @@ pub fn parse_pid_stat(bytes: &[u8]) -> Result<PidStat<&[u8]>, ParseError> {
         starttime,
         rss_pages,
     })
+}
+
+/// Lifts this process's soft limit of open files to its hard limit, for a
+/// reader that keeps a file or two of every process open between passes
+/// (perfmond's process table, procmond's snapshot); returns the soft limit
+/// now. Not a parser: the one call here that changes the process.
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
 /// The CPU time a task has run, in nanoseconds: the first field of

@@ -260,20 +260,15 @@ pub const FULL_READ_EVERY: u64 = 10;
 const FILE_RESERVE: u64 = 256;
 
 /// Lifts this process's soft limit of open files to its hard limit, so the
-/// table can keep every process's `stat` open; returns the soft limit now.
-/// Only a process that keeps such a table should call it (perfmond's `run`
-/// does).
+/// table can keep every process's `stat` open
+/// ([`collector_core::procfs::raise_open_file_limit`]); returns the soft
+/// limit now. Only a process that keeps such a table should call it
+/// (perfmond's `run` does).
 ///
 /// # Errors
 /// When the limit cannot be read or set.
 pub fn raise_open_file_limit() -> io::Result<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit)?;
-    }
-    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+    procfs::raise_open_file_limit()
 }
 
 /// A process among the busiest of a sample.

@@ -149,6 +149,12 @@ pub async fn run_prepared(args: RunArgs, prepared: Prepared) -> Result<(), RunEr
     }
     // Without a config file, stop promptly: nothing procmond does takes long.
     let collector_config = serve::collector_config(file.collector, args.config.is_some())?;
+    // A snapshot pass keeps two or three files of each process open until
+    // the next: room for them.
+    match collector_core::procfs::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "the open-file limit stays as it is"),
+    }
 
     let source = if args.no_database {
         ProcmondMonitorCollector::without_database(monitor)

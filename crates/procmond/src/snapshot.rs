@@ -63,6 +63,12 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// Whether it failed for want of a file descriptor (EMFILE, ENFILE).
+    fn is_out_of_files(&self) -> bool {
+        matches!(self, Self::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(code) if code == Errno::EMFILE as i32 || code == Errno::ENFILE as i32))
+    }
+
     /// ENOENT and ESRCH mean the process is gone; EACCES and EPERM that we
     /// may not look.
     fn from_errno(pid: u32, e: Errno) -> Self {
@@ -385,7 +391,16 @@ impl ProcReader {
         let mut out = Vec::new();
         shard.begin_pass();
         for pid in pids {
-            match self.read_into(pid, shard) {
+            let mut read = self.read_into(pid, shard);
+            if read.as_ref().is_err_and(ReadError::is_out_of_files) {
+                // The files kept open leave too few for the rest of the
+                // process: close them, keep half as many from now on, and
+                // read this process again.
+                shard.kept.clear();
+                shard.budget /= 2;
+                read = self.read_into(pid, shard);
+            }
+            match read {
                 Ok(p) => {
                     if !p.accessible {
                         stats.access_denied += 1;
@@ -423,7 +438,7 @@ impl ProcReader {
             return Err(ReadError::Vanished { pid });
         }
         let stat = procfs::parse_stat(&buf).map_err(|source| ReadError::Parse { pid, source })?;
-        let mut event = ProcessEvent::new(pid, stat.comm);
+        let mut event = ProcessEvent::new(pid, stat.comm.clone());
         event.ppid = Some(stat.ppid);
         event.start_time = Some(self.start_time_of(stat.starttime));
         event.memory_usage = Some(stat.rss_pages * self.page_size);
@@ -443,24 +458,15 @@ impl ProcReader {
             on_disk,
             stable,
             pass,
+            kept: kept_files,
+            budget,
         } = cache;
-        // One directory fd per process: every file below is opened relative
-        // to it, which spares the kernel a /proc and pid lookup per file and
-        // pins the process's directory while we read.
-        let mut dir_path = self.root.clone();
-        dir_path.push(itoa(pid, &mut [0u8; 10]));
-        let errno = |e| ReadError::from_errno(pid, e);
-        let dir = open(
-            &dir_path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
-        read_at(&dir, c"stat", buf).map_err(errno)?;
-        if buf.is_empty() {
-            return Err(ReadError::Vanished { pid });
-        }
-        let stat = procfs::parse_stat(buf).map_err(|source| ReadError::Parse { pid, source })?;
+        let Front {
+            dir,
+            stat,
+            ran,
+            schedstat,
+        } = self.front(pid, kept_files.remove(&pid), *pass, buf)?;
         let now = SystemTime::now();
 
         // A zombie's argv and executable are gone: it cannot be read in full.
@@ -470,11 +476,11 @@ impl ProcReader {
         // A one-off read (an exec's, pass 0) keeps nothing for a later pass:
         // no `schedstat` read, no copy of the argv.
         let kept_for_later = *pass > 0 && stat.num_threads == 1 && accessible;
-        let (ran, kept) = if kept_for_later {
-            idle_since_read(&dir, stable.get(&key).map(|(s, _)| s), buf)
-        } else {
-            (None, None)
-        };
+        let ran = ran.filter(|_| kept_for_later);
+        let kept = ran.and_then(|ns| {
+            let idle = stable.get(&key)?.0.idle.as_ref()?;
+            (idle.ran_ns == ns).then(|| idle.clone())
+        });
         let kept_ids = kept.as_ref().map(|idle| idle.ids);
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
@@ -511,7 +517,7 @@ impl ProcReader {
         if let Entry::Vacant(slot) = stable.entry(key) {
             slot.insert((self.read_stable(&dir, exe.is_some(), buf), *pass));
         }
-        let mut event = ProcessEvent::new(pid, stat.comm);
+        let mut event = ProcessEvent::new(pid, stat.comm.clone());
         if let Some((found, seen)) = stable.get_mut(&key) {
             *seen = *pass;
             if kept_for_later && kept_ids.is_none() {
@@ -548,7 +554,174 @@ impl ProcReader {
         event.process_key = self
             .boot_id
             .map(|b| ProcessKey::new(b, pid, stat.starttime));
+        if accessible && *pass > 0 && kept_files.len() < *budget {
+            kept_files.insert(pid, Kept::read(dir, schedstat, ran, stat, *pass));
+        }
         Ok(event)
+    }
+
+    /// The first reads of process `pid` in a pass: its run time while it
+    /// is single-threaded (before anything else: unchanged, it has not run
+    /// since), then its `stat`, taken from `held` (the files kept from the
+    /// last pass, while they still answer for the process they were opened
+    /// on: a pid reused answers ESRCH) when it has not run.
+    fn front(
+        &self,
+        pid: u32,
+        mut held: Option<Kept>,
+        pass: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Front, ReadError> {
+        let errno = |e| ReadError::from_errno(pid, e);
+        let full = pass % FULL_READ_EVERY == 1;
+        // A pass (not a one-off read) reads a process's run time before
+        // anything else, while it is single-threaded: unchanged, it has not
+        // run since.
+        let mut ran = None;
+        let mut schedstat = None;
+        if pass > 0 {
+            let fd = match held.as_mut() {
+                Some(k) => k.schedstat.take().or_else(|| {
+                    let single = k.stat.as_ref().is_some_and(|s| s.num_threads == 1);
+                    single
+                        .then(|| openat(&k.dir, c"schedstat", READ, Mode::empty()).ok())
+                        .flatten()
+                }),
+                None => {
+                    let dir = self.open_dir(pid).map_err(errno)?;
+                    let fd = openat(&dir, c"schedstat", READ, Mode::empty()).ok();
+                    held = Some(Kept::opened(dir));
+                    fd
+                }
+            };
+            if let Some(fd) = fd {
+                match pread_all(&fd, buf) {
+                    Ok(()) => {
+                        ran = procfs::parse_schedstat_runtime(buf);
+                        schedstat = Some(fd);
+                    }
+                    // Gone, or another process under its pid: read afresh.
+                    Err(Errno::ESRCH) => held = None,
+                    Err(_) => {}
+                }
+            }
+        }
+        // One directory fd per process: every file below is opened relative
+        // to it, which spares the kernel a /proc and pid lookup per file and
+        // pins the process's directory while we read. Kept between passes.
+        let fresh = held.as_ref().is_none_or(|k| k.stat.is_none());
+        let (mut dir, last) = match held {
+            Some(Kept {
+                dir, stat, ran_ns, ..
+            }) => (
+                dir,
+                stat.filter(|_| !full && ran.is_some() && ran == ran_ns),
+            ),
+            None => (self.open_dir(pid).map_err(errno)?, None),
+        };
+        let stat = match last {
+            // Not run since that read: it stands.
+            Some(stat) => stat,
+            None => {
+                match read_at(&dir, c"stat", buf) {
+                    // The process the kept directory was opened on is gone;
+                    // its pid may be another's now.
+                    Err(Errno::ENOENT | Errno::ESRCH) if !fresh => {
+                        dir = self.open_dir(pid).map_err(errno)?;
+                        schedstat = None;
+                        ran = None;
+                        read_at(&dir, c"stat", buf).map_err(errno)?;
+                    }
+                    read => read.map_err(errno)?,
+                }
+                if buf.is_empty() {
+                    return Err(ReadError::Vanished { pid });
+                }
+                procfs::parse_stat(buf).map_err(|source| ReadError::Parse { pid, source })?
+            }
+        };
+        Ok(Front {
+            dir,
+            stat,
+            ran,
+            schedstat,
+        })
+    }
+
+    /// `/proc/<pid>`, opened.
+    fn open_dir(&self, pid: u32) -> Result<OwnedFd, Errno> {
+        let mut dir_path = self.root.clone();
+        dir_path.push(itoa(pid, &mut [0u8; 10]));
+        open(
+            &dir_path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+}
+
+/// What [`ProcReader::front`] read.
+struct Front {
+    dir: OwnedFd,
+    stat: procfs::Stat,
+    /// The run time, read before the `stat`.
+    ran: Option<u64>,
+    /// The file it was read from, to keep.
+    schedstat: Option<OwnedFd>,
+}
+
+/// How procfs files are opened.
+const READ: OFlag = OFlag::O_RDONLY.union(OFlag::O_CLOEXEC);
+
+/// Every this many passes, every process's `stat` is read, whether it ran
+/// or not: an RSS the kernel shrank (reclaim) or a parent that changed
+/// (the old one exited) shows within that many passes.
+pub const FULL_READ_EVERY: u64 = 10;
+
+/// A process's files kept open between passes (while the open-file budget
+/// allows): its directory, and while it is single-threaded its `schedstat`
+/// with the run time read from it before its last `stat`, and that `stat`.
+/// A pass that finds the run time unchanged takes the `stat` as it was
+/// (the process has not run: its CPU time, state and comm are the same,
+/// and its RSS has not grown) and opens nothing.
+#[derive(Debug)]
+struct Kept {
+    dir: OwnedFd,
+    schedstat: Option<OwnedFd>,
+    ran_ns: Option<u64>,
+    stat: Option<procfs::Stat>,
+    seen: u64,
+}
+
+impl Kept {
+    /// What a pass read: its run time `ran` and `schedstat` only while it is
+    /// single-threaded.
+    fn read(
+        dir: OwnedFd,
+        schedstat: Option<OwnedFd>,
+        ran: Option<u64>,
+        stat: procfs::Stat,
+        pass: u64,
+    ) -> Self {
+        let single = stat.num_threads == 1;
+        Self {
+            dir,
+            schedstat: schedstat.filter(|_| single),
+            ran_ns: ran.filter(|_| single),
+            stat: Some(stat),
+            seen: pass,
+        }
+    }
+
+    /// Just the directory, opened this pass.
+    fn opened(dir: OwnedFd) -> Self {
+        Self {
+            dir,
+            schedstat: None,
+            ran_ns: None,
+            stat: None,
+            seen: 0,
+        }
     }
 }
 
@@ -597,6 +770,10 @@ struct Shard {
     on_disk: HashMap<String, Option<(u64, u64)>>,
     stable: HashMap<(u32, u64), (Stable, u64)>,
     pass: u64,
+    /// By pid, the files of processes read by the last pass.
+    kept: HashMap<u32, Kept>,
+    /// The most processes whose files it keeps (two or three each).
+    budget: usize,
 }
 
 impl Shard {
@@ -608,6 +785,7 @@ impl Shard {
     fn end_pass(&mut self) {
         let pass = self.pass;
         self.stable.retain(|_, (_, seen)| *seen == pass);
+        self.kept.retain(|_, k| k.seen == pass);
     }
 }
 
@@ -628,11 +806,29 @@ impl Default for SnapshotCache {
 }
 
 impl SnapshotCache {
-    /// A cache read by `threads` threads (at least one).
+    /// A cache read by `threads` threads (at least one), keeping the files
+    /// of as many processes as a third of the open-file limit allows (see
+    /// [`collector_core::procfs::raise_open_file_limit`]).
     pub fn with_threads(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let budget = usize::try_from(limit.saturating_sub(FILE_RESERVE) / 3 / threads as u64)
+            .unwrap_or(usize::MAX);
         Self {
-            shards: (0..threads.max(1)).map(|_| Shard::default()).collect(),
+            shards: (0..threads)
+                .map(|_| Shard {
+                    budget,
+                    ..Shard::default()
+                })
+                .collect(),
         }
+    }
+
+    /// Processes whose files are kept open between passes.
+    pub fn kept_files(&self) -> usize {
+        self.shards.iter().map(|s| s.kept.len()).sum()
     }
 
     fn shard_of(&self, pid: u32) -> usize {
@@ -703,25 +899,26 @@ fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-/// A single-threaded process that has not run since its argv and ids were
-/// read (its CPU time to the nanosecond unchanged) cannot have changed
-/// them: they are taken from then. Its `cmdline` (a read of its memory) and
-/// `status` were most of a steady-state pass. Gives its CPU time now, and
-/// what `found` kept when that is the time of the last read.
-fn idle_since_read(
-    dir: &OwnedFd,
-    found: Option<&Stable>,
-    buf: &mut Vec<u8>,
-) -> (Option<u64>, Option<Idle>) {
-    let ran = read_at(dir, c"schedstat", buf)
-        .ok()
-        .and_then(|()| procfs::parse_schedstat_runtime(buf));
-    let kept = ran.and_then(|ns| {
-        let idle = found?.idle.as_ref()?;
-        (idle.ran_ns == ns).then(|| idle.clone())
-    });
-    (ran, kept)
+/// Reads a kept procfs file again from its start (one `pread`: procfs
+/// hands over a small file whole).
+fn pread_all(fd: &OwnedFd, buf: &mut Vec<u8>) -> Result<(), Errno> {
+    buf.clear();
+    buf.resize(512, 0);
+    loop {
+        match rustix::io::pread(fd, &mut buf[..], 0) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(());
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Errno::from_raw(e.raw_os_error())),
+        }
+    }
 }
+
+/// Open files left to everything else procmond does when the budget of
+/// kept files is taken from the open-file limit.
+const FILE_RESERVE: u64 = 512;
 
 /// Reads a whole procfs file. procfs hands over a whole small file in one
 /// read, so a short first read means the end was reached: that saves the
@@ -805,9 +1002,49 @@ mod tests {
         assert_eq!(argv(1, 5_000, "worker b"), "worker a");
         // It ran: read again.
         assert_eq!(argv(1, 6_000, "worker c"), "worker c");
-        // Two threads: the leader's time does not cover the other one.
-        assert_eq!(argv(2, 6_000, "worker d"), "worker d");
-        assert_eq!(argv(2, 6_000, "worker e"), "worker e");
+        // Two threads (it ran to start one): the leader's time does not
+        // cover the other one.
+        assert_eq!(argv(2, 7_000, "worker d"), "worker d");
+        assert_eq!(argv(2, 7_000, "worker e"), "worker e");
+    }
+
+    /// A pass takes the `stat` of a single-threaded process that has not
+    /// run from the last read, through the files kept open; every
+    /// `FULL_READ_EVERY`th pass reads it whatever.
+    #[test]
+    fn a_process_that_did_not_run_keeps_its_stat_until_a_full_read() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("stat"), "cpu 1 2 3\nbtime 1700000000\n").unwrap();
+        let options = ReadOptions {
+            enhanced_metadata: false,
+            ..ReadOptions::default()
+        };
+        let reader = ProcReader::with_root(root.path(), options).unwrap();
+        let mut cache = SnapshotCache::with_threads(1);
+        let stat = root.path().join("42/stat");
+        let rss = |pages: u64| {
+            let line = std::fs::read_to_string(&stat).unwrap();
+            let (head, tail) = line.split_once(" 1000000 ").unwrap();
+            let rest = tail.split_once(' ').unwrap().1;
+            std::fs::write(&stat, format!("{head} 1000000 {pages} {rest}")).unwrap();
+        };
+        let mut memory = || {
+            let snap = reader.snapshot_cached(10, &mut cache).unwrap();
+            snap.processes[0].memory_usage.unwrap() / reader.page_size
+        };
+        record(root.path(), 1, 5_000, "worker");
+        assert_eq!(memory(), 100);
+        // The kernel shrank it while it slept: seen at the next full read.
+        rss(80);
+        for _ in 2..=FULL_READ_EVERY {
+            assert_eq!(memory(), 100);
+        }
+        assert_eq!(memory(), 80);
+        // It ran: read at once.
+        rss(300);
+        std::fs::write(root.path().join("42/schedstat"), "6000 1000 8\n").unwrap();
+        assert_eq!(memory(), 300);
+        assert_eq!(cache.kept_files(), 1);
     }
 
     #[test]
