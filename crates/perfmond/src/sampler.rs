@@ -473,72 +473,67 @@ impl ProcessTable {
             .map(|e| std::mem::take(&mut e.file))
             .unwrap_or_default();
         let ran = self.read_ran(dir, pid, &mut file);
-        if pass.full || ran.is_none() {
-            // Read below.
-        } else if let Some(entry) = self
-            .entries
-            .get(&pid)
-            .filter(|e| e.seen != 0 && e.ran_ns == ran)
-        {
+        let unchanged = !pass.full
+            && ran.is_some()
+            && self
+                .entries
+                .get(&pid)
+                .is_some_and(|e| e.seen != 0 && e.ran_ns == ran);
+        let reading = if unchanged {
             // Not run since its last read: that read stands.
+            let Some(entry) = self.entries.get(&pid) else {
+                return;
+            };
             self.comm.clear();
             self.comm.extend_from_slice(entry.comm.as_bytes());
-            let reading = Reading {
+            stats.unchanged += 1;
+            Reading {
                 ticks: entry.ticks,
                 rss_bytes: entry.rss_bytes,
                 start_ticks: entry.start_ticks,
                 ppid: entry.ppid,
                 threads: entry.threads,
                 comm: &self.comm,
+            }
+        } else {
+            let read = match &file.stat {
+                Some(kept) => match pread_into(kept, &mut self.buf) {
+                    // The process this file was opened on has exited and
+                    // another has its pid: that one is new to the table.
+                    Err(e) if gone(&e) => {
+                        file = KeptFile::default();
+                        self.kept_files -= 1;
+                        self.entries.remove(&pid);
+                        stats.exited += 1;
+                        self.open_stat(dir, pid, &mut file)
+                    }
+                    read => read,
+                },
+                None => self.open_stat(dir, pid, &mut file),
             };
-            stats.processes += 1;
-            stats.unchanged += 1;
-            let now = clock();
-            let entry = Recorder {
-                entries: &mut self.entries,
-                fired: &mut self.anomalies,
-                epoch: self.epoch,
-                units: self.units,
-                since: pass.since,
-                config: pass.anomalies,
-            }
-            .record(pid, &reading, now);
-            if self.kept_files > self.file_budget {
-                self.kept_files -= 1; // both its files close with `file`
-            } else {
-                entry.file = file;
-            }
-            return;
-        }
-        let read = match &file.stat {
-            Some(kept) => match pread_into(kept, &mut self.buf) {
-                // The process this file was opened on has exited and
-                // another has its pid: that one is new to the table.
+            match read {
+                Ok(()) => {}
                 Err(e) if gone(&e) => {
-                    file = KeptFile::default();
-                    self.kept_files -= 1;
-                    self.entries.remove(&pid);
-                    stats.exited += 1;
-                    self.open_stat(dir, pid, &mut file)
+                    stats.vanished += 1;
+                    return;
                 }
-                read => read,
-            },
-            None => self.open_stat(dir, pid, &mut file),
-        };
-        match read {
-            Ok(()) => {}
-            Err(e) if gone(&e) => {
-                stats.vanished += 1;
-                return;
+                Err(_) => {
+                    stats.unreadable += 1;
+                    return;
+                }
             }
-            Err(_) => {
+            let Ok(st) = parse::parse_pid_stat(&self.buf) else {
                 stats.unreadable += 1;
                 return;
+            };
+            Reading {
+                ticks: st.utime.saturating_add(st.stime),
+                rss_bytes: st.rss_pages.saturating_mul(self.units.page_size),
+                start_ticks: st.starttime,
+                ppid: st.ppid,
+                threads: st.num_threads,
+                comm: st.comm,
             }
-        }
-        let Ok(st) = parse::parse_pid_stat(&self.buf) else {
-            stats.unreadable += 1;
-            return;
         };
         stats.processes += 1;
         let now = clock();
@@ -550,24 +545,13 @@ impl ProcessTable {
             since: pass.since,
             config: pass.anomalies,
         }
-        .record(
-            pid,
-            &Reading {
-                ticks: st.utime.saturating_add(st.stime),
-                rss_bytes: st.rss_pages.saturating_mul(self.units.page_size),
-                start_ticks: st.starttime,
-                ppid: st.ppid,
-                threads: st.num_threads,
-                comm: st.comm,
-            },
-            now,
-        );
+        .record(pid, &reading, now);
         if self.kept_files > self.file_budget && file.stat.take().is_some() {
             self.kept_files -= 1;
         }
         // Its run time says whether it ran only while it is the only
         // thread (and only when read before this `stat`).
-        if st.num_threads != 1 || file.stat.is_none() {
+        if reading.threads != 1 || file.stat.is_none() {
             file.schedstat = None;
         }
         entry.ran_ns = ran.filter(|_| file.schedstat.is_some());
@@ -577,20 +561,25 @@ impl ProcessTable {
     /// Opens `<pid>/stat` below `dir` and reads it into the buffer; the file
     /// goes to `kept` while the budget allows (it is counted as kept).
     fn open_stat(&mut self, dir: &OwnedFd, pid: u32, kept: &mut KeptFile) -> io::Result<()> {
-        self.path.clear();
-        let _ = write!(self.path, "{pid}/stat");
-        let fd = rustix::fs::openat(
-            dir,
-            &self.path,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = self.open_file(dir, pid, "stat")?;
         pread_into(&fd, &mut self.buf)?;
         if self.kept_files < self.file_budget {
             self.kept_files += 1;
             kept.stat = Some(fd);
         }
         Ok(())
+    }
+
+    /// `<pid>/<name>` below `dir`, opened.
+    fn open_file(&mut self, dir: &OwnedFd, pid: u32, name: &str) -> io::Result<OwnedFd> {
+        self.path.clear();
+        let _ = write!(self.path, "{pid}/{name}");
+        Ok(rustix::fs::openat(
+            dir,
+            &self.path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
     }
 
     /// The run time in `pid`'s `schedstat`, read before its `stat`: from the
@@ -604,16 +593,7 @@ impl ProcessTable {
             if !single || !room {
                 return None;
             }
-            self.path.clear();
-            let _ = write!(self.path, "{pid}/schedstat");
-            let fd = rustix::fs::openat(
-                dir,
-                &self.path,
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()?;
-            kept.schedstat = Some(fd);
+            kept.schedstat = Some(self.open_file(dir, pid, "schedstat").ok()?);
         }
         let fd = kept.schedstat.as_ref()?;
         match pread_into(fd, &mut self.small) {

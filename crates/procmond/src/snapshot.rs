@@ -975,11 +975,8 @@ mod tests {
         }
     }
 
-    /// A steady-state pass takes a single-threaded process's argv and ids
-    /// from the last pass while its CPU time (`schedstat`) is unchanged,
-    /// and reads them again once it ran, or when it has more threads.
-    #[test]
-    fn a_process_that_did_not_run_is_not_read_again() {
+    /// An empty recorded tree (its host `stat` only) and a reader of it.
+    fn recorded_tree() -> (tempfile::TempDir, ProcReader) {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("stat"), "cpu 1 2 3\nbtime 1700000000\n").unwrap();
         let options = ReadOptions {
@@ -987,6 +984,15 @@ mod tests {
             ..ReadOptions::default()
         };
         let reader = ProcReader::with_root(root.path(), options).unwrap();
+        (root, reader)
+    }
+
+    /// A steady-state pass takes a single-threaded process's argv and ids
+    /// from the last pass while its CPU time (`schedstat`) is unchanged,
+    /// and reads them again once it ran, or when it has more threads.
+    #[test]
+    fn a_process_that_did_not_run_is_not_read_again() {
+        let (root, reader) = recorded_tree();
         let mut cache = SnapshotCache::with_threads(1);
         let mut argv = |threads, ran_ns, argv: &str| {
             record(root.path(), threads, ran_ns, argv);
@@ -1013,13 +1019,7 @@ mod tests {
     /// `FULL_READ_EVERY`th pass reads it whatever.
     #[test]
     fn a_process_that_did_not_run_keeps_its_stat_until_a_full_read() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("stat"), "cpu 1 2 3\nbtime 1700000000\n").unwrap();
-        let options = ReadOptions {
-            enhanced_metadata: false,
-            ..ReadOptions::default()
-        };
-        let reader = ProcReader::with_root(root.path(), options).unwrap();
+        let (root, reader) = recorded_tree();
         let mut cache = SnapshotCache::with_threads(1);
         let stat = root.path().join("42/stat");
         let rss = |pages: u64| {
