@@ -183,9 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let day = Duration::from_secs(86_400);
-        let done = store
-            .write_file_events(&[cron_written(1_000)], day)
-            .unwrap();
+        let done = store.write_timed(vec![cron_written(1_000)], day).unwrap();
         assert_eq!((done.file_events, done.file_events_pruned), (1, 0));
         let ro = Store::open_read_only(dir.path()).unwrap();
         let r = ro
@@ -211,7 +209,7 @@ mod tests {
             ]]
         );
         let done = store
-            .write_file_events(&[cron_written(1_000 + 86_401)], day)
+            .write_timed(vec![cron_written(1_000 + 86_401)], day)
             .unwrap();
         assert_eq!(done.file_events_pruned, 1);
     }
@@ -222,7 +220,7 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let long = Duration::from_secs(1 << 30);
         store
-            .write_file_events(&[cron_written(1_000), cron_written(3_000)], long)
+            .write_timed(vec![cron_written(1_000), cron_written(3_000)], long)
             .unwrap();
         let entry = crate::performance::tests::pruned_at_an_hour_past_2000(&mut store);
         assert_eq!(entry.file_events, 1, "{entry:?}");

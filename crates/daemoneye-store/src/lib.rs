@@ -70,6 +70,7 @@ pub use store::{
     Gap, LedgerMode, ProcessRecord, QueryResult, Recorded, SnapshotId, SnapshotInfo, SnapshotRow,
     Store, StoreError, StoredEvent, StoredProcess, BUSY_TIMEOUT, FILE, QUERY_TIME_LIMIT,
 };
+pub use timed::TimedBatch;
 pub use writer::{
     OutboxAck, StoreWriter, WriterConfig, WriterStats, DEFAULT_BATCH_DELAY_MS,
     DEFAULT_BATCH_EVENTS, DEFAULT_CONNECTIONS_RETENTION, DEFAULT_FILE_EVENTS_RETENTION,

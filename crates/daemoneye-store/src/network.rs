@@ -174,7 +174,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let day = Duration::from_secs(86_400);
-        let done = store.write_connections(&[shell_stdin(1_000)], day).unwrap();
+        let done = store.write_timed(vec![shell_stdin(1_000)], day).unwrap();
         assert_eq!((done.connections, done.connections_pruned), (1, 0));
         let ro = Store::open_read_only(dir.path()).unwrap();
         let r = ro
@@ -199,7 +199,7 @@ mod tests {
             ]]
         );
         let done = store
-            .write_connections(&[shell_stdin(1_000 + 86_401)], day)
+            .write_timed(vec![shell_stdin(1_000 + 86_401)], day)
             .unwrap();
         assert_eq!(done.connections_pruned, 1);
         let n = ro.query("SELECT count(*) FROM connections").unwrap();
@@ -220,7 +220,7 @@ mod tests {
             ..shell_stdin(1_001)
         };
         let day = Duration::from_secs(86_400);
-        store.write_connections(&[tcp, udp], day).unwrap();
+        store.write_timed(vec![tcp, udp], day).unwrap();
         let ro = Store::open_read_only(dir.path()).unwrap();
         let r = ro
             .query("SELECT protocol, bytes_sent, bytes_received FROM connections ORDER BY id")
@@ -240,7 +240,7 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let long = Duration::from_secs(1 << 30);
         store
-            .write_connections(&[shell_stdin(1_000), shell_stdin(3_000)], long)
+            .write_timed(vec![shell_stdin(1_000), shell_stdin(3_000)], long)
             .unwrap();
         let entry = crate::performance::tests::pruned_at_an_hour_past_2000(&mut store);
         assert_eq!(entry.connections, 1, "{entry:?}");

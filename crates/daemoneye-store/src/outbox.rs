@@ -861,7 +861,7 @@ mod tests {
         let events = [exec(1, 1), exec(2, 2), seen];
         store.record_events(&events).unwrap();
         store
-            .write_connections(&[connection(1)], std::time::Duration::from_secs(60))
+            .write_timed(vec![connection(1)], std::time::Duration::from_secs(60))
             .unwrap();
         let items = store.outbox_read(0, 10).unwrap();
         let ids: Vec<&str> = items.iter().map(|i| i.msg_id.as_str()).collect();
@@ -883,12 +883,12 @@ mod tests {
         // its body, the same for the same event.
         let mut store = store.with_shipped_events(&[EventKind::Network]);
         store
-            .write_connections(&[connection(5)], std::time::Duration::from_secs(60))
+            .write_timed(vec![connection(5)], std::time::Duration::from_secs(60))
             .unwrap();
         let again = store.outbox_read(0, 10).unwrap()[2].clone();
         store
-            .write_connections(
-                &[serde_json::from_str(&again.body).unwrap()],
+            .write_timed(
+                vec![serde_json::from_str::<collector_core::NetworkEvent>(&again.body).unwrap()],
                 std::time::Duration::from_secs(60),
             )
             .unwrap();

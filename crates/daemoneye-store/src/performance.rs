@@ -187,7 +187,7 @@ pub(crate) mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let day = Duration::from_secs(86_400);
         let done = store
-            .write_performance(&[load(1_000), busy(7, 1_000)], day)
+            .write_timed(vec![load(1_000), busy(7, 1_000)], day)
             .unwrap();
         assert_eq!((done.performance, done.pruned), (2, 0));
         let ro = Store::open_read_only(dir.path()).unwrap();
@@ -212,9 +212,7 @@ pub(crate) mod tests {
             ]]
         );
         // A day and a second later, the first two are past the retention.
-        let done = store
-            .write_performance(&[load(1_000 + 86_401)], day)
-            .unwrap();
+        let done = store.write_timed(vec![load(1_000 + 86_401)], day).unwrap();
         assert_eq!(done.pruned, 2);
         let n = ro.query("SELECT count(*) FROM performance").unwrap();
         assert_eq!(n.rows, [vec![json!(1)]]);

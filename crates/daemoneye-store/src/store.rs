@@ -71,8 +71,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use collector_core::{
-    EventId, EventKind, FilesystemEvent, HashAlgorithm, LifecycleDetail, NetworkEvent,
-    PerformanceEvent, ProcessContext, ProcessEvent, ProcessEventType, ProcessKey, ReadDepth,
+    EventId, EventKind, HashAlgorithm, LifecycleDetail, ProcessContext, ProcessEvent,
+    ProcessEventType, ProcessKey, ReadDepth,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -439,7 +439,12 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(open_err)?;
         schema::migrate(&mut conn)?;
-        Ok(Self {
+        Ok(Self::over(conn, path))
+    }
+
+    /// A store over an open, current `conn`, with the defaults.
+    fn over(conn: Connection, path: PathBuf) -> Self {
+        Self {
             conn,
             path,
             ledger: LedgerMode::default(),
@@ -447,7 +452,7 @@ impl Store {
             outbox_depth: None,
             shipped: Vec::new(),
             strings: crate::events::Strings::default(),
-        })
+        }
     }
 
     /// Opens (creating if needed) the agent's database, `<dir>/agent.db`
@@ -486,15 +491,7 @@ impl Store {
             source,
         })?;
         schema::check_current(&conn)?;
-        Ok(Self {
-            conn,
-            path,
-            ledger: LedgerMode::default(),
-            outbox: None,
-            outbox_depth: None,
-            shipped: Vec::new(),
-            strings: crate::events::Strings::default(),
-        })
+        Ok(Self::over(conn, path))
     }
 
     /// What this store appends to the ledger from now on (default
@@ -787,49 +784,18 @@ impl Store {
         crate::retention::used_bytes(&self.conn)
     }
 
-    /// Stores performance samples (not on the ledger) and prunes the table
-    /// to `retention` before the newest of them.
+    /// Stores events kept for a time in a table of their own (performance
+    /// samples, connections or file events; not on the ledger) and prunes
+    /// that table to `retention` before the newest of them.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn write_performance(
+    pub fn write_timed(
         &mut self,
-        events: &[PerformanceEvent],
+        events: impl Into<TimedBatch>,
         retention: Duration,
     ) -> Result<Recorded, StoreError> {
-        self.apply(&[Op::Timed(
-            &TimedBatch::Performance(events.to_vec()),
-            retention,
-        )])
-    }
-
-    /// Stores connections (not on the ledger) and prunes the table to
-    /// `retention` before the newest of them.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn write_connections(
-        &mut self,
-        events: &[NetworkEvent],
-        retention: Duration,
-    ) -> Result<Recorded, StoreError> {
-        self.apply(&[Op::Timed(
-            &TimedBatch::Connections(events.to_vec()),
-            retention,
-        )])
-    }
-
-    /// Stores file events (not on the ledger) and prunes the table to
-    /// `retention` before the newest of them.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn write_file_events(
-        &mut self,
-        events: &[FilesystemEvent],
-        retention: Duration,
-    ) -> Result<Recorded, StoreError> {
-        self.apply(&[Op::Timed(&TimedBatch::Files(events.to_vec()), retention)])
+        self.apply(&[Op::Timed(&events.into(), retention)])
     }
 
     /// Forgets every known process (the collector restarted: its first

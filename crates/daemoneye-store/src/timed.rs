@@ -14,9 +14,12 @@ use rusqlite::Transaction;
 use crate::store::{queue_events_in, to_nanos, Recorded, StoreError};
 
 /// A batch of events kept for a time in a table of their own: what the
-/// writer queues and a transaction writes, one kind at a time.
+/// writer queues and a transaction writes, one kind at a time
+/// ([`Store::write_timed`](crate::Store::write_timed) takes one, or a
+/// `Vec` of either kind of event).
 #[derive(Debug, Clone)]
-pub(crate) enum TimedBatch {
+#[non_exhaustive]
+pub enum TimedBatch {
     /// Performance samples (`performance`).
     Performance(Vec<PerformanceEvent>),
     /// Connections (`connections`).
@@ -31,6 +34,24 @@ pub(crate) struct Retentions {
     pub(crate) performance: Duration,
     pub(crate) connections: Duration,
     pub(crate) files: Duration,
+}
+
+impl From<Vec<PerformanceEvent>> for TimedBatch {
+    fn from(events: Vec<PerformanceEvent>) -> Self {
+        Self::Performance(events)
+    }
+}
+
+impl From<Vec<NetworkEvent>> for TimedBatch {
+    fn from(events: Vec<NetworkEvent>) -> Self {
+        Self::Connections(events)
+    }
+}
+
+impl From<Vec<FilesystemEvent>> for TimedBatch {
+    fn from(events: Vec<FilesystemEvent>) -> Self {
+        Self::Files(events)
+    }
 }
 
 impl TimedBatch {

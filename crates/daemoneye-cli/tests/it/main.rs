@@ -381,8 +381,8 @@ fn query_joins_processes_and_connections_on_the_process_key() {
         let socket =
             |pid, fd| collector_core::testing::loopback_connection(pid, key(pid), fd, 4444);
         store
-            .write_connections(
-                &[socket(50, 0), socket(51, 7)],
+            .write_timed(
+                vec![socket(50, 0), socket(51, 7)],
                 std::time::Duration::from_secs(3600),
             )
             .unwrap();
