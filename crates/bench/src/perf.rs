@@ -31,7 +31,7 @@ pub(crate) struct Options {
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let sleepers = Sleepers::spawn(o.host.extra)?;
     // As `perfmond run` does: every process's `stat` kept open.
-    perfmond::sampler::raise_open_file_limit()?;
+    collector_core::procfs::raise_open_file_limit()?;
     let mut sampler = Sampler::new(
         SamplerConfig::default(),
         AnomalyConfig::default(),

@@ -9,7 +9,8 @@
 //!   (nothing allocated); [`PidStat::into_owned`] when it must outlive the
 //!   buffer.
 //! - [`parse_schedstat_runtime`]: the run time in `/proc/<pid>/schedstat`.
-//! - [`raise_open_file_limit`]: room for a reader that keeps files open.
+//! - [`raise_open_file_limit`], [`file_budget`], [`pread_whole`] and
+//!   [`FULL_READ_EVERY`]: for a reader that keeps files open between passes.
 //! - [`status_lines`] and [`parse_status_ids`]: `/proc/<pid>/status`.
 //! - [`parse_btime`]: the boot time in `/proc/stat`; [`KernelUnits`] and
 //!   [`ticks_to_duration`]: clock ticks and pages into time and bytes.
@@ -190,6 +191,50 @@ pub fn parse_pid_stat(bytes: &[u8]) -> Result<PidStat<&[u8]>, ParseError> {
         starttime,
         rss_pages,
     })
+}
+
+/// How often a reader that keeps `/proc` files open and trusts an unchanged
+/// [`schedstat`](parse_schedstat_runtime) (the process has not run) reads
+/// every `stat` whatever: every this many passes, so that what changes
+/// without the process running (an RSS the kernel shrank, a new parent
+/// after the old one exited) shows within that many.
+pub const FULL_READ_EVERY: u64 = 10;
+
+/// Reads a `/proc` file kept open again, whole, into `buf`: one `pread` at
+/// offset 0 (the kernel makes the file afresh at each read from there). A
+/// read that fills the buffer may have been cut, so it is made again with
+/// a buffer twice as large. A file whose process has exited answers ESRCH.
+///
+/// # Errors
+/// The read's error.
+pub fn pread_whole(fd: &std::os::fd::OwnedFd, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let cap = buf.capacity().max(1024);
+    buf.resize(cap, 0);
+    loop {
+        match rustix::io::pread(fd, &mut buf[..], 0) {
+            Ok(n) if n < buf.len() => {
+                buf.truncate(n);
+                return Ok(());
+            }
+            Ok(_) => {
+                let len = buf.len() * 2;
+                buf.resize(len, 0);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How many processes' files a reader keeping `files_each` of them open
+/// may keep: the soft open-file limit now, less `reserve` for everything
+/// else the process opens, shared among them (all of it when the limit
+/// cannot be read).
+pub fn file_budget(reserve: u64, files_each: u64) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(limit.saturating_sub(reserve) / files_each.max(1)).unwrap_or(usize::MAX)
 }
 
 /// Lifts this process's soft limit of open files to its hard limit, for a

@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Without a config file, stop promptly: a sample takes milliseconds.
     let collector_config = serve::collector_config(file.collector, args.common.config.is_some())?;
     // Each process's `stat` stays open between samples: room for them.
-    match crate::sampler::raise_open_file_limit() {
+    match collector_core::procfs::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "the open-file limit stays as it is"),
     }

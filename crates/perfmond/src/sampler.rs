@@ -18,7 +18,7 @@
 //!   cost of a scan of idle processes), and a file whose process has exited
 //!   answers ESRCH, so a reused pid is never read as the old process. At
 //!   most [`ProcessTable::file_budget`] files are kept (the open-file limit
-//!   less a reserve; [`raise_open_file_limit`] lifts the soft limit to the
+//!   less a reserve; [`raise_open_file_limit`](collector_core::procfs::raise_open_file_limit) lifts the soft limit to the
 //!   hard one); past it, `stat` is opened and closed each sample. The
 //!   buffers (directory listing, file bytes, path, top-N order) are reused
 //!   and `/proc` is listed with `getdents64` into one of them, so a scan of
@@ -167,38 +167,11 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
 /// is left that long): one `pread` while `buf` is large enough, which it
 /// stays once it has grown, so no allocation either.
 ///
-/// The kernel makes `/proc/<pid>/stat` afresh at each read from offset 0,
-/// whole when the buffer holds it; a read that fills the buffer may have
-/// been cut, so it is made again with a buffer twice as large.
-fn pread_into(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
-    let cap = buf.capacity().max(1024);
-    buf.resize(cap, 0);
-    loop {
-        match rustix::io::pread(fd, &mut buf[..], 0) {
-            Ok(n) if n < buf.len() => {
-                buf.truncate(n);
-                return Ok(());
-            }
-            Ok(_) => {
-                let len = buf.len() * 2;
-                buf.resize(len, 0);
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// The most processes whose files a table of `max_processes` keeps open
-/// (two each at most, `stat` and `schedstat`): half the soft open-file
-/// limit now, less [`FILE_RESERVE`] (none when it cannot be read).
+/// (two each at most, `stat` and `schedstat`), within the soft open-file
+/// limit now less [`FILE_RESERVE`].
 fn file_budget(max_processes: usize) -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX);
-    usize::try_from(limit.saturating_sub(FILE_RESERVE) / 2)
-        .unwrap_or(usize::MAX)
-        .min(max_processes)
+    procfs::file_budget(FILE_RESERVE, 2).min(max_processes)
 }
 
 /// Whether a read failed because the process is gone.
@@ -250,26 +223,12 @@ impl Clone for KeptFile {
     }
 }
 
-/// Every this many samples, every process's `stat` is read, whether it ran
-/// or not (see the [module docs](self)).
-pub const FULL_READ_EVERY: u64 = 10;
+pub use collector_core::procfs::FULL_READ_EVERY;
 
 /// Open files left to everything else perfmond does (its socket, its
 /// clients, host files, the runtime) when the budget of kept `stat` files
 /// is taken from the open-file limit.
 const FILE_RESERVE: u64 = 256;
-
-/// Lifts this process's soft limit of open files to its hard limit, so the
-/// table can keep every process's `stat` open
-/// ([`collector_core::procfs::raise_open_file_limit`]); returns the soft
-/// limit now. Only a process that keeps such a table should call it
-/// (perfmond's `run` does).
-///
-/// # Errors
-/// When the limit cannot be read or set.
-pub fn raise_open_file_limit() -> io::Result<u64> {
-    procfs::raise_open_file_limit()
-}
 
 /// A process among the busiest of a sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -324,9 +283,6 @@ pub struct ProcessTable {
     epoch: u64,
     last_scan: Option<Duration>,
     buf: Vec<u8>,
-    /// `schedstat` bytes, and the comm of a process whose last read stands.
-    small: Vec<u8>,
-    comm: Vec<u8>,
     dirbuf: Vec<u8>,
     path: String,
     order: Vec<TopProcess>,
@@ -350,8 +306,6 @@ impl ProcessTable {
             epoch: 0,
             last_scan: None,
             buf: Vec::with_capacity(512),
-            small: Vec::with_capacity(64),
-            comm: Vec::with_capacity(16),
             dirbuf: Vec::with_capacity(32 * 1024),
             path: String::new(),
             order: Vec::new(),
@@ -473,19 +427,12 @@ impl ProcessTable {
             .map(|e| std::mem::take(&mut e.file))
             .unwrap_or_default();
         let ran = self.read_ran(dir, pid, &mut file);
-        let unchanged = !pass.full
-            && ran.is_some()
-            && self
-                .entries
-                .get(&pid)
-                .is_some_and(|e| e.seen != 0 && e.ran_ns == ran);
-        let reading = if unchanged {
+        let last = self
+            .entries
+            .get(&pid)
+            .filter(|e| !pass.full && ran.is_some() && e.seen != 0 && e.ran_ns == ran);
+        let reading = if let Some(entry) = last {
             // Not run since its last read: that read stands.
-            let Some(entry) = self.entries.get(&pid) else {
-                return;
-            };
-            self.comm.clear();
-            self.comm.extend_from_slice(entry.comm.as_bytes());
             stats.unchanged += 1;
             Reading {
                 ticks: entry.ticks,
@@ -493,11 +440,11 @@ impl ProcessTable {
                 start_ticks: entry.start_ticks,
                 ppid: entry.ppid,
                 threads: entry.threads,
-                comm: &self.comm,
+                comm: None,
             }
         } else {
             let read = match &file.stat {
-                Some(kept) => match pread_into(kept, &mut self.buf) {
+                Some(kept) => match procfs::pread_whole(kept, &mut self.buf) {
                     // The process this file was opened on has exited and
                     // another has its pid: that one is new to the table.
                     Err(e) if gone(&e) => {
@@ -532,7 +479,7 @@ impl ProcessTable {
                 start_ticks: st.starttime,
                 ppid: st.ppid,
                 threads: st.num_threads,
-                comm: st.comm,
+                comm: Some(st.comm),
             }
         };
         stats.processes += 1;
@@ -562,7 +509,7 @@ impl ProcessTable {
     /// goes to `kept` while the budget allows (it is counted as kept).
     fn open_stat(&mut self, dir: &OwnedFd, pid: u32, kept: &mut KeptFile) -> io::Result<()> {
         let fd = self.open_file(dir, pid, "stat")?;
-        pread_into(&fd, &mut self.buf)?;
+        procfs::pread_whole(&fd, &mut self.buf)?;
         if self.kept_files < self.file_budget {
             self.kept_files += 1;
             kept.stat = Some(fd);
@@ -596,8 +543,8 @@ impl ProcessTable {
             kept.schedstat = Some(self.open_file(dir, pid, "schedstat").ok()?);
         }
         let fd = kept.schedstat.as_ref()?;
-        match pread_into(fd, &mut self.small) {
-            Ok(()) => procfs::parse_schedstat_runtime(&self.small),
+        match procfs::pread_whole(fd, &mut self.buf) {
+            Ok(()) => procfs::parse_schedstat_runtime(&self.buf),
             Err(_) => {
                 // Gone (its `stat` read says so) or unreadable.
                 kept.schedstat = None;
@@ -664,7 +611,8 @@ struct Reading<'b> {
     start_ticks: u64,
     ppid: u32,
     threads: u64,
-    comm: &'b [u8],
+    /// `None`: as last read.
+    comm: Option<&'b [u8]>,
 }
 
 /// What every process of one scan is read with.
@@ -729,9 +677,9 @@ impl<'a> Recorder<'a> {
             entry.start_ticks = st.start_ticks;
             entry.watch = ProcWatch::default();
         }
-        if entry.comm.as_bytes() != st.comm {
+        if let Some(comm) = st.comm.filter(|c| entry.comm.as_bytes() != *c) {
             entry.comm.clear();
-            entry.comm.push_str(&String::from_utf8_lossy(st.comm));
+            entry.comm.push_str(&String::from_utf8_lossy(comm));
         }
         entry.ppid = st.ppid;
         entry.threads = st.threads;

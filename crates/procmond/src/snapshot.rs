@@ -595,13 +595,13 @@ impl ProcReader {
                 }
             };
             if let Some(fd) = fd {
-                match pread_all(&fd, buf) {
+                match collector_core::procfs::pread_whole(&fd, buf) {
                     Ok(()) => {
                         ran = procfs::parse_schedstat_runtime(buf);
                         schedstat = Some(fd);
                     }
                     // Gone, or another process under its pid: read afresh.
-                    Err(Errno::ESRCH) => held = None,
+                    Err(e) if e.raw_os_error() == Some(Errno::ESRCH as i32) => held = None,
                     Err(_) => {}
                 }
             }
@@ -673,10 +673,7 @@ struct Front {
 /// How procfs files are opened.
 const READ: OFlag = OFlag::O_RDONLY.union(OFlag::O_CLOEXEC);
 
-/// Every this many passes, every process's `stat` is read, whether it ran
-/// or not: an RSS the kernel shrank (reclaim) or a parent that changed
-/// (the old one exited) shows within that many passes.
-pub const FULL_READ_EVERY: u64 = 10;
+pub use collector_core::procfs::FULL_READ_EVERY;
 
 /// A process's files kept open between passes (while the open-file budget
 /// allows): its directory, and while it is single-threaded its `schedstat`
@@ -811,11 +808,7 @@ impl SnapshotCache {
     /// [`collector_core::procfs::raise_open_file_limit`]).
     pub fn with_threads(threads: usize) -> Self {
         let threads = threads.max(1);
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
-        let budget = usize::try_from(limit.saturating_sub(FILE_RESERVE) / 3 / threads as u64)
-            .unwrap_or(usize::MAX);
+        let budget = collector_core::procfs::file_budget(FILE_RESERVE, 3) / threads;
         Self {
             shards: (0..threads)
                 .map(|_| Shard {
@@ -897,23 +890,6 @@ fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
         }
     }
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
-}
-
-/// Reads a kept procfs file again from its start (one `pread`: procfs
-/// hands over a small file whole).
-fn pread_all(fd: &OwnedFd, buf: &mut Vec<u8>) -> Result<(), Errno> {
-    buf.clear();
-    buf.resize(512, 0);
-    loop {
-        match rustix::io::pread(fd, &mut buf[..], 0) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(());
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Errno::from_raw(e.raw_os_error())),
-        }
-    }
 }
 
 /// Open files left to everything else procmond does when the budget of
