@@ -714,10 +714,22 @@ impl FleetSink {
                 discard: stream::DiscardPolicy::Old,
                 ..stream::Config::default()
             };
-            let found = js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| stream_error(e.to_string()))?;
+            let found = js.get_or_create_stream(config).await.map_err(|e| {
+                stream_error(match e.kind() {
+                    // The stream reserves its `max_bytes` when it is made.
+                    jetstream::context::CreateStreamErrorKind::JetStream(js)
+                        if js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+                    {
+                        format!(
+                            "{e}: the broker's JetStream store has less room than \
+                             fleet.stream_max_bytes ({} bytes); lower that or raise \
+                             the broker's max_file_store",
+                            c.stream_max_bytes
+                        )
+                    }
+                    _ => e.to_string(),
+                })
+            })?;
             // A stream made by an older agent lacks the events subjects.
             let mut existing = found.cached_info().config.clone();
             let missing: Vec<String> = c

@@ -393,6 +393,39 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
     agent.stop().await;
 }
 
+/// A broker whose JetStream store is smaller than the stream the sink
+/// makes (it reserves its `max_bytes`) refuses it: health says so and names
+/// the key to lower, the alert waits; with the key lowered it ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_store_smaller_than_the_stream_is_a_clear_error_and_a_smaller_stream_ships() {
+    let Some((dir, mut nats)) = broker() else {
+        return;
+    };
+    nats.max_file_store = "1GB".to_owned();
+    nats.start();
+    let agent = FleetAgent::start(dir.path(), &nats.url()).await;
+    agent.raise(5801).await;
+    agent
+        .until("the stream refused, the alert kept", |f| {
+            f.outbox_depth.get() == 2 && f.last_error().contains("fleet.stream_max_bytes")
+        })
+        .await;
+    let (_, fleet) = agent.fleet_health().await;
+    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    assert!(
+        fleet.message.contains("max_file_store") && fleet.message.contains("10737418240"),
+        "{fleet:?}"
+    );
+    agent.stop().await;
+
+    let agent =
+        FleetAgent::start_with(dir.path(), &nats.url(), "stream_max_bytes = 104857600").await;
+    // The checkpoint, the alert (and a checkpoint taken at this start).
+    agent.until_shipped(2).await;
+    agent.stop().await;
+    assert_eq!(alert_pids(&nats.messages().await), [5801]);
+}
+
 /// With the broker absent, an outbox whose oldest item waited past
 /// `max_outbox_age` is in health (degraded, saying so, with its depth and
 /// age) and in `/metrics` (when it was queued); once the broker is there
@@ -766,8 +799,8 @@ fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: &Value) -> String {
 
 /// A broker in operator mode (an operator, one account with JetStream,
 /// trusted from a memory resolver) and a creds file for a user of that
-/// account, written in `dir`: (the server's config file, the creds file).
-fn operator_mode(dir: &Path) -> (PathBuf, PathBuf) {
+/// account, written in `dir`: (the server's configuration, the creds file).
+fn operator_mode(dir: &Path) -> (String, PathBuf) {
     let operator = nkeys::KeyPair::new_operator();
     let account = nkeys::KeyPair::new_account();
     let user = nkeys::KeyPair::new_user();
@@ -808,18 +841,13 @@ fn operator_mode(dir: &Path) -> (PathBuf, PathBuf) {
     );
     let op_file = dir.join("operator.jwt");
     std::fs::write(&op_file, &op_jwt).unwrap();
-    let config = dir.join("operator.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
-             resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
-            op_file.display(),
-            account.public_key(),
-            sys = system.public_key(),
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
+        op_file.display(),
+        account.public_key(),
+        sys = system.public_key(),
+    );
     let creds = dir.join("user.creds");
     std::fs::write(
         &creds,
@@ -843,8 +871,8 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
         return;
     };
     let (config, creds) = operator_mode(dir.path());
-    let config = config.display().to_string();
-    nats.start_with(&["-c", &config]);
+    nats.config = config;
+    nats.start();
 
     let refused = tempfile::tempdir().unwrap();
     let agent = FleetAgent::start(refused.path(), &nats.url()).await;
@@ -892,16 +920,11 @@ async fn an_nkey_file_is_used_and_a_file_that_is_no_seed_is_refused() {
     };
     let user = nkeys::KeyPair::new_user();
     let seed = user.seed().unwrap();
-    let config = dir.path().join("nkey.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "authorization: {{ users: [ {{ nkey: {} }} ] }}\n",
-            user.public_key()
-        ),
-    )
-    .unwrap();
-    nats.start_with(&["-c", &config.display().to_string()]);
+    nats.config = format!(
+        "authorization: {{ users: [ {{ nkey: {} }} ] }}\n",
+        user.public_key()
+    );
+    nats.start();
     let private = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();

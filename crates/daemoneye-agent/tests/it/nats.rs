@@ -19,6 +19,13 @@ pub struct Nats {
     cluster: Vec<String>,
     /// Its name (`n<i>` in a cluster).
     pub name: String,
+    /// Its JetStream store limit (`max_file_store`): by default more than
+    /// the streams the tests make reserve (their files hold only what is
+    /// written).
+    pub max_file_store: String,
+    /// More of its configuration file (authorization, an operator...):
+    /// set before it starts; a second `-c` would replace the store limit.
+    pub config: String,
 }
 
 /// A free loopback port (free when asked).
@@ -50,6 +57,8 @@ impl Nats {
             store,
             cluster: Vec::new(),
             name: "n0".to_owned(),
+            max_file_store: "1TB".to_owned(),
+            config: String::new(),
         })
     }
 
@@ -92,7 +101,22 @@ impl Nats {
 
     /// As [`start`](Self::start), with more arguments.
     pub fn start_with(&mut self, more: &[&str]) {
+        // JetStream's store limit is otherwise 75 % of the disk's free
+        // space, and a stream reserves its `max_bytes` (the sink's default,
+        // 10 GiB) when it is made: on a fuller disk the stream is refused.
+        // A set limit makes the tests independent of the disk they run on.
+        let conf = self.store.with_extension("conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{}\njetstream {{ max_file_store: {} }}\n",
+                self.config, self.max_file_store
+            ),
+        )
+        .unwrap();
         let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(&self.cluster)
