@@ -717,8 +717,8 @@ impl FleetSink {
             let found = js.get_or_create_stream(config).await.map_err(|e| {
                 stream_error(match e.kind() {
                     // The stream reserves its `max_bytes` when it is made.
-                    jetstream::context::CreateStreamErrorKind::JetStream(js)
-                        if js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+                    jetstream::context::CreateStreamErrorKind::JetStream(api)
+                        if api.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
                     {
                         format!(
                             "{e}: the broker's JetStream store has less room than \

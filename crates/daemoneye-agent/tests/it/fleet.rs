@@ -35,6 +35,22 @@ impl FleetAgent {
         Self::start_with(dir, url, "").await
     }
 
+    /// Waits until the alert raised (behind the checkpoint taken at start)
+    /// waits in the outbox, refused with an error that says `why`.
+    async fn until_kept(&self, what: &str, why: &str) {
+        self.until(what, |f| {
+            f.outbox_depth.get() == 2 && f.last_error().contains(why)
+        })
+        .await;
+    }
+
+    /// The fleet component of health, which says degraded.
+    async fn degraded_fleet(&self) -> daemoneye_lib::proto::ComponentHealth {
+        let (_, fleet) = self.fleet_health().await;
+        assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+        fleet
+    }
+
     /// As [`start`](Self::start), with more `[fleet]` keys.
     async fn start_with(dir: &Path, url: &str, fleet: &str) -> Self {
         let data = dir.join("data");
@@ -194,8 +210,7 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
             !f.connected.get_bool() || !f.last_error().is_empty()
         })
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    agent.degraded_fleet().await;
     nats.start();
     agent.until_shipped(10).await;
     agent.stop().await;
@@ -337,8 +352,7 @@ async fn a_full_outbox_drops_the_oldest_counts_them_and_health_says_so_until_it_
             f.outbox_dropped.get() == 4 && f.dropping.get_bool()
         })
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(fleet.message.contains("outbox full"), "{fleet:?}");
     assert_eq!(
         (
@@ -373,13 +387,12 @@ async fn wrong_credentials_are_a_clear_error_in_health_and_the_alerts_wait() {
     let agent = FleetAgent::start(dir.path(), &url).await;
     agent.raise(5701).await;
     agent
-        .until("refused for its credentials, the alert kept", |f| {
-            // The alert, behind the checkpoint taken at start.
-            f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
-        })
+        .until_kept(
+            "refused for its credentials, the alert kept",
+            "authorization",
+        )
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(
         fleet
             .message
@@ -406,12 +419,12 @@ async fn a_broker_store_smaller_than_the_stream_is_a_clear_error_and_a_smaller_s
     let agent = FleetAgent::start(dir.path(), &nats.url()).await;
     agent.raise(5801).await;
     agent
-        .until("the stream refused, the alert kept", |f| {
-            f.outbox_depth.get() == 2 && f.last_error().contains("fleet.stream_max_bytes")
-        })
+        .until_kept(
+            "the stream refused, the alert kept",
+            "fleet.stream_max_bytes",
+        )
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(
         fleet.message.contains("max_file_store") && fleet.message.contains("10737418240"),
         "{fleet:?}"
@@ -458,8 +471,7 @@ async fn an_outbox_older_than_max_outbox_age_is_in_health_and_metrics_while_the_
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(
         fleet
             .message
@@ -651,8 +663,7 @@ async fn a_full_outbox_drops_events_before_any_alert_and_counts_them_apart() {
             f.outbox_dropped_events.get() == 6 && f.outbox_depth.get() == 3
         })
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(
         fleet
             .message
@@ -716,8 +727,7 @@ async fn a_tls_broker_is_reached_with_its_ca_file_and_refused_without_it() {
             f.outbox_depth.get() == 2 && !f.last_error().is_empty()
         })
         .await;
-    let (_, fleet) = agent.fleet_health().await;
-    assert_eq!(fleet.state, i32::from(HealthState::Degraded), "{fleet:?}");
+    let fleet = agent.degraded_fleet().await;
     assert!(
         fleet.message.to_lowercase().contains("certificate"),
         "{fleet:?}"
@@ -878,9 +888,10 @@ async fn a_creds_file_is_used_and_without_it_the_operator_mode_broker_refuses() 
     let agent = FleetAgent::start(refused.path(), &nats.url()).await;
     agent.raise(6501).await;
     agent
-        .until("refused without credentials, the alert kept", |f| {
-            f.outbox_depth.get() == 2 && f.last_error().contains("authorization")
-        })
+        .until_kept(
+            "refused without credentials, the alert kept",
+            "authorization",
+        )
         .await;
     agent.stop().await;
 
