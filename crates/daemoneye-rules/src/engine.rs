@@ -757,6 +757,8 @@ pub struct RuleEngine {
     stats: Arc<EngineStats>,
     /// What `ancestry`, `exec_lineage` and `lifecycle_events` read.
     history: Shared,
+    /// The tables that may hold rows (of the last batch).
+    filled: Tables,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -835,6 +837,7 @@ impl RuleEngine {
             refused,
             stats: Arc::default(),
             history,
+            filled: Tables::ALL,
         })
     }
 
@@ -1012,16 +1015,19 @@ impl RuleEngine {
         rows: &[ProcessRow],
         batch: Option<Batch<'_>>,
     ) -> Result<(), rusqlite::Error> {
+        let filling = Tables::filled_by(rows, batch);
         let tx = self.loader.transaction()?;
-        // Compiled once, not once a batch.
-        for delete in [
-            "DELETE FROM processes",
-            "DELETE FROM performance",
-            "DELETE FROM connections",
-            "DELETE FROM file_events",
-        ] {
-            tx.prepare_cached(delete)?.execute([])?;
+        // Only the tables the last batch filled have rows to clear: a batch
+        // of processes clears one table, not four (clearing an empty one
+        // still rewrites, and journals, its root page). Compiled once.
+        for (table, delete) in Tables::DELETES {
+            if self.filled.0 & table.0 != 0 {
+                tx.prepare_cached(delete)?.execute([])?;
+            }
         }
+        // Until the commit, the tables may hold either batch's rows (a
+        // failed load rolls back to the last batch's).
+        self.filled.0 |= filling.0;
         match batch {
             None => {}
             Some(Batch::Performance(samples)) => {
@@ -1115,7 +1121,49 @@ impl RuleEngine {
                 ])?;
             }
         }
-        tx.commit()
+        tx.commit()?;
+        self.filled = filling;
+        Ok(())
+    }
+}
+
+/// A set of the engine's tables (a bit each), for [`RuleEngine::load`] to
+/// clear only those that hold rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tables(u8);
+
+impl Tables {
+    const PROCESSES: Self = Self(1);
+    const PERFORMANCE: Self = Self(2);
+    const CONNECTIONS: Self = Self(4);
+    const FILE_EVENTS: Self = Self(8);
+    /// Every table, as a freshly opened engine must assume.
+    const ALL: Self = Self(15);
+
+    /// Each table with the statement that clears it.
+    const DELETES: [(Self, &'static str); 4] = [
+        (Self::PROCESSES, "DELETE FROM processes"),
+        (Self::PERFORMANCE, "DELETE FROM performance"),
+        (Self::CONNECTIONS, "DELETE FROM connections"),
+        (Self::FILE_EVENTS, "DELETE FROM file_events"),
+    ];
+
+    /// The tables a batch of `processes` and `batch` fills.
+    fn filled_by(processes: &[ProcessRow], batch: Option<Batch<'_>>) -> Self {
+        let of_batch = match batch {
+            Some(b) if b.len() > 0 => match b {
+                Batch::Performance(_) => Self::PERFORMANCE.0,
+                Batch::Network(_) => Self::CONNECTIONS.0,
+                Batch::Files(_) => Self::FILE_EVENTS.0,
+            },
+            _ => 0,
+        };
+        let of_processes = if processes.is_empty() {
+            0
+        } else {
+            Self::PROCESSES.0
+        };
+        Self(of_batch | of_processes)
     }
 }
 
@@ -1329,6 +1377,47 @@ mod tests {
         );
         // Not a process rule: a batch of processes does not run it.
         assert!(engine.evaluate(&[chmod]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_sees_only_its_own_rows_in_every_table() {
+        use collector_core::{FileOperation, FilesystemEvent};
+        let rule = rule(
+            "chmod-wrote",
+            "SELECT p.pid, p.process_key FROM file_events f \
+             JOIN processes p ON p.pid = f.pid WHERE p.name = 'chmod'",
+        );
+        let mut engine = RuleEngine::new(vec![rule]).unwrap();
+        let files = [FileEventRow::new(&FilesystemEvent {
+            pid: Some(9),
+            ..FilesystemEvent::new("/etc/passwd", FileOperation::Attrib, SystemTime::UNIX_EPOCH)
+        })];
+        let chmod = ProcessRow {
+            pid: 9,
+            name: "chmod".into(),
+            process_key: Some(key(9)),
+            ..ProcessRow::default()
+        };
+        let both = engine
+            .evaluate_batch(Batch::Files(&files), std::slice::from_ref(&chmod))
+            .unwrap();
+        assert_eq!(both.len(), 1, "{both:?}");
+        // A batch of processes, then file events without their process:
+        // neither the processes nor the file events of an earlier batch
+        // are left for the rule to join.
+        assert!(engine
+            .evaluate(std::slice::from_ref(&chmod))
+            .unwrap()
+            .is_empty());
+        let alone = engine.evaluate_batch(Batch::Files(&files), &[]).unwrap();
+        assert!(alone.is_empty(), "an earlier batch's process: {alone:?}");
+        let no_files = engine
+            .evaluate_batch(Batch::Files(&[]), std::slice::from_ref(&chmod))
+            .unwrap();
+        assert!(
+            no_files.is_empty(),
+            "an earlier batch's file event: {no_files:?}"
+        );
     }
 
     #[test]
