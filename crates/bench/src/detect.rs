@@ -155,6 +155,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&exe);
 
     let spawned = flood(Duration::from_secs(o.flood_secs))?;
+    // What the flood gave it is judged and stored before it is asked and
+    // stopped: the ratio counts what it captured, not what a stop cut short.
+    agent.settle()?;
     // Where any loss happened, from the agent's health: events its
     // collector dropped for it, and the kernel's overruns.
     let (dropped, overruns) = losses(&data)?;

@@ -255,7 +255,7 @@ impl Agent {
     /// Waits until the agent's tree uses (almost) no CPU for a second (at
     /// most 2 ticks, 20 ms: its idle sampling): what it was given is judged
     /// and stored. At most 60 s.
-    fn settle(&self) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn settle(&self) -> anyhow::Result<(u64, u64)> {
         let mut last = tree_usage(self.pid())?;
         for _ in 0..60 {
             pause(Duration::from_secs(1));

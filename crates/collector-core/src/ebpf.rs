@@ -554,10 +554,13 @@ pub struct EbpfConfig {
     /// (120 B; a short connection makes about ten, both ends counted).
     pub ring_buffer_bytes: u32,
     /// Once woken by a record, how long the reader lets more gather before
-    /// it takes them all (0: at once). Default 5 ms: a storm of events then
-    /// costs one hand-over to the collector (and one wake-up of each stage
-    /// after it) per window instead of per record, for at most that much
-    /// more latency; an idle host is not woken more often.
+    /// it takes them all (0: at once). Default 20 ms: a storm of events
+    /// then costs one hand-over to the collector (and one wake-up of each
+    /// stage after it, and one run of the rules) per window instead of per
+    /// record, for at most that much more latency; an idle host is not
+    /// woken more often. Against 5 ms, it halved the main job's CPU per
+    /// exec of a spawn storm (about 115 → 57 µs, alternated in one run) for
+    /// an exec-to-alert p99 of about 23 ms instead of 11.
     pub batch_window_ms: u64,
 }
 
@@ -565,7 +568,7 @@ impl Default for EbpfConfig {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: 4 * 1024 * 1024,
-            batch_window_ms: 5,
+            batch_window_ms: 20,
         }
     }
 }
