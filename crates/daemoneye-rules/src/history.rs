@@ -50,8 +50,7 @@ pub(crate) type Key = Arc<str>;
 /// The hasher of the maps and sets keyed by process key: foldhash, with a
 /// random seed per map, several times cheaper than the standard library's
 /// hasher (`std::hash::RandomState`) over a key's 50-odd bytes: a spawn
-/// storm hashed each new key into the descendants of every ancestor, and
-/// out again. A process key (boot id, pid, start time) is not text anyone
+/// storm hashes each new key into several maps and sets, and out again. A process key (boot id, pid, start time) is not text anyone
 /// can choose, as names are; nor are pids many at once (the live ones,
 /// under `pid_max`), which the maps keyed by pid hash with it too. The
 /// maps keyed by names keep the standard hasher against collision floods.
@@ -99,6 +98,9 @@ pub(crate) struct LifecycleRow {
 pub(crate) struct Node {
     pub(crate) pid: u32,
     parent: Option<Key>,
+    /// Its nearest ancestor still remembered (its parent until that is
+    /// forgotten): where it hangs in [`History`]'s tree of children.
+    up: Option<Key>,
     /// Its ancestors as first seen, parent first (at most [`MAX_DEPTH`]).
     ancestors: Box<[Key]>,
     /// The images it ran, in turn (at most [`MAX_IMAGES`]); none while it
@@ -218,8 +220,12 @@ pub struct History {
     seen: VecDeque<Key>,
     /// Each last image's name: the processes whose last image it is.
     by_name: HashMap<String, KeySet>,
-    /// Each process: those that have it among their ancestors.
-    descendants: KeyMap<KeySet>,
+    /// Each process: those whose nearest remembered ancestor it is (its
+    /// children, and those of its forgotten children). A lookup by
+    /// ancestor walks down it, where an index of every descendant cost a
+    /// new process an insert into the set of each of its ancestors (up to
+    /// [`MAX_DEPTH`], sets as large as the host's process count).
+    children: KeyMap<KeySet>,
     /// Each image name: the processes with more than one image (those
     /// `exec_lineage` lists) that ran an image of that name.
     lineage_names: HashMap<String, KeySet>,
@@ -330,7 +336,7 @@ impl History {
             exited: VecDeque::new(),
             seen: VecDeque::new(),
             by_name: HashMap::new(),
-            descendants: KeyMap::default(),
+            children: KeyMap::default(),
             lineage_names: HashMap::new(),
             lifecycle: VecDeque::new(),
             lifecycle_by_ppid: SeqIndex::default(),
@@ -390,17 +396,29 @@ impl History {
                 }
             }
         };
+        // Down the tree from the ancestor: a process that has it among its
+        // ancestors hangs under it (the ancestors between forgotten, it
+        // hangs nearer), at most `MAX_DEPTH` levels down.
         let of_ancestor = |out: &mut Vec<_>, ancestor: &str| {
             let Some((a, _)) = self.nodes.get_key_value(ancestor) else {
                 return;
             };
-            for d in self.descendants.get(ancestor).into_iter().flatten() {
-                let Some(node) = self.nodes.get(d) else {
-                    continue;
-                };
-                if let Some(i) = node.ancestors.iter().position(|x| x == a) {
-                    out.push((Arc::clone(d), i + 1, Arc::clone(a)));
+            let mut level: Vec<&Key> = vec![a];
+            for _ in 0..MAX_DEPTH {
+                let mut below = Vec::new();
+                for d in level.iter().filter_map(|k| self.children.get(*k)).flatten() {
+                    let Some(node) = self.nodes.get(d) else {
+                        continue;
+                    };
+                    if let Some(i) = node.ancestors.iter().position(|x| x == a) {
+                        out.push((Arc::clone(d), i + 1, Arc::clone(a)));
+                    }
+                    below.push(d);
                 }
+                if below.is_empty() {
+                    break;
+                }
+                level = below;
             }
         };
         match by {
@@ -604,8 +622,9 @@ impl History {
             cur = self.nodes.get(&k).and_then(|n| n.parent.clone());
             ancestors.push(k);
         }
-        for a in &ancestors {
-            index_add(&mut self.descendants, Arc::clone(a), &key);
+        let up = parent.clone().filter(|p| self.nodes.contains_key(p));
+        if let Some(up) = &up {
+            index_add(&mut self.children, Arc::clone(up), &key);
         }
         let images = match image {
             Some(image) => {
@@ -619,6 +638,7 @@ impl History {
             Node {
                 pid: e.pid,
                 parent,
+                up,
                 ancestors: ancestors.into_boxed_slice(),
                 images,
                 exited: false,
@@ -669,10 +689,23 @@ impl History {
                     index_remove(&mut self.lineage_names, image.name.as_str(), &key);
                 }
             }
-            for a in &node.ancestors {
-                index_remove(&mut self.descendants, &**a, &key);
+            // Its children hang from its own nearest ancestor now.
+            if let Some(up) = &node.up {
+                index_remove(&mut self.children, &**up, &key);
             }
-            self.descendants.remove(&key);
+            if let Some(children) = self.children.remove(&key) {
+                for c in &children {
+                    if let Some(child) = self.nodes.get_mut(c) {
+                        child.up.clone_from(&node.up);
+                    }
+                }
+                if let Some(up) = &node.up {
+                    self.children
+                        .entry(Arc::clone(up))
+                        .or_default()
+                        .extend(children);
+                }
+            }
         }
         self.counters.evicted.inc();
         true
@@ -757,7 +790,78 @@ mod tests {
         assert_eq!(rows[1].image.exe.as_deref(), Some("/tmp/true"));
     }
 
+    /// Every row of `ancestry` whose ancestor is `a`, as a scan finds them.
+    fn scanned(h: &History, a: &str) -> Vec<(Key, usize, Key)> {
+        let mut rows: Vec<_> = h
+            .ancestry(AncestryBy::All)
+            .into_iter()
+            .filter(|(_, _, x)| &**x == a)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn looked_up(h: &History, a: &str) -> Vec<(Key, usize, Key)> {
+        let mut rows = h.ancestry(AncestryBy::AncestorKey(a));
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_grandchild_is_found_under_its_grandparent_once_the_parent_between_is_forgotten() {
+        let mut h = History::with_capacity(4, 100);
+        let child = |pid: u32, ppid: u32| {
+            let mut e = event(ProcessEventType::Fork, pid, "sh", &["sh"]);
+            e.ppid = Some(ppid);
+            e
+        };
+        h.observe(&event(ProcessEventType::Snapshot, 1, "init", &["init"]));
+        h.observe(&child(2, 1));
+        h.observe(&child(3, 2));
+        h.observe(&child(4, 3));
+        h.observe(&event(ProcessEventType::Exit, 2, "sh", &["sh"]));
+        // Full: the next process evicts 2, which exited.
+        h.observe(&child(5, 1));
+        assert_eq!(h.counters().evicted.get(), 1);
+        let key = |pid| ProcessKey::new(BootId::from_bytes([3; 16]), pid, 77).to_string();
+        assert!(h.node(&key(2)).is_none());
+        let rows: Vec<_> = looked_up(&h, &key(1))
+            .into_iter()
+            .map(|(d, depth, _)| (d.to_string(), depth))
+            .collect();
+        assert_eq!(rows, [(key(3), 2), (key(4), 3), (key(5), 1)]);
+        assert_eq!(looked_up(&h, &key(1)), scanned(&h, &key(1)));
+    }
+
     proptest! {
+        /// Forks under random live parents, exits and evictions (a small
+        /// history): every lookup by ancestor finds what a scan of every
+        /// process's ancestors does.
+        #[test]
+        fn a_lookup_by_ancestor_finds_what_a_scan_does(
+            steps in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>()), 1..120),
+        ) {
+            let mut h = History::with_capacity(12, 100);
+            h.observe(&event(ProcessEventType::Snapshot, 1, "init", &["init"]));
+            let mut live = vec![1_u32];
+            let mut next = 2_u32;
+            for (fork, at) in steps {
+                if fork || live.len() == 1 {
+                    let mut e = event(ProcessEventType::Fork, next, "sh", &["sh"]);
+                    e.ppid = Some(live[at.index(live.len())]);
+                    h.observe(&e);
+                    live.push(next);
+                    next += 1;
+                } else {
+                    let pid = live.remove(1 + at.index(live.len() - 1));
+                    h.observe(&event(ProcessEventType::Exit, pid, "sh", &["sh"]));
+                }
+                for a in h.nodes.keys() {
+                    prop_assert_eq!(looked_up(&h, a), scanned(&h, a));
+                }
+            }
+        }
+
         #[test]
         fn joined_is_what_joining_says(
             parts in proptest::collection::vec("[ ab]{0,3}", 0..4),
