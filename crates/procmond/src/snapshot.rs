@@ -484,7 +484,8 @@ impl ProcReader {
         let kept_ids = kept.as_ref().map(|idle| idle.ids);
         // After stat, a failed read leaves that part empty and the process
         // marked as not fully readable; we keep what we read.
-        let argv = match kept.map(|idle| idle.argv) {
+        let (kept_argv, kept_exe) = kept.map_or((None, None), |idle| (Some(idle.argv), idle.exe));
+        let argv = match kept_argv {
             Some(argv) => argv,
             None => match read_at(&dir, c"cmdline", buf) {
                 Ok(()) => procfs::parse_cmdline(buf),
@@ -494,9 +495,9 @@ impl ProcReader {
                 }
             },
         };
-        let exe = match readlinkat(&dir, c"exe") {
-            Ok(target) => Some(procfs::parse_exe_link(target.as_encoded_bytes())),
-            // Kernel threads have no exe (ENOENT) and are fully readable.
+        let running = stable.get(&key).and_then(|(s, _)| s.running_exe);
+        let exe = match exe_now(&dir, stat.is_kernel_thread(), kept_exe, running, on_disk) {
+            Ok(exe) => Some(exe),
             Err(Errno::ENOENT) if stat.is_kernel_thread() => None,
             Err(_) => {
                 accessible = false;
@@ -521,7 +522,13 @@ impl ProcReader {
         if let Some((found, seen)) = stable.get_mut(&key) {
             *seen = *pass;
             if kept_for_later && kept_ids.is_none() {
-                found.idle = Idle::of_read(ran, &argv, ids.filter(|_| accessible));
+                let exe = exe.as_ref().filter(|(_, deleted)| !deleted);
+                found.idle = Idle::of_read(
+                    ran,
+                    &argv,
+                    ids.filter(|_| accessible),
+                    exe.map(|(path, _)| path),
+                );
             }
             event.context.clone_from(&found.context);
             if let Some((path, deleted)) = &exe {
@@ -530,9 +537,7 @@ impl ProcReader {
                     if let Some(running) = found.running_exe {
                         // The inode the process runs against the file now at
                         // its path (looked up once per path per pass).
-                        let now_at_path = *on_disk.entry(path.clone()).or_insert_with(|| {
-                            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-                        });
+                        let now_at_path = file_at(on_disk, path);
                         event.exe_replaced = now_at_path.is_some_and(|id| id != running);
                     }
                 }
@@ -742,19 +747,63 @@ struct Idle {
     ran_ns: u64,
     argv: Vec<String>,
     ids: procfs::Ids,
+    /// Its executable's path, when the read found the file not deleted.
+    exe: Option<String>,
 }
 
 impl Idle {
     /// What a later pass may reuse while the process does not run: its
-    /// run time `ran` read before its `argv` and `ids` (none of it when a
-    /// part could not be read).
-    fn of_read(ran: Option<u64>, argv: &[String], ids: Option<procfs::Ids>) -> Option<Self> {
+    /// run time `ran` read before its `argv`, `ids` and `exe` (none of it
+    /// when a part could not be read; no `exe` when it was deleted).
+    fn of_read(
+        ran: Option<u64>,
+        argv: &[String],
+        ids: Option<procfs::Ids>,
+        exe: Option<&String>,
+    ) -> Option<Self> {
         Some(Self {
             ran_ns: ran?,
             argv: argv.to_vec(),
             ids: ids?,
+            exe: exe.cloned(),
         })
     }
+}
+
+/// The executable (path, deleted) of the process whose `/proc` directory is
+/// `dir`, as its `exe` link reads.
+///
+/// A process that has not run since the last pass has not exec'd: its
+/// executable is `kept`, the one that pass read, unless the file was
+/// deleted or replaced since, which the file now at its path tells (looked
+/// up once per path per pass, in `on_disk`) against the one it runs
+/// (`running`), without reading the link. A kernel thread has no `exe`
+/// (`ENOENT`, not read).
+fn exe_now(
+    dir: &OwnedFd,
+    kernel_thread: bool,
+    kept: Option<String>,
+    running: Option<(u64, u64)>,
+    on_disk: &mut HashMap<String, Option<(u64, u64)>>,
+) -> Result<(String, bool), Errno> {
+    if let Some(path) = kept.filter(|p| running.is_some() && file_at(on_disk, p) == running) {
+        return Ok((path, false));
+    }
+    if kernel_thread {
+        return Err(Errno::ENOENT);
+    }
+    readlinkat(dir, c"exe").map(|t| procfs::parse_exe_link(t.as_encoded_bytes()))
+}
+
+/// (device, inode) of the file at `path` now, looked up once per pass
+/// (`on_disk` is the pass's).
+fn file_at(on_disk: &mut HashMap<String, Option<(u64, u64)>>, path: &str) -> Option<(u64, u64)> {
+    if let Some(found) = on_disk.get(path) {
+        return *found;
+    }
+    let found = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    on_disk.insert(path.to_owned(), found);
+    found
 }
 
 /// What one reader thread keeps between passes: reusable buffers and what
@@ -1135,6 +1184,50 @@ mod tests {
             !cache.remembers(child.id(), start),
             "the dead child's entry was not dropped"
         );
+    }
+
+    #[test]
+    fn an_idle_process_whose_executable_goes_is_reported_so_by_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("idle-sleep");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let pid = child.id();
+        // Its exec is done once its argv is its own.
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .ends_with(b"idle-sleep\x0030\x00")
+        {
+            std::thread::yield_now();
+        }
+        let reader = ProcReader::new(ReadOptions::default()).unwrap();
+        let mut cache = SnapshotCache::with_threads(1);
+        let mut pass = || {
+            let snap = reader.snapshot_cached(usize::MAX, &mut cache).unwrap();
+            snap.processes.into_iter().find(|p| p.pid == pid).unwrap()
+        };
+        let path = exe.to_str().unwrap();
+        // Read, then passes over a sleeper that has not run since.
+        for n in 0..3 {
+            let p = pass();
+            assert_eq!(p.executable_path.as_deref(), Some(path), "pass {n}");
+            assert!(p.file_exists && !p.exe_replaced, "pass {n}: {p:?}");
+        }
+        // Replaced by a rename (its old file unlinked): it runs a deleted file.
+        let new = dir.path().join("new");
+        std::fs::copy("/bin/sleep", &new).unwrap();
+        std::fs::rename(&new, &exe).unwrap();
+        let p = pass();
+        assert_eq!(p.executable_path.as_deref(), Some(path));
+        assert!(
+            !p.file_exists,
+            "the replaced file is reported deleted: {p:?}"
+        );
+        // Deleted outright.
+        std::fs::remove_file(&exe).unwrap();
+        assert!(!pass().file_exists);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
