@@ -559,8 +559,8 @@ pub struct EbpfConfig {
     /// stage after it, and one run of the rules) per window instead of per
     /// record, for at most that much more latency; an idle host is not
     /// woken more often. Against 5 ms, it halved the main job's CPU per
-    /// exec of a spawn storm (about 115 → 57 µs, alternated in one run) for
-    /// an exec-to-alert p99 of about 23 ms instead of 11.
+    /// exec of a spawn storm (104–128 → 56–58 µs, alternated in one run)
+    /// for an exec-to-alert p99 of 23–27 ms instead of 11.
     pub batch_window_ms: u64,
 }
 

@@ -1021,13 +1021,13 @@ impl RuleEngine {
         // of processes clears one table, not four (clearing an empty one
         // still rewrites, and journals, its root page). Compiled once.
         for (table, delete) in Tables::DELETES {
-            if self.filled.0 & table.0 != 0 {
+            if self.filled.holds(table) {
                 tx.prepare_cached(delete)?.execute([])?;
             }
         }
         // Until the commit, the tables may hold either batch's rows (a
         // failed load rolls back to the last batch's).
-        self.filled.0 |= filling.0;
+        self.filled = self.filled.and(filling);
         match batch {
             None => {}
             Some(Batch::Performance(samples)) => {
@@ -1148,22 +1148,33 @@ impl Tables {
         (Self::FILE_EVENTS, "DELETE FROM file_events"),
     ];
 
+    const NONE: Self = Self(0);
+
+    /// Whether every table of `other` is in this set.
+    const fn holds(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The tables of both sets.
+    const fn and(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
     /// The tables a batch of `processes` and `batch` fills.
     fn filled_by(processes: &[ProcessRow], batch: Option<Batch<'_>>) -> Self {
         let of_batch = match batch {
-            Some(b) if b.len() > 0 => match b {
-                Batch::Performance(_) => Self::PERFORMANCE.0,
-                Batch::Network(_) => Self::CONNECTIONS.0,
-                Batch::Files(_) => Self::FILE_EVENTS.0,
-            },
-            _ => 0,
+            Some(b) if b.len() == 0 => Self::NONE,
+            Some(Batch::Performance(_)) => Self::PERFORMANCE,
+            Some(Batch::Network(_)) => Self::CONNECTIONS,
+            Some(Batch::Files(_)) => Self::FILE_EVENTS,
+            None => Self::NONE,
         };
         let of_processes = if processes.is_empty() {
-            0
+            Self::NONE
         } else {
-            Self::PROCESSES.0
+            Self::PROCESSES
         };
-        Self(of_batch | of_processes)
+        of_batch.and(of_processes)
     }
 }
 

@@ -50,8 +50,9 @@ pub(crate) type Key = Arc<str>;
 /// The hasher of the maps and sets keyed by process key: foldhash, with a
 /// random seed per map, several times cheaper than the standard library's
 /// hasher (`std::hash::RandomState`) over a key's 50-odd bytes: a spawn
-/// storm hashes each new key into several maps and sets, and out again. A process key (boot id, pid, start time) is not text anyone
-/// can choose, as names are; nor are pids many at once (the live ones,
+/// storm hashes each new key into several maps and sets, and out again. A
+/// process key (boot id, pid, start time) is not text anyone can choose,
+/// as names are; nor are pids many at once (the live ones,
 /// under `pid_max`), which the maps keyed by pid hash with it too. The
 /// maps keyed by names keep the standard hasher against collision floods.
 type KeyHasher = foldhash::fast::RandomState;
